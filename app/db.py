@@ -1,0 +1,132 @@
+"""Engine, sessions and the unit of work; every session carries a tenancy scope it enforces."""
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
+from typing import Any, Self
+
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+from sqlalchemy.orm import ORMExecuteState, Session, with_loader_criteria
+
+from app.models.base import TenantOwned
+from app.models.merchant import Merchant
+from app.tenancy import Scope
+
+
+class ScopedSession(Session):
+    """A session that filters every ORM statement by its scope (see `_enforce_scope`)."""
+
+
+@event.listens_for(ScopedSession, "do_orm_execute")
+def _enforce_scope(state: ORMExecuteState) -> None:
+    """The one place tenancy is enforced: merchant and tenant-owned rows outside the scope
+    are invisible to ORM selects, updates and deletes, whatever query a caller writes."""
+    scope = state.session.info.get("scope")
+    if not isinstance(scope, Scope):
+        raise RuntimeError("a database session was opened without a tenancy scope")
+    if scope.merchant_ids is None:
+        return
+    if not (state.is_select or state.is_update or state.is_delete):
+        return
+    if state.is_column_load or state.is_relationship_load:
+        return
+    ids = tuple(sorted(scope.merchant_ids))
+    state.statement = state.statement.options(
+        with_loader_criteria(
+            TenantOwned,
+            lambda cls: cls.merchant_id.in_(ids),
+            include_aliases=True,
+        ),
+        with_loader_criteria(Merchant, lambda cls: cls.id.in_(ids), include_aliases=True),
+    )
+
+
+class UnitOfWork:
+    """One transaction: rolls back on exit unless `commit()` was called."""
+
+    def __init__(self, session: AsyncSession, scope: Scope) -> None:
+        self.session = session
+        self.scope = scope
+        self._committed = False
+
+    async def commit(self) -> None:
+        await self.session.commit()
+        self._committed = True
+
+    async def rollback(self) -> None:
+        await self.session.rollback()
+
+
+class Database:
+    """Creates scoped sessions and units of work over one engine or one shared connection."""
+
+    def __init__(
+        self,
+        factory: async_sessionmaker[AsyncSession],
+        *,
+        engine: AsyncEngine | None = None,
+        serialize: bool = False,
+    ) -> None:
+        self._factory = factory
+        self.engine = engine
+        # A single shared connection (tests) cannot run two statements at once, and
+        # interleaved savepoints of concurrent sessions would release each other.
+        self._lock = asyncio.Lock() if serialize else None
+
+    @classmethod
+    def from_url(cls, url: str, *, pool_size: int = 10, max_overflow: int = 10) -> Self:
+        engine = create_async_engine(
+            url, pool_size=pool_size, max_overflow=max_overflow, pool_pre_ping=True
+        )
+        return cls(_sessionmaker(engine), engine=engine)
+
+    @classmethod
+    def for_connection(cls, connection: AsyncConnection) -> Self:
+        """Sessions joined to an open transaction through savepoints (a test's connection)."""
+        factory = _sessionmaker(connection, join_transaction_mode="create_savepoint")
+        return cls(factory, serialize=True)
+
+    @asynccontextmanager
+    async def session(self, scope: Scope) -> AsyncIterator[AsyncSession]:
+        """A short session for reads (a dataloader batch, a lookup)."""
+        guard: AbstractAsyncContextManager[Any] = self._lock or nullcontext()
+        async with guard, self._factory() as session:
+            session.info["scope"] = scope
+            yield session
+
+    @asynccontextmanager
+    async def uow(self, scope: Scope) -> AsyncIterator[UnitOfWork]:
+        """A unit of work: commits only when told, rolls back otherwise."""
+        async with self.session(scope) as session:
+            uow = UnitOfWork(session, scope)
+            try:
+                yield uow
+            finally:
+                if not uow._committed:
+                    await session.rollback()
+
+    async def dispose(self) -> None:
+        if self.engine is not None:
+            await self.engine.dispose()
+
+
+def _sessionmaker(bind: AsyncEngine | AsyncConnection, **kwargs: Any) -> async_sessionmaker[AsyncSession]:
+    return async_sessionmaker(
+        bind=bind,
+        expire_on_commit=False,
+        autoflush=False,
+        sync_session_class=ScopedSession,
+        **kwargs,
+    )
+
+
+__all__ = ["Database", "ScopedSession", "UnitOfWork"]
+
+

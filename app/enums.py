@@ -1,0 +1,122 @@
+"""Enumerations shared by every layer: processors, payment states, declines, actors, roles."""
+
+from enum import StrEnum
+
+
+class Processor(StrEnum):
+    """A payment processor the portal reads failed payments from."""
+
+    STRIPE = "stripe"
+    BRAINTREE = "braintree"
+    ADYEN = "adyen"
+    CHECKOUT = "checkout"
+
+
+class PaymentState(StrEnum):
+    """Where a failed payment stands in recovery."""
+
+    PENDING = "PENDING"
+    SCHEDULED = "SCHEDULED"
+    RETRYING = "RETRYING"
+    RECOVERED = "RECOVERED"
+    EXHAUSTED = "EXHAUSTED"
+    NOT_RETRYABLE = "NOT_RETRYABLE"
+    CANCELED = "CANCELED"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in TERMINAL_STATES
+
+
+TERMINAL_STATES = frozenset(
+    {
+        PaymentState.RECOVERED,
+        PaymentState.EXHAUSTED,
+        PaymentState.NOT_RETRYABLE,
+        PaymentState.CANCELED,
+    }
+)
+
+
+class DeclineCategory(StrEnum):
+    """Canonical decline categories (DOMAIN.md section 1)."""
+
+    INSUFFICIENT_FUNDS = "insufficient_funds"
+    DO_NOT_HONOR = "do_not_honor"
+    CARD_EXPIRED = "card_expired"
+    LOST_STOLEN = "lost_stolen"
+    FRAUD_SUSPECTED = "fraud_suspected"
+    INVALID_ACCOUNT = "invalid_account"
+    PROCESSING_ERROR = "processing_error"
+    VELOCITY_EXCEEDED = "velocity_exceeded"
+    AUTHENTICATION_REQUIRED = "authentication_required"
+    CARD_DATA_INCORRECT = "card_data_incorrect"
+    NOT_PERMITTED = "not_permitted"
+    PAYMENT_REVOKED = "payment_revoked"
+    PROCESSOR_BLOCKED = "processor_blocked"
+    OTHER = "other"
+
+
+class Advice(StrEnum):
+    """What the decline says about retrying the same credential."""
+
+    RETRY = "retry"
+    RETRY_LATER = "retry_later"
+    UPDATE_CREDENTIALS = "update_credentials"
+    NEVER = "never"
+
+
+class AttemptOutcome(StrEnum):
+    """The result of one charge attempt."""
+
+    SUCCEEDED = "succeeded"
+    DECLINED = "declined"
+    ERROR = "error"
+
+
+class Actor(StrEnum):
+    """Who made an attempt or brought about a recovery."""
+
+    PORTAL = "portal"
+    PROCESSOR = "processor"
+    BILLING_SYSTEM = "billing_system"
+    CUSTOMER = "customer"
+
+
+class CardFunding(StrEnum):
+    """Card funding type, normalized."""
+
+    CREDIT = "credit"
+    DEBIT = "debit"
+    PREPAID = "prepaid"
+    UNKNOWN = "unknown"
+
+
+class Role(StrEnum):
+    """What an API key may do."""
+
+    MERCHANT = "merchant"
+    PARTNER = "partner"
+    SUPPORT = "support"
+
+
+class RetryStrategy(StrEnum):
+    """How retry times are chosen."""
+
+    MODEL = "model"
+    FIXED_SCHEDULE = "fixed_schedule"
+
+
+class EndAction(StrEnum):
+    """What happens to the invoice when the retry window ends without recovery."""
+
+    MARK_EXHAUSTED = "mark_exhausted"
+    CANCEL_SUBSCRIPTION = "cancel_subscription"
+    LEAVE_INVOICE_OPEN = "leave_invoice_open"
+
+
+class MerchantStatus(StrEnum):
+    """Whether a merchant's recovery runs."""
+
+    ACTIVE = "active"
+    PAUSED = "paused"

@@ -1,0 +1,54 @@
+"""Table base: naming convention, the tenant-owned mixin and column-type helpers."""
+
+import uuid
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+import sqlalchemy as sa
+from sqlmodel import Field, SQLModel
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+SQLModel.metadata.naming_convention = NAMING_CONVENTION
+metadata = SQLModel.metadata
+
+
+def enum_type(enum_cls: type[StrEnum]) -> sa.Enum:
+    """A string column holding an enum's values (no native PG enum: values grow by code)."""
+    return sa.Enum(
+        enum_cls,
+        native_enum=False,
+        create_constraint=False,
+        length=32,
+        values_callable=lambda e: [m.value for m in e],
+        validate_strings=True,
+    )
+
+
+def timestamp(*, nullable: bool = False, index: bool = False, **kwargs: Any) -> Any:
+    """A timezone-aware timestamp field."""
+    return Field(
+        sa_type=sa.DateTime(timezone=True),
+        nullable=nullable,
+        index=index,
+        **kwargs,
+    )
+
+
+def new_id() -> uuid.UUID:
+    return uuid.uuid4()
+
+
+class TenantOwned(SQLModel):
+    """Rows that belong to one merchant; sessions filter them by the caller's scope."""
+
+    merchant_id: uuid.UUID = Field(foreign_key="merchant.id", index=True, nullable=False)
+
+
+__all__ = ["TenantOwned", "datetime", "enum_type", "metadata", "new_id", "timestamp"]

@@ -1,0 +1,23 @@
+"""Imports every table so the metadata is complete (Alembic, tests)."""
+
+from app.models.api_key import ApiKey, ApiKeyMerchant
+from app.models.audit import AuditLog
+from app.models.base import TenantOwned, metadata
+from app.models.customer import CardCredential, Customer
+from app.models.merchant import Merchant
+from app.models.payment import Payment, PaymentAttempt
+from app.models.retry_policy import RetryPolicy
+
+__all__ = [
+    "ApiKey",
+    "ApiKeyMerchant",
+    "AuditLog",
+    "CardCredential",
+    "Customer",
+    "Merchant",
+    "Payment",
+    "PaymentAttempt",
+    "RetryPolicy",
+    "TenantOwned",
+    "metadata",
+]

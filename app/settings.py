@@ -1,0 +1,78 @@
+"""The one settings object, read from the environment (DATABASE_URL, REDIS_URL, PORTAL_*)."""
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+_PLACEHOLDER_SECRETS = frozenset({"", "changeme", "change-me", "secret", "development-only-key"})
+
+
+def normalize_database_url(url: str) -> str:
+    """Accept `postgresql://`, `postgres://` and driver-suffixed URLs; return the asyncpg form."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise ValueError(f"DATABASE_URL has no scheme: expected postgresql://user@host:port/db")
+    base = scheme.split("+", 1)[0]
+    if base not in {"postgresql", "postgres"}:
+        raise ValueError(f"DATABASE_URL scheme {scheme!r} is not PostgreSQL")
+    return f"postgresql+asyncpg://{rest}"
+
+
+class Settings(BaseSettings):
+    """Every setting of the portal; the CLI, the server and the worker all read this one."""
+
+    model_config = SettingsConfigDict(env_prefix="PORTAL_", extra="ignore")
+
+    environment: Literal["development", "test", "production"] = "development"
+    database_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("DATABASE_URL", "PORTAL_DATABASE_URL")
+    )
+    redis_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("REDIS_URL", "PORTAL_REDIS_URL")
+    )
+    # Where the embedded PostgreSQL and Redis keep their files when no URL is set.
+    data_dir: Path = PROJECT_ROOT / "var"
+    local_database_url: str = "postgresql://postgres@127.0.0.1:5432/portal"
+    local_redis_url: str = "redis://127.0.0.1:6379/0"
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    graphiql: bool = False
+    log_level: str = "INFO"
+    log_json: bool = True
+
+    secret_key: SecretStr = SecretStr("development-only-key")
+
+    max_query_depth: int = 10
+    max_aliases: int = 30
+    max_tokens: int = 2000
+    default_page_size: int = 20
+    max_page_size: int = 100
+
+    db_pool_size: int = 10
+    db_max_overflow: int = 10
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str | None) -> str | None:
+        return normalize_database_url(value) if value else None
+
+    @model_validator(mode="after")
+    def _refuse_placeholder_secrets(self) -> "Settings":
+        if (
+            self.environment == "production"
+            and self.secret_key.get_secret_value() in _PLACEHOLDER_SECRETS
+        ):
+            raise ValueError("PORTAL_SECRET_KEY must be set to a real secret in production")
+        return self
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return Settings()

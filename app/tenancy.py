@@ -1,0 +1,49 @@
+"""Who is asking and which merchants they may see: the scope every database session carries."""
+
+from dataclasses import dataclass
+from uuid import UUID
+
+from app.enums import Role
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """The merchants a session may read or change; `None` means every merchant."""
+
+    merchant_ids: frozenset[UUID] | None
+
+    @property
+    def unrestricted(self) -> bool:
+        return self.merchant_ids is None
+
+    def can_see(self, merchant_id: UUID) -> bool:
+        return self.merchant_ids is None or merchant_id in self.merchant_ids
+
+
+SYSTEM_SCOPE = Scope(merchant_ids=None)
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """An authenticated caller: an API key with its role and scope, or the system itself."""
+
+    key_id: UUID | None
+    name: str
+    role: Role
+    scope: Scope
+
+    @property
+    def actor_label(self) -> str:
+        """How the caller appears in the audit log (never the token)."""
+        return f"api_key:{self.name}" if self.key_id else self.name
+
+    def may_configure(self, merchant_id: UUID) -> bool:
+        """Support may change any merchant's configuration; a merchant key only its own."""
+        if self.role is Role.SUPPORT:
+            return True
+        return self.role is Role.MERCHANT and self.scope.can_see(merchant_id)
+
+
+def system_principal(name: str = "system") -> Principal:
+    """The portal acting on its own behalf (jobs, CLI): sees every merchant."""
+    return Principal(key_id=None, name=name, role=Role.SUPPORT, scope=SYSTEM_SCOPE)
