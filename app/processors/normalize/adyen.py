@@ -1,0 +1,156 @@
+"""Adyen: AUTHORISATION notifications (single items and batches) to canonical records."""
+
+from collections.abc import Mapping
+
+from app.declines import DeclineSignals, classify
+from app.enums import Processor
+from app.processors.normalize.records import (
+    CanonicalCard,
+    CanonicalRecord,
+    JsonObject,
+    RecordError,
+    RecordStatus,
+    Result,
+    build_card,
+    dead_letter,
+    from_iso,
+    get_obj,
+    get_str,
+    guarded,
+    minor_amount,
+    normalize_currency,
+    require_str,
+    type_name,
+)
+
+AUTHORISATION = "AUTHORISATION"
+SUCCESS_VALUES: Mapping[str, RecordStatus] = {"true": "succeeded", "false": "failed"}
+ITEM_KEY = "NotificationRequestItem"
+# Adyen payment method variants start with the scheme ("mc_applepay", "visadebit", "amex").
+VARIANT_PREFIXES: tuple[tuple[str, str], ...] = (
+    ("visa", "visa"),
+    ("mc", "mastercard"),
+    ("amex", "amex"),
+    ("discover", "discover"),
+    ("diners", "diners"),
+    ("jcb", "jcb"),
+    ("cup", "unionpay"),
+    ("maestro", "maestro"),
+    ("cartebancaire", "cartes_bancaires"),
+    ("elo", "elo"),
+)
+WALLET_METHODS: frozenset[str] = frozenset({"scheme", "applepay", "googlepay", "paywithgoogle"})
+
+
+def normalize_document(doc: object) -> list[Result]:
+    """Every notification item in one Adyen webhook body."""
+    if isinstance(doc, list):
+        return [r for item in doc for r in normalize_document(item)]
+    if not isinstance(doc, Mapping):
+        return [dead_letter(f"adyen body is {type_name(doc)}, expected an object", doc)]
+    if "notificationItems" in doc:
+        items = doc.get("notificationItems")
+        if not isinstance(items, list):
+            return [dead_letter(f"adyen notificationItems is {type_name(items)}", doc)]
+        return [r for item in items for r in normalize_document(item)]
+    if ITEM_KEY in doc:
+        item = doc.get(ITEM_KEY)
+        if not isinstance(item, Mapping):
+            return [dead_letter(f"adyen {ITEM_KEY} is {type_name(item)}", doc)]
+        return [guarded(lambda: _from_item(item), item)]
+    return [guarded(lambda: _from_item(doc), doc)]
+
+
+def _brand(item: JsonObject, extra: JsonObject) -> str | None:
+    method = get_str(item, "paymentMethod", "item")
+    if method is None or method.lower() in WALLET_METHODS:
+        method = get_str(extra, "paymentMethodVariant", "additionalData") or method
+    if method is None:
+        return None
+    lowered = method.lower()
+    for prefix, brand in VARIANT_PREFIXES:
+        if lowered.startswith(prefix):
+            return brand
+    return lowered
+
+
+def _card(item: JsonObject, extra: JsonObject) -> CanonicalCard | None:
+    brand = _brand(item, extra)
+    summary = get_str(extra, "cardSummary", "additionalData")
+    expiry = get_str(extra, "expiryDate", "additionalData")
+    if brand is None and summary is None and expiry is None:
+        return None
+    month, _, year = (expiry or "").partition("/")
+    return build_card(
+        brand=brand,
+        funding=get_str(extra, "fundingSource", "additionalData"),
+        country=get_str(extra, "issuerCountry", "additionalData"),
+        bin_=get_str(extra, "cardBin", "additionalData"),
+        last4=summary,
+        exp_month=month,
+        exp_year=year,
+        fingerprint=None,
+    )
+
+
+def _status(item: JsonObject) -> RecordStatus:
+    success = item.get("success")
+    if isinstance(success, bool):
+        return "succeeded" if success else "failed"
+    if not isinstance(success, str) or success.strip().lower() not in SUCCESS_VALUES:
+        raise RecordError(f"adyen success is {type_name(success)}, expected 'true' or 'false'")
+    return SUCCESS_VALUES[success.strip().lower()]
+
+
+def _from_item(item: JsonObject) -> CanonicalRecord:
+    where = "item"
+    event_code = get_str(item, "eventCode", where)
+    if event_code != AUTHORISATION:
+        raise RecordError(f"adyen eventCode {str(event_code)[:30]!r} is not {AUTHORISATION}")
+    psp_reference = require_str(item, "pspReference", where)
+    status = _status(item)
+    amount = get_obj(item, "amount", where)
+    if amount is None:
+        raise RecordError("adyen amount is missing")
+    currency = normalize_currency(get_str(amount, "currency", "amount"), "amount")
+    amount_minor = minor_amount(amount, "value", "amount")
+    attempted_at = from_iso(item.get("eventDate"), "item.eventDate")
+    extra = get_obj(item, "additionalData", where) or {}
+    card = _card(item, extra)
+    decline = None
+    if status == "failed":
+        code = (
+            get_str(item, "refusalReasonCode", where)
+            or get_str(extra, "refusalReasonCode", "additionalData")
+            or get_str(item, "refusalReason", where)
+            or get_str(item, "reason", where)
+        )
+        decline = classify(
+            DeclineSignals(
+                processor=Processor.ADYEN,
+                declined_at=attempted_at,
+                raw_code=code,
+                raw_text=get_str(extra, "refusalReasonRaw", "additionalData"),
+                card_brand=card.brand if card else None,
+                network_advice_code=get_str(extra, "merchantAdviceCode", "additionalData"),
+            )
+        )
+    customer_id = (
+        get_str(extra, "shopperReference", "additionalData")
+        or get_str(extra, "recurring.shopperReference", "additionalData")
+        or get_str(item, "shopperReference", where)
+    )
+    return CanonicalRecord(
+        processor=Processor.ADYEN,
+        processor_payment_id=psp_reference,
+        status=status,
+        amount_minor=amount_minor,
+        currency=currency,
+        customer_id=customer_id,
+        card=card,
+        decline=decline,
+        attempted_at=attempted_at,
+        invoice_ref=get_str(item, "merchantReference", where),
+        subscription_ref=None,
+        raw_kind="notification",
+    )

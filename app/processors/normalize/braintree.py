@@ -1,0 +1,155 @@
+"""Braintree: XML transactions (single, collections, search results) to canonical records."""
+
+import re
+from collections.abc import Mapping
+from functools import partial
+from xml.etree.ElementTree import Element, tostring
+
+from app.declines import DeclineSignals, classify
+from app.enums import CardFunding, Processor
+from app.processors.normalize.records import (
+    CanonicalCard,
+    CanonicalRecord,
+    RecordError,
+    RecordStatus,
+    Result,
+    build_card,
+    dead_letter,
+    from_iso,
+    guarded,
+    major_to_minor,
+    normalize_currency,
+)
+
+TRANSACTION_STATUSES: Mapping[str, RecordStatus] = {
+    "processor_declined": "failed",
+    "gateway_rejected": "failed",
+    "failed": "failed",
+    "authorized": "succeeded",
+    "submitted_for_settlement": "succeeded",
+    "settling": "succeeded",
+    "settled": "succeeded",
+    "settlement_pending": "succeeded",
+    "settlement_confirmed": "succeeded",
+}
+# Containers whose direct <transaction> children (or <transactions> list) are the records.
+LIST_ROOTS: frozenset[str] = frozenset(
+    {"credit-card-transactions", "transactions", "search-results"}
+)
+NOTIFICATION_ROOT = "notification"
+FLAG_YES = "yes"
+FLAG_NO = "no"
+_PAN_ELEMENTS = re.compile(
+    r"<(number|card-number|pan|account-number)\b[^>]*?(/>|>.*?</\1\s*>)", re.I | re.S
+)
+
+
+def normalize_document(root: Element) -> list[Result]:
+    """Every transaction found under a Braintree XML root, one result each."""
+    if root.tag == "transaction":
+        transactions = [root]
+    elif root.tag in LIST_ROOTS:
+        # A search-results page may list only ids: then there is nothing to normalize here.
+        transactions = root.findall("transaction") + root.findall("transactions/transaction")
+    elif root.tag == NOTIFICATION_ROOT:
+        transactions = root.findall("subject/transaction")
+    else:
+        return [dead_letter(f"unsupported braintree document <{root.tag[:40]}>", _excerpt(root))]
+    return [guarded(partial(_from_transaction, t), _excerpt(t)) for t in transactions]
+
+
+def _excerpt(element: Element) -> str:
+    return _PAN_ELEMENTS.sub("", tostring(element, encoding="unicode"))
+
+
+def _text(element: Element | None, tag: str) -> str | None:
+    if element is None:
+        return None
+    child = element.find(tag)
+    if child is None or child.get("nil") == "true" or child.text is None:
+        return None
+    return child.text.strip() or None
+
+
+def _require(element: Element, tag: str) -> str:
+    value = _text(element, tag)
+    if value is None:
+        raise RecordError(f"transaction <{tag}> is missing")
+    return value
+
+
+def _funding(card: Element) -> CardFunding:
+    prepaid = (_text(card, "prepaid") or "").lower()
+    debit = (_text(card, "debit") or "").lower()
+    if prepaid == FLAG_YES:
+        return CardFunding.PREPAID
+    if debit == FLAG_YES:
+        return CardFunding.DEBIT
+    # Braintree flags debit and prepaid only; a card that is neither is a credit card.
+    if debit == FLAG_NO and prepaid == FLAG_NO:
+        return CardFunding.CREDIT
+    return CardFunding.UNKNOWN
+
+
+def _card(transaction: Element) -> CanonicalCard | None:
+    card = transaction.find("credit-card")
+    if card is None:
+        return None
+    return build_card(
+        brand=_text(card, "card-type"),
+        funding=_funding(card),
+        country=_text(card, "country-of-issuance"),
+        bin_=_text(card, "bin"),
+        last4=_text(card, "last-4"),
+        exp_month=_text(card, "expiration-month"),
+        exp_year=_text(card, "expiration-year"),
+        fingerprint=_text(card, "unique-number-identifier"),
+    )
+
+
+def _from_transaction(t: Element) -> CanonicalRecord:
+    transaction_id = _require(t, "id")
+    raw_status = _require(t, "status")
+    status = TRANSACTION_STATUSES.get(raw_status)
+    if status is None:
+        raise RecordError(f"transaction status {raw_status[:30]!r} is not an attempt outcome")
+    kind = _text(t, "type")
+    if kind is not None and kind != "sale":
+        raise RecordError(f"transaction type {kind[:20]!r} is not a sale")
+    currency = normalize_currency(_text(t, "currency-iso-code"), "transaction")
+    amount_minor = major_to_minor(_require(t, "amount"), currency, "transaction")
+    attempted_at = from_iso(_require(t, "created-at"), "transaction.created-at")
+    card = _card(t)
+    decline = None
+    if status == "failed":
+        gateway_reason = _text(t, "gateway-rejection-reason")
+        code = _text(t, "processor-response-code")
+        if raw_status == "gateway_rejected" and gateway_reason is not None:
+            code = gateway_reason
+        decline = classify(
+            DeclineSignals(
+                processor=Processor.BRAINTREE,
+                declined_at=attempted_at,
+                raw_code=code,
+                card_brand=card.brand if card else None,
+                network_decline_code=_text(t, "network-response-code"),
+                network_advice_code=_text(t, "merchant-advice-code"),
+                processor_verdict=_text(t, "processor-response-type"),
+                gateway_rejection_reason=gateway_reason,
+            )
+        )
+    customer_id = _text(t.find("customer"), "id") or _text(t.find("customer-details"), "id")
+    return CanonicalRecord(
+        processor=Processor.BRAINTREE,
+        processor_payment_id=transaction_id,
+        status=status,
+        amount_minor=amount_minor,
+        currency=currency,
+        customer_id=customer_id,
+        card=card,
+        decline=decline,
+        attempted_at=attempted_at,
+        invoice_ref=_text(t, "order-id"),
+        subscription_ref=_text(t, "subscription-id"),
+        raw_kind="transaction",
+    )

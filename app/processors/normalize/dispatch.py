@@ -1,0 +1,127 @@
+"""Entry point: parse a processor's raw body and normalize every payment record in it."""
+
+import json
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from xml.etree.ElementTree import Element, ParseError
+
+from defusedxml import DefusedXmlException
+from defusedxml.ElementTree import fromstring
+
+from app.declines import Decline
+from app.enums import Processor
+from app.processors.normalize import adyen, braintree, checkout, stripe
+from app.processors.normalize.records import (
+    CanonicalCard,
+    CanonicalRecord,
+    DeadLetter,
+    NormalizeError,
+    Result,
+    dead_letter,
+)
+
+JSON_NORMALIZERS: Mapping[Processor, Callable[[object], list[Result]]] = {
+    Processor.STRIPE: stripe.normalize_document,
+    Processor.ADYEN: adyen.normalize_document,
+    Processor.CHECKOUT: checkout.normalize_document,
+}
+
+
+def normalize_payload(processor: Processor, body: bytes) -> list[CanonicalRecord | DeadLetter]:
+    """One result per payment record in `body`, in payload order.
+
+    A record that cannot be read becomes a DeadLetter and the rest go on; a body that is not
+    JSON (Stripe, Adyen, Checkout.com) or XML (Braintree) at all raises NormalizeError.
+    """
+    try:
+        if processor is Processor.BRAINTREE:
+            return _normalize_braintree(body)
+        return JSON_NORMALIZERS[processor](_parse_json(processor, body))
+    except RecursionError:
+        raise NormalizeError(f"{processor.value} body is nested too deeply") from None
+
+
+def _reject_constant(name: str) -> object:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _parse_json(processor: Processor, body: bytes) -> object:
+    try:
+        return json.loads(body, parse_constant=_reject_constant)
+    except json.JSONDecodeError as exc:
+        raise NormalizeError(
+            f"{processor.value} body is not valid JSON: {exc.msg} at line {exc.lineno} "
+            f"column {exc.colno}"
+        ) from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise NormalizeError(f"{processor.value} body is not valid JSON: {exc}") from None
+
+
+def _parse_xml(body: bytes) -> Element:
+    try:
+        return fromstring(body, forbid_dtd=True)
+    except ParseError as exc:
+        raise NormalizeError(f"braintree body is not valid XML: {exc}") from None
+    except DefusedXmlException as exc:
+        raise NormalizeError(f"braintree body uses a forbidden XML construct: {exc}") from None
+
+
+def _normalize_braintree(body: bytes) -> list[Result]:
+    if body.lstrip()[:1] in (b"{", b"["):
+        doc = _parse_json(Processor.BRAINTREE, body)
+        return [dead_letter("braintree payloads are XML; a JSON body is not supported", doc)]
+    return braintree.normalize_document(_parse_xml(body))
+
+
+# --- JSON rendering (the `portal normalize` output format) ----------------------------------
+
+
+def _iso_utc(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _card_json(card: CanonicalCard | None) -> dict[str, object] | None:
+    if card is None:
+        return None
+    return {
+        "brand": card.brand,
+        "funding": card.funding.value,
+        "country": card.country,
+        "last4": card.last4,
+        "exp_month": card.exp_month,
+        "exp_year": card.exp_year,
+    }
+
+
+def _decline_json(decline: Decline | None) -> dict[str, object] | None:
+    if decline is None:
+        return None
+    return {
+        "category": decline.category.value,
+        "retryable": decline.retryable,
+        "advice": decline.advice.value,
+        "not_before": _iso_utc(decline.not_before) if decline.not_before else None,
+        "raw_code": decline.raw_code,
+        "network_decline_code": decline.network_decline_code,
+        "network_advice_code": decline.network_advice_code,
+    }
+
+
+def record_to_json(record: CanonicalRecord) -> dict[str, object]:
+    """The record as plain JSON types, with timestamps in ISO-8601 UTC ending in "Z"."""
+    return {
+        "processor": record.processor.value,
+        "processor_payment_id": record.processor_payment_id,
+        "status": record.status,
+        "amount_minor": record.amount_minor,
+        "currency": record.currency,
+        "customer_id": record.customer_id,
+        "card": _card_json(record.card),
+        "decline": _decline_json(record.decline),
+        "attempted_at": _iso_utc(record.attempted_at),
+    }
+
+
+def dead_letter_to_json(letter: DeadLetter) -> dict[str, object]:
+    """A dead letter as plain JSON types, for the same output stream as records."""
+    return {"dead_letter": True, "reason": letter.reason, "payload_excerpt": letter.payload_excerpt}
