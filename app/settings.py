@@ -16,7 +16,7 @@ def normalize_database_url(url: str) -> str:
     """Accept `postgresql://`, `postgres://` and driver-suffixed URLs; return the asyncpg form."""
     scheme, sep, rest = url.partition("://")
     if not sep:
-        raise ValueError(f"DATABASE_URL has no scheme: expected postgresql://user@host:port/db")
+        raise ValueError("DATABASE_URL has no scheme: expected postgresql://user@host:port/db")
     base = scheme.split("+", 1)[0]
     if base not in {"postgresql", "postgres"}:
         raise ValueError(f"DATABASE_URL scheme {scheme!r} is not PostgreSQL")

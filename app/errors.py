@@ -1,0 +1,82 @@
+"""Error codes, defined once, and the domain errors that carry them."""
+
+from enum import StrEnum
+
+
+class ErrorCode(StrEnum):
+    """Every code a client may see in `extensions.code` or a payload's `errors[].code`."""
+
+    UNAUTHENTICATED = "UNAUTHENTICATED"
+    FORBIDDEN = "FORBIDDEN"
+    NOT_FOUND = "NOT_FOUND"
+    INVALID_ARGUMENT = "INVALID_ARGUMENT"
+    INVALID_CURSOR = "INVALID_CURSOR"
+    INVALID_ID = "INVALID_ID"
+    VERSION_CONFLICT = "VERSION_CONFLICT"
+    INVALID = "INVALID"
+    INTERNAL_SERVER_ERROR = "INTERNAL_SERVER_ERROR"
+
+
+class UpdateRetryPolicyErrorCode(StrEnum):
+    """Why `updateRetryPolicy` refused a change."""
+
+    NOT_FOUND = ErrorCode.NOT_FOUND.value
+    VERSION_CONFLICT = ErrorCode.VERSION_CONFLICT.value
+    INVALID = ErrorCode.INVALID.value
+
+
+class PortalError(Exception):
+    """An expected error: shown to the client with its code, never masked."""
+
+    code: ErrorCode = ErrorCode.INVALID_ARGUMENT
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+    @property
+    def extensions(self) -> dict[str, str]:
+        """What a GraphQL error built from this one carries in `extensions`."""
+        ext = {"code": self.code.value}
+        if self.field is not None:
+            ext["field"] = self.field
+        return ext
+
+
+class Unauthenticated(PortalError):
+    code = ErrorCode.UNAUTHENTICATED
+
+
+class Forbidden(PortalError):
+    code = ErrorCode.FORBIDDEN
+
+
+class NotFound(PortalError):
+    code = ErrorCode.NOT_FOUND
+
+
+class InvalidArgument(PortalError):
+    code = ErrorCode.INVALID_ARGUMENT
+
+
+class InvalidCursor(PortalError):
+    code = ErrorCode.INVALID_CURSOR
+
+
+class InvalidId(PortalError):
+    code = ErrorCode.INVALID_ID
+
+
+class VersionConflict(PortalError):
+    code = ErrorCode.VERSION_CONFLICT
+
+
+class ValidationFailed(PortalError):
+    """One or more fields are invalid; `problems` lists (field, message)."""
+
+    code = ErrorCode.INVALID
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        super().__init__("; ".join(f"{f}: {m}" for f, m in problems))
+        self.problems = problems

@@ -1,0 +1,60 @@
+"""Merchants: create (with a default retry policy), list and load within a scope."""
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy import tuple_
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col, select
+
+from app.db import UnitOfWork
+from app.errors import InvalidArgument
+from app.models.merchant import Merchant
+from app.services import audit
+from app.services.retry_policy import create_default_policy
+from app.tenancy import Principal
+
+
+async def create_merchant(
+    uow: UnitOfWork, *, name: str, principal: Principal, now: datetime
+) -> Merchant:
+    """A new merchant with the default retry policy as version 1, audited."""
+    name = name.strip()
+    if not name or len(name) > 200:
+        raise InvalidArgument("name must be 1-200 characters", field="name")
+    merchant = Merchant(name=name, created_at=now)
+    uow.session.add(merchant)
+    await uow.session.flush()
+    policy = create_default_policy(uow, merchant.id, created_by=principal.actor_label, now=now)
+    audit.record(
+        uow,
+        principal=principal,
+        merchant_id=merchant.id,
+        action="merchant.create",
+        entity_type="merchant",
+        entity_id=str(merchant.id),
+        before=None,
+        after={"name": merchant.name, "retry_policy_version": policy.version},
+        reason=None,
+        now=now,
+    )
+    await uow.session.flush()
+    return merchant
+
+
+async def list_merchants(
+    session: AsyncSession, *, first: int, after: tuple[datetime, uuid.UUID] | None
+) -> Sequence[Merchant]:
+    """Merchants visible to the session's scope, oldest first, keyset on (created_at, id)."""
+    query = select(Merchant).order_by(col(Merchant.created_at), col(Merchant.id)).limit(first + 1)
+    if after is not None:
+        query = query.where(tuple_(col(Merchant.created_at), col(Merchant.id)) > tuple_(*after))
+    return (await session.execute(query)).scalars().all()
+
+
+async def merchants_by_ids(
+    session: AsyncSession, ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, Merchant]:
+    rows = (await session.execute(select(Merchant).where(col(Merchant.id).in_(ids)))).scalars()
+    return {m.id: m for m in rows}

@@ -1,0 +1,256 @@
+"""Retry policies: versioned rows, validated changes, optimistic concurrency, audited."""
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from datetime import datetime
+from functools import cache
+from itertools import pairwise
+from typing import Any
+from zoneinfo import available_timezones
+
+from sqlalchemy import func
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col, select
+
+from app.db import UnitOfWork
+from app.enums import DeclineCategory, EndAction, RetryStrategy
+from app.errors import Forbidden, NotFound, ValidationFailed, VersionConflict
+from app.models.merchant import Merchant
+from app.models.retry_policy import RetryPolicy
+from app.services import audit
+from app.tenancy import Principal
+
+# DOMAIN.md section 2: Visa allows 15 reattempts per 30 days, Mastercard 10 declines per 24 h.
+MAX_ATTEMPTS_LIMIT = 15
+MAX_WINDOW_DAYS = 60
+MASTERCARD_DAILY_CAP = 10
+MAX_MIN_HOURS = 24 * 14
+
+DEFAULTS: dict[str, Any] = {
+    "enabled": True,
+    "max_attempts": 4,
+    "window_days": 14,
+    "min_hours_between_attempts": 24,
+    "quiet_hours_start": 22,
+    "quiet_hours_end": 7,
+    "timezone": "UTC",
+    "excluded_decline_categories": [],
+    "strategy": RetryStrategy.FIXED_SCHEDULE,
+    "fixed_schedule_days": [1, 3, 5, 7],
+    "end_action": EndAction.MARK_EXHAUSTED,
+}
+
+
+class _Keep:
+    """Marks a policy field the change leaves as it is."""
+
+    def __repr__(self) -> str:
+        return "KEEP"
+
+
+KEEP: Any = _Keep()
+
+
+@dataclass(frozen=True)
+class PolicyChanges:
+    """Fields to change; KEEP leaves a field as it is (quiet_hours=None clears them)."""
+
+    enabled: bool = KEEP
+    max_attempts: int = KEEP
+    window_days: int = KEEP
+    min_hours_between_attempts: int = KEEP
+    quiet_hours: tuple[int, int] | None = KEEP
+    timezone: str = KEEP
+    excluded_decline_categories: Sequence[DeclineCategory] = KEEP
+    strategy: RetryStrategy = KEEP
+    fixed_schedule_days: Sequence[int] = KEEP
+    end_action: EndAction = KEEP
+
+    def is_empty(self) -> bool:
+        return all(getattr(self, f.name) is KEEP for f in fields(self))
+
+
+@cache
+def _timezones() -> frozenset[str]:
+    return frozenset(available_timezones())
+
+
+def snapshot(policy: RetryPolicy) -> dict[str, Any]:
+    """The policy's settings as plain JSON values (audit before/after)."""
+    return {
+        "version": policy.version,
+        "enabled": policy.enabled,
+        "max_attempts": policy.max_attempts,
+        "window_days": policy.window_days,
+        "min_hours_between_attempts": policy.min_hours_between_attempts,
+        "quiet_hours_start": policy.quiet_hours_start,
+        "quiet_hours_end": policy.quiet_hours_end,
+        "timezone": policy.timezone,
+        "excluded_decline_categories": sorted(policy.excluded_decline_categories),
+        "strategy": str(policy.strategy),
+        "fixed_schedule_days": list(policy.fixed_schedule_days),
+        "end_action": str(policy.end_action),
+    }
+
+
+def validate(values: dict[str, Any]) -> list[tuple[str, str]]:
+    """Every problem with a complete set of policy values, as (field, message)."""
+    problems: list[tuple[str, str]] = []
+    max_attempts = values["max_attempts"]
+    window = values["window_days"]
+    min_hours = values["min_hours_between_attempts"]
+    if not 1 <= max_attempts <= MAX_ATTEMPTS_LIMIT:
+        problems.append(
+            ("maxAttempts", f"must be 1-{MAX_ATTEMPTS_LIMIT} (Visa allows 15 per 30 days)")
+        )
+    if not 1 <= window <= MAX_WINDOW_DAYS:
+        problems.append(("windowDays", f"must be 1-{MAX_WINDOW_DAYS}"))
+    if not 1 <= min_hours <= MAX_MIN_HOURS:
+        problems.append(("minHoursBetweenAttempts", f"must be 1-{MAX_MIN_HOURS}"))
+    elif min(max_attempts, 24 // min_hours + 1) > MASTERCARD_DAILY_CAP:
+        problems.append(
+            (
+                "minHoursBetweenAttempts",
+                "allows more than 10 attempts in 24 hours (Mastercard's cap)",
+            )
+        )
+    start, end = values["quiet_hours_start"], values["quiet_hours_end"]
+    if (start is None) != (end is None):
+        problems.append(("quietHours", "give both start and end hours, or neither"))
+    elif start is not None and end is not None:
+        if not (0 <= start <= 23 and 0 <= end <= 23):
+            problems.append(("quietHours", "hours must be 0-23"))
+        elif start == end:
+            problems.append(("quietHours", "start and end must differ"))
+    if values["timezone"] not in _timezones():
+        problems.append(("timezone", f"unknown IANA time zone {values['timezone']!r}"))
+    days = list(values["fixed_schedule_days"])
+    if not days:
+        problems.append(("fixedScheduleDays", "needs at least one day (also the model's fallback)"))
+    elif any(b <= a for a, b in pairwise(days)):
+        problems.append(("fixedScheduleDays", "days must be strictly increasing"))
+    elif days[0] < 1 or days[-1] > window:
+        problems.append(("fixedScheduleDays", f"days must lie within 1-{window} (the window)"))
+    elif len(days) > max_attempts:
+        problems.append(("fixedScheduleDays", "more days than maxAttempts"))
+    elif any((b - a) * 24 < min_hours for a, b in pairwise(days)):
+        problems.append(("fixedScheduleDays", "days closer than minHoursBetweenAttempts"))
+    return problems
+
+
+def create_default_policy(
+    uow: UnitOfWork, merchant_id: uuid.UUID, *, created_by: str, now: datetime
+) -> RetryPolicy:
+    policy = RetryPolicy(
+        merchant_id=merchant_id,
+        version=1,
+        created_at=now,
+        created_by=created_by,
+        reason="default policy",
+        **DEFAULTS,
+    )
+    uow.session.add(policy)
+    return policy
+
+
+async def current_policies(
+    session: AsyncSession, merchant_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, RetryPolicy]:
+    """Each merchant's highest policy version."""
+    latest = (
+        select(RetryPolicy.merchant_id, func.max(col(RetryPolicy.version)).label("version"))
+        .where(col(RetryPolicy.merchant_id).in_(merchant_ids))
+        .group_by(col(RetryPolicy.merchant_id))
+        .subquery()
+    )
+    rows = (
+        await session.execute(
+            select(RetryPolicy).join(
+                latest,
+                (col(RetryPolicy.merchant_id) == latest.c.merchant_id)
+                & (RetryPolicy.version == latest.c.version),
+            )
+        )
+    ).scalars()
+    return {p.merchant_id: p for p in rows}
+
+
+async def update_retry_policy(
+    uow: UnitOfWork,
+    *,
+    principal: Principal,
+    merchant_id: uuid.UUID,
+    expected_version: int,
+    changes: PolicyChanges,
+    reason: str,
+    now: datetime,
+) -> RetryPolicy:
+    """Add the next policy version if `expected_version` is still current."""
+    # Lock the merchant row: concurrent updates of one merchant's policy queue here.
+    merchant = (
+        await uow.session.execute(
+            select(Merchant).where(Merchant.id == merchant_id).with_for_update()
+        )
+    ).scalar_one_or_none()
+    if merchant is None:
+        raise NotFound("merchant not found", field="merchantId")
+    if not principal.may_configure(merchant_id):
+        raise Forbidden("this key may not change the merchant's configuration")
+    reason = reason.strip()
+    if not reason or len(reason) > 1000:
+        raise ValidationFailed([("reason", "give a reason of 1-1000 characters")])
+    if changes.is_empty():
+        raise ValidationFailed([("input", "no policy field to change")])
+    current = (await current_policies(uow.session, [merchant_id]))[merchant_id]
+    if current.version != expected_version:
+        raise VersionConflict(
+            f"policy is at version {current.version}, not {expected_version}; reload and retry",
+            field="expectedVersion",
+        )
+    values = {k: v for k, v in snapshot(current).items() if k != "version"}
+    for f in fields(changes):
+        value = getattr(changes, f.name)
+        if value is KEEP:
+            continue
+        if f.name == "quiet_hours":
+            values["quiet_hours_start"], values["quiet_hours_end"] = value or (None, None)
+        elif f.name == "excluded_decline_categories":
+            values[f.name] = sorted({str(c) for c in value})
+        else:
+            values[f.name] = list(value) if isinstance(value, list | tuple) else value
+    problems = validate(values)
+    if problems:
+        raise ValidationFailed(problems)
+    new = RetryPolicy(
+        merchant_id=merchant_id,
+        version=current.version + 1,
+        created_at=now,
+        created_by=principal.actor_label,
+        reason=reason,
+        **{
+            **values,
+            "strategy": RetryStrategy(values["strategy"]),
+            "end_action": EndAction(values["end_action"]),
+        },
+    )
+    uow.session.add(new)
+    try:
+        await uow.session.flush()
+    except IntegrityError as exc:
+        raise VersionConflict("policy changed concurrently; reload and retry") from exc
+    audit.record(
+        uow,
+        principal=principal,
+        merchant_id=merchant_id,
+        action="retry_policy.update",
+        entity_type="retry_policy",
+        entity_id=str(merchant_id),
+        before=snapshot(current),
+        after=snapshot(new),
+        reason=reason,
+        now=now,
+    )
+    await uow.session.flush()
+    return new

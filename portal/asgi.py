@@ -1,0 +1,123 @@
+"""The ASGI application: lifespan-owned resources, GraphQL, health endpoints."""
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from arq import create_pool
+from arq.connections import ArqRedis, RedisSettings
+from redis.asyncio import Redis
+from sqlalchemy import text
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from app.clock import Clock, SystemClock
+from app.db import Database
+from app.embedded import Services, resolve_services
+from app.settings import Settings, get_settings
+from app.tenancy import SYSTEM_SCOPE
+from portal.http import PortalGraphQL
+from schema.root import build_schema
+
+logger = logging.getLogger("portal")
+
+
+@dataclass
+class Resources:
+    """What the app's requests use; owned by the lifespan unless handed in (tests)."""
+
+    db: Database
+    redis: Redis
+    arq: ArqRedis | None
+    clock: Clock = field(default_factory=SystemClock)
+
+
+async def open_resources(services: Services, settings: Settings) -> Resources:
+    db = Database.from_url(
+        services.database_url,
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_max_overflow,
+    )
+    redis = Redis.from_url(services.redis_url)
+    arq = await create_pool(RedisSettings.from_dsn(services.redis_url))
+    return Resources(db=db, redis=redis, arq=arq)
+
+
+async def close_resources(resources: Resources) -> None:
+    if resources.arq is not None:
+        await resources.arq.aclose()
+    await resources.redis.aclose()
+    await resources.db.dispose()
+
+
+async def healthz(_: Request) -> JSONResponse:
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> JSONResponse:
+    resources: Resources = request.app.state.resources
+    checks: dict[str, str] = {}
+    try:
+        async with resources.db.session(SYSTEM_SCOPE) as session:
+            await session.execute(text("SELECT 1"))
+        checks["database"] = "ok"
+    except Exception as exc:
+        checks["database"] = f"error: {type(exc).__name__}"
+    try:
+        await resources.redis.ping()
+        checks["redis"] = "ok"
+    except Exception as exc:
+        checks["redis"] = f"error: {type(exc).__name__}"
+    ready = all(v == "ok" for v in checks.values())
+    return JSONResponse(
+        {"status": "ok" if ready else "unavailable", **checks}, 200 if ready else 503
+    )
+
+
+def create_app(
+    settings: Settings | None = None, *, resources: Resources | None = None
+) -> Starlette:
+    """The portal's ASGI app; with `resources` given, the caller owns their lifetime."""
+    settings = settings or get_settings()
+    schema = build_schema(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        owned: Resources | None = None
+        services: Services | None = None
+        current = resources
+        if current is None:
+            services = await resolve_services(settings)
+            logger.info("portal using %s", services.describe())
+            current = owned = await open_resources(services, settings)
+        app.state.resources = current
+        app.state.db = current.db
+        app.state.redis = current.redis
+        app.state.arq = current.arq
+        app.state.clock = current.clock
+        try:
+            yield
+        finally:
+            if owned is not None:
+                await close_resources(owned)
+            if services is not None:
+                services.close()
+
+    view: Any = PortalGraphQL(
+        schema,
+        settings=settings,
+        graphql_ide="graphiql" if settings.graphiql else None,
+        allow_queries_via_get=True,
+    )
+    return Starlette(
+        routes=[
+            Route("/graphql", view, methods=["GET", "POST"]),
+            Route("/healthz", healthz),
+            Route("/readyz", readyz),
+        ],
+        lifespan=lifespan,
+    )

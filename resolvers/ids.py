@@ -1,0 +1,55 @@
+"""Opaque global ids (`node(id:)`) and keyset cursors."""
+
+import base64
+import binascii
+import json
+import uuid
+from datetime import datetime
+
+from app.errors import InvalidCursor, InvalidId
+
+NODE_TYPES = frozenset({"Merchant", "Payment", "Customer", "Card"})
+
+
+def _b64encode(raw: str) -> str:
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def _b64decode(value: str) -> str:
+    padded = value + "=" * (-len(value) % 4)
+    return base64.urlsafe_b64decode(padded.encode("ascii")).decode()
+
+
+def encode_id(type_name: str, key: uuid.UUID) -> str:
+    return _b64encode(f"{type_name}:{key}")
+
+
+def decode_id(value: str, *, expected: str | None = None) -> tuple[str, uuid.UUID]:
+    """The (type, key) of a global id; raises InvalidId on anything malformed or mistyped."""
+    try:
+        type_name, _, key = _b64decode(value).partition(":")
+        parsed = uuid.UUID(key)
+    except (ValueError, UnicodeError, binascii.Error) as exc:
+        raise InvalidId(f"malformed id {value[:64]!r}") from exc
+    if type_name not in NODE_TYPES:
+        raise InvalidId(f"malformed id {value[:64]!r}")
+    if expected is not None and type_name != expected:
+        raise InvalidId(f"id {value[:64]!r} is not a {expected} id")
+    return type_name, parsed
+
+
+def encode_cursor(at: datetime, key: uuid.UUID) -> str:
+    return _b64encode(json.dumps([at.isoformat(), str(key)]))
+
+
+def decode_cursor(value: str) -> tuple[datetime, uuid.UUID]:
+    """The (time, id) keyset position of a cursor; raises InvalidCursor when malformed."""
+    try:
+        at_raw, key_raw = json.loads(_b64decode(value))
+        at = datetime.fromisoformat(at_raw)
+        key = uuid.UUID(key_raw)
+    except (ValueError, TypeError, UnicodeError, binascii.Error) as exc:
+        raise InvalidCursor(f"malformed cursor {value[:64]!r}") from exc
+    if at.tzinfo is None:
+        raise InvalidCursor(f"malformed cursor {value[:64]!r}")
+    return at, key

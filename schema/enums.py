@@ -1,0 +1,50 @@
+"""GraphQL enums: the core's enums, registered with descriptions for the API."""
+
+import strawberry
+
+from app.enums import (
+    Actor,
+    Advice,
+    AttemptOutcome,
+    CardFunding,
+    DeclineCategory,
+    EndAction,
+    MerchantStatus,
+    PaymentState,
+    Processor,
+    RetryStrategy,
+    Role,
+)
+from app.errors import UpdateRetryPolicyErrorCode
+
+# strawberry.enum registers the class itself, so the API and the core share one type.
+for _cls, _description in (
+    (Role, "What an API key may do."),
+    (PaymentState, "Where a payment is in recovery."),
+    (DeclineCategory, "Canonical decline category, whatever the processor."),
+    (Advice, "What the decline says about retrying."),
+    (AttemptOutcome, "Result of an attempt."),
+    (Actor, "Who made an attempt or brought about a recovery."),
+    (Processor, "A payment processor."),
+    (CardFunding, "Card funding type."),
+    (RetryStrategy, "How retry times are chosen."),
+    (EndAction, "What happens when the retry window ends unrecovered."),
+    (MerchantStatus, "Whether a merchant's recovery runs."),
+    (UpdateRetryPolicyErrorCode, "Why updateRetryPolicy refused a change."),
+):
+    strawberry.enum(_cls, description=_description)
+
+__all__ = [
+    "Actor",
+    "Advice",
+    "AttemptOutcome",
+    "CardFunding",
+    "DeclineCategory",
+    "EndAction",
+    "MerchantStatus",
+    "PaymentState",
+    "Processor",
+    "RetryStrategy",
+    "Role",
+    "UpdateRetryPolicyErrorCode",
+]

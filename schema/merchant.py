@@ -1,0 +1,77 @@
+"""The Merchant type: a tenant, with its payments and retry policy."""
+
+from datetime import datetime
+from typing import Annotated, Self
+
+import strawberry
+
+from app.models.merchant import Merchant as MerchantModel
+from resolvers import payment as payment_resolvers
+from resolvers import retry_policy as policy_resolvers
+from resolvers.context import Context
+from resolvers.ids import encode_id
+from resolvers.pagination import Page
+from schema.enums import MerchantStatus
+from schema.node import Node
+from schema.payment import PageInfo, PaymentConnection, PaymentFilter
+from schema.retry_policy import RetryPolicy
+
+Info = strawberry.Info[Context, None]
+
+
+@strawberry.type(description="A business whose failed payments the portal recovers.")
+class Merchant(Node):
+    name: str = strawberry.field(description="The merchant's name.")
+    status: MerchantStatus = strawberry.field(description="Whether recovery runs.")
+    created_at: datetime = strawberry.field(description="When the merchant was added.")
+    _row: strawberry.Private[MerchantModel]
+
+    @classmethod
+    def from_model(cls, row: MerchantModel) -> Self:
+        return cls(
+            id=strawberry.ID(encode_id("Merchant", row.id)),
+            name=row.name,
+            status=row.status,
+            created_at=row.created_at,
+            _row=row,
+        )
+
+    @strawberry.field(description="Payments in recovery, newest failure first.")
+    async def payments(
+        self,
+        info: Info,
+        first: Annotated[int | None, strawberry.argument(description="Page size, 1-100.")] = None,
+        after: Annotated[str | None, strawberry.argument(description="Cursor to follow.")] = None,
+        filter: Annotated[
+            PaymentFilter | None, strawberry.argument(description="Narrow the list.")
+        ] = None,
+    ) -> PaymentConnection:
+        filters = (filter or PaymentFilter()).to_values()
+        page = await payment_resolvers.payments_page(
+            info.context, merchant_id=self._row.id, filters=filters, first=first, after=after
+        )
+        return PaymentConnection.from_page(page)
+
+    @strawberry.field(description="The current retry policy.")
+    async def retry_policy(self, info: Info) -> RetryPolicy | None:
+        row = await policy_resolvers.current(info.context, self._row.id)
+        return None if row is None else RetryPolicy.from_model(row)
+
+
+@strawberry.type(description="A merchant and its cursor.")
+class MerchantEdge:
+    cursor: str = strawberry.field(description="Opaque keyset cursor of this merchant.")
+    node: Merchant = strawberry.field(description="The merchant.")
+
+
+@strawberry.type(description="A page of merchants, oldest first.")
+class MerchantConnection:
+    edges: list[MerchantEdge] = strawberry.field(description="The merchants of this page.")
+    page_info: PageInfo = strawberry.field(description="Paging information.")
+
+    @classmethod
+    def from_page(cls, page: Page[MerchantModel]) -> Self:
+        return cls(
+            edges=[MerchantEdge(cursor=c, node=Merchant.from_model(m)) for c, m in page.items],
+            page_info=PageInfo(has_next_page=page.has_next_page, end_cursor=page.end_cursor),
+        )

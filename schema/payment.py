@@ -1,0 +1,236 @@
+"""Payment types: a failed charge in recovery, its attempts, customer, card and money."""
+
+from datetime import datetime
+from typing import Self
+
+import strawberry
+
+from app.models.customer import CardCredential as CardModel
+from app.models.customer import Customer as CustomerModel
+from app.models.payment import Payment as PaymentModel
+from app.models.payment import PaymentAttempt as AttemptModel
+from app.services.payment import PaymentFilter as PaymentFilterValues
+from resolvers import payment as payment_resolvers
+from resolvers.context import Context
+from resolvers.ids import encode_id
+from resolvers.pagination import Page
+from schema.enums import (
+    Actor,
+    Advice,
+    AttemptOutcome,
+    CardFunding,
+    DeclineCategory,
+    PaymentState,
+    Processor,
+)
+from schema.node import Node
+from schema.scalars import Long
+
+Info = strawberry.Info[Context, None]
+
+
+@strawberry.type(description="An amount of money: integer minor units and an ISO-4217 currency.")
+class Money:
+    amount_minor: Long = strawberry.field(description="Amount in minor units (cents, pence…).")
+    currency: str = strawberry.field(description="ISO-4217 currency code, upper case.")
+
+
+@strawberry.type(description="The canonical reading of a processor's decline.")
+class Decline:
+    category: DeclineCategory = strawberry.field(description="Canonical decline category.")
+    retryable: bool = strawberry.field(description="Whether the same card may be retried.")
+    advice: Advice = strawberry.field(description="What the decline says about retrying.")
+    raw_code: str | None = strawberry.field(description="The processor's own decline code.")
+    network_decline_code: str | None = strawberry.field(
+        description="The card network's response code, when reported."
+    )
+    network_advice_code: str | None = strawberry.field(
+        description="The network's merchant advice code (e.g. Mastercard MAC), when reported."
+    )
+
+
+@strawberry.type(description="The decline of one attempt.")
+class AttemptDecline:
+    category: DeclineCategory = strawberry.field(description="Canonical decline category.")
+    raw_code: str | None = strawberry.field(description="The processor's own decline code.")
+
+
+@strawberry.type(description="One charge attempt on a payment.")
+class PaymentAttempt:
+    number: int = strawberry.field(description="1 for the first failure, then 2, 3, …")
+    attempted_at: datetime = strawberry.field(description="When the attempt was made.")
+    outcome: AttemptOutcome = strawberry.field(description="What the attempt achieved.")
+    actor: Actor = strawberry.field(description="Who made the attempt.")
+    decline: AttemptDecline | None = strawberry.field(
+        description="The decline, when the attempt was declined."
+    )
+
+    @classmethod
+    def from_model(cls, row: AttemptModel) -> Self:
+        decline = (
+            AttemptDecline(category=row.decline_category, raw_code=row.raw_decline_code)
+            if row.decline_category is not None
+            else None
+        )
+        return cls(
+            number=row.number,
+            attempted_at=row.attempted_at,
+            outcome=row.outcome,
+            actor=row.actor,
+            decline=decline,
+        )
+
+
+@strawberry.type(description="A merchant's customer, as the processor knows them.")
+class Customer(Node):
+    external_ref: str = strawberry.field(description="The processor's customer reference.")
+    timezone: str | None = strawberry.field(description="IANA time zone, when known.")
+    country: str | None = strawberry.field(description="ISO 3166 alpha-2 country, when known.")
+
+    @classmethod
+    def from_model(cls, row: CustomerModel) -> Self:
+        return cls(
+            id=strawberry.ID(encode_id("Customer", row.id)),
+            external_ref=row.external_ref,
+            timezone=row.timezone,
+            country=row.country,
+        )
+
+
+@strawberry.type(description="A card credential; the card number is never stored.")
+class Card(Node):
+    brand: str = strawberry.field(description="Lower-case brand: visa, mastercard, amex, …")
+    last4: str = strawberry.field(description="Last four digits.")
+    bin: str | None = strawberry.field(description="Issuer identification number (first digits).")
+    funding: CardFunding = strawberry.field(description="Credit, debit, prepaid or unknown.")
+    country: str | None = strawberry.field(description="Issuer country, ISO 3166 alpha-2.")
+    exp_month: int = strawberry.field(description="Expiry month, 1-12.")
+    exp_year: int = strawberry.field(description="Expiry year, four digits.")
+
+    @classmethod
+    def from_model(cls, row: CardModel) -> Self:
+        return cls(
+            id=strawberry.ID(encode_id("Card", row.id)),
+            brand=row.brand,
+            last4=row.last4,
+            bin=row.bin,
+            funding=row.funding,
+            country=row.issuer_country,
+            exp_month=row.exp_month,
+            exp_year=row.exp_year,
+        )
+
+
+@strawberry.type(description="A failed recurring charge in recovery.")
+class Payment(Node):
+    processor: Processor = strawberry.field(description="The processor that charged it.")
+    processor_payment_id: str = strawberry.field(description="The processor's id of the charge.")
+    state: PaymentState = strawberry.field(description="Where the payment is in recovery.")
+    amount: Money = strawberry.field(description="The amount due.")
+    decline: Decline = strawberry.field(description="The decline of the first failure.")
+    failed_at: datetime = strawberry.field(description="When the charge first failed.")
+    next_retry_at: datetime | None = strawberry.field(
+        description="When the next retry is scheduled (set only while SCHEDULED)."
+    )
+    recovered_at: datetime | None = strawberry.field(description="When it was recovered.")
+    recovered_by: Actor | None = strawberry.field(description="Who recovered it.")
+    attempt_count: int = strawberry.field(
+        description="Attempts so far, the first failure included."
+    )
+    invoice_ref: str | None = strawberry.field(description="The billing system's invoice id.")
+    subscription_ref: str | None = strawberry.field(description="The subscription id.")
+    _row: strawberry.Private[PaymentModel]
+
+    @classmethod
+    def from_model(cls, row: PaymentModel) -> Self:
+        return cls(
+            id=strawberry.ID(encode_id("Payment", row.id)),
+            processor=row.processor,
+            processor_payment_id=row.processor_payment_id,
+            state=row.state,
+            amount=Money(amount_minor=Long(row.amount_minor), currency=row.currency),
+            decline=Decline(
+                category=row.decline_category,
+                retryable=row.decline_retryable,
+                advice=row.decline_advice,
+                raw_code=row.decline_raw_code,
+                network_decline_code=row.decline_network_code,
+                network_advice_code=row.decline_network_advice_code,
+            ),
+            failed_at=row.first_failed_at,
+            next_retry_at=row.next_retry_at,
+            recovered_at=row.recovered_at,
+            recovered_by=row.recovered_by,
+            attempt_count=row.attempt_count,
+            invoice_ref=row.invoice_ref,
+            subscription_ref=row.subscription_ref,
+            _row=row,
+        )
+
+    @strawberry.field(description="Every attempt, oldest first.")
+    async def attempts(self, info: Info) -> list[PaymentAttempt]:
+        rows = await payment_resolvers.attempts(info.context, self._row.id)
+        return [PaymentAttempt.from_model(r) for r in rows]
+
+    @strawberry.field(description="The customer charged.")
+    async def customer(self, info: Info) -> Customer | None:
+        row = await payment_resolvers.customer(info.context, self._row.customer_id)
+        return None if row is None else Customer.from_model(row)
+
+    @strawberry.field(description="The card charged, when known.")
+    async def card(self, info: Info) -> Card | None:
+        row = await payment_resolvers.card(info.context, self._row.card_id)
+        return None if row is None else Card.from_model(row)
+
+
+@strawberry.input(description="Filters for a merchant's payments; all given filters apply.")
+class PaymentFilter:
+    states: list[PaymentState] | None = strawberry.field(
+        default=None, description="Only payments in these states."
+    )
+    decline_categories: list[DeclineCategory] | None = strawberry.field(
+        default=None, description="Only payments whose first decline is in these categories."
+    )
+    processors: list[Processor] | None = strawberry.field(
+        default=None, description="Only payments from these processors."
+    )
+    failed_after: datetime | None = strawberry.field(
+        default=None, description="Only payments that first failed at or after this time."
+    )
+    failed_before: datetime | None = strawberry.field(
+        default=None, description="Only payments that first failed before this time."
+    )
+
+    def to_values(self) -> PaymentFilterValues:
+        return PaymentFilterValues(
+            states=tuple(self.states or ()),
+            decline_categories=tuple(self.decline_categories or ()),
+            processors=tuple(self.processors or ()),
+            failed_after=self.failed_after,
+            failed_before=self.failed_before,
+        )
+
+
+@strawberry.type(description="Where a page ends and whether another follows.")
+class PageInfo:
+    has_next_page: bool = strawberry.field(description="Whether another page follows.")
+    end_cursor: str | None = strawberry.field(description="Pass as `after` for the next page.")
+
+
+@strawberry.type(description="A payment and its cursor.")
+class PaymentEdge:
+    cursor: str = strawberry.field(description="Opaque keyset cursor of this payment.")
+    node: Payment = strawberry.field(description="The payment.")
+
+
+@strawberry.type(description="A page of payments, newest failure first.")
+class PaymentConnection:
+    edges: list[PaymentEdge] = strawberry.field(description="The payments of this page.")
+    page_info: PageInfo = strawberry.field(description="Paging information.")
+
+    @classmethod
+    def from_page(cls, page: Page[PaymentModel]) -> Self:
+        return cls(
+            edges=[PaymentEdge(cursor=c, node=Payment.from_model(p)) for c, p in page.items],
+            page_info=PageInfo(has_next_page=page.has_next_page, end_cursor=page.end_cursor),
+        )

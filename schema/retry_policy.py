@@ -1,0 +1,204 @@
+"""Retry policy types and the updateRetryPolicy mutation's input and payload."""
+
+from datetime import datetime
+from typing import Any, Self
+
+import strawberry
+
+from app.errors import (
+    InvalidId,
+    NotFound,
+    ValidationFailed,
+    VersionConflict,
+)
+from app.errors import UpdateRetryPolicyErrorCode as Code
+from app.models.retry_policy import RetryPolicy as RetryPolicyModel
+from app.services.retry_policy import KEEP, PolicyChanges
+from resolvers import retry_policy as policy_resolvers
+from resolvers.context import Context
+from schema.enums import DeclineCategory, EndAction, RetryStrategy
+
+Info = strawberry.Info[Context, None]
+
+
+@strawberry.type(description="Hours of the customer's day when no retry is made.")
+class QuietHours:
+    start_hour: int = strawberry.field(description="First quiet hour, 0-23, local time.")
+    end_hour: int = strawberry.field(description="Hour quiet ends, 0-23, local time (exclusive).")
+
+
+@strawberry.type(description="A version of a merchant's retry configuration.")
+class RetryPolicy:
+    version: int = strawberry.field(description="Version number; each change adds one.")
+    enabled: bool = strawberry.field(description="Whether the portal retries at all.")
+    max_attempts: int = strawberry.field(description="Most retries per payment (1-15).")
+    window_days: int = strawberry.field(description="Days after the first failure to retry in.")
+    min_hours_between_attempts: int = strawberry.field(description="Minimum spacing in hours.")
+    quiet_hours: QuietHours | None = strawberry.field(
+        description="No retries in these hours of the customer's local time."
+    )
+    timezone: str = strawberry.field(
+        description="Time zone used for quiet hours when the customer's is unknown."
+    )
+    excluded_decline_categories: list[DeclineCategory] = strawberry.field(
+        description="Decline categories never retried."
+    )
+    strategy: RetryStrategy = strawberry.field(description="How retry times are chosen.")
+    fixed_schedule_days: list[int] = strawberry.field(
+        description="Days after the first failure for the fixed schedule (and the fallback)."
+    )
+    end_action: EndAction = strawberry.field(
+        description="What happens when the window ends unrecovered."
+    )
+    updated_at: datetime = strawberry.field(description="When this version was made.")
+    updated_by: str = strawberry.field(description="Who made this version.")
+
+    @classmethod
+    def from_model(cls, row: RetryPolicyModel) -> Self:
+        quiet = (
+            QuietHours(start_hour=row.quiet_hours_start, end_hour=row.quiet_hours_end)
+            if row.quiet_hours_start is not None and row.quiet_hours_end is not None
+            else None
+        )
+        return cls(
+            version=row.version,
+            enabled=row.enabled,
+            max_attempts=row.max_attempts,
+            window_days=row.window_days,
+            min_hours_between_attempts=row.min_hours_between_attempts,
+            quiet_hours=quiet,
+            timezone=row.timezone,
+            excluded_decline_categories=[
+                DeclineCategory(c) for c in row.excluded_decline_categories
+            ],
+            strategy=row.strategy,
+            fixed_schedule_days=list(row.fixed_schedule_days),
+            end_action=row.end_action,
+            updated_at=row.created_at,
+            updated_by=row.created_by,
+        )
+
+
+@strawberry.input(description="Quiet hours in the customer's local time.")
+class QuietHoursInput:
+    start_hour: int = strawberry.field(description="First quiet hour, 0-23.")
+    end_hour: int = strawberry.field(description="Hour quiet ends, 0-23 (exclusive).")
+
+
+@strawberry.input(description="A change to a merchant's retry policy; omitted fields stay.")
+class UpdateRetryPolicyInput:
+    merchant_id: strawberry.ID = strawberry.field(description="The merchant's global id.")
+    expected_version: int = strawberry.field(
+        description="The version the change is based on; a newer one means VERSION_CONFLICT."
+    )
+    reason: str = strawberry.field(description="Why; kept in the audit log.")
+    enabled: bool | None = strawberry.field(default=strawberry.UNSET, description="On or off.")
+    max_attempts: int | None = strawberry.field(
+        default=strawberry.UNSET, description="Most retries per payment, 1-15."
+    )
+    window_days: int | None = strawberry.field(
+        default=strawberry.UNSET, description="Retry window in days, 1-60."
+    )
+    min_hours_between_attempts: int | None = strawberry.field(
+        default=strawberry.UNSET, description="Minimum spacing in hours."
+    )
+    quiet_hours: QuietHoursInput | None = strawberry.field(
+        default=strawberry.UNSET, description="Quiet hours; null removes them."
+    )
+    timezone: str | None = strawberry.field(
+        default=strawberry.UNSET, description="IANA time zone, e.g. Europe/Paris."
+    )
+    excluded_decline_categories: list[DeclineCategory] | None = strawberry.field(
+        default=strawberry.UNSET, description="Decline categories never retried."
+    )
+    strategy: RetryStrategy | None = strawberry.field(
+        default=strawberry.UNSET, description="How retry times are chosen."
+    )
+    fixed_schedule_days: list[int] | None = strawberry.field(
+        default=strawberry.UNSET, description="Days after the first failure, increasing."
+    )
+    end_action: EndAction | None = strawberry.field(
+        default=strawberry.UNSET, description="What happens when the window ends."
+    )
+
+    def to_changes(self) -> PolicyChanges:
+        """The change as the core takes it; explicit null is refused except for quietHours."""
+        values: dict[str, Any] = {}
+        nulls: list[tuple[str, str]] = []
+        for name, api_name in (
+            ("enabled", "enabled"),
+            ("max_attempts", "maxAttempts"),
+            ("window_days", "windowDays"),
+            ("min_hours_between_attempts", "minHoursBetweenAttempts"),
+            ("timezone", "timezone"),
+            ("excluded_decline_categories", "excludedDeclineCategories"),
+            ("strategy", "strategy"),
+            ("fixed_schedule_days", "fixedScheduleDays"),
+            ("end_action", "endAction"),
+        ):
+            value = getattr(self, name)
+            if value is strawberry.UNSET:
+                continue
+            if value is None:
+                nulls.append((api_name, "cannot be null; omit the field to keep it"))
+                continue
+            values[name] = value
+        if self.quiet_hours is not strawberry.UNSET:
+            quiet = self.quiet_hours
+            values["quiet_hours"] = None if quiet is None else (quiet.start_hour, quiet.end_hour)
+        if nulls:
+            raise ValidationFailed(nulls)
+        return PolicyChanges(**{k: values.get(k, KEEP) for k in _CHANGE_FIELDS})
+
+
+_CHANGE_FIELDS = tuple(PolicyChanges.__dataclass_fields__)
+
+
+@strawberry.type(description="An error of updateRetryPolicy.")
+class UpdateRetryPolicyError:
+    code: Code = strawberry.field(description="What went wrong.")
+    message: str = strawberry.field(description="A human-readable explanation.")
+    field: str | None = strawberry.field(description="The input field at fault, if one is.")
+
+
+@strawberry.type(description="The result of updateRetryPolicy.")
+class UpdateRetryPolicyPayload:
+    retry_policy: RetryPolicy | None = strawberry.field(
+        description="The new current version, when the change was applied."
+    )
+    errors: list[UpdateRetryPolicyError] = strawberry.field(
+        description="Why the change was refused; empty on success."
+    )
+
+
+async def update_retry_policy(
+    info: Info, input: UpdateRetryPolicyInput
+) -> UpdateRetryPolicyPayload:
+    def fail(code: Code, message: str, field: str | None) -> UpdateRetryPolicyPayload:
+        return UpdateRetryPolicyPayload(
+            retry_policy=None,
+            errors=[UpdateRetryPolicyError(code=code, message=message, field=field)],
+        )
+
+    try:
+        changes = input.to_changes()
+        row = await policy_resolvers.update(
+            info.context,
+            merchant_global_id=str(input.merchant_id),
+            expected_version=input.expected_version,
+            changes=changes,
+            reason=input.reason,
+        )
+    except (NotFound, InvalidId) as exc:
+        return fail(Code.NOT_FOUND, exc.message, "merchantId")
+    except VersionConflict as exc:
+        return fail(Code.VERSION_CONFLICT, exc.message, "expectedVersion")
+    except ValidationFailed as exc:
+        return UpdateRetryPolicyPayload(
+            retry_policy=None,
+            errors=[
+                UpdateRetryPolicyError(code=Code.INVALID, message=m, field=f)
+                for f, m in exc.problems
+            ],
+        )
+    return UpdateRetryPolicyPayload(retry_policy=RetryPolicy.from_model(row), errors=[])

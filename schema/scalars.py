@@ -1,0 +1,31 @@
+"""Custom scalars: 64-bit integers for money."""
+
+from typing import NewType
+
+import strawberry
+
+MAX_LONG = 2**63 - 1
+
+Long = NewType("Long", int)
+
+
+def _parse_long(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ValueError("Long must be an integer")
+    number = int(value)
+    if not -MAX_LONG - 1 <= number <= MAX_LONG:
+        raise ValueError("Long is outside the 64-bit range")
+    return number
+
+
+SCALAR_MAP = {
+    Long: strawberry.scalar(
+        name="Long",
+        description=(
+            "A 64-bit signed integer (GraphQL Int is 32-bit); serialized as a JSON number. "
+            "Used for amounts in minor units."
+        ),
+        serialize=int,
+        parse_value=_parse_long,
+    )
+}

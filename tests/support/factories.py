@@ -1,0 +1,121 @@
+"""Typed async factories for test data, through the same services the portal uses."""
+
+import uuid
+from datetime import datetime, timedelta
+
+from app.db import Database
+from app.enums import (
+    Actor,
+    Advice,
+    AttemptOutcome,
+    CardFunding,
+    DeclineCategory,
+    PaymentState,
+    Processor,
+    Role,
+)
+from app.models.customer import CardCredential, Customer
+from app.models.merchant import Merchant
+from app.models.payment import Payment, PaymentAttempt
+from app.services.api_key import create_api_key
+from app.services.merchant import create_merchant
+from app.tenancy import SYSTEM_SCOPE, system_principal
+
+
+async def make_merchant(db: Database, name: str, *, now: datetime) -> Merchant:
+    async with db.uow(SYSTEM_SCOPE) as uow:
+        merchant = await create_merchant(uow, name=name, principal=system_principal(), now=now)
+        await uow.commit()
+    return merchant
+
+
+async def make_key(
+    db: Database, role: Role, merchants: list[Merchant], *, now: datetime, name: str = "test"
+) -> str:
+    async with db.uow(SYSTEM_SCOPE) as uow:
+        _, token = await create_api_key(
+            uow, name=name, role=role, merchant_ids=[m.id for m in merchants], now=now
+        )
+        await uow.commit()
+    return token
+
+
+async def make_payments(
+    db: Database,
+    merchant: Merchant,
+    count: int,
+    *,
+    now: datetime,
+    attempts_each: int = 2,
+    state: PaymentState = PaymentState.SCHEDULED,
+    processor: Processor = Processor.STRIPE,
+    category: DeclineCategory = DeclineCategory.INSUFFICIENT_FUNDS,
+) -> list[Payment]:
+    """`count` payments, failed one minute apart (the newest at `now`), each with attempts."""
+    created: list[Payment] = []
+    async with db.uow(SYSTEM_SCOPE) as uow:
+        for i in range(count):
+            customer = Customer(
+                merchant_id=merchant.id,
+                external_ref=f"cus_{uuid.uuid4().hex[:12]}",
+                timezone="Europe/Paris",
+                country="FR",
+                created_at=now,
+            )
+            uow.session.add(customer)
+            await uow.session.flush()
+            card = CardCredential(
+                merchant_id=merchant.id,
+                customer_id=customer.id,
+                brand="visa",
+                funding=CardFunding.DEBIT,
+                issuer_country="FR",
+                bin="497010",
+                last4=f"{i % 10_000:04d}",
+                exp_month=12,
+                exp_year=2028,
+                fingerprint=uuid.uuid4().hex,
+                created_at=now,
+            )
+            uow.session.add(card)
+            await uow.session.flush()
+            failed_at = now - timedelta(minutes=i)
+            payment = Payment(
+                merchant_id=merchant.id,
+                processor=processor,
+                processor_payment_id=f"ch_{uuid.uuid4().hex[:16]}",
+                amount_minor=1999 + i,
+                currency="EUR",
+                customer_id=customer.id,
+                card_id=card.id,
+                first_failed_at=failed_at,
+                decline_category=category,
+                decline_retryable=True,
+                decline_advice=Advice.RETRY,
+                decline_raw_code="insufficient_funds",
+                decline_network_code="51",
+                state=state,
+                next_retry_at=now + timedelta(days=1) if state is PaymentState.SCHEDULED else None,
+                attempt_count=attempts_each,
+                created_at=now,
+                updated_at=now,
+            )
+            uow.session.add(payment)
+            await uow.session.flush()
+            for n in range(1, attempts_each + 1):
+                uow.session.add(
+                    PaymentAttempt(
+                        merchant_id=merchant.id,
+                        payment_id=payment.id,
+                        number=n,
+                        attempted_at=failed_at + timedelta(hours=n - 1),
+                        outcome=AttemptOutcome.DECLINED,
+                        actor=Actor.PROCESSOR if n == 1 else Actor.PORTAL,
+                        raw_decline_code="insufficient_funds",
+                        decline_category=category,
+                        created_at=now,
+                    )
+                )
+            created.append(payment)
+        await uow.commit()
+    return created
