@@ -1,0 +1,562 @@
+"""Network-rule ledger: card-network caps, never-retry rules and merchant policy, all pure."""
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, time, timedelta
+from types import MappingProxyType
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from app.enums import (
+    Actor,
+    Advice,
+    AttemptOutcome,
+    DeclineCategory,
+    EndAction,
+    PaymentState,
+    RetryStrategy,
+)
+
+VISA = "visa"
+MASTERCARD = "mastercard"
+AMEX = "amex"
+DISCOVER = "discover"
+
+# Spellings that reach the core despite the normalizers; anything else is used lower-cased.
+_NETWORK_ALIASES: Mapping[str, str] = MappingProxyType(
+    {"mc": MASTERCARD, "master": MASTERCARD, "american_express": AMEX, "american express": AMEX}
+)
+
+# Rule names: stored as a payment's blocking rule and shown in the "why (not) retried" view.
+RULE_RECOVERY_DISABLED = "recovery_disabled"
+RULE_STOP_PAYMENT = "stop_payment"
+RULE_VISA_CATEGORY_1 = "visa_category_1"
+RULE_DECLINE_ADVICE_NEVER = "decline_advice_never"
+RULE_UPDATE_CREDENTIALS = "update_credentials"
+RULE_HARD_DECLINE = "hard_decline"
+RULE_EXCLUDED_CATEGORY = "excluded_category"
+RULE_MAX_ATTEMPTS = "max_attempts"
+RULE_RETRY_WINDOW = "retry_window"
+RULE_NOT_BEFORE = "not_before"
+RULE_MIN_SPACING = "min_spacing"
+RULE_QUIET_HOURS = "quiet_hours"
+RULE_NO_ALLOWED_TIME = "no_allowed_time"
+
+
+def mastercard_advice_rule(code: str) -> str:
+    """The rule name for a Mastercard merchant advice code (never, or a delay)."""
+    return f"mastercard_advice_{code}"
+
+
+def normalize_network(network: str) -> str:
+    """Lower-case card network name with the few aliases that still slip through folded."""
+    key = network.strip().lower()
+    return _NETWORK_ALIASES.get(key, key)
+
+
+def _code(code: str | None) -> str | None:
+    # ISO-8583 codes are two characters; "4" and "04" must match the same rule.
+    return None if code is None else code.strip().upper().zfill(2)
+
+
+@dataclass(frozen=True, slots=True)
+class DeclineView:
+    """A canonical decline (DOMAIN.md section 1) with the time it happened."""
+
+    category: DeclineCategory
+    retryable: bool
+    advice: Advice
+    declined_at: datetime
+    not_before: datetime | None = None
+    network_decline_code: str | None = None
+    network_advice_code: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptRecord:
+    """One charge attempt on a card, whoever made it; `outcome` None means still in flight."""
+
+    at: datetime
+    actor: Actor
+    outcome: AttemptOutcome | None
+    decline: DeclineView | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptCap:
+    """At most `limit` attempts in any rolling `window`."""
+
+    name: str
+    limit: int
+    window: timedelta
+
+
+def _default_network_caps() -> Mapping[str, tuple[AttemptCap, ...]]:
+    return MappingProxyType(
+        {
+            VISA: (AttemptCap("visa_reattempts_30d", 15, timedelta(days=30)),),
+            MASTERCARD: (
+                AttemptCap("mastercard_declines_24h", 10, timedelta(hours=24)),
+                AttemptCap("mastercard_declines_30d", 35, timedelta(days=30)),
+            ),
+        }
+    )
+
+
+def _default_advice_delays() -> Mapping[str, timedelta]:
+    return MappingProxyType(
+        {
+            "02": timedelta(hours=72),
+            "24": timedelta(hours=1),
+            "25": timedelta(hours=24),
+            "26": timedelta(days=2),
+            "27": timedelta(days=4),
+            "28": timedelta(days=6),
+            "29": timedelta(days=8),
+            "30": timedelta(days=10),
+        }
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkRules:
+    """Card-network rules of DOMAIN.md section 2; every number is configurable."""
+
+    network_caps: Mapping[str, tuple[AttemptCap, ...]] = field(
+        default_factory=_default_network_caps
+    )
+    # Amex, Discover and any network without its own entry.
+    default_caps: tuple[AttemptCap, ...] = (
+        AttemptCap("network_attempts_30d", 20, timedelta(days=30)),
+    )
+    customer_caps: tuple[AttemptCap, ...] = (
+        AttemptCap("customer_attempts_hourly", 5, timedelta(hours=1)),
+    )
+    visa_category_1_codes: frozenset[str] = frozenset(
+        {"04", "07", "12", "14", "15", "41", "43", "46", "57"}
+    )
+    mastercard_never_advice_codes: frozenset[str] = frozenset({"03", "21"})
+    # Normalizers already turn these into `not_before`; applying them again costs nothing
+    # and keeps a normalizer bug from becoming a network fine.
+    mastercard_advice_delays: Mapping[str, timedelta] = field(
+        default_factory=_default_advice_delays
+    )
+    stop_payment_categories: frozenset[DeclineCategory] = frozenset(
+        {DeclineCategory.PAYMENT_REVOKED}
+    )
+
+    def caps_for(self, network: str) -> tuple[AttemptCap, ...]:
+        """The per-credential caps of one network."""
+        return self.network_caps.get(normalize_network(network), self.default_caps)
+
+
+DEFAULT_RULES = NetworkRules()
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicyView:
+    """The merchant's current retry policy as the engine reads it."""
+
+    enabled: bool = True
+    max_attempts: int = 4
+    window_days: int = 21
+    min_hours_between_attempts: int = 24
+    quiet_hours_start: int | None = None
+    quiet_hours_end: int | None = None
+    timezone: str = "UTC"
+    excluded_decline_categories: frozenset[DeclineCategory] = frozenset()
+    strategy: RetryStrategy = RetryStrategy.FIXED_SCHEDULE
+    fixed_schedule_days: tuple[int, ...] = (1, 3, 7, 14)
+    end_action: EndAction = EndAction.MARK_EXHAUSTED
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 0 or self.window_days <= 0 or self.min_hours_between_attempts < 0:
+            raise ValueError("max_attempts >= 0, window_days > 0, min spacing >= 0 required")
+        hours = (self.quiet_hours_start, self.quiet_hours_end)
+        if (hours[0] is None) != (hours[1] is None):
+            raise ValueError("quiet hours need both a start and an end, or neither")
+        if any(h is not None and not 0 <= h <= 23 for h in hours):
+            raise ValueError("quiet hours are hours 0-23")
+        days = self.fixed_schedule_days
+        if any(d <= 0 for d in days) or list(days) != sorted(set(days)):
+            raise ValueError("fixed_schedule_days must be positive and strictly increasing")
+
+    def window_end(self, first_failed_at: datetime) -> datetime:
+        """The first instant at which no retry is allowed any more."""
+        return first_failed_at + timedelta(days=self.window_days)
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentLedger:
+    """What the rules know of one payment, its card credential and its customer.
+
+    `retries` are attempts on this payment after its first failure, by any actor.
+    `card_history` is every attempt on this credential (network + fingerprint) at this
+    merchant, by any actor and on any payment, the first failure included; `customer_history`
+    every attempt on any card of this customer at this merchant. `credential_since` is when the
+    current credential took effect: declines before it no longer bind, except a stop-payment.
+    """
+
+    network: str
+    first_failed_at: datetime
+    last_decline: DeclineView | None = None
+    retries: tuple[AttemptRecord, ...] = ()
+    card_history: tuple[AttemptRecord, ...] = ()
+    customer_history: tuple[AttemptRecord, ...] = ()
+    credential_since: datetime | None = None
+    customer_timezone: str | None = None
+
+    @property
+    def portal_attempts(self) -> int:
+        """Retries the portal itself started on this payment, in flight included."""
+        return sum(1 for r in self.retries if r.actor is Actor.PORTAL)
+
+    def last_attempt_at(self) -> datetime:
+        """The latest attempt on this payment or its credential (the first failure at least)."""
+        times = [r.at for r in self.retries] + [r.at for r in self.card_history]
+        return max([self.first_failed_at, *times])
+
+
+@dataclass(frozen=True, slots=True)
+class RuleVerdict:
+    """Whether one candidate time is allowed and, if not, what blocks it and until when.
+
+    Blocked with `next_allowed_at` None: `end_state` says how the payment ends (EXHAUSTED or
+    NOT_RETRYABLE); `end_state` None as well means recovery is switched off (held).
+    """
+
+    allowed: bool
+    next_allowed_at: datetime | None
+    blocking_rule: str | None
+    end_state: PaymentState | None = None
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """Where a requested retry time lands once every rule has had its say."""
+
+    requested_at: datetime
+    at: datetime | None
+    blocking_rule: str | None
+    end_state: PaymentState | None
+    detail: str
+
+    @property
+    def moved(self) -> bool:
+        return self.at is not None and self.at != self.requested_at
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerView:
+    """The "why was / wasn't it retried" summary of one payment's credential."""
+
+    attempts_last_24h: int
+    attempts_last_30d: int
+    next_allowed_at: datetime | None
+    blocking_rule: str | None
+
+
+def _zone(name: str | None, fallback: str) -> ZoneInfo:
+    for candidate in (name, fallback):
+        if candidate:
+            try:
+                return ZoneInfo(candidate)
+            except (ZoneInfoNotFoundError, ValueError):
+                continue
+    return ZoneInfo("UTC")
+
+
+def _aware(value: datetime, what: str) -> None:
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"{what} must be timezone-aware")
+
+
+def _credential_declines(ledger: PaymentLedger) -> list[DeclineView]:
+    declines = [r.decline for r in (*ledger.retries, *ledger.card_history) if r.decline]
+    if ledger.last_decline is not None:
+        declines.append(ledger.last_decline)
+    since = ledger.credential_since
+    return [d for d in declines if since is None or d.declined_at >= since]
+
+
+def _all_declines(ledger: PaymentLedger) -> list[DeclineView]:
+    declines = [r.decline for r in (*ledger.retries, *ledger.card_history) if r.decline]
+    if ledger.last_decline is not None:
+        declines.append(ledger.last_decline)
+    return declines
+
+
+def forever_block(
+    *, ledger: PaymentLedger, policy: RetryPolicyView, rules: NetworkRules = DEFAULT_RULES
+) -> RuleVerdict | None:
+    """The rule that forbids any further retry regardless of time, or None.
+
+    Order is precedence: network never-rules first, then the payment's own decline, then the
+    merchant's exclusions, then the attempt budget.
+    """
+    network = normalize_network(ledger.network)
+    not_retryable = PaymentState.NOT_RETRYABLE
+    # A stop-payment revokes the mandate, not the card: a new card does not lift it.
+    for d in _all_declines(ledger):
+        if d.category in rules.stop_payment_categories:
+            return RuleVerdict(False, None, RULE_STOP_PAYMENT, not_retryable, "stop-payment order")
+    for d in _credential_declines(ledger):
+        if network == VISA and _code(d.network_decline_code) in rules.visa_category_1_codes:
+            detail = f"Visa category 1 code {d.network_decline_code}"
+            return RuleVerdict(False, None, RULE_VISA_CATEGORY_1, not_retryable, detail)
+        advice = _code(d.network_advice_code)
+        if network == MASTERCARD and advice in rules.mastercard_never_advice_codes:
+            rule = mastercard_advice_rule(advice)
+            return RuleVerdict(False, None, rule, not_retryable, "Mastercard: do not retry")
+    for d in _credential_declines(ledger):
+        if d.advice is Advice.NEVER:
+            detail = f"{d.category} decline advises never"
+            return RuleVerdict(False, None, RULE_DECLINE_ADVICE_NEVER, not_retryable, detail)
+    last = ledger.last_decline
+    since = ledger.credential_since
+    if last is not None and (since is None or last.declined_at >= since):
+        if last.advice is Advice.UPDATE_CREDENTIALS:
+            detail = f"{last.category}: needs new card details"
+            return RuleVerdict(False, None, RULE_UPDATE_CREDENTIALS, not_retryable, detail)
+        if not last.retryable:
+            detail = f"{last.category} is a hard decline"
+            return RuleVerdict(False, None, RULE_HARD_DECLINE, not_retryable, detail)
+        if last.category in policy.excluded_decline_categories:
+            detail = f"{last.category} excluded by the merchant's policy"
+            return RuleVerdict(False, None, RULE_EXCLUDED_CATEGORY, not_retryable, detail)
+    if len(ledger.retries) >= policy.max_attempts:
+        detail = f"{len(ledger.retries)} of {policy.max_attempts} retries made"
+        return RuleVerdict(False, None, RULE_MAX_ATTEMPTS, PaymentState.EXHAUSTED, detail)
+    return None
+
+
+def _cap_wait(candidate: datetime, times: Sequence[datetime], cap: AttemptCap) -> datetime | None:
+    # Attempts on either side of the candidate count: any rolling window that would hold the
+    # new attempt must stay within the cap, and a candidate may precede recorded attempts.
+    near = sorted(t for t in times if candidate - cap.window < t < candidate + cap.window)
+    excess = len(near) - cap.limit + 1
+    if excess <= 0:
+        return None
+    return near[excess - 1] + cap.window
+
+
+def _quiet_until(candidate: datetime, policy: RetryPolicyView, zone: ZoneInfo) -> datetime | None:
+    start, end = policy.quiet_hours_start, policy.quiet_hours_end
+    if start is None or end is None or start == end:
+        return None
+    local = candidate.astimezone(zone)
+    hour = local.hour
+    wraps = start > end
+    quiet = (hour >= start or hour < end) if wraps else start <= hour < end
+    if not quiet:
+        return None
+    day = local.date()
+    if wraps and hour >= start:
+        day += timedelta(days=1)
+    # Built from the wall-clock date so a DST change in between does not shift the hour; a
+    # non-existent local time resolves forward, i.e. still outside the quiet hours.
+    return datetime.combine(day, time(end), tzinfo=zone).astimezone(UTC)
+
+
+def _not_before(ledger: PaymentLedger, rules: NetworkRules) -> tuple[datetime, str] | None:
+    network = normalize_network(ledger.network)
+    best: tuple[datetime, str] | None = None
+    for d in _credential_declines(ledger):
+        options: list[tuple[datetime, str]] = []
+        if d.not_before is not None:
+            options.append((d.not_before, RULE_NOT_BEFORE))
+        advice = _code(d.network_advice_code)
+        if (
+            network == MASTERCARD
+            and advice is not None
+            and advice in rules.mastercard_advice_delays
+        ):
+            delay = rules.mastercard_advice_delays[advice]
+            options.append((d.declined_at + delay, mastercard_advice_rule(advice)))
+        for option in options:
+            if best is None or option[0] > best[0]:
+                best = option
+    return best
+
+
+def _check(
+    candidate: datetime, ledger: PaymentLedger, policy: RetryPolicyView, rules: NetworkRules
+) -> RuleVerdict:
+    _aware(candidate, "candidate time")
+    if not policy.enabled:
+        return RuleVerdict(False, None, RULE_RECOVERY_DISABLED, None, "recovery is switched off")
+    forever = forever_block(ledger=ledger, policy=policy, rules=rules)
+    if forever is not None:
+        return forever
+    window_end = policy.window_end(ledger.first_failed_at)
+    if candidate >= window_end:
+        detail = f"the retry window closed at {window_end.isoformat()}"
+        return RuleVerdict(False, None, RULE_RETRY_WINDOW, PaymentState.EXHAUSTED, detail)
+    waits: list[tuple[datetime, str]] = []
+    not_before = _not_before(ledger, rules)
+    if not_before is not None and candidate < not_before[0]:
+        waits.append(not_before)
+    spacing = timedelta(hours=policy.min_hours_between_attempts)
+    if spacing and candidate < ledger.last_attempt_at() + spacing:
+        waits.append((ledger.last_attempt_at() + spacing, RULE_MIN_SPACING))
+    card_times = [r.at for r in ledger.card_history]
+    for cap in rules.caps_for(ledger.network):
+        wait = _cap_wait(candidate, card_times, cap)
+        if wait is not None:
+            waits.append((wait, cap.name))
+    customer_times = [r.at for r in ledger.customer_history]
+    for cap in rules.customer_caps:
+        wait = _cap_wait(candidate, customer_times, cap)
+        if wait is not None:
+            waits.append((wait, cap.name))
+    quiet = _quiet_until(candidate, policy, _zone(ledger.customer_timezone, policy.timezone))
+    if quiet is not None:
+        waits.append((quiet, RULE_QUIET_HOURS))
+    if not waits:
+        return RuleVerdict(True, None, None)
+    until, rule = max(waits)
+    return RuleVerdict(False, until, rule, None, f"{rule} until {until.isoformat()}")
+
+
+def _ledger(
+    *,
+    network: str,
+    first_failed_at: datetime,
+    decline: DeclineView | None,
+    card_history: Iterable[AttemptRecord],
+    customer_history: Iterable[AttemptRecord],
+    retries: Iterable[AttemptRecord],
+    credential_since: datetime | None,
+    customer_timezone: str | None,
+) -> PaymentLedger:
+    return PaymentLedger(
+        network=network,
+        first_failed_at=first_failed_at,
+        last_decline=decline,
+        retries=tuple(retries),
+        card_history=tuple(card_history),
+        customer_history=tuple(customer_history),
+        credential_since=credential_since,
+        customer_timezone=customer_timezone,
+    )
+
+
+def evaluate(
+    candidate_time: datetime,
+    *,
+    card_history: Iterable[AttemptRecord],
+    customer_history: Iterable[AttemptRecord],
+    policy: RetryPolicyView,
+    decline: DeclineView | None,
+    network: str,
+    first_failed_at: datetime,
+    retries: Iterable[AttemptRecord] = (),
+    credential_since: datetime | None = None,
+    customer_timezone: str | None = None,
+    rules: NetworkRules = DEFAULT_RULES,
+) -> RuleVerdict:
+    """Whether a retry at `candidate_time` breaks no rule; see `PaymentLedger` for the inputs."""
+    ledger = _ledger(
+        network=network,
+        first_failed_at=first_failed_at,
+        decline=decline,
+        card_history=card_history,
+        customer_history=customer_history,
+        retries=retries,
+        credential_since=credential_since,
+        customer_timezone=customer_timezone,
+    )
+    return _check(candidate_time, ledger, policy, rules)
+
+
+def evaluate_ledger(
+    candidate_time: datetime,
+    *,
+    ledger: PaymentLedger,
+    policy: RetryPolicyView,
+    rules: NetworkRules = DEFAULT_RULES,
+) -> RuleVerdict:
+    """`evaluate` for a ledger already assembled."""
+    return _check(candidate_time, ledger, policy, rules)
+
+
+# Each step moves the candidate strictly later; this bound only guards against a rule table
+# that keeps pushing without end.
+_MAX_STEPS = 256
+
+
+def place(
+    requested_at: datetime,
+    *,
+    ledger: PaymentLedger,
+    policy: RetryPolicyView,
+    rules: NetworkRules = DEFAULT_RULES,
+) -> Placement:
+    """Move a requested retry time to the earliest allowed one, or say how the payment ends."""
+    candidate = requested_at
+    pushed_by: str | None = None
+    for _ in range(_MAX_STEPS):
+        verdict = _check(candidate, ledger, policy, rules)
+        if verdict.allowed:
+            return Placement(requested_at, candidate, pushed_by, None, "")
+        if verdict.next_allowed_at is None:
+            rule, detail = verdict.blocking_rule, verdict.detail
+            if verdict.blocking_rule == RULE_RETRY_WINDOW and pushed_by is not None:
+                # Name the rule that pushed the retry out of the window, not the window itself.
+                rule = pushed_by
+                detail = f"{pushed_by} pushes the next retry past the window: {verdict.detail}"
+            return Placement(requested_at, None, rule, verdict.end_state, detail)
+        candidate = verdict.next_allowed_at
+        pushed_by = verdict.blocking_rule
+    detail = "no allowed time found"
+    return Placement(requested_at, None, RULE_NO_ALLOWED_TIME, PaymentState.EXHAUSTED, detail)
+
+
+def earliest_allowed(
+    candidate_time: datetime,
+    *,
+    card_history: Iterable[AttemptRecord],
+    customer_history: Iterable[AttemptRecord],
+    policy: RetryPolicyView,
+    decline: DeclineView | None,
+    network: str,
+    first_failed_at: datetime,
+    retries: Iterable[AttemptRecord] = (),
+    credential_since: datetime | None = None,
+    customer_timezone: str | None = None,
+    rules: NetworkRules = DEFAULT_RULES,
+) -> Placement:
+    """`place` with the inputs spelled out, as `evaluate` takes them."""
+    ledger = _ledger(
+        network=network,
+        first_failed_at=first_failed_at,
+        decline=decline,
+        card_history=card_history,
+        customer_history=customer_history,
+        retries=retries,
+        credential_since=credential_since,
+        customer_timezone=customer_timezone,
+    )
+    return place(candidate_time, ledger=ledger, policy=policy, rules=rules)
+
+
+def ledger_view(
+    *,
+    ledger: PaymentLedger,
+    policy: RetryPolicyView,
+    now: datetime,
+    rules: NetworkRules = DEFAULT_RULES,
+) -> LedgerView:
+    """Attempts on the credential and, as of `now`, the next allowed retry and what blocks it."""
+    _aware(now, "now")
+
+    def count(window: timedelta) -> int:
+        return sum(1 for r in ledger.card_history if now - window < r.at <= now)
+
+    placement = place(now, ledger=ledger, policy=policy, rules=rules)
+    return LedgerView(
+        attempts_last_24h=count(timedelta(hours=24)),
+        attempts_last_30d=count(timedelta(days=30)),
+        next_allowed_at=placement.at,
+        blocking_rule=placement.blocking_rule,
+    )

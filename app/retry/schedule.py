@@ -1,0 +1,156 @@
+"""Retry scheduling: the scheduler interface, the fixed schedule, candidate times, control group."""
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
+
+from app.enums import CardFunding, RetryStrategy
+from app.retry.events import DecisionMade
+from app.retry.rules import (
+    DEFAULT_RULES,
+    AttemptRecord,
+    DeclineView,
+    NetworkRules,
+    PaymentLedger,
+    RetryPolicyView,
+    evaluate_ledger,
+)
+
+CONTROL_SHARE = 0.10
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentView:
+    """What a scheduler may know of a payment at decision time (never a hidden cause)."""
+
+    payment_id: str
+    merchant_id: str
+    first_failed_at: datetime
+    amount_minor: int
+    currency: str
+    network: str
+    funding: CardFunding
+    decline: DeclineView | None
+    customer_timezone: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """A scheduler's answer: when to retry (None: not at all), why, and by which strategy."""
+
+    chosen_at: datetime | None
+    reason: str
+    strategy: RetryStrategy
+
+    def to_event(self) -> DecisionMade:
+        return DecisionMade(chosen_at=self.chosen_at, reason=self.reason, strategy=self.strategy)
+
+
+class Scheduler(Protocol):
+    """Chooses a retry time among candidates the rules already allow."""
+
+    def __call__(
+        self,
+        payment: PaymentView,
+        history: Sequence[AttemptRecord],
+        candidates: Sequence[datetime],
+        *,
+        policy: RetryPolicyView,
+        now: datetime,
+    ) -> Decision: ...
+
+
+def next_fixed_target(
+    policy: RetryPolicyView, first_failed_at: datetime, history: Sequence[AttemptRecord]
+) -> tuple[int, datetime] | None:
+    """The first fixed-schedule day (and its time) after the payment's latest attempt."""
+    last = max((r.at for r in history), default=first_failed_at)
+    for day in policy.fixed_schedule_days:
+        target = first_failed_at + timedelta(days=day)
+        if target > last:
+            return day, target
+    return None
+
+
+def fixed_schedule(
+    payment: PaymentView,
+    history: Sequence[AttemptRecord],
+    candidates: Sequence[datetime],
+    *,
+    policy: RetryPolicyView,
+    now: datetime,
+) -> Decision:
+    """Retry on the policy's days after the first failure, at the first allowed time from then."""
+    strategy = RetryStrategy.FIXED_SCHEDULE
+    target = next_fixed_target(policy, payment.first_failed_at, history)
+    if target is None:
+        days = len(policy.fixed_schedule_days)
+        return Decision(None, f"fixed schedule complete: all {days} days used", strategy)
+    day, at = target
+    earliest = max(at, now)
+    for candidate in sorted(candidates):
+        if candidate >= earliest:
+            reason = f"fixed schedule: day {day} after the first failure"
+            if candidate != at:
+                reason += f", first allowed time {candidate.isoformat()}"
+            return Decision(candidate, reason, strategy)
+    return Decision(None, f"no allowed time on or after day {day} within the window", strategy)
+
+
+def candidate_times(
+    *,
+    ledger: PaymentLedger,
+    policy: RetryPolicyView,
+    now: datetime,
+    step: timedelta = timedelta(hours=1),
+    rules: NetworkRules = DEFAULT_RULES,
+) -> tuple[datetime, ...]:
+    """Every allowed retry time from `now` to the end of the window, on a grid.
+
+    The grid is `now`, each whole `step` (UTC-aligned) after it, and the fixed-schedule days,
+    so a fixed-schedule target that is itself allowed is offered exactly.
+    """
+    if step <= timedelta(0):
+        raise ValueError("step must be positive")
+    end = policy.window_end(ledger.first_failed_at)
+    grid = {now}
+    tick = now.astimezone(UTC).replace(minute=0, second=0, microsecond=0) + step
+    while tick < end:
+        grid.add(tick)
+        tick += step
+    for day in policy.fixed_schedule_days:
+        target = ledger.first_failed_at + timedelta(days=day)
+        if now <= target < end:
+            grid.add(target)
+    allowed: list[datetime] = []
+    blocked_until: datetime | None = None
+    for candidate in sorted(grid):
+        # Each rule blocks a contiguous stretch up to its next allowed time, so the grid points
+        # inside that stretch need no evaluation.
+        if blocked_until is not None and candidate < blocked_until:
+            continue
+        verdict = evaluate_ledger(candidate, ledger=ledger, policy=policy, rules=rules)
+        if verdict.allowed:
+            allowed.append(candidate)
+        elif verdict.next_allowed_at is None:
+            break
+        else:
+            blocked_until = verdict.next_allowed_at
+    return tuple(allowed)
+
+
+def in_control_group(merchant_id: str, payment_id: str, share: float = CONTROL_SHARE) -> bool:
+    """Stable membership of the fixed-schedule control group, drawn per merchant."""
+    digest = hashlib.sha256(f"{merchant_id}\x1f{payment_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") < share * 2**64
+
+
+def effective_policy(
+    policy: RetryPolicyView, *, merchant_id: str, payment_id: str, share: float = CONTROL_SHARE
+) -> RetryPolicyView:
+    """The policy a payment runs under: control-group payments always use the fixed schedule."""
+    if policy.strategy is RetryStrategy.MODEL and in_control_group(merchant_id, payment_id, share):
+        return replace(policy, strategy=RetryStrategy.FIXED_SCHEDULE)
+    return policy
