@@ -24,9 +24,11 @@ from app.tenancy import SYSTEM_SCOPE, system_principal
 from portal.asgi import create_app
 from portal.logging import configure_logging
 from resolvers.ids import decode_id, encode_id
+from schema.root import build_schema, export_sdl
 
 T = TypeVar("T")
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+SCHEMA_FILE = Path(__file__).resolve().parent.parent / "schema" / "schema.graphql"
 logger = logging.getLogger("portal")
 
 cli = typer.Typer(help="The recovery portal.", no_args_is_help=True, add_completion=False)
@@ -233,6 +235,15 @@ def demo(
             services.close()
 
     asyncio.run(main())
+
+
+@cli.command("export-schema")
+def export_schema(
+    out: Annotated[Path, typer.Option(help="Where to write the SDL.")] = SCHEMA_FILE,
+) -> None:
+    """Write the GraphQL schema as sorted SDL (committed; a test fails when it drifts)."""
+    out.write_text(export_sdl(build_schema(get_settings())))
+    typer.echo(f"wrote {out}")
 
 
 def main() -> None:

@@ -8,6 +8,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
+from strawberry.http import GraphQLHTTPResponse
+from strawberry.types import ExecutionResult
 
 from app.clock import Clock
 from app.db import Database
@@ -30,6 +32,17 @@ class PortalGraphQL(GraphQL[Context, None]):
     def __init__(self, *args: Any, settings: Settings, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._settings = settings
+
+    async def process_result(
+        self, request: Request | WebSocket, result: ExecutionResult
+    ) -> GraphQLHTTPResponse:
+        """Every error carries extensions.code, parse errors included (they skip extensions)."""
+        response = await super().process_result(request, result)
+        for error in response.get("errors") or []:
+            extensions = error.setdefault("extensions", {})
+            if isinstance(extensions, dict):
+                extensions.setdefault("code", "GRAPHQL_VALIDATION_FAILED")
+        return response
 
     async def get_context(
         self, request: Request | WebSocket, response: Response | WebSocket

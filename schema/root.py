@@ -3,6 +3,7 @@
 from typing import Annotated
 
 import strawberry
+from graphql import lexicographic_sort_schema, print_schema
 from strawberry.extensions import (
     AddValidationRules,
     MaxAliasesLimiter,
@@ -127,4 +128,9 @@ def build_schema(settings: Settings) -> strawberry.Schema:
     )
 
 
-__all__ = ["Mutation", "Query", "build_schema"]
+__all__ = ["Mutation", "Query", "build_schema", "export_sdl"]
+
+
+def export_sdl(schema: strawberry.Schema) -> str:
+    """The schema as SDL, types and fields sorted, as committed in schema/schema.graphql."""
+    return print_schema(lexicographic_sort_schema(schema._schema)) + "\n"

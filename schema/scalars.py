@@ -3,6 +3,7 @@
 from typing import NewType
 
 import strawberry
+from strawberry.types.scalar import ScalarDefinition
 
 MAX_LONG = 2**63 - 1
 
@@ -18,7 +19,7 @@ def _parse_long(value: object) -> int:
     return number
 
 
-SCALAR_MAP = {
+SCALAR_MAP: dict[object, ScalarDefinition] = {
     Long: strawberry.scalar(
         name="Long",
         description=(

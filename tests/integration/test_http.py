@@ -1,0 +1,119 @@
+"""HTTP behaviour through the ASGI app: methods, auth header, errors, health endpoints."""
+
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from redis.asyncio import Redis
+
+from app.clock import FixedClock
+from app.db import Database
+from app.embedded import Services
+from app.enums import Role
+from app.settings import Settings
+from portal.asgi import Resources, create_app
+from tests.support.factories import make_key, make_merchant
+
+
+@pytest.fixture
+async def client(
+    db: Database, services: Services, settings: Settings, clock: FixedClock
+) -> AsyncIterator[httpx.AsyncClient]:
+    redis = Redis.from_url(services.redis_url)
+    app = create_app(settings, resources=Resources(db=db, redis=redis, arq=None, clock=clock))
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1"
+        ) as http,
+    ):
+        yield http
+    await redis.aclose()
+
+
+async def _token(db: Database, clock: FixedClock) -> str:
+    merchant = await make_merchant(db, "HTTP", now=clock.now())
+    return await make_key(db, Role.MERCHANT, [merchant], now=clock.now())
+
+
+async def test_post_query_with_bearer_token(
+    client: httpx.AsyncClient, db: Database, clock: FixedClock
+) -> None:
+    token = await _token(db, clock)
+    response = await client.post(
+        "/graphql",
+        json={"query": "{ viewer { role } }"},
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    assert response.status_code == 200
+    assert response.json() == {"data": {"viewer": {"role": "MERCHANT"}}}
+
+
+async def test_get_query_works(client: httpx.AsyncClient, db: Database, clock: FixedClock) -> None:
+    token = await _token(db, clock)
+    response = await client.get(
+        "/graphql",
+        params={"query": "{ viewer { role } }"},
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    assert response.status_code == 200
+    assert response.json()["data"] == {"viewer": {"role": "MERCHANT"}}
+
+
+async def test_mutation_over_get_is_refused(
+    client: httpx.AsyncClient, db: Database, clock: FixedClock
+) -> None:
+    token = await _token(db, clock)
+    query = (
+        'mutation { updateRetryPolicy(input: {merchantId: "x", expectedVersion: 1, '
+        'reason: "r", maxAttempts: 3}) { errors { code } } }'
+    )
+    response = await client.get(
+        "/graphql", params={"query": query}, headers={"Authorization": f"Bearer {token}"}
+    )
+    # Refused before execution (the GraphQL-over-HTTP status details are a later step).
+    assert response.status_code in {400, 405}
+    assert "mutation" in response.text.lower()
+
+
+async def test_missing_key_is_unauthenticated(client: httpx.AsyncClient) -> None:
+    response = await client.post("/graphql", json={"query": "{ viewer { role } }"})
+    body = response.json()
+    assert body["data"] is None
+    assert body["errors"][0]["extensions"]["code"] == "UNAUTHENTICATED"
+
+
+async def test_malformed_body_is_a_4xx_not_a_500(client: httpx.AsyncClient) -> None:
+    response = await client.post(
+        "/graphql", content=b"{not json", headers={"content-type": "application/json"}
+    )
+    assert 400 <= response.status_code < 500
+
+
+async def test_syntax_error_has_a_code(client: httpx.AsyncClient) -> None:
+    response = await client.post("/graphql", json={"query": "{ viewer { "})
+    errors = response.json()["errors"]
+    assert errors[0]["extensions"]["code"] == "GRAPHQL_VALIDATION_FAILED"
+
+
+async def test_alias_limit(client: httpx.AsyncClient, db: Database, clock: FixedClock) -> None:
+    token = await _token(db, clock)
+    query = "{ " + " ".join(f"a{i}: viewer {{ role }}" for i in range(40)) + " }"
+    response = await client.post(
+        "/graphql", json={"query": query}, headers={"Authorization": f"Bearer {token}"}
+    )
+    body = response.json()
+    assert body["data"] is None
+    assert body["errors"][0]["extensions"]["code"] == "GRAPHQL_VALIDATION_FAILED"
+
+
+async def test_graphiql_is_off_by_default(client: httpx.AsyncClient) -> None:
+    response = await client.get("/graphql", headers={"accept": "text/html"})
+    assert "graphiql" not in response.text.lower()
+
+
+async def test_health_endpoints(client: httpx.AsyncClient) -> None:
+    assert (await client.get("/healthz")).json() == {"status": "ok"}
+    ready = await client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json() == {"status": "ok", "database": "ok", "redis": "ok"}
