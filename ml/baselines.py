@@ -29,22 +29,36 @@ def _last(prev: F64, failed_at: F64) -> F64:
     return out
 
 
-def fixed_planner(records: FailureRecords, days: tuple[float, ...]) -> Planner:
-    """Retry at fixed offsets from the decline; skip hard declines, honour advice delays."""
+def table_planner(records: FailureRecords, times: F64) -> Planner:
+    """Planner that reads retry k of each failure from a precomputed (n, K) table of times.
+
+    Hard declines are skipped, advice delays honoured, and a retry is never closer than
+    MIN_GAP_HOURS to the previous one.
+    """
     ok = rules.retryable(records)
     nb = rules.not_before(records)
-    offsets = np.asarray(days) * timeutil.DAY
 
     def plan(k: int, rows: I64, prev: F64) -> F64:
-        if k >= offsets.size:
+        if k >= times.shape[1]:
             return np.full(rows.size, np.nan)
         f0 = records.failed_at[rows]
-        t = np.maximum(f0 + offsets[k], nb[rows])
+        t = np.maximum(times[rows, k], nb[rows])
         t = np.maximum(t, _last(prev, f0) + MIN_GAP_HOURS * timeutil.HOUR)
         out: F64 = np.where(ok[rows], t, np.nan)
         return out
 
     return plan
+
+
+def fixed_times(records: FailureRecords, days: tuple[float, ...]) -> F64:
+    """Retry times at fixed day offsets from the decline."""
+    out: F64 = records.failed_at[:, None] + np.asarray(days)[None, :] * timeutil.DAY
+    return out
+
+
+def fixed_planner(records: FailureRecords, days: tuple[float, ...]) -> Planner:
+    """Retry at fixed offsets from the decline; skip hard declines, honour advice delays."""
+    return table_planner(records, fixed_times(records, days))
 
 
 def _next_local(t: F64, tz: npt.NDArray[np.int16], hour: float) -> F64:
@@ -72,34 +86,34 @@ def _common_paydays(t0: F64, tz: npt.NDArray[np.int16], count: int) -> F64:
     return out
 
 
-def decline_aware_planner(records: FailureRecords, horizon_days: float = 14.0) -> Planner:
-    """A rule set by decline category, as a careful merchant would configure it."""
-    ok = rules.retryable(records)
-    nb = rules.not_before(records)
+def decline_aware_times(records: FailureRecords, horizon_days: float = 14.0) -> F64:
+    """A rule set by decline category, as a careful merchant would configure it (4 retries)."""
     cat = records.category
-    f0_all = records.failed_at
-    n = len(records)
-    plan_times = np.full((n, 4), np.nan)
+    f0 = records.failed_at
     hours = np.array([24.0, 72.0, 168.0, 336.0])
-    default = f0_all[:, None] + hours[None, :] * timeutil.HOUR
-    plan_times[:] = default
+    plan = f0[:, None] + hours[None, :] * timeutil.HOUR
     proc = cat == taxonomy.CATEGORIES.index("processing_error")
-    plan_times[proc] = f0_all[proc, None] + np.array([2.0, 24.0, 72.0, 168.0]) * timeutil.HOUR
+    plan[proc] = f0[proc, None] + np.array([2.0, 24.0, 72.0, 168.0]) * timeutil.HOUR
     vel = cat == taxonomy.CATEGORIES.index("velocity_exceeded")
-    plan_times[vel] = f0_all[vel, None] + np.array([25.0, 72.0, 168.0, 336.0]) * timeutil.HOUR
+    plan[vel] = f0[vel, None] + np.array([25.0, 72.0, 168.0, 336.0]) * timeutil.HOUR
     funds = np.flatnonzero(cat == taxonomy.CATEGORIES.index("insufficient_funds"))
     if funds.size:
-        paydays = _common_paydays(f0_all[funds], records.tz_offset_minutes[funds], 4)
-        plan_times[funds] = paydays
-    plan_times = np.minimum(plan_times, f0_all[:, None] + horizon_days * timeutil.DAY)
+        # Low balances clear on paydays: Fridays, the 1st and the 15th, in the morning.
+        plan[funds] = _common_paydays(f0[funds], records.tz_offset_minutes[funds], 4)
+    out: F64 = np.minimum(plan, f0[:, None] + horizon_days * timeutil.DAY)
+    return out
 
-    def plan(k: int, rows: I64, prev: F64) -> F64:
-        if k >= plan_times.shape[1]:
-            return np.full(rows.size, np.nan)
-        f0 = f0_all[rows]
-        t = np.maximum(plan_times[rows, k], nb[rows])
-        t = np.maximum(t, _last(prev, f0) + MIN_GAP_HOURS * timeutil.HOUR)
-        out: F64 = np.where(ok[rows], t, np.nan)
-        return out
 
-    return plan
+def decline_aware_planner(records: FailureRecords, horizon_days: float = 14.0) -> Planner:
+    """The decline-aware rule set as a planner."""
+    return table_planner(records, decline_aware_times(records, horizon_days))
+
+
+def exploration_times(
+    records: FailureRecords, rng: np.random.Generator, attempts: int, horizon_days: float
+) -> F64:
+    """Random retry times over the window, so training sees times no fixed schedule uses."""
+    n = len(records)
+    offsets = np.sort(rng.uniform(0.5 / 24.0, horizon_days, (n, attempts)), axis=1)
+    out: F64 = records.failed_at[:, None] + offsets * timeutil.DAY
+    return out

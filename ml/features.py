@@ -1,0 +1,211 @@
+"""Attempt features as of the decision time, from observable records only; one builder for all."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from ml import timeutil
+from ml.records import FailureRecords
+
+F32 = npt.NDArray[np.float32]
+F64 = npt.NDArray[np.float64]
+I64 = npt.NDArray[np.int64]
+IntIndex = npt.NDArray[np.intp] | I64
+
+
+@dataclass(frozen=True)
+class FeatureList:
+    """The ordered feature names a model was trained on, under a version tag."""
+
+    name: str
+    version: int
+    features: tuple[str, ...]
+    categorical: tuple[str, ...]
+
+    @property
+    def tag(self) -> str:
+        """Name and version in one string, as stored beside a model."""
+        return f"{self.name}/v{self.version}"
+
+
+FEATURE_LIST = FeatureList(
+    name="attempt_success",
+    version=1,
+    features=(
+        "category",
+        "network_code",
+        "advice_code",
+        "funding",
+        "brand",
+        "country",
+        "currency",
+        "log_amount",
+        "attempt_number",
+        "hours_since_failure",
+        "hours_since_last_attempt",
+        "attempts_last_24h",
+        "mean_spacing_hours",
+        "local_hour",
+        "weekday",
+        "day_of_month",
+        "failure_local_hour",
+        "failure_weekday",
+        "failure_day_of_month",
+        "n_past_success",
+        "days_since_pay_weekday",
+        "pay_weekday_strength",
+        "days_since_biweekly_phase",
+        "days_since_pay_day_of_month",
+        "payday_since_failure",
+        "payday_since_last_attempt",
+    ),
+    categorical=(
+        "category",
+        "network_code",
+        "advice_code",
+        "funding",
+        "brand",
+        "country",
+        "currency",
+    ),
+)
+N_FEATURES = len(FEATURE_LIST.features)
+_COL = {name: i for i, name in enumerate(FEATURE_LIST.features)}
+_MONTH_DAYS = 30.44
+_STATIC = (
+    "category",
+    "network_code",
+    "advice_code",
+    "funding",
+    "brand",
+    "country",
+    "currency",
+    "log_amount",
+    "failure_local_hour",
+    "failure_weekday",
+    "failure_day_of_month",
+    "n_past_success",
+    "pay_weekday_strength",
+)
+
+
+@dataclass(frozen=True)
+class FailureContext:
+    """Per-failure parts of the features, computed once and reused for every candidate time."""
+
+    static: F32
+    failed_at: F64
+    tz_minutes: F64
+    pay_weekday: F64
+    past: F64
+    past_dom: F64
+
+
+def failure_context(records: FailureRecords) -> FailureContext:
+    """Precompute everything that does not depend on the candidate time."""
+    n = len(records)
+    tz = records.tz_offset_minutes.astype(np.float64)
+    f0 = records.failed_at
+    f_local = timeutil.local_seconds(f0, tz)
+    f_day = timeutil.local_day(f_local)
+    f_dom = timeutil.day_of_month(f_day)
+
+    past = records.past_success.copy()
+    present = ~np.isnan(past)
+    past_local = np.where(present, past + tz[:, None] * 60.0, 0.0)
+    past_day = timeutil.local_day(past_local)
+    past_dom = timeutil.day_of_month(past_day).astype(np.float64)
+    # Renewals land on the billing day and say nothing about paydays: drop them.
+    dom_gap = np.abs(past_dom - f_dom[:, None].astype(np.float64))
+    renewal = np.minimum(dom_gap, _MONTH_DAYS - dom_gap) <= 1.0
+    keep = present & ~renewal & (past < f0[:, None])
+    past = np.where(keep, past, np.nan)
+    past_dom = np.where(keep, past_dom, np.nan)
+    n_past = keep.sum(axis=1)
+
+    weekdays = np.where(keep, timeutil.weekday(past_day), -1)
+    counts = np.stack([(weekdays == w).sum(axis=1) for w in range(7)], axis=1)
+    mode = counts.argmax(axis=1).astype(np.float64)
+    strength = np.where(n_past > 0, counts.max(axis=1) / np.maximum(n_past, 1), 0.0)
+
+    static = np.empty((n, len(_STATIC)), dtype=np.float32)
+    static[:, 0] = records.category
+    static[:, 1] = records.network_code
+    static[:, 2] = records.advice_code
+    static[:, 3] = records.funding
+    static[:, 4] = records.brand
+    static[:, 5] = records.country
+    static[:, 6] = records.currency
+    static[:, 7] = np.log1p(records.amount_minor.astype(np.float64))
+    static[:, 8] = timeutil.hour_of_day(f_local)
+    static[:, 9] = timeutil.weekday(f_day)
+    static[:, 10] = f_dom
+    static[:, 11] = n_past
+    static[:, 12] = strength
+    return FailureContext(
+        static=static,
+        failed_at=f0,
+        tz_minutes=tz,
+        pay_weekday=np.where(n_past > 0, mode, np.nan),
+        past=past,
+        past_dom=past_dom,
+    )
+
+
+def build_features(
+    context: FailureContext, rows: IntIndex, t: F64, prev: F64, out: F32 | None = None
+) -> F32:
+    """Feature matrix for candidate attempts: row i is failure rows[i] retried at t[i].
+
+    `prev` holds, per candidate row, the earlier retry times known at decision time
+    (NaN-padded); retries after t are ignored.
+    """
+    m = t.shape[0]
+    x = out if out is not None else np.empty((m, N_FEATURES), dtype=np.float32)
+    for j, name in enumerate(_STATIC):
+        x[:, _COL[name]] = context.static[rows, j]
+    f0 = context.failed_at[rows]
+    tz = context.tz_minutes[rows]
+    earlier = prev < t[:, None]
+    prev_known = np.where(earlier, prev, np.nan)
+    n_prev = earlier.sum(axis=1)
+    # fmax/fmin reductions skip NaN without the all-NaN warnings of nanmax/nanmin.
+    last = np.fmax(f0, np.fmax.reduce(prev_known, axis=1))
+    hours_since = (t - f0) / timeutil.HOUR
+    hours_last = (t - last) / timeutil.HOUR
+    x[:, _COL["attempt_number"]] = n_prev + 1
+    x[:, _COL["hours_since_failure"]] = hours_since
+    x[:, _COL["hours_since_last_attempt"]] = hours_last
+    recent = t - timeutil.DAY
+    x[:, _COL["attempts_last_24h"]] = (prev_known > recent[:, None]).sum(axis=1) + (f0 > recent)
+    # Mean spacing of the attempts so far: the span from the decline to the last retry.
+    x[:, _COL["mean_spacing_hours"]] = np.where(
+        n_prev > 0, (last - f0) / timeutil.HOUR / np.maximum(n_prev, 1), np.nan
+    )
+
+    local = t + tz * 60.0
+    day_float = local / timeutil.DAY
+    day = np.floor(day_float).astype(np.int64)
+    x[:, _COL["local_hour"]] = (day_float - day) * 24.0
+    weekday_float = np.mod(day_float + 3.0, 7.0)
+    x[:, _COL["weekday"]] = np.floor(weekday_float)
+    dom = timeutil.day_of_month(day).astype(np.float64)
+    x[:, _COL["day_of_month"]] = dom
+
+    since_weekday = np.mod(weekday_float - context.pay_weekday[rows], 7.0)
+    past = context.past[rows]
+    since_phase = np.fmin.reduce(np.mod((t[:, None] - past) / timeutil.DAY, 14.0), axis=1)
+    dom_float = dom + (day_float - day) - 1.0
+    since_dom = np.fmin.reduce(
+        np.mod(dom_float[:, None] - (context.past_dom[rows] - 1.0), _MONTH_DAYS), axis=1
+    )
+    x[:, _COL["days_since_pay_weekday"]] = since_weekday
+    x[:, _COL["days_since_biweekly_phase"]] = since_phase
+    x[:, _COL["days_since_pay_day_of_month"]] = since_dom
+    nearest = np.fmin(np.fmin(since_weekday, since_dom), since_phase) * 24.0
+    x[:, _COL["payday_since_failure"]] = np.where(np.isnan(nearest), 0.0, nearest < hours_since)
+    x[:, _COL["payday_since_last_attempt"]] = np.where(np.isnan(nearest), 0.0, nearest < hours_last)
+    return x
