@@ -34,14 +34,16 @@ class PortalGraphQL(GraphQL[Context, None]):
         self._settings = settings
 
     async def process_result(
-        self, request: Request | WebSocket, result: ExecutionResult
+        self, request: Request, result: ExecutionResult
     ) -> GraphQLHTTPResponse:
         """Every error carries extensions.code, parse errors included (they skip extensions)."""
         response = await super().process_result(request, result)
-        for error in response.get("errors") or []:
-            extensions = error.setdefault("extensions", {})
-            if isinstance(extensions, dict):
-                extensions.setdefault("code", "GRAPHQL_VALIDATION_FAILED")
+        errors = response.get("errors")
+        for error in errors if isinstance(errors, list) else []:
+            if isinstance(error, dict):
+                extensions = error.setdefault("extensions", {})
+                if isinstance(extensions, dict):
+                    extensions.setdefault("code", "GRAPHQL_VALIDATION_FAILED")
         return response
 
     async def get_context(
