@@ -1,0 +1,42 @@
+"""Offline evaluation smoke test at small N."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ml.evaluate import MODEL, format_table, run_evaluation
+
+
+def test_evaluation_writes_report_and_plot(tmp_path: Path) -> None:
+    report = run_evaluation(n_failures=3000, seed=1, config_path=None, out_dir=tmp_path)
+    assert (tmp_path / "report.json").is_file()
+    assert (tmp_path / "recovery_by_day.png").stat().st_size > 1000
+    stored = json.loads((tmp_path / "report.json").read_text())
+    assert stored["policies"].keys() == report["policies"].keys()
+    assert {"days_1_3_5_7", "4_in_14_days", "8_in_14_days", "7_in_28_days", "decline_aware"} < set(
+        report["policies"]
+    )
+    for name, p in report["policies"].items():
+        assert p["rule_violations"] == 0, name
+        assert 0.2 < p["recovery_rate"] < 0.8
+        curve = p["cumulative_recovery_by_day"]
+        assert curve == sorted(curve)
+    assert report["policies"][MODEL]["attempts_per_failure"] <= 4
+    lift = report["lift_revenue"]["decline_aware"]
+    assert lift["ci95_low"] <= lift["lift"] <= lift["ci95_high"]
+    assert "model" in format_table(report)
+
+
+def test_evaluation_is_deterministic(tmp_path: Path) -> None:
+    a = run_evaluation(n_failures=1500, seed=4, config_path=None, out_dir=tmp_path / "a")
+    b = run_evaluation(n_failures=1500, seed=4, config_path=None, out_dir=tmp_path / "b")
+    assert a["policies"] == b["policies"]
+    assert a["lift_revenue"] == b["lift_revenue"]
+
+
+def test_perturbed_configs_load_and_run(tmp_path: Path) -> None:
+    configs = sorted((Path(__file__).parents[2] / "ml" / "configs").glob("*.toml"))
+    assert len(configs) >= 4
+    report = run_evaluation(n_failures=1500, seed=2, config_path=configs[0], out_dir=tmp_path)
+    assert report["config_path"].endswith(".toml")
