@@ -214,9 +214,9 @@ async def test_no_valid_key_is_unauthenticated(world: World, field: str, token: 
 
 
 async def test_revoked_key_is_unauthenticated(world: World) -> None:
-    from app.models.api_key import ApiKey  # noqa: PLC0415
-    from app.services.api_key import hash_token  # noqa: PLC0415
-    from app.tenancy import SYSTEM_SCOPE  # noqa: PLC0415
+    from app.models.api_key import ApiKey
+    from app.services.api_key import hash_token
+    from app.tenancy import SYSTEM_SCOPE
 
     async with world.db.uow(SYSTEM_SCOPE) as uow:
         await uow.session.execute(

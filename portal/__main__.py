@@ -1,0 +1,5 @@
+"""`python -m portal` runs the CLI."""
+
+from portal.cli import main
+
+main()

@@ -1,0 +1,157 @@
+"""The `portal` command end to end, as a user runs it, against a scratch database."""
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from app.embedded import Services
+from tests.conftest import create_scratch_database, drop_database
+
+ROOT = Path(__file__).resolve().parents[2]
+PORTAL = [sys.executable, "-m", "portal"]
+
+
+@pytest.fixture
+async def env(services: Services) -> AsyncIterator[dict[str, str]]:
+    url = await create_scratch_database(services, "portal_cli")
+    yield {**os.environ, "DATABASE_URL": url, "REDIS_URL": services.redis_url}
+    await drop_database(services, url)
+
+
+def _portal(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(  # noqa: S603 - fixed argv, no shell
+        [*PORTAL, *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def _ok(env: dict[str, str], *args: str) -> str:
+    done = _portal(env, *args)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _wait_ready(http: httpx.Client) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if http.get("/readyz").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError("server never became ready")
+
+
+def _graphql(http: httpx.Client, token: str, query: str) -> Any:
+    response = http.post(
+        "/graphql", json={"query": query}, headers={"Authorization": f"Bearer {token}"}
+    )
+    return response.json()["data"]
+
+
+def _cli_flow(env: dict[str, str]) -> None:
+    assert _ok(env, "migrate") == "database at head"
+    merchant_id = _ok(env, "merchant", "create", "--name", "CLI Merchant")
+    output = _ok(env, "apikey", "create", "--role", "merchant", "--merchant", merchant_id)
+    token = output.splitlines()[-1]
+    assert token.startswith("rp_")
+    seeded = _ok(env, "seed", "--merchant", merchant_id, "--payments", "40")
+    assert seeded == "seeded 40 payments"
+    port = _free_port()
+    server = subprocess.Popen(  # noqa: S603
+        [*PORTAL, "serve", "--port", str(port)],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}") as http:
+            _wait_ready(http)
+            query = (
+                f'{{ merchant(id: "{merchant_id}") {{ name '
+                "payments(first: 100) { edges { node { state } } } } }"
+            )
+            merchant = _graphql(http, token, query)["merchant"]
+        assert merchant["name"] == "CLI Merchant"
+        states = {e["node"]["state"] for e in merchant["payments"]["edges"]}
+        assert len(merchant["payments"]["edges"]) == 40
+        assert len(states) >= 3
+    finally:
+        server.terminate()
+        _, stderr = server.communicate(timeout=30)
+    assert "portal using database: DATABASE_URL" in stderr
+    assert token not in stderr
+
+
+async def test_migrate_merchant_key_seed_then_serve(env: dict[str, str]) -> None:
+    await asyncio.to_thread(_cli_flow, env)
+
+
+async def test_bad_input_exits_with_a_message(env: dict[str, str]) -> None:
+    done = await asyncio.to_thread(_portal, env, "seed", "--merchant", "nonsense")
+    assert done.returncode == 1
+    assert "error: malformed id" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def _demo_flow(env: dict[str, str]) -> None:
+    port = _free_port()
+    demo = subprocess.Popen(  # noqa: S603
+        [*PORTAL, "demo", "--port", str(port), "--payments", "30"],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert demo.stdout is not None
+        lines: list[str] = []
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            line = demo.stdout.readline().strip()
+            lines.append(line)
+            if line.startswith("Support API key: "):
+                break
+        assert f"GraphQL: http://127.0.0.1:{port}/graphql" in lines
+        support = lines[-1].removeprefix("Support API key: ")
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}") as http:
+            _wait_ready(http)
+            query = (
+                "{ merchants { edges { node { name payments(first: 50) { edges { cursor } } } } } }"
+            )
+            data = _graphql(http, support, query)
+        merchants = [e["node"] for e in data["merchants"]["edges"]]
+        assert len(merchants) == 2
+        assert all(len(m["payments"]["edges"]) == 30 for m in merchants)
+    finally:
+        demo.terminate()
+        demo.communicate(timeout=30)
+
+
+async def test_demo_serves_seeded_merchants(env: dict[str, str]) -> None:
+    await asyncio.to_thread(_demo_flow, env)
