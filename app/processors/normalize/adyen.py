@@ -12,6 +12,7 @@ from app.processors.normalize.records import (
     RecordStatus,
     Result,
     build_card,
+    card_text,
     dead_letter,
     from_iso,
     get_obj,
@@ -62,9 +63,9 @@ def normalize_document(doc: object) -> list[Result]:
 
 
 def _brand(item: JsonObject, extra: JsonObject) -> str | None:
-    method = get_str(item, "paymentMethod", "item")
+    method = card_text(item.get("paymentMethod"))
     if method is None or method.lower() in WALLET_METHODS:
-        method = get_str(extra, "paymentMethodVariant", "additionalData") or method
+        method = card_text(extra.get("paymentMethodVariant")) or method
     if method is None:
         return None
     lowered = method.lower()
@@ -76,16 +77,17 @@ def _brand(item: JsonObject, extra: JsonObject) -> str | None:
 
 def _card(item: JsonObject, extra: JsonObject) -> CanonicalCard | None:
     brand = _brand(item, extra)
-    summary = get_str(extra, "cardSummary", "additionalData")
-    expiry = get_str(extra, "expiryDate", "additionalData")
+    summary = card_text(extra.get("cardSummary"))
+    expiry = card_text(extra.get("expiryDate"))
     if brand is None and summary is None and expiry is None:
         return None
     month, _, year = (expiry or "").partition("/")
+    # Card attributes describe; a malformed one is dropped rather than failing the payment.
     return build_card(
         brand=brand,
-        funding=get_str(extra, "fundingSource", "additionalData"),
-        country=get_str(extra, "issuerCountry", "additionalData"),
-        bin_=get_str(extra, "cardBin", "additionalData"),
+        funding=extra.get("fundingSource"),
+        country=extra.get("issuerCountry"),
+        bin_=extra.get("cardBin"),
         last4=summary,
         exp_month=month,
         exp_year=year,
