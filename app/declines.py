@@ -117,6 +117,8 @@ STRIPE_CODES: Mapping[str, DeclineCategory] = {
     "transaction_not_allowed": C.NOT_PERMITTED,
     "not_permitted": C.NOT_PERMITTED,
     "currency_not_supported": C.NOT_PERMITTED,
+    # Stripe's reason when it refuses to resend a card it saw declined for good.
+    "previously_declined_do_not_retry": C.PROCESSOR_BLOCKED,
     "revocation_of_authorization": C.PAYMENT_REVOKED,
     "revocation_of_all_authorizations": C.PAYMENT_REVOKED,
     "stop_payment_order": C.PAYMENT_REVOKED,
@@ -344,6 +346,13 @@ MASTERCARD_ADVICE_DELAYS: Mapping[str, timedelta] = {
     "30": timedelta(days=10),
 }
 STRIPE_NEVER_ADVICE: frozenset[str] = frozenset({"do_not_try_again"})
+# Stripe also sends the same words as a decline code; it means what the advice code means.
+NEVER_CODES: Mapping[Processor, frozenset[str]] = {
+    Processor.STRIPE: frozenset({"do_not_try_again"}),
+    Processor.BRAINTREE: frozenset(),
+    Processor.ADYEN: frozenset(),
+    Processor.CHECKOUT: frozenset(),
+}
 STRIPE_NEW_CREDENTIALS: frozenset[str] = frozenset(
     {"new_account_information_available", "confirm_card_data"}
 )
@@ -530,6 +539,7 @@ def classify(s: DeclineSignals) -> Decline:
         mastercard_advice in MASTERCARD_NEVER_ADVICE
         or (brand == "visa" and network_code in VISA_CATEGORY_1_CODES)
         or stripe_advice in STRIPE_NEVER_ADVICE
+        or (raw_code is not None and raw_code in NEVER_CODES[s.processor])
         or category is C.PROCESSOR_BLOCKED
     ):
         return result(False, Advice.NEVER)

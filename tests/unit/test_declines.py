@@ -379,6 +379,18 @@ def test_stripe_blocked_outcome_is_processor_blocked_never() -> None:
     assert not result.unmapped
 
 
+def test_stripe_decline_code_do_not_try_again_is_never() -> None:
+    result = decline(Processor.STRIPE, "do_not_try_again", card_brand="amex")
+    assert result.category is C.DO_NOT_HONOR
+    assert (result.retryable, result.advice) == (False, Advice.NEVER)
+
+
+def test_stripe_previously_declined_reason_is_blocked_without_outcome_type() -> None:
+    result = decline(Processor.STRIPE, "previously_declined_do_not_retry", card_brand="amex")
+    assert result.category is C.PROCESSOR_BLOCKED
+    assert result.advice is Advice.NEVER
+
+
 def test_stripe_blocked_beats_a_soft_code() -> None:
     result = decline(Processor.STRIPE, "insufficient_funds", stripe_outcome_type="blocked")
     assert result.category is C.PROCESSOR_BLOCKED

@@ -287,3 +287,23 @@ def test_major_to_minor_uses_the_currency_exponent(amount: str, currency: str, m
 def test_major_to_minor_refuses_inexact_amounts(amount: str, currency: str) -> None:
     with pytest.raises(RecordError):
         major_to_minor(amount, currency, "t")
+
+
+def test_additional_processor_response_supplies_the_network_code() -> None:
+    body = transaction(**{"additional-processor-response": "14 : INVALID CARD NUMBER"}).replace(
+        b"</transaction>", b"<credit-card><card-type>Visa</card-type></credit-card></transaction>"
+    )
+    decline = one_record(body).decline
+    assert decline is not None
+    assert decline.network_decline_code == "14"
+    # Visa category 1 on a network code: never, whatever the generic 2000 says.
+    assert (decline.category, decline.advice) == (DeclineCategory.DO_NOT_HONOR, Advice.NEVER)
+
+
+def test_network_response_code_wins_over_additional_response() -> None:
+    body = transaction(
+        **{"network-response-code": "51", "additional-processor-response": "05 : DECLINE"}
+    )
+    decline = one_record(body).decline
+    assert decline is not None
+    assert decline.network_decline_code == "51"

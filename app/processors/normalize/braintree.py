@@ -5,7 +5,7 @@ from collections.abc import Mapping
 from functools import partial
 from xml.etree.ElementTree import Element, tostring
 
-from app.declines import DeclineSignals, classify
+from app.declines import DeclineSignals, classify, leading_code
 from app.enums import CardFunding, Processor
 from app.processors.normalize.records import (
     CanonicalCard,
@@ -132,7 +132,10 @@ def _from_transaction(t: Element) -> CanonicalRecord:
                 declined_at=attempted_at,
                 raw_code=code,
                 card_brand=card.brand if card else None,
-                network_decline_code=_text(t, "network-response-code"),
+                # Older transactions lack network-response-code; the raw processor answer
+                # ("05 : DO NOT HONOR") leads with the same network code.
+                network_decline_code=_text(t, "network-response-code")
+                or leading_code(_text(t, "additional-processor-response")),
                 network_advice_code=_text(t, "merchant-advice-code"),
                 processor_verdict=_text(t, "processor-response-type"),
                 gateway_rejection_reason=gateway_reason,
