@@ -90,6 +90,7 @@ _STATIC = (
     "n_past_success",
     "pay_weekday_strength",
 )
+_STATIC_COLS = np.array([_COL[name] for name in _STATIC])
 
 
 @dataclass(frozen=True)
@@ -165,8 +166,7 @@ def build_features(
     """
     m = t.shape[0]
     x = out if out is not None else np.empty((m, N_FEATURES), dtype=np.float32)
-    for j, name in enumerate(_STATIC):
-        x[:, _COL[name]] = context.static[rows, j]
+    x[:, _STATIC_COLS] = context.static[rows]
     f0 = context.failed_at[rows]
     tz = context.tz_minutes[rows]
     earlier = prev < t[:, None]
