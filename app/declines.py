@@ -365,12 +365,11 @@ NEW_CREDENTIALS_CODES: Mapping[Processor, frozenset[str]] = {
 }
 PROCESSOR_VERDICTS: Mapping[str, bool] = {"soft_declined": True, "hard_declined": False}
 
-_BRAND_ALIASES: Mapping[str, str] = {
-    "visa": "visa",
-    "mastercard": "mastercard",
-    "master card": "mastercard",
-    "mc": "mastercard",
-}
+# Card brands by network: Visa's rules follow Visa cards, Mastercard's follow Maestro too.
+VISA_BRANDS: frozenset[str] = frozenset({"visa", "visa_electron", "electron", "vpay"})
+MASTERCARD_BRANDS: frozenset[str] = frozenset(
+    {"mastercard", "master card", "mc", "maestro", "debit mastercard"}
+)
 _LONG_DIGITS = re.compile(r"\d{12,}")
 _NETWORK_TOKEN = re.compile(r"(?=[0-9A-Z]*\d)[0-9A-Z]{1,3}")
 
@@ -389,12 +388,17 @@ def safe_for_log(value: str | None, limit: int = 64) -> str:
     return _LONG_DIGITS.sub("[redacted]", value)[:limit]
 
 
-def _brand(value: str | None) -> str | None:
-    cleaned = _clean(value)
+def _network(brand: str | None) -> str | None:
+    """ "visa", "mastercard", another brand in lower case, or None when unknown."""
+    cleaned = _clean(brand)
     if cleaned is None:
         return None
     lowered = cleaned.lower()
-    return _BRAND_ALIASES.get(lowered, lowered)
+    if lowered in VISA_BRANDS:
+        return "visa"
+    if lowered in MASTERCARD_BRANDS:
+        return "mastercard"
+    return None if lowered == "unknown" else lowered
 
 
 def normalize_network_code(value: str | None) -> str | None:
@@ -500,13 +504,11 @@ def classify(s: DeclineSignals) -> Decline:
     raw_code = _clean(s.raw_code)
     if s.processor is Processor.ADYEN and raw_code is not None and not raw_code.isdigit():
         raw_code = adyen_code_for_reason(raw_code) or raw_code
-    brand = _brand(s.card_brand)
+    brand = _network(s.card_brand)
     network_code = normalize_network_code(s.network_decline_code)
     if network_code is None and s.processor is Processor.ADYEN:
         network_code = leading_code(s.raw_text)
-    advice_code = leading_code(s.network_advice_code) or normalize_network_code(
-        s.network_advice_code
-    )
+    advice_code = leading_code(s.network_advice_code) or _clean(s.network_advice_code)
     stripe_advice = _clean(s.stripe_advice_code)
 
     category = _processor_category(s, raw_code, network_code)

@@ -309,6 +309,26 @@ def test_mastercard_advice_applies_when_the_brand_is_unknown() -> None:
     assert result.advice is Advice.NEVER
 
 
+@pytest.mark.parametrize("brand", ["mastercard", "MasterCard", "maestro", "mc"])
+def test_mastercard_advice_follows_every_mastercard_brand(brand: str) -> None:
+    result = decline(Processor.ADYEN, "12", card_brand=brand, network_advice_code="03")
+    assert result.advice is Advice.NEVER
+
+
+@pytest.mark.parametrize("brand", ["visa", "Visa", "visa_electron"])
+def test_visa_rules_follow_every_visa_brand(brand: str) -> None:
+    result = decline(
+        Processor.STRIPE, "generic_decline", card_brand=brand, network_decline_code="04"
+    )
+    assert result.advice is Advice.NEVER
+
+
+def test_advice_code_text_is_kept_when_it_has_no_code() -> None:
+    result = decline(Processor.STRIPE, "generic_decline", network_advice_code="Retry later")
+    assert result.network_advice_code == "Retry later"
+    assert_default(result, C.DO_NOT_HONOR)
+
+
 def test_mastercard_advice_is_ignored_on_another_brand() -> None:
     result = decline(Processor.BRAINTREE, "2001", card_brand="visa", network_advice_code="03")
     assert_default(result, C.INSUFFICIENT_FUNDS)

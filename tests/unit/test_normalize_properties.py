@@ -42,7 +42,9 @@ json_values = st.recursive(
     | st.integers(min_value=-(2**70), max_value=2**70)
     | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(max_size=24)
-    | st.sampled_from(["", "failed", "succeeded", "true", "usd", "2001", "4111111111111111"]),
+    | st.sampled_from(
+        ["", "failed", "succeeded", "true", "usd", "2001", "4111111111111111", "a\x00", "\ud800"]
+    ),
     lambda children: (
         st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=10), children, max_size=3)
     ),
@@ -128,6 +130,8 @@ def check(results: object) -> None:
             assert card.country is None or re.fullmatch(r"[A-Z]{2}", card.country)
             assert card.brand is None or card.brand == card.brand.lower()
             assert card.exp_month is None or 1 <= card.exp_month <= 12
+        for text in (result.processor_payment_id, result.customer_id, result.invoice_ref):
+            assert text is None or ("\x00" not in text and text.encode("utf-8"))
         rendered = record_to_json(result)
         json.dumps(rendered)
         assert str(rendered["attempted_at"]).endswith("Z")

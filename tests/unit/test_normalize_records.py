@@ -13,6 +13,9 @@ from app.processors.normalize.records import (
     excerpt,
     from_iso,
     from_unix,
+    get_str,
+    major_to_minor,
+    minor_amount,
     normalize_bin,
     normalize_brand,
     normalize_country,
@@ -159,3 +162,22 @@ def test_excerpt_drops_card_number_keys_and_is_short() -> None:
     assert "5555555555554444" not in text
     assert "4444" in text
     assert len(text) <= 603
+
+
+def test_text_that_postgres_cannot_store_is_refused() -> None:
+    assert get_str({"id": " cus_1 "}, "id", "x") == "cus_1"
+    with pytest.raises(RecordError, match="NUL"):
+        get_str({"id": "cus\x001"}, "id", "x")
+    with pytest.raises(RecordError, match="surrogate"):
+        get_str({"id": "cus\ud8001"}, "id", "x")
+    text = excerpt({"id": "a\x00b\ud800"})
+    assert "\x00" not in text
+    text.encode("utf-8")
+
+
+def test_amounts_beyond_bigint_are_refused() -> None:
+    assert minor_amount({"amount": 2**63 - 1}, "amount", "x") == 2**63 - 1
+    with pytest.raises(RecordError, match="out of range"):
+        minor_amount({"amount": 2**63}, "amount", "x")
+    with pytest.raises(RecordError, match="out of range"):
+        major_to_minor("1" + "0" * 30, "USD", "x")

@@ -105,206 +105,25 @@ ALPHA2_CODES: frozenset[str] = frozenset(ALPHA3_TO_ALPHA2.values())
 UNKNOWN_COUNTRIES: frozenset[str] = frozenset({"unknown", "zz", "xx", "n/a", "na", "none", "-"})
 
 # ISO 4217 currencies that can settle a card payment (funds codes and metals left out).
-ISO_CURRENCIES: frozenset[str] = frozenset(
-    [
-        "AED",
-        "AFN",
-        "ALL",
-        "AMD",
-        "ANG",
-        "AOA",
-        "ARS",
-        "AUD",
-        "AWG",
-        "AZN",
-        "BAM",
-        "BBD",
-        "BDT",
-        "BGN",
-        "BHD",
-        "BIF",
-        "BMD",
-        "BND",
-        "BOB",
-        "BOV",
-        "BRL",
-        "BSD",
-        "BTN",
-        "BWP",
-        "BYN",
-        "BZD",
-        "CAD",
-        "CDF",
-        "CHE",
-        "CHF",
-        "CHW",
-        "CLF",
-        "CLP",
-        "CNY",
-        "COP",
-        "COU",
-        "CRC",
-        "CUC",
-        "CUP",
-        "CVE",
-        "CZK",
-        "DJF",
-        "DKK",
-        "DOP",
-        "DZD",
-        "EGP",
-        "ERN",
-        "ETB",
-        "EUR",
-        "FJD",
-        "FKP",
-        "GBP",
-        "GEL",
-        "GHS",
-        "GIP",
-        "GMD",
-        "GNF",
-        "GTQ",
-        "GYD",
-        "HKD",
-        "HNL",
-        "HRK",
-        "HTG",
-        "HUF",
-        "IDR",
-        "ILS",
-        "INR",
-        "IQD",
-        "IRR",
-        "ISK",
-        "JMD",
-        "JOD",
-        "JPY",
-        "KES",
-        "KGS",
-        "KHR",
-        "KMF",
-        "KPW",
-        "KRW",
-        "KWD",
-        "KYD",
-        "KZT",
-        "LAK",
-        "LBP",
-        "LKR",
-        "LRD",
-        "LSL",
-        "LYD",
-        "MAD",
-        "MDL",
-        "MGA",
-        "MKD",
-        "MMK",
-        "MNT",
-        "MOP",
-        "MRU",
-        "MUR",
-        "MVR",
-        "MWK",
-        "MXN",
-        "MXV",
-        "MYR",
-        "MZN",
-        "NAD",
-        "NGN",
-        "NIO",
-        "NOK",
-        "NPR",
-        "NZD",
-        "OMR",
-        "PAB",
-        "PEN",
-        "PGK",
-        "PHP",
-        "PKR",
-        "PLN",
-        "PYG",
-        "QAR",
-        "RON",
-        "RSD",
-        "RUB",
-        "RWF",
-        "SAR",
-        "SBD",
-        "SCR",
-        "SDG",
-        "SEK",
-        "SGD",
-        "SHP",
-        "SLE",
-        "SLL",
-        "SOS",
-        "SRD",
-        "SSP",
-        "STN",
-        "SVC",
-        "SYP",
-        "SZL",
-        "THB",
-        "TJS",
-        "TMT",
-        "TND",
-        "TOP",
-        "TRY",
-        "TTD",
-        "TWD",
-        "TZS",
-        "UAH",
-        "UGX",
-        "USD",
-        "USN",
-        "UYI",
-        "UYU",
-        "UYW",
-        "UZS",
-        "VED",
-        "VES",
-        "VND",
-        "VUV",
-        "WST",
-        "XAF",
-        "XCD",
-        "XCG",
-        "XOF",
-        "XPF",
-        "YER",
-        "ZAR",
-        "ZMW",
-        "ZWG",
-        "ZWL",
-    ]
-)
+_CURRENCY_CODES = """
+AED AFN ALL AMD ANG AOA ARS AUD AWG AZN BAM BBD BDT BGN BHD BIF BMD BND BOB BOV BRL BSD
+BTN BWP BYN BZD CAD CDF CHE CHF CHW CLF CLP CNY COP COU CRC CUC CUP CVE CZK DJF DKK DOP
+DZD EGP ERN ETB EUR FJD FKP GBP GEL GHS GIP GMD GNF GTQ GYD HKD HNL HRK HTG HUF IDR ILS
+INR IQD IRR ISK JMD JOD JPY KES KGS KHR KMF KPW KRW KWD KYD KZT LAK LBP LKR LRD LSL LYD
+MAD MDL MGA MKD MMK MNT MOP MRU MUR MVR MWK MXN MXV MYR MZN NAD NGN NIO NOK NPR NZD OMR
+PAB PEN PGK PHP PKR PLN PYG QAR RON RSD RUB RWF SAR SBD SCR SDG SEK SGD SHP SLE SLL SOS
+SRD SSP STN SVC SYP SZL THB TJS TMT TND TOP TRY TTD TWD TZS UAH UGX USD USN UYI UYU UYW
+UZS VED VES VND VUV WST XAF XCD XCG XOF XPF YER ZAR ZMW ZWG ZWL
+"""
+ISO_CURRENCIES: frozenset[str] = frozenset(_CURRENCY_CODES.split())
 # ISO 4217 minor-unit exponents that differ from the usual 2.
+_EXPONENT_GROUPS: Mapping[int, str] = {
+    0: "BIF CLP DJF GNF ISK JPY KMF KRW PYG RWF UGX UYI VND VUV XAF XOF XPF",
+    3: "BHD IQD JOD KWD LYD OMR TND",
+    4: "CLF UYW",
+}
 CURRENCY_EXPONENTS: Mapping[str, int] = {
-    **dict.fromkeys(
-        [
-            "BIF",
-            "CLP",
-            "DJF",
-            "GNF",
-            "ISK",
-            "JPY",
-            "KMF",
-            "KRW",
-            "PYG",
-            "RWF",
-            "UGX",
-            "UYI",
-            "VND",
-            "VUV",
-            "XAF",
-            "XOF",
-            "XPF",
-        ],
-        0,
-    ),
-    **dict.fromkeys(["BHD", "IQD", "JOD", "KWD", "LYD", "OMR", "TND"], 3),
-    **dict.fromkeys(["CLF", "UYW"], 4),
+    code: exponent for exponent, codes in _EXPONENT_GROUPS.items() for code in codes.split()
 }
 
 BRANDS: Mapping[str, str] = {
@@ -355,6 +174,8 @@ PAN_KEYS: frozenset[str] = frozenset(
 )
 _DIGIT_RUN = re.compile(r"\d[\d -]{11,22}\d")
 EXCERPT_LIMIT = 600
+# Amounts are stored as BIGINT.
+MAX_AMOUNT_MINOR = 2**63 - 1
 
 
 # --- Field readers: each raises RecordError with a precise reason ---------------------------
@@ -384,8 +205,21 @@ def get_str(obj: JsonObject, key: str, where: str) -> str | None:
         return str(value)
     if not isinstance(value, str):
         raise RecordError(f"{where}.{key} is {type_name(value)}, expected a string")
+    if not is_storable_text(value):
+        raise RecordError(f"{where}.{key} holds a NUL or an unpaired surrogate")
     stripped = value.strip()
     return stripped or None
+
+
+def is_storable_text(value: str) -> bool:
+    """Postgres text takes neither NUL nor lone surrogates (which JSON can smuggle in)."""
+    if "\x00" in value:
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def require_str(obj: JsonObject, key: str, where: str) -> str:
@@ -414,8 +248,8 @@ def require_int(obj: JsonObject, key: str, where: str) -> int:
 
 def minor_amount(obj: JsonObject, key: str, where: str) -> int:
     amount = require_int(obj, key, where)
-    if amount < 0:
-        raise RecordError(f"{where}.{key} is negative")
+    if not 0 <= amount <= MAX_AMOUNT_MINOR:
+        raise RecordError(f"{where}.{key} is out of range")
     return amount
 
 
@@ -439,6 +273,8 @@ def major_to_minor(amount: str, currency: str, where: str) -> int:
     minor = value.scaleb(CURRENCY_EXPONENTS.get(currency, 2))
     if minor != minor.to_integral_value():
         raise RecordError(f"{where} amount {amount[:20]!r} has more decimals than {currency}")
+    if minor > MAX_AMOUNT_MINOR:
+        raise RecordError(f"{where} amount {amount[:20]!r} is out of range")
     return int(minor)
 
 
@@ -547,7 +383,7 @@ def normalize_year(value: object) -> int | None:
 
 def card_text(value: object) -> str | None:
     """A free-form card attribute; non-strings are ignored rather than failing the record."""
-    if isinstance(value, str) and value.strip():
+    if isinstance(value, str) and value.strip() and is_storable_text(value):
         return value.strip()
     return None
 
@@ -622,7 +458,8 @@ def excerpt(value: object) -> str:
         text = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
     else:
         text = json.dumps(_scrub(value), default=str, ensure_ascii=False, sort_keys=True)
-    text = redact_card_numbers(text)
+    text = redact_card_numbers(text).replace("\x00", "\\0")
+    text = text.encode("utf-8", "replace").decode("utf-8")
     if len(text) > EXCERPT_LIMIT:
         return text[:EXCERPT_LIMIT] + "..."
     return text
