@@ -126,6 +126,11 @@ def failure_context(records: FailureRecords) -> FailureContext:
     past = np.where(keep, past, np.nan)
     past_dom = np.where(keep, past_dom, np.nan)
     n_past = keep.sum(axis=1)
+    # Move kept entries to the front and drop all-empty slots: candidates then scan fewer columns.
+    order = np.argsort(~keep, axis=1, kind="stable")
+    width = max(int(n_past.max()) if n else 0, 1)
+    past = np.take_along_axis(past, order, axis=1)[:, :width]
+    past_dom = np.take_along_axis(past_dom, order, axis=1)[:, :width]
 
     weekdays = np.where(keep, timeutil.weekday(past_day), -1)
     counts = np.stack([(weekdays == w).sum(axis=1) for w in range(7)], axis=1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import numpy as np
 import numpy.typing as npt
@@ -59,6 +60,11 @@ class Decision:
     source: str
     reason: str
     explanation: tuple[Contribution, ...] = ()
+
+    @property
+    def attempt_at_utc(self) -> datetime | None:
+        """The chosen time as an aware datetime."""
+        return None if self.attempt_at is None else datetime.fromtimestamp(self.attempt_at, UTC)
 
 
 @dataclass(frozen=True)
@@ -211,22 +217,29 @@ def _fallback(
     )
 
 
+def _seconds(values: Sequence[datetime | float]) -> list[float]:
+    return [v.timestamp() if isinstance(v, datetime) else float(v) for v in values]
+
+
 def choose(
     model: TimingModel | None,
     failure: FailureRow,
-    previous_attempts: Sequence[float],
-    candidates: Sequence[float],
+    previous_attempts: Sequence[datetime | float],
+    candidates: Sequence[datetime | float],
     remaining_budget: int,
     config: PolicyConfig | None = None,
 ) -> Decision:
-    """Decide the next retry of one failure among allowed candidate times (UTC epoch seconds).
+    """Decide the next retry of one failure among allowed candidate times.
 
-    The candidates are already filtered by the retry engine's rules. Falls back to the fixed
-    schedule, with the reason, when there is no model or it fails.
+    Times are aware datetimes or UTC epoch seconds; the decision's times are epoch seconds.
+    `previous_attempts` are the retries made since the decline (every attempt on the
+    credential, whoever made it). The candidates are already filtered by the retry engine's
+    rules. Falls back to the fixed schedule, with the reason, when there is no model or it fails.
     """
     config = config or PolicyConfig()
     record = FailureRecords.from_rows([failure])
-    cand = np.asarray(sorted(candidates), dtype=np.float64)
+    previous_attempts = _seconds(previous_attempts)
+    cand = np.asarray(sorted(_seconds(candidates)), dtype=np.float64)
     if remaining_budget <= 0 or cand.size == 0:
         return Decision(None, None, 0, (), SOURCE_STOP, "no budget or no allowed time left")
     if model is None:

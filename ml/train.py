@@ -93,16 +93,20 @@ def simulate_history(
     return run_policy(batch, planner, uniforms, horizon_days=max(28.0, config.horizon_days))
 
 
-def attempt_rows(records: FailureRecords, run: PolicyRun) -> AttemptRows:
-    """Turn a retry log into training rows, features as of each retry's time."""
+def attempt_rows(records: FailureRecords, attempts: F64, success_index: I64) -> AttemptRows:
+    """Turn a retry log into training rows, features as of each retry's time.
+
+    `attempts` is (n, K) retry times in order, NaN where none was made; `success_index` is
+    the position of the approved retry per failure, -1 when none was.
+    """
     context = failure_context(records)
-    made = ~np.isnan(run.attempts)
+    made = ~np.isnan(attempts)
     fi, ki = np.nonzero(made)
-    t = run.attempts[fi, ki]
-    k = run.attempts.shape[1]
-    prev = np.where(np.arange(k)[None, :] < ki[:, None], run.attempts[fi], np.nan)
+    t = attempts[fi, ki]
+    k = attempts.shape[1]
+    prev = np.where(np.arange(k)[None, :] < ki[:, None], attempts[fi], np.nan)
     x = build_features(context, fi, t, prev)
-    y = (run.success_index[fi] == ki).astype(np.float64)
+    y = (success_index[fi] == ki).astype(np.float64)
     return AttemptRows(x=x, y=y, failure_row=fi.astype(np.int64), t=t)
 
 
@@ -162,13 +166,29 @@ def train_model(
     config: TrainConfig | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> TrainResult:
-    """Simulate logged history, train LightGBM with early stopping, calibrate, measure."""
+    """Simulate logged history with exploration on a simulated population, then fit."""
+    config = config or TrainConfig()
+    if progress:
+        progress("simulating retry history")
+    run = simulate_history(batch, config)
+    return fit_model(batch.observed, run.attempts, run.success_index, config, progress)
+
+
+def fit_model(
+    records: FailureRecords,
+    attempts: F64,
+    success_index: I64,
+    config: TrainConfig | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> TrainResult:
+    """Train LightGBM with early stopping on a retry log, calibrate on a later slice, measure.
+
+    This is the entry point for stored attempt history as well as simulated history.
+    """
     config = config or TrainConfig()
     say = progress or (lambda _msg: None)
-    say("simulating retry history")
-    run = simulate_history(batch, config)
-    rows = attempt_rows(batch.observed, run)
-    split = _split(batch.observed, config.split)[rows.failure_row]
+    rows = attempt_rows(records, attempts, success_index)
+    split = _split(records, config.split)[rows.failure_row]
     parts = [np.flatnonzero(split == s) for s in range(4)]
     if any(p.size == 0 for p in parts):
         raise ValueError("not enough history to split into train/valid/calibration/test")
@@ -219,7 +239,7 @@ def train_model(
         num_threads=config.num_threads,
     )
     say("measuring on the held-out window")
-    test_cat = batch.observed.category[rows.failure_row[test_idx]]
+    test_cat = records.category[rows.failure_row[test_idx]]
     p_test = model.predict(rows.x[test_idx])
     raw_test = model.predict_raw(rows.x[test_idx])
     metrics = classification_metrics(rows.y[test_idx], p_test, test_cat)
@@ -232,7 +252,7 @@ def train_model(
         "test": int(test_idx.size),
     }
     metrics["exploration_share"] = config.exploration_share
-    window = batch.observed.failed_at
+    window = records.failed_at
     model.metadata = {
         "seed": config.seed,
         "params": params,

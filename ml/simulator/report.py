@@ -127,3 +127,18 @@ def calibration_report(
         "low_balance_recoveries_within_2_days_of_payday": round(after_payday, 4),
         "all_ok": all(f.ok for f in figures) and diminishing,
     }
+
+
+def format_calibration(report: dict[str, Any]) -> str:
+    """Plain-text table of the calibration figures beside their targets."""
+    lines = [f"{'figure':<42}{'value':>8}  {'target':<15}", "-" * 68]
+    for f in report["figures"]:
+        mark = "" if f["ok"] else "  MISSED"
+        lines.append(f"{f['name']:<42}{f['value']:>8.3f}  {f['low']:.2f}-{f['high']:.2f}{mark}")
+    per = ", ".join(f"{x:.3f}" for x in report["recovered_by_attempt"])
+    lines.append(f"recovered by attempt of {report['reference_schedule']['name']}: {per}")
+    lines.append(
+        "low-balance recoveries within 2 days after a payday: "
+        f"{report['low_balance_recoveries_within_2_days_of_payday']:.1%}"
+    )
+    return "\n".join(lines)
