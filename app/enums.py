@@ -120,3 +120,11 @@ class MerchantStatus(StrEnum):
 
     ACTIVE = "active"
     PAUSED = "paused"
+
+
+class ConnectionStatus(StrEnum):
+    """Whether a processor connection is polled."""
+
+    ACTIVE = "active"
+    PAUSED = "paused"
+    ERROR = "error"

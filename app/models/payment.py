@@ -56,6 +56,10 @@ class Payment(TenantOwned, table=True):
     recovered_at: datetime | None = timestamp(nullable=True)
     recovered_by: Actor | None = Field(default=None, sa_type=enum_type(Actor), nullable=True)
     attempt_count: int = Field(default=0)
+    connection_id: uuid.UUID | None = Field(
+        default=None, foreign_key="processor_connection.id", nullable=True
+    )
+    normalizer_version: int | None = Field(default=None, sa_type=sa.SmallInteger, nullable=True)
     created_at: datetime = timestamp()
     updated_at: datetime = timestamp()
 
@@ -66,6 +70,8 @@ class PaymentAttempt(TenantOwned, table=True):
     __tablename__ = "payment_attempt"
     __table_args__ = (
         sa.UniqueConstraint("payment_id", "number"),
+        # An attempt read from a processor is stored once, however often it is read.
+        sa.UniqueConstraint("payment_id", "processor_attempt_id"),
         sa.CheckConstraint("number >= 1", name="number_positive"),
     )
 
@@ -80,4 +86,8 @@ class PaymentAttempt(TenantOwned, table=True):
     decline_category: DeclineCategory | None = Field(
         default=None, sa_type=enum_type(DeclineCategory), nullable=True
     )
+    raw_record_id: uuid.UUID | None = Field(
+        default=None, foreign_key="raw_record.id", nullable=True
+    )
+    normalizer_version: int | None = Field(default=None, sa_type=sa.SmallInteger, nullable=True)
     created_at: datetime = timestamp()

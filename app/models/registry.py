@@ -4,6 +4,7 @@ from app.models.api_key import ApiKey, ApiKeyMerchant
 from app.models.audit import AuditLog
 from app.models.base import TenantOwned, metadata
 from app.models.customer import CardCredential, Customer
+from app.models.ingestion import DeadLetter, ProcessorConnection, RawRecord
 from app.models.merchant import Merchant
 from app.models.payment import Payment, PaymentAttempt
 from app.models.retry_policy import RetryPolicy
@@ -13,10 +14,13 @@ __all__ = [
     "ApiKeyMerchant",
     "AuditLog",
     "CardCredential",
+    "DeadLetter",
     "Customer",
     "Merchant",
     "Payment",
     "PaymentAttempt",
+    "ProcessorConnection",
+    "RawRecord",
     "RetryPolicy",
     "TenantOwned",
     "metadata",

@@ -1,0 +1,171 @@
+"""What every processor adapter offers, and the HTTP calling discipline they share."""
+
+import asyncio
+import hashlib
+import json
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import httpx
+
+from app.enums import Processor
+
+DEFAULT_TIMEOUT = httpx.Timeout(10.0, connect=5.0)
+# Waits longer than this are not slept through in-line: the job is deferred instead.
+MAX_INLINE_WAIT_SECONDS = 5.0
+
+
+class ProcessorError(Exception):
+    """A call to a processor failed; the message never contains credentials."""
+
+
+class TransientProcessorError(ProcessorError):
+    """Worth retrying later (timeout, 429, 5xx); `retry_after` is the processor's wait, if any."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class PermanentProcessorError(ProcessorError):
+    """Retrying will not help (bad credentials, bad request): needs a person."""
+
+
+@dataclass(frozen=True)
+class RawItem:
+    """One record as received: `payload` is stored as JSONB, `body` is what normalizers read."""
+
+    external_id: str | None
+    payload: dict[str, Any]
+    body: bytes
+
+    @property
+    def content_hash(self) -> str:
+        return hashlib.sha256(self.body).hexdigest()
+
+    @classmethod
+    def from_json(cls, record: Mapping[str, Any], external_id: str | None) -> "RawItem":
+        payload = dict(record)
+        body = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
+        return cls(external_id=external_id, payload=payload, body=body)
+
+    @classmethod
+    def from_xml(cls, xml: str, external_id: str | None) -> "RawItem":
+        return cls(external_id=external_id, payload={"xml": xml}, body=xml.encode())
+
+
+def body_of(payload: Mapping[str, Any]) -> bytes:
+    """The normalizer input of a stored payload (the inverse of RawItem's constructors)."""
+    xml = payload.get("xml")
+    if isinstance(xml, str) and len(payload) == 1:
+        return xml.encode()
+    return json.dumps(dict(payload), sort_keys=True, separators=(",", ":")).encode()
+
+
+@dataclass(frozen=True)
+class ListPage:
+    """Records read in one step, and the cursor to store once they are committed."""
+
+    items: list[RawItem]
+    cursor: dict[str, Any]
+    more: bool
+
+
+@dataclass(frozen=True)
+class ChargeResult:
+    """The processor's answer to a charge: the attempt's id, verdict and raw record."""
+
+    processor_payment_id: str
+    approved: bool
+    item: RawItem
+
+
+@dataclass(frozen=True)
+class ConnectionInfo:
+    """What an adapter needs to talk to one account (credentials already decrypted)."""
+
+    kind: Processor
+    base_url: str
+    credentials: Mapping[str, Any] = field(repr=False)
+    account_ref: str | None = None
+
+
+class ProcessorAdapter(Protocol):
+    """One processor's API, in the portal's terms."""
+
+    async def list_page(self, cursor: Mapping[str, Any]) -> ListPage: ...
+
+    async def fetch(self, processor_payment_id: str) -> RawItem: ...
+
+    async def charge(
+        self,
+        *,
+        retry_of: str,
+        amount_minor: int,
+        currency: str,
+        customer_ref: str,
+        idempotency_key: str,
+    ) -> ChargeResult: ...
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
+
+
+async def call(
+    client: httpx.AsyncClient,
+    method: str,
+    url: str,
+    *,
+    processor: Processor,
+    max_attempts: int = 3,
+    base_delay: float = 0.2,
+    **kwargs: Any,
+) -> httpx.Response:
+    """One API call with bounded retries and backoff that honours rate-limit signals."""
+    last: TransientProcessorError | None = None
+    for attempt in range(max_attempts):
+        try:
+            response = await client.request(method, url, **kwargs)
+        except httpx.TimeoutException:
+            last = TransientProcessorError(f"{processor.value}: {method} timed out")
+        except httpx.TransportError as exc:
+            last = TransientProcessorError(f"{processor.value}: {type(exc).__name__}")
+        else:
+            status = response.status_code
+            if status == 429 or status >= 500:
+                if response.headers.get("stripe-should-retry", "").lower() == "false":
+                    raise PermanentProcessorError(
+                        f"{processor.value}: HTTP {status}, processor says do not retry"
+                    )
+                last = TransientProcessorError(
+                    f"{processor.value}: HTTP {status}", retry_after=_retry_after(response)
+                )
+            elif status in (401, 403):
+                raise PermanentProcessorError(
+                    f"{processor.value}: HTTP {status}, check credentials"
+                )
+            elif status >= 400 and status != 402:
+                raise PermanentProcessorError(
+                    f"{processor.value}: HTTP {status}: {response.text[:200]}"
+                )
+            else:
+                return response
+        if attempt + 1 < max_attempts:
+            delay = last.retry_after
+            if delay is None:
+                delay = base_delay * 2**attempt * (0.5 + random.random())  # noqa: S311 - jitter
+            if delay > MAX_INLINE_WAIT_SECONDS:
+                raise last
+            await asyncio.sleep(delay)
+    if last is None:  # pragma: no cover - max_attempts >= 1 always sets it
+        raise ValueError("max_attempts must be at least 1")
+    raise last

@@ -1,0 +1,464 @@
+"""Ingestion: land raw records first, then normalize them into customers, cards, payments and
+attempts with set-based upserts. Idempotent: landing the same record twice stores it once, and
+re-normalizing (replay) updates the clean rows in place."""
+
+import hashlib
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import update
+from sqlalchemy.dialects.postgresql import insert
+from sqlmodel import col, select
+
+from app.db import UnitOfWork
+from app.enums import Actor, AttemptOutcome, CardFunding, PaymentState, Processor
+from app.models.customer import CardCredential, Customer
+from app.models.ingestion import DeadLetter, ProcessorConnection, RawRecord
+from app.models.payment import Payment, PaymentAttempt
+from app.processors.base import RawItem, body_of
+from app.processors.normalize.dispatch import normalize_payload
+from app.processors.normalize.records import (
+    NORMALIZER_VERSION,
+    CanonicalRecord,
+    NormalizeError,
+)
+from app.processors.normalize.records import DeadLetter as DeadLetterResult
+
+CHUNK = 1000
+UNKNOWN_CUSTOMER = "unknown"
+
+
+@dataclass
+class IngestStats:
+    """What one landing or normalization step did."""
+
+    landed: int = 0
+    duplicates: int = 0
+    normalized: int = 0
+    dead_letters: int = 0
+    payments_created: int = 0
+    attempts_recorded: int = 0
+    recovered: int = 0
+    ignored_successes: int = 0
+
+    def add(self, other: "IngestStats") -> None:
+        for name in self.__dataclass_fields__:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+def _chunks(rows: Sequence[dict[str, Any]]) -> Iterable[Sequence[dict[str, Any]]]:
+    for start in range(0, len(rows), CHUNK):
+        yield rows[start : start + CHUNK]
+
+
+async def land(
+    uow: UnitOfWork, connection: ProcessorConnection, items: Sequence[RawItem], *, now: datetime
+) -> tuple[list[uuid.UUID], IngestStats]:
+    """Store each record exactly once (by content hash); returns the ids of new raw rows."""
+    stats = IngestStats()
+    unique: dict[str, RawItem] = {}
+    for item in items:
+        unique.setdefault(item.content_hash, item)
+    stats.duplicates = len(items) - len(unique)
+    rows = [
+        {
+            "id": uuid.uuid4(),
+            "merchant_id": connection.merchant_id,
+            "connection_id": connection.id,
+            "processor": connection.kind,
+            "external_id": (item.external_id or "")[:255] or None,
+            "received_at": now,
+            "content_hash": digest,
+            "payload": item.payload,
+        }
+        for digest, item in unique.items()
+    ]
+    new_ids: list[uuid.UUID] = []
+    for chunk in _chunks(rows):
+        statement = (
+            insert(RawRecord)
+            .values(list(chunk))
+            .on_conflict_do_nothing(index_elements=["connection_id", "content_hash"])
+            .returning(col(RawRecord.id))
+        )
+        new_ids += list((await uow.session.execute(statement)).scalars())
+    stats.landed = len(new_ids)
+    stats.duplicates += len(rows) - len(new_ids)
+    return new_ids, stats
+
+
+async def pending_raw_ids(
+    uow: UnitOfWork,
+    connection_id: uuid.UUID,
+    *,
+    since: datetime | None = None,
+    replay: bool = False,
+    limit: int = 5000,
+    after: uuid.UUID | None = None,
+) -> list[uuid.UUID]:
+    """Raw rows still to normalize (or, for a replay, every row since `since`), by id."""
+    query = (
+        select(col(RawRecord.id))
+        .where(col(RawRecord.connection_id) == connection_id)
+        .order_by(col(RawRecord.id))
+        .limit(limit)
+    )
+    if not replay:
+        query = query.where(col(RawRecord.normalized_at).is_(None))
+    if since is not None:
+        query = query.where(col(RawRecord.received_at) >= since)
+    if after is not None:
+        query = query.where(col(RawRecord.id) > after)
+    return list((await uow.session.execute(query)).scalars())
+
+
+@dataclass
+class _Plan:
+    """The writes one normalization batch decided on."""
+
+    payments: list[dict[str, Any]] = field(default_factory=list)
+    payment_updates: list[dict[str, Any]] = field(default_factory=list)
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+    attempt_updates: list[dict[str, Any]] = field(default_factory=list)
+    recoveries: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _card_fingerprint(record: CanonicalRecord) -> str | None:
+    card = record.card
+    if card is None or card.last4 is None or card.exp_month is None or card.exp_year is None:
+        return None
+    if card.fingerprint:
+        return card.fingerprint[:128]
+    # Without the processor's fingerprint, identify the credential by what is visible.
+    seen = f"{card.brand}|{card.bin}|{card.last4}|{card.exp_month}|{card.exp_year}"
+    return "derived:" + hashlib.sha256(seen.encode()).hexdigest()[:40]
+
+
+async def _upsert_customers(
+    uow: UnitOfWork, merchant_id: uuid.UUID, refs: set[str], now: datetime
+) -> dict[str, uuid.UUID]:
+    ids: dict[str, uuid.UUID] = {}
+    rows = [
+        {"id": uuid.uuid4(), "merchant_id": merchant_id, "external_ref": r, "created_at": now}
+        for r in sorted(refs)
+    ]
+    for chunk in _chunks(rows):
+        base = insert(Customer).values(list(chunk))
+        statement = base.on_conflict_do_update(
+            index_elements=["merchant_id", "external_ref"],
+            set_={"external_ref": base.excluded.external_ref},
+        ).returning(col(Customer.id), col(Customer.external_ref))
+        ids.update({ref: cid for cid, ref in (await uow.session.execute(statement)).all()})
+    return ids
+
+
+async def _upsert_cards(
+    uow: UnitOfWork,
+    merchant_id: uuid.UUID,
+    records: Sequence[CanonicalRecord],
+    customer_ids: dict[str, uuid.UUID],
+    now: datetime,
+) -> dict[tuple[str, int, int], uuid.UUID]:
+    rows: dict[tuple[str, int, int], dict[str, Any]] = {}
+    for record in records:
+        fingerprint = _card_fingerprint(record)
+        card = record.card
+        if fingerprint is None or card is None or card.exp_month is None or card.exp_year is None:
+            continue
+        if not (card.last4 and card.last4.isdigit() and len(card.last4) == 4):
+            continue
+        key = (fingerprint, card.exp_month, card.exp_year)
+        rows[key] = {
+            "id": uuid.uuid4(),
+            "merchant_id": merchant_id,
+            "customer_id": customer_ids[record.customer_id or UNKNOWN_CUSTOMER],
+            "brand": (card.brand or "unknown")[:32],
+            "funding": card.funding or CardFunding.UNKNOWN,
+            "issuer_country": card.country,
+            "bin": (card.bin or None) and card.bin[:8],
+            "last4": card.last4,
+            "exp_month": card.exp_month,
+            "exp_year": card.exp_year,
+            "fingerprint": fingerprint,
+            "created_at": now,
+        }
+    ids: dict[tuple[str, int, int], uuid.UUID] = {}
+    for chunk in _chunks(list(rows.values())):
+        base = insert(CardCredential).values(list(chunk))
+        statement = base.on_conflict_do_update(
+            index_elements=["merchant_id", "fingerprint", "exp_month", "exp_year"],
+            set_={"brand": base.excluded.brand, "funding": base.excluded.funding},
+        ).returning(
+            col(CardCredential.id),
+            col(CardCredential.fingerprint),
+            col(CardCredential.exp_month),
+            col(CardCredential.exp_year),
+        )
+        for cid, fp, month, year in (await uow.session.execute(statement)).all():
+            ids[(fp, month, year)] = cid
+    return ids
+
+
+def _decline_columns(record: CanonicalRecord) -> dict[str, Any]:
+    decline = record.decline
+    if decline is None:  # pragma: no cover - only failed records reach here
+        raise ValueError("a failed record has no decline")
+    return {
+        "decline_category": decline.category,
+        "decline_retryable": decline.retryable,
+        "decline_advice": decline.advice,
+        "decline_raw_code": (decline.raw_code or None) and decline.raw_code[:64],
+        "decline_network_code": decline.network_decline_code,
+        "decline_network_advice_code": decline.network_advice_code,
+    }
+
+
+async def apply_records(
+    uow: UnitOfWork,
+    connection: ProcessorConnection,
+    records: Sequence[tuple[uuid.UUID, CanonicalRecord]],
+    *,
+    now: datetime,
+) -> IngestStats:
+    """Turn canonical records into rows. A failure opens a payment (or, for an invoice already
+    in recovery, adds an attempt to it); a success on such an invoice recovers it."""
+    stats = IngestStats()
+    if not records:
+        return stats
+    merchant_id = connection.merchant_id
+    ordered = sorted(records, key=lambda r: (r[1].attempted_at, r[1].processor_payment_id))
+    canon = [r for _, r in ordered]
+    customer_ids = await _upsert_customers(
+        uow, merchant_id, {r.customer_id or UNKNOWN_CUSTOMER for r in canon}, now
+    )
+    card_ids = await _upsert_cards(uow, merchant_id, canon, customer_ids, now)
+
+    charge_ids = {r.processor_payment_id for r in canon}
+    invoice_refs = {r.invoice_ref for r in canon if r.invoice_ref}
+    processor: Processor = connection.kind
+    known = (
+        (
+            await uow.session.execute(
+                select(Payment).where(
+                    col(Payment.merchant_id) == merchant_id,
+                    col(Payment.processor) == processor,
+                    col(Payment.processor_payment_id).in_(charge_ids)
+                    | col(Payment.invoice_ref).in_(invoice_refs),
+                )
+            )
+        )
+        .scalars()
+        .all()
+    )
+    by_charge = {p.processor_payment_id: p for p in known}
+    open_by_invoice = {p.invoice_ref: p for p in known if p.invoice_ref and not p.state.is_terminal}
+    attempts_known = {
+        (a.payment_id, a.processor_attempt_id): a
+        for a in (
+            await uow.session.execute(
+                select(PaymentAttempt).where(
+                    col(PaymentAttempt.merchant_id) == merchant_id,
+                    col(PaymentAttempt.processor_attempt_id).in_(charge_ids),
+                )
+            )
+        ).scalars()
+    }
+    attempt_counts = {p.id: p.attempt_count for p in known}
+    plan = _Plan()
+
+    for raw_id, record in ordered:
+        payment = by_charge.get(record.processor_payment_id)
+        linked = open_by_invoice.get(record.invoice_ref) if record.invoice_ref else None
+        target_id = payment.id if payment is not None else linked.id if linked else None
+        existing_attempt = (
+            attempts_known.get((target_id, record.processor_payment_id)) if target_id else None
+        )
+        common = {
+            "raw_record_id": raw_id,
+            "normalizer_version": NORMALIZER_VERSION,
+            "raw_decline_code": record.decline.raw_code[:64]
+            if record.decline and record.decline.raw_code
+            else None,
+            "decline_category": record.decline.category if record.decline else None,
+        }
+        if existing_attempt is not None:
+            # Seen before (a replay, or our own retry read back): refresh its reading only.
+            plan.attempt_updates.append({"id": existing_attempt.id, **common})
+            if payment is not None and record.status == "failed":
+                plan.payment_updates.append(
+                    {
+                        "id": payment.id,
+                        **_decline_columns(record),
+                        "normalizer_version": NORMALIZER_VERSION,
+                    }
+                )
+            continue
+        if record.status == "failed" and target_id is None:
+            card = record.card
+            fingerprint = _card_fingerprint(record)
+            card_id = (
+                card_ids.get((fingerprint, card.exp_month, card.exp_year))
+                if card and fingerprint and card.exp_month and card.exp_year
+                else None
+            )
+            new_id = uuid.uuid4()
+            row = {
+                "id": new_id,
+                "merchant_id": merchant_id,
+                "processor": processor,
+                "processor_payment_id": record.processor_payment_id[:255],
+                "amount_minor": record.amount_minor,
+                "currency": record.currency,
+                "customer_id": customer_ids[record.customer_id or UNKNOWN_CUSTOMER],
+                "card_id": card_id,
+                "invoice_ref": record.invoice_ref,
+                "subscription_ref": record.subscription_ref,
+                "first_failed_at": record.attempted_at,
+                **_decline_columns(record),
+                "state": PaymentState.PENDING,
+                "attempt_count": 1,
+                "connection_id": connection.id,
+                "normalizer_version": NORMALIZER_VERSION,
+                "created_at": now,
+                "updated_at": now,
+            }
+            plan.payments.append(row)
+            attempt_counts[new_id] = 1
+            stub = Payment(**row)
+            by_charge[record.processor_payment_id] = stub
+            if record.invoice_ref:
+                open_by_invoice[record.invoice_ref] = stub
+            plan.attempts.append(
+                _attempt_row(merchant_id, new_id, 1, record, AttemptOutcome.DECLINED, now, common)
+            )
+            stats.payments_created += 1
+            continue
+        if target_id is None:
+            stats.ignored_successes += 1  # an ordinary successful charge: kept raw only
+            continue
+        number = attempt_counts[target_id] + 1
+        attempt_counts[target_id] = number
+        outcome = AttemptOutcome.DECLINED if record.status == "failed" else AttemptOutcome.SUCCEEDED
+        plan.attempts.append(
+            _attempt_row(merchant_id, target_id, number, record, outcome, now, common)
+        )
+        if outcome is AttemptOutcome.SUCCEEDED:
+            plan.recoveries.append(
+                {"id": target_id, "recovered_at": record.attempted_at, "attempt_count": number}
+            )
+            if record.invoice_ref:
+                open_by_invoice.pop(record.invoice_ref, None)
+            stats.recovered += 1
+        else:
+            plan.payment_updates.append({"id": target_id, "attempt_count": number})
+    await _write(uow, plan, now)
+    stats.attempts_recorded = len(plan.attempts)
+    stats.normalized = len(records)
+    return stats
+
+
+def _attempt_row(
+    merchant_id: uuid.UUID,
+    payment_id: uuid.UUID,
+    number: int,
+    record: CanonicalRecord,
+    outcome: AttemptOutcome,
+    now: datetime,
+    common: dict[str, Any],
+) -> dict[str, Any]:
+    return {
+        "id": uuid.uuid4(),
+        "merchant_id": merchant_id,
+        "payment_id": payment_id,
+        "number": number,
+        "attempted_at": record.attempted_at,
+        "outcome": outcome,
+        "actor": Actor.PROCESSOR,
+        "processor_attempt_id": record.processor_payment_id[:255],
+        "created_at": now,
+        **common,
+    }
+
+
+async def _write(uow: UnitOfWork, plan: _Plan, now: datetime) -> None:
+    session = uow.session
+    for chunk in _chunks(plan.payments):
+        await session.execute(insert(Payment).values(list(chunk)))
+    for chunk in _chunks(plan.attempts):
+        await session.execute(insert(PaymentAttempt).values(list(chunk)))
+    recoveries = [
+        {
+            **r,
+            "state": PaymentState.RECOVERED,
+            "recovered_by": Actor.PROCESSOR,
+            "next_retry_at": None,
+        }
+        for r in plan.recoveries
+    ]
+    for model, rows in (
+        (PaymentAttempt, plan.attempt_updates),
+        (Payment, [{**r, "updated_at": now} for r in plan.payment_updates + recoveries]),
+    ):
+        # ORM bulk UPDATE by primary key: one executemany per distinct set of columns.
+        groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+        for row in rows:
+            groups.setdefault(tuple(sorted(row)), []).append(row)
+        for group in groups.values():
+            await session.execute(update(model), group)
+
+
+async def normalize_raw(
+    uow: UnitOfWork, connection: ProcessorConnection, raw_ids: Sequence[uuid.UUID], *, now: datetime
+) -> IngestStats:
+    """Normalize the given raw rows with the current normalizer; failures become dead letters."""
+    stats = IngestStats()
+    if not raw_ids:
+        return stats
+    rows = (
+        await uow.session.execute(
+            select(col(RawRecord.id), col(RawRecord.payload)).where(col(RawRecord.id).in_(raw_ids))
+        )
+    ).all()
+    good: list[tuple[uuid.UUID, CanonicalRecord]] = []
+    letters: list[dict[str, Any]] = []
+    for raw_id, payload in rows:
+        try:
+            results: list[CanonicalRecord | DeadLetterResult] = normalize_payload(
+                connection.kind, body_of(payload)
+            )
+        except NormalizeError as exc:
+            results = [DeadLetterResult(reason=str(exc), payload_excerpt="")]
+        if not results:
+            results = [DeadLetterResult(reason="no payment record in payload", payload_excerpt="")]
+        for result in results:
+            if isinstance(result, DeadLetterResult):
+                letters.append(
+                    {
+                        "id": uuid.uuid4(),
+                        "merchant_id": connection.merchant_id,
+                        "connection_id": connection.id,
+                        "raw_record_id": raw_id,
+                        "normalizer_version": NORMALIZER_VERSION,
+                        "reason": result.reason[:2000],
+                        "created_at": now,
+                    }
+                )
+            else:
+                good.append((raw_id, result))
+    stats.add(await apply_records(uow, connection, good, now=now))
+    for chunk in _chunks(letters):
+        await uow.session.execute(
+            insert(DeadLetter)
+            .values(list(chunk))
+            .on_conflict_do_nothing(index_elements=["raw_record_id", "normalizer_version"])
+        )
+    stats.dead_letters = len(letters)
+    await uow.session.execute(
+        update(RawRecord)
+        .where(col(RawRecord.id).in_(raw_ids))
+        .values(normalized_at=now, normalizer_version=NORMALIZER_VERSION)
+    )
+    return stats
