@@ -119,7 +119,12 @@ def _default_advice_delays() -> Mapping[str, timedelta]:
 
 @dataclass(frozen=True, slots=True)
 class NetworkRules:
-    """Card-network rules of DOMAIN.md section 2; every number is configurable."""
+    """Card-network rules of DOMAIN.md section 2; every number is configurable.
+
+    Caps count every attempt on the credential whatever its outcome (in flight, errored,
+    declined) and the first failure too: the conservative reading of "declined attempts" and
+    "reattempts", since an errored attempt may have reached the issuer.
+    """
 
     network_caps: Mapping[str, tuple[AttemptCap, ...]] = field(
         default_factory=_default_network_caps
@@ -169,6 +174,7 @@ class RetryPolicyView:
     end_action: EndAction = EndAction.MARK_EXHAUSTED
 
     def __post_init__(self) -> None:
+        # Equal quiet-hour bounds are accepted and mean "no quiet hours".
         if self.max_attempts < 0 or self.window_days <= 0 or self.min_hours_between_attempts < 0:
             raise ValueError("max_attempts >= 0, window_days > 0, min spacing >= 0 required")
         hours = (self.quiet_hours_start, self.quiet_hours_end)

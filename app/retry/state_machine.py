@@ -1,18 +1,4 @@
-"""The retry state machine: a pure function from (state, event) to a new state and actions.
-
-Contract with the jobs layer:
-- `ledger` is the history as stored before the event; the event's own facts (a decline, a
-  new credential) are folded in here. An attempt the jobs recorded as in flight (outcome None,
-  see `RecordAttempt`) is resolved in place rather than counted twice.
-- `policy` is the effective policy: a paused merchant is passed as `enabled=False`, and a
-  control-group payment with `strategy=FIXED_SCHEDULE` (see `schedule.effective_policy`).
-- Terminal states absorb every event (a no-op, `Transition.changed` is False) except:
-  NOT_RETRYABLE reopens to PENDING on `CredentialUpdated` when no rule still forbids a retry;
-  EXHAUSTED and NOT_RETRYABLE become RECOVERED when money arrives (`PaidElsewhere`,
-  `AttemptSucceeded`), because the invoice is paid whatever we had decided; a portal charge
-  that succeeds on a RECOVERED or CANCELED payment stays there and raises
-  `AlertDuplicateCharge`.
-"""
+"""The retry state machine: a pure function from (state, event) to a new state and actions."""
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -341,11 +327,11 @@ def _on_declined(state: PaymentState, event: AttemptDeclined, ctx: _Ctx) -> _Out
                 event.decline.declined_at, Actor.PORTAL, AttemptOutcome.DECLINED, event.decline
             )
             ledger = _resolve_in_flight(ctx.ledger, outcome)
-            if not ctx.policy.enabled:
-                return _hold(f"declined ({event.decline.category}); recovery is switched off")
             stop = _stop(ctx, ledger)
             if stop is not None:
                 return _end_verdict(ctx, stop)
+            if not ctx.policy.enabled:
+                return _hold(f"declined ({event.decline.category}); recovery is switched off")
             return _fallback(ctx, ledger, f"declined ({event.decline.category})")
         case P.PENDING | P.SCHEDULED:
             raise _illegal(state, event)
@@ -361,11 +347,11 @@ def _on_abandoned(state: PaymentState, event: AttemptAbandoned, ctx: _Ctx) -> _O
             # The processor never saw it: it is no attempt for the network, and its number
             # (hence its idempotency key) is used again by the next one.
             ledger = _resolve_in_flight(ctx.ledger, None)
-            if not ctx.policy.enabled:
-                return _hold(f"attempt abandoned ({event.reason}); recovery is switched off")
             stop = _stop(ctx, ledger)
             if stop is not None:
                 return _end_verdict(ctx, stop)
+            if not ctx.policy.enabled:
+                return _hold(f"attempt abandoned ({event.reason}); recovery is switched off")
             reason = f"attempt abandoned ({event.reason}); retry when allowed"
             return _schedule_at(ctx, ledger, ctx.now, ctx.policy.strategy, reason)
         case P.PENDING | P.SCHEDULED:
@@ -559,8 +545,21 @@ def transition(
 ) -> Transition:
     """Apply one event to a payment in `state`; raises `IllegalTransitionError` if it cannot be.
 
-    Every transition out of SCHEDULED clears the retry time and every transition into it sets
-    one, so a payment has a next retry time exactly while it is SCHEDULED.
+    Contract with the jobs layer:
+    - `ledger` is the history as stored before the event; the event's own facts (a decline, a
+      new credential) are folded in here. An attempt the jobs recorded as in flight (outcome
+      None, see `RecordAttempt`) is resolved in place rather than counted twice.
+    - `policy` is the effective policy: a paused merchant is passed as `enabled=False`, and a
+      control-group payment with `strategy=FIXED_SCHEDULE` (see `schedule.effective_policy`).
+    - `now` is the caller's clock; nothing here reads one.
+    - Every transition out of SCHEDULED clears the retry time and every transition into it
+      sets one, so a payment has a next retry time exactly while it is SCHEDULED.
+    - Terminal states absorb every event (a no-op: `Transition.changed` is False) except:
+      NOT_RETRYABLE reopens to PENDING on `CredentialUpdated` when no rule still forbids a
+      retry; EXHAUSTED and NOT_RETRYABLE become RECOVERED when money arrives (`PaidElsewhere`,
+      `AttemptSucceeded`), because the invoice is paid whatever was decided; a portal charge
+      that succeeds on a RECOVERED or CANCELED payment leaves it there and raises
+      `AlertDuplicateCharge`.
     """
     if now.tzinfo is None or now.utcoffset() is None:
         raise ValueError("now must be timezone-aware")

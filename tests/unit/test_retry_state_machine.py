@@ -484,3 +484,8 @@ def test_resume_with_recovery_still_off_is_a_no_op() -> None:
 def test_naive_now_is_rejected() -> None:
     with pytest.raises(ValueError, match="aware"):
         run(S.PENDING, PolicyChanged(), now=datetime(2026, 3, 3))  # noqa: DTZ001
+
+
+def test_hard_decline_while_paused_still_ends() -> None:
+    t = run(S.RETRYING, AttemptDeclined(hard(NOW)), policy=replace(POLICY, enabled=False))
+    assert t.new_state is S.NOT_RETRYABLE
