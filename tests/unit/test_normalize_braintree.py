@@ -6,7 +6,12 @@ from pathlib import Path
 import pytest
 
 from app.enums import Advice, CardFunding, DeclineCategory, Processor
-from app.processors.normalize.dispatch import normalize_payload, record_to_json
+from app.processors.normalize.dispatch import (
+    normalize_items,
+    normalize_payload,
+    normalize_raw,
+    record_to_json,
+)
 from app.processors.normalize.records import (
     CanonicalRecord,
     DeadLetter,
@@ -307,3 +312,22 @@ def test_network_response_code_wins_over_additional_response() -> None:
     decline = one_record(body).decline
     assert decline is not None
     assert decline.network_decline_code == "51"
+
+
+def test_each_transaction_is_kept_raw_as_xml_and_replays() -> None:
+    items = normalize_items(Processor.BRAINTREE, load("credit_card_transactions.xml"))
+    assert len(items) == 4
+    for item in items:
+        assert isinstance(item.raw, dict)
+        xml = item.raw["xml"]
+        assert isinstance(xml, str)
+        assert xml.startswith("<transaction>")
+        assert "5105105105105100" not in xml
+        assert normalize_raw(Processor.BRAINTREE, item.raw) == [item.result]
+
+
+def test_replaying_a_malformed_raw_braintree_record_raises() -> None:
+    with pytest.raises(NormalizeError):
+        normalize_raw(Processor.BRAINTREE, {"transaction": "x"})
+    with pytest.raises(NormalizeError):
+        normalize_raw(Processor.BRAINTREE, {"xml": "<transaction>"})

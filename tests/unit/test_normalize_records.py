@@ -23,6 +23,7 @@ from app.processors.normalize.records import (
     normalize_last4,
     normalize_year,
     redact_card_numbers,
+    scrub_raw,
 )
 
 
@@ -181,3 +182,24 @@ def test_amounts_beyond_bigint_are_refused() -> None:
         minor_amount({"amount": 2**63}, "amount", "x")
     with pytest.raises(RecordError, match="out of range"):
         major_to_minor("1" + "0" * 30, "USD", "x")
+
+
+def test_scrub_raw_drops_and_redacts_card_numbers_but_keeps_ids() -> None:
+    scrubbed = scrub_raw(
+        {
+            "id": "4111111111111111",
+            "pspReference": "4111111111111111",
+            "card": {"number": "4111111111111111", "last4": "1111"},
+            "note": "card 4111 1111 1111 1111",
+            "amount": 4111111111111111,
+            "created": 1700000000,
+        }
+    )
+    assert scrubbed == {
+        "id": "4111111111111111",
+        "pspReference": "4111111111111111",
+        "card": {"last4": "1111"},
+        "note": "card [redacted]",
+        "amount": "[redacted]",
+        "created": 1700000000,
+    }

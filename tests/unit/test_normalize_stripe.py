@@ -7,7 +7,12 @@ from pathlib import Path
 import pytest
 
 from app.enums import Advice, CardFunding, DeclineCategory, Processor
-from app.processors.normalize.dispatch import normalize_payload, record_to_json
+from app.processors.normalize.dispatch import (
+    normalize_items,
+    normalize_payload,
+    normalize_raw,
+    record_to_json,
+)
 from app.processors.normalize.records import CanonicalRecord, DeadLetter, NormalizeError
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "processors" / "stripe"
@@ -367,3 +372,30 @@ def test_record_json_has_exactly_the_documented_fields() -> None:
     }
     assert decline["not_before"] == "2024-07-04T14:33:20Z"
     json.dumps(rendered)
+
+
+def test_raw_payload_of_an_event_record_is_the_whole_event() -> None:
+    (item,) = normalize_items(Processor.STRIPE, load("event_payment_intent_failed.json"))
+    assert isinstance(item.raw, dict)
+    assert item.raw["object"] == "event"
+    # The event time is needed to replay the PaymentIntent's attempt time.
+    assert normalize_raw(Processor.STRIPE, item.raw) == [item.result]
+
+
+def test_raw_payload_drops_the_card_number_field() -> None:
+    (item,) = normalize_items(Processor.STRIPE, load("charge_failed_legacy_source.json"))
+    assert isinstance(item.raw, dict)
+    source = item.raw["source"]
+    assert isinstance(source, dict)
+    assert "number" not in source
+    assert source["last4"] == "4242"
+
+
+def test_list_items_are_stored_one_by_one() -> None:
+    items = normalize_items(Processor.STRIPE, load("charges_list_page.json"))
+    assert [i.raw["id"] for i in items if isinstance(i.raw, dict)] == [
+        "ch_3Q0000JmW8nX1a0b0List001",
+        "ch_3Q0000JmW8nX1a0b0List002",
+        "ch_3Q0000JmW8nX1a0b0List003",
+        "ch_3Q0000JmW8nX1a0b0List004",
+    ]

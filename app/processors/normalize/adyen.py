@@ -8,12 +8,12 @@ from app.processors.normalize.records import (
     CanonicalCard,
     CanonicalRecord,
     JsonObject,
+    NormalizedItem,
     RecordError,
     RecordStatus,
-    Result,
     build_card,
     card_text,
-    dead_letter,
+    dead_item,
     from_iso,
     get_obj,
     get_str,
@@ -43,22 +43,22 @@ VARIANT_PREFIXES: tuple[tuple[str, str], ...] = (
 WALLET_METHODS: frozenset[str] = frozenset({"scheme", "applepay", "googlepay", "paywithgoogle"})
 
 
-def normalize_document(doc: object) -> list[Result]:
+def normalize_document(doc: object) -> list[NormalizedItem]:
     """Every notification item in one Adyen webhook body."""
     if isinstance(doc, list):
         return [r for item in doc for r in normalize_document(item)]
     if not isinstance(doc, Mapping):
-        return [dead_letter(f"adyen body is {type_name(doc)}, expected an object", doc)]
+        return [dead_item(f"adyen body is {type_name(doc)}, expected an object", doc)]
     if "notificationItems" in doc:
         items = doc.get("notificationItems")
         if not isinstance(items, list):
-            return [dead_letter(f"adyen notificationItems is {type_name(items)}", doc)]
+            return [dead_item(f"adyen notificationItems is {type_name(items)}", doc)]
         return [r for item in items for r in normalize_document(item)]
     if ITEM_KEY in doc:
         item = doc.get(ITEM_KEY)
         if not isinstance(item, Mapping):
-            return [dead_letter(f"adyen {ITEM_KEY} is {type_name(item)}", doc)]
-        return [guarded(lambda: _from_item(item), item)]
+            return [dead_item(f"adyen {ITEM_KEY} is {type_name(item)}", doc)]
+        return [guarded(lambda: _from_item(item), doc)]
     return [guarded(lambda: _from_item(doc), doc)]
 
 

@@ -1,6 +1,5 @@
 """Braintree: XML transactions (single, collections, search results) to canonical records."""
 
-import re
 from collections.abc import Mapping
 from functools import partial
 from xml.etree.ElementTree import Element, tostring
@@ -8,17 +7,20 @@ from xml.etree.ElementTree import Element, tostring
 from app.declines import DeclineSignals, classify, leading_code
 from app.enums import CardFunding, Processor
 from app.processors.normalize.records import (
+    PAN_KEYS,
     CanonicalCard,
     CanonicalRecord,
+    NormalizedItem,
     RecordError,
     RecordStatus,
-    Result,
     build_card,
-    dead_letter,
+    dead_item,
     from_iso,
     guarded,
+    is_id_key,
     major_to_minor,
     normalize_currency,
+    redact_card_numbers,
 )
 
 TRANSACTION_STATUSES: Mapping[str, RecordStatus] = {
@@ -39,13 +41,11 @@ LIST_ROOTS: frozenset[str] = frozenset(
 NOTIFICATION_ROOT = "notification"
 FLAG_YES = "yes"
 FLAG_NO = "no"
-_PAN_ELEMENTS = re.compile(
-    r"<(number|card-number|pan|account-number)\b[^>]*?(/>|>.*?</\1\s*>)", re.I | re.S
-)
 
 
-def normalize_document(root: Element) -> list[Result]:
+def normalize_document(root: Element) -> list[NormalizedItem]:
     """Every transaction found under a Braintree XML root, one result each."""
+    scrub_element(root)
     if root.tag == "transaction":
         transactions = [root]
     elif root.tag in LIST_ROOTS:
@@ -54,12 +54,24 @@ def normalize_document(root: Element) -> list[Result]:
     elif root.tag == NOTIFICATION_ROOT:
         transactions = root.findall("subject/transaction")
     else:
-        return [dead_letter(f"unsupported braintree document <{root.tag[:40]}>", _excerpt(root))]
-    return [guarded(partial(_from_transaction, t), _excerpt(t)) for t in transactions]
+        return [dead_item(f"unsupported braintree document <{root.tag[:40]}>", raw_xml(root))]
+    return [guarded(partial(_from_transaction, t), raw_xml(t)) for t in transactions]
 
 
-def _excerpt(element: Element) -> str:
-    return _PAN_ELEMENTS.sub("", tostring(element, encoding="unicode"))
+def scrub_element(element: Element) -> None:
+    """Drop card-number elements and redact PAN-like text in place, before anything reads it."""
+    for child in list(element):
+        if child.tag.lower().replace("-", "_") in PAN_KEYS:
+            element.remove(child)
+        else:
+            scrub_element(child)
+    if element.text and not is_id_key(element.tag):
+        element.text = redact_card_numbers(element.text)
+
+
+def raw_xml(element: Element) -> dict[str, object]:
+    """The element as stored raw: `{"xml": "<transaction>…</transaction>"}`."""
+    return {"xml": tostring(element, encoding="unicode").strip()}
 
 
 def _text(element: Element | None, tag: str) -> str | None:

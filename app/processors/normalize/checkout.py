@@ -9,11 +9,11 @@ from app.processors.normalize.records import (
     CanonicalCard,
     CanonicalRecord,
     JsonObject,
+    NormalizedItem,
     RecordError,
     RecordStatus,
-    Result,
     build_card,
-    dead_letter,
+    dead_item,
     from_iso,
     get_id,
     get_obj,
@@ -43,19 +43,19 @@ EVENT_STATUSES: Mapping[str, RecordStatus] = {
 }
 
 
-def normalize_document(doc: object) -> list[Result]:
+def normalize_document(doc: object) -> list[NormalizedItem]:
     """Every payment in one Checkout.com response or webhook body."""
     if isinstance(doc, list):
         return [r for item in doc for r in normalize_document(item)]
     if not isinstance(doc, Mapping):
-        return [dead_letter(f"checkout body is {type_name(doc)}, expected an object", doc)]
+        return [dead_item(f"checkout body is {type_name(doc)}, expected an object", doc)]
     data = doc.get("data")
     if isinstance(data, list):
         return [r for item in data for r in normalize_document(item)]
     event_type = doc.get("type")
     if isinstance(event_type, str) and "data" in doc:
         if not isinstance(data, Mapping):
-            return [dead_letter(f"checkout event data is {type_name(data)}", doc)]
+            return [dead_item(f"checkout event data is {type_name(data)}", doc)]
         return [guarded(lambda: _from_event(doc, event_type, data), doc)]
     return [guarded(lambda: _from_payment(doc, status=None, fallback_time=None), doc)]
 

@@ -15,12 +15,13 @@ from app.processors.normalize.records import (
     CanonicalCard,
     CanonicalRecord,
     DeadLetter,
+    NormalizedItem,
     NormalizeError,
-    Result,
-    dead_letter,
+    dead_item,
+    scrub_raw,
 )
 
-JSON_NORMALIZERS: Mapping[Processor, Callable[[object], list[Result]]] = {
+JSON_NORMALIZERS: Mapping[Processor, Callable[[object], list[NormalizedItem]]] = {
     Processor.STRIPE: stripe.normalize_document,
     Processor.ADYEN: adyen.normalize_document,
     Processor.CHECKOUT: checkout.normalize_document,
@@ -33,12 +34,32 @@ def normalize_payload(processor: Processor, body: bytes) -> list[CanonicalRecord
     A record that cannot be read becomes a DeadLetter and the rest go on; a body that is not
     JSON (Stripe, Adyen, Checkout.com) or XML (Braintree) at all raises NormalizeError.
     """
+    return [item.result for item in normalize_items(processor, body)]
+
+
+def normalize_items(processor: Processor, body: bytes) -> list[NormalizedItem]:
+    """Like `normalize_payload`, with each record's own raw payload to store beside it."""
     try:
         if processor is Processor.BRAINTREE:
             return _normalize_braintree(body)
-        return JSON_NORMALIZERS[processor](_parse_json(processor, body))
+        return JSON_NORMALIZERS[processor](scrub_raw(_parse_json(processor, body)))
     except RecursionError:
         raise NormalizeError(f"{processor.value} body is nested too deeply") from None
+
+
+def normalize_raw(processor: Processor, raw: object) -> list[CanonicalRecord | DeadLetter]:
+    """Replay one stored `NormalizedItem.raw`, e.g. after NORMALIZER_VERSION went up."""
+    try:
+        if processor is Processor.BRAINTREE:
+            xml = raw.get("xml") if isinstance(raw, Mapping) else None
+            if not isinstance(xml, str):
+                raise NormalizeError('a raw braintree record is {"xml": "<transaction>..."}')
+            items = braintree.normalize_document(_parse_xml(xml.encode("utf-8", "replace")))
+        else:
+            items = JSON_NORMALIZERS[processor](scrub_raw(raw))
+    except RecursionError:
+        raise NormalizeError(f"{processor.value} raw record is nested too deeply") from None
+    return [item.result for item in items]
 
 
 def _reject_constant(name: str) -> object:
@@ -66,10 +87,10 @@ def _parse_xml(body: bytes) -> Element:
         raise NormalizeError(f"braintree body uses a forbidden XML construct: {exc}") from None
 
 
-def _normalize_braintree(body: bytes) -> list[Result]:
+def _normalize_braintree(body: bytes) -> list[NormalizedItem]:
     if body.lstrip()[:1] in (b"{", b"["):
         doc = _parse_json(Processor.BRAINTREE, body)
-        return [dead_letter("braintree payloads are XML; a JSON body is not supported", doc)]
+        return [dead_item("braintree payloads are XML; a JSON body is not supported", doc)]
     return braintree.normalize_document(_parse_xml(body))
 
 

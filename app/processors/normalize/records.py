@@ -173,7 +173,10 @@ PAN_KEYS: frozenset[str] = frozenset(
     {"number", "card_number", "cardnumber", "pan", "account_number", "primary_account_number"}
 )
 _DIGIT_RUN = re.compile(r"\d[\d -]{11,22}\d")
+_ID_KEY = re.compile(r"(^|[_-])id$|reference$|^id$", re.IGNORECASE)
 EXCERPT_LIMIT = 600
+# Processor payloads nest a handful of levels; anything deeper is cut, not walked.
+SCRUB_DEPTH = 64
 # Amounts are stored as BIGINT.
 MAX_AMOUNT_MINOR = 2**63 - 1
 
@@ -438,18 +441,41 @@ def redact_card_numbers(text: str) -> str:
     return _DIGIT_RUN.sub(replace, text)
 
 
-def _scrub(value: object, depth: int = 0) -> object:
-    if depth > 20:
+def is_id_key(key: str) -> bool:
+    """Ids and references are opaque: a numeric one that happens to pass Luhn stays intact."""
+    return _ID_KEY.search(key) is not None
+
+
+def _redact_value(value: object) -> object:
+    if isinstance(value, str):
+        return redact_card_numbers(value)
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        text = str(value)
+        if 13 <= len(text) <= 19 and _luhn_ok(text):
+            return "[redacted]"
+    return value
+
+
+def _scrub(value: object, depth: int = 0, key: str = "") -> object:
+    if depth > SCRUB_DEPTH:
         return "..."
     if isinstance(value, Mapping):
         return {
-            str(k): _scrub(v, depth + 1)
+            str(k): _scrub(v, depth + 1, str(k))
             for k, v in value.items()
             if str(k).lower().replace("-", "_") not in PAN_KEYS
         }
     if isinstance(value, list):
-        return [_scrub(v, depth + 1) for v in value]
-    return value
+        return [_scrub(v, depth + 1, key) for v in value]
+    return value if is_id_key(key) else _redact_value(value)
+
+
+def scrub_raw(value: object) -> object:
+    """The payload less anything that may be a full card number: PAN fields and PAN-like text.
+
+    Normalizers read the scrubbed payload, so no record, raw copy or log can hold a PAN.
+    """
+    return _scrub(value)
 
 
 def excerpt(value: object) -> str:
@@ -470,18 +496,39 @@ def excerpt(value: object) -> str:
 Result = CanonicalRecord | DeadLetter
 
 
+@dataclass(frozen=True, slots=True)
+class NormalizedItem:
+    """One payment record: its own raw payload and what it normalized to.
+
+    `raw` is self-contained (a Stripe event keeps its envelope, an Adyen item its wrapper, a
+    Braintree transaction is `{"xml": "<transaction>…"}`) so `normalize_raw` can replay it; card
+    number fields are already dropped from it.
+    """
+
+    raw: object
+    result: Result
+
+
 def dead_letter(reason: str, payload: object) -> DeadLetter:
     return DeadLetter(reason=redact_card_numbers(reason)[:300], payload_excerpt=excerpt(payload))
 
 
-def guarded(build: Callable[[], CanonicalRecord], payload: object) -> Result:
+def dead_item(reason: str, raw: object) -> NormalizedItem:
+    kept = scrub_raw(raw)
+    return NormalizedItem(raw=kept, result=dead_letter(reason, kept))
+
+
+def guarded(build: Callable[[], CanonicalRecord], raw: object) -> NormalizedItem:
     """Run one record's normalization; its failure becomes a dead letter, not an exception."""
+    kept = scrub_raw(raw)
     try:
-        return build()
+        return NormalizedItem(raw=kept, result=build())
     except RecordError as exc:
-        return dead_letter(str(exc), payload)
+        return NormalizedItem(raw=kept, result=dead_letter(str(exc), kept))
     except Exception as exc:
         # A bug, not bad data: keep the batch going, log where without echoing payload values.
         trace = "".join(traceback.format_tb(exc.__traceback__))[-2000:]
         logger.error("normalizer bug %s\n%s", type(exc).__name__, trace)
-        return dead_letter(f"internal error: {type(exc).__name__}", payload)
+        return NormalizedItem(
+            raw=kept, result=dead_letter(f"internal error: {type(exc).__name__}", kept)
+        )

@@ -9,11 +9,11 @@ from app.processors.normalize.records import (
     CanonicalCard,
     CanonicalRecord,
     JsonObject,
+    NormalizedItem,
     RecordError,
     RecordStatus,
-    Result,
     build_card,
-    dead_letter,
+    dead_item,
     from_unix,
     get_id,
     get_obj,
@@ -29,37 +29,39 @@ CHARGE_STATUSES: Mapping[str, RecordStatus] = {"failed": "failed", "succeeded": 
 PAYMENT_INTENT_SUCCEEDED = "succeeded"
 
 
-def normalize_document(doc: object) -> list[Result]:
+def normalize_document(doc: object) -> list[NormalizedItem]:
     """Every payment record found in one Stripe response or webhook body."""
-    if isinstance(doc, list):
-        return [r for item in doc for r in _from_item(item, event_created=None)]
-    return _from_item(doc, event_created=None)
+    return _from_item(doc, event_created=None, raw=doc)
 
 
-def _from_item(item: object, event_created: datetime | None) -> list[Result]:
+def _from_item(item: object, event_created: datetime | None, raw: object) -> list[NormalizedItem]:
+    """`raw` is what a replay needs: the item itself, or the event that carried it."""
+    if isinstance(item, list):
+        # A bare array of objects (an export, a fixture file): each element stands alone.
+        return [r for entry in item for r in _from_item(entry, event_created, raw=entry)]
     if not isinstance(item, Mapping):
-        return [dead_letter(f"stripe item is {type_name(item)}, expected an object", item)]
+        return [dead_item(f"stripe item is {type_name(item)}, expected an object", raw)]
     kind = item.get("object")
     if kind == "list":
         data = item.get("data")
         if not isinstance(data, list):
-            return [dead_letter(f"stripe list.data is {type_name(data)}, expected a list", item)]
-        return [r for entry in data for r in _from_item(entry, event_created)]
+            return [dead_item(f"stripe list.data is {type_name(data)}, expected a list", raw)]
+        return [r for entry in data for r in _from_item(entry, event_created, raw=entry)]
     if kind == "event":
         return _from_event(item)
     if kind is None and "error" in item:
-        return [guarded(lambda: _from_error(item), item)]
-    return [guarded(lambda: _from_object(item, event_created), item)]
+        return [guarded(lambda: _from_error(item), raw)]
+    return [guarded(lambda: _from_object(item, event_created), raw)]
 
 
-def _from_event(event: JsonObject) -> list[Result]:
+def _from_event(event: JsonObject) -> list[NormalizedItem]:
     data = event.get("data")
     inner = data.get("object") if isinstance(data, Mapping) else None
-    if not isinstance(inner, Mapping):
-        return [dead_letter("stripe event has no data.object", event)]
+    if not isinstance(inner, Mapping) or inner.get("object") in ("list", "event"):
+        return [dead_item("stripe event has no payment in data.object", event)]
     created = event.get("created")
     event_created = from_unix(created, "event.created") if isinstance(created, int) else None
-    return _from_item(inner, event_created)
+    return _from_item(inner, event_created, raw=event)
 
 
 def _object_kind(obj: JsonObject) -> str:
