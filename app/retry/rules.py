@@ -277,19 +277,17 @@ def _aware(value: datetime, what: str) -> None:
         raise ValueError(f"{what} must be timezone-aware")
 
 
-def _credential_declines(ledger: PaymentLedger) -> list[DeclineView]:
-    declines = [r.decline for r in (*ledger.retries, *ledger.card_history) if r.decline]
-    if ledger.last_decline is not None:
-        declines.append(ledger.last_decline)
-    since = ledger.credential_since
-    return [d for d in declines if since is None or d.declined_at >= since]
-
-
 def _all_declines(ledger: PaymentLedger) -> list[DeclineView]:
     declines = [r.decline for r in (*ledger.retries, *ledger.card_history) if r.decline]
     if ledger.last_decline is not None:
         declines.append(ledger.last_decline)
     return declines
+
+
+def _credential_declines(ledger: PaymentLedger) -> list[DeclineView]:
+    """Declines that bind the current credential: those since it took effect."""
+    since = ledger.credential_since
+    return [d for d in _all_declines(ledger) if since is None or d.declined_at >= since]
 
 
 def forever_block(
@@ -330,6 +328,8 @@ def forever_block(
         if last.category in policy.excluded_decline_categories:
             detail = f"{last.category} excluded by the merchant's policy"
             return RuleVerdict(False, None, RULE_EXCLUDED_CATEGORY, not_retryable, detail)
+    # Retries by the processor or billing system use up the budget too: the customer and the
+    # issuer see every one of them.
     if len(ledger.retries) >= policy.max_attempts:
         detail = f"{len(ledger.retries)} of {policy.max_attempts} retries made"
         return RuleVerdict(False, None, RULE_MAX_ATTEMPTS, PaymentState.EXHAUSTED, detail)

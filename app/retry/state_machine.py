@@ -215,18 +215,12 @@ def _resolve_in_flight(ledger: PaymentLedger, record: AttemptRecord | None) -> P
     flying = next((r for r in ledger.retries if _is_in_flight(r)), None)
 
     def swap(records: tuple[AttemptRecord, ...]) -> tuple[AttemptRecord, ...]:
-        if flying is None:
-            return records if record is None else (*records, record)
-        out: list[AttemptRecord] = []
-        done = False
-        for r in records:
-            if not done and _is_in_flight(r) and r.at == flying.at:
-                done = True
-                if record is not None:
-                    out.append(replace(record, at=r.at))
-            else:
-                out.append(r)
-        return tuple(out)
+        for i, r in enumerate(records):
+            if flying is not None and _is_in_flight(r) and r.at == flying.at:
+                # The attempt keeps the time it was started: that is when the network saw it.
+                kept = () if record is None else (replace(record, at=r.at),)
+                return (*records[:i], *kept, *records[i + 1 :])
+        return records if record is None else (*records, record)
 
     decline = record.decline if record is not None and record.decline else ledger.last_decline
     return replace(
