@@ -16,11 +16,13 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from app.clock import Clock, SystemClock
+from app.crypto import CredentialBox
 from app.db import Database
 from app.embedded import Services, resolve_services
 from app.settings import Settings, get_settings
 from app.tenancy import SYSTEM_SCOPE
 from portal.http import PortalGraphQL
+from portal.webhooks import adyen_webhook
 from schema.root import build_schema
 
 logger = logging.getLogger("portal")
@@ -99,6 +101,7 @@ def create_app(
         app.state.redis = current.redis
         app.state.arq = current.arq
         app.state.clock = current.clock
+        app.state.box = CredentialBox(settings.secret_key.get_secret_value())
         try:
             yield
         finally:
@@ -118,6 +121,7 @@ def create_app(
             Route("/graphql", view, methods=["GET", "POST"]),
             Route("/healthz", healthz),
             Route("/readyz", readyz),
+            Route("/webhooks/adyen/{connection_id}", adyen_webhook, methods=["POST"]),
         ],
         lifespan=lifespan,
     )

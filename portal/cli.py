@@ -1,26 +1,38 @@
 """The `portal` command: serve, migrate, merchants, keys, demo data and the demo."""
 
 import asyncio
+import json
 import logging
+import uuid
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, TypeVar
 
+import httpx
 import typer
 import uvicorn
 from alembic import command
 from alembic.config import Config
 
 from app.clock import SystemClock
+from app.crypto import CredentialBox
 from app.db import Database
 from app.embedded import Services, resolve_services
-from app.enums import Role
+from app.enums import Processor, Role
 from app.errors import PortalError
+from app.processors.base import DEFAULT_TIMEOUT
+from app.processors.normalize.dispatch import normalize_payload, record_to_json
+from app.processors.normalize.records import CanonicalRecord, NormalizeError
 from app.services.api_key import create_api_key
+from app.services.connection import create_connection
+from app.services.ingestion import IngestStats, replay_connection
 from app.services.merchant import create_merchant
+from app.services.polling import PollResult, poll_connection
 from app.services.seed import seed_payments
 from app.settings import Settings, get_settings
 from app.tenancy import SYSTEM_SCOPE, system_principal
+from jobs.worker import build_worker
 from portal.asgi import create_app
 from portal.logging import configure_logging
 from resolvers.ids import decode_id, encode_id
@@ -34,8 +46,10 @@ logger = logging.getLogger("portal")
 cli = typer.Typer(help="The recovery portal.", no_args_is_help=True, add_completion=False)
 merchant_cli = typer.Typer(help="Merchants.", no_args_is_help=True)
 apikey_cli = typer.Typer(help="API keys.", no_args_is_help=True)
+connection_cli = typer.Typer(help="Processor connections.", no_args_is_help=True)
 cli.add_typer(merchant_cli, name="merchant")
 cli.add_typer(apikey_cli, name="apikey")
+cli.add_typer(connection_cli, name="connection")
 
 
 def alembic_config(database_url: str) -> Config:
@@ -235,6 +249,175 @@ def demo(
             services.close()
 
     asyncio.run(main())
+
+
+@cli.command()
+def normalize(
+    processor: Annotated[Processor, typer.Argument(help="stripe, braintree, adyen or checkout.")],
+    file: Annotated[Path, typer.Argument(help="A payload: JSON, or XML for Braintree.")],
+) -> None:
+    """Print one canonical JSON object per payment record in FILE, one per line."""
+    try:
+        results = normalize_payload(processor, file.read_bytes())
+    except OSError as exc:
+        typer.echo(f"error: cannot read {file}: {exc.strerror}", err=True)
+        raise typer.Exit(2) from exc
+    except NormalizeError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    records = 0
+    for result in results:
+        if isinstance(result, CanonicalRecord):
+            typer.echo(json.dumps(record_to_json(result)))
+            records += 1
+        else:
+            typer.echo(f"dead letter: {result.reason}", err=True)
+    if records == 0:
+        typer.echo("error: no payment record could be normalized", err=True)
+        raise typer.Exit(1)
+
+
+def _credentials(pairs: list[str]) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"expected KEY=VALUE, got {pair.split('=')[0]!r}…")
+        found[key] = value
+    return found
+
+
+@connection_cli.command("add")
+def connection_add(
+    merchant: Annotated[str, typer.Option(help="Merchant global id.")],
+    kind: Annotated[Processor, typer.Option(help="The processor.")],
+    base_url: Annotated[str, typer.Option(help="The processor API's base URL.")],
+    credential: Annotated[
+        list[str], typer.Option(help="KEY=VALUE (repeat), e.g. api_key=sk_test_…")
+    ],
+    account_ref: Annotated[
+        str | None, typer.Option(help="Account id at the processor (Braintree, Adyen).")
+    ] = None,
+) -> None:
+    """Connect a merchant to a processor account; prints the connection id."""
+    secrets = _credentials(credential)
+
+    async def work(settings: Settings, services: Services) -> str:
+        _, merchant_id = decode_id(merchant, expected="Merchant")
+        db = Database.from_url(services.database_url)
+        try:
+            async with db.uow(SYSTEM_SCOPE) as uow:
+                connection = await create_connection(
+                    uow,
+                    principal=system_principal("cli"),
+                    merchant_id=merchant_id,
+                    kind=kind,
+                    base_url=base_url,
+                    credentials=secrets,
+                    account_ref=account_ref,
+                    box=CredentialBox(settings.secret_key.get_secret_value()),
+                    now=SystemClock().now(),
+                )
+                await uow.commit()
+            return str(connection.id)
+        finally:
+            await db.dispose()
+
+    typer.echo(_run(work))
+
+
+@cli.command()
+def poll(
+    connection: Annotated[str, typer.Option(help="Connection id.")],
+    max_pages: Annotated[int, typer.Option(min=1, help="Stop after this many pages.")] = 1000,
+) -> None:
+    """Poll one connection now, in the foreground, and print what was ingested."""
+
+    async def work(settings: Settings, services: Services) -> PollResult:
+        db = Database.from_url(services.database_url)
+        try:
+            async with httpx.AsyncClient(timeout=DEFAULT_TIMEOUT) as http:
+                return await poll_connection(
+                    db,
+                    _uuid(connection),
+                    client=http,
+                    box=CredentialBox(settings.secret_key.get_secret_value()),
+                    clock=SystemClock(),
+                    max_pages=max_pages,
+                )
+        finally:
+            await db.dispose()
+
+    result = _run(work)
+    typer.echo(json.dumps({"pages": result.pages, "more": result.more, **vars(result.stats)}))
+    if result.error:
+        typer.echo(f"error: {result.error}", err=True)
+        raise typer.Exit(1)
+
+
+@cli.command()
+def replay(
+    connection: Annotated[str, typer.Option(help="Connection id.")],
+    since: Annotated[
+        datetime | None, typer.Option(help="Only records received at or after (ISO-8601).")
+    ] = None,
+) -> None:
+    """Re-normalize a connection's raw history with the current normalizer (idempotent)."""
+
+    async def work(_settings: Settings, services: Services) -> IngestStats:
+        db = Database.from_url(services.database_url)
+        try:
+            return await replay_connection(
+                db, _uuid(connection), since=_aware(since), clock=SystemClock()
+            )
+        finally:
+            await db.dispose()
+
+    typer.echo(json.dumps(vars(_run(work))))
+
+
+@cli.command()
+def worker(
+    burst: Annotated[bool, typer.Option(help="Run queued jobs, then exit.")] = False,
+) -> None:
+    """Run the arq worker (polling, normalization, retries)."""
+
+    async def work(settings: Settings, services: Services) -> None:
+        runner = build_worker(
+            services.redis_url,
+            {"settings": settings, "database_url": services.database_url},
+            burst=burst,
+            handle_signals=False,
+        )
+        try:
+            await runner.async_run()
+        finally:
+            await runner.close()
+
+    _run(work)
+
+
+@cli.command()
+def sandbox(
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 8100,
+) -> None:
+    """Serve the sandbox processors (Stripe, Braintree, Adyen, Checkout.com) on loopback."""
+    from sandbox.app import run as run_sandbox
+
+    run_sandbox(host="127.0.0.1", port=port)
+
+
+def _uuid(value: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(value)
+    except ValueError as exc:
+        raise typer.BadParameter(f"not a connection id: {value[:40]!r}") from exc
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)
 
 
 @cli.command("export-schema")

@@ -13,8 +13,10 @@ from sqlalchemy import update
 from sqlalchemy.dialects.postgresql import insert
 from sqlmodel import col, select
 
-from app.db import UnitOfWork
+from app.clock import Clock
+from app.db import Database, UnitOfWork
 from app.enums import Actor, AttemptOutcome, CardFunding, PaymentState, Processor
+from app.errors import NotFound
 from app.models.customer import CardCredential, Customer
 from app.models.ingestion import DeadLetter, ProcessorConnection, RawRecord
 from app.models.payment import Payment, PaymentAttempt
@@ -26,6 +28,7 @@ from app.processors.normalize.records import (
     NormalizeError,
 )
 from app.processors.normalize.records import DeadLetter as DeadLetterResult
+from app.tenancy import SYSTEM_SCOPE
 
 CHUNK = 1000
 UNKNOWN_CUSTOMER = "unknown"
@@ -255,12 +258,16 @@ async def apply_records(
     )
     by_charge = {p.processor_payment_id: p for p in known}
     open_by_invoice = {p.invoice_ref: p for p in known if p.invoice_ref and not p.state.is_terminal}
+    # Attempts already stored for these charges (a replay, or the portal's own retries).
     attempts_known = {
-        (a.payment_id, a.processor_attempt_id): a
+        a.processor_attempt_id: a
         for a in (
             await uow.session.execute(
-                select(PaymentAttempt).where(
+                select(PaymentAttempt)
+                .join(Payment, col(Payment.id) == col(PaymentAttempt.payment_id))
+                .where(
                     col(PaymentAttempt.merchant_id) == merchant_id,
+                    col(Payment.processor) == processor,
                     col(PaymentAttempt.processor_attempt_id).in_(charge_ids),
                 )
             )
@@ -273,9 +280,7 @@ async def apply_records(
         payment = by_charge.get(record.processor_payment_id)
         linked = open_by_invoice.get(record.invoice_ref) if record.invoice_ref else None
         target_id = payment.id if payment is not None else linked.id if linked else None
-        existing_attempt = (
-            attempts_known.get((target_id, record.processor_payment_id)) if target_id else None
-        )
+        existing_attempt = attempts_known.get(record.processor_payment_id)
         common = {
             "raw_record_id": raw_id,
             "normalizer_version": NORMALIZER_VERSION,
@@ -462,3 +467,30 @@ async def normalize_raw(
         .values(normalized_at=now, normalizer_version=NORMALIZER_VERSION)
     )
     return stats
+
+
+async def replay_connection(
+    db: Database,
+    connection_id: uuid.UUID,
+    *,
+    since: datetime | None,
+    clock: Clock,
+    batch: int = 1000,
+) -> IngestStats:
+    """Re-normalize every raw record of a connection (since a time) with the current
+    normalizer, batch by batch; clean rows are updated in place, never duplicated."""
+    total = IngestStats()
+    after: uuid.UUID | None = None
+    while True:
+        async with db.uow(SYSTEM_SCOPE) as uow:
+            connection = await uow.session.get(ProcessorConnection, connection_id)
+            if connection is None:
+                raise NotFound("connection not found", field="connection")
+            ids = await pending_raw_ids(
+                uow, connection_id, since=since, replay=True, limit=batch, after=after
+            )
+            if not ids:
+                return total
+            total.add(await normalize_raw(uow, connection, ids, now=clock.now()))
+            await uow.commit()
+        after = ids[-1]

@@ -1,0 +1,48 @@
+"""arq worker settings: the registered jobs, the cron schedule, start-up and shutdown."""
+
+from typing import Any
+
+from arq import cron, func
+from arq.connections import RedisSettings
+from arq.worker import Worker
+
+from app.settings import get_settings
+from jobs.context import shutdown, startup
+from jobs.ingest import enqueue_polls, normalize_connection, poll_connection
+
+FUNCTIONS = [
+    # keep_result=0: the deterministic job id must free up as soon as a poll ends.
+    func(poll_connection, timeout=300, keep_result=0, max_tries=10),  # type: ignore[arg-type]
+    func(normalize_connection, timeout=300, keep_result=0, max_tries=10),  # type: ignore[arg-type]
+]
+CRON_JOBS = [
+    cron(enqueue_polls, second={0, 30}, unique=True, timeout=60),  # type: ignore[arg-type]
+]
+
+
+def redis_settings(url: str | None = None) -> RedisSettings:
+    settings = get_settings()
+    return RedisSettings.from_dsn(url or settings.redis_url or settings.local_redis_url)
+
+
+def build_worker(redis_url: str, ctx: dict[str, Any], **kwargs: Any) -> Worker:
+    """A worker on the given Redis with a pre-filled context (CLI, demo, tests)."""
+    return Worker(
+        functions=FUNCTIONS,
+        cron_jobs=CRON_JOBS,
+        redis_settings=RedisSettings.from_dsn(redis_url),
+        on_startup=startup,
+        on_shutdown=shutdown,
+        ctx=ctx,
+        **kwargs,
+    )
+
+
+class WorkerSettings:
+    """For `arq jobs.worker.WorkerSettings` (REDIS_URL and DATABASE_URL from the environment)."""
+
+    functions = FUNCTIONS
+    cron_jobs = CRON_JOBS
+    on_startup = startup
+    on_shutdown = shutdown
+    redis_settings = redis_settings()

@@ -1,0 +1,41 @@
+"""Webhook endpoints: Adyen's AUTHORISATION notifications."""
+
+import logging
+import uuid
+
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+
+from app.crypto import CredentialBox
+from app.errors import InvalidArgument, NotFound
+from app.services.webhooks import InvalidSignature, receive_adyen
+from jobs.enqueue import enqueue_normalize
+
+logger = logging.getLogger("portal.webhooks")
+
+MAX_BODY_BYTES = 5 * 1024 * 1024
+
+
+async def adyen_webhook(request: Request) -> Response:
+    """Verify, land raw, acknowledge with `[accepted]`; normalization runs as a job."""
+    try:
+        connection_id = uuid.UUID(request.path_params["connection_id"])
+    except ValueError:
+        return PlainTextResponse("unknown connection", status_code=404)
+    body = await request.body()
+    if len(body) > MAX_BODY_BYTES:
+        return PlainTextResponse("payload too large", status_code=413)
+    state = request.app.state
+    box: CredentialBox = state.box
+    try:
+        new_ids = await receive_adyen(state.db, connection_id, body, box=box, now=state.clock.now())
+    except InvalidSignature:
+        logger.warning("adyen webhook with a bad signature for connection %s", connection_id)
+        return PlainTextResponse("invalid signature", status_code=401)
+    except NotFound as exc:
+        return PlainTextResponse(exc.message, status_code=404)
+    except InvalidArgument as exc:
+        return PlainTextResponse(exc.message, status_code=400)
+    if new_ids and state.arq is not None:
+        await enqueue_normalize(state.arq, connection_id)
+    return PlainTextResponse("[accepted]")
