@@ -6,6 +6,15 @@ from datetime import UTC, datetime, time, timedelta
 from types import MappingProxyType
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from app.declines import (
+    MASTERCARD_ADVICE_DELAYS,
+    MASTERCARD_BRANDS,
+    MASTERCARD_NEVER_ADVICE,
+    VISA_BRANDS,
+    VISA_CATEGORY_1_CODES,
+    Decline,
+    normalize_network_code,
+)
 from app.enums import (
     Actor,
     Advice,
@@ -18,13 +27,6 @@ from app.enums import (
 
 VISA = "visa"
 MASTERCARD = "mastercard"
-AMEX = "amex"
-DISCOVER = "discover"
-
-# Spellings that reach the core despite the normalizers; anything else is used lower-cased.
-_NETWORK_ALIASES: Mapping[str, str] = MappingProxyType(
-    {"mc": MASTERCARD, "master": MASTERCARD, "american_express": AMEX, "american express": AMEX}
-)
 
 # Rule names: stored as a payment's blocking rule and shown in the "why (not) retried" view.
 RULE_RECOVERY_DISABLED = "recovery_disabled"
@@ -47,15 +49,19 @@ def mastercard_advice_rule(code: str) -> str:
     return f"mastercard_advice_{code}"
 
 
-def normalize_network(network: str) -> str:
-    """Lower-case card network name with the few aliases that still slip through folded."""
-    key = network.strip().lower()
-    return _NETWORK_ALIASES.get(key, key)
+def normalize_network(brand: str | None) -> str | None:
+    """The network whose rules a card brand follows (Maestro: Mastercard's), or None if unknown."""
+    key = (brand or "").strip().lower()
+    if key in VISA_BRANDS:
+        return VISA
+    if key in MASTERCARD_BRANDS:
+        return MASTERCARD
+    return None if key in {"", "unknown"} else key
 
 
-def _code(code: str | None) -> str | None:
-    # ISO-8583 codes are two characters; "4" and "04" must match the same rule.
-    return None if code is None else code.strip().upper().zfill(2)
+def _follows(network: str | None, rules_of: str) -> bool:
+    # With the brand unknown, the stricter reading holds: every network's rules apply.
+    return network is None or network == rules_of
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +75,19 @@ class DeclineView:
     not_before: datetime | None = None
     network_decline_code: str | None = None
     network_advice_code: str | None = None
+
+    @classmethod
+    def from_decline(cls, decline: Decline, declined_at: datetime) -> "DeclineView":
+        """The taxonomy's reading of a decline, dated."""
+        return cls(
+            category=decline.category,
+            retryable=decline.retryable,
+            advice=decline.advice,
+            declined_at=declined_at,
+            not_before=decline.not_before,
+            network_decline_code=decline.network_decline_code,
+            network_advice_code=decline.network_advice_code,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,18 +122,7 @@ def _default_network_caps() -> Mapping[str, tuple[AttemptCap, ...]]:
 
 
 def _default_advice_delays() -> Mapping[str, timedelta]:
-    return MappingProxyType(
-        {
-            "02": timedelta(hours=72),
-            "24": timedelta(hours=1),
-            "25": timedelta(hours=24),
-            "26": timedelta(days=2),
-            "27": timedelta(days=4),
-            "28": timedelta(days=6),
-            "29": timedelta(days=8),
-            "30": timedelta(days=10),
-        }
-    )
+    return MappingProxyType(dict(MASTERCARD_ADVICE_DELAYS))
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,10 +144,8 @@ class NetworkRules:
     customer_caps: tuple[AttemptCap, ...] = (
         AttemptCap("customer_attempts_hourly", 5, timedelta(hours=1)),
     )
-    visa_category_1_codes: frozenset[str] = frozenset(
-        {"04", "07", "12", "14", "15", "41", "43", "46", "57"}
-    )
-    mastercard_never_advice_codes: frozenset[str] = frozenset({"03", "21"})
+    visa_category_1_codes: frozenset[str] = VISA_CATEGORY_1_CODES
+    mastercard_never_advice_codes: frozenset[str] = MASTERCARD_NEVER_ADVICE
     # Normalizers already turn these into `not_before`; applying them again costs nothing
     # and keeps a normalizer bug from becoming a network fine.
     mastercard_advice_delays: Mapping[str, timedelta] = field(
@@ -149,9 +155,13 @@ class NetworkRules:
         {DeclineCategory.PAYMENT_REVOKED}
     )
 
-    def caps_for(self, network: str) -> tuple[AttemptCap, ...]:
-        """The per-credential caps of one network."""
-        return self.network_caps.get(normalize_network(network), self.default_caps)
+    def caps_for(self, network: str | None) -> tuple[AttemptCap, ...]:
+        """The per-credential caps of one network; all of them when the network is unknown."""
+        key = normalize_network(network)
+        if key is None:
+            every = [cap for caps in self.network_caps.values() for cap in caps]
+            return tuple(dict.fromkeys([*every, *self.default_caps]))
+        return self.network_caps.get(key, self.default_caps)
 
 
 DEFAULT_RULES = NetworkRules()
@@ -202,7 +212,7 @@ class PaymentLedger:
     current credential took effect: declines before it no longer bind, except a stop-payment.
     """
 
-    network: str
+    network: str | None
     first_failed_at: datetime
     last_decline: DeclineView | None = None
     retries: tuple[AttemptRecord, ...] = ()
@@ -305,11 +315,12 @@ def forever_block(
         if d.category in rules.stop_payment_categories:
             return RuleVerdict(False, None, RULE_STOP_PAYMENT, not_retryable, "stop-payment order")
     for d in _credential_declines(ledger):
-        if network == VISA and _code(d.network_decline_code) in rules.visa_category_1_codes:
+        code = normalize_network_code(d.network_decline_code)
+        if _follows(network, VISA) and code in rules.visa_category_1_codes:
             detail = f"Visa category 1 code {d.network_decline_code}"
             return RuleVerdict(False, None, RULE_VISA_CATEGORY_1, not_retryable, detail)
-        advice = _code(d.network_advice_code)
-        if network == MASTERCARD and advice in rules.mastercard_never_advice_codes:
+        advice = normalize_network_code(d.network_advice_code)
+        if _follows(network, MASTERCARD) and advice in rules.mastercard_never_advice_codes:
             rule = mastercard_advice_rule(advice)
             return RuleVerdict(False, None, rule, not_retryable, "Mastercard: do not retry")
     for d in _credential_declines(ledger):
@@ -371,9 +382,9 @@ def _not_before(ledger: PaymentLedger, rules: NetworkRules) -> tuple[datetime, s
         options: list[tuple[datetime, str]] = []
         if d.not_before is not None:
             options.append((d.not_before, RULE_NOT_BEFORE))
-        advice = _code(d.network_advice_code)
+        advice = normalize_network_code(d.network_advice_code)
         if (
-            network == MASTERCARD
+            _follows(network, MASTERCARD)
             and advice is not None
             and advice in rules.mastercard_advice_delays
         ):
@@ -426,7 +437,7 @@ def _check(
 
 def _ledger(
     *,
-    network: str,
+    network: str | None,
     first_failed_at: datetime,
     decline: DeclineView | None,
     card_history: Iterable[AttemptRecord],
@@ -454,7 +465,7 @@ def evaluate(
     customer_history: Iterable[AttemptRecord],
     policy: RetryPolicyView,
     decline: DeclineView | None,
-    network: str,
+    network: str | None,
     first_failed_at: datetime,
     retries: Iterable[AttemptRecord] = (),
     credential_since: datetime | None = None,
@@ -525,7 +536,7 @@ def earliest_allowed(
     customer_history: Iterable[AttemptRecord],
     policy: RetryPolicyView,
     decline: DeclineView | None,
-    network: str,
+    network: str | None,
     first_failed_at: datetime,
     retries: Iterable[AttemptRecord] = (),
     credential_since: datetime | None = None,

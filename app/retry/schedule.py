@@ -30,7 +30,7 @@ class PaymentView:
     first_failed_at: datetime
     amount_minor: int
     currency: str
-    network: str
+    network: str | None
     funding: CardFunding
     decline: DeclineView | None
     customer_timezone: str | None = None

@@ -7,6 +7,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from app.declines import Decline
 from app.enums import Actor, Advice, AttemptOutcome, DeclineCategory, PaymentState
 from app.retry.rules import (
     AttemptCap,
@@ -138,11 +139,53 @@ def test_in_flight_and_errored_attempts_count() -> None:
     assert not check(NOW, led).allowed
 
 
-def test_network_aliases() -> None:
+def test_brand_families_follow_their_network() -> None:
     assert normalize_network(" MC ") == "mastercard"
-    assert normalize_network("American Express") == "amex"
+    assert normalize_network("Maestro") == "mastercard"
+    assert normalize_network("visa_electron") == "visa"
+    assert normalize_network("amex") == "amex"
+    assert normalize_network(None) is None
+    assert normalize_network("unknown") is None
     times = spread(10, NOW - timedelta(minutes=5), timedelta(hours=2))
-    assert not check(NOW, ledger(network="MC", card_history=attempts(times))).allowed
+    assert not check(NOW, ledger(network="maestro", card_history=attempts(times))).allowed
+
+
+def test_an_unknown_network_gets_the_strictest_rules() -> None:
+    times = spread(10, NOW - timedelta(minutes=5), timedelta(hours=2))
+    assert check(NOW, ledger(network=None, card_history=attempts(times))).blocking_rule == (
+        "mastercard_declines_24h"
+    )
+    month = spread(15, NOW - timedelta(minutes=5), timedelta(days=20))
+    assert check(NOW, ledger(network=None, card_history=attempts(month))).blocking_rule == (
+        "visa_reattempts_30d"
+    )
+    for decline, rule in (
+        (soft(network_advice_code="21"), "mastercard_advice_21"),
+        (soft(network_decline_code="41"), "visa_category_1"),
+    ):
+        assert check(NOW, ledger(network="unknown", last_decline=decline)).blocking_rule == rule
+
+
+def test_decline_view_from_the_taxonomy() -> None:
+    decline = Decline(
+        category=DeclineCategory.PROCESSING_ERROR,
+        retryable=True,
+        advice=Advice.RETRY_LATER,
+        not_before=NOW + timedelta(hours=2),
+        raw_code="91",
+        network_decline_code="91",
+        network_advice_code=None,
+    )
+    view = DeclineView.from_decline(decline, NOW)
+    assert view == DeclineView(
+        DeclineCategory.PROCESSING_ERROR,
+        True,
+        Advice.RETRY_LATER,
+        NOW,
+        NOW + timedelta(hours=2),
+        "91",
+        None,
+    )
 
 
 # --- Per customer -----------------------------------------------------------------------------
