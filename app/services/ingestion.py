@@ -26,6 +26,7 @@ from app.processors.normalize.records import (
     NORMALIZER_VERSION,
     CanonicalRecord,
     NormalizeError,
+    scrub_raw,
 )
 from app.processors.normalize.records import DeadLetter as DeadLetterResult
 from app.tenancy import SYSTEM_SCOPE
@@ -75,7 +76,8 @@ async def land(
             "external_id": (item.external_id or "")[:255] or None,
             "received_at": now,
             "content_hash": digest,
-            "payload": item.payload,
+            # No card number is ever stored, not even in the raw copy.
+            "payload": _scrubbed(item.payload),
         }
         for digest, item in unique.items()
     ]
@@ -91,6 +93,11 @@ async def land(
     stats.landed = len(new_ids)
     stats.duplicates += len(rows) - len(new_ids)
     return new_ids, stats
+
+
+def _scrubbed(payload: dict[str, Any]) -> dict[str, Any]:
+    cleaned = scrub_raw(payload)
+    return cleaned if isinstance(cleaned, dict) else {}
 
 
 async def pending_raw_ids(

@@ -1,4 +1,4 @@
-"""Landing and normalization: raw first, idempotent upserts, invoice linking, replay, dead letters."""
+"""Landing and normalization: raw first, idempotent upserts, invoice links, replay, dead letters."""
 
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -241,3 +241,20 @@ async def test_landing_is_set_based(db: Database, clock: FixedClock, count: int)
     ]
     await _ingest(db, connection, charges, clock.now())
     assert len(await _payments(db, merchant)) == count
+
+
+async def test_card_numbers_never_reach_the_raw_table(db: Database, clock: FixedClock) -> None:
+    merchant = await make_merchant(db, "PAN", now=clock.now())
+    connection = await _connection(db, merchant, clock.now())
+    charge = stripe_charge("ch_pan")
+    charge["payment_method_details"]["card"]["number"] = "4242424242424242"
+    charge["description"] = "card 4000 0566 5566 5556 on file"
+    await _ingest(db, connection, [charge], clock.now())
+    async with db.session(SYSTEM_SCOPE) as s:
+        payload = await s.scalar(
+            select(RawRecord.payload).where(col(RawRecord.connection_id) == connection.id)
+        )
+    text = str(payload)
+    assert "4242424242424242" not in text
+    assert "4000 0566 5566 5556" not in text
+    assert len(await _payments(db, merchant)) == 1
