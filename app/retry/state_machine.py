@@ -56,34 +56,14 @@ P = PaymentState
 RULE_FIXED_SCHEDULE_COMPLETE = "fixed_schedule_complete"
 RULE_NO_RETRY_CHOSEN = "no_retry_chosen"
 
+_EVERY = frozenset(PaymentState)
 ALLOWED_TRANSITIONS: Mapping[PaymentState, frozenset[PaymentState]] = MappingProxyType(
     {
         # PENDING also means "held": a paused merchant's payments wait there without a time.
-        P.PENDING: frozenset(
-            {P.PENDING, P.SCHEDULED, P.RECOVERED, P.EXHAUSTED, P.NOT_RETRYABLE, P.CANCELED}
-        ),
-        P.SCHEDULED: frozenset(
-            {
-                P.SCHEDULED,
-                P.PENDING,
-                P.RETRYING,
-                P.RECOVERED,
-                P.EXHAUSTED,
-                P.NOT_RETRYABLE,
-                P.CANCELED,
-            }
-        ),
-        P.RETRYING: frozenset(
-            {
-                P.RETRYING,
-                P.SCHEDULED,
-                P.PENDING,
-                P.RECOVERED,
-                P.EXHAUSTED,
-                P.NOT_RETRYABLE,
-                P.CANCELED,
-            }
-        ),
+        # A charge starts only from SCHEDULED.
+        P.PENDING: _EVERY - {P.RETRYING},
+        P.SCHEDULED: _EVERY,
+        P.RETRYING: _EVERY,
         P.RECOVERED: frozenset({P.RECOVERED}),
         P.CANCELED: frozenset({P.CANCELED}),
         P.EXHAUSTED: frozenset({P.EXHAUSTED, P.RECOVERED}),
@@ -133,10 +113,6 @@ def _noop(state: PaymentState, reason: str) -> _Outcome:
 
 def _absorb(state: PaymentState, event: Event) -> _Outcome:
     return _noop(state, f"{state} is terminal: {event.name} ignored")
-
-
-def _illegal(state: PaymentState, event: Event) -> IllegalTransitionError:
-    return IllegalTransitionError(state, event)
 
 
 def _stop(ctx: _Ctx, ledger: PaymentLedger) -> RuleVerdict | None:
@@ -271,7 +247,7 @@ def _on_decision(state: PaymentState, event: DecisionMade, ctx: _Ctx) -> _Outcom
                 return _end(ctx, P.EXHAUSTED, RULE_NO_RETRY_CHOSEN, event.reason)
             return _schedule_at(ctx, ctx.ledger, event.chosen_at, event.strategy, event.reason)
         case P.RETRYING:
-            raise _illegal(state, event)
+            raise IllegalTransitionError(state, event)
         case P.RECOVERED | P.EXHAUSTED | P.NOT_RETRYABLE | P.CANCELED:
             return _absorb(state, event)
         case _:
@@ -293,7 +269,7 @@ def _on_started(state: PaymentState, event: AttemptStarted, ctx: _Ctx) -> _Outco
             reason = "not allowed at claim time"
             return _schedule_at(ctx, ctx.ledger, ctx.now, ctx.policy.strategy, reason)
         case P.PENDING | P.RETRYING:
-            raise _illegal(state, event)
+            raise IllegalTransitionError(state, event)
         case P.RECOVERED | P.EXHAUSTED | P.NOT_RETRYABLE | P.CANCELED:
             return _absorb(state, event)
         case _:
@@ -328,7 +304,7 @@ def _on_declined(state: PaymentState, event: AttemptDeclined, ctx: _Ctx) -> _Out
                 return _hold(f"declined ({event.decline.category}); recovery is switched off")
             return _fallback(ctx, ledger, f"declined ({event.decline.category})")
         case P.PENDING | P.SCHEDULED:
-            raise _illegal(state, event)
+            raise IllegalTransitionError(state, event)
         case P.RECOVERED | P.EXHAUSTED | P.NOT_RETRYABLE | P.CANCELED:
             return _absorb(state, event)
         case _:
@@ -349,7 +325,7 @@ def _on_abandoned(state: PaymentState, event: AttemptAbandoned, ctx: _Ctx) -> _O
             reason = f"attempt abandoned ({event.reason}); retry when allowed"
             return _schedule_at(ctx, ledger, ctx.now, ctx.policy.strategy, reason)
         case P.PENDING | P.SCHEDULED:
-            raise _illegal(state, event)
+            raise IllegalTransitionError(state, event)
         case P.RECOVERED | P.EXHAUSTED | P.NOT_RETRYABLE | P.CANCELED:
             return _absorb(state, event)
         case _:
