@@ -1,0 +1,338 @@
+"""The sandbox processor server: app factory, admin API and a loopback-only runner."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import ipaddress
+import logging
+import re
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime, timedelta
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Mount, Route
+
+from ml.simulator.config import SimulatorConfig, load_config
+from sandbox import adyen, braintree, checkout, stripe
+from sandbox.common import iso, json_response, parse_time, sandbox_of
+from sandbox.state import (
+    MAX_CUSTOMERS,
+    MAX_HISTORY_DAYS,
+    PROCESSORS,
+    Account,
+    Faults,
+    RetryRefused,
+    Sandbox,
+    SandboxClock,
+)
+
+DEFAULT_PORT = 12111
+_ACCOUNT_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_log = logging.getLogger(__name__)
+
+
+class BadRequest(Exception):
+    """An admin request the sandbox cannot honour; becomes a 400 with the message."""
+
+
+class UnknownAccount(Exception):
+    """An admin request names an account the sandbox does not have; becomes a 404."""
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a host name or address is this machine's loopback."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+async def _json(request: Request) -> dict[str, Any]:
+    try:
+        body = orjson.loads(await request.body())
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"body is not JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise BadRequest("body must be a JSON object")
+    return body
+
+
+def _int(body: dict[str, Any], name: str, default: int | None, lo: int, hi: int) -> int:
+    value = body.get(name, default)
+    if value is None and default is None:
+        raise BadRequest(f"{name} is required")
+    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+        raise BadRequest(f"{name} must be an integer in [{lo}, {hi}]")
+    return value
+
+
+def _account(request: Request) -> Account:
+    account = sandbox_of(request).accounts.get(request.path_params["account_id"])
+    if account is None:
+        raise UnknownAccount(request.path_params["account_id"])
+    return account
+
+
+async def set_clock(request: Request) -> Response:
+    """POST /_sandbox/clock {"start": ISO, "speed": float}: an accelerated simulated clock."""
+    body = await _json(request)
+    try:
+        start = parse_time(str(body["start"]))
+    except (KeyError, ValueError) as exc:
+        raise BadRequest("start must be an ISO-8601 time") from exc
+    speed = body.get("speed", 1.0)
+    if not isinstance(speed, int | float) or isinstance(speed, bool) or not 0 < speed <= 1e7:
+        raise BadRequest("speed must be a number in (0, 1e7]")
+    clock = sandbox_of(request).clock
+    clock.accelerate(start, float(speed))
+    return json_response({"now": iso(clock.now()), "speed": float(speed)})
+
+
+async def get_clock(request: Request) -> Response:
+    """GET /_sandbox/clock: the sandbox's current time."""
+    return json_response({"now": iso(sandbox_of(request).clock.now())})
+
+
+def _describe(account: Account, customers: int) -> dict[str, Any]:
+    return {
+        "account_id": account.account_id,
+        "processor": account.processor,
+        "merchant_seed": account.merchant_seed,
+        "history_start": iso(account.history_start),
+        "customers": customers,
+        "base_path": f"/{account.processor}",
+        "webhook_url": account.webhook_url,
+    }
+
+
+async def create_account(request: Request) -> Response:
+    """POST /_sandbox/accounts: a merchant account with a generated charge history."""
+    body = await _json(request)
+    sandbox = sandbox_of(request)
+    processor = body.get("processor")
+    if processor not in PROCESSORS:
+        raise BadRequest(f"processor must be one of {', '.join(PROCESSORS)}")
+    account_id = body.get("account_id")
+    if not isinstance(account_id, str) or not _ACCOUNT_ID.match(account_id):
+        raise BadRequest("account_id must be 1-64 letters, digits, '_' or '-'")
+    api_key = body.get("api_key")
+    if not isinstance(api_key, str) or not api_key or len(api_key) > 255:
+        raise BadRequest("api_key must be a non-empty string")
+    seed = _int(body, "merchant_seed", None, 0, 2**31 - 1)
+    history_days = _int(body, "history_days", 30, 0, MAX_HISTORY_DAYS)
+    default_customers = sandbox.config.stream.customers_per_merchant
+    customers = _int(body, "customers", default_customers, 1, MAX_CUSTOMERS)
+    webhook_url = body.get("webhook_url")
+    hmac_key_hex = body.get("hmac_key_hex")
+    if webhook_url is not None:
+        if processor != "adyen" or not isinstance(webhook_url, str):
+            raise BadRequest("webhook_url applies to adyen accounts only")
+        parts = urlsplit(webhook_url)
+        if parts.scheme not in {"http", "https"} or not is_loopback(parts.hostname or ""):
+            raise BadRequest("webhook_url must be an http(s) URL on loopback")
+    if hmac_key_hex is not None:
+        try:
+            if not isinstance(hmac_key_hex, str) or not bytes.fromhex(hmac_key_hex):
+                raise ValueError(hmac_key_hex)
+        except ValueError as exc:
+            raise BadRequest("hmac_key_hex must be a non-empty hex string") from exc
+    existing = sandbox.accounts.get(account_id)
+    if existing is not None:
+        same = (
+            existing.processor == processor
+            and existing.merchant_seed == seed
+            and existing.api_key == api_key
+            and existing.webhook_url == webhook_url
+        )
+        if not same:
+            return json_response({"error": f"account {account_id} exists"}, 409)
+        customers = existing.config.stream.customers_per_merchant
+        return json_response(_describe(existing, customers))
+    owner = sandbox.by_key(processor, api_key)
+    if owner is not None:
+        return json_response({"error": "api_key is taken by another account"}, 409)
+    config = sandbox.config
+    if customers != config.stream.customers_per_merchant:
+        stream = dataclasses.replace(config.stream, customers_per_merchant=customers)
+        config = dataclasses.replace(config, stream=stream)
+    account = Account(
+        processor=processor,
+        account_id=account_id,
+        merchant_seed=seed,
+        api_key=api_key,
+        history_start=sandbox.clock.now() - timedelta(days=history_days),
+        config=config,
+        webhook_url=webhook_url,
+        hmac_key_hex=hmac_key_hex,
+    )
+    sandbox.add(account)
+    return json_response(_describe(account, customers), 201)
+
+
+async def set_faults(request: Request) -> Response:
+    """POST /_sandbox/accounts/{id}/faults: replace the account's fault settings."""
+    account = _account(request)
+    body = await _json(request)
+    known = {f.name for f in dataclasses.fields(Faults)} - {"pages"}
+    unknown = set(body) - known
+    if unknown:
+        raise BadRequest(f"unknown fault settings: {', '.join(sorted(unknown))}")
+    faults = Faults()
+    for name in ("rate_limit", "server_error", "slow", "malformed", "truncated"):
+        setattr(faults, name, _int(body, name, 0, 0, 1_000_000))
+    for name in ("duplicates", "out_of_order", "writes"):
+        value = body.get(name, False)
+        if not isinstance(value, bool):
+            raise BadRequest(f"{name} must be a boolean")
+        setattr(faults, name, value)
+    slow_seconds = body.get("slow_seconds", 0.0)
+    if not isinstance(slow_seconds, int | float) or not 0 <= slow_seconds <= 600:
+        raise BadRequest("slow_seconds must be a number in [0, 600]")
+    faults.slow_seconds = float(slow_seconds)
+    account.faults = faults
+    return json_response(faults.public())
+
+
+async def list_retries(request: Request) -> Response:
+    """GET /_sandbox/accounts/{id}/charges: every retry charge the sandbox accepted."""
+    account = _account(request)
+    data = [
+        {
+            "id": c.id,
+            "retry_of": c.retry_of,
+            "idempotency_key": c.idempotency_key,
+            "outcome": c.status,
+            "created": iso(c.created),
+            "amount_minor": c.amount_minor,
+            "currency": c.currency,
+            "customer": c.customer,
+            "replays": account.replays.get(c.idempotency_key, 0) if c.idempotency_key else 0,
+        }
+        for c in account.retries
+    ]
+    return json_response({"account_id": account.account_id, "data": data})
+
+
+async def post_event(request: Request) -> Response:
+    """POST /_sandbox/accounts/{id}/events: something happens outside the portal's retries."""
+    account = _account(request)
+    body = await _json(request)
+    kind = body.get("kind")
+    charge_id = body.get("charge_id")
+    if not isinstance(charge_id, str):
+        raise BadRequest("charge_id is required")
+    now = sandbox_of(request).clock.now()
+    try:
+        if kind == "paid_elsewhere":
+            charge = account.paid_elsewhere(now, charge_id)
+            return json_response({"kind": kind, "charge_id": charge.id, "created": iso(now)})
+        if kind == "card_updated":
+            card = account.card_updated(now, charge_id)
+            return json_response(
+                {
+                    "kind": kind,
+                    "last4": card.last4,
+                    "exp_month": card.exp_month,
+                    "exp_year": card.exp_year,
+                }
+            )
+    except RetryRefused as exc:
+        return json_response({"error": exc.message}, 404)
+    raise BadRequest("kind must be paid_elsewhere or card_updated")
+
+
+async def force_push(request: Request) -> Response:
+    """POST /_sandbox/accounts/{id}/push: push an Adyen account's due notifications now."""
+    account = _account(request)
+    if not account.pushes:
+        raise BadRequest("only adyen accounts with a webhook_url push notifications")
+    pusher: adyen.Pusher = request.app.state.pusher
+    return json_response(await pusher.push(account, force=True, max_batches=10_000))
+
+
+async def _bad_request(request: Request, exc: Exception) -> Response:
+    return json_response({"error": str(exc)}, 400)
+
+
+async def _not_found(request: Request, exc: Exception) -> Response:
+    return json_response({"error": f"no such account: {exc}"}, 404)
+
+
+def create_app(
+    clock: Callable[[], datetime] | None = None, config_path: str | None = None
+) -> Starlette:
+    """The sandbox app; `clock` gives "now" (default: wall clock), `config_path` the simulator's
+    parameters (default: the shipped calibration)."""
+    config: SimulatorConfig = load_config(config_path)
+    sandbox = Sandbox(SandboxClock(clock), config)
+    pusher = adyen.Pusher(sandbox)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async def loop() -> None:
+            while True:
+                try:
+                    await pusher.run()
+                except Exception:
+                    # One failed tick must not stop deliveries for good.
+                    _log.exception("webhook push failed")
+                    await asyncio.sleep(adyen.TICK_SECONDS)
+
+        task = asyncio.create_task(loop())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await pusher.close()
+
+    admin = [
+        Route("/clock", set_clock, methods=["POST"]),
+        Route("/clock", get_clock, methods=["GET"]),
+        Route("/accounts", create_account, methods=["POST"]),
+        Route("/accounts/{account_id}/faults", set_faults, methods=["POST"]),
+        Route("/accounts/{account_id}/charges", list_retries, methods=["GET"]),
+        Route("/accounts/{account_id}/events", post_event, methods=["POST"]),
+        Route("/accounts/{account_id}/push", force_push, methods=["POST"]),
+    ]
+    app = Starlette(
+        routes=[
+            Mount("/_sandbox", routes=admin),
+            Mount("/stripe", routes=stripe.routes),
+            Mount("/braintree", routes=braintree.routes),
+            Mount("/adyen", routes=adyen.routes),
+            Mount("/checkout", routes=checkout.routes),
+        ],
+        exception_handlers={BadRequest: _bad_request, UnknownAccount: _not_found},
+        lifespan=lifespan,
+    )
+    app.state.sandbox = sandbox
+    app.state.pusher = pusher
+    return app
+
+
+def run(
+    host: str = "127.0.0.1",
+    port: int = DEFAULT_PORT,
+    *,
+    clock: Callable[[], datetime] | None = None,
+    config_path: str | None = None,
+    log_level: str = "info",
+) -> None:
+    """Serve the sandbox with uvicorn, on loopback only."""
+    if not is_loopback(host):
+        raise ValueError(
+            f"the sandbox serves loopback only (127.0.0.1, ::1); refusing host {host!r}"
+        )
+    uvicorn.run(create_app(clock, config_path), host=host, port=port, log_level=log_level)
