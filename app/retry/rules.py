@@ -1,6 +1,6 @@
 """Network-rule ledger: card-network caps, never-retry rules and merchant policy, all pure."""
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, time, timedelta
 from types import MappingProxyType
@@ -396,37 +396,47 @@ def _not_before(ledger: PaymentLedger, rules: NetworkRules) -> tuple[datetime, s
     return best
 
 
-def _check(
-    candidate: datetime, ledger: PaymentLedger, policy: RetryPolicyView, rules: NetworkRules
+def evaluate(
+    candidate_time: datetime,
+    *,
+    ledger: PaymentLedger,
+    policy: RetryPolicyView,
+    rules: NetworkRules = DEFAULT_RULES,
 ) -> RuleVerdict:
-    _aware(candidate, "candidate time")
+    """Whether a retry at `candidate_time` breaks no rule, and if it does, which and until when.
+
+    `ledger` carries the card history, the customer history, the payment's retries and its
+    latest decline (see `PaymentLedger`).
+    """
+    _aware(candidate_time, "candidate time")
     if not policy.enabled:
         return RuleVerdict(False, None, RULE_RECOVERY_DISABLED, None, "recovery is switched off")
     forever = forever_block(ledger=ledger, policy=policy, rules=rules)
     if forever is not None:
         return forever
     window_end = policy.window_end(ledger.first_failed_at)
-    if candidate >= window_end:
+    if candidate_time >= window_end:
         detail = f"the retry window closed at {window_end.isoformat()}"
         return RuleVerdict(False, None, RULE_RETRY_WINDOW, PaymentState.EXHAUSTED, detail)
     waits: list[tuple[datetime, str]] = []
     not_before = _not_before(ledger, rules)
-    if not_before is not None and candidate < not_before[0]:
+    if not_before is not None and candidate_time < not_before[0]:
         waits.append(not_before)
     spacing = timedelta(hours=policy.min_hours_between_attempts)
-    if spacing and candidate < ledger.last_attempt_at() + spacing:
+    if spacing and candidate_time < ledger.last_attempt_at() + spacing:
         waits.append((ledger.last_attempt_at() + spacing, RULE_MIN_SPACING))
     card_times = [r.at for r in ledger.card_history]
     for cap in rules.caps_for(ledger.network):
-        wait = _cap_wait(candidate, card_times, cap)
+        wait = _cap_wait(candidate_time, card_times, cap)
         if wait is not None:
             waits.append((wait, cap.name))
     customer_times = [r.at for r in ledger.customer_history]
     for cap in rules.customer_caps:
-        wait = _cap_wait(candidate, customer_times, cap)
+        wait = _cap_wait(candidate_time, customer_times, cap)
         if wait is not None:
             waits.append((wait, cap.name))
-    quiet = _quiet_until(candidate, policy, _zone(ledger.customer_timezone, policy.timezone))
+    zone = _zone(ledger.customer_timezone, policy.timezone)
+    quiet = _quiet_until(candidate_time, policy, zone)
     if quiet is not None:
         waits.append((quiet, RULE_QUIET_HOURS))
     if not waits:
@@ -435,126 +445,36 @@ def _check(
     return RuleVerdict(False, until, rule, None, f"{rule} until {until.isoformat()}")
 
 
-def _ledger(
-    *,
-    network: str | None,
-    first_failed_at: datetime,
-    decline: DeclineView | None,
-    card_history: Iterable[AttemptRecord],
-    customer_history: Iterable[AttemptRecord],
-    retries: Iterable[AttemptRecord],
-    credential_since: datetime | None,
-    customer_timezone: str | None,
-) -> PaymentLedger:
-    return PaymentLedger(
-        network=network,
-        first_failed_at=first_failed_at,
-        last_decline=decline,
-        retries=tuple(retries),
-        card_history=tuple(card_history),
-        customer_history=tuple(customer_history),
-        credential_since=credential_since,
-        customer_timezone=customer_timezone,
-    )
-
-
-def evaluate(
-    candidate_time: datetime,
-    *,
-    card_history: Iterable[AttemptRecord],
-    customer_history: Iterable[AttemptRecord],
-    policy: RetryPolicyView,
-    decline: DeclineView | None,
-    network: str | None,
-    first_failed_at: datetime,
-    retries: Iterable[AttemptRecord] = (),
-    credential_since: datetime | None = None,
-    customer_timezone: str | None = None,
-    rules: NetworkRules = DEFAULT_RULES,
-) -> RuleVerdict:
-    """Whether a retry at `candidate_time` breaks no rule; see `PaymentLedger` for the inputs."""
-    ledger = _ledger(
-        network=network,
-        first_failed_at=first_failed_at,
-        decline=decline,
-        card_history=card_history,
-        customer_history=customer_history,
-        retries=retries,
-        credential_since=credential_since,
-        customer_timezone=customer_timezone,
-    )
-    return _check(candidate_time, ledger, policy, rules)
-
-
-def evaluate_ledger(
-    candidate_time: datetime,
-    *,
-    ledger: PaymentLedger,
-    policy: RetryPolicyView,
-    rules: NetworkRules = DEFAULT_RULES,
-) -> RuleVerdict:
-    """`evaluate` for a ledger already assembled."""
-    return _check(candidate_time, ledger, policy, rules)
-
-
 # Each step moves the candidate strictly later; this bound only guards against a rule table
 # that keeps pushing without end.
 _MAX_STEPS = 256
 
 
-def place(
-    requested_at: datetime,
+def earliest_allowed(
+    candidate_time: datetime,
     *,
     ledger: PaymentLedger,
     policy: RetryPolicyView,
     rules: NetworkRules = DEFAULT_RULES,
 ) -> Placement:
     """Move a requested retry time to the earliest allowed one, or say how the payment ends."""
-    candidate = requested_at
+    candidate = candidate_time
     pushed_by: str | None = None
     for _ in range(_MAX_STEPS):
-        verdict = _check(candidate, ledger, policy, rules)
+        verdict = evaluate(candidate, ledger=ledger, policy=policy, rules=rules)
         if verdict.allowed:
-            return Placement(requested_at, candidate, pushed_by, None, "")
+            return Placement(candidate_time, candidate, pushed_by, None, "")
         if verdict.next_allowed_at is None:
             rule, detail = verdict.blocking_rule, verdict.detail
             if verdict.blocking_rule == RULE_RETRY_WINDOW and pushed_by is not None:
                 # Name the rule that pushed the retry out of the window, not the window itself.
                 rule = pushed_by
                 detail = f"{pushed_by} pushes the next retry past the window: {verdict.detail}"
-            return Placement(requested_at, None, rule, verdict.end_state, detail)
+            return Placement(candidate_time, None, rule, verdict.end_state, detail)
         candidate = verdict.next_allowed_at
         pushed_by = verdict.blocking_rule
     detail = "no allowed time found"
-    return Placement(requested_at, None, RULE_NO_ALLOWED_TIME, PaymentState.EXHAUSTED, detail)
-
-
-def earliest_allowed(
-    candidate_time: datetime,
-    *,
-    card_history: Iterable[AttemptRecord],
-    customer_history: Iterable[AttemptRecord],
-    policy: RetryPolicyView,
-    decline: DeclineView | None,
-    network: str | None,
-    first_failed_at: datetime,
-    retries: Iterable[AttemptRecord] = (),
-    credential_since: datetime | None = None,
-    customer_timezone: str | None = None,
-    rules: NetworkRules = DEFAULT_RULES,
-) -> Placement:
-    """`place` with the inputs spelled out, as `evaluate` takes them."""
-    ledger = _ledger(
-        network=network,
-        first_failed_at=first_failed_at,
-        decline=decline,
-        card_history=card_history,
-        customer_history=customer_history,
-        retries=retries,
-        credential_since=credential_since,
-        customer_timezone=customer_timezone,
-    )
-    return place(candidate_time, ledger=ledger, policy=policy, rules=rules)
+    return Placement(candidate_time, None, RULE_NO_ALLOWED_TIME, PaymentState.EXHAUSTED, detail)
 
 
 def ledger_view(
@@ -570,7 +490,7 @@ def ledger_view(
     def count(window: timedelta) -> int:
         return sum(1 for r in ledger.card_history if now - window < r.at <= now)
 
-    placement = place(now, ledger=ledger, policy=policy, rules=rules)
+    placement = earliest_allowed(now, ledger=ledger, policy=policy, rules=rules)
     return LedgerView(
         attempts_last_24h=count(timedelta(hours=24)),
         attempts_last_30d=count(timedelta(days=30)),

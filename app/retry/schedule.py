@@ -15,7 +15,7 @@ from app.retry.rules import (
     NetworkRules,
     PaymentLedger,
     RetryPolicyView,
-    evaluate_ledger,
+    evaluate,
 )
 
 CONTROL_SHARE = 0.10
@@ -131,7 +131,7 @@ def candidate_times(
         # inside that stretch need no evaluation.
         if blocked_until is not None and candidate < blocked_until:
             continue
-        verdict = evaluate_ledger(candidate, ledger=ledger, policy=policy, rules=rules)
+        verdict = evaluate(candidate, ledger=ledger, policy=policy, rules=rules)
         if verdict.allowed:
             allowed.append(candidate)
         elif verdict.next_allowed_at is None:

@@ -47,8 +47,8 @@ from app.retry.rules import (
     PaymentLedger,
     RetryPolicyView,
     RuleVerdict,
+    earliest_allowed,
     forever_block,
-    place,
 )
 from app.retry.schedule import next_fixed_target
 
@@ -151,7 +151,9 @@ def _schedule_at(
     strategy: RetryStrategy,
     reason: str,
 ) -> _Outcome:
-    placement = place(max(requested, ctx.now), ledger=ledger, policy=ctx.policy, rules=ctx.rules)
+    placement = earliest_allowed(
+        max(requested, ctx.now), ledger=ledger, policy=ctx.policy, rules=ctx.rules
+    )
     if placement.at is None:
         if placement.end_state is None:
             return _hold(f"{reason}; held: {placement.detail}")
@@ -261,7 +263,9 @@ def _on_started(state: PaymentState, event: AttemptStarted, ctx: _Ctx) -> _Outco
                 return _hold("recovery is switched off")
             # The rules are checked again at charge time: attempts by others may have been
             # ingested since the time was chosen.
-            placement = place(ctx.now, ledger=ctx.ledger, policy=ctx.policy, rules=ctx.rules)
+            placement = earliest_allowed(
+                ctx.now, ledger=ctx.ledger, policy=ctx.policy, rules=ctx.rules
+            )
             if placement.at == ctx.now:
                 number = ctx.ledger.portal_attempts + 1
                 actions: list[Action] = [RecordAttempt(number, ctx.now), EnqueueAttempt(number)]

@@ -50,8 +50,8 @@ from app.retry.rules import (
     DeclineView,
     PaymentLedger,
     RetryPolicyView,
-    evaluate_ledger,
-    place,
+    earliest_allowed,
+    evaluate,
 )
 from app.retry.state_machine import ILLEGAL_EVENTS, transition
 
@@ -326,7 +326,7 @@ def apply(sim: Sim, event: Event) -> None:
     for action in t.actions:
         if isinstance(action, ScheduleRetry):
             assert action.at >= sim.now
-            verdict = evaluate_ledger(action.at, ledger=sim.ledger(), policy=sim.effective_policy)
+            verdict = evaluate(action.at, ledger=sim.ledger(), policy=sim.effective_policy)
             assert verdict.allowed, verdict
             sim.next_retry_at = action.at
         elif isinstance(action, ClearSchedule):
@@ -445,7 +445,7 @@ def test_placed_times_never_break_a_cap(data: st.DataObject) -> None:
         customer_history=tuple(customer),
     )
     requested = now + timedelta(minutes=data.draw(st.integers(0, 20 * 24 * 60)))
-    placement = place(requested, ledger=ledger, policy=policy)
+    placement = earliest_allowed(requested, ledger=ledger, policy=policy)
     if placement.at is None:
         note_case(f"ended by {placement.blocking_rule}")
         return

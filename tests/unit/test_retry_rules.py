@@ -19,10 +19,8 @@ from app.retry.rules import (
     RuleVerdict,
     earliest_allowed,
     evaluate,
-    evaluate_ledger,
     ledger_view,
     normalize_network,
-    place,
 )
 
 FAILED_AT = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
@@ -62,7 +60,7 @@ def ledger(**kw: object) -> PaymentLedger:
 def check(
     at: datetime, led: PaymentLedger, policy: RetryPolicyView = OPEN, **kw: NetworkRules
 ) -> RuleVerdict:
-    return evaluate_ledger(at, ledger=led, policy=policy, **kw)
+    return evaluate(at, ledger=led, policy=policy, **kw)
 
 
 # --- Caps per credential ----------------------------------------------------------------------
@@ -327,7 +325,7 @@ def test_window() -> None:
 def test_a_cap_pushing_past_the_window_is_named() -> None:
     policy = replace(OPEN, window_days=10)
     times = spread(15, FAILED_AT + timedelta(days=9), timedelta(days=9))
-    placement = place(
+    placement = earliest_allowed(
         NOW + timedelta(days=7), ledger=ledger(card_history=attempts(times)), policy=policy
     )
     assert placement.at is None
@@ -352,7 +350,10 @@ def test_recovery_disabled_holds_without_ending() -> None:
     verdict = check(NOW, ledger(), replace(OPEN, enabled=False))
     assert (verdict.allowed, verdict.next_allowed_at, verdict.end_state) == (False, None, None)
     assert verdict.blocking_rule == "recovery_disabled"
-    assert place(NOW, ledger=ledger(), policy=replace(OPEN, enabled=False)).end_state is None
+    assert (
+        earliest_allowed(NOW, ledger=ledger(), policy=replace(OPEN, enabled=False)).end_state
+        is None
+    )
 
 
 @pytest.mark.parametrize(
@@ -432,7 +433,7 @@ def test_quiet_hours_over_the_fall_back_night() -> None:
 def test_quiet_hours_ending_in_the_skipped_hour() -> None:
     policy = replace(OPEN, quiet_hours_start=23, quiet_hours_end=2)
     led = ledger(first_failed_at=datetime(2026, 3, 7, tzinfo=UTC), customer_timezone=NEW_YORK)
-    placement = place(ny(2026, 3, 8, 1, 30).astimezone(UTC), ledger=led, policy=policy)
+    placement = earliest_allowed(ny(2026, 3, 8, 1, 30).astimezone(UTC), ledger=led, policy=policy)
     # 02:00 does not exist that night; the first allowed instant is 03:00 EDT.
     assert placement.at == datetime(2026, 3, 8, 7, 0, tzinfo=UTC)
 
@@ -454,51 +455,25 @@ def test_policy_timezone_is_the_fallback() -> None:
 
 def test_earliest_allowed_combines_rules() -> None:
     policy = replace(NIGHT, min_hours_between_attempts=24)
+    requested = datetime(2026, 3, 4, 6, 0, tzinfo=UTC)
     last = datetime(2026, 3, 3, 20, 30, tzinfo=UTC)
     card = attempts([last])
-    placement = earliest_allowed(
-        datetime(2026, 3, 4, 6, 0, tzinfo=UTC),
-        card_history=card,
-        customer_history=card,
-        policy=policy,
-        decline=soft(),
-        network="visa",
-        first_failed_at=FAILED_AT,
-    )
+    led = ledger(card_history=card, customer_history=card)
+    placement = earliest_allowed(requested, ledger=led, policy=policy)
     # Spacing ends at 20:30 the next day, before the quiet hours: spacing alone decides.
     assert placement.at == last + timedelta(hours=24)
     assert placement.blocking_rule == "min_spacing"
     assert placement.moved
     late = attempts([datetime(2026, 3, 3, 23, 0, tzinfo=UTC)])
-    moved = earliest_allowed(
-        datetime(2026, 3, 4, 6, 0, tzinfo=UTC),
-        card_history=late,
-        customer_history=late,
-        policy=policy,
-        decline=soft(),
-        network="visa",
-        first_failed_at=FAILED_AT,
-    )
+    led = ledger(card_history=late, customer_history=late)
+    moved = earliest_allowed(requested, ledger=led, policy=policy)
     # Spacing ends at 23:00, inside the quiet hours: the next morning at 07:00.
     assert moved.at == datetime(2026, 3, 5, 7, 0, tzinfo=UTC)
     assert moved.blocking_rule == "quiet_hours"
 
 
-def test_evaluate_takes_the_inputs_spelled_out() -> None:
-    verdict = evaluate(
-        NOW,
-        card_history=(),
-        customer_history=attempts(spread(5, NOW, timedelta(minutes=10))),
-        policy=OPEN,
-        decline=soft(),
-        network="visa",
-        first_failed_at=FAILED_AT,
-    )
-    assert verdict.blocking_rule == "customer_attempts_hourly"
-
-
 def test_allowed_now_needs_no_move() -> None:
-    placement = place(NOW, ledger=ledger(), policy=OPEN)
+    placement = earliest_allowed(NOW, ledger=ledger(), policy=OPEN)
     assert (placement.at, placement.moved, placement.blocking_rule) == (NOW, False, None)
     view = ledger_view(ledger=ledger(), policy=OPEN, now=NOW)
     assert (view.next_allowed_at, view.blocking_rule) == (NOW, None)

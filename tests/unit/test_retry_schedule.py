@@ -12,7 +12,7 @@ from app.retry.rules import (
     DeclineView,
     PaymentLedger,
     RetryPolicyView,
-    evaluate_ledger,
+    evaluate,
 )
 from app.retry.schedule import (
     CONTROL_SHARE,
@@ -113,7 +113,7 @@ def test_candidates_are_exactly_the_allowed_grid_points() -> None:
         tick += timedelta(hours=1)
     grid += [FAILED_AT + timedelta(days=d) for d in policy.fixed_schedule_days]
     expected = sorted(
-        t for t in set(grid) if t >= now and evaluate_ledger(t, ledger=led, policy=policy).allowed
+        t for t in set(grid) if t >= now and evaluate(t, ledger=led, policy=policy).allowed
     )
     assert list(got) == expected
     # Spacing ends at 23:17 in Berlin, inside the quiet hours: 07:00 Berlin is the first.
