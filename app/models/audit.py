@@ -17,6 +17,11 @@ class AuditLog(TenantOwned, table=True):
     __tablename__ = "audit_log"
     __table_args__ = (sa.Index("ix_audit_log_merchant_created", "merchant_id", "created_at", "id"),)
 
+    # Changes that belong to no merchant (support keys, new merchants' keys) carry none;
+    # scoped sessions filter with `merchant_id IN (...)`, which never matches NULL.
+    merchant_id: uuid.UUID | None = Field(  # type: ignore[assignment]
+        default=None, foreign_key="merchant.id", index=True, nullable=True
+    )
     id: uuid.UUID = Field(default_factory=new_id, primary_key=True)
     actor: str = Field(max_length=255)
     actor_key_id: uuid.UUID | None = Field(default=None, nullable=True)
