@@ -115,7 +115,7 @@ def failure_context(records: FailureRecords) -> FailureContext:
     f_dom = timeutil.day_of_month(f_day)
 
     past = records.past_success.copy()
-    present = ~np.isnan(past)
+    present = np.isfinite(past)
     past_local = np.where(present, past + tz[:, None] * 60.0, 0.0)
     past_day = timeutil.local_day(past_local)
     past_dom = timeutil.day_of_month(past_day).astype(np.float64)

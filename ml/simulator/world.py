@@ -118,9 +118,10 @@ def last_deposit(hidden: HiddenState, tz_minutes: I16 | I64, t: F64) -> F64:
     cycle = hidden.cycle.astype(np.int64)
     period = np.where(cycle == WEEKLY, 7, 14)
     k = np.floor_divide(day - hidden.anchor_day, period)
-    periodic = np.stack([hidden.anchor_day + (k + d) * period for d in (-1, 0, 1)], axis=1)
+    # Two periods back as well: a jittered payday may move past the one before it.
+    periodic = np.stack([hidden.anchor_day + (k + d) * period for d in (-2, -1, 0, 1)], axis=1)
     monthly_cols = []
-    for mo in (-1, 0, 1):
+    for mo in (-2, -1, 0, 1):
         first = timeutil.month_start_day(day, mo)
         monthly_cols.append(np.where(cycle == SEMIMONTHLY, first, first + hidden.pay_dom - 1))
         monthly_cols.append(np.where(cycle == SEMIMONTHLY, first + 14, first + hidden.pay_dom - 1))
@@ -375,6 +376,7 @@ def _past_successes(
     """Earlier successful charges: monthly renewals, and earlier recoveries just after paydays."""
     n = failed_at.shape[0]
     past = np.full((n, PAST_SUCCESS_SLOTS), np.nan)
+    # (last_deposit always finds a payday; the guard below only keeps NaN as "absent".)
     pop = config.population
     for k in (1, 2):
         present = rng.random(n) < pop.renewal_history_probability
@@ -383,7 +385,7 @@ def _past_successes(
     for j in range(PAST_SUCCESS_SLOTS - 2):
         back = failed_at - rng.uniform(10.0, 330.0, n) * timeutil.DAY
         paid = last_deposit(hidden, tz, back) + rng.uniform(0.0, 30.0, n) * timeutil.HOUR
-        past[:, 2 + j] = np.where(j < count, paid, np.nan)
+        past[:, 2 + j] = np.where((j < count) & np.isfinite(paid), paid, np.nan)
     return past
 
 

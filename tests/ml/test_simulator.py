@@ -22,6 +22,7 @@ from ml.simulator.stream import stream_charges
 from ml.simulator.world import (
     attempt,
     generate_failures,
+    last_deposit,
     success_probability,
     success_probability_batch,
 )
@@ -115,3 +116,15 @@ def test_stream_is_time_ordered_deterministic_and_answers_retries() -> None:
     ok = [c for c in first if c.status == "succeeded"]
     assert all(c.failure is None and c.decline_category is None for c in ok)
     assert all(len(c.card.last4) == 4 and len(c.card.bin) == 6 for c in first)
+
+
+def test_every_customer_has_a_payday_at_or_before_any_time() -> None:
+    config = load_config(DEFAULT_CONFIG_PATH.parent / "irregular_income.toml")
+    batch = generate_failures(20_000, seed=12, config=config)
+    obs = batch.observed
+    for days in np.arange(0.05, 20.0, 0.7):
+        t = obs.failed_at + days * 86400.0
+        dep = last_deposit(batch.hidden, obs.tz_offset_minutes, t)
+        assert np.all(np.isfinite(dep))
+        assert np.all(dep <= t)
+        assert np.all(t - dep <= 35 * 86400.0)
