@@ -72,6 +72,8 @@ class AttemptOutcome(StrEnum):
     SUCCEEDED = "succeeded"
     DECLINED = "declined"
     ERROR = "error"
+    # A portal charge written before it is sent: its outcome is not known yet.
+    IN_FLIGHT = "in_flight"
 
 
 class Actor(StrEnum):

@@ -13,6 +13,7 @@ from app.enums import (
     DeclineCategory,
     PaymentState,
     Processor,
+    RetryStrategy,
 )
 from app.models.base import TenantOwned, enum_type, new_id, timestamp
 
@@ -32,6 +33,18 @@ class Payment(TenantOwned, table=True):
             "ix_payment_due",
             "next_retry_at",
             postgresql_where=sa.text("state = 'SCHEDULED'"),
+        ),
+        # Payments waiting for a first (or a new) decision.
+        sa.Index(
+            "ix_payment_needs_decision",
+            "first_failed_at",
+            postgresql_where=sa.text("state = 'PENDING' AND needs_decision"),
+        ),
+        # Claimed payments, for the stuck-attempt sweep.
+        sa.Index(
+            "ix_payment_retrying",
+            "retrying_since",
+            postgresql_where=sa.text("state = 'RETRYING'"),
         ),
     )
 
@@ -62,6 +75,18 @@ class Payment(TenantOwned, table=True):
     normalizer_version: int | None = Field(default=None, sa_type=sa.SmallInteger, nullable=True)
     created_at: datetime = timestamp()
     updated_at: datetime = timestamp()
+    # When the current card credential took effect: older declines no longer bind it.
+    credential_since: datetime | None = timestamp(nullable=True)
+    # The latest retry decision, shown as "why was / wasn't it retried".
+    decision_at: datetime | None = timestamp(nullable=True)
+    decision_reason: str | None = Field(default=None, max_length=1000)
+    decision_strategy: RetryStrategy | None = Field(
+        default=None, sa_type=enum_type(RetryStrategy), nullable=True
+    )
+    blocking_rule: str | None = Field(default=None, max_length=64)
+    # Set by ingestion (server default) and by events that ask for a new decision.
+    needs_decision: bool = Field(default=True, sa_column_kwargs={"server_default": sa.text("true")})
+    retrying_since: datetime | None = timestamp(nullable=True)
 
 
 class PaymentAttempt(TenantOwned, table=True):
@@ -73,6 +98,8 @@ class PaymentAttempt(TenantOwned, table=True):
         # An attempt read from a processor is stored once, however often it is read.
         sa.UniqueConstraint("payment_id", "processor_attempt_id"),
         sa.CheckConstraint("number >= 1", name="number_positive"),
+        # The portal's own attempt sequence: its number makes the idempotency key.
+        sa.UniqueConstraint("payment_id", "portal_number"),
     )
 
     id: uuid.UUID = Field(default_factory=new_id, primary_key=True)
@@ -91,3 +118,14 @@ class PaymentAttempt(TenantOwned, table=True):
     )
     normalizer_version: int | None = Field(default=None, sa_type=sa.SmallInteger, nullable=True)
     created_at: datetime = timestamp()
+    # Portal attempts only: 1, 2, … among the portal's own retries of this payment.
+    portal_number: int | None = Field(default=None, sa_type=sa.SmallInteger, nullable=True)
+    idempotency_key: str | None = Field(default=None, max_length=255)
+    # Committed just before the charge request leaves: an unsent attempt can be dropped.
+    sent_at: datetime | None = timestamp(nullable=True)
+    # The decline as the rules read it, so never-rules see declines on other payments.
+    decline_retryable: bool | None = Field(default=None, nullable=True)
+    decline_advice: Advice | None = Field(default=None, sa_type=enum_type(Advice), nullable=True)
+    not_before: datetime | None = timestamp(nullable=True)
+    network_decline_code: str | None = Field(default=None, max_length=16)
+    network_advice_code: str | None = Field(default=None, max_length=16)

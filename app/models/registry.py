@@ -7,6 +7,7 @@ from app.models.customer import CardCredential, Customer
 from app.models.ingestion import DeadLetter, ProcessorConnection, RawRecord
 from app.models.merchant import Merchant
 from app.models.payment import Payment, PaymentAttempt
+from app.models.retry import OutboxEvent, PaymentTransition, WebhookDelivery, WebhookEndpoint
 from app.models.retry_policy import RetryPolicy
 
 __all__ = [
@@ -17,11 +18,15 @@ __all__ = [
     "Customer",
     "DeadLetter",
     "Merchant",
+    "OutboxEvent",
     "Payment",
     "PaymentAttempt",
+    "PaymentTransition",
     "ProcessorConnection",
     "RawRecord",
     "RetryPolicy",
     "TenantOwned",
+    "WebhookDelivery",
+    "WebhookEndpoint",
     "metadata",
 ]
