@@ -96,7 +96,7 @@ def additional_data(charge: Charge) -> dict[str, str]:
         if charge.advice_code:
             text = codes.MASTERCARD_ADVICE_TEXTS.get(charge.advice_code, "")
             data["merchantAdviceCode"] = f"{charge.advice_code} : {text}"
-    for name, value in charge.metadata.items():
+    for name, value in charge.metadata:
         data[f"metadata.{name}"] = value
     return data
 

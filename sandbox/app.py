@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import ipaddress
 import logging
 import re
 from collections.abc import AsyncIterator, Callable
@@ -23,6 +22,7 @@ from starlette.routing import Mount, Route
 from ml.simulator.config import SimulatorConfig, load_config
 from sandbox import adyen, braintree, checkout, stripe
 from sandbox.common import iso, json_response, parse_time, sandbox_of
+from sandbox.server import is_loopback, require_loopback
 from sandbox.state import (
     MAX_CUSTOMERS,
     MAX_HISTORY_DAYS,
@@ -45,16 +45,6 @@ class BadRequest(Exception):
 
 class UnknownAccount(Exception):
     """An admin request names an account the sandbox does not have; becomes a 404."""
-
-
-def is_loopback(host: str) -> bool:
-    """Whether a host name or address is this machine's loopback."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 async def _json(request: Request) -> dict[str, Any]:
@@ -331,8 +321,5 @@ def run(
     log_level: str = "info",
 ) -> None:
     """Serve the sandbox with uvicorn, on loopback only."""
-    if not is_loopback(host):
-        raise ValueError(
-            f"the sandbox serves loopback only (127.0.0.1, ::1); refusing host {host!r}"
-        )
+    require_loopback(host)
     uvicorn.run(create_app(clock, config_path), host=host, port=port, log_level=log_level)

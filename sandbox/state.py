@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
@@ -101,7 +102,7 @@ class Faults:
         return out
 
 
-@dataclass
+@dataclass(slots=True)
 class Charge:
     """One charge as the sandbox holds it; each processor module renders it in its own format."""
 
@@ -121,12 +122,15 @@ class Charge:
     retry_of: str | None = None
     root: Charge | None = None
     idempotency_key: str | None = None
-    metadata: dict[str, str] = field(default_factory=dict)
+    metadata: tuple[tuple[str, str], ...] = ()
+    # Insertion order within the account: ties in creation time keep their arrival order, so
+    # offset paging stays stable while charges arrive.
+    seq: int = -1
 
     @property
-    def key(self) -> tuple[float, str]:
-        """Sort key: creation time, then id."""
-        return (self.created.timestamp(), self.id)
+    def key(self) -> tuple[float, int]:
+        """Sort key: creation time, then arrival."""
+        return (self.created.timestamp(), self.seq)
 
     @property
     def style(self) -> int:
@@ -178,7 +182,7 @@ class Account:
         self.webhook_url = webhook_url
         self.hmac_key = bytes.fromhex(hmac_key_hex) if hmac_key_hex else None
         self.faults = Faults()
-        self.keys: list[tuple[float, str]] = []
+        self.keys: list[tuple[float, int]] = []
         self.items: list[Charge] = []
         self.by_id: dict[str, Charge] = {}
         self.retries: list[Charge] = []
@@ -194,6 +198,9 @@ class Account:
             merchant_seed, history_start, _STREAM_END, config
         )
         self._peek: StreamCharge | None = None
+        self._customers: dict[str, str] = {}
+        # A customer's card repeats month after month: one shared object per distinct card.
+        self._cards: dict[StreamCard, StreamCard] = {}
 
     @property
     def pushes(self) -> bool:
@@ -214,6 +221,12 @@ class Account:
 
     def customer_id(self, stream_customer: str) -> str:
         """The processor's id of a simulator customer."""
+        found = self._customers.get(stream_customer)
+        if found is None:
+            found = self._customers[stream_customer] = self._new_customer_id(stream_customer)
+        return found
+
+    def _new_customer_id(self, stream_customer: str) -> str:
         seed = self.merchant_seed
         if self.processor == "stripe":
             return codes.stripe_id("cus_", seed, stream_customer)[:18]
@@ -228,6 +241,7 @@ class Account:
         return "INV-" + codes.token("0123456789ABCDEFGHJKLMNPQRSTUVWXYZ", 10, stream_id)
 
     def _insert(self, charge: Charge) -> None:
+        charge.seq = len(self.items)
         key = charge.key
         at = bisect.bisect_left(self.keys, key)
         self.keys.insert(at, key)
@@ -246,14 +260,20 @@ class Account:
             if self._peek.created > now:
                 return
             sc, self._peek = self._peek, None
+            charge_id = self.charge_id(sc.charge_id)
+            clash = 0
+            while charge_id in self.by_id:
+                # Short id formats (Braintree's eight characters) can collide in big histories.
+                clash += 1
+                charge_id = self.charge_id(sc.charge_id, clash)
             self._insert(
                 Charge(
-                    id=self.charge_id(sc.charge_id),
+                    id=charge_id,
                     created=sc.created,
                     customer=self.customer_id(sc.customer_id),
                     amount_minor=sc.amount_minor,
                     currency=sc.currency,
-                    card=sc.card,
+                    card=self._cards.setdefault(sc.card, sc.card),
                     status="failed" if sc.status == "failed" else "succeeded",
                     category=sc.decline_category,
                     network_code=sc.network_code,
@@ -266,7 +286,7 @@ class Account:
     def visible(self, now: datetime) -> int:
         """How many charges (oldest first in `items`) exist at `now`."""
         self.advance(now)
-        return bisect.bisect_right(self.keys, (now.timestamp(), "\U0010ffff"))
+        return bisect.bisect_right(self.keys, (now.timestamp(), sys.maxsize))
 
     def index_of(self, charge: Charge) -> int:
         """Position of a charge in `items`."""
@@ -274,7 +294,7 @@ class Account:
 
     def first_at_or_after(self, t: float) -> int:
         """Position of the first charge created at or after epoch seconds t."""
-        return bisect.bisect_left(self.keys, (t, ""))
+        return bisect.bisect_left(self.keys, (t, -1))
 
     def get(self, charge_id: str, now: datetime) -> Charge | None:
         """A charge by id, if it exists at now."""
@@ -338,7 +358,7 @@ class Account:
             retry_of=retry_of,
             root=root,
             idempotency_key=idempotency_key,
-            metadata={"retry_of": retry_of},
+            metadata=(("retry_of", retry_of),),
         )
         if charge.id in self.by_id:
             # Two retries of one charge without idempotency keys at the same instant: keep both.
@@ -372,7 +392,7 @@ class Account:
             reference=root.reference,
             kind="out_of_band",
             root=root,
-            metadata={"paid_invoice_of": root.id},
+            metadata=(("paid_invoice_of", root.id),),
         )
         self._insert(charge)
         return charge

@@ -213,11 +213,13 @@ async def list_charges(request: Request) -> Response:
     if fault:
         return _fault_response(fault)
     try:
-        limit = _int_param(request, "limit") or 10
+        limit = _int_param(request, "limit")
         bounds = {op: _int_param(request, f"created[{op}]") for op in ("gte", "gt", "lte", "lt")}
         exact = _int_param(request, "created")
     except ValueError:
         return _error(400, "Invalid integer parameter", code="parameter_invalid_integer")
+    if limit is None:
+        limit = 10
     if not 1 <= limit <= 100:
         return _error(
             400,

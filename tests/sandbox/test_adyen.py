@@ -1,0 +1,224 @@
+"""Adyen over HTTP: signed AUTHORISATION pushes re-sent until "[accepted]"; /payments retries."""
+
+import asyncio
+import base64
+import hashlib
+import hmac
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+
+from sandbox.server import serving
+from tests.sandbox.conftest import AccountFactory, set_faults
+
+KEY_HEX = "44782DEF547AAA06C910C43932B1EB0C71FC68D9D0C057550C48EC2ACF6BA056"
+
+
+class Receiver:
+    """A webhook endpoint that refuses its first deliveries, then accepts."""
+
+    def __init__(self) -> None:
+        self.refusals: list[Response] = []
+        self.batches: list[dict[str, Any]] = []
+        self.url = ""
+
+    async def receive(self, request: Request) -> Response:
+        self.batches.append(orjson.loads(await request.body()))
+        if self.refusals:
+            return self.refusals.pop(0)
+        return PlainTextResponse("[accepted]")
+
+    def items(self) -> list[dict[str, Any]]:
+        return [i["NotificationRequestItem"] for b in self.batches for i in b["notificationItems"]]
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    found = Receiver()
+    app = Starlette(routes=[Route("/webhooks/adyen", found.receive, methods=["POST"])])
+    async with serving(app) as url:
+        found.url = f"{url}/webhooks/adyen"
+        yield found
+
+
+def _signature_ok(item: dict[str, Any], key_hex: str) -> bool:
+    amount = item["amount"]
+    fields = [
+        item.get("pspReference", ""),
+        item.get("originalReference", ""),
+        item.get("merchantAccountCode", ""),
+        item.get("merchantReference", ""),
+        str(amount["value"]),
+        amount["currency"],
+        item["eventCode"],
+        item["success"],
+    ]
+    mac = hmac.new(bytes.fromhex(key_hex), ":".join(fields).encode(), hashlib.sha256).digest()
+    return hmac.compare_digest(
+        base64.b64encode(mac).decode(), item["additionalData"]["hmacSignature"]
+    )
+
+
+async def _push_all(http: httpx.AsyncClient, account_id: str) -> None:
+    for _ in range(20):
+        summary = (await http.post(f"/_sandbox/accounts/{account_id}/push")).json()
+        if summary["pending"] == 0:
+            return
+    raise AssertionError(f"still pending after forced pushes: {summary}")
+
+
+async def _stripe_count(http: httpx.AsyncClient, make_account: AccountFactory) -> int:
+    twin = await make_account("stripe", history_days=10)
+    headers = {"Authorization": f"Bearer {twin['api_key']}"}
+    total = 0
+    params: dict[str, Any] = {"limit": 100}
+    while True:
+        page = (await http.get("/stripe/v1/charges", params=params, headers=headers)).json()
+        total += len(page["data"])
+        if not page["has_more"]:
+            return total
+        params["starting_after"] = page["data"][-1]["id"]
+
+
+async def test_push_is_signed_and_resent_until_accepted(
+    http: httpx.AsyncClient, make_account: AccountFactory, receiver: Receiver
+) -> None:
+    receiver.refusals = [PlainTextResponse("boom", 500), PlainTextResponse("[rejected]")]
+    account = await make_account(
+        "adyen", history_days=10, webhook_url=receiver.url, hmac_key_hex=KEY_HEX
+    )
+    await _push_all(http, account["account_id"])
+    assert len(receiver.batches) >= 3
+    first = [
+        i["NotificationRequestItem"]["pspReference"]
+        for i in receiver.batches[0]["notificationItems"]
+    ]
+    resent = [
+        b
+        for b in receiver.batches
+        if [i["NotificationRequestItem"]["pspReference"] for i in b["notificationItems"]] == first
+    ]
+    assert len(resent) >= 3
+    items = receiver.items()
+    accepted = {i["pspReference"] for i in items}
+    assert len(accepted) == await _stripe_count(http, make_account)
+    assert all(b["live"] == "false" for b in receiver.batches)
+    assert all(len(b["notificationItems"]) <= 50 for b in receiver.batches)
+    for item in items:
+        assert _signature_ok(item, KEY_HEX)
+        assert item["eventCode"] == "AUTHORISATION"
+        assert item["success"] in {"true", "false"}
+        assert item["merchantAccountCode"] == account["account_id"]
+        assert item["paymentMethod"] in {"visa", "mc", "amex", "discover"}
+        assert isinstance(item["amount"]["value"], int)
+        month, year = item["additionalData"]["expiryDate"].split("/")
+        assert 1 <= int(month) <= 12
+        assert not month.startswith("0")
+        assert len(year) == 4
+    failed = [i for i in items if i["success"] == "false"]
+    assert failed
+    assert all(
+        " : " in i["additionalData"]["refusalReasonRaw"]
+        or "DECLINED" in i["additionalData"]["refusalReasonRaw"]
+        for i in failed
+    )
+    assert any(i["reason"] == "Refused" for i in failed)
+
+
+async def test_retry_payment_is_pushed_too(
+    http: httpx.AsyncClient, make_account: AccountFactory, receiver: Receiver
+) -> None:
+    account = await make_account(
+        "adyen", history_days=10, webhook_url=receiver.url, hmac_key_hex=KEY_HEX
+    )
+    await _push_all(http, account["account_id"])
+    failed = next(i for i in receiver.items() if i["success"] == "false")
+    request = {
+        "amount": failed["amount"],
+        "reference": failed["merchantReference"],
+        "shopperReference": failed["additionalData"]["shopperReference"],
+        "merchantAccount": account["account_id"],
+        "recurringProcessingModel": "Subscription",
+        "shopperInteraction": "ContAuth",
+        "metadata": {"retry_of": failed["pspReference"]},
+    }
+    headers = {"X-API-Key": account["api_key"], "Idempotency-Key": "adyen-1"}
+    response = await http.post("/adyen/v71/payments", json=request, headers=headers)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["resultCode"] in {"Authorised", "Refused"}
+    if body["resultCode"] == "Refused":
+        assert body["refusalReason"]
+        assert body["refusalReasonCode"]
+    replayed = await http.post("/adyen/v71/payments", json=request, headers=headers)
+    assert replayed.content == response.content
+    assert replayed.headers["Idempotent-Replayed"] == "true"
+    conflict = await http.post(
+        "/adyen/v71/payments", json={**request, "reference": "other"}, headers=headers
+    )
+    assert conflict.status_code == 422
+    await _push_all(http, account["account_id"])
+    pushed = [i for i in receiver.items() if i["pspReference"] == body["pspReference"]]
+    assert len(pushed) == 1
+    assert pushed[0]["additionalData"]["metadata.retry_of"] == failed["pspReference"]
+    assert pushed[0]["success"] == ("true" if body["resultCode"] == "Authorised" else "false")
+    assert _signature_ok(pushed[0], KEY_HEX)
+
+
+async def test_background_push_needs_no_nudge(
+    http: httpx.AsyncClient, make_account: AccountFactory, receiver: Receiver
+) -> None:
+    account = await make_account(
+        "adyen", history_days=3, webhook_url=receiver.url, hmac_key_hex=KEY_HEX
+    )
+    for _ in range(100):
+        if receiver.batches:
+            break
+        await asyncio.sleep(0.05)
+    assert receiver.batches
+    assert receiver.items()[0]["merchantAccountCode"] == account["account_id"]
+
+
+async def test_payments_auth_and_faults(
+    http: httpx.AsyncClient, make_account: AccountFactory
+) -> None:
+    account = await make_account("adyen", history_days=3)
+    wrong = await http.post("/adyen/v71/payments", json={}, headers={"X-API-Key": "nope"})
+    assert wrong.status_code == 401
+    assert wrong.json()["errorType"] == "security"
+    await set_faults(http, account["account_id"], rate_limit=1)
+    limited = await http.post(
+        "/adyen/v71/payments", json={}, headers={"X-API-Key": account["api_key"]}
+    )
+    assert limited.status_code == 429
+    invalid = await http.post(
+        "/adyen/v71/payments",
+        json={"merchantAccount": account["account_id"]},
+        headers={"X-API-Key": account["api_key"]},
+    )
+    assert invalid.status_code == 422
+    assert invalid.json()["errorType"] == "validation"
+
+
+async def test_push_faults_corrupt_and_repeat_items(
+    http: httpx.AsyncClient, make_account: AccountFactory, receiver: Receiver
+) -> None:
+    account = await make_account(
+        "adyen", history_days=3, webhook_url=receiver.url, hmac_key_hex=KEY_HEX
+    )
+    await set_faults(http, account["account_id"], malformed=1, duplicates=True)
+    await _push_all(http, account["account_id"])
+    items = receiver.items()
+    broken = [i for i in items if not isinstance(i["amount"]["value"], int)]
+    assert len(broken) == 1
+    # The sender is authentic even when its record is broken: the signature still verifies.
+    assert "currency" not in broken[0]["amount"]
+    psps = [i["pspReference"] for i in items]
+    assert len(psps) > len(set(psps))
