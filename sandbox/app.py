@@ -24,6 +24,7 @@ from sandbox import adyen, braintree, checkout, stripe
 from sandbox.common import iso, json_response, parse_time, sandbox_of
 from sandbox.server import is_loopback, require_loopback
 from sandbox.state import (
+    MAX_ACCOUNTS,
     MAX_CUSTOMERS,
     MAX_HISTORY_DAYS,
     PROCESSORS,
@@ -148,6 +149,8 @@ async def create_account(request: Request) -> Response:
             return json_response({"error": f"account {account_id} exists"}, 409)
         customers = existing.config.stream.customers_per_merchant
         return json_response(_describe(existing, customers))
+    if len(sandbox.accounts) >= MAX_ACCOUNTS:
+        raise BadRequest(f"the sandbox holds at most {MAX_ACCOUNTS} accounts")
     owner = sandbox.by_key(processor, api_key)
     if owner is not None:
         return json_response({"error": "api_key is taken by another account"}, 409)
@@ -167,6 +170,17 @@ async def create_account(request: Request) -> Response:
     )
     sandbox.add(account)
     return json_response(_describe(account, customers), 201)
+
+
+async def get_account(request: Request) -> Response:
+    """GET /_sandbox/accounts/{id}: settings, faults and counts of an account."""
+    account = _account(request)
+    body = _describe(account, account.config.stream.customers_per_merchant)
+    body["faults"] = account.faults.public()
+    body["charges"] = account.visible(sandbox_of(request).clock.now())
+    body["retries"] = len(account.retries)
+    body["pending_notifications"] = len(account.outbox)
+    return json_response(body)
 
 
 async def set_faults(request: Request) -> Response:
@@ -226,6 +240,9 @@ async def post_event(request: Request) -> Response:
         if kind == "paid_elsewhere":
             charge = account.paid_elsewhere(now, charge_id)
             return json_response({"kind": kind, "charge_id": charge.id, "created": iso(now)})
+        if kind == "invoice_voided":
+            account.invoice_voided(now, charge_id)
+            return json_response({"kind": kind, "charge_id": charge_id})
         if kind == "card_updated":
             card = account.card_updated(now, charge_id)
             return json_response(
@@ -238,7 +255,7 @@ async def post_event(request: Request) -> Response:
             )
     except RetryRefused as exc:
         return json_response({"error": exc.message}, 404)
-    raise BadRequest("kind must be paid_elsewhere or card_updated")
+    raise BadRequest("kind must be paid_elsewhere, card_updated or invoice_voided")
 
 
 async def force_push(request: Request) -> Response:
@@ -291,6 +308,7 @@ def create_app(
         Route("/clock", set_clock, methods=["POST"]),
         Route("/clock", get_clock, methods=["GET"]),
         Route("/accounts", create_account, methods=["POST"]),
+        Route("/accounts/{account_id}", get_account, methods=["GET"]),
         Route("/accounts/{account_id}/faults", set_faults, methods=["POST"]),
         Route("/accounts/{account_id}/charges", list_retries, methods=["GET"]),
         Route("/accounts/{account_id}/events", post_event, methods=["POST"]),

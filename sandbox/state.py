@@ -24,6 +24,7 @@ PROCESSORS: tuple[Processor, ...] = ("stripe", "braintree", "adyen", "checkout")
 
 MAX_CUSTOMERS = 200_000
 MAX_HISTORY_DAYS = 730
+MAX_ACCOUNTS = 10_000
 # Retries and out-of-band charges an account may accumulate; beyond it the sandbox refuses more.
 MAX_EXTRA_CHARGES = 500_000
 # The stream is generated up to a far horizon; it is consumed lazily, one month at a time.
@@ -192,6 +193,8 @@ class Account:
         self.replays: dict[str, int] = {}
         # Cards replaced after a "card_updated" event, by processor customer id.
         self.updated_cards: dict[str, StreamCard] = {}
+        # Original charges whose invoice the billing system voided: no more retries of them.
+        self.voided: set[str] = set()
         # Adyen notifications waiting to be pushed, oldest first.
         self.outbox: deque[Charge] = deque()
         self._stream: Iterator[StreamCharge] = stream_charges(
@@ -330,6 +333,8 @@ class Account:
             )
         if amount_minor <= 0:
             raise RetryRefused("Amount must be a positive integer", "amount")
+        if root.id in self.voided:
+            raise RetryRefused(f"The invoice of charge '{retry_of}' is void", "invoice")
         if self.extra_count >= MAX_EXTRA_CHARGES:
             raise RetryRefused("This sandbox account accepts no more charges")
         history = self.failed_retry_times.setdefault(root.id, [])
@@ -396,6 +401,13 @@ class Account:
         )
         self._insert(charge)
         return charge
+
+    def invoice_voided(self, now: datetime, charge_id: str) -> None:
+        """The billing system voided the invoice of a charge: retries of it are refused."""
+        original = self.get(charge_id, now)
+        if original is None:
+            raise RetryRefused(f"No such charge: '{charge_id}'", "charge_id")
+        self.voided.add((original.root or original).id)
 
     def card_updated(self, now: datetime, charge_id: str) -> StreamCard:
         """The customer of a charge got a new card: later retries for them are approved."""

@@ -205,7 +205,7 @@ def _int_param(request: Request, name: str) -> int | None:
 
 
 async def list_charges(request: Request) -> Response:
-    """GET /v1/charges: newest first, cursor paging with starting_after, created filters."""
+    """GET /v1/charges: newest first; starting_after / ending_before cursors; created filters."""
     account = _account(request)
     if isinstance(account, Response):
         return account
@@ -240,25 +240,39 @@ async def list_charges(request: Request) -> Response:
         hi = min(hi, account.first_at_or_after(bounds["lte"] + 1))
     if bounds["lt"] is not None:
         hi = min(hi, account.first_at_or_after(bounds["lt"]))
-    cursor: Charge | None = None
     starting_after = request.query_params.get("starting_after")
-    if starting_after:
-        cursor = account.get(starting_after, now)
+    ending_before = request.query_params.get("ending_before")
+    if starting_after and ending_before:
+        return _error(400, "You may only specify one of starting_after and ending_before.")
+    name = "starting_after" if starting_after else "ending_before"
+    cursor: Charge | None = None
+    if starting_after or ending_before:
+        cursor = account.get(starting_after or ending_before or "", now)
         if cursor is None:
             return _error(
                 400,
-                f"No such charge: '{starting_after}'",
+                f"No such charge: '{starting_after or ending_before}'",
                 code="resource_missing",
-                param="starting_after",
+                param=name,
             )
-        hi = min(hi, account.index_of(cursor))
-    stop = max(lo, hi - limit)
-    page = [account.items[i] for i in range(hi - 1, stop - 1, -1)]
-    repeat = cursor if cursor is not None and lo <= account.index_of(cursor) else None
+    if cursor is not None and ending_before:
+        # The page just newer than the cursor, still newest first; has_more means newer ones.
+        lo = max(lo, account.index_of(cursor) + 1)
+        stop = min(hi, lo + limit)
+        page = [account.items[i] for i in range(stop - 1, lo - 1, -1)]
+        has_more = stop < hi
+        repeat = cursor if account.index_of(cursor) < hi else None
+    else:
+        if cursor is not None:
+            hi = min(hi, account.index_of(cursor))
+        stop = max(lo, hi - limit)
+        page = [account.items[i] for i in range(hi - 1, stop - 1, -1)]
+        has_more = stop > lo
+        repeat = cursor if cursor is not None and lo <= account.index_of(cursor) else None
     page = page_effects(account, page, repeat)
     data = corrupt_page(account, [render(c) for c in page], corrupt_json)
     return json_response(
-        {"object": "list", "url": "/v1/charges", "has_more": stop > lo, "data": data}
+        {"object": "list", "url": "/v1/charges", "has_more": has_more, "data": data}
     )
 
 

@@ -206,3 +206,21 @@ def test_run_refuses_non_loopback(host: str) -> None:
 )
 def test_is_loopback(host: str, expected: bool) -> None:
     assert is_loopback(host) is expected
+
+
+async def test_voided_invoice_refuses_retries(local: httpx.AsyncClient) -> None:
+    await local.post("/_sandbox/accounts", json=STRIPE)
+    failed = await _first_failed(local)
+    voided = await local.post(
+        "/_sandbox/accounts/acct_1/events",
+        json={"kind": "invoice_voided", "charge_id": failed["id"]},
+    )
+    assert voided.status_code == 200
+    refused = await _retry(local, failed, "after-void")
+    assert refused.status_code == 400
+    assert "void" in refused.json()["error"]["message"]
+    described = (await local.get("/_sandbox/accounts/acct_1")).json()
+    assert described["processor"] == "stripe"
+    assert described["retries"] == 0
+    assert described["charges"] > 0
+    assert described["faults"]["rate_limit"] == 0

@@ -275,3 +275,25 @@ async def test_duplicates_and_out_of_order(
     assert orders_differ
     assert len(seen) > len(set(seen))
     assert set(seen) == {c["id"] for c in clean}
+
+
+async def test_ending_before_pages_towards_newer(
+    http: httpx.AsyncClient, make_account: AccountFactory
+) -> None:
+    account = await make_account("stripe")
+    charges = await _all_charges(http, account)
+    anchor = charges[30]
+    response = await http.get(
+        "/stripe/v1/charges",
+        params={"limit": 10, "ending_before": anchor["id"]},
+        headers=_auth(account),
+    )
+    page = response.json()
+    assert [c["id"] for c in page["data"]] == [c["id"] for c in charges[20:30]]
+    assert page["has_more"] is True
+    both = await http.get(
+        "/stripe/v1/charges",
+        params={"ending_before": anchor["id"], "starting_after": anchor["id"]},
+        headers=_auth(account),
+    )
+    assert both.status_code == 400
