@@ -14,6 +14,8 @@ class ErrorCode(StrEnum):
     INVALID_ID = "INVALID_ID"
     VERSION_CONFLICT = "VERSION_CONFLICT"
     INVALID = "INVALID"
+    INVALID_STATE = "INVALID_STATE"
+    RECOVERY_DISABLED = "RECOVERY_DISABLED"
     INTERNAL_SERVER_ERROR = "INTERNAL_SERVER_ERROR"
 
 
@@ -22,6 +24,23 @@ class UpdateRetryPolicyErrorCode(StrEnum):
 
     NOT_FOUND = ErrorCode.NOT_FOUND.value
     VERSION_CONFLICT = ErrorCode.VERSION_CONFLICT.value
+    INVALID = ErrorCode.INVALID.value
+
+
+class CancelPaymentRecoveryErrorCode(StrEnum):
+    """Why `cancelPaymentRecovery` refused."""
+
+    NOT_FOUND = ErrorCode.NOT_FOUND.value
+    INVALID_STATE = ErrorCode.INVALID_STATE.value
+    INVALID = ErrorCode.INVALID.value
+
+
+class RetryPaymentNowErrorCode(StrEnum):
+    """Why `retryPaymentNow` refused."""
+
+    NOT_FOUND = ErrorCode.NOT_FOUND.value
+    INVALID_STATE = ErrorCode.INVALID_STATE.value
+    RECOVERY_DISABLED = ErrorCode.RECOVERY_DISABLED.value
     INVALID = ErrorCode.INVALID.value
 
 
@@ -80,3 +99,15 @@ class ValidationFailed(PortalError):
     def __init__(self, problems: list[tuple[str, str]]) -> None:
         super().__init__("; ".join(f"{f}: {m}" for f, m in problems))
         self.problems = problems
+
+
+class InvalidState(PortalError):
+    """The payment's state does not allow the action."""
+
+    code = ErrorCode.INVALID_STATE
+
+
+class RecoveryDisabled(PortalError):
+    """The merchant's recovery is paused or switched off."""
+
+    code = ErrorCode.RECOVERY_DISABLED

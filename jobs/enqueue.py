@@ -23,3 +23,19 @@ async def enqueue_normalize(redis: ArqRedis, connection_id: uuid.UUID) -> bool:
         "normalize_connection", str(connection_id), _job_id=f"normalize:{connection_id}"
     )
     return job is not None
+
+
+def attempt_job_id(payment_id: uuid.UUID, attempt_number: int) -> str:
+    """One job per portal attempt: a second enqueue of the same attempt is a no-op."""
+    return f"attempt:{payment_id}:{attempt_number}"
+
+
+async def enqueue_attempt(redis: ArqRedis, payment_id: uuid.UUID, attempt_number: int) -> bool:
+    """Queue the charge of one claimed attempt; False when it is already queued or running."""
+    job = await redis.enqueue_job(
+        "attempt_payment",
+        str(payment_id),
+        attempt_number,
+        _job_id=attempt_job_id(payment_id, attempt_number),
+    )
+    return job is not None

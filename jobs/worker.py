@@ -9,14 +9,29 @@ from arq.worker import Worker
 from app.settings import get_settings
 from jobs.context import shutdown, startup
 from jobs.ingest import enqueue_polls, normalize_connection, poll_connection
+from jobs.retry import (
+    attempt_payment,
+    claim_due,
+    decide_pending,
+    deliver_webhooks,
+    reconcile_stuck,
+)
 
 FUNCTIONS = [
     # keep_result=0: the deterministic job id must free up as soon as a poll ends.
     func(poll_connection, timeout=300, keep_result=0, max_tries=10),  # type: ignore[arg-type]
     func(normalize_connection, timeout=300, keep_result=0, max_tries=10),  # type: ignore[arg-type]
+    # Unanswered charges are retried with the same key; beyond max_tries reconcile_stuck
+    # takes over. The kept result keeps a duplicate enqueue of a finished attempt a no-op.
+    func(attempt_payment, timeout=60, keep_result=3600, max_tries=20),  # type: ignore[arg-type]
 ]
+_EVERY_10S = set(range(0, 60, 10))
 CRON_JOBS = [
     cron(enqueue_polls, second={0, 30}, unique=True, timeout=60),  # type: ignore[arg-type]
+    cron(decide_pending, second=_EVERY_10S, unique=True, timeout=55),  # type: ignore[arg-type]
+    cron(claim_due, second=_EVERY_10S, unique=True, timeout=55),  # type: ignore[arg-type]
+    cron(reconcile_stuck, second={5}, unique=True, timeout=55),  # type: ignore[arg-type]
+    cron(deliver_webhooks, second=_EVERY_10S, unique=True, timeout=55),  # type: ignore[arg-type]
 ]
 
 

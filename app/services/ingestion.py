@@ -295,6 +295,12 @@ async def apply_records(
             if record.decline and record.decline.raw_code
             else None,
             "decline_category": record.decline.category if record.decline else None,
+            # The rules read these on every attempt of the card, not only the first failure.
+            "decline_retryable": record.decline.retryable if record.decline else None,
+            "decline_advice": record.decline.advice if record.decline else None,
+            "not_before": record.decline.not_before if record.decline else None,
+            "network_decline_code": record.decline.network_decline_code if record.decline else None,
+            "network_advice_code": record.decline.network_advice_code if record.decline else None,
         }
         if existing_attempt is not None:
             # Seen before (a replay, or our own retry read back): refresh its reading only.

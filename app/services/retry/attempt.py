@@ -1,0 +1,453 @@
+"""Running one portal attempt: pre-flight, charge by idempotency key, record; crash-safe."""
+
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+
+import httpx
+from sqlalchemy import update
+from sqlmodel import col, select
+
+from app.clock import Clock
+from app.crypto import CredentialBox
+from app.db import Database, UnitOfWork
+from app.declines import Decline
+from app.enums import (
+    Actor,
+    Advice,
+    AttemptOutcome,
+    ConnectionStatus,
+    DeclineCategory,
+    PaymentState,
+)
+from app.models.customer import Customer
+from app.models.ingestion import ProcessorConnection, RawRecord
+from app.models.payment import Payment, PaymentAttempt
+from app.processors.base import (
+    ChargeResult,
+    PermanentProcessorError,
+    ProcessorAdapter,
+    RawItem,
+    TransientProcessorError,
+    body_of,
+)
+from app.processors.normalize.dispatch import normalize_payload
+from app.processors.normalize.records import NORMALIZER_VERSION, CanonicalRecord, NormalizeError
+from app.processors.registry import adapter_for
+from app.retry.events import (
+    AttemptAbandoned,
+    AttemptDeclined,
+    AttemptSucceeded,
+    Event,
+    InvoiceVoided,
+    PaidElsewhere,
+)
+from app.retry.rules import DeclineView
+from app.retry.schedule import Scheduler
+from app.services.connection import connection_info
+from app.services.ingestion import land
+from app.services.retry.engine import run_event
+from app.services.retry.ledger import load_contexts
+from app.tenancy import SYSTEM_SCOPE
+
+logger = logging.getLogger(__name__)
+
+# A claimed payment with no recorded outcome after this long is reconciled by its key.
+STUCK_AFTER = timedelta(minutes=10)
+
+AdapterFactory = Callable[[ProcessorConnection], ProcessorAdapter]
+
+
+@dataclass(frozen=True)
+class AttemptResult:
+    """What one run of an attempt did.
+
+    `status`: recorded (the outcome is stored), skipped (nothing to do: already recorded or
+    not ours to run), abandoned (never sent, dropped), prevented (pre-flight ended the payment
+    without charging), pending (the processor did not answer; run again with the same key).
+    """
+
+    status: str
+    state: PaymentState | None = None
+    charge_id: str | None = None
+    detail: str = ""
+    retry_after: float | None = None
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    payment_id: uuid.UUID
+    state: PaymentState
+    processor_payment_id: str
+    amount_minor: int
+    currency: str
+    customer_ref: str
+    key: str
+    sent: bool
+    connection: ProcessorConnection
+
+
+def default_adapters(http: httpx.AsyncClient, box: CredentialBox) -> AdapterFactory:
+    def make(connection: ProcessorConnection) -> ProcessorAdapter:
+        return adapter_for(connection_info(connection, box), http)
+
+    return make
+
+
+async def _locked(
+    uow: UnitOfWork, payment_id: uuid.UUID, number: int
+) -> tuple[Payment | None, PaymentAttempt | None]:
+    payment = (
+        await uow.session.execute(
+            select(Payment).where(col(Payment.id) == payment_id).with_for_update()
+        )
+    ).scalar_one_or_none()
+    attempt = (
+        await uow.session.execute(
+            select(PaymentAttempt).where(
+                col(PaymentAttempt.payment_id) == payment_id,
+                col(PaymentAttempt.portal_number) == number,
+            )
+        )
+    ).scalar_one_or_none()
+    return payment, attempt
+
+
+async def _snapshot(db: Database, payment_id: uuid.UUID, number: int) -> _Snapshot | AttemptResult:
+    async with db.uow(SYSTEM_SCOPE) as uow:
+        payment, attempt = await _locked(uow, payment_id, number)
+        if payment is None or attempt is None or attempt.outcome is not AttemptOutcome.IN_FLIGHT:
+            return AttemptResult("skipped", payment.state if payment else None)
+        connection = (
+            await uow.session.get(ProcessorConnection, payment.connection_id)
+            if payment.connection_id
+            else None
+        )
+        customer = await uow.session.get(Customer, payment.customer_id)
+        if connection is None or customer is None:
+            return AttemptResult("skipped", payment.state, detail="no processor connection")
+        # Committing (not rolling back) keeps the loaded rows usable after the session ends.
+        await uow.commit()
+        return _Snapshot(
+            payment_id=payment.id,
+            state=payment.state,
+            processor_payment_id=payment.processor_payment_id,
+            amount_minor=payment.amount_minor,
+            currency=payment.currency,
+            customer_ref=customer.external_ref,
+            key=attempt.idempotency_key or "",
+            sent=attempt.sent_at is not None,
+            connection=connection,
+        )
+
+
+async def _preflight(adapter: ProcessorAdapter, snap: _Snapshot) -> Event | None:
+    """What the processor says about the original charge: None means go ahead.
+
+    Where the processor cannot tell (no fetch API, an unreadable answer), the charge goes
+    ahead: the invoice is presumed open, as it was when the payment was claimed.
+    """
+    try:
+        item = await adapter.fetch(snap.processor_payment_id)
+    except (PermanentProcessorError, TransientProcessorError) as exc:
+        logger.info(
+            "pre-flight skipped", extra={"payment_id": str(snap.payment_id), "why": str(exc)}
+        )
+        return None
+    record = _first_record(snap.connection, item)
+    if record is None:
+        return None
+    if record.status == "succeeded":
+        return PaidElsewhere(actor=Actor.PROCESSOR)
+    if record.amount_minor != snap.amount_minor or record.currency != snap.currency:
+        return InvoiceVoided()
+    return None
+
+
+def _first_record(connection: ProcessorConnection, item: RawItem) -> CanonicalRecord | None:
+    try:
+        results = normalize_payload(connection.kind, body_of(item.payload))
+    except NormalizeError:
+        return None
+    for r in results:
+        if isinstance(r, CanonicalRecord):
+            return r
+    return None
+
+
+def _decline_in(connection: ProcessorConnection, item: RawItem) -> Decline | None:
+    record = _first_record(connection, item)
+    return record.decline if record is not None else None
+
+
+async def execute_attempt(
+    db: Database,
+    *,
+    payment_id: uuid.UUID,
+    attempt_number: int,
+    adapters: AdapterFactory,
+    clock: Clock,
+    scheduler: Scheduler | None = None,
+) -> AttemptResult:
+    """Run (or reconcile) the portal's attempt `attempt_number` on one payment.
+
+    The attempt row exists as in flight before anything is sent (the claim commits it), and
+    `sent_at` is committed just before the charge request leaves. A run that finds it sent
+    re-sends the same idempotency key, which the processor answers with the original result:
+    a crash between charging and recording never causes a second charge.
+    """
+    snap = await _snapshot(db, payment_id, attempt_number)
+    if isinstance(snap, AttemptResult):
+        return snap
+    adapter = adapters(snap.connection)
+    if not snap.sent:
+        if snap.state is not PaymentState.RETRYING:
+            return await _drop_unsent(db, snap, attempt_number, clock, "payment no longer retrying")
+        stop = await _preflight(adapter, snap)
+        if stop is not None:
+            return await _prevent(db, snap, attempt_number, stop, clock, scheduler)
+        async with db.uow(SYSTEM_SCOPE) as uow:
+            payment, attempt = await _locked(uow, payment_id, attempt_number)
+            if (
+                payment is None
+                or attempt is None
+                or attempt.outcome is not AttemptOutcome.IN_FLIGHT
+            ):
+                return AttemptResult("skipped", payment.state if payment else None)
+            if payment.state is not PaymentState.RETRYING and attempt.sent_at is None:
+                await uow.rollback()
+                return await _drop_unsent(
+                    db, snap, attempt_number, clock, "payment no longer retrying"
+                )
+            if attempt.sent_at is None:
+                attempt.sent_at = clock.now()
+            await uow.commit()
+    try:
+        result = await adapter.charge(
+            retry_of=snap.processor_payment_id,
+            amount_minor=snap.amount_minor,
+            currency=snap.currency,
+            customer_ref=snap.customer_ref,
+            idempotency_key=snap.key,
+        )
+    except TransientProcessorError as exc:
+        # The charge may or may not have happened: only the same key may find out.
+        return AttemptResult("pending", snap.state, detail=str(exc), retry_after=exc.retry_after)
+    except PermanentProcessorError as exc:
+        return await _refused(db, snap, attempt_number, str(exc), clock, scheduler)
+    items = [result.item]
+    decline: Decline | None = None
+    if not result.approved:
+        decline = _decline_in(snap.connection, result.item)
+        if decline is None:
+            # Some processors answer a decline with the charge id only: read the charge.
+            try:
+                fetched = await adapter.fetch(result.processor_payment_id)
+            except TransientProcessorError as exc:
+                # Replaying the key later gives the same answer; nothing is lost by waiting.
+                return AttemptResult("pending", snap.state, detail=str(exc))
+            except PermanentProcessorError:
+                fetched = None
+            if fetched is not None:
+                items.append(fetched)
+                decline = _decline_in(snap.connection, fetched)
+    return await _record(db, snap, attempt_number, result, decline, items, clock, scheduler)
+
+
+async def _drop_unsent(
+    db: Database, snap: _Snapshot, number: int, clock: Clock, why: str
+) -> AttemptResult:
+    async with db.uow(SYSTEM_SCOPE) as uow:
+        payment, attempt = await _locked(uow, snap.payment_id, number)
+        if payment is None or attempt is None or attempt.outcome is not AttemptOutcome.IN_FLIGHT:
+            return AttemptResult("skipped", payment.state if payment else None)
+        if attempt.sent_at is not None:
+            return AttemptResult("skipped", payment.state, detail="sent meanwhile")
+        await uow.session.delete(attempt)
+        await uow.commit()
+        logger.info(
+            "unsent attempt dropped", extra={"payment_id": str(snap.payment_id), "why": why}
+        )
+        return AttemptResult("abandoned", payment.state, detail=why)
+
+
+async def _prevent(
+    db: Database,
+    snap: _Snapshot,
+    number: int,
+    event: Event,
+    clock: Clock,
+    scheduler: Scheduler | None,
+) -> AttemptResult:
+    """Pre-flight found nothing to charge: drop the unsent attempt and end the payment."""
+    now = clock.now()
+    async with db.uow(SYSTEM_SCOPE) as uow:
+        payment, attempt = await _locked(uow, snap.payment_id, number)
+        if payment is None or attempt is None or attempt.outcome is not AttemptOutcome.IN_FLIGHT:
+            return AttemptResult("skipped", payment.state if payment else None)
+        if attempt.sent_at is not None:
+            return AttemptResult("skipped", payment.state, detail="sent meanwhile")
+        await uow.session.delete(attempt)
+        await uow.session.flush()
+        ctx = (await load_contexts(uow.session, [snap.payment_id], now=now))[snap.payment_id]
+        label = "invoice_changed" if isinstance(event, InvoiceVoided) else None
+        await run_event(uow, ctx, event, now=now, scheduler=scheduler, event_label=label)
+        await uow.commit()
+        return AttemptResult("prevented", ctx.payment.state, detail=event.name)
+
+
+async def _refused(
+    db: Database,
+    snap: _Snapshot,
+    number: int,
+    why: str,
+    clock: Clock,
+    scheduler: Scheduler | None,
+) -> AttemptResult:
+    """The processor refused the request itself (no charge): abandon the attempt, and stop
+    charging through this connection until a person looks at it."""
+    now = clock.now()
+    async with db.uow(SYSTEM_SCOPE) as uow:
+        payment, attempt = await _locked(uow, snap.payment_id, number)
+        if payment is None or attempt is None or attempt.outcome is not AttemptOutcome.IN_FLIGHT:
+            return AttemptResult("skipped", payment.state if payment else None)
+        ctx = (await load_contexts(uow.session, [snap.payment_id], now=now))[snap.payment_id]
+        if payment.state is PaymentState.RETRYING:
+            await run_event(
+                uow,
+                ctx,
+                AttemptAbandoned(f"processor refused: {why}"[:200]),
+                now=now,
+                scheduler=scheduler,
+            )
+        await uow.session.delete(attempt)
+        await uow.session.execute(
+            update(ProcessorConnection)
+            .where(col(ProcessorConnection.id) == snap.connection.id)
+            .values(status=ConnectionStatus.ERROR, last_error=f"retry charge refused: {why}"[:2000])
+        )
+        await uow.commit()
+        logger.error("charge refused", extra={"payment_id": str(snap.payment_id), "why": why})
+        return AttemptResult("abandoned", ctx.payment.state, detail=why)
+
+
+async def _record(
+    db: Database,
+    snap: _Snapshot,
+    number: int,
+    result: ChargeResult,
+    decline: Decline | None,
+    items: list[RawItem],
+    clock: Clock,
+    scheduler: Scheduler | None,
+) -> AttemptResult:
+    now = clock.now()
+    async with db.uow(SYSTEM_SCOPE) as uow:
+        payment, attempt = await _locked(uow, snap.payment_id, number)
+        if payment is None or attempt is None or attempt.outcome is not AttemptOutcome.IN_FLIGHT:
+            # Another run recorded this very charge (same key, same answer).
+            return AttemptResult(
+                "skipped", payment.state if payment else None, result.processor_payment_id
+            )
+        # Ingestion may have read our own charge back before we recorded it: that row is this
+        # attempt, not another payment of the invoice.
+        echo = (
+            await uow.session.execute(
+                select(PaymentAttempt).where(
+                    col(PaymentAttempt.payment_id) == payment.id,
+                    col(PaymentAttempt.processor_attempt_id) == result.processor_payment_id,
+                    col(PaymentAttempt.id) != attempt.id,
+                )
+            )
+        ).scalar_one_or_none()
+        if echo is not None:
+            await uow.session.delete(echo)
+            await uow.session.flush()
+            if result.approved and payment.state is PaymentState.RECOVERED:
+                payment.recovered_by = Actor.PORTAL
+        ctx = (await load_contexts(uow.session, [payment.id], now=now))[payment.id]
+        event: Event
+        if result.approved:
+            event = AttemptSucceeded()
+            attempt.outcome = AttemptOutcome.SUCCEEDED
+        else:
+            view = (
+                DeclineView.from_decline(decline, now)
+                if decline is not None
+                # A decline we cannot read is hard: retrying blind could break a never-rule.
+                else DeclineView(DeclineCategory.OTHER, False, Advice.NEVER, now)
+            )
+            event = AttemptDeclined(view)
+            attempt.outcome = AttemptOutcome.DECLINED
+            attempt.decline_category = view.category
+            attempt.decline_retryable = view.retryable
+            attempt.decline_advice = view.advice
+            attempt.not_before = view.not_before
+            attempt.network_decline_code = view.network_decline_code
+            attempt.network_advice_code = view.network_advice_code
+            attempt.raw_decline_code = (decline.raw_code or None) if decline else None
+        attempt.processor_attempt_id = result.processor_payment_id[:255]
+        raw_ids, _ = await land(uow, snap.connection, items, now=now)
+        if raw_ids:
+            attempt.raw_record_id = raw_ids[-1]
+            # Applied here already; the normalizer need not read it again.
+            await uow.session.execute(
+                update(RawRecord)
+                .where(col(RawRecord.id).in_(raw_ids))
+                .values(normalized_at=now, normalizer_version=NORMALIZER_VERSION)
+            )
+        attempt.normalizer_version = NORMALIZER_VERSION
+        if echo is not None and result.approved and payment.state is PaymentState.RECOVERED:
+            pass  # already recovered by the echo of this very charge: nothing more to say
+        else:
+            await run_event(uow, ctx, event, now=now, scheduler=scheduler)
+        await uow.commit()
+        return AttemptResult("recorded", payment.state, result.processor_payment_id)
+
+
+async def reconcile_stuck(
+    db: Database,
+    *,
+    adapters: AdapterFactory,
+    clock: Clock,
+    older_than: timedelta = STUCK_AFTER,
+    limit: int = 100,
+    scheduler: Scheduler | None = None,
+) -> list[AttemptResult]:
+    """Re-run attempts of payments stuck in RETRYING: the same key, so at most one charge."""
+    cutoff = clock.now() - older_than
+    async with db.uow(SYSTEM_SCOPE) as uow:
+        rows = (
+            await uow.session.execute(
+                select(col(PaymentAttempt.payment_id), col(PaymentAttempt.portal_number))
+                .join(Payment, col(Payment.id) == col(PaymentAttempt.payment_id))
+                .where(
+                    col(Payment.state) == PaymentState.RETRYING,
+                    col(Payment.retrying_since) < cutoff,
+                    col(PaymentAttempt.outcome) == AttemptOutcome.IN_FLIGHT,
+                    col(PaymentAttempt.portal_number).is_not(None),
+                )
+                .order_by(col(Payment.retrying_since))
+                .limit(limit)
+            )
+        ).all()
+    results: list[AttemptResult] = []
+    for pid, number in rows:
+        if number is None:
+            continue
+        results.append(
+            await execute_attempt(
+                db,
+                payment_id=pid,
+                attempt_number=number,
+                adapters=adapters,
+                clock=clock,
+                scheduler=scheduler,
+            )
+        )
+    return results
+
+
+__all__ = ["AttemptResult", "default_adapters", "execute_attempt", "reconcile_stuck"]

@@ -1,0 +1,436 @@
+"""Carrying out the state machine's transitions in a unit of work; deciding; claiming."""
+
+import hashlib
+import logging
+import re
+import uuid
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import bindparam, exists, func
+from sqlalchemy.dialects.postgresql import ARRAY, BIGINT
+from sqlmodel import col, select
+
+from app.db import UnitOfWork
+from app.enums import (
+    Actor,
+    AttemptOutcome,
+    ConnectionStatus,
+    EndAction,
+    PaymentState,
+    RetryStrategy,
+)
+from app.models.customer import CardCredential
+from app.models.ingestion import ProcessorConnection
+from app.models.payment import Payment, PaymentAttempt
+from app.models.retry import OutboxEvent, PaymentTransition
+from app.retry.events import (
+    AlertDuplicateCharge,
+    ApplyEndAction,
+    AttemptStarted,
+    CancelSubscriptionRetries,
+    ClearSchedule,
+    DecisionMade,
+    EmitEvent,
+    EnqueueAttempt,
+    Event,
+    FailureIngested,
+    PaidElsewhere,
+    RecordAttempt,
+    RecordTransition,
+    RequestDecision,
+    ScheduleRetry,
+    SubscriptionCanceled,
+    Transition,
+)
+from app.retry.rules import AttemptRecord, earliest_allowed
+from app.retry.schedule import (
+    Decision,
+    Scheduler,
+    candidate_times,
+    fixed_schedule,
+    next_fixed_target,
+)
+from app.retry.state_machine import attempt_idempotency_key, transition
+from app.services.retry.ledger import CardKey, PaymentContext, load_contexts
+
+logger = logging.getLogger(__name__)
+
+ACTIVE_STATES = (PaymentState.PENDING, PaymentState.SCHEDULED, PaymentState.RETRYING)
+# "rule: detail" (an ending) or "…; moved to T by rule" (a placement), as the core words them.
+_ENDED_BY = re.compile(r"^([a-z][a-z0-9_]*): ")
+_MOVED_BY = re.compile(r" by ([a-z][a-z0-9_]*)$")
+
+
+@dataclass
+class Applied:
+    """What carrying out one or more transitions left for the caller to do after commit."""
+
+    transitions: list[Transition] = field(default_factory=list)
+    enqueue: list[tuple[uuid.UUID, int]] = field(default_factory=list)
+
+
+def blocking_rule_of(reason: str) -> str | None:
+    """The rule named by a transition's reason, when a rule moved or ended the retry."""
+    for pattern in (_MOVED_BY, _ENDED_BY):
+        found = pattern.search(reason)
+        if found:
+            return found.group(1)
+    return None
+
+
+def _event_payload(
+    payment: Payment, name: str, previous: PaymentState, reason: str
+) -> dict[str, Any]:
+    return {
+        "type": name,
+        "payment_id": str(payment.id),
+        "processor": str(payment.processor),
+        "processor_payment_id": payment.processor_payment_id,
+        "invoice_ref": payment.invoice_ref,
+        "subscription_ref": payment.subscription_ref,
+        "state": str(payment.state),
+        "previous_state": str(previous),
+        "next_retry_at": payment.next_retry_at.isoformat() if payment.next_retry_at else None,
+        "amount_minor": payment.amount_minor,
+        "currency": payment.currency,
+        "reason": reason,
+    }
+
+
+def apply_transition(
+    uow: UnitOfWork,
+    ctx: PaymentContext,
+    tr: Transition,
+    *,
+    now: datetime,
+    actor_label: str | None = None,
+    event_label: str | None = None,
+    recovered_by: Actor = Actor.PORTAL,
+) -> Applied:
+    """Store a transition's effects on the payment, its timeline and the outbox (no commit).
+
+    `actor_label` and `event_label` replace the timeline's actor and event name (a person's
+    action expressed through one of the core's events).
+    """
+    applied = Applied(transitions=[tr])
+    if not tr.changed:
+        return applied
+    payment = ctx.payment
+    session = uow.session
+    previous = payment.state
+    payment.state = tr.new_state
+    payment.updated_at = now
+    if tr.new_state is not PaymentState.RETRYING:
+        payment.retrying_since = None
+    if tr.new_state is PaymentState.RECOVERED and previous is not PaymentState.RECOVERED:
+        payment.recovered_at = now
+        payment.recovered_by = recovered_by
+    if tr.new_state in (PaymentState.EXHAUSTED, PaymentState.NOT_RETRYABLE, PaymentState.CANCELED):
+        payment.blocking_rule = blocking_rule_of(tr.reason)
+    seq = 0
+    for action in tr.actions:
+        match action:
+            case ScheduleRetry():
+                payment.next_retry_at = action.at
+                payment.decision_at = now
+                payment.decision_reason = action.reason[:1000]
+                payment.decision_strategy = action.strategy
+                payment.blocking_rule = blocking_rule_of(action.reason)
+            case ClearSchedule():
+                payment.next_retry_at = None
+            case RecordAttempt():
+                payment.attempt_count += 1
+                payment.retrying_since = now
+                attempt = PaymentAttempt(
+                    merchant_id=payment.merchant_id,
+                    payment_id=payment.id,
+                    number=payment.attempt_count,
+                    portal_number=action.attempt_number,
+                    idempotency_key=attempt_idempotency_key(str(payment.id), action.attempt_number),
+                    attempted_at=action.at,
+                    outcome=AttemptOutcome.IN_FLIGHT,
+                    actor=Actor.PORTAL,
+                    created_at=now,
+                )
+                session.add(attempt)
+                ctx.attempts.append(attempt)
+            case EnqueueAttempt():
+                applied.enqueue.append((payment.id, action.attempt_number))
+            case RecordTransition():
+                session.add(
+                    PaymentTransition(
+                        merchant_id=payment.merchant_id,
+                        payment_id=payment.id,
+                        seq=seq,
+                        from_state=action.from_state,
+                        to_state=action.to_state,
+                        event=(event_label or action.event)[:64],
+                        reason=action.reason[:2000],
+                        actor=(actor_label or str(action.actor))[:255],
+                        at=action.at,
+                    )
+                )
+                seq += 1
+            case EmitEvent():
+                session.add(
+                    OutboxEvent(
+                        merchant_id=payment.merchant_id,
+                        payment_id=payment.id,
+                        event_type=action.name[:64],
+                        payload=_event_payload(payment, action.name, previous, tr.reason),
+                        created_at=now,
+                    )
+                )
+            case ApplyEndAction():
+                # The billing system owns the invoice: the merchant is told what to do with it.
+                if action.end_action is not EndAction.MARK_EXHAUSTED:
+                    payload = _event_payload(payment, "payment.end_action", previous, tr.reason)
+                    payload["end_action"] = str(action.end_action)
+                    session.add(
+                        OutboxEvent(
+                            merchant_id=payment.merchant_id,
+                            payment_id=payment.id,
+                            event_type="payment.end_action",
+                            payload=payload,
+                            created_at=now,
+                        )
+                    )
+            case AlertDuplicateCharge():
+                logger.error(
+                    "duplicate charge: a refund is needed",
+                    extra={"payment_id": str(payment.id), "reason": action.reason},
+                )
+            case RequestDecision() | CancelSubscriptionRetries():
+                pass  # carried out by `run_event`, which can load other payments
+    return applied
+
+
+async def run_event(
+    uow: UnitOfWork,
+    ctx: PaymentContext,
+    event: Event,
+    *,
+    now: datetime,
+    scheduler: Scheduler | None = None,
+    actor_label: str | None = None,
+    event_label: str | None = None,
+) -> Applied:
+    """One event through the state machine, its effects stored, follow-ups carried out."""
+    tr = transition(ctx.payment.state, event, policy=ctx.policy, ledger=ctx.ledger, now=now)
+    recovered_by = event.actor if isinstance(event, PaidElsewhere) else Actor.PORTAL
+    applied = apply_transition(
+        uow,
+        ctx,
+        tr,
+        now=now,
+        actor_label=actor_label,
+        event_label=event_label,
+        recovered_by=recovered_by,
+    )
+    if any(isinstance(a, RequestDecision) for a in tr.actions):
+        if ctx.payment.state in (PaymentState.PENDING, PaymentState.SCHEDULED):
+            await uow.session.flush()
+            fresh = (await load_contexts(uow.session, [ctx.payment.id], now=now))[ctx.payment.id]
+            decision = decide(fresh, now=now, scheduler=scheduler)
+            more = await run_event(uow, fresh, decision.to_event(), now=now, scheduler=scheduler)
+            applied.transitions += more.transitions
+            applied.enqueue += more.enqueue
+        ctx.payment.needs_decision = False
+    for action in tr.actions:
+        if isinstance(action, CancelSubscriptionRetries):
+            await _cancel_subscription(uow, ctx.payment, action.reason, now=now)
+    return applied
+
+
+async def _cancel_subscription(
+    uow: UnitOfWork, payment: Payment, reason: str, *, now: datetime
+) -> None:
+    """A stop-payment order revokes the mandate: every open payment of it stops too."""
+    if not payment.subscription_ref:
+        return
+    ids = list(
+        (
+            await uow.session.execute(
+                select(col(Payment.id)).where(
+                    col(Payment.merchant_id) == payment.merchant_id,
+                    col(Payment.subscription_ref) == payment.subscription_ref,
+                    col(Payment.id) != payment.id,
+                    col(Payment.state).in_((PaymentState.PENDING, PaymentState.SCHEDULED)),
+                )
+            )
+        ).scalars()
+    )
+    # A payment whose charge is in flight is left to its outcome: its decline (or success)
+    # decides, and the stop-payment still binds its next decision.
+    contexts = await load_contexts(uow.session, ids, now=now, lock=True)
+    for other in contexts.values():
+        await run_event(
+            uow,
+            other,
+            SubscriptionCanceled(),
+            now=now,
+            event_label="stop_payment_order",
+        )
+
+
+def decide(ctx: PaymentContext, *, now: datetime, scheduler: Scheduler | None = None) -> Decision:
+    """When to retry: the model's choice among allowed times, or the fixed schedule.
+
+    The fixed schedule needs no candidate grid: its target is moved to the first allowed time
+    directly, and when no time is allowed the state machine names the rule that ends it.
+    """
+    policy, ledger = ctx.policy, ctx.ledger
+    if policy.strategy is RetryStrategy.MODEL and scheduler is not None:
+        candidates = candidate_times(ledger=ledger, policy=policy, now=now)
+        return scheduler(ctx.view(), ledger.retries, candidates, policy=policy, now=now)
+    target = next_fixed_target(policy, ledger.first_failed_at, ledger.retries)
+    if target is None:
+        return fixed_schedule(ctx.view(), ledger.retries, (), policy=policy, now=now)
+    day, at = target
+    placement = earliest_allowed(max(at, now), ledger=ledger, policy=policy)
+    if placement.at is None:
+        return Decision(
+            at, f"fixed schedule: day {day} after the first failure", RetryStrategy.FIXED_SCHEDULE
+        )
+    decision = fixed_schedule(ctx.view(), ledger.retries, (placement.at,), policy=policy, now=now)
+    if policy.strategy is RetryStrategy.MODEL:
+        reason = f"{decision.reason} (no model loaded: fixed schedule)"
+        decision = replace(decision, reason=reason)
+    return decision
+
+
+async def decide_pending(
+    uow: UnitOfWork,
+    *,
+    now: datetime,
+    limit: int = 500,
+    scheduler: Scheduler | None = None,
+) -> int:
+    """Decide PENDING payments that wait for a decision (new failures first); no commit."""
+    ids = list(
+        (
+            await uow.session.execute(
+                select(col(Payment.id))
+                .where(col(Payment.state) == PaymentState.PENDING, col(Payment.needs_decision))
+                .order_by(col(Payment.first_failed_at))
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+            )
+        ).scalars()
+    )
+    if not ids:
+        return 0
+    contexts = await load_contexts(uow.session, ids, now=now)
+    started = set(
+        (
+            await uow.session.execute(
+                select(col(PaymentTransition.payment_id))
+                .where(col(PaymentTransition.payment_id).in_(ids))
+                .distinct()
+            )
+        ).scalars()
+    )
+    for pid in ids:
+        ctx = contexts.get(pid)
+        if ctx is None:
+            continue
+        if pid not in started:
+            # Ingestion opens payments without the state machine; their timeline starts here.
+            await run_event(
+                uow, ctx, FailureIngested(ctx.first_decline), now=now, scheduler=scheduler
+            )
+        else:
+            event: DecisionMade = decide(ctx, now=now, scheduler=scheduler).to_event()
+            await run_event(uow, ctx, event, now=now, scheduler=scheduler)
+        ctx.payment.needs_decision = False
+    return len(ids)
+
+
+def lock_key(kind: str, *parts: object) -> int:
+    """A signed 64-bit advisory-lock key for one card or one customer."""
+    digest = hashlib.sha256("\x1f".join([kind, *map(str, parts)]).encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+async def _try_locks(uow: UnitOfWork, keys: Sequence[int]) -> set[int]:
+    if not keys:
+        return set()
+    statement = select(func.unnest(bindparam("keys", type_=ARRAY(BIGINT))).label("k")).subquery()
+    query = select(statement.c.k, func.pg_try_advisory_xact_lock(statement.c.k))
+    rows = (await uow.session.execute(query, {"keys": list(keys)})).all()
+    return {k for k, ok in rows if ok}
+
+
+async def claim_due(
+    uow: UnitOfWork,
+    *,
+    now: datetime,
+    limit: int = 200,
+) -> Applied:
+    """Move due SCHEDULED payments to RETRYING with an in-flight attempt each; no commit.
+
+    Rows are claimed with `FOR UPDATE SKIP LOCKED`, so concurrent claimers split the due set.
+    Each card and each customer is also held by a transaction-level advisory lock, taken
+    before the ledgers are read: two claimers never both count a customer's last hour
+    without seeing each other's attempts. A payment whose lock is held elsewhere waits for
+    the next run.
+    """
+    active_connection = exists().where(
+        col(ProcessorConnection.id) == col(Payment.connection_id),
+        col(ProcessorConnection.status) == ConnectionStatus.ACTIVE,
+    )
+    rows = (
+        await uow.session.execute(
+            select(
+                col(Payment.id),
+                col(Payment.merchant_id),
+                col(Payment.customer_id),
+                col(CardCredential.fingerprint),
+            )
+            .outerjoin(CardCredential, col(CardCredential.id) == col(Payment.card_id))
+            .where(
+                col(Payment.state) == PaymentState.SCHEDULED,
+                col(Payment.next_retry_at) <= now,
+                active_connection,
+            )
+            .order_by(col(Payment.next_retry_at))
+            .limit(limit)
+            .with_for_update(of=Payment, skip_locked=True)
+        )
+    ).all()
+    if not rows:
+        return Applied()
+    wanted: dict[uuid.UUID, list[int]] = {}
+    for pid, merchant_id, customer_id, fingerprint in rows:
+        keys = [lock_key("customer", merchant_id, customer_id)]
+        if fingerprint is not None:
+            keys.append(lock_key("card", merchant_id, fingerprint))
+        wanted[pid] = keys
+    held = await _try_locks(uow, sorted({k for ks in wanted.values() for k in ks}))
+    claimable = [pid for pid, ks in wanted.items() if all(k in held for k in ks)]
+    contexts = await load_contexts(uow.session, claimable, now=now)
+    extra_card: dict[CardKey, list[AttemptRecord]] = defaultdict(list)
+    extra_customer: dict[uuid.UUID, list[AttemptRecord]] = defaultdict(list)
+    applied = Applied()
+    for pid in claimable:
+        base = contexts.get(pid)
+        if base is None or base.payment.state is not PaymentState.SCHEDULED:
+            continue
+        # Attempts started earlier in this batch are not in the loaded ledgers yet.
+        ctx = base.with_extra(
+            extra_card.get(base.card_key, []) if base.card_key else [],
+            extra_customer.get(base.payment.customer_id, []),
+        )
+        result = await run_event(uow, ctx, AttemptStarted(), now=now)
+        if ctx.payment.state is PaymentState.RETRYING:
+            record = AttemptRecord(now, Actor.PORTAL, None)
+            if ctx.card_key is not None:
+                extra_card[ctx.card_key].append(record)
+            extra_customer[ctx.payment.customer_id].append(record)
+        applied.transitions += result.transitions
+        applied.enqueue += result.enqueue
+    return applied

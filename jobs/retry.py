@@ -1,0 +1,113 @@
+"""Retry engine jobs: decide, claim due payments, charge, reconcile stuck ones, send webhooks."""
+
+import time
+import uuid
+from typing import Any
+
+import structlog
+from arq import Retry
+
+from app.services.retry.attempt import default_adapters, execute_attempt
+from app.services.retry.attempt import reconcile_stuck as reconcile_service
+from app.services.retry.delivery import deliver_due, dispatch_outbox
+from app.services.retry.engine import claim_due as claim_service
+from app.services.retry.engine import decide_pending as decide_service
+from app.tenancy import SYSTEM_SCOPE
+from jobs.context import WorkerContext
+from jobs.enqueue import enqueue_attempt
+
+logger = structlog.get_logger("portal.jobs")
+
+CLAIM_BATCH = 200
+DECIDE_BATCH = 500
+# A cron run stops taking new batches after this long; the next tick resumes.
+BUDGET_SECONDS = 40.0
+MAX_DEFER_SECONDS = 300.0
+
+
+async def decide_pending(ctx: WorkerContext) -> int:
+    """PENDING payments waiting for a decision (new failures included) get one, batch by batch."""
+    deadline = time.monotonic() + BUDGET_SECONDS
+    total = 0
+    while time.monotonic() < deadline:
+        async with ctx["db"].uow(SYSTEM_SCOPE) as uow:
+            done = await decide_service(uow, now=ctx["clock"].now(), limit=DECIDE_BATCH)
+            await uow.commit()
+        total += done
+        if done < DECIDE_BATCH:
+            break
+    return total
+
+
+async def claim_due(ctx: WorkerContext) -> int:
+    """Claim due payments batch by batch and queue one charge job per claimed attempt.
+
+    The claim commits before anything is queued: a job never runs for an attempt that is not
+    stored. A crash between commit and enqueue leaves the payment RETRYING, and
+    `reconcile_stuck` runs its attempt later.
+    """
+    deadline = time.monotonic() + BUDGET_SECONDS
+    queued = 0
+    while time.monotonic() < deadline:
+        async with ctx["db"].uow(SYSTEM_SCOPE) as uow:
+            applied = await claim_service(uow, now=ctx["clock"].now(), limit=CLAIM_BATCH)
+            await uow.commit()
+        for payment_id, number in applied.enqueue:
+            if await enqueue_attempt(ctx["redis"], payment_id, number):
+                queued += 1
+        if len(applied.transitions) < CLAIM_BATCH:
+            break
+    return queued
+
+
+async def attempt_payment(
+    ctx: WorkerContext, payment_id: str, attempt_number: int
+) -> dict[str, Any]:
+    """Charge (or reconcile) one claimed attempt; an unanswered charge is retried by its key."""
+    result = await execute_attempt(
+        ctx["db"],
+        payment_id=uuid.UUID(payment_id),
+        attempt_number=attempt_number,
+        adapters=default_adapters(ctx["http"], ctx["box"]),
+        clock=ctx["clock"],
+    )
+    if result.status == "pending":
+        defer = result.retry_after or min(MAX_DEFER_SECONDS, 2.0 ** ctx["job_try"])
+        logger.warning(
+            "charge unanswered; retrying with the same key",
+            payment_id=payment_id,
+            attempt=attempt_number,
+            reason=result.detail,
+            defer=defer,
+        )
+        raise Retry(defer=defer)
+    logger.info(
+        "attempt",
+        payment_id=payment_id,
+        attempt=attempt_number,
+        status=result.status,
+        state=str(result.state) if result.state else None,
+    )
+    return {"status": result.status, "state": str(result.state) if result.state else None}
+
+
+async def reconcile_stuck(ctx: WorkerContext) -> dict[str, int]:
+    """Payments left RETRYING (a killed worker, a lost job) are finished by their attempt key."""
+    results = await reconcile_service(
+        ctx["db"], adapters=default_adapters(ctx["http"], ctx["box"]), clock=ctx["clock"]
+    )
+    counts: dict[str, int] = {}
+    for r in results:
+        counts[r.status] = counts.get(r.status, 0) + 1
+    if results:
+        logger.warning("reconciled stuck attempts", **counts)
+    return counts
+
+
+async def deliver_webhooks(ctx: WorkerContext) -> dict[str, int]:
+    """Fan the outbox out to merchant endpoints, then send what is due (at least once)."""
+    async with ctx["db"].uow(SYSTEM_SCOPE) as uow:
+        dispatched = await dispatch_outbox(uow, now=ctx["clock"].now())
+        await uow.commit()
+    counts = await deliver_due(ctx["db"], http=ctx["http"], box=ctx["box"], clock=ctx["clock"])
+    return {"dispatched": dispatched, **counts}

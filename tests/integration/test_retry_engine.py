@@ -1,0 +1,349 @@
+"""Retry engine services against the database: decide, claim, charge, record, reconcile."""
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlmodel import col, func, select
+
+from app.clock import FixedClock
+from app.db import Database
+from app.enums import Actor, AttemptOutcome, PaymentState
+from app.models.payment import Payment
+from app.models.retry import OutboxEvent
+from app.retry.state_machine import attempt_idempotency_key
+from app.services.retry.attempt import execute_attempt, reconcile_stuck
+from app.services.retry.engine import claim_due, decide_pending
+from app.services.retry.ledger import load_contexts
+from app.tenancy import SYSTEM_SCOPE
+from tests.support.factories import make_merchant
+from tests.support.retry import (
+    FakeStripe,
+    WorkerKilled,
+    attempts_of,
+    ingest,
+    make_connection,
+    outbox,
+    reload,
+    stripe_charge,
+    timeline,
+)
+
+# A Monday 10:00 UTC: outside the default quiet hours (22-7) whatever happens below.
+T0 = datetime(2026, 10, 5, 10, 0, tzinfo=UTC)
+
+
+async def _decide(db: Database, now: datetime) -> int:
+    async with db.uow(SYSTEM_SCOPE) as uow:
+        done = await decide_pending(uow, now=now)
+        await uow.commit()
+    return done
+
+
+async def _claim(db: Database, now: datetime) -> list[tuple[uuid.UUID, int]]:
+    async with db.uow(SYSTEM_SCOPE) as uow:
+        applied = await claim_due(uow, now=now)
+        await uow.commit()
+    return applied.enqueue
+
+
+async def _setup(db: Database, charges: int = 1, **kw: object) -> tuple[list[Payment], FixedClock]:
+    merchant = await make_merchant(db, f"Retry {uuid.uuid4().hex[:6]}", now=T0)
+    connection = await make_connection(db, merchant, T0)
+    prefix = uuid.uuid4().hex[:8]
+    bodies = [
+        stripe_charge(
+            f"ch_{prefix}_{i}",
+            created=T0,
+            customer=f"cus_{prefix}_{i}",
+            fingerprint=f"fp_{prefix}_{i}",
+            **kw,  # type: ignore[arg-type]
+        )
+        for i in range(charges)
+    ]
+    payments = await ingest(db, connection, bodies, T0)
+    return payments, FixedClock(T0)
+
+
+async def test_new_failure_is_decided_on_the_fixed_schedule(db: Database) -> None:
+    [payment], _ = await _setup(db)
+    assert payment.state is PaymentState.PENDING
+    assert await _decide(db, T0) >= 1
+    after = await reload(db, payment.id)
+    assert after.state is PaymentState.SCHEDULED
+    # The default policy's first fixed day: one day after the first failure.
+    assert after.next_retry_at == T0 + timedelta(days=1)
+    assert after.decision_at == T0
+    assert after.decision_strategy is not None
+    assert after.decision_reason
+    assert "day 1" in after.decision_reason
+    assert not after.needs_decision
+    steps = [(t.from_state, t.to_state, t.event) for t in await timeline(db, payment.id)]
+    assert steps == [
+        (PaymentState.PENDING, PaymentState.PENDING, "failure_ingested"),
+        (PaymentState.PENDING, PaymentState.SCHEDULED, "decision_made"),
+    ]
+    assert await outbox(db, payment.id) == ["payment.scheduled"]
+    # Deciding again finds nothing to do.
+    await _decide(db, T0)
+    assert len(await timeline(db, payment.id)) == 2
+
+
+async def test_hard_decline_ends_not_retryable_with_the_rule(db: Database) -> None:
+    [payment], _ = await _setup(db, reason="stolen_card")
+    await _decide(db, T0)
+    after = await reload(db, payment.id)
+    assert after.state is PaymentState.NOT_RETRYABLE
+    assert after.next_retry_at is None
+    assert after.blocking_rule == "decline_advice_never"
+    assert await outbox(db, payment.id) == ["payment.not_retryable"]
+
+
+async def test_visa_category_1_on_another_expiry_of_the_card_blocks_the_retry(
+    db: Database,
+) -> None:
+    merchant = await make_merchant(db, "Never", now=T0)
+    connection = await make_connection(db, merchant, T0)
+    old = stripe_charge(
+        "ch_old",
+        created=T0 - timedelta(days=40),
+        reason="do_not_honor",
+        exp=(1, 2026),
+        network_decline_code="04",
+    )
+    new = stripe_charge("ch_new", created=T0, exp=(1, 2030))
+    payments = await ingest(db, connection, [old, new], T0)
+    assert len(payments) == 2
+    await _decide(db, T0)
+    after = await reload(db, payments[1].id)
+    assert after.state is PaymentState.NOT_RETRYABLE
+    assert after.blocking_rule == "visa_category_1"
+
+
+async def test_claim_takes_due_payments_only_and_writes_the_attempt_first(db: Database) -> None:
+    payments, _ = await _setup(db, charges=2)
+    await _decide(db, T0)
+    assert await _claim(db, T0 + timedelta(hours=23)) == []
+    due = T0 + timedelta(days=1)
+    claimed = await _claim(db, due)
+    assert sorted(claimed) == sorted((p.id, 1) for p in payments)
+    assert await _claim(db, due) == []  # claimed once only
+    for payment in payments:
+        after = await reload(db, payment.id)
+        assert after.state is PaymentState.RETRYING
+        assert after.next_retry_at is None
+        assert after.retrying_since == due
+        flying = [a for a in await attempts_of(db, payment.id) if a.actor is Actor.PORTAL]
+        assert [(a.portal_number, a.outcome, a.sent_at) for a in flying] == [
+            (1, AttemptOutcome.IN_FLIGHT, None)
+        ]
+        assert flying[0].idempotency_key == attempt_idempotency_key(str(payment.id), 1)
+
+
+async def test_customer_hourly_cap_holds_within_one_claim(db: Database) -> None:
+    merchant = await make_merchant(db, "Cap", now=T0)
+    connection = await make_connection(db, merchant, T0)
+    bodies = [
+        stripe_charge(f"ch_cap_{i}", created=T0, customer="cus_same", fingerprint=f"fp_cap_{i}")
+        for i in range(7)
+    ]
+    await ingest(db, connection, bodies, T0)
+    await _decide(db, T0)
+    claimed = await _claim(db, T0 + timedelta(days=1))
+    assert len(claimed) == 5  # at most 5 attempts an hour per customer
+    async with db.session(SYSTEM_SCOPE) as s:
+        moved = await s.scalar(
+            select(func.count())
+            .select_from(Payment)
+            .where(
+                col(Payment.merchant_id) == merchant.id,
+                col(Payment.state) == PaymentState.SCHEDULED,
+                col(Payment.next_retry_at) > T0 + timedelta(days=1),
+            )
+        )
+    assert moved == 2
+
+
+async def test_approved_charge_recovers_the_payment(db: Database) -> None:
+    [payment], clock = await _setup(db)
+    await _decide(db, T0)
+    clock.set(T0 + timedelta(days=1))
+    [(pid, number)] = await _claim(db, clock.now())
+    stripe = FakeStripe(clock.now())
+    result = await execute_attempt(
+        db, payment_id=pid, attempt_number=number, adapters=stripe, clock=clock
+    )
+    assert result.status == "recorded"
+    after = await reload(db, payment.id)
+    assert after.state is PaymentState.RECOVERED
+    assert after.recovered_by is Actor.PORTAL
+    [_, attempt] = await attempts_of(db, payment.id)
+    assert attempt.outcome is AttemptOutcome.SUCCEEDED
+    assert attempt.processor_attempt_id == "ch_retry_1"
+    assert attempt.sent_at is not None
+    assert attempt.raw_record_id is not None
+    assert stripe.fetches == [payment.processor_payment_id]  # pre-flight read the original
+    assert await outbox(db, payment.id) == [
+        "payment.scheduled",
+        "payment.retrying",
+        "payment.recovered",
+    ]
+    # Running the job again (at-least-once delivery) changes nothing and charges nothing.
+    again = await execute_attempt(
+        db, payment_id=pid, attempt_number=number, adapters=stripe, clock=clock
+    )
+    assert again.status == "skipped"
+    assert stripe.requests == [attempt_idempotency_key(str(payment.id), 1)]
+
+
+async def test_declined_charge_is_rescheduled_on_the_next_fixed_day(db: Database) -> None:
+    [payment], clock = await _setup(db)
+    await _decide(db, T0)
+    clock.set(T0 + timedelta(days=1))
+    [(pid, number)] = await _claim(db, clock.now())
+    stripe = FakeStripe(clock.now(), approve=False)
+    await execute_attempt(db, payment_id=pid, attempt_number=number, adapters=stripe, clock=clock)
+    after = await reload(db, payment.id)
+    assert after.state is PaymentState.SCHEDULED
+    assert after.next_retry_at == T0 + timedelta(days=3)
+    [_, attempt] = await attempts_of(db, payment.id)
+    assert attempt.outcome is AttemptOutcome.DECLINED
+    assert attempt.decline_category == "insufficient_funds"
+    assert attempt.decline_retryable is True
+    # The next claim makes attempt 2, with its own key.
+    clock.set(T0 + timedelta(days=3))
+    assert await _claim(db, clock.now()) == [(payment.id, 2)]
+
+
+async def test_paid_elsewhere_found_in_pre_flight_means_no_charge(db: Database) -> None:
+    [payment], clock = await _setup(db)
+    await _decide(db, T0)
+    clock.set(T0 + timedelta(days=1))
+    [(pid, number)] = await _claim(db, clock.now())
+    stripe = FakeStripe(clock.now(), paid={payment.processor_payment_id})
+    result = await execute_attempt(
+        db, payment_id=pid, attempt_number=number, adapters=stripe, clock=clock
+    )
+    assert result.status == "prevented"
+    assert stripe.requests == []
+    after = await reload(db, payment.id)
+    assert after.state is PaymentState.RECOVERED
+    assert after.recovered_by is Actor.PROCESSOR
+    assert [a.actor for a in await attempts_of(db, payment.id)] == [Actor.PROCESSOR]
+
+
+async def test_processor_without_fetch_proceeds(db: Database) -> None:
+    _, clock = await _setup(db)
+    await _decide(db, T0)
+    clock.set(T0 + timedelta(days=1))
+    [(pid, number)] = await _claim(db, clock.now())
+    stripe = FakeStripe(clock.now(), can_fetch=False)
+    result = await execute_attempt(
+        db, payment_id=pid, attempt_number=number, adapters=stripe, clock=clock
+    )
+    assert result.status == "recorded"
+    assert stripe.charge_count == 1
+
+
+async def test_worker_killed_after_charge_is_reconciled_with_one_charge(db: Database) -> None:
+    [payment], clock = await _setup(db)
+    await _decide(db, T0)
+    clock.set(T0 + timedelta(days=1))
+    [(pid, number)] = await _claim(db, clock.now())
+    stripe = FakeStripe(clock.now(), kill_after_charge=True)
+    with pytest.raises(WorkerKilled):
+        await execute_attempt(
+            db, payment_id=pid, attempt_number=number, adapters=stripe, clock=clock
+        )
+    stuck = await reload(db, payment.id)
+    assert stuck.state is PaymentState.RETRYING
+    [_, flying] = await attempts_of(db, payment.id)
+    assert flying.outcome is AttemptOutcome.IN_FLIGHT
+    assert flying.sent_at is not None
+    # Not yet stuck long enough: the sweep leaves it alone.
+    assert await reconcile_stuck(db, adapters=stripe, clock=clock) == []
+    clock.set(clock.now() + timedelta(minutes=11))
+    [result] = await reconcile_stuck(db, adapters=stripe, clock=clock)
+    assert result.status == "recorded"
+    assert stripe.charge_count == 1
+    assert len(stripe.requests) == 2  # the same key, sent twice, charged once
+    assert len(set(stripe.requests)) == 1
+    after = await reload(db, payment.id)
+    assert after.state is PaymentState.RECOVERED
+
+
+async def test_timeouts_while_charging_are_retried_with_the_same_key(db: Database) -> None:
+    [payment], clock = await _setup(db)
+    await _decide(db, T0)
+    clock.set(T0 + timedelta(days=1))
+    [(pid, number)] = await _claim(db, clock.now())
+    stripe = FakeStripe(clock.now(), timeout_after_charge=2)
+    statuses = []
+    for _ in range(3):
+        result = await execute_attempt(
+            db, payment_id=pid, attempt_number=number, adapters=stripe, clock=clock
+        )
+        statuses.append(result.status)
+    assert statuses == ["pending", "pending", "recorded"]
+    assert stripe.charge_count == 1
+    assert (await reload(db, payment.id)).state is PaymentState.RECOVERED
+
+
+async def test_unsent_attempt_of_a_payment_recovered_meanwhile_is_dropped(db: Database) -> None:
+    [payment], clock = await _setup(db)
+    await _decide(db, T0)
+    clock.set(T0 + timedelta(days=1))
+    [(pid, number)] = await _claim(db, clock.now())
+    # The invoice was paid and ingested before the attempt job ran.
+    async with db.uow(SYSTEM_SCOPE) as uow:
+        row = await uow.session.get(Payment, pid)
+        assert row is not None
+        row.state = PaymentState.RECOVERED
+        row.recovered_by = Actor.CUSTOMER
+        await uow.commit()
+    stripe = FakeStripe(clock.now())
+    result = await execute_attempt(
+        db, payment_id=pid, attempt_number=number, adapters=stripe, clock=clock
+    )
+    assert result.status == "abandoned"
+    assert stripe.requests == []
+    assert [a.actor for a in await attempts_of(db, payment.id)] == [Actor.PROCESSOR]
+
+
+async def test_ledger_loads_in_three_queries_whatever_the_batch(db: Database) -> None:
+    payments, _ = await _setup(db, charges=6)
+    statements: list[str] = []
+    async with db.session(SYSTEM_SCOPE) as s:
+        from sqlalchemy import event
+
+        sync_engine = (await s.connection()).sync_engine
+
+        def count(*args: object) -> None:
+            statements.append(str(args[2]))
+
+        event.listen(sync_engine, "before_cursor_execute", count)
+        try:
+            contexts = await load_contexts(s, [p.id for p in payments], now=T0)
+        finally:
+            event.remove(sync_engine, "before_cursor_execute", count)
+    assert len(contexts) == 6
+    assert len(statements) == 3
+    ledger = contexts[payments[0].id].ledger
+    assert ledger.network == "visa"
+    assert len(ledger.card_history) == 1  # the first failure
+    assert ledger.retries == ()
+
+
+async def test_outbox_rows_commit_with_the_state(db: Database) -> None:
+    [payment], _ = await _setup(db)
+    async with db.uow(SYSTEM_SCOPE) as uow:
+        await decide_pending(uow, now=T0)
+        # Rolled back: neither the state nor its event exists.
+    assert (await reload(db, payment.id)).state is PaymentState.PENDING
+    async with db.session(SYSTEM_SCOPE) as s:
+        n = await s.scalar(
+            select(func.count())
+            .select_from(OutboxEvent)
+            .where(col(OutboxEvent.payment_id) == payment.id)
+        )
+    assert n == 0

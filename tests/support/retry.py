@@ -1,0 +1,237 @@
+"""Retry engine test helpers: Stripe-shaped charges, ingested payments, a recording processor."""
+
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlmodel import col, select
+
+from app.crypto import CredentialBox
+from app.db import Database
+from app.enums import Processor
+from app.models.ingestion import ProcessorConnection
+from app.models.merchant import Merchant
+from app.models.payment import Payment, PaymentAttempt
+from app.models.retry import OutboxEvent, PaymentTransition
+from app.processors.base import (
+    ChargeResult,
+    ListPage,
+    PermanentProcessorError,
+    RawItem,
+    TransientProcessorError,
+)
+from app.services.connection import create_connection
+from app.services.ingestion import land, normalize_raw
+from app.tenancy import SYSTEM_SCOPE, system_principal
+
+BOX = CredentialBox("test-secret")
+
+
+def stripe_charge(
+    charge_id: str,
+    *,
+    created: datetime,
+    status: str = "failed",
+    customer: str = "cus_A",
+    invoice: str | None = None,
+    reason: str = "insufficient_funds",
+    amount: int = 2900,
+    brand: str = "visa",
+    fingerprint: str = "fpA",
+    exp: tuple[int, int] = (4, 2029),
+    network_decline_code: str | None = None,
+    network_advice_code: str | None = None,
+) -> dict[str, Any]:
+    """A Stripe charge as the list and retrieve endpoints return it."""
+    failed = status == "failed"
+    outcome: dict[str, Any] = {
+        "type": "issuer_declined" if failed else "authorized",
+        "reason": reason if failed else None,
+        "network_status": "declined_by_network" if failed else "approved_by_network",
+    }
+    if network_decline_code:
+        outcome["network_decline_code"] = network_decline_code
+    if network_advice_code:
+        outcome["network_advice_code"] = network_advice_code
+    return {
+        "id": charge_id,
+        "object": "charge",
+        "amount": amount,
+        "currency": "usd",
+        "created": int(created.timestamp()),
+        "customer": customer,
+        "invoice": invoice if invoice is not None else f"in_{charge_id}",
+        "status": status,
+        "paid": not failed,
+        "failure_code": "card_declined" if failed else None,
+        "outcome": outcome,
+        "payment_method_details": {
+            "type": "card",
+            "card": {
+                "brand": brand,
+                "country": "US",
+                "exp_month": exp[0],
+                "exp_year": exp[1],
+                "fingerprint": fingerprint,
+                "funding": "debit",
+                "last4": "4242",
+            },
+        },
+    }
+
+
+async def make_connection(
+    db: Database, merchant: Merchant, now: datetime, base_url: str = "http://127.0.0.1:1/stripe"
+) -> ProcessorConnection:
+    async with db.uow(SYSTEM_SCOPE) as uow:
+        connection = await create_connection(
+            uow,
+            principal=system_principal(),
+            merchant_id=merchant.id,
+            kind=Processor.STRIPE,
+            base_url=base_url,
+            credentials={"api_key": "sk_test_x"},
+            box=BOX,
+            now=now,
+        )
+        await uow.commit()
+    return connection
+
+
+async def ingest(
+    db: Database,
+    connection: ProcessorConnection,
+    charges: Sequence[Mapping[str, Any]],
+    now: datetime,
+) -> list[Payment]:
+    """Land and normalize charges as polling would; returns the payments they opened."""
+    async with db.uow(SYSTEM_SCOPE) as uow:
+        ids, _ = await land(
+            uow, connection, [RawItem.from_json(c, str(c["id"])) for c in charges], now=now
+        )
+        await normalize_raw(uow, connection, ids, now=now)
+        await uow.commit()
+    async with db.session(SYSTEM_SCOPE) as s:
+        rows = await s.execute(
+            select(Payment).where(
+                col(Payment.processor_payment_id).in_([c["id"] for c in charges]),
+                col(Payment.connection_id) == connection.id,
+            )
+        )
+        found = {p.processor_payment_id: p for p in rows.scalars()}
+    return [found[c["id"]] for c in charges if c["id"] in found]
+
+
+async def reload(db: Database, payment_id: uuid.UUID) -> Payment:
+    async with db.session(SYSTEM_SCOPE) as s:
+        payment = await s.get(Payment, payment_id, populate_existing=True)
+    assert payment is not None
+    return payment
+
+
+async def attempts_of(db: Database, payment_id: uuid.UUID) -> list[PaymentAttempt]:
+    async with db.session(SYSTEM_SCOPE) as s:
+        rows = await s.execute(
+            select(PaymentAttempt)
+            .where(col(PaymentAttempt.payment_id) == payment_id)
+            .order_by(col(PaymentAttempt.number))
+            .execution_options(populate_existing=True)
+        )
+        return list(rows.scalars())
+
+
+async def timeline(db: Database, payment_id: uuid.UUID) -> list[PaymentTransition]:
+    async with db.session(SYSTEM_SCOPE) as s:
+        rows = await s.execute(
+            select(PaymentTransition)
+            .where(col(PaymentTransition.payment_id) == payment_id)
+            .order_by(col(PaymentTransition.at), col(PaymentTransition.seq))
+        )
+        return list(rows.scalars())
+
+
+async def outbox(db: Database, payment_id: uuid.UUID) -> list[str]:
+    async with db.session(SYSTEM_SCOPE) as s:
+        rows = await s.execute(
+            select(col(OutboxEvent.event_type))
+            .where(col(OutboxEvent.payment_id) == payment_id)
+            .order_by(col(OutboxEvent.created_at))
+        )
+        return list(rows.scalars())
+
+
+class WorkerKilled(BaseException):
+    """Stands in for SIGKILL between the processor's answer and the portal's record."""
+
+
+@dataclass
+class FakeStripe:
+    """A processor that keeps every charge by idempotency key and replays it, like Stripe.
+
+    `approve` decides new charges; `kill_after_charge` raises once after a charge is made;
+    `timeout_after_charge` makes the next N charges time out after the processor made them.
+    """
+
+    now: datetime
+    approve: bool = True
+    paid: set[str] = field(default_factory=set)
+    kill_after_charge: bool = False
+    timeout_after_charge: int = 0
+    charges: dict[str, ChargeResult] = field(default_factory=dict)
+    requests: list[str] = field(default_factory=list)
+    fetches: list[str] = field(default_factory=list)
+    can_fetch: bool = True
+
+    def __call__(self, connection: ProcessorConnection) -> "FakeStripe":
+        return self
+
+    async def list_page(self, cursor: Mapping[str, Any]) -> ListPage:
+        return ListPage(items=[], cursor=dict(cursor), more=False)
+
+    async def fetch(self, processor_payment_id: str) -> RawItem:
+        self.fetches.append(processor_payment_id)
+        if not self.can_fetch:
+            raise PermanentProcessorError("no fetch")
+        for result in self.charges.values():
+            if result.processor_payment_id == processor_payment_id:
+                return result.item
+        status = "succeeded" if processor_payment_id in self.paid else "failed"
+        body = stripe_charge(processor_payment_id, created=self.now, status=status)
+        return RawItem.from_json(body, processor_payment_id)
+
+    async def charge(
+        self,
+        *,
+        retry_of: str,
+        amount_minor: int,
+        currency: str,
+        customer_ref: str,
+        idempotency_key: str,
+    ) -> ChargeResult:
+        self.requests.append(idempotency_key)
+        result = self.charges.get(idempotency_key)
+        if result is None:
+            charge_id = f"ch_retry_{len(self.charges) + 1}"
+            body = stripe_charge(
+                charge_id,
+                created=self.now,
+                status="succeeded" if self.approve else "failed",
+                customer=customer_ref,
+                amount=amount_minor,
+            )
+            result = ChargeResult(charge_id, self.approve, RawItem.from_json(body, charge_id))
+            self.charges[idempotency_key] = result
+            if self.kill_after_charge:
+                self.kill_after_charge = False
+                raise WorkerKilled
+        if self.timeout_after_charge:
+            # The processor did its work; the answer is lost on the way back.
+            self.timeout_after_charge -= 1
+            raise TransientProcessorError("stripe: POST timed out")
+        return result
+
+    @property
+    def charge_count(self) -> int:
+        return len(self.charges)
