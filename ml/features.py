@@ -91,6 +91,7 @@ _STATIC = (
     "pay_weekday_strength",
 )
 _STATIC_COLS = np.array([_COL[name] for name in _STATIC])
+_WEEKDAYS = np.arange(7)
 
 
 @dataclass(frozen=True)
@@ -111,16 +112,18 @@ def failure_context(records: FailureRecords) -> FailureContext:
     tz = records.tz_offset_minutes.astype(np.float64)
     f0 = records.failed_at
     f_local = timeutil.local_seconds(f0, tz)
-    f_day = timeutil.local_day(f_local)
-    f_dom = timeutil.day_of_month(f_day)
-
-    past = records.past_success.copy()
+    past = records.past_success
     present = np.isfinite(past)
     past_local = np.where(present, past + tz[:, None] * 60.0, 0.0)
-    past_day = timeutil.local_day(past_local)
-    past_dom = timeutil.day_of_month(past_day).astype(np.float64)
+    # One calendar conversion for the decline and its past charges together.
+    days = timeutil.local_day(np.concatenate([f_local[:, None], past_local], axis=1))
+    doms = timeutil.day_of_month(days).astype(np.float64)
+    f_day = days[:, 0]
+    f_dom = doms[:, 0]
+    past_day = days[:, 1:]
+    past_dom = doms[:, 1:]
     # Renewals land on the billing day and say nothing about paydays: drop them.
-    dom_gap = np.abs(past_dom - f_dom[:, None].astype(np.float64))
+    dom_gap = np.abs(past_dom - f_dom[:, None])
     renewal = np.minimum(dom_gap, _MONTH_DAYS - dom_gap) <= 1.0
     keep = present & ~renewal & (past < f0[:, None])
     past = np.where(keep, past, np.nan)
@@ -133,18 +136,23 @@ def failure_context(records: FailureRecords) -> FailureContext:
     past_dom = np.take_along_axis(past_dom, order, axis=1)[:, :width]
 
     weekdays = np.where(keep, timeutil.weekday(past_day), -1)
-    counts = np.stack([(weekdays == w).sum(axis=1) for w in range(7)], axis=1)
+    counts = (weekdays[:, :, None] == _WEEKDAYS).sum(axis=1)
     mode = counts.argmax(axis=1).astype(np.float64)
     strength = np.where(n_past > 0, counts.max(axis=1) / np.maximum(n_past, 1), 0.0)
 
     static = np.empty((n, len(_STATIC)), dtype=np.float32)
-    static[:, 0] = records.category
-    static[:, 1] = records.network_code
-    static[:, 2] = records.advice_code
-    static[:, 3] = records.funding
-    static[:, 4] = records.brand
-    static[:, 5] = records.country
-    static[:, 6] = records.currency
+    static[:, :7] = np.stack(
+        [
+            records.category,
+            records.network_code,
+            records.advice_code,
+            records.funding,
+            records.brand,
+            records.country,
+            records.currency,
+        ],
+        axis=1,
+    )
     static[:, 7] = np.log1p(records.amount_minor.astype(np.float64))
     static[:, 8] = timeutil.hour_of_day(f_local)
     static[:, 9] = timeutil.weekday(f_day)

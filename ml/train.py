@@ -37,7 +37,7 @@ class TrainConfig:
     num_threads: int = 2
     params: dict[str, Any] = field(
         default_factory=lambda: {
-            "learning_rate": 0.08,
+            "learning_rate": 0.12,
             "num_leaves": 31,
             "min_data_in_leaf": 200,
             "feature_fraction": 0.9,

@@ -205,7 +205,7 @@ class CardConfig:
     """Card life cycle used by the charge stream."""
 
     annual_change_rate: float = 0.30
-    account_updater_coverage: float = 0.5
+    account_updater_coverage: float = 0.85
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from ml import rules, taxonomy, timeutil
 from ml.baselines import FIXED_SCHEDULES, REFERENCE_SCHEDULE, fixed_planner
 from ml.engine import run_policy
 from ml.simulator.config import CAUSES, PAY_CYCLES, RETRYABLE_CAUSES, load_config
+from ml.simulator.stream import card_change_rate
 from ml.simulator.world import FUNDS, generate_failures, last_deposit
 
 
@@ -109,8 +110,6 @@ def calibration_report(
             hidden.take(funds_rec), obs.tz_offset_minutes[funds_rec], run.recovered_at[funds_rec]
         )
         after_payday = float(((run.recovered_at[funds_rec] - dep) <= 2 * timeutil.DAY).mean())
-
-    from ml.simulator.stream import card_change_rate
 
     change = card_change_rate(seed=seed, config=config, customers=3000, progress=progress)
     figures.append(Figure("cards changed per year", change, 0.25, 0.35))

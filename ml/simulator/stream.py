@@ -25,6 +25,7 @@ from ml.simulator.world import (
 )
 
 _EPOCH_MONTH = np.datetime64("2000-01", "M")
+_FUNDS_OVERSAMPLE = 2.0
 _BIN_PREFIX = {"visa": "4", "mastercard": "53", "amex": "37", "discover": "6011"}
 
 
@@ -98,7 +99,7 @@ def _merchant(seed: int, config: SimulatorConfig) -> _Merchant:
     return _Merchant(seed, customers, anchor_dom, billing_hour, change_times, updated)
 
 
-def _card(m: _Merchant, i: int, version: int, config: SimulatorConfig) -> StreamCard:
+def _card(m: _Merchant, i: int, version: int) -> StreamCard:
     c = m.customers
     brand = taxonomy.BRANDS[int(c.brand[i])]
     d = _digest(m.seed, i, version)
@@ -145,16 +146,19 @@ def _month_charges(m: _Merchant, month_index: int, config: SimulatorConfig) -> l
         window = m.updated[changed][version_prev[changed] : version_now[changed]]
         stale[changed] = not bool(np.all(window))
     fail_rate = config.stream.first_failure_rate
-    shares_credit = dict(config.causes.credit)
-    shares_debit = dict(config.causes.debit)
-    fails = rng.random(n) < fail_rate * (1.0 - shares_credit["new_card_data"])
-    fails |= stale
+    keys = [k for k in CAUSES if k != "new_card_data"]
+    # About half the low-balance draws are turned back into successes below (those close
+    # after a payday), so they are drawn twice as often to keep the §5 cause mix.
+    weight = np.array([_FUNDS_OVERSAMPLE if k == "funds" else 1.0 for k in keys])
+    p_credit = np.array([config.causes.credit[k] for k in keys]) * weight
+    p_debit = np.array([config.causes.debit[k] for k in keys]) * weight
+    funds_share = float(p_credit[0] / p_credit.sum())
+    kept = 1.0 - funds_share * (1.0 - 1.0 / _FUNDS_OVERSAMPLE)
+    draw_rate = fail_rate * (1.0 - config.causes.credit["new_card_data"]) / kept
+    fails = (rng.random(n) < draw_rate) | stale
     idx = np.flatnonzero(fails)
     cause = np.zeros(idx.size, dtype=np.int8)
     credit = c.funding[idx] == taxonomy.FUNDINGS.index("credit")
-    keys = [k for k in CAUSES if k != "new_card_data"]
-    p_credit = np.array([shares_credit[k] for k in keys])
-    p_debit = np.array([shares_debit[k] for k in keys])
     u = rng.random(idx.size)
     for j, pos in enumerate(idx):
         if stale[pos]:
@@ -196,7 +200,7 @@ def _month_charges(m: _Merchant, month_index: int, config: SimulatorConfig) -> l
                 customer_id=f"cus_{m.seed}_{i}",
                 amount_minor=int(c.amount_minor[i]),
                 currency=taxonomy.CURRENCIES[int(c.currency[i])],
-                card=_card(m, i, max(version, 0), config),
+                card=_card(m, i, max(version, 0)),
                 status="failed" if k is not None else "succeeded",
                 decline_category=None if k is None else taxonomy.CATEGORIES[int(obs.category[k])],
                 network_code=None

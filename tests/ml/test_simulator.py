@@ -128,3 +128,29 @@ def test_every_customer_has_a_payday_at_or_before_any_time() -> None:
         assert np.all(np.isfinite(dep))
         assert np.all(dep <= t)
         assert np.all(t - dep <= 40 * 86400.0)
+
+
+def test_stream_year_matches_the_population_targets() -> None:
+    charges = list(
+        stream_charges(5, datetime(2025, 1, 1, tzinfo=UTC), datetime(2026, 1, 1, tzinfo=UTC))
+    )
+    failed = [c for c in charges if c.failure is not None]
+    assert 0.07 < len(failed) / len(charges) < 0.13
+    causes = [c.failure.cause for c in failed if c.failure is not None]
+    share = {k: causes.count(k) / len(causes) for k in set(causes)}
+    assert 0.03 < share["new_card_data"] < 0.08
+    assert 0.07 < share["never"] < 0.13
+    assert 0.35 < share["funds"] < 0.50
+    cards: dict[str, set[tuple[str, int, int]]] = {}
+    for c in charges:
+        cards.setdefault(c.customer_id, set()).add(
+            (c.card.last4, c.card.exp_year, c.card.exp_month)
+        )
+    changed = np.mean([len(v) > 1 for v in cards.values()])
+    assert 0.24 < changed < 0.36
+    # A card that failed for want of new data is on file with an expiry already past, or
+    # was replaced: either way the next charge uses different card data.
+    for c in failed:
+        late = c.created >= datetime(2025, 12, 1, tzinfo=UTC)
+        if c.failure is not None and c.failure.cause == "new_card_data" and not late:
+            assert cards[c.customer_id] != {(c.card.last4, c.card.exp_year, c.card.exp_month)}
