@@ -54,6 +54,13 @@ class Settings(BaseSettings):
     default_page_size: int = 20
     max_page_size: int = 100
 
+    # Leaky bucket per API key (or client IP) in query-cost units; see resolvers/cost.py.
+    rate_limit_enabled: bool = True
+    rate_limit_capacity: int = Field(default=50_000, gt=0)
+    rate_limit_leak_per_second: float = Field(default=1_000.0, gt=0)
+    # When set, /metrics requires `Authorization: Bearer <token>`.
+    metrics_token: SecretStr | None = None
+
     db_pool_size: int = 10
     db_max_overflow: int = 10
 

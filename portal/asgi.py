@@ -11,6 +11,7 @@ from arq.connections import ArqRedis, RedisSettings
 from redis.asyncio import Redis
 from sqlalchemy import text
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
@@ -19,9 +20,12 @@ from app.clock import Clock, SystemClock
 from app.crypto import CredentialBox
 from app.db import Database
 from app.embedded import Services, resolve_services
+from app.ratelimit import BucketLimits, RedisLeakyBucket
 from app.settings import Settings, get_settings
 from app.tenancy import SYSTEM_SCOPE
 from portal.http import PortalGraphQL
+from portal.logging import RequestLogMiddleware
+from portal.metrics import metrics_endpoint
 from portal.webhooks import adyen_webhook
 from schema.root import build_schema
 
@@ -102,6 +106,11 @@ def create_app(
         app.state.arq = current.arq
         app.state.clock = current.clock
         app.state.box = CredentialBox(settings.secret_key.get_secret_value())
+        app.state.rate_limiter = RedisLeakyBucket(
+            current.redis,
+            BucketLimits(settings.rate_limit_capacity, settings.rate_limit_leak_per_second),
+            prefix="portal:ratelimit:",
+        )
         try:
             yield
         finally:
@@ -118,10 +127,13 @@ def create_app(
     )
     return Starlette(
         routes=[
-            Route("/graphql", view, methods=["GET", "POST"]),
+            # Every method reaches the view, so a refusal (405) is a coded GraphQL error too.
+            Route("/graphql", view),
             Route("/healthz", healthz),
             Route("/readyz", readyz),
+            Route("/metrics", metrics_endpoint(settings)),
             Route("/webhooks/adyen/{connection_id}", adyen_webhook, methods=["POST"]),
         ],
+        middleware=[Middleware(RequestLogMiddleware)],
         lifespan=lifespan,
     )

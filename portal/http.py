@@ -1,21 +1,54 @@
-"""The GraphQL HTTP view: bearer token -> principal -> typed context."""
+"""The GraphQL HTTP view: GraphQL-over-HTTP negotiation, auth, cost limits, then execution."""
 
-import uuid
+import contextlib
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
-import structlog
+from graphql import (
+    DocumentNode,
+    GraphQLError,
+    GraphQLSchema,
+    OperationDefinitionNode,
+    get_operation_ast,
+    parse,
+)
+from graphql.language import OperationType as AstOperationType
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
 from strawberry.http import GraphQLHTTPResponse
+from strawberry.schema import Schema
+from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
 from strawberry.types import ExecutionResult
+from strawberry.types.graphql import OperationType
 
 from app.clock import Clock
 from app.db import Database
+from app.errors import ErrorCode
+from app.ratelimit import Decision, RedisLeakyBucket
 from app.services.api_key import authenticate
 from app.settings import Settings
+from app.tenancy import Principal
+from portal import metrics
+from portal.logging import request_id_from
 from resolvers.context import Context
+from resolvers.cost import PageSizes, operation_cost
+
+logger = logging.getLogger("portal.http")
+
+GRAPHQL_RESPONSE_JSON = "application/graphql-response+json"
+APPLICATION_JSON = "application/json"
+# Request bodies must be JSON: browsers send text/plain, forms and multipart cross-origin
+# without a preflight, so accepting those would make every mutation CSRF-able.
+_BODY_TYPES = frozenset({APPLICATION_JSON, GRAPHQL_RESPONSE_JSON})
+_PARSE_CACHE_SIZE = 256
 
 
 def bearer_token(request: Request | WebSocket) -> str | None:
@@ -26,12 +59,372 @@ def bearer_token(request: Request | WebSocket) -> str | None:
     return token.strip()
 
 
+def negotiate(accept: str | None) -> str | None:
+    """The response media type for an Accept header, or None when it allows neither (406).
+
+    No header, or one matching only through wildcards, gets `application/json` (legacy
+    clients). When both are named with equal preference, the spec's own type wins.
+    """
+    if accept is None or not accept.strip():
+        return APPLICATION_JSON
+    # For each type we serve: (q, specificity) of the most specific range that matches it.
+    best: dict[str, tuple[float, int]] = {}
+    for part in accept.split(","):
+        media, *params = (p.strip() for p in part.split(";"))
+        media = media.lower()
+        q = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        for served in (GRAPHQL_RESPONSE_JSON, APPLICATION_JSON):
+            if media == served:
+                specificity = 2
+            elif media in {"application/*", "*/*"}:
+                specificity = 1 if media == "application/*" else 0
+            else:
+                continue
+            if served not in best or specificity > best[served][1]:
+                best[served] = (q, specificity)
+    # Highest q, then the most specific range; ties go to the spec's type when both are
+    # named, and to application/json when both only match a wildcard.
+    candidates = [
+        (q, spec, served == (GRAPHQL_RESPONSE_JSON if spec == 2 else APPLICATION_JSON), served)
+        for served, (q, spec) in best.items()
+        if q > 0
+    ]
+    return max(candidates)[3] if candidates else None
+
+
+@lru_cache(maxsize=_PARSE_CACHE_SIZE)
+def _parse(query: str, max_tokens: int) -> DocumentNode:
+    return parse(query, max_tokens=max_tokens)
+
+
+class Refusal(Exception):
+    """A request refused before execution, with its HTTP status and error code."""
+
+    def __init__(
+        self,
+        status: int,
+        code: ErrorCode,
+        message: str,
+        *,
+        headers: dict[str, str] | None = None,
+        extensions: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers or {}
+        self.extensions = extensions or {}
+
+
+@dataclass
+class _Params:
+    query: str
+    variables: dict[str, Any] | None
+    operation_name: str | None
+    extensions: dict[str, Any] | None
+
+
+@dataclass
+class _Outcome:
+    operation: str = "unknown"
+    extensions: dict[str, Any] = field(default_factory=dict)
+
+
 class PortalGraphQL(GraphQL[Context, None]):
-    """Strawberry's ASGI view with the portal's context."""
+    """Strawberry's ASGI view, answering HTTP per the GraphQL-over-HTTP draft.
+
+    Media types: `Accept: application/graphql-response+json` gets that type and its status
+    codes; `application/json`, `*/*` or no Accept header get `application/json` with 200 for
+    every well-formed request (the legacy behaviour the spec allows; the spec would default
+    a missing header to the new type since 2025, but existing clients rely on JSON); an
+    Accept naming neither gets 406.
+
+    Status codes with `application/graphql-response+json`: 200 when the operation executed,
+    field errors included, and also when `data` is null because a non-null field failed
+    (the spec's "partial response"). 400 for request errors, where the body has no `data`:
+    unparseable or non-object body, missing or mistyped parameters, syntax and validation
+    errors, an operation that cannot be determined, variable coercion failures, a query
+    costlier than the whole bucket. 429 with `Retry-After` when over budget, 500 when
+    something broke before execution.
+
+    Authentication: a request without a token is executed and fields needing a caller
+    answer `UNAUTHENTICATED` errors. The spec leaves authorisation to the schema during
+    execution, so that is a 200 partial response with `data: null`, not a 401. A token that
+    is presented but unknown, revoked or malformed is an HTTP-level failure: 401 with
+    `WWW-Authenticate: Bearer error="invalid_token"` for the spec type; for legacy JSON the
+    request runs unauthenticated as before.
+
+    Independent of media type: GET runs queries only (a mutation gets 405 with
+    `Allow: POST`); POST bodies must be `application/json` (or the GraphQL response type),
+    anything else is 415, so a cross-site form cannot post a mutation; batching is refused
+    with 400; other methods get 405. Every error carries `extensions.code`, and every
+    response to a GraphQL request carries `extensions.cost` when rate limiting is on.
+    """
 
     def __init__(self, *args: Any, settings: Settings, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._settings = settings
+        self._pages = PageSizes(settings.default_page_size, settings.max_page_size)
+        if not isinstance(self.schema, Schema):
+            raise TypeError("PortalGraphQL serves a strawberry.Schema")
+        # The graphql-core schema, which query costs are computed against.
+        self._graphql_schema: GraphQLSchema = self.schema._schema
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await super().__call__(scope, receive, send)
+            return
+        request = Request(scope, receive)
+        started = time.perf_counter()
+        outcome = _Outcome()
+        response = await self._serve(request, outcome)
+        request.state.graphql_operation = outcome.operation
+        metrics.observe_graphql(
+            outcome.operation, response.status_code, time.perf_counter() - started
+        )
+        await response(scope, receive, send)
+
+    async def _serve(self, request: Request, outcome: _Outcome) -> Response:
+        accept = request.headers.get("accept")
+        if request.method not in {"GET", "POST"}:
+            return self._refusal(
+                Refusal(
+                    405,
+                    ErrorCode.METHOD_NOT_ALLOWED,
+                    "GraphQL is served over GET (queries) and POST",
+                    headers={"Allow": "GET, POST"},
+                ),
+                APPLICATION_JSON,
+            )
+        if (
+            request.method == "GET"
+            and self.graphql_ide
+            and "text/html" in (accept or "")
+            and "query" not in request.query_params
+        ):
+            return await self.render_graphql_ide(request)
+        media = negotiate(accept)
+        if media is None:
+            refusal = Refusal(
+                406,
+                ErrorCode.NOT_ACCEPTABLE,
+                f"Accept must allow {GRAPHQL_RESPONSE_JSON} or {APPLICATION_JSON}",
+            )
+            return self._refusal(refusal, APPLICATION_JSON)
+        try:
+            return await self._execute(request, media, outcome)
+        except Refusal as refusal:
+            return self._refusal(refusal, media, outcome.extensions)
+
+    async def _execute(self, request: Request, media: str, outcome: _Outcome) -> Response:
+        params = await self._read_params(request)
+        document: DocumentNode | None = None
+        operation: OperationDefinitionNode | None = None
+        # A syntax error is left for Strawberry to report, shaped like every other error.
+        with contextlib.suppress(GraphQLError):
+            document = _parse(params.query, self._settings.max_tokens)
+        if document is not None:
+            operation = get_operation_ast(document, params.operation_name)
+            if operation is not None:
+                name = operation.name.value if operation.name else None
+                outcome.operation = metrics.operation_label(name)
+        if (
+            request.method == "GET"
+            and operation is not None
+            and operation.operation is not AstOperationType.QUERY
+        ):
+            raise Refusal(
+                405,
+                ErrorCode.METHOD_NOT_ALLOWED,
+                f"a {operation.operation.value} is only accepted over POST",
+                headers={"Allow": "POST"},
+            )
+
+        token = bearer_token(request)
+        state = request.app.state
+        principal = None
+        if token is not None:
+            principal = await authenticate(state.db, token, now=state.clock.now())
+            if principal is None and media == GRAPHQL_RESPONSE_JSON:
+                raise Refusal(
+                    401,
+                    ErrorCode.UNAUTHENTICATED,
+                    "the API key is unknown or revoked",
+                    headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+                )
+
+        if self._settings.rate_limit_enabled:
+            await self._charge(request, document, params, principal, outcome)
+
+        context = self._context(request, principal)
+        if document is not None and operation is None:
+            # GetOperation() must fail here; Strawberry would run the first operation instead.
+            message = (
+                f"Unknown operation named '{params.operation_name}'."
+                if params.operation_name
+                else "Must provide operation name if query contains multiple operations."
+            )
+            code = {"code": ErrorCode.GRAPHQL_VALIDATION_FAILED.value}
+            result = ExecutionResult(data=None, errors=[GraphQLError(message, extensions=code)])
+        else:
+            result = await self._run(request, params, context)
+        body = await self.process_result(request, result)
+        if outcome.extensions:
+            body["extensions"] = {**(body.get("extensions") or {}), **outcome.extensions}
+        status = 200
+        if media == GRAPHQL_RESPONSE_JSON and result.data is None:
+            status = _status_without_data(result)
+            if status != 200:
+                # A request error: the GraphQL spec says `data` is then absent.
+                body.pop("data", None)
+        return self._response(body, media, status)
+
+    async def _run(self, request: Request, params: _Params, context: Context) -> ExecutionResult:
+        allowed = {OperationType.QUERY}
+        if request.method == "POST":
+            allowed.add(OperationType.MUTATION)
+        try:
+            return await self.schema.execute(
+                params.query,
+                variable_values=params.variables,
+                context_value=context,
+                operation_name=params.operation_name,
+                allowed_operation_types=allowed,
+                operation_extensions=params.extensions,
+            )
+        except CannotGetOperationTypeError as error:
+            return ExecutionResult(data=None, errors=[GraphQLError(error.as_http_error_reason())])
+        except InvalidOperationTypeError as error:
+            raise Refusal(
+                400, ErrorCode.BAD_REQUEST, error.as_http_error_reason(request.method)
+            ) from error
+
+    async def _charge(
+        self,
+        request: Request,
+        document: DocumentNode | None,
+        params: _Params,
+        principal: Principal | None,
+        outcome: _Outcome,
+    ) -> None:
+        """Pour the operation's cost into the caller's bucket; refuse when it overflows."""
+        state = request.app.state
+        bucket: RedisLeakyBucket = state.rate_limiter
+        cost = 1
+        if document is not None:
+            cost = operation_cost(
+                self._graphql_schema, document, params.operation_name, params.variables, self._pages
+            ).total
+        if principal is not None and principal.key_id is not None:
+            key = f"key:{principal.key_id}"
+        else:
+            key = f"ip:{request.client.host if request.client else 'unknown'}"
+        clock: Clock = state.clock
+        try:
+            decision: Decision = await bucket.offer(key, cost, now=clock.now())
+        except Exception:
+            # Redis down: serving unmetered beats refusing every request.
+            logger.warning("rate limiter unavailable; request not metered", exc_info=True)
+            return
+        outcome.extensions["cost"] = decision.as_extension()
+        if decision.allowed:
+            return
+        if decision.too_costly:
+            raise Refusal(
+                400,
+                ErrorCode.QUERY_TOO_COMPLEX,
+                f"the query costs {cost}, more than the limit of {bucket.limits.capacity}; "
+                "request smaller pages or fewer fields",
+            )
+        retry = max(1, math.ceil(decision.retry_after_seconds))
+        raise Refusal(
+            429,
+            ErrorCode.RATE_LIMITED,
+            f"query cost budget exhausted; retry in {retry}s",
+            headers={"Retry-After": str(retry)},
+            extensions={"retryAfterSeconds": retry},
+        )
+
+    async def _read_params(self, request: Request) -> _Params:
+        data: Any
+        if request.method == "GET":
+            query_params = request.query_params
+            data = {key: query_params.get(key) for key in query_params}
+            for name in ("variables", "extensions"):
+                if isinstance(data.get(name), str):
+                    data[name] = _json(data[name], f"`{name}` is not valid JSON")
+        else:
+            content_type = request.headers.get("content-type", "")
+            media, *params = (p.strip().lower() for p in content_type.split(";"))
+            charset = next(
+                (p.partition("=")[2].strip('"') for p in params if p.startswith("charset=")),
+                "utf-8",
+            )
+            if media not in _BODY_TYPES or charset != "utf-8":
+                raise Refusal(
+                    415,
+                    ErrorCode.UNSUPPORTED_MEDIA_TYPE,
+                    "POST bodies must be JSON: Content-Type: application/json",
+                )
+            data = _json(await request.body(), "the body is not valid JSON")
+            if isinstance(data, list):
+                raise Refusal(400, ErrorCode.BAD_REQUEST, "batched requests are not supported")
+            if not isinstance(data, dict):
+                raise Refusal(400, ErrorCode.BAD_REQUEST, "the body must be a JSON object")
+        query = data.get("query")
+        if not isinstance(query, str):
+            raise Refusal(400, ErrorCode.BAD_REQUEST, "`query` must be a string")
+        operation_name = data.get("operationName")
+        if operation_name == "":
+            operation_name = None
+        if not isinstance(operation_name, str | None):
+            raise Refusal(400, ErrorCode.BAD_REQUEST, "`operationName` must be a string")
+        for name in ("variables", "extensions"):
+            if not isinstance(data.get(name), dict | None):
+                raise Refusal(400, ErrorCode.BAD_REQUEST, f"`{name}` must be an object")
+        return _Params(query, data.get("variables"), operation_name, data.get("extensions"))
+
+    def _refusal(
+        self, refusal: Refusal, media: str, response_extensions: dict[str, Any] | None = None
+    ) -> Response:
+        error: dict[str, Any] = {
+            "message": refusal.message,
+            "extensions": {"code": refusal.code.value, **refusal.extensions},
+        }
+        body: dict[str, Any] = {"errors": [error]}
+        if response_extensions:
+            body["extensions"] = response_extensions
+        # With legacy JSON, an over-budget request is still a well-formed request: 200.
+        status = refusal.status
+        if media == APPLICATION_JSON and refusal.code in {
+            ErrorCode.RATE_LIMITED,
+            ErrorCode.QUERY_TOO_COMPLEX,
+        }:
+            status = 200
+            body["data"] = None
+        return self._response(body, media, status, refusal.headers)
+
+    def _response(
+        self,
+        body: GraphQLHTTPResponse | dict[str, Any],
+        media: str,
+        status: int,
+        headers: dict[str, str] | None = None,
+    ) -> Response:
+        return Response(
+            self.encode_json(body),
+            status_code=status,
+            media_type=f"{media}; charset=utf-8",
+            headers=headers,
+        )
 
     async def process_result(
         self, request: Request, result: ExecutionResult
@@ -43,26 +436,50 @@ class PortalGraphQL(GraphQL[Context, None]):
             if isinstance(error, dict):
                 extensions = error.setdefault("extensions", {})
                 if isinstance(extensions, dict):
-                    extensions.setdefault("code", "GRAPHQL_VALIDATION_FAILED")
+                    extensions.setdefault("code", ErrorCode.GRAPHQL_VALIDATION_FAILED.value)
         return response
 
-    async def get_context(
-        self, request: Request | WebSocket, response: Response | WebSocket
-    ) -> Context:
+    def _context(self, request: Request | WebSocket, principal: Principal | None) -> Context:
         state = request.app.state
-        db: Database = state.db
-        clock: Clock = state.clock
-        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
-        structlog.contextvars.bind_contextvars(request_id=request_id)
-        token = bearer_token(request)
-        principal = None
-        if token is not None:
-            principal = await authenticate(db, token, now=clock.now())
+        request_id = getattr(request.state, "request_id", None) or request_id_from(
+            request.headers.get("x-request-id")
+        )
         return Context(
-            db=db,
+            db=state.db,
             principal=principal,
-            clock=clock,
+            clock=state.clock,
             settings=self._settings,
             redis=state.redis,
             request_id=request_id,
         )
+
+    async def get_context(
+        self, request: Request | WebSocket, response: Response | WebSocket
+    ) -> Context:
+        """The context for transports that reach Strawberry's own pipeline (websockets)."""
+        db: Database = request.app.state.db
+        clock: Clock = request.app.state.clock
+        token = bearer_token(request)
+        principal = None if token is None else await authenticate(db, token, now=clock.now())
+        return self._context(request, principal)
+
+
+def _json(raw: str | bytes, message: str) -> Any:
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise Refusal(400, ErrorCode.BAD_REQUEST, message) from error
+
+
+def _status_without_data(result: ExecutionResult) -> int:
+    """The spec status for a response whose `data` is null or absent."""
+    errors = result.errors or []
+    if any(error.path for error in errors):
+        return 200  # execution ran and a non-null field failed: a partial response
+    codes = {(error.extensions or {}).get("code") for error in errors}
+    if ErrorCode.INTERNAL_SERVER_ERROR.value in codes:
+        return 500
+    return 400
+
+
+__all__ = ["PortalGraphQL", "Refusal", "bearer_token", "negotiate"]

@@ -40,7 +40,7 @@ class ShapeErrors(MaskErrors):
                 if isinstance(original, PortalError):
                     code = original.code.value
                 elif original is None:
-                    code = "GRAPHQL_VALIDATION_FAILED"
+                    code = ErrorCode.GRAPHQL_VALIDATION_FAILED.value
                 else:
                     code = ErrorCode.INVALID_ARGUMENT.value
                 error.extensions = {**(error.extensions or {}), "code": code}

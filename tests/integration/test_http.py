@@ -46,7 +46,10 @@ async def test_post_query_with_bearer_token(
         headers={"Authorization": f"Bearer {token}"},
     )
     assert response.status_code == 200
-    assert response.json() == {"data": {"viewer": {"role": "MERCHANT"}}}
+    body = response.json()
+    assert body["data"] == {"viewer": {"role": "MERCHANT"}}
+    assert "errors" not in body
+    assert body["extensions"]["cost"]["requested"] > 0
 
 
 async def test_get_query_works(client: httpx.AsyncClient, db: Database, clock: FixedClock) -> None:
@@ -71,9 +74,11 @@ async def test_mutation_over_get_is_refused(
     response = await client.get(
         "/graphql", params={"query": query}, headers={"Authorization": f"Bearer {token}"}
     )
-    # Refused before execution (the GraphQL-over-HTTP status details are a later step).
-    assert response.status_code in {400, 405}
+    # Refused before execution, as GraphQL-over-HTTP requires.
+    assert response.status_code == 405
+    assert response.headers["allow"] == "POST"
     assert "mutation" in response.text.lower()
+    assert response.json()["errors"][0]["extensions"]["code"] == "METHOD_NOT_ALLOWED"
 
 
 async def test_missing_key_is_unauthenticated(client: httpx.AsyncClient) -> None:
@@ -87,7 +92,8 @@ async def test_malformed_body_is_a_4xx_not_a_500(client: httpx.AsyncClient) -> N
     response = await client.post(
         "/graphql", content=b"{not json", headers={"content-type": "application/json"}
     )
-    assert 400 <= response.status_code < 500
+    assert response.status_code == 400
+    assert response.json()["errors"][0]["extensions"]["code"] == "BAD_REQUEST"
 
 
 async def test_syntax_error_has_a_code(client: httpx.AsyncClient) -> None:

@@ -1,0 +1,160 @@
+"""/metrics: Prometheus text that parses, request and job counters, database gauges."""
+
+from collections.abc import AsyncIterator
+from datetime import timedelta
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from pydantic import SecretStr
+from redis.asyncio import Redis
+from sqlalchemy import func, select, update
+from sqlmodel import col
+
+from app.clock import FixedClock
+from app.db import Database
+from app.embedded import Services
+from app.enums import PaymentState, Role
+from app.models.ingestion import ProcessorConnection
+from app.models.payment import Payment
+from app.settings import Settings
+from app.tenancy import SYSTEM_SCOPE
+from portal import metrics
+from portal.asgi import Resources, create_app
+from tests.support.factories import make_connection, make_key, make_merchant, make_payments
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+async def _client(
+    db: Database, redis: Redis, clock: FixedClock, settings: Settings
+) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(settings, resources=Resources(db=db, redis=redis, arq=None, clock=clock))
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1"
+        ) as http,
+    ):
+        yield http
+
+
+@pytest.fixture
+async def redis(services: Services) -> AsyncIterator[Redis]:
+    client = Redis.from_url(services.redis_url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def client(
+    db: Database, redis: Redis, clock: FixedClock, settings: Settings
+) -> AsyncIterator[httpx.AsyncClient]:
+    async for http in _client(db, redis, clock, settings):
+        yield http
+
+
+async def scrape(client: httpx.AsyncClient) -> tuple[Samples, str]:
+    response = await client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
+    samples: Samples = {}
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples, response.text
+
+
+async def test_request_counts_and_latency_by_operation(
+    client: httpx.AsyncClient, db: Database, clock: FixedClock
+) -> None:
+    merchant = await make_merchant(db, "Metrics", now=clock.now())
+    token = await make_key(db, Role.MERCHANT, [merchant], now=clock.now())
+    before, _ = await scrape(client)
+    ok = ("portal_graphql_requests_total", (("operation", "MetricsProbe"), ("status", "200")))
+    bad = ("portal_graphql_requests_total", (("operation", "MetricsProbe"), ("status", "405")))
+    latency = ("portal_graphql_request_duration_seconds_count", (("operation", "MetricsProbe"),))
+    for _ in range(3):
+        await client.post(
+            "/graphql",
+            json={"query": "query MetricsProbe { viewer { role } }"},
+            headers={"authorization": f"Bearer {token}"},
+        )
+    await client.get(
+        "/graphql",
+        params={"query": "mutation MetricsProbe { __typename }"},
+        headers={"authorization": f"Bearer {token}"},
+    )
+    after, _ = await scrape(client)
+    assert after[ok] - before.get(ok, 0) == 3
+    assert after[bad] - before.get(bad, 0) == 1
+    assert after[latency] - before.get(latency, 0) == 4
+
+
+async def test_job_counter(client: httpx.AsyncClient) -> None:
+    key = ("portal_jobs_total", (("job", "metrics_probe"), ("outcome", "complete")))
+    before, _ = await scrape(client)
+    metrics.record_job("metrics_probe", "complete")
+    metrics.record_job("metrics_probe", "complete")
+    after, _ = await scrape(client)
+    assert after[key] - before.get(key, 0) == 2
+
+
+async def test_payments_by_state_and_ingestion_lag(
+    client: httpx.AsyncClient, db: Database, clock: FixedClock, settings: Settings
+) -> None:
+    merchant = await make_merchant(db, "Gauges", now=clock.now())
+    await make_payments(db, merchant, 3, now=clock.now(), state=PaymentState.SCHEDULED)
+    await make_payments(db, merchant, 2, now=clock.now(), state=PaymentState.RECOVERED)
+    polled = await make_connection(db, merchant, now=clock.now(), settings=settings)
+    fresh = await make_connection(
+        db, merchant, now=clock.now() - timedelta(minutes=5), settings=settings
+    )
+    async with db.uow(SYSTEM_SCOPE) as uow:
+        await uow.session.execute(
+            update(ProcessorConnection)
+            .where(col(ProcessorConnection.id) == polled.id)
+            .values(cursor_at=clock.now() - timedelta(seconds=90))
+        )
+        await uow.commit()
+    async with db.session(SYSTEM_SCOPE) as session:
+        by_state = select(col(Payment.state), func.count()).group_by(col(Payment.state))
+        expected = dict((await session.execute(by_state)).all())
+
+    samples, text = await scrape(client)
+    for state in PaymentState:
+        assert samples[("portal_payments", (("state", state.value),))] == expected.get(state, 0)
+    assert expected[PaymentState.SCHEDULED] >= 3
+    lag = "portal_ingestion_lag_seconds"
+    assert samples[(lag, (("connection", str(polled.id)), ("processor", "stripe")))] == 90
+    # Never read: lagging since it was created.
+    assert samples[(lag, (("connection", str(fresh.id)), ("processor", "stripe")))] == 300
+    assert samples[("portal_metrics_database_up", ())] == 1
+    # The connections' credentials never reach the output.
+    assert "sk_test_placeholder" not in text
+
+
+async def test_metrics_token(db: Database, redis: Redis, clock: FixedClock) -> None:
+    settings = Settings(environment="test", metrics_token=SecretStr("scrape-me"))
+    async for client in _client(db, redis, clock, settings):
+        assert (await client.get("/metrics")).status_code == 401
+        wrong = await client.get("/metrics", headers={"authorization": "Bearer nope"})
+        assert wrong.status_code == 401
+        right = await client.get("/metrics", headers={"authorization": "Bearer scrape-me"})
+        assert right.status_code == 200
+        assert "portal_graphql_requests" in right.text
+
+
+def test_operation_labels_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(metrics, "_seen_operations", set())
+    monkeypatch.setattr(metrics, "MAX_OPERATION_LABELS", 3)
+    assert [metrics.operation_label(f"Op{i}") for i in range(5)] == [
+        "Op0",
+        "Op1",
+        "Op2",
+        "other",
+        "other",
+    ]
+    assert metrics.operation_label("Op1") == "Op1"
+    assert metrics.operation_label(None) == "anonymous"
+    assert metrics.operation_label("x" * 65) == "other"
