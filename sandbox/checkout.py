@@ -135,11 +135,14 @@ async def list_payments(request: Request) -> Response:
     reference = params.get("reference")
     if reference:
         rows = [c for c in account.items[lo:hi] if c.reference == reference]
+        total = len(rows)
+        page = rows[skip : skip + limit]
+        repeat = rows[skip - 1] if 0 < skip <= total else None
     else:
-        rows = account.items[lo:hi]
-    total = len(rows)
-    page = rows[skip : skip + limit]
-    repeat = rows[skip - 1] if 0 < skip <= total else None
+        # Index arithmetic, not a copy of the window: pages of big histories stay cheap.
+        total = max(hi - lo, 0)
+        page = account.items[lo + skip : min(hi, lo + skip + limit)]
+        repeat = account.items[lo + skip - 1] if 0 < skip <= total else None
     page = page_effects(account, page, repeat)
     data = corrupt_page(account, [render(c, now) for c in page], corrupt_json)
     return json_response({"limit": limit, "skip": skip, "total_count": total, "data": data})
