@@ -1,7 +1,7 @@
 """/metrics: Prometheus text that parses, request and job counters, database gauges."""
 
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import httpx
 import pytest
@@ -12,18 +12,39 @@ from sqlalchemy import func, select, update
 from sqlmodel import col
 
 from app.clock import FixedClock
+from app.crypto import CredentialBox
 from app.db import Database
 from app.embedded import Services
-from app.enums import PaymentState, Role
+from app.enums import PaymentState, Processor, Role
 from app.models.ingestion import ProcessorConnection
+from app.models.merchant import Merchant
 from app.models.payment import Payment
 from app.settings import Settings
 from app.tenancy import SYSTEM_SCOPE
 from portal import metrics
 from portal.asgi import Resources, create_app
-from tests.support.factories import make_connection, make_key, make_merchant, make_payments
+from tests.support.factories import make_key, make_merchant, make_payments
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+SECRET = "sk_test_never_in_metrics"
+
+
+async def _connection(
+    db: Database, merchant: Merchant, settings: Settings, *, created_at: datetime
+) -> ProcessorConnection:
+    box = CredentialBox(settings.secret_key.get_secret_value())
+    connection = ProcessorConnection(
+        merchant_id=merchant.id,
+        kind=Processor.STRIPE,
+        name="stripe",
+        base_url="http://processor.test",
+        credentials_encrypted=box.seal({"api_key": SECRET}),
+        created_at=created_at,
+    )
+    async with db.uow(SYSTEM_SCOPE) as uow:
+        uow.session.add(connection)
+        await uow.commit()
+    return connection
 
 
 async def _client(
@@ -106,10 +127,8 @@ async def test_payments_by_state_and_ingestion_lag(
     merchant = await make_merchant(db, "Gauges", now=clock.now())
     await make_payments(db, merchant, 3, now=clock.now(), state=PaymentState.SCHEDULED)
     await make_payments(db, merchant, 2, now=clock.now(), state=PaymentState.RECOVERED)
-    polled = await make_connection(db, merchant, now=clock.now(), settings=settings)
-    fresh = await make_connection(
-        db, merchant, now=clock.now() - timedelta(minutes=5), settings=settings
-    )
+    polled = await _connection(db, merchant, settings, created_at=clock.now())
+    fresh = await _connection(db, merchant, settings, created_at=clock.now() - timedelta(minutes=5))
     async with db.uow(SYSTEM_SCOPE) as uow:
         await uow.session.execute(
             update(ProcessorConnection)
@@ -131,7 +150,7 @@ async def test_payments_by_state_and_ingestion_lag(
     assert samples[(lag, (("connection", str(fresh.id)), ("processor", "stripe")))] == 300
     assert samples[("portal_metrics_database_up", ())] == 1
     # The connections' credentials never reach the output.
-    assert "sk_test_placeholder" not in text
+    assert SECRET not in text
 
 
 async def test_metrics_token(db: Database, redis: Redis, clock: FixedClock) -> None:
