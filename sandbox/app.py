@@ -192,7 +192,7 @@ async def set_faults(request: Request) -> Response:
     if unknown:
         raise BadRequest(f"unknown fault settings: {', '.join(sorted(unknown))}")
     faults = Faults()
-    for name in ("rate_limit", "server_error", "slow", "malformed", "truncated"):
+    for name in ("rate_limit", "server_error", "slow", "malformed", "truncated", "bad_signature"):
         setattr(faults, name, _int(body, name, 0, 0, 1_000_000))
     for name in ("duplicates", "out_of_order", "writes"):
         value = body.get(name, False)

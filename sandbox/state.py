@@ -63,6 +63,8 @@ class Faults:
     slow_seconds: float = 0.0
     malformed: int = 0
     truncated: int = 0
+    # Adyen: the next N pushed batches carry signatures made with the wrong key.
+    bad_signature: int = 0
     duplicates: bool = False
     out_of_order: bool = False
     # Whether request-level faults also hit retry (write) requests, not only reads.

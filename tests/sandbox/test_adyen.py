@@ -28,11 +28,20 @@ class Receiver:
         self.refusals: list[Response] = []
         self.batches: list[dict[str, Any]] = []
         self.url = ""
+        self.verify_with: str | None = None
+        self.closed = False
 
     async def receive(self, request: Request) -> Response:
-        self.batches.append(orjson.loads(await request.body()))
+        batch = orjson.loads(await request.body())
+        self.batches.append(batch)
+        if self.closed:
+            return PlainTextResponse("unavailable", 503)
         if self.refusals:
             return self.refusals.pop(0)
+        key = self.verify_with
+        items = [i["NotificationRequestItem"] for i in batch["notificationItems"]]
+        if key is not None and not all(_signature_ok(i, key) for i in items):
+            return PlainTextResponse("bad signature", 401)
         return PlainTextResponse("[accepted]")
 
     def items(self) -> list[dict[str, Any]]:
@@ -222,3 +231,23 @@ async def test_push_faults_corrupt_and_repeat_items(
     assert "currency" not in broken[0]["amount"]
     psps = [i["pspReference"] for i in items]
     assert len(psps) > len(set(psps))
+
+
+async def test_bad_signature_fault_is_resent_correctly(
+    http: httpx.AsyncClient, make_account: AccountFactory, receiver: Receiver
+) -> None:
+    # Closed until the fault is set, so no delivery can be accepted before it.
+    receiver.closed = True
+    receiver.verify_with = KEY_HEX
+    account = await make_account(
+        "adyen", history_days=2, webhook_url=receiver.url, hmac_key_hex=KEY_HEX
+    )
+    await set_faults(http, account["account_id"], bad_signature=1)
+    receiver.closed = False
+    await _push_all(http, account["account_id"])
+    valid = [
+        all(_signature_ok(i["NotificationRequestItem"], KEY_HEX) for i in b["notificationItems"])
+        for b in receiver.batches
+    ]
+    assert valid.count(False) == 1
+    assert valid[-1] is True
