@@ -82,8 +82,9 @@ async def set_clock(request: Request) -> Response:
     except (KeyError, ValueError) as exc:
         raise BadRequest("start must be an ISO-8601 time") from exc
     speed = body.get("speed", 1.0)
-    if not isinstance(speed, int | float) or isinstance(speed, bool) or not 0 < speed <= 1e7:
-        raise BadRequest("speed must be a number in (0, 1e7]")
+    # Speed 0 freezes simulated time at start: a demo can step it by posting new starts.
+    if not isinstance(speed, int | float) or isinstance(speed, bool) or not 0 <= speed <= 1e7:
+        raise BadRequest("speed must be a number in [0, 1e7]")
     clock = sandbox_of(request).clock
     clock.accelerate(start, float(speed))
     return json_response({"now": iso(clock.now()), "speed": float(speed)})

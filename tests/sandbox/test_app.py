@@ -119,6 +119,17 @@ async def test_accelerated_clock_reveals_new_charges(local: httpx.AsyncClient) -
     assert len(await _everything(local)) > before
 
 
+async def test_frozen_clock_and_bad_speed(local: httpx.AsyncClient) -> None:
+    start = NOW + timedelta(days=1)
+    frozen = await local.post("/_sandbox/clock", json={"start": start.isoformat(), "speed": 0})
+    assert frozen.status_code == 200
+    await asyncio.sleep(0.02)
+    now = (await local.get("/_sandbox/clock")).json()["now"]
+    assert datetime.fromisoformat(now) == start
+    bad = await local.post("/_sandbox/clock", json={"start": start.isoformat(), "speed": -1})
+    assert bad.status_code == 400
+
+
 async def test_injected_clock_moves_the_sandbox() -> None:
     clock = SettableClock(NOW)
     async with _client(create_app(clock)) as client:
