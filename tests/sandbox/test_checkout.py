@@ -3,6 +3,7 @@
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.sandbox.conftest import AccountFactory, set_faults
 
@@ -129,3 +130,19 @@ async def test_duplicates_repeat_across_pages(
     dirty = (await _page(http, account, limit=20, skip=20))["data"]
     assert dirty[0] == previous[-1]
     assert dirty[1:] == clean
+
+
+@pytest.mark.parametrize("limit", [1, 7, 100])
+async def test_any_page_size_sees_each_payment_once(
+    http: httpx.AsyncClient, make_account: AccountFactory, limit: int
+) -> None:
+    account = await make_account("checkout", history_days=4, merchant_seed=22)
+    seen: list[str] = []
+    skip = 0
+    while True:
+        page = await _page(http, account, limit=limit, skip=skip)
+        if not page["data"]:
+            break
+        seen.extend(p["id"] for p in page["data"])
+        skip += limit
+    assert len(seen) == len(set(seen)) == page["total_count"] > 0

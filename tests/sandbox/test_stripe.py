@@ -297,3 +297,23 @@ async def test_ending_before_pages_towards_newer(
         headers=_auth(account),
     )
     assert both.status_code == 400
+
+
+@pytest.mark.parametrize("limit", [1, 3, 17, 100])
+async def test_any_page_size_sees_each_charge_once(
+    http: httpx.AsyncClient, make_account: AccountFactory, limit: int
+) -> None:
+    account = await make_account("stripe", history_days=6, merchant_seed=21)
+    reference = [c["id"] for c in await _all_charges(http, account)]
+    since = int(NOW.timestamp()) - 3 * 86400
+    seen: list[str] = []
+    params: dict[str, Any] = {"limit": limit, "created[gte]": since}
+    while True:
+        page = (await http.get("/stripe/v1/charges", params=params, headers=_auth(account))).json()
+        assert len(page["data"]) <= limit
+        seen.extend(c["id"] for c in page["data"])
+        if not page["has_more"]:
+            break
+        params["starting_after"] = page["data"][-1]["id"]
+    assert seen == reference[: len(seen)]
+    assert 0 < len(seen) < len(reference)
