@@ -128,9 +128,11 @@ async def call(
     processor: Processor,
     max_attempts: int = 3,
     base_delay: float = 0.2,
+    answers: frozenset[int] = frozenset({402}),
     **kwargs: Any,
 ) -> httpx.Response:
-    """One API call with bounded retries and backoff that honours rate-limit signals."""
+    """One API call with bounded retries and backoff that honours rate-limit signals.
+    Statuses in `answers` are business answers (a declined charge), returned, not raised."""
     last: TransientProcessorError | None = None
     for attempt in range(max_attempts):
         try:
@@ -153,7 +155,7 @@ async def call(
                 raise PermanentProcessorError(
                     f"{processor.value}: HTTP {status}, check credentials"
                 )
-            elif status >= 400 and status != 402:
+            elif status >= 400 and status not in answers:
                 raise PermanentProcessorError(
                     f"{processor.value}: HTTP {status}: {response.text[:200]}"
                 )

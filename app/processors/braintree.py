@@ -45,7 +45,13 @@ class BraintreeAdapter:
             str(info.credentials["public_key"]), str(info.credentials["private_key"])
         )
 
-    async def _post(self, path: str, xml: str, headers: Mapping[str, str] | None = None) -> Element:
+    async def _post(
+        self,
+        path: str,
+        xml: str,
+        headers: Mapping[str, str] | None = None,
+        answers: frozenset[int] = frozenset(),
+    ) -> Element:
         response = await call(
             self._client,
             "POST",
@@ -54,6 +60,7 @@ class BraintreeAdapter:
             content=xml.encode(),
             headers={**XML_HEADERS, **(headers or {})},
             auth=self._auth,
+            answers=answers,
         )
         return _parse(response.content)
 
@@ -114,10 +121,14 @@ class BraintreeAdapter:
             f"<custom-fields><retry-of>{escape(retry_of)}</retry-of></custom-fields>"
             "<transaction-source>recurring</transaction-source></transaction>"
         )
-        root = await self._post("/transactions", xml, {"Idempotency-Key": idempotency_key})
+        # A declined sale is a 422 <api-error-response> that carries the transaction.
+        root = await self._post(
+            "/transactions", xml, {"Idempotency-Key": idempotency_key}, answers=frozenset({422})
+        )
         transaction = root if root.tag == "transaction" else root.find("transaction")
         if transaction is None or not transaction.findtext("id"):
-            raise PermanentProcessorError("braintree: sale response has no transaction")
+            message = root.findtext("message") or "no transaction in the answer"
+            raise PermanentProcessorError(f"braintree: sale refused: {message[:200]}")
         tid = transaction.findtext("id") or ""
         approved = transaction.findtext("status") in {
             "authorized",
