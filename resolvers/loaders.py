@@ -21,6 +21,7 @@ from app.services.payment import (
 )
 from app.services.retry_policy import current_policies
 from app.tenancy import Scope
+from resolvers.retry_loaders import RetryLoaders
 
 T = TypeVar("T")
 Fetch = Callable[[AsyncSession, Sequence[uuid.UUID]], Awaitable[Mapping[uuid.UUID, T]]]
@@ -68,3 +69,4 @@ class Loaders:
         self.retry_policy_by_merchant_id: DataLoader[uuid.UUID, RetryPolicy | None] = _by_id(
             db, scope, current_policies
         )
+        self.retry = RetryLoaders(db, scope)

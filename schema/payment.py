@@ -11,6 +11,7 @@ from app.models.payment import Payment as PaymentModel
 from app.models.payment import PaymentAttempt as AttemptModel
 from app.services.payment import PaymentFilter as PaymentFilterValues
 from resolvers import payment as payment_resolvers
+from resolvers import payment_recovery as recovery_resolvers
 from resolvers.context import Context
 from resolvers.ids import encode_id
 from resolvers.pagination import Page
@@ -22,6 +23,7 @@ from schema.enums import (
     DeclineCategory,
     PaymentState,
     Processor,
+    RetryStrategy,
 )
 from schema.node import Node
 from schema.scalars import Long
@@ -79,6 +81,39 @@ class PaymentAttempt:
             actor=row.actor,
             decline=decline,
         )
+
+
+@strawberry.type(description="One state change of a payment in recovery.")
+class PaymentTransition:
+    at: datetime = strawberry.field(description="When the change happened.")
+    from_state: PaymentState = strawberry.field(description="The state before.")
+    to_state: PaymentState = strawberry.field(description="The state after (may be the same).")
+    event: str = strawberry.field(description="What happened, e.g. attempt_declined.")
+    reason: str = strawberry.field(description="Why the engine moved as it did.")
+    actor: str = strawberry.field(description="Who caused it: portal, processor, or an API key.")
+
+
+@strawberry.type(description="The latest retry decision: when, why and by which strategy.")
+class RetryDecision:
+    chosen_at: datetime = strawberry.field(description="When the decision was made.")
+    reason: str = strawberry.field(description="Why this time (and which rule moved it).")
+    strategy: RetryStrategy | None = strawberry.field(description="Fixed schedule or model.")
+
+
+@strawberry.type(description="Why a payment was or was not retried: its card's recent attempts.")
+class PaymentLedger:
+    attempts_last_24h: int = strawberry.field(
+        description="Attempts on this card at this merchant in the last 24 hours, by anyone."
+    )
+    attempts_last_30d: int = strawberry.field(
+        description="Attempts on this card at this merchant in the last 30 days, by anyone."
+    )
+    next_allowed_at: datetime | None = strawberry.field(
+        description="The earliest time the rules allow a retry; null when none is allowed."
+    )
+    blocking_rule: str | None = strawberry.field(
+        description="The rule that holds the retry back or forbids it, if one does."
+    )
 
 
 @strawberry.type(description="A merchant's customer, as the processor knows them.")
@@ -171,6 +206,44 @@ class Payment(Node):
     async def attempts(self, info: Info) -> list[PaymentAttempt]:
         rows = await payment_resolvers.attempts(info.context, self._row.id)
         return [PaymentAttempt.from_model(r) for r in rows]
+
+    @strawberry.field(description="Every state change of the recovery, oldest first.")
+    async def timeline(self, info: Info) -> list[PaymentTransition]:
+        rows = await recovery_resolvers.timeline(info.context, self._row.id)
+        return [
+            PaymentTransition(
+                at=r.at,
+                from_state=r.from_state,
+                to_state=r.to_state,
+                event=r.event,
+                reason=r.reason,
+                actor=r.actor,
+            )
+            for r in rows
+        ]
+
+    @strawberry.field(description="The latest retry decision; null before the first one.")
+    def decision(self) -> RetryDecision | None:
+        row = self._row
+        if row.decision_at is None:
+            return None
+        return RetryDecision(
+            chosen_at=row.decision_at,
+            reason=row.decision_reason or "",
+            strategy=row.decision_strategy,
+        )
+
+    @strawberry.field(description="The card-network ledger as of now: why (not) retried.")
+    async def ledger(self, info: Info) -> PaymentLedger | None:
+        view = await recovery_resolvers.ledger(info.context, self._row.id)
+        if view is None:
+            return None
+        return PaymentLedger(
+            attempts_last_24h=view.attempts_last_24h,
+            attempts_last_30d=view.attempts_last_30d,
+            next_allowed_at=view.next_allowed_at,
+            blocking_rule=view.blocking_rule,
+        )
 
     @strawberry.field(description="The customer charged.")
     async def customer(self, info: Info) -> Customer | None:

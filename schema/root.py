@@ -27,6 +27,12 @@ from schema.extensions import ShapeErrors
 from schema.merchant import Merchant, MerchantConnection
 from schema.node import Node
 from schema.payment import Card, Customer, Payment
+from schema.payment_recovery import (
+    CancelPaymentRecoveryPayload,
+    RetryPaymentNowPayload,
+    cancel_payment_recovery,
+    retry_payment_now,
+)
 from schema.retry_policy import UpdateRetryPolicyPayload, update_retry_policy
 from schema.scalars import SCALAR_MAP
 
@@ -100,6 +106,20 @@ class Mutation:
         description=(
             "Change a merchant's retry policy (support, or the merchant's own key). "
             "Adds a version and an audit entry."
+        ),
+    )
+    cancel_payment_recovery: CancelPaymentRecoveryPayload = strawberry.mutation(
+        resolver=cancel_payment_recovery,
+        description=(
+            "Stop recovering a payment (support, or the merchant's own key); refused while a "
+            "charge is in flight. Audited."
+        ),
+    )
+    retry_payment_now: RetryPaymentNowPayload = strawberry.mutation(
+        resolver=retry_payment_now,
+        description=(
+            "Schedule a payment's next retry for now (support, or the merchant's own key). The "
+            "card-network rules and the policy still apply. Audited."
         ),
     )
 

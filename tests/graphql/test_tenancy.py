@@ -172,12 +172,59 @@ async def case_update_retry_policy(w: World) -> None:
         }
 
 
+CANCEL = """mutation($id: ID!, $reason: String!) {
+  cancelPaymentRecovery(paymentId: $id, reason: $reason) {
+    payment { state timeline { event actor } } errors { code field } } }"""
+RETRY_NOW = """mutation($id: ID!, $reason: String!) {
+  retryPaymentNow(paymentId: $id, reason: $reason) {
+    payment { state nextRetryAt } errors { code field } } }"""
+
+
+async def _payment_action(w: World, name: str, query: str, state: str) -> None:
+    """Merchant: own payment yes, another's not found; partner: visible forbidden, hidden not
+    found; support: any."""
+
+    def pid(n: str) -> str:
+        return encode_id("Payment", w.payments[n].id)
+
+    not_found = {"payment": None, "errors": [{"code": "NOT_FOUND", "field": "paymentId"}]}
+    data = await _query(w, "merchant", query, id=pid("B"), reason="tenancy test")
+    assert data[name] == not_found
+    data = await _query(w, "merchant", query, id=pid("A"), reason="tenancy test")
+    assert data[name]["errors"] == []  # type: ignore[index]
+    assert data[name]["payment"]["state"] == state  # type: ignore[index]
+    result = await run(
+        w.db,
+        w.settings,
+        w.clock,
+        query,
+        token=w.tokens["partner"],
+        variables={"id": pid("B"), "reason": "tenancy test"},
+    )
+    assert codes(result) == ["FORBIDDEN"]
+    data = await _query(w, "partner", query, id=pid("C"), reason="tenancy test")
+    assert data[name] == not_found
+    for n in "BC":
+        data = await _query(w, "support", query, id=pid(n), reason="tenancy test")
+        assert data[name]["payment"]["state"] == state  # type: ignore[index]
+
+
+async def case_cancel_payment_recovery(w: World) -> None:
+    await _payment_action(w, "cancelPaymentRecovery", CANCEL, "CANCELED")
+
+
+async def case_retry_payment_now(w: World) -> None:
+    await _payment_action(w, "retryPaymentNow", RETRY_NOW, "SCHEDULED")
+
+
 TENANCY_CASES: dict[str, Callable[[World], Awaitable[None]]] = {
     "viewer": case_viewer,
     "merchants": case_merchants,
     "merchant": case_merchant,
     "node": case_node,
     "updateRetryPolicy": case_update_retry_policy,
+    "cancelPaymentRecovery": case_cancel_payment_recovery,
+    "retryPaymentNow": case_retry_payment_now,
 }
 
 
@@ -195,6 +242,10 @@ def test_every_root_field_has_a_tenancy_case(settings: Settings) -> None:
 
 
 UNAUTHENTICATED_QUERIES = {
+    "cancelPaymentRecovery": 'mutation { cancelPaymentRecovery(paymentId: "x", reason: "r") '
+    "{ errors { code } } }",
+    "retryPaymentNow": 'mutation { retryPaymentNow(paymentId: "x", reason: "r") '
+    "{ errors { code } } }",
     "viewer": "{ viewer { role } }",
     "merchants": "{ merchants { edges { cursor } } }",
     "merchant": '{ merchant(id: "x") { id } }',

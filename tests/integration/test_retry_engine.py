@@ -8,7 +8,8 @@ from sqlmodel import col, func, select
 
 from app.clock import FixedClock
 from app.db import Database
-from app.enums import Actor, AttemptOutcome, PaymentState
+from app.enums import Actor, AttemptOutcome, MerchantStatus, PaymentState
+from app.models.merchant import Merchant
 from app.models.payment import Payment
 from app.models.retry import OutboxEvent
 from app.retry.state_machine import attempt_idempotency_key
@@ -347,3 +348,31 @@ async def test_outbox_rows_commit_with_the_state(db: Database) -> None:
             .where(col(OutboxEvent.payment_id) == payment.id)
         )
     assert n == 0
+
+
+async def test_paused_merchant_holds_payments_and_resume_decides_them(db: Database) -> None:
+    [payment], _ = await _setup(db)
+    async with db.uow(SYSTEM_SCOPE) as uow:
+        merchant = await uow.session.get(Merchant, payment.merchant_id)
+        assert merchant is not None
+        merchant.status = MerchantStatus.PAUSED
+        await uow.commit()
+    await _decide(db, T0)
+    held = await reload(db, payment.id)
+    assert held.state is PaymentState.PENDING
+    assert held.next_retry_at is None
+    await _decide(db, T0 + timedelta(minutes=1))
+    assert len(await timeline(db, payment.id)) == 1  # held quietly, not re-decided each tick
+    async with db.uow(SYSTEM_SCOPE) as uow:
+        merchant = await uow.session.get(Merchant, payment.merchant_id)
+        assert merchant is not None
+        merchant.status = MerchantStatus.ACTIVE
+        await uow.commit()
+    await _decide(db, T0 + timedelta(hours=1))
+    after = await reload(db, payment.id)
+    assert after.state is PaymentState.SCHEDULED
+    assert after.next_retry_at == T0 + timedelta(days=1)
+    assert [t.event for t in await timeline(db, payment.id)][-2:] == [
+        "merchant_resumed",
+        "decision_made",
+    ]

@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import bindparam, exists, func
 from sqlalchemy.dialects.postgresql import ARRAY, BIGINT
+from sqlalchemy.orm import aliased
 from sqlmodel import col, select
 
 from app.db import UnitOfWork
@@ -20,13 +21,16 @@ from app.enums import (
     AttemptOutcome,
     ConnectionStatus,
     EndAction,
+    MerchantStatus,
     PaymentState,
     RetryStrategy,
 )
 from app.models.customer import CardCredential
 from app.models.ingestion import ProcessorConnection
+from app.models.merchant import Merchant
 from app.models.payment import Payment, PaymentAttempt
 from app.models.retry import OutboxEvent, PaymentTransition
+from app.models.retry_policy import RetryPolicy
 from app.retry.events import (
     AlertDuplicateCharge,
     ApplyEndAction,
@@ -38,6 +42,7 @@ from app.retry.events import (
     EnqueueAttempt,
     Event,
     FailureIngested,
+    MerchantResumed,
     PaidElsewhere,
     RecordAttempt,
     RecordTransition,
@@ -323,7 +328,7 @@ async def decide_pending(
         ).scalars()
     )
     if not ids:
-        return 0
+        return await _resume_held(uow, now=now, limit=limit, scheduler=scheduler)
     contexts = await load_contexts(uow.session, ids, now=now)
     started = set(
         (
@@ -347,7 +352,45 @@ async def decide_pending(
             event: DecisionMade = decide(ctx, now=now, scheduler=scheduler).to_event()
             await run_event(uow, ctx, event, now=now, scheduler=scheduler)
         ctx.payment.needs_decision = False
-    return len(ids)
+    return len(ids) + await _resume_held(uow, now=now, limit=limit, scheduler=scheduler)
+
+
+async def _resume_held(
+    uow: UnitOfWork, *, now: datetime, limit: int, scheduler: Scheduler | None
+) -> int:
+    """PENDING payments held while their merchant was paused or recovery was off, now that it
+    runs again: the core's MerchantResumed asks for a decision."""
+    current = aliased(RetryPolicy)
+    newer = aliased(RetryPolicy)
+    enabled = exists().where(
+        col(current.merchant_id) == col(Payment.merchant_id),
+        col(current.enabled),
+        ~exists().where(
+            col(newer.merchant_id) == col(current.merchant_id),
+            col(newer.version) > col(current.version),
+        ),
+    )
+    ids = list(
+        (
+            await uow.session.execute(
+                select(col(Payment.id))
+                .join(Merchant, col(Merchant.id) == col(Payment.merchant_id))
+                .where(
+                    col(Payment.state) == PaymentState.PENDING,
+                    ~col(Payment.needs_decision),
+                    col(Merchant.status) == MerchantStatus.ACTIVE,
+                    enabled,
+                )
+                .order_by(col(Payment.first_failed_at))
+                .limit(limit)
+                .with_for_update(of=Payment, skip_locked=True)
+            )
+        ).scalars()
+    )
+    contexts = await load_contexts(uow.session, ids, now=now)
+    for ctx in contexts.values():
+        await run_event(uow, ctx, MerchantResumed(), now=now, scheduler=scheduler)
+    return len(contexts)
 
 
 def lock_key(kind: str, *parts: object) -> int:

@@ -1,0 +1,38 @@
+"""Per-request dataloaders of the retry engine's read models: timelines and ledgers."""
+
+import uuid
+from datetime import datetime
+
+from strawberry.dataloader import DataLoader
+
+from app.db import Database
+from app.models.retry import PaymentTransition
+from app.retry.rules import LedgerView
+from app.services.retry.views import ledger_views, transitions_by_payment_ids
+from app.tenancy import Scope
+
+LedgerKey = tuple[uuid.UUID, datetime]
+
+
+class RetryLoaders:
+    """Timelines by payment, and ledgers by (payment, as-of time), each batch one session."""
+
+    def __init__(self, db: Database, scope: Scope) -> None:
+        async def timelines(keys: list[uuid.UUID]) -> list[list[PaymentTransition]]:
+            async with db.session(scope) as session:
+                found = await transitions_by_payment_ids(session, keys)
+            return [found.get(k, []) for k in keys]
+
+        async def ledgers(keys: list[LedgerKey]) -> list[LedgerView | None]:
+            # One request reads one clock; a batch is computed as of its latest time.
+            now = max(k[1] for k in keys)
+            async with db.session(scope) as session:
+                found = await ledger_views(session, [k[0] for k in keys], now=now)
+            return [found.get(k[0]) for k in keys]
+
+        self.transitions_by_payment_id: DataLoader[uuid.UUID, list[PaymentTransition]] = DataLoader(
+            load_fn=timelines
+        )
+        self.ledger_by_payment_id: DataLoader[LedgerKey, LedgerView | None] = DataLoader(
+            load_fn=ledgers
+        )

@@ -1,0 +1,146 @@
+"""Payment.timeline, Payment.decision, Payment.ledger and the recovery mutations."""
+
+from datetime import timedelta
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from app.clock import FixedClock
+from app.db import Database
+from app.enums import Role
+from app.services.retry.engine import decide_pending
+from app.settings import Settings
+from app.tenancy import SYSTEM_SCOPE
+from resolvers.ids import encode_id
+from tests.graphql.test_query_count import count_statements
+from tests.support.factories import make_key, make_merchant, make_payments
+from tests.support.graphql import run
+from tests.support.retry import ingest, make_connection, stripe_charge
+
+PAGE = """query($id: ID!, $first: Int!) { merchant(id: $id) { payments(first: $first) {
+  edges { node { id state nextRetryAt
+    decision { chosenAt reason strategy }
+    ledger { attemptsLast24h attemptsLast30d nextAllowedAt blockingRule }
+    timeline { at fromState toState event reason actor } } } } } }"""
+
+PAYMENT = """query($id: ID!) { node(id: $id) { ... on Payment { state nextRetryAt
+  decision { chosenAt reason strategy }
+  ledger { attemptsLast24h attemptsLast30d nextAllowedAt blockingRule }
+  timeline { fromState toState event actor } } } }"""
+
+RETRY_NOW = """mutation($id: ID!, $reason: String!) {
+  retryPaymentNow(paymentId: $id, reason: $reason) {
+    payment { state nextRetryAt } explanation errors { code field message } } }"""
+
+CANCEL = """mutation($id: ID!, $reason: String!) {
+  cancelPaymentRecovery(paymentId: $id, reason: $reason) {
+    payment { state nextRetryAt timeline { event actor } } errors { code field } } }"""
+
+
+async def _decided_payment(db: Database, clock: FixedClock) -> tuple[str, str]:
+    merchant = await make_merchant(db, "Recovery view", now=clock.now())
+    connection = await make_connection(db, merchant, clock.now())
+    [payment] = await ingest(
+        db, connection, [stripe_charge("ch_view", created=clock.now())], clock.now()
+    )
+    async with db.uow(SYSTEM_SCOPE) as uow:
+        await decide_pending(uow, now=clock.now())
+        await uow.commit()
+    token = await make_key(db, Role.MERCHANT, [merchant], now=clock.now())
+    return token, encode_id("Payment", payment.id)
+
+
+async def test_decision_ledger_and_timeline(
+    db: Database, settings: Settings, clock: FixedClock
+) -> None:
+    token, pid = await _decided_payment(db, clock)
+    result = await run(db, settings, clock, PAYMENT, token=token, variables={"id": pid})
+    assert result.errors is None, result.errors
+    assert result.data is not None
+    node = result.data["node"]
+    assert node["state"] == "SCHEDULED"
+    assert node["decision"]["strategy"] == "FIXED_SCHEDULE"
+    assert "day 1" in node["decision"]["reason"]
+    assert node["decision"]["chosenAt"] == clock.now().isoformat()
+    # The first failure is the one attempt on the card; min spacing holds the next retry.
+    assert node["ledger"]["attemptsLast24h"] == 1
+    assert node["ledger"]["attemptsLast30d"] == 1
+    assert node["ledger"]["blockingRule"] == "min_spacing"
+    assert node["ledger"]["nextAllowedAt"] == (clock.now() + timedelta(days=1)).isoformat()
+    assert [(t["event"], t["toState"]) for t in node["timeline"]] == [
+        ("failure_ingested", "PENDING"),
+        ("decision_made", "SCHEDULED"),
+    ]
+
+
+async def test_retry_now_keeps_the_rules_and_cancel_ends_recovery(
+    db: Database, settings: Settings, clock: FixedClock
+) -> None:
+    token, pid = await _decided_payment(db, clock)
+    result = await run(
+        db, settings, clock, RETRY_NOW, token=token, variables={"id": pid, "reason": "asked"}
+    )
+    assert result.errors is None, result.errors
+    assert result.data is not None
+    payload = result.data["retryPaymentNow"]
+    assert payload["errors"] == []
+    assert payload["payment"]["state"] == "SCHEDULED"
+    # Min spacing after the first failure still applies: "now" becomes a day later.
+    assert payload["payment"]["nextRetryAt"] == (clock.now() + timedelta(days=1)).isoformat()
+    assert "min_spacing" in payload["explanation"]
+    blank = await run(
+        db, settings, clock, RETRY_NOW, token=token, variables={"id": pid, "reason": " "}
+    )
+    assert blank.data is not None
+    assert blank.data["retryPaymentNow"]["errors"][0]["code"] == "INVALID"
+
+    result = await run(
+        db, settings, clock, CANCEL, token=token, variables={"id": pid, "reason": "customer left"}
+    )
+    assert result.data is not None
+    payload = result.data["cancelPaymentRecovery"]
+    assert payload["errors"] == []
+    assert payload["payment"]["state"] == "CANCELED"
+    assert payload["payment"]["nextRetryAt"] is None
+    assert payload["payment"]["timeline"][-1] == {
+        "event": "recovery_canceled",
+        "actor": "api_key:test",
+    }
+    again = await run(
+        db, settings, clock, CANCEL, token=token, variables={"id": pid, "reason": "twice"}
+    )
+    assert again.data is not None
+    assert again.data["cancelPaymentRecovery"]["errors"] == [
+        {"code": "INVALID_STATE", "field": "paymentId"}
+    ]
+    retry = await run(
+        db, settings, clock, RETRY_NOW, token=token, variables={"id": pid, "reason": "again"}
+    )
+    assert retry.data is not None
+    assert retry.data["retryPaymentNow"]["errors"][0]["code"] == "INVALID_STATE"
+
+
+async def test_recovery_fields_cost_the_same_statements_for_1_or_50_rows(
+    connection: AsyncConnection, db: Database, settings: Settings, clock: FixedClock
+) -> None:
+    merchant = await make_merchant(db, "Counting recovery", now=clock.now())
+    await make_payments(db, merchant, 50, now=clock.now(), attempts_each=2)
+    token = await make_key(db, Role.MERCHANT, [merchant], now=clock.now())
+    await run(db, settings, clock, "{ viewer { role } }", token=token)
+    counts = {}
+    for first in (1, 50):
+        with count_statements(connection) as statements:
+            result = await run(
+                db,
+                settings,
+                clock,
+                PAGE,
+                token=token,
+                variables={"id": encode_id("Merchant", merchant.id), "first": first},
+            )
+        assert result.errors is None, result.errors
+        assert result.data is not None
+        edges = result.data["merchant"]["payments"]["edges"]
+        assert len(edges) == first
+        assert all(e["node"]["ledger"] is not None for e in edges)
+        counts[first] = [s for s in statements if "SAVEPOINT" not in s]
+    assert len(counts[1]) == len(counts[50]), "\n".join(s[:70] for s in counts[50])
