@@ -49,6 +49,8 @@ APPLICATION_JSON = "application/json"
 # without a preflight, so accepting those would make every mutation CSRF-able.
 _BODY_TYPES = frozenset({APPLICATION_JSON, GRAPHQL_RESPONSE_JSON})
 _PARSE_CACHE_SIZE = 256
+# The token limit bounds the document, not the variables: bound the whole body too.
+MAX_BODY_BYTES = 1_048_576
 
 
 def bearer_token(request: Request | WebSocket) -> str | None:
@@ -152,8 +154,9 @@ class PortalGraphQL(GraphQL[Context, None]):
     (the spec's "partial response"). 400 for request errors, where the body has no `data`:
     unparseable or non-object body, missing or mistyped parameters, syntax and validation
     errors, an operation that cannot be determined, variable coercion failures, a query
-    costlier than the whole bucket. 429 with `Retry-After` when over budget, 500 when
-    something broke before execution.
+    costlier than the whole bucket. 413 for a body over `MAX_BODY_BYTES`. 429 with
+    `Retry-After` when over budget (legacy JSON: 200 with the same `RATE_LIMITED` error and
+    `data: null`). 500 when something broke outside field resolution.
 
     Authentication: a request without a token is executed and fields needing a caller
     answer `UNAUTHENTICATED` errors. The spec leaves authorisation to the schema during
@@ -185,7 +188,14 @@ class PortalGraphQL(GraphQL[Context, None]):
         request = Request(scope, receive)
         started = time.perf_counter()
         outcome = _Outcome()
-        response = await self._serve(request, outcome)
+        try:
+            response = await self._serve(request, outcome)
+        except Exception:
+            # Still a GraphQL-shaped answer with a code, never a bare text/plain 500.
+            logger.exception("GraphQL request failed before producing a result")
+            failure = Refusal(500, ErrorCode.INTERNAL_SERVER_ERROR, "Internal server error")
+            media = negotiate(request.headers.get("accept")) or APPLICATION_JSON
+            response = self._refusal(failure, media)
         request.state.graphql_operation = outcome.operation
         metrics.observe_graphql(
             outcome.operation, response.status_code, time.perf_counter() - started
@@ -374,7 +384,7 @@ class PortalGraphQL(GraphQL[Context, None]):
                     ErrorCode.UNSUPPORTED_MEDIA_TYPE,
                     "POST bodies must be JSON: Content-Type: application/json",
                 )
-            data = _json(await request.body(), "the body is not valid JSON")
+            data = _json(await _read_body(request), "the body is not valid JSON")
             if isinstance(data, list):
                 raise Refusal(400, ErrorCode.BAD_REQUEST, "batched requests are not supported")
             if not isinstance(data, dict):
@@ -462,6 +472,19 @@ class PortalGraphQL(GraphQL[Context, None]):
         token = bearer_token(request)
         principal = None if token is None else await authenticate(db, token, now=clock.now())
         return self._context(request, principal)
+
+
+async def _read_body(request: Request) -> bytes:
+    too_large = Refusal(413, ErrorCode.BAD_REQUEST, f"the body exceeds {MAX_BODY_BYTES} bytes")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise too_large
+    body = bytearray()
+    async for chunk in request.stream():
+        body.extend(chunk)
+        if len(body) > MAX_BODY_BYTES:
+            raise too_large
+    return bytes(body)
 
 
 def _json(raw: str | bytes, message: str) -> Any:

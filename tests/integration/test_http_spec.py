@@ -16,8 +16,9 @@ from app.db import Database
 from app.embedded import Services
 from app.enums import Role
 from app.settings import Settings
+from portal import http as http_view
 from portal.asgi import Resources, create_app
-from portal.http import negotiate
+from portal.http import MAX_BODY_BYTES, negotiate
 from portal.logging import REDACTED, configure_logging, redact_secrets
 from tests.support.factories import make_key, make_merchant
 
@@ -157,6 +158,13 @@ async def test_invalid_parameters_are_400(client: httpx.AsyncClient, body: Any) 
         assert codes(response) == ["BAD_REQUEST"]
 
 
+async def test_oversized_body_is_413(client: httpx.AsyncClient) -> None:
+    body = {"query": VIEWER, "variables": {"blob": "x" * (MAX_BODY_BYTES + 1)}}
+    response = await post(client, body)
+    assert response.status_code == 413
+    assert codes(response) == ["BAD_REQUEST"]
+
+
 async def test_batching_is_refused(client: httpx.AsyncClient) -> None:
     response = await post(client, [{"query": VIEWER}, {"query": VIEWER}])
     assert response.status_code == 400
@@ -240,6 +248,19 @@ async def test_invalid_key_is_401_with_the_spec_type(client: httpx.AsyncClient) 
     legacy = await post(client, {"query": VIEWER}, accept=JSON, token="rp_not-a-real-key")
     assert legacy.status_code == 200
     assert codes(legacy) == ["UNAUTHENTICATED"]
+
+
+async def test_failure_outside_resolvers_is_a_coded_500(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(*_: Any, **__: Any) -> None:
+        raise ConnectionError("database unreachable")
+
+    monkeypatch.setattr(http_view, "authenticate", broken)
+    response = await post(client, {"query": VIEWER}, token="rp_whatever-key-value")
+    assert response.status_code == 500
+    assert codes(response) == ["INTERNAL_SERVER_ERROR"]
+    assert "unreachable" not in response.text
 
 
 # -- methods and content types ---------------------------------------------------------
