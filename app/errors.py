@@ -35,6 +35,68 @@ class UpdateRetryPolicyErrorCode(StrEnum):
     INVALID = ErrorCode.INVALID.value
 
 
+class ConnectProcessorErrorCode(StrEnum):
+    """Why `connectProcessor` refused a connection."""
+
+    NOT_FOUND = ErrorCode.NOT_FOUND.value
+    INVALID = ErrorCode.INVALID.value
+
+
+class SyncProcessorConnectionErrorCode(StrEnum):
+    """Why `syncProcessorConnection` queued no poll."""
+
+    NOT_FOUND = ErrorCode.NOT_FOUND.value
+    INVALID = ErrorCode.INVALID.value
+
+
+class PauseProcessorConnectionErrorCode(StrEnum):
+    """Why `pauseProcessorConnection` refused."""
+
+    NOT_FOUND = ErrorCode.NOT_FOUND.value
+    INVALID = ErrorCode.INVALID.value
+
+
+class ResumeProcessorConnectionErrorCode(StrEnum):
+    """Why `resumeProcessorConnection` refused."""
+
+    NOT_FOUND = ErrorCode.NOT_FOUND.value
+    INVALID = ErrorCode.INVALID.value
+
+
+class CreateApiKeyErrorCode(StrEnum):
+    """Why `createApiKey` refused a key."""
+
+    NOT_FOUND = ErrorCode.NOT_FOUND.value
+    INVALID = ErrorCode.INVALID.value
+
+
+class RevokeApiKeyErrorCode(StrEnum):
+    """Why `revokeApiKey` refused."""
+
+    NOT_FOUND = ErrorCode.NOT_FOUND.value
+    INVALID = ErrorCode.INVALID.value
+
+
+class CreateMerchantErrorCode(StrEnum):
+    """Why `createMerchant` refused a merchant."""
+
+    INVALID = ErrorCode.INVALID.value
+
+
+class PauseMerchantRecoveryErrorCode(StrEnum):
+    """Why `pauseMerchantRecovery` refused."""
+
+    NOT_FOUND = ErrorCode.NOT_FOUND.value
+    INVALID = ErrorCode.INVALID.value
+
+
+class ResumeMerchantRecoveryErrorCode(StrEnum):
+    """Why `resumeMerchantRecovery` refused."""
+
+    NOT_FOUND = ErrorCode.NOT_FOUND.value
+    INVALID = ErrorCode.INVALID.value
+
+
 class CancelPaymentRecoveryErrorCode(StrEnum):
     """Why `cancelPaymentRecovery` refused."""
 

@@ -3,6 +3,9 @@
 from dataclasses import dataclass, field
 from typing import Any
 
+from arq.connections import ArqRedis
+from redis.asyncio import Redis
+
 from app.clock import Clock
 from app.db import Database
 from app.errors import Unauthenticated
@@ -21,12 +24,26 @@ class Context:
     settings: Settings
     redis: Any = None
     request_id: str | None = None
+    arq: ArqRedis | None = None
     _loaders: Loaders | None = field(default=None, init=False, repr=False)
 
     def require_principal(self) -> Principal:
         if self.principal is None:
             raise Unauthenticated("send a valid API key as 'Authorization: Bearer <token>'")
         return self.principal
+
+    def job_queue(self) -> ArqRedis:
+        """The arq client jobs are enqueued on."""
+        if self.arq is not None:
+            return self.arq
+        if isinstance(self.redis, ArqRedis):
+            return self.redis
+        if isinstance(self.redis, Redis):
+            # arq's client is a Redis subclass: share the plain client's pool rather than
+            # require every context builder to pass both.
+            self.arq = ArqRedis(pool_or_conn=self.redis.connection_pool)
+            return self.arq
+        raise RuntimeError("no Redis client in the request context; jobs cannot be queued")
 
     @property
     def loaders(self) -> Loaders:

@@ -8,7 +8,7 @@ from datetime import datetime
 
 from app.errors import InvalidCursor, InvalidId
 
-NODE_TYPES = frozenset({"Merchant", "Payment", "Customer", "Card"})
+NODE_TYPES = frozenset({"Merchant", "Payment", "Customer", "Card", "ProcessorConnection", "ApiKey"})
 
 
 def _b64encode(raw: str) -> str:

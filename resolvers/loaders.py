@@ -1,17 +1,29 @@
 """Per-request dataloaders, each batch in its own short session bound to the caller's scope."""
 
 import uuid
+from collections import defaultdict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import TypeVar
+from datetime import datetime
+from typing import Protocol, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession
 from strawberry.dataloader import DataLoader
 
 from app.db import Database
+from app.models.api_key import ApiKey
+from app.models.audit import AuditLog
 from app.models.customer import CardCredential, Customer
+from app.models.ingestion import ProcessorConnection
 from app.models.merchant import Merchant
 from app.models.payment import Payment, PaymentAttempt
 from app.models.retry_policy import RetryPolicy
+from app.services.api_key import api_keys_by_ids, grants_by_api_key_ids
+from app.services.audit import entries_by_merchant_ids
+from app.services.connection import (
+    connections_by_ids,
+    connections_by_merchant_ids,
+    payment_counts,
+)
 from app.services.merchant import merchants_by_ids
 from app.services.payment import (
     attempts_by_payment_ids,
@@ -32,6 +44,50 @@ def _by_id(db: Database, scope: Scope, fetch: Fetch[T]) -> DataLoader[uuid.UUID,
         async with db.session(scope) as session:
             found = await fetch(session, keys)
         return [found.get(k) for k in keys]
+
+    return DataLoader(load_fn=load)
+
+
+def _count_by_id(db: Database, scope: Scope, fetch: Fetch[int]) -> DataLoader[uuid.UUID, int]:
+    async def load(keys: list[uuid.UUID]) -> list[int]:
+        async with db.session(scope) as session:
+            found = await fetch(session, keys)
+        return [found.get(k, 0) for k in keys]
+
+    return DataLoader(load_fn=load)
+
+
+Keyset = tuple[datetime, uuid.UUID]
+# A parent's id with the page asked of its nested list: (parent id, page size, after).
+PageKey = tuple[uuid.UUID, int, Keyset | None]
+
+
+class PageFetch(Protocol[T]):
+    def __call__(
+        self,
+        session: AsyncSession,
+        parent_ids: Sequence[uuid.UUID],
+        /,
+        *,
+        first: int,
+        before_key: Keyset | None,
+    ) -> Awaitable[Mapping[uuid.UUID, list[T]]]: ...
+
+
+def _pages(db: Database, scope: Scope, fetch: PageFetch[T]) -> DataLoader[PageKey, list[T]]:
+    """Nested pages of many parents in one query per distinct (size, after), usually one."""
+
+    async def load(keys: list[PageKey]) -> list[list[T]]:
+        groups: dict[tuple[int, Keyset | None], list[uuid.UUID]] = defaultdict(list)
+        for parent_id, size, after in keys:
+            groups[(size, after)].append(parent_id)
+        found: dict[PageKey, list[T]] = {}
+        async with db.session(scope) as session:
+            for (size, after), parent_ids in groups.items():
+                rows = await fetch(session, parent_ids, first=size, before_key=after)
+                for parent_id in parent_ids:
+                    found[(parent_id, size, after)] = rows.get(parent_id, [])
+        return [found[k] for k in keys]
 
     return DataLoader(load_fn=load)
 
@@ -70,3 +126,21 @@ class Loaders:
             db, scope, current_policies
         )
         self.retry = RetryLoaders(db, scope)
+        self.processor_connection_by_id: DataLoader[uuid.UUID, ProcessorConnection | None] = _by_id(
+            db, scope, connections_by_ids
+        )
+        self.processor_connections_by_merchant_id: DataLoader[
+            uuid.UUID, list[ProcessorConnection]
+        ] = _many_by_id(db, scope, connections_by_merchant_ids)
+        self.payment_count_by_connection_id: DataLoader[uuid.UUID, int] = _count_by_id(
+            db, scope, payment_counts
+        )
+        self.api_key_by_id: DataLoader[uuid.UUID, ApiKey | None] = _by_id(
+            db, scope, api_keys_by_ids
+        )
+        self.merchant_ids_by_api_key_id: DataLoader[uuid.UUID, list[uuid.UUID]] = _many_by_id(
+            db, scope, grants_by_api_key_ids
+        )
+        self.audit_page_by_merchant_id: DataLoader[PageKey, list[AuditLog]] = _pages(
+            db, scope, entries_by_merchant_ids
+        )

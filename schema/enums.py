@@ -7,6 +7,7 @@ from app.enums import (
     Advice,
     AttemptOutcome,
     CardFunding,
+    ConnectionStatus,
     DeclineCategory,
     EndAction,
     MerchantStatus,
@@ -15,7 +16,18 @@ from app.enums import (
     RetryStrategy,
     Role,
 )
-from app.errors import UpdateRetryPolicyErrorCode
+from app.errors import (
+    ConnectProcessorErrorCode,
+    CreateApiKeyErrorCode,
+    CreateMerchantErrorCode,
+    PauseMerchantRecoveryErrorCode,
+    PauseProcessorConnectionErrorCode,
+    ResumeMerchantRecoveryErrorCode,
+    ResumeProcessorConnectionErrorCode,
+    RevokeApiKeyErrorCode,
+    SyncProcessorConnectionErrorCode,
+    UpdateRetryPolicyErrorCode,
+)
 
 # strawberry.enum registers the class itself, so the API and the core share one type.
 for _cls, _description in (
@@ -31,6 +43,16 @@ for _cls, _description in (
     (EndAction, "What happens when the retry window ends unrecovered."),
     (MerchantStatus, "Whether a merchant's recovery runs."),
     (UpdateRetryPolicyErrorCode, "Why updateRetryPolicy refused a change."),
+    (ConnectionStatus, "Whether a processor connection is polled."),
+    (ConnectProcessorErrorCode, "Why connectProcessor refused a connection."),
+    (SyncProcessorConnectionErrorCode, "Why syncProcessorConnection queued no poll."),
+    (PauseProcessorConnectionErrorCode, "Why pauseProcessorConnection refused."),
+    (ResumeProcessorConnectionErrorCode, "Why resumeProcessorConnection refused."),
+    (CreateApiKeyErrorCode, "Why createApiKey refused a key."),
+    (RevokeApiKeyErrorCode, "Why revokeApiKey refused."),
+    (CreateMerchantErrorCode, "Why createMerchant refused a merchant."),
+    (PauseMerchantRecoveryErrorCode, "Why pauseMerchantRecovery refused."),
+    (ResumeMerchantRecoveryErrorCode, "Why resumeMerchantRecovery refused."),
 ):
     strawberry.enum(_cls, description=_description)
 
@@ -39,12 +61,22 @@ __all__ = [
     "Advice",
     "AttemptOutcome",
     "CardFunding",
+    "ConnectProcessorErrorCode",
+    "ConnectionStatus",
+    "CreateApiKeyErrorCode",
+    "CreateMerchantErrorCode",
     "DeclineCategory",
     "EndAction",
     "MerchantStatus",
+    "PauseMerchantRecoveryErrorCode",
+    "PauseProcessorConnectionErrorCode",
     "PaymentState",
     "Processor",
+    "ResumeMerchantRecoveryErrorCode",
+    "ResumeProcessorConnectionErrorCode",
     "RetryStrategy",
+    "RevokeApiKeyErrorCode",
     "Role",
+    "SyncProcessorConnectionErrorCode",
     "UpdateRetryPolicyErrorCode",
 ]

@@ -6,11 +6,15 @@ from typing import Annotated, Self
 import strawberry
 
 from app.models.merchant import Merchant as MerchantModel
+from resolvers import audit as audit_resolvers
+from resolvers import connection as connection_resolvers
 from resolvers import payment as payment_resolvers
 from resolvers import retry_policy as policy_resolvers
 from resolvers.context import Context
 from resolvers.ids import encode_id
 from resolvers.pagination import Page
+from schema.audit import AuditEntryConnection
+from schema.connection import ProcessorConnection
 from schema.enums import MerchantStatus
 from schema.node import Node
 from schema.payment import PageInfo, PaymentConnection, PaymentFilter
@@ -56,6 +60,23 @@ class Merchant(Node):
     async def retry_policy(self, info: Info) -> RetryPolicy | None:
         row = await policy_resolvers.current(info.context, self._row.id)
         return None if row is None else RetryPolicy.from_model(row)
+
+    @strawberry.field(description="The processor accounts payments are read from, oldest first.")
+    async def processor_connections(self, info: Info) -> list[ProcessorConnection]:
+        rows = await connection_resolvers.for_merchant(info.context, self._row.id)
+        return [ProcessorConnection.from_model(c) for c in rows]
+
+    @strawberry.field(description="Every configuration change, newest first.")
+    async def audit_log(
+        self,
+        info: Info,
+        first: Annotated[int | None, strawberry.argument(description="Page size, 1-100.")] = None,
+        after: Annotated[str | None, strawberry.argument(description="Cursor to follow.")] = None,
+    ) -> AuditEntryConnection:
+        page = await audit_resolvers.audit_page(
+            info.context, merchant_id=self._row.id, first=first, after=after
+        )
+        return AuditEntryConnection.from_page(page)
 
 
 @strawberry.type(description="A merchant and its cursor.")

@@ -14,17 +14,47 @@ from strawberry.extensions import (
 )
 from strawberry.schema.config import StrawberryConfig
 
+from app.models.api_key import ApiKey as ApiKeyModel
 from app.models.customer import CardCredential as CardModel
 from app.models.customer import Customer as CustomerModel
+from app.models.ingestion import ProcessorConnection as ConnectionModel
 from app.models.merchant import Merchant as MerchantModel
 from app.models.payment import Payment as PaymentModel
 from app.settings import Settings
 from resolvers import merchant as merchant_resolvers
 from resolvers import node as node_resolvers
 from resolvers.context import Context
+from schema.api_key import (
+    ApiKey,
+    ApiKeyConnection,
+    CreateApiKeyPayload,
+    RevokeApiKeyPayload,
+    api_keys,
+    create_api_key,
+    revoke_api_key,
+)
+from schema.connection import (
+    ConnectProcessorPayload,
+    PauseProcessorConnectionPayload,
+    ProcessorConnection,
+    ResumeProcessorConnectionPayload,
+    SyncProcessorConnectionPayload,
+    connect_processor,
+    pause_processor_connection,
+    resume_processor_connection,
+    sync_processor_connection,
+)
 from schema.enums import Role
 from schema.extensions import ShapeErrors
 from schema.merchant import Merchant, MerchantConnection
+from schema.merchant_admin import (
+    CreateMerchantPayload,
+    PauseMerchantRecoveryPayload,
+    ResumeMerchantRecoveryPayload,
+    create_merchant,
+    pause_merchant_recovery,
+    resume_merchant_recovery,
+)
 from schema.node import Node
 from schema.payment import Card, Customer, Payment
 from schema.payment_recovery import (
@@ -96,7 +126,19 @@ class Query:
             return Customer.from_model(row)
         if isinstance(row, CardModel):
             return Card.from_model(row)
+        if isinstance(row, ConnectionModel):
+            return ProcessorConnection.from_model(row)
+        if isinstance(row, ApiKeyModel):
+            return ApiKey.from_model(row)
         return None
+
+    api_keys: ApiKeyConnection = strawberry.field(
+        resolver=api_keys,
+        description=(
+            "API keys, newest first: support sees every key; other keys see the keys whose "
+            "every granted merchant they may see."
+        ),
+    )
 
 
 @strawberry.type(description="Entry points for changing configuration.")
@@ -122,6 +164,54 @@ class Mutation:
             "card-network rules and the policy still apply. Audited."
         ),
     )
+    connect_processor: ConnectProcessorPayload = strawberry.mutation(
+        resolver=connect_processor,
+        description=(
+            "Connect a merchant to a processor account (support, or the merchant's own key). "
+            "Credentials are stored encrypted and never returned. Audited."
+        ),
+    )
+    sync_processor_connection: SyncProcessorConnectionPayload = strawberry.mutation(
+        resolver=sync_processor_connection,
+        description="Queue a poll of an active connection now (support, or the merchant's key).",
+    )
+    pause_processor_connection: PauseProcessorConnectionPayload = strawberry.mutation(
+        resolver=pause_processor_connection,
+        description="Stop polling a connection (support, or the merchant's own key). Audited.",
+    )
+    resume_processor_connection: ResumeProcessorConnectionPayload = strawberry.mutation(
+        resolver=resume_processor_connection,
+        description=(
+            "Poll a paused or failed connection again (support, or the merchant's own key). "
+            "Audited."
+        ),
+    )
+    create_api_key: CreateApiKeyPayload = strawberry.mutation(
+        resolver=create_api_key,
+        description=(
+            "Create an API key; the token is returned once. Support may create any key; a "
+            "merchant key only merchant keys for its own merchant. Audited."
+        ),
+    )
+    revoke_api_key: RevokeApiKeyPayload = strawberry.mutation(
+        resolver=revoke_api_key,
+        description=(
+            "Revoke an API key the caller can see (support, or a merchant key for its "
+            "merchant's keys). Audited."
+        ),
+    )
+    create_merchant: CreateMerchantPayload = strawberry.mutation(
+        resolver=create_merchant,
+        description="Add a merchant with the default retry policy (support only). Audited.",
+    )
+    pause_merchant_recovery: PauseMerchantRecoveryPayload = strawberry.mutation(
+        resolver=pause_merchant_recovery,
+        description="Stop a merchant's recovery (support only). Audited.",
+    )
+    resume_merchant_recovery: ResumeMerchantRecoveryPayload = strawberry.mutation(
+        resolver=resume_merchant_recovery,
+        description="Restart a merchant's recovery (support only). Audited.",
+    )
 
 
 def build_schema(settings: Settings) -> strawberry.Schema:
@@ -133,7 +223,7 @@ def build_schema(settings: Settings) -> strawberry.Schema:
     return strawberry.Schema(
         query=Query,
         mutation=Mutation,
-        types=[Merchant, Payment, Customer, Card],
+        types=[Merchant, Payment, Customer, Card, ProcessorConnection, ApiKey],
         config=StrawberryConfig(
             disable_field_suggestions=settings.environment == "production",
             scalar_map=SCALAR_MAP,

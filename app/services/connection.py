@@ -1,11 +1,14 @@
-"""Processor connections: create (credentials sealed), open for use, record poll outcomes."""
+"""Processor connections: create (credentials sealed), pause, resume, open for use, list."""
 
 import uuid
-from collections.abc import Mapping
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
+from sqlalchemy import func
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
 
 from app.crypto import CredentialBox
@@ -14,6 +17,7 @@ from app.enums import ConnectionStatus, Processor
 from app.errors import Forbidden, NotFound, ValidationFailed
 from app.models.ingestion import ProcessorConnection
 from app.models.merchant import Merchant
+from app.models.payment import Payment
 from app.processors.base import ConnectionInfo
 from app.processors.registry import REQUIRED_CREDENTIALS
 from app.services import audit
@@ -50,6 +54,11 @@ async def create_connection(
         problems.append(("credentials", f"{kind.value} needs {', '.join(missing)}"))
     if kind in {Processor.BRAINTREE, Processor.ADYEN} and not account_ref:
         problems.append(("accountRef", f"{kind.value} needs the account id at the processor"))
+    problems += _length_problems(base_url=base_url, name=name, account_ref=account_ref)
+    # Messages name the offending keys only: a credential value never reaches an error.
+    empty = sorted(k for k in REQUIRED_CREDENTIALS[kind] & set(credentials) if not credentials[k])
+    if empty:
+        problems.append(("credentials", f"empty value for {', '.join(empty)}"))
     if problems:
         raise ValidationFailed(problems)
     connection = ProcessorConnection(
@@ -76,6 +85,125 @@ async def create_connection(
         now=now,
     )
     return connection
+
+
+_MAX_LENGTHS = {"baseUrl": 500, "name": 200, "accountRef": 255}
+
+
+def _length_problems(
+    *, base_url: str, name: str | None, account_ref: str | None
+) -> list[tuple[str, str]]:
+    values = {"baseUrl": base_url, "name": name, "accountRef": account_ref}
+    return [
+        (field, f"must be at most {limit} characters")
+        for field, limit in _MAX_LENGTHS.items()
+        if (value := values[field]) is not None and len(value) > limit
+    ]
+
+
+async def _configurable(
+    uow: UnitOfWork, principal: Principal, connection_id: uuid.UUID
+) -> ProcessorConnection:
+    """The connection, locked, if visible and the caller may configure its merchant."""
+    connection = (
+        await uow.session.execute(
+            select(ProcessorConnection)
+            .where(col(ProcessorConnection.id) == connection_id)
+            .with_for_update()
+        )
+    ).scalar_one_or_none()
+    if connection is None:
+        raise NotFound("processor connection not found", field="id")
+    if not principal.may_configure(connection.merchant_id):
+        raise Forbidden("this key may not change the merchant's configuration")
+    return connection
+
+
+async def set_connection_status(
+    uow: UnitOfWork,
+    *,
+    principal: Principal,
+    connection_id: uuid.UUID,
+    status: ConnectionStatus,
+    reason: str,
+    now: datetime,
+) -> ProcessorConnection:
+    """Pause a connection, or resume one (paused or failed), audited; setting the status it
+    already has changes nothing and is not logged."""
+    if status is ConnectionStatus.ERROR:
+        raise ValueError("the error status is set by polling, not by a caller")
+    connection = await _configurable(uow, principal, connection_id)
+    reason = audit.clean_reason(reason)
+    if connection.status is status:
+        return connection
+    before = {"status": connection.status.value}
+    connection.status = status
+    audit.record(
+        uow,
+        principal=principal,
+        merchant_id=connection.merchant_id,
+        action=(
+            "processor_connection.pause"
+            if status is ConnectionStatus.PAUSED
+            else "processor_connection.resume"
+        ),
+        entity_type="processor_connection",
+        entity_id=str(connection.id),
+        before=before,
+        after={"status": status.value},
+        reason=reason,
+        now=now,
+    )
+    await uow.session.flush()
+    return connection
+
+
+async def pollable_connection(
+    uow: UnitOfWork, *, principal: Principal, connection_id: uuid.UUID
+) -> ProcessorConnection:
+    """A connection the caller may have polled now: active, of a processor with a list API."""
+    connection = await _configurable(uow, principal, connection_id)
+    if connection.kind is Processor.ADYEN:
+        raise ValidationFailed([("id", "adyen connections receive webhooks; nothing to poll")])
+    if connection.status is not ConnectionStatus.ACTIVE:
+        raise ValidationFailed(
+            [("id", f"the connection is {connection.status.value}; resume it first")]
+        )
+    return connection
+
+
+async def connections_by_ids(
+    session: AsyncSession, ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, ProcessorConnection]:
+    rows = await session.execute(
+        select(ProcessorConnection).where(col(ProcessorConnection.id).in_(ids))
+    )
+    return {c.id: c for c in rows.scalars()}
+
+
+async def connections_by_merchant_ids(
+    session: AsyncSession, ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, list[ProcessorConnection]]:
+    """Each merchant's connections, oldest first."""
+    rows = await session.execute(
+        select(ProcessorConnection)
+        .where(col(ProcessorConnection.merchant_id).in_(ids))
+        .order_by(col(ProcessorConnection.created_at), col(ProcessorConnection.id))
+    )
+    grouped: dict[uuid.UUID, list[ProcessorConnection]] = defaultdict(list)
+    for connection in rows.scalars():
+        grouped[connection.merchant_id].append(connection)
+    return grouped
+
+
+async def payment_counts(session: AsyncSession, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, int]:
+    """How many payments each connection has ingested, in one grouped query."""
+    rows = await session.execute(
+        select(col(Payment.connection_id), func.count())
+        .where(col(Payment.connection_id).in_(ids))
+        .group_by(col(Payment.connection_id))
+    )
+    return {cid: count for cid, count in rows if cid is not None}
 
 
 def connection_info(connection: ProcessorConnection, box: CredentialBox) -> ConnectionInfo:

@@ -1,4 +1,4 @@
-"""Merchants: create (with a default retry policy), list and load within a scope."""
+"""Merchants: create (with a default retry policy), pause or resume recovery, list and load."""
 
 import uuid
 from collections.abc import Sequence
@@ -9,7 +9,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
 
 from app.db import UnitOfWork
-from app.errors import InvalidArgument
+from app.enums import MerchantStatus, Role
+from app.errors import Forbidden, InvalidArgument, NotFound
 from app.models.merchant import Merchant
 from app.services import audit
 from app.services.retry_policy import create_default_policy
@@ -19,7 +20,9 @@ from app.tenancy import Principal
 async def create_merchant(
     uow: UnitOfWork, *, name: str, principal: Principal, now: datetime
 ) -> Merchant:
-    """A new merchant with the default retry policy as version 1, audited."""
+    """A new merchant with the default retry policy as version 1, audited (support only)."""
+    if principal.role is not Role.SUPPORT:
+        raise Forbidden("only support may create merchants")
     name = name.strip()
     if not name or len(name) > 200:
         raise InvalidArgument("name must be 1-200 characters", field="name")
@@ -58,3 +61,44 @@ async def merchants_by_ids(
 ) -> dict[uuid.UUID, Merchant]:
     rows = (await session.execute(select(Merchant).where(col(Merchant.id).in_(ids)))).scalars()
     return {m.id: m for m in rows}
+
+
+async def set_recovery_status(
+    uow: UnitOfWork,
+    *,
+    principal: Principal,
+    merchant_id: uuid.UUID,
+    status: MerchantStatus,
+    reason: str,
+    now: datetime,
+) -> Merchant:
+    """Pause or resume a merchant's recovery (support only), audited; setting the status it
+    already has changes nothing and is not logged."""
+    merchant = (
+        await uow.session.execute(
+            select(Merchant).where(col(Merchant.id) == merchant_id).with_for_update()
+        )
+    ).scalar_one_or_none()
+    if merchant is None:
+        raise NotFound("merchant not found", field="merchantId")
+    if principal.role is not Role.SUPPORT:
+        raise Forbidden("only support may pause or resume a merchant's recovery")
+    reason = audit.clean_reason(reason)
+    if merchant.status is status:
+        return merchant
+    before = {"status": merchant.status.value}
+    merchant.status = status
+    audit.record(
+        uow,
+        principal=principal,
+        merchant_id=merchant.id,
+        action="merchant.pause" if status is MerchantStatus.PAUSED else "merchant.resume",
+        entity_type="merchant",
+        entity_id=str(merchant.id),
+        before=before,
+        after={"status": status.value},
+        reason=reason,
+        now=now,
+    )
+    await uow.session.flush()
+    return merchant

@@ -1,7 +1,9 @@
 """Tenancy matrix: every root field, for merchant, partner and support keys (and none)."""
 
-from collections.abc import Awaitable, Callable
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 from sqlalchemy import update
@@ -9,14 +11,18 @@ from sqlmodel import col, select
 
 from app.clock import FixedClock
 from app.db import Database
+from app.embedded import Services
 from app.enums import Role
+from app.models.audit import AuditLog
+from app.models.ingestion import ProcessorConnection
 from app.models.merchant import Merchant
 from app.models.payment import Payment
 from app.settings import Settings
 from app.tenancy import Scope
 from resolvers.ids import encode_id
-from tests.support.factories import make_key, make_merchant, make_payments
+from tests.support.factories import key_id, make_connection, make_key, make_merchant, make_payments
 from tests.support.graphql import codes, run, schema_for
+from tests.support.queue import discard_polls, job_queue
 
 
 @dataclass
@@ -28,20 +34,46 @@ class World:
     payments: dict[str, Payment]
     tokens: dict[str, str]
     visible: dict[str, set[str]]
+    connections: dict[str, ProcessorConnection]
+    key_ids: dict[str, uuid.UUID]
+    queue: Any
 
 
 @pytest.fixture
-async def world(db: Database, settings: Settings, clock: FixedClock) -> World:
+async def world(
+    db: Database, settings: Settings, clock: FixedClock, services: Services
+) -> AsyncIterator[World]:
     now = clock.now()
     merchants = {n: await make_merchant(db, f"Tenant {n}", now=now) for n in "ABC"}
     payments = {n: (await make_payments(db, m, 1, now=now))[0] for n, m in merchants.items()}
+    connections = {
+        n: await make_connection(db, m, now=now, settings=settings) for n, m in merchants.items()
+    }
     tokens = {
         "merchant": await make_key(db, Role.MERCHANT, [merchants["A"]], now=now),
         "partner": await make_key(db, Role.PARTNER, [merchants["A"], merchants["B"]], now=now),
         "support": await make_key(db, Role.SUPPORT, [], now=now),
+        # Seen by support only: another tenant's key.
+        "merchant_c": await make_key(db, Role.MERCHANT, [merchants["C"]], now=now),
     }
+    key_ids = {name: await key_id(db, token) for name, token in tokens.items()}
     visible = {"merchant": {"A"}, "partner": {"A", "B"}, "support": {"A", "B", "C"}}
-    return World(db, settings, clock, merchants, payments, tokens, visible)
+    async with job_queue(services) as queue:
+        try:
+            yield World(
+                db,
+                settings,
+                clock,
+                merchants,
+                payments,
+                tokens,
+                visible,
+                connections,
+                key_ids,
+                queue,
+            )
+        finally:
+            await discard_polls(queue, [c.id for c in connections.values()])
 
 
 ROLES = ("merchant", "partner", "support")
@@ -55,6 +87,7 @@ async def _query(w: World, role: str | None, query: str, **variables: object) ->
         query,
         token=None if role is None else w.tokens[role],
         variables=variables,
+        redis=w.queue,
     )
     assert result.errors is None, result.errors
     assert result.data is not None
@@ -93,7 +126,8 @@ async def case_merchants(w: World) -> None:
 
 async def case_merchant(w: World) -> None:
     query = """query($id: ID!) { merchant(id: $id) { id name
-        retryPolicy { version } payments(first: 100) { edges { node { id } } } } }"""
+        retryPolicy { version } payments(first: 100) { edges { node { id } } }
+        processorConnections { id } auditLog(first: 100) { edges { node { action } } } } }"""
     for role in ROLES:
         for name, merchant in w.merchants.items():
             data = await _query(w, role, query, id=encode_id("Merchant", merchant.id))
@@ -104,6 +138,10 @@ async def case_merchant(w: World) -> None:
                 ids = [e["node"]["id"] for e in found["payments"]["edges"]]
                 assert ids == [encode_id("Payment", w.payments[name].id)]
                 assert found["retryPolicy"] == {"version": 1}
+                connection_id = encode_id("ProcessorConnection", w.connections[name].id)
+                assert found["processorConnections"] == [{"id": connection_id}]
+                actions = [e["node"]["action"] for e in found["auditLog"]["edges"]]
+                assert sorted(actions) == ["merchant.create", "processor_connection.create"]
             else:
                 assert found is None
 
@@ -118,6 +156,7 @@ async def case_node(w: World) -> None:
                 "Payment": encode_id("Payment", payment.id),
                 "Customer": encode_id("Customer", payment.customer_id),
                 "Card": encode_id("Card", payment.card_id),  # type: ignore[arg-type]
+                "ProcessorConnection": encode_id("ProcessorConnection", w.connections[name].id),
             }
             for type_name, global_id in ids.items():
                 data = await _query(w, role, query, id=global_id)
@@ -125,6 +164,23 @@ async def case_node(w: World) -> None:
                     assert data["node"] == {"id": global_id, "__typename": type_name}
                 else:
                     assert data["node"] is None, (role, name, type_name)
+    # API keys: visible when every merchant they grant is (support: all).
+    for role in ROLES:
+        for key_name, key in w.key_ids.items():
+            global_id = encode_id("ApiKey", key)
+            data = await _query(w, role, query, id=global_id)
+            if key_name in VISIBLE_KEYS[role]:
+                assert data["node"] == {"id": global_id, "__typename": "ApiKey"}
+            else:
+                assert data["node"] is None, (role, key_name)
+
+
+# Which of the world's keys each role's key may see.
+VISIBLE_KEYS = {
+    "merchant": {"merchant"},
+    "partner": {"merchant", "partner"},
+    "support": {"merchant", "partner", "support", "merchant_c"},
+}
 
 
 UPDATE = """mutation($input: UpdateRetryPolicyInput!) { updateRetryPolicy(input: $input) {
@@ -170,6 +226,204 @@ async def case_update_retry_policy(w: World) -> None:
             "retryPolicy": {"version": 2, "maxAttempts": 5},
             "errors": [],
         }
+
+
+async def case_api_keys(w: World) -> None:
+    query = "{ apiKeys(first: 100) { edges { node { id merchants { id } } } } }"
+    names = {encode_id("ApiKey", k): n for n, k in w.key_ids.items()}
+    for role in ROLES:
+        data = await _query(w, role, query)
+        edges = data["apiKeys"]["edges"]  # type: ignore[index]
+        assert {names[e["node"]["id"]] for e in edges} == VISIBLE_KEYS[role]
+        for edge in edges:
+            granted = _names(w, [m["id"] for m in edge["node"]["merchants"]])
+            assert granted <= w.visible[role]
+
+
+def _errors(data: dict[str, object], field: str) -> object:
+    payload = data[field]
+    assert isinstance(payload, dict)
+    return payload["errors"]
+
+
+async def _forbidden(w: World, role: str, query: str, **variables: object) -> None:
+    result = await run(
+        w.db,
+        w.settings,
+        w.clock,
+        query,
+        token=w.tokens[role],
+        variables=variables,
+        redis=w.queue,
+    )
+    assert codes(result) == ["FORBIDDEN"], result
+
+
+CONNECT = """mutation($input: ConnectProcessorInput!) { connectProcessor(input: $input) {
+  processorConnection { id kind } errors { code field } } }"""
+
+
+async def case_connect_processor(w: World) -> None:
+    def payload(name: str) -> dict[str, object]:
+        return {
+            "merchantId": encode_id("Merchant", w.merchants[name].id),
+            "kind": "STRIPE",
+            "credentials": {"api_key": "sk_test_tenancy"},
+            "baseUrl": "http://stripe.test",
+        }
+
+    not_found = [{"code": "NOT_FOUND", "field": "merchantId"}]
+    data = await _query(w, "merchant", CONNECT, input=payload("B"))
+    assert _errors(data, "connectProcessor") == not_found
+    data = await _query(w, "merchant", CONNECT, input=payload("A"))
+    assert data["connectProcessor"]["processorConnection"]["kind"] == "STRIPE"  # type: ignore[index]
+    await _forbidden(w, "partner", CONNECT, input=payload("B"))
+    data = await _query(w, "partner", CONNECT, input=payload("C"))
+    assert _errors(data, "connectProcessor") == not_found
+    data = await _query(w, "support", CONNECT, input=payload("C"))
+    assert _errors(data, "connectProcessor") == []
+
+
+async def _connection_matrix(
+    w: World, field: str, query: str, ok: Callable[[dict[str, Any]], None], **extra: object
+) -> None:
+    """Merchant: own connection yes, another's not found; partner: visible forbidden, hidden
+    not found; support: any."""
+
+    def cid(name: str) -> str:
+        return encode_id("ProcessorConnection", w.connections[name].id)
+
+    not_found = [{"code": "NOT_FOUND", "field": "id"}]
+    data = await _query(w, "merchant", query, id=cid("B"), **extra)
+    assert _errors(data, field) == not_found
+    data = await _query(w, "merchant", query, id=cid("A"), **extra)
+    ok(data[field])  # type: ignore[arg-type]
+    await _forbidden(w, "partner", query, id=cid("B"), **extra)
+    data = await _query(w, "partner", query, id=cid("C"), **extra)
+    assert _errors(data, field) == not_found
+    data = await _query(w, "support", query, id=cid("C"), **extra)
+    ok(data[field])  # type: ignore[arg-type]
+
+
+async def case_sync_processor_connection(w: World) -> None:
+    query = """mutation($id: ID!) { syncProcessorConnection(id: $id) {
+      processorConnection { id } queued errors { code field } } }"""
+
+    def ok(payload: dict[str, Any]) -> None:
+        assert payload["errors"] == []
+        assert payload["queued"] is True
+
+    await _connection_matrix(w, "syncProcessorConnection", query, ok)
+
+
+async def case_pause_processor_connection(w: World) -> None:
+    query = """mutation($id: ID!, $reason: String!) { pauseProcessorConnection(id: $id,
+      reason: $reason) { processorConnection { status } errors { code field } } }"""
+
+    def ok(payload: dict[str, Any]) -> None:
+        assert payload == {"processorConnection": {"status": "PAUSED"}, "errors": []}
+
+    await _connection_matrix(w, "pauseProcessorConnection", query, ok, reason="tenancy")
+
+
+async def case_resume_processor_connection(w: World) -> None:
+    query = """mutation($id: ID!, $reason: String!) { resumeProcessorConnection(id: $id,
+      reason: $reason) { processorConnection { status } errors { code field } } }"""
+
+    def ok(payload: dict[str, Any]) -> None:
+        assert payload == {"processorConnection": {"status": "ACTIVE"}, "errors": []}
+
+    await _connection_matrix(w, "resumeProcessorConnection", query, ok, reason="tenancy")
+
+
+CREATE_KEY = """mutation($input: CreateApiKeyInput!) { createApiKey(input: $input) {
+  apiKey { role } token errors { code field } } }"""
+
+
+async def case_create_api_key(w: World) -> None:
+    def payload(role: str, *names: str) -> dict[str, object]:
+        ids = [encode_id("Merchant", w.merchants[n].id) for n in names]
+        return {"role": role, "merchantIds": ids, "name": "tenancy"}
+
+    data = await _query(w, "merchant", CREATE_KEY, input=payload("MERCHANT", "B"))
+    assert data["createApiKey"] == {
+        "apiKey": None,
+        "token": None,
+        "errors": [{"code": "NOT_FOUND", "field": "merchantIds"}],
+    }
+    data = await _query(w, "merchant", CREATE_KEY, input=payload("MERCHANT", "A"))
+    assert data["createApiKey"]["apiKey"] == {"role": "MERCHANT"}  # type: ignore[index]
+    await _forbidden(w, "merchant", CREATE_KEY, input=payload("PARTNER", "A"))
+    await _forbidden(w, "partner", CREATE_KEY, input=payload("MERCHANT", "A"))
+    await _forbidden(w, "partner", CREATE_KEY, input=payload("MERCHANT", "C"))
+    data = await _query(w, "support", CREATE_KEY, input=payload("PARTNER", "B", "C"))
+    assert data["createApiKey"]["apiKey"] == {"role": "PARTNER"}  # type: ignore[index]
+
+
+async def case_revoke_api_key(w: World) -> None:
+    query = """mutation($id: ID!) { revokeApiKey(id: $id, reason: "tenancy") {
+      apiKey { revokedAt } errors { code field } } }"""
+    now = w.clock.now()
+    keys = {
+        n: encode_id(
+            "ApiKey",
+            await key_id(w.db, await make_key(w.db, Role.MERCHANT, [w.merchants[n]], now=now)),
+        )
+        for n in "ABC"
+    }
+    not_found = [{"code": "NOT_FOUND", "field": "id"}]
+    data = await _query(w, "merchant", query, id=keys["B"])
+    assert _errors(data, "revokeApiKey") == not_found
+    data = await _query(w, "merchant", query, id=keys["A"])
+    assert data["revokeApiKey"]["apiKey"]["revokedAt"] is not None  # type: ignore[index]
+    await _forbidden(w, "partner", query, id=keys["B"])
+    data = await _query(w, "partner", query, id=keys["C"])
+    assert _errors(data, "revokeApiKey") == not_found
+    data = await _query(w, "support", query, id=keys["C"])
+    assert _errors(data, "revokeApiKey") == []
+
+
+async def case_create_merchant(w: World) -> None:
+    query = """mutation { createMerchant(input: {name: "New"}) {
+      merchant { name } errors { code } } }"""
+
+    async def count() -> int:
+        async with w.db.session(Scope(merchant_ids=None)) as s:
+            return len((await s.execute(select(Merchant))).scalars().all())
+
+    before = await count()
+    await _forbidden(w, "merchant", query)
+    await _forbidden(w, "partner", query)
+    assert await count() == before
+    data = await _query(w, "support", query)
+    assert data["createMerchant"] == {"merchant": {"name": "New"}, "errors": []}
+    assert await count() == before + 1
+
+
+async def _recovery_matrix(w: World, field: str, status: str) -> None:
+    query = f"""mutation($id: ID!) {{ {field}(merchantId: $id, reason: "tenancy") {{
+      merchant {{ status }} errors {{ code field }} }} }}"""
+
+    def mid(name: str) -> str:
+        return encode_id("Merchant", w.merchants[name].id)
+
+    not_found = [{"code": "NOT_FOUND", "field": "merchantId"}]
+    await _forbidden(w, "merchant", query, id=mid("A"))
+    data = await _query(w, "merchant", query, id=mid("B"))
+    assert _errors(data, field) == not_found
+    await _forbidden(w, "partner", query, id=mid("B"))
+    data = await _query(w, "partner", query, id=mid("C"))
+    assert _errors(data, field) == not_found
+    data = await _query(w, "support", query, id=mid("C"))
+    assert data[field] == {"merchant": {"status": status}, "errors": []}
+
+
+async def case_pause_merchant_recovery(w: World) -> None:
+    await _recovery_matrix(w, "pauseMerchantRecovery", "PAUSED")
+
+
+async def case_resume_merchant_recovery(w: World) -> None:
+    await _recovery_matrix(w, "resumeMerchantRecovery", "ACTIVE")
 
 
 CANCEL = """mutation($id: ID!, $reason: String!) {
@@ -225,6 +479,16 @@ TENANCY_CASES: dict[str, Callable[[World], Awaitable[None]]] = {
     "updateRetryPolicy": case_update_retry_policy,
     "cancelPaymentRecovery": case_cancel_payment_recovery,
     "retryPaymentNow": case_retry_payment_now,
+    "apiKeys": case_api_keys,
+    "connectProcessor": case_connect_processor,
+    "syncProcessorConnection": case_sync_processor_connection,
+    "pauseProcessorConnection": case_pause_processor_connection,
+    "resumeProcessorConnection": case_resume_processor_connection,
+    "createApiKey": case_create_api_key,
+    "revokeApiKey": case_revoke_api_key,
+    "createMerchant": case_create_merchant,
+    "pauseMerchantRecovery": case_pause_merchant_recovery,
+    "resumeMerchantRecovery": case_resume_merchant_recovery,
 }
 
 
@@ -252,6 +516,22 @@ UNAUTHENTICATED_QUERIES = {
     "node": '{ node(id: "x") { id } }',
     "updateRetryPolicy": 'mutation { updateRetryPolicy(input: {merchantId: "x", '
     'expectedVersion: 1, reason: "r", maxAttempts: 3}) { errors { code } } }',
+    "apiKeys": "{ apiKeys { edges { cursor } } }",
+    "connectProcessor": 'mutation { connectProcessor(input: {merchantId: "x", kind: STRIPE, '
+    'credentials: {api_key: "k"}, baseUrl: "http://p.test"}) { errors { code } } }',
+    "syncProcessorConnection": 'mutation { syncProcessorConnection(id: "x") { queued } }',
+    "pauseProcessorConnection": 'mutation { pauseProcessorConnection(id: "x", reason: "r") '
+    "{ errors { code } } }",
+    "resumeProcessorConnection": 'mutation { resumeProcessorConnection(id: "x", reason: "r") '
+    "{ errors { code } } }",
+    "createApiKey": 'mutation { createApiKey(input: {role: MERCHANT, merchantIds: ["x"], '
+    'name: "n"}) { token } }',
+    "revokeApiKey": 'mutation { revokeApiKey(id: "x", reason: "r") { errors { code } } }',
+    "createMerchant": 'mutation { createMerchant(input: {name: "n"}) { errors { code } } }',
+    "pauseMerchantRecovery": 'mutation { pauseMerchantRecovery(merchantId: "x", reason: "r") '
+    "{ errors { code } } }",
+    "resumeMerchantRecovery": 'mutation { resumeMerchantRecovery(merchantId: "x", reason: "r") '
+    "{ errors { code } } }",
 }
 
 
@@ -297,3 +577,24 @@ async def test_scoped_session_hides_other_tenants_rows(world: World) -> None:
         assert changed.rowcount == 0  # type: ignore[attr-defined]
         merchants = (await uow.session.execute(select(Merchant))).scalars().all()
         assert {m.id for m in merchants} == {world.merchants["A"].id}
+
+
+async def test_scoped_session_never_sees_audit_entries_without_a_merchant(world: World) -> None:
+    """A support key's creation is logged under no merchant: only unrestricted sessions see it."""
+    data = await _query(
+        world,
+        "support",
+        CREATE_KEY,
+        input={"role": "SUPPORT", "merchantIds": [], "name": "second support"},
+    )
+    assert data["createApiKey"]["errors"] == []  # type: ignore[index]
+    query = select(AuditLog).where(col(AuditLog.action) == "api_key.create")
+    async with world.db.session(Scope(merchant_ids=None)) as s:
+        [entry] = (await s.execute(query)).scalars().all()
+    assert entry.merchant_id is None
+    everyone = frozenset(m.id for m in world.merchants.values())
+    async with world.db.session(Scope(merchant_ids=everyone)) as s:
+        assert (await s.execute(query)).scalars().all() == []
+        rows = (await s.execute(select(AuditLog))).scalars().all()
+    assert rows
+    assert all(r.merchant_id in everyone for r in rows)

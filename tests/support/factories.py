@@ -3,6 +3,9 @@
 import uuid
 from datetime import datetime, timedelta
 
+from sqlmodel import col, select
+
+from app.crypto import CredentialBox
 from app.db import Database
 from app.enums import (
     Actor,
@@ -14,11 +17,15 @@ from app.enums import (
     Processor,
     Role,
 )
+from app.models.api_key import ApiKey
 from app.models.customer import CardCredential, Customer
+from app.models.ingestion import ProcessorConnection
 from app.models.merchant import Merchant
 from app.models.payment import Payment, PaymentAttempt
-from app.services.api_key import create_api_key
+from app.services.api_key import create_api_key, hash_token
+from app.services.connection import create_connection
 from app.services.merchant import create_merchant
+from app.settings import Settings
 from app.tenancy import SYSTEM_SCOPE, system_principal
 
 
@@ -40,6 +47,40 @@ async def make_key(
     return token
 
 
+async def key_id(db: Database, token: str) -> uuid.UUID:
+    """The id of the key a token belongs to."""
+    async with db.session(SYSTEM_SCOPE) as session:
+        found = await session.execute(
+            select(ApiKey.id).where(col(ApiKey.token_hash) == hash_token(token))
+        )
+        return found.scalar_one()
+
+
+async def make_connection(
+    db: Database,
+    merchant: Merchant,
+    *,
+    now: datetime,
+    settings: Settings,
+    kind: Processor = Processor.STRIPE,
+) -> ProcessorConnection:
+    """A connection with placeholder credentials, sealed with the settings' key."""
+    async with db.uow(SYSTEM_SCOPE) as uow:
+        connection = await create_connection(
+            uow,
+            principal=system_principal(),
+            merchant_id=merchant.id,
+            kind=kind,
+            base_url="http://processor.test",
+            credentials={"api_key": "sk_test_placeholder", "hmac_key_hex": "00"},
+            box=CredentialBox(settings.secret_key.get_secret_value()),
+            now=now,
+            account_ref="acct_test",
+        )
+        await uow.commit()
+    return connection
+
+
 async def make_payments(
     db: Database,
     merchant: Merchant,
@@ -50,6 +91,7 @@ async def make_payments(
     state: PaymentState = PaymentState.SCHEDULED,
     processor: Processor = Processor.STRIPE,
     category: DeclineCategory = DeclineCategory.INSUFFICIENT_FUNDS,
+    connection: ProcessorConnection | None = None,
 ) -> list[Payment]:
     """`count` payments, failed one minute apart (the newest at `now`), each with attempts."""
     created: list[Payment] = []
@@ -97,6 +139,7 @@ async def make_payments(
                 state=state,
                 next_retry_at=now + timedelta(days=1) if state is PaymentState.SCHEDULED else None,
                 attempt_count=attempts_each,
+                connection_id=None if connection is None else connection.id,
                 created_at=now,
                 updated_at=now,
             )

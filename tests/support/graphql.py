@@ -29,9 +29,10 @@ async def run(
     *,
     token: str | None,
     variables: dict[str, Any] | None = None,
+    redis: Any = None,
 ) -> ExecutionResult:
     principal = None if token is None else await authenticate(db, token, now=clock.now())
-    context = Context(db=db, principal=principal, clock=clock, settings=settings)
+    context = Context(db=db, principal=principal, clock=clock, settings=settings, redis=redis)
     result: ExecutionResult = await schema_for(settings).execute(
         query, variable_values=variables, context_value=context
     )

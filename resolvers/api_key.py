@@ -1,0 +1,55 @@
+"""Listing, creating and revoking API keys for the API."""
+
+import uuid
+
+from app.enums import Role
+from app.models.api_key import ApiKey
+from app.models.merchant import Merchant
+from app.services.api_key import issue_api_key, list_api_keys, revoke_api_key
+from resolvers.context import Context
+from resolvers.ids import decode_id
+from resolvers.pagination import Page, after_key, make_page, page_size
+
+
+async def api_keys_page(ctx: Context, *, first: int | None, after: str | None) -> Page[ApiKey]:
+    size = page_size(first, ctx.settings)
+    key = after_key(after)
+    async with ctx.db.session(ctx.require_principal().scope) as session:
+        rows = await list_api_keys(session, first=size, before_key=key)
+    return make_page(rows, size, lambda k: (k.created_at, k.id))
+
+
+async def merchants(ctx: Context, key_id: uuid.UUID) -> list[Merchant]:
+    ids = await ctx.loaders.merchant_ids_by_api_key_id.load(key_id)
+    found = await ctx.loaders.merchant_by_id.load_many(ids)
+    return [m for m in found if m is not None]
+
+
+async def create(
+    ctx: Context, *, role: Role, merchant_global_ids: list[str], name: str
+) -> tuple[ApiKey, str]:
+    """Create a key in its own unit of work; returns it with its token (shown only now)."""
+    principal = ctx.require_principal()
+    merchant_ids = [decode_id(g, expected="Merchant")[1] for g in merchant_global_ids]
+    async with ctx.db.uow(principal.scope) as uow:
+        key, token = await issue_api_key(
+            uow,
+            principal=principal,
+            name=name,
+            role=role,
+            merchant_ids=merchant_ids,
+            now=ctx.clock.now(),
+        )
+        await uow.commit()
+    return key, token
+
+
+async def revoke(ctx: Context, *, global_id: str, reason: str) -> ApiKey:
+    principal = ctx.require_principal()
+    _, key_id = decode_id(global_id, expected="ApiKey")
+    async with ctx.db.uow(principal.scope) as uow:
+        key = await revoke_api_key(
+            uow, principal=principal, key_id=key_id, reason=reason, now=ctx.clock.now()
+        )
+        await uow.commit()
+    return key

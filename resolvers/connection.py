@@ -1,0 +1,84 @@
+"""Reading and changing processor connections for the API."""
+
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from app.crypto import CredentialBox
+from app.enums import ConnectionStatus, Processor
+from app.models.ingestion import ProcessorConnection
+from app.services.connection import create_connection, pollable_connection, set_connection_status
+from jobs.enqueue import enqueue_poll
+from resolvers.context import Context
+from resolvers.ids import decode_id
+
+
+async def for_merchant(ctx: Context, merchant_id: uuid.UUID) -> list[ProcessorConnection]:
+    return await ctx.loaders.processor_connections_by_merchant_id.load(merchant_id)
+
+
+async def payments_ingested(ctx: Context, connection_id: uuid.UUID) -> int:
+    return await ctx.loaders.payment_count_by_connection_id.load(connection_id)
+
+
+async def connect(
+    ctx: Context,
+    *,
+    merchant_global_id: str,
+    kind: Processor,
+    credentials: Mapping[str, Any],
+    base_url: str,
+    account_ref: str | None,
+    name: str | None,
+) -> ProcessorConnection:
+    """Create a connection in its own unit of work; raises domain errors on refusal."""
+    principal = ctx.require_principal()
+    _, merchant_id = decode_id(merchant_global_id, expected="Merchant")
+    async with ctx.db.uow(principal.scope) as uow:
+        connection = await create_connection(
+            uow,
+            principal=principal,
+            merchant_id=merchant_id,
+            kind=kind,
+            base_url=base_url,
+            credentials=credentials,
+            box=CredentialBox(ctx.settings.secret_key.get_secret_value()),
+            now=ctx.clock.now(),
+            name=name,
+            account_ref=account_ref,
+        )
+        await uow.commit()
+    return connection
+
+
+async def set_status(
+    ctx: Context, *, global_id: str, status: ConnectionStatus, reason: str
+) -> ProcessorConnection:
+    principal = ctx.require_principal()
+    _, connection_id = decode_id(global_id, expected="ProcessorConnection")
+    async with ctx.db.uow(principal.scope) as uow:
+        connection = await set_connection_status(
+            uow,
+            principal=principal,
+            connection_id=connection_id,
+            status=status,
+            reason=reason,
+            now=ctx.clock.now(),
+        )
+        await uow.commit()
+    return connection
+
+
+async def sync(ctx: Context, *, global_id: str) -> tuple[ProcessorConnection, bool]:
+    """Queue a poll now; False when one is already queued or running (job ids deduplicate)."""
+    principal = ctx.require_principal()
+    _, connection_id = decode_id(global_id, expected="ProcessorConnection")
+    async with ctx.db.uow(principal.scope) as uow:
+        connection = await pollable_connection(
+            uow, principal=principal, connection_id=connection_id
+        )
+        # Nothing was written: committing releases the row lock and, unlike a rollback,
+        # leaves the loaded row readable.
+        await uow.commit()
+    queued = await enqueue_poll(ctx.job_queue(), connection.id)
+    return connection, queued

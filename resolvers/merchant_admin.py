@@ -1,0 +1,33 @@
+"""Support's merchant administration for the API: create merchants, pause or resume recovery."""
+
+from app.enums import MerchantStatus
+from app.models.merchant import Merchant
+from app.services.merchant import create_merchant, set_recovery_status
+from resolvers.context import Context
+from resolvers.ids import decode_id
+
+
+async def create(ctx: Context, *, name: str) -> Merchant:
+    principal = ctx.require_principal()
+    async with ctx.db.uow(principal.scope) as uow:
+        merchant = await create_merchant(uow, name=name, principal=principal, now=ctx.clock.now())
+        await uow.commit()
+    return merchant
+
+
+async def set_recovery(
+    ctx: Context, *, merchant_global_id: str, status: MerchantStatus, reason: str
+) -> Merchant:
+    principal = ctx.require_principal()
+    _, merchant_id = decode_id(merchant_global_id, expected="Merchant")
+    async with ctx.db.uow(principal.scope) as uow:
+        merchant = await set_recovery_status(
+            uow,
+            principal=principal,
+            merchant_id=merchant_id,
+            status=status,
+            reason=reason,
+            now=ctx.clock.now(),
+        )
+        await uow.commit()
+    return merchant

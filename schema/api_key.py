@@ -1,0 +1,157 @@
+"""API key types, the apiKeys list, and the createApiKey and revokeApiKey mutations."""
+
+from datetime import datetime
+from typing import Annotated, Self
+
+import strawberry
+
+from app.errors import CreateApiKeyErrorCode, RevokeApiKeyErrorCode
+from app.models.api_key import ApiKey as ApiKeyModel
+from resolvers import api_key as key_resolvers
+from resolvers.context import Context
+from resolvers.ids import encode_id
+from resolvers.pagination import Page
+from schema.enums import Role
+from schema.merchant import Merchant
+from schema.node import Node
+from schema.payload import REFUSALS, payload_errors
+from schema.payment import PageInfo
+
+Info = strawberry.Info[Context, None]
+
+
+@strawberry.type(description="An API key: its role and grants; never its token or hash.")
+class ApiKey(Node):
+    name: str = strawberry.field(description="The key's name.")
+    role: Role = strawberry.field(description="What the key may do.")
+    prefix: str = strawberry.field(description="The token's first characters, to recognize it.")
+    created_at: datetime = strawberry.field(description="When the key was created.")
+    last_used_at: datetime | None = strawberry.field(
+        description="When the key last authenticated (to the minute)."
+    )
+    revoked_at: datetime | None = strawberry.field(description="When it was revoked, if it was.")
+    _row: strawberry.Private[ApiKeyModel]
+
+    @classmethod
+    def from_model(cls, row: ApiKeyModel) -> Self:
+        # token_hash is deliberately not mapped.
+        return cls(
+            id=strawberry.ID(encode_id("ApiKey", row.id)),
+            name=row.name,
+            role=row.role,
+            prefix=row.prefix,
+            created_at=row.created_at,
+            last_used_at=row.last_used_at,
+            revoked_at=row.revoked_at,
+            _row=row,
+        )
+
+    @strawberry.field(description="The merchants the key may see; empty for support keys.")
+    async def merchants(self, info: Info) -> list[Merchant]:
+        rows = await key_resolvers.merchants(info.context, self._row.id)
+        return [Merchant.from_model(m) for m in rows]
+
+
+@strawberry.type(description="An API key and its cursor.")
+class ApiKeyEdge:
+    cursor: str = strawberry.field(description="Opaque keyset cursor of this key.")
+    node: ApiKey = strawberry.field(description="The key.")
+
+
+@strawberry.type(description="A page of API keys, newest first.")
+class ApiKeyConnection:
+    edges: list[ApiKeyEdge] = strawberry.field(description="The keys of this page.")
+    page_info: PageInfo = strawberry.field(description="Paging information.")
+
+    @classmethod
+    def from_page(cls, page: Page[ApiKeyModel]) -> Self:
+        return cls(
+            edges=[ApiKeyEdge(cursor=c, node=ApiKey.from_model(k)) for c, k in page.items],
+            page_info=PageInfo(has_next_page=page.has_next_page, end_cursor=page.end_cursor),
+        )
+
+
+async def api_keys(
+    info: Info,
+    first: Annotated[int | None, strawberry.argument(description="Page size, 1-100.")] = None,
+    after: Annotated[str | None, strawberry.argument(description="Cursor to follow.")] = None,
+) -> ApiKeyConnection:
+    page = await key_resolvers.api_keys_page(info.context, first=first, after=after)
+    return ApiKeyConnection.from_page(page)
+
+
+@strawberry.input(description="A new API key.")
+class CreateApiKeyInput:
+    role: Role = strawberry.field(
+        description="MERCHANT (one merchant), PARTNER (one or more) or SUPPORT (none)."
+    )
+    merchant_ids: list[strawberry.ID] = strawberry.field(
+        description="Global ids of the merchants the key may see."
+    )
+    name: str = strawberry.field(description="A name, 1-200 characters, shown in the audit log.")
+
+
+@strawberry.type(description="An error of createApiKey.")
+class CreateApiKeyError:
+    code: CreateApiKeyErrorCode = strawberry.field(description="What went wrong.")
+    message: str = strawberry.field(description="A human-readable explanation.")
+    field: str | None = strawberry.field(description="The input field at fault, if one is.")
+
+
+@strawberry.type(description="The result of createApiKey.")
+class CreateApiKeyPayload:
+    api_key: ApiKey | None = strawberry.field(description="The new key, when it was created.")
+    token: str | None = strawberry.field(
+        description="The bearer token. Shown only in this response; store it now."
+    )
+    errors: list[CreateApiKeyError] = strawberry.field(
+        description="Why the key was refused; empty on success."
+    )
+
+
+async def create_api_key(info: Info, input: CreateApiKeyInput) -> CreateApiKeyPayload:
+    def error(code: str, message: str, field: str | None) -> CreateApiKeyError:
+        return CreateApiKeyError(code=CreateApiKeyErrorCode(code), message=message, field=field)
+
+    try:
+        row, token = await key_resolvers.create(
+            info.context,
+            role=input.role,
+            merchant_global_ids=[str(m) for m in input.merchant_ids],
+            name=input.name,
+        )
+    except REFUSALS as exc:
+        return CreateApiKeyPayload(
+            api_key=None, token=None, errors=payload_errors(exc, error, id_field="merchantIds")
+        )
+    return CreateApiKeyPayload(api_key=ApiKey.from_model(row), token=token, errors=[])
+
+
+@strawberry.type(description="An error of revokeApiKey.")
+class RevokeApiKeyError:
+    code: RevokeApiKeyErrorCode = strawberry.field(description="What went wrong.")
+    message: str = strawberry.field(description="A human-readable explanation.")
+    field: str | None = strawberry.field(description="The argument at fault, if one is.")
+
+
+@strawberry.type(description="The result of revokeApiKey.")
+class RevokeApiKeyPayload:
+    api_key: ApiKey | None = strawberry.field(description="The key, revoked.")
+    errors: list[RevokeApiKeyError] = strawberry.field(
+        description="Why the key was not revoked; empty on success."
+    )
+
+
+async def revoke_api_key(
+    info: Info,
+    id: Annotated[strawberry.ID, strawberry.argument(description="The key's global id.")],
+    reason: Annotated[str, strawberry.argument(description="Why; kept in the audit log.")],
+) -> RevokeApiKeyPayload:
+    def error(code: str, message: str, field: str | None) -> RevokeApiKeyError:
+        return RevokeApiKeyError(code=RevokeApiKeyErrorCode(code), message=message, field=field)
+
+    try:
+        row = await key_resolvers.revoke(info.context, global_id=str(id), reason=reason)
+    except REFUSALS as exc:
+        return RevokeApiKeyPayload(api_key=None, errors=payload_errors(exc, error, id_field="id"))
+    return RevokeApiKeyPayload(api_key=ApiKey.from_model(row), errors=[])

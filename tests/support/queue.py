@@ -1,0 +1,45 @@
+"""The real arq queue of the test services, and removal of the jobs a test queued."""
+
+import uuid
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+
+from arq import create_pool
+from arq.connections import ArqRedis, RedisSettings
+from arq.constants import (
+    default_queue_name,
+    in_progress_key_prefix,
+    job_key_prefix,
+    result_key_prefix,
+    retry_key_prefix,
+)
+
+from app.embedded import Services
+from jobs.enqueue import poll_job_id
+
+
+@asynccontextmanager
+async def job_queue(services: Services) -> AsyncIterator[ArqRedis]:
+    pool = await create_pool(RedisSettings.from_dsn(services.redis_url))
+    try:
+        yield pool
+    finally:
+        await pool.aclose()
+
+
+async def discard_polls(queue: ArqRedis, connection_ids: Iterable[uuid.UUID]) -> None:
+    """Remove poll jobs of these connections, so no worker sharing the Redis runs them."""
+    for connection_id in connection_ids:
+        job_id = poll_job_id(connection_id)
+        await queue.zrem(default_queue_name, job_id)
+        await queue.delete(
+            *(
+                prefix + job_id
+                for prefix in (
+                    job_key_prefix,
+                    result_key_prefix,
+                    retry_key_prefix,
+                    in_progress_key_prefix,
+                )
+            )
+        )
