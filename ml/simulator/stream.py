@@ -12,14 +12,13 @@ import numpy as np
 
 from ml import taxonomy, timeutil
 from ml.simulator.config import CAUSES, SimulatorConfig, load_config
+from ml.simulator.customers import Customers, draw_customers
 from ml.simulator.world import (
     DEFAULT_START,
     FUNDS,
     NEW_CARD,
-    Customers,
     SimFailure,
     _period_days,
-    draw_customers,
     draw_failures,
     last_deposit,
 )
