@@ -3,6 +3,7 @@
 import asyncio
 import contextlib
 import socket
+import uuid
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -124,3 +125,33 @@ async def resolve_services(settings: Settings) -> Services:
         handles.append(server)
         redis_source = "embedded"
     return Services(db_url, redis_url, db_source, redis_source, handles)
+
+
+def _plain(url: str) -> str:
+    return url.replace("postgresql+asyncpg://", "postgresql://", 1)
+
+
+def _with_database(url: str, name: str) -> str:
+    base, _, query = url.partition("?")
+    head = base.rsplit("/", 1)[0]
+    return f"{head}/{name}" + (f"?{query}" if query else "")
+
+
+async def create_scratch_database(services: Services, prefix: str) -> str:
+    """A new empty database on the same server (tests, benchmarks); returns its URL."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    admin = await asyncpg.connect(_plain(_with_database(services.database_url, "postgres")))
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    return _with_database(services.database_url, name)
+
+
+async def drop_database(services: Services, url: str) -> None:
+    name = url.partition("?")[0].rsplit("/", 1)[1]
+    admin = await asyncpg.connect(_plain(_with_database(services.database_url, "postgres")))
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()

@@ -1,51 +1,19 @@
 """Test fixtures: one migrated database per run, each test inside a rolled-back transaction."""
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
-import asyncpg
 import pytest
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from app.clock import FixedClock
 from app.db import Database
-from app.embedded import Services, resolve_services
+from app.embedded import Services, create_scratch_database, drop_database, resolve_services
 from app.settings import Settings
 from portal.cli import upgrade_database
 
 NOW = datetime(2026, 11, 2, 12, 0, tzinfo=UTC)
-
-
-def _plain(url: str) -> str:
-    return url.replace("postgresql+asyncpg://", "postgresql://", 1)
-
-
-def _with_database(url: str, name: str) -> str:
-    base, _, query = url.partition("?")
-    head = base.rsplit("/", 1)[0]
-    return f"{head}/{name}" + (f"?{query}" if query else "")
-
-
-async def create_scratch_database(services: Services, prefix: str) -> str:
-    """A new empty database on the configured server; returns its asyncpg URL."""
-    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(_plain(_with_database(services.database_url, "postgres")))
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    return _with_database(services.database_url, name)
-
-
-async def drop_database(services: Services, url: str) -> None:
-    name = url.partition("?")[0].rsplit("/", 1)[1]
-    admin = await asyncpg.connect(_plain(_with_database(services.database_url, "postgres")))
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
 
 
 @pytest.fixture(scope="session")

@@ -3,13 +3,16 @@ attempts with set-based upserts. Idempotent: landing the same record twice store
 re-normalizing (replay) updates the clean rows in place."""
 
 import hashlib
+import json
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import update
+import sqlalchemy as sa
+from sqlalchemy import text, update
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import insert
 from sqlmodel import col, select
 
@@ -20,18 +23,28 @@ from app.errors import NotFound
 from app.models.customer import CardCredential, Customer
 from app.models.ingestion import DeadLetter, ProcessorConnection, RawRecord
 from app.models.payment import Payment, PaymentAttempt
-from app.processors.base import RawItem, body_of
-from app.processors.normalize.dispatch import normalize_payload
+from app.processors.base import RawItem
+from app.processors.normalize.dispatch import normalize_raw as normalize_stored
 from app.processors.normalize.records import (
     NORMALIZER_VERSION,
+    CanonicalCard,
     CanonicalRecord,
     NormalizeError,
+    may_hold_card_number,
     scrub_raw,
 )
 from app.processors.normalize.records import DeadLetter as DeadLetterResult
 from app.tenancy import SYSTEM_SCOPE
 
 CHUNK = 1000
+
+
+def any_array(values: Sequence[Any], item_type: Any) -> Any:
+    """`= ANY(:array)`: one bound array instead of an IN list whose length changes the SQL
+    text, so the driver prepares each statement once rather than once per batch size."""
+    return sa.any_(sa.bindparam(None, list(values), type_=postgresql.ARRAY(item_type)))
+
+
 UNKNOWN_CUSTOMER = "unknown"
 
 
@@ -58,40 +71,59 @@ def _chunks(rows: Sequence[dict[str, Any]]) -> Iterable[Sequence[dict[str, Any]]
         yield rows[start : start + CHUNK]
 
 
+_LAND = text(
+    """
+    INSERT INTO raw_record
+        (id, merchant_id, connection_id, processor, external_id, received_at, content_hash,
+         payload)
+    SELECT r.id, :merchant_id, :connection_id, :processor, r.external_id, :received_at,
+           r.content_hash, r.payload::jsonb
+    FROM unnest(CAST(:ids AS uuid[]), CAST(:external_ids AS text[]),
+                CAST(:hashes AS text[]), CAST(:payloads AS text[]))
+         AS r(id, external_id, content_hash, payload)
+    ON CONFLICT (connection_id, content_hash) DO NOTHING
+    RETURNING id
+    """
+)
+
+
+def _stored_text(item: RawItem) -> str:
+    """The JSON stored for an item: scrubbed of anything that may be a card number."""
+    if item.payload.get("xml") is None and not may_hold_card_number(item.body):
+        return item.body.decode()  # already the canonical JSON of the payload
+    return json.dumps(_scrubbed(item.payload), sort_keys=True, separators=(",", ":"))
+
+
 async def land(
     uow: UnitOfWork, connection: ProcessorConnection, items: Sequence[RawItem], *, now: datetime
 ) -> tuple[list[uuid.UUID], IngestStats]:
-    """Store each record exactly once (by content hash); returns the ids of new raw rows."""
+    """Store each record exactly once (by content hash), in one set-based statement per
+    chunk; returns the ids of the rows that were new."""
     stats = IngestStats()
     unique: dict[str, RawItem] = {}
     for item in items:
         unique.setdefault(item.content_hash, item)
     stats.duplicates = len(items) - len(unique)
-    rows = [
-        {
-            "id": uuid.uuid4(),
-            "merchant_id": connection.merchant_id,
-            "connection_id": connection.id,
-            "processor": connection.kind,
-            "external_id": (item.external_id or "")[:255] or None,
-            "received_at": now,
-            "content_hash": digest,
-            # No card number is ever stored, not even in the raw copy.
-            "payload": _scrubbed(item.payload),
-        }
-        for digest, item in unique.items()
-    ]
+    digests = list(unique)
     new_ids: list[uuid.UUID] = []
-    for chunk in _chunks(rows):
-        statement = (
-            insert(RawRecord)
-            .values(list(chunk))
-            .on_conflict_do_nothing(index_elements=["connection_id", "content_hash"])
-            .returning(col(RawRecord.id))
+    for start in range(0, len(digests), CHUNK):
+        chunk = digests[start : start + CHUNK]
+        result = await uow.session.execute(
+            _LAND,
+            {
+                "merchant_id": connection.merchant_id,
+                "connection_id": connection.id,
+                "processor": connection.kind.value,
+                "received_at": now,
+                "ids": [uuid.uuid4() for _ in chunk],
+                "external_ids": [(unique[d].external_id or "")[:255] or None for d in chunk],
+                "hashes": chunk,
+                "payloads": [_stored_text(unique[d]) for d in chunk],
+            },
         )
-        new_ids += list((await uow.session.execute(statement)).scalars())
+        new_ids += list(result.scalars())
     stats.landed = len(new_ids)
-    stats.duplicates += len(rows) - len(new_ids)
+    stats.duplicates += len(digests) - len(new_ids)
     return new_ids, stats
 
 
@@ -147,22 +179,47 @@ def _card_fingerprint(record: CanonicalRecord) -> str | None:
     return "derived:" + hashlib.sha256(seen.encode()).hexdigest()[:40]
 
 
+_INSERT_CUSTOMERS = text(
+    """
+    INSERT INTO customer (id, merchant_id, external_ref, created_at)
+    SELECT gen_random_uuid(), :merchant_id, r.ref, :now
+    FROM unnest(CAST(:refs AS text[])) AS r(ref)
+    ON CONFLICT (merchant_id, external_ref) DO NOTHING
+    """
+)
+_INSERT_CARDS = text(
+    """
+    INSERT INTO card_credential
+        (id, merchant_id, customer_id, brand, funding, issuer_country, bin, last4, exp_month,
+         exp_year, fingerprint, created_at)
+    SELECT gen_random_uuid(), :merchant_id, c.customer_id, c.brand, c.funding, c.country, c.bin,
+           c.last4, c.exp_month, c.exp_year, c.fingerprint, :now
+    FROM unnest(CAST(:customer_ids AS uuid[]), CAST(:brands AS text[]),
+                CAST(:fundings AS text[]), CAST(:countries AS text[]), CAST(:bins AS text[]),
+                CAST(:last4s AS text[]), CAST(:months AS smallint[]),
+                CAST(:years AS smallint[]), CAST(:fingerprints AS text[]))
+         AS c(customer_id, brand, funding, country, bin, last4, exp_month, exp_year, fingerprint)
+    ON CONFLICT (merchant_id, fingerprint, exp_month, exp_year) DO NOTHING
+    """
+)
+
+
 async def _upsert_customers(
     uow: UnitOfWork, merchant_id: uuid.UUID, refs: set[str], now: datetime
 ) -> dict[str, uuid.UUID]:
-    ids: dict[str, uuid.UUID] = {}
-    rows = [
-        {"id": uuid.uuid4(), "merchant_id": merchant_id, "external_ref": r, "created_at": now}
-        for r in sorted(refs)
-    ]
-    for chunk in _chunks(rows):
-        base = insert(Customer).values(list(chunk))
-        statement = base.on_conflict_do_update(
-            index_elements=["merchant_id", "external_ref"],
-            set_={"external_ref": base.excluded.external_ref},
-        ).returning(col(Customer.id), col(Customer.external_ref))
-        ids.update({ref: cid for cid, ref in (await uow.session.execute(statement)).all()})
-    return ids
+    """Ids of the merchant's customers by processor reference, creating the missing ones
+    (insert-if-absent, then one read: no rewrite of rows that already exist)."""
+    ordered = sorted(refs)
+    await uow.session.execute(
+        _INSERT_CUSTOMERS, {"merchant_id": merchant_id, "refs": ordered, "now": now}
+    )
+    rows = await uow.session.execute(
+        select(col(Customer.external_ref), col(Customer.id)).where(
+            col(Customer.merchant_id) == merchant_id,
+            col(Customer.external_ref) == any_array(ordered, sa.Text),
+        )
+    )
+    return {ref: cid for ref, cid in rows.all()}  # noqa: C416 - rows, not pairs
 
 
 async def _upsert_cards(
@@ -172,7 +229,7 @@ async def _upsert_cards(
     customer_ids: dict[str, uuid.UUID],
     now: datetime,
 ) -> dict[tuple[str, int, int], uuid.UUID]:
-    rows: dict[tuple[str, int, int], dict[str, Any]] = {}
+    cards: dict[tuple[str, int, int], tuple[uuid.UUID, CanonicalCard]] = {}
     for record in records:
         fingerprint = _card_fingerprint(record)
         card = record.card
@@ -180,36 +237,39 @@ async def _upsert_cards(
             continue
         if not (card.last4 and card.last4.isdigit() and len(card.last4) == 4):
             continue
-        key = (fingerprint, card.exp_month, card.exp_year)
-        rows[key] = {
-            "id": uuid.uuid4(),
+        owner = customer_ids[record.customer_id or UNKNOWN_CUSTOMER]
+        cards[(fingerprint, card.exp_month, card.exp_year)] = (owner, card)
+    if not cards:
+        return {}
+    keys = list(cards)
+    await uow.session.execute(
+        _INSERT_CARDS,
+        {
             "merchant_id": merchant_id,
-            "customer_id": customer_ids[record.customer_id or UNKNOWN_CUSTOMER],
-            "brand": (card.brand or "unknown")[:32],
-            "funding": card.funding or CardFunding.UNKNOWN,
-            "issuer_country": card.country,
-            "bin": (card.bin or None) and card.bin[:8],
-            "last4": card.last4,
-            "exp_month": card.exp_month,
-            "exp_year": card.exp_year,
-            "fingerprint": fingerprint,
-            "created_at": now,
-        }
-    ids: dict[tuple[str, int, int], uuid.UUID] = {}
-    for chunk in _chunks(list(rows.values())):
-        base = insert(CardCredential).values(list(chunk))
-        statement = base.on_conflict_do_update(
-            index_elements=["merchant_id", "fingerprint", "exp_month", "exp_year"],
-            set_={"brand": base.excluded.brand, "funding": base.excluded.funding},
-        ).returning(
-            col(CardCredential.id),
+            "now": now,
+            "customer_ids": [cards[k][0] for k in keys],
+            "brands": [(cards[k][1].brand or "unknown")[:32] for k in keys],
+            "fundings": [(cards[k][1].funding or CardFunding.UNKNOWN).value for k in keys],
+            "countries": [cards[k][1].country for k in keys],
+            "bins": [(cards[k][1].bin or None) and str(cards[k][1].bin)[:8] for k in keys],
+            "last4s": [cards[k][1].last4 for k in keys],
+            "months": [k[1] for k in keys],
+            "years": [k[2] for k in keys],
+            "fingerprints": [k[0] for k in keys],
+        },
+    )
+    rows = await uow.session.execute(
+        select(
             col(CardCredential.fingerprint),
             col(CardCredential.exp_month),
             col(CardCredential.exp_year),
+            col(CardCredential.id),
+        ).where(
+            col(CardCredential.merchant_id) == merchant_id,
+            col(CardCredential.fingerprint) == any_array(sorted({k[0] for k in keys}), sa.Text),
         )
-        for cid, fp, month, year in (await uow.session.execute(statement)).all():
-            ids[(fp, month, year)] = cid
-    return ids
+    )
+    return {(fp, month, year): cid for fp, month, year, cid in rows.all()}
 
 
 def _decline_columns(record: CanonicalRecord) -> dict[str, Any]:
@@ -255,8 +315,8 @@ async def apply_records(
                 select(Payment).where(
                     col(Payment.merchant_id) == merchant_id,
                     col(Payment.processor) == processor,
-                    col(Payment.processor_payment_id).in_(charge_ids)
-                    | col(Payment.invoice_ref).in_(invoice_refs),
+                    (col(Payment.processor_payment_id) == any_array(sorted(charge_ids), sa.Text))
+                    | (col(Payment.invoice_ref) == any_array(sorted(invoice_refs), sa.Text)),
                 )
             )
         )
@@ -275,7 +335,8 @@ async def apply_records(
                 .where(
                     col(PaymentAttempt.merchant_id) == merchant_id,
                     col(Payment.processor) == processor,
-                    col(PaymentAttempt.processor_attempt_id).in_(charge_ids),
+                    col(PaymentAttempt.processor_attempt_id)
+                    == any_array(sorted(charge_ids), sa.Text),
                 )
             )
         ).scalars()
@@ -403,10 +464,11 @@ def _attempt_row(
 
 async def _write(uow: UnitOfWork, plan: _Plan, now: datetime) -> None:
     session = uow.session
-    for chunk in _chunks(plan.payments):
-        await session.execute(insert(Payment).values(list(chunk)))
-    for chunk in _chunks(plan.attempts):
-        await session.execute(insert(PaymentAttempt).values(list(chunk)))
+    # executemany: compiled once, sent as batched multi-row inserts by the driver layer.
+    if plan.payments:
+        await session.execute(insert(Payment), plan.payments)
+    if plan.attempts:
+        await session.execute(insert(PaymentAttempt), plan.attempts)
     recoveries = [
         {
             **r,
@@ -437,15 +499,17 @@ async def normalize_raw(
         return stats
     rows = (
         await uow.session.execute(
-            select(col(RawRecord.id), col(RawRecord.payload)).where(col(RawRecord.id).in_(raw_ids))
+            select(col(RawRecord.id), col(RawRecord.payload)).where(
+                col(RawRecord.id) == any_array(list(raw_ids), sa.Uuid)
+            )
         )
     ).all()
     good: list[tuple[uuid.UUID, CanonicalRecord]] = []
     letters: list[dict[str, Any]] = []
     for raw_id, payload in rows:
         try:
-            results: list[CanonicalRecord | DeadLetterResult] = normalize_payload(
-                connection.kind, body_of(payload)
+            results: list[CanonicalRecord | DeadLetterResult] = normalize_stored(
+                connection.kind, payload, scrubbed=True
             )
         except NormalizeError as exc:
             results = [DeadLetterResult(reason=str(exc), payload_excerpt="")]
@@ -476,7 +540,7 @@ async def normalize_raw(
     stats.dead_letters = len(letters)
     await uow.session.execute(
         update(RawRecord)
-        .where(col(RawRecord.id).in_(raw_ids))
+        .where(col(RawRecord.id) == any_array(list(raw_ids), sa.Uuid))
         .values(normalized_at=now, normalizer_version=NORMALIZER_VERSION)
     )
     return stats

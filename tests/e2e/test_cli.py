@@ -13,8 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from app.embedded import Services
-from tests.conftest import create_scratch_database, drop_database
+from app.embedded import Services, create_scratch_database, drop_database
 
 ROOT = Path(__file__).resolve().parents[2]
 PORTAL = [sys.executable, "-m", "portal"]

@@ -5,9 +5,8 @@ import asyncio
 import asyncpg
 from alembic import command
 
-from app.embedded import Services
+from app.embedded import Services, create_scratch_database, drop_database
 from portal.cli import alembic_config
-from tests.conftest import create_scratch_database, drop_database
 
 
 async def _tables(url: str) -> set[str]:

@@ -18,6 +18,7 @@ from app.processors.normalize.records import (
     NormalizedItem,
     NormalizeError,
     dead_item,
+    may_hold_card_number,
     scrub_raw,
 )
 
@@ -42,13 +43,19 @@ def normalize_items(processor: Processor, body: bytes) -> list[NormalizedItem]:
     try:
         if processor is Processor.BRAINTREE:
             return _normalize_braintree(body)
-        return JSON_NORMALIZERS[processor](scrub_raw(_parse_json(processor, body)))
+        parsed = _parse_json(processor, body)
+        return JSON_NORMALIZERS[processor](
+            scrub_raw(parsed) if may_hold_card_number(body) else parsed
+        )
     except RecursionError:
         raise NormalizeError(f"{processor.value} body is nested too deeply") from None
 
 
-def normalize_raw(processor: Processor, raw: object) -> list[CanonicalRecord | DeadLetter]:
-    """Replay one stored `NormalizedItem.raw`, e.g. after NORMALIZER_VERSION went up."""
+def normalize_raw(
+    processor: Processor, raw: object, *, scrubbed: bool = False
+) -> list[CanonicalRecord | DeadLetter]:
+    """Replay one stored `NormalizedItem.raw`, e.g. after NORMALIZER_VERSION went up.
+    `scrubbed=True` says the payload was scrubbed when it was stored (the raw table's rows)."""
     try:
         if processor is Processor.BRAINTREE:
             xml = raw.get("xml") if isinstance(raw, Mapping) else None
@@ -56,7 +63,7 @@ def normalize_raw(processor: Processor, raw: object) -> list[CanonicalRecord | D
                 raise NormalizeError('a raw braintree record is {"xml": "<transaction>..."}')
             items = braintree.normalize_document(_parse_xml(xml.encode("utf-8", "replace")))
         else:
-            items = JSON_NORMALIZERS[processor](scrub_raw(raw))
+            items = JSON_NORMALIZERS[processor](raw if scrubbed else scrub_raw(raw))
     except RecursionError:
         raise NormalizeError(f"{processor.value} raw record is nested too deeply") from None
     return [item.result for item in items]

@@ -470,6 +470,19 @@ def _scrub(value: object, depth: int = 0, key: str = "") -> object:
     return value if is_id_key(key) else _redact_value(value)
 
 
+_DIGIT_RUN_BYTES = re.compile(rb"\d[\d -]{11,22}\d")
+_PAN_KEY_BYTES = re.compile(
+    rb"[\"<](?:card[_-]?number|number|pan|account[_-]number|primary[_-]account[_-]number)[\"> /]",
+    re.IGNORECASE,
+)
+
+
+def may_hold_card_number(body: bytes) -> bool:
+    """Cheap pre-check on a raw body: False means scrubbing it would change nothing (no PAN
+    key and no run of digits long enough to be a card number), so the walk can be skipped."""
+    return bool(_DIGIT_RUN_BYTES.search(body) or _PAN_KEY_BYTES.search(body))
+
+
 def scrub_raw(value: object) -> object:
     """The payload less anything that may be a full card number: PAN fields and PAN-like text.
 

@@ -1,0 +1,175 @@
+"""Ingestion throughput: sandbox pages -> raw landing -> normalize -> upsert, against a raw COPY
+of the same records into a scratch table, measured side by side in one run.
+
+    .venv/bin/python bench/ingest.py --payments 1000000
+
+Uses DATABASE_URL (or the local/embedded default); creates and drops its own database.
+"""
+
+import argparse
+import asyncio
+import json
+import resource
+import secrets
+import time
+import uuid
+from datetime import UTC, datetime
+
+import asyncpg
+import httpx
+
+from app.clock import FixedClock
+from app.crypto import CredentialBox
+from app.db import Database
+from app.embedded import create_scratch_database, drop_database, resolve_services
+from app.enums import Processor
+from app.services.connection import create_connection
+from app.services.merchant import create_merchant
+from app.services.polling import poll_connection
+from app.settings import get_settings
+from app.tenancy import SYSTEM_SCOPE, system_principal
+from portal.cli import upgrade_database
+from sandbox.app import create_app as create_sandbox
+from sandbox.server import serving
+
+NOW = datetime(2026, 11, 2, 12, 0, tzinfo=UTC)
+# Charges per customer per month in the simulator are about one; 30 days of history.
+HISTORY_DAYS = 30
+CUSTOMERS_PER_ACCOUNT = 200_000
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+async def main(payments: int, processor: Processor) -> None:
+    settings = get_settings()
+    services = await resolve_services(settings)
+    url = await create_scratch_database(services, "portal_bench")
+    try:
+        await asyncio.to_thread(upgrade_database, url)
+        db = Database.from_url(url)
+        box = CredentialBox("bench")
+        accounts = max(1, round(payments / (CUSTOMERS_PER_ACCOUNT * 0.97)))
+        customers = max(100, payments // accounts)
+        async with (
+            serving(create_sandbox(lambda: NOW)) as base,
+            httpx.AsyncClient(timeout=60) as http,
+        ):
+            connections = []
+            async with db.uow(SYSTEM_SCOPE) as uow:
+                merchant = await create_merchant(
+                    uow, name="Bench", principal=system_principal(), now=NOW
+                )
+                for i in range(accounts):
+                    key = secrets.token_hex(8)
+                    account_id = f"bench_{i}_{secrets.token_hex(3)}"
+                    response = await http.post(
+                        f"{base}/_sandbox/accounts",
+                        json={
+                            "processor": processor.value,
+                            "account_id": account_id,
+                            "merchant_seed": 1000 + i,
+                            "api_key": key,
+                            "history_days": HISTORY_DAYS,
+                            "customers": customers,
+                        },
+                    )
+                    response.raise_for_status()
+                    creds = (
+                        {"public_key": account_id, "private_key": key}
+                        if processor is Processor.BRAINTREE
+                        else {"api_key": key}
+                    )
+                    connection = await create_connection(
+                        uow,
+                        principal=system_principal(),
+                        merchant_id=merchant.id,
+                        kind=processor,
+                        base_url=f"{base}/{processor.value}",
+                        credentials=creds,
+                        box=box,
+                        account_ref=account_id,
+                        now=NOW,
+                    )
+                    connections.append((connection.id, account_id))
+                await uow.commit()
+            # Let the sandbox generate its history before timing (it is the outside world).
+            total = 0
+            for _, account_id in connections:
+                info = (await http.get(f"{base}/_sandbox/accounts/{account_id}")).json()
+                total += int(info["charges"])
+            print(f"sandbox: {accounts} {processor.value} account(s), {total:,} charges")
+
+            started = time.perf_counter()
+            landed = normalized = created = 0
+            for connection_id, _ in connections:
+                while True:
+                    result = await poll_connection(
+                        db,
+                        connection_id,
+                        client=http,
+                        box=box,
+                        clock=FixedClock(NOW),
+                        max_pages=100,
+                    )
+                    landed += result.stats.landed
+                    normalized += result.stats.normalized
+                    created += result.stats.payments_created
+                    if not result.more:
+                        break
+            portal_seconds = time.perf_counter() - started
+            rss_after_portal = peak_rss_mib()
+
+        # The same records, as stored, copied raw into a scratch table.
+        conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
+        try:
+            await conn.execute(
+                "CREATE UNLOGGED TABLE IF NOT EXISTS copy_scratch "
+                "(id uuid, connection_id uuid, content_hash text, payload jsonb)"
+            )
+            rows = await conn.fetch(
+                "SELECT id, connection_id, content_hash, payload::text AS payload FROM raw_record"
+            )
+            records = [
+                (uuid.uuid4(), r["connection_id"], r["content_hash"], r["payload"]) for r in rows
+            ]
+            started = time.perf_counter()
+            await conn.copy_records_to_table(
+                "copy_scratch",
+                records=records,
+                columns=["id", "connection_id", "content_hash", "payload"],
+            )
+            copy_seconds = time.perf_counter() - started
+        finally:
+            await conn.close()
+        await db.dispose()
+        portal_rate = landed / portal_seconds
+        copy_rate = len(records) / copy_seconds
+        print(
+            json.dumps(
+                {
+                    "records": landed,
+                    "normalized": normalized,
+                    "payments_created": created,
+                    "portal_seconds": round(portal_seconds, 1),
+                    "portal_rows_per_s": round(portal_rate),
+                    "copy_seconds": round(copy_seconds, 2),
+                    "copy_rows_per_s": round(copy_rate),
+                    "portal_vs_copy": round(portal_rate / copy_rate, 3),
+                    "peak_rss_mib_after_ingest": round(rss_after_portal),
+                },
+                indent=2,
+            )
+        )
+    finally:
+        await drop_database(services, url)
+        services.close()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--payments", type=int, default=1_000_000)
+    parser.add_argument("--processor", type=Processor, default=Processor.STRIPE)
+    args = parser.parse_args()
+    asyncio.run(main(args.payments, args.processor))
