@@ -1,6 +1,7 @@
 """The clock: one object that says what time it is, so tests and the demo can move it."""
 
-from datetime import UTC, datetime
+import time
+from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 
@@ -35,3 +36,24 @@ class FixedClock:
 def utcnow() -> datetime:
     """The current wall-clock time, aware, in UTC."""
     return datetime.now(UTC)
+
+
+class AcceleratedClock:
+    """Simulated time that runs `speed` times faster than the wall clock from `start` (demo)."""
+
+    def __init__(self, start: datetime, speed: float) -> None:
+        if start.tzinfo is None:
+            raise ValueError("AcceleratedClock needs an aware start")
+        if speed <= 0:
+            raise ValueError("speed must be positive")
+        self._start = start
+        self._speed = speed
+        self._origin = time.monotonic()
+
+    def now(self) -> datetime:
+        elapsed = (time.monotonic() - self._origin) * self._speed
+        return self._start + timedelta(seconds=elapsed)
+
+    @property
+    def speed(self) -> float:
+        return self._speed

@@ -28,7 +28,7 @@ from app.services.merchant import create_merchant
 from app.services.polling import poll_connection
 from app.settings import get_settings
 from app.tenancy import SYSTEM_SCOPE, system_principal
-from portal.cli import upgrade_database
+from portal.migrate import upgrade_database
 from sandbox.app import create_app as create_sandbox
 from sandbox.server import serving
 

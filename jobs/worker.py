@@ -27,7 +27,7 @@ FUNCTIONS = [
 ]
 _EVERY_10S = set(range(0, 60, 10))
 CRON_JOBS = [
-    cron(enqueue_polls, second={0, 30}, unique=True, timeout=60),  # type: ignore[arg-type]
+    cron(enqueue_polls, second=_EVERY_10S, unique=True, timeout=60),  # type: ignore[arg-type]
     cron(decide_pending, second=_EVERY_10S, unique=True, timeout=55),  # type: ignore[arg-type]
     cron(claim_due, second=_EVERY_10S, unique=True, timeout=55),  # type: ignore[arg-type]
     cron(reconcile_stuck, second={5}, unique=True, timeout=55),  # type: ignore[arg-type]

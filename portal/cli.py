@@ -1,6 +1,7 @@
 """The `portal` command: serve, migrate, merchants, keys, demo data and the demo."""
 
 import asyncio
+import contextlib
 import json
 import logging
 import uuid
@@ -12,8 +13,6 @@ from typing import Annotated, TypeVar
 import httpx
 import typer
 import uvicorn
-from alembic import command
-from alembic.config import Config
 
 from app.clock import SystemClock
 from app.crypto import CredentialBox
@@ -34,12 +33,13 @@ from app.settings import Settings, get_settings
 from app.tenancy import SYSTEM_SCOPE, system_principal
 from jobs.worker import build_worker
 from portal.asgi import create_app
+from portal.demo import DemoOptions, run_demo
 from portal.logging import configure_logging
+from portal.migrate import upgrade_database
 from resolvers.ids import decode_id, encode_id
 from schema.root import build_schema, export_sdl
 
 T = TypeVar("T")
-MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 SCHEMA_FILE = Path(__file__).resolve().parent.parent / "schema" / "schema.graphql"
 logger = logging.getLogger("portal")
 
@@ -50,18 +50,6 @@ connection_cli = typer.Typer(help="Processor connections.", no_args_is_help=True
 cli.add_typer(merchant_cli, name="merchant")
 cli.add_typer(apikey_cli, name="apikey")
 cli.add_typer(connection_cli, name="connection")
-
-
-def alembic_config(database_url: str) -> Config:
-    cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS))
-    cfg.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
-    return cfg
-
-
-def upgrade_database(database_url: str) -> None:
-    """Run every migration up to head (blocking; call in a thread from async code)."""
-    command.upgrade(alembic_config(database_url), "head")
 
 
 async def _services(settings: Settings) -> Services:
@@ -191,64 +179,38 @@ def seed(
 
 @cli.command()
 def demo(
-    port: Annotated[int, typer.Option(help="Port to serve on.")] = 8000,
-    payments: Annotated[int, typer.Option(help="Payments per demo merchant.")] = 300,
+    port: Annotated[int, typer.Option(help="Port of the API on 127.0.0.1.")] = 8000,
+    speed: Annotated[
+        float, typer.Option(min=1, help="Simulated seconds per real second (3600: a day in 24 s).")
+    ] = 3600.0,
+    merchants: Annotated[
+        int, typer.Option(min=1, max=4, help="Demo merchants, one per processor.")
+    ] = 4,
+    customers: Annotated[
+        int, typer.Option(min=50, max=50_000, help="Subscribers per merchant (failure volume).")
+    ] = 1500,
+    history_days: Annotated[
+        int, typer.Option(min=1, max=60, help="Days of charge history before now.")
+    ] = 14,
 ) -> None:
-    """Start everything on this machine with demo data and serve until Ctrl-C."""
+    """The whole product on this machine: embedded services when none are configured, sandbox
+    processors, the API, the worker and an accelerated clock. Prints the GraphQL URL and API
+    keys, then runs until Ctrl-C."""
     settings = get_settings()
-    configure_logging(settings.log_level, json=False)
+    configure_logging(settings.log_level, json=settings.log_json)
+    options = DemoOptions(
+        port=port,
+        speed=speed,
+        merchants=merchants,
+        customers=customers,
+        history_days=history_days,
+    )
 
-    async def main() -> None:
-        services = await _services(settings)
-        try:
-            await asyncio.to_thread(upgrade_database, services.database_url)
-            db = Database.from_url(services.database_url)
-            now = SystemClock().now()
-            lines: list[str] = []
-            async with db.uow(SYSTEM_SCOPE) as uow:
-                principal = system_principal("demo")
-                for i, name in enumerate(("Acme Streaming (demo)", "Globex Fitness (demo)")):
-                    merchant = await create_merchant(uow, name=name, principal=principal, now=now)
-                    await seed_payments(
-                        uow, merchant_id=merchant.id, count=payments, now=now, seed=i
-                    )
-                    _, token = await create_api_key(
-                        uow,
-                        name=f"demo merchant {i + 1}",
-                        role=Role.MERCHANT,
-                        merchant_ids=[merchant.id],
-                        now=now,
-                    )
-                    lines.append(f"Merchant API key ({name}): {token}")
-                _, support = await create_api_key(
-                    uow, name="demo support", role=Role.SUPPORT, merchant_ids=[], now=now
-                )
-                await uow.commit()
-            await db.dispose()
-            typer.echo(f"GraphQL: http://{settings.host}:{port}/graphql")
-            for line in lines:
-                typer.echo(line)
-            typer.echo(f"Support API key: {support}")
-            server = uvicorn.Server(
-                uvicorn.Config(
-                    create_app(
-                        settings.model_copy(
-                            update={
-                                "database_url": services.database_url,
-                                "redis_url": services.redis_url,
-                            }
-                        )
-                    ),
-                    host=settings.host,
-                    port=port,
-                    log_config=None,
-                )
-            )
-            await server.serve()
-        finally:
-            services.close()
+    def announce(line: str) -> None:
+        typer.echo(line)
 
-    asyncio.run(main())
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run_demo(settings, options, announce))
 
 
 @cli.command()

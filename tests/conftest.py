@@ -11,7 +11,7 @@ from app.clock import FixedClock
 from app.db import Database
 from app.embedded import Services, create_scratch_database, drop_database, resolve_services
 from app.settings import Settings
-from portal.cli import upgrade_database
+from portal.migrate import upgrade_database
 
 NOW = datetime(2026, 11, 2, 12, 0, tzinfo=UTC)
 

@@ -120,7 +120,7 @@ async def test_bad_input_exits_with_a_message(env: dict[str, str]) -> None:
 def _demo_flow(env: dict[str, str]) -> None:
     port = _free_port()
     demo = subprocess.Popen(  # noqa: S603
-        [*PORTAL, "demo", "--port", str(port), "--payments", "30"],
+        [*PORTAL, "demo", "--port", str(port), "--customers", "200", "--speed", "7200"],
         env=env,
         cwd=ROOT,
         stdout=subprocess.PIPE,
@@ -138,19 +138,30 @@ def _demo_flow(env: dict[str, str]) -> None:
                 break
         assert f"GraphQL: http://127.0.0.1:{port}/graphql" in lines
         support = lines[-1].removeprefix("Support API key: ")
+        query = (
+            "{ merchants { edges { node { name payments(first: 100) "
+            "{ edges { node { state recoveredBy } } } } } } }"
+        )
         with httpx.Client(base_url=f"http://127.0.0.1:{port}") as http:
             _wait_ready(http)
-            query = (
-                "{ merchants { edges { node { name payments(first: 50) { edges { cursor } } } } } }"
-            )
-            data = _graphql(http, support, query)
-        merchants = [e["node"] for e in data["merchants"]["edges"]]
-        assert len(merchants) == 2
-        assert all(len(m["payments"]["edges"]) == 30 for m in merchants)
+            # Within a minute: every processor's payments ingested, some recovered by retries.
+            deadline = time.monotonic() + 75
+            while time.monotonic() < deadline:
+                merchants = [
+                    e["node"] for e in _graphql(http, support, query)["merchants"]["edges"]
+                ]
+                payments = [p["node"] for m in merchants for p in m["payments"]["edges"]]
+                ingested = all(m["payments"]["edges"] for m in merchants)
+                if ingested and any(p["recoveredBy"] == "PORTAL" for p in payments):
+                    break
+                time.sleep(1)
+        assert len(merchants) == 4
+        assert ingested, [m["name"] for m in merchants if not m["payments"]["edges"]]
+        assert any(p["recoveredBy"] == "PORTAL" for p in payments)
     finally:
         demo.terminate()
         demo.communicate(timeout=30)
 
 
-async def test_demo_serves_seeded_merchants(env: dict[str, str]) -> None:
+async def test_demo_ingests_retries_and_recovers(env: dict[str, str]) -> None:
     await asyncio.to_thread(_demo_flow, env)

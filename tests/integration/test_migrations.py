@@ -6,7 +6,7 @@ import asyncpg
 from alembic import command
 
 from app.embedded import Services, create_scratch_database, drop_database
-from portal.cli import alembic_config
+from portal.migrate import alembic_config
 
 
 async def _tables(url: str) -> set[str]:

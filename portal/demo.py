@@ -1,0 +1,164 @@
+"""The live demo: sandbox processors, the API, an in-process worker and an accelerated clock."""
+
+import asyncio
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import httpx
+import uvicorn
+from arq import create_pool
+from arq.connections import ArqRedis, RedisSettings
+from redis.asyncio import Redis
+
+from app.clock import AcceleratedClock
+from app.crypto import CredentialBox
+from app.db import Database
+from app.embedded import resolve_services
+from app.enums import Processor, Role
+from app.services.api_key import create_api_key
+from app.services.connection import create_connection
+from app.services.merchant import create_merchant
+from app.settings import Settings
+from app.tenancy import SYSTEM_SCOPE, system_principal
+from jobs.enqueue import enqueue_poll
+from jobs.worker import build_worker
+from portal.asgi import Resources, create_app
+from portal.migrate import upgrade_database
+from sandbox.app import create_app as create_sandbox
+from sandbox.server import serving
+
+DEMO_MERCHANTS: tuple[tuple[str, Processor], ...] = (
+    ("Acme Streaming", Processor.STRIPE),
+    ("Globex Fitness", Processor.BRAINTREE),
+    ("Initech Cloud", Processor.CHECKOUT),
+    ("Umbrella Learning", Processor.ADYEN),
+)
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    """The demo's knobs."""
+
+    port: int = 8000
+    speed: float = 3600.0
+    merchants: int = 4
+    customers: int = 1500
+    history_days: int = 14
+
+
+async def run_demo(
+    settings: Settings, options: DemoOptions, announce: Callable[[str], None]
+) -> None:
+    """Start everything on loopback and serve until cancelled (Ctrl-C)."""
+    services = await resolve_services(settings)
+    announce(f"portal using {services.describe()}")
+    try:
+        await asyncio.to_thread(upgrade_database, services.database_url)
+        clock = AcceleratedClock(datetime.now(UTC), options.speed)
+        db = Database.from_url(services.database_url)
+        redis = Redis.from_url(services.redis_url)
+        arq = await create_pool(RedisSettings.from_dsn(services.redis_url))
+        box = CredentialBox(settings.secret_key.get_secret_value())
+        resources = Resources(db=db, redis=redis, arq=arq, clock=clock)
+        app = create_app(settings, resources=resources)
+        server = uvicorn.Server(
+            uvicorn.Config(app, host=settings.host, port=options.port, log_config=None)
+        )
+        portal_url = f"http://{settings.host}:{options.port}"
+        worker = build_worker(
+            services.redis_url,
+            {"settings": settings, "db": db, "clock": clock, "box": box},
+            handle_signals=False,
+        )
+        async with serving(create_sandbox(clock.now)) as sandbox_url:
+            lines = await _set_up_merchants(db, box, clock, sandbox_url, portal_url, options, arq)
+            serve = asyncio.create_task(server.serve())
+            work = asyncio.create_task(worker.async_run())
+            # uvicorn offers a flag, not an event, for "listening".
+            while not server.started and not serve.done():  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+            announce(f"GraphQL: {portal_url}/graphql")
+            announce(f"Sandbox processors: {sandbox_url} (simulated time x{options.speed:g})")
+            for line in lines:
+                announce(line)
+            try:
+                await serve
+            finally:
+                work.cancel()
+                await worker.close()
+                await arq.aclose()
+                await redis.aclose()
+                await db.dispose()
+    finally:
+        services.close()
+
+
+async def _set_up_merchants(
+    db: Database,
+    box: CredentialBox,
+    clock: AcceleratedClock,
+    sandbox_url: str,
+    portal_url: str,
+    options: DemoOptions,
+    arq: ArqRedis,
+) -> list[str]:
+    now = clock.now()
+    lines: list[str] = []
+    principal = system_principal("demo")
+    connection_ids = []
+    async with (
+        httpx.AsyncClient(base_url=sandbox_url, timeout=60) as admin,
+        db.uow(SYSTEM_SCOPE) as uow,
+    ):
+        for index, (name, kind) in enumerate(DEMO_MERCHANTS[: options.merchants]):
+            merchant = await create_merchant(uow, name=name, principal=principal, now=now)
+            account_id = f"demo_{kind.value}_{secrets.token_hex(3)}"
+            api_key = secrets.token_hex(12)
+            hmac_key = secrets.token_hex(32)
+            credentials: dict[str, str] = {"api_key": api_key}
+            if kind is Processor.BRAINTREE:
+                credentials = {"public_key": account_id, "private_key": api_key}
+            if kind is Processor.ADYEN:
+                credentials["hmac_key_hex"] = hmac_key
+            connection = await create_connection(
+                uow,
+                principal=principal,
+                merchant_id=merchant.id,
+                kind=kind,
+                base_url=f"{sandbox_url}/{kind.value}",
+                credentials=credentials,
+                box=box,
+                account_ref=account_id,
+                now=now,
+            )
+            body: dict[str, object] = {
+                "processor": kind.value,
+                "account_id": account_id,
+                "merchant_seed": 4242 + index,
+                "api_key": api_key,
+                "history_days": options.history_days,
+                "customers": options.customers,
+            }
+            if kind is Processor.ADYEN:
+                body["webhook_url"] = f"{portal_url}/webhooks/adyen/{connection.id}"
+                body["hmac_key_hex"] = hmac_key
+            (await admin.post("/_sandbox/accounts", json=body)).raise_for_status()
+            _, token = await create_api_key(
+                uow,
+                name=f"{name} dashboard",
+                role=Role.MERCHANT,
+                merchant_ids=[merchant.id],
+                now=now,
+            )
+            lines.append(f"Merchant API key ({name}, {kind.value}): {token}")
+            connection_ids.append(connection.id)
+        _, support = await create_api_key(
+            uow, name="demo support", role=Role.SUPPORT, merchant_ids=[], now=now
+        )
+        await uow.commit()
+    for connection_id in connection_ids:
+        await enqueue_poll(arq, connection_id)
+    lines.append(f"Support API key: {support}")
+    return lines
