@@ -382,6 +382,45 @@ def _aware(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=UTC)
 
 
+@cli.command()
+def simulate(
+    report: Annotated[bool, typer.Option("--report", help="Print calibration vs targets.")] = False,
+    failures: Annotated[int, typer.Option(min=1000, help="Simulated failures.")] = 50_000,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 7,
+    simulator_config: Annotated[
+        Path | None, typer.Option(help="Simulator parameter file (TOML or JSON).")
+    ] = None,
+) -> None:
+    """The world simulator: calibration figures beside the targets of the domain notes."""
+    from ml.simulator.report import calibration_report, format_calibration
+
+    result = calibration_report(
+        n_failures=failures, seed=seed, config_path=simulator_config, progress=True
+    )
+    typer.echo(format_calibration(result) if report else json.dumps(result, default=str))
+
+
+@cli.command()
+def evaluate(
+    failures: Annotated[int, typer.Option(min=1000, help="Simulated failures.")] = 100_000,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    simulator_config: Annotated[
+        Path | None, typer.Option(help="Simulator parameter file (TOML or JSON).")
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Where report.json and the PNG go.")] = Path(
+        "out/evaluation"
+    ),
+) -> None:
+    """Offline evaluation: the model policy against fixed schedules on the same failures."""
+    from ml.evaluate import format_table, run_evaluation
+
+    result = run_evaluation(
+        n_failures=failures, seed=seed, config_path=simulator_config, out_dir=out, progress=True
+    )
+    typer.echo(format_table(result))
+    typer.echo(f"wrote {out / 'report.json'}")
+
+
 @cli.command("export-schema")
 def export_schema(
     out: Annotated[Path, typer.Option(help="Where to write the SDL.")] = SCHEMA_FILE,
