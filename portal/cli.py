@@ -35,7 +35,7 @@ from jobs.worker import build_worker
 from portal.asgi import create_app
 from portal.demo import DemoOptions, run_demo
 from portal.logging import configure_logging
-from portal.migrate import upgrade_database
+from portal.migrate import upgrade_database as upgrade_database
 from resolvers.ids import decode_id, encode_id
 from schema.root import build_schema, export_sdl
 

@@ -9,7 +9,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from app.clock import FixedClock
 from app.db import Database
-from app.embedded import Services, create_scratch_database, drop_database, resolve_services
+from app.embedded import Services, resolve_services
+from app.embedded import create_scratch_database as create_scratch_database
+from app.embedded import drop_database as drop_database
 from app.settings import Settings
 from portal.migrate import upgrade_database
 
