@@ -352,6 +352,8 @@ async def decide_pending(
             event: DecisionMade = decide(ctx, now=now, scheduler=scheduler).to_event()
             await run_event(uow, ctx, event, now=now, scheduler=scheduler)
         ctx.payment.needs_decision = False
+    # Flushed so that a later query in the same unit of work sees these payments as decided.
+    await uow.session.flush()
     return len(ids) + await _resume_held(uow, now=now, limit=limit, scheduler=scheduler)
 
 
@@ -390,6 +392,7 @@ async def _resume_held(
     contexts = await load_contexts(uow.session, ids, now=now)
     for ctx in contexts.values():
         await run_event(uow, ctx, MerchantResumed(), now=now, scheduler=scheduler)
+    await uow.session.flush()
     return len(contexts)
 
 
@@ -476,4 +479,5 @@ async def claim_due(
             extra_customer[ctx.payment.customer_id].append(record)
         applied.transitions += result.transitions
         applied.enqueue += result.enqueue
+    await uow.session.flush()
     return applied
