@@ -1,15 +1,23 @@
-"""Prometheus metrics: in-process counters, database gauges read at scrape time, /metrics."""
+"""Prometheus metrics: request counters, job counts kept in Redis, database gauges, /metrics."""
 
+import asyncio
+import dataclasses
+import functools
 import hmac
 import logging
 import re
 import threading
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime
+from typing import Any, cast
 
+from arq import Retry
+from arq.typing import WorkerCoroutine
+from arq.worker import Worker
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
-from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from redis.asyncio import Redis
 from sqlalchemy import DateTime, func, literal, select
 from sqlmodel import col
 from starlette.requests import Request
@@ -41,12 +49,10 @@ GRAPHQL_LATENCY = Histogram(
     registry=REGISTRY,
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
-JOBS = Counter(
-    "portal_jobs",
-    "Background jobs run in this process, by job and outcome (complete, retry, failed).",
-    ["job", "outcome"],
-    registry=REGISTRY,
-)
+# Job runs are counted in Redis, not in process memory: workers run in their own processes
+# (and several of them), yet any API replica's /metrics must report every run.
+JOB_COUNTS_KEY = "portal:metrics:jobs"
+JOB_OUTCOMES = ("complete", "retry", "failed", "cancelled")
 
 # Operation names come from clients: cap how many distinct ones become label values, so a
 # client sending random names cannot grow the exposition without bound.
@@ -77,9 +83,57 @@ def observe_graphql(operation: str, status: int, seconds: float) -> None:
     GRAPHQL_LATENCY.labels(operation=operation).observe(seconds)
 
 
-def record_job(job: str, outcome: str) -> None:
-    """Count one job run: `outcome` is `complete`, `retry` or `failed`."""
-    JOBS.labels(job=job, outcome=outcome).inc()
+async def record_job(redis: Redis, job: str, outcome: str) -> None:
+    """Count one run of `job` with an outcome of `JOB_OUTCOMES`; never fails the caller."""
+    try:
+        await cast(Awaitable[int], redis.hincrby(JOB_COUNTS_KEY, f"{job}|{outcome}", 1))
+    except Exception:
+        logger.warning("metrics: could not count a run of %s", job, exc_info=True)
+
+
+def _counted(name: str, coroutine: WorkerCoroutine) -> WorkerCoroutine:
+    @functools.wraps(coroutine)
+    async def run(ctx: dict[Any, Any], *args: Any, **kwargs: Any) -> Any:
+        outcome = "failed"
+        try:
+            result = await coroutine(ctx, *args, **kwargs)
+        except Retry:
+            outcome = "retry"
+            raise
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            raise
+        else:
+            outcome = "complete"
+            return result
+        finally:
+            await asyncio.shield(record_job(ctx["redis"], name, outcome))
+
+    return run
+
+
+def instrument_worker(worker: Worker) -> Worker:
+    """Count every run of the worker's jobs and cron jobs by outcome (see `record_job`)."""
+    for name, function in list(worker.functions.items()):
+        worker.functions[name] = dataclasses.replace(
+            function, coroutine=_counted(name, function.coroutine)
+        )
+    return worker
+
+
+async def job_family(redis: Redis) -> Metric:
+    """Job runs by job and outcome, as counted in Redis by every worker."""
+    family = CounterMetricFamily(
+        "portal_jobs",
+        "Background job runs by job and outcome (complete, retry, failed, cancelled), "
+        "summed over every worker.",
+        labels=["job", "outcome"],
+    )
+    counts = await cast(Awaitable[dict[bytes, bytes]], redis.hgetall(JOB_COUNTS_KEY))
+    for field, value in sorted(counts.items()):
+        job, _, outcome = field.decode().rpartition("|")
+        family.add_metric([job, outcome], float(value))
+    return family
 
 
 class _Families:
@@ -143,15 +197,18 @@ def metrics_endpoint(settings: Settings) -> Callable[[Request], Awaitable[Respon
         up = GaugeMetricFamily(
             "portal_metrics_database_up", "1 when the database part of this scrape succeeded."
         )
-        families: list[Metric]
+        families: list[Metric] = []
         try:
-            families = await database_families(db, clock.now())
+            families += await database_families(db, clock.now())
             up.add_metric([], 1.0)
         except Exception:
             # A scrape must still answer with the process metrics when the database is down.
             logger.warning("metrics: database part of the scrape failed", exc_info=True)
-            families = []
             up.add_metric([], 0.0)
+        try:
+            families.append(await job_family(request.app.state.redis))
+        except Exception:
+            logger.warning("metrics: reading job counts from Redis failed", exc_info=True)
         body = generate_latest(REGISTRY) + generate_latest(_Families([*families, up]))
         return Response(body, media_type=CONTENT_TYPE_PLAIN_0_0_4)
 

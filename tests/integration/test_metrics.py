@@ -1,10 +1,16 @@
 """/metrics: Prometheus text that parses, request and job counters, database gauges."""
 
+import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
+from typing import Any
 
 import httpx
 import pytest
+from arq import Retry, create_pool
+from arq import func as job
+from arq.connections import RedisSettings
+from arq.worker import Worker
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 from redis.asyncio import Redis
@@ -112,13 +118,70 @@ async def test_request_counts_and_latency_by_operation(
     assert after[latency] - before.get(latency, 0) == 4
 
 
-async def test_job_counter(client: httpx.AsyncClient) -> None:
-    key = ("portal_jobs_total", (("job", "metrics_probe"), ("outcome", "complete")))
-    before, _ = await scrape(client)
-    metrics.record_job("metrics_probe", "complete")
-    metrics.record_job("metrics_probe", "complete")
-    after, _ = await scrape(client)
-    assert after[key] - before.get(key, 0) == 2
+# arq's Worker.close() still calls redis-py's deprecated close().
+@pytest.mark.filterwarnings("ignore:Call to deprecated close:DeprecationWarning")
+async def test_job_runs_are_counted_across_processes(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    """Jobs run by an instrumented arq worker (in burst mode) show up on the API's /metrics."""
+    suffix = uuid.uuid4().hex[:8]
+    queue = f"test:metrics:{suffix}"
+
+    async def ok(ctx: dict[Any, Any]) -> str:
+        return "done"
+
+    async def flaky(ctx: dict[Any, Any]) -> None:
+        if ctx["job_try"] == 1:
+            raise Retry(defer=0)
+
+    async def broken(ctx: dict[Any, Any]) -> None:
+        raise RuntimeError("boom")
+
+    names = {"ok": f"ok_{suffix}", "flaky": f"flaky_{suffix}", "broken": f"broken_{suffix}"}
+    redis_settings = RedisSettings.from_dsn(services.redis_url)
+    worker = metrics.instrument_worker(
+        Worker(
+            functions=[
+                job(ok, name=names["ok"]),
+                job(flaky, name=names["flaky"], max_tries=3),
+                job(broken, name=names["broken"], max_tries=1),
+            ],
+            redis_settings=redis_settings,
+            queue_name=queue,
+            burst=True,
+            poll_delay=0.01,
+            handle_signals=False,
+        )
+    )
+    pool = await create_pool(redis_settings, default_queue_name=queue)
+    try:
+        for _ in range(2):
+            await pool.enqueue_job(names["ok"])
+        await pool.enqueue_job(names["flaky"])
+        await pool.enqueue_job(names["broken"])
+        await worker.main()
+    finally:
+        await worker.close()
+        await pool.aclose()
+
+    samples, _ = await scrape(client)
+
+    def runs(job: str, outcome: str) -> float:
+        return samples.get(("portal_jobs_total", (("job", names[job]), ("outcome", outcome))), 0)
+
+    assert runs("ok", "complete") == 2
+    assert runs("flaky", "retry") == 1
+    assert runs("flaky", "complete") == 1
+    assert runs("broken", "failed") == 1
+    assert runs("ok", "failed") == 0
+
+
+async def test_record_job_directly(client: httpx.AsyncClient, redis: Redis) -> None:
+    job = f"direct_{uuid.uuid4().hex[:8]}"
+    await metrics.record_job(redis, job, "complete")
+    await metrics.record_job(redis, job, "complete")
+    samples, _ = await scrape(client)
+    assert samples[("portal_jobs_total", (("job", job), ("outcome", "complete")))] == 2
 
 
 async def test_payments_by_state_and_ingestion_lag(
