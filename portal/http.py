@@ -168,8 +168,9 @@ class PortalGraphQL(GraphQL[Context, None]):
     Independent of media type: GET runs queries only (a mutation gets 405 with
     `Allow: POST`); POST bodies must be `application/json` (or the GraphQL response type),
     anything else is 415, so a cross-site form cannot post a mutation; batching is refused
-    with 400; other methods get 405. Every error carries `extensions.code`, and every
-    response to a GraphQL request carries `extensions.cost` when rate limiting is on.
+    with 400; other methods get 405. Every error carries `extensions.code`. With rate
+    limiting on, every response past the HTTP-level refusals (405, 406, 413, 415, a
+    malformed body, 401) carries `extensions.cost`.
     """
 
     def __init__(self, *args: Any, settings: Settings, **kwargs: Any) -> None:
@@ -489,7 +490,8 @@ async def _read_body(request: Request) -> bytes:
 
 def _json(raw: str | bytes, message: str) -> Any:
     try:
-        return json.loads(raw)
+        # Decoded here: json.loads would otherwise sniff UTF-16/32 where the spec says UTF-8.
+        return json.loads(raw.decode("utf-8") if isinstance(raw, bytes) else raw)
     except (ValueError, UnicodeDecodeError) as error:
         raise Refusal(400, ErrorCode.BAD_REQUEST, message) from error
 

@@ -158,6 +158,16 @@ async def test_invalid_parameters_are_400(client: httpx.AsyncClient, body: Any) 
         assert codes(response) == ["BAD_REQUEST"]
 
 
+async def test_body_must_be_utf8(client: httpx.AsyncClient) -> None:
+    response = await client.post(
+        "/graphql",
+        content=json.dumps({"query": VIEWER}).encode("utf-16"),
+        headers={"content-type": JSON, "accept": GRJ},
+    )
+    assert response.status_code == 400
+    assert codes(response) == ["BAD_REQUEST"]
+
+
 async def test_oversized_body_is_413(client: httpx.AsyncClient) -> None:
     body = {"query": VIEWER, "variables": {"blob": "x" * (MAX_BODY_BYTES + 1)}}
     response = await post(client, body)
