@@ -35,6 +35,7 @@ from jobs.worker import build_worker
 from portal.asgi import create_app
 from portal.demo import DemoOptions, run_demo
 from portal.logging import configure_logging
+from portal.metrics import instrument_worker
 from portal.migrate import upgrade_database as upgrade_database
 from resolvers.ids import decode_id, encode_id
 from schema.root import build_schema, export_sdl
@@ -345,11 +346,13 @@ def worker(
     """Run the arq worker (polling, normalization, retries)."""
 
     async def work(settings: Settings, services: Services) -> None:
-        runner = build_worker(
-            services.redis_url,
-            {"settings": settings, "database_url": services.database_url},
-            burst=burst,
-            handle_signals=False,
+        runner = instrument_worker(
+            build_worker(
+                services.redis_url,
+                {"settings": settings, "database_url": services.database_url},
+                burst=burst,
+                handle_signals=False,
+            )
         )
         try:
             await runner.async_run()

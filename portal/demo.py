@@ -25,6 +25,7 @@ from app.tenancy import SYSTEM_SCOPE, system_principal
 from jobs.enqueue import enqueue_poll
 from jobs.worker import build_worker
 from portal.asgi import Resources, create_app
+from portal.metrics import instrument_worker
 from portal.migrate import upgrade_database
 from sandbox.app import create_app as create_sandbox
 from sandbox.server import serving
@@ -67,10 +68,12 @@ async def run_demo(
             uvicorn.Config(app, host=settings.host, port=options.port, log_config=None)
         )
         portal_url = f"http://{settings.host}:{options.port}"
-        worker = build_worker(
-            services.redis_url,
-            {"settings": settings, "db": db, "clock": clock, "box": box},
-            handle_signals=False,
+        worker = instrument_worker(
+            build_worker(
+                services.redis_url,
+                {"settings": settings, "db": db, "clock": clock, "box": box},
+                handle_signals=False,
+            )
         )
         async with serving(create_sandbox(clock.now)) as sandbox_url:
             lines = await _set_up_merchants(db, box, clock, sandbox_url, portal_url, options, arq)
