@@ -34,13 +34,17 @@ from app.models.retry_policy import RetryPolicy
 from app.retry.events import (
     AlertDuplicateCharge,
     ApplyEndAction,
+    AttemptAbandoned,
+    AttemptDeclined,
     AttemptStarted,
     CancelSubscriptionRetries,
     ClearSchedule,
+    CredentialUpdated,
     DecisionMade,
     EmitEvent,
     EnqueueAttempt,
     Event,
+    ExternalAttemptDeclined,
     FailureIngested,
     MerchantResumed,
     PaidElsewhere,
@@ -68,6 +72,10 @@ ACTIVE_STATES = (PaymentState.PENDING, PaymentState.SCHEDULED, PaymentState.RETR
 # "rule: detail" (an ending) or "…; moved to T by rule" (a placement), as the core words them.
 _ENDED_BY = re.compile(r"^([a-z][a-z0-9_]*): ")
 _MOVED_BY = re.compile(r" by ([a-z][a-z0-9_]*)$")
+
+
+# Events after which the stored history differs from the ledger the transition was given.
+_HISTORY_EVENTS = (AttemptDeclined, AttemptAbandoned, ExternalAttemptDeclined, CredentialUpdated)
 
 
 @dataclass
@@ -238,8 +246,12 @@ async def run_event(
     )
     if any(isinstance(a, RequestDecision) for a in tr.actions):
         if ctx.payment.state in (PaymentState.PENDING, PaymentState.SCHEDULED):
-            await uow.session.flush()
-            fresh = (await load_contexts(uow.session, [ctx.payment.id], now=now))[ctx.payment.id]
+            fresh = ctx
+            if isinstance(event, _HISTORY_EVENTS):
+                # The event changed the history the rules read: read it back as stored.
+                await uow.session.flush()
+                loaded = await load_contexts(uow.session, [ctx.payment.id], now=now)
+                fresh = loaded[ctx.payment.id]
             decision = decide(fresh, now=now, scheduler=scheduler)
             more = await run_event(uow, fresh, decision.to_event(), now=now, scheduler=scheduler)
             applied.transitions += more.transitions

@@ -1,0 +1,369 @@
+"""Retry engine throughput: decide + claim + charge + record over N due payments.
+
+Prints payments per second for each phase and overall, and the share of task time spent in
+SQL statements, in processor calls, and in everything else (state machine, rules, ORM).
+
+Two processors: `--processor stub` (default) answers in-process, so the figures isolate the
+database side at scale; `--processor sandbox` serves the sandbox over HTTP on 127.0.0.1 and
+charges the failures it generated (the sandbox only retries its own charges, so the payment
+count is what its history holds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import httpx
+from sqlalchemy import event, text
+
+from app.clock import FixedClock
+from app.crypto import CredentialBox
+from app.db import Database
+from app.embedded import resolve_services
+from app.enums import Processor, Role
+from app.models.ingestion import ProcessorConnection
+from app.processors.base import ChargeResult, ListPage, ProcessorAdapter, RawItem
+from app.services.connection import create_connection
+from app.services.merchant import create_merchant
+from app.services.polling import poll_connection
+from app.services.retry.attempt import default_adapters, execute_attempt
+from app.services.retry.engine import claim_due, decide_pending
+from app.settings import Settings
+from app.tenancy import SYSTEM_SCOPE, Principal, Scope
+from portal.cli import upgrade_database
+
+T0 = datetime(2026, 11, 2, 10, 0, tzinfo=UTC)
+BOX = CredentialBox("bench-secret")
+SUPPORT = Principal(key_id=None, name="bench", role=Role.SUPPORT, scope=Scope(None))
+
+
+@dataclass
+class Timers:
+    sql: float = 0.0
+    processor: float = 0.0
+    statements: int = 0
+    calls: int = 0
+    by_statement: dict[str, float] = field(default_factory=dict)
+
+
+def _charge_body(charge_id: str, status: str, customer: str, amount: int) -> dict[str, Any]:
+    failed = status == "failed"
+    return {
+        "id": charge_id,
+        "object": "charge",
+        "amount": amount,
+        "currency": "usd",
+        "created": int(T0.timestamp()),
+        "customer": customer,
+        "invoice": f"in_{charge_id}",
+        "status": status,
+        "paid": not failed,
+        "failure_code": "card_declined" if failed else None,
+        "outcome": {
+            "type": "issuer_declined" if failed else "authorized",
+            "reason": "insufficient_funds" if failed else None,
+        },
+        "payment_method_details": {
+            "type": "card",
+            "card": {
+                "brand": "visa",
+                "country": "US",
+                "exp_month": 12,
+                "exp_year": 2030,
+                "fingerprint": "fp",
+                "funding": "debit",
+                "last4": "4242",
+            },
+        },
+    }
+
+
+class StubStripe:
+    """Answers like Stripe, in-process: ~30% approved, the rest declined; idempotent by key."""
+
+    def __init__(self) -> None:
+        self._by_key: dict[str, ChargeResult] = {}
+        self._rng = random.Random(7)
+
+    async def list_page(self, cursor: Mapping[str, Any]) -> ListPage:
+        return ListPage(items=[], cursor=dict(cursor), more=False)
+
+    async def fetch(self, processor_payment_id: str) -> RawItem:
+        body = _charge_body(processor_payment_id, "failed", "cus", 2900)
+        return RawItem.from_json(body, processor_payment_id)
+
+    async def charge(self, **kw: Any) -> ChargeResult:
+        key = kw["idempotency_key"]
+        if key not in self._by_key:
+            charge_id = f"ch_{uuid.uuid4().hex[:20]}"
+            status = "succeeded" if self._rng.random() < 0.3 else "failed"
+            body = _charge_body(charge_id, status, kw["customer_ref"], kw["amount_minor"])
+            self._by_key[key] = ChargeResult(
+                charge_id, status == "succeeded", RawItem.from_json(body, charge_id)
+            )
+        return self._by_key[key]
+
+
+class Timed:
+    """An adapter wrapper adding each call's duration to the processor timer."""
+
+    def __init__(self, inner: ProcessorAdapter, timers: Timers) -> None:
+        self._inner = inner
+        self._timers = timers
+
+    async def list_page(self, cursor: Mapping[str, Any]) -> ListPage:
+        return await self._inner.list_page(cursor)
+
+    async def fetch(self, processor_payment_id: str) -> RawItem:
+        start = time.perf_counter()
+        try:
+            return await self._inner.fetch(processor_payment_id)
+        finally:
+            self._timers.processor += time.perf_counter() - start
+            self._timers.calls += 1
+
+    async def charge(self, **kw: Any) -> ChargeResult:
+        start = time.perf_counter()
+        try:
+            return await self._inner.charge(**kw)
+        finally:
+            self._timers.processor += time.perf_counter() - start
+            self._timers.calls += 1
+
+
+def _time_sql(db: Database, timers: Timers) -> None:
+    assert db.engine is not None
+    sync = db.engine.sync_engine
+
+    @event.listens_for(sync, "before_cursor_execute")
+    def _before(
+        conn: Any, cursor: Any, statement: Any, params: Any, context: Any, many: Any
+    ) -> None:
+        conn.info.setdefault("bench_start", []).append(time.perf_counter())
+
+    @event.listens_for(sync, "after_cursor_execute")
+    def _after(
+        conn: Any, cursor: Any, statement: Any, params: Any, context: Any, many: Any
+    ) -> None:
+        took = time.perf_counter() - conn.info["bench_start"].pop()
+        timers.sql += took
+        timers.statements += 1
+        head = " ".join(str(statement).split())[:90]
+        timers.by_statement[head] = timers.by_statement.get(head, 0.0) + took
+
+
+async def _scratch_database(settings: Settings) -> tuple[str, Any]:
+    services = await resolve_services(settings)
+    name = f"portal_bench_{uuid.uuid4().hex[:8]}"
+    base, _, query = services.database_url.partition("?")
+    head = base.rsplit("/", 1)[0]
+    plain = lambda db: f"{head}/{db}".replace("+asyncpg", "") + (f"?{query}" if query else "")  # noqa: E731
+    admin = await asyncpg.connect(plain("postgres"))
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    await admin.close()
+    url = f"{head}/{name}" + (f"?{query}" if query else "")
+    await asyncio.to_thread(upgrade_database, url)
+
+    async def drop() -> None:
+        admin = await asyncpg.connect(plain("postgres"))
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+        services.close()
+
+    return url, drop
+
+
+async def _merchant(db: Database, base_url: str, api_key: str) -> ProcessorConnection:
+    async with db.uow(SYSTEM_SCOPE) as uow:
+        merchant = await create_merchant(uow, name="Bench", principal=SUPPORT, now=T0)
+        connection = await create_connection(
+            uow,
+            principal=SUPPORT,
+            merchant_id=merchant.id,
+            kind=Processor.STRIPE,
+            base_url=base_url,
+            credentials={"api_key": api_key},
+            box=BOX,
+            now=T0,
+        )
+        await uow.commit()
+    return connection
+
+
+async def _generate(db: Database, connection: ProcessorConnection, n: int) -> None:
+    """N failed payments, one customer and card each, failed two hours before T0 (set-based)."""
+    params = {
+        "m": connection.merchant_id,
+        "c": connection.id,
+        "n": n,
+        "t0": T0,
+        "ago": T0 - timedelta(hours=2),
+    }
+    statements = [
+        """INSERT INTO customer (id, merchant_id, external_ref, created_at)
+           SELECT md5('c' || g)::uuid, :m, 'cus_' || g, :t0 FROM generate_series(1, :n) g""",
+        """INSERT INTO card_credential (id, merchant_id, customer_id, brand, funding, last4,
+             exp_month, exp_year, fingerprint, created_at)
+           SELECT md5('k' || g)::uuid, :m, md5('c' || g)::uuid, 'visa', 'debit', '4242', 12,
+             2030, 'fp_' || g, :t0 FROM generate_series(1, :n) g""",
+        """INSERT INTO payment (id, merchant_id, processor, processor_payment_id, amount_minor,
+             currency, customer_id, card_id, first_failed_at, decline_category,
+             decline_retryable, decline_advice, state, attempt_count, connection_id,
+             created_at, updated_at, needs_decision)
+           SELECT md5('p' || g)::uuid, :m, 'stripe', 'ch_' || g, 2900, 'USD',
+             md5('c' || g)::uuid, md5('k' || g)::uuid, :ago,
+             'insufficient_funds', true, 'retry', 'PENDING', 1, :c, :t0, :t0, true
+           FROM generate_series(1, :n) g""",
+        """INSERT INTO payment_attempt (id, merchant_id, payment_id, number, attempted_at,
+             outcome, actor, decline_category, created_at)
+           SELECT md5('a' || g)::uuid, :m, md5('p' || g)::uuid, 1, :ago,
+             'declined', 'processor', 'insufficient_funds', :t0
+           FROM generate_series(1, :n) g""",
+    ]
+    async with db.uow(SYSTEM_SCOPE) as uow:
+        for sql in statements:
+            await uow.session.execute(text(sql), params)
+        await uow.commit()
+    assert db.engine is not None
+    async with db.engine.connect() as conn:
+        await conn.execute(text("ANALYZE"))
+
+
+async def _run(args: argparse.Namespace) -> None:
+    settings = Settings(environment="test")
+    url, drop = await _scratch_database(settings)
+    db = Database.from_url(url, pool_size=args.concurrency + 2, max_overflow=4)
+    timers = Timers()
+    clock = FixedClock(T0)
+    try:
+        async with httpx.AsyncClient(trust_env=False, timeout=10) as http:
+            if args.processor == "sandbox":
+                from sandbox.app import create_app
+                from sandbox.server import serving
+
+                async with serving(create_app(clock.now)) as base:
+                    await http.post(
+                        f"{base}/_sandbox/accounts",
+                        json={
+                            "processor": "stripe",
+                            "account_id": "bench",
+                            "merchant_seed": 3,
+                            "api_key": "sk_bench",
+                            "history_days": 7,
+                            "customers": args.customers,
+                        },
+                    )
+                    connection = await _merchant(db, f"{base}/stripe", "sk_bench")
+                    while (
+                        await poll_connection(db, connection.id, client=http, box=BOX, clock=clock)
+                    ).more:
+                        pass
+                    real = default_adapters(http, BOX)
+                    await _pipeline(db, clock, timers, lambda c: Timed(real(c), timers), args)
+            else:
+                connection = await _merchant(db, "http://127.0.0.1:1/stripe", "sk_stub")
+                start = time.perf_counter()
+                await _generate(db, connection, args.payments)
+                took = time.perf_counter() - start
+                print(f"generated {args.payments:,} failed payments in {took:.1f} s")
+                stub = StubStripe()
+                await _pipeline(db, clock, timers, lambda c: Timed(stub, timers), args)
+    finally:
+        await db.dispose()
+        await drop()
+
+
+async def _pipeline(
+    db: Database, clock: FixedClock, timers: Timers, adapters: Any, args: argparse.Namespace
+) -> None:
+    _time_sql(db, timers)
+    phases: dict[str, tuple[float, int]] = {}
+
+    start = time.perf_counter()
+    decided = 0
+    while True:
+        async with db.uow(SYSTEM_SCOPE) as uow:
+            done = await decide_pending(uow, now=clock.now(), limit=args.batch)
+            await uow.commit()
+        if not done:
+            break
+        decided += done
+    phases["decide"] = (time.perf_counter() - start, decided)
+
+    clock.set(T0 + timedelta(days=1, minutes=1))
+    start = time.perf_counter()
+    queued: list[tuple[uuid.UUID, int]] = []
+    while True:
+        async with db.uow(SYSTEM_SCOPE) as uow:
+            applied = await claim_due(uow, now=clock.now(), limit=args.batch)
+            await uow.commit()
+        if not applied.transitions:
+            break
+        queued += applied.enqueue
+    phases["claim"] = (time.perf_counter() - start, len(queued))
+
+    start = time.perf_counter()
+    gate = asyncio.Semaphore(args.concurrency)
+    statuses: dict[str, int] = {}
+
+    async def one(pid: uuid.UUID, number: int) -> None:
+        async with gate:
+            result = await execute_attempt(
+                db, payment_id=pid, attempt_number=number, adapters=adapters, clock=clock
+            )
+            statuses[result.status] = statuses.get(result.status, 0) + 1
+
+    await asyncio.gather(*(one(p, n) for p, n in queued))
+    phases["charge + record"] = (time.perf_counter() - start, len(queued))
+
+    total = sum(t for t, _ in phases.values())
+    for name, (seconds, count) in phases.items():
+        rate = count / seconds if seconds else 0.0
+        print(f"{name:16s} {count:8,d} payments in {seconds:8.2f} s  = {rate:9,.0f} /s")
+    overall = len(queued) / total
+    print(f"{'overall':16s} {len(queued):8,d} payments in {total:8.2f} s  = {overall:9,.0f} /s")
+    print(f"attempt outcomes: {statuses}")
+    # With concurrent attempts the timers add up task time, which exceeds wall time.
+    busy = timers.sql + timers.processor
+    other = max(0.0, total - busy) if args.concurrency == 1 else None
+    print(
+        f"SQL: {timers.statements:,} statements, {timers.sql:.1f} s; "
+        f"processor: {timers.calls:,} calls, {timers.processor:.1f} s"
+    )
+    print(
+        f"share of SQL + processor time: database {timers.sql / busy:.0%}, "
+        f"processor {timers.processor / busy:.0%}"
+        + (f"; other (engine, ORM) {other:.1f} s" if other is not None else "")
+    )
+    if args.profile:
+        _print_profile(timers)
+
+
+def _print_profile(timers: Timers) -> None:
+    top = sorted(timers.by_statement.items(), key=lambda kv: -kv[1])[:10]
+    for head, seconds in top:
+        print(f"  {seconds:8.2f} s  {head}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--payments", type=int, default=100_000)
+    parser.add_argument("--processor", choices=["stub", "sandbox"], default="stub")
+    parser.add_argument("--customers", type=int, default=2000, help="sandbox account size")
+    parser.add_argument("--batch", type=int, default=500)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--profile", action="store_true", help="print the costliest statements")
+    asyncio.run(_run(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
