@@ -166,7 +166,10 @@ async def _scratch_database(settings: Settings) -> tuple[str, Any]:
     name = f"portal_bench_{uuid.uuid4().hex[:8]}"
     base, _, query = services.database_url.partition("?")
     head = base.rsplit("/", 1)[0]
-    plain = lambda db: f"{head}/{db}".replace("+asyncpg", "") + (f"?{query}" if query else "")  # noqa: E731
+
+    def plain(db: str) -> str:
+        return f"{head}/{db}".replace("+asyncpg", "") + (f"?{query}" if query else "")
+
     admin = await asyncpg.connect(plain("postgres"))
     await admin.execute(f'CREATE DATABASE "{name}"')
     await admin.close()
