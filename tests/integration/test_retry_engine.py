@@ -9,6 +9,7 @@ from sqlmodel import col, func, select
 from app.clock import FixedClock
 from app.db import Database
 from app.enums import Actor, AttemptOutcome, MerchantStatus, PaymentState
+from app.models.ingestion import ProcessorConnection
 from app.models.merchant import Merchant
 from app.models.payment import Payment
 from app.models.retry import OutboxEvent
@@ -376,3 +377,51 @@ async def test_paused_merchant_holds_payments_and_resume_decides_them(db: Databa
         "merchant_resumed",
         "decision_made",
     ]
+
+
+@pytest.mark.parametrize(
+    ("refusal", "connection_status"),
+    [
+        ("stripe: HTTP 400: No such charge", "active"),
+        ("stripe: HTTP 401, check credentials", "error"),
+    ],
+)
+async def test_refused_charge_is_abandoned_and_retried_an_hour_later(
+    db: Database, refusal: str, connection_status: str
+) -> None:
+    [payment], clock = await _setup(db)
+    await _decide(db, T0)
+    clock.set(T0 + timedelta(days=1))
+    [(pid, number)] = await _claim(db, clock.now())
+    stripe = FakeStripe(clock.now(), refuse=refusal)
+    result = await execute_attempt(
+        db, payment_id=pid, attempt_number=number, adapters=stripe, clock=clock
+    )
+    assert result.status == "abandoned"
+    after = await reload(db, payment.id)
+    assert after.state is PaymentState.SCHEDULED
+    assert after.next_retry_at == clock.now() + timedelta(hours=1)
+    assert [a.actor for a in await attempts_of(db, payment.id)] == [Actor.PROCESSOR]
+    async with db.session(SYSTEM_SCOPE) as s:
+        connection = await s.get(ProcessorConnection, after.connection_id)
+    assert connection is not None
+    assert connection.status == connection_status
+
+
+async def test_key_conflict_is_not_a_refusal(db: Database) -> None:
+    [payment], clock = await _setup(db)
+    await _decide(db, T0)
+    clock.set(T0 + timedelta(days=1))
+    [(pid, number)] = await _claim(db, clock.now())
+    stripe = FakeStripe(clock.now(), refuse="stripe: HTTP 409: idempotency key in use")
+    result = await execute_attempt(
+        db, payment_id=pid, attempt_number=number, adapters=stripe, clock=clock
+    )
+    assert result.status == "pending"
+    assert (await reload(db, payment.id)).state is PaymentState.RETRYING
+    stripe.refuse = None
+    result = await execute_attempt(
+        db, payment_id=pid, attempt_number=number, adapters=stripe, clock=clock
+    )
+    assert result.status == "recorded"
+    assert stripe.charge_count == 1

@@ -183,6 +183,7 @@ class FakeStripe:
     requests: list[str] = field(default_factory=list)
     fetches: list[str] = field(default_factory=list)
     can_fetch: bool = True
+    refuse: str | None = None
 
     def __call__(self, connection: ProcessorConnection) -> "FakeStripe":
         return self
@@ -211,6 +212,8 @@ class FakeStripe:
         idempotency_key: str,
     ) -> ChargeResult:
         self.requests.append(idempotency_key)
+        if self.refuse is not None:
+            raise PermanentProcessorError(self.refuse)
         result = self.charges.get(idempotency_key)
         if result is None:
             charge_id = f"ch_retry_{len(self.charges) + 1}"

@@ -40,6 +40,7 @@ from app.retry.events import (
     AttemptAbandoned,
     AttemptDeclined,
     AttemptSucceeded,
+    DecisionMade,
     Event,
     InvoiceVoided,
     PaidElsewhere,
@@ -56,6 +57,7 @@ logger = logging.getLogger(__name__)
 
 # A claimed payment with no recorded outcome after this long is reconciled by its key.
 STUCK_AFTER = timedelta(minutes=10)
+REFUSED_BACKOFF = timedelta(hours=1)
 
 AdapterFactory = Callable[[ProcessorConnection], ProcessorAdapter]
 
@@ -236,6 +238,9 @@ async def execute_attempt(
         # The charge may or may not have happened: only the same key may find out.
         return AttemptResult("pending", snap.state, detail=str(exc), retry_after=exc.retry_after)
     except PermanentProcessorError as exc:
+        if "HTTP 409" in str(exc):
+            # A conflict on an idempotency key: another request with it is still in flight.
+            return AttemptResult("pending", snap.state, detail=str(exc))
         return await _refused(db, snap, attempt_number, str(exc), clock, scheduler)
     items = [result.item]
     decline: Decline | None = None
@@ -306,8 +311,9 @@ async def _refused(
     clock: Clock,
     scheduler: Scheduler | None,
 ) -> AttemptResult:
-    """The processor refused the request itself (no charge): abandon the attempt, and stop
-    charging through this connection until a person looks at it."""
+    """The processor refused the request itself, so nothing was charged: the attempt is
+    abandoned and the next one waits an hour (a refusal repeats; hammering helps nobody).
+    Refused credentials stop the whole connection until a person looks at it."""
     now = clock.now()
     async with db.uow(SYSTEM_SCOPE) as uow:
         payment, attempt = await _locked(uow, snap.payment_id, number)
@@ -315,19 +321,27 @@ async def _refused(
             return AttemptResult("skipped", payment.state if payment else None)
         ctx = (await load_contexts(uow.session, [snap.payment_id], now=now))[snap.payment_id]
         if payment.state is PaymentState.RETRYING:
-            await run_event(
-                uow,
-                ctx,
-                AttemptAbandoned(f"processor refused: {why}"[:200]),
-                now=now,
-                scheduler=scheduler,
-            )
+            abandoned = AttemptAbandoned(f"processor refused: {why}"[:200])
+            await run_event(uow, ctx, abandoned, now=now, scheduler=scheduler)
         await uow.session.delete(attempt)
-        await uow.session.execute(
-            update(ProcessorConnection)
-            .where(col(ProcessorConnection.id) == snap.connection.id)
-            .values(status=ConnectionStatus.ERROR, last_error=f"retry charge refused: {why}"[:2000])
-        )
+        await uow.session.flush()
+        if payment.state is PaymentState.SCHEDULED:
+            ctx = (await load_contexts(uow.session, [snap.payment_id], now=now))[snap.payment_id]
+            later = DecisionMade(
+                chosen_at=now + REFUSED_BACKOFF,
+                reason="the processor refused the last request; trying again in an hour",
+                strategy=ctx.policy.strategy,
+            )
+            await run_event(uow, ctx, later, now=now, scheduler=scheduler)
+        if "HTTP 401" in why or "HTTP 403" in why:
+            await uow.session.execute(
+                update(ProcessorConnection)
+                .where(col(ProcessorConnection.id) == snap.connection.id)
+                .values(
+                    status=ConnectionStatus.ERROR,
+                    last_error=f"retry charge refused: {why}"[:2000],
+                )
+            )
         await uow.commit()
         logger.error("charge refused", extra={"payment_id": str(snap.payment_id), "why": why})
         return AttemptResult("abandoned", ctx.payment.state, detail=why)
