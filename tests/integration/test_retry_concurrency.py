@@ -312,3 +312,42 @@ async def test_timeouts_after_the_processor_charged_do_not_double_charge(env: En
     _assert_one_charge_per_attempt(charges, attempts)
     # Lost answers were recovered by re-sending the same key, never by a new charge.
     assert sum(c["replays"] for c in charges) >= 2
+
+
+async def test_recovery_loop_over_the_window_ends_every_payment(env: Env) -> None:
+    """Ingest, decide, claim, charge and record every six simulated hours for three weeks."""
+    account = await _account(env, customers=200)
+    for _ in range(4 * 21):
+        env.clock.set(env.clock.now() + timedelta(hours=6))
+        while (
+            await poll_connection(
+                env.db, account.connection_id, client=env.http, box=BOX, clock=env.clock
+            )
+        ).more:
+            pass
+        decided = -1
+        while decided:
+            async with env.db.uow(SYSTEM_SCOPE) as uow:
+                decided = await decide_pending(uow, now=env.clock.now())
+                await uow.commit()
+        await _worker(env.database_url, env.clock)
+    states = await _states(env, account)
+    assert PaymentState.RETRYING not in states
+    assert PaymentState.PENDING not in states
+    async with env.db.session(SYSTEM_SCOPE) as s:
+        scheduled = (
+            await s.execute(
+                select(Payment).where(
+                    col(Payment.merchant_id) == account.merchant_id,
+                    col(Payment.state) == PaymentState.SCHEDULED,
+                )
+            )
+        ).scalars()
+        for payment in scheduled:
+            assert payment.next_retry_at is not None
+            assert payment.next_retry_at > env.clock.now()
+    charges = await _sandbox_charges(env, account)
+    attempts = await _portal_attempts(env, account)
+    _assert_one_charge_per_attempt(charges, attempts)
+    assert states.get(PaymentState.RECOVERED, 0) > 0
+    assert len(charges) == len(attempts) > 0
