@@ -19,6 +19,7 @@ def main() -> None:
     parser.add_argument("--decisions", type=int, default=2000)
     parser.add_argument("--train-failures", type=int, default=100_000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -43,26 +44,32 @@ def main() -> None:
     print(f"model: {trees} trees, {g} candidates per decision (every {config.grid_hours:g} h)")
 
     # One decision at a time, as a serving call would do it.
-    feat_s = 0.0
-    pred_s = 0.0
-    plan_s = 0.0
     rows = np.zeros(g, dtype=np.int64)
     # The caller hands ml one failure's record (the portal adapts its row before the call).
     singles = [records.take(np.array([i])) for i in range(n)]
-    for i in range(n):
-        t0 = time.perf_counter()
-        ctx = failure_context(singles[i])
-        x = build_features(ctx, rows, grid[i], np.repeat(prev[i : i + 1], g, axis=0))
-        t1 = time.perf_counter()
-        p = model.predict(x)
-        t2 = time.perf_counter()
-        plan_batch(p[None, :], grid[i : i + 1], np.array([4]), config)
-        t3 = time.perf_counter()
-        feat_s += t1 - t0
-        pred_s += t2 - t1
-        plan_s += t3 - t2
-    scoring = feat_s + pred_s
-    print("\nper decision (1 failure x grid), one core:")
+    passes = []
+    for _ in range(args.repeat):
+        feat_s = 0.0
+        pred_s = 0.0
+        plan_s = 0.0
+        for i in range(n):
+            t0 = time.perf_counter()
+            ctx = failure_context(singles[i])
+            x = build_features(ctx, rows, grid[i], np.repeat(prev[i : i + 1], g, axis=0))
+            t1 = time.perf_counter()
+            p = model.predict(x)
+            t2 = time.perf_counter()
+            plan_batch(p[None, :], grid[i : i + 1], np.array([4]), config)
+            t3 = time.perf_counter()
+            feat_s += t1 - t0
+            pred_s += t2 - t1
+            plan_s += t3 - t2
+        passes.append((feat_s + pred_s, feat_s, pred_s, plan_s))
+    all_rates = sorted(n / p[0] for p in passes)
+    # The fastest pass is the one least disturbed by other work on a shared machine.
+    scoring, feat_s, pred_s, plan_s = min(passes)
+    print(f"\nper decision (1 failure x grid), one core, best of {args.repeat} passes:")
+    print(f"  all passes: {', '.join(f'{r:,.0f}' for r in all_rates)} decisions/s")
     print(f"  decisions/s (features + predict): {n / scoring:,.0f}")
     print(f"  decisions/s (incl. planning):     {n / (scoring + plan_s):,.0f}")
     print(
