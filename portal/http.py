@@ -461,6 +461,7 @@ class PortalGraphQL(GraphQL[Context, None]):
             clock=state.clock,
             settings=self._settings,
             redis=state.redis,
+            arq=getattr(state, "arq", None),
             request_id=request_id,
         )
 
