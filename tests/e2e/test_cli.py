@@ -1,6 +1,7 @@
 """The `portal` command end to end, as a user runs it, against a scratch database."""
 
 import asyncio
+import json
 import os
 import socket
 import subprocess
@@ -165,3 +166,54 @@ def _demo_flow(env: dict[str, str]) -> None:
 
 async def test_demo_ingests_retries_and_recovers(env: dict[str, str]) -> None:
     await asyncio.to_thread(_demo_flow, env)
+
+
+FIXTURES = ROOT / "tests" / "fixtures" / "processors"
+
+
+def _normalize(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(  # noqa: S603
+        [*PORTAL, "normalize", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+async def test_normalize_prints_one_canonical_object_per_record() -> None:
+    done = await asyncio.to_thread(
+        _normalize, "stripe", str(FIXTURES / "stripe" / "charges_list_page.json")
+    )
+    assert done.returncode == 0, done.stderr
+    records = [json.loads(line) for line in done.stdout.splitlines()]
+    assert len(records) >= 2
+    assert set(records[0]) == {
+        "processor",
+        "processor_payment_id",
+        "status",
+        "amount_minor",
+        "currency",
+        "customer_id",
+        "card",
+        "decline",
+        "attempted_at",
+    }
+    assert records[0]["attempted_at"].endswith("Z")
+    assert {r["status"] for r in records} <= {"failed", "succeeded"}
+    xml = await asyncio.to_thread(
+        _normalize, "braintree", str(FIXTURES / "braintree" / "credit_card_transactions.xml")
+    )
+    assert xml.returncode == 0, xml.stderr
+    assert all(json.loads(line)["processor"] == "braintree" for line in xml.stdout.splitlines())
+
+
+async def test_normalize_refuses_an_unparseable_file(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json")
+    done = await asyncio.to_thread(_normalize, "stripe", str(broken))
+    assert done.returncode != 0
+    assert done.stdout == ""
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith("error: ")
