@@ -7,7 +7,7 @@ PYTHON ?= $(shell for p in python3.11 python3.12 python3; do \
 	if command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(not (3, 11) <= sys.version_info[:2] <= (3, 12))'; then \
 	echo $$p; break; fi; done)
 
-.PHONY: install check test demo schema clean
+.PHONY: install check test test-embedded demo schema clean
 
 $(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "Python 3.11 or 3.12 is required (the embedded database ships wheels for those)"; exit 1; }
@@ -26,6 +26,14 @@ check: $(STAMP)
 
 test: check
 	$(BIN)/pytest
+
+# The same code on embedded PostgreSQL and Redis, as on a machine that has neither: the local
+# defaults are pointed at a closed port so nothing answers there.
+test-embedded: $(STAMP)
+	PORTAL_LOCAL_DATABASE_URL=postgresql://postgres@127.0.0.1:9/portal \
+	PORTAL_LOCAL_REDIS_URL=redis://127.0.0.1:9/0 \
+	$(BIN)/pytest -q tests/graphql/test_tenancy.py tests/integration/test_ingestion.py \
+		tests/integration/test_http.py tests/integration/test_migrations.py
 
 demo: $(STAMP)
 	$(BIN)/portal demo
