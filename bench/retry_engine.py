@@ -237,8 +237,10 @@ async def _generate(db: Database, connection: ProcessorConnection, n: int) -> No
             await uow.session.execute(text(sql), params)
         await uow.commit()
     assert db.engine is not None
+    # Statistics as a live database would have them (ANALYZE must commit to keep them).
     async with db.engine.connect() as conn:
         await conn.execute(text("ANALYZE"))
+        await conn.commit()
 
 
 async def _run(args: argparse.Namespace) -> None:

@@ -266,14 +266,15 @@ async def _history(
     customer_ids: Sequence[uuid.UUID],
     customer_since: datetime,
 ) -> list[_Row]:
-    """Every attempt of these payments, of these cards and (recently) of these customers."""
-    parts: list[Any] = [
-        select(col(PaymentAttempt.id)).where(col(PaymentAttempt.payment_id).in_(payment_ids))
-    ]
+    """Every attempt of these payments, of these cards and (recently) of these customers.
+
+    The related payments are found first (each part an index probe), then their attempts:
+    the planner starts from a small set of payments rather than from every attempt.
+    """
+    parts: list[Any] = [select(col(Payment.id)).where(col(Payment.id).in_(payment_ids))]
     if card_keys:
         parts.append(
-            select(col(PaymentAttempt.id))
-            .join(Payment, col(Payment.id) == col(PaymentAttempt.payment_id))
+            select(col(Payment.id))
             .join(CardCredential, col(CardCredential.id) == col(Payment.card_id))
             .where(
                 tuple_(col(CardCredential.merchant_id), col(CardCredential.fingerprint)).in_(
@@ -281,15 +282,8 @@ async def _history(
                 )
             )
         )
-    parts.append(
-        select(col(PaymentAttempt.id))
-        .join(Payment, col(Payment.id) == col(PaymentAttempt.payment_id))
-        .where(
-            col(Payment.customer_id).in_(customer_ids),
-            col(PaymentAttempt.attempted_at) >= customer_since,
-        )
-    )
-    ids = union(*parts).subquery()
+    parts.append(select(col(Payment.id)).where(col(Payment.customer_id).in_(customer_ids)))
+    related = union(*parts).subquery()
     query = (
         sa.select(
             PaymentAttempt,
@@ -297,13 +291,19 @@ async def _history(
             col(CardCredential.merchant_id),
             col(CardCredential.fingerprint),
         )
-        .join(Payment, col(Payment.id) == col(PaymentAttempt.payment_id))
+        .select_from(related)
+        .join(Payment, col(Payment.id) == related.c.id)
+        .join(PaymentAttempt, col(PaymentAttempt.payment_id) == col(Payment.id))
         .outerjoin(CardCredential, col(CardCredential.id) == col(Payment.card_id))
-        .where(col(PaymentAttempt.id).in_(select(ids.c.id)))
     )
     rows: list[_Row] = []
+    own = set(payment_ids)
+    keys = set(card_keys)
     for attempt, payment, card_merchant, fingerprint in (await session.execute(query)).all():
         key = None if fingerprint is None else (card_merchant, fingerprint)
+        # A customer's older payments matter only for their recent attempts.
+        if payment.id not in own and key not in keys and attempt.attempted_at < customer_since:
+            continue
         rows.append(_Row(attempt, payment.customer_id, key, _first_decline_of(payment)))
     return rows
 
