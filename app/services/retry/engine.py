@@ -144,7 +144,6 @@ def apply_transition(
         payment.recovered_by = recovered_by
     if tr.new_state in (PaymentState.EXHAUSTED, PaymentState.NOT_RETRYABLE, PaymentState.CANCELED):
         payment.blocking_rule = blocking_rule_of(tr.reason)
-    seq = 0
     for action in tr.actions:
         match action:
             case ScheduleRetry():
@@ -178,7 +177,7 @@ def apply_transition(
                     PaymentTransition(
                         merchant_id=payment.merchant_id,
                         payment_id=payment.id,
-                        seq=seq,
+                        seq=ctx.next_seq,
                         from_state=action.from_state,
                         to_state=action.to_state,
                         event=(event_label or action.event)[:64],
@@ -187,7 +186,7 @@ def apply_transition(
                         at=action.at,
                     )
                 )
-                seq += 1
+                ctx.next_seq += 1
             case EmitEvent():
                 session.add(
                     OutboxEvent(

@@ -24,6 +24,7 @@ from app.enums import (
 from app.models.customer import CardCredential, Customer
 from app.models.merchant import Merchant
 from app.models.payment import Payment, PaymentAttempt
+from app.models.retry import PaymentTransition
 from app.models.retry_policy import RetryPolicy
 from app.retry.rules import (
     AttemptRecord,
@@ -54,6 +55,8 @@ class PaymentContext:
     policy: RetryPolicyView
     ledger: PaymentLedger
     attempts: list[PaymentAttempt] = field(default_factory=list)
+    # The timeline position of the next transition (several may share an instant).
+    next_seq: int = 0
 
     @property
     def first_decline(self) -> DeclineView:
@@ -178,6 +181,12 @@ async def load_contexts(
     """
     if not payment_ids:
         return {}
+    last_seq = (
+        sa.select(sa.func.max(col(PaymentTransition.seq)))
+        .where(col(PaymentTransition.payment_id) == col(Payment.id))
+        .correlate(Payment)
+        .scalar_subquery()
+    )
     head = (
         sa.select(
             Payment,
@@ -185,6 +194,7 @@ async def load_contexts(
             col(Customer.external_ref),
             col(Customer.timezone),
             col(Merchant.status),
+            last_seq,
         )
         .join(Customer, col(Customer.id) == col(Payment.customer_id))
         .join(Merchant, col(Merchant.id) == col(Payment.merchant_id))
@@ -215,7 +225,7 @@ async def load_contexts(
             by_customer[row.customer_id].append(row)
 
     out: dict[uuid.UUID, PaymentContext] = {}
-    for payment, card, customer_ref, timezone, status in heads:
+    for payment, card, customer_ref, timezone, status, seq in heads:
         first = _first_decline_of(payment)
         mine = sorted(
             own.get(payment.id, []), key=lambda r: (r.attempt.attempted_at, r.attempt.number)
@@ -255,6 +265,7 @@ async def load_contexts(
             policy=policy,
             ledger=ledger,
             attempts=[r.attempt for r in mine],
+            next_seq=0 if seq is None else seq + 1,
         )
     return out
 
