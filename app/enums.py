@@ -130,3 +130,12 @@ class ConnectionStatus(StrEnum):
     ACTIVE = "active"
     PAUSED = "paused"
     ERROR = "error"
+
+
+class ModelStatus(StrEnum):
+    """Where a trained retry-timing model stands: acting, waiting, watching, or done."""
+
+    CHAMPION = "champion"
+    CHALLENGER = "challenger"
+    SHADOW = "shadow"
+    RETIRED = "retired"

@@ -25,6 +25,7 @@ class ErrorCode(StrEnum):
     UNSUPPORTED_MEDIA_TYPE = "UNSUPPORTED_MEDIA_TYPE"
     RATE_LIMITED = "RATE_LIMITED"
     QUERY_TOO_COMPLEX = "QUERY_TOO_COMPLEX"
+    GATE_FAILED = "GATE_FAILED"
 
 
 class UpdateRetryPolicyErrorCode(StrEnum):
@@ -114,6 +115,15 @@ class RetryPaymentNowErrorCode(StrEnum):
     INVALID = ErrorCode.INVALID.value
 
 
+class PromoteModelErrorCode(StrEnum):
+    """Why `promoteModel` refused."""
+
+    NOT_FOUND = ErrorCode.NOT_FOUND.value
+    GATE_FAILED = ErrorCode.GATE_FAILED.value
+    INVALID_STATE = ErrorCode.INVALID_STATE.value
+    INVALID = ErrorCode.INVALID.value
+
+
 class PortalError(Exception):
     """An expected error: shown to the client with its code, never masked."""
 
@@ -181,3 +191,9 @@ class RecoveryDisabled(PortalError):
     """The merchant's recovery is paused or switched off."""
 
     code = ErrorCode.RECOVERY_DISABLED
+
+
+class GateFailed(PortalError):
+    """A challenger has not beaten the current champion on a later held-out window."""
+
+    code = ErrorCode.GATE_FAILED

@@ -7,6 +7,7 @@ from typing import Any
 import structlog
 from arq import Retry
 
+from app.services.model_registry import record_decisions
 from app.services.retry.attempt import default_adapters, execute_attempt
 from app.services.retry.attempt import reconcile_stuck as reconcile_service
 from app.services.retry.delivery import deliver_due, dispatch_outbox
@@ -15,6 +16,7 @@ from app.services.retry.engine import decide_pending as decide_service
 from app.tenancy import SYSTEM_SCOPE
 from jobs.context import WorkerContext
 from jobs.enqueue import enqueue_attempt
+from jobs.model import serving_scheduler, store_decisions
 
 logger = structlog.get_logger("portal.jobs")
 
@@ -29,9 +31,15 @@ async def decide_pending(ctx: WorkerContext) -> int:
     """PENDING payments waiting for a decision (new failures included) get one, batch by batch."""
     deadline = time.monotonic() + BUDGET_SECONDS
     total = 0
+    # Payments under the model strategy are decided by the champion (or the fixed schedule,
+    # with the reason, when there is none); its decisions and explanations commit with them.
+    scheduler = await serving_scheduler(ctx["db"])
     while time.monotonic() < deadline:
         async with ctx["db"].uow(SYSTEM_SCOPE) as uow:
-            done = await decide_service(uow, now=ctx["clock"].now(), limit=DECIDE_BATCH)
+            done = await decide_service(
+                uow, now=ctx["clock"].now(), limit=DECIDE_BATCH, scheduler=scheduler
+            )
+            await record_decisions(uow, scheduler.take_decisions())
             await uow.commit()
         total += done
         if done < DECIDE_BATCH:
@@ -64,13 +72,16 @@ async def attempt_payment(
     ctx: WorkerContext, payment_id: str, attempt_number: int
 ) -> dict[str, Any]:
     """Charge (or reconcile) one claimed attempt; an unanswered charge is retried by its key."""
+    scheduler = await serving_scheduler(ctx["db"])
     result = await execute_attempt(
         ctx["db"],
         payment_id=uuid.UUID(payment_id),
         attempt_number=attempt_number,
         adapters=default_adapters(ctx["http"], ctx["box"]),
         clock=ctx["clock"],
+        scheduler=scheduler,
     )
+    await store_decisions(ctx["db"], scheduler)
     if result.status == "pending":
         defer = result.retry_after or min(MAX_DEFER_SECONDS, 2.0 ** ctx["job_try"])
         logger.warning(

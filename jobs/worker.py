@@ -16,6 +16,7 @@ from jobs.retry import (
     deliver_webhooks,
     reconcile_stuck,
 )
+from jobs.training import retrain_model
 
 FUNCTIONS = [
     # keep_result=0: the deterministic job id must free up as soon as a poll ends.
@@ -32,6 +33,18 @@ CRON_JOBS = [
     cron(claim_due, second=_EVERY_10S, unique=True, timeout=55),  # type: ignore[arg-type]
     cron(reconcile_stuck, second={5}, unique=True, timeout=55),  # type: ignore[arg-type]
     cron(deliver_webhooks, second=_EVERY_10S, unique=True, timeout=55),  # type: ignore[arg-type]
+    # Weekly challenger from stored history (Monday 03:17 UTC). Training runs in an executor.
+    # The timeout bounds arq's in-progress key for every job (longest timeout + 10 s), so it
+    # stays at ten minutes rather than hours; a run that needs longer is a signal to sample.
+    cron(
+        retrain_model,  # type: ignore[arg-type]
+        weekday=0,
+        hour=3,
+        minute=17,
+        second=0,
+        unique=True,
+        timeout=600,
+    ),
 ]
 
 

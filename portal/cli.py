@@ -424,6 +424,66 @@ def evaluate(
     typer.echo(f"wrote {out / 'report.json'}")
 
 
+@cli.command()
+def train(
+    simulated: Annotated[
+        int | None,
+        typer.Option(min=1000, help="Train on N simulated failures instead of stored history."),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Random seed (training and simulation).")] = 0,
+    rounds: Annotated[int, typer.Option(min=1, help="Most boosting rounds.")] = 400,
+    threads: Annotated[int, typer.Option(min=1, help="LightGBM threads.")] = 2,
+) -> None:
+    """Train a retry-timing model; store it as a challenger with the promotion gate's verdict."""
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from jobs.training import train_from_history, train_simulated
+    from ml.train import TrainConfig
+
+    config = TrainConfig(seed=seed, num_boost_round=rounds, num_threads=threads)
+    steps = 7 if simulated else 5
+
+    async def work(_settings: Settings, services: Services) -> dict[str, object]:
+        db = Database.from_url(services.database_url)
+        console = Console(stderr=True)
+        columns = (TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
+        try:
+            with Progress(*columns, console=console, transient=False) as bar:
+                task = bar.add_task("training", total=steps)
+
+                def progress(message: str) -> None:
+                    # Called from the executor thread; rich's Progress takes its own lock.
+                    bar.update(task, advance=1, description=message)
+
+                now = SystemClock().now()
+                if simulated:
+                    outcome = await train_simulated(
+                        db, simulated, now=now, config=config, progress=progress
+                    )
+                else:
+                    outcome = await train_from_history(
+                        db, now=now, config=config, progress=progress
+                    )
+                bar.update(task, completed=steps, description="stored")
+        except ValueError as exc:
+            raise PortalError(str(exc)) from exc
+        finally:
+            await db.dispose()
+        metrics = outcome.metrics
+        return {
+            "model_id": outcome.model_id,
+            "status": "challenger",
+            "auc": metrics.get("auc"),
+            "log_loss": metrics.get("log_loss"),
+            "ece": metrics.get("ece"),
+            "rows": metrics.get("rows"),
+            "gate": outcome.gate,
+        }
+
+    typer.echo(json.dumps(_run(work), default=str))
+
+
 @cli.command("export-schema")
 def export_schema(
     out: Annotated[Path, typer.Option(help="Where to write the SDL.")] = SCHEMA_FILE,

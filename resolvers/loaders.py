@@ -33,6 +33,7 @@ from app.services.payment import (
 )
 from app.services.retry_policy import current_policies
 from app.tenancy import Scope
+from resolvers.model_loaders import ModelLoaders
 from resolvers.retry_loaders import RetryLoaders
 
 T = TypeVar("T")
@@ -126,6 +127,7 @@ class Loaders:
             db, scope, current_policies
         )
         self.retry = RetryLoaders(db, scope)
+        self.model = ModelLoaders(db, scope)
         self.processor_connection_by_id: DataLoader[uuid.UUID, ProcessorConnection | None] = _by_id(
             db, scope, connections_by_ids
         )

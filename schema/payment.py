@@ -1,5 +1,6 @@
 """Payment types: a failed charge in recovery, its attempts, customer, card and money."""
 
+import uuid
 from datetime import datetime
 from typing import Self
 
@@ -10,6 +11,7 @@ from app.models.customer import Customer as CustomerModel
 from app.models.payment import Payment as PaymentModel
 from app.models.payment import PaymentAttempt as AttemptModel
 from app.services.payment import PaymentFilter as PaymentFilterValues
+from resolvers import model as model_resolvers
 from resolvers import payment as payment_resolvers
 from resolvers import payment_recovery as recovery_resolvers
 from resolvers.context import Context
@@ -98,6 +100,21 @@ class RetryDecision:
     chosen_at: datetime = strawberry.field(description="When the decision was made.")
     reason: str = strawberry.field(description="Why this time (and which rule moved it).")
     strategy: RetryStrategy | None = strawberry.field(description="Fixed schedule or model.")
+    _payment_id: strawberry.Private[uuid.UUID | None] = None
+
+    @strawberry.field(
+        description=(
+            "When the model chose the time: what weighed most on its chance of success, in "
+            "plain words, strongest first. Empty for fixed-schedule decisions."
+        )
+    )
+    async def explanation(self, info: Info) -> list[str]:
+        if self._payment_id is None or self.strategy is not RetryStrategy.MODEL:
+            return []
+        row = await model_resolvers.acting_decision(info.context, self._payment_id, self.chosen_at)
+        if row is None:
+            return []
+        return [str(item.get("text", "")) for item in row.explanation if item.get("text")]
 
 
 @strawberry.type(description="Why a payment was or was not retried: its card's recent attempts.")
@@ -231,6 +248,7 @@ class Payment(Node):
             chosen_at=row.decision_at,
             reason=row.decision_reason or "",
             strategy=row.decision_strategy,
+            _payment_id=row.id,
         )
 
     @strawberry.field(description="The card-network ledger as of now: why (not) retried.")

@@ -55,6 +55,7 @@ from schema.merchant_admin import (
     pause_merchant_recovery,
     resume_merchant_recovery,
 )
+from schema.model import Model, PromoteModelPayload, models, promote_model
 from schema.node import Node
 from schema.payment import Card, Customer, Payment
 from schema.payment_recovery import (
@@ -132,6 +133,10 @@ class Query:
             return ApiKey.from_model(row)
         return None
 
+    models: list[Model] = strawberry.field(
+        resolver=models,
+        description="Trained retry-timing models, newest first (support only).",
+    )
     api_keys: ApiKeyConnection = strawberry.field(
         resolver=api_keys,
         description=(
@@ -198,6 +203,13 @@ class Mutation:
         description=(
             "Revoke an API key the caller can see (support, or a merchant key for its "
             "merchant's keys). Audited."
+        ),
+    )
+    promote_model: PromoteModelPayload = strawberry.mutation(
+        resolver=promote_model,
+        description=(
+            "Make a model the champion when it beat the current champion on a later held-out "
+            "window; the old champion is retired (support only). Audited."
         ),
     )
     create_merchant: CreateMerchantPayload = strawberry.mutation(

@@ -6,6 +6,7 @@ from app.models.base import TenantOwned, metadata
 from app.models.customer import CardCredential, Customer
 from app.models.ingestion import DeadLetter, ProcessorConnection, RawRecord
 from app.models.merchant import Merchant
+from app.models.model_version import ModelDecision, ModelVersion
 from app.models.payment import Payment, PaymentAttempt
 from app.models.retry import OutboxEvent, PaymentTransition, WebhookDelivery, WebhookEndpoint
 from app.models.retry_policy import RetryPolicy
@@ -18,6 +19,8 @@ __all__ = [
     "Customer",
     "DeadLetter",
     "Merchant",
+    "ModelDecision",
+    "ModelVersion",
     "OutboxEvent",
     "Payment",
     "PaymentAttempt",

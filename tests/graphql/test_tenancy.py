@@ -22,6 +22,7 @@ from app.tenancy import Scope
 from resolvers.ids import encode_id
 from tests.support.factories import key_id, make_connection, make_key, make_merchant, make_payments
 from tests.support.graphql import codes, run, schema_for
+from tests.support.model_rows import make_model, verdict
 from tests.support.queue import discard_polls, job_queue
 
 
@@ -471,6 +472,26 @@ async def case_retry_payment_now(w: World) -> None:
     await _payment_action(w, "retryPaymentNow", RETRY_NOW, "SCHEDULED")
 
 
+async def case_models(w: World) -> None:
+    """Models serve every merchant: only support sees them, others are refused outright."""
+    row = await make_model(w.db, now=w.clock.now())
+    for role in ("merchant", "partner"):
+        await _forbidden(w, role, "{ models { id } }")
+    data = await _query(w, "support", "{ models { id status } }")
+    assert data["models"] == [{"id": encode_id("Model", row.id), "status": "CHALLENGER"}]
+
+
+async def case_promote_model(w: World) -> None:
+    row = await make_model(w.db, now=w.clock.now(), gate=verdict(True, None))
+    query = """mutation($id: ID!) { promoteModel(id: $id, reason: "tenancy") {
+      model { status } errors { code field } } }"""
+    model_id = encode_id("Model", row.id)
+    for role in ("merchant", "partner"):
+        await _forbidden(w, role, query, id=model_id)
+    data = await _query(w, "support", query, id=model_id)
+    assert data["promoteModel"] == {"model": {"status": "CHAMPION"}, "errors": []}
+
+
 TENANCY_CASES: dict[str, Callable[[World], Awaitable[None]]] = {
     "viewer": case_viewer,
     "merchants": case_merchants,
@@ -489,6 +510,8 @@ TENANCY_CASES: dict[str, Callable[[World], Awaitable[None]]] = {
     "createMerchant": case_create_merchant,
     "pauseMerchantRecovery": case_pause_merchant_recovery,
     "resumeMerchantRecovery": case_resume_merchant_recovery,
+    "models": case_models,
+    "promoteModel": case_promote_model,
 }
 
 
@@ -532,6 +555,8 @@ UNAUTHENTICATED_QUERIES = {
     "{ errors { code } } }",
     "resumeMerchantRecovery": 'mutation { resumeMerchantRecovery(merchantId: "x", reason: "r") '
     "{ errors { code } } }",
+    "models": "{ models { id } }",
+    "promoteModel": 'mutation { promoteModel(id: "x", reason: "r") { errors { code } } }',
 }
 
 

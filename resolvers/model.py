@@ -1,0 +1,56 @@
+"""The model registry for the API: list models, promote one, a decision's explanation."""
+
+import base64
+import binascii
+import uuid
+from datetime import datetime
+
+from app.errors import InvalidId
+from app.models.model_version import ModelDecision, ModelVersion
+from app.services import model_registry as registry
+from resolvers.context import Context
+from resolvers.ids import encode_id
+
+MODEL_TYPE = "Model"
+
+
+def decode_model_id(value: str) -> uuid.UUID:
+    """A model's key from its global id. Models are not nodes (they belong to no merchant and
+    only support sees them), so `decode_id`, which accepts node types only, does not apply."""
+    try:
+        padded = value + "=" * (-len(value) % 4)
+        type_name, _, key = base64.urlsafe_b64decode(padded.encode("ascii")).decode().partition(":")
+        parsed = uuid.UUID(key)
+    except (ValueError, UnicodeError, binascii.Error) as exc:
+        raise InvalidId(f"malformed id {value[:64]!r}") from exc
+    if type_name != MODEL_TYPE or encode_id(MODEL_TYPE, parsed) != value:
+        raise InvalidId(f"id {value[:64]!r} is not a {MODEL_TYPE} id")
+    return parsed
+
+
+async def models(ctx: Context, *, first: int) -> list[ModelVersion]:
+    """Models newest first (support only: others get FORBIDDEN)."""
+    principal = ctx.require_principal()
+    registry.require_support(principal)
+    async with ctx.db.session(principal.scope) as session:
+        return await registry.list_models(session, principal=principal, limit=first)
+
+
+async def promote(ctx: Context, *, model_global_id: str, reason: str) -> ModelVersion:
+    """Promote a challenger whose gate verdict holds against the current champion."""
+    principal = ctx.require_principal()
+    registry.require_support(principal)
+    model_id = decode_model_id(model_global_id)
+    async with ctx.db.uow(principal.scope) as uow:
+        row = await registry.promote(
+            uow, principal=principal, model_id=model_id, reason=reason, now=ctx.clock.now()
+        )
+        await uow.commit()
+    return row
+
+
+async def acting_decision(
+    ctx: Context, payment_id: uuid.UUID, decided_at: datetime
+) -> ModelDecision | None:
+    """The model decision a payment's latest retry decision came from, if one did."""
+    return await ctx.loaders.model.acting_decision.load((payment_id, decided_at))

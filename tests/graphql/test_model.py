@@ -1,0 +1,236 @@
+"""GraphQL: models (support only), promoteModel through the gate, Payment.decision.explanation."""
+
+import uuid
+
+from sqlmodel import col, select
+
+from app.clock import FixedClock
+from app.db import Database
+from app.enums import ModelStatus, RetryStrategy, Role
+from app.models.audit import AuditLog
+from app.models.model_version import ModelVersion
+from app.services.model_registry import ROLE_ACTING, ROLE_SHADOW, DecisionRecord, record_decisions
+from app.settings import Settings
+from app.tenancy import SYSTEM_SCOPE
+from resolvers.ids import encode_id
+from tests.support.factories import make_key, make_merchant, make_payments
+from tests.support.graphql import codes, run
+from tests.support.model_rows import make_model, verdict
+
+MODELS = "{ models { id status trainedAt featureList metrics { overall { auc logLoss ece rows } "
+MODELS += "byCategory { category } bestIteration } gate { promote reason championId } } }"
+PROMOTE = """mutation($id: ID!, $reason: String!) { promoteModel(id: $id, reason: $reason) {
+  model { id status promotedBy reason } errors { code message field } } }"""
+
+
+def gid(row: ModelVersion) -> str:
+    return encode_id("Model", row.id)
+
+
+async def _status(db: Database, model_id: uuid.UUID) -> ModelStatus:
+    async with db.session(SYSTEM_SCOPE) as s:
+        row = (
+            await s.execute(select(ModelVersion).where(col(ModelVersion.id) == model_id))
+        ).scalar_one()
+    return row.status
+
+
+async def test_support_lists_models_with_metrics(
+    db: Database, settings: Settings, clock: FixedClock
+) -> None:
+    now = clock.now()
+    row = await make_model(db, now=now, gate=verdict(True, None))
+    token = await make_key(db, Role.SUPPORT, [], now=now)
+    result = await run(db, settings, clock, MODELS, token=token)
+    assert result.errors is None, result.errors
+    assert result.data is not None
+    [model] = result.data["models"]
+    assert model["id"] == gid(row)
+    assert model["status"] == "CHALLENGER"
+    assert model["featureList"] == "attempt_success/v1"
+    overall = model["metrics"]["overall"]
+    assert 0.5 < overall["auc"] <= 1.0
+    assert overall["rows"] > 0
+    assert model["metrics"]["byCategory"]
+    assert model["gate"] == {
+        "promote": True,
+        "reason": "log loss better by 0.0100",
+        "championId": None,
+    }
+
+
+async def test_models_are_forbidden_to_merchant_and_partner_keys(
+    db: Database, settings: Settings, clock: FixedClock
+) -> None:
+    now = clock.now()
+    await make_model(db, now=now)
+    merchant = await make_merchant(db, "M", now=now)
+    for role in (Role.MERCHANT, Role.PARTNER):
+        token = await make_key(db, role, [merchant], now=now)
+        result = await run(db, settings, clock, MODELS, token=token)
+        assert codes(result) == ["FORBIDDEN"]
+
+
+async def test_promotion_retires_the_champion_and_is_audited(
+    db: Database, settings: Settings, clock: FixedClock
+) -> None:
+    now = clock.now()
+    champion = await make_model(db, now=now, status=ModelStatus.CHAMPION)
+    challenger = await make_model(db, now=now, gate=verdict(True, champion.id))
+    token = await make_key(db, Role.SUPPORT, [], now=now)
+    result = await run(
+        db,
+        settings,
+        clock,
+        PROMOTE,
+        token=token,
+        variables={"id": gid(challenger), "reason": "wins"},
+    )
+    assert result.errors is None, result.errors
+    assert result.data == {
+        "promoteModel": {
+            "model": {
+                "id": gid(challenger),
+                "status": "CHAMPION",
+                "promotedBy": "api_key:test",
+                "reason": "wins",
+            },
+            "errors": [],
+        }
+    }
+    assert await _status(db, champion.id) is ModelStatus.RETIRED
+    async with db.session(SYSTEM_SCOPE) as s:
+        [entry] = (
+            await s.execute(select(AuditLog).where(col(AuditLog.action) == "model.promote"))
+        ).scalars()
+    assert (entry.merchant_id, entry.entity_id, entry.reason) == (None, str(challenger.id), "wins")
+    assert entry.before == {"status": "challenger", "champion_id": str(champion.id)}
+
+
+async def test_promotion_refusals_are_typed_errors(
+    db: Database, settings: Settings, clock: FixedClock
+) -> None:
+    now = clock.now()
+    champion = await make_model(db, now=now, status=ModelStatus.CHAMPION)
+    loser = await make_model(db, now=now, gate=verdict(False, champion.id))
+    stale = await make_model(db, now=now, gate=verdict(True, uuid.uuid4()))
+    ungated = await make_model(db, now=now)
+    token = await make_key(db, Role.SUPPORT, [], now=now)
+
+    async def promote(model_id: str, reason: str = "try") -> dict[str, object]:
+        result = await run(
+            db, settings, clock, PROMOTE, token=token, variables={"id": model_id, "reason": reason}
+        )
+        assert result.errors is None, result.errors
+        assert result.data is not None
+        payload = result.data["promoteModel"]
+        assert payload["model"] is None
+        [error] = payload["errors"]
+        return dict(error)
+
+    error = await promote(gid(loser))
+    assert (error["code"], error["field"]) == ("GATE_FAILED", "id")
+    assert "did not beat the champion" in str(error["message"])
+    error = await promote(gid(stale))
+    assert error["code"] == "GATE_FAILED"
+    assert "another champion" in str(error["message"])
+    error = await promote(gid(ungated))
+    assert error["code"] == "GATE_FAILED"
+    error = await promote(gid(champion))
+    assert error["code"] == "INVALID_STATE"
+    error = await promote(encode_id("Model", uuid.uuid4()))
+    assert (error["code"], error["field"]) == ("NOT_FOUND", "id")
+    error = await promote("not-an-id")
+    assert error["code"] == "NOT_FOUND"
+    error = await promote(gid(loser), reason="  ")
+    assert error["code"] == "INVALID"
+    assert await _status(db, champion.id) is ModelStatus.CHAMPION
+
+
+async def test_promote_is_forbidden_to_merchant_keys(
+    db: Database, settings: Settings, clock: FixedClock
+) -> None:
+    now = clock.now()
+    challenger = await make_model(db, now=now, gate=verdict(True, None))
+    merchant = await make_merchant(db, "M", now=now)
+    token = await make_key(db, Role.MERCHANT, [merchant], now=now)
+    result = await run(
+        db, settings, clock, PROMOTE, token=token, variables={"id": gid(challenger), "reason": "x"}
+    )
+    assert codes(result) == ["FORBIDDEN"]
+    assert await _status(db, challenger.id) is ModelStatus.CHALLENGER
+
+
+EXPLAIN = """query($id: ID!) { node(id: $id) { ... on Payment {
+  decision { strategy reason explanation } } } }"""
+
+
+async def test_decision_explanation_in_plain_words(
+    db: Database, settings: Settings, clock: FixedClock
+) -> None:
+    now = clock.now()
+    merchant = await make_merchant(db, "M", now=now)
+    [payment, fixed] = await make_payments(db, merchant, 2, now=now)
+    model = await make_model(db, now=now, status=ModelStatus.CHAMPION)
+    texts = ["the time since the decline raises the chance of success", "the amount lowers it"]
+    async with db.uow(SYSTEM_SCOPE) as uow:
+        for p, strategy in ((payment, RetryStrategy.MODEL), (fixed, RetryStrategy.FIXED_SCHEDULE)):
+            row = await uow.session.get(type(p), p.id)
+            assert row is not None
+            row.decision_at = now
+            row.decision_reason = "model: 31% chance at this time"
+            row.decision_strategy = strategy
+        records = [
+            DecisionRecord(
+                merchant_id=merchant.id,
+                payment_id=p.id,
+                model_version_id=model.id,
+                role=role,
+                source="model",
+                decided_at=at,
+                chosen_at=now,
+                probability=0.31,
+                expected_recovered_minor=1500,
+                reason="model",
+                explanation=[{"feature": "x", "text": t, "log_odds": 0.1} for t in words],
+            )
+            for p, role, at, words in (
+                (payment, ROLE_ACTING, now, texts),
+                # Another instant and the shadow's view: neither explains the current decision.
+                (payment, ROLE_ACTING, now.replace(year=2020), ["stale"]),
+                (payment, ROLE_SHADOW, now, ["shadow"]),
+                (fixed, ROLE_SHADOW, now, ["shadow"]),
+            )
+        ]
+        await record_decisions(uow, records)
+        await uow.commit()
+    token = await make_key(db, Role.MERCHANT, [merchant], now=now)
+    result = await run(
+        db,
+        settings,
+        clock,
+        EXPLAIN,
+        token=token,
+        variables={"id": encode_id("Payment", payment.id)},
+    )
+    assert result.errors is None, result.errors
+    assert result.data is not None
+    assert result.data["node"]["decision"]["explanation"] == texts
+    assert result.data["node"]["decision"]["strategy"] == "MODEL"
+    result = await run(
+        db, settings, clock, EXPLAIN, token=token, variables={"id": encode_id("Payment", fixed.id)}
+    )
+    assert result.data is not None
+    assert result.data["node"]["decision"]["explanation"] == []
+    # Another merchant's key sees neither the payment nor its decision rows.
+    other = await make_merchant(db, "Other", now=now)
+    other_token = await make_key(db, Role.MERCHANT, [other], now=now)
+    result = await run(
+        db,
+        settings,
+        clock,
+        EXPLAIN,
+        token=other_token,
+        variables={"id": encode_id("Payment", payment.id)},
+    )
+    assert result.data == {"node": None}

@@ -1,0 +1,149 @@
+"""The decision job with a champion in the registry, and training from stored history."""
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import numpy as np
+import pytest
+from sqlalchemy import update
+from sqlmodel import col, select
+
+from app.clock import FixedClock
+from app.db import Database
+from app.enums import CardFunding, DeclineCategory, ModelStatus, PaymentState, RetryStrategy, Role
+from app.models.model_version import ModelDecision, ModelVersion
+from app.models.retry_policy import RetryPolicy
+from app.retry.schedule import in_control_group
+from app.services.model_registry import HistoryFailure
+from app.settings import Settings
+from app.tenancy import SYSTEM_SCOPE
+from jobs.model import CACHE
+from jobs.retry import decide_pending
+from jobs.training import retry_log, split_for_gate, train_from_history
+from resolvers.ids import encode_id
+from tests.support.factories import make_key, make_merchant
+from tests.support.graphql import run
+from tests.support.model_rows import make_model
+from tests.support.retry import ingest, make_connection, reload, stripe_charge
+
+T0 = datetime(2026, 10, 5, 10, 0, tzinfo=UTC)
+EXPLAIN = """query($id: ID!) { node(id: $id) { ... on Payment {
+  decision { strategy reason explanation } } } }"""
+
+
+async def _model_merchant_payments(db: Database, count: int) -> list[Any]:
+    merchant = await make_merchant(db, f"Model {uuid.uuid4().hex[:6]}", now=T0)
+    async with db.uow(SYSTEM_SCOPE) as uow:
+        await uow.session.execute(
+            update(RetryPolicy)
+            .where(col(RetryPolicy.merchant_id) == merchant.id)
+            .values(strategy=RetryStrategy.MODEL)
+        )
+        await uow.commit()
+    connection = await make_connection(db, merchant, T0, base_url="http://processor.test/stripe")
+    charges = [stripe_charge(f"ch_{uuid.uuid4().hex[:10]}", created=T0) for _ in range(count)]
+    return await ingest(db, connection, charges, T0)
+
+
+async def test_decide_job_uses_the_champion_and_stores_its_explanation(
+    db: Database, settings: Settings
+) -> None:
+    CACHE.clear()
+    champion = await make_model(db, now=T0, status=ModelStatus.CHAMPION)
+    payments = await _model_merchant_payments(db, 4)
+    clock = FixedClock(T0)
+    ctx: Any = {"db": db, "clock": clock}
+    assert await decide_pending(ctx) >= len(payments)
+    token = await make_key(db, Role.SUPPORT, [], now=T0)
+    modelled = 0
+    for payment in payments:
+        row = await reload(db, payment.id)
+        assert row.state is PaymentState.SCHEDULED
+        result = await run(
+            db,
+            settings,
+            clock,
+            EXPLAIN,
+            token=token,
+            variables={"id": encode_id("Payment", row.id)},
+        )
+        assert result.data is not None
+        decision = result.data["node"]["decision"]
+        if in_control_group(str(row.merchant_id), str(row.id)):
+            assert decision["strategy"] == "FIXED_SCHEDULE"
+            continue
+        modelled += 1
+        assert decision["strategy"] == "MODEL"
+        assert decision["reason"].startswith("model: ")
+        assert len(decision["explanation"]) == 3
+        assert row.next_retry_at is not None
+        assert row.next_retry_at > T0
+    assert modelled >= 1
+    async with db.session(SYSTEM_SCOPE) as s:
+        stored = (await s.execute(select(ModelDecision))).scalars().all()
+    assert {d.model_version_id for d in stored} == {champion.id}
+    assert len(stored) == modelled
+
+
+async def test_decide_job_without_a_usable_champion_uses_the_fixed_schedule(
+    db: Database,
+) -> None:
+    CACHE.clear()
+    await make_model(db, now=T0, status=ModelStatus.CHAMPION, artifact=b"corrupt")
+    payments = await _model_merchant_payments(db, 3)
+    ctx: Any = {"db": db, "clock": FixedClock(T0)}
+    await decide_pending(ctx)
+    for payment in payments:
+        row = await reload(db, payment.id)
+        assert row.decision_strategy is RetryStrategy.FIXED_SCHEDULE
+        if not in_control_group(str(row.merchant_id), str(row.id)):
+            assert "model fallback: model" in (row.decision_reason or "")
+            assert "unusable: not a model artifact" in (row.decision_reason or "")
+
+
+async def test_training_from_stored_history_needs_enough_settled_failures(db: Database) -> None:
+    await _model_merchant_payments(db, 2)
+    with pytest.raises(ValueError, match="too few to train"):
+        await train_from_history(db, now=T0 + timedelta(days=60))
+    async with db.session(SYSTEM_SCOPE) as s:
+        assert (await s.execute(select(ModelVersion))).scalars().all() == []
+
+
+def _failure(day: int, retries: tuple[tuple[int, bool], ...]) -> HistoryFailure:
+    failed = T0 + timedelta(days=day)
+    return HistoryFailure(
+        payment_id=uuid.uuid4(),
+        customer_id=uuid.uuid4(),
+        first_failed_at=failed,
+        amount_minor=1000,
+        currency="EUR",
+        category=DeclineCategory.INSUFFICIENT_FUNDS,
+        network_code="51",
+        advice_code=None,
+        funding=CardFunding.DEBIT,
+        brand="Visa",
+        customer_timezone="Europe/Paris",
+        retries=tuple((failed + timedelta(days=d), ok) for d, ok in retries),
+    )
+
+
+def test_stored_history_becomes_a_retry_log_and_a_later_gate_window() -> None:
+    failures = [
+        _failure(0, ((1, False), (3, True))),
+        _failure(1, ()),
+        _failure(2, ((2, False),)),
+        _failure(3, ((1, True),)),
+        _failure(3, ((5, False),)),
+    ]
+    log = retry_log(failures)
+    assert log.attempts.shape == (5, 2)
+    assert log.success_index.tolist() == [1, -1, -1, 0, -1]
+    assert np.isnan(log.attempts[1]).all()
+    assert log.attempts[0, 1] == (T0 + timedelta(days=3)).timestamp()
+    train, held = split_for_gate(failures)
+    # The cut falls inside day 3: its other failure may not sit on both sides.
+    assert [f.first_failed_at.day for f in train] == [5, 6, 7, 8]
+    assert held == []
+    train, held = split_for_gate([*failures[:4], _failure(9, ())])
+    assert max(f.first_failed_at for f in train) < min(f.first_failed_at for f in held)
