@@ -28,6 +28,8 @@ class Payment(TenantOwned, table=True):
         # The payments list: newest failure first, keyset on (first_failed_at, id).
         sa.Index("ix_payment_merchant_failed", "merchant_id", "first_failed_at", "id"),
         sa.Index("ix_payment_merchant_state_failed", "merchant_id", "state", "first_failed_at"),
+        # Ingestion links a processor's later charges to the invoice already in recovery.
+        sa.Index("ix_payment_invoice", "merchant_id", "processor", "invoice_ref"),
         # The retry engine's due scan touches scheduled payments only.
         sa.Index(
             "ix_payment_due",
@@ -97,6 +99,8 @@ class PaymentAttempt(TenantOwned, table=True):
         sa.UniqueConstraint("payment_id", "number"),
         # An attempt read from a processor is stored once, however often it is read.
         sa.UniqueConstraint("payment_id", "processor_attempt_id"),
+        # Ingestion recognises charges it has already recorded by the processor's id.
+        sa.Index("ix_payment_attempt_processor_attempt", "merchant_id", "processor_attempt_id"),
         sa.CheckConstraint("number >= 1", name="number_positive"),
         # The portal's own attempt sequence: its number makes the idempotency key.
         sa.UniqueConstraint("payment_id", "portal_number"),
