@@ -2,6 +2,7 @@
 
 import asyncio
 import functools
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -13,6 +14,7 @@ import structlog
 
 from app.db import Database
 from app.enums import ModelStatus
+from app.errors import InvalidState, NotFound
 from app.services import model_registry as registry
 from app.services.model_registry import GateVerdict, HistoryFailure, TrainedModel
 from app.tenancy import SYSTEM_SCOPE
@@ -228,12 +230,17 @@ def simulated(
     batch = generate_failures(n, seed=config.seed)
     result = train_model(batch, config, progress)
     end = float(result.model.metadata["data_window"][1])
+    say("simulating the held-out window")
+    return result, simulated_window(n, config, end)
+
+
+def simulated_window(n: int, config: TrainConfig, end: float) -> RetryLog:
+    """The simulated retry log that follows a simulated training set ending at `end`."""
     later = generate_failures(max(n // 3, 500), seed=config.seed + 1, start=end + timeutil.DAY)
     # The simulator dates some failures before `start`; the gate takes only the later ones.
     later = later.take(np.flatnonzero(later.observed.failed_at > end))
-    say("simulating the held-out window")
     run = simulate_history(later, config, seed=config.seed + 1)
-    return result, RetryLog(later.observed, run.attempts, run.success_index)
+    return RetryLog(later.observed, run.attempts, run.success_index)
 
 
 async def train_simulated(
@@ -251,6 +258,61 @@ async def train_simulated(
     if progress:
         progress("running the promotion gate")
     return await store_and_gate(db, result, held, source=f"simulated:{n}", now=now, cache=cache)
+
+
+async def regate_model(
+    db: Database,
+    model_id: uuid.UUID,
+    *,
+    now: datetime,
+    settle_days: int = SETTLE_DAYS,
+    cache: ModelCache = CACHE,
+) -> GateVerdict:
+    """Run the gate again for a stored model against the champion of now, and record it.
+
+    A promotion makes every earlier verdict stale; this is how a waiting challenger gets a new
+    one without retraining. The window is the stored history after the model's data (or, for
+    a simulated model, the same later simulated stretch it was first gated on).
+    """
+    async with db.session(SYSTEM_SCOPE) as session:
+        row = await registry.model_by_id(session, model_id)
+        if row is None:
+            raise NotFound("no such model", field="id")
+        champion_id = await registry.current_id(session, ModelStatus.CHAMPION)
+        held: list[HistoryFailure] = []
+        if not row.source.startswith("simulated:"):
+            held = await registry.failure_history(
+                session,
+                since=row.data_end + timedelta(microseconds=1),
+                until=now - timedelta(days=settle_days),
+            )
+    if champion_id == row.id:
+        raise InvalidState("the model is the champion already", field="id")
+    challenger = cache.get(row.id) or cache.load(row.id, row.artifact)
+    if challenger.model is None:
+        verdict = GateVerdict(False, challenger.error or "unusable", champion_id, None, None)
+    else:
+        if row.source.startswith("simulated:"):
+            n = int(row.source.split(":", 1)[1])
+            config = TrainConfig(seed=int(row.parameters.get("seed", 0)))
+            end = row.data_end.timestamp()
+            log = await _off_loop(functools.partial(simulated_window, n, config, end))
+        else:
+            log = await _off_loop(functools.partial(retry_log, held))
+        champion = await load_current(db, ModelStatus.CHAMPION, cache)
+        verdict = await _off_loop(
+            functools.partial(
+                gate,
+                challenger.model,
+                None if champion is None else champion.model,
+                None if champion is None else champion.id,
+                log,
+            )
+        )
+    async with db.uow(SYSTEM_SCOPE) as uow:
+        await registry.record_gate(uow, model_id, verdict)
+        await uow.commit()
+    return verdict
 
 
 async def retrain_model(ctx: WorkerContext) -> dict[str, Any]:

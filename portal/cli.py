@@ -51,6 +51,8 @@ connection_cli = typer.Typer(help="Processor connections.", no_args_is_help=True
 cli.add_typer(merchant_cli, name="merchant")
 cli.add_typer(apikey_cli, name="apikey")
 cli.add_typer(connection_cli, name="connection")
+model_cli = typer.Typer(help="Retry-timing models in the registry.", no_args_is_help=True)
+cli.add_typer(model_cli, name="model")
 
 
 async def _services(settings: Settings) -> Services:
@@ -472,7 +474,7 @@ def train(
             await db.dispose()
         metrics = outcome.metrics
         return {
-            "model_id": outcome.model_id,
+            "model_id": encode_id("Model", uuid.UUID(outcome.model_id)),
             "status": "challenger",
             "auc": metrics.get("auc"),
             "log_loss": metrics.get("log_loss"),
@@ -482,6 +484,116 @@ def train(
         }
 
     typer.echo(json.dumps(_run(work), default=str))
+
+
+def _model_key(value: str) -> uuid.UUID:
+    from resolvers.model import decode_model_id
+
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        return decode_model_id(value)
+
+
+@model_cli.command("list")
+def model_list() -> None:
+    """Models newest first: id, status, source, test AUC and the gate's verdict (JSON lines)."""
+    from app.services.model_registry import list_models
+
+    async def work(_settings: Settings, services: Services) -> list[dict[str, object]]:
+        db = Database.from_url(services.database_url)
+        try:
+            async with db.session(SYSTEM_SCOPE) as session:
+                rows = await list_models(session, principal=system_principal("cli"))
+        finally:
+            await db.dispose()
+        return [
+            {
+                "id": encode_id("Model", r.id),
+                "status": str(r.status),
+                "source": r.source,
+                "trained_at": r.trained_at.isoformat(),
+                "auc": r.metrics.get("auc"),
+                "gate": None if r.gate is None else r.gate.get("reason"),
+                "gate_passed": None if r.gate is None else r.gate.get("promote"),
+            }
+            for r in rows
+        ]
+
+    for line in _run(work):
+        typer.echo(json.dumps(line))
+
+
+@model_cli.command("gate")
+def model_gate(model_id: Annotated[str, typer.Argument(help="Model id.")]) -> None:
+    """Run the promotion gate again against the current champion and record its verdict."""
+    from jobs.training import regate_model
+
+    async def work(_settings: Settings, services: Services) -> dict[str, object]:
+        db = Database.from_url(services.database_url)
+        try:
+            verdict = await regate_model(db, _model_key(model_id), now=SystemClock().now())
+        except ValueError as exc:
+            raise PortalError(str(exc)) from exc
+        finally:
+            await db.dispose()
+        return verdict.to_json()
+
+    typer.echo(json.dumps(_run(work), default=str))
+
+
+@model_cli.command("shadow")
+def model_shadow(
+    model_id: Annotated[str, typer.Argument(help="Model id.")],
+    reason: Annotated[str, typer.Option(help="Why; kept in the audit log.")],
+) -> None:
+    """Let a challenger score alongside the champion without acting (audited)."""
+    from app.services.model_registry import set_shadow
+
+    async def work(_settings: Settings, services: Services) -> str:
+        db = Database.from_url(services.database_url)
+        try:
+            async with db.uow(SYSTEM_SCOPE) as uow:
+                row = await set_shadow(
+                    uow,
+                    principal=system_principal("cli"),
+                    model_id=_model_key(model_id),
+                    reason=reason,
+                    now=SystemClock().now(),
+                )
+                await uow.commit()
+        finally:
+            await db.dispose()
+        return str(row.status)
+
+    typer.echo(_run(work))
+
+
+@model_cli.command("promote")
+def model_promote(
+    model_id: Annotated[str, typer.Argument(help="Model id.")],
+    reason: Annotated[str, typer.Option(help="Why; kept in the audit log.")],
+) -> None:
+    """Make a model the champion when its gate verdict holds against the current one (audited)."""
+    from app.services.model_registry import promote
+
+    async def work(_settings: Settings, services: Services) -> str:
+        db = Database.from_url(services.database_url)
+        try:
+            async with db.uow(SYSTEM_SCOPE) as uow:
+                row = await promote(
+                    uow,
+                    principal=system_principal("cli"),
+                    model_id=_model_key(model_id),
+                    reason=reason,
+                    now=SystemClock().now(),
+                )
+                await uow.commit()
+        finally:
+            await db.dispose()
+        return str(row.status)
+
+    typer.echo(_run(work))
 
 
 @cli.command("export-schema")

@@ -11,6 +11,7 @@ import asyncpg
 import pytest
 
 from app.embedded import Services, create_scratch_database, drop_database
+from resolvers.model import decode_model_id
 
 ROOT = Path(__file__).resolve().parents[2]
 PORTAL = [sys.executable, "-m", "portal"]
@@ -70,3 +71,27 @@ async def test_train_from_empty_history_exits_with_a_message(env: dict[str, str]
     done = _portal(env, "train")
     assert done.returncode == 1
     assert "too few to train" in done.stderr
+
+
+async def test_model_commands_promote_shadow_and_regate(env: dict[str, str]) -> None:
+    assert _portal(env, "migrate").returncode == 0
+    train = ("train", "--simulated", "3000", "--rounds", "30", "--threads", "1")
+    first = json.loads(_portal(env, *train).stdout.strip().splitlines()[-1])
+    done = _portal(env, "model", "promote", first["model_id"], "--reason", "first model")
+    assert (done.returncode, done.stdout.strip()) == (0, "champion"), done.stderr
+    second = json.loads(_portal(env, *train, "--seed", "1").stdout.strip().splitlines()[-1])
+    # The second challenger was measured against the champion of the time.
+    assert second["gate"]["champion_id"] == str(decode_model_id(first["model_id"]))
+    done = _portal(env, "model", "gate", second["model_id"])
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["champion"] is not None
+    done = _portal(env, "model", "shadow", second["model_id"], "--reason", "watch it")
+    assert (done.returncode, done.stdout.strip()) == (0, "shadow"), done.stderr
+    listed = [json.loads(line) for line in _portal(env, "model", "list").stdout.splitlines()]
+    assert {(m["id"], m["status"]) for m in listed} == {
+        (first["model_id"], "champion"),
+        (second["model_id"], "shadow"),
+    }
+    done = _portal(env, "model", "gate", first["model_id"])
+    assert done.returncode == 1
+    assert "champion already" in done.stderr
