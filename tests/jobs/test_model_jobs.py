@@ -147,3 +147,15 @@ def test_stored_history_becomes_a_retry_log_and_a_later_gate_window() -> None:
     assert held == []
     train, held = split_for_gate([*failures[:4], _failure(9, ())])
     assert max(f.first_failed_at for f in train) < min(f.first_failed_at for f in held)
+
+
+def test_weekly_retrain_is_unique_and_does_not_raise_the_longest_timeout() -> None:
+    from jobs.worker import CRON_JOBS, FUNCTIONS
+
+    [job] = [c for c in CRON_JOBS if c.name == "cron:retrain_model"]
+    assert (job.unique, job.weekday, job.hour) == (True, 0, 3)
+    others = [f.timeout_s or 0 for f in FUNCTIONS]
+    others += [c.timeout_s or 0 for c in CRON_JOBS if c is not job]
+    # arq holds every job's in-progress key for the longest timeout: training must not lengthen it.
+    assert job.timeout_s is not None
+    assert job.timeout_s <= max(others)
