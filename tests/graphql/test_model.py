@@ -2,6 +2,7 @@
 
 import uuid
 
+from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlmodel import col, select
 
 from app.clock import FixedClock
@@ -13,6 +14,7 @@ from app.services.model_registry import ROLE_ACTING, ROLE_SHADOW, DecisionRecord
 from app.settings import Settings
 from app.tenancy import SYSTEM_SCOPE
 from resolvers.ids import encode_id
+from tests.graphql.test_query_count import count_statements
 from tests.support.factories import make_key, make_merchant, make_payments
 from tests.support.graphql import codes, run
 from tests.support.model_rows import make_model, verdict
@@ -234,3 +236,62 @@ async def test_decision_explanation_in_plain_words(
         variables={"id": encode_id("Payment", payment.id)},
     )
     assert result.data == {"node": None}
+
+
+EXPLAIN_PAGE = """query($id: ID!, $first: Int!) { merchant(id: $id) { payments(first: $first) {
+  edges { node { decision { explanation } } } } } }"""
+
+
+async def test_explanations_of_a_page_cost_one_statement(
+    connection: AsyncConnection, db: Database, settings: Settings, clock: FixedClock
+) -> None:
+    now = clock.now()
+    merchant = await make_merchant(db, "Explained", now=now)
+    payments = await make_payments(db, merchant, 50, now=now)
+    model = await make_model(db, now=now, status=ModelStatus.CHAMPION)
+    async with db.uow(SYSTEM_SCOPE) as uow:
+        for p in payments:
+            row = await uow.session.get(type(p), p.id)
+            assert row is not None
+            row.decision_at = now
+            row.decision_reason = "model"
+            row.decision_strategy = RetryStrategy.MODEL
+        await record_decisions(
+            uow,
+            [
+                DecisionRecord(
+                    merchant_id=merchant.id,
+                    payment_id=p.id,
+                    model_version_id=model.id,
+                    role=ROLE_ACTING,
+                    source="model",
+                    decided_at=now,
+                    chosen_at=now,
+                    probability=0.2,
+                    expected_recovered_minor=100,
+                    reason="model",
+                    explanation=[{"feature": "x", "text": "words", "log_odds": 0.1}],
+                )
+                for p in payments
+            ],
+        )
+        await uow.commit()
+    token = await make_key(db, Role.MERCHANT, [merchant], now=now)
+    await run(db, settings, clock, "{ viewer { role } }", token=token)
+    counts = {}
+    for first in (1, 50):
+        with count_statements(connection) as statements:
+            result = await run(
+                db,
+                settings,
+                clock,
+                EXPLAIN_PAGE,
+                token=token,
+                variables={"id": encode_id("Merchant", merchant.id), "first": first},
+            )
+        assert result.errors is None, result.errors
+        assert result.data is not None
+        edges = result.data["merchant"]["payments"]["edges"]
+        assert [e["node"]["decision"]["explanation"] for e in edges] == [["words"]] * first
+        counts[first] = [s for s in statements if "SAVEPOINT" not in s]
+    assert len(counts[1]) == len(counts[50])
