@@ -41,8 +41,16 @@ CHUNK = 1000
 
 def any_array(values: Sequence[Any], item_type: Any) -> Any:
     """`= ANY(:array)`: one bound array instead of an IN list whose length changes the SQL
-    text, so the driver prepares each statement once rather than once per batch size."""
+    text, so the driver prepares each statement once rather than once per batch size.
+    For primary keys only: elsewhere a generic plan may scan the table once per element."""
     return sa.any_(sa.bindparam(None, list(values), type_=postgresql.ARRAY(item_type)))
+
+
+def unnest(values: Sequence[Any], item_type: Any) -> Any:
+    """A one-column derived table of the values, to join on: the planner drives an index
+    lookup per value instead of testing every row against the whole array."""
+    array = sa.bindparam(None, list(values), type_=postgresql.ARRAY(item_type))
+    return sa.func.unnest(array).table_valued("value").render_derived()
 
 
 UNKNOWN_CUSTOMER = "unknown"
@@ -213,10 +221,14 @@ async def _upsert_customers(
     await uow.session.execute(
         _INSERT_CUSTOMERS, {"merchant_id": merchant_id, "refs": ordered, "now": now}
     )
+    wanted = unnest(ordered, sa.Text)
     rows = await uow.session.execute(
-        select(col(Customer.external_ref), col(Customer.id)).where(
-            col(Customer.merchant_id) == merchant_id,
-            col(Customer.external_ref) == any_array(ordered, sa.Text),
+        select(col(Customer.external_ref), col(Customer.id))
+        .select_from(wanted)
+        .join(
+            Customer,
+            (col(Customer.merchant_id) == merchant_id)
+            & (col(Customer.external_ref) == wanted.c.value),
         )
     )
     return {ref: cid for ref, cid in rows.all()}  # noqa: C416 - rows, not pairs
@@ -258,15 +270,19 @@ async def _upsert_cards(
             "fingerprints": [k[0] for k in keys],
         },
     )
+    fingerprints = unnest(sorted({k[0] for k in keys}), sa.Text)
     rows = await uow.session.execute(
         select(
             col(CardCredential.fingerprint),
             col(CardCredential.exp_month),
             col(CardCredential.exp_year),
             col(CardCredential.id),
-        ).where(
-            col(CardCredential.merchant_id) == merchant_id,
-            col(CardCredential.fingerprint) == any_array(sorted({k[0] for k in keys}), sa.Text),
+        )
+        .select_from(fingerprints)
+        .join(
+            CardCredential,
+            (col(CardCredential.merchant_id) == merchant_id)
+            & (col(CardCredential.fingerprint) == fingerprints.c.value),
         )
     )
     return {(fp, month, year): cid for fp, month, year, cid in rows.all()}
@@ -309,39 +325,48 @@ async def apply_records(
     charge_ids = {r.processor_payment_id for r in canon}
     invoice_refs = {r.invoice_ref for r in canon if r.invoice_ref}
     processor: Processor = connection.kind
-    known = (
-        (
-            await uow.session.execute(
-                select(Payment).where(
-                    col(Payment.merchant_id) == merchant_id,
-                    col(Payment.processor) == processor,
-                    (col(Payment.processor_payment_id) == any_array(sorted(charge_ids), sa.Text))
-                    | (col(Payment.invoice_ref) == any_array(sorted(invoice_refs), sa.Text)),
-                )
+    known: dict[uuid.UUID, Payment] = {}
+    for column, values in (
+        (col(Payment.processor_payment_id), charge_ids),
+        (col(Payment.invoice_ref), invoice_refs),
+    ):
+        if not values:
+            continue
+        wanted = unnest(sorted(values), sa.Text)
+        found = await uow.session.execute(
+            select(Payment)
+            .select_from(wanted)
+            .join(
+                Payment,
+                (col(Payment.merchant_id) == merchant_id)
+                & (col(Payment.processor) == processor)
+                & (column == wanted.c.value),
             )
         )
-        .scalars()
-        .all()
-    )
-    by_charge = {p.processor_payment_id: p for p in known}
-    open_by_invoice = {p.invoice_ref: p for p in known if p.invoice_ref and not p.state.is_terminal}
+        known.update({p.id: p for p in found.scalars()})
+    by_charge = {p.processor_payment_id: p for p in known.values()}
+    open_by_invoice = {
+        p.invoice_ref: p for p in known.values() if p.invoice_ref and not p.state.is_terminal
+    }
     # Attempts already stored for these charges (a replay, or the portal's own retries).
+    charges = unnest(sorted(charge_ids), sa.Text)
     attempts_known = {
         a.processor_attempt_id: a
         for a in (
             await uow.session.execute(
                 select(PaymentAttempt)
-                .join(Payment, col(Payment.id) == col(PaymentAttempt.payment_id))
-                .where(
-                    col(PaymentAttempt.merchant_id) == merchant_id,
-                    col(Payment.processor) == processor,
-                    col(PaymentAttempt.processor_attempt_id)
-                    == any_array(sorted(charge_ids), sa.Text),
+                .select_from(charges)
+                .join(
+                    PaymentAttempt,
+                    (col(PaymentAttempt.merchant_id) == merchant_id)
+                    & (col(PaymentAttempt.processor_attempt_id) == charges.c.value),
                 )
+                .join(Payment, col(Payment.id) == col(PaymentAttempt.payment_id))
+                .where(col(Payment.processor) == processor)
             )
         ).scalars()
     }
-    attempt_counts = {p.id: p.attempt_count for p in known}
+    attempt_counts = {p.id: p.attempt_count for p in known.values()}
     plan = _Plan()
 
     for raw_id, record in ordered:
