@@ -25,6 +25,8 @@ class ErrorCode(StrEnum):
     UNSUPPORTED_MEDIA_TYPE = "UNSUPPORTED_MEDIA_TYPE"
     RATE_LIMITED = "RATE_LIMITED"
     QUERY_TOO_COMPLEX = "QUERY_TOO_COMPLEX"
+    INVALID_TIME_RANGE = "INVALID_TIME_RANGE"
+    INVALID_TIMEZONE = "INVALID_TIMEZONE"
     GATE_FAILED = "GATE_FAILED"
 
 
@@ -197,3 +199,15 @@ class GateFailed(PortalError):
     """A challenger has not beaten the current champion on a later held-out window."""
 
     code = ErrorCode.GATE_FAILED
+
+
+class InvalidTimeRange(PortalError):
+    """A statistics range that is empty, reversed, without offset or too long."""
+
+    code = ErrorCode.INVALID_TIME_RANGE
+
+
+class InvalidTimezone(PortalError):
+    """A timezone name that is not in the IANA database."""
+
+    code = ErrorCode.INVALID_TIMEZONE

@@ -32,6 +32,7 @@ from app.services.payment import (
     payments_by_ids,
 )
 from app.services.retry_policy import current_policies
+from app.services.stats import RecoveryStats, StatsQuery, load_stats
 from app.tenancy import Scope
 from resolvers.model_loaders import ModelLoaders
 from resolvers.retry_loaders import RetryLoaders
@@ -104,6 +105,26 @@ def _many_by_id(
     return DataLoader(load_fn=load)
 
 
+def _recovery_stats(
+    db: Database, scope: Scope
+) -> DataLoader[tuple[uuid.UUID, StatsQuery], RecoveryStats]:
+    """Statistics of many merchants in one query per distinct request (usually one)."""
+
+    async def load(keys: list[tuple[uuid.UUID, StatsQuery]]) -> list[RecoveryStats]:
+        groups: dict[StatsQuery, list[uuid.UUID]] = defaultdict(list)
+        for merchant_id, query in keys:
+            groups[query].append(merchant_id)
+        found: dict[tuple[uuid.UUID, StatsQuery], RecoveryStats] = {}
+        async with db.session(scope) as session:
+            for query, ids in groups.items():
+                stats = await load_stats(session, query, merchant_ids=ids, per_merchant=True)
+                for merchant_id in ids:
+                    found[(merchant_id, query)] = stats[merchant_id]
+        return [found[k] for k in keys]
+
+    return DataLoader(load_fn=load)
+
+
 class Loaders:
     """The request's loaders; a new set per request, so nothing is cached across callers."""
 
@@ -145,4 +166,7 @@ class Loaders:
         )
         self.audit_page_by_merchant_id: DataLoader[PageKey, list[AuditLog]] = _pages(
             db, scope, entries_by_merchant_ids
+        )
+        self.recovery_stats_by_merchant: DataLoader[tuple[uuid.UUID, StatsQuery], RecoveryStats] = (
+            _recovery_stats(db, scope)
         )

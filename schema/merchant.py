@@ -19,6 +19,16 @@ from schema.enums import MerchantStatus
 from schema.node import Node
 from schema.payment import PageInfo, PaymentConnection, PaymentFilter
 from schema.retry_policy import RetryPolicy
+from schema.stats import (
+    STATS_DESCRIPTION,
+    FromArg,
+    Granularity,
+    GranularityArg,
+    RecoveryStats,
+    TimezoneArg,
+    ToArg,
+    merchant_recovery_stats,
+)
 
 Info = strawberry.Info[Context, None]
 
@@ -77,6 +87,17 @@ class Merchant(Node):
             info.context, merchant_id=self._row.id, first=first, after=after
         )
         return AuditEntryConnection.from_page(page)
+
+    @strawberry.field(description=STATS_DESCRIPTION)
+    async def recovery_stats(
+        self,
+        info: Info,
+        from_: FromArg,
+        to: ToArg,
+        granularity: GranularityArg = Granularity.DAY,
+        timezone: TimezoneArg = None,
+    ) -> RecoveryStats:
+        return await merchant_recovery_stats(info, self._row.id, from_, to, granularity, timezone)
 
 
 @strawberry.type(description="A merchant and its cursor.")

@@ -66,6 +66,16 @@ from schema.payment_recovery import (
 )
 from schema.retry_policy import UpdateRetryPolicyPayload, update_retry_policy
 from schema.scalars import SCALAR_MAP
+from schema.stats import (
+    STATS_DESCRIPTION,
+    FromArg,
+    Granularity,
+    GranularityArg,
+    RecoveryStats,
+    TimezoneArg,
+    ToArg,
+    viewer_recovery_stats,
+)
 
 Info = strawberry.Info[Context, None]
 
@@ -84,6 +94,19 @@ class Viewer:
     ) -> MerchantConnection:
         page = await merchant_resolvers.merchants_page(info.context, first=first, after=after)
         return MerchantConnection.from_page(page)
+
+    @strawberry.field(
+        description=STATS_DESCRIPTION + " Added up over every merchant the key may see."
+    )
+    async def recovery_stats(
+        self,
+        info: Info,
+        from_: FromArg,
+        to: ToArg,
+        granularity: GranularityArg = Granularity.DAY,
+        timezone: TimezoneArg = None,
+    ) -> RecoveryStats:
+        return await viewer_recovery_stats(info, from_, to, granularity, timezone)
 
 
 @strawberry.type(description="Entry points for reading.")

@@ -10,6 +10,7 @@ from app.models.model_version import ModelDecision, ModelVersion
 from app.models.payment import Payment, PaymentAttempt
 from app.models.retry import OutboxEvent, PaymentTransition, WebhookDelivery, WebhookEndpoint
 from app.models.retry_policy import RetryPolicy
+from app.models.stats import RecoveryRollup
 
 __all__ = [
     "ApiKey",
@@ -27,6 +28,7 @@ __all__ = [
     "PaymentTransition",
     "ProcessorConnection",
     "RawRecord",
+    "RecoveryRollup",
     "RetryPolicy",
     "TenantOwned",
     "WebhookDelivery",

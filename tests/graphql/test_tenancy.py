@@ -623,3 +623,34 @@ async def test_scoped_session_never_sees_audit_entries_without_a_merchant(world:
         rows = (await s.execute(select(AuditLog))).scalars().all()
     assert rows
     assert all(r.merchant_id in everyone for r in rows)
+
+
+STATS_RANGE = {"from": "2026-11-01T00:00:00Z", "to": "2026-11-03T00:00:00Z"}
+
+
+async def test_recovery_stats_follow_the_key_scope(world: World) -> None:
+    """viewer.recoveryStats adds up exactly the merchants a key may see; Merchant.recoveryStats
+    of another tenant is unreachable (the merchant answers null)."""
+    viewer = """query($from: DateTime!, $to: DateTime!) { viewer { recoveryStats(from: $from,
+      to: $to) { currencies { currency summary { failedCount failedAmount } } } } }"""
+    merchant = """query($id: ID!, $from: DateTime!, $to: DateTime!) { merchant(id: $id) {
+      recoveryStats(from: $from, to: $to, granularity: WEEK, timezone: "Europe/Paris") {
+      currencies { currency summary { failedCount } } } } }"""
+    amounts = {n: p.amount_minor for n, p in world.payments.items()}
+    for role in ROLES:
+        data = await _query(world, role, viewer, **STATS_RANGE)
+        [eur] = data["viewer"]["recoveryStats"]["currencies"]  # type: ignore[index]
+        assert eur["currency"] == "EUR"
+        assert eur["summary"] == {
+            "failedCount": len(world.visible[role]),
+            "failedAmount": sum(amounts[n] for n in world.visible[role]),
+        }
+        for name, row in world.merchants.items():
+            data = await _query(
+                world, role, merchant, id=encode_id("Merchant", row.id), **STATS_RANGE
+            )
+            if name in world.visible[role]:
+                stats = data["merchant"]["recoveryStats"]  # type: ignore[index]
+                assert stats["currencies"] == [{"currency": "EUR", "summary": {"failedCount": 1}}]
+            else:
+                assert data["merchant"] is None

@@ -1,0 +1,40 @@
+"""Recovery statistics for the API: validation, then the rollups through the request's loader."""
+
+import uuid
+from datetime import datetime
+
+from app.services.stats import Granularity, RecoveryStats, load_stats, stats_query
+from resolvers.context import Context
+
+
+async def for_merchant(
+    ctx: Context,
+    merchant_id: uuid.UUID,
+    *,
+    start: datetime,
+    end: datetime,
+    granularity: Granularity,
+    timezone: str | None,
+) -> RecoveryStats:
+    """One merchant's statistics; merchants of one page share one query per distinct request."""
+    ctx.require_principal()
+    query = stats_query(start, end, granularity, timezone)
+    return await ctx.loaders.recovery_stats_by_merchant.load((merchant_id, query))
+
+
+async def for_viewer(
+    ctx: Context,
+    *,
+    start: datetime,
+    end: datetime,
+    granularity: Granularity,
+    timezone: str | None,
+) -> RecoveryStats:
+    """The statistics of every merchant the key may see, added up per currency."""
+    principal = ctx.require_principal()
+    query = stats_query(start, end, granularity, timezone)
+    scope = principal.scope
+    ids = None if scope.merchant_ids is None else sorted(scope.merchant_ids)
+    async with ctx.db.session(scope) as session:
+        found = await load_stats(session, query, merchant_ids=ids, per_merchant=False)
+    return found[None]

@@ -1,0 +1,326 @@
+"""Recovery statistics types: figures per currency, time series, breakdowns and uplift."""
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Self
+
+import strawberry
+
+from app.enums import Actor, CardFunding, DeclineCategory, Processor
+from app.models.stats import TTR_EDGES_SECONDS
+from app.services import stats as svc
+from app.services.stats import Granularity
+from resolvers import stats as stats_resolvers
+from resolvers.context import Context
+from schema.scalars import Long
+
+Info = strawberry.Info[Context, None]
+
+strawberry.enum(
+    Granularity,
+    description="The width of one point of a statistics time series, in the query's timezone.",
+)
+
+_EDGES_HOURS = ", ".join(f"{e // 3600}" for e in TTR_EDGES_SECONDS)
+
+FromArg = Annotated[
+    datetime,
+    strawberry.argument(
+        name="from",
+        description=(
+            "Start of the range, inclusive, with a UTC offset. A payment counts when the "
+            "quarter hour (UTC) of its first failure starts in [from, to)."
+        ),
+    ),
+]
+ToArg = Annotated[
+    datetime, strawberry.argument(description="End of the range, exclusive, with a UTC offset.")
+]
+GranularityArg = Annotated[
+    Granularity, strawberry.argument(description="Width of one point of the time series.")
+]
+TimezoneArg = Annotated[
+    str | None,
+    strawberry.argument(
+        description=(
+            "IANA timezone the series' days, weeks (from Monday) and months follow; UTC when "
+            "null. An unknown name answers INVALID_TIMEZONE."
+        )
+    ),
+]
+STATS_DESCRIPTION = (
+    "Recovery statistics of payments first failed in [from, to), per currency, served from "
+    "rollups kept current as payments change. A reversed, empty or offset-less range, or one "
+    "of more than 1000 points, answers INVALID_TIME_RANGE."
+)
+
+
+@strawberry.type(description="Recoveries brought about by one actor.")
+class ActorRecovery:
+    actor: Actor = strawberry.field(description="Who brought the money in.")
+    count: int = strawberry.field(description="Payments recovered.")
+    amount: Long = strawberry.field(description="Amount recovered, in minor units.")
+
+
+@strawberry.type(
+    description=(
+        "The figures of one population, in one currency (DOMAIN.md §4). Failed: payments that "
+        "entered recovery. Eligible: failed minus those never retryable at first failure. "
+        "Rates are null when their denominator is zero."
+    )
+)
+class RecoveryFigures:
+    failed_count: int = strawberry.field(description="Payments that entered recovery.")
+    failed_amount: Long = strawberry.field(description="Their amount, in minor units.")
+    eligible_count: int = strawberry.field(
+        description="Failed payments retryable at their first failure."
+    )
+    eligible_amount: Long = strawberry.field(description="Their amount, in minor units.")
+    recovered_count: int = strawberry.field(description="Payments recovered, by any actor.")
+    recovered_amount: Long = strawberry.field(description="Amount recovered, in minor units.")
+    recovered_by_actor: list[ActorRecovery] = strawberry.field(
+        description="Recoveries by actor: portal, processor, billing system, customer (all four)."
+    )
+    recovery_rate_by_count: float | None = strawberry.field(
+        description="Recovered ÷ failed, by count."
+    )
+    recovery_rate_by_amount: float | None = strawberry.field(
+        description="Recovered ÷ failed, by amount."
+    )
+    eligible_recovery_rate_by_count: float | None = strawberry.field(
+        description="Recovered eligible payments ÷ eligible payments, by count."
+    )
+    eligible_recovery_rate_by_amount: float | None = strawberry.field(
+        description="Recovered eligible payments ÷ eligible payments, by amount."
+    )
+    attempts_per_recovery: float | None = strawberry.field(
+        description=(
+            "Attempts after the first failure, up to the recovery, per recovered payment "
+            "(0 for a customer who paid before any retry)."
+        )
+    )
+    median_time_to_recover_seconds: int | None = strawberry.field(
+        description=(
+            "Median time from first failure to recovery, in seconds. Approximate: read from a "
+            f"histogram with edges at {_EDGES_HOURS} hours, interpolated linearly within the "
+            "bucket; beyond the last edge, the last edge."
+        )
+    )
+    p90_time_to_recover_seconds: int | None = strawberry.field(
+        description="90th percentile of the time to recover, in seconds (approximate, as median)."
+    )
+    in_recovery_count: int = strawberry.field(
+        description="Payments still in recovery (not yet in a terminal state)."
+    )
+    in_recovery_amount: Long = strawberry.field(
+        description="Their amount still open, in minor units."
+    )
+
+    @classmethod
+    def from_figures(cls, f: svc.RecoveryFigures) -> Self:
+        return cls(
+            failed_count=f.failed_count,
+            failed_amount=Long(f.failed_amount),
+            eligible_count=f.eligible_count,
+            eligible_amount=Long(f.eligible_amount),
+            recovered_count=f.recovered_count,
+            recovered_amount=Long(f.recovered_amount),
+            recovered_by_actor=[
+                ActorRecovery(actor=r.actor, count=r.count, amount=Long(r.amount))
+                for r in f.recovered
+            ],
+            recovery_rate_by_count=f.recovery_rate_by_count,
+            recovery_rate_by_amount=f.recovery_rate_by_amount,
+            eligible_recovery_rate_by_count=f.eligible_recovery_rate_by_count,
+            eligible_recovery_rate_by_amount=f.eligible_recovery_rate_by_amount,
+            attempts_per_recovery=f.attempts_per_recovery,
+            median_time_to_recover_seconds=f.median_time_to_recover_seconds,
+            p90_time_to_recover_seconds=f.p90_time_to_recover_seconds,
+            in_recovery_count=f.in_recovery_count,
+            in_recovery_amount=Long(f.in_recovery_amount),
+        )
+
+
+@strawberry.type(description="One point of the time series: payments first failed in it.")
+class RecoveryStatsPoint:
+    start: datetime = strawberry.field(
+        description="Start of the day, week or month, in the query's timezone."
+    )
+    figures: RecoveryFigures = strawberry.field(description="The point's figures.")
+
+
+@strawberry.type(description="The figures of payments with one decline category.")
+class DeclineCategoryRecovery:
+    category: DeclineCategory = strawberry.field(description="Category of the first failure.")
+    figures: RecoveryFigures = strawberry.field(description="Their figures.")
+
+
+@strawberry.type(description="The figures of payments read from one processor.")
+class ProcessorRecovery:
+    processor: Processor = strawberry.field(description="The processor.")
+    figures: RecoveryFigures = strawberry.field(description="Their figures.")
+
+
+@strawberry.type(description="The figures of payments by the funding of their card.")
+class CardFundingRecovery:
+    funding: CardFunding = strawberry.field(
+        description="The card's funding; UNKNOWN also for payments without a known card."
+    )
+    figures: RecoveryFigures = strawberry.field(description="Their figures.")
+
+
+@strawberry.type(description="One side of the uplift comparison.")
+class RecoveryArm:
+    eligible_count: int = strawberry.field(description="Eligible payments in the group.")
+    recovered_count: int = strawberry.field(description="Of those, recovered by any actor.")
+    recovery_rate: float = strawberry.field(description="Recovered ÷ eligible.")
+
+    @classmethod
+    def from_arm(cls, arm: svc.Arm) -> Self:
+        return cls(
+            eligible_count=arm.eligible_count,
+            recovered_count=arm.recovered_count,
+            recovery_rate=arm.rate or 0.0,
+        )
+
+
+@strawberry.type(
+    description=(
+        "Recovery rate of the model-driven policy minus the control group's, over eligible "
+        "payments of merchants that ran the model in the range (at least one model decision): "
+        "the control is the retry engine's stable ~10% share, kept on the fixed schedule; "
+        "treatment is every other payment (intention to treat). The 95% interval is Newcombe's "
+        "hybrid score interval (Wilson intervals of both rates). Null when either group has "
+        f"fewer than {svc.MIN_ARM_SIZE} eligible payments."
+    )
+)
+class RecoveryUplift:
+    treatment: RecoveryArm = strawberry.field(description="Payments the model decided.")
+    control: RecoveryArm = strawberry.field(description="The fixed-schedule control group.")
+    difference: float = strawberry.field(
+        description="Treatment rate minus control rate (a share: 0.05 is 5 points)."
+    )
+    lower: float = strawberry.field(description="Lower bound of the interval.")
+    upper: float = strawberry.field(description="Upper bound of the interval.")
+    confidence_level: float = strawberry.field(description="The interval's level: 0.95.")
+
+    @classmethod
+    def from_uplift(cls, u: svc.Uplift) -> Self:
+        return cls(
+            treatment=RecoveryArm.from_arm(u.treatment),
+            control=RecoveryArm.from_arm(u.control),
+            difference=u.difference,
+            lower=u.lower,
+            upper=u.upper,
+            confidence_level=u.confidence,
+        )
+
+
+@strawberry.type(description="Every statistic of one currency; amounts are never summed across.")
+class CurrencyRecoveryStats:
+    currency: str = strawberry.field(description="ISO 4217 code.")
+    summary: RecoveryFigures = strawberry.field(description="The whole range.")
+    series: list[RecoveryStatsPoint] = strawberry.field(
+        description="One point per day, week or month of the range, empty ones included."
+    )
+    by_decline_category: list[DeclineCategoryRecovery] = strawberry.field(
+        description="By decline category of the first failure."
+    )
+    by_processor: list[ProcessorRecovery] = strawberry.field(description="By processor.")
+    by_card_funding: list[CardFundingRecovery] = strawberry.field(description="By card funding.")
+    uplift: RecoveryUplift | None = strawberry.field(
+        description="The model-driven policy against the control group."
+    )
+
+    @classmethod
+    def from_stats(cls, c: svc.CurrencyStats) -> Self:
+        return cls(
+            currency=c.currency,
+            summary=RecoveryFigures.from_figures(c.summary),
+            series=[
+                RecoveryStatsPoint(start=p.start, figures=RecoveryFigures.from_figures(p.figures))
+                for p in c.series
+            ],
+            by_decline_category=[
+                DeclineCategoryRecovery(
+                    category=DeclineCategory(b.value),
+                    figures=RecoveryFigures.from_figures(b.figures),
+                )
+                for b in c.by_decline_category
+            ],
+            by_processor=[
+                ProcessorRecovery(
+                    processor=Processor(b.value), figures=RecoveryFigures.from_figures(b.figures)
+                )
+                for b in c.by_processor
+            ],
+            by_card_funding=[
+                CardFundingRecovery(
+                    funding=CardFunding(b.value), figures=RecoveryFigures.from_figures(b.figures)
+                )
+                for b in c.by_card_funding
+            ],
+            uplift=None if c.uplift is None else RecoveryUplift.from_uplift(c.uplift),
+        )
+
+
+@strawberry.type(description="Recovery statistics over a range, one entry per currency.")
+class RecoveryStats:
+    from_: datetime = strawberry.field(name="from", description="Start of the range (UTC).")
+    to: datetime = strawberry.field(description="End of the range, exclusive (UTC).")
+    granularity: Granularity = strawberry.field(description="Width of a series point.")
+    timezone: str = strawberry.field(description="Timezone of the series.")
+    currencies: list[CurrencyRecoveryStats] = strawberry.field(
+        description="Per currency seen in the range, by currency code."
+    )
+
+    @classmethod
+    def from_stats(cls, s: svc.RecoveryStats) -> Self:
+        return cls(
+            from_=s.query.start,
+            to=s.query.end,
+            granularity=s.query.granularity,
+            timezone=s.query.timezone,
+            currencies=[CurrencyRecoveryStats.from_stats(c) for c in s.currencies],
+        )
+
+
+async def merchant_recovery_stats(
+    info: Info,
+    merchant_id: uuid.UUID,
+    start: datetime,
+    end: datetime,
+    granularity: Granularity,
+    timezone: str | None,
+) -> RecoveryStats:
+    found = await stats_resolvers.for_merchant(
+        info.context,
+        merchant_id,
+        start=start,
+        end=end,
+        granularity=granularity,
+        timezone=timezone,
+    )
+    return RecoveryStats.from_stats(found)
+
+
+async def viewer_recovery_stats(
+    info: Info, start: datetime, end: datetime, granularity: Granularity, timezone: str | None
+) -> RecoveryStats:
+    found = await stats_resolvers.for_viewer(
+        info.context, start=start, end=end, granularity=granularity, timezone=timezone
+    )
+    return RecoveryStats.from_stats(found)
+
+
+__all__ = [
+    "STATS_DESCRIPTION",
+    "FromArg",
+    "Granularity",
+    "GranularityArg",
+    "RecoveryStats",
+    "TimezoneArg",
+    "ToArg",
+    "merchant_recovery_stats",
+    "viewer_recovery_stats",
+]
