@@ -32,7 +32,9 @@ from app.services.payment import (
     payments_by_ids,
 )
 from app.services.retry_policy import current_policies
-from app.services.stats import RecoveryStats, StatsQuery, load_stats
+from app.services.stats.figures import RecoveryStats
+from app.services.stats.query import StatsQuery
+from app.services.stats.rollups import load_stats
 from app.tenancy import Scope
 from resolvers.model_loaders import ModelLoaders
 from resolvers.retry_loaders import RetryLoaders

@@ -3,7 +3,9 @@
 import uuid
 from datetime import datetime
 
-from app.services.stats import Granularity, RecoveryStats, load_stats, stats_query
+from app.services.stats.figures import RecoveryStats
+from app.services.stats.query import Granularity, stats_query
+from app.services.stats.rollups import load_stats
 from resolvers.context import Context
 
 

@@ -8,8 +8,8 @@ import strawberry
 
 from app.enums import Actor, CardFunding, DeclineCategory, Processor
 from app.models.stats import TTR_EDGES_SECONDS
-from app.services import stats as svc
-from app.services.stats import Granularity
+from app.services.stats import figures as svc
+from app.services.stats.query import Granularity
 from resolvers import stats as stats_resolvers
 from resolvers.context import Context
 from schema.scalars import Long

@@ -24,15 +24,10 @@ from app.models.customer import CardCredential, Customer
 from app.models.merchant import Merchant
 from app.models.payment import Payment
 from app.retry.schedule import in_control_group
-from app.services.stats import (
-    Arm,
-    Granularity,
-    Uplift,
-    load_stats,
-    recompute,
-    rollup_differences,
-    stats_query,
-)
+from app.services.stats.figures import Arm, Uplift
+from app.services.stats.query import Granularity, stats_query
+from app.services.stats.recompute import recompute, rollup_differences
+from app.services.stats.rollups import load_stats
 from app.settings import Settings
 from app.tenancy import SYSTEM_SCOPE
 from resolvers.ids import encode_id

@@ -27,14 +27,9 @@ from app.models.merchant import Merchant
 from app.models.payment import Payment
 from app.models.stats import BUCKET_SECONDS, MEASURES, TTR_EDGES_SECONDS
 from app.retry.schedule import in_control_group
-from app.services.stats import (
-    Granularity,
-    load_stats,
-    recompute,
-    rollup_differences,
-    stats_query,
-    ttr_bucket,
-)
+from app.services.stats.query import Granularity, stats_query
+from app.services.stats.recompute import recompute, rollup_differences, ttr_bucket
+from app.services.stats.rollups import load_stats
 from app.tenancy import SYSTEM_SCOPE
 from tests.support.factories import make_merchant
 

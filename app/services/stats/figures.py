@@ -1,0 +1,345 @@
+"""Statistics figures: summed rollup measures, rates, quantiles, uplift, per currency."""
+
+import math
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from datetime import datetime
+from typing import Any
+
+from app.enums import Actor
+from app.models.stats import MEASURES, TTR_BUCKETS, TTR_EDGES_SECONDS
+from app.services.stats.query import StatsQuery, series_bounds
+
+MIN_ARM_SIZE = 30
+Z_95 = 1.959963984540054
+ACTORS = (Actor.PORTAL, Actor.PROCESSOR, Actor.BILLING_SYSTEM, Actor.CUSTOMER)
+
+
+@dataclass(frozen=True, slots=True)
+class Sums:
+    """The summed columns of rollup rows (see `app.models.stats.MEASURES`)."""
+
+    failed_count: int = 0
+    failed_amount: int = 0
+    open_count: int = 0
+    open_amount: int = 0
+    recovered_portal_count: int = 0
+    recovered_portal_amount: int = 0
+    recovered_processor_count: int = 0
+    recovered_processor_amount: int = 0
+    recovered_billing_system_count: int = 0
+    recovered_billing_system_amount: int = 0
+    recovered_customer_count: int = 0
+    recovered_customer_amount: int = 0
+    recovered_retries: int = 0
+    model_count: int = 0
+    ttr_histogram: tuple[int, ...] = (0,) * TTR_BUCKETS
+
+    def __add__(self, other: "Sums") -> "Sums":
+        return _sums(
+            [getattr(self, m) + getattr(other, m) for m in MEASURES],
+            tuple(a + b for a, b in zip(self.ttr_histogram, other.ttr_histogram, strict=True)),
+        )
+
+    @property
+    def is_zero(self) -> bool:
+        return self == ZERO
+
+    @classmethod
+    def of(cls, values: Sequence[Any], histogram: Sequence[int] | None) -> "Sums":
+        return _sums(
+            [int(v or 0) for v in values],
+            tuple(int(h) for h in histogram) if histogram else (0,) * TTR_BUCKETS,
+        )
+
+
+def _sums(values: Sequence[int], histogram: tuple[int, ...]) -> Sums:
+    named: dict[str, Any] = dict(zip(MEASURES, values, strict=True))
+    return Sums(**named, ttr_histogram=histogram)
+
+
+ZERO = Sums()
+EMPTY: tuple[Sums, Sums] = (ZERO, ZERO)
+if tuple(f.name for f in fields(Sums))[: len(MEASURES)] != MEASURES:  # pragma: no cover
+    raise RuntimeError("Sums must list the rollup measures in their order")
+
+
+@dataclass(frozen=True, slots=True)
+class ActorRecovery:
+    """Recoveries brought about by one actor."""
+
+    actor: Actor
+    count: int
+    amount: int
+
+
+def _rate(part: int, whole: int) -> float | None:
+    return None if whole == 0 else part / whole
+
+
+def _quantile_seconds(histogram: Sequence[int], q: float) -> int | None:
+    """The q-quantile of the histogram, interpolated linearly within its bucket; the open
+    last bucket answers its lower edge."""
+    total = sum(histogram)
+    if total == 0:
+        return None
+    target = q * total
+    seen = 0
+    for index, count in enumerate(histogram):
+        if count and seen + count >= target:
+            low = 0 if index == 0 else TTR_EDGES_SECONDS[index - 1]
+            if index == len(TTR_EDGES_SECONDS):
+                return low
+            high = TTR_EDGES_SECONDS[index]
+            return round(low + (high - low) * (target - seen) / count)
+        seen += count
+    return None  # pragma: no cover - the loop always reaches the target
+
+
+@dataclass(frozen=True, slots=True)
+class RecoveryFigures:
+    """Every figure of one population (one currency, point or breakdown value)."""
+
+    failed_count: int
+    failed_amount: int
+    eligible_count: int
+    eligible_amount: int
+    recovered: tuple[ActorRecovery, ...]
+    eligible_recovered_count: int
+    eligible_recovered_amount: int
+    in_recovery_count: int
+    in_recovery_amount: int
+    recovered_retries: int
+    ttr_histogram: tuple[int, ...]
+
+    @classmethod
+    def of(cls, eligible: Sums, never: Sums) -> "RecoveryFigures":
+        both = eligible + never
+        return cls(
+            failed_count=both.failed_count,
+            failed_amount=both.failed_amount,
+            eligible_count=eligible.failed_count,
+            eligible_amount=eligible.failed_amount,
+            recovered=tuple(
+                ActorRecovery(
+                    a,
+                    getattr(both, f"recovered_{a.value}_count"),
+                    getattr(both, f"recovered_{a.value}_amount"),
+                )
+                for a in ACTORS
+            ),
+            eligible_recovered_count=sum(
+                getattr(eligible, f"recovered_{a.value}_count") for a in ACTORS
+            ),
+            eligible_recovered_amount=sum(
+                getattr(eligible, f"recovered_{a.value}_amount") for a in ACTORS
+            ),
+            in_recovery_count=both.open_count,
+            in_recovery_amount=both.open_amount,
+            recovered_retries=both.recovered_retries,
+            ttr_histogram=both.ttr_histogram,
+        )
+
+    @property
+    def recovered_count(self) -> int:
+        return sum(r.count for r in self.recovered)
+
+    @property
+    def recovered_amount(self) -> int:
+        return sum(r.amount for r in self.recovered)
+
+    @property
+    def recovery_rate_by_count(self) -> float | None:
+        return _rate(self.recovered_count, self.failed_count)
+
+    @property
+    def recovery_rate_by_amount(self) -> float | None:
+        return _rate(self.recovered_amount, self.failed_amount)
+
+    @property
+    def eligible_recovery_rate_by_count(self) -> float | None:
+        return _rate(self.eligible_recovered_count, self.eligible_count)
+
+    @property
+    def eligible_recovery_rate_by_amount(self) -> float | None:
+        return _rate(self.eligible_recovered_amount, self.eligible_amount)
+
+    @property
+    def attempts_per_recovery(self) -> float | None:
+        return _rate(self.recovered_retries, self.recovered_count)
+
+    @property
+    def median_time_to_recover_seconds(self) -> int | None:
+        return _quantile_seconds(self.ttr_histogram, 0.5)
+
+    @property
+    def p90_time_to_recover_seconds(self) -> int | None:
+        return _quantile_seconds(self.ttr_histogram, 0.9)
+
+
+@dataclass(frozen=True, slots=True)
+class Arm:
+    """One side of the uplift comparison: eligible payments and how many were recovered."""
+
+    eligible_count: int
+    recovered_count: int
+
+    @property
+    def rate(self) -> float | None:
+        return _rate(self.recovered_count, self.eligible_count)
+
+
+def _wilson(x: int, n: int, z: float) -> tuple[float, float]:
+    p = x / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return centre - half, centre + half
+
+
+@dataclass(frozen=True, slots=True)
+class Uplift:
+    """Model-driven recovery rate minus the control group's, with Newcombe's hybrid score
+    interval (Wilson intervals of each rate combined; method 10 of Newcombe 1998)."""
+
+    treatment: Arm
+    control: Arm
+    difference: float
+    lower: float
+    upper: float
+    confidence: float = 0.95
+
+    @classmethod
+    def of(cls, treatment: Arm, control: Arm) -> "Uplift | None":
+        if min(treatment.eligible_count, control.eligible_count) < MIN_ARM_SIZE:
+            return None
+        x1, n1 = treatment.recovered_count, treatment.eligible_count
+        x2, n2 = control.recovered_count, control.eligible_count
+        p1, p2 = x1 / n1, x2 / n2
+        l1, u1 = _wilson(x1, n1, Z_95)
+        l2, u2 = _wilson(x2, n2, Z_95)
+        d = p1 - p2
+        return cls(
+            treatment=treatment,
+            control=control,
+            difference=d,
+            lower=d - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2),
+            upper=d + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Point:
+    """One point of the time series: failures first seen in [start, next point)."""
+
+    start: datetime
+    figures: RecoveryFigures
+
+
+@dataclass(frozen=True, slots=True)
+class Breakdown:
+    """The figures of payments sharing one value of a dimension."""
+
+    value: str
+    figures: RecoveryFigures
+
+
+@dataclass(frozen=True, slots=True)
+class CurrencyStats:
+    """Every figure of one currency: amounts are never added across currencies."""
+
+    currency: str
+    summary: RecoveryFigures
+    series: tuple[Point, ...]
+    by_decline_category: tuple[Breakdown, ...]
+    by_processor: tuple[Breakdown, ...]
+    by_card_funding: tuple[Breakdown, ...]
+    uplift: Uplift | None
+
+
+@dataclass(frozen=True, slots=True)
+class RecoveryStats:
+    """The statistics of a query, one entry per currency seen, ordered by currency code."""
+
+    query: StatsQuery
+    currencies: tuple[CurrencyStats, ...] = field(default=())
+
+
+# A group of the statistics query: (merchant or None, currency, dimension, value, retryable).
+GroupKey = tuple[uuid.UUID | None, str, str, Any, bool]
+
+
+@dataclass(frozen=True, slots=True)
+class RollupKey:
+    """The key of one rollup row."""
+
+    merchant_id: uuid.UUID
+    bucket_start: datetime
+    currency: str
+    processor: str
+    decline_category: str
+    funding: str
+    control_group: bool
+    retryable: bool
+
+
+def assemble(
+    query: StatsQuery, groups: Mapping[GroupKey, Sums], merchants: Iterable[uuid.UUID | None]
+) -> dict[uuid.UUID | None, RecoveryStats]:
+    """Figures from grouped sums, one `RecoveryStats` per merchant (None: all together)."""
+    bounds = series_bounds(query)
+    zone = query.zone
+    by_owner: dict[uuid.UUID | None, dict[str, dict[tuple[str, Any], list[Sums]]]] = defaultdict(
+        lambda: defaultdict(lambda: defaultdict(lambda: [ZERO, ZERO]))
+    )
+    for (owner, currency, dim, value, retryable), sums in groups.items():
+        pair = by_owner[owner][currency][(dim, value)]
+        pair[0 if retryable else 1] = pair[0 if retryable else 1] + sums
+
+    def figures(pair: Sequence[Sums]) -> RecoveryFigures:
+        return RecoveryFigures.of(pair[0], pair[1])
+
+    result: dict[uuid.UUID | None, RecoveryStats] = {}
+    for owner in merchants:
+        currencies = []
+        for currency, dims in sorted(by_owner.get(owner, {}).items()):
+            summary = figures(dims[("total", None)])
+            if summary.failed_count == 0:
+                continue  # only rows whose payments were all deleted or moved
+
+            def breakdown(
+                dim: str, dims: dict[tuple[str, Any], list[Sums]] = dims
+            ) -> tuple[Breakdown, ...]:
+                found = [
+                    Breakdown(str(v), figures(p))
+                    for (d, v), p in dims.items()
+                    if d == dim and (p[0] + p[1]).failed_count
+                ]
+                return tuple(sorted(found, key=lambda b: b.value))
+
+            def arm(control: bool, dims: dict[tuple[str, Any], list[Sums]] = dims) -> Arm:
+                eligible = dims.get(("arm", (True, control)), EMPTY)[0]
+                return Arm(
+                    eligible.failed_count,
+                    sum(getattr(eligible, f"recovered_{a.value}_count") for a in ACTORS),
+                )
+
+            currencies.append(
+                CurrencyStats(
+                    currency=currency,
+                    summary=summary,
+                    series=tuple(
+                        Point(
+                            bounds[i - 1].astimezone(zone), figures(dims.get(("series", i), EMPTY))
+                        )
+                        for i in range(1, len(bounds))
+                    ),
+                    by_decline_category=breakdown("decline_category"),
+                    by_processor=breakdown("processor"),
+                    by_card_funding=breakdown("funding"),
+                    uplift=Uplift.of(arm(False), arm(True)),
+                )
+            )
+        result[owner] = RecoveryStats(query, tuple(currencies))
+    return result

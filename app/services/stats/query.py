@@ -1,0 +1,92 @@
+"""Statistics requests: validated ranges, timezones and the series' local boundaries."""
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from app.errors import InvalidTimeRange, InvalidTimezone
+
+MAX_POINTS = 1000
+
+
+class Granularity(StrEnum):
+    """The width of one point of the time series, in the query's timezone."""
+
+    DAY = "DAY"
+    WEEK = "WEEK"
+    MONTH = "MONTH"
+
+
+@dataclass(frozen=True, slots=True)
+class StatsQuery:
+    """A validated request: the half-open range [start, end), the series grain and timezone."""
+
+    start: datetime
+    end: datetime
+    granularity: Granularity
+    timezone: str
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+
+def stats_query(
+    start: datetime, end: datetime, granularity: Granularity, timezone: str | None
+) -> StatsQuery:
+    """Validate a request; raises `InvalidTimezone` or `InvalidTimeRange`."""
+    name = "UTC" if timezone is None else timezone
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise InvalidTimezone(f"unknown IANA timezone {name!r}", field="timezone") from exc
+    for label, value in (("from", start), ("to", end)):
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise InvalidTimeRange(f"{label} needs a UTC offset", field=label)
+    if start >= end:
+        raise InvalidTimeRange("to must be later than from", field="to")
+    query = StatsQuery(start.astimezone(UTC), end.astimezone(UTC), granularity, name)
+    # Counted without building the list: a range of centuries must not cost memory to refuse.
+    span_days = (query.end - query.start).days
+    estimate = {Granularity.DAY: span_days, Granularity.WEEK: span_days // 7}.get(
+        granularity, span_days // 28
+    )
+    if estimate > MAX_POINTS or len(series_bounds(query)) - 1 > MAX_POINTS:
+        raise InvalidTimeRange(
+            f"the range spans more than {MAX_POINTS} {granularity.lower()}s", field="to"
+        )
+    return query
+
+
+def _local_floor(moment: datetime, granularity: Granularity, zone: ZoneInfo) -> datetime:
+    local = moment.astimezone(zone)
+    day = local.replace(hour=0, minute=0, second=0, microsecond=0, tzinfo=None)
+    if granularity is Granularity.WEEK:
+        day -= timedelta(days=day.weekday())
+    elif granularity is Granularity.MONTH:
+        day = day.replace(day=1)
+    return day.replace(tzinfo=zone)
+
+
+def _local_next(start: datetime, granularity: Granularity, zone: ZoneInfo) -> datetime:
+    naive = start.replace(tzinfo=None)
+    if granularity is Granularity.DAY:
+        naive += timedelta(days=1)
+    elif granularity is Granularity.WEEK:
+        naive += timedelta(days=7)
+    else:
+        naive = naive.replace(year=naive.year + naive.month // 12, month=naive.month % 12 + 1)
+    return naive.replace(tzinfo=zone)
+
+
+def series_bounds(query: StatsQuery) -> list[datetime]:
+    """Local boundaries (UTC instants) b0 <= start < ... < bk, bk >= end: point i is
+    [b(i-1), b(i)), calendar days, weeks (from Monday) or months in the query's timezone."""
+    zone = query.zone
+    current = _local_floor(query.start, query.granularity, zone)
+    bounds = [current.astimezone(UTC)]
+    while bounds[-1] < query.end and len(bounds) <= MAX_POINTS + 1:
+        current = _local_next(current, query.granularity, zone)
+        bounds.append(current.astimezone(UTC))
+    return bounds

@@ -1,0 +1,150 @@
+"""Statistics from scratch: the rollups' sums recomputed in Python from `payment`, and compared."""
+
+import uuid
+from bisect import bisect_right
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
+
+from app.enums import Actor, PaymentState, RetryStrategy
+from app.models.customer import CardCredential
+from app.models.payment import Payment
+from app.models.stats import BUCKET_SECONDS, TTR_BUCKETS, TTR_EDGES_SECONDS
+from app.retry.schedule import in_control_group
+from app.services.stats.figures import GroupKey, RecoveryStats, RollupKey, Sums, assemble
+from app.services.stats.query import StatsQuery, series_bounds
+from app.services.stats.rollups import stored_rollups
+
+
+def ttr_bucket(seconds: float) -> int:
+    """The histogram bucket of a time to recover (as SQL's width_bucket over the edges)."""
+    return bisect_right(TTR_EDGES_SECONDS, seconds)
+
+
+def bucket_start(moment: datetime) -> datetime:
+    """The UTC quarter hour a moment falls in."""
+    epoch = int(moment.timestamp()) // BUCKET_SECONDS * BUCKET_SECONDS
+    return datetime.fromtimestamp(epoch, UTC)
+
+
+def contribution(payment: Payment, funding: str | None) -> tuple[RollupKey, Sums]:
+    """A payment's rollup key and what it adds there (the trigger's rule, in Python)."""
+    key = RollupKey(
+        merchant_id=payment.merchant_id,
+        bucket_start=bucket_start(payment.first_failed_at),
+        currency=payment.currency,
+        processor=str(payment.processor),
+        decline_category=str(payment.decline_category),
+        funding=funding or "unknown",
+        control_group=in_control_group(str(payment.merchant_id), str(payment.id)),
+        retryable=payment.decline_retryable,
+    )
+    amount = payment.amount_minor
+    actor = payment.recovered_by
+    recovered = payment.state is PaymentState.RECOVERED and actor is not None
+    is_open = not PaymentState(payment.state).is_terminal
+    values: dict[str, Any] = {
+        "failed_count": 1,
+        "failed_amount": amount,
+        "open_count": int(is_open),
+        "open_amount": amount if is_open else 0,
+        "model_count": int(payment.decision_strategy is RetryStrategy.MODEL),
+    }
+    histogram = [0] * TTR_BUCKETS
+    if recovered and actor is not None:
+        values[f"recovered_{Actor(actor).value}_count"] = 1
+        values[f"recovered_{Actor(actor).value}_amount"] = amount
+        values["recovered_retries"] = max(payment.attempt_count - 1, 0)
+        if payment.recovered_at is not None:
+            seconds = (payment.recovered_at - payment.first_failed_at).total_seconds()
+            histogram[ttr_bucket(seconds)] = 1
+    return key, Sums(**values, ttr_histogram=tuple(histogram))
+
+
+async def rollups_from_payments(
+    session: AsyncSession, merchant_ids: Sequence[uuid.UUID] | None = None
+) -> dict[RollupKey, Sums]:
+    """What the rollup table should hold, from every payment the session may see."""
+    statement = sa.select(Payment, col(CardCredential.funding)).outerjoin(
+        CardCredential, col(CardCredential.id) == col(Payment.card_id)
+    )
+    if merchant_ids is not None:
+        statement = statement.where(col(Payment.merchant_id).in_(sorted(merchant_ids)))
+    found: dict[RollupKey, Sums] = defaultdict(Sums)
+    for payment, funding in (await session.execute(statement)).all():
+        key, sums = contribution(payment, None if funding is None else str(funding))
+        found[key] = found[key] + sums
+    return {k: v for k, v in found.items() if not v.is_zero}
+
+
+@dataclass(frozen=True, slots=True)
+class RollupDifference:
+    """A rollup row that disagrees with its recomputation (None: the row is missing)."""
+
+    key: RollupKey
+    stored: Sums | None
+    expected: Sums | None
+
+
+async def rollup_differences(
+    session: AsyncSession, merchant_ids: Sequence[uuid.UUID] | None = None
+) -> list[RollupDifference]:
+    """Every difference between the rollup table and a recomputation from `payment`; empty
+    when they agree. Reads every visible payment: a check, not a request path."""
+    stored = await stored_rollups(session, merchant_ids)
+    expected = await rollups_from_payments(session, merchant_ids)
+    return [
+        RollupDifference(key, stored.get(key), expected.get(key))
+        for key in sorted(stored.keys() | expected.keys(), key=_sort_key)
+        if stored.get(key) != expected.get(key)
+    ]
+
+
+def _sort_key(key: RollupKey) -> tuple[Any, ...]:
+    return (str(key.merchant_id), key.bucket_start, key.currency, key.processor,
+            key.decline_category, key.funding, key.control_group, key.retryable)  # fmt: skip
+
+
+def group_rollups(
+    query: StatsQuery, rows: Mapping[RollupKey, Sums], *, per_merchant: bool
+) -> dict[GroupKey, Sums]:
+    """The grouping sets of `load_stats`, in Python, over rollup rows."""
+    bounds = series_bounds(query)
+    selected = {k: v for k, v in rows.items() if query.start <= k.bucket_start < query.end}
+    model_merchants: dict[uuid.UUID, int] = defaultdict(int)
+    for key, sums in selected.items():
+        model_merchants[key.merchant_id] += sums.model_count
+    groups: dict[GroupKey, Sums] = defaultdict(Sums)
+    for key, sums in selected.items():
+        owner = key.merchant_id if per_merchant else None
+        values: list[tuple[str, Any]] = [
+            ("total", None),
+            ("series", bisect_right(bounds, key.bucket_start)),
+            ("decline_category", key.decline_category),
+            ("processor", key.processor),
+            ("funding", key.funding),
+            ("arm", (model_merchants[key.merchant_id] > 0, key.control_group)),
+        ]
+        for dim, value in values:
+            group = (owner, key.currency, dim, value, key.retryable)
+            groups[group] = groups[group] + sums
+    return groups
+
+
+async def recompute(
+    session: AsyncSession,
+    query: StatsQuery,
+    *,
+    merchant_ids: Sequence[uuid.UUID] | None,
+    per_merchant: bool,
+) -> dict[uuid.UUID | None, RecoveryStats]:
+    """The figures of `load_stats`, computed from scratch from `payment` (a full scan)."""
+    rows = await rollups_from_payments(session, merchant_ids)
+    owners: list[uuid.UUID | None] = list(merchant_ids or []) if per_merchant else [None]
+    return assemble(query, group_rollups(query, rows, per_merchant=per_merchant), owners)
