@@ -126,6 +126,27 @@ class PromoteModelErrorCode(StrEnum):
     INVALID = ErrorCode.INVALID.value
 
 
+class CreateWebhookEndpointErrorCode(StrEnum):
+    """Why `createWebhookEndpoint` refused an endpoint."""
+
+    NOT_FOUND = ErrorCode.NOT_FOUND.value
+    INVALID = ErrorCode.INVALID.value
+
+
+class RotateWebhookSecretErrorCode(StrEnum):
+    """Why `rotateWebhookSecret` refused."""
+
+    NOT_FOUND = ErrorCode.NOT_FOUND.value
+    INVALID = ErrorCode.INVALID.value
+
+
+class SetWebhookEndpointEnabledErrorCode(StrEnum):
+    """Why `setWebhookEndpointEnabled` refused."""
+
+    NOT_FOUND = ErrorCode.NOT_FOUND.value
+    INVALID = ErrorCode.INVALID.value
+
+
 class PortalError(Exception):
     """An expected error: shown to the client with its code, never masked."""
 

@@ -8,7 +8,17 @@ from datetime import datetime
 
 from app.errors import InvalidCursor, InvalidId
 
-NODE_TYPES = frozenset({"Merchant", "Payment", "Customer", "Card", "ProcessorConnection", "ApiKey"})
+NODE_TYPES = frozenset(
+    {
+        "Merchant",
+        "Payment",
+        "Customer",
+        "Card",
+        "ProcessorConnection",
+        "ApiKey",
+        "WebhookEndpoint",
+    }
+)
 
 
 def _b64encode(raw: str) -> str:

@@ -38,6 +38,7 @@ from app.services.stats.rollups import load_stats
 from app.tenancy import Scope
 from resolvers.model_loaders import ModelLoaders
 from resolvers.retry_loaders import RetryLoaders
+from resolvers.webhook_loaders import WebhookLoaders
 
 T = TypeVar("T")
 Fetch = Callable[[AsyncSession, Sequence[uuid.UUID]], Awaitable[Mapping[uuid.UUID, T]]]
@@ -151,6 +152,7 @@ class Loaders:
         )
         self.retry = RetryLoaders(db, scope)
         self.model = ModelLoaders(db, scope)
+        self.webhook = WebhookLoaders(db, scope)
         self.processor_connection_by_id: DataLoader[uuid.UUID, ProcessorConnection | None] = _by_id(
             db, scope, connections_by_ids
         )

@@ -6,10 +6,13 @@ from app.models.customer import CardCredential, Customer
 from app.models.ingestion import ProcessorConnection
 from app.models.merchant import Merchant
 from app.models.payment import Payment
+from app.models.retry import WebhookEndpoint
 from resolvers.context import Context
 from resolvers.ids import decode_id
 
-Entity = Merchant | Payment | Customer | CardCredential | ProcessorConnection | ApiKey
+Entity = (
+    Merchant | Payment | Customer | CardCredential | ProcessorConnection | ApiKey | WebhookEndpoint
+)
 
 
 async def node(ctx: Context, global_id: str) -> Entity | None:
@@ -29,5 +32,7 @@ async def node(ctx: Context, global_id: str) -> Entity | None:
             return await loaders.processor_connection_by_id.load(key)
         case "ApiKey":
             return await loaders.api_key_by_id.load(key)
+        case "WebhookEndpoint":
+            return await loaders.webhook.webhook_endpoint_by_id.load(key)
     # decode_id accepts only NODE_TYPES; a type added there without a branch here lands here.
     raise InvalidId(f"no node lookup for {type_name}")

@@ -20,11 +20,14 @@ from app.errors import (
     ConnectProcessorErrorCode,
     CreateApiKeyErrorCode,
     CreateMerchantErrorCode,
+    CreateWebhookEndpointErrorCode,
     PauseMerchantRecoveryErrorCode,
     PauseProcessorConnectionErrorCode,
     ResumeMerchantRecoveryErrorCode,
     ResumeProcessorConnectionErrorCode,
     RevokeApiKeyErrorCode,
+    RotateWebhookSecretErrorCode,
+    SetWebhookEndpointEnabledErrorCode,
     SyncProcessorConnectionErrorCode,
     UpdateRetryPolicyErrorCode,
 )
@@ -53,6 +56,9 @@ for _cls, _description in (
     (CreateMerchantErrorCode, "Why createMerchant refused a merchant."),
     (PauseMerchantRecoveryErrorCode, "Why pauseMerchantRecovery refused."),
     (ResumeMerchantRecoveryErrorCode, "Why resumeMerchantRecovery refused."),
+    (CreateWebhookEndpointErrorCode, "Why createWebhookEndpoint refused an endpoint."),
+    (RotateWebhookSecretErrorCode, "Why rotateWebhookSecret refused."),
+    (SetWebhookEndpointEnabledErrorCode, "Why setWebhookEndpointEnabled refused."),
 ):
     strawberry.enum(_cls, description=_description)
 
@@ -65,6 +71,7 @@ __all__ = [
     "ConnectionStatus",
     "CreateApiKeyErrorCode",
     "CreateMerchantErrorCode",
+    "CreateWebhookEndpointErrorCode",
     "DeclineCategory",
     "EndAction",
     "MerchantStatus",
@@ -77,6 +84,8 @@ __all__ = [
     "RetryStrategy",
     "RevokeApiKeyErrorCode",
     "Role",
+    "RotateWebhookSecretErrorCode",
+    "SetWebhookEndpointEnabledErrorCode",
     "SyncProcessorConnectionErrorCode",
     "UpdateRetryPolicyErrorCode",
 ]

@@ -10,6 +10,7 @@ from resolvers import audit as audit_resolvers
 from resolvers import connection as connection_resolvers
 from resolvers import payment as payment_resolvers
 from resolvers import retry_policy as policy_resolvers
+from resolvers import webhook_endpoint as webhook_resolvers
 from resolvers.context import Context
 from resolvers.ids import encode_id
 from resolvers.pagination import Page
@@ -29,6 +30,7 @@ from schema.stats import (
     ToArg,
     merchant_recovery_stats,
 )
+from schema.webhook_endpoint import WebhookEndpoint
 
 Info = strawberry.Info[Context, None]
 
@@ -75,6 +77,11 @@ class Merchant(Node):
     async def processor_connections(self, info: Info) -> list[ProcessorConnection]:
         rows = await connection_resolvers.for_merchant(info.context, self._row.id)
         return [ProcessorConnection.from_model(c) for c in rows]
+
+    @strawberry.field(description="Where the merchant's events are posted, oldest first.")
+    async def webhook_endpoints(self, info: Info) -> list[WebhookEndpoint]:
+        rows = await webhook_resolvers.for_merchant(info.context, self._row.id)
+        return [WebhookEndpoint.from_model(e) for e in rows]
 
     @strawberry.field(description="Every configuration change, newest first.")
     async def audit_log(

@@ -20,6 +20,7 @@ from app.models.customer import Customer as CustomerModel
 from app.models.ingestion import ProcessorConnection as ConnectionModel
 from app.models.merchant import Merchant as MerchantModel
 from app.models.payment import Payment as PaymentModel
+from app.models.retry import WebhookEndpoint as EndpointModel
 from app.settings import Settings
 from resolvers import merchant as merchant_resolvers
 from resolvers import node as node_resolvers
@@ -75,6 +76,15 @@ from schema.stats import (
     TimezoneArg,
     ToArg,
     viewer_recovery_stats,
+)
+from schema.webhook_endpoint import (
+    CreateWebhookEndpointPayload,
+    RotateWebhookSecretPayload,
+    SetWebhookEndpointEnabledPayload,
+    WebhookEndpoint,
+    create_webhook_endpoint,
+    rotate_webhook_secret,
+    set_webhook_endpoint_enabled,
 )
 
 Info = strawberry.Info[Context, None]
@@ -154,6 +164,8 @@ class Query:
             return ProcessorConnection.from_model(row)
         if isinstance(row, ApiKeyModel):
             return ApiKey.from_model(row)
+        if isinstance(row, EndpointModel):
+            return WebhookEndpoint.from_model(row)
         return None
 
     models: list[Model] = strawberry.field(
@@ -247,6 +259,27 @@ class Mutation:
         resolver=resume_merchant_recovery,
         description="Restart a merchant's recovery (support only). Audited.",
     )
+    create_webhook_endpoint: CreateWebhookEndpointPayload = strawberry.mutation(
+        resolver=create_webhook_endpoint,
+        description=(
+            "Add a URL to post a merchant's events to (support, or the merchant's own key); the "
+            "signing secret is generated and returned once. Audited."
+        ),
+    )
+    rotate_webhook_secret: RotateWebhookSecretPayload = strawberry.mutation(
+        resolver=rotate_webhook_secret,
+        description=(
+            "Replace an endpoint's signing secret (support, or the merchant's own key); the new "
+            "secret is returned once. Audited, without the secret."
+        ),
+    )
+    set_webhook_endpoint_enabled: SetWebhookEndpointEnabledPayload = strawberry.mutation(
+        resolver=set_webhook_endpoint_enabled,
+        description=(
+            "Turn an endpoint on or off (support, or the merchant's own key); a disabled one "
+            "receives no new events. Audited."
+        ),
+    )
 
 
 def build_schema(settings: Settings) -> strawberry.Schema:
@@ -258,7 +291,7 @@ def build_schema(settings: Settings) -> strawberry.Schema:
     return strawberry.Schema(
         query=Query,
         mutation=Mutation,
-        types=[Merchant, Payment, Customer, Card, ProcessorConnection, ApiKey],
+        types=[Merchant, Payment, Customer, Card, ProcessorConnection, ApiKey, WebhookEndpoint],
         config=StrawberryConfig(
             disable_field_suggestions=settings.environment == "production",
             scalar_map=SCALAR_MAP,

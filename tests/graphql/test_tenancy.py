@@ -10,6 +10,7 @@ from sqlalchemy import update
 from sqlmodel import col, select
 
 from app.clock import FixedClock
+from app.crypto import CredentialBox
 from app.db import Database
 from app.embedded import Services
 from app.enums import Role
@@ -17,8 +18,10 @@ from app.models.audit import AuditLog
 from app.models.ingestion import ProcessorConnection
 from app.models.merchant import Merchant
 from app.models.payment import Payment
+from app.models.retry import WebhookEndpoint
+from app.services.retry.delivery import create_endpoint
 from app.settings import Settings
-from app.tenancy import Scope
+from app.tenancy import SYSTEM_SCOPE, Scope, system_principal
 from resolvers.ids import encode_id
 from tests.support.factories import key_id, make_connection, make_key, make_merchant, make_payments
 from tests.support.graphql import codes, run, schema_for
@@ -165,6 +168,15 @@ async def case_node(w: World) -> None:
                     assert data["node"] == {"id": global_id, "__typename": type_name}
                 else:
                     assert data["node"] is None, (role, name, type_name)
+    endpoints = await _webhook_endpoints(w)
+    for role in ROLES:
+        for name in "ABC":
+            global_id = encode_id("WebhookEndpoint", endpoints[name].id)
+            data = await _query(w, role, query, id=global_id)
+            if name in w.visible[role]:
+                assert data["node"] == {"id": global_id, "__typename": "WebhookEndpoint"}
+            else:
+                assert data["node"] is None, (role, name, "WebhookEndpoint")
     # API keys: visible when every merchant they grant is (support: all).
     for role in ROLES:
         for key_name, key in w.key_ids.items():
@@ -492,6 +504,99 @@ async def case_promote_model(w: World) -> None:
     assert data["promoteModel"] == {"model": {"status": "CHAMPION"}, "errors": []}
 
 
+async def _webhook_endpoints(w: World) -> dict[str, WebhookEndpoint]:
+    """One webhook endpoint per merchant, added by the portal itself."""
+    box = CredentialBox(w.settings.secret_key.get_secret_value())
+    found: dict[str, WebhookEndpoint] = {}
+    async with w.db.uow(SYSTEM_SCOPE) as uow:
+        for name, merchant in w.merchants.items():
+            found[name] = await create_endpoint(
+                uow,
+                principal=system_principal(),
+                merchant_id=merchant.id,
+                url=f"https://{name.lower()}.test/hooks",
+                secret="tenancy-secret-" + "x" * 16,
+                box=box,
+                now=w.clock.now(),
+            )
+        await uow.commit()
+    return found
+
+
+CREATE_ENDPOINT = """mutation($input: CreateWebhookEndpointInput!) {
+  createWebhookEndpoint(input: $input) { webhookEndpoint { url } secret errors { code field } } }"""
+
+
+async def case_create_webhook_endpoint(w: World) -> None:
+    def payload(name: str) -> dict[str, object]:
+        return {
+            "merchantId": encode_id("Merchant", w.merchants[name].id),
+            "url": "https://tenancy.test/hooks",
+        }
+
+    def ok(data: dict[str, object]) -> None:
+        created = data["createWebhookEndpoint"]
+        assert isinstance(created, dict)
+        assert created["errors"] == []
+        assert created["webhookEndpoint"] == {"url": "https://tenancy.test/hooks"}
+        assert created["secret"]
+
+    not_found = [{"code": "NOT_FOUND", "field": "merchantId"}]
+    data = await _query(w, "merchant", CREATE_ENDPOINT, input=payload("B"))
+    assert _errors(data, "createWebhookEndpoint") == not_found
+    ok(await _query(w, "merchant", CREATE_ENDPOINT, input=payload("A")))
+    await _forbidden(w, "partner", CREATE_ENDPOINT, input=payload("B"))
+    data = await _query(w, "partner", CREATE_ENDPOINT, input=payload("C"))
+    assert _errors(data, "createWebhookEndpoint") == not_found
+    ok(await _query(w, "support", CREATE_ENDPOINT, input=payload("C")))
+
+
+async def _endpoint_matrix(
+    w: World, field: str, query: str, ok: Callable[[dict[str, Any]], None], **extra: object
+) -> None:
+    """Merchant: own endpoint yes, another's not found; partner: visible forbidden, hidden not
+    found; support: any."""
+    endpoints = await _webhook_endpoints(w)
+
+    def payload(name: str) -> dict[str, object]:
+        return {"endpointId": encode_id("WebhookEndpoint", endpoints[name].id), **extra}
+
+    not_found = [{"code": "NOT_FOUND", "field": "endpointId"}]
+    data = await _query(w, "merchant", query, input=payload("B"))
+    assert _errors(data, field) == not_found
+    data = await _query(w, "merchant", query, input=payload("A"))
+    ok(data[field])  # type: ignore[arg-type]
+    await _forbidden(w, "partner", query, input=payload("B"))
+    data = await _query(w, "partner", query, input=payload("C"))
+    assert _errors(data, field) == not_found
+    data = await _query(w, "support", query, input=payload("C"))
+    ok(data[field])  # type: ignore[arg-type]
+
+
+async def case_rotate_webhook_secret(w: World) -> None:
+    query = """mutation($input: RotateWebhookSecretInput!) { rotateWebhookSecret(input: $input) {
+      webhookEndpoint { id } secret errors { code field } } }"""
+
+    def ok(payload: dict[str, Any]) -> None:
+        assert payload["errors"] == []
+        assert payload["secret"]
+
+    await _endpoint_matrix(w, "rotateWebhookSecret", query, ok, reason="tenancy")
+
+
+async def case_set_webhook_endpoint_enabled(w: World) -> None:
+    query = """mutation($input: SetWebhookEndpointEnabledInput!) {
+      setWebhookEndpointEnabled(input: $input) {
+        webhookEndpoint { enabled } errors { code field } } }"""
+
+    def ok(payload: dict[str, Any]) -> None:
+        assert payload == {"webhookEndpoint": {"enabled": False}, "errors": []}
+
+    await _endpoint_matrix(
+        w, "setWebhookEndpointEnabled", query, ok, enabled=False, reason="tenancy"
+    )
+
+
 TENANCY_CASES: dict[str, Callable[[World], Awaitable[None]]] = {
     "viewer": case_viewer,
     "merchants": case_merchants,
@@ -512,6 +617,9 @@ TENANCY_CASES: dict[str, Callable[[World], Awaitable[None]]] = {
     "resumeMerchantRecovery": case_resume_merchant_recovery,
     "models": case_models,
     "promoteModel": case_promote_model,
+    "createWebhookEndpoint": case_create_webhook_endpoint,
+    "rotateWebhookSecret": case_rotate_webhook_secret,
+    "setWebhookEndpointEnabled": case_set_webhook_endpoint_enabled,
 }
 
 
@@ -557,6 +665,12 @@ UNAUTHENTICATED_QUERIES = {
     "{ errors { code } } }",
     "models": "{ models { id } }",
     "promoteModel": 'mutation { promoteModel(id: "x", reason: "r") { errors { code } } }',
+    "createWebhookEndpoint": 'mutation { createWebhookEndpoint(input: {merchantId: "x", '
+    'url: "https://h.test"}) { secret } }',
+    "rotateWebhookSecret": 'mutation { rotateWebhookSecret(input: {endpointId: "x", '
+    'reason: "r"}) { secret } }',
+    "setWebhookEndpointEnabled": 'mutation { setWebhookEndpointEnabled(input: {endpointId: "x", '
+    'enabled: false, reason: "r"}) { errors { code } } }',
 }
 
 

@@ -1,0 +1,182 @@
+"""Webhook endpoint configuration: create with a generated secret, rotate, enable, list."""
+
+import secrets
+import uuid
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import func
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
+from sqlmodel import col, select
+
+from app.crypto import CredentialBox
+from app.db import UnitOfWork
+from app.errors import Forbidden, NotFound
+from app.models.retry import OutboxEvent, WebhookDelivery, WebhookEndpoint
+from app.services import audit
+from app.services.retry.delivery import create_endpoint
+from app.tenancy import Principal
+
+
+def new_secret() -> str:
+    """A signing secret: 32 random bytes, URL-safe."""
+    return secrets.token_urlsafe(32)
+
+
+async def create_webhook_endpoint(
+    uow: UnitOfWork,
+    *,
+    principal: Principal,
+    merchant_id: uuid.UUID,
+    url: str,
+    box: CredentialBox,
+    now: datetime,
+) -> tuple[WebhookEndpoint, str]:
+    """Add an endpoint with a generated secret; the secret is returned to the caller once."""
+    secret = new_secret()
+    endpoint = await create_endpoint(
+        uow, principal=principal, merchant_id=merchant_id, url=url, secret=secret, box=box, now=now
+    )
+    return endpoint, secret
+
+
+async def _configurable(
+    uow: UnitOfWork, principal: Principal, endpoint_id: uuid.UUID
+) -> WebhookEndpoint:
+    """The endpoint, locked, if visible and the caller may configure its merchant."""
+    endpoint = (
+        await uow.session.execute(
+            select(WebhookEndpoint).where(col(WebhookEndpoint.id) == endpoint_id).with_for_update()
+        )
+    ).scalar_one_or_none()
+    if endpoint is None:
+        raise NotFound("webhook endpoint not found", field="endpointId")
+    if not principal.may_configure(endpoint.merchant_id):
+        raise Forbidden("this key may not change the merchant's configuration")
+    return endpoint
+
+
+async def rotate_secret(
+    uow: UnitOfWork,
+    *,
+    principal: Principal,
+    endpoint_id: uuid.UUID,
+    reason: str,
+    box: CredentialBox,
+    now: datetime,
+) -> tuple[WebhookEndpoint, str]:
+    """Seal a new secret in place of the old one, audited without either; deliveries sent
+    from now on are signed with the new one."""
+    endpoint = await _configurable(uow, principal, endpoint_id)
+    reason = audit.clean_reason(reason)
+    secret = new_secret()
+    endpoint.secret_encrypted = box.seal({"secret": secret})
+    audit.record(
+        uow,
+        principal=principal,
+        merchant_id=endpoint.merchant_id,
+        action="webhook_endpoint.rotate_secret",
+        entity_type="webhook_endpoint",
+        entity_id=str(endpoint.id),
+        before=None,
+        after={"url": endpoint.url, "secret_rotated_at": now.isoformat()},
+        reason=reason,
+        now=now,
+    )
+    await uow.session.flush()
+    return endpoint, secret
+
+
+async def set_endpoint_enabled(
+    uow: UnitOfWork,
+    *,
+    principal: Principal,
+    endpoint_id: uuid.UUID,
+    enabled: bool,
+    reason: str,
+    now: datetime,
+) -> WebhookEndpoint:
+    """Enable or disable an endpoint, audited; setting the value it already has changes
+    nothing and is not logged. Disabled endpoints receive no new events."""
+    endpoint = await _configurable(uow, principal, endpoint_id)
+    reason = audit.clean_reason(reason)
+    if endpoint.enabled is enabled:
+        return endpoint
+    before = {"enabled": endpoint.enabled}
+    endpoint.enabled = enabled
+    audit.record(
+        uow,
+        principal=principal,
+        merchant_id=endpoint.merchant_id,
+        action="webhook_endpoint.enable" if enabled else "webhook_endpoint.disable",
+        entity_type="webhook_endpoint",
+        entity_id=str(endpoint.id),
+        before=before,
+        after={"enabled": enabled},
+        reason=reason,
+        now=now,
+    )
+    await uow.session.flush()
+    return endpoint
+
+
+async def endpoints_by_ids(
+    session: AsyncSession, ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, WebhookEndpoint]:
+    rows = await session.execute(select(WebhookEndpoint).where(col(WebhookEndpoint.id).in_(ids)))
+    return {e.id: e for e in rows.scalars()}
+
+
+async def endpoints_by_merchant_ids(
+    session: AsyncSession, ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, list[WebhookEndpoint]]:
+    """Each merchant's endpoints, oldest first."""
+    rows = await session.execute(
+        select(WebhookEndpoint)
+        .where(col(WebhookEndpoint.merchant_id).in_(ids))
+        .order_by(col(WebhookEndpoint.created_at), col(WebhookEndpoint.id))
+    )
+    grouped: dict[uuid.UUID, list[WebhookEndpoint]] = defaultdict(list)
+    for endpoint in rows.scalars():
+        grouped[endpoint.merchant_id].append(endpoint)
+    return grouped
+
+
+@dataclass(frozen=True)
+class RecentDelivery:
+    """A delivery with the type of the event it carries."""
+
+    delivery: WebhookDelivery
+    event_type: str
+
+
+async def recent_deliveries(
+    session: AsyncSession, endpoint_ids: Sequence[uuid.UUID], *, first: int
+) -> dict[uuid.UUID, list[RecentDelivery]]:
+    """The newest `first` deliveries of each endpoint, newest first, in one query."""
+    newest_first = (col(WebhookDelivery.created_at).desc(), col(WebhookDelivery.id).desc())
+    ranked = (
+        select(
+            WebhookDelivery,
+            col(OutboxEvent.event_type).label("event_type"),
+            func.row_number()
+            .over(partition_by=col(WebhookDelivery.endpoint_id), order_by=newest_first)
+            .label("rank"),
+        )
+        .join(OutboxEvent, col(OutboxEvent.id) == col(WebhookDelivery.event_id))
+        .where(col(WebhookDelivery.endpoint_id).in_(endpoint_ids))
+        .subquery()
+    )
+    delivery = aliased(WebhookDelivery, ranked)
+    rows = await session.execute(
+        select(delivery, ranked.c.event_type)
+        .where(ranked.c.rank <= first)
+        .order_by(ranked.c.endpoint_id, ranked.c.rank)
+    )
+    grouped: dict[uuid.UUID, list[RecentDelivery]] = defaultdict(list)
+    for row, event_type in rows.all():
+        grouped[row.endpoint_id].append(RecentDelivery(delivery=row, event_type=event_type))
+    return grouped

@@ -1,0 +1,83 @@
+"""Reading and changing merchants' webhook endpoints for the API."""
+
+import uuid
+
+from app.crypto import CredentialBox
+from app.errors import InvalidArgument
+from app.models.retry import WebhookEndpoint
+from app.services.webhook_endpoint import (
+    RecentDelivery,
+    create_webhook_endpoint,
+    rotate_secret,
+    set_endpoint_enabled,
+)
+from resolvers.context import Context
+from resolvers.ids import decode_id
+
+MAX_RECENT_DELIVERIES = 100
+
+
+async def for_merchant(ctx: Context, merchant_id: uuid.UUID) -> list[WebhookEndpoint]:
+    return await ctx.loaders.webhook.webhook_endpoints_by_merchant_id.load(merchant_id)
+
+
+async def deliveries(ctx: Context, endpoint_id: uuid.UUID, first: int) -> list[RecentDelivery]:
+    if not 1 <= first <= MAX_RECENT_DELIVERIES:
+        raise InvalidArgument(f"first must be 1-{MAX_RECENT_DELIVERIES}", field="first")
+    return await ctx.loaders.webhook.recent_deliveries_by_endpoint_id.load((endpoint_id, first))
+
+
+def _box(ctx: Context) -> CredentialBox:
+    return CredentialBox(ctx.settings.secret_key.get_secret_value())
+
+
+async def create(ctx: Context, *, merchant_global_id: str, url: str) -> tuple[WebhookEndpoint, str]:
+    """Create an endpoint in its own unit of work; returns it with its new signing secret."""
+    principal = ctx.require_principal()
+    _, merchant_id = decode_id(merchant_global_id, expected="Merchant")
+    async with ctx.db.uow(principal.scope) as uow:
+        endpoint, secret = await create_webhook_endpoint(
+            uow,
+            principal=principal,
+            merchant_id=merchant_id,
+            url=url,
+            box=_box(ctx),
+            now=ctx.clock.now(),
+        )
+        await uow.commit()
+    return endpoint, secret
+
+
+async def rotate(ctx: Context, *, global_id: str, reason: str) -> tuple[WebhookEndpoint, str]:
+    """Replace an endpoint's signing secret; returns it with the new secret."""
+    principal = ctx.require_principal()
+    _, endpoint_id = decode_id(global_id, expected="WebhookEndpoint")
+    async with ctx.db.uow(principal.scope) as uow:
+        endpoint, secret = await rotate_secret(
+            uow,
+            principal=principal,
+            endpoint_id=endpoint_id,
+            reason=reason,
+            box=_box(ctx),
+            now=ctx.clock.now(),
+        )
+        await uow.commit()
+    return endpoint, secret
+
+
+async def set_enabled(
+    ctx: Context, *, global_id: str, enabled: bool, reason: str
+) -> WebhookEndpoint:
+    principal = ctx.require_principal()
+    _, endpoint_id = decode_id(global_id, expected="WebhookEndpoint")
+    async with ctx.db.uow(principal.scope) as uow:
+        endpoint = await set_endpoint_enabled(
+            uow,
+            principal=principal,
+            endpoint_id=endpoint_id,
+            enabled=enabled,
+            reason=reason,
+            now=ctx.clock.now(),
+        )
+        await uow.commit()
+    return endpoint

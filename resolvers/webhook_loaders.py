@@ -1,0 +1,57 @@
+"""Per-request dataloaders of merchants' webhook endpoints and their recent deliveries."""
+
+import uuid
+from collections import defaultdict
+
+from strawberry.dataloader import DataLoader
+
+from app.db import Database
+from app.models.retry import WebhookEndpoint
+from app.services.webhook_endpoint import (
+    RecentDelivery,
+    endpoints_by_ids,
+    endpoints_by_merchant_ids,
+    recent_deliveries,
+)
+from app.tenancy import Scope
+
+# An endpoint's id with how many of its newest deliveries are asked for.
+DeliveriesKey = tuple[uuid.UUID, int]
+
+
+class WebhookLoaders:
+    """Endpoints by id and by merchant, deliveries by (endpoint, count); each batch one session."""
+
+    def __init__(self, db: Database, scope: Scope) -> None:
+        async def by_id(keys: list[uuid.UUID]) -> list[WebhookEndpoint | None]:
+            async with db.session(scope) as session:
+                found = await endpoints_by_ids(session, keys)
+            return [found.get(k) for k in keys]
+
+        async def by_merchant(keys: list[uuid.UUID]) -> list[list[WebhookEndpoint]]:
+            async with db.session(scope) as session:
+                found = await endpoints_by_merchant_ids(session, keys)
+            return [found.get(k, []) for k in keys]
+
+        async def deliveries(keys: list[DeliveriesKey]) -> list[list[RecentDelivery]]:
+            # One query per distinct count asked for; a page usually asks one.
+            groups: dict[int, list[uuid.UUID]] = defaultdict(list)
+            for endpoint_id, first in keys:
+                groups[first].append(endpoint_id)
+            found: dict[DeliveriesKey, list[RecentDelivery]] = {}
+            async with db.session(scope) as session:
+                for first, endpoint_ids in groups.items():
+                    rows = await recent_deliveries(session, endpoint_ids, first=first)
+                    for endpoint_id in endpoint_ids:
+                        found[(endpoint_id, first)] = rows.get(endpoint_id, [])
+            return [found[k] for k in keys]
+
+        self.webhook_endpoint_by_id: DataLoader[uuid.UUID, WebhookEndpoint | None] = DataLoader(
+            load_fn=by_id
+        )
+        self.webhook_endpoints_by_merchant_id: DataLoader[uuid.UUID, list[WebhookEndpoint]] = (
+            DataLoader(load_fn=by_merchant)
+        )
+        self.recent_deliveries_by_endpoint_id: DataLoader[DeliveriesKey, list[RecentDelivery]] = (
+            DataLoader(load_fn=deliveries)
+        )

@@ -1,0 +1,244 @@
+"""Webhook endpoint types, their recent deliveries, and the create, rotate and enable mutations."""
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Self
+
+import strawberry
+
+from app.errors import (
+    CreateWebhookEndpointErrorCode,
+    RotateWebhookSecretErrorCode,
+    SetWebhookEndpointEnabledErrorCode,
+)
+from app.models.retry import WebhookEndpoint as EndpointModel
+from app.services.webhook_endpoint import RecentDelivery
+from resolvers import webhook_endpoint as endpoint_resolvers
+from resolvers.context import Context
+from resolvers.ids import encode_id
+from schema.node import Node
+from schema.payload import REFUSALS, payload_errors
+
+Info = strawberry.Info[Context, None]
+
+
+@strawberry.enum(description="Where a webhook delivery stands.")
+class WebhookDeliveryStatus(StrEnum):
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+
+
+@strawberry.type(description="One event sent, or being sent, to a webhook endpoint.")
+class WebhookDelivery:
+    event_type: str = strawberry.field(description="The event's type, e.g. payment.recovered.")
+    status: WebhookDeliveryStatus = strawberry.field(
+        description="Pending (retried with backoff), delivered, or failed (given up)."
+    )
+    attempts: int = strawberry.field(description="How many times it was sent.")
+    last_status_code: int | None = strawberry.field(
+        description="The HTTP status of the last try; null when no response came."
+    )
+    last_error: str | None = strawberry.field(description="Why the last try failed, if it did.")
+    created_at: datetime = strawberry.field(description="When the event was queued for sending.")
+    delivered_at: datetime | None = strawberry.field(
+        description="When the endpoint acknowledged it, if it did."
+    )
+    next_attempt_at: datetime | None = strawberry.field(
+        description="When it is tried next, while pending."
+    )
+
+    @classmethod
+    def from_model(cls, row: RecentDelivery) -> Self:
+        d = row.delivery
+        status = WebhookDeliveryStatus(d.status)
+        return cls(
+            event_type=row.event_type,
+            status=status,
+            attempts=d.attempts,
+            last_status_code=d.last_status_code,
+            last_error=d.last_error,
+            created_at=d.created_at,
+            delivered_at=d.delivered_at,
+            next_attempt_at=d.next_attempt_at if status is WebhookDeliveryStatus.PENDING else None,
+        )
+
+
+@strawberry.type(description="A URL a merchant's events are posted to, signed with its secret.")
+class WebhookEndpoint(Node):
+    url: str = strawberry.field(description="Where events are posted.")
+    enabled: bool = strawberry.field(description="Whether new events are sent to it.")
+    created_at: datetime = strawberry.field(description="When the endpoint was added.")
+    _row: strawberry.Private[EndpointModel]
+
+    @classmethod
+    def from_model(cls, row: EndpointModel) -> Self:
+        # The sealed secret is deliberately not mapped: no field can ever return it.
+        return cls(
+            id=strawberry.ID(encode_id("WebhookEndpoint", row.id)),
+            url=row.url,
+            enabled=row.enabled,
+            created_at=row.created_at,
+            _row=row,
+        )
+
+    @strawberry.field(description="The newest deliveries to this endpoint, newest first.")
+    async def recent_deliveries(
+        self,
+        info: Info,
+        first: Annotated[int, strawberry.argument(description="How many, 1-100.")] = 20,
+    ) -> list[WebhookDelivery]:
+        rows = await endpoint_resolvers.deliveries(info.context, self._row.id, first)
+        return [WebhookDelivery.from_model(r) for r in rows]
+
+
+@strawberry.input(description="A URL to post a merchant's events to.")
+class CreateWebhookEndpointInput:
+    merchant_id: strawberry.ID = strawberry.field(description="The merchant's global id.")
+    url: str = strawberry.field(description="An http(s) URL of at most 500 characters.")
+
+
+@strawberry.type(description="An error of createWebhookEndpoint.")
+class CreateWebhookEndpointError:
+    code: CreateWebhookEndpointErrorCode = strawberry.field(description="What went wrong.")
+    message: str = strawberry.field(description="A human-readable explanation.")
+    field: str | None = strawberry.field(description="The input field at fault, if one is.")
+
+
+@strawberry.type(description="The result of createWebhookEndpoint.")
+class CreateWebhookEndpointPayload:
+    webhook_endpoint: WebhookEndpoint | None = strawberry.field(
+        description="The new endpoint, when it was created."
+    )
+    secret: str | None = strawberry.field(
+        description=(
+            "The signing secret, returned this once only: verify the Portal-Signature header "
+            "with it. Never shown again; rotate it if lost."
+        )
+    )
+    errors: list[CreateWebhookEndpointError] = strawberry.field(
+        description="Why the endpoint was refused; empty on success."
+    )
+
+
+async def create_webhook_endpoint(
+    info: Info, input: CreateWebhookEndpointInput
+) -> CreateWebhookEndpointPayload:
+    def error(code: str, message: str, field: str | None) -> CreateWebhookEndpointError:
+        return CreateWebhookEndpointError(
+            code=CreateWebhookEndpointErrorCode(code), message=message, field=field
+        )
+
+    try:
+        row, secret = await endpoint_resolvers.create(
+            info.context, merchant_global_id=str(input.merchant_id), url=input.url
+        )
+    except REFUSALS as exc:
+        return CreateWebhookEndpointPayload(
+            webhook_endpoint=None,
+            secret=None,
+            errors=payload_errors(exc, error, id_field="merchantId"),
+        )
+    return CreateWebhookEndpointPayload(
+        webhook_endpoint=WebhookEndpoint.from_model(row), secret=secret, errors=[]
+    )
+
+
+@strawberry.input(description="Which endpoint gets a new signing secret, and why.")
+class RotateWebhookSecretInput:
+    endpoint_id: strawberry.ID = strawberry.field(description="The endpoint's global id.")
+    reason: str = strawberry.field(description="Why; kept in the audit log.")
+
+
+@strawberry.type(description="An error of rotateWebhookSecret.")
+class RotateWebhookSecretError:
+    code: RotateWebhookSecretErrorCode = strawberry.field(description="What went wrong.")
+    message: str = strawberry.field(description="A human-readable explanation.")
+    field: str | None = strawberry.field(description="The input field at fault, if one is.")
+
+
+@strawberry.type(description="The result of rotateWebhookSecret.")
+class RotateWebhookSecretPayload:
+    webhook_endpoint: WebhookEndpoint | None = strawberry.field(
+        description="The endpoint, when its secret was replaced."
+    )
+    secret: str | None = strawberry.field(
+        description=(
+            "The new signing secret, returned this once only; deliveries sent from now on are "
+            "signed with it and the old one stops working."
+        )
+    )
+    errors: list[RotateWebhookSecretError] = strawberry.field(
+        description="Why the rotation was refused; empty on success."
+    )
+
+
+async def rotate_webhook_secret(
+    info: Info, input: RotateWebhookSecretInput
+) -> RotateWebhookSecretPayload:
+    def error(code: str, message: str, field: str | None) -> RotateWebhookSecretError:
+        return RotateWebhookSecretError(
+            code=RotateWebhookSecretErrorCode(code), message=message, field=field
+        )
+
+    try:
+        row, secret = await endpoint_resolvers.rotate(
+            info.context, global_id=str(input.endpoint_id), reason=input.reason
+        )
+    except REFUSALS as exc:
+        return RotateWebhookSecretPayload(
+            webhook_endpoint=None,
+            secret=None,
+            errors=payload_errors(exc, error, id_field="endpointId"),
+        )
+    return RotateWebhookSecretPayload(
+        webhook_endpoint=WebhookEndpoint.from_model(row), secret=secret, errors=[]
+    )
+
+
+@strawberry.input(description="Turn an endpoint on or off, and why.")
+class SetWebhookEndpointEnabledInput:
+    endpoint_id: strawberry.ID = strawberry.field(description="The endpoint's global id.")
+    enabled: bool = strawberry.field(description="Whether new events are sent to it.")
+    reason: str = strawberry.field(description="Why; kept in the audit log.")
+
+
+@strawberry.type(description="An error of setWebhookEndpointEnabled.")
+class SetWebhookEndpointEnabledError:
+    code: SetWebhookEndpointEnabledErrorCode = strawberry.field(description="What went wrong.")
+    message: str = strawberry.field(description="A human-readable explanation.")
+    field: str | None = strawberry.field(description="The input field at fault, if one is.")
+
+
+@strawberry.type(description="The result of setWebhookEndpointEnabled.")
+class SetWebhookEndpointEnabledPayload:
+    webhook_endpoint: WebhookEndpoint | None = strawberry.field(
+        description="The endpoint, when the change was applied."
+    )
+    errors: list[SetWebhookEndpointEnabledError] = strawberry.field(
+        description="Why the change was refused; empty on success."
+    )
+
+
+async def set_webhook_endpoint_enabled(
+    info: Info, input: SetWebhookEndpointEnabledInput
+) -> SetWebhookEndpointEnabledPayload:
+    def error(code: str, message: str, field: str | None) -> SetWebhookEndpointEnabledError:
+        return SetWebhookEndpointEnabledError(
+            code=SetWebhookEndpointEnabledErrorCode(code), message=message, field=field
+        )
+
+    try:
+        row = await endpoint_resolvers.set_enabled(
+            info.context,
+            global_id=str(input.endpoint_id),
+            enabled=input.enabled,
+            reason=input.reason,
+        )
+    except REFUSALS as exc:
+        return SetWebhookEndpointEnabledPayload(
+            webhook_endpoint=None, errors=payload_errors(exc, error, id_field="endpointId")
+        )
+    return SetWebhookEndpointEnabledPayload(
+        webhook_endpoint=WebhookEndpoint.from_model(row), errors=[]
+    )

@@ -1,0 +1,494 @@
+"""Webhook endpoints: create with a one-time secret, rotate, enable, recent deliveries."""
+
+import json
+import logging
+import uuid
+from datetime import timedelta
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlmodel import col, select
+
+from app.clock import FixedClock
+from app.crypto import CredentialBox
+from app.db import Database
+from app.embedded import Services
+from app.enums import Role
+from app.models.audit import AuditLog
+from app.models.merchant import Merchant
+from app.models.retry import OutboxEvent, WebhookDelivery, WebhookEndpoint
+from app.services.retry.delivery import SIGNATURE_HEADER, create_endpoint, deliver_due, verify
+from app.settings import Settings
+from app.tenancy import SYSTEM_SCOPE, system_principal
+from resolvers.ids import decode_id, encode_id
+from tests.graphql.test_connection import _http
+from tests.graphql.test_query_count import count_statements
+from tests.support.factories import make_key, make_merchant
+from tests.support.graphql import codes, run
+
+CREATE = """mutation($input: CreateWebhookEndpointInput!) { createWebhookEndpoint(input: $input) {
+  webhookEndpoint { id url enabled createdAt } secret errors { code message field } } }"""
+
+ROTATE = """mutation($input: RotateWebhookSecretInput!) { rotateWebhookSecret(input: $input) {
+  webhookEndpoint { id url } secret errors { code message field } } }"""
+
+SET_ENABLED = """mutation($input: SetWebhookEndpointEnabledInput!) {
+  setWebhookEndpointEnabled(input: $input) {
+    webhookEndpoint { id enabled } errors { code message field } } }"""
+
+LIST = """query($id: ID!, $first: Int) { merchant(id: $id) { webhookEndpoints {
+  id url enabled createdAt recentDeliveries(first: $first) { eventType status attempts
+    lastStatusCode lastError createdAt deliveredAt nextAttemptAt } } } }"""
+
+URL = "https://merchant.test/hooks"
+
+
+async def _setup(db: Database, clock: FixedClock) -> tuple[Merchant, str]:
+    merchant = await make_merchant(db, "Hooked", now=clock.now())
+    token = await make_key(db, Role.MERCHANT, [merchant], now=clock.now(), name="dashboard")
+    return merchant, token
+
+
+async def _data(
+    db: Database, settings: Settings, clock: FixedClock, query: str, token: str, **variables: Any
+) -> dict[str, Any]:
+    result = await run(db, settings, clock, query, token=token, variables=variables)
+    assert result.errors is None, result.errors
+    assert result.data is not None
+    return result.data
+
+
+def _box(settings: Settings) -> CredentialBox:
+    return CredentialBox(settings.secret_key.get_secret_value())
+
+
+async def _endpoint_row(db: Database, endpoint_id: uuid.UUID) -> WebhookEndpoint:
+    async with db.session(SYSTEM_SCOPE) as s:
+        found = await s.execute(
+            select(WebhookEndpoint).where(col(WebhookEndpoint.id) == endpoint_id)
+        )
+        return found.scalar_one()
+
+
+async def _endpoints(db: Database) -> list[WebhookEndpoint]:
+    async with db.session(SYSTEM_SCOPE) as s:
+        return list((await s.execute(select(WebhookEndpoint))).scalars().all())
+
+
+async def _audit(db: Database, action_prefix: str = "webhook_endpoint.") -> list[AuditLog]:
+    async with db.session(SYSTEM_SCOPE) as s:
+        rows = await s.execute(
+            select(AuditLog)
+            .where(col(AuditLog.action).startswith(action_prefix))
+            .order_by(col(AuditLog.created_at), col(AuditLog.action))
+        )
+        return list(rows.scalars())
+
+
+async def _create(
+    db: Database, settings: Settings, clock: FixedClock, merchant: Merchant, token: str
+) -> tuple[str, str]:
+    """A new endpoint's global id and its secret."""
+    data = await _data(
+        db,
+        settings,
+        clock,
+        CREATE,
+        token,
+        input={"merchantId": encode_id("Merchant", merchant.id), "url": URL},
+    )
+    payload = data["createWebhookEndpoint"]
+    assert payload["errors"] == []
+    return payload["webhookEndpoint"]["id"], payload["secret"]
+
+
+def _raw_id(global_id: str) -> uuid.UUID:
+    return decode_id(global_id, expected="WebhookEndpoint")[1]
+
+
+async def test_create_returns_the_secret_once_and_never_again(
+    db: Database,
+    settings: Settings,
+    clock: FixedClock,
+    services: Services,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    merchant, token = await _setup(db, clock)
+    headers = {"authorization": f"Bearer {token}"}
+    create = {"input": {"merchantId": encode_id("Merchant", merchant.id), "url": URL}}
+    # Over HTTP, so the request and response pass the view's logging.
+    async with _http(db, services, settings, clock) as http:
+        response = await http.post(
+            "/graphql", json={"query": CREATE, "variables": create}, headers=headers
+        )
+        assert response.status_code == 200
+        payload = response.json()["data"]["createWebhookEndpoint"]
+        listed = await http.post(
+            "/graphql",
+            json={"query": LIST, "variables": {"id": encode_id("Merchant", merchant.id)}},
+            headers=headers,
+        )
+    assert payload["errors"] == []
+    created = payload["webhookEndpoint"]
+    assert created["url"] == URL
+    assert created["enabled"] is True
+    secret = payload["secret"]
+    assert isinstance(secret, str)
+    assert len(secret) >= 40
+    assert secret not in listed.text
+    assert listed.json()["data"]["merchant"]["webhookEndpoints"][0]["id"] == created["id"]
+
+    row = await _endpoint_row(db, _raw_id(created["id"]))
+    assert secret.encode() not in row.secret_encrypted
+    assert _box(settings).open(row.secret_encrypted) == {"secret": secret}
+
+    merchant_id = encode_id("Merchant", merchant.id)
+    later: list[Any] = []
+    for query, variables in (
+        (LIST, {"id": merchant_id}),
+        (
+            "query($id: ID!) { node(id: $id) { id ... on WebhookEndpoint { url enabled } } }",
+            {"id": created["id"]},
+        ),
+        (
+            """query($id: ID!) { merchant(id: $id) { auditLog { edges { node {
+            action before after reason } } } } }""",
+            {"id": merchant_id},
+        ),
+        (SET_ENABLED, {"input": {"endpointId": created["id"], "enabled": False, "reason": "x"}}),
+        (ROTATE, {"input": {"endpointId": created["id"], "reason": "  "}}),
+    ):
+        result = await run(db, settings, clock, query, token=token, variables=variables)
+        assert result.errors is None, result.errors
+        later.append(result.data)
+    assert later[0]["merchant"]["webhookEndpoints"][0]["id"] == created["id"]
+    assert later[1]["node"] == {"id": created["id"], "url": URL, "enabled": True}
+    assert later[3]["setWebhookEndpointEnabled"]["errors"] == []
+    assert [e["code"] for e in later[4]["rotateWebhookSecret"]["errors"]] == ["INVALID"]
+    for response in later:
+        assert secret not in json.dumps(response)
+    [entry] = await _audit(db, "webhook_endpoint.create")
+    assert entry.actor == "api_key:dashboard"
+    assert entry.after == {"url": URL}
+    assert caplog.records, "nothing was logged, so the log assertion would prove nothing"
+    assert secret not in caplog.text
+    assert all(secret not in str(r.args) + r.getMessage() for r in caplog.records)
+
+
+async def test_rotate_changes_what_deliveries_are_signed_with(
+    db: Database, settings: Settings, clock: FixedClock
+) -> None:
+    merchant, token = await _setup(db, clock)
+    global_id, old = await _create(db, settings, clock, merchant, token)
+    endpoint_id = _raw_id(global_id)
+    data = await _data(
+        db, settings, clock, ROTATE, token, input={"endpointId": global_id, "reason": "leaked"}
+    )
+    payload = data["rotateWebhookSecret"]
+    assert payload["errors"] == []
+    assert payload["webhookEndpoint"] == {"id": global_id, "url": URL}
+    new = payload["secret"]
+    assert isinstance(new, str)
+    assert new != old
+    row = await _endpoint_row(db, endpoint_id)
+    assert _box(settings).open(row.secret_encrypted) == {"secret": new}
+
+    # The delivery job itself now signs with the new secret.
+    await _delivery(db, merchant, endpoint_id, clock, event_type="payment.recovered")
+    sent: list[httpx.Request] = []
+
+    def receive(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        return httpx.Response(204)
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(receive)) as http:
+        counts = await deliver_due(db, http=http, box=_box(settings), clock=clock)
+    assert counts["delivered"] == 1
+    [request] = sent
+    assert verify(new, request.headers[SIGNATURE_HEADER], request.content)
+    assert not verify(old, request.headers[SIGNATURE_HEADER], request.content)
+
+    [entry] = await _audit(db, "webhook_endpoint.rotate_secret")
+    assert (entry.actor, entry.reason, entry.entity_id) == (
+        "api_key:dashboard",
+        "leaked",
+        str(endpoint_id),
+    )
+    logged = json.dumps([entry.before, entry.after])
+    assert old not in logged
+    assert new not in logged
+
+
+async def test_enable_and_disable_are_audited_and_idempotent(
+    db: Database, settings: Settings, clock: FixedClock
+) -> None:
+    merchant, token = await _setup(db, clock)
+    global_id, _ = await _create(db, settings, clock, merchant, token)
+    for enabled, reason in ((False, "receiver down"), (False, "again"), (True, "receiver back")):
+        data = await _data(
+            db,
+            settings,
+            clock,
+            SET_ENABLED,
+            token,
+            input={"endpointId": global_id, "enabled": enabled, "reason": reason},
+        )
+        assert data["setWebhookEndpointEnabled"] == {
+            "webhookEndpoint": {"id": global_id, "enabled": enabled},
+            "errors": [],
+        }
+        assert (await _endpoint_row(db, _raw_id(global_id))).enabled is enabled
+    entries = [e for e in await _audit(db) if e.action != "webhook_endpoint.create"]
+    assert [(e.action, e.before, e.after, e.reason) for e in entries] == [
+        ("webhook_endpoint.disable", {"enabled": True}, {"enabled": False}, "receiver down"),
+        ("webhook_endpoint.enable", {"enabled": False}, {"enabled": True}, "receiver back"),
+    ]
+
+
+@pytest.mark.parametrize(
+    "url", ["not a url", "ftp://merchant.test/hooks", "https://" + "a" * 500 + ".test"]
+)
+async def test_invalid_urls_are_refused_and_write_nothing(
+    db: Database, settings: Settings, clock: FixedClock, url: str
+) -> None:
+    merchant, token = await _setup(db, clock)
+    data = await _data(
+        db,
+        settings,
+        clock,
+        CREATE,
+        token,
+        input={"merchantId": encode_id("Merchant", merchant.id), "url": url},
+    )
+    payload = data["createWebhookEndpoint"]
+    assert payload["webhookEndpoint"] is None
+    assert payload["secret"] is None
+    assert [(e["code"], e["field"]) for e in payload["errors"]] == [("INVALID", "url")]
+    assert await _endpoints(db) == []
+
+
+async def test_unknown_ids_and_blank_reasons_are_typed_errors(
+    db: Database, settings: Settings, clock: FixedClock
+) -> None:
+    merchant, token = await _setup(db, clock)
+    global_id, _ = await _create(db, settings, clock, merchant, token)
+    for bad in ("garbage", global_id, encode_id("Merchant", uuid.uuid4())):
+        data = await _data(
+            db, settings, clock, CREATE, token, input={"merchantId": bad, "url": URL}
+        )
+        assert [(e["code"], e["field"]) for e in data["createWebhookEndpoint"]["errors"]] == [
+            ("NOT_FOUND", "merchantId")
+        ]
+    for bad in (
+        "garbage",
+        encode_id("Merchant", merchant.id),
+        encode_id("WebhookEndpoint", merchant.id),
+    ):
+        for query, field, extra in (
+            (ROTATE, "rotateWebhookSecret", {}),
+            (SET_ENABLED, "setWebhookEndpointEnabled", {"enabled": False}),
+        ):
+            data = await _data(
+                db, settings, clock, query, token, input={"endpointId": bad, "reason": "r", **extra}
+            )
+            assert [(e["code"], e["field"]) for e in data[field]["errors"]] == [
+                ("NOT_FOUND", "endpointId")
+            ]
+    for query, field, extra in (
+        (ROTATE, "rotateWebhookSecret", {}),
+        (SET_ENABLED, "setWebhookEndpointEnabled", {"enabled": False}),
+    ):
+        for reason in ("  ", "x" * 1001):
+            data = await _data(
+                db,
+                settings,
+                clock,
+                query,
+                token,
+                input={"endpointId": global_id, "reason": reason, **extra},
+            )
+            assert data[field]["webhookEndpoint"] is None
+            assert [(e["code"], e["field"]) for e in data[field]["errors"]] == [
+                ("INVALID", "reason")
+            ]
+    row = await _endpoint_row(db, _raw_id(global_id))
+    assert row.enabled is True
+    assert [e.action for e in await _audit(db)] == ["webhook_endpoint.create"]
+
+
+async def _delivery(
+    db: Database,
+    merchant: Merchant,
+    endpoint_id: uuid.UUID,
+    clock: FixedClock,
+    *,
+    event_type: str,
+    age: timedelta = timedelta(0),
+    **fields: Any,
+) -> None:
+    at = clock.now() - age
+    async with db.uow(SYSTEM_SCOPE) as uow:
+        event = OutboxEvent(
+            merchant_id=merchant.id,
+            event_type=event_type,
+            payload={"n": event_type},
+            created_at=at,
+            dispatched_at=at,
+        )
+        uow.session.add(event)
+        await uow.session.flush()
+        uow.session.add(
+            WebhookDelivery(
+                merchant_id=merchant.id,
+                event_id=event.id,
+                endpoint_id=endpoint_id,
+                next_attempt_at=at,
+                created_at=at,
+                **fields,
+            )
+        )
+        await uow.commit()
+
+
+async def _make_endpoint(
+    db: Database, settings: Settings, merchant: Merchant, clock: FixedClock
+) -> uuid.UUID:
+    async with db.uow(SYSTEM_SCOPE) as uow:
+        endpoint = await create_endpoint(
+            uow,
+            principal=system_principal(),
+            merchant_id=merchant.id,
+            url=URL,
+            secret="s" * 32,
+            box=_box(settings),
+            now=clock.now(),
+        )
+        await uow.commit()
+    return endpoint.id
+
+
+async def test_recent_deliveries_are_listed_newest_first(
+    db: Database, settings: Settings, clock: FixedClock
+) -> None:
+    merchant, token = await _setup(db, clock)
+    endpoint_id = await _make_endpoint(db, settings, merchant, clock)
+    other = await _make_endpoint(db, settings, merchant, clock)
+    now = clock.now()
+    await _delivery(
+        db,
+        merchant,
+        endpoint_id,
+        clock,
+        event_type="payment.scheduled",
+        age=timedelta(hours=3),
+        status="delivered",
+        attempts=2,
+        last_status_code=204,
+        delivered_at=now - timedelta(hours=2),
+    )
+    await _delivery(
+        db,
+        merchant,
+        endpoint_id,
+        clock,
+        event_type="payment.failed",
+        age=timedelta(hours=2),
+        status="failed",
+        attempts=12,
+        last_status_code=500,
+        last_error="HTTP 500",
+    )
+    await _delivery(
+        db,
+        merchant,
+        endpoint_id,
+        clock,
+        event_type="payment.recovered",
+        age=timedelta(hours=1),
+        attempts=1,
+        last_error="ConnectTimeout",
+    )
+    await _delivery(db, merchant, other, clock, event_type="payment.canceled")
+    data = await _data(db, settings, clock, LIST, token, id=encode_id("Merchant", merchant.id))
+    first, second = data["merchant"]["webhookEndpoints"]
+    assert [d["eventType"] for d in second["recentDeliveries"]] == ["payment.canceled"]
+    assert first["recentDeliveries"] == [
+        {
+            "eventType": "payment.recovered",
+            "status": "PENDING",
+            "attempts": 1,
+            "lastStatusCode": None,
+            "lastError": "ConnectTimeout",
+            "createdAt": (now - timedelta(hours=1)).isoformat(),
+            "deliveredAt": None,
+            "nextAttemptAt": (now - timedelta(hours=1)).isoformat(),
+        },
+        {
+            "eventType": "payment.failed",
+            "status": "FAILED",
+            "attempts": 12,
+            "lastStatusCode": 500,
+            "lastError": "HTTP 500",
+            "createdAt": (now - timedelta(hours=2)).isoformat(),
+            "deliveredAt": None,
+            "nextAttemptAt": None,
+        },
+        {
+            "eventType": "payment.scheduled",
+            "status": "DELIVERED",
+            "attempts": 2,
+            "lastStatusCode": 204,
+            "lastError": None,
+            "createdAt": (now - timedelta(hours=3)).isoformat(),
+            "deliveredAt": (now - timedelta(hours=2)).isoformat(),
+            "nextAttemptAt": None,
+        },
+    ]
+    data = await _data(
+        db, settings, clock, LIST, token, id=encode_id("Merchant", merchant.id), first=2
+    )
+    limited = data["merchant"]["webhookEndpoints"][0]["recentDeliveries"]
+    assert [d["eventType"] for d in limited] == ["payment.recovered", "payment.failed"]
+    for bad in (0, 101):
+        result = await run(
+            db,
+            settings,
+            clock,
+            LIST,
+            token=token,
+            variables={"id": encode_id("Merchant", merchant.id), "first": bad},
+        )
+        assert codes(result) == ["INVALID_ARGUMENT"]
+
+
+async def test_endpoint_list_statement_count_is_constant(
+    connection: AsyncConnection, db: Database, settings: Settings, clock: FixedClock
+) -> None:
+    """Endpoints and their deliveries cost the same for 1 merchant with 1 endpoint as for 10
+    merchants with 3 endpoints each."""
+    query = """{ merchants(first: 100) { edges { node { webhookEndpoints {
+      id recentDeliveries { eventType } } } } } }"""
+    counts: dict[int, int] = {}
+    for merchants, per_merchant in ((1, 1), (10, 3)):
+        rows = [await make_merchant(db, f"W{i}", now=clock.now()) for i in range(merchants)]
+        for merchant in rows:
+            for _ in range(per_merchant):
+                endpoint_id = await _make_endpoint(db, settings, merchant, clock)
+                await _delivery(db, merchant, endpoint_id, clock, event_type="payment.recovered")
+        token = await make_key(db, Role.PARTNER, rows, now=clock.now())
+        await run(db, settings, clock, "{ viewer { role } }", token=token)
+        with count_statements(connection) as statements:
+            result = await run(db, settings, clock, query, token=token)
+        assert result.errors is None
+        assert result.data is not None
+        endpoints = [
+            e for m in result.data["merchants"]["edges"] for e in m["node"]["webhookEndpoints"]
+        ]
+        assert len(endpoints) == merchants * per_merchant
+        assert all(len(e["recentDeliveries"]) == 1 for e in endpoints)
+        counts[merchants] = len([s for s in statements if "SAVEPOINT" not in s])
+    # key lookup + grants + merchants page + endpoints + deliveries
+    assert counts[1] == counts[10] == 5
