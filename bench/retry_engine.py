@@ -263,7 +263,7 @@ async def _run(args: argparse.Namespace) -> None:
                             "account_id": "bench",
                             "merchant_seed": 3,
                             "api_key": "sk_bench",
-                            "history_days": 7,
+                            "history_days": args.history_days,
                             "customers": args.customers,
                         },
                     )
@@ -364,6 +364,7 @@ def main() -> None:
     parser.add_argument("--payments", type=int, default=100_000)
     parser.add_argument("--processor", choices=["stub", "sandbox"], default="stub")
     parser.add_argument("--customers", type=int, default=2000, help="sandbox account size")
+    parser.add_argument("--history-days", type=int, default=7, help="sandbox history")
     parser.add_argument("--batch", type=int, default=500)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--profile", action="store_true", help="print the costliest statements")
