@@ -413,7 +413,10 @@ async def test_recent_deliveries_are_listed_newest_first(
     )
     await _delivery(db, merchant, other, clock, event_type="payment.canceled")
     data = await _data(db, settings, clock, LIST, token, id=encode_id("Merchant", merchant.id))
-    first, second = data["merchant"]["webhookEndpoints"]
+    # Both endpoints were created at the same instant: pick each by id, not by position.
+    by_id = {e["id"]: e for e in data["merchant"]["webhookEndpoints"]}
+    first = by_id[encode_id("WebhookEndpoint", endpoint_id)]
+    second = by_id[encode_id("WebhookEndpoint", other)]
     assert [d["eventType"] for d in second["recentDeliveries"]] == ["payment.canceled"]
     assert first["recentDeliveries"] == [
         {
@@ -450,7 +453,9 @@ async def test_recent_deliveries_are_listed_newest_first(
     data = await _data(
         db, settings, clock, LIST, token, id=encode_id("Merchant", merchant.id), first=2
     )
-    limited = data["merchant"]["webhookEndpoints"][0]["recentDeliveries"]
+    limited = {e["id"]: e for e in data["merchant"]["webhookEndpoints"]}[
+        encode_id("WebhookEndpoint", endpoint_id)
+    ]["recentDeliveries"]
     assert [d["eventType"] for d in limited] == ["payment.recovered", "payment.failed"]
     for bad in (0, 101):
         result = await run(
