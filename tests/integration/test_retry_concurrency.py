@@ -180,7 +180,12 @@ async def _worker(database_url: str, clock: FixedClock, wait: float = 10.0) -> i
                         adapters=adapters,
                         clock=clock,
                     )
-                    while result.status == "pending":
+                    # A real worker retries an unanswered charge later; here a few tries
+                    # are enough, and an account whose processor is gone (an earlier test's
+                    # stopped proxy) must not keep this loop waiting forever.
+                    for _ in range(5):
+                        if result.status != "pending":
+                            break
                         result = await execute_attempt(
                             db,
                             payment_id=payment_id,
