@@ -2,6 +2,7 @@
 
 import asyncio
 import secrets
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -17,12 +18,15 @@ from app.crypto import CredentialBox
 from app.db import Database
 from app.embedded import resolve_services
 from app.enums import Processor, Role
+from app.errors import PortalError
 from app.services.api_key import create_api_key
 from app.services.connection import create_connection
 from app.services.merchant import create_merchant
+from app.services.model_registry import promote
 from app.settings import Settings
 from app.tenancy import SYSTEM_SCOPE, system_principal
 from jobs.enqueue import enqueue_poll
+from jobs.training import train_simulated
 from jobs.worker import build_worker
 from portal.asgi import Resources, create_app
 from portal.metrics import instrument_worker
@@ -47,6 +51,7 @@ class DemoOptions:
     merchants: int = 4
     customers: int = 1500
     history_days: int = 14
+    training_failures: int = 20_000
 
 
 async def run_demo(
@@ -96,6 +101,26 @@ async def run_demo(
                 await db.dispose()
     finally:
         services.close()
+
+
+async def _train_demo_model(db: Database, clock: AcceleratedClock, failures: int) -> str:
+    """Train a timing model on simulated history and make it the champion, through the same
+    gate as any other model; without it the demo runs on fixed schedules."""
+    outcome = await train_simulated(db, failures, now=clock.now())
+    try:
+        async with db.uow(SYSTEM_SCOPE) as uow:
+            await promote(
+                uow,
+                principal=system_principal("demo"),
+                model_id=uuid.UUID(outcome.model_id),
+                reason="demo: trained on simulated history",
+                now=clock.now(),
+            )
+            await uow.commit()
+    except PortalError as exc:
+        return f"Model not promoted ({exc.message}); retries follow fixed schedules"
+    auc = outcome.metrics.get("auc")
+    return f"Timing model trained on {failures:,} simulated failures (AUC {auc:.3f}), champion"
 
 
 async def _set_up_merchants(

@@ -118,6 +118,17 @@ async def test_bad_input_exits_with_a_message(env: dict[str, str]) -> None:
     assert "Traceback" not in done.stderr
 
 
+def _stats_agree(merchant: dict[str, Any]) -> bool:
+    """recoveryStats counts what the payments list shows (when the list is complete)."""
+    if merchant["payments"]["pageInfo"]["hasNextPage"]:
+        return True
+    states: list[str] = [p["node"]["state"] for p in merchant["payments"]["edges"]]
+    summaries = [c["summary"] for c in merchant["recoveryStats"]["currencies"]]
+    failed = sum(int(s["failedCount"]) for s in summaries)
+    recovered = sum(int(s["recoveredCount"]) for s in summaries)
+    return failed == len(states) and recovered == states.count("RECOVERED")
+
+
 def _demo_flow(env: dict[str, str]) -> None:
     port = _free_port()
     demo = subprocess.Popen(  # noqa: S603
@@ -156,9 +167,26 @@ def _demo_flow(env: dict[str, str]) -> None:
                 if ingested and any(p["recoveredBy"] == "PORTAL" for p in payments):
                     break
                 time.sleep(1)
+            # The statistics agree with the payments listed, merchant by merchant. The worker
+            # keeps moving payments, so a read can fall between two commits: read again.
+            stats_query = (
+                "{ merchants { edges { node { name payments(first: 100) { pageInfo "
+                "{ hasNextPage } edges { node { state } } } recoveryStats(from: "
+                '"2020-01-01T00:00:00Z", to: "2030-01-01T00:00:00Z", granularity: MONTH) '
+                "{ currencies { summary { failedCount recoveredCount } } } } } } }"
+            )
+            for _ in range(10):
+                listed = [
+                    e["node"] for e in _graphql(http, support, stats_query)["merchants"]["edges"]
+                ]
+                if all(_stats_agree(m) for m in listed):
+                    break
+                time.sleep(0.2)
         assert len(merchants) == 4
         assert ingested, [m["name"] for m in merchants if not m["payments"]["edges"]]
         assert any(p["recoveredBy"] == "PORTAL" for p in payments)
+        disagreeing = [m["name"] for m in listed if not _stats_agree(m)]
+        assert disagreeing == []
     finally:
         demo.terminate()
         demo.communicate(timeout=30)
