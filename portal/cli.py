@@ -5,7 +5,7 @@ import contextlib
 import json
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, TypeVar
@@ -16,7 +16,7 @@ import uvicorn
 
 from app.clock import SystemClock
 from app.crypto import CredentialBox
-from app.db import Database
+from app.db import Database, UnitOfWork
 from app.embedded import Services, resolve_services
 from app.enums import Processor, Role
 from app.errors import PortalError
@@ -59,6 +59,18 @@ async def _services(settings: Settings) -> Services:
     services = await resolve_services(settings)
     typer.echo(f"portal using {services.describe()}", err=True)
     return services
+
+
+@contextlib.asynccontextmanager
+async def system_uow(services: Services) -> AsyncIterator[UnitOfWork]:
+    """One unit of work as the system, on its own short-lived engine; commits on success."""
+    db = Database.from_url(services.database_url)
+    try:
+        async with db.uow(SYSTEM_SCOPE) as uow:
+            yield uow
+            await uow.commit()
+    finally:
+        await db.dispose()
 
 
 def _run(work: Callable[[Settings, Services], Awaitable[T]]) -> T:
@@ -112,16 +124,11 @@ def merchant_create(name: Annotated[str, typer.Option(help="The merchant's name.
     """Create a merchant; prints its global id."""
 
     async def work(_settings: Settings, services: Services) -> str:
-        db = Database.from_url(services.database_url)
-        try:
-            async with db.uow(SYSTEM_SCOPE) as uow:
-                merchant = await create_merchant(
-                    uow, name=name, principal=system_principal("cli"), now=SystemClock().now()
-                )
-                await uow.commit()
-            return encode_id("Merchant", merchant.id)
-        finally:
-            await db.dispose()
+        async with system_uow(services) as uow:
+            merchant = await create_merchant(
+                uow, name=name, principal=system_principal("cli"), now=SystemClock().now()
+            )
+        return encode_id("Merchant", merchant.id)
 
     typer.echo(_run(work))
 
@@ -138,16 +145,11 @@ def apikey_create(
 
     async def work(_settings: Settings, services: Services) -> str:
         ids = [decode_id(m, expected="Merchant")[1] for m in merchant or []]
-        db = Database.from_url(services.database_url)
-        try:
-            async with db.uow(SYSTEM_SCOPE) as uow:
-                _, token = await create_api_key(
-                    uow, name=name, role=role, merchant_ids=ids, now=SystemClock().now()
-                )
-                await uow.commit()
-            return token
-        finally:
-            await db.dispose()
+        async with system_uow(services) as uow:
+            _, token = await create_api_key(
+                uow, name=name, role=role, merchant_ids=ids, now=SystemClock().now()
+            )
+        return token
 
     typer.echo(_run(work))
 
@@ -162,20 +164,14 @@ def seed(
 
     async def work(_settings: Settings, services: Services) -> int:
         _, merchant_id = decode_id(merchant, expected="Merchant")
-        db = Database.from_url(services.database_url)
-        try:
-            async with db.uow(SYSTEM_SCOPE) as uow:
-                n = await seed_payments(
-                    uow,
-                    merchant_id=merchant_id,
-                    count=payments,
-                    now=SystemClock().now(),
-                    seed=seed_value,
-                )
-                await uow.commit()
-            return n
-        finally:
-            await db.dispose()
+        async with system_uow(services) as uow:
+            return await seed_payments(
+                uow,
+                merchant_id=merchant_id,
+                count=payments,
+                now=SystemClock().now(),
+                seed=seed_value,
+            )
 
     typer.echo(f"seeded {_run(work)} payments")
 
@@ -269,24 +265,19 @@ def connection_add(
 
     async def work(settings: Settings, services: Services) -> str:
         _, merchant_id = decode_id(merchant, expected="Merchant")
-        db = Database.from_url(services.database_url)
-        try:
-            async with db.uow(SYSTEM_SCOPE) as uow:
-                connection = await create_connection(
-                    uow,
-                    principal=system_principal("cli"),
-                    merchant_id=merchant_id,
-                    kind=kind,
-                    base_url=base_url,
-                    credentials=secrets,
-                    account_ref=account_ref,
-                    box=CredentialBox(settings.secret_key.get_secret_value()),
-                    now=SystemClock().now(),
-                )
-                await uow.commit()
-            return str(connection.id)
-        finally:
-            await db.dispose()
+        async with system_uow(services) as uow:
+            connection = await create_connection(
+                uow,
+                principal=system_principal("cli"),
+                merchant_id=merchant_id,
+                kind=kind,
+                base_url=base_url,
+                credentials=secrets,
+                account_ref=account_ref,
+                box=CredentialBox(settings.secret_key.get_secret_value()),
+                now=SystemClock().now(),
+            )
+        return str(connection.id)
 
     typer.echo(_run(work))
 
@@ -551,19 +542,14 @@ def model_shadow(
     from app.services.model_registry import set_shadow
 
     async def work(_settings: Settings, services: Services) -> str:
-        db = Database.from_url(services.database_url)
-        try:
-            async with db.uow(SYSTEM_SCOPE) as uow:
-                row = await set_shadow(
-                    uow,
-                    principal=system_principal("cli"),
-                    model_id=_model_key(model_id),
-                    reason=reason,
-                    now=SystemClock().now(),
-                )
-                await uow.commit()
-        finally:
-            await db.dispose()
+        async with system_uow(services) as uow:
+            row = await set_shadow(
+                uow,
+                principal=system_principal("cli"),
+                model_id=_model_key(model_id),
+                reason=reason,
+                now=SystemClock().now(),
+            )
         return str(row.status)
 
     typer.echo(_run(work))
@@ -578,19 +564,14 @@ def model_promote(
     from app.services.model_registry import promote
 
     async def work(_settings: Settings, services: Services) -> str:
-        db = Database.from_url(services.database_url)
-        try:
-            async with db.uow(SYSTEM_SCOPE) as uow:
-                row = await promote(
-                    uow,
-                    principal=system_principal("cli"),
-                    model_id=_model_key(model_id),
-                    reason=reason,
-                    now=SystemClock().now(),
-                )
-                await uow.commit()
-        finally:
-            await db.dispose()
+        async with system_uow(services) as uow:
+            row = await promote(
+                uow,
+                principal=system_principal("cli"),
+                model_id=_model_key(model_id),
+                reason=reason,
+                now=SystemClock().now(),
+            )
         return str(row.status)
 
     typer.echo(_run(work))
