@@ -33,11 +33,6 @@ class FixedClock:
         self._at = at
 
 
-def utcnow() -> datetime:
-    """The current wall-clock time, aware, in UTC."""
-    return datetime.now(UTC)
-
-
 class AcceleratedClock:
     """Simulated time that runs `speed` times faster than the wall clock from `start` (demo)."""
 

@@ -5,18 +5,17 @@ from typing import Any, Self
 
 import strawberry
 
+from app.errors import UpdateRetryPolicyErrorCode as Code
 from app.errors import (
-    InvalidId,
-    NotFound,
     ValidationFailed,
     VersionConflict,
 )
-from app.errors import UpdateRetryPolicyErrorCode as Code
 from app.models.retry_policy import RetryPolicy as RetryPolicyModel
 from app.services.retry_policy import KEEP, PolicyChanges
 from resolvers import retry_policy as policy_resolvers
 from resolvers.context import Context
 from schema.enums import DeclineCategory, EndAction, RetryStrategy
+from schema.payload import REFUSALS, payload_errors
 
 Info = strawberry.Info[Context, None]
 
@@ -174,11 +173,8 @@ class UpdateRetryPolicyPayload:
 async def update_retry_policy(
     info: Info, input: UpdateRetryPolicyInput
 ) -> UpdateRetryPolicyPayload:
-    def fail(code: Code, message: str, field: str | None) -> UpdateRetryPolicyPayload:
-        return UpdateRetryPolicyPayload(
-            retry_policy=None,
-            errors=[UpdateRetryPolicyError(code=code, message=message, field=field)],
-        )
+    def error(code: str, message: str, field: str | None) -> UpdateRetryPolicyError:
+        return UpdateRetryPolicyError(code=Code(code), message=message, field=field)
 
     try:
         changes = input.to_changes()
@@ -189,16 +185,10 @@ async def update_retry_policy(
             changes=changes,
             reason=input.reason,
         )
-    except (NotFound, InvalidId) as exc:
-        return fail(Code.NOT_FOUND, exc.message, "merchantId")
     except VersionConflict as exc:
-        return fail(Code.VERSION_CONFLICT, exc.message, "expectedVersion")
-    except ValidationFailed as exc:
-        return UpdateRetryPolicyPayload(
-            retry_policy=None,
-            errors=[
-                UpdateRetryPolicyError(code=Code.INVALID, message=m, field=f)
-                for f, m in exc.problems
-            ],
-        )
+        errors = [error(Code.VERSION_CONFLICT, exc.message, "expectedVersion")]
+        return UpdateRetryPolicyPayload(retry_policy=None, errors=errors)
+    except REFUSALS as exc:
+        errors = payload_errors(exc, error, id_field="merchantId")
+        return UpdateRetryPolicyPayload(retry_policy=None, errors=errors)
     return UpdateRetryPolicyPayload(retry_policy=RetryPolicy.from_model(row), errors=[])
