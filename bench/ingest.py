@@ -8,12 +8,16 @@ Uses DATABASE_URL (or the local/embedded default); creates and drops its own dat
 
 import argparse
 import asyncio
+import contextlib
 import json
+import multiprocessing
 import resource
 import secrets
 import time
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime
+from multiprocessing.connection import Connection
 
 import asyncpg
 import httpx
@@ -42,6 +46,39 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def rss_mib() -> float:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def _serve_sandbox(channel: Connection) -> None:
+    """The sandbox in its own process, as a processor is another machine: its page rendering
+    does not share the portal's core."""
+
+    async def run() -> None:
+        async with serving(create_sandbox(lambda: NOW)) as base:
+            channel.send(base)
+            await asyncio.get_running_loop().run_in_executor(None, channel.recv)
+
+    asyncio.run(run())
+
+
+@contextlib.contextmanager
+def sandbox_process() -> Iterator[str]:
+    parent, child = multiprocessing.get_context("spawn").Pipe()
+    process = multiprocessing.get_context("spawn").Process(
+        target=_serve_sandbox, args=(child,), daemon=True
+    )
+    process.start()
+    try:
+        yield str(parent.recv())
+    finally:
+        parent.send("stop")
+        process.join(10)
+        if process.is_alive():
+            process.kill()
+
+
 async def main(payments: int, processor: Processor) -> None:
     settings = get_settings()
     services = await resolve_services(settings)
@@ -52,74 +89,72 @@ async def main(payments: int, processor: Processor) -> None:
         box = CredentialBox("bench")
         accounts = max(1, round(payments / (CUSTOMERS_PER_ACCOUNT * 0.97)))
         customers = max(100, payments // accounts)
-        async with (
-            serving(create_sandbox(lambda: NOW)) as base,
-            httpx.AsyncClient(timeout=60) as http,
-        ):
-            connections = []
-            async with db.uow(SYSTEM_SCOPE) as uow:
-                merchant = await create_merchant(
-                    uow, name="Bench", principal=system_principal(), now=NOW
-                )
-                for i in range(accounts):
-                    key = secrets.token_hex(8)
-                    account_id = f"bench_{i}_{secrets.token_hex(3)}"
-                    response = await http.post(
-                        f"{base}/_sandbox/accounts",
-                        json={
-                            "processor": processor.value,
-                            "account_id": account_id,
-                            "merchant_seed": 1000 + i,
-                            "api_key": key,
-                            "history_days": HISTORY_DAYS,
-                            "customers": customers,
-                        },
+        with sandbox_process() as base:
+            async with httpx.AsyncClient(timeout=60) as http:
+                connections = []
+                async with db.uow(SYSTEM_SCOPE) as uow:
+                    merchant = await create_merchant(
+                        uow, name="Bench", principal=system_principal(), now=NOW
                     )
-                    response.raise_for_status()
-                    creds = (
-                        {"public_key": account_id, "private_key": key}
-                        if processor is Processor.BRAINTREE
-                        else {"api_key": key}
-                    )
-                    connection = await create_connection(
-                        uow,
-                        principal=system_principal(),
-                        merchant_id=merchant.id,
-                        kind=processor,
-                        base_url=f"{base}/{processor.value}",
-                        credentials=creds,
-                        box=box,
-                        account_ref=account_id,
-                        now=NOW,
-                    )
-                    connections.append((connection.id, account_id))
-                await uow.commit()
-            # Let the sandbox generate its history before timing (it is the outside world).
-            total = 0
-            for _, account_id in connections:
-                info = (await http.get(f"{base}/_sandbox/accounts/{account_id}")).json()
-                total += int(info["charges"])
-            print(f"sandbox: {accounts} {processor.value} account(s), {total:,} charges")
+                    for i in range(accounts):
+                        key = secrets.token_hex(8)
+                        account_id = f"bench_{i}_{secrets.token_hex(3)}"
+                        response = await http.post(
+                            f"{base}/_sandbox/accounts",
+                            json={
+                                "processor": processor.value,
+                                "account_id": account_id,
+                                "merchant_seed": 1000 + i,
+                                "api_key": key,
+                                "history_days": HISTORY_DAYS,
+                                "customers": customers,
+                            },
+                        )
+                        response.raise_for_status()
+                        creds = (
+                            {"public_key": account_id, "private_key": key}
+                            if processor is Processor.BRAINTREE
+                            else {"api_key": key}
+                        )
+                        connection = await create_connection(
+                            uow,
+                            principal=system_principal(),
+                            merchant_id=merchant.id,
+                            kind=processor,
+                            base_url=f"{base}/{processor.value}",
+                            credentials=creds,
+                            box=box,
+                            account_ref=account_id,
+                            now=NOW,
+                        )
+                        connections.append((connection.id, account_id))
+                    await uow.commit()
+                # Let the sandbox generate its history before timing (it is the outside world).
+                total = 0
+                for _, account_id in connections:
+                    info = (await http.get(f"{base}/_sandbox/accounts/{account_id}")).json()
+                    total += int(info["charges"])
+                print(f"sandbox: {accounts} {processor.value} account(s), {total:,} charges")
 
-            started = time.perf_counter()
-            landed = normalized = created = 0
-            for connection_id, _ in connections:
-                while True:
-                    result = await poll_connection(
-                        db,
-                        connection_id,
-                        client=http,
-                        box=box,
-                        clock=FixedClock(NOW),
-                        max_pages=100,
-                    )
-                    landed += result.stats.landed
-                    normalized += result.stats.normalized
-                    created += result.stats.payments_created
-                    if not result.more:
-                        break
-            portal_seconds = time.perf_counter() - started
-            rss_after_portal = peak_rss_mib()
+                started = time.perf_counter()
+                landed = normalized = created = 0
+                for connection_id, _ in connections:
+                    while True:
+                        result = await poll_connection(
+                            db,
+                            connection_id,
+                            client=http,
+                            box=box,
+                            clock=FixedClock(NOW),
+                            max_pages=100,
+                        )
+                        landed += result.stats.landed
+                        normalized += result.stats.normalized
+                        created += result.stats.payments_created
+                        if not result.more:
+                            break
+                portal_seconds = time.perf_counter() - started
+                rss_after_portal = peak_rss_mib()
 
         # The same records, as stored, copied raw into a scratch table.
         conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))

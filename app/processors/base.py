@@ -6,6 +6,7 @@ import json
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Protocol
 
 import httpx
@@ -41,7 +42,7 @@ class RawItem:
     payload: dict[str, Any]
     body: bytes
 
-    @property
+    @cached_property
     def content_hash(self) -> str:
         return hashlib.sha256(self.body).hexdigest()
 

@@ -16,6 +16,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import insert
 from sqlmodel import col, select
 
+from app.bulk import insert_rows, update_rows
 from app.clock import Clock
 from app.db import Database, UnitOfWork
 from app.enums import Actor, AttemptOutcome, CardFunding, PaymentState, Processor
@@ -83,9 +84,9 @@ _LAND = text(
     """
     INSERT INTO raw_record
         (id, merchant_id, connection_id, processor, external_id, received_at, content_hash,
-         payload)
+         payload, normalized_at, normalizer_version)
     SELECT r.id, :merchant_id, :connection_id, :processor, r.external_id, :received_at,
-           r.content_hash, r.payload::jsonb
+           r.content_hash, r.payload::jsonb, :normalized_at, :normalizer_version
     FROM unnest(CAST(:ids AS uuid[]), CAST(:external_ids AS text[]),
                 CAST(:hashes AS text[]), CAST(:payloads AS text[]))
          AS r(id, external_id, content_hash, payload)
@@ -95,27 +96,46 @@ _LAND = text(
 )
 
 
-def _stored_text(item: RawItem) -> str:
-    """The JSON stored for an item: scrubbed of anything that may be a card number."""
-    if item.payload.get("xml") is None and not may_hold_card_number(item.body):
-        return item.body.decode()  # already the canonical JSON of the payload
-    return json.dumps(_scrubbed(item.payload), sort_keys=True, separators=(",", ":"))
+@dataclass(frozen=True, slots=True)
+class _Landing:
+    """One record ready to land: the JSON text stored and the payload that text holds."""
+
+    id: uuid.UUID
+    item: RawItem
+    text: str
+    payload: dict[str, Any]
 
 
-async def land(
-    uow: UnitOfWork, connection: ProcessorConnection, items: Sequence[RawItem], *, now: datetime
-) -> tuple[list[uuid.UUID], IngestStats]:
-    """Store each record exactly once (by content hash), in one set-based statement per
-    chunk; returns the ids of the rows that were new."""
-    stats = IngestStats()
+def _prepare(items: Sequence[RawItem]) -> tuple[list[_Landing], int]:
+    """Each distinct record (by content hash) once, scrubbed of anything that may be a card
+    number; and how many were repeats within the batch."""
     unique: dict[str, RawItem] = {}
     for item in items:
         unique.setdefault(item.content_hash, item)
-    stats.duplicates = len(items) - len(unique)
-    digests = list(unique)
-    new_ids: list[uuid.UUID] = []
-    for start in range(0, len(digests), CHUNK):
-        chunk = digests[start : start + CHUNK]
+    landings = []
+    for item in unique.values():
+        if item.payload.get("xml") is None and not may_hold_card_number(item.body):
+            # Already the canonical JSON of the payload, with nothing to scrub.
+            landings.append(_Landing(uuid.uuid4(), item, item.body.decode(), item.payload))
+        else:
+            payload = _scrubbed(item.payload)
+            text_ = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+            landings.append(_Landing(uuid.uuid4(), item, text_, payload))
+    return landings, len(items) - len(unique)
+
+
+async def _insert_raw(
+    uow: UnitOfWork,
+    connection: ProcessorConnection,
+    landings: Sequence[_Landing],
+    *,
+    now: datetime,
+    normalized: bool,
+) -> set[uuid.UUID]:
+    """Insert the rows not stored yet (by content hash); the ids of those that were new."""
+    new_ids: set[uuid.UUID] = set()
+    for start in range(0, len(landings), CHUNK):
+        chunk = landings[start : start + CHUNK]
         result = await uow.session.execute(
             _LAND,
             {
@@ -123,16 +143,62 @@ async def land(
                 "connection_id": connection.id,
                 "processor": connection.kind.value,
                 "received_at": now,
-                "ids": [uuid.uuid4() for _ in chunk],
-                "external_ids": [(unique[d].external_id or "")[:255] or None for d in chunk],
-                "hashes": chunk,
-                "payloads": [_stored_text(unique[d]) for d in chunk],
+                "normalized_at": now if normalized else None,
+                "normalizer_version": NORMALIZER_VERSION if normalized else None,
+                "ids": [landing.id for landing in chunk],
+                "external_ids": [(x.item.external_id or "")[:255] or None for x in chunk],
+                "hashes": [landing.item.content_hash for landing in chunk],
+                "payloads": [landing.text for landing in chunk],
             },
         )
-        new_ids += list(result.scalars())
-    stats.landed = len(new_ids)
-    stats.duplicates += len(digests) - len(new_ids)
-    return new_ids, stats
+        new_ids.update(result.scalars())
+    return new_ids
+
+
+async def land(
+    uow: UnitOfWork, connection: ProcessorConnection, items: Sequence[RawItem], *, now: datetime
+) -> tuple[list[uuid.UUID], IngestStats]:
+    """Store each record exactly once (by content hash), to be normalized later (a webhook
+    acknowledges first); returns the ids of the rows that were new."""
+    landings, repeats = _prepare(items)
+    new_ids = await _insert_raw(uow, connection, landings, now=now, normalized=False)
+    stats = IngestStats(landed=len(new_ids), duplicates=repeats + len(landings) - len(new_ids))
+    return [x.id for x in landings if x.id in new_ids], stats
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Records read and normalized, ready to land: the CPU half of ingesting a batch, which
+    a poller does while the database writes the previous batch."""
+
+    landings: list[_Landing]
+    repeats: int
+    results: dict[uuid.UUID, list[CanonicalRecord | DeadLetterResult]]
+
+
+def prepare(processor: Processor, items: Sequence[RawItem]) -> Prepared:
+    """Deduplicate, scrub and normalize records from memory, exactly as they will be stored."""
+    landings, repeats = _prepare(items)
+    return Prepared(
+        landings, repeats, {x.id: _normalize_one(processor, x.payload) for x in landings}
+    )
+
+
+async def ingest(
+    uow: UnitOfWork, connection: ProcessorConnection, batch: Prepared, *, now: datetime
+) -> IngestStats:
+    """Land prepared records and write their clean rows in the same transaction.
+
+    They land already marked with the normalizer version (one write per raw row, no read
+    back), and only rows that were new reach the clean tables, so a record delivered twice
+    is counted once."""
+    new_ids = await _insert_raw(uow, connection, batch.landings, now=now, normalized=True)
+    stats = IngestStats(
+        landed=len(new_ids), duplicates=batch.repeats + len(batch.landings) - len(new_ids)
+    )
+    fresh = [(x.id, batch.results[x.id]) for x in batch.landings if x.id in new_ids]
+    stats.add(await _apply_results(uow, connection, fresh, now=now))
+    return stats
 
 
 def _scrubbed(payload: dict[str, Any]) -> dict[str, Any]:
@@ -185,6 +251,17 @@ def _card_fingerprint(record: CanonicalRecord) -> str | None:
     # Without the processor's fingerprint, identify the credential by what is visible.
     seen = f"{card.brand}|{card.bin}|{card.last4}|{card.exp_month}|{card.exp_year}"
     return "derived:" + hashlib.sha256(seen.encode()).hexdigest()[:40]
+
+
+def _card_key(record: CanonicalRecord) -> tuple[str, int, int] | None:
+    """The stored credential's identity (fingerprint, expiry), when the record shows enough."""
+    fingerprint = _card_fingerprint(record)
+    card = record.card
+    if fingerprint is None or card is None or card.exp_month is None or card.exp_year is None:
+        return None
+    if not (card.last4 and card.last4.isdigit() and len(card.last4) == 4):
+        return None
+    return fingerprint, card.exp_month, card.exp_year
 
 
 _INSERT_CUSTOMERS = text(
@@ -243,14 +320,9 @@ async def _upsert_cards(
 ) -> dict[tuple[str, int, int], uuid.UUID]:
     cards: dict[tuple[str, int, int], tuple[uuid.UUID, CanonicalCard]] = {}
     for record in records:
-        fingerprint = _card_fingerprint(record)
-        card = record.card
-        if fingerprint is None or card is None or card.exp_month is None or card.exp_year is None:
-            continue
-        if not (card.last4 and card.last4.isdigit() and len(card.last4) == 4):
-            continue
-        owner = customer_ids[record.customer_id or UNKNOWN_CUSTOMER]
-        cards[(fingerprint, card.exp_month, card.exp_year)] = (owner, card)
+        key = _card_key(record)
+        if key is not None and record.card is not None:
+            cards[key] = (customer_ids[record.customer_id or UNKNOWN_CUSTOMER], record.card)
     if not cards:
         return {}
     keys = list(cards)
@@ -320,59 +392,65 @@ async def apply_records(
     customer_ids = await _upsert_customers(
         uow, merchant_id, {r.customer_id or UNKNOWN_CUSTOMER for r in canon}, now
     )
-    card_ids = await _upsert_cards(uow, merchant_id, canon, customer_ids, now)
 
     charge_ids = {r.processor_payment_id for r in canon}
     invoice_refs = {r.invoice_ref for r in canon if r.invoice_ref}
     processor: Processor = connection.kind
     known: dict[uuid.UUID, Payment] = {}
+    # Lookups by `= ANY(array)`: the planner takes the matching composite index as long as
+    # the table's statistics are current (see polling.refresh_statistics for backfills).
     for column, values in (
         (col(Payment.processor_payment_id), charge_ids),
         (col(Payment.invoice_ref), invoice_refs),
     ):
         if not values:
             continue
-        wanted = unnest(sorted(values), sa.Text)
         found = await uow.session.execute(
-            select(Payment)
-            .select_from(wanted)
-            .join(
-                Payment,
-                (col(Payment.merchant_id) == merchant_id)
-                & (col(Payment.processor) == processor)
-                & (column == wanted.c.value),
+            select(Payment).where(
+                col(Payment.merchant_id) == merchant_id,
+                col(Payment.processor) == processor,
+                column == any_array(sorted(values), sa.Text),
             )
         )
         known.update({p.id: p for p in found.scalars()})
-    by_charge = {p.processor_payment_id: p for p in known.values()}
+    by_charge = {p.processor_payment_id: p.id for p in known.values()}
     open_by_invoice = {
-        p.invoice_ref: p for p in known.values() if p.invoice_ref and not p.state.is_terminal
+        p.invoice_ref: p.id for p in known.values() if p.invoice_ref and not p.state.is_terminal
     }
     # Attempts already stored for these charges (a replay, or the portal's own retries).
-    charges = unnest(sorted(charge_ids), sa.Text)
-    attempts_known = {
-        a.processor_attempt_id: a
-        for a in (
+    stored_attempts = list(
+        (
             await uow.session.execute(
-                select(PaymentAttempt)
-                .select_from(charges)
-                .join(
-                    PaymentAttempt,
-                    (col(PaymentAttempt.merchant_id) == merchant_id)
-                    & (col(PaymentAttempt.processor_attempt_id) == charges.c.value),
+                select(PaymentAttempt).where(
+                    col(PaymentAttempt.merchant_id) == merchant_id,
+                    col(PaymentAttempt.processor_attempt_id)
+                    == any_array(sorted(charge_ids), sa.Text),
                 )
-                .join(Payment, col(Payment.id) == col(PaymentAttempt.payment_id))
-                .where(col(Payment.processor) == processor)
             )
         ).scalars()
+    )
+    # Charge ids are the processor's own: the same id seen on another processor's payment is
+    # another charge.
+    unseen = {a.payment_id for a in stored_attempts if a.payment_id not in known}
+    elsewhere: set[uuid.UUID] = set()
+    if unseen:
+        rows = await uow.session.execute(
+            select(col(Payment.id), col(Payment.processor)).where(
+                col(Payment.id) == any_array(sorted(unseen), sa.Uuid)
+            )
+        )
+        elsewhere = {pid for pid, kind in rows.all() if kind is not processor}
+    attempts_known = {
+        a.processor_attempt_id: a for a in stored_attempts if a.payment_id not in elsewhere
     }
     attempt_counts = {p.id: p.attempt_count for p in known.values()}
     plan = _Plan()
+    opened: list[CanonicalRecord] = []
 
     for raw_id, record in ordered:
-        payment = by_charge.get(record.processor_payment_id)
+        payment_id = by_charge.get(record.processor_payment_id)
         linked = open_by_invoice.get(record.invoice_ref) if record.invoice_ref else None
-        target_id = payment.id if payment is not None else linked.id if linked else None
+        target_id = payment_id or linked
         existing_attempt = attempts_known.get(record.processor_payment_id)
         common = {
             "raw_record_id": raw_id,
@@ -391,23 +469,16 @@ async def apply_records(
         if existing_attempt is not None:
             # Seen before (a replay, or our own retry read back): refresh its reading only.
             plan.attempt_updates.append({"id": existing_attempt.id, **common})
-            if payment is not None and record.status == "failed":
+            if payment_id is not None and record.status == "failed":
                 plan.payment_updates.append(
                     {
-                        "id": payment.id,
+                        "id": payment_id,
                         **_decline_columns(record),
                         "normalizer_version": NORMALIZER_VERSION,
                     }
                 )
             continue
         if record.status == "failed" and target_id is None:
-            card = record.card
-            fingerprint = _card_fingerprint(record)
-            card_id = (
-                card_ids.get((fingerprint, card.exp_month, card.exp_year))
-                if card and fingerprint and card.exp_month and card.exp_year
-                else None
-            )
             new_id = uuid.uuid4()
             row = {
                 "id": new_id,
@@ -417,7 +488,7 @@ async def apply_records(
                 "amount_minor": record.amount_minor,
                 "currency": record.currency,
                 "customer_id": customer_ids[record.customer_id or UNKNOWN_CUSTOMER],
-                "card_id": card_id,
+                "card_id": None,  # set below, once the batch's cards are stored
                 "invoice_ref": record.invoice_ref,
                 "subscription_ref": record.subscription_ref,
                 "first_failed_at": record.attempted_at,
@@ -430,11 +501,11 @@ async def apply_records(
                 "updated_at": now,
             }
             plan.payments.append(row)
+            opened.append(record)
             attempt_counts[new_id] = 1
-            stub = Payment(**row)
-            by_charge[record.processor_payment_id] = stub
+            by_charge[record.processor_payment_id] = new_id
             if record.invoice_ref:
-                open_by_invoice[record.invoice_ref] = stub
+                open_by_invoice[record.invoice_ref] = new_id
             plan.attempts.append(
                 _attempt_row(merchant_id, new_id, 1, record, AttemptOutcome.DECLINED, now, common)
             )
@@ -458,6 +529,11 @@ async def apply_records(
             stats.recovered += 1
         else:
             plan.payment_updates.append({"id": target_id, "attempt_count": number})
+    # Cards are stored for the payments opened here: the credential a retry would charge.
+    card_ids = await _upsert_cards(uow, merchant_id, opened, customer_ids, now)
+    for row, record in zip(plan.payments, opened, strict=True):
+        key = _card_key(record)
+        row["card_id"] = card_ids.get(key) if key is not None else None
     await _write(uow, plan, now)
     stats.attempts_recorded = len(plan.attempts)
     stats.normalized = len(records)
@@ -489,11 +565,8 @@ def _attempt_row(
 
 async def _write(uow: UnitOfWork, plan: _Plan, now: datetime) -> None:
     session = uow.session
-    # executemany: compiled once, sent as batched multi-row inserts by the driver layer.
-    if plan.payments:
-        await session.execute(insert(Payment), plan.payments)
-    if plan.attempts:
-        await session.execute(insert(PaymentAttempt), plan.attempts)
+    await insert_rows(session, Payment, plan.payments)
+    await insert_rows(session, PaymentAttempt, plan.attempts)
     recoveries = [
         {
             **r,
@@ -503,44 +576,39 @@ async def _write(uow: UnitOfWork, plan: _Plan, now: datetime) -> None:
         }
         for r in plan.recoveries
     ]
-    for model, rows in (
-        (PaymentAttempt, plan.attempt_updates),
-        (Payment, [{**r, "updated_at": now} for r in plan.payment_updates + recoveries]),
-    ):
-        # ORM bulk UPDATE by primary key: one executemany per distinct set of columns.
-        groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
-        for row in rows:
-            groups.setdefault(tuple(sorted(row)), []).append(row)
-        for group in groups.values():
-            await session.execute(update(model), group)
+    await update_rows(session, PaymentAttempt, plan.attempt_updates)
+    await update_rows(
+        session,
+        Payment,
+        [{**r, "updated_at": now} for r in plan.payment_updates + recoveries],
+    )
 
 
-async def normalize_raw(
-    uow: UnitOfWork, connection: ProcessorConnection, raw_ids: Sequence[uuid.UUID], *, now: datetime
-) -> IngestStats:
-    """Normalize the given raw rows with the current normalizer; failures become dead letters."""
-    stats = IngestStats()
-    if not raw_ids:
-        return stats
-    rows = (
-        await uow.session.execute(
-            select(col(RawRecord.id), col(RawRecord.payload)).where(
-                col(RawRecord.id) == any_array(list(raw_ids), sa.Uuid)
-            )
+def _normalize_one(
+    processor: Processor, payload: object
+) -> list[CanonicalRecord | DeadLetterResult]:
+    """Every result of one stored (scrubbed) payload; never raises."""
+    try:
+        results: list[CanonicalRecord | DeadLetterResult] = normalize_stored(
+            processor, payload, scrubbed=True
         )
-    ).all()
+    except NormalizeError as exc:
+        results = [DeadLetterResult(reason=str(exc), payload_excerpt="")]
+    return results or [DeadLetterResult(reason="no payment record in payload", payload_excerpt="")]
+
+
+async def _apply_results(
+    uow: UnitOfWork,
+    connection: ProcessorConnection,
+    results: Sequence[tuple[uuid.UUID, list[CanonicalRecord | DeadLetterResult]]],
+    *,
+    now: datetime,
+) -> IngestStats:
+    """Write the records of normalized raw rows; what failed becomes dead letters."""
     good: list[tuple[uuid.UUID, CanonicalRecord]] = []
     letters: list[dict[str, Any]] = []
-    for raw_id, payload in rows:
-        try:
-            results: list[CanonicalRecord | DeadLetterResult] = normalize_stored(
-                connection.kind, payload, scrubbed=True
-            )
-        except NormalizeError as exc:
-            results = [DeadLetterResult(reason=str(exc), payload_excerpt="")]
-        if not results:
-            results = [DeadLetterResult(reason="no payment record in payload", payload_excerpt="")]
-        for result in results:
+    for raw_id, found in results:
+        for result in found:
             if isinstance(result, DeadLetterResult):
                 letters.append(
                     {
@@ -555,7 +623,7 @@ async def normalize_raw(
                 )
             else:
                 good.append((raw_id, result))
-    stats.add(await apply_records(uow, connection, good, now=now))
+    stats = await apply_records(uow, connection, good, now=now)
     for chunk in _chunks(letters):
         await uow.session.execute(
             insert(DeadLetter)
@@ -563,6 +631,29 @@ async def normalize_raw(
             .on_conflict_do_nothing(index_elements=["raw_record_id", "normalizer_version"])
         )
     stats.dead_letters = len(letters)
+    return stats
+
+
+async def normalize_raw(
+    uow: UnitOfWork, connection: ProcessorConnection, raw_ids: Sequence[uuid.UUID], *, now: datetime
+) -> IngestStats:
+    """Normalize stored raw rows with the current normalizer (records landed before they were
+    normalized, or a replay); failures become dead letters."""
+    if not raw_ids:
+        return IngestStats()
+    rows = (
+        await uow.session.execute(
+            select(col(RawRecord.id), col(RawRecord.payload)).where(
+                col(RawRecord.id) == any_array(list(raw_ids), sa.Uuid)
+            )
+        )
+    ).all()
+    stats = await _apply_results(
+        uow,
+        connection,
+        [(raw_id, _normalize_one(connection.kind, payload)) for raw_id, payload in rows],
+        now=now,
+    )
     await uow.session.execute(
         update(RawRecord)
         .where(col(RawRecord.id) == any_array(list(raw_ids), sa.Uuid))

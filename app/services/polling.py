@@ -1,25 +1,49 @@
 """Polling one connection: read a page, land it raw, normalize, advance the cursor, commit."""
 
+import asyncio
+import contextlib
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
+from sqlalchemy import text
 from sqlmodel import col, select
 
 from app.clock import Clock
 from app.crypto import CredentialBox
 from app.db import Database
-from app.enums import ConnectionStatus
+from app.enums import ConnectionStatus, Processor
 from app.models.ingestion import ProcessorConnection
-from app.processors.base import PermanentProcessorError, RawItem, TransientProcessorError
+from app.processors.base import (
+    PermanentProcessorError,
+    ProcessorAdapter,
+    ProcessorError,
+    RawItem,
+    TransientProcessorError,
+)
 from app.processors.registry import adapter_for
 from app.services.connection import connection_info
-from app.services.ingestion import IngestStats, land, normalize_raw
+from app.services.ingestion import IngestStats, Prepared, ingest, prepare
 from app.tenancy import SYSTEM_SCOPE
 
 # Records committed together; a crash re-reads at most this many (landing deduplicates them).
 BATCH_RECORDS = 1000
+
+# The tables ingestion's lookups read. A backfill can double them well within autovacuum's
+# one-minute round; until it refreshes their statistics the planner believes them nearly empty
+# and answers a lookup of a thousand ids by filtering the merchant's whole history, so a batch
+# costs more the more was ingested before it.
+LOOKUP_TABLES = ("payment", "payment_attempt", "customer", "card_credential")
+STATISTICS_FLOOR = 1000
+_GROWN = text(
+    """
+    SELECT relname FROM pg_stat_user_tables
+    WHERE schemaname = current_schema() AND relname = ANY(CAST(:tables AS text[]))
+      AND n_mod_since_analyze >= :floor AND n_mod_since_analyze * 2 >= n_live_tup
+    ORDER BY relname
+    """
+)
 
 
 @dataclass
@@ -58,7 +82,7 @@ async def poll_connection(
     cursor = dict(connection.cursor)
     pages = 0
 
-    async def commit(items: list[RawItem], new_cursor: dict[str, Any]) -> bool:
+    async def commit(prepared: Prepared, new_cursor: dict[str, Any]) -> bool:
         """Land, normalize and move the cursor in one transaction; False if another worker
         moved the cursor meanwhile (its rows are committed: writing ours would go back)."""
         now = clock.now()
@@ -72,9 +96,7 @@ async def poll_connection(
             ).scalar_one()
             if current.cursor != cursor:
                 return False
-            raw_ids, landed = await land(uow, current, items, now=now)
-            stats.add(landed)
-            stats.add(await normalize_raw(uow, current, raw_ids, now=now))
+            stats.add(await ingest(uow, current, prepared, now=now))
             current.cursor = new_cursor
             current.cursor_at = now
             current.last_polled_at = now
@@ -82,30 +104,82 @@ async def poll_connection(
             await uow.commit()
         return True
 
-    while pages < max_pages:
-        # Several pages per transaction: per-statement costs are shared by more records.
-        items: list[RawItem] = []
-        batch_cursor = cursor
-        more = True
-        try:
-            while more and pages < max_pages and len(items) < BATCH_RECORDS:
-                page = await adapter.list_page(batch_cursor)
-                items += page.items
-                batch_cursor, more = dict(page.cursor), page.more
-                pages += 1
-        except TransientProcessorError:
-            if items:
-                await commit(items, batch_cursor)  # keep what was read before the failure
-            raise
-        except PermanentProcessorError as exc:
-            await _mark_error(db, connection_id, str(exc))
-            return PollResult(pages, stats, more=False, error=str(exc))
-        if not await commit(items, batch_cursor):
-            return PollResult(pages, stats, more=True)
-        cursor = batch_cursor
-        if not more:
-            return PollResult(pages, stats, more=False)
-    return PollResult(pages, stats, more=True)
+    # The next batch is read while the current one is written: the processor's latency and
+    # the database's overlap. A read ahead of a batch that fails to commit is discarded.
+    kind = connection.kind
+    reading = asyncio.create_task(_read(adapter, kind, cursor, max_pages))
+    try:
+        while True:
+            batch = await reading
+            pages += batch.pages
+            if isinstance(batch.error, PermanentProcessorError):
+                await _mark_error(db, connection_id, str(batch.error))
+                return PollResult(pages, stats, more=False, error=str(batch.error))
+            ahead = batch.error is None and batch.more and pages < max_pages
+            if ahead:
+                reading = asyncio.create_task(_read(adapter, kind, batch.cursor, max_pages - pages))
+            if batch.error is not None:
+                if batch.prepared.landings:
+                    await commit(batch.prepared, batch.cursor)  # keep what was read before it
+                raise batch.error
+            if not await commit(batch.prepared, batch.cursor):
+                return PollResult(pages, stats, more=True)
+            cursor = batch.cursor
+            await refresh_statistics(db)
+            if not ahead:
+                return PollResult(pages, stats, more=batch.more)
+    finally:
+        if not reading.done():
+            reading.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reading
+
+
+@dataclass
+class _Batch:
+    """Pages read (and prepared) for one transaction; `error` is the processor error that
+    ended the read."""
+
+    prepared: Prepared
+    cursor: dict[str, Any]
+    more: bool
+    pages: int
+    error: ProcessorError | None = None
+
+
+async def _read(
+    adapter: ProcessorAdapter, kind: Processor, cursor: dict[str, Any], max_pages: int
+) -> _Batch:
+    """Several pages per transaction, so per-statement costs are shared by more records."""
+    items: list[RawItem] = []
+    more, pages, error = True, 0, None
+    try:
+        while more and pages < max_pages and len(items) < BATCH_RECORDS:
+            page = await adapter.list_page(cursor)
+            items += page.items
+            cursor, more = dict(page.cursor), page.more
+            pages += 1
+    except (TransientProcessorError, PermanentProcessorError) as exc:
+        error = exc
+    return _Batch(prepare(kind, items), cursor, more, pages, error)
+
+
+async def refresh_statistics(db: Database) -> list[str]:
+    """ANALYZE the lookup tables that at least doubled since their statistics were taken (the
+    usual advice after a bulk load; a steady trickle of new records never triggers it)."""
+    async with db.session(SYSTEM_SCOPE) as session:
+        grown = list(
+            (
+                await session.execute(
+                    _GROWN, {"tables": list(LOOKUP_TABLES), "floor": STATISTICS_FLOOR}
+                )
+            ).scalars()
+        )
+        for name in grown:
+            if name in LOOKUP_TABLES:  # only names of this module's own constant
+                await session.execute(text(f"ANALYZE {name}"))
+        await session.commit()
+    return grown
 
 
 async def _mark_error(db: Database, connection_id: uuid.UUID, message: str) -> None:

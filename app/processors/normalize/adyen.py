@@ -44,7 +44,9 @@ WALLET_METHODS: frozenset[str] = frozenset({"scheme", "applepay", "googlepay", "
 
 
 def normalize_document(doc: object) -> list[NormalizedItem]:
-    """Every notification item in one Adyen webhook body."""
+    """Every notification item in one Adyen webhook body.
+
+    `doc` is already scrubbed of card numbers (`dispatch` does it once per body)."""
     if isinstance(doc, list):
         return [r for item in doc for r in normalize_document(item)]
     if not isinstance(doc, Mapping):

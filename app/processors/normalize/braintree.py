@@ -21,6 +21,7 @@ from app.processors.normalize.records import (
     major_to_minor,
     normalize_currency,
     redact_card_numbers,
+    scrub_raw,
 )
 
 TRANSACTION_STATUSES: Mapping[str, RecordStatus] = {
@@ -54,8 +55,10 @@ def normalize_document(root: Element) -> list[NormalizedItem]:
     elif root.tag == NOTIFICATION_ROOT:
         transactions = root.findall("subject/transaction")
     else:
-        return [dead_item(f"unsupported braintree document <{root.tag[:40]}>", raw_xml(root))]
-    return [guarded(partial(_from_transaction, t), raw_xml(t)) for t in transactions]
+        return [
+            dead_item(f"unsupported braintree document <{root.tag[:40]}>", scrub_raw(raw_xml(root)))
+        ]
+    return [guarded(partial(_from_transaction, t), scrub_raw(raw_xml(t))) for t in transactions]
 
 
 def scrub_element(element: Element) -> None:

@@ -44,7 +44,9 @@ EVENT_STATUSES: Mapping[str, RecordStatus] = {
 
 
 def normalize_document(doc: object) -> list[NormalizedItem]:
-    """Every payment in one Checkout.com response or webhook body."""
+    """Every payment in one Checkout.com response or webhook body.
+
+    `doc` is already scrubbed of card numbers (`dispatch` does it once per body)."""
     if isinstance(doc, list):
         return [r for item in doc for r in normalize_document(item)]
     if not isinstance(doc, Mapping):

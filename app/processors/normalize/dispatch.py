@@ -97,7 +97,9 @@ def _parse_xml(body: bytes) -> Element:
 def _normalize_braintree(body: bytes) -> list[NormalizedItem]:
     if body.lstrip()[:1] in (b"{", b"["):
         doc = _parse_json(Processor.BRAINTREE, body)
-        return [dead_item("braintree payloads are XML; a JSON body is not supported", doc)]
+        return [
+            dead_item("braintree payloads are XML; a JSON body is not supported", scrub_raw(doc))
+        ]
     return braintree.normalize_document(_parse_xml(body))
 
 

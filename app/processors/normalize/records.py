@@ -527,13 +527,17 @@ def dead_letter(reason: str, payload: object) -> DeadLetter:
 
 
 def dead_item(reason: str, raw: object) -> NormalizedItem:
-    kept = scrub_raw(raw)
-    return NormalizedItem(raw=kept, result=dead_letter(reason, kept))
+    """`raw` is already scrubbed (see `guarded`)."""
+    return NormalizedItem(raw=raw, result=dead_letter(reason, raw))
 
 
 def guarded(build: Callable[[], CanonicalRecord], raw: object) -> NormalizedItem:
-    """Run one record's normalization; its failure becomes a dead letter, not an exception."""
-    kept = scrub_raw(raw)
+    """Run one record's normalization; its failure becomes a dead letter, not an exception.
+
+    `raw` is already scrubbed: the JSON normalizers are handed scrubbed documents (see
+    `dispatch`), and Braintree scrubs each transaction's XML before it gets here. Scrubbing
+    once per document rather than once per record keeps the walk off the ingestion path."""
+    kept = raw
     try:
         return NormalizedItem(raw=kept, result=build())
     except RecordError as exc:

@@ -30,7 +30,9 @@ PAYMENT_INTENT_SUCCEEDED = "succeeded"
 
 
 def normalize_document(doc: object) -> list[NormalizedItem]:
-    """Every payment record found in one Stripe response or webhook body."""
+    """Every payment record found in one Stripe response or webhook body.
+
+    `doc` is already scrubbed of card numbers (`dispatch` does it once per body)."""
     return _from_item(doc, event_created=None, raw=doc)
 
 
