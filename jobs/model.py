@@ -115,10 +115,12 @@ def _row(
     funding: str,
     network: str | None,
     timezone: str | None,
+    country: str | None,
+    past_success_at: tuple[datetime, ...],
 ) -> FailureRow:
-    # Serving and training both build rows here, from what a scheduler sees of a payment: the
-    # issuer country and past successful charges are not part of that view, so neither side
-    # uses them (features read them as unknown) and the two never disagree.
+    # Serving and training both build rows here, from the same reading of a payment: past
+    # successes are the customer's latest before the first failure on both sides (the feature
+    # builder drops any later one too), so the two never disagree and nothing later leaks in.
     return FailureRow(
         failure_id=failure_id,
         customer_id=customer_id,
@@ -130,8 +132,9 @@ def _row(
         advice_code=advice_code or "",
         funding=funding,
         brand=network or "other",
-        country=None,
+        country=country,
         tz_offset_minutes=_tz_offset_minutes(timezone, failed_at),
+        past_success_at=tuple(t for t in past_success_at if t < failed_at),
     )
 
 
@@ -150,6 +153,8 @@ def failure_row(view: PaymentView) -> FailureRow:
         funding=str(view.funding),
         network=view.network,
         timezone=view.customer_timezone,
+        country=view.issuer_country,
+        past_success_at=view.past_success_at,
     )
 
 
@@ -167,6 +172,8 @@ def history_row(failure: HistoryFailure) -> FailureRow:
         funding=str(failure.funding),
         network=normalize_network(failure.brand),
         timezone=failure.customer_timezone,
+        country=failure.issuer_country,
+        past_success_at=failure.past_success_at,
     )
 
 

@@ -6,7 +6,7 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlmodel import Field
 
-from app.enums import CardFunding
+from app.enums import CardFunding, Processor
 from app.models.base import TenantOwned, enum_type, new_id, timestamp
 
 
@@ -43,3 +43,25 @@ class CardCredential(TenantOwned, table=True):
     exp_year: int = Field(sa_type=sa.SmallInteger)
     fingerprint: str = Field(max_length=128)
     created_at: datetime = timestamp()
+
+
+class CustomerSuccess(TenantOwned, table=True):
+    """A successful charge that opened no recovery: the customer's pay-cycle evidence.
+
+    Recovered payments keep their successful attempts in `payment_attempt`; this holds the
+    other successes, which ingestion otherwise keeps only as raw records. One row per charge,
+    so delivering or replaying the same charge again rewrites it in place.
+    """
+
+    __tablename__ = "customer_success"
+    __table_args__ = (
+        # The latest successes of a customer before a time: one index range, newest first.
+        sa.Index("ix_customer_success_customer_at", "customer_id", "succeeded_at"),
+    )
+
+    # Keyed like a payment, by the processor's charge id: no surrogate id to index as well.
+    merchant_id: uuid.UUID = Field(foreign_key="merchant.id", primary_key=True)
+    processor: Processor = Field(sa_type=enum_type(Processor), primary_key=True)
+    processor_payment_id: str = Field(max_length=255, primary_key=True)
+    customer_id: uuid.UUID = Field(foreign_key="customer.id")
+    succeeded_at: datetime = timestamp()

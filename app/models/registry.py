@@ -3,7 +3,7 @@
 from app.models.api_key import ApiKey, ApiKeyMerchant
 from app.models.audit import AuditLog
 from app.models.base import TenantOwned, metadata
-from app.models.customer import CardCredential, Customer
+from app.models.customer import CardCredential, Customer, CustomerSuccess
 from app.models.ingestion import DeadLetter, ProcessorConnection, RawRecord
 from app.models.merchant import Merchant
 from app.models.model_version import ModelDecision, ModelVersion
@@ -18,6 +18,7 @@ __all__ = [
     "AuditLog",
     "CardCredential",
     "Customer",
+    "CustomerSuccess",
     "DeadLetter",
     "Merchant",
     "ModelDecision",

@@ -34,6 +34,9 @@ class PaymentView:
     funding: CardFunding
     decline: DeclineView | None
     customer_timezone: str | None = None
+    issuer_country: str | None = None
+    # The customer's latest successful charges before the first failure, oldest first.
+    past_success_at: tuple[datetime, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,6 +35,7 @@ from app.processors.normalize.records import (
     scrub_raw,
 )
 from app.processors.normalize.records import DeadLetter as DeadLetterResult
+from app.services.customer_success import UNKNOWN_CUSTOMER, record_successes
 from app.tenancy import SYSTEM_SCOPE
 
 CHUNK = 1000
@@ -52,9 +53,6 @@ def unnest(values: Sequence[Any], item_type: Any) -> Any:
     lookup per value instead of testing every row against the whole array."""
     array = sa.bindparam(None, list(values), type_=postgresql.ARRAY(item_type))
     return sa.func.unnest(array).table_valued("value").render_derived()
-
-
-UNKNOWN_CUSTOMER = "unknown"
 
 
 @dataclass
@@ -446,6 +444,7 @@ async def apply_records(
     attempt_counts = {p.id: p.attempt_count for p in known.values()}
     plan = _Plan()
     opened: list[CanonicalRecord] = []
+    ordinary: list[CanonicalRecord] = []
 
     for raw_id, record in ordered:
         payment_id = by_charge.get(record.processor_payment_id)
@@ -512,7 +511,8 @@ async def apply_records(
             stats.payments_created += 1
             continue
         if target_id is None:
-            stats.ignored_successes += 1  # an ordinary successful charge: kept raw only
+            stats.ignored_successes += 1  # an ordinary successful charge: pay-cycle evidence only
+            ordinary.append(record)
             continue
         number = attempt_counts[target_id] + 1
         attempt_counts[target_id] = number
@@ -535,6 +535,7 @@ async def apply_records(
         key = _card_key(record)
         row["card_id"] = card_ids.get(key) if key is not None else None
     await _write(uow, plan, now)
+    await record_successes(uow, merchant_id, processor, ordinary, customer_ids)
     stats.attempts_recorded = len(plan.attempts)
     stats.normalized = len(records)
     return stats

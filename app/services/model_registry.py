@@ -22,6 +22,7 @@ from app.models.customer import CardCredential, Customer
 from app.models.model_version import ModelDecision, ModelVersion
 from app.models.payment import Payment, PaymentAttempt
 from app.services import audit
+from app.services.customer_success import success_times, successes_before_failure
 from app.tenancy import Principal
 
 ROLE_ACTING = "acting"
@@ -102,6 +103,9 @@ class HistoryFailure:
     funding: CardFunding
     brand: str | None
     customer_timezone: str | None
+    issuer_country: str | None
+    # The customer's latest successful charges before the first failure, oldest first.
+    past_success_at: tuple[datetime, ...]
     # Retries after the first failure, oldest first: (time, whether it succeeded).
     retries: tuple[tuple[datetime, bool], ...]
 
@@ -337,7 +341,7 @@ async def failure_history(
     its first success.
     """
     query = (
-        select(Payment, CardCredential, Customer)
+        select(Payment, CardCredential, Customer, successes_before_failure())
         .outerjoin(CardCredential, col(CardCredential.id) == col(Payment.card_id))
         .join(Customer, col(Customer.id) == col(Payment.customer_id))
         .where(col(Payment.first_failed_at) < until)
@@ -347,7 +351,7 @@ async def failure_history(
     if since is not None:
         query = query.where(col(Payment.first_failed_at) >= since)
     found = (await session.execute(query)).all()
-    ids = [p.id for p, _, _ in found]
+    ids = [p.id for p, *_ in found]
     retries: dict[uuid.UUID, list[tuple[datetime, bool]]] = {i: [] for i in ids}
     if ids:
         attempts = await session.execute(
@@ -381,7 +385,9 @@ async def failure_history(
             funding=card.funding if card is not None else CardFunding.UNKNOWN,
             brand=card.brand if card is not None else None,
             customer_timezone=customer.timezone,
+            issuer_country=card.issuer_country if card is not None else None,
+            past_success_at=success_times(successes),
             retries=tuple(retries[p.id]),
         )
-        for p, card, customer in found
+        for p, card, customer, successes in found
     ]

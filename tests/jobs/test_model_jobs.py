@@ -1,6 +1,7 @@
 """The decision job with a champion in the registry, and training from stored history."""
 
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -18,7 +19,7 @@ from app.retry.schedule import in_control_group
 from app.services.model_registry import HistoryFailure
 from app.settings import Settings
 from app.tenancy import SYSTEM_SCOPE
-from jobs.model import CACHE
+from jobs.model import CACHE, history_row
 from jobs.retry import decide_pending
 from jobs.training import retry_log, split_for_gate, train_from_history
 from resolvers.ids import encode_id
@@ -124,8 +125,21 @@ def _failure(day: int, retries: tuple[tuple[int, bool], ...]) -> HistoryFailure:
         funding=CardFunding.DEBIT,
         brand="Visa",
         customer_timezone="Europe/Paris",
+        issuer_country="FR",
+        past_success_at=(failed - timedelta(days=40), failed - timedelta(days=12)),
         retries=tuple((failed + timedelta(days=d), ok) for d, ok in retries),
     )
+
+
+def test_a_success_after_the_failure_never_reaches_a_training_row() -> None:
+    failure = _failure(3, ((2, True),))
+    before, after = failure.past_success_at, failure.first_failed_at + timedelta(hours=1)
+    row = history_row(replace(failure, past_success_at=(*before, after)))
+    assert row.past_success_at == before
+    assert row.country == "FR"
+    log = retry_log([replace(failure, past_success_at=(*before, after))])
+    stored = log.records.past_success[0]
+    assert sorted(stored[np.isfinite(stored)]) == [t.timestamp() for t in before]
 
 
 def test_stored_history_becomes_a_retry_log_and_a_later_gate_window() -> None:

@@ -2,21 +2,36 @@
 
 import json
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import numpy as np
+import pytest
 
+import jobs.model
 from app.enums import Actor, Advice, AttemptOutcome, CardFunding, DeclineCategory, RetryStrategy
 from app.retry.rules import AttemptRecord, DeclineView, RetryPolicyView
 from app.retry.schedule import PaymentView
+from app.services.customer_success import RECENT_SUCCESSES
 from app.services.model_registry import ROLE_ACTING, ROLE_SHADOW
 from jobs.model import Loaded, ModelCache, ModelScheduler, failure_row
 from jobs.training import gate, simulated
+from ml import taxonomy
 from ml.artifact import TimingModel, save_model
+from ml.features import F32, FEATURE_LIST, build_features, failure_context
+from ml.policy import Decision as ModelDecision
+from ml.policy import choose
+from ml.records import PAST_SUCCESS_SLOTS, FailureRecords, FailureRow
 from tests.support.model import SMALL, small_artifact, small_model
 
 NOW = datetime(2026, 10, 5, 9, 30, tzinfo=UTC)
 POLICY = RetryPolicyView(strategy=RetryStrategy.MODEL, max_attempts=4, window_days=21)
+PAYDAY_FEATURES = (
+    "days_since_pay_weekday",
+    "days_since_biweekly_phase",
+    "days_since_pay_day_of_month",
+)
 
 
 def _payment() -> PaymentView:
@@ -162,6 +177,59 @@ def test_failure_row_reads_only_what_the_view_holds() -> None:
     assert row.tz_offset_minutes == -240  # New York in October
     assert row.country is None
     assert row.past_success_at == ()
+
+
+# Fridays two weeks apart, on days of the month far from the failure's (the 5th).
+PAYDAYS = tuple(
+    datetime(2026, month, day, 15, tzinfo=UTC)
+    for month, day in ((8, 14), (8, 28), (9, 11), (9, 25))
+)
+
+
+def _features(view: PaymentView) -> dict[str, F32]:
+    """The builder's columns for the view's row over the candidate grid, as served."""
+    context = failure_context(FailureRecords.from_rows([failure_row(view)]))
+    t = np.array([c.timestamp() for c in _candidates()])
+    x = build_features(context, np.zeros(t.size, dtype=np.intp), t, np.full((t.size, 1), np.nan))
+    return {name: x[:, i] for i, name in enumerate(FEATURE_LIST.features)}
+
+
+def test_past_successes_give_the_served_model_payday_features(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    view = replace(_payment(), issuer_country="GB", past_success_at=PAYDAYS)
+    row = failure_row(view)
+    assert (row.country, row.past_success_at) == ("GB", PAYDAYS)
+    features = _features(view)
+    assert (features["country"] == taxonomy.COUNTRIES.index("GB")).all()
+    assert (features["n_past_success"] == 4).all()
+    assert (features["pay_weekday_strength"] == 1.0).all()
+    for name in PAYDAY_FEATURES:
+        assert np.isfinite(features[name]).all(), name
+    # Friday paydays: a Friday candidate is 0 days after one, a Monday one 3 days after.
+    weekday = features["days_since_pay_weekday"]
+    assert set(np.floor(weekday[features["weekday"] == 4])) == {0.0}
+    assert set(np.floor(weekday[features["weekday"] == 0])) == {3.0}
+    # Without them the same features are unknown.
+    bare = _features(_payment())
+    assert (bare["n_past_success"] == 0).all()
+    for name in PAYDAY_FEATURES:
+        assert np.isnan(bare[name]).all(), name
+    # The served model scores the payment with them.
+    scored: list[FailureRow] = []
+
+    def spy(model: TimingModel, row: FailureRow, *args: Any) -> ModelDecision:
+        scored.append(row)
+        return choose(model, row, *args)
+
+    monkeypatch.setattr(jobs.model, "choose", spy)
+    decision = ModelScheduler(champion=_loaded())(view, [], _candidates(), policy=POLICY, now=NOW)
+    assert decision.strategy is RetryStrategy.MODEL
+    assert [(r.country, r.past_success_at) for r in scored] == [("GB", PAYDAYS)]
+
+
+def test_views_hold_as_many_successes_as_the_model_reads() -> None:
+    assert RECENT_SUCCESSES == PAST_SUCCESS_SLOTS
 
 
 def test_training_is_reproducible_with_a_seed() -> None:

@@ -34,6 +34,7 @@ from app.retry.rules import (
     normalize_network,
 )
 from app.retry.schedule import PaymentView, effective_policy
+from app.services.customer_success import success_times, successes_before_failure
 from app.services.retry_policy import current_policies
 
 # The customer cap looks back one hour; a day of customer history is plenty.
@@ -54,6 +55,8 @@ class PaymentContext:
     customer_timezone: str | None
     policy: RetryPolicyView
     ledger: PaymentLedger
+    issuer_country: str | None = None
+    past_success_at: tuple[datetime, ...] = ()
     attempts: list[PaymentAttempt] = field(default_factory=list)
     # The timeline position of the next transition (several may share an instant).
     next_seq: int = 0
@@ -76,6 +79,8 @@ class PaymentContext:
             funding=self.funding,
             decline=self.ledger.last_decline,
             customer_timezone=self.customer_timezone,
+            issuer_country=self.issuer_country,
+            past_success_at=self.past_success_at,
         )
 
     def with_extra(
@@ -195,6 +200,7 @@ async def load_contexts(
             col(Customer.timezone),
             col(Merchant.status),
             last_seq,
+            successes_before_failure(),
         )
         .join(Customer, col(Customer.id) == col(Payment.customer_id))
         .join(Merchant, col(Merchant.id) == col(Payment.merchant_id))
@@ -225,7 +231,7 @@ async def load_contexts(
             by_customer[row.customer_id].append(row)
 
     out: dict[uuid.UUID, PaymentContext] = {}
-    for payment, card, customer_ref, timezone, status, seq in heads:
+    for payment, card, customer_ref, timezone, status, seq, successes in heads:
         first = _first_decline_of(payment)
         mine = sorted(
             own.get(payment.id, []), key=lambda r: (r.attempt.attempted_at, r.attempt.number)
@@ -264,6 +270,8 @@ async def load_contexts(
             customer_timezone=timezone,
             policy=policy,
             ledger=ledger,
+            issuer_country=card.issuer_country if card is not None else None,
+            past_success_at=success_times(successes),
             attempts=[r.attempt for r in mine],
             next_seq=0 if seq is None else seq + 1,
         )
