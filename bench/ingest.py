@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import multiprocessing
+import os
 import resource
 import secrets
 import time
@@ -63,15 +64,39 @@ def _serve_sandbox(channel: Connection) -> None:
     asyncio.run(run())
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, from /proc."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def postgres_cpu_seconds() -> float:
+    """CPU time of every PostgreSQL server process on this machine (other sessions included)."""
+    total = 0.0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/comm") as comm:
+                if comm.read().strip() != "postgres":
+                    continue
+            total += cpu_seconds(int(entry))
+        except OSError:
+            continue
+    return total
+
+
 @contextlib.contextmanager
-def sandbox_process() -> Iterator[str]:
+def sandbox_process() -> Iterator[tuple[str, int]]:
     parent, child = multiprocessing.get_context("spawn").Pipe()
     process = multiprocessing.get_context("spawn").Process(
         target=_serve_sandbox, args=(child,), daemon=True
     )
     process.start()
     try:
-        yield str(parent.recv())
+        assert process.pid is not None
+        yield str(parent.recv()), process.pid
     finally:
         parent.send("stop")
         process.join(10)
@@ -89,7 +114,7 @@ async def main(payments: int, processor: Processor) -> None:
         box = CredentialBox("bench")
         accounts = max(1, round(payments / (CUSTOMERS_PER_ACCOUNT * 0.97)))
         customers = max(100, payments // accounts)
-        with sandbox_process() as base:
+        with sandbox_process() as (base, sandbox_pid):
             async with httpx.AsyncClient(timeout=60) as http:
                 connections = []
                 async with db.uow(SYSTEM_SCOPE) as uow:
@@ -137,6 +162,10 @@ async def main(payments: int, processor: Processor) -> None:
                 print(f"sandbox: {accounts} {processor.value} account(s), {total:,} charges")
 
                 started = time.perf_counter()
+                cpu_started = time.process_time()
+                sandbox_cpu_started = cpu_seconds(sandbox_pid)
+                postgres_cpu_started = postgres_cpu_seconds()
+                rss_samples: list[int] = []
                 landed = normalized = created = 0
                 for connection_id, _ in connections:
                     while True:
@@ -151,9 +180,16 @@ async def main(payments: int, processor: Processor) -> None:
                         landed += result.stats.landed
                         normalized += result.stats.normalized
                         created += result.stats.payments_created
+                        if len(rss_samples) < 10 * landed // max(1, total):
+                            rss_samples.append(round(rss_mib()))
                         if not result.more:
                             break
                 portal_seconds = time.perf_counter() - started
+                cpu = {
+                    "portal": time.process_time() - cpu_started,
+                    "sandbox": cpu_seconds(sandbox_pid) - sandbox_cpu_started,
+                    "postgres": postgres_cpu_seconds() - postgres_cpu_started,
+                }
                 rss_after_portal = peak_rss_mib()
 
         # The same records, as stored, copied raw into a scratch table.
@@ -192,7 +228,9 @@ async def main(payments: int, processor: Processor) -> None:
                     "copy_seconds": round(copy_seconds, 2),
                     "copy_rows_per_s": round(copy_rate),
                     "portal_vs_copy": round(portal_rate / copy_rate, 3),
-                    "peak_rss_mib_after_ingest": round(rss_after_portal),
+                    "cpu_us_per_record": {k: round(v / landed * 1e6) for k, v in cpu.items()},
+                    "portal_rss_mib_each_tenth": rss_samples,
+                    "portal_peak_rss_mib": round(rss_after_portal),
                 },
                 indent=2,
             )

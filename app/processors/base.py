@@ -10,6 +10,7 @@ from functools import cached_property
 from typing import Any, Protocol
 
 import httpx
+import orjson
 
 from app.enums import Processor
 
@@ -55,6 +56,15 @@ class RawItem:
     @classmethod
     def from_xml(cls, xml: str, external_id: str | None) -> "RawItem":
         return cls(external_id=external_id, payload={"xml": xml}, body=xml.encode())
+
+
+def response_json(response: httpx.Response) -> Any:
+    """The response's JSON, parsed by orjson (several times faster on list pages); a body it
+    refuses (an integer beyond 64 bits, say) is parsed by the standard library, with its errors."""
+    try:
+        return orjson.loads(response.content)
+    except orjson.JSONDecodeError:
+        return response.json()
 
 
 def body_of(payload: Mapping[str, Any]) -> bytes:

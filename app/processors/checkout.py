@@ -14,6 +14,7 @@ from app.processors.base import (
     PermanentProcessorError,
     RawItem,
     call,
+    response_json,
 )
 
 PAGE_SIZE = 100
@@ -43,7 +44,7 @@ class CheckoutAdapter:
             params=params,
             headers=self._headers,
         )
-        page = response.json()
+        page = response_json(response)
         if not isinstance(page, dict) or not isinstance(page.get("data"), list):
             raise PermanentProcessorError("checkout: list response has no data array")
         records = [p for p in page["data"] if isinstance(p, dict)]

@@ -13,6 +13,7 @@ from app.processors.base import (
     PermanentProcessorError,
     RawItem,
     call,
+    response_json,
 )
 
 PAGE_SIZE = 100
@@ -38,7 +39,7 @@ class StripeAdapter:
             params=params,
             headers=self._headers,
         )
-        return response.json()
+        return response_json(response)
 
     async def list_page(self, cursor: Mapping[str, Any]) -> ListPage:
         """Newest first: a pass walks down from the newest charge to the watermark, storing
