@@ -2,12 +2,14 @@
 
 import asyncio
 import contextlib
+import logging
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 from sqlmodel import col, select
 
 from app.clock import Clock
@@ -26,6 +28,8 @@ from app.processors.registry import adapter_for
 from app.services.connection import connection_info
 from app.services.ingestion import IngestStats, Prepared, ingest, prepare
 from app.tenancy import SYSTEM_SCOPE
+
+logger = logging.getLogger(__name__)
 
 # Records committed together; a crash re-reads at most this many (landing deduplicates them).
 BATCH_RECORDS = 1000
@@ -164,21 +168,26 @@ async def _read(
     return _Batch(prepare(kind, items), cursor, more, pages, error)
 
 
-async def refresh_statistics(db: Database) -> list[str]:
+async def refresh_statistics(
+    db: Database, tables: tuple[str, ...] = LOOKUP_TABLES, floor: int = STATISTICS_FLOOR
+) -> list[str]:
     """ANALYZE the lookup tables that at least doubled since their statistics were taken (the
-    usual advice after a bulk load; a steady trickle of new records never triggers it)."""
-    async with db.session(SYSTEM_SCOPE) as session:
-        grown = list(
-            (
-                await session.execute(
-                    _GROWN, {"tables": list(LOOKUP_TABLES), "floor": STATISTICS_FLOOR}
-                )
-            ).scalars()
-        )
-        for name in grown:
-            if name in LOOKUP_TABLES:  # only names of this module's own constant
-                await session.execute(text(f"ANALYZE {name}"))
-        await session.commit()
+    usual advice after a bulk load; a steady trickle of new records never triggers it).
+
+    Only an optimisation: a database without PostgreSQL's statistics views, or a role that may
+    not analyze, is left to its own statistics."""
+    try:
+        async with db.session(SYSTEM_SCOPE) as session:
+            grown = list(
+                (await session.execute(_GROWN, {"tables": list(tables), "floor": floor})).scalars()
+            )
+            for name in grown:
+                if name in tables:  # a name the caller gave, as the catalog spells it
+                    await session.execute(text(f"ANALYZE {name}"))
+            await session.commit()
+    except DBAPIError as exc:
+        logger.warning("planner statistics not refreshed: %s", type(exc.orig).__name__)
+        return []
     return grown
 
 
