@@ -34,6 +34,7 @@ from app.processors.normalize.records import (
     scrub_raw,
 )
 from app.processors.normalize.records import DeadLetter as DeadLetterResult
+from app.services.retry.ingested import CardSeen, apply_ingested_events
 from app.tenancy import SYSTEM_SCOPE
 
 CHUNK = 1000
@@ -459,9 +460,25 @@ async def apply_records(
         else:
             plan.payment_updates.append({"id": target_id, "attempt_count": number})
     await _write(uow, plan, now)
+    seen = [
+        CardSeen(customer_ids[r.customer_id], card_id, r.invoice_ref, r.attempted_at, r.decline)
+        for r in canon
+        if r.customer_id and (card_id := _card_id(r, card_ids)) is not None
+    ]
+    applied = await apply_ingested_events(uow, paid=plan.recoveries, cards_seen=seen, now=now)
+    stats.recovered = applied.recovered
     stats.attempts_recorded = len(plan.attempts)
     stats.normalized = len(records)
     return stats
+
+
+def _card_id(
+    record: CanonicalRecord, card_ids: dict[tuple[str, int, int], uuid.UUID]
+) -> uuid.UUID | None:
+    card, fingerprint = record.card, _card_fingerprint(record)
+    if card is None or fingerprint is None or not card.exp_month or not card.exp_year:
+        return None
+    return card_ids.get((fingerprint, card.exp_month, card.exp_year))
 
 
 def _attempt_row(
@@ -494,15 +511,8 @@ async def _write(uow: UnitOfWork, plan: _Plan, now: datetime) -> None:
         await session.execute(insert(Payment), plan.payments)
     if plan.attempts:
         await session.execute(insert(PaymentAttempt), plan.attempts)
-    recoveries = [
-        {
-            **r,
-            "state": PaymentState.RECOVERED,
-            "recovered_by": Actor.PROCESSOR,
-            "next_retry_at": None,
-        }
-        for r in plan.recoveries
-    ]
+    # The recoveries' state changes go through the state machine (`apply_ingested_events`).
+    recoveries = [{"id": r["id"], "attempt_count": r["attempt_count"]} for r in plan.recoveries]
     for model, rows in (
         (PaymentAttempt, plan.attempt_updates),
         (Payment, [{**r, "updated_at": now} for r in plan.payment_updates + recoveries]),

@@ -202,7 +202,8 @@ async def load_contexts(
         .where(col(Payment.id).in_(payment_ids))
     )
     if lock:
-        head = head.with_for_update(of=Payment)
+        # A locked read must see the row as committed, not as an earlier read left it.
+        head = head.with_for_update(of=Payment).execution_options(populate_existing=True)
     heads = (await session.execute(head)).all()
     if not heads:
         return {}
