@@ -152,6 +152,7 @@ def apply_transition(
                 payment.decision_reason = action.reason[:1000]
                 payment.decision_strategy = action.strategy
                 payment.blocking_rule = blocking_rule_of(action.reason)
+                payment.policy_version = ctx.policy_version
             case ClearSchedule():
                 payment.next_retry_at = None
             case RecordAttempt():

@@ -57,6 +57,8 @@ class PaymentContext:
     attempts: list[PaymentAttempt] = field(default_factory=list)
     # The timeline position of the next transition (several may share an instant).
     next_seq: int = 0
+    # The version of the merchant's policy `policy` reads (None: the merchant has none).
+    policy_version: int | None = None
 
     @property
     def first_decline(self) -> DeclineView:
@@ -252,7 +254,8 @@ async def load_contexts(
             credential_since=payment.credential_since,
             customer_timezone=timezone,
         )
-        base = policy_view(policies.get(payment.merchant_id), status)
+        stored = policies.get(payment.merchant_id)
+        base = policy_view(stored, status)
         policy = effective_policy(
             base, merchant_id=str(payment.merchant_id), payment_id=str(payment.id)
         )
@@ -267,6 +270,7 @@ async def load_contexts(
             ledger=ledger,
             attempts=[r.attempt for r in mine],
             next_seq=0 if seq is None else seq + 1,
+            policy_version=stored.version if stored is not None else None,
         )
     return out
 
