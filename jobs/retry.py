@@ -13,6 +13,7 @@ from app.services.retry.attempt import reconcile_stuck as reconcile_service
 from app.services.retry.delivery import deliver_due, dispatch_outbox
 from app.services.retry.engine import claim_due as claim_service
 from app.services.retry.engine import decide_pending as decide_service
+from app.services.retry.sweeps import expire_windows, redecide_scheduled
 from app.tenancy import SYSTEM_SCOPE
 from jobs.context import WorkerContext
 from jobs.enqueue import enqueue_attempt
@@ -28,22 +29,25 @@ MAX_DEFER_SECONDS = 300.0
 
 
 async def decide_pending(ctx: WorkerContext) -> int:
-    """PENDING payments waiting for a decision (new failures included) get one, batch by batch."""
+    """Decide, batch by batch: PENDING payments waiting for a decision (new failures
+    included), schedules made stale by a policy change or a new card, and payments whose
+    retry window closed while nothing decided them (a paused merchant's, for one)."""
     deadline = time.monotonic() + BUDGET_SECONDS
     total = 0
     # Payments under the model strategy are decided by the champion (or the fixed schedule,
     # with the reason, when there is none); its decisions and explanations commit with them.
     scheduler = await serving_scheduler(ctx["db"])
-    while time.monotonic() < deadline:
-        async with ctx["db"].uow(SYSTEM_SCOPE) as uow:
-            done = await decide_service(
-                uow, now=ctx["clock"].now(), limit=DECIDE_BATCH, scheduler=scheduler
-            )
-            await record_decisions(uow, scheduler.take_decisions())
-            await uow.commit()
-        total += done
-        if done < DECIDE_BATCH:
-            break
+    for step in (decide_service, redecide_scheduled, expire_windows):
+        while time.monotonic() < deadline:
+            async with ctx["db"].uow(SYSTEM_SCOPE) as uow:
+                done = await step(
+                    uow, now=ctx["clock"].now(), limit=DECIDE_BATCH, scheduler=scheduler
+                )
+                await record_decisions(uow, scheduler.take_decisions())
+                await uow.commit()
+            total += done
+            if done < DECIDE_BATCH:
+                break
     return total
 
 

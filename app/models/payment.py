@@ -42,6 +42,19 @@ class Payment(TenantOwned, table=True):
             "first_failed_at",
             postgresql_where=sa.text("state = 'PENDING' AND needs_decision"),
         ),
+        # Schedules chosen under an older policy version, re-decided by the decide cron.
+        sa.Index(
+            "ix_payment_scheduled_policy",
+            "merchant_id",
+            "policy_version",
+            postgresql_where=sa.text("state = 'SCHEDULED'"),
+        ),
+        # Schedules an event (a new card) asked to decide again.
+        sa.Index(
+            "ix_payment_scheduled_needs_decision",
+            "next_retry_at",
+            postgresql_where=sa.text("state = 'SCHEDULED' AND needs_decision"),
+        ),
         # Claimed payments, for the stuck-attempt sweep.
         sa.Index(
             "ix_payment_retrying",
@@ -89,6 +102,8 @@ class Payment(TenantOwned, table=True):
     # Set by ingestion (server default) and by events that ask for a new decision.
     needs_decision: bool = Field(default=True, sa_column_kwargs={"server_default": sa.text("true")})
     retrying_since: datetime | None = timestamp(nullable=True)
+    # The retry policy version the current schedule was chosen under.
+    policy_version: int | None = Field(default=None, nullable=True)
 
 
 class PaymentAttempt(TenantOwned, table=True):

@@ -36,6 +36,7 @@ from app.processors.normalize.records import (
 )
 from app.processors.normalize.records import DeadLetter as DeadLetterResult
 from app.services.customer_success import UNKNOWN_CUSTOMER, record_successes
+from app.services.retry.ingested import CardSeen, apply_ingested_events
 from app.tenancy import SYSTEM_SCOPE
 
 CHUNK = 1000
@@ -536,6 +537,13 @@ async def apply_records(
         row["card_id"] = card_ids.get(key) if key is not None else None
     await _write(uow, plan, now)
     await record_successes(uow, merchant_id, processor, ordinary, customer_ids)
+    seen = [
+        CardSeen(customer_ids[r.customer_id], card, r.invoice_ref, r.attempted_at, r.decline)
+        for r in canon
+        if r.customer_id and (card := _card_key(r)) is not None
+    ]
+    applied = await apply_ingested_events(uow, paid=plan.recoveries, cards_seen=seen, now=now)
+    stats.recovered = applied.recovered
     stats.attempts_recorded = len(plan.attempts)
     stats.normalized = len(records)
     return stats
@@ -568,15 +576,8 @@ async def _write(uow: UnitOfWork, plan: _Plan, now: datetime) -> None:
     session = uow.session
     await insert_rows(session, Payment, plan.payments)
     await insert_rows(session, PaymentAttempt, plan.attempts)
-    recoveries = [
-        {
-            **r,
-            "state": PaymentState.RECOVERED,
-            "recovered_by": Actor.PROCESSOR,
-            "next_retry_at": None,
-        }
-        for r in plan.recoveries
-    ]
+    # The recoveries' state changes go through the state machine (`apply_ingested_events`).
+    recoveries = [{"id": r["id"], "attempt_count": r["attempt_count"]} for r in plan.recoveries]
     await update_rows(session, PaymentAttempt, plan.attempt_updates)
     await update_rows(
         session,

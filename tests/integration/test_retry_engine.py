@@ -4,10 +4,11 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from sqlalchemy import event
 from sqlmodel import col, func, select
 
 from app.clock import FixedClock
-from app.db import Database
+from app.db import Database, ScopedSession
 from app.enums import Actor, AttemptOutcome, MerchantStatus, PaymentState
 from app.models.ingestion import ProcessorConnection
 from app.models.merchant import Merchant
@@ -316,8 +317,6 @@ async def test_ledger_loads_in_three_queries_whatever_the_batch(db: Database) ->
     payments, _ = await _setup(db, charges=6)
     statements: list[str] = []
     async with db.session(SYSTEM_SCOPE) as s:
-        from sqlalchemy import event
-
         sync_engine = (await s.connection()).sync_engine
 
         def count(*args: object) -> None:
@@ -425,3 +424,39 @@ async def test_key_conflict_is_not_a_refusal(db: Database) -> None:
     )
     assert result.status == "recorded"
     assert stripe.charge_count == 1
+
+
+async def test_an_attempt_costs_two_commits_and_few_statements(db: Database) -> None:
+    [payment], clock = await _setup(db)
+    await _decide(db, T0)
+    clock.set(T0 + timedelta(days=1))
+    [(pid, number)] = await _claim(db, clock.now())
+    stripe = FakeStripe(clock.now())
+    commits: list[object] = []
+    statements: list[str] = []
+    async with db.session(SYSTEM_SCOPE) as s:
+        engine = (await s.connection()).sync_engine
+
+    def on_commit(session: object) -> None:
+        commits.append(session)
+
+    def on_statement(*args: object) -> None:
+        sql = str(args[2])
+        if "SAVEPOINT" not in sql:  # the test's transaction, not the code's
+            statements.append(sql)
+
+    event.listen(ScopedSession, "after_commit", on_commit)
+    event.listen(engine, "before_cursor_execute", on_statement)
+    try:
+        result = await execute_attempt(
+            db, payment_id=pid, attempt_number=number, adapters=stripe, clock=clock
+        )
+    finally:
+        event.remove(ScopedSession, "after_commit", on_commit)
+        event.remove(engine, "before_cursor_execute", on_statement)
+    assert result.status == "recorded"
+    # `sent_at` before the charge, the outcome after it: the snapshot needs no commit.
+    assert len(commits) == 2
+    # Read, mark sent; lock, ledger (3), raw record (2), payment, attempt, outbox, timeline.
+    assert len(statements) <= 12, statements
+    assert (await reload(db, payment.id)).state is PaymentState.RECOVERED

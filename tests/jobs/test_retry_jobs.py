@@ -16,9 +16,11 @@ from sqlmodel import col, select
 from app.clock import FixedClock
 from app.db import Database
 from app.embedded import Services
-from app.enums import PaymentState
+from app.enums import MerchantStatus, PaymentState
+from app.models.merchant import Merchant
 from app.models.retry import WebhookDelivery
 from app.services.retry.delivery import SIGNATURE_HEADER, create_endpoint, verify
+from app.services.retry_policy import PolicyChanges, update_retry_policy
 from app.settings import Settings
 from app.tenancy import SYSTEM_SCOPE, system_principal
 from jobs.enqueue import attempt_job_id, enqueue_attempt
@@ -195,4 +197,41 @@ async def test_webhooks_are_signed_retried_and_recorded(
             )
         ).scalars()
     assert (delivery.status, delivery.attempts, delivery.last_status_code) == ("delivered", 2, 204)
+    await ctx["http"].aclose()
+
+
+async def test_decide_job_re_decides_after_a_policy_change_and_expires_held_windows(
+    db: Database, queue: ArqRedis, settings: Settings
+) -> None:
+    clock = FixedClock(T0)
+    ctx = _ctx(db, queue, clock, Processor(T0), settings)
+    scheduled, held = await _payment(db), await _payment(db)
+    held_merchant = (await reload(db, held)).merchant_id
+    scheduled_merchant = (await reload(db, scheduled)).merchant_id
+    async with db.uow(SYSTEM_SCOPE) as uow:
+        merchant = await uow.session.get(Merchant, held_merchant)
+        assert merchant is not None
+        merchant.status = MerchantStatus.PAUSED
+        await uow.commit()
+    await decide_pending(ctx)
+    assert (await reload(db, held)).state is PaymentState.PENDING
+    async with db.uow(SYSTEM_SCOPE) as uow:
+        await update_retry_policy(
+            uow,
+            principal=system_principal(),
+            merchant_id=scheduled_merchant,
+            expected_version=1,
+            changes=PolicyChanges(fixed_schedule_days=[3, 5]),
+            reason="slower schedule",
+            now=T0,
+        )
+        await uow.commit()
+    clock.set(T0 + timedelta(hours=1))
+    await decide_pending(ctx)
+    after = await reload(db, scheduled)
+    assert (after.policy_version, after.next_retry_at) == (2, T0 + timedelta(days=3))
+    assert (await reload(db, held)).state is PaymentState.PENDING
+    clock.set(T0 + timedelta(days=14))
+    await decide_pending(ctx)
+    assert (await reload(db, held)).state is PaymentState.EXHAUSTED
     await ctx["http"].aclose()

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 import httpx
+import sqlalchemy as sa
 from sqlalchemy import update
 from sqlmodel import col, select
 
@@ -101,48 +102,104 @@ def default_adapters(http: httpx.AsyncClient, box: CredentialBox) -> AdapterFact
 async def _locked(
     uow: UnitOfWork, payment_id: uuid.UUID, number: int
 ) -> tuple[Payment | None, PaymentAttempt | None]:
-    payment = (
+    """The payment, locked, and its portal attempt `number`, in one round trip."""
+    row = (
         await uow.session.execute(
-            select(Payment).where(col(Payment.id) == payment_id).with_for_update()
-        )
-    ).scalar_one_or_none()
-    attempt = (
-        await uow.session.execute(
-            select(PaymentAttempt).where(
-                col(PaymentAttempt.payment_id) == payment_id,
-                col(PaymentAttempt.portal_number) == number,
+            select(Payment, PaymentAttempt)
+            .outerjoin(
+                PaymentAttempt,
+                (col(PaymentAttempt.payment_id) == col(Payment.id))
+                & (col(PaymentAttempt.portal_number) == number),
             )
+            .where(col(Payment.id) == payment_id)
+            .with_for_update(of=Payment)
+            .execution_options(populate_existing=True)
         )
-    ).scalar_one_or_none()
-    return payment, attempt
+    ).one_or_none()
+    if row is None:
+        return None, None
+    return row[0], row[1]
 
 
 async def _snapshot(db: Database, payment_id: uuid.UUID, number: int) -> _Snapshot | AttemptResult:
+    """What the attempt needs, read in one statement without locks: every decision taken on
+    it (mark sent, record) is checked again under the payment's lock."""
+    async with db.session(SYSTEM_SCOPE) as session:
+        row = (
+            await session.execute(
+                sa.select(
+                    col(Payment.state),
+                    col(Payment.processor_payment_id),
+                    col(Payment.amount_minor),
+                    col(Payment.currency),
+                    col(PaymentAttempt.outcome),
+                    col(PaymentAttempt.idempotency_key),
+                    col(PaymentAttempt.sent_at),
+                    col(Customer.external_ref),
+                    ProcessorConnection,
+                )
+                .join(Customer, col(Customer.id) == col(Payment.customer_id))
+                .outerjoin(
+                    PaymentAttempt,
+                    (col(PaymentAttempt.payment_id) == col(Payment.id))
+                    & (col(PaymentAttempt.portal_number) == number),
+                )
+                .outerjoin(
+                    ProcessorConnection,
+                    col(ProcessorConnection.id) == col(Payment.connection_id),
+                )
+                .where(col(Payment.id) == payment_id)
+            )
+        ).one_or_none()
+    # Closing the session detaches the connection row with its attributes loaded.
+    if row is None:
+        return AttemptResult("skipped", None)
+    state, charge_id, amount, currency, outcome, key, sent_at, customer_ref, connection = row
+    if outcome is not AttemptOutcome.IN_FLIGHT:
+        return AttemptResult("skipped", state)
+    if connection is None:
+        return AttemptResult("skipped", state, detail="no processor connection")
+    return _Snapshot(
+        payment_id=payment_id,
+        state=state,
+        processor_payment_id=charge_id,
+        amount_minor=amount,
+        currency=currency,
+        customer_ref=customer_ref,
+        key=key or "",
+        sent=sent_at is not None,
+        connection=connection,
+    )
+
+
+async def _mark_sent(db: Database, snap: _Snapshot, number: int, clock: Clock) -> bool:
+    """Commit `sent_at` in one statement while the payment, locked, is still RETRYING and the
+    attempt still unsent and in flight; False when any of that no longer holds."""
+    locked = (
+        select(col(Payment.id))
+        .where(col(Payment.id) == snap.payment_id, col(Payment.state) == PaymentState.RETRYING)
+        .with_for_update()
+        .cte("locked_payment")
+    )
     async with db.uow(SYSTEM_SCOPE) as uow:
-        payment, attempt = await _locked(uow, payment_id, number)
-        if payment is None or attempt is None or attempt.outcome is not AttemptOutcome.IN_FLIGHT:
-            return AttemptResult("skipped", payment.state if payment else None)
-        connection = (
-            await uow.session.get(ProcessorConnection, payment.connection_id)
-            if payment.connection_id
-            else None
-        )
-        customer = await uow.session.get(Customer, payment.customer_id)
-        if connection is None or customer is None:
-            return AttemptResult("skipped", payment.state, detail="no processor connection")
-        # Committing (not rolling back) keeps the loaded rows usable after the session ends.
+        marked = (
+            await uow.session.execute(
+                update(PaymentAttempt)
+                .where(
+                    col(PaymentAttempt.payment_id).in_(select(locked.c.id)),
+                    col(PaymentAttempt.portal_number) == number,
+                    col(PaymentAttempt.outcome) == AttemptOutcome.IN_FLIGHT,
+                    col(PaymentAttempt.sent_at).is_(None),
+                )
+                .values(sent_at=clock.now())
+                .returning(col(PaymentAttempt.id))
+                .execution_options(synchronize_session=False)
+            )
+        ).first()
+        if marked is None:
+            return False
         await uow.commit()
-        return _Snapshot(
-            payment_id=payment.id,
-            state=payment.state,
-            processor_payment_id=payment.processor_payment_id,
-            amount_minor=payment.amount_minor,
-            currency=payment.currency,
-            customer_ref=customer.external_ref,
-            key=attempt.idempotency_key or "",
-            sent=attempt.sent_at is not None,
-            connection=connection,
-        )
+        return True
 
 
 async def _preflight(adapter: ProcessorAdapter, snap: _Snapshot) -> Event | None:
@@ -210,22 +267,41 @@ async def execute_attempt(
         stop = await _preflight(adapter, snap)
         if stop is not None:
             return await _prevent(db, snap, attempt_number, stop, clock, scheduler)
-        async with db.uow(SYSTEM_SCOPE) as uow:
-            payment, attempt = await _locked(uow, payment_id, attempt_number)
-            if (
-                payment is None
-                or attempt is None
-                or attempt.outcome is not AttemptOutcome.IN_FLIGHT
-            ):
-                return AttemptResult("skipped", payment.state if payment else None)
-            if payment.state is not PaymentState.RETRYING and attempt.sent_at is None:
-                await uow.rollback()
-                return await _drop_unsent(
-                    db, snap, attempt_number, clock, "payment no longer retrying"
-                )
-            if attempt.sent_at is None:
-                attempt.sent_at = clock.now()
+        if not await _mark_sent(db, snap, attempt_number, clock):
+            settled = await _settle_unmarked(db, snap, attempt_number, clock)
+            if settled is not None:
+                return settled
+    return await _charge(db, snap, adapter, attempt_number, clock, scheduler)
+
+
+async def _settle_unmarked(
+    db: Database, snap: _Snapshot, number: int, clock: Clock
+) -> AttemptResult | None:
+    """Marking the attempt sent found it changed since the snapshot: recorded or gone (skip),
+    the payment no longer retrying (drop the unsent attempt), or marked by another run
+    (None: charge, with the same key)."""
+    async with db.uow(SYSTEM_SCOPE) as uow:
+        payment, attempt = await _locked(uow, snap.payment_id, number)
+        if payment is None or attempt is None or attempt.outcome is not AttemptOutcome.IN_FLIGHT:
+            return AttemptResult("skipped", payment.state if payment else None)
+        if attempt.sent_at is not None:
+            return None
+        if payment.state is PaymentState.RETRYING:
+            attempt.sent_at = clock.now()
             await uow.commit()
+            return None
+    return await _drop_unsent(db, snap, number, clock, "payment no longer retrying")
+
+
+async def _charge(
+    db: Database,
+    snap: _Snapshot,
+    adapter: ProcessorAdapter,
+    attempt_number: int,
+    clock: Clock,
+    scheduler: Scheduler | None,
+) -> AttemptResult:
+    """Send the charge with the attempt's key (first time or replay) and record the answer."""
     try:
         result = await adapter.charge(
             retry_of=snap.processor_payment_id,
@@ -365,23 +441,23 @@ async def _record(
             return AttemptResult(
                 "skipped", payment.state if payment else None, result.processor_payment_id
             )
+        ctx = (await load_contexts(uow.session, [payment.id], now=now))[payment.id]
         # Ingestion may have read our own charge back before we recorded it: that row is this
         # attempt, not another payment of the invoice.
-        echo = (
-            await uow.session.execute(
-                select(PaymentAttempt).where(
-                    col(PaymentAttempt.payment_id) == payment.id,
-                    col(PaymentAttempt.processor_attempt_id) == result.processor_payment_id,
-                    col(PaymentAttempt.id) != attempt.id,
-                )
-            )
-        ).scalar_one_or_none()
+        echo = next(
+            (
+                a
+                for a in ctx.attempts
+                if a.processor_attempt_id == result.processor_payment_id and a.id != attempt.id
+            ),
+            None,
+        )
         if echo is not None:
             await uow.session.delete(echo)
             await uow.session.flush()
             if result.approved and payment.state is PaymentState.RECOVERED:
                 payment.recovered_by = Actor.PORTAL
-        ctx = (await load_contexts(uow.session, [payment.id], now=now))[payment.id]
+            ctx = (await load_contexts(uow.session, [payment.id], now=now))[payment.id]
         event: Event
         if result.approved:
             event = AttemptSucceeded()

@@ -152,6 +152,7 @@ def apply_transition(
                 payment.decision_reason = action.reason[:1000]
                 payment.decision_strategy = action.strategy
                 payment.blocking_rule = blocking_rule_of(action.reason)
+                payment.policy_version = ctx.policy_version
             case ClearSchedule():
                 payment.next_retry_at = None
             case RecordAttempt():
@@ -258,11 +259,11 @@ async def run_event(
         ctx.payment.needs_decision = False
     for action in tr.actions:
         if isinstance(action, CancelSubscriptionRetries):
-            await _cancel_subscription(uow, ctx.payment, action.reason, now=now)
+            await cancel_subscription(uow, ctx.payment, action.reason, now=now)
     return applied
 
 
-async def _cancel_subscription(
+async def cancel_subscription(
     uow: UnitOfWork, payment: Payment, reason: str, *, now: datetime
 ) -> None:
     """A stop-payment order revokes the mandate: every open payment of it stops too."""

@@ -60,6 +60,8 @@ class PaymentContext:
     attempts: list[PaymentAttempt] = field(default_factory=list)
     # The timeline position of the next transition (several may share an instant).
     next_seq: int = 0
+    # The version of the merchant's policy `policy` reads (None: the merchant has none).
+    policy_version: int | None = None
 
     @property
     def first_decline(self) -> DeclineView:
@@ -208,7 +210,8 @@ async def load_contexts(
         .where(col(Payment.id).in_(payment_ids))
     )
     if lock:
-        head = head.with_for_update(of=Payment)
+        # A locked read must see the row as committed, not as an earlier read left it.
+        head = head.with_for_update(of=Payment).execution_options(populate_existing=True)
     heads = (await session.execute(head)).all()
     if not heads:
         return {}
@@ -257,7 +260,8 @@ async def load_contexts(
             credential_since=payment.credential_since,
             customer_timezone=timezone,
         )
-        base = policy_view(policies.get(payment.merchant_id), status)
+        stored = policies.get(payment.merchant_id)
+        base = policy_view(stored, status)
         policy = effective_policy(
             base, merchant_id=str(payment.merchant_id), payment_id=str(payment.id)
         )
@@ -274,6 +278,7 @@ async def load_contexts(
             past_success_at=success_times(successes),
             attempts=[r.attempt for r in mine],
             next_seq=0 if seq is None else seq + 1,
+            policy_version=stored.version if stored is not None else None,
         )
     return out
 

@@ -1,0 +1,183 @@
+"""What ingestion reads about payments in recovery, carried through the state machine per batch."""
+
+import uuid
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+from sqlmodel import col
+
+from app.db import UnitOfWork
+from app.declines import Decline
+from app.enums import Actor, Advice, PaymentState
+from app.models.customer import CardCredential
+from app.models.payment import Payment
+from app.retry.events import (
+    CancelSubscriptionRetries,
+    CredentialUpdated,
+    Event,
+    PaidElsewhere,
+    RequestDecision,
+)
+from app.retry.state_machine import transition
+from app.services.retry.engine import apply_transition, cancel_subscription
+from app.services.retry.ledger import load_contexts
+
+P = PaymentState
+# A new card matters to open payments, and to a hard "never" on the old card it may lift.
+_CREDENTIAL_STATES = (P.PENDING, P.SCHEDULED, P.RETRYING, P.NOT_RETRYABLE)
+
+
+@dataclass(frozen=True, slots=True)
+class CardSeen:
+    """One charge of a known customer on one card, as ingestion read it; the card by its
+    credential identity (fingerprint, expiry month, expiry year), stored or not."""
+
+    customer_id: uuid.UUID
+    card: tuple[str, int, int]
+    invoice_ref: str | None
+    at: datetime
+    decline: Decline | None  # None: the charge succeeded
+
+    @property
+    def card_works(self) -> bool:
+        """Whether this charge shows a usable card: approved, or declined but retryable.
+
+        A new card that was itself hard-declined lifts nothing: the rules of the payment being
+        reopened would not see that decline (they read the history of the payment's own card).
+        """
+        d = self.decline
+        return d is None or (d.retryable and d.advice is not Advice.NEVER)
+
+
+@dataclass
+class IngestedOutcome:
+    """What the batch changed through the state machine."""
+
+    recovered: int = 0
+    credentials_updated: int = 0
+    transitions: int = 0
+
+
+def _uuid_table(values: Sequence[uuid.UUID]) -> Any:
+    array = sa.bindparam(None, list(values), type_=postgresql.ARRAY(sa.Uuid))
+    return sa.func.unnest(array).table_valued("value").render_derived()
+
+
+async def _new_credentials(uow: UnitOfWork, seen: Sequence[CardSeen]) -> dict[uuid.UUID, CardSeen]:
+    """Per payment of these customers, the latest charge on another card after its failure.
+
+    Left out: payments not decided yet, such as those this very batch opened (their timeline
+    starts with the first decision, which reads their history as it is); a NOT_RETRYABLE
+    payment seen again on its own invoice (ingestion opens a new payment for a failure on a
+    closed invoice, and a success pays it: reopening it would recover the invoice twice); a
+    success on the payment's own invoice (that is a recovery, not a card change).
+    """
+    by_customer: dict[uuid.UUID, list[CardSeen]] = defaultdict(list)
+    for s in seen:
+        by_customer[s.customer_id].append(s)
+    if not by_customer:
+        return {}
+    customers = _uuid_table(sorted(by_customer))
+    rows = await uow.session.execute(
+        sa.select(
+            col(Payment.id),
+            col(Payment.customer_id),
+            col(CardCredential.fingerprint),
+            col(CardCredential.exp_month),
+            col(CardCredential.exp_year),
+            col(Payment.invoice_ref),
+            col(Payment.state),
+            col(Payment.first_failed_at),
+            col(Payment.credential_since),
+        )
+        .select_from(customers)
+        .join(Payment, col(Payment.customer_id) == customers.c.value)
+        .join(CardCredential, col(CardCredential.id) == col(Payment.card_id))
+        .where(
+            col(Payment.state).in_(_CREDENTIAL_STATES),
+            ~((col(Payment.state) == P.PENDING) & col(Payment.needs_decision)),
+            col(Payment.card_id).is_not(None),
+        )
+    )
+    found: dict[uuid.UUID, CardSeen] = {}
+    for row in rows.all():
+        pid, customer_id, fingerprint, month, year, invoice_ref, state, first_failed_at, since = row
+        after = max(first_failed_at, since) if since is not None else first_failed_at
+        for s in by_customer[customer_id]:
+            if s.card == (fingerprint, month, year) or s.at <= after or not s.card_works:
+                continue
+            own_invoice = s.invoice_ref is not None and s.invoice_ref == invoice_ref
+            if own_invoice and (state is P.NOT_RETRYABLE or s.decline is None):
+                continue
+            best = found.get(pid)
+            if best is None or s.at > best.at:
+                found[pid] = s
+    return found
+
+
+async def apply_ingested_events(
+    uow: UnitOfWork,
+    *,
+    paid: Sequence[Mapping[str, Any]],
+    cards_seen: Sequence[CardSeen],
+    now: datetime,
+) -> IngestedOutcome:
+    """Apply a normalization batch's facts to its payments through the state machine.
+
+    `paid` holds one {"id", "recovered_at"} per success read on a payment in recovery: the
+    processor was paid other than by a portal charge (PaidElsewhere, actor PROCESSOR).
+    `cards_seen` are the batch's charges on identifiable cards: a later charge of the same customer
+    on another card means the credential was updated (CredentialUpdated), which may lift a hard
+    "never" bound to the old card. The payments are locked and loaded in a fixed number of
+    queries; the state machine runs in memory; the payment updates, timeline rows and outbox
+    events are written by one flush. A payment already RECOVERED or CANCELED absorbs, so a
+    success read twice is counted once.
+    """
+    events: dict[uuid.UUID, list[tuple[datetime, Event]]] = defaultdict(list)
+    for row in paid:
+        events[row["id"]].append((row["recovered_at"], PaidElsewhere(actor=Actor.PROCESSOR)))
+    for pid, s in (await _new_credentials(uow, cards_seen)).items():
+        events[pid].append((s.at, CredentialUpdated(at=s.at, actor=Actor.PROCESSOR)))
+    out = IngestedOutcome()
+    if not events:
+        return out
+    ids = sorted(events)  # one lock order for every batch
+    contexts = await load_contexts(uow.session, ids, now=now, lock=True)
+    cancels: list[tuple[Payment, str]] = []
+    for pid in ids:
+        ctx = contexts.get(pid)
+        if ctx is None:
+            continue
+        payment = ctx.payment
+        for at, event in sorted(events[pid], key=lambda e: e[0]):
+            before = payment.state
+            if isinstance(event, CredentialUpdated) and before in _CREDENTIAL_STATES:
+                payment.credential_since = event.at
+            tr = transition(before, event, policy=ctx.policy, ledger=ctx.ledger, now=now)
+            apply_transition(uow, ctx, tr, now=now, recovered_by=Actor.PROCESSOR)
+            if isinstance(event, CredentialUpdated):
+                ctx.ledger = replace(ctx.ledger, credential_since=event.at)
+            if not tr.changed:
+                continue
+            out.transitions += 1
+            if tr.new_state is P.RECOVERED and before is not P.RECOVERED:
+                payment.recovered_at = at  # when the money arrived, not when it was read
+                out.recovered += 1
+            if isinstance(event, CredentialUpdated):
+                out.credentials_updated += 1
+            for action in tr.actions:
+                open_ = payment.state in (P.PENDING, P.SCHEDULED)
+                if isinstance(action, RequestDecision) and open_:
+                    # Decided by the decide cron, which runs the merchant's scheduler.
+                    payment.needs_decision = True
+                elif isinstance(action, CancelSubscriptionRetries):
+                    cancels.append((payment, action.reason))
+    await uow.session.flush()
+    for payment, reason in cancels:
+        await cancel_subscription(uow, payment, reason, now=now)
+    return out
