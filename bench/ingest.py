@@ -113,10 +113,11 @@ async def main(payments: int, processor: Processor) -> None:
         await asyncio.to_thread(upgrade_database, url)
         db = Database.from_url(url)
         box = CredentialBox("bench")
-        accounts = max(1, round(payments / CUSTOMERS_PER_ACCOUNT))
         # A customer is charged a little less than once a month: ask for enough of them that
         # the history holds at least `payments` charges.
-        customers = max(100, math.ceil(payments / accounts / 0.95))
+        wanted = math.ceil(payments / 0.95)
+        accounts = max(1, math.ceil(wanted / CUSTOMERS_PER_ACCOUNT))
+        customers = max(100, math.ceil(wanted / accounts))
         with sandbox_process() as (base, sandbox_pid):
             async with httpx.AsyncClient(timeout=60) as http:
                 connections = []
