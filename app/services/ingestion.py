@@ -45,7 +45,8 @@ CHUNK = 1000
 def any_array(values: Sequence[Any], item_type: Any) -> Any:
     """`= ANY(:array)`: one bound array instead of an IN list whose length changes the SQL
     text, so the driver prepares each statement once rather than once per batch size.
-    For primary keys only: elsewhere a generic plan may scan the table once per element."""
+    Off the primary key it relies on current statistics to pick the matching index: with
+    none, the planner may scan a merchant's rows filtering each against the whole array."""
     return sa.any_(sa.bindparam(None, list(values), type_=postgresql.ARRAY(item_type)))
 
 
