@@ -288,6 +288,44 @@ async def test_interrupted_polls_resume_to_the_same_end_state(
     assert await count(db, RawRecord, cut) == await count(db, RawRecord, clean)
 
 
+@pytest.mark.parametrize("processor", POLLED, ids=lambda p: p.value)
+async def test_racing_pollers_write_each_batch_once(
+    db: Database,
+    admin: httpx.AsyncClient,
+    http: httpx.AsyncClient,
+    sandbox_url: str,
+    processor: Processor,
+) -> None:
+    """Two workers on one connection: the one whose cursor went stale drops its batch (and the
+    batch it read ahead) and the end state is that of a single poller."""
+    seed = 500 + POLLED.index(processor)
+    clean_account = await sandbox_account(admin, processor, seed=seed)
+    raced_account = await sandbox_account(admin, processor, seed=seed)
+    clean = await connect(
+        db, await make_merchant(db, "Alone", now=NOW), processor, clean_account, sandbox_url
+    )
+    raced = await connect(
+        db, await make_merchant(db, "Raced", now=NOW), processor, raced_account, sandbox_url
+    )
+    await ingest_all(db, clean, http)
+    stale = 0
+    for _ in range(200):
+        results = await asyncio.gather(
+            *(
+                poll_connection(
+                    db, raced.id, client=http, box=BOX, clock=FixedClock(NOW), max_pages=4
+                )
+                for _ in range(2)
+            )
+        )
+        stale += sum(1 for r in results if r.more and r.stats.landed == 0)
+        if not any(r.more for r in results):
+            break
+    assert stale > 0  # the race did happen
+    assert await payment_ids(db, raced) == await payment_ids(db, clean)
+    assert await count(db, RawRecord, raced) == await count(db, RawRecord, clean)
+
+
 async def test_replay_gives_the_same_clean_rows(
     db: Database, admin: httpx.AsyncClient, http: httpx.AsyncClient, sandbox_url: str
 ) -> None:
