@@ -40,6 +40,8 @@ from app.services.retry.ingested import CardSeen, apply_ingested_events
 from app.tenancy import SYSTEM_SCOPE
 
 CHUNK = 1000
+# Ended without the money: a later success on the invoice still recovers the payment.
+ENDED_UNPAID = frozenset({PaymentState.EXHAUSTED, PaymentState.NOT_RETRYABLE})
 
 
 def any_array(values: Sequence[Any], item_type: Any) -> Any:
@@ -417,6 +419,14 @@ async def apply_records(
     open_by_invoice = {
         p.invoice_ref: p.id for p in known.values() if p.invoice_ref and not p.state.is_terminal
     }
+    # An invoice whose recovery ended unpaid (retries exhausted, or never retryable) can still
+    # be paid: the customer paid out of band, or the billing system retried on its own. Its
+    # success recovers that payment; a new failure on it opens a new one. Latest payment wins.
+    ended_unpaid = sorted(
+        (p for p in known.values() if p.invoice_ref and p.state in ENDED_UNPAID),
+        key=lambda p: p.first_failed_at,
+    )
+    unpaid_by_invoice = {p.invoice_ref: p.id for p in ended_unpaid}
     # Attempts already stored for these charges (a replay, or the portal's own retries).
     stored_attempts = list(
         (
@@ -451,6 +461,8 @@ async def apply_records(
     for raw_id, record in ordered:
         payment_id = by_charge.get(record.processor_payment_id)
         linked = open_by_invoice.get(record.invoice_ref) if record.invoice_ref else None
+        if linked is None and record.invoice_ref and record.status == "succeeded":
+            linked = unpaid_by_invoice.get(record.invoice_ref)
         target_id = payment_id or linked
         existing_attempt = attempts_known.get(record.processor_payment_id)
         common = {
@@ -528,6 +540,7 @@ async def apply_records(
             )
             if record.invoice_ref:
                 open_by_invoice.pop(record.invoice_ref, None)
+                unpaid_by_invoice.pop(record.invoice_ref, None)
             stats.recovered += 1
         else:
             plan.payment_updates.append({"id": target_id, "attempt_count": number})

@@ -258,3 +258,30 @@ async def test_a_closed_invoice_seen_on_a_new_card_is_not_reopened(db: Database)
     assert opened.id != payment.id
     assert (await reload(db, payment.id)).state is P.NOT_RETRYABLE
     assert (await reload(db, opened.id)).state is P.PENDING
+
+
+async def test_a_success_on_an_invoice_that_ended_unpaid_recovers_it(db: Database) -> None:
+    connection = await _connection(db)
+    [payment] = await ingest(
+        db, connection, [stripe_charge("ch_1", created=T0, reason="stolen_card")], T0
+    )
+    await _decide(db, T0)
+    assert (await reload(db, payment.id)).state is P.NOT_RETRYABLE
+    # The customer paid the invoice some other way, days later: the money is recovered all the
+    # same, and counted once however often the charge is read.
+    paid_at = T0 + timedelta(days=3)
+    success = stripe_charge("ch_9", created=paid_at, status="succeeded", invoice="in_ch_1")
+    for _ in range(2):
+        await ingest(db, connection, [success], T0 + timedelta(days=3, hours=1))
+    after = await reload(db, payment.id)
+    assert after.state is P.RECOVERED
+    assert after.recovered_by is Actor.PROCESSOR
+    assert after.recovered_at == paid_at
+    assert after.attempt_count == 2
+    last = (await timeline(db, payment.id))[-1]
+    assert (last.from_state, last.to_state, last.event) == (
+        P.NOT_RETRYABLE,
+        P.RECOVERED,
+        "paid_elsewhere",
+    )
+    assert (await outbox(db, payment.id)).count("payment.recovered") == 1
