@@ -552,7 +552,14 @@ async def apply_records(
     await _write(uow, plan, now)
     await record_successes(uow, merchant_id, processor, ordinary, customer_ids)
     seen = [
-        CardSeen(customer_ids[r.customer_id], card, r.invoice_ref, r.attempted_at, r.decline)
+        CardSeen(
+            customer_ids[r.customer_id],
+            card,
+            r.invoice_ref,
+            r.subscription_ref,
+            r.attempted_at,
+            r.decline,
+        )
         for r in canon
         if r.customer_id and (card := _card_key(r)) is not None
     ]

@@ -128,13 +128,16 @@ async def test_recoveries_cost_the_same_statements_whatever_their_number(db: Dat
 async def test_new_card_of_the_customer_lifts_a_hard_never(db: Database) -> None:
     connection = await _connection(db)
     [payment] = await ingest(
-        db, connection, [stripe_charge("ch_1", created=T0, reason="stolen_card")], T0
+        db,
+        connection,
+        [stripe_charge("ch_1", created=T0, reason="stolen_card", subscription="sub_1")],
+        T0,
     )
     await _decide(db, T0)
     blocked = await reload(db, payment.id)
     assert blocked.state is P.NOT_RETRYABLE
     assert blocked.blocking_rule == "decline_advice_never"
-    # The customer's next invoice is paid with another card: the credential was replaced.
+    # The subscription's next invoice is paid with another card: the credential was replaced.
     other = stripe_charge(
         "ch_2",
         created=T0 + timedelta(days=2),
@@ -142,6 +145,7 @@ async def test_new_card_of_the_customer_lifts_a_hard_never(db: Database) -> None
         invoice="in_next",
         fingerprint="fpB",
         exp=(9, 2031),
+        subscription="sub_1",
     )
     await ingest(db, connection, [other], T0 + timedelta(days=2))
     reopened = await reload(db, payment.id)
@@ -191,9 +195,14 @@ async def test_a_hard_declined_new_card_or_a_stop_payment_lifts_nothing(db: Data
         db,
         connection,
         [
-            stripe_charge("ch_1", created=T0, reason="stolen_card"),
+            stripe_charge("ch_1", created=T0, reason="stolen_card", subscription="sub_1"),
             stripe_charge(
-                "ch_2", created=T0, reason="stop_payment_order", customer="cus_B", fingerprint="fpR"
+                "ch_2",
+                created=T0,
+                reason="stop_payment_order",
+                customer="cus_B",
+                fingerprint="fpR",
+                subscription="sub_2",
             ),
         ],
         T0,
@@ -201,13 +210,21 @@ async def test_a_hard_declined_new_card_or_a_stop_payment_lifts_nothing(db: Data
     await _decide(db, T0)
     assert (await reload(db, revoked.id)).blocking_rule == "stop_payment"
     lost_too = stripe_charge(
-        "ch_3", created=T0 + timedelta(days=1), reason="lost_card", fingerprint="fpB"
+        "ch_3",
+        created=T0 + timedelta(days=1),
+        reason="lost_card",
+        fingerprint="fpB",
+        subscription="sub_1",
     )
     await ingest(db, connection, [lost_too], T0 + timedelta(days=1))
     assert (await reload(db, never.id)).state is P.NOT_RETRYABLE
     works = [
         stripe_charge(
-            "ch_4", created=T0 + timedelta(days=2), status="succeeded", fingerprint="fpC"
+            "ch_4",
+            created=T0 + timedelta(days=2),
+            status="succeeded",
+            fingerprint="fpC",
+            subscription="sub_1",
         ),
         stripe_charge(
             "ch_5",
@@ -215,6 +232,7 @@ async def test_a_hard_declined_new_card_or_a_stop_payment_lifts_nothing(db: Data
             status="succeeded",
             customer="cus_B",
             fingerprint="fpD",
+            subscription="sub_2",
         ),
     ]
     await ingest(db, connection, works, T0 + timedelta(days=2))
@@ -285,3 +303,38 @@ async def test_a_success_on_an_invoice_that_ended_unpaid_recovers_it(db: Databas
         "paid_elsewhere",
     )
     assert (await outbox(db, payment.id)).count("payment.recovered") == 1
+
+
+async def test_another_subscription_on_another_card_lifts_nothing(db: Database) -> None:
+    """The old card may still be the customer's default, which a retry would charge."""
+    connection = await _connection(db)
+    [payment] = await ingest(
+        db,
+        connection,
+        [stripe_charge("ch_1", created=T0, reason="stolen_card", subscription="sub_1")],
+        T0,
+    )
+    await _decide(db, T0)
+    elsewhere = [
+        stripe_charge(
+            "ch_2",
+            created=T0 + timedelta(days=1),
+            status="succeeded",
+            invoice="in_other",
+            fingerprint="fpB",
+            subscription="sub_2",
+        ),
+        # Nor does a charge whose subscription is unknown.
+        stripe_charge(
+            "ch_3",
+            created=T0 + timedelta(days=1),
+            status="succeeded",
+            invoice="in_plain",
+            fingerprint="fpC",
+        ),
+    ]
+    await ingest(db, connection, elsewhere, T0 + timedelta(days=1))
+    after = await reload(db, payment.id)
+    assert after.state is P.NOT_RETRYABLE
+    assert after.credential_since is None
+    assert [t.event for t in await timeline(db, payment.id)] == ["failure_ingested"]

@@ -43,9 +43,12 @@ def stripe_charge(
     exp: tuple[int, int] = (4, 2029),
     network_decline_code: str | None = None,
     network_advice_code: str | None = None,
+    subscription: str | None = None,
 ) -> dict[str, Any]:
-    """A Stripe charge as the list and retrieve endpoints return it."""
+    """A Stripe charge as the list and retrieve endpoints return it; with `subscription`, its
+    invoice expanded (as `expand[]=invoice` returns it) to name the subscription."""
     failed = status == "failed"
+    invoice_id = invoice if invoice is not None else f"in_{charge_id}"
     outcome: dict[str, Any] = {
         "type": "issuer_declined" if failed else "authorized",
         "reason": reason if failed else None,
@@ -62,7 +65,11 @@ def stripe_charge(
         "currency": "usd",
         "created": int(created.timestamp()),
         "customer": customer,
-        "invoice": invoice if invoice is not None else f"in_{charge_id}",
+        "invoice": (
+            {"id": invoice_id, "object": "invoice", "subscription": subscription}
+            if subscription
+            else invoice_id
+        ),
         "status": status,
         "paid": not failed,
         "failure_code": "card_declined" if failed else None,

@@ -40,6 +40,7 @@ class CardSeen:
     customer_id: uuid.UUID
     card: tuple[str, int, int]
     invoice_ref: str | None
+    subscription_ref: str | None
     at: datetime
     decline: Decline | None  # None: the charge succeeded
 
@@ -69,7 +70,8 @@ def _uuid_table(values: Sequence[uuid.UUID]) -> Any:
 
 
 async def _new_credentials(uow: UnitOfWork, seen: Sequence[CardSeen]) -> dict[uuid.UUID, CardSeen]:
-    """Per payment of these customers, the latest charge on another card after its failure.
+    """Per payment of these customers, the latest charge of its own subscription (or invoice)
+    on another card after its failure.
 
     Left out: payments not decided yet, such as those this very batch opened (their timeline
     starts with the first decision, which reads their history as it is); a NOT_RETRYABLE
@@ -91,6 +93,7 @@ async def _new_credentials(uow: UnitOfWork, seen: Sequence[CardSeen]) -> dict[uu
             col(CardCredential.exp_month),
             col(CardCredential.exp_year),
             col(Payment.invoice_ref),
+            col(Payment.subscription_ref),
             col(Payment.state),
             col(Payment.first_failed_at),
             col(Payment.credential_since),
@@ -106,13 +109,23 @@ async def _new_credentials(uow: UnitOfWork, seen: Sequence[CardSeen]) -> dict[uu
     )
     found: dict[uuid.UUID, CardSeen] = {}
     for row in rows.all():
-        pid, customer_id, fingerprint, month, year, invoice_ref, state, first_failed_at, since = row
+        (pid, customer_id, fingerprint, month, year, invoice_ref, subscription_ref) = row[:7]
+        state, first_failed_at, since = row[7:]
         after = max(first_failed_at, since) if since is not None else first_failed_at
         for s in by_customer[customer_id]:
             if s.card == (fingerprint, month, year) or s.at <= after or not s.card_works:
                 continue
             own_invoice = s.invoice_ref is not None and s.invoice_ref == invoice_ref
             if own_invoice and (state is P.NOT_RETRYABLE or s.decline is None):
+                continue
+            # Only the payment's own subscription (or invoice) moving to the card says the
+            # credential behind it was replaced. A charge for another subscription on another
+            # card does not: the old card may still be the customer's default, which a retry
+            # would charge despite its "never".
+            same_subscription = subscription_ref is not None and (
+                s.subscription_ref == subscription_ref
+            )
+            if not (own_invoice or same_subscription):
                 continue
             best = found.get(pid)
             if best is None or s.at > best.at:
