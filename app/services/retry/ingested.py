@@ -159,7 +159,7 @@ async def apply_ingested_events(
     out = IngestedOutcome()
     if not events:
         return out
-    ids = sorted(events)  # one lock order for every batch
+    ids = sorted(events)  # load_contexts locks them in this (id) order
     contexts = await load_contexts(uow.session, ids, now=now, lock=True)
     cancels: list[tuple[Payment, str]] = []
     for pid in ids:

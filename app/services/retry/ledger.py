@@ -211,7 +211,12 @@ async def load_contexts(
     )
     if lock:
         # A locked read must see the row as committed, not as an earlier read left it.
-        head = head.with_for_update(of=Payment).execution_options(populate_existing=True)
+        # Rows are locked in id order, so batches that share payments wait rather than deadlock.
+        head = (
+            head.order_by(col(Payment.id))
+            .with_for_update(of=Payment)
+            .execution_options(populate_existing=True)
+        )
     heads = (await session.execute(head)).all()
     if not heads:
         return {}
