@@ -158,12 +158,18 @@ async def _insert_raw(
 
 
 async def land(
-    uow: UnitOfWork, connection: ProcessorConnection, items: Sequence[RawItem], *, now: datetime
+    uow: UnitOfWork,
+    connection: ProcessorConnection,
+    items: Sequence[RawItem],
+    *,
+    now: datetime,
+    normalized: bool = False,
 ) -> tuple[list[uuid.UUID], IngestStats]:
-    """Store each record exactly once (by content hash), to be normalized later (a webhook
-    acknowledges first); returns the ids of the rows that were new."""
+    """Store each record exactly once (by content hash); returns the ids of the rows that were
+    new. By default they wait for the normalizer (a webhook acknowledges first); `normalized`
+    stamps them as read by the current normalizer, for a caller that applied them itself."""
     landings, repeats = _prepare(items)
-    new_ids = await _insert_raw(uow, connection, landings, now=now, normalized=False)
+    new_ids = await _insert_raw(uow, connection, landings, now=now, normalized=normalized)
     stats = IngestStats(landed=len(new_ids), duplicates=repeats + len(landings) - len(new_ids))
     return [x.id for x in landings if x.id in new_ids], stats
 

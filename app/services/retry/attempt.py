@@ -24,7 +24,7 @@ from app.enums import (
     PaymentState,
 )
 from app.models.customer import Customer
-from app.models.ingestion import ProcessorConnection, RawRecord
+from app.models.ingestion import ProcessorConnection
 from app.models.payment import Payment, PaymentAttempt
 from app.processors.base import (
     ChargeResult,
@@ -479,15 +479,10 @@ async def _record(
             attempt.network_advice_code = view.network_advice_code
             attempt.raw_decline_code = (decline.raw_code or None) if decline else None
         attempt.processor_attempt_id = result.processor_payment_id[:255]
-        raw_ids, _ = await land(uow, snap.connection, items, now=now)
+        # Applied here already: landed as normalized, so the normalizer need not read it again.
+        raw_ids, _ = await land(uow, snap.connection, items, now=now, normalized=True)
         if raw_ids:
             attempt.raw_record_id = raw_ids[-1]
-            # Applied here already; the normalizer need not read it again.
-            await uow.session.execute(
-                update(RawRecord)
-                .where(col(RawRecord.id).in_(raw_ids))
-                .values(normalized_at=now, normalizer_version=NORMALIZER_VERSION)
-            )
         attempt.normalizer_version = NORMALIZER_VERSION
         if echo is not None and result.approved and payment.state is PaymentState.RECOVERED:
             pass  # already recovered by the echo of this very charge: nothing more to say
