@@ -11,6 +11,7 @@ from sqlalchemy.engine import Engine
 from app.db import Database
 from app.enums import Actor, PaymentState
 from app.models.ingestion import ProcessorConnection
+from app.models.payment import Payment
 from app.services.retry.engine import decide_pending
 from app.services.retry.ingested import apply_ingested_events
 from app.tenancy import SYSTEM_SCOPE
@@ -37,6 +38,17 @@ async def _decide(db: Database, now: datetime) -> None:
 async def _connection(db: Database) -> ProcessorConnection:
     merchant = await make_merchant(db, f"Ingested {uuid.uuid4().hex[:6]}", now=T0)
     return await make_connection(db, merchant, T0)
+
+
+async def _never_retry(
+    db: Database, subscription: str | None = None
+) -> tuple[ProcessorConnection, Payment]:
+    """A payment blocked by a card-bound "never" (a stolen card), decided NOT_RETRYABLE."""
+    connection = await _connection(db)
+    first = stripe_charge("ch_1", created=T0, reason="stolen_card", subscription=subscription)
+    [payment] = await ingest(db, connection, [first], T0)
+    await _decide(db, T0)
+    return connection, payment
 
 
 @contextmanager
@@ -126,14 +138,7 @@ async def test_recoveries_cost_the_same_statements_whatever_their_number(db: Dat
 
 
 async def test_new_card_of_the_customer_lifts_a_hard_never(db: Database) -> None:
-    connection = await _connection(db)
-    [payment] = await ingest(
-        db,
-        connection,
-        [stripe_charge("ch_1", created=T0, reason="stolen_card", subscription="sub_1")],
-        T0,
-    )
-    await _decide(db, T0)
+    connection, payment = await _never_retry(db, subscription="sub_1")
     blocked = await reload(db, payment.id)
     assert blocked.state is P.NOT_RETRYABLE
     assert blocked.blocking_rule == "decline_advice_never"
@@ -167,11 +172,7 @@ async def test_new_card_of_the_customer_lifts_a_hard_never(db: Database) -> None
 
 
 async def test_the_same_card_or_an_older_charge_changes_nothing(db: Database) -> None:
-    connection = await _connection(db)
-    [payment] = await ingest(
-        db, connection, [stripe_charge("ch_1", created=T0, reason="stolen_card")], T0
-    )
-    await _decide(db, T0)
+    connection, payment = await _never_retry(db)
     same_card = stripe_charge(
         "ch_2", created=T0 + timedelta(days=1), status="succeeded", invoice="in_next"
     )
@@ -262,11 +263,7 @@ async def test_new_card_on_a_scheduled_payment_asks_for_a_new_decision(db: Datab
 
 
 async def test_a_closed_invoice_seen_on_a_new_card_is_not_reopened(db: Database) -> None:
-    connection = await _connection(db)
-    [payment] = await ingest(
-        db, connection, [stripe_charge("ch_1", created=T0, reason="stolen_card")], T0
-    )
-    await _decide(db, T0)
+    connection, payment = await _never_retry(db)
     # The same invoice fails again on a new card: ingestion opens a payment for it, and the
     # closed one stays closed, so the invoice is never in recovery twice.
     again = stripe_charge(
@@ -279,11 +276,7 @@ async def test_a_closed_invoice_seen_on_a_new_card_is_not_reopened(db: Database)
 
 
 async def test_a_success_on_an_invoice_that_ended_unpaid_recovers_it(db: Database) -> None:
-    connection = await _connection(db)
-    [payment] = await ingest(
-        db, connection, [stripe_charge("ch_1", created=T0, reason="stolen_card")], T0
-    )
-    await _decide(db, T0)
+    connection, payment = await _never_retry(db)
     assert (await reload(db, payment.id)).state is P.NOT_RETRYABLE
     # The customer paid the invoice some other way, days later: the money is recovered all the
     # same, and counted once however often the charge is read.
@@ -307,14 +300,7 @@ async def test_a_success_on_an_invoice_that_ended_unpaid_recovers_it(db: Databas
 
 async def test_another_subscription_on_another_card_lifts_nothing(db: Database) -> None:
     """The old card may still be the customer's default, which a retry would charge."""
-    connection = await _connection(db)
-    [payment] = await ingest(
-        db,
-        connection,
-        [stripe_charge("ch_1", created=T0, reason="stolen_card", subscription="sub_1")],
-        T0,
-    )
-    await _decide(db, T0)
+    connection, payment = await _never_retry(db, subscription="sub_1")
     elsewhere = [
         stripe_charge(
             "ch_2",
