@@ -20,6 +20,7 @@ from app.db import Database, UnitOfWork
 from app.embedded import Services, resolve_services
 from app.enums import Processor, Role
 from app.errors import PortalError
+from app.models.model_version import ModelVersion
 from app.processors.base import DEFAULT_TIMEOUT
 from app.processors.normalize.dispatch import normalize_payload, record_to_json
 from app.processors.normalize.records import CanonicalRecord, NormalizeError
@@ -533,17 +534,14 @@ def model_gate(model_id: Annotated[str, typer.Argument(help="Model id.")]) -> No
     typer.echo(json.dumps(_run(work), default=str))
 
 
-@model_cli.command("shadow")
-def model_shadow(
-    model_id: Annotated[str, typer.Argument(help="Model id.")],
-    reason: Annotated[str, typer.Option(help="Why; kept in the audit log.")],
+def _change_status(
+    change: Callable[..., Awaitable[ModelVersion]], model_id: str, reason: str
 ) -> None:
-    """Let a challenger score alongside the champion without acting (audited)."""
-    from app.services.model_registry import set_shadow
+    """Run an audited registry change as the CLI principal and print the model's new status."""
 
     async def work(_settings: Settings, services: Services) -> str:
         async with system_uow(services) as uow:
-            row = await set_shadow(
+            row = await change(
                 uow,
                 principal=system_principal("cli"),
                 model_id=_model_key(model_id),
@@ -553,6 +551,17 @@ def model_shadow(
         return str(row.status)
 
     typer.echo(_run(work))
+
+
+@model_cli.command("shadow")
+def model_shadow(
+    model_id: Annotated[str, typer.Argument(help="Model id.")],
+    reason: Annotated[str, typer.Option(help="Why; kept in the audit log.")],
+) -> None:
+    """Let a challenger score alongside the champion without acting (audited)."""
+    from app.services.model_registry import set_shadow
+
+    _change_status(set_shadow, model_id, reason)
 
 
 @model_cli.command("promote")
@@ -563,18 +572,7 @@ def model_promote(
     """Make a model the champion when its gate verdict holds against the current one (audited)."""
     from app.services.model_registry import promote
 
-    async def work(_settings: Settings, services: Services) -> str:
-        async with system_uow(services) as uow:
-            row = await promote(
-                uow,
-                principal=system_principal("cli"),
-                model_id=_model_key(model_id),
-                reason=reason,
-                now=SystemClock().now(),
-            )
-        return str(row.status)
-
-    typer.echo(_run(work))
+    _change_status(promote, model_id, reason)
 
 
 @cli.command("export-schema")
