@@ -1,4 +1,4 @@
-"""Set-based writes: many rows in ONE statement, each column bound as one array.
+"""Set-based SQL: many values bound as one array, many rows written in ONE statement.
 
 An executemany runs its statement once per row, and with it every statement-level trigger
 (the recovery rollups are such triggers), so batches of clean rows go through these instead.
@@ -12,6 +12,21 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import SQLModel
+
+
+def any_array(values: Sequence[Any], item_type: Any) -> Any:
+    """`= ANY(:array)`: one bound array instead of an IN list whose length changes the SQL
+    text, so the driver prepares each statement once rather than once per batch size.
+    Off the primary key it relies on current statistics to pick the matching index: with
+    none, the planner may scan a merchant's rows filtering each against the whole array."""
+    return sa.any_(sa.bindparam(None, list(values), type_=postgresql.ARRAY(item_type)))
+
+
+def unnest(values: Sequence[Any], item_type: Any) -> Any:
+    """A one-column derived table of the values, to join on: the planner drives an index
+    lookup per value instead of testing every row against the whole array."""
+    array = sa.bindparam(None, list(values), type_=postgresql.ARRAY(item_type))
+    return sa.func.unnest(array).table_valued("value").render_derived()
 
 
 def table_of(model: type[SQLModel]) -> sa.Table:

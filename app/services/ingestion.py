@@ -12,11 +12,10 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import text, update
-from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import insert
 from sqlmodel import col, select
 
-from app.bulk import insert_rows, update_rows
+from app.bulk import any_array, insert_rows, unnest, update_rows
 from app.clock import Clock
 from app.db import Database, UnitOfWork
 from app.enums import Actor, AttemptOutcome, CardFunding, PaymentState, Processor
@@ -42,21 +41,6 @@ from app.tenancy import SYSTEM_SCOPE
 CHUNK = 1000
 # Ended without the money: a later success on the invoice still recovers the payment.
 ENDED_UNPAID = frozenset({PaymentState.EXHAUSTED, PaymentState.NOT_RETRYABLE})
-
-
-def any_array(values: Sequence[Any], item_type: Any) -> Any:
-    """`= ANY(:array)`: one bound array instead of an IN list whose length changes the SQL
-    text, so the driver prepares each statement once rather than once per batch size.
-    Off the primary key it relies on current statistics to pick the matching index: with
-    none, the planner may scan a merchant's rows filtering each against the whole array."""
-    return sa.any_(sa.bindparam(None, list(values), type_=postgresql.ARRAY(item_type)))
-
-
-def unnest(values: Sequence[Any], item_type: Any) -> Any:
-    """A one-column derived table of the values, to join on: the planner drives an index
-    lookup per value instead of testing every row against the whole array."""
-    array = sa.bindparam(None, list(values), type_=postgresql.ARRAY(item_type))
-    return sa.func.unnest(array).table_valued("value").render_derived()
 
 
 @dataclass

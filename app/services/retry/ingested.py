@@ -8,9 +8,9 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql
 from sqlmodel import col
 
+from app.bulk import unnest
 from app.db import UnitOfWork
 from app.declines import Decline
 from app.enums import Actor, Advice, PaymentState
@@ -64,11 +64,6 @@ class IngestedOutcome:
     transitions: int = 0
 
 
-def _uuid_table(values: Sequence[uuid.UUID]) -> Any:
-    array = sa.bindparam(None, list(values), type_=postgresql.ARRAY(sa.Uuid))
-    return sa.func.unnest(array).table_valued("value").render_derived()
-
-
 async def _new_credentials(uow: UnitOfWork, seen: Sequence[CardSeen]) -> dict[uuid.UUID, CardSeen]:
     """Per payment of these customers, the latest charge of its own subscription (or invoice)
     on another card after its failure.
@@ -84,7 +79,7 @@ async def _new_credentials(uow: UnitOfWork, seen: Sequence[CardSeen]) -> dict[uu
         by_customer[s.customer_id].append(s)
     if not by_customer:
         return {}
-    customers = _uuid_table(sorted(by_customer))
+    customers = unnest(sorted(by_customer), sa.Uuid)
     rows = await uow.session.execute(
         sa.select(
             col(Payment.id),
