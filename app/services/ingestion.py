@@ -234,25 +234,19 @@ class _Plan:
     recoveries: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _card_fingerprint(record: CanonicalRecord) -> str | None:
-    card = record.card
-    if card is None or card.last4 is None or card.exp_month is None or card.exp_year is None:
-        return None
-    if card.fingerprint:
-        return card.fingerprint[:128]
-    # Without the processor's fingerprint, identify the credential by what is visible.
-    seen = f"{card.brand}|{card.bin}|{card.last4}|{card.exp_month}|{card.exp_year}"
-    return "derived:" + hashlib.sha256(seen.encode()).hexdigest()[:40]
-
-
 def _card_key(record: CanonicalRecord) -> tuple[str, int, int] | None:
     """The stored credential's identity (fingerprint, expiry), when the record shows enough."""
-    fingerprint = _card_fingerprint(record)
     card = record.card
-    if fingerprint is None or card is None or card.exp_month is None or card.exp_year is None:
+    if card is None or card.exp_month is None or card.exp_year is None:
         return None
     if not (card.last4 and card.last4.isdigit() and len(card.last4) == 4):
         return None
+    if card.fingerprint:
+        fingerprint = card.fingerprint[:128]
+    else:
+        # Without the processor's fingerprint, identify the credential by what is visible.
+        seen = f"{card.brand}|{card.bin}|{card.last4}|{card.exp_month}|{card.exp_year}"
+        fingerprint = "derived:" + hashlib.sha256(seen.encode()).hexdigest()[:40]
     return fingerprint, card.exp_month, card.exp_year
 
 
