@@ -8,18 +8,13 @@ Uses DATABASE_URL (or the local/embedded default); creates and drops its own dat
 
 import argparse
 import asyncio
-import contextlib
 import json
 import math
-import multiprocessing
-import os
 import resource
 import secrets
 import time
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime
-from multiprocessing.connection import Connection
 
 import asyncpg
 import httpx
@@ -35,8 +30,8 @@ from app.services.polling import poll_connection
 from app.settings import get_settings
 from app.tenancy import SYSTEM_SCOPE, system_principal
 from portal.migrate import upgrade_database
-from sandbox.app import create_app as create_sandbox
-from sandbox.server import serving
+from procstat import cpu_seconds, postgres_cpu_seconds
+from sandbox.server import in_subprocess
 
 NOW = datetime(2026, 11, 2, 12, 0, tzinfo=UTC)
 # Charges per customer per month in the simulator are about one; 30 days of history.
@@ -53,58 +48,6 @@ def rss_mib() -> float:
         return int(statm.read().split()[1]) * resource.getpagesize() / 2**20
 
 
-def _serve_sandbox(channel: Connection) -> None:
-    """The sandbox in its own process, as a processor is another machine: its page rendering
-    does not share the portal's core."""
-
-    async def run() -> None:
-        async with serving(create_sandbox(lambda: NOW)) as base:
-            channel.send(base)
-            await asyncio.get_running_loop().run_in_executor(None, channel.recv)
-
-    asyncio.run(run())
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process, from /proc."""
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def postgres_cpu_seconds() -> float:
-    """CPU time of every PostgreSQL server process on this machine (other sessions included)."""
-    total = 0.0
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/comm") as comm:
-                if comm.read().strip() != "postgres":
-                    continue
-            total += cpu_seconds(int(entry))
-        except OSError:
-            continue
-    return total
-
-
-@contextlib.contextmanager
-def sandbox_process() -> Iterator[tuple[str, int]]:
-    parent, child = multiprocessing.get_context("spawn").Pipe()
-    process = multiprocessing.get_context("spawn").Process(
-        target=_serve_sandbox, args=(child,), daemon=True
-    )
-    process.start()
-    try:
-        assert process.pid is not None
-        yield str(parent.recv()), process.pid
-    finally:
-        parent.send("stop")
-        process.join(10)
-        if process.is_alive():
-            process.kill()
-
-
 async def main(payments: int, processor: Processor) -> None:
     settings = get_settings()
     services = await resolve_services(settings)
@@ -118,7 +61,7 @@ async def main(payments: int, processor: Processor) -> None:
         wanted = math.ceil(payments / 0.95)
         accounts = max(1, math.ceil(wanted / CUSTOMERS_PER_ACCOUNT))
         customers = max(100, math.ceil(wanted / accounts))
-        with sandbox_process() as (base, sandbox_pid):
+        with in_subprocess(NOW) as (base, sandbox_pid):
             async with httpx.AsyncClient(timeout=60) as http:
                 connections = []
                 async with db.uow(SYSTEM_SCOPE) as uow:

@@ -3,10 +3,15 @@
 Prints payments per second for each phase and overall, and the share of task time spent in
 SQL statements, in processor calls, and in everything else (state machine, rules, ORM).
 
-Two processors: `--processor stub` (default) answers in-process, so the figures isolate the
-database side at scale; `--processor sandbox` serves the sandbox over HTTP on 127.0.0.1 and
-charges the failures it generated (the sandbox only retries its own charges, so the payment
-count is what its history holds).
+Two processors:
+- `--processor stub` (default) answers in-process, so the figures isolate the database side;
+  `--payments` failed payments are written straight into the database.
+- `--processor sandbox` runs the sandbox in a process of its own on 127.0.0.1. The portal
+  ingests the sandbox's history by polling (set-up, untimed), then decides, claims and charges
+  over HTTP. The sandbox only retries charges from its own history, so the population sets the
+  payment count: about accounts x customers x history-days / 30 x failure-rate. 100,000 due
+  payments: `--processor sandbox --accounts 6 --customers 200000 --failure-rate 0.5`.
+  At the end the sandbox's accepted charges are compared with the portal's recorded attempts.
 """
 
 from __future__ import annotations
@@ -14,11 +19,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
+import tempfile
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -40,6 +47,8 @@ from app.services.retry.engine import claim_due, decide_pending
 from app.settings import Settings
 from app.tenancy import SYSTEM_SCOPE, Principal, Scope
 from portal.cli import upgrade_database
+from procstat import cpu_seconds, postgres_cpu_seconds
+from sandbox.server import in_subprocess
 
 T0 = datetime(2026, 11, 2, 10, 0, tzinfo=UTC)
 BOX = CredentialBox("bench-secret")
@@ -185,13 +194,21 @@ async def _scratch_database(settings: Settings) -> tuple[str, Any]:
     return url, drop
 
 
-async def _merchant(db: Database, base_url: str, api_key: str) -> ProcessorConnection:
+async def _merchant(
+    db: Database, base_url: str, api_key: str, *, merchant: bool = True
+) -> ProcessorConnection:
+    """A connection, of a new merchant or (merchant=False) of the first one."""
     async with db.uow(SYSTEM_SCOPE) as uow:
-        merchant = await create_merchant(uow, name="Bench", principal=SUPPORT, now=T0)
+        if merchant:
+            merchant_id = (await create_merchant(uow, name="Bench", principal=SUPPORT, now=T0)).id
+        else:
+            merchant_id = (
+                await uow.session.execute(text("SELECT id FROM merchant LIMIT 1"))
+            ).scalar_one()
         connection = await create_connection(
             uow,
             principal=SUPPORT,
-            merchant_id=merchant.id,
+            merchant_id=merchant_id,
             kind=Processor.STRIPE,
             base_url=base_url,
             credentials={"api_key": api_key},
@@ -243,6 +260,45 @@ async def _generate(db: Database, connection: ProcessorConnection, n: int) -> No
         await conn.commit()
 
 
+async def _sandbox_population(
+    db: Database, http: httpx.AsyncClient, base: str, args: argparse.Namespace
+) -> list[str]:
+    """Sandbox accounts whose recent history holds the failures, ingested by the portal's own
+    polling (untimed: this is the set-up). Returns the account ids."""
+    accounts: list[str] = []
+    connections: list[ProcessorConnection] = []
+    for i in range(args.accounts):
+        account_id, key = f"bench_{i}", f"sk_bench_{i}"
+        response = await http.post(
+            f"{base}/_sandbox/accounts",
+            json={
+                "processor": "stripe",
+                "account_id": account_id,
+                "merchant_seed": 3 + i,
+                "api_key": key,
+                "history_days": args.history_days,
+                "customers": args.customers,
+            },
+        )
+        response.raise_for_status()
+        accounts.append(account_id)
+        connections.append(await _merchant(db, f"{base}/stripe", key, merchant=i == 0))
+    start = time.perf_counter()
+    clock = FixedClock(T0)
+    for connection in connections:
+        while (
+            await poll_connection(
+                db, connection.id, client=http, box=BOX, clock=clock, max_pages=100
+            )
+        ).more:
+            pass
+    async with db.uow(SYSTEM_SCOPE) as uow:
+        count = (await uow.session.execute(text("SELECT count(*) FROM payment"))).scalar_one()
+    took = time.perf_counter() - start
+    print(f"ingested {count:,} failed payments from {len(accounts)} account(s) in {took:.0f} s")
+    return accounts
+
+
 async def _run(args: argparse.Namespace) -> None:
     settings = Settings(environment="test")
     url, drop = await _scratch_database(settings)
@@ -250,30 +306,29 @@ async def _run(args: argparse.Namespace) -> None:
     timers = Timers()
     clock = FixedClock(T0)
     try:
-        async with httpx.AsyncClient(trust_env=False, timeout=10) as http:
+        async with httpx.AsyncClient(trust_env=False, timeout=30) as http:
             if args.processor == "sandbox":
-                from sandbox.app import create_app
-                from sandbox.server import serving
+                with tempfile.TemporaryDirectory() as scratch:
+                    config = Path(scratch) / "simulator.toml"
+                    config.write_text(f"[stream]\nfirst_failure_rate = {args.failure_rate}\n")
+                    with in_subprocess(T0, str(config)) as (base, pid):
 
-                async with serving(create_app(clock.now)) as base:
-                    await http.post(
-                        f"{base}/_sandbox/accounts",
-                        json={
-                            "processor": "stripe",
-                            "account_id": "bench",
-                            "merchant_seed": 3,
-                            "api_key": "sk_bench",
-                            "history_days": args.history_days,
-                            "customers": args.customers,
-                        },
-                    )
-                    connection = await _merchant(db, f"{base}/stripe", "sk_bench")
-                    while (
-                        await poll_connection(db, connection.id, client=http, box=BOX, clock=clock)
-                    ).more:
-                        pass
-                    real = default_adapters(http, BOX)
-                    await _pipeline(db, clock, timers, lambda c: Timed(real(c), timers), args)
+                        async def advance(to: datetime) -> None:
+                            clock.set(to)
+                            moved = await http.post(
+                                f"{base}/_sandbox/clock", json={"start": to.isoformat(), "speed": 0}
+                            )
+                            moved.raise_for_status()
+
+                        await advance(T0)
+                        accounts = await _sandbox_population(db, http, base, args)
+                        real = default_adapters(http, BOX)
+                        cpu = _CpuMeter(pid)
+                        await _pipeline(
+                            db, clock, timers, lambda c: Timed(real(c), timers), args, advance
+                        )
+                        cpu.report()
+                        await _compare_charges(db, http, base, accounts)
             else:
                 connection = await _merchant(db, "http://127.0.0.1:1/stripe", "sk_stub")
                 start = time.perf_counter()
@@ -281,14 +336,63 @@ async def _run(args: argparse.Namespace) -> None:
                 took = time.perf_counter() - start
                 print(f"generated {args.payments:,} failed payments in {took:.1f} s")
                 stub = StubStripe()
-                await _pipeline(db, clock, timers, lambda c: Timed(stub, timers), args)
+
+                async def jump(to: datetime) -> None:
+                    clock.set(to)
+
+                await _pipeline(db, clock, timers, lambda c: Timed(stub, timers), args, jump)
     finally:
         await db.dispose()
         await drop()
 
 
+class _CpuMeter:
+    """CPU seconds of the portal (this process), the sandbox and PostgreSQL over a phase."""
+
+    def __init__(self, sandbox_pid: int) -> None:
+        self._pid = sandbox_pid
+        self._start = self._read()
+
+    def _read(self) -> tuple[float, float, float]:
+        return time.process_time(), cpu_seconds(self._pid), postgres_cpu_seconds()
+
+    def report(self) -> None:
+        spent = [b - a for a, b in zip(self._start, self._read(), strict=True)]
+        print(
+            "CPU seconds: portal {:.0f}, sandbox {:.0f}, PostgreSQL {:.0f}".format(*spent)
+            + " (PostgreSQL counts every session on the machine)"
+        )
+
+
+async def _compare_charges(
+    db: Database, http: httpx.AsyncClient, base: str, accounts: list[str]
+) -> None:
+    """Retries the sandbox accepted against attempts the portal sent: they must be equal."""
+    accepted = 0
+    for account_id in accounts:
+        listed = await http.get(f"{base}/_sandbox/accounts/{account_id}/charges")
+        listed.raise_for_status()
+        accepted += len(listed.json()["data"])
+    async with db.uow(SYSTEM_SCOPE) as uow:
+        sent = (
+            await uow.session.execute(
+                text(
+                    "SELECT count(*) FROM payment_attempt "
+                    "WHERE actor = 'portal' AND processor_attempt_id IS NOT NULL"
+                )
+            )
+        ).scalar_one()
+    verdict = "equal" if accepted == sent else "DIFFERENT"
+    print(f"charges: sandbox accepted {accepted:,}, portal recorded {sent:,} ({verdict})")
+
+
 async def _pipeline(
-    db: Database, clock: FixedClock, timers: Timers, adapters: Any, args: argparse.Namespace
+    db: Database,
+    clock: FixedClock,
+    timers: Timers,
+    adapters: Any,
+    args: argparse.Namespace,
+    advance: Callable[[datetime], Awaitable[None]],
 ) -> None:
     _time_sql(db, timers)
     phases: dict[str, tuple[float, int]] = {}
@@ -304,7 +408,14 @@ async def _pipeline(
         decided += done
     phases["decide"] = (time.perf_counter() - start, decided)
 
-    clock.set(T0 + timedelta(days=1, minutes=1))
+    # Move time to when every schedule is due (the stub's are all a day out).
+    async with db.uow(SYSTEM_SCOPE) as uow:
+        latest = (
+            await uow.session.execute(
+                text("SELECT max(next_retry_at) FROM payment WHERE state = 'SCHEDULED'")
+            )
+        ).scalar_one()
+    await advance((latest or T0) + timedelta(minutes=1))
     start = time.perf_counter()
     queued: list[tuple[uuid.UUID, int]] = []
     while True:
@@ -363,8 +474,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--payments", type=int, default=100_000)
     parser.add_argument("--processor", choices=["stub", "sandbox"], default="stub")
-    parser.add_argument("--customers", type=int, default=2000, help="sandbox account size")
+    parser.add_argument("--accounts", type=int, default=1, help="sandbox accounts")
+    parser.add_argument("--customers", type=int, default=2000, help="per sandbox account")
     parser.add_argument("--history-days", type=int, default=7, help="sandbox history")
+    parser.add_argument(
+        "--failure-rate", type=float, default=0.1, help="sandbox share of charges that fail"
+    )
     parser.add_argument("--batch", type=int, default=500)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--profile", action="store_true", help="print the costliest statements")

@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import multiprocessing
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from datetime import datetime
+from multiprocessing.connection import Connection
 
 import uvicorn
 from starlette.types import ASGIApp
@@ -62,3 +65,37 @@ async def serving(app: ASGIApp, host: str = "127.0.0.1") -> AsyncIterator[str]:
         server.should_exit = True
         await task
         sock.close()
+
+
+def _serve_in_child(channel: Connection, start: datetime, config_path: str | None) -> None:
+    from sandbox.app import create_app
+
+    async def run() -> None:
+        async with serving(create_app(lambda: start, config_path)) as base:
+            channel.send(base)
+            # Serve until the parent says stop (or goes away).
+            await asyncio.get_running_loop().run_in_executor(None, channel.recv)
+
+    asyncio.run(run())
+
+
+@contextlib.contextmanager
+def in_subprocess(start: datetime, config_path: str | None = None) -> Iterator[tuple[str, int]]:
+    """The sandbox in a process of its own, as a processor is another machine: it does not
+    share the caller's core. Time stands at `start` until moved over the admin clock API.
+    Yields (base URL, process id)."""
+    context = multiprocessing.get_context("spawn")
+    parent, child = context.Pipe()
+    process = context.Process(target=_serve_in_child, args=(child, start, config_path), daemon=True)
+    process.start()
+    try:
+        pid = process.pid
+        if pid is None:  # pragma: no cover - start() either sets it or raises
+            raise RuntimeError("the sandbox process did not start")
+        yield str(parent.recv()), pid
+    finally:
+        with contextlib.suppress(OSError):
+            parent.send("stop")
+        process.join(10)
+        if process.is_alive():
+            process.kill()
