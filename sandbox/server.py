@@ -73,8 +73,9 @@ def _serve_in_child(channel: Connection, start: datetime, config_path: str | Non
     async def run() -> None:
         async with serving(create_app(lambda: start, config_path)) as base:
             channel.send(base)
-            # Serve until the parent says stop (or goes away).
-            await asyncio.get_running_loop().run_in_executor(None, channel.recv)
+            # Serve until the parent says stop, or goes away (the pipe then reads EOF).
+            with contextlib.suppress(EOFError):
+                await asyncio.get_running_loop().run_in_executor(None, channel.recv)
 
     asyncio.run(run())
 

@@ -59,32 +59,6 @@ class AttemptDecline:
     raw_code: str | None = strawberry.field(description="The processor's own decline code.")
 
 
-@strawberry.type(description="One charge attempt on a payment.")
-class PaymentAttempt:
-    number: int = strawberry.field(description="1 for the first failure, then 2, 3, …")
-    attempted_at: datetime = strawberry.field(description="When the attempt was made.")
-    outcome: AttemptOutcome = strawberry.field(description="What the attempt achieved.")
-    actor: Actor = strawberry.field(description="Who made the attempt.")
-    decline: AttemptDecline | None = strawberry.field(
-        description="The decline, when the attempt was declined."
-    )
-
-    @classmethod
-    def from_model(cls, row: AttemptModel) -> Self:
-        decline = (
-            AttemptDecline(category=row.decline_category, raw_code=row.raw_decline_code)
-            if row.decline_category is not None
-            else None
-        )
-        return cls(
-            number=row.number,
-            attempted_at=row.attempted_at,
-            outcome=row.outcome,
-            actor=row.actor,
-            decline=decline,
-        )
-
-
 @strawberry.type(description="One state change of a payment in recovery.")
 class PaymentTransition:
     at: datetime = strawberry.field(description="When the change happened.")
@@ -173,6 +147,44 @@ class Card(Node):
         )
 
 
+@strawberry.type(description="One charge attempt on a payment.")
+class PaymentAttempt:
+    number: int = strawberry.field(description="1 for the first failure, then 2, 3, …")
+    attempted_at: datetime = strawberry.field(description="When the attempt was made.")
+    outcome: AttemptOutcome = strawberry.field(description="What the attempt achieved.")
+    actor: Actor = strawberry.field(description="Who made the attempt.")
+    decline: AttemptDecline | None = strawberry.field(
+        description="The decline, when the attempt was declined."
+    )
+    _card_id: strawberry.Private[uuid.UUID | None] = None
+
+    @strawberry.field(
+        description=(
+            "The card the attempt was made on; the payment's card when the processor's "
+            "answer did not show it (the card-network rules count the attempt against it)."
+        )
+    )
+    async def card(self, info: Info) -> Card | None:
+        row = await payment_resolvers.card(info.context, self._card_id)
+        return None if row is None else Card.from_model(row)
+
+    @classmethod
+    def from_model(cls, row: AttemptModel, payment_card_id: uuid.UUID | None) -> Self:
+        decline = (
+            AttemptDecline(category=row.decline_category, raw_code=row.raw_decline_code)
+            if row.decline_category is not None
+            else None
+        )
+        return cls(
+            number=row.number,
+            attempted_at=row.attempted_at,
+            outcome=row.outcome,
+            actor=row.actor,
+            decline=decline,
+            _card_id=row.card_id or payment_card_id,
+        )
+
+
 @strawberry.type(description="A failed recurring charge in recovery.")
 class Payment(Node):
     processor: Processor = strawberry.field(description="The processor that charged it.")
@@ -222,7 +234,7 @@ class Payment(Node):
     @strawberry.field(description="Every attempt, oldest first.")
     async def attempts(self, info: Info) -> list[PaymentAttempt]:
         rows = await payment_resolvers.attempts(info.context, self._row.id)
-        return [PaymentAttempt.from_model(r) for r in rows]
+        return [PaymentAttempt.from_model(r, self._row.card_id) for r in rows]
 
     @strawberry.field(description="Every state change of the recovery, oldest first.")
     async def timeline(self, info: Info) -> list[PaymentTransition]:

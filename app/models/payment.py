@@ -92,6 +92,9 @@ class Payment(TenantOwned, table=True):
     updated_at: datetime = timestamp()
     # When the current card credential took effect: older declines no longer bind it.
     credential_since: datetime | None = timestamp(nullable=True)
+    # The fingerprint of the card that replaced the failed one (set with credential_since):
+    # the network caps count that card's attempts too before a retry charges it.
+    credential_fingerprint: str | None = Field(default=None, max_length=128)
     # The latest retry decision, shown as "why was / wasn't it retried".
     decision_at: datetime | None = timestamp(nullable=True)
     decision_reason: str | None = Field(default=None, max_length=1000)
@@ -148,3 +151,7 @@ class PaymentAttempt(TenantOwned, table=True):
     not_before: datetime | None = timestamp(nullable=True)
     network_decline_code: str | None = Field(default=None, max_length=16)
     network_advice_code: str | None = Field(default=None, max_length=16)
+    # The card credential this attempt was made on, when known (None: the payment's card).
+    card_id: uuid.UUID | None = Field(
+        default=None, foreign_key="card_credential.id", index=True, nullable=True
+    )

@@ -206,8 +206,11 @@ class PaymentLedger:
     """What the rules know of one payment, its card credential and its customer.
 
     `retries` are attempts on this payment after its first failure, by any actor.
-    `card_history` is every attempt on this credential (network + fingerprint) at this
-    merchant, by any actor and on any payment, the first failure included; `customer_history`
+    `card_history` is every attempt at this merchant, by any actor and on any payment, the
+    first failure included, on a credential a retry of this payment may hit: its card (by
+    fingerprint, across expiries), the card that replaced it, and the cards its own attempts
+    were made on. Each attempt counts against the card it was made on; counting the cards
+    together can only overstate a card's count, never understate it. `customer_history`
     every attempt on any card of this customer at this merchant. `credential_since` is when the
     current credential took effect: declines before it no longer bind, except a stop-payment.
     """

@@ -346,6 +346,29 @@ async def _upsert_cards(
     return {(fp, month, year): cid for fp, month, year, cid in rows.all()}
 
 
+async def card_of_charge(
+    uow: UnitOfWork,
+    merchant_id: uuid.UUID,
+    customer_id: uuid.UUID,
+    record: CanonicalRecord,
+    *,
+    known: tuple[tuple[str, int, int], uuid.UUID] | None,
+    now: datetime,
+) -> uuid.UUID | None:
+    """The stored credential of the card a charge was made on, stored now if it is new;
+    `known` is a credential already at hand (its identity and id), used without a query when
+    it is the one. None when the record does not show enough of the card."""
+    key = _card_key(record)
+    if key is None:
+        return None
+    if known is not None and known[0] == key:
+        return known[1]
+    ids = await _upsert_cards(
+        uow, merchant_id, [record], {record.customer_id or UNKNOWN_CUSTOMER: customer_id}, now
+    )
+    return ids.get(key)
+
+
 def _decline_columns(record: CanonicalRecord) -> dict[str, Any]:
     decline = record.decline
     if decline is None:  # pragma: no cover - only failed records reach here
@@ -440,6 +463,9 @@ async def apply_records(
     attempt_counts = {p.id: p.attempt_count for p in known.values()}
     plan = _Plan()
     opened: list[CanonicalRecord] = []
+    # Attempt rows, new ones and updates of stored ones, with the record of their charge.
+    carded: list[tuple[dict[str, Any], CanonicalRecord]] = []
+    recarded: list[tuple[dict[str, Any], CanonicalRecord]] = []
     ordinary: list[CanonicalRecord] = []
 
     for raw_id, record in ordered:
@@ -465,7 +491,9 @@ async def apply_records(
         }
         if existing_attempt is not None:
             # Seen before (a replay, or our own retry read back): refresh its reading only.
-            plan.attempt_updates.append({"id": existing_attempt.id, **common})
+            update = {"id": existing_attempt.id, **common}
+            plan.attempt_updates.append(update)
+            recarded.append((update, record))
             if payment_id is not None and record.status == "failed":
                 plan.payment_updates.append(
                     {
@@ -503,9 +531,11 @@ async def apply_records(
             by_charge[record.processor_payment_id] = new_id
             if record.invoice_ref:
                 open_by_invoice[record.invoice_ref] = new_id
-            plan.attempts.append(
-                _attempt_row(merchant_id, new_id, 1, record, AttemptOutcome.DECLINED, now, common)
+            first = _attempt_row(
+                merchant_id, new_id, 1, record, AttemptOutcome.DECLINED, now, common
             )
+            plan.attempts.append(first)
+            carded.append((first, record))
             stats.payments_created += 1
             continue
         if target_id is None:
@@ -515,9 +545,9 @@ async def apply_records(
         number = attempt_counts[target_id] + 1
         attempt_counts[target_id] = number
         outcome = AttemptOutcome.DECLINED if record.status == "failed" else AttemptOutcome.SUCCEEDED
-        plan.attempts.append(
-            _attempt_row(merchant_id, target_id, number, record, outcome, now, common)
-        )
+        later = _attempt_row(merchant_id, target_id, number, record, outcome, now, common)
+        plan.attempts.append(later)
+        carded.append((later, record))
         if outcome is AttemptOutcome.SUCCEEDED:
             plan.recoveries.append(
                 {"id": target_id, "recovered_at": record.attempted_at, "attempt_count": number}
@@ -528,11 +558,25 @@ async def apply_records(
             stats.recovered += 1
         else:
             plan.payment_updates.append({"id": target_id, "attempt_count": number})
-    # Cards are stored for the payments opened here: the credential a retry would charge.
-    card_ids = await _upsert_cards(uow, merchant_id, opened, customer_ids, now)
-    for row, record in zip(plan.payments, opened, strict=True):
+    # Cards are stored for the payments opened here (the credential a retry would charge) and
+    # for every attempt (the network caps count each attempt against the card it hit); not for
+    # ordinary successes, which are most of the records.
+    card_ids = await _upsert_cards(
+        uow, merchant_id, [record for _, record in carded + recarded], customer_ids, now
+    )
+
+    def card_of(record: CanonicalRecord) -> uuid.UUID | None:
         key = _card_key(record)
-        row["card_id"] = card_ids.get(key) if key is not None else None
+        return card_ids.get(key) if key is not None else None
+
+    for row, record in zip(plan.payments, opened, strict=True):
+        row["card_id"] = card_of(record)
+    for row, record in carded:
+        row["card_id"] = card_of(record)
+    for row, record in recarded:
+        # A stored attempt keeps the card it has when this reading of it shows none.
+        if (card_id := card_of(record)) is not None:
+            row["card_id"] = card_id
     await _write(uow, plan, now)
     await record_successes(uow, merchant_id, processor, ordinary, customer_ids)
     seen = [

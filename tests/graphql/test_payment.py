@@ -21,7 +21,7 @@ query($id: ID!, $first: Int, $after: String, $filter: PaymentFilter) {
         amount { amountMinor currency }
         decline { category retryable advice rawCode networkAdviceCode }
         failedAt nextRetryAt recoveredAt attemptCount
-        attempts { number attemptedAt outcome actor decline { category } }
+        attempts { number attemptedAt outcome actor decline { category } card { last4 } }
         customer { id } card { brand last4 funding country }
       } }
       pageInfo { hasNextPage endCursor }
@@ -47,6 +47,8 @@ async def test_payment_fields(db: Database, settings: Settings, clock: FixedCloc
     assert node["decline"]["category"] == "INSUFFICIENT_FUNDS"
     assert [a["number"] for a in node["attempts"]] == [1, 2]
     assert node["attempts"][1]["actor"] == "PORTAL"
+    # Attempts stored without their own card were made on the payment's.
+    assert [a["card"] for a in node["attempts"]] == [{"last4": "0000"}] * 2
     assert node["card"] == {"brand": "visa", "last4": "0000", "funding": "DEBIT", "country": "FR"}
 
 

@@ -34,3 +34,66 @@ async def test_upgrade_check_downgrade_upgrade(services: Services) -> None:
         assert "payment" in await _tables(url)
     finally:
         await drop_database(services, url)
+
+
+async def test_attempts_stored_before_per_attempt_cards_get_their_payments_card(
+    services: Services,
+) -> None:
+    """0010 gives each stored attempt its payment's card: the card the ledger counted it
+    against until then, so no count changes on upgrade."""
+    url = await create_scratch_database(services, "portal_migrations")
+    cfg = alembic_config(url)
+    try:
+        await asyncio.to_thread(command.upgrade, cfg, "0009_retry_policy_version")
+        conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://", 1))
+        try:
+            await conn.execute(
+                """
+                INSERT INTO merchant (id, name, status, created_at)
+                VALUES ('00000000-0000-0000-0000-00000000000a', 'M', 'active', now());
+                INSERT INTO customer (id, merchant_id, external_ref, created_at)
+                VALUES ('00000000-0000-0000-0000-00000000000c',
+                        '00000000-0000-0000-0000-00000000000a', 'cus_1', now());
+                INSERT INTO card_credential (id, merchant_id, customer_id, brand, funding,
+                    last4, exp_month, exp_year, fingerprint, created_at)
+                VALUES ('00000000-0000-0000-0000-0000000000cc',
+                        '00000000-0000-0000-0000-00000000000a',
+                        '00000000-0000-0000-0000-00000000000c',
+                        'visa', 'debit', '4242', 4, 2029, 'fpA', now());
+                INSERT INTO payment (id, merchant_id, processor, processor_payment_id,
+                    amount_minor, currency, customer_id, card_id, first_failed_at,
+                    decline_category, decline_retryable, decline_advice, state,
+                    attempt_count, created_at, updated_at)
+                VALUES
+                  ('00000000-0000-0000-0000-000000000001',
+                   '00000000-0000-0000-0000-00000000000a', 'stripe', 'ch_1', 2900, 'USD',
+                   '00000000-0000-0000-0000-00000000000c',
+                   '00000000-0000-0000-0000-0000000000cc', now(),
+                   'insufficient_funds', true, 'retry', 'SCHEDULED', 1, now(), now()),
+                  ('00000000-0000-0000-0000-000000000002',
+                   '00000000-0000-0000-0000-00000000000a', 'stripe', 'ch_2', 2900, 'USD',
+                   '00000000-0000-0000-0000-00000000000c', NULL, now(),
+                   'insufficient_funds', true, 'retry', 'SCHEDULED', 1, now(), now());
+                INSERT INTO payment_attempt (id, merchant_id, payment_id, number, attempted_at,
+                    outcome, actor, created_at)
+                VALUES
+                  ('00000000-0000-0000-0000-0000000000a1',
+                   '00000000-0000-0000-0000-00000000000a',
+                   '00000000-0000-0000-0000-000000000001', 1, now(), 'declined', 'processor',
+                   now()),
+                  ('00000000-0000-0000-0000-0000000000a2',
+                   '00000000-0000-0000-0000-00000000000a',
+                   '00000000-0000-0000-0000-000000000002', 1, now(), 'declined', 'processor',
+                   now());
+                """
+            )
+            await asyncio.to_thread(command.upgrade, cfg, "head")
+            rows = await conn.fetch("SELECT id::text, card_id::text FROM payment_attempt")
+        finally:
+            await conn.close()
+        assert {r["id"][-2:]: r["card_id"] for r in rows} == {
+            "a1": "00000000-0000-0000-0000-0000000000cc",
+            "a2": None,
+        }
+    finally:
+        await drop_database(services, url)

@@ -24,6 +24,7 @@ from tests.support.retry import (
     FakeStripe,
     WorkerKilled,
     attempts_of,
+    fingerprint_of,
     ingest,
     make_connection,
     outbox,
@@ -431,7 +432,8 @@ async def test_an_attempt_costs_two_commits_and_few_statements(db: Database) -> 
     await _decide(db, T0)
     clock.set(T0 + timedelta(days=1))
     [(pid, number)] = await _claim(db, clock.now())
-    stripe = FakeStripe(clock.now())
+    # The charge is made on the payment's own card, as a retry usually is.
+    stripe = FakeStripe(clock.now(), fingerprint=await fingerprint_of(db, payment.card_id))
     commits: list[object] = []
     statements: list[str] = []
     async with db.session(SYSTEM_SCOPE) as s:

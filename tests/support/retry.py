@@ -11,6 +11,7 @@ from sqlmodel import col, select
 from app.crypto import CredentialBox
 from app.db import Database
 from app.enums import Processor
+from app.models.customer import CardCredential
 from app.models.ingestion import ProcessorConnection
 from app.models.merchant import Merchant
 from app.models.payment import Payment, PaymentAttempt
@@ -138,6 +139,15 @@ async def reload(db: Database, payment_id: uuid.UUID) -> Payment:
     return payment
 
 
+async def fingerprint_of(db: Database, card_id: uuid.UUID | None) -> str:
+    """The fingerprint of a stored card credential."""
+    assert card_id is not None
+    async with db.session(SYSTEM_SCOPE) as s:
+        card = await s.get(CardCredential, card_id)
+    assert card is not None
+    return card.fingerprint
+
+
 async def attempts_of(db: Database, payment_id: uuid.UUID) -> list[PaymentAttempt]:
     async with db.session(SYSTEM_SCOPE) as s:
         rows = await s.execute(
@@ -191,6 +201,9 @@ class FakeStripe:
     fetches: list[str] = field(default_factory=list)
     can_fetch: bool = True
     refuse: str | None = None
+    # The card new charges are made on (the customer's card on file).
+    fingerprint: str = "fpA"
+    exp: tuple[int, int] = (4, 2029)
 
     def __call__(self, connection: ProcessorConnection) -> "FakeStripe":
         return self
@@ -230,6 +243,8 @@ class FakeStripe:
                 status="succeeded" if self.approve else "failed",
                 customer=customer_ref,
                 amount=amount_minor,
+                fingerprint=self.fingerprint,
+                exp=self.exp,
             )
             result = ChargeResult(charge_id, self.approve, RawItem.from_json(body, charge_id))
             self.charges[idempotency_key] = result

@@ -4,7 +4,7 @@ import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import httpx
 import sqlalchemy as sa
@@ -49,9 +49,9 @@ from app.retry.events import (
 from app.retry.rules import DeclineView
 from app.retry.schedule import Scheduler
 from app.services.connection import connection_info
-from app.services.ingestion import land
+from app.services.ingestion import card_of_charge, land
 from app.services.retry.engine import run_event
-from app.services.retry.ledger import load_contexts
+from app.services.retry.ledger import PaymentContext, load_contexts
 from app.tenancy import SYSTEM_SCOPE
 
 logger = logging.getLogger(__name__)
@@ -233,6 +233,28 @@ def _first_record(connection: ProcessorConnection, item: RawItem) -> CanonicalRe
     for r in results:
         if isinstance(r, CanonicalRecord):
             return r
+    return None
+
+
+async def _charged_card(
+    uow: UnitOfWork,
+    connection: ProcessorConnection,
+    ctx: PaymentContext,
+    items: list[RawItem],
+    now: datetime,
+) -> uuid.UUID | None:
+    """The credential the processor charged, as its answer shows it (None: not shown, and the
+    attempt counts against the payment's card)."""
+    payment = ctx.payment
+    known = None
+    if ctx.card_identity is not None and payment.card_id is not None:
+        known = (ctx.card_identity, payment.card_id)
+    for item in items:
+        record = _first_record(connection, item)
+        if record is not None and record.card is not None:
+            return await card_of_charge(
+                uow, payment.merchant_id, payment.customer_id, record, known=known, now=now
+            )
     return None
 
 
@@ -479,6 +501,7 @@ async def _record(
             attempt.network_advice_code = view.network_advice_code
             attempt.raw_decline_code = (decline.raw_code or None) if decline else None
         attempt.processor_attempt_id = result.processor_payment_id[:255]
+        attempt.card_id = await _charged_card(uow, snap.connection, ctx, items, now)
         # Applied here already: landed as normalized, so the normalizer need not read it again.
         raw_ids, _ = await land(uow, snap.connection, items, now=now, normalized=True)
         if raw_ids:

@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import bindparam, exists, func
+from sqlalchemy import select as sa_select
 from sqlalchemy.dialects.postgresql import ARRAY, BIGINT
 from sqlalchemy.orm import aliased
 from sqlmodel import col, select
@@ -443,11 +444,12 @@ async def claim_due(
     )
     rows = (
         await uow.session.execute(
-            select(
+            sa_select(
                 col(Payment.id),
                 col(Payment.merchant_id),
                 col(Payment.customer_id),
                 col(CardCredential.fingerprint),
+                col(Payment.credential_fingerprint),
             )
             .outerjoin(CardCredential, col(CardCredential.id) == col(Payment.card_id))
             .where(
@@ -463,10 +465,10 @@ async def claim_due(
     if not rows:
         return Applied()
     wanted: dict[uuid.UUID, list[int]] = {}
-    for pid, merchant_id, customer_id, fingerprint in rows:
+    for pid, merchant_id, customer_id, fingerprint, replacement in rows:
         keys = [lock_key("customer", merchant_id, customer_id)]
-        if fingerprint is not None:
-            keys.append(lock_key("card", merchant_id, fingerprint))
+        # The card and the one that replaced it: a retry may hit either.
+        keys += [lock_key("card", merchant_id, fp) for fp in {fingerprint, replacement} if fp]
         wanted[pid] = keys
     held = await _try_locks(uow, sorted({k for ks in wanted.values() for k in ks}))
     claimable = [pid for pid, ks in wanted.items() if all(k in held for k in ks)]
@@ -480,14 +482,14 @@ async def claim_due(
             continue
         # Attempts started earlier in this batch are not in the loaded ledgers yet.
         ctx = base.with_extra(
-            extra_card.get(base.card_key, []) if base.card_key else [],
+            [r for key in base.card_keys for r in extra_card.get(key, [])],
             extra_customer.get(base.payment.customer_id, []),
         )
         result = await run_event(uow, ctx, AttemptStarted(), now=now)
         if ctx.payment.state is PaymentState.RETRYING:
             record = AttemptRecord(now, Actor.PORTAL, None)
-            if ctx.card_key is not None:
-                extra_card[ctx.card_key].append(record)
+            for key in ctx.card_keys:
+                extra_card[key].append(record)
             extra_customer[ctx.payment.customer_id].append(record)
         applied.transitions += result.transitions
         applied.enqueue += result.enqueue

@@ -10,12 +10,12 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import col
 
-from app.bulk import unnest
+from app.bulk import any_array, unnest
 from app.db import UnitOfWork
 from app.declines import Decline
 from app.enums import Actor, Advice, PaymentState
 from app.models.customer import CardCredential
-from app.models.payment import Payment
+from app.models.payment import Payment, PaymentAttempt
 from app.retry.events import (
     CancelSubscriptionRetries,
     CredentialUpdated,
@@ -92,6 +92,7 @@ async def _new_credentials(uow: UnitOfWork, seen: Sequence[CardSeen]) -> dict[uu
             col(Payment.state),
             col(Payment.first_failed_at),
             col(Payment.credential_since),
+            col(Payment.credential_fingerprint),
         )
         .select_from(customers)
         .join(Payment, col(Payment.customer_id) == customers.c.value)
@@ -102,13 +103,23 @@ async def _new_credentials(uow: UnitOfWork, seen: Sequence[CardSeen]) -> dict[uu
             col(Payment.card_id).is_not(None),
         )
     )
+    candidates = rows.all()
+    used = await _cards_used(uow, [row[0] for row in candidates])
     found: dict[uuid.UUID, CardSeen] = {}
-    for row in rows.all():
+    for row in candidates:
         (pid, customer_id, fingerprint, month, year, invoice_ref, subscription_ref) = row[:7]
-        state, first_failed_at, since = row[7:]
+        state, first_failed_at, since, replaced_by = row[7:]
         after = max(first_failed_at, since) if since is not None else first_failed_at
         for s in by_customer[customer_id]:
-            if s.card == (fingerprint, month, year) or s.at <= after or not s.card_works:
+            # Only a card the payment had not used replaces its credential: not the failed
+            # card, not a card its earlier attempts were made on, not the card that already
+            # replaced it. Seeing one of those again must not lift a "never" bound to it.
+            old = (
+                s.card == (fingerprint, month, year)
+                or any(card == s.card and at < s.at for card, at in used.get(pid, ()))
+                or s.card[0] == replaced_by
+            )
+            if old or s.at <= after or not s.card_works:
                 continue
             own_invoice = s.invoice_ref is not None and s.invoice_ref == invoice_ref
             if own_invoice and (state is P.NOT_RETRYABLE or s.decline is None):
@@ -126,6 +137,29 @@ async def _new_credentials(uow: UnitOfWork, seen: Sequence[CardSeen]) -> dict[uu
             if best is None or s.at > best.at:
                 found[pid] = s
     return found
+
+
+async def _cards_used(
+    uow: UnitOfWork, payment_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, list[tuple[tuple[str, int, int], datetime]]]:
+    """The card credentials (by identity) each payment's attempts were made on, and when."""
+    if not payment_ids:
+        return {}
+    rows = await uow.session.execute(
+        sa.select(
+            col(PaymentAttempt.payment_id),
+            col(CardCredential.fingerprint),
+            col(CardCredential.exp_month),
+            col(CardCredential.exp_year),
+            col(PaymentAttempt.attempted_at),
+        )
+        .join(CardCredential, col(CardCredential.id) == col(PaymentAttempt.card_id))
+        .where(col(PaymentAttempt.payment_id) == any_array(sorted(set(payment_ids)), sa.Uuid))
+    )
+    used: dict[uuid.UUID, list[tuple[tuple[str, int, int], datetime]]] = defaultdict(list)
+    for pid, fingerprint, month, year, at in rows.all():
+        used[pid].append(((fingerprint, month, year), at))
+    return used
 
 
 async def apply_ingested_events(
@@ -149,8 +183,10 @@ async def apply_ingested_events(
     events: dict[uuid.UUID, list[tuple[datetime, Event]]] = defaultdict(list)
     for row in paid:
         events[row["id"]].append((row["recovered_at"], PaidElsewhere(actor=Actor.PROCESSOR)))
+    replaced_by: dict[uuid.UUID, str] = {}
     for pid, s in (await _new_credentials(uow, cards_seen)).items():
         events[pid].append((s.at, CredentialUpdated(at=s.at, actor=Actor.PROCESSOR)))
+        replaced_by[pid] = s.card[0]
     out = IngestedOutcome()
     if not events:
         return out
@@ -166,6 +202,8 @@ async def apply_ingested_events(
             before = payment.state
             if isinstance(event, CredentialUpdated) and before in _CREDENTIAL_STATES:
                 payment.credential_since = event.at
+                # A retry now charges the new card: its attempts count toward the caps too.
+                payment.credential_fingerprint = replaced_by[pid]
             tr = transition(before, event, policy=ctx.policy, ledger=ctx.ledger, now=now)
             apply_transition(uow, ctx, tr, now=now, recovered_by=Actor.PROCESSOR)
             if isinstance(event, CredentialUpdated):

@@ -2,16 +2,17 @@
 
 import uuid
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy import tuple_, union
+from sqlalchemy import union
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
 
+from app.bulk import any_array
 from app.declines import HARD_CATEGORY_ADVICE, SOFT_CATEGORIES
 from app.enums import (
     Actor,
@@ -50,13 +51,17 @@ class PaymentContext:
     payment: Payment
     network: str | None
     funding: CardFunding
-    card_key: CardKey | None
+    # Every credential a retry of this payment may hit: its card, the card that replaced it,
+    # and the cards its attempts were made on. The network caps count them together.
+    card_keys: tuple[CardKey, ...]
     customer_ref: str
     customer_timezone: str | None
     policy: RetryPolicyView
     ledger: PaymentLedger
     issuer_country: str | None = None
     past_success_at: tuple[datetime, ...] = ()
+    # The payment's card as a credential (fingerprint, expiry month, expiry year).
+    card_identity: tuple[str, int, int] | None = None
     attempts: list[PaymentAttempt] = field(default_factory=list)
     # The timeline position of the next transition (several may share an instant).
     next_seq: int = 0
@@ -88,7 +93,9 @@ class PaymentContext:
     def with_extra(
         self, card: Sequence[AttemptRecord], customer: Sequence[AttemptRecord]
     ) -> "PaymentContext":
-        """The same payment with attempts not yet visible in the database (same batch)."""
+        """The same payment with attempts not yet visible in the database (same batch); each
+        record once, however many of the payment's card keys it was filed under."""
+        card = list({id(r): r for r in card}.values())
         if not card and not customer:
             return self
         ledger = replace(
@@ -183,8 +190,9 @@ async def load_contexts(
 ) -> dict[uuid.UUID, PaymentContext]:
     """Payments with their ledgers: three queries whatever the batch size.
 
-    Card history follows the card's fingerprint at the merchant across expiries (a renewed
-    card is the same credential to the network); customer history covers the last day.
+    Card history follows each of the payment's credentials (`PaymentContext.card_keys`) by
+    fingerprint at the merchant across expiries (a renewed card is the same credential to the
+    network); customer history covers the last day.
     """
     if not payment_ids:
         return {}
@@ -222,10 +230,9 @@ async def load_contexts(
         return {}
     merchant_ids = sorted({row[0].merchant_id for row in heads})
     policies = await current_policies(session, merchant_ids)
-    card_keys = sorted({(c.merchant_id, c.fingerprint) for _, c, *_ in heads if c is not None})
     customer_ids = sorted({p.customer_id for p, *_ in heads})
     history = await _history(
-        session, [p.id for p, *_ in heads], card_keys, customer_ids, now - CUSTOMER_LOOKBACK
+        session, [p.id for p, *_ in heads], customer_ids, now - CUSTOMER_LOOKBACK
     )
 
     own: dict[uuid.UUID, list[_Row]] = defaultdict(list)
@@ -250,8 +257,8 @@ async def load_contexts(
             d = attempt_decline(r.attempt, None)
             if d is not None:
                 last_decline = d
-        key = None if card is None else (card.merchant_id, card.fingerprint)
-        card_rows = by_card.get(key, []) if key is not None else mine
+        keys = _card_keys(payment, card, mine)
+        card_rows = _card_rows(mine, keys, by_card)
         ledger = PaymentLedger(
             network=normalize_network(card.brand) if card is not None else None,
             first_failed_at=payment.first_failed_at,
@@ -274,12 +281,15 @@ async def load_contexts(
             payment=payment,
             network=ledger.network,
             funding=card.funding if card is not None else CardFunding.UNKNOWN,
-            card_key=key,
+            card_keys=keys,
             customer_ref=customer_ref,
             customer_timezone=timezone,
             policy=policy,
             ledger=ledger,
             issuer_country=card.issuer_country if card is not None else None,
+            card_identity=(
+                (card.fingerprint, card.exp_month, card.exp_year) if card is not None else None
+            ),
             past_success_at=success_times(successes),
             attempts=[r.attempt for r in mine],
             next_seq=0 if seq is None else seq + 1,
@@ -288,31 +298,80 @@ async def load_contexts(
     return out
 
 
+def _card_keys(
+    payment: Payment, card: CardCredential | None, mine: Sequence[_Row]
+) -> tuple[CardKey, ...]:
+    """The credentials a retry of this payment may hit, in a stable order."""
+    keys: set[CardKey] = set()
+    if card is not None:
+        keys.add((card.merchant_id, card.fingerprint))
+    if payment.credential_fingerprint is not None:
+        keys.add((payment.merchant_id, payment.credential_fingerprint))
+    keys.update(r.card_key for r in mine if r.card_key is not None)
+    return tuple(sorted(keys))
+
+
+def _card_rows(
+    mine: Sequence[_Row], keys: Sequence[CardKey], by_card: Mapping[CardKey, Sequence[_Row]]
+) -> list[_Row]:
+    """The payment's own attempts (whatever card they hit, known or not) and every attempt on
+    its credentials, each once."""
+    seen: dict[uuid.UUID, _Row] = {r.attempt.id: r for r in mine}
+    for key in keys:
+        for row in by_card.get(key, ()):
+            seen.setdefault(row.attempt.id, row)
+    return list(seen.values())
+
+
 async def _history(
     session: AsyncSession,
     payment_ids: Sequence[uuid.UUID],
-    card_keys: Sequence[CardKey],
     customer_ids: Sequence[uuid.UUID],
     customer_since: datetime,
 ) -> list[_Row]:
-    """Every attempt of these payments, of these cards and (recently) of these customers.
+    """Every attempt of these payments, on their credentials and (recently) of their customers.
 
-    The related payments are found first (each part an index probe), then their attempts:
-    the planner starts from a small set of payments rather than from every attempt.
+    One statement. The payments' credentials are their cards, the cards that replaced them
+    (by fingerprint) and the cards their attempts were made on; an attempt counts against
+    the card it was made on, or its payment's card when that is unknown. Each part starts
+    from an index probe, so the planner never scans every attempt.
     """
-    parts: list[Any] = [select(col(Payment.id)).where(col(Payment.id).in_(payment_ids))]
-    if card_keys:
-        parts.append(
-            select(col(Payment.id))
-            .join(CardCredential, col(CardCredential.id) == col(Payment.card_id))
-            .where(
-                tuple_(col(CardCredential.merchant_id), col(CardCredential.fingerprint)).in_(
-                    card_keys
-                )
-            )
+    ids = any_array(payment_ids, sa.Uuid)
+    key_parts: list[Any] = [
+        select(col(CardCredential.merchant_id), col(CardCredential.fingerprint))
+        .join(Payment, col(Payment.card_id) == col(CardCredential.id))
+        .where(col(Payment.id) == ids),
+        select(col(Payment.merchant_id), col(Payment.credential_fingerprint)).where(
+            col(Payment.id) == ids, col(Payment.credential_fingerprint).is_not(None)
+        ),
+        select(col(CardCredential.merchant_id), col(CardCredential.fingerprint))
+        .join(PaymentAttempt, col(PaymentAttempt.card_id) == col(CardCredential.id))
+        .where(col(PaymentAttempt.payment_id) == ids),
+    ]
+    keys = union(*key_parts).cte("keys")
+    cards = (
+        select(col(CardCredential.id))
+        .join(
+            keys,
+            (col(CardCredential.merchant_id) == keys.c.merchant_id)
+            & (col(CardCredential.fingerprint) == keys.c.fingerprint),
         )
-    parts.append(select(col(Payment.id)).where(col(Payment.customer_id).in_(customer_ids)))
-    related = union(*parts).subquery()
+        .cte("cards")
+    )
+    cards_ids = select(cards.c.id)
+    attempt_ids = union(
+        select(col(PaymentAttempt.id)).where(col(PaymentAttempt.payment_id) == ids),
+        select(col(PaymentAttempt.id)).where(col(PaymentAttempt.card_id).in_(cards_ids)),
+        select(col(PaymentAttempt.id))
+        .join(Payment, col(Payment.id) == col(PaymentAttempt.payment_id))
+        .where(col(PaymentAttempt.card_id).is_(None), col(Payment.card_id).in_(cards_ids)),
+        select(col(PaymentAttempt.id))
+        .join(Payment, col(Payment.id) == col(PaymentAttempt.payment_id))
+        .where(
+            col(Payment.customer_id) == any_array(customer_ids, sa.Uuid),
+            col(PaymentAttempt.attempted_at) >= customer_since,
+        ),
+    ).subquery()
     query = (
         sa.select(
             PaymentAttempt,
@@ -320,19 +379,18 @@ async def _history(
             col(CardCredential.merchant_id),
             col(CardCredential.fingerprint),
         )
-        .select_from(related)
-        .join(Payment, col(Payment.id) == related.c.id)
-        .join(PaymentAttempt, col(PaymentAttempt.payment_id) == col(Payment.id))
-        .outerjoin(CardCredential, col(CardCredential.id) == col(Payment.card_id))
+        .select_from(attempt_ids)
+        .join(PaymentAttempt, col(PaymentAttempt.id) == attempt_ids.c.id)
+        .join(Payment, col(Payment.id) == col(PaymentAttempt.payment_id))
+        .outerjoin(
+            CardCredential,
+            col(CardCredential.id)
+            == sa.func.coalesce(col(PaymentAttempt.card_id), col(Payment.card_id)),
+        )
     )
     rows: list[_Row] = []
-    own = set(payment_ids)
-    keys = set(card_keys)
     for attempt, payment, card_merchant, fingerprint in (await session.execute(query)).all():
         key = None if fingerprint is None else (card_merchant, fingerprint)
-        # A customer's older payments matter only for their recent attempts.
-        if payment.id not in own and key not in keys and attempt.attempted_at < customer_since:
-            continue
         rows.append(_Row(attempt, payment.customer_id, key, _first_decline_of(payment)))
     return rows
 

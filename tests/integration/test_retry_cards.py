@@ -1,0 +1,239 @@
+"""Each attempt counts against the card it was made on: the network caps follow the credential
+a charge really hit, whoever made it, and a payment's ledger covers every card a retry of it
+may hit."""
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+from app.clock import FixedClock
+from app.db import Database
+from app.enums import AttemptOutcome, PaymentState
+from app.models.ingestion import ProcessorConnection
+from app.services.retry.attempt import execute_attempt
+from app.services.retry.engine import claim_due, decide_pending
+from app.services.retry.ledger import load_contexts
+from app.tenancy import SYSTEM_SCOPE
+from tests.support.factories import make_merchant
+from tests.support.retry import (
+    FakeStripe,
+    attempts_of,
+    fingerprint_of,
+    ingest,
+    make_connection,
+    reload,
+    stripe_charge,
+    timeline,
+)
+
+# A Monday 10:00 UTC, outside the default quiet hours.
+T0 = datetime(2026, 10, 5, 10, 0, tzinfo=UTC)
+P = PaymentState
+
+
+async def _connection(db: Database) -> ProcessorConnection:
+    merchant = await make_merchant(db, f"Cards {uuid.uuid4().hex[:6]}", now=T0)
+    return await make_connection(db, merchant, T0)
+
+
+async def _decide(db: Database, now: datetime) -> None:
+    async with db.uow(SYSTEM_SCOPE) as uow:
+        await decide_pending(uow, now=now)
+        await uow.commit()
+
+
+async def _card_keys(db: Database, payment_id: uuid.UUID, now: datetime) -> set[str]:
+    async with db.session(SYSTEM_SCOPE) as s:
+        ctx = (await load_contexts(s, [payment_id], now=now))[payment_id]
+    return {fingerprint for _, fingerprint in ctx.card_keys}
+
+
+async def _card_history(db: Database, payment_id: uuid.UUID, now: datetime) -> int:
+    async with db.session(SYSTEM_SCOPE) as s:
+        ctx = (await load_contexts(s, [payment_id], now=now))[payment_id]
+    return len(ctx.ledger.card_history)
+
+
+async def test_billing_system_retries_on_a_new_card_count_against_that_card(
+    db: Database,
+) -> None:
+    """The Visa 30-day cap of 15 is reached on card B by another payment's retries on it."""
+    connection = await _connection(db)
+    first = stripe_charge("ch_p", created=T0, invoice="in_p", fingerprint="fpA")
+    [p] = await ingest(db, connection, [first], T0)
+    # The billing system retries P's invoice fourteen times on the customer's new card B.
+    retries = [
+        stripe_charge(
+            f"ch_p_{i}",
+            created=T0 + timedelta(hours=i + 1),
+            invoice="in_p",
+            fingerprint="fpB",
+            exp=(9, 2031),
+        )
+        for i in range(14)
+    ]
+    await ingest(db, connection, retries, T0 + timedelta(days=1))
+    attempts = await attempts_of(db, p.id)
+    assert len(attempts) == 15
+    assert await fingerprint_of(db, attempts[0].card_id) == "fpA"
+    assert {await fingerprint_of(db, a.card_id) for a in attempts[1:]} == {"fpB"}
+    # P itself may hit either card: both are in its ledger.
+    assert await _card_keys(db, p.id, T0 + timedelta(days=1)) == {"fpA", "fpB"}
+
+    # Another invoice of the customer fails on card B: the fifteenth attempt on it in 30 days.
+    later = T0 + timedelta(days=1)
+    other = stripe_charge("ch_q", created=later, invoice="in_q", fingerprint="fpB", exp=(9, 2031))
+    [q] = await ingest(db, connection, [other], later)
+    assert await _card_keys(db, q.id, later) == {"fpB"}
+    assert await _card_history(db, q.id, later) == 15
+    await _decide(db, later)
+    decided = await reload(db, q.id)
+    assert decided.blocking_rule == "visa_reattempts_30d"
+    # Not before the oldest attempt on card B leaves the window (which outlasts the policy's).
+    assert decided.state is P.EXHAUSTED or (
+        decided.next_retry_at is not None
+        and decided.next_retry_at >= T0 + timedelta(hours=1, days=30)
+    )
+
+
+async def test_the_card_that_replaced_a_failed_one_brings_its_history(db: Database) -> None:
+    """A hard "never" on card A lifts for card B; B's attempts elsewhere then count for P."""
+    connection = await _connection(db)
+    stolen = stripe_charge(
+        "ch_p", created=T0, reason="stolen_card", subscription="sub_1", fingerprint="fpA"
+    )
+    [p] = await ingest(db, connection, [stolen], T0)
+    await _decide(db, T0)
+    assert (await reload(db, p.id)).state is P.NOT_RETRYABLE
+    # Another subscription of the customer fails on card B (soft): an attempt on B.
+    at_q = T0 + timedelta(hours=5)
+    q_charge = stripe_charge(
+        "ch_q", created=at_q, subscription="sub_2", fingerprint="fpB", exp=(9, 2031)
+    )
+    [q] = await ingest(db, connection, [q_charge], at_q)
+    # Then P's subscription is paid with card B: the credential behind P was replaced.
+    at_new = T0 + timedelta(days=2)
+    paid = stripe_charge(
+        "ch_next",
+        created=at_new,
+        status="succeeded",
+        invoice="in_next",
+        subscription="sub_1",
+        fingerprint="fpB",
+        exp=(9, 2031),
+    )
+    await ingest(db, connection, [paid], at_new)
+    reopened = await reload(db, p.id)
+    assert reopened.state is P.PENDING
+    assert reopened.credential_fingerprint == "fpB"
+    assert await _card_keys(db, p.id, at_new) == {"fpA", "fpB"}
+    # P's own first failure (on A) and Q's (on B).
+    assert await _card_history(db, p.id, at_new) == 2
+    assert await _card_keys(db, q.id, at_new) == {"fpB"}
+
+
+async def test_a_portal_attempt_records_the_card_the_processor_charged(db: Database) -> None:
+    connection = await _connection(db)
+    [same, moved] = await ingest(
+        db,
+        connection,
+        [
+            stripe_charge("ch_1", created=T0, customer="cus_1", fingerprint="fp1"),
+            stripe_charge("ch_2", created=T0, customer="cus_2", fingerprint="fp2"),
+        ],
+        T0,
+    )
+    await _decide(db, T0)
+    clock = FixedClock(T0 + timedelta(days=1))
+    async with db.uow(SYSTEM_SCOPE) as uow:
+        queued = (await claim_due(uow, now=clock.now())).enqueue
+        await uow.commit()
+    assert {pid for pid, _ in queued} == {same.id, moved.id}
+    cards = {same.id: "fp1", moved.id: "fp2-renewed"}
+    for pid, number in queued:
+        stripe = FakeStripe(clock.now(), approve=False, fingerprint=cards[pid])
+        result = await execute_attempt(
+            db, payment_id=pid, attempt_number=number, adapters=stripe, clock=clock
+        )
+        assert result.status == "recorded"
+    [_, on_same] = await attempts_of(db, same.id)
+    assert on_same.outcome is AttemptOutcome.DECLINED
+    assert on_same.card_id == same.card_id
+    [_, on_moved] = await attempts_of(db, moved.id)
+    # The processor charged another card than the failed one: it is stored and recorded.
+    assert on_moved.card_id not in (None, moved.card_id)
+    assert await fingerprint_of(db, on_moved.card_id) == "fp2-renewed"
+    assert await _card_keys(db, moved.id, clock.now()) == {"fp2", "fp2-renewed"}
+    # Its next decision counts the attempt once, though two card keys lead to it.
+    assert await _card_history(db, moved.id, clock.now()) == 2
+
+
+async def test_seeing_the_replacing_card_again_replaces_nothing(db: Database) -> None:
+    connection = await _connection(db)
+    stolen = stripe_charge(
+        "ch_p", created=T0, reason="stolen_card", subscription="sub_1", fingerprint="fpA"
+    )
+    [p] = await ingest(db, connection, [stolen], T0)
+    await _decide(db, T0)
+    for day, invoice in ((2, "in_2"), (3, "in_3")):
+        at = T0 + timedelta(days=day)
+        paid = stripe_charge(
+            f"ch_{invoice}",
+            created=at,
+            status="succeeded",
+            invoice=invoice,
+            subscription="sub_1",
+            fingerprint="fpB",
+            exp=(9, 2031),
+        )
+        await ingest(db, connection, [paid], at)
+        await _decide(db, at)
+    after = await reload(db, p.id)
+    assert after.credential_since == T0 + timedelta(days=2)
+    assert after.credential_fingerprint == "fpB"
+    events = [t.event for t in await timeline(db, p.id)]
+    assert events.count("credential_updated") == 1
+
+
+async def test_a_card_the_payment_was_declined_on_is_not_a_new_credential(
+    db: Database,
+) -> None:
+    """The billing system's retry hit card C with a "never"; C seen later lifts nothing."""
+    connection = await _connection(db)
+    first = stripe_charge(
+        "ch_p", created=T0, invoice="in_p", subscription="sub_1", fingerprint="fpA"
+    )
+    [p] = await ingest(db, connection, [first], T0)
+    await _decide(db, T0)
+    at = T0 + timedelta(hours=3)
+    never = stripe_charge(
+        "ch_p_2",
+        created=at,
+        invoice="in_p",
+        subscription="sub_1",
+        reason="stolen_card",
+        fingerprint="fpC",
+        exp=(9, 2031),
+    )
+    await ingest(db, connection, [never], at)
+    later = T0 + timedelta(days=2)
+    paid = stripe_charge(
+        "ch_next",
+        created=later,
+        status="succeeded",
+        invoice="in_next",
+        subscription="sub_1",
+        fingerprint="fpC",
+        exp=(9, 2031),
+    )
+    await ingest(db, connection, [paid], later)
+    after = await reload(db, p.id)
+    assert after.credential_since is None
+    assert "credential_updated" not in [t.event for t in await timeline(db, p.id)]
+    # The "never" on card C, which a retry would charge, still binds: the due retry is
+    # not started.
+    async with db.uow(SYSTEM_SCOPE) as uow:
+        queued = (await claim_due(uow, now=later)).enqueue
+        await uow.commit()
+    assert queued == []
+    ended = await reload(db, p.id)
+    assert (ended.state, ended.blocking_rule) == (P.NOT_RETRYABLE, "decline_advice_never")
