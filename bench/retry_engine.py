@@ -244,9 +244,9 @@ async def _generate(db: Database, connection: ProcessorConnection, n: int) -> No
              'insufficient_funds', true, 'retry', 'PENDING', 1, :c, :t0, :t0, true
            FROM generate_series(1, :n) g""",
         """INSERT INTO payment_attempt (id, merchant_id, payment_id, number, attempted_at,
-             outcome, actor, decline_category, created_at)
+             outcome, actor, decline_category, created_at, card_id)
            SELECT md5('a' || g)::uuid, :m, md5('p' || g)::uuid, 1, :ago,
-             'declined', 'processor', 'insufficient_funds', :t0
+             'declined', 'processor', 'insufficient_funds', :t0, md5('k' || g)::uuid
            FROM generate_series(1, :n) g""",
     ]
     async with db.uow(SYSTEM_SCOPE) as uow:

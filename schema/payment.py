@@ -94,10 +94,17 @@ class RetryDecision:
 @strawberry.type(description="Why a payment was or was not retried: its card's recent attempts.")
 class PaymentLedger:
     attempts_last_24h: int = strawberry.field(
-        description="Attempts on this card at this merchant in the last 24 hours, by anyone."
+        description=(
+            "Attempts in the last 24 hours at this merchant, by anyone, on the cards a retry of "
+            "this payment may hit: its card, the card that replaced it, the cards its attempts "
+            "were made on."
+        )
     )
     attempts_last_30d: int = strawberry.field(
-        description="Attempts on this card at this merchant in the last 30 days, by anyone."
+        description=(
+            "Attempts in the last 30 days at this merchant, by anyone, on the same cards as "
+            "attemptsLast24h."
+        )
     )
     next_allowed_at: datetime | None = strawberry.field(
         description="The earliest time the rules allow a retry; null when none is allowed."
