@@ -88,7 +88,8 @@ def _charge_body(charge_id: str, status: str, customer: str, amount: int) -> dic
                 "country": "US",
                 "exp_month": 12,
                 "exp_year": 2030,
-                "fingerprint": "fp",
+                # The customer's card on file, as generated below ("cus_N" holds "fp_N").
+                "fingerprint": customer.replace("cus_", "fp_", 1),
                 "funding": "debit",
                 "last4": "4242",
             },

@@ -5,12 +5,14 @@ may hit."""
 import uuid
 from datetime import UTC, datetime, timedelta
 
+import asyncpg
+
 from app.clock import FixedClock
 from app.db import Database
 from app.enums import AttemptOutcome, PaymentState
 from app.models.ingestion import ProcessorConnection
 from app.services.retry.attempt import execute_attempt
-from app.services.retry.engine import claim_due, decide_pending
+from app.services.retry.engine import claim_due, decide_pending, lock_key
 from app.services.retry.ledger import load_contexts
 from app.tenancy import SYSTEM_SCOPE
 from tests.support.factories import make_merchant
@@ -237,3 +239,32 @@ async def test_a_card_the_payment_was_declined_on_is_not_a_new_credential(
     assert queued == []
     ended = await reload(db, p.id)
     assert (ended.state, ended.blocking_rule) == (P.NOT_RETRYABLE, "decline_advice_never")
+
+
+async def test_claim_holds_every_card_the_ledger_counts(db: Database, database_url: str) -> None:
+    """A payment whose attempt hit card B waits while another claimer holds card B."""
+    connection = await _connection(db)
+    first = stripe_charge("ch_p", created=T0, invoice="in_p", fingerprint="fpA")
+    [p] = await ingest(db, connection, [first], T0)
+    retried = stripe_charge(
+        "ch_p_2", created=T0 + timedelta(hours=1), invoice="in_p", fingerprint="fpB"
+    )
+    await ingest(db, connection, [retried], T0 + timedelta(hours=1))
+    await _decide(db, T0 + timedelta(hours=1))
+    due = (await reload(db, p.id)).next_retry_at
+    assert due is not None
+    # Another claimer, on its own connection, is counting card B right now.
+    other = await asyncpg.connect(database_url.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        async with other.transaction():
+            await other.execute(
+                "SELECT pg_advisory_xact_lock($1)", lock_key("card", p.merchant_id, "fpB")
+            )
+            async with db.uow(SYSTEM_SCOPE) as uow:
+                assert (await claim_due(uow, now=due)).enqueue == []
+                await uow.commit()
+    finally:
+        await other.close()
+    async with db.uow(SYSTEM_SCOPE) as uow:
+        assert [pid for pid, _ in (await claim_due(uow, now=due)).enqueue] == [p.id]
+        await uow.commit()

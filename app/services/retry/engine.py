@@ -433,14 +433,22 @@ async def claim_due(
     """Move due SCHEDULED payments to RETRYING with an in-flight attempt each; no commit.
 
     Rows are claimed with `FOR UPDATE SKIP LOCKED`, so concurrent claimers split the due set.
-    Each card and each customer is also held by a transaction-level advisory lock, taken
-    before the ledgers are read: two claimers never both count a customer's last hour
-    without seeing each other's attempts. A payment whose lock is held elsewhere waits for
-    the next run.
+    Each card a payment's ledger counts and each customer is also held by a transaction-level
+    advisory lock, taken before the ledgers are read: two claimers never both count a card's
+    or a customer's attempts without seeing each other's. A payment whose lock is held
+    elsewhere waits for the next run.
     """
     active_connection = exists().where(
         col(ProcessorConnection.id) == col(Payment.connection_id),
         col(ProcessorConnection.status) == ConnectionStatus.ACTIVE,
+    )
+    # The cards the payment's attempts were made on: its ledger counts them too.
+    attempt_cards = (
+        sa_select(func.array_agg(col(CardCredential.fingerprint).distinct()))
+        .join(PaymentAttempt, col(PaymentAttempt.card_id) == col(CardCredential.id))
+        .where(col(PaymentAttempt.payment_id) == col(Payment.id))
+        .correlate(Payment)
+        .scalar_subquery()
     )
     rows = (
         await uow.session.execute(
@@ -450,6 +458,7 @@ async def claim_due(
                 col(Payment.customer_id),
                 col(CardCredential.fingerprint),
                 col(Payment.credential_fingerprint),
+                attempt_cards,
             )
             .outerjoin(CardCredential, col(CardCredential.id) == col(Payment.card_id))
             .where(
@@ -465,10 +474,11 @@ async def claim_due(
     if not rows:
         return Applied()
     wanted: dict[uuid.UUID, list[int]] = {}
-    for pid, merchant_id, customer_id, fingerprint, replacement in rows:
+    for pid, merchant_id, customer_id, fingerprint, replacement, used in rows:
         keys = [lock_key("customer", merchant_id, customer_id)]
-        # The card and the one that replaced it: a retry may hit either.
-        keys += [lock_key("card", merchant_id, fp) for fp in {fingerprint, replacement} if fp]
+        # Every card its ledger counts (PaymentContext.card_keys): a retry may hit any.
+        cards = {fingerprint, replacement, *(used or ())}
+        keys += [lock_key("card", merchant_id, fp) for fp in sorted(c for c in cards if c)]
         wanted[pid] = keys
     held = await _try_locks(uow, sorted({k for ks in wanted.values() for k in ks}))
     claimable = [pid for pid, ks in wanted.items() if all(k in held for k in ks)]
