@@ -56,6 +56,13 @@ class Payment(TenantOwned, table=True):
             postgresql_where=sa.text("state = 'SCHEDULED' AND needs_decision"),
         ),
         # Claimed payments, for the stuck-attempt sweep.
+        # Ledgers find the attempts of payments whose card was replaced by a given card.
+        sa.Index(
+            "ix_payment_credential_fingerprint",
+            "merchant_id",
+            "credential_fingerprint",
+            postgresql_where=sa.text("credential_fingerprint IS NOT NULL"),
+        ),
         sa.Index(
             "ix_payment_retrying",
             "retrying_since",
@@ -93,7 +100,7 @@ class Payment(TenantOwned, table=True):
     # When the current card credential took effect: older declines no longer bind it.
     credential_since: datetime | None = timestamp(nullable=True)
     # The fingerprint of the card that replaced the failed one (set with credential_since):
-    # the network caps count that card's attempts too before a retry charges it.
+    # the network caps count that card's attempts too, since a retry now charges it.
     credential_fingerprint: str | None = Field(default=None, max_length=128)
     # The latest retry decision, shown as "why was / wasn't it retried".
     decision_at: datetime | None = timestamp(nullable=True)

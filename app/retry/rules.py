@@ -210,7 +210,8 @@ class PaymentLedger:
     first failure included, on a credential a retry of this payment may hit: its card (by
     fingerprint, across expiries), the card that replaced it, and the cards its own attempts
     were made on. Each attempt counts against the card it was made on; counting the cards
-    together can only overstate a card's count, never understate it. `customer_history`
+    together can only overstate a card's count, never understate it (and a never-rule on any
+    of them holds the payment, which is as conservative). `customer_history`
     every attempt on any card of this customer at this merchant. `credential_since` is when the
     current credential took effect: declines before it no longer bind, except a stop-payment.
     """

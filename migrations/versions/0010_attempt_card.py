@@ -3,7 +3,9 @@ records the fingerprint of the card that replaced its failed one, so the network
 every attempt against the card it really hit.
 
 Attempts stored before this revision are given their payment's card: that is the card the
-rules counted them against until now, so the ledger's counts do not change on upgrade.
+rules counted them against until now, so the ledger's counts do not change on upgrade. Which
+card replaced a payment's failed one before this revision is not recorded anywhere but in the
+raw records, so those payments start without one.
 
 Revision ID: 0010_attempt_card
 Revises: 0009_retry_policy_version
@@ -43,9 +45,21 @@ def upgrade() -> None:
     op.add_column(
         "payment", sa.Column("credential_fingerprint", sa.String(length=128), nullable=True)
     )
+    op.create_index(
+        "ix_payment_credential_fingerprint",
+        "payment",
+        ["merchant_id", "credential_fingerprint"],
+        unique=False,
+        postgresql_where=sa.text("credential_fingerprint IS NOT NULL"),
+    )
 
 
 def downgrade() -> None:
+    op.drop_index(
+        "ix_payment_credential_fingerprint",
+        table_name="payment",
+        postgresql_where=sa.text("credential_fingerprint IS NOT NULL"),
+    )
     op.drop_column("payment", "credential_fingerprint")
     op.drop_index(op.f("ix_payment_attempt_card_id"), table_name="payment_attempt")
     op.drop_constraint(

@@ -150,7 +150,7 @@ async def test_a_portal_attempt_records_the_card_the_processor_charged(db: Datab
         queued = (await claim_due(uow, now=clock.now())).enqueue
         await uow.commit()
     assert {pid for pid, _ in queued} == {same.id, moved.id}
-    cards = {same.id: "fp1", moved.id: "fp2-renewed"}
+    cards = {same.id: "fp1", moved.id: "fp2-other"}
     for pid, number in queued:
         stripe = FakeStripe(clock.now(), approve=False, fingerprint=cards[pid])
         result = await execute_attempt(
@@ -163,37 +163,116 @@ async def test_a_portal_attempt_records_the_card_the_processor_charged(db: Datab
     [_, on_moved] = await attempts_of(db, moved.id)
     # The processor charged another card than the failed one: it is stored and recorded.
     assert on_moved.card_id not in (None, moved.card_id)
-    assert await fingerprint_of(db, on_moved.card_id) == "fp2-renewed"
-    assert await _card_keys(db, moved.id, clock.now()) == {"fp2", "fp2-renewed"}
+    assert await fingerprint_of(db, on_moved.card_id) == "fp2-other"
+    assert await _card_keys(db, moved.id, clock.now()) == {"fp2", "fp2-other"}
     # Its next decision counts the attempt once, though two card keys lead to it.
     assert await _card_history(db, moved.id, clock.now()) == 2
 
 
-async def test_seeing_the_replacing_card_again_replaces_nothing(db: Database) -> None:
-    connection = await _connection(db)
-    stolen = stripe_charge(
-        "ch_p", created=T0, reason="stolen_card", subscription="sub_1", fingerprint="fpA"
+async def _claim(db: Database, now: datetime) -> list[uuid.UUID]:
+    async with db.uow(SYSTEM_SCOPE) as uow:
+        queued = (await claim_due(uow, now=now)).enqueue
+        await uow.commit()
+    return [pid for pid, _ in queued]
+
+
+def _sub_charge(
+    charge_id: str, at: datetime, card: tuple[str, int, int], **kw: str
+) -> dict[str, object]:
+    """A charge of subscription sub_1 on a card (fingerprint, expiry month, expiry year)."""
+    fingerprint, month, year = card
+    return stripe_charge(
+        charge_id,
+        created=at,
+        subscription="sub_1",
+        fingerprint=fingerprint,
+        exp=(month, year),
+        **kw,  # type: ignore[arg-type]
     )
+
+
+async def test_a_renewed_card_is_a_new_credential(db: Database) -> None:
+    """Card B replaced A, then expired on P's invoice; B renewed (new expiry) lifts that."""
+    connection = await _connection(db)
+    card_a, card_b, renewed_b = ("fpA", 4, 2029), ("fpB", 9, 2031), ("fpB", 9, 2035)
+    stolen = _sub_charge("ch_p", T0, card_a, reason="stolen_card")
     [p] = await ingest(db, connection, [stolen], T0)
     await _decide(db, T0)
-    for day, invoice in ((2, "in_2"), (3, "in_3")):
-        at = T0 + timedelta(days=day)
-        paid = stripe_charge(
-            f"ch_{invoice}",
-            created=at,
-            status="succeeded",
-            invoice=invoice,
-            subscription="sub_1",
-            fingerprint="fpB",
-            exp=(9, 2031),
-        )
-        await ingest(db, connection, [paid], at)
-        await _decide(db, at)
+    day2 = T0 + timedelta(days=2)
+    await ingest(
+        db,
+        connection,
+        [_sub_charge("ch_2", day2, card_b, status="succeeded", invoice="in_2")],
+        day2,
+    )
+    await _decide(db, day2)
+    assert (await reload(db, p.id)).credential_fingerprint == "fpB"
+    # The billing system retries P's invoice on B: expired.
+    expired_at = day2 + timedelta(hours=3)
+    expired = _sub_charge("ch_p_2", expired_at, card_b, reason="expired_card", invoice="in_ch_p")
+    await ingest(db, connection, [expired], expired_at)
+    due = (await reload(db, p.id)).next_retry_at
+    assert due is not None
+    assert await _claim(db, max(due, expired_at)) == []
+    blocked = await reload(db, p.id)
+    assert (blocked.state, blocked.blocking_rule) == (P.NOT_RETRYABLE, "update_credentials")
+    # B with its new expiry pays the next invoice: the expiry decline no longer binds.
+    day10 = T0 + timedelta(days=10)
+    renewed = _sub_charge("ch_3", day10, renewed_b, status="succeeded", invoice="in_3")
+    await ingest(db, connection, [renewed], day10)
+    reopened = await reload(db, p.id)
+    assert (reopened.state, reopened.credential_since) == (P.PENDING, day10)
+
+
+async def test_a_card_used_with_soft_declines_lifts_a_never_on_another_card(
+    db: Database,
+) -> None:
+    connection = await _connection(db)
+    card_a, card_b = ("fpA", 4, 2029), ("fpB", 9, 2031)
+    [p] = await ingest(db, connection, [_sub_charge("ch_p", T0, card_a, invoice="in_p")], T0)
+    await _decide(db, T0)
+    # The billing system retries P's invoice on B (soft), then on A: stolen.
+    soft_at, never_at = T0 + timedelta(hours=3), T0 + timedelta(hours=6)
+    await ingest(db, connection, [_sub_charge("ch_p_2", soft_at, card_b, invoice="in_p")], soft_at)
+    await _decide(db, soft_at)
+    never = _sub_charge("ch_p_3", never_at, card_a, invoice="in_p", reason="stolen_card")
+    await ingest(db, connection, [never], never_at)
+    # B pays the subscription's next invoice: the "never" on A does not bind a charge on B.
+    day4 = T0 + timedelta(days=4)
+    paid = _sub_charge("ch_next", day4, card_b, status="succeeded", invoice="in_next")
+    await ingest(db, connection, [paid], day4)
     after = await reload(db, p.id)
-    assert after.credential_since == T0 + timedelta(days=2)
-    assert after.credential_fingerprint == "fpB"
-    events = [t.event for t in await timeline(db, p.id)]
-    assert events.count("credential_updated") == 1
+    assert after.credential_since == day4
+    assert after.needs_decision
+    await _decide(db, day4)
+    assert (await reload(db, p.id)).state is P.SCHEDULED
+
+
+async def test_an_attempt_of_unknown_card_counts_on_the_replacing_card_too(
+    db: Database,
+) -> None:
+    """P's card A was replaced by B; P's in-flight retry is seen by Q, which is on card B."""
+    connection = await _connection(db)
+    stolen = _sub_charge("ch_p", T0, ("fpA", 4, 2029), reason="stolen_card")
+    [p] = await ingest(db, connection, [stolen], T0)
+    await _decide(db, T0)
+    day2 = T0 + timedelta(days=2)
+    paid = _sub_charge("ch_2", day2, ("fpB", 9, 2031), status="succeeded", invoice="in_2")
+    await ingest(db, connection, [paid], day2)
+    await _decide(db, day2)
+    assert (await reload(db, p.id)).credential_fingerprint == "fpB"
+    due = (await reload(db, p.id)).next_retry_at
+    assert due is not None
+    assert await _claim(db, due) == [p.id]
+    # While P's retry is in flight (its card unknown yet), another subscription of the
+    # customer fails on B: Q's ledger counts P's attempt on B, as well as its own failure.
+    q_at = due + timedelta(minutes=5)
+    other = stripe_charge(
+        "ch_q", created=q_at, subscription="sub_2", fingerprint="fpB", exp=(9, 2031)
+    )
+    [q] = await ingest(db, connection, [other], q_at)
+    assert await _card_keys(db, q.id, q_at) == {"fpB"}
+    assert await _card_history(db, q.id, q_at) == 2
 
 
 async def test_a_card_the_payment_was_declined_on_is_not_a_new_credential(
@@ -268,3 +347,28 @@ async def test_claim_holds_every_card_the_ledger_counts(db: Database, database_u
     async with db.uow(SYSTEM_SCOPE) as uow:
         assert [pid for pid, _ in (await claim_due(uow, now=due)).enqueue] == [p.id]
         await uow.commit()
+
+
+async def test_claim_holds_the_card_that_replaced_the_failed_one(
+    db: Database, database_url: str
+) -> None:
+    connection = await _connection(db)
+    stolen = _sub_charge("ch_p", T0, ("fpA", 4, 2029), reason="stolen_card")
+    [p] = await ingest(db, connection, [stolen], T0)
+    await _decide(db, T0)
+    day2 = T0 + timedelta(days=2)
+    paid = _sub_charge("ch_2", day2, ("fpB", 9, 2031), status="succeeded", invoice="in_2")
+    await ingest(db, connection, [paid], day2)
+    await _decide(db, day2)
+    due = (await reload(db, p.id)).next_retry_at
+    assert due is not None
+    other = await asyncpg.connect(database_url.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        async with other.transaction():
+            await other.execute(
+                "SELECT pg_advisory_xact_lock($1)", lock_key("card", p.merchant_id, "fpB")
+            )
+            assert await _claim(db, due) == []
+    finally:
+        await other.close()
+    assert await _claim(db, due) == [p.id]

@@ -13,7 +13,7 @@ from sqlmodel import col
 from app.bulk import any_array, unnest
 from app.db import UnitOfWork
 from app.declines import Decline
-from app.enums import Actor, Advice, PaymentState
+from app.enums import Actor, Advice, AttemptOutcome, PaymentState
 from app.models.customer import CardCredential
 from app.models.payment import Payment, PaymentAttempt
 from app.retry.events import (
@@ -25,11 +25,13 @@ from app.retry.events import (
 )
 from app.retry.state_machine import transition
 from app.services.retry.engine import apply_transition, cancel_subscription
-from app.services.retry.ledger import load_contexts
+from app.services.retry.ledger import attempt_decline, load_contexts
 
 P = PaymentState
 # A new card matters to open payments, and to a hard "never" on the old card it may lift.
 _CREDENTIAL_STATES = (P.PENDING, P.SCHEDULED, P.RETRYING, P.NOT_RETRYABLE)
+# Advice that binds a decline to the card it was made on.
+_CARD_BOUND = (Advice.NEVER, Advice.UPDATE_CREDENTIALS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,8 +50,8 @@ class CardSeen:
     def card_works(self) -> bool:
         """Whether this charge shows a usable card: approved, or declined but retryable.
 
-        A new card that was itself hard-declined lifts nothing: the rules of the payment being
-        reopened would not see that decline (they read the history of the payment's own card).
+        A new card that was itself hard-declined lifts nothing: the payment would be reopened
+        only to be refused on that card.
         """
         d = self.decline
         return d is None or (d.retryable and d.advice is not Advice.NEVER)
@@ -92,7 +94,6 @@ async def _new_credentials(uow: UnitOfWork, seen: Sequence[CardSeen]) -> dict[uu
             col(Payment.state),
             col(Payment.first_failed_at),
             col(Payment.credential_since),
-            col(Payment.credential_fingerprint),
         )
         .select_from(customers)
         .join(Payment, col(Payment.customer_id) == customers.c.value)
@@ -104,20 +105,18 @@ async def _new_credentials(uow: UnitOfWork, seen: Sequence[CardSeen]) -> dict[uu
         )
     )
     candidates = rows.all()
-    used = await _cards_used(uow, [row[0] for row in candidates])
+    refused = await _cards_refused(uow, [row[0] for row in candidates])
     found: dict[uuid.UUID, CardSeen] = {}
     for row in candidates:
         (pid, customer_id, fingerprint, month, year, invoice_ref, subscription_ref) = row[:7]
-        state, first_failed_at, since, replaced_by = row[7:]
+        state, first_failed_at, since = row[7:]
         after = max(first_failed_at, since) if since is not None else first_failed_at
         for s in by_customer[customer_id]:
-            # Only a card the payment had not used replaces its credential: not the failed
-            # card, not a card its earlier attempts were made on, not the card that already
-            # replaced it. Seeing one of those again must not lift a "never" bound to it.
-            old = (
-                s.card == (fingerprint, month, year)
-                or any(card == s.card and at < s.at for card, at in used.get(pid, ()))
-                or s.card[0] == replaced_by
+            # Not a new credential: the failed card, or a card this payment was hard-declined
+            # on before (seeing it work elsewhere must not lift a "never" bound to it). A card
+            # used with soft declines only, or renewed with a new expiry, is one.
+            old = s.card == (fingerprint, month, year) or any(
+                card == s.card and at < s.at for card, at in refused.get(pid, ())
             )
             if old or s.at <= after or not s.card_works:
                 continue
@@ -139,27 +138,32 @@ async def _new_credentials(uow: UnitOfWork, seen: Sequence[CardSeen]) -> dict[uu
     return found
 
 
-async def _cards_used(
+async def _cards_refused(
     uow: UnitOfWork, payment_ids: Sequence[uuid.UUID]
 ) -> dict[uuid.UUID, list[tuple[tuple[str, int, int], datetime]]]:
-    """The card credentials (by identity) each payment's attempts were made on, and when."""
+    """The cards (by identity) each payment's attempts were hard-declined on, and when: a
+    decline that binds the card (not retryable, "never", or "update the card details")."""
     if not payment_ids:
         return {}
     rows = await uow.session.execute(
         sa.select(
-            col(PaymentAttempt.payment_id),
+            PaymentAttempt,
             col(CardCredential.fingerprint),
             col(CardCredential.exp_month),
             col(CardCredential.exp_year),
-            col(PaymentAttempt.attempted_at),
         )
         .join(CardCredential, col(CardCredential.id) == col(PaymentAttempt.card_id))
-        .where(col(PaymentAttempt.payment_id) == any_array(sorted(set(payment_ids)), sa.Uuid))
+        .where(
+            col(PaymentAttempt.payment_id) == any_array(sorted(set(payment_ids)), sa.Uuid),
+            col(PaymentAttempt.outcome) == AttemptOutcome.DECLINED,
+        )
     )
-    used: dict[uuid.UUID, list[tuple[tuple[str, int, int], datetime]]] = defaultdict(list)
-    for pid, fingerprint, month, year, at in rows.all():
-        used[pid].append(((fingerprint, month, year), at))
-    return used
+    refused: dict[uuid.UUID, list[tuple[tuple[str, int, int], datetime]]] = defaultdict(list)
+    for attempt, fingerprint, month, year in rows.all():
+        decline = attempt_decline(attempt, None)
+        if decline is not None and (not decline.retryable or decline.advice in _CARD_BOUND):
+            refused[attempt.payment_id].append(((fingerprint, month, year), attempt.attempted_at))
+    return refused
 
 
 async def apply_ingested_events(

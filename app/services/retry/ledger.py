@@ -132,7 +132,9 @@ def policy_view(row: RetryPolicy | None, merchant_status: MerchantStatus) -> Ret
 class _Row:
     attempt: PaymentAttempt
     customer_id: uuid.UUID
-    card_key: CardKey | None
+    # The credentials the attempt counts against: the card it was made on; when that is not
+    # known, its payment's card and the card that replaced it (either may have been hit).
+    card_keys: tuple[CardKey, ...]
     first_decline: DeclineView
 
 
@@ -240,8 +242,8 @@ async def load_contexts(
     by_customer: dict[uuid.UUID, list[_Row]] = defaultdict(list)
     for row in history:
         own[row.attempt.payment_id].append(row)
-        if row.card_key is not None:
-            by_card[row.card_key].append(row)
+        for key in row.card_keys:
+            by_card[key].append(row)
         if row.attempt.attempted_at >= now - CUSTOMER_LOOKBACK:
             by_customer[row.customer_id].append(row)
 
@@ -307,7 +309,7 @@ def _card_keys(
         keys.add((card.merchant_id, card.fingerprint))
     if payment.credential_fingerprint is not None:
         keys.add((payment.merchant_id, payment.credential_fingerprint))
-    keys.update(r.card_key for r in mine if r.card_key is not None)
+    keys.update(key for r in mine for key in r.card_keys)
     return tuple(sorted(keys))
 
 
@@ -332,9 +334,10 @@ async def _history(
     """Every attempt of these payments, on their credentials and (recently) of their customers.
 
     One statement. The payments' credentials are their cards, the cards that replaced them
-    (by fingerprint) and the cards their attempts were made on; an attempt counts against
-    the card it was made on, or its payment's card when that is unknown. Each part starts
-    from an index probe, so the planner never scans every attempt.
+    (by fingerprint) and the cards their attempts were made on. An attempt counts against the
+    card it was made on; when that is unknown (in flight, or not shown by the processor),
+    against its payment's card and the card that replaced it. Each part starts from an index
+    probe, so the planner never scans every attempt.
     """
     ids = any_array(payment_ids, sa.Uuid)
     key_parts: list[Any] = [
@@ -367,6 +370,14 @@ async def _history(
         .where(col(PaymentAttempt.card_id).is_(None), col(Payment.card_id).in_(cards_ids)),
         select(col(PaymentAttempt.id))
         .join(Payment, col(Payment.id) == col(PaymentAttempt.payment_id))
+        .join(
+            keys,
+            (col(Payment.merchant_id) == keys.c.merchant_id)
+            & (col(Payment.credential_fingerprint) == keys.c.fingerprint),
+        )
+        .where(col(PaymentAttempt.card_id).is_(None)),
+        select(col(PaymentAttempt.id))
+        .join(Payment, col(Payment.id) == col(PaymentAttempt.payment_id))
         .where(
             col(Payment.customer_id) == any_array(customer_ids, sa.Uuid),
             col(PaymentAttempt.attempted_at) >= customer_since,
@@ -390,8 +401,12 @@ async def _history(
     )
     rows: list[_Row] = []
     for attempt, payment, card_merchant, fingerprint in (await session.execute(query)).all():
-        key = None if fingerprint is None else (card_merchant, fingerprint)
-        rows.append(_Row(attempt, payment.customer_id, key, _first_decline_of(payment)))
+        keys_of: list[CardKey] = []
+        if fingerprint is not None:
+            keys_of.append((card_merchant, fingerprint))
+        if attempt.card_id is None and payment.credential_fingerprint is not None:
+            keys_of.append((payment.merchant_id, payment.credential_fingerprint))
+        rows.append(_Row(attempt, payment.customer_id, tuple(keys_of), _first_decline_of(payment)))
     return rows
 
 
