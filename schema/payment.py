@@ -154,6 +154,11 @@ class Card(Node):
         )
 
 
+async def _card(info: Info, card_id: uuid.UUID | None) -> Card | None:
+    row = await payment_resolvers.card(info.context, card_id)
+    return None if row is None else Card.from_model(row)
+
+
 @strawberry.type(description="One charge attempt on a payment.")
 class PaymentAttempt:
     number: int = strawberry.field(description="1 for the first failure, then 2, 3, …")
@@ -172,8 +177,7 @@ class PaymentAttempt:
         )
     )
     async def card(self, info: Info) -> Card | None:
-        row = await payment_resolvers.card(info.context, self._card_id)
-        return None if row is None else Card.from_model(row)
+        return await _card(info, self._card_id)
 
     @classmethod
     def from_model(cls, row: AttemptModel, payment_card_id: uuid.UUID | None) -> Self:
@@ -289,8 +293,7 @@ class Payment(Node):
 
     @strawberry.field(description="The card charged, when known.")
     async def card(self, info: Info) -> Card | None:
-        row = await payment_resolvers.card(info.context, self._row.card_id)
-        return None if row is None else Card.from_model(row)
+        return await _card(info, self._row.card_id)
 
 
 @strawberry.input(description="Filters for a merchant's payments; all given filters apply.")

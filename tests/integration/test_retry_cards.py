@@ -11,6 +11,7 @@ from app.clock import FixedClock
 from app.db import Database
 from app.enums import AttemptOutcome, PaymentState
 from app.models.ingestion import ProcessorConnection
+from app.models.payment import Payment
 from app.services.retry.attempt import execute_attempt
 from app.services.retry.engine import claim_due, decide_pending, lock_key
 from app.services.retry.ledger import load_contexts
@@ -30,6 +31,9 @@ from tests.support.retry import (
 # A Monday 10:00 UTC, outside the default quiet hours.
 T0 = datetime(2026, 10, 5, 10, 0, tzinfo=UTC)
 P = PaymentState
+# Card credentials by identity: fingerprint, expiry month, expiry year.
+CARD_A, CARD_B = ("fpA", 4, 2029), ("fpB", 9, 2031)
+DAY2 = T0 + timedelta(days=2)
 
 
 async def _connection(db: Database) -> ProcessorConnection:
@@ -53,6 +57,57 @@ async def _card_history(db: Database, payment_id: uuid.UUID, now: datetime) -> i
     async with db.session(SYSTEM_SCOPE) as s:
         ctx = (await load_contexts(s, [payment_id], now=now))[payment_id]
     return len(ctx.ledger.card_history)
+
+
+async def _claim(db: Database, now: datetime) -> list[uuid.UUID]:
+    async with db.uow(SYSTEM_SCOPE) as uow:
+        queued = (await claim_due(uow, now=now)).enqueue
+        await uow.commit()
+    return [pid for pid, _ in queued]
+
+
+def _sub_charge(
+    charge_id: str, at: datetime, card: tuple[str, int, int], **kw: str
+) -> dict[str, object]:
+    """A charge of subscription sub_1 on a card (fingerprint, expiry month, expiry year)."""
+    fingerprint, month, year = card
+    return stripe_charge(
+        charge_id,
+        created=at,
+        subscription="sub_1",
+        fingerprint=fingerprint,
+        exp=(month, year),
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+async def _replaced(db: Database) -> tuple[ProcessorConnection, Payment]:
+    """P failed on card A with a "never"; on DAY2, card B paid the subscription's next invoice
+    (so B replaced A) and P was decided again."""
+    connection = await _connection(db)
+    stolen = _sub_charge("ch_p", T0, CARD_A, reason="stolen_card")
+    [p] = await ingest(db, connection, [stolen], T0)
+    await _decide(db, T0)
+    paid = _sub_charge("ch_2", DAY2, CARD_B, status="succeeded", invoice="in_2")
+    await ingest(db, connection, [paid], DAY2)
+    await _decide(db, DAY2)
+    return connection, p
+
+
+async def _claim_only_when_card_b_is_free(db: Database, database_url: str, p: Payment) -> None:
+    """P is due; while another claimer (its own connection) holds card B, P is not claimed."""
+    due = (await reload(db, p.id)).next_retry_at
+    assert due is not None
+    other = await asyncpg.connect(database_url.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        async with other.transaction():
+            await other.execute(
+                "SELECT pg_advisory_xact_lock($1)", lock_key("card", p.merchant_id, "fpB")
+            )
+            assert await _claim(db, due) == []
+    finally:
+        await other.close()
+    assert await _claim(db, due) == [p.id]
 
 
 async def test_billing_system_retries_on_a_new_card_count_against_that_card(
@@ -100,9 +155,7 @@ async def test_billing_system_retries_on_a_new_card_count_against_that_card(
 async def test_the_card_that_replaced_a_failed_one_brings_its_history(db: Database) -> None:
     """A hard "never" on card A lifts for card B; B's attempts elsewhere then count for P."""
     connection = await _connection(db)
-    stolen = stripe_charge(
-        "ch_p", created=T0, reason="stolen_card", subscription="sub_1", fingerprint="fpA"
-    )
+    stolen = _sub_charge("ch_p", T0, CARD_A, reason="stolen_card")
     [p] = await ingest(db, connection, [stolen], T0)
     await _decide(db, T0)
     assert (await reload(db, p.id)).state is P.NOT_RETRYABLE
@@ -114,15 +167,7 @@ async def test_the_card_that_replaced_a_failed_one_brings_its_history(db: Databa
     [q] = await ingest(db, connection, [q_charge], at_q)
     # Then P's subscription is paid with card B: the credential behind P was replaced.
     at_new = T0 + timedelta(days=2)
-    paid = stripe_charge(
-        "ch_next",
-        created=at_new,
-        status="succeeded",
-        invoice="in_next",
-        subscription="sub_1",
-        fingerprint="fpB",
-        exp=(9, 2031),
-    )
+    paid = _sub_charge("ch_next", at_new, CARD_B, status="succeeded", invoice="in_next")
     await ingest(db, connection, [paid], at_new)
     reopened = await reload(db, p.id)
     assert reopened.state is P.PENDING
@@ -169,47 +214,13 @@ async def test_a_portal_attempt_records_the_card_the_processor_charged(db: Datab
     assert await _card_history(db, moved.id, clock.now()) == 2
 
 
-async def _claim(db: Database, now: datetime) -> list[uuid.UUID]:
-    async with db.uow(SYSTEM_SCOPE) as uow:
-        queued = (await claim_due(uow, now=now)).enqueue
-        await uow.commit()
-    return [pid for pid, _ in queued]
-
-
-def _sub_charge(
-    charge_id: str, at: datetime, card: tuple[str, int, int], **kw: str
-) -> dict[str, object]:
-    """A charge of subscription sub_1 on a card (fingerprint, expiry month, expiry year)."""
-    fingerprint, month, year = card
-    return stripe_charge(
-        charge_id,
-        created=at,
-        subscription="sub_1",
-        fingerprint=fingerprint,
-        exp=(month, year),
-        **kw,  # type: ignore[arg-type]
-    )
-
-
 async def test_a_renewed_card_is_a_new_credential(db: Database) -> None:
     """Card B replaced A, then expired on P's invoice; B renewed (new expiry) lifts that."""
-    connection = await _connection(db)
-    card_a, card_b, renewed_b = ("fpA", 4, 2029), ("fpB", 9, 2031), ("fpB", 9, 2035)
-    stolen = _sub_charge("ch_p", T0, card_a, reason="stolen_card")
-    [p] = await ingest(db, connection, [stolen], T0)
-    await _decide(db, T0)
-    day2 = T0 + timedelta(days=2)
-    await ingest(
-        db,
-        connection,
-        [_sub_charge("ch_2", day2, card_b, status="succeeded", invoice="in_2")],
-        day2,
-    )
-    await _decide(db, day2)
+    connection, p = await _replaced(db)
     assert (await reload(db, p.id)).credential_fingerprint == "fpB"
     # The billing system retries P's invoice on B: expired.
-    expired_at = day2 + timedelta(hours=3)
-    expired = _sub_charge("ch_p_2", expired_at, card_b, reason="expired_card", invoice="in_ch_p")
+    expired_at = DAY2 + timedelta(hours=3)
+    expired = _sub_charge("ch_p_2", expired_at, CARD_B, reason="expired_card", invoice="in_ch_p")
     await ingest(db, connection, [expired], expired_at)
     due = (await reload(db, p.id)).next_retry_at
     assert due is not None
@@ -218,6 +229,7 @@ async def test_a_renewed_card_is_a_new_credential(db: Database) -> None:
     assert (blocked.state, blocked.blocking_rule) == (P.NOT_RETRYABLE, "update_credentials")
     # B with its new expiry pays the next invoice: the expiry decline no longer binds.
     day10 = T0 + timedelta(days=10)
+    renewed_b = ("fpB", 9, 2035)
     renewed = _sub_charge("ch_3", day10, renewed_b, status="succeeded", invoice="in_3")
     await ingest(db, connection, [renewed], day10)
     reopened = await reload(db, p.id)
@@ -228,18 +240,17 @@ async def test_a_card_used_with_soft_declines_lifts_a_never_on_another_card(
     db: Database,
 ) -> None:
     connection = await _connection(db)
-    card_a, card_b = ("fpA", 4, 2029), ("fpB", 9, 2031)
-    [p] = await ingest(db, connection, [_sub_charge("ch_p", T0, card_a, invoice="in_p")], T0)
+    [p] = await ingest(db, connection, [_sub_charge("ch_p", T0, CARD_A, invoice="in_p")], T0)
     await _decide(db, T0)
     # The billing system retries P's invoice on B (soft), then on A: stolen.
     soft_at, never_at = T0 + timedelta(hours=3), T0 + timedelta(hours=6)
-    await ingest(db, connection, [_sub_charge("ch_p_2", soft_at, card_b, invoice="in_p")], soft_at)
+    await ingest(db, connection, [_sub_charge("ch_p_2", soft_at, CARD_B, invoice="in_p")], soft_at)
     await _decide(db, soft_at)
-    never = _sub_charge("ch_p_3", never_at, card_a, invoice="in_p", reason="stolen_card")
+    never = _sub_charge("ch_p_3", never_at, CARD_A, invoice="in_p", reason="stolen_card")
     await ingest(db, connection, [never], never_at)
     # B pays the subscription's next invoice: the "never" on A does not bind a charge on B.
     day4 = T0 + timedelta(days=4)
-    paid = _sub_charge("ch_next", day4, card_b, status="succeeded", invoice="in_next")
+    paid = _sub_charge("ch_next", day4, CARD_B, status="succeeded", invoice="in_next")
     await ingest(db, connection, [paid], day4)
     after = await reload(db, p.id)
     assert after.credential_since == day4
@@ -252,14 +263,7 @@ async def test_an_attempt_of_unknown_card_counts_on_the_replacing_card_too(
     db: Database,
 ) -> None:
     """P's card A was replaced by B; P's in-flight retry is seen by Q, which is on card B."""
-    connection = await _connection(db)
-    stolen = _sub_charge("ch_p", T0, ("fpA", 4, 2029), reason="stolen_card")
-    [p] = await ingest(db, connection, [stolen], T0)
-    await _decide(db, T0)
-    day2 = T0 + timedelta(days=2)
-    paid = _sub_charge("ch_2", day2, ("fpB", 9, 2031), status="succeeded", invoice="in_2")
-    await ingest(db, connection, [paid], day2)
-    await _decide(db, day2)
+    connection, p = await _replaced(db)
     assert (await reload(db, p.id)).credential_fingerprint == "fpB"
     due = (await reload(db, p.id)).next_retry_at
     assert due is not None
@@ -280,32 +284,14 @@ async def test_a_card_the_payment_was_declined_on_is_not_a_new_credential(
 ) -> None:
     """The billing system's retry hit card C with a "never"; C seen later lifts nothing."""
     connection = await _connection(db)
-    first = stripe_charge(
-        "ch_p", created=T0, invoice="in_p", subscription="sub_1", fingerprint="fpA"
-    )
-    [p] = await ingest(db, connection, [first], T0)
+    [p] = await ingest(db, connection, [_sub_charge("ch_p", T0, CARD_A, invoice="in_p")], T0)
     await _decide(db, T0)
     at = T0 + timedelta(hours=3)
-    never = stripe_charge(
-        "ch_p_2",
-        created=at,
-        invoice="in_p",
-        subscription="sub_1",
-        reason="stolen_card",
-        fingerprint="fpC",
-        exp=(9, 2031),
-    )
+    card_c = ("fpC", 9, 2031)
+    never = _sub_charge("ch_p_2", at, card_c, invoice="in_p", reason="stolen_card")
     await ingest(db, connection, [never], at)
     later = T0 + timedelta(days=2)
-    paid = stripe_charge(
-        "ch_next",
-        created=later,
-        status="succeeded",
-        invoice="in_next",
-        subscription="sub_1",
-        fingerprint="fpC",
-        exp=(9, 2031),
-    )
+    paid = _sub_charge("ch_next", later, card_c, status="succeeded", invoice="in_next")
     await ingest(db, connection, [paid], later)
     after = await reload(db, p.id)
     assert after.credential_since is None
@@ -332,43 +318,11 @@ async def test_claim_holds_every_card_the_ledger_counts(db: Database, database_u
     await _decide(db, T0 + timedelta(hours=1))
     due = (await reload(db, p.id)).next_retry_at
     assert due is not None
-    # Another claimer, on its own connection, is counting card B right now.
-    other = await asyncpg.connect(database_url.replace("postgresql+asyncpg://", "postgresql://"))
-    try:
-        async with other.transaction():
-            await other.execute(
-                "SELECT pg_advisory_xact_lock($1)", lock_key("card", p.merchant_id, "fpB")
-            )
-            async with db.uow(SYSTEM_SCOPE) as uow:
-                assert (await claim_due(uow, now=due)).enqueue == []
-                await uow.commit()
-    finally:
-        await other.close()
-    async with db.uow(SYSTEM_SCOPE) as uow:
-        assert [pid for pid, _ in (await claim_due(uow, now=due)).enqueue] == [p.id]
-        await uow.commit()
+    await _claim_only_when_card_b_is_free(db, database_url, p)
 
 
 async def test_claim_holds_the_card_that_replaced_the_failed_one(
     db: Database, database_url: str
 ) -> None:
-    connection = await _connection(db)
-    stolen = _sub_charge("ch_p", T0, ("fpA", 4, 2029), reason="stolen_card")
-    [p] = await ingest(db, connection, [stolen], T0)
-    await _decide(db, T0)
-    day2 = T0 + timedelta(days=2)
-    paid = _sub_charge("ch_2", day2, ("fpB", 9, 2031), status="succeeded", invoice="in_2")
-    await ingest(db, connection, [paid], day2)
-    await _decide(db, day2)
-    due = (await reload(db, p.id)).next_retry_at
-    assert due is not None
-    other = await asyncpg.connect(database_url.replace("postgresql+asyncpg://", "postgresql://"))
-    try:
-        async with other.transaction():
-            await other.execute(
-                "SELECT pg_advisory_xact_lock($1)", lock_key("card", p.merchant_id, "fpB")
-            )
-            assert await _claim(db, due) == []
-    finally:
-        await other.close()
-    assert await _claim(db, due) == [p.id]
+    _, p = await _replaced(db)
+    await _claim_only_when_card_b_is_free(db, database_url, p)
