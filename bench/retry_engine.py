@@ -9,8 +9,9 @@ Two processors:
 - `--processor sandbox` runs the sandbox in a process of its own on 127.0.0.1. The portal
   ingests the sandbox's history by polling (set-up, untimed), then decides, claims and charges
   over HTTP. The sandbox only retries charges from its own history, so the population sets the
-  payment count: about accounts x customers x history-days / 30 x failure-rate. 100,000 due
-  payments: `--processor sandbox --accounts 6 --customers 200000 --failure-rate 0.5`.
+  payment count. `--processor sandbox --accounts 6 --customers 195000 --failure-rate 1.0`
+  (seven days of history) gives about 118,000 failed payments, of which about 103,000 are due
+  (the rest are hard declines).
   At the end the sandbox's accepted charges are compared with the portal's recorded attempts.
 """
 
