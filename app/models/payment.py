@@ -55,7 +55,6 @@ class Payment(TenantOwned, table=True):
             "next_retry_at",
             postgresql_where=sa.text("state = 'SCHEDULED' AND needs_decision"),
         ),
-        # Claimed payments, for the stuck-attempt sweep.
         # Ledgers find the attempts of payments whose card was replaced by a given card.
         sa.Index(
             "ix_payment_credential_fingerprint",
@@ -63,6 +62,7 @@ class Payment(TenantOwned, table=True):
             "credential_fingerprint",
             postgresql_where=sa.text("credential_fingerprint IS NOT NULL"),
         ),
+        # Claimed payments, for the stuck-attempt sweep.
         sa.Index(
             "ix_payment_retrying",
             "retrying_since",

@@ -237,11 +237,7 @@ def _first_record(connection: ProcessorConnection, item: RawItem) -> CanonicalRe
 
 
 async def _charged_card(
-    uow: UnitOfWork,
-    connection: ProcessorConnection,
-    ctx: PaymentContext,
-    items: list[RawItem],
-    now: datetime,
+    uow: UnitOfWork, ctx: PaymentContext, records: list[CanonicalRecord], now: datetime
 ) -> uuid.UUID | None:
     """The credential the processor charged, as its answer shows it (None: not shown, and the
     attempt counts against the payment's card)."""
@@ -249,18 +245,12 @@ async def _charged_card(
     known = None
     if ctx.card_identity is not None and payment.card_id is not None:
         known = (ctx.card_identity, payment.card_id)
-    for item in items:
-        record = _first_record(connection, item)
-        if record is not None and record.card is not None:
+    for record in records:
+        if record.card is not None:
             return await card_of_charge(
                 uow, payment.merchant_id, payment.customer_id, record, known=known, now=now
             )
     return None
-
-
-def _decline_in(connection: ProcessorConnection, item: RawItem) -> Decline | None:
-    record = _first_record(connection, item)
-    return record.decline if record is not None else None
 
 
 async def execute_attempt(
@@ -340,10 +330,13 @@ async def _charge(
             # A conflict on an idempotency key: another request with it is still in flight.
             return AttemptResult("pending", snap.state, detail=str(exc))
         return await _refused(db, snap, attempt_number, str(exc), clock, scheduler)
+    # Each answer is normalized once: its decline and its card are read from the records.
     items = [result.item]
+    answer = _first_record(snap.connection, result.item)
+    records = [answer] if answer is not None else []
     decline: Decline | None = None
     if not result.approved:
-        decline = _decline_in(snap.connection, result.item)
+        decline = answer.decline if answer is not None else None
         if decline is None:
             # Some processors answer a decline with the charge id only: read the charge.
             try:
@@ -355,8 +348,13 @@ async def _charge(
                 fetched = None
             if fetched is not None:
                 items.append(fetched)
-                decline = _decline_in(snap.connection, fetched)
-    return await _record(db, snap, attempt_number, result, decline, items, clock, scheduler)
+                read = _first_record(snap.connection, fetched)
+                if read is not None:
+                    records.append(read)
+                    decline = read.decline
+    return await _record(
+        db, snap, attempt_number, result, decline, items, records, clock, scheduler
+    )
 
 
 async def _drop_unsent(
@@ -452,6 +450,7 @@ async def _record(
     result: ChargeResult,
     decline: Decline | None,
     items: list[RawItem],
+    records: list[CanonicalRecord],
     clock: Clock,
     scheduler: Scheduler | None,
 ) -> AttemptResult:
@@ -501,7 +500,7 @@ async def _record(
             attempt.network_advice_code = view.network_advice_code
             attempt.raw_decline_code = (decline.raw_code or None) if decline else None
         attempt.processor_attempt_id = result.processor_payment_id[:255]
-        attempt.card_id = await _charged_card(uow, snap.connection, ctx, items, now)
+        attempt.card_id = await _charged_card(uow, ctx, records, now)
         # Applied here already: landed as normalized, so the normalizer need not read it again.
         raw_ids, _ = await land(uow, snap.connection, items, now=now, normalized=True)
         if raw_ids:
