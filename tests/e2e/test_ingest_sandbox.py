@@ -107,6 +107,29 @@ async def connect(
     return connection
 
 
+async def twin_connections(
+    db: Database,
+    admin: httpx.AsyncClient,
+    processor: Processor,
+    sandbox_url: str,
+    *,
+    seed: int,
+    names: tuple[str, str],
+) -> tuple[ProcessorConnection, ProcessorConnection, dict[str, Any]]:
+    """Two sandbox accounts with the same history, each connected for its own merchant: the
+    first is ingested cleanly as the reference; the second (its account returned too) is the
+    one a test disturbs."""
+    reference_account = await sandbox_account(admin, processor, seed=seed)
+    other_account = await sandbox_account(admin, processor, seed=seed)
+    reference = await connect(
+        db, await make_merchant(db, names[0], now=NOW), processor, reference_account, sandbox_url
+    )
+    other = await connect(
+        db, await make_merchant(db, names[1], now=NOW), processor, other_account, sandbox_url
+    )
+    return reference, other, other_account
+
+
 async def ingest_all(
     db: Database, connection: ProcessorConnection, http: httpx.AsyncClient, *, max_pages: int = 50
 ) -> PollResult:
@@ -188,13 +211,14 @@ async def test_faults_lose_and_duplicate_nothing(
     name: str,
     faults: dict[str, Any],
 ) -> None:
-    seed = 100 + POLLED.index(processor)
-    clean_account = await sandbox_account(admin, processor, seed=seed)
-    faulty_account = await sandbox_account(admin, processor, seed=seed)
-    merchant = await make_merchant(db, f"Faults {name}", now=NOW)
-    clean = await connect(db, merchant, processor, clean_account, sandbox_url)
-    other = await make_merchant(db, f"Faults {name} (faulty)", now=NOW)
-    faulty = await connect(db, other, processor, faulty_account, sandbox_url)
+    clean, faulty, faulty_account = await twin_connections(
+        db,
+        admin,
+        processor,
+        sandbox_url,
+        seed=100 + POLLED.index(processor),
+        names=(f"Faults {name}", f"Faults {name} (faulty)"),
+    )
     response = await admin.post(
         f"/_sandbox/accounts/{faulty_account['account_id']}/faults", json=faults
     )
@@ -215,14 +239,13 @@ async def test_corrupt_records_are_quarantined_and_the_rest_goes_on(
     sandbox_url: str,
     processor: Processor,
 ) -> None:
-    seed = 200 + POLLED.index(processor)
-    clean_account = await sandbox_account(admin, processor, seed=seed)
-    bad_account = await sandbox_account(admin, processor, seed=seed)
-    clean = await connect(
-        db, await make_merchant(db, "Clean", now=NOW), processor, clean_account, sandbox_url
-    )
-    bad = await connect(
-        db, await make_merchant(db, "Corrupt", now=NOW), processor, bad_account, sandbox_url
+    clean, bad, bad_account = await twin_connections(
+        db,
+        admin,
+        processor,
+        sandbox_url,
+        seed=200 + POLLED.index(processor),
+        names=("Clean", "Corrupt"),
     )
     await admin.post(
         f"/_sandbox/accounts/{bad_account['account_id']}/faults",
@@ -255,14 +278,13 @@ async def test_interrupted_polls_resume_to_the_same_end_state(
     sandbox_url: str,
     processor: Processor,
 ) -> None:
-    seed = 300 + POLLED.index(processor)
-    clean_account = await sandbox_account(admin, processor, seed=seed)
-    cut_account = await sandbox_account(admin, processor, seed=seed)
-    clean = await connect(
-        db, await make_merchant(db, "Whole", now=NOW), processor, clean_account, sandbox_url
-    )
-    cut = await connect(
-        db, await make_merchant(db, "Cut", now=NOW), processor, cut_account, sandbox_url
+    clean, cut, cut_account = await twin_connections(
+        db,
+        admin,
+        processor,
+        sandbox_url,
+        seed=300 + POLLED.index(processor),
+        names=("Whole", "Cut"),
     )
     await ingest_all(db, clean, http)
     # A worker that dies in the middle of a page: the page's transaction never commits.
@@ -298,14 +320,13 @@ async def test_racing_pollers_write_each_batch_once(
 ) -> None:
     """Two workers on one connection: the one whose cursor went stale drops its batch (and the
     batch it read ahead) and the end state is that of a single poller."""
-    seed = 500 + POLLED.index(processor)
-    clean_account = await sandbox_account(admin, processor, seed=seed)
-    raced_account = await sandbox_account(admin, processor, seed=seed)
-    clean = await connect(
-        db, await make_merchant(db, "Alone", now=NOW), processor, clean_account, sandbox_url
-    )
-    raced = await connect(
-        db, await make_merchant(db, "Raced", now=NOW), processor, raced_account, sandbox_url
+    clean, raced, _ = await twin_connections(
+        db,
+        admin,
+        processor,
+        sandbox_url,
+        seed=500 + POLLED.index(processor),
+        names=("Alone", "Raced"),
     )
     await ingest_all(db, clean, http)
     stale = 0
