@@ -17,6 +17,10 @@ class ErrorCode(StrEnum):
     INVALID_STATE = "INVALID_STATE"
     RECOVERY_DISABLED = "RECOVERY_DISABLED"
     INTERNAL_SERVER_ERROR = "INTERNAL_SERVER_ERROR"
+    # PostgreSQL or Redis is unreachable for now: retry after the `Retry-After` seconds.
+    SERVICE_UNAVAILABLE = "SERVICE_UNAVAILABLE"
+    # A webhook URL pointing somewhere the portal must not send requests (see app/urls.py).
+    URL_NOT_ALLOWED = "URL_NOT_ALLOWED"
     # Refusals of the request itself, before any field is resolved.
     GRAPHQL_VALIDATION_FAILED = "GRAPHQL_VALIDATION_FAILED"
     BAD_REQUEST = "BAD_REQUEST"
