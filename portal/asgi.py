@@ -24,7 +24,7 @@ from app.ratelimit import BucketLimits, RedisLeakyBucket
 from app.settings import Settings, get_settings
 from app.tenancy import SYSTEM_SCOPE
 from portal.http import PortalGraphQL
-from portal.logging import RequestLogMiddleware
+from portal.logging import RequestLogMiddleware, configure_logging
 from portal.metrics import metrics_endpoint
 from portal.webhooks import adyen_webhook
 from schema.root import build_schema
@@ -137,3 +137,10 @@ def create_app(
         middleware=[Middleware(RequestLogMiddleware)],
         lifespan=lifespan,
     )
+
+
+def app_from_environment() -> Starlette:
+    """The app as each `portal serve --workers N` process builds it: settings and logging anew."""
+    settings = get_settings()
+    configure_logging(settings.log_level, json=settings.log_json)
+    return create_app(settings)

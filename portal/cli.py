@@ -108,14 +108,35 @@ def migrate() -> None:
 def serve(
     host: Annotated[str | None, typer.Option(help="Interface (default from settings).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default from settings).")] = None,
+    workers: Annotated[
+        int, typer.Option(min=1, max=64, help="API processes sharing the port.")
+    ] = 1,
 ) -> None:
-    """Serve the GraphQL API."""
+    """Serve the GraphQL API (stateless: run as many processes or replicas as needed)."""
     settings = get_settings()
     configure_logging(settings.log_level, json=settings.log_json)
+    if workers == 1:
+        uvicorn.run(
+            create_app(settings),
+            host=host or settings.host,
+            port=port or settings.port,
+            log_config=None,
+        )
+        return
+    # Each process would otherwise resolve (and might start) its own embedded services.
+    if not (settings.database_url and settings.redis_url):
+        typer.echo(
+            "error: --workers above 1 needs DATABASE_URL and REDIS_URL: the processes must "
+            "share one database and one Redis",
+            err=True,
+        )
+        raise typer.Exit(2)
     uvicorn.run(
-        create_app(settings),
+        "portal.asgi:app_from_environment",
+        factory=True,
         host=host or settings.host,
         port=port or settings.port,
+        workers=workers,
         log_config=None,
     )
 

@@ -111,6 +111,41 @@ async def test_migrate_merchant_key_seed_then_serve(env: dict[str, str]) -> None
     await asyncio.to_thread(_cli_flow, env)
 
 
+def _serve_two_processes(env: dict[str, str]) -> None:
+    assert _ok(env, "migrate") == "database at head"
+    port = _free_port()
+    server = subprocess.Popen(  # noqa: S603
+        [*PORTAL, "serve", "--port", str(port), "--workers", "2"],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}") as http:
+            _wait_ready(http)
+            answers = [http.get("/readyz").json() for _ in range(10)]
+        assert all(a["database"] == "ok" and a["redis"] == "ok" for a in answers)
+    finally:
+        server.terminate()
+        _, stderr = server.communicate(timeout=30)
+    assert server.returncode == 0, stderr
+    # Each process logs its own start-up line: two processes served.
+    assert stderr.count("portal using database: DATABASE_URL") == 2, stderr
+
+
+async def test_serve_runs_several_processes_on_one_port(env: dict[str, str]) -> None:
+    await asyncio.to_thread(_serve_two_processes, env)
+
+
+async def test_several_processes_need_shared_services(env: dict[str, str]) -> None:
+    alone = {k: v for k, v in env.items() if k not in {"REDIS_URL", "PORTAL_REDIS_URL"}}
+    done = await asyncio.to_thread(_portal, alone, "serve", "--workers", "2")
+    assert done.returncode == 2
+    assert "needs DATABASE_URL and REDIS_URL" in done.stderr
+
+
 async def test_bad_input_exits_with_a_message(env: dict[str, str]) -> None:
     done = await asyncio.to_thread(_portal, env, "seed", "--merchant", "nonsense")
     assert done.returncode == 1
