@@ -1,0 +1,341 @@
+"""HTTP during outages: PostgreSQL or Redis unreachable answers 503 with Retry-After, never 500."""
+
+import copy
+import json
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis.exceptions as redis_errors
+from arq.connections import ArqRedis
+from arq.constants import default_queue_name, job_key_prefix
+from redis.asyncio import Redis
+from sqlalchemy import func
+from sqlmodel import col, select
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from app.clock import FixedClock
+from app.db import Database
+from app.embedded import Services
+from app.enums import Processor, Role
+from app.models.ingestion import RawRecord
+from app.processors import adyen
+from app.settings import Settings
+from app.tenancy import SYSTEM_SCOPE, Principal, Scope, system_principal
+from jobs.enqueue import normalize_job_id
+from jobs.ingest import SWEEP_GRACE, normalize_connection, sweep_unnormalized
+from portal import http as http_view
+from portal.asgi import OutageMiddleware, Resources, create_app
+from tests.support.factories import make_connection, make_key, make_merchant
+from tests.support.queue import job_queue
+
+GRJ = "application/graphql-response+json"
+JSON = "application/json"
+# Nothing listens on port 9 (discard) here: connecting is refused at once, as when a server
+# is stopped.
+CLOSED = "127.0.0.1:9"
+MERCHANTS = "{ merchants(first: 5) { edges { node { name } } } }"
+ADYEN_ITEM = (
+    Path(__file__).parents[1] / "fixtures" / "processors" / "adyen" / "notification_single.json"
+)
+
+
+@pytest.fixture
+async def down_db() -> AsyncIterator[Database]:
+    db = Database.from_url(f"postgresql+asyncpg://postgres@{CLOSED}/portal", pool_size=1)
+    yield db
+    await db.dispose()
+
+
+@pytest.fixture
+async def redis(services: Services) -> AsyncIterator[Redis]:
+    client = Redis.from_url(services.redis_url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def down_redis() -> AsyncIterator[ArqRedis]:
+    # arq's client is a Redis client: one unreachable client serves as both.
+    client = ArqRedis.from_url(f"redis://{CLOSED}/0")
+    yield client
+    await client.aclose()
+
+
+@asynccontextmanager
+async def serve(settings: Settings, resources: Resources) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(settings, resources=resources)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1"
+        ) as client,
+    ):
+        yield client
+
+
+async def graphql(
+    client: httpx.AsyncClient, query: str, *, accept: str, token: str | None = None
+) -> httpx.Response:
+    headers = {"accept": accept}
+    if token is not None:
+        headers["authorization"] = f"Bearer {token}"
+    return await client.post("/graphql", json={"query": query}, headers=headers)
+
+
+def assert_unavailable(response: httpx.Response, media: str) -> dict[str, Any]:
+    assert response.status_code == 503, response.text
+    assert response.headers["retry-after"] == "5"
+    assert response.headers["content-type"] == f"{media}; charset=utf-8"
+    body: dict[str, Any] = response.json()
+    assert "data" not in body
+    assert body["errors"]
+    for error in body["errors"]:
+        assert error["extensions"]["code"] == "SERVICE_UNAVAILABLE"
+        assert error["extensions"]["retryAfterSeconds"] == 5
+        assert error["message"] == "the database is unavailable; retry in 5 s"
+    return body
+
+
+def outage_lines(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if "unavailable" in r.getMessage()]
+
+
+# -- PostgreSQL unreachable ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("media", [GRJ, JSON])
+async def test_database_outage_while_authenticating_is_503(
+    settings: Settings,
+    down_db: Database,
+    redis: Redis,
+    clock: FixedClock,
+    media: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    resources = Resources(db=down_db, redis=redis, arq=None, clock=clock)
+    async with serve(settings, resources) as client:
+        response = await graphql(
+            client, "{ viewer { role } }", accept=media, token="rp_" + "k" * 40
+        )
+    assert_unavailable(response, media)
+    [line] = outage_lines(caplog)
+    assert line.levelno == logging.WARNING
+    assert "database unavailable" in line.getMessage()
+    assert line.exc_info is None
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_database_outage_leaves_requests_that_do_not_need_it_and_probes_alone(
+    settings: Settings, down_db: Database, redis: Redis, clock: FixedClock
+) -> None:
+    resources = Resources(db=down_db, redis=redis, arq=None, clock=clock)
+    async with serve(settings, resources) as client:
+        # No key: nothing is looked up, and the field says who may ask, as it always does.
+        anonymous = await graphql(client, "{ viewer { role } }", accept=GRJ)
+        healthz = await client.get("/healthz")
+        readyz = await client.get("/readyz")
+        metrics = await client.get("/metrics")
+    assert anonymous.status_code == 200
+    assert [e["extensions"]["code"] for e in anonymous.json()["errors"]] == ["UNAUTHENTICATED"]
+    assert healthz.status_code == 200
+    assert readyz.status_code == 503
+    assert readyz.json()["database"].startswith("error:")
+    assert metrics.status_code == 200
+    assert "portal_metrics_database_up 0.0" in metrics.text
+
+
+@pytest.mark.parametrize("media", [GRJ, JSON])
+async def test_database_outage_in_resolvers_and_mutations_is_503(
+    settings: Settings,
+    down_db: Database,
+    redis: Redis,
+    clock: FixedClock,
+    media: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Authentication answered (from a replica's cache, say) but the database is gone by the
+    time the fields run: dataloaders, resolvers and mutations all meet the outage."""
+    merchant_key = Principal(
+        key_id=uuid.uuid4(),
+        name="k",
+        role=Role.MERCHANT,
+        scope=Scope(merchant_ids=frozenset({uuid.uuid4()})),
+    )
+    principals = iter([merchant_key, merchant_key, system_principal()])
+
+    async def authenticated(*_: Any, **__: Any) -> Principal:
+        return next(principals)
+
+    monkeypatch.setattr(http_view, "authenticate", authenticated)
+    resources = Resources(db=down_db, redis=redis, arq=None, clock=clock)
+    mutation = 'mutation { createMerchant(input: {name: "M"}) { errors { code } } }'
+    async with serve(settings, resources) as client:
+        page = await graphql(client, MERCHANTS, accept=media, token="rp_x")
+        # `viewer` resolves without the database; `merchants` does not: still one 503.
+        partial = await graphql(
+            client, "{ viewer { role } " + MERCHANTS[1:], accept=media, token="rp_x"
+        )
+        created = await graphql(client, mutation, accept=media, token="rp_x")
+    assert_unavailable(page, media)
+    body = assert_unavailable(partial, media)
+    assert [e["path"] for e in body["errors"]] == [["merchants"]]
+    assert_unavailable(created, media)
+    assert len(outage_lines(caplog)) == 3
+    assert all(r.exc_info is None for r in outage_lines(caplog))
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+# -- Redis unreachable --------------------------------------------------------------------
+
+
+async def test_redis_outage_serves_graphql_unmetered(
+    settings: Settings,
+    db: Database,
+    down_redis: ArqRedis,
+    clock: FixedClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    merchant = await make_merchant(db, "Unmetered", now=clock.now())
+    token = await make_key(db, Role.MERCHANT, [merchant], now=clock.now())
+    resources = Resources(db=db, redis=down_redis, arq=down_redis, clock=clock)
+    async with serve(settings, resources) as client:
+        responses = [
+            await graphql(client, "{ viewer { role } }", accept=media, token=token)
+            for media in (GRJ, JSON)
+        ]
+    for response in responses:
+        assert response.status_code == 200
+        body = response.json()
+        assert body["data"] == {"viewer": {"role": "MERCHANT"}}
+        assert "cost" not in (body.get("extensions") or {})
+    # The outage is logged when it starts, not once per request served meanwhile.
+    [line] = outage_lines(caplog)
+    assert "rate limiter unavailable" in line.getMessage()
+    assert line.exc_info is None
+
+
+# -- the Adyen webhook ----------------------------------------------------------------------
+
+
+def _signed_batch(psp_reference: str) -> bytes:
+    item = copy.deepcopy(json.loads(ADYEN_ITEM.read_bytes())["NotificationRequestItem"])
+    item["pspReference"] = psp_reference
+    item["additionalData"]["hmacSignature"] = adyen.sign(item, "00")
+    return json.dumps(
+        {"live": "false", "notificationItems": [{"NotificationRequestItem": item}]}
+    ).encode()
+
+
+async def _raw_rows(db: Database, connection_id: uuid.UUID, *, pending: bool) -> int:
+    query = select(func.count()).where(col(RawRecord.connection_id) == connection_id)
+    if pending:
+        query = query.where(col(RawRecord.normalized_at).is_(None))
+    async with db.session(SYSTEM_SCOPE) as session:
+        return int((await session.execute(query)).scalar_one())
+
+
+async def test_webhook_during_a_database_outage_is_503_and_stores_nothing(
+    settings: Settings,
+    db: Database,
+    down_db: Database,
+    redis: Redis,
+    clock: FixedClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    merchant = await make_merchant(db, "Adyen down", now=clock.now())
+    connection = await make_connection(
+        db, merchant, now=clock.now(), settings=settings, kind=Processor.ADYEN
+    )
+    resources = Resources(db=down_db, redis=redis, arq=None, clock=clock)
+    async with serve(settings, resources) as client:
+        response = await client.post(
+            f"/webhooks/adyen/{connection.id}", content=_signed_batch("PSPDOWN1")
+        )
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "5"
+    assert response.text != "[accepted]"
+    assert response.json()["code"] == "SERVICE_UNAVAILABLE"
+    assert await _raw_rows(db, connection.id, pending=False) == 0
+    [line] = outage_lines(caplog)
+    assert "/webhooks/adyen/" in line.getMessage()
+    assert line.exc_info is None
+
+
+async def test_webhook_during_a_redis_outage_is_accepted_and_swept_later(
+    settings: Settings,
+    services: Services,
+    db: Database,
+    redis: Redis,
+    down_redis: ArqRedis,
+    clock: FixedClock,
+) -> None:
+    merchant = await make_merchant(db, "Adyen", now=clock.now())
+    connection = await make_connection(
+        db, merchant, now=clock.now(), settings=settings, kind=Processor.ADYEN
+    )
+    resources = Resources(db=db, redis=down_redis, arq=down_redis, clock=clock)
+    async with serve(settings, resources) as client:
+        response = await client.post(
+            f"/webhooks/adyen/{connection.id}", content=_signed_batch("PSPREDIS1")
+        )
+    assert response.status_code == 200
+    assert response.text == "[accepted]"
+    assert await _raw_rows(db, connection.id, pending=True) == 1
+
+    job_id = normalize_job_id(connection.id)
+    async with job_queue(services) as queue:
+        try:
+            ctx: Any = {"db": db, "redis": queue, "clock": clock}
+            # Younger than the grace period: the webhook's own enqueue may still be coming.
+            assert await sweep_unnormalized(ctx) == 0
+            ctx["clock"] = FixedClock(clock.now() + SWEEP_GRACE + timedelta(seconds=1))
+            assert await sweep_unnormalized(ctx) == 1
+            assert await queue.zscore(default_queue_name, job_id) is not None
+            # Queued already: the next sweep adds nothing.
+            assert await sweep_unnormalized(ctx) == 0
+            # What the worker then runs.
+            stats = await normalize_connection(ctx, str(connection.id))
+            assert stats["normalized"] == 1
+            assert await _raw_rows(db, connection.id, pending=True) == 0
+        finally:
+            await queue.zrem(default_queue_name, job_id)
+            await queue.delete(job_key_prefix + job_id)
+
+
+# -- the app-wide net ------------------------------------------------------------------------
+
+
+async def test_any_endpoint_answers_an_outage_with_503_and_a_bug_with_500() -> None:
+    async def needs_redis(_: Request) -> Response:
+        raise redis_errors.ConnectionError("Error 111 connecting to 127.0.0.1:9.")
+
+    async def buggy(_: Request) -> Response:
+        raise KeyError("bug")
+
+    app = Starlette(
+        routes=[Route("/redis", needs_redis), Route("/bug", buggy)],
+        middleware=[Middleware(OutageMiddleware, retry_after_seconds=7)],
+    )
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+        outage = await client.get("/redis")
+        bug = await client.get("/bug")
+    assert outage.status_code == 503
+    assert outage.headers["retry-after"] == "7"
+    assert outage.json() == {
+        "code": "SERVICE_UNAVAILABLE",
+        "message": "Redis is unavailable; retry in 7 s",
+    }
+    assert bug.status_code == 500
