@@ -1,14 +1,21 @@
 """HTTP during outages: PostgreSQL or Redis unreachable answers 503 with Retry-After, never 500."""
 
+import asyncio
+import contextlib
 import copy
 import json
 import logging
+import shutil
+import socket
+import tempfile
 import uuid
+import warnings
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -36,6 +43,7 @@ from jobs.enqueue import normalize_job_id
 from jobs.ingest import SWEEP_GRACE, normalize_connection, sweep_unnormalized
 from portal import http as http_view
 from portal.asgi import OutageMiddleware, Resources, create_app
+from portal.migrate import upgrade_database
 from tests.support.factories import make_connection, make_key, make_merchant
 from tests.support.queue import job_queue
 
@@ -155,6 +163,74 @@ async def test_database_outage_leaves_requests_that_do_not_need_it_and_probes_al
     assert "portal_metrics_database_up 0.0" in metrics.text
 
 
+class PrivatePostgres:
+    """A PostgreSQL of this test's own, to stop and start: the shared one is never touched."""
+
+    def __init__(self) -> None:
+        # Short: the server's unix socket lives here, and socket paths are limited to ~100 bytes.
+        self.path = tempfile.mkdtemp(prefix="portal_pg_")
+        self._server: Any = None
+
+    def start(self) -> str:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # platformdirs, when XDG_RUNTIME_DIR is unset
+            import pgserver
+
+        self._server = pgserver.get_server(self.path, cleanup_mode="stop")
+        socket_dir = urlsplit(self._server.get_uri()).query.removeprefix("host=")
+        return f"postgresql+asyncpg://postgres@/postgres?host={socket_dir}"
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.cleanup()
+            self._server = None
+
+
+@pytest.fixture
+async def private_postgres() -> AsyncIterator[PrivatePostgres]:
+    server = PrivatePostgres()
+    try:
+        yield server
+    finally:
+        await asyncio.to_thread(server.stop)
+        shutil.rmtree(server.path, ignore_errors=True)
+
+
+async def test_postgres_stopped_is_503_and_started_again_is_served(
+    settings: Settings,
+    redis: Redis,
+    clock: FixedClock,
+    private_postgres: PrivatePostgres,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The outage as it happens: pooled connections die with the server, new ones are
+    refused, and the same app serves again once it is back."""
+    url = await asyncio.to_thread(private_postgres.start)
+    await asyncio.to_thread(upgrade_database, url)
+    db = Database.from_url(url, pool_size=2)
+    try:
+        merchant = await make_merchant(db, "Private", now=clock.now())
+        token = await make_key(db, Role.MERCHANT, [merchant], now=clock.now())
+        resources = Resources(db=db, redis=redis, arq=None, clock=clock)
+        async with serve(settings, resources) as client:
+            before = await graphql(client, MERCHANTS, accept=GRJ, token=token)
+            await asyncio.to_thread(private_postgres.stop)
+            during = [await graphql(client, MERCHANTS, accept=m, token=token) for m in (GRJ, JSON)]
+            await asyncio.to_thread(private_postgres.start)
+            after = await graphql(client, MERCHANTS, accept=GRJ, token=token)
+    finally:
+        await db.dispose()
+    expected = {"merchants": {"edges": [{"node": {"name": "Private"}}]}}
+    assert before.status_code == 200
+    assert before.json()["data"] == expected
+    assert_unavailable(during[0], GRJ)
+    assert_unavailable(during[1], JSON)
+    assert after.status_code == 200
+    assert after.json()["data"] == expected
+    assert len(outage_lines(caplog)) == 2
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
 @pytest.mark.parametrize("media", [GRJ, JSON])
 async def test_database_outage_in_resolvers_and_mutations_is_503(
     settings: Settings,
@@ -200,30 +276,92 @@ async def test_database_outage_in_resolvers_and_mutations_is_503(
 # -- Redis unreachable --------------------------------------------------------------------
 
 
-async def test_redis_outage_serves_graphql_unmetered(
+class PrivateRedis:
+    """A redis-server of this test's own on a free loopback port, to stop and start."""
+
+    def __init__(self) -> None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self._process: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        self._process = await asyncio.create_subprocess_exec(
+            "redis-server",
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            stdout=asyncio.subprocess.DEVNULL,
+        )
+        probe = Redis(port=self.port)
+        try:
+            for _ in range(100):
+                with contextlib.suppress(redis_errors.ConnectionError):
+                    if await probe.ping():
+                        return
+                await asyncio.sleep(0.02)
+            raise RuntimeError("redis-server did not start")
+        finally:
+            await probe.aclose()
+
+    async def stop(self) -> None:
+        if self._process is not None:
+            self._process.terminate()
+            await self._process.wait()
+            self._process = None
+
+
+@pytest.fixture
+async def private_redis() -> AsyncIterator[PrivateRedis]:
+    server = PrivateRedis()
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+async def test_redis_outage_serves_graphql_unmetered_until_it_is_back(
     settings: Settings,
     db: Database,
-    down_redis: ArqRedis,
     clock: FixedClock,
+    private_redis: PrivateRedis,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.INFO, logger="portal.http")
     merchant = await make_merchant(db, "Unmetered", now=clock.now())
     token = await make_key(db, Role.MERCHANT, [merchant], now=clock.now())
-    resources = Resources(db=db, redis=down_redis, arq=down_redis, clock=clock)
-    async with serve(settings, resources) as client:
-        responses = [
-            await graphql(client, "{ viewer { role } }", accept=media, token=token)
-            for media in (GRJ, JSON)
-        ]
-    for response in responses:
+    redis = Redis(port=private_redis.port)
+    resources = Resources(db=db, redis=redis, arq=None, clock=clock)
+    try:
+        async with serve(settings, resources) as client:
+            before = await graphql(client, "{ viewer { role } }", accept=GRJ, token=token)
+            await private_redis.stop()
+            during = [
+                await graphql(client, "{ viewer { role } }", accept=media, token=token)
+                for media in (GRJ, JSON, GRJ)
+            ]
+            await private_redis.start()
+            after = await graphql(client, "{ viewer { role } }", accept=GRJ, token=token)
+    finally:
+        await redis.aclose()
+    for response in [before, *during, after]:
         assert response.status_code == 200
-        body = response.json()
-        assert body["data"] == {"viewer": {"role": "MERCHANT"}}
-        assert "cost" not in (body.get("extensions") or {})
-    # The outage is logged when it starts, not once per request served meanwhile.
-    [line] = outage_lines(caplog)
-    assert "rate limiter unavailable" in line.getMessage()
-    assert line.exc_info is None
+        assert response.json()["data"] == {"viewer": {"role": "MERCHANT"}}
+    assert "cost" in before.json()["extensions"]
+    assert all("cost" not in (r.json().get("extensions") or {}) for r in during)
+    assert "cost" in after.json()["extensions"]
+    # Logged when the outage starts and when it ends, not once per request in between.
+    limiter = [r for r in caplog.records if "rate limiter" in r.getMessage()]
+    assert [(r.levelno, r.exc_info) for r in limiter] == [
+        (logging.WARNING, None),
+        (logging.INFO, None),
+    ]
 
 
 # -- the Adyen webhook ----------------------------------------------------------------------
