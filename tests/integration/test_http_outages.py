@@ -144,12 +144,17 @@ async def test_database_outage_while_authenticating_is_503(
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
-async def test_database_outage_leaves_requests_that_do_not_need_it_and_probes_alone(
-    settings: Settings, down_db: Database, redis: Redis, clock: FixedClock
+async def test_with_both_down_probes_answer_and_requests_needing_neither_are_served(
+    settings: Settings,
+    down_db: Database,
+    down_redis: ArqRedis,
+    clock: FixedClock,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    resources = Resources(db=down_db, redis=redis, arq=None, clock=clock)
+    resources = Resources(db=down_db, redis=down_redis, arq=down_redis, clock=clock)
     async with serve(settings, resources) as client:
-        # No key: nothing is looked up, and the field says who may ask, as it always does.
+        # No key: nothing is looked up, the limiter lets it through unmetered, and the field
+        # says who may ask, as it always does.
         anonymous = await graphql(client, "{ viewer { role } }", accept=GRJ)
         healthz = await client.get("/healthz")
         readyz = await client.get("/readyz")
@@ -159,8 +164,11 @@ async def test_database_outage_leaves_requests_that_do_not_need_it_and_probes_al
     assert healthz.status_code == 200
     assert readyz.status_code == 503
     assert readyz.json()["database"].startswith("error:")
+    assert readyz.json()["redis"].startswith("error:")
     assert metrics.status_code == 200
     assert "portal_metrics_database_up 0.0" in metrics.text
+    assert "portal_graphql_requests_total" in metrics.text
+    assert not [r for r in caplog.records if r.name.startswith("portal") and r.exc_info]
 
 
 class PrivatePostgres:
@@ -450,6 +458,12 @@ async def test_webhook_during_a_redis_outage_is_accepted_and_swept_later(
         finally:
             await queue.zrem(default_queue_name, job_id)
             await queue.delete(job_key_prefix + job_id)
+
+
+def test_the_sweep_is_scheduled() -> None:
+    from jobs.worker import CRON_JOBS
+
+    assert "cron:sweep_unnormalized" in {job.name for job in CRON_JOBS}
 
 
 # -- the app-wide net ------------------------------------------------------------------------
