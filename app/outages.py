@@ -84,3 +84,9 @@ def outage_of(exc: BaseException) -> Dependency | None:
 def is_outage(exc: BaseException) -> bool:
     """True when `exc` comes from PostgreSQL or Redis being unreachable."""
     return outage_of(exc) is not None
+
+
+def unavailable_message(dependency: Dependency, retry_after_seconds: int) -> str:
+    """What a caller is told when its request met an outage: which service, and when to retry."""
+    name = "the database" if dependency is Dependency.DATABASE else "Redis"
+    return f"{name} is unavailable; retry in {retry_after_seconds} s"

@@ -64,6 +64,11 @@ class Settings(BaseSettings):
     db_pool_size: int = 10
     db_max_overflow: int = 10
 
+    # PostgreSQL or Redis unreachable: a request that needed it answers 503 with this
+    # `Retry-After` (seconds), so API clients and processors retry instead of seeing a bug.
+    # Short: the usual outage is a restart or a failover, over in seconds.
+    outage_retry_after_seconds: int = Field(default=5, gt=0, le=3600)
+
     @field_validator("database_url")
     @classmethod
     def _database_url(cls, value: str | None) -> str | None:

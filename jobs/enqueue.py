@@ -17,10 +17,15 @@ async def enqueue_poll(redis: ArqRedis, connection_id: uuid.UUID) -> bool:
     return job is not None
 
 
+def normalize_job_id(connection_id: uuid.UUID) -> str:
+    return f"normalize:{connection_id}"
+
+
 async def enqueue_normalize(redis: ArqRedis, connection_id: uuid.UUID) -> bool:
-    """Queue normalization of a connection's landed records (after a webhook delivery)."""
+    """Queue normalization of a connection's landed records (after a webhook delivery, or
+    from the sweep); False when one is already queued or running."""
     job = await redis.enqueue_job(
-        "normalize_connection", str(connection_id), _job_id=f"normalize:{connection_id}"
+        "normalize_connection", str(connection_id), _job_id=normalize_job_id(connection_id)
     )
     return job is not None
 

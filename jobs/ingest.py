@@ -2,6 +2,7 @@
 
 import time
 import uuid
+from datetime import timedelta
 from typing import Any
 
 import structlog
@@ -10,17 +11,25 @@ from arq import Retry
 from app.models.ingestion import ProcessorConnection
 from app.processors.base import TransientProcessorError
 from app.services.connection import active_connection_ids
-from app.services.ingestion import IngestStats, normalize_raw, pending_raw_ids
+from app.services.ingestion import (
+    IngestStats,
+    connections_with_pending_raw,
+    normalize_raw,
+    pending_raw_ids,
+)
 from app.services.polling import poll_connection as poll_service
 from app.tenancy import SYSTEM_SCOPE
 from jobs.context import WorkerContext
-from jobs.enqueue import enqueue_poll
+from jobs.enqueue import enqueue_normalize, enqueue_poll
 
 logger = structlog.get_logger("portal.jobs")
 
 # One poll job reads pages until caught up or this budget is spent; the next cron tick resumes.
 POLL_BUDGET_SECONDS = 120.0
 MAX_DEFER_SECONDS = 300.0
+# A webhook's rows are normally queued for normalization within milliseconds of landing; the
+# sweep leaves younger rows to that path.
+SWEEP_GRACE = timedelta(seconds=10)
 
 
 async def enqueue_polls(ctx: WorkerContext) -> int:
@@ -77,3 +86,22 @@ async def normalize_connection(ctx: WorkerContext, connection_id: str) -> dict[s
             total.add(await normalize_raw(uow, connection, ids, now=ctx["clock"].now()))
             await uow.commit()
     return vars(total)
+
+
+async def sweep_unnormalized(ctx: WorkerContext) -> int:
+    """Cron: queue `normalize_connection` for every connection with landed rows still waiting
+    for the normalizer, so none waits forever.
+
+    A webhook stores its rows, then queues their normalization; when Redis was unreachable at
+    that moment the rows are stored but nothing is queued. A delivery that lands while the
+    connection's normalize job is finishing is deduplicated against that job (same job id)
+    and stranded the same way. Idempotent: the deterministic job id makes a second enqueue a
+    no-op while one is queued or running. Returns how many were queued.
+    """
+    before = ctx["clock"].now() - SWEEP_GRACE
+    async with ctx["db"].uow(SYSTEM_SCOPE) as uow:
+        ids = await connections_with_pending_raw(uow, received_before=before)
+    queued = [cid for cid in ids if await enqueue_normalize(ctx["redis"], cid)]
+    if queued:
+        logger.info("queued normalization of waiting records", connections=len(queued))
+    return len(queued)

@@ -8,7 +8,7 @@ from arq.worker import Worker
 
 from app.settings import get_settings
 from jobs.context import shutdown, startup
-from jobs.ingest import enqueue_polls, normalize_connection, poll_connection
+from jobs.ingest import enqueue_polls, normalize_connection, poll_connection, sweep_unnormalized
 from jobs.retry import (
     attempt_payment,
     claim_due,
@@ -29,6 +29,7 @@ FUNCTIONS = [
 _EVERY_10S = set(range(0, 60, 10))
 CRON_JOBS = [
     cron(enqueue_polls, second=_EVERY_10S, unique=True, timeout=60),  # type: ignore[arg-type]
+    cron(sweep_unnormalized, second={25, 55}, unique=True, timeout=30),  # type: ignore[arg-type]
     cron(decide_pending, second=_EVERY_10S, unique=True, timeout=55),  # type: ignore[arg-type]
     cron(claim_due, second=_EVERY_10S, unique=True, timeout=55),  # type: ignore[arg-type]
     cron(reconcile_stuck, second={5}, unique=True, timeout=55),  # type: ignore[arg-type]

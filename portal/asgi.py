@@ -1,4 +1,4 @@
-"""The ASGI application: lifespan-owned resources, GraphQL, health endpoints."""
+"""The ASGI application: lifespan-owned resources, GraphQL, health endpoints, the outage net."""
 
 import contextlib
 import logging
@@ -15,11 +15,15 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Send
+from starlette.types import Scope as AsgiScope
 
 from app.clock import Clock, SystemClock
 from app.crypto import CredentialBox
 from app.db import Database
 from app.embedded import Services, resolve_services
+from app.errors import ErrorCode
+from app.outages import outage_of, unavailable_message
 from app.ratelimit import BucketLimits, RedisLeakyBucket
 from app.settings import Settings, get_settings
 from app.tenancy import SYSTEM_SCOPE
@@ -84,6 +88,48 @@ async def readyz(request: Request) -> JSONResponse:
     )
 
 
+class OutageMiddleware:
+    """Any endpoint whose handler fails because PostgreSQL or Redis is unreachable answers 503
+    with `Retry-After` and one warning line, instead of uvicorn's 500 with a traceback; so an
+    endpoint added later cannot turn an outage into a 500. Bugs still propagate (a 500), and so
+    does an outage after the response started: its status is already sent."""
+
+    def __init__(self, app: ASGIApp, *, retry_after_seconds: int) -> None:
+        self.app = app
+        self._retry_after = retry_after_seconds
+
+    async def __call__(self, scope: AsgiScope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watch(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        except Exception as exc:
+            dependency = outage_of(exc)
+            if dependency is None or started:
+                raise
+            logger.warning(
+                "%s %s failed: %s unavailable (%s)",
+                scope["method"],
+                scope["path"],
+                dependency,
+                type(exc).__name__,
+            )
+            body = {
+                "code": ErrorCode.SERVICE_UNAVAILABLE.value,
+                "message": unavailable_message(dependency, self._retry_after),
+            }
+            headers = {"Retry-After": str(self._retry_after)}
+            await JSONResponse(body, 503, headers)(scope, receive, send)
+
+
 def create_app(
     settings: Settings | None = None, *, resources: Resources | None = None
 ) -> Starlette:
@@ -134,7 +180,10 @@ def create_app(
             Route("/metrics", metrics_endpoint(settings)),
             Route("/webhooks/adyen/{connection_id}", adyen_webhook, methods=["POST"]),
         ],
-        middleware=[Middleware(RequestLogMiddleware)],
+        middleware=[
+            Middleware(RequestLogMiddleware),
+            Middleware(OutageMiddleware, retry_after_seconds=settings.outage_retry_after_seconds),
+        ],
         lifespan=lifespan,
     )
 

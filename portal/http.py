@@ -32,6 +32,7 @@ from strawberry.types.graphql import OperationType
 from app.clock import Clock
 from app.db import Database
 from app.errors import ErrorCode
+from app.outages import Dependency, outage_of, unavailable_message
 from app.ratelimit import Decision, RedisLeakyBucket
 from app.services.api_key import authenticate
 from app.settings import Settings
@@ -40,6 +41,7 @@ from portal import metrics
 from portal.logging import request_id_from
 from resolvers.context import Context
 from resolvers.cost import PageSizes, operation_cost
+from schema.extensions import outage_in
 
 logger = logging.getLogger("portal.http")
 
@@ -158,6 +160,23 @@ class PortalGraphQL(GraphQL[Context, None]):
     `Retry-After` when over budget (legacy JSON: 200 with the same `RATE_LIMITED` error and
     `data: null`). 500 when something broke outside field resolution.
 
+    Outages: when PostgreSQL or Redis is unreachable (see `app.outages`), whether in
+    authentication, in a resolver or dataloader, or in a mutation, the answer is 503 with
+    `Retry-After: <outage_retry_after_seconds>` and `SERVICE_UNAVAILABLE` errors ("the database
+    is unavailable; retry in N s", `extensions.retryAfterSeconds`), for both media types:
+    legacy JSON clients get 503 too, since a 200 would tell them the answer is complete. When
+    only some fields met the outage, the whole response is still 503 and `data` is left out:
+    the fields that did resolve are a snapshot the client cannot complete, and retrying the
+    request is the one reaction that works for every client. The errors keep their paths. A
+    mutation that met an outage before its commit changed nothing; one whose commit lost its
+    connection may or may not have been applied, as with any lost connection (a versioned
+    change, `expectedVersion`, is safe to retry). The rate limiter is the exception: with
+    Redis unreachable, requests are served unmetered rather than refused (the query guards
+    still bound each request), so a Redis outage does not take down an API whose data is in
+    PostgreSQL. Each request failed by an outage is logged once, as a warning naming the
+    dependency and the error type, without a traceback. Bugs are still masked as
+    INTERNAL_SERVER_ERROR, with the statuses above.
+
     Authentication: a request without a token is executed and fields needing a caller
     answer `UNAUTHENTICATED` errors. The spec leaves authorisation to the schema during
     execution, so that is a 200 partial response with `data: null`, not a 401. A token that
@@ -181,6 +200,9 @@ class PortalGraphQL(GraphQL[Context, None]):
             raise TypeError("PortalGraphQL serves a strawberry.Schema")
         # The graphql-core schema, which query costs are computed against.
         self._graphql_schema: GraphQLSchema = self.schema._schema
+        # Whether the rate limiter's Redis was last found unreachable: the outage is logged
+        # when it starts and when it ends, not once per request served meanwhile.
+        self._unmetered = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -191,12 +213,17 @@ class PortalGraphQL(GraphQL[Context, None]):
         outcome = _Outcome()
         try:
             response = await self._serve(request, outcome)
-        except Exception:
+        except Exception as exc:
             # Still a GraphQL-shaped answer with a code, never a bare text/plain 500.
-            logger.exception("GraphQL request failed before producing a result")
-            failure = Refusal(500, ErrorCode.INTERNAL_SERVER_ERROR, "Internal server error")
             media = negotiate(request.headers.get("accept")) or APPLICATION_JSON
-            response = self._refusal(failure, media)
+            dependency = outage_of(exc)
+            if dependency is None:
+                logger.exception("GraphQL request failed before producing a result")
+                failure = Refusal(500, ErrorCode.INTERNAL_SERVER_ERROR, "Internal server error")
+            else:
+                _log_outage(dependency, exc)
+                failure = self._unavailable(dependency)
+            response = self._refusal(failure, media, outcome.extensions)
         request.state.graphql_operation = outcome.operation
         metrics.observe_graphql(
             outcome.operation, response.status_code, time.perf_counter() - started
@@ -290,6 +317,14 @@ class PortalGraphQL(GraphQL[Context, None]):
         body = await self.process_result(request, result)
         if outcome.extensions:
             body["extensions"] = {**(body.get("extensions") or {}), **outcome.extensions}
+        outages = [found for error in result.errors or () if (found := outage_in(error))]
+        if outages:
+            dependency, exc = outages[0]
+            _log_outage(dependency, exc, fields=len(outages))
+            # Half an answer is not one a client can use: it retries the whole request.
+            body.pop("data", None)
+            retry = self._settings.outage_retry_after_seconds
+            return self._response(body, media, 503, {"Retry-After": str(retry)})
         status = 200
         if media == GRAPHQL_RESPONSE_JSON and result.data is None:
             status = _status_without_data(result)
@@ -341,10 +376,21 @@ class PortalGraphQL(GraphQL[Context, None]):
         clock: Clock = state.clock
         try:
             decision: Decision = await bucket.offer(key, cost, now=clock.now())
-        except Exception:
-            # Redis down: serving unmetered beats refusing every request.
-            logger.warning("rate limiter unavailable; request not metered", exc_info=True)
+        except Exception as exc:
+            # Redis down: serving unmetered beats refusing every request (see the class
+            # docstring). Anything else is a bug, and must not silently switch metering off.
+            if outage_of(exc) is not Dependency.REDIS:
+                raise
+            if not self._unmetered:
+                logger.warning(
+                    "rate limiter unavailable (%s); serving unmetered until Redis answers",
+                    type(exc).__name__,
+                )
+                self._unmetered = True
             return
+        if self._unmetered:
+            logger.info("rate limiter available again; requests are metered")
+            self._unmetered = False
         outcome.extensions["cost"] = decision.as_extension()
         if decision.allowed:
             return
@@ -402,6 +448,16 @@ class PortalGraphQL(GraphQL[Context, None]):
             if not isinstance(data.get(name), dict | None):
                 raise Refusal(400, ErrorCode.BAD_REQUEST, f"`{name}` must be an object")
         return _Params(query, data.get("variables"), operation_name, data.get("extensions"))
+
+    def _unavailable(self, dependency: Dependency) -> Refusal:
+        retry = self._settings.outage_retry_after_seconds
+        return Refusal(
+            503,
+            ErrorCode.SERVICE_UNAVAILABLE,
+            unavailable_message(dependency, retry),
+            headers={"Retry-After": str(retry)},
+            extensions={"retryAfterSeconds": retry},
+        )
 
     def _refusal(
         self, refusal: Refusal, media: str, response_extensions: dict[str, Any] | None = None
@@ -495,6 +551,14 @@ def _json(raw: str | bytes, message: str) -> Any:
         return json.loads(raw.decode("utf-8") if isinstance(raw, bytes) else raw)
     except (ValueError, UnicodeDecodeError) as error:
         raise Refusal(400, ErrorCode.BAD_REQUEST, message) from error
+
+
+def _log_outage(dependency: Dependency, exc: BaseException, *, fields: int = 0) -> None:
+    """The one line a request failed by an outage leaves: no traceback, it is not a bug."""
+    where = f" in {fields} field(s)" if fields else ""
+    logger.warning(
+        "GraphQL request failed: %s unavailable (%s)%s", dependency, type(exc).__name__, where
+    )
 
 
 def _status_without_data(result: ExecutionResult) -> int:

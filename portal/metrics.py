@@ -28,6 +28,7 @@ from app.db import Database
 from app.enums import PaymentState
 from app.models.ingestion import ProcessorConnection
 from app.models.payment import Payment
+from app.outages import is_outage
 from app.settings import Settings
 from app.tenancy import SYSTEM_SCOPE
 
@@ -201,14 +202,23 @@ def metrics_endpoint(settings: Settings) -> Callable[[Request], Awaitable[Respon
         try:
             families += await database_families(db, clock.now())
             up.add_metric([], 1.0)
-        except Exception:
-            # A scrape must still answer with the process metrics when the database is down.
-            logger.warning("metrics: database part of the scrape failed", exc_info=True)
+        except Exception as exc:
+            # A scrape must still answer with the process metrics when the database is down;
+            # an outage is one line per scrape, a bug keeps its traceback.
+            logger.warning(
+                "metrics: database part of the scrape failed (%s)",
+                type(exc).__name__,
+                exc_info=not is_outage(exc),
+            )
             up.add_metric([], 0.0)
         try:
             families.append(await job_family(request.app.state.redis))
-        except Exception:
-            logger.warning("metrics: reading job counts from Redis failed", exc_info=True)
+        except Exception as exc:
+            logger.warning(
+                "metrics: reading job counts from Redis failed (%s)",
+                type(exc).__name__,
+                exc_info=not is_outage(exc),
+            )
         body = generate_latest(REGISTRY) + generate_latest(_Families([*families, up]))
         return Response(body, media_type=CONTENT_TYPE_PLAIN_0_0_4)
 

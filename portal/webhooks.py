@@ -8,6 +8,7 @@ from starlette.responses import PlainTextResponse, Response
 
 from app.crypto import CredentialBox
 from app.errors import InvalidArgument, NotFound
+from app.outages import Dependency, outage_of
 from app.services.webhooks import InvalidSignature, receive_adyen
 from jobs.enqueue import enqueue_normalize
 
@@ -17,7 +18,13 @@ MAX_BODY_BYTES = 5 * 1024 * 1024
 
 
 async def adyen_webhook(request: Request) -> Response:
-    """Verify, land raw, acknowledge with `[accepted]`; normalization runs as a job."""
+    """Verify, land raw, acknowledge with `[accepted]`; normalization runs as a job.
+
+    With the database unreachable nothing is stored and the outage propagates to the app's
+    outage handler: a 503 with `Retry-After`, and Adyen delivers the batch again later (rows
+    stored just before the connection dropped are deduplicated by content hash). With
+    Redis unreachable once the rows are stored, the batch is still acknowledged: the rows are
+    safe, and the `sweep_unnormalized` cron queues their normalization when Redis is back."""
     try:
         connection_id = uuid.UUID(request.path_params["connection_id"])
     except ValueError:
@@ -37,5 +44,16 @@ async def adyen_webhook(request: Request) -> Response:
     except InvalidArgument as exc:
         return PlainTextResponse(exc.message, status_code=400)
     if new_ids and state.arq is not None:
-        await enqueue_normalize(state.arq, connection_id)
+        try:
+            await enqueue_normalize(state.arq, connection_id)
+        except Exception as exc:
+            if outage_of(exc) is not Dependency.REDIS:
+                raise
+            logger.warning(
+                "adyen webhook for connection %s stored %d records; normalization not queued, "
+                "Redis unavailable (%s): the sweep will queue it",
+                connection_id,
+                len(new_ids),
+                type(exc).__name__,
+            )
     return PlainTextResponse("[accepted]")

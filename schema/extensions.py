@@ -1,11 +1,14 @@
-"""Error shaping: expected errors keep their code, unexpected ones are masked and logged."""
+"""Error shaping: expected errors keep their code, outages say so, bugs are masked and logged."""
 
 import logging
 
+import strawberry
 from graphql import GraphQLError
 from strawberry.extensions import MaskErrors
+from strawberry.types import ExecutionContext
 
 from app.errors import ErrorCode, PortalError
+from app.outages import Dependency, outage_of, unavailable_message
 
 logger = logging.getLogger("portal.graphql")
 
@@ -16,11 +19,35 @@ def _is_expected(error: GraphQLError) -> bool:
     return original is None or isinstance(original, PortalError | GraphQLError)
 
 
-class ShapeErrors(MaskErrors):
-    """Masks bugs (logged with their traceback) and gives every error an extensions.code."""
+def _outage(error: GraphQLError) -> Dependency | None:
+    original = error.original_error
+    return None if original is None or _is_expected(error) else outage_of(original)
 
-    def __init__(self) -> None:
+
+def outage_in(error: GraphQLError) -> tuple[Dependency, BaseException] | None:
+    """The dependency and the exception behind a field error that `ShapeErrors` marked
+    SERVICE_UNAVAILABLE, for the one log line the HTTP view writes per failed request."""
+    original = error.original_error
+    if (error.extensions or {}).get("code") != ErrorCode.SERVICE_UNAVAILABLE.value:
+        return None
+    if original is None:
+        return None
+    dependency = outage_of(original)
+    return None if dependency is None else (dependency, original)
+
+
+class ShapeErrors(MaskErrors):
+    """Masks bugs (logged with their traceback) and gives every error an extensions.code.
+
+    A field that failed because PostgreSQL or Redis is unreachable is not a bug: its error
+    says SERVICE_UNAVAILABLE with a retry time instead of INTERNAL_SERVER_ERROR, and is not
+    logged here (the HTTP view answers 503 and logs the request once, however many fields
+    failed). The original exception stays attached for that log line; it is never serialized.
+    """
+
+    def __init__(self, *, retry_after_seconds: int) -> None:
         super().__init__(should_mask_error=lambda e: not _is_expected(e))
+        self._retry_after = retry_after_seconds
 
     def anonymise_error(self, error: GraphQLError) -> GraphQLError:
         logger.error(
@@ -32,8 +59,30 @@ class ShapeErrors(MaskErrors):
         masked.extensions = {"code": ErrorCode.INTERNAL_SERVER_ERROR.value}
         return masked
 
+    def _unavailable(self, error: GraphQLError, dependency: Dependency) -> GraphQLError:
+        return GraphQLError(
+            unavailable_message(dependency, self._retry_after),
+            nodes=error.nodes,
+            source=error.source,
+            positions=error.positions,
+            path=error.path,
+            original_error=error.original_error,
+            extensions={
+                "code": ErrorCode.SERVICE_UNAVAILABLE.value,
+                "retryAfterSeconds": self._retry_after,
+            },
+        )
+
     def _process_errors(self, errors: list[GraphQLError]) -> list[GraphQLError]:
-        processed = super()._process_errors(errors)
+        processed = []
+        for error in errors:
+            dependency = _outage(error)
+            if dependency is not None:
+                processed.append(self._unavailable(error, dependency))
+            elif self.should_mask_error(error):
+                processed.append(self.anonymise_error(error))
+            else:
+                processed.append(error)
         for error in processed:
             if not error.extensions or "code" not in error.extensions:
                 original = error.original_error
@@ -45,3 +94,14 @@ class ShapeErrors(MaskErrors):
                     code = ErrorCode.INVALID_ARGUMENT.value
                 error.extensions = {**(error.extensions or {}), "code": code}
         return processed
+
+
+class PortalSchema(strawberry.Schema):
+    """Strawberry's schema, except that Strawberry's own log of each field error (at ERROR,
+    with its traceback) leaves out errors caused by an outage: during one, every request
+    would log a traceback per failed field, where the HTTP view writes one warning line."""
+
+    def process_errors(
+        self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None
+    ) -> None:
+        super().process_errors([e for e in errors if _outage(e) is None], execution_context)

@@ -46,7 +46,7 @@ from schema.connection import (
     sync_processor_connection,
 )
 from schema.enums import Role
-from schema.extensions import ShapeErrors
+from schema.extensions import PortalSchema, ShapeErrors
 from schema.merchant import Merchant, MerchantConnection
 from schema.merchant_admin import (
     CreateMerchantPayload,
@@ -288,7 +288,7 @@ def build_schema(settings: Settings) -> strawberry.Schema:
         *QueryDepthLimiter(max_depth=settings.max_query_depth).validation_rules,
         *MaxAliasesLimiter(max_alias_count=settings.max_aliases).validation_rules,
     ]
-    return strawberry.Schema(
+    return PortalSchema(
         query=Query,
         mutation=Mutation,
         types=[Merchant, Payment, Customer, Card, ProcessorConnection, ApiKey, WebhookEndpoint],
@@ -301,7 +301,7 @@ def build_schema(settings: Settings) -> strawberry.Schema:
             ParserCache,
             lambda: AddValidationRules(rules),
             ValidationCache,
-            ShapeErrors,
+            lambda: ShapeErrors(retry_after_seconds=settings.outage_retry_after_seconds),
         ],
     )
 

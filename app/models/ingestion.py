@@ -42,6 +42,14 @@ class RawRecord(TenantOwned, table=True):
     __table_args__ = (
         sa.UniqueConstraint("connection_id", "content_hash"),
         sa.Index("ix_raw_record_connection_received", "connection_id", "received_at"),
+        # Rows still waiting for the normalizer (webhook deliveries), for the sweep that
+        # queues their normalization when the job queued on arrival was lost.
+        sa.Index(
+            "ix_raw_record_pending",
+            "connection_id",
+            "received_at",
+            postgresql_where=sa.text("normalized_at IS NULL"),
+        ),
     )
 
     id: uuid.UUID = Field(default_factory=new_id, primary_key=True)

@@ -223,6 +223,23 @@ async def pending_raw_ids(
     return list((await uow.session.execute(query)).scalars())
 
 
+async def connections_with_pending_raw(
+    uow: UnitOfWork, *, received_before: datetime
+) -> list[uuid.UUID]:
+    """Connections holding raw rows that have waited for the normalizer since before
+    `received_before` (a partial index keeps this cheap: such rows are few)."""
+    query = (
+        select(col(RawRecord.connection_id))
+        .where(
+            col(RawRecord.normalized_at).is_(None),
+            col(RawRecord.received_at) < received_before,
+        )
+        .distinct()
+        .order_by(col(RawRecord.connection_id))
+    )
+    return list((await uow.session.execute(query)).scalars())
+
+
 @dataclass
 class _Plan:
     """The writes one normalization batch decided on."""
