@@ -7,6 +7,8 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from app.urls import UrlPolicy
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 _PLACEHOLDER_SECRETS = frozenset({"", "changeme", "change-me", "secret", "development-only-key"})
@@ -58,8 +60,17 @@ class Settings(BaseSettings):
     rate_limit_enabled: bool = True
     rate_limit_capacity: int = Field(default=50_000, gt=0)
     rate_limit_leak_per_second: float = Field(default=1_000.0, gt=0)
-    # When set, /metrics requires `Authorization: Bearer <token>`.
+    # When set, /metrics requires `Authorization: Bearer <token>`; production requires it.
     metrics_token: SecretStr | None = None
+
+    # Safe defaults for production; each is refused or forced there by `_production_safe`.
+    # Webhook URLs may point at loopback: for the demo's and the tests' receivers on
+    # 127.0.0.1 only, refused in production. Production also requires https (app/urls.py).
+    webhook_allow_loopback: bool = False
+    # Schema introspection (`__schema`, `__type`). Unset: on outside production, off in
+    # production. GraphiQL reads the schema by introspection, so production refuses
+    # PORTAL_GRAPHIQL unless PORTAL_INTROSPECTION=true is set explicitly too.
+    introspection: bool | None = None
 
     db_pool_size: int = 10
     db_max_overflow: int = 10
@@ -77,6 +88,42 @@ class Settings(BaseSettings):
         ):
             raise ValueError("PORTAL_SECRET_KEY must be set to a real secret in production")
         return self
+
+    @model_validator(mode="after")
+    def _production_safe(self) -> "Settings":
+        if self.environment != "production":
+            return self
+        token = self.metrics_token
+        if token is None or token.get_secret_value().strip() in _PLACEHOLDER_SECRETS:
+            raise ValueError(
+                "PORTAL_METRICS_TOKEN must be set in production: without it /metrics is "
+                "public (scrapers send it as `Authorization: Bearer <token>`)"
+            )
+        if self.webhook_allow_loopback:
+            raise ValueError(
+                "PORTAL_WEBHOOK_ALLOW_LOOPBACK is for the demo and tests: refused in production"
+            )
+        if self.graphiql and self.introspection is not True:
+            raise ValueError(
+                "PORTAL_GRAPHIQL in production needs PORTAL_INTROSPECTION=true set explicitly "
+                "(the IDE reads the schema by introspection, which production turns off)"
+            )
+        return self
+
+    @property
+    def introspection_enabled(self) -> bool:
+        """Whether clients may introspect the schema: as set, else everywhere but production."""
+        if self.introspection is None:
+            return self.environment != "production"
+        return self.introspection
+
+    @property
+    def webhook_url_policy(self) -> UrlPolicy:
+        """Where webhook deliveries may go: https only in production, loopback only if set."""
+        return UrlPolicy(
+            require_https=self.environment == "production",
+            allow_loopback=self.webhook_allow_loopback,
+        )
 
 
 @lru_cache

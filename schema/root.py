@@ -3,7 +3,7 @@
 from typing import Annotated
 
 import strawberry
-from graphql import lexicographic_sort_schema, print_schema
+from graphql import NoSchemaIntrospectionCustomRule, lexicographic_sort_schema, print_schema
 from strawberry.extensions import (
     AddValidationRules,
     MaxAliasesLimiter,
@@ -288,6 +288,9 @@ def build_schema(settings: Settings) -> strawberry.Schema:
         *QueryDepthLimiter(max_depth=settings.max_query_depth).validation_rules,
         *MaxAliasesLimiter(max_alias_count=settings.max_aliases).validation_rules,
     ]
+    if not settings.introspection_enabled:
+        # `__schema` and `__type` become validation errors; `__typename` stays (clients need it).
+        rules.append(NoSchemaIntrospectionCustomRule)
     return strawberry.Schema(
         query=Query,
         mutation=Mutation,
