@@ -270,14 +270,16 @@ class Mutation:
         resolver=rotate_webhook_secret,
         description=(
             "Replace an endpoint's signing secret (support, or the merchant's own key); the new "
-            "secret is returned once. Audited, without the secret."
+            "secret is returned once, and the old one keeps signing deliveries too for the "
+            "grace period asked for (24 hours unless told). Audited, without the secrets."
         ),
     )
     set_webhook_endpoint_enabled: SetWebhookEndpointEnabledPayload = strawberry.mutation(
         resolver=set_webhook_endpoint_enabled,
         description=(
             "Turn an endpoint on or off (support, or the merchant's own key); a disabled one "
-            "receives no new events. Audited."
+            "receives no new events, and one whose URL is no longer allowed is not turned back "
+            "on. Audited."
         ),
     )
 

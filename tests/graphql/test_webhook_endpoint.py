@@ -1,5 +1,8 @@
-"""Webhook endpoints: create with a one-time secret, rotate, enable, recent deliveries."""
+"""Webhook endpoints: create with a one-time secret, refuse inward URLs, rotate with a grace
+period, enable, recent deliveries."""
 
+import hashlib
+import hmac
 import json
 import logging
 import uuid
@@ -19,7 +22,13 @@ from app.enums import Role
 from app.models.audit import AuditLog
 from app.models.merchant import Merchant
 from app.models.retry import OutboxEvent, WebhookDelivery, WebhookEndpoint
-from app.services.retry.delivery import SIGNATURE_HEADER, create_endpoint, deliver_due, verify
+from app.services.retry.delivery import (
+    SIGNATURE_HEADER,
+    create_endpoint,
+    deliver_due,
+    sign,
+    verify,
+)
 from app.settings import Settings
 from app.tenancy import SYSTEM_SCOPE, system_principal
 from resolvers.ids import decode_id, encode_id
@@ -27,12 +36,13 @@ from tests.graphql.test_connection import _http
 from tests.graphql.test_query_count import count_statements
 from tests.support.factories import make_key, make_merchant
 from tests.support.graphql import codes, run
+from tests.support.webhooks import PUBLIC, table_resolver
 
 CREATE = """mutation($input: CreateWebhookEndpointInput!) { createWebhookEndpoint(input: $input) {
   webhookEndpoint { id url enabled createdAt } secret errors { code message field } } }"""
 
 ROTATE = """mutation($input: RotateWebhookSecretInput!) { rotateWebhookSecret(input: $input) {
-  webhookEndpoint { id url } secret errors { code message field } } }"""
+  webhookEndpoint { id url previousSecretExpiresAt } secret errors { code message field } } }"""
 
 SET_ENABLED = """mutation($input: SetWebhookEndpointEnabledInput!) {
   setWebhookEndpointEnabled(input: $input) {
@@ -178,25 +188,10 @@ async def test_create_returns_the_secret_once_and_never_again(
     assert all(secret not in str(r.args) + r.getMessage() for r in caplog.records)
 
 
-async def test_rotate_changes_what_deliveries_are_signed_with(
-    db: Database, settings: Settings, clock: FixedClock
-) -> None:
-    merchant, token = await _setup(db, clock)
-    global_id, old = await _create(db, settings, clock, merchant, token)
-    endpoint_id = _raw_id(global_id)
-    data = await _data(
-        db, settings, clock, ROTATE, token, input={"endpointId": global_id, "reason": "leaked"}
-    )
-    payload = data["rotateWebhookSecret"]
-    assert payload["errors"] == []
-    assert payload["webhookEndpoint"] == {"id": global_id, "url": URL}
-    new = payload["secret"]
-    assert isinstance(new, str)
-    assert new != old
-    row = await _endpoint_row(db, endpoint_id)
-    assert _box(settings).open(row.secret_encrypted) == {"secret": new}
-
-    # The delivery job itself now signs with the new secret.
+async def _deliver_one(
+    db: Database, settings: Settings, clock: FixedClock, merchant: Merchant, endpoint_id: uuid.UUID
+) -> httpx.Request:
+    """Queue one event for the endpoint, run the delivery job's sender, return what it sent."""
     await _delivery(db, merchant, endpoint_id, clock, event_type="payment.recovered")
     sent: list[httpx.Request] = []
 
@@ -205,11 +200,57 @@ async def test_rotate_changes_what_deliveries_are_signed_with(
         return httpx.Response(204)
 
     async with httpx.AsyncClient(transport=httpx.MockTransport(receive)) as http:
-        counts = await deliver_due(db, http=http, box=_box(settings), clock=clock)
+        counts = await deliver_due(
+            db,
+            http=http,
+            box=_box(settings),
+            clock=clock,
+            policy=settings.webhook_url_policy,
+            resolve=table_resolver({"merchant.test": [PUBLIC]}),
+        )
     assert counts["delivered"] == 1
     [request] = sent
-    assert verify(new, request.headers[SIGNATURE_HEADER], request.content)
-    assert not verify(old, request.headers[SIGNATURE_HEADER], request.content)
+    return request
+
+
+def _v1_count(request: httpx.Request) -> int:
+    return sum(p.startswith("v1=") for p in request.headers[SIGNATURE_HEADER].split(","))
+
+
+async def test_rotating_a_leaked_secret_ends_it_at_once(
+    db: Database, settings: Settings, clock: FixedClock
+) -> None:
+    merchant, token = await _setup(db, clock)
+    global_id, old = await _create(db, settings, clock, merchant, token)
+    endpoint_id = _raw_id(global_id)
+    data = await _data(
+        db,
+        settings,
+        clock,
+        ROTATE,
+        token,
+        input={"endpointId": global_id, "reason": "leaked", "previousSecretValidHours": 0},
+    )
+    payload = data["rotateWebhookSecret"]
+    assert payload["errors"] == []
+    assert payload["webhookEndpoint"] == {
+        "id": global_id,
+        "url": URL,
+        "previousSecretExpiresAt": None,
+    }
+    new = payload["secret"]
+    assert isinstance(new, str)
+    assert new != old
+    row = await _endpoint_row(db, endpoint_id)
+    assert _box(settings).open(row.secret_encrypted) == {"secret": new}
+    assert (row.previous_secret_encrypted, row.previous_secret_expires_at) == (None, None)
+
+    # The delivery job itself now signs with the new secret only.
+    request = await _deliver_one(db, settings, clock, merchant, endpoint_id)
+    now = int(clock.now().timestamp())
+    assert _v1_count(request) == 1
+    assert verify(new, request.headers[SIGNATURE_HEADER], request.content, now=now)
+    assert not verify(old, request.headers[SIGNATURE_HEADER], request.content, now=now)
 
     [entry] = await _audit(db, "webhook_endpoint.rotate_secret")
     assert (entry.actor, entry.reason, entry.entity_id) == (
@@ -217,9 +258,113 @@ async def test_rotate_changes_what_deliveries_are_signed_with(
         "leaked",
         str(endpoint_id),
     )
+    assert entry.after is not None
+    assert entry.after["previous_secret_expires_at"] is None
     logged = json.dumps([entry.before, entry.after])
     assert old not in logged
     assert new not in logged
+
+
+async def test_a_rotated_secret_keeps_signing_until_its_grace_period_ends(
+    db: Database, settings: Settings, clock: FixedClock
+) -> None:
+    merchant, token = await _setup(db, clock)
+    global_id, first = await _create(db, settings, clock, merchant, token)
+    endpoint_id = _raw_id(global_id)
+    data = await _data(
+        db, settings, clock, ROTATE, token, input={"endpointId": global_id, "reason": "yearly"}
+    )
+    payload = data["rotateWebhookSecret"]
+    second = payload["secret"]
+    expires = clock.now() + timedelta(hours=24)
+    assert payload["webhookEndpoint"]["previousSecretExpiresAt"] == expires.isoformat()
+    row = await _endpoint_row(db, endpoint_id)
+    # The old secret is kept sealed like the current one, never in clear.
+    assert row.previous_secret_encrypted is not None
+    assert first.encode() not in row.previous_secret_encrypted
+    assert _box(settings).open(row.previous_secret_encrypted) == {"secret": first}
+    assert row.previous_secret_expires_at == expires
+
+    # During the grace period: two signatures, the new secret's first; either verifies.
+    request = await _deliver_one(db, settings, clock, merchant, endpoint_id)
+    header = request.headers[SIGNATURE_HEADER]
+    now = int(clock.now().timestamp())
+    assert _v1_count(request) == 2
+    assert header.split(",")[1] == sign([second], now, request.content).split(",")[1]
+    for secret in (first, second):
+        assert verify(secret, header, request.content, now=now)
+    assert not verify("s" * 43, header, request.content, now=now)
+
+    # Up to the last second before expiry both sign; at expiry only the new one does.
+    clock.set(expires - timedelta(seconds=1))
+    assert _v1_count(await _deliver_one(db, settings, clock, merchant, endpoint_id)) == 2
+    clock.set(expires)
+    request = await _deliver_one(db, settings, clock, merchant, endpoint_id)
+    now = int(clock.now().timestamp())
+    assert _v1_count(request) == 1
+    assert verify(second, request.headers[SIGNATURE_HEADER], request.content, now=now)
+    assert not verify(first, request.headers[SIGNATURE_HEADER], request.content, now=now)
+
+    # A second rotation keeps only the secret it replaces, for the grace period asked.
+    data = await _data(
+        db,
+        settings,
+        clock,
+        ROTATE,
+        token,
+        input={"endpointId": global_id, "reason": "again", "previousSecretValidHours": 2},
+    )
+    third = data["rotateWebhookSecret"]["secret"]
+    request = await _deliver_one(db, settings, clock, merchant, endpoint_id)
+    now = int(clock.now().timestamp())
+    header = request.headers[SIGNATURE_HEADER]
+    assert [verify(s, header, request.content, now=now) for s in (first, second, third)] == [
+        False,
+        True,
+        True,
+    ]
+    assert (await _endpoint_row(db, endpoint_id)).previous_secret_expires_at == (
+        clock.now() + timedelta(hours=2)
+    )
+
+
+@pytest.mark.parametrize("hours", [-1, 169])
+async def test_grace_periods_out_of_range_are_refused(
+    db: Database, settings: Settings, clock: FixedClock, hours: int
+) -> None:
+    merchant, token = await _setup(db, clock)
+    global_id, secret = await _create(db, settings, clock, merchant, token)
+    data = await _data(
+        db,
+        settings,
+        clock,
+        ROTATE,
+        token,
+        input={"endpointId": global_id, "reason": "r", "previousSecretValidHours": hours},
+    )
+    payload = data["rotateWebhookSecret"]
+    assert payload["secret"] is None
+    assert [(e["code"], e["field"]) for e in payload["errors"]] == [
+        ("INVALID", "previousSecretValidHours")
+    ]
+    row = await _endpoint_row(db, _raw_id(global_id))
+    assert _box(settings).open(row.secret_encrypted) == {"secret": secret}
+
+
+def test_signatures_carry_their_timestamp_and_expire() -> None:
+    body = b'{"id":"evt"}'
+    header = sign(["k" * 40], 1_700_000_000, body)
+    mac = hmac.new(b"k" * 40, b"1700000000." + body, hashlib.sha256).hexdigest()
+    assert header == f"t=1700000000,v1={mac}"
+    assert verify("k" * 40, header, body, now=1_700_000_000 + 300)
+    assert verify("k" * 40, header, body, now=1_700_000_000 - 300)
+    # A replay outside the tolerance fails, and so does a timestamp changed to look fresh.
+    assert not verify("k" * 40, header, body, now=1_700_000_000 + 301)
+    forged = header.replace("t=1700000000", "t=1700000301")
+    assert not verify("k" * 40, forged, body, now=1_700_000_301)
+    assert not verify("k" * 40, header, body + b" ", now=1_700_000_000)
+    for broken in ("", "v1=" + mac, f"t=x,v1={mac}", f"t=1700000000,t=1700000000,v1={mac}"):
+        assert not verify("k" * 40, broken, body, now=1_700_000_000)
 
 
 async def test_enable_and_disable_are_audited_and_idempotent(
@@ -364,6 +509,7 @@ async def _make_endpoint(
             url=URL,
             secret="s" * 32,
             box=_box(settings),
+            policy=settings.webhook_url_policy,
             now=clock.now(),
         )
         await uow.commit()
