@@ -21,7 +21,7 @@ from app.embedded import Services
 from app.enums import Role
 from app.models.audit import AuditLog
 from app.models.merchant import Merchant
-from app.models.retry import OutboxEvent, WebhookDelivery, WebhookEndpoint
+from app.models.retry import WebhookEndpoint
 from app.services.retry.delivery import (
     SIGNATURE_HEADER,
     create_endpoint,
@@ -36,7 +36,7 @@ from tests.graphql.test_connection import _http
 from tests.graphql.test_query_count import count_statements
 from tests.support.factories import make_key, make_merchant
 from tests.support.graphql import codes, run
-from tests.support.webhooks import PUBLIC, table_resolver
+from tests.support.webhooks import PUBLIC, queue_delivery, table_resolver
 
 CREATE = """mutation($input: CreateWebhookEndpointInput!) { createWebhookEndpoint(input: $input) {
   webhookEndpoint { id url enabled createdAt } secret errors { code message field } } }"""
@@ -192,7 +192,7 @@ async def _deliver_one(
     db: Database, settings: Settings, clock: FixedClock, merchant: Merchant, endpoint_id: uuid.UUID
 ) -> httpx.Request:
     """Queue one event for the endpoint, run the delivery job's sender, return what it sent."""
-    await _delivery(db, merchant, endpoint_id, clock, event_type="payment.recovered")
+    await queue_delivery(db, merchant, endpoint_id, clock, event_type="payment.recovered")
     sent: list[httpx.Request] = []
 
     def receive(request: httpx.Request) -> httpx.Response:
@@ -415,6 +415,93 @@ async def test_invalid_urls_are_refused_and_write_nothing(
     assert await _endpoints(db) == []
 
 
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("http://127.0.0.1:8080/hooks", "127.0.0.1 is loopback"),
+        ("http://169.254.169.254/latest/meta-data/", "169.254.169.254 is link-local"),
+        ("http://10.0.0.7/hooks", "10.0.0.7 is private"),
+        ("http://2130706433/", "127.0.0.1 is loopback"),
+        ("http://0x7f.1/", "127.0.0.1 is loopback"),
+        ("http://[::ffff:127.0.0.1]/", "IPv4-mapped"),
+        ("http://[fd00::1]/", "private"),
+        ("http://localhost./hooks", "loopback name"),
+        ("https://metadata.google.internal/", "special-use"),
+        ("https://user:pw@merchant.test/hooks", "credentials"),
+    ],
+)
+async def test_inward_urls_are_refused_as_not_allowed_and_write_nothing(
+    db: Database, settings: Settings, clock: FixedClock, url: str, reason: str
+) -> None:
+    merchant, token = await _setup(db, clock)
+    data = await _data(
+        db,
+        settings,
+        clock,
+        CREATE,
+        token,
+        input={"merchantId": encode_id("Merchant", merchant.id), "url": url},
+    )
+    payload = data["createWebhookEndpoint"]
+    assert (payload["webhookEndpoint"], payload["secret"]) == (None, None)
+    [error] = payload["errors"]
+    assert (error["code"], error["field"]) == ("URL_NOT_ALLOWED", "url")
+    assert reason in error["message"]
+    assert await _endpoints(db) == []
+    assert await _audit(db) == []
+
+
+async def test_production_takes_https_urls_only(db: Database, clock: FixedClock) -> None:
+    production = Settings(environment="production", secret_key="p" * 40, metrics_token="m" * 32)
+    merchant, token = await _setup(db, clock)
+    merchant_id = encode_id("Merchant", merchant.id)
+    data = await _data(
+        db,
+        production,
+        clock,
+        CREATE,
+        token,
+        input={"merchantId": merchant_id, "url": "http://merchant.test/hooks"},
+    )
+    assert [(e["code"], e["message"]) for e in data["createWebhookEndpoint"]["errors"]] == [
+        ("URL_NOT_ALLOWED", "the URL is not allowed: must use https")
+    ]
+    data = await _data(
+        db, production, clock, CREATE, token, input={"merchantId": merchant_id, "url": URL}
+    )
+    assert data["createWebhookEndpoint"]["errors"] == []
+
+
+async def test_an_endpoint_stored_before_its_url_was_refused_is_not_enabled_again(
+    db: Database, settings: Settings, clock: FixedClock
+) -> None:
+    merchant, token = await _setup(db, clock)
+    async with db.uow(SYSTEM_SCOPE) as uow:
+        # As written before URLs were checked: loopback, then switched off.
+        stored = WebhookEndpoint(
+            merchant_id=merchant.id,
+            url="http://127.0.0.1:9000/hooks",
+            secret_encrypted=_box(settings).seal({"secret": "s" * 32}),
+            enabled=False,
+            created_at=clock.now(),
+        )
+        uow.session.add(stored)
+        await uow.commit()
+    global_id = encode_id("WebhookEndpoint", stored.id)
+    enable = {"input": {"endpointId": global_id, "enabled": True, "reason": "back"}}
+    data = await _data(db, settings, clock, SET_ENABLED, token, **enable)
+    assert data["setWebhookEndpointEnabled"]["webhookEndpoint"] is None
+    assert [(e["code"], e["field"]) for e in data["setWebhookEndpointEnabled"]["errors"]] == [
+        ("URL_NOT_ALLOWED", "url")
+    ]
+    assert (await _endpoint_row(db, stored.id)).enabled is False
+    # Where loopback is allowed (the demo), the same endpoint may be switched on.
+    loopback = Settings(environment="test", webhook_allow_loopback=True)
+    data = await _data(db, loopback, clock, SET_ENABLED, token, **enable)
+    assert data["setWebhookEndpointEnabled"]["errors"] == []
+    assert (await _endpoint_row(db, stored.id)).enabled is True
+
+
 async def test_unknown_ids_and_blank_reasons_are_typed_errors(
     db: Database, settings: Settings, clock: FixedClock
 ) -> None:
@@ -464,40 +551,6 @@ async def test_unknown_ids_and_blank_reasons_are_typed_errors(
     assert [e.action for e in await _audit(db)] == ["webhook_endpoint.create"]
 
 
-async def _delivery(
-    db: Database,
-    merchant: Merchant,
-    endpoint_id: uuid.UUID,
-    clock: FixedClock,
-    *,
-    event_type: str,
-    age: timedelta = timedelta(0),
-    **fields: Any,
-) -> None:
-    at = clock.now() - age
-    async with db.uow(SYSTEM_SCOPE) as uow:
-        event = OutboxEvent(
-            merchant_id=merchant.id,
-            event_type=event_type,
-            payload={"n": event_type},
-            created_at=at,
-            dispatched_at=at,
-        )
-        uow.session.add(event)
-        await uow.session.flush()
-        uow.session.add(
-            WebhookDelivery(
-                merchant_id=merchant.id,
-                event_id=event.id,
-                endpoint_id=endpoint_id,
-                next_attempt_at=at,
-                created_at=at,
-                **fields,
-            )
-        )
-        await uow.commit()
-
-
 async def _make_endpoint(
     db: Database, settings: Settings, merchant: Merchant, clock: FixedClock
 ) -> uuid.UUID:
@@ -523,7 +576,7 @@ async def test_recent_deliveries_are_listed_newest_first(
     endpoint_id = await _make_endpoint(db, settings, merchant, clock)
     other = await _make_endpoint(db, settings, merchant, clock)
     now = clock.now()
-    await _delivery(
+    await queue_delivery(
         db,
         merchant,
         endpoint_id,
@@ -535,7 +588,7 @@ async def test_recent_deliveries_are_listed_newest_first(
         last_status_code=204,
         delivered_at=now - timedelta(hours=2),
     )
-    await _delivery(
+    await queue_delivery(
         db,
         merchant,
         endpoint_id,
@@ -547,7 +600,7 @@ async def test_recent_deliveries_are_listed_newest_first(
         last_status_code=500,
         last_error="HTTP 500",
     )
-    await _delivery(
+    await queue_delivery(
         db,
         merchant,
         endpoint_id,
@@ -557,7 +610,7 @@ async def test_recent_deliveries_are_listed_newest_first(
         attempts=1,
         last_error="ConnectTimeout",
     )
-    await _delivery(db, merchant, other, clock, event_type="payment.canceled")
+    await queue_delivery(db, merchant, other, clock, event_type="payment.canceled")
     data = await _data(db, settings, clock, LIST, token, id=encode_id("Merchant", merchant.id))
     # Both endpoints were created at the same instant: pick each by id, not by position.
     by_id = {e["id"]: e for e in data["merchant"]["webhookEndpoints"]}
@@ -628,7 +681,9 @@ async def test_endpoint_list_statement_count_is_constant(
         for merchant in rows:
             for _ in range(per_merchant):
                 endpoint_id = await _make_endpoint(db, settings, merchant, clock)
-                await _delivery(db, merchant, endpoint_id, clock, event_type="payment.recovered")
+                await queue_delivery(
+                    db, merchant, endpoint_id, clock, event_type="payment.recovered"
+                )
         token = await make_key(db, Role.PARTNER, rows, now=clock.now())
         await run(db, settings, clock, "{ viewer { role } }", token=token)
         with count_statements(connection) as statements:

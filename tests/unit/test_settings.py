@@ -8,6 +8,7 @@ from pydantic import ValidationError
 from app.embedded import redact_url
 from app.settings import Settings, normalize_database_url
 from app.urls import UrlPolicy
+from portal.demo import demo_settings
 
 
 @pytest.mark.parametrize(
@@ -94,3 +95,11 @@ def test_production_refuses_graphiql_without_explicit_introspection() -> None:
 def test_redact_url_hides_passwords() -> None:
     assert redact_url("postgresql://u:hunter2@h:5/d") == "postgresql://u:***@h:5/d"
     assert "hunter2" not in redact_url("redis://:hunter2@h:6379/0")
+
+
+def test_the_demo_allows_loopback_webhooks_outside_production() -> None:
+    assert demo_settings(Settings(environment="development")).webhook_url_policy == UrlPolicy(
+        require_https=False, allow_loopback=True
+    )
+    assert Settings(environment="development").webhook_allow_loopback is False
+    assert demo_settings(Settings(**PRODUCTION)).webhook_allow_loopback is False

@@ -3,6 +3,7 @@
 import asyncio
 import ipaddress
 import socket
+import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -18,15 +19,17 @@ RESOLVE_TIMEOUT_SECONDS = 5.0
 Resolver = Callable[[str, int], Awaitable[list[IPAddress]]]
 
 
-def delivery_client() -> httpx.AsyncClient:
+def delivery_client(verify: ssl.SSLContext | bool = True) -> httpx.AsyncClient:
     """The HTTP client deliveries go out on, built for pinned requests (see `pin`).
 
     No keep-alive: a pinned request's pool key is the address, not the name, so a kept
     connection could carry a request for one name over TLS verified for another name on the
     same address. No redirects: a 3xx could point anywhere, inward included; it counts as a
     failed try. No proxy from the environment: the vetted address is what must be reached.
+    `verify` is what TLS trusts: the system's CAs, or a test's own.
     """
     return httpx.AsyncClient(
+        verify=verify,
         timeout=SEND_TIMEOUT,
         follow_redirects=False,
         trust_env=False,
