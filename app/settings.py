@@ -12,6 +12,7 @@ from app.urls import UrlPolicy
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 _PLACEHOLDER_SECRETS = frozenset({"", "changeme", "change-me", "secret", "development-only-key"})
+_MIN_METRICS_TOKEN = 16
 
 
 def normalize_database_url(url: str) -> str:
@@ -28,7 +29,11 @@ def normalize_database_url(url: str) -> str:
 class Settings(BaseSettings):
     """Every setting of the portal; the CLI, the server and the worker all read this one."""
 
-    model_config = SettingsConfigDict(env_prefix="PORTAL_", extra="ignore")
+    # Errors leave the input out: pydantic would print it (secrets included) in the start-up
+    # failure a refused production configuration produces.
+    model_config = SettingsConfigDict(
+        env_prefix="PORTAL_", extra="ignore", hide_input_in_errors=True
+    )
 
     environment: Literal["development", "test", "production"] = "development"
     database_url: str | None = Field(
@@ -93,11 +98,16 @@ class Settings(BaseSettings):
     def _production_safe(self) -> "Settings":
         if self.environment != "production":
             return self
-        token = self.metrics_token
-        if token is None or token.get_secret_value().strip() in _PLACEHOLDER_SECRETS:
+        token = None if self.metrics_token is None else self.metrics_token.get_secret_value()
+        if token is None or token.strip() in _PLACEHOLDER_SECRETS:
             raise ValueError(
                 "PORTAL_METRICS_TOKEN must be set in production: without it /metrics is "
                 "public (scrapers send it as `Authorization: Bearer <token>`)"
+            )
+        if len(token.strip()) < _MIN_METRICS_TOKEN:
+            raise ValueError(
+                f"PORTAL_METRICS_TOKEN must be at least {_MIN_METRICS_TOKEN} characters in "
+                "production: a short bearer token can be guessed"
             )
         if self.webhook_allow_loopback:
             raise ValueError(

@@ -328,6 +328,32 @@ async def test_a_rotated_secret_keeps_signing_until_its_grace_period_ends(
     )
 
 
+async def test_rotation_over_http_logs_neither_secret(
+    db: Database,
+    settings: Settings,
+    clock: FixedClock,
+    services: Services,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    merchant, token = await _setup(db, clock)
+    global_id, old = await _create(db, settings, clock, merchant, token)
+    rotate = {"input": {"endpointId": global_id, "reason": "yearly"}}
+    async with _http(db, services, settings, clock) as http:
+        response = await http.post(
+            "/graphql",
+            json={"query": ROTATE, "variables": rotate},
+            headers={"authorization": f"Bearer {token}"},
+        )
+    payload = response.json()["data"]["rotateWebhookSecret"]
+    assert payload["errors"] == []
+    new = payload["secret"]
+    assert caplog.records, "nothing was logged, so the log assertion would prove nothing"
+    for secret in (old, new):
+        assert secret not in caplog.text
+        assert all(secret not in str(r.args) + r.getMessage() for r in caplog.records)
+
+
 @pytest.mark.parametrize("hours", [-1, 169])
 async def test_grace_periods_out_of_range_are_refused(
     db: Database, settings: Settings, clock: FixedClock, hours: int

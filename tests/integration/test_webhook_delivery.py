@@ -228,6 +228,14 @@ async def test_pin_keeps_address_literals_and_ipv6() -> None:
     assert (str(v6.url), v6.headers) == ("http://[2606:4700::1]/h", {"Host": "merchant.test"})
     with pytest.raises(UrlForbidden):
         await pin("http://merchant.test/h", STRICT, table_resolver({"merchant.test": ["::1"]}))
+    # International names travel as punycode, in the lookup, the Host header and SNI alike.
+    idn = await pin(
+        "https://xn--bcher-kva.example/h",
+        STRICT,
+        table_resolver({"xn--bcher-kva.example": [PUBLIC]}),
+    )
+    assert idn.headers == {"Host": "xn--bcher-kva.example"}
+    assert idn.extensions == {"sni_hostname": "xn--bcher-kva.example"}
 
 
 @dataclass
@@ -435,3 +443,29 @@ def test_the_readme_receiver_snippet_verifies_what_the_portal_signs() -> None:
     assert not receiver_verify("new-" + "n" * 32, both, body + b" ")
     stale = sign(["new-" + "n" * 32], now - 301, body)
     assert not receiver_verify("new-" + "n" * 32, stale, body)
+
+
+async def test_a_delivery_that_breaks_does_not_lose_the_rest_of_its_batch(
+    db: Database, settings: Settings, clock: FixedClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    broken_merchant, broken = await _endpoint(
+        db, settings, clock, "https://broken.merchant.test/hooks", STRICT
+    )
+    merchant, working = await _endpoint(db, settings, clock, "https://merchant.test/hooks", STRICT)
+    broken_id = await queue_delivery(
+        db, broken_merchant, broken, clock, event_type="payment.recovered"
+    )
+    working_id = await queue_delivery(db, merchant, working, clock, event_type="payment.recovered")
+    table = table_resolver({"merchant.test": [PUBLIC]})
+
+    async def resolve(host: str, port: int) -> list[IPAddress]:
+        if host.startswith("broken."):
+            raise RuntimeError("a resolver bug")
+        return await table(host, port)
+
+    counts, recorder = await _deliver(db, settings, clock, STRICT, resolve)
+    assert (counts["delivered"], counts["retrying"], len(recorder.sent)) == (1, 1, 1)
+    assert (await _delivery(db, working_id)).status == "delivered"
+    row = await _delivery(db, broken_id)
+    assert (row.status, row.attempts, row.last_error) == ("pending", 1, "not sent: internal error")
+    assert "could not be prepared" in caplog.text

@@ -58,6 +58,8 @@ def test_production_refuses_placeholder_secret() -> None:
 def test_production_refuses_to_start_without_a_metrics_token(token: str | None) -> None:
     with pytest.raises(ValidationError, match="PORTAL_METRICS_TOKEN must be set in production"):
         Settings(**{**PRODUCTION, "metrics_token": token})
+    with pytest.raises(ValidationError, match="PORTAL_METRICS_TOKEN must be at least 16"):
+        Settings(**{**PRODUCTION, "metrics_token": "m" * 15})
     # Elsewhere /metrics may stay open (local scrapes, the demo).
     assert Settings(environment="development").metrics_token is None
 
@@ -103,3 +105,19 @@ def test_the_demo_allows_loopback_webhooks_outside_production() -> None:
     )
     assert Settings(environment="development").webhook_allow_loopback is False
     assert demo_settings(Settings(**PRODUCTION)).webhook_allow_loopback is False
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        {"environment": "production", "graphiql": True, "secret_key": "hunter2hunter2"},
+        {"environment": "production", "secret_key": "x" * 40, "metrics_token": "changeme"},
+        {"environment": "production", "secret_key": "hunter2hunter2", "metrics_token": "metr1c"},
+    ],
+)
+def test_refusals_never_print_the_secrets_they_were_given(given: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError, match="in production") as refused:
+        Settings(**given)
+    shown = str(refused.value)
+    for name in ("secret_key", "metrics_token"):
+        assert str(given.get(name, "x" * 40)) not in shown

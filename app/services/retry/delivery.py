@@ -23,9 +23,9 @@ from app.errors import Forbidden, NotFound, UrlNotAllowed, ValidationFailed
 from app.models.merchant import Merchant
 from app.models.retry import OutboxEvent, WebhookDelivery, WebhookEndpoint
 from app.services import audit
-from app.services.retry.pinning import SEND_TIMEOUT, Resolver, pin
+from app.services.retry.pinning import SEND_TIMEOUT, Resolver, pin, sender_url
 from app.tenancy import SYSTEM_SCOPE, Principal
-from app.urls import Target, UrlForbidden, UrlMalformed, UrlPolicy, check_url
+from app.urls import Target, UrlForbidden, UrlMalformed, UrlPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -90,14 +90,16 @@ def backoff(attempts: int) -> timedelta:
 
 
 def checked_url(url: str, policy: UrlPolicy) -> Target:
-    """`check_url`, its refusals as the errors mutations answer: INVALID for what is not an
-    http(s) URL, URL_NOT_ALLOWED for a destination the portal must not reach."""
+    """`check_url` (and the sender's reading of the URL, see `sender_url`), its refusals as
+    the errors mutations answer: INVALID for what is not an http(s) URL, URL_NOT_ALLOWED for a
+    destination the portal must not reach."""
     try:
-        return check_url(url, policy)
+        target, _ = sender_url(url, policy)
     except UrlMalformed as exc:
         raise ValidationFailed([("url", str(exc))]) from exc
     except UrlForbidden as exc:
         raise UrlNotAllowed(f"the URL is not allowed: {exc}", field="url") from exc
+    return target
 
 
 async def create_endpoint(
@@ -333,6 +335,11 @@ async def _post(
         return _Outcome(error=f"not sent: {exc}"[:500], refused=True)
     except (OSError, TimeoutError) as exc:
         return _Outcome(error=f"DNS lookup failed ({type(exc).__name__})")
+    except Exception:
+        # Recorded as a failed try (so MAX_ATTEMPTS ends it) rather than failing the whole
+        # batch, whose other deliveries were sent and must be recorded.
+        logger.exception("webhook delivery %s could not be prepared", send.delivery_id)
+        return _Outcome(error="not sent: internal error")
     headers = {
         **target.headers,
         "Content-Type": "application/json",

@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 
-from app.urls import IPAddress, UrlForbidden, UrlPolicy, check_url, pick_address
+from app.urls import IPAddress, Target, UrlForbidden, UrlPolicy, check_url, pick_address
 
 SEND_TIMEOUT = httpx.Timeout(10.0, connect=5.0)
 RESOLVE_TIMEOUT_SECONDS = 5.0
@@ -63,6 +63,29 @@ class Pinned:
     address: IPAddress
 
 
+def sender_url(url: str, policy: UrlPolicy) -> tuple[Target, httpx.URL]:
+    """`check_url`, and the URL as httpx will send it, refused (`UrlForbidden`) unless both
+    read the same host: a checker and a sender that disagree are how filters are bypassed."""
+    target = check_url(url, policy)
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL as exc:
+        raise UrlForbidden("the URL cannot be read by the sender") from exc
+    # `raw_host`: `host` is the Unicode form of a punycode name.
+    raw_host = parsed.raw_host.decode("ascii")
+    if target.address is None:
+        same = raw_host.rstrip(".") == target.host.rstrip(".")
+    else:
+        try:
+            same = ipaddress.ip_address(raw_host) == target.address
+        except ValueError:
+            same = False
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    if not same or parsed.scheme != target.scheme or port != target.port:
+        raise UrlForbidden("the URL's host reads differently to the sender")
+    return target, parsed
+
+
 async def pin(url: str, policy: UrlPolicy, resolve: Resolver) -> Pinned:
     """Check `url` again, resolve its host, refuse (`UrlForbidden`) when any address is
     refused, and aim the request at the first address: the connection goes to an address
@@ -71,16 +94,11 @@ async def pin(url: str, policy: UrlPolicy, resolve: Resolver) -> Pinned:
     The URL's host is replaced by the address; the `Host` header keeps the name, and for
     https the `sni_hostname` request extension makes httpcore send the name as SNI and verify
     the certificate against the name (`server_hostname`), so TLS is as strict as unpinned.
-    `OSError` / `TimeoutError` from resolving are left to the caller: DNS failures pass.
+    `OSError` / `TimeoutError` from resolving reach the caller: a failed lookup is an outage
+    to retry, not a refusal.
     """
-    target = check_url(url, policy)
-    parsed = httpx.URL(url)
-    # The sender must read the host the checker read; a parser differential is a bypass.
-    if target.address is None and parsed.host.rstrip(".") != target.host.rstrip("."):
-        raise UrlForbidden("the URL's host reads differently to the sender")
+    target, parsed = sender_url(url, policy)
     if target.address is not None:
-        if ipaddress.ip_address(parsed.host) != target.address:
-            raise UrlForbidden("the URL's host reads differently to the sender")
         address = target.address
     else:
         resolved = await resolve(target.host.rstrip("."), target.port)
