@@ -189,6 +189,9 @@ def test_inward_urls_are_forbidden(url: str, message: str) -> None:
         "https://256.0.0.1/",
         "https://1.2.3.4.5/",
         "https://[::1/",
+        # Percent-encoded hosts: a decoding sender would read 127.0.0.1 and localhost.
+        "http://%31%32%37.0.0.1/",
+        "http://loc%61lhost/",
     ],
 )
 def test_malformed_urls_are_malformed(url: str) -> None:
