@@ -135,6 +135,7 @@ class CreateWebhookEndpointErrorCode(StrEnum):
 
     NOT_FOUND = ErrorCode.NOT_FOUND.value
     INVALID = ErrorCode.INVALID.value
+    URL_NOT_ALLOWED = ErrorCode.URL_NOT_ALLOWED.value
 
 
 class RotateWebhookSecretErrorCode(StrEnum):
@@ -149,6 +150,8 @@ class SetWebhookEndpointEnabledErrorCode(StrEnum):
 
     NOT_FOUND = ErrorCode.NOT_FOUND.value
     INVALID = ErrorCode.INVALID.value
+    # Enabling an endpoint stored before its URL became refused (see app/urls.py).
+    URL_NOT_ALLOWED = ErrorCode.URL_NOT_ALLOWED.value
 
 
 class PortalError(Exception):
@@ -206,6 +209,12 @@ class ValidationFailed(PortalError):
     def __init__(self, problems: list[tuple[str, str]]) -> None:
         super().__init__("; ".join(f"{f}: {m}" for f, m in problems))
         self.problems = problems
+
+
+class UrlNotAllowed(PortalError):
+    """A well-formed URL whose destination the portal must not send requests to."""
+
+    code = ErrorCode.URL_NOT_ALLOWED
 
 
 class InvalidState(PortalError):

@@ -7,9 +7,12 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from app.urls import UrlPolicy
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 _PLACEHOLDER_SECRETS = frozenset({"", "changeme", "change-me", "secret", "development-only-key"})
+_MIN_METRICS_TOKEN = 16
 
 
 def normalize_database_url(url: str) -> str:
@@ -26,7 +29,11 @@ def normalize_database_url(url: str) -> str:
 class Settings(BaseSettings):
     """Every setting of the portal; the CLI, the server and the worker all read this one."""
 
-    model_config = SettingsConfigDict(env_prefix="PORTAL_", extra="ignore")
+    # Errors leave the input out: pydantic would print it (secrets included) in the start-up
+    # failure a refused production configuration produces.
+    model_config = SettingsConfigDict(
+        env_prefix="PORTAL_", extra="ignore", hide_input_in_errors=True
+    )
 
     environment: Literal["development", "test", "production"] = "development"
     database_url: str | None = Field(
@@ -58,8 +65,17 @@ class Settings(BaseSettings):
     rate_limit_enabled: bool = True
     rate_limit_capacity: int = Field(default=50_000, gt=0)
     rate_limit_leak_per_second: float = Field(default=1_000.0, gt=0)
-    # When set, /metrics requires `Authorization: Bearer <token>`.
+    # When set, /metrics requires `Authorization: Bearer <token>`; production requires it.
     metrics_token: SecretStr | None = None
+
+    # Safe defaults for production; each is refused or forced there by `_production_safe`.
+    # Webhook URLs may point at loopback: for the demo's and the tests' receivers on
+    # 127.0.0.1 only, refused in production. Production also requires https (app/urls.py).
+    webhook_allow_loopback: bool = False
+    # Schema introspection (`__schema`, `__type`). Unset: on outside production, off in
+    # production. GraphiQL reads the schema by introspection, so production refuses
+    # PORTAL_GRAPHIQL unless PORTAL_INTROSPECTION=true is set explicitly too.
+    introspection: bool | None = None
 
     db_pool_size: int = 10
     db_max_overflow: int = 10
@@ -82,6 +98,47 @@ class Settings(BaseSettings):
         ):
             raise ValueError("PORTAL_SECRET_KEY must be set to a real secret in production")
         return self
+
+    @model_validator(mode="after")
+    def _production_safe(self) -> "Settings":
+        if self.environment != "production":
+            return self
+        token = None if self.metrics_token is None else self.metrics_token.get_secret_value()
+        if token is None or token.strip() in _PLACEHOLDER_SECRETS:
+            raise ValueError(
+                "PORTAL_METRICS_TOKEN must be set in production: without it /metrics is "
+                "public (scrapers send it as `Authorization: Bearer <token>`)"
+            )
+        if len(token.strip()) < _MIN_METRICS_TOKEN:
+            raise ValueError(
+                f"PORTAL_METRICS_TOKEN must be at least {_MIN_METRICS_TOKEN} characters in "
+                "production: a short bearer token can be guessed"
+            )
+        if self.webhook_allow_loopback:
+            raise ValueError(
+                "PORTAL_WEBHOOK_ALLOW_LOOPBACK is for the demo and tests: refused in production"
+            )
+        if self.graphiql and self.introspection is not True:
+            raise ValueError(
+                "PORTAL_GRAPHIQL in production needs PORTAL_INTROSPECTION=true set explicitly "
+                "(the IDE reads the schema by introspection, which production turns off)"
+            )
+        return self
+
+    @property
+    def introspection_enabled(self) -> bool:
+        """Whether clients may introspect the schema: as set, else everywhere but production."""
+        if self.introspection is None:
+            return self.environment != "production"
+        return self.introspection
+
+    @property
+    def webhook_url_policy(self) -> UrlPolicy:
+        """Where webhook deliveries may go: https only in production, loopback only if set."""
+        return UrlPolicy(
+            require_https=self.environment == "production",
+            allow_loopback=self.webhook_allow_loopback,
+        )
 
 
 @lru_cache

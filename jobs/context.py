@@ -9,6 +9,7 @@ from app.clock import Clock, SystemClock
 from app.crypto import CredentialBox
 from app.db import Database
 from app.processors.base import DEFAULT_TIMEOUT
+from app.services.retry.pinning import Resolver, delivery_client, resolve_host
 from app.settings import Settings, get_settings
 
 
@@ -20,6 +21,10 @@ class WorkerContext(TypedDict):
     settings: Settings
     db: Database
     http: httpx.AsyncClient
+    # Merchant webhooks go out on their own client (pinned to vetted addresses, no keep-alive,
+    # no redirects), resolved through `resolve`.
+    webhook_http: httpx.AsyncClient
+    resolve: Resolver
     box: CredentialBox
     clock: Clock
 
@@ -34,13 +39,16 @@ async def startup(ctx: dict[str, Any]) -> None:
         ctx["db"] = Database.from_url(url, pool_size=settings.db_pool_size)
         ctx["owns_db"] = True
     ctx.setdefault("http", httpx.AsyncClient(timeout=DEFAULT_TIMEOUT))
+    ctx.setdefault("webhook_http", delivery_client())
+    ctx.setdefault("resolve", resolve_host)
     ctx.setdefault("box", CredentialBox(settings.secret_key.get_secret_value()))
     ctx.setdefault("clock", SystemClock())
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
-    http = ctx.get("http")
-    if isinstance(http, httpx.AsyncClient):
-        await http.aclose()
+    for key in ("http", "webhook_http"):
+        http = ctx.get(key)
+        if isinstance(http, httpx.AsyncClient):
+            await http.aclose()
     if ctx.get("owns_db"):
         await ctx["db"].dispose()

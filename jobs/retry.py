@@ -124,5 +124,12 @@ async def deliver_webhooks(ctx: WorkerContext) -> dict[str, int]:
     async with ctx["db"].uow(SYSTEM_SCOPE) as uow:
         dispatched = await dispatch_outbox(uow, now=ctx["clock"].now())
         await uow.commit()
-    counts = await deliver_due(ctx["db"], http=ctx["http"], box=ctx["box"], clock=ctx["clock"])
+    counts = await deliver_due(
+        ctx["db"],
+        http=ctx["webhook_http"],
+        box=ctx["box"],
+        clock=ctx["clock"],
+        policy=ctx["settings"].webhook_url_policy,
+        resolve=ctx["resolve"],
+    )
     return {"dispatched": dispatched, **counts}

@@ -54,10 +54,19 @@ class DemoOptions:
     training_failures: int = 20_000
 
 
+def demo_settings(settings: Settings) -> Settings:
+    """The demo's settings: webhook receivers on this machine are allowed (whoever tries the
+    demo points its webhooks at one), except in production, which refuses that."""
+    if settings.environment == "production":
+        return settings
+    return settings.model_copy(update={"webhook_allow_loopback": True})
+
+
 async def run_demo(
     settings: Settings, options: DemoOptions, announce: Callable[[str], None]
 ) -> None:
     """Start everything on loopback and serve until cancelled (Ctrl-C)."""
+    settings = demo_settings(settings)
     services = await resolve_services(settings)
     announce(f"portal using {services.describe()}")
     try:

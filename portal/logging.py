@@ -8,6 +8,7 @@ import uuid
 from collections.abc import Mapping, MutableMapping
 from typing import IO, Any
 
+import httpx
 import structlog
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -55,6 +56,22 @@ def redact_secrets(
     return event_dict
 
 
+class UrlSecretsFilter(logging.Filter):
+    """Drops query strings and credentials from URLs httpx logs (one INFO line per request):
+    merchants put tokens in webhook URLs' query strings, and processors' URLs may carry keys."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(
+                _bare_url(a) if isinstance(a, httpx.URL) else a for a in record.args
+            )
+        return True
+
+
+def _bare_url(url: httpx.URL) -> httpx.URL:
+    return httpx.URL(scheme=url.scheme, host=url.host, port=url.port, path=url.path)
+
+
 def configure_logging(
     level: str = "INFO", *, json: bool = True, stream: IO[str] | None = None
 ) -> None:
@@ -88,6 +105,10 @@ def configure_logging(
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # On the logger, not the handler: records from "httpx" are filtered before propagating.
+    client_logger = logging.getLogger("httpx")
+    if not any(isinstance(f, UrlSecretsFilter) for f in client_logger.filters):
+        client_logger.addFilter(UrlSecretsFilter())
 
 
 def request_id_from(value: str | None) -> str:

@@ -1,6 +1,7 @@
 """Reading and changing merchants' webhook endpoints for the API."""
 
 import uuid
+from datetime import timedelta
 
 from app.crypto import CredentialBox
 from app.errors import InvalidArgument
@@ -42,14 +43,18 @@ async def create(ctx: Context, *, merchant_global_id: str, url: str) -> tuple[We
             merchant_id=merchant_id,
             url=url,
             box=_box(ctx),
+            policy=ctx.settings.webhook_url_policy,
             now=ctx.clock.now(),
         )
         await uow.commit()
     return endpoint, secret
 
 
-async def rotate(ctx: Context, *, global_id: str, reason: str) -> tuple[WebhookEndpoint, str]:
-    """Replace an endpoint's signing secret; returns it with the new secret."""
+async def rotate(
+    ctx: Context, *, global_id: str, reason: str, grace: timedelta
+) -> tuple[WebhookEndpoint, str]:
+    """Replace an endpoint's signing secret, the old one signing too for `grace`; returns the
+    endpoint with the new secret."""
     principal = ctx.require_principal()
     _, endpoint_id = decode_id(global_id, expected="WebhookEndpoint")
     async with ctx.db.uow(principal.scope) as uow:
@@ -60,6 +65,7 @@ async def rotate(ctx: Context, *, global_id: str, reason: str) -> tuple[WebhookE
             reason=reason,
             box=_box(ctx),
             now=ctx.clock.now(),
+            grace=grace,
         )
         await uow.commit()
     return endpoint, secret
@@ -77,6 +83,7 @@ async def set_enabled(
             endpoint_id=endpoint_id,
             enabled=enabled,
             reason=reason,
+            policy=ctx.settings.webhook_url_policy,
             now=ctx.clock.now(),
         )
         await uow.commit()

@@ -3,7 +3,7 @@
 from typing import Annotated
 
 import strawberry
-from graphql import lexicographic_sort_schema, print_schema
+from graphql import NoSchemaIntrospectionCustomRule, lexicographic_sort_schema, print_schema
 from strawberry.extensions import (
     AddValidationRules,
     MaxAliasesLimiter,
@@ -270,14 +270,16 @@ class Mutation:
         resolver=rotate_webhook_secret,
         description=(
             "Replace an endpoint's signing secret (support, or the merchant's own key); the new "
-            "secret is returned once. Audited, without the secret."
+            "secret is returned once, and the old one keeps signing deliveries too for the "
+            "grace period asked for (24 hours unless told). Audited, without the secrets."
         ),
     )
     set_webhook_endpoint_enabled: SetWebhookEndpointEnabledPayload = strawberry.mutation(
         resolver=set_webhook_endpoint_enabled,
         description=(
             "Turn an endpoint on or off (support, or the merchant's own key); a disabled one "
-            "receives no new events. Audited."
+            "receives no new events, and one whose URL is no longer allowed is not turned back "
+            "on. Audited."
         ),
     )
 
@@ -288,6 +290,9 @@ def build_schema(settings: Settings) -> strawberry.Schema:
         *QueryDepthLimiter(max_depth=settings.max_query_depth).validation_rules,
         *MaxAliasesLimiter(max_alias_count=settings.max_aliases).validation_rules,
     ]
+    if not settings.introspection_enabled:
+        # `__schema` and `__type` become validation errors; `__typename` stays (clients need it).
+        rules.append(NoSchemaIntrospectionCustomRule)
     return PortalSchema(
         query=Query,
         mutation=Mutation,

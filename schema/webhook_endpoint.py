@@ -1,6 +1,6 @@
 """Webhook endpoint types, their recent deliveries, and the create, rotate and enable mutations."""
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Self
 
@@ -12,7 +12,7 @@ from app.errors import (
     SetWebhookEndpointEnabledErrorCode,
 )
 from app.models.retry import WebhookEndpoint as EndpointModel
-from app.services.webhook_endpoint import RecentDelivery
+from app.services.webhook_endpoint import DEFAULT_SECRET_GRACE, RecentDelivery
 from resolvers import webhook_endpoint as endpoint_resolvers
 from resolvers.context import Context
 from resolvers.ids import encode_id
@@ -69,6 +69,12 @@ class WebhookEndpoint(Node):
     url: str = strawberry.field(description="Where events are posted.")
     enabled: bool = strawberry.field(description="Whether new events are sent to it.")
     created_at: datetime = strawberry.field(description="When the endpoint was added.")
+    previous_secret_expires_at: datetime | None = strawberry.field(
+        description=(
+            "Until when deliveries also carry a signature with the secret the last rotation "
+            "replaced (a second `v1=` in Portal-Signature); null when that rotation kept none."
+        )
+    )
     _row: strawberry.Private[EndpointModel]
 
     @classmethod
@@ -79,6 +85,7 @@ class WebhookEndpoint(Node):
             url=row.url,
             enabled=row.enabled,
             created_at=row.created_at,
+            previous_secret_expires_at=row.previous_secret_expires_at,
             _row=row,
         )
 
@@ -95,7 +102,12 @@ class WebhookEndpoint(Node):
 @strawberry.input(description="A URL to post a merchant's events to.")
 class CreateWebhookEndpointInput:
     merchant_id: strawberry.ID = strawberry.field(description="The merchant's global id.")
-    url: str = strawberry.field(description="An http(s) URL of at most 500 characters.")
+    url: str = strawberry.field(
+        description=(
+            "An http(s) URL of at most 500 characters (https only in production), on a public "
+            "host: loopback, private, link-local and other inward addresses are refused."
+        )
+    )
 
 
 @strawberry.type(description="An error of createWebhookEndpoint.")
@@ -148,6 +160,14 @@ async def create_webhook_endpoint(
 class RotateWebhookSecretInput:
     endpoint_id: strawberry.ID = strawberry.field(description="The endpoint's global id.")
     reason: str = strawberry.field(description="Why; kept in the audit log.")
+    previous_secret_valid_hours: int = strawberry.field(
+        default=int(DEFAULT_SECRET_GRACE.total_seconds() // 3600),
+        description=(
+            "For how many hours (0-168) deliveries also carry a signature with the old secret, "
+            "so receivers can switch without losing events. 0 ends the old secret at once: use "
+            "it when the old secret leaked."
+        ),
+    )
 
 
 @strawberry.type(description="An error of rotateWebhookSecret.")
@@ -165,7 +185,7 @@ class RotateWebhookSecretPayload:
     secret: str | None = strawberry.field(
         description=(
             "The new signing secret, returned this once only; deliveries sent from now on are "
-            "signed with it and the old one stops working."
+            "signed with it, and with the old one too until previousSecretExpiresAt."
         )
     )
     errors: list[RotateWebhookSecretError] = strawberry.field(
@@ -183,7 +203,10 @@ async def rotate_webhook_secret(
 
     try:
         row, secret = await endpoint_resolvers.rotate(
-            info.context, global_id=str(input.endpoint_id), reason=input.reason
+            info.context,
+            global_id=str(input.endpoint_id),
+            reason=input.reason,
+            grace=timedelta(hours=input.previous_secret_valid_hours),
         )
     except REFUSALS as exc:
         return RotateWebhookSecretPayload(

@@ -59,6 +59,12 @@ class WebhookEndpoint(TenantOwned, table=True):
     id: uuid.UUID = Field(default_factory=new_id, primary_key=True)
     url: str = Field(max_length=500)
     secret_encrypted: bytes = Field(sa_type=sa.LargeBinary)
+    # The secret the last rotation replaced, sealed like the current one: deliveries carry a
+    # signature with it too until it expires, so receivers can switch without losing events.
+    previous_secret_encrypted: bytes | None = Field(
+        default=None, sa_type=sa.LargeBinary, nullable=True
+    )
+    previous_secret_expires_at: datetime | None = timestamp(nullable=True, default=None)
     enabled: bool = True
     created_at: datetime = timestamp()
 

@@ -5,7 +5,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import func
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -14,11 +14,17 @@ from sqlmodel import col, select
 
 from app.crypto import CredentialBox
 from app.db import UnitOfWork
-from app.errors import Forbidden, NotFound
+from app.errors import Forbidden, NotFound, ValidationFailed
 from app.models.retry import OutboxEvent, WebhookDelivery, WebhookEndpoint
 from app.services import audit
-from app.services.retry.delivery import create_endpoint
+from app.services.retry.delivery import checked_url, create_endpoint
 from app.tenancy import Principal
+from app.urls import UrlPolicy
+
+# How long a rotated-out secret still signs deliveries, unless the caller says otherwise: a day
+# for receivers to switch; zero (at once) when the old secret leaked.
+DEFAULT_SECRET_GRACE = timedelta(hours=24)
+MAX_SECRET_GRACE = timedelta(days=7)
 
 
 def new_secret() -> str:
@@ -33,12 +39,20 @@ async def create_webhook_endpoint(
     merchant_id: uuid.UUID,
     url: str,
     box: CredentialBox,
+    policy: UrlPolicy,
     now: datetime,
 ) -> tuple[WebhookEndpoint, str]:
     """Add an endpoint with a generated secret; the secret is returned to the caller once."""
     secret = new_secret()
     endpoint = await create_endpoint(
-        uow, principal=principal, merchant_id=merchant_id, url=url, secret=secret, box=box, now=now
+        uow,
+        principal=principal,
+        merchant_id=merchant_id,
+        url=url,
+        secret=secret,
+        box=box,
+        policy=policy,
+        now=now,
     )
     return endpoint, secret
 
@@ -67,13 +81,26 @@ async def rotate_secret(
     reason: str,
     box: CredentialBox,
     now: datetime,
+    grace: timedelta = DEFAULT_SECRET_GRACE,
 ) -> tuple[WebhookEndpoint, str]:
-    """Seal a new secret in place of the old one, audited without either; deliveries sent
-    from now on are signed with the new one."""
+    """Seal a new secret in place of the old one, audited without either. Until `now + grace`
+    deliveries carry a signature with the old secret too (receivers switch without losing an
+    event); a zero grace ends the old secret at once. Only the secret being replaced is kept:
+    a second rotation within a grace period ends the first one's."""
+    if not timedelta(0) <= grace <= MAX_SECRET_GRACE:
+        hours = int(MAX_SECRET_GRACE.total_seconds() // 3600)
+        raise ValidationFailed([("previousSecretValidHours", f"must be 0-{hours} hours")])
     endpoint = await _configurable(uow, principal, endpoint_id)
     reason = audit.clean_reason(reason)
     secret = new_secret()
+    if grace > timedelta(0):
+        endpoint.previous_secret_encrypted = endpoint.secret_encrypted
+        endpoint.previous_secret_expires_at = now + grace
+    else:
+        endpoint.previous_secret_encrypted = None
+        endpoint.previous_secret_expires_at = None
     endpoint.secret_encrypted = box.seal({"secret": secret})
+    expires = endpoint.previous_secret_expires_at
     audit.record(
         uow,
         principal=principal,
@@ -82,7 +109,11 @@ async def rotate_secret(
         entity_type="webhook_endpoint",
         entity_id=str(endpoint.id),
         before=None,
-        after={"url": endpoint.url, "secret_rotated_at": now.isoformat()},
+        after={
+            "url": endpoint.url,
+            "secret_rotated_at": now.isoformat(),
+            "previous_secret_expires_at": None if expires is None else expires.isoformat(),
+        },
         reason=reason,
         now=now,
     )
@@ -97,14 +128,18 @@ async def set_endpoint_enabled(
     endpoint_id: uuid.UUID,
     enabled: bool,
     reason: str,
+    policy: UrlPolicy,
     now: datetime,
 ) -> WebhookEndpoint:
     """Enable or disable an endpoint, audited; setting the value it already has changes
-    nothing and is not logged. Disabled endpoints receive no new events."""
+    nothing and is not logged. Disabled endpoints receive no new events. Enabling checks the
+    URL again: one stored before it became refused is not switched back on."""
     endpoint = await _configurable(uow, principal, endpoint_id)
     reason = audit.clean_reason(reason)
     if endpoint.enabled is enabled:
         return endpoint
+    if enabled:
+        checked_url(endpoint.url, policy)
     before = {"enabled": endpoint.enabled}
     endpoint.enabled = enabled
     audit.record(

@@ -280,3 +280,22 @@ async def test_normalize_refuses_an_unparseable_file(tmp_path: Path) -> None:
     assert done.stdout == ""
     [line] = done.stderr.strip().splitlines()
     assert line.startswith("error: ")
+
+
+def test_production_without_a_metrics_token_refuses_to_start_and_says_why(
+    tmp_path: Path,
+) -> None:
+    secret = "a-real-secret-key-" + "s" * 24
+    env = {**os.environ, "PORTAL_ENVIRONMENT": "production", "PORTAL_SECRET_KEY": secret}
+    env.pop("PORTAL_METRICS_TOKEN", None)
+    out = tmp_path / "schema.graphql"
+    done = _portal(env, "export-schema", "--out", str(out))
+    assert done.returncode != 0
+    assert "PORTAL_METRICS_TOKEN must be set in production" in done.stderr
+    # The refusal prints no configuration value, secrets included.
+    assert secret not in done.stderr + done.stdout
+    assert "s" * 24 not in done.stderr + done.stdout
+    assert not out.exists()
+    env["PORTAL_METRICS_TOKEN"] = "m" * 32
+    _ok(env, "export-schema", "--out", str(out))
+    assert out.exists()

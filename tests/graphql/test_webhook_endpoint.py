@@ -1,5 +1,8 @@
-"""Webhook endpoints: create with a one-time secret, rotate, enable, recent deliveries."""
+"""Webhook endpoints: create with a one-time secret, refuse inward URLs, rotate with a grace
+period, enable, recent deliveries."""
 
+import hashlib
+import hmac
 import json
 import logging
 import uuid
@@ -18,8 +21,14 @@ from app.embedded import Services
 from app.enums import Role
 from app.models.audit import AuditLog
 from app.models.merchant import Merchant
-from app.models.retry import OutboxEvent, WebhookDelivery, WebhookEndpoint
-from app.services.retry.delivery import SIGNATURE_HEADER, create_endpoint, deliver_due, verify
+from app.models.retry import WebhookEndpoint
+from app.services.retry.delivery import (
+    SIGNATURE_HEADER,
+    create_endpoint,
+    deliver_due,
+    sign,
+    verify,
+)
 from app.settings import Settings
 from app.tenancy import SYSTEM_SCOPE, system_principal
 from resolvers.ids import decode_id, encode_id
@@ -27,12 +36,13 @@ from tests.graphql.test_connection import _http
 from tests.graphql.test_query_count import count_statements
 from tests.support.factories import make_key, make_merchant
 from tests.support.graphql import codes, run
+from tests.support.webhooks import PUBLIC, queue_delivery, table_resolver
 
 CREATE = """mutation($input: CreateWebhookEndpointInput!) { createWebhookEndpoint(input: $input) {
   webhookEndpoint { id url enabled createdAt } secret errors { code message field } } }"""
 
 ROTATE = """mutation($input: RotateWebhookSecretInput!) { rotateWebhookSecret(input: $input) {
-  webhookEndpoint { id url } secret errors { code message field } } }"""
+  webhookEndpoint { id url previousSecretExpiresAt } secret errors { code message field } } }"""
 
 SET_ENABLED = """mutation($input: SetWebhookEndpointEnabledInput!) {
   setWebhookEndpointEnabled(input: $input) {
@@ -178,26 +188,11 @@ async def test_create_returns_the_secret_once_and_never_again(
     assert all(secret not in str(r.args) + r.getMessage() for r in caplog.records)
 
 
-async def test_rotate_changes_what_deliveries_are_signed_with(
-    db: Database, settings: Settings, clock: FixedClock
-) -> None:
-    merchant, token = await _setup(db, clock)
-    global_id, old = await _create(db, settings, clock, merchant, token)
-    endpoint_id = _raw_id(global_id)
-    data = await _data(
-        db, settings, clock, ROTATE, token, input={"endpointId": global_id, "reason": "leaked"}
-    )
-    payload = data["rotateWebhookSecret"]
-    assert payload["errors"] == []
-    assert payload["webhookEndpoint"] == {"id": global_id, "url": URL}
-    new = payload["secret"]
-    assert isinstance(new, str)
-    assert new != old
-    row = await _endpoint_row(db, endpoint_id)
-    assert _box(settings).open(row.secret_encrypted) == {"secret": new}
-
-    # The delivery job itself now signs with the new secret.
-    await _delivery(db, merchant, endpoint_id, clock, event_type="payment.recovered")
+async def _deliver_one(
+    db: Database, settings: Settings, clock: FixedClock, merchant: Merchant, endpoint_id: uuid.UUID
+) -> httpx.Request:
+    """Queue one event for the endpoint, run the delivery job's sender, return what it sent."""
+    await queue_delivery(db, merchant, endpoint_id, clock, event_type="payment.recovered")
     sent: list[httpx.Request] = []
 
     def receive(request: httpx.Request) -> httpx.Response:
@@ -205,11 +200,57 @@ async def test_rotate_changes_what_deliveries_are_signed_with(
         return httpx.Response(204)
 
     async with httpx.AsyncClient(transport=httpx.MockTransport(receive)) as http:
-        counts = await deliver_due(db, http=http, box=_box(settings), clock=clock)
+        counts = await deliver_due(
+            db,
+            http=http,
+            box=_box(settings),
+            clock=clock,
+            policy=settings.webhook_url_policy,
+            resolve=table_resolver({"merchant.test": [PUBLIC]}),
+        )
     assert counts["delivered"] == 1
     [request] = sent
-    assert verify(new, request.headers[SIGNATURE_HEADER], request.content)
-    assert not verify(old, request.headers[SIGNATURE_HEADER], request.content)
+    return request
+
+
+def _v1_count(request: httpx.Request) -> int:
+    return sum(p.startswith("v1=") for p in request.headers[SIGNATURE_HEADER].split(","))
+
+
+async def test_rotating_a_leaked_secret_ends_it_at_once(
+    db: Database, settings: Settings, clock: FixedClock
+) -> None:
+    merchant, token = await _setup(db, clock)
+    global_id, old = await _create(db, settings, clock, merchant, token)
+    endpoint_id = _raw_id(global_id)
+    data = await _data(
+        db,
+        settings,
+        clock,
+        ROTATE,
+        token,
+        input={"endpointId": global_id, "reason": "leaked", "previousSecretValidHours": 0},
+    )
+    payload = data["rotateWebhookSecret"]
+    assert payload["errors"] == []
+    assert payload["webhookEndpoint"] == {
+        "id": global_id,
+        "url": URL,
+        "previousSecretExpiresAt": None,
+    }
+    new = payload["secret"]
+    assert isinstance(new, str)
+    assert new != old
+    row = await _endpoint_row(db, endpoint_id)
+    assert _box(settings).open(row.secret_encrypted) == {"secret": new}
+    assert (row.previous_secret_encrypted, row.previous_secret_expires_at) == (None, None)
+
+    # The delivery job itself now signs with the new secret only.
+    request = await _deliver_one(db, settings, clock, merchant, endpoint_id)
+    now = int(clock.now().timestamp())
+    assert _v1_count(request) == 1
+    assert verify(new, request.headers[SIGNATURE_HEADER], request.content, now=now)
+    assert not verify(old, request.headers[SIGNATURE_HEADER], request.content, now=now)
 
     [entry] = await _audit(db, "webhook_endpoint.rotate_secret")
     assert (entry.actor, entry.reason, entry.entity_id) == (
@@ -217,9 +258,139 @@ async def test_rotate_changes_what_deliveries_are_signed_with(
         "leaked",
         str(endpoint_id),
     )
+    assert entry.after is not None
+    assert entry.after["previous_secret_expires_at"] is None
     logged = json.dumps([entry.before, entry.after])
     assert old not in logged
     assert new not in logged
+
+
+async def test_a_rotated_secret_keeps_signing_until_its_grace_period_ends(
+    db: Database, settings: Settings, clock: FixedClock
+) -> None:
+    merchant, token = await _setup(db, clock)
+    global_id, first = await _create(db, settings, clock, merchant, token)
+    endpoint_id = _raw_id(global_id)
+    data = await _data(
+        db, settings, clock, ROTATE, token, input={"endpointId": global_id, "reason": "yearly"}
+    )
+    payload = data["rotateWebhookSecret"]
+    second = payload["secret"]
+    expires = clock.now() + timedelta(hours=24)
+    assert payload["webhookEndpoint"]["previousSecretExpiresAt"] == expires.isoformat()
+    row = await _endpoint_row(db, endpoint_id)
+    # The old secret is kept sealed like the current one, never in clear.
+    assert row.previous_secret_encrypted is not None
+    assert first.encode() not in row.previous_secret_encrypted
+    assert _box(settings).open(row.previous_secret_encrypted) == {"secret": first}
+    assert row.previous_secret_expires_at == expires
+
+    # During the grace period: two signatures, the new secret's first; either verifies.
+    request = await _deliver_one(db, settings, clock, merchant, endpoint_id)
+    header = request.headers[SIGNATURE_HEADER]
+    now = int(clock.now().timestamp())
+    assert _v1_count(request) == 2
+    assert header.split(",")[1] == sign([second], now, request.content).split(",")[1]
+    for secret in (first, second):
+        assert verify(secret, header, request.content, now=now)
+    assert not verify("s" * 43, header, request.content, now=now)
+
+    # Up to the last second before expiry both sign; at expiry only the new one does.
+    clock.set(expires - timedelta(seconds=1))
+    assert _v1_count(await _deliver_one(db, settings, clock, merchant, endpoint_id)) == 2
+    clock.set(expires)
+    request = await _deliver_one(db, settings, clock, merchant, endpoint_id)
+    now = int(clock.now().timestamp())
+    assert _v1_count(request) == 1
+    assert verify(second, request.headers[SIGNATURE_HEADER], request.content, now=now)
+    assert not verify(first, request.headers[SIGNATURE_HEADER], request.content, now=now)
+
+    # A second rotation keeps only the secret it replaces, for the grace period asked.
+    data = await _data(
+        db,
+        settings,
+        clock,
+        ROTATE,
+        token,
+        input={"endpointId": global_id, "reason": "again", "previousSecretValidHours": 2},
+    )
+    third = data["rotateWebhookSecret"]["secret"]
+    request = await _deliver_one(db, settings, clock, merchant, endpoint_id)
+    now = int(clock.now().timestamp())
+    header = request.headers[SIGNATURE_HEADER]
+    assert [verify(s, header, request.content, now=now) for s in (first, second, third)] == [
+        False,
+        True,
+        True,
+    ]
+    assert (await _endpoint_row(db, endpoint_id)).previous_secret_expires_at == (
+        clock.now() + timedelta(hours=2)
+    )
+
+
+async def test_rotation_over_http_logs_neither_secret(
+    db: Database,
+    settings: Settings,
+    clock: FixedClock,
+    services: Services,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    merchant, token = await _setup(db, clock)
+    global_id, old = await _create(db, settings, clock, merchant, token)
+    rotate = {"input": {"endpointId": global_id, "reason": "yearly"}}
+    async with _http(db, services, settings, clock) as http:
+        response = await http.post(
+            "/graphql",
+            json={"query": ROTATE, "variables": rotate},
+            headers={"authorization": f"Bearer {token}"},
+        )
+    payload = response.json()["data"]["rotateWebhookSecret"]
+    assert payload["errors"] == []
+    new = payload["secret"]
+    assert caplog.records, "nothing was logged, so the log assertion would prove nothing"
+    for secret in (old, new):
+        assert secret not in caplog.text
+        assert all(secret not in str(r.args) + r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("hours", [-1, 169])
+async def test_grace_periods_out_of_range_are_refused(
+    db: Database, settings: Settings, clock: FixedClock, hours: int
+) -> None:
+    merchant, token = await _setup(db, clock)
+    global_id, secret = await _create(db, settings, clock, merchant, token)
+    data = await _data(
+        db,
+        settings,
+        clock,
+        ROTATE,
+        token,
+        input={"endpointId": global_id, "reason": "r", "previousSecretValidHours": hours},
+    )
+    payload = data["rotateWebhookSecret"]
+    assert payload["secret"] is None
+    assert [(e["code"], e["field"]) for e in payload["errors"]] == [
+        ("INVALID", "previousSecretValidHours")
+    ]
+    row = await _endpoint_row(db, _raw_id(global_id))
+    assert _box(settings).open(row.secret_encrypted) == {"secret": secret}
+
+
+def test_signatures_carry_their_timestamp_and_expire() -> None:
+    body = b'{"id":"evt"}'
+    header = sign(["k" * 40], 1_700_000_000, body)
+    mac = hmac.new(b"k" * 40, b"1700000000." + body, hashlib.sha256).hexdigest()
+    assert header == f"t=1700000000,v1={mac}"
+    assert verify("k" * 40, header, body, now=1_700_000_000 + 300)
+    assert verify("k" * 40, header, body, now=1_700_000_000 - 300)
+    # A replay outside the tolerance fails, and so does a timestamp changed to look fresh.
+    assert not verify("k" * 40, header, body, now=1_700_000_000 + 301)
+    forged = header.replace("t=1700000000", "t=1700000301")
+    assert not verify("k" * 40, forged, body, now=1_700_000_301)
+    assert not verify("k" * 40, header, body + b" ", now=1_700_000_000)
+    for broken in ("", "v1=" + mac, f"t=x,v1={mac}", f"t=1700000000,t=1700000000,v1={mac}"):
+        assert not verify("k" * 40, broken, body, now=1_700_000_000)
 
 
 async def test_enable_and_disable_are_audited_and_idempotent(
@@ -268,6 +439,93 @@ async def test_invalid_urls_are_refused_and_write_nothing(
     assert payload["secret"] is None
     assert [(e["code"], e["field"]) for e in payload["errors"]] == [("INVALID", "url")]
     assert await _endpoints(db) == []
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("http://127.0.0.1:8080/hooks", "127.0.0.1 is loopback"),
+        ("http://169.254.169.254/latest/meta-data/", "169.254.169.254 is link-local"),
+        ("http://10.0.0.7/hooks", "10.0.0.7 is private"),
+        ("http://2130706433/", "127.0.0.1 is loopback"),
+        ("http://0x7f.1/", "127.0.0.1 is loopback"),
+        ("http://[::ffff:127.0.0.1]/", "IPv4-mapped"),
+        ("http://[fd00::1]/", "private"),
+        ("http://localhost./hooks", "loopback name"),
+        ("https://metadata.google.internal/", "special-use"),
+        ("https://user:pw@merchant.test/hooks", "credentials"),
+    ],
+)
+async def test_inward_urls_are_refused_as_not_allowed_and_write_nothing(
+    db: Database, settings: Settings, clock: FixedClock, url: str, reason: str
+) -> None:
+    merchant, token = await _setup(db, clock)
+    data = await _data(
+        db,
+        settings,
+        clock,
+        CREATE,
+        token,
+        input={"merchantId": encode_id("Merchant", merchant.id), "url": url},
+    )
+    payload = data["createWebhookEndpoint"]
+    assert (payload["webhookEndpoint"], payload["secret"]) == (None, None)
+    [error] = payload["errors"]
+    assert (error["code"], error["field"]) == ("URL_NOT_ALLOWED", "url")
+    assert reason in error["message"]
+    assert await _endpoints(db) == []
+    assert await _audit(db) == []
+
+
+async def test_production_takes_https_urls_only(db: Database, clock: FixedClock) -> None:
+    production = Settings(environment="production", secret_key="p" * 40, metrics_token="m" * 32)
+    merchant, token = await _setup(db, clock)
+    merchant_id = encode_id("Merchant", merchant.id)
+    data = await _data(
+        db,
+        production,
+        clock,
+        CREATE,
+        token,
+        input={"merchantId": merchant_id, "url": "http://merchant.test/hooks"},
+    )
+    assert [(e["code"], e["message"]) for e in data["createWebhookEndpoint"]["errors"]] == [
+        ("URL_NOT_ALLOWED", "the URL is not allowed: must use https")
+    ]
+    data = await _data(
+        db, production, clock, CREATE, token, input={"merchantId": merchant_id, "url": URL}
+    )
+    assert data["createWebhookEndpoint"]["errors"] == []
+
+
+async def test_an_endpoint_stored_before_its_url_was_refused_is_not_enabled_again(
+    db: Database, settings: Settings, clock: FixedClock
+) -> None:
+    merchant, token = await _setup(db, clock)
+    async with db.uow(SYSTEM_SCOPE) as uow:
+        # As written before URLs were checked: loopback, then switched off.
+        stored = WebhookEndpoint(
+            merchant_id=merchant.id,
+            url="http://127.0.0.1:9000/hooks",
+            secret_encrypted=_box(settings).seal({"secret": "s" * 32}),
+            enabled=False,
+            created_at=clock.now(),
+        )
+        uow.session.add(stored)
+        await uow.commit()
+    global_id = encode_id("WebhookEndpoint", stored.id)
+    enable = {"input": {"endpointId": global_id, "enabled": True, "reason": "back"}}
+    data = await _data(db, settings, clock, SET_ENABLED, token, **enable)
+    assert data["setWebhookEndpointEnabled"]["webhookEndpoint"] is None
+    assert [(e["code"], e["field"]) for e in data["setWebhookEndpointEnabled"]["errors"]] == [
+        ("URL_NOT_ALLOWED", "url")
+    ]
+    assert (await _endpoint_row(db, stored.id)).enabled is False
+    # Where loopback is allowed (the demo), the same endpoint may be switched on.
+    loopback = Settings(environment="test", webhook_allow_loopback=True)
+    data = await _data(db, loopback, clock, SET_ENABLED, token, **enable)
+    assert data["setWebhookEndpointEnabled"]["errors"] == []
+    assert (await _endpoint_row(db, stored.id)).enabled is True
 
 
 async def test_unknown_ids_and_blank_reasons_are_typed_errors(
@@ -319,40 +577,6 @@ async def test_unknown_ids_and_blank_reasons_are_typed_errors(
     assert [e.action for e in await _audit(db)] == ["webhook_endpoint.create"]
 
 
-async def _delivery(
-    db: Database,
-    merchant: Merchant,
-    endpoint_id: uuid.UUID,
-    clock: FixedClock,
-    *,
-    event_type: str,
-    age: timedelta = timedelta(0),
-    **fields: Any,
-) -> None:
-    at = clock.now() - age
-    async with db.uow(SYSTEM_SCOPE) as uow:
-        event = OutboxEvent(
-            merchant_id=merchant.id,
-            event_type=event_type,
-            payload={"n": event_type},
-            created_at=at,
-            dispatched_at=at,
-        )
-        uow.session.add(event)
-        await uow.session.flush()
-        uow.session.add(
-            WebhookDelivery(
-                merchant_id=merchant.id,
-                event_id=event.id,
-                endpoint_id=endpoint_id,
-                next_attempt_at=at,
-                created_at=at,
-                **fields,
-            )
-        )
-        await uow.commit()
-
-
 async def _make_endpoint(
     db: Database, settings: Settings, merchant: Merchant, clock: FixedClock
 ) -> uuid.UUID:
@@ -364,6 +588,7 @@ async def _make_endpoint(
             url=URL,
             secret="s" * 32,
             box=_box(settings),
+            policy=settings.webhook_url_policy,
             now=clock.now(),
         )
         await uow.commit()
@@ -377,7 +602,7 @@ async def test_recent_deliveries_are_listed_newest_first(
     endpoint_id = await _make_endpoint(db, settings, merchant, clock)
     other = await _make_endpoint(db, settings, merchant, clock)
     now = clock.now()
-    await _delivery(
+    await queue_delivery(
         db,
         merchant,
         endpoint_id,
@@ -389,7 +614,7 @@ async def test_recent_deliveries_are_listed_newest_first(
         last_status_code=204,
         delivered_at=now - timedelta(hours=2),
     )
-    await _delivery(
+    await queue_delivery(
         db,
         merchant,
         endpoint_id,
@@ -401,7 +626,7 @@ async def test_recent_deliveries_are_listed_newest_first(
         last_status_code=500,
         last_error="HTTP 500",
     )
-    await _delivery(
+    await queue_delivery(
         db,
         merchant,
         endpoint_id,
@@ -411,7 +636,7 @@ async def test_recent_deliveries_are_listed_newest_first(
         attempts=1,
         last_error="ConnectTimeout",
     )
-    await _delivery(db, merchant, other, clock, event_type="payment.canceled")
+    await queue_delivery(db, merchant, other, clock, event_type="payment.canceled")
     data = await _data(db, settings, clock, LIST, token, id=encode_id("Merchant", merchant.id))
     # Both endpoints were created at the same instant: pick each by id, not by position.
     by_id = {e["id"]: e for e in data["merchant"]["webhookEndpoints"]}
@@ -482,7 +707,9 @@ async def test_endpoint_list_statement_count_is_constant(
         for merchant in rows:
             for _ in range(per_merchant):
                 endpoint_id = await _make_endpoint(db, settings, merchant, clock)
-                await _delivery(db, merchant, endpoint_id, clock, event_type="payment.recovered")
+                await queue_delivery(
+                    db, merchant, endpoint_id, clock, event_type="payment.recovered"
+                )
         token = await make_key(db, Role.PARTNER, rows, now=clock.now())
         await run(db, settings, clock, "{ viewer { role } }", token=token)
         with count_statements(connection) as statements:

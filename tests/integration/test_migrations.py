@@ -97,3 +97,53 @@ async def test_attempts_stored_before_per_attempt_cards_get_their_payments_card(
         }
     finally:
         await drop_database(services, url)
+
+
+async def _columns(conn: asyncpg.Connection, table: str) -> dict[str, str]:
+    rows = await conn.fetch(
+        "SELECT column_name, is_nullable FROM information_schema.columns WHERE table_name = $1",
+        table,
+    )
+    return {r["column_name"]: r["is_nullable"] for r in rows}
+
+
+async def test_previous_webhook_secret_columns_are_nullable_and_reversible(
+    services: Services,
+) -> None:
+    """0012 adds the rotated-out secret and its expiry as nullable columns (no rewrite, no
+    default): endpoints stored before it have no previous secret; down removes both."""
+    url = await create_scratch_database(services, "portal_migrations")
+    cfg = alembic_config(url)
+    previous = {"previous_secret_encrypted", "previous_secret_expires_at"}
+    try:
+        await asyncio.to_thread(command.upgrade, cfg, "0011_raw_record_pending")
+        conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://", 1))
+        try:
+            await conn.execute(
+                """
+                INSERT INTO merchant (id, name, status, created_at)
+                VALUES ('00000000-0000-0000-0000-00000000000a', 'M', 'active', now());
+                INSERT INTO webhook_endpoint (id, merchant_id, url, secret_encrypted, enabled,
+                    created_at)
+                VALUES ('00000000-0000-0000-0000-0000000000e1',
+                        '00000000-0000-0000-0000-00000000000a', 'https://m.example/hooks',
+                        '\\x01'::bytea, true, now());
+                """
+            )
+            assert not previous & set(await _columns(conn, "webhook_endpoint"))
+            await asyncio.to_thread(command.upgrade, cfg, "0012_webhook_previous_secret")
+            columns = await _columns(conn, "webhook_endpoint")
+            assert {c: columns[c] for c in previous} == dict.fromkeys(previous, "YES")
+            row = await conn.fetchrow(
+                "SELECT secret_encrypted, previous_secret_encrypted, previous_secret_expires_at "
+                "FROM webhook_endpoint"
+            )
+            assert row is not None
+            assert tuple(row) == (b"\x01", None, None)
+            await asyncio.to_thread(command.downgrade, cfg, "0011_raw_record_pending")
+            assert not previous & set(await _columns(conn, "webhook_endpoint"))
+            assert await conn.fetchval("SELECT count(*) FROM webhook_endpoint") == 1
+        finally:
+            await conn.close()
+    finally:
+        await drop_database(services, url)

@@ -27,6 +27,7 @@ from jobs.enqueue import attempt_job_id, enqueue_attempt
 from jobs.retry import attempt_payment, claim_due, decide_pending, deliver_webhooks
 from tests.support.factories import make_merchant
 from tests.support.retry import BOX, ingest, make_connection, reload, stripe_charge
+from tests.support.webhooks import PUBLIC, table_resolver
 
 T0 = datetime(2026, 10, 5, 10, 0, tzinfo=UTC)
 SECRET = "whsec_0123456789abcdef"
@@ -44,7 +45,9 @@ class Processor:
 
     def handle(self, request: httpx.Request) -> httpx.Response:
         path = request.url.path
-        if request.url.host == "merchant.test":
+        # Deliveries go to the address the name was vetted at, naming the host in Host.
+        if request.headers["host"] == "merchant.test":
+            assert request.url.host == PUBLIC
             self.hooks.append(request)
             if self.hook_failures:
                 self.hook_failures -= 1
@@ -84,12 +87,15 @@ def _ctx(
     db: Database, queue: ArqRedis, clock: FixedClock, processor: Processor, settings: Settings
 ) -> Any:
     http = httpx.AsyncClient(transport=httpx.MockTransport(processor.handle))
+    webhook_http = httpx.AsyncClient(transport=httpx.MockTransport(processor.handle))
     return {
         "redis": queue,
         "job_try": 1,
         "settings": settings,
         "db": db,
         "http": http,
+        "webhook_http": webhook_http,
+        "resolve": table_resolver({"merchant.test": [PUBLIC]}),
         "box": BOX,
         "clock": clock,
     }
@@ -128,6 +134,7 @@ async def test_decide_claim_and_attempt_jobs_recover_a_payment(
     assert (await attempt_payment(ctx, str(payment_id), 1))["status"] == "skipped"
     assert len(processor.charges) == 1
     await ctx["http"].aclose()
+    await ctx["webhook_http"].aclose()
 
 
 async def test_attempt_job_retries_an_unanswered_charge_with_the_same_key(
@@ -148,6 +155,7 @@ async def test_attempt_job_retries_an_unanswered_charge_with_the_same_key(
     assert (await attempt_payment(ctx, str(payment_id), 1))["state"] == "RECOVERED"
     assert len(processor.charges) == 1
     await ctx["http"].aclose()
+    await ctx["webhook_http"].aclose()
 
 
 async def test_webhooks_are_signed_retried_and_recorded(
@@ -166,6 +174,7 @@ async def test_webhooks_are_signed_retried_and_recorded(
             url="https://merchant.test/hooks",
             secret=SECRET,
             box=BOX,
+            policy=settings.webhook_url_policy,
             now=T0,
         )
         await uow.commit()
@@ -181,8 +190,11 @@ async def test_webhooks_are_signed_retried_and_recorded(
     assert (await deliver_webhooks(ctx))["delivered"] == 1
     sent = processor.hooks[-1]
     assert sent.headers["Portal-Event"] == "payment.scheduled"
-    assert verify(SECRET, sent.headers[SIGNATURE_HEADER], sent.content)
-    assert not verify("another-secret-value", sent.headers[SIGNATURE_HEADER], sent.content)
+    signed_at = int((T0 + timedelta(seconds=31)).timestamp())
+    assert verify(SECRET, sent.headers[SIGNATURE_HEADER], sent.content, now=signed_at)
+    assert not verify(
+        "another-secret-value", sent.headers[SIGNATURE_HEADER], sent.content, now=signed_at
+    )
     body = json.loads(sent.content)
     assert body["data"]["payment_id"] == str(payment_id)
     assert body["data"]["state"] == "SCHEDULED"
@@ -198,6 +210,7 @@ async def test_webhooks_are_signed_retried_and_recorded(
         ).scalars()
     assert (delivery.status, delivery.attempts, delivery.last_status_code) == ("delivered", 2, 204)
     await ctx["http"].aclose()
+    await ctx["webhook_http"].aclose()
 
 
 async def test_decide_job_re_decides_after_a_policy_change_and_expires_held_windows(
@@ -235,3 +248,4 @@ async def test_decide_job_re_decides_after_a_policy_change_and_expires_held_wind
     await decide_pending(ctx)
     assert (await reload(db, held)).state is PaymentState.EXHAUSTED
     await ctx["http"].aclose()
+    await ctx["webhook_http"].aclose()

@@ -1,10 +1,14 @@
-"""Settings: URL forms, the PORTAL_ prefix, and refusing placeholder secrets in production."""
+"""Settings: URL forms, the PORTAL_ prefix, and what production refuses or turns off."""
+
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
 
 from app.embedded import redact_url
 from app.settings import Settings, normalize_database_url
+from app.urls import UrlPolicy
+from portal.demo import demo_settings
 
 
 @pytest.mark.parametrize(
@@ -36,12 +40,84 @@ def test_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.port == 9001
 
 
+# What a production deployment must set; each test below leaves out or changes one thing.
+PRODUCTION: dict[str, Any] = {
+    "environment": "production",
+    "secret_key": "x" * 40,
+    "metrics_token": "m" * 32,
+}
+
+
 def test_production_refuses_placeholder_secret() -> None:
     with pytest.raises(ValidationError, match="PORTAL_SECRET_KEY"):
-        Settings(environment="production")
-    assert Settings(environment="production", secret_key="x" * 40).environment == "production"
+        Settings(**{**PRODUCTION, "secret_key": "development-only-key"})
+    assert Settings(**PRODUCTION).environment == "production"
+
+
+@pytest.mark.parametrize("token", [None, "", "changeme", "  "])
+def test_production_refuses_to_start_without_a_metrics_token(token: str | None) -> None:
+    with pytest.raises(ValidationError, match="PORTAL_METRICS_TOKEN must be set in production"):
+        Settings(**{**PRODUCTION, "metrics_token": token})
+    with pytest.raises(ValidationError, match="PORTAL_METRICS_TOKEN must be at least 16"):
+        Settings(**{**PRODUCTION, "metrics_token": "m" * 15})
+    # Elsewhere /metrics may stay open (local scrapes, the demo).
+    assert Settings(environment="development").metrics_token is None
+
+
+def test_production_refuses_loopback_webhooks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PORTAL_WEBHOOK_ALLOW_LOOPBACK", "true")
+    with pytest.raises(ValidationError, match="PORTAL_WEBHOOK_ALLOW_LOOPBACK"):
+        Settings(**PRODUCTION)
+    allowed = Settings(environment="test")
+    assert allowed.webhook_url_policy == UrlPolicy(require_https=False, allow_loopback=True)
+    monkeypatch.delenv("PORTAL_WEBHOOK_ALLOW_LOOPBACK")
+    assert Settings(**PRODUCTION).webhook_url_policy == UrlPolicy(
+        require_https=True, allow_loopback=False
+    )
+    assert Settings().webhook_url_policy == UrlPolicy(require_https=False, allow_loopback=False)
+
+
+def test_introspection_is_off_in_production_unless_set() -> None:
+    assert Settings(environment="development").introspection_enabled is True
+    assert Settings(environment="test").introspection_enabled is True
+    assert Settings(environment="development", introspection=False).introspection_enabled is False
+    assert Settings(**PRODUCTION).introspection_enabled is False
+    assert Settings(**PRODUCTION, introspection=True).introspection_enabled is True
+
+
+def test_production_refuses_graphiql_without_explicit_introspection() -> None:
+    with pytest.raises(ValidationError, match="PORTAL_GRAPHIQL in production"):
+        Settings(**PRODUCTION, graphiql=True)
+    with pytest.raises(ValidationError, match="PORTAL_GRAPHIQL in production"):
+        Settings(**PRODUCTION, graphiql=True, introspection=False)
+    assert Settings(**PRODUCTION, graphiql=True, introspection=True).graphiql is True
+    assert Settings(environment="development", graphiql=True).introspection_enabled is True
 
 
 def test_redact_url_hides_passwords() -> None:
     assert redact_url("postgresql://u:hunter2@h:5/d") == "postgresql://u:***@h:5/d"
     assert "hunter2" not in redact_url("redis://:hunter2@h:6379/0")
+
+
+def test_the_demo_allows_loopback_webhooks_outside_production() -> None:
+    assert demo_settings(Settings(environment="development")).webhook_url_policy == UrlPolicy(
+        require_https=False, allow_loopback=True
+    )
+    assert Settings(environment="development").webhook_allow_loopback is False
+    assert demo_settings(Settings(**PRODUCTION)).webhook_allow_loopback is False
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        {"environment": "production", "graphiql": True, "secret_key": "hunter2hunter2"},
+        {"environment": "production", "secret_key": "x" * 40, "metrics_token": "changeme"},
+        {"environment": "production", "secret_key": "hunter2hunter2", "metrics_token": "metr1c"},
+    ],
+)
+def test_refusals_never_print_the_secrets_they_were_given(given: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError, match="in production") as refused:
+        Settings(**given)
+    shown = str(refused.value)
+    for name in ("secret_key", "metrics_token"):
+        assert str(given.get(name, "x" * 40)) not in shown

@@ -4,11 +4,12 @@ import asyncio
 import hashlib
 import hmac
 import json
+import logging
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 from sqlalchemy import update
@@ -18,43 +19,87 @@ from sqlmodel import col, select
 from app.clock import Clock
 from app.crypto import CredentialBox
 from app.db import Database, UnitOfWork
-from app.errors import Forbidden, NotFound, ValidationFailed
+from app.errors import Forbidden, NotFound, UrlNotAllowed, ValidationFailed
 from app.models.merchant import Merchant
 from app.models.retry import OutboxEvent, WebhookDelivery, WebhookEndpoint
 from app.services import audit
+from app.services.retry.pinning import SEND_TIMEOUT, Resolver, pin, sender_url
 from app.tenancy import SYSTEM_SCOPE, Principal
+from app.urls import Target, UrlForbidden, UrlMalformed, UrlPolicy
+
+logger = logging.getLogger(__name__)
 
 SIGNATURE_HEADER = "Portal-Signature"
 EVENT_HEADER = "Portal-Event"
 DELIVERY_HEADER = "Portal-Delivery"
+# How far a receiver lets a signature's timestamp be from its own clock (README: receivers).
+SIGNATURE_TOLERANCE_SECONDS = 300
 # A delivery being sent is leased for this long; a worker that dies mid-send releases it.
 LEASE = timedelta(seconds=60)
 MAX_ATTEMPTS = 12
 BASE_BACKOFF = timedelta(seconds=30)
 MAX_BACKOFF = timedelta(hours=6)
-SEND_TIMEOUT = httpx.Timeout(10.0, connect=5.0)
 
 
-def sign(secret: str, timestamp: int, body: bytes) -> str:
-    """The signature header value: `t=<unix time>,v1=<hex HMAC-SHA256 of "t.body">`."""
-    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
-    return f"t={timestamp},v1={mac.hexdigest()}"
+def _mac(secret: str, timestamp: int, body: bytes) -> str:
+    return hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
 
 
-def verify(secret: str, header: str, body: bytes) -> bool:
-    """What a merchant's receiver does (and the tests): recompute and compare in constant time."""
-    parts = dict(p.split("=", 1) for p in header.split(",") if "=" in p)
-    try:
-        timestamp = int(parts["t"])
-    except (KeyError, ValueError):
+def sign(secrets: Sequence[str], timestamp: int, body: bytes) -> str:
+    """The signature header value: `t=<unix time>,v1=<hex HMAC-SHA256 of "t.body">`, one `v1`
+    per secret (the current one first; during a rotation's grace period also the old one)."""
+    if not secrets:
+        raise ValueError("a delivery is signed with at least one secret")
+    return ",".join([f"t={timestamp}", *(f"v1={_mac(s, timestamp, body)}" for s in secrets)])
+
+
+def verify(
+    secret: str,
+    header: str,
+    body: bytes,
+    *,
+    now: int,
+    tolerance: int = SIGNATURE_TOLERANCE_SECONDS,
+) -> bool:
+    """What a merchant's receiver does (and the tests): the timestamp within `tolerance`
+    seconds of `now` (a replayed old delivery fails), and any `v1` equal to the HMAC of
+    "t.body" under `secret`, compared in constant time."""
+    timestamps: list[str] = []
+    macs: list[str] = []
+    for item in header.split(","):
+        key, sep, value = item.strip().partition("=")
+        if sep and key == "t":
+            timestamps.append(value)
+        elif sep and key == "v1":
+            macs.append(value)
+    if len(timestamps) != 1 or not timestamps[0].isdigit():
         return False
-    return hmac.compare_digest(sign(secret, timestamp, body), header)
+    timestamp = int(timestamps[0])
+    if abs(now - timestamp) > tolerance:
+        return False
+    expected = _mac(secret, timestamp, body)
+    # Every candidate is compared, so the time taken does not say which one matched.
+    matches = [hmac.compare_digest(expected, candidate) for candidate in macs]
+    return any(matches)
 
 
 def backoff(attempts: int) -> timedelta:
     """Wait before try `attempts + 1`: doubling from 30 s, at most 6 h."""
     wait: timedelta = BASE_BACKOFF * (2 ** max(0, attempts - 1))
     return min(MAX_BACKOFF, wait)
+
+
+def checked_url(url: str, policy: UrlPolicy) -> Target:
+    """`check_url` (and the sender's reading of the URL, see `sender_url`), its refusals as
+    the errors mutations answer: INVALID for what is not an http(s) URL, URL_NOT_ALLOWED for a
+    destination the portal must not reach."""
+    try:
+        target, _ = sender_url(url, policy)
+    except UrlMalformed as exc:
+        raise ValidationFailed([("url", str(exc))]) from exc
+    except UrlForbidden as exc:
+        raise UrlNotAllowed(f"the URL is not allowed: {exc}", field="url") from exc
+    return target
 
 
 async def create_endpoint(
@@ -65,9 +110,11 @@ async def create_endpoint(
     url: str,
     secret: str,
     box: CredentialBox,
+    policy: UrlPolicy,
     now: datetime,
 ) -> WebhookEndpoint:
-    """Add a webhook endpoint; the secret is sealed and never audited."""
+    """Add a webhook endpoint whose URL `policy` allows; the secret is sealed and never
+    audited."""
     merchant = (
         await uow.session.execute(select(Merchant).where(col(Merchant.id) == merchant_id))
     ).scalar_one_or_none()
@@ -75,14 +122,9 @@ async def create_endpoint(
         raise NotFound("merchant not found", field="merchantId")
     if not principal.may_configure(merchant_id):
         raise Forbidden("this key may not change the merchant's configuration")
-    problems: list[tuple[str, str]] = []
-    parts = urlsplit(url)
-    if parts.scheme not in {"http", "https"} or not parts.hostname or len(url) > 500:
-        problems.append(("url", "must be an http(s) URL of at most 500 characters"))
     if len(secret) < 16:
-        problems.append(("secret", "must be at least 16 characters"))
-    if problems:
-        raise ValidationFailed(problems)
+        raise ValidationFailed([("secret", "must be at least 16 characters")])
+    checked_url(url, policy)
     endpoint = WebhookEndpoint(
         merchant_id=merchant_id,
         url=url,
@@ -162,11 +204,21 @@ async def dispatch_outbox(uow: UnitOfWork, *, now: datetime, limit: int = 500) -
 @dataclass(frozen=True)
 class _Send:
     delivery_id: uuid.UUID
+    endpoint_id: uuid.UUID
     attempts: int
     url: str
-    secret: str
+    # The current secret first; the previous one too while its grace period lasts.
+    secrets: tuple[str, ...]
     event_type: str
     body: bytes
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    status_code: int | None = None
+    error: str | None = None
+    # Never sent, for good: the destination is refused. Failed at once, not retried.
+    refused: bool = False
 
 
 def _body(event: OutboxEvent) -> bytes:
@@ -179,15 +231,31 @@ def _body(event: OutboxEvent) -> bytes:
     return json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
 
 
+def _signing_secrets(
+    endpoint: WebhookEndpoint, box: CredentialBox, now: datetime
+) -> tuple[str, ...]:
+    current = str(box.open(endpoint.secret_encrypted)["secret"])
+    expires = endpoint.previous_secret_expires_at
+    if endpoint.previous_secret_encrypted is None or expires is None or expires <= now:
+        return (current,)
+    return current, str(box.open(endpoint.previous_secret_encrypted)["secret"])
+
+
 async def deliver_due(
     db: Database,
     *,
     http: httpx.AsyncClient,
     box: CredentialBox,
     clock: Clock,
+    policy: UrlPolicy,
+    resolve: Resolver,
     limit: int = 100,
 ) -> dict[str, int]:
-    """Send due deliveries (leased first, so a crash only delays them); record each outcome."""
+    """Send due deliveries (leased first, so a crash only delays them); record each outcome.
+
+    `http` should be a `delivery_client()`. A delivery whose URL or resolved address
+    `policy` refuses is never sent: it fails at once with the reason (retrying would only
+    probe the same inward address again), and later events get their own check."""
     now = clock.now()
     async with db.uow(SYSTEM_SCOPE) as uow:
         rows = (
@@ -210,28 +278,32 @@ async def deliver_due(
             sends.append(
                 _Send(
                     delivery_id=delivery.id,
+                    endpoint_id=endpoint.id,
                     attempts=delivery.attempts,
                     url=endpoint.url,
-                    secret=str(box.open(endpoint.secret_encrypted)["secret"]),
+                    secrets=_signing_secrets(endpoint, box, now),
                     event_type=event.event_type,
                     body=_body(event),
                 )
             )
         await uow.commit()
-    outcomes = await asyncio.gather(*(_post(http, s, now) for s in sends))
-    counts = {"delivered": 0, "retrying": 0, "failed": 0}
+    outcomes = await asyncio.gather(*(_post(http, s, now, policy, resolve) for s in sends))
+    counts = {"delivered": 0, "retrying": 0, "failed": 0, "refused": 0}
     async with db.uow(SYSTEM_SCOPE) as uow:
         done = clock.now()
-        for send, (status_code, error) in zip(sends, outcomes, strict=True):
+        for send, outcome in zip(sends, outcomes, strict=True):
             attempts = send.attempts + 1
             values: dict[str, Any] = {
                 "attempts": attempts,
-                "last_status_code": status_code,
-                "last_error": error,
+                "last_status_code": outcome.status_code,
+                "last_error": outcome.error,
             }
-            if error is None:
+            if outcome.error is None:
                 values |= {"status": "delivered", "delivered_at": done}
                 counts["delivered"] += 1
+            elif outcome.refused:
+                values |= {"status": "failed"}
+                counts["refused"] += 1
             elif attempts >= MAX_ATTEMPTS:
                 values |= {"status": "failed"}
                 counts["failed"] += 1
@@ -248,20 +320,48 @@ async def deliver_due(
 
 
 async def _post(
-    http: httpx.AsyncClient, send: _Send, now: datetime
-) -> tuple[int | None, str | None]:
+    http: httpx.AsyncClient, send: _Send, now: datetime, policy: UrlPolicy, resolve: Resolver
+) -> _Outcome:
+    try:
+        target = await pin(send.url, policy, resolve)
+    except (UrlForbidden, UrlMalformed) as exc:
+        # The URL is not logged: merchants put tokens in query strings.
+        logger.warning(
+            "webhook delivery %s to endpoint %s refused: %s",
+            send.delivery_id,
+            send.endpoint_id,
+            exc,
+        )
+        return _Outcome(error=f"not sent: {exc}"[:500], refused=True)
+    except (OSError, TimeoutError) as exc:
+        return _Outcome(error=f"DNS lookup failed ({type(exc).__name__})")
+    except Exception:
+        # Recorded as a failed try (so MAX_ATTEMPTS ends it) rather than failing the whole
+        # batch, whose other deliveries were sent and must be recorded.
+        logger.exception("webhook delivery %s could not be prepared", send.delivery_id)
+        return _Outcome(error="not sent: internal error")
     headers = {
+        **target.headers,
         "Content-Type": "application/json",
-        SIGNATURE_HEADER: sign(send.secret, int(now.timestamp()), send.body),
+        SIGNATURE_HEADER: sign(send.secrets, int(now.timestamp()), send.body),
         EVENT_HEADER: send.event_type,
         DELIVERY_HEADER: str(send.delivery_id),
     }
     try:
-        response = await http.post(
-            send.url, content=send.body, headers=headers, timeout=SEND_TIMEOUT
-        )
+        # Streamed and closed unread: only the status matters, and a receiver's body could
+        # be of any size.
+        async with http.stream(
+            "POST",
+            target.url,
+            content=send.body,
+            headers=headers,
+            timeout=SEND_TIMEOUT,
+            follow_redirects=False,
+            extensions=target.extensions,
+        ) as response:
+            status_code = response.status_code
     except httpx.HTTPError as exc:
-        return None, f"{type(exc).__name__}"[:500]
-    if 200 <= response.status_code < 300:
-        return response.status_code, None
-    return response.status_code, f"HTTP {response.status_code}"
+        return _Outcome(error=f"{type(exc).__name__}"[:500])
+    if 200 <= status_code < 300:
+        return _Outcome(status_code=status_code)
+    return _Outcome(status_code=status_code, error=f"HTTP {status_code}")
