@@ -1,14 +1,18 @@
 """arq worker settings: the registered jobs, the cron schedule, start-up and shutdown."""
 
+from collections.abc import Sequence
 from typing import Any
 
 from arq import cron, func
 from arq.connections import RedisSettings
-from arq.worker import Worker
+from arq.cron import CronJob
+from arq.worker import Function
 
-from app.settings import get_settings
+from app.settings import Settings, get_settings
 from jobs.context import shutdown, startup
 from jobs.ingest import enqueue_polls, normalize_connection, poll_connection
+from jobs.instrument import instrument
+from jobs.outages import Backoff
 from jobs.retry import (
     attempt_payment,
     claim_due,
@@ -16,6 +20,7 @@ from jobs.retry import (
     deliver_webhooks,
     reconcile_stuck,
 )
+from jobs.supervisor import PortalWorker
 from jobs.training import retrain_model
 
 FUNCTIONS = [
@@ -54,21 +59,38 @@ def redis_settings(url: str | None = None) -> RedisSettings:
     return RedisSettings.from_dsn(url or settings.redis_url or settings.local_redis_url)
 
 
-def build_worker(redis_url: str, ctx: dict[str, Any], **kwargs: Any) -> Worker:
-    """A worker on the given Redis with a pre-filled context (CLI, demo, tests)."""
-    return Worker(
-        functions=FUNCTIONS,
-        cron_jobs=CRON_JOBS,
+def build_worker(
+    redis_url: str,
+    ctx: dict[str, Any],
+    *,
+    functions: Sequence[Function] = FUNCTIONS,
+    cron_jobs: Sequence[CronJob] = CRON_JOBS,
+    **kwargs: Any,
+) -> PortalWorker:
+    """A worker on the given Redis with a pre-filled context (CLI, demo, tests), every job
+    wrapped (runs counted, outages re-queued); run it with `jobs.supervisor.Supervisor`."""
+    settings: Settings = ctx.get("settings") or get_settings()
+    backoff = Backoff.from_settings(settings)
+    worker = PortalWorker(
+        functions=functions,
+        cron_jobs=cron_jobs,
         redis_settings=RedisSettings.from_dsn(redis_url),
         on_startup=startup,
         on_shutdown=shutdown,
         ctx=ctx,
+        backoff=backoff,
         **kwargs,
     )
+    instrument(worker, worker.outages, backoff)
+    return worker
 
 
 class WorkerSettings:
-    """For `arq jobs.worker.WorkerSettings` (REDIS_URL and DATABASE_URL from the environment)."""
+    """For `arq jobs.worker.WorkerSettings` (REDIS_URL and DATABASE_URL from the environment).
+
+    arq's own runner has none of `portal worker`'s supervision: it exits on a Redis outage,
+    writes no heartbeat and does not count runs. Use it only to debug arq itself.
+    """
 
     functions = FUNCTIONS
     cron_jobs = CRON_JOBS

@@ -1,0 +1,427 @@
+"""The worker under supervision: outages waited out, crashes restarted, liveness, clean stops.
+
+arq's `Worker.main()` ends at the first Redis error of its poll loop; a process built on it
+exits, and a worker task inside the web app just stops. `Supervisor.run()` returns only when
+asked to stop. When the poll loop ends on an outage (`app.outages.outage_of`) it logs one line,
+probes with capped exponential backoff until the dependency answers, logs one line with the
+outage's length and starts the loop again on the same `PortalWorker`: the same Redis pool,
+the same job context (database engine, HTTP client), the jobs still running. Any other ending
+is a bug: logged with its traceback and restarted, with the same backoff when it repeats.
+
+Liveness: while the poll loop turns and PostgreSQL answers, the worker writes a heartbeat into
+Redis (`jobs.telemetry`), which /readyz and /metrics read. A stop (SIGTERM, SIGINT or `stop()`)
+takes no new jobs, gives running ones the grace period, cancels the rest (arq queues them
+again) and closes everything. A SIGKILL leaves the jobs' in-progress keys to expire and the
+attempts to the reconciliation.
+"""
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+import structlog
+from arq.connections import ArqRedis, create_pool
+from arq.worker import Worker
+
+from app.outages import Dependency, outage_of
+from app.settings import Settings
+from jobs.outages import Backoff, OutageTracker, probe
+from jobs.telemetry import remove_heartbeat, write_heartbeat
+
+logger = structlog.stdlib.get_logger("portal.worker")
+
+# Cancelled jobs get this long to hand themselves back to the queue (one Redis write each).
+CANCEL_WAIT_SECONDS = 5.0
+# A poll loop that ran this long before crashing is not crash-looping: its backoff starts over.
+STABLE_AFTER_SECONDS = 60.0
+
+
+def new_worker_id() -> str:
+    """Unique per process and start: host, pid and a random suffix."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+async def _settle(tasks: Iterable["asyncio.Task[Any]"], within: float | None = None) -> None:
+    """Wait for `tasks` (bounded), and mark their errors as seen: they were logged where
+    they arose, and asyncio would otherwise log each again when it is collected."""
+    pending = [t for t in tasks if not t.done()]
+    if pending:
+        await asyncio.wait(pending, timeout=within)
+    for task in tasks:
+        if task.done() and not task.cancelled():
+            task.exception()
+
+
+class PortalWorker(Worker):
+    """arq's Worker with what an outage breaks in it repaired; signals are the supervisor's.
+
+    - Its Redis pool is connected with one attempt (arq's own start retries five times a
+      second apart, then gives up for good): the supervisor's backoff does the waiting.
+    - A job that finishes while Redis is down keeps its slot and writes its result once Redis
+      answers, instead of failing the poll loop and leaving the job to run again.
+    - A slot taken for a job whose start failed on Redis is given back: arq would keep it, and
+      after a few outages the worker would take no jobs at all while looking alive.
+    - `last_tick` is when the poll loop last completed a turn (the heartbeat needs it).
+    """
+
+    def __init__(self, *args: Any, backoff: Backoff, **kwargs: Any) -> None:
+        super().__init__(*args, handle_signals=False, **kwargs)
+        self.backoff = backoff
+        self.outages = OutageTracker()
+        self.last_tick: float | None = None
+        self.closing = False
+
+    @property
+    def redis(self) -> ArqRedis | None:
+        """The worker's Redis pool, once connected."""
+        return self._pool
+
+    async def connect(self) -> ArqRedis:
+        """Connect the pool if it is not (one attempt), or check that Redis answers."""
+        if self._pool is None:
+            settings = self.redis_settings
+            if settings is None:
+                raise RuntimeError("a worker without a pool needs redis_settings")
+            self._pool = await create_pool(
+                settings,
+                retry=settings.conn_retries,  # no retries left: fail at once
+                job_serializer=self.job_serializer,
+                job_deserializer=self.job_deserializer,
+                default_queue_name=self.queue_name,
+                expires_extra_ms=self.expires_extra_ms,
+            )
+        else:
+            await self._pool.ping()
+        return self._pool
+
+    async def main(self) -> None:
+        await self.connect()
+        await super().main()
+
+    async def heart_beat(self) -> None:
+        await super().heart_beat()
+        self.last_tick = time.monotonic()
+
+    async def start_jobs(self, job_ids: list[bytes]) -> None:
+        for job_id in job_ids:
+            try:
+                await super().start_jobs([job_id])
+            except Exception:
+                # arq counts the job and holds a semaphore slot from before its Redis
+                # transaction until the job's task ends; no task was created.
+                self._release_sem_dec_counter_on_complete()
+                raise
+            if self.job_counter >= self.max_jobs:
+                return
+
+    async def run_job(self, job_id: str, score: int) -> None:
+        try:
+            await super().run_job(job_id, score)
+        except Exception as exc:
+            dependency = outage_of(exc)
+            if dependency is None:
+                raise
+            # Redis went away as the job was read or recorded: it stays queued, and its
+            # in-progress key keeps it from running again until that key expires.
+            logger.warning(
+                "job left to run again later",
+                job_id=job_id,
+                dependency=dependency.value,
+                error=type(exc).__name__,
+            )
+
+    async def _until_written(self, write: Callable[[], Awaitable[None]]) -> None:
+        attempt = 0
+        while True:
+            try:
+                await write()
+            except Exception as exc:
+                if outage_of(exc) is None or self.closing:
+                    raise
+            else:
+                return
+            await asyncio.sleep(self.backoff.delay(attempt))
+            attempt += 1
+
+    async def finish_job(
+        self,
+        job_id: str,
+        finish: bool,
+        result_data: bytes | None,
+        result_timeout_s: float | None,
+        keep_result_forever: bool,
+        incr_score: int | None,
+        keep_in_progress: float | None,
+    ) -> None:
+        parent = super().finish_job
+        await self._until_written(
+            lambda: parent(
+                job_id,
+                finish,
+                result_data,
+                result_timeout_s,
+                keep_result_forever,
+                incr_score,
+                keep_in_progress,
+            )
+        )
+
+    async def finish_failed_job(self, job_id: str, result_data: bytes | None) -> None:
+        parent = super().finish_failed_job
+        await self._until_written(lambda: parent(job_id, result_data))
+
+    async def close(self) -> None:
+        """Stop polling, cancel running jobs (arq queues them again), run the shutdown hook and
+        close the pool, whether or not Redis answers."""
+        self.closing = True
+        if self.main_task is not None and not self.main_task.done():
+            self.main_task.cancel()
+        if self.main_task is not None:
+            await _settle([self.main_task])
+        running = [t for t in self.tasks.values() if not t.done()]
+        for task in running:
+            task.cancel()
+        await _settle(list(self.tasks.values()), CANCEL_WAIT_SECONDS)
+        self.tasks.clear()
+        if self._pool is not None:
+            with contextlib.suppress(Exception):
+                await self._pool.delete(self.health_check_key)
+        if self.on_shutdown:
+            await self.on_shutdown(self.ctx)
+        if self._pool is not None:
+            await self._pool.aclose()
+            self._pool = None
+
+
+class Supervisor:
+    """Runs a `PortalWorker` until asked to stop (see the module's docstring)."""
+
+    def __init__(
+        self, worker: PortalWorker, settings: Settings, *, worker_id: str | None = None
+    ) -> None:
+        self.worker = worker
+        self.settings = settings
+        self.worker_id = worker_id or new_worker_id()
+        self.outages: OutageTracker = worker.outages
+        self.backoff = worker.backoff
+        self._stop = asyncio.Event()
+        self._hurry = asyncio.Event()
+        self._done = asyncio.Event()
+        self._beaten = False
+        # Longer than any healthy turn of the poll loop (poll_delay, plus a few Redis calls).
+        self._tick_window = max(2 * settings.worker_heartbeat_seconds, 10 * worker.poll_delay_s)
+
+    def request_stop(self) -> None:
+        """Begin a graceful stop; asked again, running jobs are cancelled without waiting."""
+        if self._stop.is_set():
+            if not self._hurry.is_set():
+                logger.warning("asked to stop again: cancelling running jobs now")
+            self._hurry.set()
+            return
+        self._begin_stop()
+
+    async def stop(self) -> None:
+        """Stop gracefully and wait until everything is closed."""
+        self._begin_stop()
+        await self._done.wait()
+
+    def _begin_stop(self) -> None:
+        # From this moment no job is taken, even by a poll already under way.
+        self.worker.allow_pick_jobs = False
+        self._stop.set()
+
+    def handle_signals(self) -> None:
+        """SIGTERM and SIGINT stop gracefully; a second one cancels running jobs at once."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        logger.info("signal received", signal=sig.name)
+        self.request_stop()
+
+    async def run(self) -> None:
+        """Run the worker until `stop()` or a signal (or, in burst mode, until the queue is
+        empty); then drain and close. Never returns on an outage or a crash."""
+        logger.info(
+            "worker starting",
+            worker_id=self.worker_id,
+            queue=self.worker.queue_name,
+            concurrency=self.worker.max_jobs,
+        )
+        monitor = asyncio.create_task(self._monitor(), name="worker-heartbeat")
+        try:
+            await self._supervise()
+            await self._drain()
+        finally:
+            monitor.cancel()
+            await _settle([monitor])
+            await self._close()
+            self._done.set()
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep, cut short by a stop."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), seconds)
+
+    async def _supervise(self) -> None:
+        crashes = 0
+        while not self._stop.is_set():
+            started = time.monotonic()
+            main = asyncio.create_task(self.worker.main(), name="arq-main")
+            self.worker.main_task = main
+            stop = asyncio.create_task(self._stop.wait())
+            try:
+                await asyncio.wait({main, stop}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stop.cancel()
+            if not main.done() or self._stop.is_set():
+                # The loop keeps polling (taking no new jobs) while running ones finish.
+                return
+            if main.cancelled():
+                error: BaseException = RuntimeError("arq's poll loop was cancelled")
+            else:
+                found = main.exception()
+                if found is None:
+                    if self.worker.burst:
+                        return
+                    found = RuntimeError("arq's poll loop returned")
+                error = found
+            try:
+                dependency = outage_of(error)
+                if dependency is not None:
+                    crashes = 0
+                    await self._wait_out(dependency, error)
+                else:
+                    if time.monotonic() - started > STABLE_AFTER_SECONDS:
+                        crashes = 0
+                    delay = self.backoff.delay(crashes)
+                    crashes += 1
+                    logger.error(
+                        "worker loop crashed; restarting", restart_in=delay, exc_info=error
+                    )
+                    await self._pause(delay)
+                self._resume_crons()
+            except Exception:
+                logger.exception("worker supervision failed; trying again")
+                await self._pause(self.backoff.cap)
+
+    async def _wait_out(self, dependency: Dependency, error: BaseException) -> None:
+        """Probe `dependency` with backoff until it answers (or a stop is requested)."""
+        self.outages.begin(dependency, error)
+        attempt = 0
+        while not self._stop.is_set():
+            await self._pause(self.backoff.delay(attempt))
+            attempt += 1
+            if self._stop.is_set():
+                return
+            if await self._probe(dependency) is None:
+                self.outages.end(dependency)
+                if self.worker.redis is not None:
+                    await self.outages.flush(self.worker.redis)
+                return
+
+    async def _probe(self, dependency: Dependency) -> Exception | None:
+        if dependency is Dependency.REDIS:
+            try:
+                await self.worker.connect()
+            except Exception as exc:
+                return exc
+            return None
+        db = self.worker.ctx.get("db")
+        if db is None or self.worker.redis is None:
+            # Nothing to probe PostgreSQL with before the first start: let the loop try.
+            return None
+        return await probe(dependency, db=db, redis=self.worker.redis)
+
+    def _resume_crons(self) -> None:
+        # Ticks missed while the loop was down are not made up one by one (after an outage of
+        # hours that would be thousands of runs): each cron job resumes at its next tick.
+        for cron_job in self.worker.cron_jobs:
+            cron_job.next_run = None
+
+    async def _monitor(self) -> None:
+        interval = self.settings.worker_heartbeat_seconds
+        while True:
+            try:
+                await self._beat()
+            except Exception:
+                logger.exception("worker heartbeat failed")
+            # Until the first heartbeat is written, look often: readiness waits for it.
+            await asyncio.sleep(interval if self._beaten else min(interval, 0.2))
+
+    async def _beat(self) -> None:
+        """Write the heartbeat if the poll loop turns and PostgreSQL answers; note outages."""
+        db = self.worker.ctx.get("db")
+        pool = self.worker.redis
+        if db is None or pool is None:
+            return
+        failure = await probe(Dependency.DATABASE, db=db, redis=pool)
+        if failure is not None:
+            self.outages.begin(Dependency.DATABASE, failure)
+            return
+        self.outages.end(Dependency.DATABASE)
+        tick = self.worker.last_tick
+        if tick is None or time.monotonic() - tick > self._tick_window:
+            return
+        try:
+            await write_heartbeat(
+                pool,
+                self.worker_id,
+                ttl=self.settings.worker_heartbeat_ttl_seconds,
+                queue=self.worker.queue_name,
+            )
+        except Exception as exc:
+            if outage_of(exc) is None:
+                raise
+            self.outages.begin(Dependency.REDIS, exc)
+            return
+        self._beaten = True
+        self.outages.end(Dependency.REDIS)
+        await self.outages.flush(pool)
+
+    async def _drain(self) -> None:
+        worker = self.worker
+        worker.allow_pick_jobs = False
+        grace = self.settings.worker_shutdown_grace_seconds
+        running = [t for t in worker.tasks.values() if not t.done()]
+        logger.info("worker stopping: no new jobs", running=len(running), grace_seconds=grace)
+        deadline = time.monotonic() + grace
+        hurry = asyncio.create_task(self._hurry.wait())
+        try:
+            while not self._hurry.is_set():
+                # Read again each time: a job whose start was under way when the stop came
+                # is among them too.
+                running = [t for t in worker.tasks.values() if not t.done()]
+                remaining = deadline - time.monotonic()
+                if not running or remaining <= 0:
+                    break
+                await asyncio.wait(
+                    [*running, hurry], timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+                )
+        finally:
+            hurry.cancel()
+        left = sum(not t.done() for t in worker.tasks.values())
+        if left:
+            logger.warning("cancelling running jobs; they will run again", jobs=left)
+
+    async def _close(self) -> None:
+        pool = self.worker.redis
+        if pool is not None:
+            with contextlib.suppress(Exception):
+                await remove_heartbeat(pool, self.worker_id, queue=self.worker.queue_name)
+            await self.outages.flush(pool)
+        await self.worker.close()
+        logger.info(
+            "worker stopped",
+            worker_id=self.worker_id,
+            complete=self.worker.jobs_complete,
+            failed=self.worker.jobs_failed,
+            retried=self.worker.jobs_retried,
+        )
