@@ -68,7 +68,7 @@ class Settings(BaseSettings):
     # Waiting out a PostgreSQL or Redis outage: the first retry after `initial`, doubling up to
     # `max`; outage retries of a job are deferred by the same rule.
     worker_backoff_initial_seconds: float = Field(default=0.5, gt=0)
-    worker_backoff_max_seconds: float = Field(default=15.0, gt=0)
+    worker_backoff_max_seconds: float = Field(default=10.0, gt=0)
     # Each worker writes a heartbeat this often while its poll loop turns and PostgreSQL answers.
     worker_heartbeat_seconds: float = Field(default=5.0, gt=0)
     # A worker whose last heartbeat is older than this is stale; after the TTL it is forgotten.

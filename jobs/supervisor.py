@@ -17,6 +17,7 @@ attempts to the reconciliation.
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import signal
 import socket
@@ -89,8 +90,7 @@ class PortalWorker(Worker):
             if settings is None:
                 raise RuntimeError("a worker without a pool needs redis_settings")
             self._pool = await create_pool(
-                settings,
-                retry=settings.conn_retries,  # no retries left: fail at once
+                dataclasses.replace(settings, conn_retries=0),
                 job_serializer=self.job_serializer,
                 job_deserializer=self.job_deserializer,
                 default_queue_name=self.queue_name,
@@ -348,13 +348,22 @@ class Supervisor:
 
     async def _monitor(self) -> None:
         interval = self.settings.worker_heartbeat_seconds
+        failures = 0
         while True:
             try:
                 await self._beat()
             except Exception:
                 logger.exception("worker heartbeat failed")
-            # Until the first heartbeat is written, look often: readiness waits for it.
-            await asyncio.sleep(interval if self._beaten else min(interval, 0.2))
+            if self.outages.active(Dependency.DATABASE):
+                # PostgreSQL is probed here only: back off from its first failure, so the
+                # outage's end (and its recorded length) is seen soon after it comes back.
+                delay = min(interval, self.backoff.delay(failures))
+                failures += 1
+            else:
+                failures = 0
+                # Until the first heartbeat is written, look often: readiness waits for it.
+                delay = interval if self._beaten else min(interval, 0.2)
+            await asyncio.sleep(delay)
 
     async def _beat(self) -> None:
         """Write the heartbeat if the poll loop turns and PostgreSQL answers; note outages."""

@@ -14,7 +14,7 @@ from typing import Literal, cast
 from arq.constants import default_queue_name
 from redis.asyncio import Redis
 
-from app.outages import Dependency
+from app.outages import Dependency, outage_of
 
 logger = logging.getLogger("portal.jobs")
 
@@ -30,8 +30,14 @@ async def record_job(redis: Redis, job: str, outcome: str) -> None:
     """Count one run of `job` with an outcome of `JOB_OUTCOMES`; never fails the caller."""
     try:
         await cast(Awaitable[int], redis.hincrby(JOB_COUNTS_KEY, f"{job}|{outcome}", 1))
-    except Exception:
-        logger.warning("metrics: could not count a run of %s", job, exc_info=True)
+    except Exception as exc:
+        # During a Redis outage every finishing job lands here: one line each, no traceback.
+        logger.warning(
+            "metrics: could not count a run of %s (%s)",
+            job,
+            type(exc).__name__,
+            exc_info=outage_of(exc) is None,
+        )
 
 
 async def job_counts(redis: Redis) -> dict[tuple[str, str], int]:
