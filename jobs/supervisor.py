@@ -421,6 +421,15 @@ class Supervisor:
             logger.warning("cancelling running jobs; they will run again", jobs=left)
 
     async def _close(self) -> None:
+        # An outage whose end no probe has seen yet (a burst run ends quickly) is closed now
+        # if the dependency answers, so its length is recorded.
+        for dependency in Dependency:
+            if not self.outages.active(dependency):
+                continue
+            # Briefly: a stop must not wait long for a dependency that is still away.
+            with contextlib.suppress(TimeoutError):
+                if await asyncio.wait_for(self._probe(dependency), 1.0) is None:
+                    self.outages.end(dependency)
         pool = self.worker.redis
         if pool is not None:
             with contextlib.suppress(Exception):
