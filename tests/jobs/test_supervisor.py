@@ -433,3 +433,43 @@ async def test_a_stop_lets_short_jobs_finish_and_requeues_the_rest(
         if not running.done():
             await supervisor.stop()
         await db.dispose()
+
+
+async def test_a_second_stop_request_cancels_running_jobs_at_once(
+    queue: ArqRedis, services: Services, database_url: str, logs: Logs
+) -> None:
+    settings = fast_settings(worker_shutdown_grace_seconds=30.0)
+    name = f"stuck_{uuid.uuid4().hex[:8]}"
+    begun = asyncio.Event()
+
+    async def stuck(ctx: dict[Any, Any]) -> None:
+        begun.set()
+        await asyncio.sleep(60)
+
+    db = Database.from_url(database_url, pool_size=1)
+    worker = build_worker(
+        services.redis_url,
+        {"settings": settings, "db": db},
+        functions=[func(stuck, name=name)],
+        cron_jobs=[],
+        queue_name=queue.default_queue_name,
+        poll_delay=0.05,
+    )
+    supervisor = Supervisor(worker, settings)
+    running = asyncio.create_task(supervisor.run())
+    try:
+        await queue.enqueue_job(name, _job_id=f"{name}:1")
+        await asyncio.wait_for(begun.wait(), 10)
+        stopping = time.monotonic()
+        # As a second SIGTERM would: the grace of 30 s is not waited for.
+        supervisor.request_stop()
+        supervisor.request_stop()
+        await asyncio.wait_for(running, 10)
+        assert time.monotonic() - stopping < 5
+        job = Job(f"{name}:1", queue, _queue_name=queue.default_queue_name)
+        assert await job.status() is JobStatus.queued
+        assert logs.events("asked to stop again: cancelling running jobs now")
+    finally:
+        if not running.done():
+            await supervisor.stop()
+        await db.dispose()
