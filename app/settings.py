@@ -85,6 +85,24 @@ class Settings(BaseSettings):
     # Short: the usual outage is a restart or a failover, over in seconds.
     outage_retry_after_seconds: int = Field(default=5, gt=0, le=3600)
 
+    # Worker resilience, liveness and shutdown (jobs/supervisor.py, /readyz).
+    # Waiting out a PostgreSQL or Redis outage: the first retry after `initial`, doubling up to
+    # `max`; outage retries of a job are deferred by the same rule.
+    worker_backoff_initial_seconds: float = Field(default=0.5, gt=0)
+    worker_backoff_max_seconds: float = Field(default=10.0, gt=0)
+    # Each worker writes a heartbeat this often while its poll loop turns and PostgreSQL answers.
+    worker_heartbeat_seconds: float = Field(default=5.0, gt=0)
+    # A worker whose last heartbeat is older than this is stale; after the TTL it is forgotten.
+    worker_stale_after_seconds: float = Field(default=30.0, gt=0)
+    worker_heartbeat_ttl_seconds: float = Field(default=600.0, gt=0)
+    # On SIGTERM/SIGINT running jobs get this long to finish before they are cancelled
+    # (arq queues cancelled jobs again).
+    worker_shutdown_grace_seconds: float = Field(default=30.0, ge=0)
+    # Jobs one worker runs at once (arq's max_jobs); `portal worker --concurrency` overrides it.
+    worker_concurrency: int = Field(default=10, gt=0)
+    # /readyz answers 503 when no worker has a fresh heartbeat (for deployments that run one).
+    readyz_require_worker: bool = False
+
     @field_validator("database_url")
     @classmethod
     def _database_url(cls, value: str | None) -> str | None:

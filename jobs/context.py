@@ -30,22 +30,33 @@ class WorkerContext(TypedDict):
 
 
 async def startup(ctx: dict[str, Any]) -> None:
-    """Fill the context; values already present (an in-process worker, tests) are kept."""
-    settings: Settings = ctx.setdefault("settings", get_settings())
+    """Fill the context; values already present (an in-process worker, tests) are kept.
+
+    A supervised worker runs this again each time its poll loop restarts (after an outage):
+    nothing is built twice, so the engine and the HTTP client live as long as the worker.
+    """
+    if "settings" not in ctx:
+        ctx["settings"] = get_settings()
+    settings: Settings = ctx["settings"]
     if "db" not in ctx:
         url = ctx.get("database_url") or settings.database_url
         if not url:
             raise RuntimeError("the worker needs database_url in its context or settings")
         ctx["db"] = Database.from_url(url, pool_size=settings.db_pool_size)
         ctx["owns_db"] = True
-    ctx.setdefault("http", httpx.AsyncClient(timeout=DEFAULT_TIMEOUT))
-    ctx.setdefault("webhook_http", delivery_client())
+    if "http" not in ctx:
+        ctx["http"] = httpx.AsyncClient(timeout=DEFAULT_TIMEOUT)
+    if "webhook_http" not in ctx:
+        ctx["webhook_http"] = delivery_client()
     ctx.setdefault("resolve", resolve_host)
-    ctx.setdefault("box", CredentialBox(settings.secret_key.get_secret_value()))
-    ctx.setdefault("clock", SystemClock())
+    if "box" not in ctx:
+        ctx["box"] = CredentialBox(settings.secret_key.get_secret_value())
+    if "clock" not in ctx:
+        ctx["clock"] = SystemClock()
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
+    """Close what `startup` built (a database handed in by the caller stays open)."""
     for key in ("http", "webhook_http"):
         http = ctx.get(key)
         if isinstance(http, httpx.AsyncClient):

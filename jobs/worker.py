@@ -1,14 +1,24 @@
-"""arq worker settings: the registered jobs, the cron schedule, start-up and shutdown."""
+"""The arq worker: registered jobs, cron schedule, and the Worker class they run in."""
 
+import asyncio
+import contextlib
+import dataclasses
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
+import structlog
 from arq import cron, func
-from arq.connections import RedisSettings
-from arq.worker import Worker
+from arq.connections import ArqRedis, RedisSettings, create_pool
+from arq.cron import CronJob
+from arq.worker import Function, Worker
 
-from app.settings import get_settings
+from app.outages import outage_of
+from app.settings import Settings, get_settings
 from jobs.context import shutdown, startup
 from jobs.ingest import enqueue_polls, normalize_connection, poll_connection, sweep_unnormalized
+from jobs.instrument import instrument
+from jobs.outages import Backoff, OutageTracker
 from jobs.retry import (
     attempt_payment,
     claim_due,
@@ -50,26 +60,200 @@ CRON_JOBS = [
 ]
 
 
+logger = structlog.stdlib.get_logger("portal.worker")
+
+# Cancelled jobs get this long to hand themselves back to the queue (one Redis write each).
+CANCEL_WAIT_SECONDS = 5.0
+
+
+async def settle(tasks: Iterable["asyncio.Task[Any]"], within: float | None = None) -> None:
+    """Wait for `tasks` (bounded), and mark their errors as seen: they were logged where
+    they arose, and asyncio would otherwise log each again when it is collected."""
+    pending = [t for t in tasks if not t.done()]
+    if pending:
+        await asyncio.wait(pending, timeout=within)
+    for task in tasks:
+        if task.done() and not task.cancelled():
+            task.exception()
+
+
+class PortalWorker(Worker):
+    """arq's Worker with what an outage breaks in it repaired; signals are the supervisor's.
+
+    - Its Redis pool is connected with one attempt (arq's own start retries five times a
+      second apart, then gives up for good): the supervisor's backoff does the waiting.
+    - A job that finishes while Redis is down keeps its slot and writes its result once Redis
+      answers, instead of failing the poll loop and leaving the job to run again.
+    - A slot taken for a job whose start failed on Redis is given back: arq would keep it, and
+      after a few outages the worker would take no jobs at all while looking alive.
+    - `last_tick` is when the poll loop last completed a turn (the heartbeat needs it).
+    """
+
+    def __init__(self, *args: Any, backoff: Backoff, **kwargs: Any) -> None:
+        super().__init__(*args, handle_signals=False, **kwargs)
+        self.backoff = backoff
+        self.outages = OutageTracker()
+        self.last_tick: float | None = None
+        self.closing = False
+
+    @property
+    def redis(self) -> ArqRedis | None:
+        """The worker's Redis pool, once connected."""
+        return self._pool
+
+    async def connect(self) -> ArqRedis:
+        """Connect the pool if it is not (one attempt), or check that Redis answers."""
+        if self._pool is None:
+            settings = self.redis_settings
+            if settings is None:
+                raise RuntimeError("a worker without a pool needs redis_settings")
+            self._pool = await create_pool(
+                dataclasses.replace(settings, conn_retries=0),
+                job_serializer=self.job_serializer,
+                job_deserializer=self.job_deserializer,
+                default_queue_name=self.queue_name,
+                expires_extra_ms=self.expires_extra_ms,
+            )
+        else:
+            await self._pool.ping()
+        return self._pool
+
+    async def main(self) -> None:
+        await self.connect()
+        await super().main()
+
+    async def heart_beat(self) -> None:
+        await super().heart_beat()
+        self.last_tick = time.monotonic()
+
+    async def start_jobs(self, job_ids: list[bytes]) -> None:
+        for job_id in job_ids:
+            try:
+                await super().start_jobs([job_id])
+            except Exception:
+                # arq counts the job and holds a semaphore slot from before its Redis
+                # transaction until the job's task ends; no task was created.
+                self._release_sem_dec_counter_on_complete()
+                raise
+            if self.job_counter >= self.max_jobs:
+                return
+
+    async def run_job(self, job_id: str, score: int) -> None:
+        try:
+            await super().run_job(job_id, score)
+        except Exception as exc:
+            dependency = outage_of(exc)
+            if dependency is None:
+                raise
+            # Redis went away as the job was read or recorded: it stays queued, and its
+            # in-progress key keeps it from running again until that key expires.
+            logger.warning(
+                "job left to run again later",
+                job_id=job_id,
+                dependency=dependency.value,
+                error=type(exc).__name__,
+            )
+
+    async def _until_written(self, write: Callable[[], Awaitable[None]]) -> None:
+        attempt = 0
+        while True:
+            try:
+                await write()
+            except Exception as exc:
+                if outage_of(exc) is None or self.closing:
+                    raise
+            else:
+                return
+            await asyncio.sleep(self.backoff.delay(attempt))
+            attempt += 1
+
+    async def finish_job(
+        self,
+        job_id: str,
+        finish: bool,
+        result_data: bytes | None,
+        result_timeout_s: float | None,
+        keep_result_forever: bool,
+        incr_score: int | None,
+        keep_in_progress: float | None,
+    ) -> None:
+        parent = super().finish_job
+        await self._until_written(
+            lambda: parent(
+                job_id,
+                finish,
+                result_data,
+                result_timeout_s,
+                keep_result_forever,
+                incr_score,
+                keep_in_progress,
+            )
+        )
+
+    async def finish_failed_job(self, job_id: str, result_data: bytes | None) -> None:
+        parent = super().finish_failed_job
+        await self._until_written(lambda: parent(job_id, result_data))
+
+    async def close(self) -> None:
+        """Stop polling, cancel running jobs (arq queues them again), run the shutdown hook and
+        close the pool, whether or not Redis answers."""
+        self.closing = True
+        if self.main_task is not None and not self.main_task.done():
+            self.main_task.cancel()
+        if self.main_task is not None:
+            await settle([self.main_task])
+        running = [t for t in self.tasks.values() if not t.done()]
+        for task in running:
+            task.cancel()
+        await settle(list(self.tasks.values()), CANCEL_WAIT_SECONDS)
+        self.tasks.clear()
+        if self._pool is not None:
+            with contextlib.suppress(Exception):
+                await self._pool.delete(self.health_check_key)
+        if self.on_shutdown:
+            await self.on_shutdown(self.ctx)
+        if self._pool is not None:
+            await self._pool.aclose()
+            self._pool = None
+
+
 def redis_settings(url: str | None = None) -> RedisSettings:
     settings = get_settings()
     return RedisSettings.from_dsn(url or settings.redis_url or settings.local_redis_url)
 
 
-def build_worker(redis_url: str, ctx: dict[str, Any], **kwargs: Any) -> Worker:
-    """A worker on the given Redis with a pre-filled context (CLI, demo, tests)."""
-    return Worker(
-        functions=FUNCTIONS,
-        cron_jobs=CRON_JOBS,
+def build_worker(
+    redis_url: str,
+    ctx: dict[str, Any],
+    *,
+    functions: Sequence[Function] = FUNCTIONS,
+    cron_jobs: Sequence[CronJob] = CRON_JOBS,
+    **kwargs: Any,
+) -> PortalWorker:
+    """A worker on the given Redis with a pre-filled context (CLI, demo, tests), every job
+    wrapped (runs counted, outages re-queued); run it with `jobs.supervisor.Supervisor`."""
+    settings: Settings = ctx.get("settings") or get_settings()
+    backoff = Backoff.from_settings(settings)
+    worker = PortalWorker(
+        functions=functions,
+        cron_jobs=cron_jobs,
         redis_settings=RedisSettings.from_dsn(redis_url),
         on_startup=startup,
         on_shutdown=shutdown,
         ctx=ctx,
+        backoff=backoff,
         **kwargs,
     )
+    instrument(worker, worker.outages, backoff)
+    return worker
 
 
 class WorkerSettings:
-    """For `arq jobs.worker.WorkerSettings` (REDIS_URL and DATABASE_URL from the environment)."""
+    """For `arq jobs.worker.WorkerSettings` (REDIS_URL and DATABASE_URL from the environment).
+
+    arq's own runner has none of `portal worker`'s supervision: it exits on a Redis outage,
+    writes no heartbeat and does not count runs. Use it only to debug arq itself.
+    """
 
     functions = FUNCTIONS
     cron_jobs = CRON_JOBS

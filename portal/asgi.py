@@ -27,6 +27,7 @@ from app.outages import outage_of, unavailable_message
 from app.ratelimit import BucketLimits, RedisLeakyBucket
 from app.settings import Settings, get_settings
 from app.tenancy import SYSTEM_SCOPE
+from jobs.telemetry import worker_state
 from portal.http import PortalGraphQL
 from portal.logging import RequestLogMiddleware, configure_logging
 from portal.metrics import metrics_endpoint
@@ -69,7 +70,11 @@ async def healthz(_: Request) -> JSONResponse:
 
 
 async def readyz(request: Request) -> JSONResponse:
+    """database and redis: ok or the error; worker: ok (a fresh heartbeat), stale, none, or
+    unknown while Redis does not answer. The worker counts toward readiness only where the
+    settings require one (a deployment or the demo that runs its worker)."""
     resources: Resources = request.app.state.resources
+    settings: Settings = request.app.state.settings
     checks: dict[str, str] = {}
     try:
         async with resources.db.session(SYSTEM_SCOPE) as session:
@@ -82,9 +87,22 @@ async def readyz(request: Request) -> JSONResponse:
         checks["redis"] = "ok"
     except Exception as exc:
         checks["redis"] = f"error: {type(exc).__name__}"
+    worker: str = "unknown"
+    if checks["redis"] == "ok":
+        try:
+            worker = await worker_state(
+                resources.redis,
+                stale_after=settings.worker_stale_after_seconds,
+                ttl=settings.worker_heartbeat_ttl_seconds,
+            )
+        except Exception as exc:
+            checks["redis"] = f"error: {type(exc).__name__}"
     ready = all(v == "ok" for v in checks.values())
+    if settings.readyz_require_worker and worker != "ok":
+        ready = False
     return JSONResponse(
-        {"status": "ok" if ready else "unavailable", **checks}, 200 if ready else 503
+        {"status": "ok" if ready else "unavailable", **checks, "worker": worker},
+        200 if ready else 503,
     )
 
 
@@ -147,6 +165,7 @@ def create_app(
             logger.info("portal using %s", services.describe())
             current = owned = await open_resources(services, settings)
         app.state.resources = current
+        app.state.settings = settings
         app.state.db = current.db
         app.state.redis = current.redis
         app.state.arq = current.arq

@@ -32,11 +32,11 @@ from app.services.polling import PollResult, poll_connection
 from app.services.seed import seed_payments
 from app.settings import Settings, get_settings
 from app.tenancy import SYSTEM_SCOPE, system_principal
+from jobs.supervisor import Supervisor
 from jobs.worker import build_worker
 from portal.asgi import create_app
 from portal.demo import DemoOptions, run_demo
 from portal.logging import configure_logging
-from portal.metrics import instrument_worker
 from portal.migrate import upgrade_database as upgrade_database
 from resolvers.ids import decode_id, encode_id
 from schema.root import build_schema, export_sdl
@@ -357,22 +357,27 @@ def replay(
 @cli.command()
 def worker(
     burst: Annotated[bool, typer.Option(help="Run queued jobs, then exit.")] = False,
+    concurrency: Annotated[
+        int | None,
+        typer.Option(min=1, help="Jobs run at once (default: PORTAL_WORKER_CONCURRENCY)."),
+    ] = None,
 ) -> None:
-    """Run the arq worker (polling, normalization, retries)."""
+    """Run the arq worker (polling, normalization, retries, webhooks). It waits out PostgreSQL
+    and Redis outages, writes a heartbeat, and on SIGTERM or SIGINT lets running jobs finish
+    (within PORTAL_WORKER_SHUTDOWN_GRACE_SECONDS) before it exits."""
 
     async def work(settings: Settings, services: Services) -> None:
-        runner = instrument_worker(
+        supervisor = Supervisor(
             build_worker(
                 services.redis_url,
                 {"settings": settings, "database_url": services.database_url},
                 burst=burst,
-                handle_signals=False,
-            )
+                max_jobs=concurrency or settings.worker_concurrency,
+            ),
+            settings,
         )
-        try:
-            await runner.async_run()
-        finally:
-            await runner.close()
+        supervisor.handle_signals()
+        await supervisor.run()
 
     _run(work)
 

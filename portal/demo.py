@@ -26,10 +26,10 @@ from app.services.model_registry import promote
 from app.settings import Settings
 from app.tenancy import SYSTEM_SCOPE, system_principal
 from jobs.enqueue import enqueue_poll
+from jobs.supervisor import Supervisor
 from jobs.training import train_simulated
 from jobs.worker import build_worker
 from portal.asgi import Resources, create_app
-from portal.metrics import instrument_worker
 from portal.migrate import upgrade_database
 from sandbox.app import create_app as create_sandbox
 from sandbox.server import serving
@@ -77,22 +77,28 @@ async def run_demo(
         arq = await create_pool(RedisSettings.from_dsn(services.redis_url))
         box = CredentialBox(settings.secret_key.get_secret_value())
         resources = Resources(db=db, redis=redis, arq=arq, clock=clock)
-        app = create_app(settings, resources=resources)
+        # The demo runs its own worker: /readyz is not ready while that worker is not alive.
+        app = create_app(
+            settings.model_copy(update={"readyz_require_worker": True}), resources=resources
+        )
         server = uvicorn.Server(
             uvicorn.Config(app, host=settings.host, port=options.port, log_config=None)
         )
         portal_url = f"http://{settings.host}:{options.port}"
-        worker = instrument_worker(
+        # Supervised like `portal worker`: a Redis or PostgreSQL restart pauses it, never ends
+        # it, and anything else that ends its loop restarts it.
+        supervisor = Supervisor(
             build_worker(
                 services.redis_url,
                 {"settings": settings, "db": db, "clock": clock, "box": box},
-                handle_signals=False,
-            )
+                max_jobs=settings.worker_concurrency,
+            ),
+            settings,
         )
         async with serving(create_sandbox(clock.now)) as sandbox_url:
             lines = await _set_up_merchants(db, box, clock, sandbox_url, portal_url, options, arq)
             serve = asyncio.create_task(server.serve())
-            work = asyncio.create_task(worker.async_run())
+            work = asyncio.create_task(supervisor.run())
             # uvicorn offers a flag, not an event, for "listening".
             while not server.started and not serve.done():  # noqa: ASYNC110
                 await asyncio.sleep(0.05)
@@ -103,11 +109,13 @@ async def run_demo(
             try:
                 await serve
             finally:
-                work.cancel()
-                await worker.close()
-                await arq.aclose()
-                await redis.aclose()
-                await db.dispose()
+                try:
+                    await supervisor.stop()
+                    await work  # raises only if a bug in the supervisor itself ended it
+                finally:
+                    await arq.aclose()
+                    await redis.aclose()
+                    await db.dispose()
     finally:
         services.close()
 

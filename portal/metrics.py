@@ -1,19 +1,12 @@
-"""Prometheus metrics: request counters, job counts kept in Redis, database gauges, /metrics."""
+"""Prometheus metrics: request counters, worker figures kept in Redis, database gauges, /metrics."""
 
-import asyncio
-import dataclasses
-import functools
 import hmac
 import logging
 import re
 import threading
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime
-from typing import Any, cast
 
-from arq import Retry
-from arq.typing import WorkerCoroutine
-from arq.worker import Worker
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -31,6 +24,7 @@ from app.models.payment import Payment
 from app.outages import is_outage
 from app.settings import Settings
 from app.tenancy import SYSTEM_SCOPE
+from jobs.telemetry import heartbeat_ages, job_counts, outage_totals, queue_depth
 
 logger = logging.getLogger("portal.metrics")
 
@@ -50,11 +44,6 @@ GRAPHQL_LATENCY = Histogram(
     registry=REGISTRY,
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
-# Job runs are counted in Redis, not in process memory: workers run in their own processes
-# (and several of them), yet any API replica's /metrics must report every run.
-JOB_COUNTS_KEY = "portal:metrics:jobs"
-JOB_OUTCOMES = ("complete", "retry", "failed", "cancelled")
-
 # Operation names come from clients: cap how many distinct ones become label values, so a
 # client sending random names cannot grow the exposition without bound.
 MAX_OPERATION_LABELS = 200
@@ -84,57 +73,53 @@ def observe_graphql(operation: str, status: int, seconds: float) -> None:
     GRAPHQL_LATENCY.labels(operation=operation).observe(seconds)
 
 
-async def record_job(redis: Redis, job: str, outcome: str) -> None:
-    """Count one run of `job` with an outcome of `JOB_OUTCOMES`; never fails the caller."""
-    try:
-        await cast(Awaitable[int], redis.hincrby(JOB_COUNTS_KEY, f"{job}|{outcome}", 1))
-    except Exception:
-        logger.warning("metrics: could not count a run of %s", job, exc_info=True)
-
-
-def _counted(name: str, coroutine: WorkerCoroutine) -> WorkerCoroutine:
-    @functools.wraps(coroutine)
-    async def run(ctx: dict[Any, Any], *args: Any, **kwargs: Any) -> Any:
-        outcome = "failed"
-        try:
-            result = await coroutine(ctx, *args, **kwargs)
-        except Retry:
-            outcome = "retry"
-            raise
-        except asyncio.CancelledError:
-            outcome = "cancelled"
-            raise
-        else:
-            outcome = "complete"
-            return result
-        finally:
-            await asyncio.shield(record_job(ctx["redis"], name, outcome))
-
-    return run
-
-
-def instrument_worker(worker: Worker) -> Worker:
-    """Count every run of the worker's jobs and cron jobs by outcome (see `record_job`)."""
-    for name, function in list(worker.functions.items()):
-        worker.functions[name] = dataclasses.replace(
-            function, coroutine=_counted(name, function.coroutine)
-        )
-    return worker
-
-
 async def job_family(redis: Redis) -> Metric:
     """Job runs by job and outcome, as counted in Redis by every worker."""
     family = CounterMetricFamily(
         "portal_jobs",
-        "Background job runs by job and outcome (complete, retry, failed, cancelled), "
+        "Background job runs by job and outcome (complete, retry, outage, failed, cancelled), "
         "summed over every worker.",
         labels=["job", "outcome"],
     )
-    counts = await cast(Awaitable[dict[bytes, bytes]], redis.hgetall(JOB_COUNTS_KEY))
-    for field, value in sorted(counts.items()):
-        job, _, outcome = field.decode().rpartition("|")
-        family.add_metric([job, outcome], float(value))
+    for (job, outcome), count in sorted((await job_counts(redis)).items()):
+        family.add_metric([job, outcome], float(count))
     return family
+
+
+async def worker_families(redis: Redis, settings: Settings) -> list[Metric]:
+    """Worker liveness, queue depth and dependency outages, as workers recorded them."""
+    ages = GaugeMetricFamily(
+        "portal_worker_heartbeat_age_seconds",
+        "Seconds since each worker's last heartbeat (written while its poll loop turns and "
+        "PostgreSQL answers); a worker silent for the heartbeat TTL is no longer listed.",
+        labels=["worker"],
+    )
+    beats = await heartbeat_ages(redis, ttl=settings.worker_heartbeat_ttl_seconds)
+    for worker_id, age in sorted(beats.items()):
+        ages.add_metric([worker_id], age)
+    depth = await queue_depth(redis)
+    queued = GaugeMetricFamily(
+        "portal_job_queue_depth",
+        "Jobs waiting in the arq queue: due now, or deferred to a later time.",
+        labels=["state"],
+    )
+    queued.add_metric(["due"], float(depth.due))
+    queued.add_metric(["deferred"], float(depth.deferred))
+    totals = await outage_totals(redis)
+    count = CounterMetricFamily(
+        "portal_dependency_outages",
+        "Outages of PostgreSQL or Redis that workers waited out, recorded when each ended.",
+        labels=["dependency"],
+    )
+    seconds = CounterMetricFamily(
+        "portal_dependency_outage_seconds",
+        "Seconds workers spent waiting for PostgreSQL or Redis, summed over ended outages.",
+        labels=["dependency"],
+    )
+    for dependency, total in totals.items():
+        count.add_metric([dependency.value], float(total.count))
+        seconds.add_metric([dependency.value], total.seconds)
+    return [ages, queued, count, seconds]
 
 
 class _Families:
@@ -213,9 +198,10 @@ def metrics_endpoint(settings: Settings) -> Callable[[Request], Awaitable[Respon
             up.add_metric([], 0.0)
         try:
             families.append(await job_family(request.app.state.redis))
+            families += await worker_families(request.app.state.redis, settings)
         except Exception as exc:
             logger.warning(
-                "metrics: reading job counts from Redis failed (%s)",
+                "metrics: reading worker figures from Redis failed (%s)",
                 type(exc).__name__,
                 exc_info=not is_outage(exc),
             )

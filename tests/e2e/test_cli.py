@@ -3,18 +3,34 @@
 import asyncio
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from arq.constants import default_queue_name
 
+from app.crypto import CredentialBox
+from app.db import Database
 from app.embedded import Services, create_scratch_database, drop_database
+from app.enums import Processor
+from app.services.connection import create_connection
+from app.services.merchant import create_merchant
+from app.settings import Settings
+from app.tenancy import SYSTEM_SCOPE, system_principal
+from jobs.enqueue import enqueue_poll, poll_job_id
+from portal.migrate import upgrade_database
+from tests.support.queue import discard_polls, job_queue
 
 ROOT = Path(__file__).resolve().parents[2]
 PORTAL = [sys.executable, "-m", "portal"]
@@ -229,6 +245,106 @@ def _demo_flow(env: dict[str, str]) -> None:
 
 async def test_demo_ingests_retries_and_recovers(env: dict[str, str]) -> None:
     await asyncio.to_thread(_demo_flow, env)
+
+
+class SlowProcessor:
+    """A Stripe charges list on loopback that takes `delay` seconds to answer (empty)."""
+
+    def __init__(self, delay: float) -> None:
+        self.asked = threading.Event()
+        self.answered = threading.Event()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                outer.asked.set()
+                time.sleep(delay)
+                body = json.dumps({"object": "list", "data": [], "has_more": False}).encode()
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                outer.answered.set()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+async def _slow_connection(database_url: str, base_url: str) -> uuid.UUID:
+    await asyncio.to_thread(upgrade_database, database_url)
+    db = Database.from_url(database_url, pool_size=1)
+    now = datetime.now(UTC)
+    try:
+        async with db.uow(SYSTEM_SCOPE) as uow:
+            merchant = await create_merchant(
+                uow, name="Worker", principal=system_principal(), now=now
+            )
+            connection = await create_connection(
+                uow,
+                principal=system_principal(),
+                merchant_id=merchant.id,
+                kind=Processor.STRIPE,
+                base_url=base_url,
+                credentials={"api_key": "sk_test_worker"},
+                box=CredentialBox(Settings().secret_key.get_secret_value()),
+                now=now,
+            )
+            await uow.commit()
+    finally:
+        await db.dispose()
+    return connection.id
+
+
+async def test_worker_lets_the_running_job_finish_on_sigterm_and_exits_0(
+    env: dict[str, str], services: Services
+) -> None:
+    processor = SlowProcessor(delay=2.0)
+    connection_id = await _slow_connection(env["DATABASE_URL"], processor.url)
+    worker = await asyncio.create_subprocess_exec(
+        *PORTAL,
+        "worker",
+        "--concurrency",
+        "2",
+        env={**env, "PORTAL_WORKER_SHUTDOWN_GRACE_SECONDS": "20"},
+        cwd=ROOT,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    async with job_queue(services) as queue:
+        try:
+            await enqueue_poll(queue, connection_id)
+            # The poll job is waiting for the processor's answer: it is in flight.
+            assert await asyncio.to_thread(processor.asked.wait, 60), "the poll never ran"
+            worker.send_signal(signal.SIGTERM)
+            _, err = await asyncio.wait_for(worker.communicate(), 60)
+            still_queued = await queue.zscore(default_queue_name, poll_job_id(connection_id))
+        finally:
+            if worker.returncode is None:
+                worker.kill()
+                await worker.wait()
+            await discard_polls(queue, [connection_id])
+            processor.close()
+    stderr = err.decode()
+    assert worker.returncode == 0, stderr
+    assert processor.answered.is_set()
+    lines = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+    events = [line["event"] for line in lines]
+    # The job finished after the signal, nothing had to be cancelled, the worker closed.
+    polled = [e for e in lines if e["event"] == "polled"]
+    assert [e["connection_id"] for e in polled] == [str(connection_id)]
+    assert events.index("signal received") < events.index("polled") < events.index("worker stopped")
+    assert "cancelling running jobs; they will run again" not in events
+    assert still_queued is None
 
 
 FIXTURES = ROOT / "tests" / "fixtures" / "processors"

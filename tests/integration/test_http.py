@@ -11,6 +11,7 @@ from app.db import Database
 from app.embedded import Services
 from app.enums import Role
 from app.settings import Settings
+from jobs.telemetry import heartbeats_key, server_time, write_heartbeat
 from portal.asgi import Resources, create_app
 from tests.support.factories import make_key, make_merchant
 
@@ -122,4 +123,49 @@ async def test_health_endpoints(client: httpx.AsyncClient) -> None:
     assert (await client.get("/healthz")).json() == {"status": "ok"}
     ready = await client.get("/readyz")
     assert ready.status_code == 200
-    assert ready.json() == {"status": "ok", "database": "ok", "redis": "ok"}
+    body = ready.json()
+    # Not required by default: whatever the workers do, an API-only deployment is ready.
+    assert body.pop("worker") in {"ok", "stale", "none"}
+    assert body == {"status": "ok", "database": "ok", "redis": "ok"}
+
+
+async def test_readyz_reports_the_worker_heartbeat_and_can_require_it(
+    db: Database, services: Services, clock: FixedClock
+) -> None:
+    redis = Redis.from_url(services.redis_url)
+    key = heartbeats_key()
+    await redis.delete(key)
+
+    async def readyz(required: bool) -> tuple[int, str]:
+        settings = Settings(
+            environment="test", readyz_require_worker=required, worker_stale_after_seconds=30
+        )
+        app = create_app(settings, resources=Resources(db=db, redis=redis, arq=None, clock=clock))
+        async with (
+            app.router.lifespan_context(app),
+            httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1"
+            ) as http,
+        ):
+            response = await http.get("/readyz")
+        body = response.json()
+        assert (body["database"], body["redis"]) == ("ok", "ok")
+        return response.status_code, body["worker"]
+
+    try:
+        assert await readyz(False) == (200, "none")
+        assert await readyz(True) == (503, "none")
+        # Heard from a minute ago (by the Redis clock), not since: stale.
+        await redis.zadd(key, {"gone-quiet": await server_time(redis) - 60})
+        assert await readyz(False) == (200, "stale")
+        assert await readyz(True) == (503, "stale")
+        await write_heartbeat(redis, "alive", ttl=600)
+        assert await readyz(False) == (200, "ok")
+        assert await readyz(True) == (200, "ok")
+        # Past the TTL a worker is forgotten (readers skip it; the next heartbeat drops it).
+        await redis.delete(key)
+        await redis.zadd(key, {"long-dead": await server_time(redis) - 3600})
+        assert await readyz(True) == (503, "none")
+    finally:
+        await redis.delete(key)
+        await redis.aclose()

@@ -10,9 +10,11 @@ import pytest
 from arq import Retry, create_pool
 from arq import func as job
 from arq.connections import RedisSettings
+from arq.constants import default_queue_name, job_key_prefix
 from arq.worker import Worker
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
+from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 from sqlalchemy import func, select, update
 from sqlmodel import col
@@ -25,8 +27,18 @@ from app.enums import PaymentState, Processor, Role
 from app.models.ingestion import ProcessorConnection
 from app.models.merchant import Merchant
 from app.models.payment import Payment
+from app.outages import Dependency
 from app.settings import Settings
 from app.tenancy import SYSTEM_SCOPE
+from jobs.instrument import instrument
+from jobs.outages import Backoff, OutageTracker
+from jobs.telemetry import (
+    heartbeats_key,
+    record_job,
+    record_outage,
+    server_time,
+    write_heartbeat,
+)
 from portal import metrics
 from portal.asgi import Resources, create_app
 from tests.support.factories import make_key, make_merchant, make_payments
@@ -137,21 +149,34 @@ async def test_job_runs_are_counted_across_processes(
     async def broken(ctx: dict[Any, Any]) -> None:
         raise RuntimeError("boom")
 
-    names = {"ok": f"ok_{suffix}", "flaky": f"flaky_{suffix}", "broken": f"broken_{suffix}"}
+    async def cut_off(ctx: dict[Any, Any]) -> str:
+        if ctx["job_try"] == 1:
+            raise redis_errors.ConnectionError("Redis went away")
+        return "done"
+
+    names = {
+        "ok": f"ok_{suffix}",
+        "flaky": f"flaky_{suffix}",
+        "broken": f"broken_{suffix}",
+        "cut_off": f"cut_off_{suffix}",
+    }
     redis_settings = RedisSettings.from_dsn(services.redis_url)
-    worker = metrics.instrument_worker(
+    worker = instrument(
         Worker(
             functions=[
                 job(ok, name=names["ok"]),
                 job(flaky, name=names["flaky"], max_tries=3),
                 job(broken, name=names["broken"], max_tries=1),
+                job(cut_off, name=names["cut_off"], max_tries=3),
             ],
             redis_settings=redis_settings,
             queue_name=queue,
             burst=True,
             poll_delay=0.01,
             handle_signals=False,
-        )
+        ),
+        OutageTracker(),
+        Backoff(initial=0.01, cap=0.01),
     )
     pool = await create_pool(redis_settings, default_queue_name=queue)
     try:
@@ -159,6 +184,7 @@ async def test_job_runs_are_counted_across_processes(
             await pool.enqueue_job(names["ok"])
         await pool.enqueue_job(names["flaky"])
         await pool.enqueue_job(names["broken"])
+        await pool.enqueue_job(names["cut_off"])
         await worker.main()
     finally:
         await worker.close()
@@ -174,14 +200,59 @@ async def test_job_runs_are_counted_across_processes(
     assert runs("flaky", "complete") == 1
     assert runs("broken", "failed") == 1
     assert runs("ok", "failed") == 0
+    # An outage is counted as such, and the job is run again rather than failed.
+    assert runs("cut_off", "outage") == 1
+    assert runs("cut_off", "complete") == 1
+    assert runs("cut_off", "failed") == 0
 
 
 async def test_record_job_directly(client: httpx.AsyncClient, redis: Redis) -> None:
     job = f"direct_{uuid.uuid4().hex[:8]}"
-    await metrics.record_job(redis, job, "complete")
-    await metrics.record_job(redis, job, "complete")
+    await record_job(redis, job, "complete")
+    await record_job(redis, job, "complete")
     samples, _ = await scrape(client)
     assert samples[("portal_jobs_total", (("job", job), ("outcome", "complete")))] == 2
+
+
+async def test_worker_heartbeats_queue_depth_and_outages(
+    client: httpx.AsyncClient, redis: Redis, services: Services
+) -> None:
+    """What workers write into Redis is on any replica's /metrics: heartbeat age per worker,
+    the arq queue's due and deferred jobs, and outages per dependency."""
+    fresh, old = f"metrics-fresh-{uuid.uuid4().hex[:6]}", f"metrics-old-{uuid.uuid4().hex[:6]}"
+    key = heartbeats_key()
+    before, _ = await scrape(client)
+    await write_heartbeat(redis, fresh, ttl=600)
+    await redis.zadd(key, {old: await server_time(redis) - 42})
+    pool = await create_pool(RedisSettings.from_dsn(services.redis_url))
+    # Deferred by an hour: no worker sharing this Redis runs it during the test.
+    queued = await pool.enqueue_job(f"never_{uuid.uuid4().hex[:8]}", _defer_by=3600)
+    assert queued is not None
+    await record_outage(redis, Dependency.DATABASE, 2.5)
+    await record_outage(redis, Dependency.DATABASE, 1.0)
+    try:
+        after, _ = await scrape(client)
+    finally:
+        await redis.zrem(key, fresh, old)
+        await pool.zrem(default_queue_name, queued.job_id)
+        await pool.delete(job_key_prefix + queued.job_id)
+        await pool.aclose()
+    age = "portal_worker_heartbeat_age_seconds"
+    assert 0 <= after[(age, (("worker", fresh),))] < 5
+    assert 41 <= after[(age, (("worker", old),))] < 50
+    deferred = ("portal_job_queue_depth", (("state", "deferred"),))
+    assert after[deferred] - before.get(deferred, 0) == 1
+    assert ("portal_job_queue_depth", (("state", "due"),)) in after
+
+    def outages(name: str, dependency: str, samples: Samples) -> float:
+        return samples.get((name, (("dependency", dependency),)), 0)
+
+    count, seconds = "portal_dependency_outages_total", "portal_dependency_outage_seconds_total"
+    assert outages(count, "database", after) - outages(count, "database", before) == 2
+    assert outages(seconds, "database", after) - outages(seconds, "database", before) == 3.5
+    # Every dependency has its series, zero or not.
+    assert (count, (("dependency", "redis"),)) in after
+    assert (seconds, (("dependency", "redis"),)) in after
 
 
 async def test_payments_by_state_and_ingestion_lag(
