@@ -217,11 +217,6 @@ class PortalWorker(Worker):
             self._pool = None
 
 
-def redis_settings(url: str | None = None) -> RedisSettings:
-    settings = get_settings()
-    return RedisSettings.from_dsn(url or settings.redis_url or settings.local_redis_url)
-
-
 def build_worker(
     redis_url: str,
     ctx: dict[str, Any],
@@ -246,17 +241,3 @@ def build_worker(
     )
     instrument(worker, worker.outages, backoff)
     return worker
-
-
-class WorkerSettings:
-    """For `arq jobs.worker.WorkerSettings` (REDIS_URL and DATABASE_URL from the environment).
-
-    arq's own runner has none of `portal worker`'s supervision: it exits on a Redis outage,
-    writes no heartbeat and does not count runs. Use it only to debug arq itself.
-    """
-
-    functions = FUNCTIONS
-    cron_jobs = CRON_JOBS
-    on_startup = startup
-    on_shutdown = shutdown
-    redis_settings = redis_settings()

@@ -13,6 +13,7 @@ from typing import Annotated, TypeVar
 import httpx
 import typer
 import uvicorn
+from pydantic import ValidationError
 
 from app.clock import SystemClock
 from app.crypto import CredentialBox
@@ -611,4 +612,13 @@ def export_schema(
 
 
 def main() -> None:
+    try:
+        get_settings()
+    except ValidationError as exc:
+        # A refused configuration is the operator's to fix: one line per problem, no traceback
+        # (settings errors never echo their input, so no secret is printed).
+        for problem in exc.errors():
+            where = ".".join(str(part) for part in problem["loc"]) or "settings"
+            typer.echo(f"error: configuration: {where}: {problem['msg']}", err=True)
+        raise SystemExit(2) from None
     cli()

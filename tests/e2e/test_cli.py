@@ -406,8 +406,10 @@ def test_production_without_a_metrics_token_refuses_to_start_and_says_why(
     env.pop("PORTAL_METRICS_TOKEN", None)
     out = tmp_path / "schema.graphql"
     done = _portal(env, "export-schema", "--out", str(out))
-    assert done.returncode != 0
-    assert "PORTAL_METRICS_TOKEN must be set in production" in done.stderr
+    assert done.returncode == 2
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith("error: configuration: ")
+    assert "PORTAL_METRICS_TOKEN must be set in production" in line
     # The refusal prints no configuration value, secrets included.
     assert secret not in done.stderr + done.stdout
     assert "s" * 24 not in done.stderr + done.stdout
