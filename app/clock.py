@@ -4,6 +4,8 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
+from app.settings import Settings
+
 
 class Clock(Protocol):
     """Anything that can tell the current time as an aware UTC datetime."""
@@ -52,3 +54,14 @@ class AcceleratedClock:
     @property
     def speed(self) -> float:
         return self._speed
+
+
+def clock_from_settings(settings: Settings) -> Clock:
+    """The clock a long-running process (API, worker) uses: the system clock, or the simulated
+    one that PORTAL_CLOCK_START and PORTAL_CLOCK_SPEED describe, where simulated time is
+    start + (wall time - start) x speed, so separate processes and restarts share one timeline."""
+    start = settings.clock_start
+    if start is None:
+        return SystemClock()
+    elapsed = datetime.now(UTC) - start
+    return AcceleratedClock(start + elapsed * settings.clock_speed, settings.clock_speed)

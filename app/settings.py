@@ -1,5 +1,6 @@
 """The one settings object, read from the environment (DATABASE_URL, REDIS_URL, PORTAL_*)."""
 
+from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -76,6 +77,12 @@ class Settings(BaseSettings):
     # production. GraphiQL reads the schema by introspection, so production refuses
     # PORTAL_GRAPHIQL unless PORTAL_INTROSPECTION=true is set explicitly too.
     introspection: bool | None = None
+    # An accelerated clock for the stack run as separate processes (soak, fault tests): simulated
+    # time is clock_start + (wall time - clock_start) x clock_speed. Anchored to the wall clock,
+    # not to each process's start, so every API and worker process agrees on "now" and a
+    # restarted one resumes the same timeline. Unset: the system clock. Refused in production.
+    clock_start: datetime | None = None
+    clock_speed: float = Field(default=1.0, gt=0, le=1e6)
 
     db_pool_size: int = 10
     db_max_overflow: int = 10
@@ -107,6 +114,22 @@ class Settings(BaseSettings):
     @classmethod
     def _database_url(cls, value: str | None) -> str | None:
         return normalize_database_url(value) if value else None
+
+    @field_validator("clock_start")
+    @classmethod
+    def _aware_clock_start(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("PORTAL_CLOCK_START needs a UTC offset, e.g. 2026-11-02T12:00:00Z")
+        return value
+
+    @model_validator(mode="after")
+    def _refuse_simulated_time(self) -> "Settings":
+        accelerated = self.clock_start is not None or self.clock_speed != 1.0
+        if accelerated and self.environment == "production":
+            raise ValueError("PORTAL_CLOCK_START and PORTAL_CLOCK_SPEED are refused in production")
+        if self.clock_speed != 1.0 and self.clock_start is None:
+            raise ValueError("PORTAL_CLOCK_SPEED needs PORTAL_CLOCK_START, the shared anchor")
+        return self
 
     @model_validator(mode="after")
     def _refuse_placeholder_secrets(self) -> "Settings":

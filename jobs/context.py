@@ -5,7 +5,7 @@ from typing import Any, TypedDict
 import httpx
 from arq.connections import ArqRedis
 
-from app.clock import Clock, SystemClock
+from app.clock import Clock, clock_from_settings
 from app.crypto import CredentialBox
 from app.db import Database
 from app.processors.base import DEFAULT_TIMEOUT
@@ -52,7 +52,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     if "box" not in ctx:
         ctx["box"] = CredentialBox(settings.secret_key.get_secret_value())
     if "clock" not in ctx:
-        ctx["clock"] = SystemClock()
+        ctx["clock"] = clock_from_settings(settings)
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:

@@ -18,7 +18,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Send
 from starlette.types import Scope as AsgiScope
 
-from app.clock import Clock, SystemClock
+from app.clock import Clock, SystemClock, clock_from_settings
 from app.crypto import CredentialBox
 from app.db import Database
 from app.embedded import Services, resolve_services
@@ -55,7 +55,7 @@ async def open_resources(services: Services, settings: Settings) -> Resources:
     )
     redis = Redis.from_url(services.redis_url)
     arq = await create_pool(RedisSettings.from_dsn(services.redis_url))
-    return Resources(db=db, redis=redis, arq=arq)
+    return Resources(db=db, redis=redis, arq=arq, clock=clock_from_settings(settings))
 
 
 async def close_resources(resources: Resources) -> None:

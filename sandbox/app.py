@@ -228,6 +228,40 @@ async def list_retries(request: Request) -> Response:
     return json_response({"account_id": account.account_id, "data": data})
 
 
+async def history(request: Request) -> Response:
+    """GET /_sandbox/accounts/{id}/history: what exists at now, counted by kind and status,
+    with the ids of the failed first charges (the payments a poller or webhook must deliver)."""
+    account = _account(request)
+    now = sandbox_of(request).clock.now()
+    visible = account.items[: account.visible(now)]
+    counts: dict[str, dict[str, int]] = {}
+    for charge in visible:
+        by_status = counts.setdefault(charge.kind, {})
+        by_status[charge.status] = by_status.get(charge.status, 0) + 1
+    failed = [c.id for c in visible if c.kind == "stream" and c.status == "failed"]
+    return json_response(
+        {"account_id": account.account_id, "now": iso(now), "counts": counts, "failed": failed}
+    )
+
+
+async def idempotency(request: Request) -> Response:
+    """GET /_sandbox/accounts/{id}/idempotency: per idempotency key, the charges made under it
+    (more than one would be a double charge) and the replays served; keyless charges apart."""
+    account = _account(request)
+    charges: dict[str, int] = {}
+    keyless = 0
+    for charge in account.retries:
+        if charge.idempotency_key is None:
+            keyless += 1
+        else:
+            charges[charge.idempotency_key] = charges.get(charge.idempotency_key, 0) + 1
+    keys = [
+        {"key": key, "charges": count, "replays": account.replays.get(key, 0)}
+        for key, count in charges.items()
+    ]
+    return json_response({"account_id": account.account_id, "keys": keys, "keyless": keyless})
+
+
 async def post_event(request: Request) -> Response:
     """POST /_sandbox/accounts/{id}/events: something happens outside the portal's retries."""
     account = _account(request)
@@ -312,6 +346,8 @@ def create_app(
         Route("/accounts/{account_id}", get_account, methods=["GET"]),
         Route("/accounts/{account_id}/faults", set_faults, methods=["POST"]),
         Route("/accounts/{account_id}/charges", list_retries, methods=["GET"]),
+        Route("/accounts/{account_id}/history", history, methods=["GET"]),
+        Route("/accounts/{account_id}/idempotency", idempotency, methods=["GET"]),
         Route("/accounts/{account_id}/events", post_event, methods=["POST"]),
         Route("/accounts/{account_id}/push", force_push, methods=["POST"]),
     ]

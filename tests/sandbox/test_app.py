@@ -235,3 +235,29 @@ async def test_voided_invoice_refuses_retries(local: httpx.AsyncClient) -> None:
     assert described["retries"] == 0
     assert described["charges"] > 0
     assert described["faults"]["rate_limit"] == 0
+
+
+async def test_history_and_idempotency_ledgers(local: httpx.AsyncClient) -> None:
+    assert (await local.post("/_sandbox/accounts", json=STRIPE)).status_code == 201
+    everything = await _everything(local)
+    failed = [c for c in everything if c["status"] == "failed"]
+    history = (await local.get("/_sandbox/accounts/acct_1/history")).json()
+    assert history["failed"] == sorted(
+        (c["id"] for c in failed), key=[c["id"] for c in reversed(everything)].index
+    )
+    assert history["counts"]["stream"] == {
+        "failed": len(failed),
+        "succeeded": len(everything) - len(failed),
+    }
+    # One key sent twice: one charge and one replay; a second key: a charge of its own.
+    for key in ("K1", "K1", "K2"):
+        await _retry(local, failed[0], key)
+    ledger = (await local.get("/_sandbox/accounts/acct_1/idempotency")).json()
+    assert sorted(ledger["keys"], key=lambda k: k["key"]) == [
+        {"key": "K1", "charges": 1, "replays": 1},
+        {"key": "K2", "charges": 1, "replays": 0},
+    ]
+    assert ledger["keyless"] == 0
+    history = (await local.get("/_sandbox/accounts/acct_1/history")).json()
+    assert sum(history["counts"]["retry"].values()) == 2
+    assert (await local.get("/_sandbox/accounts/nope/idempotency")).status_code == 404

@@ -1,10 +1,12 @@
-"""Settings: URL forms, the PORTAL_ prefix, and what production refuses or turns off."""
+"""Settings: URL forms, the PORTAL_ prefix, what production refuses, the simulated clock."""
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from pydantic import ValidationError
 
+from app.clock import SystemClock, clock_from_settings
 from app.embedded import redact_url
 from app.settings import Settings, normalize_database_url
 from app.urls import UrlPolicy
@@ -121,3 +123,44 @@ def test_refusals_never_print_the_secrets_they_were_given(given: dict[str, Any])
     shown = str(refused.value)
     for name in ("secret_key", "metrics_token"):
         assert str(given.get(name, "x" * 40)) not in shown
+
+
+def test_simulated_clock_is_shared_by_processes_started_apart(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    start = datetime.now(UTC) - timedelta(seconds=10)
+    monkeypatch.setenv("PORTAL_CLOCK_START", start.isoformat())
+    monkeypatch.setenv("PORTAL_CLOCK_SPEED", "3600")
+    first = clock_from_settings(Settings())
+    later = clock_from_settings(Settings())
+    # Ten wall seconds after the anchor at 3600x: ten simulated hours, in both processes.
+    for clock in (first, later):
+        ahead = clock.now() - start
+        assert timedelta(hours=10) <= ahead < timedelta(hours=10, minutes=30)
+    assert abs(first.now() - later.now()) < timedelta(minutes=5)
+
+
+def test_system_clock_without_a_start() -> None:
+    assert isinstance(clock_from_settings(Settings()), SystemClock)
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"PORTAL_CLOCK_SPEED": "60"}, "needs PORTAL_CLOCK_START"),
+        ({"PORTAL_CLOCK_START": "2026-11-02T12:00:00"}, "UTC offset"),
+        (
+            {"PORTAL_CLOCK_START": "2026-11-02T12:00:00Z", "PORTAL_ENVIRONMENT": "production"},
+            "refused in production",
+        ),
+    ],
+)
+def test_simulated_clock_refusals(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], message: str
+) -> None:
+    monkeypatch.setenv("PORTAL_SECRET_KEY", "a-real-secret-for-this-test")
+    monkeypatch.setenv("PORTAL_METRICS_TOKEN", "a-metrics-token-for-this-test")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ValidationError, match=message):
+        Settings()
