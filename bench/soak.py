@@ -23,7 +23,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tests.support.soak import SoakConfig, default_faults, run_soak  # noqa: E402
+from tests.support.soak.report import SoakConfig  # noqa: E402
+from tests.support.soak.run import default_faults, run_soak  # noqa: E402
 
 
 def main() -> None:

@@ -1,10 +1,14 @@
-"""It keeps running: the stack as separate processes under API load through one fault of each
-kind (processor 5xx window, worker SIGKILL, API SIGTERM and restart, PostgreSQL restart, Redis
-restart), then drained, and held to the soak's invariants. bench/soak.py is the long version."""
+"""It keeps running: one fault of each kind under API load, then the soak's invariants.
+
+The stack as separate processes (tests/support/stack.py) through a processor 5xx window, a worker
+SIGKILL, an API SIGTERM and restart, a PostgreSQL restart and a Redis restart, then drained.
+bench/soak.py is the long version with the same invariants.
+"""
 
 import pytest
 
-from tests.support.soak import SoakConfig, SoakReport, run_soak
+from tests.support.soak.report import SoakConfig, SoakReport
+from tests.support.soak.run import run_soak
 
 pytestmark = pytest.mark.slow
 
@@ -43,7 +47,8 @@ async def test_every_fault_was_injected(report: SoakReport) -> None:
     # The run did real work: failures streamed in, the portal charged, the API was used.
     assert report.generated_failed > 50, report.format()
     assert report.sandbox_charges > 20, report.format()
-    assert len(report.samples) > CONFIG.minutes * 60 * CONFIG.rate * 0.8, report.format()
+    # Shed ticks (the in-flight cap reached) are not requests: most ticks must have been sent.
+    assert len(report.samples) > CONFIG.minutes * 60 * CONFIG.rate * 0.5, report.format()
 
 
 async def test_no_double_charge(report: SoakReport) -> None:

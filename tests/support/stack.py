@@ -1,14 +1,14 @@
-"""The portal as production runs it, in separate processes on loopback: private PostgreSQL and
-Redis owned by the caller, the sandbox processors, API and worker processes, and their faults.
+"""The portal as production runs it: separate processes on loopback, over private services.
 
+A private PostgreSQL and Redis owned by the caller (free loopback ports, files in a temporary
+folder), the sandbox processors, API and worker processes, each restartable under its name.
 Used by the fault test (tests/e2e/test_faults.py) and the soak (bench/soak.py). Nothing here
-touches the machine's shared PostgreSQL or Redis: each service is started on a free port with
-its files in a temporary folder and stopped at the end.
+touches the machine's shared PostgreSQL or Redis, and everything started is stopped at the end.
 
 Redis runs as production typically runs a job queue: no persistence (`--save '' --appendonly
 no`). A restart loses the arq queue; the portal keeps every durable fact (cursors, watermarks,
 payment states) in PostgreSQL and its crons derive the jobs again, so this is the harder case
-and the one the soak proves.
+and the one the soak proves. PostgreSQL runs with fsync off: durability is not under test.
 """
 
 from __future__ import annotations
@@ -422,6 +422,13 @@ class Stack:
             # Embedded services are never wanted here: point the local defaults at nothing.
             "PORTAL_LOCAL_DATABASE_URL": "postgresql://postgres@127.0.0.1:9/portal",
             "PORTAL_LOCAL_REDIS_URL": "redis://127.0.0.1:9/0",
+            # The merchants' webhook receiver is the harness, on loopback.
+            "PORTAL_WEBHOOK_ALLOW_LOOPBACK": "true",
+            # A deployment that runs workers: /readyz says whether one is alive, and a heartbeat
+            # each second times the resume after a fault finely (settings unknown to a portal
+            # without worker liveness are ignored).
+            "PORTAL_READYZ_REQUIRE_WORKER": "true",
+            "PORTAL_WORKER_HEARTBEAT_SECONDS": "1",
             **self.time.env(),
         }
 
