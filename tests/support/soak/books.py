@@ -167,7 +167,7 @@ async def drain(stack: Stack, tenants: Tenants, seconds: float) -> tuple[Ledgers
     return ledgers, None
 
 
-def _roots(retries: list[dict[str, Any]]) -> Counter[str]:
+def successes_per_original(retries: list[dict[str, Any]]) -> Counter[str]:
     """Successful retries per original charge (a retry may name an earlier retry)."""
     parent = {r["id"]: r["retry_of"] for r in retries}
     wins: Counter[str] = Counter()
@@ -187,7 +187,7 @@ def check(report: SoakReport, ledgers: Ledgers) -> list[Invariant]:
     """The invariants, each with the figures behind its verdict."""
     out: list[Invariant] = []
     doubled = [k for k in ledgers.keys if k["charges"] > 1]
-    twice_paid = {root: n for root, n in _roots(ledgers.retries).items() if n > 1}
+    twice_paid = {root: n for root, n in successes_per_original(ledgers.retries).items() if n > 1}
     out.append(
         Invariant(
             "no double charge",

@@ -1,0 +1,82 @@
+"""The soak's own judgement: which failed requests are outage answers, which fall inside a
+fault window, how GraphQL answers are classified, and what counts as a double charge."""
+
+import httpx
+
+from tests.support.soak.books import successes_per_original
+from tests.support.soak.load import classify
+from tests.support.soak.report import GRACE_SECONDS, FaultRecord, Sample, SoakConfig, SoakReport
+
+
+def _report(*faults: FaultRecord) -> SoakReport:
+    report = SoakReport(SoakConfig(minutes=1, faults=()))
+    report.faults = list(faults)
+    return report
+
+
+def _sample(code: str, status: int | None, *, at: float = 10.0, api: int = 0) -> Sample:
+    return Sample("viewer", api, at, at + 0.1, status, code, retry_after=False)
+
+
+def test_outage_answers() -> None:
+    report = _report(
+        FaultRecord("postgres_restart", "postgres", 5.0, 15.0),
+        FaultRecord("api_restart", "api1", 40.0, 50.0),
+    )
+    unavailable = _sample("SERVICE_UNAVAILABLE", 503)
+    assert not report.outage_answer(unavailable)  # a 503 must say when to come back
+    unavailable.retry_after = True
+    assert report.outage_answer(unavailable)
+    assert not report.outage_answer(_sample("INTERNAL_SERVER_ERROR", 500))
+    assert not report.outage_answer(_sample("INTERNAL_SERVER_ERROR", 200))
+    assert report.outage_answer(_sample("CONNECTION_REFUSED", None))
+    # A connection closed unanswered: only from the API process being restarted.
+    assert not report.outage_answer(_sample("ReadError", None))
+    assert report.outage_answer(_sample("ReadError", None, at=45.0, api=0))
+    assert not report.outage_answer(_sample("ReadError", None, at=45.0, api=1))
+
+
+def test_windows_include_the_grace_period_and_only_api_faults() -> None:
+    report = _report(
+        FaultRecord("redis_restart", "redis", 5.0, 15.0),
+        FaultRecord("worker_kill", "worker1", 30.0, 32.0),
+    )
+    assert report.inside(_sample("OK", 200, at=15.0 + GRACE_SECONDS - 0.5))
+    assert not report.inside(_sample("OK", 200, at=15.0 + GRACE_SECONDS + 0.5))
+    # A killed worker is not an excuse for an API error.
+    assert not report.inside(_sample("INTERNAL_SERVER_ERROR", 500, at=31.0))
+    report.samples = [_sample("INTERNAL_SERVER_ERROR", 500, at=31.0), _sample("OK", 200)]
+    assert dict(report.errors(inside=False)) == {"500 INTERNAL_SERVER_ERROR": 1}
+    assert dict(report.errors(inside=True)) == {}
+
+
+def _answer(status: int, body: object) -> httpx.Response:
+    return httpx.Response(status, json=body)
+
+
+def test_classify() -> None:
+    assert classify(_answer(200, {"data": {"viewer": {"role": "SUPPORT"}}}))[0] == "OK"
+    masked = {
+        "data": None,
+        "errors": [{"message": "x", "extensions": {"code": "INTERNAL_SERVER_ERROR"}}],
+    }
+    assert classify(_answer(500, masked))[0] == "INTERNAL_SERVER_ERROR"
+    assert classify(_answer(200, {"errors": [{"message": "x"}]}))[0] == "UNCODED"
+    assert classify(_answer(502, {"no": "graphql"}))[0] == "UNCODED"
+    assert classify(httpx.Response(502, text="Bad gateway"))[0] == "NON_JSON"
+    conflict = {
+        "data": {
+            "updateRetryPolicy": {"retryPolicy": None, "errors": [{"code": "VERSION_CONFLICT"}]}
+        }
+    }
+    assert classify(_answer(200, conflict))[0] == "VERSION_CONFLICT"
+
+
+def test_two_successful_retries_of_one_charge_are_a_double_charge() -> None:
+    retries = [
+        {"id": "r1", "retry_of": "ch_1", "outcome": "failed"},
+        {"id": "r2", "retry_of": "r1", "outcome": "succeeded"},
+        {"id": "r3", "retry_of": "ch_1", "outcome": "succeeded"},
+        {"id": "r4", "retry_of": "ch_2", "outcome": "succeeded"},
+    ]
+    assert successes_per_original(retries) == {"ch_1": 2, "ch_2": 1}
