@@ -7,7 +7,7 @@ PYTHON ?= $(shell for p in python3.11 python3.12 python3; do \
 	if command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(not (3, 11) <= sys.version_info[:2] <= (3, 12))'; then \
 	echo $$p; break; fi; done)
 
-.PHONY: install check test test-embedded demo schema clean
+.PHONY: install check test test-embedded demo schema soak clean
 
 $(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "Python 3.11 or 3.12 is required (the embedded database ships wheels for those)"; exit 1; }
@@ -37,6 +37,10 @@ test-embedded: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/portal demo
+
+# Ten minutes of the whole stack as separate processes under load and faults (bench/soak.py).
+soak: $(STAMP)
+	$(BIN)/python bench/soak.py --minutes 10
 
 schema: $(STAMP)
 	$(BIN)/portal export-schema

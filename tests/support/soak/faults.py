@@ -64,8 +64,11 @@ class Monitor:
                 elif kind == "hash":
                     found[key] = repr(sorted((await redis.hgetall(key)).items()))  # type: ignore[misc]
                 elif kind == "zset":
-                    # Members (workers) with their scores (last beat): a beat changes a score.
-                    found[key] = repr(await redis.zrange(key, 0, -1, withscores=True))
+                    # One entry per member (a worker) with its score (its last beat), so a
+                    # worker that appears is told apart from one that beats again.
+                    for member, score in await redis.zrange(key, 0, -1, withscores=True):
+                        name = member.decode() if isinstance(member, bytes) else str(member)
+                        found[f"{key}|{name}"] = repr(score)
                 else:
                     found[key] = f"{kind} ttl={await redis.pttl(key)}"
             self.heartbeat_keys.update(found)
@@ -131,11 +134,20 @@ class Monitor:
             (s.heartbeats for s in reversed(self.samples) if s.at <= fault.end and s.heartbeats),
             {},
         )
+        # A restarted worker is back when a heartbeat entry it could not have written before
+        # appears; after an outage, when any entry beats again.
+        known = {
+            k for s in self.samples if s.at <= fault.start and s.heartbeats for k in s.heartbeats
+        }
         heartbeat = next(
             (
                 s.at - fault.end
                 for s in after
-                if s.heartbeats and any(beats_before.get(k) != v for k, v in s.heartbeats.items())
+                if s.heartbeats
+                and any(
+                    k not in known if fault.kind == "worker_kill" else beats_before.get(k) != v
+                    for k, v in s.heartbeats.items()
+                )
             ),
             None,
         )
