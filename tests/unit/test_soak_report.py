@@ -1,11 +1,22 @@
-"""The soak's own judgement: which failed requests are outage answers, which fall inside a
-fault window, how GraphQL answers are classified, and what counts as a double charge."""
+"""The soak's own judgement: outage answers, fault windows, classification, double charges.
+
+Which failed requests are outage answers, which fall inside a fault window, how GraphQL answers
+are classified, what counts as a double charge, and when each sign of life came back.
+"""
 
 import httpx
 
 from tests.support.soak.books import successes_per_original
+from tests.support.soak.faults import resume_after
 from tests.support.soak.load import classify
-from tests.support.soak.report import GRACE_SECONDS, FaultRecord, Sample, SoakConfig, SoakReport
+from tests.support.soak.report import (
+    GRACE_SECONDS,
+    FaultRecord,
+    MonitorSample,
+    Sample,
+    SoakConfig,
+    SoakReport,
+)
 
 
 def _report(*faults: FaultRecord) -> SoakReport:
@@ -80,3 +91,47 @@ def test_two_successful_retries_of_one_charge_are_a_double_charge() -> None:
         {"id": "r4", "retry_of": "ch_2", "outcome": "succeeded"},
     ]
     assert successes_per_original(retries) == {"ch_1": 2, "ch_2": 1}
+
+
+def _seen(
+    at: float,
+    transitions: int | None,
+    beats: dict[str, str] | None,
+    ready: int | None = 200,
+    worker: str | None = None,
+) -> MonitorSample:
+    body = None if worker is None else {"status": "ok", "worker": worker}
+    return MonitorSample(at, transitions, beats, [ready], [body])
+
+
+def test_resume_after_an_outage_is_the_first_sign_of_life_after_its_end() -> None:
+    fault = FaultRecord("redis_restart", "redis", 10.0, 14.0)
+    samples = [
+        _seen(9.0, 100, {"hb|w1": "9.0", "hb|w2": "9.0"}, worker="ok"),
+        _seen(12.0, 100, None, ready=503, worker="unknown"),
+        _seen(15.0, 100, {"hb|w1": "9.0"}, ready=503, worker="stale"),
+        _seen(16.0, 101, {"hb|w1": "9.0"}, worker="stale"),
+        _seen(18.0, 104, {"hb|w1": "17.5"}, worker="ok"),
+    ]
+    resume = resume_after(samples, fault)
+    assert (resume.processing, resume.ready, resume.heartbeat) == (2.0, 2.0, 4.0)
+    assert (resume.worker_ready, resume.worker_seen, resume.heartbeat_seen) == (4.0, True, True)
+
+
+def test_a_restarted_worker_is_back_when_its_own_heartbeat_appears() -> None:
+    fault = FaultRecord("worker_kill", "worker1", 10.0, 11.0)
+    samples = [
+        _seen(9.0, 100, {"hb|old": "9.0", "hb|other": "9.0"}),
+        # The other worker beating again is not the restarted one.
+        _seen(12.0, 101, {"hb|old": "9.0", "hb|other": "12.0"}),
+        _seen(14.0, 102, {"hb|old": "9.0", "hb|other": "14.0", "hb|new": "14.0"}),
+    ]
+    resume = resume_after(samples, fault)
+    assert (resume.processing, resume.heartbeat) == (1.0, 3.0)
+    assert resume.worker_seen is False
+
+
+def test_no_heartbeat_at_all_is_reported_as_such() -> None:
+    fault = FaultRecord("postgres_restart", "postgres", 10.0, 14.0)
+    resume = resume_after([_seen(9.0, 5, {}), _seen(15.0, 5, {})], fault)
+    assert (resume.processing, resume.heartbeat, resume.heartbeat_seen) == (None, None, False)

@@ -39,7 +39,6 @@ class Monitor:
     def __init__(self, stack: Stack) -> None:
         self.stack = stack
         self.samples: list[MonitorSample] = []
-        self.heartbeat_keys: set[str] = set()
 
     async def _transitions(self, conn: asyncpg.Connection | None) -> tuple[int | None, Any]:
         try:
@@ -71,7 +70,6 @@ class Monitor:
                         found[f"{key}|{name}"] = repr(score)
                 else:
                     found[key] = f"{kind} ttl={await redis.pttl(key)}"
-            self.heartbeat_keys.update(found)
             return found
         except Exception:
             # Redis down: no reading at this instant.
@@ -116,59 +114,7 @@ class Monitor:
 
     def resume(self, fault: FaultRecord) -> Resume:
         """Seconds from the fault's end until processing, readiness and a heartbeat were back."""
-        before = [s for s in self.samples if s.at <= fault.end and s.transitions is not None]
-        after = [s for s in self.samples if s.at > fault.end]
-        baseline = before[-1].transitions if before else None
-        processing = next(
-            (
-                s.at - fault.end
-                for s in after
-                if s.transitions is not None and baseline is not None and s.transitions > baseline
-            ),
-            None,
-        )
-        ready = next(
-            (s.at - fault.end for s in after if s.ready and all(r == 200 for r in s.ready)), None
-        )
-        beats_before = next(
-            (s.heartbeats for s in reversed(self.samples) if s.at <= fault.end and s.heartbeats),
-            {},
-        )
-        # A restarted worker is back when a heartbeat entry it could not have written before
-        # appears; after an outage, when any entry beats again.
-        known = {
-            k for s in self.samples if s.at <= fault.start and s.heartbeats for k in s.heartbeats
-        }
-        heartbeat = next(
-            (
-                s.at - fault.end
-                for s in after
-                if s.heartbeats
-                and any(
-                    k not in known if fault.kind == "worker_kill" else beats_before.get(k) != v
-                    for k, v in s.heartbeats.items()
-                )
-            ),
-            None,
-        )
-        worker_seen = any(b and "worker" in b for s in self.samples for b in s.ready_bodies)
-        worker_ready = next(
-            (
-                s.at - fault.end
-                for s in after
-                if s.ready_bodies and all(b and b.get("worker") == "ok" for b in s.ready_bodies)
-            ),
-            None,
-        )
-        return Resume(
-            fault,
-            processing,
-            ready,
-            heartbeat,
-            bool(self.heartbeat_keys),
-            worker_ready,
-            worker_seen,
-        )
+        return resume_after(self.samples, fault)
 
 
 class Supervisor:
@@ -298,3 +244,58 @@ async def schedule(faults: Faults, config: SoakConfig, started: float, seconds: 
             faults.records.append(
                 FaultRecord(kind, "harness", time.monotonic(), time.monotonic(), f"failed: {exc!r}")
             )
+
+
+def resume_after(samples: list[MonitorSample], fault: FaultRecord) -> Resume:
+    """Seconds from the fault's end until processing, readiness and a heartbeat were back."""
+    before = [s for s in samples if s.at <= fault.end and s.transitions is not None]
+    after = [s for s in samples if s.at > fault.end]
+    baseline = before[-1].transitions if before else None
+    processing = next(
+        (
+            s.at - fault.end
+            for s in after
+            if s.transitions is not None and baseline is not None and s.transitions > baseline
+        ),
+        None,
+    )
+    ready = next(
+        (s.at - fault.end for s in after if s.ready and all(r == 200 for r in s.ready)), None
+    )
+    beats_before = next(
+        (s.heartbeats for s in reversed(samples) if s.at <= fault.end and s.heartbeats),
+        {},
+    )
+    # A restarted worker is back when a heartbeat entry it could not have written before
+    # appears; after an outage, when any entry beats again.
+    known = {k for s in samples if s.at <= fault.start and s.heartbeats for k in s.heartbeats}
+    heartbeat = next(
+        (
+            s.at - fault.end
+            for s in after
+            if s.heartbeats
+            and any(
+                k not in known if fault.kind == "worker_kill" else beats_before.get(k) != v
+                for k, v in s.heartbeats.items()
+            )
+        ),
+        None,
+    )
+    worker_seen = any(b and "worker" in b for s in samples for b in s.ready_bodies)
+    worker_ready = next(
+        (
+            s.at - fault.end
+            for s in after
+            if s.ready_bodies and all(b and b.get("worker") == "ok" for b in s.ready_bodies)
+        ),
+        None,
+    )
+    return Resume(
+        fault,
+        processing,
+        ready,
+        heartbeat,
+        any(s.heartbeats for s in samples),
+        worker_ready,
+        worker_seen,
+    )
