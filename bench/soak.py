@@ -10,6 +10,10 @@ Redis, SIGKILLs a worker twice, SIGTERMs an API process and opens processor 429 
 After a drain it prints error rates inside and outside the fault windows, latency, the
 sandbox's charges against the portal's attempts, payments generated against ingested, time to
 resume after each fault and memory per process, and exits 1 when an invariant fails.
+
+Redis runs without persistence, as a job queue usually does: its restart loses the arq queue,
+and the portal must derive the lost jobs again from PostgreSQL. `--keep DIR` leaves the data and
+every process's log in DIR.
 """
 
 import argparse

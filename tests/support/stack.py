@@ -466,9 +466,13 @@ class Stack:
 
     def shutdown(self) -> None:
         """Stop everything this stack started; never raises."""
+        # All at once, then wait: each may take its graceful-shutdown time.
         for service in reversed(self.services()):
             with contextlib.suppress(Exception):
-                service.stop()
+                service.signal(signal.SIGTERM)
+        for service in reversed(self.services()):
+            with contextlib.suppress(Exception):
+                service.wait_exit()
         with contextlib.suppress(Exception):
             self.redis.kill()
         with contextlib.suppress(Exception):
