@@ -11,6 +11,7 @@ from tests.support.soak.faults import resume_after
 from tests.support.soak.load import classify
 from tests.support.soak.report import (
     GRACE_SECONDS,
+    ExitRecord,
     FaultRecord,
     MonitorSample,
     Sample,
@@ -135,3 +136,21 @@ def test_no_heartbeat_at_all_is_reported_as_such() -> None:
     fault = FaultRecord("postgres_restart", "postgres", 10.0, 14.0)
     resume = resume_after([_seen(9.0, 5, {}), _seen(15.0, 5, {})], fault)
     assert (resume.processing, resume.heartbeat, resume.heartbeat_seen) == (None, None, False)
+
+
+def test_an_exit_names_the_last_exception_of_its_log() -> None:
+    tail = "\n".join(
+        [
+            '{"event": "starting"}',
+            "│ ❱  298 │   │   │   raise ConnectionError(self._error_message(e))             │",
+            "╰──────────────────────────────────────────────────────────────╯",
+            "ConnectionError: Error 111 connecting to 127.0.0.1:40075. Connect call failed ",
+            "('127.0.0.1', 40075).",
+        ]
+    )
+    cause = ExitRecord("worker1", 1, 0.0, tail).cause
+    assert cause == (
+        "ConnectionError: Error 111 connecting to 127.0.0.1:40075. Connect call failed "
+        "('127.0.0.1', 40075)."
+    )
+    assert ExitRecord("api1", 1, 0.0, "").cause == "no output"

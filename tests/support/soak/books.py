@@ -243,11 +243,7 @@ def check(report: SoakReport, ledgers: Ledgers) -> list[Invariant]:
         Invariant(
             "no process exited on its own",
             not report.exits,
-            "; ".join(
-                f"{e.name} exited {e.code} ({e.tail.splitlines()[-1][:200] if e.tail else ''})"
-                for e in report.exits
-            )
-            or "none",
+            "; ".join(f"{e.name} exited {e.code} ({e.cause})" for e in report.exits) or "none",
         )
     )
     slow = [

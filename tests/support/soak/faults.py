@@ -135,7 +135,7 @@ class Supervisor:
                     if code is None:
                         continue
                     self.exits.append(
-                        ExitRecord(service.name, code, time.monotonic(), service.tail())
+                        ExitRecord(service.name, code, time.monotonic(), service.tail(40))
                     )
                     await asyncio.sleep(SUPERVISOR_DELAY)
                     with contextlib.suppress(Exception):

@@ -6,6 +6,7 @@ decides how fast payments fail, are retried and recover.
 
 from __future__ import annotations
 
+import re
 import statistics
 import uuid
 from collections import Counter
@@ -15,6 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from app.enums import Processor
+
+# A line that names an exception, as a traceback's last line does.
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b")
 
 # After a dependency or an API process is back, its clients get this long to reconnect before
 # an error counts as "outside a fault window" (pools find their dead connections on first use).
@@ -147,6 +151,19 @@ class ExitRecord:
     code: int
     at: float
     tail: str
+
+    @property
+    def cause(self) -> str:
+        """The last exception named in the log's tail (with the line a wrap put after it)."""
+        lines = [line.strip() for line in self.tail.splitlines()]
+        for i in range(len(lines) - 1, -1, -1):
+            if _EXCEPTION_LINE.match(lines[i]):
+                following = lines[i + 1] if i + 1 < len(lines) else ""
+                joined = (
+                    f"{lines[i]} {following}" if following[:1] not in {"", "-", "{"} else lines[i]
+                )
+                return joined[:240]
+        return lines[-1][:240] if lines else "no output"
 
 
 @dataclass
