@@ -208,6 +208,27 @@ def rss_kib(pids: list[int], *, proportional: bool = False) -> int:
     return total
 
 
+def cpu_seconds(pid: int, *, reaped: bool = False) -> float:
+    """User + system CPU time of a process (with `reaped`, of its waited-for children too)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    ticks = int(fields[11]) + int(fields[12])
+    if reaped:
+        ticks += int(fields[13]) + int(fields[14])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class Usage:
+    """One process's (or PostgreSQL's) resident memory in KiB and CPU seconds so far."""
+
+    pid: int
+    rss_kib: int
+    cpu: float
+
+
 class PrivateRedis:
     """A redis-server of our own on a free loopback port, without persistence."""
 
@@ -456,12 +477,22 @@ class Stack:
         if done.returncode != 0:
             raise RuntimeError(f"portal migrate failed: {done.stderr[-2000:]}")
 
-    def rss(self) -> dict[str, int]:
-        """Resident memory (KiB) of every process of the stack, PostgreSQL's summed."""
-        out = {"postgres (PSS, all)": rss_kib(self.postgres.pids(), proportional=True)}
-        out["redis"] = rss_kib(self.redis.pids())
-        for service in self.services():
-            out[service.name] = rss_kib([service.pid] if service.pid else [])
+    def usage(self) -> dict[str, Usage]:
+        """Memory and CPU of every process of the stack now; PostgreSQL's summed (PSS)."""
+        out: dict[str, Usage] = {}
+        pg = self.postgres.pids()
+        if pg:
+            # The postmaster's own time includes the backends it has reaped; live ones apart.
+            cpu = cpu_seconds(pg[0], reaped=True) + sum(cpu_seconds(p) for p in pg[1:])
+            out["postgres (PSS, all)"] = Usage(pg[0], rss_kib(pg, proportional=True), cpu)
+        for name, pid in [("redis", next(iter(self.redis.pids()), None))] + [
+            (service.name, service.pid) for service in self.services()
+        ]:
+            if pid is not None:
+                out[name] = Usage(pid, rss_kib([pid]), cpu_seconds(pid))
+        # The caller (load, monitor): when it is starved, the load it offers drops.
+        me = os.getpid()
+        out["harness (this process)"] = Usage(me, rss_kib([me]), cpu_seconds(me))
         return out
 
     def shutdown(self) -> None:

@@ -7,6 +7,7 @@ caught up and nothing is in flight, so both sides' books can be compared exactly
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections import Counter
@@ -167,6 +168,54 @@ async def drain(stack: Stack, tenants: Tenants, seconds: float) -> tuple[Ledgers
     return ledgers, None
 
 
+def unrecorded(ledgers: Ledgers) -> list[str]:
+    """Charges the sandbox made that the portal holds no portal attempt for."""
+    made = Counter(r["id"] for r in ledgers.retries)
+    return sorted((made - Counter(ledgers.portal_attempts)).elements())
+
+
+async def explain_unrecorded(stack: Stack, ledgers: Ledgers, limit: int = 3) -> list[str]:
+    """What the portal holds about charges it made but did not record as its attempts: rows
+    naming the charge or its key, the payment, and the payment's last transitions."""
+    by_id = {r["id"]: r for r in ledgers.retries}
+    lines: list[str] = []
+    conn = await asyncpg.connect(stack.postgres.url, timeout=10)
+    try:
+        for charge in unrecorded(ledgers)[:limit]:
+            made = by_id[charge]
+            key = made["idempotency_key"] or ""
+            lines.append(
+                f"charge {charge} ({made['outcome']}, key {key}, created {made['created']}, "
+                f"retry of {made['retry_of']})"
+            )
+            rows = await conn.fetch(
+                "SELECT payment_id, number, portal_number, actor, outcome, processor_attempt_id,"
+                " idempotency_key, sent_at FROM payment_attempt"
+                " WHERE processor_attempt_id = $1 OR idempotency_key = $2",
+                charge,
+                key,
+            )
+            for r in rows:
+                lines.append(f"  attempt row: {dict(r)}")
+            # Keys are "retry-<payment id>-<attempt number>".
+            with contextlib.suppress(ValueError, IndexError):
+                payment_id = uuid.UUID(key.split("-", 1)[1].rsplit("-", 1)[0])
+                payment = await conn.fetchrow(
+                    "SELECT state, recovered_by, attempt_count FROM payment WHERE id = $1",
+                    payment_id,
+                )
+                lines.append(f"  payment {payment_id}: {dict(payment) if payment else None}")
+                for t in await conn.fetch(
+                    "SELECT at, from_state, to_state, event, actor, reason FROM payment_transition"
+                    " WHERE payment_id = $1 ORDER BY at DESC, seq DESC LIMIT 6",
+                    payment_id,
+                ):
+                    lines.append(f"  transition: {dict(t)}")
+    finally:
+        await conn.close()
+    return lines
+
+
 def successes_per_original(retries: list[dict[str, Any]]) -> Counter[str]:
     """Successful retries per original charge (a retry may name an earlier retry)."""
     parent = {r["id"]: r["retry_of"] for r in retries}
@@ -200,7 +249,7 @@ def check(report: SoakReport, ledgers: Ledgers) -> list[Invariant]:
     )
     sandbox = Counter(r["id"] for r in ledgers.retries)
     portal = Counter(ledgers.portal_attempts)
-    only_sandbox = sorted((sandbox - portal).elements())
+    only_sandbox = unrecorded(ledgers)
     only_portal = sorted((portal - sandbox).elements())
     out.append(
         Invariant(

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from app.enums import Processor
+from tests.support.stack import Usage
 
 # A line that names an exception, as a traceback's last line does.
 _EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b")
@@ -200,8 +201,8 @@ class SoakReport:
     faults: list[FaultRecord] = field(default_factory=list)
     exits: list[ExitRecord] = field(default_factory=list)
     resumes: list[Resume] = field(default_factory=list)
-    rss_start: dict[str, int] = field(default_factory=dict)
-    rss_end: dict[str, int] = field(default_factory=dict)
+    usage_start: dict[str, Usage] = field(default_factory=dict)
+    usage_end: dict[str, Usage] = field(default_factory=dict)
     generated_failed: int = 0
     ingested_failed: int = 0
     sandbox_charges: int = 0
@@ -216,6 +217,8 @@ class SoakReport:
     payment_states: dict[str, int] = field(default_factory=dict)
     states_at_load_end: dict[str, int] = field(default_factory=dict)
     invariants: list[Invariant] = field(default_factory=list)
+    # What the portal holds about charges it made but did not record as its own attempts.
+    evidence: list[str] = field(default_factory=list)
 
     @property
     def failed(self) -> list[Invariant]:
@@ -335,15 +338,22 @@ class SoakReport:
         )
         lines.append(f"drain: {drained}; payments left RETRYING: {self.retrying_left}")
         lines.append(
-            "memory (MiB; RSS, PostgreSQL as PSS summed over its processes), "
-            "10 s into the load -> load end:"
+            "memory (MiB; RSS, PostgreSQL as PSS summed over its processes) 10 s into the load"
+            " -> load end, and CPU seconds between (a process restarted since has none):"
         )
-        for name in self.rss_start:
-            start, end = self.rss_start[name] / 1024, self.rss_end.get(name, 0) / 1024
-            lines.append(f"  {name:24s} {start:7.1f} -> {end:7.1f}")
+        for name, start in self.usage_start.items():
+            end = self.usage_end.get(name)
+            cpu = f"{end.cpu - start.cpu:7.1f} s" if end and end.pid == start.pid else "restarted"
+            rss = end.rss_kib / 1024 if end else 0.0
+            lines.append(f"  {name:24s} {start.rss_kib / 1024:7.1f} -> {rss:7.1f}   CPU {cpu}")
         lines.append("invariants:")
         for inv in self.invariants:
             lines.append(f"  [{'ok' if inv.ok else 'FAIL'}] {inv.name}: {inv.detail}")
+        if self.evidence:
+            lines.append(
+                "charged but not recorded as the portal's attempts, what the portal holds:"
+            )
+            lines.extend(f"  {line}" for line in self.evidence)
         return "\n".join(lines)
 
 

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 from sandbox.server import serving
-from tests.support.soak.books import check, drain, read_ledgers
+from tests.support.soak.books import check, drain, explain_unrecorded, read_ledgers
 from tests.support.soak.faults import Faults, Monitor, Supervisor, schedule
 from tests.support.soak.load import (
     Load,
@@ -91,7 +91,7 @@ async def _run_phases(
             _measure_memory(stack, report, min(10.0, seconds / 6)),
         )
         report.load_seconds = time.monotonic() - started
-        report.rss_end = stack.rss()
+        report.usage_end = stack.usage()
         report.states_at_load_end = (await read_ledgers(stack, tenants)).states
         config.progress(f"load done ({len(load.samples):,} requests); draining")
         ledgers, report.drain_seconds = await drain(stack, tenants, config.drain_seconds)
@@ -110,12 +110,13 @@ async def _run_phases(
     report.retrying_left = ledgers.retrying
     report.payment_states = ledgers.states
     report.invariants = check(report, ledgers)
+    report.evidence = await explain_unrecorded(stack, ledgers)
 
 
 async def _measure_memory(stack: Stack, report: SoakReport, after: float) -> None:
     # Not at spawn time: a process is still importing then, and its figure would mean nothing.
     await asyncio.sleep(after)
-    report.rss_start = stack.rss()
+    report.usage_start = stack.usage()
 
 
 def default_faults() -> tuple[tuple[float, str], ...]:
