@@ -46,6 +46,8 @@ class Ledgers:
     portal_attempts: list[str]
     retrying: int
     states: dict[str, int]
+    # The portal's attempts written before their charge whose outcome is still unknown.
+    in_flight: int
 
     def missing(self) -> list[str]:
         """Failed charges of the sandbox that the portal has not ingested."""
@@ -61,6 +63,7 @@ class Ledgers:
         return (
             not self.missing()
             and self.retrying == 0
+            and self.in_flight == 0
             and sorted(r["id"] for r in self.retries) == sorted(self.portal_attempts)
         )
 
@@ -107,6 +110,9 @@ async def read_ledgers(stack: Stack, tenants: Tenants) -> Ledgers:
             str(r["state"]): int(r["n"])
             for r in await conn.fetch("SELECT state, count(*) AS n FROM payment GROUP BY state")
         }
+        in_flight = await conn.fetchval(
+            "SELECT count(*) FROM payment_attempt WHERE outcome = 'in_flight'"
+        )
     finally:
         await conn.close()
     return Ledgers(
@@ -119,6 +125,7 @@ async def read_ledgers(stack: Stack, tenants: Tenants) -> Ledgers:
         attempts,
         states.get("RETRYING", 0),
         states,
+        int(in_flight),
     )
 
 
@@ -314,7 +321,8 @@ def check(report: SoakReport, ledgers: Ledgers) -> list[Invariant]:
         Invariant(
             "drained: nothing in flight, books settled",
             report.drain_seconds is not None,
-            f"{seconds_text(report.drain_seconds)}; RETRYING left: {ledgers.retrying}",
+            f"{seconds_text(report.drain_seconds)}; payments RETRYING: {ledgers.retrying}, "
+            f"portal attempts still in flight: {ledgers.in_flight}",
         )
     )
     return out

@@ -214,6 +214,7 @@ class SoakReport:
     webhook_duplicates: int = 0
     drain_seconds: float | None = None
     retrying_left: int = 0
+    in_flight_left: int = 0
     payment_states: dict[str, int] = field(default_factory=dict)
     states_at_load_end: dict[str, int] = field(default_factory=dict)
     invariants: list[Invariant] = field(default_factory=list)
@@ -336,7 +337,10 @@ class SoakReport:
         drained = (
             seconds_text(self.drain_seconds) if self.drain_seconds is not None else "not drained"
         )
-        lines.append(f"drain: {drained}; payments left RETRYING: {self.retrying_left}")
+        lines.append(
+            f"drain: {drained}; payments left RETRYING: {self.retrying_left}, portal attempts "
+            f"left in flight: {self.in_flight_left}"
+        )
         lines.append(
             "memory (MiB; RSS, PostgreSQL as PSS summed over its processes) 10 s into the load"
             " -> load end, and CPU seconds between (a process restarted since has none):"

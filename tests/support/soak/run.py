@@ -108,6 +108,7 @@ async def _run_phases(
     report.keys = len(ledgers.keys)
     report.replays = sum(k["replays"] for k in ledgers.keys)
     report.retrying_left = ledgers.retrying
+    report.in_flight_left = ledgers.in_flight
     report.payment_states = ledgers.states
     report.invariants = check(report, ledgers)
     report.evidence = await explain_unrecorded(stack, ledgers)
