@@ -23,7 +23,9 @@ CONFIG = SoakConfig(
     ),
     rate=50.0,
     customers=6000,
-    outage_seconds=3.0,
+    # Long enough that a client which gives up on a connection error does so (a worker that does
+    # not reconnect exits within this), short enough for the test's budget.
+    outage_seconds=5.0,
     processor_window_seconds=12.0,
     drain_seconds=120.0,
     # pytest captures stdout; the report is attached to each failure instead.
@@ -33,7 +35,10 @@ CONFIG = SoakConfig(
 
 @pytest.fixture(scope="module")
 async def report() -> SoakReport:
-    return await run_soak(CONFIG)
+    found = await run_soak(CONFIG)
+    # Shown with `pytest -rP` (or -s) when everything passes; failures carry it in their message.
+    print(found.format())
+    return found
 
 
 def _verdict(report: SoakReport, name: str) -> None:
