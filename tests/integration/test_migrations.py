@@ -147,3 +147,28 @@ async def test_previous_webhook_secret_columns_are_nullable_and_reversible(
             await conn.close()
     finally:
         await drop_database(services, url)
+
+
+async def test_in_flight_attempt_index_builds_concurrently_and_reverses(
+    services: Services,
+) -> None:
+    """0013 builds its index outside a transaction (CONCURRENTLY) and leaves it valid;
+    down removes it."""
+    url = await create_scratch_database(services, "portal_migrations")
+    cfg = alembic_config(url)
+    try:
+        await asyncio.to_thread(command.upgrade, cfg, "0013_attempt_in_flight")
+        conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://", 1))
+        try:
+            valid = (
+                "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+                "WHERE c.relname = $1"
+            )
+            assert await conn.fetchval(valid, "ix_payment_attempt_in_flight") is True
+            assert await conn.fetchval(valid, "ix_raw_record_pending") is True
+            await asyncio.to_thread(command.downgrade, cfg, "0012_webhook_previous_secret")
+            assert await conn.fetchval(valid, "ix_payment_attempt_in_flight") is None
+        finally:
+            await conn.close()
+    finally:
+        await drop_database(services, url)

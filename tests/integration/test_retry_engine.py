@@ -462,3 +462,45 @@ async def test_an_attempt_costs_two_commits_and_few_statements(db: Database) -> 
     # Read, mark sent; lock, ledger (3), raw record (2), payment, attempt, outbox, timeline.
     assert len(statements) <= 12, statements
     assert (await reload(db, payment.id)).state is PaymentState.RECOVERED
+
+
+async def test_charge_read_back_while_its_job_is_lost_is_reconciled_as_the_portals(
+    db: Database,
+) -> None:
+    """A worker dies after charging, its job is lost (a Redis restart without persistence) and
+    ingestion reads the charge back first, recovering the payment as the processor's. The
+    attempt left in flight is still reconciled: replayed with its key, recorded as the
+    portal's own, the read-back row folded into it, and nothing charged twice."""
+    [payment], clock = await _setup(db, invoice="in_lost_job")
+    await _decide(db, T0)
+    clock.set(T0 + timedelta(days=1))
+    [(pid, number)] = await _claim(db, clock.now())
+    stripe = FakeStripe(clock.now(), kill_after_charge=True)
+    with pytest.raises(WorkerKilled):
+        await execute_attempt(
+            db, payment_id=pid, attempt_number=number, adapters=stripe, clock=clock
+        )
+    [made] = stripe.charges.values()
+    async with db.session(SYSTEM_SCOPE) as session:
+        connection = await session.get_one(ProcessorConnection, payment.connection_id)
+    read_back = {**made.item.payload, "invoice": "in_lost_job"}
+    await ingest(db, connection, [read_back], clock.now())
+    meanwhile = await reload(db, payment.id)
+    assert meanwhile.state is PaymentState.RECOVERED
+    assert meanwhile.recovered_by is Actor.PROCESSOR
+
+    clock.set(clock.now() + timedelta(minutes=11))
+    [result] = await reconcile_stuck(db, adapters=stripe, clock=clock)
+    assert result.status == "recorded"
+    assert stripe.charge_count == 1
+    after = await reload(db, payment.id)
+    assert after.state is PaymentState.RECOVERED
+    assert after.recovered_by is Actor.PORTAL
+    attempts = await attempts_of(db, payment.id)
+    assert [(a.actor, a.outcome) for a in attempts] == [
+        (Actor.PROCESSOR, AttemptOutcome.DECLINED),
+        (Actor.PORTAL, AttemptOutcome.SUCCEEDED),
+    ]
+    assert attempts[1].processor_attempt_id == made.processor_payment_id
+    # Nothing is left in flight for the sweep to find again.
+    assert await reconcile_stuck(db, adapters=stripe, clock=clock) == []
