@@ -1,5 +1,6 @@
 """Training from stored attempt history: rows written as ingestion would, a challenger stored."""
 
+import threading
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -100,11 +101,21 @@ async def test_train_from_stored_history_stores_a_gated_challenger(db: Database)
     assert sum(len(f.retries) for f in history) == stored_attempts
     config = TrainConfig(seed=2, num_boost_round=30, early_stopping_rounds=10, num_threads=1)
     steps: list[str] = []
+    threads: dict[str, str] = {}
+
+    def progress(step: str) -> None:
+        steps.append(step)
+        threads[step] = threading.current_thread().name
+
     outcome = await train_from_history(
-        db, now=NOW + timedelta(days=30), config=config, progress=steps.append, cache=ModelCache()
+        db, now=NOW + timedelta(days=30), config=config, progress=progress, cache=ModelCache()
     )
     assert steps[0] == "reading stored attempt history"
     assert steps[-1] == "running the promotion gate"
+    # The fit itself ran on the one training thread, not on the loop or its default executor.
+    fitting = [step for step in steps if step.startswith("training on")]
+    assert fitting
+    assert {threads[step] for step in fitting} == {"portal-training_0"}
     assert outcome.metrics["auc"] is not None
     assert outcome.metrics["auc"] > 0.6
     assert outcome.gate_failures > 0
