@@ -4,6 +4,7 @@ import asyncio
 import functools
 import uuid
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -65,9 +66,24 @@ class TrainOutcome:
     gate_failures: int
 
 
+# Every CPU-heavy training step runs on this one thread, for the life of the process, rather
+# than on the loop's default executor:
+# - LightGBM's OpenMP runtime (libgomp) builds a team of worker threads for each OS thread that
+#   enters a parallel region, and keeps it. On the default executor consecutive steps land on
+#   whichever of its threads is free, so teams piled up (six fits in one process went from 3 to
+#   10 OS threads); on a busy two-core machine their spin-waiting threads, beside scikit-learn's
+#   own libgomp copy and numpy's OpenBLAS pool, compete for the cores the training needs.
+# - Two trainings of one process (the weekly job, a regate, a CLI run) never run at once, and a
+#   step that outlives its awaiting coroutine (a job timeout cancels the await, not the thread)
+#   delays the next one instead of running beside it.
+# - The default executor stays free for what needs it to answer quickly: name resolution for
+#   new database, Redis and HTTP connections, and asyncio.to_thread.
+_TRAINING_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="portal-training")
+
+
 async def _off_loop(fn: Callable[[], T]) -> T:
-    """CPU-heavy work in the default executor, so the loop and arq's heartbeat keep running."""
-    return await asyncio.get_running_loop().run_in_executor(None, fn)
+    """CPU-heavy work on the training thread, so the loop and arq's heartbeat keep running."""
+    return await asyncio.get_running_loop().run_in_executor(_TRAINING_THREAD, fn)
 
 
 def retry_log(failures: Sequence[HistoryFailure]) -> RetryLog:

@@ -437,8 +437,9 @@ class PortalGraphQL(GraphQL[Context, None]):
             if not isinstance(data, dict):
                 raise Refusal(400, ErrorCode.BAD_REQUEST, "the body must be a JSON object")
         query = data.get("query")
-        if not isinstance(query, str):
-            raise Refusal(400, ErrorCode.BAD_REQUEST, "`query` must be a string")
+        # An empty string is as missing as no query at all (Strawberry raises on it, a 500).
+        if not isinstance(query, str) or not query:
+            raise Refusal(400, ErrorCode.BAD_REQUEST, "`query` must be a non-empty string")
         operation_name = data.get("operationName")
         if operation_name == "":
             operation_name = None

@@ -14,8 +14,15 @@ from app.embedded import create_scratch_database as create_scratch_database
 from app.embedded import drop_database as drop_database
 from app.settings import Settings
 from portal.migrate import upgrade_database
+from tests.support import hangs
 
 NOW = datetime(2026, 11, 2, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture(scope="session", autouse=True)
+async def _report_hung_tasks() -> None:
+    # pytest-timeout's stacks show a hung await only as the loop's select(): add the tasks'.
+    hangs.watch(asyncio.get_running_loop())
 
 
 @pytest.fixture(scope="session")
@@ -34,6 +41,7 @@ async def services(settings: Settings) -> AsyncIterator[Services]:
 async def database_url(services: Services) -> AsyncIterator[str]:
     url = await create_scratch_database(services, "portal_test")
     await asyncio.to_thread(upgrade_database, url)
+    await hangs.limit_waits(url)
     yield url
     await drop_database(services, url)
 

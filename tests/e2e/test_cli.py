@@ -123,6 +123,8 @@ def _cli_flow(env: dict[str, str]) -> None:
     assert token not in stderr
 
 
+# Six CLI commands and a server start, each a fresh interpreter (about 30 s unloaded).
+@pytest.mark.timeout(300)
 async def test_migrate_merchant_key_seed_then_serve(env: dict[str, str]) -> None:
     await asyncio.to_thread(_cli_flow, env)
 
@@ -243,6 +245,8 @@ def _demo_flow(env: dict[str, str]) -> None:
         demo.communicate(timeout=30)
 
 
+# Waits up to 90 s for the demo to start and 75 s for its first recoveries.
+@pytest.mark.timeout(300)
 async def test_demo_ingests_retries_and_recovers(env: dict[str, str]) -> None:
     await asyncio.to_thread(_demo_flow, env)
 
@@ -361,6 +365,8 @@ def _normalize(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+# One CLI run per fixture file (about 55 s on a busy two-core machine).
+@pytest.mark.timeout(300)
 async def test_normalize_prints_one_canonical_object_per_record() -> None:
     done = await asyncio.to_thread(
         _normalize, "stripe", str(FIXTURES / "stripe" / "charges_list_page.json")

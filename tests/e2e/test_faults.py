@@ -10,7 +10,8 @@ import pytest
 from tests.support.soak.report import SoakConfig, SoakReport
 from tests.support.soak.run import run_soak
 
-pytestmark = pytest.mark.slow
+# The module's fixture runs the whole stack: about three minutes, up to eight with a slow drain.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 CONFIG = SoakConfig(
     minutes=2.5,

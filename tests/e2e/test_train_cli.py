@@ -13,6 +13,9 @@ import pytest
 from app.embedded import Services, create_scratch_database, drop_database
 from resolvers.model import decode_model_id
 
+# Every test here trains in a subprocess, some several times (a minute and more when busy).
+pytestmark = pytest.mark.timeout(600)
+
 ROOT = Path(__file__).resolve().parents[2]
 PORTAL = [sys.executable, "-m", "portal"]
 

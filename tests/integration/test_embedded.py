@@ -3,13 +3,19 @@
 from pathlib import Path
 
 import asyncpg
+import pytest
 from redis.asyncio import Redis
 
 from app.embedded import resolve_services
 from app.settings import Settings
 
 
-async def test_embedded_postgres_and_redis_start_when_nothing_answers(tmp_path: Path) -> None:
+async def test_embedded_postgres_and_redis_start_when_nothing_answers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Nothing configured, whatever the environment of the run says (REDIS_URL=... pytest).
+    for name in ("DATABASE_URL", "PORTAL_DATABASE_URL", "REDIS_URL", "PORTAL_REDIS_URL"):
+        monkeypatch.delenv(name, raising=False)
     settings = Settings(
         environment="test",
         data_dir=tmp_path,

@@ -145,6 +145,8 @@ async def test_unparseable_json_body(client: httpx.AsyncClient) -> None:
         {"qeury": "{ __typename }"},
         {"query": None},
         {"query": 7},
+        # Found by the HTTP fuzzer: an empty query was a 500 (Strawberry's MissingQueryError).
+        {"query": ""},
         {"query": VIEWER, "variables": [7]},
         {"query": VIEWER, "operationName": 3},
         {"query": VIEWER, "extensions": "x"},
@@ -154,6 +156,13 @@ async def test_unparseable_json_body(client: httpx.AsyncClient) -> None:
 async def test_invalid_parameters_are_400(client: httpx.AsyncClient, body: Any) -> None:
     for accept in (GRJ, JSON):
         response = await post(client, body, accept=accept)
+        assert response.status_code == 400
+        assert codes(response) == ["BAD_REQUEST"]
+
+
+async def test_empty_query_over_get_is_400(client: httpx.AsyncClient) -> None:
+    for accept in (GRJ, JSON):
+        response = await client.get("/graphql", params={"query": ""}, headers={"accept": accept})
         assert response.status_code == 400
         assert codes(response) == ["BAD_REQUEST"]
 

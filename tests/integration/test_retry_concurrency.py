@@ -319,6 +319,8 @@ async def test_timeouts_after_the_processor_charged_do_not_double_charge(env: En
     assert sum(c["replays"] for c in charges) >= 2
 
 
+# Walks every payment through the whole retry window (about 90 s on a busy two-core machine).
+@pytest.mark.timeout(300)
 async def test_recovery_loop_over_the_window_ends_every_payment(env: Env) -> None:
     """Ingest, decide, claim, charge and record every six simulated hours for three weeks."""
     account = await _account(env, customers=200)

@@ -1,11 +1,13 @@
 """Training from stored attempt history: rows written as ingestion would, a challenger stored."""
 
+import threading
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
-from sqlalchemy import insert
+from sqlalchemy import insert, inspect, text
+from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlmodel import select
 
 from app.db import Database
@@ -21,7 +23,7 @@ from app.enums import (
 from app.models.customer import Customer
 from app.models.model_version import ModelVersion
 from app.models.payment import Payment, PaymentAttempt
-from app.services.model_registry import failure_history
+from app.services.model_registry import HISTORY_TABLES, failure_history
 from app.tenancy import SYSTEM_SCOPE
 from jobs.model import ModelCache
 from jobs.training import train_from_history
@@ -100,11 +102,21 @@ async def test_train_from_stored_history_stores_a_gated_challenger(db: Database)
     assert sum(len(f.retries) for f in history) == stored_attempts
     config = TrainConfig(seed=2, num_boost_round=30, early_stopping_rounds=10, num_threads=1)
     steps: list[str] = []
+    threads: dict[str, str] = {}
+
+    def progress(step: str) -> None:
+        steps.append(step)
+        threads[step] = threading.current_thread().name
+
     outcome = await train_from_history(
-        db, now=NOW + timedelta(days=30), config=config, progress=steps.append, cache=ModelCache()
+        db, now=NOW + timedelta(days=30), config=config, progress=progress, cache=ModelCache()
     )
     assert steps[0] == "reading stored attempt history"
     assert steps[-1] == "running the promotion gate"
+    # The fit itself ran on the one training thread, not on the loop or its default executor.
+    fitting = [step for step in steps if step.startswith("training on")]
+    assert fitting
+    assert {threads[step] for step in fitting} == {"portal-training_0"}
     assert outcome.metrics["auc"] is not None
     assert outcome.metrics["auc"] > 0.6
     assert outcome.gate_failures > 0
@@ -116,3 +128,23 @@ async def test_train_from_stored_history_stores_a_gated_challenger(db: Database)
     # The gate's window starts after the data the model learned from.
     assert row.gate is not None
     assert row.gate["window"][0] > row.data_end.isoformat()
+
+
+async def test_history_read_plans_on_fresh_statistics(
+    db: Database, connection: AsyncConnection
+) -> None:
+    # The statistics a test database's tables end up with: pages (earlier tests' rolled-back
+    # rows) but no live rows. Planned on these, the read ran for hours: a test run hung here.
+    await connection.execute(
+        text(
+            "UPDATE pg_class SET relpages = 50, reltuples = 0 "
+            "WHERE oid = ANY(CAST(:names AS regclass[]))"
+        ),
+        {"names": [inspect(t).local_table.description for t in HISTORY_TABLES]},
+    )
+    await _store_simulated_history(db, 2500)
+    # Half a second on fresh statistics; a plan on the stale ones is cut off here.
+    await connection.execute(text("SET LOCAL statement_timeout = '20s'"))
+    async with db.session(SYSTEM_SCOPE) as s:
+        history = await failure_history(s, since=None, until=NOW)
+    assert len(history) == 2500
