@@ -1,12 +1,10 @@
 """HTTP during outages: PostgreSQL or Redis unreachable answers 503 with Retry-After, never 500."""
 
 import asyncio
-import contextlib
 import copy
 import json
 import logging
 import shutil
-import socket
 import tempfile
 import uuid
 import warnings
@@ -45,6 +43,7 @@ from portal import http as http_view
 from portal.asgi import OutageMiddleware, Resources, create_app
 from portal.migrate import upgrade_database
 from tests.support.factories import make_connection, make_key, make_merchant
+from tests.support.private_redis import PrivateRedis
 from tests.support.queue import job_queue
 
 GRJ = "application/graphql-response+json"
@@ -284,49 +283,9 @@ async def test_database_outage_in_resolvers_and_mutations_is_503(
 # -- Redis unreachable --------------------------------------------------------------------
 
 
-class PrivateRedis:
-    """A redis-server of this test's own on a free loopback port, to stop and start."""
-
-    def __init__(self) -> None:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        self._process: asyncio.subprocess.Process | None = None
-
-    async def start(self) -> None:
-        self._process = await asyncio.create_subprocess_exec(
-            "redis-server",
-            "--port",
-            str(self.port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            stdout=asyncio.subprocess.DEVNULL,
-        )
-        probe = Redis(port=self.port)
-        try:
-            for _ in range(100):
-                with contextlib.suppress(redis_errors.ConnectionError):
-                    if await probe.ping():
-                        return
-                await asyncio.sleep(0.02)
-            raise RuntimeError("redis-server did not start")
-        finally:
-            await probe.aclose()
-
-    async def stop(self) -> None:
-        if self._process is not None:
-            self._process.terminate()
-            await self._process.wait()
-            self._process = None
-
-
 @pytest.fixture
-async def private_redis() -> AsyncIterator[PrivateRedis]:
-    server = PrivateRedis()
+async def private_redis(tmp_path: Path) -> AsyncIterator[PrivateRedis]:
+    server = PrivateRedis(tmp_path)
     await server.start()
     try:
         yield server

