@@ -31,6 +31,7 @@ from app.settings import get_settings
 from app.tenancy import SYSTEM_SCOPE, system_principal
 from portal.migrate import upgrade_database
 from procstat import cpu_seconds, postgres_cpu_seconds
+from sandbox.common import connection_credentials
 from sandbox.server import in_subprocess
 
 NOW = datetime(2026, 11, 2, 12, 0, tzinfo=UTC)
@@ -83,11 +84,7 @@ async def main(payments: int, processor: Processor) -> None:
                             },
                         )
                         response.raise_for_status()
-                        creds = (
-                            {"public_key": account_id, "private_key": key}
-                            if processor is Processor.BRAINTREE
-                            else {"api_key": key}
-                        )
+                        creds = connection_credentials(processor.value, account_id, key)
                         connection = await create_connection(
                             uow,
                             principal=system_principal(),

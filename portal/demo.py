@@ -32,6 +32,7 @@ from jobs.worker import build_worker
 from portal.asgi import Resources, create_app
 from portal.migrate import upgrade_database
 from sandbox.app import create_app as create_sandbox
+from sandbox.common import connection_credentials
 from sandbox.server import serving
 
 DEMO_MERCHANTS: tuple[tuple[str, Processor], ...] = (
@@ -162,11 +163,7 @@ async def _set_up_merchants(
             account_id = f"demo_{kind.value}_{secrets.token_hex(3)}"
             api_key = secrets.token_hex(12)
             hmac_key = secrets.token_hex(32)
-            credentials: dict[str, str] = {"api_key": api_key}
-            if kind is Processor.BRAINTREE:
-                credentials = {"public_key": account_id, "private_key": api_key}
-            if kind is Processor.ADYEN:
-                credentials["hmac_key_hex"] = hmac_key
+            credentials = connection_credentials(kind.value, account_id, api_key, hmac_key)
             connection = await create_connection(
                 uow,
                 principal=principal,

@@ -112,3 +112,19 @@ def remember(account: Account, key: str | None, print_: str, response: Response)
             print_, response.status_code, bytes(response.body), response.media_type or "", headers
         )
     return response
+
+
+def connection_credentials(
+    processor: str, account_id: str, api_key: str, hmac_key_hex: str | None = None
+) -> dict[str, str]:
+    """What a portal connection to a sandbox account presents, per processor: Braintree signs
+    in with a public/private key pair (the account id is the public key), the others with an
+    API key; Adyen's webhooks are signed with the account's HMAC key."""
+    credentials = (
+        {"public_key": account_id, "private_key": api_key}
+        if processor == "braintree"
+        else {"api_key": api_key}
+    )
+    if processor == "adyen" and hmac_key_hex is not None:
+        credentials["hmac_key_hex"] = hmac_key_hex
+    return credentials

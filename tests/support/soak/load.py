@@ -32,6 +32,7 @@ from app.services.retry.delivery import DELIVERY_HEADER
 from app.settings import normalize_database_url
 from app.tenancy import SYSTEM_SCOPE, system_principal
 from resolvers.ids import encode_id
+from sandbox.common import connection_credentials
 from tests.support.soak.report import (
     MAX_IN_FLIGHT,
     REQUEST_TIMEOUT,
@@ -58,12 +59,8 @@ async def set_up_tenants(stack: Stack, config: SoakConfig) -> Tenants:
                 merchant = await create_merchant(uow, name=name, principal=principal, now=now)
                 account_id = f"soak_{kind.value}_{index}"
                 api_key = f"key_{uuid.uuid4().hex}"
-                credentials = {"api_key": api_key}
-                if kind is Processor.BRAINTREE:
-                    credentials = {"public_key": account_id, "private_key": api_key}
                 hmac_key = uuid.uuid4().hex * 2
-                if kind is Processor.ADYEN:
-                    credentials["hmac_key_hex"] = hmac_key
+                credentials = connection_credentials(kind.value, account_id, api_key, hmac_key)
                 connection = await create_connection(
                     uow,
                     principal=principal,
