@@ -47,6 +47,7 @@ class ConnectProcessorErrorCode(StrEnum):
 
     NOT_FOUND = ErrorCode.NOT_FOUND.value
     INVALID = ErrorCode.INVALID.value
+    URL_NOT_ALLOWED = ErrorCode.URL_NOT_ALLOWED.value
 
 
 class SyncProcessorConnectionErrorCode(StrEnum):

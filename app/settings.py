@@ -70,9 +70,10 @@ class Settings(BaseSettings):
     metrics_token: SecretStr | None = None
 
     # Safe defaults for production; each is refused or forced there by `_production_safe`.
-    # Webhook URLs may point at loopback: for the demo's and the tests' receivers on
-    # 127.0.0.1 only, refused in production. Production also requires https (app/urls.py).
-    webhook_allow_loopback: bool = False
+    # Webhook and processor URLs may point at loopback: for the demo's and the tests' sandbox
+    # and receivers on 127.0.0.1 only, refused in production. Production also requires https
+    # (app/urls.py).
+    allow_loopback_urls: bool = False
     # Schema introspection (`__schema`, `__type`). Unset: on outside production, off in
     # production. GraphiQL reads the schema by introspection, so production refuses
     # PORTAL_GRAPHIQL unless PORTAL_INTROSPECTION=true is set explicitly too.
@@ -155,9 +156,9 @@ class Settings(BaseSettings):
                 f"PORTAL_METRICS_TOKEN must be at least {_MIN_METRICS_TOKEN} characters in "
                 "production: a short bearer token can be guessed"
             )
-        if self.webhook_allow_loopback:
+        if self.allow_loopback_urls:
             raise ValueError(
-                "PORTAL_WEBHOOK_ALLOW_LOOPBACK is for the demo and tests: refused in production"
+                "PORTAL_ALLOW_LOOPBACK_URLS is for the demo and tests: refused in production"
             )
         if self.graphiql and self.introspection is not True:
             raise ValueError(
@@ -174,11 +175,12 @@ class Settings(BaseSettings):
         return self.introspection
 
     @property
-    def webhook_url_policy(self) -> UrlPolicy:
-        """Where webhook deliveries may go: https only in production, loopback only if set."""
+    def url_policy(self) -> UrlPolicy:
+        """Where the portal may send requests for its users (webhook deliveries, processor
+        connections): https only in production, loopback only if set."""
         return UrlPolicy(
             require_https=self.environment == "production",
-            allow_loopback=self.webhook_allow_loopback,
+            allow_loopback=self.allow_loopback_urls,
         )
 
 

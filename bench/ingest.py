@@ -33,6 +33,7 @@ from portal.migrate import upgrade_database
 from procstat import cpu_seconds, postgres_cpu_seconds
 from sandbox.common import connection_credentials
 from sandbox.server import in_subprocess
+from tests.support.factories import SANDBOX_URLS
 
 NOW = datetime(2026, 11, 2, 12, 0, tzinfo=UTC)
 # Charges per customer per month in the simulator are about one; 30 days of history.
@@ -91,6 +92,7 @@ async def main(payments: int, processor: Processor) -> None:
                             merchant_id=merchant.id,
                             kind=processor,
                             base_url=f"{base}/{processor.value}",
+                            policy=SANDBOX_URLS,
                             credentials=creds,
                             box=box,
                             account_ref=account_id,

@@ -50,6 +50,7 @@ from app.tenancy import SYSTEM_SCOPE, Principal, Scope
 from portal.cli import upgrade_database
 from procstat import cpu_seconds, postgres_cpu_seconds
 from sandbox.server import in_subprocess
+from tests.support.factories import SANDBOX_URLS
 
 T0 = datetime(2026, 11, 2, 10, 0, tzinfo=UTC)
 BOX = CredentialBox("bench-secret")
@@ -213,6 +214,7 @@ async def _merchant(
             merchant_id=merchant_id,
             kind=Processor.STRIPE,
             base_url=base_url,
+            policy=SANDBOX_URLS,
             credentials={"api_key": api_key},
             box=BOX,
             now=T0,

@@ -129,7 +129,7 @@ async def deliver_webhooks(ctx: WorkerContext) -> dict[str, int]:
         http=ctx["webhook_http"],
         box=ctx["box"],
         clock=ctx["clock"],
-        policy=ctx["settings"].webhook_url_policy,
+        policy=ctx["settings"].url_policy,
         resolve=ctx["resolve"],
     )
     return {"dispatched": dispatched, **counts}

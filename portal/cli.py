@@ -298,6 +298,7 @@ def connection_add(
                 credentials=secrets,
                 account_ref=account_ref,
                 box=CredentialBox(settings.secret_key.get_secret_value()),
+                policy=settings.url_policy,
                 now=SystemClock().now(),
             )
         return str(connection.id)

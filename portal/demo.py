@@ -25,6 +25,7 @@ from app.services.merchant import create_merchant
 from app.services.model_registry import promote
 from app.settings import Settings
 from app.tenancy import SYSTEM_SCOPE, system_principal
+from app.urls import UrlPolicy
 from jobs.enqueue import enqueue_poll
 from jobs.supervisor import Supervisor
 from jobs.training import train_simulated
@@ -60,7 +61,7 @@ def demo_settings(settings: Settings) -> Settings:
     demo points its webhooks at one), except in production, which refuses that."""
     if settings.environment == "production":
         return settings
-    return settings.model_copy(update={"webhook_allow_loopback": True})
+    return settings.model_copy(update={"allow_loopback_urls": True})
 
 
 async def run_demo(
@@ -97,7 +98,9 @@ async def run_demo(
             settings,
         )
         async with serving(create_sandbox(clock.now)) as sandbox_url:
-            lines = await _set_up_merchants(db, box, clock, sandbox_url, portal_url, options, arq)
+            lines = await _set_up_merchants(
+                db, box, clock, sandbox_url, portal_url, options, arq, settings.url_policy
+            )
             serve = asyncio.create_task(server.serve())
             work = asyncio.create_task(supervisor.run())
             # uvicorn offers a flag, not an event, for "listening".
@@ -149,6 +152,7 @@ async def _set_up_merchants(
     portal_url: str,
     options: DemoOptions,
     arq: ArqRedis,
+    policy: UrlPolicy,
 ) -> list[str]:
     now = clock.now()
     lines: list[str] = []
@@ -170,6 +174,7 @@ async def _set_up_merchants(
                 merchant_id=merchant.id,
                 kind=kind,
                 base_url=f"{sandbox_url}/{kind.value}",
+                policy=policy,
                 credentials=credentials,
                 box=box,
                 account_ref=account_id,

@@ -43,6 +43,7 @@ async def connect(
             base_url=base_url,
             credentials=credentials,
             box=CredentialBox(ctx.settings.secret_key.get_secret_value()),
+            policy=ctx.settings.url_policy,
             now=ctx.clock.now(),
             name=name,
             account_ref=account_ref,

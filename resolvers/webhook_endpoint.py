@@ -43,7 +43,7 @@ async def create(ctx: Context, *, merchant_global_id: str, url: str) -> tuple[We
             merchant_id=merchant_id,
             url=url,
             box=_box(ctx),
-            policy=ctx.settings.webhook_url_policy,
+            policy=ctx.settings.url_policy,
             now=ctx.clock.now(),
         )
         await uow.commit()
@@ -83,7 +83,7 @@ async def set_enabled(
             endpoint_id=endpoint_id,
             enabled=enabled,
             reason=reason,
-            policy=ctx.settings.webhook_url_policy,
+            policy=ctx.settings.url_policy,
             now=ctx.clock.now(),
         )
         await uow.commit()

@@ -5,7 +5,6 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
-from urllib.parse import urlsplit
 
 from sqlalchemy import func
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -14,7 +13,7 @@ from sqlmodel import col, select
 from app.crypto import CredentialBox
 from app.db import UnitOfWork
 from app.enums import ConnectionStatus, Processor
-from app.errors import Forbidden, NotFound, ValidationFailed
+from app.errors import Forbidden, NotFound, UrlNotAllowed, ValidationFailed
 from app.models.ingestion import ProcessorConnection
 from app.models.merchant import Merchant
 from app.models.payment import Payment
@@ -22,6 +21,7 @@ from app.processors.base import ConnectionInfo
 from app.processors.registry import REQUIRED_CREDENTIALS
 from app.services import audit
 from app.tenancy import Principal
+from app.urls import UrlForbidden, UrlMalformed, UrlPolicy, check_url
 
 
 async def create_connection(
@@ -33,11 +33,16 @@ async def create_connection(
     base_url: str,
     credentials: Mapping[str, Any],
     box: CredentialBox,
+    policy: UrlPolicy,
     now: datetime,
     name: str | None = None,
     account_ref: str | None = None,
 ) -> ProcessorConnection:
-    """Add a connection; the credentials are encrypted and never appear in the audit log."""
+    """Add a connection; the credentials are encrypted and never appear in the audit log.
+
+    The base URL is checked like a webhook URL (`app/urls.py`): the portal polls it and sends
+    charges to it with the merchant's credentials, so a key must not be able to point it at
+    the portal's own network."""
     merchant = (
         await uow.session.execute(select(Merchant).where(col(Merchant.id) == merchant_id))
     ).scalar_one_or_none()
@@ -46,9 +51,13 @@ async def create_connection(
     if not principal.may_configure(merchant_id):
         raise Forbidden("this key may not change the merchant's configuration")
     problems: list[tuple[str, str]] = []
-    parts = urlsplit(base_url)
-    if parts.scheme not in {"http", "https"} or not parts.hostname:
+    forbidden: UrlForbidden | None = None
+    try:
+        check_url(base_url, policy)
+    except UrlMalformed:
         problems.append(("baseUrl", "must be an http(s) URL"))
+    except UrlForbidden as exc:
+        forbidden = exc
     missing = sorted(REQUIRED_CREDENTIALS[kind] - set(credentials))
     if missing:
         problems.append(("credentials", f"{kind.value} needs {', '.join(missing)}"))
@@ -61,6 +70,8 @@ async def create_connection(
         problems.append(("credentials", f"empty value for {', '.join(empty)}"))
     if problems:
         raise ValidationFailed(problems)
+    if forbidden is not None:
+        raise UrlNotAllowed(f"the URL is not allowed: {forbidden}", field="baseUrl")
     connection = ProcessorConnection(
         merchant_id=merchant_id,
         kind=kind,

@@ -30,6 +30,7 @@ from app.settings import Settings
 from app.tenancy import SYSTEM_SCOPE, system_principal
 from jobs.enqueue import enqueue_poll, poll_job_id
 from portal.migrate import upgrade_database
+from tests.support.factories import SANDBOX_URLS
 from tests.support.queue import discard_polls, job_queue
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -299,6 +300,7 @@ async def _slow_connection(database_url: str, base_url: str) -> uuid.UUID:
                 merchant_id=merchant.id,
                 kind=Processor.STRIPE,
                 base_url=base_url,
+                policy=SANDBOX_URLS,
                 credentials={"api_key": "sk_test_worker"},
                 box=CredentialBox(Settings().secret_key.get_secret_value()),
                 now=now,

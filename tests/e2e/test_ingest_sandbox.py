@@ -32,7 +32,7 @@ from jobs.ingest import normalize_connection
 from portal.asgi import Resources, create_app
 from sandbox.app import create_app as create_sandbox
 from sandbox.server import serving
-from tests.support.factories import make_merchant
+from tests.support.factories import SANDBOX_URLS, make_merchant
 
 NOW = datetime(2026, 11, 2, 12, 0, tzinfo=UTC)
 SETTINGS = Settings(environment="test")
@@ -98,6 +98,7 @@ async def connect(
             merchant_id=merchant.id,
             kind=processor,
             base_url=base + PATHS[processor],
+            policy=SANDBOX_URLS,
             credentials=credentials,
             box=BOX,
             account_ref=account["account_id"],

@@ -224,6 +224,44 @@ async def test_invalid_connections_are_refused_and_write_nothing(
     assert await _connections(db) == []
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://169.254.169.254/latest",  # cloud metadata
+        "http://127.0.0.1:8100/stripe",  # loopback, not allowed by these settings
+        "http://10.0.0.7/stripe",
+        "http://localhost/stripe",
+        "http://2130706433/stripe",  # 127.0.0.1 spelt as a number
+        "http://[::ffff:192.168.0.1]/stripe",
+    ],
+)
+async def test_processor_urls_pointing_inward_are_not_allowed(
+    db: Database, settings: Settings, clock: FixedClock, url: str
+) -> None:
+    """The portal polls and charges through the base URL with the merchant's credentials: a
+    key must not be able to aim it at the portal's own network."""
+    merchant, token = await _setup(db, clock)
+    data = await _data(db, settings, clock, CONNECT, token, input=_input(merchant, baseUrl=url))
+    payload = data["connectProcessor"]
+    assert payload["processorConnection"] is None
+    [error] = payload["errors"]
+    assert (error["code"], error["field"]) == ("URL_NOT_ALLOWED", "baseUrl")
+    assert await _connections(db) == []
+
+
+async def test_processor_urls_need_https_in_production(
+    db: Database, settings: Settings, clock: FixedClock
+) -> None:
+    production = settings.model_copy(update={"environment": "production"})
+    merchant, token = await _setup(db, clock)
+    plain = _input(merchant, baseUrl="http://api.stripe.test")
+    data = await _data(db, production, clock, CONNECT, token, input=plain)
+    assert [e["code"] for e in data["connectProcessor"]["errors"]] == ["URL_NOT_ALLOWED"]
+    secure = _input(merchant, baseUrl="https://api.stripe.test")
+    data = await _data(db, production, clock, CONNECT, token, input=secure)
+    assert data["connectProcessor"]["errors"] == []
+
+
 async def test_malformed_merchant_id_is_not_found(
     db: Database, settings: Settings, clock: FixedClock
 ) -> None:

@@ -136,7 +136,7 @@ async def _seed(w: Fuzzed) -> None:
                 url=f"https://{name.lower()}.fuzz.test/hooks",
                 secret="fuzz-secret-" + "x" * 20,
                 box=box,
-                policy=w.settings.webhook_url_policy,
+                policy=w.settings.url_policy,
                 now=now,
             )
             await uow.commit()

@@ -517,7 +517,7 @@ async def _webhook_endpoints(w: World) -> dict[str, WebhookEndpoint]:
                 url=f"https://{name.lower()}.test/hooks",
                 secret="tenancy-secret-" + "x" * 16,
                 box=box,
-                policy=w.settings.webhook_url_policy,
+                policy=w.settings.url_policy,
                 now=w.clock.now(),
             )
         await uow.commit()

@@ -205,7 +205,7 @@ async def _deliver_one(
             http=http,
             box=_box(settings),
             clock=clock,
-            policy=settings.webhook_url_policy,
+            policy=settings.url_policy,
             resolve=table_resolver({"merchant.test": [PUBLIC]}),
         )
     assert counts["delivered"] == 1
@@ -522,7 +522,7 @@ async def test_an_endpoint_stored_before_its_url_was_refused_is_not_enabled_agai
     ]
     assert (await _endpoint_row(db, stored.id)).enabled is False
     # Where loopback is allowed (the demo), the same endpoint may be switched on.
-    loopback = Settings(environment="test", webhook_allow_loopback=True)
+    loopback = Settings(environment="test", allow_loopback_urls=True)
     data = await _data(db, loopback, clock, SET_ENABLED, token, **enable)
     assert data["setWebhookEndpointEnabled"]["errors"] == []
     assert (await _endpoint_row(db, stored.id)).enabled is True
@@ -588,7 +588,7 @@ async def _make_endpoint(
             url=URL,
             secret="s" * 32,
             box=_box(settings),
-            policy=settings.webhook_url_policy,
+            policy=settings.url_policy,
             now=clock.now(),
         )
         await uow.commit()

@@ -17,7 +17,7 @@ from app.processors.base import RawItem
 from app.services.connection import create_connection
 from app.services.ingestion import land, normalize_raw, replay_connection
 from app.tenancy import SYSTEM_SCOPE, system_principal
-from tests.support.factories import make_merchant
+from tests.support.factories import SANDBOX_URLS, make_merchant
 
 BOX = CredentialBox("test-secret")
 T0 = datetime(2026, 10, 1, 9, 0, tzinfo=UTC)
@@ -72,6 +72,7 @@ async def _connection(db: Database, merchant: Merchant, now: datetime) -> Proces
             merchant_id=merchant.id,
             kind=Processor.STRIPE,
             base_url="http://127.0.0.1:1/stripe",
+            policy=SANDBOX_URLS,
             credentials={"api_key": "sk_test_x"},
             box=BOX,
             now=now,

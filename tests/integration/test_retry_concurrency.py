@@ -38,7 +38,7 @@ from portal.cli import upgrade_database
 from sandbox.app import create_app
 from sandbox.server import serving
 from tests.conftest import create_scratch_database, drop_database
-from tests.support.factories import make_merchant
+from tests.support.factories import SANDBOX_URLS, make_merchant
 from tests.support.retry import BOX
 
 NOW = datetime(2026, 11, 2, 12, 0, tzinfo=UTC)
@@ -113,6 +113,7 @@ async def _account(env: Env, customers: int = 400, processor_url: str | None = N
             merchant_id=merchant.id,
             kind=Processor.STRIPE,
             base_url=f"{processor_url or env.url}/stripe",
+            policy=SANDBOX_URLS,
             credentials={"api_key": key},
             box=BOX,
             now=env.clock.now(),

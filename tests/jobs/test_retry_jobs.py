@@ -174,7 +174,7 @@ async def test_webhooks_are_signed_retried_and_recorded(
             url="https://merchant.test/hooks",
             secret=SECRET,
             box=BOX,
-            policy=settings.webhook_url_policy,
+            policy=settings.url_policy,
             now=T0,
         )
         await uow.commit()

@@ -27,6 +27,10 @@ from app.services.connection import create_connection
 from app.services.merchant import create_merchant
 from app.settings import Settings
 from app.tenancy import SYSTEM_SCOPE, system_principal
+from app.urls import UrlPolicy
+
+# The sandbox processors (and receivers) of tests and benchmarks listen on loopback.
+SANDBOX_URLS = UrlPolicy(require_https=False, allow_loopback=True)
 
 
 async def make_merchant(db: Database, name: str, *, now: datetime) -> Merchant:
@@ -72,6 +76,7 @@ async def make_connection(
             merchant_id=merchant.id,
             kind=kind,
             base_url="http://processor.test",
+            policy=SANDBOX_URLS,
             credentials={"api_key": "sk_test_placeholder", "hmac_key_hex": "00"},
             box=CredentialBox(settings.secret_key.get_secret_value()),
             now=now,

@@ -26,6 +26,7 @@ from app.processors.base import (
 from app.services.connection import create_connection
 from app.services.ingestion import land, normalize_raw
 from app.tenancy import SYSTEM_SCOPE, system_principal
+from tests.support.factories import SANDBOX_URLS
 
 BOX = CredentialBox("test-secret")
 
@@ -100,6 +101,7 @@ async def make_connection(
             merchant_id=merchant.id,
             kind=Processor.STRIPE,
             base_url=base_url,
+            policy=SANDBOX_URLS,
             credentials={"api_key": "sk_test_x"},
             box=BOX,
             now=now,

@@ -444,7 +444,7 @@ class Stack:
             "PORTAL_LOCAL_DATABASE_URL": "postgresql://postgres@127.0.0.1:9/portal",
             "PORTAL_LOCAL_REDIS_URL": "redis://127.0.0.1:9/0",
             # The merchants' webhook receiver is the harness, on loopback.
-            "PORTAL_WEBHOOK_ALLOW_LOOPBACK": "true",
+            "PORTAL_ALLOW_LOOPBACK_URLS": "true",
             # A deployment that runs workers: /readyz says whether one is alive, and a heartbeat
             # each second times the resume after a fault finely (settings unknown to a portal
             # without worker liveness are ignored).

@@ -67,16 +67,14 @@ def test_production_refuses_to_start_without_a_metrics_token(token: str | None) 
 
 
 def test_production_refuses_loopback_webhooks(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PORTAL_WEBHOOK_ALLOW_LOOPBACK", "true")
-    with pytest.raises(ValidationError, match="PORTAL_WEBHOOK_ALLOW_LOOPBACK"):
+    monkeypatch.setenv("PORTAL_ALLOW_LOOPBACK_URLS", "true")
+    with pytest.raises(ValidationError, match="PORTAL_ALLOW_LOOPBACK_URLS"):
         Settings(**PRODUCTION)
     allowed = Settings(environment="test")
-    assert allowed.webhook_url_policy == UrlPolicy(require_https=False, allow_loopback=True)
-    monkeypatch.delenv("PORTAL_WEBHOOK_ALLOW_LOOPBACK")
-    assert Settings(**PRODUCTION).webhook_url_policy == UrlPolicy(
-        require_https=True, allow_loopback=False
-    )
-    assert Settings().webhook_url_policy == UrlPolicy(require_https=False, allow_loopback=False)
+    assert allowed.url_policy == UrlPolicy(require_https=False, allow_loopback=True)
+    monkeypatch.delenv("PORTAL_ALLOW_LOOPBACK_URLS")
+    assert Settings(**PRODUCTION).url_policy == UrlPolicy(require_https=True, allow_loopback=False)
+    assert Settings().url_policy == UrlPolicy(require_https=False, allow_loopback=False)
 
 
 def test_introspection_is_off_in_production_unless_set() -> None:
@@ -102,11 +100,11 @@ def test_redact_url_hides_passwords() -> None:
 
 
 def test_the_demo_allows_loopback_webhooks_outside_production() -> None:
-    assert demo_settings(Settings(environment="development")).webhook_url_policy == UrlPolicy(
+    assert demo_settings(Settings(environment="development")).url_policy == UrlPolicy(
         require_https=False, allow_loopback=True
     )
-    assert Settings(environment="development").webhook_allow_loopback is False
-    assert demo_settings(Settings(**PRODUCTION)).webhook_allow_loopback is False
+    assert Settings(environment="development").allow_loopback_urls is False
+    assert demo_settings(Settings(**PRODUCTION)).allow_loopback_urls is False
 
 
 @pytest.mark.parametrize(

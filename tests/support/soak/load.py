@@ -33,6 +33,7 @@ from app.settings import normalize_database_url
 from app.tenancy import SYSTEM_SCOPE, system_principal
 from resolvers.ids import encode_id
 from sandbox.common import connection_credentials
+from tests.support.factories import SANDBOX_URLS
 from tests.support.soak.report import (
     MAX_IN_FLIGHT,
     REQUEST_TIMEOUT,
@@ -67,6 +68,7 @@ async def set_up_tenants(stack: Stack, config: SoakConfig) -> Tenants:
                     merchant_id=merchant.id,
                     kind=kind,
                     base_url=f"{stack.sandbox_url}/{kind.value}",
+                    policy=SANDBOX_URLS,
                     credentials=credentials,
                     box=box,
                     account_ref=account_id,
