@@ -47,13 +47,26 @@ class Resources:
     clock: Clock = field(default_factory=SystemClock)
 
 
+# A Redis that hangs (rather than refusing connections) must not hang every request with it:
+# past this a command fails as an outage, and the rate limiter then serves unmetered.
+REDIS_TIMEOUT_SECONDS = 2.0
+
+
+def redis_client(url: str) -> Redis:
+    """The API's Redis client: commands and connects give up after `REDIS_TIMEOUT_SECONDS`."""
+    client: Redis = Redis.from_url(
+        url, socket_timeout=REDIS_TIMEOUT_SECONDS, socket_connect_timeout=REDIS_TIMEOUT_SECONDS
+    )
+    return client
+
+
 async def open_resources(services: Services, settings: Settings) -> Resources:
     db = Database.from_url(
         services.database_url,
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
     )
-    redis = Redis.from_url(services.redis_url)
+    redis = redis_client(services.redis_url)
     arq = await create_pool(RedisSettings.from_dsn(services.redis_url))
     return Resources(db=db, redis=redis, arq=arq, clock=clock_from_settings(settings))
 

@@ -11,7 +11,6 @@ import httpx
 import uvicorn
 from arq import create_pool
 from arq.connections import ArqRedis, RedisSettings
-from redis.asyncio import Redis
 
 from app.clock import AcceleratedClock
 from app.crypto import CredentialBox
@@ -30,7 +29,7 @@ from jobs.enqueue import enqueue_poll
 from jobs.supervisor import Supervisor
 from jobs.training import train_simulated
 from jobs.worker import build_worker
-from portal.asgi import Resources, create_app
+from portal.asgi import Resources, create_app, redis_client
 from portal.migrate import upgrade_database
 from sandbox.app import create_app as create_sandbox
 from sandbox.common import connection_credentials
@@ -75,7 +74,7 @@ async def run_demo(
         await asyncio.to_thread(upgrade_database, services.database_url)
         clock = AcceleratedClock(datetime.now(UTC), options.speed)
         db = Database.from_url(services.database_url)
-        redis = Redis.from_url(services.redis_url)
+        redis = redis_client(services.redis_url)
         arq = await create_pool(RedisSettings.from_dsn(services.redis_url))
         box = CredentialBox(settings.secret_key.get_secret_value())
         resources = Resources(db=db, redis=redis, arq=arq, clock=clock)

@@ -6,6 +6,7 @@ import json
 import logging
 import shutil
 import tempfile
+import time
 import uuid
 import warnings
 from collections.abc import AsyncIterator
@@ -40,7 +41,7 @@ from app.tenancy import SYSTEM_SCOPE, Principal, Scope, system_principal
 from jobs.enqueue import normalize_job_id
 from jobs.ingest import SWEEP_GRACE, normalize_connection, sweep_unnormalized
 from portal import http as http_view
-from portal.asgi import OutageMiddleware, Resources, create_app
+from portal.asgi import REDIS_TIMEOUT_SECONDS, OutageMiddleware, Resources, create_app, redis_client
 from portal.migrate import upgrade_database
 from tests.support.factories import make_connection, make_key, make_merchant
 from tests.support.private_redis import PrivateRedis
@@ -329,6 +330,36 @@ async def test_redis_outage_serves_graphql_unmetered_until_it_is_back(
         (logging.WARNING, None),
         (logging.INFO, None),
     ]
+
+
+async def test_a_hung_redis_delays_requests_by_its_timeout_not_forever(
+    settings: Settings, db: Database, clock: FixedClock, private_redis: PrivateRedis
+) -> None:
+    """A Redis host that stops answering (no refusal, no reset) costs each request the client's
+    timeout, then the request is served unmetered; nothing waits on it forever."""
+    merchant = await make_merchant(db, "Hung", now=clock.now())
+    token = await make_key(db, Role.MERCHANT, [merchant], now=clock.now())
+    redis = redis_client(private_redis.url)
+    resources = Resources(db=db, redis=redis, arq=None, clock=clock)
+    try:
+        async with serve(settings, resources) as client:
+            await graphql(client, "{ viewer { role } }", accept=GRJ, token=token)
+            private_redis.freeze()
+            try:
+                started = time.monotonic()
+                during = await asyncio.wait_for(
+                    graphql(client, "{ viewer { role } }", accept=GRJ, token=token),
+                    timeout=REDIS_TIMEOUT_SECONDS * 5,
+                )
+                waited = time.monotonic() - started
+            finally:
+                private_redis.thaw()
+    finally:
+        await redis.aclose()
+    assert during.status_code == 200
+    assert during.json()["data"] == {"viewer": {"role": "MERCHANT"}}
+    assert "cost" not in (during.json().get("extensions") or {})
+    assert waited < REDIS_TIMEOUT_SECONDS * 3
 
 
 # -- the Adyen webhook ----------------------------------------------------------------------

