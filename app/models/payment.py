@@ -129,13 +129,6 @@ class PaymentAttempt(TenantOwned, table=True):
         sa.CheckConstraint("number >= 1", name="number_positive"),
         # The portal's own attempt sequence: its number makes the idempotency key.
         sa.UniqueConstraint("payment_id", "portal_number"),
-        # The portal's attempts in flight, for the stuck-attempt sweep (whatever the payment's
-        # state: ingestion may have recovered it while the attempt's job was lost).
-        sa.Index(
-            "ix_payment_attempt_in_flight",
-            "attempted_at",
-            postgresql_where=sa.text("outcome = 'in_flight' AND portal_number IS NOT NULL"),
-        ),
     )
 
     id: uuid.UUID = Field(default_factory=new_id, primary_key=True)

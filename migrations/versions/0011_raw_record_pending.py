@@ -1,7 +1,9 @@
 """Raw records waiting for the normalizer: a partial index for the unnormalized-rows sweep.
 
 Built concurrently, outside the migration's transaction: `raw_record` keeps every record ever
-read and is the largest table, and a plain build would block ingestion meanwhile.
+read and is the largest table, and a plain build would block ingestion meanwhile. A concurrent
+build that was interrupted leaves an invalid index of the same name behind, so it is dropped
+first: the migration can simply be run again.
 
 Revision ID: 0011_raw_record_pending
 Revises: 0010_attempt_card
@@ -21,6 +23,12 @@ depends_on: str | Sequence[str] | None = None
 
 def upgrade() -> None:
     with op.get_context().autocommit_block():
+        op.drop_index(
+            "ix_raw_record_pending",
+            table_name="raw_record",
+            postgresql_concurrently=True,
+            if_exists=True,
+        )
         op.create_index(
             "ix_raw_record_pending",
             "raw_record",

@@ -149,25 +149,34 @@ async def test_previous_webhook_secret_columns_are_nullable_and_reversible(
         await drop_database(services, url)
 
 
-async def test_in_flight_attempt_index_builds_concurrently_and_reverses(
-    services: Services,
-) -> None:
-    """0013 builds its index outside a transaction (CONCURRENTLY) and leaves it valid;
-    down removes it."""
+async def test_pending_raw_index_builds_concurrently_and_reverses(services: Services) -> None:
+    """0011 builds its index outside a transaction (CONCURRENTLY) and leaves it valid, also
+    when a failed earlier build left an invalid one behind; down removes it."""
     url = await create_scratch_database(services, "portal_migrations")
     cfg = alembic_config(url)
+    valid = (
+        "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+        "WHERE c.relname = 'ix_raw_record_pending'"
+    )
     try:
-        await asyncio.to_thread(command.upgrade, cfg, "0013_attempt_in_flight")
+        await asyncio.to_thread(command.upgrade, cfg, "0010_attempt_card")
         conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://", 1))
         try:
-            valid = (
-                "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
-                "WHERE c.relname = $1"
+            # What an interrupted CREATE INDEX CONCURRENTLY leaves: an index marked invalid.
+            await conn.execute(
+                "CREATE INDEX ix_raw_record_pending ON raw_record (connection_id); "
+                "UPDATE pg_index SET indisvalid = false WHERE indexrelid = "
+                "'ix_raw_record_pending'::regclass"
             )
-            assert await conn.fetchval(valid, "ix_payment_attempt_in_flight") is True
-            assert await conn.fetchval(valid, "ix_raw_record_pending") is True
-            await asyncio.to_thread(command.downgrade, cfg, "0012_webhook_previous_secret")
-            assert await conn.fetchval(valid, "ix_payment_attempt_in_flight") is None
+            await asyncio.to_thread(command.upgrade, cfg, "0011_raw_record_pending")
+            assert await conn.fetchval(valid) is True
+            columns = await conn.fetchval(
+                "SELECT pg_get_indexdef('ix_raw_record_pending'::regclass)"
+            )
+            assert "connection_id, received_at" in columns
+            assert "WHERE (normalized_at IS NULL)" in columns
+            await asyncio.to_thread(command.downgrade, cfg, "0010_attempt_card")
+            assert await conn.fetchval(valid) is None
         finally:
             await conn.close()
     finally:

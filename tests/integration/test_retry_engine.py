@@ -1,7 +1,9 @@
 """Retry engine services against the database: decide, claim, charge, record, reconcile."""
 
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import event
@@ -10,10 +12,12 @@ from sqlmodel import col, func, select
 from app.clock import FixedClock
 from app.db import Database, ScopedSession
 from app.enums import Actor, AttemptOutcome, MerchantStatus, PaymentState
+from app.models.customer import Customer
 from app.models.ingestion import ProcessorConnection
 from app.models.merchant import Merchant
 from app.models.payment import Payment
 from app.models.retry import OutboxEvent
+from app.processors.base import ChargeResult, TransientProcessorError
 from app.retry.state_machine import attempt_idempotency_key
 from app.services.retry.attempt import execute_attempt, reconcile_stuck
 from app.services.retry.engine import claim_due, decide_pending
@@ -464,43 +468,48 @@ async def test_an_attempt_costs_two_commits_and_few_statements(db: Database) -> 
     assert (await reload(db, payment.id)).state is PaymentState.RECOVERED
 
 
-async def test_charge_read_back_while_its_job_is_lost_is_reconciled_as_the_portals(
+@dataclass
+class UnreachableOnce(FakeStripe):
+    """The first charge request never reaches the processor (the connection is refused after
+    "sent" was committed): the processor never sees its key."""
+
+    unreachable: bool = True
+
+    async def charge(self, **kwargs: Any) -> ChargeResult:
+        if self.unreachable:
+            self.unreachable = False
+            raise TransientProcessorError("stripe: connection refused")
+        return await super().charge(**kwargs)
+
+
+async def test_attempt_in_flight_on_a_payment_recovered_meanwhile_is_never_replayed(
     db: Database,
 ) -> None:
-    """A worker dies after charging, its job is lost (a Redis restart without persistence) and
-    ingestion reads the charge back first, recovering the payment as the processor's. The
-    attempt left in flight is still reconciled: replayed with its key, recorded as the
-    portal's own, the read-back row folded into it, and nothing charged twice."""
-    [payment], clock = await _setup(db, invoice="in_lost_job")
+    """A sent attempt whose charge never reached the processor, its job then lost, while the
+    customer pays the invoice elsewhere: replaying the key would make a new charge on a paid
+    invoice (the processor never saw the key), so the sweep leaves the attempt alone."""
+    [payment], clock = await _setup(db, invoice="in_paid_elsewhere")
     await _decide(db, T0)
     clock.set(T0 + timedelta(days=1))
     [(pid, number)] = await _claim(db, clock.now())
-    stripe = FakeStripe(clock.now(), kill_after_charge=True)
-    with pytest.raises(WorkerKilled):
-        await execute_attempt(
-            db, payment_id=pid, attempt_number=number, adapters=stripe, clock=clock
-        )
-    [made] = stripe.charges.values()
+    stripe = UnreachableOnce(clock.now())
+    first = await execute_attempt(
+        db, payment_id=pid, attempt_number=number, adapters=stripe, clock=clock
+    )
+    assert first.status == "pending"
     async with db.session(SYSTEM_SCOPE) as session:
         connection = await session.get_one(ProcessorConnection, payment.connection_id)
-    read_back = {**made.item.payload, "invoice": "in_lost_job"}
-    await ingest(db, connection, [read_back], clock.now())
-    meanwhile = await reload(db, payment.id)
-    assert meanwhile.state is PaymentState.RECOVERED
-    assert meanwhile.recovered_by is Actor.PROCESSOR
+        customer = await session.get_one(Customer, payment.customer_id)
+    paid = stripe_charge(
+        "ch_paid_elsewhere",
+        created=clock.now(),
+        status="succeeded",
+        invoice="in_paid_elsewhere",
+        customer=customer.external_ref,
+    )
+    await ingest(db, connection, [paid], clock.now())
+    assert (await reload(db, payment.id)).state is PaymentState.RECOVERED
 
     clock.set(clock.now() + timedelta(minutes=11))
-    [result] = await reconcile_stuck(db, adapters=stripe, clock=clock)
-    assert result.status == "recorded"
-    assert stripe.charge_count == 1
-    after = await reload(db, payment.id)
-    assert after.state is PaymentState.RECOVERED
-    assert after.recovered_by is Actor.PORTAL
-    attempts = await attempts_of(db, payment.id)
-    assert [(a.actor, a.outcome) for a in attempts] == [
-        (Actor.PROCESSOR, AttemptOutcome.DECLINED),
-        (Actor.PORTAL, AttemptOutcome.SUCCEEDED),
-    ]
-    assert attempts[1].processor_attempt_id == made.processor_payment_id
-    # Nothing is left in flight for the sweep to find again.
     assert await reconcile_stuck(db, adapters=stripe, clock=clock) == []
+    assert stripe.charge_count == 0

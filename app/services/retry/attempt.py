@@ -523,24 +523,25 @@ async def reconcile_stuck(
     limit: int = 100,
     scheduler: Scheduler | None = None,
 ) -> list[AttemptResult]:
-    """Re-run the portal's attempts left in flight: the same key, so at most one charge.
+    """Re-run attempts of payments stuck in RETRYING: the same key, so at most one charge.
 
-    An attempt stays in flight when its job is gone (a worker killed after charging whose job
-    was lost with a Redis restart, or whose tries ran out). Whatever its payment's state now:
-    ingestion may have read the charge back meanwhile and recovered the payment as the
-    processor's, and only the replay records the charge as the portal's attempt (folding the
-    read-back row into it); an attempt never sent is dropped."""
+    Only while the payment is RETRYING. An attempt still in flight on a payment that left
+    RETRYING (recovered by ingestion while the attempt's job was lost) is never replayed: if its
+    charge never reached the processor, the processor has not seen the key, and a replay would
+    charge an invoice already paid. Such an attempt stays in flight for a person to settle."""
     cutoff = clock.now() - older_than
     async with db.uow(SYSTEM_SCOPE) as uow:
         rows = (
             await uow.session.execute(
                 select(col(PaymentAttempt.payment_id), col(PaymentAttempt.portal_number))
+                .join(Payment, col(Payment.id) == col(PaymentAttempt.payment_id))
                 .where(
+                    col(Payment.state) == PaymentState.RETRYING,
+                    col(Payment.retrying_since) < cutoff,
                     col(PaymentAttempt.outcome) == AttemptOutcome.IN_FLIGHT,
                     col(PaymentAttempt.portal_number).is_not(None),
-                    col(PaymentAttempt.attempted_at) < cutoff,
                 )
-                .order_by(col(PaymentAttempt.attempted_at))
+                .order_by(col(Payment.retrying_since))
                 .limit(limit)
             )
         ).all()
