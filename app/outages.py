@@ -15,6 +15,7 @@ What counts, found anywhere in the exception's chain (`__cause__`, `__context__`
   closed", too many connections, a pool checkout that timed out, and a bare `OSError` or
   `TimeoutError` (asyncpg raises the socket's own error when it cannot connect) unless an
   httpx error wraps it: an unreachable processor or webhook receiver is not an outage of ours.
+  A context suppressed with `raise … from None` is not followed.
 """
 
 from collections.abc import Iterator
@@ -44,6 +45,9 @@ _PG_OUTAGES: tuple[type[BaseException], ...] = (
 
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """`exc` and what caused it, as Python and the libraries record it; not past an httpx
+    error (its socket errors are a processor's or a receiver's, not ours) nor into a context
+    the raiser suppressed (`raise … from None`)."""
     seen: set[int] = set()
     pending: list[BaseException] = [exc]
     while pending:
@@ -52,19 +56,19 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
             continue
         seen.add(id(current))
         yield current
-        for linked in (
+        if isinstance(current, httpx.HTTPError):
+            continue
+        linked = [
             current.__cause__,
-            current.__context__,
+            None if current.__suppress_context__ else current.__context__,
             getattr(current, "orig", None),
             getattr(current, "original_error", None),
-        ):
-            if isinstance(linked, BaseException):
-                pending.append(linked)
+        ]
+        pending.extend(link for link in linked if isinstance(link, BaseException))
 
 
 def outage_of(exc: BaseException) -> Dependency | None:
     """The dependency whose outage caused `exc`, or None when it is something else."""
-    socket_error = http_error = False
     for current in _chain(exc):
         if isinstance(current, redis_errors.ConnectionError | redis_errors.TimeoutError):
             return Dependency.REDIS
@@ -72,13 +76,11 @@ def outage_of(exc: BaseException) -> Dependency | None:
             return Dependency.DATABASE
         if isinstance(current, _PG_OUTAGES):
             return Dependency.DATABASE
-        if isinstance(current, httpx.HTTPError):
-            http_error = True
-        elif isinstance(current, OSError | TimeoutError):
-            socket_error = True
-    # The redis client wraps every socket error in its own and so does httpx (a processor or a
-    # webhook receiver, not a dependency): a bare one left over is PostgreSQL's.
-    return Dependency.DATABASE if socket_error and not http_error else None
+        # The redis client wraps every socket error in its own, and httpx's are not followed:
+        # a bare one is PostgreSQL's (asyncpg raises the socket's own error on connect).
+        if isinstance(current, OSError | TimeoutError):
+            return Dependency.DATABASE
+    return None
 
 
 def is_outage(exc: BaseException) -> bool:

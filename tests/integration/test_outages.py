@@ -64,3 +64,23 @@ async def test_a_terminated_session_is_a_database_outage(database_url: str) -> N
         assert outage_of(caught.value) is Dependency.DATABASE
     finally:
         await engine.dispose()
+
+
+def test_a_database_error_raised_while_handling_a_processor_error_is_an_outage() -> None:
+    processor = _wrapped(httpx.ConnectError("refused"), ConnectionRefusedError())
+    database = ConnectionRefusedError(111, "refused")
+    database.__context__ = processor
+    assert outage_of(database) is Dependency.DATABASE
+
+
+def _bug_hiding_a_socket_error() -> None:
+    try:
+        raise ConnectionRefusedError(111, "refused")
+    except OSError:
+        raise ValueError("bad input") from None
+
+
+def test_a_suppressed_context_is_not_followed() -> None:
+    with pytest.raises(ValueError) as caught:
+        _bug_hiding_a_socket_error()
+    assert outage_of(caught.value) is None
