@@ -57,8 +57,9 @@ def redact_secrets(
 
 
 class UrlSecretsFilter(logging.Filter):
-    """Drops query strings and credentials from URLs httpx logs (one INFO line per request):
-    merchants put tokens in webhook URLs' query strings, and processors' URLs may carry keys."""
+    """Keeps only the scheme, host and port of URLs httpx logs (one INFO line per request):
+    merchants put tokens in webhook URLs' paths (`/hooks/<id>/<token>`) and query strings,
+    and processors' URLs may carry keys."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if isinstance(record.args, tuple):
@@ -69,7 +70,7 @@ class UrlSecretsFilter(logging.Filter):
 
 
 def _bare_url(url: httpx.URL) -> httpx.URL:
-    return httpx.URL(scheme=url.scheme, host=url.host, port=url.port, path=url.path)
+    return httpx.URL(scheme=url.scheme, host=url.host, port=url.port)
 
 
 def configure_logging(
