@@ -27,7 +27,7 @@ import structlog
 
 from app.outages import Dependency, outage_of
 from app.settings import Settings
-from jobs.outages import OutageTracker, probe
+from jobs.outages import PROBE_TIMEOUT_SECONDS, OutageTracker, probe
 from jobs.telemetry import remove_heartbeat, write_heartbeat
 from jobs.worker import PortalWorker, settle
 
@@ -173,7 +173,9 @@ class Supervisor:
     async def _probe(self, dependency: Dependency) -> Exception | None:
         if dependency is Dependency.REDIS:
             try:
-                await self.worker.connect()
+                # A Redis that hangs instead of refusing must not stall the probe.
+                async with asyncio.timeout(PROBE_TIMEOUT_SECONDS):
+                    await self.worker.connect()
             except Exception as exc:
                 return exc
             return None

@@ -6,8 +6,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from arq import create_pool
-from arq.connections import ArqRedis, RedisSettings
+from arq.connections import ArqRedis
 from redis.asyncio import Redis
 from sqlalchemy import text
 from starlette.applications import Starlette
@@ -60,6 +59,15 @@ def redis_client(url: str) -> Redis:
     return client
 
 
+def queue_client(url: str) -> ArqRedis:
+    """The API's arq client for enqueueing, with the same timeouts. It connects on first use
+    (arq's `create_pool` would refuse to start the API while Redis is down)."""
+    client: ArqRedis = ArqRedis.from_url(
+        url, socket_timeout=REDIS_TIMEOUT_SECONDS, socket_connect_timeout=REDIS_TIMEOUT_SECONDS
+    )
+    return client
+
+
 async def open_resources(services: Services, settings: Settings) -> Resources:
     db = Database.from_url(
         services.database_url,
@@ -67,7 +75,7 @@ async def open_resources(services: Services, settings: Settings) -> Resources:
         max_overflow=settings.db_max_overflow,
     )
     redis = redis_client(services.redis_url)
-    arq = await create_pool(RedisSettings.from_dsn(services.redis_url))
+    arq = queue_client(services.redis_url)
     return Resources(db=db, redis=redis, arq=arq, clock=clock_from_settings(settings))
 
 

@@ -9,8 +9,7 @@ from datetime import UTC, datetime
 
 import httpx
 import uvicorn
-from arq import create_pool
-from arq.connections import ArqRedis, RedisSettings
+from arq.connections import ArqRedis
 
 from app.clock import AcceleratedClock
 from app.crypto import CredentialBox
@@ -29,7 +28,7 @@ from jobs.enqueue import enqueue_poll
 from jobs.supervisor import Supervisor
 from jobs.training import train_simulated
 from jobs.worker import build_worker
-from portal.asgi import Resources, create_app, redis_client
+from portal.asgi import Resources, create_app, queue_client, redis_client
 from portal.migrate import upgrade_database
 from sandbox.app import create_app as create_sandbox
 from sandbox.common import connection_credentials
@@ -75,7 +74,7 @@ async def run_demo(
         clock = AcceleratedClock(datetime.now(UTC), options.speed)
         db = Database.from_url(services.database_url)
         redis = redis_client(services.redis_url)
-        arq = await create_pool(RedisSettings.from_dsn(services.redis_url))
+        arq = queue_client(services.redis_url)
         box = CredentialBox(settings.secret_key.get_secret_value())
         resources = Resources(db=db, redis=redis, arq=arq, clock=clock)
         # The demo runs its own worker: /readyz is not ready while that worker is not alive.
