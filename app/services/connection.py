@@ -40,9 +40,10 @@ async def create_connection(
 ) -> ProcessorConnection:
     """Add a connection; the credentials are encrypted and never appear in the audit log.
 
-    The base URL is checked like a webhook URL (`app/urls.py`): the portal polls it and sends
-    charges to it with the merchant's credentials, so a key must not be able to point it at
-    the portal's own network."""
+    The base URL is checked like a webhook URL at creation (`app/urls.py`): the portal polls
+    it and sends charges to it with the merchant's credentials, so an address or a name that
+    is inward by its spelling is refused. What a name resolves to is not checked again at each
+    poll and charge yet, as it is for webhook deliveries."""
     merchant = (
         await uow.session.execute(select(Merchant).where(col(Merchant.id) == merchant_id))
     ).scalar_one_or_none()
