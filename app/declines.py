@@ -52,7 +52,7 @@ class DeclineSignals:
     gateway_rejection_reason: str | None = None
 
 
-# --- Category defaults (DOMAIN.md section 1, column "default") ------------------------------
+# --- Category defaults (docs/domain.md §1, the verdict column) ---------------------------
 
 SOFT_CATEGORIES: frozenset[DeclineCategory] = frozenset(
     {C.INSUFFICIENT_FUNDS, C.DO_NOT_HONOR, C.PROCESSING_ERROR, C.VELOCITY_EXCEEDED}
@@ -327,7 +327,7 @@ RAW_TEXT_HINTS: tuple[tuple[str, DeclineCategory], ...] = (
     ("system malfunction", C.PROCESSING_ERROR),
 )
 
-# --- Precedence signals (DOMAIN.md section 1, rules 1 to 3) --------------------------------
+# --- Precedence signals (docs/domain.md §1, rules 1 to 3) ----------------------------------
 
 # Visa category 1 ("issuer will never approve"), as ISO-8583 network response codes.
 VISA_CATEGORY_1_CODES: frozenset[str] = frozenset(
@@ -498,7 +498,7 @@ def _soft_advice(
 
 
 def classify(s: DeclineSignals) -> Decline:
-    """Apply the code tables and the five precedence levels of DOMAIN.md section 1."""
+    """Apply the code tables and the five precedence levels of docs/domain.md §1."""
     if s.declined_at.tzinfo is None:
         raise ValueError("declined_at must be timezone-aware")
     raw_code = _clean(s.raw_code)

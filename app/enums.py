@@ -39,7 +39,7 @@ TERMINAL_STATES = frozenset(
 
 
 class DeclineCategory(StrEnum):
-    """Canonical decline categories (DOMAIN.md section 1)."""
+    """Canonical decline categories (docs/domain.md §1)."""
 
     INSUFFICIENT_FUNDS = "insufficient_funds"
     DO_NOT_HONOR = "do_not_honor"

@@ -1,4 +1,4 @@
-"""Card-network retry rules (DOMAIN.md §2) as a small pure check for offline evaluation."""
+"""Card-network retry rules (docs/domain.md §2) as a small pure check for offline evaluation."""
 
 from __future__ import annotations
 

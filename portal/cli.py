@@ -416,7 +416,7 @@ def simulate(
         Path | None, typer.Option(help="Simulator parameter file (TOML or JSON).")
     ] = None,
 ) -> None:
-    """The world simulator: calibration figures beside the targets of the domain notes."""
+    """The world simulator: calibration figures beside its targets (docs/domain.md §4)."""
     from ml.simulator.report import calibration_report, format_calibration
 
     result = calibration_report(

@@ -64,7 +64,7 @@ class ActorRecovery:
 
 @strawberry.type(
     description=(
-        "The figures of one population, in one currency (DOMAIN.md §4). Failed: payments that "
+        "The figures of one population, in one currency (docs/domain.md §3). Failed: payments that "
         "entered recovery. Eligible: failed minus those never retryable at first failure. "
         "Rates are null when their denominator is zero."
     )

@@ -66,7 +66,7 @@ def _follows(network: str | None, rules_of: str) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class DeclineView:
-    """A canonical decline (DOMAIN.md section 1) with the time it happened."""
+    """A canonical decline (docs/domain.md §1) with the time it happened."""
 
     category: DeclineCategory
     retryable: bool
@@ -127,7 +127,7 @@ def _default_advice_delays() -> Mapping[str, timedelta]:
 
 @dataclass(frozen=True, slots=True)
 class NetworkRules:
-    """Card-network rules of DOMAIN.md section 2; every number is configurable.
+    """Card-network rules of docs/domain.md §2; every number is configurable.
 
     Caps count every attempt on the credential whatever its outcome (in flight, errored,
     declined) and the first failure too: the conservative reading of "declined attempts" and

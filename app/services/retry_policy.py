@@ -22,7 +22,7 @@ from app.models.retry_policy import RetryPolicy
 from app.services import audit
 from app.tenancy import Principal
 
-# DOMAIN.md section 2: Visa allows 15 reattempts per 30 days, Mastercard 10 declines per 24 h.
+# docs/domain.md §2: Visa allows 15 reattempts per 30 days, Mastercard 10 declines per 24 h.
 MAX_ATTEMPTS_LIMIT = 15
 MAX_WINDOW_DAYS = 60
 MASTERCARD_DAILY_CAP = 10

@@ -35,7 +35,8 @@ class _DeclineKind:
     weight: int
 
 
-# Weights follow the DOMAIN.md section 5 mix: mostly generic declines and low funds.
+# Weights follow the simulator's decline mix (docs/domain.md §4): mostly generic declines and
+# low funds.
 _DECLINES = (
     _DeclineKind(DeclineCategory.DO_NOT_HONOR, True, Advice.RETRY, "do_not_honor", "05", 44),
     _DeclineKind(

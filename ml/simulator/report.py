@@ -1,4 +1,4 @@
-"""Calibration figures of the simulator beside the DOMAIN.md §5 targets."""
+"""Calibration figures of the simulator beside the targets of docs/domain.md §4."""
 
 from __future__ import annotations
 

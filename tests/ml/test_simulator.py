@@ -1,4 +1,4 @@
-"""Simulator: calibration against DOMAIN.md §5, determinism, parameter files and the stream."""
+"""Simulator: calibration against docs/domain.md §4, determinism, parameter files and the stream."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Pins the decline taxonomy of DOMAIN.md section 1: table rows, precedence rules, conflicts."""
+"""Pins the decline taxonomy of docs/domain.md §1: table rows, precedence rules, conflicts."""
 
 import logging
 from datetime import UTC, datetime, timedelta
