@@ -4,6 +4,7 @@ from dataclasses import dataclass
 from uuid import UUID
 
 from app.enums import Role
+from app.errors import Forbidden
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +43,18 @@ class Principal:
         if self.role is Role.SUPPORT:
             return True
         return self.role is Role.MERCHANT and self.scope.can_see(merchant_id)
+
+    def require_configure(
+        self, merchant_id: UUID, what: str = "the merchant's configuration"
+    ) -> None:
+        """Refuse (`Forbidden`) unless this caller may change `what` of the merchant."""
+        if not self.may_configure(merchant_id):
+            raise Forbidden(f"this key may not change {what}")
+
+    def require_support(self, action: str) -> None:
+        """Refuse (`Forbidden`) unless this caller is support: `action` says what it may not do."""
+        if self.role is not Role.SUPPORT:
+            raise Forbidden(f"only support may {action}")
 
 
 def system_principal(name: str = "system") -> Principal:

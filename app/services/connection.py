@@ -13,7 +13,7 @@ from sqlmodel import col, select
 from app.crypto import CredentialBox
 from app.db import UnitOfWork
 from app.enums import ConnectionStatus, Processor
-from app.errors import Forbidden, NotFound, UrlNotAllowed, ValidationFailed
+from app.errors import NotFound, UrlNotAllowed, ValidationFailed
 from app.models.ingestion import ProcessorConnection
 from app.models.merchant import Merchant
 from app.models.payment import Payment
@@ -49,8 +49,7 @@ async def create_connection(
     ).scalar_one_or_none()
     if merchant is None:
         raise NotFound("merchant not found", field="merchantId")
-    if not principal.may_configure(merchant_id):
-        raise Forbidden("this key may not change the merchant's configuration")
+    principal.require_configure(merchant_id)
     problems: list[tuple[str, str]] = []
     forbidden: UrlForbidden | None = None
     try:
@@ -126,8 +125,7 @@ async def _configurable(
     ).scalar_one_or_none()
     if connection is None:
         raise NotFound("processor connection not found", field="id")
-    if not principal.may_configure(connection.merchant_id):
-        raise Forbidden("this key may not change the merchant's configuration")
+    principal.require_configure(connection.merchant_id)
     return connection
 
 

@@ -9,8 +9,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
 
 from app.db import UnitOfWork
-from app.enums import MerchantStatus, Role
-from app.errors import Forbidden, InvalidArgument, NotFound
+from app.enums import MerchantStatus
+from app.errors import InvalidArgument, NotFound
 from app.models.merchant import Merchant
 from app.services import audit
 from app.services.retry_policy import create_default_policy
@@ -21,8 +21,7 @@ async def create_merchant(
     uow: UnitOfWork, *, name: str, principal: Principal, now: datetime
 ) -> Merchant:
     """A new merchant with the default retry policy as version 1, audited (support only)."""
-    if principal.role is not Role.SUPPORT:
-        raise Forbidden("only support may create merchants")
+    principal.require_support("create merchants")
     name = name.strip()
     if not name or len(name) > 200:
         raise InvalidArgument("name must be 1-200 characters", field="name")
@@ -81,8 +80,7 @@ async def set_recovery_status(
     ).scalar_one_or_none()
     if merchant is None:
         raise NotFound("merchant not found", field="merchantId")
-    if principal.role is not Role.SUPPORT:
-        raise Forbidden("only support may pause or resume a merchant's recovery")
+    principal.require_support("pause or resume a merchant's recovery")
     reason = audit.clean_reason(reason)
     if merchant.status is status:
         return merchant

@@ -16,8 +16,8 @@ from sqlalchemy.orm import QueryableAttribute, defer
 from sqlmodel import col, select
 
 from app.db import UnitOfWork
-from app.enums import AttemptOutcome, CardFunding, DeclineCategory, ModelStatus, Role
-from app.errors import Forbidden, GateFailed, InvalidState, NotFound
+from app.enums import AttemptOutcome, CardFunding, DeclineCategory, ModelStatus
+from app.errors import GateFailed, InvalidState, NotFound
 from app.models.customer import CardCredential, Customer, CustomerSuccess
 from app.models.model_version import ModelDecision, ModelVersion
 from app.models.payment import Payment, PaymentAttempt
@@ -112,8 +112,7 @@ class HistoryFailure:
 
 def require_support(principal: Principal) -> None:
     """Models serve every merchant: only support may see or change them."""
-    if principal.role is not Role.SUPPORT:
-        raise Forbidden("only support may see or change models")
+    principal.require_support("see or change models")
 
 
 def store_challenger(uow: UnitOfWork, model: TrainedModel) -> ModelVersion:

@@ -16,7 +16,7 @@ from sqlmodel import col, select
 
 from app.db import UnitOfWork
 from app.enums import DeclineCategory, EndAction, RetryStrategy
-from app.errors import Forbidden, NotFound, ValidationFailed, VersionConflict
+from app.errors import NotFound, ValidationFailed, VersionConflict
 from app.models.merchant import Merchant
 from app.models.retry_policy import RetryPolicy
 from app.services import audit
@@ -196,11 +196,8 @@ async def update_retry_policy(
     ).scalar_one_or_none()
     if merchant is None:
         raise NotFound("merchant not found", field="merchantId")
-    if not principal.may_configure(merchant_id):
-        raise Forbidden("this key may not change the merchant's configuration")
-    reason = reason.strip()
-    if not reason or len(reason) > 1000:
-        raise ValidationFailed([("reason", "give a reason of 1-1000 characters")])
+    principal.require_configure(merchant_id)
+    reason = audit.clean_reason(reason)
     if changes.is_empty():
         raise ValidationFailed([("input", "no policy field to change")])
     current = (await current_policies(uow.session, [merchant_id]))[merchant_id]

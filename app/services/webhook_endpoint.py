@@ -14,7 +14,7 @@ from sqlmodel import col, select
 
 from app.crypto import CredentialBox
 from app.db import UnitOfWork
-from app.errors import Forbidden, NotFound, ValidationFailed
+from app.errors import NotFound, ValidationFailed
 from app.models.retry import OutboxEvent, WebhookDelivery, WebhookEndpoint
 from app.services import audit
 from app.services.retry.delivery import checked_url, create_endpoint
@@ -68,8 +68,7 @@ async def _configurable(
     ).scalar_one_or_none()
     if endpoint is None:
         raise NotFound("webhook endpoint not found", field="endpointId")
-    if not principal.may_configure(endpoint.merchant_id):
-        raise Forbidden("this key may not change the merchant's configuration")
+    principal.require_configure(endpoint.merchant_id)
     return endpoint
 
 

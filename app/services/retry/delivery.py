@@ -19,7 +19,7 @@ from sqlmodel import col, select
 from app.clock import Clock
 from app.crypto import CredentialBox
 from app.db import Database, UnitOfWork
-from app.errors import Forbidden, NotFound, UrlNotAllowed, ValidationFailed
+from app.errors import NotFound, UrlNotAllowed, ValidationFailed
 from app.models.merchant import Merchant
 from app.models.retry import OutboxEvent, WebhookDelivery, WebhookEndpoint
 from app.services import audit
@@ -120,8 +120,7 @@ async def create_endpoint(
     ).scalar_one_or_none()
     if merchant is None:
         raise NotFound("merchant not found", field="merchantId")
-    if not principal.may_configure(merchant_id):
-        raise Forbidden("this key may not change the merchant's configuration")
+    principal.require_configure(merchant_id)
     if len(secret) < 16:
         raise ValidationFailed([("secret", "must be at least 16 characters")])
     checked_url(url, policy)

@@ -6,15 +6,13 @@ from datetime import datetime
 
 from app.db import UnitOfWork
 from app.enums import PaymentState
-from app.errors import Forbidden, InvalidState, NotFound, RecoveryDisabled, ValidationFailed
+from app.errors import InvalidState, NotFound, RecoveryDisabled
 from app.models.payment import Payment
 from app.retry.events import DecisionMade, InvoiceVoided
 from app.services import audit
 from app.services.retry.engine import run_event
 from app.services.retry.ledger import PaymentContext, load_contexts
 from app.tenancy import Principal
-
-REASON_MAX = 1000
 
 
 @dataclass(frozen=True)
@@ -23,13 +21,6 @@ class ManualResult:
 
     payment: Payment
     reason: str
-
-
-def _reason(reason: str) -> str:
-    reason = reason.strip()
-    if not reason or len(reason) > REASON_MAX:
-        raise ValidationFailed([("reason", f"give a reason of 1-{REASON_MAX} characters")])
-    return reason
 
 
 def _snapshot(payment: Payment) -> dict[str, str | None]:
@@ -46,8 +37,7 @@ async def _load(
     ctx = contexts.get(payment_id)
     if ctx is None:
         raise NotFound("payment not found", field="paymentId")
-    if not principal.may_configure(ctx.payment.merchant_id):
-        raise Forbidden("this key may not change the merchant's payments")
+    principal.require_configure(ctx.payment.merchant_id, "the merchant's payments")
     return ctx
 
 
@@ -61,7 +51,7 @@ async def cancel_recovery(
 ) -> ManualResult:
     """Stop recovering one payment (CANCELED), audited; refused while a charge is in flight,
     whose outcome must be recorded first."""
-    reason = _reason(reason)
+    reason = audit.clean_reason(reason)
     ctx = await _load(uow, principal, payment_id, now)
     payment = ctx.payment
     if payment.state is PaymentState.RETRYING:
@@ -105,7 +95,7 @@ async def retry_now(
     """Schedule the next retry for now, audited. The network rules and the merchant's policy
     still apply: the retry lands on the earliest allowed time, or the payment ends with the
     rule that forbids it."""
-    reason = _reason(reason)
+    reason = audit.clean_reason(reason)
     ctx = await _load(uow, principal, payment_id, now)
     payment = ctx.payment
     if payment.state not in (PaymentState.PENDING, PaymentState.SCHEDULED):
