@@ -24,16 +24,16 @@ from app.models.customer import CardCredential, Customer
 from app.models.ingestion import DeadLetter, ProcessorConnection, RawRecord
 from app.models.payment import Payment, PaymentAttempt
 from app.processors.base import RawItem
-from app.processors.normalize.dispatch import normalize_raw as normalize_stored
+from app.processors.normalize.dispatch import normalize_stored
 from app.processors.normalize.records import (
     NORMALIZER_VERSION,
     CanonicalCard,
     CanonicalRecord,
     NormalizeError,
+    RejectedRecord,
     may_hold_card_number,
     scrub_raw,
 )
-from app.processors.normalize.records import DeadLetter as DeadLetterResult
 from app.services.customer_success import UNKNOWN_CUSTOMER, record_successes
 from app.services.retry.ingested import CardSeen, apply_ingested_events
 from app.tenancy import SYSTEM_SCOPE
@@ -165,7 +165,7 @@ class Prepared:
 
     landings: list[_Landing]
     repeats: int
-    results: dict[uuid.UUID, list[CanonicalRecord | DeadLetterResult]]
+    results: dict[uuid.UUID, list[CanonicalRecord | RejectedRecord]]
 
 
 def prepare(processor: Processor, items: Sequence[RawItem]) -> Prepared:
@@ -652,23 +652,21 @@ async def _write(uow: UnitOfWork, plan: _Plan, now: datetime) -> None:
     )
 
 
-def _normalize_one(
-    processor: Processor, payload: object
-) -> list[CanonicalRecord | DeadLetterResult]:
+def _normalize_one(processor: Processor, payload: object) -> list[CanonicalRecord | RejectedRecord]:
     """Every result of one stored (scrubbed) payload; never raises."""
     try:
-        results: list[CanonicalRecord | DeadLetterResult] = normalize_stored(
+        results: list[CanonicalRecord | RejectedRecord] = normalize_stored(
             processor, payload, scrubbed=True
         )
     except NormalizeError as exc:
-        results = [DeadLetterResult(reason=str(exc), payload_excerpt="")]
-    return results or [DeadLetterResult(reason="no payment record in payload", payload_excerpt="")]
+        results = [RejectedRecord(reason=str(exc), payload_excerpt="")]
+    return results or [RejectedRecord(reason="no payment record in payload", payload_excerpt="")]
 
 
 async def _apply_results(
     uow: UnitOfWork,
     connection: ProcessorConnection,
-    results: Sequence[tuple[uuid.UUID, list[CanonicalRecord | DeadLetterResult]]],
+    results: Sequence[tuple[uuid.UUID, list[CanonicalRecord | RejectedRecord]]],
     *,
     now: datetime,
 ) -> IngestStats:
@@ -677,7 +675,7 @@ async def _apply_results(
     letters: list[dict[str, Any]] = []
     for raw_id, found in results:
         for result in found:
-            if isinstance(result, DeadLetterResult):
+            if isinstance(result, RejectedRecord):
                 letters.append(
                     {
                         "id": uuid.uuid4(),
@@ -702,7 +700,7 @@ async def _apply_results(
     return stats
 
 
-async def normalize_raw(
+async def normalize_raw_records(
     uow: UnitOfWork, connection: ProcessorConnection, raw_ids: Sequence[uuid.UUID], *, now: datetime
 ) -> IngestStats:
     """Normalize stored raw rows with the current normalizer (records landed before they were
@@ -752,6 +750,6 @@ async def replay_connection(
             )
             if not ids:
                 return total
-            total.add(await normalize_raw(uow, connection, ids, now=clock.now()))
+            total.add(await normalize_raw_records(uow, connection, ids, now=clock.now()))
             await uow.commit()
         after = ids[-1]
