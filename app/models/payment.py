@@ -2,10 +2,12 @@
 
 import uuid
 from datetime import datetime
+from typing import TypedDict
 
 import sqlalchemy as sa
 from sqlmodel import Field
 
+from app.declines import Decline
 from app.enums import (
     Actor,
     Advice,
@@ -138,7 +140,7 @@ class PaymentAttempt(TenantOwned, table=True):
     outcome: AttemptOutcome = Field(sa_type=enum_type(AttemptOutcome))
     actor: Actor = Field(sa_type=enum_type(Actor))
     processor_attempt_id: str | None = Field(default=None, max_length=255)
-    raw_decline_code: str | None = Field(default=None, max_length=64)
+    decline_raw_code: str | None = Field(default=None, max_length=64)
     decline_category: DeclineCategory | None = Field(
         default=None, sa_type=enum_type(DeclineCategory), nullable=True
     )
@@ -156,9 +158,33 @@ class PaymentAttempt(TenantOwned, table=True):
     decline_retryable: bool | None = Field(default=None, nullable=True)
     decline_advice: Advice | None = Field(default=None, sa_type=enum_type(Advice), nullable=True)
     not_before: datetime | None = timestamp(nullable=True)
-    network_decline_code: str | None = Field(default=None, max_length=16)
-    network_advice_code: str | None = Field(default=None, max_length=16)
+    decline_network_code: str | None = Field(default=None, max_length=16)
+    decline_network_advice_code: str | None = Field(default=None, max_length=16)
     # The card credential this attempt was made on, when known (None: the payment's card).
     card_id: uuid.UUID | None = Field(
         default=None, foreign_key="card_credential.id", index=True, nullable=True
+    )
+
+
+class DeclineColumns(TypedDict):
+    """A decline as stored: `payment` (its first failure) and `payment_attempt` (each declined
+    attempt) both hold these columns, under these names."""
+
+    decline_category: DeclineCategory
+    decline_retryable: bool
+    decline_advice: Advice
+    decline_raw_code: str | None
+    decline_network_code: str | None
+    decline_network_advice_code: str | None
+
+
+def decline_columns(decline: Decline) -> DeclineColumns:
+    """The one mapping of a canonical decline to its stored columns."""
+    return DeclineColumns(
+        decline_category=decline.category,
+        decline_retryable=decline.retryable,
+        decline_advice=decline.advice,
+        decline_raw_code=(decline.raw_code or None) and decline.raw_code[:64],
+        decline_network_code=decline.network_decline_code,
+        decline_network_advice_code=decline.network_advice_code,
     )

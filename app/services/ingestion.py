@@ -22,7 +22,7 @@ from app.enums import Actor, AttemptOutcome, CardFunding, PaymentState, Processo
 from app.errors import NotFound
 from app.models.customer import CardCredential, Customer
 from app.models.ingestion import DeadLetter, ProcessorConnection, RawRecord
-from app.models.payment import Payment, PaymentAttempt
+from app.models.payment import DeclineColumns, Payment, PaymentAttempt, decline_columns
 from app.processors.base import RawItem
 from app.processors.normalize.dispatch import normalize_stored
 from app.processors.normalize.records import (
@@ -386,18 +386,15 @@ async def card_of_charge(
     return ids.get(key)
 
 
-def _decline_columns(record: CanonicalRecord) -> dict[str, Any]:
+def _decline_columns(record: CanonicalRecord) -> DeclineColumns:
     decline = record.decline
     if decline is None:  # pragma: no cover - only failed records reach here
         raise ValueError("a failed record has no decline")
-    return {
-        "decline_category": decline.category,
-        "decline_retryable": decline.retryable,
-        "decline_advice": decline.advice,
-        "decline_raw_code": (decline.raw_code or None) and decline.raw_code[:64],
-        "decline_network_code": decline.network_decline_code,
-        "decline_network_advice_code": decline.network_advice_code,
-    }
+    return decline_columns(decline)
+
+
+# The decline columns of an attempt that was not declined.
+_NO_DECLINE: dict[str, object] = dict.fromkeys(DeclineColumns.__annotations__)
 
 
 async def apply_records(
@@ -495,16 +492,9 @@ async def apply_records(
         common = {
             "raw_record_id": raw_id,
             "normalizer_version": NORMALIZER_VERSION,
-            "raw_decline_code": record.decline.raw_code[:64]
-            if record.decline and record.decline.raw_code
-            else None,
-            "decline_category": record.decline.category if record.decline else None,
             # The rules read these on every attempt of the card, not only the first failure.
-            "decline_retryable": record.decline.retryable if record.decline else None,
-            "decline_advice": record.decline.advice if record.decline else None,
+            **(decline_columns(record.decline) if record.decline else _NO_DECLINE),
             "not_before": record.decline.not_before if record.decline else None,
-            "network_decline_code": record.decline.network_decline_code if record.decline else None,
-            "network_advice_code": record.decline.network_advice_code if record.decline else None,
         }
         if existing_attempt is not None:
             # Seen before (a replay, or our own retry read back): refresh its reading only.

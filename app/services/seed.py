@@ -236,7 +236,7 @@ def _attempt(
         "attempted_at": at,
         "outcome": AttemptOutcome.DECLINED if decline else AttemptOutcome.SUCCEEDED,
         "actor": actor,
-        "raw_decline_code": decline.raw_code if decline else None,
+        "decline_raw_code": decline.raw_code if decline else None,
         "decline_category": decline.category if decline else None,
         "created_at": at,
     }
