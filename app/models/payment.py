@@ -20,6 +20,11 @@ from app.enums import (
 from app.models.base import TenantOwned, enum_type, new_id, timestamp
 
 
+def _partial(name: str, where: str, *columns: str) -> sa.Index:
+    """An index over the rows `where` holds for."""
+    return sa.Index(name, *columns, postgresql_where=sa.text(where))
+
+
 class Payment(TenantOwned, table=True):
     """One failed recurring charge, from its first failure to a terminal state."""
 
@@ -33,43 +38,30 @@ class Payment(TenantOwned, table=True):
         # Ingestion links a processor's later charges to the invoice already in recovery.
         sa.Index("ix_payment_invoice", "merchant_id", "processor", "invoice_ref"),
         # The retry engine's due scan touches scheduled payments only.
-        sa.Index(
-            "ix_payment_due",
-            "next_retry_at",
-            postgresql_where=sa.text("state = 'SCHEDULED'"),
-        ),
+        _partial("ix_payment_due", "state = 'SCHEDULED'", "next_retry_at"),
         # Payments waiting for a first (or a new) decision.
-        sa.Index(
-            "ix_payment_needs_decision",
-            "first_failed_at",
-            postgresql_where=sa.text("state = 'PENDING' AND needs_decision"),
+        _partial(
+            "ix_payment_needs_decision", "state = 'PENDING' AND needs_decision", "first_failed_at"
         ),
         # Schedules chosen under an older policy version, re-decided by the decide cron.
-        sa.Index(
-            "ix_payment_scheduled_policy",
-            "merchant_id",
-            "policy_version",
-            postgresql_where=sa.text("state = 'SCHEDULED'"),
+        _partial(
+            "ix_payment_scheduled_policy", "state = 'SCHEDULED'", "merchant_id", "policy_version"
         ),
         # Schedules an event (a new card) asked to decide again.
-        sa.Index(
+        _partial(
             "ix_payment_scheduled_needs_decision",
+            "state = 'SCHEDULED' AND needs_decision",
             "next_retry_at",
-            postgresql_where=sa.text("state = 'SCHEDULED' AND needs_decision"),
         ),
         # Ledgers find the attempts of payments whose card was replaced by a given card.
-        sa.Index(
+        _partial(
             "ix_payment_credential_fingerprint",
+            "credential_fingerprint IS NOT NULL",
             "merchant_id",
             "credential_fingerprint",
-            postgresql_where=sa.text("credential_fingerprint IS NOT NULL"),
         ),
         # Claimed payments, for the stuck-attempt sweep.
-        sa.Index(
-            "ix_payment_retrying",
-            "retrying_since",
-            postgresql_where=sa.text("state = 'RETRYING'"),
-        ),
+        _partial("ix_payment_retrying", "state = 'RETRYING'", "retrying_since"),
     )
 
     id: uuid.UUID = Field(default_factory=new_id, primary_key=True)
