@@ -14,7 +14,7 @@ from app.services.connection import active_connection_ids
 from app.services.ingestion import (
     IngestStats,
     connections_with_pending_raw,
-    normalize_raw,
+    normalize_raw_records,
     pending_raw_ids,
 )
 from app.services.polling import poll_connection as poll_service
@@ -83,7 +83,7 @@ async def normalize_connection(ctx: WorkerContext, connection_id: str) -> dict[s
             connection = await uow.session.get(ProcessorConnection, cid)
             if connection is None:
                 break
-            total.add(await normalize_raw(uow, connection, ids, now=ctx["clock"].now()))
+            total.add(await normalize_raw_records(uow, connection, ids, now=ctx["clock"].now()))
             await uow.commit()
     return vars(total)
 

@@ -182,7 +182,7 @@ class PaymentAttempt:
     @classmethod
     def from_model(cls, row: AttemptModel, payment_card_id: uuid.UUID | None) -> Self:
         decline = (
-            AttemptDecline(category=row.decline_category, raw_code=row.raw_decline_code)
+            AttemptDecline(category=row.decline_category, raw_code=row.decline_raw_code)
             if row.decline_category is not None
             else None
         )

@@ -2,10 +2,12 @@
 
 import uuid
 from datetime import datetime
+from typing import TypedDict
 
 import sqlalchemy as sa
 from sqlmodel import Field
 
+from app.declines import Decline
 from app.enums import (
     Actor,
     Advice,
@@ -16,6 +18,11 @@ from app.enums import (
     RetryStrategy,
 )
 from app.models.base import TenantOwned, enum_type, new_id, timestamp
+
+
+def _partial(name: str, where: str, *columns: str) -> sa.Index:
+    """An index over the rows `where` holds for."""
+    return sa.Index(name, *columns, postgresql_where=sa.text(where))
 
 
 class Payment(TenantOwned, table=True):
@@ -31,43 +38,30 @@ class Payment(TenantOwned, table=True):
         # Ingestion links a processor's later charges to the invoice already in recovery.
         sa.Index("ix_payment_invoice", "merchant_id", "processor", "invoice_ref"),
         # The retry engine's due scan touches scheduled payments only.
-        sa.Index(
-            "ix_payment_due",
-            "next_retry_at",
-            postgresql_where=sa.text("state = 'SCHEDULED'"),
-        ),
+        _partial("ix_payment_due", "state = 'SCHEDULED'", "next_retry_at"),
         # Payments waiting for a first (or a new) decision.
-        sa.Index(
-            "ix_payment_needs_decision",
-            "first_failed_at",
-            postgresql_where=sa.text("state = 'PENDING' AND needs_decision"),
+        _partial(
+            "ix_payment_needs_decision", "state = 'PENDING' AND needs_decision", "first_failed_at"
         ),
         # Schedules chosen under an older policy version, re-decided by the decide cron.
-        sa.Index(
-            "ix_payment_scheduled_policy",
-            "merchant_id",
-            "policy_version",
-            postgresql_where=sa.text("state = 'SCHEDULED'"),
+        _partial(
+            "ix_payment_scheduled_policy", "state = 'SCHEDULED'", "merchant_id", "policy_version"
         ),
         # Schedules an event (a new card) asked to decide again.
-        sa.Index(
+        _partial(
             "ix_payment_scheduled_needs_decision",
+            "state = 'SCHEDULED' AND needs_decision",
             "next_retry_at",
-            postgresql_where=sa.text("state = 'SCHEDULED' AND needs_decision"),
         ),
         # Ledgers find the attempts of payments whose card was replaced by a given card.
-        sa.Index(
+        _partial(
             "ix_payment_credential_fingerprint",
+            "credential_fingerprint IS NOT NULL",
             "merchant_id",
             "credential_fingerprint",
-            postgresql_where=sa.text("credential_fingerprint IS NOT NULL"),
         ),
         # Claimed payments, for the stuck-attempt sweep.
-        sa.Index(
-            "ix_payment_retrying",
-            "retrying_since",
-            postgresql_where=sa.text("state = 'RETRYING'"),
-        ),
+        _partial("ix_payment_retrying", "state = 'RETRYING'", "retrying_since"),
     )
 
     id: uuid.UUID = Field(default_factory=new_id, primary_key=True)
@@ -138,7 +132,7 @@ class PaymentAttempt(TenantOwned, table=True):
     outcome: AttemptOutcome = Field(sa_type=enum_type(AttemptOutcome))
     actor: Actor = Field(sa_type=enum_type(Actor))
     processor_attempt_id: str | None = Field(default=None, max_length=255)
-    raw_decline_code: str | None = Field(default=None, max_length=64)
+    decline_raw_code: str | None = Field(default=None, max_length=64)
     decline_category: DeclineCategory | None = Field(
         default=None, sa_type=enum_type(DeclineCategory), nullable=True
     )
@@ -156,9 +150,33 @@ class PaymentAttempt(TenantOwned, table=True):
     decline_retryable: bool | None = Field(default=None, nullable=True)
     decline_advice: Advice | None = Field(default=None, sa_type=enum_type(Advice), nullable=True)
     not_before: datetime | None = timestamp(nullable=True)
-    network_decline_code: str | None = Field(default=None, max_length=16)
-    network_advice_code: str | None = Field(default=None, max_length=16)
+    decline_network_code: str | None = Field(default=None, max_length=16)
+    decline_network_advice_code: str | None = Field(default=None, max_length=16)
     # The card credential this attempt was made on, when known (None: the payment's card).
     card_id: uuid.UUID | None = Field(
         default=None, foreign_key="card_credential.id", index=True, nullable=True
+    )
+
+
+class DeclineColumns(TypedDict):
+    """A decline as stored: `payment` (its first failure) and `payment_attempt` (each declined
+    attempt) both hold these columns, under these names."""
+
+    decline_category: DeclineCategory
+    decline_retryable: bool
+    decline_advice: Advice
+    decline_raw_code: str | None
+    decline_network_code: str | None
+    decline_network_advice_code: str | None
+
+
+def decline_columns(decline: Decline) -> DeclineColumns:
+    """The one mapping of a canonical decline to its stored columns."""
+    return DeclineColumns(
+        decline_category=decline.category,
+        decline_retryable=decline.retryable,
+        decline_advice=decline.advice,
+        decline_raw_code=(decline.raw_code or None) and decline.raw_code[:64],
+        decline_network_code=decline.network_decline_code,
+        decline_network_advice_code=decline.network_advice_code,
     )

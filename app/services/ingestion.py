@@ -5,7 +5,7 @@ re-normalizing (replay) updates the clean rows in place."""
 import hashlib
 import json
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -18,27 +18,30 @@ from sqlmodel import col, select
 from app.bulk import any_array, insert_rows, unnest, update_rows
 from app.clock import Clock
 from app.db import Database, UnitOfWork
+from app.declines import Decline
 from app.enums import Actor, AttemptOutcome, CardFunding, PaymentState, Processor
 from app.errors import NotFound
 from app.models.customer import CardCredential, Customer
 from app.models.ingestion import DeadLetter, ProcessorConnection, RawRecord
-from app.models.payment import Payment, PaymentAttempt
+from app.models.payment import DeclineColumns, Payment, PaymentAttempt, decline_columns
 from app.processors.base import RawItem
-from app.processors.normalize.dispatch import normalize_raw as normalize_stored
+from app.processors.normalize.dispatch import normalize_stored
 from app.processors.normalize.records import (
     NORMALIZER_VERSION,
     CanonicalCard,
     CanonicalRecord,
     NormalizeError,
+    RejectedRecord,
     may_hold_card_number,
     scrub_raw,
 )
-from app.processors.normalize.records import DeadLetter as DeadLetterResult
 from app.services.customer_success import UNKNOWN_CUSTOMER, record_successes
 from app.services.retry.ingested import CardSeen, apply_ingested_events
 from app.tenancy import SYSTEM_SCOPE
 
 CHUNK = 1000
+# A stored card credential's identity: fingerprint, expiry month, expiry year.
+CardKey = tuple[str, int, int]
 # Ended without the money: a later success on the invoice still recovers the payment.
 ENDED_UNPAID = frozenset({PaymentState.EXHAUSTED, PaymentState.NOT_RETRYABLE})
 
@@ -59,11 +62,6 @@ class IngestStats:
     def add(self, other: "IngestStats") -> None:
         for name in self.__dataclass_fields__:
             setattr(self, name, getattr(self, name) + getattr(other, name))
-
-
-def _chunks(rows: Sequence[dict[str, Any]]) -> Iterable[Sequence[dict[str, Any]]]:
-    for start in range(0, len(rows), CHUNK):
-        yield rows[start : start + CHUNK]
 
 
 _LAND = text(
@@ -165,7 +163,7 @@ class Prepared:
 
     landings: list[_Landing]
     repeats: int
-    results: dict[uuid.UUID, list[CanonicalRecord | DeadLetterResult]]
+    results: dict[uuid.UUID, list[CanonicalRecord | RejectedRecord]]
 
 
 def prepare(processor: Processor, items: Sequence[RawItem]) -> Prepared:
@@ -240,18 +238,7 @@ async def connections_with_pending_raw(
     return list((await uow.session.execute(query)).scalars())
 
 
-@dataclass
-class _Plan:
-    """The writes one normalization batch decided on."""
-
-    payments: list[dict[str, Any]] = field(default_factory=list)
-    payment_updates: list[dict[str, Any]] = field(default_factory=list)
-    attempts: list[dict[str, Any]] = field(default_factory=list)
-    attempt_updates: list[dict[str, Any]] = field(default_factory=list)
-    recoveries: list[dict[str, Any]] = field(default_factory=list)
-
-
-def _card_key(record: CanonicalRecord) -> tuple[str, int, int] | None:
+def _card_key(record: CanonicalRecord) -> CardKey | None:
     """The stored credential's identity (fingerprint, expiry), when the record shows enough."""
     card = record.card
     if card is None or card.exp_month is None or card.exp_year is None:
@@ -320,8 +307,8 @@ async def _upsert_cards(
     records: Sequence[CanonicalRecord],
     customer_ids: dict[str, uuid.UUID],
     now: datetime,
-) -> dict[tuple[str, int, int], uuid.UUID]:
-    cards: dict[tuple[str, int, int], tuple[uuid.UUID, CanonicalCard]] = {}
+) -> dict[CardKey, uuid.UUID]:
+    cards: dict[CardKey, tuple[uuid.UUID, CanonicalCard]] = {}
     for record in records:
         key = _card_key(record)
         if key is not None and record.card is not None:
@@ -369,7 +356,7 @@ async def card_of_charge(
     customer_id: uuid.UUID,
     record: CanonicalRecord,
     *,
-    known: tuple[tuple[str, int, int], uuid.UUID] | None,
+    known: tuple[CardKey, uuid.UUID] | None,
     now: datetime,
 ) -> uuid.UUID | None:
     """The stored credential of the card a charge was made on, stored now if it is new;
@@ -386,18 +373,146 @@ async def card_of_charge(
     return ids.get(key)
 
 
-def _decline_columns(record: CanonicalRecord) -> dict[str, Any]:
-    decline = record.decline
-    if decline is None:  # pragma: no cover - only failed records reach here
-        raise ValueError("a failed record has no decline")
-    return {
-        "decline_category": decline.category,
-        "decline_retryable": decline.retryable,
-        "decline_advice": decline.advice,
-        "decline_raw_code": (decline.raw_code or None) and decline.raw_code[:64],
-        "decline_network_code": decline.network_decline_code,
-        "decline_network_advice_code": decline.network_advice_code,
-    }
+# --- One normalization batch, step by step (`apply_records` reads top to bottom) ----------
+
+
+@dataclass(frozen=True, slots=True)
+class _Batch:
+    """Canonical records to write for one connection, in the order they happened."""
+
+    merchant_id: uuid.UUID
+    connection_id: uuid.UUID
+    processor: Processor
+    now: datetime
+    # (raw record id, record), by time then charge id: a payment's attempts number in order.
+    charges: list[tuple[uuid.UUID, CanonicalRecord]]
+
+    @property
+    def records(self) -> list[CanonicalRecord]:
+        return [record for _, record in self.charges]
+
+
+@dataclass(frozen=True, slots=True)
+class _NewPayment:
+    """A failure on no payment in recovery: it opens a payment (and is its attempt 1).
+    `decline` is the record's own (a failed record always carries one)."""
+
+    id: uuid.UUID
+    record: CanonicalRecord
+    decline: Decline
+
+
+@dataclass(frozen=True, slots=True)
+class _NewAttempt:
+    """A charge on a payment, recorded as its attempt `number`."""
+
+    payment_id: uuid.UUID
+    number: int
+    outcome: AttemptOutcome
+    raw_id: uuid.UUID
+    record: CanonicalRecord
+    id: uuid.UUID = field(default_factory=uuid.uuid4)
+
+
+@dataclass(frozen=True, slots=True)
+class _Reread:
+    """An attempt already stored (a replay, or the portal's own charge read back): only its
+    reading is refreshed."""
+
+    attempt_id: uuid.UUID
+    raw_id: uuid.UUID
+    record: CanonicalRecord
+
+
+@dataclass(frozen=True, slots=True)
+class _DeclineReread:
+    """A stored payment's first failure read again: its decline columns are refreshed."""
+
+    payment_id: uuid.UUID
+    decline: Decline
+
+
+@dataclass(frozen=True, slots=True)
+class _AttemptCount:
+    """A payment's attempt count after a later failure."""
+
+    payment_id: uuid.UUID
+    attempt_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Recovery:
+    """A success on a payment in recovery, or on one that ended unpaid: it was paid."""
+
+    payment_id: uuid.UUID
+    recovered_at: datetime
+    attempt_count: int
+
+
+@dataclass
+class _Plan:
+    """The writes one batch decided on, each list in the order of the records."""
+
+    payments: list[_NewPayment] = field(default_factory=list)
+    attempts: list[_NewAttempt] = field(default_factory=list)
+    rereads: list[_Reread] = field(default_factory=list)
+    payment_updates: list[_DeclineReread | _AttemptCount] = field(default_factory=list)
+    recoveries: list[_Recovery] = field(default_factory=list)
+    ordinary: list[CanonicalRecord] = field(default_factory=list)
+
+
+@dataclass
+class _Links:
+    """What the batch's charges belong to: stored payments and attempts at first, then also
+    what the batch itself opened, added and recovered as it is planned."""
+
+    by_charge: dict[str, uuid.UUID]
+    open_by_invoice: dict[str, uuid.UUID]
+    # Invoices whose recovery ended unpaid: a success on one still recovers its payment.
+    unpaid_by_invoice: dict[str, uuid.UUID]
+    attempt_counts: dict[uuid.UUID, int]
+    stored_attempts: dict[str, uuid.UUID]
+
+    def target(self, record: CanonicalRecord) -> uuid.UUID | None:
+        """The payment a charge adds an attempt to: its own, else its invoice's in recovery."""
+        own = self.by_charge.get(record.processor_payment_id)
+        invoice = record.invoice_ref
+        linked = self.open_by_invoice.get(invoice) if invoice else None
+        if linked is None and invoice and record.status == "succeeded":
+            linked = self.unpaid_by_invoice.get(invoice)
+        return own or linked
+
+    def open(self, record: CanonicalRecord) -> uuid.UUID:
+        payment_id = uuid.uuid4()
+        self.attempt_counts[payment_id] = 1
+        self.by_charge[record.processor_payment_id] = payment_id
+        if record.invoice_ref:
+            self.open_by_invoice[record.invoice_ref] = payment_id
+        return payment_id
+
+    def next_number(self, payment_id: uuid.UUID) -> int:
+        self.attempt_counts[payment_id] += 1
+        return self.attempt_counts[payment_id]
+
+    def paid(self, record: CanonicalRecord) -> None:
+        if record.invoice_ref:
+            self.open_by_invoice.pop(record.invoice_ref, None)
+            self.unpaid_by_invoice.pop(record.invoice_ref, None)
+
+
+@dataclass(frozen=True, slots=True)
+class _StoredIds:
+    """The ids of the batch's customers and cards, once they are stored."""
+
+    customers: dict[str, uuid.UUID]
+    cards: dict[CardKey, uuid.UUID]
+
+    def customer(self, record: CanonicalRecord) -> uuid.UUID:
+        return self.customers[record.customer_id or UNKNOWN_CUSTOMER]
+
+    def card(self, record: CanonicalRecord) -> uuid.UUID | None:
+        key = _card_key(record)
+        return self.cards.get(key) if key is not None else None
 
 
 async def apply_records(
@@ -409,63 +524,80 @@ async def apply_records(
 ) -> IngestStats:
     """Turn canonical records into rows. A failure opens a payment (or, for an invoice already
     in recovery, adds an attempt to it); a success on such an invoice recovers it."""
-    stats = IngestStats()
     if not records:
-        return stats
-    merchant_id = connection.merchant_id
-    ordered = sorted(records, key=lambda r: (r[1].attempted_at, r[1].processor_payment_id))
-    canon = [r for _, r in ordered]
-    customer_ids = await _upsert_customers(
-        uow, merchant_id, {r.customer_id or UNKNOWN_CUSTOMER for r in canon}, now
+        return IngestStats()
+    batch = _Batch(
+        connection.merchant_id,
+        connection.id,
+        connection.kind,
+        now,
+        sorted(records, key=lambda r: (r[1].attempted_at, r[1].processor_payment_id)),
+    )
+    customers = await _upsert_customers(
+        uow, batch.merchant_id, {r.customer_id or UNKNOWN_CUSTOMER for r in batch.records}, now
+    )
+    plan = _plan(batch, await _links(uow, batch))
+    ids = _StoredIds(customers, await _store_cards(uow, batch, plan, customers))
+    await _write(uow, batch, plan, ids)
+    await record_successes(uow, batch.merchant_id, batch.processor, plan.ordinary, customers)
+    applied = await apply_ingested_events(
+        uow,
+        paid=[{"id": r.payment_id, "recovered_at": r.recovered_at} for r in plan.recoveries],
+        cards_seen=_cards_seen(batch, customers),
+        now=now,
+    )
+    return IngestStats(
+        normalized=len(records),
+        payments_created=len(plan.payments),
+        attempts_recorded=len(plan.attempts),
+        recovered=applied.recovered,
+        ignored_successes=len(plan.ordinary),
     )
 
-    charge_ids = {r.processor_payment_id for r in canon}
-    invoice_refs = {r.invoice_ref for r in canon if r.invoice_ref}
-    processor: Processor = connection.kind
+
+async def _known_payments(uow: UnitOfWork, batch: _Batch) -> list[Payment]:
+    """The stored payments of the batch's charges and of its invoices."""
     known: dict[uuid.UUID, Payment] = {}
+    records = batch.records
     # Lookups by `= ANY(array)`: the planner takes the matching composite index as long as
     # the table's statistics are current (see polling.refresh_statistics for backfills).
     for column, values in (
-        (col(Payment.processor_payment_id), charge_ids),
-        (col(Payment.invoice_ref), invoice_refs),
+        (col(Payment.processor_payment_id), {r.processor_payment_id for r in records}),
+        (col(Payment.invoice_ref), {r.invoice_ref for r in records if r.invoice_ref}),
     ):
         if not values:
             continue
         found = await uow.session.execute(
             select(Payment).where(
-                col(Payment.merchant_id) == merchant_id,
-                col(Payment.processor) == processor,
+                col(Payment.merchant_id) == batch.merchant_id,
+                col(Payment.processor) == batch.processor,
                 column == any_array(sorted(values), sa.Text),
             )
         )
         known.update({p.id: p for p in found.scalars()})
-    by_charge = {p.processor_payment_id: p.id for p in known.values()}
-    open_by_invoice = {
-        p.invoice_ref: p.id for p in known.values() if p.invoice_ref and not p.state.is_terminal
-    }
-    # An invoice whose recovery ended unpaid (retries exhausted, or never retryable) can still
-    # be paid: the customer paid out of band, or the billing system retried on its own. Its
-    # success recovers that payment; a new failure on it opens a new one. Latest payment wins.
-    ended_unpaid = sorted(
-        (p for p in known.values() if p.invoice_ref and p.state in ENDED_UNPAID),
-        key=lambda p: p.first_failed_at,
-    )
-    unpaid_by_invoice = {p.invoice_ref: p.id for p in ended_unpaid}
-    # Attempts already stored for these charges (a replay, or the portal's own retries).
-    stored_attempts = list(
+    return list(known.values())
+
+
+async def _stored_attempts(
+    uow: UnitOfWork, batch: _Batch, known: Sequence[Payment]
+) -> dict[str, uuid.UUID]:
+    """Attempts already stored for the batch's charges (a replay, or the portal's own
+    retries), by charge id."""
+    charge_ids = sorted({r.processor_payment_id for r in batch.records})
+    stored = list(
         (
             await uow.session.execute(
                 select(PaymentAttempt).where(
-                    col(PaymentAttempt.merchant_id) == merchant_id,
-                    col(PaymentAttempt.processor_attempt_id)
-                    == any_array(sorted(charge_ids), sa.Text),
+                    col(PaymentAttempt.merchant_id) == batch.merchant_id,
+                    col(PaymentAttempt.processor_attempt_id) == any_array(charge_ids, sa.Text),
                 )
             )
         ).scalars()
     )
     # Charge ids are the processor's own: the same id seen on another processor's payment is
     # another charge.
-    unseen = {a.payment_id for a in stored_attempts if a.payment_id not in known}
+    ours = {p.id for p in known}
+    unseen = {a.payment_id for a in stored if a.payment_id not in ours}
     elsewhere: set[uuid.UUID] = set()
     if unseen:
         rows = await uow.session.execute(
@@ -473,236 +605,243 @@ async def apply_records(
                 col(Payment.id) == any_array(sorted(unseen), sa.Uuid)
             )
         )
-        elsewhere = {pid for pid, kind in rows.all() if kind is not processor}
-    attempts_known = {
-        a.processor_attempt_id: a for a in stored_attempts if a.payment_id not in elsewhere
+        elsewhere = {pid for pid, kind in rows.all() if kind is not batch.processor}
+    return {
+        a.processor_attempt_id: a.id
+        for a in stored
+        if a.processor_attempt_id is not None and a.payment_id not in elsewhere
     }
-    attempt_counts = {p.id: p.attempt_count for p in known.values()}
-    plan = _Plan()
-    opened: list[CanonicalRecord] = []
-    # Attempt rows, new ones and updates of stored ones, with the record of their charge.
-    carded: list[tuple[dict[str, Any], CanonicalRecord]] = []
-    recarded: list[tuple[dict[str, Any], CanonicalRecord]] = []
-    ordinary: list[CanonicalRecord] = []
 
-    for raw_id, record in ordered:
-        payment_id = by_charge.get(record.processor_payment_id)
-        linked = open_by_invoice.get(record.invoice_ref) if record.invoice_ref else None
-        if linked is None and record.invoice_ref and record.status == "succeeded":
-            linked = unpaid_by_invoice.get(record.invoice_ref)
-        target_id = payment_id or linked
-        existing_attempt = attempts_known.get(record.processor_payment_id)
-        common = {
-            "raw_record_id": raw_id,
-            "normalizer_version": NORMALIZER_VERSION,
-            "raw_decline_code": record.decline.raw_code[:64]
-            if record.decline and record.decline.raw_code
-            else None,
-            "decline_category": record.decline.category if record.decline else None,
-            # The rules read these on every attempt of the card, not only the first failure.
-            "decline_retryable": record.decline.retryable if record.decline else None,
-            "decline_advice": record.decline.advice if record.decline else None,
-            "not_before": record.decline.not_before if record.decline else None,
-            "network_decline_code": record.decline.network_decline_code if record.decline else None,
-            "network_advice_code": record.decline.network_advice_code if record.decline else None,
-        }
-        if existing_attempt is not None:
-            # Seen before (a replay, or our own retry read back): refresh its reading only.
-            update = {"id": existing_attempt.id, **common}
-            plan.attempt_updates.append(update)
-            recarded.append((update, record))
-            if payment_id is not None and record.status == "failed":
-                plan.payment_updates.append(
-                    {
-                        "id": payment_id,
-                        **_decline_columns(record),
-                        "normalizer_version": NORMALIZER_VERSION,
-                    }
-                )
-            continue
-        if record.status == "failed" and target_id is None:
-            new_id = uuid.uuid4()
-            row = {
-                "id": new_id,
-                "merchant_id": merchant_id,
-                "processor": processor,
-                "processor_payment_id": record.processor_payment_id[:255],
-                "amount_minor": record.amount_minor,
-                "currency": record.currency,
-                "customer_id": customer_ids[record.customer_id or UNKNOWN_CUSTOMER],
-                "card_id": None,  # set below, once the batch's cards are stored
-                "invoice_ref": record.invoice_ref,
-                "subscription_ref": record.subscription_ref,
-                "first_failed_at": record.attempted_at,
-                **_decline_columns(record),
-                "state": PaymentState.PENDING,
-                "attempt_count": 1,
-                "connection_id": connection.id,
-                "normalizer_version": NORMALIZER_VERSION,
-                "created_at": now,
-                "updated_at": now,
-            }
-            plan.payments.append(row)
-            opened.append(record)
-            attempt_counts[new_id] = 1
-            by_charge[record.processor_payment_id] = new_id
-            if record.invoice_ref:
-                open_by_invoice[record.invoice_ref] = new_id
-            first = _attempt_row(
-                merchant_id, new_id, 1, record, AttemptOutcome.DECLINED, now, common
-            )
-            plan.attempts.append(first)
-            carded.append((first, record))
-            stats.payments_created += 1
-            continue
-        if target_id is None:
-            stats.ignored_successes += 1  # an ordinary successful charge: pay-cycle evidence only
-            ordinary.append(record)
-            continue
-        number = attempt_counts[target_id] + 1
-        attempt_counts[target_id] = number
-        outcome = AttemptOutcome.DECLINED if record.status == "failed" else AttemptOutcome.SUCCEEDED
-        later = _attempt_row(merchant_id, target_id, number, record, outcome, now, common)
-        plan.attempts.append(later)
-        carded.append((later, record))
-        if outcome is AttemptOutcome.SUCCEEDED:
-            plan.recoveries.append(
-                {"id": target_id, "recovered_at": record.attempted_at, "attempt_count": number}
-            )
-            if record.invoice_ref:
-                open_by_invoice.pop(record.invoice_ref, None)
-                unpaid_by_invoice.pop(record.invoice_ref, None)
-            stats.recovered += 1
-        else:
-            plan.payment_updates.append({"id": target_id, "attempt_count": number})
-    # Cards are stored for the payments opened here (the credential a retry would charge) and
-    # for every attempt (the network caps count each attempt against the card it hit); not for
-    # ordinary successes, which are most of the records.
-    card_ids = await _upsert_cards(
-        uow, merchant_id, [record for _, record in carded + recarded], customer_ids, now
+
+async def _links(uow: UnitOfWork, batch: _Batch) -> _Links:
+    known = await _known_payments(uow, batch)
+    # An invoice whose recovery ended unpaid (retries exhausted, or never retryable) can still
+    # be paid: the customer paid out of band, or the billing system retried on its own. Its
+    # success recovers that payment; a new failure on it opens a new one. Latest payment wins.
+    ended_unpaid = sorted(
+        (p for p in known if p.invoice_ref and p.state in ENDED_UNPAID),
+        key=lambda p: p.first_failed_at,
+    )
+    return _Links(
+        by_charge={p.processor_payment_id: p.id for p in known},
+        open_by_invoice={
+            p.invoice_ref: p.id for p in known if p.invoice_ref and not p.state.is_terminal
+        },
+        unpaid_by_invoice={p.invoice_ref: p.id for p in ended_unpaid if p.invoice_ref},
+        attempt_counts={p.id: p.attempt_count for p in known},
+        stored_attempts=await _stored_attempts(uow, batch, known),
     )
 
-    def card_of(record: CanonicalRecord) -> uuid.UUID | None:
-        key = _card_key(record)
-        return card_ids.get(key) if key is not None else None
 
-    for row, record in zip(plan.payments, opened, strict=True):
-        row["card_id"] = card_of(record)
-    for row, record in carded:
-        row["card_id"] = card_of(record)
-    for row, record in recarded:
-        # A stored attempt keeps the card it has when this reading of it shows none.
-        if (card_id := card_of(record)) is not None:
-            row["card_id"] = card_id
-    await _write(uow, plan, now)
-    await record_successes(uow, merchant_id, processor, ordinary, customer_ids)
-    seen = [
+def _plan(batch: _Batch, links: _Links) -> _Plan:
+    """What each charge is, in order: a stored attempt read again, an attempt on a payment
+    (a success on one recovers it), a failure that opens a payment, or an ordinary success
+    (pay-cycle evidence only)."""
+    plan = _Plan()
+    for raw_id, record in batch.charges:
+        own = links.by_charge.get(record.processor_payment_id)
+        stored = links.stored_attempts.get(record.processor_payment_id)
+        if stored is not None:
+            plan.rereads.append(_Reread(stored, raw_id, record))
+            if own is not None and record.decline is not None:
+                plan.payment_updates.append(_DeclineReread(own, record.decline))
+        elif (target := links.target(record)) is not None:
+            _add_attempt(plan, links, target, raw_id, record)
+        elif record.decline is not None:  # a failure: only failed records carry a decline
+            payment_id = links.open(record)
+            plan.payments.append(_NewPayment(payment_id, record, record.decline))
+            plan.attempts.append(
+                _NewAttempt(payment_id, 1, AttemptOutcome.DECLINED, raw_id, record)
+            )
+        else:
+            plan.ordinary.append(record)
+    return plan
+
+
+def _add_attempt(
+    plan: _Plan, links: _Links, payment_id: uuid.UUID, raw_id: uuid.UUID, record: CanonicalRecord
+) -> None:
+    number = links.next_number(payment_id)
+    if record.status == "failed":
+        plan.attempts.append(
+            _NewAttempt(payment_id, number, AttemptOutcome.DECLINED, raw_id, record)
+        )
+        plan.payment_updates.append(_AttemptCount(payment_id, number))
+        return
+    plan.attempts.append(_NewAttempt(payment_id, number, AttemptOutcome.SUCCEEDED, raw_id, record))
+    plan.recoveries.append(_Recovery(payment_id, record.attempted_at, number))
+    links.paid(record)
+
+
+async def _store_cards(
+    uow: UnitOfWork, batch: _Batch, plan: _Plan, customers: dict[str, uuid.UUID]
+) -> dict[CardKey, uuid.UUID]:
+    """Cards are stored for every attempt (the network caps count each attempt against the
+    card it hit), and so for the payments opened here (the credential a retry would charge);
+    not for ordinary successes, which are most of the records."""
+    records = [a.record for a in plan.attempts] + [r.record for r in plan.rereads]
+    return await _upsert_cards(uow, batch.merchant_id, records, customers, batch.now)
+
+
+# The decline columns of an attempt that was not declined.
+_NO_DECLINE: dict[str, object] = dict.fromkeys(DeclineColumns.__annotations__)
+
+
+def _reading(raw_id: uuid.UUID, record: CanonicalRecord) -> dict[str, object]:
+    """An attempt's columns that each reading of its charge (re)writes."""
+    decline = record.decline
+    return {
+        "raw_record_id": raw_id,
+        "normalizer_version": NORMALIZER_VERSION,
+        # The rules read these on every attempt of the card, not only the first failure.
+        **(decline_columns(decline) if decline is not None else _NO_DECLINE),
+        "not_before": decline.not_before if decline is not None else None,
+    }
+
+
+def _payment_row(p: _NewPayment, batch: _Batch, ids: _StoredIds) -> dict[str, object]:
+    record = p.record
+    return {
+        "id": p.id,
+        "merchant_id": batch.merchant_id,
+        "processor": batch.processor,
+        "processor_payment_id": record.processor_payment_id[:255],
+        "amount_minor": record.amount_minor,
+        "currency": record.currency,
+        "customer_id": ids.customer(record),
+        "card_id": ids.card(record),
+        "invoice_ref": record.invoice_ref,
+        "subscription_ref": record.subscription_ref,
+        "first_failed_at": record.attempted_at,
+        **decline_columns(p.decline),
+        "state": PaymentState.PENDING,
+        "attempt_count": 1,
+        "connection_id": batch.connection_id,
+        "normalizer_version": NORMALIZER_VERSION,
+        "created_at": batch.now,
+        "updated_at": batch.now,
+    }
+
+
+def _attempt_row(a: _NewAttempt, batch: _Batch, ids: _StoredIds) -> dict[str, object]:
+    return {
+        "id": a.id,
+        "merchant_id": batch.merchant_id,
+        "payment_id": a.payment_id,
+        "number": a.number,
+        "attempted_at": a.record.attempted_at,
+        "outcome": a.outcome,
+        "actor": Actor.PROCESSOR,
+        "processor_attempt_id": a.record.processor_payment_id[:255],
+        "created_at": batch.now,
+        **_reading(a.raw_id, a.record),
+        "card_id": ids.card(a.record),
+    }
+
+
+def _reread_row(r: _Reread, ids: _StoredIds) -> dict[str, object]:
+    row = {"id": r.attempt_id, **_reading(r.raw_id, r.record)}
+    # A stored attempt keeps the card it has when this reading of it shows none.
+    if (card_id := ids.card(r.record)) is not None:
+        row["card_id"] = card_id
+    return row
+
+
+def _payment_update(
+    u: _DeclineReread | _AttemptCount | _Recovery, now: datetime
+) -> dict[str, object]:
+    if isinstance(u, _DeclineReread):
+        columns = {**decline_columns(u.decline), "normalizer_version": NORMALIZER_VERSION}
+    else:
+        columns = {"attempt_count": u.attempt_count}
+    return {"id": u.payment_id, **columns, "updated_at": now}
+
+
+async def _write(uow: UnitOfWork, batch: _Batch, plan: _Plan, ids: _StoredIds) -> None:
+    """One statement per table and kind of write (updates: per set of columns)."""
+    session = uow.session
+    await insert_rows(session, Payment, [_payment_row(p, batch, ids) for p in plan.payments])
+    await insert_rows(session, PaymentAttempt, [_attempt_row(a, batch, ids) for a in plan.attempts])
+    await update_rows(session, PaymentAttempt, [_reread_row(r, ids) for r in plan.rereads])
+    # Rows of one payment merge, later ones winning: a recovery's count comes last. Its state
+    # change goes through the state machine (`apply_ingested_events`).
+    updates = [*plan.payment_updates, *plan.recoveries]
+    await update_rows(session, Payment, [_payment_update(u, batch.now) for u in updates])
+
+
+def _cards_seen(batch: _Batch, customers: dict[str, uuid.UUID]) -> list[CardSeen]:
+    """Every charge of a known customer on an identifiable card, for the credential events."""
+    return [
         CardSeen(
-            customer_ids[r.customer_id],
+            customers[r.customer_id],
             card,
             r.invoice_ref,
             r.subscription_ref,
             r.attempted_at,
             r.decline,
         )
-        for r in canon
+        for r in batch.records
         if r.customer_id and (card := _card_key(r)) is not None
     ]
-    applied = await apply_ingested_events(uow, paid=plan.recoveries, cards_seen=seen, now=now)
-    stats.recovered = applied.recovered
-    stats.attempts_recorded = len(plan.attempts)
-    stats.normalized = len(records)
-    return stats
 
 
-def _attempt_row(
-    merchant_id: uuid.UUID,
-    payment_id: uuid.UUID,
-    number: int,
-    record: CanonicalRecord,
-    outcome: AttemptOutcome,
-    now: datetime,
-    common: dict[str, Any],
-) -> dict[str, Any]:
-    return {
-        "id": uuid.uuid4(),
-        "merchant_id": merchant_id,
-        "payment_id": payment_id,
-        "number": number,
-        "attempted_at": record.attempted_at,
-        "outcome": outcome,
-        "actor": Actor.PROCESSOR,
-        "processor_attempt_id": record.processor_payment_id[:255],
-        "created_at": now,
-        **common,
-    }
-
-
-async def _write(uow: UnitOfWork, plan: _Plan, now: datetime) -> None:
-    session = uow.session
-    await insert_rows(session, Payment, plan.payments)
-    await insert_rows(session, PaymentAttempt, plan.attempts)
-    # The recoveries' state changes go through the state machine (`apply_ingested_events`).
-    recoveries = [{"id": r["id"], "attempt_count": r["attempt_count"]} for r in plan.recoveries]
-    await update_rows(session, PaymentAttempt, plan.attempt_updates)
-    await update_rows(
-        session,
-        Payment,
-        [{**r, "updated_at": now} for r in plan.payment_updates + recoveries],
-    )
-
-
-def _normalize_one(
-    processor: Processor, payload: object
-) -> list[CanonicalRecord | DeadLetterResult]:
+def _normalize_one(processor: Processor, payload: object) -> list[CanonicalRecord | RejectedRecord]:
     """Every result of one stored (scrubbed) payload; never raises."""
     try:
-        results: list[CanonicalRecord | DeadLetterResult] = normalize_stored(
-            processor, payload, scrubbed=True
-        )
+        results = normalize_stored(processor, payload, scrubbed=True)
     except NormalizeError as exc:
-        results = [DeadLetterResult(reason=str(exc), payload_excerpt="")]
-    return results or [DeadLetterResult(reason="no payment record in payload", payload_excerpt="")]
+        results = [RejectedRecord(reason=str(exc), payload_excerpt="")]
+    return results or [RejectedRecord(reason="no payment record in payload", payload_excerpt="")]
 
 
 async def _apply_results(
     uow: UnitOfWork,
     connection: ProcessorConnection,
-    results: Sequence[tuple[uuid.UUID, list[CanonicalRecord | DeadLetterResult]]],
+    results: Sequence[tuple[uuid.UUID, list[CanonicalRecord | RejectedRecord]]],
     *,
     now: datetime,
 ) -> IngestStats:
     """Write the records of normalized raw rows; what failed becomes dead letters."""
-    good: list[tuple[uuid.UUID, CanonicalRecord]] = []
-    letters: list[dict[str, Any]] = []
-    for raw_id, found in results:
-        for result in found:
-            if isinstance(result, DeadLetterResult):
-                letters.append(
-                    {
-                        "id": uuid.uuid4(),
-                        "merchant_id": connection.merchant_id,
-                        "connection_id": connection.id,
-                        "raw_record_id": raw_id,
-                        "normalizer_version": NORMALIZER_VERSION,
-                        "reason": result.reason[:2000],
-                        "created_at": now,
-                    }
-                )
-            else:
-                good.append((raw_id, result))
+    good = [
+        (raw_id, r) for raw_id, found in results for r in found if isinstance(r, CanonicalRecord)
+    ]
+    rejected = [
+        (raw_id, r) for raw_id, found in results for r in found if isinstance(r, RejectedRecord)
+    ]
     stats = await apply_records(uow, connection, good, now=now)
-    for chunk in _chunks(letters):
-        await uow.session.execute(
-            insert(DeadLetter)
-            .values(list(chunk))
-            .on_conflict_do_nothing(index_elements=["raw_record_id", "normalizer_version"])
-        )
-    stats.dead_letters = len(letters)
+    await _store_dead_letters(uow, connection, rejected, now)
+    stats.dead_letters = len(rejected)
     return stats
 
 
-async def normalize_raw(
+async def _store_dead_letters(
+    uow: UnitOfWork,
+    connection: ProcessorConnection,
+    rejected: Sequence[tuple[uuid.UUID, RejectedRecord]],
+    now: datetime,
+) -> None:
+    """One dead letter per rejected record, once per raw row and normalizer version."""
+    for start in range(0, len(rejected), CHUNK):
+        rows = [
+            {
+                "id": uuid.uuid4(),
+                "merchant_id": connection.merchant_id,
+                "connection_id": connection.id,
+                "raw_record_id": raw_id,
+                "normalizer_version": NORMALIZER_VERSION,
+                "reason": letter.reason[:2000],
+                "created_at": now,
+            }
+            for raw_id, letter in rejected[start : start + CHUNK]
+        ]
+        await uow.session.execute(
+            insert(DeadLetter)
+            .values(rows)
+            .on_conflict_do_nothing(index_elements=["raw_record_id", "normalizer_version"])
+        )
+
+
+async def normalize_raw_records(
     uow: UnitOfWork, connection: ProcessorConnection, raw_ids: Sequence[uuid.UUID], *, now: datetime
 ) -> IngestStats:
     """Normalize stored raw rows with the current normalizer (records landed before they were
@@ -752,6 +891,6 @@ async def replay_connection(
             )
             if not ids:
                 return total
-            total.add(await normalize_raw(uow, connection, ids, now=clock.now()))
+            total.add(await normalize_raw_records(uow, connection, ids, now=clock.now()))
             await uow.commit()
         after = ids[-1]

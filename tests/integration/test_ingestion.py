@@ -15,7 +15,7 @@ from app.models.merchant import Merchant
 from app.models.payment import Payment, PaymentAttempt
 from app.processors.base import RawItem
 from app.services.connection import create_connection
-from app.services.ingestion import land, normalize_raw, replay_connection
+from app.services.ingestion import land, normalize_raw_records, replay_connection
 from app.tenancy import SYSTEM_SCOPE, system_principal
 from tests.support.factories import SANDBOX_URLS, make_merchant
 
@@ -88,7 +88,7 @@ async def _ingest(
         ids, stats = await land(
             uow, connection, [RawItem.from_json(r, str(r.get("id"))) for r in records], now=now
         )
-        await normalize_raw(uow, connection, ids, now=now)
+        await normalize_raw_records(uow, connection, ids, now=now)
         await uow.commit()
     return stats.landed, stats.duplicates
 

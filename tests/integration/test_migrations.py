@@ -3,7 +3,9 @@
 import asyncio
 
 import asyncpg
+import pytest
 from alembic import command
+from sqlalchemy.exc import DBAPIError
 
 from app.embedded import Services, create_scratch_database, drop_database
 from portal.migrate import alembic_config
@@ -177,6 +179,94 @@ async def test_pending_raw_index_builds_concurrently_and_reverses(services: Serv
             assert "WHERE (normalized_at IS NULL)" in columns
             await asyncio.to_thread(command.downgrade, cfg, "0010_attempt_card")
             assert await conn.fetchval(valid) is None
+        finally:
+            await conn.close()
+    finally:
+        await drop_database(services, url)
+
+
+async def test_attempt_decline_columns_are_renamed_in_place_and_back(services: Services) -> None:
+    """0013 renames the attempt's decline columns to the payment's spelling, keeping every
+    stored value; down gives them their old names back."""
+    url = await create_scratch_database(services, "portal_migrations")
+    cfg = alembic_config(url)
+    old = {"raw_decline_code", "network_decline_code", "network_advice_code"}
+    new = {"decline_raw_code", "decline_network_code", "decline_network_advice_code"}
+    try:
+        await asyncio.to_thread(command.upgrade, cfg, "0012_webhook_previous_secret")
+        conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://", 1))
+        try:
+            await conn.execute(
+                """
+                INSERT INTO merchant (id, name, status, created_at)
+                VALUES ('00000000-0000-0000-0000-00000000000a', 'M', 'active', now());
+                INSERT INTO customer (id, merchant_id, external_ref, created_at)
+                VALUES ('00000000-0000-0000-0000-00000000000c',
+                        '00000000-0000-0000-0000-00000000000a', 'cus_1', now());
+                INSERT INTO payment (id, merchant_id, processor, processor_payment_id,
+                    amount_minor, currency, customer_id, first_failed_at, decline_category,
+                    decline_retryable, decline_advice, state, attempt_count, created_at,
+                    updated_at)
+                VALUES ('00000000-0000-0000-0000-000000000001',
+                        '00000000-0000-0000-0000-00000000000a', 'stripe', 'ch_1', 2900, 'USD',
+                        '00000000-0000-0000-0000-00000000000c', now(), 'insufficient_funds',
+                        true, 'retry', 'SCHEDULED', 1, now(), now());
+                INSERT INTO payment_attempt (id, merchant_id, payment_id, number, attempted_at,
+                    outcome, actor, created_at, raw_decline_code, network_decline_code,
+                    network_advice_code)
+                VALUES ('00000000-0000-0000-0000-0000000000a1',
+                        '00000000-0000-0000-0000-00000000000a',
+                        '00000000-0000-0000-0000-000000000001', 1, now(), 'declined',
+                        'processor', now(), 'insufficient_funds', '51', '24');
+                """
+            )
+            await asyncio.to_thread(command.upgrade, cfg, "0013_attempt_decline_columns")
+            assert new <= set(await _columns(conn, "payment_attempt"))
+            assert not old & set(await _columns(conn, "payment_attempt"))
+            row = await conn.fetchrow(
+                "SELECT decline_raw_code, decline_network_code, decline_network_advice_code "
+                "FROM payment_attempt"
+            )
+            assert row is not None
+            assert tuple(row) == ("insufficient_funds", "51", "24")
+            await asyncio.to_thread(command.downgrade, cfg, "0012_webhook_previous_secret")
+            assert old <= set(await _columns(conn, "payment_attempt"))
+            assert not new & set(await _columns(conn, "payment_attempt"))
+            row = await conn.fetchrow(
+                "SELECT raw_decline_code, network_decline_code, network_advice_code "
+                "FROM payment_attempt"
+            )
+            assert row is not None
+            assert tuple(row) == ("insufficient_funds", "51", "24")
+        finally:
+            await conn.close()
+    finally:
+        await drop_database(services, url)
+
+
+async def test_attempt_decline_rename_gives_up_behind_a_long_transaction(
+    services: Services,
+) -> None:
+    """0013 waits for its lock a few seconds at most: behind a transaction that holds the
+    table, it fails and changes nothing (so traffic never queues behind it for long), and
+    succeeds when run again once that transaction has ended."""
+    url = await create_scratch_database(services, "portal_migrations")
+    cfg = alembic_config(url)
+    try:
+        await asyncio.to_thread(command.upgrade, cfg, "0012_webhook_previous_secret")
+        conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://", 1))
+        try:
+            reader = conn.transaction()
+            await reader.start()
+            await conn.fetch("SELECT * FROM payment_attempt")  # holds ACCESS SHARE until the end
+            with pytest.raises(DBAPIError, match="lock timeout"):
+                await asyncio.to_thread(command.upgrade, cfg, "0013_attempt_decline_columns")
+            await reader.rollback()
+            version = "SELECT version_num FROM alembic_version"
+            assert await conn.fetchval(version) == "0012_webhook_previous_secret"
+            assert "raw_decline_code" in await _columns(conn, "payment_attempt")
+            await asyncio.to_thread(command.upgrade, cfg, "0013_attempt_decline_columns")
+            assert await conn.fetchval(version) == "0013_attempt_decline_columns"
         finally:
             await conn.close()
     finally:

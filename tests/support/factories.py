@@ -159,7 +159,7 @@ async def make_payments(
                         attempted_at=failed_at + timedelta(hours=n - 1),
                         outcome=AttemptOutcome.DECLINED,
                         actor=Actor.PROCESSOR if n == 1 else Actor.PORTAL,
-                        raw_decline_code="insufficient_funds",
+                        decline_raw_code="insufficient_funds",
                         decline_category=category,
                         created_at=now,
                     )

@@ -24,7 +24,7 @@ from app.processors.base import (
     TransientProcessorError,
 )
 from app.services.connection import create_connection
-from app.services.ingestion import land, normalize_raw
+from app.services.ingestion import land, normalize_raw_records
 from app.tenancy import SYSTEM_SCOPE, system_principal
 from tests.support.factories import SANDBOX_URLS
 
@@ -121,7 +121,7 @@ async def ingest(
         ids, _ = await land(
             uow, connection, [RawItem.from_json(c, str(c["id"])) for c in charges], now=now
         )
-        await normalize_raw(uow, connection, ids, now=now)
+        await normalize_raw_records(uow, connection, ids, now=now)
         await uow.commit()
     async with db.session(SYSTEM_SCOPE) as s:
         rows = await s.execute(

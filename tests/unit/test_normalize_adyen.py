@@ -9,7 +9,7 @@ import pytest
 
 from app.enums import Advice, CardFunding, DeclineCategory, Processor
 from app.processors.normalize.dispatch import normalize_payload, record_to_json
-from app.processors.normalize.records import CanonicalRecord, DeadLetter, NormalizeError
+from app.processors.normalize.records import CanonicalRecord, NormalizeError, RejectedRecord
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "processors" / "adyen"
 
@@ -18,7 +18,7 @@ def load(name: str) -> bytes:
     return (FIXTURES / name).read_bytes()
 
 
-def run(body: bytes | object) -> list[CanonicalRecord | DeadLetter]:
+def run(body: bytes | object) -> list[CanonicalRecord | RejectedRecord]:
     raw = body if isinstance(body, bytes) else json.dumps(body).encode()
     return normalize_payload(Processor.ADYEN, raw)
 
@@ -43,7 +43,7 @@ def test_batch_yields_one_result_per_item() -> None:
         "CanonicalRecord",
         "CanonicalRecord",
         "CanonicalRecord",
-        "DeadLetter",
+        "RejectedRecord",
         "CanonicalRecord",
     ]
 
@@ -104,7 +104,7 @@ def test_success_true_string_is_succeeded() -> None:
 
 def test_non_authorisation_event_is_a_dead_letter() -> None:
     fourth = run(load("notification_batch.json"))[3]
-    assert isinstance(fourth, DeadLetter)
+    assert isinstance(fourth, RejectedRecord)
     assert "REFUND" in fourth.reason
 
 
@@ -143,9 +143,9 @@ def test_refusal_46_and_bad_items_in_a_batch() -> None:
     assert blocked.decline.advice is Advice.NEVER
     assert blocked.card is not None
     assert blocked.card.brand == "cartes_bancaires"
-    assert isinstance(bad_amount, DeadLetter)
+    assert isinstance(bad_amount, RejectedRecord)
     assert "amount.value" in bad_amount.reason
-    assert isinstance(bad_success, DeadLetter)
+    assert isinstance(bad_success, RejectedRecord)
     assert "success" in bad_success.reason
 
 
@@ -227,13 +227,13 @@ def test_bad_items_become_specific_dead_letters(change: dict[str, object], reaso
     item = single_item()
     item.update(change)
     (letter,) = run({"live": "false", "notificationItems": [{"NotificationRequestItem": item}]})
-    assert isinstance(letter, DeadLetter)
+    assert isinstance(letter, RejectedRecord)
     assert reason in letter.reason
 
 
 def test_wrong_nesting_is_a_dead_letter() -> None:
     (letter,) = run({"notificationItems": {"NotificationRequestItem": single_item()}})
-    assert isinstance(letter, DeadLetter)
+    assert isinstance(letter, RejectedRecord)
     assert "notificationItems" in letter.reason
 
 

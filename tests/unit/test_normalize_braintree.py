@@ -9,14 +9,14 @@ from app.enums import Advice, CardFunding, DeclineCategory, Processor
 from app.processors.normalize.dispatch import (
     normalize_items,
     normalize_payload,
-    normalize_raw,
+    normalize_stored,
     record_to_json,
 )
 from app.processors.normalize.records import (
     CanonicalRecord,
-    DeadLetter,
     NormalizeError,
     RecordError,
+    RejectedRecord,
     major_to_minor,
 )
 
@@ -27,7 +27,7 @@ def load(name: str) -> bytes:
     return (FIXTURES / name).read_bytes()
 
 
-def run(body: bytes) -> list[CanonicalRecord | DeadLetter]:
+def run(body: bytes) -> list[CanonicalRecord | RejectedRecord]:
     return normalize_payload(Processor.BRAINTREE, body)
 
 
@@ -129,7 +129,7 @@ def test_collection_yields_each_transaction_and_dead_letters_the_bad_one() -> No
     assert (call_issuer.card.brand, call_issuer.card.country) == ("amex", "GB")
     assert isinstance(kwd, CanonicalRecord)
     assert (kwd.amount_minor, kwd.currency, kwd.card) == (12345, "KWD", None)
-    assert isinstance(bad, DeadLetter)
+    assert isinstance(bad, RejectedRecord)
     assert "more decimals than USD" in bad.reason
     assert "b4dam0un" in bad.payload_excerpt
     assert isinstance(new_card, CanonicalRecord)
@@ -154,7 +154,7 @@ def test_full_card_number_is_not_in_a_dead_letter_excerpt() -> None:
         b"<note>4111 1111 1111 1111</note></transaction>"
     )
     (letter,) = run(body)
-    assert isinstance(letter, DeadLetter)
+    assert isinstance(letter, RejectedRecord)
     assert "voided" in letter.reason
     assert "5105105105105100" not in letter.payload_excerpt
     assert "4111 1111 1111 1111" not in letter.payload_excerpt
@@ -174,13 +174,13 @@ def test_webhook_notification_subject() -> None:
 
 def test_unknown_root_is_a_dead_letter() -> None:
     (letter,) = run(b"<customer><id>1</id></customer>")
-    assert isinstance(letter, DeadLetter)
+    assert isinstance(letter, RejectedRecord)
     assert "<customer>" in letter.reason
 
 
 def test_json_body_is_a_dead_letter() -> None:
     (letter,) = run(b'{"transaction": {"id": "x"}}')
-    assert isinstance(letter, DeadLetter)
+    assert isinstance(letter, RejectedRecord)
     assert "XML" in letter.reason
 
 
@@ -217,7 +217,7 @@ def test_a_body_that_is_not_xml_raises_normalize_error(body: bytes) -> None:
 )
 def test_bad_fields_become_specific_dead_letters(fields: dict[str, str], reason: str) -> None:
     (letter,) = run(transaction(**fields))
-    assert isinstance(letter, DeadLetter)
+    assert isinstance(letter, RejectedRecord)
     assert reason in letter.reason
 
 
@@ -323,11 +323,11 @@ def test_each_transaction_is_kept_raw_as_xml_and_replays() -> None:
         assert isinstance(xml, str)
         assert xml.startswith("<transaction>")
         assert "5105105105105100" not in xml
-        assert normalize_raw(Processor.BRAINTREE, item.raw) == [item.result]
+        assert normalize_stored(Processor.BRAINTREE, item.raw) == [item.result]
 
 
 def test_replaying_a_malformed_raw_braintree_record_raises() -> None:
     with pytest.raises(NormalizeError):
-        normalize_raw(Processor.BRAINTREE, {"transaction": "x"})
+        normalize_stored(Processor.BRAINTREE, {"transaction": "x"})
     with pytest.raises(NormalizeError):
-        normalize_raw(Processor.BRAINTREE, {"xml": "<transaction>"})
+        normalize_stored(Processor.BRAINTREE, {"xml": "<transaction>"})

@@ -9,7 +9,7 @@ import pytest
 
 from app.enums import Advice, CardFunding, DeclineCategory, Processor
 from app.processors.normalize.dispatch import normalize_payload, record_to_json
-from app.processors.normalize.records import CanonicalRecord, DeadLetter, NormalizeError
+from app.processors.normalize.records import CanonicalRecord, NormalizeError, RejectedRecord
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "processors" / "checkout"
 
@@ -24,7 +24,7 @@ def payment() -> dict[str, object]:
     return copy.deepcopy(doc)
 
 
-def run(body: bytes | object) -> list[CanonicalRecord | DeadLetter]:
+def run(body: bytes | object) -> list[CanonicalRecord | RejectedRecord]:
     raw = body if isinstance(body, bytes) else json.dumps(body).encode()
     return normalize_payload(Processor.CHECKOUT, raw)
 
@@ -37,11 +37,11 @@ def one_record(body: bytes | object) -> CanonicalRecord:
     return record
 
 
-def one_dead_letter(body: bytes | object) -> DeadLetter:
+def one_dead_letter(body: bytes | object) -> RejectedRecord:
     results = run(body)
     assert len(results) == 1
     letter = results[0]
-    assert isinstance(letter, DeadLetter), letter
+    assert isinstance(letter, RejectedRecord), letter
     return letter
 
 
@@ -97,7 +97,7 @@ def test_list_page() -> None:
     assert (pickup.card.brand, pickup.card.last4) == ("visa", "1111")  # `last_4`, "Visa"
     assert pickup.decline is not None
     assert pickup.decline.category is DeclineCategory.LOST_STOLEN
-    assert isinstance(pending, DeadLetter)
+    assert isinstance(pending, RejectedRecord)
     assert "Pending" in pending.reason
 
 

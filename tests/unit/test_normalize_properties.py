@@ -15,14 +15,14 @@ from app.enums import Processor
 from app.processors.normalize.dispatch import (
     normalize_items,
     normalize_payload,
-    normalize_raw,
+    normalize_stored,
     record_to_json,
 )
 from app.processors.normalize.records import (
     ISO_CURRENCIES,
     CanonicalRecord,
-    DeadLetter,
     NormalizeError,
+    RejectedRecord,
 )
 
 FIXTURE_ROOT = Path(__file__).parents[1] / "fixtures" / "processors"
@@ -110,7 +110,7 @@ def check(results: object) -> None:
     """What every caller of normalize_payload may rely on."""
     assert isinstance(results, list)
     for result in results:
-        if isinstance(result, DeadLetter):
+        if isinstance(result, RejectedRecord):
             assert isinstance(result.reason, str)
             assert result.reason
             # Bad data is fine; a normalizer bug (an unexpected exception) is not.
@@ -166,7 +166,7 @@ def check_replay(processor: Processor, body: bytes) -> None:
     for item in items:
         stored = json.dumps(item.raw)
         assert not any(pan in stored for pan in PAN_IN_FIXTURES)
-        assert normalize_raw(processor, json.loads(stored)) == [item.result]
+        assert normalize_stored(processor, json.loads(stored)) == [item.result]
 
 
 @pytest.mark.parametrize(("processor", "body"), ALL_BODIES)

@@ -10,10 +10,10 @@ from app.enums import Advice, CardFunding, DeclineCategory, Processor
 from app.processors.normalize.dispatch import (
     normalize_items,
     normalize_payload,
-    normalize_raw,
+    normalize_stored,
     record_to_json,
 )
-from app.processors.normalize.records import CanonicalRecord, DeadLetter, NormalizeError
+from app.processors.normalize.records import CanonicalRecord, NormalizeError, RejectedRecord
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "processors" / "stripe"
 
@@ -22,7 +22,7 @@ def load(name: str) -> bytes:
     return (FIXTURES / name).read_bytes()
 
 
-def run(body: bytes | dict[str, object]) -> list[CanonicalRecord | DeadLetter]:
+def run(body: bytes | dict[str, object]) -> list[CanonicalRecord | RejectedRecord]:
     raw = body if isinstance(body, bytes) else json.dumps(body).encode()
     return normalize_payload(Processor.STRIPE, raw)
 
@@ -35,11 +35,11 @@ def one_record(body: bytes | dict[str, object]) -> CanonicalRecord:
     return record
 
 
-def one_dead_letter(body: bytes | dict[str, object]) -> DeadLetter:
+def one_dead_letter(body: bytes | dict[str, object]) -> RejectedRecord:
     results = run(body)
     assert len(results) == 1
     letter = results[0]
-    assert isinstance(letter, DeadLetter), letter
+    assert isinstance(letter, RejectedRecord), letter
     return letter
 
 
@@ -117,8 +117,8 @@ def test_list_page_gives_one_result_per_charge_in_order() -> None:
     assert [type(r).__name__ for r in results] == [
         "CanonicalRecord",
         "CanonicalRecord",
-        "DeadLetter",
-        "DeadLetter",
+        "RejectedRecord",
+        "RejectedRecord",
     ]
     failed, succeeded, pending, broken = results
     assert isinstance(failed, CanonicalRecord)
@@ -128,9 +128,9 @@ def test_list_page_gives_one_result_per_charge_in_order() -> None:
     assert failed.card is not None
     assert failed.card.brand == "amex"
     assert succeeded.status == "succeeded"
-    assert isinstance(pending, DeadLetter)
+    assert isinstance(pending, RejectedRecord)
     assert "pending" in pending.reason
-    assert isinstance(broken, DeadLetter)
+    assert isinstance(broken, RejectedRecord)
     assert "amount" in broken.reason
     assert "float" in broken.reason
     assert "List004" in broken.payload_excerpt
@@ -320,7 +320,7 @@ def test_top_level_array_and_scalar() -> None:
     assert len(results) == 2
     scalar = normalize_payload(Processor.STRIPE, b"42")
     assert len(scalar) == 1
-    assert isinstance(scalar[0], DeadLetter)
+    assert isinstance(scalar[0], RejectedRecord)
 
 
 def test_dead_letter_excerpt_never_carries_a_card_number() -> None:
@@ -379,7 +379,7 @@ def test_raw_payload_of_an_event_record_is_the_whole_event() -> None:
     assert isinstance(item.raw, dict)
     assert item.raw["object"] == "event"
     # The event time is needed to replay the PaymentIntent's attempt time.
-    assert normalize_raw(Processor.STRIPE, item.raw) == [item.result]
+    assert normalize_stored(Processor.STRIPE, item.raw) == [item.result]
 
 
 def test_raw_payload_drops_the_card_number_field() -> None:

@@ -14,9 +14,9 @@ from app.processors.normalize import adyen, braintree, checkout, stripe
 from app.processors.normalize.records import (
     CanonicalCard,
     CanonicalRecord,
-    DeadLetter,
     NormalizedItem,
     NormalizeError,
+    RejectedRecord,
     dead_item,
     may_hold_card_number,
     scrub_raw,
@@ -29,10 +29,10 @@ JSON_NORMALIZERS: Mapping[Processor, Callable[[object], list[NormalizedItem]]] =
 }
 
 
-def normalize_payload(processor: Processor, body: bytes) -> list[CanonicalRecord | DeadLetter]:
+def normalize_payload(processor: Processor, body: bytes) -> list[CanonicalRecord | RejectedRecord]:
     """One result per payment record in `body`, in payload order.
 
-    A record that cannot be read becomes a DeadLetter and the rest go on; a body that is not
+    A record that cannot be read becomes a RejectedRecord and the rest go on; a body that is not
     JSON (Stripe, Adyen, Checkout.com) or XML (Braintree) at all raises NormalizeError.
     """
     return [item.result for item in normalize_items(processor, body)]
@@ -51,9 +51,9 @@ def normalize_items(processor: Processor, body: bytes) -> list[NormalizedItem]:
         raise NormalizeError(f"{processor.value} body is nested too deeply") from None
 
 
-def normalize_raw(
+def normalize_stored(
     processor: Processor, raw: object, *, scrubbed: bool = False
-) -> list[CanonicalRecord | DeadLetter]:
+) -> list[CanonicalRecord | RejectedRecord]:
     """Replay one stored `NormalizedItem.raw`, e.g. after NORMALIZER_VERSION went up.
     `scrubbed=True` says the payload was scrubbed when it was stored (the raw table's rows)."""
     try:
@@ -152,6 +152,6 @@ def record_to_json(record: CanonicalRecord) -> dict[str, object]:
     }
 
 
-def dead_letter_to_json(letter: DeadLetter) -> dict[str, object]:
+def dead_letter_to_json(letter: RejectedRecord) -> dict[str, object]:
     """A dead letter as plain JSON types, for the same output stream as records."""
     return {"dead_letter": True, "reason": letter.reason, "payload_excerpt": letter.payload_excerpt}

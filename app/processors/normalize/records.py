@@ -71,8 +71,9 @@ class CanonicalRecord:
 
 
 @dataclass(frozen=True, slots=True)
-class DeadLetter:
-    """A payment record that could not be normalized, with why and a card-safe excerpt."""
+class RejectedRecord:
+    """A payment record that could not be normalized, with why and a card-safe excerpt (it is
+    stored as a `dead_letter` row)."""
 
     reason: str
     payload_excerpt: str
@@ -506,7 +507,7 @@ def excerpt(value: object) -> str:
 
 # --- Per-record isolation: one bad record never stops the batch -----------------------------
 
-Result = CanonicalRecord | DeadLetter
+Result = CanonicalRecord | RejectedRecord
 
 
 @dataclass(frozen=True, slots=True)
@@ -514,7 +515,7 @@ class NormalizedItem:
     """One payment record: its own raw payload and what it normalized to.
 
     `raw` is self-contained (a Stripe event keeps its envelope, an Adyen item its wrapper, a
-    Braintree transaction is `{"xml": "<transaction>…"}`) so `normalize_raw` can replay it; card
+    Braintree transaction is `{"xml": "<transaction>…"}`) so `normalize_stored` can replay it; card
     number fields are already dropped from it.
     """
 
@@ -522,13 +523,15 @@ class NormalizedItem:
     result: Result
 
 
-def dead_letter(reason: str, payload: object) -> DeadLetter:
-    return DeadLetter(reason=redact_card_numbers(reason)[:300], payload_excerpt=excerpt(payload))
+def rejected(reason: str, payload: object) -> RejectedRecord:
+    return RejectedRecord(
+        reason=redact_card_numbers(reason)[:300], payload_excerpt=excerpt(payload)
+    )
 
 
 def dead_item(reason: str, raw: object) -> NormalizedItem:
     """`raw` is already scrubbed (see `guarded`)."""
-    return NormalizedItem(raw=raw, result=dead_letter(reason, raw))
+    return NormalizedItem(raw=raw, result=rejected(reason, raw))
 
 
 def guarded(build: Callable[[], CanonicalRecord], raw: object) -> NormalizedItem:
@@ -541,11 +544,11 @@ def guarded(build: Callable[[], CanonicalRecord], raw: object) -> NormalizedItem
     try:
         return NormalizedItem(raw=kept, result=build())
     except RecordError as exc:
-        return NormalizedItem(raw=kept, result=dead_letter(str(exc), kept))
+        return NormalizedItem(raw=kept, result=rejected(str(exc), kept))
     except Exception as exc:
         # A bug, not bad data: keep the batch going, log where without echoing payload values.
         trace = "".join(traceback.format_tb(exc.__traceback__))[-2000:]
         logger.error("normalizer bug %s\n%s", type(exc).__name__, trace)
         return NormalizedItem(
-            raw=kept, result=dead_letter(f"internal error: {type(exc).__name__}", kept)
+            raw=kept, result=rejected(f"internal error: {type(exc).__name__}", kept)
         )

@@ -25,7 +25,7 @@ from app.enums import (
 )
 from app.models.customer import Customer
 from app.models.ingestion import ProcessorConnection
-from app.models.payment import Payment, PaymentAttempt
+from app.models.payment import Payment, PaymentAttempt, decline_columns
 from app.processors.base import (
     ChargeResult,
     PermanentProcessorError,
@@ -59,6 +59,8 @@ logger = logging.getLogger(__name__)
 # A claimed payment with no recorded outcome after this long is reconciled by its key.
 STUCK_AFTER = timedelta(minutes=10)
 REFUSED_BACKOFF = timedelta(hours=1)
+# A decline we cannot read is hard: retrying blind could break a never-rule.
+_UNREADABLE = Decline(DeclineCategory.OTHER, False, Advice.NEVER, None, None, None, None)
 
 AdapterFactory = Callable[[ProcessorConnection], ProcessorAdapter]
 
@@ -484,21 +486,12 @@ async def _record(
             event = AttemptSucceeded()
             attempt.outcome = AttemptOutcome.SUCCEEDED
         else:
-            view = (
-                DeclineView.from_decline(decline, now)
-                if decline is not None
-                # A decline we cannot read is hard: retrying blind could break a never-rule.
-                else DeclineView(DeclineCategory.OTHER, False, Advice.NEVER, now)
-            )
+            read = decline if decline is not None else _UNREADABLE
+            view = DeclineView.from_decline(read, now)
             event = AttemptDeclined(view)
             attempt.outcome = AttemptOutcome.DECLINED
-            attempt.decline_category = view.category
-            attempt.decline_retryable = view.retryable
-            attempt.decline_advice = view.advice
-            attempt.not_before = view.not_before
-            attempt.network_decline_code = view.network_decline_code
-            attempt.network_advice_code = view.network_advice_code
-            attempt.raw_decline_code = (decline.raw_code or None) if decline else None
+            attempt.sqlmodel_update(dict(decline_columns(read)))
+            attempt.not_before = read.not_before
         attempt.processor_attempt_id = result.processor_payment_id[:255]
         attempt.card_id = await _charged_card(uow, ctx, records, now)
         # Applied here already: landed as normalized, so the normalizer need not read it again.

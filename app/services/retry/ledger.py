@@ -157,8 +157,8 @@ def attempt_decline(attempt: PaymentAttempt, fallback: DeclineView | None) -> De
         advice=advice,
         declined_at=attempt.attempted_at,
         not_before=attempt.not_before,
-        network_decline_code=attempt.network_decline_code,
-        network_advice_code=attempt.network_advice_code,
+        network_decline_code=attempt.decline_network_code,
+        network_advice_code=attempt.decline_network_advice_code,
     )
 
 
