@@ -38,15 +38,12 @@ async def models(ctx: Context, *, first: int) -> list[ModelVersion]:
 
 async def promote(ctx: Context, *, model_global_id: str, reason: str) -> ModelVersion:
     """Promote a challenger whose gate verdict holds against the current champion."""
-    principal = ctx.require_principal()
-    registry.require_support(principal)
-    model_id = decode_model_id(model_global_id)
-    async with ctx.db.uow(principal.scope) as uow:
-        row = await registry.promote(
+    async with ctx.change() as (principal, uow):
+        registry.require_support(principal)
+        model_id = decode_model_id(model_global_id)
+        return await registry.promote(
             uow, principal=principal, model_id=model_id, reason=reason, now=ctx.clock.now()
         )
-        await uow.commit()
-    return row
 
 
 async def acting_decision(
