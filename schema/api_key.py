@@ -9,7 +9,6 @@ from app.errors import CreateApiKeyErrorCode, RevokeApiKeyErrorCode
 from app.models.api_key import ApiKey as ApiKeyModel
 from resolvers import api_key as key_resolvers
 from resolvers.context import Context
-from resolvers.ids import encode_id
 from resolvers.pagination import Page
 from schema.enums import Role
 from schema.merchant import Merchant
@@ -36,7 +35,7 @@ class ApiKey(Node):
     def from_model(cls, row: ApiKeyModel) -> Self:
         # token_hash is deliberately not mapped.
         return cls(
-            id=strawberry.ID(encode_id("ApiKey", row.id)),
+            id=cls.global_id(row.id),
             name=row.name,
             role=row.role,
             prefix=row.prefix,

@@ -16,7 +16,6 @@ from app.errors import (
 from app.models.ingestion import ProcessorConnection as ConnectionModel
 from resolvers import connection as connection_resolvers
 from resolvers.context import Context
-from resolvers.ids import encode_id
 from schema.enums import ConnectionStatus, Processor
 from schema.node import Node
 from schema.payload import REFUSALS, payload_errors
@@ -44,7 +43,7 @@ class ProcessorConnection(Node):
     def from_model(cls, row: ConnectionModel) -> Self:
         # The sealed credentials are deliberately not mapped: no field can ever return them.
         return cls(
-            id=strawberry.ID(encode_id("ProcessorConnection", row.id)),
+            id=cls.global_id(row.id),
             kind=row.kind,
             name=row.name,
             status=row.status,

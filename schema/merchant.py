@@ -12,7 +12,6 @@ from resolvers import payment as payment_resolvers
 from resolvers import retry_policy as policy_resolvers
 from resolvers import webhook_endpoint as webhook_resolvers
 from resolvers.context import Context
-from resolvers.ids import encode_id
 from resolvers.pagination import Page
 from schema.audit import AuditEntryConnection
 from schema.connection import ProcessorConnection
@@ -45,7 +44,7 @@ class Merchant(Node):
     @classmethod
     def from_model(cls, row: MerchantModel) -> Self:
         return cls(
-            id=strawberry.ID(encode_id("Merchant", row.id)),
+            id=cls.global_id(row.id),
             name=row.name,
             status=row.status,
             created_at=row.created_at,

@@ -15,7 +15,6 @@ from resolvers import model as model_resolvers
 from resolvers import payment as payment_resolvers
 from resolvers import payment_recovery as recovery_resolvers
 from resolvers.context import Context
-from resolvers.ids import encode_id
 from resolvers.pagination import Page
 from schema.enums import (
     Actor,
@@ -123,7 +122,7 @@ class Customer(Node):
     @classmethod
     def from_model(cls, row: CustomerModel) -> Self:
         return cls(
-            id=strawberry.ID(encode_id("Customer", row.id)),
+            id=cls.global_id(row.id),
             external_ref=row.external_ref,
             timezone=row.timezone,
             country=row.country,
@@ -143,7 +142,7 @@ class Card(Node):
     @classmethod
     def from_model(cls, row: CardModel) -> Self:
         return cls(
-            id=strawberry.ID(encode_id("Card", row.id)),
+            id=cls.global_id(row.id),
             brand=row.brand,
             last4=row.last4,
             bin=row.bin,
@@ -219,7 +218,7 @@ class Payment(Node):
     @classmethod
     def from_model(cls, row: PaymentModel) -> Self:
         return cls(
-            id=strawberry.ID(encode_id("Payment", row.id)),
+            id=cls.global_id(row.id),
             processor=row.processor,
             processor_payment_id=row.processor_payment_id,
             state=row.state,

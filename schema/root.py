@@ -14,16 +14,8 @@ from strawberry.extensions import (
 )
 from strawberry.schema.config import StrawberryConfig
 
-from app.models.api_key import ApiKey as ApiKeyModel
-from app.models.customer import CardCredential as CardModel
-from app.models.customer import Customer as CustomerModel
-from app.models.ingestion import ProcessorConnection as ConnectionModel
-from app.models.merchant import Merchant as MerchantModel
-from app.models.payment import Payment as PaymentModel
-from app.models.retry import WebhookEndpoint as EndpointModel
 from app.settings import Settings
 from resolvers import merchant as merchant_resolvers
-from resolvers import node as node_resolvers
 from resolvers.context import Context
 from schema.api_key import (
     ApiKey,
@@ -57,7 +49,7 @@ from schema.merchant_admin import (
     resume_merchant_recovery,
 )
 from schema.model import Model, PromoteModelPayload, models, promote_model
-from schema.node import Node
+from schema.node import Node, NodeTypes, node_type
 from schema.payment import Card, Customer, Payment
 from schema.payment_recovery import (
     CancelPaymentRecoveryPayload,
@@ -85,6 +77,17 @@ from schema.webhook_endpoint import (
     create_webhook_endpoint,
     rotate_webhook_secret,
     set_webhook_endpoint_enabled,
+)
+
+# What `node(id:)` answers with; a global id may name only these types.
+NODE_TYPES = NodeTypes(
+    node_type(Merchant, lambda loaders: loaders.merchant_by_id),
+    node_type(Payment, lambda loaders: loaders.payment_by_id),
+    node_type(Customer, lambda loaders: loaders.customer_by_id),
+    node_type(Card, lambda loaders: loaders.card_by_id),
+    node_type(ProcessorConnection, lambda loaders: loaders.processor_connection_by_id),
+    node_type(ApiKey, lambda loaders: loaders.api_key_by_id),
+    node_type(WebhookEndpoint, lambda loaders: loaders.webhook.webhook_endpoint_by_id),
 )
 
 Info = strawberry.Info[Context, None]
@@ -151,22 +154,7 @@ class Query:
         info: Info,
         id: Annotated[strawberry.ID, strawberry.argument(description="Global id.")],
     ) -> Node | None:
-        row = await node_resolvers.node(info.context, str(id))
-        if isinstance(row, MerchantModel):
-            return Merchant.from_model(row)
-        if isinstance(row, PaymentModel):
-            return Payment.from_model(row)
-        if isinstance(row, CustomerModel):
-            return Customer.from_model(row)
-        if isinstance(row, CardModel):
-            return Card.from_model(row)
-        if isinstance(row, ConnectionModel):
-            return ProcessorConnection.from_model(row)
-        if isinstance(row, ApiKeyModel):
-            return ApiKey.from_model(row)
-        if isinstance(row, EndpointModel):
-            return WebhookEndpoint.from_model(row)
-        return None
+        return await NODE_TYPES.fetch(info.context, str(id))
 
     models: list[Model] = strawberry.field(
         resolver=models,
@@ -296,7 +284,7 @@ def build_schema(settings: Settings) -> strawberry.Schema:
     return PortalSchema(
         query=Query,
         mutation=Mutation,
-        types=[Merchant, Payment, Customer, Card, ProcessorConnection, ApiKey, WebhookEndpoint],
+        types=NODE_TYPES.classes,
         config=StrawberryConfig(
             disable_field_suggestions=settings.environment == "production",
             scalar_map=SCALAR_MAP,

@@ -15,7 +15,6 @@ from app.models.retry import WebhookEndpoint as EndpointModel
 from app.services.webhook_endpoint import DEFAULT_SECRET_GRACE, RecentDelivery
 from resolvers import webhook_endpoint as endpoint_resolvers
 from resolvers.context import Context
-from resolvers.ids import encode_id
 from schema.node import Node
 from schema.payload import REFUSALS, payload_errors
 
@@ -81,7 +80,7 @@ class WebhookEndpoint(Node):
     def from_model(cls, row: EndpointModel) -> Self:
         # The sealed secret is deliberately not mapped: no field can ever return it.
         return cls(
-            id=strawberry.ID(encode_id("WebhookEndpoint", row.id)),
+            id=cls.global_id(row.id),
             url=row.url,
             enabled=row.enabled,
             created_at=row.created_at,
