@@ -9,12 +9,11 @@ from app.errors import CreateApiKeyErrorCode, RevokeApiKeyErrorCode
 from app.models.api_key import ApiKey as ApiKeyModel
 from resolvers import api_key as key_resolvers
 from resolvers.context import Context
-from resolvers.pagination import Page
 from schema.enums import Role
 from schema.merchant import Merchant
 from schema.node import Node
 from schema.payload import REFUSALS, payload_errors
-from schema.payment import PageInfo
+from schema.relay import AfterArg, Connection, FirstArg, connection
 
 Info = strawberry.Info[Context, None]
 
@@ -51,32 +50,19 @@ class ApiKey(Node):
         return [Merchant.from_model(m) for m in rows]
 
 
-@strawberry.type(description="An API key and its cursor.")
-class ApiKeyEdge:
-    cursor: str = strawberry.field(description="Opaque keyset cursor of this key.")
-    node: ApiKey = strawberry.field(description="The key.")
+@connection(
+    "A page of API keys, newest first.",
+    edge="An API key and its cursor.",
+    noun="key",
+    nouns="keys",
+)
+class ApiKeyConnection(Connection[ApiKey]):
+    pass
 
 
-@strawberry.type(description="A page of API keys, newest first.")
-class ApiKeyConnection:
-    edges: list[ApiKeyEdge] = strawberry.field(description="The keys of this page.")
-    page_info: PageInfo = strawberry.field(description="Paging information.")
-
-    @classmethod
-    def from_page(cls, page: Page[ApiKeyModel]) -> Self:
-        return cls(
-            edges=[ApiKeyEdge(cursor=c, node=ApiKey.from_model(k)) for c, k in page.items],
-            page_info=PageInfo(has_next_page=page.has_next_page, end_cursor=page.end_cursor),
-        )
-
-
-async def api_keys(
-    info: Info,
-    first: Annotated[int | None, strawberry.argument(description="Page size, 1-100.")] = None,
-    after: Annotated[str | None, strawberry.argument(description="Cursor to follow.")] = None,
-) -> ApiKeyConnection:
+async def api_keys(info: Info, first: FirstArg = None, after: AfterArg = None) -> ApiKeyConnection:
     page = await key_resolvers.api_keys_page(info.context, first=first, after=after)
-    return ApiKeyConnection.from_page(page)
+    return ApiKeyConnection.from_page(page, ApiKey.from_model)
 
 
 @strawberry.input(description="A new API key.")

@@ -15,7 +15,6 @@ from resolvers import model as model_resolvers
 from resolvers import payment as payment_resolvers
 from resolvers import payment_recovery as recovery_resolvers
 from resolvers.context import Context
-from resolvers.pagination import Page
 from schema.enums import (
     Actor,
     Advice,
@@ -27,6 +26,7 @@ from schema.enums import (
     RetryStrategy,
 )
 from schema.node import Node
+from schema.relay import Connection, connection
 from schema.scalars import Long
 
 Info = strawberry.Info[Context, None]
@@ -323,26 +323,11 @@ class PaymentFilter:
         )
 
 
-@strawberry.type(description="Where a page ends and whether another follows.")
-class PageInfo:
-    has_next_page: bool = strawberry.field(description="Whether another page follows.")
-    end_cursor: str | None = strawberry.field(description="Pass as `after` for the next page.")
-
-
-@strawberry.type(description="A payment and its cursor.")
-class PaymentEdge:
-    cursor: str = strawberry.field(description="Opaque keyset cursor of this payment.")
-    node: Payment = strawberry.field(description="The payment.")
-
-
-@strawberry.type(description="A page of payments, newest failure first.")
-class PaymentConnection:
-    edges: list[PaymentEdge] = strawberry.field(description="The payments of this page.")
-    page_info: PageInfo = strawberry.field(description="Paging information.")
-
-    @classmethod
-    def from_page(cls, page: Page[PaymentModel]) -> Self:
-        return cls(
-            edges=[PaymentEdge(cursor=c, node=Payment.from_model(p)) for c, p in page.items],
-            page_info=PageInfo(has_next_page=page.has_next_page, end_cursor=page.end_cursor),
-        )
+@connection(
+    "A page of payments, newest failure first.",
+    edge="A payment and its cursor.",
+    noun="payment",
+    nouns="payments",
+)
+class PaymentConnection(Connection[Payment]):
+    pass

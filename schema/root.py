@@ -57,6 +57,7 @@ from schema.payment_recovery import (
     cancel_payment_recovery,
     retry_payment_now,
 )
+from schema.relay import AfterArg, FirstArg
 from schema.retry_policy import UpdateRetryPolicyPayload, update_retry_policy
 from schema.scalars import SCALAR_MAP
 from schema.stats import (
@@ -93,20 +94,20 @@ NODE_TYPES = NodeTypes(
 Info = strawberry.Info[Context, None]
 
 
+async def merchants(
+    info: Info, first: FirstArg = None, after: AfterArg = None
+) -> MerchantConnection:
+    page = await merchant_resolvers.merchants_page(info.context, first=first, after=after)
+    return MerchantConnection.from_page(page, Merchant.from_model)
+
+
 @strawberry.type(description="The caller: the API key making the request.")
 class Viewer:
     role: Role = strawberry.field(description="What the key may do.")
     name: str = strawberry.field(description="The key's name.")
-
-    @strawberry.field(description="The merchants this key may see, oldest first.")
-    async def merchants(
-        self,
-        info: Info,
-        first: Annotated[int | None, strawberry.argument(description="Page size, 1-100.")] = None,
-        after: Annotated[str | None, strawberry.argument(description="Cursor to follow.")] = None,
-    ) -> MerchantConnection:
-        page = await merchant_resolvers.merchants_page(info.context, first=first, after=after)
-        return MerchantConnection.from_page(page)
+    merchants: MerchantConnection = strawberry.field(
+        resolver=merchants, description="The merchants this key may see, oldest first."
+    )
 
     @strawberry.field(
         description=STATS_DESCRIPTION + " Added up over every merchant the key may see."
@@ -122,22 +123,30 @@ class Viewer:
         return await viewer_recovery_stats(info, from_, to, granularity, timezone)
 
 
+def viewer(info: Info) -> Viewer:
+    principal = info.context.require_principal()
+    return Viewer(role=principal.role, name=principal.name)
+
+
 @strawberry.type(description="Entry points for reading.")
 class Query:
-    @strawberry.field(description="The caller and what it may see.")
-    def viewer(self, info: Info) -> Viewer:
-        principal = info.context.require_principal()
-        return Viewer(role=principal.role, name=principal.name)
-
-    @strawberry.field(description="Merchants visible to the caller, oldest first.")
-    async def merchants(
-        self,
-        info: Info,
-        first: Annotated[int | None, strawberry.argument(description="Page size, 1-100.")] = None,
-        after: Annotated[str | None, strawberry.argument(description="Cursor to follow.")] = None,
-    ) -> MerchantConnection:
-        page = await merchant_resolvers.merchants_page(info.context, first=first, after=after)
-        return MerchantConnection.from_page(page)
+    models: list[Model] = strawberry.field(
+        resolver=models,
+        description="Trained retry-timing models, newest first (support only).",
+    )
+    api_keys: ApiKeyConnection = strawberry.field(
+        resolver=api_keys,
+        description=(
+            "API keys, newest first: support sees every key; other keys see the keys whose "
+            "every granted merchant they may see."
+        ),
+    )
+    viewer: Viewer = strawberry.field(
+        resolver=viewer, description="The caller and what it may see."
+    )
+    merchants: MerchantConnection = strawberry.field(
+        resolver=merchants, description="Merchants visible to the caller, oldest first."
+    )
 
     @strawberry.field(description="One merchant by global id; null when not visible.")
     async def merchant(
@@ -155,18 +164,6 @@ class Query:
         id: Annotated[strawberry.ID, strawberry.argument(description="Global id.")],
     ) -> Node | None:
         return await NODE_TYPES.fetch(info.context, str(id))
-
-    models: list[Model] = strawberry.field(
-        resolver=models,
-        description="Trained retry-timing models, newest first (support only).",
-    )
-    api_keys: ApiKeyConnection = strawberry.field(
-        resolver=api_keys,
-        description=(
-            "API keys, newest first: support sees every key; other keys see the keys whose "
-            "every granted merchant they may see."
-        ),
-    )
 
 
 @strawberry.type(description="Entry points for changing configuration.")
