@@ -17,48 +17,24 @@ from strawberry.schema.config import StrawberryConfig
 from app.settings import Settings
 from resolvers import merchant as merchant_resolvers
 from resolvers.context import Context
-from schema.api_key import (
-    ApiKey,
-    ApiKeyConnection,
-    CreateApiKeyPayload,
-    RevokeApiKeyPayload,
-    api_keys,
-    create_api_key,
-    revoke_api_key,
+from schema import (
+    api_key,
+    connection,
+    merchant_admin,
+    model,
+    payment_recovery,
+    retry_policy,
+    webhook_endpoint,
 )
-from schema.connection import (
-    ConnectProcessorPayload,
-    PauseProcessorConnectionPayload,
-    ProcessorConnection,
-    ResumeProcessorConnectionPayload,
-    SyncProcessorConnectionPayload,
-    connect_processor,
-    pause_processor_connection,
-    resume_processor_connection,
-    sync_processor_connection,
-)
+from schema.api_key import ApiKey, ApiKeyConnection, api_keys
+from schema.connection import ProcessorConnection
 from schema.enums import Role
 from schema.extensions import PortalSchema, ShapeErrors
 from schema.merchant import Merchant, MerchantConnection
-from schema.merchant_admin import (
-    CreateMerchantPayload,
-    PauseMerchantRecoveryPayload,
-    ResumeMerchantRecoveryPayload,
-    create_merchant,
-    pause_merchant_recovery,
-    resume_merchant_recovery,
-)
-from schema.model import Model, PromoteModelPayload, models, promote_model
+from schema.model import Model, models
 from schema.node import Node, NodeTypes, node_type
 from schema.payment import Card, Customer, Payment
-from schema.payment_recovery import (
-    CancelPaymentRecoveryPayload,
-    RetryPaymentNowPayload,
-    cancel_payment_recovery,
-    retry_payment_now,
-)
 from schema.relay import AfterArg, FirstArg
-from schema.retry_policy import UpdateRetryPolicyPayload, update_retry_policy
 from schema.scalars import SCALAR_MAP
 from schema.stats import (
     STATS_DESCRIPTION,
@@ -70,15 +46,7 @@ from schema.stats import (
     ToArg,
     viewer_recovery_stats,
 )
-from schema.webhook_endpoint import (
-    CreateWebhookEndpointPayload,
-    RotateWebhookSecretPayload,
-    SetWebhookEndpointEnabledPayload,
-    WebhookEndpoint,
-    create_webhook_endpoint,
-    rotate_webhook_secret,
-    set_webhook_endpoint_enabled,
-)
+from schema.webhook_endpoint import WebhookEndpoint
 
 # What `node(id:)` answers with; a global id may name only these types.
 NODE_TYPES = NodeTypes(
@@ -168,105 +136,22 @@ class Query:
 
 @strawberry.type(description="Entry points for changing configuration.")
 class Mutation:
-    update_retry_policy: UpdateRetryPolicyPayload = strawberry.mutation(
-        resolver=update_retry_policy,
-        description=(
-            "Change a merchant's retry policy (support, or the merchant's own key). "
-            "Adds a version and an audit entry."
-        ),
-    )
-    cancel_payment_recovery: CancelPaymentRecoveryPayload = strawberry.mutation(
-        resolver=cancel_payment_recovery,
-        description=(
-            "Stop recovering a payment (support, or the merchant's own key); refused while a "
-            "charge is in flight. Audited."
-        ),
-    )
-    retry_payment_now: RetryPaymentNowPayload = strawberry.mutation(
-        resolver=retry_payment_now,
-        description=(
-            "Schedule a payment's next retry for now (support, or the merchant's own key). The "
-            "card-network rules and the policy still apply. Audited."
-        ),
-    )
-    connect_processor: ConnectProcessorPayload = strawberry.mutation(
-        resolver=connect_processor,
-        description=(
-            "Connect a merchant to a processor account (support, or the merchant's own key). "
-            "Credentials are stored encrypted and never returned. Audited."
-        ),
-    )
-    sync_processor_connection: SyncProcessorConnectionPayload = strawberry.mutation(
-        resolver=sync_processor_connection,
-        description="Queue a poll of an active connection now (support, or the merchant's key).",
-    )
-    pause_processor_connection: PauseProcessorConnectionPayload = strawberry.mutation(
-        resolver=pause_processor_connection,
-        description="Stop polling a connection (support, or the merchant's own key). Audited.",
-    )
-    resume_processor_connection: ResumeProcessorConnectionPayload = strawberry.mutation(
-        resolver=resume_processor_connection,
-        description=(
-            "Poll a paused or failed connection again (support, or the merchant's own key). "
-            "Audited."
-        ),
-    )
-    create_api_key: CreateApiKeyPayload = strawberry.mutation(
-        resolver=create_api_key,
-        description=(
-            "Create an API key; the token is returned once. Support may create any key; a "
-            "merchant key only merchant keys for its own merchant. Audited."
-        ),
-    )
-    revoke_api_key: RevokeApiKeyPayload = strawberry.mutation(
-        resolver=revoke_api_key,
-        description=(
-            "Revoke an API key the caller can see (support, or a merchant key for its "
-            "merchant's keys). Audited."
-        ),
-    )
-    promote_model: PromoteModelPayload = strawberry.mutation(
-        resolver=promote_model,
-        description=(
-            "Make a model the champion when it beat the current champion on a later held-out "
-            "window; the old champion is retired (support only). Audited."
-        ),
-    )
-    create_merchant: CreateMerchantPayload = strawberry.mutation(
-        resolver=create_merchant,
-        description="Add a merchant with the default retry policy (support only). Audited.",
-    )
-    pause_merchant_recovery: PauseMerchantRecoveryPayload = strawberry.mutation(
-        resolver=pause_merchant_recovery,
-        description="Stop a merchant's recovery (support only). Audited.",
-    )
-    resume_merchant_recovery: ResumeMerchantRecoveryPayload = strawberry.mutation(
-        resolver=resume_merchant_recovery,
-        description="Restart a merchant's recovery (support only). Audited.",
-    )
-    create_webhook_endpoint: CreateWebhookEndpointPayload = strawberry.mutation(
-        resolver=create_webhook_endpoint,
-        description=(
-            "Add a URL to post a merchant's events to (support, or the merchant's own key); the "
-            "signing secret is generated and returned once. Audited."
-        ),
-    )
-    rotate_webhook_secret: RotateWebhookSecretPayload = strawberry.mutation(
-        resolver=rotate_webhook_secret,
-        description=(
-            "Replace an endpoint's signing secret (support, or the merchant's own key); the new "
-            "secret is returned once, and the old one keeps signing deliveries too for the "
-            "grace period asked for (24 hours unless told). Audited, without the secrets."
-        ),
-    )
-    set_webhook_endpoint_enabled: SetWebhookEndpointEnabledPayload = strawberry.mutation(
-        resolver=set_webhook_endpoint_enabled,
-        description=(
-            "Turn an endpoint on or off (support, or the merchant's own key); a disabled one "
-            "receives no new events, and one whose URL is no longer allowed is not turned back "
-            "on. Audited."
-        ),
-    )
+    update_retry_policy = retry_policy.update_retry_policy
+    cancel_payment_recovery = payment_recovery.cancel_payment_recovery
+    retry_payment_now = payment_recovery.retry_payment_now
+    connect_processor = connection.connect_processor
+    sync_processor_connection = connection.sync_processor_connection
+    pause_processor_connection = connection.pause_processor_connection
+    resume_processor_connection = connection.resume_processor_connection
+    create_api_key = api_key.create_api_key
+    revoke_api_key = api_key.revoke_api_key
+    promote_model = model.promote_model
+    create_merchant = merchant_admin.create_merchant
+    pause_merchant_recovery = merchant_admin.pause_merchant_recovery
+    resume_merchant_recovery = merchant_admin.resume_merchant_recovery
+    create_webhook_endpoint = webhook_endpoint.create_webhook_endpoint
+    rotate_webhook_secret = webhook_endpoint.rotate_webhook_secret
+    set_webhook_endpoint_enabled = webhook_endpoint.set_webhook_endpoint_enabled
 
 
 def build_schema(settings: Settings) -> strawberry.Schema:
