@@ -151,8 +151,8 @@ def mutation(
     A refusal whose code it `refuses` becomes the payload's errors (`errors` describes them;
     the enum of codes says "Why <mutation> <why>."); one about the changed object (unknown, or
     in a state that forbids the change) names `subject`, the argument or input field holding
-    its id. Each error's `field` is an input field when the mutation takes `input`, else an
-    argument."""
+    its id. An error's `field` is described as an input field when the mutation takes
+    `input`, else as an argument. Each payload class serves one mutation."""
 
     def declare(change: Callable[Params, Awaitable[P]]) -> P:
         takes_input = "input" in inspect.signature(change).parameters
