@@ -29,10 +29,9 @@ async def create(
     ctx: Context, *, role: Role, merchant_global_ids: list[str], name: str
 ) -> tuple[ApiKey, str]:
     """Create a key in its own unit of work; returns it with its token (shown only now)."""
-    principal = ctx.require_principal()
-    merchant_ids = [decode_id(g, expected="Merchant")[1] for g in merchant_global_ids]
-    async with ctx.db.uow(principal.scope) as uow:
-        key, token = await issue_api_key(
+    async with ctx.change() as (principal, uow):
+        merchant_ids = [decode_id(g, expected="Merchant")[1] for g in merchant_global_ids]
+        return await issue_api_key(
             uow,
             principal=principal,
             name=name,
@@ -40,16 +39,11 @@ async def create(
             merchant_ids=merchant_ids,
             now=ctx.clock.now(),
         )
-        await uow.commit()
-    return key, token
 
 
 async def revoke(ctx: Context, *, global_id: str, reason: str) -> ApiKey:
-    principal = ctx.require_principal()
-    _, key_id = decode_id(global_id, expected="ApiKey")
-    async with ctx.db.uow(principal.scope) as uow:
-        key = await revoke_api_key(
+    async with ctx.change() as (principal, uow):
+        _, key_id = decode_id(global_id, expected="ApiKey")
+        return await revoke_api_key(
             uow, principal=principal, key_id=key_id, reason=reason, now=ctx.clock.now()
         )
-        await uow.commit()
-    return key

@@ -4,7 +4,6 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from app.crypto import CredentialBox
 from app.enums import ConnectionStatus, Processor
 from app.models.ingestion import ProcessorConnection
 from app.services.connection import create_connection, pollable_connection, set_connection_status
@@ -32,33 +31,29 @@ async def connect(
     name: str | None,
 ) -> ProcessorConnection:
     """Create a connection in its own unit of work; raises domain errors on refusal."""
-    principal = ctx.require_principal()
-    _, merchant_id = decode_id(merchant_global_id, expected="Merchant")
-    async with ctx.db.uow(principal.scope) as uow:
-        connection = await create_connection(
+    async with ctx.change() as (principal, uow):
+        _, merchant_id = decode_id(merchant_global_id, expected="Merchant")
+        return await create_connection(
             uow,
             principal=principal,
             merchant_id=merchant_id,
             kind=kind,
             base_url=base_url,
             credentials=credentials,
-            box=CredentialBox(ctx.settings.secret_key.get_secret_value()),
+            box=ctx.credential_box(),
             policy=ctx.settings.url_policy,
             now=ctx.clock.now(),
             name=name,
             account_ref=account_ref,
         )
-        await uow.commit()
-    return connection
 
 
 async def set_status(
     ctx: Context, *, global_id: str, status: ConnectionStatus, reason: str
 ) -> ProcessorConnection:
-    principal = ctx.require_principal()
-    _, connection_id = decode_id(global_id, expected="ProcessorConnection")
-    async with ctx.db.uow(principal.scope) as uow:
-        connection = await set_connection_status(
+    async with ctx.change() as (principal, uow):
+        _, connection_id = decode_id(global_id, expected="ProcessorConnection")
+        return await set_connection_status(
             uow,
             principal=principal,
             connection_id=connection_id,
@@ -66,20 +61,16 @@ async def set_status(
             reason=reason,
             now=ctx.clock.now(),
         )
-        await uow.commit()
-    return connection
 
 
 async def sync(ctx: Context, *, global_id: str) -> tuple[ProcessorConnection, bool]:
     """Queue a poll now; False when one is already queued or running (job ids deduplicate)."""
-    principal = ctx.require_principal()
-    _, connection_id = decode_id(global_id, expected="ProcessorConnection")
-    async with ctx.db.uow(principal.scope) as uow:
+    # Nothing is written: committing releases the row lock and, unlike a rollback, leaves the
+    # loaded row readable.
+    async with ctx.change() as (principal, uow):
+        _, connection_id = decode_id(global_id, expected="ProcessorConnection")
         connection = await pollable_connection(
             uow, principal=principal, connection_id=connection_id
         )
-        # Nothing was written: committing releases the row lock and, unlike a rollback,
-        # leaves the loaded row readable.
-        await uow.commit()
     queued = await enqueue_poll(ctx.job_queue(), connection.id)
     return connection, queued

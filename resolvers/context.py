@@ -1,5 +1,7 @@
 """The typed per-request context: who is asking, the database, loaders, clock and settings."""
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -7,7 +9,8 @@ from arq.connections import ArqRedis
 from redis.asyncio import Redis
 
 from app.clock import Clock
-from app.db import Database
+from app.crypto import CredentialBox
+from app.db import Database, UnitOfWork
 from app.errors import Unauthenticated
 from app.settings import Settings
 from app.tenancy import Principal
@@ -31,6 +34,19 @@ class Context:
         if self.principal is None:
             raise Unauthenticated("send a valid API key as 'Authorization: Bearer <token>'")
         return self.principal
+
+    @asynccontextmanager
+    async def change(self) -> AsyncIterator[tuple[Principal, UnitOfWork]]:
+        """The caller and a unit of work for one change: committed when the block ends, rolled
+        back when it raises (a refusal included)."""
+        principal = self.require_principal()
+        async with self.db.uow(principal.scope) as uow:
+            yield principal, uow
+            await uow.commit()
+
+    def credential_box(self) -> CredentialBox:
+        """Seals and opens stored credentials and signing secrets."""
+        return CredentialBox(self.settings.secret_key.get_secret_value())
 
     def job_queue(self) -> ArqRedis:
         """The arq client jobs are enqueued on."""

@@ -8,20 +8,16 @@ from resolvers.ids import decode_id
 
 
 async def create(ctx: Context, *, name: str) -> Merchant:
-    principal = ctx.require_principal()
-    async with ctx.db.uow(principal.scope) as uow:
-        merchant = await create_merchant(uow, name=name, principal=principal, now=ctx.clock.now())
-        await uow.commit()
-    return merchant
+    async with ctx.change() as (principal, uow):
+        return await create_merchant(uow, name=name, principal=principal, now=ctx.clock.now())
 
 
 async def set_recovery(
     ctx: Context, *, merchant_global_id: str, status: MerchantStatus, reason: str
 ) -> Merchant:
-    principal = ctx.require_principal()
-    _, merchant_id = decode_id(merchant_global_id, expected="Merchant")
-    async with ctx.db.uow(principal.scope) as uow:
-        merchant = await set_recovery_status(
+    async with ctx.change() as (principal, uow):
+        _, merchant_id = decode_id(merchant_global_id, expected="Merchant")
+        return await set_recovery_status(
             uow,
             principal=principal,
             merchant_id=merchant_id,
@@ -29,5 +25,3 @@ async def set_recovery(
             reason=reason,
             now=ctx.clock.now(),
         )
-        await uow.commit()
-    return merchant

@@ -1,7 +1,5 @@
 """The model registry for the API: list models, promote one, a decision's explanation."""
 
-import base64
-import binascii
 import uuid
 from datetime import datetime
 
@@ -9,23 +7,18 @@ from app.errors import InvalidId
 from app.models.model_version import ModelDecision, ModelVersion
 from app.services import model_registry as registry
 from resolvers.context import Context
-from resolvers.ids import encode_id
+from resolvers.ids import decode_id, encode_id
 
 MODEL_TYPE = "Model"
 
 
 def decode_model_id(value: str) -> uuid.UUID:
-    """A model's key from its global id. Models are not nodes (they belong to no merchant and
-    only support sees them), so `decode_id`, which accepts node types only, does not apply."""
-    try:
-        padded = value + "=" * (-len(value) % 4)
-        type_name, _, key = base64.urlsafe_b64decode(padded.encode("ascii")).decode().partition(":")
-        parsed = uuid.UUID(key)
-    except (ValueError, UnicodeError, binascii.Error) as exc:
-        raise InvalidId(f"malformed id {value[:64]!r}") from exc
-    if type_name != MODEL_TYPE or encode_id(MODEL_TYPE, parsed) != value:
+    """A model's key from its global id, spelt exactly as `encode_id` spells it. Models are not
+    nodes: they belong to no merchant and only support sees them."""
+    _, key = decode_id(value, expected=MODEL_TYPE)
+    if encode_id(MODEL_TYPE, key) != value:
         raise InvalidId(f"id {value[:64]!r} is not a {MODEL_TYPE} id")
-    return parsed
+    return key
 
 
 async def models(ctx: Context, *, first: int) -> list[ModelVersion]:
@@ -38,15 +31,12 @@ async def models(ctx: Context, *, first: int) -> list[ModelVersion]:
 
 async def promote(ctx: Context, *, model_global_id: str, reason: str) -> ModelVersion:
     """Promote a challenger whose gate verdict holds against the current champion."""
-    principal = ctx.require_principal()
-    registry.require_support(principal)
-    model_id = decode_model_id(model_global_id)
-    async with ctx.db.uow(principal.scope) as uow:
-        row = await registry.promote(
+    async with ctx.change() as (principal, uow):
+        registry.require_support(principal)
+        model_id = decode_model_id(model_global_id)
+        return await registry.promote(
             uow, principal=principal, model_id=model_id, reason=reason, now=ctx.clock.now()
         )
-        await uow.commit()
-    return row
 
 
 async def acting_decision(

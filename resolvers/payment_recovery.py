@@ -19,23 +19,17 @@ async def ledger(ctx: Context, payment_id: uuid.UUID) -> LedgerView | None:
 
 async def cancel(ctx: Context, *, payment_global_id: str, reason: str) -> ManualResult:
     """Cancel one payment's recovery in its own unit of work; raises domain errors."""
-    principal = ctx.require_principal()
-    _, payment_id = decode_id(payment_global_id, expected="Payment")
-    async with ctx.db.uow(principal.scope) as uow:
-        result = await cancel_recovery(
+    async with ctx.change() as (principal, uow):
+        _, payment_id = decode_id(payment_global_id, expected="Payment")
+        return await cancel_recovery(
             uow, principal=principal, payment_id=payment_id, reason=reason, now=ctx.clock.now()
         )
-        await uow.commit()
-    return result
 
 
 async def retry(ctx: Context, *, payment_global_id: str, reason: str) -> ManualResult:
     """Schedule one payment's next retry for now (rules permitting); raises domain errors."""
-    principal = ctx.require_principal()
-    _, payment_id = decode_id(payment_global_id, expected="Payment")
-    async with ctx.db.uow(principal.scope) as uow:
-        result = await retry_now(
+    async with ctx.change() as (principal, uow):
+        _, payment_id = decode_id(payment_global_id, expected="Payment")
+        return await retry_now(
             uow, principal=principal, payment_id=payment_id, reason=reason, now=ctx.clock.now()
         )
-        await uow.commit()
-    return result

@@ -21,10 +21,9 @@ async def update(
     reason: str,
 ) -> RetryPolicy:
     """Apply a policy change in its own unit of work; raises domain errors on refusal."""
-    principal = ctx.require_principal()
-    _, merchant_id = decode_id(merchant_global_id, expected="Merchant")
-    async with ctx.db.uow(principal.scope) as uow:
-        policy = await update_retry_policy(
+    async with ctx.change() as (principal, uow):
+        _, merchant_id = decode_id(merchant_global_id, expected="Merchant")
+        return await update_retry_policy(
             uow,
             principal=principal,
             merchant_id=merchant_id,
@@ -33,5 +32,3 @@ async def update(
             reason=reason,
             now=ctx.clock.now(),
         )
-        await uow.commit()
-    return policy

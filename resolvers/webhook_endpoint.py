@@ -3,7 +3,6 @@
 import uuid
 from datetime import timedelta
 
-from app.crypto import CredentialBox
 from app.errors import InvalidArgument
 from app.models.retry import WebhookEndpoint
 from app.services.webhook_endpoint import (
@@ -28,26 +27,19 @@ async def deliveries(ctx: Context, endpoint_id: uuid.UUID, first: int) -> list[R
     return await ctx.loaders.webhook.recent_deliveries_by_endpoint_id.load((endpoint_id, first))
 
 
-def _box(ctx: Context) -> CredentialBox:
-    return CredentialBox(ctx.settings.secret_key.get_secret_value())
-
-
 async def create(ctx: Context, *, merchant_global_id: str, url: str) -> tuple[WebhookEndpoint, str]:
     """Create an endpoint in its own unit of work; returns it with its new signing secret."""
-    principal = ctx.require_principal()
-    _, merchant_id = decode_id(merchant_global_id, expected="Merchant")
-    async with ctx.db.uow(principal.scope) as uow:
-        endpoint, secret = await create_webhook_endpoint(
+    async with ctx.change() as (principal, uow):
+        _, merchant_id = decode_id(merchant_global_id, expected="Merchant")
+        return await create_webhook_endpoint(
             uow,
             principal=principal,
             merchant_id=merchant_id,
             url=url,
-            box=_box(ctx),
+            box=ctx.credential_box(),
             policy=ctx.settings.url_policy,
             now=ctx.clock.now(),
         )
-        await uow.commit()
-    return endpoint, secret
 
 
 async def rotate(
@@ -55,29 +47,25 @@ async def rotate(
 ) -> tuple[WebhookEndpoint, str]:
     """Replace an endpoint's signing secret, the old one signing too for `grace`; returns the
     endpoint with the new secret."""
-    principal = ctx.require_principal()
-    _, endpoint_id = decode_id(global_id, expected="WebhookEndpoint")
-    async with ctx.db.uow(principal.scope) as uow:
-        endpoint, secret = await rotate_secret(
+    async with ctx.change() as (principal, uow):
+        _, endpoint_id = decode_id(global_id, expected="WebhookEndpoint")
+        return await rotate_secret(
             uow,
             principal=principal,
             endpoint_id=endpoint_id,
             reason=reason,
-            box=_box(ctx),
+            box=ctx.credential_box(),
             now=ctx.clock.now(),
             grace=grace,
         )
-        await uow.commit()
-    return endpoint, secret
 
 
 async def set_enabled(
     ctx: Context, *, global_id: str, enabled: bool, reason: str
 ) -> WebhookEndpoint:
-    principal = ctx.require_principal()
-    _, endpoint_id = decode_id(global_id, expected="WebhookEndpoint")
-    async with ctx.db.uow(principal.scope) as uow:
-        endpoint = await set_endpoint_enabled(
+    async with ctx.change() as (principal, uow):
+        _, endpoint_id = decode_id(global_id, expected="WebhookEndpoint")
+        return await set_endpoint_enabled(
             uow,
             principal=principal,
             endpoint_id=endpoint_id,
@@ -86,5 +74,3 @@ async def set_enabled(
             policy=ctx.settings.url_policy,
             now=ctx.clock.now(),
         )
-        await uow.commit()
-    return endpoint

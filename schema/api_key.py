@@ -5,17 +5,15 @@ from typing import Annotated, Self
 
 import strawberry
 
-from app.errors import CreateApiKeyErrorCode, RevokeApiKeyErrorCode
+from app.errors import ErrorCode
 from app.models.api_key import ApiKey as ApiKeyModel
 from resolvers import api_key as key_resolvers
 from resolvers.context import Context
-from resolvers.ids import encode_id
-from resolvers.pagination import Page
 from schema.enums import Role
 from schema.merchant import Merchant
+from schema.mutation import Payload, ReasonArg, mutation
 from schema.node import Node
-from schema.payload import REFUSALS, payload_errors
-from schema.payment import PageInfo
+from schema.relay import AfterArg, Connection, FirstArg, connection
 
 Info = strawberry.Info[Context, None]
 
@@ -36,7 +34,7 @@ class ApiKey(Node):
     def from_model(cls, row: ApiKeyModel) -> Self:
         # token_hash is deliberately not mapped.
         return cls(
-            id=strawberry.ID(encode_id("ApiKey", row.id)),
+            id=cls.global_id(row.id),
             name=row.name,
             role=row.role,
             prefix=row.prefix,
@@ -52,32 +50,19 @@ class ApiKey(Node):
         return [Merchant.from_model(m) for m in rows]
 
 
-@strawberry.type(description="An API key and its cursor.")
-class ApiKeyEdge:
-    cursor: str = strawberry.field(description="Opaque keyset cursor of this key.")
-    node: ApiKey = strawberry.field(description="The key.")
+@connection(
+    "A page of API keys, newest first.",
+    edge="An API key and its cursor.",
+    noun="key",
+    nouns="keys",
+)
+class ApiKeyConnection(Connection[ApiKey]):
+    pass
 
 
-@strawberry.type(description="A page of API keys, newest first.")
-class ApiKeyConnection:
-    edges: list[ApiKeyEdge] = strawberry.field(description="The keys of this page.")
-    page_info: PageInfo = strawberry.field(description="Paging information.")
-
-    @classmethod
-    def from_page(cls, page: Page[ApiKeyModel]) -> Self:
-        return cls(
-            edges=[ApiKeyEdge(cursor=c, node=ApiKey.from_model(k)) for c, k in page.items],
-            page_info=PageInfo(has_next_page=page.has_next_page, end_cursor=page.end_cursor),
-        )
-
-
-async def api_keys(
-    info: Info,
-    first: Annotated[int | None, strawberry.argument(description="Page size, 1-100.")] = None,
-    after: Annotated[str | None, strawberry.argument(description="Cursor to follow.")] = None,
-) -> ApiKeyConnection:
+async def api_keys(info: Info, first: FirstArg = None, after: AfterArg = None) -> ApiKeyConnection:
     page = await key_resolvers.api_keys_page(info.context, first=first, after=after)
-    return ApiKeyConnection.from_page(page)
+    return ApiKeyConnection.from_page(page, ApiKey.from_model)
 
 
 @strawberry.input(description="A new API key.")
@@ -91,67 +76,54 @@ class CreateApiKeyInput:
     name: str = strawberry.field(description="A name, 1-200 characters, shown in the audit log.")
 
 
-@strawberry.type(description="An error of createApiKey.")
-class CreateApiKeyError:
-    code: CreateApiKeyErrorCode = strawberry.field(description="What went wrong.")
-    message: str = strawberry.field(description="A human-readable explanation.")
-    field: str | None = strawberry.field(description="The input field at fault, if one is.")
-
-
-@strawberry.type(description="The result of createApiKey.")
-class CreateApiKeyPayload:
-    api_key: ApiKey | None = strawberry.field(description="The new key, when it was created.")
+class CreateApiKeyPayload(Payload):
+    api_key: ApiKey | None = strawberry.field(
+        default=None, description="The new key, when it was created."
+    )
     token: str | None = strawberry.field(
-        description="The bearer token. Shown only in this response; store it now."
-    )
-    errors: list[CreateApiKeyError] = strawberry.field(
-        description="Why the key was refused; empty on success."
+        default=None, description="The bearer token. Shown only in this response; store it now."
     )
 
 
+@mutation(
+    CreateApiKeyPayload,
+    refuses=(ErrorCode.NOT_FOUND, ErrorCode.INVALID),
+    why="refused a key",
+    errors="Why the key was refused; empty on success.",
+    subject="merchantIds",
+    description=(
+        "Create an API key; the token is returned once. Support may create any key; a "
+        "merchant key only merchant keys for its own merchant. Audited."
+    ),
+)
 async def create_api_key(info: Info, input: CreateApiKeyInput) -> CreateApiKeyPayload:
-    def error(code: str, message: str, field: str | None) -> CreateApiKeyError:
-        return CreateApiKeyError(code=CreateApiKeyErrorCode(code), message=message, field=field)
-
-    try:
-        row, token = await key_resolvers.create(
-            info.context,
-            role=input.role,
-            merchant_global_ids=[str(m) for m in input.merchant_ids],
-            name=input.name,
-        )
-    except REFUSALS as exc:
-        return CreateApiKeyPayload(
-            api_key=None, token=None, errors=payload_errors(exc, error, id_field="merchantIds")
-        )
-    return CreateApiKeyPayload(api_key=ApiKey.from_model(row), token=token, errors=[])
-
-
-@strawberry.type(description="An error of revokeApiKey.")
-class RevokeApiKeyError:
-    code: RevokeApiKeyErrorCode = strawberry.field(description="What went wrong.")
-    message: str = strawberry.field(description="A human-readable explanation.")
-    field: str | None = strawberry.field(description="The argument at fault, if one is.")
-
-
-@strawberry.type(description="The result of revokeApiKey.")
-class RevokeApiKeyPayload:
-    api_key: ApiKey | None = strawberry.field(description="The key, revoked.")
-    errors: list[RevokeApiKeyError] = strawberry.field(
-        description="Why the key was not revoked; empty on success."
+    row, token = await key_resolvers.create(
+        info.context,
+        role=input.role,
+        merchant_global_ids=[str(m) for m in input.merchant_ids],
+        name=input.name,
     )
+    return CreateApiKeyPayload(api_key=ApiKey.from_model(row), token=token)
 
 
+class RevokeApiKeyPayload(Payload):
+    api_key: ApiKey | None = strawberry.field(default=None, description="The key, revoked.")
+
+
+@mutation(
+    RevokeApiKeyPayload,
+    refuses=(ErrorCode.NOT_FOUND, ErrorCode.INVALID),
+    errors="Why the key was not revoked; empty on success.",
+    subject="id",
+    description=(
+        "Revoke an API key the caller can see (support, or a merchant key for its "
+        "merchant's keys). Audited."
+    ),
+)
 async def revoke_api_key(
     info: Info,
     id: Annotated[strawberry.ID, strawberry.argument(description="The key's global id.")],
-    reason: Annotated[str, strawberry.argument(description="Why; kept in the audit log.")],
+    reason: ReasonArg,
 ) -> RevokeApiKeyPayload:
-    def error(code: str, message: str, field: str | None) -> RevokeApiKeyError:
-        return RevokeApiKeyError(code=RevokeApiKeyErrorCode(code), message=message, field=field)
-
-    try:
-        row = await key_resolvers.revoke(info.context, global_id=str(id), reason=reason)
-    except REFUSALS as exc:
-        return RevokeApiKeyPayload(api_key=None, errors=payload_errors(exc, error, id_field="id"))
-    return RevokeApiKeyPayload(api_key=ApiKey.from_model(row), errors=[])
+    row = await key_resolvers.revoke(info.context, global_id=str(id), reason=reason)
+    return RevokeApiKeyPayload(api_key=ApiKey.from_model(row))

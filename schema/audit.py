@@ -7,8 +7,7 @@ import strawberry
 from strawberry.scalars import JSON
 
 from app.models.audit import AuditLog as AuditLogModel
-from resolvers.pagination import Page
-from schema.payment import PageInfo
+from schema.relay import Connection, connection
 
 
 @strawberry.type(description="One configuration change: who, what, before, after and why.")
@@ -40,20 +39,11 @@ class AuditEntry:
         )
 
 
-@strawberry.type(description="An audit entry and its cursor.")
-class AuditEntryEdge:
-    cursor: str = strawberry.field(description="Opaque keyset cursor of this entry.")
-    node: AuditEntry = strawberry.field(description="The entry.")
-
-
-@strawberry.type(description="A page of audit entries, newest first.")
-class AuditEntryConnection:
-    edges: list[AuditEntryEdge] = strawberry.field(description="The entries of this page.")
-    page_info: PageInfo = strawberry.field(description="Paging information.")
-
-    @classmethod
-    def from_page(cls, page: Page[AuditLogModel]) -> Self:
-        return cls(
-            edges=[AuditEntryEdge(cursor=c, node=AuditEntry.from_model(e)) for c, e in page.items],
-            page_info=PageInfo(has_next_page=page.has_next_page, end_cursor=page.end_cursor),
-        )
+@connection(
+    "A page of audit entries, newest first.",
+    edge="An audit entry and its cursor.",
+    noun="entry",
+    nouns="entries",
+)
+class AuditEntryConnection(Connection[AuditEntry]):
+    pass

@@ -7,22 +7,17 @@ import strawberry
 from strawberry.scalars import JSON
 
 from app.enums import ConnectionStatus as ConnectionStatusValue
-from app.errors import (
-    ConnectProcessorErrorCode,
-    PauseProcessorConnectionErrorCode,
-    ResumeProcessorConnectionErrorCode,
-    SyncProcessorConnectionErrorCode,
-)
+from app.errors import ErrorCode, InvalidArgument
 from app.models.ingestion import ProcessorConnection as ConnectionModel
 from resolvers import connection as connection_resolvers
 from resolvers.context import Context
-from resolvers.ids import encode_id
 from schema.enums import ConnectionStatus, Processor
+from schema.mutation import Payload, ReasonArg, mutation
 from schema.node import Node
-from schema.payload import REFUSALS, payload_errors
 from schema.scalars import Long
 
 Info = strawberry.Info[Context, None]
+IdArg = Annotated[strawberry.ID, strawberry.argument(description="The connection's global id.")]
 
 
 @strawberry.type(description="A merchant's account at a processor, polled for failed payments.")
@@ -44,7 +39,7 @@ class ProcessorConnection(Node):
     def from_model(cls, row: ConnectionModel) -> Self:
         # The sealed credentials are deliberately not mapped: no field can ever return them.
         return cls(
-            id=strawberry.ID(encode_id("ProcessorConnection", row.id)),
+            id=cls.global_id(row.id),
             kind=row.kind,
             name=row.name,
             status=row.status,
@@ -80,182 +75,108 @@ class ConnectProcessorInput:
     )
 
 
-@strawberry.type(description="An error of connectProcessor.")
-class ConnectProcessorError:
-    code: ConnectProcessorErrorCode = strawberry.field(description="What went wrong.")
-    message: str = strawberry.field(description="A human-readable explanation.")
-    field: str | None = strawberry.field(description="The input field at fault, if one is.")
-
-
-@strawberry.type(description="The result of connectProcessor.")
-class ConnectProcessorPayload:
+class ConnectProcessorPayload(Payload):
     processor_connection: ProcessorConnection | None = strawberry.field(
-        description="The new connection, when it was created."
-    )
-    errors: list[ConnectProcessorError] = strawberry.field(
-        description="Why the connection was refused; empty on success."
+        default=None, description="The new connection, when it was created."
     )
 
 
+@mutation(
+    ConnectProcessorPayload,
+    refuses=(ErrorCode.NOT_FOUND, ErrorCode.INVALID, ErrorCode.URL_NOT_ALLOWED),
+    why="refused a connection",
+    errors="Why the connection was refused; empty on success.",
+    subject="merchantId",
+    description=(
+        "Connect a merchant to a processor account (support, or the merchant's own key). "
+        "Credentials are stored encrypted and never returned. Audited."
+    ),
+)
 async def connect_processor(info: Info, input: ConnectProcessorInput) -> ConnectProcessorPayload:
-    def error(code: str, message: str, field: str | None) -> ConnectProcessorError:
-        return ConnectProcessorError(
-            code=ConnectProcessorErrorCode(code), message=message, field=field
-        )
-
     credentials: Any = input.credentials
     if not isinstance(credentials, dict):
-        return ConnectProcessorPayload(
-            processor_connection=None,
-            errors=[
-                error("INVALID", "must be an object of credential names to values", "credentials")
-            ],
+        raise InvalidArgument(
+            "must be an object of credential names to values", field="credentials"
         )
-    try:
-        row = await connection_resolvers.connect(
-            info.context,
-            merchant_global_id=str(input.merchant_id),
-            kind=input.kind,
-            credentials=credentials,
-            base_url=input.base_url,
-            account_ref=input.account_ref,
-            name=input.name,
-        )
-    except REFUSALS as exc:
-        return ConnectProcessorPayload(
-            processor_connection=None,
-            errors=payload_errors(exc, error, id_field="merchantId"),
-        )
-    return ConnectProcessorPayload(
-        processor_connection=ProcessorConnection.from_model(row), errors=[]
+    row = await connection_resolvers.connect(
+        info.context,
+        merchant_global_id=str(input.merchant_id),
+        kind=input.kind,
+        credentials=credentials,
+        base_url=input.base_url,
+        account_ref=input.account_ref,
+        name=input.name,
     )
+    return ConnectProcessorPayload(processor_connection=ProcessorConnection.from_model(row))
 
 
-@strawberry.type(description="An error of syncProcessorConnection.")
-class SyncProcessorConnectionError:
-    code: SyncProcessorConnectionErrorCode = strawberry.field(description="What went wrong.")
-    message: str = strawberry.field(description="A human-readable explanation.")
-    field: str | None = strawberry.field(description="The argument at fault, if one is.")
-
-
-@strawberry.type(description="The result of syncProcessorConnection.")
-class SyncProcessorConnectionPayload:
+class SyncProcessorConnectionPayload(Payload):
     processor_connection: ProcessorConnection | None = strawberry.field(
-        description="The connection, when a poll was requested."
+        default=None, description="The connection, when a poll was requested."
     )
     queued: bool = strawberry.field(
-        description="True when a poll was queued; false when one was already queued or running."
-    )
-    errors: list[SyncProcessorConnectionError] = strawberry.field(
-        description="Why no poll was requested; empty on success."
+        default=False,
+        description="True when a poll was queued; false when one was already queued or running.",
     )
 
 
-async def sync_processor_connection(
-    info: Info,
-    id: Annotated[strawberry.ID, strawberry.argument(description="The connection's global id.")],
-) -> SyncProcessorConnectionPayload:
-    def error(code: str, message: str, field: str | None) -> SyncProcessorConnectionError:
-        return SyncProcessorConnectionError(
-            code=SyncProcessorConnectionErrorCode(code), message=message, field=field
-        )
-
-    try:
-        row, queued = await connection_resolvers.sync(info.context, global_id=str(id))
-    except REFUSALS as exc:
-        return SyncProcessorConnectionPayload(
-            processor_connection=None,
-            queued=False,
-            errors=payload_errors(exc, error, id_field="id"),
-        )
-    return SyncProcessorConnectionPayload(
-        processor_connection=ProcessorConnection.from_model(row), queued=queued, errors=[]
-    )
+@mutation(
+    SyncProcessorConnectionPayload,
+    refuses=(ErrorCode.NOT_FOUND, ErrorCode.INVALID),
+    why="queued no poll",
+    errors="Why no poll was requested; empty on success.",
+    subject="id",
+    description="Queue a poll of an active connection now (support, or the merchant's key).",
+)
+async def sync_processor_connection(info: Info, id: IdArg) -> SyncProcessorConnectionPayload:
+    row, queued = await connection_resolvers.sync(info.context, global_id=str(id))
+    connection = ProcessorConnection.from_model(row)
+    return SyncProcessorConnectionPayload(processor_connection=connection, queued=queued)
 
 
-@strawberry.type(description="An error of pauseProcessorConnection.")
-class PauseProcessorConnectionError:
-    code: PauseProcessorConnectionErrorCode = strawberry.field(description="What went wrong.")
-    message: str = strawberry.field(description="A human-readable explanation.")
-    field: str | None = strawberry.field(description="The argument at fault, if one is.")
-
-
-@strawberry.type(description="The result of pauseProcessorConnection.")
-class PauseProcessorConnectionPayload:
+class PauseProcessorConnectionPayload(Payload):
     processor_connection: ProcessorConnection | None = strawberry.field(
-        description="The connection, paused, when the change was applied."
-    )
-    errors: list[PauseProcessorConnectionError] = strawberry.field(
-        description="Why the change was refused; empty on success."
+        default=None, description="The connection, paused, when the change was applied."
     )
 
 
-async def pause_processor_connection(
-    info: Info,
-    id: Annotated[strawberry.ID, strawberry.argument(description="The connection's global id.")],
-    reason: Annotated[str, strawberry.argument(description="Why; kept in the audit log.")],
-) -> PauseProcessorConnectionPayload:
-    def error(code: str, message: str, field: str | None) -> PauseProcessorConnectionError:
-        return PauseProcessorConnectionError(
-            code=PauseProcessorConnectionErrorCode(code), message=message, field=field
-        )
-
-    try:
-        row = await connection_resolvers.set_status(
-            info.context,
-            global_id=str(id),
-            status=ConnectionStatusValue.PAUSED,
-            reason=reason,
-        )
-    except REFUSALS as exc:
-        return PauseProcessorConnectionPayload(
-            processor_connection=None,
-            errors=payload_errors(exc, error, id_field="id"),
-        )
-    return PauseProcessorConnectionPayload(
-        processor_connection=ProcessorConnection.from_model(row), errors=[]
-    )
-
-
-@strawberry.type(description="An error of resumeProcessorConnection.")
-class ResumeProcessorConnectionError:
-    code: ResumeProcessorConnectionErrorCode = strawberry.field(description="What went wrong.")
-    message: str = strawberry.field(description="A human-readable explanation.")
-    field: str | None = strawberry.field(description="The argument at fault, if one is.")
-
-
-@strawberry.type(description="The result of resumeProcessorConnection.")
-class ResumeProcessorConnectionPayload:
+class ResumeProcessorConnectionPayload(Payload):
     processor_connection: ProcessorConnection | None = strawberry.field(
-        description="The connection, active again, when the change was applied."
-    )
-    errors: list[ResumeProcessorConnectionError] = strawberry.field(
-        description="Why the change was refused; empty on success."
+        default=None, description="The connection, active again, when the change was applied."
     )
 
 
-async def resume_processor_connection(
-    info: Info,
-    id: Annotated[strawberry.ID, strawberry.argument(description="The connection's global id.")],
-    reason: Annotated[str, strawberry.argument(description="Why; kept in the audit log.")],
-) -> ResumeProcessorConnectionPayload:
-    def error(code: str, message: str, field: str | None) -> ResumeProcessorConnectionError:
-        return ResumeProcessorConnectionError(
-            code=ResumeProcessorConnectionErrorCode(code), message=message, field=field
-        )
+StatusPayload = PauseProcessorConnectionPayload | ResumeProcessorConnectionPayload
 
-    try:
+
+def _set_status(
+    payload: type[StatusPayload], status: ConnectionStatusValue, description: str
+) -> StatusPayload:
+    """pauseProcessorConnection and resumeProcessorConnection: the same change to two states."""
+
+    @mutation(
+        payload,
+        refuses=(ErrorCode.NOT_FOUND, ErrorCode.INVALID),
+        errors="Why the change was refused; empty on success.",
+        subject="id",
+        description=description,
+    )
+    async def set_status(info: Info, id: IdArg, reason: ReasonArg) -> StatusPayload:
         row = await connection_resolvers.set_status(
-            info.context,
-            global_id=str(id),
-            status=ConnectionStatusValue.ACTIVE,
-            reason=reason,
+            info.context, global_id=str(id), status=status, reason=reason
         )
-    except REFUSALS as exc:
-        return ResumeProcessorConnectionPayload(
-            processor_connection=None,
-            errors=payload_errors(exc, error, id_field="id"),
-        )
-    return ResumeProcessorConnectionPayload(
-        processor_connection=ProcessorConnection.from_model(row), errors=[]
-    )
+        return payload(processor_connection=ProcessorConnection.from_model(row))
+
+    return set_status
+
+
+pause_processor_connection = _set_status(
+    PauseProcessorConnectionPayload,
+    ConnectionStatusValue.PAUSED,
+    "Stop polling a connection (support, or the merchant's own key). Audited.",
+)
+resume_processor_connection = _set_status(
+    ResumeProcessorConnectionPayload,
+    ConnectionStatusValue.ACTIVE,
+    "Poll a paused or failed connection again (support, or the merchant's own key). Audited.",
+)

@@ -16,21 +16,6 @@ from app.enums import (
     RetryStrategy,
     Role,
 )
-from app.errors import (
-    ConnectProcessorErrorCode,
-    CreateApiKeyErrorCode,
-    CreateMerchantErrorCode,
-    CreateWebhookEndpointErrorCode,
-    PauseMerchantRecoveryErrorCode,
-    PauseProcessorConnectionErrorCode,
-    ResumeMerchantRecoveryErrorCode,
-    ResumeProcessorConnectionErrorCode,
-    RevokeApiKeyErrorCode,
-    RotateWebhookSecretErrorCode,
-    SetWebhookEndpointEnabledErrorCode,
-    SyncProcessorConnectionErrorCode,
-    UpdateRetryPolicyErrorCode,
-)
 
 # strawberry.enum registers the class itself, so the API and the core share one type.
 for _cls, _description in (
@@ -45,20 +30,7 @@ for _cls, _description in (
     (RetryStrategy, "How retry times are chosen."),
     (EndAction, "What happens when the retry window ends unrecovered."),
     (MerchantStatus, "Whether a merchant's recovery runs."),
-    (UpdateRetryPolicyErrorCode, "Why updateRetryPolicy refused a change."),
     (ConnectionStatus, "Whether a processor connection is polled."),
-    (ConnectProcessorErrorCode, "Why connectProcessor refused a connection."),
-    (SyncProcessorConnectionErrorCode, "Why syncProcessorConnection queued no poll."),
-    (PauseProcessorConnectionErrorCode, "Why pauseProcessorConnection refused."),
-    (ResumeProcessorConnectionErrorCode, "Why resumeProcessorConnection refused."),
-    (CreateApiKeyErrorCode, "Why createApiKey refused a key."),
-    (RevokeApiKeyErrorCode, "Why revokeApiKey refused."),
-    (CreateMerchantErrorCode, "Why createMerchant refused a merchant."),
-    (PauseMerchantRecoveryErrorCode, "Why pauseMerchantRecovery refused."),
-    (ResumeMerchantRecoveryErrorCode, "Why resumeMerchantRecovery refused."),
-    (CreateWebhookEndpointErrorCode, "Why createWebhookEndpoint refused an endpoint."),
-    (RotateWebhookSecretErrorCode, "Why rotateWebhookSecret refused."),
-    (SetWebhookEndpointEnabledErrorCode, "Why setWebhookEndpointEnabled refused."),
 ):
     strawberry.enum(_cls, description=_description)
 
@@ -67,25 +39,12 @@ __all__ = [
     "Advice",
     "AttemptOutcome",
     "CardFunding",
-    "ConnectProcessorErrorCode",
     "ConnectionStatus",
-    "CreateApiKeyErrorCode",
-    "CreateMerchantErrorCode",
-    "CreateWebhookEndpointErrorCode",
     "DeclineCategory",
     "EndAction",
     "MerchantStatus",
-    "PauseMerchantRecoveryErrorCode",
-    "PauseProcessorConnectionErrorCode",
     "PaymentState",
     "Processor",
-    "ResumeMerchantRecoveryErrorCode",
-    "ResumeProcessorConnectionErrorCode",
     "RetryStrategy",
-    "RevokeApiKeyErrorCode",
     "Role",
-    "RotateWebhookSecretErrorCode",
-    "SetWebhookEndpointEnabledErrorCode",
-    "SyncProcessorConnectionErrorCode",
-    "UpdateRetryPolicyErrorCode",
 ]

@@ -12,13 +12,12 @@ from resolvers import payment as payment_resolvers
 from resolvers import retry_policy as policy_resolvers
 from resolvers import webhook_endpoint as webhook_resolvers
 from resolvers.context import Context
-from resolvers.ids import encode_id
-from resolvers.pagination import Page
-from schema.audit import AuditEntryConnection
+from schema.audit import AuditEntry, AuditEntryConnection
 from schema.connection import ProcessorConnection
 from schema.enums import MerchantStatus
 from schema.node import Node
-from schema.payment import PageInfo, PaymentConnection, PaymentFilter
+from schema.payment import Payment, PaymentConnection, PaymentFilter
+from schema.relay import AfterArg, Connection, FirstArg, connection
 from schema.retry_policy import RetryPolicy
 from schema.stats import (
     STATS_DESCRIPTION,
@@ -45,7 +44,7 @@ class Merchant(Node):
     @classmethod
     def from_model(cls, row: MerchantModel) -> Self:
         return cls(
-            id=strawberry.ID(encode_id("Merchant", row.id)),
+            id=cls.global_id(row.id),
             name=row.name,
             status=row.status,
             created_at=row.created_at,
@@ -56,8 +55,8 @@ class Merchant(Node):
     async def payments(
         self,
         info: Info,
-        first: Annotated[int | None, strawberry.argument(description="Page size, 1-100.")] = None,
-        after: Annotated[str | None, strawberry.argument(description="Cursor to follow.")] = None,
+        first: FirstArg = None,
+        after: AfterArg = None,
         filter: Annotated[
             PaymentFilter | None, strawberry.argument(description="Narrow the list.")
         ] = None,
@@ -66,7 +65,7 @@ class Merchant(Node):
         page = await payment_resolvers.payments_page(
             info.context, merchant_id=self._row.id, filters=filters, first=first, after=after
         )
-        return PaymentConnection.from_page(page)
+        return PaymentConnection.from_page(page, Payment.from_model)
 
     @strawberry.field(description="The current retry policy.")
     async def retry_policy(self, info: Info) -> RetryPolicy | None:
@@ -85,15 +84,12 @@ class Merchant(Node):
 
     @strawberry.field(description="Every configuration change, newest first.")
     async def audit_log(
-        self,
-        info: Info,
-        first: Annotated[int | None, strawberry.argument(description="Page size, 1-100.")] = None,
-        after: Annotated[str | None, strawberry.argument(description="Cursor to follow.")] = None,
+        self, info: Info, first: FirstArg = None, after: AfterArg = None
     ) -> AuditEntryConnection:
         page = await audit_resolvers.audit_page(
             info.context, merchant_id=self._row.id, first=first, after=after
         )
-        return AuditEntryConnection.from_page(page)
+        return AuditEntryConnection.from_page(page, AuditEntry.from_model)
 
     @strawberry.field(description=STATS_DESCRIPTION)
     async def recovery_stats(
@@ -107,20 +103,11 @@ class Merchant(Node):
         return await merchant_recovery_stats(info, self._row.id, from_, to, granularity, timezone)
 
 
-@strawberry.type(description="A merchant and its cursor.")
-class MerchantEdge:
-    cursor: str = strawberry.field(description="Opaque keyset cursor of this merchant.")
-    node: Merchant = strawberry.field(description="The merchant.")
-
-
-@strawberry.type(description="A page of merchants, oldest first.")
-class MerchantConnection:
-    edges: list[MerchantEdge] = strawberry.field(description="The merchants of this page.")
-    page_info: PageInfo = strawberry.field(description="Paging information.")
-
-    @classmethod
-    def from_page(cls, page: Page[MerchantModel]) -> Self:
-        return cls(
-            edges=[MerchantEdge(cursor=c, node=Merchant.from_model(m)) for c, m in page.items],
-            page_info=PageInfo(has_next_page=page.has_next_page, end_cursor=page.end_cursor),
-        )
+@connection(
+    "A page of merchants, oldest first.",
+    edge="A merchant and its cursor.",
+    noun="merchant",
+    nouns="merchants",
+)
+class MerchantConnection(Connection[Merchant]):
+    pass

@@ -5,17 +5,16 @@ from typing import Annotated
 import strawberry
 
 from app.enums import MerchantStatus
-from app.errors import (
-    CreateMerchantErrorCode,
-    PauseMerchantRecoveryErrorCode,
-    ResumeMerchantRecoveryErrorCode,
-)
+from app.errors import ErrorCode
 from resolvers import merchant_admin as admin_resolvers
 from resolvers.context import Context
 from schema.merchant import Merchant
-from schema.payload import REFUSALS, payload_errors
+from schema.mutation import Payload, ReasonArg, mutation
 
 Info = strawberry.Info[Context, None]
+MerchantIdArg = Annotated[
+    strawberry.ID, strawberry.argument(description="The merchant's global id.")
+]
 
 
 @strawberry.input(description="A new merchant.")
@@ -23,117 +22,70 @@ class CreateMerchantInput:
     name: str = strawberry.field(description="The merchant's name, 1-200 characters.")
 
 
-@strawberry.type(description="An error of createMerchant.")
-class CreateMerchantError:
-    code: CreateMerchantErrorCode = strawberry.field(description="What went wrong.")
-    message: str = strawberry.field(description="A human-readable explanation.")
-    field: str | None = strawberry.field(description="The input field at fault, if one is.")
-
-
-@strawberry.type(description="The result of createMerchant.")
-class CreateMerchantPayload:
+class CreateMerchantPayload(Payload):
     merchant: Merchant | None = strawberry.field(
-        description="The new merchant (with the default retry policy), when it was created."
-    )
-    errors: list[CreateMerchantError] = strawberry.field(
-        description="Why the merchant was refused; empty on success."
+        default=None,
+        description="The new merchant (with the default retry policy), when it was created.",
     )
 
 
+@mutation(
+    CreateMerchantPayload,
+    refuses=(ErrorCode.INVALID,),
+    why="refused a merchant",
+    errors="Why the merchant was refused; empty on success.",
+    description="Add a merchant with the default retry policy (support only). Audited.",
+)
 async def create_merchant(info: Info, input: CreateMerchantInput) -> CreateMerchantPayload:
-    def error(code: str, message: str, field: str | None) -> CreateMerchantError:
-        return CreateMerchantError(code=CreateMerchantErrorCode(code), message=message, field=field)
-
-    try:
-        row = await admin_resolvers.create(info.context, name=input.name)
-    except REFUSALS as exc:
-        return CreateMerchantPayload(
-            merchant=None, errors=payload_errors(exc, error, id_field="name")
-        )
-    return CreateMerchantPayload(merchant=Merchant.from_model(row), errors=[])
+    row = await admin_resolvers.create(info.context, name=input.name)
+    return CreateMerchantPayload(merchant=Merchant.from_model(row))
 
 
-@strawberry.type(description="An error of pauseMerchantRecovery.")
-class PauseMerchantRecoveryError:
-    code: PauseMerchantRecoveryErrorCode = strawberry.field(description="What went wrong.")
-    message: str = strawberry.field(description="A human-readable explanation.")
-    field: str | None = strawberry.field(description="The argument at fault, if one is.")
-
-
-@strawberry.type(description="The result of pauseMerchantRecovery.")
-class PauseMerchantRecoveryPayload:
+class PauseMerchantRecoveryPayload(Payload):
     merchant: Merchant | None = strawberry.field(
-        description="The merchant, paused, when the change was applied."
-    )
-    errors: list[PauseMerchantRecoveryError] = strawberry.field(
-        description="Why the change was refused; empty on success."
+        default=None, description="The merchant, paused, when the change was applied."
     )
 
 
-async def pause_merchant_recovery(
-    info: Info,
-    merchant_id: Annotated[
-        strawberry.ID, strawberry.argument(description="The merchant's global id.")
-    ],
-    reason: Annotated[str, strawberry.argument(description="Why; kept in the audit log.")],
-) -> PauseMerchantRecoveryPayload:
-    def error(code: str, message: str, field: str | None) -> PauseMerchantRecoveryError:
-        return PauseMerchantRecoveryError(
-            code=PauseMerchantRecoveryErrorCode(code), message=message, field=field
-        )
-
-    try:
-        row = await admin_resolvers.set_recovery(
-            info.context,
-            merchant_global_id=str(merchant_id),
-            status=MerchantStatus.PAUSED,
-            reason=reason,
-        )
-    except REFUSALS as exc:
-        return PauseMerchantRecoveryPayload(
-            merchant=None, errors=payload_errors(exc, error, id_field="merchantId")
-        )
-    return PauseMerchantRecoveryPayload(merchant=Merchant.from_model(row), errors=[])
-
-
-@strawberry.type(description="An error of resumeMerchantRecovery.")
-class ResumeMerchantRecoveryError:
-    code: ResumeMerchantRecoveryErrorCode = strawberry.field(description="What went wrong.")
-    message: str = strawberry.field(description="A human-readable explanation.")
-    field: str | None = strawberry.field(description="The argument at fault, if one is.")
-
-
-@strawberry.type(description="The result of resumeMerchantRecovery.")
-class ResumeMerchantRecoveryPayload:
+class ResumeMerchantRecoveryPayload(Payload):
     merchant: Merchant | None = strawberry.field(
-        description="The merchant, active again, when the change was applied."
-    )
-    errors: list[ResumeMerchantRecoveryError] = strawberry.field(
-        description="Why the change was refused; empty on success."
+        default=None, description="The merchant, active again, when the change was applied."
     )
 
 
-async def resume_merchant_recovery(
-    info: Info,
-    merchant_id: Annotated[
-        strawberry.ID, strawberry.argument(description="The merchant's global id.")
-    ],
-    reason: Annotated[str, strawberry.argument(description="Why; kept in the audit log.")],
-) -> ResumeMerchantRecoveryPayload:
-    def error(code: str, message: str, field: str | None) -> ResumeMerchantRecoveryError:
-        return ResumeMerchantRecoveryError(
-            code=ResumeMerchantRecoveryErrorCode(code), message=message, field=field
-        )
+RecoveryPayload = PauseMerchantRecoveryPayload | ResumeMerchantRecoveryPayload
 
-    try:
+
+def _set_recovery(
+    payload: type[RecoveryPayload], status: MerchantStatus, description: str
+) -> RecoveryPayload:
+    """pauseMerchantRecovery and resumeMerchantRecovery: the same change to two states."""
+
+    @mutation(
+        payload,
+        refuses=(ErrorCode.NOT_FOUND, ErrorCode.INVALID),
+        errors="Why the change was refused; empty on success.",
+        subject="merchantId",
+        description=description,
+    )
+    async def set_recovery(
+        info: Info, merchant_id: MerchantIdArg, reason: ReasonArg
+    ) -> RecoveryPayload:
         row = await admin_resolvers.set_recovery(
-            info.context,
-            merchant_global_id=str(merchant_id),
-            status=MerchantStatus.ACTIVE,
-            reason=reason,
+            info.context, merchant_global_id=str(merchant_id), status=status, reason=reason
         )
-    except REFUSALS as exc:
-        return ResumeMerchantRecoveryPayload(
-            merchant=None, errors=payload_errors(exc, error, id_field="merchantId")
-        )
-    return ResumeMerchantRecoveryPayload(merchant=Merchant.from_model(row), errors=[])
+        return payload(merchant=Merchant.from_model(row))
+
+    return set_recovery
+
+
+pause_merchant_recovery = _set_recovery(
+    PauseMerchantRecoveryPayload,
+    MerchantStatus.PAUSED,
+    "Stop a merchant's recovery (support only). Audited.",
+)
+resume_merchant_recovery = _set_recovery(
+    ResumeMerchantRecoveryPayload,
+    MerchantStatus.ACTIVE,
+    "Restart a merchant's recovery (support only). Audited.",
+)

@@ -6,17 +6,16 @@ from typing import Annotated, Any, Self
 import strawberry
 
 from app.enums import ModelStatus
-from app.errors import GateFailed, InvalidState, PromoteModelErrorCode
+from app.errors import ErrorCode
 from app.models.model_version import ModelVersion
 from resolvers import model as model_resolvers
 from resolvers.context import Context
 from resolvers.ids import encode_id
-from schema.payload import REFUSALS, payload_errors
+from schema.mutation import Payload, ReasonArg, mutation
 
 Info = strawberry.Info[Context, None]
 
 strawberry.enum(ModelStatus, description="Where a model stands: acting, waiting or retired.")
-strawberry.enum(PromoteModelErrorCode, description="Why promoteModel refused.")
 
 
 def _float(value: Any) -> float | None:
@@ -143,35 +142,31 @@ async def models(
     return [Model.from_model(r) for r in rows]
 
 
-@strawberry.type(description="An error of promoteModel.")
-class PromoteModelError:
-    code: PromoteModelErrorCode = strawberry.field(description="What went wrong.")
-    message: str = strawberry.field(description="A human-readable explanation.")
-    field: str | None = strawberry.field(description="The argument at fault, if one is.")
-
-
-@strawberry.type(description="The result of promoteModel.")
-class PromoteModelPayload:
-    model: Model | None = strawberry.field(description="The new champion, when promoted.")
-    errors: list[PromoteModelError] = strawberry.field(
-        description="Why the promotion was refused; empty on success."
+class PromoteModelPayload(Payload):
+    model: Model | None = strawberry.field(
+        default=None, description="The new champion, when promoted."
     )
 
 
+@mutation(
+    PromoteModelPayload,
+    refuses=(
+        ErrorCode.NOT_FOUND,
+        ErrorCode.GATE_FAILED,
+        ErrorCode.INVALID_STATE,
+        ErrorCode.INVALID,
+    ),
+    errors="Why the promotion was refused; empty on success.",
+    subject="id",
+    description=(
+        "Make a model the champion when it beat the current champion on a later held-out "
+        "window; the old champion is retired (support only). Audited."
+    ),
+)
 async def promote_model(
     info: Info,
     id: Annotated[strawberry.ID, strawberry.argument(description="The model's global id.")],
-    reason: Annotated[str, strawberry.argument(description="Why; kept in the audit log.")],
+    reason: ReasonArg,
 ) -> PromoteModelPayload:
-    def error(code: str, message: str, field: str | None) -> PromoteModelError:
-        return PromoteModelError(code=PromoteModelErrorCode(code), message=message, field=field)
-
-    try:
-        row = await model_resolvers.promote(info.context, model_global_id=str(id), reason=reason)
-    except (GateFailed, InvalidState) as exc:
-        return PromoteModelPayload(
-            model=None, errors=[error(exc.code.value, exc.message, exc.field or "id")]
-        )
-    except REFUSALS as exc:
-        return PromoteModelPayload(model=None, errors=payload_errors(exc, error, id_field="id"))
-    return PromoteModelPayload(model=Model.from_model(row), errors=[])
+    row = await model_resolvers.promote(info.context, model_global_id=str(id), reason=reason)
+    return PromoteModelPayload(model=Model.from_model(row))

@@ -15,8 +15,6 @@ from resolvers import model as model_resolvers
 from resolvers import payment as payment_resolvers
 from resolvers import payment_recovery as recovery_resolvers
 from resolvers.context import Context
-from resolvers.ids import encode_id
-from resolvers.pagination import Page
 from schema.enums import (
     Actor,
     Advice,
@@ -28,6 +26,7 @@ from schema.enums import (
     RetryStrategy,
 )
 from schema.node import Node
+from schema.relay import Connection, connection
 from schema.scalars import Long
 
 Info = strawberry.Info[Context, None]
@@ -123,7 +122,7 @@ class Customer(Node):
     @classmethod
     def from_model(cls, row: CustomerModel) -> Self:
         return cls(
-            id=strawberry.ID(encode_id("Customer", row.id)),
+            id=cls.global_id(row.id),
             external_ref=row.external_ref,
             timezone=row.timezone,
             country=row.country,
@@ -143,7 +142,7 @@ class Card(Node):
     @classmethod
     def from_model(cls, row: CardModel) -> Self:
         return cls(
-            id=strawberry.ID(encode_id("Card", row.id)),
+            id=cls.global_id(row.id),
             brand=row.brand,
             last4=row.last4,
             bin=row.bin,
@@ -219,7 +218,7 @@ class Payment(Node):
     @classmethod
     def from_model(cls, row: PaymentModel) -> Self:
         return cls(
-            id=strawberry.ID(encode_id("Payment", row.id)),
+            id=cls.global_id(row.id),
             processor=row.processor,
             processor_payment_id=row.processor_payment_id,
             state=row.state,
@@ -324,26 +323,11 @@ class PaymentFilter:
         )
 
 
-@strawberry.type(description="Where a page ends and whether another follows.")
-class PageInfo:
-    has_next_page: bool = strawberry.field(description="Whether another page follows.")
-    end_cursor: str | None = strawberry.field(description="Pass as `after` for the next page.")
-
-
-@strawberry.type(description="A payment and its cursor.")
-class PaymentEdge:
-    cursor: str = strawberry.field(description="Opaque keyset cursor of this payment.")
-    node: Payment = strawberry.field(description="The payment.")
-
-
-@strawberry.type(description="A page of payments, newest failure first.")
-class PaymentConnection:
-    edges: list[PaymentEdge] = strawberry.field(description="The payments of this page.")
-    page_info: PageInfo = strawberry.field(description="Paging information.")
-
-    @classmethod
-    def from_page(cls, page: Page[PaymentModel]) -> Self:
-        return cls(
-            edges=[PaymentEdge(cursor=c, node=Payment.from_model(p)) for c, p in page.items],
-            page_info=PageInfo(has_next_page=page.has_next_page, end_cursor=page.end_cursor),
-        )
+@connection(
+    "A page of payments, newest failure first.",
+    edge="A payment and its cursor.",
+    noun="payment",
+    nouns="payments",
+)
+class PaymentConnection(Connection[Payment]):
+    pass

@@ -5,17 +5,13 @@ from typing import Any, Self
 
 import strawberry
 
-from app.errors import UpdateRetryPolicyErrorCode as Code
-from app.errors import (
-    ValidationFailed,
-    VersionConflict,
-)
+from app.errors import ErrorCode, ValidationFailed
 from app.models.retry_policy import RetryPolicy as RetryPolicyModel
 from app.services.retry_policy import KEEP, PolicyChanges
 from resolvers import retry_policy as policy_resolvers
 from resolvers.context import Context
 from schema.enums import DeclineCategory, EndAction, RetryStrategy
-from schema.payload import REFUSALS, payload_errors
+from schema.mutation import Payload, mutation
 
 Info = strawberry.Info[Context, None]
 
@@ -153,42 +149,31 @@ class UpdateRetryPolicyInput:
 _CHANGE_FIELDS = tuple(PolicyChanges.__dataclass_fields__)
 
 
-@strawberry.type(description="An error of updateRetryPolicy.")
-class UpdateRetryPolicyError:
-    code: Code = strawberry.field(description="What went wrong.")
-    message: str = strawberry.field(description="A human-readable explanation.")
-    field: str | None = strawberry.field(description="The input field at fault, if one is.")
-
-
-@strawberry.type(description="The result of updateRetryPolicy.")
-class UpdateRetryPolicyPayload:
+class UpdateRetryPolicyPayload(Payload):
     retry_policy: RetryPolicy | None = strawberry.field(
-        description="The new current version, when the change was applied."
-    )
-    errors: list[UpdateRetryPolicyError] = strawberry.field(
-        description="Why the change was refused; empty on success."
+        default=None, description="The new current version, when the change was applied."
     )
 
 
+@mutation(
+    UpdateRetryPolicyPayload,
+    refuses=(ErrorCode.NOT_FOUND, ErrorCode.VERSION_CONFLICT, ErrorCode.INVALID),
+    why="refused a change",
+    errors="Why the change was refused; empty on success.",
+    subject="merchantId",
+    description=(
+        "Change a merchant's retry policy (support, or the merchant's own key). "
+        "Adds a version and an audit entry."
+    ),
+)
 async def update_retry_policy(
     info: Info, input: UpdateRetryPolicyInput
 ) -> UpdateRetryPolicyPayload:
-    def error(code: str, message: str, field: str | None) -> UpdateRetryPolicyError:
-        return UpdateRetryPolicyError(code=Code(code), message=message, field=field)
-
-    try:
-        changes = input.to_changes()
-        row = await policy_resolvers.update(
-            info.context,
-            merchant_global_id=str(input.merchant_id),
-            expected_version=input.expected_version,
-            changes=changes,
-            reason=input.reason,
-        )
-    except VersionConflict as exc:
-        errors = [error(Code.VERSION_CONFLICT, exc.message, "expectedVersion")]
-        return UpdateRetryPolicyPayload(retry_policy=None, errors=errors)
-    except REFUSALS as exc:
-        errors = payload_errors(exc, error, id_field="merchantId")
-        return UpdateRetryPolicyPayload(retry_policy=None, errors=errors)
-    return UpdateRetryPolicyPayload(retry_policy=RetryPolicy.from_model(row), errors=[])
+    row = await policy_resolvers.update(
+        info.context,
+        merchant_global_id=str(input.merchant_id),
+        expected_version=input.expected_version,
+        changes=input.to_changes(),
+        reason=input.reason,
+    )
+    return UpdateRetryPolicyPayload(retry_policy=RetryPolicy.from_model(row))

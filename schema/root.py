@@ -14,58 +14,27 @@ from strawberry.extensions import (
 )
 from strawberry.schema.config import StrawberryConfig
 
-from app.models.api_key import ApiKey as ApiKeyModel
-from app.models.customer import CardCredential as CardModel
-from app.models.customer import Customer as CustomerModel
-from app.models.ingestion import ProcessorConnection as ConnectionModel
-from app.models.merchant import Merchant as MerchantModel
-from app.models.payment import Payment as PaymentModel
-from app.models.retry import WebhookEndpoint as EndpointModel
 from app.settings import Settings
 from resolvers import merchant as merchant_resolvers
-from resolvers import node as node_resolvers
 from resolvers.context import Context
-from schema.api_key import (
-    ApiKey,
-    ApiKeyConnection,
-    CreateApiKeyPayload,
-    RevokeApiKeyPayload,
-    api_keys,
-    create_api_key,
-    revoke_api_key,
+from schema import (
+    api_key,
+    connection,
+    merchant_admin,
+    model,
+    payment_recovery,
+    retry_policy,
+    webhook_endpoint,
 )
-from schema.connection import (
-    ConnectProcessorPayload,
-    PauseProcessorConnectionPayload,
-    ProcessorConnection,
-    ResumeProcessorConnectionPayload,
-    SyncProcessorConnectionPayload,
-    connect_processor,
-    pause_processor_connection,
-    resume_processor_connection,
-    sync_processor_connection,
-)
+from schema.api_key import ApiKey, ApiKeyConnection, api_keys
+from schema.connection import ProcessorConnection
 from schema.enums import Role
 from schema.extensions import PortalSchema, ShapeErrors
 from schema.merchant import Merchant, MerchantConnection
-from schema.merchant_admin import (
-    CreateMerchantPayload,
-    PauseMerchantRecoveryPayload,
-    ResumeMerchantRecoveryPayload,
-    create_merchant,
-    pause_merchant_recovery,
-    resume_merchant_recovery,
-)
-from schema.model import Model, PromoteModelPayload, models, promote_model
-from schema.node import Node
+from schema.model import Model, models
+from schema.node import Node, NodeTypes, node_type
 from schema.payment import Card, Customer, Payment
-from schema.payment_recovery import (
-    CancelPaymentRecoveryPayload,
-    RetryPaymentNowPayload,
-    cancel_payment_recovery,
-    retry_payment_now,
-)
-from schema.retry_policy import UpdateRetryPolicyPayload, update_retry_policy
+from schema.relay import AfterArg, FirstArg
 from schema.scalars import SCALAR_MAP
 from schema.stats import (
     STATS_DESCRIPTION,
@@ -77,33 +46,36 @@ from schema.stats import (
     ToArg,
     viewer_recovery_stats,
 )
-from schema.webhook_endpoint import (
-    CreateWebhookEndpointPayload,
-    RotateWebhookSecretPayload,
-    SetWebhookEndpointEnabledPayload,
-    WebhookEndpoint,
-    create_webhook_endpoint,
-    rotate_webhook_secret,
-    set_webhook_endpoint_enabled,
+from schema.webhook_endpoint import WebhookEndpoint
+
+# What `node(id:)` answers with; a global id may name only these types.
+NODE_TYPES = NodeTypes(
+    node_type(Merchant, lambda loaders: loaders.merchant_by_id),
+    node_type(Payment, lambda loaders: loaders.payment_by_id),
+    node_type(Customer, lambda loaders: loaders.customer_by_id),
+    node_type(Card, lambda loaders: loaders.card_by_id),
+    node_type(ProcessorConnection, lambda loaders: loaders.processor_connection_by_id),
+    node_type(ApiKey, lambda loaders: loaders.api_key_by_id),
+    node_type(WebhookEndpoint, lambda loaders: loaders.webhook.webhook_endpoint_by_id),
 )
 
 Info = strawberry.Info[Context, None]
+
+
+async def merchants(
+    info: Info, first: FirstArg = None, after: AfterArg = None
+) -> MerchantConnection:
+    page = await merchant_resolvers.merchants_page(info.context, first=first, after=after)
+    return MerchantConnection.from_page(page, Merchant.from_model)
 
 
 @strawberry.type(description="The caller: the API key making the request.")
 class Viewer:
     role: Role = strawberry.field(description="What the key may do.")
     name: str = strawberry.field(description="The key's name.")
-
-    @strawberry.field(description="The merchants this key may see, oldest first.")
-    async def merchants(
-        self,
-        info: Info,
-        first: Annotated[int | None, strawberry.argument(description="Page size, 1-100.")] = None,
-        after: Annotated[str | None, strawberry.argument(description="Cursor to follow.")] = None,
-    ) -> MerchantConnection:
-        page = await merchant_resolvers.merchants_page(info.context, first=first, after=after)
-        return MerchantConnection.from_page(page)
+    merchants: MerchantConnection = strawberry.field(
+        resolver=merchants, description="The merchants this key may see, oldest first."
+    )
 
     @strawberry.field(
         description=STATS_DESCRIPTION + " Added up over every merchant the key may see."
@@ -119,22 +91,30 @@ class Viewer:
         return await viewer_recovery_stats(info, from_, to, granularity, timezone)
 
 
+def viewer(info: Info) -> Viewer:
+    principal = info.context.require_principal()
+    return Viewer(role=principal.role, name=principal.name)
+
+
 @strawberry.type(description="Entry points for reading.")
 class Query:
-    @strawberry.field(description="The caller and what it may see.")
-    def viewer(self, info: Info) -> Viewer:
-        principal = info.context.require_principal()
-        return Viewer(role=principal.role, name=principal.name)
-
-    @strawberry.field(description="Merchants visible to the caller, oldest first.")
-    async def merchants(
-        self,
-        info: Info,
-        first: Annotated[int | None, strawberry.argument(description="Page size, 1-100.")] = None,
-        after: Annotated[str | None, strawberry.argument(description="Cursor to follow.")] = None,
-    ) -> MerchantConnection:
-        page = await merchant_resolvers.merchants_page(info.context, first=first, after=after)
-        return MerchantConnection.from_page(page)
+    models: list[Model] = strawberry.field(
+        resolver=models,
+        description="Trained retry-timing models, newest first (support only).",
+    )
+    api_keys: ApiKeyConnection = strawberry.field(
+        resolver=api_keys,
+        description=(
+            "API keys, newest first: support sees every key; other keys see the keys whose "
+            "every granted merchant they may see."
+        ),
+    )
+    viewer: Viewer = strawberry.field(
+        resolver=viewer, description="The caller and what it may see."
+    )
+    merchants: MerchantConnection = strawberry.field(
+        resolver=merchants, description="Merchants visible to the caller, oldest first."
+    )
 
     @strawberry.field(description="One merchant by global id; null when not visible.")
     async def merchant(
@@ -151,137 +131,27 @@ class Query:
         info: Info,
         id: Annotated[strawberry.ID, strawberry.argument(description="Global id.")],
     ) -> Node | None:
-        row = await node_resolvers.node(info.context, str(id))
-        if isinstance(row, MerchantModel):
-            return Merchant.from_model(row)
-        if isinstance(row, PaymentModel):
-            return Payment.from_model(row)
-        if isinstance(row, CustomerModel):
-            return Customer.from_model(row)
-        if isinstance(row, CardModel):
-            return Card.from_model(row)
-        if isinstance(row, ConnectionModel):
-            return ProcessorConnection.from_model(row)
-        if isinstance(row, ApiKeyModel):
-            return ApiKey.from_model(row)
-        if isinstance(row, EndpointModel):
-            return WebhookEndpoint.from_model(row)
-        return None
-
-    models: list[Model] = strawberry.field(
-        resolver=models,
-        description="Trained retry-timing models, newest first (support only).",
-    )
-    api_keys: ApiKeyConnection = strawberry.field(
-        resolver=api_keys,
-        description=(
-            "API keys, newest first: support sees every key; other keys see the keys whose "
-            "every granted merchant they may see."
-        ),
-    )
+        return await NODE_TYPES.fetch(info.context, str(id))
 
 
 @strawberry.type(description="Entry points for changing configuration.")
 class Mutation:
-    update_retry_policy: UpdateRetryPolicyPayload = strawberry.mutation(
-        resolver=update_retry_policy,
-        description=(
-            "Change a merchant's retry policy (support, or the merchant's own key). "
-            "Adds a version and an audit entry."
-        ),
-    )
-    cancel_payment_recovery: CancelPaymentRecoveryPayload = strawberry.mutation(
-        resolver=cancel_payment_recovery,
-        description=(
-            "Stop recovering a payment (support, or the merchant's own key); refused while a "
-            "charge is in flight. Audited."
-        ),
-    )
-    retry_payment_now: RetryPaymentNowPayload = strawberry.mutation(
-        resolver=retry_payment_now,
-        description=(
-            "Schedule a payment's next retry for now (support, or the merchant's own key). The "
-            "card-network rules and the policy still apply. Audited."
-        ),
-    )
-    connect_processor: ConnectProcessorPayload = strawberry.mutation(
-        resolver=connect_processor,
-        description=(
-            "Connect a merchant to a processor account (support, or the merchant's own key). "
-            "Credentials are stored encrypted and never returned. Audited."
-        ),
-    )
-    sync_processor_connection: SyncProcessorConnectionPayload = strawberry.mutation(
-        resolver=sync_processor_connection,
-        description="Queue a poll of an active connection now (support, or the merchant's key).",
-    )
-    pause_processor_connection: PauseProcessorConnectionPayload = strawberry.mutation(
-        resolver=pause_processor_connection,
-        description="Stop polling a connection (support, or the merchant's own key). Audited.",
-    )
-    resume_processor_connection: ResumeProcessorConnectionPayload = strawberry.mutation(
-        resolver=resume_processor_connection,
-        description=(
-            "Poll a paused or failed connection again (support, or the merchant's own key). "
-            "Audited."
-        ),
-    )
-    create_api_key: CreateApiKeyPayload = strawberry.mutation(
-        resolver=create_api_key,
-        description=(
-            "Create an API key; the token is returned once. Support may create any key; a "
-            "merchant key only merchant keys for its own merchant. Audited."
-        ),
-    )
-    revoke_api_key: RevokeApiKeyPayload = strawberry.mutation(
-        resolver=revoke_api_key,
-        description=(
-            "Revoke an API key the caller can see (support, or a merchant key for its "
-            "merchant's keys). Audited."
-        ),
-    )
-    promote_model: PromoteModelPayload = strawberry.mutation(
-        resolver=promote_model,
-        description=(
-            "Make a model the champion when it beat the current champion on a later held-out "
-            "window; the old champion is retired (support only). Audited."
-        ),
-    )
-    create_merchant: CreateMerchantPayload = strawberry.mutation(
-        resolver=create_merchant,
-        description="Add a merchant with the default retry policy (support only). Audited.",
-    )
-    pause_merchant_recovery: PauseMerchantRecoveryPayload = strawberry.mutation(
-        resolver=pause_merchant_recovery,
-        description="Stop a merchant's recovery (support only). Audited.",
-    )
-    resume_merchant_recovery: ResumeMerchantRecoveryPayload = strawberry.mutation(
-        resolver=resume_merchant_recovery,
-        description="Restart a merchant's recovery (support only). Audited.",
-    )
-    create_webhook_endpoint: CreateWebhookEndpointPayload = strawberry.mutation(
-        resolver=create_webhook_endpoint,
-        description=(
-            "Add a URL to post a merchant's events to (support, or the merchant's own key); the "
-            "signing secret is generated and returned once. Audited."
-        ),
-    )
-    rotate_webhook_secret: RotateWebhookSecretPayload = strawberry.mutation(
-        resolver=rotate_webhook_secret,
-        description=(
-            "Replace an endpoint's signing secret (support, or the merchant's own key); the new "
-            "secret is returned once, and the old one keeps signing deliveries too for the "
-            "grace period asked for (24 hours unless told). Audited, without the secrets."
-        ),
-    )
-    set_webhook_endpoint_enabled: SetWebhookEndpointEnabledPayload = strawberry.mutation(
-        resolver=set_webhook_endpoint_enabled,
-        description=(
-            "Turn an endpoint on or off (support, or the merchant's own key); a disabled one "
-            "receives no new events, and one whose URL is no longer allowed is not turned back "
-            "on. Audited."
-        ),
-    )
+    update_retry_policy = retry_policy.update_retry_policy
+    cancel_payment_recovery = payment_recovery.cancel_payment_recovery
+    retry_payment_now = payment_recovery.retry_payment_now
+    connect_processor = connection.connect_processor
+    sync_processor_connection = connection.sync_processor_connection
+    pause_processor_connection = connection.pause_processor_connection
+    resume_processor_connection = connection.resume_processor_connection
+    create_api_key = api_key.create_api_key
+    revoke_api_key = api_key.revoke_api_key
+    promote_model = model.promote_model
+    create_merchant = merchant_admin.create_merchant
+    pause_merchant_recovery = merchant_admin.pause_merchant_recovery
+    resume_merchant_recovery = merchant_admin.resume_merchant_recovery
+    create_webhook_endpoint = webhook_endpoint.create_webhook_endpoint
+    rotate_webhook_secret = webhook_endpoint.rotate_webhook_secret
+    set_webhook_endpoint_enabled = webhook_endpoint.set_webhook_endpoint_enabled
 
 
 def build_schema(settings: Settings) -> strawberry.Schema:
@@ -296,7 +166,7 @@ def build_schema(settings: Settings) -> strawberry.Schema:
     return PortalSchema(
         query=Query,
         mutation=Mutation,
-        types=[Merchant, Payment, Customer, Card, ProcessorConnection, ApiKey, WebhookEndpoint],
+        types=NODE_TYPES.classes,
         config=StrawberryConfig(
             disable_field_suggestions=settings.environment == "production",
             scalar_map=SCALAR_MAP,

@@ -6,18 +6,13 @@ from typing import Annotated, Self
 
 import strawberry
 
-from app.errors import (
-    CreateWebhookEndpointErrorCode,
-    RotateWebhookSecretErrorCode,
-    SetWebhookEndpointEnabledErrorCode,
-)
+from app.errors import ErrorCode
 from app.models.retry import WebhookEndpoint as EndpointModel
 from app.services.webhook_endpoint import DEFAULT_SECRET_GRACE, RecentDelivery
 from resolvers import webhook_endpoint as endpoint_resolvers
 from resolvers.context import Context
-from resolvers.ids import encode_id
+from schema.mutation import Payload, mutation
 from schema.node import Node
-from schema.payload import REFUSALS, payload_errors
 
 Info = strawberry.Info[Context, None]
 
@@ -81,7 +76,7 @@ class WebhookEndpoint(Node):
     def from_model(cls, row: EndpointModel) -> Self:
         # The sealed secret is deliberately not mapped: no field can ever return it.
         return cls(
-            id=strawberry.ID(encode_id("WebhookEndpoint", row.id)),
+            id=cls.global_id(row.id),
             url=row.url,
             enabled=row.enabled,
             created_at=row.created_at,
@@ -110,49 +105,38 @@ class CreateWebhookEndpointInput:
     )
 
 
-@strawberry.type(description="An error of createWebhookEndpoint.")
-class CreateWebhookEndpointError:
-    code: CreateWebhookEndpointErrorCode = strawberry.field(description="What went wrong.")
-    message: str = strawberry.field(description="A human-readable explanation.")
-    field: str | None = strawberry.field(description="The input field at fault, if one is.")
-
-
-@strawberry.type(description="The result of createWebhookEndpoint.")
-class CreateWebhookEndpointPayload:
+class CreateWebhookEndpointPayload(Payload):
     webhook_endpoint: WebhookEndpoint | None = strawberry.field(
-        description="The new endpoint, when it was created."
+        default=None, description="The new endpoint, when it was created."
     )
     secret: str | None = strawberry.field(
+        default=None,
         description=(
             "The signing secret, returned this once only: verify the Portal-Signature header "
             "with it. Never shown again; rotate it if lost."
-        )
-    )
-    errors: list[CreateWebhookEndpointError] = strawberry.field(
-        description="Why the endpoint was refused; empty on success."
+        ),
     )
 
 
+@mutation(
+    CreateWebhookEndpointPayload,
+    refuses=(ErrorCode.NOT_FOUND, ErrorCode.INVALID, ErrorCode.URL_NOT_ALLOWED),
+    why="refused an endpoint",
+    errors="Why the endpoint was refused; empty on success.",
+    subject="merchantId",
+    description=(
+        "Add a URL to post a merchant's events to (support, or the merchant's own key); the "
+        "signing secret is generated and returned once. Audited."
+    ),
+)
 async def create_webhook_endpoint(
     info: Info, input: CreateWebhookEndpointInput
 ) -> CreateWebhookEndpointPayload:
-    def error(code: str, message: str, field: str | None) -> CreateWebhookEndpointError:
-        return CreateWebhookEndpointError(
-            code=CreateWebhookEndpointErrorCode(code), message=message, field=field
-        )
-
-    try:
-        row, secret = await endpoint_resolvers.create(
-            info.context, merchant_global_id=str(input.merchant_id), url=input.url
-        )
-    except REFUSALS as exc:
-        return CreateWebhookEndpointPayload(
-            webhook_endpoint=None,
-            secret=None,
-            errors=payload_errors(exc, error, id_field="merchantId"),
-        )
+    row, secret = await endpoint_resolvers.create(
+        info.context, merchant_global_id=str(input.merchant_id), url=input.url
+    )
     return CreateWebhookEndpointPayload(
-        webhook_endpoint=WebhookEndpoint.from_model(row), secret=secret, errors=[]
+        webhook_endpoint=WebhookEndpoint.from_model(row), secret=secret
     )
 
 
@@ -170,52 +154,41 @@ class RotateWebhookSecretInput:
     )
 
 
-@strawberry.type(description="An error of rotateWebhookSecret.")
-class RotateWebhookSecretError:
-    code: RotateWebhookSecretErrorCode = strawberry.field(description="What went wrong.")
-    message: str = strawberry.field(description="A human-readable explanation.")
-    field: str | None = strawberry.field(description="The input field at fault, if one is.")
-
-
-@strawberry.type(description="The result of rotateWebhookSecret.")
-class RotateWebhookSecretPayload:
+class RotateWebhookSecretPayload(Payload):
     webhook_endpoint: WebhookEndpoint | None = strawberry.field(
-        description="The endpoint, when its secret was replaced."
+        default=None, description="The endpoint, when its secret was replaced."
     )
     secret: str | None = strawberry.field(
+        default=None,
         description=(
             "The new signing secret, returned this once only; deliveries sent from now on are "
             "signed with it, and with the old one too until previousSecretExpiresAt."
-        )
-    )
-    errors: list[RotateWebhookSecretError] = strawberry.field(
-        description="Why the rotation was refused; empty on success."
+        ),
     )
 
 
+@mutation(
+    RotateWebhookSecretPayload,
+    refuses=(ErrorCode.NOT_FOUND, ErrorCode.INVALID),
+    errors="Why the rotation was refused; empty on success.",
+    subject="endpointId",
+    description=(
+        "Replace an endpoint's signing secret (support, or the merchant's own key); the new "
+        "secret is returned once, and the old one keeps signing deliveries too for the "
+        "grace period asked for (24 hours unless told). Audited, without the secrets."
+    ),
+)
 async def rotate_webhook_secret(
     info: Info, input: RotateWebhookSecretInput
 ) -> RotateWebhookSecretPayload:
-    def error(code: str, message: str, field: str | None) -> RotateWebhookSecretError:
-        return RotateWebhookSecretError(
-            code=RotateWebhookSecretErrorCode(code), message=message, field=field
-        )
-
-    try:
-        row, secret = await endpoint_resolvers.rotate(
-            info.context,
-            global_id=str(input.endpoint_id),
-            reason=input.reason,
-            grace=timedelta(hours=input.previous_secret_valid_hours),
-        )
-    except REFUSALS as exc:
-        return RotateWebhookSecretPayload(
-            webhook_endpoint=None,
-            secret=None,
-            errors=payload_errors(exc, error, id_field="endpointId"),
-        )
+    row, secret = await endpoint_resolvers.rotate(
+        info.context,
+        global_id=str(input.endpoint_id),
+        reason=input.reason,
+        grace=timedelta(hours=input.previous_secret_valid_hours),
+    )
     return RotateWebhookSecretPayload(
-        webhook_endpoint=WebhookEndpoint.from_model(row), secret=secret, errors=[]
+        webhook_endpoint=WebhookEndpoint.from_model(row), secret=secret
     )
 
 
@@ -226,42 +199,31 @@ class SetWebhookEndpointEnabledInput:
     reason: str = strawberry.field(description="Why; kept in the audit log.")
 
 
-@strawberry.type(description="An error of setWebhookEndpointEnabled.")
-class SetWebhookEndpointEnabledError:
-    code: SetWebhookEndpointEnabledErrorCode = strawberry.field(description="What went wrong.")
-    message: str = strawberry.field(description="A human-readable explanation.")
-    field: str | None = strawberry.field(description="The input field at fault, if one is.")
-
-
-@strawberry.type(description="The result of setWebhookEndpointEnabled.")
-class SetWebhookEndpointEnabledPayload:
+class SetWebhookEndpointEnabledPayload(Payload):
     webhook_endpoint: WebhookEndpoint | None = strawberry.field(
-        description="The endpoint, when the change was applied."
-    )
-    errors: list[SetWebhookEndpointEnabledError] = strawberry.field(
-        description="Why the change was refused; empty on success."
+        default=None, description="The endpoint, when the change was applied."
     )
 
 
+@mutation(
+    SetWebhookEndpointEnabledPayload,
+    # URL_NOT_ALLOWED: enabling an endpoint stored before its URL became refused (app/urls.py).
+    refuses=(ErrorCode.NOT_FOUND, ErrorCode.INVALID, ErrorCode.URL_NOT_ALLOWED),
+    errors="Why the change was refused; empty on success.",
+    subject="endpointId",
+    description=(
+        "Turn an endpoint on or off (support, or the merchant's own key); a disabled one "
+        "receives no new events, and one whose URL is no longer allowed is not turned back "
+        "on. Audited."
+    ),
+)
 async def set_webhook_endpoint_enabled(
     info: Info, input: SetWebhookEndpointEnabledInput
 ) -> SetWebhookEndpointEnabledPayload:
-    def error(code: str, message: str, field: str | None) -> SetWebhookEndpointEnabledError:
-        return SetWebhookEndpointEnabledError(
-            code=SetWebhookEndpointEnabledErrorCode(code), message=message, field=field
-        )
-
-    try:
-        row = await endpoint_resolvers.set_enabled(
-            info.context,
-            global_id=str(input.endpoint_id),
-            enabled=input.enabled,
-            reason=input.reason,
-        )
-    except REFUSALS as exc:
-        return SetWebhookEndpointEnabledPayload(
-            webhook_endpoint=None, errors=payload_errors(exc, error, id_field="endpointId")
-        )
-    return SetWebhookEndpointEnabledPayload(
-        webhook_endpoint=WebhookEndpoint.from_model(row), errors=[]
+    row = await endpoint_resolvers.set_enabled(
+        info.context,
+        global_id=str(input.endpoint_id),
+        enabled=input.enabled,
+        reason=input.reason,
     )
+    return SetWebhookEndpointEnabledPayload(webhook_endpoint=WebhookEndpoint.from_model(row))

@@ -1,0 +1,84 @@
+"""Relay connections: one generic page of nodes with their cursors, and its paging arguments.
+
+A connection type is declared as `class PaymentConnection(Connection[Payment])` under
+`@connection(...)`, which publishes it with its `PaymentEdge`, each described in its own words.
+"""
+
+import types
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, Generic, Self, TypeVar
+
+import strawberry
+from typing_extensions import get_original_bases
+
+from resolvers.pagination import Page
+from schema.described import object_type, subclass
+
+N = TypeVar("N")
+M = TypeVar("M")
+C = TypeVar("C", bound=type)
+
+FirstArg = Annotated[int | None, strawberry.argument(description="Page size, 1-100.")]
+AfterArg = Annotated[str | None, strawberry.argument(description="Cursor to follow.")]
+
+
+@strawberry.type(description="Where a page ends and whether another follows.")
+class PageInfo:
+    has_next_page: bool = strawberry.field(description="Whether another page follows.")
+    end_cursor: str | None = strawberry.field(description="Pass as `after` for the next page.")
+
+
+@dataclass(kw_only=True)
+class Edge(Generic[N]):
+    """A node and its cursor."""
+
+    cursor: str
+    node: N
+
+
+@dataclass(kw_only=True)
+class Connection(Generic[N]):
+    """A page of nodes."""
+
+    edges: list[Edge[N]]
+    page_info: PageInfo
+
+    @classmethod
+    def from_page(cls, page: Page[M], node: Callable[[M], N]) -> Self:
+        """The page's rows as nodes (made by `node`), with their cursors."""
+        return cls(
+            edges=[Edge(cursor=cursor, node=node(row)) for cursor, row in page.items],
+            page_info=PageInfo(has_next_page=page.has_next_page, end_cursor=page.end_cursor),
+        )
+
+
+def connection(description: str, *, edge: str, noun: str, nouns: str) -> Callable[[C], C]:
+    """Publishes a `XConnection(Connection[X])` class and its `XEdge`: `description` and `edge`
+    describe the two types, `noun` and `nouns` name one node and several in their fields."""
+
+    def publish(cls: C) -> C:
+        (base,) = get_original_bases(cls)
+        (node,) = base.__args__
+        name = cls.__name__.removesuffix("Connection")
+        edge_type = object_type(
+            subclass(Edge, f"{name}Edge", cls.__module__),
+            edge,
+            {
+                "cursor": (
+                    str,
+                    strawberry.field(description=f"Opaque keyset cursor of this {noun}."),
+                ),
+                "node": (node, strawberry.field(description=f"The {noun}.")),
+            },
+        )
+        fields = {
+            "edges": (
+                types.GenericAlias(list, (edge_type,)),
+                strawberry.field(description=f"The {nouns} of this page."),
+            ),
+            "page_info": (PageInfo, strawberry.field(description="Paging information.")),
+        }
+        return object_type(cls, description, fields)
+
+    return publish
