@@ -28,9 +28,8 @@ from app.tenancy import SYSTEM_SCOPE
 from jobs.enqueue import poll_job_id
 from portal.asgi import Resources, create_app
 from resolvers.ids import encode_id
-from tests.graphql.test_query_count import count_statements
 from tests.support.factories import make_connection, make_key, make_merchant, make_payments
-from tests.support.graphql import codes, run
+from tests.support.graphql import codes, run, run_counted, run_data
 from tests.support.queue import discard_polls, job_queue
 
 SECRET = "sk_live_9f2b7c1e4d8a0b3c6e5f"
@@ -65,21 +64,6 @@ async def _setup(db: Database, clock: FixedClock) -> tuple[Merchant, str]:
     return merchant, token
 
 
-async def _data(
-    db: Database,
-    settings: Settings,
-    clock: FixedClock,
-    query: str,
-    token: str,
-    redis: Any = None,
-    **variables: Any,
-) -> dict[str, Any]:
-    result = await run(db, settings, clock, query, token=token, variables=variables, redis=redis)
-    assert result.errors is None, result.errors
-    assert result.data is not None
-    return result.data
-
-
 def _input(merchant: Merchant, **fields: Any) -> dict[str, Any]:
     return {
         "merchantId": encode_id("Merchant", merchant.id),
@@ -99,7 +83,7 @@ async def test_connect_seals_credentials_and_lists_the_connection(
     db: Database, settings: Settings, clock: FixedClock
 ) -> None:
     merchant, token = await _setup(db, clock)
-    data = await _data(db, settings, clock, CONNECT, token, input=_input(merchant, name="Main"))
+    data = await run_data(db, settings, clock, CONNECT, token, input=_input(merchant, name="Main"))
     payload = data["connectProcessor"]
     assert payload["errors"] == []
     created = payload["processorConnection"]
@@ -110,7 +94,7 @@ async def test_connect_seals_credentials_and_lists_the_connection(
     assert created["lastPolledAt"] is None
     assert created["paymentsIngested"] == 0
 
-    listed = await _data(db, settings, clock, LIST, token, id=encode_id("Merchant", merchant.id))
+    listed = await run_data(db, settings, clock, LIST, token, id=encode_id("Merchant", merchant.id))
     assert listed["merchant"]["processorConnections"] == [created]
 
     [row] = await _connections(db)
@@ -216,7 +200,7 @@ async def test_invalid_connections_are_refused_and_write_nothing(
     db: Database, settings: Settings, clock: FixedClock, fields: dict[str, Any], field: str
 ) -> None:
     merchant, token = await _setup(db, clock)
-    data = await _data(db, settings, clock, CONNECT, token, input=_input(merchant, **fields))
+    data = await run_data(db, settings, clock, CONNECT, token, input=_input(merchant, **fields))
     payload = data["connectProcessor"]
     assert payload["processorConnection"] is None
     assert {e["code"] for e in payload["errors"]} == {"INVALID"}
@@ -241,7 +225,7 @@ async def test_processor_urls_pointing_inward_are_not_allowed(
     """The portal polls and charges through the base URL with the merchant's credentials: a
     key must not be able to aim it at the portal's own network."""
     merchant, token = await _setup(db, clock)
-    data = await _data(db, settings, clock, CONNECT, token, input=_input(merchant, baseUrl=url))
+    data = await run_data(db, settings, clock, CONNECT, token, input=_input(merchant, baseUrl=url))
     payload = data["connectProcessor"]
     assert payload["processorConnection"] is None
     [error] = payload["errors"]
@@ -255,10 +239,10 @@ async def test_processor_urls_need_https_in_production(
     production = settings.model_copy(update={"environment": "production"})
     merchant, token = await _setup(db, clock)
     plain = _input(merchant, baseUrl="http://api.stripe.test")
-    data = await _data(db, production, clock, CONNECT, token, input=plain)
+    data = await run_data(db, production, clock, CONNECT, token, input=plain)
     assert [e["code"] for e in data["connectProcessor"]["errors"]] == ["URL_NOT_ALLOWED"]
     secure = _input(merchant, baseUrl="https://api.stripe.test")
-    data = await _data(db, production, clock, CONNECT, token, input=secure)
+    data = await run_data(db, production, clock, CONNECT, token, input=secure)
     assert data["connectProcessor"]["errors"] == []
 
 
@@ -266,7 +250,7 @@ async def test_malformed_merchant_id_is_not_found(
     db: Database, settings: Settings, clock: FixedClock
 ) -> None:
     merchant, token = await _setup(db, clock)
-    data = await _data(
+    data = await run_data(
         db, settings, clock, CONNECT, token, input=_input(merchant, merchantId="bogus")
     )
     assert [e["code"] for e in data["connectProcessor"]["errors"]] == ["NOT_FOUND"]
@@ -284,7 +268,7 @@ async def test_payments_ingested_counts_per_connection(
     await make_payments(db, merchant, 3, now=now, connection=first)
     await make_payments(db, merchant, 2, now=now, connection=second)
     await make_payments(db, merchant, 1, now=now)
-    data = await _data(db, settings, clock, LIST, token, id=encode_id("Merchant", merchant.id))
+    data = await run_data(db, settings, clock, LIST, token, id=encode_id("Merchant", merchant.id))
     counts = {c["kind"]: c["paymentsIngested"] for c in data["merchant"]["processorConnections"]}
     assert counts == {"STRIPE": 3, "CHECKOUT": 2}
 
@@ -306,18 +290,15 @@ async def test_connection_list_statement_count_is_constant(
                 await make_payments(db, merchant, 1, now=now, connection=conn, attempts_each=1)
         token = await make_key(db, Role.PARTNER, rows, now=now)
         await run(db, settings, clock, "{ viewer { role } }", token=token)
-        with count_statements(connection) as statements:
-            result = await run(db, settings, clock, query, token=token)
-        assert result.errors is None
-        assert result.data is not None
-        edges = result.data["merchants"]["edges"]
+        data, statements = await run_counted(connection, db, settings, clock, query, token=token)
+        edges = data["merchants"]["edges"]
         assert (
             sum(len(e["node"]["processorConnections"]) for e in edges) == merchants * per_merchant
         )
         assert all(
             c["paymentsIngested"] == 1 for e in edges for c in e["node"]["processorConnections"]
         )
-        counts[merchants] = len([s for s in statements if "SAVEPOINT" not in s])
+        counts[merchants] = len(statements)
     # key lookup + grants + merchants page + connections + payment counts
     assert counts[1] == counts[10] == 5
 
@@ -329,7 +310,7 @@ async def test_sync_queues_one_poll_on_the_real_queue(
     conn = await make_connection(db, merchant, now=clock.now(), settings=settings)
     global_id = encode_id("ProcessorConnection", conn.id)
     try:
-        first = await _data(db, settings, clock, SYNC, token, redis=queue, id=global_id)
+        first = await run_data(db, settings, clock, SYNC, token, redis=queue, id=global_id)
         assert first["syncProcessorConnection"] == {
             "processorConnection": {"id": global_id},
             "queued": True,
@@ -337,7 +318,7 @@ async def test_sync_queues_one_poll_on_the_real_queue(
         }
         assert await Job(poll_job_id(conn.id), queue).status() is JobStatus.queued
         # The same job id: a second request while one is queued adds nothing.
-        again = await _data(db, settings, clock, SYNC, token, redis=queue, id=global_id)
+        again = await run_data(db, settings, clock, SYNC, token, redis=queue, id=global_id)
         assert again["syncProcessorConnection"]["queued"] is False
     finally:
         await discard_polls(queue, [conn.id])
@@ -374,11 +355,11 @@ async def test_sync_refuses_paused_and_webhook_connections(
     paused = await make_connection(db, merchant, now=now, settings=settings)
     adyen = await make_connection(db, merchant, now=now, settings=settings, kind=Processor.ADYEN)
     paused_id = encode_id("ProcessorConnection", paused.id)
-    data = await _data(db, settings, clock, PAUSE, token, id=paused_id, reason="maintenance")
+    data = await run_data(db, settings, clock, PAUSE, token, id=paused_id, reason="maintenance")
     assert data["pauseProcessorConnection"]["errors"] == []
     try:
         for conn in (paused, adyen):
-            data = await _data(
+            data = await run_data(
                 db,
                 settings,
                 clock,
@@ -438,7 +419,7 @@ async def test_pause_and_resume_are_audited_and_idempotent(
         (PAUSE, "pauseProcessorConnection", "PAUSED", "again"),
         (RESUME, "resumeProcessorConnection", "ACTIVE", "outage over"),
     ):
-        data = await _data(db, settings, clock, query, token, id=global_id, reason=reason)
+        data = await run_data(db, settings, clock, query, token, id=global_id, reason=reason)
         assert data[field] == {
             "processorConnection": {"id": global_id, "status": status},
             "errors": [],
@@ -466,7 +447,7 @@ async def test_pause_needs_a_reason(db: Database, settings: Settings, clock: Fix
     merchant, token = await _setup(db, clock)
     conn = await make_connection(db, merchant, now=clock.now(), settings=settings)
     for reason in ("  ", "x" * 1001):
-        data = await _data(
+        data = await run_data(
             db,
             settings,
             clock,
@@ -489,7 +470,7 @@ async def test_partner_may_read_but_not_change_connections(
     merchant, _ = await _setup(db, clock)
     conn = await make_connection(db, merchant, now=clock.now(), settings=settings)
     partner = await make_key(db, Role.PARTNER, [merchant], now=clock.now())
-    data = await _data(db, settings, clock, LIST, partner, id=encode_id("Merchant", merchant.id))
+    data = await run_data(db, settings, clock, LIST, partner, id=encode_id("Merchant", merchant.id))
     assert len(data["merchant"]["processorConnections"]) == 1
     result = await run(
         db,

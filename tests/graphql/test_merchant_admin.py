@@ -15,7 +15,7 @@ from app.settings import Settings
 from app.tenancy import SYSTEM_SCOPE
 from resolvers.ids import encode_id
 from tests.support.factories import make_key, make_merchant
-from tests.support.graphql import codes, run
+from tests.support.graphql import codes, run, run_data
 
 CREATE = """mutation($name: String!) { createMerchant(input: {name: $name}) {
   merchant { id name status retryPolicy { version } } errors { code message field } } }"""
@@ -25,15 +25,6 @@ PAUSE = """mutation($id: ID!, $reason: String!) { pauseMerchantRecovery(merchant
 
 RESUME = """mutation($id: ID!, $reason: String!) { resumeMerchantRecovery(merchantId: $id,
   reason: $reason) { merchant { id status } errors { code message field } } }"""
-
-
-async def _data(
-    db: Database, settings: Settings, clock: FixedClock, query: str, token: str, **variables: Any
-) -> dict[str, Any]:
-    result = await run(db, settings, clock, query, token=token, variables=variables)
-    assert result.errors is None, result.errors
-    assert result.data is not None
-    return result.data
 
 
 async def _merchants(db: Database) -> list[Merchant]:
@@ -55,7 +46,7 @@ async def test_support_creates_a_merchant_with_a_policy_and_an_audit_entry(
     db: Database, settings: Settings, clock: FixedClock
 ) -> None:
     support = await make_key(db, Role.SUPPORT, [], now=clock.now(), name="ops")
-    data = await _data(db, settings, clock, CREATE, support, name="  Globex  ")
+    data = await run_data(db, settings, clock, CREATE, support, name="  Globex  ")
     payload = data["createMerchant"]
     assert payload["errors"] == []
     created = payload["merchant"]
@@ -75,7 +66,7 @@ async def test_invalid_names_are_refused(
     db: Database, settings: Settings, clock: FixedClock, name: str
 ) -> None:
     support = await make_key(db, Role.SUPPORT, [], now=clock.now())
-    data = await _data(db, settings, clock, CREATE, support, name=name)
+    data = await run_data(db, settings, clock, CREATE, support, name=name)
     assert data["createMerchant"]["merchant"] is None
     assert [(e["code"], e["field"]) for e in data["createMerchant"]["errors"]] == [
         ("INVALID", "name")
@@ -106,7 +97,7 @@ async def test_pause_and_resume_recovery_are_audited_and_idempotent(
         (RESUME, "resumeMerchantRecovery", "ACTIVE", "resolved"),
         (RESUME, "resumeMerchantRecovery", "ACTIVE", "still"),
     ):
-        data = await _data(db, settings, clock, query, support, id=global_id, reason=reason)
+        data = await run_data(db, settings, clock, query, support, id=global_id, reason=reason)
         assert data[field] == {"merchant": {"id": global_id, "status": status}, "errors": []}
     [row] = await _merchants(db)
     assert row.status is MerchantStatus.ACTIVE
@@ -128,12 +119,12 @@ async def test_pause_refusals(db: Database, settings: Settings, clock: FixedCloc
     support = await make_key(db, Role.SUPPORT, [], now=clock.now())
     own = await make_key(db, Role.MERCHANT, [merchant], now=clock.now())
     global_id = encode_id("Merchant", merchant.id)
-    data = await _data(db, settings, clock, PAUSE, support, id=global_id, reason=" ")
+    data = await run_data(db, settings, clock, PAUSE, support, id=global_id, reason=" ")
     assert [(e["code"], e["field"]) for e in data["pauseMerchantRecovery"]["errors"]] == [
         ("INVALID", "reason")
     ]
     for bad in ("junk", encode_id("Payment", merchant.id), encode_id("Merchant", uuid.uuid4())):
-        data = await _data(db, settings, clock, PAUSE, support, id=bad, reason="r")
+        data = await run_data(db, settings, clock, PAUSE, support, id=bad, reason="r")
         assert [(e["code"], e["field"]) for e in data["pauseMerchantRecovery"]["errors"]] == [
             ("NOT_FOUND", "merchantId")
         ]

@@ -14,9 +14,8 @@ from app.services.model_registry import ROLE_ACTING, ROLE_SHADOW, DecisionRecord
 from app.settings import Settings
 from app.tenancy import SYSTEM_SCOPE
 from resolvers.ids import encode_id
-from tests.graphql.test_query_count import count_statements
 from tests.support.factories import make_key, make_merchant, make_payments
-from tests.support.graphql import codes, run
+from tests.support.graphql import codes, run, run_counted
 from tests.support.model_rows import make_model, verdict
 
 MODELS = "{ models { id status trainedAt featureList metrics { overall { auc logLoss ece rows } "
@@ -280,18 +279,15 @@ async def test_explanations_of_a_page_cost_one_statement(
     await run(db, settings, clock, "{ viewer { role } }", token=token)
     counts = {}
     for first in (1, 50):
-        with count_statements(connection) as statements:
-            result = await run(
-                db,
-                settings,
-                clock,
-                EXPLAIN_PAGE,
-                token=token,
-                variables={"id": encode_id("Merchant", merchant.id), "first": first},
-            )
-        assert result.errors is None, result.errors
-        assert result.data is not None
-        edges = result.data["merchant"]["payments"]["edges"]
+        data, counts[first] = await run_counted(
+            connection,
+            db,
+            settings,
+            clock,
+            EXPLAIN_PAGE,
+            token=token,
+            variables={"id": encode_id("Merchant", merchant.id), "first": first},
+        )
+        edges = data["merchant"]["payments"]["edges"]
         assert [e["node"]["decision"]["explanation"] for e in edges] == [["words"]] * first
-        counts[first] = [s for s in statements if "SAVEPOINT" not in s]
     assert len(counts[1]) == len(counts[50])

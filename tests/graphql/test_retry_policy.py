@@ -15,13 +15,7 @@ from app.settings import Settings
 from app.tenancy import SYSTEM_SCOPE
 from resolvers.ids import encode_id
 from tests.support.factories import make_key, make_merchant
-from tests.support.graphql import codes, run
-
-UPDATE = """mutation($input: UpdateRetryPolicyInput!) { updateRetryPolicy(input: $input) {
-  retryPolicy { version enabled maxAttempts windowDays minHoursBetweenAttempts
-    quietHours { startHour endHour } timezone excludedDeclineCategories strategy
-    fixedScheduleDays endAction updatedBy }
-  errors { code message field } } }"""
+from tests.support.graphql import UPDATE_RETRY_POLICY, codes, run
 
 
 async def _setup(db: Database, clock: FixedClock) -> tuple[Merchant, str]:
@@ -46,7 +40,7 @@ async def _update(
             **fields,
         }
     }
-    result = await run(db, settings, clock, UPDATE, token=token, variables=variables)
+    result = await run(db, settings, clock, UPDATE_RETRY_POLICY, token=token, variables=variables)
     assert result.errors is None, result.errors
     assert result.data is not None
     payload: dict[str, Any] = result.data["updateRetryPolicy"]
@@ -173,7 +167,7 @@ async def test_wrong_argument_types_are_graphql_errors(
         db,
         settings,
         clock,
-        UPDATE,
+        UPDATE_RETRY_POLICY,
         token=token,
         variables={
             "input": {
