@@ -4,18 +4,18 @@ from datetime import timedelta
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncConnection
-from sqlmodel import col, select
+from sqlmodel import select
 
 from app.clock import FixedClock
 from app.db import Database
 from app.enums import Role
 from app.models.api_key import ApiKey
-from app.models.audit import AuditLog
 from app.models.merchant import Merchant
 from app.services.api_key import hash_token
 from app.settings import Settings
 from app.tenancy import SYSTEM_SCOPE
 from resolvers.ids import encode_id
+from tests.support.audit import audit_entries
 from tests.support.factories import key_id, make_key, make_merchant
 from tests.support.graphql import codes, run, run_counted, run_data, schema_for
 
@@ -37,14 +37,6 @@ def _mid(merchant: Merchant) -> str:
 async def _keys(db: Database) -> list[ApiKey]:
     async with db.session(SYSTEM_SCOPE) as s:
         return list((await s.execute(select(ApiKey))).scalars())
-
-
-async def _audit(db: Database, action: str) -> list[AuditLog]:
-    async with db.session(SYSTEM_SCOPE) as s:
-        rows = await s.execute(
-            select(AuditLog).where(col(AuditLog.action) == action).order_by(col(AuditLog.id))
-        )
-        return list(rows.scalars())
 
 
 async def test_support_creates_a_key_whose_token_works_once_shown(
@@ -78,7 +70,7 @@ async def test_support_creates_a_key_whose_token_works_once_shown(
     # Listing never shows the token again.
     listed = await run_data(db, settings, clock, LIST, support)
     assert token not in str(listed)
-    [entry] = await _audit(db, "api_key.create")
+    [entry] = await audit_entries(db, action="api_key.create")
     assert entry.merchant_id == merchant.id
     assert entry.actor == "api_key:ops"
     assert entry.after == {
@@ -117,7 +109,7 @@ async def test_support_key_creation_is_logged_under_no_merchant(
         input={"role": "SUPPORT", "merchantIds": [], "name": "s"},
     )
     assert data["createApiKey"]["apiKey"]["merchants"] == []
-    [entry] = await _audit(db, "api_key.create")
+    [entry] = await audit_entries(db, action="api_key.create")
     assert entry.merchant_id is None
 
 
@@ -136,7 +128,7 @@ async def test_partner_key_creation_is_logged_for_each_merchant(
         input={"role": "PARTNER", "merchantIds": [_mid(a), _mid(b), _mid(a)], "name": "agency"},
     )
     assert len(data["createApiKey"]["apiKey"]["merchants"]) == 2
-    entries = await _audit(db, "api_key.create")
+    entries = await audit_entries(db, action="api_key.create")
     assert sorted(str(e.merchant_id) for e in entries) == sorted([str(a.id), str(b.id)])
     # Neither merchant's entry names the other.
     for entry in entries:
@@ -239,7 +231,7 @@ async def test_invalid_keys_are_refused_and_write_nothing(
     assert payload["token"] is None
     assert [(e["code"], e["field"]) for e in payload["errors"]] == [(code, field)]
     assert len(await _keys(db)) == before
-    assert await _audit(db, "api_key.create") == []
+    assert await audit_entries(db, action="api_key.create") == []
 
 
 async def test_list_is_newest_first_and_pages_by_cursor(
@@ -288,7 +280,7 @@ async def test_revoke_stops_the_token_and_is_audited_once(
     assert again["revokeApiKey"]["apiKey"]["revokedAt"] == revoked_at
     viewer = await run(db, settings, clock, "{ viewer { role } }", token=leaked)
     assert codes(viewer) == ["UNAUTHENTICATED"]
-    [entry] = await _audit(db, "api_key.revoke")
+    [entry] = await audit_entries(db, action="api_key.revoke")
     assert entry.merchant_id == merchant.id
     assert entry.reason == "leaked in CI"
     assert entry.actor == "api_key:admin"

@@ -28,6 +28,7 @@ from app.tenancy import SYSTEM_SCOPE
 from jobs.enqueue import poll_job_id
 from portal.asgi import Resources, create_app
 from resolvers.ids import encode_id
+from tests.support.audit import audit_entries
 from tests.support.factories import make_connection, make_key, make_merchant, make_payments
 from tests.support.graphql import codes, run, run_counted, run_data
 from tests.support.queue import discard_polls, job_queue
@@ -101,12 +102,7 @@ async def test_connect_seals_credentials_and_lists_the_connection(
     assert SECRET.encode() not in row.credentials_encrypted
     box = CredentialBox(settings.secret_key.get_secret_value())
     assert box.open(row.credentials_encrypted) == {"api_key": SECRET}
-    async with db.session(SYSTEM_SCOPE) as s:
-        [entry] = (
-            await s.execute(
-                select(AuditLog).where(col(AuditLog.action) == "processor_connection.create")
-            )
-        ).scalars()
+    [entry] = await audit_entries(db, action="processor_connection.create")
     assert entry.actor == "api_key:dashboard"
     assert entry.merchant_id == merchant.id
     assert SECRET not in json.dumps([entry.before, entry.after])
@@ -395,17 +391,8 @@ async def test_unknown_connection_is_not_found(
             assert [(e["code"], e["field"]) for e in payload["errors"]] == [("NOT_FOUND", "id")]
 
 
-async def _audit(db: Database, entity_id: str) -> list[AuditLog]:
-    async with db.session(SYSTEM_SCOPE) as s:
-        rows = await s.execute(
-            select(AuditLog)
-            .where(
-                col(AuditLog.entity_id) == entity_id,
-                col(AuditLog.action) != "processor_connection.create",
-            )
-            .order_by(col(AuditLog.created_at), col(AuditLog.action))
-        )
-        return list(rows.scalars())
+# A connection's changes after its creation.
+_AFTER_CREATION = col(AuditLog.action) != "processor_connection.create"
 
 
 async def test_pause_and_resume_are_audited_and_idempotent(
@@ -424,7 +411,7 @@ async def test_pause_and_resume_are_audited_and_idempotent(
             "processorConnection": {"id": global_id, "status": status},
             "errors": [],
         }
-    entries = await _audit(db, str(conn.id))
+    entries = await audit_entries(db, _AFTER_CREATION, entity_id=str(conn.id))
     assert [(e.action, e.before, e.after, e.reason, e.actor) for e in entries] == [
         (
             "processor_connection.pause",
@@ -461,7 +448,7 @@ async def test_pause_needs_a_reason(db: Database, settings: Settings, clock: Fix
         assert [(e["code"], e["field"]) for e in payload["errors"]] == [("INVALID", "reason")]
     [row] = await _connections(db)
     assert row.status.value == "active"
-    assert await _audit(db, str(conn.id)) == []
+    assert await audit_entries(db, _AFTER_CREATION, entity_id=str(conn.id)) == []
 
 
 async def test_partner_may_read_but_not_change_connections(

@@ -1,19 +1,18 @@
 """Support's merchant administration: createMerchant, pause and resume recovery."""
 
 import uuid
-from typing import Any
 
 import pytest
-from sqlmodel import col, select
+from sqlmodel import select
 
 from app.clock import FixedClock
 from app.db import Database
 from app.enums import MerchantStatus, Role
-from app.models.audit import AuditLog
 from app.models.merchant import Merchant
 from app.settings import Settings
 from app.tenancy import SYSTEM_SCOPE
 from resolvers.ids import encode_id
+from tests.support.audit import audit_entries
 from tests.support.factories import make_key, make_merchant
 from tests.support.graphql import codes, run, run_data
 
@@ -32,16 +31,6 @@ async def _merchants(db: Database) -> list[Merchant]:
         return list((await s.execute(select(Merchant))).scalars())
 
 
-async def _audit(db: Database, merchant_id: Any) -> list[AuditLog]:
-    async with db.session(SYSTEM_SCOPE) as s:
-        rows = await s.execute(
-            select(AuditLog)
-            .where(col(AuditLog.merchant_id) == merchant_id)
-            .order_by(col(AuditLog.created_at), col(AuditLog.action))
-        )
-        return list(rows.scalars())
-
-
 async def test_support_creates_a_merchant_with_a_policy_and_an_audit_entry(
     db: Database, settings: Settings, clock: FixedClock
 ) -> None:
@@ -55,7 +44,7 @@ async def test_support_creates_a_merchant_with_a_policy_and_an_audit_entry(
     assert created["retryPolicy"] == {"version": 1}
     [row] = await _merchants(db)
     assert encode_id("Merchant", row.id) == created["id"]
-    [entry] = await _audit(db, row.id)
+    [entry] = await audit_entries(db, merchant_id=row.id)
     assert (entry.action, entry.actor, entry.before) == ("merchant.create", "api_key:ops", None)
     assert entry.after is not None
     assert entry.after["name"] == "Globex"
@@ -101,7 +90,9 @@ async def test_pause_and_resume_recovery_are_audited_and_idempotent(
         assert data[field] == {"merchant": {"id": global_id, "status": status}, "errors": []}
     [row] = await _merchants(db)
     assert row.status is MerchantStatus.ACTIVE
-    entries = [e for e in await _audit(db, merchant.id) if e.action != "merchant.create"]
+    entries = [
+        e for e in await audit_entries(db, merchant_id=merchant.id) if e.action != "merchant.create"
+    ]
     assert [(e.action, e.before, e.after, e.reason, e.actor) for e in entries] == [
         (
             "merchant.pause",
@@ -135,4 +126,6 @@ async def test_pause_refusals(db: Database, settings: Settings, clock: FixedCloc
     assert codes(result) == ["FORBIDDEN"]
     [row] = await _merchants(db)
     assert row.status is MerchantStatus.ACTIVE
-    assert [e.action for e in await _audit(db, merchant.id)] == ["merchant.create"]
+    assert [e.action for e in await audit_entries(db, merchant_id=merchant.id)] == [
+        "merchant.create"
+    ]

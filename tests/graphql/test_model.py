@@ -8,12 +8,12 @@ from sqlmodel import col, select
 from app.clock import FixedClock
 from app.db import Database
 from app.enums import ModelStatus, RetryStrategy, Role
-from app.models.audit import AuditLog
 from app.models.model_version import ModelVersion
 from app.services.model_registry import ROLE_ACTING, ROLE_SHADOW, DecisionRecord, record_decisions
 from app.settings import Settings
 from app.tenancy import SYSTEM_SCOPE
 from resolvers.ids import encode_id
+from tests.support.audit import audit_entries
 from tests.support.factories import make_key, make_merchant, make_payments
 from tests.support.graphql import codes, run, run_counted
 from tests.support.model_rows import make_model, verdict
@@ -100,10 +100,7 @@ async def test_promotion_retires_the_champion_and_is_audited(
         }
     }
     assert await _status(db, champion.id) is ModelStatus.RETIRED
-    async with db.session(SYSTEM_SCOPE) as s:
-        [entry] = (
-            await s.execute(select(AuditLog).where(col(AuditLog.action) == "model.promote"))
-        ).scalars()
+    [entry] = await audit_entries(db, action="model.promote")
     assert (entry.merchant_id, entry.entity_id, entry.reason) == (None, str(challenger.id), "wins")
     assert entry.before == {"status": "challenger", "champion_id": str(champion.id)}
 

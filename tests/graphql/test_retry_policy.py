@@ -8,12 +8,12 @@ from sqlmodel import col, select
 from app.clock import FixedClock
 from app.db import Database
 from app.enums import Role
-from app.models.audit import AuditLog
 from app.models.merchant import Merchant
 from app.models.retry_policy import RetryPolicy
 from app.settings import Settings
 from app.tenancy import SYSTEM_SCOPE
 from resolvers.ids import encode_id
+from tests.support.audit import audit_entries
 from tests.support.factories import make_key, make_merchant
 from tests.support.graphql import UPDATE_RETRY_POLICY, codes, run
 
@@ -83,19 +83,7 @@ async def test_update_adds_a_version_and_an_audit_entry(
     assert policy["strategy"] == "MODEL"
     assert policy["updatedBy"] == "api_key:dashboard"
     assert await _versions(db, merchant) == [1, 2]
-    async with db.session(SYSTEM_SCOPE) as s:
-        entries = (
-            (
-                await s.execute(
-                    select(AuditLog)
-                    .where(col(AuditLog.merchant_id) == merchant.id)
-                    .where(col(AuditLog.action) == "retry_policy.update")
-                )
-            )
-            .scalars()
-            .all()
-        )
-    [entry] = entries
+    [entry] = await audit_entries(db, merchant_id=merchant.id, action="retry_policy.update")
     assert entry.reason == "test change"
     assert entry.before is not None
     assert entry.after is not None

@@ -19,7 +19,6 @@ from app.crypto import CredentialBox
 from app.db import Database
 from app.embedded import Services
 from app.enums import Role
-from app.models.audit import AuditLog
 from app.models.merchant import Merchant
 from app.models.retry import WebhookEndpoint
 from app.services.retry.delivery import (
@@ -33,6 +32,7 @@ from app.settings import Settings
 from app.tenancy import SYSTEM_SCOPE, system_principal
 from resolvers.ids import decode_id, encode_id
 from tests.graphql.test_connection import _http
+from tests.support.audit import audit_entries
 from tests.support.factories import make_key, make_merchant
 from tests.support.graphql import codes, run, run_counted, run_data
 from tests.support.webhooks import PUBLIC, queue_delivery, table_resolver
@@ -75,16 +75,6 @@ async def _endpoint_row(db: Database, endpoint_id: uuid.UUID) -> WebhookEndpoint
 async def _endpoints(db: Database) -> list[WebhookEndpoint]:
     async with db.session(SYSTEM_SCOPE) as s:
         return list((await s.execute(select(WebhookEndpoint))).scalars().all())
-
-
-async def _audit(db: Database, action_prefix: str = "webhook_endpoint.") -> list[AuditLog]:
-    async with db.session(SYSTEM_SCOPE) as s:
-        rows = await s.execute(
-            select(AuditLog)
-            .where(col(AuditLog.action).startswith(action_prefix))
-            .order_by(col(AuditLog.created_at), col(AuditLog.action))
-        )
-        return list(rows.scalars())
 
 
 async def _create(
@@ -170,7 +160,7 @@ async def test_create_returns_the_secret_once_and_never_again(
     assert [e["code"] for e in later[4]["rotateWebhookSecret"]["errors"]] == ["INVALID"]
     for response in later:
         assert secret not in json.dumps(response)
-    [entry] = await _audit(db, "webhook_endpoint.create")
+    [entry] = await audit_entries(db, action="webhook_endpoint.create")
     assert entry.actor == "api_key:dashboard"
     assert entry.after == {"url": URL}
     assert caplog.records, "nothing was logged, so the log assertion would prove nothing"
@@ -242,7 +232,7 @@ async def test_rotating_a_leaked_secret_ends_it_at_once(
     assert verify(new, request.headers[SIGNATURE_HEADER], request.content, now=now)
     assert not verify(old, request.headers[SIGNATURE_HEADER], request.content, now=now)
 
-    [entry] = await _audit(db, "webhook_endpoint.rotate_secret")
+    [entry] = await audit_entries(db, action="webhook_endpoint.rotate_secret")
     assert (entry.actor, entry.reason, entry.entity_id) == (
         "api_key:dashboard",
         "leaked",
@@ -402,7 +392,11 @@ async def test_enable_and_disable_are_audited_and_idempotent(
             "errors": [],
         }
         assert (await _endpoint_row(db, _raw_id(global_id))).enabled is enabled
-    entries = [e for e in await _audit(db) if e.action != "webhook_endpoint.create"]
+    entries = [
+        e
+        for e in await audit_entries(db, action_prefix="webhook_endpoint.")
+        if e.action != "webhook_endpoint.create"
+    ]
     assert [(e.action, e.before, e.after, e.reason) for e in entries] == [
         ("webhook_endpoint.disable", {"enabled": True}, {"enabled": False}, "receiver down"),
         ("webhook_endpoint.enable", {"enabled": False}, {"enabled": True}, "receiver back"),
@@ -464,7 +458,7 @@ async def test_inward_urls_are_refused_as_not_allowed_and_write_nothing(
     assert (error["code"], error["field"]) == ("URL_NOT_ALLOWED", "url")
     assert reason in error["message"]
     assert await _endpoints(db) == []
-    assert await _audit(db) == []
+    assert await audit_entries(db, action_prefix="webhook_endpoint.") == []
 
 
 async def test_production_takes_https_urls_only(db: Database, clock: FixedClock) -> None:
@@ -564,7 +558,9 @@ async def test_unknown_ids_and_blank_reasons_are_typed_errors(
             ]
     row = await _endpoint_row(db, _raw_id(global_id))
     assert row.enabled is True
-    assert [e.action for e in await _audit(db)] == ["webhook_endpoint.create"]
+    assert [e.action for e in await audit_entries(db, action_prefix="webhook_endpoint.")] == [
+        "webhook_endpoint.create"
+    ]
 
 
 async def _make_endpoint(
