@@ -3,14 +3,11 @@
 import json
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
-import httpx
 import pytest
 from arq.connections import ArqRedis
 from arq.jobs import Job, JobStatus
-from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlmodel import col, select
 from strawberry.types import ExecutionResult
@@ -26,11 +23,11 @@ from app.models.merchant import Merchant
 from app.settings import Settings
 from app.tenancy import SYSTEM_SCOPE
 from jobs.enqueue import poll_job_id
-from portal.asgi import Resources, create_app
 from resolvers.ids import encode_id
 from tests.support.audit import audit_entries
 from tests.support.factories import make_connection, make_key, make_merchant, make_payments
 from tests.support.graphql import codes, run, run_counted, run_data
+from tests.support.http import portal_http
 from tests.support.queue import discard_polls, job_queue
 
 SECRET = "sk_live_9f2b7c1e4d8a0b3c6e5f"
@@ -108,25 +105,6 @@ async def test_connect_seals_credentials_and_lists_the_connection(
     assert SECRET not in json.dumps([entry.before, entry.after])
 
 
-@asynccontextmanager
-async def _http(
-    db: Database, services: Services, settings: Settings, clock: FixedClock
-) -> AsyncIterator[httpx.AsyncClient]:
-    """The real ASGI app, whose view hands the context a plain Redis client."""
-    redis = Redis.from_url(services.redis_url)
-    app = create_app(settings, resources=Resources(db=db, redis=redis, arq=None, clock=clock))
-    try:
-        async with (
-            app.router.lifespan_context(app),
-            httpx.AsyncClient(
-                transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1"
-            ) as http,
-        ):
-            yield http
-    finally:
-        await redis.aclose()
-
-
 def _formatted(result: ExecutionResult) -> dict[str, Any]:
     return {"data": result.data, "errors": [e.formatted for e in result.errors or []]}
 
@@ -159,7 +137,7 @@ async def test_credentials_appear_in_no_response_and_no_log_line(
     for query in (audit_query, LIST):
         result = await run(db, settings, clock, query, token=token, variables={"id": merchant_id})
         responses.append(_formatted(result))
-    async with _http(db, services, settings, clock) as http:
+    async with portal_http(db, services.redis_url, settings, clock) as http:
         for variables in (_input(merchant, name="over http"), _input(merchant, kind="NOPE")):
             response = await http.post(
                 "/graphql",
@@ -327,7 +305,7 @@ async def test_sync_over_http_reaches_the_arq_queue(
     merchant, token = await _setup(db, clock)
     conn = await make_connection(db, merchant, now=clock.now(), settings=settings)
     try:
-        async with _http(db, services, settings, clock) as http:
+        async with portal_http(db, services.redis_url, settings, clock) as http:
             response = await http.post(
                 "/graphql",
                 json={

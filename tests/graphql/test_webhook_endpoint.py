@@ -31,10 +31,10 @@ from app.services.retry.delivery import (
 from app.settings import Settings
 from app.tenancy import SYSTEM_SCOPE, system_principal
 from resolvers.ids import decode_id, encode_id
-from tests.graphql.test_connection import _http
 from tests.support.audit import audit_entries
 from tests.support.factories import make_key, make_merchant
 from tests.support.graphql import codes, run, run_counted, run_data
+from tests.support.http import portal_http
 from tests.support.webhooks import PUBLIC, queue_delivery, table_resolver
 
 CREATE = """mutation($input: CreateWebhookEndpointInput!) { createWebhookEndpoint(input: $input) {
@@ -110,7 +110,7 @@ async def test_create_returns_the_secret_once_and_never_again(
     headers = {"authorization": f"Bearer {token}"}
     create = {"input": {"merchantId": encode_id("Merchant", merchant.id), "url": URL}}
     # Over HTTP, so the request and response pass the view's logging.
-    async with _http(db, services, settings, clock) as http:
+    async with portal_http(db, services.redis_url, settings, clock) as http:
         response = await http.post(
             "/graphql", json={"query": CREATE, "variables": create}, headers=headers
         )
@@ -319,7 +319,7 @@ async def test_rotation_over_http_logs_neither_secret(
     merchant, token = await _setup(db, clock)
     global_id, old = await _create(db, settings, clock, merchant, token)
     rotate = {"input": {"endpointId": global_id, "reason": "yearly"}}
-    async with _http(db, services, settings, clock) as http:
+    async with portal_http(db, services.redis_url, settings, clock) as http:
         response = await http.post(
             "/graphql",
             json={"query": ROTATE, "variables": rotate},

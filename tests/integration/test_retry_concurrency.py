@@ -26,7 +26,7 @@ from starlette.routing import Route
 
 from app.clock import FixedClock
 from app.db import Database
-from app.embedded import Services
+from app.embedded import Services, create_scratch_database, drop_database
 from app.enums import Actor, AttemptOutcome, PaymentState, Processor
 from app.models.payment import Payment, PaymentAttempt
 from app.services.connection import create_connection
@@ -37,7 +37,6 @@ from app.tenancy import SYSTEM_SCOPE, system_principal
 from portal.cli import upgrade_database
 from sandbox.app import create_app
 from sandbox.server import serving
-from tests.conftest import create_scratch_database, drop_database
 from tests.support.factories import SANDBOX_URLS, make_merchant
 from tests.support.retry import BOX
 
