@@ -44,6 +44,7 @@ from portal.asgi import REDIS_TIMEOUT_SECONDS, OutageMiddleware, Resources, redi
 from portal.migrate import upgrade_database
 from tests.support.factories import make_connection, make_key, make_merchant
 from tests.support.http import portal_client
+from tests.support.normalize import PROCESSOR_FIXTURES
 from tests.support.private_redis import PrivateRedis
 from tests.support.queue import job_queue
 
@@ -53,9 +54,7 @@ JSON = "application/json"
 # is stopped.
 CLOSED = "127.0.0.1:9"
 MERCHANTS = "{ merchants(first: 5) { edges { node { name } } } }"
-ADYEN_ITEM = (
-    Path(__file__).parents[1] / "fixtures" / "processors" / "adyen" / "notification_single.json"
-)
+ADYEN_ITEM = PROCESSOR_FIXTURES / "adyen" / "notification_single.json"
 
 
 @pytest.fixture
