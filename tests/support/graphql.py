@@ -1,5 +1,7 @@
 """Running GraphQL operations in-process with a real context."""
 
+import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -10,6 +12,7 @@ from app.db import Database
 from app.services.api_key import authenticate
 from app.settings import Settings
 from resolvers.context import Context
+from resolvers.ids import encode_id
 from schema.root import build_schema
 from tests.support.statements import count_statements, without_savepoints
 
@@ -106,6 +109,43 @@ async def run_counted(
     with count_statements(connection) as statements:
         result = await run(db, settings, clock, query, token=token, variables=variables)
     return succeeded(result), without_savepoints(statements)
+
+
+@dataclass(frozen=True)
+class CountedPage:
+    """A page of payments and the statements reading it sent."""
+
+    edges: list[dict[str, Any]]
+    statements: list[str]
+
+
+async def count_payment_pages(
+    connection: AsyncConnection,
+    db: Database,
+    settings: Settings,
+    clock: Clock,
+    query: str,
+    *,
+    merchant_id: uuid.UUID,
+    token: str,
+) -> dict[int, CountedPage]:
+    """A merchant's payments page (`query` takes `$id` and `$first`) of 1 row and of 50, each
+    with the statements it cost. The key authenticates once first, so that last_used_at is
+    fresh and the pages' requests are read-only."""
+    await run(db, settings, clock, "{ viewer { role } }", token=token)
+    pages = {}
+    for first in (1, 50):
+        data, statements = await run_counted(
+            connection,
+            db,
+            settings,
+            clock,
+            query,
+            token=token,
+            variables={"id": encode_id("Merchant", merchant_id), "first": first},
+        )
+        pages[first] = CountedPage(data["merchant"]["payments"]["edges"], statements)
+    return pages
 
 
 def codes(result: ExecutionResult) -> list[str]:
