@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlmodel import col, func, select
 
 from app.clock import FixedClock
@@ -38,6 +39,7 @@ from tests.support.retry import (
     stripe_charge,
     timeline,
 )
+from tests.support.statements import count_statements, without_savepoints
 
 # A Monday 10:00 UTC: outside the default quiet hours (22-7) whatever happens below.
 T0 = datetime(2026, 10, 5, 10, 0, tzinfo=UTC)
@@ -306,20 +308,14 @@ async def test_unsent_attempt_of_a_payment_recovered_meanwhile_is_dropped(db: Da
     assert [a.actor for a in await attempts_of(db, payment.id)] == [Actor.PROCESSOR]
 
 
-async def test_ledger_loads_in_three_queries_whatever_the_batch(db: Database) -> None:
+async def test_ledger_loads_in_three_queries_whatever_the_batch(
+    connection: AsyncConnection, db: Database
+) -> None:
     payments, _ = await _setup(db, charges=6)
-    statements: list[str] = []
     async with db.session(SYSTEM_SCOPE) as s:
-        sync_engine = (await s.connection()).sync_engine
-
-        def count(*args: object) -> None:
-            statements.append(str(args[2]))
-
-        event.listen(sync_engine, "before_cursor_execute", count)
-        try:
+        await s.connection()  # the session's own start is not counted
+        with count_statements(connection) as statements:
             contexts = await load_contexts(s, [p.id for p in payments], now=T0)
-        finally:
-            event.remove(sync_engine, "before_cursor_execute", count)
     assert len(contexts) == 6
     assert len(statements) == 3
     ledger = contexts[payments[0].id].ledger
@@ -419,7 +415,9 @@ async def test_key_conflict_is_not_a_refusal(db: Database) -> None:
     assert stripe.charge_count == 1
 
 
-async def test_an_attempt_costs_two_commits_and_few_statements(db: Database) -> None:
+async def test_an_attempt_costs_two_commits_and_few_statements(
+    connection: AsyncConnection, db: Database
+) -> None:
     [payment], clock = await _setup(db)
     await decide(db, T0)
     clock.set(T0 + timedelta(days=1))
@@ -427,27 +425,19 @@ async def test_an_attempt_costs_two_commits_and_few_statements(db: Database) -> 
     # The charge is made on the payment's own card, as a retry usually is.
     stripe = FakeStripe(clock.now(), fingerprint=await fingerprint_of(db, payment.card_id))
     commits: list[object] = []
-    statements: list[str] = []
-    async with db.session(SYSTEM_SCOPE) as s:
-        engine = (await s.connection()).sync_engine
 
     def on_commit(session: object) -> None:
         commits.append(session)
 
-    def on_statement(*args: object) -> None:
-        sql = str(args[2])
-        if "SAVEPOINT" not in sql:  # the test's transaction, not the code's
-            statements.append(sql)
-
     event.listen(ScopedSession, "after_commit", on_commit)
-    event.listen(engine, "before_cursor_execute", on_statement)
     try:
-        result = await execute_attempt(
-            db, payment_id=pid, attempt_number=number, adapters=stripe, clock=clock
-        )
+        with count_statements(connection) as sent:
+            result = await execute_attempt(
+                db, payment_id=pid, attempt_number=number, adapters=stripe, clock=clock
+            )
     finally:
         event.remove(ScopedSession, "after_commit", on_commit)
-        event.remove(engine, "before_cursor_execute", on_statement)
+    statements = without_savepoints(sent)
     assert result.status == "recorded"
     # `sent_at` before the charge, the outcome after it: the snapshot needs no commit.
     assert len(commits) == 2

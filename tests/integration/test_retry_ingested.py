@@ -1,12 +1,9 @@
 """Outcomes read by ingestion go through the state machine: paid elsewhere, a new card."""
 
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import event
-from sqlalchemy.engine import Engine
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.db import Database
 from app.enums import Actor, PaymentState
@@ -24,6 +21,7 @@ from tests.support.retry import (
     stripe_charge,
     timeline,
 )
+from tests.support.statements import count_statements
 
 T0 = datetime(2026, 10, 5, 10, 0, tzinfo=UTC)
 P = PaymentState
@@ -43,20 +41,6 @@ async def _never_retry(
     [payment] = await ingest(db, connection, [first], T0)
     await decide(db, T0)
     return connection, payment
-
-
-@contextmanager
-def _statements(engine: Engine) -> Iterator[list[str]]:
-    seen: list[str] = []
-
-    def record(*args: object) -> None:
-        seen.append(str(args[2]))
-
-    event.listen(engine, "before_cursor_execute", record)
-    try:
-        yield seen
-    finally:
-        event.remove(engine, "before_cursor_execute", record)
 
 
 async def test_success_on_a_scheduled_invoice_is_a_recorded_transition(db: Database) -> None:
@@ -101,16 +85,18 @@ async def test_a_success_read_twice_recovers_once(db: Database) -> None:
     assert [t.event for t in await timeline(db, payment.id)].count("paid_elsewhere") == 1
 
 
-async def test_recoveries_cost_the_same_statements_whatever_their_number(db: Database) -> None:
+async def test_recoveries_cost_the_same_statements_whatever_their_number(
+    connection: AsyncConnection, db: Database
+) -> None:
     counts = []
     for n in (1, 8):
-        connection = await _connection(db)
+        processor_connection = await _connection(db)
         prefix = uuid.uuid4().hex[:6]
         failures = [
             stripe_charge(f"ch_{prefix}_{i}", created=T0, customer=f"cus_{prefix}_{i}")
             for i in range(n)
         ]
-        payments = await ingest(db, connection, failures, T0)
+        payments = await ingest(db, processor_connection, failures, T0)
         await decide(db, T0)
         successes = [
             stripe_charge(
@@ -122,10 +108,8 @@ async def test_recoveries_cost_the_same_statements_whatever_their_number(db: Dat
             )
             for i in range(n)
         ]
-        async with db.session(SYSTEM_SCOPE) as s:
-            engine = (await s.connection()).sync_engine
-        with _statements(engine) as seen:
-            await ingest(db, connection, successes, T0 + timedelta(hours=3))
+        with count_statements(connection) as seen:
+            await ingest(db, processor_connection, successes, T0 + timedelta(hours=3))
         counts.append(len(seen))
         assert {(await reload(db, p.id)).state for p in payments} == {P.RECOVERED}
     assert counts[0] == counts[1]
