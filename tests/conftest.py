@@ -5,13 +5,12 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import pytest
+from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from app.clock import FixedClock
 from app.db import Database
-from app.embedded import Services, resolve_services
-from app.embedded import create_scratch_database as create_scratch_database
-from app.embedded import drop_database as drop_database
+from app.embedded import Services, create_scratch_database, drop_database, resolve_services
 from app.settings import Settings
 from portal.migrate import upgrade_database
 from tests.support import hangs
@@ -35,6 +34,13 @@ async def services(settings: Settings) -> AsyncIterator[Services]:
     found = await resolve_services(settings)
     yield found
     found.close()
+
+
+@pytest.fixture
+async def redis(services: Services) -> AsyncIterator[Redis]:
+    client = Redis.from_url(services.redis_url)
+    yield client
+    await client.aclose()
 
 
 @pytest.fixture(scope="session")

@@ -4,13 +4,10 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -22,7 +19,7 @@ from arq.constants import default_queue_name
 
 from app.crypto import CredentialBox
 from app.db import Database
-from app.embedded import Services, create_scratch_database, drop_database
+from app.embedded import Services
 from app.enums import Processor
 from app.services.connection import create_connection
 from app.services.merchant import create_merchant
@@ -30,43 +27,11 @@ from app.settings import Settings
 from app.tenancy import SYSTEM_SCOPE, system_principal
 from jobs.enqueue import enqueue_poll, poll_job_id
 from portal.migrate import upgrade_database
+from tests.support.cli import portal_ok, run_portal
 from tests.support.factories import SANDBOX_URLS
+from tests.support.normalize import PROCESSOR_FIXTURES
 from tests.support.queue import discard_polls, job_queue
-
-ROOT = Path(__file__).resolve().parents[2]
-PORTAL = [sys.executable, "-m", "portal"]
-
-
-@pytest.fixture
-async def env(services: Services) -> AsyncIterator[dict[str, str]]:
-    url = await create_scratch_database(services, "portal_cli")
-    yield {**os.environ, "DATABASE_URL": url, "REDIS_URL": services.redis_url}
-    await drop_database(services, url)
-
-
-def _portal(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(  # noqa: S603 - fixed argv, no shell
-        [*PORTAL, *args],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-
-
-def _ok(env: dict[str, str], *args: str) -> str:
-    done = _portal(env, *args)
-    assert done.returncode == 0, done.stderr
-    return done.stdout.strip()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+from tests.support.stack import PORTAL, ROOT, free_port
 
 
 def _wait_ready(http: httpx.Client) -> None:
@@ -89,14 +54,14 @@ def _graphql(http: httpx.Client, token: str, query: str) -> Any:
 
 
 def _cli_flow(env: dict[str, str]) -> None:
-    assert _ok(env, "migrate") == "database at head"
-    merchant_id = _ok(env, "merchant", "create", "--name", "CLI Merchant")
-    output = _ok(env, "apikey", "create", "--role", "merchant", "--merchant", merchant_id)
+    assert portal_ok(env, "migrate") == "database at head"
+    merchant_id = portal_ok(env, "merchant", "create", "--name", "CLI Merchant")
+    output = portal_ok(env, "apikey", "create", "--role", "merchant", "--merchant", merchant_id)
     token = output.splitlines()[-1]
     assert token.startswith("rp_")
-    seeded = _ok(env, "seed", "--merchant", merchant_id, "--payments", "40")
+    seeded = portal_ok(env, "seed", "--merchant", merchant_id, "--payments", "40")
     assert seeded == "seeded 40 payments"
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(  # noqa: S603
         [*PORTAL, "serve", "--port", str(port)],
         env=env,
@@ -131,8 +96,8 @@ async def test_migrate_merchant_key_seed_then_serve(env: dict[str, str]) -> None
 
 
 def _serve_two_processes(env: dict[str, str]) -> None:
-    assert _ok(env, "migrate") == "database at head"
-    port = _free_port()
+    assert portal_ok(env, "migrate") == "database at head"
+    port = free_port()
     server = subprocess.Popen(  # noqa: S603
         [*PORTAL, "serve", "--port", str(port), "--workers", "2"],
         env=env,
@@ -160,13 +125,13 @@ async def test_serve_runs_several_processes_on_one_port(env: dict[str, str]) -> 
 
 async def test_several_processes_need_shared_services(env: dict[str, str]) -> None:
     alone = {k: v for k, v in env.items() if k not in {"REDIS_URL", "PORTAL_REDIS_URL"}}
-    done = await asyncio.to_thread(_portal, alone, "serve", "--workers", "2")
+    done = await asyncio.to_thread(run_portal, alone, "serve", "--workers", "2")
     assert done.returncode == 2
     assert "needs DATABASE_URL and REDIS_URL" in done.stderr
 
 
 async def test_bad_input_exits_with_a_message(env: dict[str, str]) -> None:
-    done = await asyncio.to_thread(_portal, env, "seed", "--merchant", "nonsense")
+    done = await asyncio.to_thread(run_portal, env, "seed", "--merchant", "nonsense")
     assert done.returncode == 1
     assert "error: malformed id" in done.stderr
     assert "Traceback" not in done.stderr
@@ -184,7 +149,7 @@ def _stats_agree(merchant: dict[str, Any]) -> bool:
 
 
 def _demo_flow(env: dict[str, str]) -> None:
-    port = _free_port()
+    port = free_port()
     demo = subprocess.Popen(  # noqa: S603
         [*PORTAL, "demo", "--port", str(port), "--customers", "200", "--speed", "7200"],
         env=env,
@@ -353,25 +318,15 @@ async def test_worker_lets_the_running_job_finish_on_sigterm_and_exits_0(
     assert still_queued is None
 
 
-FIXTURES = ROOT / "tests" / "fixtures" / "processors"
-
-
 def _normalize(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(  # noqa: S603
-        [*PORTAL, "normalize", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return run_portal(None, "normalize", *args, timeout=60)
 
 
 # One CLI run per fixture file (about 55 s on a busy two-core machine).
 @pytest.mark.timeout(300)
 async def test_normalize_prints_one_canonical_object_per_record() -> None:
     done = await asyncio.to_thread(
-        _normalize, "stripe", str(FIXTURES / "stripe" / "charges_list_page.json")
+        _normalize, "stripe", str(PROCESSOR_FIXTURES / "stripe" / "charges_list_page.json")
     )
     assert done.returncode == 0, done.stderr
     records = [json.loads(line) for line in done.stdout.splitlines()]
@@ -390,7 +345,9 @@ async def test_normalize_prints_one_canonical_object_per_record() -> None:
     assert records[0]["attempted_at"].endswith("Z")
     assert {r["status"] for r in records} <= {"failed", "succeeded"}
     xml = await asyncio.to_thread(
-        _normalize, "braintree", str(FIXTURES / "braintree" / "credit_card_transactions.xml")
+        _normalize,
+        "braintree",
+        str(PROCESSOR_FIXTURES / "braintree" / "credit_card_transactions.xml"),
     )
     assert xml.returncode == 0, xml.stderr
     assert all(json.loads(line)["processor"] == "braintree" for line in xml.stdout.splitlines())
@@ -413,7 +370,7 @@ def test_production_without_a_metrics_token_refuses_to_start_and_says_why(
     env = {**os.environ, "PORTAL_ENVIRONMENT": "production", "PORTAL_SECRET_KEY": secret}
     env.pop("PORTAL_METRICS_TOKEN", None)
     out = tmp_path / "schema.graphql"
-    done = _portal(env, "export-schema", "--out", str(out))
+    done = run_portal(env, "export-schema", "--out", str(out))
     assert done.returncode == 2
     [line] = done.stderr.strip().splitlines()
     assert line.startswith("error: configuration: ")
@@ -423,5 +380,5 @@ def test_production_without_a_metrics_token_refuses_to_start_and_says_why(
     assert "s" * 24 not in done.stderr + done.stdout
     assert not out.exists()
     env["PORTAL_METRICS_TOKEN"] = "m" * 32
-    _ok(env, "export-schema", "--out", str(out))
+    portal_ok(env, "export-schema", "--out", str(out))
     assert out.exists()

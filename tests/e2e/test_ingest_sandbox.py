@@ -5,9 +5,9 @@ import asyncio
 import itertools
 import secrets
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 import pytest
@@ -31,8 +31,10 @@ from app.tenancy import SYSTEM_SCOPE, system_principal
 from jobs.ingest import normalize_connection
 from portal.asgi import Resources, create_app
 from sandbox.app import create_app as create_sandbox
+from sandbox.common import connection_credentials
 from sandbox.server import serving
 from tests.support.factories import SANDBOX_URLS, make_merchant
+from tests.support.sandbox import create_account, set_faults
 
 NOW = datetime(2026, 11, 2, 12, 0, tzinfo=UTC)
 SETTINGS = Settings(environment="test")
@@ -78,19 +80,15 @@ async def sandbox_account(
         "customers": 300,
         **fields,
     }
-    response = await admin.post("/_sandbox/accounts", json=body)
-    assert response.status_code == 201, response.text
-    return {**response.json(), "api_key": body["api_key"]}
+    return await create_account(admin, body)
 
 
 async def connect(
     db: Database, merchant: Merchant, processor: Processor, account: dict[str, Any], base: str
 ) -> ProcessorConnection:
-    credentials: dict[str, str] = {"api_key": account["api_key"]}
-    if processor is Processor.BRAINTREE:
-        credentials = {"public_key": account["account_id"], "private_key": account["api_key"]}
-    if processor is Processor.ADYEN:
-        credentials["hmac_key_hex"] = account["hmac_key_hex"]
+    credentials = connection_credentials(
+        processor.value, account["account_id"], account["api_key"], account.get("hmac_key_hex")
+    )
     async with db.uow(SYSTEM_SCOPE) as uow:
         connection = await create_connection(
             uow,
@@ -108,27 +106,49 @@ async def connect(
     return connection
 
 
-async def twin_connections(
-    db: Database,
-    admin: httpx.AsyncClient,
-    processor: Processor,
-    sandbox_url: str,
-    *,
-    seed: int,
-    names: tuple[str, str],
-) -> tuple[ProcessorConnection, ProcessorConnection, dict[str, Any]]:
-    """Two sandbox accounts with the same history, each connected for its own merchant: the
-    first is ingested cleanly as the reference; the second (its account returned too) is the
-    one a test disturbs."""
-    reference_account = await sandbox_account(admin, processor, seed=seed)
-    other_account = await sandbox_account(admin, processor, seed=seed)
-    reference = await connect(
-        db, await make_merchant(db, names[0], now=NOW), processor, reference_account, sandbox_url
-    )
-    other = await connect(
-        db, await make_merchant(db, names[1], now=NOW), processor, other_account, sandbox_url
-    )
-    return reference, other, other_account
+class Twins(Protocol):
+    """Makes two sandbox accounts of a processor with the same history, each connected for its
+    own merchant: the first is ingested cleanly as the reference; the second is the one a test
+    disturbs (with `faults`, its account misbehaves so). Each test passes its own `seed`,
+    offset by the processor."""
+
+    def __call__(
+        self,
+        processor: Processor,
+        *,
+        seed: int,
+        names: tuple[str, str],
+        faults: dict[str, Any] | None = None,
+    ) -> Awaitable[tuple[ProcessorConnection, ProcessorConnection]]: ...
+
+
+@pytest.fixture
+def twins(db: Database, admin: httpx.AsyncClient, sandbox_url: str) -> Twins:
+    async def make(
+        processor: Processor,
+        *,
+        seed: int,
+        names: tuple[str, str],
+        faults: dict[str, Any] | None = None,
+    ) -> tuple[ProcessorConnection, ProcessorConnection]:
+        seed += POLLED.index(processor)
+        reference_account = await sandbox_account(admin, processor, seed=seed)
+        other_account = await sandbox_account(admin, processor, seed=seed)
+        if faults is not None:
+            await set_faults(admin, other_account["account_id"], **faults)
+        reference = await connect(
+            db,
+            await make_merchant(db, names[0], now=NOW),
+            processor,
+            reference_account,
+            sandbox_url,
+        )
+        other = await connect(
+            db, await make_merchant(db, names[1], now=NOW), processor, other_account, sandbox_url
+        )
+        return reference, other
+
+    return make
 
 
 async def ingest_all(
@@ -205,25 +225,11 @@ FAULTS: list[tuple[str, dict[str, Any]]] = [
 @pytest.mark.parametrize("processor", POLLED, ids=lambda p: p.value)
 @pytest.mark.parametrize(("name", "faults"), FAULTS, ids=[f[0] for f in FAULTS])
 async def test_faults_lose_and_duplicate_nothing(
-    db: Database,
-    admin: httpx.AsyncClient,
-    sandbox_url: str,
-    processor: Processor,
-    name: str,
-    faults: dict[str, Any],
+    db: Database, twins: Twins, processor: Processor, name: str, faults: dict[str, Any]
 ) -> None:
-    clean, faulty, faulty_account = await twin_connections(
-        db,
-        admin,
-        processor,
-        sandbox_url,
-        seed=100 + POLLED.index(processor),
-        names=(f"Faults {name}", f"Faults {name} (faulty)"),
+    clean, faulty = await twins(
+        processor, seed=100, names=(f"Faults {name}", f"Faults {name} (faulty)"), faults=faults
     )
-    response = await admin.post(
-        f"/_sandbox/accounts/{faulty_account['account_id']}/faults", json=faults
-    )
-    assert response.status_code == 200, response.text
     # A short timeout so the slow fault really times out on the client side.
     async with httpx.AsyncClient(timeout=1.0) as http:
         await ingest_all(db, clean, http, max_pages=3)
@@ -234,23 +240,10 @@ async def test_faults_lose_and_duplicate_nothing(
 
 @pytest.mark.parametrize("processor", POLLED, ids=lambda p: p.value)
 async def test_corrupt_records_are_quarantined_and_the_rest_goes_on(
-    db: Database,
-    admin: httpx.AsyncClient,
-    http: httpx.AsyncClient,
-    sandbox_url: str,
-    processor: Processor,
+    db: Database, http: httpx.AsyncClient, twins: Twins, processor: Processor
 ) -> None:
-    clean, bad, bad_account = await twin_connections(
-        db,
-        admin,
-        processor,
-        sandbox_url,
-        seed=200 + POLLED.index(processor),
-        names=("Clean", "Corrupt"),
-    )
-    await admin.post(
-        f"/_sandbox/accounts/{bad_account['account_id']}/faults",
-        json={"malformed": 3, "truncated": 2},
+    clean, bad = await twins(
+        processor, seed=200, names=("Clean", "Corrupt"), faults={"malformed": 3, "truncated": 2}
     )
     await ingest_all(db, clean, http)
     await ingest_all(db, bad, http)
@@ -273,26 +266,13 @@ async def test_corrupt_records_are_quarantined_and_the_rest_goes_on(
 
 @pytest.mark.parametrize("processor", POLLED, ids=lambda p: p.value)
 async def test_interrupted_polls_resume_to_the_same_end_state(
-    db: Database,
-    admin: httpx.AsyncClient,
-    http: httpx.AsyncClient,
-    sandbox_url: str,
-    processor: Processor,
+    db: Database, http: httpx.AsyncClient, twins: Twins, processor: Processor
 ) -> None:
-    clean, cut, cut_account = await twin_connections(
-        db,
-        admin,
-        processor,
-        sandbox_url,
-        seed=300 + POLLED.index(processor),
-        names=("Whole", "Cut"),
+    clean, cut = await twins(
+        processor, seed=300, names=("Whole", "Cut"), faults={"slow": 1, "slow_seconds": 3}
     )
     await ingest_all(db, clean, http)
-    # A worker that dies in the middle of a page: the page's transaction never commits.
-    await admin.post(
-        f"/_sandbox/accounts/{cut_account['account_id']}/faults",
-        json={"slow": 1, "slow_seconds": 3},
-    )
+    # A worker that dies in the middle of a (slow) page: the page's transaction never commits.
     task = asyncio.create_task(
         poll_connection(db, cut.id, client=http, box=BOX, clock=FixedClock(NOW))
     )
@@ -313,22 +293,11 @@ async def test_interrupted_polls_resume_to_the_same_end_state(
 
 @pytest.mark.parametrize("processor", POLLED, ids=lambda p: p.value)
 async def test_racing_pollers_write_each_batch_once(
-    db: Database,
-    admin: httpx.AsyncClient,
-    http: httpx.AsyncClient,
-    sandbox_url: str,
-    processor: Processor,
+    db: Database, http: httpx.AsyncClient, twins: Twins, processor: Processor
 ) -> None:
     """Two workers on one connection: the one whose cursor went stale drops its batch (and the
     batch it read ahead) and the end state is that of a single poller."""
-    clean, raced, _ = await twin_connections(
-        db,
-        admin,
-        processor,
-        sandbox_url,
-        seed=500 + POLLED.index(processor),
-        names=("Alone", "Raced"),
-    )
+    clean, raced = await twins(processor, seed=500, names=("Alone", "Raced"))
     await ingest_all(db, clean, http)
     stale = 0
     for _ in range(200):

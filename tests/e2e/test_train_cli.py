@@ -1,42 +1,21 @@
 """`portal train --simulated` end to end: a challenger stored with its gate verdict."""
 
 import json
-import os
 import subprocess
-import sys
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import asyncpg
 import pytest
 
-from app.embedded import Services, create_scratch_database, drop_database
 from resolvers.model import decode_model_id
+from tests.support.cli import run_portal
 
 # Every test here trains in a subprocess, some several times (a minute and more when busy).
 pytestmark = pytest.mark.timeout(600)
 
-ROOT = Path(__file__).resolve().parents[2]
-PORTAL = [sys.executable, "-m", "portal"]
-
-
-@pytest.fixture
-async def env(services: Services) -> AsyncIterator[dict[str, str]]:
-    url = await create_scratch_database(services, "portal_train_cli")
-    yield {**os.environ, "DATABASE_URL": url, "REDIS_URL": services.redis_url}
-    await drop_database(services, url)
-
 
 def _portal(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(  # noqa: S603 - fixed argv, no shell
-        [*PORTAL, *args],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
+    # Training takes longer than the other commands.
+    return run_portal(env, *args, timeout=180)
 
 
 async def test_train_simulated_stores_a_gated_challenger(env: dict[str, str]) -> None:

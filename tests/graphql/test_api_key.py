@@ -1,25 +1,23 @@
 """API keys: create (token once), list by visibility, revoke, and what a key never shows."""
 
 from datetime import timedelta
-from typing import Any
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncConnection
-from sqlmodel import col, select
+from sqlmodel import select
 
 from app.clock import FixedClock
 from app.db import Database
 from app.enums import Role
 from app.models.api_key import ApiKey
-from app.models.audit import AuditLog
 from app.models.merchant import Merchant
 from app.services.api_key import hash_token
 from app.settings import Settings
 from app.tenancy import SYSTEM_SCOPE
 from resolvers.ids import encode_id
-from tests.graphql.test_query_count import count_statements
+from tests.support.audit import audit_entries
 from tests.support.factories import key_id, make_key, make_merchant
-from tests.support.graphql import codes, run, schema_for
+from tests.support.graphql import codes, run, run_counted, run_data, schema_for
 
 CREATE = """mutation($input: CreateApiKeyInput!) { createApiKey(input: $input) {
   apiKey { id name role prefix createdAt lastUsedAt revokedAt merchants { id name } }
@@ -32,15 +30,6 @@ REVOKE = """mutation($id: ID!, $reason: String!) { revokeApiKey(id: $id, reason:
   apiKey { id revokedAt } errors { code message field } } }"""
 
 
-async def _data(
-    db: Database, settings: Settings, clock: FixedClock, query: str, token: str, **variables: Any
-) -> dict[str, Any]:
-    result = await run(db, settings, clock, query, token=token, variables=variables)
-    assert result.errors is None, result.errors
-    assert result.data is not None
-    return result.data
-
-
 def _mid(merchant: Merchant) -> str:
     return encode_id("Merchant", merchant.id)
 
@@ -50,20 +39,12 @@ async def _keys(db: Database) -> list[ApiKey]:
         return list((await s.execute(select(ApiKey))).scalars())
 
 
-async def _audit(db: Database, action: str) -> list[AuditLog]:
-    async with db.session(SYSTEM_SCOPE) as s:
-        rows = await s.execute(
-            select(AuditLog).where(col(AuditLog.action) == action).order_by(col(AuditLog.id))
-        )
-        return list(rows.scalars())
-
-
 async def test_support_creates_a_key_whose_token_works_once_shown(
     db: Database, settings: Settings, clock: FixedClock
 ) -> None:
     merchant = await make_merchant(db, "Keyed", now=clock.now())
     support = await make_key(db, Role.SUPPORT, [], now=clock.now(), name="ops")
-    data = await _data(
+    data = await run_data(
         db,
         settings,
         clock,
@@ -81,15 +62,15 @@ async def test_support_creates_a_key_whose_token_works_once_shown(
     assert key["lastUsedAt"] is None
     assert key["merchants"] == [{"id": _mid(merchant), "name": "Keyed"}]
     # The token authenticates, as the merchant's key; only its hash is stored.
-    viewer = await _data(db, settings, clock, "{ viewer { role name } }", token)
+    viewer = await run_data(db, settings, clock, "{ viewer { role name } }", token)
     assert viewer["viewer"] == {"role": "MERCHANT", "name": "dashboard"}
     stored = {k.token_hash for k in await _keys(db)}
     assert hash_token(token) in stored
     assert token not in stored
     # Listing never shows the token again.
-    listed = await _data(db, settings, clock, LIST, support)
+    listed = await run_data(db, settings, clock, LIST, support)
     assert token not in str(listed)
-    [entry] = await _audit(db, "api_key.create")
+    [entry] = await audit_entries(db, action="api_key.create")
     assert entry.merchant_id == merchant.id
     assert entry.actor == "api_key:ops"
     assert entry.after == {
@@ -119,7 +100,7 @@ async def test_support_key_creation_is_logged_under_no_merchant(
     db: Database, settings: Settings, clock: FixedClock
 ) -> None:
     support = await make_key(db, Role.SUPPORT, [], now=clock.now())
-    data = await _data(
+    data = await run_data(
         db,
         settings,
         clock,
@@ -128,7 +109,7 @@ async def test_support_key_creation_is_logged_under_no_merchant(
         input={"role": "SUPPORT", "merchantIds": [], "name": "s"},
     )
     assert data["createApiKey"]["apiKey"]["merchants"] == []
-    [entry] = await _audit(db, "api_key.create")
+    [entry] = await audit_entries(db, action="api_key.create")
     assert entry.merchant_id is None
 
 
@@ -138,7 +119,7 @@ async def test_partner_key_creation_is_logged_for_each_merchant(
     a = await make_merchant(db, "A", now=clock.now())
     b = await make_merchant(db, "B", now=clock.now())
     support = await make_key(db, Role.SUPPORT, [], now=clock.now())
-    data = await _data(
+    data = await run_data(
         db,
         settings,
         clock,
@@ -147,7 +128,7 @@ async def test_partner_key_creation_is_logged_for_each_merchant(
         input={"role": "PARTNER", "merchantIds": [_mid(a), _mid(b), _mid(a)], "name": "agency"},
     )
     assert len(data["createApiKey"]["apiKey"]["merchants"]) == 2
-    entries = await _audit(db, "api_key.create")
+    entries = await audit_entries(db, action="api_key.create")
     assert sorted(str(e.merchant_id) for e in entries) == sorted([str(a.id), str(b.id)])
     # Neither merchant's entry names the other.
     for entry in entries:
@@ -161,7 +142,7 @@ async def test_merchant_key_creates_keys_for_its_own_merchant_only(
     other = await make_merchant(db, "Other", now=clock.now())
     token = await make_key(db, Role.MERCHANT, [own], now=clock.now())
     before = len(await _keys(db))
-    data = await _data(
+    data = await run_data(
         db,
         settings,
         clock,
@@ -183,7 +164,7 @@ async def test_merchant_key_creates_keys_for_its_own_merchant_only(
         )
         assert codes(result) == ["FORBIDDEN"]
     assert len(await _keys(db)) == before
-    data = await _data(
+    data = await run_data(
         db,
         settings,
         clock,
@@ -237,7 +218,7 @@ async def test_invalid_keys_are_refused_and_write_nothing(
     support = await make_key(db, Role.SUPPORT, [], now=clock.now())
     ids = ["not-an-id"] if merchants < 0 else [_mid(m) for m in rows[:merchants]]
     before = len(await _keys(db))
-    data = await _data(
+    data = await run_data(
         db,
         settings,
         clock,
@@ -250,7 +231,7 @@ async def test_invalid_keys_are_refused_and_write_nothing(
     assert payload["token"] is None
     assert [(e["code"], e["field"]) for e in payload["errors"]] == [(code, field)]
     assert len(await _keys(db)) == before
-    assert await _audit(db, "api_key.create") == []
+    assert await audit_entries(db, action="api_key.create") == []
 
 
 async def test_list_is_newest_first_and_pages_by_cursor(
@@ -264,7 +245,7 @@ async def test_list_is_newest_first_and_pages_by_cursor(
     names: list[str] = []
     after = None
     while True:
-        data = await _data(db, settings, clock, LIST, token, first=2, after=after)
+        data = await run_data(db, settings, clock, LIST, token, first=2, after=after)
         page = data["apiKeys"]
         names += [e["node"]["name"] for e in page["edges"]]
         if not page["pageInfo"]["hasNextPage"]:
@@ -285,21 +266,21 @@ async def test_revoke_stops_the_token_and_is_audited_once(
     leaked = await make_key(db, Role.MERCHANT, [merchant], now=clock.now(), name="leaked")
     global_id = encode_id("ApiKey", await key_id(db, leaked))
     for reason in ("  ", "r" * 1001):
-        data = await _data(db, settings, clock, REVOKE, admin, id=global_id, reason=reason)
+        data = await run_data(db, settings, clock, REVOKE, admin, id=global_id, reason=reason)
         assert [(e["code"], e["field"]) for e in data["revokeApiKey"]["errors"]] == [
             ("INVALID", "reason")
         ]
     viewer = await run(db, settings, clock, "{ viewer { role } }", token=leaked)
     assert viewer.errors is None
-    first = await _data(db, settings, clock, REVOKE, admin, id=global_id, reason="leaked in CI")
+    first = await run_data(db, settings, clock, REVOKE, admin, id=global_id, reason="leaked in CI")
     assert first["revokeApiKey"]["errors"] == []
     revoked_at = first["revokeApiKey"]["apiKey"]["revokedAt"]
     assert revoked_at is not None
-    again = await _data(db, settings, clock, REVOKE, admin, id=global_id, reason="twice")
+    again = await run_data(db, settings, clock, REVOKE, admin, id=global_id, reason="twice")
     assert again["revokeApiKey"]["apiKey"]["revokedAt"] == revoked_at
     viewer = await run(db, settings, clock, "{ viewer { role } }", token=leaked)
     assert codes(viewer) == ["UNAUTHENTICATED"]
-    [entry] = await _audit(db, "api_key.revoke")
+    [entry] = await audit_entries(db, action="api_key.revoke")
     assert entry.merchant_id == merchant.id
     assert entry.reason == "leaked in CI"
     assert entry.actor == "api_key:admin"
@@ -315,7 +296,7 @@ async def test_revoke_unknown_or_malformed_id_is_not_found(
     merchant = await make_merchant(db, "M", now=clock.now())
     token = await make_key(db, Role.MERCHANT, [merchant], now=clock.now())
     for bad in ("junk", _mid(merchant), encode_id("ApiKey", merchant.id)):
-        data = await _data(db, settings, clock, REVOKE, token, id=bad, reason="r")
+        data = await run_data(db, settings, clock, REVOKE, token, id=bad, reason="r")
         assert [(e["code"], e["field"]) for e in data["revokeApiKey"]["errors"]] == [
             ("NOT_FOUND", "id")
         ]
@@ -332,10 +313,11 @@ async def test_key_list_statement_count_is_constant(
     await run(db, settings, clock, "{ viewer { role } }", token=support)
     counts = {}
     for first in (1, 30):
-        with count_statements(connection) as statements:
-            data = await _data(db, settings, clock, LIST, support, first=first)
+        data, statements = await run_counted(
+            connection, db, settings, clock, LIST, token=support, variables={"first": first}
+        )
         assert len(data["apiKeys"]["edges"]) == first
         assert all(e["node"]["merchants"] for e in data["apiKeys"]["edges"])
-        counts[first] = len([s for s in statements if "SAVEPOINT" not in s])
+        counts[first] = len(statements)
     # key lookup + keys page + grants + merchants (support keys read no grants of their own)
     assert counts[1] == counts[30] == 4

@@ -10,10 +10,8 @@ from app.db import Database
 from app.enums import Role
 from app.settings import Settings
 from resolvers.ids import encode_id
-from tests.graphql.test_payment import PAGE
-from tests.graphql.test_retry_policy import UPDATE
 from tests.support.factories import make_key, make_merchant
-from tests.support.graphql import codes, run
+from tests.support.graphql import PAYMENTS_PAGE, UPDATE_RETRY_POLICY, codes, run
 
 junk = st.one_of(
     st.none(),
@@ -45,7 +43,7 @@ async def test_payments_arguments(
         "after": after,
         "filter": {"states": states, "failedAfter": failed_after},
     }
-    result = await run(db, settings, clock, PAGE, token=token, variables=variables)
+    result = await run(db, settings, clock, PAYMENTS_PAGE, token=token, variables=variables)
     assert "INTERNAL_SERVER_ERROR" not in codes(result)
     assert result.errors is None or all(codes(result))
 
@@ -86,7 +84,7 @@ async def test_policy_update_arguments(
             "quietHours": {"startHour": quiet, "endHour": 3},
         }
     }
-    result = await run(db, settings, clock, UPDATE, token=token, variables=variables)
+    result = await run(db, settings, clock, UPDATE_RETRY_POLICY, token=token, variables=variables)
     assert "INTERNAL_SERVER_ERROR" not in codes(result)
     if result.data is not None:
         payload = result.data["updateRetryPolicy"]

@@ -3,14 +3,11 @@
 import json
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
-import httpx
 import pytest
 from arq.connections import ArqRedis
 from arq.jobs import Job, JobStatus
-from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlmodel import col, select
 from strawberry.types import ExecutionResult
@@ -26,11 +23,11 @@ from app.models.merchant import Merchant
 from app.settings import Settings
 from app.tenancy import SYSTEM_SCOPE
 from jobs.enqueue import poll_job_id
-from portal.asgi import Resources, create_app
 from resolvers.ids import encode_id
-from tests.graphql.test_query_count import count_statements
+from tests.support.audit import audit_entries
 from tests.support.factories import make_connection, make_key, make_merchant, make_payments
-from tests.support.graphql import codes, run
+from tests.support.graphql import codes, run, run_counted, run_data
+from tests.support.http import portal_http
 from tests.support.queue import discard_polls, job_queue
 
 SECRET = "sk_live_9f2b7c1e4d8a0b3c6e5f"
@@ -65,21 +62,6 @@ async def _setup(db: Database, clock: FixedClock) -> tuple[Merchant, str]:
     return merchant, token
 
 
-async def _data(
-    db: Database,
-    settings: Settings,
-    clock: FixedClock,
-    query: str,
-    token: str,
-    redis: Any = None,
-    **variables: Any,
-) -> dict[str, Any]:
-    result = await run(db, settings, clock, query, token=token, variables=variables, redis=redis)
-    assert result.errors is None, result.errors
-    assert result.data is not None
-    return result.data
-
-
 def _input(merchant: Merchant, **fields: Any) -> dict[str, Any]:
     return {
         "merchantId": encode_id("Merchant", merchant.id),
@@ -99,7 +81,7 @@ async def test_connect_seals_credentials_and_lists_the_connection(
     db: Database, settings: Settings, clock: FixedClock
 ) -> None:
     merchant, token = await _setup(db, clock)
-    data = await _data(db, settings, clock, CONNECT, token, input=_input(merchant, name="Main"))
+    data = await run_data(db, settings, clock, CONNECT, token, input=_input(merchant, name="Main"))
     payload = data["connectProcessor"]
     assert payload["errors"] == []
     created = payload["processorConnection"]
@@ -110,41 +92,17 @@ async def test_connect_seals_credentials_and_lists_the_connection(
     assert created["lastPolledAt"] is None
     assert created["paymentsIngested"] == 0
 
-    listed = await _data(db, settings, clock, LIST, token, id=encode_id("Merchant", merchant.id))
+    listed = await run_data(db, settings, clock, LIST, token, id=encode_id("Merchant", merchant.id))
     assert listed["merchant"]["processorConnections"] == [created]
 
     [row] = await _connections(db)
     assert SECRET.encode() not in row.credentials_encrypted
     box = CredentialBox(settings.secret_key.get_secret_value())
     assert box.open(row.credentials_encrypted) == {"api_key": SECRET}
-    async with db.session(SYSTEM_SCOPE) as s:
-        [entry] = (
-            await s.execute(
-                select(AuditLog).where(col(AuditLog.action) == "processor_connection.create")
-            )
-        ).scalars()
+    [entry] = await audit_entries(db, action="processor_connection.create")
     assert entry.actor == "api_key:dashboard"
     assert entry.merchant_id == merchant.id
     assert SECRET not in json.dumps([entry.before, entry.after])
-
-
-@asynccontextmanager
-async def _http(
-    db: Database, services: Services, settings: Settings, clock: FixedClock
-) -> AsyncIterator[httpx.AsyncClient]:
-    """The real ASGI app, whose view hands the context a plain Redis client."""
-    redis = Redis.from_url(services.redis_url)
-    app = create_app(settings, resources=Resources(db=db, redis=redis, arq=None, clock=clock))
-    try:
-        async with (
-            app.router.lifespan_context(app),
-            httpx.AsyncClient(
-                transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1"
-            ) as http,
-        ):
-            yield http
-    finally:
-        await redis.aclose()
 
 
 def _formatted(result: ExecutionResult) -> dict[str, Any]:
@@ -179,7 +137,7 @@ async def test_credentials_appear_in_no_response_and_no_log_line(
     for query in (audit_query, LIST):
         result = await run(db, settings, clock, query, token=token, variables={"id": merchant_id})
         responses.append(_formatted(result))
-    async with _http(db, services, settings, clock) as http:
+    async with portal_http(db, services.redis_url, settings, clock) as http:
         for variables in (_input(merchant, name="over http"), _input(merchant, kind="NOPE")):
             response = await http.post(
                 "/graphql",
@@ -216,7 +174,7 @@ async def test_invalid_connections_are_refused_and_write_nothing(
     db: Database, settings: Settings, clock: FixedClock, fields: dict[str, Any], field: str
 ) -> None:
     merchant, token = await _setup(db, clock)
-    data = await _data(db, settings, clock, CONNECT, token, input=_input(merchant, **fields))
+    data = await run_data(db, settings, clock, CONNECT, token, input=_input(merchant, **fields))
     payload = data["connectProcessor"]
     assert payload["processorConnection"] is None
     assert {e["code"] for e in payload["errors"]} == {"INVALID"}
@@ -241,7 +199,7 @@ async def test_processor_urls_pointing_inward_are_not_allowed(
     """The portal polls and charges through the base URL with the merchant's credentials: a
     key must not be able to aim it at the portal's own network."""
     merchant, token = await _setup(db, clock)
-    data = await _data(db, settings, clock, CONNECT, token, input=_input(merchant, baseUrl=url))
+    data = await run_data(db, settings, clock, CONNECT, token, input=_input(merchant, baseUrl=url))
     payload = data["connectProcessor"]
     assert payload["processorConnection"] is None
     [error] = payload["errors"]
@@ -255,10 +213,10 @@ async def test_processor_urls_need_https_in_production(
     production = settings.model_copy(update={"environment": "production"})
     merchant, token = await _setup(db, clock)
     plain = _input(merchant, baseUrl="http://api.stripe.test")
-    data = await _data(db, production, clock, CONNECT, token, input=plain)
+    data = await run_data(db, production, clock, CONNECT, token, input=plain)
     assert [e["code"] for e in data["connectProcessor"]["errors"]] == ["URL_NOT_ALLOWED"]
     secure = _input(merchant, baseUrl="https://api.stripe.test")
-    data = await _data(db, production, clock, CONNECT, token, input=secure)
+    data = await run_data(db, production, clock, CONNECT, token, input=secure)
     assert data["connectProcessor"]["errors"] == []
 
 
@@ -266,7 +224,7 @@ async def test_malformed_merchant_id_is_not_found(
     db: Database, settings: Settings, clock: FixedClock
 ) -> None:
     merchant, token = await _setup(db, clock)
-    data = await _data(
+    data = await run_data(
         db, settings, clock, CONNECT, token, input=_input(merchant, merchantId="bogus")
     )
     assert [e["code"] for e in data["connectProcessor"]["errors"]] == ["NOT_FOUND"]
@@ -284,7 +242,7 @@ async def test_payments_ingested_counts_per_connection(
     await make_payments(db, merchant, 3, now=now, connection=first)
     await make_payments(db, merchant, 2, now=now, connection=second)
     await make_payments(db, merchant, 1, now=now)
-    data = await _data(db, settings, clock, LIST, token, id=encode_id("Merchant", merchant.id))
+    data = await run_data(db, settings, clock, LIST, token, id=encode_id("Merchant", merchant.id))
     counts = {c["kind"]: c["paymentsIngested"] for c in data["merchant"]["processorConnections"]}
     assert counts == {"STRIPE": 3, "CHECKOUT": 2}
 
@@ -306,18 +264,15 @@ async def test_connection_list_statement_count_is_constant(
                 await make_payments(db, merchant, 1, now=now, connection=conn, attempts_each=1)
         token = await make_key(db, Role.PARTNER, rows, now=now)
         await run(db, settings, clock, "{ viewer { role } }", token=token)
-        with count_statements(connection) as statements:
-            result = await run(db, settings, clock, query, token=token)
-        assert result.errors is None
-        assert result.data is not None
-        edges = result.data["merchants"]["edges"]
+        data, statements = await run_counted(connection, db, settings, clock, query, token=token)
+        edges = data["merchants"]["edges"]
         assert (
             sum(len(e["node"]["processorConnections"]) for e in edges) == merchants * per_merchant
         )
         assert all(
             c["paymentsIngested"] == 1 for e in edges for c in e["node"]["processorConnections"]
         )
-        counts[merchants] = len([s for s in statements if "SAVEPOINT" not in s])
+        counts[merchants] = len(statements)
     # key lookup + grants + merchants page + connections + payment counts
     assert counts[1] == counts[10] == 5
 
@@ -329,7 +284,7 @@ async def test_sync_queues_one_poll_on_the_real_queue(
     conn = await make_connection(db, merchant, now=clock.now(), settings=settings)
     global_id = encode_id("ProcessorConnection", conn.id)
     try:
-        first = await _data(db, settings, clock, SYNC, token, redis=queue, id=global_id)
+        first = await run_data(db, settings, clock, SYNC, token, redis=queue, id=global_id)
         assert first["syncProcessorConnection"] == {
             "processorConnection": {"id": global_id},
             "queued": True,
@@ -337,7 +292,7 @@ async def test_sync_queues_one_poll_on_the_real_queue(
         }
         assert await Job(poll_job_id(conn.id), queue).status() is JobStatus.queued
         # The same job id: a second request while one is queued adds nothing.
-        again = await _data(db, settings, clock, SYNC, token, redis=queue, id=global_id)
+        again = await run_data(db, settings, clock, SYNC, token, redis=queue, id=global_id)
         assert again["syncProcessorConnection"]["queued"] is False
     finally:
         await discard_polls(queue, [conn.id])
@@ -350,7 +305,7 @@ async def test_sync_over_http_reaches_the_arq_queue(
     merchant, token = await _setup(db, clock)
     conn = await make_connection(db, merchant, now=clock.now(), settings=settings)
     try:
-        async with _http(db, services, settings, clock) as http:
+        async with portal_http(db, services.redis_url, settings, clock) as http:
             response = await http.post(
                 "/graphql",
                 json={
@@ -374,11 +329,11 @@ async def test_sync_refuses_paused_and_webhook_connections(
     paused = await make_connection(db, merchant, now=now, settings=settings)
     adyen = await make_connection(db, merchant, now=now, settings=settings, kind=Processor.ADYEN)
     paused_id = encode_id("ProcessorConnection", paused.id)
-    data = await _data(db, settings, clock, PAUSE, token, id=paused_id, reason="maintenance")
+    data = await run_data(db, settings, clock, PAUSE, token, id=paused_id, reason="maintenance")
     assert data["pauseProcessorConnection"]["errors"] == []
     try:
         for conn in (paused, adyen):
-            data = await _data(
+            data = await run_data(
                 db,
                 settings,
                 clock,
@@ -414,17 +369,8 @@ async def test_unknown_connection_is_not_found(
             assert [(e["code"], e["field"]) for e in payload["errors"]] == [("NOT_FOUND", "id")]
 
 
-async def _audit(db: Database, entity_id: str) -> list[AuditLog]:
-    async with db.session(SYSTEM_SCOPE) as s:
-        rows = await s.execute(
-            select(AuditLog)
-            .where(
-                col(AuditLog.entity_id) == entity_id,
-                col(AuditLog.action) != "processor_connection.create",
-            )
-            .order_by(col(AuditLog.created_at), col(AuditLog.action))
-        )
-        return list(rows.scalars())
+# A connection's changes after its creation.
+_AFTER_CREATION = col(AuditLog.action) != "processor_connection.create"
 
 
 async def test_pause_and_resume_are_audited_and_idempotent(
@@ -438,12 +384,12 @@ async def test_pause_and_resume_are_audited_and_idempotent(
         (PAUSE, "pauseProcessorConnection", "PAUSED", "again"),
         (RESUME, "resumeProcessorConnection", "ACTIVE", "outage over"),
     ):
-        data = await _data(db, settings, clock, query, token, id=global_id, reason=reason)
+        data = await run_data(db, settings, clock, query, token, id=global_id, reason=reason)
         assert data[field] == {
             "processorConnection": {"id": global_id, "status": status},
             "errors": [],
         }
-    entries = await _audit(db, str(conn.id))
+    entries = await audit_entries(db, _AFTER_CREATION, entity_id=str(conn.id))
     assert [(e.action, e.before, e.after, e.reason, e.actor) for e in entries] == [
         (
             "processor_connection.pause",
@@ -466,7 +412,7 @@ async def test_pause_needs_a_reason(db: Database, settings: Settings, clock: Fix
     merchant, token = await _setup(db, clock)
     conn = await make_connection(db, merchant, now=clock.now(), settings=settings)
     for reason in ("  ", "x" * 1001):
-        data = await _data(
+        data = await run_data(
             db,
             settings,
             clock,
@@ -480,7 +426,7 @@ async def test_pause_needs_a_reason(db: Database, settings: Settings, clock: Fix
         assert [(e["code"], e["field"]) for e in payload["errors"]] == [("INVALID", "reason")]
     [row] = await _connections(db)
     assert row.status.value == "active"
-    assert await _audit(db, str(conn.id)) == []
+    assert await audit_entries(db, _AFTER_CREATION, entity_id=str(conn.id)) == []
 
 
 async def test_partner_may_read_but_not_change_connections(
@@ -489,7 +435,7 @@ async def test_partner_may_read_but_not_change_connections(
     merchant, _ = await _setup(db, clock)
     conn = await make_connection(db, merchant, now=clock.now(), settings=settings)
     partner = await make_key(db, Role.PARTNER, [merchant], now=clock.now())
-    data = await _data(db, settings, clock, LIST, partner, id=encode_id("Merchant", merchant.id))
+    data = await run_data(db, settings, clock, LIST, partner, id=encode_id("Merchant", merchant.id))
     assert len(data["merchant"]["processorConnections"]) == 1
     result = await run(
         db,

@@ -17,7 +17,6 @@ from arq.constants import job_key_prefix
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 from hypothesis_graphql import mutations, nodes, queries
-from redis.asyncio import Redis
 
 from app.clock import FixedClock
 from app.crypto import CredentialBox
@@ -30,12 +29,12 @@ from app.services.api_key import revoke_api_key
 from app.services.retry.delivery import create_endpoint
 from app.settings import Settings
 from app.tenancy import SYSTEM_SCOPE, system_principal
-from portal.asgi import Resources, create_app
 from portal.migrate import upgrade_database
 from resolvers.ids import encode_cursor, encode_id
 from tests.support import hangs
 from tests.support.factories import key_id, make_connection, make_key, make_merchant, make_payments
 from tests.support.graphql import run, schema_for
+from tests.support.http import portal_http
 from tests.support.model_rows import make_model
 
 # Bounded for the normal suite (well under a minute in all). To hunt, raise the count and let
@@ -365,19 +364,8 @@ async def test_generated_mutations(
 
 @pytest.fixture(scope="module")
 async def http(fuzzed: Fuzzed, services: Services) -> AsyncIterator[httpx.AsyncClient]:
-    redis = Redis.from_url(services.redis_url)
-    app = create_app(
-        fuzzed.settings,
-        resources=Resources(db=fuzzed.db, redis=redis, arq=None, clock=fuzzed.clock),
-    )
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1"
-        ) as client,
-    ):
+    async with portal_http(fuzzed.db, services.redis_url, fuzzed.settings, fuzzed.clock) as client:
         yield client
-    await redis.aclose()
 
 
 # Header values httpx can send (printable ASCII).

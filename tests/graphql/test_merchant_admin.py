@@ -1,21 +1,20 @@
 """Support's merchant administration: createMerchant, pause and resume recovery."""
 
 import uuid
-from typing import Any
 
 import pytest
-from sqlmodel import col, select
+from sqlmodel import select
 
 from app.clock import FixedClock
 from app.db import Database
 from app.enums import MerchantStatus, Role
-from app.models.audit import AuditLog
 from app.models.merchant import Merchant
 from app.settings import Settings
 from app.tenancy import SYSTEM_SCOPE
 from resolvers.ids import encode_id
+from tests.support.audit import audit_entries
 from tests.support.factories import make_key, make_merchant
-from tests.support.graphql import codes, run
+from tests.support.graphql import codes, run, run_data
 
 CREATE = """mutation($name: String!) { createMerchant(input: {name: $name}) {
   merchant { id name status retryPolicy { version } } errors { code message field } } }"""
@@ -27,35 +26,16 @@ RESUME = """mutation($id: ID!, $reason: String!) { resumeMerchantRecovery(mercha
   reason: $reason) { merchant { id status } errors { code message field } } }"""
 
 
-async def _data(
-    db: Database, settings: Settings, clock: FixedClock, query: str, token: str, **variables: Any
-) -> dict[str, Any]:
-    result = await run(db, settings, clock, query, token=token, variables=variables)
-    assert result.errors is None, result.errors
-    assert result.data is not None
-    return result.data
-
-
 async def _merchants(db: Database) -> list[Merchant]:
     async with db.session(SYSTEM_SCOPE) as s:
         return list((await s.execute(select(Merchant))).scalars())
-
-
-async def _audit(db: Database, merchant_id: Any) -> list[AuditLog]:
-    async with db.session(SYSTEM_SCOPE) as s:
-        rows = await s.execute(
-            select(AuditLog)
-            .where(col(AuditLog.merchant_id) == merchant_id)
-            .order_by(col(AuditLog.created_at), col(AuditLog.action))
-        )
-        return list(rows.scalars())
 
 
 async def test_support_creates_a_merchant_with_a_policy_and_an_audit_entry(
     db: Database, settings: Settings, clock: FixedClock
 ) -> None:
     support = await make_key(db, Role.SUPPORT, [], now=clock.now(), name="ops")
-    data = await _data(db, settings, clock, CREATE, support, name="  Globex  ")
+    data = await run_data(db, settings, clock, CREATE, support, name="  Globex  ")
     payload = data["createMerchant"]
     assert payload["errors"] == []
     created = payload["merchant"]
@@ -64,7 +44,7 @@ async def test_support_creates_a_merchant_with_a_policy_and_an_audit_entry(
     assert created["retryPolicy"] == {"version": 1}
     [row] = await _merchants(db)
     assert encode_id("Merchant", row.id) == created["id"]
-    [entry] = await _audit(db, row.id)
+    [entry] = await audit_entries(db, merchant_id=row.id)
     assert (entry.action, entry.actor, entry.before) == ("merchant.create", "api_key:ops", None)
     assert entry.after is not None
     assert entry.after["name"] == "Globex"
@@ -75,7 +55,7 @@ async def test_invalid_names_are_refused(
     db: Database, settings: Settings, clock: FixedClock, name: str
 ) -> None:
     support = await make_key(db, Role.SUPPORT, [], now=clock.now())
-    data = await _data(db, settings, clock, CREATE, support, name=name)
+    data = await run_data(db, settings, clock, CREATE, support, name=name)
     assert data["createMerchant"]["merchant"] is None
     assert [(e["code"], e["field"]) for e in data["createMerchant"]["errors"]] == [
         ("INVALID", "name")
@@ -106,11 +86,13 @@ async def test_pause_and_resume_recovery_are_audited_and_idempotent(
         (RESUME, "resumeMerchantRecovery", "ACTIVE", "resolved"),
         (RESUME, "resumeMerchantRecovery", "ACTIVE", "still"),
     ):
-        data = await _data(db, settings, clock, query, support, id=global_id, reason=reason)
+        data = await run_data(db, settings, clock, query, support, id=global_id, reason=reason)
         assert data[field] == {"merchant": {"id": global_id, "status": status}, "errors": []}
     [row] = await _merchants(db)
     assert row.status is MerchantStatus.ACTIVE
-    entries = [e for e in await _audit(db, merchant.id) if e.action != "merchant.create"]
+    entries = [
+        e for e in await audit_entries(db, merchant_id=merchant.id) if e.action != "merchant.create"
+    ]
     assert [(e.action, e.before, e.after, e.reason, e.actor) for e in entries] == [
         (
             "merchant.pause",
@@ -128,12 +110,12 @@ async def test_pause_refusals(db: Database, settings: Settings, clock: FixedCloc
     support = await make_key(db, Role.SUPPORT, [], now=clock.now())
     own = await make_key(db, Role.MERCHANT, [merchant], now=clock.now())
     global_id = encode_id("Merchant", merchant.id)
-    data = await _data(db, settings, clock, PAUSE, support, id=global_id, reason=" ")
+    data = await run_data(db, settings, clock, PAUSE, support, id=global_id, reason=" ")
     assert [(e["code"], e["field"]) for e in data["pauseMerchantRecovery"]["errors"]] == [
         ("INVALID", "reason")
     ]
     for bad in ("junk", encode_id("Payment", merchant.id), encode_id("Merchant", uuid.uuid4())):
-        data = await _data(db, settings, clock, PAUSE, support, id=bad, reason="r")
+        data = await run_data(db, settings, clock, PAUSE, support, id=bad, reason="r")
         assert [(e["code"], e["field"]) for e in data["pauseMerchantRecovery"]["errors"]] == [
             ("NOT_FOUND", "merchantId")
         ]
@@ -144,4 +126,6 @@ async def test_pause_refusals(db: Database, settings: Settings, clock: FixedCloc
     assert codes(result) == ["FORBIDDEN"]
     [row] = await _merchants(db)
     assert row.status is MerchantStatus.ACTIVE
-    assert [e.action for e in await _audit(db, merchant.id)] == ["merchant.create"]
+    assert [e.action for e in await audit_entries(db, merchant_id=merchant.id)] == [
+        "merchant.create"
+    ]

@@ -8,15 +8,14 @@ from sqlmodel import col, select
 from app.clock import FixedClock
 from app.db import Database
 from app.enums import ModelStatus, RetryStrategy, Role
-from app.models.audit import AuditLog
 from app.models.model_version import ModelVersion
 from app.services.model_registry import ROLE_ACTING, ROLE_SHADOW, DecisionRecord, record_decisions
 from app.settings import Settings
 from app.tenancy import SYSTEM_SCOPE
 from resolvers.ids import encode_id
-from tests.graphql.test_query_count import count_statements
+from tests.support.audit import audit_entries
 from tests.support.factories import make_key, make_merchant, make_payments
-from tests.support.graphql import codes, run
+from tests.support.graphql import codes, count_payment_pages, run
 from tests.support.model_rows import make_model, verdict
 
 MODELS = "{ models { id status trainedAt featureList metrics { overall { auc logLoss ece rows } "
@@ -101,10 +100,7 @@ async def test_promotion_retires_the_champion_and_is_audited(
         }
     }
     assert await _status(db, champion.id) is ModelStatus.RETIRED
-    async with db.session(SYSTEM_SCOPE) as s:
-        [entry] = (
-            await s.execute(select(AuditLog).where(col(AuditLog.action) == "model.promote"))
-        ).scalars()
+    [entry] = await audit_entries(db, action="model.promote")
     assert (entry.merchant_id, entry.entity_id, entry.reason) == (None, str(challenger.id), "wins")
     assert entry.before == {"status": "challenger", "champion_id": str(champion.id)}
 
@@ -277,21 +273,12 @@ async def test_explanations_of_a_page_cost_one_statement(
         )
         await uow.commit()
     token = await make_key(db, Role.MERCHANT, [merchant], now=now)
-    await run(db, settings, clock, "{ viewer { role } }", token=token)
+    pages = await count_payment_pages(
+        connection, db, settings, clock, EXPLAIN_PAGE, merchant_id=merchant.id, token=token
+    )
     counts = {}
-    for first in (1, 50):
-        with count_statements(connection) as statements:
-            result = await run(
-                db,
-                settings,
-                clock,
-                EXPLAIN_PAGE,
-                token=token,
-                variables={"id": encode_id("Merchant", merchant.id), "first": first},
-            )
-        assert result.errors is None, result.errors
-        assert result.data is not None
-        edges = result.data["merchant"]["payments"]["edges"]
-        assert [e["node"]["decision"]["explanation"] for e in edges] == [["words"]] * first
-        counts[first] = [s for s in statements if "SAVEPOINT" not in s]
+    for first, page in pages.items():
+        explanations = [e["node"]["decision"]["explanation"] for e in page.edges]
+        assert explanations == [["words"]] * first
+        counts[first] = page.statements
     assert len(counts[1]) == len(counts[50])

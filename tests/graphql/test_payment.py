@@ -10,25 +10,7 @@ from app.enums import DeclineCategory, PaymentState, Processor, Role
 from app.settings import Settings
 from resolvers.ids import encode_id
 from tests.support.factories import make_key, make_merchant, make_payments
-from tests.support.graphql import codes, run
-
-PAGE = """
-query($id: ID!, $first: Int, $after: String, $filter: PaymentFilter) {
-  merchant(id: $id) {
-    payments(first: $first, after: $after, filter: $filter) {
-      edges { cursor node {
-        id processor processorPaymentId state
-        amount { amountMinor currency }
-        decline { category retryable advice rawCode networkAdviceCode }
-        failedAt nextRetryAt recoveredAt attemptCount
-        attempts { number attemptedAt outcome actor decline { category } card { last4 } }
-        customer { id } card { brand last4 funding country }
-      } }
-      pageInfo { hasNextPage endCursor }
-    }
-  }
-}
-"""
+from tests.support.graphql import PAYMENTS_PAGE, codes, run
 
 
 async def test_payment_fields(db: Database, settings: Settings, clock: FixedClock) -> None:
@@ -36,7 +18,12 @@ async def test_payment_fields(db: Database, settings: Settings, clock: FixedCloc
     [payment] = await make_payments(db, merchant, 1, now=clock.now())
     token = await make_key(db, Role.MERCHANT, [merchant], now=clock.now())
     result = await run(
-        db, settings, clock, PAGE, token=token, variables={"id": encode_id("Merchant", merchant.id)}
+        db,
+        settings,
+        clock,
+        PAYMENTS_PAGE,
+        token=token,
+        variables={"id": encode_id("Merchant", merchant.id)},
     )
     assert result.errors is None
     assert result.data is not None
@@ -66,7 +53,7 @@ async def test_pages_have_no_duplicates_or_gaps(
             db,
             settings,
             clock,
-            PAGE,
+            PAYMENTS_PAGE,
             token=token,
             variables={"id": encode_id("Merchant", merchant.id), "first": 5, "after": after},
         )
@@ -100,7 +87,12 @@ async def test_filters(db: Database, settings: Settings, clock: FixedClock) -> N
 
     async def count(filter_: dict[str, object]) -> int:
         result = await run(
-            db, settings, clock, PAGE, token=token, variables={"id": mid, "filter": filter_}
+            db,
+            settings,
+            clock,
+            PAYMENTS_PAGE,
+            token=token,
+            variables={"id": mid, "filter": filter_},
         )
         assert result.errors is None
         assert result.data is not None
@@ -133,7 +125,7 @@ async def test_bad_arguments_get_typed_errors(
         db,
         settings,
         clock,
-        PAGE,
+        PAYMENTS_PAGE,
         token=token,
         variables={"id": encode_id("Merchant", merchant.id), **variables},
     )
@@ -145,5 +137,5 @@ async def test_malformed_node_id_is_a_typed_error(
 ) -> None:
     merchant = await make_merchant(db, "Bad id", now=clock.now())
     token = await make_key(db, Role.MERCHANT, [merchant], now=clock.now())
-    result = await run(db, settings, clock, PAGE, token=token, variables={"id": "garbage"})
+    result = await run(db, settings, clock, PAYMENTS_PAGE, token=token, variables={"id": "garbage"})
     assert codes(result) == ["INVALID_ID"]

@@ -7,14 +7,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from app.clock import FixedClock
 from app.db import Database
 from app.enums import Role
-from app.services.retry.engine import decide_pending
 from app.settings import Settings
-from app.tenancy import SYSTEM_SCOPE
 from resolvers.ids import encode_id
-from tests.graphql.test_query_count import count_statements
 from tests.support.factories import make_key, make_merchant, make_payments
-from tests.support.graphql import run
-from tests.support.retry import ingest, make_connection, stripe_charge
+from tests.support.graphql import count_payment_pages, run
+from tests.support.retry import decide, ingest, make_connection, stripe_charge
 
 PAGE = """query($id: ID!, $first: Int!) { merchant(id: $id) { payments(first: $first) {
   edges { node { id state nextRetryAt
@@ -42,9 +39,7 @@ async def _decided_payment(db: Database, clock: FixedClock) -> tuple[str, str]:
     [payment] = await ingest(
         db, connection, [stripe_charge("ch_view", created=clock.now())], clock.now()
     )
-    async with db.uow(SYSTEM_SCOPE) as uow:
-        await decide_pending(uow, now=clock.now())
-        await uow.commit()
+    await decide(db, clock.now())
     token = await make_key(db, Role.MERCHANT, [merchant], now=clock.now())
     return token, encode_id("Payment", payment.id)
 
@@ -125,22 +120,12 @@ async def test_recovery_fields_cost_the_same_statements_for_1_or_50_rows(
     merchant = await make_merchant(db, "Counting recovery", now=clock.now())
     await make_payments(db, merchant, 50, now=clock.now(), attempts_each=2)
     token = await make_key(db, Role.MERCHANT, [merchant], now=clock.now())
-    await run(db, settings, clock, "{ viewer { role } }", token=token)
+    pages = await count_payment_pages(
+        connection, db, settings, clock, PAGE, merchant_id=merchant.id, token=token
+    )
     counts = {}
-    for first in (1, 50):
-        with count_statements(connection) as statements:
-            result = await run(
-                db,
-                settings,
-                clock,
-                PAGE,
-                token=token,
-                variables={"id": encode_id("Merchant", merchant.id), "first": first},
-            )
-        assert result.errors is None, result.errors
-        assert result.data is not None
-        edges = result.data["merchant"]["payments"]["edges"]
-        assert len(edges) == first
-        assert all(e["node"]["ledger"] is not None for e in edges)
-        counts[first] = [s for s in statements if "SAVEPOINT" not in s]
+    for first, page in pages.items():
+        assert len(page.edges) == first
+        assert all(e["node"]["ledger"] is not None for e in page.edges)
+        counts[first] = page.statements
     assert len(counts[1]) == len(counts[50]), "\n".join(s[:70] for s in counts[50])

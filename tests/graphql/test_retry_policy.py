@@ -8,20 +8,14 @@ from sqlmodel import col, select
 from app.clock import FixedClock
 from app.db import Database
 from app.enums import Role
-from app.models.audit import AuditLog
 from app.models.merchant import Merchant
 from app.models.retry_policy import RetryPolicy
 from app.settings import Settings
 from app.tenancy import SYSTEM_SCOPE
 from resolvers.ids import encode_id
+from tests.support.audit import audit_entries
 from tests.support.factories import make_key, make_merchant
-from tests.support.graphql import codes, run
-
-UPDATE = """mutation($input: UpdateRetryPolicyInput!) { updateRetryPolicy(input: $input) {
-  retryPolicy { version enabled maxAttempts windowDays minHoursBetweenAttempts
-    quietHours { startHour endHour } timezone excludedDeclineCategories strategy
-    fixedScheduleDays endAction updatedBy }
-  errors { code message field } } }"""
+from tests.support.graphql import UPDATE_RETRY_POLICY, codes, run
 
 
 async def _setup(db: Database, clock: FixedClock) -> tuple[Merchant, str]:
@@ -46,7 +40,7 @@ async def _update(
             **fields,
         }
     }
-    result = await run(db, settings, clock, UPDATE, token=token, variables=variables)
+    result = await run(db, settings, clock, UPDATE_RETRY_POLICY, token=token, variables=variables)
     assert result.errors is None, result.errors
     assert result.data is not None
     payload: dict[str, Any] = result.data["updateRetryPolicy"]
@@ -89,19 +83,7 @@ async def test_update_adds_a_version_and_an_audit_entry(
     assert policy["strategy"] == "MODEL"
     assert policy["updatedBy"] == "api_key:dashboard"
     assert await _versions(db, merchant) == [1, 2]
-    async with db.session(SYSTEM_SCOPE) as s:
-        entries = (
-            (
-                await s.execute(
-                    select(AuditLog)
-                    .where(col(AuditLog.merchant_id) == merchant.id)
-                    .where(col(AuditLog.action) == "retry_policy.update")
-                )
-            )
-            .scalars()
-            .all()
-        )
-    [entry] = entries
+    [entry] = await audit_entries(db, merchant_id=merchant.id, action="retry_policy.update")
     assert entry.reason == "test change"
     assert entry.before is not None
     assert entry.after is not None
@@ -173,7 +155,7 @@ async def test_wrong_argument_types_are_graphql_errors(
         db,
         settings,
         clock,
-        UPDATE,
+        UPDATE_RETRY_POLICY,
         token=token,
         variables={
             "input": {

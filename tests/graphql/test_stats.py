@@ -31,9 +31,9 @@ from app.services.stats.rollups import load_stats
 from app.settings import Settings
 from app.tenancy import SYSTEM_SCOPE
 from resolvers.ids import encode_id
-from tests.graphql.test_query_count import count_statements
 from tests.support.factories import make_key, make_merchant
-from tests.support.graphql import codes, run
+from tests.support.graphql import codes, run, run_data
+from tests.support.statements import count_statements, without_savepoints
 
 FROM = "2026-10-01T00:00:00+00:00"
 TO = "2026-10-03T00:00:00+00:00"
@@ -204,10 +204,7 @@ async def world(db: Database, settings: Settings, clock: FixedClock) -> World:
 
 
 async def _ok(w: World, role: str, query: str, **variables: Any) -> dict[str, Any]:
-    result = await run(w.db, w.settings, w.clock, query, token=w.tokens[role], variables=variables)
-    assert result.errors is None, result.errors
-    assert result.data is not None
-    return result.data
+    return await run_data(w.db, w.settings, w.clock, query, w.tokens[role], **variables)
 
 
 async def _merchant_stats(w: World, name: str, g: str = "DAY", tz: str | None = "Europe/Paris"):  # type: ignore[no-untyped-def]
@@ -507,7 +504,7 @@ async def test_statement_count_is_constant(
     ):
         with count_statements(connection) as statements:
             await _ok(world, "support", query, **variables)
-        counts[label] = len([s for s in statements if "SAVEPOINT" not in s])
+        counts[label] = len(without_savepoints(statements))
     more = [await make_merchant(world.db, f"Stats extra {i}", now=NOW) for i in range(4)]
     for merchant in more:
         await add_payments(world.db, merchant, FIXTURE_A[:2])
@@ -516,4 +513,4 @@ async def test_statement_count_is_constant(
     assert len(data["merchants"]["edges"]) >= 7
     # The support key's lookup, then one statistics statement (the page adds its merchants).
     assert counts["viewer day"] == counts["viewer month"] == 2
-    assert len([s for s in statements if "SAVEPOINT" not in s]) == counts["merchants"] == 3
+    assert len(without_savepoints(statements)) == counts["merchants"] == 3

@@ -19,7 +19,6 @@ from app.crypto import CredentialBox
 from app.db import Database
 from app.embedded import Services
 from app.enums import Role
-from app.models.audit import AuditLog
 from app.models.merchant import Merchant
 from app.models.retry import WebhookEndpoint
 from app.services.retry.delivery import (
@@ -32,10 +31,10 @@ from app.services.retry.delivery import (
 from app.settings import Settings
 from app.tenancy import SYSTEM_SCOPE, system_principal
 from resolvers.ids import decode_id, encode_id
-from tests.graphql.test_connection import _http
-from tests.graphql.test_query_count import count_statements
+from tests.support.audit import audit_entries
 from tests.support.factories import make_key, make_merchant
-from tests.support.graphql import codes, run
+from tests.support.graphql import codes, run, run_counted, run_data
+from tests.support.http import portal_http
 from tests.support.webhooks import PUBLIC, queue_delivery, table_resolver
 
 CREATE = """mutation($input: CreateWebhookEndpointInput!) { createWebhookEndpoint(input: $input) {
@@ -61,15 +60,6 @@ async def _setup(db: Database, clock: FixedClock) -> tuple[Merchant, str]:
     return merchant, token
 
 
-async def _data(
-    db: Database, settings: Settings, clock: FixedClock, query: str, token: str, **variables: Any
-) -> dict[str, Any]:
-    result = await run(db, settings, clock, query, token=token, variables=variables)
-    assert result.errors is None, result.errors
-    assert result.data is not None
-    return result.data
-
-
 def _box(settings: Settings) -> CredentialBox:
     return CredentialBox(settings.secret_key.get_secret_value())
 
@@ -87,21 +77,11 @@ async def _endpoints(db: Database) -> list[WebhookEndpoint]:
         return list((await s.execute(select(WebhookEndpoint))).scalars().all())
 
 
-async def _audit(db: Database, action_prefix: str = "webhook_endpoint.") -> list[AuditLog]:
-    async with db.session(SYSTEM_SCOPE) as s:
-        rows = await s.execute(
-            select(AuditLog)
-            .where(col(AuditLog.action).startswith(action_prefix))
-            .order_by(col(AuditLog.created_at), col(AuditLog.action))
-        )
-        return list(rows.scalars())
-
-
 async def _create(
     db: Database, settings: Settings, clock: FixedClock, merchant: Merchant, token: str
 ) -> tuple[str, str]:
     """A new endpoint's global id and its secret."""
-    data = await _data(
+    data = await run_data(
         db,
         settings,
         clock,
@@ -130,7 +110,7 @@ async def test_create_returns_the_secret_once_and_never_again(
     headers = {"authorization": f"Bearer {token}"}
     create = {"input": {"merchantId": encode_id("Merchant", merchant.id), "url": URL}}
     # Over HTTP, so the request and response pass the view's logging.
-    async with _http(db, services, settings, clock) as http:
+    async with portal_http(db, services.redis_url, settings, clock) as http:
         response = await http.post(
             "/graphql", json={"query": CREATE, "variables": create}, headers=headers
         )
@@ -180,7 +160,7 @@ async def test_create_returns_the_secret_once_and_never_again(
     assert [e["code"] for e in later[4]["rotateWebhookSecret"]["errors"]] == ["INVALID"]
     for response in later:
         assert secret not in json.dumps(response)
-    [entry] = await _audit(db, "webhook_endpoint.create")
+    [entry] = await audit_entries(db, action="webhook_endpoint.create")
     assert entry.actor == "api_key:dashboard"
     assert entry.after == {"url": URL}
     assert caplog.records, "nothing was logged, so the log assertion would prove nothing"
@@ -223,7 +203,7 @@ async def test_rotating_a_leaked_secret_ends_it_at_once(
     merchant, token = await _setup(db, clock)
     global_id, old = await _create(db, settings, clock, merchant, token)
     endpoint_id = _raw_id(global_id)
-    data = await _data(
+    data = await run_data(
         db,
         settings,
         clock,
@@ -252,7 +232,7 @@ async def test_rotating_a_leaked_secret_ends_it_at_once(
     assert verify(new, request.headers[SIGNATURE_HEADER], request.content, now=now)
     assert not verify(old, request.headers[SIGNATURE_HEADER], request.content, now=now)
 
-    [entry] = await _audit(db, "webhook_endpoint.rotate_secret")
+    [entry] = await audit_entries(db, action="webhook_endpoint.rotate_secret")
     assert (entry.actor, entry.reason, entry.entity_id) == (
         "api_key:dashboard",
         "leaked",
@@ -271,7 +251,7 @@ async def test_a_rotated_secret_keeps_signing_until_its_grace_period_ends(
     merchant, token = await _setup(db, clock)
     global_id, first = await _create(db, settings, clock, merchant, token)
     endpoint_id = _raw_id(global_id)
-    data = await _data(
+    data = await run_data(
         db, settings, clock, ROTATE, token, input={"endpointId": global_id, "reason": "yearly"}
     )
     payload = data["rotateWebhookSecret"]
@@ -306,7 +286,7 @@ async def test_a_rotated_secret_keeps_signing_until_its_grace_period_ends(
     assert not verify(first, request.headers[SIGNATURE_HEADER], request.content, now=now)
 
     # A second rotation keeps only the secret it replaces, for the grace period asked.
-    data = await _data(
+    data = await run_data(
         db,
         settings,
         clock,
@@ -339,7 +319,7 @@ async def test_rotation_over_http_logs_neither_secret(
     merchant, token = await _setup(db, clock)
     global_id, old = await _create(db, settings, clock, merchant, token)
     rotate = {"input": {"endpointId": global_id, "reason": "yearly"}}
-    async with _http(db, services, settings, clock) as http:
+    async with portal_http(db, services.redis_url, settings, clock) as http:
         response = await http.post(
             "/graphql",
             json={"query": ROTATE, "variables": rotate},
@@ -360,7 +340,7 @@ async def test_grace_periods_out_of_range_are_refused(
 ) -> None:
     merchant, token = await _setup(db, clock)
     global_id, secret = await _create(db, settings, clock, merchant, token)
-    data = await _data(
+    data = await run_data(
         db,
         settings,
         clock,
@@ -399,7 +379,7 @@ async def test_enable_and_disable_are_audited_and_idempotent(
     merchant, token = await _setup(db, clock)
     global_id, _ = await _create(db, settings, clock, merchant, token)
     for enabled, reason in ((False, "receiver down"), (False, "again"), (True, "receiver back")):
-        data = await _data(
+        data = await run_data(
             db,
             settings,
             clock,
@@ -412,7 +392,11 @@ async def test_enable_and_disable_are_audited_and_idempotent(
             "errors": [],
         }
         assert (await _endpoint_row(db, _raw_id(global_id))).enabled is enabled
-    entries = [e for e in await _audit(db) if e.action != "webhook_endpoint.create"]
+    entries = [
+        e
+        for e in await audit_entries(db, action_prefix="webhook_endpoint.")
+        if e.action != "webhook_endpoint.create"
+    ]
     assert [(e.action, e.before, e.after, e.reason) for e in entries] == [
         ("webhook_endpoint.disable", {"enabled": True}, {"enabled": False}, "receiver down"),
         ("webhook_endpoint.enable", {"enabled": False}, {"enabled": True}, "receiver back"),
@@ -426,7 +410,7 @@ async def test_invalid_urls_are_refused_and_write_nothing(
     db: Database, settings: Settings, clock: FixedClock, url: str
 ) -> None:
     merchant, token = await _setup(db, clock)
-    data = await _data(
+    data = await run_data(
         db,
         settings,
         clock,
@@ -460,7 +444,7 @@ async def test_inward_urls_are_refused_as_not_allowed_and_write_nothing(
     db: Database, settings: Settings, clock: FixedClock, url: str, reason: str
 ) -> None:
     merchant, token = await _setup(db, clock)
-    data = await _data(
+    data = await run_data(
         db,
         settings,
         clock,
@@ -474,14 +458,14 @@ async def test_inward_urls_are_refused_as_not_allowed_and_write_nothing(
     assert (error["code"], error["field"]) == ("URL_NOT_ALLOWED", "url")
     assert reason in error["message"]
     assert await _endpoints(db) == []
-    assert await _audit(db) == []
+    assert await audit_entries(db, action_prefix="webhook_endpoint.") == []
 
 
 async def test_production_takes_https_urls_only(db: Database, clock: FixedClock) -> None:
     production = Settings(environment="production", secret_key="p" * 40, metrics_token="m" * 32)
     merchant, token = await _setup(db, clock)
     merchant_id = encode_id("Merchant", merchant.id)
-    data = await _data(
+    data = await run_data(
         db,
         production,
         clock,
@@ -492,7 +476,7 @@ async def test_production_takes_https_urls_only(db: Database, clock: FixedClock)
     assert [(e["code"], e["message"]) for e in data["createWebhookEndpoint"]["errors"]] == [
         ("URL_NOT_ALLOWED", "the URL is not allowed: must use https")
     ]
-    data = await _data(
+    data = await run_data(
         db, production, clock, CREATE, token, input={"merchantId": merchant_id, "url": URL}
     )
     assert data["createWebhookEndpoint"]["errors"] == []
@@ -515,7 +499,7 @@ async def test_an_endpoint_stored_before_its_url_was_refused_is_not_enabled_agai
         await uow.commit()
     global_id = encode_id("WebhookEndpoint", stored.id)
     enable = {"input": {"endpointId": global_id, "enabled": True, "reason": "back"}}
-    data = await _data(db, settings, clock, SET_ENABLED, token, **enable)
+    data = await run_data(db, settings, clock, SET_ENABLED, token, **enable)
     assert data["setWebhookEndpointEnabled"]["webhookEndpoint"] is None
     assert [(e["code"], e["field"]) for e in data["setWebhookEndpointEnabled"]["errors"]] == [
         ("URL_NOT_ALLOWED", "url")
@@ -523,7 +507,7 @@ async def test_an_endpoint_stored_before_its_url_was_refused_is_not_enabled_agai
     assert (await _endpoint_row(db, stored.id)).enabled is False
     # Where loopback is allowed (the demo), the same endpoint may be switched on.
     loopback = Settings(environment="test", allow_loopback_urls=True)
-    data = await _data(db, loopback, clock, SET_ENABLED, token, **enable)
+    data = await run_data(db, loopback, clock, SET_ENABLED, token, **enable)
     assert data["setWebhookEndpointEnabled"]["errors"] == []
     assert (await _endpoint_row(db, stored.id)).enabled is True
 
@@ -534,7 +518,7 @@ async def test_unknown_ids_and_blank_reasons_are_typed_errors(
     merchant, token = await _setup(db, clock)
     global_id, _ = await _create(db, settings, clock, merchant, token)
     for bad in ("garbage", global_id, encode_id("Merchant", uuid.uuid4())):
-        data = await _data(
+        data = await run_data(
             db, settings, clock, CREATE, token, input={"merchantId": bad, "url": URL}
         )
         assert [(e["code"], e["field"]) for e in data["createWebhookEndpoint"]["errors"]] == [
@@ -549,7 +533,7 @@ async def test_unknown_ids_and_blank_reasons_are_typed_errors(
             (ROTATE, "rotateWebhookSecret", {}),
             (SET_ENABLED, "setWebhookEndpointEnabled", {"enabled": False}),
         ):
-            data = await _data(
+            data = await run_data(
                 db, settings, clock, query, token, input={"endpointId": bad, "reason": "r", **extra}
             )
             assert [(e["code"], e["field"]) for e in data[field]["errors"]] == [
@@ -560,7 +544,7 @@ async def test_unknown_ids_and_blank_reasons_are_typed_errors(
         (SET_ENABLED, "setWebhookEndpointEnabled", {"enabled": False}),
     ):
         for reason in ("  ", "x" * 1001):
-            data = await _data(
+            data = await run_data(
                 db,
                 settings,
                 clock,
@@ -574,7 +558,9 @@ async def test_unknown_ids_and_blank_reasons_are_typed_errors(
             ]
     row = await _endpoint_row(db, _raw_id(global_id))
     assert row.enabled is True
-    assert [e.action for e in await _audit(db)] == ["webhook_endpoint.create"]
+    assert [e.action for e in await audit_entries(db, action_prefix="webhook_endpoint.")] == [
+        "webhook_endpoint.create"
+    ]
 
 
 async def _make_endpoint(
@@ -637,7 +623,7 @@ async def test_recent_deliveries_are_listed_newest_first(
         last_error="ConnectTimeout",
     )
     await queue_delivery(db, merchant, other, clock, event_type="payment.canceled")
-    data = await _data(db, settings, clock, LIST, token, id=encode_id("Merchant", merchant.id))
+    data = await run_data(db, settings, clock, LIST, token, id=encode_id("Merchant", merchant.id))
     # Both endpoints were created at the same instant: pick each by id, not by position.
     by_id = {e["id"]: e for e in data["merchant"]["webhookEndpoints"]}
     first = by_id[encode_id("WebhookEndpoint", endpoint_id)]
@@ -675,7 +661,7 @@ async def test_recent_deliveries_are_listed_newest_first(
             "nextAttemptAt": None,
         },
     ]
-    data = await _data(
+    data = await run_data(
         db, settings, clock, LIST, token, id=encode_id("Merchant", merchant.id), first=2
     )
     limited = {e["id"]: e for e in data["merchant"]["webhookEndpoints"]}[
@@ -712,15 +698,10 @@ async def test_endpoint_list_statement_count_is_constant(
                 )
         token = await make_key(db, Role.PARTNER, rows, now=clock.now())
         await run(db, settings, clock, "{ viewer { role } }", token=token)
-        with count_statements(connection) as statements:
-            result = await run(db, settings, clock, query, token=token)
-        assert result.errors is None
-        assert result.data is not None
-        endpoints = [
-            e for m in result.data["merchants"]["edges"] for e in m["node"]["webhookEndpoints"]
-        ]
+        data, statements = await run_counted(connection, db, settings, clock, query, token=token)
+        endpoints = [e for m in data["merchants"]["edges"] for e in m["node"]["webhookEndpoints"]]
         assert len(endpoints) == merchants * per_merchant
         assert all(len(e["recentDeliveries"]) == 1 for e in endpoints)
-        counts[merchants] = len([s for s in statements if "SAVEPOINT" not in s])
+        counts[merchants] = len(statements)
     # key lookup + grants + merchants page + endpoints + deliveries
     assert counts[1] == counts[10] == 5

@@ -16,16 +16,17 @@ from app.services.model_registry import failure_history
 from app.services.retry.ledger import load_contexts
 from app.tenancy import SYSTEM_SCOPE
 from jobs.model import failure_row, history_row
-from tests.graphql.test_query_count import count_statements
-from tests.integration.test_ingestion import T0, _connection, _ingest, stripe_charge
 from tests.support.factories import make_merchant
+from tests.support.ingestion import T0, invoiced_charge
+from tests.support.retry import land_records, make_connection
+from tests.support.statements import count_statements
 
 DAY = timedelta(days=1)
 
 
 def success(charge_id: str, at: datetime, **extra: Any) -> dict[str, Any]:
     """An ordinary successful charge: its invoice has no payment in recovery."""
-    return {**stripe_charge(charge_id, status="succeeded", invoice=None, created=at), **extra}
+    return {**invoiced_charge(charge_id, status="succeeded", invoice=None, created=at), **extra}
 
 
 async def _stored(db: Database, merchant: Merchant) -> list[tuple[str, datetime]]:
@@ -54,18 +55,18 @@ async def test_ordinary_successes_are_stored_once_per_charge(
     db: Database, clock: FixedClock
 ) -> None:
     merchant = await make_merchant(db, "Successes", now=clock.now())
-    connection = await _connection(db, merchant, clock.now())
+    connection = await make_connection(db, merchant, clock.now())
     charges = [
         success("ch_ok1", T0 - 40 * DAY),
         success("ch_ok2", T0 - 20 * DAY),
-        stripe_charge("ch_1"),
+        invoiced_charge("ch_1"),
     ]
-    await _ingest(db, connection, charges, clock.now())
+    await land_records(db, connection, charges, clock.now())
     expected = [("ch_ok1", T0 - 40 * DAY), ("ch_ok2", T0 - 20 * DAY)]
     assert await _stored(db, merchant) == expected
     # The same records again, and the same charge delivered with a different payload.
-    await _ingest(db, connection, charges, clock.now())
-    assert await _ingest(
+    await land_records(db, connection, charges, clock.now())
+    assert await land_records(
         db, connection, [success("ch_ok2", T0 - 20 * DAY, description="re-sent")], clock.now()
     ) == (1, 0)
     assert await _stored(db, merchant) == expected
@@ -80,10 +81,10 @@ async def test_a_batch_of_successes_is_stored_in_one_statement(
     merchant = await make_merchant(db, "Bulk successes", now=clock.now())
     counts = []
     for n in (1, 60):
-        source = await _connection(db, merchant, clock.now())
+        source = await make_connection(db, merchant, clock.now())
         charges = [success(f"ch_{n}_{i}", T0 - i * timedelta(hours=5)) for i in range(n)]
         with count_statements(connection) as statements:
-            await _ingest(db, source, charges, clock.now())
+            await land_records(db, source, charges, clock.now())
         counts.append(len(statements))
     assert counts[0] == counts[1]
     assert len(await _stored(db, merchant)) == 61
@@ -93,20 +94,20 @@ async def test_views_carry_country_and_successes_before_the_first_failure_only(
     db: Database, clock: FixedClock
 ) -> None:
     merchant = await make_merchant(db, "Views", now=clock.now())
-    connection = await _connection(db, merchant, clock.now())
-    await _ingest(
+    connection = await make_connection(db, merchant, clock.now())
+    await land_records(
         db,
         connection,
         [
             success("ch_ok1", T0 - 60 * DAY),
             # An earlier payment, recovered by the processor: its success counts as well.
-            stripe_charge("ch_0", invoice="in_0", created=T0 - 50 * DAY),
-            stripe_charge("ch_0ok", status="succeeded", invoice="in_0", created=T0 - 45 * DAY),
+            invoiced_charge("ch_0", invoice="in_0", created=T0 - 50 * DAY),
+            invoiced_charge("ch_0ok", status="succeeded", invoice="in_0", created=T0 - 45 * DAY),
             success("ch_ok2", T0 - 30 * DAY),
-            stripe_charge("ch_1", invoice="in_1"),
+            invoiced_charge("ch_1", invoice="in_1"),
             # After the failure: the payment's own recovery and another charge.
             success("ch_ok3", T0 + 3 * DAY),
-            stripe_charge("ch_1ok", status="succeeded", invoice="in_1", created=T0 + 4 * DAY),
+            invoiced_charge("ch_1ok", status="succeeded", invoice="in_1", created=T0 + 4 * DAY),
         ],
         clock.now(),
     )
@@ -134,10 +135,10 @@ async def test_views_carry_country_and_successes_before_the_first_failure_only(
 
 async def test_views_keep_the_latest_successes_only(db: Database, clock: FixedClock) -> None:
     merchant = await make_merchant(db, "Latest", now=clock.now())
-    connection = await _connection(db, merchant, clock.now())
+    connection = await make_connection(db, merchant, clock.now())
     times = [T0 - (10 + 9 * i) * DAY for i in range(9)]
     charges = [success(f"ch_ok{i}", at) for i, at in enumerate(times)]
-    await _ingest(db, connection, [*charges, stripe_charge("ch_1")], clock.now())
+    await land_records(db, connection, [*charges, invoiced_charge("ch_1")], clock.now())
     payment = await _payment(db, merchant, "ch_1")
     async with db.session(SYSTEM_SCOPE) as s:
         contexts = await load_contexts(s, [payment.id], now=T0)
@@ -148,21 +149,21 @@ async def test_charges_without_a_customer_are_nobodys_pay_cycle(
     db: Database, clock: FixedClock
 ) -> None:
     merchant = await make_merchant(db, "Anonymous", now=clock.now())
-    connection = await _connection(db, merchant, clock.now())
+    connection = await make_connection(db, merchant, clock.now())
 
     def anonymous(charge: dict[str, Any]) -> dict[str, Any]:
         return {**charge, "customer": None}
 
-    await _ingest(
+    await land_records(
         db,
         connection,
         [
             anonymous(success("ch_ok", T0 - 20 * DAY)),
-            anonymous(stripe_charge("ch_0", invoice="in_0", created=T0 - 10 * DAY)),
+            anonymous(invoiced_charge("ch_0", invoice="in_0", created=T0 - 10 * DAY)),
             anonymous(
-                stripe_charge("ch_0ok", status="succeeded", invoice="in_0", created=T0 - 9 * DAY)
+                invoiced_charge("ch_0ok", status="succeeded", invoice="in_0", created=T0 - 9 * DAY)
             ),
-            anonymous(stripe_charge("ch_1", invoice="in_1")),
+            anonymous(invoiced_charge("ch_1", invoice="in_1")),
         ],
         clock.now(),
     )

@@ -1,9 +1,6 @@
 """HTTP behaviour through the ASGI app: methods, auth header, errors, health endpoints."""
 
-from collections.abc import AsyncIterator
-
 import httpx
-import pytest
 from redis.asyncio import Redis
 
 from app.clock import FixedClock
@@ -12,24 +9,9 @@ from app.embedded import Services
 from app.enums import Role
 from app.settings import Settings
 from jobs.telemetry import heartbeats_key, server_time, write_heartbeat
-from portal.asgi import Resources, create_app
+from portal.asgi import Resources
 from tests.support.factories import make_key, make_merchant
-
-
-@pytest.fixture
-async def client(
-    db: Database, services: Services, settings: Settings, clock: FixedClock
-) -> AsyncIterator[httpx.AsyncClient]:
-    redis = Redis.from_url(services.redis_url)
-    app = create_app(settings, resources=Resources(db=db, redis=redis, arq=None, clock=clock))
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1"
-        ) as http,
-    ):
-        yield http
-    await redis.aclose()
+from tests.support.http import portal_client
 
 
 async def _token(db: Database, clock: FixedClock) -> str:
@@ -140,13 +122,8 @@ async def test_readyz_reports_the_worker_heartbeat_and_can_require_it(
         settings = Settings(
             environment="test", readyz_require_worker=required, worker_stale_after_seconds=30
         )
-        app = create_app(settings, resources=Resources(db=db, redis=redis, arq=None, clock=clock))
-        async with (
-            app.router.lifespan_context(app),
-            httpx.AsyncClient(
-                transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1"
-            ) as http,
-        ):
+        resources = Resources(db=db, redis=redis, arq=None, clock=clock)
+        async with portal_client(settings, resources) as http:
             response = await http.get("/readyz")
         body = response.json()
         assert (body["database"], body["redis"]) == ("ok", "ok")

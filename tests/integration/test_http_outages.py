@@ -10,7 +10,6 @@ import time
 import uuid
 import warnings
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -41,9 +40,11 @@ from app.tenancy import SYSTEM_SCOPE, Principal, Scope, system_principal
 from jobs.enqueue import normalize_job_id
 from jobs.ingest import SWEEP_GRACE, normalize_connection, sweep_unnormalized
 from portal import http as http_view
-from portal.asgi import REDIS_TIMEOUT_SECONDS, OutageMiddleware, Resources, create_app, redis_client
+from portal.asgi import REDIS_TIMEOUT_SECONDS, OutageMiddleware, Resources, redis_client
 from portal.migrate import upgrade_database
 from tests.support.factories import make_connection, make_key, make_merchant
+from tests.support.http import portal_client
+from tests.support.normalize import PROCESSOR_FIXTURES
 from tests.support.private_redis import PrivateRedis
 from tests.support.queue import job_queue
 
@@ -53,9 +54,7 @@ JSON = "application/json"
 # is stopped.
 CLOSED = "127.0.0.1:9"
 MERCHANTS = "{ merchants(first: 5) { edges { node { name } } } }"
-ADYEN_ITEM = (
-    Path(__file__).parents[1] / "fixtures" / "processors" / "adyen" / "notification_single.json"
-)
+ADYEN_ITEM = PROCESSOR_FIXTURES / "adyen" / "notification_single.json"
 
 
 @pytest.fixture
@@ -66,30 +65,11 @@ async def down_db() -> AsyncIterator[Database]:
 
 
 @pytest.fixture
-async def redis(services: Services) -> AsyncIterator[Redis]:
-    client = Redis.from_url(services.redis_url)
-    yield client
-    await client.aclose()
-
-
-@pytest.fixture
 async def down_redis() -> AsyncIterator[ArqRedis]:
     # arq's client is a Redis client: one unreachable client serves as both.
     client = ArqRedis.from_url(f"redis://{CLOSED}/0")
     yield client
     await client.aclose()
-
-
-@asynccontextmanager
-async def serve(settings: Settings, resources: Resources) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings, resources=resources)
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1"
-        ) as client,
-    ):
-        yield client
 
 
 async def graphql(
@@ -132,7 +112,7 @@ async def test_database_outage_while_authenticating_is_503(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     resources = Resources(db=down_db, redis=redis, arq=None, clock=clock)
-    async with serve(settings, resources) as client:
+    async with portal_client(settings, resources) as client:
         response = await graphql(
             client, "{ viewer { role } }", accept=media, token="rp_" + "k" * 40
         )
@@ -152,7 +132,7 @@ async def test_with_both_down_probes_answer_and_requests_needing_neither_are_ser
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     resources = Resources(db=down_db, redis=down_redis, arq=down_redis, clock=clock)
-    async with serve(settings, resources) as client:
+    async with portal_client(settings, resources) as client:
         # No key: nothing is looked up, the limiter lets it through unmetered, and the field
         # says who may ask, as it always does.
         anonymous = await graphql(client, "{ viewer { role } }", accept=GRJ)
@@ -220,7 +200,7 @@ async def test_postgres_stopped_is_503_and_started_again_is_served(
         merchant = await make_merchant(db, "Private", now=clock.now())
         token = await make_key(db, Role.MERCHANT, [merchant], now=clock.now())
         resources = Resources(db=db, redis=redis, arq=None, clock=clock)
-        async with serve(settings, resources) as client:
+        async with portal_client(settings, resources) as client:
             before = await graphql(client, MERCHANTS, accept=GRJ, token=token)
             await asyncio.to_thread(private_postgres.stop)
             during = [await graphql(client, MERCHANTS, accept=m, token=token) for m in (GRJ, JSON)]
@@ -265,7 +245,7 @@ async def test_database_outage_in_resolvers_and_mutations_is_503(
     monkeypatch.setattr(http_view, "authenticate", authenticated)
     resources = Resources(db=down_db, redis=redis, arq=None, clock=clock)
     mutation = 'mutation { createMerchant(input: {name: "M"}) { errors { code } } }'
-    async with serve(settings, resources) as client:
+    async with portal_client(settings, resources) as client:
         page = await graphql(client, MERCHANTS, accept=media, token="rp_x")
         # `viewer` resolves without the database; `merchants` does not: still one 503.
         partial = await graphql(
@@ -307,7 +287,7 @@ async def test_redis_outage_serves_graphql_unmetered_until_it_is_back(
     redis = Redis(port=private_redis.port)
     resources = Resources(db=db, redis=redis, arq=None, clock=clock)
     try:
-        async with serve(settings, resources) as client:
+        async with portal_client(settings, resources) as client:
             before = await graphql(client, "{ viewer { role } }", accept=GRJ, token=token)
             await private_redis.stop()
             during = [
@@ -342,7 +322,7 @@ async def test_a_hung_redis_delays_requests_by_its_timeout_not_forever(
     redis = redis_client(private_redis.url)
     resources = Resources(db=db, redis=redis, arq=None, clock=clock)
     try:
-        async with serve(settings, resources) as client:
+        async with portal_client(settings, resources) as client:
             await graphql(client, "{ viewer { role } }", accept=GRJ, token=token)
             private_redis.freeze()
             try:
@@ -395,7 +375,7 @@ async def test_webhook_during_a_database_outage_is_503_and_stores_nothing(
         db, merchant, now=clock.now(), settings=settings, kind=Processor.ADYEN
     )
     resources = Resources(db=down_db, redis=redis, arq=None, clock=clock)
-    async with serve(settings, resources) as client:
+    async with portal_client(settings, resources) as client:
         response = await client.post(
             f"/webhooks/adyen/{connection.id}", content=_signed_batch("PSPDOWN1")
         )
@@ -422,7 +402,7 @@ async def test_webhook_during_a_redis_outage_is_accepted_and_swept_later(
         db, merchant, now=clock.now(), settings=settings, kind=Processor.ADYEN
     )
     resources = Resources(db=db, redis=down_redis, arq=down_redis, clock=clock)
-    async with serve(settings, resources) as client:
+    async with portal_client(settings, resources) as client:
         response = await client.post(
             f"/webhooks/adyen/{connection.id}", content=_signed_batch("PSPREDIS1")
         )

@@ -3,13 +3,12 @@
 import io
 import json
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 import structlog
-from redis.asyncio import Redis
 
 from app.clock import FixedClock
 from app.db import Database
@@ -17,30 +16,15 @@ from app.embedded import Services
 from app.enums import Role
 from app.settings import Settings
 from portal import http as http_view
-from portal.asgi import Resources, create_app
 from portal.http import MAX_BODY_BYTES, negotiate
-from portal.logging import REDACTED, configure_logging, redact_secrets
+from portal.logging import REDACTED, redact_secrets
 from tests.support.factories import make_key, make_merchant
+from tests.support.http import portal_http
+from tests.support.logs import json_logs
 
 GRJ = "application/graphql-response+json"
 JSON = "application/json"
 VIEWER = "{ viewer { role } }"
-
-
-@pytest.fixture
-async def client(
-    db: Database, services: Services, settings: Settings, clock: FixedClock
-) -> AsyncIterator[httpx.AsyncClient]:
-    redis = Redis.from_url(services.redis_url)
-    app = create_app(settings, resources=Resources(db=db, redis=redis, arq=None, clock=clock))
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1"
-        ) as http,
-    ):
-        yield http
-    await redis.aclose()
 
 
 @pytest.fixture
@@ -401,15 +385,8 @@ def test_redaction_processor() -> None:
 
 @pytest.fixture
 def captured_logs() -> Iterator[io.StringIO]:
-    root = logging.getLogger()
-    saved_handlers, saved_level = root.handlers[:], root.level
-    saved_config = structlog.get_config()
-    stream = io.StringIO()
-    configure_logging("INFO", json=True, stream=stream)
-    yield stream
-    root.handlers[:] = saved_handlers
-    root.setLevel(saved_level)
-    structlog.configure(**saved_config)
+    with json_logs("INFO") as stream:
+        yield stream
 
 
 async def test_logs_carry_request_id_and_never_the_token(
@@ -420,29 +397,19 @@ async def test_logs_carry_request_id_and_never_the_token(
     token: str,
     captured_logs: io.StringIO,
 ) -> None:
-    redis = Redis.from_url(services.redis_url)
-    app = create_app(settings, resources=Resources(db=db, redis=redis, arq=None, clock=clock))
-    try:
-        async with (
-            app.router.lifespan_context(app),
-            httpx.AsyncClient(
-                transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1"
-            ) as http,
-        ):
-            response = await http.post(
-                "/graphql",
-                json={"query": "query Me { viewer { role } }"},
-                headers={"authorization": f"Bearer {token}", "x-request-id": "req-42"},
-            )
-            # A careless log call in a handler: the processor must still hide the token.
-            logging.getLogger("portal.test").warning(
-                "header was %s", f"Bearer {token}", extra={"token": token}
-            )
-            structlog.get_logger("portal.test").info(
-                "careless", authorization=f"Bearer {token}", api_key=token, note=token
-            )
-    finally:
-        await redis.aclose()
+    async with portal_http(db, services.redis_url, settings, clock) as http:
+        response = await http.post(
+            "/graphql",
+            json={"query": "query Me { viewer { role } }"},
+            headers={"authorization": f"Bearer {token}", "x-request-id": "req-42"},
+        )
+        # A careless log call in a handler: the processor must still hide the token.
+        logging.getLogger("portal.test").warning(
+            "header was %s", f"Bearer {token}", extra={"token": token}
+        )
+        structlog.get_logger("portal.test").info(
+            "careless", authorization=f"Bearer {token}", api_key=token, note=token
+        )
     assert response.status_code == 200
     output = captured_logs.getvalue()
     assert token not in output

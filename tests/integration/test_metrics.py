@@ -1,7 +1,6 @@
 """/metrics: Prometheus text that parses, request and job counters, database gauges."""
 
 import uuid
-from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -40,8 +39,9 @@ from jobs.telemetry import (
     write_heartbeat,
 )
 from portal import metrics
-from portal.asgi import Resources, create_app
+from portal.asgi import Resources
 from tests.support.factories import make_key, make_merchant, make_payments
+from tests.support.http import portal_client
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 SECRET = "sk_test_never_in_metrics"
@@ -63,34 +63,6 @@ async def _connection(
         uow.session.add(connection)
         await uow.commit()
     return connection
-
-
-async def _client(
-    db: Database, redis: Redis, clock: FixedClock, settings: Settings
-) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings, resources=Resources(db=db, redis=redis, arq=None, clock=clock))
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1"
-        ) as http,
-    ):
-        yield http
-
-
-@pytest.fixture
-async def redis(services: Services) -> AsyncIterator[Redis]:
-    client = Redis.from_url(services.redis_url)
-    yield client
-    await client.aclose()
-
-
-@pytest.fixture
-async def client(
-    db: Database, redis: Redis, clock: FixedClock, settings: Settings
-) -> AsyncIterator[httpx.AsyncClient]:
-    async for http in _client(db, redis, clock, settings):
-        yield http
 
 
 async def scrape(client: httpx.AsyncClient) -> tuple[Samples, str]:
@@ -289,7 +261,9 @@ async def test_payments_by_state_and_ingestion_lag(
 
 async def test_metrics_token(db: Database, redis: Redis, clock: FixedClock) -> None:
     settings = Settings(environment="test", metrics_token=SecretStr("scrape-me"))
-    async for client in _client(db, redis, clock, settings):
+    async with portal_client(
+        settings, Resources(db=db, redis=redis, arq=None, clock=clock)
+    ) as client:
         assert (await client.get("/metrics")).status_code == 401
         wrong = await client.get("/metrics", headers={"authorization": "Bearer nope"})
         assert wrong.status_code == 401

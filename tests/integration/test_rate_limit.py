@@ -23,6 +23,7 @@ from app.settings import Settings
 from portal.asgi import Resources, create_app
 from portal.http import PortalGraphQL
 from tests.support.factories import make_key, make_merchant
+from tests.support.http import asgi_client
 
 GRJ = "application/graphql-response+json"
 VIEWER = "{ viewer { role } }"  # 2 fields + depth 2 = 4
@@ -41,13 +42,6 @@ Client = Callable[..., Awaitable[Replica]]
 
 
 @pytest.fixture
-async def redis(services: Services) -> AsyncIterator[Redis]:
-    client = Redis.from_url(services.redis_url)
-    yield client
-    await client.aclose()
-
-
-@pytest.fixture
 async def open_client(db: Database, redis: Redis, clock: FixedClock) -> AsyncIterator[Client]:
     async with AsyncExitStack() as stack:
 
@@ -55,9 +49,7 @@ async def open_client(db: Database, redis: Redis, clock: FixedClock) -> AsyncIte
             app = create_app(
                 settings, resources=Resources(db=db, redis=redis, arq=None, clock=clock)
             )
-            await stack.enter_async_context(app.router.lifespan_context(app))
-            transport = httpx.ASGITransport(app=app, client=(client_ip, 40000))
-            http = httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1")
+            http = asgi_client(app, client=(client_ip, 40000))
             return Replica(await stack.enter_async_context(http), app)
 
         yield open_one

@@ -13,13 +13,15 @@ from app.enums import AttemptOutcome, PaymentState
 from app.models.ingestion import ProcessorConnection
 from app.models.payment import Payment
 from app.services.retry.attempt import execute_attempt
-from app.services.retry.engine import claim_due, decide_pending, lock_key
+from app.services.retry.engine import claim_due, lock_key
 from app.services.retry.ledger import load_contexts
 from app.tenancy import SYSTEM_SCOPE
 from tests.support.factories import make_merchant
 from tests.support.retry import (
     FakeStripe,
     attempts_of,
+    claim,
+    decide,
     fingerprint_of,
     ingest,
     make_connection,
@@ -41,12 +43,6 @@ async def _connection(db: Database) -> ProcessorConnection:
     return await make_connection(db, merchant, T0)
 
 
-async def _decide(db: Database, now: datetime) -> None:
-    async with db.uow(SYSTEM_SCOPE) as uow:
-        await decide_pending(uow, now=now)
-        await uow.commit()
-
-
 async def _card_keys(db: Database, payment_id: uuid.UUID, now: datetime) -> set[str]:
     async with db.session(SYSTEM_SCOPE) as s:
         ctx = (await load_contexts(s, [payment_id], now=now))[payment_id]
@@ -59,11 +55,8 @@ async def _card_history(db: Database, payment_id: uuid.UUID, now: datetime) -> i
     return len(ctx.ledger.card_history)
 
 
-async def _claim(db: Database, now: datetime) -> list[uuid.UUID]:
-    async with db.uow(SYSTEM_SCOPE) as uow:
-        queued = (await claim_due(uow, now=now)).enqueue
-        await uow.commit()
-    return [pid for pid, _ in queued]
+async def _claimed(db: Database, now: datetime) -> list[uuid.UUID]:
+    return [pid for pid, _ in await claim(db, now)]
 
 
 def _sub_charge(
@@ -87,10 +80,10 @@ async def _replaced(db: Database) -> tuple[ProcessorConnection, Payment]:
     connection = await _connection(db)
     stolen = _sub_charge("ch_p", T0, CARD_A, reason="stolen_card")
     [p] = await ingest(db, connection, [stolen], T0)
-    await _decide(db, T0)
+    await decide(db, T0)
     paid = _sub_charge("ch_2", DAY2, CARD_B, status="succeeded", invoice="in_2")
     await ingest(db, connection, [paid], DAY2)
-    await _decide(db, DAY2)
+    await decide(db, DAY2)
     return connection, p
 
 
@@ -104,10 +97,10 @@ async def _claim_only_when_card_b_is_free(db: Database, database_url: str, p: Pa
             await other.execute(
                 "SELECT pg_advisory_xact_lock($1)", lock_key("card", p.merchant_id, "fpB")
             )
-            assert await _claim(db, due) == []
+            assert await _claimed(db, due) == []
     finally:
         await other.close()
-    assert await _claim(db, due) == [p.id]
+    assert await _claimed(db, due) == [p.id]
 
 
 async def test_billing_system_retries_on_a_new_card_count_against_that_card(
@@ -142,7 +135,7 @@ async def test_billing_system_retries_on_a_new_card_count_against_that_card(
     [q] = await ingest(db, connection, [other], later)
     assert await _card_keys(db, q.id, later) == {"fpB"}
     assert await _card_history(db, q.id, later) == 15
-    await _decide(db, later)
+    await decide(db, later)
     decided = await reload(db, q.id)
     assert decided.blocking_rule == "visa_reattempts_30d"
     # Not before the oldest attempt on card B leaves the window (which outlasts the policy's).
@@ -157,7 +150,7 @@ async def test_the_card_that_replaced_a_failed_one_brings_its_history(db: Databa
     connection = await _connection(db)
     stolen = _sub_charge("ch_p", T0, CARD_A, reason="stolen_card")
     [p] = await ingest(db, connection, [stolen], T0)
-    await _decide(db, T0)
+    await decide(db, T0)
     assert (await reload(db, p.id)).state is P.NOT_RETRYABLE
     # Another subscription of the customer fails on card B (soft): an attempt on B.
     at_q = T0 + timedelta(hours=5)
@@ -189,7 +182,7 @@ async def test_a_portal_attempt_records_the_card_the_processor_charged(db: Datab
         ],
         T0,
     )
-    await _decide(db, T0)
+    await decide(db, T0)
     clock = FixedClock(T0 + timedelta(days=1))
     async with db.uow(SYSTEM_SCOPE) as uow:
         queued = (await claim_due(uow, now=clock.now())).enqueue
@@ -224,7 +217,7 @@ async def test_a_renewed_card_is_a_new_credential(db: Database) -> None:
     await ingest(db, connection, [expired], expired_at)
     due = (await reload(db, p.id)).next_retry_at
     assert due is not None
-    assert await _claim(db, max(due, expired_at)) == []
+    assert await _claimed(db, max(due, expired_at)) == []
     blocked = await reload(db, p.id)
     assert (blocked.state, blocked.blocking_rule) == (P.NOT_RETRYABLE, "update_credentials")
     # B with its new expiry pays the next invoice: the expiry decline no longer binds.
@@ -241,11 +234,11 @@ async def test_a_card_used_with_soft_declines_lifts_a_never_on_another_card(
 ) -> None:
     connection = await _connection(db)
     [p] = await ingest(db, connection, [_sub_charge("ch_p", T0, CARD_A, invoice="in_p")], T0)
-    await _decide(db, T0)
+    await decide(db, T0)
     # The billing system retries P's invoice on B (soft), then on A: stolen.
     soft_at, never_at = T0 + timedelta(hours=3), T0 + timedelta(hours=6)
     await ingest(db, connection, [_sub_charge("ch_p_2", soft_at, CARD_B, invoice="in_p")], soft_at)
-    await _decide(db, soft_at)
+    await decide(db, soft_at)
     never = _sub_charge("ch_p_3", never_at, CARD_A, invoice="in_p", reason="stolen_card")
     await ingest(db, connection, [never], never_at)
     # B pays the subscription's next invoice: the "never" on A does not bind a charge on B.
@@ -255,7 +248,7 @@ async def test_a_card_used_with_soft_declines_lifts_a_never_on_another_card(
     after = await reload(db, p.id)
     assert after.credential_since == day4
     assert after.needs_decision
-    await _decide(db, day4)
+    await decide(db, day4)
     assert (await reload(db, p.id)).state is P.SCHEDULED
 
 
@@ -267,7 +260,7 @@ async def test_an_attempt_of_unknown_card_counts_on_the_replacing_card_too(
     assert (await reload(db, p.id)).credential_fingerprint == "fpB"
     due = (await reload(db, p.id)).next_retry_at
     assert due is not None
-    assert await _claim(db, due) == [p.id]
+    assert await _claimed(db, due) == [p.id]
     # While P's retry is in flight (its card unknown yet), another subscription of the
     # customer fails on B: Q's ledger counts P's attempt on B, as well as its own failure.
     q_at = due + timedelta(minutes=5)
@@ -285,7 +278,7 @@ async def test_a_card_the_payment_was_declined_on_is_not_a_new_credential(
     """The billing system's retry hit card C with a "never"; C seen later lifts nothing."""
     connection = await _connection(db)
     [p] = await ingest(db, connection, [_sub_charge("ch_p", T0, CARD_A, invoice="in_p")], T0)
-    await _decide(db, T0)
+    await decide(db, T0)
     at = T0 + timedelta(hours=3)
     card_c = ("fpC", 9, 2031)
     never = _sub_charge("ch_p_2", at, card_c, invoice="in_p", reason="stolen_card")
@@ -315,7 +308,7 @@ async def test_claim_holds_every_card_the_ledger_counts(db: Database, database_u
         "ch_p_2", created=T0 + timedelta(hours=1), invoice="in_p", fingerprint="fpB"
     )
     await ingest(db, connection, [retried], T0 + timedelta(hours=1))
-    await _decide(db, T0 + timedelta(hours=1))
+    await decide(db, T0 + timedelta(hours=1))
     due = (await reload(db, p.id)).next_retry_at
     assert due is not None
     await _claim_only_when_card_b_is_free(db, database_url, p)

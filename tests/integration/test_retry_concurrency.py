@@ -26,20 +26,20 @@ from starlette.routing import Route
 
 from app.clock import FixedClock
 from app.db import Database
-from app.embedded import Services
+from app.embedded import Services, create_scratch_database, drop_database
 from app.enums import Actor, AttemptOutcome, PaymentState, Processor
 from app.models.payment import Payment, PaymentAttempt
 from app.services.connection import create_connection
 from app.services.polling import poll_connection
 from app.services.retry.attempt import default_adapters, execute_attempt, reconcile_stuck
-from app.services.retry.engine import claim_due, decide_pending
+from app.services.retry.engine import claim_due
 from app.tenancy import SYSTEM_SCOPE, system_principal
 from portal.cli import upgrade_database
 from sandbox.app import create_app
 from sandbox.server import serving
-from tests.conftest import create_scratch_database, drop_database
 from tests.support.factories import SANDBOX_URLS, make_merchant
-from tests.support.retry import BOX
+from tests.support.retry import BOX, decide
+from tests.support.sandbox import create_account
 
 NOW = datetime(2026, 11, 2, 12, 0, tzinfo=UTC)
 ROOT = Path(__file__).resolve().parents[2]
@@ -93,9 +93,9 @@ async def _account(env: Env, customers: int = 400, processor_url: str | None = N
     """A sandbox Stripe account with history, its merchant, and every failure ingested."""
     suffix = uuid.uuid4().hex[:8]
     account_id, key = f"acct_{suffix}", f"sk_{suffix}"
-    response = await env.http.post(
-        "/_sandbox/accounts",
-        json={
+    await create_account(
+        env.http,
+        {
             "processor": "stripe",
             "account_id": account_id,
             "merchant_seed": 7,
@@ -104,7 +104,6 @@ async def _account(env: Env, customers: int = 400, processor_url: str | None = N
             "customers": customers,
         },
     )
-    assert response.status_code == 201, response.text
     merchant = await make_merchant(env.db, f"HTTP {suffix}", now=env.clock.now())
     async with env.db.uow(SYSTEM_SCOPE) as uow:
         connection = await create_connection(
@@ -119,16 +118,18 @@ async def _account(env: Env, customers: int = 400, processor_url: str | None = N
             now=env.clock.now(),
         )
         await uow.commit()
+    await _catch_up(env, connection.id)
+    return Account(account_id, merchant.id, connection.id)
+
+
+async def _catch_up(env: Env, connection_id: uuid.UUID) -> None:
+    """Poll the connection until it is caught up, then decide every payment waiting."""
     while (
-        await poll_connection(env.db, connection.id, client=env.http, box=BOX, clock=env.clock)
+        await poll_connection(env.db, connection_id, client=env.http, box=BOX, clock=env.clock)
     ).more:
         pass
-    decided = -1
-    while decided:
-        async with env.db.uow(SYSTEM_SCOPE) as uow:
-            decided = await decide_pending(uow, now=env.clock.now())
-            await uow.commit()
-    return Account(account_id, merchant.id, connection.id)
+    while await decide(env.db, env.clock.now()):
+        pass
 
 
 async def _sandbox_charges(env: Env, account: Account) -> list[dict[str, Any]]:
@@ -327,17 +328,7 @@ async def test_recovery_loop_over_the_window_ends_every_payment(env: Env) -> Non
     account = await _account(env, customers=200)
     for _ in range(4 * 21):
         env.clock.set(env.clock.now() + timedelta(hours=6))
-        while (
-            await poll_connection(
-                env.db, account.connection_id, client=env.http, box=BOX, clock=env.clock
-            )
-        ).more:
-            pass
-        decided = -1
-        while decided:
-            async with env.db.uow(SYSTEM_SCOPE) as uow:
-                decided = await decide_pending(uow, now=env.clock.now())
-                await uow.commit()
+        await _catch_up(env, account.connection_id)
         await _worker(env.database_url, env.clock)
     states = await _states(env, account)
     assert PaymentState.RETRYING not in states

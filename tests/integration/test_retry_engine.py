@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlmodel import col, func, select
 
 from app.clock import FixedClock
@@ -20,7 +21,7 @@ from app.models.retry import OutboxEvent
 from app.processors.base import ChargeResult, TransientProcessorError
 from app.retry.state_machine import attempt_idempotency_key
 from app.services.retry.attempt import execute_attempt, reconcile_stuck
-from app.services.retry.engine import claim_due, decide_pending
+from app.services.retry.engine import decide_pending
 from app.services.retry.ledger import load_contexts
 from app.tenancy import SYSTEM_SCOPE
 from tests.support.factories import make_merchant
@@ -28,6 +29,8 @@ from tests.support.retry import (
     FakeStripe,
     WorkerKilled,
     attempts_of,
+    claim,
+    decide,
     fingerprint_of,
     ingest,
     make_connection,
@@ -36,23 +39,10 @@ from tests.support.retry import (
     stripe_charge,
     timeline,
 )
+from tests.support.statements import count_statements, without_savepoints
 
 # A Monday 10:00 UTC: outside the default quiet hours (22-7) whatever happens below.
 T0 = datetime(2026, 10, 5, 10, 0, tzinfo=UTC)
-
-
-async def _decide(db: Database, now: datetime) -> int:
-    async with db.uow(SYSTEM_SCOPE) as uow:
-        done = await decide_pending(uow, now=now)
-        await uow.commit()
-    return done
-
-
-async def _claim(db: Database, now: datetime) -> list[tuple[uuid.UUID, int]]:
-    async with db.uow(SYSTEM_SCOPE) as uow:
-        applied = await claim_due(uow, now=now)
-        await uow.commit()
-    return applied.enqueue
 
 
 async def _setup(db: Database, charges: int = 1, **kw: object) -> tuple[list[Payment], FixedClock]:
@@ -76,7 +66,7 @@ async def _setup(db: Database, charges: int = 1, **kw: object) -> tuple[list[Pay
 async def test_new_failure_is_decided_on_the_fixed_schedule(db: Database) -> None:
     [payment], _ = await _setup(db)
     assert payment.state is PaymentState.PENDING
-    assert await _decide(db, T0) >= 1
+    assert await decide(db, T0) >= 1
     after = await reload(db, payment.id)
     assert after.state is PaymentState.SCHEDULED
     # The default policy's first fixed day: one day after the first failure.
@@ -93,13 +83,13 @@ async def test_new_failure_is_decided_on_the_fixed_schedule(db: Database) -> Non
     ]
     assert await outbox(db, payment.id) == ["payment.scheduled"]
     # Deciding again finds nothing to do.
-    await _decide(db, T0)
+    await decide(db, T0)
     assert len(await timeline(db, payment.id)) == 2
 
 
 async def test_hard_decline_ends_not_retryable_with_the_rule(db: Database) -> None:
     [payment], _ = await _setup(db, reason="stolen_card")
-    await _decide(db, T0)
+    await decide(db, T0)
     after = await reload(db, payment.id)
     assert after.state is PaymentState.NOT_RETRYABLE
     assert after.next_retry_at is None
@@ -122,7 +112,7 @@ async def test_visa_category_1_on_another_expiry_of_the_card_blocks_the_retry(
     new = stripe_charge("ch_new", created=T0, exp=(1, 2030))
     payments = await ingest(db, connection, [old, new], T0)
     assert len(payments) == 2
-    await _decide(db, T0)
+    await decide(db, T0)
     after = await reload(db, payments[1].id)
     assert after.state is PaymentState.NOT_RETRYABLE
     assert after.blocking_rule == "visa_category_1"
@@ -130,12 +120,12 @@ async def test_visa_category_1_on_another_expiry_of_the_card_blocks_the_retry(
 
 async def test_claim_takes_due_payments_only_and_writes_the_attempt_first(db: Database) -> None:
     payments, _ = await _setup(db, charges=2)
-    await _decide(db, T0)
-    assert await _claim(db, T0 + timedelta(hours=23)) == []
+    await decide(db, T0)
+    assert await claim(db, T0 + timedelta(hours=23)) == []
     due = T0 + timedelta(days=1)
-    claimed = await _claim(db, due)
+    claimed = await claim(db, due)
     assert sorted(claimed) == sorted((p.id, 1) for p in payments)
-    assert await _claim(db, due) == []  # claimed once only
+    assert await claim(db, due) == []  # claimed once only
     for payment in payments:
         after = await reload(db, payment.id)
         assert after.state is PaymentState.RETRYING
@@ -156,8 +146,8 @@ async def test_customer_hourly_cap_holds_within_one_claim(db: Database) -> None:
         for i in range(7)
     ]
     await ingest(db, connection, bodies, T0)
-    await _decide(db, T0)
-    claimed = await _claim(db, T0 + timedelta(days=1))
+    await decide(db, T0)
+    claimed = await claim(db, T0 + timedelta(days=1))
     assert len(claimed) == 5  # at most 5 attempts an hour per customer
     async with db.session(SYSTEM_SCOPE) as s:
         moved = await s.scalar(
@@ -174,9 +164,9 @@ async def test_customer_hourly_cap_holds_within_one_claim(db: Database) -> None:
 
 async def test_approved_charge_recovers_the_payment(db: Database) -> None:
     [payment], clock = await _setup(db)
-    await _decide(db, T0)
+    await decide(db, T0)
     clock.set(T0 + timedelta(days=1))
-    [(pid, number)] = await _claim(db, clock.now())
+    [(pid, number)] = await claim(db, clock.now())
     stripe = FakeStripe(clock.now())
     result = await execute_attempt(
         db, payment_id=pid, attempt_number=number, adapters=stripe, clock=clock
@@ -206,9 +196,9 @@ async def test_approved_charge_recovers_the_payment(db: Database) -> None:
 
 async def test_declined_charge_is_rescheduled_on_the_next_fixed_day(db: Database) -> None:
     [payment], clock = await _setup(db)
-    await _decide(db, T0)
+    await decide(db, T0)
     clock.set(T0 + timedelta(days=1))
-    [(pid, number)] = await _claim(db, clock.now())
+    [(pid, number)] = await claim(db, clock.now())
     stripe = FakeStripe(clock.now(), approve=False)
     await execute_attempt(db, payment_id=pid, attempt_number=number, adapters=stripe, clock=clock)
     after = await reload(db, payment.id)
@@ -220,14 +210,14 @@ async def test_declined_charge_is_rescheduled_on_the_next_fixed_day(db: Database
     assert attempt.decline_retryable is True
     # The next claim makes attempt 2, with its own key.
     clock.set(T0 + timedelta(days=3))
-    assert await _claim(db, clock.now()) == [(payment.id, 2)]
+    assert await claim(db, clock.now()) == [(payment.id, 2)]
 
 
 async def test_paid_elsewhere_found_in_pre_flight_means_no_charge(db: Database) -> None:
     [payment], clock = await _setup(db)
-    await _decide(db, T0)
+    await decide(db, T0)
     clock.set(T0 + timedelta(days=1))
-    [(pid, number)] = await _claim(db, clock.now())
+    [(pid, number)] = await claim(db, clock.now())
     stripe = FakeStripe(clock.now(), paid={payment.processor_payment_id})
     result = await execute_attempt(
         db, payment_id=pid, attempt_number=number, adapters=stripe, clock=clock
@@ -242,9 +232,9 @@ async def test_paid_elsewhere_found_in_pre_flight_means_no_charge(db: Database) 
 
 async def test_processor_without_fetch_proceeds(db: Database) -> None:
     _, clock = await _setup(db)
-    await _decide(db, T0)
+    await decide(db, T0)
     clock.set(T0 + timedelta(days=1))
-    [(pid, number)] = await _claim(db, clock.now())
+    [(pid, number)] = await claim(db, clock.now())
     stripe = FakeStripe(clock.now(), can_fetch=False)
     result = await execute_attempt(
         db, payment_id=pid, attempt_number=number, adapters=stripe, clock=clock
@@ -255,9 +245,9 @@ async def test_processor_without_fetch_proceeds(db: Database) -> None:
 
 async def test_worker_killed_after_charge_is_reconciled_with_one_charge(db: Database) -> None:
     [payment], clock = await _setup(db)
-    await _decide(db, T0)
+    await decide(db, T0)
     clock.set(T0 + timedelta(days=1))
-    [(pid, number)] = await _claim(db, clock.now())
+    [(pid, number)] = await claim(db, clock.now())
     stripe = FakeStripe(clock.now(), kill_after_charge=True)
     with pytest.raises(WorkerKilled):
         await execute_attempt(
@@ -282,9 +272,9 @@ async def test_worker_killed_after_charge_is_reconciled_with_one_charge(db: Data
 
 async def test_timeouts_while_charging_are_retried_with_the_same_key(db: Database) -> None:
     [payment], clock = await _setup(db)
-    await _decide(db, T0)
+    await decide(db, T0)
     clock.set(T0 + timedelta(days=1))
-    [(pid, number)] = await _claim(db, clock.now())
+    [(pid, number)] = await claim(db, clock.now())
     stripe = FakeStripe(clock.now(), timeout_after_charge=2)
     statuses = []
     for _ in range(3):
@@ -299,9 +289,9 @@ async def test_timeouts_while_charging_are_retried_with_the_same_key(db: Databas
 
 async def test_unsent_attempt_of_a_payment_recovered_meanwhile_is_dropped(db: Database) -> None:
     [payment], clock = await _setup(db)
-    await _decide(db, T0)
+    await decide(db, T0)
     clock.set(T0 + timedelta(days=1))
-    [(pid, number)] = await _claim(db, clock.now())
+    [(pid, number)] = await claim(db, clock.now())
     # The invoice was paid and ingested before the attempt job ran.
     async with db.uow(SYSTEM_SCOPE) as uow:
         row = await uow.session.get(Payment, pid)
@@ -318,20 +308,14 @@ async def test_unsent_attempt_of_a_payment_recovered_meanwhile_is_dropped(db: Da
     assert [a.actor for a in await attempts_of(db, payment.id)] == [Actor.PROCESSOR]
 
 
-async def test_ledger_loads_in_three_queries_whatever_the_batch(db: Database) -> None:
+async def test_ledger_loads_in_three_queries_whatever_the_batch(
+    connection: AsyncConnection, db: Database
+) -> None:
     payments, _ = await _setup(db, charges=6)
-    statements: list[str] = []
     async with db.session(SYSTEM_SCOPE) as s:
-        sync_engine = (await s.connection()).sync_engine
-
-        def count(*args: object) -> None:
-            statements.append(str(args[2]))
-
-        event.listen(sync_engine, "before_cursor_execute", count)
-        try:
+        await s.connection()  # the session's own start is not counted
+        with count_statements(connection) as statements:
             contexts = await load_contexts(s, [p.id for p in payments], now=T0)
-        finally:
-            event.remove(sync_engine, "before_cursor_execute", count)
     assert len(contexts) == 6
     assert len(statements) == 3
     ledger = contexts[payments[0].id].ledger
@@ -362,18 +346,18 @@ async def test_paused_merchant_holds_payments_and_resume_decides_them(db: Databa
         assert merchant is not None
         merchant.status = MerchantStatus.PAUSED
         await uow.commit()
-    await _decide(db, T0)
+    await decide(db, T0)
     held = await reload(db, payment.id)
     assert held.state is PaymentState.PENDING
     assert held.next_retry_at is None
-    await _decide(db, T0 + timedelta(minutes=1))
+    await decide(db, T0 + timedelta(minutes=1))
     assert len(await timeline(db, payment.id)) == 1  # held quietly, not re-decided each tick
     async with db.uow(SYSTEM_SCOPE) as uow:
         merchant = await uow.session.get(Merchant, payment.merchant_id)
         assert merchant is not None
         merchant.status = MerchantStatus.ACTIVE
         await uow.commit()
-    await _decide(db, T0 + timedelta(hours=1))
+    await decide(db, T0 + timedelta(hours=1))
     after = await reload(db, payment.id)
     assert after.state is PaymentState.SCHEDULED
     assert after.next_retry_at == T0 + timedelta(days=1)
@@ -394,9 +378,9 @@ async def test_refused_charge_is_abandoned_and_retried_an_hour_later(
     db: Database, refusal: str, connection_status: str
 ) -> None:
     [payment], clock = await _setup(db)
-    await _decide(db, T0)
+    await decide(db, T0)
     clock.set(T0 + timedelta(days=1))
-    [(pid, number)] = await _claim(db, clock.now())
+    [(pid, number)] = await claim(db, clock.now())
     stripe = FakeStripe(clock.now(), refuse=refusal)
     result = await execute_attempt(
         db, payment_id=pid, attempt_number=number, adapters=stripe, clock=clock
@@ -414,9 +398,9 @@ async def test_refused_charge_is_abandoned_and_retried_an_hour_later(
 
 async def test_key_conflict_is_not_a_refusal(db: Database) -> None:
     [payment], clock = await _setup(db)
-    await _decide(db, T0)
+    await decide(db, T0)
     clock.set(T0 + timedelta(days=1))
-    [(pid, number)] = await _claim(db, clock.now())
+    [(pid, number)] = await claim(db, clock.now())
     stripe = FakeStripe(clock.now(), refuse="stripe: HTTP 409: idempotency key in use")
     result = await execute_attempt(
         db, payment_id=pid, attempt_number=number, adapters=stripe, clock=clock
@@ -431,35 +415,29 @@ async def test_key_conflict_is_not_a_refusal(db: Database) -> None:
     assert stripe.charge_count == 1
 
 
-async def test_an_attempt_costs_two_commits_and_few_statements(db: Database) -> None:
+async def test_an_attempt_costs_two_commits_and_few_statements(
+    connection: AsyncConnection, db: Database
+) -> None:
     [payment], clock = await _setup(db)
-    await _decide(db, T0)
+    await decide(db, T0)
     clock.set(T0 + timedelta(days=1))
-    [(pid, number)] = await _claim(db, clock.now())
+    [(pid, number)] = await claim(db, clock.now())
     # The charge is made on the payment's own card, as a retry usually is.
     stripe = FakeStripe(clock.now(), fingerprint=await fingerprint_of(db, payment.card_id))
     commits: list[object] = []
-    statements: list[str] = []
-    async with db.session(SYSTEM_SCOPE) as s:
-        engine = (await s.connection()).sync_engine
 
     def on_commit(session: object) -> None:
         commits.append(session)
 
-    def on_statement(*args: object) -> None:
-        sql = str(args[2])
-        if "SAVEPOINT" not in sql:  # the test's transaction, not the code's
-            statements.append(sql)
-
     event.listen(ScopedSession, "after_commit", on_commit)
-    event.listen(engine, "before_cursor_execute", on_statement)
     try:
-        result = await execute_attempt(
-            db, payment_id=pid, attempt_number=number, adapters=stripe, clock=clock
-        )
+        with count_statements(connection) as sent:
+            result = await execute_attempt(
+                db, payment_id=pid, attempt_number=number, adapters=stripe, clock=clock
+            )
     finally:
         event.remove(ScopedSession, "after_commit", on_commit)
-        event.remove(engine, "before_cursor_execute", on_statement)
+    statements = without_savepoints(sent)
     assert result.status == "recorded"
     # `sent_at` before the charge, the outcome after it: the snapshot needs no commit.
     assert len(commits) == 2
@@ -489,9 +467,9 @@ async def test_attempt_in_flight_on_a_payment_recovered_meanwhile_is_never_repla
     customer pays the invoice elsewhere: replaying the key would make a new charge on a paid
     invoice (the processor never saw the key), so the sweep leaves the attempt alone."""
     [payment], clock = await _setup(db, invoice="in_paid_elsewhere")
-    await _decide(db, T0)
+    await decide(db, T0)
     clock.set(T0 + timedelta(days=1))
-    [(pid, number)] = await _claim(db, clock.now())
+    [(pid, number)] = await claim(db, clock.now())
     stripe = UnreachableOnce(clock.now())
     first = await execute_attempt(
         db, payment_id=pid, attempt_number=number, adapters=stripe, clock=clock

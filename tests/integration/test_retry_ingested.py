@@ -1,22 +1,19 @@
 """Outcomes read by ingestion go through the state machine: paid elsewhere, a new card."""
 
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import event
-from sqlalchemy.engine import Engine
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.db import Database
 from app.enums import Actor, PaymentState
 from app.models.ingestion import ProcessorConnection
 from app.models.payment import Payment
-from app.services.retry.engine import decide_pending
 from app.services.retry.ingested import apply_ingested_events
 from app.tenancy import SYSTEM_SCOPE
 from tests.support.factories import make_merchant
 from tests.support.retry import (
+    decide,
     ingest,
     make_connection,
     outbox,
@@ -24,15 +21,10 @@ from tests.support.retry import (
     stripe_charge,
     timeline,
 )
+from tests.support.statements import count_statements
 
 T0 = datetime(2026, 10, 5, 10, 0, tzinfo=UTC)
 P = PaymentState
-
-
-async def _decide(db: Database, now: datetime) -> None:
-    async with db.uow(SYSTEM_SCOPE) as uow:
-        await decide_pending(uow, now=now)
-        await uow.commit()
 
 
 async def _connection(db: Database) -> ProcessorConnection:
@@ -47,28 +39,14 @@ async def _never_retry(
     connection = await _connection(db)
     first = stripe_charge("ch_1", created=T0, reason="stolen_card", subscription=subscription)
     [payment] = await ingest(db, connection, [first], T0)
-    await _decide(db, T0)
+    await decide(db, T0)
     return connection, payment
-
-
-@contextmanager
-def _statements(engine: Engine) -> Iterator[list[str]]:
-    seen: list[str] = []
-
-    def record(*args: object) -> None:
-        seen.append(str(args[2]))
-
-    event.listen(engine, "before_cursor_execute", record)
-    try:
-        yield seen
-    finally:
-        event.remove(engine, "before_cursor_execute", record)
 
 
 async def test_success_on_a_scheduled_invoice_is_a_recorded_transition(db: Database) -> None:
     connection = await _connection(db)
     [payment] = await ingest(db, connection, [stripe_charge("ch_1", created=T0)], T0)
-    await _decide(db, T0)
+    await decide(db, T0)
     assert (await reload(db, payment.id)).state is P.SCHEDULED
     paid_at = T0 + timedelta(hours=5)
     success = stripe_charge("ch_2", created=paid_at, status="succeeded", invoice="in_ch_1")
@@ -93,7 +71,7 @@ async def test_success_on_a_scheduled_invoice_is_a_recorded_transition(db: Datab
 async def test_a_success_read_twice_recovers_once(db: Database) -> None:
     connection = await _connection(db)
     [payment] = await ingest(db, connection, [stripe_charge("ch_1", created=T0)], T0)
-    await _decide(db, T0)
+    await decide(db, T0)
     paid = [{"id": payment.id, "recovered_at": T0 + timedelta(hours=1)}]
     async with db.uow(SYSTEM_SCOPE) as uow:
         first = await apply_ingested_events(uow, paid=paid, cards_seen=[], now=T0)
@@ -107,17 +85,19 @@ async def test_a_success_read_twice_recovers_once(db: Database) -> None:
     assert [t.event for t in await timeline(db, payment.id)].count("paid_elsewhere") == 1
 
 
-async def test_recoveries_cost_the_same_statements_whatever_their_number(db: Database) -> None:
+async def test_recoveries_cost_the_same_statements_whatever_their_number(
+    connection: AsyncConnection, db: Database
+) -> None:
     counts = []
     for n in (1, 8):
-        connection = await _connection(db)
+        processor_connection = await _connection(db)
         prefix = uuid.uuid4().hex[:6]
         failures = [
             stripe_charge(f"ch_{prefix}_{i}", created=T0, customer=f"cus_{prefix}_{i}")
             for i in range(n)
         ]
-        payments = await ingest(db, connection, failures, T0)
-        await _decide(db, T0)
+        payments = await ingest(db, processor_connection, failures, T0)
+        await decide(db, T0)
         successes = [
             stripe_charge(
                 f"ch_{prefix}_{i}_paid",
@@ -128,10 +108,8 @@ async def test_recoveries_cost_the_same_statements_whatever_their_number(db: Dat
             )
             for i in range(n)
         ]
-        async with db.session(SYSTEM_SCOPE) as s:
-            engine = (await s.connection()).sync_engine
-        with _statements(engine) as seen:
-            await ingest(db, connection, successes, T0 + timedelta(hours=3))
+        with count_statements(connection) as seen:
+            await ingest(db, processor_connection, successes, T0 + timedelta(hours=3))
         counts.append(len(seen))
         assert {(await reload(db, p.id)).state for p in payments} == {P.RECOVERED}
     assert counts[0] == counts[1]
@@ -164,7 +142,7 @@ async def test_new_card_of_the_customer_lifts_a_hard_never(db: Database) -> None
         "credential_updated",
         "processor",
     )
-    await _decide(db, T0 + timedelta(days=2))
+    await decide(db, T0 + timedelta(days=2))
     decided = await reload(db, payment.id)
     assert decided.state is P.SCHEDULED
     assert decided.next_retry_at is not None
@@ -208,7 +186,7 @@ async def test_a_hard_declined_new_card_or_a_stop_payment_lifts_nothing(db: Data
         ],
         T0,
     )
-    await _decide(db, T0)
+    await decide(db, T0)
     assert (await reload(db, revoked.id)).blocking_rule == "stop_payment"
     lost_too = stripe_charge(
         "ch_3",
@@ -248,7 +226,7 @@ async def test_a_hard_declined_new_card_or_a_stop_payment_lifts_nothing(db: Data
 async def test_new_card_on_a_scheduled_payment_asks_for_a_new_decision(db: Database) -> None:
     connection = await _connection(db)
     [payment] = await ingest(db, connection, [stripe_charge("ch_1", created=T0)], T0)
-    await _decide(db, T0)
+    await decide(db, T0)
     # The billing system retried the same invoice on the customer's new card.
     retried = stripe_charge(
         "ch_2", created=T0 + timedelta(hours=3), invoice="in_ch_1", fingerprint="fpB"

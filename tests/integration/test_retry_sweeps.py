@@ -7,12 +7,19 @@ from app.db import Database
 from app.enums import MerchantStatus, PaymentState
 from app.models.merchant import Merchant
 from app.models.payment import Payment
-from app.services.retry.engine import decide_pending
 from app.services.retry.sweeps import expire_windows, redecide_scheduled
 from app.services.retry_policy import PolicyChanges, update_retry_policy
 from app.tenancy import SYSTEM_SCOPE, system_principal
 from tests.support.factories import make_merchant
-from tests.support.retry import ingest, make_connection, outbox, reload, stripe_charge, timeline
+from tests.support.retry import (
+    decide,
+    ingest,
+    make_connection,
+    outbox,
+    reload,
+    stripe_charge,
+    timeline,
+)
 
 # A Monday 10:00 UTC: outside the default quiet hours.
 T0 = datetime(2026, 10, 5, 10, 0, tzinfo=UTC)
@@ -26,12 +33,6 @@ async def _payment(db: Database, **kw: object) -> Payment:
     charge = stripe_charge(f"ch_{uuid.uuid4().hex[:10]}", created=T0, **kw)  # type: ignore[arg-type]
     [payment] = await ingest(db, connection, [charge], T0)
     return payment
-
-
-async def _decide(db: Database, now: datetime) -> None:
-    async with db.uow(SYSTEM_SCOPE) as uow:
-        await decide_pending(uow, now=now)
-        await uow.commit()
 
 
 async def _expire(db: Database, now: datetime) -> int:
@@ -75,7 +76,7 @@ async def _change_policy(
 async def test_a_paused_merchants_payment_ends_when_its_window_closes(db: Database) -> None:
     payment = await _payment(db)
     await _set_status(db, payment.merchant_id, MerchantStatus.PAUSED)
-    await _decide(db, T0)
+    await decide(db, T0)
     assert (await reload(db, payment.id)).state is P.PENDING  # held
     assert await _expire(db, T0 + WINDOW - timedelta(minutes=1)) == 0
     assert (await reload(db, payment.id)).state is P.PENDING
@@ -96,7 +97,7 @@ async def test_a_paused_merchants_payment_ends_when_its_window_closes(db: Databa
 
 async def test_a_scheduled_payment_past_its_window_ends_too(db: Database) -> None:
     payment = await _payment(db)
-    await _decide(db, T0)
+    await decide(db, T0)
     assert (await reload(db, payment.id)).state is P.SCHEDULED
     assert await _expire(db, T0 + WINDOW) == 1
     after = await reload(db, payment.id)
@@ -107,7 +108,7 @@ async def test_a_scheduled_payment_past_its_window_ends_too(db: Database) -> Non
 async def test_an_undecided_payment_is_left_to_its_first_decision(db: Database) -> None:
     payment = await _payment(db)
     assert await _expire(db, T0 + WINDOW) == 0
-    await _decide(db, T0 + WINDOW)
+    await decide(db, T0 + WINDOW)
     after = await reload(db, payment.id)
     assert after.state is P.EXHAUSTED
     assert [t.event for t in await timeline(db, payment.id)] == ["failure_ingested"]
@@ -115,7 +116,7 @@ async def test_an_undecided_payment_is_left_to_its_first_decision(db: Database) 
 
 async def test_policy_change_re_decides_scheduled_payments(db: Database) -> None:
     payment = await _payment(db)
-    await _decide(db, T0)
+    await decide(db, T0)
     scheduled = await reload(db, payment.id)
     assert scheduled.next_retry_at == T0 + timedelta(days=1)
     assert scheduled.policy_version == 1
@@ -138,7 +139,7 @@ async def test_policy_change_re_decides_scheduled_payments(db: Database) -> None
 
 async def test_policy_switched_off_holds_scheduled_payments(db: Database) -> None:
     payment = await _payment(db)
-    await _decide(db, T0)
+    await decide(db, T0)
     await _change_policy(db, payment.merchant_id, 1, PolicyChanges(enabled=False))
     assert await _redecide(db, T0 + timedelta(hours=2)) == 1
     after = await reload(db, payment.id)
@@ -149,7 +150,7 @@ async def test_policy_switched_off_holds_scheduled_payments(db: Database) -> Non
 
 async def test_scheduled_payment_flagged_by_a_new_card_is_decided_again(db: Database) -> None:
     payment = await _payment(db)
-    await _decide(db, T0)
+    await decide(db, T0)
     async with db.uow(SYSTEM_SCOPE) as uow:
         row = await uow.session.get(Payment, payment.id)
         assert row is not None

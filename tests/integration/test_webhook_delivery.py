@@ -6,7 +6,6 @@ import asyncio
 import datetime as dt
 import io
 import ipaddress
-import logging
 import re
 import ssl
 import time
@@ -18,7 +17,6 @@ from typing import Any
 
 import httpx
 import pytest
-import structlog
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -41,8 +39,8 @@ from app.services.retry.pinning import Resolver, delivery_client, pin
 from app.settings import Settings
 from app.tenancy import SYSTEM_SCOPE, system_principal
 from app.urls import IPAddress, UrlForbidden, UrlPolicy
-from portal.logging import configure_logging
 from tests.support.factories import make_merchant
+from tests.support.logs import json_logs
 from tests.support.webhooks import PUBLIC, queue_delivery, table_resolver
 
 SECRET = "whsec_" + "q" * 32
@@ -391,15 +389,8 @@ async def test_pinned_https_verifies_the_certificate_against_the_name(
 
 @pytest.fixture
 def captured_logs() -> Iterator[io.StringIO]:
-    root = logging.getLogger()
-    saved_handlers, saved_level = root.handlers[:], root.level
-    saved_config = structlog.get_config()
-    stream = io.StringIO()
-    configure_logging("DEBUG", json=True, stream=stream)
-    yield stream
-    root.handlers[:] = saved_handlers
-    root.setLevel(saved_level)
-    structlog.configure(**saved_config)
+    with json_logs("DEBUG") as stream:
+        yield stream
 
 
 async def test_no_secret_reaches_the_logs_of_delivery(

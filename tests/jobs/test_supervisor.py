@@ -4,20 +4,20 @@ poll loop restarted, outage-hit jobs retried (not dropped), stops that drain the
 import asyncio
 import io
 import json
-import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis.exceptions as redis_errors
-import structlog
 from arq import create_pool, cron, func
 from arq.connections import ArqRedis, RedisSettings
 from arq.constants import in_progress_key_prefix
+from arq.cron import CronJob
 from arq.jobs import Job, JobStatus
+from arq.worker import Function
 from sqlalchemy import text
 
 from app.db import Database
@@ -27,8 +27,8 @@ from app.settings import Settings
 from app.tenancy import SYSTEM_SCOPE
 from jobs.supervisor import Supervisor
 from jobs.telemetry import heartbeats_key, job_counts, outage_totals
-from jobs.worker import build_worker
-from portal.logging import configure_logging
+from jobs.worker import PortalWorker, build_worker
+from tests.support.logs import json_logs
 from tests.support.private_redis import PrivateRedis
 
 # Nothing listens there: a database that is down for the whole test.
@@ -62,17 +62,8 @@ class Logs:
 
 @pytest.fixture
 def logs() -> Iterator[Logs]:
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    config = structlog.get_config()
-    stream = io.StringIO()
-    configure_logging("INFO", json=True, stream=stream)
-    try:
+    with json_logs("INFO") as stream:
         yield Logs(stream)
-    finally:
-        root.handlers[:] = handlers
-        root.setLevel(level)
-        structlog.configure(**config)
 
 
 @pytest.fixture
@@ -85,6 +76,42 @@ async def queue(services: Services) -> AsyncIterator[ArqRedis]:
     finally:
         await pool.delete(name, heartbeats_key(name))
         await pool.aclose()
+
+
+def queue_worker(
+    queue: ArqRedis,
+    redis_url: str,
+    settings: Settings,
+    db: Database,
+    *functions: Function,
+    cron_jobs: Sequence[CronJob] = (),
+    **options: Any,
+) -> PortalWorker:
+    """A worker on the test's own queue that polls every 50 ms."""
+    return build_worker(
+        redis_url,
+        {"settings": settings, "db": db},
+        functions=functions,
+        cron_jobs=cron_jobs,
+        queue_name=queue.default_queue_name,
+        poll_delay=0.05,
+        **options,
+    )
+
+
+async def run_one_job(
+    queue: ArqRedis, redis_url: str, settings: Settings, db: Database, function: Function
+) -> Job:
+    """Queue one run of `function`, then run a burst worker under the supervisor until the queue
+    is empty; `db` is disposed of at the end."""
+    worker = queue_worker(queue, redis_url, settings, db, function, burst=True)
+    job = await queue.enqueue_job(function.name)
+    assert job is not None
+    try:
+        await asyncio.wait_for(Supervisor(worker, settings).run(), 20)
+    finally:
+        await db.dispose()
+    return job
 
 
 async def until(check: Callable[[], Awaitable[bool]], seconds: float, what: str) -> None:
@@ -246,13 +273,13 @@ async def test_a_crashed_poll_loop_restarts_and_cron_outages_do_not_stop_it(
         raise ConnectionRefusedError(111, "Connection refused")
 
     db = Database.from_url(database_url, pool_size=2)
-    worker = build_worker(
+    worker = queue_worker(
+        queue,
         services.redis_url,
-        {"settings": settings, "db": db},
-        functions=[func(record, name=f"record_{suffix}")],
+        settings,
+        db,
+        func(record, name=f"record_{suffix}"),
         cron_jobs=[cron(flaky_cron, name=f"cron_{suffix}", second=set(range(60)), unique=True)],
-        queue_name=queue.default_queue_name,
-        poll_delay=0.05,
     )
     original = worker.heart_beat
     turns = 0
@@ -312,21 +339,8 @@ async def test_a_job_hit_by_an_outage_is_retried_without_spending_a_try(
 
     down = Database.from_url(CLOSED_DATABASE)
     # max_tries=1: had the outage spent the try, the second run would be refused by arq.
-    worker = build_worker(
-        services.redis_url,
-        {"settings": settings, "db": down},
-        functions=[func(charge, name=name, max_tries=1)],
-        cron_jobs=[],
-        queue_name=queue.default_queue_name,
-        poll_delay=0.05,
-        burst=True,
-    )
-    job = await queue.enqueue_job(name)
-    assert job is not None
-    try:
-        await asyncio.wait_for(Supervisor(worker, settings).run(), 20)
-    finally:
-        await down.dispose()
+    function = func(charge, name=name, max_tries=1)
+    job = await run_one_job(queue, services.redis_url, settings, down, function)
     assert tries == [1, 1]
     assert await job.result(timeout=1) == "charged"
     counts = await job_counts(queue)
@@ -349,21 +363,8 @@ async def test_an_outage_looking_error_while_the_dependency_answers_spends_tries
         raise FileNotFoundError(2, "No such file or directory")
 
     db = Database.from_url(database_url, pool_size=1)
-    worker = build_worker(
-        services.redis_url,
-        {"settings": settings, "db": db},
-        functions=[func(misread, name=name, max_tries=2)],
-        cron_jobs=[],
-        queue_name=queue.default_queue_name,
-        poll_delay=0.05,
-        burst=True,
-    )
-    job = await queue.enqueue_job(name)
-    assert job is not None
-    try:
-        await asyncio.wait_for(Supervisor(worker, settings).run(), 20)
-    finally:
-        await db.dispose()
+    function = func(misread, name=name, max_tries=2)
+    job = await run_one_job(queue, services.redis_url, settings, db, function)
     assert tries == [1, 2]
     info = await job.result_info()
     assert info is not None
@@ -390,14 +391,8 @@ async def test_a_stop_lets_short_jobs_finish_and_requeues_the_rest(
     db = Database.from_url(database_url, pool_size=1)
 
     def make(**kwargs: Any) -> Supervisor:
-        worker = build_worker(
-            services.redis_url,
-            {"settings": settings, "db": db},
-            functions=[func(work, name=name)],
-            cron_jobs=[],
-            queue_name=queue.default_queue_name,
-            poll_delay=0.05,
-            **kwargs,
+        worker = queue_worker(
+            queue, services.redis_url, settings, db, func(work, name=name), **kwargs
         )
         return Supervisor(worker, settings)
 
@@ -447,14 +442,7 @@ async def test_a_second_stop_request_cancels_running_jobs_at_once(
         await asyncio.sleep(60)
 
     db = Database.from_url(database_url, pool_size=1)
-    worker = build_worker(
-        services.redis_url,
-        {"settings": settings, "db": db},
-        functions=[func(stuck, name=name)],
-        cron_jobs=[],
-        queue_name=queue.default_queue_name,
-        poll_delay=0.05,
-    )
+    worker = queue_worker(queue, services.redis_url, settings, db, func(stuck, name=name))
     supervisor = Supervisor(worker, settings)
     running = asyncio.create_task(supervisor.run())
     try:

@@ -16,7 +16,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from sandbox.server import serving
-from tests.sandbox.conftest import AccountFactory, set_faults
+from tests.support.sandbox import AccountFactory, set_faults
 
 KEY_HEX = "44782DEF547AAA06C910C43932B1EB0C71FC68D9D0C057550C48EC2ACF6BA056"
 

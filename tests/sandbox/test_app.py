@@ -11,7 +11,7 @@ from starlette.applications import Starlette
 
 from sandbox.app import create_app, run
 from sandbox.server import is_loopback
-from tests.sandbox.conftest import NOW, AccountFactory, SettableClock
+from tests.support.sandbox import NOW, AccountFactory, SettableClock
 
 STRIPE = {
     "processor": "stripe",

@@ -6,7 +6,7 @@ from xml.etree.ElementTree import Element
 import httpx
 from defusedxml import ElementTree as SafeTree
 
-from tests.sandbox.conftest import NOW, AccountFactory, set_faults
+from tests.support.sandbox import NOW, AccountFactory, set_faults
 
 SINCE = '<search><created-at><min type="datetime">{}</min></created-at></search>'
 

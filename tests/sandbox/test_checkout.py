@@ -5,7 +5,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.sandbox.conftest import AccountFactory, set_faults
+from tests.support.sandbox import AccountFactory, set_faults
 
 
 def _auth(account: dict[str, Any]) -> dict[str, str]:

@@ -5,7 +5,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.sandbox.conftest import NOW, AccountFactory, set_faults
+from tests.support.sandbox import NOW, AccountFactory, set_faults
 
 
 def _auth(account: dict[str, Any]) -> dict[str, str]:

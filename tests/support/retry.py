@@ -1,4 +1,5 @@
-"""Retry engine test helpers: Stripe-shaped charges, ingested payments, a recording processor."""
+"""Retry engine test helpers: Stripe-shaped charges, ingested payments, the engine's steps each
+committed, a recording processor."""
 
 import uuid
 from collections.abc import Mapping, Sequence
@@ -25,6 +26,7 @@ from app.processors.base import (
 )
 from app.services.connection import create_connection
 from app.services.ingestion import land, normalize_raw_records
+from app.services.retry.engine import claim_due, decide_pending
 from app.tenancy import SYSTEM_SCOPE, system_principal
 from tests.support.factories import SANDBOX_URLS
 
@@ -110,6 +112,23 @@ async def make_connection(
     return connection
 
 
+async def land_records(
+    db: Database,
+    connection: ProcessorConnection,
+    records: Sequence[Mapping[str, Any]],
+    now: datetime,
+) -> tuple[int, int]:
+    """Land records and normalize the new ones as polling would, in one committed unit of work;
+    returns how many landed and how many were duplicates."""
+    async with db.uow(SYSTEM_SCOPE) as uow:
+        ids, stats = await land(
+            uow, connection, [RawItem.from_json(r, str(r.get("id"))) for r in records], now=now
+        )
+        await normalize_raw_records(uow, connection, ids, now=now)
+        await uow.commit()
+    return stats.landed, stats.duplicates
+
+
 async def ingest(
     db: Database,
     connection: ProcessorConnection,
@@ -117,12 +136,7 @@ async def ingest(
     now: datetime,
 ) -> list[Payment]:
     """Land and normalize charges as polling would; returns the payments they opened."""
-    async with db.uow(SYSTEM_SCOPE) as uow:
-        ids, _ = await land(
-            uow, connection, [RawItem.from_json(c, str(c["id"])) for c in charges], now=now
-        )
-        await normalize_raw_records(uow, connection, ids, now=now)
-        await uow.commit()
+    await land_records(db, connection, charges, now)
     async with db.session(SYSTEM_SCOPE) as s:
         rows = await s.execute(
             select(Payment).where(
@@ -132,6 +146,22 @@ async def ingest(
         )
         found = {p.processor_payment_id: p for p in rows.scalars()}
     return [found[c["id"]] for c in charges if c["id"] in found]
+
+
+async def decide(db: Database, now: datetime) -> int:
+    """Decide the pending payments, committed as the worker's cron does; returns how many."""
+    async with db.uow(SYSTEM_SCOPE) as uow:
+        done = await decide_pending(uow, now=now)
+        await uow.commit()
+    return done
+
+
+async def claim(db: Database, now: datetime) -> list[tuple[uuid.UUID, int]]:
+    """Claim the due payments, committed; returns the (payment, attempt number) to enqueue."""
+    async with db.uow(SYSTEM_SCOPE) as uow:
+        applied = await claim_due(uow, now=now)
+        await uow.commit()
+    return applied.enqueue
 
 
 async def reload(db: Database, payment_id: uuid.UUID) -> Payment:

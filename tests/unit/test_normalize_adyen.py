@@ -3,38 +3,24 @@
 import copy
 import json
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 
 from app.enums import Advice, CardFunding, DeclineCategory, Processor
-from app.processors.normalize.dispatch import normalize_payload, record_to_json
+from app.processors.normalize.dispatch import record_to_json
 from app.processors.normalize.records import CanonicalRecord, NormalizeError, RejectedRecord
+from tests.support.normalize import Normalizer
 
-FIXTURES = Path(__file__).parents[1] / "fixtures" / "processors" / "adyen"
-
-
-def load(name: str) -> bytes:
-    return (FIXTURES / name).read_bytes()
-
-
-def run(body: bytes | object) -> list[CanonicalRecord | RejectedRecord]:
-    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
-    return normalize_payload(Processor.ADYEN, raw)
+NORMALIZER = Normalizer(Processor.ADYEN)
+load = NORMALIZER.load
+run = NORMALIZER.run
+one_record = NORMALIZER.one_record
 
 
 def single_item() -> dict[str, object]:
     item = json.loads(load("notification_single.json"))["NotificationRequestItem"]
     assert isinstance(item, dict)
     return copy.deepcopy(item)
-
-
-def one_record(body: bytes | object) -> CanonicalRecord:
-    results = run(body)
-    assert len(results) == 1
-    record = results[0]
-    assert isinstance(record, CanonicalRecord), record
-    return record
 
 
 def test_batch_yields_one_result_per_item() -> None:

@@ -1,14 +1,12 @@
 """Braintree normalizer: XML transactions, collections, search results, amounts by exponent."""
 
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 
 from app.enums import Advice, CardFunding, DeclineCategory, Processor
 from app.processors.normalize.dispatch import (
     normalize_items,
-    normalize_payload,
     normalize_stored,
     record_to_json,
 )
@@ -19,24 +17,12 @@ from app.processors.normalize.records import (
     RejectedRecord,
     major_to_minor,
 )
+from tests.support.normalize import Normalizer
 
-FIXTURES = Path(__file__).parents[1] / "fixtures" / "processors" / "braintree"
-
-
-def load(name: str) -> bytes:
-    return (FIXTURES / name).read_bytes()
-
-
-def run(body: bytes) -> list[CanonicalRecord | RejectedRecord]:
-    return normalize_payload(Processor.BRAINTREE, body)
-
-
-def one_record(body: bytes) -> CanonicalRecord:
-    results = run(body)
-    assert len(results) == 1
-    record = results[0]
-    assert isinstance(record, CanonicalRecord), record
-    return record
+NORMALIZER = Normalizer(Processor.BRAINTREE)
+load = NORMALIZER.load
+run = NORMALIZER.run
+one_record = NORMALIZER.one_record
 
 
 def transaction(**fields: str) -> bytes:

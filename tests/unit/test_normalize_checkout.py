@@ -3,46 +3,25 @@
 import copy
 import json
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 
 from app.enums import Advice, CardFunding, DeclineCategory, Processor
-from app.processors.normalize.dispatch import normalize_payload, record_to_json
+from app.processors.normalize.dispatch import record_to_json
 from app.processors.normalize.records import CanonicalRecord, NormalizeError, RejectedRecord
+from tests.support.normalize import Normalizer
 
-FIXTURES = Path(__file__).parents[1] / "fixtures" / "processors" / "checkout"
-
-
-def load(name: str) -> bytes:
-    return (FIXTURES / name).read_bytes()
+NORMALIZER = Normalizer(Processor.CHECKOUT)
+load = NORMALIZER.load
+run = NORMALIZER.run
+one_record = NORMALIZER.one_record
+one_dead_letter = NORMALIZER.one_dead_letter
 
 
 def payment() -> dict[str, object]:
     doc = json.loads(load("payment_declined.json"))
     assert isinstance(doc, dict)
     return copy.deepcopy(doc)
-
-
-def run(body: bytes | object) -> list[CanonicalRecord | RejectedRecord]:
-    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
-    return normalize_payload(Processor.CHECKOUT, raw)
-
-
-def one_record(body: bytes | object) -> CanonicalRecord:
-    results = run(body)
-    assert len(results) == 1
-    record = results[0]
-    assert isinstance(record, CanonicalRecord), record
-    return record
-
-
-def one_dead_letter(body: bytes | object) -> RejectedRecord:
-    results = run(body)
-    assert len(results) == 1
-    letter = results[0]
-    assert isinstance(letter, RejectedRecord), letter
-    return letter
 
 
 def test_declined_payment_renders_exactly() -> None:

@@ -3,7 +3,6 @@
 import copy
 import json
 import re
-from pathlib import Path
 from xml.etree.ElementTree import Element, tostring
 
 import pytest
@@ -24,15 +23,18 @@ from app.processors.normalize.records import (
     NormalizeError,
     RejectedRecord,
 )
+from tests.support.normalize import PROCESSOR_FIXTURES
 
-FIXTURE_ROOT = Path(__file__).parents[1] / "fixtures" / "processors"
 JSON_FIXTURES: list[tuple[Processor, object]] = [
     (Processor(path.parent.name), json.loads(path.read_bytes()))
-    for path in sorted(FIXTURE_ROOT.glob("*/*.json"))
+    for path in sorted(PROCESSOR_FIXTURES.glob("*/*.json"))
 ]
-XML_FIXTURES: list[bytes] = [path.read_bytes() for path in sorted(FIXTURE_ROOT.glob("*/*.xml"))]
+XML_FIXTURES: list[bytes] = [
+    path.read_bytes() for path in sorted(PROCESSOR_FIXTURES.glob("*/*.xml"))
+]
 ALL_BODIES: list[tuple[Processor, bytes]] = [
-    (Processor(path.parent.name), path.read_bytes()) for path in sorted(FIXTURE_ROOT.glob("*/*.*"))
+    (Processor(path.parent.name), path.read_bytes())
+    for path in sorted(PROCESSOR_FIXTURES.glob("*/*.*"))
 ]
 
 PROPERTY_SETTINGS = settings(

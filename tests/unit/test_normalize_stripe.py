@@ -2,7 +2,6 @@
 
 import json
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 
@@ -14,33 +13,13 @@ from app.processors.normalize.dispatch import (
     record_to_json,
 )
 from app.processors.normalize.records import CanonicalRecord, NormalizeError, RejectedRecord
+from tests.support.normalize import Normalizer
 
-FIXTURES = Path(__file__).parents[1] / "fixtures" / "processors" / "stripe"
-
-
-def load(name: str) -> bytes:
-    return (FIXTURES / name).read_bytes()
-
-
-def run(body: bytes | dict[str, object]) -> list[CanonicalRecord | RejectedRecord]:
-    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
-    return normalize_payload(Processor.STRIPE, raw)
-
-
-def one_record(body: bytes | dict[str, object]) -> CanonicalRecord:
-    results = run(body)
-    assert len(results) == 1
-    record = results[0]
-    assert isinstance(record, CanonicalRecord), record
-    return record
-
-
-def one_dead_letter(body: bytes | dict[str, object]) -> RejectedRecord:
-    results = run(body)
-    assert len(results) == 1
-    letter = results[0]
-    assert isinstance(letter, RejectedRecord), letter
-    return letter
+NORMALIZER = Normalizer(Processor.STRIPE)
+load = NORMALIZER.load
+run = NORMALIZER.run
+one_record = NORMALIZER.one_record
+one_dead_letter = NORMALIZER.one_dead_letter
 
 
 def test_modern_charge_renders_exactly() -> None:

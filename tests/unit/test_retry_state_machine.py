@@ -96,7 +96,9 @@ SAMPLES: dict[type[Event], Event] = {
 }
 
 # Expected outcome of each pair with the default policy and a soft-declined ledger: the new
-# state, NOOP (same state, nothing to store) or ILLEGAL. Columns follow EVENT_TYPES.
+# state, NOOP (same state, nothing to store) or ILLEGAL. Columns follow EVENT_TYPES. Written out
+# here, not derived from ALLOWED_TRANSITIONS or ILLEGAL_EVENTS: the tests below check those
+# tables and transition() against it.
 NOOP, ILLEGAL = "=", "!"
 PE, SC, RE, RC, EX, NR, CA = (
     S.PENDING,
