@@ -167,11 +167,16 @@ EVENT_TYPES: tuple[type[Event], ...] = (
 
 @dataclass(frozen=True, slots=True)
 class ScheduleRetry:
-    """Set the payment's next retry time (and the decision shown for it)."""
+    """Set the payment's next retry time (and the decision shown for it).
+
+    `blocking_rule` names the rule that moved the retry later than the time asked for (None
+    when the time asked for is allowed); `reason` says the same in words.
+    """
 
     at: datetime
     reason: str
     strategy: RetryStrategy
+    blocking_rule: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,12 +262,17 @@ Action = (
 
 @dataclass(frozen=True, slots=True)
 class Transition:
-    """The result of one event: the new state, the actions to carry out, and why."""
+    """The result of one event: the new state, the actions to carry out, and why.
+
+    `blocking_rule` names the rule (`app.retry.rules`) that ended the payment, moved its
+    retry time or still forbids a retry, when one did; `reason` says it in words, for people.
+    """
 
     previous_state: PaymentState
     new_state: PaymentState
     actions: tuple[Action, ...]
     reason: str
+    blocking_rule: str | None = None
 
     @property
     def changed(self) -> bool:

@@ -97,6 +97,8 @@ class _Outcome:
     reason: str
     actions: list[Action] = field(default_factory=list)
     record: bool = True
+    # The rule that ended the payment, moved its retry time or still forbids one, if any.
+    blocking_rule: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,8 +109,8 @@ class _Ctx:
     rules: NetworkRules
 
 
-def _noop(state: PaymentState, reason: str) -> _Outcome:
-    return _Outcome(state, reason, record=False)
+def _noop(state: PaymentState, reason: str, rule: str | None = None) -> _Outcome:
+    return _Outcome(state, reason, record=False, blocking_rule=rule)
 
 
 def _absorb(state: PaymentState, event: Event) -> _Outcome:
@@ -128,7 +130,7 @@ def _stop(ctx: _Ctx, ledger: PaymentLedger) -> RuleVerdict | None:
 
 
 def _end(ctx: _Ctx, state: PaymentState, rule: str | None, detail: str) -> _Outcome:
-    out = _Outcome(state, f"{rule}: {detail}" if rule else detail)
+    out = _Outcome(state, f"{rule}: {detail}" if rule else detail, blocking_rule=rule)
     if state is P.EXHAUSTED:
         out.actions.append(ApplyEndAction(ctx.policy.end_action))
     if rule == RULE_STOP_PAYMENT:
@@ -158,9 +160,11 @@ def _schedule_at(
         if placement.end_state is None:
             return _hold(f"{reason}; held: {placement.detail}")
         return _end(ctx, placement.end_state, placement.blocking_rule, placement.detail)
-    if placement.moved:
-        reason = f"{reason}; moved to {placement.at.isoformat()} by {placement.blocking_rule}"
-    return _Outcome(P.SCHEDULED, reason, [ScheduleRetry(placement.at, reason, strategy)])
+    rule = placement.blocking_rule if placement.moved else None
+    if rule is not None:
+        reason = f"{reason}; moved to {placement.at.isoformat()} by {rule}"
+    schedule = ScheduleRetry(placement.at, reason, strategy, blocking_rule=rule)
+    return _Outcome(P.SCHEDULED, reason, [schedule], blocking_rule=rule)
 
 
 def _fallback(ctx: _Ctx, ledger: PaymentLedger, why: str) -> _Outcome:
@@ -389,7 +393,8 @@ def _on_credential(state: PaymentState, event: CredentialUpdated, ctx: _Ctx) -> 
             stop = _stop(ctx, ledger)
             if stop is not None:
                 if state is P.NOT_RETRYABLE:
-                    return _noop(state, f"{reason}; still blocked by {stop.blocking_rule}")
+                    still = f"{reason}; still blocked by {stop.blocking_rule}"
+                    return _noop(state, still, stop.blocking_rule)
                 return _end_verdict(ctx, stop)
             next_state = P.SCHEDULED if state is P.SCHEDULED else P.PENDING
             if not ctx.policy.enabled:
@@ -543,7 +548,7 @@ def transition(
     if out.state not in ALLOWED_TRANSITIONS[state]:
         raise RuntimeError(f"retry engine bug: {state} -> {out.state} on {event.name}")
     if not out.record:
-        return Transition(state, state, (), out.reason)
+        return Transition(state, state, (), out.reason, out.blocking_rule)
     schedules = any(isinstance(a, ScheduleRetry) for a in out.actions)
     if out.state is P.SCHEDULED and state is not P.SCHEDULED and not schedules:
         raise RuntimeError(f"retry engine bug: entered SCHEDULED without a time on {event.name}")
@@ -558,4 +563,4 @@ def transition(
         actions.append(EmitEvent("payment.rescheduled"))
     if any(isinstance(a, AlertDuplicateCharge) for a in actions):
         actions.append(EmitEvent("payment.duplicate_charge"))
-    return Transition(state, out.state, tuple(actions), out.reason)
+    return Transition(state, out.state, tuple(actions), out.reason, out.blocking_rule)

@@ -12,16 +12,17 @@ from sqlmodel import col, func, select
 
 from app.clock import FixedClock
 from app.db import Database, ScopedSession
-from app.enums import Actor, AttemptOutcome, MerchantStatus, PaymentState
+from app.enums import Actor, AttemptOutcome, MerchantStatus, PaymentState, RetryStrategy
 from app.models.customer import Customer
 from app.models.ingestion import ProcessorConnection
 from app.models.merchant import Merchant
 from app.models.payment import Payment
 from app.models.retry import OutboxEvent
 from app.processors.base import ChargeResult, TransientProcessorError
+from app.retry.events import DecisionMade
 from app.retry.state_machine import attempt_idempotency_key
 from app.services.retry.attempt import execute_attempt, reconcile_stuck
-from app.services.retry.engine import decide_pending
+from app.services.retry.engine import decide_pending, run_event
 from app.services.retry.ledger import load_contexts
 from app.tenancy import SYSTEM_SCOPE
 from tests.support.factories import make_merchant
@@ -95,6 +96,25 @@ async def test_hard_decline_ends_not_retryable_with_the_rule(db: Database) -> No
     assert after.next_retry_at is None
     assert after.blocking_rule == "decline_advice_never"
     assert await outbox(db, payment.id) == ["payment.not_retryable"]
+
+
+async def test_the_stored_blocking_rule_is_the_one_the_core_names(db: Database) -> None:
+    """A rule that moves a retry is stored; a decision's reason is never read for one."""
+    [payment], _ = await _setup(db)
+    await decide(db, T0)
+
+    async def decide_at(at: datetime, reason: str) -> Payment:
+        async with db.uow(SYSTEM_SCOPE) as uow:
+            ctx = (await load_contexts(uow.session, [payment.id], now=T0))[payment.id]
+            decision = DecisionMade(at, reason, RetryStrategy.FIXED_SCHEDULE)
+            await run_event(uow, ctx, decision, now=T0)
+            await uow.commit()
+        return await reload(db, payment.id)
+
+    moved = await decide_at(T0 + timedelta(hours=1), "retry requested by support")
+    assert (moved.next_retry_at, moved.blocking_rule) == (T0 + timedelta(days=1), "min_spacing")
+    kept = await decide_at(T0 + timedelta(days=2), "retry requested by support")
+    assert (kept.next_retry_at, kept.blocking_rule) == (T0 + timedelta(days=2), None)
 
 
 async def test_visa_category_1_on_another_expiry_of_the_card_blocks_the_retry(

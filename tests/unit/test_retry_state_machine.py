@@ -214,7 +214,7 @@ def test_terminal_states_only_leave_as_documented() -> None:
 def test_ingest_hard_decline_is_not_retryable() -> None:
     t = run(S.PENDING, FailureIngested(hard()))
     assert t.new_state is S.NOT_RETRYABLE
-    assert t.reason.startswith("update_credentials")
+    assert t.blocking_rule == "update_credentials"
 
 
 def test_ingest_stop_payment_cancels_the_subscription_retries() -> None:
@@ -222,14 +222,14 @@ def test_ingest_stop_payment_cancels_the_subscription_retries() -> None:
     t = run(S.PENDING, FailureIngested(revoked))
     assert t.new_state is S.NOT_RETRYABLE
     assert CancelSubscriptionRetries in kinds(t)
-    assert t.reason.startswith("stop_payment")
+    assert t.blocking_rule == "stop_payment"
 
 
 def test_ingest_visa_category_1_is_not_retryable() -> None:
     decline = soft(network_decline_code="43")
     t = run(S.PENDING, FailureIngested(decline))
     assert t.new_state is S.NOT_RETRYABLE
-    assert t.reason.startswith("visa_category_1")
+    assert t.blocking_rule == "visa_category_1"
 
 
 def test_ingest_with_recovery_off_is_recorded_without_a_decision() -> None:
@@ -254,6 +254,7 @@ def test_decision_is_kept_when_allowed() -> None:
     assert isinstance(schedule, ScheduleRetry)
     assert schedule.strategy is RetryStrategy.MODEL
     assert schedule.reason == "payday"
+    assert schedule.blocking_rule is t.blocking_rule is None
 
 
 def test_decision_in_quiet_hours_moves_to_their_end() -> None:
@@ -261,7 +262,10 @@ def test_decision_in_quiet_hours_moves_to_their_end() -> None:
     chosen = datetime(2026, 3, 3, 23, 0, tzinfo=UTC)  # 00:00 in Paris
     t = run(S.PENDING, DecisionMade(chosen, "model", RetryStrategy.MODEL), policy=policy)
     assert t.next_retry_at == datetime(2026, 3, 4, 6, 0, tzinfo=UTC)  # 07:00 in Paris
-    assert "quiet_hours" in t.reason
+    assert t.blocking_rule == "quiet_hours"
+    schedule = t.actions[0]
+    assert isinstance(schedule, ScheduleRetry)
+    assert schedule.blocking_rule == "quiet_hours"
 
 
 def test_decision_in_the_past_is_placed_now_at_the_earliest() -> None:
@@ -273,7 +277,7 @@ def test_decision_past_the_window_exhausts() -> None:
     chosen = FAILED_AT + timedelta(days=30)
     t = run(S.SCHEDULED, DecisionMade(chosen, "late", RetryStrategy.MODEL))
     assert t.new_state is S.EXHAUSTED
-    assert t.reason.startswith("retry_window")
+    assert t.blocking_rule == "retry_window"
     assert kinds(t)[0] is ClearSchedule
 
 
@@ -314,7 +318,7 @@ def test_claim_too_early_reschedules_instead_of_charging() -> None:
     assert t.new_state is S.SCHEDULED
     assert EnqueueAttempt not in kinds(t)
     assert t.next_retry_at == recent.at + timedelta(hours=24)
-    assert "min_spacing" in t.reason
+    assert t.blocking_rule == "min_spacing"
 
 
 def test_claim_blocked_forever_ends() -> None:
@@ -323,7 +327,7 @@ def test_claim_blocked_forever_ends() -> None:
     ledger = replace(LEDGER, card_history=(ORIGINAL, other))
     t = run(S.SCHEDULED, AttemptStarted(), ledger=ledger)
     assert t.new_state is S.NOT_RETRYABLE
-    assert t.reason.startswith("decline_advice_never")
+    assert t.blocking_rule == "decline_advice_never"
 
 
 def test_claim_with_recovery_off_holds() -> None:
@@ -353,7 +357,7 @@ def test_decline_after_the_last_fixed_day() -> None:
     late = FAILED_AT + timedelta(days=15)
     fixed = run(S.RETRYING, AttemptDeclined(soft(late)), now=late)
     assert fixed.new_state is S.EXHAUSTED
-    assert fixed.reason.startswith("fixed_schedule_complete")
+    assert fixed.blocking_rule == "fixed_schedule_complete"
     model = replace(POLICY, strategy=RetryStrategy.MODEL)
     t = run(S.RETRYING, AttemptDeclined(soft(late)), now=late, policy=model)
     assert t.new_state is S.SCHEDULED
@@ -370,7 +374,7 @@ def test_decline_at_max_attempts_exhausts_with_end_action() -> None:
     t = run(S.RETRYING, AttemptDeclined(soft(NOW)), policy=policy)
     assert t.new_state is S.EXHAUSTED
     assert ApplyEndAction(EndAction.CANCEL_SUBSCRIPTION) in t.actions
-    assert t.reason.startswith("max_attempts")
+    assert t.blocking_rule == "max_attempts"
 
 
 def test_decline_resolves_the_in_flight_attempt_instead_of_counting_it_twice() -> None:
@@ -450,7 +454,7 @@ def test_new_card_does_not_lift_a_stop_payment() -> None:
     t = run(S.NOT_RETRYABLE, CredentialUpdated(NOW, Actor.CUSTOMER), ledger=ledger)
     assert t.new_state is S.NOT_RETRYABLE
     assert not t.changed
-    assert "stop_payment" in t.reason
+    assert t.blocking_rule == "stop_payment"
 
 
 def test_new_card_does_not_reopen_after_the_window() -> None:

@@ -2,7 +2,6 @@
 
 import hashlib
 import logging
-import re
 import uuid
 from collections import defaultdict
 from collections.abc import Sequence
@@ -70,9 +69,6 @@ from app.services.retry.ledger import CardKey, PaymentContext, load_contexts
 logger = logging.getLogger(__name__)
 
 ACTIVE_STATES = (PaymentState.PENDING, PaymentState.SCHEDULED, PaymentState.RETRYING)
-# "rule: detail" (an ending) or "…; moved to T by rule" (a placement), as the core words them.
-_ENDED_BY = re.compile(r"^([a-z][a-z0-9_]*): ")
-_MOVED_BY = re.compile(r" by ([a-z][a-z0-9_]*)$")
 
 
 # Events after which the stored history differs from the ledger the transition was given.
@@ -85,15 +81,6 @@ class Applied:
 
     transitions: list[Transition] = field(default_factory=list)
     enqueue: list[tuple[uuid.UUID, int]] = field(default_factory=list)
-
-
-def blocking_rule_of(reason: str) -> str | None:
-    """The rule named by a transition's reason, when a rule moved or ended the retry."""
-    for pattern in (_MOVED_BY, _ENDED_BY):
-        found = pattern.search(reason)
-        if found:
-            return found.group(1)
-    return None
 
 
 def _event_payload(
@@ -144,7 +131,7 @@ def apply_transition(
         payment.recovered_at = now
         payment.recovered_by = recovered_by
     if tr.new_state in (PaymentState.EXHAUSTED, PaymentState.NOT_RETRYABLE, PaymentState.CANCELED):
-        payment.blocking_rule = blocking_rule_of(tr.reason)
+        payment.blocking_rule = tr.blocking_rule
     for action in tr.actions:
         match action:
             case ScheduleRetry():
@@ -152,7 +139,7 @@ def apply_transition(
                 payment.decision_at = now
                 payment.decision_reason = action.reason[:1000]
                 payment.decision_strategy = action.strategy
-                payment.blocking_rule = blocking_rule_of(action.reason)
+                payment.blocking_rule = action.blocking_rule
                 payment.policy_version = ctx.policy_version
             case ClearSchedule():
                 payment.next_retry_at = None
