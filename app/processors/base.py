@@ -20,14 +20,24 @@ MAX_INLINE_WAIT_SECONDS = 5.0
 
 
 class ProcessorError(Exception):
-    """A call to a processor failed; the message never contains credentials."""
+    """A call to a processor failed; the message never contains credentials.
+
+    `status` is the HTTP status the processor answered with when that status failed the call
+    (see `call`); None when no answer came or an answer could not be used.
+    """
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class TransientProcessorError(ProcessorError):
     """Worth retrying later (timeout, 429, 5xx); `retry_after` is the processor's wait, if any."""
 
-    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
-        super().__init__(message)
+    def __init__(
+        self, message: str, *, status: int | None = None, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message, status=status)
         self.retry_after = retry_after
 
 
@@ -157,18 +167,21 @@ async def call(
             if status == 429 or status >= 500:
                 if response.headers.get("stripe-should-retry", "").lower() == "false":
                     raise PermanentProcessorError(
-                        f"{processor.value}: HTTP {status}, processor says do not retry"
+                        f"{processor.value}: HTTP {status}, processor says do not retry",
+                        status=status,
                     )
                 last = TransientProcessorError(
-                    f"{processor.value}: HTTP {status}", retry_after=_retry_after(response)
+                    f"{processor.value}: HTTP {status}",
+                    status=status,
+                    retry_after=_retry_after(response),
                 )
             elif status in (401, 403):
                 raise PermanentProcessorError(
-                    f"{processor.value}: HTTP {status}, check credentials"
+                    f"{processor.value}: HTTP {status}, check credentials", status=status
                 )
             elif status >= 400 and status not in answers:
                 raise PermanentProcessorError(
-                    f"{processor.value}: HTTP {status}: {response.text[:200]}"
+                    f"{processor.value}: HTTP {status}: {response.text[:200]}", status=status
                 )
             else:
                 return response

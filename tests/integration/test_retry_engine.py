@@ -18,7 +18,7 @@ from app.models.ingestion import ProcessorConnection
 from app.models.merchant import Merchant
 from app.models.payment import Payment
 from app.models.retry import OutboxEvent
-from app.processors.base import ChargeResult, TransientProcessorError
+from app.processors.base import ChargeResult, PermanentProcessorError, TransientProcessorError
 from app.retry.events import DecisionMade
 from app.retry.state_machine import attempt_idempotency_key
 from app.services.retry.attempt import execute_attempt, reconcile_stuck
@@ -390,12 +390,12 @@ async def test_paused_merchant_holds_payments_and_resume_decides_them(db: Databa
 @pytest.mark.parametrize(
     ("refusal", "connection_status"),
     [
-        ("stripe: HTTP 400: No such charge", "active"),
-        ("stripe: HTTP 401, check credentials", "error"),
+        (PermanentProcessorError("stripe: HTTP 400: No such charge", status=400), "active"),
+        (PermanentProcessorError("stripe: HTTP 401, check credentials", status=401), "error"),
     ],
 )
 async def test_refused_charge_is_abandoned_and_retried_an_hour_later(
-    db: Database, refusal: str, connection_status: str
+    db: Database, refusal: PermanentProcessorError, connection_status: str
 ) -> None:
     [payment], clock = await _setup(db)
     await decide(db, T0)
@@ -421,7 +421,8 @@ async def test_key_conflict_is_not_a_refusal(db: Database) -> None:
     await decide(db, T0)
     clock.set(T0 + timedelta(days=1))
     [(pid, number)] = await claim(db, clock.now())
-    stripe = FakeStripe(clock.now(), refuse="stripe: HTTP 409: idempotency key in use")
+    conflict = PermanentProcessorError("stripe: HTTP 409: idempotency key in use", status=409)
+    stripe = FakeStripe(clock.now(), refuse=conflict)
     result = await execute_attempt(
         db, payment_id=pid, attempt_number=number, adapters=stripe, clock=clock
     )

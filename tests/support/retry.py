@@ -232,7 +232,7 @@ class FakeStripe:
     requests: list[str] = field(default_factory=list)
     fetches: list[str] = field(default_factory=list)
     can_fetch: bool = True
-    refuse: str | None = None
+    refuse: PermanentProcessorError | None = None
     # The card new charges are made on (the customer's card on file).
     fingerprint: str = "fpA"
     exp: tuple[int, int] = (4, 2029)
@@ -265,7 +265,7 @@ class FakeStripe:
     ) -> ChargeResult:
         self.requests.append(idempotency_key)
         if self.refuse is not None:
-            raise PermanentProcessorError(self.refuse)
+            raise self.refuse
         result = self.charges.get(idempotency_key)
         if result is None:
             charge_id = f"ch_retry_{len(self.charges) + 1}"

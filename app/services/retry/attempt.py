@@ -5,6 +5,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from http import HTTPStatus
 
 import httpx
 import sqlalchemy as sa
@@ -328,10 +329,10 @@ async def _charge(
         # The charge may or may not have happened: only the same key may find out.
         return AttemptResult("pending", snap.state, detail=str(exc), retry_after=exc.retry_after)
     except PermanentProcessorError as exc:
-        if "HTTP 409" in str(exc):
+        if exc.status == HTTPStatus.CONFLICT:
             # A conflict on an idempotency key: another request with it is still in flight.
             return AttemptResult("pending", snap.state, detail=str(exc))
-        return await _refused(db, snap, attempt_number, str(exc), clock, scheduler)
+        return await _refused(db, snap, attempt_number, exc, clock, scheduler)
     # Each answer is normalized once: its decline and its card are read from the records.
     items = [result.item]
     answer = _first_record(snap.connection, result.item)
@@ -405,7 +406,7 @@ async def _refused(
     db: Database,
     snap: _Snapshot,
     number: int,
-    why: str,
+    refusal: PermanentProcessorError,
     clock: Clock,
     scheduler: Scheduler | None,
 ) -> AttemptResult:
@@ -413,6 +414,7 @@ async def _refused(
     abandoned and the next one waits an hour (a refusal repeats; hammering helps nobody).
     Refused credentials stop the whole connection until a person looks at it."""
     now = clock.now()
+    why = str(refusal)
     async with db.uow(SYSTEM_SCOPE) as uow:
         payment, attempt = await _locked(uow, snap.payment_id, number)
         if payment is None or attempt is None or attempt.outcome is not AttemptOutcome.IN_FLIGHT:
@@ -431,7 +433,7 @@ async def _refused(
                 strategy=ctx.policy.strategy,
             )
             await run_event(uow, ctx, later, now=now, scheduler=scheduler)
-        if "HTTP 401" in why or "HTTP 403" in why:
+        if refusal.status in (HTTPStatus.UNAUTHORIZED, HTTPStatus.FORBIDDEN):
             await uow.session.execute(
                 update(ProcessorConnection)
                 .where(col(ProcessorConnection.id) == snap.connection.id)
