@@ -76,6 +76,31 @@ class AttemptOutcome(StrEnum):
     IN_FLIGHT = "in_flight"
 
 
+class AttemptStatus(StrEnum):
+    """What one run of a portal attempt did (the charge's own result is an AttemptOutcome)."""
+
+    # The outcome is stored.
+    RECORDED = "recorded"
+    # Nothing to do: the outcome is recorded already, or the attempt is not ours to run.
+    SKIPPED = "skipped"
+    # Never sent: dropped.
+    ABANDONED = "abandoned"
+    # Pre-flight ended the payment without charging.
+    PREVENTED = "prevented"
+    # The processor did not answer: run again with the same idempotency key.
+    PENDING = "pending"
+
+
+class WebhookDeliveryStatus(StrEnum):
+    """Where one event's delivery to one webhook endpoint stands."""
+
+    # Sent again with backoff until delivered or given up.
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    # Given up, or never sent because the destination is refused.
+    FAILED = "failed"
+
+
 class Actor(StrEnum):
     """Who made an attempt or brought about a recovery."""
 

@@ -7,6 +7,7 @@ from typing import Any
 import structlog
 from arq import Retry
 
+from app.enums import AttemptStatus
 from app.services.model_registry import record_decisions
 from app.services.retry.attempt import default_adapters, execute_attempt
 from app.services.retry.attempt import reconcile_stuck as reconcile_service
@@ -86,7 +87,7 @@ async def attempt_payment(
         scheduler=scheduler,
     )
     await store_decisions(ctx["db"], scheduler)
-    if result.status == "pending":
+    if result.status is AttemptStatus.PENDING:
         defer = result.retry_after or min(MAX_DEFER_SECONDS, 2.0 ** ctx["job_try"])
         logger.warning(
             "charge unanswered; retrying with the same key",
@@ -100,10 +101,10 @@ async def attempt_payment(
         "attempt",
         payment_id=payment_id,
         attempt=attempt_number,
-        status=result.status,
+        status=str(result.status),
         state=str(result.state) if result.state else None,
     )
-    return {"status": result.status, "state": str(result.state) if result.state else None}
+    return {"status": str(result.status), "state": str(result.state) if result.state else None}
 
 
 async def reconcile_stuck(ctx: WorkerContext) -> dict[str, int]:
@@ -113,7 +114,8 @@ async def reconcile_stuck(ctx: WorkerContext) -> dict[str, int]:
     )
     counts: dict[str, int] = {}
     for r in results:
-        counts[r.status] = counts.get(r.status, 0) + 1
+        status = str(r.status)
+        counts[status] = counts.get(status, 0) + 1
     if results:
         logger.warning("reconciled stuck attempts", **counts)
     return counts

@@ -8,7 +8,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlmodel import Field
 
-from app.enums import PaymentState
+from app.enums import PaymentState, WebhookDeliveryStatus
 from app.models.base import TenantOwned, enum_type, new_id, timestamp
 
 
@@ -85,8 +85,9 @@ class WebhookDelivery(TenantOwned, table=True):
     id: uuid.UUID = Field(default_factory=new_id, primary_key=True)
     event_id: uuid.UUID = Field(foreign_key="outbox_event.id")
     endpoint_id: uuid.UUID = Field(foreign_key="webhook_endpoint.id", index=True)
-    # pending, delivered or failed (gave up).
-    status: str = Field(max_length=16, default="pending")
+    status: WebhookDeliveryStatus = Field(
+        default=WebhookDeliveryStatus.PENDING, sa_type=enum_type(WebhookDeliveryStatus)
+    )
     attempts: int = Field(default=0, sa_type=sa.SmallInteger)
     next_attempt_at: datetime = timestamp()
     last_status_code: int | None = Field(default=None, sa_type=sa.SmallInteger, nullable=True)

@@ -271,3 +271,68 @@ async def test_attempt_decline_rename_gives_up_behind_a_long_transaction(
             await conn.close()
     finally:
         await drop_database(services, url)
+
+
+async def test_webhook_delivery_status_widens_in_place_and_keeps_its_due_index(
+    services: Services,
+) -> None:
+    """0014 stores delivery status like every other enum column (VARCHAR(32)): stored values
+    stay as they were, and the index of pending deliveries is built again, valid, with the
+    same predicate; down reverses both."""
+    url = await create_scratch_database(services, "portal_migrations")
+    cfg = alembic_config(url)
+    status_type = (
+        "SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
+        "WHERE attrelid = 'webhook_delivery'::regclass AND attname = 'status'"
+    )
+    due_index = (
+        "SELECT pg_get_indexdef(i.indexrelid), i.indisvalid FROM pg_index i "
+        "JOIN pg_class c ON c.oid = i.indexrelid WHERE c.relname = 'ix_webhook_delivery_due'"
+    )
+    try:
+        await asyncio.to_thread(command.upgrade, cfg, "0013_attempt_decline_columns")
+        conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://", 1))
+        try:
+            await conn.execute(
+                """
+                INSERT INTO merchant (id, name, status, created_at)
+                VALUES ('00000000-0000-0000-0000-00000000000a', 'M', 'active', now());
+                INSERT INTO webhook_endpoint (id, merchant_id, url, secret_encrypted, enabled,
+                    created_at)
+                VALUES ('00000000-0000-0000-0000-0000000000e1',
+                        '00000000-0000-0000-0000-00000000000a', 'https://m.example/hooks',
+                        '\\x01'::bytea, true, now());
+                INSERT INTO outbox_event (id, merchant_id, event_type, payload, created_at)
+                VALUES ('00000000-0000-0000-0000-0000000000b1',
+                        '00000000-0000-0000-0000-00000000000a', 'payment.recovered', '{}',
+                        now()),
+                       ('00000000-0000-0000-0000-0000000000b2',
+                        '00000000-0000-0000-0000-00000000000a', 'payment.exhausted', '{}',
+                        now());
+                INSERT INTO webhook_delivery (id, merchant_id, event_id, endpoint_id, status,
+                    attempts, next_attempt_at, created_at)
+                VALUES ('00000000-0000-0000-0000-0000000000d1',
+                        '00000000-0000-0000-0000-00000000000a',
+                        '00000000-0000-0000-0000-0000000000b1',
+                        '00000000-0000-0000-0000-0000000000e1', 'pending', 0, now(), now()),
+                       ('00000000-0000-0000-0000-0000000000d2',
+                        '00000000-0000-0000-0000-00000000000a',
+                        '00000000-0000-0000-0000-0000000000b2',
+                        '00000000-0000-0000-0000-0000000000e1', 'delivered', 1, now(), now());
+                """
+            )
+            before = await conn.fetchrow(due_index)
+            assert before is not None
+            assert await conn.fetchval(status_type) == "character varying(16)"
+            await asyncio.to_thread(command.upgrade, cfg, "0014_webhook_delivery_status")
+            assert await conn.fetchval(status_type) == "character varying(32)"
+            assert tuple(await conn.fetchrow(due_index) or ()) == (before[0], True)
+            rows = await conn.fetch("SELECT status FROM webhook_delivery ORDER BY id")
+            assert [r["status"] for r in rows] == ["pending", "delivered"]
+            await asyncio.to_thread(command.downgrade, cfg, "0013_attempt_decline_columns")
+            assert await conn.fetchval(status_type) == "character varying(16)"
+            assert tuple(await conn.fetchrow(due_index) or ()) == (before[0], True)
+        finally:
+            await conn.close()
+    finally:
+        await drop_database(services, url)

@@ -20,6 +20,7 @@ from app.enums import (
     Actor,
     Advice,
     AttemptOutcome,
+    AttemptStatus,
     ConnectionStatus,
     DeclineCategory,
     PaymentState,
@@ -68,14 +69,9 @@ AdapterFactory = Callable[[ProcessorConnection], ProcessorAdapter]
 
 @dataclass(frozen=True)
 class AttemptResult:
-    """What one run of an attempt did.
+    """What one run of an attempt did."""
 
-    `status`: recorded (the outcome is stored), skipped (nothing to do: already recorded or
-    not ours to run), abandoned (never sent, dropped), prevented (pre-flight ended the payment
-    without charging), pending (the processor did not answer; run again with the same key).
-    """
-
-    status: str
+    status: AttemptStatus
     state: PaymentState | None = None
     charge_id: str | None = None
     detail: str = ""
@@ -156,12 +152,12 @@ async def _snapshot(db: Database, payment_id: uuid.UUID, number: int) -> _Snapsh
         ).one_or_none()
     # Closing the session detaches the connection row with its attributes loaded.
     if row is None:
-        return AttemptResult("skipped", None)
+        return AttemptResult(AttemptStatus.SKIPPED, None)
     state, charge_id, amount, currency, outcome, key, sent_at, customer_ref, connection = row
     if outcome is not AttemptOutcome.IN_FLIGHT:
-        return AttemptResult("skipped", state)
+        return AttemptResult(AttemptStatus.SKIPPED, state)
     if connection is None:
-        return AttemptResult("skipped", state, detail="no processor connection")
+        return AttemptResult(AttemptStatus.SKIPPED, state, detail="no processor connection")
     return _Snapshot(
         payment_id=payment_id,
         state=state,
@@ -298,7 +294,7 @@ async def _settle_unmarked(
     async with db.uow(SYSTEM_SCOPE) as uow:
         payment, attempt = await _locked(uow, snap.payment_id, number)
         if payment is None or attempt is None or attempt.outcome is not AttemptOutcome.IN_FLIGHT:
-            return AttemptResult("skipped", payment.state if payment else None)
+            return AttemptResult(AttemptStatus.SKIPPED, payment.state if payment else None)
         if attempt.sent_at is not None:
             return None
         if payment.state is PaymentState.RETRYING:
@@ -327,11 +323,13 @@ async def _charge(
         )
     except TransientProcessorError as exc:
         # The charge may or may not have happened: only the same key may find out.
-        return AttemptResult("pending", snap.state, detail=str(exc), retry_after=exc.retry_after)
+        return AttemptResult(
+            AttemptStatus.PENDING, snap.state, detail=str(exc), retry_after=exc.retry_after
+        )
     except PermanentProcessorError as exc:
         if exc.status == HTTPStatus.CONFLICT:
             # A conflict on an idempotency key: another request with it is still in flight.
-            return AttemptResult("pending", snap.state, detail=str(exc))
+            return AttemptResult(AttemptStatus.PENDING, snap.state, detail=str(exc))
         return await _refused(db, snap, attempt_number, exc, clock, scheduler)
     # Each answer is normalized once: its decline and its card are read from the records.
     items = [result.item]
@@ -346,7 +344,7 @@ async def _charge(
                 fetched = await adapter.fetch(result.processor_payment_id)
             except TransientProcessorError as exc:
                 # Replaying the key later gives the same answer; nothing is lost by waiting.
-                return AttemptResult("pending", snap.state, detail=str(exc))
+                return AttemptResult(AttemptStatus.PENDING, snap.state, detail=str(exc))
             except PermanentProcessorError:
                 fetched = None
             if fetched is not None:
@@ -366,15 +364,15 @@ async def _drop_unsent(
     async with db.uow(SYSTEM_SCOPE) as uow:
         payment, attempt = await _locked(uow, snap.payment_id, number)
         if payment is None or attempt is None or attempt.outcome is not AttemptOutcome.IN_FLIGHT:
-            return AttemptResult("skipped", payment.state if payment else None)
+            return AttemptResult(AttemptStatus.SKIPPED, payment.state if payment else None)
         if attempt.sent_at is not None:
-            return AttemptResult("skipped", payment.state, detail="sent meanwhile")
+            return AttemptResult(AttemptStatus.SKIPPED, payment.state, detail="sent meanwhile")
         await uow.session.delete(attempt)
         await uow.commit()
         logger.info(
             "unsent attempt dropped", extra={"payment_id": str(snap.payment_id), "why": why}
         )
-        return AttemptResult("abandoned", payment.state, detail=why)
+        return AttemptResult(AttemptStatus.ABANDONED, payment.state, detail=why)
 
 
 async def _prevent(
@@ -390,16 +388,16 @@ async def _prevent(
     async with db.uow(SYSTEM_SCOPE) as uow:
         payment, attempt = await _locked(uow, snap.payment_id, number)
         if payment is None or attempt is None or attempt.outcome is not AttemptOutcome.IN_FLIGHT:
-            return AttemptResult("skipped", payment.state if payment else None)
+            return AttemptResult(AttemptStatus.SKIPPED, payment.state if payment else None)
         if attempt.sent_at is not None:
-            return AttemptResult("skipped", payment.state, detail="sent meanwhile")
+            return AttemptResult(AttemptStatus.SKIPPED, payment.state, detail="sent meanwhile")
         await uow.session.delete(attempt)
         await uow.session.flush()
         ctx = (await load_contexts(uow.session, [snap.payment_id], now=now))[snap.payment_id]
         label = "invoice_changed" if isinstance(event, InvoiceVoided) else None
         await run_event(uow, ctx, event, now=now, scheduler=scheduler, event_label=label)
         await uow.commit()
-        return AttemptResult("prevented", ctx.payment.state, detail=event.name)
+        return AttemptResult(AttemptStatus.PREVENTED, ctx.payment.state, detail=event.name)
 
 
 async def _refused(
@@ -418,7 +416,7 @@ async def _refused(
     async with db.uow(SYSTEM_SCOPE) as uow:
         payment, attempt = await _locked(uow, snap.payment_id, number)
         if payment is None or attempt is None or attempt.outcome is not AttemptOutcome.IN_FLIGHT:
-            return AttemptResult("skipped", payment.state if payment else None)
+            return AttemptResult(AttemptStatus.SKIPPED, payment.state if payment else None)
         ctx = (await load_contexts(uow.session, [snap.payment_id], now=now))[snap.payment_id]
         if payment.state is PaymentState.RETRYING:
             abandoned = AttemptAbandoned(f"processor refused: {why}"[:200])
@@ -444,7 +442,7 @@ async def _refused(
             )
         await uow.commit()
         logger.error("charge refused", extra={"payment_id": str(snap.payment_id), "why": why})
-        return AttemptResult("abandoned", ctx.payment.state, detail=why)
+        return AttemptResult(AttemptStatus.ABANDONED, ctx.payment.state, detail=why)
 
 
 async def _record(
@@ -464,7 +462,9 @@ async def _record(
         if payment is None or attempt is None or attempt.outcome is not AttemptOutcome.IN_FLIGHT:
             # Another run recorded this very charge (same key, same answer).
             return AttemptResult(
-                "skipped", payment.state if payment else None, result.processor_payment_id
+                AttemptStatus.SKIPPED,
+                payment.state if payment else None,
+                result.processor_payment_id,
             )
         ctx = (await load_contexts(uow.session, [payment.id], now=now))[payment.id]
         # Ingestion may have read our own charge back before we recorded it: that row is this
@@ -506,7 +506,7 @@ async def _record(
         else:
             await run_event(uow, ctx, event, now=now, scheduler=scheduler)
         await uow.commit()
-        return AttemptResult("recorded", payment.state, result.processor_payment_id)
+        return AttemptResult(AttemptStatus.RECORDED, payment.state, result.processor_payment_id)
 
 
 async def reconcile_stuck(

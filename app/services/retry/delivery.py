@@ -19,6 +19,7 @@ from sqlmodel import col, select
 from app.clock import Clock
 from app.crypto import CredentialBox
 from app.db import Database, UnitOfWork
+from app.enums import WebhookDeliveryStatus
 from app.errors import NotFound, UrlNotAllowed, ValidationFailed
 from app.models.merchant import Merchant
 from app.models.retry import OutboxEvent, WebhookDelivery, WebhookEndpoint
@@ -178,7 +179,7 @@ async def dispatch_outbox(uow: UnitOfWork, *, now: datetime, limit: int = 500) -
             "merchant_id": e.merchant_id,
             "event_id": e.id,
             "endpoint_id": endpoint_id,
-            "status": "pending",
+            "status": WebhookDeliveryStatus.PENDING,
             "attempts": 0,
             "next_attempt_at": now,
             "created_at": now,
@@ -263,7 +264,7 @@ async def deliver_due(
                 .join(OutboxEvent, col(OutboxEvent.id) == col(WebhookDelivery.event_id))
                 .join(WebhookEndpoint, col(WebhookEndpoint.id) == col(WebhookDelivery.endpoint_id))
                 .where(
-                    col(WebhookDelivery.status) == "pending",
+                    col(WebhookDelivery.status) == WebhookDeliveryStatus.PENDING,
                     col(WebhookDelivery.next_attempt_at) <= now,
                 )
                 .order_by(col(WebhookDelivery.next_attempt_at))
@@ -298,13 +299,13 @@ async def deliver_due(
                 "last_error": outcome.error,
             }
             if outcome.error is None:
-                values |= {"status": "delivered", "delivered_at": done}
+                values |= {"status": WebhookDeliveryStatus.DELIVERED, "delivered_at": done}
                 counts["delivered"] += 1
             elif outcome.refused:
-                values |= {"status": "failed"}
+                values |= {"status": WebhookDeliveryStatus.FAILED}
                 counts["refused"] += 1
             elif attempts >= MAX_ATTEMPTS:
-                values |= {"status": "failed"}
+                values |= {"status": WebhookDeliveryStatus.FAILED}
                 counts["failed"] += 1
             else:
                 values |= {"next_attempt_at": done + backoff(attempts)}
