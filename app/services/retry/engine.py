@@ -102,6 +102,96 @@ def _event_payload(
     }
 
 
+# States that end recovery: the payment keeps the rule that ended it (None if none did).
+_ENDED = (PaymentState.EXHAUSTED, PaymentState.NOT_RETRYABLE, PaymentState.CANCELED)
+
+
+def _enter_state(payment: Payment, tr: Transition, *, now: datetime, recovered_by: Actor) -> None:
+    previous = payment.state
+    payment.state = tr.new_state
+    payment.updated_at = now
+    if tr.new_state is not PaymentState.RETRYING:
+        payment.retrying_since = None
+    if tr.new_state is PaymentState.RECOVERED and previous is not PaymentState.RECOVERED:
+        payment.recovered_at = now
+        payment.recovered_by = recovered_by
+    if tr.new_state in _ENDED:
+        payment.blocking_rule = tr.blocking_rule
+
+
+def _schedule(ctx: PaymentContext, action: ScheduleRetry, *, now: datetime) -> None:
+    payment = ctx.payment
+    payment.next_retry_at = action.at
+    payment.decision_at = now
+    payment.decision_reason = action.reason[:1000]
+    payment.decision_strategy = action.strategy
+    payment.blocking_rule = action.blocking_rule
+    payment.policy_version = ctx.policy_version
+
+
+def _record_attempt(
+    uow: UnitOfWork, ctx: PaymentContext, action: RecordAttempt, *, now: datetime
+) -> None:
+    """The portal's attempt, stored in flight before anything is sent."""
+    payment = ctx.payment
+    payment.attempt_count += 1
+    payment.retrying_since = now
+    attempt = PaymentAttempt(
+        merchant_id=payment.merchant_id,
+        payment_id=payment.id,
+        number=payment.attempt_count,
+        portal_number=action.attempt_number,
+        idempotency_key=attempt_idempotency_key(str(payment.id), action.attempt_number),
+        attempted_at=action.at,
+        outcome=AttemptOutcome.IN_FLIGHT,
+        actor=Actor.PORTAL,
+        created_at=now,
+    )
+    uow.session.add(attempt)
+    ctx.attempts.append(attempt)
+
+
+def _record_transition(
+    uow: UnitOfWork,
+    ctx: PaymentContext,
+    action: RecordTransition,
+    *,
+    actor_label: str | None,
+    event_label: str | None,
+) -> None:
+    """One row of the payment's timeline, at the next position."""
+    payment = ctx.payment
+    uow.session.add(
+        PaymentTransition(
+            merchant_id=payment.merchant_id,
+            payment_id=payment.id,
+            seq=ctx.next_seq,
+            from_state=action.from_state,
+            to_state=action.to_state,
+            event=(event_label or action.event)[:64],
+            reason=action.reason[:2000],
+            actor=(actor_label or str(action.actor))[:255],
+            at=action.at,
+        )
+    )
+    ctx.next_seq += 1
+
+
+def _emit(
+    uow: UnitOfWork, payment: Payment, name: str, payload: dict[str, Any], now: datetime
+) -> None:
+    """A domain event in the outbox, in the transaction of the change it reports."""
+    uow.session.add(
+        OutboxEvent(
+            merchant_id=payment.merchant_id,
+            payment_id=payment.id,
+            event_type=name[:64],
+            payload=payload,
+            created_at=now,
+        )
+    )
+
+
 def apply_transition(
     uow: UnitOfWork,
     ctx: PaymentContext,
@@ -121,85 +211,31 @@ def apply_transition(
     if not tr.changed:
         return applied
     payment = ctx.payment
-    session = uow.session
     previous = payment.state
-    payment.state = tr.new_state
-    payment.updated_at = now
-    if tr.new_state is not PaymentState.RETRYING:
-        payment.retrying_since = None
-    if tr.new_state is PaymentState.RECOVERED and previous is not PaymentState.RECOVERED:
-        payment.recovered_at = now
-        payment.recovered_by = recovered_by
-    if tr.new_state in (PaymentState.EXHAUSTED, PaymentState.NOT_RETRYABLE, PaymentState.CANCELED):
-        payment.blocking_rule = tr.blocking_rule
+    _enter_state(payment, tr, now=now, recovered_by=recovered_by)
     for action in tr.actions:
         match action:
             case ScheduleRetry():
-                payment.next_retry_at = action.at
-                payment.decision_at = now
-                payment.decision_reason = action.reason[:1000]
-                payment.decision_strategy = action.strategy
-                payment.blocking_rule = action.blocking_rule
-                payment.policy_version = ctx.policy_version
+                _schedule(ctx, action, now=now)
             case ClearSchedule():
                 payment.next_retry_at = None
             case RecordAttempt():
-                payment.attempt_count += 1
-                payment.retrying_since = now
-                attempt = PaymentAttempt(
-                    merchant_id=payment.merchant_id,
-                    payment_id=payment.id,
-                    number=payment.attempt_count,
-                    portal_number=action.attempt_number,
-                    idempotency_key=attempt_idempotency_key(str(payment.id), action.attempt_number),
-                    attempted_at=action.at,
-                    outcome=AttemptOutcome.IN_FLIGHT,
-                    actor=Actor.PORTAL,
-                    created_at=now,
-                )
-                session.add(attempt)
-                ctx.attempts.append(attempt)
+                _record_attempt(uow, ctx, action, now=now)
             case EnqueueAttempt():
                 applied.enqueue.append((payment.id, action.attempt_number))
             case RecordTransition():
-                session.add(
-                    PaymentTransition(
-                        merchant_id=payment.merchant_id,
-                        payment_id=payment.id,
-                        seq=ctx.next_seq,
-                        from_state=action.from_state,
-                        to_state=action.to_state,
-                        event=(event_label or action.event)[:64],
-                        reason=action.reason[:2000],
-                        actor=(actor_label or str(action.actor))[:255],
-                        at=action.at,
-                    )
+                _record_transition(
+                    uow, ctx, action, actor_label=actor_label, event_label=event_label
                 )
-                ctx.next_seq += 1
             case EmitEvent():
-                session.add(
-                    OutboxEvent(
-                        merchant_id=payment.merchant_id,
-                        payment_id=payment.id,
-                        event_type=action.name[:64],
-                        payload=_event_payload(payment, action.name, previous, tr.reason),
-                        created_at=now,
-                    )
-                )
+                payload = _event_payload(payment, action.name, previous, tr.reason)
+                _emit(uow, payment, action.name, payload, now)
             case ApplyEndAction():
                 # The billing system owns the invoice: the merchant is told what to do with it.
                 if action.end_action is not EndAction.MARK_EXHAUSTED:
                     payload = _event_payload(payment, "payment.end_action", previous, tr.reason)
                     payload["end_action"] = str(action.end_action)
-                    session.add(
-                        OutboxEvent(
-                            merchant_id=payment.merchant_id,
-                            payment_id=payment.id,
-                            event_type="payment.end_action",
-                            payload=payload,
-                            created_at=now,
-                        )
-                    )
+                    _emit(uow, payment, "payment.end_action", payload, now)
             case AlertDuplicateCharge():
                 logger.error(
                     "duplicate charge: a refund is needed",
@@ -411,20 +447,9 @@ async def _try_locks(uow: UnitOfWork, keys: Sequence[int]) -> set[int]:
     return {k for k, ok in rows if ok}
 
 
-async def claim_due(
-    uow: UnitOfWork,
-    *,
-    now: datetime,
-    limit: int = 200,
-) -> Applied:
-    """Move due SCHEDULED payments to RETRYING with an in-flight attempt each; no commit.
-
-    Rows are claimed with `FOR UPDATE SKIP LOCKED`, so concurrent claimers split the due set.
-    Each card a payment's ledger counts and each customer is also held by a transaction-level
-    advisory lock, taken before the ledgers are read: two claimers never both count a card's
-    or a customer's attempts without seeing each other's. A payment whose lock is held
-    elsewhere waits for the next run.
-    """
+async def _due(uow: UnitOfWork, *, now: datetime, limit: int) -> dict[uuid.UUID, list[int]]:
+    """Due SCHEDULED payments of active connections, locked (`SKIP LOCKED`), each with the
+    advisory-lock keys of its customer and of every card its ledger counts."""
     active_connection = exists().where(
         col(ProcessorConnection.id) == col(Payment.connection_id),
         col(ProcessorConnection.status) == ConnectionStatus.ACTIVE,
@@ -458,8 +483,6 @@ async def claim_due(
             .with_for_update(of=Payment, skip_locked=True)
         )
     ).all()
-    if not rows:
-        return Applied()
     wanted: dict[uuid.UUID, list[int]] = {}
     for pid, merchant_id, customer_id, fingerprint, replacement, used in rows:
         keys = [lock_key("customer", merchant_id, customer_id)]
@@ -467,17 +490,22 @@ async def claim_due(
         cards = {fingerprint, replacement, *(used or ())}
         keys += [lock_key("card", merchant_id, fp) for fp in sorted(c for c in cards if c)]
         wanted[pid] = keys
-    held = await _try_locks(uow, sorted({k for ks in wanted.values() for k in ks}))
-    claimable = [pid for pid, ks in wanted.items() if all(k in held for k in ks)]
-    contexts = await load_contexts(uow.session, claimable, now=now)
+    return wanted
+
+
+async def _start_attempts(
+    uow: UnitOfWork, payment_ids: Sequence[uuid.UUID], *, now: datetime
+) -> Applied:
+    """AttemptStarted for each payment, in order; each ledger also counts the attempts
+    started before it in the batch, which the loaded ledgers do not hold yet."""
+    contexts = await load_contexts(uow.session, payment_ids, now=now)
     extra_card: dict[CardKey, list[AttemptRecord]] = defaultdict(list)
     extra_customer: dict[uuid.UUID, list[AttemptRecord]] = defaultdict(list)
     applied = Applied()
-    for pid in claimable:
+    for pid in payment_ids:
         base = contexts.get(pid)
         if base is None or base.payment.state is not PaymentState.SCHEDULED:
             continue
-        # Attempts started earlier in this batch are not in the loaded ledgers yet.
         ctx = base.with_extra(
             [r for key in base.card_keys for r in extra_card.get(key, [])],
             extra_customer.get(base.payment.customer_id, []),
@@ -490,5 +518,28 @@ async def claim_due(
             extra_customer[ctx.payment.customer_id].append(record)
         applied.transitions += result.transitions
         applied.enqueue += result.enqueue
+    return applied
+
+
+async def claim_due(
+    uow: UnitOfWork,
+    *,
+    now: datetime,
+    limit: int = 200,
+) -> Applied:
+    """Move due SCHEDULED payments to RETRYING with an in-flight attempt each; no commit.
+
+    Rows are claimed with `FOR UPDATE SKIP LOCKED`, so concurrent claimers split the due set.
+    Each card a payment's ledger counts and each customer is also held by a transaction-level
+    advisory lock, taken before the ledgers are read: two claimers never both count a card's
+    or a customer's attempts without seeing each other's. A payment whose lock is held
+    elsewhere waits for the next run.
+    """
+    wanted = await _due(uow, now=now, limit=limit)
+    if not wanted:
+        return Applied()
+    held = await _try_locks(uow, sorted({k for ks in wanted.values() for k in ks}))
+    claimable = [pid for pid, ks in wanted.items() if all(k in held for k in ks)]
+    applied = await _start_attempts(uow, claimable, now=now)
     await uow.session.flush()
     return applied
