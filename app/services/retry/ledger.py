@@ -183,21 +183,23 @@ def _first_decline_of(p: Payment) -> DeclineView:
     )
 
 
-async def load_contexts(
-    session: AsyncSession,
-    payment_ids: Sequence[uuid.UUID],
-    *,
-    now: datetime,
-    lock: bool = False,
-) -> dict[uuid.UUID, PaymentContext]:
-    """Payments with their ledgers: three queries whatever the batch size.
+@dataclass(frozen=True, slots=True)
+class _Head:
+    """One payment as the head query reads it, with what its context needs besides attempts."""
 
-    Card history follows each of the payment's credentials (`PaymentContext.card_keys`) by
-    fingerprint at the merchant across expiries (a renewed card is the same credential to the
-    network); customer history covers the last day.
-    """
-    if not payment_ids:
-        return {}
+    payment: Payment
+    card: CardCredential | None
+    customer_ref: str
+    customer_timezone: str | None
+    merchant_status: MerchantStatus
+    # The payment's latest timeline position (None: no transition yet).
+    last_seq: int | None
+    past_success_at: tuple[datetime, ...]
+
+
+async def _heads(
+    session: AsyncSession, payment_ids: Sequence[uuid.UUID], *, lock: bool
+) -> list[_Head]:
     last_seq = (
         sa.select(sa.func.max(col(PaymentTransition.seq)))
         .where(col(PaymentTransition.payment_id) == col(Payment.id))
@@ -227,77 +229,123 @@ async def load_contexts(
             .with_for_update(of=Payment)
             .execution_options(populate_existing=True)
         )
-    heads = (await session.execute(head)).all()
-    if not heads:
-        return {}
-    merchant_ids = sorted({row[0].merchant_id for row in heads})
-    policies = await current_policies(session, merchant_ids)
-    customer_ids = sorted({p.customer_id for p, *_ in heads})
-    history = await _history(
-        session, [p.id for p, *_ in heads], customer_ids, now - CUSTOMER_LOOKBACK
+    return [
+        _Head(payment, card, ref, timezone, status, seq, success_times(successes))
+        for payment, card, ref, timezone, status, seq, successes in (
+            await session.execute(head)
+        ).all()
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class _Attempts:
+    """Stored attempts by payment, by credential, and by customer (recent ones only)."""
+
+    own: Mapping[uuid.UUID, Sequence[_Row]]
+    by_card: Mapping[CardKey, Sequence[_Row]]
+    by_customer: Mapping[uuid.UUID, Sequence[_Row]]
+
+    @classmethod
+    def index(cls, rows: Sequence[_Row], customer_since: datetime) -> "_Attempts":
+        own: dict[uuid.UUID, list[_Row]] = defaultdict(list)
+        by_card: dict[CardKey, list[_Row]] = defaultdict(list)
+        by_customer: dict[uuid.UUID, list[_Row]] = defaultdict(list)
+        for row in rows:
+            own[row.attempt.payment_id].append(row)
+            for key in row.card_keys:
+                by_card[key].append(row)
+            if row.attempt.attempted_at >= customer_since:
+                by_customer[row.customer_id].append(row)
+        return cls(own, by_card, by_customer)
+
+
+def _ledger(
+    head: _Head, mine: Sequence[_Row], keys: Sequence[CardKey], attempts: _Attempts
+) -> PaymentLedger:
+    """The rules' view of one payment: its retries, its credentials' and customer's attempts."""
+    payment, card = head.payment, head.card
+    retries = [r for r in mine if r.attempt.number != 1]
+    last_decline = _first_decline_of(payment)
+    for r in retries:
+        d = attempt_decline(r.attempt, None)
+        if d is not None:
+            last_decline = d
+    card_rows = _card_rows(mine, keys, attempts.by_card)
+    return PaymentLedger(
+        network=normalize_network(card.brand) if card is not None else None,
+        first_failed_at=payment.first_failed_at,
+        last_decline=last_decline,
+        retries=tuple(attempt_record(r.attempt, r.first_decline) for r in retries),
+        card_history=tuple(attempt_record(r.attempt, r.first_decline) for r in card_rows),
+        customer_history=tuple(
+            attempt_record(r.attempt, r.first_decline)
+            for r in attempts.by_customer.get(payment.customer_id, [])
+        ),
+        credential_since=payment.credential_since,
+        customer_timezone=head.customer_timezone,
     )
 
-    own: dict[uuid.UUID, list[_Row]] = defaultdict(list)
-    by_card: dict[CardKey, list[_Row]] = defaultdict(list)
-    by_customer: dict[uuid.UUID, list[_Row]] = defaultdict(list)
-    for row in history:
-        own[row.attempt.payment_id].append(row)
-        for key in row.card_keys:
-            by_card[key].append(row)
-        if row.attempt.attempted_at >= now - CUSTOMER_LOOKBACK:
-            by_customer[row.customer_id].append(row)
 
-    out: dict[uuid.UUID, PaymentContext] = {}
-    for payment, card, customer_ref, timezone, status, seq, successes in heads:
-        first = _first_decline_of(payment)
-        mine = sorted(
-            own.get(payment.id, []), key=lambda r: (r.attempt.attempted_at, r.attempt.number)
-        )
-        retries = [r for r in mine if r.attempt.number != 1]
-        last_decline = first
-        for r in retries:
-            d = attempt_decline(r.attempt, None)
-            if d is not None:
-                last_decline = d
-        keys = _card_keys(payment, card, mine)
-        card_rows = _card_rows(mine, keys, by_card)
-        ledger = PaymentLedger(
-            network=normalize_network(card.brand) if card is not None else None,
-            first_failed_at=payment.first_failed_at,
-            last_decline=last_decline,
-            retries=tuple(attempt_record(r.attempt, r.first_decline) for r in retries),
-            card_history=tuple(attempt_record(r.attempt, r.first_decline) for r in card_rows),
-            customer_history=tuple(
-                attempt_record(r.attempt, r.first_decline)
-                for r in by_customer.get(payment.customer_id, [])
-            ),
-            credential_since=payment.credential_since,
-            customer_timezone=timezone,
-        )
-        stored = policies.get(payment.merchant_id)
-        base = policy_view(stored, status)
-        policy = effective_policy(
-            base, merchant_id=str(payment.merchant_id), payment_id=str(payment.id)
-        )
-        out[payment.id] = PaymentContext(
-            payment=payment,
-            network=ledger.network,
-            funding=card.funding if card is not None else CardFunding.UNKNOWN,
-            card_keys=keys,
-            customer_ref=customer_ref,
-            customer_timezone=timezone,
-            policy=policy,
-            ledger=ledger,
-            issuer_country=card.issuer_country if card is not None else None,
-            card_identity=(
-                (card.fingerprint, card.exp_month, card.exp_year) if card is not None else None
-            ),
-            past_success_at=success_times(successes),
-            attempts=[r.attempt for r in mine],
-            next_seq=0 if seq is None else seq + 1,
-            policy_version=stored.version if stored is not None else None,
-        )
-    return out
+def _context(head: _Head, attempts: _Attempts, stored: RetryPolicy | None) -> PaymentContext:
+    payment, card = head.payment, head.card
+    mine = sorted(
+        attempts.own.get(payment.id, []), key=lambda r: (r.attempt.attempted_at, r.attempt.number)
+    )
+    keys = _card_keys(payment, card, mine)
+    ledger = _ledger(head, mine, keys, attempts)
+    policy = effective_policy(
+        policy_view(stored, head.merchant_status),
+        merchant_id=str(payment.merchant_id),
+        payment_id=str(payment.id),
+    )
+    return PaymentContext(
+        payment=payment,
+        network=ledger.network,
+        funding=card.funding if card is not None else CardFunding.UNKNOWN,
+        card_keys=keys,
+        customer_ref=head.customer_ref,
+        customer_timezone=head.customer_timezone,
+        policy=policy,
+        ledger=ledger,
+        issuer_country=card.issuer_country if card is not None else None,
+        card_identity=(
+            (card.fingerprint, card.exp_month, card.exp_year) if card is not None else None
+        ),
+        past_success_at=head.past_success_at,
+        attempts=[r.attempt for r in mine],
+        next_seq=0 if head.last_seq is None else head.last_seq + 1,
+        policy_version=stored.version if stored is not None else None,
+    )
+
+
+async def load_contexts(
+    session: AsyncSession,
+    payment_ids: Sequence[uuid.UUID],
+    *,
+    now: datetime,
+    lock: bool = False,
+) -> dict[uuid.UUID, PaymentContext]:
+    """Payments with their ledgers: three queries whatever the batch size.
+
+    Card history follows each of the payment's credentials (`PaymentContext.card_keys`) by
+    fingerprint at the merchant across expiries (a renewed card is the same credential to the
+    network); customer history covers the last day.
+    """
+    if not payment_ids:
+        return {}
+    heads = await _heads(session, payment_ids, lock=lock)
+    if not heads:
+        return {}
+    policies = await current_policies(session, sorted({h.payment.merchant_id for h in heads}))
+    customer_since = now - CUSTOMER_LOOKBACK
+    rows = await _history(
+        session,
+        [h.payment.id for h in heads],
+        sorted({h.payment.customer_id for h in heads}),
+        customer_since,
+    )
+    attempts = _Attempts.index(rows, customer_since)
+    return {h.payment.id: _context(h, attempts, policies.get(h.payment.merchant_id)) for h in heads}
 
 
 def _card_keys(
@@ -325,21 +373,9 @@ def _card_rows(
     return list(seen.values())
 
 
-async def _history(
-    session: AsyncSession,
-    payment_ids: Sequence[uuid.UUID],
-    customer_ids: Sequence[uuid.UUID],
-    customer_since: datetime,
-) -> list[_Row]:
-    """Every attempt of these payments, on their credentials and (recently) of their customers.
-
-    One statement. The payments' credentials are their cards, the cards that replaced them
-    (by fingerprint) and the cards their attempts were made on. An attempt counts against the
-    card it was made on; when that is unknown (in flight, or not shown by the processor),
-    against its payment's card and the card that replaced it. Each part starts from an index
-    probe, so the planner never scans every attempt.
-    """
-    ids = any_array(payment_ids, sa.Uuid)
+def _credentials(ids: sa.ColumnElement[Any]) -> sa.CTE:
+    """The payments' credentials (merchant, fingerprint): their cards, the cards that replaced
+    them and the cards their attempts were made on."""
     key_parts: list[Any] = [
         select(col(CardCredential.merchant_id), col(CardCredential.fingerprint))
         .join(Payment, col(Payment.card_id) == col(CardCredential.id))
@@ -351,7 +387,17 @@ async def _history(
         .join(PaymentAttempt, col(PaymentAttempt.card_id) == col(CardCredential.id))
         .where(col(PaymentAttempt.payment_id) == ids),
     ]
-    keys = union(*key_parts).cte("keys")
+    return union(*key_parts).cte("keys")
+
+
+def _attempt_ids(
+    ids: sa.ColumnElement[Any], customers: sa.ColumnElement[Any], customer_since: datetime
+) -> sa.Subquery:
+    """The ids of the payments' attempts, of attempts counted against their credentials, and
+    of their customers' attempts since `customer_since`. An attempt counts against the card
+    it was made on; when that is unknown (in flight, or not shown by the processor), against
+    its payment's card and the card that replaced it."""
+    keys = _credentials(ids)
     cards = (
         select(col(CardCredential.id))
         .join(
@@ -362,7 +408,7 @@ async def _history(
         .cte("cards")
     )
     cards_ids = select(cards.c.id)
-    attempt_ids = union(
+    return union(
         select(col(PaymentAttempt.id)).where(col(PaymentAttempt.payment_id) == ids),
         select(col(PaymentAttempt.id)).where(col(PaymentAttempt.card_id).in_(cards_ids)),
         select(col(PaymentAttempt.id))
@@ -379,10 +425,40 @@ async def _history(
         select(col(PaymentAttempt.id))
         .join(Payment, col(Payment.id) == col(PaymentAttempt.payment_id))
         .where(
-            col(Payment.customer_id) == any_array(customer_ids, sa.Uuid),
+            col(Payment.customer_id) == customers,
             col(PaymentAttempt.attempted_at) >= customer_since,
         ),
     ).subquery()
+
+
+def _row(
+    attempt: PaymentAttempt,
+    payment: Payment,
+    card_merchant: uuid.UUID | None,
+    fingerprint: str | None,
+) -> _Row:
+    keys: list[CardKey] = []
+    if card_merchant is not None and fingerprint is not None:
+        keys.append((card_merchant, fingerprint))
+    if attempt.card_id is None and payment.credential_fingerprint is not None:
+        keys.append((payment.merchant_id, payment.credential_fingerprint))
+    return _Row(attempt, payment.customer_id, tuple(keys), _first_decline_of(payment))
+
+
+async def _history(
+    session: AsyncSession,
+    payment_ids: Sequence[uuid.UUID],
+    customer_ids: Sequence[uuid.UUID],
+    customer_since: datetime,
+) -> list[_Row]:
+    """Every attempt of these payments, on their credentials and (recently) of their customers.
+
+    One statement (`_attempt_ids` says which attempts). Each part starts from an index probe,
+    so the planner never scans every attempt.
+    """
+    attempt_ids = _attempt_ids(
+        any_array(payment_ids, sa.Uuid), any_array(customer_ids, sa.Uuid), customer_since
+    )
     query = (
         sa.select(
             PaymentAttempt,
@@ -399,15 +475,7 @@ async def _history(
             == sa.func.coalesce(col(PaymentAttempt.card_id), col(Payment.card_id)),
         )
     )
-    rows: list[_Row] = []
-    for attempt, payment, card_merchant, fingerprint in (await session.execute(query)).all():
-        keys_of: list[CardKey] = []
-        if fingerprint is not None:
-            keys_of.append((card_merchant, fingerprint))
-        if attempt.card_id is None and payment.credential_fingerprint is not None:
-            keys_of.append((payment.merchant_id, payment.credential_fingerprint))
-        rows.append(_Row(attempt, payment.customer_id, tuple(keys_of), _first_decline_of(payment)))
-    return rows
+    return [_row(*found) for found in (await session.execute(query)).all()]
 
 
 def in_flight(ctx: PaymentContext) -> PaymentAttempt | None:
