@@ -497,54 +497,66 @@ def _soft_advice(
     return Advice.RETRY_LATER, declined_at + delay
 
 
-def classify(s: DeclineSignals) -> Decline:
-    """Apply the code tables and the five precedence levels of docs/domain.md §1."""
-    if s.declined_at.tzinfo is None:
-        raise ValueError("declined_at must be timezone-aware")
+@dataclass(frozen=True, slots=True)
+class _Codes:
+    """A decline's codes, cleaned: the processor's, the network's, and the card's network."""
+
+    raw: str | None
+    network: str | None
+    network_advice: str | None
+    stripe_advice: str | None
+    brand: str | None
+
+
+def _codes(s: DeclineSignals) -> _Codes:
     raw_code = _clean(s.raw_code)
     if s.processor is Processor.ADYEN and raw_code is not None and not raw_code.isdigit():
         raw_code = adyen_code_for_reason(raw_code) or raw_code
-    brand = _network(s.card_brand)
     network_code = normalize_network_code(s.network_decline_code)
     if network_code is None and s.processor is Processor.ADYEN:
         network_code = leading_code(s.raw_text)
-    advice_code = leading_code(s.network_advice_code) or _clean(s.network_advice_code)
-    stripe_advice = _clean(s.stripe_advice_code)
+    return _Codes(
+        raw=raw_code,
+        network=network_code,
+        network_advice=leading_code(s.network_advice_code) or _clean(s.network_advice_code),
+        stripe_advice=_clean(s.stripe_advice_code),
+        brand=_network(s.card_brand),
+    )
 
-    category = _processor_category(s, raw_code, network_code)
-    if category is None and network_code is not None:
-        category = NETWORK_CODES.get(network_code)
+
+def _category(s: DeclineSignals, codes: _Codes) -> DeclineCategory:
+    category = _processor_category(s, codes.raw, codes.network)
+    if category is None and codes.network is not None:
+        category = NETWORK_CODES.get(codes.network)
     if category is None:
-        category = C.OTHER
         logger.warning(
             "unmapped decline code: processor=%s code=%s network_code=%s",
             s.processor.value,
-            safe_for_log(raw_code),
-            safe_for_log(network_code),
+            safe_for_log(codes.raw),
+            safe_for_log(codes.network),
         )
+        return C.OTHER
+    return category
 
-    def result(retryable: bool, advice: Advice, not_before: datetime | None = None) -> Decline:
-        return Decline(
-            category=category,
-            retryable=retryable,
-            advice=advice,
-            not_before=not_before,
-            raw_code=raw_code,
-            network_decline_code=network_code,
-            network_advice_code=advice_code,
-        )
 
-    mastercard_advice = advice_code if _is_mastercard_advice_applicable(brand) else None
+def _verdict(
+    s: DeclineSignals, codes: _Codes, category: DeclineCategory
+) -> tuple[bool, Advice, datetime | None]:
+    """Retryable, advice and not-before by the five precedence levels, the first that applies."""
+    raw_code, stripe_advice = codes.raw, codes.stripe_advice
+    mastercard_advice = (
+        codes.network_advice if _is_mastercard_advice_applicable(codes.brand) else None
+    )
 
     # Rule 1: hard network or processor advice.
     if (
         mastercard_advice in MASTERCARD_NEVER_ADVICE
-        or (brand == "visa" and network_code in VISA_CATEGORY_1_CODES)
+        or (codes.brand == "visa" and codes.network in VISA_CATEGORY_1_CODES)
         or stripe_advice in STRIPE_NEVER_ADVICE
         or (raw_code is not None and raw_code in NEVER_CODES[s.processor])
         or category is C.PROCESSOR_BLOCKED
     ):
-        return result(False, Advice.NEVER)
+        return False, Advice.NEVER, None
 
     # Rule 2: the issuer says a newer credential exists.
     if (
@@ -552,7 +564,7 @@ def classify(s: DeclineSignals) -> Decline:
         or (raw_code is not None and raw_code in NEW_CREDENTIALS_CODES[s.processor])
         or (s.processor is Processor.STRIPE and stripe_advice in STRIPE_NEW_CREDENTIALS)
     ):
-        return result(False, Advice.UPDATE_CREDENTIALS)
+        return False, Advice.UPDATE_CREDENTIALS, None
 
     # Rule 3: Mastercard says when to come back.
     delay = MASTERCARD_ADVICE_DELAYS.get(mastercard_advice) if mastercard_advice else None
@@ -561,20 +573,38 @@ def classify(s: DeclineSignals) -> Decline:
         category_delay = CATEGORY_DELAYS.get(category)
         if category_delay is not None:
             not_before = max(not_before, s.declined_at + category_delay)
-        return result(True, Advice.RETRY_LATER, not_before)
+        return True, Advice.RETRY_LATER, not_before
 
     # Rule 4: the processor's own soft/hard verdict decides retryability.
     verdict = PROCESSOR_VERDICTS.get((_clean(s.processor_verdict) or "").lower())
     if verdict is None and s.processor is Processor.STRIPE and stripe_advice in STRIPE_SOFT_ADVICE:
         verdict = True
     if verdict is True:
-        return result(True, *_soft_advice(category, s.declined_at))
+        return True, *_soft_advice(category, s.declined_at)
     if verdict is False:
         if category in SOFT_CATEGORIES:
-            return result(False, Advice.NEVER)
-        return result(False, HARD_CATEGORY_ADVICE[category])
+            return False, Advice.NEVER, None
+        return False, HARD_CATEGORY_ADVICE[category], None
 
     # Rule 5: the category default.
     if category in SOFT_CATEGORIES:
-        return result(True, *_soft_advice(category, s.declined_at))
-    return result(False, HARD_CATEGORY_ADVICE[category])
+        return True, *_soft_advice(category, s.declined_at)
+    return False, HARD_CATEGORY_ADVICE[category], None
+
+
+def classify(s: DeclineSignals) -> Decline:
+    """Apply the code tables and the five precedence levels of docs/domain.md §1."""
+    if s.declined_at.tzinfo is None:
+        raise ValueError("declined_at must be timezone-aware")
+    codes = _codes(s)
+    category = _category(s, codes)
+    retryable, advice, not_before = _verdict(s, codes, category)
+    return Decline(
+        category=category,
+        retryable=retryable,
+        advice=advice,
+        not_before=not_before,
+        raw_code=codes.raw,
+        network_decline_code=codes.network,
+        network_advice_code=codes.network_advice,
+    )
