@@ -101,6 +101,15 @@ async def test_attempts_stored_before_per_attempt_cards_get_their_payments_card(
         await drop_database(services, url)
 
 
+_MERCHANT_AND_ENDPOINT = """
+INSERT INTO merchant (id, name, status, created_at)
+VALUES ('00000000-0000-0000-0000-00000000000a', 'M', 'active', now());
+INSERT INTO webhook_endpoint (id, merchant_id, url, secret_encrypted, enabled, created_at)
+VALUES ('00000000-0000-0000-0000-0000000000e1', '00000000-0000-0000-0000-00000000000a',
+        'https://m.example/hooks', '\\x01'::bytea, true, now());
+"""
+
+
 async def _columns(conn: asyncpg.Connection, table: str) -> dict[str, str]:
     rows = await conn.fetch(
         "SELECT column_name, is_nullable FROM information_schema.columns WHERE table_name = $1",
@@ -121,17 +130,7 @@ async def test_previous_webhook_secret_columns_are_nullable_and_reversible(
         await asyncio.to_thread(command.upgrade, cfg, "0011_raw_record_pending")
         conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://", 1))
         try:
-            await conn.execute(
-                """
-                INSERT INTO merchant (id, name, status, created_at)
-                VALUES ('00000000-0000-0000-0000-00000000000a', 'M', 'active', now());
-                INSERT INTO webhook_endpoint (id, merchant_id, url, secret_encrypted, enabled,
-                    created_at)
-                VALUES ('00000000-0000-0000-0000-0000000000e1',
-                        '00000000-0000-0000-0000-00000000000a', 'https://m.example/hooks',
-                        '\\x01'::bytea, true, now());
-                """
-            )
+            await conn.execute(_MERCHANT_AND_ENDPOINT)
             assert not previous & set(await _columns(conn, "webhook_endpoint"))
             await asyncio.to_thread(command.upgrade, cfg, "0012_webhook_previous_secret")
             columns = await _columns(conn, "webhook_endpoint")
@@ -293,15 +292,9 @@ async def test_webhook_delivery_status_widens_in_place_and_keeps_its_due_index(
         await asyncio.to_thread(command.upgrade, cfg, "0013_attempt_decline_columns")
         conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://", 1))
         try:
+            await conn.execute(_MERCHANT_AND_ENDPOINT)
             await conn.execute(
                 """
-                INSERT INTO merchant (id, name, status, created_at)
-                VALUES ('00000000-0000-0000-0000-00000000000a', 'M', 'active', now());
-                INSERT INTO webhook_endpoint (id, merchant_id, url, secret_encrypted, enabled,
-                    created_at)
-                VALUES ('00000000-0000-0000-0000-0000000000e1',
-                        '00000000-0000-0000-0000-00000000000a', 'https://m.example/hooks',
-                        '\\x01'::bytea, true, now());
                 INSERT INTO outbox_event (id, merchant_id, event_type, payload, created_at)
                 VALUES ('00000000-0000-0000-0000-0000000000b1',
                         '00000000-0000-0000-0000-00000000000a', 'payment.recovered', '{}',
