@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.orm import ORMExecuteState, Session, with_loader_criteria
 from sqlmodel import col
 
-from app.models import registry as _registry  # noqa: F401 - every table must be mapped
+from app.models import tables as _tables  # noqa: F401 - every table must be mapped
 from app.models.base import TenantOwned
 from app.models.merchant import Merchant
 from app.tenancy import Scope

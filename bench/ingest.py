@@ -26,9 +26,9 @@ from app.embedded import create_scratch_database, drop_database, resolve_service
 from app.enums import Processor
 from app.services.connection import create_connection
 from app.services.merchant import create_merchant
-from app.services.polling import poll_connection
 from app.settings import get_settings
 from app.tenancy import SYSTEM_SCOPE, system_principal
+from app.workflows.polling import poll_connection
 from portal.migrate import upgrade_database
 from procstat import cpu_seconds, postgres_cpu_seconds
 from sandbox.common import connection_credentials

@@ -42,11 +42,11 @@ from app.models.ingestion import ProcessorConnection
 from app.processors.base import ChargeResult, ListPage, ProcessorAdapter, RawItem
 from app.services.connection import create_connection
 from app.services.merchant import create_merchant
-from app.services.polling import poll_connection
-from app.services.retry.attempt import default_adapters, execute_attempt
 from app.services.retry.engine import claim_due, decide_pending
 from app.settings import Settings
 from app.tenancy import SYSTEM_SCOPE, Principal, Scope
+from app.workflows.polling import poll_connection
+from app.workflows.retry_attempt import default_adapters, execute_attempt
 from portal.cli import upgrade_database
 from procstat import cpu_seconds, postgres_cpu_seconds
 from sandbox.server import in_subprocess

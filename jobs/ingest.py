@@ -17,8 +17,8 @@ from app.services.ingestion import (
     normalize_raw_records,
     pending_raw_ids,
 )
-from app.services.polling import poll_connection as poll_service
 from app.tenancy import SYSTEM_SCOPE
+from app.workflows.polling import poll_connection as poll_service
 from jobs.context import WorkerContext
 from jobs.enqueue import enqueue_normalize, enqueue_poll
 

@@ -9,13 +9,13 @@ from arq import Retry
 
 from app.enums import AttemptStatus
 from app.services.model_registry import record_decisions
-from app.services.retry.attempt import default_adapters, execute_attempt
-from app.services.retry.attempt import reconcile_stuck as reconcile_service
-from app.services.retry.delivery import deliver_due, dispatch_outbox
 from app.services.retry.engine import claim_due as claim_service
 from app.services.retry.engine import decide_pending as decide_service
 from app.services.retry.sweeps import expire_windows, redecide_scheduled
 from app.tenancy import SYSTEM_SCOPE
+from app.workflows.retry_attempt import default_adapters, execute_attempt
+from app.workflows.retry_attempt import reconcile_stuck as reconcile_service
+from app.workflows.webhook_delivery import deliver_due, dispatch_outbox
 from jobs.context import WorkerContext
 from jobs.enqueue import enqueue_attempt
 from jobs.model import serving_scheduler, store_decisions

@@ -8,7 +8,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from app.embedded import resolve_services
-from app.models.registry import metadata
+from app.models.tables import metadata
 from app.settings import get_settings
 
 config = context.config

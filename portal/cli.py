@@ -27,12 +27,13 @@ from app.processors.normalize.dispatch import normalize_payload, record_to_json
 from app.processors.normalize.records import CanonicalRecord, NormalizeError
 from app.services.api_key import create_api_key
 from app.services.connection import create_connection
-from app.services.ingestion import IngestStats, replay_connection
+from app.services.ingestion import IngestStats
 from app.services.merchant import create_merchant
-from app.services.polling import PollResult, poll_connection
 from app.services.seed import seed_payments
 from app.settings import Settings, get_settings
 from app.tenancy import SYSTEM_SCOPE, system_principal
+from app.workflows.polling import PollResult, poll_connection
+from app.workflows.replay import replay_connection
 from jobs.supervisor import Supervisor
 from jobs.worker import build_worker
 from portal.asgi import create_app

@@ -34,9 +34,9 @@ from app.db import Database
 from app.errors import ErrorCode
 from app.outages import Dependency, outage_of, unavailable_message
 from app.ratelimit import Decision, RedisLeakyBucket
-from app.services.api_key import authenticate
 from app.settings import Settings
 from app.tenancy import Principal
+from app.workflows.authentication import authenticate
 from portal import metrics
 from portal.logging import request_id_from
 from resolvers.context import Context

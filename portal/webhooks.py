@@ -9,7 +9,7 @@ from starlette.responses import PlainTextResponse, Response
 from app.crypto import CredentialBox
 from app.errors import InvalidArgument, NotFound
 from app.outages import Dependency, outage_of
-from app.services.webhooks import InvalidSignature, receive_adyen
+from app.workflows.processor_webhook import InvalidSignature, receive_adyen
 from jobs.enqueue import enqueue_normalize
 
 logger = logging.getLogger("portal.webhooks")

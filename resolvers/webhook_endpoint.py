@@ -4,7 +4,7 @@ import uuid
 from datetime import timedelta
 
 from app.errors import InvalidArgument
-from app.models.retry import WebhookEndpoint
+from app.models.webhook_endpoint import WebhookEndpoint
 from app.services.webhook_endpoint import (
     RecentDelivery,
     create_webhook_endpoint,

@@ -6,7 +6,7 @@ from collections import defaultdict
 from strawberry.dataloader import DataLoader
 
 from app.db import Database
-from app.models.retry import WebhookEndpoint
+from app.models.webhook_endpoint import WebhookEndpoint
 from app.services.webhook_endpoint import (
     RecentDelivery,
     endpoints_by_ids,

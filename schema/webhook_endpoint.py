@@ -7,7 +7,7 @@ from typing import Annotated, Self
 import strawberry
 
 from app.errors import ErrorCode
-from app.models.retry import WebhookEndpoint as EndpointModel
+from app.models.webhook_endpoint import WebhookEndpoint as EndpointModel
 from app.services.webhook_endpoint import DEFAULT_SECRET_GRACE, RecentDelivery
 from resolvers import webhook_endpoint as endpoint_resolvers
 from resolvers.context import Context

@@ -1,4 +1,6 @@
-"""API keys: issue (token shown once, hash stored), authenticate, list, revoke, list grants."""
+"""API keys: issue (token shown once, hash stored), list, revoke, list grants.
+
+Authentication, which commits on its own, is `app/workflows/authentication.py`."""
 
 import hashlib
 import secrets
@@ -8,17 +10,17 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import Select, tuple_, update
+from sqlalchemy import Select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
 
-from app.db import Database, UnitOfWork
+from app.db import UnitOfWork
 from app.enums import Role
 from app.errors import Forbidden, InvalidArgument, NotFound, ValidationFailed
 from app.models.api_key import ApiKey, ApiKeyMerchant
 from app.models.merchant import Merchant
 from app.services import audit
-from app.tenancy import SYSTEM_SCOPE, Principal, Scope
+from app.tenancy import Principal, Scope
 
 TOKEN_PREFIX = "rp_"  # noqa: S105 - a marker, not a secret
 # Writing last_used_at on every request would turn reads into writes; a minute is precise enough.
@@ -70,36 +72,6 @@ async def create_api_key(
     uow.session.add_all(ApiKeyMerchant(api_key_id=key.id, merchant_id=m) for m in unique_ids)
     await uow.session.flush()
     return key, token
-
-
-async def authenticate(db: Database, token: str, *, now: datetime) -> Principal | None:
-    """The principal for a bearer token, or None when unknown or revoked."""
-    if not token.startswith(TOKEN_PREFIX) or len(token) > 200:
-        return None
-    async with db.uow(SYSTEM_SCOPE) as uow:
-        row = (
-            await uow.session.execute(
-                select(ApiKey).where(
-                    ApiKey.token_hash == hash_token(token), col(ApiKey.revoked_at).is_(None)
-                )
-            )
-        ).scalar_one_or_none()
-        if row is None:
-            return None
-        scope = SYSTEM_SCOPE
-        if row.role is not Role.SUPPORT:
-            granted = (
-                await uow.session.execute(
-                    select(ApiKeyMerchant.merchant_id).where(ApiKeyMerchant.api_key_id == row.id)
-                )
-            ).scalars()
-            scope = Scope(merchant_ids=frozenset(granted))
-        if row.last_used_at is None or now - row.last_used_at >= LAST_USED_RESOLUTION:
-            await uow.session.execute(
-                update(ApiKey).where(col(ApiKey.id) == row.id).values(last_used_at=now)
-            )
-            await uow.commit()
-        return Principal(key_id=row.id, name=row.name, role=row.role, scope=scope)
 
 
 NAME_MAX_LENGTH = 200

@@ -17,8 +17,8 @@ from app.errors import NotFound, UrlNotAllowed, ValidationFailed
 from app.models.ingestion import ProcessorConnection
 from app.models.merchant import Merchant
 from app.models.payment import Payment
+from app.processors.adapters import REQUIRED_CREDENTIALS
 from app.processors.base import ConnectionInfo
-from app.processors.registry import REQUIRED_CREDENTIALS
 from app.services import audit
 from app.tenancy import Principal
 from app.urls import UrlForbidden, UrlMalformed, UrlPolicy, check_url

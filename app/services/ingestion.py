@@ -16,11 +16,9 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlmodel import col, select
 
 from app.bulk import any_array, insert_rows, unnest, update_rows
-from app.clock import Clock
-from app.db import Database, UnitOfWork
+from app.db import UnitOfWork
 from app.declines import Decline
 from app.enums import Actor, AttemptOutcome, CardFunding, PaymentState, Processor
-from app.errors import NotFound
 from app.models.customer import CardCredential, Customer
 from app.models.ingestion import DeadLetter, ProcessorConnection, RawRecord
 from app.models.payment import DeclineColumns, Payment, PaymentAttempt, decline_columns
@@ -37,7 +35,6 @@ from app.processors.normalize.records import (
 )
 from app.services.customer_success import UNKNOWN_CUSTOMER, record_successes
 from app.services.retry.ingested import CardSeen, apply_ingested_events
-from app.tenancy import SYSTEM_SCOPE
 
 CHUNK = 1000
 # A stored card credential's identity: fingerprint, expiry month, expiry year.
@@ -867,30 +864,3 @@ async def normalize_raw_records(
         .values(normalized_at=now, normalizer_version=NORMALIZER_VERSION)
     )
     return stats
-
-
-async def replay_connection(
-    db: Database,
-    connection_id: uuid.UUID,
-    *,
-    since: datetime | None,
-    clock: Clock,
-    batch: int = 1000,
-) -> IngestStats:
-    """Re-normalize every raw record of a connection (since a time) with the current
-    normalizer, batch by batch; clean rows are updated in place, never duplicated."""
-    total = IngestStats()
-    after: uuid.UUID | None = None
-    while True:
-        async with db.uow(SYSTEM_SCOPE) as uow:
-            connection = await uow.session.get(ProcessorConnection, connection_id)
-            if connection is None:
-                raise NotFound("connection not found", field="connection")
-            ids = await pending_raw_ids(
-                uow, connection_id, since=since, replay=True, limit=batch, after=after
-            )
-            if not ids:
-                return total
-            total.add(await normalize_raw_records(uow, connection, ids, now=clock.now()))
-            await uow.commit()
-        after = ids[-1]

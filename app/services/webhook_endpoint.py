@@ -14,12 +14,14 @@ from sqlmodel import col, select
 
 from app.crypto import CredentialBox
 from app.db import UnitOfWork
-from app.errors import NotFound, ValidationFailed
-from app.models.retry import OutboxEvent, WebhookDelivery, WebhookEndpoint
+from app.errors import NotFound, UrlNotAllowed, ValidationFailed
+from app.models.merchant import Merchant
+from app.models.retry import OutboxEvent
+from app.models.webhook_endpoint import WebhookDelivery, WebhookEndpoint
 from app.services import audit
-from app.services.retry.delivery import checked_url, create_endpoint
+from app.services.retry.pinning import sender_url
 from app.tenancy import Principal
-from app.urls import UrlPolicy
+from app.urls import Target, UrlForbidden, UrlMalformed, UrlPolicy
 
 # How long a rotated-out secret still signs deliveries, unless the caller says otherwise: a day
 # for receivers to switch; zero (at once) when the old secret leaked.
@@ -30,6 +32,64 @@ MAX_SECRET_GRACE = timedelta(days=7)
 def new_secret() -> str:
     """A signing secret: 32 random bytes, URL-safe."""
     return secrets.token_urlsafe(32)
+
+
+def checked_url(url: str, policy: UrlPolicy) -> Target:
+    """`check_url` (and the sender's reading of the URL, see `sender_url`), its refusals as
+    the errors mutations answer: INVALID for what is not an http(s) URL, URL_NOT_ALLOWED for a
+    destination the portal must not reach."""
+    try:
+        target, _ = sender_url(url, policy)
+    except UrlMalformed as exc:
+        raise ValidationFailed([("url", str(exc))]) from exc
+    except UrlForbidden as exc:
+        raise UrlNotAllowed(f"the URL is not allowed: {exc}", field="url") from exc
+    return target
+
+
+async def create_endpoint(
+    uow: UnitOfWork,
+    *,
+    principal: Principal,
+    merchant_id: uuid.UUID,
+    url: str,
+    secret: str,
+    box: CredentialBox,
+    policy: UrlPolicy,
+    now: datetime,
+) -> WebhookEndpoint:
+    """Add a webhook endpoint whose URL `policy` allows; the secret is sealed and never
+    audited."""
+    merchant = (
+        await uow.session.execute(select(Merchant).where(col(Merchant.id) == merchant_id))
+    ).scalar_one_or_none()
+    if merchant is None:
+        raise NotFound("merchant not found", field="merchantId")
+    principal.require_configure(merchant_id)
+    if len(secret) < 16:
+        raise ValidationFailed([("secret", "must be at least 16 characters")])
+    checked_url(url, policy)
+    endpoint = WebhookEndpoint(
+        merchant_id=merchant_id,
+        url=url,
+        secret_encrypted=box.seal({"secret": secret}),
+        created_at=now,
+    )
+    uow.session.add(endpoint)
+    await uow.session.flush()
+    audit.record(
+        uow,
+        principal=principal,
+        merchant_id=merchant_id,
+        action="webhook_endpoint.create",
+        entity_type="webhook_endpoint",
+        entity_id=str(endpoint.id),
+        before=None,
+        after={"url": url},
+        reason=None,
+        now=now,
+    )
+    return endpoint
 
 
 async def create_webhook_endpoint(

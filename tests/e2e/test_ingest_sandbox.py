@@ -24,10 +24,10 @@ from app.models.merchant import Merchant
 from app.models.payment import Payment, PaymentAttempt
 from app.processors.base import TransientProcessorError
 from app.services.connection import create_connection
-from app.services.ingestion import replay_connection
-from app.services.polling import PollResult, poll_connection
 from app.settings import Settings
 from app.tenancy import SYSTEM_SCOPE, system_principal
+from app.workflows.polling import PollResult, poll_connection
+from app.workflows.replay import replay_connection
 from jobs.ingest import normalize_connection
 from portal.asgi import Resources, create_app
 from sandbox.app import create_app as create_sandbox

@@ -26,7 +26,7 @@ from app.enums import Role
 from app.errors import ErrorCode
 from app.models.payment import Payment
 from app.services.api_key import revoke_api_key
-from app.services.retry.delivery import create_endpoint
+from app.services.webhook_endpoint import create_endpoint
 from app.settings import Settings
 from app.tenancy import SYSTEM_SCOPE, system_principal
 from portal.migrate import upgrade_database

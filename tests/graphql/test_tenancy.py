@@ -18,8 +18,8 @@ from app.models.audit import AuditLog
 from app.models.ingestion import ProcessorConnection
 from app.models.merchant import Merchant
 from app.models.payment import Payment
-from app.models.retry import WebhookEndpoint
-from app.services.retry.delivery import create_endpoint
+from app.models.webhook_endpoint import WebhookEndpoint
+from app.services.webhook_endpoint import create_endpoint
 from app.settings import Settings
 from app.tenancy import SYSTEM_SCOPE, Scope, system_principal
 from resolvers.ids import encode_id

@@ -20,16 +20,16 @@ from app.db import Database
 from app.embedded import Services
 from app.enums import Role
 from app.models.merchant import Merchant
-from app.models.retry import WebhookEndpoint
-from app.services.retry.delivery import (
+from app.models.webhook_endpoint import WebhookEndpoint
+from app.services.webhook_endpoint import create_endpoint
+from app.settings import Settings
+from app.tenancy import SYSTEM_SCOPE, system_principal
+from app.workflows.webhook_delivery import (
     SIGNATURE_HEADER,
-    create_endpoint,
     deliver_due,
     sign,
     verify,
 )
-from app.settings import Settings
-from app.tenancy import SYSTEM_SCOPE, system_principal
 from resolvers.ids import decode_id, encode_id
 from tests.support.audit import audit_entries
 from tests.support.factories import make_key, make_merchant

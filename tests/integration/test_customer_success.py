@@ -11,10 +11,10 @@ from app.db import Database
 from app.models.customer import CustomerSuccess
 from app.models.merchant import Merchant
 from app.models.payment import Payment
-from app.services.ingestion import replay_connection
 from app.services.model_registry import failure_history
 from app.services.retry.ledger import load_contexts
 from app.tenancy import SYSTEM_SCOPE
+from app.workflows.replay import replay_connection
 from jobs.model import failure_row, history_row
 from tests.support.factories import make_merchant
 from tests.support.ingestion import T0, invoiced_charge

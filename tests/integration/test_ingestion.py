@@ -12,8 +12,8 @@ from app.enums import Actor, AttemptOutcome, PaymentState
 from app.models.ingestion import DeadLetter, RawRecord
 from app.models.merchant import Merchant
 from app.models.payment import Payment
-from app.services.ingestion import replay_connection
 from app.tenancy import SYSTEM_SCOPE
+from app.workflows.replay import replay_connection
 from tests.support.factories import make_merchant
 from tests.support.ingestion import T0, invoiced_charge
 from tests.support.retry import attempts_of, land_records, make_connection

@@ -12,10 +12,10 @@ from app.db import Database
 from app.enums import AttemptOutcome, PaymentState
 from app.models.ingestion import ProcessorConnection
 from app.models.payment import Payment
-from app.services.retry.attempt import execute_attempt
 from app.services.retry.engine import claim_due, lock_key
 from app.services.retry.ledger import load_contexts
 from app.tenancy import SYSTEM_SCOPE
+from app.workflows.retry_attempt import execute_attempt
 from tests.support.factories import make_merchant
 from tests.support.retry import (
     FakeStripe,

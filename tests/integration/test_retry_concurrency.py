@@ -30,10 +30,10 @@ from app.embedded import Services, create_scratch_database, drop_database
 from app.enums import Actor, AttemptOutcome, PaymentState, Processor
 from app.models.payment import Payment, PaymentAttempt
 from app.services.connection import create_connection
-from app.services.polling import poll_connection
-from app.services.retry.attempt import default_adapters, execute_attempt, reconcile_stuck
 from app.services.retry.engine import claim_due
 from app.tenancy import SYSTEM_SCOPE, system_principal
+from app.workflows.polling import poll_connection
+from app.workflows.retry_attempt import default_adapters, execute_attempt, reconcile_stuck
 from portal.cli import upgrade_database
 from sandbox.app import create_app
 from sandbox.server import serving

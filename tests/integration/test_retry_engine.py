@@ -21,10 +21,10 @@ from app.models.retry import OutboxEvent
 from app.processors.base import ChargeResult, PermanentProcessorError, TransientProcessorError
 from app.retry.events import DecisionMade
 from app.retry.state_machine import attempt_idempotency_key
-from app.services.retry.attempt import execute_attempt, reconcile_stuck
 from app.services.retry.engine import decide_pending, run_event
 from app.services.retry.ledger import load_contexts
 from app.tenancy import SYSTEM_SCOPE
+from app.workflows.retry_attempt import execute_attempt, reconcile_stuck
 from tests.support.factories import make_merchant
 from tests.support.retry import (
     FakeStripe,

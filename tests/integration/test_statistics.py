@@ -6,7 +6,7 @@ import asyncpg
 import pytest
 
 from app.db import Database
-from app.services.polling import refresh_statistics
+from app.workflows.polling import refresh_statistics
 
 PROBE = "stats_probe_table"
 

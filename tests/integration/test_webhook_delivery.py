@@ -27,18 +27,18 @@ from app.clock import FixedClock
 from app.crypto import CredentialBox
 from app.db import Database
 from app.models.merchant import Merchant
-from app.models.retry import WebhookDelivery, WebhookEndpoint
-from app.services.retry.delivery import (
+from app.models.webhook_endpoint import WebhookDelivery, WebhookEndpoint
+from app.services.retry.pinning import Resolver, delivery_client, pin
+from app.services.webhook_endpoint import create_endpoint
+from app.settings import Settings
+from app.tenancy import SYSTEM_SCOPE, system_principal
+from app.urls import IPAddress, UrlForbidden, UrlPolicy
+from app.workflows.webhook_delivery import (
     SIGNATURE_HEADER,
-    create_endpoint,
     deliver_due,
     sign,
     verify,
 )
-from app.services.retry.pinning import Resolver, delivery_client, pin
-from app.settings import Settings
-from app.tenancy import SYSTEM_SCOPE, system_principal
-from app.urls import IPAddress, UrlForbidden, UrlPolicy
 from tests.support.factories import make_merchant
 from tests.support.logs import json_logs
 from tests.support.webhooks import PUBLIC, queue_delivery, table_resolver

@@ -18,11 +18,12 @@ from app.db import Database
 from app.embedded import Services
 from app.enums import MerchantStatus, PaymentState
 from app.models.merchant import Merchant
-from app.models.retry import WebhookDelivery
-from app.services.retry.delivery import SIGNATURE_HEADER, create_endpoint, verify
+from app.models.webhook_endpoint import WebhookDelivery
 from app.services.retry_policy import PolicyChanges, update_retry_policy
+from app.services.webhook_endpoint import create_endpoint
 from app.settings import Settings
 from app.tenancy import SYSTEM_SCOPE, system_principal
+from app.workflows.webhook_delivery import SIGNATURE_HEADER, verify
 from jobs.enqueue import attempt_job_id, enqueue_attempt
 from jobs.retry import attempt_payment, claim_due, decide_pending, deliver_webhooks
 from tests.support.factories import make_merchant

@@ -9,8 +9,8 @@ from strawberry.types import ExecutionResult
 
 from app.clock import Clock
 from app.db import Database
-from app.services.api_key import authenticate
 from app.settings import Settings
+from app.workflows.authentication import authenticate
 from resolvers.context import Context
 from resolvers.ids import encode_id
 from schema.root import build_schema

@@ -15,7 +15,7 @@ from app.clock import FixedClock
 from app.db import Database
 from app.models.ingestion import ProcessorConnection
 from app.processors.base import ChargeResult, ListPage, ProcessorAdapter, RawItem
-from app.services.retry.attempt import default_adapters, execute_attempt
+from app.workflows.retry_attempt import default_adapters, execute_attempt
 from tests.support.retry import BOX
 
 

@@ -9,7 +9,8 @@ from typing import Any
 from app.clock import FixedClock
 from app.db import Database
 from app.models.merchant import Merchant
-from app.models.retry import OutboxEvent, WebhookDelivery
+from app.models.retry import OutboxEvent
+from app.models.webhook_endpoint import WebhookDelivery
 from app.services.retry.pinning import Resolver
 from app.tenancy import SYSTEM_SCOPE
 from app.urls import IPAddress

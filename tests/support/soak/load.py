@@ -28,9 +28,9 @@ from app.enums import Processor, Role
 from app.services.api_key import create_api_key
 from app.services.connection import create_connection
 from app.services.merchant import create_merchant
-from app.services.retry.delivery import DELIVERY_HEADER
 from app.settings import normalize_database_url
 from app.tenancy import SYSTEM_SCOPE, system_principal
+from app.workflows.webhook_delivery import DELIVERY_HEADER
 from resolvers.ids import encode_id
 from sandbox.common import connection_credentials
 from tests.support.factories import SANDBOX_URLS

@@ -17,6 +17,7 @@ from app.crypto import CredentialBox
 from app.db import Database
 from app.enums import ConnectionStatus, Processor
 from app.models.ingestion import ProcessorConnection
+from app.processors.adapters import adapter_for
 from app.processors.base import (
     PermanentProcessorError,
     ProcessorAdapter,
@@ -24,7 +25,6 @@ from app.processors.base import (
     RawItem,
     TransientProcessorError,
 )
-from app.processors.registry import adapter_for
 from app.services.connection import connection_info
 from app.services.ingestion import IngestStats, Prepared, ingest, prepare
 from app.tenancy import SYSTEM_SCOPE

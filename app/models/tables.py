@@ -8,9 +8,10 @@ from app.models.ingestion import DeadLetter, ProcessorConnection, RawRecord
 from app.models.merchant import Merchant
 from app.models.model_version import ModelDecision, ModelVersion
 from app.models.payment import Payment, PaymentAttempt
-from app.models.retry import OutboxEvent, PaymentTransition, WebhookDelivery, WebhookEndpoint
+from app.models.retry import OutboxEvent, PaymentTransition
 from app.models.retry_policy import RetryPolicy
 from app.models.stats import RecoveryRollup
+from app.models.webhook_endpoint import WebhookDelivery, WebhookEndpoint
 
 __all__ = [
     "ApiKey",

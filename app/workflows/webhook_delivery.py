@@ -1,4 +1,6 @@
-"""Merchant webhooks: endpoints with sealed secrets, outbox fan-out, signed delivery."""
+"""Outgoing webhooks on their way: outbox fan-out to endpoints, signed delivery with backoff.
+
+A workflow: `deliver_due` commits each delivery on its own."""
 
 import asyncio
 import hashlib
@@ -20,13 +22,11 @@ from app.clock import Clock
 from app.crypto import CredentialBox
 from app.db import Database, UnitOfWork
 from app.enums import WebhookDeliveryStatus
-from app.errors import NotFound, UrlNotAllowed, ValidationFailed
-from app.models.merchant import Merchant
-from app.models.retry import OutboxEvent, WebhookDelivery, WebhookEndpoint
-from app.services import audit
-from app.services.retry.pinning import SEND_TIMEOUT, Resolver, pin, sender_url
-from app.tenancy import SYSTEM_SCOPE, Principal
-from app.urls import Target, UrlForbidden, UrlMalformed, UrlPolicy
+from app.models.retry import OutboxEvent
+from app.models.webhook_endpoint import WebhookDelivery, WebhookEndpoint
+from app.services.retry.pinning import SEND_TIMEOUT, Resolver, pin
+from app.tenancy import SYSTEM_SCOPE
+from app.urls import UrlForbidden, UrlMalformed, UrlPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -88,64 +88,6 @@ def backoff(attempts: int) -> timedelta:
     """Wait before try `attempts + 1`: doubling from 30 s, at most 6 h."""
     wait: timedelta = BASE_BACKOFF * (2 ** max(0, attempts - 1))
     return min(MAX_BACKOFF, wait)
-
-
-def checked_url(url: str, policy: UrlPolicy) -> Target:
-    """`check_url` (and the sender's reading of the URL, see `sender_url`), its refusals as
-    the errors mutations answer: INVALID for what is not an http(s) URL, URL_NOT_ALLOWED for a
-    destination the portal must not reach."""
-    try:
-        target, _ = sender_url(url, policy)
-    except UrlMalformed as exc:
-        raise ValidationFailed([("url", str(exc))]) from exc
-    except UrlForbidden as exc:
-        raise UrlNotAllowed(f"the URL is not allowed: {exc}", field="url") from exc
-    return target
-
-
-async def create_endpoint(
-    uow: UnitOfWork,
-    *,
-    principal: Principal,
-    merchant_id: uuid.UUID,
-    url: str,
-    secret: str,
-    box: CredentialBox,
-    policy: UrlPolicy,
-    now: datetime,
-) -> WebhookEndpoint:
-    """Add a webhook endpoint whose URL `policy` allows; the secret is sealed and never
-    audited."""
-    merchant = (
-        await uow.session.execute(select(Merchant).where(col(Merchant.id) == merchant_id))
-    ).scalar_one_or_none()
-    if merchant is None:
-        raise NotFound("merchant not found", field="merchantId")
-    principal.require_configure(merchant_id)
-    if len(secret) < 16:
-        raise ValidationFailed([("secret", "must be at least 16 characters")])
-    checked_url(url, policy)
-    endpoint = WebhookEndpoint(
-        merchant_id=merchant_id,
-        url=url,
-        secret_encrypted=box.seal({"secret": secret}),
-        created_at=now,
-    )
-    uow.session.add(endpoint)
-    await uow.session.flush()
-    audit.record(
-        uow,
-        principal=principal,
-        merchant_id=merchant_id,
-        action="webhook_endpoint.create",
-        entity_type="webhook_endpoint",
-        entity_id=str(endpoint.id),
-        before=None,
-        after={"url": url},
-        reason=None,
-        now=now,
-    )
-    return endpoint
 
 
 async def dispatch_outbox(uow: UnitOfWork, *, now: datetime, limit: int = 500) -> int:

@@ -28,6 +28,7 @@ from app.enums import (
 from app.models.customer import Customer
 from app.models.ingestion import ProcessorConnection
 from app.models.payment import Payment, PaymentAttempt, decline_columns
+from app.processors.adapters import adapter_for
 from app.processors.base import (
     ChargeResult,
     PermanentProcessorError,
@@ -38,7 +39,6 @@ from app.processors.base import (
 )
 from app.processors.normalize.dispatch import normalize_payload
 from app.processors.normalize.records import NORMALIZER_VERSION, CanonicalRecord, NormalizeError
-from app.processors.registry import adapter_for
 from app.retry.events import (
     AttemptAbandoned,
     AttemptDeclined,

@@ -1,0 +1,60 @@
+"""Outgoing webhooks: the endpoints merchants register and each event's delivery to them.
+
+(Processors' own inbound webhooks are raw records: see `app/workflows/processor_webhook.py`.)"""
+
+import uuid
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlmodel import Field
+
+from app.enums import WebhookDeliveryStatus
+from app.models.base import TenantOwned, enum_type, new_id, timestamp
+
+
+class WebhookEndpoint(TenantOwned, table=True):
+    """Where a merchant wants its domain events delivered; the signing secret is sealed."""
+
+    __tablename__ = "webhook_endpoint"
+
+    id: uuid.UUID = Field(default_factory=new_id, primary_key=True)
+    url: str = Field(max_length=500)
+    secret_encrypted: bytes = Field(sa_type=sa.LargeBinary)
+    # The secret the last rotation replaced, sealed like the current one: deliveries carry a
+    # signature with it too until it expires, so receivers can switch without losing events.
+    previous_secret_encrypted: bytes | None = Field(
+        default=None, sa_type=sa.LargeBinary, nullable=True
+    )
+    previous_secret_expires_at: datetime | None = timestamp(nullable=True, default=None)
+    enabled: bool = True
+    created_at: datetime = timestamp()
+
+
+class WebhookDelivery(TenantOwned, table=True):
+    """One event for one endpoint: delivered at least once, retried with backoff."""
+
+    __tablename__ = "webhook_delivery"
+    __table_args__ = (
+        sa.UniqueConstraint("event_id", "endpoint_id"),
+        sa.Index(
+            "ix_webhook_delivery_due",
+            "next_attempt_at",
+            postgresql_where=sa.text("status = 'pending'"),
+        ),
+    )
+
+    id: uuid.UUID = Field(default_factory=new_id, primary_key=True)
+    event_id: uuid.UUID = Field(foreign_key="outbox_event.id")
+    endpoint_id: uuid.UUID = Field(foreign_key="webhook_endpoint.id", index=True)
+    status: WebhookDeliveryStatus = Field(
+        default=WebhookDeliveryStatus.PENDING, sa_type=enum_type(WebhookDeliveryStatus)
+    )
+    attempts: int = Field(default=0, sa_type=sa.SmallInteger)
+    next_attempt_at: datetime = timestamp()
+    last_status_code: int | None = Field(default=None, sa_type=sa.SmallInteger, nullable=True)
+    last_error: str | None = Field(default=None, max_length=500)
+    created_at: datetime = timestamp()
+    delivered_at: datetime | None = timestamp(nullable=True)
+
+
+__all__ = ["WebhookDelivery", "WebhookEndpoint"]
