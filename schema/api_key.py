@@ -14,6 +14,7 @@ from schema.merchant import Merchant
 from schema.mutation import Payload, ReasonArg, mutation
 from schema.node import Node
 from schema.relay import AfterArg, Connection, FirstArg, connection
+from schema.rows import from_row
 
 Info = strawberry.Info[Context, None]
 
@@ -32,17 +33,7 @@ class ApiKey(Node):
 
     @classmethod
     def from_model(cls, row: ApiKeyModel) -> Self:
-        # token_hash is deliberately not mapped.
-        return cls(
-            id=cls.global_id(row.id),
-            name=row.name,
-            role=row.role,
-            prefix=row.prefix,
-            created_at=row.created_at,
-            last_used_at=row.last_used_at,
-            revoked_at=row.revoked_at,
-            _row=row,
-        )
+        return from_row(cls, row, id=cls.global_id(row.id), _row=row)
 
     @strawberry.field(description="The merchants the key may see; empty for support keys.")
     async def merchants(self, info: Info) -> list[Merchant]:

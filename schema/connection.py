@@ -14,6 +14,7 @@ from resolvers.context import Context
 from schema.enums import ConnectionStatus, Processor
 from schema.mutation import Payload, ReasonArg, mutation
 from schema.node import Node
+from schema.rows import from_row
 from schema.scalars import Long
 
 Info = strawberry.Info[Context, None]
@@ -37,18 +38,7 @@ class ProcessorConnection(Node):
 
     @classmethod
     def from_model(cls, row: ConnectionModel) -> Self:
-        # The sealed credentials are deliberately not mapped: no field can ever return them.
-        return cls(
-            id=cls.global_id(row.id),
-            kind=row.kind,
-            name=row.name,
-            status=row.status,
-            base_url=row.base_url,
-            last_polled_at=row.last_polled_at,
-            last_error=row.last_error,
-            cursor_at=row.cursor_at,
-            _row=row,
-        )
+        return from_row(cls, row, id=cls.global_id(row.id), _row=row)
 
     @strawberry.field(description="How many payments were ingested through this connection.")
     async def payments_ingested(self, info: Info) -> Long:

@@ -12,6 +12,7 @@ from resolvers import retry_policy as policy_resolvers
 from resolvers.context import Context
 from schema.enums import DeclineCategory, EndAction, RetryStrategy
 from schema.mutation import Payload, mutation
+from schema.rows import from_row
 
 Info = strawberry.Info[Context, None]
 
@@ -55,20 +56,14 @@ class RetryPolicy:
             if row.quiet_hours_start is not None and row.quiet_hours_end is not None
             else None
         )
-        return cls(
-            version=row.version,
-            enabled=row.enabled,
-            max_attempts=row.max_attempts,
-            window_days=row.window_days,
-            min_hours_between_attempts=row.min_hours_between_attempts,
+        return from_row(
+            cls,
+            row,
             quiet_hours=quiet,
-            timezone=row.timezone,
             excluded_decline_categories=[
                 DeclineCategory(c) for c in row.excluded_decline_categories
             ],
-            strategy=row.strategy,
             fixed_schedule_days=list(row.fixed_schedule_days),
-            end_action=row.end_action,
             updated_at=row.created_at,
             updated_by=row.created_by,
         )

@@ -13,6 +13,7 @@ from resolvers import webhook_endpoint as endpoint_resolvers
 from resolvers.context import Context
 from schema.mutation import Payload, mutation
 from schema.node import Node
+from schema.rows import from_row
 
 Info = strawberry.Info[Context, None]
 
@@ -47,14 +48,11 @@ class WebhookDelivery:
     def from_model(cls, row: RecentDelivery) -> Self:
         d = row.delivery
         status = WebhookDeliveryStatus(d.status)
-        return cls(
+        return from_row(
+            cls,
+            d,
             event_type=row.event_type,
             status=status,
-            attempts=d.attempts,
-            last_status_code=d.last_status_code,
-            last_error=d.last_error,
-            created_at=d.created_at,
-            delivered_at=d.delivered_at,
             next_attempt_at=d.next_attempt_at if status is WebhookDeliveryStatus.PENDING else None,
         )
 
@@ -74,15 +72,7 @@ class WebhookEndpoint(Node):
 
     @classmethod
     def from_model(cls, row: EndpointModel) -> Self:
-        # The sealed secret is deliberately not mapped: no field can ever return it.
-        return cls(
-            id=cls.global_id(row.id),
-            url=row.url,
-            enabled=row.enabled,
-            created_at=row.created_at,
-            previous_secret_expires_at=row.previous_secret_expires_at,
-            _row=row,
-        )
+        return from_row(cls, row, id=cls.global_id(row.id), _row=row)
 
     @strawberry.field(description="The newest deliveries to this endpoint, newest first.")
     async def recent_deliveries(
