@@ -68,19 +68,16 @@ class CreateApiKeyInput:
 
 
 class CreateApiKeyPayload(Payload):
-    api_key: ApiKey | None = strawberry.field(
-        default=None, description="The new key, when it was created."
-    )
+    api_key: ApiKey | None = strawberry.field(description="The new key, when it was created.")
     token: str | None = strawberry.field(
-        default=None, description="The bearer token. Shown only in this response; store it now."
+        description="The bearer token. Shown only in this response; store it now."
     )
 
 
 @mutation(
-    CreateApiKeyPayload,
     refuses=(ErrorCode.NOT_FOUND, ErrorCode.INVALID),
     why="refused a key",
-    errors="Why the key was refused; empty on success.",
+    errors="Why the key was refused",
     subject="merchantIds",
     description=(
         "Create an API key; the token is returned once. Support may create any key; a "
@@ -98,13 +95,12 @@ async def create_api_key(info: Info, input: CreateApiKeyInput) -> CreateApiKeyPa
 
 
 class RevokeApiKeyPayload(Payload):
-    api_key: ApiKey | None = strawberry.field(default=None, description="The key, revoked.")
+    api_key: ApiKey | None = strawberry.field(description="The key, revoked.")
 
 
 @mutation(
-    RevokeApiKeyPayload,
     refuses=(ErrorCode.NOT_FOUND, ErrorCode.INVALID),
-    errors="Why the key was not revoked; empty on success.",
+    errors="Why the key was not revoked",
     subject="id",
     description=(
         "Revoke an API key the caller can see (support, or a merchant key for its "

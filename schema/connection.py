@@ -67,15 +67,14 @@ class ConnectProcessorInput:
 
 class ConnectProcessorPayload(Payload):
     processor_connection: ProcessorConnection | None = strawberry.field(
-        default=None, description="The new connection, when it was created."
+        description="The new connection, when it was created."
     )
 
 
 @mutation(
-    ConnectProcessorPayload,
     refuses=(ErrorCode.NOT_FOUND, ErrorCode.INVALID, ErrorCode.URL_NOT_ALLOWED),
     why="refused a connection",
-    errors="Why the connection was refused; empty on success.",
+    errors="Why the connection was refused",
     subject="merchantId",
     description=(
         "Connect a merchant to a processor account (support, or the merchant's own key). "
@@ -102,7 +101,7 @@ async def connect_processor(info: Info, input: ConnectProcessorInput) -> Connect
 
 class SyncProcessorConnectionPayload(Payload):
     processor_connection: ProcessorConnection | None = strawberry.field(
-        default=None, description="The connection, when a poll was requested."
+        description="The connection, when a poll was requested."
     )
     queued: bool = strawberry.field(
         default=False,
@@ -111,10 +110,9 @@ class SyncProcessorConnectionPayload(Payload):
 
 
 @mutation(
-    SyncProcessorConnectionPayload,
     refuses=(ErrorCode.NOT_FOUND, ErrorCode.INVALID),
     why="queued no poll",
-    errors="Why no poll was requested; empty on success.",
+    errors="Why no poll was requested",
     subject="id",
     description="Queue a poll of an active connection now (support, or the merchant's key).",
 )
@@ -126,13 +124,13 @@ async def sync_processor_connection(info: Info, id: IdArg) -> SyncProcessorConne
 
 class PauseProcessorConnectionPayload(Payload):
     processor_connection: ProcessorConnection | None = strawberry.field(
-        default=None, description="The connection, paused, when the change was applied."
+        description="The connection, paused, when the change was applied."
     )
 
 
 class ResumeProcessorConnectionPayload(Payload):
     processor_connection: ProcessorConnection | None = strawberry.field(
-        default=None, description="The connection, active again, when the change was applied."
+        description="The connection, active again, when the change was applied."
     )
 
 
@@ -145,9 +143,8 @@ def _set_status(
     """pauseProcessorConnection and resumeProcessorConnection: the same change to two states."""
 
     @mutation(
-        payload,
+        payload=payload,
         refuses=(ErrorCode.NOT_FOUND, ErrorCode.INVALID),
-        errors="Why the change was refused; empty on success.",
         subject="id",
         description=description,
     )

@@ -137,20 +137,17 @@ async def models(
 
 
 class PromoteModelPayload(Payload):
-    model: Model | None = strawberry.field(
-        default=None, description="The new champion, when promoted."
-    )
+    model: Model | None = strawberry.field(description="The new champion, when promoted.")
 
 
 @mutation(
-    PromoteModelPayload,
     refuses=(
         ErrorCode.NOT_FOUND,
         ErrorCode.GATE_FAILED,
         ErrorCode.INVALID_STATE,
         ErrorCode.INVALID,
     ),
-    errors="Why the promotion was refused; empty on success.",
+    errors="Why the promotion was refused",
     subject="id",
     description=(
         "Make a model the champion when it beat the current champion on a later held-out "

@@ -146,15 +146,13 @@ _CHANGE_FIELDS = tuple(PolicyChanges.__dataclass_fields__)
 
 class UpdateRetryPolicyPayload(Payload):
     retry_policy: RetryPolicy | None = strawberry.field(
-        default=None, description="The new current version, when the change was applied."
+        description="The new current version, when the change was applied."
     )
 
 
 @mutation(
-    UpdateRetryPolicyPayload,
     refuses=(ErrorCode.NOT_FOUND, ErrorCode.VERSION_CONFLICT, ErrorCode.INVALID),
     why="refused a change",
-    errors="Why the change was refused; empty on success.",
     subject="merchantId",
     description=(
         "Change a merchant's retry policy (support, or the merchant's own key). "

@@ -97,10 +97,9 @@ class CreateWebhookEndpointInput:
 
 class CreateWebhookEndpointPayload(Payload):
     webhook_endpoint: WebhookEndpoint | None = strawberry.field(
-        default=None, description="The new endpoint, when it was created."
+        description="The new endpoint, when it was created."
     )
     secret: str | None = strawberry.field(
-        default=None,
         description=(
             "The signing secret, returned this once only: verify the Portal-Signature header "
             "with it. Never shown again; rotate it if lost."
@@ -109,10 +108,9 @@ class CreateWebhookEndpointPayload(Payload):
 
 
 @mutation(
-    CreateWebhookEndpointPayload,
     refuses=(ErrorCode.NOT_FOUND, ErrorCode.INVALID, ErrorCode.URL_NOT_ALLOWED),
     why="refused an endpoint",
-    errors="Why the endpoint was refused; empty on success.",
+    errors="Why the endpoint was refused",
     subject="merchantId",
     description=(
         "Add a URL to post a merchant's events to (support, or the merchant's own key); the "
@@ -146,10 +144,9 @@ class RotateWebhookSecretInput:
 
 class RotateWebhookSecretPayload(Payload):
     webhook_endpoint: WebhookEndpoint | None = strawberry.field(
-        default=None, description="The endpoint, when its secret was replaced."
+        description="The endpoint, when its secret was replaced."
     )
     secret: str | None = strawberry.field(
-        default=None,
         description=(
             "The new signing secret, returned this once only; deliveries sent from now on are "
             "signed with it, and with the old one too until previousSecretExpiresAt."
@@ -158,9 +155,8 @@ class RotateWebhookSecretPayload(Payload):
 
 
 @mutation(
-    RotateWebhookSecretPayload,
     refuses=(ErrorCode.NOT_FOUND, ErrorCode.INVALID),
-    errors="Why the rotation was refused; empty on success.",
+    errors="Why the rotation was refused",
     subject="endpointId",
     description=(
         "Replace an endpoint's signing secret (support, or the merchant's own key); the new "
@@ -191,15 +187,13 @@ class SetWebhookEndpointEnabledInput:
 
 class SetWebhookEndpointEnabledPayload(Payload):
     webhook_endpoint: WebhookEndpoint | None = strawberry.field(
-        default=None, description="The endpoint, when the change was applied."
+        description="The endpoint, when the change was applied."
     )
 
 
 @mutation(
-    SetWebhookEndpointEnabledPayload,
     # URL_NOT_ALLOWED: enabling an endpoint stored before its URL became refused (app/urls.py).
     refuses=(ErrorCode.NOT_FOUND, ErrorCode.INVALID, ErrorCode.URL_NOT_ALLOWED),
-    errors="Why the change was refused; empty on success.",
     subject="endpointId",
     description=(
         "Turn an endpoint on or off (support, or the merchant's own key); a disabled one "
