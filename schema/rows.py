@@ -22,15 +22,28 @@ def _is_id(field_type: object) -> bool:
     return field_type is strawberry.ID
 
 
+# Per type, read once: its fields without a resolver, each with whether it holds an id.
+_DATA_FIELDS: dict[type, tuple[tuple[str, bool], ...]] = {}
+
+
+def _data_fields(cls: type) -> tuple[tuple[str, bool], ...]:
+    if cls not in _DATA_FIELDS:
+        _DATA_FIELDS[cls] = tuple(
+            (field.python_name, _is_id(field.type))
+            for field in get_object_definition(cls, strict=True).fields
+            if field.base_resolver is None
+        )
+    return _DATA_FIELDS[cls]
+
+
 def from_row(cls: type[T], row: object, /, **given: object) -> T:
     """`cls` with the fields in `given`, the rest of its declared data fields (those without a
     resolver) read from `row`'s same-named attributes. An id field must be given."""
     values = dict(given)
-    for field in get_object_definition(cls, strict=True).fields:
-        name = field.python_name
-        if field.base_resolver is not None or name in values:
+    for name, is_id in _data_fields(cls):
+        if name in values:
             continue
-        if _is_id(field.type):
+        if is_id:
             raise TypeError(f"{cls.__name__}.{name}: give the id; it is not the row's key")
         values[name] = getattr(row, name)
     return cls(**values)
