@@ -29,21 +29,12 @@ async def create(
     ctx: Context, *, role: Role, merchant_global_ids: list[str], name: str
 ) -> tuple[ApiKey, str]:
     """Create a key in its own unit of work; returns it with its token (shown only now)."""
-    async with ctx.change() as (principal, uow):
+    async with ctx.change() as (uow, by):
         merchant_ids = [decode_id(g, expected="Merchant")[1] for g in merchant_global_ids]
-        return await issue_api_key(
-            uow,
-            principal=principal,
-            name=name,
-            role=role,
-            merchant_ids=merchant_ids,
-            now=ctx.clock.now(),
-        )
+        return await issue_api_key(uow, name=name, role=role, merchant_ids=merchant_ids, **by)
 
 
 async def revoke(ctx: Context, *, global_id: str, reason: str) -> ApiKey:
-    async with ctx.change() as (principal, uow):
+    async with ctx.change() as (uow, by):
         _, key_id = decode_id(global_id, expected="ApiKey")
-        return await revoke_api_key(
-            uow, principal=principal, key_id=key_id, reason=reason, now=ctx.clock.now()
-        )
+        return await revoke_api_key(uow, key_id=key_id, reason=reason, **by)

@@ -31,35 +31,29 @@ async def connect(
     name: str | None,
 ) -> ProcessorConnection:
     """Create a connection in its own unit of work; raises domain errors on refusal."""
-    async with ctx.change() as (principal, uow):
+    async with ctx.change() as (uow, by):
         _, merchant_id = decode_id(merchant_global_id, expected="Merchant")
         return await create_connection(
             uow,
-            principal=principal,
             merchant_id=merchant_id,
             kind=kind,
             base_url=base_url,
             credentials=credentials,
             box=ctx.credential_box(),
             policy=ctx.settings.url_policy,
-            now=ctx.clock.now(),
             name=name,
             account_ref=account_ref,
+            **by,
         )
 
 
 async def set_status(
     ctx: Context, *, global_id: str, status: ConnectionStatus, reason: str
 ) -> ProcessorConnection:
-    async with ctx.change() as (principal, uow):
+    async with ctx.change() as (uow, by):
         _, connection_id = decode_id(global_id, expected="ProcessorConnection")
         return await set_connection_status(
-            uow,
-            principal=principal,
-            connection_id=connection_id,
-            status=status,
-            reason=reason,
-            now=ctx.clock.now(),
+            uow, connection_id=connection_id, status=status, reason=reason, **by
         )
 
 
@@ -67,10 +61,10 @@ async def sync(ctx: Context, *, global_id: str) -> tuple[ProcessorConnection, bo
     """Queue a poll now; False when one is already queued or running (job ids deduplicate)."""
     # Nothing is written: committing releases the row lock and, unlike a rollback, leaves the
     # loaded row readable.
-    async with ctx.change() as (principal, uow):
+    async with ctx.change() as (uow, by):
         _, connection_id = decode_id(global_id, expected="ProcessorConnection")
         connection = await pollable_connection(
-            uow, principal=principal, connection_id=connection_id
+            uow, principal=by["principal"], connection_id=connection_id
         )
     queued = await enqueue_poll(ctx.job_queue(), connection.id)
     return connection, queued

@@ -3,7 +3,8 @@
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from datetime import datetime
+from typing import Any, TypedDict
 
 from arq.connections import ArqRedis
 from redis.asyncio import Redis
@@ -15,6 +16,14 @@ from app.errors import Unauthenticated
 from app.settings import Settings
 from app.tenancy import Principal
 from resolvers.loaders import Loaders
+
+
+class ChangeBy(TypedDict):
+    """Who makes a change, and when: the keywords the core's changing services take, passed
+    to them as `**by`."""
+
+    principal: Principal
+    now: datetime
 
 
 @dataclass
@@ -36,12 +45,12 @@ class Context:
         return self.principal
 
     @asynccontextmanager
-    async def change(self) -> AsyncIterator[tuple[Principal, UnitOfWork]]:
-        """The caller and a unit of work for one change: committed when the block ends, rolled
-        back when it raises (a refusal included)."""
+    async def change(self) -> AsyncIterator[tuple[UnitOfWork, ChangeBy]]:
+        """A unit of work for one change, and who makes it when (the caller, the clock's now):
+        committed when the block ends, rolled back when it raises (a refusal included)."""
         principal = self.require_principal()
         async with self.db.uow(principal.scope) as uow:
-            yield principal, uow
+            yield uow, ChangeBy(principal=principal, now=self.clock.now())
             await uow.commit()
 
     def credential_box(self) -> CredentialBox:

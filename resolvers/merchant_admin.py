@@ -8,20 +8,15 @@ from resolvers.ids import decode_id
 
 
 async def create(ctx: Context, *, name: str) -> Merchant:
-    async with ctx.change() as (principal, uow):
-        return await create_merchant(uow, name=name, principal=principal, now=ctx.clock.now())
+    async with ctx.change() as (uow, by):
+        return await create_merchant(uow, name=name, **by)
 
 
 async def set_recovery(
     ctx: Context, *, merchant_global_id: str, status: MerchantStatus, reason: str
 ) -> Merchant:
-    async with ctx.change() as (principal, uow):
+    async with ctx.change() as (uow, by):
         _, merchant_id = decode_id(merchant_global_id, expected="Merchant")
         return await set_recovery_status(
-            uow,
-            principal=principal,
-            merchant_id=merchant_id,
-            status=status,
-            reason=reason,
-            now=ctx.clock.now(),
+            uow, merchant_id=merchant_id, status=status, reason=reason, **by
         )

@@ -31,12 +31,10 @@ async def models(ctx: Context, *, first: int) -> list[ModelVersion]:
 
 async def promote(ctx: Context, *, model_global_id: str, reason: str) -> ModelVersion:
     """Promote a challenger whose gate verdict holds against the current champion."""
-    async with ctx.change() as (principal, uow):
-        registry.require_support(principal)
+    async with ctx.change() as (uow, by):
+        registry.require_support(by["principal"])
         model_id = decode_model_id(model_global_id)
-        return await registry.promote(
-            uow, principal=principal, model_id=model_id, reason=reason, now=ctx.clock.now()
-        )
+        return await registry.promote(uow, model_id=model_id, reason=reason, **by)
 
 
 async def acting_decision(

@@ -19,17 +19,13 @@ async def ledger(ctx: Context, payment_id: uuid.UUID) -> LedgerView | None:
 
 async def cancel(ctx: Context, *, payment_global_id: str, reason: str) -> ManualResult:
     """Cancel one payment's recovery in its own unit of work; raises domain errors."""
-    async with ctx.change() as (principal, uow):
+    async with ctx.change() as (uow, by):
         _, payment_id = decode_id(payment_global_id, expected="Payment")
-        return await cancel_recovery(
-            uow, principal=principal, payment_id=payment_id, reason=reason, now=ctx.clock.now()
-        )
+        return await cancel_recovery(uow, payment_id=payment_id, reason=reason, **by)
 
 
 async def retry(ctx: Context, *, payment_global_id: str, reason: str) -> ManualResult:
     """Schedule one payment's next retry for now (rules permitting); raises domain errors."""
-    async with ctx.change() as (principal, uow):
+    async with ctx.change() as (uow, by):
         _, payment_id = decode_id(payment_global_id, expected="Payment")
-        return await retry_now(
-            uow, principal=principal, payment_id=payment_id, reason=reason, now=ctx.clock.now()
-        )
+        return await retry_now(uow, payment_id=payment_id, reason=reason, **by)

@@ -21,14 +21,13 @@ async def update(
     reason: str,
 ) -> RetryPolicy:
     """Apply a policy change in its own unit of work; raises domain errors on refusal."""
-    async with ctx.change() as (principal, uow):
+    async with ctx.change() as (uow, by):
         _, merchant_id = decode_id(merchant_global_id, expected="Merchant")
         return await update_retry_policy(
             uow,
-            principal=principal,
             merchant_id=merchant_id,
             expected_version=expected_version,
             changes=changes,
             reason=reason,
-            now=ctx.clock.now(),
+            **by,
         )

@@ -29,16 +29,15 @@ async def deliveries(ctx: Context, endpoint_id: uuid.UUID, first: int) -> list[R
 
 async def create(ctx: Context, *, merchant_global_id: str, url: str) -> tuple[WebhookEndpoint, str]:
     """Create an endpoint in its own unit of work; returns it with its new signing secret."""
-    async with ctx.change() as (principal, uow):
+    async with ctx.change() as (uow, by):
         _, merchant_id = decode_id(merchant_global_id, expected="Merchant")
         return await create_webhook_endpoint(
             uow,
-            principal=principal,
             merchant_id=merchant_id,
             url=url,
             box=ctx.credential_box(),
             policy=ctx.settings.url_policy,
-            now=ctx.clock.now(),
+            **by,
         )
 
 
@@ -47,30 +46,23 @@ async def rotate(
 ) -> tuple[WebhookEndpoint, str]:
     """Replace an endpoint's signing secret, the old one signing too for `grace`; returns the
     endpoint with the new secret."""
-    async with ctx.change() as (principal, uow):
+    async with ctx.change() as (uow, by):
         _, endpoint_id = decode_id(global_id, expected="WebhookEndpoint")
         return await rotate_secret(
-            uow,
-            principal=principal,
-            endpoint_id=endpoint_id,
-            reason=reason,
-            box=ctx.credential_box(),
-            now=ctx.clock.now(),
-            grace=grace,
+            uow, endpoint_id=endpoint_id, reason=reason, box=ctx.credential_box(), grace=grace, **by
         )
 
 
 async def set_enabled(
     ctx: Context, *, global_id: str, enabled: bool, reason: str
 ) -> WebhookEndpoint:
-    async with ctx.change() as (principal, uow):
+    async with ctx.change() as (uow, by):
         _, endpoint_id = decode_id(global_id, expected="WebhookEndpoint")
         return await set_endpoint_enabled(
             uow,
-            principal=principal,
             endpoint_id=endpoint_id,
             enabled=enabled,
             reason=reason,
             policy=ctx.settings.url_policy,
-            now=ctx.clock.now(),
+            **by,
         )

@@ -14,6 +14,7 @@ from schema.merchant import Merchant
 from schema.mutation import Payload, ReasonArg, mutation
 from schema.node import Node
 from schema.relay import AfterArg, Connection, FirstArg, connection
+from schema.rows import from_row
 
 Info = strawberry.Info[Context, None]
 
@@ -32,17 +33,7 @@ class ApiKey(Node):
 
     @classmethod
     def from_model(cls, row: ApiKeyModel) -> Self:
-        # token_hash is deliberately not mapped.
-        return cls(
-            id=cls.global_id(row.id),
-            name=row.name,
-            role=row.role,
-            prefix=row.prefix,
-            created_at=row.created_at,
-            last_used_at=row.last_used_at,
-            revoked_at=row.revoked_at,
-            _row=row,
-        )
+        return from_row(cls, row, id=cls.global_id(row.id), _row=row)
 
     @strawberry.field(description="The merchants the key may see; empty for support keys.")
     async def merchants(self, info: Info) -> list[Merchant]:
@@ -77,19 +68,16 @@ class CreateApiKeyInput:
 
 
 class CreateApiKeyPayload(Payload):
-    api_key: ApiKey | None = strawberry.field(
-        default=None, description="The new key, when it was created."
-    )
+    api_key: ApiKey | None = strawberry.field(description="The new key, when it was created.")
     token: str | None = strawberry.field(
-        default=None, description="The bearer token. Shown only in this response; store it now."
+        description="The bearer token. Shown only in this response; store it now."
     )
 
 
 @mutation(
-    CreateApiKeyPayload,
     refuses=(ErrorCode.NOT_FOUND, ErrorCode.INVALID),
     why="refused a key",
-    errors="Why the key was refused; empty on success.",
+    errors="Why the key was refused",
     subject="merchantIds",
     description=(
         "Create an API key; the token is returned once. Support may create any key; a "
@@ -107,13 +95,12 @@ async def create_api_key(info: Info, input: CreateApiKeyInput) -> CreateApiKeyPa
 
 
 class RevokeApiKeyPayload(Payload):
-    api_key: ApiKey | None = strawberry.field(default=None, description="The key, revoked.")
+    api_key: ApiKey | None = strawberry.field(description="The key, revoked.")
 
 
 @mutation(
-    RevokeApiKeyPayload,
     refuses=(ErrorCode.NOT_FOUND, ErrorCode.INVALID),
-    errors="Why the key was not revoked; empty on success.",
+    errors="Why the key was not revoked",
     subject="id",
     description=(
         "Revoke an API key the caller can see (support, or a merchant key for its "

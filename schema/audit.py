@@ -8,6 +8,7 @@ from strawberry.scalars import JSON
 
 from app.models.audit import AuditLog as AuditLogModel
 from schema.relay import Connection, connection
+from schema.rows import from_row
 
 
 @strawberry.type(description="One configuration change: who, what, before, after and why.")
@@ -26,16 +27,12 @@ class AuditEntry:
 
     @classmethod
     def from_model(cls, row: AuditLogModel) -> Self:
-        return cls(
+        return from_row(
+            cls,
+            row,
             id=strawberry.ID(str(row.id)),
-            actor=row.actor,
-            action=row.action,
-            entity_type=row.entity_type,
-            entity_id=row.entity_id,
             before=None if row.before is None else JSON(row.before),
             after=None if row.after is None else JSON(row.after),
-            reason=row.reason,
-            created_at=row.created_at,
         )
 
 

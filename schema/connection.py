@@ -14,6 +14,7 @@ from resolvers.context import Context
 from schema.enums import ConnectionStatus, Processor
 from schema.mutation import Payload, ReasonArg, mutation
 from schema.node import Node
+from schema.rows import from_row
 from schema.scalars import Long
 
 Info = strawberry.Info[Context, None]
@@ -37,18 +38,7 @@ class ProcessorConnection(Node):
 
     @classmethod
     def from_model(cls, row: ConnectionModel) -> Self:
-        # The sealed credentials are deliberately not mapped: no field can ever return them.
-        return cls(
-            id=cls.global_id(row.id),
-            kind=row.kind,
-            name=row.name,
-            status=row.status,
-            base_url=row.base_url,
-            last_polled_at=row.last_polled_at,
-            last_error=row.last_error,
-            cursor_at=row.cursor_at,
-            _row=row,
-        )
+        return from_row(cls, row, id=cls.global_id(row.id), _row=row)
 
     @strawberry.field(description="How many payments were ingested through this connection.")
     async def payments_ingested(self, info: Info) -> Long:
@@ -77,15 +67,14 @@ class ConnectProcessorInput:
 
 class ConnectProcessorPayload(Payload):
     processor_connection: ProcessorConnection | None = strawberry.field(
-        default=None, description="The new connection, when it was created."
+        description="The new connection, when it was created."
     )
 
 
 @mutation(
-    ConnectProcessorPayload,
     refuses=(ErrorCode.NOT_FOUND, ErrorCode.INVALID, ErrorCode.URL_NOT_ALLOWED),
     why="refused a connection",
-    errors="Why the connection was refused; empty on success.",
+    errors="Why the connection was refused",
     subject="merchantId",
     description=(
         "Connect a merchant to a processor account (support, or the merchant's own key). "
@@ -112,7 +101,7 @@ async def connect_processor(info: Info, input: ConnectProcessorInput) -> Connect
 
 class SyncProcessorConnectionPayload(Payload):
     processor_connection: ProcessorConnection | None = strawberry.field(
-        default=None, description="The connection, when a poll was requested."
+        description="The connection, when a poll was requested."
     )
     queued: bool = strawberry.field(
         default=False,
@@ -121,10 +110,9 @@ class SyncProcessorConnectionPayload(Payload):
 
 
 @mutation(
-    SyncProcessorConnectionPayload,
     refuses=(ErrorCode.NOT_FOUND, ErrorCode.INVALID),
     why="queued no poll",
-    errors="Why no poll was requested; empty on success.",
+    errors="Why no poll was requested",
     subject="id",
     description="Queue a poll of an active connection now (support, or the merchant's key).",
 )
@@ -136,13 +124,13 @@ async def sync_processor_connection(info: Info, id: IdArg) -> SyncProcessorConne
 
 class PauseProcessorConnectionPayload(Payload):
     processor_connection: ProcessorConnection | None = strawberry.field(
-        default=None, description="The connection, paused, when the change was applied."
+        description="The connection, paused, when the change was applied."
     )
 
 
 class ResumeProcessorConnectionPayload(Payload):
     processor_connection: ProcessorConnection | None = strawberry.field(
-        default=None, description="The connection, active again, when the change was applied."
+        description="The connection, active again, when the change was applied."
     )
 
 
@@ -155,9 +143,8 @@ def _set_status(
     """pauseProcessorConnection and resumeProcessorConnection: the same change to two states."""
 
     @mutation(
-        payload,
+        payload=payload,
         refuses=(ErrorCode.NOT_FOUND, ErrorCode.INVALID),
-        errors="Why the change was refused; empty on success.",
         subject="id",
         description=description,
     )

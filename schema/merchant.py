@@ -19,6 +19,7 @@ from schema.node import Node
 from schema.payment import Payment, PaymentConnection, PaymentFilter
 from schema.relay import AfterArg, Connection, FirstArg, connection
 from schema.retry_policy import RetryPolicy
+from schema.rows import from_row
 from schema.stats import (
     STATS_DESCRIPTION,
     FromArg,
@@ -43,13 +44,7 @@ class Merchant(Node):
 
     @classmethod
     def from_model(cls, row: MerchantModel) -> Self:
-        return cls(
-            id=cls.global_id(row.id),
-            name=row.name,
-            status=row.status,
-            created_at=row.created_at,
-            _row=row,
-        )
+        return from_row(cls, row, id=cls.global_id(row.id), _row=row)
 
     @strawberry.field(description="Payments in recovery, newest failure first.")
     async def payments(

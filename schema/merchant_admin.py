@@ -24,16 +24,14 @@ class CreateMerchantInput:
 
 class CreateMerchantPayload(Payload):
     merchant: Merchant | None = strawberry.field(
-        default=None,
         description="The new merchant (with the default retry policy), when it was created.",
     )
 
 
 @mutation(
-    CreateMerchantPayload,
     refuses=(ErrorCode.INVALID,),
     why="refused a merchant",
-    errors="Why the merchant was refused; empty on success.",
+    errors="Why the merchant was refused",
     description="Add a merchant with the default retry policy (support only). Audited.",
 )
 async def create_merchant(info: Info, input: CreateMerchantInput) -> CreateMerchantPayload:
@@ -43,13 +41,13 @@ async def create_merchant(info: Info, input: CreateMerchantInput) -> CreateMerch
 
 class PauseMerchantRecoveryPayload(Payload):
     merchant: Merchant | None = strawberry.field(
-        default=None, description="The merchant, paused, when the change was applied."
+        description="The merchant, paused, when the change was applied."
     )
 
 
 class ResumeMerchantRecoveryPayload(Payload):
     merchant: Merchant | None = strawberry.field(
-        default=None, description="The merchant, active again, when the change was applied."
+        description="The merchant, active again, when the change was applied."
     )
 
 
@@ -62,9 +60,8 @@ def _set_recovery(
     """pauseMerchantRecovery and resumeMerchantRecovery: the same change to two states."""
 
     @mutation(
-        payload,
+        payload=payload,
         refuses=(ErrorCode.NOT_FOUND, ErrorCode.INVALID),
-        errors="Why the change was refused; empty on success.",
         subject="merchantId",
         description=description,
     )

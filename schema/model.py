@@ -12,6 +12,7 @@ from resolvers import model as model_resolvers
 from resolvers.context import Context
 from resolvers.ids import encode_id
 from schema.mutation import Payload, ReasonArg, mutation
+from schema.rows import from_row
 
 Info = strawberry.Info[Context, None]
 
@@ -118,19 +119,12 @@ class Model:
 
     @classmethod
     def from_model(cls, row: ModelVersion) -> Self:
-        return cls(
+        return from_row(
+            cls,
+            row,
             id=strawberry.ID(encode_id(model_resolvers.MODEL_TYPE, row.id)),
-            status=row.status,
-            trained_at=row.trained_at,
-            data_start=row.data_start,
-            data_end=row.data_end,
-            feature_list=row.feature_list,
-            source=row.source,
             metrics=ModelMetrics.from_json(row.metrics),
             gate=None if row.gate is None else ModelGate.from_json(row.gate),
-            promoted_at=row.promoted_at,
-            promoted_by=row.promoted_by,
-            reason=row.reason,
         )
 
 
@@ -143,20 +137,17 @@ async def models(
 
 
 class PromoteModelPayload(Payload):
-    model: Model | None = strawberry.field(
-        default=None, description="The new champion, when promoted."
-    )
+    model: Model | None = strawberry.field(description="The new champion, when promoted.")
 
 
 @mutation(
-    PromoteModelPayload,
     refuses=(
         ErrorCode.NOT_FOUND,
         ErrorCode.GATE_FAILED,
         ErrorCode.INVALID_STATE,
         ErrorCode.INVALID,
     ),
-    errors="Why the promotion was refused; empty on success.",
+    errors="Why the promotion was refused",
     subject="id",
     description=(
         "Make a model the champion when it beat the current champion on a later held-out "

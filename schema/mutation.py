@@ -1,13 +1,12 @@
 """Declaring a mutation: its payload, the refusals that become the payload's typed errors.
 
     class RevokeApiKeyPayload(Payload):
-        api_key: ApiKey | None = strawberry.field(default=None, description="The key, revoked.")
+        api_key: ApiKey | None = strawberry.field(description="The key, revoked.")
 
 
     @mutation(
-        RevokeApiKeyPayload,
         refuses=(ErrorCode.NOT_FOUND, ErrorCode.INVALID),
-        errors="Why the key was not revoked; empty on success.",
+        errors="Why the key was not revoked",
         subject="id",
         description="Revoke an API key …",
     )
@@ -15,10 +14,11 @@
         row = await key_resolvers.revoke(info.context, global_id=str(id), reason=reason)
         return RevokeApiKeyPayload(api_key=ApiKey.from_model(row))
 
-publishes the root field `revokeApiKey` and `RevokeApiKeyPayload`, whose `errors` are
-`RevokeApiKeyError`s with a `RevokeApiKeyErrorCode` of the codes it `refuses`. The function
-raises the domain's errors: one whose code is among them becomes the payload's errors, any other
-(FORBIDDEN, UNAUTHENTICATED, a bug) stays a top-level error.
+publishes the root field `revokeApiKey` and `RevokeApiKeyPayload` (the function's return type),
+whose `errors` are `RevokeApiKeyError`s with a `RevokeApiKeyErrorCode` of the codes it `refuses`.
+The function raises the domain's errors: one whose code is among them becomes the payload's
+errors, any other (FORBIDDEN, UNAUTHENTICATED, a bug) stays a top-level error. A refusal leaves
+the payload's other fields null, so a success must give them all.
 """
 
 import functools
@@ -27,10 +27,10 @@ import types
 from collections.abc import Awaitable, Callable
 from dataclasses import MISSING, dataclass
 from enum import StrEnum
-from typing import Annotated, ClassVar, ParamSpec, Self, TypeVar, cast
+from typing import Annotated, ClassVar, ParamSpec, Protocol, Self, TypeVar, cast
 
 import strawberry
-from strawberry.types.base import get_object_definition
+from strawberry.types.base import StrawberryOptional, get_object_definition
 from strawberry.types.field import StrawberryField
 from typing_extensions import dataclass_transform
 
@@ -64,10 +64,12 @@ class MutationError:
 @dataclass_transform(kw_only_default=True, field_specifiers=(strawberry.field, StrawberryField))
 class Payload:
     """A mutation's result, published by `@mutation` with its `errors` (empty on success).
-    Every other field needs a default: a refused change leaves them null."""
+    A refused change leaves every other field null; one that cannot be null needs a default."""
 
     errors: list[MutationError]
     codes: ClassVar[type[StrEnum]]
+    # The fields a refusal leaves null: the nullable ones without a default.
+    nulls: ClassVar[tuple[str, ...]]
 
     @classmethod
     def refused(cls, exc: PortalError, *, subject: str | None) -> Self | None:
@@ -81,7 +83,7 @@ class Payload:
         else:
             about = subject if code in _ABOUT_SUBJECT else _ABOUT.get(code)
             problems = [(exc.field or about, exc.message)]
-        payload = cls()
+        payload = cls(**dict.fromkeys(cls.nulls))
         payload.errors = [
             MutationError(code=cls.codes[code.name], message=message, field=field)
             for field, message in problems
@@ -118,57 +120,72 @@ def _publish(
             ),
         },
     )
-    errors_field = strawberry.field(default_factory=list, description=errors)
+    errors_field = strawberry.field(
+        default_factory=list, description=f"{errors}; empty on success."
+    )
     object_type(
         payload,
         f"The result of {mutation_name}.",
         {"errors": (types.GenericAlias(list, (error,)), errors_field)},
     )
-    required = [
-        f.python_name
+    unset = [
+        f
         for f in get_object_definition(payload, strict=True).fields
         if f.default is MISSING and f.default_factory is MISSING
     ]
+    required = [f.python_name for f in unset if not isinstance(f.type, StrawberryOptional)]
     if required:
         raise TypeError(f"{payload.__name__}: give {required} a default for refusals")
+    payload.nulls = tuple(f.python_name for f in unset)
 
 
 Params = ParamSpec("Params")
 P = TypeVar("P", bound=Payload)
 
 
+class Declare(Protocol):
+    """What `@mutation(...)` applies to the function it decorates."""
+
+    def __call__(self, change: Callable[Params, Awaitable[P]], /) -> P: ...
+
+
 def mutation(
-    payload: type[P],
     *,
     refuses: tuple[ErrorCode, ...],
-    errors: str,
     description: str,
     subject: str | None = None,
+    errors: str = "Why the change was refused",
     why: str = "refused",
-) -> Callable[[Callable[Params, Awaitable[P]]], P]:
-    """The root mutation field running the function it decorates, returning `payload`.
+    payload: type[Payload] | None = None,
+) -> Declare:
+    """The root mutation field running the function it decorates, returning its payload: the
+    function's return type, or `payload` where that cannot name it.
 
-    A refusal whose code it `refuses` becomes the payload's errors (`errors` describes them;
-    the enum of codes says "Why <mutation> <why>."); one about the changed object (unknown, or
-    in a state that forbids the change) names `subject`, the argument or input field holding
-    its id. An error's `field` is described as an input field when the mutation takes
-    `input`, else as an argument. Each payload class serves one mutation."""
+    A refusal whose code it `refuses` becomes the payload's errors (described as "<errors>;
+    empty on success."; the enum of codes says "Why <mutation> <why>."); one about the changed
+    object (unknown, or in a state that forbids the change) names `subject`, the argument or
+    input field holding its id. An error's `field` is described as an input field when the
+    mutation takes `input`, else as an argument. Each payload class serves one mutation."""
 
     def declare(change: Callable[Params, Awaitable[P]]) -> P:
-        takes_input = "input" in inspect.signature(change).parameters
-        fault = "input field" if takes_input else "argument"
-        _publish(payload, refuses, errors=errors, why=why, fault=fault)
+        signature = inspect.signature(change)
+        returns = payload or signature.return_annotation
+        if not (isinstance(returns, type) and issubclass(returns, Payload)):
+            raise TypeError(f"{change.__name__}: return its Payload type, or pass `payload`")
+        result = cast(type[P], returns)
+        fault = "input field" if "input" in signature.parameters else "argument"
+        _publish(result, refuses, errors=errors, why=why, fault=fault)
 
         @functools.wraps(change)
         async def run(*args: Params.args, **kwargs: Params.kwargs) -> P:
             try:
                 return await change(*args, **kwargs)
             except PortalError as exc:
-                refused = payload.refused(exc, subject=subject)
+                refused = result.refused(exc, subject=subject)
                 if refused is None:
                     raise
                 return refused
 
-        return strawberry.mutation(resolver=run, description=description, graphql_type=payload)
+        return strawberry.mutation(resolver=run, description=description, graphql_type=result)
 
     return declare

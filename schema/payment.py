@@ -27,6 +27,7 @@ from schema.enums import (
 )
 from schema.node import Node
 from schema.relay import Connection, connection
+from schema.rows import from_row
 from schema.scalars import Long
 
 Info = strawberry.Info[Context, None]
@@ -121,12 +122,7 @@ class Customer(Node):
 
     @classmethod
     def from_model(cls, row: CustomerModel) -> Self:
-        return cls(
-            id=cls.global_id(row.id),
-            external_ref=row.external_ref,
-            timezone=row.timezone,
-            country=row.country,
-        )
+        return from_row(cls, row, id=cls.global_id(row.id))
 
 
 @strawberry.type(description="A card credential; the card number is never stored.")
@@ -141,16 +137,7 @@ class Card(Node):
 
     @classmethod
     def from_model(cls, row: CardModel) -> Self:
-        return cls(
-            id=cls.global_id(row.id),
-            brand=row.brand,
-            last4=row.last4,
-            bin=row.bin,
-            funding=row.funding,
-            country=row.issuer_country,
-            exp_month=row.exp_month,
-            exp_year=row.exp_year,
-        )
+        return from_row(cls, row, id=cls.global_id(row.id), country=row.issuer_country)
 
 
 async def _card(info: Info, card_id: uuid.UUID | None) -> Card | None:
@@ -185,14 +172,7 @@ class PaymentAttempt:
             if row.decline_category is not None
             else None
         )
-        return cls(
-            number=row.number,
-            attempted_at=row.attempted_at,
-            outcome=row.outcome,
-            actor=row.actor,
-            decline=decline,
-            _card_id=row.card_id or payment_card_id,
-        )
+        return from_row(cls, row, decline=decline, _card_id=row.card_id or payment_card_id)
 
 
 @strawberry.type(description="A failed recurring charge in recovery.")
@@ -217,11 +197,10 @@ class Payment(Node):
 
     @classmethod
     def from_model(cls, row: PaymentModel) -> Self:
-        return cls(
+        return from_row(
+            cls,
+            row,
             id=cls.global_id(row.id),
-            processor=row.processor,
-            processor_payment_id=row.processor_payment_id,
-            state=row.state,
             amount=Money(amount_minor=Long(row.amount_minor), currency=row.currency),
             decline=Decline(
                 category=row.decline_category,
@@ -232,12 +211,6 @@ class Payment(Node):
                 network_advice_code=row.decline_network_advice_code,
             ),
             failed_at=row.first_failed_at,
-            next_retry_at=row.next_retry_at,
-            recovered_at=row.recovered_at,
-            recovered_by=row.recovered_by,
-            attempt_count=row.attempt_count,
-            invoice_ref=row.invoice_ref,
-            subscription_ref=row.subscription_ref,
             _row=row,
         )
 
@@ -249,17 +222,7 @@ class Payment(Node):
     @strawberry.field(description="Every state change of the recovery, oldest first.")
     async def timeline(self, info: Info) -> list[PaymentTransition]:
         rows = await recovery_resolvers.timeline(info.context, self._row.id)
-        return [
-            PaymentTransition(
-                at=r.at,
-                from_state=r.from_state,
-                to_state=r.to_state,
-                event=r.event,
-                reason=r.reason,
-                actor=r.actor,
-            )
-            for r in rows
-        ]
+        return [from_row(PaymentTransition, r) for r in rows]
 
     @strawberry.field(description="The latest retry decision; null before the first one.")
     def decision(self) -> RetryDecision | None:
@@ -276,14 +239,7 @@ class Payment(Node):
     @strawberry.field(description="The card-network ledger as of now: why (not) retried.")
     async def ledger(self, info: Info) -> PaymentLedger | None:
         view = await recovery_resolvers.ledger(info.context, self._row.id)
-        if view is None:
-            return None
-        return PaymentLedger(
-            attempts_last_24h=view.attempts_last_24h,
-            attempts_last_30d=view.attempts_last_30d,
-            next_allowed_at=view.next_allowed_at,
-            blocking_rule=view.blocking_rule,
-        )
+        return None if view is None else from_row(PaymentLedger, view)
 
     @strawberry.field(description="The customer charged.")
     async def customer(self, info: Info) -> Customer | None:

@@ -16,15 +16,12 @@ PaymentIdArg = Annotated[strawberry.ID, strawberry.argument(description="The pay
 
 
 class CancelPaymentRecoveryPayload(Payload):
-    payment: Payment | None = strawberry.field(
-        default=None, description="The payment, now CANCELED."
-    )
+    payment: Payment | None = strawberry.field(description="The payment, now CANCELED.")
 
 
 @mutation(
-    CancelPaymentRecoveryPayload,
     refuses=(ErrorCode.NOT_FOUND, ErrorCode.INVALID_STATE, ErrorCode.INVALID),
-    errors="Why the cancel was refused; empty on success.",
+    errors="Why the cancel was refused",
     subject="paymentId",
     description=(
         "Stop recovering a payment (support, or the merchant's own key); refused while a "
@@ -42,27 +39,24 @@ async def cancel_payment_recovery(
 
 class RetryPaymentNowPayload(Payload):
     payment: Payment | None = strawberry.field(
-        default=None,
         description=(
             "The payment: SCHEDULED for now (or the earliest time the rules allow), or ended "
             "by the rule that forbids a retry."
         ),
     )
     explanation: str | None = strawberry.field(
-        default=None,
         description="How the engine placed the retry, naming any rule that moved it.",
     )
 
 
 @mutation(
-    RetryPaymentNowPayload,
     refuses=(
         ErrorCode.NOT_FOUND,
         ErrorCode.INVALID_STATE,
         ErrorCode.RECOVERY_DISABLED,
         ErrorCode.INVALID,
     ),
-    errors="Why the request was refused; empty on success.",
+    errors="Why the request was refused",
     subject="paymentId",
     description=(
         "Schedule a payment's next retry for now (support, or the merchant's own key). The "

@@ -12,6 +12,7 @@ from resolvers import retry_policy as policy_resolvers
 from resolvers.context import Context
 from schema.enums import DeclineCategory, EndAction, RetryStrategy
 from schema.mutation import Payload, mutation
+from schema.rows import from_row
 
 Info = strawberry.Info[Context, None]
 
@@ -55,20 +56,14 @@ class RetryPolicy:
             if row.quiet_hours_start is not None and row.quiet_hours_end is not None
             else None
         )
-        return cls(
-            version=row.version,
-            enabled=row.enabled,
-            max_attempts=row.max_attempts,
-            window_days=row.window_days,
-            min_hours_between_attempts=row.min_hours_between_attempts,
+        return from_row(
+            cls,
+            row,
             quiet_hours=quiet,
-            timezone=row.timezone,
             excluded_decline_categories=[
                 DeclineCategory(c) for c in row.excluded_decline_categories
             ],
-            strategy=row.strategy,
             fixed_schedule_days=list(row.fixed_schedule_days),
-            end_action=row.end_action,
             updated_at=row.created_at,
             updated_by=row.created_by,
         )
@@ -151,15 +146,13 @@ _CHANGE_FIELDS = tuple(PolicyChanges.__dataclass_fields__)
 
 class UpdateRetryPolicyPayload(Payload):
     retry_policy: RetryPolicy | None = strawberry.field(
-        default=None, description="The new current version, when the change was applied."
+        description="The new current version, when the change was applied."
     )
 
 
 @mutation(
-    UpdateRetryPolicyPayload,
     refuses=(ErrorCode.NOT_FOUND, ErrorCode.VERSION_CONFLICT, ErrorCode.INVALID),
     why="refused a change",
-    errors="Why the change was refused; empty on success.",
     subject="merchantId",
     description=(
         "Change a merchant's retry policy (support, or the merchant's own key). "

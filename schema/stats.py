@@ -12,6 +12,7 @@ from app.services.stats import figures as svc
 from app.services.stats.query import Granularity
 from resolvers import stats as stats_resolvers
 from resolvers.context import Context
+from schema.rows import from_row
 from schema.scalars import Long
 
 Info = strawberry.Info[Context, None]
@@ -118,27 +119,8 @@ class RecoveryFigures:
 
     @classmethod
     def from_figures(cls, f: svc.RecoveryFigures) -> Self:
-        return cls(
-            failed_count=f.failed_count,
-            failed_amount=Long(f.failed_amount),
-            eligible_count=f.eligible_count,
-            eligible_amount=Long(f.eligible_amount),
-            recovered_count=f.recovered_count,
-            recovered_amount=Long(f.recovered_amount),
-            recovered_by_actor=[
-                ActorRecovery(actor=r.actor, count=r.count, amount=Long(r.amount))
-                for r in f.recovered
-            ],
-            recovery_rate_by_count=f.recovery_rate_by_count,
-            recovery_rate_by_amount=f.recovery_rate_by_amount,
-            eligible_recovery_rate_by_count=f.eligible_recovery_rate_by_count,
-            eligible_recovery_rate_by_amount=f.eligible_recovery_rate_by_amount,
-            attempts_per_recovery=f.attempts_per_recovery,
-            median_time_to_recover_seconds=f.median_time_to_recover_seconds,
-            p90_time_to_recover_seconds=f.p90_time_to_recover_seconds,
-            in_recovery_count=f.in_recovery_count,
-            in_recovery_amount=Long(f.in_recovery_amount),
-        )
+        recovered_by_actor = [from_row(ActorRecovery, r) for r in f.recovered]
+        return from_row(cls, f, recovered_by_actor=recovered_by_actor)
 
 
 @strawberry.type(description="One point of the time series: payments first failed in it.")

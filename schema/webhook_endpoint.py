@@ -13,6 +13,7 @@ from resolvers import webhook_endpoint as endpoint_resolvers
 from resolvers.context import Context
 from schema.mutation import Payload, mutation
 from schema.node import Node
+from schema.rows import from_row
 
 Info = strawberry.Info[Context, None]
 
@@ -47,14 +48,11 @@ class WebhookDelivery:
     def from_model(cls, row: RecentDelivery) -> Self:
         d = row.delivery
         status = WebhookDeliveryStatus(d.status)
-        return cls(
+        return from_row(
+            cls,
+            d,
             event_type=row.event_type,
             status=status,
-            attempts=d.attempts,
-            last_status_code=d.last_status_code,
-            last_error=d.last_error,
-            created_at=d.created_at,
-            delivered_at=d.delivered_at,
             next_attempt_at=d.next_attempt_at if status is WebhookDeliveryStatus.PENDING else None,
         )
 
@@ -74,15 +72,7 @@ class WebhookEndpoint(Node):
 
     @classmethod
     def from_model(cls, row: EndpointModel) -> Self:
-        # The sealed secret is deliberately not mapped: no field can ever return it.
-        return cls(
-            id=cls.global_id(row.id),
-            url=row.url,
-            enabled=row.enabled,
-            created_at=row.created_at,
-            previous_secret_expires_at=row.previous_secret_expires_at,
-            _row=row,
-        )
+        return from_row(cls, row, id=cls.global_id(row.id), _row=row)
 
     @strawberry.field(description="The newest deliveries to this endpoint, newest first.")
     async def recent_deliveries(
@@ -107,10 +97,9 @@ class CreateWebhookEndpointInput:
 
 class CreateWebhookEndpointPayload(Payload):
     webhook_endpoint: WebhookEndpoint | None = strawberry.field(
-        default=None, description="The new endpoint, when it was created."
+        description="The new endpoint, when it was created."
     )
     secret: str | None = strawberry.field(
-        default=None,
         description=(
             "The signing secret, returned this once only: verify the Portal-Signature header "
             "with it. Never shown again; rotate it if lost."
@@ -119,10 +108,9 @@ class CreateWebhookEndpointPayload(Payload):
 
 
 @mutation(
-    CreateWebhookEndpointPayload,
     refuses=(ErrorCode.NOT_FOUND, ErrorCode.INVALID, ErrorCode.URL_NOT_ALLOWED),
     why="refused an endpoint",
-    errors="Why the endpoint was refused; empty on success.",
+    errors="Why the endpoint was refused",
     subject="merchantId",
     description=(
         "Add a URL to post a merchant's events to (support, or the merchant's own key); the "
@@ -156,10 +144,9 @@ class RotateWebhookSecretInput:
 
 class RotateWebhookSecretPayload(Payload):
     webhook_endpoint: WebhookEndpoint | None = strawberry.field(
-        default=None, description="The endpoint, when its secret was replaced."
+        description="The endpoint, when its secret was replaced."
     )
     secret: str | None = strawberry.field(
-        default=None,
         description=(
             "The new signing secret, returned this once only; deliveries sent from now on are "
             "signed with it, and with the old one too until previousSecretExpiresAt."
@@ -168,9 +155,8 @@ class RotateWebhookSecretPayload(Payload):
 
 
 @mutation(
-    RotateWebhookSecretPayload,
     refuses=(ErrorCode.NOT_FOUND, ErrorCode.INVALID),
-    errors="Why the rotation was refused; empty on success.",
+    errors="Why the rotation was refused",
     subject="endpointId",
     description=(
         "Replace an endpoint's signing secret (support, or the merchant's own key); the new "
@@ -201,15 +187,13 @@ class SetWebhookEndpointEnabledInput:
 
 class SetWebhookEndpointEnabledPayload(Payload):
     webhook_endpoint: WebhookEndpoint | None = strawberry.field(
-        default=None, description="The endpoint, when the change was applied."
+        description="The endpoint, when the change was applied."
     )
 
 
 @mutation(
-    SetWebhookEndpointEnabledPayload,
     # URL_NOT_ALLOWED: enabling an endpoint stored before its URL became refused (app/urls.py).
     refuses=(ErrorCode.NOT_FOUND, ErrorCode.INVALID, ErrorCode.URL_NOT_ALLOWED),
-    errors="Why the change was refused; empty on success.",
     subject="endpointId",
     description=(
         "Turn an endpoint on or off (support, or the merchant's own key); a disabled one "
