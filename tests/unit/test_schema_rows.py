@@ -10,7 +10,7 @@ import strawberry
 from app.enums import ConnectionStatus, Processor, Role
 from app.models.api_key import ApiKey as ApiKeyModel
 from app.models.ingestion import ProcessorConnection as ConnectionModel
-from app.models.retry import WebhookEndpoint as EndpointModel
+from app.models.webhook_endpoint import WebhookEndpoint as EndpointModel
 from schema.api_key import ApiKey
 from schema.connection import ProcessorConnection
 from schema.rows import from_row
