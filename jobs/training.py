@@ -16,6 +16,7 @@ import structlog
 from app.db import Database
 from app.enums import ModelStatus
 from app.errors import InvalidState, NotFound
+from app.models.model_version import HISTORY_SOURCE, simulated_failures, simulated_source
 from app.services import model_registry as registry
 from app.services.model_registry import GateVerdict, HistoryFailure, TrainedModel
 from app.tenancy import SYSTEM_SCOPE
@@ -234,7 +235,7 @@ async def train_from_history(
         )
     )
     say("running the promotion gate")
-    return await store_and_gate(db, result, held_log, source="history", now=now, cache=cache)
+    return await store_and_gate(db, result, held_log, source=HISTORY_SOURCE, now=now, cache=cache)
 
 
 def simulated(
@@ -273,7 +274,7 @@ async def train_simulated(
     result, held = await _off_loop(functools.partial(simulated, n, config, progress))
     if progress:
         progress("running the promotion gate")
-    return await store_and_gate(db, result, held, source=f"simulated:{n}", now=now, cache=cache)
+    return await store_and_gate(db, result, held, source=simulated_source(n), now=now, cache=cache)
 
 
 async def regate_model(
@@ -295,8 +296,9 @@ async def regate_model(
         if row is None:
             raise NotFound("no such model", field="id")
         champion_id = await registry.current_id(session, ModelStatus.CHAMPION)
+        simulated = simulated_failures(row.source)
         held: list[HistoryFailure] = []
-        if not row.source.startswith("simulated:"):
+        if simulated is None:
             held = await registry.failure_history(
                 session,
                 since=row.data_end + timedelta(microseconds=1),
@@ -308,11 +310,10 @@ async def regate_model(
     if challenger.model is None:
         verdict = GateVerdict(False, challenger.error or "unusable", champion_id, None, None)
     else:
-        if row.source.startswith("simulated:"):
-            n = int(row.source.split(":", 1)[1])
+        if simulated is not None:
             config = TrainConfig(seed=int(row.parameters.get("seed", 0)))
             end = row.data_end.timestamp()
-            log = await _off_loop(functools.partial(simulated_window, n, config, end))
+            log = await _off_loop(functools.partial(simulated_window, simulated, config, end))
         else:
             log = await _off_loop(functools.partial(retry_log, held))
         champion = await load_current(db, ModelStatus.CHAMPION, cache)

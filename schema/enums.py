@@ -15,6 +15,7 @@ from app.enums import (
     Processor,
     RetryStrategy,
     Role,
+    WebhookDeliveryStatus,
 )
 
 # strawberry.enum registers the class itself, so the API and the core share one type.
@@ -31,6 +32,7 @@ for _cls, _description in (
     (EndAction, "What happens when the retry window ends unrecovered."),
     (MerchantStatus, "Whether a merchant's recovery runs."),
     (ConnectionStatus, "Whether a processor connection is polled."),
+    (WebhookDeliveryStatus, "Where a webhook delivery stands."),
 ):
     strawberry.enum(_cls, description=_description)
 
@@ -47,4 +49,5 @@ __all__ = [
     "Processor",
     "RetryStrategy",
     "Role",
+    "WebhookDeliveryStatus",
 ]

@@ -1,7 +1,6 @@
 """Webhook endpoint types, their recent deliveries, and the create, rotate and enable mutations."""
 
 from datetime import datetime, timedelta
-from enum import StrEnum
 from typing import Annotated, Self
 
 import strawberry
@@ -11,18 +10,12 @@ from app.models.webhook_endpoint import WebhookEndpoint as EndpointModel
 from app.services.webhook_endpoint import DEFAULT_SECRET_GRACE, RecentDelivery
 from resolvers import webhook_endpoint as endpoint_resolvers
 from resolvers.context import Context
+from schema.enums import WebhookDeliveryStatus
 from schema.mutation import Payload, mutation
 from schema.node import Node
 from schema.rows import from_row
 
 Info = strawberry.Info[Context, None]
-
-
-@strawberry.enum(description="Where a webhook delivery stands.")
-class WebhookDeliveryStatus(StrEnum):
-    PENDING = "pending"
-    DELIVERED = "delivered"
-    FAILED = "failed"
 
 
 @strawberry.type(description="One event sent, or being sent, to a webhook endpoint.")
@@ -47,7 +40,7 @@ class WebhookDelivery:
     @classmethod
     def from_model(cls, row: RecentDelivery) -> Self:
         d = row.delivery
-        status = WebhookDeliveryStatus(d.status)
+        status = d.status
         return from_row(
             cls,
             d,

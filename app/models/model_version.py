@@ -11,6 +11,24 @@ from sqlmodel import Field, SQLModel
 from app.enums import ModelStatus
 from app.models.base import TenantOwned, enum_type, new_id, timestamp
 
+# What a model was trained on, as `model_version.source` stores it: the portal's stored history,
+# or a simulated world of N failures ("simulated:N"); written and read only through these.
+HISTORY_SOURCE = "history"
+_SIMULATED_PREFIX = "simulated:"
+
+
+def simulated_source(failures: int) -> str:
+    """The source of a model trained on `failures` simulated failures."""
+    return f"{_SIMULATED_PREFIX}{failures}"
+
+
+def simulated_failures(source: str) -> int | None:
+    """How many simulated failures a model with this source was trained on; None when it was
+    trained on stored history."""
+    if not source.startswith(_SIMULATED_PREFIX):
+        return None
+    return int(source.removeprefix(_SIMULATED_PREFIX))
+
 
 class ModelVersion(SQLModel, table=True):
     """One trained model: its data window, parameters, metrics, artifact bytes and status.
