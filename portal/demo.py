@@ -13,16 +13,18 @@ from arq.connections import ArqRedis
 
 from app.clock import AcceleratedClock
 from app.crypto import CredentialBox
-from app.db import Database
+from app.db import Database, UnitOfWork
 from app.embedded import resolve_services
 from app.enums import Processor, Role
 from app.errors import PortalError
+from app.models.ingestion import ProcessorConnection
+from app.models.merchant import Merchant
 from app.services.api_key import create_api_key
 from app.services.connection import create_connection
 from app.services.merchant import create_merchant
 from app.services.model_registry import promote
 from app.settings import Settings
-from app.tenancy import SYSTEM_SCOPE, system_principal
+from app.tenancy import SYSTEM_SCOPE, Principal, system_principal
 from app.urls import UrlPolicy
 from jobs.enqueue import enqueue_poll
 from jobs.supervisor import Supervisor
@@ -142,6 +144,47 @@ async def _train_demo_model(db: Database, clock: AcceleratedClock, failures: int
     return f"Timing model trained on {failures:,} simulated failures (AUC {auc:.3f}), champion"
 
 
+@dataclass(frozen=True)
+class SandboxAccount:
+    """An account of one sandbox processor, with the keys the portal connects to it with."""
+
+    sandbox_url: str
+    kind: Processor
+    account_id: str
+    api_key: str
+    hmac_key: str
+
+
+async def connect_sandbox_merchant(
+    uow: UnitOfWork,
+    account: SandboxAccount,
+    *,
+    name: str,
+    principal: Principal,
+    policy: UrlPolicy,
+    box: CredentialBox,
+    now: datetime,
+) -> tuple[Merchant, ProcessorConnection]:
+    """A new merchant named `name` with a connection to `account` (the demo's and the soak's)."""
+    merchant = await create_merchant(uow, name=name, principal=principal, now=now)
+    kind = account.kind.value
+    connection = await create_connection(
+        uow,
+        principal=principal,
+        merchant_id=merchant.id,
+        kind=account.kind,
+        base_url=f"{account.sandbox_url}/{kind}",
+        policy=policy,
+        credentials=connection_credentials(
+            kind, account.account_id, account.api_key, account.hmac_key
+        ),
+        box=box,
+        account_ref=account.account_id,
+        now=now,
+    )
+    return merchant, connection
+
+
 async def _set_up_merchants(
     db: Database,
     box: CredentialBox,
@@ -161,21 +204,16 @@ async def _set_up_merchants(
         db.uow(SYSTEM_SCOPE) as uow,
     ):
         for index, (name, kind) in enumerate(DEMO_MERCHANTS[: options.merchants]):
-            merchant = await create_merchant(uow, name=name, principal=principal, now=now)
             account_id = f"demo_{kind.value}_{secrets.token_hex(3)}"
             api_key = secrets.token_hex(12)
             hmac_key = secrets.token_hex(32)
-            credentials = connection_credentials(kind.value, account_id, api_key, hmac_key)
-            connection = await create_connection(
+            merchant, connection = await connect_sandbox_merchant(
                 uow,
+                SandboxAccount(sandbox_url, kind, account_id, api_key, hmac_key),
+                name=name,
                 principal=principal,
-                merchant_id=merchant.id,
-                kind=kind,
-                base_url=f"{sandbox_url}/{kind.value}",
                 policy=policy,
-                credentials=credentials,
                 box=box,
-                account_ref=account_id,
                 now=now,
             )
             body: dict[str, object] = {

@@ -38,3 +38,64 @@ class Normalizer:
         letter = results[0]
         assert isinstance(letter, RejectedRecord), letter
         return letter
+
+
+def card_json(
+    brand: str, funding: str, country: str, *, last4: str, exp_month: int, exp_year: int
+) -> dict[str, object]:
+    """A card as `record_to_json` writes it."""
+    return {
+        "brand": brand,
+        "funding": funding,
+        "country": country,
+        "last4": last4,
+        "exp_month": exp_month,
+        "exp_year": exp_year,
+    }
+
+
+def decline_json(
+    category: str,
+    *,
+    advice: str,
+    raw_code: str,
+    retryable: bool,
+    not_before: str | None = None,
+    network_decline_code: str | None = None,
+    network_advice_code: str | None = None,
+) -> dict[str, object]:
+    """A decline as `record_to_json` writes it; the optional fields are None unless given."""
+    return {
+        "category": category,
+        "retryable": retryable,
+        "advice": advice,
+        "not_before": not_before,
+        "raw_code": raw_code,
+        "network_decline_code": network_decline_code,
+        "network_advice_code": network_advice_code,
+    }
+
+
+def failed_record_json(
+    processor: Processor,
+    processor_payment_id: str,
+    *,
+    amount_minor: int,
+    currency: str,
+    customer_id: str,
+    card: dict[str, object],
+    decline: dict[str, object],
+    attempted_at: str,
+) -> dict[str, object]:
+    """The whole of `record_to_json` for a failed payment's record."""
+    return {
+        "processor": processor.value,
+        "processor_payment_id": processor_payment_id,
+        "status": "failed",
+        "amount_minor": amount_minor,
+        "currency": currency,
+        "customer_id": customer_id,
+        "card": card,
+        "decline": decline,
+        "attempted_at": attempted_at,
+    }

@@ -17,7 +17,7 @@ from app.processors.normalize.records import (
     RejectedRecord,
     major_to_minor,
 )
-from tests.support.normalize import Normalizer
+from tests.support.normalize import Normalizer, card_json, decline_json, failed_record_json
 
 NORMALIZER = Normalizer(Processor.BRAINTREE)
 load = NORMALIZER.load
@@ -43,32 +43,24 @@ def transaction(**fields: str) -> bytes:
 
 def test_processor_declined_renders_exactly() -> None:
     record = one_record(load("transaction_processor_declined.xml"))
-    assert record_to_json(record) == {
-        "processor": "braintree",
-        "processor_payment_id": "k8q3m2vp",
-        "status": "failed",
-        "amount_minor": 3330,
-        "currency": "USD",
-        "customer_id": "cust_81234",
-        "card": {
-            "brand": "mastercard",
-            "funding": "credit",
-            "country": "US",
-            "last4": "4444",
-            "exp_month": 7,
-            "exp_year": 2027,
-        },
-        "decline": {
-            "category": "insufficient_funds",
-            "retryable": True,
-            "advice": "retry_later",
-            "not_before": "2024-03-01T10:15:42Z",
-            "raw_code": "2001",
-            "network_decline_code": "51",
-            "network_advice_code": "24",
-        },
-        "attempted_at": "2024-03-01T09:15:42Z",
-    }
+    assert record_to_json(record) == failed_record_json(
+        Processor.BRAINTREE,
+        "k8q3m2vp",
+        amount_minor=3330,
+        currency="USD",
+        customer_id="cust_81234",
+        card=card_json("mastercard", "credit", "US", last4="4444", exp_month=7, exp_year=2027),
+        decline=decline_json(
+            "insufficient_funds",
+            advice="retry_later",
+            raw_code="2001",
+            retryable=True,
+            not_before="2024-03-01T10:15:42Z",
+            network_decline_code="51",
+            network_advice_code="24",
+        ),
+        attempted_at="2024-03-01T09:15:42Z",
+    )
     assert record.subscription_ref == "sub_monthly_77"
     assert record.invoice_ref == "INV-2024-0042"
     assert record.card is not None

@@ -9,7 +9,7 @@ import pytest
 from app.enums import Advice, CardFunding, DeclineCategory, Processor
 from app.processors.normalize.dispatch import record_to_json
 from app.processors.normalize.records import CanonicalRecord, NormalizeError, RejectedRecord
-from tests.support.normalize import Normalizer
+from tests.support.normalize import Normalizer, card_json, decline_json, failed_record_json
 
 NORMALIZER = Normalizer(Processor.CHECKOUT)
 load = NORMALIZER.load
@@ -26,33 +26,19 @@ def payment() -> dict[str, object]:
 
 def test_declined_payment_renders_exactly() -> None:
     record = one_record(load("payment_declined.json"))
-    assert record_to_json(record) == {
-        "processor": "checkout",
-        "processor_payment_id": "pay_mbabizu24mvu3mela5njyhpit4",
-        "status": "failed",
-        "amount_minor": 6540,
-        "currency": "USD",
-        "customer_id": "cus_y3oqhf46pyzuxjbcn2giaqnb44",
-        "card": {
-            "brand": "visa",
-            "funding": "credit",
-            "country": "US",
-            "last4": "4242",
-            "exp_month": 6,
-            "exp_year": 2027,
-        },
-        "decline": {
-            "category": "insufficient_funds",
-            "retryable": True,
-            "advice": "retry",
-            "not_before": None,
-            "raw_code": "20051",
-            "network_decline_code": None,
-            "network_advice_code": None,
-        },
+    assert record_to_json(record) == failed_record_json(
+        Processor.CHECKOUT,
+        "pay_mbabizu24mvu3mela5njyhpit4",
+        amount_minor=6540,
+        currency="USD",
+        customer_id="cus_y3oqhf46pyzuxjbcn2giaqnb44",
+        card=card_json("visa", "credit", "US", last4="4242", exp_month=6, exp_year=2027),
+        decline=decline_json(
+            "insufficient_funds", advice="retry", raw_code="20051", retryable=True
+        ),
         # Seven fractional digits are cut to Python's six.
-        "attempted_at": "2024-02-20T14:15:23.456789Z",
-    }
+        attempted_at="2024-02-20T14:15:23.456789Z",
+    )
     assert record.invoice_ref == "ORD-5023-4E89"
     assert record.raw_kind == "payment"
     assert record.card is not None

@@ -13,7 +13,7 @@ from app.processors.normalize.dispatch import (
     record_to_json,
 )
 from app.processors.normalize.records import CanonicalRecord, NormalizeError, RejectedRecord
-from tests.support.normalize import Normalizer
+from tests.support.normalize import Normalizer, card_json, decline_json, failed_record_json
 
 NORMALIZER = Normalizer(Processor.STRIPE)
 load = NORMALIZER.load
@@ -24,32 +24,22 @@ one_dead_letter = NORMALIZER.one_dead_letter
 
 def test_modern_charge_renders_exactly() -> None:
     record = one_record(load("charge_failed_modern.json"))
-    assert record_to_json(record) == {
-        "processor": "stripe",
-        "processor_payment_id": "ch_3PqK2LJmW8nX1a0b1cD2eF3g",
-        "status": "failed",
-        "amount_minor": 2900,
-        "currency": "USD",
-        "customer_id": "cus_QhXb3v8TnM4s2k",
-        "card": {
-            "brand": "visa",
-            "funding": "debit",
-            "country": "US",
-            "last4": "0341",
-            "exp_month": 8,
-            "exp_year": 2027,
-        },
-        "decline": {
-            "category": "insufficient_funds",
-            "retryable": True,
-            "advice": "retry",
-            "not_before": None,
-            "raw_code": "insufficient_funds",
-            "network_decline_code": "51",
-            "network_advice_code": None,
-        },
-        "attempted_at": "2024-06-10T16:00:00Z",
-    }
+    assert record_to_json(record) == failed_record_json(
+        Processor.STRIPE,
+        "ch_3PqK2LJmW8nX1a0b1cD2eF3g",
+        amount_minor=2900,
+        currency="USD",
+        customer_id="cus_QhXb3v8TnM4s2k",
+        card=card_json("visa", "debit", "US", last4="0341", exp_month=8, exp_year=2027),
+        decline=decline_json(
+            "insufficient_funds",
+            advice="retry",
+            raw_code="insufficient_funds",
+            retryable=True,
+            network_decline_code="51",
+        ),
+        attempted_at="2024-06-10T16:00:00Z",
+    )
     assert record.card is not None
     assert record.card.fingerprint == "Xt5EWLLDS7FJjR1c"
     assert record.raw_kind == "charge"

@@ -18,32 +18,7 @@ from app.enums import (
     PaymentState,
     RetryStrategy,
 )
-from app.retry.events import (
-    AlertDuplicateCharge,
-    AttemptAbandoned,
-    AttemptDeclined,
-    AttemptStarted,
-    AttemptSucceeded,
-    ClearSchedule,
-    CredentialUpdated,
-    DecisionMade,
-    EmitEvent,
-    EnqueueAttempt,
-    Event,
-    ExternalAttemptDeclined,
-    FailureIngested,
-    IllegalTransitionError,
-    InvoiceVoided,
-    MerchantPaused,
-    MerchantResumed,
-    PaidElsewhere,
-    PolicyChanged,
-    RecordAttempt,
-    RecordTransition,
-    ScheduleRetry,
-    SubscriptionCanceled,
-    WindowExpired,
-)
+from app.retry import events as ev
 from app.retry.rules import (
     DEFAULT_RULES,
     AttemptRecord,
@@ -198,7 +173,7 @@ def assert_charge_is_compliant(sim: Sim) -> None:
     assert sim.last_decline.category is not DeclineCategory.PAYMENT_REVOKED
 
 
-def next_event(data: st.DataObject, sim: Sim, kind: str) -> Event | None:
+def next_event(data: st.DataObject, sim: Sim, kind: str) -> ev.Event | None:
     now = sim.now
     match kind:
         case "decide":
@@ -206,23 +181,23 @@ def next_event(data: st.DataObject, sim: Sim, kind: str) -> Event | None:
             offset = data.draw(st.integers(-24, 24 * (40 if far else 5)))
             none = data.draw(st.integers(0, 19)) == 0
             chosen = None if none else now + timedelta(hours=offset)
-            return DecisionMade(chosen, "drawn", data.draw(st.sampled_from(list(RetryStrategy))))
+            return ev.DecisionMade(chosen, "drawn", data.draw(st.sampled_from(list(RetryStrategy))))
         case "claim":
             if sim.next_retry_at is not None:
                 sim.now = max(now, sim.next_retry_at)
-            return AttemptStarted()
+            return ev.AttemptStarted()
         case "resolve":
             if sim.in_flight is None:
                 return None
             outcome = data.draw(st.sampled_from(["succeed", "decline", "decline", "abandon"]))
             if outcome == "succeed":
-                return AttemptSucceeded()
+                return ev.AttemptSucceeded()
             if outcome == "abandon":
-                return AttemptAbandoned("drawn")
-            return AttemptDeclined(data.draw(declines(now)))
+                return ev.AttemptAbandoned("drawn")
+            return ev.AttemptDeclined(data.draw(declines(now)))
         case "external":
             actor = data.draw(st.sampled_from([Actor.PROCESSOR, Actor.BILLING_SYSTEM]))
-            return ExternalAttemptDeclined(data.draw(declines(now)), actor)
+            return ev.ExternalAttemptDeclined(data.draw(declines(now)), actor)
         case "noise_card" | "noise_customer":
             # Attempts on other invoices of the same card or customer: history only.
             count = data.draw(st.integers(1, 12))
@@ -237,35 +212,35 @@ def next_event(data: st.DataObject, sim: Sim, kind: str) -> Event | None:
         case "end":
             how = data.draw(st.sampled_from(["paid", "canceled", "voided"]))
             if how == "canceled":
-                return SubscriptionCanceled()
+                return ev.SubscriptionCanceled()
             if how == "voided":
-                return InvoiceVoided()
-            return PaidElsewhere(data.draw(st.sampled_from([Actor.CUSTOMER, Actor.PROCESSOR])))
+                return ev.InvoiceVoided()
+            return ev.PaidElsewhere(data.draw(st.sampled_from([Actor.CUSTOMER, Actor.PROCESSOR])))
         case "credential":
-            return CredentialUpdated(now, Actor.PROCESSOR)
+            return ev.CredentialUpdated(now, Actor.PROCESSOR)
         case "policy":
             sim.policy = data.draw(policies())
-            return PolicyChanged()
+            return ev.PolicyChanged()
         case "window":
-            return WindowExpired()
+            return ev.WindowExpired()
         case "pause":
             sim.paused = True
-            return MerchantPaused()
+            return ev.MerchantPaused()
         case "resume":
             sim.paused = False
-            return MerchantResumed()
+            return ev.MerchantResumed()
         case "ingest":
-            return FailureIngested(sim.last_decline)
+            return ev.FailureIngested(sim.last_decline)
         case _:
             raise AssertionError(kind)
 
 
-def apply(sim: Sim, event: Event) -> None:
+def apply(sim: Sim, event: ev.Event) -> None:
     before = sim.state
     ledger = sim.ledger()
     try:
         t = transition(before, event, policy=sim.effective_policy, ledger=ledger, now=sim.now)
-    except IllegalTransitionError:
+    except ev.IllegalTransitionError:
         assert (before, type(event)) in ILLEGAL_EVENTS
         return
     kinds = [type(a) for a in t.actions]
@@ -277,18 +252,18 @@ def apply(sim: Sim, event: Event) -> None:
         assert t.new_state in {S.EXHAUSTED, S.RECOVERED}
     if before is S.NOT_RETRYABLE:
         assert t.new_state in {S.NOT_RETRYABLE, S.RECOVERED} or (
-            t.new_state is S.PENDING and isinstance(event, CredentialUpdated)
+            t.new_state is S.PENDING and isinstance(event, ev.CredentialUpdated)
         )
     if before in TERMINAL_STATES and t.new_state is before:
-        assert set(kinds) <= {AlertDuplicateCharge, RecordTransition, EmitEvent}
-        assert EnqueueAttempt not in kinds
-        assert ScheduleRetry not in kinds
+        assert set(kinds) <= {ev.AlertDuplicateCharge, ev.RecordTransition, ev.EmitEvent}
+        assert ev.EnqueueAttempt not in kinds
+        assert ev.ScheduleRetry not in kinds
     if not t.changed:
         assert t.actions == ()
         assert t.new_state is before
 
     # One charge at a time, and none once paid.
-    if EnqueueAttempt in kinds:
+    if ev.EnqueueAttempt in kinds:
         assert before is S.SCHEDULED
         assert t.new_state is S.RETRYING
         assert sim.in_flight is None
@@ -300,38 +275,38 @@ def apply(sim: Sim, event: Event) -> None:
             note_case("a third or later charge was started")
 
     # Fold the event into the stored history, as the jobs do.
-    if isinstance(event, AttemptSucceeded):
+    if isinstance(event, ev.AttemptSucceeded):
         assert sim.in_flight is not None
         if sim.paid or before is S.CANCELED:
-            assert AlertDuplicateCharge in kinds
+            assert ev.AlertDuplicateCharge in kinds
         sim.resolve(replace(sim.in_flight, outcome=AttemptOutcome.SUCCEEDED))
         sim.portal_successes += 1
         sim.paid = True
-    elif isinstance(event, AttemptDeclined):
+    elif isinstance(event, ev.AttemptDeclined):
         assert sim.in_flight is not None
         sim.resolve(replace(sim.in_flight, outcome=AttemptOutcome.DECLINED, decline=event.decline))
         sim.last_decline = event.decline
-    elif isinstance(event, AttemptAbandoned):
+    elif isinstance(event, ev.AttemptAbandoned):
         sim.resolve(None)
-    elif isinstance(event, ExternalAttemptDeclined):
+    elif isinstance(event, ev.ExternalAttemptDeclined):
         record = AttemptRecord(sim.now, event.actor, AttemptOutcome.DECLINED, event.decline)
         for history in (sim.retries, sim.card, sim.customer):
             history.append(record)
         sim.last_decline = event.decline
-    elif isinstance(event, CredentialUpdated):
+    elif isinstance(event, ev.CredentialUpdated):
         sim.credential_since = event.at
-    elif isinstance(event, PaidElsewhere):
+    elif isinstance(event, ev.PaidElsewhere):
         sim.paid = True
 
     for action in t.actions:
-        if isinstance(action, ScheduleRetry):
+        if isinstance(action, ev.ScheduleRetry):
             assert action.at >= sim.now
             verdict = evaluate(action.at, ledger=sim.ledger(), policy=sim.effective_policy)
             assert verdict.allowed, verdict
             sim.next_retry_at = action.at
-        elif isinstance(action, ClearSchedule):
+        elif isinstance(action, ev.ClearSchedule):
             sim.next_retry_at = None
-        elif isinstance(action, RecordAttempt):
+        elif isinstance(action, ev.RecordAttempt):
             assert action.at == sim.now
             assert action.attempt_number == 1 + sum(r.actor is Actor.PORTAL for r in sim.retries)
             flying = AttemptRecord(action.at, Actor.PORTAL, None)
@@ -370,7 +345,7 @@ def test_random_event_sequences_keep_the_invariants(data: st.DataObject) -> None
     first = AttemptRecord(START, Actor.BILLING_SYSTEM, AttemptOutcome.DECLINED, original)
     sim.card.append(first)
     sim.customer.append(first)
-    apply(sim, FailureIngested(original))
+    apply(sim, ev.FailureIngested(original))
     steps = data.draw(st.integers(5, 60))
     for _ in range(steps):
         long_gap = data.draw(st.integers(0, 4)) == 0
@@ -400,13 +375,15 @@ def test_terminal_states_absorb_everything_but_the_documented_exits(data: st.Dat
     )
     kind = data.draw(st.sampled_from(KINDS))
     event = next_event(data, sim, kind)
-    if event is None or isinstance(event, AttemptSucceeded | AttemptDeclined | AttemptAbandoned):
+    if event is None or isinstance(
+        event, ev.AttemptSucceeded | ev.AttemptDeclined | ev.AttemptAbandoned
+    ):
         return
     t = transition(state, event, policy=sim.policy, ledger=sim.ledger(), now=sim.now)
     exits = {
-        (S.EXHAUSTED, PaidElsewhere): S.RECOVERED,
-        (S.NOT_RETRYABLE, PaidElsewhere): S.RECOVERED,
-        (S.NOT_RETRYABLE, CredentialUpdated): S.PENDING,
+        (S.EXHAUSTED, ev.PaidElsewhere): S.RECOVERED,
+        (S.NOT_RETRYABLE, ev.PaidElsewhere): S.RECOVERED,
+        (S.NOT_RETRYABLE, ev.CredentialUpdated): S.PENDING,
     }
     expected = exits.get((state, type(event)))
     if expected is None:

@@ -26,13 +26,11 @@ from app.crypto import CredentialBox
 from app.db import Database
 from app.enums import Processor, Role
 from app.services.api_key import create_api_key
-from app.services.connection import create_connection
-from app.services.merchant import create_merchant
 from app.settings import normalize_database_url
 from app.tenancy import SYSTEM_SCOPE, system_principal
 from app.workflows.webhook_delivery import DELIVERY_HEADER
+from portal.demo import SandboxAccount, connect_sandbox_merchant
 from resolvers.ids import encode_id
-from sandbox.common import connection_credentials
 from tests.support.factories import SANDBOX_URLS
 from tests.support.soak.report import (
     MAX_IN_FLIGHT,
@@ -57,21 +55,16 @@ async def set_up_tenants(stack: Stack, config: SoakConfig) -> Tenants:
         async with db.uow(SYSTEM_SCOPE) as uow:
             for index, kind in enumerate(config.processors):
                 name = f"Soak {kind.value}"
-                merchant = await create_merchant(uow, name=name, principal=principal, now=now)
                 account_id = f"soak_{kind.value}_{index}"
                 api_key = f"key_{uuid.uuid4().hex}"
                 hmac_key = uuid.uuid4().hex * 2
-                credentials = connection_credentials(kind.value, account_id, api_key, hmac_key)
-                connection = await create_connection(
+                merchant, connection = await connect_sandbox_merchant(
                     uow,
+                    SandboxAccount(stack.sandbox_url, kind, account_id, api_key, hmac_key),
+                    name=name,
                     principal=principal,
-                    merchant_id=merchant.id,
-                    kind=kind,
-                    base_url=f"{stack.sandbox_url}/{kind.value}",
                     policy=SANDBOX_URLS,
-                    credentials=credentials,
                     box=box,
-                    account_ref=account_id,
                     now=now,
                 )
                 _, token = await create_api_key(
