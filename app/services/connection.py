@@ -1,7 +1,6 @@
 """Processor connections: create (credentials sealed), pause, resume, open for use, list."""
 
 import uuid
-from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -180,30 +179,6 @@ async def pollable_connection(
             [("id", f"the connection is {connection.status.value}; resume it first")]
         )
     return connection
-
-
-async def connections_by_ids(
-    session: AsyncSession, ids: Sequence[uuid.UUID]
-) -> dict[uuid.UUID, ProcessorConnection]:
-    rows = await session.execute(
-        select(ProcessorConnection).where(col(ProcessorConnection.id).in_(ids))
-    )
-    return {c.id: c for c in rows.scalars()}
-
-
-async def connections_by_merchant_ids(
-    session: AsyncSession, ids: Sequence[uuid.UUID]
-) -> dict[uuid.UUID, list[ProcessorConnection]]:
-    """Each merchant's connections, oldest first."""
-    rows = await session.execute(
-        select(ProcessorConnection)
-        .where(col(ProcessorConnection.merchant_id).in_(ids))
-        .order_by(col(ProcessorConnection.created_at), col(ProcessorConnection.id))
-    )
-    grouped: dict[uuid.UUID, list[ProcessorConnection]] = defaultdict(list)
-    for connection in rows.scalars():
-        grouped[connection.merchant_id].append(connection)
-    return grouped
 
 
 async def payment_counts(session: AsyncSession, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, int]:

@@ -217,28 +217,6 @@ async def set_endpoint_enabled(
     return endpoint
 
 
-async def endpoints_by_ids(
-    session: AsyncSession, ids: Sequence[uuid.UUID]
-) -> dict[uuid.UUID, WebhookEndpoint]:
-    rows = await session.execute(select(WebhookEndpoint).where(col(WebhookEndpoint.id).in_(ids)))
-    return {e.id: e for e in rows.scalars()}
-
-
-async def endpoints_by_merchant_ids(
-    session: AsyncSession, ids: Sequence[uuid.UUID]
-) -> dict[uuid.UUID, list[WebhookEndpoint]]:
-    """Each merchant's endpoints, oldest first."""
-    rows = await session.execute(
-        select(WebhookEndpoint)
-        .where(col(WebhookEndpoint.merchant_id).in_(ids))
-        .order_by(col(WebhookEndpoint.created_at), col(WebhookEndpoint.id))
-    )
-    grouped: dict[uuid.UUID, list[WebhookEndpoint]] = defaultdict(list)
-    for endpoint in rows.scalars():
-        grouped[endpoint.merchant_id].append(endpoint)
-    return grouped
-
-
 @dataclass(frozen=True)
 class RecentDelivery:
     """A delivery with the type of the event it carries."""
