@@ -19,6 +19,7 @@ from app.models.payment import Payment
 from app.processors.adapters import REQUIRED_CREDENTIALS
 from app.processors.base import ConnectionInfo
 from app.services import audit
+from app.services.lookup import configurable_row
 from app.tenancy import Principal
 from app.urls import UrlForbidden, UrlMalformed, UrlPolicy, check_url
 
@@ -115,17 +116,14 @@ async def _configurable(
     uow: UnitOfWork, principal: Principal, connection_id: uuid.UUID
 ) -> ProcessorConnection:
     """The connection, locked, if visible and the caller may configure its merchant."""
-    connection = (
-        await uow.session.execute(
-            select(ProcessorConnection)
-            .where(col(ProcessorConnection.id) == connection_id)
-            .with_for_update()
-        )
-    ).scalar_one_or_none()
-    if connection is None:
-        raise NotFound("processor connection not found", field="id")
-    principal.require_configure(connection.merchant_id)
-    return connection
+    return await configurable_row(
+        uow,
+        principal,
+        ProcessorConnection,
+        connection_id,
+        not_found="processor connection not found",
+        field="id",
+    )
 
 
 async def set_connection_status(

@@ -1,4 +1,5 @@
-"""Batch reads behind the API's dataloaders: rows by id, and each merchant's rows of a kind."""
+"""Rows of a model by id: in batches for the API's dataloaders (by id, by merchant), and one
+locked for a configuration change."""
 
 import uuid
 from collections import defaultdict
@@ -8,6 +9,10 @@ from typing import Protocol, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
+
+from app.db import UnitOfWork
+from app.errors import NotFound
+from app.tenancy import Principal
 
 
 class Identified(Protocol):
@@ -45,3 +50,23 @@ async def rows_by_merchant_ids(
     for row in rows.scalars():
         grouped[row.merchant_id].append(row)
     return grouped
+
+
+async def configurable_row(
+    uow: UnitOfWork,
+    principal: Principal,
+    model: type[OwnedT],
+    row_id: uuid.UUID,
+    *,
+    not_found: str,
+    field: str,
+) -> OwnedT:
+    """The row, locked, if visible and the caller may configure its merchant; else `NotFound`
+    with the message `not_found` on the argument `field`."""
+    row = (
+        await uow.session.execute(select(model).where(col(model.id) == row_id).with_for_update())
+    ).scalar_one_or_none()
+    if row is None:
+        raise NotFound(not_found, field=field)
+    principal.require_configure(row.merchant_id)
+    return row
