@@ -2,7 +2,7 @@
 
 import uuid
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from datetime import datetime
 from typing import Protocol, TypeVar
 
@@ -19,47 +19,19 @@ from app.models.payment import Payment, PaymentAttempt
 from app.models.retry_policy import RetryPolicy
 from app.services.api_key import api_keys_by_ids, grants_by_api_key_ids
 from app.services.audit import entries_by_merchant_ids
-from app.services.connection import (
-    connections_by_ids,
-    connections_by_merchant_ids,
-    payment_counts,
-)
-from app.services.merchant import merchants_by_ids
-from app.services.payment import (
-    attempts_by_payment_ids,
-    cards_by_ids,
-    customers_by_ids,
-    payments_by_ids,
-)
+from app.services.connection import payment_counts
+from app.services.payment import attempts_by_payment_ids
 from app.services.retry_policy import current_policies
 from app.services.stats.figures import RecoveryStats
 from app.services.stats.query import StatsQuery
 from app.services.stats.rollups import load_stats
 from app.tenancy import Scope
+from resolvers.batch import by_id, count_by_id, many_by_id, row_by_id, rows_by_merchant_id
 from resolvers.model_loaders import ModelLoaders
 from resolvers.retry_loaders import RetryLoaders
 from resolvers.webhook_loaders import WebhookLoaders
 
 T = TypeVar("T")
-Fetch = Callable[[AsyncSession, Sequence[uuid.UUID]], Awaitable[Mapping[uuid.UUID, T]]]
-
-
-def _by_id(db: Database, scope: Scope, fetch: Fetch[T]) -> DataLoader[uuid.UUID, T | None]:
-    async def load(keys: list[uuid.UUID]) -> list[T | None]:
-        async with db.session(scope) as session:
-            found = await fetch(session, keys)
-        return [found.get(k) for k in keys]
-
-    return DataLoader(load_fn=load)
-
-
-def _count_by_id(db: Database, scope: Scope, fetch: Fetch[int]) -> DataLoader[uuid.UUID, int]:
-    async def load(keys: list[uuid.UUID]) -> list[int]:
-        async with db.session(scope) as session:
-            found = await fetch(session, keys)
-        return [found.get(k, 0) for k in keys]
-
-    return DataLoader(load_fn=load)
 
 
 Keyset = tuple[datetime, uuid.UUID]
@@ -97,17 +69,6 @@ def _pages(db: Database, scope: Scope, fetch: PageFetch[T]) -> DataLoader[PageKe
     return DataLoader(load_fn=load)
 
 
-def _many_by_id(
-    db: Database, scope: Scope, fetch: Fetch[list[T]]
-) -> DataLoader[uuid.UUID, list[T]]:
-    async def load(keys: list[uuid.UUID]) -> list[list[T]]:
-        async with db.session(scope) as session:
-            found = await fetch(session, keys)
-        return [found.get(k, []) for k in keys]
-
-    return DataLoader(load_fn=load)
-
-
 def _recovery_stats(
     db: Database, scope: Scope
 ) -> DataLoader[tuple[uuid.UUID, StatsQuery], RecoveryStats]:
@@ -132,40 +93,32 @@ class Loaders:
     """The request's loaders; a new set per request, so nothing is cached across callers."""
 
     def __init__(self, db: Database, scope: Scope) -> None:
-        self.merchant_by_id: DataLoader[uuid.UUID, Merchant | None] = _by_id(
-            db, scope, merchants_by_ids
+        self.merchant_by_id: DataLoader[uuid.UUID, Merchant | None] = row_by_id(db, scope, Merchant)
+        self.payment_by_id: DataLoader[uuid.UUID, Payment | None] = row_by_id(db, scope, Payment)
+        self.customer_by_id: DataLoader[uuid.UUID, Customer | None] = row_by_id(db, scope, Customer)
+        self.card_by_id: DataLoader[uuid.UUID, CardCredential | None] = row_by_id(
+            db, scope, CardCredential
         )
-        self.payment_by_id: DataLoader[uuid.UUID, Payment | None] = _by_id(
-            db, scope, payments_by_ids
-        )
-        self.customer_by_id: DataLoader[uuid.UUID, Customer | None] = _by_id(
-            db, scope, customers_by_ids
-        )
-        self.card_by_id: DataLoader[uuid.UUID, CardCredential | None] = _by_id(
-            db, scope, cards_by_ids
-        )
-        self.attempts_by_payment_id: DataLoader[uuid.UUID, list[PaymentAttempt]] = _many_by_id(
+        self.attempts_by_payment_id: DataLoader[uuid.UUID, list[PaymentAttempt]] = many_by_id(
             db, scope, attempts_by_payment_ids
         )
-        self.retry_policy_by_merchant_id: DataLoader[uuid.UUID, RetryPolicy | None] = _by_id(
+        self.retry_policy_by_merchant_id: DataLoader[uuid.UUID, RetryPolicy | None] = by_id(
             db, scope, current_policies
         )
         self.retry = RetryLoaders(db, scope)
         self.model = ModelLoaders(db, scope)
         self.webhook = WebhookLoaders(db, scope)
-        self.processor_connection_by_id: DataLoader[uuid.UUID, ProcessorConnection | None] = _by_id(
-            db, scope, connections_by_ids
+        self.processor_connection_by_id: DataLoader[uuid.UUID, ProcessorConnection | None] = (
+            row_by_id(db, scope, ProcessorConnection)
         )
         self.processor_connections_by_merchant_id: DataLoader[
             uuid.UUID, list[ProcessorConnection]
-        ] = _many_by_id(db, scope, connections_by_merchant_ids)
-        self.payment_count_by_connection_id: DataLoader[uuid.UUID, int] = _count_by_id(
+        ] = rows_by_merchant_id(db, scope, ProcessorConnection)
+        self.payment_count_by_connection_id: DataLoader[uuid.UUID, int] = count_by_id(
             db, scope, payment_counts
         )
-        self.api_key_by_id: DataLoader[uuid.UUID, ApiKey | None] = _by_id(
-            db, scope, api_keys_by_ids
-        )
-        self.merchant_ids_by_api_key_id: DataLoader[uuid.UUID, list[uuid.UUID]] = _many_by_id(
+        self.api_key_by_id: DataLoader[uuid.UUID, ApiKey | None] = by_id(db, scope, api_keys_by_ids)
+        self.merchant_ids_by_api_key_id: DataLoader[uuid.UUID, list[uuid.UUID]] = many_by_id(
             db, scope, grants_by_api_key_ids
         )
         self.audit_page_by_merchant_id: DataLoader[PageKey, list[AuditLog]] = _pages(

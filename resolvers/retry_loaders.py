@@ -10,6 +10,7 @@ from app.models.retry import PaymentTransition
 from app.retry.rules import LedgerView
 from app.services.retry.views import ledger_views, transitions_by_payment_ids
 from app.tenancy import Scope
+from resolvers.batch import many_by_id
 
 LedgerKey = tuple[uuid.UUID, datetime]
 
@@ -18,11 +19,6 @@ class RetryLoaders:
     """Timelines by payment, and ledgers by (payment, as-of time), each batch one session."""
 
     def __init__(self, db: Database, scope: Scope) -> None:
-        async def timelines(keys: list[uuid.UUID]) -> list[list[PaymentTransition]]:
-            async with db.session(scope) as session:
-                found = await transitions_by_payment_ids(session, keys)
-            return [found.get(k, []) for k in keys]
-
         async def ledgers(keys: list[LedgerKey]) -> list[LedgerView | None]:
             # One request reads one clock; a batch is computed as of its latest time.
             now = max(k[1] for k in keys)
@@ -30,8 +26,8 @@ class RetryLoaders:
                 found = await ledger_views(session, [k[0] for k in keys], now=now)
             return [found.get(k[0]) for k in keys]
 
-        self.transitions_by_payment_id: DataLoader[uuid.UUID, list[PaymentTransition]] = DataLoader(
-            load_fn=timelines
+        self.transitions_by_payment_id: DataLoader[uuid.UUID, list[PaymentTransition]] = many_by_id(
+            db, scope, transitions_by_payment_ids
         )
         self.ledger_by_payment_id: DataLoader[LedgerKey, LedgerView | None] = DataLoader(
             load_fn=ledgers

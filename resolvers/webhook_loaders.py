@@ -7,13 +7,9 @@ from strawberry.dataloader import DataLoader
 
 from app.db import Database
 from app.models.webhook_endpoint import WebhookEndpoint
-from app.services.webhook_endpoint import (
-    RecentDelivery,
-    endpoints_by_ids,
-    endpoints_by_merchant_ids,
-    recent_deliveries,
-)
+from app.services.webhook_endpoint import RecentDelivery, recent_deliveries
 from app.tenancy import Scope
+from resolvers.batch import row_by_id, rows_by_merchant_id
 
 # An endpoint's id with how many of its newest deliveries are asked for.
 DeliveriesKey = tuple[uuid.UUID, int]
@@ -23,16 +19,6 @@ class WebhookLoaders:
     """Endpoints by id and by merchant, deliveries by (endpoint, count); each batch one session."""
 
     def __init__(self, db: Database, scope: Scope) -> None:
-        async def by_id(keys: list[uuid.UUID]) -> list[WebhookEndpoint | None]:
-            async with db.session(scope) as session:
-                found = await endpoints_by_ids(session, keys)
-            return [found.get(k) for k in keys]
-
-        async def by_merchant(keys: list[uuid.UUID]) -> list[list[WebhookEndpoint]]:
-            async with db.session(scope) as session:
-                found = await endpoints_by_merchant_ids(session, keys)
-            return [found.get(k, []) for k in keys]
-
         async def deliveries(keys: list[DeliveriesKey]) -> list[list[RecentDelivery]]:
             # One query per distinct count asked for; a page usually asks one.
             groups: dict[int, list[uuid.UUID]] = defaultdict(list)
@@ -46,11 +32,11 @@ class WebhookLoaders:
                         found[(endpoint_id, first)] = rows.get(endpoint_id, [])
             return [found[k] for k in keys]
 
-        self.webhook_endpoint_by_id: DataLoader[uuid.UUID, WebhookEndpoint | None] = DataLoader(
-            load_fn=by_id
+        self.webhook_endpoint_by_id: DataLoader[uuid.UUID, WebhookEndpoint | None] = row_by_id(
+            db, scope, WebhookEndpoint
         )
         self.webhook_endpoints_by_merchant_id: DataLoader[uuid.UUID, list[WebhookEndpoint]] = (
-            DataLoader(load_fn=by_merchant)
+            rows_by_merchant_id(db, scope, WebhookEndpoint)
         )
         self.recent_deliveries_by_endpoint_id: DataLoader[DeliveriesKey, list[RecentDelivery]] = (
             DataLoader(load_fn=deliveries)

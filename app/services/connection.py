@@ -1,7 +1,6 @@
 """Processor connections: create (credentials sealed), pause, resume, open for use, list."""
 
 import uuid
-from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -20,6 +19,7 @@ from app.models.payment import Payment
 from app.processors.adapters import REQUIRED_CREDENTIALS
 from app.processors.base import ConnectionInfo
 from app.services import audit
+from app.services.lookup import configurable_row
 from app.tenancy import Principal
 from app.urls import UrlForbidden, UrlMalformed, UrlPolicy, check_url
 
@@ -116,17 +116,14 @@ async def _configurable(
     uow: UnitOfWork, principal: Principal, connection_id: uuid.UUID
 ) -> ProcessorConnection:
     """The connection, locked, if visible and the caller may configure its merchant."""
-    connection = (
-        await uow.session.execute(
-            select(ProcessorConnection)
-            .where(col(ProcessorConnection.id) == connection_id)
-            .with_for_update()
-        )
-    ).scalar_one_or_none()
-    if connection is None:
-        raise NotFound("processor connection not found", field="id")
-    principal.require_configure(connection.merchant_id)
-    return connection
+    return await configurable_row(
+        uow,
+        principal,
+        ProcessorConnection,
+        connection_id,
+        not_found="processor connection not found",
+        field="id",
+    )
 
 
 async def set_connection_status(
@@ -180,30 +177,6 @@ async def pollable_connection(
             [("id", f"the connection is {connection.status.value}; resume it first")]
         )
     return connection
-
-
-async def connections_by_ids(
-    session: AsyncSession, ids: Sequence[uuid.UUID]
-) -> dict[uuid.UUID, ProcessorConnection]:
-    rows = await session.execute(
-        select(ProcessorConnection).where(col(ProcessorConnection.id).in_(ids))
-    )
-    return {c.id: c for c in rows.scalars()}
-
-
-async def connections_by_merchant_ids(
-    session: AsyncSession, ids: Sequence[uuid.UUID]
-) -> dict[uuid.UUID, list[ProcessorConnection]]:
-    """Each merchant's connections, oldest first."""
-    rows = await session.execute(
-        select(ProcessorConnection)
-        .where(col(ProcessorConnection.merchant_id).in_(ids))
-        .order_by(col(ProcessorConnection.created_at), col(ProcessorConnection.id))
-    )
-    grouped: dict[uuid.UUID, list[ProcessorConnection]] = defaultdict(list)
-    for connection in rows.scalars():
-        grouped[connection.merchant_id].append(connection)
-    return grouped
 
 
 async def payment_counts(session: AsyncSession, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, int]:

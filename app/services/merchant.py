@@ -55,13 +55,6 @@ async def list_merchants(
     return (await session.execute(query)).scalars().all()
 
 
-async def merchants_by_ids(
-    session: AsyncSession, ids: Sequence[uuid.UUID]
-) -> dict[uuid.UUID, Merchant]:
-    rows = (await session.execute(select(Merchant).where(col(Merchant.id).in_(ids)))).scalars()
-    return {m.id: m for m in rows}
-
-
 async def set_recovery_status(
     uow: UnitOfWork,
     *,

@@ -11,7 +11,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
 
 from app.enums import DeclineCategory, PaymentState, Processor
-from app.models.customer import CardCredential, Customer
 from app.models.payment import Payment, PaymentAttempt
 
 
@@ -59,13 +58,6 @@ async def list_payments(
     return (await session.execute(query)).scalars().all()
 
 
-async def payments_by_ids(
-    session: AsyncSession, ids: Sequence[uuid.UUID]
-) -> dict[uuid.UUID, Payment]:
-    rows = (await session.execute(select(Payment).where(col(Payment.id).in_(ids)))).scalars()
-    return {p.id: p for p in rows}
-
-
 async def attempts_by_payment_ids(
     session: AsyncSession, ids: Sequence[uuid.UUID]
 ) -> dict[uuid.UUID, list[PaymentAttempt]]:
@@ -80,19 +72,3 @@ async def attempts_by_payment_ids(
     for attempt in rows:
         grouped[attempt.payment_id].append(attempt)
     return grouped
-
-
-async def customers_by_ids(
-    session: AsyncSession, ids: Sequence[uuid.UUID]
-) -> dict[uuid.UUID, Customer]:
-    rows = (await session.execute(select(Customer).where(col(Customer.id).in_(ids)))).scalars()
-    return {c.id: c for c in rows}
-
-
-async def cards_by_ids(
-    session: AsyncSession, ids: Sequence[uuid.UUID]
-) -> dict[uuid.UUID, CardCredential]:
-    rows = (
-        await session.execute(select(CardCredential).where(col(CardCredential.id).in_(ids)))
-    ).scalars()
-    return {c.id: c for c in rows}

@@ -19,6 +19,7 @@ from app.models.merchant import Merchant
 from app.models.retry import OutboxEvent
 from app.models.webhook_endpoint import WebhookDelivery, WebhookEndpoint
 from app.services import audit
+from app.services.lookup import configurable_row
 from app.services.retry.pinning import sender_url
 from app.tenancy import Principal
 from app.urls import Target, UrlForbidden, UrlMalformed, UrlPolicy
@@ -121,15 +122,14 @@ async def _configurable(
     uow: UnitOfWork, principal: Principal, endpoint_id: uuid.UUID
 ) -> WebhookEndpoint:
     """The endpoint, locked, if visible and the caller may configure its merchant."""
-    endpoint = (
-        await uow.session.execute(
-            select(WebhookEndpoint).where(col(WebhookEndpoint.id) == endpoint_id).with_for_update()
-        )
-    ).scalar_one_or_none()
-    if endpoint is None:
-        raise NotFound("webhook endpoint not found", field="endpointId")
-    principal.require_configure(endpoint.merchant_id)
-    return endpoint
+    return await configurable_row(
+        uow,
+        principal,
+        WebhookEndpoint,
+        endpoint_id,
+        not_found="webhook endpoint not found",
+        field="endpointId",
+    )
 
 
 async def rotate_secret(
@@ -215,28 +215,6 @@ async def set_endpoint_enabled(
     )
     await uow.session.flush()
     return endpoint
-
-
-async def endpoints_by_ids(
-    session: AsyncSession, ids: Sequence[uuid.UUID]
-) -> dict[uuid.UUID, WebhookEndpoint]:
-    rows = await session.execute(select(WebhookEndpoint).where(col(WebhookEndpoint.id).in_(ids)))
-    return {e.id: e for e in rows.scalars()}
-
-
-async def endpoints_by_merchant_ids(
-    session: AsyncSession, ids: Sequence[uuid.UUID]
-) -> dict[uuid.UUID, list[WebhookEndpoint]]:
-    """Each merchant's endpoints, oldest first."""
-    rows = await session.execute(
-        select(WebhookEndpoint)
-        .where(col(WebhookEndpoint.merchant_id).in_(ids))
-        .order_by(col(WebhookEndpoint.created_at), col(WebhookEndpoint.id))
-    )
-    grouped: dict[uuid.UUID, list[WebhookEndpoint]] = defaultdict(list)
-    for endpoint in rows.scalars():
-        grouped[endpoint.merchant_id].append(endpoint)
-    return grouped
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from app.db import UnitOfWork
 from app.enums import PaymentState
 from app.errors import InvalidState, NotFound, RecoveryDisabled
 from app.models.payment import Payment
-from app.retry.events import DecisionMade, InvoiceVoided
+from app.retry.events import DecisionMade, Event, InvoiceVoided
 from app.services import audit
 from app.services.retry.engine import run_event
 from app.services.retry.ledger import PaymentContext, load_contexts
@@ -41,6 +41,39 @@ async def _load(
     return ctx
 
 
+async def _apply(
+    uow: UnitOfWork,
+    ctx: PaymentContext,
+    event: Event,
+    *,
+    principal: Principal,
+    event_label: str,
+    action: str,
+    reason: str,
+    now: datetime,
+) -> ManualResult:
+    """Run a person's event through the state machine and audit the payment before and after."""
+    payment = ctx.payment
+    before = _snapshot(payment)
+    applied = await run_event(
+        uow, ctx, event, now=now, actor_label=principal.actor_label, event_label=event_label
+    )
+    audit.record(
+        uow,
+        principal=principal,
+        merchant_id=payment.merchant_id,
+        action=action,
+        entity_type="payment",
+        entity_id=str(payment.id),
+        before=before,
+        after=_snapshot(payment),
+        reason=reason,
+        now=now,
+    )
+    await uow.session.flush()
+    return ManualResult(payment, applied.transitions[-1].reason)
+
+
 async def cancel_recovery(
     uow: UnitOfWork,
     *,
@@ -58,30 +91,17 @@ async def cancel_recovery(
         raise InvalidState("a charge is in flight; cancel once its outcome is recorded")
     if payment.state.is_terminal:
         raise InvalidState(f"the payment is already {payment.state}")
-    before = _snapshot(payment)
     # The core's "the invoice is no longer due" event, named for what happened.
-    applied = await run_event(
+    return await _apply(
         uow,
         ctx,
         InvoiceVoided(),
-        now=now,
-        actor_label=principal.actor_label,
-        event_label="recovery_canceled",
-    )
-    audit.record(
-        uow,
         principal=principal,
-        merchant_id=payment.merchant_id,
+        event_label="recovery_canceled",
         action="payment.cancel_recovery",
-        entity_type="payment",
-        entity_id=str(payment.id),
-        before=before,
-        after=_snapshot(payment),
         reason=reason,
         now=now,
     )
-    await uow.session.flush()
-    return ManualResult(payment, applied.transitions[-1].reason)
 
 
 async def retry_now(
@@ -102,26 +122,18 @@ async def retry_now(
         raise InvalidState(f"a {payment.state} payment cannot be retried")
     if not ctx.policy.enabled:
         raise RecoveryDisabled("recovery is paused or switched off for this merchant")
-    before = _snapshot(payment)
     event = DecisionMade(
         chosen_at=now,
         reason=f"retry requested by {principal.actor_label}: {reason}"[:500],
         strategy=ctx.policy.strategy,
     )
-    applied = await run_event(
-        uow, ctx, event, now=now, actor_label=principal.actor_label, event_label="retry_requested"
-    )
-    audit.record(
+    return await _apply(
         uow,
+        ctx,
+        event,
         principal=principal,
-        merchant_id=payment.merchant_id,
+        event_label="retry_requested",
         action="payment.retry_now",
-        entity_type="payment",
-        entity_id=str(payment.id),
-        before=before,
-        after=_snapshot(payment),
         reason=reason,
         now=now,
     )
-    await uow.session.flush()
-    return ManualResult(payment, applied.transitions[-1].reason)
