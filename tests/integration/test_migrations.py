@@ -10,6 +10,15 @@ from sqlalchemy.exc import DBAPIError
 from app.embedded import Services, create_scratch_database, drop_database
 from portal.migrate import alembic_config
 
+# A merchant 0...0a with its customer 0...0c, the rows the data-moving revisions' tests start from.
+_MERCHANT_AND_CUSTOMER = """
+INSERT INTO merchant (id, name, status, created_at)
+VALUES ('00000000-0000-0000-0000-00000000000a', 'M', 'active', now());
+INSERT INTO customer (id, merchant_id, external_ref, created_at)
+VALUES ('00000000-0000-0000-0000-00000000000c', '00000000-0000-0000-0000-00000000000a', 'cus_1',
+        now());
+"""
+
 
 async def _tables(url: str) -> set[str]:
     conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://", 1))
@@ -49,13 +58,9 @@ async def test_attempts_stored_before_per_attempt_cards_get_their_payments_card(
         await asyncio.to_thread(command.upgrade, cfg, "0009_retry_policy_version")
         conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://", 1))
         try:
+            await conn.execute(_MERCHANT_AND_CUSTOMER)
             await conn.execute(
                 """
-                INSERT INTO merchant (id, name, status, created_at)
-                VALUES ('00000000-0000-0000-0000-00000000000a', 'M', 'active', now());
-                INSERT INTO customer (id, merchant_id, external_ref, created_at)
-                VALUES ('00000000-0000-0000-0000-00000000000c',
-                        '00000000-0000-0000-0000-00000000000a', 'cus_1', now());
                 INSERT INTO card_credential (id, merchant_id, customer_id, brand, funding,
                     last4, exp_month, exp_year, fingerprint, created_at)
                 VALUES ('00000000-0000-0000-0000-0000000000cc',
@@ -195,13 +200,9 @@ async def test_attempt_decline_columns_are_renamed_in_place_and_back(services: S
         await asyncio.to_thread(command.upgrade, cfg, "0012_webhook_previous_secret")
         conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://", 1))
         try:
+            await conn.execute(_MERCHANT_AND_CUSTOMER)
             await conn.execute(
                 """
-                INSERT INTO merchant (id, name, status, created_at)
-                VALUES ('00000000-0000-0000-0000-00000000000a', 'M', 'active', now());
-                INSERT INTO customer (id, merchant_id, external_ref, created_at)
-                VALUES ('00000000-0000-0000-0000-00000000000c',
-                        '00000000-0000-0000-0000-00000000000a', 'cus_1', now());
                 INSERT INTO payment (id, merchant_id, processor, processor_payment_id,
                     amount_minor, currency, customer_id, first_failed_at, decline_category,
                     decline_retryable, decline_advice, state, attempt_count, created_at,
