@@ -11,6 +11,7 @@ import asyncpg
 import pytest
 
 from app.embedded import Services, create_scratch_database, drop_database
+from ml.features import FEATURE_LIST
 from resolvers.model import decode_model_id
 
 # Every test here trains in a subprocess, some several times (a minute and more when busy).
@@ -62,7 +63,7 @@ async def test_train_simulated_stores_a_gated_challenger(env: dict[str, str]) ->
     assert row is not None
     assert dict(row) | {"size": 0} == {
         "status": "challenger",
-        "feature_list": "attempt_success/v1",
+        "feature_list": FEATURE_LIST.tag,
         "source": "simulated:3000",
         "size": 0,
     }
