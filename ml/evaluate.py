@@ -45,6 +45,8 @@ TARGETS = {
     "ece_max": 0.02,
     "recovery_low": 0.55,
     "recovery_high": 0.72,
+    # Share of the gap between the best fixed schedule and the oracle the model closes.
+    "gap_closed_min": 0.5,
 }
 
 
@@ -294,6 +296,7 @@ def run_evaluation(
         "auc": (m["auc"] or 0.0) >= TARGETS["auc_min"],
         "ece": m["ece"] <= TARGETS["ece_max"],
         "recovery_in_range": TARGETS["recovery_low"] <= model_rate <= TARGETS["recovery_high"],
+        "gap_closed": gap["share"] >= TARGETS["gap_closed_min"],
     }
     report: dict[str, Any] = {
         "n_failures": n_failures,
