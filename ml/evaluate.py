@@ -20,7 +20,7 @@ from ml import baselines, rules, taxonomy, timeutil
 from ml.artifact import TimingModel
 from ml.engine import Planner, PolicyRun, run_policy
 from ml.features import failure_context
-from ml.oracle import OracleConfig, oracle_planner, plan_failures
+from ml.oracle import OracleConfig, OraclePlans, oracle_planner, plan_failures
 from ml.policy import PolicyConfig, candidate_grid, plan_batch, score_candidates
 from ml.records import FailureRecords
 from ml.simulator.config import config_to_dict, load_config
@@ -216,6 +216,20 @@ def _plot(report: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def _planners(
+    records: FailureRecords, model: TimingModel, config: PolicyConfig, oracle: OraclePlans
+) -> dict[str, tuple[Planner, float]]:
+    """Every policy's planner with the horizon (days) its retries must fall in."""
+    planners: dict[str, tuple[Planner, float]] = {
+        MODEL: (model_planner(model, records, config), config.horizon_days),
+        ORACLE: (oracle_planner(records, oracle), config.horizon_days),
+        DECLINE_AWARE: (baselines.decline_aware_planner(records), 15.0),
+    }
+    for name, days in baselines.FIXED_SCHEDULES.items():
+        planners[name] = (baselines.fixed_planner(records, days), max(days) + 1.0)
+    return planners
+
+
 def run_evaluation(
     n_failures: int = 100_000,
     seed: int = 0,
@@ -250,13 +264,7 @@ def run_evaluation(
         uniforms = np.random.default_rng(seeds[2]).random((n_failures, MAX_ATTEMPTS))
         step("planning the oracle's retries")
         oracle_plans = plan_failures(batch, oracle_config)
-        planners: dict[str, tuple[Planner, float]] = {
-            MODEL: (model_planner(trained.model, records, policy_config), 14.0),
-            ORACLE: (oracle_planner(records, oracle_plans), oracle_config.horizon_days),
-            DECLINE_AWARE: (baselines.decline_aware_planner(records), 15.0),
-        }
-        for name, days in baselines.FIXED_SCHEDULES.items():
-            planners[name] = (baselines.fixed_planner(records, days), max(days) + 1.0)
+        planners = _planners(records, trained.model, policy_config, oracle_plans)
         runs: dict[str, PolicyRun] = {}
         for name in names:
             step(f"replaying {name}")
@@ -266,10 +274,7 @@ def run_evaluation(
     weight = _normalized_amount(records)
     policies = {name: policy_metrics(records, runs[name], weight) for name in names}
     policies[MODEL]["budget"] = {"retries": policy_config.budget, "days": 14}
-    policies[ORACLE]["budget"] = {
-        "retries": oracle_config.budget,
-        "days": oracle_config.horizon_days,
-    }
+    policies[ORACLE]["budget"] = {"retries": oracle_config.budget, "days": 14}
     # The chance its plans give, beside what the draws made of it.
     policies[ORACLE]["expected_recovery_rate"] = round(float(oracle_plans.chance.mean()), 4)
     value = {name: weight * runs[name].recovered for name in names}
