@@ -1,4 +1,9 @@
-"""Offline evaluation: the model policy against fixed and decline-aware schedules, one world."""
+"""Offline evaluation: the model policy against fixed and decline-aware schedules and the oracle.
+
+The oracle knows each failure's hidden state (ml/oracle.py): with the model's budget and rules it
+recovers the most any timing can, so (model - best fixed) / (oracle - best fixed) is the share of
+what timing can add over the best fixed schedule that the model takes.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ from ml import baselines, rules, taxonomy, timeutil
 from ml.artifact import TimingModel
 from ml.engine import Planner, PolicyRun, run_policy
 from ml.features import failure_context
+from ml.oracle import OracleConfig, OraclePlans, oracle_planner, plan_failures
 from ml.policy import PolicyConfig, candidate_grid, plan_batch, score_candidates
 from ml.records import FailureRecords
 from ml.simulator.config import config_to_dict, load_config
@@ -25,6 +31,7 @@ F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
 
 MODEL = "model"
+ORACLE = "oracle"
 DECLINE_AWARE = "decline_aware"
 # Fixed schedules within the model's budget (at most 4 retries in 14 days).
 SAME_BUDGET_FIXED = ("days_1_3_5_7", "4_in_14_days")
@@ -38,6 +45,8 @@ TARGETS = {
     "ece_max": 0.02,
     "recovery_low": 0.55,
     "recovery_high": 0.72,
+    # Share of the gap between the best fixed schedule and the oracle the model closes.
+    "gap_closed_min": 0.5,
 }
 
 
@@ -120,19 +129,25 @@ def policy_metrics(records: FailureRecords, run: PolicyRun, weight: F64) -> dict
     }
 
 
+def _bootstrap_sums(stack: F64, seed: int, samples: int) -> F64:
+    """Column sums of `stack` (policies, failures) over paired resamples of the failures."""
+    n = stack.shape[1]
+    rng = np.random.default_rng(seed)
+    sums = np.empty((samples, stack.shape[0]))
+    for b in range(samples):
+        w = np.bincount(rng.integers(0, n, n), minlength=n).astype(np.float64)
+        sums[b] = stack @ w
+    return sums
+
+
 def paired_lift(
     treatment: F64, baselines_: dict[str, F64], seed: int, samples: int = BOOTSTRAP_SAMPLES
 ) -> dict[str, dict[str, float]]:
     """Relative lift of sum(treatment) over each baseline with a paired bootstrap 95% CI."""
     names = list(baselines_)
     stack = np.vstack([treatment] + [baselines_[k] for k in names])
-    n = stack.shape[1]
-    rng = np.random.default_rng(seed)
-    lifts = np.empty((samples, len(names)))
-    for b in range(samples):
-        w = np.bincount(rng.integers(0, n, n), minlength=n).astype(np.float64)
-        sums = stack @ w
-        lifts[b] = sums[0] / np.maximum(sums[1:], 1e-12) - 1.0
+    sums = _bootstrap_sums(stack, seed, samples)
+    lifts = sums[:, :1] / np.maximum(sums[:, 1:], 1e-12) - 1.0
     point = stack.sum(axis=1)
     out = {}
     for j, name in enumerate(names):
@@ -143,6 +158,24 @@ def paired_lift(
             "ci95_high": round(float(hi), 4),
         }
     return out
+
+
+def gap_share(
+    model: F64, best_fixed: F64, oracle: F64, seed: int, samples: int = BOOTSTRAP_SAMPLES
+) -> dict[str, float]:
+    """(model - best fixed) / (oracle - best fixed) of the sums, with a paired bootstrap 95% CI."""
+    stack = np.vstack([model, best_fixed, oracle])
+
+    def share(sums: F64) -> F64:
+        out: F64 = (sums[..., 0] - sums[..., 1]) / np.maximum(sums[..., 2] - sums[..., 1], 1e-12)
+        return out
+
+    lo, hi = np.percentile(share(_bootstrap_sums(stack, seed, samples)), [2.5, 97.5])
+    return {
+        "share": round(float(share(stack.sum(axis=1))), 4),
+        "ci95_low": round(float(lo), 4),
+        "ci95_high": round(float(hi), 4),
+    }
 
 
 @contextmanager
@@ -170,7 +203,9 @@ def _plot(report: dict[str, Any], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(8, 5))
     for name, m in report["policies"].items():
         curve = m["cumulative_recovery_by_day"]
-        ax.plot(range(len(curve)), curve, label=name, linewidth=2.5 if name == MODEL else 1.2)
+        style = "--" if name == ORACLE else "-"
+        width = 2.5 if name == MODEL else 1.2
+        ax.plot(range(len(curve)), curve, style, label=name, linewidth=width)
     ax.set_xlabel("days since the decline")
     ax.set_ylabel("share of failed payments recovered")
     ax.set_title(f"Cumulative recovery by day (N = {report['n_failures']:,})")
@@ -179,6 +214,20 @@ def _plot(report: dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _planners(
+    records: FailureRecords, model: TimingModel, config: PolicyConfig, oracle: OraclePlans
+) -> dict[str, tuple[Planner, float]]:
+    """Every policy's planner with the horizon (days) its retries must fall in."""
+    planners: dict[str, tuple[Planner, float]] = {
+        MODEL: (model_planner(model, records, config), config.horizon_days),
+        ORACLE: (oracle_planner(records, oracle), config.horizon_days),
+        DECLINE_AWARE: (baselines.decline_aware_planner(records), 15.0),
+    }
+    for name, days in baselines.FIXED_SCHEDULES.items():
+        planners[name] = (baselines.fixed_planner(records, days), max(days) + 1.0)
+    return planners
 
 
 def run_evaluation(
@@ -197,8 +246,11 @@ def run_evaluation(
     policy_config = PolicyConfig()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    names = [MODEL, DECLINE_AWARE, *baselines.FIXED_SCHEDULES]
-    with _progress(progress, 3 + len(names)) as step:
+    oracle_config = OracleConfig(
+        budget=policy_config.budget, horizon_days=policy_config.horizon_days
+    )
+    names = [MODEL, ORACLE, DECLINE_AWARE, *baselines.FIXED_SCHEDULES]
+    with _progress(progress, 4 + len(names)) as step:
         step("simulating training history")
         history = generate_failures(n_failures, seeds[0], config)
         step("training")
@@ -210,12 +262,9 @@ def run_evaluation(
         records = batch.observed
         # Common random numbers: attempt k of failure i draws the same uniform in every policy.
         uniforms = np.random.default_rng(seeds[2]).random((n_failures, MAX_ATTEMPTS))
-        planners: dict[str, tuple[Planner, float]] = {
-            MODEL: (model_planner(trained.model, records, policy_config), 14.0),
-            DECLINE_AWARE: (baselines.decline_aware_planner(records), 15.0),
-        }
-        for name, days in baselines.FIXED_SCHEDULES.items():
-            planners[name] = (baselines.fixed_planner(records, days), max(days) + 1.0)
+        step("planning the oracle's retries")
+        oracle_plans = plan_failures(batch, oracle_config)
+        planners = _planners(records, trained.model, policy_config, oracle_plans)
         runs: dict[str, PolicyRun] = {}
         for name in names:
             step(f"replaying {name}")
@@ -225,6 +274,9 @@ def run_evaluation(
     weight = _normalized_amount(records)
     policies = {name: policy_metrics(records, runs[name], weight) for name in names}
     policies[MODEL]["budget"] = {"retries": policy_config.budget, "days": 14}
+    policies[ORACLE]["budget"] = {"retries": oracle_config.budget, "days": 14}
+    # The chance its plans give, beside what the draws made of it.
+    policies[ORACLE]["expected_recovery_rate"] = round(float(oracle_plans.chance.mean()), 4)
     value = {name: weight * runs[name].recovered for name in names}
     count = {name: runs[name].recovered.astype(np.float64) for name in names}
     others = [n for n in names if n != MODEL]
@@ -232,6 +284,7 @@ def run_evaluation(
     lift_count = paired_lift(count[MODEL], {k: count[k] for k in others}, seeds[3] + 1)
     best_fixed = max(SAME_BUDGET_FIXED, key=lambda k: policies[k]["recovery_rate_by_amount"])
     best_any = max(baselines.FIXED_SCHEDULES, key=lambda k: policies[k]["recovery_rate_by_amount"])
+    gap = gap_share(value[MODEL], value[best_fixed], value[ORACLE], seeds[3] + 2)
     m = trained.metrics
     model_rate = policies[MODEL]["recovery_rate"]
     apr_ratio = policies[MODEL]["attempts_per_recovery"] / max(
@@ -248,6 +301,7 @@ def run_evaluation(
         "auc": (m["auc"] or 0.0) >= TARGETS["auc_min"],
         "ece": m["ece"] <= TARGETS["ece_max"],
         "recovery_in_range": TARGETS["recovery_low"] <= model_rate <= TARGETS["recovery_high"],
+        "gap_closed": gap["share"] >= TARGETS["gap_closed_min"],
     }
     report: dict[str, Any] = {
         "n_failures": n_failures,
@@ -268,6 +322,7 @@ def run_evaluation(
         "best_fixed_any_budget": best_any,
         "lift_revenue": lift_amount,
         "lift_count": lift_count,
+        "gap_closed": gap,
         "attempts_per_recovery_ratio_vs_best_fixed": round(apr_ratio, 4),
         "targets": TARGETS,
         "checks": checks,
@@ -305,6 +360,11 @@ def format_table(report: dict[str, Any]) -> str:
     lines.append(
         f"model: AUC {m['auc']}, log loss {m['log_loss']}, Brier {m['brier']}, ECE {m['ece']}; "
         f"best fixed (same budget) {report['best_fixed_same_budget']}"
+    )
+    gap = report["gap_closed"]
+    lines.append(
+        f"gap closed by the model, (model - best fixed) / (oracle - best fixed) by amount: "
+        f"{gap['share']:.1%} [{gap['ci95_low']:.1%}, {gap['ci95_high']:.1%}]"
     )
     lines.append(
         "checks: "

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from ml import timeutil
+from ml import paydays, timeutil
 from ml.records import FailureRecords
 
 F32 = npt.NDArray[np.float32]
@@ -33,7 +33,7 @@ class FeatureList:
 
 FEATURE_LIST = FeatureList(
     name="attempt_success",
-    version=1,
+    version=2,
     features=(
         "category",
         "network_code",
@@ -59,8 +59,12 @@ FEATURE_LIST = FeatureList(
         "pay_weekday_strength",
         "days_since_biweekly_phase",
         "days_since_pay_day_of_month",
-        "payday_since_failure",
-        "payday_since_last_attempt",
+        "days_since_likely_payday",
+        "payday_chance_today",
+        "payday_chance_yesterday",
+        "payday_chance_2_days_ago",
+        "expected_paydays_since_failure",
+        "expected_paydays_since_last_attempt",
     ),
     categorical=(
         "category",
@@ -89,6 +93,7 @@ _STATIC = (
     "failure_day_of_month",
     "n_past_success",
     "pay_weekday_strength",
+    "days_since_likely_payday",
 )
 _STATIC_COLS = np.array([_COL[name] for name in _STATIC])
 _WEEKDAYS = np.arange(7)
@@ -104,6 +109,9 @@ class FailureContext:
     pay_weekday: F64
     past: F64
     past_dom: F64
+    # Local day number of the decline, and how likely each pay schedule is (ml/paydays.py).
+    failure_day: I64
+    paydays: paydays.PaydayBelief
 
 
 def failure_context(records: FailureRecords) -> FailureContext:
@@ -122,9 +130,12 @@ def failure_context(records: FailureRecords) -> FailureContext:
     f_dom = doms[:, 0]
     past_day = days[:, 1:]
     past_dom = doms[:, 1:]
-    # Renewals land on the billing day and say nothing about paydays: drop them.
+    # Renewals say nothing about paydays: drop what lands on the billing day of the month or a
+    # whole number of billing months (within a day) before the decline.
     dom_gap = np.abs(past_dom - f_dom[:, None])
+    months = (f0[:, None] - np.where(present, past, f0[:, None])) / (_MONTH_DAYS * timeutil.DAY)
     renewal = np.minimum(dom_gap, _MONTH_DAYS - dom_gap) <= 1.0
+    renewal |= (months >= 0.5) & (np.abs(months - np.round(months)) * _MONTH_DAYS <= 1.0)
     keep = present & ~renewal & (past < f0[:, None])
     past = np.where(keep, past, np.nan)
     past_dom = np.where(keep, past_dom, np.nan)
@@ -159,6 +170,8 @@ def failure_context(records: FailureRecords) -> FailureContext:
     static[:, 10] = f_dom
     static[:, 11] = n_past
     static[:, 12] = strength
+    belief = paydays.payday_belief(f_local, np.where(keep, past_local, np.nan))
+    static[:, 13] = belief.days_since_payday
     return FailureContext(
         static=static,
         failed_at=f0,
@@ -166,6 +179,8 @@ def failure_context(records: FailureRecords) -> FailureContext:
         pay_weekday=np.where(n_past > 0, mode, np.nan),
         past=past,
         past_dom=past_dom,
+        failure_day=f_day,
+        paydays=belief,
     )
 
 
@@ -218,7 +233,37 @@ def build_features(
     x[:, _COL["days_since_pay_weekday"]] = since_weekday
     x[:, _COL["days_since_biweekly_phase"]] = since_phase
     x[:, _COL["days_since_pay_day_of_month"]] = since_dom
-    nearest = np.fmin(np.fmin(since_weekday, since_dom), since_phase) * 24.0
-    x[:, _COL["payday_since_failure"]] = np.where(np.isnan(nearest), 0.0, nearest < hours_since)
-    x[:, _COL["payday_since_last_attempt"]] = np.where(np.isnan(nearest), 0.0, nearest < hours_last)
+    _payday_columns(x, context, rows, day, last, prev_known)
     return x
+
+
+def _payday_columns(
+    x: F32, context: FailureContext, rows: IntIndex, day: I64, last: F64, prev: F64
+) -> None:
+    """Payday chances by local day: on the candidate's day and the two before, and the expected
+    paydays since the decline and since the last attempt, given the retries that failed."""
+    rows = np.asarray(rows, dtype=np.int64)
+    tz = context.tz_minutes[rows]
+    # The candidates of one decision share their failure and retries: weigh schedules once.
+    key = np.concatenate([rows[:, None].astype(np.float64), np.nan_to_num(prev, nan=-1.0)], 1)
+    _, one, inverse = np.unique(key, axis=0, return_index=True, return_inverse=True)
+    chances = paydays.day_chances(
+        context.paydays,
+        rows[one],
+        context.failure_day[rows[one]],
+        prev[one] + tz[one, None] * 60.0,
+    )
+    cum = np.cumsum(chances, axis=1)[inverse.reshape(-1)]
+    last_day = timeutil.local_day(timeutil.local_seconds(last, tz))
+    # Expected paydays from the first covered day through each of these days.
+    days = np.stack([day, day - 1, day - 2, day - 3, context.failure_day[rows], last_day], 1)
+    base = context.failure_day[rows] - paydays.DAYS_BEFORE
+    index = np.clip(days - base[:, None], 0, paydays.WIDTH - 1)
+    today, yesterday, two_ago, three_ago, decline, last_try = np.take_along_axis(
+        cum, index, axis=1
+    ).T
+    x[:, _COL["payday_chance_today"]] = today - yesterday
+    x[:, _COL["payday_chance_yesterday"]] = yesterday - two_ago
+    x[:, _COL["payday_chance_2_days_ago"]] = two_ago - three_ago
+    x[:, _COL["expected_paydays_since_failure"]] = today - decline
+    x[:, _COL["expected_paydays_since_last_attempt"]] = today - last_try

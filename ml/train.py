@@ -231,7 +231,13 @@ def fit_model(
     say("calibrating")
     raw_calib = np.asarray(booster.predict(rows.x[calib_idx], num_threads=config.num_threads))
     iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip")
-    iso.fit(raw_calib, rows.y[calib_idx])
+    # One success and one failure more at each end of the scores: where the calibration slice
+    # is thin, the map stops short of a certain 0 or 1 that a later window would contradict.
+    ends = np.repeat([raw_calib.min(), raw_calib.max()], 2)
+    iso.fit(
+        np.concatenate([raw_calib, ends]),
+        np.concatenate([rows.y[calib_idx], [0.0, 1.0, 0.0, 1.0]]),
+    )
     model = TimingModel(
         booster=booster,
         calibrator_x=np.asarray(iso.X_thresholds_, dtype=np.float64),

@@ -437,7 +437,7 @@ def evaluate(
         "out/evaluation"
     ),
 ) -> None:
-    """Offline evaluation: the model policy against fixed schedules on the same failures."""
+    """Offline evaluation: the model against fixed schedules and the oracle on the same failures."""
     from ml.evaluate import format_table, run_evaluation
 
     result = run_evaluation(

@@ -11,7 +11,7 @@ import numpy.typing as npt
 
 from ml import taxonomy, timeutil
 from ml.records import PAST_SUCCESS_SLOTS, FailureRecords
-from ml.simulator.config import CAUSES, SimulatorConfig, load_config
+from ml.simulator.config import CAUSES, OutcomeConfig, SimulatorConfig, load_config
 from ml.simulator.customers import Customers, draw_customers
 
 F64 = npt.NDArray[np.float64]
@@ -330,15 +330,26 @@ def generate_failures(
     return batch.take(order)
 
 
-def success_probability_batch(batch: FailureBatch, rows: IntIndex, t: F64, prev: F64) -> F64:
-    """Chance that an attempt at t succeeds after earlier failed retries `prev` (NaN-padded)."""
+@dataclass(frozen=True)
+class AttemptOdds:
+    """An attempt's chance before earlier retries count, and the start of the state it meets."""
+
+    # Chance with no earlier retry: the cause's state at t, the decline's own recency, the
+    # local hour and the customer's drift away. Unclipped: earlier retries' penalty comes first.
+    fresh: F64
+    # Start of the state the attempt meets: the decline, the latest payday, or the moment the
+    # hold cleared. Earlier retries at or after it met the same state and failed.
+    window_start: F64
+
+
+def attempt_odds(batch: FailureBatch, rows: IntIndex, t: F64) -> AttemptOdds:
+    """What an attempt at t meets, before earlier retries are counted."""
     h = batch.hidden
     obs = batch.observed
     out = batch.config.outcome
     cause = h.cause[rows]
     f0 = obs.failed_at[rows]
-    m = t.shape[0]
-    p = np.zeros(m)
+    p = np.zeros(t.shape[0])
     start = f0.copy()
 
     funds = np.flatnonzero(cause == FUNDS)
@@ -363,17 +374,34 @@ def success_probability_batch(batch: FailureBatch, rows: IntIndex, t: F64, prev:
     p = np.where(cause == NEW_CARD, out.new_card_p, p)
     p = np.where(cause == NEVER, out.never_p, p)
 
-    earlier = prev < t[:, None]
-    same_window = (earlier & (prev >= start[:, None])).sum(axis=1)
     recent_from = t - out.recent_attempt_hours * timeutil.HOUR
-    recent = (earlier & (prev >= recent_from[:, None])).sum(axis=1)
     # The original decline counts as a recent attempt, except for a processing fault,
     # where the issuer never really looked at the payment.
-    recent = recent + ((f0 >= recent_from) & (cause != PROCESSING))
-    p = p * out.repeat_penalty**same_window * out.recent_penalty**recent
+    p = p * out.recent_penalty ** ((f0 >= recent_from) & (cause != PROCESSING))
     hour = timeutil.hour_of_day(timeutil.local_seconds(t, obs.tz_offset_minutes[rows]))
     p = p * np.where(hour < 6.0, out.night_factor, 1.0)
     p = p * np.exp(-np.maximum(t - f0, 0.0) / (out.churn_days * timeutil.DAY))
+    return AttemptOdds(fresh=p, window_start=start)
+
+
+def retry_penalty(config: OutcomeConfig, window_start: F64, t: F64, prev: F64) -> F64:
+    """Factor by which earlier failed retries `prev` (NaN-padded) lower an attempt at t.
+
+    A retry that met the same state (at or after `window_start`) says the money or the issuer
+    is still not there; a retry within the last hours still weighs on the issuer.
+    """
+    earlier = prev < t[:, None]
+    same_window = (earlier & (prev >= window_start[:, None])).sum(axis=1)
+    recent_from = t - config.recent_attempt_hours * timeutil.HOUR
+    recent = (earlier & (prev >= recent_from[:, None])).sum(axis=1)
+    out: F64 = config.repeat_penalty**same_window * config.recent_penalty**recent
+    return out
+
+
+def success_probability_batch(batch: FailureBatch, rows: IntIndex, t: F64, prev: F64) -> F64:
+    """Chance that an attempt at t succeeds after earlier failed retries `prev` (NaN-padded)."""
+    odds = attempt_odds(batch, rows, t)
+    p = odds.fresh * retry_penalty(batch.config.outcome, odds.window_start, t, prev)
     result: F64 = np.clip(p, 0.0, 1.0)
     return result
 

@@ -6,6 +6,7 @@ import subprocess
 import asyncpg
 import pytest
 
+from ml.features import FEATURE_LIST
 from resolvers.model import decode_model_id
 from tests.support.cli import run_portal
 
@@ -41,7 +42,7 @@ async def test_train_simulated_stores_a_gated_challenger(env: dict[str, str]) ->
     assert row is not None
     assert dict(row) | {"size": 0} == {
         "status": "challenger",
-        "feature_list": "attempt_success/v1",
+        "feature_list": FEATURE_LIST.tag,
         "source": "simulated:3000",
         "size": 0,
     }

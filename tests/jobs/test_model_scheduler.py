@@ -122,7 +122,7 @@ def test_feature_list_mismatch_falls_back_and_says_why() -> None:
     decision = scheduler(_payment(), [], _candidates(), policy=POLICY, now=NOW)
     assert decision.strategy is RetryStrategy.FIXED_SCHEDULE
     assert "attempt_success/v99" in decision.reason
-    assert "does not match the served attempt_success/v1" in decision.reason
+    assert f"does not match the served {FEATURE_LIST.tag}" in decision.reason
 
 
 def test_scoring_failure_falls_back_and_says_why() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ml.evaluate import MODEL, format_table, run_evaluation
+from ml.evaluate import MODEL, ORACLE, format_table, run_evaluation
 
 
 def test_evaluation_writes_report_and_plot(tmp_path: Path) -> None:
@@ -23,9 +23,23 @@ def test_evaluation_writes_report_and_plot(tmp_path: Path) -> None:
         curve = p["cumulative_recovery_by_day"]
         assert curve == sorted(curve)
     assert report["policies"][MODEL]["attempts_per_failure"] <= 4
+    # With the same draws, no policy recovers more than the oracle, by count or by amount.
+    oracle = report["policies"][ORACLE]
+    assert oracle["attempts_per_failure"] <= 4
+    for name, p in report["policies"].items():
+        assert oracle["recovered"] >= p["recovered"], name
+        assert oracle["recovery_rate_by_amount"] >= p["recovery_rate_by_amount"], name
+    # A model trained on this little history may lose to the best fixed schedule, never to the
+    # oracle.
+    gap = report["gap_closed"]
+    assert gap["share"] < 1.0
+    assert gap["ci95_low"] <= gap["share"] <= gap["ci95_high"]
     lift = report["lift_revenue"]["decline_aware"]
     assert lift["ci95_low"] <= lift["lift"] <= lift["ci95_high"]
-    assert "model" in format_table(report)
+    table = format_table(report)
+    assert "model" in table
+    assert "oracle" in table
+    assert f"{gap['share']:.1%}" in table
 
 
 def test_evaluation_is_deterministic(tmp_path: Path) -> None:
@@ -33,6 +47,7 @@ def test_evaluation_is_deterministic(tmp_path: Path) -> None:
     b = run_evaluation(n_failures=1500, seed=4, config_path=None, out_dir=tmp_path / "b")
     assert a["policies"] == b["policies"]
     assert a["lift_revenue"] == b["lift_revenue"]
+    assert a["gap_closed"] == b["gap_closed"]
 
 
 def test_perturbed_configs_load_and_run(tmp_path: Path) -> None:
