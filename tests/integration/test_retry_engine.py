@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncConnection
-from sqlmodel import col, func, select
+from sqlmodel import col, func, select, update
 
 from app.clock import FixedClock
 from app.db import Database, ScopedSession
@@ -18,8 +18,10 @@ from app.models.ingestion import ProcessorConnection
 from app.models.merchant import Merchant
 from app.models.payment import Payment
 from app.models.retry import OutboxEvent
+from app.models.retry_policy import RetryPolicy
 from app.processors.base import ChargeResult, PermanentProcessorError, TransientProcessorError
 from app.retry.events import DecisionMade
+from app.retry.schedule import in_control_group
 from app.retry.state_machine import attempt_idempotency_key
 from app.services.retry.engine import decide_pending, run_event
 from app.services.retry.ledger import load_contexts
@@ -512,3 +514,67 @@ async def test_attempt_in_flight_on_a_payment_recovered_meanwhile_is_never_repla
     clock.set(clock.now() + timedelta(minutes=11))
     assert await reconcile_stuck(db, adapters=stripe, clock=clock) == []
     assert stripe.charge_count == 0
+
+
+async def _set_strategy(
+    db: Database, merchant_id: uuid.UUID, strategy: RetryStrategy, **values: object
+) -> None:
+    async with db.uow(SYSTEM_SCOPE) as uow:
+        await uow.session.execute(
+            update(RetryPolicy)
+            .where(col(RetryPolicy.merchant_id) == merchant_id)
+            .values(strategy=strategy, **values)
+        )
+        await uow.commit()
+
+
+async def test_decline_aware_policy_schedules_by_the_decline_and_again_after_a_decline(
+    db: Database,
+) -> None:
+    [payment], clock = await _setup(db, reason="processing_error")
+    await _set_strategy(
+        db, payment.merchant_id, RetryStrategy.DECLINE_AWARE, min_hours_between_attempts=1
+    )
+    await decide(db, T0)
+    after = await reload(db, payment.id)
+    assert after.state is PaymentState.SCHEDULED
+    assert after.decision_strategy is RetryStrategy.DECLINE_AWARE
+    assert after.next_retry_at == T0 + timedelta(hours=2)
+    assert after.decision_reason == (
+        "decline-aware rules: processing_error, 2 hours after the first failure"
+    )
+    # A declined retry asks the rules again: the next time is theirs, not a fixed day.
+    clock.set(T0 + timedelta(hours=2))
+    [(pid, number)] = await claim(db, clock.now())
+    stripe = FakeStripe(clock.now(), approve=False)
+    await execute_attempt(db, payment_id=pid, attempt_number=number, adapters=stripe, clock=clock)
+    await decide(db, clock.now())
+    again = await reload(db, payment.id)
+    assert again.state is PaymentState.SCHEDULED
+    assert again.decision_strategy is RetryStrategy.DECLINE_AWARE
+    assert again.decision_reason is not None
+    assert again.decision_reason.startswith("decline-aware rules: ")
+    assert again.next_retry_at is not None
+    assert again.next_retry_at > clock.now()
+
+
+async def test_model_policy_without_a_model_is_scheduled_by_the_decline_aware_rules(
+    db: Database,
+) -> None:
+    payments, _ = await _setup(db, charges=12)
+    await _set_strategy(db, payments[0].merchant_id, RetryStrategy.MODEL)
+    await decide(db, T0)
+    arms = set()
+    for payment in payments:
+        after = await reload(db, payment.id)
+        assert after.state is PaymentState.SCHEDULED
+        assert after.next_retry_at is not None
+        control = in_control_group(str(after.merchant_id), str(after.id))
+        arms.add(control)
+        if control:
+            assert after.decision_strategy is RetryStrategy.FIXED_SCHEDULE
+        else:
+            assert after.decision_strategy is RetryStrategy.DECLINE_AWARE
+            assert after.decision_reason is not None
+            assert after.decision_reason.endswith("(no champion model: decline-aware rules)")
+    assert False in arms
