@@ -37,7 +37,7 @@ DEFAULTS: dict[str, Any] = {
     "quiet_hours_end": 7,
     "timezone": "UTC",
     "excluded_decline_categories": [],
-    "strategy": RetryStrategy.FIXED_SCHEDULE,
+    "strategy": RetryStrategy.MODEL,
     "fixed_schedule_days": [1, 3, 5, 7],
     "end_action": EndAction.MARK_EXHAUSTED,
 }

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncConnection
-from sqlmodel import col, func, select, update
+from sqlmodel import col, func, select
 
 from app.clock import FixedClock
 from app.db import Database, ScopedSession
@@ -18,7 +18,6 @@ from app.models.ingestion import ProcessorConnection
 from app.models.merchant import Merchant
 from app.models.payment import Payment
 from app.models.retry import OutboxEvent
-from app.models.retry_policy import RetryPolicy
 from app.processors.base import ChargeResult, PermanentProcessorError, TransientProcessorError
 from app.retry.events import DecisionMade
 from app.retry.schedule import in_control_group
@@ -27,7 +26,7 @@ from app.services.retry.engine import decide_pending, run_event
 from app.services.retry.ledger import load_contexts
 from app.tenancy import SYSTEM_SCOPE
 from app.workflows.retry_attempt import execute_attempt, reconcile_stuck
-from tests.support.factories import make_merchant
+from tests.support.factories import make_merchant, set_strategy
 from tests.support.retry import (
     FakeStripe,
     WorkerKilled,
@@ -50,6 +49,8 @@ T0 = datetime(2026, 10, 5, 10, 0, tzinfo=UTC)
 
 async def _setup(db: Database, charges: int = 1, **kw: object) -> tuple[list[Payment], FixedClock]:
     merchant = await make_merchant(db, f"Retry {uuid.uuid4().hex[:6]}", now=T0)
+    # These tests follow the fixed schedule's days; new merchants start on the model.
+    await set_strategy(db, merchant.id, RetryStrategy.FIXED_SCHEDULE)
     connection = await make_connection(db, merchant, T0)
     prefix = uuid.uuid4().hex[:8]
     bodies = [
@@ -162,6 +163,7 @@ async def test_claim_takes_due_payments_only_and_writes_the_attempt_first(db: Da
 
 async def test_customer_hourly_cap_holds_within_one_claim(db: Database) -> None:
     merchant = await make_merchant(db, "Cap", now=T0)
+    await set_strategy(db, merchant.id, RetryStrategy.FIXED_SCHEDULE)
     connection = await make_connection(db, merchant, T0)
     bodies = [
         stripe_charge(f"ch_cap_{i}", created=T0, customer="cus_same", fingerprint=f"fp_cap_{i}")
@@ -516,23 +518,11 @@ async def test_attempt_in_flight_on_a_payment_recovered_meanwhile_is_never_repla
     assert stripe.charge_count == 0
 
 
-async def _set_strategy(
-    db: Database, merchant_id: uuid.UUID, strategy: RetryStrategy, **values: object
-) -> None:
-    async with db.uow(SYSTEM_SCOPE) as uow:
-        await uow.session.execute(
-            update(RetryPolicy)
-            .where(col(RetryPolicy.merchant_id) == merchant_id)
-            .values(strategy=strategy, **values)
-        )
-        await uow.commit()
-
-
 async def test_decline_aware_policy_schedules_by_the_decline_and_again_after_a_decline(
     db: Database,
 ) -> None:
     [payment], clock = await _setup(db, reason="processing_error")
-    await _set_strategy(
+    await set_strategy(
         db, payment.merchant_id, RetryStrategy.DECLINE_AWARE, min_hours_between_attempts=1
     )
     await decide(db, T0)
@@ -562,7 +552,7 @@ async def test_model_policy_without_a_model_is_scheduled_by_the_decline_aware_ru
     db: Database,
 ) -> None:
     payments, _ = await _setup(db, charges=12)
-    await _set_strategy(db, payments[0].merchant_id, RetryStrategy.MODEL)
+    await set_strategy(db, payments[0].merchant_id, RetryStrategy.MODEL)
     await decide(db, T0)
     arms = set()
     for payment in payments:
