@@ -94,14 +94,21 @@ def fixed_schedule(
         days = len(policy.fixed_schedule_days)
         return Decision(None, f"fixed schedule complete: all {days} days used", strategy)
     day, at = target
+    chosen, moved = _first_allowed(candidates, at, now)
+    if chosen is None:
+        return Decision(None, f"no allowed time on or after day {day} within the window", strategy)
+    return Decision(chosen, f"fixed schedule: day {day} after the first failure{moved}", strategy)
+
+
+def _first_allowed(
+    candidates: Sequence[datetime], at: datetime, now: datetime
+) -> tuple[datetime | None, str]:
+    """The first candidate at or after the target (and not in the past), and how it moved."""
     earliest = max(at, now)
-    for candidate in sorted(candidates):
-        if candidate >= earliest:
-            reason = f"fixed schedule: day {day} after the first failure"
-            if candidate != at:
-                reason += f", first allowed time {candidate.isoformat()}"
-            return Decision(candidate, reason, strategy)
-    return Decision(None, f"no allowed time on or after day {day} within the window", strategy)
+    chosen = min((c for c in candidates if c >= earliest), default=None)
+    if chosen is None or chosen == at:
+        return chosen, ""
+    return chosen, f", first allowed time {chosen.isoformat()}"
 
 
 # The decline-aware rules: retry k at these hours after the first failure, by the latest
@@ -167,14 +174,12 @@ def decline_aware(
     if target is None:
         return Decision(None, "decline-aware rules complete: all retries used", strategy)
     why, at = target
-    earliest = max(at, now)
-    for candidate in sorted(candidates):
-        if candidate >= earliest:
-            reason = f"decline-aware rules: {why}"
-            if candidate != at:
-                reason += f", first allowed time {candidate.isoformat()}"
-            return Decision(candidate, reason, strategy)
-    return Decision(None, f"decline-aware rules: no allowed time for {why} in the window", strategy)
+    chosen, moved = _first_allowed(candidates, at, now)
+    if chosen is None:
+        return Decision(
+            None, f"decline-aware rules: no allowed time for {why} in the window", strategy
+        )
+    return Decision(chosen, f"decline-aware rules: {why}{moved}", strategy)
 
 
 def candidate_times(
