@@ -20,6 +20,7 @@ from app.retry.rules import (
     evaluate,
 )
 
+# The control share of a payment not yet decided under any policy version (and the default).
 CONTROL_SHARE = 0.10
 
 
@@ -231,9 +232,11 @@ def in_control_group(merchant_id: str, payment_id: str, share: float = CONTROL_S
 
 
 def effective_policy(
-    policy: RetryPolicyView, *, merchant_id: str, payment_id: str, share: float = CONTROL_SHARE
+    policy: RetryPolicyView, *, merchant_id: str, payment_id: str
 ) -> RetryPolicyView:
-    """The policy a payment runs under: control-group payments always use the fixed schedule."""
+    """The policy a payment runs under: the policy's control group of a model policy always
+    uses the fixed schedule."""
+    share = policy.control_group_percent / 100
     if policy.strategy is RetryStrategy.MODEL and in_control_group(merchant_id, payment_id, share):
         return replace(policy, strategy=RetryStrategy.FIXED_SCHEDULE)
     return policy

@@ -568,3 +568,14 @@ async def test_model_policy_without_a_model_is_scheduled_by_the_decline_aware_ru
             assert after.decision_reason is not None
             assert after.decision_reason.endswith("(no champion model: decline-aware rules)")
     assert False in arms
+
+
+async def test_a_model_policy_without_a_control_group_keeps_no_payment_on_the_fixed_schedule(
+    db: Database,
+) -> None:
+    payments, _ = await _setup(db, charges=12)
+    merchant_id = payments[0].merchant_id
+    await set_strategy(db, merchant_id, RetryStrategy.MODEL, control_group_percent=0)
+    await decide(db, T0)
+    strategies = {(await reload(db, p.id)).decision_strategy for p in payments}
+    assert strategies == {RetryStrategy.DECLINE_AWARE}

@@ -211,3 +211,23 @@ def test_effective_policy_forces_the_fixed_schedule_on_the_control_group() -> No
     assert got.strategy is RetryStrategy.FIXED_SCHEDULE
     assert effective_policy(model, merchant_id="m_1", payment_id=treated) is model
     assert effective_policy(POLICY, merchant_id="m_1", payment_id=control) is POLICY
+
+
+def test_effective_policy_draws_the_control_group_with_the_policys_share() -> None:
+    ids = [f"pay_{i}" for i in range(2000)]
+
+    def control(percent: int) -> set[str]:
+        model = replace(POLICY, strategy=RetryStrategy.MODEL, control_group_percent=percent)
+        return {
+            i
+            for i in ids
+            if effective_policy(model, merchant_id="m_1", payment_id=i).strategy
+            is RetryStrategy.FIXED_SCHEDULE
+        }
+
+    assert control(10) == {i for i in ids if in_control_group("m_1", i)}
+    assert control(0) == set()
+    half = control(50)
+    assert 0.45 < len(half) / len(ids) < 0.55
+    # A larger share keeps the smaller one's members: raising it only adds payments.
+    assert control(10) < control(30) < half
