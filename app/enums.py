@@ -132,6 +132,7 @@ class RetryStrategy(StrEnum):
 
     MODEL = "model"
     FIXED_SCHEDULE = "fixed_schedule"
+    DECLINE_AWARE = "decline_aware"
 
 
 class EndAction(StrEnum):

@@ -13,7 +13,7 @@ import structlog
 from app.db import Database
 from app.enums import ModelStatus, RetryStrategy
 from app.retry.rules import AttemptRecord, RetryPolicyView, normalize_network
-from app.retry.schedule import Decision, PaymentView, fixed_schedule
+from app.retry.schedule import Decision, PaymentView, decline_aware
 from app.services import model_registry as registry
 from app.services.model_registry import ROLE_ACTING, ROLE_SHADOW, DecisionRecord, HistoryFailure
 from app.tenancy import SYSTEM_SCOPE
@@ -202,8 +202,8 @@ def _model_reason(decision: ModelDecision, currency: str) -> str:
 class ModelScheduler:
     """Chooses retry times with the champion among the allowed candidates (the Scheduler).
 
-    Without a usable champion, or when scoring fails, it answers with the merchant's fixed
-    schedule and says why in the reason. A shadow model scores the same candidates alongside;
+    Without a usable champion, or when scoring fails, it answers with the decline-aware rules
+    and says why in the reason. A shadow model scores the same candidates alongside;
     its decision is kept for comparison and never acted on. Decisions made are collected in
     `decisions` for the caller to store in its unit of work.
     """
@@ -274,8 +274,8 @@ class ModelScheduler:
         why: str,
         champion: Loaded | None,
     ) -> Decision:
-        fixed = fixed_schedule(payment, history, allowed, policy=policy, now=now)
-        reason = f"{fixed.reason} (model fallback: {why})"[:REASON_MAX]
+        rules = decline_aware(payment, history, allowed, policy=policy, now=now)
+        reason = f"{rules.reason} (model fallback: {why})"[:REASON_MAX]
         self.decisions.append(
             DecisionRecord(
                 merchant_id=uuid.UUID(payment.merchant_id),
@@ -284,14 +284,14 @@ class ModelScheduler:
                 role=ROLE_ACTING,
                 source="fallback",
                 decided_at=now,
-                chosen_at=fixed.chosen_at,
+                chosen_at=rules.chosen_at,
                 probability=None,
                 expected_recovered_minor=0,
                 reason=reason,
                 explanation=[],
             )
         )
-        return Decision(fixed.chosen_at, reason, RetryStrategy.FIXED_SCHEDULE)
+        return Decision(rules.chosen_at, reason, RetryStrategy.DECLINE_AWARE)
 
     def _score_shadow(
         self,
@@ -353,7 +353,7 @@ async def serving_scheduler(db: Database, cache: ModelCache = CACHE) -> ModelSch
     champion = await load_current(db, ModelStatus.CHAMPION, cache)
     shadow = await load_current(db, ModelStatus.SHADOW, cache)
     if champion is not None and champion.error:
-        logger.warning("champion model unusable; fixed schedule in use", error=champion.error)
+        logger.warning("champion model unusable; decline-aware rules in use", error=champion.error)
     return ModelScheduler(champion=champion, shadow=shadow)
 
 

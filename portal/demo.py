@@ -103,6 +103,10 @@ async def run_demo(
             )
             serve = asyncio.create_task(server.serve())
             work = asyncio.create_task(supervisor.run())
+            # Training takes a while: the API serves at once, and until a champion is promoted
+            # the merchants' model policies are scheduled by the decline-aware rules.
+            training = asyncio.create_task(_train_demo_model(db, clock, options.training_failures))
+            training.add_done_callback(lambda task: _announce_training(task, announce))
             # uvicorn offers a flag, not an event, for "listening".
             while not server.started and not serve.done():  # noqa: ASYNC110
                 await asyncio.sleep(0.05)
@@ -113,6 +117,7 @@ async def run_demo(
             try:
                 await serve
             finally:
+                training.cancel()
                 try:
                     await supervisor.stop()
                     await work  # raises only if a bug in the supervisor itself ended it
@@ -124,9 +129,17 @@ async def run_demo(
         services.close()
 
 
+def _announce_training(task: "asyncio.Task[str]", announce: Callable[[str], None]) -> None:
+    """Say how the demo's training ended (a cancelled one, at shutdown, says nothing)."""
+    if task.cancelled():
+        return
+    error = task.exception()
+    announce(f"Model training failed ({error!r})" if error else task.result())
+
+
 async def _train_demo_model(db: Database, clock: AcceleratedClock, failures: int) -> str:
     """Train a timing model on simulated history and make it the champion, through the same
-    gate as any other model; without it the demo runs on fixed schedules."""
+    gate as any other model; without it the demo's retries follow the decline-aware rules."""
     outcome = await train_simulated(db, failures, now=clock.now())
     try:
         async with db.uow(SYSTEM_SCOPE) as uow:
@@ -139,7 +152,7 @@ async def _train_demo_model(db: Database, clock: AcceleratedClock, failures: int
             )
             await uow.commit()
     except PortalError as exc:
-        return f"Model not promoted ({exc.message}); retries follow fixed schedules"
+        return f"Model not promoted ({exc.message}); retries follow the decline-aware rules"
     auc = outcome.metrics.get("auc")
     return f"Timing model trained on {failures:,} simulated failures (AUC {auc:.3f}), champion"
 

@@ -73,7 +73,9 @@ class PaymentTransition:
 class RetryDecision:
     chosen_at: datetime = strawberry.field(description="When the decision was made.")
     reason: str = strawberry.field(description="Why this time (and which rule moved it).")
-    strategy: RetryStrategy | None = strawberry.field(description="Fixed schedule or model.")
+    strategy: RetryStrategy | None = strawberry.field(
+        description="Fixed schedule, decline-aware rules or model."
+    )
     _payment_id: strawberry.Private[uuid.UUID | None] = None
 
     @strawberry.field(

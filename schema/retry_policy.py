@@ -46,6 +46,12 @@ class RetryPolicy:
     end_action: EndAction = strawberry.field(
         description="What happens when the window ends unrecovered."
     )
+    control_group_percent: int = strawberry.field(
+        description=(
+            "Percent of payments (0-50) a MODEL policy keeps on the fixed schedule, the "
+            "control group the model's uplift is measured against; default 10."
+        )
+    )
     updated_at: datetime = strawberry.field(description="When this version was made.")
     updated_by: str = strawberry.field(description="Who made this version.")
 
@@ -110,6 +116,10 @@ class UpdateRetryPolicyInput:
     end_action: EndAction | None = strawberry.field(
         default=strawberry.UNSET, description="What happens when the window ends."
     )
+    control_group_percent: int | None = strawberry.field(
+        default=strawberry.UNSET,
+        description="Percent of payments a MODEL policy keeps on the fixed schedule, 0-50.",
+    )
 
     def to_changes(self) -> PolicyChanges:
         """The change as the core takes it; explicit null is refused except for quietHours."""
@@ -125,6 +135,7 @@ class UpdateRetryPolicyInput:
             ("strategy", "strategy"),
             ("fixed_schedule_days", "fixedScheduleDays"),
             ("end_action", "endAction"),
+            ("control_group_percent", "controlGroupPercent"),
         ):
             value = getattr(self, name)
             if value is strawberry.UNSET:

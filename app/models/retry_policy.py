@@ -23,6 +23,9 @@ class RetryPolicy(TenantOwned, table=True):
         sa.CheckConstraint(
             "(quiet_hours_start IS NULL) = (quiet_hours_end IS NULL)", name="quiet_hours_pair"
         ),
+        sa.CheckConstraint(
+            "control_group_percent BETWEEN 0 AND 50", name="control_group_percent_range"
+        ),
     )
 
     id: uuid.UUID = Field(default_factory=new_id, primary_key=True)
@@ -42,6 +45,10 @@ class RetryPolicy(TenantOwned, table=True):
         default_factory=list, sa_type=postgresql.ARRAY(sa.SmallInteger)
     )
     end_action: EndAction = Field(sa_type=enum_type(EndAction))
+    # Percent of a model policy's payments kept on the fixed schedule, the uplift's control.
+    control_group_percent: int = Field(
+        default=10, sa_type=sa.SmallInteger, sa_column_kwargs={"server_default": "10"}
+    )
     created_at: datetime = timestamp()
     created_by: str = Field(max_length=255)
     reason: str | None = Field(default=None, max_length=1000)

@@ -70,7 +70,8 @@ class RecoveryRollup(TenantOwned, table=True):
     decline_category: str = Field(max_length=32)
     # The card's funding at the time of reading; "unknown" when the payment has no card.
     funding: str = Field(max_length=32)
-    # The retry engine's stable control share (`app.retry.schedule.in_control_group`).
+    # The retry engine's stable control group (`app.retry.schedule.in_control_group`), drawn
+    # with the share of the policy version the payment was last decided under.
     control_group: bool
     # The first failure's verdict: the eligible population.
     retryable: bool

@@ -182,6 +182,8 @@ class RetryPolicyView:
     strategy: RetryStrategy = RetryStrategy.FIXED_SCHEDULE
     fixed_schedule_days: tuple[int, ...] = (1, 3, 7, 14)
     end_action: EndAction = EndAction.MARK_EXHAUSTED
+    # A model policy's share of payments kept on the fixed schedule (the control group).
+    control_group_percent: int = 10
 
     def __post_init__(self) -> None:
         # Equal quiet-hour bounds are accepted and mean "no quiet hours".

@@ -1,12 +1,14 @@
-"""Retry scheduling: the scheduler interface, the fixed schedule, candidate times, control group."""
+"""Retry scheduling: the scheduler interface, the fixed schedule, the decline-aware rules,
+candidate times, control group."""
 
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
+from zoneinfo import ZoneInfo
 
-from app.enums import CardFunding, RetryStrategy
+from app.enums import CardFunding, DeclineCategory, RetryStrategy
 from app.retry.events import DecisionMade
 from app.retry.rules import (
     DEFAULT_RULES,
@@ -18,6 +20,7 @@ from app.retry.rules import (
     evaluate,
 )
 
+# The control share of a payment not yet decided under any policy version (and the default).
 CONTROL_SHARE = 0.10
 
 
@@ -92,14 +95,92 @@ def fixed_schedule(
         days = len(policy.fixed_schedule_days)
         return Decision(None, f"fixed schedule complete: all {days} days used", strategy)
     day, at = target
+    chosen, moved = _first_allowed(candidates, at, now)
+    if chosen is None:
+        return Decision(None, f"no allowed time on or after day {day} within the window", strategy)
+    return Decision(chosen, f"fixed schedule: day {day} after the first failure{moved}", strategy)
+
+
+def _first_allowed(
+    candidates: Sequence[datetime], at: datetime, now: datetime
+) -> tuple[datetime | None, str]:
+    """The first candidate at or after the target (and not in the past), and how it moved."""
     earliest = max(at, now)
-    for candidate in sorted(candidates):
-        if candidate >= earliest:
-            reason = f"fixed schedule: day {day} after the first failure"
-            if candidate != at:
-                reason += f", first allowed time {candidate.isoformat()}"
-            return Decision(candidate, reason, strategy)
-    return Decision(None, f"no allowed time on or after day {day} within the window", strategy)
+    chosen = min((c for c in candidates if c >= earliest), default=None)
+    if chosen is None or chosen == at:
+        return chosen, ""
+    return chosen, f", first allowed time {chosen.isoformat()}"
+
+
+# The decline-aware rules: retry k at these hours after the first failure, by the latest
+# decline's category (a processing error is transient, a velocity limit resets after a day).
+DECLINE_AWARE_HOURS: dict[DeclineCategory, tuple[int, ...]] = {
+    DeclineCategory.PROCESSING_ERROR: (2, 24, 72, 168),
+    DeclineCategory.VELOCITY_EXCEEDED: (25, 72, 168, 336),
+}
+DECLINE_AWARE_DEFAULT_HOURS: tuple[int, ...] = (24, 72, 168, 336)
+# Low balances clear on paydays: Fridays, the 1st and the 15th, in the customer's morning.
+PAYDAY_HOUR = 9
+PAYDAY_RETRIES = 4
+_FRIDAY = 4
+
+
+def _paydays(first_failed_at: datetime, timezone: str) -> tuple[datetime, ...]:
+    """The first paydays after the first failure's local day, at PAYDAY_HOUR local time."""
+    zone = ZoneInfo(timezone)
+    day = first_failed_at.astimezone(zone).date()
+    found: list[datetime] = []
+    while len(found) < PAYDAY_RETRIES:
+        day += timedelta(days=1)
+        if day.weekday() == _FRIDAY or day.day in (1, 15):
+            local = datetime(day.year, day.month, day.day, PAYDAY_HOUR, tzinfo=zone)
+            found.append(local.astimezone(UTC))
+    return tuple(found)
+
+
+def next_decline_aware_target(
+    policy: RetryPolicyView, payment: PaymentView, history: Sequence[AttemptRecord]
+) -> tuple[str, datetime] | None:
+    """The decline-aware rules' next retry after the payment's latest attempt, and why."""
+    last = max((r.at for r in history), default=payment.first_failed_at)
+    category = payment.decline.category if payment.decline is not None else None
+    if category is DeclineCategory.INSUFFICIENT_FUNDS:
+        zone = payment.customer_timezone or policy.timezone
+        for at in _paydays(payment.first_failed_at, zone):
+            if at > last:
+                return f"insufficient funds, payday {at.isoformat()}", at
+        return None
+    hours = DECLINE_AWARE_DEFAULT_HOURS
+    if category is not None:
+        hours = DECLINE_AWARE_HOURS.get(category, DECLINE_AWARE_DEFAULT_HOURS)
+    label = str(category or "no decline")
+    for hour in hours:
+        at = payment.first_failed_at + timedelta(hours=hour)
+        if at > last:
+            return f"{label}, {hour} hours after the first failure", at
+    return None
+
+
+def decline_aware(
+    payment: PaymentView,
+    history: Sequence[AttemptRecord],
+    candidates: Sequence[datetime],
+    *,
+    policy: RetryPolicyView,
+    now: datetime,
+) -> Decision:
+    """Retry at the decline-aware rules' next time, at the first allowed time from then."""
+    strategy = RetryStrategy.DECLINE_AWARE
+    target = next_decline_aware_target(policy, payment, history)
+    if target is None:
+        return Decision(None, "decline-aware rules complete: all retries used", strategy)
+    why, at = target
+    chosen, moved = _first_allowed(candidates, at, now)
+    if chosen is None:
+        return Decision(
+            None, f"decline-aware rules: no allowed time for {why} in the window", strategy
+        )
+    return Decision(chosen, f"decline-aware rules: {why}{moved}", strategy)
 
 
 def candidate_times(
@@ -151,9 +232,11 @@ def in_control_group(merchant_id: str, payment_id: str, share: float = CONTROL_S
 
 
 def effective_policy(
-    policy: RetryPolicyView, *, merchant_id: str, payment_id: str, share: float = CONTROL_SHARE
+    policy: RetryPolicyView, *, merchant_id: str, payment_id: str
 ) -> RetryPolicyView:
-    """The policy a payment runs under: control-group payments always use the fixed schedule."""
+    """The policy a payment runs under: the policy's control group of a model policy always
+    uses the fixed schedule."""
+    share = policy.control_group_percent / 100
     if policy.strategy is RetryStrategy.MODEL and in_control_group(merchant_id, payment_id, share):
         return replace(policy, strategy=RetryStrategy.FIXED_SCHEDULE)
     return policy

@@ -171,19 +171,20 @@ def _fallback(ctx: _Ctx, ledger: PaymentLedger, why: str) -> _Outcome:
     """A retry time that needs no scheduler: the next fixed-schedule day, rules applied.
 
     Leaving RETRYING must land on a time, so a payment is never SCHEDULED without one even if
-    the model's answer never comes; a model-driven policy then asks for a better time.
+    the scheduler's answer never comes; a policy not on the fixed schedule (the model, the
+    decline-aware rules) then asks for its own time.
     """
     target = next_fixed_target(ctx.policy, ledger.first_failed_at, ledger.retries)
-    model = ctx.policy.strategy is RetryStrategy.MODEL
+    decided = ctx.policy.strategy is not RetryStrategy.FIXED_SCHEDULE
     if target is None:
-        if not model:
+        if not decided:
             detail = f"{why}; all {len(ctx.policy.fixed_schedule_days)} fixed days used"
             return _end(ctx, P.EXHAUSTED, RULE_FIXED_SCHEDULE_COMPLETE, detail)
         requested, desc = ctx.now, "earliest allowed time"
     else:
         requested, desc = target[1], f"fixed schedule day {target[0]}"
     out = _schedule_at(ctx, ledger, requested, RetryStrategy.FIXED_SCHEDULE, f"{why}; {desc}")
-    if model and out.state is P.SCHEDULED:
+    if decided and out.state is P.SCHEDULED:
         out.actions.append(RequestDecision(why))
     return out
 

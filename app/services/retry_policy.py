@@ -27,6 +27,7 @@ MAX_ATTEMPTS_LIMIT = 15
 MAX_WINDOW_DAYS = 60
 MASTERCARD_DAILY_CAP = 10
 MAX_MIN_HOURS = 24 * 14
+MAX_CONTROL_GROUP_PERCENT = 50
 
 DEFAULTS: dict[str, Any] = {
     "enabled": True,
@@ -37,9 +38,10 @@ DEFAULTS: dict[str, Any] = {
     "quiet_hours_end": 7,
     "timezone": "UTC",
     "excluded_decline_categories": [],
-    "strategy": RetryStrategy.FIXED_SCHEDULE,
+    "strategy": RetryStrategy.MODEL,
     "fixed_schedule_days": [1, 3, 5, 7],
     "end_action": EndAction.MARK_EXHAUSTED,
+    "control_group_percent": 10,
 }
 
 
@@ -67,6 +69,7 @@ class PolicyChanges:
     strategy: RetryStrategy = KEEP
     fixed_schedule_days: Sequence[int] = KEEP
     end_action: EndAction = KEEP
+    control_group_percent: int = KEEP
 
     def is_empty(self) -> bool:
         return all(getattr(self, f.name) is KEEP for f in fields(self))
@@ -92,6 +95,7 @@ def snapshot(policy: RetryPolicy) -> dict[str, Any]:
         "strategy": str(policy.strategy),
         "fixed_schedule_days": list(policy.fixed_schedule_days),
         "end_action": str(policy.end_action),
+        "control_group_percent": policy.control_group_percent,
     }
 
 
@@ -124,6 +128,8 @@ def validate(values: dict[str, Any]) -> list[tuple[str, str]]:
             problems.append(("quietHours", "hours must be 0-23"))
         elif start == end:
             problems.append(("quietHours", "start and end must differ"))
+    if not 0 <= values["control_group_percent"] <= MAX_CONTROL_GROUP_PERCENT:
+        problems.append(("controlGroupPercent", f"must be 0-{MAX_CONTROL_GROUP_PERCENT}"))
     if values["timezone"] not in _timezones():
         problems.append(("timezone", f"unknown IANA time zone {values['timezone']!r}"))
     days = list(values["fixed_schedule_days"])

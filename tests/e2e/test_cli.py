@@ -23,6 +23,7 @@ from app.embedded import Services
 from app.enums import Processor
 from app.services.connection import create_connection
 from app.services.merchant import create_merchant
+from app.services.stats.figures import MIN_ARM_SIZE
 from app.settings import Settings
 from app.tenancy import SYSTEM_SCOPE, system_principal
 from jobs.enqueue import enqueue_poll, poll_job_id
@@ -215,6 +216,80 @@ def _demo_flow(env: dict[str, str]) -> None:
 @pytest.mark.timeout(300)
 async def test_demo_ingests_retries_and_recovers(env: dict[str, str]) -> None:
     await asyncio.to_thread(_demo_flow, env)
+
+
+MODEL_QUERY = (
+    "{ merchants { edges { node { name payments(first: 50) { edges { node { decision "
+    '{ strategy explanation } } } } recoveryStats(from: "2020-01-01T00:00:00Z", to: '
+    '"2030-01-01T00:00:00Z", granularity: MONTH) { currencies { currency uplift '
+    "{ treatment { eligibleCount } control { eligibleCount } } } } } } } }"
+)
+
+
+def _model_flow(env: dict[str, str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Run the demo until the model has decided with an explanation and an uplift is shown;
+    answer the model's explained decisions and the uplifts seen last."""
+    port = free_port()
+    demo = subprocess.Popen(  # noqa: S603
+        # A month of history for 12,000 subscribers: both arms reach MIN_ARM_SIZE on the
+        # backfill alone, without waiting for new failures.
+        [
+            *PORTAL,
+            "demo",
+            "--port",
+            str(port),
+            "--merchants",
+            "1",
+            "--customers",
+            "12000",
+            "--history-days",
+            "30",
+        ],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert demo.stdout is not None
+        support = ""
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and not support:
+            line = demo.stdout.readline().strip()
+            support = line.removeprefix("Support API key: ") if line.startswith("Support") else ""
+        decisions: list[dict[str, Any]] = []
+        uplifts: list[dict[str, Any]] = []
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+            _wait_ready(http)
+            deadline = time.monotonic() + 90
+            while time.monotonic() < deadline and not (decisions and uplifts):
+                [merchant] = [
+                    e["node"] for e in _graphql(http, support, MODEL_QUERY)["merchants"]["edges"]
+                ]
+                found = [p["node"]["decision"] for p in merchant["payments"]["edges"]]
+                # A payment moved by a rule keeps its policy's strategy without an explanation.
+                decisions = [
+                    d for d in found if d and d["strategy"] == "MODEL" and d["explanation"]
+                ]
+                stats = merchant["recoveryStats"]["currencies"]
+                uplifts = [c["uplift"] for c in stats if c["uplift"] is not None]
+                time.sleep(1)
+        return decisions, uplifts
+    finally:
+        demo.terminate()
+        demo.communicate(timeout=30)
+
+
+# Waits up to 90 s for the demo to start and 90 s for the model's decisions and an uplift.
+@pytest.mark.timeout(300)
+async def test_demo_trains_a_model_that_decides_and_shows_an_uplift(env: dict[str, str]) -> None:
+    decisions, uplifts = await asyncio.to_thread(_model_flow, env)
+    assert decisions, "no payment decided by the model with an explanation"
+    assert uplifts, "no currency with an uplift"
+    for uplift in uplifts:
+        assert uplift["treatment"]["eligibleCount"] >= MIN_ARM_SIZE
+        assert uplift["control"]["eligibleCount"] >= MIN_ARM_SIZE
 
 
 class SlowProcessor:

@@ -6,10 +6,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.clock import FixedClock
 from app.db import Database
-from app.enums import Role
+from app.enums import RetryStrategy, Role
 from app.settings import Settings
 from resolvers.ids import encode_id
-from tests.support.factories import make_key, make_merchant, make_payments
+from tests.support.factories import make_key, make_merchant, make_payments, set_strategy
 from tests.support.graphql import count_payment_pages, run
 from tests.support.retry import decide, ingest, make_connection, stripe_charge
 
@@ -35,6 +35,8 @@ CANCEL = """mutation($id: ID!, $reason: String!) {
 
 async def _decided_payment(db: Database, clock: FixedClock) -> tuple[str, str]:
     merchant = await make_merchant(db, "Recovery view", now=clock.now())
+    # The view shows a fixed-schedule decision; new merchants start on the model.
+    await set_strategy(db, merchant.id, RetryStrategy.FIXED_SCHEDULE)
     connection = await make_connection(db, merchant, clock.now())
     [payment] = await ingest(
         db, connection, [stripe_charge("ch_view", created=clock.now())], clock.now()

@@ -73,6 +73,7 @@ async def test_update_adds_a_version_and_an_audit_entry(
         strategy="MODEL",
         fixedScheduleDays=[1, 4, 9, 16],
         endAction="CANCEL_SUBSCRIPTION",
+        controlGroupPercent=25,
     )
     assert payload["errors"] == []
     policy = payload["retryPolicy"]
@@ -81,6 +82,7 @@ async def test_update_adds_a_version_and_an_audit_entry(
     assert policy["quietHours"] == {"startHour": 23, "endHour": 6}
     assert policy["excludedDeclineCategories"] == ["CARD_EXPIRED"]
     assert policy["strategy"] == "MODEL"
+    assert policy["controlGroupPercent"] == 25
     assert policy["updatedBy"] == "api_key:dashboard"
     assert await _versions(db, merchant) == [1, 2]
     [entry] = await audit_entries(db, merchant_id=merchant.id, action="retry_policy.update")
@@ -89,6 +91,7 @@ async def test_update_adds_a_version_and_an_audit_entry(
     assert entry.after is not None
     assert entry.before["max_attempts"] == 4
     assert entry.after["max_attempts"] == 6
+    assert (entry.before["control_group_percent"], entry.after["control_group_percent"]) == (10, 25)
     assert entry.actor == "api_key:dashboard"
 
 
@@ -130,6 +133,9 @@ async def test_version_conflict(db: Database, settings: Settings, clock: FixedCl
         ({"fixedScheduleDays": [1, 30]}, "fixedScheduleDays"),
         ({"fixedScheduleDays": [1, 2, 3, 4, 5]}, "fixedScheduleDays"),
         ({"maxAttempts": None}, "maxAttempts"),
+        ({"controlGroupPercent": 51}, "controlGroupPercent"),
+        ({"controlGroupPercent": -1}, "controlGroupPercent"),
+        ({"controlGroupPercent": None}, "controlGroupPercent"),
         ({"windowDays": 5}, "fixedScheduleDays"),
         ({}, "input"),
         ({"reason": "  "}, "reason"),

@@ -330,3 +330,71 @@ async def test_webhook_delivery_status_widens_in_place_and_keeps_its_due_index(
             await conn.close()
     finally:
         await drop_database(services, url)
+
+
+_POLICY = """
+INSERT INTO retry_policy (id, merchant_id, version, enabled, max_attempts, window_days,
+    min_hours_between_attempts, timezone, excluded_decline_categories, strategy,
+    fixed_schedule_days, end_action, created_at, created_by)
+VALUES ('00000000-0000-0000-0000-0000000000f1', '00000000-0000-0000-0000-00000000000a', {version},
+        true, 4, 14, 24, 'UTC', '{{}}', 'model', '{{1,3}}', 'mark_exhausted', now(), 'test');
+"""
+
+
+async def test_policy_control_group_column_defaults_existing_policies_to_ten_percent(
+    services: Services,
+) -> None:
+    """0015 adds `control_group_percent` with a server default (no rewrite): policies stored
+    before it read 10, the share in force until then; the range is checked; the rollups'
+    control arm (now drawn at the deciding policy version's share) is unchanged for them;
+    down removes the column and the rollups count as before."""
+    url = await create_scratch_database(services, "portal_migrations")
+    cfg = alembic_config(url)
+    arms = (
+        "SELECT control_group, sum(failed_count) FROM recovery_rollup GROUP BY 1 "
+        "HAVING sum(failed_count) > 0 ORDER BY 1"
+    )
+    payments = """
+        INSERT INTO customer (id, merchant_id, external_ref, created_at)
+        VALUES ('00000000-0000-0000-0000-0000000000c1', '00000000-0000-0000-0000-00000000000a',
+                'cus', now());
+        INSERT INTO payment (id, merchant_id, processor, processor_payment_id, amount_minor,
+            currency, customer_id, first_failed_at, decline_category, decline_retryable,
+            decline_advice, attempt_count, created_at, updated_at, policy_version, state)
+        SELECT gen_random_uuid(), '00000000-0000-0000-0000-00000000000a', 'stripe',
+            'ch_' || i, 100, 'EUR', '00000000-0000-0000-0000-0000000000c1', now(),
+            'insufficient_funds', true, 'retry', 1, now(), now(), 1, 'PENDING'
+        FROM generate_series(1, 300) AS i;
+    """
+    try:
+        await asyncio.to_thread(command.upgrade, cfg, "0014_webhook_delivery_status")
+        conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://", 1))
+        try:
+            await conn.execute(_MERCHANT_AND_ENDPOINT)
+            await conn.execute(_POLICY.format(version=1))
+            await conn.execute(payments)
+            before = [tuple(r) for r in await conn.fetch(arms)]
+            assert len(before) == 2  # both arms counted
+            await asyncio.to_thread(command.upgrade, cfg, "0015_policy_control_group")
+            assert (await _columns(conn, "retry_policy"))["control_group_percent"] == "NO"
+            assert await conn.fetchval("SELECT control_group_percent FROM retry_policy") == 10
+            assert [tuple(r) for r in await conn.fetch(arms)] == before
+            with pytest.raises(asyncpg.CheckViolationError):
+                await conn.execute("UPDATE retry_policy SET control_group_percent = 51")
+            # Payments decided under a version without a control group leave the control arm.
+            await conn.execute(_POLICY.format(version=2).replace("0000000000f1", "0000000000f2"))
+            await conn.execute(
+                "UPDATE retry_policy SET control_group_percent = 0 WHERE version = 2"
+            )
+            await conn.execute("UPDATE payment SET policy_version = 2")
+            assert [tuple(r) for r in await conn.fetch(arms)] == [(False, 300)]
+            await conn.execute("UPDATE payment SET policy_version = 1")
+            assert [tuple(r) for r in await conn.fetch(arms)] == before
+            await asyncio.to_thread(command.downgrade, cfg, "0014_webhook_delivery_status")
+            assert "control_group_percent" not in await _columns(conn, "retry_policy")
+            await conn.execute("UPDATE payment SET policy_version = 2")
+            assert [tuple(r) for r in await conn.fetch(arms)] == before
+        finally:
+            await conn.close()
+    finally:
+        await drop_database(services, url)

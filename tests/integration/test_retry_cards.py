@@ -9,14 +9,14 @@ import asyncpg
 
 from app.clock import FixedClock
 from app.db import Database
-from app.enums import AttemptOutcome, PaymentState
+from app.enums import AttemptOutcome, PaymentState, RetryStrategy
 from app.models.ingestion import ProcessorConnection
 from app.models.payment import Payment
 from app.services.retry.engine import claim_due, lock_key
 from app.services.retry.ledger import load_contexts
 from app.tenancy import SYSTEM_SCOPE
 from app.workflows.retry_attempt import execute_attempt
-from tests.support.factories import make_merchant
+from tests.support.factories import make_merchant, set_strategy
 from tests.support.retry import (
     FakeStripe,
     attempts_of,
@@ -40,6 +40,8 @@ DAY2 = T0 + timedelta(days=2)
 
 async def _connection(db: Database) -> ProcessorConnection:
     merchant = await make_merchant(db, f"Cards {uuid.uuid4().hex[:6]}", now=T0)
+    # These tests follow the fixed schedule's days; new merchants start on the model.
+    await set_strategy(db, merchant.id, RetryStrategy.FIXED_SCHEDULE)
     return await make_connection(db, merchant, T0)
 
 

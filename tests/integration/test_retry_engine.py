@@ -20,12 +20,13 @@ from app.models.payment import Payment
 from app.models.retry import OutboxEvent
 from app.processors.base import ChargeResult, PermanentProcessorError, TransientProcessorError
 from app.retry.events import DecisionMade
+from app.retry.schedule import in_control_group
 from app.retry.state_machine import attempt_idempotency_key
 from app.services.retry.engine import decide_pending, run_event
 from app.services.retry.ledger import load_contexts
 from app.tenancy import SYSTEM_SCOPE
 from app.workflows.retry_attempt import execute_attempt, reconcile_stuck
-from tests.support.factories import make_merchant
+from tests.support.factories import make_merchant, set_strategy
 from tests.support.retry import (
     FakeStripe,
     WorkerKilled,
@@ -48,6 +49,8 @@ T0 = datetime(2026, 10, 5, 10, 0, tzinfo=UTC)
 
 async def _setup(db: Database, charges: int = 1, **kw: object) -> tuple[list[Payment], FixedClock]:
     merchant = await make_merchant(db, f"Retry {uuid.uuid4().hex[:6]}", now=T0)
+    # These tests follow the fixed schedule's days; new merchants start on the model.
+    await set_strategy(db, merchant.id, RetryStrategy.FIXED_SCHEDULE)
     connection = await make_connection(db, merchant, T0)
     prefix = uuid.uuid4().hex[:8]
     bodies = [
@@ -160,6 +163,7 @@ async def test_claim_takes_due_payments_only_and_writes_the_attempt_first(db: Da
 
 async def test_customer_hourly_cap_holds_within_one_claim(db: Database) -> None:
     merchant = await make_merchant(db, "Cap", now=T0)
+    await set_strategy(db, merchant.id, RetryStrategy.FIXED_SCHEDULE)
     connection = await make_connection(db, merchant, T0)
     bodies = [
         stripe_charge(f"ch_cap_{i}", created=T0, customer="cus_same", fingerprint=f"fp_cap_{i}")
@@ -512,3 +516,66 @@ async def test_attempt_in_flight_on_a_payment_recovered_meanwhile_is_never_repla
     clock.set(clock.now() + timedelta(minutes=11))
     assert await reconcile_stuck(db, adapters=stripe, clock=clock) == []
     assert stripe.charge_count == 0
+
+
+async def test_decline_aware_policy_schedules_by_the_decline_and_again_after_a_decline(
+    db: Database,
+) -> None:
+    [payment], clock = await _setup(db, reason="processing_error")
+    await set_strategy(
+        db, payment.merchant_id, RetryStrategy.DECLINE_AWARE, min_hours_between_attempts=1
+    )
+    await decide(db, T0)
+    after = await reload(db, payment.id)
+    assert after.state is PaymentState.SCHEDULED
+    assert after.decision_strategy is RetryStrategy.DECLINE_AWARE
+    assert after.next_retry_at == T0 + timedelta(hours=2)
+    assert after.decision_reason == (
+        "decline-aware rules: processing_error, 2 hours after the first failure"
+    )
+    # A declined retry asks the rules again: the next time is theirs, not a fixed day.
+    clock.set(T0 + timedelta(hours=2))
+    [(pid, number)] = await claim(db, clock.now())
+    stripe = FakeStripe(clock.now(), approve=False)
+    await execute_attempt(db, payment_id=pid, attempt_number=number, adapters=stripe, clock=clock)
+    await decide(db, clock.now())
+    again = await reload(db, payment.id)
+    assert again.state is PaymentState.SCHEDULED
+    assert again.decision_strategy is RetryStrategy.DECLINE_AWARE
+    assert again.decision_reason is not None
+    assert again.decision_reason.startswith("decline-aware rules: ")
+    assert again.next_retry_at is not None
+    assert again.next_retry_at > clock.now()
+
+
+async def test_model_policy_without_a_model_is_scheduled_by_the_decline_aware_rules(
+    db: Database,
+) -> None:
+    payments, _ = await _setup(db, charges=12)
+    await set_strategy(db, payments[0].merchant_id, RetryStrategy.MODEL)
+    await decide(db, T0)
+    arms = set()
+    for payment in payments:
+        after = await reload(db, payment.id)
+        assert after.state is PaymentState.SCHEDULED
+        assert after.next_retry_at is not None
+        control = in_control_group(str(after.merchant_id), str(after.id))
+        arms.add(control)
+        if control:
+            assert after.decision_strategy is RetryStrategy.FIXED_SCHEDULE
+        else:
+            assert after.decision_strategy is RetryStrategy.DECLINE_AWARE
+            assert after.decision_reason is not None
+            assert after.decision_reason.endswith("(no champion model: decline-aware rules)")
+    assert False in arms
+
+
+async def test_a_model_policy_without_a_control_group_keeps_no_payment_on_the_fixed_schedule(
+    db: Database,
+) -> None:
+    payments, _ = await _setup(db, charges=12)
+    merchant_id = payments[0].merchant_id
+    await set_strategy(db, merchant_id, RetryStrategy.MODEL, control_group_percent=0)
+    await decide(db, T0)
+    strategies = {(await reload(db, p.id)).decision_strategy for p in payments}
+    assert strategies == {RetryStrategy.DECLINE_AWARE}

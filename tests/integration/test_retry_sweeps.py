@@ -4,13 +4,13 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 from app.db import Database
-from app.enums import MerchantStatus, PaymentState
+from app.enums import MerchantStatus, PaymentState, RetryStrategy
 from app.models.merchant import Merchant
 from app.models.payment import Payment
 from app.services.retry.sweeps import expire_windows, redecide_scheduled
 from app.services.retry_policy import PolicyChanges, update_retry_policy
 from app.tenancy import SYSTEM_SCOPE, system_principal
-from tests.support.factories import make_merchant
+from tests.support.factories import make_merchant, set_strategy
 from tests.support.retry import (
     decide,
     ingest,
@@ -29,6 +29,8 @@ WINDOW = timedelta(days=14)  # the default policy's window
 
 async def _payment(db: Database, **kw: object) -> Payment:
     merchant = await make_merchant(db, f"Sweeps {uuid.uuid4().hex[:6]}", now=T0)
+    # These tests follow the fixed schedule's days; new merchants start on the model.
+    await set_strategy(db, merchant.id, RetryStrategy.FIXED_SCHEDULE)
     connection = await make_connection(db, merchant, T0)
     charge = stripe_charge(f"ch_{uuid.uuid4().hex[:10]}", created=T0, **kw)  # type: ignore[arg-type]
     [payment] = await ingest(db, connection, [charge], T0)

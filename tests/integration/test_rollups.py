@@ -25,8 +25,10 @@ from app.enums import (
 from app.models.customer import CardCredential, Customer
 from app.models.merchant import Merchant
 from app.models.payment import Payment
+from app.models.retry_policy import RetryPolicy
 from app.models.stats import BUCKET_SECONDS, MEASURES, TTR_EDGES_SECONDS
 from app.retry.schedule import in_control_group
+from app.services.retry_policy import current_policies, snapshot
 from app.services.stats.query import Granularity, stats_query
 from app.services.stats.recompute import recompute, rollup_differences, ttr_bucket
 from app.services.stats.rollups import load_stats
@@ -119,7 +121,11 @@ changes = st.one_of(
     st.fixed_dictionaries({"minutes": st.integers(0, 60 * 24 * 10)}),
     st.fixed_dictionaries({"amount": st.integers(0, 10**6), "retryable": st.booleans()}),
     st.fixed_dictionaries({"next_retry_at_minutes": st.integers(0, 100)}),  # no rollup change
+    # Decided under policy version 1 (10% control), 2 (50%), 3 (none), or not yet decided.
+    st.fixed_dictionaries({"policy_version": st.sampled_from([None, 1, 2, 3])}),
 )
+# The control share of each merchant's policy versions after the first (10%, the default).
+LATER_POLICY_PERCENTS = (50, 0)
 operations = st.lists(
     st.one_of(
         st.tuples(st.just("insert"), st.lists(payment_values, min_size=1, max_size=4)),
@@ -138,6 +144,14 @@ async def _world(db: Database) -> tuple[list[Merchant], list[Customer], list[lis
     cards: list[list[CardCredential]] = []
     async with db.uow(SYSTEM_SCOPE) as uow:
         for merchant in merchants:
+            first = (await current_policies(uow.session, [merchant.id]))[merchant.id]
+            for version, percent in enumerate(LATER_POLICY_PERCENTS, start=2):
+                values = {**snapshot(first), "version": version, "control_group_percent": percent}
+                uow.session.add(
+                    RetryPolicy(
+                        merchant_id=merchant.id, created_at=BASE, created_by="test", **values
+                    )
+                )
             customer = Customer(
                 merchant_id=merchant.id, external_ref=uuid.uuid4().hex, created_at=BASE
             )
@@ -315,3 +329,60 @@ async def test_a_check_reports_a_tampered_row(db: Database) -> None:
     assert difference.expected is not None
     assert difference.stored.failed_amount == difference.expected.failed_amount + 1 == 501
     assert difference.key.funding == "unknown"
+
+
+async def test_the_control_arm_follows_the_share_of_the_deciding_policy_version(
+    db: Database,
+) -> None:
+    merchants, customers, _ = await _world(db)
+    merchant, customer = merchants[0], customers[0]
+    ids = [uuid.uuid4() for _ in range(200)]
+    async with db.uow(SYSTEM_SCOPE) as uow:
+        await uow.session.execute(
+            sa.insert(Payment),
+            [
+                {
+                    "id": pid,
+                    "merchant_id": merchant.id,
+                    "processor": Processor.STRIPE,
+                    "processor_payment_id": pid.hex,
+                    "amount_minor": 100,
+                    "currency": "EUR",
+                    "customer_id": customer.id,
+                    "first_failed_at": BASE,
+                    "decline_category": "insufficient_funds",
+                    "decline_retryable": True,
+                    "decline_advice": Advice.RETRY,
+                    "attempt_count": 1,
+                    "created_at": BASE,
+                    "updated_at": BASE,
+                }
+                for pid in ids
+            ],
+        )
+        await uow.commit()
+
+    async def control_count() -> int:
+        async with db.session(SYSTEM_SCOPE) as session:
+            assert await rollup_differences(session, [merchant.id]) == []
+            found = await session.execute(
+                sa.text(
+                    "SELECT coalesce(sum(failed_count), 0) FROM recovery_rollup "
+                    "WHERE merchant_id = :m AND control_group"
+                ),
+                {"m": merchant.id},
+            )
+            return int(found.scalar_one())
+
+    expected = {v: sum(in_control_group(str(merchant.id), str(p), s) for p in ids)
+                for v, s in ((None, 0.10), (2, 0.50), (3, 0.0))}  # fmt: skip
+    assert await control_count() == expected[None]
+    for version in (2, 3):
+        async with db.uow(SYSTEM_SCOPE) as uow:
+            await uow.session.execute(
+                sa.update(Payment).where(col(Payment.id).in_(ids)).values(policy_version=version)
+            )
+            await uow.commit()
+        assert await control_count() == expected[version]
+    assert expected[3] == 0
+    assert 70 < expected[2] < 130

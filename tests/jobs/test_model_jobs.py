@@ -87,7 +87,7 @@ async def test_decide_job_uses_the_champion_and_stores_its_explanation(
     assert len(stored) == modelled
 
 
-async def test_decide_job_without_a_usable_champion_uses_the_fixed_schedule(
+async def test_decide_job_without_a_usable_champion_uses_the_decline_aware_rules(
     db: Database,
 ) -> None:
     CACHE.clear()
@@ -97,8 +97,11 @@ async def test_decide_job_without_a_usable_champion_uses_the_fixed_schedule(
     await decide_pending(ctx)
     for payment in payments:
         row = await reload(db, payment.id)
-        assert row.decision_strategy is RetryStrategy.FIXED_SCHEDULE
-        if not in_control_group(str(row.merchant_id), str(row.id)):
+        assert row.next_retry_at is not None
+        if in_control_group(str(row.merchant_id), str(row.id)):
+            assert row.decision_strategy is RetryStrategy.FIXED_SCHEDULE
+        else:
+            assert row.decision_strategy is RetryStrategy.DECLINE_AWARE
             assert "model fallback: model" in (row.decision_reason or "")
             assert "unusable: not a model artifact" in (row.decision_reason or "")
 

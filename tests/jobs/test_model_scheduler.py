@@ -92,11 +92,12 @@ def test_candidates_in_the_past_are_never_chosen() -> None:
     assert decision.chosen_at is None
 
 
-def test_no_champion_falls_back_to_the_fixed_schedule_with_the_reason() -> None:
+def test_no_champion_falls_back_to_the_decline_aware_rules_with_the_reason() -> None:
     scheduler = ModelScheduler(champion=None)
     decision = scheduler(_payment(), [], _candidates(), policy=POLICY, now=NOW)
-    assert decision.strategy is RetryStrategy.FIXED_SCHEDULE
-    assert decision.reason.startswith("fixed schedule: day 1")
+    assert decision.strategy is RetryStrategy.DECLINE_AWARE
+    assert decision.chosen_at is not None
+    assert decision.reason.startswith("decline-aware rules: insufficient funds, payday")
     assert "(model fallback: no champion model)" in decision.reason
     [record] = scheduler.take_decisions()
     assert (record.source, record.model_version_id, record.explanation) == ("fallback", None, [])
@@ -109,7 +110,7 @@ def test_corrupt_artifact_falls_back_and_says_why() -> None:
     assert loaded.model is None
     scheduler = ModelScheduler(champion=loaded)
     decision = scheduler(_payment(), [], _candidates(), policy=POLICY, now=NOW)
-    assert decision.strategy is RetryStrategy.FIXED_SCHEDULE
+    assert decision.strategy is RetryStrategy.DECLINE_AWARE
     assert f"model {model_id} unusable: not a model artifact" in decision.reason
     assert scheduler.take_decisions()[0].model_version_id == model_id
 
@@ -120,7 +121,7 @@ def test_feature_list_mismatch_falls_back_and_says_why() -> None:
     loaded = ModelCache().load(uuid.uuid4(), json.dumps(doc).encode())
     scheduler = ModelScheduler(champion=loaded)
     decision = scheduler(_payment(), [], _candidates(), policy=POLICY, now=NOW)
-    assert decision.strategy is RetryStrategy.FIXED_SCHEDULE
+    assert decision.strategy is RetryStrategy.DECLINE_AWARE
     assert "attempt_success/v99" in decision.reason
     assert f"does not match the served {FEATURE_LIST.tag}" in decision.reason
 
@@ -136,7 +137,7 @@ def test_scoring_failure_falls_back_and_says_why() -> None:
     )
     scheduler = ModelScheduler(champion=Loaded(good.id, broken))
     decision = scheduler(_payment(), [], _candidates(), policy=POLICY, now=NOW)
-    assert decision.strategy is RetryStrategy.FIXED_SCHEDULE
+    assert decision.strategy is RetryStrategy.DECLINE_AWARE
     assert "model failed: non-finite score" in decision.reason
 
 

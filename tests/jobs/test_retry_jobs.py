@@ -16,7 +16,7 @@ from sqlmodel import col, select
 from app.clock import FixedClock
 from app.db import Database
 from app.embedded import Services
-from app.enums import MerchantStatus, PaymentState
+from app.enums import MerchantStatus, PaymentState, RetryStrategy
 from app.models.merchant import Merchant
 from app.models.webhook_endpoint import WebhookDelivery
 from app.services.retry_policy import PolicyChanges, update_retry_policy
@@ -26,7 +26,7 @@ from app.tenancy import SYSTEM_SCOPE, system_principal
 from app.workflows.webhook_delivery import SIGNATURE_HEADER, verify
 from jobs.enqueue import attempt_job_id, enqueue_attempt
 from jobs.retry import attempt_payment, claim_due, decide_pending, deliver_webhooks
-from tests.support.factories import make_merchant
+from tests.support.factories import make_merchant, set_strategy
 from tests.support.retry import BOX, ingest, make_connection, reload, stripe_charge
 from tests.support.webhooks import PUBLIC, table_resolver
 
@@ -104,6 +104,8 @@ def _ctx(
 
 async def _payment(db: Database) -> uuid.UUID:
     merchant = await make_merchant(db, f"Jobs {uuid.uuid4().hex[:6]}", now=T0)
+    # These tests follow the fixed schedule's days; new merchants start on the model.
+    await set_strategy(db, merchant.id, RetryStrategy.FIXED_SCHEDULE)
     connection = await make_connection(db, merchant, T0, base_url="http://processor.test/stripe")
     charge = stripe_charge(f"ch_{uuid.uuid4().hex[:10]}", created=T0)
     [payment] = await ingest(db, connection, [charge], T0)

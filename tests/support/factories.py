@@ -3,7 +3,7 @@
 import uuid
 from datetime import datetime, timedelta
 
-from sqlmodel import col, select
+from sqlmodel import col, select, update
 
 from app.crypto import CredentialBox
 from app.db import Database
@@ -15,6 +15,7 @@ from app.enums import (
     DeclineCategory,
     PaymentState,
     Processor,
+    RetryStrategy,
     Role,
 )
 from app.models.api_key import ApiKey
@@ -22,6 +23,7 @@ from app.models.customer import CardCredential, Customer
 from app.models.ingestion import ProcessorConnection
 from app.models.merchant import Merchant
 from app.models.payment import Payment, PaymentAttempt
+from app.models.retry_policy import RetryPolicy
 from app.services.api_key import create_api_key, hash_token
 from app.services.connection import create_connection
 from app.services.merchant import create_merchant
@@ -38,6 +40,19 @@ async def make_merchant(db: Database, name: str, *, now: datetime) -> Merchant:
         merchant = await create_merchant(uow, name=name, principal=system_principal(), now=now)
         await uow.commit()
     return merchant
+
+
+async def set_strategy(
+    db: Database, merchant_id: uuid.UUID, strategy: RetryStrategy, **values: object
+) -> None:
+    """Put a merchant's stored policy on `strategy` (and other values) without a new version."""
+    async with db.uow(SYSTEM_SCOPE) as uow:
+        await uow.session.execute(
+            update(RetryPolicy)
+            .where(col(RetryPolicy.merchant_id) == merchant_id)
+            .values(strategy=strategy, **values)
+        )
+        await uow.commit()
 
 
 async def make_key(

@@ -39,7 +39,7 @@ UPDATE_RETRY_POLICY = """
 mutation($input: UpdateRetryPolicyInput!) { updateRetryPolicy(input: $input) {
   retryPolicy { version enabled maxAttempts windowDays minHoursBetweenAttempts
     quietHours { startHour endHour } timezone excludedDeclineCategories strategy
-    fixedScheduleDays endAction updatedBy }
+    fixedScheduleDays endAction controlGroupPercent updatedBy }
   errors { code message field } } }"""
 
 _SCHEMAS: dict[int, Any] = {}

@@ -20,6 +20,7 @@ from app.retry.schedule import (
     PaymentView,
     Scheduler,
     candidate_times,
+    decline_aware,
     effective_policy,
     fixed_schedule,
     in_control_group,
@@ -45,6 +46,59 @@ def retry(at: datetime) -> AttemptRecord:
     return AttemptRecord(
         at, Actor.PORTAL, AttemptOutcome.DECLINED, replace(DECLINE, declined_at=at)
     )
+
+
+def _declined(category: DeclineCategory, **kw: object) -> PaymentView:
+    decline = DeclineView(category, True, Advice.RETRY, FAILED_AT)
+    return replace(PAYMENT, decline=decline, **kw)  # type: ignore[arg-type]
+
+
+def test_decline_aware_rules_satisfy_the_interface_and_retry_by_category() -> None:
+    scheduler: Scheduler = decline_aware
+    policy = RetryPolicyView(window_days=20, min_hours_between_attempts=1)
+    candidates = candidate_times(ledger=LEDGER, policy=policy, now=FAILED_AT)
+    cases = {
+        DeclineCategory.PROCESSING_ERROR: (2, "processing_error, 2 hours after the first failure"),
+        DeclineCategory.VELOCITY_EXCEEDED: (25, "velocity_exceeded, 25 hours after the first"),
+        DeclineCategory.DO_NOT_HONOR: (24, "do_not_honor, 24 hours after the first failure"),
+    }
+    for category, (hours, why) in cases.items():
+        decision = scheduler(_declined(category), (), candidates, policy=policy, now=FAILED_AT)
+        assert decision.strategy is RetryStrategy.DECLINE_AWARE
+        assert decision.reason.startswith(f"decline-aware rules: {why}")
+        # The target is off the hourly grid: the first allowed time from it.
+        target = FAILED_AT + timedelta(hours=hours)
+        assert decision.chosen_at is not None
+        assert target <= decision.chosen_at < target + timedelta(hours=1)
+
+
+def test_decline_aware_rules_wait_for_paydays_in_the_customers_morning() -> None:
+    # 2026-03-02 is a Monday: the next paydays are Friday the 6th, Friday the 13th, the 15th
+    # and Friday the 20th, each at 09:00 in the customer's time zone (EST, then EDT from the 8th).
+    payment = _declined(DeclineCategory.INSUFFICIENT_FUNDS, customer_timezone="America/New_York")
+    policy = RetryPolicyView(window_days=30)
+    paydays = [datetime(2026, 3, 6, 14, tzinfo=UTC)]
+    paydays += [datetime(2026, 3, d, 13, tzinfo=UTC) for d in (13, 15, 20)]
+    history: list[AttemptRecord] = []
+    for payday in paydays:
+        decision = decline_aware(payment, history, [payday], policy=policy, now=FAILED_AT)
+        assert decision.chosen_at == payday
+        assert (
+            decision.reason
+            == f"decline-aware rules: insufficient funds, payday {payday.isoformat()}"
+        )
+        history.append(retry(payday))
+    done = decline_aware(payment, history, paydays, policy=policy, now=FAILED_AT)
+    assert done == Decision(
+        None, "decline-aware rules complete: all retries used", RetryStrategy.DECLINE_AWARE
+    )
+
+
+def test_decline_aware_rules_without_an_allowed_time_choose_none() -> None:
+    payment = _declined(DeclineCategory.DO_NOT_HONOR)
+    decision = decline_aware(payment, (), [FAILED_AT], policy=POLICY, now=FAILED_AT)
+    assert decision.chosen_at is None
+    assert "no allowed time" in decision.reason
 
 
 def test_fixed_schedule_satisfies_the_interface() -> None:
@@ -157,3 +211,23 @@ def test_effective_policy_forces_the_fixed_schedule_on_the_control_group() -> No
     assert got.strategy is RetryStrategy.FIXED_SCHEDULE
     assert effective_policy(model, merchant_id="m_1", payment_id=treated) is model
     assert effective_policy(POLICY, merchant_id="m_1", payment_id=control) is POLICY
+
+
+def test_effective_policy_draws_the_control_group_with_the_policys_share() -> None:
+    ids = [f"pay_{i}" for i in range(2000)]
+
+    def control(percent: int) -> set[str]:
+        model = replace(POLICY, strategy=RetryStrategy.MODEL, control_group_percent=percent)
+        return {
+            i
+            for i in ids
+            if effective_policy(model, merchant_id="m_1", payment_id=i).strategy
+            is RetryStrategy.FIXED_SCHEDULE
+        }
+
+    assert control(10) == {i for i in ids if in_control_group("m_1", i)}
+    assert control(0) == set()
+    half = control(50)
+    assert 0.45 < len(half) / len(ids) < 0.55
+    # A larger share keeps the smaller one's members: raising it only adds payments.
+    assert control(10) < control(30) < half

@@ -60,7 +60,9 @@ from app.retry.schedule import (
     Decision,
     Scheduler,
     candidate_times,
+    decline_aware,
     fixed_schedule,
+    next_decline_aware_target,
     next_fixed_target,
 )
 from app.retry.state_machine import attempt_idempotency_key, transition
@@ -319,27 +321,34 @@ async def cancel_subscription(
 
 
 def decide(ctx: PaymentContext, *, now: datetime, scheduler: Scheduler | None = None) -> Decision:
-    """When to retry: the model's choice among allowed times, or the fixed schedule.
+    """When to retry: the model's choice among allowed times, the fixed schedule, or the
+    decline-aware rules (also what a model policy gets while no model is loaded).
 
-    The fixed schedule needs no candidate grid: its target is moved to the first allowed time
+    The rules need no candidate grid: their target is moved to the first allowed time
     directly, and when no time is allowed the state machine names the rule that ends it.
     """
     policy, ledger = ctx.policy, ctx.ledger
     if policy.strategy is RetryStrategy.MODEL and scheduler is not None:
         candidates = candidate_times(ledger=ledger, policy=policy, now=now)
         return scheduler(ctx.view(), ledger.retries, candidates, policy=policy, now=now)
-    target = next_fixed_target(policy, ledger.first_failed_at, ledger.retries)
+    plan: Scheduler = decline_aware
+    target = next_decline_aware_target(policy, ctx.view(), ledger.retries)
+    label, strategy = "decline-aware rules", RetryStrategy.DECLINE_AWARE
+    if policy.strategy is RetryStrategy.FIXED_SCHEDULE:
+        plan, label, strategy = fixed_schedule, "fixed schedule", RetryStrategy.FIXED_SCHEDULE
+        fixed = next_fixed_target(policy, ledger.first_failed_at, ledger.retries)
+        target = None if fixed is None else (f"day {fixed[0]} after the first failure", fixed[1])
     if target is None:
-        return fixed_schedule(ctx.view(), ledger.retries, (), policy=policy, now=now)
-    day, at = target
-    placement = earliest_allowed(max(at, now), ledger=ledger, policy=policy)
-    if placement.at is None:
-        return Decision(
-            at, f"fixed schedule: day {day} after the first failure", RetryStrategy.FIXED_SCHEDULE
-        )
-    decision = fixed_schedule(ctx.view(), ledger.retries, (placement.at,), policy=policy, now=now)
+        decision = plan(ctx.view(), ledger.retries, (), policy=policy, now=now)
+    else:
+        why, at = target
+        placement = earliest_allowed(max(at, now), ledger=ledger, policy=policy)
+        if placement.at is None:
+            decision = Decision(at, f"{label}: {why}", strategy)
+        else:
+            decision = plan(ctx.view(), ledger.retries, (placement.at,), policy=policy, now=now)
     if policy.strategy is RetryStrategy.MODEL:
-        reason = f"{decision.reason} (no model loaded: fixed schedule)"
+        reason = f"{decision.reason} (no champion model: decline-aware rules)"
         decision = replace(decision, reason=reason)
     return decision
 

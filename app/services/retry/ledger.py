@@ -125,6 +125,7 @@ def policy_view(row: RetryPolicy | None, merchant_status: MerchantStatus) -> Ret
         strategy=row.strategy,
         fixed_schedule_days=tuple(row.fixed_schedule_days),
         end_action=row.end_action,
+        control_group_percent=row.control_group_percent,
     )
 
 

@@ -15,8 +15,9 @@ from sqlmodel import col
 from app.enums import Actor, PaymentState, RetryStrategy
 from app.models.customer import CardCredential
 from app.models.payment import Payment
+from app.models.retry_policy import RetryPolicy
 from app.models.stats import BUCKET_SECONDS, TTR_BUCKETS, TTR_EDGES_SECONDS
-from app.retry.schedule import in_control_group
+from app.retry.schedule import CONTROL_SHARE, in_control_group
 from app.services.stats.figures import GroupKey, RecoveryStats, RollupKey, Sums, assemble
 from app.services.stats.query import StatsQuery, series_bounds
 from app.services.stats.rollups import stored_rollups
@@ -33,8 +34,12 @@ def bucket_start(moment: datetime) -> datetime:
     return datetime.fromtimestamp(epoch, UTC)
 
 
-def contribution(payment: Payment, funding: str | None) -> tuple[RollupKey, Sums]:
-    """A payment's rollup key and what it adds there (the trigger's rule, in Python)."""
+def contribution(
+    payment: Payment, funding: str | None, control_group_percent: int | None = None
+) -> tuple[RollupKey, Sums]:
+    """A payment's rollup key and what it adds there (the trigger's rule, in Python); its arm
+    is drawn with the control share of the policy version it was last decided under."""
+    share = CONTROL_SHARE if control_group_percent is None else control_group_percent / 100
     key = RollupKey(
         merchant_id=payment.merchant_id,
         bucket_start=bucket_start(payment.first_failed_at),
@@ -42,7 +47,7 @@ def contribution(payment: Payment, funding: str | None) -> tuple[RollupKey, Sums
         processor=str(payment.processor),
         decline_category=str(payment.decline_category),
         funding=funding or "unknown",
-        control_group=in_control_group(str(payment.merchant_id), str(payment.id)),
+        control_group=in_control_group(str(payment.merchant_id), str(payment.id), share),
         retryable=payment.decline_retryable,
     )
     amount = payment.amount_minor
@@ -71,14 +76,20 @@ async def rollups_from_payments(
     session: AsyncSession, merchant_ids: Sequence[uuid.UUID] | None = None
 ) -> dict[RollupKey, Sums]:
     """What the rollup table should hold, from every payment the session may see."""
-    statement = sa.select(Payment, col(CardCredential.funding)).outerjoin(
-        CardCredential, col(CardCredential.id) == col(Payment.card_id)
+    statement = (
+        sa.select(Payment, col(CardCredential.funding), col(RetryPolicy.control_group_percent))
+        .outerjoin(CardCredential, col(CardCredential.id) == col(Payment.card_id))
+        .outerjoin(
+            RetryPolicy,
+            (col(RetryPolicy.merchant_id) == col(Payment.merchant_id))
+            & (col(RetryPolicy.version) == col(Payment.policy_version)),
+        )
     )
     if merchant_ids is not None:
         statement = statement.where(col(Payment.merchant_id).in_(sorted(merchant_ids)))
     found: dict[RollupKey, Sums] = defaultdict(Sums)
-    for payment, funding in (await session.execute(statement)).all():
-        key, sums = contribution(payment, None if funding is None else str(funding))
+    for payment, funding, percent in (await session.execute(statement)).all():
+        key, sums = contribution(payment, None if funding is None else str(funding), percent)
         found[key] = found[key] + sums
     return {k: v for k, v in found.items() if not v.is_zero}
 
