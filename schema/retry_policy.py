@@ -41,7 +41,10 @@ class RetryPolicy:
     )
     strategy: RetryStrategy = strawberry.field(description="How retry times are chosen.")
     fixed_schedule_days: list[int] = strawberry.field(
-        description="Days after the first failure for the fixed schedule (and the fallback)."
+        description=(
+            "Days after the first failure for the fixed schedule; they also time the retry "
+            "placed after each decline until a fresh decision is made."
+        )
     )
     end_action: EndAction = strawberry.field(
         description="What happens when the window ends unrecovered."

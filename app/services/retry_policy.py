@@ -134,7 +134,13 @@ def validate(values: dict[str, Any]) -> list[tuple[str, str]]:
         problems.append(("timezone", f"unknown IANA time zone {values['timezone']!r}"))
     days = list(values["fixed_schedule_days"])
     if not days:
-        problems.append(("fixedScheduleDays", "needs at least one day (also the model's fallback)"))
+        problems.append(
+            (
+                "fixedScheduleDays",
+                "needs at least one day (it also times the retry placed after each decline "
+                "until a fresh decision)",
+            )
+        )
     elif any(b <= a for a, b in pairwise(days)):
         problems.append(("fixedScheduleDays", "days must be strictly increasing"))
     elif days[0] < 1 or days[-1] > window:
