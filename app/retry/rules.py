@@ -278,7 +278,9 @@ class LedgerView:
     blocking_rule: str | None
 
 
-def _zone(name: str | None, fallback: str) -> ZoneInfo:
+def zone_or_fallback(name: str | None, fallback: str) -> ZoneInfo:
+    """The time zone `name`, else `fallback`, else UTC: a bad stored zone never stops a
+    decision."""
     for candidate in (name, fallback):
         if candidate:
             try:
@@ -441,7 +443,7 @@ def evaluate(
         wait = _cap_wait(candidate_time, customer_times, cap)
         if wait is not None:
             waits.append((wait, cap.name))
-    zone = _zone(ledger.customer_timezone, policy.timezone)
+    zone = zone_or_fallback(ledger.customer_timezone, policy.timezone)
     quiet = _quiet_until(candidate_time, policy, zone)
     if quiet is not None:
         waits.append((quiet, RULE_QUIET_HOURS))

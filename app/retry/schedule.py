@@ -18,6 +18,7 @@ from app.retry.rules import (
     PaymentLedger,
     RetryPolicyView,
     evaluate,
+    zone_or_fallback,
 )
 
 # The control share of a payment not yet decided under any policy version (and the default).
@@ -125,9 +126,8 @@ PAYDAY_RETRIES = 4
 _FRIDAY = 4
 
 
-def _paydays(first_failed_at: datetime, timezone: str) -> tuple[datetime, ...]:
+def _paydays(first_failed_at: datetime, zone: ZoneInfo) -> tuple[datetime, ...]:
     """The first paydays after the first failure's local day, at PAYDAY_HOUR local time."""
-    zone = ZoneInfo(timezone)
     day = first_failed_at.astimezone(zone).date()
     found: list[datetime] = []
     while len(found) < PAYDAY_RETRIES:
@@ -145,7 +145,7 @@ def next_decline_aware_target(
     last = max((r.at for r in history), default=payment.first_failed_at)
     category = payment.decline.category if payment.decline is not None else None
     if category is DeclineCategory.INSUFFICIENT_FUNDS:
-        zone = payment.customer_timezone or policy.timezone
+        zone = zone_or_fallback(payment.customer_timezone, policy.timezone)
         for at in _paydays(payment.first_failed_at, zone):
             if at > last:
                 return f"insufficient funds, payday {at.isoformat()}", at

@@ -7,7 +7,12 @@ the column, under the table's exclusive lock: the partial index of pending deliv
 ever made. So that index is dropped and built again concurrently around the change, outside
 the migration's transaction, as 0011 builds its own; meanwhile the delivery sweep finds due
 deliveries without it. An interrupted build leaves an invalid index of the same name behind,
-so it is dropped first: the migration can simply be run again.
+so it is dropped first: the migration can simply be run again. The type change waits at most
+a few seconds for its lock, then fails to be run again.
+
+Downgrade narrows the column back to VARCHAR(16): unlike widening, that rewrites the table
+under its exclusive lock (every stored value fits), so a downgrade of a large delivery table
+belongs in a quiet window.
 
 Revision ID: 0014_webhook_delivery_status
 Revises: 0013_attempt_decline_columns
@@ -24,6 +29,7 @@ down_revision: str | None = "0013_attempt_decline_columns"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
+LOCK_TIMEOUT = "5s"
 STATUS = sa.Enum(
     "pending", "delivered", "failed", name="webhookdeliverystatus", native_enum=False, length=32
 )
@@ -37,8 +43,16 @@ def _retype(old: sa.types.TypeEngine[str], new: sa.types.TypeEngine[str]) -> Non
             postgresql_concurrently=True,
             if_exists=True,
         )
+        # Outside a transaction SET LOCAL does nothing: the session's timeout is set for the
+        # change and given back, so the exclusive lock is never queued behind a long
+        # transaction (with every query of the table queued behind it).
+        before = op.get_bind().execute(sa.text("SHOW lock_timeout")).scalar_one()
+        op.execute(f"SET lock_timeout = '{LOCK_TIMEOUT}'")
         op.alter_column(
             "webhook_delivery", "status", existing_type=old, type_=new, existing_nullable=False
+        )
+        op.execute(
+            sa.text("SELECT set_config('lock_timeout', :before, false)").bindparams(before=before)
         )
         op.create_index(
             "ix_webhook_delivery_due",

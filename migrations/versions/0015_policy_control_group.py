@@ -3,9 +3,9 @@ and the recovery rollups' control arm drawn with the share of the policy each pa
 decided under.
 
 The column has a constant server default, so adding it changes only the catalog (no rewrite);
-every existing policy reads 10, the share in force until now. Its range check is added
-NOT VALID and validated afterwards, which scans the (small) table without blocking writes.
-Both ALTER TABLE statements wait at most `lock_timeout` for their brief lock.
+every existing policy reads 10, the share in force until now. Its range check is validated
+under the same brief lock the new column takes (the table holds a few rows per merchant). Both
+ALTER TABLE statements wait at most `lock_timeout` for their lock.
 
 The rollup triggers called `recovery_control_group(merchant, payment)` with a fixed 10%; they
 now pass the payment's `policy_version`, and the new overload looks that version's share up
@@ -89,6 +89,18 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    # The old triggers count every payment at 10%: payments already counted under another share
+    # would be taken off the wrong arm. Refuse rather than corrupt the rollups.
+    others = op.get_bind().execute(
+        sa.text(
+            "SELECT count(*) FROM retry_policy WHERE control_group_percent <> :share"
+        ).bindparams(share=DEFAULT_PERCENT)
+    )
+    if others.scalar_one():
+        raise RuntimeError(
+            f"retry policy versions with a control-group share other than {DEFAULT_PERCENT}% "
+            "exist: their payments' rollup arms cannot be kept by the older triggers"
+        )
     _rewrite_triggers(NEW_CALL, OLD_CALL)
     op.execute("DROP FUNCTION recovery_control_group(uuid, uuid, integer)")
     _locked("ALTER TABLE retry_policy DROP COLUMN control_group_percent")

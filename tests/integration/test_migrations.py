@@ -390,6 +390,11 @@ async def test_policy_control_group_column_defaults_existing_policies_to_ten_per
             assert [tuple(r) for r in await conn.fetch(arms)] == [(False, 300)]
             await conn.execute("UPDATE payment SET policy_version = 1")
             assert [tuple(r) for r in await conn.fetch(arms)] == before
+            # The older triggers would count version 2's payments on the wrong arm: refused.
+            with pytest.raises(RuntimeError, match="control-group share other than 10%"):
+                await asyncio.to_thread(command.downgrade, cfg, "0014_webhook_delivery_status")
+            assert "control_group_percent" in await _columns(conn, "retry_policy")
+            await conn.execute("DELETE FROM retry_policy WHERE version = 2")
             await asyncio.to_thread(command.downgrade, cfg, "0014_webhook_delivery_status")
             assert "control_group_percent" not in await _columns(conn, "retry_policy")
             await conn.execute("UPDATE payment SET policy_version = 2")

@@ -94,6 +94,16 @@ def test_decline_aware_rules_wait_for_paydays_in_the_customers_morning() -> None
     )
 
 
+def test_decline_aware_rules_read_an_unknown_customer_zone_as_the_policys() -> None:
+    # A stored zone that is not a zone must not stop the decision: the policy's zone applies.
+    policy = RetryPolicyView(window_days=30, timezone="America/New_York")
+    payday = datetime(2026, 3, 6, 14, tzinfo=UTC)
+    for stored in ("Not/AZone", "../etc", ""):
+        payment = _declined(DeclineCategory.INSUFFICIENT_FUNDS, customer_timezone=stored)
+        decision = decline_aware(payment, (), [payday], policy=policy, now=FAILED_AT)
+        assert decision.chosen_at == payday
+
+
 def test_decline_aware_rules_without_an_allowed_time_choose_none() -> None:
     payment = _declined(DeclineCategory.DO_NOT_HONOR)
     decision = decline_aware(payment, (), [FAILED_AT], policy=POLICY, now=FAILED_AT)
