@@ -320,6 +320,20 @@ async def cancel_subscription(
         )
 
 
+def _rules(
+    ctx: PaymentContext,
+) -> tuple[Scheduler, str, RetryStrategy, tuple[str, datetime] | None]:
+    """The rule-based scheduler a payment's policy uses, its label and strategy, and its next
+    target (why, when): the fixed schedule's day, or the decline-aware rules' next time."""
+    policy, ledger = ctx.policy, ctx.ledger
+    if policy.strategy is RetryStrategy.FIXED_SCHEDULE:
+        fixed = next_fixed_target(policy, ledger.first_failed_at, ledger.retries)
+        target = None if fixed is None else (f"day {fixed[0]} after the first failure", fixed[1])
+        return fixed_schedule, "fixed schedule", RetryStrategy.FIXED_SCHEDULE, target
+    target = next_decline_aware_target(policy, ctx.view(), ledger.retries)
+    return decline_aware, "decline-aware rules", RetryStrategy.DECLINE_AWARE, target
+
+
 def decide(ctx: PaymentContext, *, now: datetime, scheduler: Scheduler | None = None) -> Decision:
     """When to retry: the model's choice among allowed times, the fixed schedule, or the
     decline-aware rules (also what a model policy gets while no model is loaded).
@@ -331,13 +345,7 @@ def decide(ctx: PaymentContext, *, now: datetime, scheduler: Scheduler | None = 
     if policy.strategy is RetryStrategy.MODEL and scheduler is not None:
         candidates = candidate_times(ledger=ledger, policy=policy, now=now)
         return scheduler(ctx.view(), ledger.retries, candidates, policy=policy, now=now)
-    plan: Scheduler = decline_aware
-    target = next_decline_aware_target(policy, ctx.view(), ledger.retries)
-    label, strategy = "decline-aware rules", RetryStrategy.DECLINE_AWARE
-    if policy.strategy is RetryStrategy.FIXED_SCHEDULE:
-        plan, label, strategy = fixed_schedule, "fixed schedule", RetryStrategy.FIXED_SCHEDULE
-        fixed = next_fixed_target(policy, ledger.first_failed_at, ledger.retries)
-        target = None if fixed is None else (f"day {fixed[0]} after the first failure", fixed[1])
+    plan, label, strategy, target = _rules(ctx)
     if target is None:
         decision = plan(ctx.view(), ledger.retries, (), policy=policy, now=now)
     else:
