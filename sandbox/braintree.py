@@ -105,6 +105,8 @@ def render(charge: Charge, account: Account, now: datetime) -> Element:
     _text(tx, "amount", codes.major_units(charge.amount_minor, charge.currency))
     _text(tx, "merchant-account-id", account.account_id)
     _text(tx, "order-id", charge.reference)
+    # Every sandbox charge bills the customer's subscription.
+    _text(tx, "subscription-id", account.billing.subscription_of(charge.customer).id)
     # Braintree renders whole seconds.
     created = iso(charge.created.replace(microsecond=0))
     _text(tx, "created-at", created, type="datetime")
@@ -302,6 +304,7 @@ async def create_transaction(request: Request) -> Response:
         "customer-id": body.findtext("customer-id"),
         "retry-of": body.findtext("custom-fields/retry-of") or "",
         "order-id": body.findtext("order-id"),
+        "payment-method-token": body.findtext("payment-method-token"),
     }
     key = request.headers.get("idempotency-key")
     print_ = fingerprint(fields)
@@ -329,6 +332,7 @@ async def create_transaction(request: Request) -> Response:
             currency=original.currency,
             customer=fields["customer-id"],
             reference=fields["order-id"],
+            payment_method=fields["payment-method-token"],
         )
     except ValueError:
         return _validation_error("amount", "81503", "Amount is an invalid format.")

@@ -173,13 +173,18 @@ class BraintreeAdapter:
         return None if response.status_code == 404 else _parse(response.content)
 
     async def billing_state(self, refs: BillingRefs) -> BillingState:
-        """The subscription (Canceled, or Expired past its last billing cycle), the customer
-        (deleted: Braintree answers 404) and the payment method a charge now would use: the
-        subscription's `payment-method-token`, else the customer's default card.
+        """The customer (deleted: Braintree answers 404; deleting a customer also cancels its
+        subscriptions, so it is asked first), the subscription (Canceled, or Expired past its
+        last billing cycle) and the payment method a charge now would use: the subscription's
+        `payment-method-token`, else the customer's default card.
 
         Braintree has no invoice object: whether the amount was paid another way is known
         only from the transactions ingestion reads."""
-        checked: set[str] = set()
+        customer = await self._read(f"/customers/{quote(refs.customer_ref)}")
+        if customer is None:
+            detail = f"customer {refs.customer_ref} is deleted"
+            return _stopped("customer_deleted", detail, set())
+        checked = {"customer"}
         token: str | None = None
         if refs.subscription_ref:
             subscription = await self._read(f"/subscriptions/{quote(refs.subscription_ref)}")
@@ -192,11 +197,6 @@ class BraintreeAdapter:
                 if status == "Expired":
                     return _stopped("subscription_ended", f"{name} is Expired", checked)
                 token = subscription.findtext("payment-method-token") or None
-        customer = await self._read(f"/customers/{quote(refs.customer_ref)}")
-        if customer is None:
-            detail = f"customer {refs.customer_ref} is deleted"
-            return _stopped("customer_deleted", detail, checked)
-        checked.add("customer")
         cards = customer.findall("credit-cards/credit-card")
         chosen = next((c for c in cards if token and c.findtext("token") == token), None)
         if chosen is None:
@@ -225,6 +225,11 @@ class BraintreeAdapter:
             codes = {e.findtext("code") for e in root.iter("error")}
             if ALREADY_CANCELED in codes:
                 return CancelResult(refs.subscription_ref, "Canceled", already=True)
+            current = await self._read(f"/subscriptions/{quote(refs.subscription_ref)}")
+            status = current.findtext("status") if current is not None else None
+            if status in ("Canceled", "Expired"):
+                # Ended some other way (an Expired subscription cannot be canceled).
+                return CancelResult(refs.subscription_ref, status, already=True)
             message = root.findtext("message") or "validation error"
             raise PermanentProcessorError(f"braintree: cancel refused: {message[:200]}", status=422)
         return CancelResult(refs.subscription_ref, root.findtext("status") or "Canceled")

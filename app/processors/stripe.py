@@ -149,9 +149,11 @@ class StripeAdapter:
         return body
 
     async def billing_state(self, refs: BillingRefs) -> BillingState:
-        """The invoice (paid, void or uncollectible), its subscription (canceled, or ended at
-        its scheduled end), the customer (deleted) and the default payment method: the
-        subscription's, else the customer's invoice default, else its default source.
+        """The invoice (paid, void or uncollectible), the customer (deleted), the invoice's
+        subscription (canceled, or ended at its scheduled end) and the default payment method:
+        the subscription's, else the customer's invoice default, else its default source.
+        The customer comes before the subscription: deleting a customer cancels its
+        subscriptions, and the deletion is what happened.
 
         A charge that names no invoice (a one-off charge, or an API version that leaves it
         out) can be checked for its customer only."""
@@ -168,7 +170,22 @@ class StripeAdapter:
                     detail = f"invoice {refs.invoice_ref} is {status}"
                     return _stop("invoice_voided", detail, checked)
                 subscription_ref = subscription_ref or invoice_subscription(invoice)
+        customer = await self._read(
+            f"/v1/customers/{quote(refs.customer_ref, safe='')}",
+            "invoice_settings.default_payment_method",
+            "default_source",
+        )
+        # Stripe keeps a deleted customer readable, marked `deleted`; a 404 is an id this
+        # account never had, which tells nothing about the customer.
         method: StoredMethod | None = None
+        if customer is not None:
+            if customer.get("deleted") is True:
+                detail = f"customer {refs.customer_ref} is deleted"
+                return _stop("customer_deleted", detail, checked)
+            checked.add("customer")
+            settings = customer.get("invoice_settings")
+            default = settings.get("default_payment_method") if isinstance(settings, dict) else None
+            method = stored_method(default) or stored_method(customer.get("default_source"))
         if subscription_ref:
             path = f"/v1/subscriptions/{quote(subscription_ref, safe='')}"
             subscription = await self._read(path, "default_payment_method")
@@ -177,19 +194,7 @@ class StripeAdapter:
                 stop = _subscription_stop(subscription, subscription_ref)
                 if stop is not None:
                     return _stop(stop[0], stop[1], checked)
-                method = stored_method(subscription.get("default_payment_method"))
-        customer = await self._read(
-            f"/v1/customers/{quote(refs.customer_ref, safe='')}",
-            "invoice_settings.default_payment_method",
-            "default_source",
-        )
-        if customer is None or customer.get("deleted") is True:
-            return _stop("customer_deleted", f"customer {refs.customer_ref} is deleted", checked)
-        checked.add("customer")
-        if method is None:
-            settings = customer.get("invoice_settings")
-            default = settings.get("default_payment_method") if isinstance(settings, dict) else None
-            method = stored_method(default) or stored_method(customer.get("default_source"))
+                method = stored_method(subscription.get("default_payment_method")) or method
         if method is not None:
             checked.add("payment_method")
         return BillingState(method=method, checked=frozenset(checked))
