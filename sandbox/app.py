@@ -221,6 +221,9 @@ async def list_retries(request: Request) -> Response:
             "amount_minor": c.amount_minor,
             "currency": c.currency,
             "customer": c.customer,
+            # Which of the customer's cards was charged (never more than its last four digits).
+            "last4": c.card.last4,
+            "card_fingerprint": c.card.fingerprint,
             "replays": account.replays.get(c.idempotency_key, 0) if c.idempotency_key else 0,
         }
         for c in account.retries
