@@ -228,7 +228,8 @@ class ModelRealizedRecovery:
         "payment at the same instant): a pair. Read from the model's newest "
         f"{comparison_svc.WINDOW:,} shadow decisions. A challenger has none until it is made "
         "the shadow; a shadow decision has no pair when the champion of the time was another "
-        "model or fell back to the decline-aware rules."
+        "model, fell back to the decline-aware rules, or had no choice to make (no retry left "
+        "in the budget or no allowed time)."
     )
 )
 class ModelComparison:

@@ -50,7 +50,8 @@ WINDOW = 50_000
 # payments each outcome group needs before their difference is (as for the uplift).
 MIN_PAYMENTS = MIN_ARM_SIZE
 # `model_decision.source` values with a model's own choice: a retry time with its chance, or
-# a stop. A "fallback" acting row is the rules' choice, not the champion's, and is not paired.
+# a stop. A "fallback" acting row is the rules' choice, not the champion's, and is not paired;
+# nor is a stop forced by an exhausted budget or no allowed time (stored without a chance).
 SOURCE_MODEL = "model"
 SOURCE_STOP = "stop"
 
@@ -299,7 +300,12 @@ def _pairs(
             col(acting.decided_at) == read.c.decided_at,
             col(acting.role) == ROLE_ACTING,
             col(acting.model_version_id) == champion_id,
-            col(acting.source).in_((SOURCE_MODEL, SOURCE_STOP)),
+            # The champion's own choice: a retry time, or a stop below its chance threshold
+            # (a stop without a chance had no budget or no allowed time: no choice at all).
+            sa.or_(
+                col(acting.source) == SOURCE_MODEL,
+                sa.and_(col(acting.source) == SOURCE_STOP, col(acting.probability).is_not(None)),
+            ),
         )
         .limit(1)
         .lateral("champion")

@@ -44,7 +44,7 @@ async def _compare(
 
 async def test_pairs_agreement_predicted_and_realized_figures(db: Database) -> None:
     merchant = await make_merchant(db, "Compared", now=T0)
-    p1, p2, p3, p4, p5, p6, p7 = await make_payments(db, merchant, 7, now=T0)
+    p1, p2, p3, p4, p5, p6, p7, p8 = await make_payments(db, merchant, 8, now=T0)
     champion = (await make_model(db, now=T0, status=ModelStatus.CHAMPION)).id
     shadow = (await make_model(db, now=T0, status=ModelStatus.SHADOW)).id
     other = (await make_model(db, now=T0, status=ModelStatus.RETIRED)).id
@@ -67,7 +67,9 @@ async def test_pairs_agreement_predicted_and_realized_figures(db: Database) -> N
         # p7: the shadow's own fallback time, the champion's model time: the same instant, no
         # known chance for the shadow.
         *both(p7, t1, Choice(1440, None, "fallback"), Choice(1440, 0.10)),
-        # Unpaired: the champion fell back to the rules; another champion acted.
+        # Unpaired: a stop forced by the rules (no chance to weigh, no choice made); the
+        # champion fell back to the rules; another champion acted.
+        *both(p8, t1, stop(None), stop(None)),
         decision(p5, champion, ROLE_ACTING, t1, Choice(60, None, "fallback")),
         decision(p5, shadow, ROLE_SHADOW, t1, Choice(60, 0.5)),
         decision(p6, other, ROLE_ACTING, t1, Choice(60, 0.5)),
@@ -85,7 +87,7 @@ async def test_pairs_agreement_predicted_and_realized_figures(db: Database) -> N
     found = await _compare(db, shadow)
     assert found is not None
     assert (found.champion_id, found.tolerance) == (champion, timedelta(hours=1))
-    assert found.shadow_decisions == 8
+    assert found.shadow_decisions == 9
     assert found.paired_decisions == 6
     assert found.agreeing_decisions == 4  # p1 twice, p3, p7
     assert found.identical_decisions == 3  # p1 at t1, p3, p7
