@@ -403,3 +403,39 @@ async def test_policy_control_group_column_defaults_existing_policies_to_ten_per
             await conn.close()
     finally:
         await drop_database(services, url)
+
+
+async def test_model_decision_index_by_model_role_and_time_replaces_the_model_index(
+    services: Services,
+) -> None:
+    """0016 builds `ix_model_decision_model_role_at` concurrently (valid, also over an invalid
+    leftover of an interrupted build) and drops the single-column model index; down reverses."""
+    url = await create_scratch_database(services, "portal_migrations")
+    cfg = alembic_config(url)
+    indexes = (
+        "SELECT c.relname, i.indisvalid, pg_get_indexdef(i.indexrelid) FROM pg_index i "
+        "JOIN pg_class c ON c.oid = i.indexrelid "
+        "WHERE i.indrelid = 'model_decision'::regclass AND c.relname LIKE 'ix_model_decision_mo%'"
+    )
+    try:
+        await asyncio.to_thread(command.upgrade, cfg, "0015_policy_control_group")
+        conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://", 1))
+        try:
+            # What an interrupted CREATE INDEX CONCURRENTLY leaves: an index marked invalid.
+            await conn.execute(
+                "CREATE INDEX ix_model_decision_model_role_at ON model_decision (role); "
+                "UPDATE pg_index SET indisvalid = false WHERE indexrelid = "
+                "'ix_model_decision_model_role_at'::regclass"
+            )
+            await asyncio.to_thread(command.upgrade, cfg, "0016_model_decision_by_model")
+            [(name, valid, definition)] = await conn.fetch(indexes)
+            assert (name, valid) == ("ix_model_decision_model_role_at", True)
+            assert "(model_version_id, role, decided_at)" in definition
+            await asyncio.to_thread(command.downgrade, cfg, "0015_policy_control_group")
+            [(name, valid, definition)] = await conn.fetch(indexes)
+            assert (name, valid) == ("ix_model_decision_model_version_id", True)
+            assert "(model_version_id)" in definition
+        finally:
+            await conn.close()
+    finally:
+        await drop_database(services, url)
