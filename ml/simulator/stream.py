@@ -12,7 +12,7 @@ import numpy as np
 
 from ml import taxonomy, timeutil
 from ml.simulator.config import CAUSES, SimulatorConfig, load_config
-from ml.simulator.customers import Customers, draw_customers
+from ml.simulator.customers import Customers, billing_region, draw_customers
 from ml.simulator.world import (
     DEFAULT_START,
     FUNDS,
@@ -58,6 +58,10 @@ class StreamCharge:
     created: datetime
     # Simulator-side handle the sandbox keeps to answer retries; never part of a processor payload.
     failure: SimFailure | None
+    # Where the customer lives: the country and region (state, province) of their billing
+    # address; None outside the simulated markets.
+    billing_country: str | None = None
+    billing_region: str | None = None
 
 
 @dataclass(frozen=True)
@@ -190,6 +194,9 @@ def _month_charges(m: _Merchant, month_index: int, config: SimulatorConfig) -> l
     failed_pos = {int(pos): j for j, pos in enumerate(idx) if keep[j]}
     out: list[StreamCharge] = []
     for i in range(n):
+        named = taxonomy.COUNTRIES[int(c.country[i])]
+        country = None if named == "other" else named
+        zone = int(c.tz_minutes[i])
         version = int(version_now[i]) - int(stale[i] and i in failed_pos)
         k = failed_pos.get(i)
         obs = batch.observed
@@ -210,6 +217,8 @@ def _month_charges(m: _Merchant, month_index: int, config: SimulatorConfig) -> l
                 else taxonomy.ADVICE_CODES[int(obs.advice_code[k])],
                 created=datetime.fromtimestamp(float(t[i]), tz=UTC),
                 failure=None if k is None else SimFailure(batch, k),
+                billing_country=country,
+                billing_region=None if country is None else billing_region(country, zone),
             )
         )
     return out

@@ -48,9 +48,14 @@ def stripe_charge(
     network_decline_code: str | None = None,
     network_advice_code: str | None = None,
     subscription: str | None = None,
+    secure: bool = False,
+    metadata: dict[str, str] | None = None,
+    billing: tuple[str, str | None] | None = None,
 ) -> dict[str, Any]:
     """A Stripe charge as the list and retrieve endpoints return it; with `subscription`, its
-    invoice expanded (as `expand[]=invoice` returns it) to name the subscription."""
+    invoice expanded (as `expand[]=invoice` returns it) to name the subscription; `secure`:
+    the cardholder authenticated it with 3-D Secure (a payment they made themselves);
+    `billing`: the (country, state) of its billing address."""
     failed = status == "failed"
     invoice_id = invoice if invoice is not None else f"in_{charge_id}"
     outcome: dict[str, Any] = {
@@ -62,10 +67,13 @@ def stripe_charge(
         outcome["network_decline_code"] = network_decline_code
     if network_advice_code:
         outcome["network_advice_code"] = network_advice_code
+    country, state = billing if billing is not None else (None, None)
     return {
         "id": charge_id,
         "object": "charge",
         "amount": amount,
+        "billing_details": {"address": {"country": country, "state": state}},
+        "metadata": dict(metadata or {}),
         "currency": "usd",
         "created": int(created.timestamp()),
         "customer": customer,
@@ -88,6 +96,7 @@ def stripe_charge(
                 "fingerprint": fingerprint,
                 "funding": "debit",
                 "last4": "4242",
+                "three_d_secure": {"result": "authenticated"} if secure else None,
             },
         },
     }
