@@ -17,6 +17,7 @@ from app.models.ingestion import ProcessorConnection
 from app.models.merchant import Merchant
 from app.models.payment import Payment, PaymentAttempt
 from app.models.retry import OutboxEvent, PaymentTransition
+from app.processors.adapters import REQUIRED_CREDENTIALS
 from app.processors.base import (
     ChargeResult,
     ListPage,
@@ -103,17 +104,27 @@ def stripe_charge(
 
 
 async def make_connection(
-    db: Database, merchant: Merchant, now: datetime, base_url: str = "http://127.0.0.1:1/stripe"
+    db: Database,
+    merchant: Merchant,
+    now: datetime,
+    base_url: str = "http://127.0.0.1:1/stripe",
+    kind: Processor = Processor.STRIPE,
 ) -> ProcessorConnection:
     async with db.uow(SYSTEM_SCOPE) as uow:
         connection = await create_connection(
             uow,
             principal=system_principal(),
             merchant_id=merchant.id,
-            kind=Processor.STRIPE,
+            kind=kind,
             base_url=base_url,
             policy=SANDBOX_URLS,
-            credentials={"api_key": "sk_test_x"},
+            credentials=(
+                {"api_key": "sk_test_x"}
+                if kind is Processor.STRIPE
+                else dict.fromkeys(REQUIRED_CREDENTIALS[kind], "ab" * 16)
+            ),
+            # Braintree's merchant id and Adyen's merchant account name the account.
+            account_ref=None if kind in (Processor.STRIPE, Processor.CHECKOUT) else "acct_1",
             box=BOX,
             now=now,
         )
@@ -129,10 +140,16 @@ async def land_records(
 ) -> tuple[int, int]:
     """Land records and normalize the new ones as polling would, in one committed unit of work;
     returns how many landed and how many were duplicates."""
+    items = [RawItem.from_json(r, str(r.get("id"))) for r in records]
+    return await land_items(db, connection, items, now)
+
+
+async def land_items(
+    db: Database, connection: ProcessorConnection, items: Sequence[RawItem], now: datetime
+) -> tuple[int, int]:
+    """`land_records` for raw items of any processor (Braintree's XML too)."""
     async with db.uow(SYSTEM_SCOPE) as uow:
-        ids, stats = await land(
-            uow, connection, [RawItem.from_json(r, str(r.get("id"))) for r in records], now=now
-        )
+        ids, stats = await land(uow, connection, items, now=now)
         await normalize_raw_records(uow, connection, ids, now=now)
         await uow.commit()
     return stats.landed, stats.duplicates
