@@ -72,6 +72,8 @@ class _Merchant:
     billing_hour: np.ndarray
     change_times: list[np.ndarray]
     updated: list[np.ndarray]
+    # Each customer's billing address: (country, region), None outside the simulated markets.
+    places: list[tuple[str | None, str | None]]
 
 
 def _digest(*parts: object) -> str:
@@ -99,7 +101,16 @@ def _merchant(seed: int, config: SimulatorConfig) -> _Merchant:
         )
         change_times.append(times)
         updated.append(rng.random(k) < config.cards.account_updater_coverage)
-    return _Merchant(seed, customers, anchor_dom, billing_hour, change_times, updated)
+    places = [_place(customers, i) for i in range(n)]
+    return _Merchant(seed, customers, anchor_dom, billing_hour, change_times, updated, places)
+
+
+def _place(customers: Customers, i: int) -> tuple[str | None, str | None]:
+    """Where customer `i` is billed: their country and, where the world has one, region."""
+    named = taxonomy.COUNTRIES[int(customers.country[i])]
+    if named == "other":
+        return None, None
+    return named, billing_region(named, int(customers.tz_minutes[i]))
 
 
 def _card(m: _Merchant, i: int, version: int) -> StreamCard:
@@ -194,9 +205,6 @@ def _month_charges(m: _Merchant, month_index: int, config: SimulatorConfig) -> l
     failed_pos = {int(pos): j for j, pos in enumerate(idx) if keep[j]}
     out: list[StreamCharge] = []
     for i in range(n):
-        named = taxonomy.COUNTRIES[int(c.country[i])]
-        country = None if named == "other" else named
-        zone = int(c.tz_minutes[i])
         version = int(version_now[i]) - int(stale[i] and i in failed_pos)
         k = failed_pos.get(i)
         obs = batch.observed
@@ -217,8 +225,8 @@ def _month_charges(m: _Merchant, month_index: int, config: SimulatorConfig) -> l
                 else taxonomy.ADVICE_CODES[int(obs.advice_code[k])],
                 created=datetime.fromtimestamp(float(t[i]), tz=UTC),
                 failure=None if k is None else SimFailure(batch, k),
-                billing_country=country,
-                billing_region=None if country is None else billing_region(country, zone),
+                billing_country=m.places[i][0],
+                billing_region=m.places[i][1],
             )
         )
     return out
