@@ -147,10 +147,8 @@ def render(charge: Charge, account: Account, now: datetime) -> Element:
                 codes.MASTERCARD_ADVICE_TEXTS.get(charge.advice_code, ""),
             )
         _text(tx, "gateway-rejection-reason", None)
-    _text(tx, "recurring", "true", type="boolean")
-    if charge.retry_of:
-        fields = SubElement(tx, "custom-fields")
-        _text(fields, "retry-of", charge.retry_of)
+    _initiator(tx, charge)
+    _billing(tx, charge)
     cc = SubElement(tx, "credit-card")
     debit, prepaid = _FUNDING_FLAGS.get(card.funding, ("Unknown", "Unknown"))
     _text(cc, "token", codes.token("0123456789abcdefghijklmnopqrstuvwxyz", 7, charge.customer))
@@ -165,6 +163,40 @@ def render(charge: Charge, account: Account, now: datetime) -> Element:
     _text(cc, "country-of-issuance", codes.ALPHA3.get(card.country or "", "Unknown"))
     _text(cc, "unique-number-identifier", card.fingerprint)
     return tx
+
+
+def _initiator(tx: Element, charge: Charge) -> None:
+    """What says who made the transaction: Recurring Billing's subscription (its own retry),
+    Braintree's retry of a declined transaction, the customer's own checkout (not recurring,
+    3-D Secure), or the portal's retry (its custom field)."""
+    payer = charge.paid_by
+    root = charge.root
+    if payer == "billing_system" and root is not None:
+        _text(tx, "subscription-id", codes.token("abcdefghjkmnpqrstvwxyz", 6, "sub", root.id))
+    if payer == "processor" and root is not None:
+        _text(tx, "retried-transaction-id", root.id)
+    _text(tx, "recurring", "false" if payer == "customer" else "true", type="boolean")
+    if payer == "customer":
+        secure = SubElement(tx, "three-d-secure-info")
+        _text(secure, "enrolled", "Y")
+        _text(secure, "liability-shifted", "true", type="boolean")
+        _text(secure, "liability-shift-possible", "true", type="boolean")
+        _text(secure, "status", "authenticate_successful")
+    if charge.retry_of:
+        fields = SubElement(tx, "custom-fields")
+        _text(fields, "retry-of", charge.retry_of)
+
+
+def _billing(tx: Element, charge: Charge) -> None:
+    """The billing address, as Braintree renders a transaction's `billing` details."""
+    address = charge.address
+    if address is None:
+        return
+    country, region = address
+    billing = SubElement(tx, "billing")
+    _text(billing, "country-code-alpha2", country)
+    _text(billing, "country-code-alpha3", codes.ALPHA3.get(country))
+    _text(billing, "region", region)
 
 
 def corrupt(tx: Element, kind: str) -> Element:
