@@ -111,6 +111,14 @@ class Settings(BaseSettings):
     # /readyz answers 503 when no worker has a fresh heartbeat (for deployments that run one).
     readyz_require_worker: bool = False
 
+    # Promoting a model over a champion (`promoteModel`, `portal model promote`) may also need
+    # the model's shadow decisions to compare well with that champion's at the same decision
+    # points (app/services/model_comparison.py): at least this many paired decisions (0: no
+    # comparison needed), and a predicted chance of success not worse than the champion's by
+    # more than the margin (the 95% interval's lower bound of shadow minus champion >= -margin).
+    model_promotion_min_paired_decisions: int = Field(default=0, ge=0)
+    model_promotion_margin: float = Field(default=0.01, ge=0, le=1)
+
     @field_validator("database_url")
     @classmethod
     def _database_url(cls, value: str | None) -> str | None:

@@ -2,11 +2,12 @@
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, TypeVar
 
@@ -598,10 +599,64 @@ def model_promote(
     model_id: Annotated[str, typer.Argument(help="Model id.")],
     reason: Annotated[str, typer.Option(help="Why; kept in the audit log.")],
 ) -> None:
-    """Make a model the champion when its gate verdict holds against the current one (audited)."""
+    """Make a model the champion when its gate verdict holds against the current one and, when
+    PORTAL_MODEL_PROMOTION_MIN_PAIRED_DECISIONS is set, its comparison with it does (audited)."""
     from app.services.model_registry import promote
+    from resolvers.model import requirement
 
-    _change_status(promote, model_id, reason)
+    _change_status(
+        functools.partial(promote, requirement=requirement(get_settings())), model_id, reason
+    )
+
+
+@model_cli.command("compare")
+def model_compare(
+    shadow: Annotated[
+        str | None, typer.Option(help="The model to compare (default: the current shadow).")
+    ] = None,
+    champion: Annotated[
+        str | None, typer.Option(help="The champion to compare with (default: the current one).")
+    ] = None,
+    tolerance_minutes: Annotated[
+        int, typer.Option(min=0, max=1440, help="Retry times at most this far apart agree.")
+    ] = 60,
+) -> None:
+    """A shadow's decisions against the champion's at the same decision points, and the realized
+    recovery of the payments where they agreed and where they did not."""
+    from rich.console import Console
+
+    from app.enums import ModelStatus
+    from app.services.model_comparison import Comparison, compare
+    from app.services.model_registry import current_id
+    from portal.model_report import REALIZED_CAVEAT, comparison_heading, comparison_tables
+
+    async def work(_settings: Settings, services: Services) -> Comparison:
+        db = Database.from_url(services.database_url)
+        try:
+            async with db.session(SYSTEM_SCOPE) as session:
+                shadow_id = _model_key(shadow) if shadow else None
+                shadow_id = shadow_id or await current_id(session, ModelStatus.SHADOW)
+                if shadow_id is None:
+                    raise PortalError("no shadow model to compare: pass --shadow ID")
+                found = await compare(
+                    session,
+                    principal=system_principal("cli"),
+                    shadow_id=shadow_id,
+                    champion_id=_model_key(champion) if champion else None,
+                    tolerance=timedelta(minutes=tolerance_minutes),
+                )
+        finally:
+            await db.dispose()
+        if found is None:
+            raise PortalError("no champion to compare with: pass --champion ID")
+        return found
+
+    comparison = _run(work)
+    console = Console(width=120, highlight=False)
+    console.print(comparison_heading(comparison), soft_wrap=True)
+    for table in comparison_tables(comparison, margin=get_settings().model_promotion_margin):
+        console.print(table)
+    console.print(REALIZED_CAVEAT)
 
 
 @cli.command("export-schema")

@@ -98,11 +98,55 @@ def additional_data(charge: Charge) -> dict[str, str]:
             data["merchantAdviceCode"] = f"{charge.advice_code} : {text}"
     for name, value in charge.metadata:
         data[f"metadata.{name}"] = value
+    data.update(_interaction(charge))
+    address = charge.address
+    if address is not None:
+        data["billingAddress.country"] = address[0]
+        if address[1] is not None:
+            data["billingAddress.stateOrProvince"] = address[1]
     return data
 
 
+def _interaction(charge: Charge) -> dict[str, str]:
+    """Who initiated the payment: a stored-details subscription charge (the merchant's billing
+    system, and the portal's retries), or the shopper on a pay-by-link page."""
+    if charge.paid_by == "customer":
+        link = "PL" + codes.token("0123456789ABCDEF", 16, "link", charge.id)
+        return {
+            "shopperInteraction": "Ecommerce",
+            "recurringProcessingModel": "CardOnFile",
+            "paymentLinkId": link,
+            "threeDAuthenticated": "true",
+        }
+    return {"shopperInteraction": "ContAuth", "recurringProcessingModel": "Subscription"}
+
+
+def rescue_item(charge: Charge, account: Account) -> dict[str, Any]:
+    """The AUTORESCUE item of a payment Auto Rescue retried and got approved (unsigned)."""
+    root = charge.root or charge
+    return {
+        "additionalData": {
+            "retry.rescueReference": root.id,
+            "merchantOrderReference": root.reference,
+        },
+        "amount": {"currency": charge.currency, "value": charge.amount_minor},
+        "eventCode": "AUTORESCUE",
+        "eventDate": charge.created.replace(microsecond=0).isoformat(),
+        "merchantAccountCode": account.account_id,
+        "merchantReference": charge.reference,
+        "originalReference": root.id,
+        "paymentMethod": codes.ADYEN_METHODS[charge.card.brand],
+        "pspReference": charge.id,
+        "reason": "",
+        "success": "true",
+    }
+
+
 def notification_item(charge: Charge, account: Account) -> dict[str, Any]:
-    """The NotificationRequestItem of a charge's AUTHORISATION (unsigned)."""
+    """The NotificationRequestItem of a charge's AUTHORISATION (unsigned); a payment Auto
+    Rescue approved is told by its AUTORESCUE item instead."""
+    if charge.paid_by == "processor":
+        return rescue_item(charge, account)
     paid = charge.status == "succeeded"
     card = charge.card
     when = charge.created.replace(microsecond=0)

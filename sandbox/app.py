@@ -27,6 +27,7 @@ from sandbox.state import (
     MAX_ACCOUNTS,
     MAX_CUSTOMERS,
     MAX_HISTORY_DAYS,
+    PAYERS,
     PROCESSORS,
     Account,
     Faults,
@@ -274,10 +275,16 @@ async def post_event(request: Request) -> Response:
     if not isinstance(charge_id, str):
         raise BadRequest("charge_id is required")
     now = sandbox_of(request).clock.now()
+    by = body.get("by")
+    if by is not None and (kind != "paid_elsewhere" or by not in PAYERS[account.processor]):
+        payers = ", ".join(PAYERS[account.processor])
+        raise BadRequest(f"by applies to paid_elsewhere only, one of {payers} on this account")
     try:
         if kind == "paid_elsewhere":
-            charge = account.paid_elsewhere(now, charge_id)
-            return json_response({"kind": kind, "charge_id": charge.id, "created": iso(now)})
+            charge = account.paid_elsewhere(now, charge_id, by)
+            return json_response(
+                {"kind": kind, "charge_id": charge.id, "created": iso(now), "by": by}
+            )
         if kind == "invoice_voided":
             account.invoice_voided(now, charge_id)
             return json_response({"kind": kind, "charge_id": charge_id})

@@ -105,8 +105,10 @@ def render(charge: Charge, account: Account, now: datetime) -> Element:
     _text(tx, "amount", codes.major_units(charge.amount_minor, charge.currency))
     _text(tx, "merchant-account-id", account.account_id)
     _text(tx, "order-id", charge.reference)
-    # Every sandbox charge bills the customer's subscription.
-    _text(tx, "subscription-id", account.billing.subscription_of(charge.customer).id)
+    # The subscription's own charges (its billing cycles, and its retries of a past-due
+    # balance) name it; a customer's checkout or an API sale (the portal's retry) does not.
+    if charge.kind == "stream" or charge.paid_by == "billing_system":
+        _text(tx, "subscription-id", account.billing.subscription_of(charge.customer).id)
     # Braintree renders whole seconds.
     created = iso(charge.created.replace(microsecond=0))
     _text(tx, "created-at", created, type="datetime")
@@ -149,10 +151,8 @@ def render(charge: Charge, account: Account, now: datetime) -> Element:
                 codes.MASTERCARD_ADVICE_TEXTS.get(charge.advice_code, ""),
             )
         _text(tx, "gateway-rejection-reason", None)
-    _text(tx, "recurring", "true", type="boolean")
-    if charge.retry_of:
-        fields = SubElement(tx, "custom-fields")
-        _text(fields, "retry-of", charge.retry_of)
+    _initiator(tx, charge)
+    _billing(tx, charge)
     cc = SubElement(tx, "credit-card")
     debit, prepaid = _FUNDING_FLAGS.get(card.funding, ("Unknown", "Unknown"))
     _text(cc, "token", codes.token("0123456789abcdefghijklmnopqrstuvwxyz", 7, charge.customer))
@@ -167,6 +167,38 @@ def render(charge: Charge, account: Account, now: datetime) -> Element:
     _text(cc, "country-of-issuance", codes.ALPHA3.get(card.country or "", "Unknown"))
     _text(cc, "unique-number-identifier", card.fingerprint)
     return tx
+
+
+def _initiator(tx: Element, charge: Charge) -> None:
+    """What says who made the transaction: Recurring Billing's own retry (its subscription,
+    which `render` names), Braintree's retry of a declined transaction, the customer's own
+    checkout (not recurring, 3-D Secure), or the portal's retry (its custom field)."""
+    payer = charge.paid_by
+    root = charge.root
+    if payer == "processor" and root is not None:
+        _text(tx, "retried-transaction-id", root.id)
+    _text(tx, "recurring", "false" if payer == "customer" else "true", type="boolean")
+    if payer == "customer":
+        secure = SubElement(tx, "three-d-secure-info")
+        _text(secure, "enrolled", "Y")
+        _text(secure, "liability-shifted", "true", type="boolean")
+        _text(secure, "liability-shift-possible", "true", type="boolean")
+        _text(secure, "status", "authenticate_successful")
+    if charge.retry_of:
+        fields = SubElement(tx, "custom-fields")
+        _text(fields, "retry-of", charge.retry_of)
+
+
+def _billing(tx: Element, charge: Charge) -> None:
+    """The billing address, as Braintree renders a transaction's `billing` details."""
+    address = charge.address
+    if address is None:
+        return
+    country, region = address
+    billing = SubElement(tx, "billing")
+    _text(billing, "country-code-alpha2", country)
+    _text(billing, "country-code-alpha3", codes.ALPHA3.get(country))
+    _text(billing, "region", region)
 
 
 def corrupt(tx: Element, kind: str) -> Element:

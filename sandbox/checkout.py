@@ -79,6 +79,9 @@ def render(charge: Charge, now: datetime) -> dict[str, Any]:
         source["card_type"] = _CARD_TYPES[card.funding]
     if card.country:
         source["issuer_country"] = card.country
+    address = charge.address
+    if address is not None:
+        source["billing_address"] = {"country": address[0], "state": address[1]}
     if paid:
         code, summary = "10000", "Approved"
         status = "Captured" if charge.created < now - timedelta(hours=1) else "Authorized"
@@ -93,7 +96,9 @@ def render(charge: Charge, now: datetime) -> dict[str, Any]:
         "requested_on": iso(charge.created),
         "amount": charge.amount_minor,
         "currency": charge.currency,
-        "payment_type": "Recurring",
+        # The customer paying by themselves is a regular (customer-initiated) payment; every
+        # other charge of a subscription is a recurring one.
+        "payment_type": "Regular" if charge.paid_by == "customer" else "Recurring",
         "reference": charge.reference,
         "status": status,
         "approved": paid,
@@ -102,6 +107,13 @@ def render(charge: Charge, now: datetime) -> dict[str, Any]:
         "customer": {"id": charge.customer},
         "source": source,
     }
+    if charge.paid_by == "customer":
+        body["3ds"] = {
+            "downgraded": False,
+            "enrolled": "Y",
+            "authentication_response": "Y",
+            "version": "2.2.0",
+        }
     if charge.metadata:
         body["metadata"] = dict(charge.metadata)
     return body

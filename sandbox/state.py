@@ -22,6 +22,16 @@ from sandbox.billing import Billing, new_card
 
 Processor = Literal["stripe", "braintree", "adyen", "checkout"]
 PROCESSORS: tuple[Processor, ...] = ("stripe", "braintree", "adyen", "checkout")
+# Who paid an invoice outside the portal's retries (the `paid_elsewhere` event's `by`): the
+# billing system's own retry, the customer by themselves, or the processor's own retry, where
+# the processor has one of its own (Braintree's retried transactions, Adyen's Auto Rescue).
+Payer = Literal["billing_system", "customer", "processor"]
+PAYERS: dict[Processor, tuple[Payer, ...]] = {
+    "stripe": ("billing_system", "customer"),
+    "braintree": ("billing_system", "customer", "processor"),
+    "adyen": ("billing_system", "customer", "processor"),
+    "checkout": ("billing_system", "customer"),
+}
 
 MAX_CUSTOMERS = 200_000
 MAX_HISTORY_DAYS = 730
@@ -130,6 +140,11 @@ class Charge:
     # Insertion order within the account: ties in creation time keep their arrival order, so
     # offset paging stays stable while charges arrive.
     seq: int = -1
+    # The customer's billing address (country, region) as the simulated world has it.
+    billing_country: str | None = None
+    billing_region: str | None = None
+    # Who paid, for an out-of-band charge made with a `by` (None: rendered like its original).
+    paid_by: Payer | None = None
 
     @property
     def key(self) -> tuple[float, int]:
@@ -140,6 +155,17 @@ class Charge:
     def style(self) -> int:
         """Stable per-charge bits that pick among a processor's historical payload shapes."""
         return codes.digest("style", self.id)
+
+    @property
+    def address(self) -> tuple[str, str | None] | None:
+        """The billing address (country, region) the payload carries. A customer paying by
+        themselves always gives one; otherwise three customers in four have one on file (the
+        same for all their charges), the rest leave only the card's issuer country."""
+        if self.billing_country is None:
+            return None
+        if self.paid_by == "customer" or codes.digest("address", self.customer) % 4:
+            return self.billing_country, self.billing_region
+        return None
 
 
 @dataclass
@@ -289,6 +315,8 @@ class Account:
                     advice_code=sc.advice_code,
                     failure=sc.failure,
                     reference=self.reference(sc.charge_id),
+                    billing_country=sc.billing_country,
+                    billing_region=sc.billing_region,
                 )
             )
 
@@ -382,6 +410,8 @@ class Account:
             root=root,
             idempotency_key=idempotency_key,
             metadata=(("retry_of", retry_of),),
+            billing_country=root.billing_country,
+            billing_region=root.billing_region,
         )
         if charge.id in self.by_id:
             # Two retries of one charge without idempotency keys at the same instant: keep both.
@@ -391,8 +421,12 @@ class Account:
         self._insert(charge)
         return charge
 
-    def paid_elsewhere(self, now: datetime, charge_id: str) -> Charge:
-        """The customer paid a failed charge another way: a successful charge appears."""
+    def paid_elsewhere(self, now: datetime, charge_id: str, by: Payer | None = None) -> Charge:
+        """A failed charge's invoice was paid outside the portal: a successful charge appears.
+
+        Without `by` it is rendered like the original charge, with metadata `paid_invoice_of`;
+        with `by` it is the billing system's retry, the customer's own payment or the
+        processor's retry, each in the processor's wire format (CONTRACT.md)."""
         original = self.get(charge_id, now)
         if original is None:
             raise RetryRefused(f"No such charge: '{charge_id}'", "charge_id")
@@ -415,7 +449,10 @@ class Account:
             reference=root.reference,
             kind="out_of_band",
             root=root,
-            metadata=(("paid_invoice_of", root.id),),
+            metadata=(("paid_invoice_of", root.id),) if by is None else (),
+            billing_country=root.billing_country,
+            billing_region=root.billing_region,
+            paid_by=by,
         )
         self._insert(charge)
         return charge

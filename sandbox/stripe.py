@@ -126,13 +126,83 @@ def _outcome(charge: Charge, with_advice: bool) -> dict[str, Any]:
     return out
 
 
+# What the hosted invoice page's 3-D Secure step leaves on the charge it makes.
+_HOSTED_3DS = {
+    "authentication_flow": "challenge",
+    "result": "authenticated",
+    "result_reason": None,
+    "version": "2.2.0",
+}
+
+
+def _billing_details(charge: Charge) -> dict[str, Any]:
+    """`billing_details` as Stripe renders it: every key present, null when not collected."""
+    address = charge.address
+    country, state = address if address is not None else (None, None)
+    return {
+        "address": {
+            "city": None,
+            "country": country,
+            "line1": None,
+            "line2": None,
+            "postal_code": None,
+            "state": state,
+        },
+        "email": None,
+        "name": None,
+        "phone": None,
+    }
+
+
+def _legacy_source(charge: Charge) -> dict[str, Any]:
+    card = charge.card
+    address = charge.address
+    return {
+        "id": codes.stripe_id("card_", charge.customer, card.fingerprint),
+        "object": "card",
+        "address_country": address[0] if address else None,
+        "address_state": address[1] if address else None,
+        "address_zip_check": "pass",
+        "brand": codes.STRIPE_LEGACY_BRANDS[card.brand],
+        "country": card.country,
+        "customer": charge.customer,
+        "cvc_check": None,
+        "exp_month": card.exp_month,
+        "exp_year": card.exp_year,
+        "fingerprint": card.fingerprint,
+        "funding": card.funding,
+        "last4": card.last4,
+    }
+
+
+def _card_details(charge: Charge) -> dict[str, Any]:
+    card = charge.card
+    details: dict[str, Any] = {
+        "brand": codes.STRIPE_BRANDS[card.brand],
+        "country": card.country,
+        "exp_month": card.exp_month,
+        "exp_year": card.exp_year,
+        "fingerprint": card.fingerprint,
+        "funding": card.funding,
+        "last4": card.last4,
+        "network": codes.STRIPE_BRANDS[card.brand],
+    }
+    if charge.paid_by == "customer":
+        details["three_d_secure"] = dict(_HOSTED_3DS)
+    return details
+
+
 def render(charge: Charge) -> dict[str, Any]:
-    """A charge as Stripe renders it; the shape varies with the API version of the charge."""
+    """A charge as Stripe renders it; the shape varies with the API version of the charge.
+
+    A charge paid by Stripe Billing's own retry, or by the customer on the hosted invoice page,
+    names its invoice and the invoice's PaymentIntent; the customer's carries the page's 3-D
+    Secure result and the billing address the page collected."""
     style = charge.style
-    legacy = style % 10 < 3
+    payer = charge.paid_by
+    legacy = style % 10 < 3 and payer is None
     with_advice = not legacy and (style >> 8) % 10 < 6
     paid = charge.status == "succeeded"
-    card = charge.card
     category = charge.category or "other"
     _, failure_code = _reason(charge) if not paid else (None, None)
     body: dict[str, Any] = {
@@ -142,6 +212,7 @@ def render(charge: Charge) -> dict[str, Any]:
         "amount_captured": charge.amount_minor if paid else 0,
         "amount_refunded": 0,
         "balance_transaction": codes.stripe_id("txn_", charge.id) if paid else None,
+        "billing_details": _billing_details(charge),
         "captured": paid,
         "created": int(charge.created.timestamp()),
         "currency": charge.currency.lower(),
@@ -160,40 +231,17 @@ def render(charge: Charge) -> dict[str, Any]:
         "refunded": False,
         "status": charge.status,
     }
-    if legacy or (style >> 16) % 2 == 0:
+    if legacy or payer is not None or (style >> 16) % 2 == 0:
         # Charges rendered by API versions before 2025 still name their invoice.
         body["invoice"] = codes.stripe_id("in_", charge.reference)
     if legacy:
-        body["source"] = {
-            "id": codes.stripe_id("card_", charge.customer, card.fingerprint),
-            "object": "card",
-            "address_zip_check": "pass",
-            "brand": codes.STRIPE_LEGACY_BRANDS[card.brand],
-            "country": card.country,
-            "customer": charge.customer,
-            "cvc_check": None,
-            "exp_month": card.exp_month,
-            "exp_year": card.exp_year,
-            "fingerprint": card.fingerprint,
-            "funding": card.funding,
-            "last4": card.last4,
-        }
-    else:
-        body["payment_intent"] = codes.stripe_id("pi_", charge.id)
-        body["payment_method"] = codes.stripe_id("pm_", charge.customer, card.fingerprint)
-        body["payment_method_details"] = {
-            "card": {
-                "brand": codes.STRIPE_BRANDS[card.brand],
-                "country": card.country,
-                "exp_month": card.exp_month,
-                "exp_year": card.exp_year,
-                "fingerprint": card.fingerprint,
-                "funding": card.funding,
-                "last4": card.last4,
-                "network": codes.STRIPE_BRANDS[card.brand],
-            },
-            "type": "card",
-        }
+        body["source"] = _legacy_source(charge)
+        return body
+    # A retry of an invoice confirms the invoice's own PaymentIntent again.
+    intent_of = charge.root.id if payer is not None and charge.root else charge.id
+    body["payment_intent"] = codes.stripe_id("pi_", intent_of)
+    body["payment_method"] = codes.stripe_id("pm_", charge.customer, charge.card.fingerprint)
+    body["payment_method_details"] = {"card": _card_details(charge), "type": "card"}
     return body
 
 

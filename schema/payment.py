@@ -74,7 +74,13 @@ class PaymentTransition:
 @strawberry.type(description="The latest retry decision: when, why and by which strategy.")
 class RetryDecision:
     chosen_at: datetime = strawberry.field(description="When the decision was made.")
-    reason: str = strawberry.field(description="Why this time (and which rule moved it).")
+    reason: str = strawberry.field(
+        description=(
+            "Why this time (and which rule moved it), ending with the time zone its local "
+            "times (quiet hours, paydays) were read in and why: the customer's, the policy's, "
+            "or UTC."
+        )
+    )
     strategy: RetryStrategy | None = strawberry.field(
         description="Fixed schedule, decline-aware rules or model."
     )
@@ -121,8 +127,19 @@ class PaymentLedger:
 @strawberry.type(description="A merchant's customer, as the processor knows them.")
 class Customer(Node):
     external_ref: str = strawberry.field(description="The processor's customer reference.")
-    timezone: str | None = strawberry.field(description="IANA time zone, when known.")
-    country: str | None = strawberry.field(description="ISO 3166 alpha-2 country, when known.")
+    timezone: str | None = strawberry.field(
+        description=(
+            "IANA time zone, from the country and region of the billing address (else the card "
+            "issuer's country); null when the country spans several zones and no region is "
+            "known, so the retry policy's zone applies."
+        )
+    )
+    country: str | None = strawberry.field(
+        description=(
+            "ISO 3166 alpha-2 country of the billing address, else of the card's issuer; null "
+            "when the processor sent neither."
+        )
+    )
 
     @classmethod
     def from_model(cls, row: CustomerModel) -> Self:

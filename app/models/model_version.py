@@ -16,6 +16,10 @@ from app.models.base import TenantOwned, enum_type, new_id, timestamp
 HISTORY_SOURCE = "history"
 _SIMULATED_PREFIX = "simulated:"
 
+# `model_decision.role`: the decision the retry engine received, or one scored alongside it.
+ROLE_ACTING = "acting"
+ROLE_SHADOW = "shadow"
+
 
 def simulated_source(failures: int) -> str:
     """The source of a model trained on `failures` simulated failures."""
@@ -73,12 +77,17 @@ class ModelDecision(TenantOwned, table=True):
     """
 
     __tablename__ = "model_decision"
-    __table_args__ = (sa.Index("ix_model_decision_payment_at", "payment_id", "decided_at"),)
+    __table_args__ = (
+        sa.Index("ix_model_decision_payment_at", "payment_id", "decided_at"),
+        # One model's decisions in one role, newest first: the shadow comparison reads a
+        # bounded window of them (app/services/model_comparison.py).
+        sa.Index("ix_model_decision_model_role_at", "model_version_id", "role", "decided_at"),
+    )
 
     id: uuid.UUID = Field(default_factory=new_id, primary_key=True)
     payment_id: uuid.UUID = Field(foreign_key="payment.id")
     model_version_id: uuid.UUID | None = Field(
-        default=None, foreign_key="model_version.id", nullable=True, index=True
+        default=None, foreign_key="model_version.id", nullable=True
     )
     # "acting" (the decision the engine received) or "shadow" (scored alongside, not acted on).
     role: str = Field(max_length=16)

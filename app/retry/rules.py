@@ -278,16 +278,49 @@ class LedgerView:
     blocking_rule: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class LocalZone:
+    """The time zone a payment's local times (quiet hours, paydays) are read in, and why."""
+
+    zone: ZoneInfo
+    why: str
+
+    def describe(self) -> str:
+        """One clause for a decision's reason: which zone applied, and why that one."""
+        return f"local time: {self.zone.key} ({self.why})"
+
+
+def local_zone(customer: str | None, policy: str) -> LocalZone:
+    """The customer's time zone; else the policy's (the customer has none, or a stored name
+    that is not a zone); else UTC. A bad stored zone never stops a decision."""
+    bad_customer = None
+    if customer:
+        zone = _zone(customer)
+        if zone is not None:
+            return LocalZone(zone, "the customer's time zone")
+        bad_customer = customer
+    lacking = (
+        f"the customer's {bad_customer[:64]!r} is not a time zone"
+        if bad_customer is not None
+        else "the customer has none"
+    )
+    zone = _zone(policy) if policy else None
+    if zone is not None:
+        return LocalZone(zone, f"the policy's time zone: {lacking}")
+    policy_lacks = f"the policy's {policy[:64]!r} is not one" if policy else "the policy has none"
+    return LocalZone(ZoneInfo("UTC"), f"the fallback: {lacking} and {policy_lacks}")
+
+
+def _zone(name: str) -> ZoneInfo | None:
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return None
+
+
 def zone_or_fallback(name: str | None, fallback: str) -> ZoneInfo:
-    """The time zone `name`, else `fallback`, else UTC: a bad stored zone never stops a
-    decision."""
-    for candidate in (name, fallback):
-        if candidate:
-            try:
-                return ZoneInfo(candidate)
-            except (ZoneInfoNotFoundError, ValueError):
-                continue
-    return ZoneInfo("UTC")
+    """The time zone `name`, else `fallback`, else UTC (see `local_zone`)."""
+    return local_zone(name, fallback).zone
 
 
 def _aware(value: datetime, what: str) -> None:

@@ -35,6 +35,7 @@ from app.processors.normalize.records import (
 )
 from app.services.customer_success import UNKNOWN_CUSTOMER, record_successes
 from app.services.retry.ingested import CardSeen, apply_ingested_events
+from app.timezones import Place, place_of
 
 CHUNK = 1000
 # A stored card credential's identity: fingerprint, expiry month, expiry year.
@@ -253,10 +254,38 @@ def _card_key(record: CanonicalRecord) -> CardKey | None:
 
 _INSERT_CUSTOMERS = text(
     """
-    INSERT INTO customer (id, merchant_id, external_ref, created_at)
-    SELECT gen_random_uuid(), :merchant_id, r.ref, :now
-    FROM unnest(CAST(:refs AS text[])) AS r(ref)
+    INSERT INTO customer (id, merchant_id, external_ref, country, timezone, created_at)
+    SELECT gen_random_uuid(), :merchant_id, r.ref, r.country, r.timezone, :now
+    FROM unnest(CAST(:refs AS text[]), CAST(:countries AS text[]), CAST(:zones AS text[]))
+         AS r(ref, country, timezone)
     ON CONFLICT (merchant_id, external_ref) DO NOTHING
+    """
+)
+# A stored customer's place from the batch (docs/domain.md §5): a billing address replaces it
+# (the customer may have moved), an issuer's country only fills a customer that has none. A
+# country without a zone keeps the zone it had, unless the country itself changed. Rows are
+# locked in id order, so two batches placing the same customers cannot deadlock.
+_UPDATE_PLACES = text(
+    """
+    WITH target AS (
+        SELECT c.id, r.country, r.timezone
+        FROM unnest(CAST(:refs AS text[]), CAST(:countries AS text[]),
+                    CAST(:zones AS text[]), CAST(:billed AS boolean[]))
+             AS r(ref, country, timezone, billed)
+        JOIN customer AS c ON c.merchant_id = :merchant_id AND c.external_ref = r.ref
+        WHERE (r.billed OR c.country IS NULL)
+          AND (c.country IS DISTINCT FROM r.country
+               OR (r.timezone IS NOT NULL AND c.timezone IS DISTINCT FROM r.timezone))
+        ORDER BY c.id
+        FOR UPDATE OF c
+    )
+    UPDATE customer AS c
+    SET country = t.country,
+        timezone = CASE WHEN t.timezone IS NOT NULL THEN t.timezone
+                        WHEN c.country IS DISTINCT FROM t.country THEN NULL
+                        ELSE c.timezone END
+    FROM target AS t
+    WHERE c.id = t.id
     """
 )
 _INSERT_CARDS = text(
@@ -276,15 +305,53 @@ _INSERT_CARDS = text(
 )
 
 
+def _places(records: Sequence[CanonicalRecord]) -> dict[str, Place]:
+    """Each known customer's place from the batch: a billing address over an issuer's
+    country, the latest record of the stronger kind winning."""
+    best: dict[str, tuple[bool, datetime, Place]] = {}
+    for record in records:
+        ref = record.customer_id
+        issuer = record.card.country if record.card is not None else None
+        place = place_of(record.billing_country, record.billing_region, issuer)
+        if ref is None or ref == UNKNOWN_CUSTOMER or place is None:
+            continue
+        rank = (place.from_billing, record.attempted_at)
+        if ref not in best or rank > best[ref][:2]:
+            best[ref] = (*rank, place)
+    return {ref: place for ref, (_, _, place) in best.items()}
+
+
 async def _upsert_customers(
-    uow: UnitOfWork, merchant_id: uuid.UUID, refs: set[str], now: datetime
+    uow: UnitOfWork, merchant_id: uuid.UUID, records: Sequence[CanonicalRecord], now: datetime
 ) -> dict[str, uuid.UUID]:
-    """Ids of the merchant's customers by processor reference, creating the missing ones
-    (insert-if-absent, then one read: no rewrite of rows that already exist)."""
-    ordered = sorted(refs)
+    """Ids of the merchant's customers by processor reference, creating the missing ones with
+    their place, and placing stored ones the batch tells more about (insert-if-absent, one
+    update of the rows whose place changes, then one read: no rewrite of unchanged rows)."""
+    places = _places(records)
+    ordered = sorted({r.customer_id or UNKNOWN_CUSTOMER for r in records})
+    zones = {ref: place.timezone for ref, place in places.items()}
     await uow.session.execute(
-        _INSERT_CUSTOMERS, {"merchant_id": merchant_id, "refs": ordered, "now": now}
+        _INSERT_CUSTOMERS,
+        {
+            "merchant_id": merchant_id,
+            "refs": ordered,
+            "countries": [places[r].country if r in places else None for r in ordered],
+            "zones": [zones.get(r) for r in ordered],
+            "now": now,
+        },
     )
+    if places:
+        placed = sorted(places)
+        await uow.session.execute(
+            _UPDATE_PLACES,
+            {
+                "merchant_id": merchant_id,
+                "refs": placed,
+                "countries": [places[r].country for r in placed],
+                "zones": [zones[r] for r in placed],
+                "billed": [places[r].from_billing for r in placed],
+            },
+        )
     wanted = unnest(ordered, sa.Text)
     rows = await uow.session.execute(
         select(col(Customer.external_ref), col(Customer.id))
@@ -412,11 +479,21 @@ class _NewAttempt:
 
 
 @dataclass(frozen=True, slots=True)
+class _StoredAttempt:
+    """An attempt stored for one of the batch's charges; `portal` when the portal made it (its
+    actor is what the portal recorded, never what a reading says)."""
+
+    id: uuid.UUID
+    payment_id: uuid.UUID
+    portal: bool
+
+
+@dataclass(frozen=True, slots=True)
 class _Reread:
     """An attempt already stored (a replay, or the portal's own charge read back): only its
     reading is refreshed."""
 
-    attempt_id: uuid.UUID
+    attempt: _StoredAttempt
     raw_id: uuid.UUID
     record: CanonicalRecord
 
@@ -439,11 +516,13 @@ class _AttemptCount:
 
 @dataclass(frozen=True, slots=True)
 class _Recovery:
-    """A success on a payment in recovery, or on one that ended unpaid: it was paid."""
+    """A success on a payment in recovery, or on one that ended unpaid: it was paid, by the
+    charge's actor."""
 
     payment_id: uuid.UUID
     recovered_at: datetime
     attempt_count: int
+    actor: Actor
 
 
 @dataclass
@@ -468,7 +547,7 @@ class _Links:
     # Invoices whose recovery ended unpaid: a success on one still recovers its payment.
     unpaid_by_invoice: dict[str, uuid.UUID]
     attempt_counts: dict[uuid.UUID, int]
-    stored_attempts: dict[str, uuid.UUID]
+    stored_attempts: dict[str, _StoredAttempt]
 
     def target(self, record: CanonicalRecord) -> uuid.UUID | None:
         """The payment a charge adds an attempt to: its own, else its invoice's in recovery."""
@@ -530,16 +609,18 @@ async def apply_records(
         now,
         sorted(records, key=lambda r: (r[1].attempted_at, r[1].processor_payment_id)),
     )
-    customers = await _upsert_customers(
-        uow, batch.merchant_id, {r.customer_id or UNKNOWN_CUSTOMER for r in batch.records}, now
-    )
+    customers = await _upsert_customers(uow, batch.merchant_id, batch.records, now)
     plan = _plan(batch, await _links(uow, batch))
     ids = _StoredIds(customers, await _store_cards(uow, batch, plan, customers))
     await _write(uow, batch, plan, ids)
+    await _reattribute(uow, plan, now)
     await record_successes(uow, batch.merchant_id, batch.processor, plan.ordinary, customers)
     applied = await apply_ingested_events(
         uow,
-        paid=[{"id": r.payment_id, "recovered_at": r.recovered_at} for r in plan.recoveries],
+        paid=[
+            {"id": r.payment_id, "recovered_at": r.recovered_at, "actor": r.actor}
+            for r in plan.recoveries
+        ],
         cards_seen=_cards_seen(batch, customers),
         now=now,
     )
@@ -577,7 +658,7 @@ async def _known_payments(uow: UnitOfWork, batch: _Batch) -> list[Payment]:
 
 async def _stored_attempts(
     uow: UnitOfWork, batch: _Batch, known: Sequence[Payment]
-) -> dict[str, uuid.UUID]:
+) -> dict[str, _StoredAttempt]:
     """Attempts already stored for the batch's charges (a replay, or the portal's own
     retries), by charge id."""
     charge_ids = sorted({r.processor_payment_id for r in batch.records})
@@ -604,7 +685,7 @@ async def _stored_attempts(
         )
         elsewhere = {pid for pid, kind in rows.all() if kind is not batch.processor}
     return {
-        a.processor_attempt_id: a.id
+        a.processor_attempt_id: _StoredAttempt(a.id, a.payment_id, a.actor is Actor.PORTAL)
         for a in stored
         if a.processor_attempt_id is not None and a.payment_id not in elsewhere
     }
@@ -644,6 +725,10 @@ def _plan(batch: _Batch, links: _Links) -> _Plan:
                 plan.payment_updates.append(_DeclineReread(own, record.decline))
         elif (target := links.target(record)) is not None:
             _add_attempt(plan, links, target, raw_id, record)
+        elif record.actor is Actor.PORTAL and record.decline is not None:
+            # The portal's own retry declined, read before the retry recorded it and on no
+            # invoice that links it: that retry records it, it opens no payment of its own.
+            continue
         elif record.decline is not None:  # a failure: only failed records carry a decline
             payment_id = links.open(record)
             plan.payments.append(_NewPayment(payment_id, record, record.decline))
@@ -666,7 +751,7 @@ def _add_attempt(
         plan.payment_updates.append(_AttemptCount(payment_id, number))
         return
     plan.attempts.append(_NewAttempt(payment_id, number, AttemptOutcome.SUCCEEDED, raw_id, record))
-    plan.recoveries.append(_Recovery(payment_id, record.attempted_at, number))
+    plan.recoveries.append(_Recovery(payment_id, record.attempted_at, number, record.actor))
     links.paid(record)
 
 
@@ -728,7 +813,7 @@ def _attempt_row(a: _NewAttempt, batch: _Batch, ids: _StoredIds) -> dict[str, ob
         "number": a.number,
         "attempted_at": a.record.attempted_at,
         "outcome": a.outcome,
-        "actor": Actor.PROCESSOR,
+        "actor": a.record.actor,
         "processor_attempt_id": a.record.processor_payment_id[:255],
         "created_at": batch.now,
         **_reading(a.raw_id, a.record),
@@ -737,7 +822,11 @@ def _attempt_row(a: _NewAttempt, batch: _Batch, ids: _StoredIds) -> dict[str, ob
 
 
 def _reread_row(r: _Reread, ids: _StoredIds) -> dict[str, object]:
-    row = {"id": r.attempt_id, **_reading(r.raw_id, r.record)}
+    row = {"id": r.attempt.id, **_reading(r.raw_id, r.record)}
+    if not r.attempt.portal:
+        # Who made a charge is part of its reading (a replay re-attributes it); the portal's
+        # own attempts keep the actor the portal recorded.
+        row["actor"] = r.record.actor
     # A stored attempt keeps the card it has when this reading of it shows none.
     if (card_id := ids.card(r.record)) is not None:
         row["card_id"] = card_id
@@ -764,6 +853,38 @@ async def _write(uow: UnitOfWork, batch: _Batch, plan: _Plan, ids: _StoredIds) -
     # change goes through the state machine (`apply_ingested_events`).
     updates = [*plan.payment_updates, *plan.recoveries]
     await update_rows(session, Payment, [_payment_update(u, batch.now) for u in updates])
+
+
+# A payment recovered by a charge read from the processor was recovered by that charge's actor:
+# when a reading (a replay) re-attributes the charge, the recovery follows. A recovery by the
+# portal's own charge is the portal's, whatever a reading says.
+_REATTRIBUTE = text(
+    """
+    UPDATE payment AS p
+    SET recovered_by = a.actor, updated_at = :now
+    FROM (SELECT DISTINCT ON (payment_id) payment_id, actor
+          FROM payment_attempt
+          WHERE payment_id = ANY(CAST(:ids AS uuid[])) AND outcome = 'succeeded'
+          ORDER BY payment_id, number) AS a
+    WHERE p.id = a.payment_id AND p.state = 'RECOVERED'
+      AND p.recovered_by <> 'portal' AND a.actor <> 'portal'
+      AND p.recovered_by IS DISTINCT FROM a.actor
+    """
+)
+
+
+async def _reattribute(uow: UnitOfWork, plan: _Plan, now: datetime) -> None:
+    """Align the recoveries of re-read successful charges with their actors (one statement;
+    none when the batch re-read no success made outside the portal)."""
+    ids = sorted(
+        {
+            r.attempt.payment_id
+            for r in plan.rereads
+            if r.record.status == "succeeded" and not r.attempt.portal
+        }
+    )
+    if ids:
+        await uow.session.execute(_REATTRIBUTE, {"ids": ids, "now": now})
 
 
 def _cards_seen(batch: _Batch, customers: dict[str, uuid.UUID]) -> list[CardSeen]:

@@ -19,14 +19,20 @@ from app.db import UnitOfWork
 from app.enums import AttemptOutcome, CardFunding, DeclineCategory, ModelStatus
 from app.errors import GateFailed, InvalidState, NotFound
 from app.models.customer import CardCredential, Customer, CustomerSuccess
+from app.models.model_version import ROLE_ACTING as ROLE_ACTING
+from app.models.model_version import ROLE_SHADOW as ROLE_SHADOW
 from app.models.model_version import ModelDecision, ModelVersion
 from app.models.payment import Payment, PaymentAttempt
 from app.services import audit
 from app.services.customer_success import success_times, successes_before_failure
+from app.services.model_comparison import (
+    DEFAULT_TOLERANCE,
+    Comparison,
+    ComparisonRequirement,
+    comparisons,
+)
 from app.tenancy import Principal
 
-ROLE_ACTING = "acting"
-ROLE_SHADOW = "shadow"
 # Lists and locks never need the artifact bytes; reading them by accident raises.
 _NO_ARTIFACT = defer(cast("QueryableAttribute[Any]", ModelVersion.artifact), raiseload=True)
 
@@ -207,6 +213,27 @@ def _gate_refusal(row: ModelVersion, champion: ModelVersion | None) -> str | Non
     return None
 
 
+async def _compared(
+    uow: UnitOfWork,
+    row: ModelVersion,
+    champion: ModelVersion | None,
+    requirement: ComparisonRequirement | None,
+) -> Comparison | None:
+    """The model's comparison with the champion it would replace, when the requirement asks for
+    one; raises GateFailed when the comparison does not meet it. A first champion replaces none,
+    so nothing is compared."""
+    if requirement is None or champion is None:
+        return None
+    found = await comparisons(
+        uow.session, [row.id], champion_id=champion.id, tolerance=DEFAULT_TOLERANCE
+    )
+    comparison = found[row.id]
+    refusal = requirement.refusal(comparison)
+    if refusal is not None:
+        raise GateFailed(refusal, field="id")
+    return comparison
+
+
 async def promote(
     uow: UnitOfWork,
     *,
@@ -214,12 +241,14 @@ async def promote(
     model_id: uuid.UUID,
     reason: str,
     now: datetime,
+    requirement: ComparisonRequirement | None = None,
 ) -> ModelVersion:
     """Make a challenger (or shadow) the champion when its gate verdict holds (support, audited).
 
     The verdict must have been computed against the champion of now: a gate run before another
-    promotion says nothing about the new champion. The old champion is retired first, so the
-    one-champion index never sees two.
+    promotion says nothing about the new champion. With a `requirement`, the model's shadow
+    decisions must also compare well enough with that champion's (`model_comparison`). The old
+    champion is retired first, so the one-champion index never sees two.
     """
     require_support(principal)
     reason = audit.clean_reason(reason)
@@ -237,6 +266,7 @@ async def promote(
     refusal = _gate_refusal(row, champion)
     if refusal is not None:
         raise GateFailed(refusal, field="id")
+    comparison = await _compared(uow, row, champion, requirement)
     before = {"status": str(row.status), "champion_id": str(champion.id) if champion else None}
     if champion is not None:
         champion.status = ModelStatus.RETIRED
@@ -253,7 +283,11 @@ async def promote(
         entity_type="model_version",
         entity_id=str(row.id),
         before=before,
-        after={"status": str(row.status), "gate": row.gate},
+        after={
+            "status": str(row.status),
+            "gate": row.gate,
+            "comparison": None if comparison is None else comparison.to_json(),
+        },
         reason=reason,
         now=now,
     )

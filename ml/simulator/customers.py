@@ -23,6 +23,21 @@ _TZ_BY_COUNTRY: dict[str, tuple[tuple[int, ...], tuple[float, ...]]] = {
     "AU": ((600,), (1.0,)),
     "BR": ((-180,), (1.0,)),
 }
+# Where a customer of each (country, UTC offset in minutes) is billed: a state or province in
+# that offset, as a billing address names it (ISO 3166-2 subdivision codes).
+_REGION_BY_ZONE: dict[tuple[str, int], str] = {
+    ("US", -300): "NY",
+    ("US", -360): "IL",
+    ("US", -420): "CO",
+    ("US", -480): "CA",
+    ("CA", -300): "ON",
+    ("CA", -480): "BC",
+    ("AU", 600): "NSW",
+    ("BR", -180): "SP",
+    ("GB", 0): "ENG",
+    ("DE", 60): "BE",
+    ("FR", 60): "IDF",
+}
 _CURRENCY_BY_COUNTRY = {
     "US": "USD",
     "GB": "GBP",
@@ -33,6 +48,12 @@ _CURRENCY_BY_COUNTRY = {
     "BR": "BRL",
 }
 _AMOUNT_SCALE = {"BRL": 5.0, "GBP": 0.8, "EUR": 0.9, "CAD": 1.35, "AUD": 1.5, "USD": 1.0}
+
+
+def billing_region(country: str, tz_minutes: int) -> str | None:
+    """The region (state, province) a customer's billing address names, if the simulated world
+    has one for their country and offset."""
+    return _REGION_BY_ZONE.get((country, tz_minutes))
 
 
 def _choice(rng: np.random.Generator, shares: dict[str, float], n: int) -> npt.NDArray[np.str_]:

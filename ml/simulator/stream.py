@@ -12,7 +12,7 @@ import numpy as np
 
 from ml import taxonomy, timeutil
 from ml.simulator.config import CAUSES, SimulatorConfig, load_config
-from ml.simulator.customers import Customers, draw_customers
+from ml.simulator.customers import Customers, billing_region, draw_customers
 from ml.simulator.world import (
     DEFAULT_START,
     FUNDS,
@@ -58,6 +58,10 @@ class StreamCharge:
     created: datetime
     # Simulator-side handle the sandbox keeps to answer retries; never part of a processor payload.
     failure: SimFailure | None
+    # Where the customer lives: the country and region (state, province) of their billing
+    # address; None outside the simulated markets.
+    billing_country: str | None = None
+    billing_region: str | None = None
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,8 @@ class _Merchant:
     billing_hour: np.ndarray
     change_times: list[np.ndarray]
     updated: list[np.ndarray]
+    # Each customer's billing address: (country, region), None outside the simulated markets.
+    places: list[tuple[str | None, str | None]]
 
 
 def _digest(*parts: object) -> str:
@@ -95,7 +101,16 @@ def _merchant(seed: int, config: SimulatorConfig) -> _Merchant:
         )
         change_times.append(times)
         updated.append(rng.random(k) < config.cards.account_updater_coverage)
-    return _Merchant(seed, customers, anchor_dom, billing_hour, change_times, updated)
+    places = [_place(customers, i) for i in range(n)]
+    return _Merchant(seed, customers, anchor_dom, billing_hour, change_times, updated, places)
+
+
+def _place(customers: Customers, i: int) -> tuple[str | None, str | None]:
+    """Where customer `i` is billed: their country and, where the world has one, region."""
+    named = taxonomy.COUNTRIES[int(customers.country[i])]
+    if named == "other":
+        return None, None
+    return named, billing_region(named, int(customers.tz_minutes[i]))
 
 
 def _card(m: _Merchant, i: int, version: int) -> StreamCard:
@@ -210,6 +225,8 @@ def _month_charges(m: _Merchant, month_index: int, config: SimulatorConfig) -> l
                 else taxonomy.ADVICE_CODES[int(obs.advice_code[k])],
                 created=datetime.fromtimestamp(float(t[i]), tz=UTC),
                 failure=None if k is None else SimFailure(batch, k),
+                billing_country=m.places[i][0],
+                billing_region=m.places[i][1],
             )
         )
     return out

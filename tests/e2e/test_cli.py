@@ -416,8 +416,11 @@ async def test_normalize_prints_one_canonical_object_per_record() -> None:
         "card",
         "decline",
         "attempted_at",
+        "actor",
+        "billing",
     }
     assert records[0]["attempted_at"].endswith("Z")
+    assert {r["actor"] for r in records} <= {"portal", "processor", "billing_system", "customer"}
     assert {r["status"] for r in records} <= {"failed", "succeeded"}
     xml = await asyncio.to_thread(
         _normalize,

@@ -8,6 +8,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable
 from datetime import UTC, datetime
 from typing import Any, Protocol
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
@@ -18,7 +19,8 @@ from app.clock import FixedClock
 from app.crypto import CredentialBox
 from app.db import Database
 from app.embedded import Services
-from app.enums import ConnectionStatus, Processor
+from app.enums import Actor, ConnectionStatus, PaymentState, Processor
+from app.models.customer import Customer
 from app.models.ingestion import DeadLetter, ProcessorConnection, RawRecord
 from app.models.merchant import Merchant
 from app.models.payment import Payment, PaymentAttempt
@@ -442,3 +444,73 @@ async def test_adyen_webhooks_land_verify_and_normalize(
     response = await http.post(f"{portal_url}/webhooks/adyen/{connection_id}", json=forged)
     assert response.status_code == 401
     assert await count(db, RawRecord, connection) == charges
+
+
+# Who pays each processor's failed invoices outside the portal, as its sandbox renders it.
+PAYERS: dict[Processor, list[tuple[str, Actor]]] = {
+    Processor.STRIPE: [("billing_system", Actor.BILLING_SYSTEM), ("customer", Actor.CUSTOMER)],
+    Processor.BRAINTREE: [
+        ("billing_system", Actor.BILLING_SYSTEM),
+        ("customer", Actor.CUSTOMER),
+        ("processor", Actor.PROCESSOR),
+    ],
+    Processor.CHECKOUT: [("billing_system", Actor.BILLING_SYSTEM), ("customer", Actor.CUSTOMER)],
+}
+
+
+@pytest.mark.parametrize("processor", POLLED, ids=lambda p: p.value)
+async def test_recoveries_and_customers_as_polled_from_the_sandbox(
+    db: Database,
+    admin: httpx.AsyncClient,
+    http: httpx.AsyncClient,
+    sandbox_url: str,
+    processor: Processor,
+) -> None:
+    account = await sandbox_account(admin, processor, seed=700)
+    merchant = await make_merchant(db, f"Payers {processor.value}", now=NOW)
+    connection = await connect(db, merchant, processor, account, sandbox_url)
+    await ingest_all(db, connection, http)
+    async with db.session(SYSTEM_SCOPE) as s:
+        open_ = (
+            (
+                await s.execute(
+                    select(Payment)
+                    .where(
+                        col(Payment.connection_id) == connection.id,
+                        col(Payment.invoice_ref).is_not(None),
+                    )
+                    .order_by(col(Payment.processor_payment_id))
+                )
+            )
+            .scalars()
+            .all()
+        )
+    payers = PAYERS[processor]
+    paid = dict(zip([p.id for p in open_], payers, strict=False))
+    for payment in open_[: len(payers)]:
+        event = {"kind": "paid_elsewhere", "charge_id": payment.processor_payment_id}
+        event["by"] = paid[payment.id][0]
+        response = await admin.post(
+            f"/_sandbox/accounts/{account['account_id']}/events", json=event
+        )
+        assert response.status_code == 200, response.text
+    await ingest_all(db, connection, http)
+    async with db.session(SYSTEM_SCOPE) as s:
+        for payment_id, (_, actor) in paid.items():
+            row = await s.get(Payment, payment_id)
+            assert row is not None
+            assert (row.state, row.recovered_by) == (PaymentState.RECOVERED, actor)
+        places = (
+            await s.execute(
+                select(col(Customer.country), col(Customer.timezone)).where(
+                    col(Customer.merchant_id) == merchant.id
+                )
+            )
+        ).all()
+    # Customers are placed from what the processor sent: most with a country, those in a
+    # country of one clock or whose address names their state with a zone, every zone real.
+    countries = [c for c, _ in places if c is not None]
+    zones = [z for _, z in places if z is not None]
+    assert len(countries) > len(places) // 2
+    assert zones
+    assert {ZoneInfo(z).key for z in zones} == set(zones)

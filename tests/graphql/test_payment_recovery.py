@@ -175,3 +175,46 @@ async def test_recovery_fields_cost_the_same_statements_for_1_or_50_rows(
         assert all(e["node"]["ledger"] is not None for e in page.edges)
         counts[first] = page.statements
     assert len(counts[1]) == len(counts[50]), "\n".join(s[:70] for s in counts[50])
+
+
+PLACED = """query($id: ID!) { node(id: $id) { ... on Payment { state recoveredBy
+  decision { reason } customer { country timezone } attempts { actor outcome } } } }"""
+
+
+async def test_customer_place_decision_zone_and_who_paid_through_the_api(
+    db: Database, settings: Settings, clock: FixedClock
+) -> None:
+    merchant = await make_merchant(db, "Who paid", now=clock.now())
+    await set_strategy(db, merchant.id, RetryStrategy.FIXED_SCHEDULE)
+    connection = await make_connection(db, merchant, clock.now())
+    failed = stripe_charge("ch_z", created=clock.now(), customer="cus_z", billing=("CA", "BC"))
+    [payment] = await ingest(db, connection, [failed], clock.now())
+    await decide(db, clock.now())
+    token = await make_key(db, Role.MERCHANT, [merchant], now=clock.now())
+    pid = encode_id("Payment", payment.id)
+    result = await run(db, settings, clock, PLACED, token=token, variables={"id": pid})
+    assert result.errors is None, result.errors
+    assert result.data is not None
+    node = result.data["node"]
+    assert node["customer"] == {"country": "CA", "timezone": "America/Vancouver"}
+    assert node["decision"]["reason"].endswith(
+        "local time: America/Vancouver (the customer's time zone)"
+    )
+    # The customer pays the invoice on the hosted page (3-D Secure): theirs is the recovery.
+    paid = stripe_charge(
+        "ch_paid",
+        created=clock.now() + timedelta(hours=2),
+        status="succeeded",
+        customer="cus_z",
+        invoice="in_ch_z",
+        secure=True,
+    )
+    await ingest(db, connection, [paid], clock.now() + timedelta(hours=2))
+    result = await run(db, settings, clock, PLACED, token=token, variables={"id": pid})
+    assert result.data is not None
+    node = result.data["node"]
+    assert (node["state"], node["recoveredBy"]) == ("RECOVERED", "CUSTOMER")
+    assert node["attempts"] == [
+        {"actor": "BILLING_SYSTEM", "outcome": "DECLINED"},
+        {"actor": "CUSTOMER", "outcome": "SUCCEEDED"},
+    ]

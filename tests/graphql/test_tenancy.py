@@ -13,7 +13,7 @@ from app.clock import FixedClock
 from app.crypto import CredentialBox
 from app.db import Database
 from app.embedded import Services
-from app.enums import EndAction, EndActionStatus, Role
+from app.enums import EndAction, EndActionStatus, ModelStatus, Role
 from app.models.audit import AuditLog
 from app.models.end_action import EndActionRun
 from app.models.ingestion import ProcessorConnection
@@ -26,7 +26,7 @@ from app.tenancy import SYSTEM_SCOPE, Scope, system_principal
 from resolvers.ids import encode_id
 from tests.support.factories import key_id, make_connection, make_key, make_merchant, make_payments
 from tests.support.graphql import codes, run, schema_for
-from tests.support.model_rows import make_model, verdict
+from tests.support.model_rows import Choice, make_model, pair, store, verdict
 from tests.support.queue import discard_polls, job_queue
 
 
@@ -486,12 +486,36 @@ async def case_retry_payment_now(w: World) -> None:
 
 
 async def case_models(w: World) -> None:
-    """Models serve every merchant: only support sees them, others are refused outright."""
+    """Models serve every merchant: only support sees them, others are refused outright. A
+    shadow's comparison spans every merchant's payments: support sees all of them, and a key
+    that may see some merchants gets no part of it."""
     row = await make_model(w.db, now=w.clock.now())
     for role in ("merchant", "partner"):
         await _forbidden(w, role, "{ models { id } }")
     data = await _query(w, "support", "{ models { id status } }")
     assert data["models"] == [{"id": encode_id("Model", row.id), "status": "CHALLENGER"}]
+    champion = await make_model(w.db, now=w.clock.now(), status=ModelStatus.CHAMPION)
+    shadow = await make_model(w.db, now=w.clock.now(), status=ModelStatus.SHADOW)
+    records = []
+    for payment in w.payments.values():
+        records += pair(
+            payment,
+            shadow=shadow.id,
+            champion=champion.id,
+            at=w.clock.now(),
+            shadow_choice=Choice(60, 0.3),
+            champion_choice=Choice(60, 0.2),
+        )
+    await store(w.db, records)
+    query = "{ models { id comparison { pairedDecisions realized { agreement { payments } } } } }"
+    for role in ("merchant", "partner"):
+        await _forbidden(w, role, query)
+    data = await _query(w, "support", query)
+    compared = {m["id"]: m["comparison"] for m in data["models"]}  # type: ignore[attr-defined]
+    assert compared[encode_id("Model", shadow.id)] == {
+        "pairedDecisions": 3,
+        "realized": {"agreement": {"payments": 3}},
+    }
 
 
 async def case_promote_model(w: World) -> None:

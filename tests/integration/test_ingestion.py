@@ -12,6 +12,7 @@ from app.enums import Actor, AttemptOutcome, PaymentState
 from app.models.ingestion import DeadLetter, RawRecord
 from app.models.merchant import Merchant
 from app.models.payment import Payment
+from app.processors.normalize.records import NORMALIZER_VERSION
 from app.tenancy import SYSTEM_SCOPE
 from app.workflows.replay import replay_connection
 from tests.support.factories import make_merchant
@@ -42,13 +43,14 @@ async def test_failure_opens_a_payment_and_landing_twice_changes_nothing(
     assert payment.amount_minor == 2900
     assert payment.currency == "USD"
     assert payment.decline_category == "insufficient_funds"
-    assert payment.normalizer_version == 1
+    assert payment.normalizer_version == NORMALIZER_VERSION
     assert payment.card_id is not None
     [attempt] = await attempts_of(db, payment.id)
+    # A charge on a Stripe Billing invoice: the billing system made it.
     assert (attempt.number, attempt.outcome, attempt.actor) == (
         1,
         AttemptOutcome.DECLINED,
-        Actor.PROCESSOR,
+        Actor.BILLING_SYSTEM,
     )
     async with db.session(SYSTEM_SCOPE) as s:
         raw = await s.scalar(
@@ -72,7 +74,7 @@ async def test_processor_retries_and_recovery_on_the_same_invoice(
     await land_records(db, connection, later, clock.now())
     [payment] = await _payments(db, merchant)
     assert payment.state is PaymentState.RECOVERED
-    assert payment.recovered_by is Actor.PROCESSOR
+    assert payment.recovered_by is Actor.BILLING_SYSTEM
     assert payment.recovered_at == T0 + timedelta(days=4)
     assert payment.attempt_count == 3
     attempts = await attempts_of(db, payment.id)

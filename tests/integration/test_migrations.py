@@ -405,10 +405,46 @@ async def test_policy_control_group_column_defaults_existing_policies_to_ten_per
         await drop_database(services, url)
 
 
+async def test_model_decision_index_by_model_role_and_time_replaces_the_model_index(
+    services: Services,
+) -> None:
+    """0016 builds `ix_model_decision_model_role_at` concurrently (valid, also over an invalid
+    leftover of an interrupted build) and drops the single-column model index; down reverses."""
+    url = await create_scratch_database(services, "portal_migrations")
+    cfg = alembic_config(url)
+    indexes = (
+        "SELECT c.relname, i.indisvalid, pg_get_indexdef(i.indexrelid) FROM pg_index i "
+        "JOIN pg_class c ON c.oid = i.indexrelid "
+        "WHERE i.indrelid = 'model_decision'::regclass AND c.relname LIKE 'ix_model_decision_mo%'"
+    )
+    try:
+        await asyncio.to_thread(command.upgrade, cfg, "0015_policy_control_group")
+        conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://", 1))
+        try:
+            # What an interrupted CREATE INDEX CONCURRENTLY leaves: an index marked invalid.
+            await conn.execute(
+                "CREATE INDEX ix_model_decision_model_role_at ON model_decision (role); "
+                "UPDATE pg_index SET indisvalid = false WHERE indexrelid = "
+                "'ix_model_decision_model_role_at'::regclass"
+            )
+            await asyncio.to_thread(command.upgrade, cfg, "0016_model_decision_by_model")
+            [(name, valid, definition)] = await conn.fetch(indexes)
+            assert (name, valid) == ("ix_model_decision_model_role_at", True)
+            assert "(model_version_id, role, decided_at)" in definition
+            await asyncio.to_thread(command.downgrade, cfg, "0015_policy_control_group")
+            [(name, valid, definition)] = await conn.fetch(indexes)
+            assert (name, valid) == ("ix_model_decision_model_version_id", True)
+            assert "(model_version_id)" in definition
+        finally:
+            await conn.close()
+    finally:
+        await drop_database(services, url)
+
+
 async def test_preflight_method_column_and_end_action_table_are_added_and_reversible(
     services: Services,
 ) -> None:
-    """0016 adds `payment_attempt.payment_method_ref` (nullable, no default: no rewrite;
+    """0017 adds `payment_attempt.payment_method_ref` (nullable, no default: no rewrite;
     attempts stored before it were sent on the customer's default) and the `end_action` table
     (one row per payment, tenant-owned); down removes both and keeps the attempts."""
     url = await create_scratch_database(services, "portal_migrations")
@@ -433,13 +469,13 @@ async def test_preflight_method_column_and_end_action_table_are_added_and_revers
             now(), now())
     """
     try:
-        await asyncio.to_thread(command.upgrade, cfg, "0015_policy_control_group")
+        await asyncio.to_thread(command.upgrade, cfg, "0016_model_decision_by_model")
         conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://", 1))
         try:
             await conn.execute(_MERCHANT_AND_CUSTOMER)
             await conn.execute(payment_and_attempt)
             assert "end_action" not in await _tables(url)
-            await asyncio.to_thread(command.upgrade, cfg, "0016_preflight_end_actions")
+            await asyncio.to_thread(command.upgrade, cfg, "0017_preflight_end_actions")
             assert (await _columns(conn, "payment_attempt"))["payment_method_ref"] == "YES"
             assert await conn.fetchval("SELECT payment_method_ref FROM payment_attempt") is None
             await conn.execute(end_action)
@@ -452,7 +488,7 @@ async def test_preflight_method_column_and_end_action_table_are_added_and_revers
             assert {"ix_end_action_due", "ix_end_action_merchant_id"} <= {
                 r["indexname"] for r in indexes
             }
-            await asyncio.to_thread(command.downgrade, cfg, "0015_policy_control_group")
+            await asyncio.to_thread(command.downgrade, cfg, "0016_model_decision_by_model")
             assert "end_action" not in await _tables(url)
             assert "payment_method_ref" not in await _columns(conn, "payment_attempt")
             assert await conn.fetchval("SELECT count(*) FROM payment_attempt") == 1

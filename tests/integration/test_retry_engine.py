@@ -255,7 +255,7 @@ async def test_paid_elsewhere_found_in_pre_flight_means_no_charge(db: Database) 
     after = await reload(db, payment.id)
     assert after.state is PaymentState.RECOVERED
     assert after.recovered_by is Actor.PROCESSOR
-    assert [a.actor for a in await attempts_of(db, payment.id)] == [Actor.PROCESSOR]
+    assert [a.actor for a in await attempts_of(db, payment.id)] == [Actor.BILLING_SYSTEM]
 
 
 async def test_processor_without_fetch_proceeds(db: Database) -> None:
@@ -333,7 +333,7 @@ async def test_unsent_attempt_of_a_payment_recovered_meanwhile_is_dropped(db: Da
     )
     assert result.status == "abandoned"
     assert stripe.requests == []
-    assert [a.actor for a in await attempts_of(db, payment.id)] == [Actor.PROCESSOR]
+    assert [a.actor for a in await attempts_of(db, payment.id)] == [Actor.BILLING_SYSTEM]
 
 
 async def test_ledger_loads_in_three_queries_whatever_the_batch(
@@ -417,7 +417,7 @@ async def test_refused_charge_is_abandoned_and_retried_an_hour_later(
     after = await reload(db, payment.id)
     assert after.state is PaymentState.SCHEDULED
     assert after.next_retry_at == clock.now() + timedelta(hours=1)
-    assert [a.actor for a in await attempts_of(db, payment.id)] == [Actor.PROCESSOR]
+    assert [a.actor for a in await attempts_of(db, payment.id)] == [Actor.BILLING_SYSTEM]
     async with db.session(SYSTEM_SCOPE) as s:
         connection = await s.get(ProcessorConnection, after.connection_id)
     assert connection is not None
@@ -534,8 +534,11 @@ async def test_decline_aware_policy_schedules_by_the_decline_and_again_after_a_d
     assert after.state is PaymentState.SCHEDULED
     assert after.decision_strategy is RetryStrategy.DECLINE_AWARE
     assert after.next_retry_at == T0 + timedelta(hours=2)
+    # The customer's card says only its issuer's country (the US, of several clocks): the
+    # policy's zone applies, and the reason says so.
     assert after.decision_reason == (
-        "decline-aware rules: processing_error, 2 hours after the first failure"
+        "decline-aware rules: processing_error, 2 hours after the first failure; "
+        "local time: UTC (the policy's time zone: the customer has none)"
     )
     # A declined retry asks the rules again: the next time is theirs, not a fixed day.
     clock.set(T0 + timedelta(hours=2))
@@ -570,7 +573,9 @@ async def test_model_policy_without_a_model_is_scheduled_by_the_decline_aware_ru
         else:
             assert after.decision_strategy is RetryStrategy.DECLINE_AWARE
             assert after.decision_reason is not None
-            assert after.decision_reason.endswith("(no champion model: decline-aware rules)")
+            assert "(no champion model: decline-aware rules); local time: " in (
+                after.decision_reason
+            )
     assert False in arms
 
 

@@ -49,11 +49,12 @@ async def test_success_on_a_scheduled_invoice_is_a_recorded_transition(db: Datab
     await decide(db, T0)
     assert (await reload(db, payment.id)).state is P.SCHEDULED
     paid_at = T0 + timedelta(hours=5)
+    # Stripe Billing retried the invoice on its own (a charge on the invoice, off-session).
     success = stripe_charge("ch_2", created=paid_at, status="succeeded", invoice="in_ch_1")
     await ingest(db, connection, [success], T0 + timedelta(hours=6))
     after = await reload(db, payment.id)
     assert after.state is P.RECOVERED
-    assert after.recovered_by is Actor.PROCESSOR
+    assert after.recovered_by is Actor.BILLING_SYSTEM
     assert after.recovered_at == paid_at
     assert after.next_retry_at is None
     assert after.attempt_count == 2
@@ -62,7 +63,7 @@ async def test_success_on_a_scheduled_invoice_is_a_recorded_transition(db: Datab
         P.SCHEDULED,
         P.RECOVERED,
         "paid_elsewhere",
-        "processor",
+        "billing_system",
     )
     assert last.at == T0 + timedelta(hours=6)
     assert await outbox(db, payment.id) == ["payment.scheduled", "payment.recovered"]
@@ -72,15 +73,18 @@ async def test_a_success_read_twice_recovers_once(db: Database) -> None:
     connection = await _connection(db)
     [payment] = await ingest(db, connection, [stripe_charge("ch_1", created=T0)], T0)
     await decide(db, T0)
-    paid = [{"id": payment.id, "recovered_at": T0 + timedelta(hours=1)}]
+    paid = [{"id": payment.id, "recovered_at": T0 + timedelta(hours=1), "actor": Actor.CUSTOMER}]
     async with db.uow(SYSTEM_SCOPE) as uow:
         first = await apply_ingested_events(uow, paid=paid, cards_seen=[], now=T0)
-        again = [{"id": payment.id, "recovered_at": T0 + timedelta(hours=2)}]
+        again = [
+            {"id": payment.id, "recovered_at": T0 + timedelta(hours=2), "actor": Actor.PROCESSOR}
+        ]
         second = await apply_ingested_events(uow, paid=again, cards_seen=[], now=T0)
         await uow.commit()
     assert (first.recovered, second.recovered, second.transitions) == (1, 0, 0)
     after = await reload(db, payment.id)
     assert after.recovered_at == T0 + timedelta(hours=1)
+    assert after.recovered_by is Actor.CUSTOMER  # the first reading's, not the repeat's
     assert (await outbox(db, payment.id)).count("payment.recovered") == 1
     assert [t.event for t in await timeline(db, payment.id)].count("paid_elsewhere") == 1
 
@@ -259,12 +263,15 @@ async def test_a_success_on_an_invoice_that_ended_unpaid_recovers_it(db: Databas
     # The customer paid the invoice some other way, days later: the money is recovered all the
     # same, and counted once however often the charge is read.
     paid_at = T0 + timedelta(days=3)
-    success = stripe_charge("ch_9", created=paid_at, status="succeeded", invoice="in_ch_1")
+    # On the hosted invoice page: 3-D Secure shows the customer made the payment.
+    success = stripe_charge(
+        "ch_9", created=paid_at, status="succeeded", invoice="in_ch_1", secure=True
+    )
     for _ in range(2):
         await ingest(db, connection, [success], T0 + timedelta(days=3, hours=1))
     after = await reload(db, payment.id)
     assert after.state is P.RECOVERED
-    assert after.recovered_by is Actor.PROCESSOR
+    assert after.recovered_by is Actor.CUSTOMER
     assert after.recovered_at == paid_at
     assert after.attempt_count == 2
     last = (await timeline(db, payment.id))[-1]

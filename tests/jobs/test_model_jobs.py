@@ -16,9 +16,10 @@ from app.enums import CardFunding, DeclineCategory, ModelStatus, PaymentState, R
 from app.models.model_version import ModelDecision, ModelVersion
 from app.models.retry_policy import RetryPolicy
 from app.retry.schedule import in_control_group
+from app.services.model_comparison import compare
 from app.services.model_registry import HistoryFailure
 from app.settings import Settings
-from app.tenancy import SYSTEM_SCOPE
+from app.tenancy import SYSTEM_SCOPE, system_principal
 from jobs.model import CACHE, history_row
 from jobs.retry import decide_pending
 from jobs.training import retry_log, split_for_gate, train_from_history
@@ -104,6 +105,29 @@ async def test_decide_job_without_a_usable_champion_uses_the_decline_aware_rules
             assert row.decision_strategy is RetryStrategy.DECLINE_AWARE
             assert "model fallback: model" in (row.decision_reason or "")
             assert "unusable: not a model artifact" in (row.decision_reason or "")
+
+
+async def test_shadow_decisions_of_the_decide_job_pair_with_the_champions(db: Database) -> None:
+    """The decide job stores a shadow decision beside each acting one; the comparison pairs
+    them. The shadow here is the champion's own artifact, so every pair agrees exactly."""
+    CACHE.clear()
+    champion = await make_model(db, now=T0, status=ModelStatus.CHAMPION)
+    shadow = await make_model(db, now=T0, status=ModelStatus.SHADOW)
+    payments = await _model_merchant_payments(db, 6)
+    ctx: Any = {"db": db, "clock": FixedClock(T0)}
+    await decide_pending(ctx)
+    modelled = [p for p in payments if not in_control_group(str(p.merchant_id), str(p.id))]
+    assert modelled
+    async with db.session(SYSTEM_SCOPE) as session:
+        found = await compare(session, principal=system_principal("test"), shadow_id=shadow.id)
+    assert found is not None
+    assert found.champion_id == champion.id
+    assert found.shadow_decisions == found.paired_decisions == len(modelled)
+    assert found.identical_decisions == found.agreeing_decisions == len(modelled)
+    assert found.predicted is not None
+    assert found.predicted.difference == 0.0
+    assert found.agreement.payments == len(modelled)
+    assert found.disagreement.payments == 0
 
 
 async def test_training_from_stored_history_needs_enough_settled_failures(db: Database) -> None:

@@ -1,86 +1,21 @@
 """Adyen over HTTP: signed AUTHORISATION pushes re-sent until "[accepted]"; /payments retries."""
 
 import asyncio
-import base64
-import hashlib
-import hmac
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
-import orjson
 import pytest
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response
-from starlette.routing import Route
+from starlette.responses import PlainTextResponse
 
-from sandbox.server import serving
+from tests.support.adyen_push import KEY_HEX, Receiver, push_all, serve_receiver, signature_ok
 from tests.support.sandbox import AccountFactory, set_faults
-
-KEY_HEX = "44782DEF547AAA06C910C43932B1EB0C71FC68D9D0C057550C48EC2ACF6BA056"
-
-
-class Receiver:
-    """A webhook endpoint that refuses its first deliveries, then accepts."""
-
-    def __init__(self) -> None:
-        self.refusals: list[Response] = []
-        self.batches: list[dict[str, Any]] = []
-        self.url = ""
-        self.verify_with: str | None = None
-        self.closed = False
-
-    async def receive(self, request: Request) -> Response:
-        batch = orjson.loads(await request.body())
-        self.batches.append(batch)
-        if self.closed:
-            return PlainTextResponse("unavailable", 503)
-        if self.refusals:
-            return self.refusals.pop(0)
-        key = self.verify_with
-        items = [i["NotificationRequestItem"] for i in batch["notificationItems"]]
-        if key is not None and not all(_signature_ok(i, key) for i in items):
-            return PlainTextResponse("bad signature", 401)
-        return PlainTextResponse("[accepted]")
-
-    def items(self) -> list[dict[str, Any]]:
-        return [i["NotificationRequestItem"] for b in self.batches for i in b["notificationItems"]]
 
 
 @pytest.fixture
 async def receiver() -> AsyncIterator[Receiver]:
-    found = Receiver()
-    app = Starlette(routes=[Route("/webhooks/adyen", found.receive, methods=["POST"])])
-    async with serving(app) as url:
-        found.url = f"{url}/webhooks/adyen"
+    async with serve_receiver() as found:
         yield found
-
-
-def _signature_ok(item: dict[str, Any], key_hex: str) -> bool:
-    amount = item["amount"]
-    fields = [
-        item.get("pspReference", ""),
-        item.get("originalReference", ""),
-        item.get("merchantAccountCode", ""),
-        item.get("merchantReference", ""),
-        str(amount["value"]),
-        amount["currency"],
-        item["eventCode"],
-        item["success"],
-    ]
-    mac = hmac.new(bytes.fromhex(key_hex), ":".join(fields).encode(), hashlib.sha256).digest()
-    return hmac.compare_digest(
-        base64.b64encode(mac).decode(), item["additionalData"]["hmacSignature"]
-    )
-
-
-async def _push_all(http: httpx.AsyncClient, account_id: str) -> None:
-    for _ in range(20):
-        summary = (await http.post(f"/_sandbox/accounts/{account_id}/push")).json()
-        if summary["pending"] == 0:
-            return
-    raise AssertionError(f"still pending after forced pushes: {summary}")
 
 
 async def _stripe_count(http: httpx.AsyncClient, make_account: AccountFactory) -> int:
@@ -103,7 +38,7 @@ async def test_push_is_signed_and_resent_until_accepted(
     account = await make_account(
         "adyen", history_days=10, webhook_url=receiver.url, hmac_key_hex=KEY_HEX
     )
-    await _push_all(http, account["account_id"])
+    await push_all(http, account["account_id"])
     assert len(receiver.batches) >= 3
     first = [
         i["NotificationRequestItem"]["pspReference"]
@@ -121,7 +56,7 @@ async def test_push_is_signed_and_resent_until_accepted(
     assert all(b["live"] == "false" for b in receiver.batches)
     assert all(len(b["notificationItems"]) <= 50 for b in receiver.batches)
     for item in items:
-        assert _signature_ok(item, KEY_HEX)
+        assert signature_ok(item, KEY_HEX)
         assert item["eventCode"] == "AUTHORISATION"
         assert item["success"] in {"true", "false"}
         assert item["merchantAccountCode"] == account["account_id"]
@@ -147,7 +82,7 @@ async def test_retry_payment_is_pushed_too(
     account = await make_account(
         "adyen", history_days=10, webhook_url=receiver.url, hmac_key_hex=KEY_HEX
     )
-    await _push_all(http, account["account_id"])
+    await push_all(http, account["account_id"])
     failed = next(i for i in receiver.items() if i["success"] == "false")
     request = {
         "amount": failed["amount"],
@@ -173,12 +108,12 @@ async def test_retry_payment_is_pushed_too(
         "/adyen/v71/payments", json={**request, "reference": "other"}, headers=headers
     )
     assert conflict.status_code == 422
-    await _push_all(http, account["account_id"])
+    await push_all(http, account["account_id"])
     pushed = [i for i in receiver.items() if i["pspReference"] == body["pspReference"]]
     assert len(pushed) == 1
     assert pushed[0]["additionalData"]["metadata.retry_of"] == failed["pspReference"]
     assert pushed[0]["success"] == ("true" if body["resultCode"] == "Authorised" else "false")
-    assert _signature_ok(pushed[0], KEY_HEX)
+    assert signature_ok(pushed[0], KEY_HEX)
 
 
 async def test_background_push_needs_no_nudge(
@@ -223,7 +158,7 @@ async def test_push_faults_corrupt_and_repeat_items(
         "adyen", history_days=3, webhook_url=receiver.url, hmac_key_hex=KEY_HEX
     )
     await set_faults(http, account["account_id"], malformed=1, duplicates=True)
-    await _push_all(http, account["account_id"])
+    await push_all(http, account["account_id"])
     items = receiver.items()
     broken = [i for i in items if not isinstance(i["amount"]["value"], int)]
     assert len(broken) == 1
@@ -244,9 +179,9 @@ async def test_bad_signature_fault_is_resent_correctly(
     )
     await set_faults(http, account["account_id"], bad_signature=1)
     receiver.closed = False
-    await _push_all(http, account["account_id"])
+    await push_all(http, account["account_id"])
     valid = [
-        all(_signature_ok(i["NotificationRequestItem"], KEY_HEX) for i in b["notificationItems"])
+        all(signature_ok(i["NotificationRequestItem"], KEY_HEX) for i in b["notificationItems"])
         for b in receiver.batches
     ]
     assert valid.count(False) == 1

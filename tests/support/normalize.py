@@ -86,6 +86,8 @@ def failed_record_json(
     card: dict[str, object],
     decline: dict[str, object],
     attempted_at: str,
+    actor: str,
+    billing: dict[str, str | None] | None = None,
 ) -> dict[str, object]:
     """The whole of `record_to_json` for a failed payment's record."""
     return {
@@ -98,4 +100,6 @@ def failed_record_json(
         "card": card,
         "decline": decline,
         "attempted_at": attempted_at,
+        "actor": actor,
+        "billing": billing,
     }

@@ -17,6 +17,7 @@ from app.models.ingestion import ProcessorConnection
 from app.models.merchant import Merchant
 from app.models.payment import Payment, PaymentAttempt
 from app.models.retry import OutboxEvent, PaymentTransition
+from app.processors.adapters import REQUIRED_CREDENTIALS
 from app.processors.base import (
     BillingRefs,
     BillingState,
@@ -51,9 +52,14 @@ def stripe_charge(
     network_decline_code: str | None = None,
     network_advice_code: str | None = None,
     subscription: str | None = None,
+    secure: bool = False,
+    metadata: dict[str, str] | None = None,
+    billing: tuple[str, str | None] | None = None,
 ) -> dict[str, Any]:
     """A Stripe charge as the list and retrieve endpoints return it; with `subscription`, its
-    invoice expanded (as `expand[]=invoice` returns it) to name the subscription."""
+    invoice expanded (as `expand[]=invoice` returns it) to name the subscription; `secure`:
+    the cardholder authenticated it with 3-D Secure (a payment they made themselves);
+    `billing`: the (country, state) of its billing address."""
     failed = status == "failed"
     invoice_id = invoice if invoice is not None else f"in_{charge_id}"
     outcome: dict[str, Any] = {
@@ -65,10 +71,13 @@ def stripe_charge(
         outcome["network_decline_code"] = network_decline_code
     if network_advice_code:
         outcome["network_advice_code"] = network_advice_code
+    country, state = billing if billing is not None else (None, None)
     return {
         "id": charge_id,
         "object": "charge",
         "amount": amount,
+        "billing_details": {"address": {"country": country, "state": state}},
+        "metadata": dict(metadata or {}),
         "currency": "usd",
         "created": int(created.timestamp()),
         "customer": customer,
@@ -91,23 +100,34 @@ def stripe_charge(
                 "fingerprint": fingerprint,
                 "funding": "debit",
                 "last4": "4242",
+                "three_d_secure": {"result": "authenticated"} if secure else None,
             },
         },
     }
 
 
 async def make_connection(
-    db: Database, merchant: Merchant, now: datetime, base_url: str = "http://127.0.0.1:1/stripe"
+    db: Database,
+    merchant: Merchant,
+    now: datetime,
+    base_url: str = "http://127.0.0.1:1/stripe",
+    kind: Processor = Processor.STRIPE,
 ) -> ProcessorConnection:
     async with db.uow(SYSTEM_SCOPE) as uow:
         connection = await create_connection(
             uow,
             principal=system_principal(),
             merchant_id=merchant.id,
-            kind=Processor.STRIPE,
+            kind=kind,
             base_url=base_url,
             policy=SANDBOX_URLS,
-            credentials={"api_key": "sk_test_x"},
+            credentials=(
+                {"api_key": "sk_test_x"}
+                if kind is Processor.STRIPE
+                else dict.fromkeys(REQUIRED_CREDENTIALS[kind], "ab" * 16)
+            ),
+            # Braintree's merchant id and Adyen's merchant account name the account.
+            account_ref=None if kind in (Processor.STRIPE, Processor.CHECKOUT) else "acct_1",
             box=BOX,
             now=now,
         )
@@ -123,10 +143,16 @@ async def land_records(
 ) -> tuple[int, int]:
     """Land records and normalize the new ones as polling would, in one committed unit of work;
     returns how many landed and how many were duplicates."""
+    items = [RawItem.from_json(r, str(r.get("id"))) for r in records]
+    return await land_items(db, connection, items, now)
+
+
+async def land_items(
+    db: Database, connection: ProcessorConnection, items: Sequence[RawItem], now: datetime
+) -> tuple[int, int]:
+    """`land_records` for raw items of any processor (Braintree's XML too)."""
     async with db.uow(SYSTEM_SCOPE) as uow:
-        ids, stats = await land(
-            uow, connection, [RawItem.from_json(r, str(r.get("id"))) for r in records], now=now
-        )
+        ids, stats = await land(uow, connection, items, now=now)
         await normalize_raw_records(uow, connection, ids, now=now)
         await uow.commit()
     return stats.landed, stats.duplicates

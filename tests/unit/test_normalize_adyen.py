@@ -62,6 +62,8 @@ def test_refused_with_raw_do_not_honor_renders_exactly() -> None:
             "network_advice_code": None,
         },
         "attempted_at": "2024-06-01T08:00:00Z",
+        "actor": "processor",
+        "billing": None,
     }
     assert first.invoice_ref == "INV-1001"
     assert first.card is not None

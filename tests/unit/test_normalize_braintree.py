@@ -60,6 +60,7 @@ def test_processor_declined_renders_exactly() -> None:
             network_advice_code="24",
         ),
         attempted_at="2024-03-01T09:15:42Z",
+        actor="billing_system",  # a Recurring Billing subscription's charge
     )
     assert record.subscription_ref == "sub_monthly_77"
     assert record.invoice_ref == "INV-2024-0042"

@@ -38,6 +38,8 @@ def test_declined_payment_renders_exactly() -> None:
         ),
         # Seven fractional digits are cut to Python's six.
         attempted_at="2024-02-20T14:15:23.456789Z",
+        actor="billing_system",  # payment_type Recurring
+        billing={"country": "GB", "region": None},
     )
     assert record.invoice_ref == "ORD-5023-4E89"
     assert record.raw_kind == "payment"

@@ -39,6 +39,9 @@ def test_modern_charge_renders_exactly() -> None:
             network_decline_code="51",
         ),
         attempted_at="2024-06-10T16:00:00Z",
+        # No invoice, no portal marker, no 3-D Secure: nothing says who made it.
+        actor="processor",
+        billing={"country": "US", "region": None},
     )
     assert record.card is not None
     assert record.card.fingerprint == "Xt5EWLLDS7FJjR1c"
@@ -324,6 +327,8 @@ def test_record_json_has_exactly_the_documented_fields() -> None:
         "card",
         "decline",
         "attempted_at",
+        "actor",
+        "billing",
     }
     card = rendered["card"]
     decline = rendered["decline"]

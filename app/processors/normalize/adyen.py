@@ -3,8 +3,9 @@
 from collections.abc import Mapping
 
 from app.declines import DeclineSignals, classify
-from app.enums import Processor
+from app.enums import Actor, Processor
 from app.processors.normalize.records import (
+    PORTAL_RETRY_KEY,
     CanonicalCard,
     CanonicalRecord,
     JsonObject,
@@ -19,12 +20,16 @@ from app.processors.normalize.records import (
     get_str,
     guarded,
     minor_amount,
+    normalize_country,
     normalize_currency,
+    normalize_region,
     require_str,
     type_name,
 )
 
 AUTHORISATION = "AUTHORISATION"
+# Auto Rescue ended: with success "true", Adyen's own retry of a refused payment was approved.
+AUTORESCUE = "AUTORESCUE"
 SUCCESS_VALUES: Mapping[str, RecordStatus] = {"true": "succeeded", "false": "failed"}
 ITEM_KEY = "NotificationRequestItem"
 # Adyen payment method variants start with the scheme ("mc_applepay", "visadebit", "amex").
@@ -41,6 +46,10 @@ VARIANT_PREFIXES: tuple[tuple[str, str], ...] = (
     ("elo", "elo"),
 )
 WALLET_METHODS: frozenset[str] = frozenset({"scheme", "applepay", "googlepay", "paywithgoogle"})
+# Who initiated a payment, by `shopperInteraction` and `recurringProcessingModel`
+# (docs/actors.md): the shopper present (or on the phone), or a stored-details charge.
+SHOPPER_PRESENT: frozenset[str] = frozenset({"ecommerce", "moto", "pos"})
+MERCHANT_INITIATED_MODELS: frozenset[str] = frozenset({"subscription", "unscheduledcardonfile"})
 
 
 def normalize_document(doc: object) -> list[NormalizedItem]:
@@ -106,13 +115,47 @@ def _status(item: JsonObject) -> RecordStatus:
     return SUCCESS_VALUES[success.strip().lower()]
 
 
+def _actor(item: JsonObject, extra: JsonObject) -> Actor:
+    """Who made a payment: docs/actors.md, Adyen."""
+    if card_text(extra.get(f"metadata.{PORTAL_RETRY_KEY}")):
+        return Actor.PORTAL
+    if item.get("eventCode") == AUTORESCUE:
+        return Actor.PROCESSOR
+    if card_text(extra.get("paymentLinkId")) or _flag(extra.get("threeDAuthenticated")):
+        return Actor.CUSTOMER
+    interaction = (card_text(extra.get("shopperInteraction")) or "").lower()
+    if interaction == "contauth":
+        return Actor.BILLING_SYSTEM
+    if interaction in SHOPPER_PRESENT:
+        return Actor.CUSTOMER
+    model = (card_text(extra.get("recurringProcessingModel")) or "").lower()
+    if model in MERCHANT_INITIATED_MODELS:
+        return Actor.BILLING_SYSTEM
+    if model == "cardonfile":
+        return Actor.CUSTOMER
+    return Actor.PROCESSOR
+
+
+def _flag(value: object) -> bool:
+    return value is True or (isinstance(value, str) and value.strip().lower() == "true")
+
+
+def _billing(extra: JsonObject) -> tuple[str | None, str | None]:
+    country = normalize_country(card_text(extra.get("billingAddress.country")))
+    if country is None:
+        return None, None
+    return country, normalize_region(extra.get("billingAddress.stateOrProvince"))
+
+
 def _from_item(item: JsonObject) -> CanonicalRecord:
     where = "item"
     event_code = get_str(item, "eventCode", where)
-    if event_code != AUTHORISATION:
+    if event_code not in (AUTHORISATION, AUTORESCUE):
         raise RecordError(f"adyen eventCode {str(event_code)[:30]!r} is not {AUTHORISATION}")
     psp_reference = require_str(item, "pspReference", where)
     status = _status(item)
+    if event_code == AUTORESCUE and status == "failed":
+        raise RecordError("adyen AUTORESCUE without success ends a rescue; it is no attempt")
     amount = get_obj(item, "amount", where)
     if amount is None:
         raise RecordError("adyen amount is missing")
@@ -144,6 +187,7 @@ def _from_item(item: JsonObject) -> CanonicalRecord:
         or get_str(extra, "recurring.shopperReference", "additionalData")
         or get_str(item, "shopperReference", where)
     )
+    country, region = _billing(extra)
     return CanonicalRecord(
         processor=Processor.ADYEN,
         processor_payment_id=psp_reference,
@@ -157,4 +201,7 @@ def _from_item(item: JsonObject) -> CanonicalRecord:
         invoice_ref=get_str(item, "merchantReference", where),
         subscription_ref=None,
         raw_kind="notification",
+        actor=_actor(item, extra),
+        billing_country=country,
+        billing_region=region,
     )

@@ -5,9 +5,10 @@ from functools import partial
 from xml.etree.ElementTree import Element, tostring
 
 from app.declines import DeclineSignals, classify, leading_code
-from app.enums import CardFunding, Processor
+from app.enums import Actor, CardFunding, Processor
 from app.processors.normalize.records import (
     PAN_KEYS,
+    PORTAL_RETRY_KEY,
     CanonicalCard,
     CanonicalRecord,
     NormalizedItem,
@@ -19,7 +20,9 @@ from app.processors.normalize.records import (
     guarded,
     is_id_key,
     major_to_minor,
+    normalize_country,
     normalize_currency,
+    normalize_region,
     redact_card_numbers,
     scrub_raw,
 )
@@ -42,6 +45,10 @@ LIST_ROOTS: frozenset[str] = frozenset(
 NOTIFICATION_ROOT = "notification"
 FLAG_YES = "yes"
 FLAG_NO = "no"
+# The portal's marker, as Braintree custom fields spell keys (dashes in XML).
+PORTAL_RETRY_FIELD = PORTAL_RETRY_KEY.replace("_", "-")
+# 3-D Secure statuses that show the cardholder took part in the payment (docs/actors.md).
+CARDHOLDER_PRESENT_3DS = frozenset({"authenticate_successful", "authenticate_attempt_successful"})
 
 
 def normalize_document(root: Element) -> list[NormalizedItem]:
@@ -122,6 +129,31 @@ def _card(transaction: Element) -> CanonicalCard | None:
     )
 
 
+def _actor(t: Element) -> Actor:
+    """Who made a transaction: docs/actors.md, Braintree."""
+    if _text(t.find("custom-fields"), PORTAL_RETRY_FIELD):
+        return Actor.PORTAL
+    if _text(t, "retried-transaction-id"):
+        return Actor.PROCESSOR  # Braintree's own retry of a declined transaction
+    if _text(t.find("three-d-secure-info"), "status") in CARDHOLDER_PRESENT_3DS:
+        return Actor.CUSTOMER
+    recurring = (_text(t, "recurring") or "").lower()
+    if _text(t, "subscription-id") or recurring == "true":
+        return Actor.BILLING_SYSTEM
+    if recurring == "false":
+        return Actor.CUSTOMER
+    return Actor.PROCESSOR
+
+
+def _billing(t: Element) -> tuple[str | None, str | None]:
+    """(country, region) of the transaction's billing address."""
+    billing = t.find("billing")
+    country = _text(billing, "country-code-alpha2") or _text(billing, "country-code-alpha3")
+    if country is None:
+        return None, None
+    return normalize_country(country), normalize_region(_text(billing, "region"))
+
+
 def _from_transaction(t: Element) -> CanonicalRecord:
     transaction_id = _require(t, "id")
     raw_status = _require(t, "status")
@@ -157,6 +189,7 @@ def _from_transaction(t: Element) -> CanonicalRecord:
             )
         )
     customer_id = _text(t.find("customer"), "id") or _text(t.find("customer-details"), "id")
+    country, region = _billing(t)
     return CanonicalRecord(
         processor=Processor.BRAINTREE,
         processor_payment_id=transaction_id,
@@ -170,4 +203,7 @@ def _from_transaction(t: Element) -> CanonicalRecord:
         invoice_ref=_text(t, "order-id"),
         subscription_ref=_text(t, "subscription-id"),
         raw_kind="transaction",
+        actor=_actor(t),
+        billing_country=country,
+        billing_region=region,
     )

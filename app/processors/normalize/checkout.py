@@ -4,8 +4,9 @@ from collections.abc import Mapping
 from datetime import datetime
 
 from app.declines import DeclineSignals, classify
-from app.enums import Processor
+from app.enums import Actor, Processor
 from app.processors.normalize.records import (
+    PORTAL_RETRY_KEY,
     CanonicalCard,
     CanonicalRecord,
     JsonObject,
@@ -13,14 +14,18 @@ from app.processors.normalize.records import (
     RecordError,
     RecordStatus,
     build_card,
+    card_text,
     dead_item,
     from_iso,
     get_id,
     get_obj,
     get_str,
     guarded,
+    metadata_text,
     minor_amount,
+    normalize_country,
     normalize_currency,
+    normalize_region,
     require_str,
     type_name,
 )
@@ -35,6 +40,12 @@ PAYMENT_STATUSES: Mapping[str, RecordStatus] = {
     "refunded": "succeeded",
     "partially refunded": "succeeded",
 }
+# `payment_type` values by who initiates them (docs/actors.md): a stored-card charge the
+# merchant makes, or one the customer makes at checkout or over the phone.
+MERCHANT_INITIATED_TYPES = frozenset({"recurring", "unscheduled", "installment"})
+CUSTOMER_INITIATED_TYPES = frozenset({"regular", "moto"})
+# 3-D Secure answers that show the cardholder took part in the payment.
+CARDHOLDER_PRESENT_3DS = frozenset({"Y", "A"})
 EVENT_STATUSES: Mapping[str, RecordStatus] = {
     "payment_declined": "failed",
     "payment_approved": "succeeded",
@@ -105,6 +116,34 @@ def _card(payment: JsonObject) -> CanonicalCard | None:
     )
 
 
+def _actor(payment: JsonObject) -> Actor:
+    """Who made a payment: docs/actors.md, Checkout.com."""
+    if metadata_text(payment.get("metadata"), PORTAL_RETRY_KEY):
+        return Actor.PORTAL
+    secure = payment.get("3ds")
+    if isinstance(secure, Mapping) and secure.get("authentication_response") in (
+        CARDHOLDER_PRESENT_3DS
+    ):
+        return Actor.CUSTOMER
+    initiated = payment.get("merchant_initiated")
+    kind = (card_text(payment.get("payment_type")) or "").lower()
+    if initiated is True or (initiated is None and kind in MERCHANT_INITIATED_TYPES):
+        return Actor.BILLING_SYSTEM
+    if initiated is False or kind in CUSTOMER_INITIATED_TYPES:
+        return Actor.CUSTOMER
+    return Actor.PROCESSOR
+
+
+def _billing(payment: JsonObject) -> tuple[str | None, str | None]:
+    """(country, region) of the card source's billing address."""
+    source = payment.get("source")
+    address = source.get("billing_address") if isinstance(source, Mapping) else None
+    if not isinstance(address, Mapping):
+        return None, None
+    country = normalize_country(card_text(address.get("country")))
+    return (country, normalize_region(address.get("state"))) if country else (None, None)
+
+
 def _from_payment(
     payment: JsonObject, status: RecordStatus | None, fallback_time: datetime | None
 ) -> CanonicalRecord:
@@ -129,6 +168,7 @@ def _from_payment(
                 card_brand=card.brand if card else None,
             )
         )
+    country, region = _billing(payment)
     return CanonicalRecord(
         processor=Processor.CHECKOUT,
         processor_payment_id=payment_id,
@@ -142,4 +182,7 @@ def _from_payment(
         invoice_ref=get_str(payment, "reference", where),
         subscription_ref=None,
         raw_kind="payment" if status is None else "webhook",
+        actor=_actor(payment),
+        billing_country=country,
+        billing_region=region,
     )

@@ -149,6 +149,10 @@ def record_to_json(record: CanonicalRecord) -> dict[str, object]:
         "card": _card_json(record.card),
         "decline": _decline_json(record.decline),
         "attempted_at": _iso_utc(record.attempted_at),
+        "actor": record.actor.value,
+        "billing": {"country": record.billing_country, "region": record.billing_region}
+        if record.billing_country is not None
+        else None,
     }
 
 

@@ -11,12 +11,19 @@ from decimal import Decimal, InvalidOperation
 from typing import Literal
 
 from app.declines import Decline
-from app.enums import CardFunding, Processor
+from app.enums import Actor, CardFunding, Processor
 
 logger = logging.getLogger(__name__)
 
 # Stored with every normalized row, so history can be replayed when the mapping improves.
-NORMALIZER_VERSION = 1
+# 2: each record says who made the attempt (docs/actors.md) and where its payer is billed.
+NORMALIZER_VERSION = 2
+
+# The metadata key the portal's adapters write on every retry they send: a record carrying it
+# is the portal's own charge, read back.
+PORTAL_RETRY_KEY = "retry_of"
+# A region (state, province) is free text in most payloads; longer text is not a region.
+REGION_MAX = 64
 
 RecordStatus = Literal["failed", "succeeded"]
 JsonObject = Mapping[str, object]
@@ -60,6 +67,13 @@ class CanonicalRecord:
     invoice_ref: str | None
     subscription_ref: str | None
     raw_kind: str
+    # Who made the attempt, read from the record (docs/actors.md); PROCESSOR when it says
+    # nothing about its initiator.
+    actor: Actor = Actor.PROCESSOR
+    # The payer's billing address, as far as the record gives it: an ISO 3166-1 alpha-2 country
+    # and the region (state, province) as sent. The card's issuer country is on `card`.
+    billing_country: str | None = None
+    billing_region: str | None = None
 
     def __post_init__(self) -> None:
         if self.attempted_at.utcoffset() != UTC.utcoffset(None):
@@ -334,6 +348,23 @@ def normalize_country(value: str | None) -> str | None:
     if len(code) == 3:
         return ALPHA3_TO_ALPHA2.get(code)
     return code if code in ALPHA2_CODES else None
+
+
+def normalize_region(value: object) -> str | None:
+    """A billing region (state, province) as sent, whitespace collapsed; None when it is not
+    text or too long to be one."""
+    text = card_text(value)
+    if text is None:
+        return None
+    collapsed = " ".join(text.split())
+    return collapsed if len(collapsed) <= REGION_MAX else None
+
+
+def metadata_text(metadata: object, key: str) -> str | None:
+    """One metadata value as text; metadata is the merchant's own and never fails a record."""
+    if not isinstance(metadata, Mapping):
+        return None
+    return card_text(metadata.get(key))
 
 
 def _digits(value: object) -> str | None:

@@ -4,8 +4,9 @@ from collections.abc import Mapping
 from datetime import datetime
 
 from app.declines import Decline, DeclineSignals, classify, pick_stripe_code
-from app.enums import Processor
+from app.enums import Actor, Processor
 from app.processors.normalize.records import (
+    PORTAL_RETRY_KEY,
     CanonicalCard,
     CanonicalRecord,
     JsonObject,
@@ -13,20 +14,26 @@ from app.processors.normalize.records import (
     RecordError,
     RecordStatus,
     build_card,
+    card_text,
     dead_item,
     from_unix,
     get_id,
     get_obj,
     get_str,
     guarded,
+    metadata_text,
     minor_amount,
+    normalize_country,
     normalize_currency,
+    normalize_region,
     require_str,
     type_name,
 )
 
 CHARGE_STATUSES: Mapping[str, RecordStatus] = {"failed": "failed", "succeeded": "succeeded"}
 PAYMENT_INTENT_SUCCEEDED = "succeeded"
+# 3-D Secure results that show the cardholder took part in the payment (docs/actors.md).
+CARDHOLDER_PRESENT_3DS = frozenset({"authenticated", "attempt_acknowledged"})
 
 
 def normalize_document(doc: object) -> list[NormalizedItem]:
@@ -116,6 +123,49 @@ def _card_from(container: JsonObject | None, where: str) -> CanonicalCard | None
     )
 
 
+def _card_details(container: JsonObject | None) -> JsonObject | None:
+    """`payment_method_details.card` of a charge, when it has one."""
+    pmd = container.get("payment_method_details") if container is not None else None
+    card = pmd.get("card") if isinstance(pmd, Mapping) else None
+    return card if isinstance(card, Mapping) else None
+
+
+def _actor(obj: JsonObject, charge: JsonObject | None) -> Actor:
+    """Who made a charge (or a PaymentIntent's attempt): docs/actors.md, Stripe.
+
+    `obj` is the charge or the intent (its metadata and invoice); `charge` the charge whose
+    card details show 3-D Secure (the intent's latest charge)."""
+    if metadata_text(obj.get("metadata"), PORTAL_RETRY_KEY):
+        return Actor.PORTAL
+    card = _card_details(charge)
+    secure = card.get("three_d_secure") if card is not None else None
+    if isinstance(secure, Mapping) and secure.get("result") in CARDHOLDER_PRESENT_3DS:
+        return Actor.CUSTOMER
+    if obj.get("invoice") is not None:
+        return Actor.BILLING_SYSTEM
+    return Actor.PROCESSOR
+
+
+def _billing(container: JsonObject | None) -> tuple[str | None, str | None]:
+    """(country, region) of `billing_details.address`, else of a legacy card source."""
+    if container is None:
+        return None, None
+    details = container.get("billing_details")
+    address = details.get("address") if isinstance(details, Mapping) else None
+    if isinstance(address, Mapping) and address.get("country") is not None:
+        return normalize_country(card_text(address.get("country"))), normalize_region(
+            address.get("state")
+        )
+    source = container.get("source")
+    if isinstance(source, Mapping):
+        card = source.get("card") if isinstance(source.get("card"), Mapping) else source
+        if isinstance(card, Mapping) and card.get("address_country") is not None:
+            return normalize_country(card_text(card.get("address_country"))), normalize_region(
+                card.get("address_state")
+            )
+    return None, None
+
+
 def _decline(
     *,
     code: str | None,
@@ -169,6 +219,7 @@ def _from_charge(charge: JsonObject) -> CanonicalRecord:
         )
     source = get_obj(charge, "source", where)
     invoice = charge.get("invoice")
+    country, region = _billing(charge)
     return CanonicalRecord(
         processor=Processor.STRIPE,
         processor_payment_id=charge_id,
@@ -185,6 +236,9 @@ def _from_charge(charge: JsonObject) -> CanonicalRecord:
         if isinstance(invoice, Mapping)
         else None,
         raw_kind="charge",
+        actor=_actor(charge, charge),
+        billing_country=country,
+        billing_region=region,
     )
 
 
@@ -240,6 +294,10 @@ def _from_payment_intent(
         decline = _decline(
             code=code, declined_at=attempted_at, card=card, outcome=outcome, details=failure
         )
+    country, region = _billing(latest_charge)
+    for method in (payment_method, intent.get("payment_method")):
+        if country is None and isinstance(method, Mapping):
+            country, region = _billing(method)
     return CanonicalRecord(
         processor=Processor.STRIPE,
         processor_payment_id=charge_id,
@@ -253,6 +311,9 @@ def _from_payment_intent(
         invoice_ref=get_id(intent, "invoice", where),
         subscription_ref=None,
         raw_kind="payment_intent" if error is None else "error",
+        actor=_actor(intent, latest_charge),
+        billing_country=country,
+        billing_region=region,
     )
 
 

@@ -53,7 +53,7 @@ from app.retry.events import (
     SubscriptionCanceled,
     Transition,
 )
-from app.retry.rules import AttemptRecord, earliest_allowed
+from app.retry.rules import AttemptRecord, earliest_allowed, local_zone
 from app.retry.schedule import (
     Decision,
     Scheduler,
@@ -85,6 +85,10 @@ class Applied:
     enqueue: list[tuple[uuid.UUID, int]] = field(default_factory=list)
 
 
+# A payment's decision reason is stored in at most this many characters.
+DECISION_REASON_MAX = 1000
+REASON_SEPARATOR = "; "
+
 # States that end recovery: the payment keeps the rule that ended it (None if none did).
 _ENDED = (PaymentState.EXHAUSTED, PaymentState.NOT_RETRYABLE, PaymentState.CANCELED)
 
@@ -106,7 +110,11 @@ def _schedule(ctx: PaymentContext, action: ScheduleRetry, *, now: datetime) -> N
     payment = ctx.payment
     payment.next_retry_at = action.at
     payment.decision_at = now
-    payment.decision_reason = action.reason[:1000]
+    # The reason ends by saying in which time zone the local times (quiet hours, paydays) were
+    # read, and why that one: the customer's, the policy's, or UTC.
+    local = local_zone(ctx.ledger.customer_timezone, ctx.policy.timezone).describe()
+    room = DECISION_REASON_MAX - len(local) - len(REASON_SEPARATOR)
+    payment.decision_reason = f"{action.reason[:room]}{REASON_SEPARATOR}{local}"
     payment.decision_strategy = action.strategy
     payment.blocking_rule = action.blocking_rule
     payment.policy_version = ctx.policy_version

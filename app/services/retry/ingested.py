@@ -175,8 +175,9 @@ async def apply_ingested_events(
 ) -> IngestedOutcome:
     """Apply a normalization batch's facts to its payments through the state machine.
 
-    `paid` holds one {"id", "recovered_at"} per success read on a payment in recovery: the
-    processor was paid other than by a portal charge (PaidElsewhere, actor PROCESSOR).
+    `paid` holds one {"id", "recovered_at", "actor"} per success read on a payment in
+    recovery: it was paid other than by a charge the portal has in flight (PaidElsewhere, by
+    the charge's actor as its record tells, docs/actors.md).
     `cards_seen` are the batch's charges on identifiable cards: a later charge of the same customer
     on another card means the credential was updated (CredentialUpdated), which may lift a hard
     "never" bound to the old card. The payments are locked and loaded in a fixed number of
@@ -186,7 +187,7 @@ async def apply_ingested_events(
     """
     events: dict[uuid.UUID, list[tuple[datetime, Event]]] = defaultdict(list)
     for row in paid:
-        events[row["id"]].append((row["recovered_at"], PaidElsewhere(actor=Actor.PROCESSOR)))
+        events[row["id"]].append((row["recovered_at"], PaidElsewhere(actor=Actor(row["actor"]))))
     replaced_by: dict[uuid.UUID, str] = {}
     for pid, s in (await _new_credentials(uow, cards_seen)).items():
         events[pid].append((s.at, CredentialUpdated(at=s.at, actor=Actor.PROCESSOR)))
@@ -209,7 +210,8 @@ async def apply_ingested_events(
                 # A retry now charges the new card: its attempts count toward the caps too.
                 payment.credential_fingerprint = replaced_by[pid]
             tr = transition(before, event, policy=ctx.policy, ledger=ctx.ledger, now=now)
-            apply_transition(uow, ctx, tr, now=now, recovered_by=Actor.PROCESSOR)
+            by = event.actor if isinstance(event, PaidElsewhere) else Actor.PROCESSOR
+            apply_transition(uow, ctx, tr, now=now, recovered_by=by)
             if isinstance(event, CredentialUpdated):
                 ctx.ledger = replace(ctx.ledger, credential_since=event.at)
             if not tr.changed:

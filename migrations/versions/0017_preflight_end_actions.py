@@ -11,8 +11,8 @@ to `payment` is added under the same short lock timeout (it takes a brief SHARE 
 lock on `payment`, and the new table is empty, so there is nothing to validate); its indexes
 are built on the empty table inside the transaction.
 
-Revision ID: 0016_preflight_end_actions
-Revises: 0015_policy_control_group
+Revision ID: 0017_preflight_end_actions
+Revises: 0016_model_decision_by_model
 Create Date: 2026-12-06 08:00:00.000000
 """
 
@@ -21,8 +21,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0016_preflight_end_actions"
-down_revision: str | None = "0015_policy_control_group"
+revision: str = "0017_preflight_end_actions"
+down_revision: str | None = "0016_model_decision_by_model"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
