@@ -143,6 +143,21 @@ class EndAction(StrEnum):
     LEAVE_INVOICE_OPEN = "leave_invoice_open"
 
 
+class EndActionStatus(StrEnum):
+    """Where carrying out an end action at the processor stands."""
+
+    # Waiting for the end-action job (first try, or again after a failure).
+    PENDING = "pending"
+    # Done at the processor (or nothing to do there: the invoice is left open).
+    DONE = "done"
+    # The processor's API cannot do it (no subscription objects, no subscription named).
+    NOT_SUPPORTED = "not_supported"
+    # Not carried out: the payment was paid before the action ran.
+    SKIPPED = "skipped"
+    # Every try failed: a person must act; `last_error` says why.
+    FAILED = "failed"
+
+
 class MerchantStatus(StrEnum):
     """Whether a merchant's recovery runs."""
 

@@ -39,7 +39,15 @@ from app.db import Database
 from app.embedded import resolve_services
 from app.enums import Processor, Role
 from app.models.ingestion import ProcessorConnection
-from app.processors.base import ChargeResult, ListPage, ProcessorAdapter, RawItem
+from app.processors.base import (
+    BillingRefs,
+    BillingState,
+    CancelResult,
+    ChargeResult,
+    ListPage,
+    ProcessorAdapter,
+    RawItem,
+)
 from app.services.connection import create_connection
 from app.services.merchant import create_merchant
 from app.services.retry.engine import claim_due, decide_pending
@@ -113,6 +121,12 @@ class StubStripe:
         body = _charge_body(processor_payment_id, "failed", "cus", 2900)
         return RawItem.from_json(body, processor_payment_id)
 
+    async def billing_state(self, refs: BillingRefs) -> BillingState:
+        return BillingState()
+
+    async def cancel_subscription(self, refs: BillingRefs, *, idempotency_key: str) -> CancelResult:
+        return CancelResult(refs.subscription_ref or "sub", "canceled")
+
     async def charge(self, **kw: Any) -> ChargeResult:
         key = kw["idempotency_key"]
         if key not in self._by_key:
@@ -150,6 +164,17 @@ class Timed:
         finally:
             self._timers.processor += time.perf_counter() - start
             self._timers.calls += 1
+
+    async def billing_state(self, refs: BillingRefs) -> BillingState:
+        start = time.perf_counter()
+        try:
+            return await self._inner.billing_state(refs)
+        finally:
+            self._timers.processor += time.perf_counter() - start
+            self._timers.calls += 1
+
+    async def cancel_subscription(self, refs: BillingRefs, *, idempotency_key: str) -> CancelResult:
+        return await self._inner.cancel_subscription(refs, idempotency_key=idempotency_key)
 
 
 def _time_sql(db: Database, timers: Timers) -> None:

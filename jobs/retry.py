@@ -13,6 +13,7 @@ from app.services.retry.engine import claim_due as claim_service
 from app.services.retry.engine import decide_pending as decide_service
 from app.services.retry.sweeps import expire_windows, redecide_scheduled
 from app.tenancy import SYSTEM_SCOPE
+from app.workflows.end_actions import run_end_actions
 from app.workflows.retry_attempt import default_adapters, execute_attempt
 from app.workflows.retry_attempt import reconcile_stuck as reconcile_service
 from app.workflows.webhook_delivery import deliver_due, dispatch_outbox
@@ -118,6 +119,17 @@ async def reconcile_stuck(ctx: WorkerContext) -> dict[str, int]:
         counts[status] = counts.get(status, 0) + 1
     if results:
         logger.warning("reconciled stuck attempts", **counts)
+    return counts
+
+
+async def carry_out_end_actions(ctx: WorkerContext) -> dict[str, int]:
+    """End actions due at the processor (a subscription to cancel): one try each; a failed try
+    waits and is tried again by a later tick under the same idempotency key."""
+    counts = await run_end_actions(
+        ctx["db"], adapters=default_adapters(ctx["http"], ctx["box"]), clock=ctx["clock"]
+    )
+    if counts:
+        logger.info("end actions", **counts)
     return counts
 
 

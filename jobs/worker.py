@@ -21,6 +21,7 @@ from jobs.instrument import instrument
 from jobs.outages import Backoff, OutageTracker
 from jobs.retry import (
     attempt_payment,
+    carry_out_end_actions,
     claim_due,
     decide_pending,
     deliver_webhooks,
@@ -43,6 +44,7 @@ CRON_JOBS = [
     cron(decide_pending, second=_EVERY_10S, unique=True, timeout=55),  # type: ignore[arg-type]
     cron(claim_due, second=_EVERY_10S, unique=True, timeout=55),  # type: ignore[arg-type]
     cron(reconcile_stuck, second={5}, unique=True, timeout=55),  # type: ignore[arg-type]
+    cron(carry_out_end_actions, second={15, 45}, unique=True, timeout=55),  # type: ignore[arg-type]
     cron(deliver_webhooks, second=_EVERY_10S, unique=True, timeout=55),  # type: ignore[arg-type]
     # Weekly challenger from stored history (Monday 03:17 UTC). Training runs in an executor.
     # arq keeps every job's in-progress key for the longest timeout + 10 s, so a longer one here

@@ -1,7 +1,9 @@
-"""Reading a payment's recovery (timeline, ledger) and the cancel / retry-now actions."""
+"""Reading a payment's recovery (timeline, ledger, end action) and the cancel / retry-now
+actions."""
 
 import uuid
 
+from app.models.end_action import EndActionRun
 from app.models.retry import PaymentTransition
 from app.retry.rules import LedgerView
 from app.services.retry.manual import ManualResult, cancel_recovery, retry_now
@@ -11,6 +13,10 @@ from resolvers.ids import decode_id
 
 async def timeline(ctx: Context, payment_id: uuid.UUID) -> list[PaymentTransition]:
     return await ctx.loaders.retry.transitions_by_payment_id.load(payment_id)
+
+
+async def end_action(ctx: Context, payment_id: uuid.UUID) -> EndActionRun | None:
+    return await ctx.loaders.retry.end_action_by_payment_id.load(payment_id)
 
 
 async def ledger(ctx: Context, payment_id: uuid.UUID) -> LedgerView | None:

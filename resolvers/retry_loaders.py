@@ -1,4 +1,5 @@
-"""Per-request dataloaders of the retry engine's read models: timelines and ledgers."""
+"""Per-request dataloaders of the retry engine's read models: timelines, ledgers and end
+actions."""
 
 import uuid
 from datetime import datetime
@@ -6,11 +7,16 @@ from datetime import datetime
 from strawberry.dataloader import DataLoader
 
 from app.db import Database
+from app.models.end_action import EndActionRun
 from app.models.retry import PaymentTransition
 from app.retry.rules import LedgerView
-from app.services.retry.views import ledger_views, transitions_by_payment_ids
+from app.services.retry.views import (
+    end_actions_by_payment_ids,
+    ledger_views,
+    transitions_by_payment_ids,
+)
 from app.tenancy import Scope
-from resolvers.batch import many_by_id
+from resolvers.batch import by_id, many_by_id
 
 LedgerKey = tuple[uuid.UUID, datetime]
 
@@ -31,4 +37,7 @@ class RetryLoaders:
         )
         self.ledger_by_payment_id: DataLoader[LedgerKey, LedgerView | None] = DataLoader(
             load_fn=ledgers
+        )
+        self.end_action_by_payment_id: DataLoader[uuid.UUID, EndActionRun | None] = by_id(
+            db, scope, end_actions_by_payment_ids
         )

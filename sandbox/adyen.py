@@ -361,6 +361,8 @@ async def payments(request: Request) -> Response:
     if not isinstance(body.get("reference"), str) or not body["reference"]:
         return _error(422, "130", "Required field 'reference' is not provided", "validation")
     shopper = body.get("shopperReference")
+    method = body.get("paymentMethod")
+    stored_id = method.get("storedPaymentMethodId") if isinstance(method, dict) else None
     try:
         charge = account.retry(
             sandbox_of(request).clock.now(),
@@ -370,6 +372,7 @@ async def payments(request: Request) -> Response:
             currency=amount["currency"],
             customer=shopper if isinstance(shopper, str) else None,
             reference=body["reference"],
+            payment_method=stored_id if isinstance(stored_id, str) else None,
         )
     except RetryRefused as exc:
         return _error(422, "167", exc.message, "validation")

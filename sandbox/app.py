@@ -20,7 +20,7 @@ from starlette.responses import Response
 from starlette.routing import Mount, Route
 
 from ml.simulator.config import SimulatorConfig, load_config
-from sandbox import adyen, braintree, checkout, stripe
+from sandbox import adyen, billing_api, braintree, checkout, stripe
 from sandbox.common import iso, json_response, parse_time, sandbox_of
 from sandbox.server import is_loopback, require_loopback
 from sandbox.state import (
@@ -222,6 +222,9 @@ async def list_retries(request: Request) -> Response:
             "amount_minor": c.amount_minor,
             "currency": c.currency,
             "customer": c.customer,
+            # Which of the customer's cards was charged (never more than its last four digits).
+            "last4": c.card.last4,
+            "card_fingerprint": c.card.fingerprint,
             "replays": account.replays.get(c.idempotency_key, 0) if c.idempotency_key else 0,
         }
         for c in account.retries
@@ -287,17 +290,39 @@ async def post_event(request: Request) -> Response:
             return json_response({"kind": kind, "charge_id": charge_id})
         if kind == "card_updated":
             card = account.card_updated(now, charge_id)
+            stored = account.billing.default(account.customer_of(charge_id, now))
             return json_response(
                 {
                     "kind": kind,
                     "last4": card.last4,
                     "exp_month": card.exp_month,
                     "exp_year": card.exp_year,
+                    "fingerprint": card.fingerprint,
+                    "payment_method": stored.id if stored is not None else None,
                 }
             )
+        if kind in BILLING_EVENTS:
+            return json_response(billing_event(account, now, kind, charge_id))
     except RetryRefused as exc:
         return json_response({"error": exc.message}, 404)
-    raise BadRequest("kind must be paid_elsewhere, card_updated or invoice_voided")
+    kinds = ", ".join(("paid_elsewhere", "card_updated", "invoice_voided", *BILLING_EVENTS))
+    raise BadRequest(f"kind must be one of {kinds}")
+
+
+BILLING_EVENTS = ("subscription_canceled", "subscription_ended", "customer_deleted")
+
+
+def billing_event(account: Account, now: datetime, kind: str, charge_id: str) -> dict[str, Any]:
+    """The subscription behind a charge is canceled or reaches its end, or its customer is
+    deleted (which, as at Stripe and Braintree, cancels the subscription too)."""
+    customer = account.customer_of(charge_id, now)
+    billing = account.billing
+    if kind == "customer_deleted":
+        billing.end_subscription(customer, now, scheduled=False)
+        billing.delete_customer(customer, now)
+        return {"kind": kind, "customer": customer}
+    sub = billing.end_subscription(customer, now, scheduled=kind == "subscription_ended")
+    return {"kind": kind, "customer": customer, "subscription": sub.id, "status": sub.status}
 
 
 async def force_push(request: Request) -> Response:
@@ -361,10 +386,10 @@ def create_app(
     app = Starlette(
         routes=[
             Mount("/_sandbox", routes=admin),
-            Mount("/stripe", routes=stripe.routes),
-            Mount("/braintree", routes=braintree.routes),
-            Mount("/adyen", routes=adyen.routes),
-            Mount("/checkout", routes=checkout.routes),
+            Mount("/stripe", routes=[*stripe.routes, *billing_api.stripe_routes]),
+            Mount("/braintree", routes=[*braintree.routes, *billing_api.braintree_routes]),
+            Mount("/adyen", routes=[*adyen.routes, *billing_api.adyen_routes]),
+            Mount("/checkout", routes=[*checkout.routes, *billing_api.checkout_routes]),
         ],
         exception_handlers={BadRequest: _bad_request, UnknownAccount: _not_found},
         lifespan=lifespan,

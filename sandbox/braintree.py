@@ -105,6 +105,10 @@ def render(charge: Charge, account: Account, now: datetime) -> Element:
     _text(tx, "amount", codes.major_units(charge.amount_minor, charge.currency))
     _text(tx, "merchant-account-id", account.account_id)
     _text(tx, "order-id", charge.reference)
+    # The subscription's own charges (its billing cycles, and its retries of a past-due
+    # balance) name it; a customer's checkout or an API sale (the portal's retry) does not.
+    if charge.kind == "stream" or charge.paid_by == "billing_system":
+        _text(tx, "subscription-id", account.billing.subscription_of(charge.customer).id)
     # Braintree renders whole seconds.
     created = iso(charge.created.replace(microsecond=0))
     _text(tx, "created-at", created, type="datetime")
@@ -166,13 +170,11 @@ def render(charge: Charge, account: Account, now: datetime) -> Element:
 
 
 def _initiator(tx: Element, charge: Charge) -> None:
-    """What says who made the transaction: Recurring Billing's subscription (its own retry),
-    Braintree's retry of a declined transaction, the customer's own checkout (not recurring,
-    3-D Secure), or the portal's retry (its custom field)."""
+    """What says who made the transaction: Recurring Billing's own retry (its subscription,
+    which `render` names), Braintree's retry of a declined transaction, the customer's own
+    checkout (not recurring, 3-D Secure), or the portal's retry (its custom field)."""
     payer = charge.paid_by
     root = charge.root
-    if payer == "billing_system" and root is not None:
-        _text(tx, "subscription-id", codes.token("abcdefghjkmnpqrstvwxyz", 6, "sub", root.id))
     if payer == "processor" and root is not None:
         _text(tx, "retried-transaction-id", root.id)
     _text(tx, "recurring", "false" if payer == "customer" else "true", type="boolean")
@@ -334,6 +336,7 @@ async def create_transaction(request: Request) -> Response:
         "customer-id": body.findtext("customer-id"),
         "retry-of": body.findtext("custom-fields/retry-of") or "",
         "order-id": body.findtext("order-id"),
+        "payment-method-token": body.findtext("payment-method-token"),
     }
     key = request.headers.get("idempotency-key")
     print_ = fingerprint(fields)
@@ -361,6 +364,7 @@ async def create_transaction(request: Request) -> Response:
             currency=original.currency,
             customer=fields["customer-id"],
             reference=fields["order-id"],
+            payment_method=fields["payment-method-token"],
         )
     except ValueError:
         return _validation_error("amount", "81503", "Amount is an invalid format.")

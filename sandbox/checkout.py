@@ -209,6 +209,8 @@ async def request_payment(request: Request) -> Response:
     if not isinstance(retry_of, str) or not retry_of:
         return _error(request, 422, "request_invalid", "metadata_retry_of_required")
     reference = body.get("reference")
+    source = body.get("source")
+    instrument = source.get("id") if isinstance(source, dict) else None
     try:
         charge = account.retry(
             sandbox_of(request).clock.now(),
@@ -218,11 +220,14 @@ async def request_payment(request: Request) -> Response:
             currency=currency,
             customer=customer.get("id") if isinstance(customer, dict) else None,
             reference=reference if isinstance(reference, str) else None,
+            payment_method=instrument if isinstance(instrument, str) else None,
         )
     except RetryRefused as exc:
-        code = {"retry_of": "payment_not_found", "customer": "customer_invalid"}.get(
-            exc.param or "", f"{exc.param or 'payment'}_invalid"
-        )
+        code = {
+            "retry_of": "payment_not_found",
+            "customer": "customer_invalid",
+            "payment_method": "source_invalid",
+        }.get(exc.param or "", f"{exc.param or 'payment'}_invalid")
         return _error(request, 422, "request_invalid", code)
     now = sandbox_of(request).clock.now()
     payment = render(charge, now)

@@ -18,6 +18,7 @@ from ml.simulator.config import SimulatorConfig
 from ml.simulator.stream import StreamCard, StreamCharge, stream_charges
 from ml.simulator.world import SimFailure, attempt
 from sandbox import codes
+from sandbox.billing import Billing, new_card
 
 Processor = Literal["stripe", "braintree", "adyen", "checkout"]
 PROCESSORS: tuple[Processor, ...] = ("stripe", "braintree", "adyen", "checkout")
@@ -223,6 +224,8 @@ class Account:
         self.updated_cards: dict[str, StreamCard] = {}
         # Original charges whose invoice the billing system voided: no more retries of them.
         self.voided: set[str] = set()
+        # Invoices, subscriptions, customers and their stored cards.
+        self.billing = Billing(self)
         # Adyen notifications waiting to be pushed, oldest first.
         self.outbox: deque[Charge] = deque()
         self._stream: Iterator[StreamCharge] = stream_charges(
@@ -278,6 +281,7 @@ class Account:
         self.keys.insert(at, key)
         self.items.insert(at, charge)
         self.by_id[charge.id] = charge
+        self.billing.index(charge)
         if self.pushes:
             self.outbox.append(charge)
 
@@ -347,8 +351,12 @@ class Account:
         currency: str,
         customer: str | None,
         reference: str | None,
+        payment_method: str | None = None,
     ) -> Charge:
-        """Accept a retry of an earlier charge and draw its outcome from the world simulator."""
+        """Accept a retry of an earlier charge and draw its outcome from the world simulator.
+
+        It is made on `payment_method` (one of the customer's stored cards) when given, else
+        on the customer's default card; a card other than the failed one is approved."""
         original = self.get(retry_of, now)
         if original is None:
             raise RetryRefused(f"No such charge: '{retry_of}'", "retry_of")
@@ -365,12 +373,20 @@ class Account:
             raise RetryRefused("Amount must be a positive integer", "amount")
         if root.id in self.voided:
             raise RetryRefused(f"The invoice of charge '{retry_of}' is void", "invoice")
+        if root.customer in self.billing.deleted:
+            raise RetryRefused(f"No such customer: '{root.customer}'", "customer")
+        card = self.updated_cards.get(root.customer, root.card)
+        if payment_method is not None:
+            stored = self.billing.card(root.customer, payment_method)
+            if stored is None:
+                raise RetryRefused(f"No such payment method: '{payment_method}'", "payment_method")
+            card = stored
         if self.extra_count >= MAX_EXTRA_CHARGES:
             raise RetryRefused("This sandbox account accepts no more charges")
         history = self.failed_retry_times.setdefault(root.id, [])
         salt = idempotency_key if idempotency_key is not None else f"#{len(self.retries)}"
         rng = np.random.default_rng(codes.digest("retry", retry_of, salt) % (1 << 63))
-        if root.failure is None or root.customer in self.updated_cards:
+        if root.failure is None or card != root.card:
             approved = True
         else:
             approved = attempt(root.failure, now, rng, history)
@@ -382,7 +398,7 @@ class Account:
             customer=root.customer,
             amount_minor=amount_minor,
             currency=root.currency,
-            card=self.updated_cards.get(root.customer, root.card),
+            card=card,
             status="succeeded" if approved else "failed",
             category=None if approved else root.category,
             network_code=None if approved else root.network_code,
@@ -448,6 +464,13 @@ class Account:
             raise RetryRefused(f"No such charge: '{charge_id}'", "charge_id")
         self.voided.add((original.root or original).id)
 
+    def customer_of(self, charge_id: str, now: datetime) -> str:
+        """The customer billed by a charge (its original's)."""
+        original = self.get(charge_id, now)
+        if original is None:
+            raise RetryRefused(f"No such charge: '{charge_id}'", "charge_id")
+        return (original.root or original).customer
+
     def card_updated(self, now: datetime, charge_id: str) -> StreamCard:
         """The customer of a charge got a new card: later retries for them are approved."""
         original = self.get(charge_id, now)
@@ -455,15 +478,10 @@ class Account:
             raise RetryRefused(f"No such charge: '{charge_id}'", "charge_id")
         root = original.root or original
         old = self.updated_cards.get(root.customer, root.card)
-        fresh = codes.digest("new card", root.customer, old.fingerprint)
-        card = dataclasses.replace(
-            old,
-            last4=f"{fresh % 10_000:04d}",
-            exp_month=1 + (fresh >> 20) % 12,
-            exp_year=now.year + 3,
-            fingerprint=f"{fresh >> 40:016x}"[:16],
-        )
+        card = new_card(old, root.customer, now)
         self.updated_cards[root.customer] = card
+        # It becomes the customer's default stored card (at Adyen it replaces the old one).
+        self.billing.add_card(root.customer, card, now)
         return card
 
 

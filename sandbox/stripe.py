@@ -412,14 +412,16 @@ async def create_charge(request: Request) -> Response:
             currency=form["currency"],
             customer=form.get("customer"),
             reference=None,
+            payment_method=form.get("source") or None,
         )
     except RetryRefused as exc:
-        missing = exc.param == "retry_of"
+        missing = exc.param in ("retry_of", "payment_method")
+        param = {"retry_of": "metadata[retry_of]", "payment_method": "source"}
         return _error(
             400,
             exc.message,
             code="resource_missing" if missing else "parameter_invalid",
-            param="metadata[retry_of]" if missing else exc.param,
+            param=param.get(exc.param or "", exc.param),
         )
     if charge.status == "succeeded":
         response = json_response(render(charge))

@@ -21,6 +21,8 @@ from schema.enums import (
     AttemptOutcome,
     CardFunding,
     DeclineCategory,
+    EndAction,
+    EndActionStatus,
     PaymentState,
     Processor,
     RetryStrategy,
@@ -194,6 +196,37 @@ class PaymentAttempt:
         return from_row(cls, row, decline=decline, _card_id=row.card_id or payment_card_id)
 
 
+@strawberry.type(
+    description=(
+        "The merchant's end action for a payment whose recovery ended unpaid, and how carrying "
+        "it out at the processor went."
+    )
+)
+class PaymentEndAction:
+    action: EndAction = strawberry.field(description="The policy's end action.")
+    status: EndActionStatus = strawberry.field(
+        description=(
+            "PENDING until the processor confirmed it (tried again after a failure); DONE; "
+            "NOT_SUPPORTED when the processor's API cannot do it (see detail); SKIPPED when the "
+            "invoice was paid first; FAILED when every try failed (see lastError)."
+        )
+    )
+    tries: int = strawberry.field(description="Requests made to the processor so far.")
+    detail: str | None = strawberry.field(
+        description="What was done at the processor, or why it could not be."
+    )
+    last_error: str | None = strawberry.field(
+        description="Why the latest try failed, while it is tried again or once it FAILED."
+    )
+    next_attempt_at: datetime | None = strawberry.field(
+        description="When the next try is due, while PENDING."
+    )
+    created_at: datetime = strawberry.field(description="When the payment's recovery ended.")
+    completed_at: datetime | None = strawberry.field(
+        description="When it reached DONE, NOT_SUPPORTED, SKIPPED or FAILED."
+    )
+
+
 @strawberry.type(description="A failed recurring charge in recovery.")
 class Payment(Node):
     processor: Processor = strawberry.field(description="The processor that charged it.")
@@ -254,6 +287,16 @@ class Payment(Node):
             strategy=row.decision_strategy,
             _payment_id=row.id,
         )
+
+    @strawberry.field(
+        description=(
+            "The end action carried out when recovery ended unpaid: null while recovery goes "
+            "on, and for a policy that only marks the payment exhausted."
+        )
+    )
+    async def end_action(self, info: Info) -> PaymentEndAction | None:
+        row = await recovery_resolvers.end_action(info.context, self._row.id)
+        return None if row is None else from_row(PaymentEndAction, row)
 
     @strawberry.field(description="The card-network ledger as of now: why (not) retried.")
     async def ledger(self, info: Info) -> PaymentLedger | None:

@@ -47,7 +47,12 @@ class RetryPolicy:
         )
     )
     end_action: EndAction = strawberry.field(
-        description="What happens when the window ends unrecovered."
+        description=(
+            "What happens when recovery ends unpaid: CANCEL_SUBSCRIPTION cancels the "
+            "subscription at the processor (Stripe, Braintree; Adyen and Checkout.com keep no "
+            "subscriptions, so it is recorded NOT_SUPPORTED), LEAVE_INVOICE_OPEN leaves the "
+            "invoice as it is; each payment's endAction says how it went."
+        )
     )
     control_group_percent: int = strawberry.field(
         description=(

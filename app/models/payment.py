@@ -156,6 +156,10 @@ class PaymentAttempt(TenantOwned, table=True):
     card_id: uuid.UUID | None = Field(
         default=None, foreign_key="card_credential.id", index=True, nullable=True
     )
+    # Portal attempts only: the processor's payment method the charge names, when pre-flight
+    # found the default changed (None: the customer's default). Committed with `sent_at`, so a
+    # replay of the key sends the same request.
+    payment_method_ref: str | None = Field(default=None, max_length=255)
 
 
 class DeclineColumns(TypedDict):

@@ -4,6 +4,7 @@ from app.models.api_key import ApiKey, ApiKeyMerchant
 from app.models.audit import AuditLog
 from app.models.base import TenantOwned, metadata
 from app.models.customer import CardCredential, Customer, CustomerSuccess
+from app.models.end_action import EndActionRun
 from app.models.ingestion import DeadLetter, ProcessorConnection, RawRecord
 from app.models.merchant import Merchant
 from app.models.model_version import ModelDecision, ModelVersion
@@ -21,6 +22,7 @@ __all__ = [
     "Customer",
     "CustomerSuccess",
     "DeadLetter",
+    "EndActionRun",
     "Merchant",
     "ModelDecision",
     "ModelVersion",

@@ -11,12 +11,20 @@ import httpx
 
 from app.enums import Processor
 from app.processors.base import (
+    PREFLIGHT_TIMEOUT,
+    PREFLIGHT_TRIES,
+    BillingRefs,
+    BillingState,
+    CancelResult,
     ChargeResult,
     ConnectionInfo,
     ListPage,
     PermanentProcessorError,
     RawItem,
+    StoredMethod,
+    UnsupportedByProcessor,
     call,
+    response_json,
 )
 
 SIGNED_FIELDS = (
@@ -100,22 +108,29 @@ class AdyenAdapter:
         currency: str,
         customer_ref: str,
         idempotency_key: str,
+        payment_method_ref: str | None = None,
     ) -> ChargeResult:
+        request: dict[str, Any] = {
+            "amount": {"value": amount_minor, "currency": currency.upper()},
+            "reference": f"retry-{retry_of}",
+            "shopperReference": customer_ref,
+            "merchantAccount": self._merchant_account,
+            "recurringProcessingModel": "Subscription",
+            "shopperInteraction": "ContAuth",
+            "metadata": {"retry_of": retry_of},
+        }
+        if payment_method_ref is not None:
+            request["paymentMethod"] = {
+                "type": "scheme",
+                "storedPaymentMethodId": payment_method_ref,
+            }
         response = await call(
             self._client,
             "POST",
             f"{self._base}/v71/payments",
             processor=Processor.ADYEN,
             headers={**self._headers, "Idempotency-Key": idempotency_key[:64]},
-            json={
-                "amount": {"value": amount_minor, "currency": currency.upper()},
-                "reference": f"retry-{retry_of}",
-                "shopperReference": customer_ref,
-                "merchantAccount": self._merchant_account,
-                "recurringProcessingModel": "Subscription",
-                "shopperInteraction": "ContAuth",
-                "metadata": {"retry_of": retry_of},
-            },
+            json=request,
         )
         body = response.json()
         if not isinstance(body, dict) or not isinstance(body.get("pspReference"), str):
@@ -124,3 +139,55 @@ class AdyenAdapter:
         return ChargeResult(
             psp, body.get("resultCode") == "Authorised", RawItem.from_json(body, psp)
         )
+
+    async def billing_state(self, refs: BillingRefs) -> BillingState:
+        """The shopper's stored cards (`GET /v71/storedPaymentMethods`). Adyen keeps no
+        invoice, subscription or customer object, so whether the invoice is settled, the
+        subscription ended or the customer gone cannot be asked, and it names no default among
+        stored cards: the retry workflow moves to another card only when the failed one is no
+        longer stored and exactly one card is."""
+        response = await call(
+            self._client,
+            "GET",
+            f"{self._base}/v71/storedPaymentMethods",
+            processor=Processor.ADYEN,
+            params={
+                "merchantAccount": self._merchant_account,
+                "shopperReference": refs.customer_ref,
+            },
+            headers=self._headers,
+            max_attempts=PREFLIGHT_TRIES,
+            timeout=PREFLIGHT_TIMEOUT,
+        )
+        body = response_json(response)
+        stored = body.get("storedPaymentMethods") if isinstance(body, dict) else None
+        if stored is None:
+            stored = []
+        if not isinstance(stored, list):
+            raise PermanentProcessorError("adyen: storedPaymentMethods is not a list")
+        methods = tuple(m for m in (_stored(s) for s in stored) if m is not None)
+        return BillingState(methods=methods, checked=frozenset({"payment_method"}))
+
+    async def cancel_subscription(self, refs: BillingRefs, *, idempotency_key: str) -> CancelResult:
+        raise UnsupportedByProcessor(
+            "adyen keeps no subscription objects: the merchant's billing system owns the "
+            "subscription and must cancel it"
+        )
+
+
+def _stored(method: object) -> StoredMethod | None:
+    """A stored card; other stored methods (bank accounts, wallets) are not cards to retry."""
+    if not isinstance(method, dict) or method.get("type") != "scheme":
+        return None
+    ref = method.get("id")
+    if not isinstance(ref, str) or not ref:
+        return None
+    month, year = str(method.get("expiryMonth") or ""), str(method.get("expiryYear") or "")
+    return StoredMethod(
+        ref=ref,
+        brand=method.get("brand") if isinstance(method.get("brand"), str) else None,
+        last4=method.get("lastFour") if isinstance(method.get("lastFour"), str) else None,
+        exp_month=int(month) if month.isdigit() else None,
+        # Adyen gives the year's last two digits.
+        exp_year=(2000 + int(year) if len(year) == 2 else int(year)) if year.isdigit() else None,
+    )

@@ -7,7 +7,7 @@ import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import httpx
 import orjson
@@ -15,6 +15,10 @@ import orjson
 from app.enums import Processor
 
 DEFAULT_TIMEOUT = httpx.Timeout(10.0, connect=5.0)
+# Pre-flight reads are advisory and sit in front of a charge: each gets a short timeout and
+# two tries (`call`), so a slow processor delays an attempt by seconds, not minutes.
+PREFLIGHT_TIMEOUT = httpx.Timeout(4.0, connect=2.0)
+PREFLIGHT_TRIES = 2
 # Waits longer than this are not slept through in-line: the job is deferred instead.
 MAX_INLINE_WAIT_SECONDS = 5.0
 
@@ -43,6 +47,11 @@ class TransientProcessorError(ProcessorError):
 
 class PermanentProcessorError(ProcessorError):
     """Retrying will not help (bad credentials, bad request): needs a person."""
+
+
+class UnsupportedByProcessor(PermanentProcessorError):
+    """The processor's API has no such operation (Adyen and Checkout.com keep no subscription
+    objects, so there is none to cancel); the message says why."""
 
 
 @dataclass(frozen=True)
@@ -104,6 +113,69 @@ class ChargeResult:
 
 
 @dataclass(frozen=True)
+class BillingRefs:
+    """The processor's references behind one payment, as ingestion stored them: the customer
+    (always), the invoice or merchant order reference and the subscription (when the charge
+    named them)."""
+
+    customer_ref: str
+    invoice_ref: str | None = None
+    subscription_ref: str | None = None
+
+
+@dataclass(frozen=True)
+class StoredMethod:
+    """A payment method the processor keeps for a customer, as its API describes it (never a
+    card number). `fingerprint` is the processor's card fingerprint where it shows one."""
+
+    ref: str
+    brand: str | None
+    last4: str | None
+    exp_month: int | None
+    exp_year: int | None
+    fingerprint: str | None = None
+
+
+# Why a retry must not be charged: each maps to one transition of the payment.
+Stop = Literal[
+    "invoice_paid",
+    "invoice_voided",
+    "subscription_canceled",
+    "subscription_ended",
+    "customer_deleted",
+]
+
+
+@dataclass(frozen=True)
+class BillingState:
+    """What the processor says, just before a retry, about the billing objects behind it.
+
+    `stop` is set when the retry must not be charged (`detail` says what the processor
+    answered); `method` is the payment method a charge now would be made on (the
+    subscription's or the customer's default), when the processor names one. `checked` lists
+    what the processor's API could tell ("invoice", "subscription", "customer",
+    "payment_method"); anything else it cannot, and the charge goes ahead as before.
+    """
+
+    stop: Stop | None = None
+    detail: str = ""
+    method: StoredMethod | None = None
+    checked: frozenset[str] = frozenset()
+    # Every stored method, for a processor that keeps several but names no default (Adyen).
+    methods: tuple[StoredMethod, ...] = ()
+
+
+@dataclass(frozen=True)
+class CancelResult:
+    """The processor's answer to a subscription cancellation (`already`: it was canceled
+    before this request, by an earlier try or by someone else)."""
+
+    subscription_ref: str
+    status: str
+    already: bool = False
+
+
+@dataclass(frozen=True)
 class ConnectionInfo:
     """What an adapter needs to talk to one account (credentials already decrypted)."""
 
@@ -128,7 +200,14 @@ class ProcessorAdapter(Protocol):
         currency: str,
         customer_ref: str,
         idempotency_key: str,
+        payment_method_ref: str | None = None,
     ) -> ChargeResult: ...
+
+    async def billing_state(self, refs: BillingRefs) -> BillingState: ...
+
+    async def cancel_subscription(
+        self, refs: BillingRefs, *, idempotency_key: str
+    ) -> CancelResult: ...
 
 
 def _retry_after(response: httpx.Response) -> float | None:

@@ -2,6 +2,7 @@
 
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import quote
 from xml.etree.ElementTree import Element, tostring
 from xml.sax.saxutils import escape
 
@@ -11,11 +12,19 @@ from defusedxml.ElementTree import fromstring
 
 from app.enums import Processor
 from app.processors.base import (
+    PREFLIGHT_TIMEOUT,
+    PREFLIGHT_TRIES,
+    BillingRefs,
+    BillingState,
+    CancelResult,
     ChargeResult,
     ConnectionInfo,
     ListPage,
     PermanentProcessorError,
     RawItem,
+    Stop,
+    StoredMethod,
+    UnsupportedByProcessor,
     call,
 )
 from app.processors.normalize.records import CURRENCY_EXPONENTS
@@ -24,6 +33,8 @@ FETCH_BATCH = 50
 # Ids kept in the cursor between searches; bounds both the cursor's size and search cost.
 MAX_PENDING = 1000
 XML_HEADERS = {"Content-Type": "application/xml", "Accept": "application/xml"}
+# Braintree's validation error for cancelling a subscription that is canceled already.
+ALREADY_CANCELED = "81905"
 
 
 def _parse(body: bytes) -> Element:
@@ -113,11 +124,18 @@ class BraintreeAdapter:
         currency: str,
         customer_ref: str,
         idempotency_key: str,
+        payment_method_ref: str | None = None,
     ) -> ChargeResult:
         amount = _major_units(amount_minor, currency)
+        # Without a token the sale charges the customer's default payment method.
+        token = (
+            f"<payment-method-token>{escape(payment_method_ref)}</payment-method-token>"
+            if payment_method_ref is not None
+            else ""
+        )
         xml = (
             "<transaction><type>sale</type>"
-            f"<amount>{amount}</amount><customer-id>{escape(customer_ref)}</customer-id>"
+            f"<amount>{amount}</amount><customer-id>{escape(customer_ref)}</customer-id>{token}"
             f"<custom-fields><retry-of>{escape(retry_of)}</retry-of></custom-fields>"
             "<transaction-source>recurring</transaction-source></transaction>"
         )
@@ -138,6 +156,102 @@ class BraintreeAdapter:
         return ChargeResult(
             tid, approved, RawItem.from_xml(tostring(transaction, encoding="unicode"), tid)
         )
+
+    async def _read(self, path: str) -> Element | None:
+        """A pre-flight read (short timeout, two tries); None when Braintree answers 404."""
+        response = await call(
+            self._client,
+            "GET",
+            f"{self._base}{path}",
+            processor=Processor.BRAINTREE,
+            headers=XML_HEADERS,
+            auth=self._auth,
+            max_attempts=PREFLIGHT_TRIES,
+            timeout=PREFLIGHT_TIMEOUT,
+            answers=frozenset({404}),
+        )
+        return None if response.status_code == 404 else _parse(response.content)
+
+    async def billing_state(self, refs: BillingRefs) -> BillingState:
+        """The customer (deleted: Braintree answers 404; deleting a customer also cancels its
+        subscriptions, so it is asked first), the subscription (Canceled, or Expired past its
+        last billing cycle) and the payment method a charge now would use: the subscription's
+        `payment-method-token`, else the customer's default card.
+
+        Braintree has no invoice object: whether the amount was paid another way is known
+        only from the transactions ingestion reads."""
+        customer = await self._read(f"/customers/{quote(refs.customer_ref)}")
+        if customer is None:
+            detail = f"customer {refs.customer_ref} is deleted"
+            return _stopped("customer_deleted", detail, set())
+        checked = {"customer"}
+        token: str | None = None
+        if refs.subscription_ref:
+            subscription = await self._read(f"/subscriptions/{quote(refs.subscription_ref)}")
+            if subscription is not None:
+                checked.add("subscription")
+                status = subscription.findtext("status")
+                name = f"subscription {refs.subscription_ref}"
+                if status == "Canceled":
+                    return _stopped("subscription_canceled", f"{name} is Canceled", checked)
+                if status == "Expired":
+                    return _stopped("subscription_ended", f"{name} is Expired", checked)
+                token = subscription.findtext("payment-method-token") or None
+        cards = customer.findall("credit-cards/credit-card")
+        chosen = next((c for c in cards if token and c.findtext("token") == token), None)
+        if chosen is None:
+            chosen = next((c for c in cards if c.findtext("default") == "true"), None)
+        method = _card_method(chosen) if chosen is not None else None
+        if method is not None:
+            checked.add("payment_method")
+        return BillingState(method=method, checked=frozenset(checked))
+
+    async def cancel_subscription(self, refs: BillingRefs, *, idempotency_key: str) -> CancelResult:
+        """`PUT subscriptions/{id}/cancel`; cancelling is final, and a second request is
+        answered with validation error 81905 (canceled already), which counts as done."""
+        if not refs.subscription_ref:
+            raise UnsupportedByProcessor("braintree: the transaction names no subscription")
+        response = await call(
+            self._client,
+            "PUT",
+            f"{self._base}/subscriptions/{quote(refs.subscription_ref)}/cancel",
+            processor=Processor.BRAINTREE,
+            headers=XML_HEADERS,
+            auth=self._auth,
+            answers=frozenset({422}),
+        )
+        root = _parse(response.content)
+        if response.status_code == 422:
+            codes = {e.findtext("code") for e in root.iter("error")}
+            if ALREADY_CANCELED in codes:
+                return CancelResult(refs.subscription_ref, "Canceled", already=True)
+            current = await self._read(f"/subscriptions/{quote(refs.subscription_ref)}")
+            status = current.findtext("status") if current is not None else None
+            if status in ("Canceled", "Expired"):
+                # Ended some other way (an Expired subscription cannot be canceled).
+                return CancelResult(refs.subscription_ref, status, already=True)
+            message = root.findtext("message") or "validation error"
+            raise PermanentProcessorError(f"braintree: cancel refused: {message[:200]}", status=422)
+        return CancelResult(refs.subscription_ref, root.findtext("status") or "Canceled")
+
+
+def _stopped(stop: Stop, detail: str, checked: set[str]) -> BillingState:
+    return BillingState(stop=stop, detail=detail, checked=frozenset(checked))
+
+
+def _card_method(card: Element) -> StoredMethod | None:
+    token = card.findtext("token")
+    if not token:
+        return None
+    month, year = card.findtext("expiration-month"), card.findtext("expiration-year")
+    return StoredMethod(
+        ref=token,
+        brand=card.findtext("card-type"),
+        last4=card.findtext("last-4"),
+        exp_month=int(month) if month and month.isdigit() else None,
+        exp_year=int(year) if year and year.isdigit() else None,
+        fingerprint=card.findtext("unique-number-identifier") or None,
+    )
 
 
 def _major_units(amount_minor: int, currency: str) -> str:

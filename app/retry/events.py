@@ -77,9 +77,11 @@ class PaidElsewhere:
 
 @dataclass(frozen=True, slots=True)
 class SubscriptionCanceled:
-    """The subscription behind the payment was canceled."""
+    """The subscription behind the payment was canceled or reached its end; `detail` says
+    what was seen (the processor's answer), when anything more than the fact."""
 
     name: ClassVar[str] = "subscription_canceled"
+    detail: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +89,15 @@ class InvoiceVoided:
     """The invoice behind the payment was voided or written off."""
 
     name: ClassVar[str] = "invoice_voided"
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class CustomerDeleted:
+    """The processor no longer has the payment's customer: there is nobody left to charge."""
+
+    name: ClassVar[str] = "customer_deleted"
+    detail: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +148,7 @@ Event = (
     | PaidElsewhere
     | SubscriptionCanceled
     | InvoiceVoided
+    | CustomerDeleted
     | CredentialUpdated
     | PolicyChanged
     | WindowExpired
@@ -155,6 +167,7 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     PaidElsewhere,
     SubscriptionCanceled,
     InvoiceVoided,
+    CustomerDeleted,
     CredentialUpdated,
     PolicyChanged,
     WindowExpired,

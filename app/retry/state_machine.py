@@ -18,6 +18,7 @@ from app.retry.events import (
     CancelSubscriptionRetries,
     ClearSchedule,
     CredentialUpdated,
+    CustomerDeleted,
     DecisionMade,
     EmitEvent,
     EnqueueAttempt,
@@ -375,11 +376,14 @@ def _on_paid(state: PaymentState, event: PaidElsewhere, ctx: _Ctx) -> _Outcome:
 
 
 def _on_ended(
-    state: PaymentState, event: SubscriptionCanceled | InvoiceVoided, ctx: _Ctx
+    state: PaymentState,
+    event: SubscriptionCanceled | InvoiceVoided | CustomerDeleted,
+    ctx: _Ctx,
 ) -> _Outcome:
     match state:
         case P.PENDING | P.SCHEDULED | P.RETRYING:
-            return _Outcome(P.CANCELED, event.name.replace("_", " "))
+            reason = event.name.replace("_", " ")
+            return _Outcome(P.CANCELED, f"{reason}: {event.detail}" if event.detail else reason)
         case P.RECOVERED | P.EXHAUSTED | P.NOT_RETRYABLE | P.CANCELED:
             return _absorb(state, event)
         case _:
@@ -490,7 +494,7 @@ def _dispatch(state: PaymentState, event: Event, ctx: _Ctx) -> _Outcome:
             return _on_external(state, event, ctx)
         case PaidElsewhere():
             return _on_paid(state, event, ctx)
-        case SubscriptionCanceled() | InvoiceVoided():
+        case SubscriptionCanceled() | InvoiceVoided() | CustomerDeleted():
             return _on_ended(state, event, ctx)
         case CredentialUpdated():
             return _on_credential(state, event, ctx)

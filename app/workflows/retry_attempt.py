@@ -3,13 +3,14 @@
 import logging
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from http import HTTPStatus
 
 import httpx
 import sqlalchemy as sa
-from sqlalchemy import update
+from sqlalchemy import func, update
+from sqlalchemy.orm import aliased
 from sqlmodel import col, select
 
 from app.clock import Clock
@@ -25,15 +26,18 @@ from app.enums import (
     DeclineCategory,
     PaymentState,
 )
-from app.models.customer import Customer
+from app.models.customer import CardCredential, Customer
 from app.models.ingestion import ProcessorConnection
 from app.models.payment import Payment, PaymentAttempt, decline_columns
 from app.processors.adapters import adapter_for
 from app.processors.base import (
+    BillingRefs,
+    BillingState,
     ChargeResult,
     PermanentProcessorError,
     ProcessorAdapter,
     RawItem,
+    StoredMethod,
     TransientProcessorError,
     body_of,
 )
@@ -43,10 +47,13 @@ from app.retry.events import (
     AttemptAbandoned,
     AttemptDeclined,
     AttemptSucceeded,
+    CredentialUpdated,
+    CustomerDeleted,
     DecisionMade,
     Event,
     InvoiceVoided,
     PaidElsewhere,
+    SubscriptionCanceled,
 )
 from app.retry.rules import DeclineView
 from app.retry.schedule import Scheduler
@@ -61,6 +68,9 @@ logger = logging.getLogger(__name__)
 # A claimed payment with no recorded outcome after this long is reconciled by its key.
 STUCK_AFTER = timedelta(minutes=10)
 REFUSED_BACKOFF = timedelta(hours=1)
+# A pre-flight the processor does not answer defers the unsent attempt (the job runs it again);
+# an attempt claimed longer ago than this is given back to the schedule instead, uncharged.
+PREFLIGHT_GIVE_UP = timedelta(minutes=30)
 # A decline we cannot read is hard: retrying blind could break a never-rule.
 _UNREADABLE = Decline(DeclineCategory.OTHER, False, Advice.NEVER, None, None, None, None)
 
@@ -79,6 +89,17 @@ class AttemptResult:
 
 
 @dataclass(frozen=True)
+class _Card:
+    """The card a retry of the payment would hit until now: its latest attempt's, else the
+    failed charge's."""
+
+    fingerprint: str
+    last4: str
+    exp_month: int
+    exp_year: int
+
+
+@dataclass(frozen=True)
 class _Snapshot:
     payment_id: uuid.UUID
     state: PaymentState
@@ -89,6 +110,11 @@ class _Snapshot:
     key: str
     sent: bool
     connection: ProcessorConnection
+    refs: BillingRefs
+    retrying_since: datetime | None = None
+    card: _Card | None = None
+    # The payment method the attempt was sent on, when not the customer's default.
+    method_ref: str | None = None
 
 
 def default_adapters(http: httpx.AsyncClient, box: CredentialBox) -> AdapterFactory:
@@ -120,22 +146,36 @@ async def _locked(
     return row[0], row[1]
 
 
+def _current_card_id() -> sa.ColumnElement[uuid.UUID | None]:
+    """The card of the payment's latest attempt that shows one, else the payment's own."""
+    earlier = aliased(PaymentAttempt)
+    latest = (
+        sa.select(col(earlier.card_id))
+        .where(col(earlier.payment_id) == col(Payment.id), col(earlier.card_id).is_not(None))
+        .order_by(col(earlier.number).desc())
+        .limit(1)
+        .correlate(Payment)
+        .scalar_subquery()
+    )
+    return func.coalesce(latest, col(Payment.card_id))
+
+
 async def _snapshot(db: Database, payment_id: uuid.UUID, number: int) -> _Snapshot | AttemptResult:
     """What the attempt needs, read in one statement without locks: every decision taken on
     it (mark sent, record) is checked again under the payment's lock."""
+    card = aliased(CardCredential)
     async with db.session(SYSTEM_SCOPE) as session:
         row = (
             await session.execute(
                 sa.select(
-                    col(Payment.state),
-                    col(Payment.processor_payment_id),
-                    col(Payment.amount_minor),
-                    col(Payment.currency),
+                    Payment,
                     col(PaymentAttempt.outcome),
                     col(PaymentAttempt.idempotency_key),
                     col(PaymentAttempt.sent_at),
+                    col(PaymentAttempt.payment_method_ref),
                     col(Customer.external_ref),
                     ProcessorConnection,
+                    card,
                 )
                 .join(Customer, col(Customer.id) == col(Payment.customer_id))
                 .outerjoin(
@@ -147,27 +187,34 @@ async def _snapshot(db: Database, payment_id: uuid.UUID, number: int) -> _Snapsh
                     ProcessorConnection,
                     col(ProcessorConnection.id) == col(Payment.connection_id),
                 )
+                .outerjoin(card, col(card.id) == _current_card_id())
                 .where(col(Payment.id) == payment_id)
             )
         ).one_or_none()
-    # Closing the session detaches the connection row with its attributes loaded.
+    # Closing the session detaches the rows with their attributes loaded.
     if row is None:
         return AttemptResult(AttemptStatus.SKIPPED, None)
-    state, charge_id, amount, currency, outcome, key, sent_at, customer_ref, connection = row
+    payment, outcome, key, sent_at, method_ref, customer_ref, connection, current = row
     if outcome is not AttemptOutcome.IN_FLIGHT:
-        return AttemptResult(AttemptStatus.SKIPPED, state)
+        return AttemptResult(AttemptStatus.SKIPPED, payment.state)
     if connection is None:
-        return AttemptResult(AttemptStatus.SKIPPED, state, detail="no processor connection")
+        return AttemptResult(AttemptStatus.SKIPPED, payment.state, detail="no processor connection")
     return _Snapshot(
         payment_id=payment_id,
-        state=state,
-        processor_payment_id=charge_id,
-        amount_minor=amount,
-        currency=currency,
+        state=payment.state,
+        processor_payment_id=payment.processor_payment_id,
+        amount_minor=payment.amount_minor,
+        currency=payment.currency,
         customer_ref=customer_ref,
         key=key or "",
         sent=sent_at is not None,
         connection=connection,
+        refs=BillingRefs(customer_ref, payment.invoice_ref, payment.subscription_ref),
+        retrying_since=payment.retrying_since,
+        card=None
+        if current is None
+        else _Card(current.fingerprint, current.last4, current.exp_month, current.exp_year),
+        method_ref=method_ref,
     )
 
 
@@ -201,26 +248,88 @@ async def _mark_sent(db: Database, snap: _Snapshot, number: int, clock: Clock) -
         return True
 
 
-async def _preflight(adapter: ProcessorAdapter, snap: _Snapshot) -> Event | None:
-    """What the processor says about the original charge: None means go ahead.
+@dataclass(frozen=True)
+class _Preflight:
+    """What pre-flight decided: stop (no charge, this event), defer (the processor did not
+    answer), charge on another payment method, or (all None) charge as before."""
 
-    Where the processor cannot tell (no fetch API, an unreadable answer), the charge goes
-    ahead: the invoice is presumed open, as it was when the payment was claimed.
-    """
+    stop: Event | None = None
+    defer: TransientProcessorError | None = None
+    method: StoredMethod | None = None
+
+
+def _stop_event(state: BillingState) -> Event | None:
+    detail = f"pre-flight: {state.detail}" if state.detail else "pre-flight"
+    match state.stop:
+        case None:
+            return None
+        case "invoice_paid":
+            return PaidElsewhere(actor=Actor.PROCESSOR)
+        case "invoice_voided":
+            return InvoiceVoided(detail)
+        case "subscription_canceled" | "subscription_ended":
+            return SubscriptionCanceled(detail)
+        case "customer_deleted":
+            return CustomerDeleted(detail)
+
+
+async def _preflight(adapter: ProcessorAdapter, snap: _Snapshot) -> _Preflight:
+    """Ask the processor about the billing objects behind the payment (each adapter's
+    `billing_state` says what its API can tell) just before charging.
+
+    A processor that does not answer defers the attempt: charging blind could take money for
+    a paid invoice or an ended subscription, while waiting costs minutes and loses nothing (the
+    attempt stays in flight, unsent). A read the processor refuses (permissions, a malformed
+    answer) tells nothing: the charge goes ahead as it would without a pre-flight."""
     try:
-        item = await adapter.fetch(snap.processor_payment_id)
-    except (PermanentProcessorError, TransientProcessorError) as exc:
-        logger.info(
-            "pre-flight skipped", extra={"payment_id": str(snap.payment_id), "why": str(exc)}
+        state = await adapter.billing_state(snap.refs)
+    except TransientProcessorError as exc:
+        return _Preflight(defer=exc)
+    except PermanentProcessorError as exc:
+        logger.warning(
+            "pre-flight refused; charging without it",
+            extra={"payment_id": str(snap.payment_id), "why": str(exc)},
         )
+        return _Preflight()
+    stop = _stop_event(state)
+    if stop is not None:
+        return _Preflight(stop=stop)
+    return _Preflight(method=_replacement(state, snap.card))
+
+
+def _describes(method: StoredMethod) -> bool:
+    return bool(method.fingerprint) or (
+        method.last4 is not None and method.exp_month is not None and method.exp_year is not None
+    )
+
+
+def _same_card(method: StoredMethod, card: _Card) -> bool:
+    """Whether a stored method is the card: by the processor's fingerprint where both show
+    one, else by last four digits and expiry."""
+    if method.fingerprint and not card.fingerprint.startswith("derived:"):
+        expiry = (method.exp_month, method.exp_year)
+        same_expiry = None in expiry or expiry == (card.exp_month, card.exp_year)
+        return method.fingerprint == card.fingerprint and same_expiry
+    return (method.last4, method.exp_month, method.exp_year) == (
+        card.last4,
+        card.exp_month,
+        card.exp_year,
+    )
+
+
+def _replacement(state: BillingState, card: _Card | None) -> StoredMethod | None:
+    """The payment method to charge instead of the customer's default request, when the
+    processor's default is now another card than the one the payment failed on; for a
+    processor that names no default (Adyen), the one card stored when the failed card no
+    longer is."""
+    if card is None:
         return None
-    record = _first_record(snap.connection, item)
-    if record is None:
-        return None
-    if record.status == "succeeded":
-        return PaidElsewhere(actor=Actor.PROCESSOR)
-    if record.amount_minor != snap.amount_minor or record.currency != snap.currency:
-        return InvoiceVoided()
+    if state.method is not None:
+        known = _describes(state.method)
+        return state.method if known and not _same_card(state.method, card) else None
+    cards = [m for m in state.methods if _describes(m)]
+    if len(cards) == 1 and not _same_card(cards[0], card):
+        return cards[0]
     return None
 
 
@@ -275,14 +384,86 @@ async def execute_attempt(
     if not snap.sent:
         if snap.state is not PaymentState.RETRYING:
             return await _drop_unsent(db, snap, attempt_number, clock, "payment no longer retrying")
-        stop = await _preflight(adapter, snap)
-        if stop is not None:
-            return await _prevent(db, snap, attempt_number, stop, clock, scheduler)
-        if not await _mark_sent(db, snap, attempt_number, clock):
+        pre = await _preflight(adapter, snap)
+        if pre.defer is not None:
+            return await _deferred(db, snap, attempt_number, pre.defer, clock, scheduler)
+        if pre.stop is not None:
+            return await _prevent(db, snap, attempt_number, pre.stop, clock, scheduler)
+        if pre.method is not None:
+            moved = await _mark_sent_on(db, snap, attempt_number, pre.method, clock, scheduler)
+            if isinstance(moved, AttemptResult):
+                return moved
+            snap = moved
+        elif not await _mark_sent(db, snap, attempt_number, clock):
             settled = await _settle_unmarked(db, snap, attempt_number, clock)
             if settled is not None:
                 return settled
+            # Marked by another run: charge as it did, on the method it committed.
+            fresh = await _snapshot(db, payment_id, attempt_number)
+            if isinstance(fresh, AttemptResult):
+                return fresh
+            snap = fresh
     return await _charge(db, snap, adapter, attempt_number, clock, scheduler)
+
+
+async def _deferred(
+    db: Database,
+    snap: _Snapshot,
+    number: int,
+    error: TransientProcessorError,
+    clock: Clock,
+    scheduler: Scheduler | None,
+) -> AttemptResult:
+    """The processor did not answer the pre-flight: run again later with nothing sent, or,
+    once the attempt has waited `PREFLIGHT_GIVE_UP`, give it back to the schedule."""
+    since = snap.retrying_since
+    if since is not None and clock.now() - since >= PREFLIGHT_GIVE_UP:
+        why = f"pre-flight unanswered for {PREFLIGHT_GIVE_UP}: {error}"
+        later = "the processor did not answer the pre-flight; trying again in an hour"
+        return await _abandon(db, snap, number, (why, later), None, clock, scheduler)
+    logger.info(
+        "pre-flight unanswered; attempt deferred",
+        extra={"payment_id": str(snap.payment_id), "why": str(error)},
+    )
+    return AttemptResult(
+        AttemptStatus.PENDING,
+        snap.state,
+        detail=f"pre-flight: {error}",
+        retry_after=error.retry_after,
+    )
+
+
+async def _mark_sent_on(
+    db: Database,
+    snap: _Snapshot,
+    number: int,
+    method: StoredMethod,
+    clock: Clock,
+    scheduler: Scheduler | None,
+) -> _Snapshot | AttemptResult:
+    """Commit `sent_at` with the payment method the charge will name (the processor's new
+    default), and record on the timeline that the card was replaced: the attempt will count
+    against the card the processor reports charging."""
+    now = clock.now()
+    async with db.uow(SYSTEM_SCOPE) as uow:
+        payment, attempt = await _locked(uow, snap.payment_id, number)
+        if payment is None or attempt is None or attempt.outcome is not AttemptOutcome.IN_FLIGHT:
+            return AttemptResult(AttemptStatus.SKIPPED, payment.state if payment else None)
+        if attempt.sent_at is not None:
+            return replace(snap, sent=True, method_ref=attempt.payment_method_ref)
+        if payment.state is PaymentState.RETRYING:
+            attempt.sent_at = now
+            attempt.payment_method_ref = method.ref[:255]
+            payment.credential_since = now
+            if method.fingerprint:
+                payment.credential_fingerprint = method.fingerprint[:128]
+            await uow.session.flush()
+            ctx = (await load_contexts(uow.session, [snap.payment_id], now=now))[snap.payment_id]
+            updated = CredentialUpdated(at=now, actor=Actor.PROCESSOR)
+            await run_event(uow, ctx, updated, now=now, scheduler=scheduler)
+            await uow.commit()
+            return replace(snap, sent=True, method_ref=attempt.payment_method_ref)
+    return await _drop_unsent(db, snap, number, clock, "payment no longer retrying")
 
 
 async def _settle_unmarked(
@@ -320,6 +501,7 @@ async def _charge(
             currency=snap.currency,
             customer_ref=snap.customer_ref,
             idempotency_key=snap.key,
+            payment_method_ref=snap.method_ref,
         )
     except TransientProcessorError as exc:
         # The charge may or may not have happened: only the same key may find out.
@@ -394,9 +576,12 @@ async def _prevent(
         await uow.session.delete(attempt)
         await uow.session.flush()
         ctx = (await load_contexts(uow.session, [snap.payment_id], now=now))[snap.payment_id]
-        label = "invoice_changed" if isinstance(event, InvoiceVoided) else None
-        await run_event(uow, ctx, event, now=now, scheduler=scheduler, event_label=label)
+        await run_event(uow, ctx, event, now=now, scheduler=scheduler)
         await uow.commit()
+        logger.info(
+            "pre-flight prevented a charge",
+            extra={"payment_id": str(snap.payment_id), "event": event.name},
+        )
         return AttemptResult(AttemptStatus.PREVENTED, ctx.payment.state, detail=event.name)
 
 
@@ -411,27 +596,45 @@ async def _refused(
     """The processor refused the request itself, so nothing was charged: the attempt is
     abandoned and the next one waits an hour (a refusal repeats; hammering helps nobody).
     Refused credentials stop the whole connection until a person looks at it."""
+    why = f"processor refused: {refusal}"
+    later = "the processor refused the last request; trying again in an hour"
+    result = await _abandon(db, snap, number, (why, later), refusal.status, clock, scheduler)
+    if result.status is AttemptStatus.ABANDONED:
+        logger.error("charge refused", extra={"payment_id": str(snap.payment_id), "why": why})
+    return result
+
+
+async def _abandon(
+    db: Database,
+    snap: _Snapshot,
+    number: int,
+    reasons: tuple[str, str],
+    status: int | None,
+    clock: Clock,
+    scheduler: Scheduler | None,
+) -> AttemptResult:
+    """Nothing was charged: drop the attempt (AttemptAbandoned: `reasons[0]`) and retry in
+    an hour (`reasons[1]`)."""
+    why, later_reason = reasons
     now = clock.now()
-    why = str(refusal)
     async with db.uow(SYSTEM_SCOPE) as uow:
         payment, attempt = await _locked(uow, snap.payment_id, number)
         if payment is None or attempt is None or attempt.outcome is not AttemptOutcome.IN_FLIGHT:
             return AttemptResult(AttemptStatus.SKIPPED, payment.state if payment else None)
         ctx = (await load_contexts(uow.session, [snap.payment_id], now=now))[snap.payment_id]
         if payment.state is PaymentState.RETRYING:
-            abandoned = AttemptAbandoned(f"processor refused: {why}"[:200])
-            await run_event(uow, ctx, abandoned, now=now, scheduler=scheduler)
+            await run_event(uow, ctx, AttemptAbandoned(why[:200]), now=now, scheduler=scheduler)
         await uow.session.delete(attempt)
         await uow.session.flush()
         if payment.state is PaymentState.SCHEDULED:
             ctx = (await load_contexts(uow.session, [snap.payment_id], now=now))[snap.payment_id]
             later = DecisionMade(
                 chosen_at=now + REFUSED_BACKOFF,
-                reason="the processor refused the last request; trying again in an hour",
+                reason=later_reason,
                 strategy=ctx.policy.strategy,
             )
             await run_event(uow, ctx, later, now=now, scheduler=scheduler)
-        if refusal.status in (HTTPStatus.UNAUTHORIZED, HTTPStatus.FORBIDDEN):
+        if status in (HTTPStatus.UNAUTHORIZED, HTTPStatus.FORBIDDEN):
             await uow.session.execute(
                 update(ProcessorConnection)
                 .where(col(ProcessorConnection.id) == snap.connection.id)
@@ -441,7 +644,6 @@ async def _refused(
                 )
             )
         await uow.commit()
-        logger.error("charge refused", extra={"payment_id": str(snap.payment_id), "why": why})
         return AttemptResult(AttemptStatus.ABANDONED, ctx.payment.state, detail=why)
 
 

@@ -6,9 +6,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.clock import FixedClock
 from app.db import Database
-from app.enums import RetryStrategy, Role
+from app.enums import EndAction, RetryStrategy, Role
+from app.models.payment import Payment
+from app.retry.events import DecisionMade
+from app.services.retry.engine import run_event
+from app.services.retry.ledger import load_contexts
 from app.settings import Settings
-from resolvers.ids import encode_id
+from app.tenancy import SYSTEM_SCOPE
+from resolvers.ids import decode_id, encode_id
 from tests.support.factories import make_key, make_merchant, make_payments, set_strategy
 from tests.support.graphql import count_payment_pages, run
 from tests.support.retry import decide, ingest, make_connection, stripe_charge
@@ -16,11 +21,13 @@ from tests.support.retry import decide, ingest, make_connection, stripe_charge
 PAGE = """query($id: ID!, $first: Int!) { merchant(id: $id) { payments(first: $first) {
   edges { node { id state nextRetryAt
     decision { chosenAt reason strategy }
+    endAction { action status tries detail lastError nextAttemptAt createdAt completedAt }
     ledger { attemptsLast24h attemptsLast30d nextAllowedAt blockingRule }
     timeline { at fromState toState event reason actor } } } } } }"""
 
 PAYMENT = """query($id: ID!) { node(id: $id) { ... on Payment { state nextRetryAt
   decision { chosenAt reason strategy }
+  endAction { action status tries detail lastError nextAttemptAt createdAt completedAt }
   ledger { attemptsLast24h attemptsLast30d nextAllowedAt blockingRule }
   timeline { fromState toState event actor } } } }"""
 
@@ -67,6 +74,43 @@ async def test_decision_ledger_and_timeline(
         ("failure_ingested", "PENDING"),
         ("decision_made", "SCHEDULED"),
     ]
+    assert node["endAction"] is None  # recovery goes on
+
+
+async def test_end_action_shows_how_carrying_it_out_went(
+    db: Database, settings: Settings, clock: FixedClock
+) -> None:
+    token, pid = await _decided_payment(db, clock)
+    _, payment_id = decode_id(pid, expected="Payment")
+    async with db.session(SYSTEM_SCOPE) as s:
+        payment = await s.get_one(Payment, payment_id)
+    await set_strategy(
+        db,
+        payment.merchant_id,
+        RetryStrategy.FIXED_SCHEDULE,
+        end_action=EndAction.CANCEL_SUBSCRIPTION,
+    )
+    async with db.uow(SYSTEM_SCOPE) as uow:
+        ctx = (await load_contexts(uow.session, [payment_id], now=clock.now(), lock=True))[
+            payment_id
+        ]
+        no_time = DecisionMade(None, "nothing worth trying", RetryStrategy.FIXED_SCHEDULE)
+        await run_event(uow, ctx, no_time, now=clock.now())
+        await uow.commit()
+    result = await run(db, settings, clock, PAYMENT, token=token, variables={"id": pid})
+    assert result.errors is None, result.errors
+    assert result.data is not None
+    assert result.data["node"]["state"] == "EXHAUSTED"
+    assert result.data["node"]["endAction"] == {
+        "action": "CANCEL_SUBSCRIPTION",
+        "status": "PENDING",
+        "tries": 0,
+        "detail": None,
+        "lastError": None,
+        "nextAttemptAt": clock.now().isoformat(),
+        "createdAt": clock.now().isoformat(),
+        "completedAt": None,
+    }
 
 
 async def test_retry_now_keeps_the_rules_and_cancel_ends_recovery(

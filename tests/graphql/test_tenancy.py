@@ -13,8 +13,9 @@ from app.clock import FixedClock
 from app.crypto import CredentialBox
 from app.db import Database
 from app.embedded import Services
-from app.enums import ModelStatus, Role
+from app.enums import EndAction, EndActionStatus, ModelStatus, Role
 from app.models.audit import AuditLog
+from app.models.end_action import EndActionRun
 from app.models.ingestion import ProcessorConnection
 from app.models.merchant import Merchant
 from app.models.payment import Payment
@@ -793,3 +794,47 @@ async def test_recovery_stats_follow_the_key_scope(world: World) -> None:
                 assert stats["currencies"] == [{"currency": "EUR", "summary": {"failedCount": 1}}]
             else:
                 assert data["merchant"] is None
+
+
+END_ACTION = """query($id: ID!) { node(id: $id) { ... on Payment {
+  endAction { action status detail } } } }"""
+
+
+async def test_payment_end_actions_follow_the_key_scope(world: World) -> None:
+    """Payment.endAction: each key sees the end actions of its merchants' payments only, and
+    a scoped session cannot read another tenant's rows by hand."""
+    now = world.clock.now()
+    async with world.db.uow(SYSTEM_SCOPE) as uow:
+        for name, payment in world.payments.items():
+            uow.session.add(
+                EndActionRun(
+                    merchant_id=payment.merchant_id,
+                    payment_id=payment.id,
+                    action=EndAction.CANCEL_SUBSCRIPTION,
+                    status=EndActionStatus.DONE,
+                    detail=f"canceled for {name}",
+                    created_at=now,
+                    updated_at=now,
+                    completed_at=now,
+                )
+            )
+        await uow.commit()
+    for role in ROLES:
+        for name in "ABC":
+            data = await _query(
+                world, role, END_ACTION, id=encode_id("Payment", world.payments[name].id)
+            )
+            if name in world.visible[role]:
+                assert data["node"] == {
+                    "endAction": {
+                        "action": "CANCEL_SUBSCRIPTION",
+                        "status": "DONE",
+                        "detail": f"canceled for {name}",
+                    }
+                }
+            else:
+                assert data["node"] is None, (role, name)
+    scope = Scope(merchant_ids=frozenset({world.merchants["A"].id}))
+    async with world.db.session(scope) as s:
+        rows = (await s.execute(select(EndActionRun))).scalars().all()
+    assert [r.detail for r in rows] == ["canceled for A"]

@@ -439,3 +439,60 @@ async def test_model_decision_index_by_model_role_and_time_replaces_the_model_in
             await conn.close()
     finally:
         await drop_database(services, url)
+
+
+async def test_preflight_method_column_and_end_action_table_are_added_and_reversible(
+    services: Services,
+) -> None:
+    """0017 adds `payment_attempt.payment_method_ref` (nullable, no default: no rewrite;
+    attempts stored before it were sent on the customer's default) and the `end_action` table
+    (one row per payment, tenant-owned); down removes both and keeps the attempts."""
+    url = await create_scratch_database(services, "portal_migrations")
+    cfg = alembic_config(url)
+    payment_and_attempt = """
+        INSERT INTO payment (id, merchant_id, processor, processor_payment_id, amount_minor,
+            currency, customer_id, first_failed_at, decline_category, decline_retryable,
+            decline_advice, state, attempt_count, created_at, updated_at)
+        VALUES ('00000000-0000-0000-0000-000000000001', '00000000-0000-0000-0000-00000000000a',
+            'stripe', 'ch_1', 2900, 'USD', '00000000-0000-0000-0000-00000000000c', now(),
+            'insufficient_funds', true, 'retry', 'EXHAUSTED', 1, now(), now());
+        INSERT INTO payment_attempt (id, merchant_id, payment_id, number, attempted_at, outcome,
+            actor, created_at)
+        VALUES ('00000000-0000-0000-0000-0000000000a1', '00000000-0000-0000-0000-00000000000a',
+            '00000000-0000-0000-0000-000000000001', 1, now(), 'declined', 'portal', now());
+    """
+    end_action = """
+        INSERT INTO end_action (id, merchant_id, payment_id, action, status, tries,
+            next_attempt_at, created_at, updated_at)
+        VALUES (gen_random_uuid(), '00000000-0000-0000-0000-00000000000a',
+            '00000000-0000-0000-0000-000000000001', 'cancel_subscription', 'pending', 0, now(),
+            now(), now())
+    """
+    try:
+        await asyncio.to_thread(command.upgrade, cfg, "0016_model_decision_by_model")
+        conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://", 1))
+        try:
+            await conn.execute(_MERCHANT_AND_CUSTOMER)
+            await conn.execute(payment_and_attempt)
+            assert "end_action" not in await _tables(url)
+            await asyncio.to_thread(command.upgrade, cfg, "0017_preflight_end_actions")
+            assert (await _columns(conn, "payment_attempt"))["payment_method_ref"] == "YES"
+            assert await conn.fetchval("SELECT payment_method_ref FROM payment_attempt") is None
+            await conn.execute(end_action)
+            # One end action per payment.
+            with pytest.raises(asyncpg.UniqueViolationError):
+                await conn.execute(end_action)
+            indexes = await conn.fetch(
+                "SELECT indexname FROM pg_indexes WHERE tablename = $1", "end_action"
+            )
+            assert {"ix_end_action_due", "ix_end_action_merchant_id"} <= {
+                r["indexname"] for r in indexes
+            }
+            await asyncio.to_thread(command.downgrade, cfg, "0016_model_decision_by_model")
+            assert "end_action" not in await _tables(url)
+            assert "payment_method_ref" not in await _columns(conn, "payment_attempt")
+            assert await conn.fetchval("SELECT count(*) FROM payment_attempt") == 1
+        finally:
+            await conn.close()
+    finally:
+        await drop_database(services, url)

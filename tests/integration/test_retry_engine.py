@@ -204,7 +204,11 @@ async def test_approved_charge_recovers_the_payment(db: Database) -> None:
     assert attempt.processor_attempt_id == "ch_retry_1"
     assert attempt.sent_at is not None
     assert attempt.raw_record_id is not None
-    assert stripe.fetches == [payment.processor_payment_id]  # pre-flight read the original
+    # Pre-flight asked about the payment's invoice and customer, not the original charge.
+    assert stripe.fetches == []
+    assert [(r.invoice_ref, r.customer_ref) for r in stripe.preflights] == [
+        (payment.invoice_ref, f"cus_{payment.processor_payment_id[3:]}")
+    ]
     assert await outbox(db, payment.id) == [
         "payment.scheduled",
         "payment.retrying",

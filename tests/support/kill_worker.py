@@ -14,7 +14,15 @@ import httpx
 from app.clock import FixedClock
 from app.db import Database
 from app.models.ingestion import ProcessorConnection
-from app.processors.base import ChargeResult, ListPage, ProcessorAdapter, RawItem
+from app.processors.base import (
+    BillingRefs,
+    BillingState,
+    CancelResult,
+    ChargeResult,
+    ListPage,
+    ProcessorAdapter,
+    RawItem,
+)
 from app.workflows.retry_attempt import default_adapters, execute_attempt
 from tests.support.retry import BOX
 
@@ -30,6 +38,12 @@ class DieAfterCharge:
 
     async def fetch(self, processor_payment_id: str) -> RawItem:
         return await self._inner.fetch(processor_payment_id)
+
+    async def billing_state(self, refs: BillingRefs) -> BillingState:
+        return await self._inner.billing_state(refs)
+
+    async def cancel_subscription(self, refs: BillingRefs, *, idempotency_key: str) -> CancelResult:
+        return await self._inner.cancel_subscription(refs, idempotency_key=idempotency_key)
 
     async def charge(self, **kwargs: Any) -> ChargeResult:
         await self._inner.charge(**kwargs)

@@ -19,6 +19,9 @@ from app.models.payment import Payment, PaymentAttempt
 from app.models.retry import OutboxEvent, PaymentTransition
 from app.processors.adapters import REQUIRED_CREDENTIALS
 from app.processors.base import (
+    BillingRefs,
+    BillingState,
+    CancelResult,
     ChargeResult,
     ListPage,
     PermanentProcessorError,
@@ -247,6 +250,9 @@ class FakeStripe:
 
     `approve` decides new charges; `kill_after_charge` raises once after a charge is made;
     `timeout_after_charge` makes the next N charges time out after the processor made them.
+    Pre-flight: the invoice of a charge in `paid` (its `in_<charge id>`) is paid; `can_fetch`
+    False is a processor whose API tells nothing before a charge; `billing` answers instead
+    when set, and `preflight_unanswered` makes the next N pre-flights time out.
     """
 
     now: datetime
@@ -262,9 +268,32 @@ class FakeStripe:
     # The card new charges are made on (the customer's card on file).
     fingerprint: str = "fpA"
     exp: tuple[int, int] = (4, 2029)
+    billing: BillingState | None = None
+    preflight_unanswered: int = 0
+    preflights: list[BillingRefs] = field(default_factory=list)
+    # The payment method each charge named (None: the customer's default), by key.
+    methods: dict[str, str | None] = field(default_factory=dict)
 
     def __call__(self, connection: ProcessorConnection) -> "FakeStripe":
         return self
+
+    async def billing_state(self, refs: BillingRefs) -> BillingState:
+        self.preflights.append(refs)
+        if self.preflight_unanswered:
+            self.preflight_unanswered -= 1
+            raise TransientProcessorError("stripe: GET timed out")
+        if self.billing is not None:
+            return self.billing
+        if not self.can_fetch:
+            return BillingState()
+        paid = {f"in_{charge_id}" for charge_id in self.paid}
+        if refs.invoice_ref is not None and refs.invoice_ref in paid:
+            detail = f"invoice {refs.invoice_ref} is paid"
+            return BillingState(stop="invoice_paid", detail=detail, checked=frozenset({"invoice"}))
+        return BillingState(checked=frozenset({"invoice", "customer"}))
+
+    async def cancel_subscription(self, refs: BillingRefs, *, idempotency_key: str) -> CancelResult:
+        return CancelResult(refs.subscription_ref or "sub_fake", "canceled")
 
     async def list_page(self, cursor: Mapping[str, Any]) -> ListPage:
         return ListPage(items=[], cursor=dict(cursor), more=False)
@@ -288,8 +317,10 @@ class FakeStripe:
         currency: str,
         customer_ref: str,
         idempotency_key: str,
+        payment_method_ref: str | None = None,
     ) -> ChargeResult:
         self.requests.append(idempotency_key)
+        self.methods.setdefault(idempotency_key, payment_method_ref)
         if self.refuse is not None:
             raise self.refuse
         result = self.charges.get(idempotency_key)

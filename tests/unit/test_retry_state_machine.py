@@ -58,6 +58,7 @@ SAMPLES: dict[type[ev.Event], ev.Event] = {
     ev.PaidElsewhere: ev.PaidElsewhere(Actor.CUSTOMER),
     ev.SubscriptionCanceled: ev.SubscriptionCanceled(),
     ev.InvoiceVoided: ev.InvoiceVoided(),
+    ev.CustomerDeleted: ev.CustomerDeleted("customer cus_A is deleted"),
     ev.CredentialUpdated: ev.CredentialUpdated(NOW, Actor.CUSTOMER),
     ev.PolicyChanged: ev.PolicyChanged(),
     ev.WindowExpired: ev.WindowExpired(),
@@ -82,14 +83,14 @@ PE, SC, RE, RC, EX, NR, CA = (
 _, X = NOOP, ILLEGAL
 # fmt: off
 TABLE: dict[PaymentState, tuple[str, ...]] = {
-    #    Fail Decide Start Succ Decl Aband Ext Paid SubC Void Cred Policy Window Pause Resume
-    PE: (PE,  SC,    X,    RC,  X,   X,    PE, RC,  CA,  CA,  PE,  PE,    _,     _,    PE),
-    SC: (_,   SC,    RE,   RC,  X,   X,    SC, RC,  CA,  CA,  SC,  SC,    _,     PE,   _),
-    RE: (_,   X,     X,    RC,  SC,  SC,   RE, RC,  CA,  CA,  RE,  _,     _,     _,    _),
-    RC: (_,   _,     _,    RC,  _,   _,    _,  _,   _,   _,   _,   _,     _,     _,    _),
-    CA: (_,   _,     _,    CA,  _,   _,    _,  _,   _,   _,   _,   _,     _,     _,    _),
-    EX: (_,   _,     _,    RC,  _,   _,    _,  RC,  _,   _,   _,   _,     _,     _,    _),
-    NR: (_,   _,     _,    RC,  _,   _,    _,  RC,  _,   _,   PE,  _,     _,     _,    _),
+    #    Fail Decide Start Succ Decl Aband Ext Paid SubC Void Cust Cred Policy Window Pause Resume
+    PE: (PE,  SC,    X,    RC,  X,   X,    PE, RC,  CA,  CA,  CA,  PE,  PE,    _,     _,    PE),
+    SC: (_,   SC,    RE,   RC,  X,   X,    SC, RC,  CA,  CA,  CA,  SC,  SC,    _,     PE,   _),
+    RE: (_,   X,     X,    RC,  SC,  SC,   RE, RC,  CA,  CA,  CA,  RE,  _,     _,     _,    _),
+    RC: (_,   _,     _,    RC,  _,   _,    _,  _,   _,   _,   _,   _,   _,     _,     _,    _),
+    CA: (_,   _,     _,    CA,  _,   _,    _,  _,   _,   _,   _,   _,   _,     _,     _,    _),
+    EX: (_,   _,     _,    RC,  _,   _,    _,  RC,  _,   _,   _,   _,   _,     _,     _,    _),
+    NR: (_,   _,     _,    RC,  _,   _,    _,  RC,  _,   _,   _,   PE,  _,     _,     _,    _),
 }
 # fmt: on
 EXPECTED: dict[tuple[PaymentState, type[ev.Event]], str] = {
@@ -117,7 +118,7 @@ def kinds(t: ev.Transition) -> list[type[object]]:
 
 
 def test_table_covers_every_pair() -> None:
-    assert len(EXPECTED) == len(PaymentState) * len(ev.EVENT_TYPES) == 105
+    assert len(EXPECTED) == len(PaymentState) * len(ev.EVENT_TYPES) == 112
     assert set(SAMPLES) == set(ev.EVENT_TYPES)
 
 

@@ -7,7 +7,6 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy import bindparam, exists, func
 from sqlalchemy import select as sa_select
@@ -20,7 +19,6 @@ from app.enums import (
     Actor,
     AttemptOutcome,
     ConnectionStatus,
-    EndAction,
     MerchantStatus,
     PaymentState,
     RetryStrategy,
@@ -29,7 +27,7 @@ from app.models.customer import CardCredential
 from app.models.ingestion import ProcessorConnection
 from app.models.merchant import Merchant
 from app.models.payment import Payment, PaymentAttempt
-from app.models.retry import OutboxEvent, PaymentTransition
+from app.models.retry import PaymentTransition
 from app.models.retry_policy import RetryPolicy
 from app.retry.events import (
     AlertDuplicateCharge,
@@ -66,7 +64,9 @@ from app.retry.schedule import (
     next_fixed_target,
 )
 from app.retry.state_machine import attempt_idempotency_key, transition
+from app.services.retry.end_actions import open_end_action
 from app.services.retry.ledger import CardKey, PaymentContext, load_contexts
+from app.services.retry.outbox import emit, event_payload
 
 logger = logging.getLogger(__name__)
 
@@ -83,25 +83,6 @@ class Applied:
 
     transitions: list[Transition] = field(default_factory=list)
     enqueue: list[tuple[uuid.UUID, int]] = field(default_factory=list)
-
-
-def _event_payload(
-    payment: Payment, name: str, previous: PaymentState, reason: str
-) -> dict[str, Any]:
-    return {
-        "type": name,
-        "payment_id": str(payment.id),
-        "processor": str(payment.processor),
-        "processor_payment_id": payment.processor_payment_id,
-        "invoice_ref": payment.invoice_ref,
-        "subscription_ref": payment.subscription_ref,
-        "state": str(payment.state),
-        "previous_state": str(previous),
-        "next_retry_at": payment.next_retry_at.isoformat() if payment.next_retry_at else None,
-        "amount_minor": payment.amount_minor,
-        "currency": payment.currency,
-        "reason": reason,
-    }
 
 
 # A payment's decision reason is stored in at most this many characters.
@@ -187,21 +168,6 @@ def _record_transition(
     ctx.next_seq += 1
 
 
-def _emit(
-    uow: UnitOfWork, payment: Payment, name: str, payload: dict[str, Any], now: datetime
-) -> None:
-    """A domain event in the outbox, in the transaction of the change it reports."""
-    uow.session.add(
-        OutboxEvent(
-            merchant_id=payment.merchant_id,
-            payment_id=payment.id,
-            event_type=name[:64],
-            payload=payload,
-            created_at=now,
-        )
-    )
-
-
 def apply_transition(
     uow: UnitOfWork,
     ctx: PaymentContext,
@@ -238,14 +204,11 @@ def apply_transition(
                     uow, ctx, action, actor_label=actor_label, event_label=event_label
                 )
             case EmitEvent():
-                payload = _event_payload(payment, action.name, previous, tr.reason)
-                _emit(uow, payment, action.name, payload, now)
+                payload = event_payload(payment, action.name, previous, tr.reason)
+                emit(uow, payment, action.name, payload, now)
             case ApplyEndAction():
-                # The billing system owns the invoice: the merchant is told what to do with it.
-                if action.end_action is not EndAction.MARK_EXHAUSTED:
-                    payload = _event_payload(payment, "payment.end_action", previous, tr.reason)
-                    payload["end_action"] = str(action.end_action)
-                    _emit(uow, payment, "payment.end_action", payload, now)
+                # Carried out at the processor by the end-action job; announced once done.
+                open_end_action(uow, payment, action.end_action, tr.reason, now=now)
             case AlertDuplicateCharge():
                 logger.error(
                     "duplicate charge: a refund is needed",

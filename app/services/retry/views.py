@@ -8,6 +8,7 @@ from datetime import datetime
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
 
+from app.models.end_action import EndActionRun
 from app.models.retry import PaymentTransition
 from app.retry.rules import LedgerView, ledger_view
 from app.services.retry.ledger import load_contexts
@@ -43,3 +44,11 @@ async def ledger_views(
         pid: ledger_view(ledger=ctx.ledger, policy=ctx.policy, now=now)
         for pid, ctx in contexts.items()
     }
+
+
+async def end_actions_by_payment_ids(
+    session: AsyncSession, ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, EndActionRun]:
+    """Each payment's end action, for those whose recovery ended with one."""
+    rows = await session.execute(select(EndActionRun).where(col(EndActionRun.payment_id).in_(ids)))
+    return {r.payment_id: r for r in rows.scalars()}
