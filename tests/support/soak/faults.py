@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import signal
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -34,11 +34,17 @@ SAMPLE_EVERY = 0.5
 
 
 class Monitor:
-    """Every half second: payment transitions so far, worker heartbeats in Redis, /readyz."""
+    """Every half second: payment transitions so far, worker heartbeats in Redis, /readyz.
+
+    A reading that fails is missing from its sample (and counted in `failures`); the sampling
+    itself never stops, since every "resumed after" figure is computed from these samples.
+    """
 
     def __init__(self, stack: Stack) -> None:
         self.stack = stack
         self.samples: list[MonitorSample] = []
+        # Readings that failed (missing from their sample), by what was read and error type.
+        self.failures: defaultdict[str, Counter[str]] = defaultdict(Counter)
 
     async def _transitions(self, conn: asyncpg.Connection | None) -> tuple[int | None, Any]:
         try:
@@ -46,7 +52,12 @@ class Monitor:
                 conn = await asyncpg.connect(self.stack.postgres.url, timeout=2)
             value = await conn.fetchval("SELECT count(*) FROM payment_transition", timeout=2)
             return int(value), conn
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+        except Exception as exc:
+            # Whatever the error, this reading is missing; the sampling goes on. Not only
+            # PostgreSQL's and the socket's errors: a backend stopped by a restart sends its
+            # FATAL message before its socket closes, and a query in between is refused by
+            # asyncpg with InternalClientError ("another operation is in progress").
+            self.failures["transitions"][type(exc).__name__] += 1
             if conn is not None:
                 conn.terminate()
             return None, None
@@ -71,8 +82,9 @@ class Monitor:
                 else:
                     found[key] = f"{kind} ttl={await redis.pttl(key)}"
             return found
-        except Exception:
+        except Exception as exc:
             # Redis down: no reading at this instant.
+            self.failures["heartbeats"][type(exc).__name__] += 1
             return None
 
     async def _ready(self, http: httpx.AsyncClient, index: int) -> tuple[int | None, Any]:
@@ -80,7 +92,8 @@ class Monitor:
             response = await http.get(f"{self.stack.api_url(index)}/readyz")
             body = response.json()
             return response.status_code, body if isinstance(body, dict) else None
-        except (httpx.HTTPError, ValueError):
+        except Exception as exc:
+            self.failures[f"/readyz of api{index + 1}"][type(exc).__name__] += 1
             return None, None
 
     async def run(self, stop: asyncio.Event) -> None:

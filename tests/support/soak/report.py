@@ -218,6 +218,8 @@ class SoakReport:
     payment_states: dict[str, int] = field(default_factory=dict)
     states_at_load_end: dict[str, int] = field(default_factory=dict)
     invariants: list[Invariant] = field(default_factory=list)
+    # The monitor's readings that failed, by what it read and the error's type.
+    monitor_failures: dict[str, dict[str, int]] = field(default_factory=dict)
     # What the portal holds about charges it made but did not record as its own attempts.
     evidence: list[str] = field(default_factory=list)
 
@@ -318,6 +320,9 @@ class SoakReport:
             )
         for e in self.exits:
             lines.append(f"  UNEXPECTED EXIT {e.name} code {e.code} at t={e.at - t0:.1f}")
+        for read, by_error in sorted(self.monitor_failures.items()):
+            detail = ", ".join(f"{k} {v}" for k, v in sorted(by_error.items()))
+            lines.append(f"  monitor readings missing, {read}: {detail}")
         lines.append(
             f"payments: sandbox generated {self.generated_failed:,} failed charges, portal "
             f"ingested {self.ingested_failed:,}"

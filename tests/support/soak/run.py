@@ -24,22 +24,30 @@ from tests.support.soak.load import (
     set_sandbox_clock,
     set_up_tenants,
 )
-from tests.support.soak.report import SoakConfig, SoakReport, Tenants
+from tests.support.soak.report import FaultRecord, SoakConfig, SoakReport, Tenants
 from tests.support.stack import Stack, stack_folder
 
 
 @contextlib.asynccontextmanager
 async def _background(
     *jobs: Callable[[asyncio.Event], Coroutine[Any, Any, None]],
-) -> AsyncIterator[None]:
+) -> AsyncIterator[list[str]]:
+    """Run `jobs` until the block ends; yields a list that then names each job that died.
+
+    A job that dies early (the monitor, the process supervisor) would leave its figures
+    silently incomplete, and every later fault would seem never to have resumed.
+    """
     stop = asyncio.Event()
-    tasks = [asyncio.create_task(job(stop)) for job in jobs]
+    tasks = [asyncio.create_task(job(stop), name=job.__qualname__) for job in jobs]
+    died: list[str] = []
     try:
-        yield
+        yield died
     finally:
         stop.set()
         await asyncio.wait(tasks, timeout=30)
         for task in tasks:
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                died.append(f"{task.get_name()} died: {task.exception()!r}")
             task.cancel()
 
 
@@ -82,7 +90,7 @@ async def _run_phases(
     monitor = Monitor(stack)
     supervisor = Supervisor(stack)
     faults = Faults(stack, tenants, config, supervisor)
-    async with _background(monitor.run, supervisor.run):
+    async with _background(monitor.run, supervisor.run) as died:
         started = time.monotonic()
         config.progress(f"load {config.rate:g}/s for {seconds:.0f} s, {len(config.faults)} faults")
         await asyncio.gather(
@@ -97,7 +105,11 @@ async def _run_phases(
         ledgers, report.drain_seconds = await drain(stack, tenants, config.drain_seconds)
     report.samples = load.samples
     report.shed = load.shed
+    # Reported as the harness's own failures: the resume figures cannot be trusted then.
+    now = time.monotonic()
+    faults.records += [FaultRecord("background", "harness", now, now, why) for why in died]
     report.faults = faults.records
+    report.monitor_failures = {read: dict(errors) for read, errors in monitor.failures.items()}
     report.exits = supervisor.exits
     report.resumes = [monitor.resume(f) for f in faults.records if f.target != "harness"]
     report.generated_failed = sum(len(v) for v in ledgers.failed_ids.values())
