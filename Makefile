@@ -23,6 +23,7 @@ check: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports
+	$(BIN)/python -m migrations.lint
 
 test: check
 	$(BIN)/pytest
