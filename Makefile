@@ -24,6 +24,7 @@ check: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 	$(BIN)/python -m migrations.lint
+	$(BIN)/python -m portal.schema_compat
 
 test: check
 	$(BIN)/pytest
