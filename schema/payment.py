@@ -67,8 +67,25 @@ class PaymentTransition:
     from_state: PaymentState = strawberry.field(description="The state before.")
     to_state: PaymentState = strawberry.field(description="The state after (may be the same).")
     event: str = strawberry.field(description="What happened, e.g. attempt_declined.")
-    reason: str = strawberry.field(description="Why the engine moved as it did.")
-    actor: str = strawberry.field(description="Who caused it: portal, processor, or an API key.")
+    reason: str = strawberry.field(
+        description=(
+            "Why the engine moved as it did. Attempts are named by their `PaymentAttempt.number` "
+            "(the payment's count: the original charge is 1, the first retry 2)."
+        )
+    )
+    actor: Actor = strawberry.field(
+        description=(
+            "Who brought the change about, in the same enum as attempts and recoveries: PORTAL "
+            "for the engine's own moves and for changes it made at someone's request (see "
+            "`requestedBy`); PROCESSOR, BILLING_SYSTEM or CUSTOMER for what they did."
+        )
+    )
+    requested_by: str | None = strawberry.field(
+        description=(
+            "The API key at whose request the change was made (`api_key:<name>`, as in the "
+            "audit log); null when no one asked."
+        )
+    )
 
 
 @strawberry.type(description="The latest retry decision: when, why and by which strategy.")
@@ -274,7 +291,11 @@ class Payment(Node):
     @strawberry.field(description="Every state change of the recovery, oldest first.")
     async def timeline(self, info: Info) -> list[PaymentTransition]:
         rows = await recovery_resolvers.timeline(info.context, self._row.id)
-        return [from_row(PaymentTransition, r) for r in rows]
+        return [
+            from_row(PaymentTransition, r, actor=actor, requested_by=requested_by)
+            for r in rows
+            for actor, requested_by in [r.who()]
+        ]
 
     @strawberry.field(description="The latest retry decision; null before the first one.")
     def decision(self) -> RetryDecision | None:
