@@ -51,6 +51,12 @@ class OutboxEvent(TenantOwned, table=True):
             "created_at",
             postgresql_where=sa.text("dispatched_at IS NULL"),
         ),
+        # Events already fanned out, oldest first, for retention.
+        sa.Index(
+            "ix_outbox_event_dispatched",
+            "created_at",
+            postgresql_where=sa.text("dispatched_at IS NOT NULL"),
+        ),
     )
 
     id: uuid.UUID = Field(default_factory=new_id, primary_key=True)
