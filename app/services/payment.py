@@ -130,8 +130,8 @@ async def list_payments(
     first: int,
     before_key: tuple[datetime, uuid.UUID] | None,
 ) -> Sequence[Payment]:
-    """One page of a merchant's payments, newest failure first;
-    `first + 1` rows are read so the caller knows whether another page follows."""
+    """One page of a merchant's payments, newest failure first; `first + 1` rows are read so
+    the caller knows whether another page follows."""
     query = (
         select(Payment)
         .where(Payment.merchant_id == merchant_id)
