@@ -10,10 +10,12 @@ Rows go in batches, each in its own short transaction, oldest first through part
 `created_at`, so pruning never holds locks for long nor competes with the work that adds rows.
 """
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import delete, exists, select
+from sqlalchemy import Select, delete, exists, select
 from sqlmodel import col
 
 from app.db import Database
@@ -31,6 +33,16 @@ class Pruned:
     events: int
 
 
+async def _delete_rows(
+    db: Database, table: type[OutboxEvent] | type[WebhookDelivery], ids: Select[Any]
+) -> int:
+    """Delete the rows whose ids `ids` selects, in a transaction of its own."""
+    async with db.uow(SYSTEM_SCOPE) as uow:
+        result = await uow.session.execute(delete(table).where(col(table.id).in_(ids)))
+        await uow.commit()
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
 async def _delete_deliveries(db: Database, cutoff: datetime, limit: int) -> int:
     oldest = (
         select(col(WebhookDelivery.id))
@@ -41,12 +53,7 @@ async def _delete_deliveries(db: Database, cutoff: datetime, limit: int) -> int:
         .order_by(col(WebhookDelivery.created_at))
         .limit(limit)
     )
-    async with db.uow(SYSTEM_SCOPE) as uow:
-        result = await uow.session.execute(
-            delete(WebhookDelivery).where(col(WebhookDelivery.id).in_(oldest))
-        )
-        await uow.commit()
-    return int(result.rowcount)  # type: ignore[attr-defined]
+    return await _delete_rows(db, WebhookDelivery, oldest)
 
 
 async def _delete_events(db: Database, cutoff: datetime, limit: int) -> int:
@@ -63,12 +70,27 @@ async def _delete_events(db: Database, cutoff: datetime, limit: int) -> int:
         .order_by(col(OutboxEvent.created_at))
         .limit(limit)
     )
-    async with db.uow(SYSTEM_SCOPE) as uow:
-        result = await uow.session.execute(
-            delete(OutboxEvent).where(col(OutboxEvent.id).in_(oldest))
-        )
-        await uow.commit()
-    return int(result.rowcount)  # type: ignore[attr-defined]
+    return await _delete_rows(db, OutboxEvent, oldest)
+
+
+async def _in_batches(
+    delete_batch: Callable[[Database, datetime, int], Awaitable[int]],
+    db: Database,
+    now: datetime,
+    days: int,
+    max_batches: int,
+    batch: int,
+) -> int:
+    """Batches of `delete_batch` until one comes back short; nothing when `days` is 0."""
+    if days <= 0:
+        return 0
+    cutoff, deleted = now - timedelta(days=days), 0
+    for _ in range(max_batches):
+        done = await delete_batch(db, cutoff, batch)
+        deleted += done
+        if done < batch:
+            break
+    return deleted
 
 
 async def prune_history(
@@ -82,21 +104,8 @@ async def prune_history(
 ) -> Pruned:
     """Delete finished deliveries, then fanned-out events without deliveries left, each older
     than its window; at most `max_batches` batches of each per call (the cron comes back)."""
-    deliveries = events = 0
-    if delivery_days > 0:
-        cutoff = now - timedelta(days=delivery_days)
-        for _ in range(max_batches):
-            done = await _delete_deliveries(db, cutoff, batch)
-            deliveries += done
-            if done < batch:
-                break
-    if outbox_days > 0:
-        cutoff = now - timedelta(days=outbox_days)
-        for _ in range(max_batches):
-            done = await _delete_events(db, cutoff, batch)
-            events += done
-            if done < batch:
-                break
+    deliveries = await _in_batches(_delete_deliveries, db, now, delivery_days, max_batches, batch)
+    events = await _in_batches(_delete_events, db, now, outbox_days, max_batches, batch)
     return Pruned(deliveries=deliveries, events=events)
 
 
