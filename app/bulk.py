@@ -5,6 +5,7 @@ An executemany runs its statement once per row, and with it every statement-leve
 The SQL text depends only on the table and the column names, so each shape is prepared once.
 """
 
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -94,3 +95,67 @@ async def update_rows(
             .values({name: source.c[name] for name in names if name != key})
         )
         await session.execute(statement)
+
+
+Rows = Sequence[Mapping[str, Any]]
+
+
+def _part_source(table: sa.Table, prefix: str, columns: Sequence[str], rows: Rows) -> Any:
+    """`_source` with bind names of their own, so that several parts share one statement; a
+    JSONB column travels as text and is cast back."""
+    arrays = []
+    for name in columns:
+        values = [row[name] for row in rows]
+        item_type = table.c[name].type
+        if isinstance(item_type, postgresql.JSONB):
+            values = [None if v is None else json.dumps(v) for v in values]
+            item_type = sa.Text()
+        arrays.append(sa.bindparam(f"{prefix}_{name}", values, type_=postgresql.ARRAY(item_type)))
+    return sa.func.unnest(*arrays).table_valued(*columns).render_derived()
+
+
+def _value(table: sa.Table, source: Any, name: str) -> Any:
+    if isinstance(table.c[name].type, postgresql.JSONB):
+        return sa.cast(source.c[name], postgresql.JSONB)
+    return source.c[name]
+
+
+async def write_all(
+    session: AsyncSession,
+    inserts: Sequence[tuple[type[SQLModel], Rows]] = (),
+    updates: Sequence[tuple[type[SQLModel], Rows]] = (),
+) -> None:
+    """INSERT and UPDATE the rows of several tables in ONE statement (each part a
+    data-modifying CTE): one round trip, and each statement-level trigger fires once.
+
+    Rows of one part set the same columns; an UPDATE matches on `id`, and a table is updated
+    by one part at most, each row once. All parts see the database as it was before the
+    statement, so none may read what another writes (foreign keys are checked at its end).
+    """
+    parts: list[Any] = []
+    for model, rows in inserts:
+        if not rows:
+            continue
+        table, columns = table_of(model), _columns(rows)
+        source = _part_source(table, f"p{len(parts)}", columns, rows)
+        values = sa.select(*[_value(table, source, c) for c in columns])
+        parts.append(sa.insert(table).from_select(columns, values))
+    updated: set[str] = set()
+    for model, rows in updates:
+        if not rows:
+            continue
+        table, columns = table_of(model), _columns(rows)
+        if table.name in updated:
+            raise ValueError(f"{table.name} is updated by one part at most")
+        updated.add(table.name)
+        source = _part_source(table, f"p{len(parts)}", columns, rows)
+        parts.append(
+            sa.update(table)
+            .where(table.c.id == source.c.id)
+            .values({c: _value(table, source, c) for c in columns if c != "id"})
+        )
+    if not parts:
+        return
+    *ctes, last = parts
+    statement = last.add_cte(*(part.cte(f"write_{i}") for i, part in enumerate(ctes)))
+    await session.execute(statement)
