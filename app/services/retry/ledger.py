@@ -485,3 +485,47 @@ def in_flight(ctx: PaymentContext) -> PaymentAttempt | None:
         if a.actor is Actor.PORTAL and a.outcome is AttemptOutcome.IN_FLIGHT:
             return a
     return None
+
+
+def settled_context(
+    payment: Payment,
+    card: CardCredential | None,
+    *,
+    last_seq: int | None,
+    attempts: Sequence[PaymentAttempt],
+) -> PaymentContext:
+    """A payment as recording a charge that succeeded needs it, from one locked read.
+
+    Money moved: the state machine recovers the payment (or raises a duplicate-charge alert)
+    whatever its history and policy say, so `transition` reads neither for `AttemptSucceeded`
+    and neither is loaded. The ledger holds what the payment row itself says; the policy is
+    the engine's default reading. Use it for no other event.
+    """
+    keys: set[CardKey] = set()
+    if card is not None:
+        keys.add((card.merchant_id, card.fingerprint))
+    if payment.credential_fingerprint is not None:
+        keys.add((payment.merchant_id, payment.credential_fingerprint))
+    ledger = PaymentLedger(
+        network=normalize_network(card.brand) if card is not None else None,
+        first_failed_at=payment.first_failed_at,
+        last_decline=_first_decline_of(payment),
+        credential_since=payment.credential_since,
+    )
+    return PaymentContext(
+        payment=payment,
+        network=ledger.network,
+        funding=card.funding if card is not None else CardFunding.UNKNOWN,
+        card_keys=tuple(sorted(keys)),
+        customer_ref="",
+        customer_timezone=None,
+        policy=RetryPolicyView(),
+        ledger=ledger,
+        issuer_country=card.issuer_country if card is not None else None,
+        card_identity=(
+            (card.fingerprint, card.exp_month, card.exp_year) if card is not None else None
+        ),
+        attempts=list(attempts),
+        next_seq=0 if last_seq is None else last_seq + 1,
+        policy_version=payment.policy_version,
+    )
