@@ -5,7 +5,9 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from functools import cache
 from http import HTTPStatus
+from typing import Any
 
 import httpx
 import sqlalchemy as sa
@@ -126,23 +128,27 @@ def default_adapters(http: httpx.AsyncClient, box: CredentialBox) -> AdapterFact
     return make
 
 
+@cache
+def _locked_statement() -> Any:
+    return (
+        select(Payment, PaymentAttempt)
+        .outerjoin(
+            PaymentAttempt,
+            (col(PaymentAttempt.payment_id) == col(Payment.id))
+            & (col(PaymentAttempt.portal_number) == _NUMBER),
+        )
+        .where(col(Payment.id) == _PAYMENT)
+        .with_for_update(of=Payment)
+        .execution_options(populate_existing=True)
+    )
+
+
 async def _locked(
     uow: UnitOfWork, payment_id: uuid.UUID, number: int
 ) -> tuple[Payment | None, PaymentAttempt | None]:
     """The payment, locked, and its portal attempt `number`, in one round trip."""
-    row = (
-        await uow.session.execute(
-            select(Payment, PaymentAttempt)
-            .outerjoin(
-                PaymentAttempt,
-                (col(PaymentAttempt.payment_id) == col(Payment.id))
-                & (col(PaymentAttempt.portal_number) == number),
-            )
-            .where(col(Payment.id) == payment_id)
-            .with_for_update(of=Payment)
-            .execution_options(populate_existing=True)
-        )
-    ).one_or_none()
+    params = {"b_payment": payment_id, "b_number": number}
+    row = (await uow.session.execute(_locked_statement(), params)).one_or_none()
     if row is None:
         return None, None
     return row[0], row[1]
@@ -162,37 +168,48 @@ def _current_card_id() -> sa.ColumnElement[uuid.UUID | None]:
     return func.coalesce(latest, col(Payment.card_id))
 
 
+# The statements an attempt runs are built once, their values bound at each execution:
+# building and keying them for the compiled-statement cache costs more than running them.
+_PAYMENT = sa.bindparam("b_payment", type_=sa.Uuid)
+_NUMBER = sa.bindparam("b_number", type_=sa.SmallInteger)
+_CHARGE = sa.bindparam("b_charge", type_=sa.String)
+
+
+@cache
+def _snapshot_statement() -> Any:
+    card = aliased(CardCredential)
+    return (
+        sa.select(
+            Payment,
+            col(PaymentAttempt.outcome),
+            col(PaymentAttempt.idempotency_key),
+            col(PaymentAttempt.sent_at),
+            col(PaymentAttempt.payment_method_ref),
+            col(Customer.external_ref),
+            ProcessorConnection,
+            card,
+        )
+        .join(Customer, col(Customer.id) == col(Payment.customer_id))
+        .outerjoin(
+            PaymentAttempt,
+            (col(PaymentAttempt.payment_id) == col(Payment.id))
+            & (col(PaymentAttempt.portal_number) == _NUMBER),
+        )
+        .outerjoin(
+            ProcessorConnection,
+            col(ProcessorConnection.id) == col(Payment.connection_id),
+        )
+        .outerjoin(card, col(card.id) == _current_card_id())
+        .where(col(Payment.id) == _PAYMENT)
+    )
+
+
 async def _snapshot(db: Database, payment_id: uuid.UUID, number: int) -> _Snapshot | AttemptResult:
     """What the attempt needs, read in one statement without locks: every decision taken on
     it (mark sent, record) is checked again under the payment's lock."""
-    card = aliased(CardCredential)
     async with db.session(SYSTEM_SCOPE) as session:
-        row = (
-            await session.execute(
-                sa.select(
-                    Payment,
-                    col(PaymentAttempt.outcome),
-                    col(PaymentAttempt.idempotency_key),
-                    col(PaymentAttempt.sent_at),
-                    col(PaymentAttempt.payment_method_ref),
-                    col(Customer.external_ref),
-                    ProcessorConnection,
-                    card,
-                )
-                .join(Customer, col(Customer.id) == col(Payment.customer_id))
-                .outerjoin(
-                    PaymentAttempt,
-                    (col(PaymentAttempt.payment_id) == col(Payment.id))
-                    & (col(PaymentAttempt.portal_number) == number),
-                )
-                .outerjoin(
-                    ProcessorConnection,
-                    col(ProcessorConnection.id) == col(Payment.connection_id),
-                )
-                .outerjoin(card, col(card.id) == _current_card_id())
-                .where(col(Payment.id) == payment_id)
-            )
-        ).one_or_none()
+        params = {"b_payment": payment_id, "b_number": number}
+        row = (await session.execute(_snapshot_statement(), params)).one_or_none()
     # Closing the session detaches the rows with their attributes loaded.
     if row is None:
         return AttemptResult(AttemptStatus.SKIPPED, None)
@@ -220,30 +237,34 @@ async def _snapshot(db: Database, payment_id: uuid.UUID, number: int) -> _Snapsh
     )
 
 
-async def _mark_sent(db: Database, snap: _Snapshot, number: int, clock: Clock) -> bool:
-    """Commit `sent_at` in one statement while the payment, locked, is still RETRYING and the
-    attempt still unsent and in flight; False when any of that no longer holds."""
+@cache
+def _mark_sent_statement() -> Any:
     locked = (
         select(col(Payment.id))
-        .where(col(Payment.id) == snap.payment_id, col(Payment.state) == PaymentState.RETRYING)
+        .where(col(Payment.id) == _PAYMENT, col(Payment.state) == PaymentState.RETRYING)
         .with_for_update()
         .cte("locked_payment")
     )
+    return (
+        update(PaymentAttempt)
+        .where(
+            col(PaymentAttempt.payment_id).in_(select(locked.c.id)),
+            col(PaymentAttempt.portal_number) == _NUMBER,
+            col(PaymentAttempt.outcome) == AttemptOutcome.IN_FLIGHT,
+            col(PaymentAttempt.sent_at).is_(None),
+        )
+        .values(sent_at=sa.bindparam("b_now", type_=sa.DateTime(timezone=True)))
+        .returning(col(PaymentAttempt.id))
+        .execution_options(synchronize_session=False)
+    )
+
+
+async def _mark_sent(db: Database, snap: _Snapshot, number: int, clock: Clock) -> bool:
+    """Commit `sent_at` in one statement while the payment, locked, is still RETRYING and the
+    attempt still unsent and in flight; False when any of that no longer holds."""
     async with db.uow(SYSTEM_SCOPE) as uow:
-        marked = (
-            await uow.session.execute(
-                update(PaymentAttempt)
-                .where(
-                    col(PaymentAttempt.payment_id).in_(select(locked.c.id)),
-                    col(PaymentAttempt.portal_number) == number,
-                    col(PaymentAttempt.outcome) == AttemptOutcome.IN_FLIGHT,
-                    col(PaymentAttempt.sent_at).is_(None),
-                )
-                .values(sent_at=clock.now())
-                .returning(col(PaymentAttempt.id))
-                .execution_options(synchronize_session=False)
-            )
-        ).first()
+        params = {"b_payment": snap.payment_id, "b_number": number, "b_now": clock.now()}
+        marked = (await uow.session.execute(_mark_sent_statement(), params)).first()
         if marked is None:
             return False
         await uow.commit()
@@ -649,13 +670,8 @@ async def _abandon(
         return AttemptResult(AttemptStatus.ABANDONED, ctx.payment.state, detail=why)
 
 
-async def _locked_for_success(
-    uow: UnitOfWork, payment_id: uuid.UUID, number: int, charge_id: str
-) -> tuple[PaymentContext, PaymentAttempt] | AttemptResult | None:
-    """What recording an approved charge needs, in one locked read: the payment, its portal
-    attempt `number`, its card and latest timeline position. None when another attempt of the
-    payment already holds this charge (ingestion read it back first): the full path settles
-    that. A result when there is nothing to record."""
+@cache
+def _success_statement() -> Any:
     echo = aliased(PaymentAttempt)
     last_seq = (
         sa.select(func.max(col(PaymentTransition.seq)))
@@ -665,23 +681,32 @@ async def _locked_for_success(
     )
     echoed = sa.exists().where(
         col(echo.payment_id) == col(Payment.id),
-        col(echo.processor_attempt_id) == charge_id[:255],
+        col(echo.processor_attempt_id) == _CHARGE,
         col(echo.id) != col(PaymentAttempt.id),
     )
-    row = (
-        await uow.session.execute(
-            sa.select(Payment, PaymentAttempt, CardCredential, last_seq, echoed)
-            .outerjoin(
-                PaymentAttempt,
-                (col(PaymentAttempt.payment_id) == col(Payment.id))
-                & (col(PaymentAttempt.portal_number) == number),
-            )
-            .outerjoin(CardCredential, col(CardCredential.id) == col(Payment.card_id))
-            .where(col(Payment.id) == payment_id)
-            .with_for_update(of=Payment)
-            .execution_options(populate_existing=True)
+    return (
+        sa.select(Payment, PaymentAttempt, CardCredential, last_seq, echoed)
+        .outerjoin(
+            PaymentAttempt,
+            (col(PaymentAttempt.payment_id) == col(Payment.id))
+            & (col(PaymentAttempt.portal_number) == _NUMBER),
         )
-    ).one_or_none()
+        .outerjoin(CardCredential, col(CardCredential.id) == col(Payment.card_id))
+        .where(col(Payment.id) == _PAYMENT)
+        .with_for_update(of=Payment)
+        .execution_options(populate_existing=True)
+    )
+
+
+async def _locked_for_success(
+    uow: UnitOfWork, payment_id: uuid.UUID, number: int, charge_id: str
+) -> tuple[PaymentContext, PaymentAttempt] | AttemptResult | None:
+    """What recording an approved charge needs, in one locked read: the payment, its portal
+    attempt `number`, its card and latest timeline position. None when another attempt of the
+    payment already holds this charge (ingestion read it back first): the full path settles
+    that. A result when there is nothing to record."""
+    params = {"b_payment": payment_id, "b_number": number, "b_charge": charge_id[:255]}
+    row = (await uow.session.execute(_success_statement(), params)).one_or_none()
     if row is None:
         return AttemptResult(AttemptStatus.SKIPPED, None, charge_id)
     payment, attempt, card, seq, echoed_found = row

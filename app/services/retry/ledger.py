@@ -5,14 +5,15 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from functools import cache
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import union
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
 
-from app.bulk import any_array
 from app.declines import HARD_CATEGORY_ADVICE, SOFT_CATEGORIES
 from app.enums import (
     Actor,
@@ -198,9 +199,15 @@ class _Head:
     past_success_at: tuple[datetime, ...]
 
 
-async def _heads(
-    session: AsyncSession, payment_ids: Sequence[uuid.UUID], *, lock: bool
-) -> list[_Head]:
+# The ledger's statements are built once, their values bound at each execution: building
+# and keying them for the compiled-statement cache costs more than running them.
+_IDS = sa.bindparam("payment_ids", type_=postgresql.ARRAY(sa.Uuid))
+_CUSTOMERS = sa.bindparam("customer_ids", type_=postgresql.ARRAY(sa.Uuid))
+_CUSTOMER_SINCE = sa.bindparam("customer_since", type_=sa.DateTime(timezone=True))
+
+
+@cache
+def _heads_statement(lock: bool) -> Any:
     last_seq = (
         sa.select(sa.func.max(col(PaymentTransition.seq)))
         .where(col(PaymentTransition.payment_id) == col(Payment.id))
@@ -220,7 +227,7 @@ async def _heads(
         .join(Customer, col(Customer.id) == col(Payment.customer_id))
         .join(Merchant, col(Merchant.id) == col(Payment.merchant_id))
         .outerjoin(CardCredential, col(CardCredential.id) == col(Payment.card_id))
-        .where(col(Payment.id).in_(payment_ids))
+        .where(col(Payment.id) == sa.any_(_IDS))
     )
     if lock:
         # A locked read must see the row as committed, not as an earlier read left it.
@@ -230,11 +237,16 @@ async def _heads(
             .with_for_update(of=Payment)
             .execution_options(populate_existing=True)
         )
+    return head
+
+
+async def _heads(
+    session: AsyncSession, payment_ids: Sequence[uuid.UUID], *, lock: bool
+) -> list[_Head]:
+    rows = await session.execute(_heads_statement(lock), {"payment_ids": list(payment_ids)})
     return [
         _Head(payment, card, ref, timezone, status, seq, success_times(successes))
-        for payment, card, ref, timezone, status, seq, successes in (
-            await session.execute(head)
-        ).all()
+        for payment, card, ref, timezone, status, seq, successes in rows.all()
     ]
 
 
@@ -392,7 +404,9 @@ def _credentials(ids: sa.ColumnElement[Any]) -> sa.CTE:
 
 
 def _attempt_ids(
-    ids: sa.ColumnElement[Any], customers: sa.ColumnElement[Any], customer_since: datetime
+    ids: sa.ColumnElement[Any],
+    customers: sa.ColumnElement[Any],
+    customer_since: sa.ColumnElement[datetime],
 ) -> sa.Subquery:
     """The ids of the payments' attempts, of attempts counted against their credentials, and
     of their customers' attempts since `customer_since`. An attempt counts against the card
@@ -446,21 +460,10 @@ def _row(
     return _Row(attempt, payment.customer_id, tuple(keys), _first_decline_of(payment))
 
 
-async def _history(
-    session: AsyncSession,
-    payment_ids: Sequence[uuid.UUID],
-    customer_ids: Sequence[uuid.UUID],
-    customer_since: datetime,
-) -> list[_Row]:
-    """Every attempt of these payments, on their credentials and (recently) of their customers.
-
-    One statement (`_attempt_ids` says which attempts). Each part starts from an index probe,
-    so the planner never scans every attempt.
-    """
-    attempt_ids = _attempt_ids(
-        any_array(payment_ids, sa.Uuid), any_array(customer_ids, sa.Uuid), customer_since
-    )
-    query = (
+@cache
+def _history_statement() -> Any:
+    attempt_ids = _attempt_ids(sa.any_(_IDS), sa.any_(_CUSTOMERS), _CUSTOMER_SINCE)
+    return (
         sa.select(
             PaymentAttempt,
             Payment,
@@ -476,7 +479,25 @@ async def _history(
             == sa.func.coalesce(col(PaymentAttempt.card_id), col(Payment.card_id)),
         )
     )
-    return [_row(*found) for found in (await session.execute(query)).all()]
+
+
+async def _history(
+    session: AsyncSession,
+    payment_ids: Sequence[uuid.UUID],
+    customer_ids: Sequence[uuid.UUID],
+    customer_since: datetime,
+) -> list[_Row]:
+    """Every attempt of these payments, on their credentials and (recently) of their customers.
+
+    One statement (`_attempt_ids` says which attempts). Each part starts from an index probe,
+    so the planner never scans every attempt.
+    """
+    params = {
+        "payment_ids": list(payment_ids),
+        "customer_ids": list(customer_ids),
+        "customer_since": customer_since,
+    }
+    return [_row(*found) for found in (await session.execute(_history_statement(), params)).all()]
 
 
 def in_flight(ctx: PaymentContext) -> PaymentAttempt | None:
