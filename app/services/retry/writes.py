@@ -68,15 +68,14 @@ class Writes:
 
 
 def _changed_columns(objects: Any) -> list[str]:
-    """The columns changed on any of the objects, in the mapper's order. The rows are locked
-    by the caller, so writing an unchanged column back writes the value it holds."""
+    """The columns set on any of the objects since they were loaded, in the mapper's order.
+    The rows are locked by the caller, so a column written back unchanged (set to the value it
+    held, or changed on another row of the batch only) keeps the value it holds."""
     changed: set[str] = set()
     order: list[str] = []
     for obj in objects:
         state = inspect(obj)
         if not order:
             order = [a.key for a in state.mapper.column_attrs]
-        for name in state.committed_state:
-            if state.attrs[name].history.has_changes():
-                changed.add(name)
+        changed.update(state.committed_state)
     return [name for name in order if name in changed]
