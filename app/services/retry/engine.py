@@ -65,7 +65,7 @@ from app.retry.schedule import (
 )
 from app.retry.state_machine import attempt_idempotency_key, transition
 from app.services.retry.end_actions import open_end_action
-from app.services.retry.ledger import CardKey, PaymentContext, load_contexts
+from app.services.retry.ledger import CardKey, PaymentContext, load_contexts, reread_history
 from app.services.retry.outbox import emit, event_payload
 from app.services.retry.writes import Writes
 
@@ -277,8 +277,11 @@ async def run_event(
                 if writes is not None:
                     await writes.flush(uow.session)
                 await uow.session.flush()
-                loaded = await load_contexts(uow.session, [ctx.payment.id], now=now)
-                fresh = loaded[ctx.payment.id]
+                reread = await reread_history(uow.session, ctx, now=now)
+                if reread is None:
+                    loaded = await load_contexts(uow.session, [ctx.payment.id], now=now)
+                    reread = loaded[ctx.payment.id]
+                fresh = reread
             decision = decide(fresh, now=now, scheduler=scheduler)
             more = await run_event(
                 uow, fresh, decision.to_event(), now=now, scheduler=scheduler, writes=writes

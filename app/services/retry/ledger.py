@@ -68,6 +68,9 @@ class PaymentContext:
     next_seq: int = 0
     # The version of the merchant's policy `policy` reads (None: the merchant has none).
     policy_version: int | None = None
+    # What the context was built from, to build it again when only the history changed.
+    head: "_Head | None" = field(default=None, repr=False)
+    stored_policy: RetryPolicy | None = field(default=None, repr=False)
 
     @property
     def first_decline(self) -> DeclineView:
@@ -328,6 +331,8 @@ def _context(head: _Head, attempts: _Attempts, stored: RetryPolicy | None) -> Pa
         attempts=[r.attempt for r in mine],
         next_seq=0 if head.last_seq is None else head.last_seq + 1,
         policy_version=stored.version if stored is not None else None,
+        head=head,
+        stored_policy=stored,
     )
 
 
@@ -359,6 +364,24 @@ async def load_contexts(
     )
     attempts = _Attempts.index(rows, customer_since)
     return {h.payment.id: _context(h, attempts, policies.get(h.payment.merchant_id)) for h in heads}
+
+
+async def reread_history(
+    session: AsyncSession, ctx: PaymentContext, *, now: datetime
+) -> PaymentContext | None:
+    """The context again after an event changed the payment's stored attempts: the history
+    read again (one statement), the payment, its card, customer and policy as first loaded
+    in this transaction (the payment row is the session's own, with its changes). None when
+    the payment now names another card than it was loaded with: `load_contexts` then."""
+    head = ctx.head
+    payment = ctx.payment
+    if head is None or (head.card.id if head.card is not None else None) != payment.card_id:
+        return None
+    customer_since = now - CUSTOMER_LOOKBACK
+    rows = await _history(session, [payment.id], [payment.customer_id], customer_since)
+    attempts = _Attempts.index(rows, customer_since)
+    last_seq = ctx.next_seq - 1 if ctx.next_seq > 0 else None
+    return _context(replace(head, last_seq=last_seq), attempts, ctx.stored_policy)
 
 
 def _card_keys(
