@@ -12,6 +12,7 @@ from app.db import Database, ScopedSession
 from app.enums import PaymentState, RetryStrategy
 from app.models.payment import Payment
 from app.services.retry.engine import claim_due, decide_pending
+from app.services.stats.recompute import rollup_differences
 from app.tenancy import SYSTEM_SCOPE
 from app.workflows.retry_attempt import execute_attempt
 from tests.support.factories import make_merchant, set_strategy
@@ -81,6 +82,13 @@ async def test_a_decide_batch_costs_the_same_statements_whatever_its_size(
         steps = await timeline(db, payment.id)
         assert [(t.event, t.seq) for t in steps] == [("failure_ingested", 0), ("decision_made", 1)]
         assert await outbox(db, payment.id) == ["payment.scheduled"]
+    # The recovery rollups (statement-level triggers) saw the batch's one UPDATE whole.
+    await _rollups_agree(db, [one, *many])
+
+
+async def _rollups_agree(db: Database, payments: list[Payment]) -> None:
+    async with db.session(SYSTEM_SCOPE) as session:
+        assert await rollup_differences(session, sorted({p.merchant_id for p in payments})) == []
 
 
 async def test_one_claim_batch_keeps_the_customer_cap(db: Database) -> None:
@@ -146,6 +154,7 @@ async def test_an_approved_attempt_costs_two_commits_and_at_most_six_statements(
     assert [t.event for t in steps][-1] == "attempt_succeeded"
     assert [t.seq for t in steps] == list(range(len(steps)))
     assert (await outbox(db, payment.id))[-1] == "payment.recovered"
+    await _rollups_agree(db, [payment])
 
 
 async def test_a_declined_attempt_is_recorded_and_decided_again(db: Database) -> None:
@@ -191,3 +200,4 @@ async def test_claims_in_batches_share_the_due_set_without_overlap(db: Database)
     assert sorted(claimed) == sorted(p.id for p in payments)
     for payment in payments:
         assert len([a for a in await attempts_of(db, payment.id) if a.portal_number]) == 1
+    await _rollups_agree(db, payments)
