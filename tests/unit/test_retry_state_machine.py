@@ -469,3 +469,14 @@ def test_naive_now_is_rejected() -> None:
 def test_hard_decline_while_paused_still_ends() -> None:
     t = run(S.RETRYING, ev.AttemptDeclined(hard(NOW)), policy=replace(POLICY, enabled=False))
     assert t.new_state is S.NOT_RETRYABLE
+
+
+def test_a_success_reads_neither_the_policy_nor_the_ledger() -> None:
+    """Recording an approved charge loads neither (`settled_context`): money moved, so the
+    transition is the same whatever they say."""
+    bare = PaymentLedger(network=None, first_failed_at=FAILED_AT)
+    strict = replace(POLICY, enabled=False, max_attempts=0, window_days=1)
+    for state in S:
+        with_all = run(state, ev.AttemptSucceeded())
+        without = run(state, ev.AttemptSucceeded(), policy=strict, ledger=bare)
+        assert without == with_all, state
