@@ -84,7 +84,9 @@ async def run_demo(
             settings.model_copy(update={"readyz_require_worker": True}), resources=resources
         )
         server = uvicorn.Server(
-            uvicorn.Config(app, host=settings.host, port=options.port, log_config=None)
+            uvicorn.Config(
+                app, host=settings.host, port=options.port, log_config=None, access_log=False
+            )
         )
         portal_url = f"http://{settings.host}:{options.port}"
         # Supervised like `portal worker`: a Redis or PostgreSQL restart pauses it, never ends

@@ -1,10 +1,14 @@
 """Error shaping: expected errors keep their code, outages say so, bugs are masked and logged."""
 
 import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
 
 import strawberry
-from graphql import GraphQLError
-from strawberry.extensions import MaskErrors
+from graphql import ASTValidationRule, DocumentNode, GraphQLError, GraphQLSchema, parse
+from strawberry.extensions import MaskErrors, SchemaExtension
+from strawberry.schema.schema import validate_document
 from strawberry.types import ExecutionContext
 
 from app.errors import ErrorCode, PortalError
@@ -34,6 +38,74 @@ def outage_in(error: GraphQLError) -> tuple[Dependency, BaseException] | None:
         return None
     dependency = outage_of(original)
     return None if dependency is None else (dependency, original)
+
+
+class DocumentCache:
+    """Parsed and validated documents by query text: what every request of a known query
+    would otherwise redo. Parsing has the token limit; validation runs the specified rules,
+    Strawberry's own and the portal's guards (depth, aliases, introspection). Only documents
+    that parse are kept, with their validation errors (an invalid query is refused from the
+    cache too); the least recently used go past `maxsize`.
+    """
+
+    def __init__(
+        self, rules: Sequence[type[ASTValidationRule]], *, max_tokens: int, maxsize: int = 512
+    ) -> None:
+        self.rules = tuple(rules)
+        self.max_tokens = max_tokens
+        self._maxsize = maxsize
+        self._entries: OrderedDict[str, tuple[DocumentNode, list[GraphQLError]]] = OrderedDict()
+        # Requests run on one event loop, but a cache shared across threads must not tear.
+        self._lock = threading.Lock()
+
+    def prepared(
+        self, schema: GraphQLSchema, query: str, rules: tuple[type[ASTValidationRule], ...]
+    ) -> tuple[DocumentNode, list[GraphQLError]] | None:
+        """The document and its validation errors against `schema` under `rules` (the same
+        on every call: one schema's, its execution context's rules, which `PreparedDocuments`
+        extends with `self.rules`); None when it does not parse (Strawberry then parses it
+        again and reports the syntax error in its own words)."""
+        with self._lock:
+            entry = self._entries.get(query)
+            if entry is not None:
+                self._entries.move_to_end(query)
+                return entry
+        try:
+            document = parse(query, max_tokens=self.max_tokens)
+        except GraphQLError:
+            return None
+        entry = (document, validate_document(schema, document, rules))
+        with self._lock:
+            self._entries[query] = entry
+            while len(self._entries) > self._maxsize:
+                self._entries.popitem(last=False)
+        return entry
+
+
+class PreparedDocuments(SchemaExtension):
+    """Hands Strawberry a request's document parsed and validated from `DocumentCache`, in one
+    hook (in place of ParserCache, ValidationCache, AddValidationRules and MaxTokensLimiter,
+    whose four hooks and per-request hashing of the whole document cost more than the rest of
+    a small query). A query that does not parse goes through Strawberry's own parsing, with
+    the same token limit and rules."""
+
+    def __init__(self, cache: DocumentCache) -> None:
+        super().__init__()
+        self._cache = cache
+
+    def on_operation(self) -> Iterator[None]:
+        context = self.execution_context
+        context.parse_options["max_tokens"] = self._cache.max_tokens
+        rules = (*context.validation_rules, *self._cache.rules)
+        context.validation_rules = rules
+        if context.query and context.graphql_document is None:
+            prepared = self._cache.prepared(context.schema._schema, context.query, rules)
+            if prepared is not None:
+                document, errors = prepared
+                context.graphql_document = document
+                # A list, even empty, tells Strawberry that validation has run.
+                context.pre_execution_errors = errors
+        yield
 
 
 class ShapeErrors(MaskErrors):
