@@ -22,7 +22,13 @@ from schema import (
 from schema.api_key import ApiKey, ApiKeyConnection, api_keys
 from schema.connection import ProcessorConnection
 from schema.enums import Role
-from schema.extensions import DocumentCache, PortalSchema, PreparedDocuments, ShapeErrors
+from schema.extensions import (
+    DocumentCache,
+    PortalExecutor,
+    PortalSchema,
+    PreparedDocuments,
+    ShapeErrors,
+)
 from schema.merchant import Merchant, MerchantConnection
 from schema.model import Model, models
 from schema.node import Node, NodeTypes, node_type
@@ -165,6 +171,7 @@ def build_schema(settings: Settings) -> strawberry.Schema:
             disable_field_suggestions=settings.environment == "production",
             scalar_map=SCALAR_MAP,
         ),
+        execution_context_class=PortalExecutor,
         extensions=[
             lambda: PreparedDocuments(documents),
             lambda: ShapeErrors(retry_after_seconds=settings.outage_retry_after_seconds),
