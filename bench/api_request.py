@@ -101,7 +101,7 @@ class Figures:
     def row(self, server: str, case: str) -> str:
         per = self.requests or 1
         return (
-            f"{server:<34} {case:<16} {self.per_second:>8.0f} {self.p50_ms:>8.1f} "
+            f"{server:<40} {case:<16} {self.per_second:>8.0f} {self.p50_ms:>8.1f} "
             f"{self.p99_ms:>8.1f} {self.server_cpu_ms / per:>9.2f} {self.db_cpu_ms / per:>9.2f}"
             f" {self.errors:>6}"
         )
@@ -344,6 +344,12 @@ async def main(args: argparse.Namespace) -> None:
             )
             await uow.commit()
         await db.dispose()
+        # Planner statistics, as a database in service has them (autovacuum would take a while).
+        admin = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
+        try:
+            await admin.execute("ANALYZE")
+        finally:
+            await admin.close()
         merchant_gid = encode_id("Merchant", merchant.id)
         auth = {"Authorization": f"Bearer {token}"}
         graphql = {**auth, "Content-Type": "application/json"}
@@ -378,7 +384,7 @@ async def main(args: argparse.Namespace) -> None:
             servers.append(
                 (
                     Server(
-                        f"before ({Path(before).name}, asyncio+h11)",
+                        "before (asyncio+h11)",
                         serve,
                         {**env, "PYTHONPATH": os.pathsep.join([hide, before])},
                         tmp / "before.log",
@@ -432,7 +438,7 @@ async def main(args: argparse.Namespace) -> None:
             f"{args.payments} payments; {args.connections} connections from {loader}; "
             f"{args.warmup:g} s warm-up then {args.seconds:g} s per case; one server process"
         )
-        header = f"{'server':<34} {'case':<16} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}"
+        header = f"{'server':<40} {'case':<16} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}"
         print(header + f" {'CPU-ms/req':>9} {'PG-ms/req':>9} {'errors':>6}")
         admin = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
         results: dict[tuple[str, str], Figures] = {}
