@@ -105,7 +105,7 @@ class Database:
         self._lock = asyncio.Lock() if serialize else None
 
     @classmethod
-    def from_url(cls, url: str, *, pool_size: int = 20, max_overflow: int = 0) -> Self:
+    def from_url(cls, url: str, *, pool_size: int = 10, max_overflow: int = 10) -> Self:
         engine = create_async_engine(
             url, pool_size=pool_size, max_overflow=max_overflow, pool_pre_ping=True
         )

@@ -74,7 +74,11 @@ async def run_demo(
     try:
         await asyncio.to_thread(upgrade_database, services.database_url)
         clock = AcceleratedClock(datetime.now(UTC), options.speed)
-        db = Database.from_url(services.database_url)
+        db = Database.from_url(
+            services.database_url,
+            pool_size=settings.db_pool_size,
+            max_overflow=settings.db_max_overflow,
+        )
         redis = redis_client(services.redis_url)
         arq = queue_client(services.redis_url)
         box = CredentialBox(settings.secret_key.get_secret_value())
