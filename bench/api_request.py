@@ -289,8 +289,9 @@ async def measure(
     warmup: float,
     connections: int,
     admin: asyncpg.Connection,
+    client: str,
 ) -> Figures:
-    load = run_wrk if shutil.which("wrk") else run_python_client
+    load = run_wrk if client == "wrk" else run_python_client
     await asyncio.to_thread(load, server.port, request, warmup, connections)
     cpu0, db0 = cpu_seconds(server.pid), await server.db_cpu_seconds(admin)
     n, micros, p50, p99, errors = await asyncio.to_thread(
@@ -433,7 +434,7 @@ async def main(args: argparse.Namespace) -> None:
                 )
             )
 
-        loader = "wrk" if shutil.which("wrk") else "asyncio client (wrk not installed)"
+        loader = "wrk" if args.client == "wrk" else "this script's asyncio client"
         print(
             f"{args.payments} payments; {args.connections} connections from {loader}; "
             f"{args.warmup:g} s warm-up then {args.seconds:g} s per case; one server process"
@@ -468,6 +469,7 @@ async def main(args: argparse.Namespace) -> None:
                             warmup=args.warmup,
                             connections=args.connections,
                             admin=admin,
+                            client=args.client,
                         )
                         results[server.name, case] = figures
                         print(figures.row(server.name, case), flush=True)
@@ -501,6 +503,12 @@ def cli() -> None:
     parser.add_argument("--connections", type=int, default=32, help="concurrent connections")
     parser.add_argument("--before", help="also serve the API from this checkout (asyncio+h11)")
     parser.add_argument("--pure", action="store_true", help="also serve it with asyncio+h11")
+    parser.add_argument(
+        "--client",
+        choices=["wrk", "python"],
+        default="wrk" if shutil.which("wrk") else "python",
+        help="load generator (wrk when installed)",
+    )
     parser.add_argument("--load", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.load:
