@@ -1,10 +1,11 @@
-"""The portal's executor answers exactly as Strawberry's own: data, errors, paths, locations."""
+"""The portal's executor answers exactly as Strawberry's own (data, errors, paths, locations),
+and documents are parsed and validated once per query text."""
 
 from enum import Enum
 from typing import Any
 
 import strawberry
-from graphql import GraphQLObjectType
+from graphql import GraphQLObjectType, specified_rules
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 from strawberry.types import ExecutionResult
 
@@ -17,7 +18,7 @@ from app.tenancy import SYSTEM_SCOPE
 from app.workflows.authentication import authenticate
 from resolvers.context import Context
 from resolvers.ids import encode_id
-from schema.extensions import PortalExecutor, PortalSchema, _plain_leaves
+from schema.extensions import DocumentCache, PortalExecutor, PortalSchema, _plain_leaves
 from schema.root import build_schema
 from tests.support.factories import make_key, make_merchant
 from tests.support.graphql import PAYMENTS_PAGE
@@ -150,3 +151,24 @@ async def test_a_page_of_payments_is_the_same(
     edges = data["merchant"]["payments"]["edges"]
     assert len(edges) == 50
     assert {e["node"]["state"] for e in edges} <= {s.name for s in PaymentState}
+
+
+def test_documents_are_kept_parsed_and_validated_up_to_a_bound(settings: Settings) -> None:
+    schema = build_schema(settings)
+    rules = (*specified_rules,)
+    cache = DocumentCache([], max_tokens=50, maxsize=2)
+    first = cache.prepared(schema._schema, "{ viewer { role } }", rules)
+    assert first is not None
+    assert first[1] == []
+    # The same text is the same document, validated once.
+    assert cache.prepared(schema._schema, "{ viewer { role } }", rules) is first
+    invalid = cache.prepared(schema._schema, "{ viewer { nope } }", rules)
+    assert invalid is not None
+    (error,) = invalid[1]
+    assert error.message.startswith("Cannot query field 'nope' on type 'Viewer'.")
+    # Syntax errors and documents over the token limit are left to Strawberry to report.
+    assert cache.prepared(schema._schema, "{ viewer { ", rules) is None
+    assert cache.prepared(schema._schema, "{ " + "a " * 60 + "}", rules) is None
+    # Past the bound the least recently used document goes.
+    cache.prepared(schema._schema, "{ viewer { name } }", rules)
+    assert cache.prepared(schema._schema, "{ viewer { role } }", rules) is not first
