@@ -51,6 +51,7 @@ from app.retry.events import (
     CustomerDeleted,
     DecisionMade,
     Event,
+    ExternalAttemptDeclined,
     InvoiceVoided,
     PaidElsewhere,
     SubscriptionCanceled,
@@ -692,7 +693,18 @@ async def _record(
         else:
             read = decline if decline is not None else _UNREADABLE
             view = DeclineView.from_decline(read, now)
-            event = AttemptDeclined(view)
+            if payment.state is PaymentState.RETRYING:
+                event = AttemptDeclined(view)
+            else:
+                # The payment moved on while this charge was out (a second run of the same
+                # key recorded the other answer's consequences, or a person or ingestion
+                # changed it). The decline still happened: it counts on the card, and a
+                # scheduled payment is decided again with it, as for anyone else's decline.
+                event = ExternalAttemptDeclined(view, Actor.PORTAL)
+                logger.warning(
+                    "a charge was declined after its payment left RETRYING",
+                    extra={"payment_id": str(payment.id), "state": str(payment.state)},
+                )
             attempt.outcome = AttemptOutcome.DECLINED
             attempt.sqlmodel_update(dict(decline_columns(read)))
             attempt.not_before = read.not_before

@@ -5,7 +5,9 @@ import asyncio
 import asyncpg
 import pytest
 from alembic import command
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from app.embedded import Services, create_scratch_database, drop_database
 from portal.migrate import alembic_config
@@ -494,5 +496,29 @@ async def test_preflight_method_column_and_end_action_table_are_added_and_revers
             assert await conn.fetchval("SELECT count(*) FROM payment_attempt") == 1
         finally:
             await conn.close()
+    finally:
+        await drop_database(services, url)
+
+
+async def test_a_short_lock_timeout_is_given_back_to_the_transaction(services: Services) -> None:
+    """Revisions run one after another in one transaction: the short lock timeout a revision
+    takes for its ALTERs must not bind the revisions after it, online or in a rendered script."""
+    url = await create_scratch_database(services, "portal_migrations")
+    cfg = alembic_config(url)
+    try:
+        await asyncio.to_thread(command.upgrade, cfg, "0012_webhook_previous_secret")
+        engine = create_async_engine(url)
+        try:
+            async with engine.begin() as conn:
+                await conn.exec_driver_sql("SET LOCAL lock_timeout = '7s'")
+
+                def upgrade(sync_conn: Connection) -> None:
+                    cfg.attributes["connection"] = sync_conn
+                    command.upgrade(cfg, "0013_attempt_decline_columns")
+
+                await conn.run_sync(upgrade)
+                assert (await conn.exec_driver_sql("SHOW lock_timeout")).scalar_one() == "7s"
+        finally:
+            await engine.dispose()
     finally:
         await drop_database(services, url)

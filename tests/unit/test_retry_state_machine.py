@@ -280,6 +280,9 @@ def test_claim_numbers_attempts_by_portal_retries_only() -> None:
     assert ev.RecordAttempt(2, later) in t.actions
     assert ev.EnqueueAttempt(2) in t.actions
     assert attempt_idempotency_key("p1", 2) == attempt_idempotency_key("p1", 2) == "retry-p1-2"
+    # The timeline names it as the API does: the payment's fourth attempt (the failed charge,
+    # the portal's first retry and the processor's retry came before it).
+    assert t.reason == "attempt 4 started"
 
 
 def test_claim_too_early_reschedules_instead_of_charging() -> None:
