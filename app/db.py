@@ -3,8 +3,9 @@
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any, Self
+from uuid import UUID
 
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import (
@@ -15,6 +16,7 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 from sqlalchemy.orm import ORMExecuteState, Session, with_loader_criteria
+from sqlalchemy.sql.base import ExecutableOption
 from sqlmodel import col
 
 from app.models import tables as _tables  # noqa: F401 - every table must be mapped
@@ -40,8 +42,15 @@ def _enforce_scope(state: ORMExecuteState) -> None:
         return
     if state.is_column_load or state.is_relationship_load:
         return
-    ids = sorted(scope.merchant_ids)
-    state.statement = state.statement.options(
+    state.statement = state.statement.options(*_scope_criteria(scope.merchant_ids))
+
+
+@lru_cache(maxsize=1024)
+def _scope_criteria(merchant_ids: frozenset[UUID]) -> tuple[ExecutableOption, ...]:
+    """The criteria options of a scope, built once per set of merchants (immutable, so one
+    set of options serves every statement of every session with that scope)."""
+    ids = sorted(merchant_ids)
+    return (
         *(
             with_loader_criteria(model, col(model.merchant_id).in_(ids), include_aliases=True)
             for model in _tenant_models()

@@ -66,6 +66,10 @@ class Settings(BaseSettings):
     rate_limit_enabled: bool = True
     rate_limit_capacity: int = Field(default=50_000, gt=0)
     rate_limit_leak_per_second: float = Field(default=1_000.0, gt=0)
+    # An API key's lookup (role, grants, revocation) is trusted for this long by the process
+    # that made it: a revoked key stops working on every API process within this bound (at
+    # once on the process that revoked it). 0 looks the key up on every request.
+    auth_cache_seconds: float = Field(default=5.0, ge=0, le=300)
     # When set, /metrics requires `Authorization: Bearer <token>`; production requires it.
     metrics_token: SecretStr | None = None
 
@@ -91,8 +95,12 @@ class Settings(BaseSettings):
     outbox_retention_days: int = Field(default=30, ge=0, le=3650)
     webhook_delivery_retention_days: int = Field(default=30, ge=0, le=3650)
 
-    db_pool_size: int = 10
-    db_max_overflow: int = 10
+    # Connections each process keeps to PostgreSQL (opened on demand, then kept). Overflow
+    # connections beyond the pool are closed as soon as they are returned, so under a load
+    # that needs more than the pool they are opened and closed per request (asyncpg's
+    # connection set-up costs more CPU than the request): size the pool, not the overflow.
+    db_pool_size: int = Field(default=20, gt=0)
+    db_max_overflow: int = Field(default=0, ge=0)
 
     # PostgreSQL or Redis unreachable: a request that needed it answers 503 with this
     # `Retry-After` (seconds), so API clients and processors retry instead of seeing a bug.

@@ -42,7 +42,9 @@ async def startup(ctx: dict[str, Any]) -> None:
         url = ctx.get("database_url") or settings.database_url
         if not url:
             raise RuntimeError("the worker needs database_url in its context or settings")
-        ctx["db"] = Database.from_url(url, pool_size=settings.db_pool_size)
+        ctx["db"] = Database.from_url(
+            url, pool_size=settings.db_pool_size, max_overflow=settings.db_max_overflow
+        )
         ctx["owns_db"] = True
     if "http" not in ctx:
         ctx["http"] = httpx.AsyncClient(timeout=DEFAULT_TIMEOUT)

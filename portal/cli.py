@@ -124,6 +124,8 @@ def serve(
             host=host or settings.host,
             port=port or settings.port,
             log_config=None,
+            # RequestLogMiddleware logs every request, with its id, status and timing.
+            access_log=False,
         )
         return
     # Each process would otherwise resolve (and might start) its own embedded services.
@@ -141,6 +143,7 @@ def serve(
         port=port or settings.port,
         workers=workers,
         log_config=None,
+        access_log=False,
     )
 
 

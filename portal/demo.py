@@ -74,7 +74,11 @@ async def run_demo(
     try:
         await asyncio.to_thread(upgrade_database, services.database_url)
         clock = AcceleratedClock(datetime.now(UTC), options.speed)
-        db = Database.from_url(services.database_url)
+        db = Database.from_url(
+            services.database_url,
+            pool_size=settings.db_pool_size,
+            max_overflow=settings.db_max_overflow,
+        )
         redis = redis_client(services.redis_url)
         arq = queue_client(services.redis_url)
         box = CredentialBox(settings.secret_key.get_secret_value())
@@ -84,7 +88,9 @@ async def run_demo(
             settings.model_copy(update={"readyz_require_worker": True}), resources=resources
         )
         server = uvicorn.Server(
-            uvicorn.Config(app, host=settings.host, port=options.port, log_config=None)
+            uvicorn.Config(
+                app, host=settings.host, port=options.port, log_config=None, access_log=False
+            )
         )
         portal_url = f"http://{settings.host}:{options.port}"
         # Supervised like `portal worker`: a Redis or PostgreSQL restart pauses it, never ends

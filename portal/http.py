@@ -6,9 +6,11 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
+from datetime import timedelta
 from functools import lru_cache
 from typing import Any
 
+import orjson
 from graphql import (
     DocumentNode,
     GraphQLError,
@@ -36,7 +38,7 @@ from app.outages import Dependency, outage_of, unavailable_message
 from app.ratelimit import Decision, RedisLeakyBucket
 from app.settings import Settings
 from app.tenancy import Principal
-from app.workflows.authentication import authenticate
+from app.workflows.authentication import PrincipalCache, authenticate
 from portal import metrics
 from portal.logging import request_id_from
 from resolvers.context import Context
@@ -200,6 +202,7 @@ class PortalGraphQL(GraphQL[Context, None]):
             raise TypeError("PortalGraphQL serves a strawberry.Schema")
         # The graphql-core schema, which query costs are computed against.
         self._graphql_schema: GraphQLSchema = self.schema._schema
+        self._principals = PrincipalCache(timedelta(seconds=settings.auth_cache_seconds))
         # Whether the rate limiter's Redis was last found unreachable: the outage is logged
         # when it starts and when it ends, not once per request served meanwhile.
         self._unmetered = False
@@ -290,7 +293,7 @@ class PortalGraphQL(GraphQL[Context, None]):
         state = request.app.state
         principal = None
         if token is not None:
-            principal = await authenticate(state.db, token, now=state.clock.now())
+            principal = await self._authenticate(state.db, state.clock, token)
             if principal is None and media == GRAPHQL_RESPONSE_JSON:
                 raise Refusal(
                     401,
@@ -480,6 +483,14 @@ class PortalGraphQL(GraphQL[Context, None]):
             body["data"] = None
         return self._response(body, media, status, refusal.headers)
 
+    def encode_json(self, data: object) -> bytes:
+        """orjson: a page of payments encodes several times faster than with json.dumps."""
+        try:
+            return orjson.dumps(data)
+        except TypeError:
+            # Beyond orjson (integers past 64 bits, say): the standard library's answer.
+            return json.dumps(data, separators=(",", ":")).encode()
+
     def _response(
         self,
         body: GraphQLHTTPResponse | dict[str, Any],
@@ -507,6 +518,16 @@ class PortalGraphQL(GraphQL[Context, None]):
                     extensions.setdefault("code", ErrorCode.GRAPHQL_VALIDATION_FAILED.value)
         return response
 
+    async def _authenticate(self, db: Database, clock: Clock, token: str) -> Principal | None:
+        """The token's principal: from this process's cache while fresh, else looked up."""
+        now = clock.now()
+        principal = self._principals.get(token, now=now)
+        if principal is None:
+            principal = await authenticate(db, token, now=now)
+            if principal is not None:
+                self._principals.put(token, principal, now=now)
+        return principal
+
     def _context(self, request: Request | WebSocket, principal: Principal | None) -> Context:
         state = request.app.state
         request_id = getattr(request.state, "request_id", None) or request_id_from(
@@ -520,6 +541,7 @@ class PortalGraphQL(GraphQL[Context, None]):
             redis=state.redis,
             arq=getattr(state, "arq", None),
             request_id=request_id,
+            principals=self._principals,
         )
 
     async def get_context(
@@ -529,7 +551,7 @@ class PortalGraphQL(GraphQL[Context, None]):
         db: Database = request.app.state.db
         clock: Clock = request.app.state.clock
         token = bearer_token(request)
-        principal = None if token is None else await authenticate(db, token, now=clock.now())
+        principal = None if token is None else await self._authenticate(db, clock, token)
         return self._context(request, principal)
 
 

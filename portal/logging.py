@@ -1,14 +1,17 @@
 """Structured logging: JSON lines with the request id bound and secrets redacted."""
 
+import json
 import logging
 import re
 import sys
 import time
 import uuid
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
+from functools import lru_cache
 from typing import IO, Any
 
 import httpx
+import orjson
 import structlog
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -26,9 +29,23 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._\-]{1,128}$")
 
 
 def _is_secret_key(key: object) -> bool:
+    return _is_secret_name(key) if isinstance(key, str) else _is_secret_name(str(key))
+
+
+@lru_cache(maxsize=4096)
+def _is_secret_name(key: str) -> bool:
     # `X-Api-Key`, `api-key` and `api_key` are the same secret.
-    lowered = str(key).lower().replace("-", "_")
+    lowered = key.lower().replace("-", "_")
     return any(part in lowered for part in SECRET_KEYS)
+
+
+def _json_line(value: Any, *, default: Callable[[Any], Any] = repr, **_: Any) -> str:
+    """One log line as JSON: orjson, or the standard library for what orjson refuses
+    (integers past 64 bits, keys that are not strings)."""
+    try:
+        return orjson.dumps(value, default=default).decode()
+    except TypeError:
+        return json.dumps(value, default=default)
 
 
 def _scrub_text(text: str) -> str:
@@ -83,7 +100,7 @@ def configure_logging(
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     renderer: structlog.types.Processor = (
-        structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer()
+        structlog.processors.JSONRenderer(_json_line) if json else structlog.dev.ConsoleRenderer()
     )
     structlog.configure(
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],

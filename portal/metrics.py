@@ -6,6 +6,7 @@ import re
 import threading
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime
+from functools import lru_cache
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
@@ -69,8 +70,19 @@ def operation_label(name: str | None) -> str:
 
 def observe_graphql(operation: str, status: int, seconds: float) -> None:
     """Count one GraphQL request; `operation` is already a label (see `operation_label`)."""
-    GRAPHQL_REQUESTS.labels(operation=operation, status=str(status)).inc()
-    GRAPHQL_LATENCY.labels(operation=operation).observe(seconds)
+    requests, latency = _series(operation, status)
+    requests.inc()
+    latency.observe(seconds)
+
+
+@lru_cache(maxsize=4 * MAX_OPERATION_LABELS)
+def _series(operation: str, status: int) -> tuple[Counter, Histogram]:
+    """The two series a request updates (prometheus_client's label lookup, once per pair;
+    operation labels are capped, statuses few)."""
+    return (
+        GRAPHQL_REQUESTS.labels(operation=operation, status=str(status)),
+        GRAPHQL_LATENCY.labels(operation=operation),
+    )
 
 
 async def job_family(redis: Redis) -> Metric:

@@ -37,4 +37,8 @@ async def create(
 async def revoke(ctx: Context, *, global_id: str, reason: str) -> ApiKey:
     async with ctx.change() as (uow, by):
         _, key_id = decode_id(global_id, expected="ApiKey")
-        return await revoke_api_key(uow, key_id=key_id, reason=reason, **by)
+        key = await revoke_api_key(uow, key_id=key_id, reason=reason, **by)
+    if ctx.principals is not None and key.revoked_at is not None:
+        # Refused at once here; other processes refuse it when their entry expires.
+        ctx.principals.forget(key.id)
+    return key

@@ -15,6 +15,7 @@ from app.db import Database, UnitOfWork
 from app.errors import Unauthenticated
 from app.settings import Settings
 from app.tenancy import Principal
+from app.workflows.authentication import PrincipalCache
 from resolvers.loaders import Loaders
 
 
@@ -37,6 +38,8 @@ class Context:
     redis: Any = None
     request_id: str | None = None
     arq: ArqRedis | None = None
+    # The HTTP view's cache of authenticated keys, which a revocation empties of the key.
+    principals: PrincipalCache | None = None
     _loaders: Loaders | None = field(default=None, init=False, repr=False)
 
     def require_principal(self) -> Principal:

@@ -36,3 +36,9 @@ async def customer(ctx: Context, customer_id: uuid.UUID) -> Customer | None:
 
 async def card(ctx: Context, card_id: uuid.UUID | None) -> CardCredential | None:
     return None if card_id is None else await ctx.loaders.card_by_id.load(card_id)
+
+
+async def cards(ctx: Context, payments: list[Payment]) -> dict[uuid.UUID, CardCredential | None]:
+    """The cards of these payments by id, in one batch of the same loader as `card`."""
+    ids = list(dict.fromkeys(p.card_id for p in payments if p.card_id is not None))
+    return dict(zip(ids, await ctx.loaders.card_by_id.load_many(ids), strict=True))

@@ -1,16 +1,42 @@
-"""Error shaping: expected errors keep their code, outages say so, bugs are masked and logged."""
+"""Schema extensions and execution: documents prepared once, a short way through plain leaf
+fields, and error shaping (expected errors keep their code, outages say so, bugs are masked
+and logged)."""
 
 import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
+from functools import cached_property, lru_cache
+from typing import Any
 
 import strawberry
-from graphql import GraphQLError
-from strawberry.extensions import MaskErrors
+from graphql import (
+    ASTValidationRule,
+    DocumentNode,
+    GraphQLEnumType,
+    GraphQLError,
+    GraphQLNonNull,
+    GraphQLObjectType,
+    GraphQLScalarType,
+    GraphQLSchema,
+    Undefined,
+    parse,
+)
+from graphql import ExecutionResult as GraphQLExecutionResult
+from graphql.pyutils import Path
+from strawberry.extensions import MaskErrors, SchemaExtension
+from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext, validate_document
+from strawberry.schema.schema_converter import CustomGraphQLEnumType, GraphQLCoreConverter
 from strawberry.types import ExecutionContext
+from strawberry.types import ExecutionResult as StrawberryExecutionResult
+from strawberry.types.field import StrawberryField
 
 from app.errors import ErrorCode, PortalError
 from app.outages import Dependency, outage_of, unavailable_message
 
 logger = logging.getLogger("portal.graphql")
+
+_PLAIN_RESULTS = (GraphQLExecutionResult, StrawberryExecutionResult)
 
 
 def _is_expected(error: GraphQLError) -> bool:
@@ -41,6 +67,74 @@ def outage_in(error: GraphQLError) -> tuple[Dependency, BaseException] | None:
         return None
     dependency = outage_of(original)
     return None if dependency is None else (dependency, original)
+
+
+class DocumentCache:
+    """Parsed and validated documents by query text: what every request of a known query
+    would otherwise redo. Parsing has the token limit; validation runs the specified rules,
+    Strawberry's own and the portal's guards (depth, aliases, introspection). Only documents
+    that parse are kept, with their validation errors (an invalid query is refused from the
+    cache too); the least recently used go past `maxsize`.
+    """
+
+    def __init__(
+        self, rules: Sequence[type[ASTValidationRule]], *, max_tokens: int, maxsize: int = 512
+    ) -> None:
+        self.rules = tuple(rules)
+        self.max_tokens = max_tokens
+        self._maxsize = maxsize
+        self._entries: OrderedDict[str, tuple[DocumentNode, list[GraphQLError]]] = OrderedDict()
+        # Requests run on one event loop, but a cache shared across threads must not tear.
+        self._lock = threading.Lock()
+
+    def prepared(
+        self, schema: GraphQLSchema, query: str, rules: tuple[type[ASTValidationRule], ...]
+    ) -> tuple[DocumentNode, list[GraphQLError]] | None:
+        """The document and its validation errors against `schema` under `rules` (the same
+        on every call: one schema's, its execution context's rules, which `PreparedDocuments`
+        extends with `self.rules`); None when it does not parse (Strawberry then parses it
+        again and reports the syntax error in its own words)."""
+        with self._lock:
+            entry = self._entries.get(query)
+            if entry is not None:
+                self._entries.move_to_end(query)
+                return entry
+        try:
+            document = parse(query, max_tokens=self.max_tokens)
+        except GraphQLError:
+            return None
+        entry = (document, validate_document(schema, document, rules))
+        with self._lock:
+            self._entries[query] = entry
+            while len(self._entries) > self._maxsize:
+                self._entries.popitem(last=False)
+        return entry
+
+
+class PreparedDocuments(SchemaExtension):
+    """Hands Strawberry a request's document parsed and validated from `DocumentCache`, in one
+    hook (in place of ParserCache, ValidationCache, AddValidationRules and MaxTokensLimiter,
+    whose four hooks and per-request hashing of the whole document cost more than the rest of
+    a small query). A query that does not parse goes through Strawberry's own parsing, with
+    the same token limit and rules."""
+
+    def __init__(self, cache: DocumentCache) -> None:
+        super().__init__()
+        self._cache = cache
+
+    def on_operation(self) -> Iterator[None]:
+        context = self.execution_context
+        context.parse_options["max_tokens"] = self._cache.max_tokens
+        rules = (*context.validation_rules, *self._cache.rules)
+        context.validation_rules = rules
+        if context.query and context.graphql_document is None:
+            prepared = self._cache.prepared(context.schema._schema, context.query, rules)
+            if prepared is not None:
+                document, errors = prepared
+                context.graphql_document = document
+                # A list, even empty, tells Strawberry that validation has run.
+                context.pre_execution_errors = errors
+        yield
 
 
 class ShapeErrors(MaskErrors):
@@ -80,6 +174,22 @@ class ShapeErrors(MaskErrors):
             },
         )
 
+    def on_operation(self) -> Iterator[None]:
+        """MaskErrors' hook, with the plain results every query and mutation produce handled
+        without its runtime Protocol check (a slow `isinstance` on every request)."""
+        self._stream_result_processed = False
+        yield
+        if self._stream_result_processed:
+            return
+        result = self.execution_context.result
+        if type(result) in _PLAIN_RESULTS:
+            if result.errors:  # type: ignore[union-attr]
+                result.errors = self._process_errors(result.errors)  # type: ignore[union-attr]
+        elif isinstance(result, GraphQLExecutionResult | StrawberryExecutionResult):
+            self._process_result(result)
+        elif initial_result := getattr(result, "initial_result", None):
+            self._process_result(initial_result)
+
     def _process_errors(self, errors: list[GraphQLError]) -> list[GraphQLError]:
         processed = []
         for error in errors:
@@ -101,6 +211,100 @@ class ShapeErrors(MaskErrors):
                     code = ErrorCode.INVALID_ARGUMENT.value
                 error.extensions = {**(error.extensions or {}), "code": code}
         return processed
+
+
+# What a leaf field reads, when it reads an attribute and nothing else: the attribute's name,
+# how Strawberry reads it, how the leaf type coerces it, and whether null is an error.
+_Leaf = tuple[str, Callable[[Any, str], Any], Callable[[Any], Any], bool]
+
+
+def _enum_coercion(kind: CustomGraphQLEnumType) -> Callable[[Any], Any]:
+    """Strawberry's coercion of an enum member (the first name whose value matches), by one
+    lookup instead of a walk through the values; anything else goes to the type itself."""
+    names: dict[Any, str] = {}
+    for name, value in kind.values.items():
+        names.setdefault(value.value, name)
+    wrapped, coerce = kind.wrapped_cls, kind.coerce_output_value
+
+    def coerce_member(member: Any) -> Any:
+        if isinstance(member, wrapped):
+            name = names.get(member.value)
+            if name is not None:
+                return name
+        return coerce(member)
+
+    return coerce_member
+
+
+@lru_cache(maxsize=1024)
+def _plain_leaves(parent: GraphQLObjectType) -> dict[str, _Leaf]:
+    """The fields of `parent` that Strawberry resolves by reading an attribute (no resolver,
+    no field extension, no permission) and whose type is a scalar or an enum, by name."""
+    found: dict[str, _Leaf] = {}
+    for name, field in parent.fields.items():
+        definition = (field.extensions or {}).get(GraphQLCoreConverter.DEFINITION_BACKREF)
+        resolve = field.resolve
+        if not isinstance(definition, StrawberryField) or resolve is None:
+            continue
+        if not definition.is_basic_field or resolve.__name__ != "_get_basic_result":
+            continue
+        if field.args:
+            continue
+        kind, non_null = field.type, False
+        if isinstance(kind, GraphQLNonNull):
+            kind, non_null = kind.of_type, True
+        coerce: Callable[[Any], Any]
+        if isinstance(kind, CustomGraphQLEnumType):
+            coerce = _enum_coercion(kind)
+        elif isinstance(kind, GraphQLScalarType | GraphQLEnumType):
+            coerce = kind.coerce_output_value
+        else:
+            continue
+        found[name] = (definition.python_name, definition.default_resolver, coerce, non_null)
+    return found
+
+
+class PortalExecutor(StrawberryGraphQLCoreExecutionContext):
+    """Strawberry's executor, with a short way through the commonest field of all: a scalar
+    or enum read from an attribute (`amount { currency }`, a payment's `state`: most of the
+    fields of a page). graphql-core would build a resolve-info object, call Strawberry's
+    wrapper and walk the type's wrappers for each one; here the attribute is read and coerced
+    by the same type. Anything unusual (an error, null where null is refused, arguments,
+    middleware, a field asked twice under one name) takes graphql-core's own way, from the
+    start, so errors read exactly as they always did."""
+
+    def execute_field(
+        self,
+        parent_type: GraphQLObjectType,
+        source: Any,
+        field_details_list: Any,
+        path: Path,
+        position_context: Any,
+    ) -> Any:
+        if len(field_details_list) == 1 and not self._middleware:
+            node = field_details_list[0].node
+            leaf = None if node.arguments else _plain_leaves(parent_type).get(node.name.value)
+            if leaf is not None:
+                attribute, read, coerce, non_null = leaf
+                try:
+                    value = read(source, attribute)
+                    if value is None:
+                        if not non_null:
+                            return None
+                    elif not isinstance(value, Exception):
+                        coerced = coerce(value)
+                        if coerced is not None and coerced is not Undefined:
+                            return coerced
+                except Exception:  # noqa: S110 - graphql-core's way reports it below
+                    pass
+        return super().execute_field(
+            parent_type, source, field_details_list, path, position_context
+        )
+
+    @cached_property
+    def _middleware(self) -> bool:
+        manager = self.middleware_manager
+        return manager is not None and bool(manager.middlewares)
 
 
 class PortalSchema(strawberry.Schema):

@@ -1,8 +1,9 @@
 """Payment types: a failed charge in recovery, its attempts, customer, card and money."""
 
 import uuid
+from collections.abc import Mapping
 from datetime import datetime
-from typing import Self
+from typing import Self, cast
 
 import strawberry
 
@@ -33,6 +34,9 @@ from schema.rows import from_row
 from schema.scalars import Long
 
 Info = strawberry.Info[Context, None]
+
+# A payment's card not read yet (see Payment.from_model).
+UNREAD = object()
 
 
 @strawberry.type(description="An amount of money: integer minor units and an ISO-4217 currency.")
@@ -329,12 +333,22 @@ class Payment(Node):
     invoice_ref: str | None = strawberry.field(description="The billing system's invoice id.")
     subscription_ref: str | None = strawberry.field(description="The subscription id.")
     _row: strawberry.Private[PaymentModel]
+    # The card when it was read with the payment's page; UNREAD sends `card` to the loader.
+    _card: strawberry.Private[object] = UNREAD
 
     @classmethod
-    def from_model(cls, row: PaymentModel) -> Self:
+    def from_model(
+        cls, row: PaymentModel, cards: Mapping[uuid.UUID, CardModel | None] | None = None
+    ) -> Self:
+        """The payment; with `cards` (read with its page, by id) its card comes from there."""
+        card: object = UNREAD
+        if cards is not None:
+            found = None if row.card_id is None else cards.get(row.card_id)
+            card = None if found is None else Card.from_model(found)
         return from_row(
             cls,
             row,
+            _card=card,
             id=cls.global_id(row.id),
             amount=Money(amount_minor=Long(row.amount_minor), currency=row.currency),
             decline=Decline(
@@ -396,8 +410,13 @@ class Payment(Node):
         return None if row is None else Customer.from_model(row)
 
     @strawberry.field(description="The card charged, when known.")
-    async def card(self, info: Info) -> Card | None:
-        return await _card(info, self._row.card_id)
+    def card(self, info: Info) -> Card | None:
+        if isinstance(self._card, Card) or self._card is None:
+            # Read with the page: no coroutine per payment for graphql-core to await.
+            return self._card
+        # Read alone (a node, a mutation's payload): through the loader; graphql-core awaits
+        # the coroutine a resolver returns as it awaits an async resolver's.
+        return cast("Card | None", _card(info, self._row.card_id))
 
 
 @connection(

@@ -5,11 +5,12 @@ A connection type is declared as `class PaymentConnection(Connection[Payment])` 
 """
 
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Generic, Self, TypeVar
 
 import strawberry
+from strawberry.types.nodes import SelectedField, Selection
 from typing_extensions import get_original_bases
 
 from resolvers.pagination import Page
@@ -51,6 +52,29 @@ class Connection(Generic[N]):
             edges=[Edge(cursor=cursor, node=node(row)) for cursor, row in page.items],
             page_info=PageInfo(has_next_page=page.has_next_page, end_cursor=page.end_cursor),
         )
+
+
+def selects(fields: Sequence[Selection], *path: str) -> bool:
+    """Whether the field being resolved (`info.selected_fields`) may ask for the field at
+    `path` below it, through fragments too. Directives are not evaluated: a field under
+    `@include(if: $x)` counts as asked for."""
+    return any(
+        _selects_path(field.selections, path)
+        for field in fields
+        if isinstance(field, SelectedField)
+    )
+
+
+def _selects_path(selections: Sequence[Selection], path: Sequence[str]) -> bool:
+    for selection in selections:
+        if isinstance(selection, SelectedField):
+            if selection.name != path[0]:
+                continue
+            if len(path) == 1 or _selects_path(selection.selections, path[1:]):
+                return True
+        elif _selects_path(selection.selections, path):
+            return True
+    return False
 
 
 def connection(description: str, *, edge: str, noun: str, nouns: str) -> Callable[[C], C]:

@@ -4,14 +4,7 @@ from typing import Annotated
 
 import strawberry
 from graphql import NoSchemaIntrospectionCustomRule, lexicographic_sort_schema, print_schema
-from strawberry.extensions import (
-    AddValidationRules,
-    MaxAliasesLimiter,
-    MaxTokensLimiter,
-    ParserCache,
-    QueryDepthLimiter,
-    ValidationCache,
-)
+from strawberry.extensions import MaxAliasesLimiter, QueryDepthLimiter
 from strawberry.schema.config import StrawberryConfig
 
 from app.settings import Settings
@@ -29,7 +22,13 @@ from schema import (
 from schema.api_key import ApiKey, ApiKeyConnection, api_keys
 from schema.connection import ProcessorConnection
 from schema.enums import Role
-from schema.extensions import PortalSchema, ShapeErrors
+from schema.extensions import (
+    DocumentCache,
+    PortalExecutor,
+    PortalSchema,
+    PreparedDocuments,
+    ShapeErrors,
+)
 from schema.merchant import Merchant, MerchantConnection
 from schema.model import Model, models
 from schema.node import Node, NodeTypes, node_type
@@ -155,7 +154,7 @@ class Mutation:
 
 
 def build_schema(settings: Settings) -> strawberry.Schema:
-    """The schema with its guards; validation rules are built once so the cache can hit."""
+    """The schema with its guards; documents are parsed and validated once per query text."""
     rules = [
         *QueryDepthLimiter(max_depth=settings.max_query_depth).validation_rules,
         *MaxAliasesLimiter(max_alias_count=settings.max_aliases).validation_rules,
@@ -163,6 +162,7 @@ def build_schema(settings: Settings) -> strawberry.Schema:
     if not settings.introspection_enabled:
         # `__schema` and `__type` become validation errors; `__typename` stays (clients need it).
         rules.append(NoSchemaIntrospectionCustomRule)
+    documents = DocumentCache(rules, max_tokens=settings.max_tokens)
     return PortalSchema(
         query=Query,
         mutation=Mutation,
@@ -171,11 +171,9 @@ def build_schema(settings: Settings) -> strawberry.Schema:
             disable_field_suggestions=settings.environment == "production",
             scalar_map=SCALAR_MAP,
         ),
+        execution_context_class=PortalExecutor,
         extensions=[
-            lambda: MaxTokensLimiter(max_token_count=settings.max_tokens),
-            ParserCache,
-            lambda: AddValidationRules(rules),
-            ValidationCache,
+            lambda: PreparedDocuments(documents),
             lambda: ShapeErrors(retry_after_seconds=settings.outage_retry_after_seconds),
         ],
     )

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Protocol, TypeVar
 
+from sqlalchemy import Uuid, any_, bindparam
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
 
@@ -32,8 +34,13 @@ OwnedT = TypeVar("OwnedT", bound=MerchantOwned)
 async def rows_by_ids(
     session: AsyncSession, model: type[RowT], ids: Sequence[uuid.UUID]
 ) -> dict[uuid.UUID, RowT]:
-    """The rows of `model` with these ids (those the session's scope lets it see), by id."""
-    rows = await session.execute(select(model).where(col(model.id).in_(ids)))
+    """The rows of `model` with these ids (those the session's scope lets it see), by id.
+
+    The ids travel as one array parameter (`= ANY($1)`), so the statement's text is the same
+    for any number of ids: PostgreSQL's prepared statement and plan serve every batch, where
+    an `IN` list would be a new statement, prepared and planned, for each batch size."""
+    wanted = bindparam("ids", list(ids), type_=ARRAY(Uuid()))
+    rows = await session.execute(select(model).where(col(model.id) == any_(wanted)))
     return {row.id: row for row in rows.scalars()}
 
 

@@ -1,6 +1,7 @@
 """Authenticating a request's bearer token: a workflow, it commits the key's last use."""
 
-from datetime import datetime
+import uuid
+from datetime import datetime, timedelta
 
 from sqlalchemy import update
 from sqlmodel import col, select
@@ -40,3 +41,51 @@ async def authenticate(db: Database, token: str, *, now: datetime) -> Principal 
             )
             await uow.commit()
         return Principal(key_id=row.id, name=row.name, role=row.role, scope=scope)
+
+
+class PrincipalCache:
+    """The principals of recently authenticated tokens, so that a busy key is not looked up in
+    PostgreSQL on every request.
+
+    An entry is trusted for `ttl` after its lookup and then looked up again: a key revoked (or
+    its grants changed) on any process stops working on every process within `ttl`, and at
+    once on the process that revoked it (`forget`). Unknown and revoked tokens are never
+    cached, so guessing tokens cannot fill it; it keeps at most `max_entries` tokens (the
+    oldest lookups go first) by their SHA-256, never the tokens themselves. Times are the
+    caller's clock. A `ttl` of zero turns caching off. The caller looks a missing token up
+    (`authenticate`) and `put`s what it found.
+    """
+
+    def __init__(self, ttl: timedelta, *, max_entries: int = 10_000) -> None:
+        if ttl < timedelta(0) or max_entries <= 0:
+            raise ValueError("the cache needs a non-negative ttl and room for one entry")
+        self.ttl = ttl
+        self._max_entries = max_entries
+        self._entries: dict[str, tuple[datetime, Principal]] = {}
+
+    def get(self, token: str, *, now: datetime) -> Principal | None:
+        """The cached principal of `token`, unless its lookup is `ttl` old (or in the future:
+        a clock set back does not extend an entry's life)."""
+        digest = hash_token(token)
+        entry = self._entries.get(digest)
+        if entry is None:
+            return None
+        looked_up, principal = entry
+        if not looked_up <= now < looked_up + self.ttl:
+            del self._entries[digest]
+            return None
+        return principal
+
+    def put(self, token: str, principal: Principal, *, now: datetime) -> None:
+        if self.ttl <= timedelta(0):
+            return
+        digest = hash_token(token)
+        self._entries.pop(digest, None)
+        while len(self._entries) >= self._max_entries:
+            del self._entries[next(iter(self._entries))]
+        self._entries[digest] = (now, principal)
+
+    def forget(self, key_id: uuid.UUID) -> None:
+        """Drop every entry of a key (revoked by this process)."""
+        for digest in [d for d, (_, p) in self._entries.items() if p.key_id == key_id]:
+            del self._entries[digest]

@@ -246,12 +246,13 @@ async def test_database_outage_in_resolvers_and_mutations_is_503(
     resources = Resources(db=down_db, redis=redis, arq=None, clock=clock)
     mutation = 'mutation { createMerchant(input: {name: "M"}) { errors { code } } }'
     async with portal_client(settings, resources) as client:
-        page = await graphql(client, MERCHANTS, accept=media, token="rp_x")
+        # One token each: the view caches the principal a token authenticated as.
+        page = await graphql(client, MERCHANTS, accept=media, token="rp_x1")
         # `viewer` resolves without the database; `merchants` does not: still one 503.
         partial = await graphql(
-            client, "{ viewer { role } " + MERCHANTS[1:], accept=media, token="rp_x"
+            client, "{ viewer { role } " + MERCHANTS[1:], accept=media, token="rp_x2"
         )
-        created = await graphql(client, mutation, accept=media, token="rp_x")
+        created = await graphql(client, mutation, accept=media, token="rp_x3")
     assert_unavailable(page, media)
     body = assert_unavailable(partial, media)
     assert [e["path"] for e in body["errors"]] == [["merchants"]]
