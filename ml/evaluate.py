@@ -23,8 +23,8 @@ from ml.features import failure_context
 from ml.oracle import OracleConfig, OraclePlans, oracle_planner, plan_failures
 from ml.policy import PolicyConfig, candidate_grid, plan_batch, score_candidates
 from ml.records import FailureRecords
-from ml.simulator.config import config_to_dict, load_config
-from ml.simulator.world import DEFAULT_START, generate_failures
+from ml.simulator.config import CAUSES, config_to_dict, load_config
+from ml.simulator.world import DEFAULT_START, FailureBatch, generate_failures
 from ml.train import TrainConfig, train_model
 
 F64 = npt.NDArray[np.float64]
@@ -33,6 +33,8 @@ I64 = npt.NDArray[np.int64]
 MODEL = "model"
 ORACLE = "oracle"
 DECLINE_AWARE = "decline_aware"
+# The best fixed schedule of the model's budget, in the loss breakdown.
+BEST_FIXED = "best_fixed"
 # Fixed schedules within the model's budget (at most 4 retries in 14 days).
 SAME_BUDGET_FIXED = ("days_1_3_5_7", "4_in_14_days")
 MAX_ATTEMPTS = 8
@@ -178,6 +180,62 @@ def gap_share(
     }
 
 
+def _group_rows(
+    groups: npt.NDArray[np.integer[Any]],
+    names: tuple[str, ...],
+    runs: dict[str, PolicyRun],
+    weight: F64,
+    failed_at: F64,
+) -> dict[str, dict[str, float | None]]:
+    """Per group: its share of the failed amount, each policy's recovery by amount, and the
+    model's shortfall to the oracle and gain over the best fixed schedule as shares of all."""
+    total = weight.sum()
+    out: dict[str, dict[str, float | None]] = {}
+    for g in np.unique(groups):
+        m = groups == g
+        w = weight[m]
+        if w.sum() <= 0:
+            continue
+        value = {k: float((w * r.recovered[m]).sum()) for k, r in runs.items()}
+        row: dict[str, float | None] = {"share_of_amount": round(float(w.sum() / total), 4)}
+        row |= {k: round(v / float(w.sum()), 4) for k, v in value.items()}
+        row["model_short_of_oracle"] = round((value[ORACLE] - value[MODEL]) / total, 4)
+        row["model_over_best_fixed"] = round((value[MODEL] - value[BEST_FIXED]) / total, 4)
+        row["model_attempts"] = round(float(runs[MODEL].attempt_count[m].mean()), 3)
+        row["oracle_attempts"] = round(float(runs[ORACLE].attempt_count[m].mean()), 3)
+        for name in (MODEL, ORACLE):
+            first = (runs[name].attempts[m, 0] - failed_at[m]) / timeutil.HOUR
+            row[f"{name}_first_retry_median_hours"] = (
+                round(float(np.nanmedian(first)), 1) if np.isfinite(first).any() else None
+            )
+        out[names[int(g)]] = row
+    return out
+
+
+def loss_breakdown(batch: FailureBatch, runs: dict[str, PolicyRun], weight: F64) -> dict[str, Any]:
+    """Where the model falls short of the oracle: by decline category, by the hidden cause,
+    and by the retry that recovered (runs: MODEL, ORACLE and BEST_FIXED).
+
+    The shortfalls of a grouping sum to (oracle - model) / failed amount, by amount.
+    """
+    records = batch.observed
+    total = weight.sum()
+    width = max(int(run.attempt_count.max()) for run in runs.values())
+    by_retry = {
+        name: [
+            round(float((weight * (run.success_index == k)).sum() / total), 4) for k in range(width)
+        ]
+        for name, run in runs.items()
+    }
+    return {
+        "by_category": _group_rows(
+            records.category, taxonomy.CATEGORIES, runs, weight, records.failed_at
+        ),
+        "by_hidden_cause": _group_rows(batch.hidden.cause, CAUSES, runs, weight, records.failed_at),
+        "recovered_by_retry": by_retry,
+    }
+
+
 @contextmanager
 def _progress(enabled: bool, total: int) -> Iterator[Callable[[str], None]]:
     if not enabled:
@@ -285,6 +343,11 @@ def run_evaluation(
     best_fixed = max(SAME_BUDGET_FIXED, key=lambda k: policies[k]["recovery_rate_by_amount"])
     best_any = max(baselines.FIXED_SCHEDULES, key=lambda k: policies[k]["recovery_rate_by_amount"])
     gap = gap_share(value[MODEL], value[best_fixed], value[ORACLE], seeds[3] + 2)
+    breakdown = loss_breakdown(
+        batch,
+        {MODEL: runs[MODEL], ORACLE: runs[ORACLE], BEST_FIXED: runs[best_fixed]},
+        weight,
+    )
     m = trained.metrics
     model_rate = policies[MODEL]["recovery_rate"]
     apr_ratio = policies[MODEL]["attempts_per_recovery"] / max(
@@ -323,6 +386,7 @@ def run_evaluation(
         "lift_revenue": lift_amount,
         "lift_count": lift_count,
         "gap_closed": gap,
+        "loss_breakdown": breakdown,
         "attempts_per_recovery_ratio_vs_best_fixed": round(apr_ratio, 4),
         "targets": TARGETS,
         "checks": checks,
@@ -366,8 +430,44 @@ def format_table(report: dict[str, Any]) -> str:
         f"gap closed by the model, (model - best fixed) / (oracle - best fixed) by amount: "
         f"{gap['share']:.1%} [{gap['ci95_low']:.1%}, {gap['ci95_high']:.1%}]"
     )
+    lines.extend(format_breakdown(report["loss_breakdown"]))
     lines.append(
         "checks: "
         + ", ".join(f"{k}={'ok' if v else 'MISSED'}" for k, v in report["checks"].items())
     )
     return "\n".join(lines)
+
+
+def format_breakdown(breakdown: dict[str, Any]) -> list[str]:
+    """The loss breakdown as table lines: groups the oracle recovers something from."""
+    lines = []
+    for key, title in (("by_hidden_cause", "hidden cause"), ("by_category", "decline category")):
+        head = (
+            f"{title:<20}{'amount':>8}{'best fix':>9}{'model':>7}{'oracle':>7}"
+            f"{'short':>8}{'gain':>8}{'1st retry h m/o':>16}{'att m/o':>10}"
+        )
+        lines += ["", "model against the oracle by " + title + " (recovery by amount)", head]
+        for name, r in breakdown[key].items():
+            if not r[ORACLE]:
+                continue
+            first = "/".join(
+                "-"
+                if r[f"{k}_first_retry_median_hours"] is None
+                else f"{r[f'{k}_first_retry_median_hours']:.0f}"
+                for k in (MODEL, ORACLE)
+            )
+            lines.append(
+                f"{name:<20}{r['share_of_amount']:>8.1%}{r[BEST_FIXED]:>9.1%}{r[MODEL]:>7.1%}"
+                f"{r[ORACLE]:>7.1%}{r['model_short_of_oracle']:>+8.2%}"
+                f"{r['model_over_best_fixed']:>+8.2%}{first:>14}"
+                f"{r['model_attempts']:>6.2f}/{r['oracle_attempts']:.2f}"
+            )
+    retries = breakdown["recovered_by_retry"]
+    lines.append("")
+    lines.append(
+        "recovered by retry 1, 2, ... (share of amount): "
+        + "; ".join(
+            f"{name} " + " ".join(f"{v:.1%}" for v in values) for name, values in retries.items()
+        )
+    )
+    return lines

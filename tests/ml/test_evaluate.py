@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
-from ml.evaluate import MODEL, ORACLE, format_table, run_evaluation
+import pytest
+
+from ml.evaluate import BEST_FIXED, MODEL, ORACLE, format_table, run_evaluation
 
 
 def test_evaluation_writes_report_and_plot(tmp_path: Path) -> None:
@@ -40,6 +43,36 @@ def test_evaluation_writes_report_and_plot(tmp_path: Path) -> None:
     assert "model" in table
     assert "oracle" in table
     assert f"{gap['share']:.1%}" in table
+    assert "model against the oracle by hidden cause" in table
+    _check_breakdown(report)
+
+
+def _check_breakdown(report: dict[str, Any]) -> None:
+    """Each grouping splits the failed amount and the model's shortfall to the oracle."""
+    policies = report["policies"]
+    breakdown = report["loss_breakdown"]
+    model = policies[MODEL]["recovery_rate_by_amount"]
+    oracle = policies[ORACLE]["recovery_rate_by_amount"]
+    best = policies[report["best_fixed_same_budget"]]["recovery_rate_by_amount"]
+    for key in ("by_category", "by_hidden_cause"):
+        rows = breakdown[key].values()
+        assert sum(r["share_of_amount"] for r in rows) == pytest.approx(1.0, abs=1e-3)
+        short = sum(r["model_short_of_oracle"] for r in rows)
+        assert short == pytest.approx(oracle - model, abs=2e-3)
+        gain = sum(r["model_over_best_fixed"] for r in rows)
+        assert gain == pytest.approx(model - best, abs=2e-3)
+        for r in rows:
+            for name in (MODEL, ORACLE, BEST_FIXED):
+                assert 0.0 <= r[name] <= 1.0
+    causes = breakdown["by_hidden_cause"]
+    # A dead card recovers under no timing, and the oracle does not retry it.
+    assert causes["never"][ORACLE] == 0.0
+    assert causes["never"]["oracle_attempts"] == 0.0
+    assert causes["never"]["oracle_first_retry_median_hours"] is None
+    retries = breakdown["recovered_by_retry"]
+    assert sum(retries[MODEL]) == pytest.approx(model, abs=2e-3)
+    assert sum(retries[ORACLE]) == pytest.approx(oracle, abs=2e-3)
+    assert sum(retries[BEST_FIXED]) == pytest.approx(best, abs=2e-3)
 
 
 def test_evaluation_is_deterministic(tmp_path: Path) -> None:
