@@ -509,10 +509,23 @@ _PAN_KEY_BYTES = re.compile(
 )
 
 
+# Digits, spaces and dashes (what a card-number run is made of) as "0", everything else as "x":
+# a run long enough to be a card number becomes thirteen zeros, found by a substring search.
+_RUN_CHARS = bytes(ord("0") if chr(b) in "0123456789 -" else ord("x") for b in range(256))
+_RUN_FLOOR = b"0" * 13
+
+
 def may_hold_card_number(body: bytes) -> bool:
     """Cheap pre-check on a raw body: False means scrubbing it would change nothing (no PAN
-    key and no run of digits long enough to be a card number), so the walk can be skipped."""
-    return bool(_DIGIT_RUN_BYTES.search(body) or _PAN_KEY_BYTES.search(body))
+    key and no run of digits long enough to be a card number), so the walk can be skipped.
+
+    Each regular expression runs only where a plain substring search says it could match: a
+    digit run needs thirteen digits, spaces or dashes in a row, and every PAN key spells
+    "number" or "pan" (bytes patterns fold ASCII case only, as `bytes.lower` does)."""
+    if _RUN_FLOOR in body.translate(_RUN_CHARS) and _DIGIT_RUN_BYTES.search(body):
+        return True
+    lowered = body.lower()
+    return (b"number" in lowered or b"pan" in lowered) and bool(_PAN_KEY_BYTES.search(body))
 
 
 def scrub_raw(value: object) -> object:
