@@ -51,4 +51,19 @@ class TenantOwned(SQLModel):
     merchant_id: uuid.UUID = Field(foreign_key="merchant.id", index=True, nullable=False)
 
 
-__all__ = ["TenantOwned", "datetime", "enum_type", "metadata", "new_id", "timestamp"]
+def merchant_key() -> Any:
+    """`merchant_id` without an index of its own, for a table whose composite indexes lead with
+    it (they serve every lookup by merchant, the foreign key's included) or that no query reads
+    by merchant alone: a redundant index costs a write per row."""
+    return Field(foreign_key="merchant.id", nullable=False)
+
+
+__all__ = [
+    "TenantOwned",
+    "datetime",
+    "enum_type",
+    "merchant_key",
+    "metadata",
+    "new_id",
+    "timestamp",
+]
