@@ -51,7 +51,7 @@ def rss_mib() -> float:
         return int(statm.read().split()[1]) * resource.getpagesize() / 2**20
 
 
-async def main(payments: int, processor: Processor) -> None:
+async def main(payments: int, processor: Processor, parallel: int = 8) -> None:
     settings = get_settings()
     services = await resolve_services(settings)
     url = await create_scratch_database(services, "portal_bench")
@@ -118,8 +118,10 @@ async def main(payments: int, processor: Processor) -> None:
                 sandbox_cpu_started = cpu_seconds(sandbox_pid)
                 postgres_cpu_started = postgres_cpu_seconds()
                 rss_samples: list[int] = []
-                landed = normalized = created = 0
-                for connection_id, _ in connections:
+                counts = {"landed": 0, "normalized": 0, "created": 0}
+
+                async def poll_until_caught_up(connection_id: uuid.UUID) -> None:
+                    """What one worker's poll jobs do for one connection, back to back."""
                     while True:
                         result = await poll_connection(
                             db,
@@ -129,13 +131,25 @@ async def main(payments: int, processor: Processor) -> None:
                             clock=FixedClock(NOW),
                             max_pages=100,
                         )
-                        landed += result.stats.landed
-                        normalized += result.stats.normalized
-                        created += result.stats.payments_created
-                        if len(rss_samples) < 10 * landed // max(1, total):
+                        counts["landed"] += result.stats.landed
+                        counts["normalized"] += result.stats.normalized
+                        counts["created"] += result.stats.payments_created
+                        if len(rss_samples) < 10 * counts["landed"] // max(1, total):
                             rss_samples.append(round(rss_mib()))
                         if not result.more:
-                            break
+                            return
+
+                # Connections are polled `parallel` at a time, as a worker runs one poll job
+                # per connection concurrently.
+                pending = [cid for cid, _ in connections]
+                while pending:
+                    wave, pending = pending[:parallel], pending[parallel:]
+                    await asyncio.gather(*(poll_until_caught_up(cid) for cid in wave))
+                landed, normalized, created = (
+                    counts["landed"],
+                    counts["normalized"],
+                    counts["created"],
+                )
                 portal_seconds = time.perf_counter() - started
                 own = backend_cpu_seconds([r["pid"] for r in await monitor.fetch(backends)])
                 await monitor.close()
@@ -186,6 +200,8 @@ async def main(payments: int, processor: Processor) -> None:
                     "records": landed,
                     "normalized": normalized,
                     "payments_created": created,
+                    "connections": len(connections),
+                    "parallel": min(parallel, len(connections)),
                     "portal_seconds": round(portal_seconds, 1),
                     "portal_rows_per_s": round(portal_rate),
                     "copy_rows_per_s": {k: round(v) for k, v in copy_rate.items()},
@@ -206,5 +222,11 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--payments", type=int, default=1_000_000)
     parser.add_argument("--processor", type=Processor, default=Processor.STRIPE)
+    parser.add_argument(
+        "--parallel",
+        type=int,
+        default=8,
+        help="connections polled at once (a sandbox account holds at most 200,000 customers)",
+    )
     args = parser.parse_args()
-    asyncio.run(main(args.payments, args.processor))
+    asyncio.run(main(args.payments, args.processor, args.parallel))

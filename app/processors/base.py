@@ -112,6 +112,18 @@ def canonical_json(payload: Mapping[str, Any]) -> bytes:
 _FLOAT_TOKEN = re.compile(rb"[:\[,]-?[0-9]+[.eE]")
 
 
+def _has_float(text: bytes) -> bool:
+    """Whether orjson's output holds a float. Outside its strings, compact JSON has only
+    punctuation, numbers, true, false and null, so a '.' or an exponent there is a float.
+    A string holding a quote (escaped) would misplace the split: then the expression decides."""
+    if b'\\"' in text:
+        return bool(_FLOAT_TOKEN.search(text))
+    outside = b"".join(text.split(b'"')[::2])
+    if b"." in outside or b"E" in outside:
+        return True
+    return b"e" in outside.replace(b"true", b"").replace(b"false", b"")
+
+
 def _canonical_fast(payload: Mapping[str, Any]) -> bytes:
     """`canonical_json`, byte for byte, by orjson where its output is provably the same: only
     ASCII (the standard library escapes the rest, DEL included, as \\uXXXX; both escape control
@@ -128,7 +140,7 @@ def _canonical_fast(payload: Mapping[str, Any]) -> bytes:
         )
     except TypeError:  # orjson.JSONEncodeError is a TypeError
         return canonical_json(payload)
-    if fast.isascii() and b"\x7f" not in fast and not _FLOAT_TOKEN.search(fast):
+    if fast.isascii() and b"\x7f" not in fast and not _has_float(fast):
         return fast
     return canonical_json(payload)
 

@@ -87,6 +87,9 @@ def test_parsed_records_have_the_canonical_body_and_hash(payload: dict[str, Any]
         {"s": "caf\u00e9 \x7f \x00 \u2028 \U0001f600"},
         {"z": 1, "a": {"y": None, "b": [True, False]}},
         {"id": "ch_1e5", "note": "ratio:3.5, [2e3]"},
+        {"tiny": 1e-7, "huge": 1e22, "flag": True, "off": False},
+        {"quote": 'say "hi" \\', "x": [1e-7]},
+        {"quote": 'say "hi"', "n": [1, -2, 3]},
     ],
 )
 def test_awkward_values_keep_the_canonical_body(payload: dict[str, Any]) -> None:

@@ -205,8 +205,8 @@ def type_name(value: object) -> str:
 
 def get_obj(obj: JsonObject, key: str, where: str) -> JsonObject | None:
     value = obj.get(key)
-    if value is None:
-        return None
+    if value is None or type(value) is dict:  # parsed JSON: skip the slower ABC check
+        return value
     if not isinstance(value, Mapping):
         raise RecordError(f"{where}.{key} is {type_name(value)}, expected an object")
     return value
@@ -233,6 +233,8 @@ def is_storable_text(value: str) -> bool:
     """Postgres text takes neither NUL nor lone surrogates (which JSON can smuggle in)."""
     if "\x00" in value:
         return False
+    if value.isascii():
+        return True
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
