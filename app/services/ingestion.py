@@ -19,6 +19,7 @@ from app.bulk import any_array, insert_rows, unnest, update_rows
 from app.db import UnitOfWork
 from app.declines import Decline
 from app.enums import Actor, AttemptOutcome, CardFunding, PaymentState, Processor
+from app.models.base import time_ordered_id
 from app.models.customer import CardCredential, Customer
 from app.models.ingestion import DeadLetter, ProcessorConnection, RawRecord
 from app.models.payment import DeclineColumns, Payment, PaymentAttempt, decline_columns
@@ -98,11 +99,11 @@ def _prepare(items: Sequence[RawItem]) -> tuple[list[_Landing], int]:
     for item in unique.values():
         if item.payload.get("xml") is None and not may_hold_card_number(item.body):
             # Already the canonical JSON of the payload, with nothing to scrub.
-            landings.append(_Landing(uuid.uuid4(), item, item.body.decode(), item.payload))
+            landings.append(_Landing(time_ordered_id(), item, item.body.decode(), item.payload))
         else:
             payload = _scrubbed(item.payload)
             text_ = json.dumps(payload, sort_keys=True, separators=(",", ":"))
-            landings.append(_Landing(uuid.uuid4(), item, text_, payload))
+            landings.append(_Landing(time_ordered_id(), item, text_, payload))
     return landings, len(items) - len(unique)
 
 
@@ -475,7 +476,7 @@ class _NewAttempt:
     outcome: AttemptOutcome
     raw_id: uuid.UUID
     record: CanonicalRecord
-    id: uuid.UUID = field(default_factory=uuid.uuid4)
+    id: uuid.UUID = field(default_factory=time_ordered_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -559,7 +560,7 @@ class _Links:
         return own or linked
 
     def open(self, record: CanonicalRecord) -> uuid.UUID:
-        payment_id = uuid.uuid4()
+        payment_id = time_ordered_id()
         self.attempt_counts[payment_id] = 1
         self.by_charge[record.processor_payment_id] = payment_id
         if record.invoice_ref:

@@ -2,6 +2,8 @@
 paths give exactly what the plain definitions give, so stored rows keep deduplicating."""
 
 import json
+import time
+import uuid
 from typing import Any
 
 import httpx
@@ -9,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from app.models.base import time_ordered_id
 from app.processors.base import RawItem, canonical_json, response_json
 from app.processors.normalize.records import (
     _DIGIT_RUN_BYTES,
@@ -161,3 +164,19 @@ def test_card_number_pre_check_agrees_with_its_definition(body: bytes) -> None:
 )
 def test_card_number_pre_check_examples(body: bytes, held: bool) -> None:
     assert may_hold_card_number(body) is held
+
+
+def test_time_ordered_ids_are_uuid7_in_creation_order_by_millisecond() -> None:
+    before = time.time_ns() // 1_000_000
+    ids = [time_ordered_id() for _ in range(2000)]
+    after = time.time_ns() // 1_000_000
+    assert len(set(ids)) == len(ids)
+    assert {i.version for i in ids} == {7}
+    assert {i.variant for i in ids} == {uuid.RFC_4122}
+    stamps = [i.int >> 80 for i in ids]
+    assert before <= stamps[0]
+    assert stamps[-1] <= after
+    assert stamps == sorted(stamps)
+    # Ids of different milliseconds sort (as PostgreSQL compares uuid) in creation order.
+    later = [i for i in ids if i.int >> 80 > stamps[0]]
+    assert all(i.bytes > ids[0].bytes for i in later)
