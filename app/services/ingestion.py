@@ -613,9 +613,12 @@ async def apply_records(
     customers = await _upsert_customers(uow, batch.merchant_id, batch.records, now)
     plan = _plan(batch, await _links(uow, batch))
     ids = _StoredIds(customers, await _store_cards(uow, batch, plan, customers))
+    # Writes to payments update the merchant's recovery rollups (statement triggers), whose
+    # rows stay locked until the batch commits: everything else goes first, so another batch
+    # of the same merchant (another connection, another poller) waits as briefly as can be.
+    await record_successes(uow, batch.merchant_id, batch.processor, plan.ordinary, customers)
     await _write(uow, batch, plan, ids)
     await _reattribute(uow, plan, now)
-    await record_successes(uow, batch.merchant_id, batch.processor, plan.ordinary, customers)
     applied = await apply_ingested_events(
         uow,
         paid=[
@@ -927,8 +930,8 @@ async def _apply_results(
     rejected = [
         (raw_id, r) for raw_id, found in results for r in found if isinstance(r, RejectedRecord)
     ]
-    stats = await apply_records(uow, connection, good, now=now)
     await _store_dead_letters(uow, connection, rejected, now)
+    stats = await apply_records(uow, connection, good, now=now)
     stats.dead_letters = len(rejected)
     return stats
 
