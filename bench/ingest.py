@@ -1,20 +1,26 @@
 """Ingestion throughput: sandbox pages -> raw landing -> normalize -> upsert, against a raw COPY
 of the same records into a scratch table, measured side by side in one run.
 
-    .venv/bin/python bench/ingest.py --payments 1000000
+    .venv/bin/python bench/ingest.py --payments 1000000 [--processes 2] [--parallel 8]
 
+Pollers run in processes of their own (`--processes`, each polling its connections `--parallel`
+at a time, as worker processes share a cron tick's poll jobs), the sandbox in another.
 Uses DATABASE_URL (or the local/embedded default); creates and drops its own database.
 """
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
+import multiprocessing
 import resource
 import secrets
 import time
 import uuid
+from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime
+from typing import Any
 
 import asyncpg
 import httpx
@@ -51,7 +57,57 @@ def rss_mib() -> float:
         return int(statm.read().split()[1]) * resource.getpagesize() / 2**20
 
 
-async def main(payments: int, processor: Processor, parallel: int = 8) -> None:
+def poller(url: str, ids: list[uuid.UUID], parallel: int, total: int) -> dict[str, Any]:
+    """One poller process (a worker's poll jobs): polls its connections until caught up,
+    `parallel` at a time, and says what it did, its CPU time and its memory."""
+    return asyncio.run(_poll(url, ids, parallel, total))
+
+
+async def _poll(url: str, ids: list[uuid.UUID], parallel: int, total: int) -> dict[str, Any]:
+    db = Database.from_url(url)
+    box = CredentialBox("bench")
+    rss_samples: list[int] = []
+    counts = {"landed": 0, "normalized": 0, "created": 0}
+    async with httpx.AsyncClient(timeout=60) as http:
+
+        async def poll_until_caught_up(connection_id: uuid.UUID) -> None:
+            while True:
+                result = await poll_connection(
+                    db,
+                    connection_id,
+                    client=http,
+                    box=box,
+                    clock=FixedClock(NOW),
+                    max_pages=100,
+                )
+                counts["landed"] += result.stats.landed
+                counts["normalized"] += result.stats.normalized
+                counts["created"] += result.stats.payments_created
+                # About ten samples over this process's share of the records.
+                if len(rss_samples) < 10 * counts["landed"] * len(ids) // max(1, total):
+                    rss_samples.append(round(rss_mib()))
+                if not result.more:
+                    return
+
+        tune_garbage_collector()  # as a worker does at start-up
+        started, cpu_started = time.time(), time.process_time()
+        pending = list(ids)
+        while pending:
+            wave, pending = pending[:parallel], pending[parallel:]
+            await asyncio.gather(*(poll_until_caught_up(cid) for cid in wave))
+        ended, cpu = time.time(), time.process_time() - cpu_started
+    await db.dispose()
+    return {
+        **counts,
+        "started": started,
+        "ended": ended,
+        "cpu": cpu,
+        "rss_mib_each_tenth": rss_samples,
+        "peak_rss_mib": peak_rss_mib(),
+    }
+
+
+async def main(payments: int, processor: Processor, parallel: int = 8, processes: int = 1) -> None:
     settings = get_settings()
     services = await resolve_services(settings)
     url = await create_scratch_database(services, "portal_bench")
@@ -109,52 +165,54 @@ async def main(payments: int, processor: Processor, parallel: int = 8) -> None:
                     total += int(info["charges"])
                 print(f"sandbox: {accounts} {processor.value} account(s), {total:,} charges")
 
+                # This database's backends, read every fifth of a second: a poller's connections
+                # close when it ends, and what a backend that is gone spent cannot be read.
                 monitor = await asyncpg.connect(plain_url)
-                backends = "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+                backends = (
+                    "SELECT pid FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
                 own_started = backend_cpu_seconds([r["pid"] for r in await monitor.fetch(backends)])
-                tune_garbage_collector()  # as a worker does at start-up
-                started = time.perf_counter()
-                cpu_started = time.process_time()
+                own = dict(own_started)
+                polled = asyncio.Event()
+
+                async def sample_backends() -> None:
+                    while True:
+                        own.update(
+                            backend_cpu_seconds([r["pid"] for r in await monitor.fetch(backends)])
+                        )
+                        if polled.is_set():
+                            return
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(polled.wait(), 0.2)
+
+                sampling = asyncio.create_task(sample_backends())
                 sandbox_cpu_started = cpu_seconds(sandbox_pid)
                 postgres_cpu_started = postgres_cpu_seconds()
-                rss_samples: list[int] = []
-                counts = {"landed": 0, "normalized": 0, "created": 0}
-
-                async def poll_until_caught_up(connection_id: uuid.UUID) -> None:
-                    """What one worker's poll jobs do for one connection, back to back."""
-                    while True:
-                        result = await poll_connection(
-                            db,
-                            connection_id,
-                            client=http,
-                            box=box,
-                            clock=FixedClock(NOW),
-                            max_pages=100,
+                # Each poller process takes every `processes`-th connection, as workers share
+                # the poll jobs of a cron tick.
+                ids = [cid for cid, _ in connections]
+                shares = [ids[i::processes] for i in range(min(processes, len(ids)))]
+                context = multiprocessing.get_context("spawn")
+                loop = asyncio.get_running_loop()
+                with ProcessPoolExecutor(len(shares), mp_context=context) as pool:
+                    results = await asyncio.gather(
+                        *(
+                            loop.run_in_executor(pool, poller, url, share, parallel, total)
+                            for share in shares
                         )
-                        counts["landed"] += result.stats.landed
-                        counts["normalized"] += result.stats.normalized
-                        counts["created"] += result.stats.payments_created
-                        if len(rss_samples) < 10 * counts["landed"] // max(1, total):
-                            rss_samples.append(round(rss_mib()))
-                        if not result.more:
-                            return
-
-                # Connections are polled `parallel` at a time, as a worker runs one poll job
-                # per connection concurrently.
-                pending = [cid for cid, _ in connections]
-                while pending:
-                    wave, pending = pending[:parallel], pending[parallel:]
-                    await asyncio.gather(*(poll_until_caught_up(cid) for cid in wave))
-                landed, normalized, created = (
-                    counts["landed"],
-                    counts["normalized"],
-                    counts["created"],
-                )
-                portal_seconds = time.perf_counter() - started
-                own = backend_cpu_seconds([r["pid"] for r in await monitor.fetch(backends)])
+                    )
+                started = min(r["started"] for r in results)
+                portal_seconds = max(r["ended"] for r in results) - started
+                landed = sum(r["landed"] for r in results)
+                normalized = sum(r["normalized"] for r in results)
+                created = sum(r["created"] for r in results)
+                rss_samples = [r["rss_mib_each_tenth"] for r in results]
+                polled.set()
+                await sampling
                 await monitor.close()
                 cpu = {
-                    "portal": time.process_time() - cpu_started,
+                    "portal": sum(r["cpu"] for r in results),
                     "sandbox": cpu_seconds(sandbox_pid) - sandbox_cpu_started,
                     # This database's backends (what ingestion itself costs the server) …
                     "postgres": sum(t - own_started.get(pid, 0.0) for pid, t in own.items()),
@@ -162,7 +220,7 @@ async def main(payments: int, processor: Processor, parallel: int = 8) -> None:
                     # else shares the server: on a busy machine this counts other work too).
                     "postgres_all_processes": postgres_cpu_seconds() - postgres_cpu_started,
                 }
-                rss_after_portal = peak_rss_mib()
+                rss_after_portal = max(r["peak_rss_mib"] for r in results)
 
         # The same records, as stored, copied raw into scratch tables: an unlogged one (the
         # fastest write PostgreSQL has) and a logged one (as durable as raw_record).
@@ -201,14 +259,15 @@ async def main(payments: int, processor: Processor, parallel: int = 8) -> None:
                     "normalized": normalized,
                     "payments_created": created,
                     "connections": len(connections),
-                    "parallel": min(parallel, len(connections)),
+                    "processes": len(shares),
+                    "parallel_per_process": parallel,
                     "portal_seconds": round(portal_seconds, 1),
                     "portal_rows_per_s": round(portal_rate),
                     "copy_rows_per_s": {k: round(v) for k, v in copy_rate.items()},
                     "portal_vs_copy": {k: round(portal_rate / v, 3) for k, v in copy_rate.items()},
                     "cpu_us_per_record": {k: round(v / landed * 1e6) for k, v in cpu.items()},
-                    "portal_rss_mib_each_tenth": rss_samples,
-                    "portal_peak_rss_mib": round(rss_after_portal),
+                    "portal_rss_mib_each_tenth_per_process": rss_samples,
+                    "portal_peak_rss_mib_per_process": round(rss_after_portal),
                 },
                 indent=2,
             )
@@ -228,5 +287,8 @@ if __name__ == "__main__":
         default=8,
         help="connections polled at once (a sandbox account holds at most 200,000 customers)",
     )
+    parser.add_argument(
+        "--processes", type=int, default=1, help="poller processes sharing the connections"
+    )
     args = parser.parse_args()
-    asyncio.run(main(args.payments, args.processor, args.parallel))
+    asyncio.run(main(args.payments, args.processor, args.parallel, args.processes))
