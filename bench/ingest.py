@@ -57,13 +57,13 @@ def rss_mib() -> float:
         return int(statm.read().split()[1]) * resource.getpagesize() / 2**20
 
 
-def poller(url: str, ids: list[uuid.UUID], parallel: int, total: int) -> dict[str, Any]:
+def poller(url: str, ids: list[uuid.UUID], parallel: int) -> dict[str, Any]:
     """One poller process (a worker's poll jobs): polls its connections until caught up,
     `parallel` at a time, and says what it did, its CPU time and its memory."""
-    return asyncio.run(_poll(url, ids, parallel, total))
+    return asyncio.run(_poll(url, ids, parallel))
 
 
-async def _poll(url: str, ids: list[uuid.UUID], parallel: int, total: int) -> dict[str, Any]:
+async def _poll(url: str, ids: list[uuid.UUID], parallel: int) -> dict[str, Any]:
     db = Database.from_url(url)
     box = CredentialBox("bench")
     rss_samples: list[int] = []
@@ -83,26 +83,31 @@ async def _poll(url: str, ids: list[uuid.UUID], parallel: int, total: int) -> di
                 counts["landed"] += result.stats.landed
                 counts["normalized"] += result.stats.normalized
                 counts["created"] += result.stats.payments_created
-                # About ten samples over this process's share of the records.
-                if len(rss_samples) < 10 * counts["landed"] * len(ids) // max(1, total):
-                    rss_samples.append(round(rss_mib()))
                 if not result.more:
                     return
 
+        async def sample_memory() -> None:
+            while True:
+                rss_samples.append(round(rss_mib()))
+                await asyncio.sleep(0.5)
+
         tune_garbage_collector()  # as a worker does at start-up
         started, cpu_started = time.time(), time.process_time()
+        sampling = asyncio.create_task(sample_memory())
         pending = list(ids)
         while pending:
             wave, pending = pending[:parallel], pending[parallel:]
             await asyncio.gather(*(poll_until_caught_up(cid) for cid in wave))
         ended, cpu = time.time(), time.process_time() - cpu_started
+        sampling.cancel()
     await db.dispose()
     return {
         **counts,
         "started": started,
         "ended": ended,
         "cpu": cpu,
-        "rss_mib_each_tenth": rss_samples,
+        # The resident size every twentieth of the run: flat, or growing with the records.
+        "rss_mib_each_twentieth": rss_samples[:: max(1, len(rss_samples) // 20)],
         "peak_rss_mib": peak_rss_mib(),
     }
 
@@ -198,7 +203,7 @@ async def main(payments: int, processor: Processor, parallel: int = 8, processes
                 with ProcessPoolExecutor(len(shares), mp_context=context) as pool:
                     results = await asyncio.gather(
                         *(
-                            loop.run_in_executor(pool, poller, url, share, parallel, total)
+                            loop.run_in_executor(pool, poller, url, share, parallel)
                             for share in shares
                         )
                     )
@@ -207,7 +212,7 @@ async def main(payments: int, processor: Processor, parallel: int = 8, processes
                 landed = sum(r["landed"] for r in results)
                 normalized = sum(r["normalized"] for r in results)
                 created = sum(r["created"] for r in results)
-                rss_samples = [r["rss_mib_each_tenth"] for r in results]
+                rss_samples = [r["rss_mib_each_twentieth"] for r in results]
                 polled.set()
                 await sampling
                 await monitor.close()
@@ -266,7 +271,7 @@ async def main(payments: int, processor: Processor, parallel: int = 8, processes
                     "copy_rows_per_s": {k: round(v) for k, v in copy_rate.items()},
                     "portal_vs_copy": {k: round(portal_rate / v, 3) for k, v in copy_rate.items()},
                     "cpu_us_per_record": {k: round(v / landed * 1e6) for k, v in cpu.items()},
-                    "portal_rss_mib_each_tenth_per_process": rss_samples,
+                    "portal_rss_mib_each_twentieth_per_process": rss_samples,
                     "portal_peak_rss_mib_per_process": round(rss_after_portal),
                 },
                 indent=2,
