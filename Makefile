@@ -23,6 +23,8 @@ check: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports
+	$(BIN)/python -m migrations.lint
+	$(BIN)/python -m portal.schema_compat
 
 test: check
 	$(BIN)/pytest

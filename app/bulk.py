@@ -5,7 +5,9 @@ An executemany runs its statement once per row, and with it every statement-leve
 The SQL text depends only on the table and the column names, so each shape is prepared once.
 """
 
+import json
 from collections.abc import Mapping, Sequence
+from functools import cache
 from typing import Any
 
 import sqlalchemy as sa
@@ -94,3 +96,89 @@ async def update_rows(
             .values({name: source.c[name] for name in names if name != key})
         )
         await session.execute(statement)
+
+
+Rows = Sequence[Mapping[str, Any]]
+# A part of `write_all`: insert or update, the table, its columns.
+_Shape = tuple[tuple[str, str, tuple[str, ...]], ...]
+
+
+def _is_json(table: sa.Table, name: str) -> bool:
+    return isinstance(table.c[name].type, postgresql.JSONB)
+
+
+def _part_source(table: sa.Table, prefix: str, columns: Sequence[str]) -> Any:
+    """`_source` with bind names of its own, so that several parts share one statement; a
+    JSONB column travels as text and is cast back."""
+    arrays = [
+        sa.bindparam(
+            f"{prefix}_{name}",
+            type_=postgresql.ARRAY(sa.Text() if _is_json(table, name) else table.c[name].type),
+        )
+        for name in columns
+    ]
+    return sa.func.unnest(*arrays).table_valued(*columns).render_derived()
+
+
+def _value(table: sa.Table, source: Any, name: str) -> Any:
+    if _is_json(table, name):
+        return sa.cast(source.c[name], postgresql.JSONB)
+    return source.c[name]
+
+
+@cache
+def _write_statement(shape: _Shape) -> Any:
+    parts: list[Any] = []
+    for i, (kind, name, columns) in enumerate(shape):
+        table = metadata_table(name)
+        source = _part_source(table, f"p{i}", columns)
+        if kind == "insert":
+            values = sa.select(*[_value(table, source, c) for c in columns])
+            parts.append(sa.insert(table).from_select(columns, values))
+        else:
+            parts.append(
+                sa.update(table)
+                .where(table.c.id == source.c.id)
+                .values({c: _value(table, source, c) for c in columns if c != "id"})
+            )
+    *ctes, last = parts
+    return last.add_cte(*(part.cte(f"write_{i}") for i, part in enumerate(ctes)))
+
+
+def metadata_table(name: str) -> sa.Table:
+    return SQLModel.metadata.tables[name]
+
+
+async def write_all(
+    session: AsyncSession,
+    inserts: Sequence[tuple[type[SQLModel], Rows]] = (),
+    updates: Sequence[tuple[type[SQLModel], Rows]] = (),
+) -> None:
+    """INSERT and UPDATE the rows of several tables in ONE statement (each part a
+    data-modifying CTE): one round trip, and each statement-level trigger fires once.
+
+    Rows of one part set the same columns; an UPDATE matches on `id`, and a table is updated
+    by one part at most, each row once. All parts see the database as it was before the
+    statement, so none may read what another writes (foreign keys are checked at its end).
+    Each shape (tables and columns) is built once.
+    """
+    shape: list[tuple[str, str, tuple[str, ...]]] = []
+    params: dict[str, Any] = {}
+    updated: set[str] = set()
+    for kind, model_rows in (("insert", inserts), ("update", updates)):
+        for model, rows in model_rows:
+            if not rows:
+                continue
+            table, columns = table_of(model), _columns(rows)
+            if kind == "update":
+                if table.name in updated:
+                    raise ValueError(f"{table.name} is updated by one part at most")
+                updated.add(table.name)
+            for name in columns:
+                values = [row[name] for row in rows]
+                if _is_json(table, name):
+                    values = [None if v is None else json.dumps(v) for v in values]
+                params[f"p{len(shape)}_{name}"] = values
+            shape.append((kind, table.name, tuple(columns)))
+    if shape:
+        await session.execute(_write_statement(tuple(shape)), params)

@@ -85,6 +85,12 @@ class Settings(BaseSettings):
     clock_start: datetime | None = None
     clock_speed: float = Field(default=1.0, gt=0, le=1e6)
 
+    # History pruned by the `prune_history` cron (app/services/retention.py), in days; 0 keeps
+    # everything. Outbox events once fanned out and every delivery of theirs finished, and
+    # finished webhook deliveries. Raw processor records are never pruned: replay needs them.
+    outbox_retention_days: int = Field(default=30, ge=0, le=3650)
+    webhook_delivery_retention_days: int = Field(default=30, ge=0, le=3650)
+
     db_pool_size: int = 10
     db_max_overflow: int = 10
 

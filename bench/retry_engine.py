@@ -70,6 +70,7 @@ class Timers:
     sql: float = 0.0
     processor: float = 0.0
     statements: int = 0
+    commits: int = 0
     calls: int = 0
     by_statement: dict[str, float] = field(default_factory=dict)
 
@@ -196,6 +197,10 @@ def _time_sql(db: Database, timers: Timers) -> None:
         timers.statements += 1
         head = " ".join(str(statement).split())[:90]
         timers.by_statement[head] = timers.by_statement.get(head, 0.0) + took
+
+    @event.listens_for(sync, "commit")
+    def _commit(conn: Any) -> None:
+        timers.commits += 1
 
 
 async def _scratch_database(settings: Settings) -> tuple[str, Any]:
@@ -425,7 +430,17 @@ async def _pipeline(
 ) -> None:
     _time_sql(db, timers)
     phases: dict[str, tuple[float, int]] = {}
+    # Statements and commits per phase, counted from the phase's start.
+    sent: dict[str, tuple[int, int]] = {}
 
+    def mark(phase: str) -> None:
+        sent[phase] = (timers.statements, timers.commits)
+
+    def count(phase: str) -> None:
+        statements, commits = sent[phase]
+        sent[phase] = (timers.statements - statements, timers.commits - commits)
+
+    mark("decide")
     start = time.perf_counter()
     decided = 0
     while True:
@@ -436,6 +451,7 @@ async def _pipeline(
             break
         decided += done
     phases["decide"] = (time.perf_counter() - start, decided)
+    count("decide")
 
     # Move time to when every schedule is due (the stub's are all a day out).
     async with db.uow(SYSTEM_SCOPE) as uow:
@@ -445,6 +461,7 @@ async def _pipeline(
             )
         ).scalar_one()
     await advance((latest or T0) + timedelta(minutes=1))
+    mark("claim")
     start = time.perf_counter()
     queued: list[tuple[uuid.UUID, int]] = []
     while True:
@@ -455,6 +472,7 @@ async def _pipeline(
             break
         queued += applied.enqueue
     phases["claim"] = (time.perf_counter() - start, len(queued))
+    count("claim")
 
     start = time.perf_counter()
     gate = asyncio.Semaphore(args.concurrency)
@@ -467,13 +485,17 @@ async def _pipeline(
             )
             statuses[result.status] = statuses.get(result.status, 0) + 1
 
+    mark("charge + record")
     await asyncio.gather(*(one(p, n) for p, n in queued))
     phases["charge + record"] = (time.perf_counter() - start, len(queued))
+    count("charge + record")
 
     total = sum(t for t, _ in phases.values())
-    for name, (seconds, count) in phases.items():
-        rate = count / seconds if seconds else 0.0
-        print(f"{name:16s} {count:8,d} payments in {seconds:8.2f} s  = {rate:9,.0f} /s")
+    for name, (seconds, n) in phases.items():
+        rate = n / seconds if seconds else 0.0
+        statements, commits = sent[name]
+        per = f"{statements / max(n, 1):6.2f} statements, {commits / max(n, 1):5.2f} commits each"
+        print(f"{name:16s} {n:8,d} payments in {seconds:8.2f} s  = {rate:9,.0f} /s  {per}")
     overall = len(queued) / total
     print(f"{'overall':16s} {len(queued):8,d} payments in {total:8.2f} s  = {overall:9,.0f} /s")
     print(f"attempt outcomes: {statuses}")

@@ -19,6 +19,7 @@ from jobs.context import shutdown, startup
 from jobs.ingest import enqueue_polls, normalize_connection, poll_connection, sweep_unnormalized
 from jobs.instrument import instrument
 from jobs.outages import Backoff, OutageTracker
+from jobs.retention import prune_history
 from jobs.retry import (
     attempt_payment,
     carry_out_end_actions,
@@ -46,6 +47,7 @@ CRON_JOBS = [
     cron(reconcile_stuck, second={5}, unique=True, timeout=55),  # type: ignore[arg-type]
     cron(carry_out_end_actions, second={15, 45}, unique=True, timeout=55),  # type: ignore[arg-type]
     cron(deliver_webhooks, second=_EVERY_10S, unique=True, timeout=55),  # type: ignore[arg-type]
+    cron(prune_history, minute={7, 37}, second=30, unique=True, timeout=55),  # type: ignore[arg-type]
     # Weekly challenger from stored history (Monday 03:17 UTC). Training runs in an executor.
     # arq keeps every job's in-progress key for the longest timeout + 10 s, so a longer one here
     # would delay re-delivery of every killed job: it stays at the polls' 300 s (stored history

@@ -37,10 +37,6 @@ def _run(connection: Connection) -> None:
 
 
 async def _run_online() -> None:
-    connection = config.attributes.get("connection")
-    if connection is not None:
-        _run(connection)
-        return
     engine = create_async_engine(await _database_url())
     try:
         async with engine.connect() as conn:
@@ -49,6 +45,23 @@ async def _run_online() -> None:
         await engine.dispose()
 
 
+def _run_offline() -> None:
+    """Render the migrations as a SQL script (`alembic upgrade --sql`), for review and for the
+    migration linter; nothing is read from or written to a database."""
+    context.configure(
+        url=config.get_main_option("sqlalchemy.url") or "postgresql://",
+        dialect_name="postgresql",
+        target_metadata=metadata,
+        literal_binds=True,
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
 if context.is_offline_mode():
-    raise SystemExit("offline (--sql) migrations are not supported; run against a database")
-asyncio.run(_run_online())
+    _run_offline()
+elif (given := config.attributes.get("connection")) is not None:
+    # A caller's own connection (and transaction), e.g. from `AsyncConnection.run_sync`.
+    _run(given)
+else:
+    asyncio.run(_run_online())

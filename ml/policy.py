@@ -169,6 +169,13 @@ _LABELS = {
     "pay_weekday_strength": "how regular the customer's payment weekday is",
     "days_since_biweekly_phase": "the customer's two-week payment rhythm",
     "days_since_pay_day_of_month": "days since the customer's usual day of month",
+    "days_since_likely_payday": "days since the customer's likely payday",
+    "payday_chance_today": "the chance that today is the customer's payday",
+    "payday_chance_yesterday": "the chance that yesterday was the customer's payday",
+    "payday_chance_2_days_ago": "the chance of a payday two days ago",
+    "expected_paydays_since_failure": "a likely payday since the decline",
+    "expected_paydays_since_last_attempt": "a likely payday since the last attempt",
+    # Names of features of earlier feature versions, for the explanations of their models.
     "payday_since_failure": "a likely payday since the decline",
     "payday_since_last_attempt": "a likely payday since the last attempt",
 }

@@ -19,6 +19,13 @@ def _is_expected(error: GraphQLError) -> bool:
     return original is None or isinstance(original, PortalError | GraphQLError)
 
 
+def _code_of(error: GraphQLError) -> str:
+    original = error.original_error
+    if isinstance(original, PortalError):
+        return str(original.code)
+    return ErrorCode.GRAPHQL_VALIDATION_FAILED.value if original is None else "GRAPHQL_ERROR"
+
+
 def _outage(error: GraphQLError) -> Dependency | None:
     original = error.original_error
     return None if original is None or _is_expected(error) else outage_of(original)
@@ -97,11 +104,20 @@ class ShapeErrors(MaskErrors):
 
 
 class PortalSchema(strawberry.Schema):
-    """Strawberry's schema, except that Strawberry's own log of each field error (at ERROR,
-    with its traceback) leaves out errors caused by an outage: during one, every request
-    would log a traceback per failed field, where the HTTP view writes one warning line."""
+    """Strawberry's schema, except for what Strawberry logs of each field error (at ERROR,
+    with its traceback). A client's own mistake (a validation error, a bad argument, a
+    forbidden field: an error with its code) is no fault of the portal's: one INFO line each.
+    An error caused by an outage is left out: during one, every request would log a traceback
+    per failed field, where the HTTP view writes one warning line. Bugs keep the ERROR and
+    the traceback."""
 
     def process_errors(
         self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None
     ) -> None:
-        super().process_errors([e for e in errors if _outage(e) is None], execution_context)
+        for error in errors:
+            if _is_expected(error):
+                code = (error.extensions or {}).get("code") or _code_of(error)
+                logger.info("client error %s: %s", code, error.message.split("\n", 1)[0])
+        bugs = [e for e in errors if not _is_expected(e) and _outage(e) is None]
+        if bugs:
+            super().process_errors(bugs, execution_context)

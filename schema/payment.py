@@ -67,8 +67,25 @@ class PaymentTransition:
     from_state: PaymentState = strawberry.field(description="The state before.")
     to_state: PaymentState = strawberry.field(description="The state after (may be the same).")
     event: str = strawberry.field(description="What happened, e.g. attempt_declined.")
-    reason: str = strawberry.field(description="Why the engine moved as it did.")
-    actor: str = strawberry.field(description="Who caused it: portal, processor, or an API key.")
+    reason: str = strawberry.field(
+        description=(
+            "Why the engine moved as it did. Attempts are named by their `PaymentAttempt.number` "
+            "(the payment's count: the original charge is 1, the first retry 2)."
+        )
+    )
+    actor: Actor = strawberry.field(
+        description=(
+            "Who brought the change about, in the same enum as attempts and recoveries: PORTAL "
+            "for the engine's own moves and for changes it made at someone's request (see "
+            "`requestedBy`); PROCESSOR, BILLING_SYSTEM or CUSTOMER for what they did."
+        )
+    )
+    requested_by: str | None = strawberry.field(
+        description=(
+            "The API key at whose request the change was made (`api_key:<name>`, as in the "
+            "audit log); null when no one asked."
+        )
+    )
 
 
 @strawberry.type(description="The latest retry decision: when, why and by which strategy.")
@@ -122,6 +139,72 @@ class PaymentLedger:
     blocking_rule: str | None = strawberry.field(
         description="The rule that holds the retry back or forbids it, if one does."
     )
+
+
+@strawberry.input(description="Filters for a merchant's payments; all given filters apply.")
+class PaymentFilter:
+    states: list[PaymentState] | None = strawberry.field(
+        default=None, description="Only payments in these states."
+    )
+    decline_categories: list[DeclineCategory] | None = strawberry.field(
+        default=None, description="Only payments whose first decline is in these categories."
+    )
+    processors: list[Processor] | None = strawberry.field(
+        default=None, description="Only payments from these processors."
+    )
+    failed_after: datetime | None = strawberry.field(
+        default=None, description="Only payments that first failed at or after this time."
+    )
+    failed_before: datetime | None = strawberry.field(
+        default=None, description="Only payments that first failed before this time."
+    )
+    currencies: list[str] | None = strawberry.field(
+        default=None, description="Only payments in these currencies (ISO 4217, e.g. EUR)."
+    )
+    recovered_by: list[Actor] | None = strawberry.field(
+        default=None, description="Only payments recovered by these actors."
+    )
+    next_retry_after: datetime | None = strawberry.field(
+        default=None, description="Only payments whose next retry is at or after this time."
+    )
+    next_retry_before: datetime | None = strawberry.field(
+        default=None, description="Only payments whose next retry is before this time."
+    )
+    amount_min: Long | None = strawberry.field(
+        default=None,
+        description=(
+            "Only payments of at least this amount, in minor units; needs exactly one currency "
+            "in `currencies` (minor units of different currencies do not compare)."
+        ),
+    )
+    amount_max: Long | None = strawberry.field(
+        default=None,
+        description="Only payments of at most this amount, in minor units; as `amountMin`.",
+    )
+    search: str | None = strawberry.field(
+        default=None,
+        description=(
+            "What a merchant has in hand, matched exactly: the processor's payment id, the "
+            "invoice reference, the customer's reference at the processor, or a card's last "
+            "four digits."
+        ),
+    )
+
+    def to_values(self) -> PaymentFilterValues:
+        return PaymentFilterValues(
+            states=tuple(self.states or ()),
+            decline_categories=tuple(self.decline_categories or ()),
+            processors=tuple(self.processors or ()),
+            currencies=tuple(self.currencies or ()),
+            recovered_by=tuple(self.recovered_by or ()),
+            failed_after=self.failed_after,
+            failed_before=self.failed_before,
+            next_retry_after=self.next_retry_after,
+            next_retry_before=self.next_retry_before,
+            amount_min=self.amount_min,
+            amount_max=self.amount_max,
+            search=self.search,
+        )
 
 
 @strawberry.type(description="A merchant's customer, as the processor knows them.")
@@ -274,7 +357,11 @@ class Payment(Node):
     @strawberry.field(description="Every state change of the recovery, oldest first.")
     async def timeline(self, info: Info) -> list[PaymentTransition]:
         rows = await recovery_resolvers.timeline(info.context, self._row.id)
-        return [from_row(PaymentTransition, r) for r in rows]
+        return [
+            from_row(PaymentTransition, r, actor=actor, requested_by=requested_by)
+            for r in rows
+            for actor, requested_by in [r.who()]
+        ]
 
     @strawberry.field(description="The latest retry decision; null before the first one.")
     def decision(self) -> RetryDecision | None:
@@ -311,34 +398,6 @@ class Payment(Node):
     @strawberry.field(description="The card charged, when known.")
     async def card(self, info: Info) -> Card | None:
         return await _card(info, self._row.card_id)
-
-
-@strawberry.input(description="Filters for a merchant's payments; all given filters apply.")
-class PaymentFilter:
-    states: list[PaymentState] | None = strawberry.field(
-        default=None, description="Only payments in these states."
-    )
-    decline_categories: list[DeclineCategory] | None = strawberry.field(
-        default=None, description="Only payments whose first decline is in these categories."
-    )
-    processors: list[Processor] | None = strawberry.field(
-        default=None, description="Only payments from these processors."
-    )
-    failed_after: datetime | None = strawberry.field(
-        default=None, description="Only payments that first failed at or after this time."
-    )
-    failed_before: datetime | None = strawberry.field(
-        default=None, description="Only payments that first failed before this time."
-    )
-
-    def to_values(self) -> PaymentFilterValues:
-        return PaymentFilterValues(
-            states=tuple(self.states or ()),
-            decline_categories=tuple(self.decline_categories or ()),
-            processors=tuple(self.processors or ()),
-            failed_after=self.failed_after,
-            failed_before=self.failed_before,
-        )
 
 
 @connection(

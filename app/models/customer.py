@@ -31,6 +31,8 @@ class CardCredential(TenantOwned, table=True):
         sa.UniqueConstraint("merchant_id", "fingerprint", "exp_month", "exp_year"),
         sa.CheckConstraint("exp_month BETWEEN 1 AND 12", name="exp_month_range"),
         sa.CheckConstraint("last4 ~ '^[0-9]{4}$'", name="last4_digits"),
+        # The payments list's search by a card's last four digits.
+        sa.Index("ix_card_credential_merchant_last4", "merchant_id", "last4"),
     )
 
     merchant_id: uuid.UUID = merchant_key()  # led by (merchant_id, fingerprint, …)

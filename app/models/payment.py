@@ -35,8 +35,11 @@ class Payment(TenantOwned, table=True):
         # The payments list: newest failure first, keyset on (first_failed_at, id).
         sa.Index("ix_payment_merchant_failed", "merchant_id", "first_failed_at", "id"),
         sa.Index("ix_payment_merchant_state_failed", "merchant_id", "state", "first_failed_at"),
-        # Ingestion links a processor's later charges to the invoice already in recovery.
-        sa.Index("ix_payment_invoice", "merchant_id", "processor", "invoice_ref"),
+        # Ingestion links a processor's later charges to the invoice already in recovery, and
+        # the payments list's search finds an invoice whatever its processor.
+        sa.Index("ix_payment_merchant_invoice", "merchant_id", "invoice_ref", "processor"),
+        # The payments list's search by the processor's payment id, whatever the processor.
+        sa.Index("ix_payment_merchant_processor_payment", "merchant_id", "processor_payment_id"),
         # The retry engine's due scan touches scheduled payments only.
         _partial("ix_payment_due", "state = 'SCHEDULED'", "next_retry_at"),
         # Payments waiting for a first (or a new) decision.

@@ -8,7 +8,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlmodel import Field
 
-from app.enums import PaymentState
+from app.enums import Actor, PaymentState
 from app.models.base import TenantOwned, enum_type, new_id, timestamp
 
 
@@ -26,8 +26,18 @@ class PaymentTransition(TenantOwned, table=True):
     to_state: PaymentState = Field(sa_type=enum_type(PaymentState))
     event: str = Field(max_length=64)
     reason: str = Field(max_length=2000)
+    # An `Actor` value, or the label of the API key at whose request the portal made the change
+    # (`api_key:<name>`, as in the audit log); see `who`.
     actor: str = Field(max_length=255)
     at: datetime = timestamp()
+
+    def who(self) -> tuple[Actor, str | None]:
+        """Who brought the change about, and the API key that asked for it (if one did): a
+        change made at someone's request is the portal's, on their behalf."""
+        try:
+            return Actor(self.actor), None
+        except ValueError:
+            return Actor.PORTAL, self.actor
 
 
 class OutboxEvent(TenantOwned, table=True):
@@ -40,6 +50,12 @@ class OutboxEvent(TenantOwned, table=True):
             "ix_outbox_event_pending",
             "created_at",
             postgresql_where=sa.text("dispatched_at IS NULL"),
+        ),
+        # Events already fanned out, oldest first, for retention.
+        sa.Index(
+            "ix_outbox_event_dispatched",
+            "created_at",
+            postgresql_where=sa.text("dispatched_at IS NOT NULL"),
         ),
     )
 

@@ -41,6 +41,12 @@ class WebhookDelivery(TenantOwned, table=True):
             "next_attempt_at",
             postgresql_where=sa.text("status = 'pending'"),
         ),
+        # Finished deliveries, oldest first, for retention.
+        sa.Index(
+            "ix_webhook_delivery_finished",
+            "created_at",
+            postgresql_where=sa.text("status <> 'pending'"),
+        ),
     )
 
     id: uuid.UUID = Field(default_factory=new_id, primary_key=True)

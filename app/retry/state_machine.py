@@ -275,7 +275,10 @@ def _on_started(state: PaymentState, event: AttemptStarted, ctx: _Ctx) -> _Outco
             if placement.at == ctx.now:
                 number = ctx.ledger.portal_attempts + 1
                 actions: list[Action] = [RecordAttempt(number, ctx.now), EnqueueAttempt(number)]
-                return _Outcome(P.RETRYING, f"attempt {number} started", actions)
+                # Named as the API numbers attempts: the payment's count (the failed charge is 1,
+                # every retry since by anyone counts), not the portal's own.
+                shown = len(ctx.ledger.retries) + 2
+                return _Outcome(P.RETRYING, f"attempt {shown} started", actions)
             reason = "not allowed at claim time"
             return _schedule_at(ctx, ctx.ledger, ctx.now, ctx.policy.strategy, reason)
         case P.PENDING | P.RETRYING:

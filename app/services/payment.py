@@ -1,28 +1,125 @@
 """Reading payments, their attempts, customers and cards, within the session's scope."""
 
+import re
 import uuid
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import tuple_
+from sqlalchemy import ColumnElement, or_, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
 
-from app.enums import DeclineCategory, PaymentState, Processor
+from app.enums import Actor, DeclineCategory, PaymentState, Processor
+from app.errors import InvalidArgument
+from app.models.customer import CardCredential, Customer
 from app.models.payment import Payment, PaymentAttempt
+
+LAST4 = re.compile(r"[0-9]{4}")
+CURRENCY = re.compile(r"[A-Z]{3}")
 
 
 @dataclass(frozen=True)
 class PaymentFilter:
-    """Filters of the payments list; empty tuples and None mean no filter."""
+    """Filters of the payments list; empty tuples and None mean no filter.
+
+    `search` matches exactly one of: the processor's payment id, the invoice reference, the
+    customer's reference at the processor, or (four digits) the card's last four. Amounts are
+    in minor units of one currency, so an amount range needs exactly one currency.
+    """
 
     states: tuple[PaymentState, ...] = ()
     decline_categories: tuple[DeclineCategory, ...] = ()
     processors: tuple[Processor, ...] = ()
+    currencies: tuple[str, ...] = ()
+    recovered_by: tuple[Actor, ...] = ()
     failed_after: datetime | None = None
     failed_before: datetime | None = None
+    next_retry_after: datetime | None = None
+    next_retry_before: datetime | None = None
+    amount_min: int | None = None
+    amount_max: int | None = None
+    search: str | None = None
+
+    def checked(self) -> "PaymentFilter":
+        """The filter, or InvalidArgument naming the field that cannot be applied."""
+        bad = [c for c in self.currencies if not CURRENCY.fullmatch(c)]
+        if bad:
+            raise InvalidArgument(
+                f"currencies are ISO 4217 codes in capitals, not {bad[0]!r}",
+                field="filter.currencies",
+            )
+        for name in ("amount_min", "amount_max"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            field = "filter." + ("amountMin" if name == "amount_min" else "amountMax")
+            if value < 0:
+                raise InvalidArgument("amounts are zero or more minor units", field=field)
+            if len(self.currencies) != 1:
+                raise InvalidArgument(
+                    "an amount range needs exactly one currency in filter.currencies: minor "
+                    "units of different currencies do not compare",
+                    field=field,
+                )
+        if self.search is not None and not self.search.strip():
+            raise InvalidArgument("search must not be blank", field="filter.search")
+        if self.search is not None and len(self.search) > 255:
+            raise InvalidArgument("search is at most 255 characters", field="filter.search")
+        return self
+
+
+def _search(merchant_id: uuid.UUID, term: str) -> ColumnElement[bool]:
+    term = term.strip()
+    matches = [
+        col(Payment.processor_payment_id) == term,
+        col(Payment.invoice_ref) == term,
+        col(Payment.customer_id).in_(
+            select(col(Customer.id)).where(
+                col(Customer.merchant_id) == merchant_id, col(Customer.external_ref) == term
+            )
+        ),
+    ]
+    if LAST4.fullmatch(term):
+        matches.append(
+            col(Payment.card_id).in_(
+                select(col(CardCredential.id)).where(
+                    col(CardCredential.merchant_id) == merchant_id,
+                    col(CardCredential.last4) == term,
+                )
+            )
+        )
+    return or_(*matches)
+
+
+def _filtered(query: Any, merchant_id: uuid.UUID, filters: PaymentFilter) -> Any:
+    if filters.states:
+        query = query.where(col(Payment.state).in_(filters.states))
+    if filters.decline_categories:
+        query = query.where(col(Payment.decline_category).in_(filters.decline_categories))
+    if filters.processors:
+        query = query.where(col(Payment.processor).in_(filters.processors))
+    if filters.currencies:
+        query = query.where(col(Payment.currency).in_(filters.currencies))
+    if filters.recovered_by:
+        query = query.where(col(Payment.recovered_by).in_(filters.recovered_by))
+    if filters.failed_after is not None:
+        query = query.where(col(Payment.first_failed_at) >= filters.failed_after)
+    if filters.failed_before is not None:
+        query = query.where(col(Payment.first_failed_at) < filters.failed_before)
+    if filters.next_retry_after is not None:
+        query = query.where(col(Payment.next_retry_at) >= filters.next_retry_after)
+    if filters.next_retry_before is not None:
+        query = query.where(col(Payment.next_retry_at) < filters.next_retry_before)
+    if filters.amount_min is not None:
+        query = query.where(col(Payment.amount_minor) >= filters.amount_min)
+    if filters.amount_max is not None:
+        query = query.where(col(Payment.amount_minor) <= filters.amount_max)
+    if filters.search is not None:
+        query = query.where(_search(merchant_id, filters.search))
+    return query
 
 
 async def list_payments(
@@ -41,16 +138,7 @@ async def list_payments(
         .order_by(col(Payment.first_failed_at).desc(), col(Payment.id).desc())
         .limit(first + 1)
     )
-    if filters.states:
-        query = query.where(col(Payment.state).in_(filters.states))
-    if filters.decline_categories:
-        query = query.where(col(Payment.decline_category).in_(filters.decline_categories))
-    if filters.processors:
-        query = query.where(col(Payment.processor).in_(filters.processors))
-    if filters.failed_after is not None:
-        query = query.where(Payment.first_failed_at >= filters.failed_after)
-    if filters.failed_before is not None:
-        query = query.where(Payment.first_failed_at < filters.failed_before)
+    query = _filtered(query, merchant_id, filters.checked())
     if before_key is not None:
         query = query.where(
             tuple_(col(Payment.first_failed_at), col(Payment.id)) < tuple_(*before_key)

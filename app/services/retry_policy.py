@@ -9,7 +9,9 @@ from itertools import pairwise
 from typing import Any
 from zoneinfo import available_timezones
 
+import sqlalchemy as sa
 from sqlalchemy import func
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
@@ -171,22 +173,27 @@ async def current_policies(
     session: AsyncSession, merchant_ids: Sequence[uuid.UUID]
 ) -> dict[uuid.UUID, RetryPolicy]:
     """Each merchant's highest policy version."""
+    rows = (
+        await session.execute(_current_policies_statement(), {"merchant_ids": list(merchant_ids)})
+    ).scalars()
+    return {p.merchant_id: p for p in rows}
+
+
+@cache
+def _current_policies_statement() -> Any:
+    """Built once (the engine reads policies with every batch), the ids bound as one array."""
+    ids = sa.bindparam("merchant_ids", type_=postgresql.ARRAY(sa.Uuid))
     latest = (
         select(RetryPolicy.merchant_id, func.max(col(RetryPolicy.version)).label("version"))
-        .where(col(RetryPolicy.merchant_id).in_(merchant_ids))
+        .where(col(RetryPolicy.merchant_id) == sa.any_(ids))
         .group_by(col(RetryPolicy.merchant_id))
         .subquery()
     )
-    rows = (
-        await session.execute(
-            select(RetryPolicy).join(
-                latest,
-                (col(RetryPolicy.merchant_id) == latest.c.merchant_id)
-                & (RetryPolicy.version == latest.c.version),
-            )
-        )
-    ).scalars()
-    return {p.merchant_id: p for p in rows}
+    return select(RetryPolicy).join(
+        latest,
+        (col(RetryPolicy.merchant_id) == latest.c.merchant_id)
+        & (RetryPolicy.version == latest.c.version),
+    )
 
 
 async def update_retry_policy(

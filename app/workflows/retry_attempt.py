@@ -5,7 +5,9 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from functools import cache
 from http import HTTPStatus
+from typing import Any
 
 import httpx
 import sqlalchemy as sa
@@ -29,6 +31,7 @@ from app.enums import (
 from app.models.customer import CardCredential, Customer
 from app.models.ingestion import ProcessorConnection
 from app.models.payment import Payment, PaymentAttempt, decline_columns
+from app.models.retry import PaymentTransition
 from app.processors.adapters import adapter_for
 from app.processors.base import (
     BillingRefs,
@@ -51,6 +54,7 @@ from app.retry.events import (
     CustomerDeleted,
     DecisionMade,
     Event,
+    ExternalAttemptDeclined,
     InvoiceVoided,
     PaidElsewhere,
     SubscriptionCanceled,
@@ -60,7 +64,8 @@ from app.retry.schedule import Scheduler
 from app.services.connection import connection_info
 from app.services.ingestion import card_of_charge, land
 from app.services.retry.engine import run_event
-from app.services.retry.ledger import PaymentContext, load_contexts
+from app.services.retry.ledger import PaymentContext, load_contexts, settled_context
+from app.services.retry.writes import Writes
 from app.tenancy import SYSTEM_SCOPE
 
 logger = logging.getLogger(__name__)
@@ -124,23 +129,27 @@ def default_adapters(http: httpx.AsyncClient, box: CredentialBox) -> AdapterFact
     return make
 
 
+@cache
+def _locked_statement() -> Any:
+    return (
+        select(Payment, PaymentAttempt)
+        .outerjoin(
+            PaymentAttempt,
+            (col(PaymentAttempt.payment_id) == col(Payment.id))
+            & (col(PaymentAttempt.portal_number) == _NUMBER),
+        )
+        .where(col(Payment.id) == _PAYMENT)
+        .with_for_update(of=Payment)
+        .execution_options(populate_existing=True)
+    )
+
+
 async def _locked(
     uow: UnitOfWork, payment_id: uuid.UUID, number: int
 ) -> tuple[Payment | None, PaymentAttempt | None]:
     """The payment, locked, and its portal attempt `number`, in one round trip."""
-    row = (
-        await uow.session.execute(
-            select(Payment, PaymentAttempt)
-            .outerjoin(
-                PaymentAttempt,
-                (col(PaymentAttempt.payment_id) == col(Payment.id))
-                & (col(PaymentAttempt.portal_number) == number),
-            )
-            .where(col(Payment.id) == payment_id)
-            .with_for_update(of=Payment)
-            .execution_options(populate_existing=True)
-        )
-    ).one_or_none()
+    params = {"b_payment": payment_id, "b_number": number}
+    row = (await uow.session.execute(_locked_statement(), params)).one_or_none()
     if row is None:
         return None, None
     return row[0], row[1]
@@ -160,37 +169,48 @@ def _current_card_id() -> sa.ColumnElement[uuid.UUID | None]:
     return func.coalesce(latest, col(Payment.card_id))
 
 
+# The statements an attempt runs are built once, their values bound at each execution:
+# building and keying them for the compiled-statement cache costs more than running them.
+_PAYMENT = sa.bindparam("b_payment", type_=sa.Uuid)
+_NUMBER = sa.bindparam("b_number", type_=sa.SmallInteger)
+_CHARGE = sa.bindparam("b_charge", type_=sa.String)
+
+
+@cache
+def _snapshot_statement() -> Any:
+    card = aliased(CardCredential)
+    return (
+        sa.select(
+            Payment,
+            col(PaymentAttempt.outcome),
+            col(PaymentAttempt.idempotency_key),
+            col(PaymentAttempt.sent_at),
+            col(PaymentAttempt.payment_method_ref),
+            col(Customer.external_ref),
+            ProcessorConnection,
+            card,
+        )
+        .join(Customer, col(Customer.id) == col(Payment.customer_id))
+        .outerjoin(
+            PaymentAttempt,
+            (col(PaymentAttempt.payment_id) == col(Payment.id))
+            & (col(PaymentAttempt.portal_number) == _NUMBER),
+        )
+        .outerjoin(
+            ProcessorConnection,
+            col(ProcessorConnection.id) == col(Payment.connection_id),
+        )
+        .outerjoin(card, col(card.id) == _current_card_id())
+        .where(col(Payment.id) == _PAYMENT)
+    )
+
+
 async def _snapshot(db: Database, payment_id: uuid.UUID, number: int) -> _Snapshot | AttemptResult:
     """What the attempt needs, read in one statement without locks: every decision taken on
     it (mark sent, record) is checked again under the payment's lock."""
-    card = aliased(CardCredential)
     async with db.session(SYSTEM_SCOPE) as session:
-        row = (
-            await session.execute(
-                sa.select(
-                    Payment,
-                    col(PaymentAttempt.outcome),
-                    col(PaymentAttempt.idempotency_key),
-                    col(PaymentAttempt.sent_at),
-                    col(PaymentAttempt.payment_method_ref),
-                    col(Customer.external_ref),
-                    ProcessorConnection,
-                    card,
-                )
-                .join(Customer, col(Customer.id) == col(Payment.customer_id))
-                .outerjoin(
-                    PaymentAttempt,
-                    (col(PaymentAttempt.payment_id) == col(Payment.id))
-                    & (col(PaymentAttempt.portal_number) == number),
-                )
-                .outerjoin(
-                    ProcessorConnection,
-                    col(ProcessorConnection.id) == col(Payment.connection_id),
-                )
-                .outerjoin(card, col(card.id) == _current_card_id())
-                .where(col(Payment.id) == payment_id)
-            )
-        ).one_or_none()
+        params = {"b_payment": payment_id, "b_number": number}
+        row = (await session.execute(_snapshot_statement(), params)).one_or_none()
     # Closing the session detaches the rows with their attributes loaded.
     if row is None:
         return AttemptResult(AttemptStatus.SKIPPED, None)
@@ -218,30 +238,34 @@ async def _snapshot(db: Database, payment_id: uuid.UUID, number: int) -> _Snapsh
     )
 
 
-async def _mark_sent(db: Database, snap: _Snapshot, number: int, clock: Clock) -> bool:
-    """Commit `sent_at` in one statement while the payment, locked, is still RETRYING and the
-    attempt still unsent and in flight; False when any of that no longer holds."""
+@cache
+def _mark_sent_statement() -> Any:
     locked = (
         select(col(Payment.id))
-        .where(col(Payment.id) == snap.payment_id, col(Payment.state) == PaymentState.RETRYING)
+        .where(col(Payment.id) == _PAYMENT, col(Payment.state) == PaymentState.RETRYING)
         .with_for_update()
         .cte("locked_payment")
     )
+    return (
+        update(PaymentAttempt)
+        .where(
+            col(PaymentAttempt.payment_id).in_(select(locked.c.id)),
+            col(PaymentAttempt.portal_number) == _NUMBER,
+            col(PaymentAttempt.outcome) == AttemptOutcome.IN_FLIGHT,
+            col(PaymentAttempt.sent_at).is_(None),
+        )
+        .values(sent_at=sa.bindparam("b_now", type_=sa.DateTime(timezone=True)))
+        .returning(col(PaymentAttempt.id))
+        .execution_options(synchronize_session=False)
+    )
+
+
+async def _mark_sent(db: Database, snap: _Snapshot, number: int, clock: Clock) -> bool:
+    """Commit `sent_at` in one statement while the payment, locked, is still RETRYING and the
+    attempt still unsent and in flight; False when any of that no longer holds."""
     async with db.uow(SYSTEM_SCOPE) as uow:
-        marked = (
-            await uow.session.execute(
-                update(PaymentAttempt)
-                .where(
-                    col(PaymentAttempt.payment_id).in_(select(locked.c.id)),
-                    col(PaymentAttempt.portal_number) == number,
-                    col(PaymentAttempt.outcome) == AttemptOutcome.IN_FLIGHT,
-                    col(PaymentAttempt.sent_at).is_(None),
-                )
-                .values(sent_at=clock.now())
-                .returning(col(PaymentAttempt.id))
-                .execution_options(synchronize_session=False)
-            )
-        ).first()
+        params = {"b_payment": snap.payment_id, "b_number": number, "b_now": clock.now()}
+        marked = (await uow.session.execute(_mark_sent_statement(), params)).first()
         if marked is None:
             return False
         await uow.commit()
@@ -647,6 +671,69 @@ async def _abandon(
         return AttemptResult(AttemptStatus.ABANDONED, ctx.payment.state, detail=why)
 
 
+@cache
+def _success_statement() -> Any:
+    echo = aliased(PaymentAttempt)
+    last_seq = (
+        sa.select(func.max(col(PaymentTransition.seq)))
+        .where(col(PaymentTransition.payment_id) == col(Payment.id))
+        .correlate(Payment)
+        .scalar_subquery()
+    )
+    echoed = sa.exists().where(
+        col(echo.payment_id) == col(Payment.id),
+        col(echo.processor_attempt_id) == _CHARGE,
+        col(echo.id) != col(PaymentAttempt.id),
+    )
+    return (
+        sa.select(Payment, PaymentAttempt, CardCredential, last_seq, echoed)
+        .outerjoin(
+            PaymentAttempt,
+            (col(PaymentAttempt.payment_id) == col(Payment.id))
+            & (col(PaymentAttempt.portal_number) == _NUMBER),
+        )
+        .outerjoin(CardCredential, col(CardCredential.id) == col(Payment.card_id))
+        .where(col(Payment.id) == _PAYMENT)
+        .with_for_update(of=Payment)
+        .execution_options(populate_existing=True)
+    )
+
+
+async def _locked_for_success(
+    uow: UnitOfWork, payment_id: uuid.UUID, number: int, charge_id: str
+) -> tuple[PaymentContext, PaymentAttempt] | AttemptResult | None:
+    """What recording an approved charge needs, in one locked read: the payment, its portal
+    attempt `number`, its card and latest timeline position. None when another attempt of the
+    payment already holds this charge (ingestion read it back first): the full path settles
+    that. A result when there is nothing to record."""
+    params = {"b_payment": payment_id, "b_number": number, "b_charge": charge_id[:255]}
+    row = (await uow.session.execute(_success_statement(), params)).one_or_none()
+    if row is None:
+        return AttemptResult(AttemptStatus.SKIPPED, None, charge_id)
+    payment, attempt, card, seq, echoed_found = row
+    if attempt is None or attempt.outcome is not AttemptOutcome.IN_FLIGHT:
+        # Another run recorded this very charge (same key, same answer).
+        return AttemptResult(AttemptStatus.SKIPPED, payment.state, charge_id)
+    if echoed_found:
+        return None
+    return settled_context(payment, card, last_seq=seq, attempts=[attempt]), attempt
+
+
+async def _locked_context(
+    uow: UnitOfWork, payment_id: uuid.UUID, number: int, charge_id: str, *, now: datetime
+) -> tuple[PaymentContext, PaymentAttempt] | AttemptResult:
+    """The payment locked with its whole ledger, and its portal attempt `number`."""
+    contexts = await load_contexts(uow.session, [payment_id], now=now, lock=True)
+    ctx = contexts.get(payment_id)
+    if ctx is None:
+        return AttemptResult(AttemptStatus.SKIPPED, None, charge_id)
+    attempt = next((a for a in ctx.attempts if a.portal_number == number), None)
+    if attempt is None or attempt.outcome is not AttemptOutcome.IN_FLIGHT:
+        # Another run recorded this very charge (same key, same answer).
+        return AttemptResult(AttemptStatus.SKIPPED, ctx.payment.state, charge_id)
+    return ctx, attempt
+
+
 async def _record(
     db: Database,
     snap: _Snapshot,
@@ -658,25 +745,26 @@ async def _record(
     clock: Clock,
     scheduler: Scheduler | None,
 ) -> AttemptResult:
+    """Store the processor's answer on the attempt and carry out its transition, in one
+    transaction. An approved charge needs no ledger (`settled_context`): one locked read, the
+    raw answer, and one statement for the attempt, the payment, its timeline and outbox; a
+    decline reads the ledger, which decides when to retry."""
     now = clock.now()
+    charge_id = result.processor_payment_id
     async with db.uow(SYSTEM_SCOPE) as uow:
-        payment, attempt = await _locked(uow, snap.payment_id, number)
-        if payment is None or attempt is None or attempt.outcome is not AttemptOutcome.IN_FLIGHT:
-            # Another run recorded this very charge (same key, same answer).
-            return AttemptResult(
-                AttemptStatus.SKIPPED,
-                payment.state if payment else None,
-                result.processor_payment_id,
-            )
-        ctx = (await load_contexts(uow.session, [payment.id], now=now))[payment.id]
+        found: tuple[PaymentContext, PaymentAttempt] | AttemptResult | None = None
+        if result.approved:
+            found = await _locked_for_success(uow, snap.payment_id, number, charge_id)
+        if found is None:
+            found = await _locked_context(uow, snap.payment_id, number, charge_id, now=now)
+        if isinstance(found, AttemptResult):
+            return found
+        ctx, attempt = found
+        payment = ctx.payment
         # Ingestion may have read our own charge back before we recorded it: that row is this
         # attempt, not another payment of the invoice.
         echo = next(
-            (
-                a
-                for a in ctx.attempts
-                if a.processor_attempt_id == result.processor_payment_id and a.id != attempt.id
-            ),
+            (a for a in ctx.attempts if a.processor_attempt_id == charge_id and a.id != attempt.id),
             None,
         )
         if echo is not None:
@@ -692,23 +780,37 @@ async def _record(
         else:
             read = decline if decline is not None else _UNREADABLE
             view = DeclineView.from_decline(read, now)
-            event = AttemptDeclined(view)
+            if payment.state is PaymentState.RETRYING:
+                event = AttemptDeclined(view)
+            else:
+                # The payment moved on while this charge was out (a second run of the same
+                # key recorded the other answer's consequences, or a person or ingestion
+                # changed it). The decline still happened: it counts on the card, and a
+                # scheduled payment is decided again with it, as for anyone else's decline.
+                event = ExternalAttemptDeclined(view, Actor.PORTAL)
+                logger.warning(
+                    "a charge was declined after its payment left RETRYING",
+                    extra={"payment_id": str(payment.id), "state": str(payment.state)},
+                )
             attempt.outcome = AttemptOutcome.DECLINED
             attempt.sqlmodel_update(dict(decline_columns(read)))
             attempt.not_before = read.not_before
-        attempt.processor_attempt_id = result.processor_payment_id[:255]
+        attempt.processor_attempt_id = charge_id[:255]
         attempt.card_id = await _charged_card(uow, ctx, records, now)
         # Applied here already: landed as normalized, so the normalizer need not read it again.
         raw_ids, _ = await land(uow, snap.connection, items, now=now, normalized=True)
         if raw_ids:
             attempt.raw_record_id = raw_ids[-1]
         attempt.normalizer_version = NORMALIZER_VERSION
+        writes = Writes()
+        writes.touch(attempt)
         if echo is not None and result.approved and payment.state is PaymentState.RECOVERED:
             pass  # already recovered by the echo of this very charge: nothing more to say
         else:
-            await run_event(uow, ctx, event, now=now, scheduler=scheduler)
+            await run_event(uow, ctx, event, now=now, scheduler=scheduler, writes=writes)
+        await writes.flush(uow.session)
         await uow.commit()
-        return AttemptResult(AttemptStatus.RECORDED, payment.state, result.processor_payment_id)
+        return AttemptResult(AttemptStatus.RECORDED, payment.state, charge_id)
 
 
 async def reconcile_stuck(

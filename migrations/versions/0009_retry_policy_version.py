@@ -23,10 +23,10 @@ def upgrade() -> None:
     # Schedules stored before this revision were chosen under the policy current now.
     op.execute(
         """
-        UPDATE payment AS p SET policy_version = current.version
+        UPDATE payment AS p SET policy_version = latest.version
         FROM (SELECT merchant_id, max(version) AS version FROM retry_policy GROUP BY merchant_id)
-             AS current
-        WHERE current.merchant_id = p.merchant_id AND p.state = 'SCHEDULED'
+             AS latest
+        WHERE latest.merchant_id = p.merchant_id AND p.state = 'SCHEDULED'
         """
     )
     op.create_index(

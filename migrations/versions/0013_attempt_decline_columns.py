@@ -28,8 +28,9 @@ Create Date: 2026-12-08 10:00:00.000000
 
 from collections.abc import Sequence
 
-import sqlalchemy as sa
 from alembic import op
+
+from migrations.locks import short_lock_timeout
 
 revision: str = "0013_attempt_decline_columns"
 down_revision: str | None = "0012_webhook_previous_secret"
@@ -49,13 +50,9 @@ LOCK_TIMEOUT = "3s"
 def _rename(pairs: Sequence[tuple[str, str]]) -> None:
     """Rename under the short lock timeout, then give the transaction back the timeout it
     had: the revisions run after this one in the same transaction are not bound by it."""
-    before = op.get_bind().execute(sa.text("SHOW lock_timeout")).scalar_one()
-    op.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
-    for old, new in pairs:
-        op.alter_column("payment_attempt", old, new_column_name=new)
-    op.execute(
-        sa.text("SELECT set_config('lock_timeout', :before, true)").bindparams(before=before)
-    )
+    with short_lock_timeout(LOCK_TIMEOUT):
+        for old, new in pairs:
+            op.alter_column("payment_attempt", old, new_column_name=new)
 
 
 def upgrade() -> None:

@@ -24,6 +24,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
+from migrations.locks import short_lock_timeout
+
 revision: str = "0014_webhook_delivery_status"
 down_revision: str | None = "0013_attempt_decline_columns"
 branch_labels: str | Sequence[str] | None = None
@@ -46,14 +48,10 @@ def _retype(old: sa.types.TypeEngine[str], new: sa.types.TypeEngine[str]) -> Non
         # Outside a transaction SET LOCAL does nothing: the session's timeout is set for the
         # change and given back, so the exclusive lock is never queued behind a long
         # transaction (with every query of the table queued behind it).
-        before = op.get_bind().execute(sa.text("SHOW lock_timeout")).scalar_one()
-        op.execute(f"SET lock_timeout = '{LOCK_TIMEOUT}'")
-        op.alter_column(
-            "webhook_delivery", "status", existing_type=old, type_=new, existing_nullable=False
-        )
-        op.execute(
-            sa.text("SELECT set_config('lock_timeout', :before, false)").bindparams(before=before)
-        )
+        with short_lock_timeout(LOCK_TIMEOUT, in_transaction=False):
+            op.alter_column(
+                "webhook_delivery", "status", existing_type=old, type_=new, existing_nullable=False
+            )
         op.create_index(
             "ix_webhook_delivery_due",
             "webhook_delivery",

@@ -24,6 +24,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
+from migrations.locks import short_lock_timeout
+
 revision: str = "0015_policy_control_group"
 down_revision: str | None = "0014_webhook_delivery_status"
 branch_labels: str | Sequence[str] | None = None
@@ -54,13 +56,9 @@ $$;
 def _locked(*statements: str) -> None:
     """Run the statements under the short lock timeout, then give the transaction back the
     timeout it had."""
-    before = op.get_bind().execute(sa.text("SHOW lock_timeout")).scalar_one()
-    op.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
-    for statement in statements:
-        op.execute(statement)
-    op.execute(
-        sa.text("SELECT set_config('lock_timeout', :before, true)").bindparams(before=before)
-    )
+    with short_lock_timeout(LOCK_TIMEOUT):
+        for statement in statements:
+            op.execute(statement)
 
 
 def _rewrite_triggers(old: str, new: str) -> None:

@@ -21,6 +21,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
+from migrations.locks import short_lock_timeout
+
 revision: str = "0017_preflight_end_actions"
 down_revision: str | None = "0016_model_decision_by_model"
 branch_labels: str | Sequence[str] | None = None
@@ -29,60 +31,48 @@ depends_on: str | Sequence[str] | None = None
 LOCK_TIMEOUT = "5s"
 
 
-def _short_lock_timeout() -> str:
-    before = str(op.get_bind().execute(sa.text("SHOW lock_timeout")).scalar_one())
-    op.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
-    return before
-
-
-def _restore_lock_timeout(before: str) -> None:
-    op.execute(
-        sa.text("SELECT set_config('lock_timeout', :before, true)").bindparams(before=before)
-    )
-
-
 def upgrade() -> None:
-    before = _short_lock_timeout()
-    op.add_column(
-        "payment_attempt",
-        sa.Column("payment_method_ref", sa.String(length=255), nullable=True),
-    )
-    op.create_table(
-        "end_action",
-        sa.Column("merchant_id", sa.Uuid(), nullable=False),
-        sa.Column("id", sa.Uuid(), nullable=False),
-        sa.Column("payment_id", sa.Uuid(), nullable=False),
-        sa.Column("action", sa.String(length=32), nullable=False),
-        sa.Column("status", sa.String(length=32), nullable=False),
-        sa.Column("tries", sa.SmallInteger(), nullable=False),
-        sa.Column("next_attempt_at", sa.DateTime(timezone=True), nullable=True),
-        sa.Column("last_error", sa.String(length=2000), nullable=True),
-        sa.Column("detail", sa.String(length=1000), nullable=True),
-        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
-        sa.Column("completed_at", sa.DateTime(timezone=True), nullable=True),
-        sa.ForeignKeyConstraint(
-            ["merchant_id"], ["merchant.id"], name=op.f("fk_end_action_merchant_id_merchant")
-        ),
-        sa.ForeignKeyConstraint(
-            ["payment_id"], ["payment.id"], name=op.f("fk_end_action_payment_id_payment")
-        ),
-        sa.PrimaryKeyConstraint("id", name=op.f("pk_end_action")),
-        sa.UniqueConstraint("payment_id", name=op.f("uq_end_action_payment_id")),
-    )
-    op.create_index(op.f("ix_end_action_merchant_id"), "end_action", ["merchant_id"], unique=False)
-    op.create_index(
-        "ix_end_action_due",
-        "end_action",
-        ["next_attempt_at"],
-        unique=False,
-        postgresql_where=sa.text("status = 'pending'"),
-    )
-    _restore_lock_timeout(before)
+    with short_lock_timeout(LOCK_TIMEOUT):
+        op.add_column(
+            "payment_attempt",
+            sa.Column("payment_method_ref", sa.String(length=255), nullable=True),
+        )
+        op.create_table(
+            "end_action",
+            sa.Column("merchant_id", sa.Uuid(), nullable=False),
+            sa.Column("id", sa.Uuid(), nullable=False),
+            sa.Column("payment_id", sa.Uuid(), nullable=False),
+            sa.Column("action", sa.String(length=32), nullable=False),
+            sa.Column("status", sa.String(length=32), nullable=False),
+            sa.Column("tries", sa.SmallInteger(), nullable=False),
+            sa.Column("next_attempt_at", sa.DateTime(timezone=True), nullable=True),
+            sa.Column("last_error", sa.String(length=2000), nullable=True),
+            sa.Column("detail", sa.String(length=1000), nullable=True),
+            sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+            sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+            sa.Column("completed_at", sa.DateTime(timezone=True), nullable=True),
+            sa.ForeignKeyConstraint(
+                ["merchant_id"], ["merchant.id"], name=op.f("fk_end_action_merchant_id_merchant")
+            ),
+            sa.ForeignKeyConstraint(
+                ["payment_id"], ["payment.id"], name=op.f("fk_end_action_payment_id_payment")
+            ),
+            sa.PrimaryKeyConstraint("id", name=op.f("pk_end_action")),
+            sa.UniqueConstraint("payment_id", name=op.f("uq_end_action_payment_id")),
+        )
+        op.create_index(
+            op.f("ix_end_action_merchant_id"), "end_action", ["merchant_id"], unique=False
+        )
+        op.create_index(
+            "ix_end_action_due",
+            "end_action",
+            ["next_attempt_at"],
+            unique=False,
+            postgresql_where=sa.text("status = 'pending'"),
+        )
 
 
 def downgrade() -> None:
-    before = _short_lock_timeout()
-    op.drop_table("end_action")
-    op.drop_column("payment_attempt", "payment_method_ref")
-    _restore_lock_timeout(before)
+    with short_lock_timeout(LOCK_TIMEOUT):
+        op.drop_table("end_action")
+        op.drop_column("payment_attempt", "payment_method_ref")

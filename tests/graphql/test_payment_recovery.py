@@ -29,7 +29,7 @@ PAYMENT = """query($id: ID!) { node(id: $id) { ... on Payment { state nextRetryA
   decision { chosenAt reason strategy }
   endAction { action status tries detail lastError nextAttemptAt createdAt completedAt }
   ledger { attemptsLast24h attemptsLast30d nextAllowedAt blockingRule }
-  timeline { fromState toState event actor } } } }"""
+  timeline { fromState toState event actor requestedBy } } } }"""
 
 RETRY_NOW = """mutation($id: ID!, $reason: String!) {
   retryPaymentNow(paymentId: $id, reason: $reason) {
@@ -37,7 +37,7 @@ RETRY_NOW = """mutation($id: ID!, $reason: String!) {
 
 CANCEL = """mutation($id: ID!, $reason: String!) {
   cancelPaymentRecovery(paymentId: $id, reason: $reason) {
-    payment { state nextRetryAt timeline { event actor } } errors { code field } } }"""
+    payment { state nextRetryAt timeline { event actor requestedBy } } errors { code field } } }"""
 
 
 async def _decided_payment(db: Database, clock: FixedClock) -> tuple[str, str]:
@@ -144,7 +144,8 @@ async def test_retry_now_keeps_the_rules_and_cancel_ends_recovery(
     assert payload["payment"]["nextRetryAt"] is None
     assert payload["payment"]["timeline"][-1] == {
         "event": "recovery_canceled",
-        "actor": "api_key:test",
+        "actor": "PORTAL",
+        "requestedBy": "api_key:test",
     }
     again = await run(
         db, settings, clock, CANCEL, token=token, variables={"id": pid, "reason": "twice"}

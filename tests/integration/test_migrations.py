@@ -5,7 +5,9 @@ import asyncio
 import asyncpg
 import pytest
 from alembic import command
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from app.embedded import Services, create_scratch_database, drop_database
 from portal.migrate import alembic_config
@@ -498,8 +500,32 @@ async def test_preflight_method_column_and_end_action_table_are_added_and_revers
         await drop_database(services, url)
 
 
+async def test_a_short_lock_timeout_is_given_back_to_the_transaction(services: Services) -> None:
+    """Revisions run one after another in one transaction: the short lock timeout a revision
+    takes for its ALTERs must not bind the revisions after it, online or in a rendered script."""
+    url = await create_scratch_database(services, "portal_migrations")
+    cfg = alembic_config(url)
+    try:
+        await asyncio.to_thread(command.upgrade, cfg, "0012_webhook_previous_secret")
+        engine = create_async_engine(url)
+        try:
+            async with engine.begin() as conn:
+                await conn.exec_driver_sql("SET LOCAL lock_timeout = '7s'")
+
+                def upgrade(sync_conn: Connection) -> None:
+                    cfg.attributes["connection"] = sync_conn
+                    command.upgrade(cfg, "0013_attempt_decline_columns")
+
+                await conn.run_sync(upgrade)
+                assert (await conn.exec_driver_sql("SHOW lock_timeout")).scalar_one() == "7s"
+        finally:
+            await engine.dispose()
+    finally:
+        await drop_database(services, url)
+
+
 async def test_redundant_ingestion_indexes_are_dropped_and_reversible(services: Services) -> None:
-    """0018 drops the single-column indexes a composite index leads with (and the raw rows'
+    """0020 drops the single-column indexes a composite index leads with (and the raw rows'
     unread merchant index), concurrently; down rebuilds them, valid."""
     url = await create_scratch_database(services, "portal_migrations")
     cfg = alembic_config(url)
@@ -524,14 +550,14 @@ async def test_redundant_ingestion_indexes_are_dropped_and_reversible(services: 
         "uq_raw_record_connection_id_content_hash",
     }
     try:
-        await asyncio.to_thread(command.upgrade, cfg, "0017_preflight_end_actions")
+        await asyncio.to_thread(command.upgrade, cfg, "0019_payment_search")
         conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://", 1))
         try:
             assert dict(await conn.fetch(indexes, sorted(dropped))) == dict.fromkeys(dropped, True)
-            await asyncio.to_thread(command.upgrade, cfg, "0018_ingest_indexes")
+            await asyncio.to_thread(command.upgrade, cfg, "0020_ingest_indexes")
             assert await conn.fetch(indexes, sorted(dropped)) == []
             assert dict(await conn.fetch(indexes, sorted(leading))) == dict.fromkeys(leading, True)
-            await asyncio.to_thread(command.downgrade, cfg, "0017_preflight_end_actions")
+            await asyncio.to_thread(command.downgrade, cfg, "0019_payment_search")
             assert dict(await conn.fetch(indexes, sorted(dropped))) == dict.fromkeys(dropped, True)
         finally:
             await conn.close()

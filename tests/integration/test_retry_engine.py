@@ -588,3 +588,40 @@ async def test_a_model_policy_without_a_control_group_keeps_no_payment_on_the_fi
     await decide(db, T0)
     strategies = {(await reload(db, p.id)).decision_strategy for p in payments}
     assert strategies == {RetryStrategy.DECLINE_AWARE}
+
+
+async def test_a_decline_answered_after_the_payment_moved_on_is_recorded_not_refused(
+    db: Database,
+) -> None:
+    """A charge sent while RETRYING whose decline arrives once the payment is SCHEDULED again:
+    the attempt is recorded with its decline and the payment decided again with it, instead of
+    the attempt staying in flight forever behind an illegal transition."""
+    [payment], clock = await _setup(db)
+    await decide(db, T0)
+    clock.set(T0 + timedelta(days=1))
+    [(pid, number)] = await claim(db, clock.now())
+    [_, sent] = await attempts_of(db, pid)
+    async with db.uow(SYSTEM_SCOPE) as uow:
+        row = await uow.session.get(Payment, pid)
+        assert row is not None
+        attempt = await uow.session.get(type(sent), sent.id)
+        assert attempt is not None
+        attempt.sent_at = clock.now()
+        row.state = PaymentState.SCHEDULED
+        row.next_retry_at = clock.now() + timedelta(days=2)
+        await uow.commit()
+    stripe = FakeStripe(clock.now(), approve=False)
+    result = await execute_attempt(
+        db, payment_id=pid, attempt_number=number, adapters=stripe, clock=clock
+    )
+    assert result.status == "recorded"
+    after = await reload(db, payment.id)
+    assert after.state is PaymentState.SCHEDULED
+    [_, recorded] = await attempts_of(db, payment.id)
+    assert recorded.outcome is AttemptOutcome.DECLINED
+    assert recorded.decline_category == "insufficient_funds"
+    reasons = [t.reason for t in await timeline(db, payment.id)]
+    assert reasons[-2:] == [
+        "portal retried and was declined (insufficient_funds)",
+        "fixed schedule: day 3 after the first failure",
+    ]

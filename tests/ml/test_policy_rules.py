@@ -12,6 +12,7 @@ from ml import rules, taxonomy
 from ml.artifact import TimingModel
 from ml.features import FEATURE_LIST
 from ml.policy import (
+    _LABELS,
     SOURCE_FALLBACK,
     SOURCE_MODEL,
     SOURCE_STOP,
@@ -157,3 +158,9 @@ def test_violation_count_is_zero_for_a_plain_schedule() -> None:
     hard = _records(category="lost_stolen", network_code="41")
     assert rules.count_violations(hard, attempts)[0] == 3
     assert taxonomy.retry_advice("do_not_honor", "visa", "05", "01") == taxonomy.ADVICE_UPDATE
+
+
+def test_every_feature_is_explained_in_plain_words() -> None:
+    """A decision's explanation names features in words; a feature without them would show its
+    column name to a merchant."""
+    assert [f for f in FEATURE_LIST.features if f not in _LABELS] == []

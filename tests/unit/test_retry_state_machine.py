@@ -280,6 +280,9 @@ def test_claim_numbers_attempts_by_portal_retries_only() -> None:
     assert ev.RecordAttempt(2, later) in t.actions
     assert ev.EnqueueAttempt(2) in t.actions
     assert attempt_idempotency_key("p1", 2) == attempt_idempotency_key("p1", 2) == "retry-p1-2"
+    # The timeline names it as the API does: the payment's fourth attempt (the failed charge,
+    # the portal's first retry and the processor's retry came before it).
+    assert t.reason == "attempt 4 started"
 
 
 def test_claim_too_early_reschedules_instead_of_charging() -> None:
@@ -466,3 +469,14 @@ def test_naive_now_is_rejected() -> None:
 def test_hard_decline_while_paused_still_ends() -> None:
     t = run(S.RETRYING, ev.AttemptDeclined(hard(NOW)), policy=replace(POLICY, enabled=False))
     assert t.new_state is S.NOT_RETRYABLE
+
+
+def test_a_success_reads_neither_the_policy_nor_the_ledger() -> None:
+    """Recording an approved charge loads neither (`settled_context`): money moved, so the
+    transition is the same whatever they say."""
+    bare = PaymentLedger(network=None, first_failed_at=FAILED_AT)
+    strict = replace(POLICY, enabled=False, max_attempts=0, window_days=1)
+    for state in S:
+        with_all = run(state, ev.AttemptSucceeded())
+        without = run(state, ev.AttemptSucceeded(), policy=strict, ledger=bare)
+        assert without == with_all, state

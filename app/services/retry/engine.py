@@ -7,6 +7,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import bindparam, exists, func
 from sqlalchemy import select as sa_select
@@ -38,7 +39,6 @@ from app.retry.events import (
     CancelSubscriptionRetries,
     ClearSchedule,
     CredentialUpdated,
-    DecisionMade,
     EmitEvent,
     EnqueueAttempt,
     Event,
@@ -65,8 +65,9 @@ from app.retry.schedule import (
 )
 from app.retry.state_machine import attempt_idempotency_key, transition
 from app.services.retry.end_actions import open_end_action
-from app.services.retry.ledger import CardKey, PaymentContext, load_contexts
+from app.services.retry.ledger import CardKey, PaymentContext, load_contexts, reread_history
 from app.services.retry.outbox import emit, event_payload
+from app.services.retry.writes import Writes
 
 logger = logging.getLogger(__name__)
 
@@ -121,7 +122,12 @@ def _schedule(ctx: PaymentContext, action: ScheduleRetry, *, now: datetime) -> N
 
 
 def _record_attempt(
-    uow: UnitOfWork, ctx: PaymentContext, action: RecordAttempt, *, now: datetime
+    uow: UnitOfWork,
+    ctx: PaymentContext,
+    action: RecordAttempt,
+    *,
+    now: datetime,
+    writes: Writes | None,
 ) -> None:
     """The portal's attempt, stored in flight before anything is sent."""
     payment = ctx.payment
@@ -138,7 +144,10 @@ def _record_attempt(
         actor=Actor.PORTAL,
         created_at=now,
     )
-    uow.session.add(attempt)
+    if writes is None:
+        uow.session.add(attempt)
+    else:
+        writes.insert_object(attempt)
     ctx.attempts.append(attempt)
 
 
@@ -149,22 +158,26 @@ def _record_transition(
     *,
     actor_label: str | None,
     event_label: str | None,
+    writes: Writes | None,
 ) -> None:
     """One row of the payment's timeline, at the next position."""
     payment = ctx.payment
-    uow.session.add(
-        PaymentTransition(
-            merchant_id=payment.merchant_id,
-            payment_id=payment.id,
-            seq=ctx.next_seq,
-            from_state=action.from_state,
-            to_state=action.to_state,
-            event=(event_label or action.event)[:64],
-            reason=action.reason[:2000],
-            actor=(actor_label or str(action.actor))[:255],
-            at=action.at,
-        )
-    )
+    row: dict[str, Any] = {
+        "id": uuid.uuid4(),
+        "merchant_id": payment.merchant_id,
+        "payment_id": payment.id,
+        "seq": ctx.next_seq,
+        "from_state": action.from_state,
+        "to_state": action.to_state,
+        "event": (event_label or action.event)[:64],
+        "reason": action.reason[:2000],
+        "actor": (actor_label or str(action.actor))[:255],
+        "at": action.at,
+    }
+    if writes is None:
+        uow.session.add(PaymentTransition(**row))
+    else:
+        writes.insert(PaymentTransition, row)
     ctx.next_seq += 1
 
 
@@ -177,16 +190,20 @@ def apply_transition(
     actor_label: str | None = None,
     event_label: str | None = None,
     recovered_by: Actor = Actor.PORTAL,
+    writes: Writes | None = None,
 ) -> Applied:
     """Store a transition's effects on the payment, its timeline and the outbox (no commit).
 
     `actor_label` and `event_label` replace the timeline's actor and event name (a person's
-    action expressed through one of the core's events).
+    action expressed through one of the core's events). With `writes`, the rows are held
+    there for the caller to write in one statement with the rest of its batch.
     """
     applied = Applied(transitions=[tr])
     if not tr.changed:
         return applied
     payment = ctx.payment
+    if writes is not None:
+        writes.touch(payment)
     previous = payment.state
     _enter_state(payment, tr, now=now, recovered_by=recovered_by)
     for action in tr.actions:
@@ -196,16 +213,21 @@ def apply_transition(
             case ClearSchedule():
                 payment.next_retry_at = None
             case RecordAttempt():
-                _record_attempt(uow, ctx, action, now=now)
+                _record_attempt(uow, ctx, action, now=now, writes=writes)
             case EnqueueAttempt():
                 applied.enqueue.append((payment.id, action.attempt_number))
             case RecordTransition():
                 _record_transition(
-                    uow, ctx, action, actor_label=actor_label, event_label=event_label
+                    uow,
+                    ctx,
+                    action,
+                    actor_label=actor_label,
+                    event_label=event_label,
+                    writes=writes,
                 )
             case EmitEvent():
                 payload = event_payload(payment, action.name, previous, tr.reason)
-                emit(uow, payment, action.name, payload, now)
+                emit(uow, payment, action.name, payload, now, writes=writes)
             case ApplyEndAction():
                 # Carried out at the processor by the end-action job; announced once done.
                 open_end_action(uow, payment, action.end_action, tr.reason, now=now)
@@ -228,8 +250,13 @@ async def run_event(
     scheduler: Scheduler | None = None,
     actor_label: str | None = None,
     event_label: str | None = None,
+    writes: Writes | None = None,
 ) -> Applied:
-    """One event through the state machine, its effects stored, follow-ups carried out."""
+    """One event through the state machine, its effects stored, follow-ups carried out.
+
+    With `writes`, rows are held there (`apply_transition`); what is held is written before
+    anything here reads the database again.
+    """
     tr = transition(ctx.payment.state, event, policy=ctx.policy, ledger=ctx.ledger, now=now)
     recovered_by = event.actor if isinstance(event, PaidElsewhere) else Actor.PORTAL
     applied = apply_transition(
@@ -240,22 +267,32 @@ async def run_event(
         actor_label=actor_label,
         event_label=event_label,
         recovered_by=recovered_by,
+        writes=writes,
     )
     if any(isinstance(a, RequestDecision) for a in tr.actions):
         if ctx.payment.state in (PaymentState.PENDING, PaymentState.SCHEDULED):
             fresh = ctx
             if isinstance(event, _HISTORY_EVENTS):
                 # The event changed the history the rules read: read it back as stored.
+                if writes is not None:
+                    await writes.flush(uow.session)
                 await uow.session.flush()
-                loaded = await load_contexts(uow.session, [ctx.payment.id], now=now)
-                fresh = loaded[ctx.payment.id]
+                reread = await reread_history(uow.session, ctx, now=now)
+                if reread is None:
+                    loaded = await load_contexts(uow.session, [ctx.payment.id], now=now)
+                    reread = loaded[ctx.payment.id]
+                fresh = reread
             decision = decide(fresh, now=now, scheduler=scheduler)
-            more = await run_event(uow, fresh, decision.to_event(), now=now, scheduler=scheduler)
+            more = await run_event(
+                uow, fresh, decision.to_event(), now=now, scheduler=scheduler, writes=writes
+            )
             applied.transitions += more.transitions
             applied.enqueue += more.enqueue
         ctx.payment.needs_decision = False
     for action in tr.actions:
         if isinstance(action, CancelSubscriptionRetries):
+            if writes is not None:
+                await writes.flush(uow.session)
             await cancel_subscription(uow, ctx.payment, action.reason, now=now)
     return applied
 
@@ -354,29 +391,22 @@ async def decide_pending(
     if not ids:
         return await _resume_held(uow, now=now, limit=limit, scheduler=scheduler)
     contexts = await load_contexts(uow.session, ids, now=now)
-    started = set(
-        (
-            await uow.session.execute(
-                select(col(PaymentTransition.payment_id))
-                .where(col(PaymentTransition.payment_id).in_(ids))
-                .distinct()
-            )
-        ).scalars()
-    )
+    writes = Writes()
     for pid in ids:
         ctx = contexts.get(pid)
         if ctx is None:
             continue
-        if pid not in started:
+        if ctx.next_seq == 0:
             # Ingestion opens payments without the state machine; their timeline starts here.
-            await run_event(
-                uow, ctx, FailureIngested(ctx.first_decline), now=now, scheduler=scheduler
-            )
+            event: Event = FailureIngested(ctx.first_decline)
         else:
-            event: DecisionMade = decide(ctx, now=now, scheduler=scheduler).to_event()
-            await run_event(uow, ctx, event, now=now, scheduler=scheduler)
+            event = decide(ctx, now=now, scheduler=scheduler).to_event()
+        await run_event(uow, ctx, event, now=now, scheduler=scheduler, writes=writes)
         ctx.payment.needs_decision = False
-    # Flushed so that a later query in the same unit of work sees these payments as decided.
+        writes.touch(ctx.payment)
+    # Written (and flushed) so that a later query in the same unit of work sees these
+    # payments as decided.
+    await writes.flush(uow.session)
     await uow.session.flush()
     return len(ids) + await _resume_held(uow, now=now, limit=limit, scheduler=scheduler)
 
@@ -414,8 +444,10 @@ async def _resume_held(
         ).scalars()
     )
     contexts = await load_contexts(uow.session, ids, now=now)
+    writes = Writes()
     for ctx in contexts.values():
-        await run_event(uow, ctx, MerchantResumed(), now=now, scheduler=scheduler)
+        await run_event(uow, ctx, MerchantResumed(), now=now, scheduler=scheduler, writes=writes)
+    await writes.flush(uow.session)
     await uow.session.flush()
     return len(contexts)
 
@@ -490,6 +522,7 @@ async def _start_attempts(
     extra_card: dict[CardKey, list[AttemptRecord]] = defaultdict(list)
     extra_customer: dict[uuid.UUID, list[AttemptRecord]] = defaultdict(list)
     applied = Applied()
+    writes = Writes()
     for pid in payment_ids:
         base = contexts.get(pid)
         if base is None or base.payment.state is not PaymentState.SCHEDULED:
@@ -498,7 +531,7 @@ async def _start_attempts(
             [r for key in base.card_keys for r in extra_card.get(key, [])],
             extra_customer.get(base.payment.customer_id, []),
         )
-        result = await run_event(uow, ctx, AttemptStarted(), now=now)
+        result = await run_event(uow, ctx, AttemptStarted(), now=now, writes=writes)
         if ctx.payment.state is PaymentState.RETRYING:
             record = AttemptRecord(now, Actor.PORTAL, None)
             for key in ctx.card_keys:
@@ -506,6 +539,7 @@ async def _start_attempts(
             extra_customer[ctx.payment.customer_id].append(record)
         applied.transitions += result.transitions
         applied.enqueue += result.enqueue
+    await writes.flush(uow.session)
     return applied
 
 

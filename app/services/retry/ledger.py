@@ -5,14 +5,15 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from functools import cache
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import union
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
 
-from app.bulk import any_array
 from app.declines import HARD_CATEGORY_ADVICE, SOFT_CATEGORIES
 from app.enums import (
     Actor,
@@ -67,6 +68,9 @@ class PaymentContext:
     next_seq: int = 0
     # The version of the merchant's policy `policy` reads (None: the merchant has none).
     policy_version: int | None = None
+    # What the context was built from, to build it again when only the history changed.
+    head: "_Head | None" = field(default=None, repr=False)
+    stored_policy: RetryPolicy | None = field(default=None, repr=False)
 
     @property
     def first_decline(self) -> DeclineView:
@@ -198,9 +202,15 @@ class _Head:
     past_success_at: tuple[datetime, ...]
 
 
-async def _heads(
-    session: AsyncSession, payment_ids: Sequence[uuid.UUID], *, lock: bool
-) -> list[_Head]:
+# The ledger's statements are built once, their values bound at each execution: building
+# and keying them for the compiled-statement cache costs more than running them.
+_IDS = sa.bindparam("payment_ids", type_=postgresql.ARRAY(sa.Uuid))
+_CUSTOMERS = sa.bindparam("customer_ids", type_=postgresql.ARRAY(sa.Uuid))
+_CUSTOMER_SINCE = sa.bindparam("customer_since", type_=sa.DateTime(timezone=True))
+
+
+@cache
+def _heads_statement(lock: bool) -> Any:
     last_seq = (
         sa.select(sa.func.max(col(PaymentTransition.seq)))
         .where(col(PaymentTransition.payment_id) == col(Payment.id))
@@ -220,7 +230,7 @@ async def _heads(
         .join(Customer, col(Customer.id) == col(Payment.customer_id))
         .join(Merchant, col(Merchant.id) == col(Payment.merchant_id))
         .outerjoin(CardCredential, col(CardCredential.id) == col(Payment.card_id))
-        .where(col(Payment.id).in_(payment_ids))
+        .where(col(Payment.id) == sa.any_(_IDS))
     )
     if lock:
         # A locked read must see the row as committed, not as an earlier read left it.
@@ -230,11 +240,16 @@ async def _heads(
             .with_for_update(of=Payment)
             .execution_options(populate_existing=True)
         )
+    return head
+
+
+async def _heads(
+    session: AsyncSession, payment_ids: Sequence[uuid.UUID], *, lock: bool
+) -> list[_Head]:
+    rows = await session.execute(_heads_statement(lock), {"payment_ids": list(payment_ids)})
     return [
         _Head(payment, card, ref, timezone, status, seq, success_times(successes))
-        for payment, card, ref, timezone, status, seq, successes in (
-            await session.execute(head)
-        ).all()
+        for payment, card, ref, timezone, status, seq, successes in rows.all()
     ]
 
 
@@ -316,6 +331,8 @@ def _context(head: _Head, attempts: _Attempts, stored: RetryPolicy | None) -> Pa
         attempts=[r.attempt for r in mine],
         next_seq=0 if head.last_seq is None else head.last_seq + 1,
         policy_version=stored.version if stored is not None else None,
+        head=head,
+        stored_policy=stored,
     )
 
 
@@ -347,6 +364,24 @@ async def load_contexts(
     )
     attempts = _Attempts.index(rows, customer_since)
     return {h.payment.id: _context(h, attempts, policies.get(h.payment.merchant_id)) for h in heads}
+
+
+async def reread_history(
+    session: AsyncSession, ctx: PaymentContext, *, now: datetime
+) -> PaymentContext | None:
+    """The context again after an event changed the payment's stored attempts: the history
+    read again (one statement), the payment, its card, customer and policy as first loaded
+    in this transaction (the payment row is the session's own, with its changes). None when
+    the payment now names another card than it was loaded with: `load_contexts` then."""
+    head = ctx.head
+    payment = ctx.payment
+    if head is None or (head.card.id if head.card is not None else None) != payment.card_id:
+        return None
+    customer_since = now - CUSTOMER_LOOKBACK
+    rows = await _history(session, [payment.id], [payment.customer_id], customer_since)
+    attempts = _Attempts.index(rows, customer_since)
+    last_seq = ctx.next_seq - 1 if ctx.next_seq > 0 else None
+    return _context(replace(head, last_seq=last_seq), attempts, ctx.stored_policy)
 
 
 def _card_keys(
@@ -392,7 +427,9 @@ def _credentials(ids: sa.ColumnElement[Any]) -> sa.CTE:
 
 
 def _attempt_ids(
-    ids: sa.ColumnElement[Any], customers: sa.ColumnElement[Any], customer_since: datetime
+    ids: sa.ColumnElement[Any],
+    customers: sa.ColumnElement[Any],
+    customer_since: sa.ColumnElement[datetime],
 ) -> sa.Subquery:
     """The ids of the payments' attempts, of attempts counted against their credentials, and
     of their customers' attempts since `customer_since`. An attempt counts against the card
@@ -446,21 +483,10 @@ def _row(
     return _Row(attempt, payment.customer_id, tuple(keys), _first_decline_of(payment))
 
 
-async def _history(
-    session: AsyncSession,
-    payment_ids: Sequence[uuid.UUID],
-    customer_ids: Sequence[uuid.UUID],
-    customer_since: datetime,
-) -> list[_Row]:
-    """Every attempt of these payments, on their credentials and (recently) of their customers.
-
-    One statement (`_attempt_ids` says which attempts). Each part starts from an index probe,
-    so the planner never scans every attempt.
-    """
-    attempt_ids = _attempt_ids(
-        any_array(payment_ids, sa.Uuid), any_array(customer_ids, sa.Uuid), customer_since
-    )
-    query = (
+@cache
+def _history_statement() -> Any:
+    attempt_ids = _attempt_ids(sa.any_(_IDS), sa.any_(_CUSTOMERS), _CUSTOMER_SINCE)
+    return (
         sa.select(
             PaymentAttempt,
             Payment,
@@ -476,7 +502,25 @@ async def _history(
             == sa.func.coalesce(col(PaymentAttempt.card_id), col(Payment.card_id)),
         )
     )
-    return [_row(*found) for found in (await session.execute(query)).all()]
+
+
+async def _history(
+    session: AsyncSession,
+    payment_ids: Sequence[uuid.UUID],
+    customer_ids: Sequence[uuid.UUID],
+    customer_since: datetime,
+) -> list[_Row]:
+    """Every attempt of these payments, on their credentials and (recently) of their customers.
+
+    One statement (`_attempt_ids` says which attempts). Each part starts from an index probe,
+    so the planner never scans every attempt.
+    """
+    params = {
+        "payment_ids": list(payment_ids),
+        "customer_ids": list(customer_ids),
+        "customer_since": customer_since,
+    }
+    return [_row(*found) for found in (await session.execute(_history_statement(), params)).all()]
 
 
 def in_flight(ctx: PaymentContext) -> PaymentAttempt | None:
@@ -485,3 +529,47 @@ def in_flight(ctx: PaymentContext) -> PaymentAttempt | None:
         if a.actor is Actor.PORTAL and a.outcome is AttemptOutcome.IN_FLIGHT:
             return a
     return None
+
+
+def settled_context(
+    payment: Payment,
+    card: CardCredential | None,
+    *,
+    last_seq: int | None,
+    attempts: Sequence[PaymentAttempt],
+) -> PaymentContext:
+    """A payment as recording a charge that succeeded needs it, from one locked read.
+
+    Money moved: the state machine recovers the payment (or raises a duplicate-charge alert)
+    whatever its history and policy say, so `transition` reads neither for `AttemptSucceeded`
+    and neither is loaded. The ledger holds what the payment row itself says; the policy is
+    the engine's default reading. Use it for no other event.
+    """
+    keys: set[CardKey] = set()
+    if card is not None:
+        keys.add((card.merchant_id, card.fingerprint))
+    if payment.credential_fingerprint is not None:
+        keys.add((payment.merchant_id, payment.credential_fingerprint))
+    ledger = PaymentLedger(
+        network=normalize_network(card.brand) if card is not None else None,
+        first_failed_at=payment.first_failed_at,
+        last_decline=_first_decline_of(payment),
+        credential_since=payment.credential_since,
+    )
+    return PaymentContext(
+        payment=payment,
+        network=ledger.network,
+        funding=card.funding if card is not None else CardFunding.UNKNOWN,
+        card_keys=tuple(sorted(keys)),
+        customer_ref="",
+        customer_timezone=None,
+        policy=RetryPolicyView(),
+        ledger=ledger,
+        issuer_country=card.issuer_country if card is not None else None,
+        card_identity=(
+            (card.fingerprint, card.exp_month, card.exp_year) if card is not None else None
+        ),
+        attempts=list(attempts),
+        next_seq=0 if last_seq is None else last_seq + 1,
+        policy_version=payment.policy_version,
+    )

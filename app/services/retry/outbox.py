@@ -1,5 +1,6 @@
 """Domain events in the outbox, written in the transaction of the change they report."""
 
+import uuid
 from datetime import datetime
 from typing import Any
 
@@ -7,6 +8,7 @@ from app.db import UnitOfWork
 from app.enums import PaymentState
 from app.models.payment import Payment
 from app.models.retry import OutboxEvent
+from app.services.retry.writes import Writes
 
 
 def event_payload(
@@ -30,15 +32,26 @@ def event_payload(
 
 
 def emit(
-    uow: UnitOfWork, payment: Payment, name: str, payload: dict[str, Any], now: datetime
+    uow: UnitOfWork,
+    payment: Payment,
+    name: str,
+    payload: dict[str, Any],
+    now: datetime,
+    *,
+    writes: Writes | None = None,
 ) -> None:
-    """A domain event in the outbox, in the transaction of the change it reports."""
-    uow.session.add(
-        OutboxEvent(
-            merchant_id=payment.merchant_id,
-            payment_id=payment.id,
-            event_type=name[:64],
-            payload=payload,
-            created_at=now,
-        )
-    )
+    """A domain event in the outbox, in the transaction of the change it reports (held in
+    `writes`, when given, for the caller to write with the rest of its batch)."""
+    row: dict[str, Any] = {
+        "id": uuid.uuid4(),
+        "merchant_id": payment.merchant_id,
+        "payment_id": payment.id,
+        "event_type": name[:64],
+        "payload": payload,
+        "created_at": now,
+        "dispatched_at": None,
+    }
+    if writes is None:
+        uow.session.add(OutboxEvent(**row))
+    else:
+        writes.insert(OutboxEvent, row)

@@ -16,6 +16,7 @@ from app.retry.events import PolicyChanged, WindowExpired
 from app.retry.schedule import Scheduler
 from app.services.retry.engine import decide, run_event
 from app.services.retry.ledger import load_contexts
+from app.services.retry.writes import Writes
 
 P = PaymentState
 Sweep = Literal["window", "policy", "decision"]
@@ -122,23 +123,31 @@ async def _run(
     if not ids:
         return 0
     contexts = await load_contexts(uow.session, ids, now=now)
+    writes = Writes()
     for pid in ids:
         ctx = contexts.get(pid)
         if ctx is None:
             continue
         match sweep:
             case "window":
-                await run_event(uow, ctx, WindowExpired(), now=now, scheduler=scheduler)
+                await run_event(
+                    uow, ctx, WindowExpired(), now=now, scheduler=scheduler, writes=writes
+                )
             case "policy":
-                await run_event(uow, ctx, PolicyChanged(), now=now, scheduler=scheduler)
+                await run_event(
+                    uow, ctx, PolicyChanged(), now=now, scheduler=scheduler, writes=writes
+                )
                 # Whatever the outcome, the payment has been seen under this version.
                 ctx.payment.policy_version = ctx.policy_version
             case "decision":
                 event = decide(ctx, now=now, scheduler=scheduler).to_event()
-                await run_event(uow, ctx, event, now=now, scheduler=scheduler)
+                await run_event(uow, ctx, event, now=now, scheduler=scheduler, writes=writes)
                 ctx.payment.needs_decision = False
             case _:
                 assert_never(sweep)
-    # Flushed so that a later query in the same unit of work sees these payments as handled.
+        writes.touch(ctx.payment)
+    # Written (and flushed) so that a later query in the same unit of work sees these
+    # payments as handled.
+    await writes.flush(uow.session)
     await uow.session.flush()
     return len(ids)

@@ -16,8 +16,8 @@ Dropped and rebuilt concurrently, outside the migration's transaction, so the ta
 their inserts meanwhile; every step is `IF [NOT] EXISTS`-safe, so an interrupted run can simply
 be run again (a rebuild first drops an invalid leftover of an interrupted build).
 
-Revision ID: 0018_ingest_indexes
-Revises: 0017_preflight_end_actions
+Revision ID: 0020_ingest_indexes
+Revises: 0019_payment_search
 Create Date: 2026-12-06 11:00:00.000000
 """
 
@@ -25,8 +25,8 @@ from collections.abc import Sequence
 
 from alembic import op
 
-revision: str = "0018_ingest_indexes"
-down_revision: str | None = "0017_preflight_end_actions"
+revision: str = "0020_ingest_indexes"
+down_revision: str | None = "0019_payment_search"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

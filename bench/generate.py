@@ -1,0 +1,389 @@
+"""A data set at scale: merchants with millions of failed payments, through the real schema.
+
+    python bench/generate.py --payments 10000000 --merchants 20
+
+Creates the database (default `portal_scale`, next to the portal's own database), runs the
+migrations, then loads, set-based (`INSERT … SELECT` over `generate_series`, one statement per
+chunk of payments, each in its own transaction):
+
+- merchants with their default retry policy and one processor connection each (through the
+  portal's services), skewed: the first merchant holds `--top-share` (default 40%) of the
+  payments, the others split the rest by 1/rank;
+- customers (one per three payments) with one card each (brand, funding, BIN, last4, expiry,
+  fingerprint; never a card number);
+- payments over the last `--days` (default 365), a third of them on billing days (the 1st of a
+  month, 09:00-12:00 UTC), with the demo's decline mix, currencies and amounts; their state
+  follows their age and decline (hard declines NOT_RETRYABLE, old ones RECOVERED, EXHAUSTED
+  or CANCELED, recent ones SCHEDULED, PENDING or RECOVERED);
+- every attempt (the failed charge, then the portal's retries two days apart; the last one
+  approved when the payment was recovered), about three per payment;
+- two timeline transitions per payment (the failure ingested, and where it stands now);
+- one raw record per payment: the failed charge as the processor's list API returned it;
+- the recovery rollups, kept by the schema's own triggers as the payments are inserted.
+
+Prints rows per table, time per phase, and the database's size. The database is kept for
+`bench/api_scale.py`; `--recreate` drops it first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from datetime import UTC, datetime
+
+import asyncpg
+
+from app.crypto import CredentialBox
+from app.db import Database
+from app.embedded import resolve_services
+from app.enums import Processor, Role
+from app.services.connection import create_connection
+from app.services.merchant import create_merchant
+from app.services.seed import _BRANDS, _CURRENCIES, _DECLINES
+from app.settings import Settings
+from app.tenancy import SYSTEM_SCOPE, Principal, Scope
+from app.urls import UrlPolicy
+from portal.cli import upgrade_database
+
+SUPPORT = Principal(key_id=None, name="generate", role=Role.SUPPORT, scope=Scope(None))
+BOX = CredentialBox("bench-secret")
+LOOPBACK = UrlPolicy(require_https=False, allow_loopback=True)
+PROCESSORS = (Processor.STRIPE, Processor.BRAINTREE, Processor.ADYEN, Processor.CHECKOUT)
+CHUNK = 250_000
+
+
+def _literal(values: list[str]) -> str:
+    """A SQL text array of this module's own constants (no input reaches it)."""
+    return "ARRAY[" + ",".join("'" + v.replace("'", "''") + "'" for v in values) + "]::text[]"
+
+
+def _pick(column: str, weights: list[int]) -> str:
+    """A 1-based index drawn by `weights` from the uniform value in `column`."""
+    total, cumulative, arms = sum(weights), 0, []
+    for k, w in enumerate(weights[:-1], start=1):
+        cumulative += w
+        arms.append(f"WHEN {column} < {cumulative / total:.6f} THEN {k}")
+    return f"CASE {' '.join(arms)} ELSE {len(weights)} END"
+
+
+DECLINE_INDEX = _pick("r_decline", [d.weight for d in _DECLINES])
+CURRENCY_INDEX = _pick("r_currency", [c[1] for c in _CURRENCIES])
+BRAND_INDEX = _pick("r_brand", [b[2] for b in _BRANDS])
+CATEGORIES = _literal([d.category.value for d in _DECLINES])
+RETRYABLE = "ARRAY[" + ",".join("true" if d.retryable else "false" for d in _DECLINES) + "]"
+ADVICE = _literal([d.advice.value for d in _DECLINES])
+RAW_CODES = _literal([d.raw_code for d in _DECLINES])
+NETWORK_CODES = _literal([d.network_code for d in _DECLINES])
+CURRENCIES = _literal([c[0] for c in _CURRENCIES])
+LOW = "ARRAY[" + ",".join(str(c[2]) for c in _CURRENCIES) + "]"
+HIGH = "ARRAY[" + ",".join(str(c[3]) for c in _CURRENCIES) + "]"
+BRANDS = _literal([b[0] for b in _BRANDS])
+BIN_FIRST = _literal([b[1] for b in _BRANDS])
+
+CUSTOMERS_SQL = f"""
+WITH c AS (
+    SELECT i, random() AS r_brand, random() AS r_fund, random() AS r_exp
+    FROM generate_series($3::bigint, $4::bigint - 1) AS i
+), customers AS (
+    INSERT INTO customer (merchant_id, id, external_ref, timezone, country, created_at)
+    SELECT $1, md5($2 || ':c:' || i)::uuid, 'cus_' || i,
+           (ARRAY['America/New_York','Europe/London','Europe/Berlin','Asia/Tokyo'])[1 + i % 4],
+           (ARRAY['US','GB','DE','JP'])[1 + i % 4], $5
+    FROM c
+    RETURNING 1
+)
+INSERT INTO card_credential (merchant_id, id, customer_id, brand, funding, issuer_country, bin,
+                             last4, exp_month, exp_year, fingerprint, created_at)
+SELECT $1, md5($2 || ':k:' || i)::uuid, md5($2 || ':c:' || i)::uuid,
+       ({BRANDS})[{BRAND_INDEX}],
+       CASE WHEN r_fund < 0.6 THEN 'credit' WHEN r_fund < 0.95 THEN 'debit' ELSE 'prepaid' END,
+       (ARRAY['US','GB','DE','JP'])[1 + i % 4],
+       ({BIN_FIRST})[{BRAND_INDEX}] || lpad((i % 100000)::text, 5, '0'),
+       lpad((i % 10000)::text, 4, '0'), 1 + (i % 12)::int, 2027 + floor(r_exp * 4)::int,
+       md5($2 || ':fp:' || i), $5
+FROM c
+"""  # noqa: S608 - built from this module's constants
+
+# $1 merchant, $2 merchant tag, $3 first payment, $4 end, $5 customers, $6 now, $7 connection,
+# $8 processor, $9 days of history.
+PAYMENTS_SQL = f"""
+WITH b AS (
+    SELECT i, md5($2 || ':p:' || i)::uuid AS id, (i * 7919) % $5 AS c,
+           random() AS r_decline, random() AS r_currency, random() AS r_amount,
+           random() AS r_age, random() AS r_state, random() AS r_retries
+    FROM generate_series($3::bigint, $4::bigint - 1) AS i
+), d AS (
+    SELECT b.*, {DECLINE_INDEX} AS k, {CURRENCY_INDEX} AS cu,
+           CASE WHEN r_age < 0.33
+                THEN date_trunc('month', $6::timestamptz
+                                 - make_interval(months => floor(r_age / 0.33 * $9 / 30.5)::int))
+                     + interval '9 hours' + r_retries * interval '3 hours'
+                ELSE $6::timestamptz - r_age * make_interval(days => $9::int)
+           END AS failed_at
+    FROM b
+), s AS (
+    SELECT d.*,
+           CASE WHEN NOT ({RETRYABLE})[k] THEN 'NOT_RETRYABLE'
+                WHEN $6::timestamptz - failed_at > interval '14 days' THEN
+                    CASE WHEN r_state < 0.55 THEN 'RECOVERED'
+                         WHEN r_state < 0.93 THEN 'EXHAUSTED' ELSE 'CANCELED' END
+                ELSE CASE WHEN r_state < 0.60 THEN 'SCHEDULED'
+                          WHEN r_state < 0.95 THEN 'RECOVERED' ELSE 'PENDING' END
+           END AS state
+    FROM d
+), p AS (
+    SELECT s.*,
+           CASE state WHEN 'RECOVERED' THEN 1 + floor(r_retries * 3)::int
+                      WHEN 'EXHAUSTED' THEN 4
+                      WHEN 'SCHEDULED' THEN floor(r_retries * 3)::int ELSE 0 END AS retries,
+           ({LOW})[cu] + floor(r_amount * (({HIGH})[cu] - ({LOW})[cu]))::bigint AS amount
+    FROM s
+), pt AS (
+    SELECT p.*, least(failed_at + retries * interval '2 days', $6::timestamptz) AS last_at
+    FROM p
+), payments AS (
+    INSERT INTO payment (
+        merchant_id, id, processor, processor_payment_id, amount_minor, currency, customer_id,
+        card_id, invoice_ref, subscription_ref, first_failed_at, decline_category,
+        decline_retryable, decline_advice, decline_raw_code, decline_network_code, state,
+        next_retry_at, recovered_at, recovered_by, attempt_count, created_at, updated_at,
+        connection_id, normalizer_version, decision_at, decision_reason, decision_strategy,
+        needs_decision, policy_version, credential_fingerprint)
+    SELECT $1, id, $8, 'pay_' || i, amount, ({CURRENCIES})[cu], md5($2 || ':c:' || c)::uuid,
+           md5($2 || ':k:' || c)::uuid, 'in_' || i, 'sub_' || c, failed_at, ({CATEGORIES})[k],
+           ({RETRYABLE})[k], ({ADVICE})[k], ({RAW_CODES})[k], ({NETWORK_CODES})[k], state,
+           CASE WHEN state = 'SCHEDULED' THEN last_at + interval '2 days' END,
+           CASE WHEN state = 'RECOVERED' THEN last_at END,
+           CASE WHEN state = 'RECOVERED' THEN 'portal' END,
+           retries + 1, failed_at, last_at, $7, 2,
+           CASE WHEN state = 'SCHEDULED' THEN last_at END,
+           CASE WHEN state = 'SCHEDULED' THEN 'fixed schedule: next day of the policy' END,
+           CASE WHEN state = 'SCHEDULED' THEN 'fixed_schedule' END,
+           false, 1, md5($2 || ':fp:' || c)
+    FROM pt
+    RETURNING 1
+), attempts AS (
+    INSERT INTO payment_attempt (
+        merchant_id, id, payment_id, number, attempted_at, outcome, actor, processor_attempt_id,
+        decline_raw_code, decline_category, decline_retryable, decline_advice,
+        decline_network_code, created_at, normalizer_version, portal_number, idempotency_key,
+        sent_at, card_id)
+    SELECT $1, md5($2 || ':a:' || i || ':' || n)::uuid, id, n,
+           least(failed_at + (n - 1) * interval '2 days', $6::timestamptz),
+           CASE WHEN state = 'RECOVERED' AND n = retries + 1 THEN 'succeeded' ELSE 'declined' END,
+           CASE WHEN n = 1 THEN 'billing_system' ELSE 'portal' END,
+           'pay_' || i || CASE WHEN n = 1 THEN '' ELSE '_r' || n END,
+           CASE WHEN state = 'RECOVERED' AND n = retries + 1 THEN NULL ELSE ({RAW_CODES})[k] END,
+           CASE WHEN state = 'RECOVERED' AND n = retries + 1 THEN NULL ELSE ({CATEGORIES})[k] END,
+           CASE WHEN state = 'RECOVERED' AND n = retries + 1 THEN NULL ELSE ({RETRYABLE})[k] END,
+           CASE WHEN state = 'RECOVERED' AND n = retries + 1 THEN NULL ELSE ({ADVICE})[k] END,
+           CASE WHEN state = 'RECOVERED' AND n = retries + 1 THEN NULL
+                ELSE ({NETWORK_CODES})[k] END,
+           least(failed_at + (n - 1) * interval '2 days', $6::timestamptz), 2,
+           CASE WHEN n > 1 THEN n - 1 END,
+           CASE WHEN n > 1 THEN 'retry-' || id || '-' || (n - 1) END,
+           CASE WHEN n > 1 THEN least(failed_at + (n - 1) * interval '2 days', $6::timestamptz) END,
+           md5($2 || ':k:' || c)::uuid
+    FROM pt, generate_series(1, retries + 1) AS n
+    RETURNING 1
+), transitions AS (
+    INSERT INTO payment_transition (merchant_id, id, payment_id, seq, from_state, to_state, event,
+                                    reason, actor, at)
+    SELECT $1, md5($2 || ':t:' || i || ':' || step)::uuid, id, 0,
+           CASE step WHEN 0 THEN 'PENDING' ELSE 'RETRYING' END,
+           CASE step WHEN 0 THEN CASE WHEN state = 'NOT_RETRYABLE' THEN state ELSE 'PENDING' END
+                     ELSE state END,
+           CASE step WHEN 0 THEN 'failure_ingested' ELSE 'attempt_recorded' END,
+           CASE step WHEN 0 THEN 'failure ingested' ELSE 'where the payment stands' END,
+           CASE step WHEN 0 THEN 'processor' ELSE 'portal' END,
+           CASE step WHEN 0 THEN failed_at ELSE last_at END
+    FROM pt, generate_series(0, 1) AS step
+    WHERE step = 0 OR retries > 0
+    RETURNING 1
+)
+INSERT INTO raw_record (merchant_id, id, connection_id, processor, external_id, received_at,
+                        content_hash, payload, normalized_at, normalizer_version)
+SELECT $1, md5($2 || ':r:' || i)::uuid, $7, $8, 'pay_' || i, failed_at,
+       encode(sha256(convert_to(body::text, 'UTF8')), 'hex'), body, failed_at, 2
+FROM (
+    SELECT pt.*, jsonb_build_object(
+        'id', 'pay_' || i, 'object', 'charge', 'amount', amount,
+        'currency', lower(({CURRENCIES})[cu]), 'status', 'failed',
+        'customer', 'cus_' || c, 'invoice', 'in_' || i,
+        'failure_code', ({RAW_CODES})[k], 'created', extract(epoch FROM failed_at)::bigint
+    ) AS body
+    FROM pt
+) AS r
+"""  # noqa: S608 - built from this module's constants
+
+# Loaded tables whose foreign keys are set aside during the load and restored after it, each
+# validated in one pass (`NOT VALID`, then `VALIDATE CONSTRAINT`) rather than row by row.
+LOADED = (
+    "customer",
+    "card_credential",
+    "payment",
+    "payment_attempt",
+    "payment_transition",
+    "raw_record",
+)
+
+# What the summary counts: the loaded tables, and what the load made besides.
+TABLES = ("merchant", *LOADED, "recovery_rollup")
+
+
+def shares(merchants: int, top_share: float) -> list[float]:
+    """The first merchant's share, then the rest by 1/rank."""
+    if merchants == 1:
+        return [1.0]
+    weights = [1 / rank for rank in range(1, merchants)]
+    rest = 1 - top_share
+    return [top_share] + [rest * w / sum(weights) for w in weights]
+
+
+async def _create_database(settings: Settings, name: str, recreate: bool) -> str:
+    services = await resolve_services(settings)
+    base, _, query = services.database_url.partition("?")
+    head = base.rsplit("/", 1)[0]
+    admin = await asyncpg.connect(f"{head}/postgres".replace("+asyncpg", ""))
+    try:
+        if recreate:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        exists = await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
+        if exists:
+            raise SystemExit(f"database {name} exists: pass --recreate to load it again")
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    url = f"{head}/{name}" + (f"?{query}" if query else "")
+    await asyncio.to_thread(upgrade_database, url)
+    return url
+
+
+async def _drop_foreign_keys(conn: asyncpg.Connection) -> list[tuple[str, str, str]]:
+    """Drop the loaded tables' foreign keys; return (table, name, definition) to restore."""
+    rows = await conn.fetch(
+        "SELECT conrelid::regclass::text AS t, conname, pg_get_constraintdef(oid) AS d "
+        "FROM pg_constraint WHERE contype = 'f' AND conrelid::regclass::text = ANY($1::text[])",
+        list(LOADED),
+    )
+    for r in rows:
+        await conn.execute(f'ALTER TABLE {r["t"]} DROP CONSTRAINT "{r["conname"]}"')
+    return [(r["t"], r["conname"], r["d"]) for r in rows]
+
+
+async def _restore_foreign_keys(conn: asyncpg.Connection, keys: list[tuple[str, str, str]]) -> None:
+    for table, name, definition in keys:
+        await conn.execute(f'ALTER TABLE {table} ADD CONSTRAINT "{name}" {definition} NOT VALID')
+        await conn.execute(f'ALTER TABLE {table} VALIDATE CONSTRAINT "{name}"')
+
+
+async def _merchants(url: str, count: int, now: datetime) -> list[tuple[str, str, Processor]]:
+    """Merchants with their policy and one connection each, through the services."""
+    db = Database.from_url(url)
+    made: list[tuple[str, str, Processor]] = []
+    try:
+        for m in range(count):
+            kind = PROCESSORS[m % len(PROCESSORS)]
+            async with db.uow(SYSTEM_SCOPE) as uow:
+                merchant = await create_merchant(
+                    uow, name=f"Scale merchant {m + 1}", principal=SUPPORT, now=now
+                )
+                connection = await create_connection(
+                    uow,
+                    principal=SUPPORT,
+                    merchant_id=merchant.id,
+                    kind=kind,
+                    base_url="http://127.0.0.1:9",
+                    policy=LOOPBACK,
+                    credentials={
+                        "api_key": f"sk_scale_{m}",
+                        "hmac_key_hex": "00",
+                        "public_key": f"pk_scale_{m}",
+                        "private_key": f"sk_scale_{m}",
+                    },
+                    account_ref=f"acct_scale_{m}",
+                    box=BOX,
+                    now=now,
+                )
+                await uow.commit()
+            made.append((str(merchant.id), str(connection.id), kind))
+    finally:
+        await db.dispose()
+    return made
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--payments", type=int, default=1_000_000)
+    parser.add_argument("--merchants", type=int, default=20)
+    parser.add_argument("--top-share", type=float, default=0.4)
+    parser.add_argument("--days", type=int, default=365)
+    parser.add_argument("--database", default="portal_scale")
+    parser.add_argument("--recreate", action="store_true")
+    args = parser.parse_args()
+
+    now = datetime.now(UTC).replace(microsecond=0)
+    started = time.perf_counter()
+    url = await _create_database(Settings(), args.database, args.recreate)
+    merchants = await _merchants(url, args.merchants, now)
+    print(f"database {args.database}: migrated, {len(merchants)} merchants and connections")
+    conn = await asyncpg.connect(url.replace("+asyncpg", ""))
+    timings: dict[str, float] = {"customers and cards": 0.0, "payments and the rest": 0.0}
+    try:
+        # The load's row estimates are far off (a series per payment), and JIT compiling each
+        # chunk's statement cost more than it saved.
+        await conn.execute("SET synchronous_commit = off; SET jit = off")
+        keys = await _drop_foreign_keys(conn)
+        for (merchant_id, connection_id, kind), share in zip(
+            merchants, shares(args.merchants, args.top_share), strict=True
+        ):
+            payments = max(1, round(args.payments * share))
+            customers = max(1, payments // 3)
+            tag = merchant_id
+            t = time.perf_counter()
+            for start in range(0, customers, CHUNK):
+                end = min(customers, start + CHUNK)
+                await conn.execute(CUSTOMERS_SQL, merchant_id, tag, start, end, now)
+            timings["customers and cards"] += time.perf_counter() - t
+            t = time.perf_counter()
+            for start in range(0, payments, CHUNK):
+                end = min(payments, start + CHUNK)
+                await conn.execute(
+                    PAYMENTS_SQL,
+                    merchant_id,
+                    tag,
+                    start,
+                    end,
+                    customers,
+                    now,
+                    connection_id,
+                    kind.value,
+                    args.days,
+                )
+                done = time.perf_counter() - started
+                print(f"  merchant {merchant_id[:8]}: {end:,}/{payments:,} ({done:,.0f} s)")
+            timings["payments and the rest"] += time.perf_counter() - t
+        t = time.perf_counter()
+        await _restore_foreign_keys(conn, keys)
+        timings["foreign keys validated"] = time.perf_counter() - t
+        t = time.perf_counter()
+        await conn.execute("VACUUM (ANALYZE)")
+        timings["vacuum and analyze"] = time.perf_counter() - t
+        print()
+        print(f"{'table':<22}{'rows':>14}")
+        for table in TABLES:
+            rows = await conn.fetchval(f"SELECT count(*) FROM {table}")  # noqa: S608 - constants
+            print(f"{table:<22}{rows:>14,}")
+        size = await conn.fetchval("SELECT pg_size_pretty(pg_database_size(current_database()))")
+    finally:
+        await conn.close()
+    print()
+    for phase, took in timings.items():
+        print(f"{phase:<24}{took:>10.1f} s")
+    print(f"{'total':<24}{time.perf_counter() - started:>10.1f} s   database size {size}")
+    print(f"DATABASE_URL={url}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
