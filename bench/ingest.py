@@ -1,20 +1,26 @@
 """Ingestion throughput: sandbox pages -> raw landing -> normalize -> upsert, against a raw COPY
 of the same records into a scratch table, measured side by side in one run.
 
-    .venv/bin/python bench/ingest.py --payments 1000000
+    .venv/bin/python bench/ingest.py --payments 1000000 [--processes 2] [--parallel 8]
 
+Pollers run in processes of their own (`--processes`, each polling its connections `--parallel`
+at a time, as worker processes share a cron tick's poll jobs), the sandbox in another.
 Uses DATABASE_URL (or the local/embedded default); creates and drops its own database.
 """
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
+import multiprocessing
 import resource
 import secrets
 import time
 import uuid
+from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime
+from typing import Any
 
 import asyncpg
 import httpx
@@ -29,8 +35,9 @@ from app.services.merchant import create_merchant
 from app.settings import get_settings
 from app.tenancy import SYSTEM_SCOPE, system_principal
 from app.workflows.polling import poll_connection
+from jobs.context import tune_garbage_collector
 from portal.migrate import upgrade_database
-from procstat import cpu_seconds, postgres_cpu_seconds
+from procstat import backend_cpu_seconds, cpu_seconds, postgres_cpu_seconds
 from sandbox.common import connection_credentials
 from sandbox.server import in_subprocess
 from tests.support.factories import SANDBOX_URLS
@@ -50,12 +57,68 @@ def rss_mib() -> float:
         return int(statm.read().split()[1]) * resource.getpagesize() / 2**20
 
 
-async def main(payments: int, processor: Processor) -> None:
+def poller(url: str, ids: list[uuid.UUID], parallel: int) -> dict[str, Any]:
+    """One poller process (a worker's poll jobs): polls its connections until caught up,
+    `parallel` at a time, and says what it did, its CPU time and its memory."""
+    return asyncio.run(_poll(url, ids, parallel))
+
+
+async def _poll(url: str, ids: list[uuid.UUID], parallel: int) -> dict[str, Any]:
+    db = Database.from_url(url)
+    box = CredentialBox("bench")
+    rss_samples: list[int] = []
+    counts = {"landed": 0, "normalized": 0, "created": 0}
+    async with httpx.AsyncClient(timeout=60) as http:
+
+        async def poll_until_caught_up(connection_id: uuid.UUID) -> None:
+            while True:
+                result = await poll_connection(
+                    db,
+                    connection_id,
+                    client=http,
+                    box=box,
+                    clock=FixedClock(NOW),
+                    max_pages=100,
+                )
+                counts["landed"] += result.stats.landed
+                counts["normalized"] += result.stats.normalized
+                counts["created"] += result.stats.payments_created
+                if not result.more:
+                    return
+
+        async def sample_memory() -> None:
+            while True:
+                rss_samples.append(round(rss_mib()))
+                await asyncio.sleep(0.5)
+
+        tune_garbage_collector()  # as a worker does at start-up
+        started, cpu_started = time.time(), time.process_time()
+        sampling = asyncio.create_task(sample_memory())
+        pending = list(ids)
+        while pending:
+            wave, pending = pending[:parallel], pending[parallel:]
+            await asyncio.gather(*(poll_until_caught_up(cid) for cid in wave))
+        ended, cpu = time.time(), time.process_time() - cpu_started
+        sampling.cancel()
+    await db.dispose()
+    return {
+        **counts,
+        "started": started,
+        "ended": ended,
+        "cpu": cpu,
+        # The resident size every twentieth of the run: flat, or growing with the records.
+        "rss_mib_each_twentieth": rss_samples[:: max(1, len(rss_samples) // 20)],
+        "peak_rss_mib": peak_rss_mib(),
+    }
+
+
+async def main(payments: int, processor: Processor, parallel: int = 8, processes: int = 1) -> None:
     settings = get_settings()
     services = await resolve_services(settings)
     url = await create_scratch_database(services, "portal_bench")
     try:
         await asyncio.to_thread(upgrade_database, url)
+        plain_url = url.replace("postgresql+asyncpg://", "postgresql://")
         db = Database.from_url(url)
         box = CredentialBox("bench")
         # A customer is charged a little less than once a month: ask for enough of them that
@@ -107,40 +170,66 @@ async def main(payments: int, processor: Processor) -> None:
                     total += int(info["charges"])
                 print(f"sandbox: {accounts} {processor.value} account(s), {total:,} charges")
 
-                started = time.perf_counter()
-                cpu_started = time.process_time()
+                # This database's backends, read every fifth of a second: a poller's connections
+                # close when it ends, and what a backend that is gone spent cannot be read.
+                monitor = await asyncpg.connect(plain_url)
+                backends = (
+                    "SELECT pid FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+                own_started = backend_cpu_seconds([r["pid"] for r in await monitor.fetch(backends)])
+                own = dict(own_started)
+                polled = asyncio.Event()
+
+                async def sample_backends() -> None:
+                    while True:
+                        own.update(
+                            backend_cpu_seconds([r["pid"] for r in await monitor.fetch(backends)])
+                        )
+                        if polled.is_set():
+                            return
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(polled.wait(), 0.2)
+
+                sampling = asyncio.create_task(sample_backends())
                 sandbox_cpu_started = cpu_seconds(sandbox_pid)
                 postgres_cpu_started = postgres_cpu_seconds()
-                rss_samples: list[int] = []
-                landed = normalized = created = 0
-                for connection_id, _ in connections:
-                    while True:
-                        result = await poll_connection(
-                            db,
-                            connection_id,
-                            client=http,
-                            box=box,
-                            clock=FixedClock(NOW),
-                            max_pages=100,
+                # Each poller process takes every `processes`-th connection, as workers share
+                # the poll jobs of a cron tick.
+                ids = [cid for cid, _ in connections]
+                shares = [ids[i::processes] for i in range(min(processes, len(ids)))]
+                context = multiprocessing.get_context("spawn")
+                loop = asyncio.get_running_loop()
+                with ProcessPoolExecutor(len(shares), mp_context=context) as pool:
+                    results = await asyncio.gather(
+                        *(
+                            loop.run_in_executor(pool, poller, url, share, parallel)
+                            for share in shares
                         )
-                        landed += result.stats.landed
-                        normalized += result.stats.normalized
-                        created += result.stats.payments_created
-                        if len(rss_samples) < 10 * landed // max(1, total):
-                            rss_samples.append(round(rss_mib()))
-                        if not result.more:
-                            break
-                portal_seconds = time.perf_counter() - started
+                    )
+                started = min(r["started"] for r in results)
+                portal_seconds = max(r["ended"] for r in results) - started
+                landed = sum(r["landed"] for r in results)
+                normalized = sum(r["normalized"] for r in results)
+                created = sum(r["created"] for r in results)
+                rss_samples = [r["rss_mib_each_twentieth"] for r in results]
+                polled.set()
+                await sampling
+                await monitor.close()
                 cpu = {
-                    "portal": time.process_time() - cpu_started,
+                    "portal": sum(r["cpu"] for r in results),
                     "sandbox": cpu_seconds(sandbox_pid) - sandbox_cpu_started,
-                    "postgres": postgres_cpu_seconds() - postgres_cpu_started,
+                    # This database's backends (what ingestion itself costs the server) …
+                    "postgres": sum(t - own_started.get(pid, 0.0) for pid, t in own.items()),
+                    # … and every PostgreSQL process (WAL writer, checkpointer, and whatever
+                    # else shares the server: on a busy machine this counts other work too).
+                    "postgres_all_processes": postgres_cpu_seconds() - postgres_cpu_started,
                 }
-                rss_after_portal = peak_rss_mib()
+                rss_after_portal = max(r["peak_rss_mib"] for r in results)
 
         # The same records, as stored, copied raw into scratch tables: an unlogged one (the
         # fastest write PostgreSQL has) and a logged one (as durable as raw_record).
-        conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
+        conn = await asyncpg.connect(plain_url)
         copy_seconds: dict[str, float] = {}
         try:
             rows = await conn.fetch(
@@ -174,13 +263,16 @@ async def main(payments: int, processor: Processor) -> None:
                     "records": landed,
                     "normalized": normalized,
                     "payments_created": created,
+                    "connections": len(connections),
+                    "processes": len(shares),
+                    "parallel_per_process": parallel,
                     "portal_seconds": round(portal_seconds, 1),
                     "portal_rows_per_s": round(portal_rate),
                     "copy_rows_per_s": {k: round(v) for k, v in copy_rate.items()},
                     "portal_vs_copy": {k: round(portal_rate / v, 3) for k, v in copy_rate.items()},
                     "cpu_us_per_record": {k: round(v / landed * 1e6) for k, v in cpu.items()},
-                    "portal_rss_mib_each_tenth": rss_samples,
-                    "portal_peak_rss_mib": round(rss_after_portal),
+                    "portal_rss_mib_each_twentieth_per_process": rss_samples,
+                    "portal_peak_rss_mib_per_process": round(rss_after_portal),
                 },
                 indent=2,
             )
@@ -194,5 +286,14 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--payments", type=int, default=1_000_000)
     parser.add_argument("--processor", type=Processor, default=Processor.STRIPE)
+    parser.add_argument(
+        "--parallel",
+        type=int,
+        default=8,
+        help="connections polled at once (a sandbox account holds at most 200,000 customers)",
+    )
+    parser.add_argument(
+        "--processes", type=int, default=1, help="poller processes sharing the connections"
+    )
     args = parser.parse_args()
-    asyncio.run(main(args.payments, args.processor))
+    asyncio.run(main(args.payments, args.processor, args.parallel, args.processes))

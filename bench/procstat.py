@@ -24,3 +24,15 @@ def postgres_cpu_seconds() -> float:
         except OSError:
             continue
     return total
+
+
+def backend_cpu_seconds(pids: list[int]) -> dict[int, float]:
+    """CPU time of the given PostgreSQL backends (those of one database, say), by pid; a
+    backend that has exited is left out."""
+    found: dict[int, float] = {}
+    for pid in pids:
+        try:
+            found[pid] = cpu_seconds(pid)
+        except OSError:
+            continue
+    return found

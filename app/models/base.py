@@ -1,5 +1,7 @@
 """Table base: naming convention, the tenant-owned mixin and column-type helpers."""
 
+import os
+import time
 import uuid
 from datetime import datetime
 from enum import StrEnum
@@ -45,10 +47,38 @@ def new_id() -> uuid.UUID:
     return uuid.uuid4()
 
 
+def time_ordered_id() -> uuid.UUID:
+    """A UUIDv7 (RFC 9562): the Unix time in milliseconds, then 74 random bits. Rows that
+    arrive together get neighbouring keys, so a table taking thousands of rows a second adds
+    them at the right edge of its primary key's index instead of on a random leaf page each
+    (fewer pages read, written and logged in full after each checkpoint). Only for ids whose
+    creation time may be known to whoever sees them."""
+    value = (time.time_ns() // 1_000_000) << 80 | int.from_bytes(os.urandom(10))
+    value = value & ~(0xF << 76) | 0x7 << 76  # version 7
+    value = value & ~(0x3 << 62) | 0x2 << 62  # RFC 9562 variant
+    return uuid.UUID(int=value)
+
+
 class TenantOwned(SQLModel):
     """Rows that belong to one merchant; sessions filter them by the caller's scope."""
 
     merchant_id: uuid.UUID = Field(foreign_key="merchant.id", index=True, nullable=False)
 
 
-__all__ = ["TenantOwned", "datetime", "enum_type", "metadata", "new_id", "timestamp"]
+def merchant_key() -> Any:
+    """`merchant_id` without an index of its own, for a table whose composite indexes lead with
+    it (they serve every lookup by merchant, the foreign key's included) or that no query reads
+    by merchant alone: a redundant index costs a write per row."""
+    return Field(foreign_key="merchant.id", nullable=False)
+
+
+__all__ = [
+    "TenantOwned",
+    "datetime",
+    "enum_type",
+    "merchant_key",
+    "metadata",
+    "new_id",
+    "time_ordered_id",
+    "timestamp",
+]

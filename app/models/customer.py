@@ -7,7 +7,7 @@ import sqlalchemy as sa
 from sqlmodel import Field
 
 from app.enums import CardFunding, Processor
-from app.models.base import TenantOwned, enum_type, new_id, timestamp
+from app.models.base import TenantOwned, enum_type, merchant_key, new_id, timestamp
 
 
 class Customer(TenantOwned, table=True):
@@ -15,6 +15,7 @@ class Customer(TenantOwned, table=True):
 
     __table_args__ = (sa.UniqueConstraint("merchant_id", "external_ref"),)
 
+    merchant_id: uuid.UUID = merchant_key()  # led by (merchant_id, external_ref)
     id: uuid.UUID = Field(default_factory=new_id, primary_key=True)
     external_ref: str = Field(max_length=255)
     timezone: str | None = Field(default=None, max_length=64)
@@ -34,6 +35,7 @@ class CardCredential(TenantOwned, table=True):
         sa.Index("ix_card_credential_merchant_last4", "merchant_id", "last4"),
     )
 
+    merchant_id: uuid.UUID = merchant_key()  # led by (merchant_id, fingerprint, …)
     id: uuid.UUID = Field(default_factory=new_id, primary_key=True)
     customer_id: uuid.UUID = Field(foreign_key="customer.id", index=True)
     brand: str = Field(max_length=32)

@@ -9,7 +9,7 @@ from sqlalchemy.dialects import postgresql
 from sqlmodel import Field
 
 from app.enums import ConnectionStatus, Processor
-from app.models.base import TenantOwned, enum_type, new_id, timestamp
+from app.models.base import TenantOwned, enum_type, merchant_key, new_id, timestamp
 
 
 class ProcessorConnection(TenantOwned, table=True):
@@ -52,6 +52,8 @@ class RawRecord(TenantOwned, table=True):
         ),
     )
 
+    # Read by connection (the scope checks its merchant) or by id, never by merchant alone.
+    merchant_id: uuid.UUID = merchant_key()
     id: uuid.UUID = Field(default_factory=new_id, primary_key=True)
     connection_id: uuid.UUID = Field(foreign_key="processor_connection.id")
     processor: Processor = Field(sa_type=enum_type(Processor))

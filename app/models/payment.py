@@ -17,7 +17,7 @@ from app.enums import (
     Processor,
     RetryStrategy,
 )
-from app.models.base import TenantOwned, enum_type, new_id, timestamp
+from app.models.base import TenantOwned, enum_type, merchant_key, new_id, timestamp
 
 
 def _partial(name: str, where: str, *columns: str) -> sa.Index:
@@ -67,6 +67,7 @@ class Payment(TenantOwned, table=True):
         _partial("ix_payment_retrying", "state = 'RETRYING'", "retrying_since"),
     )
 
+    merchant_id: uuid.UUID = merchant_key()  # led by its (merchant_id, …) indexes
     id: uuid.UUID = Field(default_factory=new_id, primary_key=True)
     processor: Processor = Field(sa_type=enum_type(Processor))
     processor_payment_id: str = Field(max_length=255)
@@ -128,8 +129,10 @@ class PaymentAttempt(TenantOwned, table=True):
         sa.UniqueConstraint("payment_id", "portal_number"),
     )
 
+    merchant_id: uuid.UUID = merchant_key()  # led by (merchant_id, processor_attempt_id)
     id: uuid.UUID = Field(default_factory=new_id, primary_key=True)
-    payment_id: uuid.UUID = Field(foreign_key="payment.id", index=True)
+    # Led by (payment_id, number): no index of its own.
+    payment_id: uuid.UUID = Field(foreign_key="payment.id")
     number: int
     attempted_at: datetime = timestamp()
     outcome: AttemptOutcome = Field(sa_type=enum_type(AttemptOutcome))

@@ -57,7 +57,8 @@ class CheckoutAdapter:
             raise PermanentProcessorError("checkout: list response has no data array")
         records = [p for p in page["data"] if isinstance(p, dict)]
         items = [
-            RawItem.from_json(p, p["id"] if isinstance(p.get("id"), str) else None) for p in records
+            RawItem.from_parsed(p, p["id"] if isinstance(p.get("id"), str) else None)
+            for p in records
         ]
         newest = max(
             [str(cursor.get("pass_top") or start or "")]

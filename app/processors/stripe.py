@@ -64,7 +64,7 @@ class StripeAdapter:
         if not isinstance(page, dict) or not isinstance(page.get("data"), list):
             raise PermanentProcessorError("stripe: list response is not a list object")
         items = [
-            RawItem.from_json(c, c.get("id") if isinstance(c.get("id"), str) else None)
+            RawItem.from_parsed(c, c.get("id") if isinstance(c.get("id"), str) else None)
             for c in page["data"]
             if isinstance(c, dict)
         ]

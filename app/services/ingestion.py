@@ -19,6 +19,7 @@ from app.bulk import any_array, insert_rows, unnest, update_rows
 from app.db import UnitOfWork
 from app.declines import Decline
 from app.enums import Actor, AttemptOutcome, CardFunding, PaymentState, Processor
+from app.models.base import time_ordered_id
 from app.models.customer import CardCredential, Customer
 from app.models.ingestion import DeadLetter, ProcessorConnection, RawRecord
 from app.models.payment import DeclineColumns, Payment, PaymentAttempt, decline_columns
@@ -98,11 +99,11 @@ def _prepare(items: Sequence[RawItem]) -> tuple[list[_Landing], int]:
     for item in unique.values():
         if item.payload.get("xml") is None and not may_hold_card_number(item.body):
             # Already the canonical JSON of the payload, with nothing to scrub.
-            landings.append(_Landing(uuid.uuid4(), item, item.body.decode(), item.payload))
+            landings.append(_Landing(time_ordered_id(), item, item.body.decode(), item.payload))
         else:
             payload = _scrubbed(item.payload)
             text_ = json.dumps(payload, sort_keys=True, separators=(",", ":"))
-            landings.append(_Landing(uuid.uuid4(), item, text_, payload))
+            landings.append(_Landing(time_ordered_id(), item, text_, payload))
     return landings, len(items) - len(unique)
 
 
@@ -475,7 +476,7 @@ class _NewAttempt:
     outcome: AttemptOutcome
     raw_id: uuid.UUID
     record: CanonicalRecord
-    id: uuid.UUID = field(default_factory=uuid.uuid4)
+    id: uuid.UUID = field(default_factory=time_ordered_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -559,7 +560,7 @@ class _Links:
         return own or linked
 
     def open(self, record: CanonicalRecord) -> uuid.UUID:
-        payment_id = uuid.uuid4()
+        payment_id = time_ordered_id()
         self.attempt_counts[payment_id] = 1
         self.by_charge[record.processor_payment_id] = payment_id
         if record.invoice_ref:
@@ -612,9 +613,12 @@ async def apply_records(
     customers = await _upsert_customers(uow, batch.merchant_id, batch.records, now)
     plan = _plan(batch, await _links(uow, batch))
     ids = _StoredIds(customers, await _store_cards(uow, batch, plan, customers))
+    # Writes to payments update the merchant's recovery rollups (statement triggers), whose
+    # rows stay locked until the batch commits: everything else goes first, so another batch
+    # of the same merchant (another connection, another poller) waits as briefly as can be.
+    await record_successes(uow, batch.merchant_id, batch.processor, plan.ordinary, customers)
     await _write(uow, batch, plan, ids)
     await _reattribute(uow, plan, now)
-    await record_successes(uow, batch.merchant_id, batch.processor, plan.ordinary, customers)
     applied = await apply_ingested_events(
         uow,
         paid=[
@@ -926,8 +930,8 @@ async def _apply_results(
     rejected = [
         (raw_id, r) for raw_id, found in results for r in found if isinstance(r, RejectedRecord)
     ]
-    stats = await apply_records(uow, connection, good, now=now)
     await _store_dead_letters(uow, connection, rejected, now)
+    stats = await apply_records(uow, connection, good, now=now)
     stats.dead_letters = len(rejected)
     return stats
 

@@ -522,3 +522,44 @@ async def test_a_short_lock_timeout_is_given_back_to_the_transaction(services: S
             await engine.dispose()
     finally:
         await drop_database(services, url)
+
+
+async def test_redundant_ingestion_indexes_are_dropped_and_reversible(services: Services) -> None:
+    """0020 drops the single-column indexes a composite index leads with (and the raw rows'
+    unread merchant index), concurrently; down rebuilds them, valid."""
+    url = await create_scratch_database(services, "portal_migrations")
+    cfg = alembic_config(url)
+    dropped = {
+        "ix_customer_merchant_id",
+        "ix_card_credential_merchant_id",
+        "ix_payment_merchant_id",
+        "ix_payment_attempt_merchant_id",
+        "ix_payment_attempt_payment_id",
+        "ix_raw_record_merchant_id",
+    }
+    indexes = (
+        "SELECT c.relname, i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+        "WHERE c.relname = ANY($1::text[])"
+    )
+    leading = {
+        "uq_customer_merchant_id_external_ref",
+        "uq_card_credential_merchant_id_fingerprint_exp_month_exp_year",
+        "uq_payment_merchant_id_processor_processor_payment_id",
+        "ix_payment_attempt_processor_attempt",
+        "uq_payment_attempt_payment_id_number",
+        "uq_raw_record_connection_id_content_hash",
+    }
+    try:
+        await asyncio.to_thread(command.upgrade, cfg, "0019_payment_search")
+        conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://", 1))
+        try:
+            assert dict(await conn.fetch(indexes, sorted(dropped))) == dict.fromkeys(dropped, True)
+            await asyncio.to_thread(command.upgrade, cfg, "0020_ingest_indexes")
+            assert await conn.fetch(indexes, sorted(dropped)) == []
+            assert dict(await conn.fetch(indexes, sorted(leading))) == dict.fromkeys(leading, True)
+            await asyncio.to_thread(command.downgrade, cfg, "0019_payment_search")
+            assert dict(await conn.fetch(indexes, sorted(dropped))) == dict.fromkeys(dropped, True)
+        finally:
+            await conn.close()
+    finally:
+        await drop_database(services, url)

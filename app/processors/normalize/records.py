@@ -205,8 +205,8 @@ def type_name(value: object) -> str:
 
 def get_obj(obj: JsonObject, key: str, where: str) -> JsonObject | None:
     value = obj.get(key)
-    if value is None:
-        return None
+    if value is None or type(value) is dict:  # parsed JSON: skip the slower ABC check
+        return value
     if not isinstance(value, Mapping):
         raise RecordError(f"{where}.{key} is {type_name(value)}, expected an object")
     return value
@@ -233,6 +233,8 @@ def is_storable_text(value: str) -> bool:
     """Postgres text takes neither NUL nor lone surrogates (which JSON can smuggle in)."""
     if "\x00" in value:
         return False
+    if value.isascii():
+        return True
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
@@ -509,10 +511,23 @@ _PAN_KEY_BYTES = re.compile(
 )
 
 
+# Digits, spaces and dashes (what a card-number run is made of) as "0", everything else as "x":
+# a run long enough to be a card number becomes thirteen zeros, found by a substring search.
+_RUN_CHARS = bytes(ord("0") if chr(b) in "0123456789 -" else ord("x") for b in range(256))
+_RUN_FLOOR = b"0" * 13
+
+
 def may_hold_card_number(body: bytes) -> bool:
     """Cheap pre-check on a raw body: False means scrubbing it would change nothing (no PAN
-    key and no run of digits long enough to be a card number), so the walk can be skipped."""
-    return bool(_DIGIT_RUN_BYTES.search(body) or _PAN_KEY_BYTES.search(body))
+    key and no run of digits long enough to be a card number), so the walk can be skipped.
+
+    Each regular expression runs only where a plain substring search says it could match: a
+    digit run needs thirteen digits, spaces or dashes in a row, and every PAN key spells
+    "number" or "pan" (bytes patterns fold ASCII case only, as `bytes.lower` does)."""
+    if _RUN_FLOOR in body.translate(_RUN_CHARS) and _DIGIT_RUN_BYTES.search(body):
+        return True
+    lowered = body.lower()
+    return (b"number" in lowered or b"pan" in lowered) and bool(_PAN_KEY_BYTES.search(body))
 
 
 def scrub_raw(value: object) -> object:
