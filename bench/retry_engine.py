@@ -494,7 +494,7 @@ async def _pipeline(
     for name, (seconds, n) in phases.items():
         rate = n / seconds if seconds else 0.0
         statements, commits = sent[name]
-        per = f"{statements / max(n, 1):6.2f} statements, {commits / max(n, 1):5.2f} commits each"
+        per = f"{statements / max(n, 1):7.3f} statements, {commits / max(n, 1):6.3f} commits each"
         print(f"{name:16s} {n:8,d} payments in {seconds:8.2f} s  = {rate:9,.0f} /s  {per}")
     overall = len(queued) / total
     print(f"{'overall':16s} {len(queued):8,d} payments in {total:8.2f} s  = {overall:9,.0f} /s")
