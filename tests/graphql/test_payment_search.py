@@ -129,3 +129,37 @@ async def test_a_filter_that_cannot_apply_is_a_typed_error(
     assert codes(result) == ["INVALID_ARGUMENT"]
     assert result.errors is not None
     assert (result.errors[0].extensions or {}).get("field") == field
+
+
+async def test_several_states_page_newest_first_without_gaps(
+    db: Database, settings: Settings, clock: FixedClock
+) -> None:
+    merchant = await make_merchant(db, "States pages", now=clock.now())
+    payments = await make_payments(db, merchant, 9, now=clock.now(), attempts_each=1)
+    states = [PaymentState.SCHEDULED, PaymentState.RECOVERED, PaymentState.EXHAUSTED]
+    for i, payment in enumerate(payments):
+        await _set(db, payment, state=states[i % 3])
+    # Newest failure first: the factory's payments failed a minute apart, the first newest.
+    wanted = [encode_id("Payment", p.id) for i, p in enumerate(payments) if i % 3 != 2]
+    token = await make_key(db, Role.MERCHANT, [merchant], now=clock.now())
+    seen: list[str] = []
+    after = None
+    while True:
+        result = await run(
+            db,
+            settings,
+            clock,
+            """query($id: ID!, $after: String) { merchant(id: $id) {
+              payments(first: 2, after: $after, filter: {states: [RECOVERED, SCHEDULED]}) {
+                edges { node { id } } pageInfo { hasNextPage endCursor } } } }""",
+            token=token,
+            variables={"id": encode_id("Merchant", merchant.id), "after": after},
+        )
+        assert result.errors is None, result.errors
+        assert result.data is not None
+        page = result.data["merchant"]["payments"]
+        seen += [e["node"]["id"] for e in page["edges"]]
+        if not page["pageInfo"]["hasNextPage"]:
+            break
+        after = page["pageInfo"]["endCursor"]
+    assert seen == wanted
