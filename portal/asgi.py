@@ -26,6 +26,7 @@ from app.outages import outage_of, unavailable_message
 from app.ratelimit import BucketLimits, RedisLeakyBucket
 from app.settings import Settings, get_settings
 from app.tenancy import SYSTEM_SCOPE
+from jobs.context import tune_garbage_collector
 from jobs.telemetry import worker_state
 from portal.http import PortalGraphQL
 from portal.logging import RequestLogMiddleware, configure_logging
@@ -185,6 +186,10 @@ def create_app(
             services = await resolve_services(settings)
             logger.info("portal using %s", services.describe())
             current = owned = await open_resources(services, settings)
+            # A process of its own: start-up's objects leave the collector's sight, and the
+            # young generation is collected less often (requests allocate many short-lived
+            # containers that reference counting frees).
+            tune_garbage_collector()
         app.state.resources = current
         app.state.settings = settings
         app.state.db = current.db
