@@ -6,12 +6,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlmodel import col, func, select
 
 from app.clock import FixedClock
-from app.db import Database, ScopedSession
+from app.db import Database
 from app.enums import Actor, AttemptOutcome, MerchantStatus, PaymentState, RetryStrategy
 from app.models.customer import Customer
 from app.models.ingestion import ProcessorConnection
@@ -33,7 +32,6 @@ from tests.support.retry import (
     attempts_of,
     claim,
     decide,
-    fingerprint_of,
     ingest,
     make_connection,
     outbox,
@@ -41,7 +39,7 @@ from tests.support.retry import (
     stripe_charge,
     timeline,
 )
-from tests.support.statements import count_statements, without_savepoints
+from tests.support.statements import count_statements
 
 # A Monday 10:00 UTC: outside the default quiet hours (22-7) whatever happens below.
 T0 = datetime(2026, 10, 5, 10, 0, tzinfo=UTC)
@@ -442,37 +440,6 @@ async def test_key_conflict_is_not_a_refusal(db: Database) -> None:
     )
     assert result.status == "recorded"
     assert stripe.charge_count == 1
-
-
-async def test_an_attempt_costs_two_commits_and_few_statements(
-    connection: AsyncConnection, db: Database
-) -> None:
-    [payment], clock = await _setup(db)
-    await decide(db, T0)
-    clock.set(T0 + timedelta(days=1))
-    [(pid, number)] = await claim(db, clock.now())
-    # The charge is made on the payment's own card, as a retry usually is.
-    stripe = FakeStripe(clock.now(), fingerprint=await fingerprint_of(db, payment.card_id))
-    commits: list[object] = []
-
-    def on_commit(session: object) -> None:
-        commits.append(session)
-
-    event.listen(ScopedSession, "after_commit", on_commit)
-    try:
-        with count_statements(connection) as sent:
-            result = await execute_attempt(
-                db, payment_id=pid, attempt_number=number, adapters=stripe, clock=clock
-            )
-    finally:
-        event.remove(ScopedSession, "after_commit", on_commit)
-    statements = without_savepoints(sent)
-    assert result.status == "recorded"
-    # `sent_at` before the charge, the outcome after it: the snapshot needs no commit.
-    assert len(commits) == 2
-    # Read, mark sent; lock, ledger (3), raw record (2), payment, attempt, outbox, timeline.
-    assert len(statements) <= 12, statements
-    assert (await reload(db, payment.id)).state is PaymentState.RECOVERED
 
 
 @dataclass
