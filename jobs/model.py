@@ -6,12 +6,14 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from decimal import Decimal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import structlog
 
 from app.db import Database
 from app.enums import ModelStatus, RetryStrategy
+from app.processors.normalize.records import CURRENCY_EXPONENTS
 from app.retry.rules import AttemptRecord, RetryPolicyView, normalize_network
 from app.retry.schedule import Decision, PaymentView, decline_aware
 from app.services import model_registry as registry
@@ -188,12 +190,18 @@ def _explanation(decision: ModelDecision) -> list[dict[str, object]]:
     ]
 
 
+def money(minor: int, currency: str) -> str:
+    """An amount in minor units as people read it: `26.66 EUR`, `980 JPY`."""
+    exponent = CURRENCY_EXPONENTS.get(currency.upper(), 2)
+    return f"{Decimal(minor).scaleb(-exponent):.{exponent}f} {currency}"
+
+
 def _model_reason(decision: ModelDecision, currency: str) -> str:
     p = decision.probability or 0.0
     words = "; ".join(c.text for c in decision.explanation)
     reason = (
         f"model: {p:.0%} chance at this time; {len(decision.planned)} planned retries expected "
-        f"to recover {decision.expected_recovered_minor} {currency} minor units"
+        f"to recover {money(decision.expected_recovered_minor, currency)}"
     )
     return f"{reason} ({words})" if words else reason
 
