@@ -256,3 +256,16 @@ def test_checkout_3ds_that_did_not_authenticate_shows_no_customer() -> None:
     payment["payment_type"] = "Recurring"
     payment["3ds"]["authentication_response"] = "N"
     assert CHECKOUT.one_record(payment).actor is Actor.BILLING_SYSTEM
+
+
+@pytest.mark.parametrize("value", [["Y"], {"value": "Y"}, 1])
+def test_a_3ds_answer_of_another_type_is_no_answer_not_an_error(value: object) -> None:
+    """A malformed 3-D Secure field makes a record without a customer present, never a
+    normalizer bug (the answer used to be looked up in a set, which a list cannot be)."""
+    payment = _json(CHECKOUT, "payment_regular_3ds.json")
+    payment["payment_type"] = "Recurring"
+    payment["3ds"]["authentication_response"] = value
+    assert CHECKOUT.one_record(payment).actor is Actor.BILLING_SYSTEM
+    charge = _json(STRIPE, "charge_hosted_invoice_page.json")
+    charge["payment_method_details"]["card"]["three_d_secure"]["result"] = value
+    assert STRIPE.one_record(charge).actor is Actor.BILLING_SYSTEM

@@ -121,8 +121,9 @@ def _actor(payment: JsonObject) -> Actor:
     if metadata_text(payment.get("metadata"), PORTAL_RETRY_KEY):
         return Actor.PORTAL
     secure = payment.get("3ds")
-    if isinstance(secure, Mapping) and secure.get("authentication_response") in (
-        CARDHOLDER_PRESENT_3DS
+    # A value of any other type (a list, an object) is no 3-D Secure answer, not an error.
+    if isinstance(secure, Mapping) and (
+        card_text(secure.get("authentication_response")) in CARDHOLDER_PRESENT_3DS
     ):
         return Actor.CUSTOMER
     initiated = payment.get("merchant_initiated")

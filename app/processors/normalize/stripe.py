@@ -139,7 +139,8 @@ def _actor(obj: JsonObject, charge: JsonObject | None) -> Actor:
         return Actor.PORTAL
     card = _card_details(charge)
     secure = card.get("three_d_secure") if card is not None else None
-    if isinstance(secure, Mapping) and secure.get("result") in CARDHOLDER_PRESENT_3DS:
+    # A value of any other type (a list, an object) is no 3-D Secure result, not an error.
+    if isinstance(secure, Mapping) and card_text(secure.get("result")) in CARDHOLDER_PRESENT_3DS:
         return Actor.CUSTOMER
     if obj.get("invoice") is not None:
         return Actor.BILLING_SYSTEM
