@@ -38,16 +38,39 @@ def table_of(model: type[SQLModel]) -> sa.Table:
     return table
 
 
-def _source(table: sa.Table, columns: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> Any:
-    arrays = [
-        sa.bindparam(
-            f"rows_{name}",
-            [row[name] for row in rows],
-            type_=postgresql.ARRAY(table.c[name].type),
-        )
-        for name in columns
-    ]
+def _source(
+    table: sa.Table,
+    prefix: str,
+    columns: Sequence[str],
+    rows: Sequence[Mapping[str, Any]] | None = None,
+) -> Any:
+    """The rows as a derived table: one array per column, bound as `<prefix>_<column>` (with
+    `rows`' values, or at execution when `rows` is None, so that several parts can share one
+    statement). A JSONB column travels as text; `_value` casts it back."""
+    arrays = []
+    for name in columns:
+        values = None
+        if rows is not None:
+            values = _array_values(table, name, [row[name] for row in rows])
+        item = sa.Text() if _is_json(table, name) else table.c[name].type
+        arrays.append(sa.bindparam(f"{prefix}_{name}", values, type_=postgresql.ARRAY(item)))
     return sa.func.unnest(*arrays).table_valued(*columns).render_derived()
+
+
+def _is_json(table: sa.Table, name: str) -> bool:
+    return isinstance(table.c[name].type, postgresql.JSONB)
+
+
+def _array_values(table: sa.Table, name: str, values: list[Any]) -> list[Any]:
+    if _is_json(table, name):
+        return [None if v is None else json.dumps(v) for v in values]
+    return values
+
+
+def _value(table: sa.Table, source: Any, name: str) -> Any:
+    if _is_json(table, name):
+        return sa.cast(source.c[name], postgresql.JSONB)
+    return source.c[name]
 
 
 def _columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -67,8 +90,9 @@ async def insert_rows(
         return
     table = table_of(model)
     columns = _columns(rows)
-    source = _source(table, columns, rows)
-    statement = sa.insert(table).from_select(columns, sa.select(*[source.c[c] for c in columns]))
+    source = _source(table, "rows", columns, rows)
+    values = sa.select(*[_value(table, source, c) for c in columns])
+    statement = sa.insert(table).from_select(columns, values)
     await session.execute(statement)
 
 
@@ -89,11 +113,11 @@ async def update_rows(
     for row in merged.values():
         groups.setdefault(tuple(sorted(row)), []).append(row)
     for names, group in groups.items():
-        source = _source(table, names, group)
+        source = _source(table, "rows", names, group)
         statement = (
             sa.update(table)
             .where(table.c[key] == source.c[key])
-            .values({name: source.c[name] for name in names if name != key})
+            .values({name: _value(table, source, name) for name in names if name != key})
         )
         await session.execute(statement)
 
@@ -103,35 +127,12 @@ Rows = Sequence[Mapping[str, Any]]
 _Shape = tuple[tuple[str, str, tuple[str, ...]], ...]
 
 
-def _is_json(table: sa.Table, name: str) -> bool:
-    return isinstance(table.c[name].type, postgresql.JSONB)
-
-
-def _part_source(table: sa.Table, prefix: str, columns: Sequence[str]) -> Any:
-    """`_source` with bind names of its own, so that several parts share one statement; a
-    JSONB column travels as text and is cast back."""
-    arrays = [
-        sa.bindparam(
-            f"{prefix}_{name}",
-            type_=postgresql.ARRAY(sa.Text() if _is_json(table, name) else table.c[name].type),
-        )
-        for name in columns
-    ]
-    return sa.func.unnest(*arrays).table_valued(*columns).render_derived()
-
-
-def _value(table: sa.Table, source: Any, name: str) -> Any:
-    if _is_json(table, name):
-        return sa.cast(source.c[name], postgresql.JSONB)
-    return source.c[name]
-
-
 @cache
 def _write_statement(shape: _Shape) -> Any:
     parts: list[Any] = []
     for i, (kind, name, columns) in enumerate(shape):
-        table = metadata_table(name)
-        source = _part_source(table, f"p{i}", columns)
+        table = SQLModel.metadata.tables[name]
+        source = _source(table, f"p{i}", columns)
         if kind == "insert":
             values = sa.select(*[_value(table, source, c) for c in columns])
             parts.append(sa.insert(table).from_select(columns, values))
@@ -143,10 +144,6 @@ def _write_statement(shape: _Shape) -> Any:
             )
     *ctes, last = parts
     return last.add_cte(*(part.cte(f"write_{i}") for i, part in enumerate(ctes)))
-
-
-def metadata_table(name: str) -> sa.Table:
-    return SQLModel.metadata.tables[name]
 
 
 async def write_all(
@@ -175,9 +172,7 @@ async def write_all(
                     raise ValueError(f"{table.name} is updated by one part at most")
                 updated.add(table.name)
             for name in columns:
-                values = [row[name] for row in rows]
-                if _is_json(table, name):
-                    values = [None if v is None else json.dumps(v) for v in values]
+                values = _array_values(table, name, [row[name] for row in rows])
                 params[f"p{len(shape)}_{name}"] = values
             shape.append((kind, table.name, tuple(columns)))
     if shape:

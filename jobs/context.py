@@ -30,7 +30,8 @@ class WorkerContext(TypedDict):
     clock: Clock
 
 
-# The cyclic collector's generation thresholds in a worker. An ingested batch allocates tens of
+# The cyclic collector's generation thresholds in a worker (and an API process, which
+# `portal/asgi.py` tunes the same way). An ingested batch allocates tens of
 # thousands of short-lived containers (a thousand parsed records, their rows and parameters)
 # that live for one transaction: at the default 700 they reach the oldest generation, whose
 # collections then walk the whole heap several times a minute (a fifth of a poller's CPU in

@@ -46,10 +46,14 @@ def _is_expected(error: GraphQLError) -> bool:
 
 
 def _code_of(error: GraphQLError) -> str:
+    """The code of an error that carries none yet: its own when the portal raised it, a
+    validation failure when GraphQL itself refused the document, else a bad argument."""
     original = error.original_error
     if isinstance(original, PortalError):
-        return str(original.code)
-    return ErrorCode.GRAPHQL_VALIDATION_FAILED.value if original is None else "GRAPHQL_ERROR"
+        return original.code.value
+    if original is None:
+        return ErrorCode.GRAPHQL_VALIDATION_FAILED.value
+    return ErrorCode.INVALID_ARGUMENT.value
 
 
 def _outage(error: GraphQLError) -> Dependency | None:
@@ -202,14 +206,7 @@ class ShapeErrors(MaskErrors):
                 processed.append(error)
         for error in processed:
             if not error.extensions or "code" not in error.extensions:
-                original = error.original_error
-                if isinstance(original, PortalError):
-                    code = original.code.value
-                elif original is None:
-                    code = ErrorCode.GRAPHQL_VALIDATION_FAILED.value
-                else:
-                    code = ErrorCode.INVALID_ARGUMENT.value
-                error.extensions = {**(error.extensions or {}), "code": code}
+                error.extensions = {**(error.extensions or {}), "code": _code_of(error)}
         return processed
 
 

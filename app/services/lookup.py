@@ -7,11 +7,11 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Protocol, TypeVar
 
-from sqlalchemy import Uuid, any_, bindparam
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy import Uuid
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
 
+from app.bulk import any_array
 from app.db import UnitOfWork
 from app.errors import NotFound
 from app.tenancy import Principal
@@ -39,8 +39,7 @@ async def rows_by_ids(
     The ids travel as one array parameter (`= ANY($1)`), so the statement's text is the same
     for any number of ids: PostgreSQL's prepared statement and plan serve every batch, where
     an `IN` list would be a new statement, prepared and planned, for each batch size."""
-    wanted = bindparam("ids", list(ids), type_=ARRAY(Uuid()))
-    rows = await session.execute(select(model).where(col(model.id) == any_(wanted)))
+    rows = await session.execute(select(model).where(col(model.id) == any_array(ids, Uuid)))
     return {row.id: row for row in rows.scalars()}
 
 

@@ -9,24 +9,21 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.clock import FixedClock
 from app.db import Database, ScopedSession
-from app.enums import PaymentState, RetryStrategy
+from app.enums import PaymentState
 from app.models.payment import Payment
 from app.services.retry.engine import claim_due, decide_pending
 from app.services.stats.recompute import rollup_differences
 from app.tenancy import SYSTEM_SCOPE
 from app.workflows.retry_attempt import execute_attempt
-from tests.support.factories import make_merchant, set_strategy
 from tests.support.retry import (
     FakeStripe,
     attempts_of,
     claim,
     decide,
     fingerprint_of,
-    ingest,
-    make_connection,
+    fixed_schedule_payments,
     outbox,
     reload,
-    stripe_charge,
     timeline,
 )
 from tests.support.statements import count_statements, without_savepoints
@@ -36,22 +33,7 @@ T0 = datetime(2026, 10, 5, 10, 0, tzinfo=UTC)
 
 
 async def _payments(db: Database, n: int, *, customer: str | None = None) -> list[Payment]:
-    """N failed payments of a merchant on the fixed schedule, each on its own card; of one
-    customer when `customer` is given, else each of its own."""
-    merchant = await make_merchant(db, f"Batch {uuid.uuid4().hex[:6]}", now=T0)
-    await set_strategy(db, merchant.id, RetryStrategy.FIXED_SCHEDULE)
-    connection = await make_connection(db, merchant, T0)
-    prefix = uuid.uuid4().hex[:8]
-    bodies = [
-        stripe_charge(
-            f"ch_{prefix}_{i}",
-            created=T0,
-            customer=customer or f"cus_{prefix}_{i}",
-            fingerprint=f"fp_{prefix}_{i}",
-        )
-        for i in range(n)
-    ]
-    return await ingest(db, connection, bodies, T0)
+    return await fixed_schedule_payments(db, n, T0, customer=customer)
 
 
 async def _decide_counted(connection: AsyncConnection, db: Database) -> tuple[int, int]:

@@ -1,6 +1,5 @@
 """Retry engine services against the database: decide, claim, charge, record, reconcile."""
 
-import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -32,6 +31,7 @@ from tests.support.retry import (
     attempts_of,
     claim,
     decide,
+    fixed_schedule_payments,
     ingest,
     make_connection,
     outbox,
@@ -45,24 +45,8 @@ from tests.support.statements import count_statements
 T0 = datetime(2026, 10, 5, 10, 0, tzinfo=UTC)
 
 
-async def _setup(db: Database, charges: int = 1, **kw: object) -> tuple[list[Payment], FixedClock]:
-    merchant = await make_merchant(db, f"Retry {uuid.uuid4().hex[:6]}", now=T0)
-    # These tests follow the fixed schedule's days; new merchants start on the model.
-    await set_strategy(db, merchant.id, RetryStrategy.FIXED_SCHEDULE)
-    connection = await make_connection(db, merchant, T0)
-    prefix = uuid.uuid4().hex[:8]
-    bodies = [
-        stripe_charge(
-            f"ch_{prefix}_{i}",
-            created=T0,
-            customer=f"cus_{prefix}_{i}",
-            fingerprint=f"fp_{prefix}_{i}",
-            **kw,  # type: ignore[arg-type]
-        )
-        for i in range(charges)
-    ]
-    payments = await ingest(db, connection, bodies, T0)
-    return payments, FixedClock(T0)
+async def _setup(db: Database, charges: int = 1, **kw: Any) -> tuple[list[Payment], FixedClock]:
+    return await fixed_schedule_payments(db, charges, T0, **kw), FixedClock(T0)
 
 
 async def test_new_failure_is_decided_on_the_fixed_schedule(db: Database) -> None:

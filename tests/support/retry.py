@@ -11,7 +11,7 @@ from sqlmodel import col, select
 
 from app.crypto import CredentialBox
 from app.db import Database
-from app.enums import Processor
+from app.enums import Processor, RetryStrategy
 from app.models.customer import CardCredential
 from app.models.ingestion import ProcessorConnection
 from app.models.merchant import Merchant
@@ -32,7 +32,7 @@ from app.services.connection import create_connection
 from app.services.ingestion import land, normalize_raw_records
 from app.services.retry.engine import claim_due, decide_pending
 from app.tenancy import SYSTEM_SCOPE, system_principal
-from tests.support.factories import SANDBOX_URLS
+from tests.support.factories import SANDBOX_URLS, make_merchant, set_strategy
 
 BOX = CredentialBox("test-secret")
 
@@ -175,6 +175,30 @@ async def ingest(
         )
         found = {p.processor_payment_id: p for p in rows.scalars()}
     return [found[c["id"]] for c in charges if c["id"] in found]
+
+
+async def fixed_schedule_payments(
+    db: Database, n: int, now: datetime, *, customer: str | None = None, **charge: Any
+) -> list[Payment]:
+    """N failed Stripe charges of a new merchant on the fixed schedule, ingested at `now`, each
+    on its own card; of one customer when `customer` is given, else each of its own. `charge`
+    goes to every `stripe_charge`. (New merchants start on the model; these follow the fixed
+    schedule's days.)"""
+    merchant = await make_merchant(db, f"Retry {uuid.uuid4().hex[:6]}", now=now)
+    await set_strategy(db, merchant.id, RetryStrategy.FIXED_SCHEDULE)
+    connection = await make_connection(db, merchant, now)
+    prefix = uuid.uuid4().hex[:8]
+    bodies = [
+        stripe_charge(
+            f"ch_{prefix}_{i}",
+            created=now,
+            customer=customer or f"cus_{prefix}_{i}",
+            fingerprint=f"fp_{prefix}_{i}",
+            **charge,
+        )
+        for i in range(n)
+    ]
+    return await ingest(db, connection, bodies, now)
 
 
 async def decide(db: Database, now: datetime) -> int:

@@ -545,11 +545,6 @@ def settled_context(
     and neither is loaded. The ledger holds what the payment row itself says; the policy is
     the engine's default reading. Use it for no other event.
     """
-    keys: set[CardKey] = set()
-    if card is not None:
-        keys.add((card.merchant_id, card.fingerprint))
-    if payment.credential_fingerprint is not None:
-        keys.add((payment.merchant_id, payment.credential_fingerprint))
     ledger = PaymentLedger(
         network=normalize_network(card.brand) if card is not None else None,
         first_failed_at=payment.first_failed_at,
@@ -560,7 +555,7 @@ def settled_context(
         payment=payment,
         network=ledger.network,
         funding=card.funding if card is not None else CardFunding.UNKNOWN,
-        card_keys=tuple(sorted(keys)),
+        card_keys=_card_keys(payment, card, ()),
         customer_ref="",
         customer_timezone=None,
         policy=RetryPolicyView(),
