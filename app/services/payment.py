@@ -65,6 +65,14 @@ class PaymentFilter:
                     "units of different currencies do not compare",
                     field=field,
                 )
+        for name in ("failed_after", "failed_before", "next_retry_after", "next_retry_before"):
+            moment = getattr(self, name)
+            if moment is not None and moment.utcoffset() is None:
+                head, _, tail = name.partition("_")
+                field = "filter." + head + "".join(w.title() for w in tail.split("_"))
+                raise InvalidArgument(
+                    "times need a UTC offset (e.g. 2026-11-01T00:00:00Z)", field=field
+                )
         if self.search is not None and not self.search.strip():
             raise InvalidArgument("search must not be blank", field="filter.search")
         if self.search is not None and len(self.search) > 255:
