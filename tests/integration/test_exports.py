@@ -2,6 +2,7 @@
 
 import csv
 import io
+import uuid
 from dataclasses import dataclass
 
 import httpx
@@ -192,7 +193,7 @@ async def test_tenancy(client: httpx.AsyncClient, shop: Shop) -> None:
         ({"search": ["a", "b"]}, "search"),
         ({"color": "red"}, "color"),
         ({"merchantId": "not-an-id"}, "merchantId"),
-        ({"merchantId": encode_id("Payment", export.uuid.uuid4())}, "merchantId"),
+        ({"merchantId": encode_id("Payment", uuid.uuid4())}, "merchantId"),
     ],
 )
 async def test_bad_parameters_are_400_naming_the_parameter(
