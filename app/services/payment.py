@@ -131,6 +131,13 @@ def _filtered(query: Any, merchant_id: uuid.UUID, filters: PaymentFilter) -> Any
     return query
 
 
+def matching(query: Any, merchant_id: uuid.UUID, filters: PaymentFilter) -> Any:
+    """`query` over payments narrowed to the merchant's that `filters` match (checked first),
+    as the payments list narrows them."""
+    query = query.where(col(Payment.merchant_id) == merchant_id)
+    return _filtered(query, merchant_id, filters.checked())
+
+
 async def list_payments(
     session: AsyncSession,
     *,
