@@ -23,7 +23,7 @@ import csv
 import io
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pyarrow as pa
@@ -74,6 +74,7 @@ COLUMNS: tuple[str, ...] = tuple(PARQUET_SCHEMA.names)
 # A text cell starting with one of these is a formula to a spreadsheet: it is written with a
 # leading apostrophe (OWASP's advice for CSV exports); Parquet keeps the text as it is.
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+ZERO = timedelta(0)
 
 
 def _refusal(status: int, code: ErrorCode, message: str, parameter: str | None = None) -> Response:
@@ -108,14 +109,44 @@ def _values(row: ExportRow) -> list[Any]:
     ]
 
 
-def _csv_cell(value: Any) -> Any:
+def _text(value: str | None) -> str:
     if value is None:
         return ""
-    if isinstance(value, datetime):
-        return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
-    if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
-        return "'" + value
-    return value
+    return "'" + value if value.startswith(_FORMULA_STARTS) else value
+
+
+def _time(value: datetime | None) -> str:
+    """ISO 8601 in UTC, `Z` for the offset."""
+    if value is None:
+        return ""
+    if value.utcoffset() != ZERO:
+        value = value.astimezone(UTC)
+    return value.replace(tzinfo=None).isoformat() + "Z"
+
+
+def _csv_row(row: ExportRow) -> list[Any]:
+    """A row's CSV cells in COLUMNS order: the same values as `_values`, written as text
+    (times in UTC with `Z`, empty for null, text that a spreadsheet would run neutralized)."""
+    return [
+        encode_id("Payment", row.id),
+        row.processor.value,
+        _text(row.processor_payment_id),
+        row.state.value,
+        row.amount_minor,
+        row.currency,
+        row.decline_category.value,
+        _text(row.decline_raw_code),
+        _time(row.failed_at),
+        _time(row.next_retry_at),
+        _time(row.recovered_at),
+        "" if row.recovered_by is None else row.recovered_by.value,
+        row.attempt_count,
+        _text(row.invoice_ref),
+        _text(row.subscription_ref),
+        _text(row.customer_ref),
+        _text(row.card_brand),
+        _text(row.card_last4),
+    ]
 
 
 class CsvChunks:
@@ -136,7 +167,7 @@ class CsvChunks:
         return self._take()
 
     def chunk(self, batch: list[ExportRow]) -> bytes:
-        self._writer.writerows([_csv_cell(v) for v in _values(row)] for row in batch)
+        self._writer.writerows(map(_csv_row, batch))
         return self._take()
 
 

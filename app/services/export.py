@@ -1,17 +1,20 @@
 """A merchant's payments for export, read in keyset batches so memory stays flat at any size.
 
-Each batch is the payments list's own page (`list_payments`: the same filter, order and
-indexes as the API's `payments` connection), read in a short session of its own, with the
-customers' references and the cards' brand and last four read by id beside it. No long
-transaction is held: a payment is exported at most once (the keyset, failure time then id,
-never changes), in the state it had when its batch was read.
+Each batch is the payments list's own page (`newest_first`: the same filter, order, keyset
+and indexes as the API's `payments` connection) with the columns an export shows, its
+customer's reference and its card's brand and last four joined, read in a short session of
+its own as plain rows. No long transaction is held: a payment is exported at most once (the
+keyset, failure time then id, never changes), in the state it had when its batch was read.
 """
 
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
+from typing import Any
 
+from sqlalchemy import select as select_columns
+from sqlalchemy import union_all
 from sqlmodel import col, select
 
 from app.db import Database
@@ -19,7 +22,7 @@ from app.enums import Actor, DeclineCategory, PaymentState, Processor
 from app.models.customer import CardCredential, Customer
 from app.models.merchant import Merchant
 from app.models.payment import Payment
-from app.services.payment import PaymentFilter, list_payments
+from app.services.payment import PaymentFilter, newest_first
 from app.tenancy import Scope
 
 BATCH_SIZE = 2_000
@@ -50,6 +53,69 @@ class ExportRow:
     card_last4: str | None
 
 
+# What an export reads of a payment, its customer and its card: no ORM objects, one row each.
+_COLUMNS: tuple[Any, ...] = (
+    col(Payment.id),
+    col(Payment.processor),
+    col(Payment.processor_payment_id),
+    col(Payment.state),
+    col(Payment.amount_minor),
+    col(Payment.currency),
+    col(Payment.decline_category),
+    col(Payment.decline_raw_code),
+    col(Payment.first_failed_at),
+    col(Payment.next_retry_at),
+    col(Payment.recovered_at),
+    col(Payment.recovered_by),
+    col(Payment.attempt_count),
+    col(Payment.invoice_ref),
+    col(Payment.subscription_ref),
+    col(Customer.external_ref).label("customer_ref"),
+    col(CardCredential.brand).label("card_brand"),
+    col(CardCredential.last4).label("card_last4"),
+)
+
+
+def _base() -> Any:
+    return (
+        select_columns(*_COLUMNS)
+        .select_from(Payment)
+        .join(Customer, col(Customer.id) == col(Payment.customer_id))
+        .outerjoin(CardCredential, col(CardCredential.id) == col(Payment.card_id))
+    )
+
+
+def _batch_query(
+    merchant_id: uuid.UUID,
+    filters: PaymentFilter,
+    *,
+    size: int,
+    before_key: tuple[datetime, uuid.UUID] | None,
+) -> Any:
+    """The payments list's page (`newest_first`: its filter, order, keyset and, for several
+    states, one page per state merged) with the export's columns."""
+    first = size - 1  # a page reads `first + 1` rows
+    if len(filters.states) < 2:
+        return newest_first(_base(), merchant_id, filters, first=first, before_key=before_key)
+    merged = union_all(
+        *(
+            newest_first(
+                _base(),
+                merchant_id,
+                replace(filters, states=(state,)),
+                first=first,
+                before_key=before_key,
+            )
+            for state in filters.states
+        )
+    ).subquery()
+    return (
+        select_columns(merged)
+        .order_by(merged.c.first_failed_at.desc(), merged.c.id.desc())
+        .limit(size)
+    )
+
+
 async def export_batches(
     db: Database,
     scope: Scope,
@@ -59,81 +125,21 @@ async def export_batches(
     batch_size: int | None = None,
 ) -> AsyncIterator[list[ExportRow]]:
     """The merchant's payments matching `filters`, newest failure first, `batch_size` (by
-    default BATCH_SIZE) at a time; the last batch may be shorter, and nothing is yielded when
-    none match."""
+    default BATCH_SIZE) at a time, each batch one statement in a short session of its own; the
+    last batch may be shorter, and nothing is yielded when none match."""
     filters = filters.checked()
-    batch_size = max(2, batch_size or BATCH_SIZE)
+    size = max(1, batch_size or BATCH_SIZE)
     key: tuple[datetime, uuid.UUID] | None = None
     while True:
         async with db.session(scope) as session:
-            # list_payments reads `first + 1` rows (its page and a look-ahead): all of them here.
-            payments = await list_payments(
-                session,
-                merchant_id=merchant_id,
-                filters=filters,
-                first=batch_size - 1,
-                before_key=key,
-            )
-            if not payments:
-                return
-            customer_ids = list({p.customer_id for p in payments})
-            card_ids = list({p.card_id for p in payments if p.card_id is not None})
-            customers = dict(
-                (
-                    await session.execute(
-                        select(col(Customer.id), col(Customer.external_ref)).where(
-                            col(Customer.id).in_(customer_ids)
-                        )
-                    )
-                ).all()
-            )
-            cards = {
-                card_id: (brand, last4)
-                for card_id, brand, last4 in (
-                    await session.execute(
-                        select(
-                            col(CardCredential.id),
-                            col(CardCredential.brand),
-                            col(CardCredential.last4),
-                        ).where(col(CardCredential.id).in_(card_ids))
-                    )
-                ).all()
-            }
-        rows = [_row(p, customers, cards) for p in payments]
-        yield rows
-        if len(payments) < batch_size:
+            query = _batch_query(merchant_id, filters, size=size, before_key=key)
+            rows = [ExportRow(*row) for row in (await session.execute(query)).all()]
+        if not rows:
             return
-        last = payments[-1]
-        key = (last.first_failed_at, last.id)
-
-
-def _row(
-    p: Payment,
-    customers: dict[uuid.UUID, str],
-    cards: dict[uuid.UUID, tuple[str, str]],
-) -> ExportRow:
-    card = None if p.card_id is None else cards.get(p.card_id)
-    brand, last4 = card if card is not None else (None, None)
-    return ExportRow(
-        id=p.id,
-        processor=p.processor,
-        processor_payment_id=p.processor_payment_id,
-        state=p.state,
-        amount_minor=p.amount_minor,
-        currency=p.currency,
-        decline_category=p.decline_category,
-        decline_raw_code=p.decline_raw_code,
-        failed_at=p.first_failed_at,
-        next_retry_at=p.next_retry_at,
-        recovered_at=p.recovered_at,
-        recovered_by=p.recovered_by,
-        attempt_count=p.attempt_count,
-        invoice_ref=p.invoice_ref,
-        subscription_ref=p.subscription_ref,
-        customer_ref=customers.get(p.customer_id),
-        card_brand=brand,
-        card_last4=last4,
-    )
+        yield rows
+        if len(rows) < size:
+            return
+        key = (rows[-1].failed_at, rows[-1].id)
 
 
 async def merchant_visible(db: Database, scope: Scope, merchant_id: uuid.UUID) -> bool:

@@ -154,29 +154,52 @@ async def list_payments(
     payments by failure time would filter out every row in another state (all of them, when a
     time bound leaves few matches)."""
     filters = filters.checked()
-
-    def page(states: tuple[PaymentState, ...]) -> Any:
-        query = (
-            select(Payment)
-            .where(Payment.merchant_id == merchant_id)
-            .order_by(col(Payment.first_failed_at).desc(), col(Payment.id).desc())
-            .limit(first + 1)
-        )
-        query = _filtered(query, merchant_id, replace(filters, states=states))
-        if before_key is not None:
-            query = query.where(
-                tuple_(col(Payment.first_failed_at), col(Payment.id)) < tuple_(*before_key)
-            )
-        return query
-
     if len(filters.states) < 2:
-        return (await session.execute(page(filters.states))).scalars().all()
-    merged = union_all(*(page((state,)) for state in filters.states)).subquery()
+        query = newest_first(
+            select(Payment), merchant_id, filters, first=first, before_key=before_key
+        )
+        return (await session.execute(query)).scalars().all()
+    merged = union_all(
+        *(
+            newest_first(
+                select(Payment),
+                merchant_id,
+                replace(filters, states=(state,)),
+                first=first,
+                before_key=before_key,
+            )
+            for state in filters.states
+        )
+    ).subquery()
     row = aliased(Payment, merged)
     query = (
         select(row).order_by(col(row.first_failed_at).desc(), col(row.id).desc()).limit(first + 1)
     )
     return (await session.execute(query)).scalars().all()
+
+
+def newest_first(
+    base: Any,
+    merchant_id: uuid.UUID,
+    filters: PaymentFilter,
+    *,
+    first: int,
+    before_key: tuple[datetime, uuid.UUID] | None,
+) -> Any:
+    """`base` (a select from payments) as one newest-failure-first page of the merchant's
+    payments `filters` match: `first + 1` rows from `before_key` on. Callers with several
+    states merge one page per state, as `list_payments` does."""
+    query = (
+        base.where(Payment.merchant_id == merchant_id)
+        .order_by(col(Payment.first_failed_at).desc(), col(Payment.id).desc())
+        .limit(first + 1)
+    )
+    query = _filtered(query, merchant_id, filters)
+    if before_key is not None:
+        query = query.where(
+            tuple_(col(Payment.first_failed_at), col(Payment.id)) < tuple_(*before_key)
+        )
+    return query
 
 
 async def attempts_by_payment_ids(
