@@ -431,7 +431,8 @@ async def run(
 ) -> BulkAction | None:
     """Carry out the action from where it stands (a run again resumes: what was changed no
     longer matches); None when there is nothing to do. Past `deadline` (`time.monotonic()`)
-    no new batch starts and the action is returned still RUNNING, for a later run to go on."""
+    no further batch starts (one always runs) and the action is returned still RUNNING, for a
+    later run to go on."""
     action = await start(db, action_id, now=clock.now())
     if action is None:
         return None
@@ -449,13 +450,14 @@ async def run(
     for merchant_id in merchants:
         after: uuid.UUID | None = None
         while True:
-            if deadline is not None and time.monotonic() > deadline:
-                return action
             after = await cancel_batch(
                 db, action, merchant_id, filters, after=after, now=clock.now()
             )
             if after is None:
                 break
+            # At least one batch per run, so every run moves the action on.
+            if deadline is not None and time.monotonic() > deadline:
+                return action
     return await finish(db, action.id, now=clock.now())
 
 

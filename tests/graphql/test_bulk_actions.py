@@ -358,3 +358,40 @@ async def test_a_job_run_again_after_the_action_ended_does_nothing(desk: Desk) -
     assert encode_id("BulkAction", row.id) == global_id
     assert await bulk_action.run(desk.db, row.id, clock=desk.clock) is None
     assert len(await audit_entries(desk.db, action_prefix="bulk.")) == 1
+
+
+async def test_a_long_action_goes_on_over_several_runs(
+    desk: Desk, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run past its time budget queues itself again and the next one resumes: each run does
+    at least one batch, the counts add up, and the audit entry is written once, at the end."""
+    from jobs import bulk as bulk_job
+
+    monkeypatch.setattr(bulk_job, "BUDGET_SECONDS", 0.0)
+    monkeypatch.setattr(bulk_action, "BATCH_SIZE", 2)
+    data = await desk.call("support", CANCEL, filter={}, merchantIds=_mid(desk, "A"), reason="r")
+    global_id = data["cancelPaymentRecoveries"]["bulkAction"]["id"]
+    await desk.work()
+    node = (await desk.call("support", NODE, id=global_id))["node"]
+    assert (node["status"], node["succeededCount"], node["skippedCount"]) == ("SUCCEEDED", 5, 0)
+    assert len(await audit_entries(desk.db, action_prefix="bulk.")) == 1
+
+
+async def test_a_failing_action_ends_failed_with_what_it_did(
+    desk: Desk, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(*_: object, **__: object) -> None:
+        raise RuntimeError("state machine bug")
+
+    monkeypatch.setattr(bulk_action, "run_event", broken)
+    data = await desk.call("support", CANCEL, filter={}, merchantIds=_mid(desk, "B"), reason="r")
+    global_id = data["cancelPaymentRecoveries"]["bulkAction"]["id"]
+    await desk.work()
+    node = (await desk.call("support", NODE, id=global_id))["node"]
+    assert node["status"] == "FAILED"
+    assert node["error"] == "failed: RuntimeError"
+    assert node["succeededCount"] == 0
+    assert set(await _states(desk, "B")) == {PaymentState.SCHEDULED}
+    [entry] = await audit_entries(desk.db, action_prefix="bulk.")
+    assert entry.after is not None
+    assert (entry.after["status"], entry.after["count"]) == ("failed", 0)
