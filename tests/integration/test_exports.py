@@ -229,3 +229,23 @@ async def test_formula_cells_are_neutralized_in_csv(
     rows = _csv(await client.get("/exports/payments.csv", headers=_auth(shop.tokens["merchant"])))
     [row] = [r for r in rows if r["id"] == encode_id("Payment", target.id)]
     assert row["invoice_ref"] == "'=HYPERLINK(1)"
+
+
+async def test_graphql_refuses_the_same_times_without_an_offset(
+    shop: Shop, db: Database, settings: Settings, clock: FixedClock
+) -> None:
+    """The check the export's 400 comes from is the filter's own: the connection refuses a
+    time without an offset too, naming the field."""
+    from tests.support.graphql import run
+
+    result = await run(
+        db,
+        settings,
+        clock,
+        PAGE,
+        token=shop.tokens["merchant"],
+        variables={"id": _mid(shop, "A"), "filter": {"nextRetryBefore": "2026-11-03T00:00:00"}},
+    )
+    [error] = result.errors or []
+    assert (error.extensions or {}).get("code") == "INVALID_ARGUMENT"
+    assert (error.extensions or {}).get("field") == "filter.nextRetryBefore"
