@@ -19,6 +19,7 @@ one that does not exist). A failure after the stream started (an outage mid-expo
 the response, so the client sees a truncated transfer rather than a file that looks whole.
 """
 
+import asyncio
 import csv
 import io
 import uuid
@@ -334,13 +335,15 @@ async def _stream(
         async for batch in rest:
             yield batch
 
+    # Encoding a batch takes tens of milliseconds: in a thread, so the event loop keeps
+    # serving other requests meanwhile (each export's encoder is used by one task at a time).
     if format == "csv":
         csv_out = CsvChunks()
         yield csv_out.header()
         async for batch in batches():
-            yield csv_out.chunk(batch)
+            yield await asyncio.to_thread(csv_out.chunk, batch)
         return
     parquet = ParquetChunks()
     async for batch in batches():
-        yield parquet.chunk(batch)
-    yield parquet.end()
+        yield await asyncio.to_thread(parquet.chunk, batch)
+    yield await asyncio.to_thread(parquet.end)

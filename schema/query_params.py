@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import strawberry
 from graphql import (
     GraphQLBoolean,
+    GraphQLEnumType,
     GraphQLError,
     GraphQLFloat,
     GraphQLInputObjectType,
@@ -75,15 +76,13 @@ def input_from_query(
 
 
 def _coerce(name: str, named: Any, text: str) -> Any:
+    if not isinstance(named, GraphQLScalarType | GraphQLEnumType):
+        raise InvalidArgument(f"{name} cannot be given as a query parameter", field=name)
     try:
         if named in _LITERAL_SCALARS:
             result = named.parse_literal(parse_value(text))
-        elif isinstance(named, GraphQLScalarType) or hasattr(named, "parse_value"):
+        else:
             result = named.parse_value(text)
-        else:  # pragma: no cover - input objects are not parameters
-            raise InvalidArgument(f"{name} cannot be given as a parameter", field=name)
-    except InvalidArgument:
-        raise
     except (GraphQLError, ValueError, TypeError) as error:
         message = error.message if isinstance(error, GraphQLError) else str(error)
         raise InvalidArgument(f"{name}: {message}", field=name) from error
