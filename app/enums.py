@@ -180,3 +180,23 @@ class ModelStatus(StrEnum):
     CHALLENGER = "challenger"
     SHADOW = "shadow"
     RETIRED = "retired"
+
+
+class BulkActionKind(StrEnum):
+    """What a support bulk action does."""
+
+    CANCEL_PAYMENT_RECOVERIES = "cancel_payment_recoveries"
+    PAUSE_MERCHANTS_RECOVERY = "pause_merchants_recovery"
+
+
+class BulkActionStatus(StrEnum):
+    """Where a bulk action's job stands."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+    @property
+    def is_finished(self) -> bool:
+        return self in (BulkActionStatus.SUCCEEDED, BulkActionStatus.FAILED)

@@ -44,3 +44,15 @@ async def enqueue_attempt(redis: ArqRedis, payment_id: uuid.UUID, attempt_number
         _job_id=attempt_job_id(payment_id, attempt_number),
     )
     return job is not None
+
+
+def bulk_action_job_id(action_id: uuid.UUID) -> str:
+    return f"bulk_action:{action_id}"
+
+
+async def enqueue_bulk_action(redis: ArqRedis, action_id: uuid.UUID) -> bool:
+    """Queue a bulk action's job; False when it is already queued or running."""
+    job = await redis.enqueue_job(
+        "run_bulk_action", str(action_id), _job_id=bulk_action_job_id(action_id)
+    )
+    return job is not None

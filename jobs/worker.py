@@ -15,6 +15,7 @@ from arq.worker import Function, Worker
 
 from app.outages import outage_of
 from app.settings import Settings, get_settings
+from jobs.bulk import run_bulk_action
 from jobs.context import shutdown, startup
 from jobs.ingest import enqueue_polls, normalize_connection, poll_connection, sweep_unnormalized
 from jobs.instrument import instrument
@@ -37,6 +38,10 @@ FUNCTIONS = [
     # Unanswered charges are retried with the same key; beyond max_tries reconcile_stuck
     # takes over. The kept result keeps a duplicate enqueue of a finished attempt a no-op.
     func(attempt_payment, timeout=60, keep_result=3600, max_tries=20),  # type: ignore[arg-type]
+    # One job per bulk action (its id deduplicates); a run again resumes what is left. Like a
+    # poll it stays within 300 s (see retrain_model below): a run takes batches for 240 s,
+    # then queues itself again (a try each: a million payments is far fewer than 1,000 runs).
+    func(run_bulk_action, timeout=300, keep_result=0, max_tries=1000),  # type: ignore[arg-type]
 ]
 _EVERY_10S = set(range(0, 60, 10))
 CRON_JOBS = [

@@ -28,6 +28,7 @@ from app.settings import Settings, get_settings
 from app.tenancy import SYSTEM_SCOPE
 from jobs.context import tune_garbage_collector
 from jobs.telemetry import worker_state
+from portal.exports import export_endpoint
 from portal.http import PortalGraphQL
 from portal.logging import RequestLogMiddleware, configure_logging
 from portal.metrics import metrics_endpoint
@@ -224,6 +225,8 @@ def create_app(
             Route("/readyz", readyz),
             Route("/metrics", metrics_endpoint(settings)),
             Route("/webhooks/adyen/{connection_id}", adyen_webhook, methods=["POST"]),
+            Route("/exports/payments.csv", export_endpoint(schema, "csv"), methods=["GET"]),
+            Route("/exports/payments.parquet", export_endpoint(schema, "parquet"), methods=["GET"]),
         ],
         middleware=[
             Middleware(RequestLogMiddleware),

@@ -39,6 +39,7 @@ from jobs.supervisor import Supervisor
 from jobs.worker import build_worker
 from portal.asgi import create_app
 from portal.demo import DemoOptions, run_demo
+from portal.export_cli import export_cli
 from portal.logging import configure_logging
 from portal.migrate import upgrade_database as upgrade_database
 from resolvers.ids import decode_id, encode_id
@@ -57,6 +58,7 @@ cli.add_typer(apikey_cli, name="apikey")
 cli.add_typer(connection_cli, name="connection")
 model_cli = typer.Typer(help="Retry-timing models in the registry.", no_args_is_help=True)
 cli.add_typer(model_cli, name="model")
+cli.add_typer(export_cli, name="export")
 
 
 async def _services(settings: Settings) -> Services:

@@ -12,6 +12,7 @@ from strawberry.dataloader import DataLoader
 from app.db import Database
 from app.models.api_key import ApiKey
 from app.models.audit import AuditLog
+from app.models.bulk_action import BulkAction
 from app.models.customer import CardCredential, Customer
 from app.models.ingestion import ProcessorConnection
 from app.models.merchant import Merchant
@@ -123,6 +124,10 @@ class Loaders:
         )
         self.audit_page_by_merchant_id: DataLoader[PageKey, list[AuditLog]] = _pages(
             db, scope, entries_by_merchant_ids
+        )
+        # Support's bulk actions: other keys' scoped sessions never see them.
+        self.bulk_action_by_id: DataLoader[uuid.UUID, BulkAction | None] = row_by_id(
+            db, scope, BulkAction
         )
         self.recovery_stats_by_merchant: DataLoader[tuple[uuid.UUID, StatsQuery], RecoveryStats] = (
             _recovery_stats(db, scope)

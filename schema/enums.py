@@ -6,6 +6,8 @@ from app.enums import (
     Actor,
     Advice,
     AttemptOutcome,
+    BulkActionKind,
+    BulkActionStatus,
     CardFunding,
     ConnectionStatus,
     DeclineCategory,
@@ -35,6 +37,8 @@ for _cls, _description in (
     (MerchantStatus, "Whether a merchant's recovery runs."),
     (ConnectionStatus, "Whether a processor connection is polled."),
     (WebhookDeliveryStatus, "Where a webhook delivery stands."),
+    (BulkActionKind, "What a support bulk action does."),
+    (BulkActionStatus, "Where a bulk action's job stands."),
 ):
     strawberry.enum(_cls, description=_description)
 
@@ -42,6 +46,8 @@ __all__ = [
     "Actor",
     "Advice",
     "AttemptOutcome",
+    "BulkActionKind",
+    "BulkActionStatus",
     "CardFunding",
     "ConnectionStatus",
     "DeclineCategory",

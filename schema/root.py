@@ -12,6 +12,7 @@ from resolvers import merchant as merchant_resolvers
 from resolvers.context import Context
 from schema import (
     api_key,
+    bulk_action,
     connection,
     merchant_admin,
     model,
@@ -20,6 +21,7 @@ from schema import (
     webhook_endpoint,
 )
 from schema.api_key import ApiKey, ApiKeyConnection, api_keys
+from schema.bulk_action import BulkAction
 from schema.connection import ProcessorConnection
 from schema.enums import Role
 from schema.extensions import (
@@ -56,6 +58,7 @@ NODE_TYPES = NodeTypes(
     node_type(ProcessorConnection, lambda loaders: loaders.processor_connection_by_id),
     node_type(ApiKey, lambda loaders: loaders.api_key_by_id),
     node_type(WebhookEndpoint, lambda loaders: loaders.webhook.webhook_endpoint_by_id),
+    node_type(BulkAction, lambda loaders: loaders.bulk_action_by_id),
 )
 
 Info = strawberry.Info[Context, None]
@@ -151,6 +154,9 @@ class Mutation:
     create_webhook_endpoint = webhook_endpoint.create_webhook_endpoint
     rotate_webhook_secret = webhook_endpoint.rotate_webhook_secret
     set_webhook_endpoint_enabled = webhook_endpoint.set_webhook_endpoint_enabled
+    # Support's bulk actions.
+    cancel_payment_recoveries = bulk_action.cancel_payment_recoveries
+    pause_merchants_recovery = bulk_action.pause_merchants_recovery
 
 
 def build_schema(settings: Settings) -> strawberry.Schema:

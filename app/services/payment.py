@@ -65,6 +65,14 @@ class PaymentFilter:
                     "units of different currencies do not compare",
                     field=field,
                 )
+        for name in ("failed_after", "failed_before", "next_retry_after", "next_retry_before"):
+            moment = getattr(self, name)
+            if moment is not None and moment.utcoffset() is None:
+                head, _, tail = name.partition("_")
+                field = "filter." + head + "".join(w.title() for w in tail.split("_"))
+                raise InvalidArgument(
+                    "times need a UTC offset (e.g. 2026-11-01T00:00:00Z)", field=field
+                )
         if self.search is not None and not self.search.strip():
             raise InvalidArgument("search must not be blank", field="filter.search")
         if self.search is not None and len(self.search) > 255:
@@ -123,6 +131,13 @@ def _filtered(query: Any, merchant_id: uuid.UUID, filters: PaymentFilter) -> Any
     return query
 
 
+def matching(query: Any, merchant_id: uuid.UUID, filters: PaymentFilter) -> Any:
+    """`query` over payments narrowed to the merchant's that `filters` match (checked first),
+    as the payments list narrows them."""
+    query = query.where(col(Payment.merchant_id) == merchant_id)
+    return _filtered(query, merchant_id, filters.checked())
+
+
 async def list_payments(
     session: AsyncSession,
     *,
@@ -139,29 +154,52 @@ async def list_payments(
     payments by failure time would filter out every row in another state (all of them, when a
     time bound leaves few matches)."""
     filters = filters.checked()
-
-    def page(states: tuple[PaymentState, ...]) -> Any:
-        query = (
-            select(Payment)
-            .where(Payment.merchant_id == merchant_id)
-            .order_by(col(Payment.first_failed_at).desc(), col(Payment.id).desc())
-            .limit(first + 1)
-        )
-        query = _filtered(query, merchant_id, replace(filters, states=states))
-        if before_key is not None:
-            query = query.where(
-                tuple_(col(Payment.first_failed_at), col(Payment.id)) < tuple_(*before_key)
-            )
-        return query
-
     if len(filters.states) < 2:
-        return (await session.execute(page(filters.states))).scalars().all()
-    merged = union_all(*(page((state,)) for state in filters.states)).subquery()
+        query = newest_first(
+            select(Payment), merchant_id, filters, first=first, before_key=before_key
+        )
+        return (await session.execute(query)).scalars().all()
+    merged = union_all(
+        *(
+            newest_first(
+                select(Payment),
+                merchant_id,
+                replace(filters, states=(state,)),
+                first=first,
+                before_key=before_key,
+            )
+            for state in filters.states
+        )
+    ).subquery()
     row = aliased(Payment, merged)
     query = (
         select(row).order_by(col(row.first_failed_at).desc(), col(row.id).desc()).limit(first + 1)
     )
     return (await session.execute(query)).scalars().all()
+
+
+def newest_first(
+    base: Any,
+    merchant_id: uuid.UUID,
+    filters: PaymentFilter,
+    *,
+    first: int,
+    before_key: tuple[datetime, uuid.UUID] | None,
+) -> Any:
+    """`base` (a select from payments) as one newest-failure-first page of the merchant's
+    payments `filters` match: `first + 1` rows from `before_key` on. Callers with several
+    states merge one page per state, as `list_payments` does."""
+    query = (
+        base.where(Payment.merchant_id == merchant_id)
+        .order_by(col(Payment.first_failed_at).desc(), col(Payment.id).desc())
+        .limit(first + 1)
+    )
+    query = _filtered(query, merchant_id, filters)
+    if before_key is not None:
+        query = query.where(
+            tuple_(col(Payment.first_failed_at), col(Payment.id)) < tuple_(*before_key)
+        )
+    return query
 
 
 async def attempts_by_payment_ids(

@@ -27,7 +27,7 @@ from resolvers.ids import encode_id
 from tests.support.factories import key_id, make_connection, make_key, make_merchant, make_payments
 from tests.support.graphql import codes, run, schema_for
 from tests.support.model_rows import Choice, make_model, pair, store, verdict
-from tests.support.queue import discard_polls, job_queue
+from tests.support.queue import discard_bulk_actions, discard_polls, job_queue
 
 
 @dataclass
@@ -623,6 +623,43 @@ async def case_set_webhook_endpoint_enabled(w: World) -> None:
     )
 
 
+BULK_CANCEL = """mutation($ids: [ID!], $dryRun: Boolean!) { cancelPaymentRecoveries(
+  filter: {}, merchantIds: $ids, reason: "tenancy", dryRun: $dryRun) {
+  count bulkAction { status } errors { code } } }"""
+BULK_PAUSE = """mutation($ids: [ID!]!, $dryRun: Boolean!) { pauseMerchantsRecovery(
+  merchantIds: $ids, reason: "tenancy", dryRun: $dryRun) {
+  count bulkAction { status } errors { code } } }"""
+
+
+async def _bulk_matrix(w: World, field: str, query: str) -> None:
+    """Support only: merchant and partner keys get a typed FORBIDDEN for their own merchants
+    as for others', and nothing is counted or queued; support counts and submits for any."""
+    for role in ("merchant", "partner"):
+        for name in "AC":
+            ids = [encode_id("Merchant", w.merchants[name].id)]
+            for dry_run in (True, False):
+                data = await _query(w, role, query, ids=ids, dryRun=dry_run)
+                assert data[field] == {
+                    "count": None,
+                    "bulkAction": None,
+                    "errors": [{"code": "FORBIDDEN"}],
+                }
+    ids = [encode_id("Merchant", w.merchants["C"].id)]
+    data = await _query(w, "support", query, ids=ids, dryRun=True)
+    assert data[field] == {"count": 1, "bulkAction": None, "errors": []}
+    data = await _query(w, "support", query, ids=ids, dryRun=False)
+    assert data[field] == {"count": 1, "bulkAction": {"status": "QUEUED"}, "errors": []}
+    await discard_bulk_actions(w.queue)
+
+
+async def case_cancel_payment_recoveries(w: World) -> None:
+    await _bulk_matrix(w, "cancelPaymentRecoveries", BULK_CANCEL)
+
+
+async def case_pause_merchants_recovery(w: World) -> None:
+    await _bulk_matrix(w, "pauseMerchantsRecovery", BULK_PAUSE)
+
+
 TENANCY_CASES: dict[str, Callable[[World], Awaitable[None]]] = {
     "viewer": case_viewer,
     "merchants": case_merchants,
@@ -646,6 +683,8 @@ TENANCY_CASES: dict[str, Callable[[World], Awaitable[None]]] = {
     "createWebhookEndpoint": case_create_webhook_endpoint,
     "rotateWebhookSecret": case_rotate_webhook_secret,
     "setWebhookEndpointEnabled": case_set_webhook_endpoint_enabled,
+    "cancelPaymentRecoveries": case_cancel_payment_recoveries,
+    "pauseMerchantsRecovery": case_pause_merchants_recovery,
 }
 
 
@@ -697,6 +736,10 @@ UNAUTHENTICATED_QUERIES = {
     'reason: "r"}) { secret } }',
     "setWebhookEndpointEnabled": 'mutation { setWebhookEndpointEnabled(input: {endpointId: "x", '
     'enabled: false, reason: "r"}) { errors { code } } }',
+    "cancelPaymentRecoveries": 'mutation { cancelPaymentRecoveries(filter: {}, reason: "r", '
+    "dryRun: true) { count } }",
+    "pauseMerchantsRecovery": 'mutation { pauseMerchantsRecovery(merchantIds: ["x"], '
+    'reason: "r", dryRun: true) { count } }',
 }
 
 

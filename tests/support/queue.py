@@ -15,7 +15,7 @@ from arq.constants import (
 )
 
 from app.embedded import Services
-from jobs.enqueue import poll_job_id
+from jobs.enqueue import bulk_action_job_id, poll_job_id
 
 
 @asynccontextmanager
@@ -29,8 +29,23 @@ async def job_queue(services: Services) -> AsyncIterator[ArqRedis]:
 
 async def discard_polls(queue: ArqRedis, connection_ids: Iterable[uuid.UUID]) -> None:
     """Remove poll jobs of these connections, so no worker sharing the Redis runs them."""
-    for connection_id in connection_ids:
-        job_id = poll_job_id(connection_id)
+    await _discard(queue, [poll_job_id(c) for c in connection_ids])
+
+
+async def discard_bulk_actions(queue: ArqRedis) -> None:
+    """Remove every queued bulk action job (ids `bulk_action_job_id`), so no worker sharing the
+    Redis runs them."""
+    prefix = bulk_action_job_id(uuid.UUID(int=0)).split(":")[0] + ":"
+    job_ids = [
+        member.decode()
+        for member in await queue.zrange(default_queue_name, 0, -1)
+        if member.decode().startswith(prefix)
+    ]
+    await _discard(queue, job_ids)
+
+
+async def _discard(queue: ArqRedis, job_ids: Iterable[str]) -> None:
+    for job_id in job_ids:
         await queue.zrem(default_queue_name, job_id)
         await queue.delete(
             *(
