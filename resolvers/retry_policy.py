@@ -3,9 +3,15 @@
 import uuid
 
 from app.models.retry_policy import RetryPolicy
-from app.services.retry_policy import PolicyChanges, update_retry_policy
+from app.services.retry_policy import (
+    PolicyChanges,
+    PolicyVersion,
+    policy_history,
+    update_retry_policy,
+)
 from resolvers.context import Context
 from resolvers.ids import decode_id
+from resolvers.pagination import Page, after_key, make_page, page_size
 
 
 async def current(ctx: Context, merchant_id: uuid.UUID) -> RetryPolicy | None:
@@ -31,3 +37,16 @@ async def update(
             reason=reason,
             **by,
         )
+
+
+async def history(
+    ctx: Context, merchant_id: uuid.UUID, *, first: int | None, after: str | None
+) -> Page[PolicyVersion]:
+    """A page of the merchant's policy versions, newest first, each with what it changed."""
+    size = page_size(first, ctx.settings)
+    key = after_key(after)
+    async with ctx.db.session(ctx.require_principal().scope) as session:
+        rows = await policy_history(
+            session, merchant_id, first=size, after_id=None if key is None else key[1]
+        )
+    return make_page(rows, size, lambda v: (v.policy.created_at, v.policy.id))

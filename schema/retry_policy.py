@@ -4,14 +4,17 @@ from datetime import datetime
 from typing import Any, Self
 
 import strawberry
+from strawberry.scalars import JSON
 
 from app.errors import ErrorCode, ValidationFailed
 from app.models.retry_policy import RetryPolicy as RetryPolicyModel
-from app.services.retry_policy import KEEP, PolicyChanges
+from app.services.retry_policy import KEEP, PolicyChanges, PolicyVersion
 from resolvers import retry_policy as policy_resolvers
 from resolvers.context import Context
+from resolvers.ids import encode_id
 from schema.enums import DeclineCategory, EndAction, RetryStrategy
 from schema.mutation import Payload, mutation
+from schema.relay import AfterArg, Connection, FirstArg, connection
 from schema.rows import from_row
 
 Info = strawberry.Info[Context, None]
@@ -62,6 +65,21 @@ class RetryPolicy:
     )
     updated_at: datetime = strawberry.field(description="When this version was made.")
     updated_by: str = strawberry.field(description="Who made this version.")
+    _row: strawberry.Private[RetryPolicyModel]
+
+    @strawberry.field(
+        description=(
+            "Every version of the merchant's policy, newest first (whichever version this is): "
+            "who made it, when, why, and what it changed over the version before it."
+        )
+    )
+    async def history(
+        self, info: Info, first: FirstArg = None, after: AfterArg = None
+    ) -> "RetryPolicyVersionConnection":
+        page = await policy_resolvers.history(
+            info.context, self._row.merchant_id, first=first, after=after
+        )
+        return RetryPolicyVersionConnection.from_page(page, RetryPolicyVersion.from_version)
 
     @classmethod
     def from_model(cls, row: RetryPolicyModel) -> Self:
@@ -80,7 +98,82 @@ class RetryPolicy:
             fixed_schedule_days=list(row.fixed_schedule_days),
             updated_at=row.created_at,
             updated_by=row.created_by,
+            _row=row,
         )
+
+
+@strawberry.type(description="One setting a policy version changed, before and after.")
+class RetryPolicyFieldChange:
+    field: str = strawberry.field(
+        description="The setting, named as in RetryPolicy (e.g. `maxAttempts`, `quietHours`)."
+    )
+    old: JSON | None = strawberry.field(
+        description=(
+            "Its value in the version before, as JSON (enums as their names, quietHours as "
+            "`{startHour, endHour}`); null when it was null."
+        )
+    )
+    new: JSON | None = strawberry.field(description="Its value in this version, the same way.")
+
+
+@strawberry.type(description="A version of a merchant's retry policy in its history.")
+class RetryPolicyVersion:
+    version: int = strawberry.field(description="The version number.")
+    created_at: datetime = strawberry.field(description="When this version was made.")
+    actor: str = strawberry.field(
+        description=(
+            "Who made it: `api_key:<name>`, or the portal itself (e.g. `system` for the default "
+            "policy a new merchant gets)."
+        )
+    )
+    api_key_id: strawberry.ID | None = strawberry.field(
+        description=(
+            "The global id of the API key that made it; null for versions the portal made "
+            "itself (the first version, the CLI, jobs), whose audit entries name no key."
+        )
+    )
+    reason: str | None = strawberry.field(
+        description="Why, as given with the change (`default policy` for the first version)."
+    )
+    changes: list[RetryPolicyFieldChange] = strawberry.field(
+        description=(
+            "What it changed over the version before it, one entry per setting that differs, "
+            "computed from the stored versions; empty for the first version."
+        )
+    )
+    policy: RetryPolicy = strawberry.field(description="The policy as this version set it.")
+
+    @classmethod
+    def from_version(cls, item: PolicyVersion) -> Self:
+        row = item.policy
+        return cls(
+            version=row.version,
+            created_at=row.created_at,
+            actor=row.created_by,
+            api_key_id=None
+            if item.actor_key_id is None
+            else strawberry.ID(encode_id("ApiKey", item.actor_key_id)),
+            reason=row.reason,
+            changes=[
+                RetryPolicyFieldChange(
+                    field=c.field,
+                    old=None if c.old is None else JSON(c.old),
+                    new=None if c.new is None else JSON(c.new),
+                )
+                for c in item.changes
+            ],
+            policy=RetryPolicy.from_model(row),
+        )
+
+
+@connection(
+    "A page of a merchant's retry policy versions, newest first.",
+    edge="A policy version and its cursor.",
+    noun="version",
+    nouns="versions",
+)
+class RetryPolicyVersionConnection(Connection[RetryPolicyVersion]):
+    pass
 
 
 @strawberry.input(description="Quiet hours in the customer's local time.")
