@@ -1,6 +1,7 @@
 """retryPolicy.history: every version newest first, who, when, why, and what changed."""
 
 from datetime import timedelta
+from typing import Any
 
 from app.clock import FixedClock
 from app.db import Database
@@ -22,7 +23,7 @@ async def test_history_lists_versions_with_their_changes(
 ) -> None:
     merchant = await make_merchant(db, "History", now=clock.now())
     token = await make_key(db, Role.MERCHANT, [merchant], now=clock.now(), name="dashboard")
-    changes = [
+    changes: list[dict[str, Any]] = [
         {"maxAttempts": 6, "quietHours": {"startHour": 23, "endHour": 6}},
         {"strategy": "FIXED_SCHEDULE", "excludedDeclineCategories": ["CARD_EXPIRED"]},
         {"quietHours": None},
