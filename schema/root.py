@@ -17,6 +17,7 @@ from schema import (
     model,
     payment_recovery,
     retry_policy,
+    support_jobs,
     webhook_endpoint,
 )
 from schema.api_key import ApiKey, ApiKeyConnection, api_keys
@@ -45,6 +46,7 @@ from schema.stats import (
     ToArg,
     viewer_recovery_stats,
 )
+from schema.support_jobs import BackgroundJob, background_job
 from schema.webhook_endpoint import WebhookEndpoint
 
 # What `node(id:)` answers with; a global id may name only these types.
@@ -114,6 +116,13 @@ class Query:
     merchants: MerchantConnection = strawberry.field(
         resolver=merchants, description="Merchants visible to the caller, oldest first."
     )
+    background_job: BackgroundJob | None = strawberry.field(
+        resolver=background_job,
+        description=(
+            "A job queued by replayConnection or retrainModel, by its id (support only); null "
+            "for an id that names no such job."
+        ),
+    )
 
     @strawberry.field(description="One merchant by global id; null when not visible.")
     async def merchant(
@@ -151,6 +160,8 @@ class Mutation:
     create_webhook_endpoint = webhook_endpoint.create_webhook_endpoint
     rotate_webhook_secret = webhook_endpoint.rotate_webhook_secret
     set_webhook_endpoint_enabled = webhook_endpoint.set_webhook_endpoint_enabled
+    replay_connection = support_jobs.replay_connection
+    retrain_model = support_jobs.retrain_model
 
 
 def build_schema(settings: Settings) -> strawberry.Schema:
