@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from arq.constants import default_queue_name, job_key_prefix
 from sqlalchemy import update
 from sqlmodel import col, select
 
@@ -623,6 +624,91 @@ async def case_set_webhook_endpoint_enabled(w: World) -> None:
     )
 
 
+# --- Support's view of ingestion and its requested jobs --------------------------------------
+
+REPLAY = """mutation($id: ID!) { replayConnection(id: $id, reason: "tenancy") {
+  job { id state } queued errors { code field } } }"""
+RETRAIN = """mutation { retrainModel(reason: "tenancy") { job { id } queued errors { code } } }"""
+FOLLOW = "query($id: ID!) { backgroundJob(id: $id) { id state } }"
+
+
+async def _drop_job(w: World, job_id: str) -> None:
+    """Take a queued job off the shared queue, so that no worker runs it."""
+    await w.queue.zrem(default_queue_name, job_id)
+    await w.queue.delete(job_key_prefix + job_id)
+
+
+async def case_replay_connection(w: World) -> None:
+    def cid(name: str) -> str:
+        return encode_id("ProcessorConnection", w.connections[name].id)
+
+    not_found = [{"code": "NOT_FOUND", "field": "id"}]
+    data = await _query(w, "merchant", REPLAY, id=cid("B"))
+    assert _errors(data, "replayConnection") == not_found
+    await _forbidden(w, "merchant", REPLAY, id=cid("A"))
+    await _forbidden(w, "partner", REPLAY, id=cid("B"))
+    data = await _query(w, "partner", REPLAY, id=cid("C"))
+    assert _errors(data, "replayConnection") == not_found
+    data = await _query(w, "support", REPLAY, id=cid("C"))
+    payload = data["replayConnection"]
+    assert payload["errors"] == []  # type: ignore[index]
+    assert payload["queued"] is True  # type: ignore[index]
+    await _drop_job(w, payload["job"]["id"])  # type: ignore[index]
+
+
+async def case_retrain_model(w: World) -> None:
+    await _forbidden(w, "merchant", RETRAIN)
+    await _forbidden(w, "partner", RETRAIN)
+    data = await _query(w, "support", RETRAIN)
+    payload = data["retrainModel"]
+    assert payload["queued"] is True  # type: ignore[index]
+    await _drop_job(w, payload["job"]["id"])  # type: ignore[index]
+
+
+async def case_background_job(w: World) -> None:
+    data = await _query(w, "support", RETRAIN)
+    job_id = data["retrainModel"]["job"]["id"]  # type: ignore[index]
+    try:
+        await _forbidden(w, "merchant", FOLLOW, id=job_id)
+        await _forbidden(w, "partner", FOLLOW, id=job_id)
+        data = await _query(w, "support", FOLLOW, id=job_id)
+        assert data["backgroundJob"] == {"id": job_id, "state": "QUEUED"}
+    finally:
+        await _drop_job(w, job_id)
+
+
+INGESTION = """query($id: ID!) { node(id: $id) { ... on ProcessorConnection {
+  rawRecords(first: 5) { edges { node { id } } } deadLetters(first: 5) { edges { node { id } } }
+} } }"""
+
+
+async def test_raw_records_and_dead_letters_follow_the_key_scope(world: World) -> None:
+    """Support reads any connection's; a merchant key its own; a partner key none (FORBIDDEN
+    where it sees the connection, null where it does not)."""
+    readable = {"merchant": {"A"}, "partner": set(), "support": {"A", "B", "C"}}
+    for role in ROLES:
+        for name in "ABC":
+            variables = {"id": encode_id("ProcessorConnection", world.connections[name].id)}
+            result = await run(
+                world.db,
+                world.settings,
+                world.clock,
+                INGESTION,
+                token=world.tokens[role],
+                variables=variables,
+            )
+            if name in readable[role]:
+                assert result.errors is None, (role, name, result.errors)
+                assert result.data == {
+                    "node": {"rawRecords": {"edges": []}, "deadLetters": {"edges": []}}
+                }
+            elif name in world.visible[role]:
+                assert set(codes(result)) == {"FORBIDDEN"}, (role, name)
+            else:
+                assert result.errors is None
+                assert result.data == {"node": None}, (role, name)
+
+
 TENANCY_CASES: dict[str, Callable[[World], Awaitable[None]]] = {
     "viewer": case_viewer,
     "merchants": case_merchants,
@@ -646,6 +732,9 @@ TENANCY_CASES: dict[str, Callable[[World], Awaitable[None]]] = {
     "createWebhookEndpoint": case_create_webhook_endpoint,
     "rotateWebhookSecret": case_rotate_webhook_secret,
     "setWebhookEndpointEnabled": case_set_webhook_endpoint_enabled,
+    "replayConnection": case_replay_connection,
+    "retrainModel": case_retrain_model,
+    "backgroundJob": case_background_job,
 }
 
 
