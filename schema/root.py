@@ -145,6 +145,7 @@ class Query:
 @strawberry.type(description="Entry points for changing configuration.")
 class Mutation:
     update_retry_policy = retry_policy.update_retry_policy
+    preview_retry_policy = retry_policy.preview_retry_policy
     cancel_payment_recovery = payment_recovery.cancel_payment_recovery
     retry_payment_now = payment_recovery.retry_payment_now
     connect_processor = connection.connect_processor
