@@ -25,7 +25,7 @@ from app.tenancy import Principal
 
 # A preview reads and scores at most this many scheduled payments (the soonest retries first);
 # the count of payments the change would re-decide is exact whatever the number.
-PREVIEW_PAYMENT_LIMIT = 500
+PREVIEW_PAYMENT_LIMIT = 100
 _PREVIEW_REASON = "preview (never committed)"
 
 

@@ -243,6 +243,31 @@ async def case_update_retry_policy(w: World) -> None:
         }
 
 
+PREVIEW = """mutation($id: ID!) { previewRetryPolicy(merchantId: $id, input: {maxAttempts: 5}) {
+  preview { basedOnVersion redecidedPayments } errors { code field } } }"""
+
+
+async def case_preview_retry_policy(w: World) -> None:
+    """As updateRetryPolicy: own merchant or support; nothing is written either way."""
+
+    def mid(name: str) -> str:
+        return encode_id("Merchant", w.merchants[name].id)
+
+    not_found = [{"code": "NOT_FOUND", "field": "merchantId"}]
+    # Each merchant has one scheduled payment: its own only is counted.
+    ok = {"preview": {"basedOnVersion": 1, "redecidedPayments": 1}, "errors": []}
+    data = await _query(w, "merchant", PREVIEW, id=mid("B"))
+    assert _errors(data, "previewRetryPolicy") == not_found
+    data = await _query(w, "merchant", PREVIEW, id=mid("A"))
+    assert data["previewRetryPolicy"] == ok
+    await _forbidden(w, "partner", PREVIEW, id=mid("B"))
+    data = await _query(w, "partner", PREVIEW, id=mid("C"))
+    assert _errors(data, "previewRetryPolicy") == not_found
+    for name in "ABC":
+        data = await _query(w, "support", PREVIEW, id=mid(name))
+        assert data["previewRetryPolicy"] == ok
+
+
 async def case_api_keys(w: World) -> None:
     query = "{ apiKeys(first: 100) { edges { node { id merchants { id } } } } }"
     names = {encode_id("ApiKey", k): n for n, k in w.key_ids.items()}
@@ -715,6 +740,7 @@ TENANCY_CASES: dict[str, Callable[[World], Awaitable[None]]] = {
     "merchant": case_merchant,
     "node": case_node,
     "updateRetryPolicy": case_update_retry_policy,
+    "previewRetryPolicy": case_preview_retry_policy,
     "cancelPaymentRecovery": case_cancel_payment_recovery,
     "retryPaymentNow": case_retry_payment_now,
     "apiKeys": case_api_keys,
