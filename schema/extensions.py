@@ -45,9 +45,7 @@ def _is_expected(error: GraphQLError) -> bool:
     # refused before execution, as a literal a scalar's parser rejects during validation (its
     # ValueError attached, e.g. a Long beyond 64 bits): the client's too.
     return (
-        original is None
-        or error.path is None
-        or isinstance(original, PortalError | GraphQLError)
+        original is None or error.path is None or isinstance(original, PortalError | GraphQLError)
     )
 
 
