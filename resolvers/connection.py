@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Any
 
 from app.enums import ConnectionStatus, Processor
+from app.errors import InvalidArgument
 from app.models.ingestion import ProcessorConnection
 from app.services.connection import create_connection, pollable_connection, set_connection_status
 from app.services.ingestion_view import (
@@ -92,6 +93,8 @@ async def raw_records(
     principal = ctx.require_principal()
     require_reader(principal, connection.merchant_id)
     size = page_size(first, ctx.settings)
+    if since is not None and since.utcoffset() is None:
+        raise InvalidArgument("give a time zone offset, e.g. 2026-11-01T00:00:00Z", field="since")
     async with ctx.db.session(principal.scope) as session:
         rows = await raw_records_page(
             session,

@@ -143,6 +143,12 @@ async def test_support_pages_raw_records_newest_first_scrubbed(
     page = (await run_data(db, settings, clock, RAW, support, id=cid, since=since))["node"]
     assert [e["node"]["externalId"] for e in page["rawRecords"]["edges"]] == ["ch_2", "ch_1"]
 
+    naive = (clock.now() + timedelta(seconds=1)).replace(tzinfo=None).isoformat()
+    result = await run(
+        db, settings, clock, RAW, token=support, variables={"id": cid, "since": naive}
+    )
+    assert codes(result) == ["INVALID_ARGUMENT"]
+
     dead = (await run_data(db, settings, clock, DEAD, support, id=cid))["node"]["deadLetters"]
     [letter] = [e["node"] for e in dead["edges"]]
     assert letter["reason"] == "charge has no amount"
