@@ -1,8 +1,14 @@
 """Typed enqueue helpers: the only way other layers put jobs on the queue."""
 
+import json
 import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
 
 from arq.connections import ArqRedis
+from arq.jobs import Job, JobStatus
 
 
 def poll_job_id(connection_id: uuid.UUID) -> str:
@@ -56,3 +62,92 @@ async def enqueue_bulk_action(redis: ArqRedis, action_id: uuid.UUID) -> bool:
         "run_bulk_action", str(action_id), _job_id=bulk_action_job_id(action_id)
     )
     return job is not None
+
+
+# Jobs support requests through the API: each request is an audit entry, and its job id names
+# the entry, so the job can check that the request was committed before it acts.
+REPLAY_FUNCTION = "replay_connection_requested"
+RETRAIN_FUNCTION = "retrain_model_requested"
+
+
+def replay_job_id(request_id: uuid.UUID) -> str:
+    return f"replay:{request_id}"
+
+
+def retrain_job_id(request_id: uuid.UUID) -> str:
+    return f"retrain:{request_id}"
+
+
+async def enqueue_replay(redis: ArqRedis, connection_id: uuid.UUID, request_id: uuid.UUID) -> str:
+    """Queue a replay of one connection's raw history; the job id, for following it."""
+    job_id = replay_job_id(request_id)
+    await redis.enqueue_job(REPLAY_FUNCTION, str(connection_id), str(request_id), _job_id=job_id)
+    return job_id
+
+
+async def enqueue_retrain(redis: ArqRedis, request_id: uuid.UUID) -> str:
+    """Queue a training run on stored history; the job id, for following it."""
+    job_id = retrain_job_id(request_id)
+    await redis.enqueue_job(RETRAIN_FUNCTION, str(request_id), _job_id=job_id)
+    return job_id
+
+
+class JobState(StrEnum):
+    """Where a queued job is: waiting, running, done (well or not), or no longer known."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    UNKNOWN = "unknown"
+
+    @property
+    def active(self) -> bool:
+        return self in (JobState.QUEUED, JobState.RUNNING)
+
+
+@dataclass(frozen=True)
+class JobReport:
+    """A job as its caller follows it; `result` is what the job returned (JSON values), or
+    the error it failed with."""
+
+    job_id: str
+    state: JobState
+    enqueued_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    result: Any = None
+    error: str | None = None
+
+
+async def job_report(redis: ArqRedis, job_id: str) -> JobReport:
+    """Where the job is now. A finished job's result is kept for `REQUESTED_JOB_KEEP_SECONDS`;
+    after that (or for an id never queued) the state is UNKNOWN."""
+    job = Job(job_id, redis, _queue_name=redis.default_queue_name)
+    status = await job.status()
+    if status in (JobStatus.queued, JobStatus.deferred, JobStatus.in_progress):
+        info = await job.info()
+        return JobReport(
+            job_id,
+            JobState.RUNNING if status is JobStatus.in_progress else JobState.QUEUED,
+            enqueued_at=None if info is None else info.enqueue_time,
+        )
+    if status is not JobStatus.complete:
+        return JobReport(job_id, JobState.UNKNOWN)
+    done = await job.result_info()
+    if done is None:
+        return JobReport(job_id, JobState.UNKNOWN)
+    plain = json.loads(json.dumps(done.result, default=str))
+    return JobReport(
+        job_id,
+        JobState.SUCCEEDED if done.success else JobState.FAILED,
+        enqueued_at=done.enqueue_time,
+        started_at=done.start_time,
+        finished_at=done.finish_time,
+        result=plain if done.success else None,
+        error=None if done.success else f"{type(done.result).__name__}: {done.result}"[:500],
+    )
+
+
+# How long the result of a requested job stays readable.
+REQUESTED_JOB_KEEP_SECONDS = 7 * 24 * 3600

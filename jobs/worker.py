@@ -17,9 +17,11 @@ from app.outages import outage_of
 from app.settings import Settings, get_settings
 from jobs.bulk import run_bulk_action
 from jobs.context import shutdown, startup
+from jobs.enqueue import REPLAY_FUNCTION, REQUESTED_JOB_KEEP_SECONDS, RETRAIN_FUNCTION
 from jobs.ingest import enqueue_polls, normalize_connection, poll_connection, sweep_unnormalized
 from jobs.instrument import instrument
 from jobs.outages import Backoff, OutageTracker
+from jobs.requested import replay_connection_requested, retrain_model_requested
 from jobs.retention import prune_history
 from jobs.retry import (
     attempt_payment,
@@ -42,6 +44,22 @@ FUNCTIONS = [
     # poll it stays within 300 s (see retrain_model below): a run takes batches for 240 s,
     # then queues itself again (a try each: a million payments is far fewer than 1,000 runs).
     func(run_bulk_action, timeout=300, keep_result=0, max_tries=1000),  # type: ignore[arg-type]
+    # Requested by support through the API: results kept for the caller to read. A replay
+    # commits batch by batch and is idempotent, so one cut short by the timeout runs again.
+    func(
+        replay_connection_requested,  # type: ignore[arg-type]
+        name=REPLAY_FUNCTION,
+        timeout=3600,
+        keep_result=REQUESTED_JOB_KEEP_SECONDS,
+        max_tries=8,
+    ),
+    func(
+        retrain_model_requested,  # type: ignore[arg-type]
+        name=RETRAIN_FUNCTION,
+        timeout=1800,
+        keep_result=REQUESTED_JOB_KEEP_SECONDS,
+        max_tries=6,
+    ),
 ]
 _EVERY_10S = set(range(0, 60, 10))
 CRON_JOBS = [

@@ -2,14 +2,24 @@
 
 import uuid
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 from app.enums import ConnectionStatus, Processor
+from app.errors import InvalidArgument
 from app.models.ingestion import ProcessorConnection
 from app.services.connection import create_connection, pollable_connection, set_connection_status
+from app.services.ingestion_view import (
+    DeadLetterView,
+    RawRecordView,
+    dead_letters_page,
+    raw_records_page,
+    require_reader,
+)
 from jobs.enqueue import enqueue_poll
 from resolvers.context import Context
 from resolvers.ids import decode_id
+from resolvers.pagination import Page, after_key, make_page, page_size
 
 
 async def for_merchant(ctx: Context, merchant_id: uuid.UUID) -> list[ProcessorConnection]:
@@ -68,3 +78,42 @@ async def sync(ctx: Context, *, global_id: str) -> tuple[ProcessorConnection, bo
         )
     queued = await enqueue_poll(ctx.job_queue(), connection.id)
     return connection, queued
+
+
+async def raw_records(
+    ctx: Context,
+    connection: ProcessorConnection,
+    *,
+    first: int | None,
+    after: str | None,
+    since: datetime | None,
+    unnormalized_only: bool,
+) -> Page[RawRecordView]:
+    """A page of the connection's raw records (support, or the merchant's own key)."""
+    principal = ctx.require_principal()
+    require_reader(principal, connection.merchant_id)
+    size = page_size(first, ctx.settings)
+    if since is not None and since.utcoffset() is None:
+        raise InvalidArgument("give a time zone offset, e.g. 2026-11-01T00:00:00Z", field="since")
+    async with ctx.db.session(principal.scope) as session:
+        rows = await raw_records_page(
+            session,
+            connection.id,
+            first=size,
+            after=after_key(after),
+            since=since,
+            unnormalized_only=unnormalized_only,
+        )
+    return make_page(rows, size, lambda v: (v.row.received_at, v.row.id))
+
+
+async def dead_letters(
+    ctx: Context, connection: ProcessorConnection, *, first: int | None, after: str | None
+) -> Page[DeadLetterView]:
+    """A page of the connection's dead letters (support, or the merchant's own key)."""
+    principal = ctx.require_principal()
+    require_reader(principal, connection.merchant_id)
+    size = page_size(first, ctx.settings)
+    async with ctx.db.session(principal.scope) as session:
+        rows = await dead_letters_page(session, connection.id, first=size, after=after_key(after))
+    return make_page(rows, size, lambda v: (v.row.created_at, v.row.id))

@@ -9,16 +9,99 @@ from strawberry.scalars import JSON
 from app.enums import ConnectionStatus as ConnectionStatusValue
 from app.errors import ErrorCode, InvalidArgument
 from app.models.ingestion import ProcessorConnection as ConnectionModel
+from app.services.ingestion_view import DeadLetterView, RawRecordView
 from resolvers import connection as connection_resolvers
 from resolvers.context import Context
 from schema.enums import ConnectionStatus, Processor
 from schema.mutation import Payload, ReasonArg, mutation
 from schema.node import Node
+from schema.relay import AfterArg, Connection, FirstArg, connection
 from schema.rows import from_row
 from schema.scalars import Long
 
 Info = strawberry.Info[Context, None]
 IdArg = Annotated[strawberry.ID, strawberry.argument(description="The connection's global id.")]
+
+
+PAYLOAD_DESCRIPTION = (
+    "The record as the processor sent it (Braintree XML as `{xml}`), scrubbed for display: "
+    "card numbers were never stored, and the values of secrets (keys, tokens, signatures, "
+    "passwords), card verification values, track data, the cardholder's name and the card's "
+    "fingerprint read `[redacted]`. Of the card, only its brand, last four digits, BIN and "
+    "expiry remain."
+)
+
+
+@strawberry.type(description="One record read from a processor, kept as it came.")
+class RawRecord:
+    id: strawberry.ID = strawberry.field(description="The record's id.")
+    processor: Processor = strawberry.field(description="The processor it came from.")
+    external_id: str | None = strawberry.field(
+        description="The processor's id of the payment or event, when the record has one."
+    )
+    received_at: datetime = strawberry.field(description="When the portal read it.")
+    content_hash: str = strawberry.field(
+        description="SHA-256 of its canonical JSON: the same record read twice is stored once."
+    )
+    normalized_at: datetime | None = strawberry.field(
+        description="When the normalizer last read it; null while it waits (webhooks)."
+    )
+    normalizer_version: int | None = strawberry.field(
+        description="The normalizer version that last read it."
+    )
+    payload: JSON = strawberry.field(description=PAYLOAD_DESCRIPTION)
+
+    @classmethod
+    def from_view(cls, view: RawRecordView) -> Self:
+        return from_row(
+            cls, view.row, id=strawberry.ID(str(view.row.id)), payload=JSON(view.payload)
+        )
+
+
+@strawberry.type(description="A raw record the normalizer could not read, and why.")
+class DeadLetter:
+    id: strawberry.ID = strawberry.field(description="The dead letter's id.")
+    reason: str = strawberry.field(description="Why it could not be normalized.")
+    normalizer_version: int = strawberry.field(description="The normalizer version that failed.")
+    created_at: datetime = strawberry.field(description="When it failed.")
+    raw_record: RawRecord = strawberry.field(
+        description="The record it was read from (it stays stored; a replay reads it again)."
+    )
+
+    @classmethod
+    def from_view(cls, view: DeadLetterView) -> Self:
+        return from_row(
+            cls,
+            view.row,
+            id=strawberry.ID(str(view.row.id)),
+            raw_record=RawRecord.from_view(view.raw),
+        )
+
+
+@connection(
+    "A page of raw records, newest received first.",
+    edge="A raw record and its cursor.",
+    noun="record",
+    nouns="records",
+)
+class RawRecordConnection(Connection[RawRecord]):
+    pass
+
+
+@connection(
+    "A page of dead letters, newest first.",
+    edge="A dead letter and its cursor.",
+    noun="dead letter",
+    nouns="dead letters",
+)
+class DeadLetterConnection(Connection[DeadLetter]):
+    pass
+
+
+READERS = (
+    " Support, or the merchant's own key (a partner key is refused FORBIDDEN: payloads carry "
+    "the merchant's customers' personal data)."
+)
 
 
 @strawberry.type(description="A merchant's account at a processor, polled for failed payments.")
@@ -43,6 +126,48 @@ class ProcessorConnection(Node):
     @strawberry.field(description="How many payments were ingested through this connection.")
     async def payments_ingested(self, info: Info) -> Long:
         return Long(await connection_resolvers.payments_ingested(info.context, self._row.id))
+
+    @strawberry.field(
+        description="Records read from the processor, newest received first, payloads scrubbed."
+        + READERS
+    )
+    async def raw_records(
+        self,
+        info: Info,
+        first: FirstArg = None,
+        after: AfterArg = None,
+        since: Annotated[
+            datetime | None,
+            strawberry.argument(description="Only records received at or after this time."),
+        ] = None,
+        unnormalized_only: Annotated[
+            bool,
+            strawberry.argument(
+                description="Only records the normalizer has not read yet (webhooks waiting)."
+            ),
+        ] = False,
+    ) -> RawRecordConnection:
+        page = await connection_resolvers.raw_records(
+            info.context,
+            self._row,
+            first=first,
+            after=after,
+            since=since,
+            unnormalized_only=unnormalized_only,
+        )
+        return RawRecordConnection.from_page(page, RawRecord.from_view)
+
+    @strawberry.field(
+        description="Records the normalizer could not read, newest first, payloads scrubbed."
+        + READERS
+    )
+    async def dead_letters(
+        self, info: Info, first: FirstArg = None, after: AfterArg = None
+    ) -> DeadLetterConnection:
+        page = await connection_resolvers.dead_letters(
+            info.context, self._row, first=first, after=after
+        )
+        return DeadLetterConnection.from_page(page, DeadLetter.from_view)
 
 
 @strawberry.input(description="A processor account to read a merchant's failed payments from.")

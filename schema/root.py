@@ -18,6 +18,7 @@ from schema import (
     model,
     payment_recovery,
     retry_policy,
+    support_jobs,
     webhook_endpoint,
 )
 from schema.api_key import ApiKey, ApiKeyConnection, api_keys
@@ -47,6 +48,7 @@ from schema.stats import (
     ToArg,
     viewer_recovery_stats,
 )
+from schema.support_jobs import BackgroundJob, background_job
 from schema.webhook_endpoint import WebhookEndpoint
 
 # What `node(id:)` answers with; a global id may name only these types.
@@ -117,6 +119,13 @@ class Query:
     merchants: MerchantConnection = strawberry.field(
         resolver=merchants, description="Merchants visible to the caller, oldest first."
     )
+    background_job: BackgroundJob | None = strawberry.field(
+        resolver=background_job,
+        description=(
+            "A job queued by replayConnection or retrainModel, by its id (support only); null "
+            "for an id that names no such job."
+        ),
+    )
 
     @strawberry.field(description="One merchant by global id; null when not visible.")
     async def merchant(
@@ -139,6 +148,7 @@ class Query:
 @strawberry.type(description="Entry points for changing configuration.")
 class Mutation:
     update_retry_policy = retry_policy.update_retry_policy
+    preview_retry_policy = retry_policy.preview_retry_policy
     cancel_payment_recovery = payment_recovery.cancel_payment_recovery
     retry_payment_now = payment_recovery.retry_payment_now
     connect_processor = connection.connect_processor
@@ -157,6 +167,8 @@ class Mutation:
     # Support's bulk actions.
     cancel_payment_recoveries = bulk_action.cancel_payment_recoveries
     pause_merchants_recovery = bulk_action.pause_merchants_recovery
+    replay_connection = support_jobs.replay_connection
+    retrain_model = support_jobs.retrain_model
 
 
 def build_schema(settings: Settings) -> strawberry.Schema:

@@ -88,3 +88,26 @@ async def entries_by_merchant_ids(
         if row.merchant_id is not None:
             grouped[row.merchant_id].append(row)
     return grouped
+
+
+async def entry_exists(session: AsyncSession, entry_id: uuid.UUID) -> bool:
+    """Whether an audit entry was committed (a job started by a request checks its entry)."""
+    found = await session.execute(select(col(AuditLog.id)).where(col(AuditLog.id) == entry_id))
+    return found.scalar_one_or_none() is not None
+
+
+async def latest_entry(
+    session: AsyncSession, *, action: str, entity_type: str, entity_id: str
+) -> AuditLog | None:
+    """The newest audit entry of one action on one thing, if any."""
+    found = await session.execute(
+        select(AuditLog)
+        .where(
+            col(AuditLog.action) == action,
+            col(AuditLog.entity_type) == entity_type,
+            col(AuditLog.entity_id) == entity_id,
+        )
+        .order_by(col(AuditLog.created_at).desc(), col(AuditLog.id).desc())
+        .limit(1)
+    )
+    return found.scalar_one_or_none()

@@ -19,6 +19,7 @@ from sqlmodel import col, select
 from app.db import UnitOfWork
 from app.enums import DeclineCategory, EndAction, RetryStrategy
 from app.errors import NotFound, ValidationFailed, VersionConflict
+from app.models.audit import AuditLog
 from app.models.merchant import Merchant
 from app.models.retry_policy import RetryPolicy
 from app.services import audit
@@ -270,3 +271,114 @@ async def update_retry_policy(
     )
     await uow.session.flush()
     return new
+
+
+@dataclass(frozen=True)
+class FieldChange:
+    """One setting a policy version changed: its API name, the value before and after."""
+
+    field: str
+    old: Any
+    new: Any
+
+
+@dataclass(frozen=True)
+class PolicyVersion:
+    """A policy version as its history shows it: the row, the change it made over the version
+    before it (empty for the first), and the audit entry that recorded it, when one did."""
+
+    policy: RetryPolicy
+    changes: tuple[FieldChange, ...]
+    actor_key_id: uuid.UUID | None
+
+
+# Settings as the API names them, in the order the history lists their changes.
+_API_NAMES = {
+    "enabled": "enabled",
+    "max_attempts": "maxAttempts",
+    "window_days": "windowDays",
+    "min_hours_between_attempts": "minHoursBetweenAttempts",
+    "quiet_hours": "quietHours",
+    "timezone": "timezone",
+    "excluded_decline_categories": "excludedDeclineCategories",
+    "strategy": "strategy",
+    "fixed_schedule_days": "fixedScheduleDays",
+    "end_action": "endAction",
+    "control_group_percent": "controlGroupPercent",
+}
+
+
+def _api_values(policy: RetryPolicy) -> dict[str, Any]:
+    """The policy's settings as the API shows them: enums by their names (`MODEL`)."""
+    values = snapshot(policy)
+    values["strategy"] = RetryStrategy(values["strategy"]).name
+    values["end_action"] = EndAction(values["end_action"]).name
+    values["excluded_decline_categories"] = sorted(
+        DeclineCategory(c).name for c in values["excluded_decline_categories"]
+    )
+    start, end = values.pop("quiet_hours_start"), values.pop("quiet_hours_end")
+    values["quiet_hours"] = (
+        None if start is None or end is None else {"startHour": start, "endHour": end}
+    )
+    return values
+
+
+def diff(before: RetryPolicy | None, after: RetryPolicy) -> tuple[FieldChange, ...]:
+    """What `after` changed over `before`, field by field (nothing for a first version)."""
+    if before is None:
+        return ()
+    old, new = _api_values(before), _api_values(after)
+    return tuple(
+        FieldChange(field=api, old=old[name], new=new[name])
+        for name, api in _API_NAMES.items()
+        if old[name] != new[name]
+    )
+
+
+async def policy_history(
+    session: AsyncSession,
+    merchant_id: uuid.UUID,
+    *,
+    first: int,
+    after_id: uuid.UUID | None,
+) -> list[PolicyVersion]:
+    """Up to `first + 1` versions of a merchant's policy, newest first, older than the version
+    whose row id is `after_id` when given (the page's cursor): each with its diff against the
+    version before it and the audit entry's key.
+
+    Versions are rows that are never updated, so the diff is computed from them (one more row
+    than the page is read for the oldest version's predecessor); the audit entry of a version
+    is the `retry_policy.update` entry whose `after.version` is that version."""
+    query = select(RetryPolicy).where(col(RetryPolicy.merchant_id) == merchant_id)
+    if after_id is not None:
+        cursor_version = (
+            select(col(RetryPolicy.version))
+            .where(col(RetryPolicy.id) == after_id, col(RetryPolicy.merchant_id) == merchant_id)
+            .scalar_subquery()
+        )
+        query = query.where(col(RetryPolicy.version) < cursor_version)
+    rows = list(
+        (await session.execute(query.order_by(col(RetryPolicy.version).desc()).limit(first + 2)))
+        .scalars()
+        .all()
+    )
+    versions = [r.version for r in rows[: first + 1]]
+    keys: dict[int, uuid.UUID | None] = {}
+    if versions:
+        version_of = AuditLog.after["version"].as_integer()  # type: ignore[index]
+        entries = await session.execute(
+            select(version_of, col(AuditLog.actor_key_id)).where(
+                col(AuditLog.merchant_id) == merchant_id,
+                col(AuditLog.action) == "retry_policy.update",
+                version_of.in_(versions),
+            )
+        )
+        keys = {int(row[0]): row[1] for row in entries.all()}
+    return [
+        PolicyVersion(
+            policy=row,
+            changes=diff(rows[i + 1] if i + 1 < len(rows) else None, row),
+            actor_key_id=keys.get(row.version),
+        )
+        for i, row in enumerate(rows[: first + 1])
+    ]

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from arq.constants import default_queue_name, job_key_prefix
 from sqlalchemy import update
 from sqlmodel import col, select
 
@@ -240,6 +241,31 @@ async def case_update_retry_policy(w: World) -> None:
             "retryPolicy": {"version": 2, "maxAttempts": 5},
             "errors": [],
         }
+
+
+PREVIEW = """mutation($id: ID!) { previewRetryPolicy(merchantId: $id, input: {maxAttempts: 5}) {
+  preview { basedOnVersion redecidedPayments } errors { code field } } }"""
+
+
+async def case_preview_retry_policy(w: World) -> None:
+    """As updateRetryPolicy: own merchant or support; nothing is written either way."""
+
+    def mid(name: str) -> str:
+        return encode_id("Merchant", w.merchants[name].id)
+
+    not_found = [{"code": "NOT_FOUND", "field": "merchantId"}]
+    # Each merchant has one scheduled payment: its own only is counted.
+    ok = {"preview": {"basedOnVersion": 1, "redecidedPayments": 1}, "errors": []}
+    data = await _query(w, "merchant", PREVIEW, id=mid("B"))
+    assert _errors(data, "previewRetryPolicy") == not_found
+    data = await _query(w, "merchant", PREVIEW, id=mid("A"))
+    assert data["previewRetryPolicy"] == ok
+    await _forbidden(w, "partner", PREVIEW, id=mid("B"))
+    data = await _query(w, "partner", PREVIEW, id=mid("C"))
+    assert _errors(data, "previewRetryPolicy") == not_found
+    for name in "ABC":
+        data = await _query(w, "support", PREVIEW, id=mid(name))
+        assert data["previewRetryPolicy"] == ok
 
 
 async def case_api_keys(w: World) -> None:
@@ -660,12 +686,98 @@ async def case_pause_merchants_recovery(w: World) -> None:
     await _bulk_matrix(w, "pauseMerchantsRecovery", BULK_PAUSE)
 
 
+# --- Support's view of ingestion and its requested jobs --------------------------------------
+
+REPLAY = """mutation($id: ID!) { replayConnection(id: $id, reason: "tenancy") {
+  job { id state } queued errors { code field } } }"""
+RETRAIN = """mutation { retrainModel(reason: "tenancy") { job { id } queued errors { code } } }"""
+FOLLOW = "query($id: ID!) { backgroundJob(id: $id) { id state } }"
+
+
+async def _drop_job(w: World, job_id: str) -> None:
+    """Take a queued job off the shared queue, so that no worker runs it."""
+    await w.queue.zrem(default_queue_name, job_id)
+    await w.queue.delete(job_key_prefix + job_id)
+
+
+async def case_replay_connection(w: World) -> None:
+    def cid(name: str) -> str:
+        return encode_id("ProcessorConnection", w.connections[name].id)
+
+    not_found = [{"code": "NOT_FOUND", "field": "id"}]
+    data = await _query(w, "merchant", REPLAY, id=cid("B"))
+    assert _errors(data, "replayConnection") == not_found
+    await _forbidden(w, "merchant", REPLAY, id=cid("A"))
+    await _forbidden(w, "partner", REPLAY, id=cid("B"))
+    data = await _query(w, "partner", REPLAY, id=cid("C"))
+    assert _errors(data, "replayConnection") == not_found
+    data = await _query(w, "support", REPLAY, id=cid("C"))
+    payload = data["replayConnection"]
+    assert payload["errors"] == []  # type: ignore[index]
+    assert payload["queued"] is True  # type: ignore[index]
+    await _drop_job(w, payload["job"]["id"])  # type: ignore[index]
+
+
+async def case_retrain_model(w: World) -> None:
+    await _forbidden(w, "merchant", RETRAIN)
+    await _forbidden(w, "partner", RETRAIN)
+    data = await _query(w, "support", RETRAIN)
+    payload = data["retrainModel"]
+    assert payload["queued"] is True  # type: ignore[index]
+    await _drop_job(w, payload["job"]["id"])  # type: ignore[index]
+
+
+async def case_background_job(w: World) -> None:
+    data = await _query(w, "support", RETRAIN)
+    job_id = data["retrainModel"]["job"]["id"]  # type: ignore[index]
+    try:
+        await _forbidden(w, "merchant", FOLLOW, id=job_id)
+        await _forbidden(w, "partner", FOLLOW, id=job_id)
+        data = await _query(w, "support", FOLLOW, id=job_id)
+        assert data["backgroundJob"] == {"id": job_id, "state": "QUEUED"}
+    finally:
+        await _drop_job(w, job_id)
+
+
+INGESTION = """query($id: ID!) { node(id: $id) { ... on ProcessorConnection {
+  rawRecords(first: 5) { edges { node { id } } } deadLetters(first: 5) { edges { node { id } } }
+} } }"""
+
+
+async def test_raw_records_and_dead_letters_follow_the_key_scope(world: World) -> None:
+    """Support reads any connection's; a merchant key its own; a partner key none (FORBIDDEN
+    where it sees the connection, null where it does not)."""
+    readable = {"merchant": {"A"}, "partner": set(), "support": {"A", "B", "C"}}
+    for role in ROLES:
+        for name in "ABC":
+            variables = {"id": encode_id("ProcessorConnection", world.connections[name].id)}
+            result = await run(
+                world.db,
+                world.settings,
+                world.clock,
+                INGESTION,
+                token=world.tokens[role],
+                variables=variables,
+            )
+            if name in readable[role]:
+                assert result.errors is None, (role, name, result.errors)
+                assert result.data == {
+                    "node": {"rawRecords": {"edges": []}, "deadLetters": {"edges": []}}
+                }
+            elif name in world.visible[role]:
+                assert set(codes(result)) == {"FORBIDDEN"}, (role, name)
+            else:
+                assert result.errors is None
+                assert result.data == {"node": None}, (role, name)
+
+
 TENANCY_CASES: dict[str, Callable[[World], Awaitable[None]]] = {
     "viewer": case_viewer,
     "merchants": case_merchants,
     "merchant": case_merchant,
     "node": case_node,
     "updateRetryPolicy": case_update_retry_policy,
+    "previewRetryPolicy": case_preview_retry_policy,
     "cancelPaymentRecovery": case_cancel_payment_recovery,
     "retryPaymentNow": case_retry_payment_now,
     "apiKeys": case_api_keys,
@@ -685,6 +797,9 @@ TENANCY_CASES: dict[str, Callable[[World], Awaitable[None]]] = {
     "setWebhookEndpointEnabled": case_set_webhook_endpoint_enabled,
     "cancelPaymentRecoveries": case_cancel_payment_recoveries,
     "pauseMerchantsRecovery": case_pause_merchants_recovery,
+    "replayConnection": case_replay_connection,
+    "retrainModel": case_retrain_model,
+    "backgroundJob": case_background_job,
 }
 
 
