@@ -151,6 +151,13 @@ class Mutation:
     create_webhook_endpoint = webhook_endpoint.create_webhook_endpoint
     rotate_webhook_secret = webhook_endpoint.rotate_webhook_secret
     set_webhook_endpoint_enabled = webhook_endpoint.set_webhook_endpoint_enabled
+    # Managing what was created.
+    update_webhook_endpoint = webhook_endpoint.update_webhook_endpoint
+    delete_webhook_endpoint = webhook_endpoint.delete_webhook_endpoint
+    send_test_webhook = webhook_endpoint.send_test_webhook
+    redeliver_webhook = webhook_endpoint.redeliver_webhook
+    update_processor_credentials = connection.update_processor_credentials
+    disconnect_processor = connection.disconnect_processor
 
 
 def build_schema(settings: Settings) -> strawberry.Schema:
