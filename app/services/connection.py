@@ -107,7 +107,19 @@ def credential_problems(kind: Processor, credentials: Mapping[str, Any]) -> list
     empty = sorted(k for k in REQUIRED_CREDENTIALS[kind] & set(credentials) if not credentials[k])
     if empty:
         problems.append(("credentials", f"empty value for {', '.join(empty)}"))
+    hmac_key = credentials.get("hmac_key_hex")
+    if kind is Processor.ADYEN and hmac_key and not _is_hex(hmac_key):
+        # The one credential the processor cannot check: it signs what Adyen sends.
+        problems.append(("credentials", "hmac_key_hex must be hexadecimal"))
     return problems
+
+
+def _is_hex(value: object) -> bool:
+    try:
+        bytes.fromhex(str(value))
+    except ValueError:
+        return False
+    return True
 
 
 _MAX_LENGTHS = {"baseUrl": 500, "name": 200, "accountRef": 255}

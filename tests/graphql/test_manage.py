@@ -16,7 +16,15 @@ from sqlmodel import col, select
 from app.clock import FixedClock
 from app.crypto import CredentialBox
 from app.db import Database
-from app.enums import ApiKeyScope, ConnectionStatus, PaymentState, Role, WebhookDeliveryStatus
+from app.enums import (
+    ApiKeyScope,
+    ConnectionStatus,
+    PaymentState,
+    Processor,
+    Role,
+    WebhookDeliveryStatus,
+)
+from app.errors import NotFound
 from app.models.api_key import ApiKeyMerchant
 from app.models.ingestion import ProcessorConnection
 from app.models.merchant import Merchant
@@ -24,10 +32,11 @@ from app.models.payment import Payment
 from app.models.retry import OutboxEvent, PaymentTransition
 from app.models.webhook_endpoint import WebhookDelivery, WebhookEndpoint
 from app.retry.events import WEBHOOK_EVENT_TYPES
-from app.services.connection import active_connection_ids
+from app.services.connection import active_connection_ids, create_connection
 from app.settings import Settings
-from app.tenancy import SYSTEM_SCOPE
+from app.tenancy import SYSTEM_SCOPE, system_principal
 from app.workflows.authentication import PrincipalCache, authenticate
+from app.workflows.processor_webhook import receive_adyen
 from app.workflows.webhook_delivery import (
     DELIVERY_HEADER,
     EVENT_HEADER,
@@ -37,10 +46,19 @@ from app.workflows.webhook_delivery import (
     verify,
 )
 from resolvers.ids import decode_id, encode_id
+from sandbox.common import connection_credentials
 from tests.support.audit import audit_entries
 from tests.support.billing import sandbox_world, stripe_account
-from tests.support.factories import key_id, make_connection, make_key, make_merchant, make_payments
+from tests.support.factories import (
+    SANDBOX_URLS,
+    key_id,
+    make_connection,
+    make_key,
+    make_merchant,
+    make_payments,
+)
 from tests.support.graphql import codes, run, run_data
+from tests.support.sandbox import create_account
 from tests.support.webhooks import PUBLIC, queue_delivery, table_resolver
 
 URL = "https://merchant.test/hooks"
@@ -597,6 +615,83 @@ async def test_credentials_are_checked_at_the_processor_before_they_are_stored(
     assert "sk_wrong_secret_value" not in logged
 
 
+@pytest.mark.parametrize("processor", list(Processor))
+async def test_each_processor_checks_credentials_with_one_read(
+    db: Database, settings: Settings, clock: FixedClock, processor: Processor
+) -> None:
+    """Every processor's check: the sandbox account's own credentials are accepted, a wrong
+    secret is refused with the processor's 401, and only accepted ones are stored."""
+    merchant, token = await _setup(db, clock)
+    async with sandbox_world(clock.now()) as sandbox:
+        suffix = uuid.uuid4().hex[:8]
+        account_id, key = f"{processor.value}_{suffix}", f"key_{suffix}"
+        hmac_key = "ab" * 32 if processor is Processor.ADYEN else None
+        body = {
+            "processor": processor.value,
+            "account_id": account_id,
+            "merchant_seed": 3,
+            "api_key": key,
+            "history_days": 1,
+            "customers": 5,
+        }
+        await create_account(sandbox.http, {**body, "hmac_key_hex": hmac_key} if hmac_key else body)
+        good = connection_credentials(processor.value, account_id, key, hmac_key)
+        async with db.uow(SYSTEM_SCOPE) as uow:
+            connection = await create_connection(
+                uow,
+                principal=system_principal(),
+                merchant_id=merchant.id,
+                kind=processor,
+                base_url=f"{sandbox.url}/{processor.value}",
+                policy=SANDBOX_URLS,
+                credentials=dict.fromkeys(good, "placeholder") | {"hmac_key_hex": "00"},
+                box=_box(settings),
+                account_ref=account_id,
+                now=clock.now(),
+            )
+            await uow.commit()
+        cid = encode_id("ProcessorConnection", connection.id)
+        wrong = {
+            k: (v if k in ("public_key", "hmac_key_hex") else "wrong") for k, v in good.items()
+        }
+        for credentials, refusal in ((wrong, [("INVALID", "credentials")]), (good, [])):
+            data = await run_data(
+                db,
+                settings,
+                clock,
+                CREDENTIALS,
+                token,
+                id=cid,
+                credentials=credentials,
+                reason="rotate",
+            )
+            assert _errors(data["updateProcessorCredentials"]) == refusal, credentials
+    [row] = await _rows(db, ProcessorConnection)
+    assert dict(_box(settings).open(row.credentials_encrypted)) == good
+
+
+async def test_an_adyen_signing_key_must_be_hexadecimal(
+    db: Database, settings: Settings, clock: FixedClock
+) -> None:
+    merchant, token = await _setup(db, clock)
+    connection = await make_connection(
+        db, merchant, now=clock.now(), settings=settings, kind=Processor.ADYEN
+    )
+    data = await run_data(
+        db,
+        settings,
+        clock,
+        CREDENTIALS,
+        token,
+        id=encode_id("ProcessorConnection", connection.id),
+        credentials={"api_key": "k", "hmac_key_hex": "not-hex"},
+        reason="rotate",
+    )
+    payload = data["updateProcessorCredentials"]
+    assert _errors(payload) == [("INVALID", "credentials")]
+    assert payload["errors"][0]["message"] == "hmac_key_hex must be hexadecimal"
+
+
 async def test_credentials_that_cannot_be_checked_are_not_stored(
     db: Database, settings: Settings, clock: FixedClock
 ) -> None:
@@ -684,6 +779,19 @@ async def test_disconnect_stops_the_connection_and_cancels_its_open_recoveries(
         reason="r",
     )
     assert _errors(data["updateProcessorCredentials"]) == [("INVALID_STATE", "id")]
+
+
+async def test_a_disconnected_adyen_connection_refuses_its_webhooks(
+    db: Database, settings: Settings, clock: FixedClock
+) -> None:
+    merchant, token = await _setup(db, clock)
+    connection = await make_connection(
+        db, merchant, now=clock.now(), settings=settings, kind=Processor.ADYEN
+    )
+    cid = encode_id("ProcessorConnection", connection.id)
+    await run_data(db, settings, clock, DISCONNECT, token, id=cid, reason="switching")
+    with pytest.raises(NotFound, match="disconnected"):
+        await receive_adyen(db, connection.id, b"{}", box=_box(settings), now=clock.now())
 
 
 async def test_disconnect_is_refused_while_a_charge_is_in_flight(
