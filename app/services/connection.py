@@ -25,6 +25,7 @@ from app.services import audit
 from app.services.lookup import configurable_row
 from app.services.retry.engine import run_event
 from app.services.retry.ledger import load_contexts
+from app.services.retry.writes import Writes
 from app.tenancy import Principal
 from app.urls import UrlForbidden, UrlMalformed, UrlPolicy, check_url
 
@@ -308,6 +309,8 @@ async def disconnect_connection(
     for start in range(0, len(open_ids), _CANCEL_BATCH):
         batch = open_ids[start : start + _CANCEL_BATCH]
         contexts = await load_contexts(uow.session, batch, now=now, lock=True)
+        # Each batch's timelines, outbox events and payment changes in one statement each.
+        writes = Writes()
         for ctx in contexts.values():
             if ctx.payment.state not in _OPEN:
                 raise InvalidState("a charge started meanwhile; disconnect once it settles")
@@ -318,8 +321,12 @@ async def disconnect_connection(
                 now=now,
                 actor_label=principal.actor_label,
                 event_label="connection_disconnected",
+                writes=writes,
             )
+            writes.touch(ctx.payment)
             canceled += 1
+        await writes.flush(uow.session)
+        await uow.session.flush()
     before = {"status": connection.status.value}
     connection.status = ConnectionStatus.DISCONNECTED
     connection.credentials_encrypted = box.seal({})
