@@ -239,8 +239,8 @@ class UpdateWebhookEndpointInput:
     url: str | None = strawberry.field(
         default=strawberry.UNSET,
         description=(
-            "A new URL, checked like createWebhookEndpoint's while the endpoint is enabled; "
-            "pending deliveries go to it from their next try. Null or left out: unchanged."
+            "A new URL, checked like createWebhookEndpoint's; pending deliveries go to it from "
+            "their next try. Null or left out: unchanged."
         ),
     )
     enabled: bool | None = strawberry.field(
@@ -280,7 +280,7 @@ async def update_webhook_endpoint(
         info.context,
         global_id=str(input.endpoint_id),
         reason=input.reason,
-        url=input.url or None,
+        url=None if input.url is strawberry.UNSET else input.url,
         enabled=None if input.enabled is strawberry.UNSET else input.enabled,
         event_types=event_types if set_types else None,
         set_event_types=set_types,

@@ -295,8 +295,8 @@ async def update_endpoint(
 ) -> WebhookEndpoint:
     """Change an endpoint's URL, whether it is enabled, and the event types it receives (when
     `set_event_types`: None is every type), audited with the settings before and after; a
-    change to what it already has is not logged. An endpoint left enabled has its URL checked
-    (a new one, or the old one when switched back on). Deliveries already queued keep going to
+    change to what it already has is not logged. A new URL is checked, and so is the old one
+    when the endpoint is switched back on. Deliveries already queued keep going to
     the endpoint, to its URL at the time of each try; a new type filter applies to the events
     fanned out from now on."""
     endpoint = await _configurable(uow, principal, endpoint_id)
@@ -304,7 +304,7 @@ async def update_endpoint(
     types = checked_event_types(event_types) if set_event_types else endpoint.event_types
     new_url = endpoint.url if url is None else url
     new_enabled = endpoint.enabled if enabled is None else enabled
-    if new_enabled and (new_url != endpoint.url or not endpoint.enabled):
+    if new_url != endpoint.url or (new_enabled and not endpoint.enabled):
         checked_url(new_url, policy)
     before = _settings(endpoint)
     endpoint.url, endpoint.enabled, endpoint.event_types = new_url, new_enabled, types

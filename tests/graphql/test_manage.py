@@ -16,6 +16,7 @@ from sqlmodel import col, select
 from app.clock import FixedClock
 from app.crypto import CredentialBox
 from app.db import Database
+from app.embedded import Services
 from app.enums import (
     ApiKeyScope,
     ConnectionStatus,
@@ -58,6 +59,7 @@ from tests.support.factories import (
     make_payments,
 )
 from tests.support.graphql import codes, run, run_data
+from tests.support.http import portal_http
 from tests.support.sandbox import create_account
 from tests.support.webhooks import PUBLIC, queue_delivery, table_resolver
 
@@ -252,6 +254,9 @@ async def test_update_sets_event_types_url_and_enabled_and_audits_what_changed(
         ({"eventTypes": []}, ("INVALID", "eventTypes")),
         ({"eventTypes": ["ping"]}, ("INVALID", "eventTypes")),
         ({"url": "not a url"}, ("INVALID", "url")),
+        ({"url": "", "enabled": False}, ("INVALID", "url")),
+        ({"url": "https://merchant.test/" + "x" * 500}, ("INVALID", "url")),
+        ({"url": "https://10.0.0.7/hooks", "enabled": False}, ("URL_NOT_ALLOWED", "url")),
         ({"url": "https://10.0.0.7/hooks"}, ("URL_NOT_ALLOWED", "url")),
         ({"enabled": False, "reason": " "}, ("INVALID", "reason")),
     ],
@@ -613,6 +618,47 @@ async def test_credentials_are_checked_at_the_processor_before_they_are_stored(
     logged = "\n".join(r.getMessage() for r in caplog.records)
     assert key not in logged
     assert "sk_wrong_secret_value" not in logged
+
+
+async def test_rotated_credentials_reach_no_response_and_no_log_line_over_http(
+    db: Database,
+    settings: Settings,
+    clock: FixedClock,
+    services: Services,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    merchant, token = await _setup(db, clock)
+    connection = await make_connection(db, merchant, now=clock.now(), settings=settings)
+    cid = encode_id("ProcessorConnection", connection.id)
+    responses: list[str] = []
+    async with sandbox_world(clock.now()) as sandbox:
+        key = await stripe_account(sandbox)
+        async with db.uow(SYSTEM_SCOPE) as uow:
+            await uow.session.execute(
+                update(ProcessorConnection).values(base_url=f"{sandbox.url}/stripe")
+            )
+            await uow.commit()
+        async with portal_http(db, services.redis_url, settings, clock) as http:
+            for credentials in ({"api_key": "sk_live_leaked_wrong"}, {"api_key": key}):
+                response = await http.post(
+                    "/graphql",
+                    json={
+                        "query": CREDENTIALS,
+                        "variables": {"id": cid, "credentials": credentials, "reason": "r"},
+                    },
+                    headers={"authorization": f"Bearer {token}"},
+                )
+                assert response.status_code == 200
+                responses.append(response.text)
+    refused, accepted = (json.loads(r)["data"]["updateProcessorCredentials"] for r in responses)
+    assert _errors(refused) == [("INVALID", "credentials")]
+    assert accepted["errors"] == []
+    assert caplog.records, "nothing was logged, so the log assertion would prove nothing"
+    for secret in (key, "sk_live_leaked_wrong"):
+        assert all(secret not in r for r in responses)
+        assert secret not in caplog.text
+        assert all(secret not in str(r.args) + r.getMessage() for r in caplog.records)
 
 
 @pytest.mark.parametrize("processor", list(Processor))
