@@ -288,23 +288,26 @@ async def disconnect_connection(
     reason = audit.clean_reason(reason)
     if connection.status is ConnectionStatus.DISCONNECTED:
         return connection, 0
-    of_connection = col(Payment.connection_id) == connection.id
-    in_flight = (
+    # Its unfinished payments, locked (in id order, as every batch locks them): a claim of
+    # one for a charge either committed before (it is RETRYING here) or skips it, and once
+    # this commits none is due any more.
+    unfinished = (
         await uow.session.execute(
-            select(func.count()).where(of_connection, col(Payment.state) == PaymentState.RETRYING)
+            select(col(Payment.id), col(Payment.state))
+            .where(
+                col(Payment.connection_id) == connection.id,
+                col(Payment.state).in_((*_OPEN, PaymentState.RETRYING)),
+            )
+            .order_by(col(Payment.id))
+            .with_for_update()
         )
-    ).scalar_one()
+    ).all()
+    in_flight = sum(state is PaymentState.RETRYING for _, state in unfinished)
     if in_flight:
         raise InvalidState(
             f"{in_flight} charge(s) in flight; pause the connection and disconnect once settled"
         )
-    open_ids = list(
-        (
-            await uow.session.execute(
-                select(col(Payment.id)).where(of_connection, col(Payment.state).in_(_OPEN))
-            )
-        ).scalars()
-    )
+    open_ids = [payment_id for payment_id, _ in unfinished]
     canceled = 0
     for start in range(0, len(open_ids), _CANCEL_BATCH):
         batch = open_ids[start : start + _CANCEL_BATCH]
@@ -312,8 +315,6 @@ async def disconnect_connection(
         # Each batch's timelines, outbox events and payment changes in one statement each.
         writes = Writes()
         for ctx in contexts.values():
-            if ctx.payment.state not in _OPEN:
-                raise InvalidState("a charge started meanwhile; disconnect once it settles")
             await run_event(
                 uow,
                 ctx,
