@@ -127,6 +127,13 @@ class Role(StrEnum):
     SUPPORT = "support"
 
 
+class ApiKeyScope(StrEnum):
+    """What an API key may do within its role: read (queries), write (mutations)."""
+
+    READ = "read"
+    WRITE = "write"
+
+
 class RetryStrategy(StrEnum):
     """How retry times are chosen."""
 
@@ -171,6 +178,9 @@ class ConnectionStatus(StrEnum):
     ACTIVE = "active"
     PAUSED = "paused"
     ERROR = "error"
+    # Removed by a caller, for good: never polled or charged again, its credentials erased;
+    # its raw records and payments stay.
+    DISCONNECTED = "disconnected"
 
 
 class ModelStatus(StrEnum):

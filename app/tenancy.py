@@ -1,9 +1,10 @@
 """Who is asking and which merchants they may see: the scope every database session carries."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from uuid import UUID
 
-from app.enums import Role
+from app.enums import ApiKeyScope, Role
 from app.errors import Forbidden
 
 
@@ -32,6 +33,18 @@ class Principal:
     name: str
     role: Role
     scope: Scope
+    # What the key may do: READ alone refuses every mutation (`require_write`).
+    scopes: frozenset[ApiKeyScope] = field(default=frozenset(ApiKeyScope))
+    # When the key stops authenticating; a cached principal is not trusted past it.
+    expires_at: datetime | None = None
+
+    def expired(self, now: datetime) -> bool:
+        return self.expires_at is not None and self.expires_at <= now
+
+    def require_write(self) -> None:
+        """Refuse (`Forbidden`) a change by a key without the WRITE scope."""
+        if ApiKeyScope.WRITE not in self.scopes:
+            raise Forbidden("this key is read-only: a mutation needs the WRITE scope")
 
     @property
     def actor_label(self) -> str:
@@ -49,6 +62,21 @@ class Principal:
     ) -> None:
         """Refuse (`Forbidden`) unless this caller may change `what` of the merchant."""
         if not self.may_configure(merchant_id):
+            raise Forbidden(f"this key may not change {what}")
+
+    def may_integrate(self, merchant_id: UUID) -> bool:
+        """Who may set up and manage a merchant's integrations (webhook endpoints, processor
+        connections): whoever may configure it, and a partner key for a merchant it is
+        granted."""
+        if self.may_configure(merchant_id):
+            return True
+        return self.role is Role.PARTNER and self.scope.can_see(merchant_id)
+
+    def require_integrate(
+        self, merchant_id: UUID, what: str = "the merchant's integrations"
+    ) -> None:
+        """Refuse (`Forbidden`) unless this caller may manage `what` of the merchant."""
+        if not self.may_integrate(merchant_id):
             raise Forbidden(f"this key may not change {what}")
 
     def require_support(self, action: str) -> None:

@@ -182,7 +182,7 @@ class PortalGraphQL(GraphQL[Context, None]):
     Authentication: a request without a token is executed and fields needing a caller
     answer `UNAUTHENTICATED` errors. The spec leaves authorisation to the schema during
     execution, so that is a 200 partial response with `data: null`, not a 401. A token that
-    is presented but unknown, revoked or malformed is an HTTP-level failure: 401 with
+    is presented but unknown, revoked, expired or malformed is an HTTP-level failure: 401 with
     `WWW-Authenticate: Bearer error="invalid_token"` for the spec type; for legacy JSON the
     request runs unauthenticated as before.
 
@@ -298,7 +298,7 @@ class PortalGraphQL(GraphQL[Context, None]):
                 raise Refusal(
                     401,
                     ErrorCode.UNAUTHENTICATED,
-                    "the API key is unknown or revoked",
+                    "the API key is unknown, revoked or expired",
                     headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
                 )
 

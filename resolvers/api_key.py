@@ -1,8 +1,9 @@
 """Listing, creating and revoking API keys for the API."""
 
 import uuid
+from datetime import datetime
 
-from app.enums import Role
+from app.enums import ApiKeyScope, Role
 from app.models.api_key import ApiKey
 from app.models.merchant import Merchant
 from app.services.api_key import issue_api_key, list_api_keys, revoke_api_key
@@ -26,12 +27,26 @@ async def merchants(ctx: Context, key_id: uuid.UUID) -> list[Merchant]:
 
 
 async def create(
-    ctx: Context, *, role: Role, merchant_global_ids: list[str], name: str
+    ctx: Context,
+    *,
+    role: Role,
+    merchant_global_ids: list[str],
+    name: str,
+    scopes: frozenset[ApiKeyScope],
+    expires_at: datetime | None,
 ) -> tuple[ApiKey, str]:
     """Create a key in its own unit of work; returns it with its token (shown only now)."""
     async with ctx.change() as (uow, by):
         merchant_ids = [decode_id(g, expected="Merchant")[1] for g in merchant_global_ids]
-        return await issue_api_key(uow, name=name, role=role, merchant_ids=merchant_ids, **by)
+        return await issue_api_key(
+            uow,
+            name=name,
+            role=role,
+            merchant_ids=merchant_ids,
+            scopes=scopes,
+            expires_at=expires_at,
+            **by,
+        )
 
 
 async def revoke(ctx: Context, *, global_id: str, reason: str) -> ApiKey:

@@ -5,10 +5,21 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
+import httpx
+
 from app.enums import ConnectionStatus, Processor
-from app.errors import InvalidArgument
+from app.errors import InvalidArgument, ValidationFailed
 from app.models.ingestion import ProcessorConnection
-from app.services.connection import create_connection, pollable_connection, set_connection_status
+from app.processors.adapters import check_credentials
+from app.processors.base import PermanentProcessorError, ProcessorError
+from app.services.connection import (
+    create_connection,
+    disconnect_connection,
+    pollable_connection,
+    replace_credentials,
+    rotatable_connection,
+    set_connection_status,
+)
 from app.services.ingestion_view import (
     DeadLetterView,
     RawRecordView,
@@ -117,3 +128,60 @@ async def dead_letters(
     async with ctx.db.session(principal.scope) as session:
         rows = await dead_letters_page(session, connection.id, first=size, after=after_key(after))
     return make_page(rows, size, lambda v: (v.row.created_at, v.row.id))
+
+
+# How long the processor may take to answer a credential check (each of its tries).
+CREDENTIAL_CHECK_TIMEOUT = httpx.Timeout(10.0, connect=5.0)
+
+
+async def update_credentials(
+    ctx: Context, *, global_id: str, credentials: Mapping[str, Any], reason: str
+) -> ProcessorConnection:
+    """Replace a connection's credentials once the processor has accepted them: the check (one
+    read of the account with the new credentials) runs between two units of work, so no row
+    stays locked while the processor answers. The credentials reach no log and no error."""
+    async with ctx.change() as (uow, by):
+        _, connection_id = decode_id(global_id, expected="ProcessorConnection")
+        connection, info = await rotatable_connection(
+            uow,
+            principal=by["principal"],
+            connection_id=connection_id,
+            credentials=credentials,
+            box=ctx.credential_box(),
+        )
+        cursor = dict(connection.cursor)
+    async with httpx.AsyncClient(timeout=CREDENTIAL_CHECK_TIMEOUT, trust_env=False) as http:
+        try:
+            await check_credentials(info, http, cursor)
+        except PermanentProcessorError as exc:
+            # The processor's own words are left out: they might echo what was sent.
+            if exc.status in (401, 403):
+                message = f"the processor refused these credentials (HTTP {exc.status})"
+            elif exc.status is not None:
+                message = f"the processor refused a read with them (HTTP {exc.status})"
+            else:
+                message = "the processor's answer to a read with them could not be used"
+            raise ValidationFailed([("credentials", message + "; nothing was changed")]) from None
+        except ProcessorError as exc:
+            raise ValidationFailed(
+                [("credentials", f"could not be checked ({exc}); nothing was changed")]
+            ) from None
+    async with ctx.change() as (uow, by):
+        return await replace_credentials(
+            uow,
+            checked=info,
+            connection_id=connection_id,
+            reason=reason,
+            box=ctx.credential_box(),
+            **by,
+        )
+
+
+async def disconnect(
+    ctx: Context, *, global_id: str, reason: str
+) -> tuple[ProcessorConnection, int]:
+    async with ctx.change() as (uow, by):
+        _, connection_id = decode_id(global_id, expected="ProcessorConnection")
+        return await disconnect_connection(
+            uow, connection_id=connection_id, reason=reason, box=ctx.credential_box(), **by
+        )

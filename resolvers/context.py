@@ -47,6 +47,10 @@ class Context:
             raise Unauthenticated("send a valid API key as 'Authorization: Bearer <token>'")
         return self.principal
 
+    def require_write(self) -> None:
+        """Refuse a mutation (UNAUTHENTICATED without a key, FORBIDDEN for a READ-only key)."""
+        self.require_principal().require_write()
+
     @asynccontextmanager
     async def change(self) -> AsyncIterator[tuple[UnitOfWork, ChangeBy]]:
         """A unit of work for one change, and who makes it when (the caller, the clock's now):
@@ -72,6 +76,10 @@ class Context:
             self.arq = ArqRedis(pool_or_conn=self.redis.connection_pool)
             return self.arq
         raise RuntimeError("no Redis client in the request context; jobs cannot be queued")
+
+    def reset_loaders(self) -> None:
+        """Forget what the loaders cached (after the principal's scope changed)."""
+        self._loaders = None
 
     @property
     def loaders(self) -> Loaders:

@@ -1,6 +1,7 @@
 """Reading and changing merchants' webhook endpoints for the API."""
 
 import uuid
+from collections.abc import Sequence
 from datetime import timedelta
 
 from app.errors import InvalidArgument
@@ -8,8 +9,12 @@ from app.models.webhook_endpoint import WebhookEndpoint
 from app.services.webhook_endpoint import (
     RecentDelivery,
     create_webhook_endpoint,
+    delete_endpoint,
+    redeliver,
     rotate_secret,
+    send_test_event,
     set_endpoint_enabled,
+    update_endpoint,
 )
 from resolvers.context import Context
 from resolvers.ids import decode_id
@@ -66,3 +71,60 @@ async def set_enabled(
             policy=ctx.settings.url_policy,
             **by,
         )
+
+
+async def update(
+    ctx: Context,
+    *,
+    global_id: str,
+    reason: str,
+    url: str | None,
+    enabled: bool | None,
+    event_types: Sequence[str] | None,
+    set_event_types: bool,
+) -> WebhookEndpoint:
+    async with ctx.change() as (uow, by):
+        _, endpoint_id = decode_id(global_id, expected="WebhookEndpoint")
+        return await update_endpoint(
+            uow,
+            endpoint_id=endpoint_id,
+            reason=reason,
+            policy=ctx.settings.url_policy,
+            url=url,
+            enabled=enabled,
+            event_types=event_types,
+            set_event_types=set_event_types,
+            **by,
+        )
+
+
+async def delete(ctx: Context, *, global_id: str, reason: str) -> WebhookEndpoint:
+    async with ctx.change() as (uow, by):
+        _, endpoint_id = decode_id(global_id, expected="WebhookEndpoint")
+        return await delete_endpoint(uow, endpoint_id=endpoint_id, reason=reason, **by)
+
+
+async def send_test(ctx: Context, *, global_id: str) -> tuple[WebhookEndpoint, RecentDelivery]:
+    """Queue a ping for one endpoint; returns the endpoint and the new delivery."""
+    async with ctx.change() as (uow, by):
+        _, endpoint_id = decode_id(global_id, expected="WebhookEndpoint")
+        sent = await send_test_event(
+            uow, endpoint_id=endpoint_id, policy=ctx.settings.url_policy, **by
+        )
+        endpoint = await uow.session.get(WebhookEndpoint, sent.delivery.endpoint_id)
+    if endpoint is None:
+        raise RuntimeError("the endpoint of a delivery just queued is gone")
+    return endpoint, sent
+
+
+async def redeliver_delivery(
+    ctx: Context, *, global_id: str, reason: str
+) -> tuple[WebhookEndpoint, RecentDelivery]:
+    """Queue a new delivery of a delivery's event; returns the endpoint and the new delivery."""
+    async with ctx.change() as (uow, by):
+        _, delivery_id = decode_id(global_id, expected="WebhookDelivery")
+        sent = await redeliver(uow, delivery_id=delivery_id, reason=reason, **by)
+        endpoint = await uow.session.get(WebhookEndpoint, sent.delivery.endpoint_id)
+    if endpoint is None:
+        raise RuntimeError("the endpoint of a delivery just queued is gone")
+    return endpoint, sent

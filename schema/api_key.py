@@ -9,7 +9,7 @@ from app.errors import ErrorCode
 from app.models.api_key import ApiKey as ApiKeyModel
 from resolvers import api_key as key_resolvers
 from resolvers.context import Context
-from schema.enums import Role
+from schema.enums import ApiKeyScope, Role
 from schema.merchant import Merchant
 from schema.mutation import Payload, ReasonArg, mutation
 from schema.node import Node
@@ -29,11 +29,21 @@ class ApiKey(Node):
         description="When the key last authenticated (to the minute)."
     )
     revoked_at: datetime | None = strawberry.field(description="When it was revoked, if it was.")
+    scopes: list[ApiKeyScope] = strawberry.field(
+        description=(
+            "What it may do within its role: READ (queries) and, with WRITE, mutations. Keys "
+            "made before scopes existed have both."
+        )
+    )
+    expires_at: datetime | None = strawberry.field(
+        description="When it stops authenticating (like an unknown key); null never."
+    )
     _row: strawberry.Private[ApiKeyModel]
 
     @classmethod
     def from_model(cls, row: ApiKeyModel) -> Self:
-        return from_row(cls, row, id=cls.global_id(row.id), _row=row)
+        scopes = [ApiKeyScope(s) for s in row.scopes]
+        return from_row(cls, row, id=cls.global_id(row.id), scopes=scopes, _row=row)
 
     @strawberry.field(description="The merchants the key may see; empty for support keys.")
     async def merchants(self, info: Info) -> list[Merchant]:
@@ -65,6 +75,20 @@ class CreateApiKeyInput:
         description="Global ids of the merchants the key may see."
     )
     name: str = strawberry.field(description="A name, 1-200 characters, shown in the audit log.")
+    scopes: list[ApiKeyScope] = strawberry.field(
+        default_factory=lambda: list(ApiKeyScope),
+        description=(
+            "What it may do: READ (required; every query) and WRITE (every mutation; a key "
+            "without it is FORBIDDEN on each). Both unless told."
+        ),
+    )
+    expires_at: datetime | None = strawberry.field(
+        default=None,
+        description=(
+            "When it stops authenticating, in the future; null (the default) never. An "
+            "expired key is refused like an unknown one (401)."
+        ),
+    )
 
 
 class CreateApiKeyPayload(Payload):
@@ -80,8 +104,9 @@ class CreateApiKeyPayload(Payload):
     errors="Why the key was refused",
     subject="merchantIds",
     description=(
-        "Create an API key; the token is returned once. Support may create any key; a "
-        "merchant key only merchant keys for its own merchant. Audited."
+        "Create an API key, with its scopes and an optional expiry; the token is returned "
+        "once. Support may create any key; a merchant key only merchant keys for its own "
+        "merchant. Audited."
     ),
 )
 async def create_api_key(info: Info, input: CreateApiKeyInput) -> CreateApiKeyPayload:
@@ -90,6 +115,8 @@ async def create_api_key(info: Info, input: CreateApiKeyInput) -> CreateApiKeyPa
         role=input.role,
         merchant_global_ids=[str(m) for m in input.merchant_ids],
         name=input.name,
+        scopes=frozenset(input.scopes),
+        expires_at=input.expires_at,
     )
     return CreateApiKeyPayload(api_key=ApiKey.from_model(row), token=token)
 

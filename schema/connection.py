@@ -1,4 +1,5 @@
-"""Processor connection types and the connect, sync, pause and resume mutations."""
+"""Processor connection types and the connect, sync, pause, resume, credential rotation and
+disconnect mutations."""
 
 from datetime import datetime
 from typing import Annotated, Any, Self
@@ -109,7 +110,10 @@ class ProcessorConnection(Node):
     kind: Processor = strawberry.field(description="The processor.")
     name: str = strawberry.field(description="A display name.")
     status: ConnectionStatus = strawberry.field(
-        description="Whether it is polled: active, paused by a caller, or failed (see lastError)."
+        description=(
+            "Whether it is polled: active, paused by a caller, failed (see lastError), or "
+            "disconnected for good (disconnectProcessor)."
+        )
     )
     base_url: str = strawberry.field(description="The processor API's base URL.")
     last_polled_at: datetime | None = strawberry.field(description="When it was last read.")
@@ -202,8 +206,9 @@ class ConnectProcessorPayload(Payload):
     errors="Why the connection was refused",
     subject="merchantId",
     description=(
-        "Connect a merchant to a processor account (support, or the merchant's own key). "
-        "Credentials are stored encrypted and never returned. Audited."
+        "Connect a merchant to a processor account (support, the merchant's own key, or a "
+        "partner key granted the merchant). Credentials are stored encrypted and never "
+        "returned. Audited."
     ),
 )
 async def connect_processor(info: Info, input: ConnectProcessorInput) -> ConnectProcessorPayload:
@@ -239,7 +244,10 @@ class SyncProcessorConnectionPayload(Payload):
     why="queued no poll",
     errors="Why no poll was requested",
     subject="id",
-    description="Queue a poll of an active connection now (support, or the merchant's key).",
+    description=(
+        "Queue a poll of an active connection now (support, the merchant's key, or a partner "
+        "key granted the merchant)."
+    ),
 )
 async def sync_processor_connection(info: Info, id: IdArg) -> SyncProcessorConnectionPayload:
     row, queued = await connection_resolvers.sync(info.context, global_id=str(id))
@@ -269,7 +277,8 @@ def _set_status(
 
     @mutation(
         payload=payload,
-        refuses=(ErrorCode.NOT_FOUND, ErrorCode.INVALID),
+        # INVALID_STATE: the connection is disconnected.
+        refuses=(ErrorCode.NOT_FOUND, ErrorCode.INVALID, ErrorCode.INVALID_STATE),
         subject="id",
         description=description,
     )
@@ -285,10 +294,95 @@ def _set_status(
 pause_processor_connection = _set_status(
     PauseProcessorConnectionPayload,
     ConnectionStatusValue.PAUSED,
-    "Stop polling a connection (support, or the merchant's own key). Audited.",
+    "Stop polling a connection (support, the merchant's own key, or a partner key granted the "
+    "merchant); refused for a disconnected one. Audited.",
 )
 resume_processor_connection = _set_status(
     ResumeProcessorConnectionPayload,
     ConnectionStatusValue.ACTIVE,
-    "Poll a paused or failed connection again (support, or the merchant's own key). Audited.",
+    "Poll a paused or failed connection again (support, the merchant's own key, or a partner "
+    "key granted the merchant); refused for a disconnected one. Audited.",
 )
+
+
+@strawberry.input(description="New credentials for a connection, and why.")
+class UpdateProcessorCredentialsInput:
+    id: strawberry.ID = strawberry.field(description="The connection's global id.")
+    credentials: JSON = strawberry.field(
+        description=(
+            "The new API credentials, as connectProcessor takes them. Checked at the processor "
+            "first (one read of the account with them); stored encrypted only once accepted, "
+            "never returned, logged or audited (the audit log names the keys only)."
+        )
+    )
+    reason: str = strawberry.field(description="Why; kept in the audit log.")
+
+
+class UpdateProcessorCredentialsPayload(Payload):
+    processor_connection: ProcessorConnection | None = strawberry.field(
+        description="The connection, when its credentials were replaced."
+    )
+
+
+@mutation(
+    refuses=(ErrorCode.NOT_FOUND, ErrorCode.INVALID, ErrorCode.INVALID_STATE),
+    errors="Why the credentials were not replaced",
+    subject="id",
+    description=(
+        "Rotate a connection's credentials (support, the merchant's own key, or a partner key "
+        "granted the merchant). The processor is asked first: credentials it refuses, or that "
+        "cannot be checked because it is unreachable, are INVALID on credentials and nothing "
+        "changes. A connection failed by polling is active again. INVALID_STATE for a "
+        "disconnected connection. Audited."
+    ),
+)
+async def update_processor_credentials(
+    info: Info, input: UpdateProcessorCredentialsInput
+) -> UpdateProcessorCredentialsPayload:
+    credentials: Any = input.credentials
+    if not isinstance(credentials, dict):
+        raise InvalidArgument(
+            "must be an object of credential names to values", field="credentials"
+        )
+    row = await connection_resolvers.update_credentials(
+        info.context, global_id=str(input.id), credentials=credentials, reason=input.reason
+    )
+    return UpdateProcessorCredentialsPayload(
+        processor_connection=ProcessorConnection.from_model(row)
+    )
+
+
+class DisconnectProcessorPayload(Payload):
+    processor_connection: ProcessorConnection | None = strawberry.field(
+        description="The connection, disconnected, when the change was applied."
+    )
+    recoveries_canceled: int | None = strawberry.field(
+        description=(
+            "How many of its payments' recoveries (pending or scheduled) were canceled by "
+            "this disconnection; 0 when it was disconnected already."
+        )
+    )
+
+
+@mutation(
+    refuses=(ErrorCode.NOT_FOUND, ErrorCode.INVALID, ErrorCode.INVALID_STATE),
+    errors="Why the connection was not disconnected",
+    subject="id",
+    description=(
+        "Disconnect a processor for good (support, the merchant's own key, or a partner key "
+        "granted the merchant): it is never polled or charged again, its credentials are "
+        "erased and its inbound webhooks refused; its raw records, payments, attempts and "
+        "timelines are kept. The recovery of its pending and scheduled payments is canceled "
+        "(each shows a connection_disconnected transition). INVALID_STATE while one of its "
+        "charges is in flight: pause it and try again once the charge settles. Audited."
+    ),
+)
+async def disconnect_processor(
+    info: Info, id: IdArg, reason: ReasonArg
+) -> DisconnectProcessorPayload:
+    row, canceled = await connection_resolvers.disconnect(
+        info.context, global_id=str(id), reason=reason
+    )
+    return DisconnectProcessorPayload(
+        processor_connection=ProcessorConnection.from_model(row), recoveries_canceled=canceled
+    )

@@ -5,6 +5,7 @@ import strawberry
 from app.enums import (
     Actor,
     Advice,
+    ApiKeyScope,
     AttemptOutcome,
     BulkActionKind,
     BulkActionStatus,
@@ -24,6 +25,7 @@ from app.enums import (
 # strawberry.enum registers the class itself, so the API and the core share one type.
 for _cls, _description in (
     (Role, "What an API key may do."),
+    (ApiKeyScope, "What an API key may do within its role: READ queries, WRITE mutations."),
     (PaymentState, "Where a payment is in recovery."),
     (DeclineCategory, "Canonical decline category, whatever the processor."),
     (Advice, "What the decline says about retrying."),
@@ -45,6 +47,7 @@ for _cls, _description in (
 __all__ = [
     "Actor",
     "Advice",
+    "ApiKeyScope",
     "AttemptOutcome",
     "BulkActionKind",
     "BulkActionStatus",

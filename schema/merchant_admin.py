@@ -1,4 +1,5 @@
-"""Support's merchant mutations: createMerchant, pauseMerchantRecovery, resumeMerchantRecovery."""
+"""Merchant mutations: createMerchant (support, or a partner onboarding one),
+pauseMerchantRecovery and resumeMerchantRecovery (support)."""
 
 from typing import Annotated
 
@@ -32,7 +33,11 @@ class CreateMerchantPayload(Payload):
     refuses=(ErrorCode.INVALID,),
     why="refused a merchant",
     errors="Why the merchant was refused",
-    description="Add a merchant with the default retry policy (support only). Audited.",
+    description=(
+        "Add a merchant with the default retry policy (support, or a partner key, which is "
+        "then granted the new merchant: it may connect its processors and register its "
+        "webhooks at once). Audited."
+    ),
 )
 async def create_merchant(info: Info, input: CreateMerchantInput) -> CreateMerchantPayload:
     row = await admin_resolvers.create(info.context, name=input.name)

@@ -18,7 +18,8 @@ publishes the root field `revokeApiKey` and `RevokeApiKeyPayload` (the function'
 whose `errors` are `RevokeApiKeyError`s with a `RevokeApiKeyErrorCode` of the codes it `refuses`.
 The function raises the domain's errors: one whose code is among them becomes the payload's
 errors, any other (FORBIDDEN, UNAUTHENTICATED, a bug) stays a top-level error. A refusal leaves
-the payload's other fields null, so a success must give them all.
+the payload's other fields null, so a success must give them all. Every mutation needs a key
+with the WRITE scope: a READ-only key is refused (FORBIDDEN) before the function runs.
 """
 
 import functools
@@ -35,6 +36,7 @@ from strawberry.types.field import StrawberryField
 from typing_extensions import dataclass_transform
 
 from app.errors import ErrorCode, PortalError, ValidationFailed
+from resolvers.context import Context
 from schema.described import object_type, subclass
 
 ReasonArg = Annotated[str, strawberry.argument(description="Why; kept in the audit log.")]
@@ -178,6 +180,10 @@ def mutation(
 
         @functools.wraps(change)
         async def run(*args: Params.args, **kwargs: Params.kwargs) -> P:
+            info = kwargs.get("info", args[0] if args else None)
+            if not isinstance(info, strawberry.Info) or not isinstance(info.context, Context):
+                raise TypeError(f"{change.__name__}: a mutation takes `info` first")
+            info.context.require_write()
             try:
                 return await change(*args, **kwargs)
             except PortalError as exc:

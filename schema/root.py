@@ -169,6 +169,13 @@ class Mutation:
     pause_merchants_recovery = bulk_action.pause_merchants_recovery
     replay_connection = support_jobs.replay_connection
     retrain_model = support_jobs.retrain_model
+    # Managing what was created.
+    update_webhook_endpoint = webhook_endpoint.update_webhook_endpoint
+    delete_webhook_endpoint = webhook_endpoint.delete_webhook_endpoint
+    send_test_webhook = webhook_endpoint.send_test_webhook
+    redeliver_webhook = webhook_endpoint.redeliver_webhook
+    update_processor_credentials = connection.update_processor_credentials
+    disconnect_processor = connection.disconnect_processor
 
 
 def build_schema(settings: Settings) -> strawberry.Schema:

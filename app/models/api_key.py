@@ -3,9 +3,11 @@
 import uuid
 from datetime import datetime
 
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 from sqlmodel import Field, SQLModel
 
-from app.enums import Role
+from app.enums import ApiKeyScope, Role
 from app.models.base import enum_type, new_id, timestamp
 
 
@@ -22,6 +24,15 @@ class ApiKey(SQLModel, table=True):
     created_at: datetime = timestamp()
     last_used_at: datetime | None = timestamp(nullable=True)
     revoked_at: datetime | None = timestamp(nullable=True)
+    # What the key may do: read, and write (every mutation). Keys made before scopes existed
+    # have both.
+    scopes: list[str] = Field(
+        default_factory=lambda: [s.value for s in ApiKeyScope],
+        sa_type=postgresql.ARRAY(sa.String(length=16)),
+        sa_column_kwargs={"server_default": sa.text("'{read,write}'")},
+    )
+    # When the key stops authenticating; null never.
+    expires_at: datetime | None = timestamp(nullable=True)
 
 
 class ApiKeyMerchant(SQLModel, table=True):

@@ -6,6 +6,7 @@ import uuid
 from datetime import datetime
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 from sqlmodel import Field
 
 from app.enums import WebhookDeliveryStatus
@@ -27,6 +28,10 @@ class WebhookEndpoint(TenantOwned, table=True):
     )
     previous_secret_expires_at: datetime | None = timestamp(nullable=True, default=None)
     enabled: bool = True
+    # The event types it receives; null receives every type.
+    event_types: list[str] | None = Field(
+        default=None, sa_type=postgresql.ARRAY(sa.String(length=64)), nullable=True
+    )
     created_at: datetime = timestamp()
 
 
@@ -35,7 +40,15 @@ class WebhookDelivery(TenantOwned, table=True):
 
     __tablename__ = "webhook_delivery"
     __table_args__ = (
-        sa.UniqueConstraint("event_id", "endpoint_id"),
+        # One delivery of each event to each endpoint from the fan-out; redeliveries
+        # (`redelivery_of` set) are further rows.
+        sa.Index(
+            "uq_webhook_delivery_first",
+            "event_id",
+            "endpoint_id",
+            unique=True,
+            postgresql_where=sa.text("redelivery_of IS NULL"),
+        ),
         sa.Index(
             "ix_webhook_delivery_due",
             "next_attempt_at",
@@ -61,6 +74,8 @@ class WebhookDelivery(TenantOwned, table=True):
     last_error: str | None = Field(default=None, max_length=500)
     created_at: datetime = timestamp()
     delivered_at: datetime | None = timestamp(nullable=True)
+    # The delivery this one sends again (`redeliverWebhook`); null for the fan-out's.
+    redelivery_of: uuid.UUID | None = Field(default=None, nullable=True)
 
 
 __all__ = ["WebhookDelivery", "WebhookEndpoint"]

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
 
 from app.db import UnitOfWork
-from app.enums import Role
+from app.enums import ApiKeyScope, Role
 from app.errors import Forbidden, InvalidArgument, NotFound, ValidationFailed
 from app.models.api_key import ApiKey, ApiKeyMerchant
 from app.models.merchant import Merchant
@@ -39,6 +39,8 @@ async def create_api_key(
     role: Role,
     merchant_ids: list[uuid.UUID],
     now: datetime,
+    scopes: frozenset[ApiKeyScope] = frozenset(ApiKeyScope),
+    expires_at: datetime | None = None,
 ) -> tuple[ApiKey, str]:
     """Create a key; returns the row and the token, which is never retrievable again."""
     unique_ids = list(dict.fromkeys(merchant_ids))
@@ -66,6 +68,8 @@ async def create_api_key(
         token_hash=hash_token(token),
         role=role,
         created_at=now,
+        scopes=[s.value for s in ApiKeyScope if s in scopes],
+        expires_at=expires_at,
     )
     uow.session.add(key)
     await uow.session.flush()
@@ -105,6 +109,8 @@ def snapshot(key: ApiKey) -> dict[str, Any]:
         "role": key.role.value,
         "prefix": key.prefix,
         "revoked_at": None if key.revoked_at is None else key.revoked_at.isoformat(),
+        "scopes": list(key.scopes),
+        "expires_at": None if key.expires_at is None else key.expires_at.isoformat(),
     }
 
 
@@ -145,17 +151,35 @@ async def issue_api_key(
     role: Role,
     merchant_ids: list[uuid.UUID],
     now: datetime,
+    scopes: frozenset[ApiKeyScope] = frozenset(ApiKeyScope),
+    expires_at: datetime | None = None,
 ) -> tuple[ApiKey, str]:
     """Create a key on a caller's behalf, audited. Support may create any key; a merchant key
-    only merchant keys for its own merchant (others are not found in its scope); partners none."""
+    only merchant keys for its own merchant (others are not found in its scope); partners none.
+    Every key reads (READ); WRITE adds the mutations. A key may expire, at a future time."""
     if principal.role is Role.PARTNER:
         raise Forbidden("a partner key may not create API keys")
     if principal.role is Role.MERCHANT and role is not Role.MERCHANT:
         raise Forbidden("a merchant key may only create merchant keys")
+    problems: list[tuple[str, str]] = []
     name = name.strip()
     if not name or len(name) > NAME_MAX_LENGTH:
-        raise ValidationFailed([("name", f"must be 1-{NAME_MAX_LENGTH} characters")])
-    key, token = await create_api_key(uow, name=name, role=role, merchant_ids=merchant_ids, now=now)
+        problems.append(("name", f"must be 1-{NAME_MAX_LENGTH} characters"))
+    if ApiKeyScope.READ not in scopes:
+        problems.append(("scopes", "must include READ: every key reads; WRITE adds mutations"))
+    if expires_at is not None and (expires_at.tzinfo is None or expires_at <= now):
+        problems.append(("expiresAt", "must be a time in the future, with its UTC offset"))
+    if problems:
+        raise ValidationFailed(problems)
+    key, token = await create_api_key(
+        uow,
+        name=name,
+        role=role,
+        merchant_ids=merchant_ids,
+        now=now,
+        scopes=scopes,
+        expires_at=expires_at,
+    )
     granted = list(dict.fromkeys(merchant_ids))
     _record(
         uow,
@@ -208,6 +232,12 @@ async def revoke_api_key(
     )
     await uow.session.flush()
     return key
+
+
+async def grant_merchant(uow: UnitOfWork, *, key_id: uuid.UUID, merchant_id: uuid.UUID) -> None:
+    """Let a key see one more merchant (a partner key's own onboarding)."""
+    uow.session.add(ApiKeyMerchant(api_key_id=key_id, merchant_id=merchant_id))
+    await uow.session.flush()
 
 
 async def list_api_keys(

@@ -66,13 +66,18 @@ async def configurable_row(
     *,
     not_found: str,
     field: str,
+    integration: bool = False,
 ) -> OwnedT:
-    """The row, locked, if visible and the caller may configure its merchant; else `NotFound`
-    with the message `not_found` on the argument `field`."""
+    """The row, locked, if visible and the caller may configure its merchant (manage its
+    integrations, when `integration`: partner keys too); else `NotFound` with the message
+    `not_found` on the argument `field`."""
     row = (
         await uow.session.execute(select(model).where(col(model.id) == row_id).with_for_update())
     ).scalar_one_or_none()
     if row is None:
         raise NotFound(not_found, field=field)
-    principal.require_configure(row.merchant_id)
+    if integration:
+        principal.require_integrate(row.merchant_id)
+    else:
+        principal.require_configure(row.merchant_id)
     return row

@@ -9,10 +9,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
 
 from app.db import UnitOfWork
-from app.enums import MerchantStatus
+from app.enums import MerchantStatus, Role
 from app.errors import InvalidArgument, NotFound
 from app.models.merchant import Merchant
 from app.services import audit
+from app.services.api_key import grant_merchant
 from app.services.retry_policy import create_default_policy
 from app.tenancy import Principal
 
@@ -20,8 +21,13 @@ from app.tenancy import Principal
 async def create_merchant(
     uow: UnitOfWork, *, name: str, principal: Principal, now: datetime
 ) -> Merchant:
-    """A new merchant with the default retry policy as version 1, audited (support only)."""
-    principal.require_support("create merchants")
+    """A new merchant with the default retry policy as version 1, audited. Support may
+    create merchants, and so may a partner key (onboarding), which is then granted the new
+    merchant: it sees it from its next request on every API process (the grant is read when a
+    key is authenticated; see `PORTAL_AUTH_CACHE_SECONDS`)."""
+    onboarding = principal.role is Role.PARTNER and principal.key_id is not None
+    if not onboarding:
+        principal.require_support("create merchants")
     name = name.strip()
     if not name or len(name) > 200:
         raise InvalidArgument("name must be 1-200 characters", field="name")
@@ -29,6 +35,8 @@ async def create_merchant(
     uow.session.add(merchant)
     await uow.session.flush()
     policy = create_default_policy(uow, merchant.id, created_by=principal.actor_label, now=now)
+    if onboarding and principal.key_id is not None:
+        await grant_merchant(uow, key_id=principal.key_id, merchant_id=merchant.id)
     audit.record(
         uow,
         principal=principal,
@@ -37,7 +45,11 @@ async def create_merchant(
         entity_type="merchant",
         entity_id=str(merchant.id),
         before=None,
-        after={"name": merchant.name, "retry_policy_version": policy.version},
+        after={
+            "name": merchant.name,
+            "retry_policy_version": policy.version,
+            **({"granted_to_api_key": str(principal.key_id)} if onboarding else {}),
+        },
         reason=None,
         now=now,
     )

@@ -1,5 +1,6 @@
 """Authenticating a request's bearer token: a workflow, it commits the key's last use."""
 
+import logging
 import uuid
 from datetime import datetime, timedelta
 
@@ -7,25 +8,30 @@ from sqlalchemy import update
 from sqlmodel import col, select
 
 from app.db import Database
-from app.enums import Role
+from app.enums import ApiKeyScope, Role
 from app.models.api_key import ApiKey, ApiKeyMerchant
 from app.services.api_key import LAST_USED_RESOLUTION, TOKEN_PREFIX, hash_token
 from app.tenancy import SYSTEM_SCOPE, Principal, Scope
 
+logger = logging.getLogger(__name__)
+
 
 async def authenticate(db: Database, token: str, *, now: datetime) -> Principal | None:
-    """The principal for a bearer token, or None when unknown or revoked."""
+    """The principal for a bearer token, or None when unknown, revoked or expired (answered
+    alike; the log says which, by the key's id and prefix, never the token)."""
     if not token.startswith(TOKEN_PREFIX) or len(token) > 200:
         return None
     async with db.uow(SYSTEM_SCOPE) as uow:
         row = (
-            await uow.session.execute(
-                select(ApiKey).where(
-                    ApiKey.token_hash == hash_token(token), col(ApiKey.revoked_at).is_(None)
-                )
-            )
+            await uow.session.execute(select(ApiKey).where(ApiKey.token_hash == hash_token(token)))
         ).scalar_one_or_none()
         if row is None:
+            return None
+        if row.revoked_at is not None:
+            logger.info("API key %s (%s) refused: revoked", row.id, row.prefix)
+            return None
+        if row.expires_at is not None and row.expires_at <= now:
+            logger.info("API key %s (%s) refused: expired", row.id, row.prefix)
             return None
         scope = SYSTEM_SCOPE
         if row.role is not Role.SUPPORT:
@@ -40,7 +46,14 @@ async def authenticate(db: Database, token: str, *, now: datetime) -> Principal 
                 update(ApiKey).where(col(ApiKey.id) == row.id).values(last_used_at=now)
             )
             await uow.commit()
-        return Principal(key_id=row.id, name=row.name, role=row.role, scope=scope)
+        return Principal(
+            key_id=row.id,
+            name=row.name,
+            role=row.role,
+            scope=scope,
+            scopes=frozenset(ApiKeyScope(s) for s in row.scopes),
+            expires_at=row.expires_at,
+        )
 
 
 class PrincipalCache:
@@ -49,11 +62,12 @@ class PrincipalCache:
 
     An entry is trusted for `ttl` after its lookup and then looked up again: a key revoked (or
     its grants changed) on any process stops working on every process within `ttl`, and at
-    once on the process that revoked it (`forget`). Unknown and revoked tokens are never
-    cached, so guessing tokens cannot fill it; it keeps at most `max_entries` tokens (the
-    oldest lookups go first) by their SHA-256, never the tokens themselves. Times are the
-    caller's clock. A `ttl` of zero turns caching off. The caller looks a missing token up
-    (`authenticate`) and `put`s what it found.
+    once on the process that revoked it (`forget`). A key's expiry is exact on every process:
+    an entry is never trusted at or after its principal's `expires_at`. Unknown, revoked and
+    expired tokens are never cached, so guessing tokens cannot fill it; it keeps at most
+    `max_entries` tokens (the oldest lookups go first) by their SHA-256, never the tokens
+    themselves. Times are the caller's clock. A `ttl` of zero turns caching off. The caller
+    looks a missing token up (`authenticate`) and `put`s what it found.
     """
 
     def __init__(self, ttl: timedelta, *, max_entries: int = 10_000) -> None:
@@ -71,7 +85,7 @@ class PrincipalCache:
         if entry is None:
             return None
         looked_up, principal = entry
-        if not looked_up <= now < looked_up + self.ttl:
+        if not looked_up <= now < looked_up + self.ttl or principal.expired(now):
             del self._entries[digest]
             return None
         return principal

@@ -13,7 +13,7 @@ from collections import Counter
 
 from app.clock import Clock
 from app.db import Database
-from app.enums import EndAction, EndActionStatus, PaymentState
+from app.enums import ConnectionStatus, EndAction, EndActionStatus, PaymentState
 from app.processors.base import ProcessorError, UnsupportedByProcessor
 from app.services.retry.end_actions import ClaimedEndAction, claim_end_actions, settle_end_action
 from app.tenancy import SYSTEM_SCOPE
@@ -64,6 +64,8 @@ async def _carry_out(
         return EndActionStatus.NOT_SUPPORTED, f"no processor action for {run.action}"
     if run.connection is None:
         return EndActionStatus.NOT_SUPPORTED, "the payment has no processor connection"
+    if run.connection.status is ConnectionStatus.DISCONNECTED:
+        return EndActionStatus.NOT_SUPPORTED, "the processor connection was disconnected"
     try:
         adapter = adapters(run.connection)
         result = await adapter.cancel_subscription(run.refs, idempotency_key=end_action_key(run))

@@ -198,6 +198,8 @@ async def _mark_error(db: Database, connection_id: uuid.UUID, message: str) -> N
                 select(ProcessorConnection).where(col(ProcessorConnection.id) == connection_id)
             )
         ).scalar_one()
+        if connection.status is ConnectionStatus.DISCONNECTED:
+            return  # disconnected while it was being read: it stays so
         connection.status = ConnectionStatus.ERROR
         connection.last_error = message[:2000]
         await uow.commit()

@@ -38,6 +38,8 @@ async def receive_adyen(
             raise NotFound("no Adyen connection with this id")
         if connection.status is ConnectionStatus.PAUSED:
             raise NotFound("this connection is paused")
+        if connection.status is ConnectionStatus.DISCONNECTED:
+            raise NotFound("this connection is disconnected")
         try:
             items = adyen.notification_items(json.loads(body))
         except (ValueError, UnicodeDecodeError) as exc:

@@ -661,7 +661,10 @@ async def _abandon(
         if status in (HTTPStatus.UNAUTHORIZED, HTTPStatus.FORBIDDEN):
             await uow.session.execute(
                 update(ProcessorConnection)
-                .where(col(ProcessorConnection.id) == snap.connection.id)
+                .where(
+                    col(ProcessorConnection.id) == snap.connection.id,
+                    col(ProcessorConnection.status) != ConnectionStatus.DISCONNECTED,
+                )
                 .values(
                     status=ConnectionStatus.ERROR,
                     last_error=f"retry charge refused: {why}"[:2000],

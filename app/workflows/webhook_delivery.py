@@ -91,7 +91,8 @@ def backoff(attempts: int) -> timedelta:
 
 
 async def dispatch_outbox(uow: UnitOfWork, *, now: datetime, limit: int = 500) -> int:
-    """Fan new outbox events out to their merchant's enabled endpoints; no commit."""
+    """Fan new outbox events out to their merchant's enabled endpoints, each receiving the
+    event types it asked for (all when it named none); no commit."""
     events = list(
         (
             await uow.session.execute(
@@ -106,15 +107,23 @@ async def dispatch_outbox(uow: UnitOfWork, *, now: datetime, limit: int = 500) -
     if not events:
         return 0
     merchants = sorted({e.merchant_id for e in events})
-    endpoints: dict[uuid.UUID, list[uuid.UUID]] = {}
-    for endpoint_id, merchant_id in (
+    # Each enabled endpoint with the event types it receives (None: every type). Key-share
+    # locked, so an endpoint being deleted meanwhile is either skipped or kept until its
+    # deliveries are inserted (and deleted with it).
+    endpoints: dict[uuid.UUID, list[tuple[uuid.UUID, frozenset[str] | None]]] = {}
+    for endpoint_id, merchant_id, types in (
         await uow.session.execute(
-            select(col(WebhookEndpoint.id), col(WebhookEndpoint.merchant_id)).where(
-                col(WebhookEndpoint.merchant_id).in_(merchants), col(WebhookEndpoint.enabled)
+            select(
+                col(WebhookEndpoint.id),
+                col(WebhookEndpoint.merchant_id),
+                col(WebhookEndpoint.event_types),
             )
+            .where(col(WebhookEndpoint.merchant_id).in_(merchants), col(WebhookEndpoint.enabled))
+            .with_for_update(key_share=True)
         )
     ).all():
-        endpoints.setdefault(merchant_id, []).append(endpoint_id)
+        receives = None if types is None else frozenset(types)
+        endpoints.setdefault(merchant_id, []).append((endpoint_id, receives))
     rows = [
         {
             "id": uuid.uuid4(),
@@ -127,13 +136,17 @@ async def dispatch_outbox(uow: UnitOfWork, *, now: datetime, limit: int = 500) -
             "created_at": now,
         }
         for e in events
-        for endpoint_id in endpoints.get(e.merchant_id, [])
+        for endpoint_id, receives in endpoints.get(e.merchant_id, [])
+        if receives is None or e.event_type in receives
     ]
     if rows:
         await uow.session.execute(
             insert(WebhookDelivery)
             .values(rows)
-            .on_conflict_do_nothing(index_elements=["event_id", "endpoint_id"])
+            .on_conflict_do_nothing(
+                index_elements=["event_id", "endpoint_id"],
+                index_where=col(WebhookDelivery.redelivery_of).is_(None),
+            )
         )
     await uow.session.execute(
         update(OutboxEvent)

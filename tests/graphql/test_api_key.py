@@ -78,6 +78,8 @@ async def test_support_creates_a_key_whose_token_works_once_shown(
         "role": "merchant",
         "prefix": key["prefix"],
         "revoked_at": None,
+        "scopes": ["read", "write"],
+        "expires_at": None,
     }
     assert token not in str(entry.after)
 
@@ -92,6 +94,8 @@ def test_api_key_type_exposes_no_secret(settings: Settings) -> None:
         "createdAt",
         "lastUsedAt",
         "revokedAt",
+        "scopes",
+        "expiresAt",
         "merchants",
     }
 

@@ -16,7 +16,7 @@ from app.clock import FixedClock
 from app.crypto import CredentialBox
 from app.db import Database
 from app.embedded import Services
-from app.enums import Processor, Role
+from app.enums import ApiKeyScope, Processor, Role
 from app.models.audit import AuditLog
 from app.models.ingestion import ProcessorConnection
 from app.models.merchant import Merchant
@@ -429,21 +429,23 @@ async def test_pause_needs_a_reason(db: Database, settings: Settings, clock: Fix
     assert await audit_entries(db, _AFTER_CREATION, entity_id=str(conn.id)) == []
 
 
-async def test_partner_may_read_but_not_change_connections(
+async def test_partner_changes_connections_with_the_write_scope_only(
     db: Database, settings: Settings, clock: FixedClock
 ) -> None:
+    """A partner key manages its merchants' connections; one with READ alone only reads."""
     merchant, _ = await _setup(db, clock)
     conn = await make_connection(db, merchant, now=clock.now(), settings=settings)
-    partner = await make_key(db, Role.PARTNER, [merchant], now=clock.now())
-    data = await run_data(db, settings, clock, LIST, partner, id=encode_id("Merchant", merchant.id))
-    assert len(data["merchant"]["processorConnections"]) == 1
-    result = await run(
-        db,
-        settings,
-        clock,
-        PAUSE,
-        token=partner,
-        variables={"id": encode_id("ProcessorConnection", conn.id), "reason": "r"},
+    variables = {"id": encode_id("ProcessorConnection", conn.id), "reason": "r"}
+    reader = await make_key(
+        db, Role.PARTNER, [merchant], now=clock.now(), scopes=frozenset({ApiKeyScope.READ})
     )
+    data = await run_data(db, settings, clock, LIST, reader, id=encode_id("Merchant", merchant.id))
+    assert len(data["merchant"]["processorConnections"]) == 1
+    result = await run(db, settings, clock, PAUSE, token=reader, variables=variables)
     assert codes(result) == ["FORBIDDEN"]
     assert result.data is None or result.data.get("pauseProcessorConnection") is None
+    [row] = await _connections(db)
+    assert row.status.value == "active"
+    writer = await make_key(db, Role.PARTNER, [merchant], now=clock.now())
+    data = await run_data(db, settings, clock, PAUSE, writer, **variables)
+    assert data["pauseProcessorConnection"]["processorConnection"]["status"] == "PAUSED"

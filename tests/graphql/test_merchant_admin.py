@@ -63,14 +63,15 @@ async def test_invalid_names_are_refused(
     assert await _merchants(db) == []
 
 
-async def test_only_support_creates_merchants(
+async def test_merchant_keys_do_not_create_merchants(
     db: Database, settings: Settings, clock: FixedClock
 ) -> None:
+    """Support creates merchants, and a partner onboards one (tests/graphql/test_manage.py);
+    a merchant key may not."""
     merchant = await make_merchant(db, "Existing", now=clock.now())
-    for role in (Role.MERCHANT, Role.PARTNER):
-        token = await make_key(db, role, [merchant], now=clock.now())
-        result = await run(db, settings, clock, CREATE, token=token, variables={"name": "New"})
-        assert codes(result) == ["FORBIDDEN"]
+    token = await make_key(db, Role.MERCHANT, [merchant], now=clock.now())
+    result = await run(db, settings, clock, CREATE, token=token, variables={"name": "New"})
+    assert codes(result) == ["FORBIDDEN"]
     assert [m.name for m in await _merchants(db)] == ["Existing"]
 
 

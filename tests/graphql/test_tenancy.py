@@ -14,17 +14,26 @@ from app.clock import FixedClock
 from app.crypto import CredentialBox
 from app.db import Database
 from app.embedded import Services
-from app.enums import EndAction, EndActionStatus, ModelStatus, Role
+from app.enums import (
+    ApiKeyScope,
+    EndAction,
+    EndActionStatus,
+    ModelStatus,
+    Role,
+    WebhookDeliveryStatus,
+)
 from app.models.audit import AuditLog
 from app.models.end_action import EndActionRun
 from app.models.ingestion import ProcessorConnection
 from app.models.merchant import Merchant
 from app.models.payment import Payment
-from app.models.webhook_endpoint import WebhookEndpoint
+from app.models.retry import OutboxEvent
+from app.models.webhook_endpoint import WebhookDelivery, WebhookEndpoint
 from app.services.webhook_endpoint import create_endpoint
 from app.settings import Settings
 from app.tenancy import SYSTEM_SCOPE, Scope, system_principal
 from resolvers.ids import encode_id
+from tests.support.billing import sandbox_world, stripe_account
 from tests.support.factories import key_id, make_connection, make_key, make_merchant, make_payments
 from tests.support.graphql import codes, run, schema_for
 from tests.support.model_rows import Choice, make_model, pair, store, verdict
@@ -317,7 +326,8 @@ async def case_connect_processor(w: World) -> None:
     assert _errors(data, "connectProcessor") == not_found
     data = await _query(w, "merchant", CONNECT, input=payload("A"))
     assert data["connectProcessor"]["processorConnection"]["kind"] == "STRIPE"  # type: ignore[index]
-    await _forbidden(w, "partner", CONNECT, input=payload("B"))
+    data = await _query(w, "partner", CONNECT, input=payload("B"))
+    assert _errors(data, "connectProcessor") == []
     data = await _query(w, "partner", CONNECT, input=payload("C"))
     assert _errors(data, "connectProcessor") == not_found
     data = await _query(w, "support", CONNECT, input=payload("C"))
@@ -327,8 +337,8 @@ async def case_connect_processor(w: World) -> None:
 async def _connection_matrix(
     w: World, field: str, query: str, ok: Callable[[dict[str, Any]], None], **extra: object
 ) -> None:
-    """Merchant: own connection yes, another's not found; partner: visible forbidden, hidden
-    not found; support: any."""
+    """Merchant: own connection yes, another's not found; partner: granted merchant's yes,
+    hidden not found; support: any."""
 
     def cid(name: str) -> str:
         return encode_id("ProcessorConnection", w.connections[name].id)
@@ -338,7 +348,8 @@ async def _connection_matrix(
     assert _errors(data, field) == not_found
     data = await _query(w, "merchant", query, id=cid("A"), **extra)
     ok(data[field])  # type: ignore[arg-type]
-    await _forbidden(w, "partner", query, id=cid("B"), **extra)
+    data = await _query(w, "partner", query, id=cid("B"), **extra)
+    ok(data[field])  # type: ignore[arg-type]
     data = await _query(w, "partner", query, id=cid("C"), **extra)
     assert _errors(data, field) == not_found
     data = await _query(w, "support", query, id=cid("C"), **extra)
@@ -433,11 +444,18 @@ async def case_create_merchant(w: World) -> None:
 
     before = await count()
     await _forbidden(w, "merchant", query)
-    await _forbidden(w, "partner", query)
     assert await count() == before
     data = await _query(w, "support", query)
     assert data["createMerchant"] == {"merchant": {"name": "New"}, "errors": []}
-    assert await count() == before + 1
+    # A partner onboards a merchant: granted to it, to no other key.
+    data = await _query(w, "partner", query)
+    assert data["createMerchant"] == {"merchant": {"name": "New"}, "errors": []}
+    assert await count() == before + 2
+    listed = "{ merchants(first: 100) { edges { node { name } } } }"
+    for role, sees_new in (("merchant", 0), ("partner", 1), ("support", 2)):
+        data = await _query(w, role, listed)
+        names = [e["node"]["name"] for e in data["merchants"]["edges"]]  # type: ignore[index]
+        assert names.count("New") == sees_new, role
 
 
 async def _recovery_matrix(w: World, field: str, status: str) -> None:
@@ -597,7 +615,7 @@ async def case_create_webhook_endpoint(w: World) -> None:
     data = await _query(w, "merchant", CREATE_ENDPOINT, input=payload("B"))
     assert _errors(data, "createWebhookEndpoint") == not_found
     ok(await _query(w, "merchant", CREATE_ENDPOINT, input=payload("A")))
-    await _forbidden(w, "partner", CREATE_ENDPOINT, input=payload("B"))
+    ok(await _query(w, "partner", CREATE_ENDPOINT, input=payload("B")))
     data = await _query(w, "partner", CREATE_ENDPOINT, input=payload("C"))
     assert _errors(data, "createWebhookEndpoint") == not_found
     ok(await _query(w, "support", CREATE_ENDPOINT, input=payload("C")))
@@ -606,8 +624,8 @@ async def case_create_webhook_endpoint(w: World) -> None:
 async def _endpoint_matrix(
     w: World, field: str, query: str, ok: Callable[[dict[str, Any]], None], **extra: object
 ) -> None:
-    """Merchant: own endpoint yes, another's not found; partner: visible forbidden, hidden not
-    found; support: any."""
+    """Merchant: own endpoint yes, another's not found; partner: granted merchant's yes,
+    hidden not found; support: any."""
     endpoints = await _webhook_endpoints(w)
 
     def payload(name: str) -> dict[str, object]:
@@ -618,7 +636,8 @@ async def _endpoint_matrix(
     assert _errors(data, field) == not_found
     data = await _query(w, "merchant", query, input=payload("A"))
     ok(data[field])  # type: ignore[arg-type]
-    await _forbidden(w, "partner", query, input=payload("B"))
+    data = await _query(w, "partner", query, input=payload("B"))
+    ok(data[field])  # type: ignore[arg-type]
     data = await _query(w, "partner", query, input=payload("C"))
     assert _errors(data, field) == not_found
     data = await _query(w, "support", query, input=payload("C"))
@@ -771,6 +790,155 @@ async def test_raw_records_and_dead_letters_follow_the_key_scope(world: World) -
                 assert result.data == {"node": None}, (role, name)
 
 
+# --- Managing what was created -------------------------------------------------------------
+
+
+async def case_update_webhook_endpoint(w: World) -> None:
+    query = """mutation($input: UpdateWebhookEndpointInput!) {
+      updateWebhookEndpoint(input: $input) {
+        webhookEndpoint { eventTypes } errors { code field } } }"""
+
+    def ok(payload: dict[str, Any]) -> None:
+        assert payload == {
+            "webhookEndpoint": {"eventTypes": ["payment.recovered"]},
+            "errors": [],
+        }
+
+    await _endpoint_matrix(
+        w, "updateWebhookEndpoint", query, ok, eventTypes=["payment.recovered"], reason="t"
+    )
+
+
+async def case_delete_webhook_endpoint(w: World) -> None:
+    query = """mutation($input: DeleteWebhookEndpointInput!) {
+      deleteWebhookEndpoint(input: $input) { deletedWebhookEndpointId errors { code field } } }"""
+
+    def ok(payload: dict[str, Any]) -> None:
+        assert payload["errors"] == []
+        assert payload["deletedWebhookEndpointId"]
+
+    await _endpoint_matrix(w, "deleteWebhookEndpoint", query, ok, reason="tenancy")
+
+
+async def case_send_test_webhook(w: World) -> None:
+    query = """mutation($id: ID!) { sendTestWebhook(endpointId: $id) {
+      delivery { eventType status } errors { code field } } }"""
+    endpoints = await _webhook_endpoints(w)
+
+    def eid(name: str) -> str:
+        return encode_id("WebhookEndpoint", endpoints[name].id)
+
+    sent = {"delivery": {"eventType": "ping", "status": "PENDING"}, "errors": []}
+    not_found = [{"code": "NOT_FOUND", "field": "endpointId"}]
+    for role, name, ok in (
+        ("merchant", "B", False),
+        ("merchant", "A", True),
+        ("partner", "B", True),
+        ("partner", "C", False),
+        ("support", "C", True),
+    ):
+        data = await _query(w, role, query, id=eid(name))
+        if ok:
+            assert data["sendTestWebhook"] == sent, (role, name)
+        else:
+            assert _errors(data, "sendTestWebhook") == not_found, (role, name)
+
+
+async def _finished_deliveries(w: World) -> dict[str, uuid.UUID]:
+    """One delivered event per merchant's endpoint: its delivery's id."""
+    endpoints = await _webhook_endpoints(w)
+    now = w.clock.now()
+    found: dict[str, uuid.UUID] = {}
+    async with w.db.uow(SYSTEM_SCOPE) as uow:
+        for name, endpoint in endpoints.items():
+            event = OutboxEvent(
+                merchant_id=endpoint.merchant_id,
+                event_type="payment.recovered",
+                payload={"type": "payment.recovered"},
+                created_at=now,
+                dispatched_at=now,
+            )
+            uow.session.add(event)
+            await uow.session.flush()
+            delivery = WebhookDelivery(
+                merchant_id=endpoint.merchant_id,
+                event_id=event.id,
+                endpoint_id=endpoint.id,
+                status=WebhookDeliveryStatus.DELIVERED,
+                attempts=1,
+                next_attempt_at=now,
+                created_at=now,
+                delivered_at=now,
+            )
+            uow.session.add(delivery)
+            await uow.session.flush()
+            found[name] = delivery.id
+        await uow.commit()
+    return found
+
+
+async def case_redeliver_webhook(w: World) -> None:
+    query = """mutation($id: ID!) { redeliverWebhook(deliveryId: $id, reason: "tenancy") {
+      delivery { eventType status redeliveryOf } errors { code field } } }"""
+    deliveries = await _finished_deliveries(w)
+    not_found = [{"code": "NOT_FOUND", "field": "deliveryId"}]
+    for role, name, ok in (
+        ("merchant", "B", False),
+        ("merchant", "A", True),
+        ("partner", "B", True),
+        ("partner", "C", False),
+        ("support", "C", True),
+    ):
+        did = encode_id("WebhookDelivery", deliveries[name])
+        data = await _query(w, role, query, id=did)
+        if ok:
+            assert data["redeliverWebhook"] == {
+                "delivery": {
+                    "eventType": "payment.recovered",
+                    "status": "PENDING",
+                    "redeliveryOf": did,
+                },
+                "errors": [],
+            }, (role, name)
+        else:
+            assert _errors(data, "redeliverWebhook") == not_found, (role, name)
+
+
+async def case_update_processor_credentials(w: World) -> None:
+    """Checked at a sandbox Stripe account every connection is pointed at."""
+    query = """mutation($id: ID!, $credentials: JSON!) { updateProcessorCredentials(
+      input: {id: $id, credentials: $credentials, reason: "tenancy"}) {
+      processorConnection { status } errors { code field } } }"""
+    async with sandbox_world(w.clock.now()) as sandbox:
+        key = await stripe_account(sandbox)
+        async with w.db.uow(SYSTEM_SCOPE) as uow:
+            await uow.session.execute(
+                update(ProcessorConnection).values(base_url=f"{sandbox.url}/stripe")
+            )
+            await uow.commit()
+
+        def ok(payload: dict[str, Any]) -> None:
+            assert payload == {"processorConnection": {"status": "ACTIVE"}, "errors": []}
+
+        await _connection_matrix(
+            w, "updateProcessorCredentials", query, ok, credentials={"api_key": key}
+        )
+
+
+async def case_disconnect_processor(w: World) -> None:
+    query = """mutation($id: ID!) { disconnectProcessor(id: $id, reason: "tenancy") {
+      processorConnection { status } recoveriesCanceled errors { code field } } }"""
+
+    def ok(payload: dict[str, Any]) -> None:
+        assert payload == {
+            "processorConnection": {"status": "DISCONNECTED"},
+            "recoveriesCanceled": 0,
+            "errors": [],
+        }
+
+    await _connection_matrix(w, "disconnectProcessor", query, ok)
+
+
 TENANCY_CASES: dict[str, Callable[[World], Awaitable[None]]] = {
     "viewer": case_viewer,
     "merchants": case_merchants,
@@ -800,6 +968,12 @@ TENANCY_CASES: dict[str, Callable[[World], Awaitable[None]]] = {
     "replayConnection": case_replay_connection,
     "retrainModel": case_retrain_model,
     "backgroundJob": case_background_job,
+    "updateWebhookEndpoint": case_update_webhook_endpoint,
+    "deleteWebhookEndpoint": case_delete_webhook_endpoint,
+    "sendTestWebhook": case_send_test_webhook,
+    "redeliverWebhook": case_redeliver_webhook,
+    "updateProcessorCredentials": case_update_processor_credentials,
+    "disconnectProcessor": case_disconnect_processor,
 }
 
 
@@ -855,6 +1029,18 @@ UNAUTHENTICATED_QUERIES = {
     "dryRun: true) { count } }",
     "pauseMerchantsRecovery": 'mutation { pauseMerchantsRecovery(merchantIds: ["x"], '
     'reason: "r", dryRun: true) { count } }',
+    # Managing what was created.
+    "updateWebhookEndpoint": 'mutation { updateWebhookEndpoint(input: {endpointId: "x", '
+    'reason: "r", enabled: false}) { errors { code } } }',
+    "deleteWebhookEndpoint": 'mutation { deleteWebhookEndpoint(input: {endpointId: "x", '
+    'reason: "r"}) { errors { code } } }',
+    "sendTestWebhook": 'mutation { sendTestWebhook(endpointId: "x") { errors { code } } }',
+    "redeliverWebhook": 'mutation { redeliverWebhook(deliveryId: "x", reason: "r") '
+    "{ errors { code } } }",
+    "updateProcessorCredentials": 'mutation { updateProcessorCredentials(input: {id: "x", '
+    'credentials: {api_key: "k"}, reason: "r"}) { errors { code } } }',
+    "disconnectProcessor": 'mutation { disconnectProcessor(id: "x", reason: "r") '
+    "{ errors { code } } }",
 }
 
 
@@ -865,6 +1051,60 @@ async def test_no_valid_key_is_unauthenticated(world: World, field: str, token: 
         world.db, world.settings, world.clock, UNAUTHENTICATED_QUERIES[field], token=token
     )
     assert codes(result) == ["UNAUTHENTICATED"]
+
+
+def _mutations(settings: Settings) -> list[str]:
+    mutation_type = schema_for(settings)._schema.mutation_type
+    return sorted(mutation_type.fields) if mutation_type is not None else []
+
+
+def test_every_mutation_has_a_query_above(settings: Settings) -> None:
+    missing = set(_mutations(settings)) - set(UNAUTHENTICATED_QUERIES)
+    assert not missing, "add each new mutation to UNAUTHENTICATED_QUERIES"
+
+
+@pytest.mark.parametrize("role", ROLES)
+async def test_read_only_keys_are_forbidden_every_mutation(world: World, role: str) -> None:
+    """A key with the READ scope alone: FORBIDDEN on each mutation before it runs (the same
+    operation by a WRITE key of the role is not refused so), while its queries answer."""
+    now = world.clock.now()
+    granted = {"merchant": ["A"], "partner": ["A", "B"], "support": []}[role]
+    reader = await make_key(
+        world.db,
+        Role(role),
+        [world.merchants[n] for n in granted],
+        now=now,
+        scopes=frozenset({ApiKeyScope.READ}),
+    )
+    for field in _mutations(world.settings):
+        query = UNAUTHENTICATED_QUERIES[field]
+        result = await run(world.db, world.settings, world.clock, query, token=reader)
+        assert codes(result) == ["FORBIDDEN"], field
+        assert result.data is None, field
+        assert "WRITE scope" in str(result.errors), field
+    data = await _query_with(world, reader, "{ viewer { role } }")
+    assert data == {"viewer": {"role": role.upper()}}
+
+
+async def test_write_keys_are_not_refused_for_their_scope(world: World) -> None:
+    """The same operations by a support key (READ and WRITE) are never refused for scope."""
+    for field in _mutations(world.settings):
+        result = await run(
+            world.db,
+            world.settings,
+            world.clock,
+            UNAUTHENTICATED_QUERIES[field],
+            token=world.tokens["support"],
+            redis=world.queue,
+        )
+        assert "WRITE scope" not in str(result.errors), field
+
+
+async def _query_with(w: World, token: str, query: str) -> dict[str, object]:
+    result = await run(w.db, w.settings, w.clock, query, token=token, redis=w.queue)
+    assert result.errors is None, result.errors
+    assert result.data is not None
+    return result.data
 
 
 async def test_revoked_key_is_unauthenticated(world: World) -> None:

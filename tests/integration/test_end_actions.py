@@ -16,10 +16,11 @@ from app.models.end_action import EndActionRun
 from app.models.payment import Payment
 from app.models.retry import OutboxEvent
 from app.retry.events import DecisionMade, Event, PaidElsewhere
+from app.services.connection import disconnect_connection
 from app.services.retry.end_actions import LEASE, MAX_TRIES, backoff, claim_end_actions
 from app.services.retry.engine import run_event
 from app.services.retry.ledger import load_contexts
-from app.tenancy import SYSTEM_SCOPE
+from app.tenancy import SYSTEM_SCOPE, system_principal
 from app.workflows.end_actions import end_action_key, run_end_actions
 from app.workflows.retry_attempt import default_adapters
 from sandbox.billing import Subscription
@@ -258,3 +259,32 @@ async def test_cancel_failing_every_try_ends_failed_and_says_so(
     assert "HTTP 500" in event["detail"]
     assert _subscription(world, connected, payment).open
     await set_faults(world.http, connected.account_id)
+
+
+async def test_a_disconnected_connection_cancels_nothing_and_says_why(
+    world: SandboxWorld, db: Database
+) -> None:
+    """An end action left behind by a connection disconnected since: its credentials are
+    gone, so nothing is asked of the processor."""
+    connected = await _connect(world, db, Processor.STRIPE, 61)
+    payment = await _exhaust(world, db, connected)
+    async with db.uow(SYSTEM_SCOPE) as uow:
+        _, canceled = await disconnect_connection(
+            uow,
+            principal=system_principal(),
+            connection_id=connected.connection.id,
+            reason="switching processors",
+            box=BOX,
+            now=world.clock.now(),
+        )
+        await uow.commit()
+    assert canceled > 0
+
+    assert await _run(world, db) == {"not_supported": 1}
+
+    row = await _run_row(db, payment.id)
+    assert (row.status, row.detail) == (
+        EndActionStatus.NOT_SUPPORTED,
+        "the processor connection was disconnected",
+    )
+    assert _subscription(world, connected, payment).cancel_requests == 0

@@ -71,6 +71,22 @@ async def test_a_key_revoked_elsewhere_is_refused_once_the_bound_has_passed(
         assert not served(await viewer(client, token))
 
 
+async def test_a_cached_key_is_refused_from_its_expiry_on(
+    db: Database, services: Services, clock: FixedClock
+) -> None:
+    """The cache trusts a lookup for a minute here, but never past the key's expiresAt."""
+    settings = Settings(environment="test", auth_cache_seconds=60)
+    merchant = await make_merchant(db, "Expiring", now=clock.now())
+    expires = clock.now() + timedelta(seconds=10)
+    token = await make_key(db, Role.MERCHANT, [merchant], now=clock.now(), expires_at=expires)
+    async with portal_http(db, services.redis_url, settings, clock) as client:
+        assert served(await viewer(client, token))
+        clock.set(expires - timedelta(seconds=0.1))
+        assert served(await viewer(client, token))
+        clock.set(expires)
+        assert not served(await viewer(client, token))
+
+
 async def test_without_a_cache_a_revoked_key_is_refused_at_once(
     db: Database, services: Services, clock: FixedClock
 ) -> None:

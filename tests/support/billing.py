@@ -75,6 +75,22 @@ class Connected:
     connection: ProcessorConnection
 
 
+async def stripe_account(world: SandboxWorld) -> str:
+    """A small sandbox Stripe account (at `{world.url}/stripe`); returns its API key."""
+    suffix = secrets.token_hex(4)
+    key = f"key_{suffix}"
+    body = {
+        "processor": "stripe",
+        "account_id": f"stripe_{suffix}",
+        "merchant_seed": 1,
+        "api_key": key,
+        "history_days": 1,
+        "customers": 5,
+    }
+    await create_account(world.http, body)
+    return key
+
+
 async def connect_account(
     world: SandboxWorld, db: Database, processor: Processor, *, seed: int, **policy: object
 ) -> Connected:

@@ -10,6 +10,7 @@ from app.db import Database
 from app.enums import (
     Actor,
     Advice,
+    ApiKeyScope,
     AttemptOutcome,
     CardFunding,
     DeclineCategory,
@@ -56,11 +57,24 @@ async def set_strategy(
 
 
 async def make_key(
-    db: Database, role: Role, merchants: list[Merchant], *, now: datetime, name: str = "test"
+    db: Database,
+    role: Role,
+    merchants: list[Merchant],
+    *,
+    now: datetime,
+    name: str = "test",
+    scopes: frozenset[ApiKeyScope] = frozenset(ApiKeyScope),
+    expires_at: datetime | None = None,
 ) -> str:
     async with db.uow(SYSTEM_SCOPE) as uow:
         _, token = await create_api_key(
-            uow, name=name, role=role, merchant_ids=[m.id for m in merchants], now=now
+            uow,
+            name=name,
+            role=role,
+            merchant_ids=[m.id for m in merchants],
+            now=now,
+            scopes=scopes,
+            expires_at=expires_at,
         )
         await uow.commit()
     return token
