@@ -1041,6 +1041,11 @@ UNAUTHENTICATED_QUERIES = {
     'credentials: {api_key: "k"}, reason: "r"}) { errors { code } } }',
     "disconnectProcessor": 'mutation { disconnectProcessor(id: "x", reason: "r") '
     "{ errors { code } } }",
+    # Support's requests, and the policy preview (declared as a change it never commits).
+    "replayConnection": 'mutation { replayConnection(id: "x", reason: "r") { errors { code } } }',
+    "retrainModel": 'mutation { retrainModel(reason: "r") { errors { code } } }',
+    "previewRetryPolicy": 'mutation { previewRetryPolicy(merchantId: "x", '
+    "input: {maxAttempts: 5}) { errors { code } } }",
 }
 
 
