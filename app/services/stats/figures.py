@@ -2,10 +2,11 @@
 
 import math
 import uuid
+from operator import add, attrgetter
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 from app.enums import Actor
@@ -38,9 +39,9 @@ class Sums:
     ttr_histogram: tuple[int, ...] = (0,) * TTR_BUCKETS
 
     def __add__(self, other: "Sums") -> "Sums":
-        return _sums(
-            [getattr(self, m) + getattr(other, m) for m in MEASURES],
-            tuple(a + b for a, b in zip(self.ttr_histogram, other.ttr_histogram, strict=True)),
+        return Sums(
+            *map(add, _measures(self), _measures(other)),  # type: ignore[misc]
+            ttr_histogram=tuple(map(add, self.ttr_histogram, other.ttr_histogram)),
         )
 
     @property
@@ -61,6 +62,7 @@ def _sums(values: Sequence[int], histogram: tuple[int, ...]) -> Sums:
 
 
 ZERO = Sums()
+_measures = attrgetter(*MEASURES)
 EMPTY: tuple[Sums, Sums] = (ZERO, ZERO)
 if tuple(f.name for f in fields(Sums))[: len(MEASURES)] != MEASURES:  # pragma: no cover
     raise RuntimeError("Sums must list the rollup measures in their order")
@@ -282,6 +284,18 @@ class RollupKey:
     funding: str
     control_group: bool
     retryable: bool
+
+
+@dataclass(frozen=True, slots=True)
+class DayRollupKey:
+    """The key of one day rollup row: a local day and one value of one breakdown dimension."""
+
+    merchant_id: uuid.UUID
+    day: date
+    currency: str
+    retryable: bool
+    dimension: str
+    value: str
 
 
 def assemble(

@@ -19,7 +19,14 @@ from app.models.stats import (
     RecoveryDayZone,
     RecoveryRollup,
 )
-from app.services.stats.figures import GroupKey, RecoveryStats, RollupKey, Sums, assemble
+from app.services.stats.figures import (
+    DayRollupKey,
+    GroupKey,
+    RecoveryStats,
+    RollupKey,
+    Sums,
+    assemble,
+)
 from app.services.stats.query import StatsQuery, series_bounds, whole_days
 
 
@@ -46,10 +53,15 @@ _CONTROL_KINDS = {0b111: "total", 0b011: "series", 0b100: "arm"}
 CONTROL_DIMENSION = DAY_DIMENSIONS[0]
 
 
+def _bigint(column: Any) -> Any:
+    """A sum as bigint (a bigint column's `sum` is numeric, read back as a slower Decimal)."""
+    return sa.cast(sa.func.sum(column), sa.BigInteger)
+
+
 def _hist_sums(column: Any) -> list[Any]:
     """The element-wise sums of a histogram column (plain `sum`s: the array aggregate costs
     tens of microseconds a row)."""
-    return [sa.func.sum(column[i + 1]) for i in range(TTR_BUCKETS)]
+    return [_bigint(column[i + 1]) for i in range(TTR_BUCKETS)]
 
 
 def _combined(parts: list[Any]) -> Any:
@@ -142,7 +154,11 @@ async def load_stats(
             col(d.ttr_histogram),
         )
         .join_from(d, w, col(d.day) == w.c.day)
-        .where(col(d.merchant_id).in_(day_merchants))
+        .where(
+            col(d.merchant_id).in_(day_merchants),
+            col(d.day) >= (whole.days[0] if whole.days else query.start.date()),
+            col(d.day) <= (whole.days[-1] if whole.days else query.start.date()),
+        )
         .cte("days")
     )
     model_counts = sa.union_all(
@@ -158,7 +174,7 @@ async def load_stats(
     )
 
     def measured(t: Any) -> list[Any]:
-        return [*(sa.func.sum(t.c[m]) for m in MEASURES), *_hist_sums(t.c.ttr_histogram)]
+        return [_bigint(t.c[m]) for m in MEASURES] + _hist_sums(t.c.ttr_histogram)
 
     # Quarter hours: grouping sets over the dimensions.
     c = fine.c
@@ -295,3 +311,33 @@ async def stored_rollups(
                 )
             ] = sums
     return found
+
+
+async def stored_day_rollups(
+    session: AsyncSession, merchant_ids: Sequence[uuid.UUID] | None = None
+) -> dict[DayRollupKey, Sums]:
+    """The day rollup rows the session may see, without rows whose sums fell back to zero."""
+    d = RecoveryDayRollup
+    statement = sa.select(d)
+    if merchant_ids is not None:
+        statement = statement.where(col(d.merchant_id).in_(sorted(merchant_ids)))
+    found: dict[DayRollupKey, Sums] = {}
+    for (row,) in (await session.execute(statement)).all():
+        sums = Sums.of([getattr(row, m) for m in MEASURES], row.ttr_histogram)
+        if not sums.is_zero:
+            key = DayRollupKey(
+                row.merchant_id, row.day, row.currency, row.retryable, row.dimension, row.value
+            )
+            found[key] = sums
+    return found
+
+
+async def day_zones(
+    session: AsyncSession, merchant_ids: Sequence[uuid.UUID] | None = None
+) -> dict[uuid.UUID, str]:
+    """The time zone each merchant's day rollups are kept in (merchants without: none)."""
+    z = RecoveryDayZone
+    statement = sa.select(col(z.merchant_id), col(z.timezone))
+    if merchant_ids is not None:
+        statement = statement.where(col(z.merchant_id).in_(sorted(merchant_ids)))
+    return {row[0]: row[1] for row in (await session.execute(statement)).all()}
