@@ -2,7 +2,7 @@
 
 import uuid
 from collections.abc import Sequence
-from datetime import datetime
+from functools import cache
 from typing import Any
 
 import sqlalchemy as sa
@@ -72,35 +72,26 @@ def _text(value: Any = None) -> Any:
     return sa.cast(sa.null(), sa.Text) if value is None else sa.cast(value, sa.Text)
 
 
-async def load_stats(
-    session: AsyncSession,
-    query: StatsQuery,
-    *,
-    merchant_ids: Sequence[uuid.UUID] | None,
-    per_merchant: bool,
-) -> dict[uuid.UUID | None, RecoveryStats]:
-    """The statistics from the rollups in one statement, within the session's scope and,
-    when given, `merchant_ids`. `per_merchant`: one result per merchant id given, else one for
-    them all under the key None. A payment counts when the quarter hour (UTC) of its first
-    failure starts in [start, end).
-
-    The whole local days of the range come from the day rollup for merchants whose day rows
-    are kept in the query's timezone; the partial days at its edges, and every day of other
-    merchants, from the quarter-hour rollup (grouping sets). Both parts' groups are added."""
+@cache
+def _statement(
+    per_merchant: bool, with_ids: bool, head: bool, tail: bool, days_present: bool
+) -> Any:
+    """The statistics statement of one shape, its values left as parameters (built once:
+    the expression costs milliseconds to build). `head`/`tail`: the range has a partial day
+    before/after its whole days; `days_present`: it has whole days."""
     r, d, z = RecoveryRollup, RecoveryDayRollup, RecoveryDayZone
-    bounds = series_bounds(query)
-    whole = whole_days(query)
-    ids = None if merchant_ids is None else sorted(merchant_ids)
+    ids = sa.bindparam("ids", type_=postgresql.ARRAY(sa.Uuid))
+    moment = sa.DateTime(timezone=True)
+    start, end = sa.bindparam("start", type_=moment), sa.bindparam("end", type_=moment)
+    low, high = sa.bindparam("low", type_=moment), sa.bindparam("high", type_=moment)
 
     def mine(column: Any) -> list[Any]:
-        return [] if ids is None else [column.in_(ids)]
+        return [column == sa.any_(ids)] if with_ids else []
 
     day_merchants = sa.select(col(z.merchant_id)).where(
-        col(z.timezone) == query.timezone, *mine(col(z.merchant_id))
+        col(z.timezone) == sa.bindparam("zone", type_=sa.String), *mine(col(z.merchant_id))
     )
-    bounds_param = sa.bindparam(
-        "bounds", bounds, type_=postgresql.ARRAY(sa.DateTime(timezone=True))
-    )
+    bounds_param = sa.bindparam("bounds", type_=postgresql.ARRAY(moment))
     quarter_columns = [
         col(r.merchant_id),
         col(r.currency),
@@ -114,30 +105,24 @@ async def load_stats(
         col(r.ttr_histogram),
     ]
 
-    def quarter(low: datetime, high: datetime, *where: Any) -> Any:
+    def quarter(since: Any, until: Any, *where: Any) -> Any:
         return sa.select(*quarter_columns).where(
-            col(r.bucket_start) >= low,
-            col(r.bucket_start) < high,
+            col(r.bucket_start) >= since,
+            col(r.bucket_start) < until,
             *mine(col(r.merchant_id)),
             *where,
         )
 
-    edges = [(query.start, whole.low), (whole.high, query.end)]
-    parts = [quarter(low, high) for low, high in edges if low < high]
-    if whole.days:
-        everyone = (
-            sa.select(sa.func.unnest(sa.bindparam("ids", ids, type_=postgresql.ARRAY(sa.Uuid))))
-            if ids is not None
-            else sa.select(col(Merchant.id))
-        )
-        parts.append(
-            quarter(whole.low, whole.high, col(r.merchant_id).in_(everyone.except_(day_merchants)))
-        )
+    edges = [(start, low, head), (high, end, tail)]
+    parts = [quarter(since, until) for since, until, present in edges if present]
+    if days_present:
+        everyone = sa.select(sa.func.unnest(ids)) if with_ids else sa.select(col(Merchant.id))
+        parts.append(quarter(low, high, col(r.merchant_id).in_(everyone.except_(day_merchants))))
     fine = _combined(parts).cte("fine")
     w = (
         sa.func.unnest(
-            sa.bindparam("days", list(whole.days), type_=postgresql.ARRAY(sa.Date)),
-            sa.bindparam("points", list(whole.points), type_=postgresql.ARRAY(sa.Integer)),
+            sa.bindparam("days", type_=postgresql.ARRAY(sa.Date)),
+            sa.bindparam("points", type_=postgresql.ARRAY(sa.Integer)),
         )
         .table_valued("day", "idx")
         .render_derived(name="w")
@@ -156,8 +141,8 @@ async def load_stats(
         .join_from(d, w, col(d.day) == w.c.day)
         .where(
             col(d.merchant_id).in_(day_merchants),
-            col(d.day) >= (whole.days[0] if whole.days else query.start.date()),
-            col(d.day) <= (whole.days[-1] if whole.days else query.start.date()),
+            col(d.day) >= sa.bindparam("first_day", type_=sa.Date),
+            col(d.day) <= sa.bindparam("last_day", type_=sa.Date),
         )
         .cte("days")
     )
@@ -254,10 +239,50 @@ async def load_stats(
         .where(k.dimension != CONTROL_DIMENSION)
         .group_by(*day_base, k.dimension, k.value)
     )
-    statement = sa.union_all(fine_groups, control_groups, breakdowns)
+    return sa.union_all(fine_groups, control_groups, breakdowns)
+
+
+async def load_stats(
+    session: AsyncSession,
+    query: StatsQuery,
+    *,
+    merchant_ids: Sequence[uuid.UUID] | None,
+    per_merchant: bool,
+) -> dict[uuid.UUID | None, RecoveryStats]:
+    """The statistics from the rollups in one statement, within the session's scope and,
+    when given, `merchant_ids`. `per_merchant`: one result per merchant id given, else one for
+    them all under the key None. A payment counts when the quarter hour (UTC) of its first
+    failure starts in [start, end).
+
+    The whole local days of the range come from the day rollup for merchants whose day rows
+    are kept in the query's timezone; the partial days at its edges, and every day of other
+    merchants, from the quarter-hour rollup (grouping sets). Both parts' groups are added."""
+    bounds = series_bounds(query)
+    whole = whole_days(query)
+    today = query.start.date()
+    parameters: dict[str, Any] = {
+        "ids": None if merchant_ids is None else sorted(merchant_ids),
+        "start": query.start,
+        "end": query.end,
+        "low": whole.low,
+        "high": whole.high,
+        "zone": query.timezone,
+        "bounds": bounds,
+        "days": list(whole.days),
+        "points": list(whole.points),
+        "first_day": whole.days[0] if whole.days else today,
+        "last_day": whole.days[-1] if whole.days else today,
+    }
+    statement = _statement(
+        per_merchant,
+        merchant_ids is not None,
+        query.start < whole.low,
+        whole.high < query.end,
+        bool(whole.days),
+    )
     groups: dict[GroupKey, Sums] = {}
     first_measure = 13
-    for row in (await session.execute(statement)).all():
+    for row in (await session.execute(statement, parameters)).all():
         part, currency, retryable, merchant, bits = row[:5]
         idx, category, processor, funding, model_merchant, control, dimension, value = row[5:13]
         kind: str
