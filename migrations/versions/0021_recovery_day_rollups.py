@@ -304,6 +304,21 @@ def _measure(name: str) -> sa.Column[int]:
 
 
 def upgrade() -> None:
+    # New tables: their foreign keys take a brief lock on `merchant`, bounded by the timeout.
+    with short_lock_timeout(LOCK_TIMEOUT):
+        _create_tables()
+    # Replacing a function takes no table lock; the policy trigger's brief lock on
+    # `retry_policy` waits at most the short timeout.
+    for statement in [*_trigger_functions(days=True), REBUILD, POLICY_TRIGGER_FUNCTION]:
+        op.execute(statement)
+    with short_lock_timeout(LOCK_TIMEOUT):
+        op.execute(POLICY_TRIGGER)
+    # One merchant per transaction (the backfill commits after each).
+    with op.get_context().autocommit_block():
+        op.execute(BACKFILL)
+
+
+def _create_tables() -> None:
     op.create_table(
         "recovery_day_zone",
         sa.Column("merchant_id", sa.Uuid(), nullable=False),
@@ -312,6 +327,7 @@ def upgrade() -> None:
             ["merchant_id"], ["merchant.id"], name=op.f("fk_recovery_day_zone_merchant_id_merchant")
         ),
         sa.PrimaryKeyConstraint("merchant_id", name=op.f("pk_recovery_day_zone")),
+        if_not_exists=True,
     )
     op.create_table(
         "recovery_day_rollup",
@@ -329,15 +345,8 @@ def upgrade() -> None:
             name=op.f("fk_recovery_day_rollup_merchant_id_merchant"),
         ),
         sa.PrimaryKeyConstraint(*DAY_KEYS, name=op.f("pk_recovery_day_rollup")),
+        if_not_exists=True,
     )
-    # Replacing a function takes no table lock; the policy trigger's brief lock waits at most
-    # the short timeout.
-    for statement in [*_trigger_functions(days=True), REBUILD, POLICY_TRIGGER_FUNCTION]:
-        op.execute(statement)
-    with short_lock_timeout(LOCK_TIMEOUT):
-        op.execute(POLICY_TRIGGER)
-    with op.get_context().autocommit_block():
-        op.execute(BACKFILL)
 
 
 def downgrade() -> None:

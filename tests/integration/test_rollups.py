@@ -29,8 +29,8 @@ from app.models.retry_policy import RetryPolicy
 from app.models.stats import BUCKET_SECONDS, MEASURES, TTR_EDGES_SECONDS
 from app.retry.schedule import in_control_group
 from app.services.retry_policy import current_policies, snapshot
-from app.services.stats.query import Granularity, stats_query
 from app.services.stats.figures import RollupKey
+from app.services.stats.query import Granularity, stats_query
 from app.services.stats.recompute import (
     RollupDifference,
     recompute,
