@@ -6,8 +6,9 @@ Creates the database (default `portal_scale`, next to the portal's own database)
 migrations, then loads, set-based (`INSERT … SELECT` over `generate_series`, one statement per
 chunk of payments, each in its own transaction):
 
-- merchants with their default retry policy and one processor connection each (through the
-  portal's services), skewed: the first merchant holds `--top-share` (default 40%) of the
+- merchants with their default retry policy in a time zone of their own (the largest in
+  Europe/Paris, the others in turn from `ZONES`) and one processor connection each (through
+  the portal's services), skewed: the first merchant holds `--top-share` (default 40%) of the
   payments, the others split the rest by 1/rank;
 - customers (one per three payments) with one card each (brand, funding, BIN, last4, expiry,
   fingerprint; never a card number);
@@ -40,6 +41,7 @@ from app.embedded import resolve_services
 from app.enums import Processor, Role
 from app.services.connection import create_connection
 from app.services.merchant import create_merchant
+from app.services.retry_policy import PolicyChanges, update_retry_policy
 from app.services.seed import _BRANDS, _CURRENCIES, _DECLINES
 from app.settings import Settings
 from app.tenancy import SYSTEM_SCOPE, Principal, Scope
@@ -51,6 +53,8 @@ BOX = CredentialBox("bench-secret")
 LOOPBACK = UrlPolicy(require_https=False, allow_loopback=True)
 PROCESSORS = (Processor.STRIPE, Processor.BRAINTREE, Processor.ADYEN, Processor.CHECKOUT)
 CHUNK = 250_000
+# The merchants' own time zones, in turn: local days that are not UTC days, DST included.
+ZONES = ("Europe/Paris", "America/New_York", "Asia/Kolkata", "UTC", "Australia/Sydney")
 
 
 def _literal(values: list[str]) -> str:
@@ -119,7 +123,7 @@ WITH b AS (
                 THEN date_trunc('month', $6::timestamptz
                                  - make_interval(months => floor(r_age / 0.33 * $9 / 30.5)::int))
                      + interval '9 hours' + r_retries * interval '3 hours'
-                ELSE $6::timestamptz - r_age * make_interval(days => $9::int)
+                ELSE $6::timestamptz - (r_age - 0.33) / 0.67 * make_interval(days => $9::int)
            END AS failed_at
     FROM b
 ), s AS (
@@ -304,6 +308,15 @@ async def _merchants(url: str, count: int, now: datetime) -> list[tuple[str, str
                     },
                     account_ref=f"acct_scale_{m}",
                     box=BOX,
+                    now=now,
+                )
+                await update_retry_policy(
+                    uow,
+                    principal=SUPPORT,
+                    merchant_id=merchant.id,
+                    expected_version=1,
+                    changes=PolicyChanges(timezone=ZONES[m % len(ZONES)]),
+                    reason="the merchant's own time zone",
                     now=now,
                 )
                 await uow.commit()

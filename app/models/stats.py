@@ -1,12 +1,13 @@
 """Recovery rollups: per-quarter-hour sums of payments, kept current by database triggers."""
 
-from datetime import datetime
+import uuid
+from datetime import date, datetime
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlmodel import Field
 
-from app.models.base import TenantOwned, timestamp
+from app.models.base import TenantOwned, merchant_key, timestamp
 
 # Upper edges (seconds, exclusive) of the time-to-recover histogram; the last bucket is open.
 # Migration 0005 copies these into SQL; a test checks both agree.
@@ -99,10 +100,69 @@ class RecoveryRollup(TenantOwned, table=True):
     )
 
 
+# The breakdowns a day rollup row belongs to: each payment counts once under every dimension,
+# so the rows of one dimension add up to the day's total. "control_group" holds "true"/"false".
+DAY_DIMENSIONS: tuple[str, ...] = ("control_group", "decline_category", "processor", "funding")
+
+
+class RecoveryDayZone(TenantOwned, table=True):
+    """The time zone a merchant's day rollups are kept in: its current retry policy's,
+    recorded by the trigger that rebuilds them when a new policy version changes it
+    (migration 0021)."""
+
+    __tablename__ = "recovery_day_zone"
+
+    merchant_id: uuid.UUID = Field(foreign_key="merchant.id", primary_key=True)
+    timezone: str = Field(max_length=64)
+
+
+class RecoveryDayRollup(TenantOwned, table=True):
+    """Sums over one local day (in the merchant's `RecoveryDayZone`) of the payments sharing
+    one value of one breakdown dimension (`DAY_DIMENSIONS`): the quarter-hour rows' sums
+    regrouped, so a range of whole days reads a few rows per day and breakdown. Adjusted by
+    the same statement triggers as `RecoveryRollup`, in the same statement (migration 0021)."""
+
+    __tablename__ = "recovery_day_rollup"
+    __table_args__ = (
+        sa.PrimaryKeyConstraint(
+            "merchant_id", "day", "currency", "retryable", "dimension", "value"
+        ),
+    )
+
+    merchant_id: uuid.UUID = merchant_key()
+    # The local date (in the merchant's zone) of the quarter hour of the first failure.
+    day: date
+    currency: str = Field(max_length=3)
+    retryable: bool
+    dimension: str = Field(max_length=16)
+    value: str = Field(max_length=32)
+    failed_count: int = _measure()
+    failed_amount: int = _measure()
+    open_count: int = _measure()
+    open_amount: int = _measure()
+    recovered_portal_count: int = _measure()
+    recovered_portal_amount: int = _measure()
+    recovered_processor_count: int = _measure()
+    recovered_processor_amount: int = _measure()
+    recovered_billing_system_count: int = _measure()
+    recovered_billing_system_amount: int = _measure()
+    recovered_customer_count: int = _measure()
+    recovered_customer_amount: int = _measure()
+    recovered_retries: int = _measure()
+    model_count: int = _measure()
+    ttr_histogram: list[int] = Field(
+        default_factory=lambda: [0] * TTR_BUCKETS,
+        sa_type=postgresql.ARRAY(sa.BigInteger),
+    )
+
+
 __all__ = [
     "BUCKET_SECONDS",
+    "DAY_DIMENSIONS",
     "MEASURES",
     "TTR_BUCKETS",
     "TTR_EDGES_SECONDS",
+    "RecoveryDayRollup",
+    "RecoveryDayZone",
     "RecoveryRollup",
 ]

@@ -12,7 +12,7 @@ from app.models.model_version import ModelDecision, ModelVersion
 from app.models.payment import Payment, PaymentAttempt
 from app.models.retry import OutboxEvent, PaymentTransition
 from app.models.retry_policy import RetryPolicy
-from app.models.stats import RecoveryRollup
+from app.models.stats import RecoveryDayRollup, RecoveryDayZone, RecoveryRollup
 from app.models.webhook_endpoint import WebhookDelivery, WebhookEndpoint
 
 __all__ = [
@@ -34,6 +34,8 @@ __all__ = [
     "PaymentTransition",
     "ProcessorConnection",
     "RawRecord",
+    "RecoveryDayRollup",
+    "RecoveryDayZone",
     "RecoveryRollup",
     "RetryPolicy",
     "TenantOwned",

@@ -29,8 +29,14 @@ from app.models.retry_policy import RetryPolicy
 from app.models.stats import BUCKET_SECONDS, MEASURES, TTR_EDGES_SECONDS
 from app.retry.schedule import in_control_group
 from app.services.retry_policy import current_policies, snapshot
+from app.services.stats.figures import RollupKey
 from app.services.stats.query import Granularity, stats_query
-from app.services.stats.recompute import recompute, rollup_differences, ttr_bucket
+from app.services.stats.recompute import (
+    RollupDifference,
+    recompute,
+    rollup_differences,
+    ttr_bucket,
+)
 from app.services.stats.rollups import load_stats
 from app.tenancy import SYSTEM_SCOPE
 from tests.support.factories import make_merchant
@@ -126,6 +132,9 @@ changes = st.one_of(
 )
 # The control share of each merchant's policy versions after the first (10%, the default).
 LATER_POLICY_PERCENTS = (50, 0)
+# Each merchant's zone from policy version 2: the first one's day rollups serve the queries in
+# America/New_York, the second one's read quarter hours there.
+MERCHANT_ZONES = ("America/New_York", "UTC")
 operations = st.lists(
     st.one_of(
         st.tuples(st.just("insert"), st.lists(payment_values, min_size=1, max_size=4)),
@@ -146,7 +155,12 @@ async def _world(db: Database) -> tuple[list[Merchant], list[Customer], list[lis
         for merchant in merchants:
             first = (await current_policies(uow.session, [merchant.id]))[merchant.id]
             for version, percent in enumerate(LATER_POLICY_PERCENTS, start=2):
-                values = {**snapshot(first), "version": version, "control_group_percent": percent}
+                values = {
+                    **snapshot(first),
+                    "version": version,
+                    "control_group_percent": percent,
+                    "timezone": MERCHANT_ZONES[len(customers)],
+                }
                 uow.session.add(
                     RetryPolicy(
                         merchant_id=merchant.id, created_at=BASE, created_by="test", **values
@@ -325,6 +339,8 @@ async def test_a_check_reports_a_tampered_row(db: Database) -> None:
             {"m": merchants[0].id},
         )
         [difference] = await rollup_differences(uow.session, [merchants[0].id])
+    assert isinstance(difference, RollupDifference)
+    assert isinstance(difference.key, RollupKey)
     assert difference.stored is not None
     assert difference.expected is not None
     assert difference.stored.failed_amount == difference.expected.failed_amount + 1 == 501

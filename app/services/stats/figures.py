@@ -5,7 +5,8 @@ import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from datetime import datetime
+from datetime import date, datetime
+from operator import add, attrgetter
 from typing import Any
 
 from app.enums import Actor
@@ -38,9 +39,9 @@ class Sums:
     ttr_histogram: tuple[int, ...] = (0,) * TTR_BUCKETS
 
     def __add__(self, other: "Sums") -> "Sums":
-        return _sums(
-            [getattr(self, m) + getattr(other, m) for m in MEASURES],
-            tuple(a + b for a, b in zip(self.ttr_histogram, other.ttr_histogram, strict=True)),
+        return Sums(
+            *map(add, _measures(self), _measures(other)),  # type: ignore[misc]
+            ttr_histogram=tuple(map(add, self.ttr_histogram, other.ttr_histogram)),
         )
 
     @property
@@ -61,6 +62,11 @@ def _sums(values: Sequence[int], histogram: tuple[int, ...]) -> Sums:
 
 
 ZERO = Sums()
+_measures = attrgetter(*MEASURES)
+# Each actor's recovered count and amount, in the order of ACTORS (read without the enum's
+# slow attribute access on the request path).
+_ACTOR_COUNTS = attrgetter(*(f"recovered_{a.value}_count" for a in ACTORS))
+_ACTOR_AMOUNTS = attrgetter(*(f"recovered_{a.value}_amount" for a in ACTORS))
 EMPTY: tuple[Sums, Sums] = (ZERO, ZERO)
 if tuple(f.name for f in fields(Sums))[: len(MEASURES)] != MEASURES:  # pragma: no cover
     raise RuntimeError("Sums must list the rollup measures in their order")
@@ -117,25 +123,15 @@ class RecoveryFigures:
     @classmethod
     def of(cls, eligible: Sums, never: Sums) -> "RecoveryFigures":
         both = eligible + never
+        counts, amounts = _ACTOR_COUNTS(both), _ACTOR_AMOUNTS(both)
         return cls(
             failed_count=both.failed_count,
             failed_amount=both.failed_amount,
             eligible_count=eligible.failed_count,
             eligible_amount=eligible.failed_amount,
-            recovered=tuple(
-                ActorRecovery(
-                    a,
-                    getattr(both, f"recovered_{a.value}_count"),
-                    getattr(both, f"recovered_{a.value}_amount"),
-                )
-                for a in ACTORS
-            ),
-            eligible_recovered_count=sum(
-                getattr(eligible, f"recovered_{a.value}_count") for a in ACTORS
-            ),
-            eligible_recovered_amount=sum(
-                getattr(eligible, f"recovered_{a.value}_amount") for a in ACTORS
-            ),
+            recovered=tuple(map(ActorRecovery, ACTORS, counts, amounts)),
+            eligible_recovered_count=sum(_ACTOR_COUNTS(eligible)),
+            eligible_recovered_amount=sum(_ACTOR_AMOUNTS(eligible)),
             in_recovery_count=both.open_count,
             in_recovery_amount=both.open_amount,
             recovered_retries=both.recovered_retries,
@@ -284,6 +280,18 @@ class RollupKey:
     retryable: bool
 
 
+@dataclass(frozen=True, slots=True)
+class DayRollupKey:
+    """The key of one day rollup row: a local day and one value of one breakdown dimension."""
+
+    merchant_id: uuid.UUID
+    day: date
+    currency: str
+    retryable: bool
+    dimension: str
+    value: str
+
+
 def assemble(
     query: StatsQuery, groups: Mapping[GroupKey, Sums], merchants: Iterable[uuid.UUID | None]
 ) -> dict[uuid.UUID | None, RecoveryStats]:
@@ -320,10 +328,7 @@ def assemble(
 
             def arm(control: bool, dims: dict[tuple[str, Any], list[Sums]] = dims) -> Arm:
                 eligible = dims.get(("arm", (True, control)), EMPTY)[0]
-                return Arm(
-                    eligible.failed_count,
-                    sum(getattr(eligible, f"recovered_{a.value}_count") for a in ACTORS),
-                )
+                return Arm(eligible.failed_count, sum(_ACTOR_COUNTS(eligible)))
 
             currencies.append(
                 CurrencyStats(

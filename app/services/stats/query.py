@@ -1,7 +1,8 @@
 """Statistics requests: validated ranges, timezones and the series' local boundaries."""
 
+from bisect import bisect_right
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from enum import StrEnum
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -90,3 +91,44 @@ def series_bounds(query: StatsQuery) -> list[datetime]:
         current = _local_next(current, query.granularity, zone)
         bounds.append(current.astimezone(UTC))
     return bounds
+
+
+@dataclass(frozen=True, slots=True)
+class WholeDays:
+    """The local days (in the query's timezone) lying wholly within [start, end), each with
+    the series point it falls in; together they cover [low, high) (low == high: none)."""
+
+    days: tuple[date, ...]
+    points: tuple[int, ...]
+    low: datetime
+    high: datetime
+
+
+def _midnight(day: date, zone: ZoneInfo) -> datetime:
+    return datetime.combine(day, time(), tzinfo=zone).astimezone(UTC)
+
+
+def whole_days(query: StatsQuery) -> WholeDays:
+    """The query's whole local days, in a row: each starts at its local midnight (as
+    `series_bounds` counts it) and ends at the next day's, so a day's instants are exactly
+    those whose local date is that day. A day whose midnight is not on its own date (no such
+    zone today) ends the run; the rest of the range is read by the quarter hour."""
+    zone = query.zone
+    bounds = series_bounds(query)
+    day = query.start.astimezone(zone).date()
+    if _midnight(day, zone) < query.start:
+        day += timedelta(days=1)
+    days: list[date] = []
+    while _midnight(day + timedelta(days=1), zone) <= query.end:
+        if _midnight(day, zone).astimezone(zone).date() != day:
+            break
+        days.append(day)
+        day += timedelta(days=1)
+    if not days:
+        return WholeDays((), (), query.end, query.end)
+    return WholeDays(
+        tuple(days),
+        tuple(bisect_right(bounds, _midnight(d, zone)) for d in days),
+        _midnight(days[0], zone),
+        _midnight(days[-1] + timedelta(days=1), zone),
+    )

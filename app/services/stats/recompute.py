@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -16,11 +17,18 @@ from app.enums import Actor, PaymentState, RetryStrategy
 from app.models.customer import CardCredential
 from app.models.payment import Payment
 from app.models.retry_policy import RetryPolicy
-from app.models.stats import BUCKET_SECONDS, TTR_BUCKETS, TTR_EDGES_SECONDS
+from app.models.stats import BUCKET_SECONDS, DAY_DIMENSIONS, TTR_BUCKETS, TTR_EDGES_SECONDS
 from app.retry.schedule import CONTROL_SHARE, in_control_group
-from app.services.stats.figures import GroupKey, RecoveryStats, RollupKey, Sums, assemble
+from app.services.stats.figures import (
+    DayRollupKey,
+    GroupKey,
+    RecoveryStats,
+    RollupKey,
+    Sums,
+    assemble,
+)
 from app.services.stats.query import StatsQuery, series_bounds
-from app.services.stats.rollups import stored_rollups
+from app.services.stats.rollups import day_zones, stored_day_rollups, stored_rollups
 
 
 def ttr_bucket(seconds: float) -> int:
@@ -94,27 +102,89 @@ async def rollups_from_payments(
     return {k: v for k, v in found.items() if not v.is_zero}
 
 
+def day_rollups_from(
+    rows: Mapping[RollupKey, Sums], zones: Mapping[uuid.UUID, str]
+) -> dict[DayRollupKey, Sums]:
+    """The day rollup rows the quarter-hour rows `rows` make (the triggers' regrouping, in
+    Python): each row counts on the local date of its quarter hour, in its merchant's zone,
+    once under every dimension; merchants without a zone have no day rows."""
+    found: dict[DayRollupKey, Sums] = defaultdict(Sums)
+    for key, sums in rows.items():
+        zone = zones.get(key.merchant_id)
+        if zone is None:
+            continue
+        day = key.bucket_start.astimezone(ZoneInfo(zone)).date()
+        values = (str(key.control_group).lower(), key.decline_category, key.processor, key.funding)
+        for dimension, value in zip(DAY_DIMENSIONS, values, strict=True):
+            at = DayRollupKey(key.merchant_id, day, key.currency, key.retryable, dimension, value)
+            found[at] = found[at] + sums
+    return {k: v for k, v in found.items() if not v.is_zero}
+
+
+async def policy_zones(
+    session: AsyncSession, merchant_ids: Sequence[uuid.UUID] | None = None
+) -> dict[uuid.UUID, str]:
+    """Each merchant's current retry policy's time zone: the zone its day rollups belong in."""
+    statement = sa.select(col(RetryPolicy.merchant_id), col(RetryPolicy.timezone)).order_by(
+        col(RetryPolicy.version)
+    )
+    if merchant_ids is not None:
+        statement = statement.where(col(RetryPolicy.merchant_id).in_(sorted(merchant_ids)))
+    # Ordered by version: each merchant's last row is its current policy.
+    return {row[0]: row[1] for row in (await session.execute(statement)).all()}
+
+
 @dataclass(frozen=True, slots=True)
 class RollupDifference:
-    """A rollup row that disagrees with its recomputation (None: the row is missing)."""
+    """A rollup row (quarter hour or day) that disagrees with its recomputation (None: the
+    row is missing)."""
 
-    key: RollupKey
+    key: RollupKey | DayRollupKey
     stored: Sums | None
     expected: Sums | None
 
 
+@dataclass(frozen=True, slots=True)
+class ZoneDifference:
+    """A merchant whose day rollups are kept in another zone than its current policy's."""
+
+    merchant_id: uuid.UUID
+    stored: str | None
+    expected: str | None
+
+
 async def rollup_differences(
     session: AsyncSession, merchant_ids: Sequence[uuid.UUID] | None = None
-) -> list[RollupDifference]:
-    """Every difference between the rollup table and a recomputation from `payment`; empty
-    when they agree. Reads every visible payment: a check, not a request path."""
+) -> list[RollupDifference | ZoneDifference]:
+    """Every difference between the rollup tables and a recomputation from `payment` (and
+    the current policies' zones); empty when they agree. Reads every visible payment: a
+    check, not a request path."""
     stored = await stored_rollups(session, merchant_ids)
     expected = await rollups_from_payments(session, merchant_ids)
-    return [
+    found: list[RollupDifference | ZoneDifference] = [
         RollupDifference(key, stored.get(key), expected.get(key))
         for key in sorted(stored.keys() | expected.keys(), key=_sort_key)
         if stored.get(key) != expected.get(key)
     ]
+    zones = await day_zones(session, merchant_ids)
+    wanted = await policy_zones(session, merchant_ids)
+    found += [
+        ZoneDifference(m, zones.get(m), wanted.get(m))
+        for m in sorted(zones.keys() | wanted.keys(), key=str)
+        if zones.get(m) != wanted.get(m)
+    ]
+    stored_days = await stored_day_rollups(session, merchant_ids)
+    expected_days = day_rollups_from(expected, wanted)
+    found += [
+        RollupDifference(key, stored_days.get(key), expected_days.get(key))
+        for key in sorted(stored_days.keys() | expected_days.keys(), key=_day_sort_key)
+        if stored_days.get(key) != expected_days.get(key)
+    ]
+    return found
+
+
+def _day_sort_key(key: DayRollupKey) -> tuple[Any, ...]:
+    return (str(key.merchant_id), key.day, key.currency, key.retryable, key.dimension, key.value)
 
 
 def _sort_key(key: RollupKey) -> tuple[Any, ...]:

@@ -1,7 +1,8 @@
-"""Statistics served from the rollup table: one grouping-sets statement per request."""
+"""Statistics served from the rollup tables: one statement per request."""
 
 import uuid
 from collections.abc import Sequence
+from functools import cache
 from typing import Any
 
 import sqlalchemy as sa
@@ -9,9 +10,24 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
-from app.models.stats import MEASURES, RecoveryRollup
-from app.services.stats.figures import GroupKey, RecoveryStats, RollupKey, Sums, assemble
-from app.services.stats.query import StatsQuery, series_bounds
+from app.models.merchant import Merchant
+from app.models.stats import (
+    DAY_DIMENSIONS,
+    MEASURES,
+    TTR_BUCKETS,
+    RecoveryDayRollup,
+    RecoveryDayZone,
+    RecoveryRollup,
+)
+from app.services.stats.figures import (
+    DayRollupKey,
+    GroupKey,
+    RecoveryStats,
+    RollupKey,
+    Sums,
+    assemble,
+)
+from app.services.stats.query import StatsQuery, series_bounds, whole_days
 
 
 def _grouping_bits(kind: str) -> int:
@@ -32,16 +48,198 @@ _KIND_BY_BITS = {
     _grouping_bits(k): k
     for k in ("total", "series", "decline_category", "processor", "funding", "arm")
 }
+# GROUPING(idx, model_merchant, value) of the day rollup's control-group sets.
+_CONTROL_KINDS = {0b111: "total", 0b011: "series", 0b100: "arm"}
+CONTROL_DIMENSION = DAY_DIMENSIONS[0]
 
 
-def _range(query: StatsQuery, merchant_ids: Sequence[uuid.UUID] | None) -> list[Any]:
-    where = [
-        col(RecoveryRollup.bucket_start) >= query.start,
-        col(RecoveryRollup.bucket_start) < query.end,
+def _bigint(column: Any) -> Any:
+    """A sum as bigint (a bigint column's `sum` is numeric, read back as a slower Decimal)."""
+    return sa.cast(sa.func.sum(column), sa.BigInteger)
+
+
+def _hist_sums(column: Any) -> list[Any]:
+    """The element-wise sums of a histogram column (plain `sum`s: the array aggregate costs
+    tens of microseconds a row)."""
+    return [_bigint(column[i + 1]) for i in range(TTR_BUCKETS)]
+
+
+def _combined(parts: list[Any]) -> Any:
+    return parts[0] if len(parts) == 1 else sa.union_all(*parts)
+
+
+def _text(value: Any = None) -> Any:
+    return sa.cast(sa.null(), sa.Text) if value is None else sa.cast(value, sa.Text)
+
+
+@cache
+def _statement(
+    per_merchant: bool, with_ids: bool, head: bool, tail: bool, days_present: bool
+) -> Any:
+    """The statistics statement of one shape, its values left as parameters (built once:
+    the expression costs milliseconds to build). `head`/`tail`: the range has a partial day
+    before/after its whole days; `days_present`: it has whole days."""
+    r, d, z = RecoveryRollup, RecoveryDayRollup, RecoveryDayZone
+    ids = sa.bindparam("ids", type_=postgresql.ARRAY(sa.Uuid))
+    moment = sa.DateTime(timezone=True)
+    start, end = sa.bindparam("start", type_=moment), sa.bindparam("end", type_=moment)
+    low, high = sa.bindparam("low", type_=moment), sa.bindparam("high", type_=moment)
+
+    def mine(column: Any) -> list[Any]:
+        return [column == sa.any_(ids)] if with_ids else []
+
+    day_merchants = sa.select(col(z.merchant_id)).where(
+        col(z.timezone) == sa.bindparam("zone", type_=sa.String), *mine(col(z.merchant_id))
+    )
+    bounds_param = sa.bindparam("bounds", type_=postgresql.ARRAY(moment))
+    quarter_columns = [
+        col(r.merchant_id),
+        col(r.currency),
+        sa.func.width_bucket(col(r.bucket_start), bounds_param).label("idx"),
+        col(r.decline_category),
+        col(r.processor),
+        col(r.funding),
+        col(r.control_group),
+        col(r.retryable),
+        *(getattr(r, m) for m in MEASURES),
+        col(r.ttr_histogram),
     ]
-    if merchant_ids is not None:
-        where.append(col(RecoveryRollup.merchant_id).in_(sorted(merchant_ids)))
-    return where
+
+    def quarter(since: Any, until: Any, *where: Any) -> Any:
+        return sa.select(*quarter_columns).where(
+            col(r.bucket_start) >= since,
+            col(r.bucket_start) < until,
+            *mine(col(r.merchant_id)),
+            *where,
+        )
+
+    edges = [(start, low, head), (high, end, tail)]
+    parts = [quarter(since, until) for since, until, present in edges if present]
+    if days_present:
+        everyone = sa.select(sa.func.unnest(ids)) if with_ids else sa.select(col(Merchant.id))
+        parts.append(quarter(low, high, col(r.merchant_id).in_(everyone.except_(day_merchants))))
+    fine = _combined(parts).cte("fine")
+    w = (
+        sa.func.unnest(
+            sa.bindparam("days", type_=postgresql.ARRAY(sa.Date)),
+            sa.bindparam("points", type_=postgresql.ARRAY(sa.Integer)),
+        )
+        .table_valued("day", "idx")
+        .render_derived(name="w")
+    )
+    days = (
+        sa.select(
+            col(d.merchant_id),
+            col(d.currency),
+            col(d.retryable),
+            col(d.dimension),
+            col(d.value),
+            w.c.idx,
+            *(getattr(d, m) for m in MEASURES),
+            col(d.ttr_histogram),
+        )
+        .join_from(d, w, col(d.day) == w.c.day)
+        .where(
+            col(d.merchant_id).in_(day_merchants),
+            col(d.day) >= sa.bindparam("first_day", type_=sa.Date),
+            col(d.day) <= sa.bindparam("last_day", type_=sa.Date),
+        )
+        .cte("days")
+    )
+    model_counts = sa.union_all(
+        sa.select(fine.c.merchant_id, fine.c.model_count),
+        sa.select(days.c.merchant_id, days.c.model_count).where(
+            days.c.dimension == CONTROL_DIMENSION
+        ),
+    ).subquery()
+    model_merchants = (
+        sa.select(model_counts.c.merchant_id)
+        .group_by(model_counts.c.merchant_id)
+        .having(sa.func.sum(model_counts.c.model_count) > 0)
+    )
+
+    def measured(t: Any) -> list[Any]:
+        return [_bigint(t.c[m]) for m in MEASURES] + _hist_sums(t.c.ttr_histogram)
+
+    # Quarter hours: grouping sets over the dimensions.
+    c = fine.c
+    model_flag = c.merchant_id.in_(model_merchants).label("model_merchant")
+    dims = [c.idx, c.decline_category, c.processor, c.funding, model_flag, c.control_group]
+    owner = [c.merchant_id] if per_merchant else []
+    base = [c.currency, c.retryable, *owner]
+    sets = [sa.tuple_(*base)] + [
+        sa.tuple_(*base, *x) for x in ([c.idx], [c.decline_category], [c.processor], [c.funding])
+    ]
+    sets.append(sa.tuple_(*base, model_flag, c.control_group))
+    fine_groups = sa.select(
+        sa.literal(0).label("part"),
+        c.currency,
+        c.retryable,
+        c.merchant_id if per_merchant else sa.cast(sa.null(), sa.Uuid),
+        sa.func.grouping(*dims).label("bits"),
+        c.idx,
+        c.decline_category,
+        c.processor,
+        c.funding,
+        model_flag,
+        c.control_group,
+        _text(),
+        _text(),
+        *measured(fine),
+    ).group_by(sa.func.grouping_sets(*sets))
+    # Whole days, control-group rows: total, series and arms.
+    k = days.c
+    day_owner = [k.merchant_id] if per_merchant else []
+    day_base = [k.currency, k.retryable, *day_owner]
+    day_flag = k.merchant_id.in_(model_merchants).label("model_merchant")
+    control_groups = (
+        sa.select(
+            sa.literal(1).label("part"),
+            k.currency,
+            k.retryable,
+            k.merchant_id if per_merchant else sa.cast(sa.null(), sa.Uuid),
+            sa.func.grouping(k.idx, day_flag, k.value).label("bits"),
+            k.idx,
+            _text(),
+            _text(),
+            _text(),
+            day_flag,
+            k.value == "true",
+            _text(),
+            _text(),
+            *measured(days),
+        )
+        .where(k.dimension == CONTROL_DIMENSION)
+        .group_by(
+            sa.func.grouping_sets(
+                sa.tuple_(*day_base),
+                sa.tuple_(*day_base, k.idx),
+                sa.tuple_(*day_base, day_flag, k.value),
+            )
+        )
+    )
+    # Whole days, the other dimensions: one group per value.
+    breakdowns = (
+        sa.select(
+            sa.literal(2).label("part"),
+            k.currency,
+            k.retryable,
+            k.merchant_id if per_merchant else sa.cast(sa.null(), sa.Uuid),
+            sa.literal(0),
+            sa.cast(sa.null(), sa.Integer),
+            _text(),
+            _text(),
+            _text(),
+            sa.cast(sa.null(), sa.Boolean),
+            sa.cast(sa.null(), sa.Boolean),
+            _text(k.dimension),
+            _text(k.value),
+            *measured(days),
+        )
+        .where(k.dimension != CONTROL_DIMENSION)
+        .group_by(*day_base, k.dimension, k.value)
+    )
+    return sa.union_all(fine_groups, control_groups, breakdowns)
 
 
 async def load_stats(
@@ -51,71 +249,64 @@ async def load_stats(
     merchant_ids: Sequence[uuid.UUID] | None,
     per_merchant: bool,
 ) -> dict[uuid.UUID | None, RecoveryStats]:
-    """The statistics from the rollups in one statement (grouping sets), within the session's
-    scope and, when given, `merchant_ids`. `per_merchant`: one result per merchant id given,
-    else one for them all under the key None. A payment counts when the quarter hour (UTC) of
-    its first failure starts in [start, end)."""
-    r = RecoveryRollup
+    """The statistics from the rollups in one statement, within the session's scope and,
+    when given, `merchant_ids`. `per_merchant`: one result per merchant id given, else one for
+    them all under the key None. A payment counts when the quarter hour (UTC) of its first
+    failure starts in [start, end).
+
+    The whole local days of the range come from the day rollup for merchants whose day rows
+    are kept in the query's timezone; the partial days at its edges, and every day of other
+    merchants, from the quarter-hour rollup (grouping sets). Both parts' groups are added."""
     bounds = series_bounds(query)
-    where = _range(query, merchant_ids)
-    model_merchants = (
-        sa.select(col(r.merchant_id))
-        .where(*where)
-        .group_by(col(r.merchant_id))
-        .having(sa.func.sum(col(r.model_count)) > 0)
+    whole = whole_days(query)
+    today = query.start.date()
+    parameters: dict[str, Any] = {
+        "ids": None if merchant_ids is None else sorted(merchant_ids),
+        "start": query.start,
+        "end": query.end,
+        "low": whole.low,
+        "high": whole.high,
+        "zone": query.timezone,
+        "bounds": bounds,
+        "days": list(whole.days),
+        "points": list(whole.points),
+        "first_day": whole.days[0] if whole.days else today,
+        "last_day": whole.days[-1] if whole.days else today,
+    }
+    statement = _statement(
+        per_merchant,
+        merchant_ids is not None,
+        query.start < whole.low,
+        whole.high < query.end,
+        bool(whole.days),
     )
-    bounds_param = sa.bindparam(
-        "bounds", bounds, type_=postgresql.ARRAY(sa.DateTime(timezone=True))
-    )
-    inner = (
-        sa.select(
-            col(r.merchant_id),
-            col(r.currency),
-            sa.func.width_bucket(col(r.bucket_start), bounds_param).label("idx"),
-            col(r.decline_category),
-            col(r.processor),
-            col(r.funding),
-            col(r.merchant_id).in_(model_merchants).label("model_merchant"),
-            col(r.control_group),
-            col(r.retryable),
-            *(getattr(r, m) for m in MEASURES),
-            col(r.ttr_histogram),
-        )
-        .where(*where)
-        .subquery()
-    )
-    c = inner.c
-    dims = [c.idx, c.decline_category, c.processor, c.funding, c.model_merchant, c.control_group]
-    base = [c.currency, c.retryable, *([c.merchant_id] if per_merchant else [])]
-    sets = [sa.tuple_(*base)] + [
-        sa.tuple_(*base, *d) for d in ([c.idx], [c.decline_category], [c.processor], [c.funding])
-    ]
-    sets.append(sa.tuple_(*base, c.model_merchant, c.control_group))
-    statement = sa.select(
-        *base,
-        *dims,
-        sa.func.grouping(*dims).label("bits"),
-        *(sa.func.sum(c[m]) for m in MEASURES),
-        sa.func.recovery_hist_sum(c.ttr_histogram),
-    ).group_by(sa.func.grouping_sets(*sets))
     groups: dict[GroupKey, Sums] = {}
-    for row in (await session.execute(statement)).all():
-        currency, retryable = row[0], row[1]
-        owner = row[2] if per_merchant else None
-        rest = row[len(base) :]
-        idx, category, processor, funding, model_merchant, control, bits = rest[:7]
-        kind = _KIND_BY_BITS[bits]
-        value = {
-            "total": None,
-            "series": idx,
-            "decline_category": category,
-            "processor": processor,
-            "funding": funding,
-            "arm": (model_merchant, control),
-        }[kind]
-        groups[(owner, currency, kind, value, retryable)] = Sums.of(
-            rest[7 : 7 + len(MEASURES)], rest[7 + len(MEASURES)]
+    first_measure = 13
+    for row in (await session.execute(statement, parameters)).all():
+        part, currency, retryable, merchant, bits = row[:5]
+        idx, category, processor, funding, model_merchant, control, dimension, value = row[5:13]
+        kind: str
+        if part == 0:
+            kind = _KIND_BY_BITS[bits]
+            found: Any = {
+                "total": None,
+                "series": idx,
+                "decline_category": category,
+                "processor": processor,
+                "funding": funding,
+                "arm": (model_merchant, control),
+            }[kind]
+        elif part == 1:
+            kind = _CONTROL_KINDS[bits]
+            found = {"total": None, "series": idx, "arm": (model_merchant, control)}[kind]
+        else:
+            kind, found = dimension, value
+        key = (merchant if per_merchant else None, currency, kind, found, retryable)
+        sums = Sums.of(
+            row[first_measure : first_measure + len(MEASURES)],
+            row[first_measure + len(MEASURES) :],
         )
+        groups[key] = groups[key] + sums if key in groups else sums
     owners: list[uuid.UUID | None] = list(merchant_ids or []) if per_merchant else [None]
     return assemble(query, groups, owners)
 
@@ -145,3 +336,33 @@ async def stored_rollups(
                 )
             ] = sums
     return found
+
+
+async def stored_day_rollups(
+    session: AsyncSession, merchant_ids: Sequence[uuid.UUID] | None = None
+) -> dict[DayRollupKey, Sums]:
+    """The day rollup rows the session may see, without rows whose sums fell back to zero."""
+    d = RecoveryDayRollup
+    statement = sa.select(d)
+    if merchant_ids is not None:
+        statement = statement.where(col(d.merchant_id).in_(sorted(merchant_ids)))
+    found: dict[DayRollupKey, Sums] = {}
+    for (row,) in (await session.execute(statement)).all():
+        sums = Sums.of([getattr(row, m) for m in MEASURES], row.ttr_histogram)
+        if not sums.is_zero:
+            key = DayRollupKey(
+                row.merchant_id, row.day, row.currency, row.retryable, row.dimension, row.value
+            )
+            found[key] = sums
+    return found
+
+
+async def day_zones(
+    session: AsyncSession, merchant_ids: Sequence[uuid.UUID] | None = None
+) -> dict[uuid.UUID, str]:
+    """The time zone each merchant's day rollups are kept in (merchants without: none)."""
+    z = RecoveryDayZone
+    statement = sa.select(col(z.merchant_id), col(z.timezone))
+    if merchant_ids is not None:
+        statement = statement.where(col(z.merchant_id).in_(sorted(merchant_ids)))
+    return {row[0]: row[1] for row in (await session.execute(statement)).all()}
