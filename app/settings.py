@@ -102,6 +102,9 @@ class Settings(BaseSettings):
     partition_months_ahead: int = Field(default=3, ge=1, le=24)
     timeline_retention_days: int = Field(default=0, ge=0, le=36500)
     model_decision_retention_days: int = Field(default=0, ge=0, le=36500)
+    # Raw processor records too, though replay needs them: set it only with the archive kept
+    # where replay can be fed from it. Their once-only keys are never dropped.
+    raw_record_retention_days: int = Field(default=0, ge=0, le=36500)
     archive_dir: Path = Path("archive")
 
     # Connections each process keeps to PostgreSQL (opened on demand, then kept). Overflow

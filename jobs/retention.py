@@ -3,7 +3,7 @@ the append-only tables' monthly partitions created ahead and archived when old."
 
 import structlog
 
-from app.models.partitioning import MODEL_DECISION, PAYMENT_TRANSITION
+from app.models.partitioning import MODEL_DECISION, PAYMENT_TRANSITION, RAW_RECORD
 from app.services.partitions import ensure_partitions, expire_partitions
 from app.services.retention import prune_history as prune_service
 from jobs.context import WorkerContext
@@ -42,6 +42,7 @@ async def maintain_partitions(ctx: WorkerContext) -> dict[str, int]:
         retention_days={
             PAYMENT_TRANSITION.table: settings.timeline_retention_days,
             MODEL_DECISION.table: settings.model_decision_retention_days,
+            RAW_RECORD.table: settings.raw_record_retention_days,
         },
         archive_dir=settings.archive_dir,
     )

@@ -35,10 +35,13 @@ class Shape:
     """What the partitioned table re-declares: its indexes and foreign keys, by name."""
 
     table: Partitioned
-    # (index name, column list as SQL)
+    # (index name, what follows `ON <table>`: the column list and any predicate)
     indexes: tuple[tuple[str, str], ...]
     # (constraint name, column, referenced table)
     foreign_keys: tuple[tuple[str, str, str], ...]
+    # Run on the new partitioned table before the first partition is attached (e.g. triggers,
+    # which the attach then gives the partition).
+    before_attach: tuple[str, ...] = ()
 
     @property
     def key_index(self) -> str:
@@ -69,8 +72,8 @@ def prepare(shape: Shape) -> None:
     with short_lock_timeout("5s", in_transaction=False):
         op.execute(f"ALTER TABLE {t} DROP CONSTRAINT IF EXISTS {shape.bound}")
         op.execute(
-            f"DO $$ BEGIN EXECUTE 'ALTER TABLE {t} ADD CONSTRAINT {shape.bound} CHECK ({column} < ' "
-            f"|| quote_literal({cutoff}) || ') NOT VALID'; END $$"
+            f"DO $$ BEGIN EXECUTE 'ALTER TABLE {t} ADD CONSTRAINT {shape.bound} "
+            f"CHECK ({column} < ' || quote_literal({cutoff}) || ') NOT VALID'; END $$"
         )
         # A scan that blocks no reads or writes; the timeout bounds only the wait for its lock.
         op.execute(f"ALTER TABLE {t} VALIDATE CONSTRAINT {shape.bound}")
@@ -97,8 +100,10 @@ def swap(shape: Shape) -> None:
             op.execute(
                 f"ALTER TABLE {t} ADD CONSTRAINT {name} FOREIGN KEY ({col}) REFERENCES {ref} (id)"
             )
-        for name, columns in shape.indexes:
-            op.execute(f"CREATE INDEX {name} ON {t} ({columns})")
+        for name, definition in shape.indexes:
+            op.execute(f"CREATE INDEX {name} ON {t} {definition}")
+        for statement in shape.before_attach:
+            op.execute(statement)
         # The bound the constraint was validated with is the initial partition's upper bound.
         op.execute(
             f"""DO $$

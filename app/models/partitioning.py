@@ -32,7 +32,8 @@ class Partitioned:
 
 PAYMENT_TRANSITION = Partitioned("payment_transition", "at")
 MODEL_DECISION = Partitioned("model_decision", "decided_at")
-PARTITIONED: tuple[Partitioned, ...] = (PAYMENT_TRANSITION, MODEL_DECISION)
+RAW_RECORD = Partitioned("raw_record", "received_at")
+PARTITIONED: tuple[Partitioned, ...] = (PAYMENT_TRANSITION, MODEL_DECISION, RAW_RECORD)
 
 
 def month_start(moment: datetime) -> datetime:

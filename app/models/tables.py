@@ -5,7 +5,7 @@ from app.models.audit import AuditLog
 from app.models.base import TenantOwned, metadata
 from app.models.customer import CardCredential, Customer, CustomerSuccess
 from app.models.end_action import EndActionRun
-from app.models.ingestion import DeadLetter, ProcessorConnection, RawRecord
+from app.models.ingestion import DeadLetter, ProcessorConnection, RawRecord, RawRecordKey
 from app.models.merchant import Merchant
 from app.models.model_version import ModelDecision, ModelVersion
 from app.models.payment import Payment, PaymentAttempt
@@ -32,6 +32,7 @@ __all__ = [
     "PaymentTransition",
     "ProcessorConnection",
     "RawRecord",
+    "RawRecordKey",
     "RecoveryRollup",
     "RetryPolicy",
     "TenantOwned",

@@ -32,8 +32,8 @@ SHAPES = (
     Shape(
         PAYMENT_TRANSITION,
         indexes=(
-            ("ix_payment_transition_merchant_id", "merchant_id"),
-            ("ix_payment_transition_payment_at", "payment_id, at, seq"),
+            ("ix_payment_transition_merchant_id", "(merchant_id)"),
+            ("ix_payment_transition_payment_at", "(payment_id, at, seq)"),
         ),
         foreign_keys=(
             ("fk_payment_transition_merchant_id_merchant", "merchant_id", "merchant"),
@@ -43,9 +43,9 @@ SHAPES = (
     Shape(
         MODEL_DECISION,
         indexes=(
-            ("ix_model_decision_merchant_id", "merchant_id"),
-            ("ix_model_decision_model_role_at", "model_version_id, role, decided_at"),
-            ("ix_model_decision_payment_at", "payment_id, decided_at"),
+            ("ix_model_decision_merchant_id", "(merchant_id)"),
+            ("ix_model_decision_model_role_at", "(model_version_id, role, decided_at)"),
+            ("ix_model_decision_payment_at", "(payment_id, decided_at)"),
         ),
         foreign_keys=(
             ("fk_model_decision_merchant_id_merchant", "merchant_id", "merchant"),

@@ -1,6 +1,7 @@
 """Migrations: up from empty, `alembic check` clean, down to base, up again."""
 
 import asyncio
+from datetime import UTC, datetime
 
 import asyncpg
 import pytest
@@ -644,7 +645,6 @@ async def test_timeline_and_decisions_become_monthly_partitions_keeping_rows_and
                 "SELECT tableoid::regclass::text FROM payment_transition WHERE at = '2031-01-05'"
             )
             assert where == "payment_transition_default"
-            await asyncio.to_thread(command.check, cfg)
 
             await asyncio.to_thread(command.downgrade, cfg, "0020_ingest_indexes")
             assert await conn.fetchval("SELECT count(*) FROM payment_transition") == 101
@@ -655,6 +655,77 @@ async def test_timeline_and_decisions_become_monthly_partitions_keeping_rows_and
                 )
                 == "r"
             )
+        finally:
+            await conn.close()
+    finally:
+        await drop_database(services, url)
+
+
+_RAW_HISTORY = """
+INSERT INTO processor_connection (id, merchant_id, kind, name, base_url, credentials_encrypted,
+    status, cursor, created_at)
+VALUES ('00000000-0000-0000-0000-0000000000b1', '00000000-0000-0000-0000-00000000000a',
+        'stripe', 'S', 'http://127.0.0.1:1', '\\x01'::bytea, 'active', '{}', now());
+INSERT INTO raw_record (merchant_id, id, connection_id, processor, received_at, content_hash,
+    payload)
+SELECT '00000000-0000-0000-0000-00000000000a', gen_random_uuid(),
+       '00000000-0000-0000-0000-0000000000b1', 'stripe',
+       timestamptz '2026-10-01 00:00+00' + make_interval(hours => n), 'h' || n, '{}'
+FROM generate_series(1, 25000) AS n;
+INSERT INTO dead_letter (merchant_id, id, connection_id, raw_record_id, normalizer_version,
+    reason, created_at)
+SELECT merchant_id, gen_random_uuid(), connection_id, id, 1, 'bad', now()
+FROM raw_record WHERE content_hash = 'h7';
+"""
+
+
+async def test_raw_records_become_partitions_with_their_once_only_key_in_a_table_of_its_own(
+    services: Services,
+) -> None:
+    """0022: every stored record gets its key row (in batches); dead letters and attempts refer
+    to the key; a record landed again is skipped by the trigger, before and after the swap; the
+    downgrade gives back the unique constraint and the foreign keys to the rows."""
+    url = await create_scratch_database(services, "portal_migrations")
+    cfg = alembic_config(url)
+    land = (
+        "INSERT INTO raw_record (merchant_id, id, connection_id, processor, received_at, "
+        "content_hash, payload) VALUES ('00000000-0000-0000-0000-00000000000a', "
+        "gen_random_uuid(), '00000000-0000-0000-0000-0000000000b1', 'stripe', $1, $2, '{}') "
+        "RETURNING id"
+    )
+    try:
+        await asyncio.to_thread(command.upgrade, cfg, "0021_partition_timelines")
+        conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://", 1))
+        try:
+            await conn.execute(_MERCHANT_AND_CUSTOMER + _RAW_HISTORY)
+            await asyncio.to_thread(command.upgrade, cfg, "0022_partition_raw_records")
+
+            assert await conn.fetchval("SELECT count(*) FROM raw_record") == 25000
+            keys = await conn.fetchval(
+                "SELECT count(*) FROM raw_record_key k JOIN raw_record r "
+                "ON r.id = k.raw_record_id AND r.content_hash = k.content_hash"
+            )
+            assert keys == 25000
+            assert (
+                await conn.fetchval(
+                    "SELECT confrelid::regclass::text FROM pg_constraint "
+                    "WHERE conname = 'fk_dead_letter_raw_record_id_raw_record_key'"
+                )
+                == "raw_record_key"
+            )
+            # Seen before: skipped, whether its month is the first partition's or a later one.
+            later = datetime(2027, 9, 1, tzinfo=UTC)
+            assert await conn.fetch(land, later, "h7") == []
+            fresh = await conn.fetch(land, later, "new")
+            assert len(fresh) == 1
+            assert await conn.fetch(land, datetime(2026, 12, 1, tzinfo=UTC), "new") == []
+            assert await conn.fetchval("SELECT count(*) FROM raw_record") == 25001
+
+            await asyncio.to_thread(command.downgrade, cfg, "0021_partition_timelines")
+            assert await conn.fetchval("SELECT count(*) FROM raw_record") == 25001
+            assert "raw_record_key" not in await _tables(url)
+            with pytest.raises(asyncpg.UniqueViolationError):
+                await conn.fetch(land, later, "new")
         finally:
             await conn.close()
     finally:

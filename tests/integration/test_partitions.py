@@ -1,6 +1,7 @@
 """Monthly partitions: created ahead, stray rows moved out of the default partition, and months
 past their retention window archived (the file checked against the rows) and dropped."""
 
+import asyncio
 import csv
 import gzip
 import hashlib
@@ -10,11 +11,12 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
+import asyncpg
 from sqlalchemy import text
 
 from app.db import Database
 from app.enums import PaymentState
-from app.models.partitioning import MODEL_DECISION, PAYMENT_TRANSITION, add_months, month_start
+from app.models.partitioning import PARTITIONED, PAYMENT_TRANSITION, add_months, month_start
 from app.models.retry import PaymentTransition
 from app.services.partitions import ensure_partitions, expire_partitions, partitions
 from app.tenancy import SYSTEM_SCOPE
@@ -85,9 +87,7 @@ async def test_partitions_are_created_for_this_month_and_the_next_ones_once(
 ) -> None:
     created = await ensure_partitions(db, now=NOW, months_ahead=2)
     months = {"p203101", "p203102", "p203103"}
-    assert {c.partition for c in created} == {
-        f"{t.table}_{m}" for t in (PAYMENT_TRANSITION, MODEL_DECISION) for m in months
-    }
+    assert {c.partition for c in created} == {f"{t.table}_{m}" for t in PARTITIONED for m in months}
     assert all(c.moved == 0 for c in created)
     assert {f"payment_transition_{m}" for m in months} <= await _names(db, "payment_transition")
     assert await ensure_partitions(db, now=NOW, months_ahead=2) == []
@@ -172,3 +172,51 @@ async def test_without_a_window_nothing_is_archived_or_dropped(
         await s.execute(text("SET LOCAL TimeZone = 'UTC'"))
         assert await partitions(s, PAYMENT_TRANSITION) == before
     assert not _files(tmp_path, "*")
+
+
+async def test_two_transactions_landing_one_record_store_it_once(database_url: str) -> None:
+    """The key is claimed by the trigger: the second landing waits for the first and, once that
+    commits, stores nothing (what ON CONFLICT DO NOTHING did on the unpartitioned table)."""
+    dsn = database_url.replace("postgresql+asyncpg://", "postgresql://", 1)
+    first, second = await asyncpg.connect(dsn), await asyncpg.connect(dsn)
+    merchant, connection = uuid.uuid4(), uuid.uuid4()
+    content = uuid.uuid4().hex
+    land = (
+        "INSERT INTO raw_record (merchant_id, id, connection_id, processor, received_at, "
+        "content_hash, payload) VALUES ($1, $2, $3, 'stripe', now(), $4, '{}') RETURNING id"
+    )
+    try:
+        await first.execute(
+            "INSERT INTO merchant (id, name, status, created_at) VALUES ($1, 'M', 'active', now())",
+            merchant,
+        )
+        await first.execute(
+            "INSERT INTO processor_connection (id, merchant_id, kind, name, base_url, "
+            "credentials_encrypted, status, cursor, created_at) VALUES ($1, $2, 'stripe', 'S', "
+            "'http://127.0.0.1:1', '\\x01'::bytea, 'active', '{}', now())",
+            connection,
+            merchant,
+        )
+        tx = first.transaction()
+        await tx.start()
+        won = await first.fetch(land, merchant, uuid.uuid4(), connection, content)
+        waiting = asyncio.create_task(
+            second.fetch(land, merchant, uuid.uuid4(), connection, content)
+        )
+        await asyncio.sleep(0.3)
+        assert not waiting.done()  # waits for the first transaction's key
+        await tx.commit()
+        lost = await asyncio.wait_for(waiting, timeout=10)
+        assert len(won) == 1
+        assert lost == []
+        stored = await first.fetchval(
+            "SELECT count(*) FROM raw_record WHERE connection_id = $1", connection
+        )
+        assert stored == 1
+    finally:
+        await first.execute("DELETE FROM raw_record WHERE connection_id = $1", connection)
+        await first.execute("DELETE FROM raw_record_key WHERE connection_id = $1", connection)
+        await first.execute("DELETE FROM processor_connection WHERE id = $1", connection)
+        await first.execute("DELETE FROM merchant WHERE id = $1", merchant)
+        await first.close()
+        await second.close()
