@@ -94,6 +94,18 @@ class Settings(BaseSettings):
     # finished webhook deliveries. Raw processor records are never pruned: replay needs them.
     outbox_retention_days: int = Field(default=30, ge=0, le=3650)
     webhook_delivery_retention_days: int = Field(default=30, ge=0, le=3650)
+    # Monthly partitions of the append-only tables (app/models/partitioning.py): how many
+    # months ahead the `maintain_partitions` cron keeps created, and per table how many days a
+    # month is kept once it has ended (0 keeps every month: the default, since a payment's page
+    # shows its whole timeline and decision). A month past its window is archived to
+    # `archive_dir` (gzip CSV and a manifest with its row count and SHA-256), then dropped.
+    partition_months_ahead: int = Field(default=3, ge=1, le=24)
+    timeline_retention_days: int = Field(default=0, ge=0, le=36500)
+    model_decision_retention_days: int = Field(default=0, ge=0, le=36500)
+    # Raw processor records too, though replay needs them: set it only with the archive kept
+    # where replay can be fed from it. Their once-only keys are never dropped.
+    raw_record_retention_days: int = Field(default=0, ge=0, le=36500)
+    archive_dir: Path = Path("archive")
 
     # Connections each process keeps to PostgreSQL (opened on demand, then kept). Overflow
     # connections beyond the pool are closed as soon as they are returned, so under a load

@@ -22,7 +22,7 @@ from jobs.ingest import enqueue_polls, normalize_connection, poll_connection, sw
 from jobs.instrument import instrument
 from jobs.outages import Backoff, OutageTracker
 from jobs.requested import replay_connection_requested, retrain_model_requested
-from jobs.retention import prune_history
+from jobs.retention import maintain_partitions, prune_history
 from jobs.retry import (
     attempt_payment,
     carry_out_end_actions,
@@ -71,6 +71,15 @@ CRON_JOBS = [
     cron(carry_out_end_actions, second={15, 45}, unique=True, timeout=55),  # type: ignore[arg-type]
     cron(deliver_webhooks, second=_EVERY_10S, unique=True, timeout=55),  # type: ignore[arg-type]
     cron(prune_history, minute={7, 37}, second=30, unique=True, timeout=55),  # type: ignore[arg-type]
+    # At start-up too: a worker started after a pause finds the current month's partition made.
+    cron(
+        maintain_partitions,  # type: ignore[arg-type]
+        minute=set(range(2, 60, 10)),
+        second=40,
+        unique=True,
+        timeout=300,
+        run_at_startup=True,
+    ),
     # Weekly challenger from stored history (Monday 03:17 UTC). Training runs in an executor.
     # arq keeps every job's in-progress key for the longest timeout + 10 s, so a longer one here
     # would delay re-delivery of every killed job: it stays at the polls' 300 s (stored history

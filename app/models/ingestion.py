@@ -6,7 +6,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
-from sqlmodel import Field
+from sqlmodel import Field, SQLModel
 
 from app.enums import ConnectionStatus, Processor
 from app.models.base import TenantOwned, enum_type, merchant_key, new_id, timestamp
@@ -36,11 +36,16 @@ class ProcessorConnection(TenantOwned, table=True):
 
 
 class RawRecord(TenantOwned, table=True):
-    """One record exactly as a processor sent it; kept forever so history can be replayed."""
+    """One record exactly as a processor sent it; kept so history can be replayed.
+
+    Stored once per connection and content: a trigger claims the record's `RawRecordKey` before
+    each insert and skips the row when another row holds it (migration 0022). Rows live in
+    monthly partitions by `received_at` (app/models/partitioning.py), hence the key
+    (id, received_at)."""
 
     __tablename__ = "raw_record"
     __table_args__ = (
-        sa.UniqueConstraint("connection_id", "content_hash"),
+        sa.PrimaryKeyConstraint("id", "received_at"),
         sa.Index("ix_raw_record_connection_received", "connection_id", "received_at"),
         # Rows still waiting for the normalizer (webhook deliveries), for the sweep that
         # queues their normalization when the job queued on arrival was lost.
@@ -50,11 +55,12 @@ class RawRecord(TenantOwned, table=True):
             "received_at",
             postgresql_where=sa.text("normalized_at IS NULL"),
         ),
+        {"postgresql_partition_by": "RANGE (received_at)"},
     )
 
     # Read by connection (the scope checks its merchant) or by id, never by merchant alone.
     merchant_id: uuid.UUID = merchant_key()
-    id: uuid.UUID = Field(default_factory=new_id, primary_key=True)
+    id: uuid.UUID = Field(default_factory=new_id, nullable=False)
     connection_id: uuid.UUID = Field(foreign_key="processor_connection.id")
     processor: Processor = Field(sa_type=enum_type(Processor))
     external_id: str | None = Field(default=None, max_length=255)
@@ -66,6 +72,21 @@ class RawRecord(TenantOwned, table=True):
     normalizer_version: int | None = Field(default=None, sa_type=sa.SmallInteger, nullable=True)
 
 
+class RawRecordKey(SQLModel, table=True):
+    """Which row holds a connection's record of a given content: the once-only key of raw
+    records, in a table of its own because a partitioned table's unique keys must contain its
+    partition column. Written by the trigger on `raw_record`, never by the application; kept
+    when a month of raw records is archived and dropped, so a record seen before is never
+    stored again. Attempts and dead letters refer to a raw record through it."""
+
+    __tablename__ = "raw_record_key"
+
+    connection_id: uuid.UUID = Field(primary_key=True)
+    content_hash: str = Field(primary_key=True, max_length=64)
+    raw_record_id: uuid.UUID = Field(unique=True)
+    received_at: datetime = timestamp()
+
+
 class DeadLetter(TenantOwned, table=True):
     """A raw record that could not be normalized, with the reason; the raw row stays."""
 
@@ -74,7 +95,7 @@ class DeadLetter(TenantOwned, table=True):
 
     id: uuid.UUID = Field(default_factory=new_id, primary_key=True)
     connection_id: uuid.UUID = Field(foreign_key="processor_connection.id", index=True)
-    raw_record_id: uuid.UUID = Field(foreign_key="raw_record.id")
+    raw_record_id: uuid.UUID = Field(foreign_key="raw_record_key.raw_record_id")
     normalizer_version: int = Field(sa_type=sa.SmallInteger)
     reason: str = Field(max_length=2000)
     created_at: datetime = timestamp()

@@ -73,18 +73,22 @@ class ModelDecision(TenantOwned, table=True):
     """A retry decision the model path made for a payment: acting, or a shadow's for comparison.
 
     The acting row keeps the explanation shown with the payment's decision; a shadow row keeps
-    what another model would have chosen at the same moment, without acting on it.
+    what another model would have chosen at the same moment, without acting on it. Rows are only
+    ever inserted, into monthly partitions by `decided_at` (app/models/partitioning.py), hence the
+    key (id, decided_at).
     """
 
     __tablename__ = "model_decision"
     __table_args__ = (
+        sa.PrimaryKeyConstraint("id", "decided_at"),
         sa.Index("ix_model_decision_payment_at", "payment_id", "decided_at"),
         # One model's decisions in one role, newest first: the shadow comparison reads a
         # bounded window of them (app/services/model_comparison.py).
         sa.Index("ix_model_decision_model_role_at", "model_version_id", "role", "decided_at"),
+        {"postgresql_partition_by": "RANGE (decided_at)"},
     )
 
-    id: uuid.UUID = Field(default_factory=new_id, primary_key=True)
+    id: uuid.UUID = Field(default_factory=new_id, nullable=False)
     payment_id: uuid.UUID = Field(foreign_key="payment.id")
     model_version_id: uuid.UUID | None = Field(
         default=None, foreign_key="model_version.id", nullable=True

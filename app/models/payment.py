@@ -142,8 +142,9 @@ class PaymentAttempt(TenantOwned, table=True):
     decline_category: DeclineCategory | None = Field(
         default=None, sa_type=enum_type(DeclineCategory), nullable=True
     )
+    # The raw record it was read from, through the record's once-only key (raw_record_key).
     raw_record_id: uuid.UUID | None = Field(
-        default=None, foreign_key="raw_record.id", nullable=True
+        default=None, foreign_key="raw_record_key.raw_record_id", nullable=True
     )
     normalizer_version: int | None = Field(default=None, sa_type=sa.SmallInteger, nullable=True)
     created_at: datetime = timestamp()

@@ -13,12 +13,17 @@ from app.models.base import TenantOwned, enum_type, new_id, timestamp
 
 
 class PaymentTransition(TenantOwned, table=True):
-    """One state change of a payment (its timeline); rows are only ever inserted."""
+    """One state change of a payment (its timeline); rows are only ever inserted, into monthly
+    partitions by `at` (app/models/partitioning.py), hence the key (id, at)."""
 
     __tablename__ = "payment_transition"
-    __table_args__ = (sa.Index("ix_payment_transition_payment_at", "payment_id", "at", "seq"),)
+    __table_args__ = (
+        sa.PrimaryKeyConstraint("id", "at"),
+        sa.Index("ix_payment_transition_payment_at", "payment_id", "at", "seq"),
+        {"postgresql_partition_by": "RANGE (at)"},
+    )
 
-    id: uuid.UUID = Field(default_factory=new_id, primary_key=True)
+    id: uuid.UUID = Field(default_factory=new_id, nullable=False)
     payment_id: uuid.UUID = Field(foreign_key="payment.id")
     # Orders transitions recorded within the same instant (one unit of work may add several).
     seq: int = Field(sa_type=sa.SmallInteger, default=0)

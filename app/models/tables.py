@@ -6,7 +6,7 @@ from app.models.base import TenantOwned, metadata
 from app.models.bulk_action import BulkAction
 from app.models.customer import CardCredential, Customer, CustomerSuccess
 from app.models.end_action import EndActionRun
-from app.models.ingestion import DeadLetter, ProcessorConnection, RawRecord
+from app.models.ingestion import DeadLetter, ProcessorConnection, RawRecord, RawRecordKey
 from app.models.merchant import Merchant
 from app.models.model_version import ModelDecision, ModelVersion
 from app.models.payment import Payment, PaymentAttempt
@@ -34,6 +34,7 @@ __all__ = [
     "PaymentTransition",
     "ProcessorConnection",
     "RawRecord",
+    "RawRecordKey",
     "RecoveryDayRollup",
     "RecoveryDayZone",
     "RecoveryRollup",

@@ -1,6 +1,7 @@
 """Migrations: up from empty, `alembic check` clean, down to base, up again."""
 
 import asyncio
+from datetime import UTC, datetime
 
 import asyncpg
 import pytest
@@ -559,6 +560,172 @@ async def test_redundant_ingestion_indexes_are_dropped_and_reversible(services: 
             assert dict(await conn.fetch(indexes, sorted(leading))) == dict.fromkeys(leading, True)
             await asyncio.to_thread(command.downgrade, cfg, "0019_payment_search")
             assert dict(await conn.fetch(indexes, sorted(dropped))) == dict.fromkeys(dropped, True)
+        finally:
+            await conn.close()
+    finally:
+        await drop_database(services, url)
+
+
+_PAYMENT_WITH_HISTORY = """
+INSERT INTO payment (id, merchant_id, processor, processor_payment_id, amount_minor, currency,
+    customer_id, first_failed_at, decline_category, decline_retryable, decline_advice, state,
+    attempt_count, created_at, updated_at)
+VALUES ('00000000-0000-0000-0000-000000000001', '00000000-0000-0000-0000-00000000000a',
+        'stripe', 'ch_1', 2900, 'USD', '00000000-0000-0000-0000-00000000000c', now(),
+        'insufficient_funds', true, 'retry', 'SCHEDULED', 1, now(), now());
+INSERT INTO payment_transition (merchant_id, id, payment_id, seq, from_state, to_state, event,
+    reason, actor, at)
+SELECT '00000000-0000-0000-0000-00000000000a', gen_random_uuid(),
+       '00000000-0000-0000-0000-000000000001', n, 'FAILED', 'SCHEDULED', 'decided', 'r',
+       'portal', timestamptz '2027-06-15 12:00+00' - make_interval(days => n)
+FROM generate_series(0, 99) AS n;
+INSERT INTO model_decision (merchant_id, id, payment_id, role, source, decided_at,
+    expected_recovered_minor, reason, explanation)
+SELECT '00000000-0000-0000-0000-00000000000a', gen_random_uuid(),
+       '00000000-0000-0000-0000-000000000001', 'acting', 'model',
+       timestamptz '2026-11-01 00:00+00' + make_interval(hours => n), 0, 'r', '[]'
+FROM generate_series(0, 49) AS n;
+"""
+
+_PARTITIONS = """
+SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) AS bound FROM pg_inherits i
+JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = $1::regclass ORDER BY c.relname
+"""
+
+
+async def test_timeline_and_decisions_become_monthly_partitions_keeping_rows_and_indexes(
+    services: Services,
+) -> None:
+    """0021: each table becomes the first partition of a partitioned table of its name, up to a
+    month boundary after its newest row; its indexes are adopted, not rebuilt; the default
+    partition and the next months follow. The downgrade gives back one plain table."""
+    url = await create_scratch_database(services, "portal_migrations")
+    cfg = alembic_config(url)
+    try:
+        await asyncio.to_thread(command.upgrade, cfg, "0020_ingest_indexes")
+        conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://", 1))
+        try:
+            await conn.execute("SET TimeZone = 'UTC'")
+            await conn.execute(_MERCHANT_AND_CUSTOMER + _PAYMENT_WITH_HISTORY)
+            before = await conn.fetchval("SELECT 'ix_payment_transition_payment_at'::regclass::oid")
+            await asyncio.to_thread(command.upgrade, cfg, "0024_partition_timelines")
+            assert await conn.fetchval("SELECT count(*) FROM payment_transition") == 100
+            assert await conn.fetchval("SELECT count(*) FROM model_decision") == 50
+            kinds = await conn.fetch(
+                "SELECT relname, relkind::text FROM pg_class WHERE relname = ANY($1::text[])",
+                ["payment_transition", "model_decision"],
+            )
+            assert {r["relkind"] for r in kinds} == {"p"}
+            # The newest row is in June 2027: the first partition ends on 1 July.
+            parts = {
+                r["relname"]: r["bound"]
+                for r in await conn.fetch(_PARTITIONS, "payment_transition")
+            }
+            assert parts["payment_transition_p_initial"] == (
+                "FOR VALUES FROM (MINVALUE) TO ('2027-07-01 00:00:00+00')"
+            )
+            assert parts["payment_transition_default"] == "DEFAULT"
+            assert {"payment_transition_p202707", "payment_transition_p202709"} <= set(parts)
+            adopted = await conn.fetchval(
+                "SELECT 'ix_payment_transition_p_initial_payment_at'::regclass::oid"
+            )
+            assert adopted == before
+            key = await conn.fetchval(
+                "SELECT pg_get_constraintdef(oid) FROM pg_constraint "
+                "WHERE conname = 'pk_payment_transition'"
+            )
+            assert key == "PRIMARY KEY (id, at)"
+            # A row of a month without a partition lands in the default one.
+            await conn.execute(
+                "INSERT INTO payment_transition SELECT merchant_id, gen_random_uuid(), payment_id,"
+                " 0, 'SCHEDULED', 'RETRYING', 'claimed', 'r', 'portal', '2031-01-05' "
+                "FROM payment_transition LIMIT 1"
+            )
+            where = await conn.fetchval(
+                "SELECT tableoid::regclass::text FROM payment_transition WHERE at = '2031-01-05'"
+            )
+            assert where == "payment_transition_default"
+
+            await asyncio.to_thread(command.downgrade, cfg, "0020_ingest_indexes")
+            assert await conn.fetchval("SELECT count(*) FROM payment_transition") == 101
+            assert await conn.fetchval("SELECT count(*) FROM model_decision") == 50
+            assert (
+                await conn.fetchval(
+                    "SELECT relkind::text FROM pg_class WHERE relname = 'payment_transition'"
+                )
+                == "r"
+            )
+        finally:
+            await conn.close()
+    finally:
+        await drop_database(services, url)
+
+
+_RAW_HISTORY = """
+INSERT INTO processor_connection (id, merchant_id, kind, name, base_url, credentials_encrypted,
+    status, cursor, created_at)
+VALUES ('00000000-0000-0000-0000-0000000000b1', '00000000-0000-0000-0000-00000000000a',
+        'stripe', 'S', 'http://127.0.0.1:1', '\\x01'::bytea, 'active', '{}', now());
+INSERT INTO raw_record (merchant_id, id, connection_id, processor, received_at, content_hash,
+    payload)
+SELECT '00000000-0000-0000-0000-00000000000a', gen_random_uuid(),
+       '00000000-0000-0000-0000-0000000000b1', 'stripe',
+       timestamptz '2026-10-01 00:00+00' + make_interval(hours => n), 'h' || n, '{}'
+FROM generate_series(1, 25000) AS n;
+INSERT INTO dead_letter (merchant_id, id, connection_id, raw_record_id, normalizer_version,
+    reason, created_at)
+SELECT merchant_id, gen_random_uuid(), connection_id, id, 1, 'bad', now()
+FROM raw_record WHERE content_hash = 'h7';
+"""
+
+
+async def test_raw_records_become_partitions_with_their_once_only_key_in_a_table_of_its_own(
+    services: Services,
+) -> None:
+    """0022: every stored record gets its key row (in batches); dead letters and attempts refer
+    to the key; a record landed again is skipped by the trigger, before and after the swap; the
+    downgrade gives back the unique constraint and the foreign keys to the rows."""
+    url = await create_scratch_database(services, "portal_migrations")
+    cfg = alembic_config(url)
+    land = (
+        "INSERT INTO raw_record (merchant_id, id, connection_id, processor, received_at, "
+        "content_hash, payload) VALUES ('00000000-0000-0000-0000-00000000000a', "
+        "gen_random_uuid(), '00000000-0000-0000-0000-0000000000b1', 'stripe', $1, $2, '{}') "
+        "RETURNING id"
+    )
+    try:
+        await asyncio.to_thread(command.upgrade, cfg, "0024_partition_timelines")
+        conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://", 1))
+        try:
+            await conn.execute(_MERCHANT_AND_CUSTOMER + _RAW_HISTORY)
+            await asyncio.to_thread(command.upgrade, cfg, "0025_partition_raw_records")
+
+            assert await conn.fetchval("SELECT count(*) FROM raw_record") == 25000
+            keys = await conn.fetchval(
+                "SELECT count(*) FROM raw_record_key k JOIN raw_record r "
+                "ON r.id = k.raw_record_id AND r.content_hash = k.content_hash"
+            )
+            assert keys == 25000
+            assert (
+                await conn.fetchval(
+                    "SELECT confrelid::regclass::text FROM pg_constraint "
+                    "WHERE conname = 'fk_dead_letter_raw_record_id_raw_record_key'"
+                )
+                == "raw_record_key"
+            )
+            # Seen before: skipped, whether its month is the first partition's or a later one.
+            later = datetime(2027, 9, 1, tzinfo=UTC)
+            assert await conn.fetch(land, later, "h7") == []
+            fresh = await conn.fetch(land, later, "new")
+            assert len(fresh) == 1
+            assert await conn.fetch(land, datetime(2026, 12, 1, tzinfo=UTC), "new") == []
+            assert await conn.fetchval("SELECT count(*) FROM raw_record") == 25001
+
+            await asyncio.to_thread(command.downgrade, cfg, "0024_partition_timelines")
+            assert await conn.fetchval("SELECT count(*) FROM raw_record") == 25001
+            assert "raw_record_key" not in await _tables(url)
+            with pytest.raises(asyncpg.UniqueViolationError):
+                await conn.fetch(land, later, "new")
         finally:
             await conn.close()
     finally:

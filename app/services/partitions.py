@@ -1,0 +1,232 @@
+"""Monthly partitions of the append-only tables: created ahead, archived and dropped when old.
+
+`ensure_partitions` keeps a partition for every month from the current one to
+`months_ahead` months on. A row whose month had no partition yet went to the default partition;
+when its month's partition is created those rows move into it, in the same transaction.
+
+`expire_partitions` applies a table's retention window: a month that ended more than that many
+days ago is written to the archive directory as gzip CSV (with a manifest giving its bounds,
+columns, row count and SHA-256), and dropped only once the file holds as many rows as the
+partition. Dropping a partition is a catalog change, not a scan or a mass delete.
+
+Every DDL statement runs under a short lock timeout: behind a long transaction it gives up, and
+the next run of the cron tries again.
+"""
+
+import asyncio
+import gzip
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.db import Database
+from app.models.partitioning import PARTITIONED, Partitioned, add_months, month_start
+from app.tenancy import SYSTEM_SCOPE
+
+LOCK_TIMEOUT = "2s"
+
+_RANGE = re.compile(r"FOR VALUES FROM \((?:'([^']+)'|MINVALUE)\) TO \((?:'([^']+)'|MAXVALUE)\)")
+
+
+@dataclass(frozen=True)
+class Partition:
+    name: str
+    # None: unbounded on that side; both None: the default partition.
+    lower: datetime | None
+    upper: datetime | None
+    default: bool = False
+
+
+@dataclass(frozen=True)
+class Created:
+    partition: str
+    moved: int
+
+
+@dataclass(frozen=True)
+class Archived:
+    partition: str
+    rows: int
+    path: Path
+    sha256: str
+
+
+async def _utc(session: AsyncSession) -> None:
+    # Partition bounds are read back as text: in UTC, whatever the server's time zone.
+    await session.execute(text("SET LOCAL TimeZone = 'UTC'"))
+    await session.execute(text(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"))
+
+
+async def partitions(session: AsyncSession, table: Partitioned) -> list[Partition]:
+    """The table's partitions with their bounds (the session must be in UTC, see `_utc`)."""
+    rows = await session.execute(
+        text(
+            "SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i "
+            "JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = CAST(:t AS regclass) "
+            "ORDER BY c.relname"
+        ),
+        {"t": table.table},
+    )
+    found = []
+    for name, bound in rows:
+        if bound == "DEFAULT":
+            found.append(Partition(name, None, None, default=True))
+            continue
+        match = _RANGE.fullmatch(bound)
+        if match is None:
+            raise RuntimeError(f"{name}: unexpected partition bound {bound!r}")
+        lower, upper = (datetime.fromisoformat(v) if v else None for v in match.groups())
+        found.append(Partition(name, lower, upper))
+    return found
+
+
+def _covers(existing: list[Partition], start: datetime, end: datetime) -> bool:
+    return any(
+        not p.default
+        and (p.lower is None or p.lower <= start)
+        and (p.upper is None or end <= p.upper)
+        for p in existing
+    )
+
+
+async def _create(
+    session: AsyncSession, table: Partitioned, start: datetime, end: datetime
+) -> Created:
+    t, name, column = table.table, table.month(start), table.column
+    bounds = {"lo": start, "hi": end}
+    # Writes that would land in the default partition wait until the month has its own.
+    await session.execute(text(f"LOCK TABLE {table.default} IN EXCLUSIVE MODE"))
+    stray = await session.scalar(
+        text(f"SELECT count(*) FROM {table.default} WHERE {column} >= :lo AND {column} < :hi"),
+        bounds,
+    )
+    bound_sql = f"FOR VALUES FROM ('{start.isoformat()}') TO ('{end.isoformat()}')"
+    if not stray:
+        await session.execute(text(f"CREATE TABLE {name} PARTITION OF {t} {bound_sql}"))
+        return Created(name, 0)
+    await session.execute(text(f"CREATE TABLE {name} (LIKE {t} INCLUDING DEFAULTS)"))
+    await session.execute(
+        text(
+            f"WITH moved AS (DELETE FROM {table.default} WHERE {column} >= :lo AND {column} < :hi "
+            f"RETURNING *) INSERT INTO {name} SELECT * FROM moved"
+        ),
+        bounds,
+    )
+    await session.execute(text(f"ALTER TABLE {t} ATTACH PARTITION {name} {bound_sql}"))
+    return Created(name, int(stray))
+
+
+async def ensure_partitions(db: Database, *, now: datetime, months_ahead: int) -> list[Created]:
+    """Create the partitions of every month from `now`'s to `months_ahead` months on that are
+    missing, each in its own short transaction."""
+    created: list[Created] = []
+    first = month_start(now)
+    for table in PARTITIONED:
+        for offset in range(months_ahead + 1):
+            start = add_months(first, offset)
+            end = add_months(start, 1)
+            async with db.uow(SYSTEM_SCOPE) as uow:
+                await _utc(uow.session)
+                if _covers(await partitions(uow.session, table), start, end):
+                    continue
+                created.append(await _create(uow.session, table, start, end))
+                await uow.commit()
+    return created
+
+
+async def _archive(
+    session: AsyncSession, table: Partitioned, partition: Partition, directory: Path
+) -> Archived:
+    """Write the partition's rows to `<directory>/<table>/<partition>.csv.gz` and its manifest."""
+    folder = directory / table.table
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / f"{partition.name}.csv.gz"
+    partial = target.with_suffix(".gz.partial")
+    digest = hashlib.sha256()
+    connection = await session.connection()
+    raw = await connection.get_raw_connection()
+    driver = raw.driver_connection
+    if driver is None:
+        raise RuntimeError("no database connection to copy from")
+    with partial.open("wb") as file:
+        with gzip.GzipFile(fileobj=file, mode="wb") as zipped:
+
+            def compress(chunk: bytes) -> None:
+                digest.update(chunk)
+                zipped.write(chunk)
+
+            async def write(chunk: bytes) -> None:
+                # Compressing a month of rows takes a while: off the event loop.
+                await asyncio.to_thread(compress, chunk)
+
+            status = await driver.copy_from_query(
+                f"SELECT * FROM {partition.name} ORDER BY {table.column}, id",
+                output=write,
+                format="csv",
+                header=True,
+            )
+        file.flush()
+        await asyncio.to_thread(os.fsync, file.fileno())
+    rows = int(str(status).rsplit(" ", 1)[-1])
+    columns = await session.execute(
+        text(
+            "SELECT attname FROM pg_attribute WHERE attrelid = CAST(:p AS regclass) "
+            "AND attnum > 0 AND NOT attisdropped ORDER BY attnum"
+        ),
+        {"p": partition.name},
+    )
+    manifest = {
+        "table": table.table,
+        "partition": partition.name,
+        "from": partition.lower.isoformat() if partition.lower else None,
+        "to": partition.upper.isoformat() if partition.upper else None,
+        "columns": list(columns.scalars()),
+        "rows": rows,
+        "sha256_of_csv": digest.hexdigest(),
+    }
+    os.replace(partial, target)
+    target.with_suffix("").with_suffix(".json").write_text(json.dumps(manifest, indent=2))
+    return Archived(partition.name, rows, target, digest.hexdigest())
+
+
+async def expire_partitions(
+    db: Database, *, now: datetime, retention_days: dict[str, int], archive_dir: Path
+) -> list[Archived]:
+    """Archive, then drop, every partition that ended more than its table's window ago (0 or
+    absent: keep). The default partition is never dropped."""
+    done: list[Archived] = []
+    for table in PARTITIONED:
+        days = retention_days.get(table.table, 0)
+        if days <= 0:
+            continue
+        cutoff = now - timedelta(days=days)
+        async with db.session(SYSTEM_SCOPE) as session:
+            await _utc(session)
+            old = [
+                p
+                for p in await partitions(session, table)
+                if not p.default and p.upper is not None and p.upper <= cutoff
+            ]
+        for partition in old:
+            async with db.uow(SYSTEM_SCOPE) as uow:
+                await _utc(uow.session)
+                # Taken before the copy: nothing can be written to it between the copy and
+                # the drop (nothing should: its month is over).
+                await uow.session.execute(text(f"LOCK TABLE {partition.name} IN SHARE MODE"))
+                archived = await _archive(uow.session, table, partition, archive_dir)
+                count = await uow.session.scalar(text(f"SELECT count(*) FROM {partition.name}"))
+                if count != archived.rows:
+                    raise RuntimeError(
+                        f"{partition.name}: archived {archived.rows} rows of {count}; kept"
+                    )
+                await uow.session.execute(text(f"DROP TABLE {partition.name}"))
+                await uow.commit()
+            done.append(archived)
+    return done
