@@ -16,6 +16,7 @@ from arq.worker import Function, Worker
 from app.outages import outage_of
 from app.settings import Settings, get_settings
 from jobs.context import shutdown, startup
+from jobs.events import publish_events
 from jobs.ingest import enqueue_polls, normalize_connection, poll_connection, sweep_unnormalized
 from jobs.instrument import instrument
 from jobs.outages import Backoff, OutageTracker
@@ -39,6 +40,7 @@ FUNCTIONS = [
     func(attempt_payment, timeout=60, keep_result=3600, max_tries=20),  # type: ignore[arg-type]
 ]
 _EVERY_10S = set(range(0, 60, 10))
+_EVERY_SECOND = set(range(60))
 CRON_JOBS = [
     cron(enqueue_polls, second=_EVERY_10S, unique=True, timeout=60),  # type: ignore[arg-type]
     cron(sweep_unnormalized, second={25, 55}, unique=True, timeout=30),  # type: ignore[arg-type]
@@ -47,6 +49,8 @@ CRON_JOBS = [
     cron(reconcile_stuck, second={5}, unique=True, timeout=55),  # type: ignore[arg-type]
     cron(carry_out_end_actions, second={15, 45}, unique=True, timeout=55),  # type: ignore[arg-type]
     cron(deliver_webhooks, second=_EVERY_10S, unique=True, timeout=55),  # type: ignore[arg-type]
+    # Every second: how long after its commit an event reaches the feed and its subscribers.
+    cron(publish_events, second=_EVERY_SECOND, unique=True, timeout=30),  # type: ignore[arg-type]
     cron(prune_history, minute={7, 37}, second=30, unique=True, timeout=55),  # type: ignore[arg-type]
     # Weekly challenger from stored history (Monday 03:17 UTC). Training runs in an executor.
     # arq keeps every job's in-progress key for the longest timeout + 10 s, so a longer one here
