@@ -2,6 +2,7 @@
 `paymentEvents` subscription, run in-process."""
 
 import json
+import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -16,7 +17,15 @@ from sqlmodel import col, select
 
 from app.clock import FixedClock
 from app.db import Database
-from app.enums import EndAction, EndActionStatus, PaymentState, Processor, Role
+from app.enums import (
+    Advice,
+    DeclineCategory,
+    EndAction,
+    EndActionStatus,
+    PaymentState,
+    Processor,
+    Role,
+)
 from app.event_notices import EventNotices, listener_client
 from app.models.payment import Payment
 from app.models.retry import OutboxEvent
@@ -242,6 +251,10 @@ def test_every_payload_the_outbox_writes_validates_against_its_schema(
 ) -> None:
     """Through `event_payload`, the one builder of stored payloads, for every type."""
     payment = Payment(
+        customer_id=uuid.uuid4(),
+        decline_category=DeclineCategory.INSUFFICIENT_FUNDS,
+        decline_retryable=True,
+        decline_advice=Advice.RETRY_LATER,
         processor=processor,
         processor_payment_id="ch_1",
         amount_minor=amount,
