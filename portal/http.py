@@ -5,6 +5,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from functools import lru_cache
@@ -34,6 +35,7 @@ from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
     BaseGraphQLTransportWSHandler,
 )
 from strawberry.types import ExecutionResult
+from strawberry.types.execution import PreExecutionError
 from strawberry.types.graphql import OperationType
 from strawberry.types.unset import UNSET, UnsetType
 
@@ -84,9 +86,25 @@ class _SubscriptionsOnly:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._schema, name)
 
-    async def stream(self, *args: Any, **kwargs: Any) -> Any:
+    async def stream(self, query: str | None, *args: Any, **kwargs: Any) -> Any:
+        operation = None
+        with contextlib.suppress(GraphQLError):  # syntax errors: Strawberry's answer (4400)
+            operation = get_operation_ast(parse(query or ""), kwargs.get("operation_name"))
+        if operation is not None and operation.operation is not AstOperationType.SUBSCRIPTION:
+            return _refused(
+                ErrorCode.BAD_REQUEST,
+                f"a {operation.operation.value} is served over HTTP; websockets run "
+                "subscriptions only",
+            )
         kwargs["allowed_operation_types"] = {OperationType.SUBSCRIPTION}
-        return await self._schema.stream(*args, **kwargs)
+        return await self._schema.stream(query, *args, **kwargs)
+
+
+async def _refused(code: ErrorCode, message: str) -> AsyncIterator[PreExecutionError]:
+    """An operation's only result: an error before execution (an `error` message)."""
+    yield PreExecutionError(
+        data=None, errors=[GraphQLError(message, extensions={"code": code.value})]
+    )
 
 
 class SubscriptionHandler(BaseGraphQLTransportWSHandler[Context, None]):
