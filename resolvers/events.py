@@ -78,10 +78,12 @@ async def events_page(
 
 
 async def _read(ctx: Context, merchant_id: uuid.UUID, position: int) -> list[FeedEvent]:
-    """The next events past `position`, waiting out a database outage."""
+    """The next events past `position` if the key still stands, waiting out a database
+    outage."""
     attempt = 0
     while True:
         try:
+            await _still_authenticated(ctx)
             async with ctx.db.session(ctx.require_principal().scope) as session:
                 return await feed_page(
                     session,
@@ -124,7 +126,6 @@ async def event_stream(
         while True:
             # Cleared before the read: a notice arriving meanwhile makes the next wait short.
             wake.clear()
-            await _still_authenticated(ctx)
             events = await _read(ctx, merchant.id, position)
             for event in events:
                 yield event
