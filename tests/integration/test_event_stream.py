@@ -62,6 +62,9 @@ class Env:
     b: Tenant
     # The worker's Redis client.
     publisher: Redis
+    # The processes' environment, and where their logs go.
+    variables: dict[str, str]
+    folder: Path
 
     def worker(self) -> WorkerContext:
         """What the worker's `publish_events` job reads of its context."""
@@ -76,23 +79,34 @@ def _tail(log: Path) -> str:
     return log.read_text()[-2000:]
 
 
-async def _api(port: int, env: dict[str, str], log: Path) -> asyncio.subprocess.Process:
+async def _spawn(env: dict[str, str], log: Path, *argv: str) -> asyncio.subprocess.Process:
+    """`python -m portal <argv>`, its output in `log`."""
     with log.open("ab") as out:
-        process = await asyncio.create_subprocess_exec(
+        return await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
             "portal",
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
+            *argv,
             env=env,
             cwd=ROOT,
             stdout=out,
             stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,
         )
+
+
+async def _stop(process: asyncio.subprocess.Process) -> None:
+    if process.returncode is None:
+        process.terminate()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(process.wait(), 15)
+    if process.returncode is None:
+        process.kill()
+        await process.wait()
+
+
+async def _api(port: int, env: dict[str, str], log: Path) -> asyncio.subprocess.Process:
+    process = await _spawn(env, log, "serve", "--host", "127.0.0.1", "--port", str(port))
     deadline = time.monotonic() + 60
     async with httpx.AsyncClient(trust_env=False, timeout=2) as http:
         while time.monotonic() < deadline:
@@ -146,16 +160,12 @@ async def env(services: Services, tmp_path_factory: pytest.TempPathFactory) -> A
             a=await _tenant(db, "Stream A"),
             b=await _tenant(db, "Stream B"),
             publisher=publisher,
+            variables=variables,
+            folder=folder,
         )
     finally:
         for process in processes:
-            if process.returncode is None:
-                process.terminate()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(process.wait(), 15)
-            if process.returncode is None:
-                process.kill()
-                await process.wait()
+            await _stop(process)
         await publisher.aclose()
         await db.dispose()
         await drop_database(services, url)
@@ -371,3 +381,32 @@ async def test_a_revoked_key_ends_its_subscription(env: Env) -> None:
             "UNAUTHENTICATED"
         ]
         assert (await client.receive())["type"] == "complete"
+
+
+async def test_with_a_worker_process_events_reach_the_other_api_within_the_cron_tick(
+    env: Env,
+) -> None:
+    """End to end: an outbox row committed, `portal worker`'s every-second cron positions it and
+    publishes the notice, a client of the other API process receives it."""
+    tenant = env.b
+    after = await _baseline(env, tenant)
+    worker = await _spawn(env.variables, env.folder / "worker.log", "worker")
+    try:
+        async with Client.open(env.apis[1], {"authorization": f"Bearer {tenant.token}"}) as client:
+            assert (await client.receive())["type"] == "connection_ack"
+            await client.subscribe(tenant, after)
+            # The first event also waits for the worker to start.
+            await _commit(env, tenant, "payment.scheduled")
+            assert (await client.event(within=60))["type"] == "payment.scheduled"
+            latencies = []
+            for name in ("payment.retrying", "payment.scheduled", "payment.retrying"):
+                await _commit(env, tenant, name)
+                committed = time.monotonic()
+                assert (await client.event(within=5))["type"] == name
+                latencies.append(time.monotonic() - committed)
+                # Commits land at different points of the cron's second.
+                await asyncio.sleep(0.37)
+            # At most the cron's period, arq's poll (0.5 s) and the fan-out.
+            assert max(latencies) < 2.0, latencies
+    finally:
+        await _stop(worker)
