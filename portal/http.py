@@ -5,7 +5,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from functools import lru_cache
@@ -609,7 +609,20 @@ class PortalGraphQL(GraphQL[Context, None]):
         clock: Clock = request.app.state.clock
         token = bearer_token(request)
         principal = None if token is None else await self._authenticate(db, clock, token)
-        return self._context(request, principal)
+        context = self._context(request, principal)
+        if token is not None and principal is not None:
+            context.reauthenticate = self._reauthenticate(db, clock, token)
+        return context
+
+    def _reauthenticate(
+        self, db: Database, clock: Clock, token: str
+    ) -> Callable[[], Awaitable[Principal | None]]:
+        """How a websocket's subscriptions look their key up again as they go."""
+
+        async def reauthenticate() -> Principal | None:
+            return await self._authenticate(db, clock, token)
+
+        return reauthenticate
 
     async def on_ws_connect(self, context: Context) -> UnsetType | dict[str, object] | None:
         """Authenticate a websocket by its `connection_init` payload:
@@ -632,12 +645,7 @@ class PortalGraphQL(GraphQL[Context, None]):
                 {"code": ErrorCode.UNAUTHENTICATED.value, "message": "the API key is unknown"}
             )
         context.principal = principal
-        db, clock = context.db, context.clock
-
-        async def reauthenticate() -> Principal | None:
-            return await self._authenticate(db, clock, token)
-
-        context.reauthenticate = reauthenticate
+        context.reauthenticate = self._reauthenticate(context.db, context.clock, token)
         return unset
 
 

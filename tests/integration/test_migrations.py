@@ -563,3 +563,43 @@ async def test_redundant_ingestion_indexes_are_dropped_and_reversible(services: 
             await conn.close()
     finally:
         await drop_database(services, url)
+
+
+async def test_event_feed_columns_keep_existing_events_and_are_reversible(
+    services: Services,
+) -> None:
+    """0021 adds `outbox_event.position` (null: existing events wait for the sequencer) and
+    `version` (existing events read 1), the sequence and the two partial indexes, valid;
+    down removes them all."""
+    url = await create_scratch_database(services, "portal_migrations")
+    cfg = alembic_config(url)
+    indexes = ["ix_outbox_event_feed", "ix_outbox_event_unsequenced"]
+    valid = (
+        "SELECT c.relname, i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+        "WHERE c.relname = ANY($1::text[])"
+    )
+    sequence = "SELECT count(*) FROM pg_class WHERE relname = 'outbox_event_position_seq'"
+    try:
+        await asyncio.to_thread(command.upgrade, cfg, "0020_ingest_indexes")
+        conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://", 1))
+        try:
+            await conn.execute(_MERCHANT_AND_CUSTOMER)
+            await conn.execute(
+                "INSERT INTO outbox_event (id, merchant_id, event_type, payload, created_at) "
+                "VALUES (gen_random_uuid(), '00000000-0000-0000-0000-00000000000a', "
+                "'payment.scheduled', '{}', now())"
+            )
+            await asyncio.to_thread(command.upgrade, cfg, "0021_event_feed")
+            assert await conn.fetchrow("SELECT position, version FROM outbox_event") == (None, 1)
+            columns = await _columns(conn, "outbox_event")
+            assert (columns["position"], columns["version"]) == ("YES", "NO")
+            assert dict(await conn.fetch(valid, indexes)) == dict.fromkeys(indexes, True)
+            assert await conn.fetchval(sequence) == 1
+            await asyncio.to_thread(command.downgrade, cfg, "0020_ingest_indexes")
+            assert {"position", "version"}.isdisjoint(await _columns(conn, "outbox_event"))
+            assert await conn.fetch(valid, indexes) == []
+            assert await conn.fetchval(sequence) == 0
+        finally:
+            await conn.close()
+    finally:
+        await drop_database(services, url)
