@@ -11,6 +11,8 @@ class ErrorCode(StrEnum):
     NOT_FOUND = "NOT_FOUND"
     INVALID_ARGUMENT = "INVALID_ARGUMENT"
     INVALID_CURSOR = "INVALID_CURSOR"
+    # A feed cursor older than the outbox's retention: events after it may have been pruned.
+    CURSOR_EXPIRED = "CURSOR_EXPIRED"
     INVALID_ID = "INVALID_ID"
     VERSION_CONFLICT = "VERSION_CONFLICT"
     INVALID = "INVALID"
@@ -71,6 +73,10 @@ class InvalidArgument(PortalError):
 
 class InvalidCursor(PortalError):
     code = ErrorCode.INVALID_CURSOR
+
+
+class CursorExpired(PortalError):
+    code = ErrorCode.CURSOR_EXPIRED
 
 
 class InvalidId(PortalError):

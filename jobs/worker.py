@@ -18,6 +18,7 @@ from app.settings import Settings, get_settings
 from jobs.bulk import run_bulk_action
 from jobs.context import shutdown, startup
 from jobs.enqueue import REPLAY_FUNCTION, REQUESTED_JOB_KEEP_SECONDS, RETRAIN_FUNCTION
+from jobs.events import publish_events
 from jobs.ingest import enqueue_polls, normalize_connection, poll_connection, sweep_unnormalized
 from jobs.instrument import instrument
 from jobs.outages import Backoff, OutageTracker
@@ -62,6 +63,7 @@ FUNCTIONS = [
     ),
 ]
 _EVERY_10S = set(range(0, 60, 10))
+_EVERY_SECOND = set(range(60))
 CRON_JOBS = [
     cron(enqueue_polls, second=_EVERY_10S, unique=True, timeout=60),  # type: ignore[arg-type]
     cron(sweep_unnormalized, second={25, 55}, unique=True, timeout=30),  # type: ignore[arg-type]
@@ -70,6 +72,8 @@ CRON_JOBS = [
     cron(reconcile_stuck, second={5}, unique=True, timeout=55),  # type: ignore[arg-type]
     cron(carry_out_end_actions, second={15, 45}, unique=True, timeout=55),  # type: ignore[arg-type]
     cron(deliver_webhooks, second=_EVERY_10S, unique=True, timeout=55),  # type: ignore[arg-type]
+    # Every second: how long after its commit an event reaches the feed and its subscribers.
+    cron(publish_events, second=_EVERY_SECOND, unique=True, timeout=30),  # type: ignore[arg-type]
     cron(prune_history, minute={7, 37}, second=30, unique=True, timeout=55),  # type: ignore[arg-type]
     # At start-up too: a worker started after a pause finds the current month's partition made.
     cron(

@@ -13,7 +13,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
 from starlette.types import ASGIApp, Message, Receive, Send
 from starlette.types import Scope as AsgiScope
 
@@ -22,6 +22,7 @@ from app.crypto import CredentialBox
 from app.db import Database
 from app.embedded import Services, resolve_services
 from app.errors import ErrorCode
+from app.event_notices import EventNotices, listener_client
 from app.outages import outage_of, unavailable_message
 from app.ratelimit import BucketLimits, RedisLeakyBucket
 from app.settings import Settings, get_settings
@@ -203,9 +204,13 @@ def create_app(
             BucketLimits(settings.rate_limit_capacity, settings.rate_limit_leak_per_second),
             prefix="portal:ratelimit:",
         )
+        # One Redis subscription per process wakes its GraphQL subscriptions.
+        app.state.notices = notices = EventNotices(listener_client(current.redis))
+        notices.start()
         try:
             yield
         finally:
+            await notices.close()
             if owned is not None:
                 await close_resources(owned)
             if services is not None:
@@ -221,6 +226,8 @@ def create_app(
         routes=[
             # Every method reaches the view, so a refusal (405) is a coded GraphQL error too.
             Route("/graphql", view),
+            # Subscriptions: graphql-transport-ws on the same path.
+            WebSocketRoute("/graphql", view),
             Route("/healthz", healthz),
             Route("/readyz", readyz),
             Route("/metrics", metrics_endpoint(settings)),

@@ -5,6 +5,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from functools import lru_cache
@@ -25,11 +26,18 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
+from strawberry.exceptions import ConnectionRejectionError
 from strawberry.http import GraphQLHTTPResponse
 from strawberry.schema import Schema
 from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
+from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
+from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
+    BaseGraphQLTransportWSHandler,
+)
 from strawberry.types import ExecutionResult
+from strawberry.types.execution import PreExecutionError
 from strawberry.types.graphql import OperationType
+from strawberry.types.unset import UNSET, UnsetType
 
 from app.clock import Clock
 from app.db import Database
@@ -58,11 +66,53 @@ MAX_BODY_BYTES = 1_048_576
 
 
 def bearer_token(request: Request | WebSocket) -> str | None:
-    header = request.headers.get("authorization", "")
+    return _bearer(request.headers.get("authorization", ""))
+
+
+def _bearer(header: str) -> str | None:
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         return None
     return token.strip()
+
+
+class _SubscriptionsOnly:
+    """The schema as the websocket transport sees it: subscriptions only. Queries and
+    mutations go over HTTP, where the rate limiter and the method rules apply."""
+
+    def __init__(self, schema: Any) -> None:
+        self._schema = schema
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._schema, name)
+
+    async def stream(self, query: str | None, *args: Any, **kwargs: Any) -> Any:
+        operation = None
+        with contextlib.suppress(GraphQLError):  # syntax errors: Strawberry's answer (4400)
+            operation = get_operation_ast(parse(query or ""), kwargs.get("operation_name"))
+        if operation is not None and operation.operation is not AstOperationType.SUBSCRIPTION:
+            return _refused(
+                ErrorCode.BAD_REQUEST,
+                f"a {operation.operation.value} is served over HTTP; websockets run "
+                "subscriptions only",
+            )
+        kwargs["allowed_operation_types"] = {OperationType.SUBSCRIPTION}
+        return await self._schema.stream(query, *args, **kwargs)
+
+
+async def _refused(code: ErrorCode, message: str) -> AsyncIterator[PreExecutionError]:
+    """An operation's only result: an error before execution (an `error` message)."""
+    yield PreExecutionError(
+        data=None, errors=[GraphQLError(message, extensions={"code": code.value})]
+    )
+
+
+class SubscriptionHandler(BaseGraphQLTransportWSHandler[Context, None]):
+    """graphql-transport-ws, running subscriptions only."""
+
+    def __init__(self, *, schema: Any, **kwargs: Any) -> None:
+        only: Any = _SubscriptionsOnly(schema)
+        super().__init__(schema=only, **kwargs)
 
 
 def negotiate(accept: str | None) -> str | None:
@@ -194,7 +244,13 @@ class PortalGraphQL(GraphQL[Context, None]):
     malformed body, 401) carries `extensions.cost`.
     """
 
+    graphql_transport_ws_handler_class = SubscriptionHandler
+
     def __init__(self, *args: Any, settings: Settings, **kwargs: Any) -> None:
+        # Subscriptions: graphql-transport-ws only (the older graphql-ws protocol is refused
+        # with 4406), authenticated by the `connection_init` payload (see `on_ws_connect`).
+        kwargs.setdefault("subscription_protocols", (GRAPHQL_TRANSPORT_WS_PROTOCOL,))
+        kwargs.setdefault("connection_init_wait_timeout", timedelta(seconds=10))
         super().__init__(*args, **kwargs)
         self._settings = settings
         self._pages = PageSizes(settings.default_page_size, settings.max_page_size)
@@ -542,6 +598,7 @@ class PortalGraphQL(GraphQL[Context, None]):
             arq=getattr(state, "arq", None),
             request_id=request_id,
             principals=self._principals,
+            notices=getattr(state, "notices", None),
         )
 
     async def get_context(
@@ -552,7 +609,44 @@ class PortalGraphQL(GraphQL[Context, None]):
         clock: Clock = request.app.state.clock
         token = bearer_token(request)
         principal = None if token is None else await self._authenticate(db, clock, token)
-        return self._context(request, principal)
+        context = self._context(request, principal)
+        if token is not None and principal is not None:
+            context.reauthenticate = self._reauthenticate(db, clock, token)
+        return context
+
+    def _reauthenticate(
+        self, db: Database, clock: Clock, token: str
+    ) -> Callable[[], Awaitable[Principal | None]]:
+        """How a websocket's subscriptions look their key up again as they go."""
+
+        async def reauthenticate() -> Principal | None:
+            return await self._authenticate(db, clock, token)
+
+        return reauthenticate
+
+    async def on_ws_connect(self, context: Context) -> UnsetType | dict[str, object] | None:
+        """Authenticate a websocket by its `connection_init` payload:
+        `{"authorization": "Bearer <key>"}`. An unknown, revoked or malformed key closes the
+        connection (4403); none leaves it unauthenticated (subscribing then answers
+        UNAUTHENTICATED). Each subscription looks the key up again as it goes (through the
+        process's key cache), so a revoked key's subscriptions end within
+        `PORTAL_AUTH_CACHE_SECONDS`."""
+        unset: UnsetType = UNSET
+        params = context.connection_params or {}
+        raw = params.get("authorization", params.get("Authorization"))
+        if raw is None:
+            return unset
+        token = _bearer(raw) if isinstance(raw, str) else None
+        principal = None
+        if token is not None:
+            principal = await self._authenticate(context.db, context.clock, token)
+        if token is None or principal is None:
+            raise ConnectionRejectionError(
+                {"code": ErrorCode.UNAUTHENTICATED.value, "message": "the API key is unknown"}
+            )
+        context.principal = principal
+        context.reauthenticate = self._reauthenticate(context.db, context.clock, token)
+        return unset
 
 
 async def _read_body(request: Request) -> bytes:

@@ -1,6 +1,6 @@
 """The typed per-request context: who is asking, the database, loaders, clock and settings."""
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -13,6 +13,7 @@ from app.clock import Clock
 from app.crypto import CredentialBox
 from app.db import Database, UnitOfWork
 from app.errors import Unauthenticated
+from app.event_notices import EventNotices
 from app.settings import Settings
 from app.tenancy import Principal
 from app.workflows.authentication import PrincipalCache
@@ -40,6 +41,11 @@ class Context:
     arq: ArqRedis | None = None
     # The HTTP view's cache of authenticated keys, which a revocation empties of the key.
     principals: PrincipalCache | None = None
+    # Websockets: the process's event notices, the `connection_init` payload, and how to look
+    # the connection's key up again (a subscription ends when its key is revoked).
+    notices: EventNotices | None = None
+    connection_params: dict[str, Any] | None = None
+    reauthenticate: Callable[[], Awaitable[Principal | None]] | None = None
     _loaders: Loaders | None = field(default=None, init=False, repr=False)
 
     def require_principal(self) -> Principal:

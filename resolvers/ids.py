@@ -45,6 +45,23 @@ def encode_cursor(at: datetime, key: uuid.UUID) -> str:
     return _b64encode(json.dumps([at.isoformat(), str(key)]))
 
 
+def encode_event_cursor(position: int, at: datetime) -> str:
+    """A feed cursor: the event's position, and when it occurred (to tell an expired one)."""
+    return _b64encode(json.dumps(["event", position, at.isoformat()]))
+
+
+def decode_event_cursor(value: str) -> tuple[int, datetime]:
+    """The (position, time) of a feed cursor; raises InvalidCursor when malformed."""
+    try:
+        kind, position, at_raw = json.loads(_b64decode(value))
+        at = datetime.fromisoformat(at_raw)
+    except (ValueError, TypeError, UnicodeError, binascii.Error) as exc:
+        raise InvalidCursor(f"malformed cursor {value[:64]!r}") from exc
+    if kind != "event" or type(position) is not int or position < 0 or at.tzinfo is None:
+        raise InvalidCursor(f"malformed cursor {value[:64]!r}")
+    return position, at
+
+
 def decode_cursor(value: str) -> tuple[datetime, uuid.UUID]:
     """The (time, id) keyset position of a cursor; raises InvalidCursor when malformed."""
     try:

@@ -8,6 +8,7 @@ import strawberry
 from app.models.merchant import Merchant as MerchantModel
 from resolvers import audit as audit_resolvers
 from resolvers import connection as connection_resolvers
+from resolvers import events as event_resolvers
 from resolvers import payment as payment_resolvers
 from resolvers import retry_policy as policy_resolvers
 from resolvers import webhook_endpoint as webhook_resolvers
@@ -15,6 +16,7 @@ from resolvers.context import Context
 from schema.audit import AuditEntry, AuditEntryConnection
 from schema.connection import ProcessorConnection
 from schema.enums import MerchantStatus
+from schema.events import EVENTS_DESCRIPTION, PaymentEvent, PaymentEventConnection, TypesArg
 from schema.node import Node
 from schema.payment import Payment, PaymentConnection, PaymentFilter
 from schema.relay import AfterArg, Connection, FirstArg, connection, selects
@@ -89,6 +91,15 @@ class Merchant(Node):
             info.context, merchant_id=self._row.id, first=first, after=after
         )
         return AuditEntryConnection.from_page(page, AuditEntry.from_model)
+
+    @strawberry.field(description=EVENTS_DESCRIPTION)
+    async def events(
+        self, info: Info, first: FirstArg = None, after: AfterArg = None, types: TypesArg = None
+    ) -> PaymentEventConnection:
+        page = await event_resolvers.events_page(
+            info.context, merchant_id=self._row.id, first=first, after=after, types=types
+        )
+        return PaymentEventConnection.from_page(page, PaymentEvent.from_event)
 
     @strawberry.field(description=STATS_DESCRIPTION)
     async def recovery_stats(

@@ -25,6 +25,7 @@ from schema.api_key import ApiKey, ApiKeyConnection, api_keys
 from schema.bulk_action import BulkAction
 from schema.connection import ProcessorConnection
 from schema.enums import Role
+from schema.events import Subscription, WebhookEventType, webhook_event_types
 from schema.extensions import (
     DocumentCache,
     PortalExecutor,
@@ -126,6 +127,13 @@ class Query:
             "for an id that names no such job."
         ),
     )
+    webhook_event_types: list[WebhookEventType] = strawberry.field(
+        resolver=webhook_event_types,
+        description=(
+            "Every event type webhooks, `Merchant.events` and `paymentEvents` carry, with the "
+            "JSON Schema of its payload."
+        ),
+    )
 
     @strawberry.field(description="One merchant by global id; null when not visible.")
     async def merchant(
@@ -191,6 +199,7 @@ def build_schema(settings: Settings) -> strawberry.Schema:
     return PortalSchema(
         query=Query,
         mutation=Mutation,
+        subscription=Subscription,
         types=NODE_TYPES.classes,
         config=StrawberryConfig(
             disable_field_suggestions=settings.environment == "production",
@@ -204,7 +213,7 @@ def build_schema(settings: Settings) -> strawberry.Schema:
     )
 
 
-__all__ = ["Mutation", "Query", "build_schema", "export_sdl"]
+__all__ = ["Mutation", "Query", "Subscription", "build_schema", "export_sdl"]
 
 
 def export_sdl(schema: strawberry.Schema) -> str:

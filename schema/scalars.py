@@ -3,6 +3,7 @@
 from typing import NewType
 
 import strawberry
+from graphql import GraphQLError
 from strawberry.types.scalar import ScalarDefinition
 
 MAX_LONG = 2**63 - 1
@@ -11,11 +12,16 @@ Long = NewType("Long", int)
 
 
 def _parse_long(value: object) -> int:
+    """Refusals are GraphQLErrors: GraphQL reports them as the client's (a validation
+    failure), where any other exception would be masked as an internal error."""
     if isinstance(value, bool) or not isinstance(value, int | str):
-        raise ValueError("Long must be an integer")
-    number = int(value)
+        raise GraphQLError("Long must be an integer")
+    try:
+        number = int(value)
+    except ValueError:
+        raise GraphQLError("Long must be an integer") from None
     if not -MAX_LONG - 1 <= number <= MAX_LONG:
-        raise ValueError("Long is outside the 64-bit range")
+        raise GraphQLError("Long is outside the 64-bit range")
     return number
 
 

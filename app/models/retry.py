@@ -6,7 +6,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
-from sqlmodel import Field
+from sqlmodel import Field, SQLModel
 
 from app.enums import Actor, PaymentState
 from app.models.base import TenantOwned, enum_type, new_id, timestamp
@@ -45,6 +45,10 @@ class PaymentTransition(TenantOwned, table=True):
             return Actor.PORTAL, self.actor
 
 
+# Feed positions: taken only by the sequencer (`app/services/event_feed.py`).
+OUTBOX_POSITION = sa.Sequence("outbox_event_position_seq", metadata=SQLModel.metadata)
+
+
 class OutboxEvent(TenantOwned, table=True):
     """A domain event, written in the transaction of the change it reports."""
 
@@ -62,14 +66,36 @@ class OutboxEvent(TenantOwned, table=True):
             "created_at",
             postgresql_where=sa.text("dispatched_at IS NOT NULL"),
         ),
+        # A merchant's event feed, in commit order (see `position`).
+        sa.Index(
+            "ix_outbox_event_feed",
+            "merchant_id",
+            "position",
+            postgresql_where=sa.text("position IS NOT NULL"),
+        ),
+        # Events waiting for their feed position, oldest first.
+        sa.Index(
+            "ix_outbox_event_unsequenced",
+            "created_at",
+            postgresql_where=sa.text("position IS NULL"),
+        ),
     )
 
     id: uuid.UUID = Field(default_factory=new_id, primary_key=True)
     payment_id: uuid.UUID | None = Field(default=None, foreign_key="payment.id", index=True)
     event_type: str = Field(max_length=64)
     payload: dict[str, Any] = Field(sa_type=postgresql.JSONB)
+    # The version of the type's payload schema (`app/webhook_events.py`) it was written with.
+    version: int = Field(
+        default=1, sa_type=sa.SmallInteger, sa_column_kwargs={"server_default": "1"}
+    )
     created_at: datetime = timestamp()
     dispatched_at: datetime | None = timestamp(nullable=True)
+    # Its place in the merchant's event feed: given after the event committed, by one
+    # sequencer at a time, from `outbox_event_position_seq`, so positions become visible in
+    # increasing order and a reader past position p never misses an event that commits later
+    # (docs/events.md). Null until then.
+    position: int | None = Field(default=None, sa_type=sa.BigInteger, nullable=True)
 
 
-__all__ = ["OutboxEvent", "PaymentTransition"]
+__all__ = ["OUTBOX_POSITION", "OutboxEvent", "PaymentTransition"]

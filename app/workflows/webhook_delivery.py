@@ -176,10 +176,13 @@ class _Outcome:
     refused: bool = False
 
 
-def _body(event: OutboxEvent) -> bytes:
+def webhook_body(event: OutboxEvent) -> bytes:
+    """What a delivery posts: the event's id, type, payload version (`webhookEventTypes`),
+    time, and its payload as `data` (the same JSON `Merchant.events` serves as `payload`)."""
     document: dict[str, Any] = {
         "id": str(event.id),
         "type": event.event_type,
+        "version": event.version,
         "created_at": event.created_at.isoformat(),
         "data": event.payload,
     }
@@ -238,7 +241,7 @@ async def deliver_due(
                     url=endpoint.url,
                     secrets=_signing_secrets(endpoint, box, now),
                     event_type=event.event_type,
-                    body=_body(event),
+                    body=webhook_body(event),
                 )
             )
         await uow.commit()

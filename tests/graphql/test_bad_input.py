@@ -105,3 +105,23 @@ async def test_scalar_literal_out_of_range_is_a_bad_argument(
     assert codes(result) == ["INVALID_ARGUMENT"]
     assert result.errors is not None
     assert "64-bit" in result.errors[0].message
+
+
+async def test_long_literals_that_are_not_integers_are_validation_errors(
+    db: Database, settings: Settings, clock: FixedClock
+) -> None:
+    merchant = await make_merchant(db, "Long literals", now=clock.now())
+    token = await make_key(db, Role.MERCHANT, [merchant], now=clock.now())
+    for literal in ('""', '"x"', '" "', f'"{2**63}"', str(2**63)):
+        query = f"""query($id: ID!) {{ merchant(id: $id) {{
+          payments(filter: {{currencies: ["EUR"], amountMax: {literal}}}) {{ edges {{ cursor }} }}
+        }} }}"""
+        result = await run(
+            db,
+            settings,
+            clock,
+            query,
+            token=token,
+            variables={"id": encode_id("Merchant", merchant.id)},
+        )
+        assert codes(result) == ["GRAPHQL_VALIDATION_FAILED"], literal

@@ -939,6 +939,60 @@ async def case_disconnect_processor(w: World) -> None:
     await _connection_matrix(w, "disconnectProcessor", query, ok)
 
 
+# --- The event feed, its types and its subscription ------------------------------------------
+
+
+async def case_webhook_event_types(w: World) -> None:
+    """The same published types for every role: they describe no merchant's data."""
+    query = "{ webhookEventTypes { type version } }"
+    answers = [await _query(w, role, query) for role in ROLES]
+    assert answers[0]["webhookEventTypes"]
+    assert all(a == answers[0] for a in answers)
+
+
+async def case_payment_events(w: World) -> None:
+    """Merchant.events and the paymentEvents subscription: a merchant's events to the keys
+    that may see it; another's merchant is null (query) or NOT_FOUND (subscription)."""
+    from app.event_notices import EventNotices, listener_client
+    from resolvers.ids import encode_event_cursor
+    from tests.support.events import emit_events, first_results, sequence
+
+    for payment in w.payments.values():
+        await emit_events(w.db, payment, ["payment.scheduled"], now=w.clock.now())
+    await sequence(w.db)
+    feed = """query($id: ID!) { merchant(id: $id) { events { edges { node { payload } } } } }"""
+    subscribe = """subscription($id: ID!, $after: String) {
+      paymentEvents(merchantId: $id, after: $after) { payload } }"""
+    start = encode_event_cursor(0, w.clock.now())
+    notices = EventNotices(listener_client(w.queue))
+    try:
+        for role in ROLES:
+            for name, merchant in w.merchants.items():
+                global_id = encode_id("Merchant", merchant.id)
+                data = await _query(w, role, feed, id=global_id)
+                [result] = await first_results(
+                    w.db,
+                    w.settings,
+                    w.clock,
+                    subscribe,
+                    token=w.tokens[role],
+                    notices=notices,
+                    count=1,
+                    variables={"id": global_id, "after": start},
+                )
+                if name in w.visible[role]:
+                    payment_id = str(w.payments[name].id)
+                    [edge] = data["merchant"]["events"]["edges"]  # type: ignore[index]
+                    assert edge["node"]["payload"]["payment_id"] == payment_id
+                    assert result.errors is None
+                    assert result.data == {"paymentEvents": {"payload": edge["node"]["payload"]}}
+                else:
+                    assert data["merchant"] is None
+                    assert codes(result) == ["NOT_FOUND"], (role, name)
+    finally:
+        await notices.close()
+
+
 TENANCY_CASES: dict[str, Callable[[World], Awaitable[None]]] = {
     "viewer": case_viewer,
     "merchants": case_merchants,
@@ -974,6 +1028,8 @@ TENANCY_CASES: dict[str, Callable[[World], Awaitable[None]]] = {
     "redeliverWebhook": case_redeliver_webhook,
     "updateProcessorCredentials": case_update_processor_credentials,
     "disconnectProcessor": case_disconnect_processor,
+    "webhookEventTypes": case_webhook_event_types,
+    "paymentEvents": case_payment_events,
 }
 
 
@@ -987,6 +1043,8 @@ def test_every_root_field_has_a_tenancy_case(settings: Settings) -> None:
     roots = set(schema.query_type.fields)
     if schema.mutation_type is not None:
         roots |= set(schema.mutation_type.fields)
+    if schema.subscription_type is not None:
+        roots |= set(schema.subscription_type.fields)
     assert roots == set(TENANCY_CASES), "add a tenancy case for each new root field"
 
 
@@ -1046,6 +1104,7 @@ UNAUTHENTICATED_QUERIES = {
     "retrainModel": 'mutation { retrainModel(reason: "r") { errors { code } } }',
     "previewRetryPolicy": 'mutation { previewRetryPolicy(merchantId: "x", '
     "input: {maxAttempts: 5}) { errors { code } } }",
+    "webhookEventTypes": "{ webhookEventTypes { type } }",
 }
 
 

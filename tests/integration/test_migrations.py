@@ -602,7 +602,7 @@ async def test_timeline_and_decisions_become_monthly_partitions_keeping_rows_and
     url = await create_scratch_database(services, "portal_migrations")
     cfg = alembic_config(url)
     try:
-        await asyncio.to_thread(command.upgrade, cfg, "0020_ingest_indexes")
+        await asyncio.to_thread(command.upgrade, cfg, "0023_recovery_day_rollups")
         conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://", 1))
         try:
             await conn.execute("SET TimeZone = 'UTC'")
@@ -646,7 +646,7 @@ async def test_timeline_and_decisions_become_monthly_partitions_keeping_rows_and
             )
             assert where == "payment_transition_default"
 
-            await asyncio.to_thread(command.downgrade, cfg, "0020_ingest_indexes")
+            await asyncio.to_thread(command.downgrade, cfg, "0023_recovery_day_rollups")
             assert await conn.fetchval("SELECT count(*) FROM payment_transition") == 101
             assert await conn.fetchval("SELECT count(*) FROM model_decision") == 50
             assert (
@@ -726,6 +726,46 @@ async def test_raw_records_become_partitions_with_their_once_only_key_in_a_table
             assert "raw_record_key" not in await _tables(url)
             with pytest.raises(asyncpg.UniqueViolationError):
                 await conn.fetch(land, later, "new")
+        finally:
+            await conn.close()
+    finally:
+        await drop_database(services, url)
+
+
+async def test_event_feed_columns_keep_existing_events_and_are_reversible(
+    services: Services,
+) -> None:
+    """0021 adds `outbox_event.position` (null: existing events wait for the sequencer) and
+    `version` (existing events read 1), the sequence and the two partial indexes, valid;
+    down removes them all."""
+    url = await create_scratch_database(services, "portal_migrations")
+    cfg = alembic_config(url)
+    indexes = ["ix_outbox_event_feed", "ix_outbox_event_unsequenced"]
+    valid = (
+        "SELECT c.relname, i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+        "WHERE c.relname = ANY($1::text[])"
+    )
+    sequence = "SELECT count(*) FROM pg_class WHERE relname = 'outbox_event_position_seq'"
+    try:
+        await asyncio.to_thread(command.upgrade, cfg, "0025_partition_raw_records")
+        conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://", 1))
+        try:
+            await conn.execute(_MERCHANT_AND_CUSTOMER)
+            await conn.execute(
+                "INSERT INTO outbox_event (id, merchant_id, event_type, payload, created_at) "
+                "VALUES (gen_random_uuid(), '00000000-0000-0000-0000-00000000000a', "
+                "'payment.scheduled', '{}', now())"
+            )
+            await asyncio.to_thread(command.upgrade, cfg, "0026_event_feed")
+            assert await conn.fetchrow("SELECT position, version FROM outbox_event") == (None, 1)
+            columns = await _columns(conn, "outbox_event")
+            assert (columns["position"], columns["version"]) == ("YES", "NO")
+            assert dict(await conn.fetch(valid, indexes)) == dict.fromkeys(indexes, True)
+            assert await conn.fetchval(sequence) == 1
+            await asyncio.to_thread(command.downgrade, cfg, "0025_partition_raw_records")
+            assert {"position", "version"}.isdisjoint(await _columns(conn, "outbox_event"))
+            assert await conn.fetch(valid, indexes) == []
+            assert await conn.fetchval(sequence) == 0
         finally:
             await conn.close()
     finally:

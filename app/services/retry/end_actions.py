@@ -63,10 +63,15 @@ def announce(
     this processor, with why), `payment.end_action_failed` when every try failed."""
     failed = run.status is EndActionStatus.FAILED
     name = "payment.end_action_failed" if failed else "payment.end_action"
-    payload = event_payload(payment, name, payment.state, reason)
-    payload["end_action"] = str(run.action)
-    payload["end_action_status"] = str(run.status)
-    payload["detail"] = run.detail if not failed else run.last_error
+    payload = event_payload(
+        payment,
+        name,
+        payment.state,
+        reason,
+        end_action=run.action,
+        end_action_status=run.status,
+        detail=run.detail if not failed else run.last_error,
+    )
     emit(uow, payment, name, payload, now)
 
 

@@ -9,26 +9,29 @@ from app.enums import PaymentState
 from app.models.payment import Payment
 from app.models.retry import OutboxEvent
 from app.services.retry.writes import Writes
+from app.webhook_events import event_type, isoformat, version_of
 
 
 def event_payload(
-    payment: Payment, name: str, previous: PaymentState, reason: str
+    payment: Payment, name: str, previous: PaymentState, reason: str, **extra: Any
 ) -> dict[str, Any]:
-    """The body of a payment's domain event, as the merchant's webhook receives it."""
-    return {
-        "type": name,
-        "payment_id": str(payment.id),
-        "processor": str(payment.processor),
-        "processor_payment_id": payment.processor_payment_id,
-        "invoice_ref": payment.invoice_ref,
-        "subscription_ref": payment.subscription_ref,
-        "state": str(payment.state),
-        "previous_state": str(previous),
-        "next_retry_at": payment.next_retry_at.isoformat() if payment.next_retry_at else None,
-        "amount_minor": payment.amount_minor,
-        "currency": payment.currency,
-        "reason": reason,
-    }
+    """The body of a payment's domain event, as the merchant's webhook receives it, built by
+    its type's model (`app/webhook_events.py`): what is stored is what the schema publishes.
+    `extra` holds the fields a type adds to every payment event's."""
+    return event_type(name).payload(
+        payment_id=str(payment.id),
+        processor=payment.processor,
+        processor_payment_id=payment.processor_payment_id,
+        invoice_ref=payment.invoice_ref,
+        subscription_ref=payment.subscription_ref,
+        state=payment.state,
+        previous_state=previous,
+        next_retry_at=isoformat(payment.next_retry_at),
+        amount_minor=payment.amount_minor,
+        currency=payment.currency,
+        reason=reason,
+        **extra,
+    )
 
 
 def emit(
@@ -46,7 +49,8 @@ def emit(
         "id": uuid.uuid4(),
         "merchant_id": payment.merchant_id,
         "payment_id": payment.id,
-        "event_type": name[:64],
+        "event_type": name,
+        "version": version_of(name),
         "payload": payload,
         "created_at": now,
         "dispatched_at": None,
