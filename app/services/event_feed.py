@@ -22,6 +22,7 @@ from sqlmodel import col, select
 
 from app.db import UnitOfWork
 from app.models.retry import OutboxEvent
+from app.retry.events import PING_EVENT_TYPE
 
 # pg_advisory_xact_lock key of the sequencer: "feed" in ASCII.
 SEQUENCER_LOCK = 0x66656564
@@ -84,12 +85,15 @@ async def feed_page(
     limit: int,
 ) -> list[FeedEvent]:
     """Up to `limit` of the merchant's events past position `after` (from its oldest kept
-    event when None), in feed order, optionally of the given `types` only."""
+    event when None), in feed order, optionally of the given `types` only; test pings to one
+    endpoint (`sendTestWebhook`) are not events of the merchant's and are left out."""
     query = (
         select(OutboxEvent)
         .where(
             col(OutboxEvent.merchant_id) == merchant_id,
             col(OutboxEvent.position).is_not(None),
+            # A test event sent to one endpoint on request reports no change: not in the feed.
+            col(OutboxEvent.event_type) != PING_EVENT_TYPE,
         )
         .order_by(col(OutboxEvent.position))
         .limit(limit)

@@ -29,6 +29,7 @@ from app.enums import (
 from app.event_notices import EventNotices, listener_client
 from app.models.payment import Payment
 from app.models.retry import OutboxEvent
+from app.retry.events import PING_EVENT_TYPE
 from app.services.retry.outbox import event_payload
 from app.settings import Settings
 from app.tenancy import SYSTEM_SCOPE
@@ -118,6 +119,27 @@ async def test_feed_pages_in_order_and_reads_on_from_the_last_cursor(
     assert node["occurredAt"] == clock.now().isoformat()
     assert node["payload"]["type"] == "payment.rescheduled"
     assert node["payload"]["payment_id"] == str(payment.id)
+
+
+async def test_test_pings_to_an_endpoint_are_not_in_the_feed(
+    db: Database, settings: Settings, clock: FixedClock
+) -> None:
+    payment, merchant_id, token = await _merchant(db, clock, "Pinged")
+    async with db.uow(SYSTEM_SCOPE) as uow:
+        uow.session.add(
+            OutboxEvent(
+                merchant_id=payment.merchant_id,
+                payment_id=None,
+                event_type=PING_EVENT_TYPE,
+                payload={"type": PING_EVENT_TYPE},
+                created_at=clock.now(),
+                dispatched_at=clock.now(),
+            )
+        )
+        await uow.commit()
+    await _one_by_one(db, clock, payment, "payment.scheduled")
+    await sequence(db)
+    assert _types(await _page(db, settings, clock, token, id=merchant_id)) == ["payment.scheduled"]
 
 
 async def test_feed_payload_is_the_webhook_body_data(
