@@ -41,12 +41,8 @@ _PLAIN_RESULTS = (GraphQLExecutionResult, StrawberryExecutionResult)
 
 def _is_expected(error: GraphQLError) -> bool:
     original = error.original_error
-    # No original error: a syntax or validation error, which is the client's to see. No path:
-    # refused before execution, as a literal a scalar's parser rejects during validation (its
-    # ValueError attached, e.g. a Long beyond 64 bits): the client's too.
-    return (
-        original is None or error.path is None or isinstance(original, PortalError | GraphQLError)
-    )
+    # No original error: a syntax or validation error, which is the client's to see.
+    return original is None or isinstance(original, PortalError | GraphQLError)
 
 
 def _code_of(error: GraphQLError) -> str:

@@ -91,22 +91,6 @@ async def test_policy_update_arguments(
         assert (payload["retryPolicy"] is None) == bool(payload["errors"])
 
 
-async def test_scalar_literal_out_of_range_is_a_bad_argument(
-    db: Database, settings: Settings, clock: FixedClock
-) -> None:
-    """A literal the Long scalar refuses (beyond 64 bits) is refused as the client's error."""
-    merchant = await make_merchant(db, "Literal", now=clock.now())
-    token = await make_key(db, Role.MERCHANT, [merchant], now=clock.now())
-    query = """query($id: ID!) { merchant(id: $id) {
-      payments(filter: {amountMax: 9223372036854775808, currencies: ["EUR"]}) {
-        edges { cursor } } } }"""
-    variables = {"id": encode_id("Merchant", merchant.id)}
-    result = await run(db, settings, clock, query, token=token, variables=variables)
-    assert codes(result) == ["INVALID_ARGUMENT"]
-    assert result.errors is not None
-    assert "64-bit" in result.errors[0].message
-
-
 async def test_long_literals_that_are_not_integers_are_validation_errors(
     db: Database, settings: Settings, clock: FixedClock
 ) -> None:
