@@ -11,7 +11,7 @@ from strawberry.dataloader import DataLoader
 from app.db import Database
 from app.services.api_key import api_key_count_query
 from app.services.audit import audit_count_query
-from app.services.counting import Count, bounded_counts
+from app.services.counting import COUNT_LIMIT, Count, bounded_counts
 from app.services.merchant import merchant_count_query
 from app.services.payment import PaymentFilter, payment_count_query
 from app.tenancy import Scope
@@ -62,7 +62,8 @@ def _query(key: CountOf, scope: Scope) -> Any:
 def count_loader(db: Database, scope: Scope) -> DataLoader[CountOf, Count]:
     async def load(keys: list[CountOf]) -> list[Count]:
         async with db.session(scope) as session:
-            return await bounded_counts(session, [_query(k, scope) for k in keys])
+            queries = [_query(k, scope) for k in keys]
+            return await bounded_counts(session, queries, limit=COUNT_LIMIT)
 
     return DataLoader(load_fn=load)
 

@@ -27,6 +27,7 @@ from app.services.payment import (
     PaymentOrder,
     attempts_by_payment_ids,
     payments_by_customer_ids,
+    payments_by_merchant_ids,
 )
 from app.services.retry_policy import current_policies
 from app.services.stats.figures import RecoveryStats
@@ -77,27 +78,43 @@ def _pages(db: Database, scope: Scope, fetch: PageFetch[T]) -> DataLoader[PageKe
     return DataLoader(load_fn=load)
 
 
-# A customer's page of payments: (customer id, filter, order, page size, after).
-CustomerPageKey = tuple[uuid.UUID, PaymentFilter, PaymentOrder, int, PaymentKey | None]
+# A merchant's or customer's page of payments: (its id, filter, order, page size, after).
+PaymentPageKey = tuple[uuid.UUID, PaymentFilter, PaymentOrder, int, PaymentKey | None]
 
 
-def _customer_payments(db: Database, scope: Scope) -> DataLoader[CustomerPageKey, list[Payment]]:
-    """Customers' pages of payments in one statement per distinct (filter, order, size,
-    after), usually one: every customer of a request at once."""
+class PaymentPages(Protocol):
+    def __call__(
+        self,
+        session: AsyncSession,
+        parent_ids: Sequence[uuid.UUID],
+        /,
+        *,
+        filters: PaymentFilter,
+        order: PaymentOrder,
+        first: int,
+        before_key: PaymentKey | None,
+    ) -> Awaitable[Mapping[uuid.UUID, list[Payment]]]: ...
 
-    async def load(keys: list[CustomerPageKey]) -> list[list[Payment]]:
+
+def _payment_pages(
+    db: Database, scope: Scope, fetch: PaymentPages
+) -> DataLoader[PaymentPageKey, list[Payment]]:
+    """Parents' pages of payments in one statement per distinct (filter, order, size,
+    after), usually one: every merchant (or customer) of a request at once."""
+
+    async def load(keys: list[PaymentPageKey]) -> list[list[Payment]]:
         groups: dict[tuple[PaymentFilter, PaymentOrder, int, PaymentKey | None], list[uuid.UUID]]
         groups = defaultdict(list)
-        for customer_id, filters, order, size, after in keys:
-            groups[(filters, order, size, after)].append(customer_id)
-        found: dict[CustomerPageKey, list[Payment]] = {}
+        for parent_id, filters, order, size, after in keys:
+            groups[(filters, order, size, after)].append(parent_id)
+        found: dict[PaymentPageKey, list[Payment]] = {}
         async with db.session(scope) as session:
             for (filters, order, size, after), ids in groups.items():
-                rows = await payments_by_customer_ids(
+                rows = await fetch(
                     session, ids, filters=filters, order=order, first=size, before_key=after
                 )
-                for customer_id in ids:
-                    found[(customer_id, filters, order, size, after)] = rows.get(customer_id, [])
+                for parent_id in ids:
+                    found[(parent_id, filters, order, size, after)] = rows.get(parent_id, [])
         return [found[k] for k in keys]
 
     return DataLoader(load_fn=load)
@@ -158,8 +175,11 @@ class Loaders:
         self.audit_page_by_merchant_id: DataLoader[PageKey, list[AuditLog]] = _pages(
             db, scope, entries_by_merchant_ids
         )
-        self.customer_payments: DataLoader[CustomerPageKey, list[Payment]] = _customer_payments(
-            db, scope
+        self.merchant_payments: DataLoader[PaymentPageKey, list[Payment]] = _payment_pages(
+            db, scope, payments_by_merchant_ids
+        )
+        self.customer_payments: DataLoader[PaymentPageKey, list[Payment]] = _payment_pages(
+            db, scope, payments_by_customer_ids
         )
         self.count: DataLoader[CountOf, Count] = count_loader(db, scope)
         self.recovery_stats_by_merchant: DataLoader[tuple[uuid.UUID, StatsQuery], RecoveryStats] = (

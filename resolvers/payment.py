@@ -12,7 +12,6 @@ from app.services.payment import (
     PaymentKey,
     PaymentOrder,
     PaymentOrderField,
-    list_payments,
     list_viewer_payments,
 )
 from resolvers.context import Context
@@ -70,17 +69,14 @@ async def payments_page(
     after: str | None,
     order: PaymentOrder = DEFAULT_ORDER,
 ) -> tuple[Page[Payment], Counter]:
+    """A merchant's payments, through a loader: the merchants of one request (a nested list)
+    are read in one statement, one merchant's as `list_payments` reads it."""
+    ctx.require_principal()
     size = page_size(first, ctx.settings)
+    filters = filters.checked()
+    order = order.checked(filters)
     key = payment_after(order, after)
-    async with ctx.db.session(ctx.require_principal().scope) as session:
-        rows = await list_payments(
-            session,
-            merchant_id=merchant_id,
-            filters=filters,
-            first=size,
-            before_key=key,
-            order=order,
-        )
+    rows = await ctx.loaders.merchant_payments.load((merchant_id, filters, order, size, key))
     page = cursor_page(rows, size, lambda p: payment_cursor(order, p))
     return page, counter(ctx, CountOf("merchant_payments", merchant_id, filters))
 

@@ -293,6 +293,64 @@ async def list_payments(
     return (await session.execute(query)).scalars().all()
 
 
+async def payments_by_merchant_ids(
+    session: AsyncSession,
+    merchant_ids: Sequence[uuid.UUID],
+    *,
+    filters: PaymentFilter,
+    order: PaymentOrder,
+    first: int,
+    before_key: PaymentKey | None,
+) -> dict[uuid.UUID, list[Payment]]:
+    """The same page of several merchants' payments (a nested list) in one statement: each
+    merchant's reads as `list_payments` makes them, ranked per merchant."""
+    filters = filters.checked()
+    order = order.checked(filters)
+    if len(merchant_ids) == 1:
+        [merchant_id] = merchant_ids
+        rows = await list_payments(
+            session,
+            merchant_id=merchant_id,
+            filters=filters,
+            first=first,
+            before_key=before_key,
+            order=order,
+        )
+        return {merchant_id: list(rows)}
+    per_state = order.field is PaymentOrderField.FAILED_AT
+    reads = [
+        read
+        for merchant_id in merchant_ids
+        for read in _pages(
+            select(Payment).where(Payment.merchant_id == merchant_id),
+            merchant_id,
+            filters,
+            order,
+            first,
+            before_key,
+            per_state=per_state,
+        )
+    ]
+    return await _ranked(session, union_all(*reads).subquery(), "merchant_id", order, first)
+
+
+async def _ranked(
+    session: AsyncSession, merged: Any, parent: str, order: PaymentOrder, first: int
+) -> dict[uuid.UUID, list[Payment]]:
+    """The first `first + 1` payments of each parent (the `parent` column) among `merged`."""
+    row = aliased(Payment, merged)
+    rank = func.row_number().over(partition_by=merged.c[parent], order_by=order.outer(row))
+    ranked = merged.select().add_columns(rank.label("rank")).subquery()
+    payment = aliased(Payment, ranked)
+    rows = await session.execute(
+        select(payment).where(ranked.c.rank <= first + 1).order_by(ranked.c[parent], ranked.c.rank)
+    )
+    grouped: dict[uuid.UUID, list[Payment]] = defaultdict(list)
+    for found in rows.scalars():
+        grouped[getattr(found, parent)].append(found)
+    return grouped
+
+
 async def payments_by_customer_ids(
     session: AsyncSession,
     customer_ids: Sequence[uuid.UUID],
@@ -313,23 +371,9 @@ async def payments_by_customer_ids(
     merchant = col(Payment.merchant_id)
     for read in _pages(base, merchant, filters, order, first, before_key, per_state=False):
         page = read.lateral()
-        reads.append(
-            select(customer_id.label("parent_id"), page).select_from(customers).join(page, true())
-        )
+        reads.append(select(page).select_from(customers).join(page, true()))
     merged = (reads[0] if len(reads) == 1 else union_all(*reads)).subquery()
-    row = aliased(Payment, merged)
-    rank = func.row_number().over(partition_by=merged.c.parent_id, order_by=order.outer(row))
-    ranked = merged.select().add_columns(rank.label("rank")).subquery()
-    payment = aliased(Payment, ranked)
-    rows = await session.execute(
-        select(payment)
-        .where(ranked.c.rank <= first + 1)
-        .order_by(ranked.c.parent_id, ranked.c.rank)
-    )
-    grouped: dict[uuid.UUID, list[Payment]] = defaultdict(list)
-    for found in rows.scalars():
-        grouped[found.customer_id].append(found)
-    return grouped
+    return await _ranked(session, merged, "customer_id", order, first)
 
 
 async def list_viewer_payments(
