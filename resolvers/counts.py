@@ -41,7 +41,8 @@ class CountOf:
     filters: PaymentFilter | None = None
 
 
-def _query(key: CountOf, scope: Scope) -> Any:
+def count_query(key: CountOf, scope: Scope) -> Any:
+    """The rows a connection's `totalCount` counts, in the scope's merchants."""
     filters = key.filters or PaymentFilter()
     match key.listing:
         case "merchant_payments":
@@ -62,7 +63,7 @@ def _query(key: CountOf, scope: Scope) -> Any:
 def count_loader(db: Database, scope: Scope) -> DataLoader[CountOf, Count]:
     async def load(keys: list[CountOf]) -> list[Count]:
         async with db.session(scope) as session:
-            queries = [_query(k, scope) for k in keys]
+            queries = [count_query(k, scope) for k in keys]
             return await bounded_counts(session, queries, limit=COUNT_LIMIT)
 
     return DataLoader(load_fn=load)

@@ -181,9 +181,6 @@ class PaymentOrder:
         value: SortValue = getattr(payment, _SORT_COLUMNS[self.field])
         return value
 
-    def key(self, payment: Payment) -> PaymentKey:
-        return self.value(payment), payment.id
-
     def column(self, entity: Any = Payment) -> Any:
         return getattr(entity, _SORT_COLUMNS[self.field])
 

@@ -13,13 +13,14 @@ from sqlmodel import col
 
 from app.clock import FixedClock
 from app.db import Database
-from app.enums import PaymentState, Role
+from app.enums import Actor, PaymentState, Role
 from app.models.merchant import Merchant
 from app.models.payment import Payment
 from app.services.counting import bounded_counts
 from app.services.payment import PaymentFilter, payment_count_query
 from app.settings import Settings
-from app.tenancy import SYSTEM_SCOPE
+from app.tenancy import SYSTEM_SCOPE, Scope
+from resolvers.counts import CountOf, count_query
 from resolvers.ids import encode_cursor, encode_id, encode_sorted_cursor
 from tests.support.factories import make_key, make_merchant, make_payments
 from tests.support.graphql import codes, run, run_data
@@ -316,3 +317,35 @@ async def test_total_count_follows_the_filter_and_is_read_only_when_asked(
     data = await run_data(db, settings, clock, query, token, id=mid, filter=None)
     assert data["merchant"]["payments"]["isEstimate"] is True
     assert data["merchant"]["payments"]["totalCount"] >= 3
+
+
+async def test_every_count_query_has_an_estimate(
+    db: Database, settings: Settings, clock: FixedClock
+) -> None:
+    """The estimate's EXPLAIN is sent as text: every list's count query, with every kind of
+    filter value (times, states, amounts, search), renders and is estimated."""
+    merchant = await make_merchant(db, "Estimated", now=clock.now())
+    await make_payments(db, merchant, 2, now=clock.now(), attempts_each=1)
+    await make_key(db, Role.PARTNER, [merchant], now=clock.now())
+    scope = Scope(merchant_ids=frozenset({merchant.id}))
+    filters = PaymentFilter(
+        states=(PaymentState.SCHEDULED, PaymentState.RETRYING),
+        currencies=("EUR",),
+        recovered_by=(Actor.PORTAL,),
+        failed_after=clock.now() - timedelta(days=1),
+        next_retry_before=clock.now() + timedelta(days=3),
+        amount_min=1,
+        search="1234",
+    )
+    keys = [
+        CountOf("merchant_payments", merchant.id, filters),
+        CountOf("customer_payments", uuid.uuid4(), filters),
+        CountOf("viewer_payments", None, filters),
+        CountOf("viewer_payments", None, PaymentFilter(search="ch_x'; --")),
+        CountOf("merchants"),
+        CountOf("api_keys"),
+        CountOf("audit_log", merchant.id),
+    ]
+    async with db.session(scope) as session:
+        counts = await bounded_counts(session, [count_query(k, scope) for k in keys], limit=-1)
+    assert all(c.estimate and c.value >= 0 for c in counts)
