@@ -349,3 +349,15 @@ async def test_every_count_query_has_an_estimate(
     async with db.session(scope) as session:
         counts = await bounded_counts(session, [count_query(k, scope) for k in keys], limit=-1)
     assert all(c.estimate and c.value >= 0 for c in counts)
+
+
+@pytest.mark.parametrize("literal", ['""', '"12x"', "true", "1.5", str(2**63)])
+async def test_a_bad_long_literal_is_the_clients_error(
+    db: Database, settings: Settings, clock: FixedClock, literal: str
+) -> None:
+    merchant = await make_merchant(db, "Long", now=clock.now())
+    token = await make_key(db, Role.MERCHANT, [merchant], now=clock.now())
+    flt = '{currencies: ["EUR"], amountMax: ' + literal + "}"
+    query = "{ viewer { payments(filter: " + flt + ") { totalCount } } }"
+    result = await run(db, settings, clock, query, token=token)
+    assert codes(result) == ["GRAPHQL_VALIDATION_FAILED"]
