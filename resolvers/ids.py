@@ -73,3 +73,26 @@ def decode_cursor(value: str) -> tuple[datetime, uuid.UUID]:
     if at.tzinfo is None:
         raise InvalidCursor(f"malformed cursor {value[:64]!r}")
     return at, key
+
+
+def encode_sorted_cursor(order: str, value: str | int | None, key: uuid.UUID) -> str:
+    """A cursor of a list in a chosen order: the order's name, the sort value, the id."""
+    return _b64encode(json.dumps([order, value, str(key)]))
+
+
+def decode_sorted_cursor(value: str) -> tuple[str | None, str | int | None, uuid.UUID]:
+    """(order, sort value, id) of a cursor from `encode_sorted_cursor`; a (time, id) cursor
+    from `encode_cursor` gives order None. Raises InvalidCursor when malformed."""
+    try:
+        parts = json.loads(_b64decode(value))
+        if not isinstance(parts, list) or len(parts) not in (2, 3):
+            raise ValueError("not a cursor")
+        order = None if len(parts) == 2 else parts[0]
+        sort_value, key = parts[-2], uuid.UUID(parts[-1])
+        if order is not None and not isinstance(order, str):
+            raise ValueError("not an order")
+        if isinstance(sort_value, bool) or not isinstance(sort_value, str | int | None):
+            raise ValueError("not a sort value")
+    except (ValueError, TypeError, AttributeError, UnicodeError, binascii.Error) as exc:
+        raise InvalidCursor(f"malformed cursor {value[:64]!r}") from exc
+    return order, sort_value, key

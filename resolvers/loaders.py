@@ -21,13 +21,22 @@ from app.models.retry_policy import RetryPolicy
 from app.services.api_key import api_keys_by_ids, grants_by_api_key_ids
 from app.services.audit import entries_by_merchant_ids
 from app.services.connection import payment_counts
-from app.services.payment import attempts_by_payment_ids
+from app.services.counting import Count
+from app.services.payment import (
+    PaymentFilter,
+    PaymentKey,
+    PaymentOrder,
+    attempts_by_payment_ids,
+    payments_by_customer_ids,
+    payments_by_merchant_ids,
+)
 from app.services.retry_policy import current_policies
 from app.services.stats.figures import RecoveryStats
 from app.services.stats.query import StatsQuery
 from app.services.stats.rollups import load_stats
 from app.tenancy import Scope
 from resolvers.batch import by_id, count_by_id, many_by_id, row_by_id, rows_by_merchant_id
+from resolvers.counts import CountOf, count_loader
 from resolvers.model_loaders import ModelLoaders
 from resolvers.retry_loaders import RetryLoaders
 from resolvers.webhook_loaders import WebhookLoaders
@@ -65,6 +74,48 @@ def _pages(db: Database, scope: Scope, fetch: PageFetch[T]) -> DataLoader[PageKe
                 rows = await fetch(session, parent_ids, first=size, before_key=after)
                 for parent_id in parent_ids:
                     found[(parent_id, size, after)] = rows.get(parent_id, [])
+        return [found[k] for k in keys]
+
+    return DataLoader(load_fn=load)
+
+
+# A merchant's or customer's page of payments: (its id, filter, order, page size, after).
+PaymentPageKey = tuple[uuid.UUID, PaymentFilter, PaymentOrder, int, PaymentKey | None]
+
+
+class PaymentPages(Protocol):
+    def __call__(
+        self,
+        session: AsyncSession,
+        parent_ids: Sequence[uuid.UUID],
+        /,
+        *,
+        filters: PaymentFilter,
+        order: PaymentOrder,
+        first: int,
+        before_key: PaymentKey | None,
+    ) -> Awaitable[Mapping[uuid.UUID, list[Payment]]]: ...
+
+
+def _payment_pages(
+    db: Database, scope: Scope, fetch: PaymentPages
+) -> DataLoader[PaymentPageKey, list[Payment]]:
+    """Parents' pages of payments in one statement per distinct (filter, order, size,
+    after), usually one: every merchant (or customer) of a request at once."""
+
+    async def load(keys: list[PaymentPageKey]) -> list[list[Payment]]:
+        groups: dict[tuple[PaymentFilter, PaymentOrder, int, PaymentKey | None], list[uuid.UUID]]
+        groups = defaultdict(list)
+        for parent_id, filters, order, size, after in keys:
+            groups[(filters, order, size, after)].append(parent_id)
+        found: dict[PaymentPageKey, list[Payment]] = {}
+        async with db.session(scope) as session:
+            for (filters, order, size, after), ids in groups.items():
+                rows = await fetch(
+                    session, ids, filters=filters, order=order, first=size, before_key=after
+                )
+                for parent_id in ids:
+                    found[(parent_id, filters, order, size, after)] = rows.get(parent_id, [])
         return [found[k] for k in keys]
 
     return DataLoader(load_fn=load)
@@ -129,6 +180,13 @@ class Loaders:
         self.bulk_action_by_id: DataLoader[uuid.UUID, BulkAction | None] = row_by_id(
             db, scope, BulkAction
         )
+        self.merchant_payments: DataLoader[PaymentPageKey, list[Payment]] = _payment_pages(
+            db, scope, payments_by_merchant_ids
+        )
+        self.customer_payments: DataLoader[PaymentPageKey, list[Payment]] = _payment_pages(
+            db, scope, payments_by_customer_ids
+        )
+        self.count: DataLoader[CountOf, Count] = count_loader(db, scope)
         self.recovery_stats_by_merchant: DataLoader[tuple[uuid.UUID, StatsQuery], RecoveryStats] = (
             _recovery_stats(db, scope)
         )

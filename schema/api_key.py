@@ -9,6 +9,7 @@ from app.errors import ErrorCode
 from app.models.api_key import ApiKey as ApiKeyModel
 from resolvers import api_key as key_resolvers
 from resolvers.context import Context
+from resolvers.counts import CountOf, counter
 from schema.enums import ApiKeyScope, Role
 from schema.merchant import Merchant
 from schema.mutation import Payload, ReasonArg, mutation
@@ -63,7 +64,8 @@ class ApiKeyConnection(Connection[ApiKey]):
 
 async def api_keys(info: Info, first: FirstArg = None, after: AfterArg = None) -> ApiKeyConnection:
     page = await key_resolvers.api_keys_page(info.context, first=first, after=after)
-    return ApiKeyConnection.from_page(page, ApiKey.from_model)
+    count = counter(info.context, CountOf("api_keys"))
+    return ApiKeyConnection.from_page(page, ApiKey.from_model, count)
 
 
 @strawberry.input(description="A new API key.")

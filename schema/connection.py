@@ -13,6 +13,7 @@ from app.models.ingestion import ProcessorConnection as ConnectionModel
 from app.services.ingestion_view import DeadLetterView, RawRecordView
 from resolvers import connection as connection_resolvers
 from resolvers.context import Context
+from resolvers.counts import CountOf, counter
 from schema.enums import ConnectionStatus, Processor
 from schema.mutation import Payload, ReasonArg, mutation
 from schema.node import Node
@@ -159,7 +160,16 @@ class ProcessorConnection(Node):
             since=since,
             unnormalized_only=unnormalized_only,
         )
-        return RawRecordConnection.from_page(page, RawRecord.from_view)
+        count = counter(
+            info.context,
+            CountOf(
+                "raw_records",
+                self._row.id,
+                since=since,
+                unnormalized_only=unnormalized_only,
+            ),
+        )
+        return RawRecordConnection.from_page(page, RawRecord.from_view, count)
 
     @strawberry.field(
         description="Records the normalizer could not read, newest first, payloads scrubbed."
@@ -171,7 +181,8 @@ class ProcessorConnection(Node):
         page = await connection_resolvers.dead_letters(
             info.context, self._row, first=first, after=after
         )
-        return DeadLetterConnection.from_page(page, DeadLetter.from_view)
+        count = counter(info.context, CountOf("dead_letters", self._row.id))
+        return DeadLetterConnection.from_page(page, DeadLetter.from_view, count)
 
 
 @strawberry.input(description="A processor account to read a merchant's failed payments from.")

@@ -1,7 +1,7 @@
 """The Merchant type: a tenant, with its payments and retry policy."""
 
 from datetime import datetime
-from typing import Annotated, Self
+from typing import Self
 
 import strawberry
 
@@ -13,13 +13,21 @@ from resolvers import payment as payment_resolvers
 from resolvers import retry_policy as policy_resolvers
 from resolvers import webhook_endpoint as webhook_resolvers
 from resolvers.context import Context
+from resolvers.counts import CountOf, counter
 from schema.audit import AuditEntry, AuditEntryConnection
 from schema.connection import ProcessorConnection
 from schema.enums import MerchantStatus
 from schema.events import EVENTS_DESCRIPTION, PaymentEvent, PaymentEventConnection, TypesArg
 from schema.node import Node
-from schema.payment import Payment, PaymentConnection, PaymentFilter
-from schema.relay import AfterArg, Connection, FirstArg, connection, selects
+from schema.payment import (
+    FilterArg,
+    OrderByArg,
+    PaymentConnection,
+    filter_values,
+    order_values,
+    payment_connection,
+)
+from schema.relay import AfterArg, Connection, FirstArg, connection
 from schema.retry_policy import RetryPolicy
 from schema.rows import from_row
 from schema.stats import (
@@ -48,25 +56,26 @@ class Merchant(Node):
     def from_model(cls, row: MerchantModel) -> Self:
         return from_row(cls, row, id=cls.global_id(row.id), _row=row)
 
-    @strawberry.field(description="Payments in recovery, newest failure first.")
+    @strawberry.field(
+        description="Payments in recovery, newest failure first unless `orderBy` says otherwise."
+    )
     async def payments(
         self,
         info: Info,
         first: FirstArg = None,
         after: AfterArg = None,
-        filter: Annotated[
-            PaymentFilter | None, strawberry.argument(description="Narrow the list.")
-        ] = None,
+        filter: FilterArg = None,
+        order_by: OrderByArg = None,
     ) -> PaymentConnection:
-        filters = (filter or PaymentFilter()).to_values()
-        page = await payment_resolvers.payments_page(
-            info.context, merchant_id=self._row.id, filters=filters, first=first, after=after
+        page, count = await payment_resolvers.payments_page(
+            info.context,
+            merchant_id=self._row.id,
+            filters=filter_values(filter),
+            first=first,
+            after=after,
+            order=order_values(order_by),
         )
-        cards = None
-        if selects(info.selected_fields, "edges", "node", "card"):
-            # The page's cards in one batch now: each payment's `card` then resolves at once.
-            cards = await payment_resolvers.cards(info.context, [row for _, row in page.items])
-        return PaymentConnection.from_page(page, lambda row: Payment.from_model(row, cards))
+        return await payment_connection(info, page, count)
 
     @strawberry.field(description="The current retry policy.")
     async def retry_policy(self, info: Info) -> RetryPolicy | None:
@@ -90,7 +99,8 @@ class Merchant(Node):
         page = await audit_resolvers.audit_page(
             info.context, merchant_id=self._row.id, first=first, after=after
         )
-        return AuditEntryConnection.from_page(page, AuditEntry.from_model)
+        count = counter(info.context, CountOf("audit_log", self._row.id))
+        return AuditEntryConnection.from_page(page, AuditEntry.from_model, count)
 
     @strawberry.field(description=EVENTS_DESCRIPTION)
     async def events(
@@ -99,7 +109,11 @@ class Merchant(Node):
         page = await event_resolvers.events_page(
             info.context, merchant_id=self._row.id, first=first, after=after, types=types
         )
-        return PaymentEventConnection.from_page(page, PaymentEvent.from_event)
+        count = counter(
+            info.context,
+            CountOf("events", self._row.id, types=None if types is None else tuple(types)),
+        )
+        return PaymentEventConnection.from_page(page, PaymentEvent.from_event, count)
 
     @strawberry.field(description=STATS_DESCRIPTION)
     async def recovery_stats(

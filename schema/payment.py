@@ -3,7 +3,7 @@
 import uuid
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Self, cast
+from typing import Annotated, Self, cast
 
 import strawberry
 
@@ -11,11 +11,15 @@ from app.models.customer import CardCredential as CardModel
 from app.models.customer import Customer as CustomerModel
 from app.models.payment import Payment as PaymentModel
 from app.models.payment import PaymentAttempt as AttemptModel
+from app.services.payment import OrderDirection, PaymentOrderField
 from app.services.payment import PaymentFilter as PaymentFilterValues
+from app.services.payment import PaymentOrder as PaymentOrderValues
 from resolvers import model as model_resolvers
 from resolvers import payment as payment_resolvers
 from resolvers import payment_recovery as recovery_resolvers
 from resolvers.context import Context
+from resolvers.counts import Counter
+from resolvers.pagination import Page
 from schema.enums import (
     Actor,
     Advice,
@@ -29,7 +33,7 @@ from schema.enums import (
     RetryStrategy,
 )
 from schema.node import Node
-from schema.relay import Connection, connection
+from schema.relay import AfterArg, Connection, FirstArg, connection, selects
 from schema.rows import from_row
 from schema.scalars import Long
 
@@ -211,6 +215,58 @@ class PaymentFilter:
         )
 
 
+strawberry.enum(
+    PaymentOrderField,
+    description=(
+        "What a payments list is sorted by, ties broken by the payment's id: FAILED_AT (the "
+        "first failure), NEXT_RETRY_AT, AMOUNT (needs exactly one currency in the filter), "
+        "RECOVERED_AT. Payments without the value (no retry scheduled, not recovered) come "
+        "last in either direction."
+    ),
+)
+strawberry.enum(OrderDirection, description="ASC: smallest or earliest first; DESC: the reverse.")
+
+
+@strawberry.input(
+    description=(
+        "The order of a payments list; the default, FAILED_AT DESC, is the newest failure "
+        "first. Payments without a value of the field (nextRetryAt or recoveredAt null) come "
+        "after all the others whichever the direction, among themselves by id in the same "
+        "direction. A cursor belongs to the order it was read in: passed with another order "
+        "it is refused (INVALID_ARGUMENT)."
+    )
+)
+class PaymentOrder:
+    field: PaymentOrderField = strawberry.field(
+        default=PaymentOrderField.FAILED_AT,
+        description=(
+            "The field to sort by. AMOUNT needs exactly one currency in `filter.currencies`: "
+            "minor units of different currencies do not compare."
+        ),
+    )
+    direction: OrderDirection = strawberry.field(
+        default=OrderDirection.DESC, description="ASC or DESC (the default)."
+    )
+
+    def to_values(self) -> PaymentOrderValues:
+        return PaymentOrderValues(field=self.field, direction=self.direction)
+
+
+FilterArg = Annotated[PaymentFilter | None, strawberry.argument(description="Narrow the list.")]
+OrderByArg = Annotated[
+    PaymentOrder | None,
+    strawberry.argument(description="The list's order; newest failure first when not given."),
+]
+
+
+def order_values(order: PaymentOrder | None) -> PaymentOrderValues:
+    return (order or PaymentOrder()).to_values()
+
+
+def filter_values(filter: PaymentFilter | None) -> PaymentFilterValues:
+    return (filter or PaymentFilter()).to_values()
+
+
 @strawberry.type(description="A merchant's customer, as the processor knows them.")
 class Customer(Node):
     external_ref: str = strawberry.field(description="The processor's customer reference.")
@@ -228,9 +284,35 @@ class Customer(Node):
         )
     )
 
+    _row_id: strawberry.Private[uuid.UUID]
+
     @classmethod
     def from_model(cls, row: CustomerModel) -> Self:
-        return from_row(cls, row, id=cls.global_id(row.id))
+        return from_row(cls, row, id=cls.global_id(row.id), _row_id=row.id)
+
+    @strawberry.field(
+        description=(
+            "The customer's payments, newest failure first unless `orderBy` says otherwise. "
+            "The customers of one request are read together, one statement for all."
+        )
+    )
+    async def payments(
+        self,
+        info: Info,
+        first: FirstArg = None,
+        after: AfterArg = None,
+        filter: FilterArg = None,
+        order_by: OrderByArg = None,
+    ) -> "PaymentConnection":
+        page, count = await payment_resolvers.customer_payments_page(
+            info.context,
+            customer_id=self._row_id,
+            filters=filter_values(filter),
+            first=first,
+            after=after,
+            order=order_values(order_by),
+        )
+        return await payment_connection(info, page, count)
 
 
 @strawberry.type(description="A card credential; the card number is never stored.")
@@ -420,10 +502,21 @@ class Payment(Node):
 
 
 @connection(
-    "A page of payments, newest failure first.",
+    "A page of payments, in the order asked for (newest failure first by default).",
     edge="A payment and its cursor.",
     noun="payment",
     nouns="payments",
 )
 class PaymentConnection(Connection[Payment]):
     pass
+
+
+async def payment_connection(
+    info: Info, page: Page[PaymentModel], count: Counter
+) -> PaymentConnection:
+    """A page of payments as a connection; when their cards are asked for, the page's cards
+    are read in one batch now, so each payment's `card` resolves at once."""
+    cards = None
+    if selects(info.selected_fields, "edges", "node", "card"):
+        cards = await payment_resolvers.cards(info.context, [row for _, row in page.items])
+    return PaymentConnection.from_page(page, lambda row: Payment.from_model(row, cards), count)

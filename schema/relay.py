@@ -13,6 +13,8 @@ import strawberry
 from strawberry.types.nodes import SelectedField, Selection
 from typing_extensions import get_original_bases
 
+from app.services.counting import COUNT_LIMIT
+from resolvers.counts import Counter
 from resolvers.pagination import Page
 from schema.described import object_type, subclass
 
@@ -40,18 +42,35 @@ class Edge(Generic[N]):
 
 @dataclass(kw_only=True)
 class Connection(Generic[N]):
-    """A page of nodes."""
+    """A page of nodes, and how to count all of them."""
 
     edges: list[Edge[N]]
     page_info: PageInfo
+    count: strawberry.Private[Counter]
 
     @classmethod
-    def from_page(cls, page: Page[M], node: Callable[[M], N]) -> Self:
-        """The page's rows as nodes (made by `node`), with their cursors."""
+    def from_page(cls, page: Page[M], node: Callable[[M], N], count: Counter) -> Self:
+        """The page's rows as nodes (made by `node`), with their cursors; `count` reads the
+        whole list's count, only if asked for."""
         return cls(
             edges=[Edge(cursor=cursor, node=node(row)) for cursor, row in page.items],
             page_info=PageInfo(has_next_page=page.has_next_page, end_cursor=page.end_cursor),
+            count=count,
         )
+
+
+async def _total_count(root: Connection[object]) -> int:
+    return (await root.count()).value
+
+
+async def _is_estimate(root: Connection[object]) -> bool:
+    return (await root.count()).estimate
+
+
+COUNT_DESCRIPTION = (
+    "How many {nouns} the whole list holds, every page together: exact up to {limit:,}; "
+    "beyond, PostgreSQL's estimate, and `isEstimate` is true. Read only when asked for."
+)
 
 
 def selects(fields: Sequence[Selection], *path: str) -> bool:
@@ -102,6 +121,23 @@ def connection(description: str, *, edge: str, noun: str, nouns: str) -> Callabl
                 strawberry.field(description=f"The {nouns} of this page."),
             ),
             "page_info": (PageInfo, strawberry.field(description="Paging information.")),
+            "total_count": (
+                int,
+                strawberry.field(
+                    resolver=_total_count,
+                    description=COUNT_DESCRIPTION.format(nouns=nouns, limit=COUNT_LIMIT),
+                ),
+            ),
+            "is_estimate": (
+                bool,
+                strawberry.field(
+                    resolver=_is_estimate,
+                    description=(
+                        f"Whether `totalCount` is an estimate: true when the list holds more "
+                        f"than {COUNT_LIMIT:,} {nouns}."
+                    ),
+                ),
+            ),
         }
         return object_type(cls, description, fields)
 

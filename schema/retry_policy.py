@@ -19,6 +19,7 @@ from jobs.policy_preview import (
 )
 from resolvers import retry_policy as policy_resolvers
 from resolvers.context import Context
+from resolvers.counts import CountOf, counter
 from resolvers.ids import encode_id
 from resolvers.model import MODEL_TYPE
 from schema.enums import DeclineCategory, EndAction, RetryStrategy
@@ -89,7 +90,8 @@ class RetryPolicy:
         page = await policy_resolvers.history(
             info.context, self._row.merchant_id, first=first, after=after
         )
-        return RetryPolicyVersionConnection.from_page(page, RetryPolicyVersion.from_version)
+        count = counter(info.context, CountOf("policy_history", self._row.merchant_id))
+        return RetryPolicyVersionConnection.from_page(page, RetryPolicyVersion.from_version, count)
 
     @classmethod
     def from_model(cls, row: RetryPolicyModel) -> Self:

@@ -9,7 +9,9 @@ from strawberry.schema.config import StrawberryConfig
 
 from app.settings import Settings
 from resolvers import merchant as merchant_resolvers
+from resolvers import payment as payment_resolvers
 from resolvers.context import Context
+from resolvers.counts import CountOf, counter
 from schema import (
     api_key,
     bulk_action,
@@ -36,7 +38,17 @@ from schema.extensions import (
 from schema.merchant import Merchant, MerchantConnection
 from schema.model import Model, models
 from schema.node import Node, NodeTypes, node_type
-from schema.payment import Card, Customer, Payment
+from schema.payment import (
+    Card,
+    Customer,
+    FilterArg,
+    OrderByArg,
+    Payment,
+    PaymentConnection,
+    filter_values,
+    order_values,
+    payment_connection,
+)
 from schema.relay import AfterArg, FirstArg
 from schema.scalars import SCALAR_MAP
 from schema.stats import (
@@ -71,7 +83,8 @@ async def merchants(
     info: Info, first: FirstArg = None, after: AfterArg = None
 ) -> MerchantConnection:
     page = await merchant_resolvers.merchants_page(info.context, first=first, after=after)
-    return MerchantConnection.from_page(page, Merchant.from_model)
+    count = counter(info.context, CountOf("merchants"))
+    return MerchantConnection.from_page(page, Merchant.from_model, count)
 
 
 @strawberry.type(description="The caller: the API key making the request.")
@@ -81,6 +94,31 @@ class Viewer:
     merchants: MerchantConnection = strawberry.field(
         resolver=merchants, description="The merchants this key may see, oldest first."
     )
+
+    @strawberry.field(
+        description=(
+            "Payments of every merchant the key may see, merged into one list: support keys "
+            "see every merchant's, partner keys their granted merchants', a merchant key its "
+            "own. With `filter.search`, the lookup of a processor's charge id (an invoice, a "
+            "customer reference, a card's last four digits) across merchants."
+        )
+    )
+    async def payments(
+        self,
+        info: Info,
+        first: FirstArg = None,
+        after: AfterArg = None,
+        filter: FilterArg = None,
+        order_by: OrderByArg = None,
+    ) -> PaymentConnection:
+        page, count = await payment_resolvers.viewer_payments_page(
+            info.context,
+            filters=filter_values(filter),
+            first=first,
+            after=after,
+            order=order_values(order_by),
+        )
+        return await payment_connection(info, page, count)
 
     @strawberry.field(
         description=STATS_DESCRIPTION + " Added up over every merchant the key may see."

@@ -35,6 +35,12 @@ class Payment(TenantOwned, table=True):
         # The payments list: newest failure first, keyset on (first_failed_at, id).
         sa.Index("ix_payment_merchant_failed", "merchant_id", "first_failed_at", "id"),
         sa.Index("ix_payment_merchant_state_failed", "merchant_id", "state", "first_failed_at"),
+        # The list's other orders (`orderBy`), keyset on (value, id); nulls are read by id.
+        sa.Index("ix_payment_merchant_next_retry", "merchant_id", "next_retry_at", "id"),
+        sa.Index("ix_payment_merchant_recovered", "merchant_id", "recovered_at", "id"),
+        sa.Index("ix_payment_merchant_amount", "merchant_id", "currency", "amount_minor", "id"),
+        # A customer's payments, newest failure first (and lookups by customer).
+        sa.Index("ix_payment_customer_failed", "customer_id", "first_failed_at", "id"),
         # Ingestion links a processor's later charges to the invoice already in recovery, and
         # the payments list's search finds an invoice whatever its processor.
         sa.Index("ix_payment_merchant_invoice", "merchant_id", "invoice_ref", "processor"),
@@ -73,7 +79,7 @@ class Payment(TenantOwned, table=True):
     processor_payment_id: str = Field(max_length=255)
     amount_minor: int = Field(sa_type=sa.BigInteger)
     currency: str = Field(max_length=3)
-    customer_id: uuid.UUID = Field(foreign_key="customer.id", index=True)
+    customer_id: uuid.UUID = Field(foreign_key="customer.id")  # led by ix_payment_customer_failed
     card_id: uuid.UUID | None = Field(default=None, foreign_key="card_credential.id", index=True)
     invoice_ref: str | None = Field(default=None, max_length=255)
     subscription_ref: str | None = Field(default=None, max_length=255)

@@ -255,6 +255,11 @@ async def list_api_keys(
     return (await session.execute(_visible(query, _session_scope(session)))).scalars().all()
 
 
+def api_key_count_query(scope: Scope) -> Any:
+    """The keys a scope may see, for `totalCount`."""
+    return _visible(select(col(ApiKey.id)), scope)
+
+
 async def api_keys_by_ids(
     session: AsyncSession, ids: Sequence[uuid.UUID]
 ) -> dict[uuid.UUID, ApiKey]:

@@ -58,6 +58,11 @@ def record(
     return entry
 
 
+def audit_count_query(merchant_id: uuid.UUID) -> Any:
+    """The entries of a merchant's audit log, for its `totalCount`."""
+    return select(col(AuditLog.id)).where(col(AuditLog.merchant_id) == merchant_id)
+
+
 async def entries_by_merchant_ids(
     session: AsyncSession,
     merchant_ids: Sequence[uuid.UUID],

@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import func, text
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -76,6 +77,24 @@ class FeedEvent:
     payload: dict[str, object]
 
 
+def feed_query(query: Any, merchant_id: uuid.UUID, types: Sequence[str] | None) -> Any:
+    """`query` over outbox events narrowed to the merchant's feed (optionally some `types`)."""
+    query = query.where(
+        col(OutboxEvent.merchant_id) == merchant_id,
+        col(OutboxEvent.position).is_not(None),
+        # A test event sent to one endpoint on request reports no change: not in the feed.
+        col(OutboxEvent.event_type) != PING_EVENT_TYPE,
+    )
+    if types is not None:
+        query = query.where(col(OutboxEvent.event_type).in_(list(types)))
+    return query
+
+
+def event_count_query(merchant_id: uuid.UUID, types: Sequence[str] | None) -> Any:
+    """The events of a merchant's feed, for its `totalCount`."""
+    return feed_query(select(col(OutboxEvent.id)), merchant_id, types)
+
+
 async def feed_page(
     session: AsyncSession,
     *,
@@ -88,20 +107,12 @@ async def feed_page(
     event when None), in feed order, optionally of the given `types` only; test pings to one
     endpoint (`sendTestWebhook`) are not events of the merchant's and are left out."""
     query = (
-        select(OutboxEvent)
-        .where(
-            col(OutboxEvent.merchant_id) == merchant_id,
-            col(OutboxEvent.position).is_not(None),
-            # A test event sent to one endpoint on request reports no change: not in the feed.
-            col(OutboxEvent.event_type) != PING_EVENT_TYPE,
-        )
+        feed_query(select(OutboxEvent), merchant_id, types)
         .order_by(col(OutboxEvent.position))
         .limit(limit)
     )
     if after is not None:
         query = query.where(col(OutboxEvent.position) > after)
-    if types is not None:
-        query = query.where(col(OutboxEvent.event_type).in_(list(types)))
     rows = (await session.execute(query)).scalars().all()
     return [
         FeedEvent(

@@ -1,6 +1,6 @@
 """A merchant's payments for export, read in keyset batches so memory stays flat at any size.
 
-Each batch is the payments list's own page (`newest_first`: the same filter, order, keyset
+Each batch is the payments list's own page (`page_reads`: the same filter, order, keyset
 and indexes as the API's `payments` connection) with the columns an export shows, its
 customer's reference and its card's brand and last four joined, read in a short session of
 its own as plain rows. No long transaction is held: a payment is exported at most once (the
@@ -9,7 +9,7 @@ keyset, failure time then id, never changes), in the state it had when its batch
 
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -22,7 +22,7 @@ from app.enums import Actor, DeclineCategory, PaymentState, Processor
 from app.models.customer import CardCredential, Customer
 from app.models.merchant import Merchant
 from app.models.payment import Payment
-from app.services.payment import PaymentFilter, newest_first
+from app.services.payment import DEFAULT_ORDER, PaymentFilter, page_reads
 from app.tenancy import Scope
 
 BATCH_SIZE = 2_000
@@ -92,23 +92,13 @@ def _batch_query(
     size: int,
     before_key: tuple[datetime, uuid.UUID] | None,
 ) -> Any:
-    """The payments list's page (`newest_first`: its filter, order, keyset and, for several
-    states, one page per state merged) with the export's columns."""
-    first = size - 1  # a page reads `first + 1` rows
-    if len(filters.states) < 2:
-        return newest_first(_base(), merchant_id, filters, first=first, before_key=before_key)
-    merged = union_all(
-        *(
-            newest_first(
-                _base(),
-                merchant_id,
-                replace(filters, states=(state,)),
-                first=first,
-                before_key=before_key,
-            )
-            for state in filters.states
-        )
-    ).subquery()
+    """The payments list's page (`page_reads`: its filter, order, keyset and, for several
+    states, one read per state merged) with the export's columns."""
+    base = _base().where(col(Payment.merchant_id) == merchant_id)
+    reads = page_reads(base, merchant_id, filters, DEFAULT_ORDER, size - 1, before_key)
+    if len(reads) == 1:
+        return reads[0]
+    merged = union_all(*reads).subquery()
     return (
         select_columns(merged)
         .order_by(merged.c.first_failed_at.desc(), merged.c.id.desc())

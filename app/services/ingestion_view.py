@@ -51,6 +51,30 @@ def _view(row: RawRecord) -> RawRecordView:
     return RawRecordView(row=row, payload=payload_for_display(row.payload))
 
 
+def raw_records_query(
+    query: Any, connection_id: uuid.UUID, since: datetime | None, unnormalized_only: bool
+) -> Any:
+    """`query` over raw records narrowed to a connection's, as the page narrows them."""
+    query = query.where(col(RawRecord.connection_id) == connection_id)
+    if since is not None:
+        query = query.where(col(RawRecord.received_at) >= since)
+    if unnormalized_only:
+        query = query.where(col(RawRecord.normalized_at).is_(None))
+    return query
+
+
+def raw_record_count_query(
+    connection_id: uuid.UUID, since: datetime | None, unnormalized_only: bool
+) -> Any:
+    """The raw records a connection's page lists, for its `totalCount`."""
+    return raw_records_query(select(col(RawRecord.id)), connection_id, since, unnormalized_only)
+
+
+def dead_letter_count_query(connection_id: uuid.UUID) -> Any:
+    """A connection's dead letters, for their `totalCount`."""
+    return select(col(DeadLetter.id)).where(col(DeadLetter.connection_id) == connection_id)
+
+
 async def raw_records_page(
     session: AsyncSession,
     connection_id: uuid.UUID,
@@ -63,13 +87,9 @@ async def raw_records_page(
     """Up to `first + 1` raw records of a connection, newest received first, keyset on
     (received_at, id); `since` keeps those received at or after it, `unnormalized_only` those
     the normalizer has not read yet (webhook deliveries waiting)."""
-    query = select(RawRecord).where(col(RawRecord.connection_id) == connection_id)
+    query = raw_records_query(select(RawRecord), connection_id, since, unnormalized_only)
     if after is not None:
         query = query.where(tuple_(col(RawRecord.received_at), col(RawRecord.id)) < tuple_(*after))
-    if since is not None:
-        query = query.where(col(RawRecord.received_at) >= since)
-    if unnormalized_only:
-        query = query.where(col(RawRecord.normalized_at).is_(None))
     query = query.order_by(col(RawRecord.received_at).desc(), col(RawRecord.id).desc())
     rows = (await session.execute(query.limit(first + 1))).scalars().all()
     return [_view(r) for r in rows]

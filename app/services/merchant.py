@@ -3,6 +3,7 @@
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -15,7 +16,7 @@ from app.models.merchant import Merchant
 from app.services import audit
 from app.services.api_key import grant_merchant
 from app.services.retry_policy import create_default_policy
-from app.tenancy import Principal
+from app.tenancy import Principal, Scope
 
 
 async def create_merchant(
@@ -65,6 +66,14 @@ async def list_merchants(
     if after is not None:
         query = query.where(tuple_(col(Merchant.created_at), col(Merchant.id)) > tuple_(*after))
     return (await session.execute(query)).scalars().all()
+
+
+def merchant_count_query(scope: Scope) -> Any:
+    """The merchants a scope may see, for `totalCount`; the scope is in the query itself."""
+    query = select(col(Merchant.id))
+    if scope.merchant_ids is not None:
+        query = query.where(col(Merchant.id).in_(sorted(scope.merchant_ids)))
+    return query
 
 
 async def set_recovery_status(

@@ -335,6 +335,11 @@ def diff(before: RetryPolicy | None, after: RetryPolicy) -> tuple[FieldChange, .
     )
 
 
+def policy_history_count_query(merchant_id: uuid.UUID) -> Any:
+    """The versions of a merchant's policy, for their `totalCount`."""
+    return select(col(RetryPolicy.id)).where(col(RetryPolicy.merchant_id) == merchant_id)
+
+
 async def policy_history(
     session: AsyncSession,
     merchant_id: uuid.UUID,

@@ -45,7 +45,7 @@ NOW = datetime(2026, 11, 2, 12, 0, tzinfo=UTC)
 EVENTS = """query($id: ID!, $first: Int, $after: String, $types: [String!]) {
   merchant(id: $id) { events(first: $first, after: $after, types: $types) {
     edges { cursor node { id type version occurredAt payload cursor } }
-    pageInfo { hasNextPage endCursor } } } }"""
+    pageInfo { hasNextPage endCursor } totalCount isEstimate } } }"""
 TYPES = "{ webhookEventTypes { type version description schema } }"
 SUBSCRIBE = """subscription($id: ID!, $after: String) {
   paymentEvents(merchantId: $id, after: $after) { id type version payload cursor } }"""
@@ -139,7 +139,9 @@ async def test_test_pings_to_an_endpoint_are_not_in_the_feed(
         await uow.commit()
     await _one_by_one(db, clock, payment, "payment.scheduled")
     await sequence(db)
-    assert _types(await _page(db, settings, clock, token, id=merchant_id)) == ["payment.scheduled"]
+    page = await _page(db, settings, clock, token, id=merchant_id)
+    assert _types(page) == ["payment.scheduled"]
+    assert (page["totalCount"], page["isEstimate"]) == (1, False)
 
 
 async def test_feed_payload_is_the_webhook_body_data(

@@ -113,10 +113,10 @@ async def _land(
 RAW = """query($id: ID!, $first: Int, $after: String, $since: DateTime) { node(id: $id) {
   ... on ProcessorConnection { rawRecords(first: $first, after: $after, since: $since) {
     edges { node { externalId processor payload normalizedAt } }
-    pageInfo { hasNextPage endCursor } } } } }"""
+    pageInfo { hasNextPage endCursor } totalCount isEstimate } } } }"""
 
 DEAD = """query($id: ID!) { node(id: $id) { ... on ProcessorConnection {
-  deadLetters(first: 10) { edges { node { reason normalizerVersion
+  deadLetters(first: 10) { totalCount edges { node { reason normalizerVersion
     rawRecord { externalId payload } } } } } } }"""
 
 
@@ -132,6 +132,7 @@ async def test_support_pages_raw_records_newest_first_scrubbed(
     raw = page["rawRecords"]
     assert [e["node"]["externalId"] for e in raw["edges"]] == ["ch_2", "ch_1"]
     assert raw["pageInfo"]["hasNextPage"] is True
+    assert (raw["totalCount"], raw["isEstimate"]) == (3, False)
     payload = raw["edges"][0]["node"]["payload"]
     assert payload["client_secret"] == REDACTED
     assert PAN not in str(payload)
@@ -142,6 +143,7 @@ async def test_support_pages_raw_records_newest_first_scrubbed(
     since = (clock.now() + timedelta(seconds=1)).isoformat()
     page = (await run_data(db, settings, clock, RAW, support, id=cid, since=since))["node"]
     assert [e["node"]["externalId"] for e in page["rawRecords"]["edges"]] == ["ch_2", "ch_1"]
+    assert page["rawRecords"]["totalCount"] == 2
 
     naive = (clock.now() + timedelta(seconds=1)).replace(tzinfo=None).isoformat()
     result = await run(
@@ -151,6 +153,7 @@ async def test_support_pages_raw_records_newest_first_scrubbed(
 
     dead = (await run_data(db, settings, clock, DEAD, support, id=cid))["node"]["deadLetters"]
     [letter] = [e["node"] for e in dead["edges"]]
+    assert dead["totalCount"] == 1
     assert letter["reason"] == "charge has no amount"
     assert letter["normalizerVersion"] == 3
     assert letter["rawRecord"]["externalId"] == "ch_0"

@@ -15,7 +15,7 @@ HISTORY = """query($id: ID!, $first: Int, $after: String) { merchant(id: $id) { 
   history(first: $first, after: $after) {
     edges { node { version createdAt actor apiKeyId reason changes { field old new }
       policy { version maxAttempts } } }
-    pageInfo { hasNextPage endCursor } } } } }"""
+    pageInfo { hasNextPage endCursor } totalCount } } } }"""
 
 
 async def test_history_lists_versions_with_their_changes(
@@ -51,6 +51,7 @@ async def test_history_lists_versions_with_their_changes(
     nodes = [e["node"] for e in history["edges"]]
     assert [n["version"] for n in nodes] == [4, 3]
     assert history["pageInfo"]["hasNextPage"] is True
+    assert history["totalCount"] == 4
     key = encode_id("ApiKey", await key_id(db, token))
     assert nodes[0]["actor"] == "api_key:dashboard"
     assert nodes[0]["apiKeyId"] == key

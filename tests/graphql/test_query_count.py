@@ -7,7 +7,7 @@ from app.db import Database
 from app.enums import Role
 from app.settings import Settings
 from tests.support.factories import make_key, make_merchant, make_payments
-from tests.support.graphql import PAYMENTS_PAGE, count_payment_pages
+from tests.support.graphql import PAYMENTS_PAGE, count_payment_pages, run, run_counted
 
 
 async def test_statement_count_independent_of_page_size(
@@ -26,3 +26,34 @@ async def test_statement_count_independent_of_page_size(
     assert len(counts[1]) == len(counts[50])
     # key lookup + key grants + merchant + payments page + attempts + customers + cards
     assert len(counts[50]) == 7, "\n".join(s[:60] for s in counts[50])
+
+
+async def test_nested_counts_are_one_statement(
+    connection: AsyncConnection, db: Database, settings: Settings, clock: FixedClock
+) -> None:
+    """totalCount of every merchant's payments and audit log, and of the merchants: a count
+    statement for the merchants and one for each nested list, however many merchants."""
+    merchants = [await make_merchant(db, f"Counted {i}", now=clock.now()) for i in range(4)]
+    for merchant in merchants:
+        await make_payments(db, merchant, 2, now=clock.now(), attempts_each=1)
+    token = await make_key(db, Role.SUPPORT, [], now=clock.now())
+    await run(db, settings, clock, "{ viewer { role } }", token=token)
+    query = """query($first: Int) { merchants(first: $first) { totalCount isEstimate edges {
+      node { payments(first: 1) { totalCount } auditLog(first: 1) { totalCount } } } } }"""
+    counts = {}
+    for first in (1, 4):
+        data, statements = await run_counted(
+            connection, db, settings, clock, query, token=token, variables={"first": first}
+        )
+        assert data["merchants"]["totalCount"] == 4
+        assert data["merchants"]["isEstimate"] is False
+        for edge in data["merchants"]["edges"]:
+            assert edge["node"]["payments"] == {"totalCount": 2}
+            assert edge["node"]["auditLog"] == {"totalCount": 1}
+        counts[first] = statements
+    for statements in counts.values():
+        counting = [s for s in statements if "count(*)" in s]
+        assert len(counting) == 3, "\n".join(s[:60] for s in statements)
+        # The key lookup, the merchants page, one statement for every merchant's page of
+        # payments, one for their audit entries, and the counts.
+        assert len(statements) == 7, "\n".join(s[:60] for s in statements)

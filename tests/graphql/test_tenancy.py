@@ -1300,3 +1300,37 @@ async def test_payment_end_actions_follow_the_key_scope(world: World) -> None:
     async with world.db.session(scope) as s:
         rows = (await s.execute(select(EndActionRun))).scalars().all()
     assert [r.detail for r in rows] == ["canceled for A"]
+
+
+VIEWER_PAYMENTS = """query($filter: PaymentFilter) { viewer { payments(first: 100,
+  filter: $filter) { totalCount edges { node { id } } } } }"""
+
+
+async def test_viewer_payments_follow_the_key_scope(world: World) -> None:
+    """Viewer.payments: support sees every merchant's payments, a partner its granted
+    merchants' and never another's (not even by its charge id), a merchant key its own;
+    totalCount counts the same payments."""
+    ids = {name: encode_id("Payment", p.id) for name, p in world.payments.items()}
+    for role in ROLES:
+        data = await _query(world, role, VIEWER_PAYMENTS)
+        payments = data["viewer"]["payments"]  # type: ignore[index]
+        found = [e["node"]["id"] for e in payments["edges"]]
+        assert sorted(found) == sorted(ids[n] for n in world.visible[role]), role
+        assert payments["totalCount"] == len(world.visible[role])
+        for name, payment in world.payments.items():
+            search = {"search": payment.processor_payment_id}
+            data = await _query(world, role, VIEWER_PAYMENTS, filter=search)
+            payments = data["viewer"]["payments"]  # type: ignore[index]
+            found = [e["node"]["id"] for e in payments["edges"]]
+            visible = name in world.visible[role]
+            assert found == ([ids[name]] if visible else []), (role, name)
+            assert payments["totalCount"] == (1 if visible else 0), (role, name)
+
+
+async def test_connection_counts_follow_the_key_scope(world: World) -> None:
+    """totalCount of the merchants and API keys lists counts what the key may see only."""
+    query = "{ merchants(first: 1) { totalCount } apiKeys(first: 1) { totalCount } }"
+    for role in ROLES:
+        data = await _query(world, role, query)
+        assert data["merchants"] == {"totalCount": len(world.visible[role])}, role
+        assert data["apiKeys"] == {"totalCount": len(VISIBLE_KEYS[role])}, role
