@@ -20,7 +20,7 @@ from app.clock import SystemClock
 from app.crypto import CredentialBox
 from app.db import Database, UnitOfWork
 from app.embedded import Services, resolve_services
-from app.enums import Processor, Role
+from app.enums import ApiKeyScope, Processor, Role
 from app.errors import PortalError
 from app.models.model_version import ModelVersion
 from app.processors.base import DEFAULT_TIMEOUT
@@ -163,6 +163,17 @@ def merchant_create(name: Annotated[str, typer.Option(help="The merchant's name.
     typer.echo(_run(work))
 
 
+def _aware_time(text: str, option: str) -> datetime:
+    """A time given on the command line: ISO 8601 with its UTC offset (`Z` allowed)."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise typer.BadParameter(f"not an ISO 8601 time: {text!r}", param_hint=option) from None
+    if moment.tzinfo is None:
+        raise typer.BadParameter("give the time's UTC offset, e.g. ...Z", param_hint=option)
+    return moment
+
+
 @apikey_cli.command("create")
 def apikey_create(
     role: Annotated[Role, typer.Option(help="merchant, partner or support.")],
@@ -170,14 +181,31 @@ def apikey_create(
         list[str] | None, typer.Option(help="Merchant global id (repeat for partners).")
     ] = None,
     name: Annotated[str, typer.Option(help="A name to recognise the key by.")] = "cli",
+    scope: Annotated[
+        list[ApiKeyScope] | None,
+        typer.Option(help="read or write (repeat for both; default both). Every key reads."),
+    ] = None,
+    expires_at: Annotated[
+        str | None,
+        typer.Option(
+            help="When the key stops working: ISO 8601 with its offset, e.g. 2027-01-31T00:00:00Z."
+        ),
+    ] = None,
 ) -> None:
     """Create an API key; the token is printed once, as the last line."""
+    expiry = _aware_time(expires_at, "--expires-at") if expires_at is not None else None
 
     async def work(_settings: Settings, services: Services) -> str:
         ids = [decode_id(m, expected="Merchant")[1] for m in merchant or []]
         async with system_uow(services) as uow:
             _, token = await create_api_key(
-                uow, name=name, role=role, merchant_ids=ids, now=SystemClock().now()
+                uow,
+                name=name,
+                role=role,
+                merchant_ids=ids,
+                now=SystemClock().now(),
+                scopes=frozenset(scope) if scope else frozenset(ApiKeyScope),
+                expires_at=expiry,
             )
         return token
 

@@ -42,7 +42,18 @@ async def create_api_key(
     scopes: frozenset[ApiKeyScope] = frozenset(ApiKeyScope),
     expires_at: datetime | None = None,
 ) -> tuple[ApiKey, str]:
-    """Create a key; returns the row and the token, which is never retrievable again."""
+    """Create a key; returns the row and the token, which is never retrievable again. Every
+    key reads (READ); WRITE adds the mutations. A key may expire, at a future time."""
+    problems: list[tuple[str, str]] = []
+    name = name.strip()
+    if not name or len(name) > NAME_MAX_LENGTH:
+        problems.append(("name", f"must be 1-{NAME_MAX_LENGTH} characters"))
+    if ApiKeyScope.READ not in scopes:
+        problems.append(("scopes", "must include READ: every key reads; WRITE adds mutations"))
+    if expires_at is not None and (expires_at.tzinfo is None or expires_at <= now):
+        problems.append(("expiresAt", "must be a time in the future, with its UTC offset"))
+    if problems:
+        raise ValidationFailed(problems)
     unique_ids = list(dict.fromkeys(merchant_ids))
     if role is Role.MERCHANT and len(unique_ids) != 1:
         raise InvalidArgument("a merchant key is granted exactly one merchant", field="merchantIds")
@@ -161,16 +172,6 @@ async def issue_api_key(
         raise Forbidden("a partner key may not create API keys")
     if principal.role is Role.MERCHANT and role is not Role.MERCHANT:
         raise Forbidden("a merchant key may only create merchant keys")
-    problems: list[tuple[str, str]] = []
-    name = name.strip()
-    if not name or len(name) > NAME_MAX_LENGTH:
-        problems.append(("name", f"must be 1-{NAME_MAX_LENGTH} characters"))
-    if ApiKeyScope.READ not in scopes:
-        problems.append(("scopes", "must include READ: every key reads; WRITE adds mutations"))
-    if expires_at is not None and (expires_at.tzinfo is None or expires_at <= now):
-        problems.append(("expiresAt", "must be a time in the future, with its UTC offset"))
-    if problems:
-        raise ValidationFailed(problems)
     key, token = await create_api_key(
         uow,
         name=name,

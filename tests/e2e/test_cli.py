@@ -60,6 +60,24 @@ def _cli_flow(env: dict[str, str]) -> None:
     output = portal_ok(env, "apikey", "create", "--role", "merchant", "--merchant", merchant_id)
     token = output.splitlines()[-1]
     assert token.startswith("rp_")
+    reader = portal_ok(
+        env,
+        "apikey",
+        "create",
+        "--role",
+        "merchant",
+        "--merchant",
+        merchant_id,
+        "--scope",
+        "read",
+        "--expires-at",
+        "2099-01-01T00:00:00Z",
+    ).splitlines()[-1]
+    naive = run_portal(
+        env, "apikey", "create", "--role", "support", "--expires-at", "2099-01-01T00:00:00"
+    )
+    assert naive.returncode == 2
+    assert "UTC offset" in naive.stderr
     seeded = portal_ok(env, "seed", "--merchant", merchant_id, "--payments", "40")
     assert seeded == "seeded 40 payments"
     port = free_port()
@@ -79,6 +97,15 @@ def _cli_flow(env: dict[str, str]) -> None:
                 "payments(first: 100) { edges { node { state } } } } }"
             )
             merchant = _graphql(http, token, query)["merchant"]
+            refused = http.post(
+                "/graphql",
+                json={
+                    "query": 'mutation { revokeApiKey(id: "x", reason: "r") { errors { code } } }'
+                },
+                headers={"Authorization": f"Bearer {reader}"},
+            ).json()
+            assert refused["errors"][0]["extensions"]["code"] == "FORBIDDEN"
+            assert "WRITE scope" in refused["errors"][0]["message"]
         assert merchant["name"] == "CLI Merchant"
         states = {e["node"]["state"] for e in merchant["payments"]["edges"]}
         assert len(merchant["payments"]["edges"]) == 40
