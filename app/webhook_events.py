@@ -120,6 +120,8 @@ EVENT_TYPES: tuple[EventType, ...] = (
     ),
 )
 BY_NAME: dict[str, EventType] = {t.name: t for t in EVENT_TYPES}
+# Every type a merchant's webhook endpoints may receive, in the order they are listed.
+NAMES: tuple[str, ...] = tuple(t.name for t in EVENT_TYPES)
 
 
 def event_type(name: str) -> EventType:
@@ -139,6 +141,7 @@ def isoformat(at: datetime | None) -> str | None:
 __all__ = [
     "BY_NAME",
     "EVENT_TYPES",
+    "NAMES",
     "EndActionEventData",
     "EventType",
     "PaymentEventData",

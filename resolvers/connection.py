@@ -27,6 +27,8 @@ from app.services.ingestion_view import (
     raw_records_page,
     require_reader,
 )
+from app.services.retry.pinning import pin, resolve_host
+from app.urls import UrlForbidden, UrlMalformed
 from jobs.enqueue import enqueue_poll
 from resolvers.context import Context
 from resolvers.ids import decode_id
@@ -150,6 +152,19 @@ async def update_credentials(
             box=ctx.credential_box(),
         )
         cursor = dict(connection.cursor)
+        base_url = connection.base_url
+    # The address is checked again now, resolved: a name that has come to point inside the
+    # network since the connection was made is not asked (its answer would reach the caller).
+    try:
+        await pin(base_url, ctx.settings.url_policy, resolve_host)
+    except (UrlForbidden, UrlMalformed):
+        raise ValidationFailed(
+            [("credentials", "could not be checked: the connection's address is not allowed")]
+        ) from None
+    except OSError:
+        raise ValidationFailed(
+            [("credentials", "could not be checked: the connection's host did not resolve")]
+        ) from None
     async with httpx.AsyncClient(timeout=CREDENTIAL_CHECK_TIMEOUT, trust_env=False) as http:
         try:
             await check_credentials(info, http, cursor)

@@ -8,8 +8,9 @@ import strawberry
 
 from app.errors import ErrorCode
 from app.models.webhook_endpoint import WebhookEndpoint as EndpointModel
-from app.retry.events import PING_EVENT_TYPE, WEBHOOK_EVENT_TYPES
+from app.retry.events import PING_EVENT_TYPE
 from app.services.webhook_endpoint import DEFAULT_SECRET_GRACE, RecentDelivery
+from app.webhook_events import NAMES as WEBHOOK_EVENT_TYPES
 from resolvers import webhook_endpoint as endpoint_resolvers
 from resolvers.context import Context
 from resolvers.ids import encode_id

@@ -167,11 +167,25 @@ async def issue_api_key(
 ) -> tuple[ApiKey, str]:
     """Create a key on a caller's behalf, audited. Support may create any key; a merchant key
     only merchant keys for its own merchant (others are not found in its scope); partners none.
-    Every key reads (READ); WRITE adds the mutations. A key may expire, at a future time."""
+    Every key reads (READ); WRITE adds the mutations. A key may expire, at a future time; a
+    caller whose key expires may only create keys that expire no later."""
     if principal.role is Role.PARTNER:
         raise Forbidden("a partner key may not create API keys")
     if principal.role is Role.MERCHANT and role is not Role.MERCHANT:
         raise Forbidden("a merchant key may only create merchant keys")
+    if principal.expires_at is not None and (
+        expires_at is None or expires_at > principal.expires_at
+    ):
+        # Else an expiring key could outlive itself through a key it made.
+        raise ValidationFailed(
+            [
+                (
+                    "expiresAt",
+                    "a key that expires may only create keys that expire no later than it "
+                    f"does ({principal.expires_at.isoformat()})",
+                )
+            ]
+        )
     key, token = await create_api_key(
         uow,
         name=name,

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Integer, func, literal, select, text, union_all
+from sqlalchemy import Integer, func, literal, select, union_all
 from sqlalchemy.ext.asyncio import AsyncSession
 
 # Lists up to this long are counted exactly.
@@ -62,7 +62,10 @@ async def _estimates(session: AsyncSession, queries: Sequence[Any]) -> list[int]
     dialect = (await session.connection()).dialect
     statement: Any = queries[0] if len(queries) == 1 else union_all(*list(queries))
     sql = str(statement.compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
-    raw = (await session.execute(text("EXPLAIN (FORMAT JSON) " + sql))).scalar_one()
+    # Sent to the driver as it is: the literal values may hold anything, a `:word` included,
+    # which `text()` would read as a bind parameter.
+    connection = await session.connection()
+    raw = (await connection.exec_driver_sql("EXPLAIN (FORMAT JSON) " + sql)).scalar_one()
     plan = (json.loads(raw) if isinstance(raw, str) else raw)[0]["Plan"]
     if len(queries) == 1:
         return [int(plan["Plan Rows"])]

@@ -20,12 +20,13 @@ from app.errors import InvalidState, NotFound, UrlNotAllowed, ValidationFailed
 from app.models.merchant import Merchant
 from app.models.retry import OutboxEvent
 from app.models.webhook_endpoint import WebhookDelivery, WebhookEndpoint
-from app.retry.events import PING_EVENT_TYPE, WEBHOOK_EVENT_TYPES
+from app.retry.events import PING_EVENT_TYPE
 from app.services import audit
 from app.services.lookup import configurable_row
 from app.services.retry.pinning import sender_url
 from app.tenancy import Principal
 from app.urls import Target, UrlForbidden, UrlMalformed, UrlPolicy
+from app.webhook_events import NAMES as WEBHOOK_EVENT_TYPES
 
 # How long a rotated-out secret still signs deliveries, unless the caller says otherwise: a day
 # for receivers to switch; zero (at once) when the old secret leaked.

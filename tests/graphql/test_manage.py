@@ -32,10 +32,10 @@ from app.models.merchant import Merchant
 from app.models.payment import Payment
 from app.models.retry import OutboxEvent, PaymentTransition
 from app.models.webhook_endpoint import WebhookDelivery, WebhookEndpoint
-from app.retry.events import WEBHOOK_EVENT_TYPES
 from app.services.connection import active_connection_ids, create_connection
 from app.settings import Settings
 from app.tenancy import SYSTEM_SCOPE, system_principal
+from app.webhook_events import NAMES as WEBHOOK_EVENT_TYPES
 from app.workflows.authentication import PrincipalCache, authenticate
 from app.workflows.processor_webhook import receive_adyen
 from app.workflows.webhook_delivery import (
@@ -102,6 +102,13 @@ CREATE_KEY = """mutation($input: CreateApiKeyInput!) { createApiKey(input: $inpu
 
 def _box(settings: Settings) -> CredentialBox:
     return CredentialBox(settings.secret_key.get_secret_value())
+
+
+@pytest.fixture
+def sandbox_settings() -> Settings:
+    """The sandbox processors listen on loopback: the credential checks' tests allow it (one
+    test checks the default policy's refusal)."""
+    return Settings(environment="test", allow_loopback_urls=True)
 
 
 async def _setup(db: Database, clock: FixedClock) -> tuple[Merchant, str]:
@@ -359,6 +366,9 @@ def test_the_event_type_registry_names_every_payment_state() -> None:
     assert "payment.recovered" in WEBHOOK_EVENT_TYPES
     assert "payment.not_retryable" in WEBHOOK_EVENT_TYPES
     assert "payment.rescheduled" in WEBHOOK_EVENT_TYPES
+    # The end actions' events too: an endpoint may ask for exactly the types the feed lists.
+    assert "payment.end_action" in WEBHOOK_EVENT_TYPES
+    assert "payment.end_action_failed" in WEBHOOK_EVENT_TYPES
     assert len(set(WEBHOOK_EVENT_TYPES)) == len(WEBHOOK_EVENT_TYPES)
 
 
@@ -554,13 +564,13 @@ async def test_redeliver_sends_the_same_event_again_signed_anew(
 
 
 async def test_credentials_are_checked_at_the_processor_before_they_are_stored(
-    db: Database, settings: Settings, clock: FixedClock, caplog: pytest.LogCaptureFixture
+    db: Database, sandbox_settings: Settings, clock: FixedClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
     merchant, token = await _setup(db, clock)
-    connection = await make_connection(db, merchant, now=clock.now(), settings=settings)
+    connection = await make_connection(db, merchant, now=clock.now(), settings=sandbox_settings)
     cid = encode_id("ProcessorConnection", connection.id)
-    box = _box(settings)
+    box = _box(sandbox_settings)
 
     async def stored() -> dict[str, Any]:
         [row] = await _rows(db, ProcessorConnection)
@@ -579,7 +589,7 @@ async def test_credentials_are_checked_at_the_processor_before_they_are_stored(
             await uow.commit()
         refused = await run_data(
             db,
-            settings,
+            sandbox_settings,
             clock,
             CREDENTIALS,
             token,
@@ -591,13 +601,13 @@ async def test_credentials_are_checked_at_the_processor_before_they_are_stored(
         assert _errors(payload) == [("INVALID", "credentials")]
         assert "refused these credentials (HTTP 401)" in payload["errors"][0]["message"]
         missing = await run_data(
-            db, settings, clock, CREDENTIALS, token, id=cid, credentials={}, reason="rotate"
+            db, sandbox_settings, clock, CREDENTIALS, token, id=cid, credentials={}, reason="rotate"
         )
         assert _errors(missing["updateProcessorCredentials"]) == [("INVALID", "credentials")]
         assert (await stored())["api_key"] == "sk_test_placeholder"
         data = await run_data(
             db,
-            settings,
+            sandbox_settings,
             clock,
             CREDENTIALS,
             token,
@@ -622,14 +632,14 @@ async def test_credentials_are_checked_at_the_processor_before_they_are_stored(
 
 async def test_rotated_credentials_reach_no_response_and_no_log_line_over_http(
     db: Database,
-    settings: Settings,
+    sandbox_settings: Settings,
     clock: FixedClock,
     services: Services,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)
     merchant, token = await _setup(db, clock)
-    connection = await make_connection(db, merchant, now=clock.now(), settings=settings)
+    connection = await make_connection(db, merchant, now=clock.now(), settings=sandbox_settings)
     cid = encode_id("ProcessorConnection", connection.id)
     responses: list[str] = []
     async with sandbox_world(clock.now()) as sandbox:
@@ -639,7 +649,7 @@ async def test_rotated_credentials_reach_no_response_and_no_log_line_over_http(
                 update(ProcessorConnection).values(base_url=f"{sandbox.url}/stripe")
             )
             await uow.commit()
-        async with portal_http(db, services.redis_url, settings, clock) as http:
+        async with portal_http(db, services.redis_url, sandbox_settings, clock) as http:
             for credentials in ({"api_key": "sk_live_leaked_wrong"}, {"api_key": key}):
                 response = await http.post(
                     "/graphql",
@@ -663,7 +673,7 @@ async def test_rotated_credentials_reach_no_response_and_no_log_line_over_http(
 
 @pytest.mark.parametrize("processor", list(Processor))
 async def test_each_processor_checks_credentials_with_one_read(
-    db: Database, settings: Settings, clock: FixedClock, processor: Processor
+    db: Database, sandbox_settings: Settings, clock: FixedClock, processor: Processor
 ) -> None:
     """Every processor's check: the sandbox account's own credentials are accepted, a wrong
     secret is refused with the processor's 401, and only accepted ones are stored."""
@@ -691,7 +701,7 @@ async def test_each_processor_checks_credentials_with_one_read(
                 base_url=f"{sandbox.url}/{processor.value}",
                 policy=SANDBOX_URLS,
                 credentials=dict.fromkeys(good, "placeholder") | {"hmac_key_hex": "00"},
-                box=_box(settings),
+                box=_box(sandbox_settings),
                 account_ref=account_id,
                 now=clock.now(),
             )
@@ -703,7 +713,7 @@ async def test_each_processor_checks_credentials_with_one_read(
         for credentials, refusal in ((wrong, [("INVALID", "credentials")]), (good, [])):
             data = await run_data(
                 db,
-                settings,
+                sandbox_settings,
                 clock,
                 CREDENTIALS,
                 token,
@@ -713,7 +723,7 @@ async def test_each_processor_checks_credentials_with_one_read(
             )
             assert _errors(data["updateProcessorCredentials"]) == refusal, credentials
     [row] = await _rows(db, ProcessorConnection)
-    assert dict(_box(settings).open(row.credentials_encrypted)) == good
+    assert dict(_box(sandbox_settings).open(row.credentials_encrypted)) == good
 
 
 async def test_an_adyen_signing_key_must_be_hexadecimal(
@@ -738,11 +748,39 @@ async def test_an_adyen_signing_key_must_be_hexadecimal(
     assert payload["errors"][0]["message"] == "hmac_key_hex must be hexadecimal"
 
 
+async def test_credentials_are_not_checked_at_an_address_the_policy_refuses(
+    db: Database, clock: FixedClock
+) -> None:
+    """Checked again when asked, resolved: a connection whose host points inside the network
+    now (here loopback, which the default policy refuses) is not asked anything."""
+    strict = Settings(environment="test")
+    merchant, token = await _setup(db, clock)
+    connection = await make_connection(db, merchant, now=clock.now(), settings=strict)
+    async with db.uow(SYSTEM_SCOPE) as uow:
+        await uow.session.execute(
+            update(ProcessorConnection).values(base_url="http://127.0.0.1:9/stripe")
+        )
+        await uow.commit()
+    data = await run_data(
+        db,
+        strict,
+        clock,
+        CREDENTIALS,
+        token,
+        id=encode_id("ProcessorConnection", connection.id),
+        credentials={"api_key": "sk_new"},
+        reason="rotate",
+    )
+    payload = data["updateProcessorCredentials"]
+    assert _errors(payload) == [("INVALID", "credentials")]
+    assert "address is not allowed" in payload["errors"][0]["message"]
+
+
 async def test_credentials_that_cannot_be_checked_are_not_stored(
-    db: Database, settings: Settings, clock: FixedClock
+    db: Database, sandbox_settings: Settings, clock: FixedClock
 ) -> None:
     merchant, token = await _setup(db, clock)
-    connection = await make_connection(db, merchant, now=clock.now(), settings=settings)
+    connection = await make_connection(db, merchant, now=clock.now(), settings=sandbox_settings)
     async with db.uow(SYSTEM_SCOPE) as uow:
         # Nothing listens there: the check cannot reach the processor.
         await uow.session.execute(
@@ -751,7 +789,7 @@ async def test_credentials_that_cannot_be_checked_are_not_stored(
         await uow.commit()
     data = await run_data(
         db,
-        settings,
+        sandbox_settings,
         clock,
         CREDENTIALS,
         token,
@@ -762,8 +800,11 @@ async def test_credentials_that_cannot_be_checked_are_not_stored(
     payload = data["updateProcessorCredentials"]
     assert _errors(payload) == [("INVALID", "credentials")]
     assert "could not be checked" in payload["errors"][0]["message"]
+    assert "not allowed" not in payload["errors"][0]["message"]
     [row] = await _rows(db, ProcessorConnection)
-    assert _box(settings).open(row.credentials_encrypted)["api_key"] == "sk_test_placeholder"
+    assert (
+        _box(sandbox_settings).open(row.credentials_encrypted)["api_key"] == "sk_test_placeholder"
+    )
     assert await audit_entries(db, action="processor_connection.update_credentials") == []
 
 
@@ -920,6 +961,41 @@ async def test_keys_are_created_with_scopes_and_an_expiry(
             input={"role": "MERCHANT", "merchantIds": [mid], "name": "bad", **bad},
         )
         assert _errors(data["createApiKey"]) == [("INVALID", field)], bad
+
+
+async def test_an_expiring_key_creates_only_keys_that_expire_no_later(
+    db: Database, settings: Settings, clock: FixedClock
+) -> None:
+    merchant = await make_merchant(db, "Short-lived", now=clock.now())
+    mid = encode_id("Merchant", merchant.id)
+    expires = clock.now() + timedelta(days=1)
+    token = await make_key(db, Role.MERCHANT, [merchant], now=clock.now(), expires_at=expires)
+    for later in (None, (expires + timedelta(seconds=1)).isoformat()):
+        data = await run_data(
+            db,
+            settings,
+            clock,
+            CREATE_KEY,
+            token,
+            input={"role": "MERCHANT", "merchantIds": [mid], "name": "n", "expiresAt": later},
+        )
+        assert _errors(data["createApiKey"]) == [("INVALID", "expiresAt")], later
+        assert data["createApiKey"]["token"] is None
+    data = await run_data(
+        db,
+        settings,
+        clock,
+        CREATE_KEY,
+        token,
+        input={
+            "role": "MERCHANT",
+            "merchantIds": [mid],
+            "name": "n",
+            "expiresAt": expires.isoformat(),
+        },
+    )
+    assert data["createApiKey"]["errors"] == []
+    assert data["createApiKey"]["apiKey"]["expiresAt"] == expires.isoformat()
 
 
 async def test_an_expired_key_authenticates_like_an_unknown_one(

@@ -342,6 +342,8 @@ async def test_every_count_query_has_an_estimate(
         CountOf("customer_payments", uuid.uuid4(), filters),
         CountOf("viewer_payments", None, filters),
         CountOf("viewer_payments", None, PaymentFilter(search="ch_x'; --")),
+        # What a bind parameter or a format would read in a text statement: sent as it is.
+        CountOf("merchant_payments", merchant.id, PaymentFilter(search="INV :2026 %s %(x)s")),
         CountOf("merchants"),
         CountOf("api_keys"),
         CountOf("audit_log", merchant.id),
