@@ -41,6 +41,7 @@ from app.models.merchant import Merchant
 from app.models.payment import Payment
 from app.retry.events import InvoiceVoided
 from app.services import audit
+from app.services.merchant import set_recovery_status
 from app.services.payment import PaymentFilter, matching
 from app.services.retry.engine import run_event
 from app.services.retry.ledger import load_contexts
@@ -371,21 +372,32 @@ async def cancel_batch(
     return ids[-1]
 
 
-async def pause_merchant(db: Database, action: BulkAction, merchant_id: uuid.UUID) -> None:
-    """Pause one merchant's recovery for the action (already paused: counted as skipped)."""
+async def pause_merchant(
+    db: Database, action: BulkAction, merchant_id: uuid.UUID, *, now: datetime
+) -> None:
+    """Pause one merchant's recovery for the action, with the merchant's own audit entry, as
+    `pauseMerchantRecovery` writes it (already paused or gone: counted as skipped). The count
+    is committed with the change, so a run again goes on after the last merchant counted."""
     async with db.uow(SYSTEM_SCOPE) as uow:
+        locked = await _locked(uow, action.id)
+        if locked is None:  # pragma: no cover - actions are never deleted
+            raise RuntimeError("the bulk action disappeared")
         merchant = (
             await uow.session.execute(
                 select(Merchant).where(col(Merchant.id) == merchant_id).with_for_update()
             )
         ).scalar_one_or_none()
-        locked = await _locked(uow, action.id)
-        if locked is None:  # pragma: no cover - actions are never deleted
-            raise RuntimeError("the bulk action disappeared")
         if merchant is None or merchant.status is MerchantStatus.PAUSED:
             locked.skipped_count += 1
         else:
-            merchant.status = MerchantStatus.PAUSED
+            await set_recovery_status(
+                uow,
+                principal=requester(action),
+                merchant_id=merchant_id,
+                status=MerchantStatus.PAUSED,
+                reason=action.reason,
+                now=now,
+            )
             locked.succeeded_count += 1
         await uow.commit()
 
@@ -437,8 +449,9 @@ async def run(
     if action is None:
         return None
     if action.kind is BulkActionKind.PAUSE_MERCHANTS_RECOVERY:
-        for raw in action.request["merchant_ids"]:
-            await pause_merchant(db, action, uuid.UUID(raw))
+        done = action.succeeded_count + action.skipped_count
+        for raw in action.request["merchant_ids"][done:]:
+            await pause_merchant(db, action, uuid.UUID(raw), now=clock.now())
         return await finish(db, action.id, now=clock.now())
     filters = filter_from_json(action.request["filter"])
     given = action.request.get("merchant_ids")

@@ -303,6 +303,10 @@ async def test_pause_merchants_runs_as_one_job(desk: Desk) -> None:
     assert entry.action == "bulk.pause_merchants_recovery"
     assert entry.after is not None
     assert entry.after["count"] == 2
+    # Each merchant paused has its own entry, as a single pause writes it, with the reason.
+    paused = await audit_entries(desk.db, action="merchant.pause")
+    assert {e.merchant_id for e in paused} == {desk.merchants["A"].id, desk.merchants["B"].id}
+    assert {e.reason for e in paused} == {"processor outage"}
 
 
 @pytest.mark.parametrize("role", ["merchant", "partner"])
