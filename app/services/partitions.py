@@ -99,28 +99,32 @@ def _covers(existing: list[Partition], start: datetime, end: datetime) -> bool:
 async def _create(
     session: AsyncSession, table: Partitioned, start: datetime, end: datetime
 ) -> Created:
+    """The month's partition, made as a table of its own and attached: an attach locks the
+    partitioned table only against other schema changes (SHARE UPDATE EXCLUSIVE), where
+    `CREATE TABLE ... PARTITION OF` would hold every reader and writer of it for the while. The
+    new table's bound constraint spares the attach a scan of it; rows of the month waiting in
+    the default partition move in first."""
     t, name, column = table.table, table.month(start), table.column
     bounds = {"lo": start, "hi": end}
     # Writes that would land in the default partition wait until the month has its own.
     await session.execute(text(f"LOCK TABLE {table.default} IN EXCLUSIVE MODE"))
-    stray = await session.scalar(
-        text(f"SELECT count(*) FROM {table.default} WHERE {column} >= :lo AND {column} < :hi"),
-        bounds,
-    )
-    bound_sql = f"FOR VALUES FROM ('{start.isoformat()}') TO ('{end.isoformat()}')"
-    if not stray:
-        await session.execute(text(f"CREATE TABLE {name} PARTITION OF {t} {bound_sql}"))
-        return Created(name, 0)
     await session.execute(text(f"CREATE TABLE {name} (LIKE {t} INCLUDING DEFAULTS)"))
     await session.execute(
+        text(
+            f"ALTER TABLE {name} ADD CONSTRAINT {name}_bound CHECK ({column} >= "
+            f"'{start.isoformat()}' AND {column} < '{end.isoformat()}')"
+        )
+    )
+    moved = await session.execute(
         text(
             f"WITH moved AS (DELETE FROM {table.default} WHERE {column} >= :lo AND {column} < :hi "
             f"RETURNING *) INSERT INTO {name} SELECT * FROM moved"
         ),
         bounds,
     )
+    bound_sql = f"FOR VALUES FROM ('{start.isoformat()}') TO ('{end.isoformat()}')"
     await session.execute(text(f"ALTER TABLE {t} ATTACH PARTITION {name} {bound_sql}"))
-    return Created(name, int(stray))
+    return Created(name, int(moved.rowcount))  # type: ignore[attr-defined]
 
 
 async def ensure_partitions(db: Database, *, now: datetime, months_ahead: int) -> list[Created]:

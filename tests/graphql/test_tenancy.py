@@ -1,5 +1,6 @@
 """Tenancy matrix: every root field, for merchant, partner and support keys (and none)."""
 
+import dataclasses
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -905,7 +906,9 @@ async def case_redeliver_webhook(w: World) -> None:
 
 
 async def case_update_processor_credentials(w: World) -> None:
-    """Checked at a sandbox Stripe account every connection is pointed at."""
+    """Checked at a sandbox Stripe account every connection is pointed at (on loopback, which
+    the URL policy is told to allow here)."""
+    w = dataclasses.replace(w, settings=Settings(environment="test", allow_loopback_urls=True))
     query = """mutation($id: ID!, $credentials: JSON!) { updateProcessorCredentials(
       input: {id: $id, credentials: $credentials, reason: "tenancy"}) {
       processorConnection { status } errors { code field } } }"""
