@@ -34,7 +34,7 @@ from app.services.retry.engine import decide
 from app.services.retry.ledger import PaymentContext
 from jobs.model import CACHE, Loaded, ModelCache, ModelScheduler, failure_row, load_current
 from ml.artifact import TimingModel
-from ml.features import failure_context
+from ml.features import FailureContext, failure_context
 from ml.policy import score_candidates
 from ml.records import FailureRecords
 
@@ -95,11 +95,16 @@ class Forecast:
     rescheduled: int
 
 
+def _context(view: PaymentView) -> FailureContext:
+    """The model's reading of the payment's failure: the same for every retry of a schedule."""
+    return failure_context(FailureRecords.from_rows([failure_row(view)]))
+
+
 def _probability(
-    model: TimingModel, view: PaymentView, previous: Sequence[datetime], at: datetime
+    model: TimingModel, context: FailureContext, previous: Sequence[datetime], at: datetime
 ) -> float:
-    """The champion's chance that a retry at `at` succeeds after the `previous` declined ones."""
-    context = failure_context(FailureRecords.from_rows([failure_row(view)]))
+    """The champion's chance that a retry at `at` succeeds after the `previous` declined ones
+    (`context`: the payment's failure, from `_context`)."""
     width = max(len(previous), 1)
     prev: F64 = np.full((1, width), np.nan)
     prev[0, : len(previous)] = [p.timestamp() for p in previous]
@@ -121,7 +126,7 @@ def schedule(
     """The payment's remaining retries under its context's policy (see the module's
     docstring); `first_at` is a retry already scheduled, kept as the first."""
     ledger = ctx.ledger
-    view = ctx.view()
+    context = _context(ctx.view())
     times: list[datetime] = []
     probabilities: list[float] = []
     decide_at = now
@@ -132,7 +137,7 @@ def schedule(
             at = decide(replace(ctx, ledger=ledger), now=decide_at, scheduler=scheduler).chosen_at
         if at is None or not evaluate(at, ledger=ledger, policy=ctx.policy).allowed:
             break
-        probabilities.append(_probability(model, view, [r.at for r in ledger.retries], at))
+        probabilities.append(_probability(model, context, [r.at for r in ledger.retries], at))
         times.append(at)
         decline = (
             None
