@@ -748,14 +748,11 @@ async def test_an_adyen_signing_key_must_be_hexadecimal(
     assert payload["errors"][0]["message"] == "hmac_key_hex must be hexadecimal"
 
 
-async def test_credentials_are_not_checked_at_an_address_the_policy_refuses(
-    db: Database, clock: FixedClock
-) -> None:
-    """Checked again when asked, resolved: a connection whose host points inside the network
-    now (here loopback, which the default policy refuses) is not asked anything."""
-    strict = Settings(environment="test")
+async def _rotate_at_port_9(db: Database, settings: Settings, clock: FixedClock) -> Any:
+    """Rotate the credentials of a connection pointed at loopback port 9, where nothing listens;
+    the mutation's payload."""
     merchant, token = await _setup(db, clock)
-    connection = await make_connection(db, merchant, now=clock.now(), settings=strict)
+    connection = await make_connection(db, merchant, now=clock.now(), settings=settings)
     async with db.uow(SYSTEM_SCOPE) as uow:
         await uow.session.execute(
             update(ProcessorConnection).values(base_url="http://127.0.0.1:9/stripe")
@@ -763,7 +760,7 @@ async def test_credentials_are_not_checked_at_an_address_the_policy_refuses(
         await uow.commit()
     data = await run_data(
         db,
-        strict,
+        settings,
         clock,
         CREDENTIALS,
         token,
@@ -771,7 +768,15 @@ async def test_credentials_are_not_checked_at_an_address_the_policy_refuses(
         credentials={"api_key": "sk_new"},
         reason="rotate",
     )
-    payload = data["updateProcessorCredentials"]
+    return data["updateProcessorCredentials"]
+
+
+async def test_credentials_are_not_checked_at_an_address_the_policy_refuses(
+    db: Database, clock: FixedClock
+) -> None:
+    """Checked again when asked, resolved: a connection whose host points inside the network
+    now (here loopback, which the default policy refuses) is not asked anything."""
+    payload = await _rotate_at_port_9(db, Settings(environment="test"), clock)
     assert _errors(payload) == [("INVALID", "credentials")]
     assert "address is not allowed" in payload["errors"][0]["message"]
 
@@ -779,25 +784,8 @@ async def test_credentials_are_not_checked_at_an_address_the_policy_refuses(
 async def test_credentials_that_cannot_be_checked_are_not_stored(
     db: Database, sandbox_settings: Settings, clock: FixedClock
 ) -> None:
-    merchant, token = await _setup(db, clock)
-    connection = await make_connection(db, merchant, now=clock.now(), settings=sandbox_settings)
-    async with db.uow(SYSTEM_SCOPE) as uow:
-        # Nothing listens there: the check cannot reach the processor.
-        await uow.session.execute(
-            update(ProcessorConnection).values(base_url="http://127.0.0.1:9/stripe")
-        )
-        await uow.commit()
-    data = await run_data(
-        db,
-        sandbox_settings,
-        clock,
-        CREDENTIALS,
-        token,
-        id=encode_id("ProcessorConnection", connection.id),
-        credentials={"api_key": "sk_new"},
-        reason="rotate",
-    )
-    payload = data["updateProcessorCredentials"]
+    # Loopback allowed, nothing listens there: the check cannot reach the processor.
+    payload = await _rotate_at_port_9(db, sandbox_settings, clock)
     assert _errors(payload) == [("INVALID", "credentials")]
     assert "could not be checked" in payload["errors"][0]["message"]
     assert "not allowed" not in payload["errors"][0]["message"]

@@ -16,7 +16,13 @@ from sqlalchemy import text
 
 from app.db import Database
 from app.enums import PaymentState
-from app.models.partitioning import PARTITIONED, PAYMENT_TRANSITION, add_months, month_start
+from app.models.partitioning import (
+    PARTITIONED,
+    PAYMENT_TRANSITION,
+    Partitioned,
+    add_months,
+    month_start,
+)
 from app.models.retry import PaymentTransition
 from app.services.partitions import ensure_partitions, expire_partitions, partitions
 from app.tenancy import SYSTEM_SCOPE
@@ -25,16 +31,9 @@ from tests.support.factories import make_merchant, make_payments
 NOW = datetime(2031, 1, 15, 9, 30, tzinfo=UTC)
 
 
-async def _names(db: Database, table: str) -> set[str]:
+async def _names(db: Database, table: Partitioned) -> set[str]:
     async with db.session(SYSTEM_SCOPE) as s:
-        rows = await s.execute(
-            text(
-                "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
-                "WHERE i.inhparent = CAST(:t AS regclass)"
-            ),
-            {"t": table},
-        )
-        return set(rows.scalars())
+        return {p.name for p in await partitions(s, table)}
 
 
 async def _transitions_at(db: Database, *moments: datetime) -> list[uuid.UUID]:
@@ -89,7 +88,7 @@ async def test_partitions_are_created_for_this_month_and_the_next_ones_once(
     months = {"p203101", "p203102", "p203103"}
     assert {c.partition for c in created} == {f"{t.table}_{m}" for t in PARTITIONED for m in months}
     assert all(c.moved == 0 for c in created)
-    assert {f"payment_transition_{m}" for m in months} <= await _names(db, "payment_transition")
+    assert {f"payment_transition_{m}" for m in months} <= await _names(db, PAYMENT_TRANSITION)
     assert await ensure_partitions(db, now=NOW, months_ahead=2) == []
 
 
@@ -131,7 +130,7 @@ async def test_months_past_the_window_are_archived_then_dropped(
     assert "payment_transition_p203101" in by_name
     assert "payment_transition_p203102" not in by_name
     assert not any(name.startswith("model_decision") for name in by_name)  # no window: kept
-    left = await _names(db, "payment_transition")
+    left = await _names(db, PAYMENT_TRANSITION)
     assert "payment_transition_p203101" not in left
     assert {"payment_transition_p203102", "payment_transition_default"} <= left
     assert await _partition_of(db, february[0]) == "payment_transition_p203102"
