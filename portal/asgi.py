@@ -29,6 +29,7 @@ from app.settings import Settings, get_settings
 from app.tenancy import SYSTEM_SCOPE
 from jobs.context import tune_garbage_collector
 from jobs.telemetry import worker_state
+from portal.dashboard import dashboard_routes
 from portal.exports import export_endpoint
 from portal.http import PortalGraphQL
 from portal.logging import RequestLogMiddleware, configure_logging
@@ -234,6 +235,7 @@ def create_app(
             Route("/webhooks/adyen/{connection_id}", adyen_webhook, methods=["POST"]),
             Route("/exports/payments.csv", export_endpoint(schema, "csv"), methods=["GET"]),
             Route("/exports/payments.parquet", export_endpoint(schema, "parquet"), methods=["GET"]),
+            *dashboard_routes(graphiql=settings.graphiql),
         ],
         middleware=[
             Middleware(RequestLogMiddleware),

@@ -58,10 +58,11 @@ class DemoOptions:
 
 def demo_settings(settings: Settings) -> Settings:
     """The demo's settings: webhook receivers on this machine are allowed (whoever tries the
-    demo points its webhooks at one), except in production, which refuses that."""
+    demo points its webhooks at one) and GraphiQL is on, except in production, which refuses
+    both."""
     if settings.environment == "production":
         return settings
-    return settings.model_copy(update={"allow_loopback_urls": True})
+    return settings.model_copy(update={"allow_loopback_urls": True, "graphiql": True})
 
 
 async def run_demo(
@@ -104,7 +105,7 @@ async def run_demo(
             settings,
         )
         async with serving(create_sandbox(clock.now)) as sandbox_url:
-            lines = await _set_up_merchants(
+            lines, support_key = await _set_up_merchants(
                 db, box, clock, sandbox_url, portal_url, options, arq, settings.url_policy
             )
             serve = asyncio.create_task(server.serve())
@@ -116,7 +117,13 @@ async def run_demo(
             # uvicorn offers a flag, not an event, for "listening".
             while not server.started and not serve.done():  # noqa: ASYNC110
                 await asyncio.sleep(0.05)
-            announce(f"GraphQL: {portal_url}/graphql")
+            # The key rides in the fragment, which the browser keeps to itself.
+            announce(f"Dashboard: {portal_url}/dashboard/#key={support_key}")
+            announce(
+                f"GraphQL: {portal_url}/graphql (GraphiQL in a browser: set the header "
+                '{"Authorization": "Bearer <key>"} in its Headers tab; opened from the '
+                "dashboard's GraphiQL link it is set already)"
+            )
             announce(f"Sandbox processors: {sandbox_url} (simulated time x{options.speed:g})")
             for line in lines:
                 announce(line)
@@ -213,7 +220,9 @@ async def _set_up_merchants(
     options: DemoOptions,
     arq: ArqRedis,
     policy: UrlPolicy,
-) -> list[str]:
+) -> tuple[list[str], str]:
+    """The demo merchants with their sandbox accounts and keys: lines to print, and the
+    support key."""
     now = clock.now()
     lines: list[str] = []
     principal = system_principal("demo")
@@ -263,4 +272,4 @@ async def _set_up_merchants(
     for connection_id in connection_ids:
         await enqueue_poll(arq, connection_id)
     lines.append(f"Support API key: {support}")
-    return lines
+    return lines, support

@@ -48,6 +48,7 @@ from app.settings import Settings
 from app.tenancy import Principal
 from app.workflows.authentication import PrincipalCache, authenticate
 from portal import metrics
+from portal.dashboard import graphiql_page
 from portal.logging import request_id_from
 from resolvers.context import Context
 from resolvers.cost import PageSizes, operation_cost
@@ -262,6 +263,10 @@ class PortalGraphQL(GraphQL[Context, None]):
         # Whether the rate limiter's Redis was last found unreachable: the outage is logged
         # when it starts and when it ends, not once per request served meanwhile.
         self._unmetered = False
+
+    async def render_graphql_ide(self, request: Request) -> Response:
+        # Strawberry's page loads the IDE from a CDN; this one is served by the portal itself.
+        return graphiql_page()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

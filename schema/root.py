@@ -1,5 +1,6 @@
 """The root Query and Mutation, and the Schema with its guards and caches."""
 
+from datetime import datetime
 from typing import Annotated
 
 import strawberry
@@ -181,6 +182,17 @@ class Query:
     ) -> Merchant | None:
         row = await merchant_resolvers.merchant_by_global_id(info.context, str(id))
         return None if row is None else Merchant.from_model(row)
+
+    @strawberry.field(
+        description=(
+            "The portal's clock: what it counts as now (a demo or test stack runs a simulated, "
+            "accelerated clock). Ranges such as the last 30 days of `recoveryStats` end here, "
+            "not at the client's own time."
+        )
+    )
+    def server_time(self, info: Info) -> datetime:
+        info.context.require_principal()
+        return info.context.clock.now()
 
     @strawberry.field(description="Any object by global id; null when not visible.")
     async def node(

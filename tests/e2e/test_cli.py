@@ -195,7 +195,10 @@ def _demo_flow(env: dict[str, str]) -> None:
             lines.append(line)
             if line.startswith("Support API key: "):
                 break
-        assert f"GraphQL: http://127.0.0.1:{port}/graphql" in lines
+        assert any(line.startswith(f"GraphQL: http://127.0.0.1:{port}/graphql ") for line in lines)
+        assert any(
+            line.startswith(f"Dashboard: http://127.0.0.1:{port}/dashboard/#key=") for line in lines
+        )
         support = lines[-1].removeprefix("Support API key: ")
         query = (
             "{ merchants { edges { node { name payments(first: 100) "

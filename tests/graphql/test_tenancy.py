@@ -953,6 +953,12 @@ async def case_webhook_event_types(w: World) -> None:
     assert all(a == answers[0] for a in answers)
 
 
+async def case_server_time(w: World) -> None:
+    """The same clock for every role: it describes no merchant's data."""
+    answers = [await _query(w, role, "{ serverTime }") for role in ROLES]
+    assert all(a == {"serverTime": w.clock.now().isoformat()} for a in answers)
+
+
 async def case_payment_events(w: World) -> None:
     """Merchant.events and the paymentEvents subscription: a merchant's events to the keys
     that may see it; another's merchant is null (query) or NOT_FOUND (subscription)."""
@@ -1032,6 +1038,7 @@ TENANCY_CASES: dict[str, Callable[[World], Awaitable[None]]] = {
     "updateProcessorCredentials": case_update_processor_credentials,
     "disconnectProcessor": case_disconnect_processor,
     "webhookEventTypes": case_webhook_event_types,
+    "serverTime": case_server_time,
     "paymentEvents": case_payment_events,
 }
 
@@ -1108,6 +1115,7 @@ UNAUTHENTICATED_QUERIES = {
     "previewRetryPolicy": 'mutation { previewRetryPolicy(merchantId: "x", '
     "input: {maxAttempts: 5}) { errors { code } } }",
     "webhookEventTypes": "{ webhookEventTypes { type } }",
+    "serverTime": "{ serverTime }",
 }
 
 
