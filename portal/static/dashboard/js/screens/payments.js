@@ -654,7 +654,7 @@ function paymentsTable(rows, ctx, timeZone, state, time) {
     { class: "table-wrap" },
     h(
       "table",
-      { class: "payments" },
+      { class: "payments stack" },
       h("caption", {}, `Payments, ${sortDescription(state)}; times in ${timeZone}`),
       h("thead", {}, h("tr", {}, columns.map(([title, , kind]) => h("th", { scope: "col", class: kind }, title)))),
       h("tbody", {}, rows.map((p) => rowOf(p)))
