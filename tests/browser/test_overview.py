@@ -13,7 +13,11 @@ STATS = """
 query ($id: ID!, $from: DateTime!, $to: DateTime!) {
   merchant(id: $id) {
     recoveryStats(from: $from, to: $to, granularity: DAY) {
-      currencies { currency summary { failedCount recoveredCount } }
+      currencies {
+        currency
+        summary { failedCount recoveredCount }
+        uplift { difference }
+      }
     }
   }
 }
@@ -38,22 +42,28 @@ async def _busy_merchant(demo: Demo) -> dict[str, Any]:
     return merchant
 
 
-async def _counts_agree(page: Page, demo: Demo, merchant_id: str) -> bool:
-    """Each currency row's failed and recovered counts equal the API's for the same window
-    (read right after the page; the demo keeps recovering payments, so the caller retries)."""
+async def _page_agrees(page: Page, demo: Demo, merchant_id: str) -> bool:
+    """Each currency row's failed and recovered counts, and the detailed currency's uplift,
+    equal the API's for the same window (read right after the page; the demo keeps recovering
+    payments, so the caller retries)."""
     rows = page.locator("table:has(caption:text('Recovery per currency')) tbody tr")
     shown = {}
     for row in await rows.all():
         cells = [c.strip() for c in await row.locator("td").all_inner_texts()]
         shown[cells[0]] = (int(cells[1].replace(",", "")), int(cells[2].replace(",", "")))
+    detailed = await page.locator("section.currency").get_attribute("data-currency")
+    uplift = await page.locator(".figure:has-text('Model uplift') .figure-value").inner_text()
     now = datetime.fromisoformat((await demo.api("{ serverTime }"))["serverTime"])
     window = {"from": (now - timedelta(days=30)).isoformat(), "to": now.isoformat()}
     data = await demo.api(STATS, {"id": merchant_id, **window})
+    currencies = data["merchant"]["recoveryStats"]["currencies"]
     answered = {
         c["currency"]: (c["summary"]["failedCount"], c["summary"]["recoveredCount"])
-        for c in data["merchant"]["recoveryStats"]["currencies"]
+        for c in currencies
     }
-    return shown == answered
+    answer = next(c["uplift"] for c in currencies if c["currency"] == detailed)
+    expected = "—" if answer is None else f"{answer['difference'] * 100:+.1f} pts"
+    return shown == answered and uplift == expected
 
 
 async def test_the_overview_shows_what_the_api_answers(
@@ -70,7 +80,7 @@ async def test_the_overview_shows_what_the_api_answers(
     assert stored == demo.support_key
     await expect(page.get_by_role("table", name="Recovery per currency")).to_be_visible()
     for _ in range(5):
-        if await _counts_agree(page, demo, merchant["id"]):
+        if await _page_agrees(page, demo, merchant["id"]):
             break
         await page.reload()
         await expect(page.get_by_role("table", name="Recovery per currency")).to_be_visible()
