@@ -145,11 +145,11 @@ export async function render(root, ctx) {
         button.disabled = false;
         return;
       }
-      notice =
-        field === "cancelPaymentRecovery"
-          ? "Recovery canceled."
-          : `Retry requested${result.explanation ? `: ${result.explanation}` : "."}`;
-      announce(notice, { tone: "success" });
+      // The status line says it happened; the retry's placement (which rule moved it) is
+      // kept beside the actions, where it stays readable after the reload.
+      const done = field === "cancelPaymentRecovery" ? "Recovery canceled." : "Retry requested.";
+      notice = field === "retryPaymentNow" && result.explanation ? `How the retry was placed: ${result.explanation}` : null;
+      announce(done, { tone: "success" });
       await load({ fresh: true });
     };
 

@@ -43,7 +43,8 @@ const ORDER_FIELDS = [
   ["AMOUNT", "Amount (one currency)"],
   ["RECOVERED_AT", "Recovery time"],
 ];
-const PAGE_SIZES = [25, 50, 100];
+const PAGE_SIZES = [10, 25, 50, 100];
+const DEFAULT_PAGE_SIZE = 25;
 const LIST_FIELDS = ["states", "declineCategories", "processors", "currencies", "recoveredBy"];
 
 const ROW = `
@@ -119,7 +120,7 @@ export function readState(query) {
     amountMax: query.get("amountMax") || "",
     orderBy: ORDER_FIELDS.some(([f]) => f === orderBy) ? orderBy : "FAILED_AT",
     direction: query.get("direction") === "ASC" ? "ASC" : "DESC",
-    first: PAGE_SIZES.includes(first) ? first : PAGE_SIZES[0],
+    first: PAGE_SIZES.includes(first) ? first : DEFAULT_PAGE_SIZE,
     // Cursors of the pages after the first up to this one: the last is this page's `after`.
     pages: (query.get("pages") || "").split(",").filter(Boolean),
   };
@@ -136,7 +137,7 @@ function toQuery(state) {
   }
   if (state.orderBy !== "FAILED_AT") query.orderBy = state.orderBy;
   if (state.direction !== "DESC") query.direction = state.direction;
-  if (state.first !== PAGE_SIZES[0]) query.first = String(state.first);
+  if (state.first !== DEFAULT_PAGE_SIZE) query.first = String(state.first);
   if (state.pages.length) query.pages = state.pages.join(",");
   return query;
 }
@@ -301,6 +302,7 @@ export async function render(root, ctx) {
     listBox.replaceChildren();
     summary.textContent = "";
     liveState.remove();
+    exportButton.remove(); // the export would be refused for the same reason
     return;
   }
 
@@ -343,7 +345,9 @@ export async function render(root, ctx) {
   followEvents(ctx, merchantId, table, timeZone, liveState, elsewhere);
 
   function showProblem(error) {
-    problems.replaceChildren(errorBox(error, { retry: () => go(state, { replace: true }) }));
+    // Asking again helps with an outage, not with a refused argument.
+    const lasting = ["INVALID_ARGUMENT", "INVALID_CURSOR", "NOT_FOUND", "FORBIDDEN"].includes(error.code);
+    problems.replaceChildren(errorBox(error, { retry: lasting ? null : () => go(state, { replace: true }) }));
     form.markField(error.field || error.extensions?.field, error.message);
     if (error.code === "INVALID_CURSOR" && state.pages.length) {
       problems.append(
