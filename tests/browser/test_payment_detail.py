@@ -47,9 +47,10 @@ async def _find(
     filter: dict[str, Any],
     fits: Callable[[dict[str, Any]], Any],
     order: dict[str, str] | None = None,
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """A (merchant, payment) whose payment matches `filter` and `fits`, waiting for the demo's
-    payments to get there."""
+    count: int = 1,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """A merchant and `count` of its payments matching `filter` and `fits`, waiting for the
+    demo's payments to get there."""
     merchants = await _merchants(demo)
     deadline = time.monotonic() + 150
     while True:
@@ -57,10 +58,10 @@ async def _find(
             data = await demo.api(
                 CANDIDATES, {"id": merchant["id"], "filter": filter, "orderBy": order}
             )
-            for edge in data["merchant"]["payments"]["edges"]:
-                if fits(edge["node"]):
-                    return merchant, edge["node"]
-        assert time.monotonic() < deadline, f"no payment matching {filter} came"
+            nodes = [e["node"] for e in data["merchant"]["payments"]["edges"] if fits(e["node"])]
+            if len(nodes) >= count:
+                return merchant, nodes[:count]
+        assert time.monotonic() < deadline, f"no {count} payments matching {filter} came"
         await asyncio.sleep(1)
 
 
@@ -75,7 +76,7 @@ async def test_the_detail_shows_what_the_api_answers(
     demo: Demo, page: Page, new_page: PageFactory, shot: Shot
 ) -> None:
     # An ended payment (it no longer changes) with retries and a model decision explained.
-    merchant, payment = await _find(
+    merchant, (payment,) = await _find(
         demo,
         {"states": ["RECOVERED", "EXHAUSTED"]},
         lambda p: p["attemptCount"] >= 2 and p["decision"] and p["decision"]["explanation"],
@@ -143,11 +144,12 @@ async def test_the_detail_shows_what_the_api_answers(
 @pytest.mark.timeout(300)
 async def test_cancel_and_retry_now_with_a_reason(demo: Demo, page: Page, shot: Shot) -> None:
     # Scheduled payments whose retry is furthest away: none starts while the test runs.
-    merchant, payment = await _find(
+    merchant, (payment, other) = await _find(
         demo,
         {"states": ["SCHEDULED"]},
         lambda p: True,
         order={"field": "NEXT_RETRY_AT", "direction": "DESC"},
+        count=2,
     )
     await page.goto(demo.link(f"/m/{merchant['id']}/payments/{payment['id']}"))
     heading = page.get_by_role("heading", level=1)
@@ -178,17 +180,6 @@ async def test_cancel_and_retry_now_with_a_reason(demo: Demo, page: Page, shot: 
     await shot(page, "payment-canceled")
 
     # Retry now on another scheduled payment of the same merchant.
-    data = await demo.api(
-        CANDIDATES,
-        {
-            "id": merchant["id"],
-            "filter": {"states": ["SCHEDULED"]},
-            "orderBy": {"field": "NEXT_RETRY_AT", "direction": "DESC"},
-        },
-    )
-    other = next(
-        e["node"] for e in data["merchant"]["payments"]["edges"] if e["node"]["id"] != payment["id"]
-    )
     await page.goto(demo.link(f"/m/{merchant['id']}/payments/{other['id']}"))
     await expect(heading).to_contain_text(other["processorPaymentId"])
     await page.get_by_role("button", name="Retry now").click()

@@ -5,8 +5,10 @@ import asyncio
 import csv
 import io
 import re
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qs
+from zoneinfo import ZoneInfo
 
 import pytest
 from playwright.async_api import Locator, Page, expect
@@ -221,6 +223,21 @@ async def test_search_finds_a_payment_by_what_the_merchant_has(demo: Demo, page:
     await search.press("Enter")
     await expect(page).to_have_url(re.compile(rf"search={last4}"))
     await _agrees(page, demo, merchant["id"], filter={"search": last4})
+
+    # Days are the merchant's: "failed on or after" starts at its local midnight.
+    policy = await demo.api(
+        "query ($id: ID!) { serverTime merchant(id: $id) { retryPolicy { timezone } } }",
+        {"id": merchant["id"]},
+    )
+    zone = ZoneInfo(policy["merchant"]["retryPolicy"]["timezone"])
+    day = (datetime.fromisoformat(policy["serverTime"]).astimezone(zone) - timedelta(days=4)).date()
+    midnight = datetime.combine(day, datetime.min.time(), tzinfo=zone)
+    await page.get_by_role("searchbox", name="Search").fill("")
+    await page.get_by_text("Filters", exact=True).click()
+    await page.get_by_label("Failed on or after").fill(day.isoformat())
+    await _apply(page)
+    await expect(page).to_have_url(re.compile(rf"failedAfter={day.isoformat()}"))
+    await _agrees(page, demo, merchant["id"], filter={"failedAfter": midnight.isoformat()})
 
     # Nothing found is said, not shown as an empty table.
     search = page.get_by_role("searchbox", name="Search")

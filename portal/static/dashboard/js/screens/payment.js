@@ -88,6 +88,7 @@ function retryBlocked(payment, merchant) {
 
 export async function render(root, ctx) {
   const paymentId = ctx.args[0];
+  announce(""); // what another screen said no longer applies here
   const listLink = h("a", { class: "back", href: ctx.merchantPath(ctx.merchant.id, "payments") }, "← Payments");
   const heading = h("h1", { class: "payment-detail-title" }, "Payment");
   const body = h("div", { class: "payment-detail" }, loading());
@@ -195,6 +196,8 @@ export async function render(root, ctx) {
     { merchantId: ctx.merchant.id },
     {
       cursorOf: (data) => data.paymentEvents.cursor,
+      // Following changes here is a convenience: the page stays as loaded (and reloads after
+      // the user's own actions), so a lost stream is not worth an alarm.
       onError: () => {},
       onData: (data) => {
         const payload = data.paymentEvents.payload || {};

@@ -231,6 +231,7 @@ function activeFilterCount(state) {
 export async function render(root, ctx) {
   const merchantId = ctx.merchant.id;
   const state = readState(ctx.query);
+  announce(""); // what another screen said no longer applies here
   const go = (next, options) => ctx.navigate(ctx.merchantPath(merchantId, "payments", toQuery(next)), options);
 
   const form = filterForm(state, (next) => go({ ...next, pages: [] }));
@@ -258,13 +259,13 @@ export async function render(root, ctx) {
   let filter;
   try {
     timeZone = await merchantTimezone(merchantId, ctx.signal);
+    form.setTimeZone(timeZone);
     filter = toFilter(state, timeZone);
   } catch (error) {
     if (error.name === "AbortError") return;
-    showProblem(error);
+    failed(error);
     return;
   }
-  form.setTimeZone(timeZone);
 
   exportButton.addEventListener("click", async () => {
     exportButton.disabled = true;
@@ -298,11 +299,7 @@ export async function render(root, ctx) {
     serverTime = data.serverTime;
   } catch (error) {
     if (error.name === "AbortError") return;
-    showProblem(error);
-    listBox.replaceChildren();
-    summary.textContent = "";
-    liveState.remove();
-    exportButton.remove(); // the export would be refused for the same reason
+    failed(error);
     return;
   }
 
@@ -343,6 +340,15 @@ export async function render(root, ctx) {
   );
 
   followEvents(ctx, merchantId, table, timeZone, liveState, elsewhere);
+
+  // No list: the problem is shown at the form, and nothing that needs the list stays.
+  function failed(error) {
+    showProblem(error);
+    listBox.replaceChildren();
+    summary.textContent = "";
+    liveState.remove();
+    exportButton.remove(); // the export would be refused for the same reason
+  }
 
   function showProblem(error) {
     // Asking again helps with an outage, not with a refused argument.
