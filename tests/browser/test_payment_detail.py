@@ -132,7 +132,10 @@ async def test_the_detail_shows_what_the_api_answers(
     # An ended payment's actions are off, and say why.
     await expect(page.get_by_role("button", name="Cancel recovery")).to_be_disabled()
     await expect(page.get_by_role("button", name="Retry now")).to_be_disabled()
-    await expect(page.locator("#cancel-why")).to_contain_text("Recovery has ended")
+    await expect(page.locator("#actions-why")).to_contain_text("Recovery has ended")
+    await expect(page.get_by_role("button", name="Cancel recovery")).to_have_accessible_description(
+        re.compile("Recovery has ended")
+    )
     await shot(page, "payment")
 
     phone = await new_page(viewport=PHONE)

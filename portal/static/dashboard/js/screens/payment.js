@@ -156,9 +156,12 @@ export async function render(root, ctx) {
 
     const cancelWhy = cancelBlocked(payment);
     const retryWhy = retryBlocked(payment, merchant);
+    // Both refused for one reason (recovery has ended): said once, under both.
+    const sameReason = Boolean(cancelWhy) && cancelWhy === retryWhy;
+    const why = (own) => (sameReason ? "actions-why" : own);
     const cancel = h(
       "button",
-      { type: "button", class: "danger", id: "cancel-recovery", disabled: Boolean(cancelWhy), "aria-describedby": cancelWhy ? "cancel-why" : null },
+      { type: "button", class: "danger", id: "cancel-recovery", disabled: Boolean(cancelWhy), "aria-describedby": why("cancel-why") },
       "Cancel recovery"
     );
     cancel.addEventListener("click", () =>
@@ -166,7 +169,7 @@ export async function render(root, ctx) {
     );
     const retry = h(
       "button",
-      { type: "button", id: "retry-now", disabled: Boolean(retryWhy), "aria-describedby": retryWhy ? "retry-why" : null },
+      { type: "button", id: "retry-now", disabled: Boolean(retryWhy), "aria-describedby": why("retry-why") },
       "Retry now"
     );
     retry.addEventListener("click", () =>
@@ -177,12 +180,14 @@ export async function render(root, ctx) {
       { class: "card payment-actions", "aria-labelledby": "actions-title" },
       h("h2", { id: "actions-title" }, "Actions"),
       notice ? h("p", { class: "notice" }, notice) : null,
-      h(
-        "div",
-        { class: "action-row" },
-        h("div", {}, retry, retryWhy ? h("p", { class: "help", id: "retry-why" }, retryWhy) : h("p", { class: "help" }, "Schedules the next retry for now; the card-network rules still apply.")),
-        h("div", {}, cancel, cancelWhy ? h("p", { class: "help", id: "cancel-why" }, cancelWhy) : h("p", { class: "help" }, "Stops recovery; no more retries are made."))
-      ),
+      sameReason
+        ? [h("div", { class: "action-row" }, retry, cancel), h("p", { class: "help", id: "actions-why" }, cancelWhy)]
+        : h(
+            "div",
+            { class: "action-row" },
+            h("div", {}, retry, h("p", { class: "help", id: "retry-why" }, retryWhy || "Schedules the next retry for now; the card-network rules still apply.")),
+            h("div", {}, cancel, h("p", { class: "help", id: "cancel-why" }, cancelWhy || "Stops recovery; no more retries are made."))
+          ),
       errors
     );
   }
