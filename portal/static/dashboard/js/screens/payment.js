@@ -74,14 +74,17 @@ const EVENTS_SUBSCRIPTION = `
 const OPEN_STATES = ["PENDING", "SCHEDULED"];
 
 function cancelBlocked(payment) {
-  if (payment.state === "RETRYING") return "A charge is in flight: cancel once its outcome is recorded.";
-  if (!OPEN_STATES.includes(payment.state)) return `Recovery has ended: the payment is ${label(payment.state).toLowerCase()}.`;
+  if (payment.state === "RETRYING")
+    return "A charge is in flight: cancel once its outcome is recorded.";
+  if (!OPEN_STATES.includes(payment.state))
+    return `Recovery has ended: the payment is ${label(payment.state).toLowerCase()}.`;
   return null;
 }
 
 function retryBlocked(payment, merchant) {
   if (payment.state === "RETRYING") return "A charge is in flight now.";
-  if (!OPEN_STATES.includes(payment.state)) return `Recovery has ended: the payment is ${label(payment.state).toLowerCase()}.`;
+  if (!OPEN_STATES.includes(payment.state))
+    return `Recovery has ended: the payment is ${label(payment.state).toLowerCase()}.`;
   if (merchant.status !== "ACTIVE") return "Recovery is paused for this merchant.";
   return null;
 }
@@ -89,7 +92,11 @@ function retryBlocked(payment, merchant) {
 export async function render(root, ctx) {
   const paymentId = ctx.args[0];
   announce(""); // what another screen said no longer applies here
-  const listLink = h("a", { class: "back", href: ctx.merchantPath(ctx.merchant.id, "payments") }, "← Payments");
+  const listLink = h(
+    "a",
+    { class: "back", href: ctx.merchantPath(ctx.merchant.id, "payments") },
+    "← Payments"
+  );
   const heading = h("h1", { class: "payment-detail-title" }, "Payment");
   const body = h("div", { class: "payment-detail" }, loading());
   root.append(listLink, heading, body);
@@ -101,7 +108,11 @@ export async function render(root, ctx) {
   async function load({ fresh = false } = {}) {
     let data;
     try {
-      data = await gql(PAYMENT_QUERY, { id: paymentId, merchantId: ctx.merchant.id }, { signal: ctx.signal });
+      data = await gql(
+        PAYMENT_QUERY,
+        { id: paymentId, merchantId: ctx.merchant.id },
+        { signal: ctx.signal }
+      );
     } catch (error) {
       if (error.name === "AbortError") return;
       body.replaceChildren(errorBox(error, { retry: () => load() }));
@@ -110,14 +121,19 @@ export async function render(root, ctx) {
     const payment = data.node;
     if (!payment || !payment.processorPaymentId || !data.merchant) {
       body.replaceChildren(
-        errorBox({ message: "This payment does not exist or is not visible to this key.", code: "NOT_FOUND" })
+        errorBox({
+          message: "This payment does not exist or is not visible to this key.",
+          code: "NOT_FOUND",
+        })
       );
       return;
     }
     current = payment;
     const timeZone = data.merchant.retryPolicy?.timezone || "UTC";
     heading.replaceChildren(`Payment ${payment.processorPaymentId} `, stateBadge(payment.state));
-    body.replaceChildren(...detail(payment, data.merchant, timeZone, actions(payment, data.merchant)));
+    body.replaceChildren(
+      ...detail(payment, data.merchant, timeZone, actions(payment, data.merchant))
+    );
     if (fresh) body.querySelector(".payment-figures").classList.add("fresh");
   }
 
@@ -126,7 +142,10 @@ export async function render(root, ctx) {
     const run = async (button, title, confirm, mutation, field) => {
       const reason = await askReason(title, {
         confirm,
-        detail: `Payment ${payment.processorPaymentId}, ${formatMoney(payment.amount.amountMinor, payment.amount.currency)}.`,
+        detail: `Payment ${payment.processorPaymentId}, ${formatMoney(
+          payment.amount.amountMinor,
+          payment.amount.currency
+        )}.`,
       });
       if (reason === null) return;
       button.disabled = true;
@@ -142,14 +161,19 @@ export async function render(root, ctx) {
         return;
       }
       if (result.errors.length) {
-        errors.replaceChildren(...result.errors.map((e) => errorBox({ message: e.message, code: e.code })));
+        errors.replaceChildren(
+          ...result.errors.map((e) => errorBox({ message: e.message, code: e.code }))
+        );
         button.disabled = false;
         return;
       }
       // The status line says it happened; the retry's placement (which rule moved it) is
       // kept beside the actions, where it stays readable after the reload.
       const done = field === "cancelPaymentRecovery" ? "Recovery canceled." : "Retry requested.";
-      notice = field === "retryPaymentNow" && result.explanation ? `How the retry was placed: ${result.explanation}` : null;
+      notice =
+        field === "retryPaymentNow" && result.explanation
+          ? `How the retry was placed: ${result.explanation}`
+          : null;
       announce(done, { tone: "success" });
       await load({ fresh: true });
     };
@@ -161,15 +185,32 @@ export async function render(root, ctx) {
     const why = (own) => (sameReason ? "actions-why" : own);
     const cancel = h(
       "button",
-      { type: "button", class: "danger", id: "cancel-recovery", disabled: Boolean(cancelWhy), "aria-describedby": why("cancel-why") },
+      {
+        type: "button",
+        class: "danger",
+        id: "cancel-recovery",
+        disabled: Boolean(cancelWhy),
+        "aria-describedby": why("cancel-why"),
+      },
       "Cancel recovery"
     );
     cancel.addEventListener("click", () =>
-      run(cancel, "Cancel this payment's recovery?", "Cancel recovery", CANCEL_MUTATION, "cancelPaymentRecovery")
+      run(
+        cancel,
+        "Cancel this payment's recovery?",
+        "Cancel recovery",
+        CANCEL_MUTATION,
+        "cancelPaymentRecovery"
+      )
     );
     const retry = h(
       "button",
-      { type: "button", id: "retry-now", disabled: Boolean(retryWhy), "aria-describedby": why("retry-why") },
+      {
+        type: "button",
+        id: "retry-now",
+        disabled: Boolean(retryWhy),
+        "aria-describedby": why("retry-why"),
+      },
       "Retry now"
     );
     retry.addEventListener("click", () =>
@@ -181,12 +222,33 @@ export async function render(root, ctx) {
       h("h2", { id: "actions-title" }, "Actions"),
       notice ? h("p", { class: "notice" }, notice) : null,
       sameReason
-        ? [h("div", { class: "action-row" }, retry, cancel), h("p", { class: "help", id: "actions-why" }, cancelWhy)]
+        ? [
+            h("div", { class: "action-row" }, retry, cancel),
+            h("p", { class: "help", id: "actions-why" }, cancelWhy),
+          ]
         : h(
             "div",
             { class: "action-row" },
-            h("div", {}, retry, h("p", { class: "help", id: "retry-why" }, retryWhy || "Schedules the next retry for now; the card-network rules still apply.")),
-            h("div", {}, cancel, h("p", { class: "help", id: "cancel-why" }, cancelWhy || "Stops recovery; no more retries are made."))
+            h(
+              "div",
+              {},
+              retry,
+              h(
+                "p",
+                { class: "help", id: "retry-why" },
+                retryWhy || "Schedules the next retry for now; the card-network rules still apply."
+              )
+            ),
+            h(
+              "div",
+              {},
+              cancel,
+              h(
+                "p",
+                { class: "help", id: "cancel-why" },
+                cancelWhy || "Stops recovery; no more retries are made."
+              )
+            )
           ),
       errors
     );
@@ -270,33 +332,43 @@ function detail(payment, merchant, timeZone, actionsSection) {
       payment.endAction ? endActionSection(payment.endAction, time) : null
     ),
     h("h2", { id: "attempts-title" }, "Attempts"),
-    stacked(table({
-      caption: `Attempts, oldest first (times in ${timeZone})`,
-      rows: payment.attempts,
-      empty: "No attempts recorded.",
-      rowAttributes: (a) => ({ dataset: { number: String(a.number) } }),
-      columns: [
-        { title: "#", render: (a) => String(a.number), numeric: true },
-        { title: "When", render: (a) => h("span", { class: "nowrap" }, time(a.attemptedAt)) },
-        { title: "By", render: (a) => label(a.actor) },
-        { title: "Outcome", render: (a) => outcomeBadge(a.outcome) },
-        { title: "Card", render: (a) => cardLine(a.card) },
-        { title: "Decline", render: (a) => (a.decline ? declineLine(a.decline) : "—") },
-      ],
-    })),
+    stacked(
+      table({
+        caption: `Attempts, oldest first (times in ${timeZone})`,
+        rows: payment.attempts,
+        empty: "No attempts recorded.",
+        rowAttributes: (a) => ({ dataset: { number: String(a.number) } }),
+        columns: [
+          { title: "#", render: (a) => String(a.number), numeric: true },
+          { title: "When", render: (a) => h("span", { class: "nowrap" }, time(a.attemptedAt)) },
+          { title: "By", render: (a) => label(a.actor) },
+          { title: "Outcome", render: (a) => outcomeBadge(a.outcome) },
+          { title: "Card", render: (a) => cardLine(a.card) },
+          { title: "Decline", render: (a) => (a.decline ? declineLine(a.decline) : "—") },
+        ],
+      })
+    ),
     h("h2", { id: "timeline-title" }, "Timeline"),
-    stacked(table({
-      caption: `State changes, oldest first (times in ${timeZone})`,
-      rows: payment.timeline,
-      empty: "No state changes yet.",
-      columns: [
-        { title: "When", render: (t) => h("span", { class: "nowrap" }, time(t.at)) },
-        { title: "Change", render: (t) => transition(t) },
-        { title: "Event", render: (t) => t.event.replaceAll("_", " ") },
-        { title: "By", render: (t) => [label(t.actor), t.requestedBy ? h("span", { class: "sub" }, `requested by ${t.requestedBy}`) : null] },
-        { title: "Reason", render: (t) => h("span", { class: "reason" }, t.reason) },
-      ],
-    })),
+    stacked(
+      table({
+        caption: `State changes, oldest first (times in ${timeZone})`,
+        rows: payment.timeline,
+        empty: "No state changes yet.",
+        columns: [
+          { title: "When", render: (t) => h("span", { class: "nowrap" }, time(t.at)) },
+          { title: "Change", render: (t) => transition(t) },
+          { title: "Event", render: (t) => t.event.replaceAll("_", " ") },
+          {
+            title: "By",
+            render: (t) => [
+              label(t.actor),
+              t.requestedBy ? h("span", { class: "sub" }, `requested by ${t.requestedBy}`) : null,
+            ],
+          },
+          { title: "Reason", render: (t) => h("span", { class: "reason" }, t.reason) },
+        ],
+      })
+    ),
   ];
 }
 
@@ -318,7 +390,8 @@ function stacked(wrap) {
 
 function stateNote(payment, time) {
   if (payment.recoveredAt) {
-    return `${time(payment.recoveredAt)}${payment.recoveredBy ? `, by ${label(payment.recoveredBy).toLowerCase()}` : ""}`;
+    const by = payment.recoveredBy ? `, by ${label(payment.recoveredBy).toLowerCase()}` : "";
+    return `${time(payment.recoveredAt)}${by}`;
   }
   if (payment.nextRetryAt) return `next retry ${time(payment.nextRetryAt)}`;
   return null;
@@ -333,7 +406,10 @@ function facts(title, rows) {
     h(
       "dl",
       {},
-      rows.map(([term, value]) => [h("dt", {}, term), h("dd", {}, value === null || value === undefined || value === "" ? "—" : value)])
+      rows.map(([term, value]) => [
+        h("dt", {}, term),
+        h("dd", {}, value === null || value === undefined || value === "" ? "—" : value),
+      ])
     )
   );
 }
@@ -359,13 +435,20 @@ function cardLine(card) {
 }
 
 function declineLine(decline) {
-  return [label(decline.category), decline.rawCode ? h("span", { class: "sub" }, decline.rawCode) : null];
+  return [
+    label(decline.category),
+    decline.rawCode ? h("span", { class: "sub" }, decline.rawCode) : null,
+  ];
 }
 
 const OUTCOME_TONES = { SUCCEEDED: "good", DECLINED: "bad", ERROR: "bad", IN_FLIGHT: "warn" };
 
 function outcomeBadge(outcome) {
-  return h("span", { class: "badge", dataset: { tone: OUTCOME_TONES[outcome] || "none" } }, label(outcome));
+  return h(
+    "span",
+    { class: "badge", dataset: { tone: OUTCOME_TONES[outcome] || "none" } },
+    label(outcome)
+  );
 }
 
 function transition(t) {
@@ -386,9 +469,17 @@ function decisionSection(decision, time) {
         decision.explanation.length
           ? [
               h("h3", {}, "What weighed most on the model's choice"),
-              h("ol", { class: "explanation" }, decision.explanation.map((line) => h("li", {}, line))),
+              h(
+                "ol",
+                { class: "explanation" },
+                decision.explanation.map((line) => h("li", {}, line))
+              ),
             ]
-          : h("p", { class: "help" }, "A rule-based decision: the model's explanation applies only when the model chose the time."),
+          : h(
+              "p",
+              { class: "help" },
+              "A rule-based decision: the model's explanation applies only when the model chose the time."
+            ),
       ]
     : [h("p", { class: "empty" }, "No retry decision yet.")];
   return h(
@@ -438,8 +529,12 @@ function endActionSection(endAction, time) {
       h("dd", {}, time(endAction.createdAt)),
       h("dt", {}, "Tries"),
       h("dd", {}, formatCount(endAction.tries)),
-      endAction.completedAt ? [h("dt", {}, "Completed"), h("dd", {}, time(endAction.completedAt))] : null,
-      endAction.nextAttemptAt ? [h("dt", {}, "Next try"), h("dd", {}, time(endAction.nextAttemptAt))] : null,
+      endAction.completedAt
+        ? [h("dt", {}, "Completed"), h("dd", {}, time(endAction.completedAt))]
+        : null,
+      endAction.nextAttemptAt
+        ? [h("dt", {}, "Next try"), h("dd", {}, time(endAction.nextAttemptAt))]
+        : null,
       endAction.detail ? [h("dt", {}, "Detail"), h("dd", {}, endAction.detail)] : null,
       endAction.lastError ? [h("dt", {}, "Last error"), h("dd", {}, endAction.lastError)] : null
     )

@@ -7,18 +7,18 @@
 // Applying the form or paging navigates; the shell then renders the screen again.
 
 import { ApiError, downloadExport, gql, subscribe } from "../api.js";
-import {
-  announce,
-  errorBox,
-  formatCount,
-  formatMoney,
-  h,
-  label,
-  loading,
-} from "../dom.js";
+import { announce, errorBox, formatCount, formatMoney, h, label, loading } from "../dom.js";
 
 // The schema's enums (schema/schema.graphql), in the order a person scans them.
-const STATES = ["PENDING", "SCHEDULED", "RETRYING", "RECOVERED", "EXHAUSTED", "NOT_RETRYABLE", "CANCELED"];
+const STATES = [
+  "PENDING",
+  "SCHEDULED",
+  "RETRYING",
+  "RECOVERED",
+  "EXHAUSTED",
+  "NOT_RETRYABLE",
+  "CANCELED",
+];
 const PROCESSORS = ["STRIPE", "BRAINTREE", "ADYEN", "CHECKOUT"];
 const ACTORS = ["PORTAL", "CUSTOMER", "BILLING_SYSTEM", "PROCESSOR"];
 const DECLINE_CATEGORIES = [
@@ -170,7 +170,10 @@ function toMinor(text, currencies, field) {
   if (!match) throw new FormProblem(field, `Write an amount such as 12.50, not "${text}".`);
   const fraction = match[2] || "";
   if (fraction.length > exponent) {
-    throw new FormProblem(field, `${currencies[0] || "This currency"} has ${exponent} decimal places.`);
+    throw new FormProblem(
+      field,
+      `${currencies[0] || "This currency"} has ${exponent} decimal places.`
+    );
   }
   return Number(match[1]) * 10 ** exponent + Number(fraction.padEnd(exponent, "0") || 0);
 }
@@ -191,7 +194,14 @@ function zoneOffset(ms, timeZone) {
       .formatToParts(new Date(ms))
       .map((p) => [p.type, p.value])
   );
-  const local = Date.UTC(parts.year, parts.month - 1, parts.day, parts.hour, parts.minute, parts.second);
+  const local = Date.UTC(
+    parts.year,
+    parts.month - 1,
+    parts.day,
+    parts.hour,
+    parts.minute,
+    parts.second
+  );
   return local - Math.floor(ms / 1000) * 1000;
 }
 
@@ -212,10 +222,14 @@ function toFilter(state, timeZone) {
   const filter = {};
   if (state.search.trim()) filter.search = state.search.trim();
   for (const name of LIST_FIELDS) if (state[name].length) filter[name] = state[name];
-  if (state.failedAfter) filter.failedAfter = startOfDay(state.failedAfter, timeZone, "filter.failedAfter");
-  if (state.failedBefore) filter.failedBefore = startOfDay(state.failedBefore, timeZone, "filter.failedBefore");
-  if (state.amountMin) filter.amountMin = toMinor(state.amountMin, state.currencies, "filter.amountMin");
-  if (state.amountMax) filter.amountMax = toMinor(state.amountMax, state.currencies, "filter.amountMax");
+  if (state.failedAfter)
+    filter.failedAfter = startOfDay(state.failedAfter, timeZone, "filter.failedAfter");
+  if (state.failedBefore)
+    filter.failedBefore = startOfDay(state.failedBefore, timeZone, "filter.failedBefore");
+  if (state.amountMin)
+    filter.amountMin = toMinor(state.amountMin, state.currencies, "filter.amountMin");
+  if (state.amountMax)
+    filter.amountMax = toMinor(state.amountMax, state.currencies, "filter.amountMax");
   return filter;
 }
 
@@ -232,14 +246,19 @@ export async function render(root, ctx) {
   const merchantId = ctx.merchant.id;
   const state = readState(ctx.query);
   announce(""); // what another screen said no longer applies here
-  const go = (next, options) => ctx.navigate(ctx.merchantPath(merchantId, "payments", toQuery(next)), options);
+  const go = (next, options) =>
+    ctx.navigate(ctx.merchantPath(merchantId, "payments", toQuery(next)), options);
 
   const form = filterForm(state, (next) => go({ ...next, pages: [] }));
   const problems = h("div", { class: "form-problems", id: "payments-problems" });
   const summary = h("p", { class: "list-summary", role: "status" });
   const liveState = h("span", { class: "live", dataset: { state: "connecting" } }, "Connecting…");
   const exportBox = h("div", { class: "export-result" });
-  const exportButton = h("button", { type: "button", class: "secondary", id: "export-csv" }, "Export CSV");
+  const exportButton = h(
+    "button",
+    { type: "button", class: "secondary", id: "export-csv" },
+    "Export CSV"
+  );
   const listBox = h("div", { class: "payments-list" }, loading());
   const pager = h("nav", { class: "pager", "aria-label": "Pages" });
   const elsewhere = h("p", { class: "live-note", "aria-live": "polite" });
@@ -273,7 +292,9 @@ export async function render(root, ctx) {
     try {
       const bytes = await downloadExport("csv", { merchantId, ...filter });
       exportBox.replaceChildren();
-      announce(`Exported the payments matching these filters (${formatCount(bytes)} bytes).`, { tone: "success" });
+      announce(`Exported the payments matching these filters (${formatCount(bytes)} bytes).`, {
+        tone: "success",
+      });
     } catch (error) {
       exportBox.replaceChildren(errorBox(error));
     } finally {
@@ -293,7 +314,9 @@ export async function render(root, ctx) {
   try {
     const data = await gql(PAYMENTS_QUERY, variables, { signal: ctx.signal });
     if (!data.merchant) {
-      throw new ApiError("This merchant does not exist or is not visible to this key.", { code: "NOT_FOUND" });
+      throw new ApiError("This merchant does not exist or is not visible to this key.", {
+        code: "NOT_FOUND",
+      });
     }
     connection = data.merchant.payments;
     serverTime = data.serverTime;
@@ -308,7 +331,8 @@ export async function render(root, ctx) {
     ? `about ${formatCount(connection.totalCount)}`
     : formatCount(connection.totalCount);
   const noun = connection.totalCount === 1 && !connection.isEstimate ? "payment" : "payments";
-  summary.textContent = `${count} ${noun}${activeFilterCount(state) || state.search ? " match" : ""} · page ${pageNumber}`;
+  const match = activeFilterCount(state) || state.search ? " match" : "";
+  summary.textContent = `${count} ${noun}${match} · page ${pageNumber}`;
   summary.dataset.total = String(connection.totalCount);
 
   const rows = connection.edges.map((edge) => edge.node);
@@ -352,12 +376,20 @@ export async function render(root, ctx) {
 
   function showProblem(error) {
     // Asking again helps with an outage, not with a refused argument.
-    const lasting = ["INVALID_ARGUMENT", "INVALID_CURSOR", "NOT_FOUND", "FORBIDDEN"].includes(error.code);
-    problems.replaceChildren(errorBox(error, { retry: lasting ? null : () => go(state, { replace: true }) }));
+    const lasting = ["INVALID_ARGUMENT", "INVALID_CURSOR", "NOT_FOUND", "FORBIDDEN"].includes(
+      error.code
+    );
+    problems.replaceChildren(
+      errorBox(error, { retry: lasting ? null : () => go(state, { replace: true }) })
+    );
     form.markField(error.field || error.extensions?.field, error.message);
     if (error.code === "INVALID_CURSOR" && state.pages.length) {
       problems.append(
-        h("button", { type: "button", class: "link", onclick: () => go({ ...state, pages: [] }) }, "Go to the first page")
+        h(
+          "button",
+          { type: "button", class: "link", onclick: () => go({ ...state, pages: [] }) },
+          "Go to the first page"
+        )
       );
     }
   }
@@ -387,7 +419,9 @@ function followEvents(ctx, merchantId, table, timeZone, liveState, elsewhere) {
     const fields = ids.map((_, i) => `p${i}: node(id: $p${i}) { ...PaymentRow }`).join("\n");
     const variables = Object.fromEntries(ids.map((id, i) => [`p${i}`, id]));
     try {
-      const data = await gql(`query PaymentRows(${args}) { ${fields} } ${ROW}`, variables, { signal: ctx.signal });
+      const data = await gql(`query PaymentRows(${args}) { ${fields} } ${ROW}`, variables, {
+        signal: ctx.signal,
+      });
       for (const payment of Object.values(data)) if (payment) table.update(payment);
     } catch (error) {
       if (error.name !== "AbortError") elsewhere.replaceChildren(errorBox(error));
@@ -409,7 +443,10 @@ function followEvents(ctx, merchantId, table, timeZone, liveState, elsewhere) {
       onData: (data) => {
         const payload = data.paymentEvents.payload || {};
         // The payload names the processor in lower case ("stripe"), the API's enum in capitals.
-        const id = table.idOf(String(payload.processor).toUpperCase(), payload.processor_payment_id);
+        const id = table.idOf(
+          String(payload.processor).toUpperCase(),
+          payload.processor_payment_id
+        );
         if (id) {
           waiting.add(id);
           // Events come in bursts (a retry is several changes): one refetch for the burst.
@@ -417,10 +454,15 @@ function followEvents(ctx, merchantId, table, timeZone, liveState, elsewhere) {
         } else {
           others += 1;
           elsewhere.replaceChildren(
-            `${formatCount(others)} ${others === 1 ? "change" : "changes"} to payments not on this page since it loaded. `,
+            `${formatCount(others)} ${others === 1 ? "change" : "changes"} to payments ` +
+              "not on this page since it loaded. ",
             h(
               "button",
-              { type: "button", class: "link", onclick: () => ctx.navigate(window.location.hash, { replace: true }) },
+              {
+                type: "button",
+                class: "link",
+                onclick: () => ctx.navigate(window.location.hash, { replace: true }),
+              },
               "Reload the list"
             )
           );
@@ -471,7 +513,9 @@ function selectField(name, title, options, chosen) {
     h(
       "select",
       { id: `f-${name}`, name },
-      options.map(([value, text]) => h("option", { value, selected: String(value) === String(chosen) }, text))
+      options.map(([value, text]) =>
+        h("option", { value, selected: String(value) === String(chosen) }, text)
+      )
     )
   );
 }
@@ -491,14 +535,22 @@ function filterForm(state, onApply) {
       checkboxGroup("states", "State", STATES, state.states),
       checkboxGroup("processors", "Processor", PROCESSORS, state.processors),
       checkboxGroup("recoveredBy", "Recovered by", ACTORS, state.recoveredBy),
-      checkboxGroup("declineCategories", "Decline category", DECLINE_CATEGORIES, state.declineCategories),
+      checkboxGroup(
+        "declineCategories",
+        "Decline category",
+        DECLINE_CATEGORIES,
+        state.declineCategories
+      ),
       h(
         "div",
         { class: "filter-fields" },
         h(
           "div",
           { class: "group" },
-          textField("currencies", "Currencies", state.currencies.join(", "), { autocomplete: "off", spellcheck: "false" }),
+          textField("currencies", "Currencies", state.currencies.join(", "), {
+            autocomplete: "off",
+            spellcheck: "false",
+          }),
           h("span", { class: "help" }, "ISO codes, e.g. EUR, USD")
         ),
         h(
@@ -518,8 +570,14 @@ function filterForm(state, onApply) {
           h(
             "div",
             { class: "pair" },
-            textField("amountMin", "Amount from", state.amountMin, { inputmode: "decimal", autocomplete: "off" }),
-            textField("amountMax", "Amount to", state.amountMax, { inputmode: "decimal", autocomplete: "off" })
+            textField("amountMin", "Amount from", state.amountMin, {
+              inputmode: "decimal",
+              autocomplete: "off",
+            }),
+            textField("amountMax", "Amount to", state.amountMax, {
+              inputmode: "decimal",
+              autocomplete: "off",
+            })
           ),
           h("span", { class: "help" }, "In the one currency chosen, e.g. 12.50")
         )
@@ -549,15 +607,32 @@ function filterForm(state, onApply) {
         "Exact payment id, invoice, customer reference or card last 4"
       ),
       selectField("orderBy", "Sort by", ORDER_FIELDS, state.orderBy),
-      selectField("direction", "Order", [["DESC", "Descending"], ["ASC", "Ascending"]], state.direction),
-      selectField("first", "Per page", PAGE_SIZES.map((n) => [n, String(n)]), state.first),
+      selectField(
+        "direction",
+        "Order",
+        [
+          ["DESC", "Descending"],
+          ["ASC", "Ascending"],
+        ],
+        state.direction
+      ),
+      selectField(
+        "first",
+        "Per page",
+        PAGE_SIZES.map((n) => [n, String(n)]),
+        state.first
+      ),
       h(
         "div",
         { class: "actions" },
         h("button", { type: "submit" }, "Apply"),
         h(
           "button",
-          { type: "button", class: "secondary", onclick: () => onApply(readState(new URLSearchParams())) },
+          {
+            type: "button",
+            class: "secondary",
+            onclick: () => onApply(readState(new URLSearchParams())),
+          },
           "Clear"
         )
       )
@@ -592,13 +667,18 @@ function filterForm(state, onApply) {
   function markField(field, message) {
     if (!field) return;
     // "filter.amountMin" / "orderBy.field" / "after" -> the form's own names.
-    const name = { "orderBy.field": "orderBy", "orderBy.direction": "direction" }[field] || field.replace(/^filter\./, "");
+    const name =
+      { "orderBy.field": "orderBy", "orderBy.direction": "direction" }[field] ||
+      field.replace(/^filter\./, "");
     const target = element.querySelector(`#f-${CSS.escape(name)}`);
     if (!target) return;
     if (target.tagName === "FIELDSET" || target.closest("details")) more.open = true;
     const note = h("span", { class: "field-error", id: `f-${name}-error` }, message);
     target.setAttribute("aria-invalid", "true");
-    target.setAttribute("aria-describedby", [target.getAttribute("aria-describedby"), note.id].filter(Boolean).join(" "));
+    target.setAttribute(
+      "aria-describedby",
+      [target.getAttribute("aria-describedby"), note.id].filter(Boolean).join(" ")
+    );
     (target.tagName === "FIELDSET" ? target : target.parentElement).append(note);
   }
 
@@ -621,18 +701,36 @@ const STATE_TONES = {
 };
 
 export function stateBadge(state) {
-  return h("span", { class: "badge state", dataset: { tone: STATE_TONES[state] || "none" } }, label(state));
+  return h(
+    "span",
+    { class: "badge state", dataset: { tone: STATE_TONES[state] || "none" } },
+    label(state)
+  );
 }
 
 // The table of one page; `update(payment)` redraws a row in place and marks it fresh.
 function paymentsTable(rows, ctx, timeZone, state, time) {
   const columns = [
-    ["Payment", (p) => h("a", { href: ctx.merchantPath(ctx.merchant.id, `payments/${encodeURIComponent(p.id)}`) }, p.processorPaymentId), null],
+    [
+      "Payment",
+      (p) =>
+        h(
+          "a",
+          { href: ctx.merchantPath(ctx.merchant.id, `payments/${encodeURIComponent(p.id)}`) },
+          p.processorPaymentId
+        ),
+      null,
+    ],
     ["Customer", (p) => (p.customer ? p.customer.externalRef : "—"), null],
     ["Amount", (p) => formatMoney(p.amount.amountMinor, p.amount.currency), "num"],
     ["State", (p) => stateBadge(p.state), null],
     ["Decline", (p) => label(p.decline.category), null],
-    ["Card", (p) => (p.card ? [`${p.card.brand} `, h("span", { class: "nowrap" }, `·· ${p.card.last4}`)] : "—"), null],
+    [
+      "Card",
+      (p) =>
+        p.card ? [`${p.card.brand} `, h("span", { class: "nowrap" }, `·· ${p.card.last4}`)] : "—",
+      null,
+    ],
     ["Attempts", (p) => formatCount(p.attemptCount), "num"],
     ["Failed", (p) => time(p.failedAt), null],
     ["Next retry / recovered", (p) => upcoming(p, time), null],
@@ -645,7 +743,9 @@ function paymentsTable(rows, ctx, timeZone, state, time) {
       "tr",
       { class: fresh ? "fresh" : null, dataset: { paymentId: payment.id, state: payment.state } },
       // The span keeps a cell's content together when a phone shows the row as a card.
-      columns.map(([title, cell, kind]) => h("td", { class: kind, dataset: { label: title } }, h("span", {}, cell(payment))))
+      columns.map(([title, cell, kind]) =>
+        h("td", { class: kind, dataset: { label: title } }, h("span", {}, cell(payment)))
+      )
     );
     rowsById.set(payment.id, row);
     return row;
@@ -654,7 +754,11 @@ function paymentsTable(rows, ctx, timeZone, state, time) {
   if (!rows.length) {
     const filtered = activeFilterCount(state) || state.search;
     return {
-      element: h("p", { class: "empty" }, filtered ? "No payments match these filters." : "No payments in recovery yet."),
+      element: h(
+        "p",
+        { class: "empty" },
+        filtered ? "No payments match these filters." : "No payments in recovery yet."
+      ),
       idOf: () => null,
       update: () => {},
     };
@@ -666,13 +770,26 @@ function paymentsTable(rows, ctx, timeZone, state, time) {
       "table",
       { class: "payments stack" },
       h("caption", {}, `Payments, ${sortDescription(state)}; times in ${timeZone}`),
-      h("thead", {}, h("tr", {}, columns.map(([title, , kind]) => h("th", { scope: "col", class: kind }, title)))),
-      h("tbody", {}, rows.map((p) => rowOf(p)))
+      h(
+        "thead",
+        {},
+        h(
+          "tr",
+          {},
+          columns.map(([title, , kind]) => h("th", { scope: "col", class: kind }, title))
+        )
+      ),
+      h(
+        "tbody",
+        {},
+        rows.map((p) => rowOf(p))
+      )
     )
   );
   return {
     element,
-    idOf: (processor, processorPaymentId) => byKey.get(`${processor}:${processorPaymentId}`) || null,
+    idOf: (processor, processorPaymentId) =>
+      byKey.get(`${processor}:${processorPaymentId}`) || null,
     update(payment) {
       const old = rowsById.get(payment.id);
       if (old) old.replaceWith(rowOf(payment, true));
@@ -681,7 +798,9 @@ function paymentsTable(rows, ctx, timeZone, state, time) {
 }
 
 function sortDescription(state) {
-  const field = ORDER_FIELDS.find(([f]) => f === state.orderBy)[1].replace(" (one currency)", "").toLowerCase();
+  const field = ORDER_FIELDS.find(([f]) => f === state.orderBy)[1]
+    .replace(" (one currency)", "")
+    .toLowerCase();
   return `by ${field}, ${state.direction === "ASC" ? "ascending" : "descending"}`;
 }
 
@@ -689,7 +808,11 @@ function upcoming(payment, time) {
   if (payment.recoveredAt) {
     return [
       h("span", { class: "nowrap" }, time(payment.recoveredAt)),
-      h("span", { class: "sub" }, `recovered${payment.recoveredBy ? ` by ${label(payment.recoveredBy).toLowerCase()}` : ""}`),
+      h(
+        "span",
+        { class: "sub" },
+        `recovered${payment.recoveredBy ? ` by ${label(payment.recoveredBy).toLowerCase()}` : ""}`
+      ),
     ];
   }
   if (payment.nextRetryAt) return time(payment.nextRetryAt);
