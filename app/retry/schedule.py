@@ -14,10 +14,10 @@ from app.retry.rules import (
     DEFAULT_RULES,
     AttemptRecord,
     DeclineView,
+    Evaluator,
     NetworkRules,
     PaymentLedger,
     RetryPolicyView,
-    evaluate,
     zone_or_fallback,
 )
 
@@ -210,12 +210,13 @@ def candidate_times(
             grid.add(target)
     allowed: list[datetime] = []
     blocked_until: datetime | None = None
+    evaluate = Evaluator(ledger=ledger, policy=policy, rules=rules)
     for candidate in sorted(grid):
         # Each rule blocks a contiguous stretch up to its next allowed time, so the grid points
         # inside that stretch need no evaluation.
         if blocked_until is not None and candidate < blocked_until:
             continue
-        verdict = evaluate(candidate, ledger=ledger, policy=policy, rules=rules)
+        verdict = evaluate(candidate)
         if verdict.allowed:
             allowed.append(candidate)
         elif verdict.next_allowed_at is None:

@@ -345,16 +345,25 @@ def _rules(
     return decline_aware, "decline-aware rules", RetryStrategy.DECLINE_AWARE, target
 
 
-def decide(ctx: PaymentContext, *, now: datetime, scheduler: Scheduler | None = None) -> Decision:
+def decide(
+    ctx: PaymentContext,
+    *,
+    now: datetime,
+    scheduler: Scheduler | None = None,
+    candidates: Sequence[datetime] | None = None,
+) -> Decision:
     """When to retry: the model's choice among allowed times, the fixed schedule, or the
     decline-aware rules (also what a model policy gets while no model is loaded).
 
     The rules need no candidate grid: their target is moved to the first allowed time
     directly, and when no time is allowed the state machine names the rule that ends it.
+    `candidates`: the allowed times already computed for this context at `now`
+    (`candidate_times`), for a caller that scored them ahead.
     """
     policy, ledger = ctx.policy, ctx.ledger
     if policy.strategy is RetryStrategy.MODEL and scheduler is not None:
-        candidates = candidate_times(ledger=ledger, policy=policy, now=now)
+        if candidates is None:
+            candidates = candidate_times(ledger=ledger, policy=policy, now=now)
         return scheduler(ctx.view(), ledger.retries, candidates, policy=policy, now=now)
     plan, label, strategy, target = _rules(ctx)
     if target is None:
