@@ -16,7 +16,7 @@ from app.db import Database
 from app.enums import ModelStatus, RetryStrategy
 from app.processors.normalize.records import CURRENCY_EXPONENTS
 from app.retry.rules import AttemptRecord, RetryPolicyView, normalize_network
-from app.retry.schedule import Decision, PaymentView, decline_aware
+from app.retry.schedule import Decision, DecisionRequest, PaymentView, decline_aware
 from app.services import model_registry as registry
 from app.services.model_registry import ROLE_ACTING, ROLE_SHADOW, DecisionRecord, HistoryFailure
 from app.tenancy import SYSTEM_SCOPE
@@ -207,9 +207,7 @@ def _model_reason(decision: ModelDecision, currency: str) -> str:
     return f"{reason} ({words})" if words else reason
 
 
-# One decision a scheduler is asked for: the payment, its history, the allowed candidates, the
-# policy and the time (`ModelScheduler.prepare`).
-Request = tuple[PaymentView, Sequence[AttemptRecord], Sequence[datetime], RetryPolicyView, datetime]
+Request = DecisionRequest
 
 
 @dataclass(frozen=True)

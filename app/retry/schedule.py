@@ -5,7 +5,7 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 from zoneinfo import ZoneInfo
 
 from app.enums import CardFunding, DeclineCategory, RetryStrategy
@@ -67,6 +67,21 @@ class Scheduler(Protocol):
         policy: RetryPolicyView,
         now: datetime,
     ) -> Decision: ...
+
+
+# One decision a scheduler may be asked for: the payment, its history, the allowed candidates,
+# the policy and the time.
+DecisionRequest = tuple[
+    PaymentView, Sequence[AttemptRecord], Sequence[datetime], RetryPolicyView, datetime
+]
+
+
+@runtime_checkable
+class BatchScheduler(Scheduler, Protocol):
+    """A scheduler that can score many decisions at once ahead of the calls that make them;
+    each call then decides as it would unprepared."""
+
+    def prepare(self, requests: Sequence[DecisionRequest]) -> None: ...
 
 
 def next_fixed_target(
