@@ -126,6 +126,16 @@ class Database:
             yield session
 
     @asynccontextmanager
+    async def read(self, scope: Scope) -> AsyncIterator[AsyncSession]:
+        """A session for reads, each statement outside any transaction (its own snapshot):
+        without the round trips of BEGIN and ROLLBACK. Over a shared connection (tests), a
+        plain session."""
+        async with self.session(scope) as session:
+            if self.engine is not None:
+                await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+            yield session
+
+    @asynccontextmanager
     async def autocommit(self, scope: Scope) -> AsyncIterator[AsyncSession]:
         """A session each of whose statements is a transaction of its own, committed before
         the call that runs it returns: for a read, or a write that needs no other

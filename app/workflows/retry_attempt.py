@@ -208,7 +208,7 @@ def _snapshot_statement() -> Any:
 async def _snapshot(db: Database, payment_id: uuid.UUID, number: int) -> _Snapshot | AttemptResult:
     """What the attempt needs, read in one statement without locks: every decision taken on
     it (mark sent, record) is checked again under the payment's lock."""
-    async with db.autocommit(SYSTEM_SCOPE) as session:
+    async with db.read(SYSTEM_SCOPE) as session:
         params = {"b_payment": payment_id, "b_number": number}
         row = (await session.execute(_snapshot_statement(), params)).one_or_none()
     # Closing the session detaches the rows with their attributes loaded.
