@@ -8,6 +8,7 @@ from typing import Any, Self
 from uuid import UUID
 
 from sqlalchemy import event
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
@@ -106,9 +107,8 @@ class Database:
 
     @classmethod
     def from_url(cls, url: str, *, pool_size: int = 10, max_overflow: int = 10) -> Self:
-        engine = create_async_engine(
-            url, pool_size=pool_size, max_overflow=max_overflow, pool_pre_ping=True
-        )
+        engine = create_async_engine(url, pool_size=pool_size, max_overflow=max_overflow)
+        event.listen(engine.sync_engine.pool, "checkout", _closed_by_server)
         return cls(_sessionmaker(engine), engine=engine)
 
     @classmethod
@@ -126,6 +126,31 @@ class Database:
             yield session
 
     @asynccontextmanager
+    async def read(self, scope: Scope) -> AsyncIterator[AsyncSession]:
+        """A session for reads, each statement outside any transaction (its own snapshot):
+        without the round trips of BEGIN and ROLLBACK. Over a shared connection (tests), a
+        plain session."""
+        async with self.session(scope) as session:
+            if self.engine is not None:
+                await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+            yield session
+
+    @asynccontextmanager
+    async def autocommit(self, scope: Scope) -> AsyncIterator[AsyncSession]:
+        """A session each of whose statements is a transaction of its own, committed before
+        the call that runs it returns: for a read, or a write that needs no other
+        statement with it, without the round trips of BEGIN and COMMIT or ROLLBACK. Over a
+        shared connection (tests) the statements run in a savepoint, released at the end
+        unless an exception leaves the block."""
+        async with self.session(scope) as session:
+            if self.engine is None:
+                yield session
+                await session.commit()
+                return
+            await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+            yield session
+
+    @asynccontextmanager
     async def uow(self, scope: Scope) -> AsyncIterator[UnitOfWork]:
         """A unit of work: commits only when told, rolls back otherwise."""
         async with self.session(scope) as session:
@@ -139,6 +164,19 @@ class Database:
     async def dispose(self) -> None:
         if self.engine is not None:
             await self.engine.dispose()
+
+
+def _closed_by_server(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+    """A pooled connection the server has closed (a restart, a terminated backend) is
+    replaced at checkout, as a pre-ping would, but without a round trip: the driver learns of
+    the close as soon as the event loop reads it. (SQLAlchemy's pre-ping costs three round
+    trips on asyncpg, BEGIN, a ping and ROLLBACK, on every checkout.) A connection that dies
+    unnoticed fails its first statement instead, and SQLAlchemy then invalidates the pool's
+    older connections."""
+    driver = getattr(dbapi_connection, "driver_connection", None)
+    is_closed = getattr(driver, "is_closed", None)
+    if is_closed is not None and is_closed():
+        raise DisconnectionError("the server closed this pooled connection")
 
 
 def _sessionmaker(

@@ -56,7 +56,7 @@ from app.tenancy import SYSTEM_SCOPE, Principal, Scope
 from app.workflows.polling import poll_connection
 from app.workflows.retry_attempt import default_adapters, execute_attempt
 from portal.cli import upgrade_database
-from procstat import cpu_seconds, postgres_cpu_seconds
+from procstat import backend_cpu_seconds, cpu_seconds, postgres_cpu_seconds
 from sandbox.server import in_subprocess
 from tests.support.factories import SANDBOX_URLS
 
@@ -432,15 +432,39 @@ async def _pipeline(
     phases: dict[str, tuple[float, int]] = {}
     # Statements and commits per phase, counted from the phase's start.
     sent: dict[str, tuple[int, int]] = {}
+    # CPU seconds per phase: this process, and this database's PostgreSQL backends (the pool
+    # keeps its connections, so the same backends serve the whole phase). Less sensitive to
+    # other work on the machine than wall time.
+    cpu: dict[str, tuple[float, float]] = {}
+    backends: dict[int, float] = {}
 
-    def mark(phase: str) -> None:
+    async def backend_pids() -> list[int]:
+        async with db.uow(SYSTEM_SCOPE) as uow:
+            rows = await uow.session.execute(
+                text(
+                    "SELECT pid FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+            )
+            return [pid for (pid,) in rows] + [
+                (await uow.session.execute(text("SELECT pg_backend_pid()"))).scalar_one()
+            ]
+
+    async def mark(phase: str) -> None:
+        backends.clear()
+        backends.update(backend_cpu_seconds(await backend_pids()))
         sent[phase] = (timers.statements, timers.commits)
+        cpu[phase] = (time.process_time(), 0.0)
 
-    def count(phase: str) -> None:
+    async def count(phase: str) -> None:
         statements, commits = sent[phase]
         sent[phase] = (timers.statements - statements, timers.commits - commits)
+        portal = time.process_time() - cpu[phase][0]
+        now = backend_cpu_seconds(await backend_pids())
+        database = sum(now[pid] - backends.get(pid, 0.0) for pid in now)
+        cpu[phase] = (portal, database)
 
-    mark("decide")
+    await mark("decide")
     start = time.perf_counter()
     decided = 0
     while True:
@@ -451,7 +475,7 @@ async def _pipeline(
             break
         decided += done
     phases["decide"] = (time.perf_counter() - start, decided)
-    count("decide")
+    await count("decide")
 
     # Move time to when every schedule is due (the stub's are all a day out).
     async with db.uow(SYSTEM_SCOPE) as uow:
@@ -461,7 +485,7 @@ async def _pipeline(
             )
         ).scalar_one()
     await advance((latest or T0) + timedelta(minutes=1))
-    mark("claim")
+    await mark("claim")
     start = time.perf_counter()
     queued: list[tuple[uuid.UUID, int]] = []
     while True:
@@ -472,9 +496,8 @@ async def _pipeline(
             break
         queued += applied.enqueue
     phases["claim"] = (time.perf_counter() - start, len(queued))
-    count("claim")
+    await count("claim")
 
-    start = time.perf_counter()
     gate = asyncio.Semaphore(args.concurrency)
     statuses: dict[str, int] = {}
 
@@ -485,10 +508,11 @@ async def _pipeline(
             )
             statuses[result.status] = statuses.get(result.status, 0) + 1
 
-    mark("charge + record")
+    await mark("charge + record")
+    start = time.perf_counter()
     await asyncio.gather(*(one(p, n) for p, n in queued))
     phases["charge + record"] = (time.perf_counter() - start, len(queued))
-    count("charge + record")
+    await count("charge + record")
 
     total = sum(t for t, _ in phases.values())
     for name, (seconds, n) in phases.items():
@@ -496,6 +520,11 @@ async def _pipeline(
         statements, commits = sent[name]
         per = f"{statements / max(n, 1):7.3f} statements, {commits / max(n, 1):6.3f} commits each"
         print(f"{name:16s} {n:8,d} payments in {seconds:8.2f} s  = {rate:9,.0f} /s  {per}")
+        portal, database = cpu[name]
+        print(
+            f"{'':16s} CPU per payment: portal {portal / max(n, 1) * 1e6:7,.0f} µs, "
+            f"PostgreSQL (this database's backends) {database / max(n, 1) * 1e6:7,.0f} µs"
+        )
     overall = len(queued) / total
     print(f"{'overall':16s} {len(queued):8,d} payments in {total:8.2f} s  = {overall:9,.0f} /s")
     print(f"attempt outcomes: {statuses}")

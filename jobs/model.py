@@ -4,6 +4,7 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -15,13 +16,13 @@ from app.db import Database
 from app.enums import ModelStatus, RetryStrategy
 from app.processors.normalize.records import CURRENCY_EXPONENTS
 from app.retry.rules import AttemptRecord, RetryPolicyView, normalize_network
-from app.retry.schedule import Decision, PaymentView, decline_aware
+from app.retry.schedule import Decision, DecisionRequest, PaymentView, decline_aware
 from app.services import model_registry as registry
 from app.services.model_registry import ROLE_ACTING, ROLE_SHADOW, DecisionRecord, HistoryFailure
 from app.tenancy import SYSTEM_SCOPE
 from ml.artifact import TimingModel, load_model
 from ml.features import FEATURE_LIST
-from ml.policy import SOURCE_MODEL, SOURCE_STOP, PolicyConfig, choose
+from ml.policy import SOURCE_MODEL, SOURCE_STOP, PolicyConfig, choose, choose_batch
 from ml.policy import Decision as ModelDecision
 from ml.records import FailureRow
 
@@ -206,6 +207,36 @@ def _model_reason(decision: ModelDecision, currency: str) -> str:
     return f"{reason} ({words})" if words else reason
 
 
+Request = DecisionRequest
+
+
+@dataclass(frozen=True)
+class _Asked:
+    """What a model's choice is made from: the payment, the retries before (times), the
+    allowed candidates from now on (sorted) and the budget left."""
+
+    payment: PaymentView
+    previous: tuple[datetime, ...]
+    allowed: tuple[datetime, ...]
+    remaining: int
+
+
+def _asked(
+    payment: PaymentView,
+    history: Sequence[AttemptRecord],
+    candidates: Sequence[datetime],
+    *,
+    policy: RetryPolicyView,
+    now: datetime,
+) -> _Asked:
+    return _Asked(
+        payment=payment,
+        previous=tuple(r.at for r in history),
+        allowed=tuple(sorted(c for c in candidates if c >= now)),
+        remaining=max(policy.max_attempts - len(history), 0),
+    )
+
+
 @dataclass
 class ModelScheduler:
     """Chooses retry times with the champion among the allowed candidates (the Scheduler).
@@ -221,6 +252,55 @@ class ModelScheduler:
     config: PolicyConfig = field(default_factory=PolicyConfig)
     decisions: list[DecisionRecord] = field(default_factory=list)
     seconds: float = 0.0
+    # Choices scored ahead by `prepare`, by model id and by what the choice was made from.
+    _prepared: dict[tuple[uuid.UUID, "_Asked"], ModelDecision] = field(
+        default_factory=dict, repr=False
+    )
+
+    def prepare(self, requests: Sequence[Request]) -> None:
+        """Score many decisions at once, ahead of the calls that make them: the champion and
+        the shadow each score every request's candidates in one batch (`choose_batch`). A
+        later call with the same payment, history, candidates, policy budget and time takes
+        its model's choice from here, once; anything else is scored as it comes. Nothing is
+        decided or recorded here: the calls do that, as without preparing."""
+        started = time.perf_counter()
+        try:
+            asked: list[tuple[_Asked, FailureRow]] = []
+            for payment, history, candidates, policy, now in requests:
+                key = _asked(payment, history, candidates, policy=policy, now=now)
+                with suppress(Exception):  # left to the call, which falls back with the reason
+                    asked.append((key, failure_row(payment)))
+            for loaded in (self.champion, self.shadow):
+                if loaded is None or loaded.model is None or not asked:
+                    continue
+                try:
+                    chosen = choose_batch(
+                        loaded.model,
+                        [row for _, row in asked],
+                        [list(key.previous) for key, _ in asked],
+                        [list(key.allowed) for key, _ in asked],
+                        [key.remaining for key, _ in asked],
+                        self.config,
+                    )
+                except Exception as exc:  # each call then scores on its own, as unprepared
+                    logger.warning("batch scoring failed", model_id=str(loaded.id), error=str(exc))
+                    continue
+                for (key, _), decision in zip(asked, chosen, strict=True):
+                    self._prepared[(loaded.id, key)] = decision
+        finally:
+            self.seconds += time.perf_counter() - started
+
+    def _choose(
+        self,
+        loaded: Loaded,
+        model: TimingModel,
+        key: "_Asked",
+        row: FailureRow,
+    ) -> ModelDecision:
+        ready = self._prepared.pop((loaded.id, key), None)
+        if ready is not None:
+            return ready
+        return choose(model, row, list(key.previous), list(key.allowed), key.remaining, self.config)
 
     def __call__(
         self,
@@ -246,22 +326,21 @@ class ModelScheduler:
         policy: RetryPolicyView,
         now: datetime,
     ) -> Decision:
-        allowed = sorted(c for c in candidates if c >= now)
-        previous = [r.at for r in history]
-        remaining = max(policy.max_attempts - len(history), 0)
+        key = _asked(payment, history, candidates, policy=policy, now=now)
+        allowed = list(key.allowed)
         champion = self.champion
         if champion is None or champion.model is None:
             why = "no champion model" if champion is None else (champion.error or "unusable")
             return self._fallback(payment, history, allowed, policy, now, why, champion)
         try:
             row = failure_row(payment)
-            decision = choose(champion.model, row, previous, allowed, remaining, self.config)
+            decision = self._choose(champion, champion.model, key, row)
         except Exception as exc:  # scoring must never stop a decision
             return self._fallback(
                 payment, history, allowed, policy, now, f"model failed: {exc}", champion
             )
         if self.shadow is not None:
-            self._score_shadow(payment, row, previous, allowed, remaining, now)
+            self._score_shadow(payment, row, key, now)
         if decision.source == SOURCE_STOP:
             self._record(payment, champion.id, ROLE_ACTING, decision, None, now)
             return Decision(None, f"model: {decision.reason}"[:REASON_MAX], RetryStrategy.MODEL)
@@ -302,22 +381,17 @@ class ModelScheduler:
         return Decision(rules.chosen_at, reason, RetryStrategy.DECLINE_AWARE)
 
     def _score_shadow(
-        self,
-        payment: PaymentView,
-        row: FailureRow,
-        previous: Sequence[datetime],
-        allowed: Sequence[datetime],
-        remaining: int,
-        now: datetime,
+        self, payment: PaymentView, row: FailureRow, key: "_Asked", now: datetime
     ) -> None:
         shadow = self.shadow
         if shadow is None or shadow.model is None:
             return
         try:
-            decision = choose(shadow.model, row, previous, allowed, remaining, self.config)
+            decision = self._choose(shadow, shadow.model, key, row)
         except Exception as exc:  # a shadow never affects the acting decision
             logger.warning("shadow model failed", model_id=str(shadow.id), error=str(exc))
             return
+        allowed = key.allowed
         chosen = None if decision.attempt_at is None else _nearest(allowed, decision.attempt_at)
         self._record(payment, shadow.id, ROLE_SHADOW, decision, chosen, now)
 

@@ -19,20 +19,20 @@ import asyncio
 import math
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 import numpy as np
 import numpy.typing as npt
 
 from app.db import Database
-from app.enums import Actor, AttemptOutcome, ModelStatus
-from app.retry.rules import AttemptRecord, evaluate
-from app.retry.schedule import PaymentView, Scheduler
+from app.enums import Actor, AttemptOutcome, ModelStatus, RetryStrategy
+from app.retry.rules import AttemptRecord, PaymentLedger, evaluate
+from app.retry.schedule import candidate_times
 from app.services.policy_preview import PreviewInput
 from app.services.retry.engine import decide
 from app.services.retry.ledger import PaymentContext
-from jobs.model import CACHE, Loaded, ModelCache, ModelScheduler, failure_row, load_current
+from jobs.model import CACHE, Loaded, ModelCache, ModelScheduler, Request, failure_row, load_current
 from ml.artifact import TimingModel
 from ml.features import FailureContext, failure_context
 from ml.policy import score_candidates
@@ -95,50 +95,25 @@ class Forecast:
     rescheduled: int
 
 
-def _context(view: PaymentView) -> FailureContext:
-    """The model's reading of the payment's failure: the same for every retry of a schedule."""
-    return failure_context(FailureRecords.from_rows([failure_row(view)]))
+@dataclass
+class _Run:
+    """One schedule being forecast: a payment's context under one policy, its failure's row in
+    the model's context, and the retries added so far (each declined again)."""
 
+    ctx: PaymentContext
+    row: int
+    first_at: datetime | None
+    ledger: PaymentLedger
+    decide_at: datetime
+    times: list[datetime] = field(default_factory=list)
+    probabilities: list[float] = field(default_factory=list)
+    done: bool = False
 
-def _probability(
-    model: TimingModel, context: FailureContext, previous: Sequence[datetime], at: datetime
-) -> float:
-    """The champion's chance that a retry at `at` succeeds after the `previous` declined ones
-    (`context`: the payment's failure, from `_context`)."""
-    width = max(len(previous), 1)
-    prev: F64 = np.full((1, width), np.nan)
-    prev[0, : len(previous)] = [p.timestamp() for p in previous]
-    probs = score_candidates(
-        model, context, np.zeros(1, dtype=np.int64), prev, np.array([[at.timestamp()]])
-    )
-    value = float(probs[0, 0])
-    return min(max(value, 0.0), 1.0) if math.isfinite(value) else 0.0
-
-
-def schedule(
-    ctx: PaymentContext,
-    *,
-    model: TimingModel,
-    scheduler: Scheduler,
-    now: datetime,
-    first_at: datetime | None,
-) -> Schedule:
-    """The payment's remaining retries under its context's policy (see the module's
-    docstring); `first_at` is a retry already scheduled, kept as the first."""
-    ledger = ctx.ledger
-    context = _context(ctx.view())
-    times: list[datetime] = []
-    probabilities: list[float] = []
-    decide_at = now
-    for step in range(MAX_RETRIES):
-        if step == 0 and first_at is not None:
-            at: datetime | None = max(first_at, now)
-        else:
-            at = decide(replace(ctx, ledger=ledger), now=decide_at, scheduler=scheduler).chosen_at
-        if at is None or not evaluate(at, ledger=ledger, policy=ctx.policy).allowed:
-            break
-        probabilities.append(_probability(model, context, [r.at for r in ledger.retries], at))
-        times.append(at)
+    def add(self, at: datetime, probability: float) -> None:
+        """A retry at `at`, declined again with the same decline; the next is decided after."""
+        self.times.append(at)
+        self.probabilities.append(probability)
+        ledger = self.ledger
         decline = (
             None
             if ledger.last_decline is None
@@ -147,15 +122,97 @@ def schedule(
         declined = AttemptRecord(
             at=at, actor=Actor.PORTAL, outcome=AttemptOutcome.DECLINED, decline=decline
         )
-        ledger = replace(
+        self.ledger = replace(
             ledger,
             last_decline=decline,
             retries=(*ledger.retries, declined),
             card_history=(*ledger.card_history, declined),
             customer_history=(*ledger.customer_history, declined),
         )
-        decide_at = at + DECISION_DELAY
-    return Schedule(tuple(times), tuple(probabilities))
+        self.decide_at = at + DECISION_DELAY
+
+
+def _probabilities(
+    model: TimingModel, context: FailureContext, asked: Sequence[tuple[int, list[float], float]]
+) -> list[float]:
+    """The champion's chance for each (failure row, earlier retries, retry time), one
+    prediction for all: a retry at that time succeeding after the earlier ones were declined."""
+    if not asked:
+        return []
+    prev: F64 = np.full((len(asked), max(max(len(p) for _, p, _ in asked), 1)), np.nan)
+    for i, (_, previous, _) in enumerate(asked):
+        prev[i, : len(previous)] = previous
+    rows = np.asarray([row for row, _, _ in asked], dtype=np.int64)
+    at: F64 = np.asarray([[t] for _, _, t in asked], dtype=np.float64)
+    probs = score_candidates(model, context, rows, prev, at)
+    return [min(max(float(p), 0.0), 1.0) if math.isfinite(p) else 0.0 for p in probs[:, 0]]
+
+
+def schedules(
+    contexts: Sequence[tuple[PaymentContext, datetime | None]],
+    *,
+    model: TimingModel,
+    scheduler: ModelScheduler,
+    now: datetime,
+) -> list[Schedule]:
+    """Each context's remaining retries under its policy (see the module's docstring); with
+    it, a retry already scheduled, kept as the first.
+
+    The schedules advance together, one retry at a time: at each step the model's decisions
+    of every schedule still going are scored in one batch (`ModelScheduler.prepare`), and the
+    chances of the retries chosen in one prediction. Each schedule is the one it would be
+    alone: every decision and chance reads only its own payment.
+    """
+    # The model's reading of each failure: the same for every retry of a schedule.
+    context = failure_context(
+        FailureRecords.from_rows([failure_row(ctx.view()) for ctx, _ in contexts])
+    )
+    runs = [
+        _Run(ctx=ctx, row=i, first_at=first_at, ledger=ctx.ledger, decide_at=now)
+        for i, (ctx, first_at) in enumerate(contexts)
+    ]
+    for step in range(MAX_RETRIES):
+        live = [r for r in runs if not r.done]
+        if not live:
+            break
+        asked: list[tuple[_Run, PaymentContext, tuple[datetime, ...] | None]] = []
+        requests: list[Request] = []
+        for r in live:
+            if step == 0 and r.first_at is not None:
+                continue
+            ctx = replace(r.ctx, ledger=r.ledger)
+            candidates = None
+            if ctx.policy.strategy is RetryStrategy.MODEL:
+                candidates = candidate_times(ledger=r.ledger, policy=ctx.policy, now=r.decide_at)
+                requests.append((ctx.view(), r.ledger.retries, candidates, ctx.policy, r.decide_at))
+            asked.append((r, ctx, candidates))
+        scheduler.prepare(requests)
+        chosen: list[tuple[_Run, datetime | None]] = [
+            (r, max(r.first_at, now)) for r in live if step == 0 and r.first_at is not None
+        ]
+        chosen += [
+            (r, decide(ctx, now=r.decide_at, scheduler=scheduler, candidates=c).chosen_at)
+            for r, ctx, c in asked
+        ]
+        # The decisions the scheduler collects are a forecast's, never stored.
+        scheduler.take_decisions()
+        going: list[tuple[_Run, datetime]] = []
+        for r, at in chosen:
+            if at is None or not evaluate(at, ledger=r.ledger, policy=r.ctx.policy).allowed:
+                r.done = True
+            else:
+                going.append((r, at))
+        chances = _probabilities(
+            model,
+            context,
+            [
+                (r.row, [x.at.timestamp() for x in r.ledger.retries], at.timestamp())
+                for r, at in going
+            ],
+        )
+        for (r, at), chance in zip(going, chances, strict=True):
+            r.add(at, chance)
+    return [Schedule(tuple(r.times), tuple(r.probabilities)) for r in runs]
 
 
 def forecast(preview: PreviewInput, *, champion: Loaded, now: datetime) -> Forecast:
@@ -163,16 +220,16 @@ def forecast(preview: PreviewInput, *, champion: Loaded, now: datetime) -> Forec
     model = champion.model
     if model is None:
         raise ValueError("the champion is not usable")
-    payments: list[PaymentForecast] = []
-    for before, after in zip(preview.before, preview.after, strict=True):
-        # The engine's model scheduler on the champion; the decisions it collects are dropped.
-        scheduler = ModelScheduler(champion=champion)
-        current = schedule(
-            before, model=model, scheduler=scheduler, now=now, first_at=before.payment.next_retry_at
-        )
-        proposed = schedule(after, model=model, scheduler=scheduler, now=now, first_at=None)
-        p = before.payment
-        payments.append(PaymentForecast(str(p.id), p.currency, p.amount_minor, current, proposed))
+    # The engine's model scheduler on the champion.
+    scheduler = ModelScheduler(champion=champion)
+    asked = [(ctx, ctx.payment.next_retry_at) for ctx in preview.before]
+    asked += [(ctx, None) for ctx in preview.after]
+    found = schedules(asked, model=model, scheduler=scheduler, now=now)
+    n = len(preview.before)
+    payments = [
+        PaymentForecast(str(b.payment.id), b.payment.currency, b.payment.amount_minor, c, p)
+        for b, c, p in zip(preview.before, found[:n], found[n:], strict=True)
+    ]
     return Forecast(
         model_id=str(champion.id),
         currencies=_per_currency(payments),

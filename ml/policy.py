@@ -183,7 +183,11 @@ _LABELS = {
 
 def explain(model: TimingModel, x: F32, top: int = 3) -> tuple[Contribution, ...]:
     """Top feature contributions of one row in plain words."""
-    contrib = model.contributions(x[:1])[0, :-1]
+    return _worded(model.contributions(x[:1])[0, :-1], x[0], top)
+
+
+def _worded(contrib: F64, x: F32, top: int) -> tuple[Contribution, ...]:
+    """The `top` contributions of one row (`contrib`, bias dropped; `x`, its features)."""
     order = np.argsort(-np.abs(contrib))[:top]
     out = []
     for j in order:
@@ -193,7 +197,7 @@ def explain(model: TimingModel, x: F32, top: int = 3) -> tuple[Contribution, ...
         out.append(
             Contribution(
                 feature=name,
-                value=float(x[0, j]),
+                value=float(x[j]),
                 log_odds=round(c, 4),
                 text=f"{_LABELS.get(name, name)} {verb} the chance of success",
             )
@@ -222,6 +226,114 @@ def _fallback(
         source=SOURCE_FALLBACK,
         reason=f"{reason}; fixed schedule day {config.fallback_days[n_prev]:g}",
     )
+
+
+def choose_batch(
+    model: TimingModel | None,
+    failures: Sequence[FailureRow],
+    previous_attempts: Sequence[Sequence[datetime | float]],
+    candidates: Sequence[Sequence[datetime | float]],
+    remaining_budgets: Sequence[int],
+    config: PolicyConfig | None = None,
+) -> list[Decision]:
+    """`choose` for many failures at once, each decision the one `choose` gives it: one
+    feature matrix over every failure's candidates (padded with NaN, which scoring and
+    planning skip), one prediction, one plan, one contribution call for the explanations.
+
+    A failure `choose` would stop or fall back on is answered as `choose` answers it; if the
+    batch's scoring fails, each failure is chosen on its own, so one failure's error never
+    changes another's decision.
+    """
+    config = config or PolicyConfig()
+    n = len(failures)
+    if not (len(previous_attempts) == len(candidates) == len(remaining_budgets) == n):
+        raise ValueError("choose_batch needs one history, candidate set and budget per failure")
+    prevs = [_seconds(p) for p in previous_attempts]
+    cands = [np.asarray(sorted(_seconds(c)), dtype=np.float64) for c in candidates]
+    out: list[Decision | None] = [None] * n
+    live: list[int] = []
+    for i in range(n):
+        if remaining_budgets[i] <= 0 or cands[i].size == 0 or model is None:
+            out[i] = choose(
+                model, failures[i], prevs[i], candidates[i], remaining_budgets[i], config
+            )
+        else:
+            live.append(i)
+    if live and model is not None:
+        try:
+            chosen = _choose_live(
+                model,
+                [failures[i] for i in live],
+                [prevs[i] for i in live],
+                [cands[i] for i in live],
+                [remaining_budgets[i] for i in live],
+                config,
+            )
+        except Exception:  # scored one by one: each failure keeps its own outcome
+            chosen = [
+                choose(model, failures[i], prevs[i], candidates[i], remaining_budgets[i], config)
+                for i in live
+            ]
+        for i, decision in zip(live, chosen, strict=True):
+            out[i] = decision
+    return [d for d in out if d is not None]
+
+
+def _choose_live(
+    model: TimingModel,
+    failures: Sequence[FailureRow],
+    prevs: Sequence[Sequence[float]],
+    cands: Sequence[F64],
+    budgets: Sequence[int],
+    config: PolicyConfig,
+) -> list[Decision]:
+    m = len(failures)
+    record = FailureRecords.from_rows(failures)
+    context = failure_context(record)
+    prev = np.full((m, max(max(len(p) for p in prevs), 1)), np.nan)
+    cand = np.full((m, max(c.size for c in cands)), np.nan)
+    for i in range(m):
+        prev[i, : len(prevs[i])] = np.asarray(prevs[i], dtype=np.float64)
+        cand[i, : cands[i].size] = cands[i]
+    rows = np.arange(m, dtype=np.int64)
+    probs = score_candidates(model, context, rows, prev, cand)
+    plan = plan_batch(probs, cand, np.asarray(budgets, dtype=np.int64), config)
+    out: list[Decision | None] = [None] * m
+    explained: list[int] = []
+    for i in range(m):
+        own = probs[i, : cands[i].size]
+        if not np.all(np.isfinite(own)):
+            single = FailureRecords.from_rows([failures[i]])
+            out[i] = _fallback(single, prevs[i], cands[i], config, "model failed: non-finite score")
+        elif np.isnan(plan.next_t[i]):
+            out[i] = Decision(
+                None,
+                float(np.nanmax(own)),
+                0,
+                (),
+                SOURCE_STOP,
+                f"best chance below {config.min_probability:.0%}: not worth a retry",
+            )
+        else:
+            explained.append(i)
+    if explained:
+        at = np.asarray(explained, dtype=np.int64)
+        t_next = plan.next_t[at]
+        x = build_features(context, at, t_next, prev[at])
+        contrib = model.contributions(x)[:, :-1]
+        for k, i in enumerate(explained):
+            amount = int(record.amount_minor[i])
+            planned = tuple(float(t) for t in np.sort(plan.planned[i]) if not np.isnan(t))
+            out[i] = Decision(
+                attempt_at=float(t_next[k]),
+                probability=float(plan.next_p[i]),
+                expected_recovered_minor=round(amount * float(plan.recover_probability[i])),
+                planned=planned,
+                source=SOURCE_MODEL,
+                reason=f"earliest of {len(planned)} planned retries maximizing expected recovery",
+                explanation=_worded(contrib[k], x[k], 3),
+            )
+    return [d for d in out if d is not None]
 
 
 def _seconds(values: Sequence[datetime | float]) -> list[float]:

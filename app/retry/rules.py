@@ -449,41 +449,82 @@ def evaluate(
     `ledger` carries the card history, the customer history, the payment's retries and its
     latest decline (see `PaymentLedger`).
     """
-    _aware(candidate_time, "candidate time")
-    if not policy.enabled:
-        return RuleVerdict(False, None, RULE_RECOVERY_DISABLED, None, "recovery is switched off")
-    forever = forever_block(ledger=ledger, policy=policy, rules=rules)
-    if forever is not None:
-        return forever
-    window_end = policy.window_end(ledger.first_failed_at)
-    if candidate_time >= window_end:
-        detail = f"the retry window closed at {window_end.isoformat()}"
-        return RuleVerdict(False, None, RULE_RETRY_WINDOW, PaymentState.EXHAUSTED, detail)
-    waits: list[tuple[datetime, str]] = []
-    not_before = _not_before(ledger, rules)
-    if not_before is not None and candidate_time < not_before[0]:
-        waits.append(not_before)
-    spacing = timedelta(hours=policy.min_hours_between_attempts)
-    if spacing and candidate_time < ledger.last_attempt_at() + spacing:
-        waits.append((ledger.last_attempt_at() + spacing, RULE_MIN_SPACING))
-    card_times = [r.at for r in ledger.card_history]
-    for cap in rules.caps_for(ledger.network):
-        wait = _cap_wait(candidate_time, card_times, cap)
-        if wait is not None:
-            waits.append((wait, cap.name))
-    customer_times = [r.at for r in ledger.customer_history]
-    for cap in rules.customer_caps:
-        wait = _cap_wait(candidate_time, customer_times, cap)
-        if wait is not None:
-            waits.append((wait, cap.name))
-    zone = zone_or_fallback(ledger.customer_timezone, policy.timezone)
-    quiet = _quiet_until(candidate_time, policy, zone)
-    if quiet is not None:
-        waits.append((quiet, RULE_QUIET_HOURS))
-    if not waits:
-        return RuleVerdict(True, None, None)
-    until, rule = max(waits)
-    return RuleVerdict(False, until, rule, None, f"{rule} until {until.isoformat()}")
+    return Evaluator(ledger=ledger, policy=policy, rules=rules)(candidate_time)
+
+
+class Evaluator:
+    """`evaluate` for one ledger and policy at many candidate times: what does not depend on
+    the time (the never-rules, the window's end, not-before, spacing, the attempt times the
+    caps count, the local zone) is read once, the rest at each call."""
+
+    __slots__ = (
+        "_blocked",
+        "_caps",
+        "_card_times",
+        "_customer_caps",
+        "_customer_times",
+        "_not_before",
+        "_policy",
+        "_spaced_until",
+        "_window_end",
+        "_zone",
+    )
+
+    def __init__(
+        self,
+        *,
+        ledger: PaymentLedger,
+        policy: RetryPolicyView,
+        rules: NetworkRules = DEFAULT_RULES,
+    ) -> None:
+        self._policy = policy
+        self._blocked: RuleVerdict | None = None
+        if not policy.enabled:
+            self._blocked = RuleVerdict(
+                False, None, RULE_RECOVERY_DISABLED, None, "recovery is switched off"
+            )
+        else:
+            self._blocked = forever_block(ledger=ledger, policy=policy, rules=rules)
+        self._window_end = policy.window_end(ledger.first_failed_at)
+        self._not_before = _not_before(ledger, rules)
+        spacing = timedelta(hours=policy.min_hours_between_attempts)
+        self._spaced_until = ledger.last_attempt_at() + spacing if spacing else None
+        self._card_times = [r.at for r in ledger.card_history]
+        self._caps = rules.caps_for(ledger.network)
+        self._customer_times = [r.at for r in ledger.customer_history]
+        self._customer_caps = rules.customer_caps
+        self._zone = zone_or_fallback(ledger.customer_timezone, policy.timezone)
+
+    def __call__(self, candidate_time: datetime) -> RuleVerdict:
+        _aware(candidate_time, "candidate time")
+        if self._blocked is not None:
+            return self._blocked
+        window_end = self._window_end
+        if candidate_time >= window_end:
+            detail = f"the retry window closed at {window_end.isoformat()}"
+            return RuleVerdict(False, None, RULE_RETRY_WINDOW, PaymentState.EXHAUSTED, detail)
+        waits: list[tuple[datetime, str]] = []
+        not_before = self._not_before
+        if not_before is not None and candidate_time < not_before[0]:
+            waits.append(not_before)
+        spaced_until = self._spaced_until
+        if spaced_until is not None and candidate_time < spaced_until:
+            waits.append((spaced_until, RULE_MIN_SPACING))
+        for cap in self._caps:
+            wait = _cap_wait(candidate_time, self._card_times, cap)
+            if wait is not None:
+                waits.append((wait, cap.name))
+        for cap in self._customer_caps:
+            wait = _cap_wait(candidate_time, self._customer_times, cap)
+            if wait is not None:
+                waits.append((wait, cap.name))
+        quiet = _quiet_until(candidate_time, self._policy, self._zone)
+        if quiet is not None:
+            waits.append((quiet, RULE_QUIET_HOURS))
+        if not waits:
+            return RuleVerdict(True, None, None)
+        until, rule = max(waits)
+        return RuleVerdict(False, until, rule, None, f"{rule} until {until.isoformat()}")
 
 
 # Each step moves the candidate strictly later; this bound only guards against a rule table
@@ -501,8 +542,9 @@ def earliest_allowed(
     """Move a requested retry time to the earliest allowed one, or say how the payment ends."""
     candidate = candidate_time
     pushed_by: str | None = None
+    at = Evaluator(ledger=ledger, policy=policy, rules=rules)
     for _ in range(_MAX_STEPS):
-        verdict = evaluate(candidate, ledger=ledger, policy=policy, rules=rules)
+        verdict = at(candidate)
         if verdict.allowed:
             return Placement(candidate_time, candidate, pushed_by, None, "")
         if verdict.next_allowed_at is None:

@@ -5,7 +5,7 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 from zoneinfo import ZoneInfo
 
 from app.enums import CardFunding, DeclineCategory, RetryStrategy
@@ -14,10 +14,10 @@ from app.retry.rules import (
     DEFAULT_RULES,
     AttemptRecord,
     DeclineView,
+    Evaluator,
     NetworkRules,
     PaymentLedger,
     RetryPolicyView,
-    evaluate,
     zone_or_fallback,
 )
 
@@ -67,6 +67,21 @@ class Scheduler(Protocol):
         policy: RetryPolicyView,
         now: datetime,
     ) -> Decision: ...
+
+
+# One decision a scheduler may be asked for: the payment, its history, the allowed candidates,
+# the policy and the time.
+DecisionRequest = tuple[
+    PaymentView, Sequence[AttemptRecord], Sequence[datetime], RetryPolicyView, datetime
+]
+
+
+@runtime_checkable
+class BatchScheduler(Scheduler, Protocol):
+    """A scheduler that can score many decisions at once ahead of the calls that make them;
+    each call then decides as it would unprepared."""
+
+    def prepare(self, requests: Sequence[DecisionRequest]) -> None: ...
 
 
 def next_fixed_target(
@@ -210,12 +225,13 @@ def candidate_times(
             grid.add(target)
     allowed: list[datetime] = []
     blocked_until: datetime | None = None
+    evaluate = Evaluator(ledger=ledger, policy=policy, rules=rules)
     for candidate in sorted(grid):
         # Each rule blocks a contiguous stretch up to its next allowed time, so the grid points
         # inside that stretch need no evaluation.
         if blocked_until is not None and candidate < blocked_until:
             continue
-        verdict = evaluate(candidate, ledger=ledger, policy=policy, rules=rules)
+        verdict = evaluate(candidate)
         if verdict.allowed:
             allowed.append(candidate)
         elif verdict.next_allowed_at is None:

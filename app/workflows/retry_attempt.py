@@ -208,7 +208,7 @@ def _snapshot_statement() -> Any:
 async def _snapshot(db: Database, payment_id: uuid.UUID, number: int) -> _Snapshot | AttemptResult:
     """What the attempt needs, read in one statement without locks: every decision taken on
     it (mark sent, record) is checked again under the payment's lock."""
-    async with db.session(SYSTEM_SCOPE) as session:
+    async with db.read(SYSTEM_SCOPE) as session:
         params = {"b_payment": payment_id, "b_number": number}
         row = (await session.execute(_snapshot_statement(), params)).one_or_none()
     # Closing the session detaches the rows with their attributes loaded.
@@ -262,14 +262,12 @@ def _mark_sent_statement() -> Any:
 
 async def _mark_sent(db: Database, snap: _Snapshot, number: int, clock: Clock) -> bool:
     """Commit `sent_at` in one statement while the payment, locked, is still RETRYING and the
-    attempt still unsent and in flight; False when any of that no longer holds."""
-    async with db.uow(SYSTEM_SCOPE) as uow:
+    attempt still unsent and in flight; False when any of that no longer holds. The statement
+    is its own transaction, committed before it returns: before the charge leaves."""
+    async with db.autocommit(SYSTEM_SCOPE) as session:
         params = {"b_payment": snap.payment_id, "b_number": number, "b_now": clock.now()}
-        marked = (await uow.session.execute(_mark_sent_statement(), params)).first()
-        if marked is None:
-            return False
-        await uow.commit()
-        return True
+        marked = (await session.execute(_mark_sent_statement(), params)).first()
+        return marked is not None
 
 
 @dataclass(frozen=True)

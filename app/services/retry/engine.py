@@ -55,7 +55,9 @@ from app.retry.events import (
 )
 from app.retry.rules import AttemptRecord, earliest_allowed, local_zone
 from app.retry.schedule import (
+    BatchScheduler,
     Decision,
+    DecisionRequest,
     Scheduler,
     candidate_times,
     decline_aware,
@@ -134,6 +136,9 @@ def _record_attempt(
     payment.attempt_count += 1
     payment.retrying_since = now
     attempt = PaymentAttempt(
+        # Given, not left to the field's default factory: pydantic inspects a factory's
+        # signature each time it calls one.
+        id=uuid.uuid4(),
         merchant_id=payment.merchant_id,
         payment_id=payment.id,
         number=payment.attempt_count,
@@ -251,11 +256,13 @@ async def run_event(
     actor_label: str | None = None,
     event_label: str | None = None,
     writes: Writes | None = None,
+    prepared: "Prepared | None" = None,
 ) -> Applied:
     """One event through the state machine, its effects stored, follow-ups carried out.
 
     With `writes`, rows are held there (`apply_transition`); what is held is written before
-    anything here reads the database again.
+    anything here reads the database again. `prepared`: candidates computed ahead for a
+    batch (`prepare_decisions`), used for a decision on the very context they were made for.
     """
     tr = transition(ctx.payment.state, event, policy=ctx.policy, ledger=ctx.ledger, now=now)
     recovered_by = event.actor if isinstance(event, PaidElsewhere) else Actor.PORTAL
@@ -282,7 +289,8 @@ async def run_event(
                     loaded = await load_contexts(uow.session, [ctx.payment.id], now=now)
                     reread = loaded[ctx.payment.id]
                 fresh = reread
-            decision = decide(fresh, now=now, scheduler=scheduler)
+            candidates = None if prepared is None else prepared.candidates(fresh, now)
+            decision = decide(fresh, now=now, scheduler=scheduler, candidates=candidates)
             more = await run_event(
                 uow, fresh, decision.to_event(), now=now, scheduler=scheduler, writes=writes
             )
@@ -342,16 +350,25 @@ def _rules(
     return decline_aware, "decline-aware rules", RetryStrategy.DECLINE_AWARE, target
 
 
-def decide(ctx: PaymentContext, *, now: datetime, scheduler: Scheduler | None = None) -> Decision:
+def decide(
+    ctx: PaymentContext,
+    *,
+    now: datetime,
+    scheduler: Scheduler | None = None,
+    candidates: Sequence[datetime] | None = None,
+) -> Decision:
     """When to retry: the model's choice among allowed times, the fixed schedule, or the
     decline-aware rules (also what a model policy gets while no model is loaded).
 
     The rules need no candidate grid: their target is moved to the first allowed time
     directly, and when no time is allowed the state machine names the rule that ends it.
+    `candidates`: the allowed times already computed for this context at `now`
+    (`candidate_times`), for a caller that scored them ahead.
     """
     policy, ledger = ctx.policy, ctx.ledger
     if policy.strategy is RetryStrategy.MODEL and scheduler is not None:
-        candidates = candidate_times(ledger=ledger, policy=policy, now=now)
+        if candidates is None:
+            candidates = candidate_times(ledger=ledger, policy=policy, now=now)
         return scheduler(ctx.view(), ledger.retries, candidates, policy=policy, now=now)
     plan, label, strategy, target = _rules(ctx)
     if target is None:
@@ -367,6 +384,48 @@ def decide(ctx: PaymentContext, *, now: datetime, scheduler: Scheduler | None = 
         reason = f"{decision.reason} (no champion model: decline-aware rules)"
         decision = replace(decision, reason=reason)
     return decision
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Allowed candidate times computed ahead for a batch of contexts at one time, by payment.
+    Used only for the very context (the same ledger and policy objects) and time they were
+    computed for: anything else is computed again."""
+
+    now: datetime
+    by_payment: dict[uuid.UUID, tuple[PaymentContext, tuple[datetime, ...]]]
+
+    def candidates(self, ctx: PaymentContext, now: datetime) -> tuple[datetime, ...] | None:
+        found = self.by_payment.get(ctx.payment.id)
+        if found is None or now != self.now:
+            return None
+        made_for, candidates = found
+        if made_for.ledger is not ctx.ledger or made_for.policy is not ctx.policy:
+            return None
+        return candidates
+
+
+def prepare_decisions(
+    contexts: Sequence[PaymentContext], *, now: datetime, scheduler: Scheduler | None
+) -> Prepared | None:
+    """For a batch scheduler (the model's), the allowed times of every context under the model
+    strategy, and the model's choices among them scored in one batch ahead of the decisions
+    (`BatchScheduler.prepare`). Each decision is then made as it would be alone."""
+    if not isinstance(scheduler, BatchScheduler):
+        return None
+    by_payment: dict[uuid.UUID, tuple[PaymentContext, tuple[datetime, ...]]] = {}
+    requests: list[DecisionRequest] = []
+    for ctx in contexts:
+        policy, ledger = ctx.policy, ctx.ledger
+        if policy.strategy is not RetryStrategy.MODEL:
+            continue
+        candidates = candidate_times(ledger=ledger, policy=policy, now=now)
+        by_payment[ctx.payment.id] = (ctx, candidates)
+        requests.append((ctx.view(), ledger.retries, candidates, policy, now))
+    if not requests:
+        return None
+    scheduler.prepare(requests)
+    return Prepared(now, by_payment)
 
 
 async def decide_pending(
@@ -391,6 +450,8 @@ async def decide_pending(
     if not ids:
         return await _resume_held(uow, now=now, limit=limit, scheduler=scheduler)
     contexts = await load_contexts(uow.session, ids, now=now)
+    # The model's choices for the whole batch in one scoring call (each as it would be alone).
+    prepared = prepare_decisions(list(contexts.values()), now=now, scheduler=scheduler)
     writes = Writes()
     for pid in ids:
         ctx = contexts.get(pid)
@@ -400,8 +461,11 @@ async def decide_pending(
             # Ingestion opens payments without the state machine; their timeline starts here.
             event: Event = FailureIngested(ctx.first_decline)
         else:
-            event = decide(ctx, now=now, scheduler=scheduler).to_event()
-        await run_event(uow, ctx, event, now=now, scheduler=scheduler, writes=writes)
+            candidates = None if prepared is None else prepared.candidates(ctx, now)
+            event = decide(ctx, now=now, scheduler=scheduler, candidates=candidates).to_event()
+        await run_event(
+            uow, ctx, event, now=now, scheduler=scheduler, writes=writes, prepared=prepared
+        )
         ctx.payment.needs_decision = False
         writes.touch(ctx.payment)
     # Written (and flushed) so that a later query in the same unit of work sees these

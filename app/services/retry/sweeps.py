@@ -14,7 +14,7 @@ from app.models.payment import Payment
 from app.models.retry_policy import RetryPolicy
 from app.retry.events import PolicyChanged, WindowExpired
 from app.retry.schedule import Scheduler
-from app.services.retry.engine import decide, run_event
+from app.services.retry.engine import decide, prepare_decisions, run_event
 from app.services.retry.ledger import load_contexts
 from app.services.retry.writes import Writes
 
@@ -123,6 +123,10 @@ async def _run(
     if not ids:
         return 0
     contexts = await load_contexts(uow.session, ids, now=now)
+    # A schedule chosen again is the model's choice: scored for the whole batch at once.
+    prepared = None
+    if sweep != "window":
+        prepared = prepare_decisions(list(contexts.values()), now=now, scheduler=scheduler)
     writes = Writes()
     for pid in ids:
         ctx = contexts.get(pid)
@@ -135,12 +139,19 @@ async def _run(
                 )
             case "policy":
                 await run_event(
-                    uow, ctx, PolicyChanged(), now=now, scheduler=scheduler, writes=writes
+                    uow,
+                    ctx,
+                    PolicyChanged(),
+                    now=now,
+                    scheduler=scheduler,
+                    writes=writes,
+                    prepared=prepared,
                 )
                 # Whatever the outcome, the payment has been seen under this version.
                 ctx.payment.policy_version = ctx.policy_version
             case "decision":
-                event = decide(ctx, now=now, scheduler=scheduler).to_event()
+                candidates = None if prepared is None else prepared.candidates(ctx, now)
+                event = decide(ctx, now=now, scheduler=scheduler, candidates=candidates).to_event()
                 await run_event(uow, ctx, event, now=now, scheduler=scheduler, writes=writes)
                 ctx.payment.needs_decision = False
             case _:

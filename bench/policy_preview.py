@@ -1,0 +1,127 @@
+"""previewRetryPolicy's forecast over N scheduled payments of a model-strategy merchant.
+
+Sets up a scratch database: one merchant on the model strategy with the small trained champion,
+N failed charges of varied declines, brands, amounts and currencies, decided (untimed). Then
+times what the mutation does after its checks: the payments' contexts read before and after a
+change (`preview_contexts`, rolled back) and the champion's forecast of both schedules
+(`forecast`, CPU only), and prints how many model calls the forecast made.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from retry_engine import _scratch_database
+
+from app.db import Database
+from app.enums import ModelStatus, RetryStrategy, Role
+from app.services.policy_preview import preview_contexts
+from app.services.retry.engine import decide_pending
+from app.services.retry_policy import PolicyChanges
+from app.settings import Settings
+from app.tenancy import SYSTEM_SCOPE, Principal, Scope
+from jobs.model import load_current, serving_scheduler
+from jobs.policy_preview import forecast
+from ml.artifact import TimingModel
+from tests.support.factories import make_merchant, set_strategy
+from tests.support.model_rows import make_model
+from tests.support.retry import ingest, make_connection, stripe_charge
+
+# A Monday 10:00 UTC: outside the default quiet hours.
+T0 = datetime(2026, 10, 5, 10, 0, tzinfo=UTC)
+REASONS = ("insufficient_funds", "processing_error", "do_not_honor", "card_velocity_exceeded")
+BRANDS = ("visa", "mastercard", "amex")
+
+
+class Counted:
+    """A model whose calls are counted (predictions and contributions)."""
+
+    def __init__(self, inner: TimingModel) -> None:
+        self.inner = inner
+        self.calls = 0
+        self.rows = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def predict(self, x: Any) -> Any:
+        self.calls += 1
+        self.rows += len(x)
+        return self.inner.predict(x)
+
+    def contributions(self, x: Any) -> Any:
+        self.calls += 1
+        self.rows += len(x)
+        return self.inner.contributions(x)
+
+
+async def _run(args: argparse.Namespace) -> None:
+    url, drop = await _scratch_database(Settings(environment="test"))
+    db = Database.from_url(url)
+    try:
+        merchant = await make_merchant(db, "Preview bench", now=T0)
+        await set_strategy(db, merchant.id, RetryStrategy.MODEL)
+        connection = await make_connection(db, merchant, T0)
+        charges = []
+        for i in range(args.payments):
+            charge = stripe_charge(
+                f"ch_preview_{i}",
+                created=T0,
+                customer=f"cus_{i}",
+                fingerprint=f"fp_{i}",
+                amount=500 + 37 * i,
+                reason=REASONS[i % len(REASONS)],
+                brand=BRANDS[i % len(BRANDS)],
+            )
+            charge["currency"] = ("usd", "eur")[i % 2]
+            charges.append(charge)
+        await ingest(db, connection, charges, T0)
+        await make_model(db, now=T0, status=ModelStatus.CHAMPION)
+        scheduler = await serving_scheduler(db)
+        async with db.uow(SYSTEM_SCOPE) as uow:
+            await decide_pending(uow, now=T0, limit=args.payments, scheduler=scheduler)
+            await uow.commit()
+        champion = await load_current(db, ModelStatus.CHAMPION)
+        assert champion is not None
+        assert champion.model is not None
+        principal = Principal(key_id=None, name="bench", role=Role.SUPPORT, scope=Scope(None))
+
+        start = time.perf_counter()
+        async with db.uow(SYSTEM_SCOPE) as uow:
+            preview = await preview_contexts(
+                uow,
+                principal=principal,
+                merchant_id=merchant.id,
+                changes=PolicyChanges(max_attempts=2, fixed_schedule_days=[1, 3]),
+                now=T0,
+                limit=args.payments,
+            )
+        read = time.perf_counter() - start
+        counted = Counted(champion.model)
+        counted_champion = type(champion)(champion.id, counted)  # type: ignore[arg-type]
+        start = time.perf_counter()
+        result = forecast(preview, champion=counted_champion, now=T0)
+        took = time.perf_counter() - start
+        retries = sum(len(f.current.times) + len(f.proposed.times) for f in result.payments)
+        print(
+            f"{len(preview.before)} scheduled payments: contexts read in {read:.2f} s, "
+            f"forecast in {took:.2f} s ({counted.calls} model calls over {counted.rows:,} rows); "
+            f"{result.rescheduled} rescheduled, {retries} retries in the listed sample"
+        )
+    finally:
+        await db.dispose()
+        await drop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--payments", type=int, default=100)
+    asyncio.run(_run(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
