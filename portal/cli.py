@@ -249,6 +249,14 @@ def demo(
     history_days: Annotated[
         int, typer.Option(min=1, max=60, help="Days of charge history before now.")
     ] = 14,
+    training_failures: Annotated[
+        int,
+        typer.Option(
+            min=2_000,
+            max=200_000,
+            help="Simulated failures the demo's timing model is trained on (fewer: sooner).",
+        ),
+    ] = 20_000,
 ) -> None:
     """The whole product on this machine: embedded services when none are configured, sandbox
     processors, the API, the worker and an accelerated clock. Prints the GraphQL URL and API
@@ -261,6 +269,7 @@ def demo(
         merchants=merchants,
         customers=customers,
         history_days=history_days,
+        training_failures=training_failures,
     )
 
     def announce(line: str) -> None:

@@ -33,8 +33,11 @@ DASHBOARD_POLICY = "; ".join(
         "frame-ancestors 'none'",
     )
 )
-# GraphiQL's editor sets inline styles of its own; everything else as the dashboard.
-GRAPHIQL_POLICY = DASHBOARD_POLICY.replace("style-src 'self'", "style-src 'self' 'unsafe-inline'")
+# GraphiQL's editor sets inline styles of its own and its stylesheet embeds its fonts;
+# everything else as the dashboard.
+GRAPHIQL_POLICY = DASHBOARD_POLICY.replace(
+    "style-src 'self'", "style-src 'self' 'unsafe-inline'; font-src 'self' data:"
+)
 
 
 def _headers(policy: str) -> dict[str, str]:

@@ -51,7 +51,7 @@ from portal import metrics
 from portal.dashboard import graphiql_page
 from portal.logging import request_id_from
 from resolvers.context import Context
-from resolvers.cost import PageSizes, operation_cost
+from resolvers.cost import MAX_INTROSPECTION_LISTS, PageSizes, operation_cost
 from schema.extensions import outage_in
 
 logger = logging.getLogger("portal.http")
@@ -430,9 +430,17 @@ class PortalGraphQL(GraphQL[Context, None]):
         bucket: RedisLeakyBucket = state.rate_limiter
         cost = 1
         if document is not None:
-            cost = operation_cost(
+            measured = operation_cost(
                 self._graphql_schema, document, params.operation_name, params.variables, self._pages
-            ).total
+            )
+            if measured.introspection_lists > MAX_INTROSPECTION_LISTS:
+                raise Refusal(
+                    400,
+                    ErrorCode.QUERY_TOO_COMPLEX,
+                    f"introspection nests lists {measured.introspection_lists} deep; at most "
+                    f"{MAX_INTROSPECTION_LISTS} (types {{ fields {{ args }} }}) are answered",
+                )
+            cost = measured.total
         if principal is not None and principal.key_id is not None:
             key = f"key:{principal.key_id}"
         else:

@@ -34,6 +34,9 @@ class Cost:
 
     fields: int
     depth: int
+    # Introspection lists nested in one another (`types { fields { args } }` is 3): what
+    # bounds an introspection query's work, since its lists are the schema's, not pages.
+    introspection_lists: int = 0
 
     @property
     def total(self) -> int:
@@ -65,6 +68,10 @@ def operation_cost(
     default page size. `__typename` is free. Fragments count where they are spread;
     `@skip`/`@include` are ignored, so the cost is an upper bound. Unknown fields count 1
     and validation rejects them later.
+
+    Introspection (`__schema`, `__type`) reads the schema in memory, never the database: its
+    fields count 1 each, its lists multiply nothing, and `introspection_lists` says how deeply
+    its lists nest, which callers bound instead (`MAX_INTROSPECTION_LISTS`).
     """
     operation = get_operation_ast(document, operation_name)
     if operation is None:
@@ -75,7 +82,13 @@ def operation_cost(
     }
     walker = _Walker(schema, fragments, variables or {}, pages)
     fields, depth = walker.selection(root, operation.selection_set, False, frozenset())
-    return Cost(fields=fields, depth=depth)
+    return Cost(fields=fields, depth=depth, introspection_lists=walker.introspection_lists)
+
+
+# The standard introspection query (GraphiQL's, code generators') nests three lists:
+# `types { fields { args } }`. Deeper nesting (`fields { type { fields { ... } } }`) would
+# multiply the schema's size by itself at each level.
+MAX_INTROSPECTION_LISTS = 3
 
 
 class _Walker:
@@ -93,7 +106,9 @@ class _Walker:
         self.fragments = fragments
         self.variables = variables
         self.pages = pages
-        self._spread: dict[tuple[str, bool], tuple[int, int]] = {}
+        self._spread: dict[tuple[str, bool, int | None], tuple[int, int]] = {}
+        # The deepest nesting of lists seen inside introspection fields.
+        self.introspection_lists = 0
 
     def selection(
         self,
@@ -101,28 +116,34 @@ class _Walker:
         selection_set: SelectionSetNode,
         in_connection: bool,
         spreading: frozenset[str],
+        lists: int | None = None,
     ) -> tuple[int, int]:
-        """(fields, depth) of a selection set, per object it is resolved on."""
+        """(fields, depth) of a selection set, per object it is resolved on. `lists` is None
+        outside introspection, else how many introspection lists enclose this selection."""
         fields = 0
         deepest = 0
         for node in selection_set.selections:
             if isinstance(node, FieldNode):
-                cost, reached = self.field(parent, node, in_connection, spreading)
+                cost, reached = self.field(parent, node, in_connection, spreading, lists)
             elif isinstance(node, InlineFragmentNode):
                 target = parent
                 if node.type_condition is not None:
                     target = self.schema.get_type(node.type_condition.name.value)
-                cost, reached = self.selection(target, node.selection_set, in_connection, spreading)
+                cost, reached = self.selection(
+                    target, node.selection_set, in_connection, spreading, lists
+                )
             elif isinstance(node, FragmentSpreadNode):
-                cost, reached = self.spread(node.name.value, in_connection, spreading)
+                cost, reached = self.spread(node.name.value, in_connection, spreading, lists)
             else:  # pragma: no cover - graphql-core has no other selection kinds
                 continue
             fields += cost
             deepest = max(deepest, reached)
         return fields, deepest
 
-    def spread(self, name: str, in_connection: bool, spreading: frozenset[str]) -> tuple[int, int]:
-        known = self._spread.get((name, in_connection))
+    def spread(
+        self, name: str, in_connection: bool, spreading: frozenset[str], lists: int | None
+    ) -> tuple[int, int]:
+        known = self._spread.get((name, in_connection, lists))
         if known is not None:
             return known
         fragment = self.fragments.get(name)
@@ -130,8 +151,10 @@ class _Walker:
         if fragment is None or name in spreading:
             return 0, 0
         target = self.schema.get_type(fragment.type_condition.name.value)
-        found = self.selection(target, fragment.selection_set, in_connection, spreading | {name})
-        self._spread[(name, in_connection)] = found
+        found = self.selection(
+            target, fragment.selection_set, in_connection, spreading | {name}, lists
+        )
+        self._spread[(name, in_connection, lists)] = found
         return found
 
     def field(
@@ -140,6 +163,7 @@ class _Walker:
         node: FieldNode,
         in_connection: bool,
         spreading: frozenset[str],
+        lists: int | None,
     ) -> tuple[int, int]:
         name = node.name.value
         if name == "__typename":
@@ -148,6 +172,15 @@ class _Walker:
         if definition is None or node.selection_set is None:
             return 1, 1
         is_list = is_list_type(get_nullable_type(definition.type))
+        if lists is None and name in {"__schema", "__type"}:
+            lists = 0
+        if lists is not None:
+            inner = lists + 1 if is_list else lists
+            self.introspection_lists = max(self.introspection_lists, inner)
+            fields, reached = self.selection(
+                get_named_type(definition.type), node.selection_set, False, spreading, inner
+            )
+            return 1 + fields, 1 + reached
         factor = 1
         child_in_connection = False
         if "first" in definition.args:

@@ -252,3 +252,23 @@ async def test_redis_bucket_matches_the_pure_arithmetic(redis: Redis) -> None:
         assert got.allowed == expected.allowed
         assert got.level == pytest.approx(expected.level, abs=1e-4)
         assert got.retry_after_seconds == pytest.approx(expected.retry_after_seconds, abs=1e-4)
+
+
+async def test_the_standard_introspection_query_is_answered_and_deeper_nesting_refused(
+    open_client: Client, db: Database, clock: FixedClock
+) -> None:
+    """GraphiQL's introspection reads the schema, not the database: it fits the default
+    budget whatever the schema's size; lists nested past types { fields { args } } do not."""
+    from graphql import get_introspection_query
+
+    replica = await open_client(Settings(environment="test"))
+    token = await _token(db, clock)
+    standard = await ask(replica, token, get_introspection_query(descriptions=True))
+    assert standard.status_code == 200
+    assert standard.json()["data"]["__schema"]["types"]
+    nested = "{ __schema { types { fields { type { fields { type { fields { name } } } } } } } }"
+    refused = await ask(replica, token, nested)
+    assert refused.status_code == 400
+    error = refused.json()["errors"][0]
+    assert error["extensions"]["code"] == "QUERY_TOO_COMPLEX"
+    assert "introspection nests lists 4 deep" in error["message"]

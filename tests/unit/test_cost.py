@@ -115,8 +115,10 @@ def test_unknown_fields_and_cycles_do_not_break_costing() -> None:
 
 
 def test_introspection_is_costed() -> None:
-    # __schema 1 + types (a list) 1 + 20 * name 1
-    assert cost("{ __schema { types { name } } }") == Cost(fields=1 + 1 + 20, depth=3)
+    # __schema 1 + types (a list of the schema's own types: no page multiplies it) 1 + name 1
+    assert cost("{ __schema { types { name } } }") == Cost(
+        fields=1 + 1 + 1, depth=3, introspection_lists=1
+    )
 
 
 def test_fragment_bombs_are_costed_in_linear_time() -> None:
@@ -164,3 +166,21 @@ def test_too_costly_never_fits() -> None:
     assert not decision.allowed
     assert decision.too_costly
     assert level == 0.0
+
+
+def test_introspection_counts_its_fields_once_and_measures_list_nesting() -> None:
+    from graphql import get_introspection_query
+
+    standard = cost(get_introspection_query(descriptions=True))
+    # The schema is read from memory: no page multiplies it, however many types there are.
+    assert standard.fields < 300
+    assert standard.introspection_lists == 3
+    assert cost("{ __type(name: \"Merchant\") { name } }") == Cost(
+        fields=2, depth=2, introspection_lists=0
+    )
+    nested = "{ __schema { types { fields { type { fields { type { fields { name } } } } } } } }"
+    assert cost(nested).introspection_lists == 4
+    # Data fields beside introspection are costed as ever.
+    mixed = cost("{ __schema { types { name } } merchants(first: 10) { edges { cursor } } }")
+    assert mixed.fields == 3 + 1 + 10 * 2
+    assert mixed.introspection_lists == 1

@@ -3,7 +3,9 @@
 
 import { h, svg } from "./dom.js";
 
-const WIDTH = 720;
+// The drawing's own units: narrower on a phone, so its labels stay legible when it is scaled
+// to the screen.
+const WIDTH = window.matchMedia("(max-width: 640px)").matches ? 400 : 720;
 const HEIGHT = 220;
 const PAD = { top: 12, right: 12, bottom: 28, left: 64 };
 

@@ -3,7 +3,7 @@
 // model's uplift over its control group.
 
 import { gql } from "../api.js";
-import { barList, columnChart } from "../chart.js";
+import { columnChart } from "../chart.js";
 import {
   errorBox,
   figure,
@@ -16,6 +16,7 @@ import {
   h,
   label,
   loading,
+  table,
 } from "../dom.js";
 
 const FIGURES = `
@@ -139,27 +140,72 @@ export async function render(root, ctx) {
   const byCurrency = new Map(
     (breakdowns.merchant ? breakdowns.merchant.recoveryStats.currencies : []).map((c) => [c.currency, c])
   );
-  const sections = stats.currencies.map((c) =>
-    currencySection({ ...byCurrency.get(c.currency), ...c }, stats, range)
+  const currencies = stats.currencies.map((c) => ({ ...byCurrency.get(c.currency), ...c }));
+  if (!currencies.length) {
+    body.replaceChildren(intro, h("p", { class: "empty" }, "No failed payments in this period."));
+    return;
+  }
+  // Amounts are never added across currencies: one row each, and one currency in detail
+  // (the one with the most failed payments unless the address names another).
+  const busiest = [...currencies].sort((a, b) => b.summary.failedCount - a.summary.failedCount)[0];
+  const chosen = currencies.find((c) => c.currency === ctx.query.get("currency")) || busiest;
+  const choose = h(
+    "select",
+    {
+      id: "currency",
+      onchange: (event) =>
+        ctx.navigate(
+          ctx.merchantPath(ctx.merchant.id, "overview", { days: range.days, currency: event.target.value })
+        ),
+    },
+    currencies.map((c) => h("option", { value: c.currency, selected: c === chosen }, c.currency))
   );
+  picker.after(h("div", { class: "field" }, h("label", { for: "currency" }, "Currency"), choose));
   body.replaceChildren(
     intro,
-    ...(sections.length ? sections : [h("p", { class: "empty" }, "No failed payments in this period.")])
+    currencyTable(currencies),
+    currencySection(chosen, stats, range)
   );
+}
+
+function currencyTable(currencies) {
+  return table({
+    caption: "Recovery per currency",
+    rows: currencies,
+    rowAttributes: (c) => ({ dataset: { currency: c.currency } }),
+    columns: [
+      { title: "Currency", render: (c) => c.currency },
+      { title: "Failed", numeric: true, render: (c) => formatCount(c.summary.failedCount) },
+      { title: "Recovered", numeric: true, render: (c) => formatCount(c.summary.recoveredCount) },
+      {
+        title: "Recovered amount",
+        numeric: true,
+        render: (c) => formatMoney(c.summary.recoveredAmount, c.currency),
+      },
+      { title: "Recovery rate", numeric: true, render: (c) => formatPercent(c.summary.recoveryRateByCount) },
+      {
+        title: "In recovery",
+        numeric: true,
+        render: (c) => formatMoney(c.summary.inRecoveryAmount, c.currency),
+      },
+    ],
+  });
 }
 
 function currencySection(c, stats, range) {
   const s = c.summary;
   const money = (minor) => formatMoney(minor, c.currency);
+  const period = range.granularity === "WEEK" ? "week" : "day";
   const points = c.series.map((p) => ({
     label: formatDate(p.start, stats.timezone),
     value: p.figures.recoveredAmount,
     text: `${money(p.figures.recoveredAmount)} (${formatCount(p.figures.recoveredCount)} payments)`,
   }));
+  const recoveredAny = points.some((p) => p.value > 0);
   return h(
     "section",
-    { class: "currency", "aria-labelledby": `currency-${c.currency}`, dataset: { currency: c.currency } },
-    h("h2", { id: `currency-${c.currency}` }, `${c.currency}`),
+    { class: "currency", "aria-labelledby": "currency-heading", dataset: { currency: c.currency } },
+    h("h2", { id: "currency-heading" }, `${c.currency} in detail`),
     h(
       "div",
       { class: "figures" },
@@ -171,23 +217,25 @@ function currencySection(c, stats, range) {
       figure("Median time to recover", formatDuration(s.medianTimeToRecoverSeconds)),
       upliftFigure(c.uplift)
     ),
-    h("h3", {}, `Recovered revenue per ${range.granularity === "WEEK" ? "week" : "day"} (${stats.timezone})`),
+    h("h3", {}, `Recovered revenue per ${period} (${stats.timezone})`),
     h(
       "div",
       { class: "card" },
-      columnChart({
-        title: `Recovered ${c.currency} per ${range.granularity === "WEEK" ? "week" : "day"}`,
-        points,
-        axis: (value) => money(Math.round(value)),
-      })
+      recoveredAny
+        ? columnChart({
+            title: `Recovered ${c.currency} per ${period}`,
+            points,
+            axis: (value) => money(Math.round(value)),
+          })
+        : h("p", { class: "empty" }, `Nothing recovered in ${c.currency} in this period yet.`)
     ),
     h(
       "div",
-      { class: "grid" },
+      { class: "grid breakdowns" },
       breakdown("By decline category", (c.byDeclineCategory || []).map((r) => [label(r.category), r.figures]), money),
       breakdown("By processor", (c.byProcessor || []).map((r) => [label(r.processor), r.figures]), money),
       breakdown("By card funding", (c.byCardFunding || []).map((r) => [label(r.funding), r.figures]), money),
-      breakdown("Recovered by", s.recoveredByActor.map((a) => [label(a.actor), { recoveryRateByCount: s.recoveredCount ? a.count / s.recoveredCount : null, recoveredAmount: a.amount, recoveredCount: a.count, failedCount: s.recoveredCount }]), money, "share of recoveries")
+      recoveredBy(s, money)
     )
   );
 }
@@ -210,60 +258,58 @@ function upliftFigure(uplift) {
   );
 }
 
-function breakdown(title, rows, money, rateName = "recovery rate") {
+// A bar inside a table cell: its width is set through the CSSOM (inline style attributes
+// are refused by the page's content security policy).
+function rateBar(rate) {
+  const fill = h("span", { class: "rate-fill" });
+  fill.style.width = `${Math.max(0, Math.min(1, rate || 0)) * 100}%`;
+  return h("span", { class: "rate-bar", "aria-hidden": "true" }, fill);
+}
+
+function breakdown(title, rows, money) {
   return h(
     "section",
-    { class: "card", "aria-label": title },
-    h("h3", {}, title),
-    rows.length
-      ? barList({
-          title: `${title}: ${rateName}`,
-          rows: rows.map(([name, f]) => ({
-            label: name,
-            value: f.recoveryRateByCount,
-            text: `${formatPercent(f.recoveryRateByCount)} · ${money(f.recoveredAmount)}`,
-          })),
-        })
-      : h("p", { class: "empty" }, "No payments."),
-    rows.length
-      ? h(
-          "details",
-          {},
-          h("summary", {}, "Show as a table"),
-          h(
-            "table",
-            {},
-            h("caption", {}, title),
-            h(
-              "thead",
-              {},
-              h(
-                "tr",
-                {},
-                h("th", { scope: "col" }, ""),
-                h("th", { scope: "col", class: "num" }, "Failed"),
-                h("th", { scope: "col", class: "num" }, "Recovered"),
-                h("th", { scope: "col", class: "num" }, "Amount"),
-                h("th", { scope: "col", class: "num" }, rateName)
-              )
-            ),
-            h(
-              "tbody",
-              {},
-              rows.map(([name, f]) =>
-                h(
-                  "tr",
-                  {},
-                  h("th", { scope: "row" }, name),
-                  h("td", { class: "num" }, formatCount(f.failedCount)),
-                  h("td", { class: "num" }, formatCount(f.recoveredCount)),
-                  h("td", { class: "num" }, money(f.recoveredAmount)),
-                  h("td", { class: "num" }, formatPercent(f.recoveryRateByCount))
-                )
-              )
-            )
-          )
-        )
-      : null
+    { class: "card breakdown", "aria-label": title },
+    table({
+      caption: title,
+      rows,
+      empty: "No payments.",
+      columns: [
+        { title: "", render: ([name]) => name },
+        { title: "Failed", numeric: true, render: ([, f]) => formatCount(f.failedCount) },
+        { title: "Recovered", numeric: true, render: ([, f]) => money(f.recoveredAmount) },
+        {
+          title: "Rate",
+          numeric: true,
+          render: ([, f]) => h("span", { class: "rate" }, rateBar(f.recoveryRateByCount), formatPercent(f.recoveryRateByCount)),
+        },
+      ],
+    })
+  );
+}
+
+function recoveredBy(summary, money) {
+  const rows = summary.recoveredByActor.filter((a) => a.count > 0);
+  return h(
+    "section",
+    { class: "card breakdown", "aria-label": "Recovered by" },
+    table({
+      caption: "Recovered by",
+      rows,
+      empty: "Nothing recovered yet.",
+      columns: [
+        { title: "", render: (a) => label(a.actor) },
+        { title: "Payments", numeric: true, render: (a) => formatCount(a.count) },
+        { title: "Amount", numeric: true, render: (a) => money(a.amount) },
+        {
+          title: "Share",
+          numeric: true,
+          render: (a) => {
+            const share = summary.recoveredCount ? a.count / summary.recoveredCount : null;
+            return h("span", { class: "rate" }, rateBar(share), formatPercent(share));
+          },
+        },
+      ],
+    })
   );
 }
