@@ -110,9 +110,13 @@ export function formatDateTime(iso, timeZone) {
   if (!dateTimeFormats.has(key)) {
     dateTimeFormats.set(
       key,
+      // Spelled out: `dateStyle`/`timeStyle` cannot be combined with `timeZoneName`.
       new Intl.DateTimeFormat(undefined, {
-        dateStyle: "medium",
-        timeStyle: "short",
+        year: "numeric",
+        month: "short",
+        day: "numeric",
+        hour: "2-digit",
+        minute: "2-digit",
         timeZone: timeZone || undefined,
         timeZoneName: "short",
       })
