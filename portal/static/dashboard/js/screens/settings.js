@@ -5,7 +5,7 @@
 // Each section loads and fails on its own, so one refused query (a partner key reading keys,
 // say) does not blank the rest of the page.
 
-import { ApiError, gql } from "../api.js";
+import { ApiError, apiKey, gql } from "../api.js";
 import {
   announce,
   askReason,
@@ -17,6 +17,7 @@ import {
   h,
   label,
   loading,
+  stacked,
   table,
 } from "../dom.js";
 
@@ -815,7 +816,7 @@ function policySection(screen) {
               { class: "help" },
               `Forecast by the champion model over the ${formatCount(p.scoredPayments)} scheduled payments with the soonest retries.`
             ),
-            table({
+            stacked(table({
               caption: "Expected recoveries, per currency",
               columns: [
                 { title: "Currency", render: (c) => c.currency },
@@ -836,13 +837,13 @@ function policySection(screen) {
                 },
               ],
               rows: p.currencies,
-            }),
+            })),
             p.payments.length
               ? h(
                   "details",
                   {},
                   h("summary", {}, `The ${p.payments.length} payments whose chance changes most`),
-                  table({
+                  stacked(table({
                     caption: "Chance of recovery per payment",
                     columns: [
                       {
@@ -862,7 +863,7 @@ function policySection(screen) {
                       },
                     ],
                     rows: p.payments,
-                  })
+                  }))
                 )
               : null,
           ]
@@ -1043,7 +1044,7 @@ function policySection(screen) {
         )
       : null;
     historyBody.replaceChildren(
-      table({
+      stacked(table({
         caption: `Versions, newest first (${formatCount(state.history.length)} of ${formatCount(total)})`,
         columns: [
           { title: "Version", numeric: true, render: (v) => String(v.version) },
@@ -1057,8 +1058,8 @@ function policySection(screen) {
         ],
         rows: state.history,
         rowAttributes: (v) => ({ dataset: { version: v.version } }),
-      }),
-      more ? h("div", { class: "actions" }, more) : null
+      })),
+      ...(more ? [h("div", { class: "actions" }, more)] : [])
     );
   }
 
@@ -1125,7 +1126,7 @@ function connectionsSection(screen) {
       const data = await gql(CONNECTIONS_QUERY, { id: merchantId }, { signal });
       const connections = data.merchant ? data.merchant.processorConnections : [];
       body.replaceChildren(
-        table({
+        stacked(table({
           caption: "Connections",
           empty: "No processor is connected yet.",
           columns: [
@@ -1138,7 +1139,7 @@ function connectionsSection(screen) {
           ],
           rows: connections,
           rowAttributes: (c) => ({ dataset: { connection: c.id } }),
-        })
+        }))
       );
     } catch (error) {
       if (error.name === "AbortError") return;
@@ -1372,7 +1373,7 @@ function webhooksSection(screen) {
           : ""
       ),
       h("div", { class: "actions" }, sendTest, toggle, remove),
-      table({
+      stacked(table({
         caption: `Recent deliveries to ${endpoint.url}`,
         empty: "No delivery yet: send a test to try the endpoint.",
         columns: [
@@ -1400,7 +1401,7 @@ function webhooksSection(screen) {
         ],
         rows: endpoint.recentDeliveries,
         rowAttributes: (d) => ({ dataset: { delivery: d.id, status: d.status } }),
-      })
+      }))
     );
   }
 
@@ -1540,11 +1541,16 @@ function keysSection(screen) {
     return badge("Active", "good");
   }
 
+  // The key this tab signed in with: revoking it signs the dashboard out too.
+  const isOwn = (key) => Boolean(apiKey() && apiKey().startsWith(key.prefix));
+
   function revokeButton(key) {
     return actionButton("Revoke…", async () => {
       const reason = await askReason(`Revoke the key ${key.name}`, {
         confirm: "Revoke",
-        detail: `Requests with ${key.prefix}… are refused from now on. This cannot be undone.`,
+        detail:
+          `Requests with ${key.prefix}… are refused from now on. This cannot be undone.` +
+          (isOwn(key) ? " It is the key this dashboard is signed in with: you will be signed out." : ""),
       });
       if (!reason) return;
       await mutate(
@@ -1566,11 +1572,22 @@ function keysSection(screen) {
       ? state.keys.filter((k) => k.merchants.some((m) => m.id === merchantId))
       : state.keys;
     body.replaceChildren(
-      table({
+      stacked(table({
         caption: `Keys, newest first (${formatCount(rows.length)} shown of ${formatCount(state.total)} this key can see)`,
         empty: "No key to show.",
         columns: [
-          { title: "Name", render: (k) => h("span", {}, k.name, h("br"), h("code", { class: "help" }, `${k.prefix}…`)) },
+          {
+            title: "Name",
+            render: (k) =>
+              h(
+                "span",
+                {},
+                k.name,
+                isOwn(k) ? h("span", { class: "help" }, " (this dashboard's key)") : null,
+                h("br"),
+                h("code", { class: "help" }, `${k.prefix}…`)
+              ),
+          },
           { title: "Role", render: (k) => label(k.role) },
           { title: "Scopes", render: (k) => k.scopes.map(label).join(", ") },
           ...(role === "MERCHANT" ? [] : [{ title: "Merchants", render: (k) => (k.merchants.length ? k.merchants.map((m) => m.name).join(", ") : "all") }]),
@@ -1582,10 +1599,10 @@ function keysSection(screen) {
         ],
         rows,
         rowAttributes: (k) => ({ dataset: { key: k.id } }),
-      }),
-      state.page && state.page.hasNextPage
-        ? h("div", { class: "actions" }, actionButton("Show older keys", () => load({ more: true }), { tone: "secondary" }))
-        : null
+      })),
+      ...(state.page && state.page.hasNextPage
+        ? [h("div", { class: "actions" }, actionButton("Show older keys", () => load({ more: true }), { tone: "secondary" }))]
+        : [])
     );
   }
 
