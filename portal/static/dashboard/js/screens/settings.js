@@ -107,6 +107,7 @@ const ENDPOINT_FIELDS = `
 const WEBHOOKS_QUERY = `
   query SettingsWebhooks($id: ID!) {
     merchant(id: $id) { id webhookEndpoints { ${ENDPOINT_FIELDS} } }
+    webhookEventTypes { type description }
   }
 `;
 
@@ -1220,10 +1221,12 @@ function webhooksSection(screen) {
     list
   );
   const watching = new Set();
+  let eventTypes = [];
 
   async function load() {
     try {
       const data = await gql(WEBHOOKS_QUERY, { id: merchantId }, { signal });
+      eventTypes = data.webhookEventTypes;
       const endpoints = data.merchant ? data.merchant.webhookEndpoints : [];
       list.replaceChildren(
         ...(endpoints.length
@@ -1334,6 +1337,70 @@ function webhooksSection(screen) {
       await load();
     }, { tone: "danger", describe: `Delete ${endpoint.url}` });
 
+    // Which event types it receives: every one, or those ticked.
+    const typesId = `types-${endpoint.id.replace(/[^\w-]/g, "")}`;
+    const everyType = h("input", { type: "radio", name: typesId, id: `${typesId}-all`, value: "all", checked: !endpoint.eventTypes });
+    const someTypes = h("input", { type: "radio", name: typesId, id: `${typesId}-some`, value: "some", checked: Boolean(endpoint.eventTypes) });
+    const typeBoxes = eventTypes.map((t) =>
+      h("input", {
+        type: "checkbox",
+        id: `${typesId}-${t.type}`,
+        value: t.type,
+        checked: Boolean(endpoint.eventTypes && endpoint.eventTypes.includes(t.type)),
+        onchange: () => {
+          someTypes.checked = true;
+        },
+      })
+    );
+    const typesForm = h(
+      "details",
+      { class: "event-types" },
+      h("summary", {}, "Event types"),
+      h(
+        "form",
+        {
+          onsubmit: async (event) => {
+            event.preventDefault();
+            const picked = typeBoxes.filter((b) => b.checked).map((b) => b.value);
+            if (someTypes.checked && !picked.length) {
+              announce("Tick at least one event type, or choose every type.", { tone: "error" });
+              return;
+            }
+            const wanted = everyType.checked ? null : picked;
+            const reason = await askReason(`Change the event types sent to ${endpoint.url}`, {
+              confirm: "Change",
+              detail: wanted ? `Only: ${wanted.join(", ")}.` : "Every event type.",
+            });
+            if (!reason) return;
+            try {
+              await mutate(
+                `mutation ($input: UpdateWebhookEndpointInput!) {
+                  updateWebhookEndpoint(input: $input) { errors { code message field } webhookEndpoint { id eventTypes } }
+                }`,
+                { input: { endpointId: endpoint.id, eventTypes: wanted, reason } },
+                "updateWebhookEndpoint",
+                signal
+              );
+              announce(`${endpoint.url} now receives ${wanted ? wanted.join(", ") : "every event type"}.`, { tone: "success" });
+              await reload(endpoint.id);
+            } catch (error) {
+              if (error.name !== "AbortError") announce(`The event types were not changed: ${error.message}`, { tone: "error" });
+            }
+          },
+        },
+        h("div", { class: "checkbox" }, everyType, h("label", { for: `${typesId}-all` }, "Every event type")),
+        h("div", { class: "checkbox" }, someTypes, h("label", { for: `${typesId}-some` }, "Only these:")),
+        h(
+          "div",
+          { class: "category-grid" },
+          eventTypes.map((t, i) =>
+            h("div", { class: "checkbox", title: t.description }, typeBoxes[i], h("label", { for: typeBoxes[i].id }, t.type))
+          )
+        ),
+        h("div", { class: "actions" }, h("button", { type: "submit", class: "secondary" }, "Save event types…"))
+      )
+    );
+
     const redeliver = (delivery) =>
       actionButton("Redeliver…", async () => {
         const reason = await askReason(`Send this ${delivery.eventType} event again`, {
@@ -1373,6 +1440,7 @@ function webhooksSection(screen) {
           : ""
       ),
       h("div", { class: "actions" }, sendTest, toggle, remove),
+      typesForm,
       stacked(table({
         caption: `Recent deliveries to ${endpoint.url}`,
         empty: "No delivery yet: send a test to try the endpoint.",
