@@ -1617,7 +1617,7 @@ function keysSection(screen) {
       const reason = await askReason(`Revoke the key ${key.name}`, {
         confirm: "Revoke",
         detail:
-          `Requests with ${key.prefix}… are refused from now on. This cannot be undone.` +
+          `Requests with ${key.prefix}… are refused within seconds. This cannot be undone.` +
           (isOwn(key) ? " It is the key this dashboard is signed in with: you will be signed out." : ""),
       });
       if (!reason) return;

@@ -404,7 +404,7 @@ function bulkProgress(action) {
   const kind = action.kind === "CANCEL_PAYMENT_RECOVERIES" ? "payments canceled" : "merchants paused";
   return h(
     "div",
-    { class: "bulk-progress", dataset: { status: action.status } },
+    { class: "bulk-progress", dataset: { status: action.status, action: action.id } },
     badge(label(action.status), ACTION_TONES[action.status]),
     " ",
     `${formatCount(action.succeededCount)} of ${formatCount(action.expectedCount)} ${kind}`,
@@ -762,6 +762,12 @@ function bulkPauseSection(screen) {
 
 // ---- dead letters ------------------------------------------------------------------------
 
+// "stripe (Acme)": the merchant's name added unless the connection's name has it already.
+function connectionName(row) {
+  const name = row.connection.name;
+  return name.includes(row.merchant.name) ? name : `${name} (${row.merchant.name})`;
+}
+
 function deadLettersSection(screen) {
   const { signal } = screen;
   const body = h("div", {}, loading());
@@ -868,7 +874,7 @@ function deadLettersSection(screen) {
       }
       const page = data.node.deadLetters;
       const letters = [...shown, ...page.edges.map((e) => e.node)];
-      const heading = h("h3", { id: "dead-letter-title", tabindex: -1 }, `Dead letters of ${row.connection.name} (${row.merchant.name})`);
+      const heading = h("h3", { id: "dead-letter-title", tabindex: -1 }, `Dead letters of ${connectionName(row)}`);
       detail.replaceChildren(
         h(
           "div",
@@ -919,7 +925,7 @@ function deadLettersSection(screen) {
               table({
                 caption: "Background jobs",
                 columns: [
-                  { title: "Connection", render: (j) => `${j.row.connection.name} (${j.row.merchant.name})` },
+                  { title: "Connection", render: (j) => connectionName(j.row) },
                   { title: "Job", render: (j) => h("code", {}, j.job.id) },
                   { title: "State", render: (j) => badge(label(j.job.state), ACTION_TONES[j.job.state] || null) },
                   { title: "Queued", render: (j) => formatDateTime(j.job.enqueuedAt, "UTC") },
