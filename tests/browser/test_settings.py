@@ -268,7 +268,8 @@ async def test_a_test_webhook_is_delivered_and_redelivered(
     # The signing secret is shown once.
     secret = page.locator(".secret-box", has_text=f"Signing secret of {receiver.url}")
     await expect(secret).to_be_visible(timeout=SLOW)
-    assert await secret.locator("input").input_value()
+    first_secret = await secret.locator("input").input_value()
+    assert first_secret
     card = page.locator("article.endpoint", has_text=receiver.url)
     await expect(card.locator(".endpoint-head")).to_contain_text("Enabled")
     await expect(card).to_contain_text("Receives every event type.")
@@ -307,6 +308,14 @@ async def test_a_test_webhook_is_delivered_and_redelivered(
     pings = receiver.deliveries_of("ping")
     assert len(pings) == 2
     assert pings[0][1]["id"] == pings[1][1]["id"]
+
+    # A new secret, shown once; the old one still signs for a while, as the card says.
+    await card.get_by_role("button", name=f"Rotate the signing secret of {receiver.url}").click()
+    await _give_reason(page, "browser test: rotate", "Rotate")
+    rotated = page.locator(".secret-box", has_text=f"New signing secret of {receiver.url}")
+    await expect(rotated).to_be_visible(timeout=SLOW)
+    assert await rotated.locator("input").input_value() not in ("", first_secret)
+    await expect(card).to_contain_text("The previous secret still signs until")
 
     # Disabled, then deleted.
     await card.get_by_role("button", name=f"Disable {receiver.url}").click()

@@ -1319,6 +1319,32 @@ function webhooksSection(screen) {
       await reload(endpoint.id);
     }, { tone: "secondary", describe: `${endpoint.enabled ? "Disable" : "Enable"} ${endpoint.url}` });
 
+    const rotate = actionButton("Rotate secret…", async () => {
+      const reason = await askReason(`Replace the signing secret of ${endpoint.url}`, {
+        confirm: "Rotate",
+        detail: "The new secret is shown once; the old one keeps signing deliveries too for 24 hours, while the receiver switches.",
+      });
+      if (!reason) return;
+      const payload = await mutate(
+        `mutation ($input: RotateWebhookSecretInput!) {
+          rotateWebhookSecret(input: $input) { errors { code message field } secret webhookEndpoint { id } }
+        }`,
+        { input: { endpointId: endpoint.id, reason } },
+        "rotateWebhookSecret",
+        signal
+      );
+      secretSlot.replaceChildren(
+        secretBox(
+          `New signing secret of ${endpoint.url}`,
+          payload.secret,
+          "Shown once. Deliveries are signed with both secrets until the old one expires."
+        )
+      );
+      announce(`The signing secret of ${endpoint.url} was replaced.`, { tone: "success" });
+      await reload(endpoint.id);
+      secretSlot.scrollIntoView({ block: "nearest" });
+    }, { tone: "secondary", describe: `Rotate the signing secret of ${endpoint.url}` });
+
     const remove = actionButton("Delete…", async () => {
       const reason = await askReason(`Delete ${endpoint.url}`, {
         confirm: "Delete",
@@ -1439,7 +1465,7 @@ function webhooksSection(screen) {
           ? ` The previous secret still signs until ${formatDateTime(endpoint.previousSecretExpiresAt, screen.timeZone)}.`
           : ""
       ),
-      h("div", { class: "actions" }, sendTest, toggle, remove),
+      h("div", { class: "actions" }, sendTest, toggle, rotate, remove),
       typesForm,
       stacked(table({
         caption: `Recent deliveries to ${endpoint.url}`,
