@@ -281,7 +281,7 @@ async def test_a_test_webhook_is_delivered_and_redelivered(
     await _give_reason(page, "browser test: only rare events", "Change")
     await expect(card).to_contain_text("Receives: payment.duplicate_charge.")
 
-    await card.get_by_role("button", name=f"Send a test event to {receiver.url}").click()
+    await card.get_by_role("button", name=f"Send test to {receiver.url}").click()
     ping = card.locator("tbody tr", has_text="ping")
     await expect(ping).to_have_attribute("data-status", "DELIVERED", timeout=SLOW)
     await expect(ping).to_contain_text("HTTP 204")
@@ -310,7 +310,7 @@ async def test_a_test_webhook_is_delivered_and_redelivered(
     assert pings[0][1]["id"] == pings[1][1]["id"]
 
     # A new secret, shown once; the old one still signs for a while, as the card says.
-    await card.get_by_role("button", name=f"Rotate the signing secret of {receiver.url}").click()
+    await card.get_by_role("button", name=f"Rotate secret of {receiver.url}").click()
     await _give_reason(page, "browser test: rotate", "Rotate")
     rotated = page.locator(".secret-box", has_text=f"New signing secret of {receiver.url}")
     await expect(rotated).to_be_visible(timeout=SLOW)

@@ -1298,7 +1298,7 @@ function webhooksSection(screen) {
       announce("Test event (ping) queued.", { tone: "success" });
       await reload(endpoint.id);
       watch(endpoint.id, payload.delivery.id);
-    }, { tone: "secondary", describe: `Send a test event to ${endpoint.url}` });
+    }, { tone: "secondary", describe: `Send test to ${endpoint.url}` });
 
     const toggle = actionButton(endpoint.enabled ? "Disable…" : "Enable…", async () => {
       const verb = endpoint.enabled ? "Disable" : "Enable";
@@ -1343,7 +1343,7 @@ function webhooksSection(screen) {
       announce(`The signing secret of ${endpoint.url} was replaced.`, { tone: "success" });
       await reload(endpoint.id);
       secretSlot.scrollIntoView({ block: "nearest" });
-    }, { tone: "secondary", describe: `Rotate the signing secret of ${endpoint.url}` });
+    }, { tone: "secondary", describe: `Rotate secret of ${endpoint.url}` });
 
     const remove = actionButton("Delete…", async () => {
       const reason = await askReason(`Delete ${endpoint.url}`, {
