@@ -701,6 +701,10 @@ function policySection(screen) {
     if (!state.base) return;
     const { changes } = pendingChanges();
     const count = Object.keys(changes).length;
+    // Each edited setting is marked where it is, so edits kept after a conflict stand out.
+    for (const wrapper of form.querySelectorAll("[data-field]")) {
+      wrapper.classList.toggle("edited", wrapper.dataset.field in changes);
+    }
     const note = form.querySelector("#policy-edits");
     note.textContent = count
       ? `Unsaved: ${Object.keys(changes).map(fieldLabel).join(", ")}.`
