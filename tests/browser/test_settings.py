@@ -71,7 +71,7 @@ async def _open_settings(page: Page, demo: Demo, merchant_id: str, key: str) -> 
     await page.goto(demo.link(f"/m/{merchant_id}/settings", key=key))
     await expect(page.get_by_role("heading", level=1)).to_contain_text("Settings")
     # The form is filled once the policy is read.
-    await expect(page.locator("#policy-summary")).to_contain_text("Version")
+    await expect(page.locator("#policy-summary")).to_contain_text("Version", timeout=SLOW)
 
 
 def _other(value: int, low: int, high: int) -> int:
