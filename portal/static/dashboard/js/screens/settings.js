@@ -381,10 +381,10 @@ function differences(values, draft) {
   return changes;
 }
 
-function changeList(changes, { className = "change-list" } = {}) {
+function changeList(changes) {
   return h(
     "ul",
-    { class: className },
+    { class: "change-list" },
     changes.map((c) =>
       h(
         "li",
