@@ -79,6 +79,7 @@ async def _open_support(page: Page, demo: Demo) -> None:
     await page.goto(demo.link("/support"))
     await expect(page.get_by_role("heading", level=1)).to_have_text("Support")
     await expect(page.locator("#merchants tbody tr").first).to_be_visible(timeout=SLOW)
+    await expect(page.locator(".dead-letter-summary")).to_be_visible(timeout=SLOW)
 
 
 async def _new_merchant(demo: Demo, prefix: str) -> dict[str, str]:
