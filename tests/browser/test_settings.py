@@ -69,7 +69,7 @@ async def _give_reason(page: Page, reason: str, confirm: str) -> None:
 
 async def _open_settings(page: Page, demo: Demo, merchant_id: str, key: str) -> None:
     await page.goto(demo.link(f"/m/{merchant_id}/settings", key=key))
-    await expect(page.get_by_role("heading", level=1)).to_contain_text("Settings")
+    await expect(page.get_by_role("heading", level=1)).to_contain_text("Settings", timeout=SLOW)
     # The form is filled once the policy is read.
     await expect(page.locator("#policy-summary")).to_contain_text("Version", timeout=SLOW)
 
@@ -117,7 +117,7 @@ async def test_a_policy_change_is_previewed_then_saved(
         {"field": "maxAttempts", "old": before["maxAttempts"], "new": wanted}
     ]
     row = page.locator(f"#policy-history tr[data-version='{after['version']}']")
-    await expect(row).to_contain_text("browser test: one more retry")
+    await expect(row).to_contain_text("browser test: one more retry", timeout=SLOW)
     await expect(row).to_contain_text(f"Max attempts: {before['maxAttempts']} → {wanted}")
     await expect(page.locator("#policy-summary")).to_contain_text(f"Version {after['version']},")
     await expect(page.locator("#policy-edits")).to_have_text("No unsaved edits.")
@@ -271,7 +271,7 @@ async def test_a_test_webhook_is_delivered_and_redelivered(
     first_secret = await secret.locator("input").input_value()
     assert first_secret
     card = page.locator("article.endpoint", has_text=receiver.url)
-    await expect(card.locator(".endpoint-head")).to_contain_text("Enabled")
+    await expect(card.locator(".endpoint-head")).to_contain_text("Enabled", timeout=SLOW)
     await expect(card).to_contain_text("Receives every event type.")
     # Narrowed to a rare event type, so the merchant's payment events do not crowd the test
     # delivery out of the recent ones (a test event is sent whatever the types).
@@ -279,7 +279,7 @@ async def test_a_test_webhook_is_delivered_and_redelivered(
     await card.get_by_label("payment.duplicate_charge", exact=True).check()
     await card.get_by_role("button", name="Save event types…").click()
     await _give_reason(page, "browser test: only rare events", "Change")
-    await expect(card).to_contain_text("Receives: payment.duplicate_charge.")
+    await expect(card).to_contain_text("Receives: payment.duplicate_charge.", timeout=SLOW)
 
     await card.get_by_role("button", name=f"Send test to {receiver.url}").click()
     ping = card.locator("tbody tr", has_text="ping")
@@ -315,18 +315,20 @@ async def test_a_test_webhook_is_delivered_and_redelivered(
     rotated = page.locator(".secret-box", has_text=f"New signing secret of {receiver.url}")
     await expect(rotated).to_be_visible(timeout=SLOW)
     assert await rotated.locator("input").input_value() not in ("", first_secret)
-    await expect(card).to_contain_text("The previous secret still signs until")
+    await expect(card).to_contain_text("The previous secret still signs until", timeout=SLOW)
 
     # Disabled, then deleted.
     await card.get_by_role("button", name=f"Disable {receiver.url}").click()
     await _give_reason(page, "browser test: pause the receiver", "Disable")
-    await expect(card.locator(".endpoint-head")).to_contain_text("Disabled")
+    await expect(card.locator(".endpoint-head")).to_contain_text("Disabled", timeout=SLOW)
     data = await demo.api(ENDPOINTS, {"id": merchant_id}, key=key)
     endpoint = next(e for e in data["merchant"]["webhookEndpoints"] if e["url"] == receiver.url)
     assert endpoint["enabled"] is False
     await card.get_by_role("button", name=f"Delete {receiver.url}").click()
     await _give_reason(page, "browser test: done", "Delete")
-    await expect(page.locator("article.endpoint", has_text=receiver.url)).to_have_count(0)
+    await expect(page.locator("article.endpoint", has_text=receiver.url)).to_have_count(
+        0, timeout=SLOW
+    )
     data = await demo.api(ENDPOINTS, {"id": merchant_id}, key=key)
     assert receiver.url not in [e["url"] for e in data["merchant"]["webhookEndpoints"]]
 
@@ -357,7 +359,7 @@ async def test_a_key_is_created_shown_once_and_revoked(demo: Demo, page: Page, s
     assert created["scopes"] == ["READ"]
     assert created["expiresAt"] is not None
     row = page.locator(f"tr[data-key='{created['id']}']")
-    await expect(row).to_contain_text("Read")
+    await expect(row).to_contain_text("Read", timeout=SLOW)
     await expect(row).not_to_contain_text("Write")
     await expect(row).to_contain_text("Active")
     await shot(page, "api-key-created")

@@ -77,7 +77,7 @@ async def _give_reason(page: Page, reason: str, confirm: str) -> None:
 
 async def _open_support(page: Page, demo: Demo) -> None:
     await page.goto(demo.link("/support"))
-    await expect(page.get_by_role("heading", level=1)).to_have_text("Support")
+    await expect(page.get_by_role("heading", level=1)).to_have_text("Support", timeout=SLOW)
     await expect(page.locator("#merchants tbody tr").first).to_be_visible(timeout=SLOW)
     await expect(page.locator(".dead-letter-summary")).to_be_visible(timeout=SLOW)
 
@@ -91,7 +91,7 @@ async def _new_merchant(demo: Demo, prefix: str) -> dict[str, str]:
 async def test_other_keys_are_told_the_screen_is_for_support(demo: Demo, page: Page) -> None:
     _, key = next(iter(demo.merchant_keys.items()))
     await page.goto(demo.link("/support", key=key))
-    await expect(page.get_by_role("heading", level=1)).to_have_text("Support")
+    await expect(page.get_by_role("heading", level=1)).to_have_text("Support", timeout=SLOW)
     await expect(page.get_by_role("note")).to_contain_text("Support keys only.")
     await expect(page.get_by_role("button", name="Count (dry run)")).to_have_count(0)
 
@@ -202,7 +202,8 @@ async def test_a_bulk_pause_is_counted_before_it_runs(demo: Demo, page: Page, sh
     answer = await demo.api(DRY_PAUSE, {"ids": [active["id"], paused["id"]]})
     assert answer["pauseMerchantsRecovery"]["count"] == 1
     await expect(section.locator(".dry-run-sentence")).to_have_text(
-        "This would pause recovery at 1 merchant (1 of the 2 selected is paused already)."
+        "This would pause recovery at 1 merchant (1 of the 2 selected is paused already).",
+        timeout=SLOW,
     )
     await section.get_by_role("button", name="Pause 1 merchant…").click()
     await _give_reason(page, "browser test: bulk pause", "Pause them")
@@ -217,7 +218,7 @@ async def test_a_bulk_pause_is_counted_before_it_runs(demo: Demo, page: Page, sh
     # Resumed on its own row.
     await row.get_by_role("button", name=f"Resume recovery at {active['name']}").click()
     await _give_reason(page, "browser test: resume", "Resume")
-    await expect(row).to_contain_text("Active")
+    await expect(row).to_contain_text("Active", timeout=SLOW)
     assert (await demo.api(STATUS, {"id": active["id"]}))["merchant"]["status"] == "ACTIVE"
 
 
@@ -280,11 +281,13 @@ async def test_dead_letters_are_shown_with_their_records(
     merchant_name, connection_id, total = await _connection_with_dead_letters(demo)
     await _open_support(page, demo)
     row = page.locator(f"#dead-letters tr[data-connection='{connection_id}']")
-    await expect(row.locator("td[data-label='Dead letters']")).to_have_text(str(total))
+    await expect(row.locator("td[data-label='Dead letters']")).to_have_text(
+        str(total), timeout=SLOW
+    )
     await expect(row).to_contain_text(merchant_name)
     await row.get_by_role("button", name="Show").click()
     detail = page.locator("#dead-letter-detail")
-    await expect(detail.get_by_role("heading", level=3)).to_be_focused()
+    await expect(detail.get_by_role("heading", level=3)).to_be_focused(timeout=SLOW)
     await expect(detail.locator("tbody tr")).to_have_count(total)
     letters = (await demo.api(DEAD_LETTERS, {"id": connection_id}))["node"]["deadLetters"]
     for edge in letters["edges"]:
@@ -309,4 +312,6 @@ async def test_dead_letters_are_shown_with_their_records(
     assert answer["backgroundJob"]["state"] == "SUCCEEDED"
     assert answer["backgroundJob"]["result"]["dead_letters"] == total
     await expect(job).to_contain_text(f"dead letters: {total}")
-    await expect(row.locator("td[data-label='Dead letters']")).to_have_text(str(total))
+    await expect(row.locator("td[data-label='Dead letters']")).to_have_text(
+        str(total), timeout=SLOW
+    )

@@ -903,10 +903,10 @@ function policySection(screen) {
         "updateRetryPolicy",
         signal
       );
-      announce(`Saved: the retry policy is at version ${payload.retryPolicy.version}.`, { tone: "success" });
       const policy = await fetchPolicy();
       showPolicy(policy);
       discardEdits();
+      announce(`Saved: the retry policy is at version ${payload.retryPolicy.version}.`, { tone: "success" });
     } catch (error) {
       if (error.name === "AbortError") return;
       if (error.code === "VERSION_CONFLICT") await conflict(changes);
