@@ -270,9 +270,10 @@ export async function render(root, ctx) {
   const webhooks = webhooksSection(screen);
   const keys = keysSection(screen);
   root.append(policy.element, policy.historyElement, connections.element, webhooks.element, keys.element);
-  // The policy first: its time zone is the one the other sections show times in.
-  await policy.load();
-  await Promise.all([connections.load(), webhooks.load(), keys.load()]);
+  // The sections load after render returns: the shell then focuses the heading at once, not
+  // later in the middle of the user's first edit. The policy comes first: its time zone is the
+  // one the other sections show times in.
+  policy.load().then(() => Promise.all([connections.load(), webhooks.load(), keys.load()]));
 }
 
 // ---- retry policy ------------------------------------------------------------------------

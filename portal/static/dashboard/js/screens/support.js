@@ -239,7 +239,10 @@ export async function render(root, ctx) {
     pause.element,
     deadLetters.element
   );
-  await Promise.all([merchants.load(), deadLetters.load()]);
+  // Loaded after render returns, so the shell's focus on the heading comes first (see
+  // settings.js); each section shows its own errors.
+  merchants.load();
+  deadLetters.load();
 }
 
 function changed(screen) {
