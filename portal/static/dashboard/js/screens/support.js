@@ -403,15 +403,22 @@ function merchantsSection(screen) {
 
 // ---- following a bulk action -------------------------------------------------------------
 
+// The job acts on what matches when it runs, so it may change more (or fewer) than the count
+// taken at submission: both are shown.
 function bulkProgress(action) {
-  const kind = action.kind === "CANCEL_PAYMENT_RECOVERIES" ? "payments canceled" : "merchants paused";
+  const cancel = action.kind === "CANCEL_PAYMENT_RECOVERIES";
+  const done = plural(action.succeededCount, cancel ? "payment" : "merchant");
+  const running = action.status === "QUEUED" || action.status === "RUNNING";
   return h(
     "div",
     { class: "bulk-progress", dataset: { status: action.status, action: action.id } },
     badge(label(action.status), ACTION_TONES[action.status]),
     " ",
-    `${formatCount(action.succeededCount)} of ${formatCount(action.expectedCount)} ${kind}`,
-    action.skippedCount ? `, ${formatCount(action.skippedCount)} left alone (ended, in flight or already paused meanwhile)` : "",
+    `${done} ${cancel ? "canceled" : "paused"}${running ? " so far" : ""}`,
+    ` (${formatCount(action.expectedCount)} counted when submitted)`,
+    action.skippedCount
+      ? `; ${formatCount(action.skippedCount)} left alone (${cancel ? "ended or in flight meanwhile" : "already paused"})`
+      : "",
     ".",
     action.error ? h("div", { class: "row-error" }, action.error) : null
   );
