@@ -178,9 +178,9 @@ async def test_a_bulk_cancel_is_counted_before_it_runs(
     await expect(page.locator("#cancel-result")).to_contain_text(
         f"Submitted: {expected} payment{'' if expected == 1 else 's'} to cancel"
     )
-    # The job cancels what matches when it runs: payments that failed meanwhile too.
+    # The job cancels what matches when it runs (payments that failed meanwhile too, none that
+    # were retried meanwhile): the page shows what it did as the API tells it.
     done = action["succeededCount"]
-    assert done + action["skippedCount"] >= 1
     await expect(progress).to_have_text(
         re.compile(rf"Succeeded {done} payments? canceled \({expected} counted when submitted\)")
     )
