@@ -5,7 +5,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from functools import lru_cache
@@ -24,10 +24,11 @@ from graphql.language import OperationType as AstOperationType
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
-from starlette.websockets import WebSocket
-from strawberry.asgi import GraphQL
+from starlette.websockets import WebSocket, WebSocketDisconnect
+from strawberry.asgi import ASGIWebSocketAdapter, GraphQL
 from strawberry.exceptions import ConnectionRejectionError
 from strawberry.http import GraphQLHTTPResponse
+from strawberry.http.exceptions import WebSocketDisconnected
 from strawberry.schema import Schema
 from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
@@ -106,6 +107,20 @@ async def _refused(code: ErrorCode, message: str) -> AsyncIterator[PreExecutionE
     yield PreExecutionError(
         data=None, errors=[GraphQLError(message, extensions={"code": code.value})]
     )
+
+
+class TextFrames(ASGIWebSocketAdapter):
+    """graphql-transport-ws messages as text frames, as the protocol's clients read them
+    (a browser hands a binary frame over as a Blob, which `JSON.parse` cannot read):
+    `encode_json` gives bytes for HTTP bodies, which would make them binary frames."""
+
+    async def send_json(self, message: Mapping[str, object]) -> None:
+        encoded: bytes | str = self.view.encode_json(message)
+        text = encoded.decode() if isinstance(encoded, bytes) else encoded
+        try:
+            await self.ws.send_text(text)
+        except WebSocketDisconnect as exc:
+            raise WebSocketDisconnected from exc
 
 
 class SubscriptionHandler(BaseGraphQLTransportWSHandler[Context, None]):
@@ -246,6 +261,7 @@ class PortalGraphQL(GraphQL[Context, None]):
     """
 
     graphql_transport_ws_handler_class = SubscriptionHandler
+    websocket_adapter_class = TextFrames
 
     def __init__(self, *args: Any, settings: Settings, **kwargs: Any) -> None:
         # Subscriptions: graphql-transport-ws only (the older graphql-ws protocol is refused

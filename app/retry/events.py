@@ -93,6 +93,15 @@ class InvoiceVoided:
 
 
 @dataclass(frozen=True, slots=True)
+class RecoveryCanceled:
+    """Recovery of the payment was stopped on request (a person, with their reason) or because
+    the portal can no longer charge it (its processor connection was disconnected)."""
+
+    name: ClassVar[str] = "recovery_canceled"
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class CustomerDeleted:
     """The processor no longer has the payment's customer: there is nobody left to charge."""
 
@@ -154,6 +163,7 @@ Event = (
     | WindowExpired
     | MerchantPaused
     | MerchantResumed
+    | RecoveryCanceled
 )
 
 EVENT_TYPES: tuple[type[Event], ...] = (
@@ -173,6 +183,7 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     WindowExpired,
     MerchantPaused,
     MerchantResumed,
+    RecoveryCanceled,
 )
 
 # The test event `sendTestWebhook` sends on request (the domain events' types are listed with

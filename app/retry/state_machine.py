@@ -33,6 +33,7 @@ from app.retry.events import (
     PolicyChanged,
     RecordAttempt,
     RecordTransition,
+    RecoveryCanceled,
     RequestDecision,
     ScheduleRetry,
     SubscriptionCanceled,
@@ -380,7 +381,7 @@ def _on_paid(state: PaymentState, event: PaidElsewhere, ctx: _Ctx) -> _Outcome:
 
 def _on_ended(
     state: PaymentState,
-    event: SubscriptionCanceled | InvoiceVoided | CustomerDeleted,
+    event: SubscriptionCanceled | InvoiceVoided | CustomerDeleted | RecoveryCanceled,
     ctx: _Ctx,
 ) -> _Outcome:
     match state:
@@ -497,7 +498,7 @@ def _dispatch(state: PaymentState, event: Event, ctx: _Ctx) -> _Outcome:
             return _on_external(state, event, ctx)
         case PaidElsewhere():
             return _on_paid(state, event, ctx)
-        case SubscriptionCanceled() | InvoiceVoided() | CustomerDeleted():
+        case SubscriptionCanceled() | InvoiceVoided() | CustomerDeleted() | RecoveryCanceled():
             return _on_ended(state, event, ctx)
         case CredentialUpdated():
             return _on_credential(state, event, ctx)

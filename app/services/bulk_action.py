@@ -39,7 +39,7 @@ from app.errors import InvalidArgument, NotFound
 from app.models.bulk_action import BulkAction
 from app.models.merchant import Merchant
 from app.models.payment import Payment
-from app.retry.events import InvoiceVoided
+from app.retry.events import RecoveryCanceled
 from app.services import audit
 from app.services.merchant import set_recovery_status
 from app.services.payment import PaymentFilter, matching
@@ -355,7 +355,7 @@ async def cancel_batch(
             await run_event(
                 uow,
                 ctx,
-                InvoiceVoided(),
+                RecoveryCanceled(action.reason),
                 now=now,
                 actor_label=principal.actor_label,
                 event_label="recovery_canceled",

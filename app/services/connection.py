@@ -20,7 +20,7 @@ from app.models.merchant import Merchant
 from app.models.payment import Payment
 from app.processors.adapters import REQUIRED_CREDENTIALS
 from app.processors.base import ConnectionInfo
-from app.retry.events import InvoiceVoided
+from app.retry.events import RecoveryCanceled
 from app.services import audit
 from app.services.lookup import configurable_row
 from app.services.retry.engine import run_event
@@ -318,7 +318,7 @@ async def disconnect_connection(
             await run_event(
                 uow,
                 ctx,
-                InvoiceVoided("processor connection disconnected"),
+                RecoveryCanceled("processor connection disconnected"),
                 now=now,
                 actor_label=principal.actor_label,
                 event_label="connection_disconnected",

@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.async_api import Browser, ConsoleMessage, Page, async_playwright
+from playwright.async_api import Browser, ConsoleMessage, Page, async_playwright, expect
 
 from app.embedded import Services, create_scratch_database, drop_database
 from tests.support.stack import PORTAL, ROOT, free_port
@@ -40,6 +40,9 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 STARTUP_SECONDS = 150
+# What a screen may take to show an answer on a machine shared with other work (the default
+# of 5 s is for a quiet one); a screen that never shows it still fails.
+expect.set_options(timeout=20_000)
 
 
 def chromium() -> str:

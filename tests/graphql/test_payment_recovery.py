@@ -37,7 +37,8 @@ RETRY_NOW = """mutation($id: ID!, $reason: String!) {
 
 CANCEL = """mutation($id: ID!, $reason: String!) {
   cancelPaymentRecovery(paymentId: $id, reason: $reason) {
-    payment { state nextRetryAt timeline { event actor requestedBy } } errors { code field } } }"""
+    payment { state nextRetryAt timeline { event actor requestedBy reason } }
+    errors { code field } } }"""
 
 
 async def _decided_payment(db: Database, clock: FixedClock) -> tuple[str, str]:
@@ -142,10 +143,12 @@ async def test_retry_now_keeps_the_rules_and_cancel_ends_recovery(
     assert payload["errors"] == []
     assert payload["payment"]["state"] == "CANCELED"
     assert payload["payment"]["nextRetryAt"] is None
+    # The timeline says why in the requester's words, not as one of the processor's events.
     assert payload["payment"]["timeline"][-1] == {
         "event": "recovery_canceled",
         "actor": "PORTAL",
         "requestedBy": "api_key:test",
+        "reason": "recovery canceled: customer left",
     }
     again = await run(
         db, settings, clock, CANCEL, token=token, variables={"id": pid, "reason": "twice"}

@@ -190,7 +190,10 @@ class Client:
         await self.socket.send(json.dumps(message))
 
     async def receive(self, within: float = 10) -> dict[str, Any]:
-        message: dict[str, Any] = json.loads(await asyncio.wait_for(self.socket.recv(), within))
+        raw = await asyncio.wait_for(self.socket.recv(), within)
+        # Text frames: a browser hands a binary frame over as a Blob, not a string.
+        assert isinstance(raw, str), "graphql-transport-ws messages travel as text frames"
+        message: dict[str, Any] = json.loads(raw)
         return message
 
     async def subscribe(self, tenant: Tenant, after: str | None, id: str = "1") -> None:

@@ -64,6 +64,7 @@ SAMPLES: dict[type[ev.Event], ev.Event] = {
     ev.WindowExpired: ev.WindowExpired(),
     ev.MerchantPaused: ev.MerchantPaused(),
     ev.MerchantResumed: ev.MerchantResumed(),
+    ev.RecoveryCanceled: ev.RecoveryCanceled("the customer asked"),
 }
 
 # Expected outcome of each pair with the default policy and a soft-declined ledger: the new
@@ -83,14 +84,14 @@ PE, SC, RE, RC, EX, NR, CA = (
 _, X = NOOP, ILLEGAL
 # fmt: off
 TABLE: dict[PaymentState, tuple[str, ...]] = {
-    #    Fail Decide Start Succ Decl Aband Ext Paid SubC Void Cust Cred Policy Window Pause Resume
-    PE: (PE,  SC,    X,    RC,  X,   X,    PE, RC,  CA,  CA,  CA,  PE,  PE,    _,     _,    PE),
-    SC: (_,   SC,    RE,   RC,  X,   X,    SC, RC,  CA,  CA,  CA,  SC,  SC,    _,     PE,   _),
-    RE: (_,   X,     X,    RC,  SC,  SC,   RE, RC,  CA,  CA,  CA,  RE,  _,     _,     _,    _),
-    RC: (_,   _,     _,    RC,  _,   _,    _,  _,   _,   _,   _,   _,   _,     _,     _,    _),
-    CA: (_,   _,     _,    CA,  _,   _,    _,  _,   _,   _,   _,   _,   _,     _,     _,    _),
-    EX: (_,   _,     _,    RC,  _,   _,    _,  RC,  _,   _,   _,   _,   _,     _,     _,    _),
-    NR: (_,   _,     _,    RC,  _,   _,    _,  RC,  _,   _,   _,   PE,  _,     _,     _,    _),
+    #    Fail Dec Start Succ Decl Aband Ext Paid SubC Void Cust Cred Pol Win Pause Res Stop
+    PE: (PE,  SC, X,    RC,  X,   X,    PE, RC,  CA,  CA,  CA,  PE,  PE, _,  _,    PE, CA),
+    SC: (_,   SC, RE,   RC,  X,   X,    SC, RC,  CA,  CA,  CA,  SC,  SC, _,  PE,   _,  CA),
+    RE: (_,   X,  X,    RC,  SC,  SC,   RE, RC,  CA,  CA,  CA,  RE,  _,  _,  _,    _,  CA),
+    RC: (_,   _,  _,    RC,  _,   _,    _,  _,   _,   _,   _,   _,   _,  _,  _,    _,  _),
+    CA: (_,   _,  _,    CA,  _,   _,    _,  _,   _,   _,   _,   _,   _,  _,  _,    _,  _),
+    EX: (_,   _,  _,    RC,  _,   _,    _,  RC,  _,   _,   _,   _,   _,  _,  _,    _,  _),
+    NR: (_,   _,  _,    RC,  _,   _,    _,  RC,  _,   _,   _,   PE,  _,  _,  _,    _,  _),
 }
 # fmt: on
 EXPECTED: dict[tuple[PaymentState, type[ev.Event]], str] = {
@@ -118,7 +119,7 @@ def kinds(t: ev.Transition) -> list[type[object]]:
 
 
 def test_table_covers_every_pair() -> None:
-    assert len(EXPECTED) == len(PaymentState) * len(ev.EVENT_TYPES) == 112
+    assert len(EXPECTED) == len(PaymentState) * len(ev.EVENT_TYPES) == 119
     assert set(SAMPLES) == set(ev.EVENT_TYPES)
 
 

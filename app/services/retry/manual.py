@@ -8,7 +8,7 @@ from app.db import UnitOfWork
 from app.enums import PaymentState
 from app.errors import InvalidState, NotFound, RecoveryDisabled
 from app.models.payment import Payment
-from app.retry.events import DecisionMade, Event, InvoiceVoided
+from app.retry.events import DecisionMade, Event, RecoveryCanceled
 from app.services import audit
 from app.services.retry.engine import run_event
 from app.services.retry.ledger import PaymentContext, load_contexts
@@ -91,11 +91,10 @@ async def cancel_recovery(
         raise InvalidState("a charge is in flight; cancel once its outcome is recorded")
     if payment.state.is_terminal:
         raise InvalidState(f"the payment is already {payment.state}")
-    # The core's "the invoice is no longer due" event, named for what happened.
     return await _apply(
         uow,
         ctx,
-        InvoiceVoided(),
+        RecoveryCanceled(reason),
         principal=principal,
         event_label="recovery_canceled",
         action="payment.cancel_recovery",

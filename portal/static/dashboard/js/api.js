@@ -128,6 +128,8 @@ export function subscribe(query, variables, { onData, onError, onStatus, cursorO
   function open() {
     status("connecting");
     socket = new WebSocket(socketUrl(), "graphql-transport-ws");
+    // The portal may send its JSON messages as binary frames: read them as UTF-8 text.
+    socket.binaryType = "arraybuffer";
     socket.addEventListener("open", () => {
       const key = apiKey();
       socket.send(
@@ -138,7 +140,9 @@ export function subscribe(query, variables, { onData, onError, onStatus, cursorO
       );
     });
     socket.addEventListener("message", (event) => {
-      const message = JSON.parse(event.data);
+      const text =
+        typeof event.data === "string" ? event.data : new TextDecoder().decode(event.data);
+      const message = JSON.parse(text);
       switch (message.type) {
         case "connection_ack":
           attempt = 0;

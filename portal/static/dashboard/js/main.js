@@ -237,6 +237,10 @@ async function route() {
     (current.merchantId ? { id: current.merchantId, name: "" } : null);
   const main = clear(document.getElementById("main"));
   main.append(loading());
+  announce("");
+  // Where focus was when the navigation started: if the user moves on while the screen
+  // loads, the screen's heading does not take focus back from them.
+  const focusedBefore = document.activeElement;
   document.title = `${spec.title}${merchant && merchant.name ? ` · ${merchant.name}` : ""} · Recovery portal`;
   try {
     const module = await spec.load();
@@ -253,7 +257,8 @@ async function route() {
       merchantPath,
     });
     const heading = main.querySelector("h1");
-    if (heading) {
+    const unmoved = [focusedBefore, document.body, null].includes(document.activeElement);
+    if (heading && unmoved) {
       heading.tabIndex = -1;
       heading.focus({ preventScroll: true });
     }

@@ -213,7 +213,7 @@ export async function render(root, ctx) {
     root.append(
       h(
         "div",
-        { class: "card notice", role: "note" },
+        { class: "card support-only", role: "note" },
         h("p", {}, h("strong", {}, "Support keys only. "), `This dashboard is signed in with a ${ctx.viewer.role.toLowerCase()} key, which may not run bulk actions or read other merchants' dead letters.`),
         h("p", { class: "help" }, "Sign out and sign in with a support key to use this screen.")
       )
