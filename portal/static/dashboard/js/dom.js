@@ -249,3 +249,18 @@ export function askReason(title, { confirm = "Confirm", detail } = {}) {
     input.focus();
   });
 }
+
+// Lets a table made by `table()` read as one block per row on a phone: each cell carries its
+// column's title, which app.css shows before the value on narrow screens (`table.stacked`).
+export function stacked(node) {
+  const found = node.matches && node.matches("table") ? node : node.querySelector && node.querySelector("table");
+  if (!found) return node;
+  const titles = [...found.querySelectorAll("thead th")].map((th) => th.textContent);
+  for (const row of found.querySelectorAll("tbody tr")) {
+    [...row.children].forEach((cell, i) => {
+      if (titles[i]) cell.dataset.label = titles[i];
+    });
+  }
+  found.classList.add("stacked");
+  return node;
+}
