@@ -266,11 +266,16 @@ function rateBar(rate) {
   return h("span", { class: "rate-bar", "aria-hidden": "true" }, fill);
 }
 
+// A table's caption names it; an empty one is a heading and a line instead.
+function titled(title, rows, empty, render) {
+  return rows.length ? render() : [h("h3", { class: "breakdown-title" }, title), h("p", { class: "empty" }, empty)];
+}
+
 function breakdown(title, rows, money) {
   return h(
     "section",
     { class: "card breakdown", "aria-label": title },
-    table({
+    titled(title, rows, "No payments.", () => table({
       caption: title,
       rows,
       empty: "No payments.",
@@ -284,7 +289,7 @@ function breakdown(title, rows, money) {
           render: ([, f]) => h("span", { class: "rate" }, rateBar(f.recoveryRateByCount), formatPercent(f.recoveryRateByCount)),
         },
       ],
-    })
+    }))
   );
 }
 
@@ -293,7 +298,7 @@ function recoveredBy(summary, money) {
   return h(
     "section",
     { class: "card breakdown", "aria-label": "Recovered by" },
-    table({
+    titled("Recovered by", rows, "Nothing recovered yet.", () => table({
       caption: "Recovered by",
       rows,
       empty: "Nothing recovered yet.",
@@ -310,6 +315,6 @@ function recoveredBy(summary, money) {
           },
         },
       ],
-    })
+    }))
   );
 }

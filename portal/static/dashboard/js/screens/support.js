@@ -570,6 +570,9 @@ function bulkCancelSection(screen) {
   async function count() {
     const filter = readFilter();
     const { merchantIds, merchants } = targets();
+    // Without an end date, the count ends at the portal's now, and so does the cancel it
+    // confirms: payments that fail after the count was shown are not canceled unseen.
+    if (!filter.failedBefore) filter.failedBefore = (await gql("{ serverTime }", {}, { signal })).serverTime;
     if (merchantIds && !merchantIds.length) {
       result.replaceChildren(errorBox({ message: "Select at least one merchant above, or choose every merchant.", code: "INVALID" }));
       return;
