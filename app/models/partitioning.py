@@ -33,7 +33,18 @@ class Partitioned:
 PAYMENT_TRANSITION = Partitioned("payment_transition", "at")
 MODEL_DECISION = Partitioned("model_decision", "decided_at")
 RAW_RECORD = Partitioned("raw_record", "received_at")
-PARTITIONED: tuple[Partitioned, ...] = (PAYMENT_TRANSITION, MODEL_DECISION, RAW_RECORD)
+OUTBOX_EVENT = Partitioned("outbox_event", "created_at")
+# By its event's time: a delivery lives in the month of the event it delivers, whenever it is
+# sent, so a month of deliveries goes before the month of events it refers to.
+WEBHOOK_DELIVERY = Partitioned("webhook_delivery", "event_created_at")
+# Deliveries before events: a month of events is dropped only once no delivery refers to it.
+PARTITIONED: tuple[Partitioned, ...] = (
+    PAYMENT_TRANSITION,
+    MODEL_DECISION,
+    RAW_RECORD,
+    WEBHOOK_DELIVERY,
+    OUTBOX_EVENT,
+)
 
 
 def month_start(moment: datetime) -> datetime:
