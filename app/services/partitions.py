@@ -9,6 +9,14 @@ days ago is written to the archive directory as gzip CSV (with a manifest giving
 columns, row count and SHA-256), and dropped only once the file holds as many rows as the
 partition. Dropping a partition is a catalog change, not a scan or a mass delete.
 
+Outbox events and webhook deliveries have more to wait for than their window (`_HELD`): a month
+of deliveries goes only once none of it is pending and none was queued within the window (a
+redelivery of an old event lives in its event's month); a month of events only once every one
+was fanned out and no delivery refers to any of them (their month of deliveries went first).
+Until then the `prune_history` cron deletes their rows one by one (app/services/retention.py).
+A month of events is detached before it is dropped: deliveries refer to the outbox, and
+PostgreSQL checks on detaching that none refers to that month.
+
 Every DDL statement runs under a short lock timeout: behind a long transaction it gives up, and
 the next run of the cron tries again.
 """
@@ -27,10 +35,33 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db import Database
-from app.models.partitioning import PARTITIONED, Partitioned, add_months, month_start
+from app.models.partitioning import (
+    OUTBOX_EVENT,
+    PARTITIONED,
+    WEBHOOK_DELIVERY,
+    Partitioned,
+    add_months,
+    month_start,
+)
 from app.tenancy import SYSTEM_SCOPE
 
 LOCK_TIMEOUT = "2s"
+
+# Tables other tables refer to by foreign key: their partitions are detached before the drop.
+_REFERENCED = frozenset({OUTBOX_EVENT.table})
+
+# Per table, what keeps a month that is past its window: a query of the partition (`{p}`) and
+# its bounds (`:lo`, `:hi`) that finds a row when the month must stay.
+_HELD = {
+    WEBHOOK_DELIVERY.table: (
+        "SELECT 1 FROM {p} WHERE status = 'pending' OR created_at >= :cutoff LIMIT 1"
+    ),
+    OUTBOX_EVENT.table: (
+        "SELECT 1 FROM {p} WHERE dispatched_at IS NULL UNION ALL "
+        "SELECT 1 FROM webhook_delivery WHERE event_created_at >= :lo "
+        "AND event_created_at < :hi LIMIT 1"
+    ),
+}
 
 _RANGE = re.compile(r"FOR VALUES FROM \((?:'([^']+)'|MINVALUE)\) TO \((?:'([^']+)'|MAXVALUE)\)")
 
@@ -108,6 +139,9 @@ async def _create(
     bounds = {"lo": start, "hi": end}
     # Writes that would land in the default partition wait until the month has its own.
     await session.execute(text(f"LOCK TABLE {table.default} IN EXCLUSIVE MODE"))
+    # Events moving out of the default partition are referred to by their deliveries: the
+    # foreign key is checked at commit, when they are in their month's partition.
+    await session.execute(text("SET CONSTRAINTS ALL DEFERRED"))
     await session.execute(text(f"CREATE TABLE {name} (LIKE {t} INCLUDING DEFAULTS)"))
     await session.execute(
         text(
@@ -200,11 +234,26 @@ async def _archive(
     return Archived(partition.name, rows, target, digest.hexdigest())
 
 
+async def _held(
+    session: AsyncSession, table: Partitioned, partition: Partition, cutoff: datetime
+) -> bool:
+    query = _HELD.get(table.table)
+    if query is None:
+        return False
+    lower = partition.lower or datetime.min.replace(tzinfo=cutoff.tzinfo)
+    found = await session.execute(
+        text(query.format(p=partition.name)),
+        {"lo": lower, "hi": partition.upper, "cutoff": cutoff},
+    )
+    return found.first() is not None
+
+
 async def expire_partitions(
     db: Database, *, now: datetime, retention_days: dict[str, int], archive_dir: Path
 ) -> list[Archived]:
     """Archive, then drop, every partition that ended more than its table's window ago (0 or
-    absent: keep). The default partition is never dropped."""
+    absent: keep), unless its table holds it (`_HELD`). The default partition is never
+    dropped."""
     done: list[Archived] = []
     for table in PARTITIONED:
         days = retention_days.get(table.table, 0)
@@ -224,11 +273,17 @@ async def expire_partitions(
                 # Taken before the copy: nothing can be written to it between the copy and
                 # the drop (nothing should: its month is over).
                 await uow.session.execute(text(f"LOCK TABLE {partition.name} IN SHARE MODE"))
+                if await _held(uow.session, table, partition, cutoff):
+                    continue
                 archived = await _archive(uow.session, table, partition, archive_dir)
                 count = await uow.session.scalar(text(f"SELECT count(*) FROM {partition.name}"))
                 if count != archived.rows:
                     raise RuntimeError(
                         f"{partition.name}: archived {archived.rows} rows of {count}; kept"
+                    )
+                if table.table in _REFERENCED:
+                    await uow.session.execute(
+                        text(f"ALTER TABLE {table.table} DETACH PARTITION {partition.name}")
                     )
                 await uow.session.execute(text(f"DROP TABLE {partition.name}"))
                 await uow.commit()

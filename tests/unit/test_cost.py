@@ -175,7 +175,7 @@ def test_introspection_counts_its_fields_once_and_measures_list_nesting() -> Non
     # The schema is read from memory: no page multiplies it, however many types there are.
     assert standard.fields < 300
     assert standard.introspection_lists == 3
-    assert cost("{ __type(name: \"Merchant\") { name } }") == Cost(
+    assert cost('{ __type(name: "Merchant") { name } }') == Cost(
         fields=2, depth=2, introspection_lists=0
     )
     nested = "{ __schema { types { fields { type { fields { type { fields { name } } } } } } } }"
