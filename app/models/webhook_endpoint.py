@@ -43,14 +43,11 @@ class WebhookDelivery(TenantOwned, table=True):
     __tablename__ = "webhook_delivery"
     __table_args__ = (
         sa.PrimaryKeyConstraint("id", "event_created_at"),
-        # The event, by the outbox's key. Deferrable: the partition cron moves an event and
-        # its deliveries out of the default partitions in one transaction.
+        # The event, by the outbox's key.
         sa.ForeignKeyConstraint(
             ["event_id", "event_created_at"],
             ["outbox_event.id", "outbox_event.created_at"],
             name="fk_webhook_delivery_event_outbox_event",
-            deferrable=True,
-            initially="IMMEDIATE",
         ),
         # One delivery of each event to each endpoint from the fan-out; redeliveries
         # (`redelivery_of` set) are further rows. `event_created_at` is the event's own time

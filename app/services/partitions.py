@@ -127,6 +127,27 @@ def _covers(existing: list[Partition], start: datetime, end: datetime) -> bool:
     )
 
 
+async def _set_aside_referrers(session: AsyncSession, bounds: dict[str, datetime]) -> None:
+    """The deliveries of the month's events, kept aside while the events move: PostgreSQL
+    checks a foreign key to a partitioned table against the partition the row was in, so an
+    event cannot leave the default partition while a delivery refers to it. The month has no
+    partition of events yet, so its events are all in the default one and these deliveries
+    are only theirs (usually none: the cron creates months ahead)."""
+    await session.execute(
+        text(
+            "CREATE TEMPORARY TABLE moving_delivery ON COMMIT DROP AS "
+            "WITH moved AS (DELETE FROM webhook_delivery WHERE event_created_at >= :lo "
+            "AND event_created_at < :hi RETURNING *) SELECT * FROM moved"
+        ),
+        bounds,
+    )
+
+
+async def _restore_referrers(session: AsyncSession) -> None:
+    await session.execute(text("INSERT INTO webhook_delivery SELECT * FROM moving_delivery"))
+    await session.execute(text("DROP TABLE moving_delivery"))
+
+
 async def _create(
     session: AsyncSession, table: Partitioned, start: datetime, end: datetime
 ) -> Created:
@@ -139,9 +160,8 @@ async def _create(
     bounds = {"lo": start, "hi": end}
     # Writes that would land in the default partition wait until the month has its own.
     await session.execute(text(f"LOCK TABLE {table.default} IN EXCLUSIVE MODE"))
-    # Events moving out of the default partition are referred to by their deliveries: the
-    # foreign key is checked at commit, when they are in their month's partition.
-    await session.execute(text("SET CONSTRAINTS ALL DEFERRED"))
+    if table.table in _REFERENCED:
+        await _set_aside_referrers(session, bounds)
     await session.execute(text(f"CREATE TABLE {name} (LIKE {t} INCLUDING DEFAULTS)"))
     await session.execute(
         text(
@@ -158,6 +178,8 @@ async def _create(
     )
     bound_sql = f"FOR VALUES FROM ('{start.isoformat()}') TO ('{end.isoformat()}')"
     await session.execute(text(f"ALTER TABLE {t} ATTACH PARTITION {name} {bound_sql}"))
+    if table.table in _REFERENCED:
+        await _restore_referrers(session)
     return Created(name, int(moved.rowcount))  # type: ignore[attr-defined]
 
 

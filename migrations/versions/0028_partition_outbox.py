@@ -10,9 +10,7 @@ one-delivery-per-event-and-endpoint index becomes `(event_id, endpoint_id, event
 WHERE redelivery_of IS NULL` and still admits one row per event and endpoint. A month of
 deliveries lives beside the month of events it delivers, and goes first.
 
-The foreign key is deferrable (immediate unless a transaction defers it): the partition cron
-moves an event waiting in the default partition and its deliveries into their month in one
-transaction. An index on `(event_id, event_created_at)` serves its checks.
+An index on `(event_id, event_created_at)` serves the foreign key's checks.
 
 Steps, each short or online (each can be run again after an interruption):
 1. `event_created_at` is added (nullable: a catalog change), and a `BEFORE INSERT` trigger
@@ -55,10 +53,7 @@ depends_on: str | Sequence[str] | None = None
 LOCK_TIMEOUT = "5s"
 OLD_FK = "fk_webhook_delivery_event_id_outbox_event"
 FK = "fk_webhook_delivery_event_outbox_event"
-FK_DEFINITION = (
-    "FOREIGN KEY (event_id, event_created_at) REFERENCES outbox_event (id, created_at) "
-    "DEFERRABLE INITIALLY IMMEDIATE"
-)
+FK_DEFINITION = "FOREIGN KEY (event_id, event_created_at) REFERENCES outbox_event (id, created_at)"
 NOT_NULL = "ck_webhook_delivery_event_created_at_not_null"
 OLD_FIRST = "uq_webhook_delivery_first"
 # Built beside the old one, and given its name in the swap.
