@@ -13,6 +13,11 @@ of the merchant's event feed.
 
 Prints the migration's time and the writer's and reader's latencies during it: the longest
 wait is what the swaps' locks cost the application, against the time the migration took.
+With `--table outbox` it then fills one later month with a tenth as many events and
+deliveries and drops it as the retention does (the month of deliveries, then the month of
+events detached and dropped; the archive copy left out), under the same traffic, and prints
+each step's time: detaching the events runs PostgreSQL's check that no delivery refers to them
+under the outbox's exclusive lock.
 
     python bench/partition_migration.py --rows 2000000
     python bench/partition_migration.py --table outbox --rows 1000000
@@ -123,6 +128,55 @@ async def _load_outbox(url: str, rows: int) -> None:
         await conn.close()
 
 
+MONTH_EVENTS = f"""
+INSERT INTO outbox_event (id, merchant_id, event_type, payload, created_at, dispatched_at)
+SELECT gen_random_uuid(), '{MERCHANT}', 'payment.recovered', '{{}}', t, t
+FROM (SELECT $2::timestamptz + make_interval(secs => (random() * 2419200)::int) AS t
+      FROM generate_series(1, $1::int)) AS s
+"""  # noqa: S608 - built from this module's constants
+
+MONTH_DELIVERIES = f"""
+INSERT INTO webhook_delivery (id, merchant_id, event_id, event_created_at, endpoint_id, status,
+    attempts, next_attempt_at, created_at)
+SELECT gen_random_uuid(), merchant_id, id, created_at, '{ENDPOINTS[1]}', 'delivered', 1,
+       created_at, created_at
+FROM outbox_event WHERE created_at >= $1 AND created_at < $1 + interval '1 month'
+"""  # noqa: S608 - built from this module's constants
+
+
+async def _drop_month(url: str, rows: int) -> list[tuple[str, float]]:
+    """Fill the first month after the initial partition, then drop it as the retention does."""
+    conn = await asyncpg.connect(_dsn(url))
+    try:
+        await conn.execute("SET TimeZone = 'UTC'")
+        start = await conn.fetchval(
+            "SELECT min(substring(pg_get_expr(relpartbound, oid) FROM 'FROM \\(''([^'']+)')"
+            "::timestamptz) FROM pg_class WHERE relname LIKE 'outbox_event_p2%'"
+        )
+        await conn.execute(MONTH_EVENTS, rows, start)
+        await conn.execute(MONTH_DELIVERIES, start)
+        await conn.execute("ANALYZE outbox_event")
+        await conn.execute("ANALYZE webhook_delivery")
+        month = f"{start:%Y%m}"
+        steps: list[tuple[str, float]] = []
+        for name, statement in (
+            ("drop the month of deliveries", f"DROP TABLE webhook_delivery_p{month}"),
+            (
+                "detach the month of events",
+                f"ALTER TABLE outbox_event DETACH PARTITION outbox_event_p{month}",
+            ),
+            ("drop the month of events", f"DROP TABLE outbox_event_p{month}"),
+        ):
+            started = time.perf_counter()
+            async with conn.transaction():
+                await conn.execute("SET LOCAL lock_timeout = '2s'")
+                await conn.execute(statement)
+            steps.append((name, time.perf_counter() - started))
+        return steps
+    finally:
+        await conn.close()
+
+
 async def _outbox_traffic(
     url: str, interval: float, stop: asyncio.Event
 ) -> tuple[list[float], ...]:
@@ -131,6 +185,7 @@ async def _outbox_traffic(
     reader = await asyncpg.connect(_dsn(url))
     writes: list[float] = []
     reads: list[float] = []
+    failures: list[str] = []
     event = (
         "INSERT INTO outbox_event (id, merchant_id, event_type, payload, created_at, "
         "dispatched_at) VALUES ($1, $2, 'payment.recovered', '{}', now(), now()) "
@@ -165,6 +220,9 @@ async def _outbox_traffic(
                 # 0029's swap made the column required: from now on it is set.
                 has_column = True
                 continue
+            except asyncpg.PostgresError as error:
+                failures.append(type(error).__name__)
+                continue
             writes.append(time.perf_counter() - started)
             if not has_column:
                 has_column = bool(
@@ -192,6 +250,8 @@ async def _outbox_traffic(
     finally:
         await writer.close()
         await reader.close()
+        if failures:
+            print(f"writer: {len(failures)} transactions failed: {sorted(set(failures))}")
     return writes, reads
 
 
@@ -281,6 +341,18 @@ async def main() -> None:
         writes, reads = await traffic
         print(f"migration {start} -> {target}: {took:.1f} s")
         if outbox:
+            print(_summary("writer (insert an event and its delivery)", writes))
+            print(_summary("reader (a page of the event feed)", reads))
+            stop = asyncio.Event()
+            traffic = asyncio.create_task(_outbox_traffic(url, args.interval_ms / 1000, stop))
+            month_rows = max(1, args.rows // 10)
+            steps = await _drop_month(url, month_rows)
+            await asyncio.sleep(1)
+            stop.set()
+            writes, reads = await traffic
+            print(f"a month of {month_rows:,} events and deliveries filled, then dropped:")
+            for name, seconds in steps:
+                print(f"  {name}: {seconds * 1000:.0f} ms")
             print(_summary("writer (insert an event and its delivery)", writes))
             print(_summary("reader (a page of the event feed)", reads))
         else:

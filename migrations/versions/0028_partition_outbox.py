@@ -121,6 +121,11 @@ def upgrade() -> None:
             op.execute(f"ALTER TABLE webhook_delivery VALIDATE CONSTRAINT {NOT_NULL}")
         prepare(OUTBOX)
     with short_lock_timeout(LOCK_TIMEOUT):
+        # Both tables, in the order the application's transactions take them (an event, then
+        # its deliveries): taken one at a time by the statements below, the deliveries first,
+        # they could deadlock with a transaction that wrote an event and waits to write its
+        # delivery.
+        op.execute("LOCK TABLE outbox_event, webhook_delivery IN ACCESS EXCLUSIVE MODE")
         # It depends on the outbox's key on id, which the swap replaces.
         op.execute(f"ALTER TABLE webhook_delivery DROP CONSTRAINT {OLD_FK}")
     swap(OUTBOX)

@@ -108,6 +108,11 @@ def upgrade() -> None:
         _build(NEW_FIRST, FIRST_DEFINITION, unique=True)
         prepare(DELIVERIES)
     with short_lock_timeout(LOCK_TIMEOUT):
+        # The outbox first, as the application's transactions take it (an event, then its
+        # deliveries): the swap's foreign key needs it, and taking it after the deliveries
+        # could deadlock with a transaction that wrote an event and waits to write its
+        # delivery. SHARE ROW EXCLUSIVE holds new events for the swap's instant, not reads.
+        op.execute("LOCK TABLE outbox_event IN SHARE ROW EXCLUSIVE MODE")
         op.execute("ALTER TABLE webhook_delivery ALTER COLUMN event_created_at SET NOT NULL")
         op.execute(f"ALTER TABLE webhook_delivery DROP CONSTRAINT {NOT_NULL}")
         op.execute("DROP TRIGGER webhook_delivery_event_created_at ON webhook_delivery")
