@@ -15,7 +15,12 @@ redelivery of an old event lives in its event's month); a month of events only o
 was fanned out and no delivery refers to any of them (their month of deliveries went first).
 Until then the `prune_history` cron deletes their rows one by one (app/services/retention.py).
 A month of events is detached before it is dropped: deliveries refer to the outbox, and
-PostgreSQL checks on detaching that none refers to that month.
+PostgreSQL checks on detaching that none refers to that month, a join of the month's events
+with the deliveries that runs under the outbox's exclusive lock (measured: 2.5 s for a month of
+100,000 events beside 1.1 million deliveries). So the detach gives up after `DETACH_TIMEOUT`
+and the month is kept: `prune_history` goes on deleting its events in batches (their
+deliveries are gone), and a later run detaches what is left, in less time (and writes its
+archive file again).
 
 Every DDL statement runs under a short lock timeout: behind a long transaction it gives up, and
 the next run of the cron tries again.
@@ -32,6 +37,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db import Database
@@ -46,6 +52,10 @@ from app.models.partitioning import (
 from app.tenancy import SYSTEM_SCOPE
 
 LOCK_TIMEOUT = "2s"
+# How long detaching a month of events may hold the outbox (see the module's docstring).
+DETACH_TIMEOUT = "1s"
+# query_canceled: the statement timeout ended the detach.
+_CANCELED = "57014"
 
 # Tables other tables refer to by foreign key: their partitions are detached before the drop.
 _REFERENCED = frozenset({OUTBOX_EVENT.table})
@@ -270,6 +280,21 @@ async def _held(
     return found.first() is not None
 
 
+async def _detach(session: AsyncSession, table: Partitioned, partition: Partition) -> bool:
+    """Detach a partition other tables refer to, unless PostgreSQL's check that nothing
+    refers to it would hold the table longer than `DETACH_TIMEOUT`; False: kept (the caller
+    rolls back)."""
+    await session.execute(text(f"SET LOCAL statement_timeout = '{DETACH_TIMEOUT}'"))
+    try:
+        await session.execute(text(f"ALTER TABLE {table.table} DETACH PARTITION {partition.name}"))
+    except DBAPIError as error:
+        if getattr(error.orig, "sqlstate", None) != _CANCELED:
+            raise
+        return False
+    await session.execute(text("SET LOCAL statement_timeout TO DEFAULT"))
+    return True
+
+
 async def expire_partitions(
     db: Database, *, now: datetime, retention_days: dict[str, int], archive_dir: Path
 ) -> list[Archived]:
@@ -303,10 +328,8 @@ async def expire_partitions(
                     raise RuntimeError(
                         f"{partition.name}: archived {archived.rows} rows of {count}; kept"
                     )
-                if table.table in _REFERENCED:
-                    await uow.session.execute(
-                        text(f"ALTER TABLE {table.table} DETACH PARTITION {partition.name}")
-                    )
+                if table.table in _REFERENCED and not await _detach(uow.session, table, partition):
+                    continue
                 await uow.session.execute(text(f"DROP TABLE {partition.name}"))
                 await uow.commit()
             done.append(archived)
