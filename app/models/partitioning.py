@@ -1,11 +1,12 @@
 """The append-only tables kept in monthly range partitions, and how their partitions are named.
 
 Each table is partitioned by the time its rows happened (a webhook delivery by its event's
-time), one partition per calendar month in UTC (`<table>_pYYYYMM`). Rows from before a table was partitioned stay in the partition it
-started as (`<table>_p_initial`, from the beginning of time to the first month boundary after
-its newest row); a default partition (`<table>_default`) takes a row whose month has no
-partition yet, so an insert never fails for want of one, and the partition cron moves such rows
-into their month's partition when it creates it (app/services/partitions.py).
+time), one partition per calendar month in UTC (`<table>_pYYYYMM`). Rows from before a table
+was partitioned stay in the partition it started as (`<table>_p_initial`, from the beginning
+of time to the first month boundary after its newest row); a default partition
+(`<table>_default`) takes a row whose month has no partition yet, so an insert never fails for
+want of one, and the partition cron moves such rows into their month's partition when it
+creates it (app/services/partitions.py).
 """
 
 from dataclasses import dataclass
