@@ -92,6 +92,8 @@ class Settings(BaseSettings):
     # History pruned by the `prune_history` cron (app/services/retention.py), in days; 0 keeps
     # everything. Outbox events once fanned out and every delivery of theirs finished, and
     # finished webhook deliveries. Raw processor records are never pruned: replay needs them.
+    # Both tables are partitioned by month: a whole month past the window is archived and
+    # dropped by the `maintain_partitions` cron, the rest deleted in batches.
     outbox_retention_days: int = Field(default=30, ge=0, le=3650)
     webhook_delivery_retention_days: int = Field(default=30, ge=0, le=3650)
     # Monthly partitions of the append-only tables (app/models/partitioning.py): how many

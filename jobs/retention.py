@@ -1,9 +1,19 @@
 """The retention crons: prune outbox events and webhook deliveries past their window, and keep
-the append-only tables' monthly partitions created ahead and archived when old."""
+the append-only tables' monthly partitions created ahead and archived when old.
+
+Outbox events and deliveries are partitioned too: `maintain_partitions` drops their whole months
+once past the window, and `prune_history` deletes, in batches, what a month boundary does not
+cover (the rows of a month not yet over, or of one that something still holds)."""
 
 import structlog
 
-from app.models.partitioning import MODEL_DECISION, PAYMENT_TRANSITION, RAW_RECORD
+from app.models.partitioning import (
+    MODEL_DECISION,
+    OUTBOX_EVENT,
+    PAYMENT_TRANSITION,
+    RAW_RECORD,
+    WEBHOOK_DELIVERY,
+)
 from app.services.partitions import ensure_partitions, expire_partitions
 from app.services.retention import prune_history as prune_service
 from jobs.context import WorkerContext
@@ -43,6 +53,9 @@ async def maintain_partitions(ctx: WorkerContext) -> dict[str, int]:
             PAYMENT_TRANSITION.table: settings.timeline_retention_days,
             MODEL_DECISION.table: settings.model_decision_retention_days,
             RAW_RECORD.table: settings.raw_record_retention_days,
+            # The windows `prune_history` applies row by row; whole months go here.
+            OUTBOX_EVENT.table: settings.outbox_retention_days,
+            WEBHOOK_DELIVERY.table: settings.webhook_delivery_retention_days,
         },
         archive_dir=settings.archive_dir,
     )

@@ -4,6 +4,7 @@ import asyncio
 from logging.config import fileConfig
 
 from alembic import context
+from sqlalchemy import ForeignKeyConstraint
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -41,11 +42,20 @@ def _run(connection: Connection) -> None:
         obj: object, name: str | None, type_: str, reflected: bool, compare_to: object
     ) -> bool:
         # Read when autogenerate compares (`alembic check`), never while migrations run.
-        if not (type_ == "table" and reflected):
+        if not reflected:
             return True
-        if not partitions:
-            partitions.append(_partitions(connection))
-        return name not in partitions[0]
+        if type_ == "table":
+            return name not in _known(partitions)
+        if type_ == "foreign_key_constraint" and isinstance(obj, ForeignKeyConstraint):
+            # PostgreSQL's own copies of a foreign key to a partitioned table, one for each of
+            # its partitions: the models declare the one to the partitioned table.
+            return obj.referred_table.name not in _known(partitions)
+        return True
+
+    def _known(found: list[frozenset[str]]) -> frozenset[str]:
+        if not found:
+            found.append(_partitions(connection))
+        return found[0]
 
     context.configure(
         connection=connection,

@@ -39,9 +39,18 @@ class Shape:
     indexes: tuple[tuple[str, str], ...]
     # (constraint name, column, referenced table)
     foreign_keys: tuple[tuple[str, str, str], ...]
+    # Unique indexes, as `indexes`; they must contain the partition column.
+    unique_indexes: tuple[tuple[str, str], ...] = ()
+    # Further constraints, (name, definition), e.g. a foreign key of several columns (the
+    # first partition must already hold the same one, validated, for the attach to adopt it).
+    constraints: tuple[tuple[str, str], ...] = ()
     # Run on the new partitioned table before the first partition is attached (e.g. triggers,
     # which the attach then gives the partition).
     before_attach: tuple[str, ...] = ()
+
+    @property
+    def all_indexes(self) -> tuple[tuple[str, str], ...]:
+        return self.indexes + self.unique_indexes
 
     @property
     def key_index(self) -> str:
@@ -90,7 +99,7 @@ def swap(shape: Shape) -> None:
             f"ALTER TABLE {initial} ADD CONSTRAINT pk_{initial} PRIMARY KEY USING INDEX "
             f"{shape.key_index}"
         )
-        for name, _ in shape.indexes:
+        for name, _ in shape.all_indexes:
             op.execute(f"ALTER INDEX {name} RENAME TO {_partition_index(name, t, initial)}")
         op.execute(
             f"CREATE TABLE {t} (LIKE {initial} INCLUDING DEFAULTS) PARTITION BY RANGE ({column})"
@@ -100,8 +109,12 @@ def swap(shape: Shape) -> None:
             op.execute(
                 f"ALTER TABLE {t} ADD CONSTRAINT {name} FOREIGN KEY ({col}) REFERENCES {ref} (id)"
             )
+        for name, definition in shape.constraints:
+            op.execute(f"ALTER TABLE {t} ADD CONSTRAINT {name} {definition}")
         for name, definition in shape.indexes:
             op.execute(f"CREATE INDEX {name} ON {t} {definition}")
+        for name, definition in shape.unique_indexes:
+            op.execute(f"CREATE UNIQUE INDEX {name} ON {t} {definition}")
         for statement in shape.before_attach:
             op.execute(statement)
         # The bound the constraint was validated with is the initial partition's upper bound.
@@ -142,5 +155,5 @@ def unpartition(shape: Shape) -> None:
     op.execute(f"ALTER TABLE {initial} RENAME TO {t}")
     op.execute(f"ALTER TABLE {t} DROP CONSTRAINT pk_{initial}")
     op.execute(f"ALTER TABLE {t} ADD CONSTRAINT pk_{t} PRIMARY KEY (id)")
-    for name, _ in shape.indexes:
+    for name, _ in shape.all_indexes:
         op.execute(f"ALTER INDEX {_partition_index(name, t, initial)} RENAME TO {name}")

@@ -50,10 +50,13 @@ OUTBOX_POSITION = sa.Sequence("outbox_event_position_seq", metadata=SQLModel.met
 
 
 class OutboxEvent(TenantOwned, table=True):
-    """A domain event, written in the transaction of the change it reports."""
+    """A domain event, written in the transaction of the change it reports. Rows live in
+    monthly partitions by `created_at` (app/models/partitioning.py), hence the key
+    (id, created_at), which webhook deliveries refer to."""
 
     __tablename__ = "outbox_event"
     __table_args__ = (
+        sa.PrimaryKeyConstraint("id", "created_at"),
         # Events not yet fanned out to the merchant's endpoints.
         sa.Index(
             "ix_outbox_event_pending",
@@ -79,9 +82,10 @@ class OutboxEvent(TenantOwned, table=True):
             "created_at",
             postgresql_where=sa.text("position IS NULL"),
         ),
+        {"postgresql_partition_by": "RANGE (created_at)"},
     )
 
-    id: uuid.UUID = Field(default_factory=new_id, primary_key=True)
+    id: uuid.UUID = Field(default_factory=new_id, nullable=False)
     payment_id: uuid.UUID | None = Field(default=None, foreign_key="payment.id", index=True)
     event_type: str = Field(max_length=64)
     payload: dict[str, Any] = Field(sa_type=postgresql.JSONB)

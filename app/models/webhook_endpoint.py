@@ -36,16 +36,27 @@ class WebhookEndpoint(TenantOwned, table=True):
 
 
 class WebhookDelivery(TenantOwned, table=True):
-    """One event for one endpoint: delivered at least once, retried with backoff."""
+    """One event for one endpoint: delivered at least once, retried with backoff. Rows live in
+    monthly partitions by their event's time, `event_created_at` (app/models/partitioning.py),
+    hence the key (id, event_created_at)."""
 
     __tablename__ = "webhook_delivery"
     __table_args__ = (
+        sa.PrimaryKeyConstraint("id", "event_created_at"),
+        # The event, by the outbox's key.
+        sa.ForeignKeyConstraint(
+            ["event_id", "event_created_at"],
+            ["outbox_event.id", "outbox_event.created_at"],
+            name="fk_webhook_delivery_event_outbox_event",
+        ),
         # One delivery of each event to each endpoint from the fan-out; redeliveries
-        # (`redelivery_of` set) are further rows.
+        # (`redelivery_of` set) are further rows. `event_created_at` is the event's own time
+        # (the foreign key above), so it adds the partition column without loosening the rule.
         sa.Index(
             "uq_webhook_delivery_first",
             "event_id",
             "endpoint_id",
+            "event_created_at",
             unique=True,
             postgresql_where=sa.text("redelivery_of IS NULL"),
         ),
@@ -60,10 +71,15 @@ class WebhookDelivery(TenantOwned, table=True):
             "created_at",
             postgresql_where=sa.text("status <> 'pending'"),
         ),
+        # An event's deliveries, redeliveries included: the foreign key's checks.
+        sa.Index("ix_webhook_delivery_event", "event_id", "event_created_at"),
+        {"postgresql_partition_by": "RANGE (event_created_at)"},
     )
 
-    id: uuid.UUID = Field(default_factory=new_id, primary_key=True)
-    event_id: uuid.UUID = Field(foreign_key="outbox_event.id")
+    id: uuid.UUID = Field(default_factory=new_id, nullable=False)
+    event_id: uuid.UUID
+    # The event's `created_at`: the partition column, set with `event_id`.
+    event_created_at: datetime = timestamp()
     endpoint_id: uuid.UUID = Field(foreign_key="webhook_endpoint.id", index=True)
     status: WebhookDeliveryStatus = Field(
         default=WebhookDeliveryStatus.PENDING, sa_type=enum_type(WebhookDeliveryStatus)

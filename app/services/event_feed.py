@@ -33,16 +33,17 @@ _SEQUENCE = text(
     """
     UPDATE outbox_event AS e SET position = s.position
     FROM (
-        SELECT id, nextval('outbox_event_position_seq') AS position
+        SELECT id, created_at, nextval('outbox_event_position_seq') AS position
         FROM (
-            SELECT id FROM outbox_event
+            SELECT id, created_at FROM outbox_event
             WHERE position IS NULL
             ORDER BY created_at, id
             LIMIT :limit
             FOR UPDATE
         ) AS waiting
     ) AS s
-    WHERE e.id = s.id
+    -- By the whole key: each event is looked up in its own month's partition only.
+    WHERE e.id = s.id AND e.created_at = s.created_at
     RETURNING e.merchant_id
     """
 )

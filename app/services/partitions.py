@@ -9,6 +9,19 @@ days ago is written to the archive directory as gzip CSV (with a manifest giving
 columns, row count and SHA-256), and dropped only once the file holds as many rows as the
 partition. Dropping a partition is a catalog change, not a scan or a mass delete.
 
+Outbox events and webhook deliveries have more to wait for than their window (`_HELD`): a month
+of deliveries goes only once none of it is pending and none was queued within the window (a
+redelivery of an old event lives in its event's month); a month of events only once every one
+was fanned out and no delivery refers to any of them (their month of deliveries went first).
+Until then the `prune_history` cron deletes their rows one by one (app/services/retention.py).
+A month of events is detached before it is dropped: deliveries refer to the outbox, and
+PostgreSQL checks on detaching that none refers to that month, a join of the month's events
+with the deliveries that runs under the outbox's exclusive lock (measured: 2.5 s for a month of
+100,000 events beside 1.1 million deliveries). So the detach gives up after `DETACH_TIMEOUT`
+and the month is kept: `prune_history` goes on deleting its events in batches (their
+deliveries are gone), and a later run detaches what is left, in less time (and writes its
+archive file again).
+
 Every DDL statement runs under a short lock timeout: behind a long transaction it gives up, and
 the next run of the cron tries again.
 """
@@ -24,13 +37,41 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db import Database
-from app.models.partitioning import PARTITIONED, Partitioned, add_months, month_start
+from app.models.partitioning import (
+    OUTBOX_EVENT,
+    PARTITIONED,
+    WEBHOOK_DELIVERY,
+    Partitioned,
+    add_months,
+    month_start,
+)
 from app.tenancy import SYSTEM_SCOPE
 
 LOCK_TIMEOUT = "2s"
+# How long detaching a month of events may hold the outbox (see the module's docstring).
+DETACH_TIMEOUT = "1s"
+# query_canceled: the statement timeout ended the detach.
+_CANCELED = "57014"
+
+# Tables other tables refer to by foreign key: their partitions are detached before the drop.
+_REFERENCED = frozenset({OUTBOX_EVENT.table})
+
+# Per table, what keeps a month that is past its window: a query of the partition (`{p}`) and
+# its bounds (`:lo`, `:hi`) that finds a row when the month must stay.
+_HELD = {
+    WEBHOOK_DELIVERY.table: (
+        "SELECT 1 FROM {p} WHERE status = 'pending' OR created_at >= :cutoff LIMIT 1"
+    ),
+    OUTBOX_EVENT.table: (
+        "SELECT 1 FROM {p} WHERE dispatched_at IS NULL UNION ALL "
+        "SELECT 1 FROM webhook_delivery WHERE event_created_at >= :lo "
+        "AND event_created_at < :hi LIMIT 1"
+    ),
+}
 
 _RANGE = re.compile(r"FOR VALUES FROM \((?:'([^']+)'|MINVALUE)\) TO \((?:'([^']+)'|MAXVALUE)\)")
 
@@ -96,6 +137,27 @@ def _covers(existing: list[Partition], start: datetime, end: datetime) -> bool:
     )
 
 
+async def _set_aside_referrers(session: AsyncSession, bounds: dict[str, datetime]) -> None:
+    """The deliveries of the month's events, kept aside while the events move: PostgreSQL
+    checks a foreign key to a partitioned table against the partition the row was in, so an
+    event cannot leave the default partition while a delivery refers to it. The month has no
+    partition of events yet, so its events are all in the default one and these deliveries
+    are only theirs (usually none: the cron creates months ahead)."""
+    await session.execute(
+        text(
+            "CREATE TEMPORARY TABLE moving_delivery ON COMMIT DROP AS "
+            "WITH moved AS (DELETE FROM webhook_delivery WHERE event_created_at >= :lo "
+            "AND event_created_at < :hi RETURNING *) SELECT * FROM moved"
+        ),
+        bounds,
+    )
+
+
+async def _restore_referrers(session: AsyncSession) -> None:
+    await session.execute(text("INSERT INTO webhook_delivery SELECT * FROM moving_delivery"))
+    await session.execute(text("DROP TABLE moving_delivery"))
+
+
 async def _create(
     session: AsyncSession, table: Partitioned, start: datetime, end: datetime
 ) -> Created:
@@ -108,6 +170,8 @@ async def _create(
     bounds = {"lo": start, "hi": end}
     # Writes that would land in the default partition wait until the month has its own.
     await session.execute(text(f"LOCK TABLE {table.default} IN EXCLUSIVE MODE"))
+    if table.table in _REFERENCED:
+        await _set_aside_referrers(session, bounds)
     await session.execute(text(f"CREATE TABLE {name} (LIKE {t} INCLUDING DEFAULTS)"))
     await session.execute(
         text(
@@ -124,6 +188,8 @@ async def _create(
     )
     bound_sql = f"FOR VALUES FROM ('{start.isoformat()}') TO ('{end.isoformat()}')"
     await session.execute(text(f"ALTER TABLE {t} ATTACH PARTITION {name} {bound_sql}"))
+    if table.table in _REFERENCED:
+        await _restore_referrers(session)
     return Created(name, int(moved.rowcount))  # type: ignore[attr-defined]
 
 
@@ -200,11 +266,41 @@ async def _archive(
     return Archived(partition.name, rows, target, digest.hexdigest())
 
 
+async def _held(
+    session: AsyncSession, table: Partitioned, partition: Partition, cutoff: datetime
+) -> bool:
+    query = _HELD.get(table.table)
+    if query is None:
+        return False
+    lower = partition.lower or datetime.min.replace(tzinfo=cutoff.tzinfo)
+    found = await session.execute(
+        text(query.format(p=partition.name)),
+        {"lo": lower, "hi": partition.upper, "cutoff": cutoff},
+    )
+    return found.first() is not None
+
+
+async def _detach(session: AsyncSession, table: Partitioned, partition: Partition) -> bool:
+    """Detach a partition other tables refer to, unless PostgreSQL's check that nothing
+    refers to it would hold the table longer than `DETACH_TIMEOUT`; False: kept (the caller
+    rolls back)."""
+    await session.execute(text(f"SET LOCAL statement_timeout = '{DETACH_TIMEOUT}'"))
+    try:
+        await session.execute(text(f"ALTER TABLE {table.table} DETACH PARTITION {partition.name}"))
+    except DBAPIError as error:
+        if getattr(error.orig, "sqlstate", None) != _CANCELED:
+            raise
+        return False
+    await session.execute(text("SET LOCAL statement_timeout TO DEFAULT"))
+    return True
+
+
 async def expire_partitions(
     db: Database, *, now: datetime, retention_days: dict[str, int], archive_dir: Path
 ) -> list[Archived]:
     """Archive, then drop, every partition that ended more than its table's window ago (0 or
-    absent: keep). The default partition is never dropped."""
+    absent: keep), unless its table holds it (`_HELD`). The default partition is never
+    dropped."""
     done: list[Archived] = []
     for table in PARTITIONED:
         days = retention_days.get(table.table, 0)
@@ -224,12 +320,16 @@ async def expire_partitions(
                 # Taken before the copy: nothing can be written to it between the copy and
                 # the drop (nothing should: its month is over).
                 await uow.session.execute(text(f"LOCK TABLE {partition.name} IN SHARE MODE"))
+                if await _held(uow.session, table, partition, cutoff):
+                    continue
                 archived = await _archive(uow.session, table, partition, archive_dir)
                 count = await uow.session.scalar(text(f"SELECT count(*) FROM {partition.name}"))
                 if count != archived.rows:
                     raise RuntimeError(
                         f"{partition.name}: archived {archived.rows} rows of {count}; kept"
                     )
+                if table.table in _REFERENCED and not await _detach(uow.session, table, partition):
+                    continue
                 await uow.session.execute(text(f"DROP TABLE {partition.name}"))
                 await uow.commit()
             done.append(archived)

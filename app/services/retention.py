@@ -58,7 +58,8 @@ async def _delete_deliveries(db: Database, cutoff: datetime, limit: int) -> int:
 
 async def _delete_events(db: Database, cutoff: datetime, limit: int) -> int:
     delivery = select(col(WebhookDelivery.id)).where(
-        col(WebhookDelivery.event_id) == col(OutboxEvent.id)
+        col(WebhookDelivery.event_id) == col(OutboxEvent.id),
+        col(WebhookDelivery.event_created_at) == col(OutboxEvent.created_at),
     )
     oldest = (
         select(col(OutboxEvent.id))

@@ -243,7 +243,11 @@ async def recent_deliveries(
             .over(partition_by=col(WebhookDelivery.endpoint_id), order_by=newest_first)
             .label("rank"),
         )
-        .join(OutboxEvent, col(OutboxEvent.id) == col(WebhookDelivery.event_id))
+        .join(
+            OutboxEvent,
+            (col(OutboxEvent.id) == col(WebhookDelivery.event_id))
+            & (col(OutboxEvent.created_at) == col(WebhookDelivery.event_created_at)),
+        )
         .where(col(WebhookDelivery.endpoint_id).in_(endpoint_ids))
         .subquery()
     )
@@ -381,6 +385,7 @@ def _queue(
     delivery = WebhookDelivery(
         merchant_id=event.merchant_id,
         event_id=event.id,
+        event_created_at=event.created_at,
         endpoint_id=endpoint_id,
         status=WebhookDeliveryStatus.PENDING,
         attempts=0,
@@ -445,7 +450,11 @@ async def redeliver(
     found = (
         await uow.session.execute(
             select(WebhookDelivery, OutboxEvent)
-            .join(OutboxEvent, col(OutboxEvent.id) == col(WebhookDelivery.event_id))
+            .join(
+                OutboxEvent,
+                (col(OutboxEvent.id) == col(WebhookDelivery.event_id))
+                & (col(OutboxEvent.created_at) == col(WebhookDelivery.event_created_at)),
+            )
             .where(col(WebhookDelivery.id) == delivery_id)
         )
     ).one_or_none()
@@ -466,6 +475,7 @@ async def redeliver(
         await uow.session.execute(
             select(func.count()).where(
                 col(WebhookDelivery.event_id) == event.id,
+                col(WebhookDelivery.event_created_at) == event.created_at,
                 col(WebhookDelivery.endpoint_id) == endpoint.id,
                 col(WebhookDelivery.status) == WebhookDeliveryStatus.PENDING,
             )

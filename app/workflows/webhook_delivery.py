@@ -129,6 +129,7 @@ async def dispatch_outbox(uow: UnitOfWork, *, now: datetime, limit: int = 500) -
             "id": uuid.uuid4(),
             "merchant_id": e.merchant_id,
             "event_id": e.id,
+            "event_created_at": e.created_at,
             "endpoint_id": endpoint_id,
             "status": WebhookDeliveryStatus.PENDING,
             "attempts": 0,
@@ -144,7 +145,7 @@ async def dispatch_outbox(uow: UnitOfWork, *, now: datetime, limit: int = 500) -
             insert(WebhookDelivery)
             .values(rows)
             .on_conflict_do_nothing(
-                index_elements=["event_id", "endpoint_id"],
+                index_elements=["event_id", "endpoint_id", "event_created_at"],
                 index_where=col(WebhookDelivery.redelivery_of).is_(None),
             )
         )
@@ -219,7 +220,11 @@ async def deliver_due(
         rows = (
             await uow.session.execute(
                 select(WebhookDelivery, OutboxEvent, WebhookEndpoint)
-                .join(OutboxEvent, col(OutboxEvent.id) == col(WebhookDelivery.event_id))
+                .join(
+                    OutboxEvent,
+                    (col(OutboxEvent.id) == col(WebhookDelivery.event_id))
+                    & (col(OutboxEvent.created_at) == col(WebhookDelivery.event_created_at)),
+                )
                 .join(WebhookEndpoint, col(WebhookEndpoint.id) == col(WebhookDelivery.endpoint_id))
                 .where(
                     col(WebhookDelivery.status) == WebhookDeliveryStatus.PENDING,

@@ -864,6 +864,7 @@ async def _finished_deliveries(w: World) -> dict[str, uuid.UUID]:
             delivery = WebhookDelivery(
                 merchant_id=endpoint.merchant_id,
                 event_id=event.id,
+                event_created_at=event.created_at,
                 endpoint_id=endpoint.id,
                 status=WebhookDeliveryStatus.DELIVERED,
                 attempts=1,

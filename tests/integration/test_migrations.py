@@ -770,3 +770,123 @@ async def test_event_feed_columns_keep_existing_events_and_are_reversible(
             await conn.close()
     finally:
         await drop_database(services, url)
+
+
+_OUTBOX_HISTORY = (
+    _MERCHANT_AND_ENDPOINT
+    + """
+INSERT INTO webhook_endpoint (id, merchant_id, url, secret_encrypted, enabled, created_at)
+VALUES ('00000000-0000-0000-0000-0000000000e2', '00000000-0000-0000-0000-00000000000a',
+        'https://m.example/other', '\\x01'::bytea, true, now());
+INSERT INTO outbox_event (id, merchant_id, event_type, payload, created_at, dispatched_at,
+    position)
+SELECT gen_random_uuid(), '00000000-0000-0000-0000-00000000000a', 'payment.recovered', '{}',
+       timestamptz '2026-09-01 00:00+00' + make_interval(mins => 5 * n),
+       timestamptz '2026-09-01 00:00+00' + make_interval(mins => 5 * n),
+       CASE WHEN n % 2 = 0 THEN nextval('outbox_event_position_seq') END
+FROM generate_series(1, 11000) AS n;
+INSERT INTO webhook_delivery (id, merchant_id, event_id, endpoint_id, status, attempts,
+    next_attempt_at, created_at)
+SELECT gen_random_uuid(), merchant_id, id, endpoint, 'delivered', 1, created_at, created_at
+FROM outbox_event, (VALUES ('00000000-0000-0000-0000-0000000000e1'::uuid),
+                           ('00000000-0000-0000-0000-0000000000e2'::uuid)) AS e (endpoint);
+INSERT INTO webhook_delivery (id, merchant_id, event_id, endpoint_id, status, attempts,
+    next_attempt_at, created_at, redelivery_of)
+SELECT gen_random_uuid(), merchant_id, event_id, endpoint_id, 'pending', 0, now(), now(), id
+FROM webhook_delivery ORDER BY id LIMIT 300;
+"""
+)
+
+
+async def test_outbox_and_deliveries_become_partitions_keeping_rows_and_one_delivery_per_event(
+    services: Services,
+) -> None:
+    """0028, 0029: every delivery gets its event's time (in batches: 22,300 rows), the deliveries
+    refer to the event by (id, created_at); both tables become monthly partitions keeping
+    every row, the feed's positions and indexes; one first delivery per event and endpoint
+    still holds, redeliveries are further rows. The downgrade gives back the plain tables."""
+    url = await create_scratch_database(services, "portal_migrations")
+    cfg = alembic_config(url)
+    first = (
+        "INSERT INTO webhook_delivery (id, merchant_id, event_id, event_created_at, endpoint_id,"
+        " status, attempts, next_attempt_at, created_at, redelivery_of) SELECT"
+        " gen_random_uuid(), merchant_id, id, $1, '00000000-0000-0000-0000-0000000000e1',"
+        " 'pending', 0, now(), now(), $2::uuid FROM outbox_event WHERE position = 2"
+    )
+    counts = (
+        "SELECT (SELECT count(*) FROM outbox_event), (SELECT count(position) FROM outbox_event),"
+        " (SELECT count(*) FROM webhook_delivery),"
+        " (SELECT count(*) FROM webhook_delivery WHERE redelivery_of IS NULL)"
+    )
+    try:
+        await asyncio.to_thread(command.upgrade, cfg, "0027_payment_orders")
+        conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://", 1))
+        try:
+            await conn.execute("SET TimeZone = 'UTC'")
+            await conn.execute(_OUTBOX_HISTORY)
+            before = tuple(await conn.fetchrow(counts) or ())
+            assert before == (11000, 5500, 22300, 22000)
+            feed = await conn.fetchval("SELECT 'ix_outbox_event_feed'::regclass::oid")
+            await asyncio.to_thread(command.upgrade, cfg, "0029_partition_webhook_delivery")
+
+            assert tuple(await conn.fetchrow(counts) or ()) == before
+            matched = await conn.fetchval(
+                "SELECT count(*) FROM webhook_delivery d JOIN outbox_event e "
+                "ON e.id = d.event_id AND e.created_at = d.event_created_at"
+            )
+            assert matched == 22300
+            kinds = await conn.fetch(
+                "SELECT relname, relkind::text FROM pg_class WHERE relname = ANY($1::text[])",
+                ["outbox_event", "webhook_delivery"],
+            )
+            assert {r["relkind"] for r in kinds} == {"p"}
+            # The newest event is on 8 October 2026: its first partition ends on 1 November,
+            # or two months after the migration ran, whichever is later.
+            parts = {
+                r["relname"]: r["bound"] for r in await conn.fetch(_PARTITIONS, "outbox_event")
+            }
+            assert parts["outbox_event_default"] == "DEFAULT"
+            assert parts["outbox_event_p_initial"].startswith("FOR VALUES FROM (MINVALUE)")
+            adopted = await conn.fetchval("SELECT 'ix_outbox_event_p_initial_feed'::regclass::oid")
+            assert adopted == feed
+            keys = {
+                r["conname"]: r["def"]
+                for r in await conn.fetch(
+                    "SELECT conname, pg_get_constraintdef(oid) AS def FROM pg_constraint "
+                    "WHERE conrelid = ANY(ARRAY['outbox_event', 'webhook_delivery']::regclass[])"
+                    " AND contype IN ('p', 'f') AND conparentid = 0"
+                )
+            }
+            assert keys["pk_outbox_event"] == "PRIMARY KEY (id, created_at)"
+            assert keys["pk_webhook_delivery"] == "PRIMARY KEY (id, event_created_at)"
+            assert keys["fk_webhook_delivery_event_outbox_event"] == (
+                "FOREIGN KEY (event_id, event_created_at) REFERENCES outbox_event(id, created_at)"
+            )
+            at = await conn.fetchval("SELECT created_at FROM outbox_event WHERE position = 2")
+            with pytest.raises(asyncpg.UniqueViolationError):
+                await conn.execute(first, at, None)
+            # A redelivery is a further row; a delivery at another time than its event's is
+            # refused by the foreign key.
+            await conn.execute(first, at, "00000000-0000-0000-0000-0000000000d1")
+            with pytest.raises(asyncpg.ForeignKeyViolationError):
+                await conn.execute(first, datetime(2031, 1, 1, tzinfo=UTC), None)
+            # Nothing left of the steps: the trigger, the procedure, the not-null check.
+            leftovers = await conn.fetchval(
+                "SELECT count(*) FROM pg_proc WHERE proname LIKE 'webhook_delivery_event%'"
+            )
+            assert leftovers == 0
+
+            await asyncio.to_thread(command.downgrade, cfg, "0027_payment_orders")
+            assert tuple(await conn.fetchrow(counts) or ()) == (11000, 5500, 22301, 22000)
+            assert "event_created_at" not in await _columns(conn, "webhook_delivery")
+            with pytest.raises(asyncpg.UniqueViolationError):
+                await conn.execute(
+                    "INSERT INTO webhook_delivery (id, merchant_id, event_id, endpoint_id, "
+                    "status, attempts, next_attempt_at, created_at) SELECT gen_random_uuid(), "
+                    "merchant_id, id, '00000000-0000-0000-0000-0000000000e1', 'pending', 0, "
+                    "now(), now() FROM outbox_event WHERE position = 2"
+                )
+        finally:
+            await conn.close()
+    finally:
+        await drop_database(services, url)

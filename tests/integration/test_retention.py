@@ -34,9 +34,11 @@ async def _ids(db: Database) -> tuple[set[uuid.UUID], set[uuid.UUID]]:
 
 async def _event_of(db: Database, delivery_id: uuid.UUID) -> uuid.UUID:
     async with db.session(SYSTEM_SCOPE) as s:
-        row = await s.get(WebhookDelivery, delivery_id)
-        assert row is not None
-        return row.event_id
+        event_id = await s.scalar(
+            select(col(WebhookDelivery.event_id)).where(col(WebhookDelivery.id) == delivery_id)
+        )
+        assert event_id is not None
+        return event_id
 
 
 async def _endpoint(db: Database, settings: Settings) -> tuple[Merchant, uuid.UUID]:

@@ -56,6 +56,7 @@ async def queue_delivery(
         delivery = WebhookDelivery(
             merchant_id=merchant.id,
             event_id=event.id,
+            event_created_at=event.created_at,
             endpoint_id=endpoint_id,
             next_attempt_at=at,
             created_at=at,
