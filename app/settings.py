@@ -12,6 +12,9 @@ from app.urls import UrlPolicy
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
+# arq's default queue name (`arq.constants.default_queue_name`; the core does not import arq).
+DEFAULT_QUEUE_NAME = "arq:queue"
+
 _PLACEHOLDER_SECRETS = frozenset({"", "changeme", "change-me", "secret", "development-only-key"})
 _MIN_METRICS_TOKEN = 16
 
@@ -138,6 +141,10 @@ class Settings(BaseSettings):
     worker_concurrency: int = Field(default=10, gt=0)
     # /readyz answers 503 when no worker has a fresh heartbeat (for deployments that run one).
     readyz_require_worker: bool = False
+    # The Redis key of the job queue: the API and the workers enqueue on it, the workers take
+    # from it, and worker heartbeats are kept beside it. The default is arq's own queue name;
+    # deployments (or test runs) that share one Redis database keep apart with one each.
+    queue_name: str = Field(default=DEFAULT_QUEUE_NAME, min_length=1, max_length=200)
 
     # Promoting a model over a champion (`promoteModel`, `portal model promote`) may also need
     # the model's shadow decisions to compare well with that champion's at the same decision
@@ -151,6 +158,13 @@ class Settings(BaseSettings):
     @classmethod
     def _database_url(cls, value: str | None) -> str | None:
         return normalize_database_url(value) if value else None
+
+    @field_validator("queue_name")
+    @classmethod
+    def _plain_queue_name(cls, value: str) -> str:
+        if any(c.isspace() or not c.isprintable() for c in value):
+            raise ValueError("PORTAL_QUEUE_NAME must not contain spaces or control characters")
+        return value
 
     @field_validator("clock_start")
     @classmethod

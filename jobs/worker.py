@@ -266,9 +266,11 @@ def build_worker(
     **kwargs: Any,
 ) -> PortalWorker:
     """A worker on the given Redis with a pre-filled context (CLI, demo, tests), every job
-    wrapped (runs counted, outages re-queued); run it with `jobs.supervisor.Supervisor`."""
+    wrapped (runs counted, outages re-queued); run it with `jobs.supervisor.Supervisor`. It
+    takes jobs from the settings' queue (PORTAL_QUEUE_NAME) unless `queue_name` is given."""
     settings: Settings = ctx.get("settings") or get_settings()
     backoff = Backoff.from_settings(settings)
+    kwargs.setdefault("queue_name", settings.queue_name)
     worker = PortalWorker(
         functions=functions,
         cron_jobs=cron_jobs,

@@ -63,12 +63,15 @@ def redis_client(url: str) -> Redis:
     return client
 
 
-def queue_client(url: str) -> ArqRedis:
-    """The API's arq client for enqueueing, with the same timeouts. It connects on first use
-    (arq's `create_pool` would refuse to start the API while Redis is down)."""
+def queue_client(url: str, queue_name: str) -> ArqRedis:
+    """The API's arq client for enqueueing on `queue_name` (PORTAL_QUEUE_NAME), with the same
+    timeouts. It connects on first use (arq's `create_pool` would refuse to start the API while
+    Redis is down)."""
     client: ArqRedis = ArqRedis.from_url(
         url, socket_timeout=REDIS_TIMEOUT_SECONDS, socket_connect_timeout=REDIS_TIMEOUT_SECONDS
     )
+    # `from_url` hands its keywords to the connection pool: the queue is the client's own.
+    client.default_queue_name = queue_name
     return client
 
 
@@ -79,7 +82,7 @@ async def open_resources(services: Services, settings: Settings) -> Resources:
         max_overflow=settings.db_max_overflow,
     )
     redis = redis_client(services.redis_url)
-    arq = queue_client(services.redis_url)
+    arq = queue_client(services.redis_url, settings.queue_name)
     return Resources(db=db, redis=redis, arq=arq, clock=clock_from_settings(settings))
 
 
@@ -119,6 +122,7 @@ async def readyz(request: Request) -> JSONResponse:
                 resources.redis,
                 stale_after=settings.worker_stale_after_seconds,
                 ttl=settings.worker_heartbeat_ttl_seconds,
+                queue=settings.queue_name,
             )
         except Exception as exc:
             checks["redis"] = f"error: {type(exc).__name__}"

@@ -81,7 +81,7 @@ async def run_demo(
             max_overflow=settings.db_max_overflow,
         )
         redis = redis_client(services.redis_url)
-        arq = queue_client(services.redis_url)
+        arq = queue_client(services.redis_url, settings.queue_name)
         box = CredentialBox(settings.secret_key.get_secret_value())
         resources = Resources(db=db, redis=redis, arq=arq, clock=clock)
         # The demo runs its own worker: /readyz is not ready while that worker is not alive.

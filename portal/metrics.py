@@ -106,10 +106,12 @@ async def worker_families(redis: Redis, settings: Settings) -> list[Metric]:
         "PostgreSQL answers); a worker silent for the heartbeat TTL is no longer listed.",
         labels=["worker"],
     )
-    beats = await heartbeat_ages(redis, ttl=settings.worker_heartbeat_ttl_seconds)
+    beats = await heartbeat_ages(
+        redis, ttl=settings.worker_heartbeat_ttl_seconds, queue=settings.queue_name
+    )
     for worker_id, age in sorted(beats.items()):
         ages.add_metric([worker_id], age)
-    depth = await queue_depth(redis)
+    depth = await queue_depth(redis, settings.queue_name)
     queued = GaugeMetricFamily(
         "portal_job_queue_depth",
         "Jobs waiting in the arq queue: due now, or deferred to a later time.",

@@ -133,6 +133,9 @@ class PaymentAttempt(TenantOwned, table=True):
         sa.CheckConstraint("number >= 1", name="number_positive"),
         # The portal's own attempt sequence: its number makes the idempotency key.
         sa.UniqueConstraint("payment_id", "portal_number"),
+        # Attempts in flight (a handful), for the stuck-attempt sweep, whatever their payment's
+        # state now.
+        _partial("ix_payment_attempt_in_flight", "outcome = 'in_flight'", "attempted_at"),
     )
 
     merchant_id: uuid.UUID = merchant_key()  # led by (merchant_id, processor_attempt_id)

@@ -814,6 +814,22 @@ async def _record(
         return AttemptResult(AttemptStatus.RECORDED, payment.state, charge_id)
 
 
+@cache
+def _read_back() -> Any:
+    """Whether ingestion stored a charge of the portal's on the attempt's payment as an attempt
+    of its own (actor PORTAL, no portal number): the portal's charge read back before the run
+    that made it recorded it. Attempts are claimed one at a time, and a recorded one takes its
+    echo over (`_record`), so such a row is the charge of the attempt still in flight: the
+    processor has seen that attempt's key."""
+    echo = aliased(PaymentAttempt)
+    return sa.exists().where(
+        col(echo.payment_id) == col(PaymentAttempt.payment_id),
+        col(echo.actor) == Actor.PORTAL,
+        col(echo.portal_number).is_(None),
+        col(echo.processor_attempt_id).is_not(None),
+    )
+
+
 async def reconcile_stuck(
     db: Database,
     *,
@@ -823,25 +839,36 @@ async def reconcile_stuck(
     limit: int = 100,
     scheduler: Scheduler | None = None,
 ) -> list[AttemptResult]:
-    """Re-run attempts of payments stuck in RETRYING: the same key, so at most one charge.
+    """Run again the portal attempts left in flight (a killed worker, a lost job) once they are
+    `older_than`: the same key, so at most one charge.
 
-    Only while the payment is RETRYING. An attempt still in flight on a payment that left
-    RETRYING (recovered by ingestion while the attempt's job was lost) is never replayed: if its
-    charge never reached the processor, the processor has not seen the key, and a replay would
-    charge an invoice already paid. Such an attempt stays in flight for a person to settle."""
+    - A payment still RETRYING: its attempt is run again (sent or not).
+    - A payment that left RETRYING meanwhile (ingestion read it paid, canceled …):
+      - an unsent attempt is dropped (nothing left the portal: `sent_at` is committed before
+        the request, and only while RETRYING);
+      - a sent attempt whose charge ingestion has read back (`_read_back`) replays its key: the
+        processor has seen it and answers with that charge, which is then recorded as the
+        attempt's (the read-back row is taken over);
+      - a sent attempt with nothing read back is never replayed: if its charge never reached
+        the processor, the processor has not seen the key, and a replay would charge an
+        invoice already paid. Such an attempt stays in flight for a person to settle."""
     cutoff = clock.now() - older_than
+    retrying = col(Payment.state) == PaymentState.RETRYING
     async with db.uow(SYSTEM_SCOPE) as uow:
         rows = (
             await uow.session.execute(
                 select(col(PaymentAttempt.payment_id), col(PaymentAttempt.portal_number))
                 .join(Payment, col(Payment.id) == col(PaymentAttempt.payment_id))
                 .where(
-                    col(Payment.state) == PaymentState.RETRYING,
-                    col(Payment.retrying_since) < cutoff,
                     col(PaymentAttempt.outcome) == AttemptOutcome.IN_FLIGHT,
                     col(PaymentAttempt.portal_number).is_not(None),
+                    col(PaymentAttempt.attempted_at) < cutoff,
+                    sa.or_(
+                        retrying & (col(Payment.retrying_since) < cutoff),
+                        ~retrying & (col(PaymentAttempt.sent_at).is_(None) | _read_back()),
+                    ),
                 )
-                .order_by(col(Payment.retrying_since))
+                .order_by(col(PaymentAttempt.attempted_at))
                 .limit(limit)
             )
         ).all()

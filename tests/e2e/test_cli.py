@@ -15,7 +15,6 @@ from typing import Any
 
 import httpx
 import pytest
-from arq.constants import default_queue_name
 
 from app.crypto import CredentialBox
 from app.db import Database
@@ -31,7 +30,7 @@ from portal.migrate import upgrade_database
 from tests.support.cli import portal_ok, run_portal
 from tests.support.factories import SANDBOX_URLS
 from tests.support.normalize import PROCESSOR_FIXTURES
-from tests.support.queue import discard_polls, job_queue
+from tests.support.queue import job_queue
 from tests.support.stack import PORTAL, ROOT, free_port
 
 
@@ -382,33 +381,39 @@ async def _slow_connection(database_url: str, base_url: str) -> uuid.UUID:
 
 
 async def test_worker_lets_the_running_job_finish_on_sigterm_and_exits_0(
-    env: dict[str, str], services: Services
+    env: dict[str, str], services: Services, queue_name: str
 ) -> None:
     processor = SlowProcessor(delay=2.0)
     connection_id = await _slow_connection(env["DATABASE_URL"], processor.url)
-    worker = await asyncio.create_subprocess_exec(
-        *PORTAL,
-        "worker",
-        "--concurrency",
-        "2",
-        env={**env, "PORTAL_WORKER_SHUTDOWN_GRACE_SECONDS": "20"},
-        cwd=ROOT,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    async with job_queue(services) as queue:
+    async with job_queue(services, queue_name) as queue:
+        # On the test's own queue (`env` names it), queued before the worker starts: no other
+        # worker can take it, and it is the first job this one sees, ahead of every cron job
+        # the worker queues for itself, so even two slots are enough.
+        assert await enqueue_poll(queue, connection_id)
+        worker = await asyncio.create_subprocess_exec(
+            *PORTAL,
+            "worker",
+            "--concurrency",
+            "2",
+            env={**env, "PORTAL_WORKER_SHUTDOWN_GRACE_SECONDS": "20"},
+            cwd=ROOT,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
         try:
-            await enqueue_poll(queue, connection_id)
             # The poll job is waiting for the processor's answer: it is in flight.
-            assert await asyncio.to_thread(processor.asked.wait, 60), "the poll never ran"
+            if not await asyncio.to_thread(processor.asked.wait, 60):
+                worker.kill()
+                _, err = await asyncio.wait_for(worker.communicate(), 60)
+                said = err.decode()[-3000:]
+                raise AssertionError(f"the poll never ran; the worker said:\n{said}")
             worker.send_signal(signal.SIGTERM)
             _, err = await asyncio.wait_for(worker.communicate(), 60)
-            still_queued = await queue.zscore(default_queue_name, poll_job_id(connection_id))
+            still_queued = await queue.zscore(queue_name, poll_job_id(connection_id))
         finally:
             if worker.returncode is None:
                 worker.kill()
                 await worker.wait()
-            await discard_polls(queue, [connection_id])
             processor.close()
     stderr = err.decode()
     assert worker.returncode == 0, stderr

@@ -41,7 +41,8 @@ from jobs.telemetry import (
 from portal import metrics
 from portal.asgi import Resources
 from tests.support.factories import make_key, make_merchant, make_payments
-from tests.support.http import portal_client
+from tests.support.http import portal_client, portal_http
+from tests.support.queue import drop_queue, job_queue, private_queue_name
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 SECRET = "sk_test_never_in_metrics"
@@ -187,34 +188,52 @@ async def test_record_job_directly(client: httpx.AsyncClient, redis: Redis) -> N
 
 
 async def test_worker_heartbeats_queue_depth_and_outages(
-    client: httpx.AsyncClient, redis: Redis, services: Services
+    db: Database,
+    redis: Redis,
+    services: Services,
+    settings: Settings,
+    clock: FixedClock,
 ) -> None:
     """What workers write into Redis is on any replica's /metrics: heartbeat age per worker,
-    the arq queue's due and deferred jobs, and outages per dependency."""
+    the due and deferred jobs of the queue the settings name (PORTAL_QUEUE_NAME), and outages
+    per dependency. A queue of this test's own: no other test run's jobs or workers count."""
+    queue = private_queue_name()
     fresh, old = f"metrics-fresh-{uuid.uuid4().hex[:6]}", f"metrics-old-{uuid.uuid4().hex[:6]}"
-    key = heartbeats_key()
-    before, _ = await scrape(client)
-    await write_heartbeat(redis, fresh, ttl=600)
+    key = heartbeats_key(queue)
+    await write_heartbeat(redis, fresh, ttl=600, queue=queue)
     await redis.zadd(key, {old: await server_time(redis) - 42})
-    pool = await create_pool(RedisSettings.from_dsn(services.redis_url))
-    # Deferred by an hour: no worker sharing this Redis runs it during the test.
-    queued = await pool.enqueue_job(f"never_{uuid.uuid4().hex[:8]}", _defer_by=3600)
-    assert queued is not None
-    await record_outage(redis, Dependency.DATABASE, 2.5)
-    await record_outage(redis, Dependency.DATABASE, 1.0)
-    try:
-        after, _ = await scrape(client)
-    finally:
-        await redis.zrem(key, fresh, old)
-        await pool.zrem(default_queue_name, queued.job_id)
-        await pool.delete(job_key_prefix + queued.job_id)
-        await pool.aclose()
+    # Beside it on arq's default queue: not the settings' queue, so not counted.
+    await write_heartbeat(redis, f"{fresh}-default", ttl=600)
+    mine = settings.model_copy(update={"queue_name": queue})
+    async with (
+        portal_http(db, services.redis_url, mine, clock) as client,
+        job_queue(services, queue) as pool,
+        job_queue(services) as default_pool,
+    ):
+        before, _ = await scrape(client)
+        # Only this test reads its queue: a job due now stays there.
+        assert await pool.enqueue_job(f"never_{uuid.uuid4().hex[:8]}", _defer_by=3600)
+        assert await pool.enqueue_job(f"never_{uuid.uuid4().hex[:8]}")
+        # Deferred by an hour: no worker sharing this Redis runs it during the test.
+        elsewhere = await default_pool.enqueue_job(f"never_{uuid.uuid4().hex[:8]}", _defer_by=3600)
+        assert elsewhere is not None
+        await record_outage(redis, Dependency.DATABASE, 2.5)
+        await record_outage(redis, Dependency.DATABASE, 1.0)
+        try:
+            after, _ = await scrape(client)
+        finally:
+            await redis.zrem(heartbeats_key(), f"{fresh}-default")
+            await drop_queue(pool)
+            await default_pool.zrem(default_queue_name, elsewhere.job_id)
+            await default_pool.delete(job_key_prefix + elsewhere.job_id)
     age = "portal_worker_heartbeat_age_seconds"
     assert 0 <= after[(age, (("worker", fresh),))] < 5
     assert 41 <= after[(age, (("worker", old),))] < 50
-    deferred = ("portal_job_queue_depth", (("state", "deferred"),))
-    assert after[deferred] - before.get(deferred, 0) == 1
-    assert ("portal_job_queue_depth", (("state", "due"),)) in after
+    assert (age, (("worker", f"{fresh}-default"),)) not in after
+    depth = "portal_job_queue_depth"
+    assert before[(depth, (("state", "deferred"),))] == 0
+    assert after[(depth, (("state", "deferred"),))] == 1
+    assert after[(depth, (("state", "due"),))] == 1
 
     def outages(name: str, dependency: str, samples: Samples) -> float:
         return samples.get((name, (("dependency", dependency),)), 0)

@@ -473,6 +473,103 @@ async def test_attempt_in_flight_on_a_payment_recovered_meanwhile_is_never_repla
     assert stripe.charge_count == 0
 
 
+async def _connection_and_customer(
+    db: Database, payment: Payment
+) -> tuple[ProcessorConnection, Customer]:
+    async with db.session(SYSTEM_SCOPE) as session:
+        connection = await session.get_one(ProcessorConnection, payment.connection_id)
+        customer = await session.get_one(Customer, payment.customer_id)
+    return connection, customer
+
+
+async def test_a_killed_attempt_whose_charge_was_read_back_first_is_settled_by_its_key(
+    db: Database,
+) -> None:
+    """The worker dies between the charge and its record (its job is held by the dead worker),
+    and ingestion reads the portal's own charge back first: the payment is recovered by it and
+    leaves RETRYING. The sweep must still settle the attempt: the processor has seen its key,
+    so replaying it answers with that charge, which becomes the attempt's; nothing is charged
+    twice and nothing stays in flight."""
+    [payment], clock = await _setup(db, invoice="in_read_back")
+    await decide(db, T0)
+    clock.set(T0 + timedelta(days=1))
+    [(pid, number)] = await claim(db, clock.now())
+    stripe = FakeStripe(clock.now(), kill_after_charge=True)
+    with pytest.raises(WorkerKilled):
+        await execute_attempt(
+            db, payment_id=pid, attempt_number=number, adapters=stripe, clock=clock
+        )
+    [made] = stripe.charges.values()
+    connection, customer = await _connection_and_customer(db, payment)
+    read_back = stripe_charge(
+        made.processor_payment_id,
+        created=clock.now(),
+        status="succeeded",
+        invoice="in_read_back",
+        customer=customer.external_ref,
+        metadata={"retry_of": payment.processor_payment_id},
+    )
+    await ingest(db, connection, [read_back], clock.now())
+    recovered = await reload(db, payment.id)
+    assert recovered.state is PaymentState.RECOVERED
+    assert recovered.recovered_by is Actor.PORTAL
+    [_, flying, echo] = await attempts_of(db, payment.id)
+    assert flying.outcome is AttemptOutcome.IN_FLIGHT
+    assert flying.sent_at is not None
+    assert (echo.actor, echo.portal_number) == (Actor.PORTAL, None)
+
+    # Not yet stuck long enough: the sweep leaves it alone.
+    assert await reconcile_stuck(db, adapters=stripe, clock=clock) == []
+    clock.set(clock.now() + timedelta(minutes=11))
+    [result] = await reconcile_stuck(db, adapters=stripe, clock=clock)
+    assert result.status == "recorded"
+    key = attempt_idempotency_key(str(pid), number)
+    assert stripe.requests == [key, key]  # the same key, sent twice, charged once
+    assert stripe.charge_count == 1
+    [_, recorded] = await attempts_of(db, payment.id)
+    assert recorded.portal_number == number
+    assert recorded.outcome is AttemptOutcome.SUCCEEDED
+    assert recorded.processor_attempt_id == made.processor_payment_id
+    after = await reload(db, payment.id)
+    assert (after.state, after.recovered_by) == (PaymentState.RECOVERED, Actor.PORTAL)
+    assert await reconcile_stuck(db, adapters=stripe, clock=clock) == []
+
+
+async def test_an_unsent_attempt_whose_job_was_lost_is_dropped_once_the_payment_moved_on(
+    db: Database,
+) -> None:
+    """A claimed attempt whose job was lost before it ran (a Redis restart) while the customer
+    paid the invoice: nothing was sent, so the sweep drops the attempt without a request."""
+    [payment], clock = await _setup(db, invoice="in_paid_first")
+    await decide(db, T0)
+    clock.set(T0 + timedelta(days=1))
+    [(_, number)] = await claim(db, clock.now())
+    connection, customer = await _connection_and_customer(db, payment)
+    paid = stripe_charge(
+        "ch_paid_first",
+        created=clock.now(),
+        status="succeeded",
+        invoice="in_paid_first",
+        customer=customer.external_ref,
+        secure=True,
+    )
+    await ingest(db, connection, [paid], clock.now())
+    assert (await reload(db, payment.id)).state is PaymentState.RECOVERED
+    [_, flying, _] = await attempts_of(db, payment.id)
+    assert (flying.portal_number, flying.outcome) == (number, AttemptOutcome.IN_FLIGHT)
+
+    clock.set(clock.now() + timedelta(minutes=11))
+    stripe = FakeStripe(clock.now())
+    [result] = await reconcile_stuck(db, adapters=stripe, clock=clock)
+    assert result.status == "abandoned"
+    assert stripe.requests == []
+    assert stripe.preflights == []
+    left = await attempts_of(db, payment.id)
+    assert [a.actor for a in left] == [Actor.BILLING_SYSTEM, Actor.CUSTOMER]
+    after = await reload(db, payment.id)
+    assert (after.state, after.recovered_by) == (PaymentState.RECOVERED, Actor.CUSTOMER)
+
+
 async def test_decline_aware_policy_schedules_by_the_decline_and_again_after_a_decline(
     db: Database,
 ) -> None:

@@ -4,12 +4,15 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from arq.constants import default_queue_name
 from pydantic import ValidationError
 
 from app.clock import SystemClock, clock_from_settings
 from app.embedded import redact_url
 from app.settings import Settings, normalize_database_url
 from app.urls import UrlPolicy
+from jobs.worker import build_worker
+from portal.asgi import queue_client
 from portal.demo import demo_settings
 
 
@@ -162,3 +165,27 @@ def test_simulated_clock_refusals(
         monkeypatch.setenv(name, value)
     with pytest.raises(ValidationError, match=message):
         Settings()
+
+
+def test_queue_name_defaults_to_arqs_and_is_read_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("PORTAL_QUEUE_NAME", raising=False)
+    assert Settings().queue_name == default_queue_name
+    monkeypatch.setenv("PORTAL_QUEUE_NAME", "arq:queue:staging")
+    assert Settings().queue_name == "arq:queue:staging"
+
+
+@pytest.mark.parametrize("name", ["", "arq queue", "arq:queue\n", "x" * 201])
+def test_unusable_queue_names_are_refused(name: str) -> None:
+    with pytest.raises(ValidationError, match="queue_name"):
+        Settings(queue_name=name)
+
+
+def test_workers_and_the_api_use_the_settings_queue() -> None:
+    settings = Settings(queue_name="arq:queue:tenant-a")
+    worker = build_worker("redis://127.0.0.1:9/0", {"settings": settings})
+    assert worker.queue_name == "arq:queue:tenant-a"
+    assert queue_client("redis://127.0.0.1:9/0", settings.queue_name).default_queue_name == (
+        "arq:queue:tenant-a"
+    )

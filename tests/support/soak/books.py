@@ -223,6 +223,41 @@ async def explain_unrecorded(stack: Stack, ledgers: Ledgers, limit: int = 3) -> 
     return lines
 
 
+async def explain_in_flight(stack: Stack, limit: int = 3) -> list[str]:
+    """What the portal holds about its attempts still in flight: the attempt, its payment, the
+    payment's other attempts and its last transitions."""
+    lines: list[str] = []
+    conn = await asyncpg.connect(stack.postgres.url, timeout=10)
+    try:
+        flying = await conn.fetch(
+            "SELECT payment_id, portal_number, attempted_at, sent_at, idempotency_key"
+            " FROM payment_attempt WHERE outcome = 'in_flight' ORDER BY attempted_at LIMIT $1",
+            limit,
+        )
+        for attempt in flying:
+            payment_id = attempt["payment_id"]
+            lines.append(f"attempt in flight: {dict(attempt)}")
+            payment = await conn.fetchrow(
+                "SELECT state, recovered_by, attempt_count FROM payment WHERE id = $1", payment_id
+            )
+            lines.append(f"  payment: {dict(payment) if payment else None}")
+            for other in await conn.fetch(
+                "SELECT number, portal_number, actor, outcome, processor_attempt_id, sent_at"
+                " FROM payment_attempt WHERE payment_id = $1 ORDER BY number",
+                payment_id,
+            ):
+                lines.append(f"  attempt row: {dict(other)}")
+            for t in await conn.fetch(
+                "SELECT at, from_state, to_state, event, actor, reason FROM payment_transition"
+                " WHERE payment_id = $1 ORDER BY at DESC, seq DESC LIMIT 4",
+                payment_id,
+            ):
+                lines.append(f"  transition: {dict(t)}")
+    finally:
+        await conn.close()
+    return lines
+
+
 def successes_per_original(retries: list[dict[str, Any]]) -> Counter[str]:
     """Successful retries per original charge (a retry may name an earlier retry)."""
     parent = {r["id"]: r["retry_of"] for r in retries}

@@ -222,6 +222,8 @@ class SoakReport:
     monitor_failures: dict[str, dict[str, int]] = field(default_factory=dict)
     # What the portal holds about charges it made but did not record as its own attempts.
     evidence: list[str] = field(default_factory=list)
+    # The portal attempts left in flight after the drain, what the portal holds about each.
+    in_flight_evidence: list[str] = field(default_factory=list)
 
     @property
     def failed(self) -> list[Invariant]:
@@ -363,6 +365,9 @@ class SoakReport:
                 "charged but not recorded as the portal's attempts, what the portal holds:"
             )
             lines.extend(f"  {line}" for line in self.evidence)
+        if self.in_flight_evidence:
+            lines.append("portal attempts left in flight, what the portal holds:")
+            lines.extend(f"  {line}" for line in self.in_flight_evidence)
         return "\n".join(lines)
 
 

@@ -15,7 +15,13 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 from sandbox.server import serving
-from tests.support.soak.books import check, drain, explain_unrecorded, read_ledgers
+from tests.support.soak.books import (
+    check,
+    drain,
+    explain_in_flight,
+    explain_unrecorded,
+    read_ledgers,
+)
 from tests.support.soak.faults import Faults, Monitor, Supervisor, schedule
 from tests.support.soak.load import (
     Load,
@@ -124,6 +130,8 @@ async def _run_phases(
     report.payment_states = ledgers.states
     report.invariants = check(report, ledgers)
     report.evidence = await explain_unrecorded(stack, ledgers)
+    if ledgers.in_flight:
+        report.in_flight_evidence = await explain_in_flight(stack)
 
 
 async def _measure_memory(stack: Stack, report: SoakReport, after: float) -> None:
