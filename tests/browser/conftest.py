@@ -23,6 +23,7 @@ import pytest
 from playwright.async_api import Browser, ConsoleMessage, Page, async_playwright, expect
 
 from app.embedded import Services, create_scratch_database, drop_database
+from tests.support.queue import drop_queue, job_queue, private_queue_name
 from tests.support.stack import PORTAL, ROOT, free_port
 
 OUTPUT = Path(os.environ.get("PORTAL_TEST_OUTPUT", ROOT / "test-output")) / "browser"
@@ -124,7 +125,14 @@ async def demo(services: Services) -> AsyncIterator[Demo]:
     url = await create_scratch_database(services, "portal_browser")
     port = free_port()
     OUTPUT.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "DATABASE_URL": url, "REDIS_URL": services.redis_url}
+    # A queue of its own: no other test run's worker takes the demo's jobs, nor it theirs.
+    queue_name = private_queue_name()
+    env = {
+        **os.environ,
+        "DATABASE_URL": url,
+        "REDIS_URL": services.redis_url,
+        "PORTAL_QUEUE_NAME": queue_name,
+    }
     command = [
         *PORTAL,
         "demo",
@@ -165,6 +173,8 @@ async def demo(services: Services) -> AsyncIterator[Demo]:
                 process.kill()
                 await asyncio.to_thread(process.wait)
             process.stdout.close()
+            async with job_queue(services, queue_name) as queue:
+                await drop_queue(queue)
             await drop_database(services, url)
 
 
