@@ -120,6 +120,9 @@ class _Snapshot:
     card: _Card | None = None
     # The payment method the attempt was sent on, when not the customer's default.
     method_ref: str | None = None
+    # Whether ingestion has read the attempt's charge back (`_read_back`): the processor has
+    # seen its key.
+    read_back: bool = False
 
 
 def default_adapters(http: httpx.AsyncClient, box: CredentialBox) -> AdapterFactory:
@@ -189,6 +192,7 @@ def _snapshot_statement() -> Any:
             col(Customer.external_ref),
             ProcessorConnection,
             card,
+            _read_back().label("read_back"),
         )
         .join(Customer, col(Customer.id) == col(Payment.customer_id))
         .outerjoin(
@@ -214,7 +218,7 @@ async def _snapshot(db: Database, payment_id: uuid.UUID, number: int) -> _Snapsh
     # Closing the session detaches the rows with their attributes loaded.
     if row is None:
         return AttemptResult(AttemptStatus.SKIPPED, None)
-    payment, outcome, key, sent_at, method_ref, customer_ref, connection, current = row
+    payment, outcome, key, sent_at, method_ref, customer_ref, connection, current, read_back = row
     if outcome is not AttemptOutcome.IN_FLIGHT:
         return AttemptResult(AttemptStatus.SKIPPED, payment.state)
     if connection is None:
@@ -235,6 +239,7 @@ async def _snapshot(db: Database, payment_id: uuid.UUID, number: int) -> _Snapsh
         if current is None
         else _Card(current.fingerprint, current.last4, current.exp_month, current.exp_year),
         method_ref=method_ref,
+        read_back=bool(read_back),
     )
 
 
@@ -402,6 +407,16 @@ async def execute_attempt(
     snap = await _snapshot(db, payment_id, attempt_number)
     if isinstance(snap, AttemptResult):
         return snap
+    if snap.sent and snap.state.is_terminal and not snap.read_back:
+        # The payment ended (paid, canceled, exhausted) after the charge request may have left:
+        # if it never reached the processor, the processor has not seen the key and a replay
+        # would be a first charge of a payment settled otherwise. Left in flight for a person,
+        # as the sweep leaves it; once ingestion reads the charge back, the sweep settles it.
+        return AttemptResult(
+            AttemptStatus.SKIPPED,
+            snap.state,
+            detail="sent, the payment ended and nothing was read back: not replayed",
+        )
     adapter = adapters(snap.connection)
     if not snap.sent:
         if snap.state is not PaymentState.RETRYING:

@@ -471,6 +471,14 @@ async def test_attempt_in_flight_on_a_payment_recovered_meanwhile_is_never_repla
     clock.set(clock.now() + timedelta(minutes=11))
     assert await reconcile_stuck(db, adapters=stripe, clock=clock) == []
     assert stripe.charge_count == 0
+    # Nor does its job, delivered again (a worker's in-progress hold ending): no request.
+    requests = list(stripe.requests)
+    again = await execute_attempt(
+        db, payment_id=pid, attempt_number=number, adapters=stripe, clock=clock
+    )
+    assert again.status == "skipped"
+    assert stripe.requests == requests
+    assert stripe.charge_count == 0
 
 
 async def _connection_and_customer(
