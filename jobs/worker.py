@@ -34,6 +34,10 @@ from jobs.retry import (
 )
 from jobs.training import retrain_model
 
+# arq keeps every started job's in-progress key for the longest job timeout + 10 s, so a job
+# of a killed worker is delivered again only after that: no job may take longer than this.
+MAX_JOB_SECONDS = 300
+
 FUNCTIONS = [
     # keep_result=0: the deterministic job id must free up as soon as a poll ends.
     func(poll_connection, timeout=300, keep_result=0, max_tries=10),  # type: ignore[arg-type]
@@ -45,19 +49,20 @@ FUNCTIONS = [
     # poll it stays within 300 s (see retrain_model below): a run takes batches for 240 s,
     # then queues itself again (a try each: a million payments is far fewer than 1,000 runs).
     func(run_bulk_action, timeout=300, keep_result=0, max_tries=1000),  # type: ignore[arg-type]
-    # Requested by support through the API: results kept for the caller to read. A replay
-    # commits batch by batch and is idempotent, so one cut short by the timeout runs again.
+    # Requested by support through the API: results kept for the caller to read. Within the
+    # polls' 300 s like every job (see MAX_JOB_SECONDS): a replay commits batch by batch and is
+    # idempotent, so one cut short by the timeout runs again and goes on.
     func(
         replay_connection_requested,  # type: ignore[arg-type]
         name=REPLAY_FUNCTION,
-        timeout=3600,
+        timeout=MAX_JOB_SECONDS,
         keep_result=REQUESTED_JOB_KEEP_SECONDS,
-        max_tries=8,
+        max_tries=24,
     ),
     func(
         retrain_model_requested,  # type: ignore[arg-type]
         name=RETRAIN_FUNCTION,
-        timeout=1800,
+        timeout=MAX_JOB_SECONDS,
         keep_result=REQUESTED_JOB_KEEP_SECONDS,
         max_tries=6,
     ),
@@ -81,13 +86,12 @@ CRON_JOBS = [
         minute=set(range(2, 60, 10)),
         second=40,
         unique=True,
-        timeout=300,
+        timeout=MAX_JOB_SECONDS,
         run_at_startup=True,
     ),
-    # Weekly challenger from stored history (Monday 03:17 UTC). Training runs in an executor.
-    # arq keeps every job's in-progress key for the longest timeout + 10 s, so a longer one here
-    # would delay re-delivery of every killed job: it stays at the polls' 300 s (stored history
-    # is read up to 500,000 failures; a run that needs longer is a signal to sample).
+    # Weekly challenger from stored history (Monday 03:17 UTC). Training runs in an executor,
+    # within MAX_JOB_SECONDS (stored history is read up to 500,000 failures; a run that needs
+    # longer is a signal to sample).
     cron(
         retrain_model,  # type: ignore[arg-type]
         weekday=0,
@@ -95,7 +99,7 @@ CRON_JOBS = [
         minute=17,
         second=0,
         unique=True,
-        timeout=300,
+        timeout=MAX_JOB_SECONDS,
     ),
 ]
 

@@ -461,3 +461,17 @@ async def test_a_second_stop_request_cancels_running_jobs_at_once(
         if not running.done():
             await supervisor.stop()
         await db.dispose()
+
+
+def test_a_killed_workers_jobs_are_delivered_again_within_minutes() -> None:
+    """arq holds every started job for the longest job timeout + 10 s: the portal's worker keeps
+    that hold at MAX_JOB_SECONDS + 10, so a killed worker's polls and charges run again within
+    minutes, not after the longest job a support request may start."""
+    from jobs.worker import CRON_JOBS, FUNCTIONS, MAX_JOB_SECONDS
+
+    worker = build_worker(
+        "redis://127.0.0.1:9/0", {"settings": Settings(environment="test")}, max_jobs=1
+    )
+    assert worker.in_progress_timeout_s == MAX_JOB_SECONDS + 10
+    timeouts = [f.timeout_s for f in FUNCTIONS] + [c.timeout_s for c in CRON_JOBS]
+    assert all(t is not None and t <= MAX_JOB_SECONDS for t in timeouts)
