@@ -29,12 +29,10 @@ from jobs.policy_preview import forecast
 from ml.artifact import TimingModel
 from tests.support.factories import make_merchant, set_strategy
 from tests.support.model_rows import make_model
-from tests.support.retry import ingest, make_connection, stripe_charge
+from tests.support.retry import ingest, make_connection, varied_charges
 
 # A Monday 10:00 UTC: outside the default quiet hours.
 T0 = datetime(2026, 10, 5, 10, 0, tzinfo=UTC)
-REASONS = ("insufficient_funds", "processing_error", "do_not_honor", "card_velocity_exceeded")
-BRANDS = ("visa", "mastercard", "amex")
 
 
 class Counted:
@@ -66,19 +64,16 @@ async def _run(args: argparse.Namespace) -> None:
         merchant = await make_merchant(db, "Preview bench", now=T0)
         await set_strategy(db, merchant.id, RetryStrategy.MODEL)
         connection = await make_connection(db, merchant, T0)
-        charges = []
-        for i in range(args.payments):
-            charge = stripe_charge(
-                f"ch_preview_{i}",
-                created=T0,
-                customer=f"cus_{i}",
-                fingerprint=f"fp_{i}",
-                amount=500 + 37 * i,
-                reason=REASONS[i % len(REASONS)],
-                brand=BRANDS[i % len(BRANDS)],
-            )
-            charge["currency"] = ("usd", "eur")[i % 2]
-            charges.append(charge)
+        charges = varied_charges(
+            "ch_preview",
+            args.payments,
+            created=T0,
+            customers=args.payments,
+            fingerprints=args.payments,
+            amount=500,
+            step=37,
+            currencies=("usd", "eur"),
+        )
         await ingest(db, connection, charges, T0)
         await make_model(db, now=T0, status=ModelStatus.CHAMPION)
         scheduler = await serving_scheduler(db)

@@ -20,18 +20,10 @@ from app.tenancy import SYSTEM_SCOPE
 from jobs.model import ModelCache, ModelScheduler, serving_scheduler
 from tests.support.factories import make_merchant, set_strategy
 from tests.support.model_rows import make_model
-from tests.support.retry import ingest, make_connection, stripe_charge
+from tests.support.retry import ingest, make_connection, varied_charges
 
 # A Monday 10:00 UTC: outside the default quiet hours.
 T0 = datetime(2026, 10, 5, 10, 0, tzinfo=UTC)
-REASONS = (
-    "insufficient_funds",
-    "processing_error",
-    "do_not_honor",
-    "card_velocity_exceeded",
-    "expired_card",
-)
-BRANDS = ("visa", "mastercard", "amex", "discover")
 
 
 class OneByOne:
@@ -82,19 +74,16 @@ async def test_a_batch_is_decided_as_each_payment_alone(
     merchant = await make_merchant(db, f"Batch decide {uuid.uuid4().hex[:6]}", now=T0)
     await set_strategy(db, merchant.id, RetryStrategy.MODEL)
     connection = await make_connection(db, merchant, T0)
-    charges = []
-    for i in range(20):
-        charge = stripe_charge(
-            f"ch_batch_decide_{i}",
-            created=T0,
-            customer=f"cus_{i % 14}",
-            fingerprint=f"fp_{i % 17}",
-            amount=300 + 977 * i,
-            reason=REASONS[i % len(REASONS)],
-            brand=BRANDS[i % len(BRANDS)],
-        )
-        charge["currency"] = ("usd", "eur", "jpy")[i % 3]
-        charges.append(charge)
+    charges = varied_charges(
+        "ch_batch_decide",
+        20,
+        created=T0,
+        customers=14,
+        fingerprints=17,
+        amount=300,
+        step=977,
+        currencies=("usd", "eur", "jpy"),
+    )
     await ingest(db, connection, charges, T0)
     await make_model(db, now=T0, status=ModelStatus.CHAMPION)
     scheduler = await serving_scheduler(db, ModelCache())

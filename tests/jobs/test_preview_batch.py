@@ -15,12 +15,10 @@ from jobs.model import ModelCache, load_current, serving_scheduler
 from jobs.policy_preview import forecast
 from tests.support.factories import make_merchant, set_strategy
 from tests.support.model_rows import make_model
-from tests.support.retry import ingest, make_connection, stripe_charge
+from tests.support.retry import ingest, make_connection, varied_charges
 
 # A Monday 10:00 UTC: outside the default quiet hours.
 T0 = datetime(2026, 10, 5, 10, 0, tzinfo=UTC)
-REASONS = ("insufficient_funds", "processing_error", "do_not_honor", "card_velocity_exceeded")
-BRANDS = ("visa", "mastercard", "amex")
 SUPPORT = Principal(key_id=None, name="test", role=Role.SUPPORT, scope=Scope(None))
 
 
@@ -28,19 +26,16 @@ async def test_each_payment_is_forecast_as_it_would_be_alone(db: Database) -> No
     merchant = await make_merchant(db, f"Batch preview {uuid.uuid4().hex[:6]}", now=T0)
     await set_strategy(db, merchant.id, RetryStrategy.MODEL)
     connection = await make_connection(db, merchant, T0)
-    charges = []
-    for i in range(12):
-        charge = stripe_charge(
-            f"ch_batch_preview_{i}",
-            created=T0,
-            customer=f"cus_{i}",
-            fingerprint=f"fp_{i}",
-            amount=700 + 311 * i,
-            reason=REASONS[i % len(REASONS)],
-            brand=BRANDS[i % len(BRANDS)],
-        )
-        charge["currency"] = ("usd", "eur", "jpy")[i % 3]
-        charges.append(charge)
+    charges = varied_charges(
+        "ch_batch_preview",
+        12,
+        created=T0,
+        customers=12,
+        fingerprints=12,
+        amount=700,
+        step=311,
+        currencies=("usd", "eur", "jpy"),
+    )
     await ingest(db, connection, charges, T0)
     await make_model(db, now=T0, status=ModelStatus.CHAMPION)
     cache = ModelCache()

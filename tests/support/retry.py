@@ -373,3 +373,42 @@ class FakeStripe:
     @property
     def charge_count(self) -> int:
         return len(self.charges)
+
+
+VARIED_REASONS = (
+    "insufficient_funds",
+    "processing_error",
+    "do_not_honor",
+    "card_velocity_exceeded",
+    "expired_card",
+)
+VARIED_BRANDS = ("visa", "mastercard", "amex", "discover")
+
+
+def varied_charges(
+    prefix: str,
+    count: int,
+    *,
+    created: datetime,
+    customers: int,
+    fingerprints: int,
+    amount: int,
+    step: int,
+    currencies: Sequence[str],
+) -> list[dict[str, Any]]:
+    """`count` failed Stripe charges that differ in what the timing model reads (decline,
+    brand, amount, currency), some sharing customers and cards: a batch to decide or preview."""
+    charges = []
+    for i in range(count):
+        charge = stripe_charge(
+            f"{prefix}_{i}",
+            created=created,
+            customer=f"cus_{i % customers}",
+            fingerprint=f"fp_{i % fingerprints}",
+            amount=amount + step * i,
+            reason=VARIED_REASONS[i % len(VARIED_REASONS)],
+            brand=VARIED_BRANDS[i % len(VARIED_BRANDS)],
+        )
+        charge["currency"] = currencies[i % len(currencies)]
+        charges.append(charge)
+    return charges

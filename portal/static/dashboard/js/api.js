@@ -109,6 +109,20 @@ export async function gql(query, variables = {}, { signal } = {}) {
   return body.data;
 }
 
+// Runs a mutation whose payload carries `errors { code message field }`; those errors are
+// thrown as an ApiError like the API's own, so one place shows both.
+export async function mutate(query, variables, name, signal) {
+  const data = await gql(query, variables, { signal });
+  const payload = data[name];
+  if (payload.errors && payload.errors.length) {
+    throw new ApiError(payload.errors.map((e) => e.message).join("; "), {
+      code: payload.errors[0].code,
+      errors: payload.errors.map((e) => ({ ...e, extensions: { code: e.code, field: e.field } })),
+    });
+  }
+  return payload;
+}
+
 function socketUrl() {
   const scheme = window.location.protocol === "https:" ? "wss:" : "ws:";
   return `${scheme}//${window.location.host}/graphql`;

@@ -203,6 +203,20 @@ export function table({ caption, columns, rows, empty = "Nothing to show.", rowA
   );
 }
 
+export function badge(text, tone) {
+  return h("span", { class: "badge", dataset: tone ? { tone } : {} }, text);
+}
+
+// A titled section of a screen (settings, support), named by its heading.
+export function section(id, title, ...children) {
+  return h(
+    "section",
+    { class: "settings-section", id, "aria-labelledby": `${id}-title` },
+    h("h2", { id: `${id}-title` }, title),
+    ...children
+  );
+}
+
 // A labelled figure ("Recovery rate  42.0%").
 export function figure(title, value, note) {
   return h(

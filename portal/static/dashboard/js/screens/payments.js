@@ -7,36 +7,9 @@
 // Applying the form or paging navigates; the shell then renders the screen again.
 
 import { ApiError, downloadExport, gql, subscribe } from "../api.js";
+import { ACTORS, DECLINE_CATEGORIES, PROCESSORS, STATES } from "../enums.js";
 import { announce, errorBox, formatCount, formatMoney, h, label, loading } from "../dom.js";
 
-// The schema's enums (schema/schema.graphql), in the order a person scans them.
-const STATES = [
-  "PENDING",
-  "SCHEDULED",
-  "RETRYING",
-  "RECOVERED",
-  "EXHAUSTED",
-  "NOT_RETRYABLE",
-  "CANCELED",
-];
-const PROCESSORS = ["STRIPE", "BRAINTREE", "ADYEN", "CHECKOUT"];
-const ACTORS = ["PORTAL", "CUSTOMER", "BILLING_SYSTEM", "PROCESSOR"];
-const DECLINE_CATEGORIES = [
-  "INSUFFICIENT_FUNDS",
-  "DO_NOT_HONOR",
-  "CARD_EXPIRED",
-  "CARD_DATA_INCORRECT",
-  "AUTHENTICATION_REQUIRED",
-  "VELOCITY_EXCEEDED",
-  "PROCESSING_ERROR",
-  "PROCESSOR_BLOCKED",
-  "NOT_PERMITTED",
-  "INVALID_ACCOUNT",
-  "FRAUD_SUSPECTED",
-  "LOST_STOLEN",
-  "PAYMENT_REVOKED",
-  "OTHER",
-];
 const ORDER_FIELDS = [
   ["FAILED_AT", "First failure"],
   ["NEXT_RETRY_AT", "Next retry"],

@@ -5,10 +5,12 @@
 // Each section loads and fails on its own, so one refused query (a partner key reading keys,
 // say) does not blank the rest of the page.
 
-import { ApiError, apiKey, gql } from "../api.js";
+import { ApiError, apiKey, gql, mutate } from "../api.js";
+import { DECLINE_CATEGORIES } from "../enums.js";
 import {
   announce,
   askReason,
+  badge,
   errorBox,
   formatCount,
   formatDateTime,
@@ -17,6 +19,7 @@ import {
   h,
   label,
   loading,
+  section,
   stacked,
   table,
 } from "../dom.js";
@@ -133,32 +136,6 @@ export const KEYS_QUERY = `
 
 // ---- shared helpers ----------------------------------------------------------------------
 
-// Runs a mutation whose payload carries `errors { code message field }`; those errors are
-// thrown as an ApiError like the API's own, so one place shows both.
-async function mutate(query, variables, name, signal) {
-  const data = await gql(query, variables, { signal });
-  const payload = data[name];
-  if (payload.errors && payload.errors.length) {
-    throw new ApiError(payload.errors.map((e) => e.message).join("; "), {
-      code: payload.errors[0].code,
-      errors: payload.errors.map((e) => ({ ...e, extensions: { code: e.code, field: e.field } })),
-    });
-  }
-  return payload;
-}
-
-function badge(text, tone) {
-  return h("span", { class: "badge", dataset: tone ? { tone } : {} }, text);
-}
-
-function section(id, title, ...children) {
-  return h(
-    "section",
-    { class: "settings-section", id, "aria-labelledby": `${id}-title` },
-    h("h2", { id: `${id}-title` }, title),
-    ...children
-  );
-}
 
 // A box showing a secret the API returns once (a key's token, an endpoint's signing secret).
 function secretBox(title, value, note) {
@@ -288,23 +265,6 @@ const END_ACTIONS = [
   ["MARK_EXHAUSTED", "Mark the payment exhausted"],
   ["LEAVE_INVOICE_OPEN", "Leave the invoice open"],
   ["CANCEL_SUBSCRIPTION", "Cancel the subscription"],
-];
-
-const DECLINE_CATEGORIES = [
-  "AUTHENTICATION_REQUIRED",
-  "CARD_DATA_INCORRECT",
-  "CARD_EXPIRED",
-  "DO_NOT_HONOR",
-  "FRAUD_SUSPECTED",
-  "INSUFFICIENT_FUNDS",
-  "INVALID_ACCOUNT",
-  "LOST_STOLEN",
-  "NOT_PERMITTED",
-  "OTHER",
-  "PAYMENT_REVOKED",
-  "PROCESSING_ERROR",
-  "PROCESSOR_BLOCKED",
-  "VELOCITY_EXCEEDED",
 ];
 
 // The settings, in the order the form shows them, named as the API names them.

@@ -4,17 +4,20 @@
 // Support keys only: the API refuses these fields and mutations to other keys anyway, so
 // other keys get a plain explanation instead of a page of refusals.
 
-import { ApiError, gql } from "../api.js";
+import { gql, mutate } from "../api.js";
+import { DECLINE_CATEGORIES, PROCESSORS } from "../enums.js";
 import { reloadMerchants } from "../main.js";
 import {
   announce,
   askReason,
+  badge,
   errorBox,
   formatCount,
   formatDateTime,
   h,
   label,
   loading,
+  section,
   stacked,
   table,
 } from "../dom.js";
@@ -133,7 +136,6 @@ const JOB_QUERY = `
   }
 `;
 
-const PROCESSORS = ["STRIPE", "BRAINTREE", "ADYEN", "CHECKOUT"];
 const DECLINE_CATEGORIES = [
   "AUTHENTICATION_REQUIRED",
   "CARD_DATA_INCORRECT",
@@ -155,32 +157,6 @@ const CANCELLABLE = ["PENDING", "SCHEDULED"];
 
 // ---- helpers -----------------------------------------------------------------------------
 
-// Runs a mutation whose payload carries `errors { code message field }`; those are thrown as
-// an ApiError like the API's own errors.
-async function mutate(query, variables, name, signal) {
-  const data = await gql(query, variables, { signal });
-  const payload = data[name];
-  if (payload.errors && payload.errors.length) {
-    throw new ApiError(payload.errors.map((e) => e.message).join("; "), {
-      code: payload.errors[0].code,
-      errors: payload.errors.map((e) => ({ ...e, extensions: { code: e.code, field: e.field } })),
-    });
-  }
-  return payload;
-}
-
-function badge(text, tone) {
-  return h("span", { class: "badge", dataset: tone ? { tone } : {} }, text);
-}
-
-function section(id, title, ...children) {
-  return h(
-    "section",
-    { class: "settings-section", id, "aria-labelledby": `${id}-title` },
-    h("h2", { id: `${id}-title` }, title),
-    ...children
-  );
-}
 
 function sleep(ms, signal) {
   return new Promise((resolve, reject) => {
