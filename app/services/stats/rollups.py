@@ -3,6 +3,7 @@
 import uuid
 from collections.abc import Sequence
 from functools import cache
+from operator import add
 from typing import Any
 
 import sqlalchemy as sa
@@ -21,11 +22,12 @@ from app.models.stats import (
 )
 from app.services.stats.figures import (
     DayRollupKey,
-    GroupKey,
     RecoveryStats,
     RollupKey,
     Sums,
-    assemble,
+    VectorKey,
+    Vectors,
+    assemble_vectors,
 )
 from app.services.stats.query import StatsQuery, series_bounds, whole_days
 
@@ -53,15 +55,16 @@ _CONTROL_KINDS = {0b111: "total", 0b011: "series", 0b100: "arm"}
 CONTROL_DIMENSION = DAY_DIMENSIONS[0]
 
 
-def _bigint(column: Any) -> Any:
-    """A sum as bigint (a bigint column's `sum` is numeric, read back as a slower Decimal)."""
-    return sa.cast(sa.func.sum(column), sa.BigInteger)
+def _zeroed(total: Any) -> Any:
+    """A sum as bigint, 0 over no rows (a bigint column's `sum` is numeric, read back as a
+    slower Decimal)."""
+    return sa.func.coalesce(sa.cast(total, sa.BigInteger), 0)
 
 
 def _hist_sums(column: Any) -> list[Any]:
     """The element-wise sums of a histogram column (plain `sum`s: the array aggregate costs
     tens of microseconds a row)."""
-    return [_bigint(column[i + 1]) for i in range(TTR_BUCKETS)]
+    return [_zeroed(sa.func.sum(column[i + 1])) for i in range(TTR_BUCKETS)]
 
 
 def _combined(parts: list[Any]) -> Any:
@@ -159,14 +162,19 @@ def _statement(
     )
 
     def measured(t: Any) -> list[Any]:
-        return [_bigint(t.c[m]) for m in MEASURES] + _hist_sums(t.c.ttr_histogram)
+        """The eligible payments' sums, then every payment's with the histogram's (see
+        `Vectors`), each an array: the two eligibilities in one row of the group."""
+        eligible = [_zeroed(sa.func.sum(t.c[m]).filter(t.c.retryable)) for m in MEASURES]
+        both = [_zeroed(sa.func.sum(t.c[m])) for m in MEASURES] + _hist_sums(t.c.ttr_histogram)
+        # Two arrays rather than 40-odd columns: the driver decodes an array in one piece.
+        return [postgresql.array(eligible), postgresql.array(both)]
 
     # Quarter hours: grouping sets over the dimensions.
     c = fine.c
     model_flag = c.merchant_id.in_(model_merchants).label("model_merchant")
     dims = [c.idx, c.decline_category, c.processor, c.funding, model_flag, c.control_group]
     owner = [c.merchant_id] if per_merchant else []
-    base = [c.currency, c.retryable, *owner]
+    base = [c.currency, *owner]
     sets = [sa.tuple_(*base)] + [
         sa.tuple_(*base, *x) for x in ([c.idx], [c.decline_category], [c.processor], [c.funding])
     ]
@@ -174,7 +182,6 @@ def _statement(
     fine_groups = sa.select(
         sa.literal(0).label("part"),
         c.currency,
-        c.retryable,
         c.merchant_id if per_merchant else sa.cast(sa.null(), sa.Uuid),
         sa.func.grouping(*dims).label("bits"),
         c.idx,
@@ -190,13 +197,12 @@ def _statement(
     # Whole days, control-group rows: total, series and arms.
     k = days.c
     day_owner = [k.merchant_id] if per_merchant else []
-    day_base = [k.currency, k.retryable, *day_owner]
+    day_base = [k.currency, *day_owner]
     day_flag = k.merchant_id.in_(model_merchants).label("model_merchant")
     control_groups = (
         sa.select(
             sa.literal(1).label("part"),
             k.currency,
-            k.retryable,
             k.merchant_id if per_merchant else sa.cast(sa.null(), sa.Uuid),
             sa.func.grouping(k.idx, day_flag, k.value).label("bits"),
             k.idx,
@@ -223,7 +229,6 @@ def _statement(
         sa.select(
             sa.literal(2).label("part"),
             k.currency,
-            k.retryable,
             k.merchant_id if per_merchant else sa.cast(sa.null(), sa.Uuid),
             sa.literal(0),
             sa.cast(sa.null(), sa.Integer),
@@ -280,11 +285,10 @@ async def load_stats(
         whole.high < query.end,
         bool(whole.days),
     )
-    groups: dict[GroupKey, Sums] = {}
-    first_measure = 13
+    groups: dict[VectorKey, Vectors] = {}
     for row in (await session.execute(statement, parameters)).all():
-        part, currency, retryable, merchant, bits = row[:5]
-        idx, category, processor, funding, model_merchant, control, dimension, value = row[5:13]
+        part, currency, merchant, bits = row[:4]
+        idx, category, processor, funding, model_merchant, control, dimension, value = row[4:12]
         kind: str
         if part == 0:
             kind = _KIND_BY_BITS[bits]
@@ -301,14 +305,18 @@ async def load_stats(
             found = {"total": None, "series": idx, "arm": (model_merchant, control)}[kind]
         else:
             kind, found = dimension, value
-        key = (merchant if per_merchant else None, currency, kind, found, retryable)
-        sums = Sums.of(
-            row[first_measure : first_measure + len(MEASURES)],
-            row[first_measure + len(MEASURES) :],
-        )
-        groups[key] = groups[key] + sums if key in groups else sums
+        key = (merchant if per_merchant else None, currency, kind, found)
+        vectors: Vectors = (row[12], row[13])
+        if key in groups:
+            # The same group from the quarter hours and the days (edge days, other zones).
+            held = groups[key]
+            vectors = (
+                tuple(map(add, held[0], vectors[0])),
+                tuple(map(add, held[1], vectors[1])),
+            )
+        groups[key] = vectors
     owners: list[uuid.UUID | None] = list(merchant_ids or []) if per_merchant else [None]
-    return assemble(query, groups, owners)
+    return assemble_vectors(query, groups, owners)
 
 
 async def stored_rollups(
