@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import date, datetime
 from operator import add, attrgetter
-from typing import Any
+from typing import Any, NamedTuple
 
 from app.enums import Actor
 from app.models.stats import MEASURES, TTR_BUCKETS, TTR_EDGES_SECONDS
@@ -68,7 +68,7 @@ _measures = attrgetter(*MEASURES)
 _ACTOR_COUNTS = attrgetter(*(f"recovered_{a.value}_count" for a in ACTORS))
 _ACTOR_AMOUNTS = attrgetter(*(f"recovered_{a.value}_amount" for a in ACTORS))
 EMPTY: tuple[Sums, Sums] = (ZERO, ZERO)
-# Where each figure's measure sits in a vector of summed measures (see `RecoveryFigures.of_vectors`).
+# Where each figure's measure sits in a vector of summed measures (`RecoveryFigures.of_vectors`).
 _FAILED_COUNT, _FAILED_AMOUNT = MEASURES.index("failed_count"), MEASURES.index("failed_amount")
 _OPEN_COUNT, _OPEN_AMOUNT = MEASURES.index("open_count"), MEASURES.index("open_amount")
 _RETRIES = MEASURES.index("recovered_retries")
@@ -78,9 +78,8 @@ if tuple(f.name for f in fields(Sums))[: len(MEASURES)] != MEASURES:  # pragma: 
     raise RuntimeError("Sums must list the rollup measures in their order")
 
 
-@dataclass(frozen=True, slots=True)
-class ActorRecovery:
-    """Recoveries brought about by one actor."""
+class ActorRecovery(NamedTuple):
+    """Recoveries brought about by one actor (a named tuple: a series holds thousands)."""
 
     actor: Actor
     count: int
@@ -125,6 +124,13 @@ class RecoveryFigures:
     in_recovery_amount: int
     recovered_retries: int
     ttr_histogram: tuple[int, ...]
+    # Derived from `recovered` once (several figures read them): not compared, not given.
+    recovered_count: int = field(init=False, compare=False)
+    recovered_amount: int = field(init=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "recovered_count", sum([r.count for r in self.recovered]))
+        object.__setattr__(self, "recovered_amount", sum([r.amount for r in self.recovered]))
 
     @classmethod
     def of(cls, eligible: Sums, never: Sums) -> "RecoveryFigures":
@@ -155,8 +161,12 @@ class RecoveryFigures:
             eligible_count=eligible[_FAILED_COUNT],
             eligible_amount=eligible[_FAILED_AMOUNT],
             recovered=tuple(
-                ActorRecovery(actor, both[c], both[a])
-                for actor, c, a in zip(ACTORS, _COUNT_AT, _AMOUNT_AT, strict=True)
+                map(
+                    ActorRecovery,
+                    ACTORS,
+                    [both[c] for c in _COUNT_AT],
+                    [both[a] for a in _AMOUNT_AT],
+                )
             ),
             eligible_recovered_count=sum([eligible[c] for c in _COUNT_AT]),
             eligible_recovered_amount=sum([eligible[a] for a in _AMOUNT_AT]),
@@ -165,14 +175,6 @@ class RecoveryFigures:
             recovered_retries=both[_RETRIES],
             ttr_histogram=tuple(both[len(MEASURES) :]),
         )
-
-    @property
-    def recovered_count(self) -> int:
-        return sum(r.count for r in self.recovered)
-
-    @property
-    def recovered_amount(self) -> int:
-        return sum(r.amount for r in self.recovered)
 
     @property
     def recovery_rate_by_count(self) -> float | None:
@@ -390,7 +392,8 @@ def assemble_vectors(
     query: StatsQuery, groups: Mapping[VectorKey, Vectors], merchants: Iterable[uuid.UUID | None]
 ) -> dict[uuid.UUID | None, RecoveryStats]:
     """What `assemble` answers, from groups already split into eligible and all payments
-    (one pair of vectors per group instead of one `Sums` per eligibility)."""
+    (one pair of vectors per group instead of one `Sums` per eligibility); the series and
+    uplift only when the query's selection reads them (else empty and null)."""
     bounds = series_bounds(query)
     zone = query.zone
     by_owner: dict[uuid.UUID | None, dict[str, dict[tuple[str, Any], Vectors]]] = defaultdict(
@@ -399,6 +402,8 @@ def assemble_vectors(
     for (owner, currency, dim, value), vectors in groups.items():
         by_owner[owner][currency][(dim, value)] = vectors
     starts = [bound.astimezone(zone) for bound in bounds[:-1]]
+    kinds = query.selection.kinds
+    breakdowns = _BREAKDOWNS & kinds
     of_vectors = RecoveryFigures.of_vectors
     result: dict[uuid.UUID | None, RecoveryStats] = {}
     for owner in merchants:
@@ -409,7 +414,7 @@ def assemble_vectors(
                 continue  # only rows whose payments were all deleted or moved
             found: dict[str, list[Breakdown]] = defaultdict(list)
             for (dim, value), (eligible, both) in dims.items():
-                if dim in _BREAKDOWNS and both[_FAILED_COUNT]:
+                if dim in breakdowns and both[_FAILED_COUNT]:
                     found[dim].append(Breakdown(str(value), of_vectors(eligible, both)))
 
             def arm(control: bool, dims: dict[tuple[str, Any], Vectors] = dims) -> Arm:
@@ -417,7 +422,7 @@ def assemble_vectors(
                 return Arm(eligible[_FAILED_COUNT], sum([eligible[c] for c in _COUNT_AT]))
 
             series = []
-            for i, start in enumerate(starts, start=1):
+            for i, start in enumerate(starts if "series" in kinds else (), start=1):
                 series.append(Point(start, of_vectors(*dims.get(("series", i), _ZERO_VECTORS))))
             currencies.append(
                 CurrencyStats(
@@ -427,7 +432,7 @@ def assemble_vectors(
                     by_decline_category=_sorted(found["decline_category"]),
                     by_processor=_sorted(found["processor"]),
                     by_card_funding=_sorted(found["funding"]),
-                    uplift=Uplift.of(arm(False), arm(True)),
+                    uplift=Uplift.of(arm(False), arm(True)) if "arm" in kinds else None,
                 )
             )
         result[owner] = RecoveryStats(query, tuple(currencies))

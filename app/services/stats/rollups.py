@@ -29,7 +29,14 @@ from app.services.stats.figures import (
     Vectors,
     assemble_vectors,
 )
-from app.services.stats.query import StatsQuery, series_bounds, whole_days
+from app.services.stats.query import (
+    BREAKDOWN_KINDS,
+    KINDS,
+    Selection,
+    StatsQuery,
+    series_bounds,
+    whole_days,
+)
 
 
 def _grouping_bits(kind: str) -> int:
@@ -51,7 +58,8 @@ _KIND_BY_BITS = {
     for k in ("total", "series", "decline_category", "processor", "funding", "arm")
 }
 # GROUPING(idx, model_merchant, value) of the day rollup's control-group sets.
-_CONTROL_KINDS = {0b111: "total", 0b011: "series", 0b100: "arm"}
+_CONTROL_TOTAL = 0b111
+_CONTROL_KINDS = {_CONTROL_TOTAL: "total", 0b011: "series", 0b100: "arm"}
 CONTROL_DIMENSION = DAY_DIMENSIONS[0]
 
 
@@ -77,11 +85,18 @@ def _text(value: Any = None) -> Any:
 
 @cache
 def _statement(
-    per_merchant: bool, with_ids: bool, head: bool, tail: bool, days_present: bool
+    per_merchant: bool,
+    with_ids: bool,
+    head: bool,
+    tail: bool,
+    days_present: bool,
+    selection: Selection,
 ) -> Any:
     """The statistics statement of one shape, its values left as parameters (built once:
     the expression costs milliseconds to build). `head`/`tail`: the range has a partial day
-    before/after its whole days; `days_present`: it has whole days."""
+    before/after its whole days; `days_present`: it has whole days. The day rows of a
+    breakdown the selection leaves out are not read, and histograms no selected group reads
+    are not summed (zeros in their place)."""
     r, d, z = RecoveryRollup, RecoveryDayRollup, RecoveryDayZone
     ids = sa.bindparam("ids", type_=postgresql.ARRAY(sa.Uuid))
     moment = sa.DateTime(timezone=True)
@@ -161,11 +176,20 @@ def _statement(
         .having(sa.func.sum(model_counts.c.model_count) > 0)
     )
 
-    def measured(t: Any) -> list[Any]:
+    def measured(t: Any, *kinds: str, keep: Any = None) -> list[Any]:
         """The eligible payments' sums, then every payment's with the histogram's (see
-        `Vectors`), each an array: the two eligibilities in one row of the group."""
+        `Vectors`), each an array: the two eligibilities in one row of the group. The
+        histogram is summed when the selection reads it for one of `kinds` (and, given
+        `keep`, shown where `keep` holds: zeros elsewhere, as where it is not summed)."""
         eligible = [_zeroed(sa.func.sum(t.c[m]).filter(t.c.retryable)) for m in MEASURES]
-        both = [_zeroed(sa.func.sum(t.c[m])) for m in MEASURES] + _hist_sums(t.c.ttr_histogram)
+        histogram = (
+            _hist_sums(t.c.ttr_histogram)
+            if selection.histograms.intersection(kinds)
+            else [sa.literal_column("0")] * TTR_BUCKETS
+        )
+        if keep is not None:
+            histogram = [sa.case((keep, h), else_=0) for h in histogram]
+        both = [_zeroed(sa.func.sum(t.c[m])) for m in MEASURES] + histogram
         # Two arrays rather than 40-odd columns: the driver decodes an array in one piece.
         return [postgresql.array(eligible), postgresql.array(both)]
 
@@ -192,13 +216,39 @@ def _statement(
         c.control_group,
         _text(),
         _text(),
-        *measured(fine),
+        *measured(
+            fine,
+            *KINDS,
+            keep=sa.func.grouping(*dims).in_(
+                [_grouping_bits(kind) for kind in sorted(selection.histograms)]
+            ),
+        ),
     ).group_by(sa.func.grouping_sets(*sets))
-    # Whole days, control-group rows: total, series and arms.
+    # Whole days, control-group rows: the total, then series and arms (apart: the summary's
+    # histogram is often read where the series' is not).
     k = days.c
     day_owner = [k.merchant_id] if per_merchant else []
     day_base = [k.currency, *day_owner]
     day_flag = k.merchant_id.in_(model_merchants).label("model_merchant")
+    day_total = (
+        sa.select(
+            sa.literal(1).label("part"),
+            k.currency,
+            k.merchant_id if per_merchant else sa.cast(sa.null(), sa.Uuid),
+            sa.literal(_CONTROL_TOTAL),
+            sa.cast(sa.null(), sa.Integer),
+            _text(),
+            _text(),
+            _text(),
+            sa.cast(sa.null(), sa.Boolean),
+            sa.cast(sa.null(), sa.Boolean),
+            _text(),
+            _text(),
+            *measured(days, "total"),
+        )
+        .where(k.dimension == CONTROL_DIMENSION)
+        .group_by(*day_base)
+    )
     control_groups = (
         sa.select(
             sa.literal(1).label("part"),
@@ -213,18 +263,20 @@ def _statement(
             k.value == "true",
             _text(),
             _text(),
-            *measured(days),
+            *measured(days, "series"),
         )
         .where(k.dimension == CONTROL_DIMENSION)
         .group_by(
             sa.func.grouping_sets(
-                sa.tuple_(*day_base),
                 sa.tuple_(*day_base, k.idx),
                 sa.tuple_(*day_base, day_flag, k.value),
             )
         )
     )
-    # Whole days, the other dimensions: one group per value.
+    # Whole days, the other dimensions the selection reads: one group per value.
+    chosen = [kind for kind in BREAKDOWN_KINDS if kind in selection.kinds]
+    if not chosen:
+        return sa.union_all(fine_groups, day_total, control_groups)
     breakdowns = (
         sa.select(
             sa.literal(2).label("part"),
@@ -239,12 +291,16 @@ def _statement(
             sa.cast(sa.null(), sa.Boolean),
             _text(k.dimension),
             _text(k.value),
-            *measured(days),
+            *measured(
+                days,
+                *chosen,
+                keep=k.dimension.in_(sorted(selection.histograms.intersection(chosen))),
+            ),
         )
-        .where(k.dimension != CONTROL_DIMENSION)
+        .where(k.dimension.in_(chosen))
         .group_by(*day_base, k.dimension, k.value)
     )
-    return sa.union_all(fine_groups, control_groups, breakdowns)
+    return sa.union_all(fine_groups, day_total, control_groups, breakdowns)
 
 
 async def load_stats(
@@ -284,6 +340,7 @@ async def load_stats(
         query.start < whole.low,
         whole.high < query.end,
         bool(whole.days),
+        query.selection,
     )
     groups: dict[VectorKey, Vectors] = {}
     for row in (await session.execute(statement, parameters)).all():
