@@ -123,13 +123,14 @@ class RecoveryFigures:
         # Named one by one rather than through `from_row`: a 90-day series builds hundreds.
         return cls(
             failed_count=f.failed_count,
-            failed_amount=f.failed_amount,
+            failed_amount=Long(f.failed_amount),
             eligible_count=f.eligible_count,
-            eligible_amount=f.eligible_amount,
+            eligible_amount=Long(f.eligible_amount),
             recovered_count=f.recovered_count,
-            recovered_amount=f.recovered_amount,
+            recovered_amount=Long(f.recovered_amount),
             recovered_by_actor=[
-                ActorRecovery(actor=r.actor, count=r.count, amount=r.amount) for r in f.recovered
+                ActorRecovery(actor=r.actor, count=r.count, amount=Long(r.amount))
+                for r in f.recovered
             ],
             recovery_rate_by_count=f.recovery_rate_by_count,
             recovery_rate_by_amount=f.recovery_rate_by_amount,
@@ -139,7 +140,7 @@ class RecoveryFigures:
             median_time_to_recover_seconds=f.median_time_to_recover_seconds,
             p90_time_to_recover_seconds=f.p90_time_to_recover_seconds,
             in_recovery_count=f.in_recovery_count,
-            in_recovery_amount=f.in_recovery_amount,
+            in_recovery_amount=Long(f.in_recovery_amount),
         )
 
 

@@ -23,8 +23,8 @@ from app.enums import (
 from app.models.customer import CardCredential, Customer
 from app.models.merchant import Merchant
 from app.models.payment import Payment
-from app.retry.schedule import in_control_group
 from app.models.stats import TTR_BUCKETS
+from app.retry.schedule import in_control_group
 from app.services.stats.figures import (
     Arm,
     Breakdown,

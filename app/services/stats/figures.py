@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import date, datetime
 from operator import add, attrgetter
-from typing import Any, NamedTuple
+from typing import Any
 
 from app.enums import Actor
 from app.models.stats import MEASURES, TTR_BUCKETS, TTR_EDGES_SECONDS
@@ -78,8 +78,9 @@ if tuple(f.name for f in fields(Sums))[: len(MEASURES)] != MEASURES:  # pragma: 
     raise RuntimeError("Sums must list the rollup measures in their order")
 
 
-class ActorRecovery(NamedTuple):
-    """Recoveries brought about by one actor (a named tuple: a series holds thousands)."""
+@dataclass(frozen=True, slots=True)
+class ActorRecovery:
+    """Recoveries brought about by one actor."""
 
     actor: Actor
     count: int
