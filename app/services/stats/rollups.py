@@ -191,7 +191,8 @@ def _statement(
             histogram = [sa.case((keep, h), else_=0) for h in histogram]
         both = [_zeroed(sa.func.sum(t.c[m])) for m in MEASURES] + histogram
         # Two arrays rather than 40-odd columns: the driver decodes an array in one piece.
-        return [postgresql.array(eligible), postgresql.array(both)]
+        # Read back as the driver decodes them (no per-element result processing).
+        return [sa.type_coerce(postgresql.array(v), sa.types.NullType()) for v in (eligible, both)]
 
     # Quarter hours: grouping sets over the dimensions.
     c = fine.c
