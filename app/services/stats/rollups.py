@@ -318,7 +318,8 @@ async def load_stats(
 
     The whole local days of the range come from the day rollup for merchants whose day rows
     are kept in the query's timezone; the partial days at its edges, and every day of other
-    merchants, from the quarter-hour rollup (grouping sets). Both parts' groups are added."""
+    merchants, from the quarter-hour rollup (grouping sets). Both parts' groups are added.
+    Only the groups and histograms `query.selection` reads are summed."""
     bounds = series_bounds(query)
     whole = whole_days(query)
     today = query.start.date()
