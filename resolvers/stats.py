@@ -4,7 +4,7 @@ import uuid
 from datetime import datetime
 
 from app.services.stats.figures import RecoveryStats
-from app.services.stats.query import Granularity, stats_query
+from app.services.stats.query import EVERYTHING, Granularity, Selection, stats_query
 from app.services.stats.rollups import load_stats
 from resolvers.context import Context
 
@@ -17,10 +17,11 @@ async def for_merchant(
     end: datetime,
     granularity: Granularity,
     timezone: str | None,
+    selection: Selection = EVERYTHING,
 ) -> RecoveryStats:
     """One merchant's statistics; merchants of one page share one query per distinct request."""
     ctx.require_principal()
-    query = stats_query(start, end, granularity, timezone)
+    query = stats_query(start, end, granularity, timezone, selection)
     return await ctx.loaders.recovery_stats_by_merchant.load((merchant_id, query))
 
 
@@ -31,10 +32,11 @@ async def for_viewer(
     end: datetime,
     granularity: Granularity,
     timezone: str | None,
+    selection: Selection = EVERYTHING,
 ) -> RecoveryStats:
     """The statistics of every merchant the key may see, added up per currency."""
     principal = ctx.require_principal()
-    query = stats_query(start, end, granularity, timezone)
+    query = stats_query(start, end, granularity, timezone, selection)
     scope = principal.scope
     ids = None if scope.merchant_ids is None else sorted(scope.merchant_ids)
     async with ctx.db.session(scope) as session:

@@ -5,17 +5,18 @@ from datetime import datetime
 from typing import Annotated, Self
 
 import strawberry
+from strawberry.types.nodes import FragmentSpread, InlineFragment, SelectedField
 
 from app.enums import Actor, CardFunding, DeclineCategory, Processor
 from app.models.stats import TTR_EDGES_SECONDS
 from app.services.stats import figures as svc
-from app.services.stats.query import Granularity
+from app.services.stats.query import Granularity, Selection
 from resolvers import stats as stats_resolvers
 from resolvers.context import Context
-from schema.rows import from_row
 from schema.scalars import Long
 
 Info = strawberry.Info[Context, None]
+Selected = SelectedField | FragmentSpread | InlineFragment
 
 strawberry.enum(
     Granularity,
@@ -119,8 +120,28 @@ class RecoveryFigures:
 
     @classmethod
     def from_figures(cls, f: svc.RecoveryFigures) -> Self:
-        recovered_by_actor = [from_row(ActorRecovery, r) for r in f.recovered]
-        return from_row(cls, f, recovered_by_actor=recovered_by_actor)
+        # Named one by one rather than through `from_row`: a 90-day series builds hundreds.
+        return cls(
+            failed_count=f.failed_count,
+            failed_amount=Long(f.failed_amount),
+            eligible_count=f.eligible_count,
+            eligible_amount=Long(f.eligible_amount),
+            recovered_count=f.recovered_count,
+            recovered_amount=Long(f.recovered_amount),
+            recovered_by_actor=[
+                ActorRecovery(actor=r.actor, count=r.count, amount=Long(r.amount))
+                for r in f.recovered
+            ],
+            recovery_rate_by_count=f.recovery_rate_by_count,
+            recovery_rate_by_amount=f.recovery_rate_by_amount,
+            eligible_recovery_rate_by_count=f.eligible_recovery_rate_by_count,
+            eligible_recovery_rate_by_amount=f.eligible_recovery_rate_by_amount,
+            attempts_per_recovery=f.attempts_per_recovery,
+            median_time_to_recover_seconds=f.median_time_to_recover_seconds,
+            p90_time_to_recover_seconds=f.p90_time_to_recover_seconds,
+            in_recovery_count=f.in_recovery_count,
+            in_recovery_amount=Long(f.in_recovery_amount),
+        )
 
 
 @strawberry.type(description="One point of the time series: payments first failed in it.")
@@ -267,6 +288,47 @@ class RecoveryStats:
         )
 
 
+# The fields of `CurrencyRecoveryStats` that read a group of the query, and where their figures
+# sit (the summary is itself figures; the others hold them under `figures`).
+_GROUP_FIELDS = {
+    "summary": ("total", False),
+    "series": ("series", True),
+    "byDeclineCategory": ("decline_category", True),
+    "byProcessor": ("processor", True),
+    "byCardFunding": ("funding", True),
+    "uplift": ("arm", False),
+}
+_QUANTILE_FIELDS = frozenset(("medianTimeToRecoverSeconds", "p90TimeToRecoverSeconds"))
+
+
+def _fields(selections: list[Selected]) -> dict[str, list[Selected]]:
+    """The fields selected (fragments flattened), each with every selection made under it."""
+    found: dict[str, list[Selected]] = {}
+    for node in selections:
+        if isinstance(node, SelectedField):
+            found.setdefault(node.name, []).extend(node.selections)
+        else:
+            for name, under in _fields(node.selections).items():
+                found.setdefault(name, []).extend(under)
+    return found
+
+
+def selection(info: Info) -> Selection:
+    """The groups the request's `recoveryStats` selection reads (see `Selection`)."""
+    stats = _fields(info.selected_fields).get(info.field_name, [])
+    currencies = _fields(stats).get("currencies", [])
+    kinds, histograms = {"total"}, set()
+    for name, under in _fields(currencies).items():
+        if name not in _GROUP_FIELDS:
+            continue
+        kind, nested = _GROUP_FIELDS[name]
+        kinds.add(kind)
+        figures = _fields(under).get("figures", []) if nested else under
+        if _QUANTILE_FIELDS & _fields(figures).keys():
+            histograms.add(kind)
+    return Selection(frozenset(kinds), frozenset(histograms))
+
+
 async def merchant_recovery_stats(
     info: Info,
     merchant_id: uuid.UUID,
@@ -282,6 +344,7 @@ async def merchant_recovery_stats(
         end=end,
         granularity=granularity,
         timezone=timezone,
+        selection=selection(info),
     )
     return RecoveryStats.from_stats(found)
 
@@ -290,7 +353,12 @@ async def viewer_recovery_stats(
     info: Info, start: datetime, end: datetime, granularity: Granularity, timezone: str | None
 ) -> RecoveryStats:
     found = await stats_resolvers.for_viewer(
-        info.context, start=start, end=end, granularity=granularity, timezone=timezone
+        info.context,
+        start=start,
+        end=end,
+        granularity=granularity,
+        timezone=timezone,
+        selection=selection(info),
     )
     return RecoveryStats.from_stats(found)
 

@@ -1,7 +1,7 @@
 """Recovery statistics through GraphQL against a fixture whose every figure is worked by hand."""
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -23,9 +23,16 @@ from app.enums import (
 from app.models.customer import CardCredential, Customer
 from app.models.merchant import Merchant
 from app.models.payment import Payment
+from app.models.stats import TTR_BUCKETS
 from app.retry.schedule import in_control_group
-from app.services.stats.figures import Arm, Uplift
-from app.services.stats.query import Granularity, stats_query
+from app.services.stats.figures import (
+    Arm,
+    Breakdown,
+    RecoveryFigures,
+    RecoveryStats,
+    Uplift,
+)
+from app.services.stats.query import Granularity, Selection, StatsQuery, stats_query
 from app.services.stats.recompute import recompute, rollup_differences
 from app.services.stats.rollups import load_stats
 from app.settings import Settings
@@ -407,6 +414,108 @@ async def test_served_figures_equal_recomputation(world: World) -> None:
                     assert served == await recompute(
                         session, query, merchant_ids=ids, per_merchant=per_merchant
                     )
+
+
+def _restricted(stats: RecoveryStats, query: StatsQuery) -> RecoveryStats:
+    """Statistics computed for everything, cut to what `query.selection` reads."""
+    chosen = query.selection
+
+    def figures(f: RecoveryFigures, kind: str) -> RecoveryFigures:
+        if kind in chosen.histograms:
+            return f
+        return replace(f, ttr_histogram=(0,) * TTR_BUCKETS)
+
+    def breakdowns(found: tuple[Breakdown, ...], kind: str) -> tuple[Breakdown, ...]:
+        if kind not in chosen.kinds:
+            return ()
+        return tuple(replace(b, figures=figures(b.figures, kind)) for b in found)
+
+    currencies = tuple(
+        replace(
+            c,
+            summary=figures(c.summary, "total"),
+            series=tuple(replace(p, figures=figures(p.figures, "series")) for p in c.series)
+            if "series" in chosen.kinds
+            else (),
+            by_decline_category=breakdowns(c.by_decline_category, "decline_category"),
+            by_processor=breakdowns(c.by_processor, "processor"),
+            by_card_funding=breakdowns(c.by_card_funding, "funding"),
+            uplift=c.uplift if "arm" in chosen.kinds else None,
+        )
+        for c in stats.currencies
+    )
+    return RecoveryStats(query, currencies)
+
+
+@pytest.mark.parametrize(
+    "chosen",
+    [
+        Selection(frozenset({"total"}), frozenset()),
+        Selection(frozenset({"total", "series", "processor"}), frozenset({"total"})),
+        Selection(frozenset({"total", "decline_category", "arm"}), frozenset({"decline_category"})),
+        Selection(frozenset({"total", "series", "funding"}), frozenset({"series", "funding"})),
+        Selection(
+            frozenset({"total", "decline_category", "processor", "funding"}),
+            frozenset({"total", "processor"}),
+        ),
+    ],
+)
+async def test_a_partial_selection_serves_the_same_figures(world: World, chosen: Selection) -> None:
+    """What a query leaves out is neither summed nor built; what it reads is unchanged."""
+    ids = [m.id for m in world.merchants.values()]
+    async with world.db.session(SYSTEM_SCOPE) as session:
+        for tz in ("UTC", "Europe/Paris"):
+            for g in (Granularity.DAY, Granularity.MONTH):
+                full = stats_query(at("2026-09-15T00:00"), at("2026-10-20T00:00"), g, tz)
+                query = replace(full, selection=chosen)
+                for per_merchant in (False, True):
+                    served = await load_stats(
+                        session, query, merchant_ids=ids, per_merchant=per_merchant
+                    )
+                    expected = await recompute(
+                        session, full, merchant_ids=ids, per_merchant=per_merchant
+                    )
+                    assert served == {k: _restricted(v, query) for k, v in expected.items()}
+
+
+PARTIAL_STATS = """query($id: ID!, $from: DateTime!, $to: DateTime!, $tz: String) {
+  merchant(id: $id) { recoveryStats(from: $from, to: $to, granularity: DAY, timezone: $tz) {
+    currencies { currency ...Summary byProcessor { processor figures { ...Rates } } } } } }
+fragment Summary on CurrencyRecoveryStats { summary { failedCount ...Rates } }
+fragment Rates on RecoveryFigures { recoveredAmount medianTimeToRecoverSeconds }"""
+
+
+async def test_the_graphql_selection_reads_what_the_query_selects(world: World) -> None:
+    """Fields behind fragments count as selected; the answer is the full query's, cut down."""
+    merchant = encode_id("Merchant", world.merchants["A"].id)
+    variables = {"id": merchant, "from": FROM, "to": TO, "tz": "Europe/Paris"}
+    partial = await _ok(world, "merchant", PARTIAL_STATS, **variables)
+    full = await _merchant_stats(world, "A")
+    expected = [
+        {
+            "currency": c["currency"],
+            "summary": {
+                "failedCount": c["summary"]["failedCount"],
+                "recoveredAmount": c["summary"]["recoveredAmount"],
+                "medianTimeToRecoverSeconds": c["summary"]["medianTimeToRecoverSeconds"],
+            },
+            "byProcessor": [
+                {
+                    "processor": p["processor"],
+                    "figures": {"recoveredAmount": p["figures"]["recoveredAmount"]},
+                }
+                for p in c["byProcessor"]
+            ],
+        }
+        for c in full["currencies"]
+    ]
+    found = partial["merchant"]["recoveryStats"]["currencies"]
+    assert found
+    for c in found:
+        for p in c["byProcessor"]:
+            p["figures"] = {"recoveredAmount": p["figures"]["recoveredAmount"]}
+    assert found == expected
+    assert any(c["summary"]["medianTimeToRecoverSeconds"] is not None for c in found)
 
 
 def _ids(merchant: Merchant, count: int, *, control: bool) -> list[uuid.UUID]:

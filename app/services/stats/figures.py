@@ -68,6 +68,12 @@ _measures = attrgetter(*MEASURES)
 _ACTOR_COUNTS = attrgetter(*(f"recovered_{a.value}_count" for a in ACTORS))
 _ACTOR_AMOUNTS = attrgetter(*(f"recovered_{a.value}_amount" for a in ACTORS))
 EMPTY: tuple[Sums, Sums] = (ZERO, ZERO)
+# Where each figure's measure sits in a vector of summed measures (`RecoveryFigures.of_vectors`).
+_FAILED_COUNT, _FAILED_AMOUNT = MEASURES.index("failed_count"), MEASURES.index("failed_amount")
+_OPEN_COUNT, _OPEN_AMOUNT = MEASURES.index("open_count"), MEASURES.index("open_amount")
+_RETRIES = MEASURES.index("recovered_retries")
+_COUNT_AT = tuple(MEASURES.index(f"recovered_{a.value}_count") for a in ACTORS)
+_AMOUNT_AT = tuple(MEASURES.index(f"recovered_{a.value}_amount") for a in ACTORS)
 if tuple(f.name for f in fields(Sums))[: len(MEASURES)] != MEASURES:  # pragma: no cover
     raise RuntimeError("Sums must list the rollup measures in their order")
 
@@ -119,6 +125,13 @@ class RecoveryFigures:
     in_recovery_amount: int
     recovered_retries: int
     ttr_histogram: tuple[int, ...]
+    # Derived from `recovered` once (several figures read them): not compared, not given.
+    recovered_count: int = field(init=False, compare=False)
+    recovered_amount: int = field(init=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "recovered_count", sum([r.count for r in self.recovered]))
+        object.__setattr__(self, "recovered_amount", sum([r.amount for r in self.recovered]))
 
     @classmethod
     def of(cls, eligible: Sums, never: Sums) -> "RecoveryFigures":
@@ -138,13 +151,31 @@ class RecoveryFigures:
             ttr_histogram=both.ttr_histogram,
         )
 
-    @property
-    def recovered_count(self) -> int:
-        return sum(r.count for r in self.recovered)
-
-    @property
-    def recovered_amount(self) -> int:
-        return sum(r.amount for r in self.recovered)
+    @classmethod
+    def of_vectors(cls, eligible: Sequence[int], both: Sequence[int]) -> "RecoveryFigures":
+        """The figures from summed measures in the order of MEASURES: `eligible` those of the
+        payments retryable at first failure, `both` every payment's followed by its histogram
+        (what `of` computes, without building the sums)."""
+        return cls(
+            failed_count=both[_FAILED_COUNT],
+            failed_amount=both[_FAILED_AMOUNT],
+            eligible_count=eligible[_FAILED_COUNT],
+            eligible_amount=eligible[_FAILED_AMOUNT],
+            recovered=tuple(
+                map(
+                    ActorRecovery,
+                    ACTORS,
+                    [both[c] for c in _COUNT_AT],
+                    [both[a] for a in _AMOUNT_AT],
+                )
+            ),
+            eligible_recovered_count=sum([eligible[c] for c in _COUNT_AT]),
+            eligible_recovered_amount=sum([eligible[a] for a in _AMOUNT_AT]),
+            in_recovery_count=both[_OPEN_COUNT],
+            in_recovery_amount=both[_OPEN_AMOUNT],
+            recovered_retries=both[_RETRIES],
+            ttr_histogram=tuple(both[len(MEASURES) :]),
+        )
 
     @property
     def recovery_rate_by_count(self) -> float | None:
@@ -348,3 +379,69 @@ def assemble(
             )
         result[owner] = RecoveryStats(query, tuple(currencies))
     return result
+
+
+# Summed measures of one group: those of its eligible payments (MEASURES), then those of all
+# its payments (MEASURES and the histogram).
+Vectors = tuple[Sequence[int], Sequence[int]]
+# A group of the pivoted statistics query: (merchant or None, currency, dimension, value).
+VectorKey = tuple[uuid.UUID | None, str, str, Any]
+_ZERO_VECTORS: Vectors = ((0,) * len(MEASURES), (0,) * (len(MEASURES) + TTR_BUCKETS))
+
+
+def assemble_vectors(
+    query: StatsQuery, groups: Mapping[VectorKey, Vectors], merchants: Iterable[uuid.UUID | None]
+) -> dict[uuid.UUID | None, RecoveryStats]:
+    """What `assemble` answers, from groups already split into eligible and all payments
+    (one pair of vectors per group instead of one `Sums` per eligibility); the series and
+    uplift only when the query's selection reads them (else empty and null)."""
+    bounds = series_bounds(query)
+    zone = query.zone
+    by_owner: dict[uuid.UUID | None, dict[str, dict[tuple[str, Any], Vectors]]] = defaultdict(
+        lambda: defaultdict(dict)
+    )
+    for (owner, currency, dim, value), vectors in groups.items():
+        by_owner[owner][currency][(dim, value)] = vectors
+    starts = [bound.astimezone(zone) for bound in bounds[:-1]]
+    kinds = query.selection.kinds
+    breakdowns = _BREAKDOWNS & kinds
+    of_vectors = RecoveryFigures.of_vectors
+    result: dict[uuid.UUID | None, RecoveryStats] = {}
+    for owner in merchants:
+        currencies = []
+        for currency, dims in sorted(by_owner.get(owner, {}).items()):
+            total = dims.get(("total", None), _ZERO_VECTORS)
+            if total[1][_FAILED_COUNT] == 0:
+                continue  # only rows whose payments were all deleted or moved
+            found: dict[str, list[Breakdown]] = defaultdict(list)
+            for (dim, value), (eligible, both) in dims.items():
+                if dim in breakdowns and both[_FAILED_COUNT]:
+                    found[dim].append(Breakdown(str(value), of_vectors(eligible, both)))
+
+            def arm(control: bool, dims: dict[tuple[str, Any], Vectors] = dims) -> Arm:
+                eligible = dims.get(("arm", (True, control)), _ZERO_VECTORS)[0]
+                return Arm(eligible[_FAILED_COUNT], sum([eligible[c] for c in _COUNT_AT]))
+
+            series = []
+            for i, start in enumerate(starts if "series" in kinds else (), start=1):
+                series.append(Point(start, of_vectors(*dims.get(("series", i), _ZERO_VECTORS))))
+            currencies.append(
+                CurrencyStats(
+                    currency=currency,
+                    summary=of_vectors(*total),
+                    series=tuple(series),
+                    by_decline_category=_sorted(found["decline_category"]),
+                    by_processor=_sorted(found["processor"]),
+                    by_card_funding=_sorted(found["funding"]),
+                    uplift=Uplift.of(arm(False), arm(True)) if "arm" in kinds else None,
+                )
+            )
+        result[owner] = RecoveryStats(query, tuple(currencies))
+    return result
+
+
+_BREAKDOWNS = frozenset(("decline_category", "processor", "funding"))
+
+
+def _sorted(found: list[Breakdown]) -> tuple[Breakdown, ...]:
+    return tuple(sorted(found, key=attrgetter("value")))

@@ -19,14 +19,40 @@ class Granularity(StrEnum):
     MONTH = "MONTH"
 
 
+# The groups a statistics query sums: the range's total per currency, the series, the three
+# breakdowns and the uplift's arms.
+KINDS = ("total", "series", "decline_category", "processor", "funding", "arm")
+BREAKDOWN_KINDS = ("decline_category", "processor", "funding")
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    """What a request reads: the groups beside the total (`kinds`) and those whose time to
+    recover is read (`histograms`: their median and 90th percentile). What it leaves out is
+    neither summed nor built: a breakdown left out is empty, the series too, the uplift null."""
+
+    kinds: frozenset[str] = frozenset(KINDS)
+    histograms: frozenset[str] = frozenset(KINDS)
+
+    def __post_init__(self) -> None:
+        unknown = (self.kinds | self.histograms) - set(KINDS)
+        if unknown:
+            raise ValueError(f"unknown statistics groups: {sorted(unknown)}")
+
+
+EVERYTHING = Selection()
+
+
 @dataclass(frozen=True, slots=True)
 class StatsQuery:
-    """A validated request: the half-open range [start, end), the series grain and timezone."""
+    """A validated request: the half-open range [start, end), the series grain and timezone,
+    and what it reads."""
 
     start: datetime
     end: datetime
     granularity: Granularity
     timezone: str
+    selection: Selection = EVERYTHING
 
     @property
     def zone(self) -> ZoneInfo:
@@ -34,7 +60,11 @@ class StatsQuery:
 
 
 def stats_query(
-    start: datetime, end: datetime, granularity: Granularity, timezone: str | None
+    start: datetime,
+    end: datetime,
+    granularity: Granularity,
+    timezone: str | None,
+    selection: Selection = EVERYTHING,
 ) -> StatsQuery:
     """Validate a request; raises `InvalidTimezone` or `InvalidTimeRange`."""
     name = "UTC" if timezone is None else timezone
@@ -47,7 +77,7 @@ def stats_query(
             raise InvalidTimeRange(f"{label} needs a UTC offset", field=label)
     if start >= end:
         raise InvalidTimeRange("to must be later than from", field="to")
-    query = StatsQuery(start.astimezone(UTC), end.astimezone(UTC), granularity, name)
+    query = StatsQuery(start.astimezone(UTC), end.astimezone(UTC), granularity, name, selection)
     # Counted without building the list: a range of centuries must not cost memory to refuse.
     span_days = (query.end - query.start).days
     estimate = {Granularity.DAY: span_days, Granularity.WEEK: span_days // 7}.get(

@@ -3,6 +3,7 @@
 import uuid
 from collections.abc import Sequence
 from functools import cache
+from operator import add
 from typing import Any
 
 import sqlalchemy as sa
@@ -21,13 +22,21 @@ from app.models.stats import (
 )
 from app.services.stats.figures import (
     DayRollupKey,
-    GroupKey,
     RecoveryStats,
     RollupKey,
     Sums,
-    assemble,
+    VectorKey,
+    Vectors,
+    assemble_vectors,
 )
-from app.services.stats.query import StatsQuery, series_bounds, whole_days
+from app.services.stats.query import (
+    BREAKDOWN_KINDS,
+    KINDS,
+    Selection,
+    StatsQuery,
+    series_bounds,
+    whole_days,
+)
 
 
 def _grouping_bits(kind: str) -> int:
@@ -49,19 +58,21 @@ _KIND_BY_BITS = {
     for k in ("total", "series", "decline_category", "processor", "funding", "arm")
 }
 # GROUPING(idx, model_merchant, value) of the day rollup's control-group sets.
-_CONTROL_KINDS = {0b111: "total", 0b011: "series", 0b100: "arm"}
+_CONTROL_TOTAL = 0b111
+_CONTROL_KINDS = {_CONTROL_TOTAL: "total", 0b011: "series", 0b100: "arm"}
 CONTROL_DIMENSION = DAY_DIMENSIONS[0]
 
 
-def _bigint(column: Any) -> Any:
-    """A sum as bigint (a bigint column's `sum` is numeric, read back as a slower Decimal)."""
-    return sa.cast(sa.func.sum(column), sa.BigInteger)
+def _zeroed(total: Any) -> Any:
+    """A sum as bigint, 0 over no rows (a bigint column's `sum` is numeric, read back as a
+    slower Decimal)."""
+    return sa.func.coalesce(sa.cast(total, sa.BigInteger), 0)
 
 
 def _hist_sums(column: Any) -> list[Any]:
     """The element-wise sums of a histogram column (plain `sum`s: the array aggregate costs
     tens of microseconds a row)."""
-    return [_bigint(column[i + 1]) for i in range(TTR_BUCKETS)]
+    return [_zeroed(sa.func.sum(column[i + 1])) for i in range(TTR_BUCKETS)]
 
 
 def _combined(parts: list[Any]) -> Any:
@@ -74,11 +85,18 @@ def _text(value: Any = None) -> Any:
 
 @cache
 def _statement(
-    per_merchant: bool, with_ids: bool, head: bool, tail: bool, days_present: bool
+    per_merchant: bool,
+    with_ids: bool,
+    head: bool,
+    tail: bool,
+    days_present: bool,
+    selection: Selection,
 ) -> Any:
     """The statistics statement of one shape, its values left as parameters (built once:
     the expression costs milliseconds to build). `head`/`tail`: the range has a partial day
-    before/after its whole days; `days_present`: it has whole days."""
+    before/after its whole days; `days_present`: it has whole days. The day rows of a
+    breakdown the selection leaves out are not read, and histograms no selected group reads
+    are not summed (zeros in their place)."""
     r, d, z = RecoveryRollup, RecoveryDayRollup, RecoveryDayZone
     ids = sa.bindparam("ids", type_=postgresql.ARRAY(sa.Uuid))
     moment = sa.DateTime(timezone=True)
@@ -158,15 +176,30 @@ def _statement(
         .having(sa.func.sum(model_counts.c.model_count) > 0)
     )
 
-    def measured(t: Any) -> list[Any]:
-        return [_bigint(t.c[m]) for m in MEASURES] + _hist_sums(t.c.ttr_histogram)
+    def measured(t: Any, *kinds: str, keep: Any = None) -> list[Any]:
+        """The eligible payments' sums, then every payment's with the histogram's (see
+        `Vectors`), each an array: the two eligibilities in one row of the group. The
+        histogram is summed when the selection reads it for one of `kinds` (and, given
+        `keep`, shown where `keep` holds: zeros elsewhere, as where it is not summed)."""
+        eligible = [_zeroed(sa.func.sum(t.c[m]).filter(t.c.retryable)) for m in MEASURES]
+        histogram = (
+            _hist_sums(t.c.ttr_histogram)
+            if selection.histograms.intersection(kinds)
+            else [sa.literal_column("0")] * TTR_BUCKETS
+        )
+        if keep is not None:
+            histogram = [sa.case((keep, h), else_=0) for h in histogram]
+        both = [_zeroed(sa.func.sum(t.c[m])) for m in MEASURES] + histogram
+        # Two arrays rather than 40-odd columns: the driver decodes an array in one piece.
+        # Read back as the driver decodes them (no per-element result processing).
+        return [sa.type_coerce(postgresql.array(v), sa.types.NullType()) for v in (eligible, both)]
 
     # Quarter hours: grouping sets over the dimensions.
     c = fine.c
     model_flag = c.merchant_id.in_(model_merchants).label("model_merchant")
     dims = [c.idx, c.decline_category, c.processor, c.funding, model_flag, c.control_group]
     owner = [c.merchant_id] if per_merchant else []
-    base = [c.currency, c.retryable, *owner]
+    base = [c.currency, *owner]
     sets = [sa.tuple_(*base)] + [
         sa.tuple_(*base, *x) for x in ([c.idx], [c.decline_category], [c.processor], [c.funding])
     ]
@@ -174,7 +207,6 @@ def _statement(
     fine_groups = sa.select(
         sa.literal(0).label("part"),
         c.currency,
-        c.retryable,
         c.merchant_id if per_merchant else sa.cast(sa.null(), sa.Uuid),
         sa.func.grouping(*dims).label("bits"),
         c.idx,
@@ -185,18 +217,43 @@ def _statement(
         c.control_group,
         _text(),
         _text(),
-        *measured(fine),
+        *measured(
+            fine,
+            *KINDS,
+            keep=sa.func.grouping(*dims).in_(
+                [_grouping_bits(kind) for kind in sorted(selection.histograms)]
+            ),
+        ),
     ).group_by(sa.func.grouping_sets(*sets))
-    # Whole days, control-group rows: total, series and arms.
+    # Whole days, control-group rows: the total, then series and arms (apart: the summary's
+    # histogram is often read where the series' is not).
     k = days.c
     day_owner = [k.merchant_id] if per_merchant else []
-    day_base = [k.currency, k.retryable, *day_owner]
+    day_base = [k.currency, *day_owner]
     day_flag = k.merchant_id.in_(model_merchants).label("model_merchant")
+    day_total = (
+        sa.select(
+            sa.literal(1).label("part"),
+            k.currency,
+            k.merchant_id if per_merchant else sa.cast(sa.null(), sa.Uuid),
+            sa.literal(_CONTROL_TOTAL),
+            sa.cast(sa.null(), sa.Integer),
+            _text(),
+            _text(),
+            _text(),
+            sa.cast(sa.null(), sa.Boolean),
+            sa.cast(sa.null(), sa.Boolean),
+            _text(),
+            _text(),
+            *measured(days, "total"),
+        )
+        .where(k.dimension == CONTROL_DIMENSION)
+        .group_by(*day_base)
+    )
     control_groups = (
         sa.select(
             sa.literal(1).label("part"),
             k.currency,
-            k.retryable,
             k.merchant_id if per_merchant else sa.cast(sa.null(), sa.Uuid),
             sa.func.grouping(k.idx, day_flag, k.value).label("bits"),
             k.idx,
@@ -207,23 +264,24 @@ def _statement(
             k.value == "true",
             _text(),
             _text(),
-            *measured(days),
+            *measured(days, "series"),
         )
         .where(k.dimension == CONTROL_DIMENSION)
         .group_by(
             sa.func.grouping_sets(
-                sa.tuple_(*day_base),
                 sa.tuple_(*day_base, k.idx),
                 sa.tuple_(*day_base, day_flag, k.value),
             )
         )
     )
-    # Whole days, the other dimensions: one group per value.
+    # Whole days, the other dimensions the selection reads: one group per value.
+    chosen = [kind for kind in BREAKDOWN_KINDS if kind in selection.kinds]
+    if not chosen:
+        return sa.union_all(fine_groups, day_total, control_groups)
     breakdowns = (
         sa.select(
             sa.literal(2).label("part"),
             k.currency,
-            k.retryable,
             k.merchant_id if per_merchant else sa.cast(sa.null(), sa.Uuid),
             sa.literal(0),
             sa.cast(sa.null(), sa.Integer),
@@ -234,12 +292,16 @@ def _statement(
             sa.cast(sa.null(), sa.Boolean),
             _text(k.dimension),
             _text(k.value),
-            *measured(days),
+            *measured(
+                days,
+                *chosen,
+                keep=k.dimension.in_(sorted(selection.histograms.intersection(chosen))),
+            ),
         )
-        .where(k.dimension != CONTROL_DIMENSION)
+        .where(k.dimension.in_(chosen))
         .group_by(*day_base, k.dimension, k.value)
     )
-    return sa.union_all(fine_groups, control_groups, breakdowns)
+    return sa.union_all(fine_groups, day_total, control_groups, breakdowns)
 
 
 async def load_stats(
@@ -256,7 +318,8 @@ async def load_stats(
 
     The whole local days of the range come from the day rollup for merchants whose day rows
     are kept in the query's timezone; the partial days at its edges, and every day of other
-    merchants, from the quarter-hour rollup (grouping sets). Both parts' groups are added."""
+    merchants, from the quarter-hour rollup (grouping sets). Both parts' groups are added.
+    Only the groups and histograms `query.selection` reads are summed."""
     bounds = series_bounds(query)
     whole = whole_days(query)
     today = query.start.date()
@@ -279,12 +342,12 @@ async def load_stats(
         query.start < whole.low,
         whole.high < query.end,
         bool(whole.days),
+        query.selection,
     )
-    groups: dict[GroupKey, Sums] = {}
-    first_measure = 13
+    groups: dict[VectorKey, Vectors] = {}
     for row in (await session.execute(statement, parameters)).all():
-        part, currency, retryable, merchant, bits = row[:5]
-        idx, category, processor, funding, model_merchant, control, dimension, value = row[5:13]
+        part, currency, merchant, bits = row[:4]
+        idx, category, processor, funding, model_merchant, control, dimension, value = row[4:12]
         kind: str
         if part == 0:
             kind = _KIND_BY_BITS[bits]
@@ -301,14 +364,18 @@ async def load_stats(
             found = {"total": None, "series": idx, "arm": (model_merchant, control)}[kind]
         else:
             kind, found = dimension, value
-        key = (merchant if per_merchant else None, currency, kind, found, retryable)
-        sums = Sums.of(
-            row[first_measure : first_measure + len(MEASURES)],
-            row[first_measure + len(MEASURES) :],
-        )
-        groups[key] = groups[key] + sums if key in groups else sums
+        key = (merchant if per_merchant else None, currency, kind, found)
+        vectors: Vectors = (row[12], row[13])
+        if key in groups:
+            # The same group from the quarter hours and the days (edge days, other zones).
+            held = groups[key]
+            vectors = (
+                tuple(map(add, held[0], vectors[0])),
+                tuple(map(add, held[1], vectors[1])),
+            )
+        groups[key] = vectors
     owners: list[uuid.UUID | None] = list(merchant_ids or []) if per_merchant else [None]
-    return assemble(query, groups, owners)
+    return assemble_vectors(query, groups, owners)
 
 
 async def stored_rollups(
