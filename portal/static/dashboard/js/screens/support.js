@@ -136,27 +136,10 @@ const JOB_QUERY = `
   }
 `;
 
-const DECLINE_CATEGORIES = [
-  "AUTHENTICATION_REQUIRED",
-  "CARD_DATA_INCORRECT",
-  "CARD_EXPIRED",
-  "DO_NOT_HONOR",
-  "FRAUD_SUSPECTED",
-  "INSUFFICIENT_FUNDS",
-  "INVALID_ACCOUNT",
-  "LOST_STOLEN",
-  "NOT_PERMITTED",
-  "OTHER",
-  "PAYMENT_REVOKED",
-  "PROCESSING_ERROR",
-  "PROCESSOR_BLOCKED",
-  "VELOCITY_EXCEEDED",
-];
 // What a bulk cancel ends: only payments waiting for a retry.
 const CANCELLABLE = ["PENDING", "SCHEDULED"];
 
 // ---- helpers -----------------------------------------------------------------------------
-
 
 function sleep(ms, signal) {
   return new Promise((resolve, reject) => {
