@@ -123,7 +123,12 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    # The key to the (partitioned) outbox is dropped before the detach and added back after:
+    # the embedded server, PostgreSQL 16.2, fails to detach a partition that inherited a foreign
+    # key to a partitioned table ("could not find ON INSERT check triggers").
+    op.execute(f"ALTER TABLE webhook_delivery DROP CONSTRAINT {FK}")
     unpartition(DELIVERIES)
+    op.execute(f"ALTER TABLE webhook_delivery ADD CONSTRAINT {FK} {FK_DEFINITION}")
     op.execute(f"DROP INDEX {EVENT_INDEX[0]}")
     op.execute(f"DROP INDEX {FIRST}")
     op.execute(f"CREATE UNIQUE INDEX {FIRST} ON webhook_delivery {OLD_FIRST_DEFINITION}")
