@@ -54,7 +54,7 @@ def main() -> None:
         plan_s = 0.0
         for i in range(n):
             t0 = time.perf_counter()
-            ctx = failure_context(singles[i])
+            ctx = failure_context(singles[i], model.payday_reading)
             x = build_features(ctx, rows, grid[i], np.repeat(prev[i : i + 1], g, axis=0))
             t1 = time.perf_counter()
             p = model.predict(x)
@@ -80,7 +80,7 @@ def main() -> None:
 
     # Batched: all decisions at once, as a cron job scoring the whole book would.
     t0 = time.perf_counter()
-    ctx_all = failure_context(records)
+    ctx_all = failure_context(records, model.payday_reading)
     x = build_features(
         ctx_all,
         np.repeat(np.arange(n, dtype=np.int64), g),

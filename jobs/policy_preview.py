@@ -165,7 +165,8 @@ def schedules(
     """
     # The model's reading of each failure: the same for every retry of a schedule.
     context = failure_context(
-        FailureRecords.from_rows([failure_row(ctx.view()) for ctx, _ in contexts])
+        FailureRecords.from_rows([failure_row(ctx.view()) for ctx, _ in contexts]),
+        model.payday_reading,
     )
     runs = [
         _Run(ctx=ctx, row=i, first_at=first_at, ledger=ctx.ledger, decide_at=now)

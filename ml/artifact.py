@@ -10,6 +10,7 @@ import lightgbm as lgb
 import numpy as np
 import numpy.typing as npt
 
+from ml import paydays
 from ml.features import FEATURE_LIST, FeatureList
 
 F32 = npt.NDArray[np.float32]
@@ -35,6 +36,22 @@ class TimingModel:
     feature_list: FeatureList = FEATURE_LIST
     metadata: dict[str, Any] = field(default_factory=dict)
     num_threads: int = 1
+
+    @property
+    def payday_reading(self) -> paydays.Reading:
+        """How the model reads paydays, as at its training: the population prior fitted then
+        and failed retries' weight; a model trained before they were stored, the defaults
+        and the weight of its time."""
+        values = self.metadata.get("payday_prior")
+        prior = paydays.default_prior() if values is None else np.asarray(values, np.float64)
+        if prior.shape != (paydays.N_HYPOTHESES,) or not np.all(prior > 0.0):
+            raise ArtifactError(
+                f"payday_prior must be {paydays.N_HYPOTHESES} positive numbers, got {prior.shape}"
+            )
+        success = float(self.metadata.get("payday_retry_success", paydays.LEGACY_RETRY_SUCCESS))
+        if not 0.0 <= success < 1.0:
+            raise ArtifactError(f"payday_retry_success must be in [0, 1), got {success}")
+        return paydays.Reading(prior, success)
 
     def predict_raw(self, x: F32) -> F64:
         """Uncalibrated probabilities."""

@@ -59,7 +59,7 @@ def model_planner(
     chunk: int = 2048,
 ) -> Planner:
     """The model policy as a planner: grid, rule filter, score, plan over the remaining budget."""
-    context = failure_context(records)
+    context = failure_context(records, model.payday_reading)
 
     def plan(k: int, rows: I64, prev: F64) -> F64:
         out = np.full(rows.size, np.nan)

@@ -114,8 +114,15 @@ class FailureContext:
     paydays: paydays.PaydayBelief
 
 
-def failure_context(records: FailureRecords) -> FailureContext:
-    """Precompute everything that does not depend on the candidate time."""
+def failure_context(
+    records: FailureRecords, payday_reading: paydays.Reading | None = None
+) -> FailureContext:
+    """Precompute everything that does not depend on the candidate time.
+
+    `payday_reading` is how the model reads paydays (`TimingModel.payday_reading`: the
+    population prior it was trained with, `fit_payday_prior`); without it, ml/paydays.py's
+    defaults.
+    """
     n = len(records)
     tz = records.tz_offset_minutes.astype(np.float64)
     f0 = records.failed_at
@@ -170,7 +177,7 @@ def failure_context(records: FailureRecords) -> FailureContext:
     static[:, 10] = f_dom
     static[:, 11] = n_past
     static[:, 12] = strength
-    belief = paydays.payday_belief(f_local, np.where(keep, past_local, np.nan))
+    belief = paydays.payday_belief(f_local, np.where(keep, past_local, np.nan), payday_reading)
     static[:, 13] = belief.days_since_payday
     return FailureContext(
         static=static,
@@ -181,6 +188,17 @@ def failure_context(records: FailureRecords) -> FailureContext:
         past_dom=past_dom,
         failure_day=f_day,
         paydays=belief,
+    )
+
+
+def fit_payday_prior(records: FailureRecords) -> F64:
+    """The population's prior over pay schedules, fitted to the evidence of many failures:
+    their customers' earlier recoveries (renewals left out) and the declines' timing."""
+    context = failure_context(records)
+    tz_seconds = context.tz_minutes * 60.0
+    return paydays.fit_prior(
+        timeutil.local_seconds(context.failed_at, context.tz_minutes),
+        context.past + tz_seconds[:, None],
     )
 
 

@@ -42,6 +42,12 @@ _PRIOR = np.concatenate(
         np.full(_MONTHLY_DAYS, 0.11 / _MONTHLY_DAYS),
     ]
 )
+_KINDS = (
+    slice(0, _WEEKLY),
+    slice(_WEEKLY, _WEEKLY + _BIWEEKLY),
+    slice(_WEEKLY + _BIWEEKLY, _WEEKLY + _BIWEEKLY + 1),
+    slice(_WEEKLY + _BIWEEKLY + 1, N_HYPOTHESES),
+)
 # Weight of a past recovery that fits no payday of a schedule (irregular pay, other income).
 _MISFIT = 0.1
 # Deposits post from this local hour and are in by the second; a recovery follows a deposit
@@ -49,9 +55,12 @@ _MISFIT = 0.1
 _FIRST_DEPOSIT_HOUR = 1.0
 _DEPOSIT_HOUR = 4.0
 _LAST_RECOVERY_HOUR = 37.0
-# A retry within this many days after a payday finds the money about this often.
+# A retry within this many days after a payday finds the money about this often: a failed
+# one weighs against that payday by this much (not more: the decline may not be a low balance).
+# Models trained before the share was stored with them read paydays with the earlier 0.5.
 _PAYDAY_REACH_DAYS = 3
-_PAYDAY_SUCCESS = 0.5
+RETRY_SUCCESS = 0.7
+LEGACY_RETRY_SUCCESS = 0.5
 # The days around the decline's local day that the chances cover: a few before it (how recent
 # a payday is), and beyond the longest retry window after it.
 DAYS_BEFORE = 3
@@ -107,6 +116,15 @@ def _covering_table(first_day: int, last_day: int) -> tuple[B, I64, int]:
 
 
 @dataclass(frozen=True)
+class Reading:
+    """How a model reads paydays: the population's prior over schedules (`fit_prior`) and how
+    much a failed retry just after a payday weighs against it."""
+
+    prior: F64
+    retry_success: float = RETRY_SUCCESS
+
+
+@dataclass(frozen=True)
 class PaydayBelief:
     """Per failure, how likely each pay schedule is, and the schedules' paydays by day number."""
 
@@ -115,6 +133,8 @@ class PaydayBelief:
     posterior: F64
     # Expected days since the last deposit, at the decline.
     days_since_payday: F64
+    # How often a retry just after a payday finds the money (failed retries' evidence).
+    retry_success: float = RETRY_SUCCESS
 
     def paydays(self, day: I64) -> B:
         """(m, hypotheses): whether each day is a payday; days outside the table are not."""
@@ -124,14 +144,9 @@ class PaydayBelief:
         return out
 
 
-def payday_belief(failed_at_local: F64, past_local: F64) -> PaydayBelief:
-    """Weigh every schedule by the customer's past recoveries and the decline's timing.
-
-    `failed_at_local` (n,) and `past_local` (n, k; NaN-padded) are local times as epoch seconds.
-    """
-    n = failed_at_local.shape[0]
-    if n == 0:
-        return PaydayBelief(payday_table(0, 0), 0, np.zeros((0, N_HYPOTHESES)), np.zeros(0))
+def _evidence(failed_at_local: F64, past_local: F64) -> tuple[B, int, F64, F64]:
+    """Payday table, its first day, and per failure and schedule the log-likelihood of the
+    evidence and the days since the schedule's last deposit at the decline."""
     day0 = timeutil.local_day(failed_at_local)
     present = ~np.isnan(past_local)
     past_day = timeutil.local_day(np.where(present, past_local, failed_at_local[:, None]))
@@ -149,10 +164,66 @@ def payday_belief(failed_at_local: F64, past_local: F64) -> PaydayBelief:
     paid_day = latest[day0 - first - before_deposit] + first
     since = failed_at_local[:, None] / timeutil.DAY - paid_day - _DEPOSIT_HOUR / 24.0
     late = np.clip(since / _PERIOD_DAYS[None, :], 0.1, 1.0)
-    log_post = np.log(_PRIOR)[None, :] + misfits * np.log(_MISFIT) + np.log(late)
+    return table, first, misfits * np.log(_MISFIT) + np.log(late), since
+
+
+def default_prior() -> F64:
+    """The prior over schedules before any data: the kinds' shares, even within each kind."""
+    return _PRIOR.copy()
+
+
+def fit_prior(
+    failed_at_local: F64, past_local: F64, rounds: int = 50, pseudo_count: float = 50.0
+) -> F64:
+    """A population prior over schedules fitted to many customers' evidence (expectation-
+    maximization): which weekdays, phases and days of the month customers are paid on.
+
+    The kinds keep their shares: recoveries alone cannot tell a weekly payday from a two-weekly
+    one on the same weekday, or a monthly one on the 1st from the 1st and 15th, so a free fit
+    drifts to the schedules with more paydays. Each failure's evidence is what `payday_belief`
+    weighs; `pseudo_count` customers' worth of the default prior keeps every schedule possible.
+    """
+    base = default_prior()
+    if failed_at_local.shape[0] == 0:
+        return base
+    _, _, log_lik, _ = _evidence(failed_at_local, past_local)
+    lik = np.exp(log_lik - log_lik.max(axis=1, keepdims=True))
+    prior = base
+    for _ in range(rounds):
+        post = lik * prior[None, :]
+        post /= post.sum(axis=1, keepdims=True)
+        mass = post.sum(axis=0) + pseudo_count * base
+        for kind in _KINDS:
+            mass[kind] *= base[kind].sum() / mass[kind].sum()
+        prior = mass
+    out: F64 = prior / prior.sum()
+    return out
+
+
+def payday_belief(
+    failed_at_local: F64, past_local: F64, reading: Reading | None = None
+) -> PaydayBelief:
+    """Weigh every schedule by the customer's past recoveries and the decline's timing.
+
+    `failed_at_local` (n,) and `past_local` (n, k; NaN-padded) are local times as epoch seconds;
+    `reading` is the model's (its population prior and failed retries' weight); without it, the
+    default prior and the current weight.
+    """
+    reading = reading or Reading(default_prior())
+    n = failed_at_local.shape[0]
+    if n == 0:
+        return PaydayBelief(
+            payday_table(0, 0),
+            0,
+            np.zeros((0, N_HYPOTHESES)),
+            np.zeros(0),
+            reading.retry_success,
+        )
+    table, first, log_lik, since = _evidence(failed_at_local, past_local)
+    log_post = np.log(reading.prior)[None, :] + log_lik
     post = np.exp(log_post - log_post.max(axis=1, keepdims=True))
     post /= post.sum(axis=1, keepdims=True)
-    return PaydayBelief(table, first, post, (post * since).sum(axis=1))
+    return PaydayBelief(table, first, post, (post * since).sum(axis=1), reading.retry_success)
 
 
 def day_chances(belief: PaydayBelief, rows: I64, failure_day: I64, failed_local: F64) -> F64:
@@ -172,7 +243,7 @@ def day_chances(belief: PaydayBelief, rows: I64, failure_day: I64, failed_local:
         for back in range(_PAYDAY_REACH_DAYS):
             fresh = made & (day - back > failure_day) & ((back > 0) | deposited)
             hit |= belief.paydays(day - back) & fresh[:, None]
-        post *= np.where(hit, 1.0 - _PAYDAY_SUCCESS, 1.0)
+        post *= np.where(hit, 1.0 - belief.retry_success, 1.0)
     post /= post.sum(axis=1, keepdims=True)
     out = np.empty((rows.shape[0], WIDTH))
     offsets = np.arange(WIDTH) - DAYS_BEFORE

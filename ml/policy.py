@@ -289,7 +289,7 @@ def _choose_live(
 ) -> list[Decision]:
     m = len(failures)
     record = FailureRecords.from_rows(failures)
-    context = failure_context(record)
+    context = failure_context(record, model.payday_reading)
     prev = np.full((m, max(max(len(p) for p in prevs), 1)), np.nan)
     cand = np.full((m, max(c.size for c in cands)), np.nan)
     for i in range(m):
@@ -364,7 +364,7 @@ def choose(
     if model is None:
         return _fallback(record, previous_attempts, cand, config, "no model loaded")
     try:
-        context = failure_context(record)
+        context = failure_context(record, model.payday_reading)
         width = max(len(previous_attempts), 1)
         prev = np.full((1, width), np.nan)
         prev[0, : len(previous_attempts)] = np.asarray(previous_attempts, dtype=np.float64)

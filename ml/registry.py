@@ -48,7 +48,7 @@ def promotion_gate(
         return PromotionVerdict(
             False, "held-out window does not start after the challenger's data", {}, None
         )
-    rows = attempt_rows(records, attempts, success_index)
+    rows = attempt_rows(records, attempts, success_index, challenger.payday_reading)
     if rows.y.size < min_rows:
         return PromotionVerdict(False, f"only {rows.y.size} attempts in the window", {}, None)
     category = records.category[rows.failure_row]
@@ -56,7 +56,9 @@ def promotion_gate(
     mc.pop("by_category")
     if champion is None:
         return PromotionVerdict(True, "no champion yet", mc, None)
-    mh = classification_metrics(rows.y, champion.predict(rows.x), category)
+    # Each model reads paydays with its own population prior.
+    champion_x = attempt_rows(records, attempts, success_index, champion.payday_reading).x
+    mh = classification_metrics(rows.y, champion.predict(champion_x), category)
     mh.pop("by_category")
     gain = mh["log_loss"] - mc["log_loss"]
     auc_drop = (mh["auc"] or 0.0) - (mc["auc"] or 0.0)

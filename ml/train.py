@@ -12,10 +12,10 @@ import numpy.typing as npt
 from sklearn.isotonic import IsotonicRegression
 from sklearn.metrics import brier_score_loss, log_loss, roc_auc_score
 
-from ml import baselines, taxonomy
+from ml import baselines, paydays, taxonomy
 from ml.artifact import TimingModel
 from ml.engine import PolicyRun, run_policy
-from ml.features import FEATURE_LIST, build_features, failure_context
+from ml.features import FEATURE_LIST, build_features, failure_context, fit_payday_prior
 from ml.records import FailureRecords
 from ml.simulator.world import FailureBatch
 
@@ -93,13 +93,19 @@ def simulate_history(
     return run_policy(batch, planner, uniforms, horizon_days=max(28.0, config.horizon_days))
 
 
-def attempt_rows(records: FailureRecords, attempts: F64, success_index: I64) -> AttemptRows:
+def attempt_rows(
+    records: FailureRecords,
+    attempts: F64,
+    success_index: I64,
+    payday_reading: paydays.Reading | None = None,
+) -> AttemptRows:
     """Turn a retry log into training rows, features as of each retry's time.
 
     `attempts` is (n, K) retry times in order, NaN where none was made; `success_index` is
-    the position of the approved retry per failure, -1 when none was.
+    the position of the approved retry per failure, -1 when none was; `payday_reading` how
+    the features read paydays (the model's; ml/paydays.py's defaults without it).
     """
-    context = failure_context(records)
+    context = failure_context(records, payday_reading)
     made = ~np.isnan(attempts)
     fi, ki = np.nonzero(made)
     t = attempts[fi, ki]
@@ -187,7 +193,10 @@ def fit_model(
     """
     config = config or TrainConfig()
     say = progress or (lambda _msg: None)
-    rows = attempt_rows(records, attempts, success_index)
+    # The population's pay schedules, from the same history: sharper than an even prior for
+    # customers with few earlier recoveries.
+    reading = paydays.Reading(fit_payday_prior(records))
+    rows = attempt_rows(records, attempts, success_index, reading)
     split = _split(records, config.split)[rows.failure_row]
     parts = [np.flatnonzero(split == s) for s in range(4)]
     if any(p.size == 0 for p in parts):
@@ -265,6 +274,8 @@ def fit_model(
         "best_iteration": int(best),
         "data_window": [float(window.min()), float(window.max())],
         "metrics": {k: metrics[k] for k in ("auc", "log_loss", "brier", "ece")},
+        "payday_prior": [float(v) for v in reading.prior],
+        "payday_retry_success": reading.retry_success,
     }
     model.num_threads = 1
     return TrainResult(model=model, metrics=metrics)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from ml import paydays
-from ml.features import FEATURE_LIST, build_features, failure_context
+from ml.features import FEATURE_LIST, build_features, failure_context, fit_payday_prior
 from ml.records import FailureRecords, FailureRow
 
 # A Tuesday decline; the customer's earlier recoveries came on Friday afternoons (a recovery
@@ -122,3 +122,32 @@ def test_renewals_are_no_evidence_of_paydays() -> None:
     with_renewal = failure_context(FailureRecords.from_rows([cases[0][0]]))
     without = failure_context(FailureRecords.from_rows([_row(FRIDAYS)]))
     assert np.array_equal(with_renewal.paydays.posterior, without.paydays.posterior)
+
+
+def test_a_fitted_prior_learns_the_population_s_weekday_and_keeps_the_kinds_shares() -> None:
+    # Customers each with one earlier recovery, on a Friday afternoon of some week.
+    rows = [
+        dataclasses.replace(_row((FRIDAYS[0] - timedelta(weeks=w),)), customer_id=w + 1)
+        for w in range(40)
+    ]
+    records = FailureRecords.from_rows(rows)
+    prior = fit_payday_prior(records)
+    default = paydays.default_prior()
+    assert prior.shape == default.shape
+    assert np.all(prior > 0.0)
+    assert prior.sum() == pytest.approx(1.0)
+    for kind in (slice(WEEKLY, BIWEEKLY), slice(BIWEEKLY, SEMIMONTHLY), slice(MONTHLY, None)):
+        assert prior[kind].sum() == pytest.approx(default[kind].sum())
+    assert prior[WEEKLY + 4] > 2.0 * default[WEEKLY + 4]
+    assert int(np.argmax(prior[WEEKLY:BIWEEKLY])) == 4
+    # A customer without history now looks likelier to be paid on Fridays.
+    bare = FailureRecords.from_rows([_row(())])
+    one = np.zeros(1, dtype=np.int64)
+    none = np.full((1, 1), np.nan)
+    fitted = failure_context(bare, paydays.Reading(prior))
+    even = failure_context(bare)
+    friday = paydays.DAYS_BEFORE + 3
+    assert (
+        paydays.day_chances(fitted.paydays, one, fitted.failure_day, none)[0, friday]
+        > paydays.day_chances(even.paydays, one, even.failure_day, none)[0, friday]
+    )

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 
+from ml import paydays
 from ml.artifact import ArtifactError, FeatureListMismatchError, load_model, save_model
 from ml.features import FEATURE_LIST, build_features, failure_context
 from ml.simulator.world import FailureBatch, generate_failures
@@ -64,3 +65,20 @@ def test_artifact_refuses_garbage() -> None:
         load_model(b"\x00not json")
     with pytest.raises(ArtifactError):
         load_model(b'{"format": "something-else"}')
+
+
+def test_a_model_reads_paydays_as_it_was_trained_to(trained: TrainResult) -> None:
+    loaded = load_model(save_model(trained.model))
+    reading = loaded.payday_reading
+    assert np.array_equal(reading.prior, trained.model.payday_reading.prior)
+    assert reading.retry_success == paydays.RETRY_SUCCESS
+    # Fitted on the history: the kinds keep their shares, the weekdays are the population's.
+    assert not np.allclose(reading.prior, paydays.default_prior())
+    assert reading.prior.sum() == pytest.approx(1.0)
+    # A model stored before the reading was: the default prior and the weight of its time.
+    legacy = dataclasses.replace(trained.model, metadata={"seed": 3})
+    assert np.array_equal(legacy.payday_reading.prior, paydays.default_prior())
+    assert legacy.payday_reading.retry_success == paydays.LEGACY_RETRY_SUCCESS
+    broken = dataclasses.replace(trained.model, metadata={"payday_prior": [0.5, 0.5]})
+    with pytest.raises(ArtifactError, match="payday_prior must be"):
+        _ = broken.payday_reading
