@@ -207,9 +207,6 @@ def _model_reason(decision: ModelDecision, currency: str) -> str:
     return f"{reason} ({words})" if words else reason
 
 
-Request = DecisionRequest
-
-
 @dataclass(frozen=True)
 class _Asked:
     """What a model's choice is made from: the payment, the retries before (times), the
@@ -257,7 +254,7 @@ class ModelScheduler:
         default_factory=dict, repr=False
     )
 
-    def prepare(self, requests: Sequence[Request]) -> None:
+    def prepare(self, requests: Sequence[DecisionRequest]) -> None:
         """Score many decisions at once, ahead of the calls that make them: the champion and
         the shadow each score every request's candidates in one batch (`choose_batch`). A
         later call with the same payment, history, candidates, policy budget and time takes

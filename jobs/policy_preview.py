@@ -28,11 +28,11 @@ import numpy.typing as npt
 from app.db import Database
 from app.enums import Actor, AttemptOutcome, ModelStatus, RetryStrategy
 from app.retry.rules import AttemptRecord, PaymentLedger, evaluate
-from app.retry.schedule import candidate_times
+from app.retry.schedule import DecisionRequest, candidate_times
 from app.services.policy_preview import PreviewInput
 from app.services.retry.engine import decide
 from app.services.retry.ledger import PaymentContext
-from jobs.model import CACHE, Loaded, ModelCache, ModelScheduler, Request, failure_row, load_current
+from jobs.model import CACHE, Loaded, ModelCache, ModelScheduler, failure_row, load_current
 from ml.artifact import TimingModel
 from ml.features import FailureContext, failure_context
 from ml.policy import score_candidates
@@ -177,7 +177,7 @@ def schedules(
         if not live:
             break
         asked: list[tuple[_Run, PaymentContext, tuple[datetime, ...] | None]] = []
-        requests: list[Request] = []
+        requests: list[DecisionRequest] = []
         for r in live:
             if step == 0 and r.first_at is not None:
                 continue
