@@ -131,28 +131,31 @@ def _record_attempt(
     now: datetime,
     writes: Writes | None,
 ) -> None:
-    """The portal's attempt, stored in flight before anything is sent."""
+    """The portal's attempt, stored in flight before anything is sent.
+
+    With `writes`, the attempt is a row held there (no model object: building one costs more
+    than the rest of the claim) and `ctx.attempts` does not gain it; without, it is added to
+    the session and to `ctx.attempts`."""
     payment = ctx.payment
     payment.attempt_count += 1
     payment.retrying_since = now
-    attempt = PaymentAttempt(
-        # Given, not left to the field's default factory: pydantic inspects a factory's
-        # signature each time it calls one.
-        id=uuid.uuid4(),
-        merchant_id=payment.merchant_id,
-        payment_id=payment.id,
-        number=payment.attempt_count,
-        portal_number=action.attempt_number,
-        idempotency_key=attempt_idempotency_key(str(payment.id), action.attempt_number),
-        attempted_at=action.at,
-        outcome=AttemptOutcome.IN_FLIGHT,
-        actor=Actor.PORTAL,
-        created_at=now,
-    )
-    if writes is None:
-        uow.session.add(attempt)
-    else:
-        writes.insert_object(attempt)
+    row: dict[str, Any] = {
+        "id": uuid.uuid4(),
+        "merchant_id": payment.merchant_id,
+        "payment_id": payment.id,
+        "number": payment.attempt_count,
+        "portal_number": action.attempt_number,
+        "idempotency_key": attempt_idempotency_key(str(payment.id), action.attempt_number),
+        "attempted_at": action.at,
+        "outcome": AttemptOutcome.IN_FLIGHT,
+        "actor": Actor.PORTAL,
+        "created_at": now,
+    }
+    if writes is not None:
+        writes.insert(PaymentAttempt, row)
+        return
+    attempt = PaymentAttempt(**row)
+    uow.session.add(attempt)
     ctx.attempts.append(attempt)
 
 
@@ -449,7 +452,7 @@ async def decide_pending(
     )
     if not ids:
         return await _resume_held(uow, now=now, limit=limit, scheduler=scheduler)
-    contexts = await load_contexts(uow.session, ids, now=now)
+    contexts = await load_contexts(uow.session, ids, now=now, attempts=False)
     # The model's choices for the whole batch in one scoring call (each as it would be alone).
     prepared = prepare_decisions(list(contexts.values()), now=now, scheduler=scheduler)
     writes = Writes()
@@ -507,7 +510,7 @@ async def _resume_held(
             )
         ).scalars()
     )
-    contexts = await load_contexts(uow.session, ids, now=now)
+    contexts = await load_contexts(uow.session, ids, now=now, attempts=False)
     writes = Writes()
     for ctx in contexts.values():
         await run_event(uow, ctx, MerchantResumed(), now=now, scheduler=scheduler, writes=writes)
@@ -582,7 +585,7 @@ async def _start_attempts(
 ) -> Applied:
     """AttemptStarted for each payment, in order; each ledger also counts the attempts
     started before it in the batch, which the loaded ledgers do not hold yet."""
-    contexts = await load_contexts(uow.session, payment_ids, now=now)
+    contexts = await load_contexts(uow.session, payment_ids, now=now, attempts=False)
     extra_card: dict[CardKey, list[AttemptRecord]] = defaultdict(list)
     extra_customer: dict[uuid.UUID, list[AttemptRecord]] = defaultdict(list)
     applied = Applied()
