@@ -96,31 +96,38 @@ REASON_SEPARATOR = "; "
 _ENDED = (PaymentState.EXHAUSTED, PaymentState.NOT_RETRYABLE, PaymentState.CANCELED)
 
 
+def _set(payment: Payment, name: str, value: Any) -> None:
+    """Set a column only when its value changes: setting a model's attribute costs far more
+    than reading it, and a decision sets a dozen, most of them to what they hold."""
+    if getattr(payment, name) != value:
+        setattr(payment, name, value)
+
+
 def _enter_state(payment: Payment, tr: Transition, *, now: datetime, recovered_by: Actor) -> None:
     previous = payment.state
-    payment.state = tr.new_state
-    payment.updated_at = now
+    _set(payment, "state", tr.new_state)
+    _set(payment, "updated_at", now)
     if tr.new_state is not PaymentState.RETRYING:
-        payment.retrying_since = None
+        _set(payment, "retrying_since", None)
     if tr.new_state is PaymentState.RECOVERED and previous is not PaymentState.RECOVERED:
         payment.recovered_at = now
         payment.recovered_by = recovered_by
     if tr.new_state in _ENDED:
-        payment.blocking_rule = tr.blocking_rule
+        _set(payment, "blocking_rule", tr.blocking_rule)
 
 
 def _schedule(ctx: PaymentContext, action: ScheduleRetry, *, now: datetime) -> None:
     payment = ctx.payment
-    payment.next_retry_at = action.at
-    payment.decision_at = now
+    _set(payment, "next_retry_at", action.at)
+    _set(payment, "decision_at", now)
     # The reason ends by saying in which time zone the local times (quiet hours, paydays) were
     # read, and why that one: the customer's, the policy's, or UTC.
     local = local_zone(ctx.ledger.customer_timezone, ctx.policy.timezone).describe()
     room = DECISION_REASON_MAX - len(local) - len(REASON_SEPARATOR)
-    payment.decision_reason = f"{action.reason[:room]}{REASON_SEPARATOR}{local}"
-    payment.decision_strategy = action.strategy
-    payment.blocking_rule = action.blocking_rule
-    payment.policy_version = ctx.policy_version
+    _set(payment, "decision_reason", f"{action.reason[:room]}{REASON_SEPARATOR}{local}")
+    _set(payment, "decision_strategy", action.strategy)
+    _set(payment, "blocking_rule", action.blocking_rule)
+    _set(payment, "policy_version", ctx.policy_version)
 
 
 def _record_attempt(
@@ -299,7 +306,7 @@ async def run_event(
             )
             applied.transitions += more.transitions
             applied.enqueue += more.enqueue
-        ctx.payment.needs_decision = False
+        _set(ctx.payment, "needs_decision", False)
     for action in tr.actions:
         if isinstance(action, CancelSubscriptionRetries):
             if writes is not None:
@@ -469,7 +476,7 @@ async def decide_pending(
         await run_event(
             uow, ctx, event, now=now, scheduler=scheduler, writes=writes, prepared=prepared
         )
-        ctx.payment.needs_decision = False
+        _set(ctx.payment, "needs_decision", False)
         writes.touch(ctx.payment)
     # Written (and flushed) so that a later query in the same unit of work sees these
     # payments as decided.
