@@ -7,6 +7,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from functools import cache
 from typing import Any
 
 from sqlalchemy import bindparam, exists, func
@@ -485,11 +486,10 @@ async def decide_pending(
     return len(ids) + await _resume_held(uow, now=now, limit=limit, scheduler=scheduler)
 
 
-async def _resume_held(
-    uow: UnitOfWork, *, now: datetime, limit: int, scheduler: Scheduler | None
-) -> int:
-    """PENDING payments held while their merchant was paused or recovery was off, now that it
-    runs again: the core's MerchantResumed asks for a decision."""
+@cache
+def _held_statement() -> Any:
+    """PENDING payments not waiting for a decision whose merchant is active with recovery on
+    (built once: building it costs more than running it when nothing is held)."""
     current = aliased(RetryPolicy)
     newer = aliased(RetryPolicy)
     enabled = exists().where(
@@ -500,23 +500,27 @@ async def _resume_held(
             col(newer.version) > col(current.version),
         ),
     )
-    ids = list(
-        (
-            await uow.session.execute(
-                select(col(Payment.id))
-                .join(Merchant, col(Merchant.id) == col(Payment.merchant_id))
-                .where(
-                    col(Payment.state) == PaymentState.PENDING,
-                    ~col(Payment.needs_decision),
-                    col(Merchant.status) == MerchantStatus.ACTIVE,
-                    enabled,
-                )
-                .order_by(col(Payment.first_failed_at))
-                .limit(limit)
-                .with_for_update(of=Payment, skip_locked=True)
-            )
-        ).scalars()
+    return (
+        select(col(Payment.id))
+        .join(Merchant, col(Merchant.id) == col(Payment.merchant_id))
+        .where(
+            col(Payment.state) == PaymentState.PENDING,
+            ~col(Payment.needs_decision),
+            col(Merchant.status) == MerchantStatus.ACTIVE,
+            enabled,
+        )
+        .order_by(col(Payment.first_failed_at))
+        .limit(bindparam("limit"))
+        .with_for_update(of=Payment, skip_locked=True)
     )
+
+
+async def _resume_held(
+    uow: UnitOfWork, *, now: datetime, limit: int, scheduler: Scheduler | None
+) -> int:
+    """PENDING payments held while their merchant was paused or recovery was off, now that it
+    runs again: the core's MerchantResumed asks for a decision."""
+    ids = list((await uow.session.execute(_held_statement(), {"limit": limit})).scalars())
     contexts = await load_contexts(uow.session, ids, now=now, attempts=False)
     writes = Writes()
     for ctx in contexts.values():
