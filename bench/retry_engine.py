@@ -502,6 +502,8 @@ async def _pipeline(
     await count("claim")
     if args.until == "claim":
         _print_phases(phases, sent, cpu)
+        if args.profile:
+            _print_profile(timers)
         return
 
     gate = asyncio.Semaphore(args.concurrency)
