@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
 import tempfile
 import time
@@ -205,7 +206,9 @@ def _time_sql(db: Database, timers: Timers) -> None:
 
 async def _scratch_database(settings: Settings) -> tuple[str, Any]:
     services = await resolve_services(settings)
-    name = f"portal_bench_{uuid.uuid4().hex[:8]}"
+    # Named after the queue too, when one is set, so that concurrent runs are told apart.
+    queue = "".join(c for c in os.environ.get("PORTAL_QUEUE_NAME", "") if c.isalnum())
+    name = f"portal_bench_{queue + '_' if queue else ''}{uuid.uuid4().hex[:8]}"
     base, _, query = services.database_url.partition("?")
     head = base.rsplit("/", 1)[0]
 
@@ -497,6 +500,11 @@ async def _pipeline(
         queued += applied.enqueue
     phases["claim"] = (time.perf_counter() - start, len(queued))
     await count("claim")
+    if args.until == "claim":
+        _print_phases(phases, sent, cpu)
+        if args.profile:
+            _print_profile(timers)
+        return
 
     gate = asyncio.Semaphore(args.concurrency)
     statuses: dict[str, int] = {}
@@ -514,17 +522,8 @@ async def _pipeline(
     phases["charge + record"] = (time.perf_counter() - start, len(queued))
     await count("charge + record")
 
+    _print_phases(phases, sent, cpu)
     total = sum(t for t, _ in phases.values())
-    for name, (seconds, n) in phases.items():
-        rate = n / seconds if seconds else 0.0
-        statements, commits = sent[name]
-        per = f"{statements / max(n, 1):7.3f} statements, {commits / max(n, 1):6.3f} commits each"
-        print(f"{name:16s} {n:8,d} payments in {seconds:8.2f} s  = {rate:9,.0f} /s  {per}")
-        portal, database = cpu[name]
-        print(
-            f"{'':16s} CPU per payment: portal {portal / max(n, 1) * 1e6:7,.0f} µs, "
-            f"PostgreSQL (this database's backends) {database / max(n, 1) * 1e6:7,.0f} µs"
-        )
     overall = len(queued) / total
     print(f"{'overall':16s} {len(queued):8,d} payments in {total:8.2f} s  = {overall:9,.0f} /s")
     print(f"attempt outcomes: {statuses}")
@@ -542,6 +541,23 @@ async def _pipeline(
     )
     if args.profile:
         _print_profile(timers)
+
+
+def _print_phases(
+    phases: Mapping[str, tuple[float, int]],
+    sent: Mapping[str, tuple[int, int]],
+    cpu: Mapping[str, tuple[float, float]],
+) -> None:
+    for name, (seconds, n) in phases.items():
+        rate = n / seconds if seconds else 0.0
+        statements, commits = sent[name]
+        per = f"{statements / max(n, 1):7.3f} statements, {commits / max(n, 1):6.3f} commits each"
+        print(f"{name:16s} {n:8,d} payments in {seconds:8.2f} s  = {rate:9,.0f} /s  {per}")
+        portal, database = cpu[name]
+        print(
+            f"{'':16s} CPU per payment: portal {portal / max(n, 1) * 1e6:7,.0f} µs, "
+            f"PostgreSQL (this database's backends) {database / max(n, 1) * 1e6:7,.0f} µs"
+        )
 
 
 def _print_profile(timers: Timers) -> None:
@@ -563,6 +579,12 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=500)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--profile", action="store_true", help="print the costliest statements")
+    parser.add_argument(
+        "--until",
+        choices=["claim", "record"],
+        default="record",
+        help="the last phase run (claim: decide and claim only)",
+    )
     asyncio.run(_run(parser.parse_args()))
 
 

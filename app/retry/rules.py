@@ -4,6 +4,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, time, timedelta
 from types import MappingProxyType
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from app.declines import (
@@ -540,9 +541,39 @@ def earliest_allowed(
     rules: NetworkRules = DEFAULT_RULES,
 ) -> Placement:
     """Move a requested retry time to the earliest allowed one, or say how the payment ends."""
+    at, placed = _evaluator(ledger, policy, rules)
+    key = (candidate_time, candidate_time.tzinfo)
+    placement = placed.get(key)
+    if placement is None:
+        placement = placed[key] = _place(candidate_time, at)
+    return placement
+
+
+# The evaluator of the latest (ledger, policy, rules) asked about, and the placements it made
+# by requested time: a decision and the transition that carries it out place the same time
+# for the same ledger one after the other. All three are immutable and held here, so their
+# identities cannot be reused while they are.
+_last_entry: list[
+    tuple[PaymentLedger, RetryPolicyView, NetworkRules, "Evaluator", dict[Any, Placement]]
+] = []
+
+
+def _evaluator(
+    ledger: PaymentLedger, policy: RetryPolicyView, rules: NetworkRules
+) -> tuple["Evaluator", dict[Any, Placement]]:
+    if _last_entry:
+        last = _last_entry[0]
+        if last[0] is ledger and last[1] is policy and last[2] is rules:
+            return last[3], last[4]
+    at = Evaluator(ledger=ledger, policy=policy, rules=rules)
+    placed: dict[Any, Placement] = {}
+    _last_entry[:] = [(ledger, policy, rules, at, placed)]
+    return at, placed
+
+
+def _place(candidate_time: datetime, at: "Evaluator") -> Placement:
     candidate = candidate_time
     pushed_by: str | None = None
-    at = Evaluator(ledger=ledger, policy=policy, rules=rules)
     for _ in range(_MAX_STEPS):
         verdict = at(candidate)
         if verdict.allowed:

@@ -4,7 +4,8 @@ candidate times, control group."""
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
+from functools import lru_cache
 from typing import Protocol, runtime_checkable
 from zoneinfo import ZoneInfo
 
@@ -143,7 +144,13 @@ _FRIDAY = 4
 
 def _paydays(first_failed_at: datetime, zone: ZoneInfo) -> tuple[datetime, ...]:
     """The first paydays after the first failure's local day, at PAYDAY_HOUR local time."""
-    day = first_failed_at.astimezone(zone).date()
+    return _paydays_after(first_failed_at.astimezone(zone).date(), zone)
+
+
+@lru_cache(maxsize=4096)
+def _paydays_after(day: date, zone: ZoneInfo) -> tuple[datetime, ...]:
+    """`_paydays` for a local day: the same for every failure of that day in that zone (a
+    billing run's failures share a few)."""
     found: list[datetime] = []
     while len(found) < PAYDAY_RETRIES:
         day += timedelta(days=1)

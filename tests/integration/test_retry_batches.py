@@ -6,15 +6,18 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlmodel import col, select
 
 from app.clock import FixedClock
 from app.db import Database, ScopedSession
-from app.enums import PaymentState
+from app.enums import PaymentState, RetryStrategy
 from app.models.payment import Payment
+from app.models.retry import OutboxEvent
 from app.services.retry.engine import claim_due, decide_pending
 from app.services.stats.recompute import rollup_differences
 from app.tenancy import SYSTEM_SCOPE
 from app.workflows.retry_attempt import execute_attempt
+from tests.support.factories import make_merchant, set_strategy
 from tests.support.retry import (
     FakeStripe,
     attempts_of,
@@ -22,9 +25,12 @@ from tests.support.retry import (
     decide,
     fingerprint_of,
     fixed_schedule_payments,
+    ingest,
+    make_connection,
     outbox,
     reload,
     timeline,
+    varied_charges,
 )
 from tests.support.statements import count_statements, without_savepoints
 
@@ -183,3 +189,103 @@ async def test_claims_in_batches_share_the_due_set_without_overlap(db: Database)
     for payment in payments:
         assert len([a for a in await attempts_of(db, payment.id) if a.portal_number]) == 1
     await _rollups_agree(db, payments)
+
+
+async def _varied_merchant(db: Database, prefix: str, count: int) -> list[Payment]:
+    """`count` failed payments of a new decline-aware merchant, each on its own card and
+    customer, varied in decline, brand, amount and currency (in the order charged)."""
+    merchant = await make_merchant(db, f"Batch {prefix}", now=T0)
+    await set_strategy(db, merchant.id, RetryStrategy.DECLINE_AWARE)
+    connection = await make_connection(db, merchant, T0)
+    charges = varied_charges(
+        prefix,
+        count,
+        created=T0,
+        customers=count,
+        fingerprints=count,
+        amount=300,
+        step=977,
+        currencies=("usd", "eur", "jpy"),
+    )
+    payments = await ingest(db, connection, charges, T0)
+    by_charge = {p.processor_payment_id: p for p in payments}
+    return [by_charge[c["id"]] for c in charges]
+
+
+# What a payment's outbox event says of it besides its identity.
+_IDENTITY = ("payment_id", "processor_payment_id", "invoice_ref")
+
+
+async def _outcome(db: Database, payment: Payment) -> tuple[object, ...]:
+    """Everything deciding and claiming wrote for one payment, its identity left out."""
+    after = await reload(db, payment.id)
+    steps = [
+        (t.seq, t.from_state, t.to_state, t.event, t.reason, t.actor, t.at)
+        for t in await timeline(db, payment.id)
+    ]
+    attempts = [
+        (a.number, a.portal_number, a.outcome, a.actor, a.attempted_at, a.sent_at)
+        for a in await attempts_of(db, payment.id)
+    ]
+    async with db.session(SYSTEM_SCOPE) as s:
+        rows = await s.execute(
+            select(col(OutboxEvent.event_type), col(OutboxEvent.payload))
+            .where(col(OutboxEvent.payment_id) == payment.id)
+            .order_by(col(OutboxEvent.created_at), col(OutboxEvent.event_type))
+        )
+        events = [
+            (name, {k: v for k, v in payload.items() if k not in _IDENTITY})
+            for name, payload in rows.all()
+        ]
+    return (
+        after.state,
+        after.next_retry_at,
+        after.decision_at,
+        after.decision_reason,
+        after.decision_strategy,
+        after.blocking_rule,
+        after.policy_version,
+        after.needs_decision,
+        after.attempt_count,
+        after.retrying_since,
+        steps,
+        attempts,
+        events,
+    )
+
+
+async def _run(db: Database, *, limit: int, until: datetime) -> None:
+    """Decide, then claim at `until`, `limit` payments per unit of work, until none is left."""
+    while True:
+        async with db.uow(SYSTEM_SCOPE) as uow:
+            done = await decide_pending(uow, now=T0, limit=limit)
+            await uow.commit()
+        if not done:
+            break
+    while True:
+        async with db.uow(SYSTEM_SCOPE) as uow:
+            applied = await claim_due(uow, now=until, limit=limit)
+            await uow.commit()
+        if not applied.transitions:
+            break
+
+
+async def test_a_batch_decides_and_claims_as_one_payment_at_a_time(db: Database) -> None:
+    """The same failures decided and claimed in one batch of each, and one payment per unit
+    of work: every payment ends with the same columns, timeline, attempts and events."""
+    count = 24
+    # The Friday after: past the first payday (09:00) and the soft declines' first hours.
+    until = T0 + timedelta(days=4)
+    alone = await _varied_merchant(db, f"ch_alone_{uuid.uuid4().hex[:6]}", count)
+    await _run(db, limit=1, until=until)
+    together = await _varied_merchant(db, f"ch_together_{uuid.uuid4().hex[:6]}", count)
+    await _run(db, limit=500, until=until)
+    one_by_one = [await _outcome(db, p) for p in alone]
+    batched = [await _outcome(db, p) for p in together]
+    assert batched == one_by_one
+    # The set held every way a decision and a claim go: scheduled and then started, moved by
+    # a rule, ended by the decline.
+    states = {outcome[0] for outcome in batched}
+    assert PaymentState.RETRYING in states
+    assert PaymentState.NOT_RETRYABLE in states
+    await _rollups_agree(db, [*alone, *together])

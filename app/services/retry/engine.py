@@ -7,6 +7,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from functools import cache
 from typing import Any
 
 from sqlalchemy import bindparam, exists, func
@@ -96,31 +97,38 @@ REASON_SEPARATOR = "; "
 _ENDED = (PaymentState.EXHAUSTED, PaymentState.NOT_RETRYABLE, PaymentState.CANCELED)
 
 
+def _set(payment: Payment, name: str, value: Any) -> None:
+    """Set a column only when its value changes: setting a model's attribute costs far more
+    than reading it, and a decision sets a dozen, most of them to what they hold."""
+    if getattr(payment, name) != value:
+        setattr(payment, name, value)
+
+
 def _enter_state(payment: Payment, tr: Transition, *, now: datetime, recovered_by: Actor) -> None:
     previous = payment.state
-    payment.state = tr.new_state
-    payment.updated_at = now
+    _set(payment, "state", tr.new_state)
+    _set(payment, "updated_at", now)
     if tr.new_state is not PaymentState.RETRYING:
-        payment.retrying_since = None
+        _set(payment, "retrying_since", None)
     if tr.new_state is PaymentState.RECOVERED and previous is not PaymentState.RECOVERED:
         payment.recovered_at = now
         payment.recovered_by = recovered_by
     if tr.new_state in _ENDED:
-        payment.blocking_rule = tr.blocking_rule
+        _set(payment, "blocking_rule", tr.blocking_rule)
 
 
 def _schedule(ctx: PaymentContext, action: ScheduleRetry, *, now: datetime) -> None:
     payment = ctx.payment
-    payment.next_retry_at = action.at
-    payment.decision_at = now
+    _set(payment, "next_retry_at", action.at)
+    _set(payment, "decision_at", now)
     # The reason ends by saying in which time zone the local times (quiet hours, paydays) were
     # read, and why that one: the customer's, the policy's, or UTC.
     local = local_zone(ctx.ledger.customer_timezone, ctx.policy.timezone).describe()
     room = DECISION_REASON_MAX - len(local) - len(REASON_SEPARATOR)
-    payment.decision_reason = f"{action.reason[:room]}{REASON_SEPARATOR}{local}"
-    payment.decision_strategy = action.strategy
-    payment.blocking_rule = action.blocking_rule
-    payment.policy_version = ctx.policy_version
+    _set(payment, "decision_reason", f"{action.reason[:room]}{REASON_SEPARATOR}{local}")
+    _set(payment, "decision_strategy", action.strategy)
+    _set(payment, "blocking_rule", action.blocking_rule)
+    _set(payment, "policy_version", ctx.policy_version)
 
 
 def _record_attempt(
@@ -131,28 +139,31 @@ def _record_attempt(
     now: datetime,
     writes: Writes | None,
 ) -> None:
-    """The portal's attempt, stored in flight before anything is sent."""
+    """The portal's attempt, stored in flight before anything is sent.
+
+    With `writes`, the attempt is a row held there (no model object: building one costs more
+    than the rest of the claim) and `ctx.attempts` does not gain it; without, it is added to
+    the session and to `ctx.attempts`."""
     payment = ctx.payment
     payment.attempt_count += 1
     payment.retrying_since = now
-    attempt = PaymentAttempt(
-        # Given, not left to the field's default factory: pydantic inspects a factory's
-        # signature each time it calls one.
-        id=uuid.uuid4(),
-        merchant_id=payment.merchant_id,
-        payment_id=payment.id,
-        number=payment.attempt_count,
-        portal_number=action.attempt_number,
-        idempotency_key=attempt_idempotency_key(str(payment.id), action.attempt_number),
-        attempted_at=action.at,
-        outcome=AttemptOutcome.IN_FLIGHT,
-        actor=Actor.PORTAL,
-        created_at=now,
-    )
-    if writes is None:
-        uow.session.add(attempt)
-    else:
-        writes.insert_object(attempt)
+    row: dict[str, Any] = {
+        "id": uuid.uuid4(),
+        "merchant_id": payment.merchant_id,
+        "payment_id": payment.id,
+        "number": payment.attempt_count,
+        "portal_number": action.attempt_number,
+        "idempotency_key": attempt_idempotency_key(str(payment.id), action.attempt_number),
+        "attempted_at": action.at,
+        "outcome": AttemptOutcome.IN_FLIGHT,
+        "actor": Actor.PORTAL,
+        "created_at": now,
+    }
+    if writes is not None:
+        writes.insert(PaymentAttempt, row)
+        return
+    attempt = PaymentAttempt(**row)
+    uow.session.add(attempt)
     ctx.attempts.append(attempt)
 
 
@@ -296,7 +307,7 @@ async def run_event(
             )
             applied.transitions += more.transitions
             applied.enqueue += more.enqueue
-        ctx.payment.needs_decision = False
+        _set(ctx.payment, "needs_decision", False)
     for action in tr.actions:
         if isinstance(action, CancelSubscriptionRetries):
             if writes is not None:
@@ -449,7 +460,7 @@ async def decide_pending(
     )
     if not ids:
         return await _resume_held(uow, now=now, limit=limit, scheduler=scheduler)
-    contexts = await load_contexts(uow.session, ids, now=now)
+    contexts = await load_contexts(uow.session, ids, now=now, attempts=False)
     # The model's choices for the whole batch in one scoring call (each as it would be alone).
     prepared = prepare_decisions(list(contexts.values()), now=now, scheduler=scheduler)
     writes = Writes()
@@ -466,7 +477,7 @@ async def decide_pending(
         await run_event(
             uow, ctx, event, now=now, scheduler=scheduler, writes=writes, prepared=prepared
         )
-        ctx.payment.needs_decision = False
+        _set(ctx.payment, "needs_decision", False)
         writes.touch(ctx.payment)
     # Written (and flushed) so that a later query in the same unit of work sees these
     # payments as decided.
@@ -475,11 +486,10 @@ async def decide_pending(
     return len(ids) + await _resume_held(uow, now=now, limit=limit, scheduler=scheduler)
 
 
-async def _resume_held(
-    uow: UnitOfWork, *, now: datetime, limit: int, scheduler: Scheduler | None
-) -> int:
-    """PENDING payments held while their merchant was paused or recovery was off, now that it
-    runs again: the core's MerchantResumed asks for a decision."""
+@cache
+def _held_statement() -> Any:
+    """PENDING payments not waiting for a decision whose merchant is active with recovery on
+    (built once: building it costs more than running it when nothing is held)."""
     current = aliased(RetryPolicy)
     newer = aliased(RetryPolicy)
     enabled = exists().where(
@@ -490,24 +500,28 @@ async def _resume_held(
             col(newer.version) > col(current.version),
         ),
     )
-    ids = list(
-        (
-            await uow.session.execute(
-                select(col(Payment.id))
-                .join(Merchant, col(Merchant.id) == col(Payment.merchant_id))
-                .where(
-                    col(Payment.state) == PaymentState.PENDING,
-                    ~col(Payment.needs_decision),
-                    col(Merchant.status) == MerchantStatus.ACTIVE,
-                    enabled,
-                )
-                .order_by(col(Payment.first_failed_at))
-                .limit(limit)
-                .with_for_update(of=Payment, skip_locked=True)
-            )
-        ).scalars()
+    return (
+        select(col(Payment.id))
+        .join(Merchant, col(Merchant.id) == col(Payment.merchant_id))
+        .where(
+            col(Payment.state) == PaymentState.PENDING,
+            ~col(Payment.needs_decision),
+            col(Merchant.status) == MerchantStatus.ACTIVE,
+            enabled,
+        )
+        .order_by(col(Payment.first_failed_at))
+        .limit(bindparam("limit"))
+        .with_for_update(of=Payment, skip_locked=True)
     )
-    contexts = await load_contexts(uow.session, ids, now=now)
+
+
+async def _resume_held(
+    uow: UnitOfWork, *, now: datetime, limit: int, scheduler: Scheduler | None
+) -> int:
+    """PENDING payments held while their merchant was paused or recovery was off, now that it
+    runs again: the core's MerchantResumed asks for a decision."""
+    ids = list((await uow.session.execute(_held_statement(), {"limit": limit})).scalars())
+    contexts = await load_contexts(uow.session, ids, now=now, attempts=False)
     writes = Writes()
     for ctx in contexts.values():
         await run_event(uow, ctx, MerchantResumed(), now=now, scheduler=scheduler, writes=writes)
@@ -582,7 +596,7 @@ async def _start_attempts(
 ) -> Applied:
     """AttemptStarted for each payment, in order; each ledger also counts the attempts
     started before it in the batch, which the loaded ledgers do not hold yet."""
-    contexts = await load_contexts(uow.session, payment_ids, now=now)
+    contexts = await load_contexts(uow.session, payment_ids, now=now, attempts=False)
     extra_card: dict[CardKey, list[AttemptRecord]] = defaultdict(list)
     extra_customer: dict[uuid.UUID, list[AttemptRecord]] = defaultdict(list)
     applied = Applied()

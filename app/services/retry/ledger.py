@@ -71,6 +71,8 @@ class PaymentContext:
     # What the context was built from, to build it again when only the history changed.
     head: "_Head | None" = field(default=None, repr=False)
     stored_policy: RetryPolicy | None = field(default=None, repr=False)
+    # Whether `attempts` holds the payment's stored attempts (`load_contexts(attempts=...)`).
+    attempts_loaded: bool = field(default=True, repr=False)
 
     @property
     def first_decline(self) -> DeclineView:
@@ -134,16 +136,41 @@ def policy_view(row: RetryPolicy | None, merchant_status: MerchantStatus) -> Ret
 
 
 @dataclass(frozen=True, slots=True)
+class StoredAttempt:
+    """What the rules read of a stored attempt: its columns as one read row, not a model
+    object (the session neither tracks nor hydrates it)."""
+
+    id: uuid.UUID
+    payment_id: uuid.UUID
+    number: int
+    attempted_at: datetime
+    outcome: AttemptOutcome
+    actor: Actor
+    decline_category: DeclineCategory | None
+    decline_retryable: bool | None
+    decline_advice: Advice | None
+    not_before: datetime | None
+    decline_network_code: str | None
+    decline_network_advice_code: str | None
+    card_id: uuid.UUID | None
+
+
+@dataclass(frozen=True, slots=True)
 class _Row:
-    attempt: PaymentAttempt
+    # The session's object when the caller wants them (`load_contexts(attempts=True)`).
+    attempt: PaymentAttempt | StoredAttempt
     customer_id: uuid.UUID
     # The credentials the attempt counts against: the card it was made on; when that is not
     # known, its payment's card and the card that replaced it (either may have been hit).
     card_keys: tuple[CardKey, ...]
-    first_decline: DeclineView
+    # The first failure's decline as stored on its payment; only a declined first attempt
+    # reads it (`attempt_decline`), so only such a row carries it.
+    first_decline: DeclineView | None
 
 
-def attempt_decline(attempt: PaymentAttempt, fallback: DeclineView | None) -> DeclineView | None:
+def attempt_decline(
+    attempt: PaymentAttempt | StoredAttempt, fallback: DeclineView | None
+) -> DeclineView | None:
     """The rules' view of an attempt's decline; the first failure reads its payment's."""
     if attempt.outcome is not AttemptOutcome.DECLINED:
         return None
@@ -167,7 +194,9 @@ def attempt_decline(attempt: PaymentAttempt, fallback: DeclineView | None) -> De
     )
 
 
-def attempt_record(attempt: PaymentAttempt, fallback: DeclineView | None) -> AttemptRecord:
+def attempt_record(
+    attempt: PaymentAttempt | StoredAttempt, fallback: DeclineView | None
+) -> AttemptRecord:
     outcome = None if attempt.outcome is AttemptOutcome.IN_FLIGHT else attempt.outcome
     return AttemptRecord(
         at=attempt.attempted_at,
@@ -302,7 +331,13 @@ def _ledger(
     )
 
 
-def _context(head: _Head, attempts: _Attempts, stored: RetryPolicy | None) -> PaymentContext:
+def _context(
+    head: _Head,
+    attempts: _Attempts,
+    stored: RetryPolicy | None,
+    objects: bool,
+    views: dict[tuple[int, MerchantStatus], RetryPolicyView] | None = None,
+) -> PaymentContext:
     payment, card = head.payment, head.card
     mine = sorted(
         attempts.own.get(payment.id, []), key=lambda r: (r.attempt.attempted_at, r.attempt.number)
@@ -310,7 +345,7 @@ def _context(head: _Head, attempts: _Attempts, stored: RetryPolicy | None) -> Pa
     keys = _card_keys(payment, card, mine)
     ledger = _ledger(head, mine, keys, attempts)
     policy = effective_policy(
-        policy_view(stored, head.merchant_status),
+        _policy_view(stored, head.merchant_status, views),
         merchant_id=str(payment.merchant_id),
         payment_id=str(payment.id),
     )
@@ -328,12 +363,29 @@ def _context(head: _Head, attempts: _Attempts, stored: RetryPolicy | None) -> Pa
             (card.fingerprint, card.exp_month, card.exp_year) if card is not None else None
         ),
         past_success_at=head.past_success_at,
-        attempts=[r.attempt for r in mine],
+        attempts=[r.attempt for r in mine if isinstance(r.attempt, PaymentAttempt)],
         next_seq=0 if head.last_seq is None else head.last_seq + 1,
         policy_version=stored.version if stored is not None else None,
         head=head,
         stored_policy=stored,
+        attempts_loaded=objects,
     )
+
+
+def _policy_view(
+    stored: RetryPolicy | None,
+    status: MerchantStatus,
+    views: dict[tuple[int, MerchantStatus], RetryPolicyView] | None,
+) -> RetryPolicyView:
+    """`policy_view`, read once per stored policy and merchant status in a batch (`views`):
+    the view is immutable, so the batch's payments of one merchant share it."""
+    if views is None:
+        return policy_view(stored, status)
+    key = (id(stored), status)
+    view = views.get(key)
+    if view is None:
+        view = views[key] = policy_view(stored, status)
+    return view
 
 
 async def load_contexts(
@@ -342,12 +394,16 @@ async def load_contexts(
     *,
     now: datetime,
     lock: bool = False,
+    attempts: bool = True,
 ) -> dict[uuid.UUID, PaymentContext]:
     """Payments with their ledgers: three queries whatever the batch size.
 
     Card history follows each of the payment's credentials (`PaymentContext.card_keys`) by
     fingerprint at the merchant across expiries (a renewed card is the same credential to the
-    network); customer history covers the last day.
+    network); customer history covers the last day. `attempts`: the attempts are read as the
+    session's objects, and each payment's own are its `PaymentContext.attempts`, for a caller
+    that reads or changes them; without, they are read as plain rows (cheaper: nothing to
+    hydrate or track) and `PaymentContext.attempts` is empty.
     """
     if not payment_ids:
         return {}
@@ -361,9 +417,14 @@ async def load_contexts(
         [h.payment.id for h in heads],
         sorted({h.payment.customer_id for h in heads}),
         customer_since,
+        objects=attempts,
     )
-    attempts = _Attempts.index(rows, customer_since)
-    return {h.payment.id: _context(h, attempts, policies.get(h.payment.merchant_id)) for h in heads}
+    index = _Attempts.index(rows, customer_since)
+    views: dict[tuple[int, MerchantStatus], RetryPolicyView] = {}
+    return {
+        h.payment.id: _context(h, index, policies.get(h.payment.merchant_id), attempts, views)
+        for h in heads
+    }
 
 
 async def reread_history(
@@ -378,10 +439,13 @@ async def reread_history(
     if head is None or (head.card.id if head.card is not None else None) != payment.card_id:
         return None
     customer_since = now - CUSTOMER_LOOKBACK
-    rows = await _history(session, [payment.id], [payment.customer_id], customer_since)
+    objects = ctx.attempts_loaded
+    rows = await _history(
+        session, [payment.id], [payment.customer_id], customer_since, objects=objects
+    )
     attempts = _Attempts.index(rows, customer_since)
     last_seq = ctx.next_seq - 1 if ctx.next_seq > 0 else None
-    return _context(replace(head, last_seq=last_seq), attempts, ctx.stored_policy)
+    return _context(replace(head, last_seq=last_seq), attempts, ctx.stored_policy, objects)
 
 
 def _card_keys(
@@ -469,27 +533,81 @@ def _attempt_ids(
     ).subquery()
 
 
-def _row(
-    attempt: PaymentAttempt,
-    payment: Payment,
-    card_merchant: uuid.UUID | None,
-    fingerprint: str | None,
-) -> _Row:
+# The attempt's columns `StoredAttempt` holds, in its field order.
+_ATTEMPT_COLUMNS = (
+    col(PaymentAttempt.id),
+    col(PaymentAttempt.payment_id),
+    col(PaymentAttempt.number),
+    col(PaymentAttempt.attempted_at),
+    col(PaymentAttempt.outcome),
+    col(PaymentAttempt.actor),
+    col(PaymentAttempt.decline_category),
+    col(PaymentAttempt.decline_retryable),
+    col(PaymentAttempt.decline_advice),
+    col(PaymentAttempt.not_before),
+    col(PaymentAttempt.decline_network_code),
+    col(PaymentAttempt.decline_network_advice_code),
+    col(PaymentAttempt.card_id),
+)
+_WIDTH = len(_ATTEMPT_COLUMNS)
+
+
+def _row(found: Sequence[Any], objects: bool) -> _Row:
+    """One history row: the attempt (its object, or its columns), then its payment's columns
+    (customer, merchant, the card that replaced its card, its first failure), then the
+    merchant and fingerprint of the card it counts against."""
+    attempt: PaymentAttempt | StoredAttempt
+    if objects:
+        attempt, rest = found[0], found[1:]
+    else:
+        attempt, rest = StoredAttempt(*found[:_WIDTH]), found[_WIDTH:]
+    (
+        customer_id,
+        merchant_id,
+        replacement,
+        first_failed_at,
+        category,
+        retryable,
+        advice,
+        network_code,
+        network_advice,
+        card_merchant,
+        fingerprint,
+    ) = rest
     keys: list[CardKey] = []
     if card_merchant is not None and fingerprint is not None:
         keys.append((card_merchant, fingerprint))
-    if attempt.card_id is None and payment.credential_fingerprint is not None:
-        keys.append((payment.merchant_id, payment.credential_fingerprint))
-    return _Row(attempt, payment.customer_id, tuple(keys), _first_decline_of(payment))
+    if attempt.card_id is None and replacement is not None:
+        keys.append((merchant_id, replacement))
+    first = None
+    if attempt.number == 1 and attempt.outcome is AttemptOutcome.DECLINED:
+        first = DeclineView(
+            category=category,
+            retryable=retryable,
+            advice=advice,
+            declined_at=first_failed_at,
+            network_decline_code=network_code,
+            network_advice_code=network_advice,
+        )
+    return _Row(attempt, customer_id, tuple(keys), first)
 
 
 @cache
-def _history_statement() -> Any:
+def _history_statement(objects: bool) -> Any:
     attempt_ids = _attempt_ids(sa.any_(_IDS), sa.any_(_CUSTOMERS), _CUSTOMER_SINCE)
+    attempt: tuple[Any, ...] = (PaymentAttempt,) if objects else _ATTEMPT_COLUMNS
     return (
         sa.select(
-            PaymentAttempt,
-            Payment,
+            *attempt,
+            col(Payment.customer_id),
+            col(Payment.merchant_id),
+            col(Payment.credential_fingerprint),
+            col(Payment.first_failed_at),
+            col(Payment.decline_category),
+            col(Payment.decline_retryable),
+            col(Payment.decline_advice),
+            col(Payment.decline_network_code),
+            col(Payment.decline_network_advice_code),
             col(CardCredential.merchant_id),
             col(CardCredential.fingerprint),
         )
@@ -509,18 +627,22 @@ async def _history(
     payment_ids: Sequence[uuid.UUID],
     customer_ids: Sequence[uuid.UUID],
     customer_since: datetime,
+    *,
+    objects: bool,
 ) -> list[_Row]:
     """Every attempt of these payments, on their credentials and (recently) of their customers.
 
-    One statement (`_attempt_ids` says which attempts). Each part starts from an index probe,
-    so the planner never scans every attempt.
+    One statement (`_attempt_ids` says which attempts); the attempts as the session's objects
+    or (`objects` False) as plain rows, the session neither hydrating nor tracking them. Each
+    part starts from an index probe, so the planner never scans every attempt.
     """
     params = {
         "payment_ids": list(payment_ids),
         "customer_ids": list(customer_ids),
         "customer_since": customer_since,
     }
-    return [_row(*found) for found in (await session.execute(_history_statement(), params)).all()]
+    result = await session.execute(_history_statement(objects), params)
+    return [_row(found, objects) for found in result.all()]
 
 
 def in_flight(ctx: PaymentContext) -> PaymentAttempt | None:

@@ -55,7 +55,7 @@ class Writes:
             changed = _changed_columns(objects.values())
             if not changed:
                 continue
-            rows = [{"id": k, **{c: getattr(o, c) for c in changed}} for k, o in objects.items()]
+            rows = [{"id": k, **_values(o, changed)} for k, o in objects.items()]
             updates.append((model, rows))
             written += [(o, changed) for o in objects.values()]
         inserts = list(self._new.items())
@@ -65,6 +65,14 @@ class Writes:
             for name in columns:
                 # Written above: the session's flush must not write it again.
                 set_committed_value(obj, name, getattr(obj, name))
+
+
+def _values(obj: SQLModel, columns: list[str]) -> dict[str, Any]:
+    """The columns' current values, read from the object's own dict (what the attributes
+    return for loaded columns, without the descriptor); an unloaded one through the
+    attribute."""
+    held = obj.__dict__
+    return {c: held[c] if c in held else getattr(obj, c) for c in columns}
 
 
 def _changed_columns(objects: Any) -> list[str]:
