@@ -203,9 +203,9 @@ def _time_sql(db: Database, timers: Timers) -> None:
         timers.commits += 1
 
 
-async def _scratch_database(settings: Settings) -> tuple[str, Any]:
+async def _scratch_database(settings: Settings, prefix: str = "portal_bench") -> tuple[str, Any]:
     services = await resolve_services(settings)
-    name = f"portal_bench_{uuid.uuid4().hex[:8]}"
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
     base, _, query = services.database_url.partition("?")
     head = base.rsplit("/", 1)[0]
 
@@ -335,7 +335,7 @@ async def _sandbox_population(
 
 async def _run(args: argparse.Namespace) -> None:
     settings = Settings(environment="test")
-    url, drop = await _scratch_database(settings)
+    url, drop = await _scratch_database(settings, args.database_prefix)
     db = Database.from_url(url, pool_size=args.concurrency + 2, max_overflow=4)
     timers = Timers()
     clock = FixedClock(T0)
@@ -563,6 +563,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=500)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--profile", action="store_true", help="print the costliest statements")
+    parser.add_argument(
+        "--database-prefix", default="portal_bench", help="the scratch database's name prefix"
+    )
     asyncio.run(_run(parser.parse_args()))
 
 
