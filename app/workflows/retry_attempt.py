@@ -65,7 +65,7 @@ from app.retry.rules import DeclineView
 from app.retry.schedule import Scheduler
 from app.services.connection import connection_info
 from app.services.ingestion import card_of_charge, land, land_groups
-from app.services.retry.engine import run_event
+from app.services.retry.engine import run_event, run_events
 from app.services.retry.ledger import PaymentContext, load_contexts, settled_context
 from app.services.retry.writes import Writes
 from app.tenancy import SYSTEM_SCOPE
@@ -937,22 +937,17 @@ async def _take(
     return _Taken(answer, ctx, attempt, event)
 
 
-async def _carry_out(
-    uow: UnitOfWork, taken: _Taken, raw_ids: list[uuid.UUID], now: datetime, writes: Writes
-) -> AttemptResult:
-    """The rest of recording one answer once its raw records landed (`raw_ids`: the new
-    ones): the attempt's raw record and the answer's transition, held in `writes`."""
+def _landed(taken: _Taken, raw_ids: list[uuid.UUID], writes: Writes) -> None:
+    """The attempt's raw record once the answer's records landed (`raw_ids`: the new ones)."""
     attempt = taken.attempt
     if raw_ids:
         attempt.raw_record_id = raw_ids[-1]
     # Applied here already: landed as normalized, so the normalizer need not read it again.
     attempt.normalizer_version = NORMALIZER_VERSION
     writes.touch(attempt)
-    if taken.event is not None:
-        answer = taken.answer
-        await run_event(
-            uow, taken.ctx, taken.event, now=now, scheduler=answer.scheduler, writes=writes
-        )
+
+
+def _recorded(taken: _Taken) -> AttemptResult:
     charge_id = taken.answer.result.processor_payment_id
     return AttemptResult(AttemptStatus.RECORDED, taken.ctx.payment.state, charge_id)
 
@@ -977,10 +972,14 @@ async def _record(answer: _Answer) -> AttemptResult:
         # Applied here already: landed as normalized, so the normalizer need not read it again.
         raw_ids, _ = await land(uow, snap.connection, answer.items, now=now, normalized=True)
         writes = Writes()
-        recorded = await _carry_out(uow, taken, raw_ids, now, writes)
+        _landed(taken, raw_ids, writes)
+        if taken.event is not None:
+            await run_event(
+                uow, taken.ctx, taken.event, now=now, scheduler=answer.scheduler, writes=writes
+            )
         await writes.flush(uow.session)
         await uow.commit()
-        return recorded
+        return _recorded(taken)
 
 
 # Answers recorded in one transaction at most; more wait for the next.
@@ -1010,26 +1009,27 @@ async def _record_together(
             continue
         results.append(await _take(uow, ctx, attempt, answer, now))
     taken = [r for r in results if isinstance(r, _Taken)]
-    raw_ids: dict[int, list[uuid.UUID]] = {}
     by_connection: dict[uuid.UUID, list[_Taken]] = defaultdict(list)
     for t in taken:
         by_connection[t.answer.snap.connection.id].append(t)
-    for group in by_connection.values():
-        landed = await land_groups(
-            uow,
-            group[0].answer.snap.connection,
-            [t.answer.items for t in group],
-            now=now,
-            normalized=True,
-        )
-        raw_ids.update((id(t), ids) for t, ids in zip(group, landed, strict=True))
     writes = Writes()
-    recorded = [
-        r if isinstance(r, AttemptResult) else await _carry_out(uow, r, raw_ids[id(r)], now, writes)
-        for r in results
-    ]
+    # The attempts changed above are written with the rest (`writes`), not one by one by an
+    # autoflush before the raw records' statement, which does not read them.
+    with uow.session.no_autoflush:
+        for group in by_connection.values():
+            landed = await land_groups(
+                uow,
+                group[0].answer.snap.connection,
+                [t.answer.items for t in group],
+                now=now,
+                normalized=True,
+            )
+            for t, raw_ids in zip(group, landed, strict=True):
+                _landed(t, raw_ids, writes)
+    runs = [(t.ctx, t.event, t.answer.scheduler) for t in taken if t.event is not None]
+    await run_events(uow, runs, now=now, writes=writes)
     await writes.flush(uow.session)
-    return recorded
+    return [_recorded(r) if isinstance(r, _Taken) else r for r in results]
 
 
 async def _record_group(answers: Sequence[_Answer]) -> list[AttemptResult | BaseException]:
