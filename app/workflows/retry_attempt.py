@@ -1013,19 +1013,16 @@ async def _record_together(
     for t in taken:
         by_connection[t.answer.snap.connection.id].append(t)
     writes = Writes()
-    # The attempts changed above are written with the rest (`writes`), not one by one by an
-    # autoflush before the raw records' statement, which does not read them.
-    with uow.session.no_autoflush:
-        for group in by_connection.values():
-            landed = await land_groups(
-                uow,
-                group[0].answer.snap.connection,
-                [t.answer.items for t in group],
-                now=now,
-                normalized=True,
-            )
-            for t, raw_ids in zip(group, landed, strict=True):
-                _landed(t, raw_ids, writes)
+    for group in by_connection.values():
+        landed = await land_groups(
+            uow,
+            group[0].answer.snap.connection,
+            [t.answer.items for t in group],
+            now=now,
+            normalized=True,
+        )
+        for t, raw_ids in zip(group, landed, strict=True):
+            _landed(t, raw_ids, writes)
     runs = [(t.ctx, t.event, t.answer.scheduler) for t in taken if t.event is not None]
     await run_events(uow, runs, now=now, writes=writes)
     await writes.flush(uow.session)

@@ -376,8 +376,11 @@ async def run_events(
     stale = [i for i, (run, tr) in enumerate(zip(runs, trs, strict=True)) if _rereads(*run[:2], tr)]
     fresh: dict[int, PaymentContext] = {}
     if stale:
-        await writes.flush(uow.session)
-        await uow.session.flush()
+        # The histories read only attempts: those are written now; the payments, timeline
+        # and outbox rows stay held, to be written (and their triggers fired) once, after
+        # the decisions. The session does not flush on its own: payments already loaded read
+        # as the session holds them.
+        await writes.flush(uow.session, only=(PaymentAttempt,))
         reread = await reread_histories(uow.session, [runs[i][0] for i in stale], now=now)
         missing = [runs[i][0].payment.id for i, r in zip(stale, reread, strict=True) if r is None]
         loaded = await load_contexts(uow.session, missing, now=now)
