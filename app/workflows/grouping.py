@@ -75,15 +75,16 @@ class Grouper(Generic[Request, Result]):
                 continue
             try:
                 results = await self._run([request for request, _ in group])
-            except asyncio.CancelledError as exc:
-                # The loop is closing: every caller still waiting is told.
+            except Exception as exc:  # handed to every caller of the group
+                results = [exc] * len(group)
+            except BaseException as exc:
+                # Cancelled (the loop is closing) or stopped: every caller still waiting is
+                # told, none is left waiting for a group that will not run.
                 for _, future in group + self._pending:
                     if not future.done():
                         future.set_exception(exc)
                 self._pending = []
                 raise
-            except Exception as exc:  # handed to every caller of the group
-                results = [exc] * len(group)
             for (_, future), result in zip(group, results, strict=True):
                 if future.done():
                     continue
