@@ -204,11 +204,11 @@ def _time_sql(db: Database, timers: Timers) -> None:
         timers.commits += 1
 
 
-async def _scratch_database(settings: Settings) -> tuple[str, Any]:
+async def _scratch_database(settings: Settings, prefix: str = "portal_bench") -> tuple[str, Any]:
     services = await resolve_services(settings)
     # Named after the queue too, when one is set, so that concurrent runs are told apart.
     queue = "".join(c for c in os.environ.get("PORTAL_QUEUE_NAME", "") if c.isalnum())
-    name = f"portal_bench_{queue + '_' if queue else ''}{uuid.uuid4().hex[:8]}"
+    name = f"{prefix}_{queue + '_' if queue else ''}{uuid.uuid4().hex[:8]}"
     base, _, query = services.database_url.partition("?")
     head = base.rsplit("/", 1)[0]
 
@@ -338,7 +338,7 @@ async def _sandbox_population(
 
 async def _run(args: argparse.Namespace) -> None:
     settings = Settings(environment="test")
-    url, drop = await _scratch_database(settings)
+    url, drop = await _scratch_database(settings, args.database_prefix)
     db = Database.from_url(url, pool_size=args.concurrency + 2, max_overflow=4)
     timers = Timers()
     clock = FixedClock(T0)
@@ -584,6 +584,9 @@ def main() -> None:
         choices=["claim", "record"],
         default="record",
         help="the last phase run (claim: decide and claim only)",
+    )
+    parser.add_argument(
+        "--database-prefix", default="portal_bench", help="the scratch database's name prefix"
     )
     asyncio.run(_run(parser.parse_args()))
 

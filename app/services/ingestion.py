@@ -156,6 +156,31 @@ async def land(
     return [x.id for x in landings if x.id in new_ids], stats
 
 
+async def land_groups(
+    uow: UnitOfWork,
+    connection: ProcessorConnection,
+    groups: Sequence[Sequence[RawItem]],
+    *,
+    now: datetime,
+    normalized: bool = False,
+) -> list[list[uuid.UUID]]:
+    """`land` for several groups of records in one statement: for each group, the ids of its
+    rows that were new, in the order `land` gives them. A record in two groups is new for the
+    first only, as if the groups had landed one after the other."""
+    landings, _ = _prepare([item for group in groups for item in group])
+    new_ids = await _insert_raw(uow, connection, landings, now=now, normalized=normalized)
+    fresh = {x.item.content_hash: x.id for x in landings if x.id in new_ids}
+    found: list[list[uuid.UUID]] = []
+    for group in groups:
+        ids: list[uuid.UUID] = []
+        for item in group:
+            landed = fresh.pop(item.content_hash, None)
+            if landed is not None:
+                ids.append(landed)
+        found.append(ids)
+    return found
+
+
 @dataclass(frozen=True)
 class Prepared:
     """Records read and normalized, ready to land: the CPU half of ingesting a batch, which

@@ -2,7 +2,8 @@
 
 import logging
 import uuid
-from collections.abc import Callable
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from functools import cache
@@ -12,6 +13,7 @@ from typing import Any
 import httpx
 import sqlalchemy as sa
 from sqlalchemy import func, update
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import aliased
 from sqlmodel import col, select
 
@@ -62,11 +64,12 @@ from app.retry.events import (
 from app.retry.rules import DeclineView
 from app.retry.schedule import Scheduler
 from app.services.connection import connection_info
-from app.services.ingestion import card_of_charge, land
-from app.services.retry.engine import run_event
+from app.services.ingestion import card_of_charge, land, land_groups
+from app.services.retry.engine import run_event, run_events
 from app.services.retry.ledger import PaymentContext, load_contexts, settled_context
 from app.services.retry.writes import Writes
 from app.tenancy import SYSTEM_SCOPE
+from app.workflows.grouping import Grouper, PerLoop
 
 logger = logging.getLogger(__name__)
 
@@ -179,11 +182,28 @@ _NUMBER = sa.bindparam("b_number", type_=sa.SmallInteger)
 _CHARGE = sa.bindparam("b_charge", type_=sa.String)
 
 
+# Attempts read, or marked sent, in one statement at most; more wait for the next.
+ATTEMPT_GROUP = 32
+_IDS = sa.bindparam("b_ids", type_=postgresql.ARRAY(sa.Uuid))
+_NUMBERS = sa.bindparam("b_numbers", type_=postgresql.ARRAY(sa.SmallInteger))
+
+
+def _wanted() -> Any:
+    """The (payment, portal attempt number) pairs a statement is run for."""
+    return (
+        sa.func.unnest(_IDS, _NUMBERS)
+        .table_valued(sa.column("payment_id", sa.Uuid), sa.column("number", sa.SmallInteger))
+        .render_derived(name="wanted")
+    )
+
+
 @cache
 def _snapshot_statement() -> Any:
     card = aliased(CardCredential)
+    wanted = _wanted()
     return (
         sa.select(
+            wanted.c.payment_id,
             Payment,
             col(PaymentAttempt.outcome),
             col(PaymentAttempt.idempotency_key),
@@ -194,28 +214,49 @@ def _snapshot_statement() -> Any:
             card,
             _read_back().label("read_back"),
         )
+        .select_from(wanted)
+        .join(Payment, col(Payment.id) == wanted.c.payment_id)
         .join(Customer, col(Customer.id) == col(Payment.customer_id))
         .outerjoin(
             PaymentAttempt,
             (col(PaymentAttempt.payment_id) == col(Payment.id))
-            & (col(PaymentAttempt.portal_number) == _NUMBER),
+            & (col(PaymentAttempt.portal_number) == wanted.c.number),
         )
         .outerjoin(
             ProcessorConnection,
             col(ProcessorConnection.id) == col(Payment.connection_id),
         )
         .outerjoin(card, col(card.id) == _current_card_id())
-        .where(col(Payment.id) == _PAYMENT)
     )
 
 
-async def _snapshot(db: Database, payment_id: uuid.UUID, number: int) -> _Snapshot | AttemptResult:
-    """What the attempt needs, read in one statement without locks: every decision taken on
+@dataclass(frozen=True)
+class _Wanted:
+    """One attempt asked for by a run: its payment and portal number."""
+
+    db: Database
+    payment_id: uuid.UUID
+    number: int
+
+
+@dataclass(frozen=True)
+class _Mark(_Wanted):
+    """One attempt to mark sent, at its clock's time."""
+
+    clock: Clock
+
+
+async def _snapshots(wanted: Sequence[_Wanted]) -> list[_Snapshot | AttemptResult]:
+    """What each attempt needs, read in one statement without locks: every decision taken on
     it (mark sent, record) is checked again under the payment's lock."""
-    async with db.read(SYSTEM_SCOPE) as session:
-        params = {"b_payment": payment_id, "b_number": number}
-        row = (await session.execute(_snapshot_statement(), params)).one_or_none()
+    params = {"b_ids": [w.payment_id for w in wanted], "b_numbers": [w.number for w in wanted]}
+    async with wanted[0].db.read(SYSTEM_SCOPE) as session:
+        rows = {row[0]: row[1:] for row in await session.execute(_snapshot_statement(), params)}
     # Closing the session detaches the rows with their attributes loaded.
+    return [_snapshot_of(w.payment_id, rows.get(w.payment_id)) for w in wanted]
+
+
+def _snapshot_of(payment_id: uuid.UUID, row: Any) -> _Snapshot | AttemptResult:
     if row is None:
         return AttemptResult(AttemptStatus.SKIPPED, None)
     payment, outcome, key, sent_at, method_ref, customer_ref, connection, current, read_back = row
@@ -243,36 +284,106 @@ async def _snapshot(db: Database, payment_id: uuid.UUID, number: int) -> _Snapsh
     )
 
 
+async def _run_alone_on_failure(
+    run: Callable[[Any], Awaitable[Sequence[Any]]], wanted: Sequence[Any], what: str
+) -> list[Any]:
+    """`run` over the whole group; should that fail, over each request alone, so a failure
+    of one (or a deadlock with another transaction) reaches its own caller only."""
+    if len(wanted) > 1:
+        try:
+            return list(await run(wanted))
+        except Exception:
+            logger.warning(
+                f"{what} together failed; each alone", extra={"count": len(wanted)}, exc_info=True
+            )
+    alone: list[Any] = []
+    for one in wanted:
+        try:
+            alone += await run([one])
+        except Exception as exc:  # this request's caller gets it
+            alone.append(exc)
+    return alone
+
+
+async def _snapshot_group(wanted: Sequence[_Wanted]) -> list[_Snapshot | AttemptResult]:
+    return await _run_alone_on_failure(_snapshots, wanted, "reading attempts")
+
+
+_readers: "PerLoop[_Wanted, _Snapshot | AttemptResult]" = PerLoop(
+    lambda: Grouper(
+        _snapshot_group,
+        limit=ATTEMPT_GROUP,
+        key=lambda w: id(w.db),
+        distinct=lambda w: w.payment_id,
+    )
+)
+
+
+async def _snapshot(db: Database, payment_id: uuid.UUID, number: int) -> _Snapshot | AttemptResult:
+    """The attempt as `_snapshots` reads it, read with those other runs of this process are
+    waiting for."""
+    return await _readers().submit(_Wanted(db, payment_id, number))
+
+
 @cache
 def _mark_sent_statement() -> Any:
+    # The payments locked in id order, so groups that share payments wait, not deadlock.
     locked = (
         select(col(Payment.id))
-        .where(col(Payment.id) == _PAYMENT, col(Payment.state) == PaymentState.RETRYING)
+        .where(col(Payment.id) == sa.any_(_IDS), col(Payment.state) == PaymentState.RETRYING)
+        .order_by(col(Payment.id))
         .with_for_update()
         .cte("locked_payment")
     )
+    wanted = _wanted()
     return (
         update(PaymentAttempt)
         .where(
+            col(PaymentAttempt.payment_id) == wanted.c.payment_id,
+            col(PaymentAttempt.portal_number) == wanted.c.number,
             col(PaymentAttempt.payment_id).in_(select(locked.c.id)),
-            col(PaymentAttempt.portal_number) == _NUMBER,
             col(PaymentAttempt.outcome) == AttemptOutcome.IN_FLIGHT,
             col(PaymentAttempt.sent_at).is_(None),
         )
         .values(sent_at=sa.bindparam("b_now", type_=sa.DateTime(timezone=True)))
-        .returning(col(PaymentAttempt.id))
+        .returning(col(PaymentAttempt.payment_id))
         .execution_options(synchronize_session=False)
     )
 
 
+async def _marks(wanted: Sequence[_Mark]) -> list[bool]:
+    """Commit `sent_at` on each attempt, in one statement, while its payment, locked, is
+    still RETRYING and the attempt still unsent and in flight (False for one where any of
+    that no longer holds). The statement is its own transaction, committed before it
+    returns: before any of the charges leaves."""
+    first = wanted[0]
+    params = {
+        "b_ids": [w.payment_id for w in wanted],
+        "b_numbers": [w.number for w in wanted],
+        "b_now": first.clock.now(),
+    }
+    async with first.db.autocommit(SYSTEM_SCOPE) as session:
+        marked = set((await session.execute(_mark_sent_statement(), params)).scalars())
+    return [w.payment_id in marked for w in wanted]
+
+
+async def _mark_group(wanted: Sequence[_Mark]) -> list[bool]:
+    return await _run_alone_on_failure(_marks, wanted, "marking attempts sent")
+
+
+_markers: PerLoop[_Mark, bool] = PerLoop(
+    lambda: Grouper(
+        _mark_group,
+        limit=ATTEMPT_GROUP,
+        key=lambda w: (id(w.db), id(w.clock)),
+        distinct=lambda w: w.payment_id,
+    )
+)
+
+
 async def _mark_sent(db: Database, snap: _Snapshot, number: int, clock: Clock) -> bool:
-    """Commit `sent_at` in one statement while the payment, locked, is still RETRYING and the
-    attempt still unsent and in flight; False when any of that no longer holds. The statement
-    is its own transaction, committed before it returns: before the charge leaves."""
-    async with db.autocommit(SYSTEM_SCOPE) as session:
-        params = {"b_payment": snap.payment_id, "b_number": number, "b_now": clock.now()}
-        marked = (await session.execute(_mark_sent_statement(), params)).first()
-        return marked is not None
+    """Mark the attempt sent (`_marks`) with those other runs of this process are marking."""
+    return await _markers().submit(_Mark(db, snap.payment_id, number, clock))
 
 
 @dataclass(frozen=True)
@@ -572,8 +683,9 @@ async def _charge(
                 if read is not None:
                     records.append(read)
                     decline = read.decline
-    return await _record(
-        db, snap, attempt_number, result, decline, items, records, clock, scheduler
+    # Recorded together with the answers other attempts of this process are waiting to record.
+    return await _recorders().submit(
+        _Answer(db, snap, attempt_number, result, decline, items, records, clock, scheduler)
     )
 
 
@@ -750,83 +862,207 @@ async def _locked_context(
     return ctx, attempt
 
 
-async def _record(
-    db: Database,
-    snap: _Snapshot,
-    number: int,
-    result: ChargeResult,
-    decline: Decline | None,
-    items: list[RawItem],
-    records: list[CanonicalRecord],
-    clock: Clock,
-    scheduler: Scheduler | None,
-) -> AttemptResult:
+@dataclass(frozen=True)
+class _Answer:
+    """A charge's answer, waiting to be recorded."""
+
+    db: Database
+    snap: _Snapshot
+    number: int
+    result: ChargeResult
+    decline: Decline | None
+    items: list[RawItem]
+    records: list[CanonicalRecord]
+    clock: Clock
+    scheduler: Scheduler | None
+
+
+@dataclass
+class _Taken:
+    """An answer applied to its attempt in a unit of work, before its raw records land and
+    its transition runs (`event` None: nothing more to carry out)."""
+
+    answer: _Answer
+    ctx: PaymentContext
+    attempt: PaymentAttempt
+    event: Event | None
+
+
+async def _take(
+    uow: UnitOfWork, ctx: PaymentContext, attempt: PaymentAttempt, answer: _Answer, now: datetime
+) -> _Taken:
+    """Store the processor's answer on the locked attempt (outcome, decline, charge, card) and
+    say which event it makes."""
+    result = answer.result
+    charge_id = result.processor_payment_id
+    payment = ctx.payment
+    # Ingestion may have read our own charge back before we recorded it: that row is this
+    # attempt, not another payment of the invoice.
+    echo = next(
+        (a for a in ctx.attempts if a.processor_attempt_id == charge_id and a.id != attempt.id),
+        None,
+    )
+    if echo is not None:
+        await uow.session.delete(echo)
+        await uow.session.flush()
+        if result.approved and payment.state is PaymentState.RECOVERED:
+            payment.recovered_by = Actor.PORTAL
+        ctx = (await load_contexts(uow.session, [payment.id], now=now))[payment.id]
+    event: Event | None
+    if result.approved:
+        event = AttemptSucceeded()
+        attempt.outcome = AttemptOutcome.SUCCEEDED
+    else:
+        read = answer.decline if answer.decline is not None else _UNREADABLE
+        view = DeclineView.from_decline(read, now)
+        if payment.state is PaymentState.RETRYING:
+            event = AttemptDeclined(view)
+        else:
+            # The payment moved on while this charge was out (a second run of the same
+            # key recorded the other answer's consequences, or a person or ingestion
+            # changed it). The decline still happened: it counts on the card, and a
+            # scheduled payment is decided again with it, as for anyone else's decline.
+            event = ExternalAttemptDeclined(view, Actor.PORTAL)
+            logger.warning(
+                "a charge was declined after its payment left RETRYING",
+                extra={"payment_id": str(payment.id), "state": str(payment.state)},
+            )
+        attempt.outcome = AttemptOutcome.DECLINED
+        attempt.sqlmodel_update(dict(decline_columns(read)))
+        attempt.not_before = read.not_before
+    if echo is not None and result.approved and payment.state is PaymentState.RECOVERED:
+        event = None  # already recovered by the echo of this very charge: nothing more to say
+    attempt.processor_attempt_id = charge_id[:255]
+    attempt.card_id = await _charged_card(uow, ctx, answer.records, now)
+    return _Taken(answer, ctx, attempt, event)
+
+
+def _landed(taken: _Taken, raw_ids: list[uuid.UUID], writes: Writes) -> None:
+    """The attempt's raw record once the answer's records landed (`raw_ids`: the new ones)."""
+    attempt = taken.attempt
+    if raw_ids:
+        attempt.raw_record_id = raw_ids[-1]
+    # Applied here already: landed as normalized, so the normalizer need not read it again.
+    attempt.normalizer_version = NORMALIZER_VERSION
+    writes.touch(attempt)
+
+
+def _recorded(taken: _Taken) -> AttemptResult:
+    charge_id = taken.answer.result.processor_payment_id
+    return AttemptResult(AttemptStatus.RECORDED, taken.ctx.payment.state, charge_id)
+
+
+async def _record(answer: _Answer) -> AttemptResult:
     """Store the processor's answer on the attempt and carry out its transition, in one
     transaction. An approved charge needs no ledger (`settled_context`): one locked read, the
     raw answer, and one statement for the attempt, the payment, its timeline and outbox; a
     decline reads the ledger, which decides when to retry."""
-    now = clock.now()
-    charge_id = result.processor_payment_id
-    async with db.uow(SYSTEM_SCOPE) as uow:
+    snap, number = answer.snap, answer.number
+    now = answer.clock.now()
+    charge_id = answer.result.processor_payment_id
+    async with answer.db.uow(SYSTEM_SCOPE) as uow:
         found: tuple[PaymentContext, PaymentAttempt] | AttemptResult | None = None
-        if result.approved:
+        if answer.result.approved:
             found = await _locked_for_success(uow, snap.payment_id, number, charge_id)
         if found is None:
             found = await _locked_context(uow, snap.payment_id, number, charge_id, now=now)
         if isinstance(found, AttemptResult):
             return found
-        ctx, attempt = found
-        payment = ctx.payment
-        # Ingestion may have read our own charge back before we recorded it: that row is this
-        # attempt, not another payment of the invoice.
-        echo = next(
-            (a for a in ctx.attempts if a.processor_attempt_id == charge_id and a.id != attempt.id),
-            None,
-        )
-        if echo is not None:
-            await uow.session.delete(echo)
-            await uow.session.flush()
-            if result.approved and payment.state is PaymentState.RECOVERED:
-                payment.recovered_by = Actor.PORTAL
-            ctx = (await load_contexts(uow.session, [payment.id], now=now))[payment.id]
-        event: Event
-        if result.approved:
-            event = AttemptSucceeded()
-            attempt.outcome = AttemptOutcome.SUCCEEDED
-        else:
-            read = decline if decline is not None else _UNREADABLE
-            view = DeclineView.from_decline(read, now)
-            if payment.state is PaymentState.RETRYING:
-                event = AttemptDeclined(view)
-            else:
-                # The payment moved on while this charge was out (a second run of the same
-                # key recorded the other answer's consequences, or a person or ingestion
-                # changed it). The decline still happened: it counts on the card, and a
-                # scheduled payment is decided again with it, as for anyone else's decline.
-                event = ExternalAttemptDeclined(view, Actor.PORTAL)
-                logger.warning(
-                    "a charge was declined after its payment left RETRYING",
-                    extra={"payment_id": str(payment.id), "state": str(payment.state)},
-                )
-            attempt.outcome = AttemptOutcome.DECLINED
-            attempt.sqlmodel_update(dict(decline_columns(read)))
-            attempt.not_before = read.not_before
-        attempt.processor_attempt_id = charge_id[:255]
-        attempt.card_id = await _charged_card(uow, ctx, records, now)
+        taken = await _take(uow, *found, answer, now)
         # Applied here already: landed as normalized, so the normalizer need not read it again.
-        raw_ids, _ = await land(uow, snap.connection, items, now=now, normalized=True)
-        if raw_ids:
-            attempt.raw_record_id = raw_ids[-1]
-        attempt.normalizer_version = NORMALIZER_VERSION
+        raw_ids, _ = await land(uow, snap.connection, answer.items, now=now, normalized=True)
         writes = Writes()
-        writes.touch(attempt)
-        if echo is not None and result.approved and payment.state is PaymentState.RECOVERED:
-            pass  # already recovered by the echo of this very charge: nothing more to say
-        else:
-            await run_event(uow, ctx, event, now=now, scheduler=scheduler, writes=writes)
+        _landed(taken, raw_ids, writes)
+        if taken.event is not None:
+            await run_event(
+                uow, taken.ctx, taken.event, now=now, scheduler=answer.scheduler, writes=writes
+            )
         await writes.flush(uow.session)
         await uow.commit()
-        return AttemptResult(AttemptStatus.RECORDED, payment.state, charge_id)
+        return _recorded(taken)
+
+
+# Answers recorded in one transaction at most; more wait for the next.
+RECORD_GROUP = 32
+
+
+async def _record_together(
+    uow: UnitOfWork, answers: Sequence[_Answer], now: datetime
+) -> list[AttemptResult]:
+    """Record answers of distinct payments in one unit of work: their payments locked (in id
+    order) with their ledgers in one read, their raw records in one statement per connection,
+    and every attempt, payment, timeline and outbox row in one statement."""
+    contexts = await load_contexts(
+        uow.session, [a.snap.payment_id for a in answers], now=now, lock=True
+    )
+    results: list[AttemptResult | _Taken] = []
+    for answer in answers:
+        charge_id = answer.result.processor_payment_id
+        ctx = contexts.get(answer.snap.payment_id)
+        if ctx is None:
+            results.append(AttemptResult(AttemptStatus.SKIPPED, None, charge_id))
+            continue
+        attempt = next((a for a in ctx.attempts if a.portal_number == answer.number), None)
+        if attempt is None or attempt.outcome is not AttemptOutcome.IN_FLIGHT:
+            # Another run recorded this very charge (same key, same answer).
+            results.append(AttemptResult(AttemptStatus.SKIPPED, ctx.payment.state, charge_id))
+            continue
+        results.append(await _take(uow, ctx, attempt, answer, now))
+    taken = [r for r in results if isinstance(r, _Taken)]
+    by_connection: dict[uuid.UUID, list[_Taken]] = defaultdict(list)
+    for t in taken:
+        by_connection[t.answer.snap.connection.id].append(t)
+    writes = Writes()
+    for group in by_connection.values():
+        landed = await land_groups(
+            uow,
+            group[0].answer.snap.connection,
+            [t.answer.items for t in group],
+            now=now,
+            normalized=True,
+        )
+        for t, raw_ids in zip(group, landed, strict=True):
+            _landed(t, raw_ids, writes)
+    runs = [(t.ctx, t.event, t.answer.scheduler) for t in taken if t.event is not None]
+    await run_events(uow, runs, now=now, writes=writes)
+    await writes.flush(uow.session)
+    return [_recorded(r) if isinstance(r, _Taken) else r for r in results]
+
+
+async def _record_group(answers: Sequence[_Answer]) -> list[AttemptResult | BaseException]:
+    """Record a group of answers (same database, same clock, distinct payments) in one
+    transaction; should that fail, each is recorded alone, so one answer that cannot be
+    recorded (or a deadlock with another transaction) holds up no other."""
+    if len(answers) > 1:
+        db = answers[0].db
+        try:
+            async with db.uow(SYSTEM_SCOPE) as uow:
+                recorded = await _record_together(uow, answers, answers[0].clock.now())
+                await uow.commit()
+            return list(recorded)
+        except Exception:
+            logger.warning(
+                "recording answers together failed; recording each alone",
+                extra={"answers": len(answers)},
+                exc_info=True,
+            )
+    alone: list[AttemptResult | BaseException] = []
+    for answer in answers:
+        try:
+            alone.append(await _record(answer))
+        except Exception as exc:  # this answer's caller gets it
+            alone.append(exc)
+    return alone
+
+
+_recorders: PerLoop[_Answer, AttemptResult] = PerLoop(
+    lambda: Grouper(
+        _record_group,
+        limit=RECORD_GROUP,
+        key=lambda a: (id(a.db), id(a.clock)),
+        distinct=lambda a: a.snap.payment_id,
+    )
+)
 
 
 @cache

@@ -68,7 +68,13 @@ from app.retry.schedule import (
 )
 from app.retry.state_machine import attempt_idempotency_key, transition
 from app.services.retry.end_actions import open_end_action
-from app.services.retry.ledger import CardKey, PaymentContext, load_contexts, reread_history
+from app.services.retry.ledger import (
+    CardKey,
+    PaymentContext,
+    load_contexts,
+    reread_histories,
+    reread_history,
+)
 from app.services.retry.outbox import emit, event_payload
 from app.services.retry.writes import Writes
 
@@ -276,7 +282,6 @@ async def run_event(
     batch (`prepare_decisions`), used for a decision on the very context they were made for.
     """
     tr = transition(ctx.payment.state, event, policy=ctx.policy, ledger=ctx.ledger, now=now)
-    recovered_by = event.actor if isinstance(event, PaidElsewhere) else Actor.PORTAL
     applied = apply_transition(
         uow,
         ctx,
@@ -284,22 +289,58 @@ async def run_event(
         now=now,
         actor_label=actor_label,
         event_label=event_label,
-        recovered_by=recovered_by,
+        recovered_by=_recovered_by(event),
         writes=writes,
     )
+    await _follow_up(
+        uow, ctx, event, tr, applied, now=now, scheduler=scheduler, writes=writes, prepared=prepared
+    )
+    return applied
+
+
+def _recovered_by(event: Event) -> Actor:
+    return event.actor if isinstance(event, PaidElsewhere) else Actor.PORTAL
+
+
+def _rereads(ctx: PaymentContext, event: Event, tr: Transition) -> bool:
+    """Whether the decision a carried-out transition asks for reads the history again."""
+    return (
+        any(isinstance(a, RequestDecision) for a in tr.actions)
+        and ctx.payment.state in (PaymentState.PENDING, PaymentState.SCHEDULED)
+        and isinstance(event, _HISTORY_EVENTS)
+    )
+
+
+async def _follow_up(
+    uow: UnitOfWork,
+    ctx: PaymentContext,
+    event: Event,
+    tr: Transition,
+    applied: Applied,
+    *,
+    now: datetime,
+    scheduler: Scheduler | None,
+    writes: Writes | None,
+    prepared: "Prepared | None",
+    fresh: PaymentContext | None = None,
+) -> None:
+    """What a carried-out transition asks for beyond its own rows: a decision (on `fresh`,
+    the context with its history read again, when the caller read it), a stop-payment's
+    other payments."""
     if any(isinstance(a, RequestDecision) for a in tr.actions):
         if ctx.payment.state in (PaymentState.PENDING, PaymentState.SCHEDULED):
-            fresh = ctx
-            if isinstance(event, _HISTORY_EVENTS):
-                # The event changed the history the rules read: read it back as stored.
-                if writes is not None:
-                    await writes.flush(uow.session)
-                await uow.session.flush()
-                reread = await reread_history(uow.session, ctx, now=now)
-                if reread is None:
-                    loaded = await load_contexts(uow.session, [ctx.payment.id], now=now)
-                    reread = loaded[ctx.payment.id]
-                fresh = reread
+            if fresh is None:
+                fresh = ctx
+                if isinstance(event, _HISTORY_EVENTS):
+                    # The event changed the history the rules read: read it back as stored.
+                    if writes is not None:
+                        await writes.flush(uow.session)
+                    await uow.session.flush()
+                    reread = await reread_history(uow.session, ctx, now=now)
+                    if reread is None:
+                        loaded = await load_contexts(uow.session, [ctx.payment.id], now=now)
+                        reread = loaded[ctx.payment.id]
+                    fresh = reread
             candidates = None if prepared is None else prepared.candidates(fresh, now)
             decision = decide(fresh, now=now, scheduler=scheduler, candidates=candidates)
             more = await run_event(
@@ -313,6 +354,62 @@ async def run_event(
             if writes is not None:
                 await writes.flush(uow.session)
             await cancel_subscription(uow, ctx.payment, action.reason, now=now)
+
+
+async def run_events(
+    uow: UnitOfWork,
+    runs: Sequence[tuple[PaymentContext, Event, Scheduler | None]],
+    *,
+    now: datetime,
+    writes: Writes,
+) -> list[Applied]:
+    """`run_event` for events of distinct payments, their rows held in `writes`: every
+    transition first; then, after one write, the histories the events changed read again in
+    one statement (`reread_histories`); then the decisions the transitions ask for. One by
+    one, each decision would write what is held and read its history on its own.
+
+    A decision reads the history as stored once every event of the batch is: as `run_event`
+    one after the other would (the decisions themselves add no attempt). A stop-payment
+    order (which loads the subscription's other payments) runs them one by one instead."""
+    trs = [
+        transition(ctx.payment.state, event, policy=ctx.policy, ledger=ctx.ledger, now=now)
+        for ctx, event, _ in runs
+    ]
+    if any(isinstance(a, CancelSubscriptionRetries) for tr in trs for a in tr.actions):
+        return [
+            await run_event(uow, ctx, event, now=now, scheduler=scheduler, writes=writes)
+            for ctx, event, scheduler in runs
+        ]
+    applied = [
+        apply_transition(uow, ctx, tr, now=now, recovered_by=_recovered_by(event), writes=writes)
+        for (ctx, event, _), tr in zip(runs, trs, strict=True)
+    ]
+    stale = [i for i, (run, tr) in enumerate(zip(runs, trs, strict=True)) if _rereads(*run[:2], tr)]
+    fresh: dict[int, PaymentContext] = {}
+    if stale:
+        # The histories read only attempts: those are written now; the payments, timeline
+        # and outbox rows stay held, to be written (and their triggers fired) once, after
+        # the decisions. The session does not flush on its own: payments already loaded read
+        # as the session holds them.
+        await writes.flush(uow.session, only=(PaymentAttempt,))
+        reread = await reread_histories(uow.session, [runs[i][0] for i in stale], now=now)
+        missing = [runs[i][0].payment.id for i, r in zip(stale, reread, strict=True) if r is None]
+        loaded = await load_contexts(uow.session, missing, now=now)
+        for i, r in zip(stale, reread, strict=True):
+            fresh[i] = r if r is not None else loaded[runs[i][0].payment.id]
+    for i, ((ctx, event, scheduler), tr) in enumerate(zip(runs, trs, strict=True)):
+        await _follow_up(
+            uow,
+            ctx,
+            event,
+            tr,
+            applied[i],
+            now=now,
+            scheduler=scheduler,
+            writes=writes,
+            prepared=None,
+            fresh=fresh.get(i),
+        )
     return applied
 
 

@@ -434,18 +434,45 @@ async def reread_history(
     read again (one statement), the payment, its card, customer and policy as first loaded
     in this transaction (the payment row is the session's own, with its changes). None when
     the payment now names another card than it was loaded with: `load_contexts` then."""
+    return (await reread_histories(session, [ctx], now=now))[0]
+
+
+def _rereadable(ctx: PaymentContext) -> bool:
     head = ctx.head
-    payment = ctx.payment
-    if head is None or (head.card.id if head.card is not None else None) != payment.card_id:
-        return None
+    return head is not None and (head.card.id if head.card is not None else None) == (
+        ctx.payment.card_id
+    )
+
+
+async def reread_histories(
+    session: AsyncSession, contexts: Sequence[PaymentContext], *, now: datetime
+) -> list[PaymentContext | None]:
+    """`reread_history` for several payments' contexts, their histories read in one
+    statement: each context as `reread_history` gives it alone (None where it gives None)."""
+    usable = [ctx for ctx in contexts if _rereadable(ctx)]
+    if not usable:
+        return [None] * len(contexts)
     customer_since = now - CUSTOMER_LOOKBACK
-    objects = ctx.attempts_loaded
+    # Objects where any context holds its attempts as the session's objects (a superset of
+    # what the others read).
+    objects = any(ctx.attempts_loaded for ctx in usable)
     rows = await _history(
-        session, [payment.id], [payment.customer_id], customer_since, objects=objects
+        session,
+        [ctx.payment.id for ctx in usable],
+        sorted({ctx.payment.customer_id for ctx in usable}),
+        customer_since,
+        objects=objects,
     )
     attempts = _Attempts.index(rows, customer_since)
-    last_seq = ctx.next_seq - 1 if ctx.next_seq > 0 else None
-    return _context(replace(head, last_seq=last_seq), attempts, ctx.stored_policy, objects)
+    found: list[PaymentContext | None] = []
+    for ctx in contexts:
+        if ctx.head is None or not _rereadable(ctx):
+            found.append(None)
+            continue
+        last_seq = ctx.next_seq - 1 if ctx.next_seq > 0 else None
+        head = replace(ctx.head, last_seq=last_seq)
+        found.append(_context(head, attempts, ctx.stored_policy, objects))
+    return found
 
 
 def _card_keys(
@@ -490,6 +517,13 @@ def _credentials(ids: sa.ColumnElement[Any]) -> sa.CTE:
     return union(*key_parts).cte("keys")
 
 
+def _probe(query: Any, name: str) -> Any:
+    """A lateral subquery the planner runs as it is written, once per outer row (`OFFSET 0`
+    keeps it from being pulled up into a join): an index probe per row, whatever the plan
+    cached for the statement guesses about the arrays bound to it."""
+    return query.offset(sa.literal_column("0")).lateral(name)
+
+
 def _attempt_ids(
     ids: sa.ColumnElement[Any],
     customers: sa.ColumnElement[Any],
@@ -498,32 +532,59 @@ def _attempt_ids(
     """The ids of the payments' attempts, of attempts counted against their credentials, and
     of their customers' attempts since `customer_since`. An attempt counts against the card
     it was made on; when that is unknown (in flight, or not shown by the processor), against
-    its payment's card and the card that replaced it."""
+    its payment's card and the card that replaced it.
+
+    Every part walks from the few credentials to their rows through indexes: a generic plan
+    estimates the arrays at ten elements, and once scanned every card, or every attempt whose
+    card is unknown (every attempt in flight), for each payment it read."""
     keys = _credentials(ids)
-    cards = (
-        select(col(CardCredential.id))
-        .join(
-            keys,
-            (col(CardCredential.merchant_id) == keys.c.merchant_id)
-            & (col(CardCredential.fingerprint) == keys.c.fingerprint),
-        )
-        .cte("cards")
+    card = _probe(
+        select(col(CardCredential.id)).where(
+            col(CardCredential.merchant_id) == keys.c.merchant_id,
+            col(CardCredential.fingerprint) == keys.c.fingerprint,
+        ),
+        "card",
     )
-    cards_ids = select(cards.c.id)
+    cards = select(card.c.id).select_from(keys).join(card, sa.true()).cte("cards")
+    on_card = _probe(
+        select(col(PaymentAttempt.id)).where(col(PaymentAttempt.card_id) == cards.c.id),
+        "on_card",
+    )
+    card_payment = _probe(
+        select(col(Payment.id)).where(col(Payment.card_id) == cards.c.id), "card_payment"
+    )
+    card_unknown = _probe(
+        select(col(PaymentAttempt.id)).where(
+            col(PaymentAttempt.payment_id) == card_payment.c.id,
+            col(PaymentAttempt.card_id).is_(None),
+        ),
+        "card_unknown",
+    )
+    replaced = _probe(
+        select(col(Payment.id)).where(
+            col(Payment.merchant_id) == keys.c.merchant_id,
+            col(Payment.credential_fingerprint) == keys.c.fingerprint,
+        ),
+        "replaced",
+    )
+    replaced_unknown = _probe(
+        select(col(PaymentAttempt.id)).where(
+            col(PaymentAttempt.payment_id) == replaced.c.id,
+            col(PaymentAttempt.card_id).is_(None),
+        ),
+        "replaced_unknown",
+    )
     return union(
         select(col(PaymentAttempt.id)).where(col(PaymentAttempt.payment_id) == ids),
-        select(col(PaymentAttempt.id)).where(col(PaymentAttempt.card_id).in_(cards_ids)),
-        select(col(PaymentAttempt.id))
-        .join(Payment, col(Payment.id) == col(PaymentAttempt.payment_id))
-        .where(col(PaymentAttempt.card_id).is_(None), col(Payment.card_id).in_(cards_ids)),
-        select(col(PaymentAttempt.id))
-        .join(Payment, col(Payment.id) == col(PaymentAttempt.payment_id))
-        .join(
-            keys,
-            (col(Payment.merchant_id) == keys.c.merchant_id)
-            & (col(Payment.credential_fingerprint) == keys.c.fingerprint),
-        )
-        .where(col(PaymentAttempt.card_id).is_(None)),
+        select(on_card.c.id).select_from(cards).join(on_card, sa.true()),
+        select(card_unknown.c.id)
+        .select_from(cards)
+        .join(card_payment, sa.true())
+        .join(card_unknown, sa.true()),
+        select(replaced_unknown.c.id)
+        .select_from(keys)
+        .join(replaced, sa.true())
+        .join(replaced_unknown, sa.true()),
         select(col(PaymentAttempt.id))
         .join(Payment, col(Payment.id) == col(PaymentAttempt.payment_id))
         .where(
@@ -596,6 +657,12 @@ def _row(found: Sequence[Any], objects: bool) -> _Row:
 def _history_statement(objects: bool) -> Any:
     attempt_ids = _attempt_ids(sa.any_(_IDS), sa.any_(_CUSTOMERS), _CUSTOMER_SINCE)
     attempt: tuple[Any, ...] = (PaymentAttempt,) if objects else _ATTEMPT_COLUMNS
+    # The attempts by id from one array: probed through the key whatever their number, where a
+    # join with the union may hash every attempt.
+    found = sa.cast(
+        sa.select(sa.func.array_agg(attempt_ids.c.id)).scalar_subquery(),
+        postgresql.ARRAY(sa.Uuid),
+    )
     return (
         sa.select(
             *attempt,
@@ -611,8 +678,7 @@ def _history_statement(objects: bool) -> Any:
             col(CardCredential.merchant_id),
             col(CardCredential.fingerprint),
         )
-        .select_from(attempt_ids)
-        .join(PaymentAttempt, col(PaymentAttempt.id) == attempt_ids.c.id)
+        .where(col(PaymentAttempt.id) == sa.any_(found))
         .join(Payment, col(Payment.id) == col(PaymentAttempt.payment_id))
         .outerjoin(
             CardCredential,

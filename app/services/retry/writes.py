@@ -47,19 +47,25 @@ class Writes:
     def __bool__(self) -> bool:
         return bool(self._new) or bool(self._touched)
 
-    async def flush(self, session: AsyncSession) -> None:
-        """Write everything held in one statement; the held rows are then forgotten."""
+    async def flush(
+        self, session: AsyncSession, *, only: tuple[type[SQLModel], ...] | None = None
+    ) -> None:
+        """Write everything held in one statement; the held rows are then forgotten. With
+        `only`, just the rows of those models are written and forgotten; the rest stay held
+        (the caller keeps the session from flushing them meanwhile)."""
         updates: list[tuple[type[SQLModel], list[dict[str, Any]]]] = []
         written: list[tuple[SQLModel, list[str]]] = []
-        for model, objects in self._touched.items():
+        touched = {m: o for m, o in self._touched.items() if only is None or m in only}
+        for model, objects in touched.items():
             changed = _changed_columns(objects.values())
             if not changed:
                 continue
             rows = [{"id": k, **_values(o, changed)} for k, o in objects.items()]
             updates.append((model, rows))
             written += [(o, changed) for o in objects.values()]
-        inserts = list(self._new.items())
-        self._new, self._touched = {}, {}
+        inserts = [(m, rows) for m, rows in self._new.items() if only is None or m in only]
+        self._new = {m: rows for m, rows in self._new.items() if only is not None and m not in only}
+        self._touched = {m: o for m, o in self._touched.items() if m not in touched}
         await write_all(session, inserts, updates)
         for obj, columns in written:
             for name in columns:
