@@ -12,11 +12,13 @@ import asyncio
 import os
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from xdist.scheduler import LoadScopeScheduling
 
 from app.clock import FixedClock
 from app.db import Database
@@ -62,12 +64,16 @@ def _separate_worker() -> None:
 _separate_worker()
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """One xdist group per module (`--dist loadgroup`), one for every browser test."""
-    for item in items:
-        module = item.nodeid.partition("::")[0]
-        group = "tests/browser" if module.startswith("tests/browser/") else module
-        item.add_marker(pytest.mark.xdist_group(group))
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> LoadScopeScheduling:
+    """Whole modules to a worker (their module-scoped fixtures set up once), and every browser
+    test to one worker (one demo for them all)."""
+    return _ByModule(config, log)
+
+
+class _ByModule(LoadScopeScheduling):
+    def _split_scope(self, nodeid: str) -> str:
+        module = nodeid.partition("::")[0]
+        return "tests/browser" if module.startswith("tests/browser/") else module
 
 
 @pytest.fixture(scope="session", autouse=True)
