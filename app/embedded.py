@@ -100,6 +100,18 @@ def _start_embedded_redis(data_dir: Path) -> tuple[str, Any]:
     return f"unix://{server.socket_file}?db=0", server
 
 
+def running_servers(settings: Settings) -> tuple[str, str] | None:
+    """The PostgreSQL and Redis URLs the settings lead to when both are servers already running
+    (set, or answering at the local defaults); None when either would be started embedded."""
+    database = settings.database_url
+    if database is None and _tcp_answers(settings.local_database_url):
+        database = settings.local_database_url
+    redis = settings.redis_url
+    if redis is None and _tcp_answers(settings.local_redis_url):
+        redis = settings.local_redis_url
+    return None if database is None or redis is None else (database, redis)
+
+
 async def resolve_services(settings: Settings) -> Services:
     """Decide which PostgreSQL and Redis to use, starting embedded ones if nothing answers."""
     handles: list[Any] = []

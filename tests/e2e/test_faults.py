@@ -53,8 +53,11 @@ async def test_every_fault_was_injected(report: SoakReport) -> None:
     # The run did real work: failures streamed in, the portal charged, the API was used.
     assert report.generated_failed > 50, report.format()
     assert report.sandbox_charges > 20, report.format()
-    # Shed ticks (the in-flight cap reached) are not requests: most ticks must have been sent.
-    assert len(report.samples) > CONFIG.minutes * 60 * CONFIG.rate * 0.5, report.format()
+    # Shed ticks (the in-flight cap reached) are not requests: the API must have been used all
+    # along. The floor is a quarter of the ticks, not a throughput target (bench/soak.py and
+    # bench/api_request.py measure that): the suite runs other tests beside this one on the
+    # same cores, and a loaded machine answers this load at a half to a third of its rate.
+    assert len(report.samples) > CONFIG.minutes * 60 * CONFIG.rate * 0.25, report.format()
 
 
 async def test_no_double_charge(report: SoakReport) -> None:
