@@ -18,10 +18,13 @@ from app.models.stats import (
     TTR_BUCKETS,
     RecoveryDayRollup,
     RecoveryDayZone,
+    RecoveryMonthRollup,
+    RecoveryMonthZone,
     RecoveryRollup,
 )
 from app.services.stats.figures import (
     DayRollupKey,
+    MonthRollupKey,
     RecoveryStats,
     RollupKey,
     Sums,
@@ -31,11 +34,14 @@ from app.services.stats.figures import (
 )
 from app.services.stats.query import (
     BREAKDOWN_KINDS,
+    EDGE_DAY,
     KINDS,
+    SERIES_DAY,
     Selection,
     StatsQuery,
     series_bounds,
     whole_days,
+    whole_months,
 )
 
 
@@ -58,8 +64,8 @@ _KIND_BY_BITS = {
     for k in ("total", "series", "decline_category", "processor", "funding", "arm")
 }
 # GROUPING(idx, model_merchant, value) of the day rollup's control-group sets.
-_CONTROL_TOTAL = 0b111
-_CONTROL_KINDS = {_CONTROL_TOTAL: "total", 0b011: "series", 0b100: "arm"}
+_CONTROL_TOTAL, _CONTROL_SERIES, _CONTROL_ARM = 0b111, 0b011, 0b100
+_CONTROL_KINDS = {_CONTROL_TOTAL: "total", _CONTROL_SERIES: "series", _CONTROL_ARM: "arm"}
 CONTROL_DIMENSION = DAY_DIMENSIONS[0]
 
 
@@ -90,14 +96,17 @@ def _statement(
     head: bool,
     tail: bool,
     days_present: bool,
+    months_present: bool,
     selection: Selection,
 ) -> Any:
     """The statistics statement of one shape, its values left as parameters (built once:
     the expression costs milliseconds to build). `head`/`tail`: the range has a partial day
-    before/after its whole days; `days_present`: it has whole days. The day rows of a
+    before/after its whole days; `days_present`: it has whole days; `months_present`: whole
+    local months among them (read from the month rollup). The day and month rows of a
     breakdown the selection leaves out are not read, and histograms no selected group reads
     are not summed (zeros in their place)."""
     r, d, z = RecoveryRollup, RecoveryDayRollup, RecoveryDayZone
+    mo, mz = RecoveryMonthRollup, RecoveryMonthZone
     ids = sa.bindparam("ids", type_=postgresql.ARRAY(sa.Uuid))
     moment = sa.DateTime(timezone=True)
     start, end = sa.bindparam("start", type_=moment), sa.bindparam("end", type_=moment)
@@ -106,8 +115,9 @@ def _statement(
     def mine(column: Any) -> list[Any]:
         return [column == sa.any_(ids)] if with_ids else []
 
+    zone = sa.bindparam("zone", type_=sa.String)
     day_merchants = sa.select(col(z.merchant_id)).where(
-        col(z.timezone) == sa.bindparam("zone", type_=sa.String), *mine(col(z.merchant_id))
+        col(z.timezone) == zone, *mine(col(z.merchant_id))
     )
     bounds_param = sa.bindparam("bounds", type_=postgresql.ARRAY(moment))
     quarter_columns = [
@@ -141,11 +151,29 @@ def _statement(
         sa.func.unnest(
             sa.bindparam("days", type_=postgresql.ARRAY(sa.Date)),
             sa.bindparam("points", type_=postgresql.ARRAY(sa.Integer)),
+            sa.bindparam("kinds", type_=postgresql.ARRAY(sa.Integer)),
         )
-        .table_valued("day", "idx")
+        .table_valued("day", "idx", "kind")
         .render_derived(name="w")
     )
-    days = (
+    # The breakdowns the selection reads, and the control group's (total, series, arms).
+    chosen = [kind for kind in BREAKDOWN_KINDS if kind in selection.kinds]
+    dimensions = [CONTROL_DIMENSION, *chosen]
+    series_selected = "series" in selection.kinds
+    # Merchants whose month rows are kept in the query's zone (and whose day rows are too).
+    month_merchants = sa.select(col(mz.merchant_id)).where(
+        col(mz.timezone) == zone,
+        col(mz.merchant_id).in_(day_merchants),
+    )
+    # A whole day of a whole month, for a merchant with month rows: the month row holds it.
+    covered = sa.and_(w.c.kind > EDGE_DAY, col(d.merchant_id).in_(month_merchants))
+    wanted = sa.not_(covered)
+    if series_selected:
+        # The series still reads the control group's day rows of a month spanning points.
+        wanted = sa.or_(
+            wanted, sa.and_(w.c.kind == SERIES_DAY, col(d.dimension) == CONTROL_DIMENSION)
+        )
+    day_rows = (
         sa.select(
             col(d.merchant_id),
             col(d.currency),
@@ -153,6 +181,8 @@ def _statement(
             col(d.dimension),
             col(d.value),
             w.c.idx,
+            sa.true().label("series"),
+            sa.not_(covered).label("rest"),
             *(getattr(d, m) for m in MEASURES),
             col(d.ttr_histogram),
         )
@@ -161,13 +191,47 @@ def _statement(
             col(d.merchant_id).in_(day_merchants),
             col(d.day) >= sa.bindparam("first_day", type_=sa.Date),
             col(d.day) <= sa.bindparam("last_day", type_=sa.Date),
+            col(d.dimension).in_(dimensions),
+            wanted,
         )
-        .cte("days")
     )
+    if months_present:
+        mw = (
+            sa.func.unnest(
+                sa.bindparam("months", type_=postgresql.ARRAY(sa.Date)),
+                sa.bindparam("month_points", type_=postgresql.ARRAY(sa.Integer)),
+            )
+            .table_valued("month", "idx")
+            .render_derived(name="mw")
+        )
+        month_rows = (
+            sa.select(
+                col(mo.merchant_id),
+                col(mo.currency),
+                col(mo.retryable),
+                col(mo.dimension),
+                col(mo.value),
+                mw.c.idx,
+                mw.c.idx.is_not(None).label("series"),
+                sa.true().label("rest"),
+                *(getattr(mo, m) for m in MEASURES),
+                col(mo.ttr_histogram),
+            )
+            .join_from(mo, mw, col(mo.month) == mw.c.month)
+            .where(
+                col(mo.merchant_id).in_(month_merchants),
+                col(mo.month) >= sa.bindparam("first_month", type_=sa.Date),
+                col(mo.month) <= sa.bindparam("last_month", type_=sa.Date),
+                col(mo.dimension).in_(dimensions),
+            )
+        )
+        days = sa.union_all(day_rows, month_rows).cte("days")
+    else:
+        days = day_rows.cte("days")
     model_counts = sa.union_all(
         sa.select(fine.c.merchant_id, fine.c.model_count),
         sa.select(days.c.merchant_id, days.c.model_count).where(
-            days.c.dimension == CONTROL_DIMENSION
+            days.c.dimension == CONTROL_DIMENSION, days.c.rest
         ),
     ).subquery()
     model_merchants = (
@@ -225,83 +289,77 @@ def _statement(
             ),
         ),
     ).group_by(sa.func.grouping_sets(*sets))
-    # Whole days, control-group rows: the total, then series and arms (apart: the summary's
-    # histogram is often read where the series' is not).
+    # Whole days and months: the control group's rows give the total, the series (day rows,
+    # and month rows within one point) and the arms; each row counts once in the total and arms
+    # (`rest`), and once in the series (`series`).
     k = days.c
     day_owner = [k.merchant_id] if per_merchant else []
     day_base = [k.currency, *day_owner]
     day_flag = k.merchant_id.in_(model_merchants).label("model_merchant")
-    day_total = (
-        sa.select(
+    owner_column = k.merchant_id if per_merchant else sa.cast(sa.null(), sa.Uuid)
+    control = k.dimension == CONTROL_DIMENSION
+
+    def control_select(bits: int, idx: Any, flag: Any, value: Any, kind: str) -> Any:
+        return sa.select(
             sa.literal(1).label("part"),
             k.currency,
-            k.merchant_id if per_merchant else sa.cast(sa.null(), sa.Uuid),
-            sa.literal(_CONTROL_TOTAL),
-            sa.cast(sa.null(), sa.Integer),
+            owner_column,
+            sa.literal(bits),
+            idx,
             _text(),
             _text(),
             _text(),
-            sa.cast(sa.null(), sa.Boolean),
-            sa.cast(sa.null(), sa.Boolean),
+            flag,
+            value,
             _text(),
             _text(),
-            *measured(days, "total"),
+            *measured(days, kind),
         )
-        .where(k.dimension == CONTROL_DIMENSION)
-        .group_by(*day_base)
-    )
-    control_groups = (
-        sa.select(
-            sa.literal(1).label("part"),
-            k.currency,
-            k.merchant_id if per_merchant else sa.cast(sa.null(), sa.Uuid),
-            sa.func.grouping(k.idx, day_flag, k.value).label("bits"),
-            k.idx,
-            _text(),
-            _text(),
-            _text(),
-            day_flag,
-            k.value == "true",
-            _text(),
-            _text(),
-            *measured(days, "series"),
+
+    no_flag = sa.cast(sa.null(), sa.Boolean)
+    groups: list[Any] = [
+        fine_groups,
+        control_select(_CONTROL_TOTAL, sa.cast(sa.null(), sa.Integer), no_flag, no_flag, "total")
+        .where(control, k.rest)
+        .group_by(*day_base),
+        control_select(
+            _CONTROL_ARM, sa.cast(sa.null(), sa.Integer), day_flag, k.value == "true", "arm"
         )
-        .where(k.dimension == CONTROL_DIMENSION)
-        .group_by(
-            sa.func.grouping_sets(
-                sa.tuple_(*day_base, k.idx),
-                sa.tuple_(*day_base, day_flag, k.value),
+        .where(control, k.rest)
+        .group_by(*day_base, day_flag, k.value),
+    ]
+    if series_selected:
+        groups.append(
+            control_select(_CONTROL_SERIES, k.idx, no_flag, no_flag, "series")
+            .where(control, k.series)
+            .group_by(*day_base, k.idx)
+        )
+    # The other dimensions the selection reads: one group per value.
+    if chosen:
+        groups.append(
+            sa.select(
+                sa.literal(2).label("part"),
+                k.currency,
+                owner_column,
+                sa.literal(0),
+                sa.cast(sa.null(), sa.Integer),
+                _text(),
+                _text(),
+                _text(),
+                no_flag,
+                no_flag,
+                _text(k.dimension),
+                _text(k.value),
+                *measured(
+                    days,
+                    *chosen,
+                    keep=k.dimension.in_(sorted(selection.histograms.intersection(chosen))),
+                ),
             )
+            .where(k.dimension.in_(chosen), k.rest)
+            .group_by(*day_base, k.dimension, k.value)
         )
-    )
-    # Whole days, the other dimensions the selection reads: one group per value.
-    chosen = [kind for kind in BREAKDOWN_KINDS if kind in selection.kinds]
-    if not chosen:
-        return sa.union_all(fine_groups, day_total, control_groups)
-    breakdowns = (
-        sa.select(
-            sa.literal(2).label("part"),
-            k.currency,
-            k.merchant_id if per_merchant else sa.cast(sa.null(), sa.Uuid),
-            sa.literal(0),
-            sa.cast(sa.null(), sa.Integer),
-            _text(),
-            _text(),
-            _text(),
-            sa.cast(sa.null(), sa.Boolean),
-            sa.cast(sa.null(), sa.Boolean),
-            _text(k.dimension),
-            _text(k.value),
-            *measured(
-                days,
-                *chosen,
-                keep=k.dimension.in_(sorted(selection.histograms.intersection(chosen))),
-            ),
-        )
-        .where(k.dimension.in_(chosen))
-        .group_by(*day_base, k.dimension, k.value)
-    )
-    return sa.union_all(fine_groups, day_total, control_groups, breakdowns)
+    return sa.union_all(*groups)
 
 
 async def load_stats(
@@ -316,12 +374,15 @@ async def load_stats(
     them all under the key None. A payment counts when the quarter hour (UTC) of its first
     failure starts in [start, end).
 
-    The whole local days of the range come from the day rollup for merchants whose day rows
-    are kept in the query's timezone; the partial days at its edges, and every day of other
-    merchants, from the quarter-hour rollup (grouping sets). Both parts' groups are added.
+    The whole local months of the range come from the month rollup and the other whole days
+    from the day rollup, for merchants whose rollups are kept in the query's timezone (a daily
+    or weekly series still reads the control group's day rows of a whole month); the partial
+    days at its edges, and every day of other merchants, from the quarter-hour rollup
+    (grouping sets). The parts' groups are added.
     Only the groups and histograms `query.selection` reads are summed."""
     bounds = series_bounds(query)
     whole = whole_days(query)
+    months = whole_months(whole)
     today = query.start.date()
     parameters: dict[str, Any] = {
         "ids": None if merchant_ids is None else sorted(merchant_ids),
@@ -333,6 +394,11 @@ async def load_stats(
         "bounds": bounds,
         "days": list(whole.days),
         "points": list(whole.points),
+        "kinds": list(months.day_kinds),
+        "months": list(months.months),
+        "month_points": list(months.points),
+        "first_month": months.months[0] if months.months else today,
+        "last_month": months.months[-1] if months.months else today,
         "first_day": whole.days[0] if whole.days else today,
         "last_day": whole.days[-1] if whole.days else today,
     }
@@ -342,6 +408,7 @@ async def load_stats(
         query.start < whole.low,
         whole.high < query.end,
         bool(whole.days),
+        bool(months.months),
         query.selection,
     )
     groups: dict[VectorKey, Vectors] = {}
@@ -429,6 +496,36 @@ async def day_zones(
 ) -> dict[uuid.UUID, str]:
     """The time zone each merchant's day rollups are kept in (merchants without: none)."""
     z = RecoveryDayZone
+    statement = sa.select(col(z.merchant_id), col(z.timezone))
+    if merchant_ids is not None:
+        statement = statement.where(col(z.merchant_id).in_(sorted(merchant_ids)))
+    return {row[0]: row[1] for row in (await session.execute(statement)).all()}
+
+
+async def stored_month_rollups(
+    session: AsyncSession, merchant_ids: Sequence[uuid.UUID] | None = None
+) -> dict[MonthRollupKey, Sums]:
+    """The month rollup rows the session may see, without rows whose sums fell back to zero."""
+    m = RecoveryMonthRollup
+    statement = sa.select(m)
+    if merchant_ids is not None:
+        statement = statement.where(col(m.merchant_id).in_(sorted(merchant_ids)))
+    found: dict[MonthRollupKey, Sums] = {}
+    for (row,) in (await session.execute(statement)).all():
+        sums = Sums.of([getattr(row, name) for name in MEASURES], row.ttr_histogram)
+        if not sums.is_zero:
+            key = MonthRollupKey(
+                row.merchant_id, row.month, row.currency, row.retryable, row.dimension, row.value
+            )
+            found[key] = sums
+    return found
+
+
+async def month_zones(
+    session: AsyncSession, merchant_ids: Sequence[uuid.UUID] | None = None
+) -> dict[uuid.UUID, str]:
+    """The time zone each merchant's month rollups are kept in (merchants without: none)."""
+    z = RecoveryMonthZone
     statement = sa.select(col(z.merchant_id), col(z.timezone))
     if merchant_ids is not None:
         statement = statement.where(col(z.merchant_id).in_(sorted(merchant_ids)))
