@@ -351,6 +351,28 @@ async def test_exact_months_across_both_dst_changes(db: Database) -> None:
         await _served_equals_recomputed(db, merchant, start, end, "Europe/Paris")
         # Another zone reads quarter hours (no month rows of that zone): as exact.
         await _served_equals_recomputed(db, merchant, start, end, "America/New_York")
+    # The month rows are what a range of whole months reads: a change to one shows.
+    async with db.uow(SYSTEM_SCOPE) as uow:
+        await uow.session.execute(
+            sa.text(
+                "UPDATE recovery_month_rollup SET failed_count = failed_count + 1000 "
+                "WHERE merchant_id = :m AND month = '2026-11-01' AND dimension = 'control_group'"
+            ),
+            {"m": merchant.id},
+        )
+        await uow.commit()
+    november = stats_query(
+        datetime(2026, 10, 31, 23, tzinfo=UTC),
+        datetime(2026, 11, 30, 23, tzinfo=UTC),
+        Granularity.MONTH,
+        "Europe/Paris",
+    )
+    async with db.session(SYSTEM_SCOPE) as session:
+        served = await load_stats(session, november, merchant_ids=[merchant.id], per_merchant=True)
+        expected = await recompute(session, november, merchant_ids=[merchant.id], per_merchant=True)
+    (mine,) = served[merchant.id].currencies[:1]
+    (theirs,) = expected[merchant.id].currencies[:1]
+    assert mine.summary.failed_count >= theirs.summary.failed_count + 1000
 
 
 async def test_a_zone_change_rebuilds_the_month_rollups(db: Database) -> None:

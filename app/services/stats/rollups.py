@@ -2,6 +2,7 @@
 
 import uuid
 from collections.abc import Sequence
+from datetime import date
 from functools import cache
 from operator import add
 from typing import Any
@@ -39,6 +40,8 @@ from app.services.stats.query import (
     SERIES_DAY,
     Selection,
     StatsQuery,
+    WholeDays,
+    WholeMonths,
     series_bounds,
     whole_days,
     whole_months,
@@ -79,6 +82,12 @@ def _hist_sums(column: Any) -> list[Any]:
     """The element-wise sums of a histogram column (plain `sum`s: the array aggregate costs
     tens of microseconds a row)."""
     return [_zeroed(sa.func.sum(column[i + 1])) for i in range(TTR_BUCKETS)]
+
+
+def _bytewise(column: Any) -> Any:
+    """A text key sorted and grouped byte by byte (the "C" collation): the statement's groups
+    are the same, and sorting them does not call the locale's comparison."""
+    return column.collate("C")
 
 
 def _combined(parts: list[Any]) -> Any:
@@ -122,11 +131,11 @@ def _statement(
     bounds_param = sa.bindparam("bounds", type_=postgresql.ARRAY(moment))
     quarter_columns = [
         col(r.merchant_id),
-        col(r.currency),
+        _bytewise(col(r.currency)).label("currency"),
         sa.func.width_bucket(col(r.bucket_start), bounds_param).label("idx"),
-        col(r.decline_category),
-        col(r.processor),
-        col(r.funding),
+        _bytewise(col(r.decline_category)).label("decline_category"),
+        _bytewise(col(r.processor)).label("processor"),
+        _bytewise(col(r.funding)).label("funding"),
         col(r.control_group),
         col(r.retryable),
         *(getattr(r, m) for m in MEASURES),
@@ -147,70 +156,64 @@ def _statement(
         everyone = sa.select(sa.func.unnest(ids)) if with_ids else sa.select(col(Merchant.id))
         parts.append(quarter(low, high, col(r.merchant_id).in_(everyone.except_(day_merchants))))
     fine = _combined(parts).cte("fine")
-    w = (
-        sa.func.unnest(
-            sa.bindparam("days", type_=postgresql.ARRAY(sa.Date)),
-            sa.bindparam("points", type_=postgresql.ARRAY(sa.Integer)),
-            sa.bindparam("kinds", type_=postgresql.ARRAY(sa.Integer)),
-        )
-        .table_valued("day", "idx", "kind")
-        .render_derived(name="w")
-    )
     # The breakdowns the selection reads, and the control group's (total, series, arms).
     chosen = [kind for kind in BREAKDOWN_KINDS if kind in selection.kinds]
     dimensions = [CONTROL_DIMENSION, *chosen]
-    series_selected = "series" in selection.kinds
     # Merchants whose month rows are kept in the query's zone (and whose day rows are too).
     month_merchants = sa.select(col(mz.merchant_id)).where(
-        col(mz.timezone) == zone,
-        col(mz.merchant_id).in_(day_merchants),
+        col(mz.timezone) == zone, col(mz.merchant_id).in_(day_merchants)
     )
-    # A whole day of a whole month, for a merchant with month rows: the month row holds it.
-    covered = sa.and_(w.c.kind > EDGE_DAY, col(d.merchant_id).in_(month_merchants))
-    wanted = sa.not_(covered)
-    if series_selected:
-        # The series still reads the control group's day rows of a month spanning points.
-        wanted = sa.or_(
-            wanted, sa.and_(w.c.kind == SERIES_DAY, col(d.dimension) == CONTROL_DIMENSION)
+
+    def unnested(name: str, *columns: tuple[str, Any]) -> Any:
+        arrays = [sa.bindparam(f"{name}_{c}", type_=postgresql.ARRAY(t)) for c, t in columns]
+        return (
+            sa.func.unnest(*arrays).table_valued(*(c for c, _ in columns)).render_derived(name=name)
         )
-    day_rows = (
-        sa.select(
-            col(d.merchant_id),
-            col(d.currency),
-            col(d.retryable),
-            col(d.dimension),
-            col(d.value),
-            w.c.idx,
-            sa.true().label("series"),
-            sa.not_(covered).label("rest"),
-            *(getattr(d, m) for m in MEASURES),
-            col(d.ttr_histogram),
-        )
-        .join_from(d, w, col(d.day) == w.c.day)
-        .where(
-            col(d.merchant_id).in_(day_merchants),
-            col(d.day) >= sa.bindparam("first_day", type_=sa.Date),
-            col(d.day) <= sa.bindparam("last_day", type_=sa.Date),
-            col(d.dimension).in_(dimensions),
-            wanted,
-        )
-    )
-    if months_present:
-        mw = (
-            sa.func.unnest(
-                sa.bindparam("months", type_=postgresql.ARRAY(sa.Date)),
-                sa.bindparam("month_points", type_=postgresql.ARRAY(sa.Integer)),
+
+    def day_part(name: str, merchants: Any, wanted: list[str], series: bool, rest: bool) -> Any:
+        """The day rows of the days listed under `name`, for `merchants`, of the dimensions
+        `wanted`: counted in the series and/or the rest (total, arms, breakdowns)."""
+        w = unnested(name, ("day", sa.Date), ("idx", sa.Integer))
+        return (
+            sa.select(
+                col(d.merchant_id),
+                _bytewise(col(d.currency)).label("currency"),
+                col(d.retryable),
+                _bytewise(col(d.dimension)).label("dimension"),
+                _bytewise(col(d.value)).label("value"),
+                w.c.idx,
+                sa.literal(series).label("series"),
+                sa.literal(rest).label("rest"),
+                *(getattr(d, m) for m in MEASURES),
+                col(d.ttr_histogram),
             )
-            .table_valued("month", "idx")
-            .render_derived(name="mw")
+            .join_from(d, w, col(d.day) == w.c.day)
+            .where(
+                col(d.merchant_id).in_(merchants),
+                col(d.day) >= sa.bindparam(f"{name}_first", type_=sa.Date),
+                col(d.day) <= sa.bindparam(f"{name}_last", type_=sa.Date),
+                col(d.dimension).in_(wanted) if len(wanted) > 1 else col(d.dimension) == wanted[0],
+            )
         )
-        month_rows = (
+
+    # The days of the partial months at the range's edges: every dimension read.
+    day_parts = [day_part("edge", day_merchants, dimensions, True, True)]
+    if months_present:
+        # The days of whole months, for a merchant without month rows (yet): as edge days.
+        day_parts.append(
+            day_part("inner", day_merchants.except_(month_merchants), dimensions, True, True)
+        )
+        if "series" in selection.kinds:
+            # A month spanning several series points: the series reads its control group's days.
+            day_parts.append(day_part("split", month_merchants, [CONTROL_DIMENSION], True, False))
+        mw = unnested("whole", ("month", sa.Date), ("idx", sa.Integer))
+        day_parts.append(
             sa.select(
                 col(mo.merchant_id),
-                col(mo.currency),
+                _bytewise(col(mo.currency)).label("currency"),
                 col(mo.retryable),
-                col(mo.dimension),
-                col(mo.value),
+                _bytewise(col(mo.dimension)).label("dimension"),
+                _bytewise(col(mo.value)).label("value"),
                 mw.c.idx,
                 mw.c.idx.is_not(None).label("series"),
                 sa.true().label("rest"),
@@ -220,14 +223,12 @@ def _statement(
             .join_from(mo, mw, col(mo.month) == mw.c.month)
             .where(
                 col(mo.merchant_id).in_(month_merchants),
-                col(mo.month) >= sa.bindparam("first_month", type_=sa.Date),
-                col(mo.month) <= sa.bindparam("last_month", type_=sa.Date),
+                col(mo.month) >= sa.bindparam("whole_first", type_=sa.Date),
+                col(mo.month) <= sa.bindparam("whole_last", type_=sa.Date),
                 col(mo.dimension).in_(dimensions),
             )
         )
-        days = sa.union_all(day_rows, month_rows).cte("days")
-    else:
-        days = day_rows.cte("days")
+    days = _combined(day_parts).cte("days")
     model_counts = sa.union_all(
         sa.select(fine.c.merchant_id, fine.c.model_count),
         sa.select(days.c.merchant_id, days.c.model_count).where(
@@ -328,7 +329,7 @@ def _statement(
         .where(control, k.rest)
         .group_by(*day_base, day_flag, k.value),
     ]
-    if series_selected:
+    if "series" in selection.kinds:
         groups.append(
             control_select(_CONTROL_SERIES, k.idx, no_flag, no_flag, "series")
             .where(control, k.series)
@@ -362,6 +363,28 @@ def _statement(
     return sa.union_all(*groups)
 
 
+def _day_parameters(whole: WholeDays, months: WholeMonths, today: date) -> dict[str, Any]:
+    """The days (with their series points) each day part of the statement reads, and the
+    whole months, as arrays with their first and last values."""
+    listed: dict[str, list[tuple[date, int | None]]] = {
+        "edge": [],
+        "inner": [],
+        "split": [],
+        "whole": list(zip(months.months, months.points, strict=True)),
+    }
+    for day, point, kind in zip(whole.days, whole.points, months.day_kinds, strict=True):
+        listed["edge" if kind == EDGE_DAY else "inner"].append((day, point))
+        if kind == SERIES_DAY:
+            listed["split"].append((day, point))
+    found: dict[str, Any] = {}
+    for name, pairs in listed.items():
+        found[f"{name}_{'month' if name == 'whole' else 'day'}"] = [p[0] for p in pairs]
+        found[f"{name}_idx"] = [p[1] for p in pairs]
+        found[f"{name}_first"] = pairs[0][0] if pairs else today
+        found[f"{name}_last"] = pairs[-1][0] if pairs else today
+    return found
+
+
 async def load_stats(
     session: AsyncSession,
     query: StatsQuery,
@@ -392,15 +415,7 @@ async def load_stats(
         "high": whole.high,
         "zone": query.timezone,
         "bounds": bounds,
-        "days": list(whole.days),
-        "points": list(whole.points),
-        "kinds": list(months.day_kinds),
-        "months": list(months.months),
-        "month_points": list(months.points),
-        "first_month": months.months[0] if months.months else today,
-        "last_month": months.months[-1] if months.months else today,
-        "first_day": whole.days[0] if whole.days else today,
-        "last_day": whole.days[-1] if whole.days else today,
+        **_day_parameters(whole, months, today),
     }
     statement = _statement(
         per_merchant,
