@@ -215,9 +215,7 @@ def _apply(*parts: str, months: bool) -> str:
     month = _upsert(
         "recovery_month_rollup",
         MONTH_KEYS,
-        _month_rows(
-            "d JOIN recovery_month_zone z ON z.merchant_id = d.merchant_id", "z.timezone"
-        ),
+        _month_rows("d JOIN recovery_month_zone z ON z.merchant_id = d.merchant_id", "z.timezone"),
     )
     return f"WITH d AS ({grouped}), q AS ({quarter}), y AS ({day}) {month};"
 
