@@ -57,7 +57,7 @@ def _serve(checkout: Path, url: str, redis_url: str, port: int) -> subprocess.Po
 
 
 async def _ready(http: httpx.AsyncClient) -> None:
-    for _ in range(150):
+    for _ in range(600):
         try:
             if (await http.get("/healthz")).status_code == 200:
                 return
