@@ -254,7 +254,7 @@ async def main() -> None:
             headers={"Authorization": f"Bearer {token}"},
             timeout=60,
         ) as http:
-            for _ in range(100):
+            for _ in range(600):
                 try:
                     if (await http.get("/healthz")).status_code == 200:
                         break

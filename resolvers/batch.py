@@ -1,5 +1,5 @@
 """Dataloaders keyed by id, each batch fetched in its own short session bound to the caller's
-scope."""
+scope, its statement outside any transaction (`Database.read`: one round trip, not three)."""
 
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -18,7 +18,7 @@ Fetch = Callable[[AsyncSession, Sequence[uuid.UUID]], Awaitable[Mapping[uuid.UUI
 
 def by_id(db: Database, scope: Scope, fetch: Fetch[T]) -> DataLoader[uuid.UUID, T | None]:
     async def load(keys: list[uuid.UUID]) -> list[T | None]:
-        async with db.session(scope) as session:
+        async with db.read(scope) as session:
             found = await fetch(session, keys)
         return [found.get(k) for k in keys]
 
@@ -27,7 +27,7 @@ def by_id(db: Database, scope: Scope, fetch: Fetch[T]) -> DataLoader[uuid.UUID, 
 
 def count_by_id(db: Database, scope: Scope, fetch: Fetch[int]) -> DataLoader[uuid.UUID, int]:
     async def load(keys: list[uuid.UUID]) -> list[int]:
-        async with db.session(scope) as session:
+        async with db.read(scope) as session:
             found = await fetch(session, keys)
         return [found.get(k, 0) for k in keys]
 
@@ -36,7 +36,7 @@ def count_by_id(db: Database, scope: Scope, fetch: Fetch[int]) -> DataLoader[uui
 
 def many_by_id(db: Database, scope: Scope, fetch: Fetch[list[T]]) -> DataLoader[uuid.UUID, list[T]]:
     async def load(keys: list[uuid.UUID]) -> list[list[T]]:
-        async with db.session(scope) as session:
+        async with db.read(scope) as session:
             found = await fetch(session, keys)
         return [found.get(k, []) for k in keys]
 

@@ -69,7 +69,7 @@ def _pages(db: Database, scope: Scope, fetch: PageFetch[T]) -> DataLoader[PageKe
         for parent_id, size, after in keys:
             groups[(size, after)].append(parent_id)
         found: dict[PageKey, list[T]] = {}
-        async with db.session(scope) as session:
+        async with db.read(scope) as session:
             for (size, after), parent_ids in groups.items():
                 rows = await fetch(session, parent_ids, first=size, before_key=after)
                 for parent_id in parent_ids:
@@ -109,7 +109,7 @@ def _payment_pages(
         for parent_id, filters, order, size, after in keys:
             groups[(filters, order, size, after)].append(parent_id)
         found: dict[PaymentPageKey, list[Payment]] = {}
-        async with db.session(scope) as session:
+        async with db.read(scope) as session:
             for (filters, order, size, after), ids in groups.items():
                 rows = await fetch(
                     session, ids, filters=filters, order=order, first=size, before_key=after
@@ -131,7 +131,7 @@ def _recovery_stats(
         for merchant_id, query in keys:
             groups[query].append(merchant_id)
         found: dict[tuple[uuid.UUID, StatsQuery], RecoveryStats] = {}
-        async with db.session(scope) as session:
+        async with db.read(scope) as session:
             for query, ids in groups.items():
                 stats = await load_stats(session, query, merchant_ids=ids, per_merchant=True)
                 for merchant_id in ids:

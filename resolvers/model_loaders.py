@@ -43,7 +43,7 @@ class ModelLoaders:
 
     def __init__(self, db: Database, scope: Scope) -> None:
         async def acting(keys: list[DecisionKey]) -> list[ModelDecision | None]:
-            async with db.session(scope) as session:
+            async with db.read(scope) as session:
                 found = await registry.acting_decisions(session, keys)
             return [found.get(k) for k in keys]
 

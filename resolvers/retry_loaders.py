@@ -22,13 +22,15 @@ LedgerKey = tuple[uuid.UUID, datetime]
 
 
 class RetryLoaders:
-    """Timelines by payment, and ledgers by (payment, as-of time), each batch one session."""
+    """Timelines by payment, and ledgers by (payment, as-of time), each batch one session
+    whose statements run outside a transaction (no BEGIN and ROLLBACK round trips)."""
 
     def __init__(self, db: Database, scope: Scope) -> None:
         async def ledgers(keys: list[LedgerKey]) -> list[LedgerView | None]:
             # One request reads one clock; a batch is computed as of its latest time.
             now = max(k[1] for k in keys)
-            async with db.session(scope) as session:
+            # A view for display: its statements need no transaction of their own.
+            async with db.read(scope) as session:
                 found = await ledger_views(session, [k[0] for k in keys], now=now)
             return [found.get(k[0]) for k in keys]
 

@@ -15,6 +15,7 @@ from graphql import (
     DocumentNode,
     GraphQLEnumType,
     GraphQLError,
+    GraphQLList,
     GraphQLNonNull,
     GraphQLObjectType,
     GraphQLScalarType,
@@ -23,7 +24,7 @@ from graphql import (
     parse,
 )
 from graphql import ExecutionResult as GraphQLExecutionResult
-from graphql.pyutils import Path
+from graphql.pyutils import Path, gather_with_cancel
 from strawberry.extensions import MaskErrors, SchemaExtension
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext, validate_document
 from strawberry.schema.schema_converter import CustomGraphQLEnumType, GraphQLCoreConverter
@@ -239,13 +240,8 @@ def _plain_leaves(parent: GraphQLObjectType) -> dict[str, _Leaf]:
     no field extension, no permission) and whose type is a scalar or an enum, by name."""
     found: dict[str, _Leaf] = {}
     for name, field in parent.fields.items():
-        definition = (field.extensions or {}).get(GraphQLCoreConverter.DEFINITION_BACKREF)
-        resolve = field.resolve
-        if not isinstance(definition, StrawberryField) or resolve is None:
-            continue
-        if not definition.is_basic_field or resolve.__name__ != "_get_basic_result":
-            continue
-        if field.args:
+        definition = _basic(field)
+        if definition is None:
             continue
         kind, non_null = field.type, False
         if isinstance(kind, GraphQLNonNull):
@@ -261,14 +257,64 @@ def _plain_leaves(parent: GraphQLObjectType) -> dict[str, _Leaf]:
     return found
 
 
+# What a field of objects reads, when it reads an attribute and nothing else: the attribute's
+# name, how Strawberry reads it, the object type, whether it is a list of (non-null) objects,
+# and whether null is an error.
+_Branch = tuple[str, Callable[[Any, str], Any], GraphQLObjectType, bool, bool]
+# A value the short way does not complete: graphql-core's way takes it from the start.
+_UNUSUAL = object()
+
+
+def _basic(field: Any) -> StrawberryField | None:
+    """The Strawberry field behind a GraphQL field that reads an attribute and nothing else
+    (no resolver, no field extension, no permission, no arguments), or None."""
+    definition = (field.extensions or {}).get(GraphQLCoreConverter.DEFINITION_BACKREF)
+    resolve = field.resolve
+    if not isinstance(definition, StrawberryField) or resolve is None:
+        return None
+    if not definition.is_basic_field or resolve.__name__ != "_get_basic_result":
+        return None
+    return None if field.args else definition
+
+
+@lru_cache(maxsize=1024)
+def _plain_branches(parent: GraphQLObjectType) -> dict[str, _Branch]:
+    """The fields of `parent` read from an attribute whose type is an object type, or a list
+    of non-null ones, that checks nothing of its values (no `is_type_of`: no interface), by
+    name."""
+    found: dict[str, _Branch] = {}
+    for name, field in parent.fields.items():
+        definition = _basic(field)
+        if definition is None:
+            continue
+        kind, non_null, many = field.type, False, False
+        if isinstance(kind, GraphQLNonNull):
+            kind, non_null = kind.of_type, True
+        if isinstance(kind, GraphQLList):
+            if not isinstance(kind.of_type, GraphQLNonNull):
+                continue
+            kind, many = kind.of_type.of_type, True
+        if isinstance(kind, GraphQLObjectType) and kind.is_type_of is None:
+            found[name] = (
+                definition.python_name,
+                definition.default_resolver,
+                kind,
+                many,
+                non_null,
+            )
+    return found
+
+
 class PortalExecutor(StrawberryGraphQLCoreExecutionContext):
-    """Strawberry's executor, with a short way through the commonest field of all: a scalar
+    """Strawberry's executor, with a short way through the commonest fields of all: a scalar
     or enum read from an attribute (`amount { currency }`, a payment's `state`: most of the
-    fields of a page). graphql-core would build a resolve-info object, call Strawberry's
-    wrapper and walk the type's wrappers for each one; here the attribute is read and coerced
-    by the same type. Anything unusual (an error, null where null is refused, arguments,
-    middleware, a field asked twice under one name) takes graphql-core's own way, from the
-    start, so errors read exactly as they always did."""
+    fields of a page), and an object or list of objects read from an attribute (a statistics
+    series' points and their figures). graphql-core would build a resolve-info object, call
+    Strawberry's wrapper and walk the type's wrappers for each one; here the attribute is read
+    and coerced by the same type, or the object's own fields executed. Anything unusual (an
+    error, null where null is refused, arguments, directives, middleware, a field asked twice
+    under one name) takes graphql-core's own way, from the start, so errors read exactly as
+    they always did."""
 
     def execute_field(
         self,
@@ -280,7 +326,16 @@ class PortalExecutor(StrawberryGraphQLCoreExecutionContext):
     ) -> Any:
         if len(field_details_list) == 1 and not self._middleware:
             node = field_details_list[0].node
-            leaf = None if node.arguments else _plain_leaves(parent_type).get(node.name.value)
+            name = node.name.value
+            leaf = None if node.arguments else _plain_leaves(parent_type).get(name)
+            if leaf is None and not node.arguments and not node.directives:
+                branch = _plain_branches(parent_type).get(name)
+                if branch is not None:
+                    completed = self._complete_branch(
+                        branch, parent_type, source, field_details_list, path, position_context
+                    )
+                    if completed is not _UNUSUAL:
+                        return completed
             if leaf is not None:
                 attribute, read, coerce, non_null = leaf
                 try:
@@ -297,6 +352,76 @@ class PortalExecutor(StrawberryGraphQLCoreExecutionContext):
         return super().execute_field(
             parent_type, source, field_details_list, path, position_context
         )
+
+    def _complete_branch(
+        self,
+        branch: _Branch,
+        parent_type: GraphQLObjectType,
+        source: Any,
+        field_details_list: Any,
+        path: Path,
+        position_context: Any,
+    ) -> Any:
+        """An object (or a list of objects) read from an attribute, its own fields executed
+        straight away: no resolve-info object, no resolver wrapper, no walk through the type's
+        wrappers, as graphql-core would for a type that checks nothing of its values. Null
+        where null is refused, an error, or anything not a list where a list is expected is
+        `_UNUSUAL` (graphql-core's way reports it)."""
+        attribute, read, kind, many, non_null = branch
+        try:
+            value = read(source, attribute)
+        except Exception:
+            return _UNUSUAL
+        if value is None:
+            return _UNUSUAL if non_null else None
+        if isinstance(value, Exception):
+            return _UNUSUAL
+        complete = self.collect_and_execute_subfields
+        try:
+            if not many:
+                done = complete(kind, field_details_list, path, value, position_context)
+                if self.is_awaitable(done):
+                    return self._settled(done, parent_type, field_details_list, path)
+                return done
+            if not isinstance(value, list | tuple) or any(
+                item is None or isinstance(item, Exception) for item in value
+            ):
+                return _UNUSUAL
+            items: list[Any] = [
+                complete(kind, field_details_list, path.add_key(i, None), item, position_context)
+                for i, item in enumerate(value)
+            ]
+        except Exception as error:
+            self.handle_field_error(
+                error, self._field_type(parent_type, field_details_list), field_details_list, path
+            )
+            return None
+        waiting = [i for i, item in enumerate(items) if self.is_awaitable(item)]
+        if not waiting:
+            return items
+
+        async def gathered() -> list[Any]:
+            for i, done in zip(
+                waiting, await gather_with_cancel(*(items[i] for i in waiting)), strict=True
+            ):
+                items[i] = done
+            return items
+
+        return self._settled(gathered(), parent_type, field_details_list, path)
+
+    def _field_type(self, parent_type: GraphQLObjectType, field_details_list: Any) -> Any:
+        return parent_type.fields[field_details_list[0].node.name.value].type
+
+    async def _settled(
+        self, pending: Any, parent_type: GraphQLObjectType, field_details_list: Any, path: Path
+    ) -> Any:
+        try:
+            return await pending
+        except Exception as error:
+            self.handle_field_error(
+                error, self._field_type(parent_type, field_details_list), field_details_list, path
+            )
+            return None
 
     @cached_property
     def _middleware(self) -> bool:

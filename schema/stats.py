@@ -1,8 +1,10 @@
 """Recovery statistics types: figures per currency, time series, breakdowns and uplift."""
 
 import uuid
+from collections.abc import Callable
 from datetime import datetime
-from typing import Annotated, Self
+from functools import lru_cache
+from typing import Annotated, Any, Self
 
 import strawberry
 from strawberry.types.nodes import FragmentSpread, InlineFragment, SelectedField
@@ -119,29 +121,68 @@ class RecoveryFigures:
     )
 
     @classmethod
-    def from_figures(cls, f: svc.RecoveryFigures) -> Self:
-        # Named one by one rather than through `from_row`: a 90-day series builds hundreds.
-        return cls(
-            failed_count=f.failed_count,
-            failed_amount=Long(f.failed_amount),
-            eligible_count=f.eligible_count,
-            eligible_amount=Long(f.eligible_amount),
-            recovered_count=f.recovered_count,
-            recovered_amount=Long(f.recovered_amount),
-            recovered_by_actor=[
-                ActorRecovery(actor=r.actor, count=r.count, amount=Long(r.amount))
-                for r in f.recovered
-            ],
-            recovery_rate_by_count=f.recovery_rate_by_count,
-            recovery_rate_by_amount=f.recovery_rate_by_amount,
-            eligible_recovery_rate_by_count=f.eligible_recovery_rate_by_count,
-            eligible_recovery_rate_by_amount=f.eligible_recovery_rate_by_amount,
-            attempts_per_recovery=f.attempts_per_recovery,
-            median_time_to_recover_seconds=f.median_time_to_recover_seconds,
-            p90_time_to_recover_seconds=f.p90_time_to_recover_seconds,
-            in_recovery_count=f.in_recovery_count,
-            in_recovery_amount=Long(f.in_recovery_amount),
-        )
+    def from_figures(cls, f: svc.RecoveryFigures, wanted: "Wanted" = None) -> Self:
+        """The figures the API gives; with `wanted` (GraphQL names), only those are computed:
+        the others, which the request does not read, hold their type's empty value (a
+        90-day series in four currencies builds hundreds of figures, of a few fields each)."""
+        computed, empty = _figure_plan(wanted)
+        return cls(**empty, **{name: get(f) for name, get in computed})
+
+
+# A figure's GraphQL name: its Python name, how it is computed, and its empty value.
+_FIGURE_FIELDS: dict[str, tuple[str, Callable[[svc.RecoveryFigures], Any], Any]] = {
+    "failedCount": ("failed_count", lambda f: f.failed_count, 0),
+    "failedAmount": ("failed_amount", lambda f: Long(f.failed_amount), Long(0)),
+    "eligibleCount": ("eligible_count", lambda f: f.eligible_count, 0),
+    "eligibleAmount": ("eligible_amount", lambda f: Long(f.eligible_amount), Long(0)),
+    "recoveredCount": ("recovered_count", lambda f: f.recovered_count, 0),
+    "recoveredAmount": ("recovered_amount", lambda f: Long(f.recovered_amount), Long(0)),
+    "recoveredByActor": (
+        "recovered_by_actor",
+        lambda f: [
+            ActorRecovery(actor=r.actor, count=r.count, amount=Long(r.amount)) for r in f.recovered
+        ],
+        (),
+    ),
+    "recoveryRateByCount": ("recovery_rate_by_count", lambda f: f.recovery_rate_by_count, None),
+    "recoveryRateByAmount": ("recovery_rate_by_amount", lambda f: f.recovery_rate_by_amount, None),
+    "eligibleRecoveryRateByCount": (
+        "eligible_recovery_rate_by_count",
+        lambda f: f.eligible_recovery_rate_by_count,
+        None,
+    ),
+    "eligibleRecoveryRateByAmount": (
+        "eligible_recovery_rate_by_amount",
+        lambda f: f.eligible_recovery_rate_by_amount,
+        None,
+    ),
+    "attemptsPerRecovery": ("attempts_per_recovery", lambda f: f.attempts_per_recovery, None),
+    "medianTimeToRecoverSeconds": (
+        "median_time_to_recover_seconds",
+        lambda f: f.median_time_to_recover_seconds,
+        None,
+    ),
+    "p90TimeToRecoverSeconds": (
+        "p90_time_to_recover_seconds",
+        lambda f: f.p90_time_to_recover_seconds,
+        None,
+    ),
+    "inRecoveryCount": ("in_recovery_count", lambda f: f.in_recovery_count, 0),
+    "inRecoveryAmount": ("in_recovery_amount", lambda f: Long(f.in_recovery_amount), Long(0)),
+}
+# The figures' fields a request reads (GraphQL names); None: every one.
+Wanted = frozenset[str] | None
+
+
+@lru_cache(maxsize=256)
+def _figure_plan(
+    wanted: Wanted,
+) -> tuple[tuple[tuple[str, Callable[[svc.RecoveryFigures], Any]], ...], dict[str, Any]]:
+    """The fields to compute (Python name, how) and the empty values of the others."""
+    chosen = _FIGURE_FIELDS.keys() if wanted is None else wanted & _FIGURE_FIELDS.keys()
+    computed = tuple((_FIGURE_FIELDS[n][0], _FIGURE_FIELDS[n][1]) for n in sorted(chosen))
+    empty = {p: e for n, (p, _, e) in _FIGURE_FIELDS.items() if n not in chosen}
+    return computed, empty
 
 
 @strawberry.type(description="One point of the time series: payments first failed in it.")
@@ -236,31 +277,31 @@ class CurrencyRecoveryStats:
     )
 
     @classmethod
-    def from_stats(cls, c: svc.CurrencyStats) -> Self:
+    def from_stats(cls, c: svc.CurrencyStats, wanted: "FiguresWanted | None" = None) -> Self:
+        """`wanted`: the figures' fields the request reads, per group (see `figures_wanted`);
+        every field of every figure without it."""
+
+        def of(kind: str, f: svc.RecoveryFigures) -> RecoveryFigures:
+            return RecoveryFigures.from_figures(f, None if wanted is None else wanted.get(kind))
+
         return cls(
             currency=c.currency,
-            summary=RecoveryFigures.from_figures(c.summary),
+            summary=of("total", c.summary),
             series=[
-                RecoveryStatsPoint(start=p.start, figures=RecoveryFigures.from_figures(p.figures))
-                for p in c.series
+                RecoveryStatsPoint(start=p.start, figures=of("series", p.figures)) for p in c.series
             ],
             by_decline_category=[
                 DeclineCategoryRecovery(
-                    category=DeclineCategory(b.value),
-                    figures=RecoveryFigures.from_figures(b.figures),
+                    category=DeclineCategory(b.value), figures=of("decline_category", b.figures)
                 )
                 for b in c.by_decline_category
             ],
             by_processor=[
-                ProcessorRecovery(
-                    processor=Processor(b.value), figures=RecoveryFigures.from_figures(b.figures)
-                )
+                ProcessorRecovery(processor=Processor(b.value), figures=of("processor", b.figures))
                 for b in c.by_processor
             ],
             by_card_funding=[
-                CardFundingRecovery(
-                    funding=CardFunding(b.value), figures=RecoveryFigures.from_figures(b.figures)
-                )
+                CardFundingRecovery(funding=CardFunding(b.value), figures=of("funding", b.figures))
                 for b in c.by_card_funding
             ],
             uplift=None if c.uplift is None else RecoveryUplift.from_uplift(c.uplift),
@@ -278,13 +319,13 @@ class RecoveryStats:
     )
 
     @classmethod
-    def from_stats(cls, s: svc.RecoveryStats) -> Self:
+    def from_stats(cls, s: svc.RecoveryStats, wanted: "FiguresWanted | None" = None) -> Self:
         return cls(
             from_=s.query.start,
             to=s.query.end,
             granularity=s.query.granularity,
             timezone=s.query.timezone,
-            currencies=[CurrencyRecoveryStats.from_stats(c) for c in s.currencies],
+            currencies=[CurrencyRecoveryStats.from_stats(c, wanted) for c in s.currencies],
         )
 
 
@@ -313,12 +354,33 @@ def _fields(selections: list[Selected]) -> dict[str, list[Selected]]:
     return found
 
 
+# Per group kind (`Selection`'s), the fields of its figures the request reads (GraphQL names);
+# a kind left out reads none.
+FiguresWanted = dict[str, frozenset[str]]
+
+
+def _currencies(info: Info) -> list[Selected]:
+    stats = _fields(info.selected_fields).get(info.field_name, [])
+    return _fields(stats).get("currencies", [])
+
+
+def figures_wanted(info: Info) -> FiguresWanted:
+    """The fields of each group's figures the request's `recoveryStats` selection reads
+    (fragments included)."""
+    found: FiguresWanted = {}
+    for name, under in _fields(_currencies(info)).items():
+        if name not in _GROUP_FIELDS or name == "uplift":
+            continue
+        kind, nested = _GROUP_FIELDS[name]
+        figures = _fields(under).get("figures", []) if nested else under
+        found[kind] = frozenset(_fields(figures))
+    return found
+
+
 def selection(info: Info) -> Selection:
     """The groups the request's `recoveryStats` selection reads (see `Selection`)."""
-    stats = _fields(info.selected_fields).get(info.field_name, [])
-    currencies = _fields(stats).get("currencies", [])
     kinds, histograms = {"total"}, set()
-    for name, under in _fields(currencies).items():
+    for name, under in _fields(_currencies(info)).items():
         if name not in _GROUP_FIELDS:
             continue
         kind, nested = _GROUP_FIELDS[name]
@@ -346,7 +408,7 @@ async def merchant_recovery_stats(
         timezone=timezone,
         selection=selection(info),
     )
-    return RecoveryStats.from_stats(found)
+    return RecoveryStats.from_stats(found, figures_wanted(info))
 
 
 async def viewer_recovery_stats(
@@ -360,7 +422,7 @@ async def viewer_recovery_stats(
         timezone=timezone,
         selection=selection(info),
     )
-    return RecoveryStats.from_stats(found)
+    return RecoveryStats.from_stats(found, figures_wanted(info))
 
 
 __all__ = [

@@ -12,7 +12,13 @@ from app.models.model_version import ModelDecision, ModelVersion
 from app.models.payment import Payment, PaymentAttempt
 from app.models.retry import OutboxEvent, PaymentTransition
 from app.models.retry_policy import RetryPolicy
-from app.models.stats import RecoveryDayRollup, RecoveryDayZone, RecoveryRollup
+from app.models.stats import (
+    RecoveryDayRollup,
+    RecoveryDayZone,
+    RecoveryMonthRollup,
+    RecoveryMonthZone,
+    RecoveryRollup,
+)
 from app.models.webhook_endpoint import WebhookDelivery, WebhookEndpoint
 
 __all__ = [
@@ -37,6 +43,8 @@ __all__ = [
     "RawRecordKey",
     "RecoveryDayRollup",
     "RecoveryDayZone",
+    "RecoveryMonthRollup",
+    "RecoveryMonthZone",
     "RecoveryRollup",
     "RetryPolicy",
     "TenantOwned",

@@ -323,6 +323,19 @@ class DayRollupKey:
     value: str
 
 
+@dataclass(frozen=True, slots=True)
+class MonthRollupKey:
+    """The key of one month rollup row: a local month (its first day) and one value of one
+    breakdown dimension."""
+
+    merchant_id: uuid.UUID
+    month: date
+    currency: str
+    retryable: bool
+    dimension: str
+    value: str
+
+
 def assemble(
     query: StatsQuery, groups: Mapping[GroupKey, Sums], merchants: Iterable[uuid.UUID | None]
 ) -> dict[uuid.UUID | None, RecoveryStats]:

@@ -162,3 +162,51 @@ def whole_days(query: StatsQuery) -> WholeDays:
         _midnight(days[0], zone),
         _midnight(days[-1] + timedelta(days=1), zone),
     )
+
+
+# How the month rollup stands in for a whole day (`WholeMonths.day_kinds`).
+EDGE_DAY = 0  # in a partial month: read from the day rollup
+SERIES_DAY = 1  # in a whole month spanning several series points: the series reads the day
+COVERED_DAY = 2  # in a whole month within one series point: the month row is enough
+
+
+@dataclass(frozen=True, slots=True)
+class WholeMonths:
+    """The local months (their first days) lying wholly within the query's whole days, each
+    with the series point it falls in (None: its days fall in several points), and for each
+    whole day (`WholeDays.days`, in order) how the month rollup stands in for it."""
+
+    months: tuple[date, ...]
+    points: tuple[int | None, ...]
+    day_kinds: tuple[int, ...]
+
+
+def _next_month(day: date) -> date:
+    return date(day.year + day.month // 12, day.month % 12 + 1, 1)
+
+
+def whole_months(whole: WholeDays) -> WholeMonths:
+    """The whole local months of a run of whole days: from the first day of a month to the
+    last, all of them in the run (its days are consecutive)."""
+    if not whole.days:
+        return WholeMonths((), (), ())
+    first, last = whole.days[0], whole.days[-1]
+    points_by_month: dict[date, set[int]] = {}
+    for day, point in zip(whole.days, whole.points, strict=True):
+        month = day.replace(day=1)
+        if month >= first and _next_month(month) - timedelta(days=1) <= last:
+            points_by_month.setdefault(month, set()).add(point)
+    months = tuple(points_by_month)
+    points = tuple(
+        next(iter(found)) if len(found) == 1 else None for found in points_by_month.values()
+    )
+    single = {m for m, p in zip(months, points, strict=True) if p is not None}
+    kinds = tuple(
+        EDGE_DAY
+        if day.replace(day=1) not in points_by_month
+        else COVERED_DAY
+        if day.replace(day=1) in single
+        else SERIES_DAY
+        for day in whole.days
+    )
+    return WholeMonths(months, points, kinds)

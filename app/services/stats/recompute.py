@@ -22,13 +22,20 @@ from app.retry.schedule import CONTROL_SHARE, in_control_group
 from app.services.stats.figures import (
     DayRollupKey,
     GroupKey,
+    MonthRollupKey,
     RecoveryStats,
     RollupKey,
     Sums,
     assemble,
 )
 from app.services.stats.query import StatsQuery, series_bounds
-from app.services.stats.rollups import day_zones, stored_day_rollups, stored_rollups
+from app.services.stats.rollups import (
+    day_zones,
+    month_zones,
+    stored_day_rollups,
+    stored_month_rollups,
+    stored_rollups,
+)
 
 
 def ttr_bucket(seconds: float) -> int:
@@ -121,6 +128,22 @@ def day_rollups_from(
     return {k: v for k, v in found.items() if not v.is_zero}
 
 
+def month_rollups_from(days: Mapping[DayRollupKey, Sums]) -> dict[MonthRollupKey, Sums]:
+    """The month rollup rows the day rollup rows `days` make (each day counts in its month)."""
+    found: dict[MonthRollupKey, Sums] = defaultdict(Sums)
+    for key, sums in days.items():
+        at = MonthRollupKey(
+            key.merchant_id,
+            key.day.replace(day=1),
+            key.currency,
+            key.retryable,
+            key.dimension,
+            key.value,
+        )
+        found[at] = found[at] + sums
+    return {k: v for k, v in found.items() if not v.is_zero}
+
+
 async def policy_zones(
     session: AsyncSession, merchant_ids: Sequence[uuid.UUID] | None = None
 ) -> dict[uuid.UUID, str]:
@@ -139,14 +162,15 @@ class RollupDifference:
     """A rollup row (quarter hour or day) that disagrees with its recomputation (None: the
     row is missing)."""
 
-    key: RollupKey | DayRollupKey
+    key: RollupKey | DayRollupKey | MonthRollupKey
     stored: Sums | None
     expected: Sums | None
 
 
 @dataclass(frozen=True, slots=True)
 class ZoneDifference:
-    """A merchant whose day rollups are kept in another zone than its current policy's."""
+    """A merchant whose day (or month) rollups are kept in another zone than its current
+    policy's."""
 
     merchant_id: uuid.UUID
     stored: str | None
@@ -180,7 +204,25 @@ async def rollup_differences(
         for key in sorted(stored_days.keys() | expected_days.keys(), key=_day_sort_key)
         if stored_days.get(key) != expected_days.get(key)
     ]
+    # Month rows: in the same zone as the day rows, their sums regrouped by month.
+    months = await month_zones(session, merchant_ids)
+    found += [
+        ZoneDifference(m, months.get(m), wanted.get(m))
+        for m in sorted(months.keys() | wanted.keys(), key=str)
+        if months.get(m) != wanted.get(m)
+    ]
+    stored_months = await stored_month_rollups(session, merchant_ids)
+    expected_months = month_rollups_from(expected_days)
+    found += [
+        RollupDifference(key, stored_months.get(key), expected_months.get(key))
+        for key in sorted(stored_months.keys() | expected_months.keys(), key=_month_sort_key)
+        if stored_months.get(key) != expected_months.get(key)
+    ]
     return found
+
+
+def _month_sort_key(key: MonthRollupKey) -> tuple[Any, ...]:
+    return (str(key.merchant_id), key.month, key.currency, key.retryable, key.dimension, key.value)
 
 
 def _day_sort_key(key: DayRollupKey) -> tuple[Any, ...]:

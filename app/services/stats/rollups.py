@@ -2,6 +2,7 @@
 
 import uuid
 from collections.abc import Sequence
+from datetime import date
 from functools import cache
 from operator import add
 from typing import Any
@@ -18,10 +19,13 @@ from app.models.stats import (
     TTR_BUCKETS,
     RecoveryDayRollup,
     RecoveryDayZone,
+    RecoveryMonthRollup,
+    RecoveryMonthZone,
     RecoveryRollup,
 )
 from app.services.stats.figures import (
     DayRollupKey,
+    MonthRollupKey,
     RecoveryStats,
     RollupKey,
     Sums,
@@ -31,11 +35,16 @@ from app.services.stats.figures import (
 )
 from app.services.stats.query import (
     BREAKDOWN_KINDS,
+    EDGE_DAY,
     KINDS,
+    SERIES_DAY,
     Selection,
     StatsQuery,
+    WholeDays,
+    WholeMonths,
     series_bounds,
     whole_days,
+    whole_months,
 )
 
 
@@ -58,8 +67,8 @@ _KIND_BY_BITS = {
     for k in ("total", "series", "decline_category", "processor", "funding", "arm")
 }
 # GROUPING(idx, model_merchant, value) of the day rollup's control-group sets.
-_CONTROL_TOTAL = 0b111
-_CONTROL_KINDS = {_CONTROL_TOTAL: "total", 0b011: "series", 0b100: "arm"}
+_CONTROL_TOTAL, _CONTROL_SERIES, _CONTROL_ARM = 0b111, 0b011, 0b100
+_CONTROL_KINDS = {_CONTROL_TOTAL: "total", _CONTROL_SERIES: "series", _CONTROL_ARM: "arm"}
 CONTROL_DIMENSION = DAY_DIMENSIONS[0]
 
 
@@ -73,6 +82,12 @@ def _hist_sums(column: Any) -> list[Any]:
     """The element-wise sums of a histogram column (plain `sum`s: the array aggregate costs
     tens of microseconds a row)."""
     return [_zeroed(sa.func.sum(column[i + 1])) for i in range(TTR_BUCKETS)]
+
+
+def _bytewise(column: Any) -> Any:
+    """A text key sorted and grouped byte by byte (the "C" collation): the statement's groups
+    are the same, and sorting them does not call the locale's comparison."""
+    return column.collate("C")
 
 
 def _combined(parts: list[Any]) -> Any:
@@ -90,14 +105,17 @@ def _statement(
     head: bool,
     tail: bool,
     days_present: bool,
+    months_present: bool,
     selection: Selection,
 ) -> Any:
     """The statistics statement of one shape, its values left as parameters (built once:
     the expression costs milliseconds to build). `head`/`tail`: the range has a partial day
-    before/after its whole days; `days_present`: it has whole days. The day rows of a
+    before/after its whole days; `days_present`: it has whole days; `months_present`: whole
+    local months among them (read from the month rollup). The day and month rows of a
     breakdown the selection leaves out are not read, and histograms no selected group reads
     are not summed (zeros in their place)."""
     r, d, z = RecoveryRollup, RecoveryDayRollup, RecoveryDayZone
+    mo, mz = RecoveryMonthRollup, RecoveryMonthZone
     ids = sa.bindparam("ids", type_=postgresql.ARRAY(sa.Uuid))
     moment = sa.DateTime(timezone=True)
     start, end = sa.bindparam("start", type_=moment), sa.bindparam("end", type_=moment)
@@ -106,17 +124,18 @@ def _statement(
     def mine(column: Any) -> list[Any]:
         return [column == sa.any_(ids)] if with_ids else []
 
+    zone = sa.bindparam("zone", type_=sa.String)
     day_merchants = sa.select(col(z.merchant_id)).where(
-        col(z.timezone) == sa.bindparam("zone", type_=sa.String), *mine(col(z.merchant_id))
+        col(z.timezone) == zone, *mine(col(z.merchant_id))
     )
     bounds_param = sa.bindparam("bounds", type_=postgresql.ARRAY(moment))
     quarter_columns = [
         col(r.merchant_id),
-        col(r.currency),
+        _bytewise(col(r.currency)).label("currency"),
         sa.func.width_bucket(col(r.bucket_start), bounds_param).label("idx"),
-        col(r.decline_category),
-        col(r.processor),
-        col(r.funding),
+        _bytewise(col(r.decline_category)).label("decline_category"),
+        _bytewise(col(r.processor)).label("processor"),
+        _bytewise(col(r.funding)).label("funding"),
         col(r.control_group),
         col(r.retryable),
         *(getattr(r, m) for m in MEASURES),
@@ -137,37 +156,83 @@ def _statement(
         everyone = sa.select(sa.func.unnest(ids)) if with_ids else sa.select(col(Merchant.id))
         parts.append(quarter(low, high, col(r.merchant_id).in_(everyone.except_(day_merchants))))
     fine = _combined(parts).cte("fine")
-    w = (
-        sa.func.unnest(
-            sa.bindparam("days", type_=postgresql.ARRAY(sa.Date)),
-            sa.bindparam("points", type_=postgresql.ARRAY(sa.Integer)),
-        )
-        .table_valued("day", "idx")
-        .render_derived(name="w")
+    # The breakdowns the selection reads, and the control group's (total, series, arms).
+    chosen = [kind for kind in BREAKDOWN_KINDS if kind in selection.kinds]
+    dimensions = [CONTROL_DIMENSION, *chosen]
+    # Merchants whose month rows are kept in the query's zone (and whose day rows are too).
+    month_merchants = sa.select(col(mz.merchant_id)).where(
+        col(mz.timezone) == zone, col(mz.merchant_id).in_(day_merchants)
     )
-    days = (
-        sa.select(
-            col(d.merchant_id),
-            col(d.currency),
-            col(d.retryable),
-            col(d.dimension),
-            col(d.value),
-            w.c.idx,
-            *(getattr(d, m) for m in MEASURES),
-            col(d.ttr_histogram),
+
+    def unnested(name: str, *columns: tuple[str, Any]) -> Any:
+        arrays = [sa.bindparam(f"{name}_{c}", type_=postgresql.ARRAY(t)) for c, t in columns]
+        return (
+            sa.func.unnest(*arrays).table_valued(*(c for c, _ in columns)).render_derived(name=name)
         )
-        .join_from(d, w, col(d.day) == w.c.day)
-        .where(
-            col(d.merchant_id).in_(day_merchants),
-            col(d.day) >= sa.bindparam("first_day", type_=sa.Date),
-            col(d.day) <= sa.bindparam("last_day", type_=sa.Date),
+
+    def day_part(name: str, merchants: Any, wanted: list[str], series: bool, rest: bool) -> Any:
+        """The day rows of the days listed under `name`, for `merchants`, of the dimensions
+        `wanted`: counted in the series and/or the rest (total, arms, breakdowns)."""
+        w = unnested(name, ("day", sa.Date), ("idx", sa.Integer))
+        return (
+            sa.select(
+                col(d.merchant_id),
+                _bytewise(col(d.currency)).label("currency"),
+                col(d.retryable),
+                _bytewise(col(d.dimension)).label("dimension"),
+                _bytewise(col(d.value)).label("value"),
+                w.c.idx,
+                sa.literal(series).label("series"),
+                sa.literal(rest).label("rest"),
+                *(getattr(d, m) for m in MEASURES),
+                col(d.ttr_histogram),
+            )
+            .join_from(d, w, col(d.day) == w.c.day)
+            .where(
+                col(d.merchant_id).in_(merchants),
+                col(d.day) >= sa.bindparam(f"{name}_first", type_=sa.Date),
+                col(d.day) <= sa.bindparam(f"{name}_last", type_=sa.Date),
+                col(d.dimension).in_(wanted) if len(wanted) > 1 else col(d.dimension) == wanted[0],
+            )
         )
-        .cte("days")
-    )
+
+    # The days of the partial months at the range's edges: every dimension read.
+    day_parts = [day_part("edge", day_merchants, dimensions, True, True)]
+    if months_present:
+        # The days of whole months, for a merchant without month rows (yet): as edge days.
+        day_parts.append(
+            day_part("inner", day_merchants.except_(month_merchants), dimensions, True, True)
+        )
+        if "series" in selection.kinds:
+            # A month spanning several series points: the series reads its control group's days.
+            day_parts.append(day_part("split", month_merchants, [CONTROL_DIMENSION], True, False))
+        mw = unnested("whole", ("month", sa.Date), ("idx", sa.Integer))
+        day_parts.append(
+            sa.select(
+                col(mo.merchant_id),
+                _bytewise(col(mo.currency)).label("currency"),
+                col(mo.retryable),
+                _bytewise(col(mo.dimension)).label("dimension"),
+                _bytewise(col(mo.value)).label("value"),
+                mw.c.idx,
+                mw.c.idx.is_not(None).label("series"),
+                sa.true().label("rest"),
+                *(getattr(mo, m) for m in MEASURES),
+                col(mo.ttr_histogram),
+            )
+            .join_from(mo, mw, col(mo.month) == mw.c.month)
+            .where(
+                col(mo.merchant_id).in_(month_merchants),
+                col(mo.month) >= sa.bindparam("whole_first", type_=sa.Date),
+                col(mo.month) <= sa.bindparam("whole_last", type_=sa.Date),
+                col(mo.dimension).in_(dimensions),
+            )
+        )
+    days = _combined(day_parts).cte("days")
     model_counts = sa.union_all(
         sa.select(fine.c.merchant_id, fine.c.model_count),
         sa.select(days.c.merchant_id, days.c.model_count).where(
-            days.c.dimension == CONTROL_DIMENSION
+            days.c.dimension == CONTROL_DIMENSION, days.c.rest
         ),
     ).subquery()
     model_merchants = (
@@ -225,83 +290,99 @@ def _statement(
             ),
         ),
     ).group_by(sa.func.grouping_sets(*sets))
-    # Whole days, control-group rows: the total, then series and arms (apart: the summary's
-    # histogram is often read where the series' is not).
+    # Whole days and months: the control group's rows give the total, the series (day rows,
+    # and month rows within one point) and the arms; each row counts once in the total and arms
+    # (`rest`), and once in the series (`series`).
     k = days.c
     day_owner = [k.merchant_id] if per_merchant else []
     day_base = [k.currency, *day_owner]
     day_flag = k.merchant_id.in_(model_merchants).label("model_merchant")
-    day_total = (
-        sa.select(
+    owner_column = k.merchant_id if per_merchant else sa.cast(sa.null(), sa.Uuid)
+    control = k.dimension == CONTROL_DIMENSION
+
+    def control_select(bits: int, idx: Any, flag: Any, value: Any, kind: str) -> Any:
+        return sa.select(
             sa.literal(1).label("part"),
             k.currency,
-            k.merchant_id if per_merchant else sa.cast(sa.null(), sa.Uuid),
-            sa.literal(_CONTROL_TOTAL),
-            sa.cast(sa.null(), sa.Integer),
+            owner_column,
+            sa.literal(bits),
+            idx,
             _text(),
             _text(),
             _text(),
-            sa.cast(sa.null(), sa.Boolean),
-            sa.cast(sa.null(), sa.Boolean),
+            flag,
+            value,
             _text(),
             _text(),
-            *measured(days, "total"),
+            *measured(days, kind),
         )
-        .where(k.dimension == CONTROL_DIMENSION)
-        .group_by(*day_base)
-    )
-    control_groups = (
-        sa.select(
-            sa.literal(1).label("part"),
-            k.currency,
-            k.merchant_id if per_merchant else sa.cast(sa.null(), sa.Uuid),
-            sa.func.grouping(k.idx, day_flag, k.value).label("bits"),
-            k.idx,
-            _text(),
-            _text(),
-            _text(),
-            day_flag,
-            k.value == "true",
-            _text(),
-            _text(),
-            *measured(days, "series"),
+
+    no_flag = sa.cast(sa.null(), sa.Boolean)
+    groups: list[Any] = [
+        fine_groups,
+        control_select(_CONTROL_TOTAL, sa.cast(sa.null(), sa.Integer), no_flag, no_flag, "total")
+        .where(control, k.rest)
+        .group_by(*day_base),
+        control_select(
+            _CONTROL_ARM, sa.cast(sa.null(), sa.Integer), day_flag, k.value == "true", "arm"
         )
-        .where(k.dimension == CONTROL_DIMENSION)
-        .group_by(
-            sa.func.grouping_sets(
-                sa.tuple_(*day_base, k.idx),
-                sa.tuple_(*day_base, day_flag, k.value),
+        .where(control, k.rest)
+        .group_by(*day_base, day_flag, k.value),
+    ]
+    if "series" in selection.kinds:
+        groups.append(
+            control_select(_CONTROL_SERIES, k.idx, no_flag, no_flag, "series")
+            .where(control, k.series)
+            .group_by(*day_base, k.idx)
+        )
+    # The other dimensions the selection reads: one group per value.
+    if chosen:
+        groups.append(
+            sa.select(
+                sa.literal(2).label("part"),
+                k.currency,
+                owner_column,
+                sa.literal(0),
+                sa.cast(sa.null(), sa.Integer),
+                _text(),
+                _text(),
+                _text(),
+                no_flag,
+                no_flag,
+                _text(k.dimension),
+                _text(k.value),
+                *measured(
+                    days,
+                    *chosen,
+                    keep=k.dimension.in_(sorted(selection.histograms.intersection(chosen))),
+                ),
             )
+            .where(k.dimension.in_(chosen), k.rest)
+            .group_by(*day_base, k.dimension, k.value)
         )
-    )
-    # Whole days, the other dimensions the selection reads: one group per value.
-    chosen = [kind for kind in BREAKDOWN_KINDS if kind in selection.kinds]
-    if not chosen:
-        return sa.union_all(fine_groups, day_total, control_groups)
-    breakdowns = (
-        sa.select(
-            sa.literal(2).label("part"),
-            k.currency,
-            k.merchant_id if per_merchant else sa.cast(sa.null(), sa.Uuid),
-            sa.literal(0),
-            sa.cast(sa.null(), sa.Integer),
-            _text(),
-            _text(),
-            _text(),
-            sa.cast(sa.null(), sa.Boolean),
-            sa.cast(sa.null(), sa.Boolean),
-            _text(k.dimension),
-            _text(k.value),
-            *measured(
-                days,
-                *chosen,
-                keep=k.dimension.in_(sorted(selection.histograms.intersection(chosen))),
-            ),
-        )
-        .where(k.dimension.in_(chosen))
-        .group_by(*day_base, k.dimension, k.value)
-    )
-    return sa.union_all(fine_groups, day_total, control_groups, breakdowns)
+    return sa.union_all(*groups)
+
+
+def _day_parameters(whole: WholeDays, months: WholeMonths, today: date) -> dict[str, Any]:
+    """The days (with their series points) each day part of the statement reads, and the
+    whole months, as arrays with their first and last values."""
+    listed: dict[str, list[tuple[date, int | None]]] = {
+        "edge": [],
+        "inner": [],
+        "split": [],
+        "whole": list(zip(months.months, months.points, strict=True)),
+    }
+    for day, point, kind in zip(whole.days, whole.points, months.day_kinds, strict=True):
+        listed["edge" if kind == EDGE_DAY else "inner"].append((day, point))
+        if kind == SERIES_DAY:
+            listed["split"].append((day, point))
+    found: dict[str, Any] = {}
+    for name, pairs in listed.items():
+        found[f"{name}_{'month' if name == 'whole' else 'day'}"] = [p[0] for p in pairs]
+        found[f"{name}_idx"] = [p[1] for p in pairs]
+        found[f"{name}_first"] = pairs[0][0] if pairs else today
+        found[f"{name}_last"] = pairs[-1][0] if pairs else today
+    return found
 
 
 async def load_stats(
@@ -316,12 +397,15 @@ async def load_stats(
     them all under the key None. A payment counts when the quarter hour (UTC) of its first
     failure starts in [start, end).
 
-    The whole local days of the range come from the day rollup for merchants whose day rows
-    are kept in the query's timezone; the partial days at its edges, and every day of other
-    merchants, from the quarter-hour rollup (grouping sets). Both parts' groups are added.
+    The whole local months of the range come from the month rollup and the other whole days
+    from the day rollup, for merchants whose rollups are kept in the query's timezone (a daily
+    or weekly series still reads the control group's day rows of a whole month); the partial
+    days at its edges, and every day of other merchants, from the quarter-hour rollup
+    (grouping sets). The parts' groups are added.
     Only the groups and histograms `query.selection` reads are summed."""
     bounds = series_bounds(query)
     whole = whole_days(query)
+    months = whole_months(whole)
     today = query.start.date()
     parameters: dict[str, Any] = {
         "ids": None if merchant_ids is None else sorted(merchant_ids),
@@ -331,10 +415,7 @@ async def load_stats(
         "high": whole.high,
         "zone": query.timezone,
         "bounds": bounds,
-        "days": list(whole.days),
-        "points": list(whole.points),
-        "first_day": whole.days[0] if whole.days else today,
-        "last_day": whole.days[-1] if whole.days else today,
+        **_day_parameters(whole, months, today),
     }
     statement = _statement(
         per_merchant,
@@ -342,6 +423,7 @@ async def load_stats(
         query.start < whole.low,
         whole.high < query.end,
         bool(whole.days),
+        bool(months.months),
         query.selection,
     )
     groups: dict[VectorKey, Vectors] = {}
@@ -429,6 +511,36 @@ async def day_zones(
 ) -> dict[uuid.UUID, str]:
     """The time zone each merchant's day rollups are kept in (merchants without: none)."""
     z = RecoveryDayZone
+    statement = sa.select(col(z.merchant_id), col(z.timezone))
+    if merchant_ids is not None:
+        statement = statement.where(col(z.merchant_id).in_(sorted(merchant_ids)))
+    return {row[0]: row[1] for row in (await session.execute(statement)).all()}
+
+
+async def stored_month_rollups(
+    session: AsyncSession, merchant_ids: Sequence[uuid.UUID] | None = None
+) -> dict[MonthRollupKey, Sums]:
+    """The month rollup rows the session may see, without rows whose sums fell back to zero."""
+    m = RecoveryMonthRollup
+    statement = sa.select(m)
+    if merchant_ids is not None:
+        statement = statement.where(col(m.merchant_id).in_(sorted(merchant_ids)))
+    found: dict[MonthRollupKey, Sums] = {}
+    for (row,) in (await session.execute(statement)).all():
+        sums = Sums.of([getattr(row, name) for name in MEASURES], row.ttr_histogram)
+        if not sums.is_zero:
+            key = MonthRollupKey(
+                row.merchant_id, row.month, row.currency, row.retryable, row.dimension, row.value
+            )
+            found[key] = sums
+    return found
+
+
+async def month_zones(
+    session: AsyncSession, merchant_ids: Sequence[uuid.UUID] | None = None
+) -> dict[uuid.UUID, str]:
+    """The time zone each merchant's month rollups are kept in (merchants without: none)."""
+    z = RecoveryMonthZone
     statement = sa.select(col(z.merchant_id), col(z.timezone))
     if merchant_ids is not None:
         statement = statement.where(col(z.merchant_id).in_(sorted(merchant_ids)))
