@@ -158,7 +158,7 @@ class RecoveryDayRollup(TenantOwned, table=True):
 
 class RecoveryMonthZone(TenantOwned, table=True):
     """The time zone a merchant's month rollups are kept in: its day rollups' zone, recorded
-    when its month rows are rebuilt from its day rows (migration 0031). A merchant it does not
+    when its month rows are rebuilt from its day rows (migration 0032). A merchant it does not
     list has no month rows to read."""
 
     __tablename__ = "recovery_month_zone"
@@ -171,7 +171,7 @@ class RecoveryMonthRollup(TenantOwned, table=True):
     """The day rollup's sums regrouped by local month (`month`: its first day, in the
     merchant's `RecoveryMonthZone`), so the whole months of a range read a few rows per month
     and breakdown. Adjusted by the same statement triggers as `RecoveryRollup`, in the same
-    statement (migration 0031)."""
+    statement (migration 0032)."""
 
     __tablename__ = "recovery_month_rollup"
     __table_args__ = (

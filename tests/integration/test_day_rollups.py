@@ -1,4 +1,4 @@
-"""Day and month rollups (migrations 0023 and 0031): local days and months in the merchant's
+"""Day and month rollups (migrations 0023 and 0032): local days and months in the merchant's
 zone, rebuilt when it changes, exact against the recomputation from payments across DST days
 and month boundaries."""
 
@@ -36,7 +36,8 @@ from tests.support.factories import make_merchant
 
 VERSIONS = Path(__file__).parents[2] / "migrations" / "versions"
 MIGRATION = VERSIONS / "0023_recovery_day_rollups.py"
-MONTH_MIGRATION = VERSIONS / "0031_recovery_month_rollups.py"
+CHANGED_ROWS_MIGRATION = VERSIONS / "0031_rollup_changed_rows.py"
+MONTH_MIGRATION = VERSIONS / "0032_recovery_month_rollups.py"
 # Europe/Paris leaves summer time on 2026-10-25 (a 25-hour day) and enters it on 2027-03-28
 # (a 23-hour day); America/New_York on 2026-11-01 and 2027-03-14.
 FALL = datetime(2026, 10, 24, tzinfo=UTC)
@@ -61,18 +62,22 @@ def test_migration_copies_match_the_code() -> None:
             assert f"('{dimension}'," in migration.DIMENSIONS
 
 
-def test_the_month_migration_gives_back_the_day_migrations_functions() -> None:
-    """0031's downgrade restores 0023's trigger functions and day rebuild, as 0023 wrote them."""
+def test_the_month_migration_gives_back_the_previous_functions() -> None:
+    """0032's downgrade restores 0031's payment function (0023's with the filter of an
+    `UPDATE`'s unchanged rows), 0023's card and truncate functions and day rebuild."""
     days, months = _migration(), _migration(MONTH_MIGRATION)
+    changed = _migration(CHANGED_ROWS_MIGRATION)
 
     def compact(text: str) -> str:
         return " ".join(text.replace("CREATE OR REPLACE", "CREATE").split())
 
-    for old, new in zip(
-        days._trigger_functions(days=True), months._trigger_functions(months=False), strict=True
-    ):
+    _payment, card, truncate = days._trigger_functions(days=True)
+    before = [changed._payment_function(changed._day_rollups()), card, truncate]
+    for old, new in zip(before, months._trigger_functions(months=False), strict=True):
         assert compact(old) == compact(new)
     assert "recovery_month" not in months._day_rebuild(False)
+    # The month revision keeps the filter.
+    assert "NOT EXISTS (SELECT 1 FROM old_rows y" in months._trigger_functions(months=True)[0]
 
 
 def test_whole_months_of_a_range_across_dst() -> None:

@@ -15,6 +15,8 @@ edges read day rows, and the partial days quarter hours, as before.
   month rows from its day rows (in the day rows' zone; none when it has no day rows).
   `recovery_day_rebuild` (a policy version changing the zone) now ends with it, so the day and
   month rows are rebuilt together, in the same transaction.
+- An `UPDATE` still adds only the rows whose contribution inputs changed (revision 0031's
+  filter, rebuilt here from this file's copy of the contributions).
 - A merchant's month rows are read only when `recovery_month_zone` lists it in the day rows'
   zone: until its backfill, a merchant's statistics read its day rows as before.
 
@@ -24,14 +26,15 @@ none has one yet. The backfill then rebuilds one merchant per transaction (`COMM
 in an autocommit block), each blocking only that merchant's payment writes for the time of
 regrouping its day rows (a few hundred per month).
 
-Revision ID: 0031_recovery_month_rollups
-Revises: 0030_attempts_in_flight
+Revision ID: 0032_recovery_month_rollups
+Revises: 0031_rollup_changed_rows
 Create Date: 2026-12-06 20:00:00.000000
 """
 
 # Every SQL text below is built from this module's constants only: no input reaches it.
 # ruff: noqa: S608
 
+import re
 from collections.abc import Sequence
 
 import sqlalchemy as sa
@@ -40,8 +43,8 @@ from sqlalchemy.dialects import postgresql
 
 from migrations.locks import short_lock_timeout
 
-revision: str = "0031_recovery_month_rollups"
-down_revision: str | None = "0030_attempts_in_flight"
+revision: str = "0032_recovery_month_rollups"
+down_revision: str | None = "0031_rollup_changed_rows"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
@@ -226,9 +229,34 @@ CARD_NEW = "payment p JOIN new_cards c ON c.id = p.card_id"
 CARD_OLD = "payment p JOIN old_cards c ON c.id = p.card_id"
 
 
+def _read_columns() -> list[str]:
+    """Every payment column a contribution reads, the card join's included."""
+    return sorted(set(re.findall(r"\bp\.(\w+)", _contributions(PAYMENT_NEW, 1))))
+
+
+def _inputs(table: str) -> str:
+    """A row's contribution inputs as one row value; of the state only whether it is open and
+    which terminal state it is (every open state contributes alike)."""
+    state = f"CASE WHEN {table}.state IN {TERMINAL} THEN {table}.state END"
+    return ", ".join(state if c == "state" else f"{table}.{c}" for c in _read_columns())
+
+
+def _changed_rows(mine: str, other: str) -> str:
+    """Rows of transition table `mine` with no row of `other` of the same id and contribution
+    inputs, as `p` with its card as `c` (revision 0031's filter of an `UPDATE`'s rows)."""
+    return (
+        f"(SELECT x.* FROM {mine} x WHERE NOT EXISTS (SELECT 1 FROM {other} y "
+        f"WHERE y.id = x.id AND ({_inputs('x')}) IS NOT DISTINCT FROM ({_inputs('y')}))) p "
+        "LEFT JOIN card_credential c ON c.id = p.card_id"
+    )
+
+
 def _trigger_functions(months: bool) -> list[str]:
-    """The rollups' trigger functions: with `months` this revision's, else 0023's."""
+    """The rollups' trigger functions: with `months` this revision's, else 0031's (0023's
+    with 0031's filter of an `UPDATE`'s rows)."""
     lock = _lock_shared
+    changed_new = _changed_rows("new_rows", "old_rows")
+    changed_old = _changed_rows("old_rows", "new_rows")
     payment = f"""
 CREATE OR REPLACE FUNCTION recovery_rollup_payment() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
@@ -240,7 +268,7 @@ BEGIN
     {_apply(_contributions(PAYMENT_OLD, -1), months=months)}
   ELSE
     {lock("SELECT merchant_id FROM new_rows UNION SELECT merchant_id FROM old_rows")}
-    {_apply(_contributions(PAYMENT_NEW, 1), _contributions(PAYMENT_OLD, -1), months=months)}
+    {_apply(_contributions(changed_new, 1), _contributions(changed_old, -1), months=months)}
   END IF;
   RETURN NULL;
 END
