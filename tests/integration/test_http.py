@@ -115,7 +115,9 @@ async def test_readyz_reports_the_worker_heartbeat_and_can_require_it(
     db: Database, services: Services, clock: FixedClock
 ) -> None:
     redis = Redis.from_url(services.redis_url)
-    key = heartbeats_key()
+    # The heartbeats of the queue the settings name (PORTAL_QUEUE_NAME when set).
+    queue = Settings(environment="test").queue_name
+    key = heartbeats_key(queue)
     await redis.delete(key)
 
     async def readyz(required: bool) -> tuple[int, str]:
@@ -136,7 +138,7 @@ async def test_readyz_reports_the_worker_heartbeat_and_can_require_it(
         await redis.zadd(key, {"gone-quiet": await server_time(redis) - 60})
         assert await readyz(False) == (200, "stale")
         assert await readyz(True) == (503, "stale")
-        await write_heartbeat(redis, "alive", ttl=600)
+        await write_heartbeat(redis, "alive", ttl=600, queue=queue)
         assert await readyz(False) == (200, "ok")
         assert await readyz(True) == (200, "ok")
         # Past the TTL a worker is forgotten (readers skip it; the next heartbeat drops it).

@@ -152,8 +152,11 @@ async def test_a_redis_outage_is_waited_out_and_the_worker_resumes(
     )
     supervisor = Supervisor(worker, settings, worker_id="outage-test")
     running = asyncio.create_task(supervisor.run())
-    client = await create_pool(RedisSettings.from_dsn(redis_server.url))
-    beats = heartbeats_key()
+    # The settings' queue (PORTAL_QUEUE_NAME when set), which the worker takes jobs from.
+    client = await create_pool(
+        RedisSettings.from_dsn(redis_server.url), default_queue_name=settings.queue_name
+    )
+    beats = heartbeats_key(settings.queue_name)
 
     async def heartbeat() -> float:
         return float(await client.zscore(beats, "outage-test") or 0)
