@@ -5,7 +5,7 @@ from datetime import date, datetime
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
-from sqlmodel import Field
+from sqlmodel import Field, SQLModel
 
 from app.models.base import TenantOwned, merchant_key, timestamp
 
@@ -47,7 +47,44 @@ def _measure() -> int:
     return Field(default=0, sa_type=sa.BigInteger, sa_column_kwargs={"server_default": "0"})  # type: ignore[no-any-return]
 
 
-class RecoveryRollup(TenantOwned, table=True):
+class RollupSums(SQLModel):
+    """The sums every rollup row carries (`MEASURES`, then the time-to-recover histogram)."""
+
+    failed_count: int = _measure()
+    failed_amount: int = _measure()
+    # Not yet terminal: still in recovery.
+    open_count: int = _measure()
+    open_amount: int = _measure()
+    recovered_portal_count: int = _measure()
+    recovered_portal_amount: int = _measure()
+    recovered_processor_count: int = _measure()
+    recovered_processor_amount: int = _measure()
+    recovered_billing_system_count: int = _measure()
+    recovered_billing_system_amount: int = _measure()
+    recovered_customer_count: int = _measure()
+    recovered_customer_amount: int = _measure()
+    # Attempts after the first failure on recovered payments.
+    recovered_retries: int = _measure()
+    # Payments whose latest retry decision came from the model.
+    model_count: int = _measure()
+    # Recovered payments by time to recover (`TTR_EDGES_SECONDS`), one slot per bucket.
+    ttr_histogram: list[int] = Field(
+        default_factory=lambda: [0] * TTR_BUCKETS,
+        sa_type=postgresql.ARRAY(sa.BigInteger),
+    )
+
+
+class BreakdownSums(RollupSums):
+    """A day or month rollup row's key beside its date and sums: the payments sharing one
+    value of one breakdown dimension (`DAY_DIMENSIONS`) in one currency and eligibility."""
+
+    currency: str = Field(max_length=3)
+    retryable: bool
+    dimension: str = Field(max_length=16)
+    value: str = Field(max_length=32)
+
+
+class RecoveryRollup(TenantOwned, RollupSums, table=True):
     """Sums over the payments sharing one key; adjusted by triggers on `payment` and
     `card_credential` in the statement that changes them (migration 0005), never by the app."""
 
@@ -76,28 +113,6 @@ class RecoveryRollup(TenantOwned, table=True):
     control_group: bool
     # The first failure's verdict: the eligible population.
     retryable: bool
-    failed_count: int = _measure()
-    failed_amount: int = _measure()
-    # Not yet terminal: still in recovery.
-    open_count: int = _measure()
-    open_amount: int = _measure()
-    recovered_portal_count: int = _measure()
-    recovered_portal_amount: int = _measure()
-    recovered_processor_count: int = _measure()
-    recovered_processor_amount: int = _measure()
-    recovered_billing_system_count: int = _measure()
-    recovered_billing_system_amount: int = _measure()
-    recovered_customer_count: int = _measure()
-    recovered_customer_amount: int = _measure()
-    # Attempts after the first failure on recovered payments.
-    recovered_retries: int = _measure()
-    # Payments whose latest retry decision came from the model.
-    model_count: int = _measure()
-    # Recovered payments by time to recover (`TTR_EDGES_SECONDS`), one slot per bucket.
-    ttr_histogram: list[int] = Field(
-        default_factory=lambda: [0] * TTR_BUCKETS,
-        sa_type=postgresql.ARRAY(sa.BigInteger),
-    )
 
 
 # The breakdowns a day rollup row belongs to: each payment counts once under every dimension,
@@ -116,7 +131,7 @@ class RecoveryDayZone(TenantOwned, table=True):
     timezone: str = Field(max_length=64)
 
 
-class RecoveryDayRollup(TenantOwned, table=True):
+class RecoveryDayRollup(TenantOwned, BreakdownSums, table=True):
     """Sums over one local day (in the merchant's `RecoveryDayZone`) of the payments sharing
     one value of one breakdown dimension (`DAY_DIMENSIONS`): the quarter-hour rows' sums
     regrouped, so a range of whole days reads a few rows per day and breakdown. Adjusted by
@@ -132,28 +147,6 @@ class RecoveryDayRollup(TenantOwned, table=True):
     merchant_id: uuid.UUID = merchant_key()
     # The local date (in the merchant's zone) of the quarter hour of the first failure.
     day: date
-    currency: str = Field(max_length=3)
-    retryable: bool
-    dimension: str = Field(max_length=16)
-    value: str = Field(max_length=32)
-    failed_count: int = _measure()
-    failed_amount: int = _measure()
-    open_count: int = _measure()
-    open_amount: int = _measure()
-    recovered_portal_count: int = _measure()
-    recovered_portal_amount: int = _measure()
-    recovered_processor_count: int = _measure()
-    recovered_processor_amount: int = _measure()
-    recovered_billing_system_count: int = _measure()
-    recovered_billing_system_amount: int = _measure()
-    recovered_customer_count: int = _measure()
-    recovered_customer_amount: int = _measure()
-    recovered_retries: int = _measure()
-    model_count: int = _measure()
-    ttr_histogram: list[int] = Field(
-        default_factory=lambda: [0] * TTR_BUCKETS,
-        sa_type=postgresql.ARRAY(sa.BigInteger),
-    )
 
 
 class RecoveryMonthZone(TenantOwned, table=True):
@@ -167,7 +160,7 @@ class RecoveryMonthZone(TenantOwned, table=True):
     timezone: str = Field(max_length=64)
 
 
-class RecoveryMonthRollup(TenantOwned, table=True):
+class RecoveryMonthRollup(TenantOwned, BreakdownSums, table=True):
     """The day rollup's sums regrouped by local month (`month`: its first day, in the
     merchant's `RecoveryMonthZone`), so the whole months of a range read a few rows per month
     and breakdown. Adjusted by the same statement triggers as `RecoveryRollup`, in the same
@@ -182,28 +175,6 @@ class RecoveryMonthRollup(TenantOwned, table=True):
 
     merchant_id: uuid.UUID = merchant_key()
     month: date
-    currency: str = Field(max_length=3)
-    retryable: bool
-    dimension: str = Field(max_length=16)
-    value: str = Field(max_length=32)
-    failed_count: int = _measure()
-    failed_amount: int = _measure()
-    open_count: int = _measure()
-    open_amount: int = _measure()
-    recovered_portal_count: int = _measure()
-    recovered_portal_amount: int = _measure()
-    recovered_processor_count: int = _measure()
-    recovered_processor_amount: int = _measure()
-    recovered_billing_system_count: int = _measure()
-    recovered_billing_system_amount: int = _measure()
-    recovered_customer_count: int = _measure()
-    recovered_customer_amount: int = _measure()
-    recovered_retries: int = _measure()
-    model_count: int = _measure()
-    ttr_histogram: list[int] = Field(
-        default_factory=lambda: [0] * TTR_BUCKETS,
-        sa_type=postgresql.ARRAY(sa.BigInteger),
-    )
 
 
 __all__ = [
