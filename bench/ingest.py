@@ -34,18 +34,21 @@ from app.services.connection import create_connection
 from app.services.merchant import create_merchant
 from app.settings import get_settings
 from app.tenancy import SYSTEM_SCOPE, system_principal
+from app.urls import UrlPolicy
 from app.workflows.polling import poll_connection
 from jobs.context import tune_garbage_collector
 from portal.migrate import upgrade_database
 from procstat import backend_cpu_seconds, cpu_seconds, postgres_cpu_seconds
 from sandbox.common import connection_credentials
 from sandbox.server import in_subprocess
-from tests.support.factories import SANDBOX_URLS
 
 NOW = datetime(2026, 11, 2, 12, 0, tzinfo=UTC)
 # Charges per customer per month in the simulator are about one; 30 days of history.
 HISTORY_DAYS = 30
 CUSTOMERS_PER_ACCOUNT = 200_000
+
+# The sandbox listens on loopback over plain HTTP.
+SANDBOX_URLS = UrlPolicy(require_https=False, allow_loopback=True)
 
 
 def peak_rss_mib() -> float:

@@ -11,25 +11,32 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
-from retry_engine import _scratch_database
+# tests/support is the project's harness, not an installed package: import it from the root.
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
-from app.db import Database
-from app.enums import ModelStatus, RetryStrategy, Role
-from app.services.policy_preview import preview_contexts
-from app.services.retry.engine import decide_pending
-from app.services.retry_policy import PolicyChanges
-from app.settings import Settings
-from app.tenancy import SYSTEM_SCOPE, Principal, Scope
-from jobs.model import load_current, serving_scheduler
-from jobs.policy_preview import forecast
-from ml.artifact import TimingModel
-from tests.support.factories import make_merchant, set_strategy
-from tests.support.model_rows import make_model
-from tests.support.retry import ingest, make_connection, varied_charges
+from retry_engine import _scratch_database  # noqa: E402
+
+from app.db import Database  # noqa: E402
+from app.enums import ModelStatus, RetryStrategy, Role  # noqa: E402
+from app.services.policy_preview import preview_contexts  # noqa: E402
+from app.services.retry.engine import decide_pending  # noqa: E402
+from app.services.retry_policy import PolicyChanges  # noqa: E402
+from app.settings import Settings  # noqa: E402
+from app.tenancy import SYSTEM_SCOPE, Principal, Scope  # noqa: E402
+from jobs.model import load_current, serving_scheduler  # noqa: E402
+from jobs.policy_preview import forecast  # noqa: E402
+from ml.artifact import TimingModel  # noqa: E402
+from tests.support.factories import make_merchant, set_strategy  # noqa: E402
+from tests.support.model_rows import make_model  # noqa: E402
+from tests.support.retry import ingest, make_connection, varied_charges  # noqa: E402
 
 # A Monday 10:00 UTC: outside the default quiet hours.
 T0 = datetime(2026, 10, 5, 10, 0, tzinfo=UTC)

@@ -54,16 +54,19 @@ from app.services.merchant import create_merchant
 from app.services.retry.engine import claim_due, decide_pending
 from app.settings import Settings
 from app.tenancy import SYSTEM_SCOPE, Principal, Scope
+from app.urls import UrlPolicy
 from app.workflows.polling import poll_connection
 from app.workflows.retry_attempt import default_adapters, execute_attempt
 from portal.cli import upgrade_database
 from procstat import backend_cpu_seconds, cpu_seconds, postgres_cpu_seconds
 from sandbox.server import in_subprocess
-from tests.support.factories import SANDBOX_URLS
 
 T0 = datetime(2026, 11, 2, 10, 0, tzinfo=UTC)
 BOX = CredentialBox("bench-secret")
 SUPPORT = Principal(key_id=None, name="bench", role=Role.SUPPORT, scope=Scope(None))
+
+# The sandbox listens on loopback over plain HTTP.
+SANDBOX_URLS = UrlPolicy(require_https=False, allow_loopback=True)
 
 
 @dataclass
