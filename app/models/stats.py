@@ -183,9 +183,11 @@ __all__ = [
     "MEASURES",
     "TTR_BUCKETS",
     "TTR_EDGES_SECONDS",
+    "BreakdownSums",
     "RecoveryDayRollup",
     "RecoveryDayZone",
     "RecoveryMonthRollup",
     "RecoveryMonthZone",
     "RecoveryRollup",
+    "RollupSums",
 ]

@@ -460,88 +460,90 @@ async def load_stats(
     return assemble_vectors(query, groups, owners)
 
 
+_Rollup = type[RecoveryRollup] | type[RecoveryDayRollup] | type[RecoveryMonthRollup]
+
+
+async def _nonzero_rows(
+    session: AsyncSession, model: _Rollup, merchant_ids: Sequence[uuid.UUID] | None
+) -> list[tuple[Any, Sums]]:
+    """A rollup's rows the session may see with their sums, without rows whose sums fell back
+    to zero."""
+    statement = sa.select(model)
+    if merchant_ids is not None:
+        statement = statement.where(col(model.merchant_id).in_(sorted(merchant_ids)))
+    found: list[tuple[Any, Sums]] = []
+    rows: Sequence[Any] = (await session.execute(statement)).scalars().all()
+    for row in rows:
+        sums = Sums.of([getattr(row, m) for m in MEASURES], row.ttr_histogram)
+        if not sums.is_zero:
+            found.append((row, sums))
+    return found
+
+
 async def stored_rollups(
     session: AsyncSession, merchant_ids: Sequence[uuid.UUID] | None = None
 ) -> dict[RollupKey, Sums]:
-    """The rollup rows the session may see, without rows whose sums fell back to zero."""
-    r = RecoveryRollup
-    statement = sa.select(r)
-    if merchant_ids is not None:
-        statement = statement.where(col(r.merchant_id).in_(sorted(merchant_ids)))
-    found: dict[RollupKey, Sums] = {}
-    for (row,) in (await session.execute(statement)).all():
-        sums = Sums.of([getattr(row, m) for m in MEASURES], row.ttr_histogram)
-        if not sums.is_zero:
-            found[
-                RollupKey(
-                    row.merchant_id,
-                    row.bucket_start,
-                    row.currency,
-                    row.processor,
-                    row.decline_category,
-                    row.funding,
-                    row.control_group,
-                    row.retryable,
-                )
-            ] = sums
-    return found
+    """The quarter-hour rollup rows the session may see, without rows whose sums fell back to
+    zero."""
+    return {
+        RollupKey(
+            row.merchant_id,
+            row.bucket_start,
+            row.currency,
+            row.processor,
+            row.decline_category,
+            row.funding,
+            row.control_group,
+            row.retryable,
+        ): sums
+        for row, sums in await _nonzero_rows(session, RecoveryRollup, merchant_ids)
+    }
 
 
 async def stored_day_rollups(
     session: AsyncSession, merchant_ids: Sequence[uuid.UUID] | None = None
 ) -> dict[DayRollupKey, Sums]:
     """The day rollup rows the session may see, without rows whose sums fell back to zero."""
-    d = RecoveryDayRollup
-    statement = sa.select(d)
-    if merchant_ids is not None:
-        statement = statement.where(col(d.merchant_id).in_(sorted(merchant_ids)))
-    found: dict[DayRollupKey, Sums] = {}
-    for (row,) in (await session.execute(statement)).all():
-        sums = Sums.of([getattr(row, m) for m in MEASURES], row.ttr_histogram)
-        if not sums.is_zero:
-            key = DayRollupKey(
-                row.merchant_id, row.day, row.currency, row.retryable, row.dimension, row.value
-            )
-            found[key] = sums
-    return found
-
-
-async def day_zones(
-    session: AsyncSession, merchant_ids: Sequence[uuid.UUID] | None = None
-) -> dict[uuid.UUID, str]:
-    """The time zone each merchant's day rollups are kept in (merchants without: none)."""
-    z = RecoveryDayZone
-    statement = sa.select(col(z.merchant_id), col(z.timezone))
-    if merchant_ids is not None:
-        statement = statement.where(col(z.merchant_id).in_(sorted(merchant_ids)))
-    return {row[0]: row[1] for row in (await session.execute(statement)).all()}
+    return {
+        DayRollupKey(
+            row.merchant_id, row.day, row.currency, row.retryable, row.dimension, row.value
+        ): sums
+        for row, sums in await _nonzero_rows(session, RecoveryDayRollup, merchant_ids)
+    }
 
 
 async def stored_month_rollups(
     session: AsyncSession, merchant_ids: Sequence[uuid.UUID] | None = None
 ) -> dict[MonthRollupKey, Sums]:
     """The month rollup rows the session may see, without rows whose sums fell back to zero."""
-    m = RecoveryMonthRollup
-    statement = sa.select(m)
+    return {
+        MonthRollupKey(
+            row.merchant_id, row.month, row.currency, row.retryable, row.dimension, row.value
+        ): sums
+        for row, sums in await _nonzero_rows(session, RecoveryMonthRollup, merchant_ids)
+    }
+
+
+async def _zones(
+    session: AsyncSession,
+    model: type[RecoveryDayZone] | type[RecoveryMonthZone],
+    merchant_ids: Sequence[uuid.UUID] | None,
+) -> dict[uuid.UUID, str]:
+    statement = sa.select(col(model.merchant_id), col(model.timezone))
     if merchant_ids is not None:
-        statement = statement.where(col(m.merchant_id).in_(sorted(merchant_ids)))
-    found: dict[MonthRollupKey, Sums] = {}
-    for (row,) in (await session.execute(statement)).all():
-        sums = Sums.of([getattr(row, name) for name in MEASURES], row.ttr_histogram)
-        if not sums.is_zero:
-            key = MonthRollupKey(
-                row.merchant_id, row.month, row.currency, row.retryable, row.dimension, row.value
-            )
-            found[key] = sums
-    return found
+        statement = statement.where(col(model.merchant_id).in_(sorted(merchant_ids)))
+    return {row[0]: row[1] for row in (await session.execute(statement)).all()}
+
+
+async def day_zones(
+    session: AsyncSession, merchant_ids: Sequence[uuid.UUID] | None = None
+) -> dict[uuid.UUID, str]:
+    """The time zone each merchant's day rollups are kept in (merchants without: none)."""
+    return await _zones(session, RecoveryDayZone, merchant_ids)
 
 
 async def month_zones(
     session: AsyncSession, merchant_ids: Sequence[uuid.UUID] | None = None
 ) -> dict[uuid.UUID, str]:
     """The time zone each merchant's month rollups are kept in (merchants without: none)."""
-    z = RecoveryMonthZone
-    statement = sa.select(col(z.merchant_id), col(z.timezone))
-    if merchant_ids is not None:
-        statement = statement.where(col(z.merchant_id).in_(sorted(merchant_ids)))
-    return {row[0]: row[1] for row in (await session.execute(statement)).all()}
+    return await _zones(session, RecoveryMonthZone, merchant_ids)
