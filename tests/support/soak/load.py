@@ -294,8 +294,13 @@ class Load:
     async def run(self, seconds: float) -> None:
         """Issue requests at `rate` per second for `seconds`; never more than the in-flight cap."""
         interval = 1.0 / self.rate
+        # Idle connections are dropped well before the server's keep-alive timeout (uvicorn's
+        # 5 s, httpx's own default too): with both at 5 s, a request sent on a connection the
+        # server is closing at that instant ends in a ReadError that no server fault caused.
         limits = httpx.Limits(
-            max_connections=MAX_IN_FLIGHT * 2, max_keepalive_connections=MAX_IN_FLIGHT
+            max_connections=MAX_IN_FLIGHT * 2,
+            max_keepalive_connections=MAX_IN_FLIGHT,
+            keepalive_expiry=2.0,
         )
         tasks: set[asyncio.Task[None]] = set()
         async with httpx.AsyncClient(
