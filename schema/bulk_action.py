@@ -111,7 +111,8 @@ class CancelPaymentRecoveriesPayload(Payload):
         "merchants or all of them (support only; other keys get FORBIDDEN). With dryRun, only "
         "the count. Otherwise one job cancels them as cancelPaymentRecovery does (each through "
         "the state machine, on its timeline) and writes one audit entry with the count; follow "
-        "it with `bulkAction` or `node(id:)`."
+        "it with `bulkAction` or `node(id:)`. The job reaches no further than the submission: "
+        "only payments the portal held when it was submitted, and no more than its count."
     ),
 )
 async def cancel_payment_recoveries(

@@ -130,9 +130,15 @@ async def _existing_merchants(
     return wanted
 
 
-def _cancelable(merchant_id: uuid.UUID, filters: PaymentFilter) -> Any:
+def _cancelable(
+    merchant_id: uuid.UUID, filters: PaymentFilter, *, existing_at: datetime | None = None
+) -> Any:
+    """The ids of the merchant's payments the filter matches that a cancel would change; with
+    `existing_at`, only those the portal already held then (a submitted action's reach)."""
     states = [s for s in filters.states or CANCELABLE if s in CANCELABLE]
     query = select(col(Payment.id)).where(col(Payment.state).in_(states))
+    if existing_at is not None:
+        query = query.where(col(Payment.created_at) <= existing_at)
     # The states are applied above: only the cancelable of the ones the filter asks for.
     return matching(query, merchant_id, PaymentFilter(**{**asdict(filters), "states": ()}))
 
@@ -334,10 +340,24 @@ async def cancel_batch(
     limit: int = BATCH_SIZE,
 ) -> uuid.UUID | None:
     """Cancel the next batch of the merchant's matching payments (by id, after `after`) in one
-    transaction, counting them on the action; the last id done, or None when none was left."""
+    transaction, counting them on the action; the last id done, or None when none was left.
+
+    The action reaches no further than what it was submitted for: payments the portal already
+    held when it was submitted, and never more of them than the count confirmed then (a payment
+    whose charge was in flight at submission may be cancelable by the time the job runs)."""
     principal = requester(action)
     async with db.uow(SYSTEM_SCOPE) as uow:
-        query = _cancelable(merchant_id, filters).order_by(col(Payment.id)).limit(limit)
+        locked = await _locked(uow, action.id)
+        if locked is None:  # pragma: no cover - actions are never deleted
+            raise RuntimeError("the bulk action disappeared")
+        room = locked.expected_count - locked.succeeded_count
+        if room <= 0:
+            return None
+        query = (
+            _cancelable(merchant_id, filters, existing_at=locked.created_at)
+            .order_by(col(Payment.id))
+            .limit(limit)
+        )
         if after is not None:
             query = query.where(col(Payment.id) > after)
         ids: list[uuid.UUID] = list((await uow.session.execute(query)).scalars().all())
@@ -347,6 +367,8 @@ async def cancel_batch(
         writes = Writes()
         done = skipped = 0
         for payment_id in ids:
+            if done == room:
+                break
             ctx = contexts.get(payment_id)
             # Locked now: a payment whose charge started, or that ended, since it was listed.
             if ctx is None or ctx.payment.state not in CANCELABLE:
@@ -363,9 +385,6 @@ async def cancel_batch(
             )
             done += 1
         await writes.flush(uow.session)
-        locked = await _locked(uow, action.id)
-        if locked is None:  # pragma: no cover - actions are never deleted
-            raise RuntimeError("the bulk action disappeared")
         locked.succeeded_count += done
         locked.skipped_count += skipped
         await uow.commit()

@@ -4,6 +4,7 @@ on real Redis), one audit entry, per-payment transitions, idempotency, refusals,
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -240,6 +241,49 @@ async def test_cancel_runs_as_one_job_through_the_state_machine(
     assert entry.reason == "merchant closed its billing"
     assert entry.actor == "api_key:desk"
     assert len(await audit_entries(desk.db, action="payment.cancel_recovery")) == 1  # B's
+
+
+async def test_the_job_reaches_no_further_than_the_submitted_count(desk: Desk) -> None:
+    # At submission one of A's payments has a charge in flight: the count leaves it out.
+    in_flight = desk.payments["A"][0]
+    async with desk.db.uow(SYSTEM_SCOPE) as uow:
+        await uow.session.execute(
+            update(Payment)
+            .where(col(Payment.id) == in_flight.id)
+            .values(state=PaymentState.RETRYING, retrying_since=desk.clock.now())
+        )
+        await uow.commit()
+    data = await desk.call(
+        "support",
+        CANCEL,
+        filter={"declineCategories": ["INSUFFICIENT_FUNDS"]},
+        merchantIds=_mid(desk, "A"),
+        reason="merchant closed its billing",
+    )
+    action = data["cancelPaymentRecoveries"]["bulkAction"]
+    assert data["cancelPaymentRecoveries"]["count"] == 4
+    # Before the job runs, that charge is declined again and rescheduled, and a new failure
+    # arrives: five payments match now, one of them new.
+    async with desk.db.uow(SYSTEM_SCOPE) as uow:
+        await uow.session.execute(
+            update(Payment)
+            .where(col(Payment.id) == in_flight.id)
+            .values(state=PaymentState.SCHEDULED, retrying_since=None)
+        )
+        await uow.commit()
+    desk.clock.set(desk.clock.now() + timedelta(minutes=5))
+    [arrived] = await make_payments(desk.db, desk.merchants["A"], 1, now=desk.clock.now())
+
+    await desk.work()
+
+    data = await desk.call("support", NODE, id=action["id"])
+    assert data["node"]["status"] == "SUCCEEDED"
+    assert data["node"]["succeededCount"] == 4
+    states = await _states(desk, "A")
+    assert states.count(PaymentState.CANCELED) == 4
+    # Which of the five is left depends on the order the job takes them in; one is.
+    assert len([s for s in states if s in (PaymentState.SCHEDULED, PaymentState.PENDING)]) == 1
+    assert (await reload(desk.db, arrived.id)).state is PaymentState.SCHEDULED
 
 
 async def test_resubmitting_the_same_client_mutation_id_does_nothing_twice(desk: Desk) -> None:
