@@ -16,6 +16,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, BIGINT
 from sqlalchemy.orm import aliased
 from sqlmodel import col, select
 
+from app.bulk import write_all
 from app.db import UnitOfWork
 from app.enums import (
     Actor,
@@ -25,11 +26,11 @@ from app.enums import (
     PaymentState,
     RetryStrategy,
 )
-from app.models.customer import CardCredential
+from app.models.customer import CardCredential, Customer
 from app.models.ingestion import ProcessorConnection
 from app.models.merchant import Merchant
 from app.models.payment import Payment, PaymentAttempt
-from app.models.retry import PaymentTransition
+from app.models.retry import OutboxEvent, PaymentTransition
 from app.models.retry_policy import RetryPolicy
 from app.retry.events import (
     AlertDuplicateCharge,
@@ -71,11 +72,18 @@ from app.services.retry.end_actions import open_end_action
 from app.services.retry.ledger import (
     CardKey,
     PaymentContext,
+    RowContext,
+    RowHead,
+    ledger_with_extra,
     load_contexts,
     reread_histories,
     reread_history,
+    row_contexts,
+    row_head,
+    row_head_columns,
 )
-from app.services.retry.outbox import emit, event_payload
+from app.services.retry.outbox import emit, event_payload, outbox_row
+from app.services.retry.rows import PaymentLike, PaymentRow
 from app.services.retry.writes import Writes
 
 logger = logging.getLogger(__name__)
@@ -103,14 +111,16 @@ REASON_SEPARATOR = "; "
 _ENDED = (PaymentState.EXHAUSTED, PaymentState.NOT_RETRYABLE, PaymentState.CANCELED)
 
 
-def _set(payment: Payment, name: str, value: Any) -> None:
+def _set(payment: PaymentLike, name: str, value: Any) -> None:
     """Set a column only when its value changes: setting a model's attribute costs far more
     than reading it, and a decision sets a dozen, most of them to what they hold."""
     if getattr(payment, name) != value:
         setattr(payment, name, value)
 
 
-def _enter_state(payment: Payment, tr: Transition, *, now: datetime, recovered_by: Actor) -> None:
+def _enter_state(
+    payment: PaymentLike, tr: Transition, *, now: datetime, recovered_by: Actor
+) -> None:
     previous = payment.state
     _set(payment, "state", tr.new_state)
     _set(payment, "updated_at", now)
@@ -137,23 +147,12 @@ def _schedule(ctx: PaymentContext, action: ScheduleRetry, *, now: datetime) -> N
     _set(payment, "policy_version", ctx.policy_version)
 
 
-def _record_attempt(
-    uow: UnitOfWork,
-    ctx: PaymentContext,
-    action: RecordAttempt,
-    *,
-    now: datetime,
-    writes: Writes | None,
-) -> None:
-    """The portal's attempt, stored in flight before anything is sent.
-
-    With `writes`, the attempt is a row held there (no model object: building one costs more
-    than the rest of the claim) and `ctx.attempts` does not gain it; without, it is added to
-    the session and to `ctx.attempts`."""
-    payment = ctx.payment
+def _start_attempt(payment: PaymentLike, action: RecordAttempt, *, now: datetime) -> dict[str, Any]:
+    """The portal's attempt, stored in flight before anything is sent: the payment's count
+    and in-flight time moved on, and the attempt's row."""
     payment.attempt_count += 1
     payment.retrying_since = now
-    row: dict[str, Any] = {
+    return {
         "id": uuid.uuid4(),
         "merchant_id": payment.merchant_id,
         "payment_id": payment.id,
@@ -165,12 +164,51 @@ def _record_attempt(
         "actor": Actor.PORTAL,
         "created_at": now,
     }
+
+
+def _record_attempt(
+    uow: UnitOfWork,
+    ctx: PaymentContext,
+    action: RecordAttempt,
+    *,
+    now: datetime,
+    writes: Writes | None,
+) -> None:
+    """`_start_attempt` for a payment's context.
+
+    With `writes`, the attempt is a row held there (no model object: building one costs more
+    than the rest of the claim) and `ctx.attempts` does not gain it; without, it is added to
+    the session and to `ctx.attempts`."""
+    row = _start_attempt(ctx.payment, action, now=now)
     if writes is not None:
         writes.insert(PaymentAttempt, row)
         return
     attempt = PaymentAttempt(**row)
     uow.session.add(attempt)
     ctx.attempts.append(attempt)
+
+
+def _timeline_row(
+    payment: PaymentLike,
+    seq: int,
+    action: RecordTransition,
+    *,
+    actor_label: str | None,
+    event_label: str | None,
+) -> dict[str, Any]:
+    """One row of the payment's timeline, at position `seq`."""
+    return {
+        "id": uuid.uuid4(),
+        "merchant_id": payment.merchant_id,
+        "payment_id": payment.id,
+        "seq": seq,
+        "from_state": action.from_state,
+        "to_state": action.to_state,
+        "event": (event_label or action.event)[:64],
+        "reason": action.reason[:2000],
+        "actor": (actor_label or str(action.actor))[:255],
+        "at": action.at,
+    }
 
 
 def _record_transition(
@@ -183,19 +221,9 @@ def _record_transition(
     writes: Writes | None,
 ) -> None:
     """One row of the payment's timeline, at the next position."""
-    payment = ctx.payment
-    row: dict[str, Any] = {
-        "id": uuid.uuid4(),
-        "merchant_id": payment.merchant_id,
-        "payment_id": payment.id,
-        "seq": ctx.next_seq,
-        "from_state": action.from_state,
-        "to_state": action.to_state,
-        "event": (event_label or action.event)[:64],
-        "reason": action.reason[:2000],
-        "actor": (actor_label or str(action.actor))[:255],
-        "at": action.at,
-    }
+    row = _timeline_row(
+        ctx.payment, ctx.next_seq, action, actor_label=actor_label, event_label=event_label
+    )
     if writes is None:
         uow.session.add(PaymentTransition(**row))
     else:
@@ -642,79 +670,180 @@ async def _try_locks(uow: UnitOfWork, keys: Sequence[int]) -> set[int]:
     return {k for k, ok in rows if ok}
 
 
-async def _due(uow: UnitOfWork, *, now: datetime, limit: int) -> dict[uuid.UUID, list[int]]:
-    """Due SCHEDULED payments of active connections, locked (`SKIP LOCKED`), each with the
-    advisory-lock keys of its customer and of every card its ledger counts."""
+@cache
+def _due_statement() -> Any:
+    """Due SCHEDULED payments of active connections as rows (`row_head_columns`), locked
+    (`SKIP LOCKED`), each with the fingerprints of the cards its attempts were made on."""
     active_connection = exists().where(
         col(ProcessorConnection.id) == col(Payment.connection_id),
         col(ProcessorConnection.status) == ConnectionStatus.ACTIVE,
     )
     # The cards the payment's attempts were made on: its ledger counts them too.
+    used = aliased(CardCredential)
     attempt_cards = (
-        sa_select(func.array_agg(col(CardCredential.fingerprint).distinct()))
-        .join(PaymentAttempt, col(PaymentAttempt.card_id) == col(CardCredential.id))
+        sa_select(func.array_agg(col(used.fingerprint).distinct()))
+        .join(PaymentAttempt, col(PaymentAttempt.card_id) == col(used.id))
         .where(col(PaymentAttempt.payment_id) == col(Payment.id))
         .correlate(Payment)
         .scalar_subquery()
     )
-    rows = (
-        await uow.session.execute(
-            sa_select(
-                col(Payment.id),
-                col(Payment.merchant_id),
-                col(Payment.customer_id),
-                col(CardCredential.fingerprint),
-                col(Payment.credential_fingerprint),
-                attempt_cards,
-            )
-            .outerjoin(CardCredential, col(CardCredential.id) == col(Payment.card_id))
-            .where(
-                col(Payment.state) == PaymentState.SCHEDULED,
-                col(Payment.next_retry_at) <= now,
-                active_connection,
-            )
-            .order_by(col(Payment.next_retry_at))
-            .limit(limit)
-            .with_for_update(of=Payment, skip_locked=True)
+    return (
+        sa_select(*row_head_columns(), attempt_cards)
+        .select_from(Payment)
+        .join(Customer, col(Customer.id) == col(Payment.customer_id))
+        .join(Merchant, col(Merchant.id) == col(Payment.merchant_id))
+        .outerjoin(CardCredential, col(CardCredential.id) == col(Payment.card_id))
+        .where(
+            col(Payment.state) == PaymentState.SCHEDULED,
+            col(Payment.next_retry_at) <= bindparam("now"),
+            active_connection,
         )
-    ).all()
-    wanted: dict[uuid.UUID, list[int]] = {}
-    for pid, merchant_id, customer_id, fingerprint, replacement, used in rows:
-        keys = [lock_key("customer", merchant_id, customer_id)]
+        .order_by(col(Payment.next_retry_at))
+        .limit(bindparam("limit"))
+        .with_for_update(of=Payment, skip_locked=True)
+    )
+
+
+async def _due(uow: UnitOfWork, *, now: datetime, limit: int) -> list[tuple[RowHead, list[int]]]:
+    """Due SCHEDULED payments of active connections, locked (`SKIP LOCKED`) and read as rows,
+    each with the advisory-lock keys of its customer and of every card its ledger counts."""
+    rows = (await uow.session.execute(_due_statement(), {"now": now, "limit": limit})).all()
+    due: list[tuple[RowHead, list[int]]] = []
+    for row in rows:
+        head, used = row_head(row[:-1]), row[-1]
+        payment = head.payment
+        keys = [lock_key("customer", payment.merchant_id, payment.customer_id)]
         # Every card its ledger counts (PaymentContext.card_keys): a retry may hit any.
-        cards = {fingerprint, replacement, *(used or ())}
-        keys += [lock_key("card", merchant_id, fp) for fp in sorted(c for c in cards if c)]
-        wanted[pid] = keys
-    return wanted
+        fingerprint = head.card[0][1] if head.card is not None else None
+        cards = {fingerprint, payment.credential_fingerprint, *(used or ())}
+        keys += [lock_key("card", payment.merchant_id, fp) for fp in sorted(c for c in cards if c)]
+        due.append((head, keys))
+    return due
 
 
-async def _start_attempts(
-    uow: UnitOfWork, payment_ids: Sequence[uuid.UUID], *, now: datetime
-) -> Applied:
+# What carrying out a transition on a payment read as a row may do (`_apply_row`); a
+# transition that asks for anything else is carried out on the payment's model object.
+_ROW_ACTIONS = (ClearSchedule, RecordAttempt, EnqueueAttempt, RecordTransition, EmitEvent)
+# The payment's columns those actions may change (`_enter_state`, `_start_attempt`).
+_ROW_CHANGES = (
+    "state",
+    "updated_at",
+    "retrying_since",
+    "recovered_at",
+    "recovered_by",
+    "blocking_rule",
+    "next_retry_at",
+    "attempt_count",
+)
+
+
+@dataclass
+class _RowWrites:
+    """What transitions carried out on payment rows write, in one statement (`flush`)."""
+
+    payments: list[PaymentRow] = field(default_factory=list)
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+    timeline: list[dict[str, Any]] = field(default_factory=list)
+    outbox: list[dict[str, Any]] = field(default_factory=list)
+
+    async def flush(self, uow: UnitOfWork) -> None:
+        updates = [
+            {"id": p.id, **{name: getattr(p, name) for name in _ROW_CHANGES}} for p in self.payments
+        ]
+        await write_all(
+            uow.session,
+            [
+                (PaymentAttempt, self.attempts),
+                (PaymentTransition, self.timeline),
+                (OutboxEvent, self.outbox),
+            ],
+            [(Payment, updates)],
+        )
+
+
+def _by_row(tr: Transition) -> bool:
+    """Whether `_apply_row` carries the transition out."""
+    return tr.changed and all(isinstance(a, _ROW_ACTIONS) for a in tr.actions)
+
+
+def _apply_row(
+    ctx: RowContext, tr: Transition, *, now: datetime, held: _RowWrites, applied: Applied
+) -> None:
+    """`apply_transition` for a payment read as a row, for a transition `_by_row` accepts:
+    the same changes and rows, held in `held`."""
+    payment = ctx.payment
+    previous = payment.state
+    _enter_state(payment, tr, now=now, recovered_by=Actor.PORTAL)
+    for action in tr.actions:
+        match action:
+            case ClearSchedule():
+                payment.next_retry_at = None
+            case RecordAttempt():
+                held.attempts.append(_start_attempt(payment, action, now=now))
+            case EnqueueAttempt():
+                applied.enqueue.append((payment.id, action.attempt_number))
+            case RecordTransition():
+                held.timeline.append(
+                    _timeline_row(payment, ctx.next_seq, action, actor_label=None, event_label=None)
+                )
+                ctx.next_seq += 1
+            case EmitEvent():
+                payload = event_payload(payment, action.name, previous, tr.reason)
+                held.outbox.append(outbox_row(payment, action.name, payload, now))
+            case _:
+                raise RuntimeError(f"{type(action).__name__} is not carried out on a row")
+    held.payments.append(payment)
+    applied.transitions.append(tr)
+
+
+async def _start_attempts(uow: UnitOfWork, heads: Sequence[RowHead], *, now: datetime) -> Applied:
     """AttemptStarted for each payment, in order; each ledger also counts the attempts
-    started before it in the batch, which the loaded ledgers do not hold yet."""
-    contexts = await load_contexts(uow.session, payment_ids, now=now, attempts=False)
+    started before it in the batch, which the loaded ledgers do not hold yet.
+
+    The payments are read as rows and their transitions carried out on them, written in one
+    statement; a transition that does more than start an attempt, reschedule or end without
+    an end action (`_by_row`) is carried out on the payment's model object instead, with the
+    same ledger, before the rows are written."""
+    contexts = await row_contexts(uow.session, heads, now=now)
     extra_card: dict[CardKey, list[AttemptRecord]] = defaultdict(list)
     extra_customer: dict[uuid.UUID, list[AttemptRecord]] = defaultdict(list)
     applied = Applied()
-    writes = Writes()
-    for pid in payment_ids:
-        base = contexts.get(pid)
-        if base is None or base.payment.state is not PaymentState.SCHEDULED:
+    held = _RowWrites()
+    # Payments whose transition needs their model object, with the batch's attempts their
+    # ledger counts.
+    by_model: list[tuple[uuid.UUID, list[AttemptRecord], list[AttemptRecord]]] = []
+    for head in heads:
+        ctx = contexts[head.payment.id]
+        payment = ctx.payment
+        if payment.state is not PaymentState.SCHEDULED:
             continue
-        ctx = base.with_extra(
-            [r for key in base.card_keys for r in extra_card.get(key, [])],
-            extra_customer.get(base.payment.customer_id, []),
-        )
-        result = await run_event(uow, ctx, AttemptStarted(), now=now, writes=writes)
-        if ctx.payment.state is PaymentState.RETRYING:
+        card = [r for key in ctx.card_keys for r in extra_card.get(key, ())]
+        customer = list(extra_customer.get(payment.customer_id, ()))
+        ledger = ledger_with_extra(ctx.ledger, card, customer)
+        tr = transition(payment.state, AttemptStarted(), policy=ctx.policy, ledger=ledger, now=now)
+        if not _by_row(tr):
+            by_model.append((payment.id, card, customer))
+            continue
+        _apply_row(ctx, tr, now=now, held=held, applied=applied)
+        if tr.new_state is PaymentState.RETRYING:
             record = AttemptRecord(now, Actor.PORTAL, None)
             for key in ctx.card_keys:
                 extra_card[key].append(record)
-            extra_customer[ctx.payment.customer_id].append(record)
-        applied.transitions += result.transitions
-        applied.enqueue += result.enqueue
-    await writes.flush(uow.session)
+            extra_customer[payment.customer_id].append(record)
+    if by_model:
+        # Read before the batch's attempts are written: their ledgers count those above.
+        models = await load_contexts(
+            uow.session, [pid for pid, _, _ in by_model], now=now, attempts=False
+        )
+        writes = Writes()
+        for pid, card, customer in by_model:
+            model = models[pid].with_extra(card, customer)
+            result = await run_event(uow, model, AttemptStarted(), now=now, writes=writes)
+            applied.transitions += result.transitions
+            applied.enqueue += result.enqueue
+        await writes.flush(uow.session)
+    if held.payments:
+        await held.flush(uow)
     return applied
 
 
@@ -732,11 +861,11 @@ async def claim_due(
     or a customer's attempts without seeing each other's. A payment whose lock is held
     elsewhere waits for the next run.
     """
-    wanted = await _due(uow, now=now, limit=limit)
-    if not wanted:
+    due = await _due(uow, now=now, limit=limit)
+    if not due:
         return Applied()
-    held = await _try_locks(uow, sorted({k for ks in wanted.values() for k in ks}))
-    claimable = [pid for pid, ks in wanted.items() if all(k in held for k in ks)]
+    held = await _try_locks(uow, sorted({k for _, ks in due for k in ks}))
+    claimable = [head for head, ks in due if all(k in held for k in ks)]
     applied = await _start_attempts(uow, claimable, now=now)
     await uow.session.flush()
     return applied
