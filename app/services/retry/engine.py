@@ -83,7 +83,7 @@ from app.services.retry.ledger import (
     row_head_columns,
 )
 from app.services.retry.outbox import emit, event_payload, outbox_row
-from app.services.retry.rows import PaymentLike, PaymentRow
+from app.services.retry.rows import PaymentLike, PaymentRow, changed_columns
 from app.services.retry.writes import Writes
 
 logger = logging.getLogger(__name__)
@@ -133,7 +133,7 @@ def _enter_state(
         _set(payment, "blocking_rule", tr.blocking_rule)
 
 
-def _schedule(ctx: PaymentContext, action: ScheduleRetry, *, now: datetime) -> None:
+def _schedule(ctx: "PaymentContext | RowContext", action: ScheduleRetry, *, now: datetime) -> None:
     payment = ctx.payment
     _set(payment, "next_retry_at", action.at)
     _set(payment, "decision_at", now)
@@ -473,7 +473,7 @@ async def cancel_subscription(
 
 
 def _rules(
-    ctx: PaymentContext,
+    ctx: "PaymentContext | RowContext",
 ) -> tuple[Scheduler, str, RetryStrategy, tuple[str, datetime] | None]:
     """The rule-based scheduler a payment's policy uses, its label and strategy, and its next
     target (why, when): the fixed schedule's day, or the decline-aware rules' next time."""
@@ -487,7 +487,7 @@ def _rules(
 
 
 def decide(
-    ctx: PaymentContext,
+    ctx: "PaymentContext | RowContext",
     *,
     now: datetime,
     scheduler: Scheduler | None = None,
@@ -564,6 +564,48 @@ def prepare_decisions(
     return Prepared(now, by_payment)
 
 
+@cache
+def _pending_statement() -> Any:
+    """PENDING payments that wait for a decision, new failures first, locked (`SKIP LOCKED`)
+    and read as rows (`row_head_columns`, past successes included)."""
+    return (
+        sa_select(*row_head_columns(True))
+        .select_from(Payment)
+        .join(Customer, col(Customer.id) == col(Payment.customer_id))
+        .join(Merchant, col(Merchant.id) == col(Payment.merchant_id))
+        .outerjoin(CardCredential, col(CardCredential.id) == col(Payment.card_id))
+        .where(col(Payment.state) == PaymentState.PENDING, col(Payment.needs_decision))
+        .order_by(col(Payment.first_failed_at))
+        .limit(bindparam("limit"))
+        .with_for_update(of=Payment, skip_locked=True)
+    )
+
+
+def _decided_by_row(ctx: RowContext, *, now: datetime) -> list[Transition] | None:
+    """The transitions a pending payment's decision makes, computed on its row: the ingested
+    failure first for a payment with no timeline yet, then the decision it asks for (as
+    `run_event` and `_follow_up` make them). None when one of them asks for more than
+    `_apply_row` does."""
+    payment = ctx.payment
+    if ctx.next_seq == 0:
+        # Ingestion opens payments without the state machine; their timeline starts here.
+        event: Event = FailureIngested(ctx.first_decline)
+    else:
+        event = decide(ctx, now=now).to_event()
+    tr = transition(payment.state, event, policy=ctx.policy, ledger=ctx.ledger, now=now)
+    if not _by_row(tr, also=(RequestDecision,)):
+        return None
+    found = [tr]
+    asks = any(isinstance(a, RequestDecision) for a in tr.actions)
+    if asks and tr.new_state in (PaymentState.PENDING, PaymentState.SCHEDULED):
+        decision = decide(ctx, now=now).to_event()
+        more = transition(tr.new_state, decision, policy=ctx.policy, ledger=ctx.ledger, now=now)
+        if not _by_row(more):
+            return None
+        found.append(more)
+    return found
+
+
 async def decide_pending(
     uow: UnitOfWork,
     *,
@@ -571,20 +613,49 @@ async def decide_pending(
     limit: int = 500,
     scheduler: Scheduler | None = None,
 ) -> int:
-    """Decide PENDING payments that wait for a decision (new failures first); no commit."""
-    ids = list(
-        (
-            await uow.session.execute(
-                select(col(Payment.id))
-                .where(col(Payment.state) == PaymentState.PENDING, col(Payment.needs_decision))
-                .order_by(col(Payment.first_failed_at))
-                .limit(limit)
-                .with_for_update(skip_locked=True)
-            )
-        ).scalars()
-    )
-    if not ids:
+    """Decide PENDING payments that wait for a decision (new failures first); no commit.
+
+    Decisions by the rules are made on the payments read as rows and written in one
+    statement; decisions by the model (scored as one batch) and transitions that ask for
+    more than `_apply_row` does are then carried out on the payments' model objects."""
+    rows = (await uow.session.execute(_pending_statement(), {"limit": limit})).all()
+    if not rows:
         return await _resume_held(uow, now=now, limit=limit, scheduler=scheduler)
+    heads = [row_head(row) for row in rows]
+    contexts = await row_contexts(uow.session, heads, now=now)
+    held = _RowWrites()
+    applied = Applied()
+    by_model: list[uuid.UUID] = []
+    for head in heads:
+        ctx = contexts[head.payment.id]
+        if scheduler is not None and ctx.policy.strategy is RetryStrategy.MODEL:
+            by_model.append(head.payment.id)
+            continue
+        transitions = _decided_by_row(ctx, now=now)
+        if transitions is None:
+            by_model.append(head.payment.id)
+            continue
+        for tr in transitions:
+            _apply_row(ctx, tr, now=now, held=held, applied=applied)
+        ctx.payment.needs_decision = False
+        held.payments.append((ctx.payment, head.read))
+    await held.flush(uow)
+    await _decide_models(uow, by_model, now=now, scheduler=scheduler)
+    # Flushed so that a later query in the same unit of work sees these payments as decided.
+    await uow.session.flush()
+    return len(heads) + await _resume_held(uow, now=now, limit=limit, scheduler=scheduler)
+
+
+async def _decide_models(
+    uow: UnitOfWork,
+    ids: Sequence[uuid.UUID],
+    *,
+    now: datetime,
+    scheduler: Scheduler | None,
+) -> None:
+    """`decide_pending` on the payments' model objects (locked by the caller)."""
+    if not ids:
+        return
     contexts = await load_contexts(uow.session, ids, now=now, attempts=False)
     # The model's choices for the whole batch in one scoring call (each as it would be alone).
     prepared = prepare_decisions(list(contexts.values()), now=now, scheduler=scheduler)
@@ -604,11 +675,7 @@ async def decide_pending(
         )
         _set(ctx.payment, "needs_decision", False)
         writes.touch(ctx.payment)
-    # Written (and flushed) so that a later query in the same unit of work sees these
-    # payments as decided.
     await writes.flush(uow.session)
-    await uow.session.flush()
-    return len(ids) + await _resume_held(uow, now=now, limit=limit, scheduler=scheduler)
 
 
 @cache
@@ -688,7 +755,7 @@ def _due_statement() -> Any:
         .scalar_subquery()
     )
     return (
-        sa_select(*row_head_columns(), attempt_cards)
+        sa_select(*row_head_columns(False), attempt_cards)
         .select_from(Payment)
         .join(Customer, col(Customer.id) == col(Payment.customer_id))
         .join(Merchant, col(Merchant.id) == col(Payment.merchant_id))
@@ -722,34 +789,32 @@ async def _due(uow: UnitOfWork, *, now: datetime, limit: int) -> list[tuple[RowH
 
 
 # What carrying out a transition on a payment read as a row may do (`_apply_row`); a
-# transition that asks for anything else is carried out on the payment's model object.
-_ROW_ACTIONS = (ClearSchedule, RecordAttempt, EnqueueAttempt, RecordTransition, EmitEvent)
-# The payment's columns those actions may change (`_enter_state`, `_start_attempt`).
-_ROW_CHANGES = (
-    "state",
-    "updated_at",
-    "retrying_since",
-    "recovered_at",
-    "recovered_by",
-    "blocking_rule",
-    "next_retry_at",
-    "attempt_count",
+# transition that asks for anything else (an end action, a stop-payment's other payments, an
+# alert) is carried out on the payment's model object.
+_ROW_ACTIONS = (
+    ScheduleRetry,
+    ClearSchedule,
+    RecordAttempt,
+    EnqueueAttempt,
+    RecordTransition,
+    EmitEvent,
 )
 
 
 @dataclass
 class _RowWrites:
-    """What transitions carried out on payment rows write, in one statement (`flush`)."""
+    """What transitions carried out on payment rows write, in one statement (`flush`): each
+    payment (with its values as read) once, its new attempts, timeline rows and events."""
 
-    payments: list[PaymentRow] = field(default_factory=list)
+    payments: list[tuple[PaymentRow, tuple[Any, ...]]] = field(default_factory=list)
     attempts: list[dict[str, Any]] = field(default_factory=list)
     timeline: list[dict[str, Any]] = field(default_factory=list)
     outbox: list[dict[str, Any]] = field(default_factory=list)
 
     async def flush(self, uow: UnitOfWork) -> None:
-        updates = [
-            {"id": p.id, **{name: getattr(p, name) for name in _ROW_CHANGES}} for p in self.payments
-        ]
+        """Write the payments' changed columns and the new rows; then nothing is held."""
+        columns = changed_columns(self.payments)
+        updates = [{"id": p.id, **{c: getattr(p, c) for c in columns}} for p, _ in self.payments]
         await write_all(
             uow.session,
             [
@@ -757,25 +822,32 @@ class _RowWrites:
                 (PaymentTransition, self.timeline),
                 (OutboxEvent, self.outbox),
             ],
-            [(Payment, updates)],
+            [(Payment, updates)] if columns else [],
         )
+        self.payments, self.attempts, self.timeline, self.outbox = [], [], [], []
 
 
-def _by_row(tr: Transition) -> bool:
-    """Whether `_apply_row` carries the transition out."""
-    return tr.changed and all(isinstance(a, _ROW_ACTIONS) for a in tr.actions)
+def _by_row(tr: Transition, *, also: tuple[type, ...] = ()) -> bool:
+    """Whether `_apply_row` carries the transition out (`also`: actions the caller does)."""
+    return all(isinstance(a, (*_ROW_ACTIONS, *also)) for a in tr.actions)
 
 
 def _apply_row(
     ctx: RowContext, tr: Transition, *, now: datetime, held: _RowWrites, applied: Applied
 ) -> None:
     """`apply_transition` for a payment read as a row, for a transition `_by_row` accepts:
-    the same changes and rows, held in `held`."""
+    the same changes on the row and the same new rows, held in `held`. The caller adds the
+    payment to `held.payments` once."""
+    applied.transitions.append(tr)
+    if not tr.changed:
+        return
     payment = ctx.payment
     previous = payment.state
     _enter_state(payment, tr, now=now, recovered_by=Actor.PORTAL)
     for action in tr.actions:
         match action:
+            case ScheduleRetry():
+                _schedule(ctx, action, now=now)
             case ClearSchedule():
                 payment.next_retry_at = None
             case RecordAttempt():
@@ -790,60 +862,61 @@ def _apply_row(
             case EmitEvent():
                 payload = event_payload(payment, action.name, previous, tr.reason)
                 held.outbox.append(outbox_row(payment, action.name, payload, now))
+            case RequestDecision():
+                pass  # carried out by the caller
             case _:
                 raise RuntimeError(f"{type(action).__name__} is not carried out on a row")
-    held.payments.append(payment)
-    applied.transitions.append(tr)
 
 
 async def _start_attempts(uow: UnitOfWork, heads: Sequence[RowHead], *, now: datetime) -> Applied:
     """AttemptStarted for each payment, in order; each ledger also counts the attempts
     started before it in the batch, which the loaded ledgers do not hold yet.
 
-    The payments are read as rows and their transitions carried out on them, written in one
-    statement; a transition that does more than start an attempt, reschedule or end without
-    an end action (`_by_row`) is carried out on the payment's model object instead, with the
-    same ledger, before the rows are written."""
+    The payments are read as rows, their transitions carried out on them and written in one
+    statement. A transition that asks for more (`_by_row`) is carried out afterwards on the
+    payment's model object, through `run_event`: a stop-payment order there reads the other
+    payments of its subscription as written. Its ledger then holds every attempt the batch
+    started (a superset of those before it: caps count more, never fewer)."""
     contexts = await row_contexts(uow.session, heads, now=now)
     extra_card: dict[CardKey, list[AttemptRecord]] = defaultdict(list)
     extra_customer: dict[uuid.UUID, list[AttemptRecord]] = defaultdict(list)
     applied = Applied()
     held = _RowWrites()
-    # Payments whose transition needs their model object, with the batch's attempts their
-    # ledger counts.
-    by_model: list[tuple[uuid.UUID, list[AttemptRecord], list[AttemptRecord]]] = []
+    by_model: list[uuid.UUID] = []
     for head in heads:
         ctx = contexts[head.payment.id]
         payment = ctx.payment
         if payment.state is not PaymentState.SCHEDULED:
             continue
-        card = [r for key in ctx.card_keys for r in extra_card.get(key, ())]
-        customer = list(extra_customer.get(payment.customer_id, ()))
-        ledger = ledger_with_extra(ctx.ledger, card, customer)
+        ledger = ledger_with_extra(
+            ctx.ledger,
+            [r for key in ctx.card_keys for r in extra_card.get(key, ())],
+            extra_customer.get(payment.customer_id, []),
+        )
         tr = transition(payment.state, AttemptStarted(), policy=ctx.policy, ledger=ledger, now=now)
         if not _by_row(tr):
-            by_model.append((payment.id, card, customer))
+            by_model.append(payment.id)
             continue
+        ctx.ledger = ledger
         _apply_row(ctx, tr, now=now, held=held, applied=applied)
+        held.payments.append((payment, head.read))
         if tr.new_state is PaymentState.RETRYING:
             record = AttemptRecord(now, Actor.PORTAL, None)
             for key in ctx.card_keys:
                 extra_card[key].append(record)
             extra_customer[payment.customer_id].append(record)
+    await held.flush(uow)
     if by_model:
-        # Read before the batch's attempts are written: their ledgers count those above.
-        models = await load_contexts(
-            uow.session, [pid for pid, _, _ in by_model], now=now, attempts=False
-        )
+        models = await load_contexts(uow.session, by_model, now=now, attempts=False)
         writes = Writes()
-        for pid, card, customer in by_model:
-            model = models[pid].with_extra(card, customer)
+        for pid in by_model:
+            model = models.get(pid)
+            if model is None or model.payment.state is not PaymentState.SCHEDULED:
+                continue
             result = await run_event(uow, model, AttemptStarted(), now=now, writes=writes)
             applied.transitions += result.transitions
             applied.enqueue += result.enqueue
         await writes.flush(uow.session)
-    if held.payments:
-        await held.flush(uow)
     return applied
 
 

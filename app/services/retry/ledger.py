@@ -123,44 +123,80 @@ def ledger_with_extra(
 
 @dataclass(frozen=True, slots=True)
 class RowHead:
-    """A locked payment read as a row (`row_head`), with what its rules read besides its
-    history: its card as a credential and its brand, its customer's time zone, its
-    merchant's status, its latest timeline position."""
+    """A locked payment read as a row (`row_head`), with its values as read (to tell what
+    changed) and what its rules and a scheduler read besides its history: its card as a
+    credential and its brand, funding and issuing country, its customer's time zone and past
+    successes, its merchant's status, its latest timeline position."""
 
     payment: PaymentRow
+    read: tuple[Any, ...]
     card: tuple[CardKey, str | None] | None
+    funding: CardFunding
+    issuer_country: str | None
     customer_timezone: str | None
     merchant_status: MerchantStatus
     last_seq: int | None
+    past_success_at: tuple[datetime, ...]
 
 
 @dataclass(slots=True)
 class RowContext:
-    """What the state machine reads of a payment read as a row, and where its next timeline
-    row goes: a `PaymentContext` without the model objects."""
+    """What the state machine and the rule-based schedulers read of a payment read as a row,
+    and where its next timeline row goes: a `PaymentContext` without the model objects."""
 
-    payment: PaymentRow
+    head: RowHead
     card_keys: tuple[CardKey, ...]
     policy: RetryPolicyView
     ledger: PaymentLedger
     next_seq: int
     policy_version: int | None
 
+    @property
+    def payment(self) -> PaymentRow:
+        return self.head.payment
 
-def row_head_columns() -> tuple[Any, ...]:
+    @property
+    def first_decline(self) -> DeclineView:
+        """The decline of the first failure, as stored on the payment."""
+        return _first_decline_of(self.head.payment)
+
+    def view(self) -> PaymentView:
+        """What a scheduler may see of the payment (`PaymentContext.view`)."""
+        p, head = self.head.payment, self.head
+        return PaymentView(
+            payment_id=str(p.id),
+            merchant_id=str(p.merchant_id),
+            first_failed_at=p.first_failed_at,
+            amount_minor=p.amount_minor,
+            currency=p.currency,
+            network=self.ledger.network,
+            funding=head.funding,
+            decline=self.ledger.last_decline,
+            customer_timezone=head.customer_timezone,
+            issuer_country=head.issuer_country,
+            past_success_at=head.past_success_at,
+        )
+
+
+@cache
+def row_head_columns(successes: bool) -> tuple[Any, ...]:
     """The columns `row_head` reads, in its order: the payment's (`ROW_COLUMNS`), its card's
-    merchant, fingerprint and brand, its customer's time zone, its merchant's status and its
-    latest timeline position. The statement joins `customer` and `merchant` and outer-joins
-    the payment's `card_credential`."""
+    merchant, fingerprint, brand, funding and issuing country, its customer's time zone, its
+    merchant's status, its latest timeline position and (`successes`) its customer's past
+    successes. The statement joins `customer` and `merchant` and outer-joins the payment's
+    `card_credential`. A claim, which makes no decision, reads no past successes."""
     table = Payment.__table__  # type: ignore[attr-defined]
     return (
         *(table.c[name] for name in ROW_COLUMNS),
         col(CardCredential.merchant_id),
         col(CardCredential.fingerprint),
         col(CardCredential.brand),
+        col(CardCredential.funding),
+        col(CardCredential.issuer_country),
         col(Customer.timezone),
         col(Merchant.status),
         _last_seq(),
+        successes_before_failure() if successes else sa.null(),
     )
 
 
@@ -169,10 +205,30 @@ _ROW_WIDTH = len(ROW_COLUMNS)
 
 def row_head(found: Sequence[Any]) -> RowHead:
     """One payment as read by `row_head_columns`."""
-    payment = PaymentRow(*found[:_ROW_WIDTH])
-    card_merchant, fingerprint, brand, timezone, status, last_seq = found[_ROW_WIDTH:]
+    read = tuple(found[:_ROW_WIDTH])
+    (
+        card_merchant,
+        fingerprint,
+        brand,
+        funding,
+        issuer_country,
+        timezone,
+        status,
+        last_seq,
+        successes,
+    ) = found[_ROW_WIDTH:]
     card = None if fingerprint is None else ((card_merchant, fingerprint), brand)
-    return RowHead(payment, card, timezone, status, last_seq)
+    return RowHead(
+        payment=PaymentRow(*read),
+        read=read,
+        card=card,
+        funding=funding if funding is not None else CardFunding.UNKNOWN,
+        issuer_country=issuer_country,
+        customer_timezone=timezone,
+        merchant_status=status,
+        last_seq=last_seq,
+        past_success_at=success_times(successes),
+    )
 
 
 async def row_contexts(
@@ -200,7 +256,7 @@ async def row_contexts(
             h.payment, h.card, h.customer_timezone, h.merchant_status, index, stored, views
         )
         found[h.payment.id] = RowContext(
-            payment=h.payment,
+            head=h,
             card_keys=rules.keys,
             policy=rules.policy,
             ledger=rules.ledger,

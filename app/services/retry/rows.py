@@ -8,11 +8,12 @@ changed in the batch's one statement. `PaymentLike` is what both a `Payment` and
 """
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
-from app.enums import Actor, Advice, DeclineCategory, PaymentState, Processor
+from app.enums import Actor, Advice, DeclineCategory, PaymentState, Processor, RetryStrategy
 
 
 class PaymentLike(Protocol):
@@ -44,11 +45,18 @@ class PaymentLike(Protocol):
     blocking_rule: str | None
     attempt_count: int
     updated_at: datetime
+    decision_at: datetime | None
+    decision_reason: str | None
+    decision_strategy: RetryStrategy | None
+    policy_version: int | None
+    needs_decision: bool
 
 
 @dataclass(slots=True)
 class PaymentRow:
-    """`PaymentLike` as plain values, read from one row (`ROW_COLUMNS`, in field order)."""
+    """`PaymentLike` as plain values, read from one row (`ROW_COLUMNS`, in field order).
+    The state machine's changes are set on it; `changed` says which columns differ from what
+    was read."""
 
     id: uuid.UUID
     merchant_id: uuid.UUID
@@ -76,7 +84,22 @@ class PaymentRow:
     blocking_rule: str | None
     attempt_count: int
     updated_at: datetime
+    decision_at: datetime | None
+    decision_reason: str | None
+    decision_strategy: RetryStrategy | None
+    policy_version: int | None
+    needs_decision: bool
 
 
 # The payment's columns a `PaymentRow` is read from, in its field order.
 ROW_COLUMNS: tuple[str, ...] = tuple(PaymentRow.__dataclass_fields__)
+
+
+def changed_columns(rows: Sequence[tuple[PaymentRow, Sequence[object]]]) -> list[str]:
+    """The columns that differ, on any of the rows, from the values read (each row with its
+    values as read, in `ROW_COLUMNS` order), in that order."""
+    return [
+        name
+        for i, name in enumerate(ROW_COLUMNS)
+        if any(getattr(row, name) != read[i] for row, read in rows)
+    ]
