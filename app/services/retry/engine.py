@@ -60,6 +60,7 @@ from app.retry.schedule import (
     BatchScheduler,
     Decision,
     DecisionRequest,
+    PaymentView,
     Scheduler,
     candidate_times,
     decline_aware,
@@ -473,7 +474,7 @@ async def cancel_subscription(
 
 
 def _rules(
-    ctx: "PaymentContext | RowContext",
+    ctx: "PaymentContext | RowContext", view: PaymentView
 ) -> tuple[Scheduler, str, RetryStrategy, tuple[str, datetime] | None]:
     """The rule-based scheduler a payment's policy uses, its label and strategy, and its next
     target (why, when): the fixed schedule's day, or the decline-aware rules' next time."""
@@ -482,7 +483,7 @@ def _rules(
         fixed = next_fixed_target(policy, ledger.first_failed_at, ledger.retries)
         target = None if fixed is None else (f"day {fixed[0]} after the first failure", fixed[1])
         return fixed_schedule, "fixed schedule", RetryStrategy.FIXED_SCHEDULE, target
-    target = next_decline_aware_target(policy, ctx.view(), ledger.retries)
+    target = next_decline_aware_target(policy, view, ledger.retries)
     return decline_aware, "decline-aware rules", RetryStrategy.DECLINE_AWARE, target
 
 
@@ -502,20 +503,21 @@ def decide(
     (`candidate_times`), for a caller that scored them ahead.
     """
     policy, ledger = ctx.policy, ctx.ledger
+    view = ctx.view()
     if policy.strategy is RetryStrategy.MODEL and scheduler is not None:
         if candidates is None:
             candidates = candidate_times(ledger=ledger, policy=policy, now=now)
-        return scheduler(ctx.view(), ledger.retries, candidates, policy=policy, now=now)
-    plan, label, strategy, target = _rules(ctx)
+        return scheduler(view, ledger.retries, candidates, policy=policy, now=now)
+    plan, label, strategy, target = _rules(ctx, view)
     if target is None:
-        decision = plan(ctx.view(), ledger.retries, (), policy=policy, now=now)
+        decision = plan(view, ledger.retries, (), policy=policy, now=now)
     else:
         why, at = target
         placement = earliest_allowed(max(at, now), ledger=ledger, policy=policy)
         if placement.at is None:
             decision = Decision(at, f"{label}: {why}", strategy)
         else:
-            decision = plan(ctx.view(), ledger.retries, (placement.at,), policy=policy, now=now)
+            decision = plan(view, ledger.retries, (placement.at,), policy=policy, now=now)
     if policy.strategy is RetryStrategy.MODEL:
         reason = f"{decision.reason} (no champion model: decline-aware rules)"
         decision = replace(decision, reason=reason)
