@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from operator import attrgetter
 from typing import Protocol
 
 from app.enums import Actor, Advice, DeclineCategory, PaymentState, Processor, RetryStrategy
@@ -98,8 +99,12 @@ ROW_COLUMNS: tuple[str, ...] = tuple(PaymentRow.__dataclass_fields__)
 def changed_columns(rows: Sequence[tuple[PaymentRow, Sequence[object]]]) -> list[str]:
     """The columns that differ, on any of the rows, from the values read (each row with its
     values as read, in `ROW_COLUMNS` order), in that order."""
-    return [
-        name
-        for i, name in enumerate(ROW_COLUMNS)
-        if any(getattr(row, name) != read[i] for row, read in rows)
-    ]
+    changed: set[int] = set()
+    for row, read in rows:
+        now = _values(row)
+        if now != read:
+            changed.update(i for i, (a, b) in enumerate(zip(now, read, strict=True)) if a != b)
+    return [ROW_COLUMNS[i] for i in sorted(changed)]
+
+
+_values = attrgetter(*ROW_COLUMNS)
