@@ -123,27 +123,49 @@ async def update_rows(
 
 
 Rows = Sequence[Mapping[str, Any]]
-# A part of `write_all`: insert or update, the table, its columns.
-_Shape = tuple[tuple[str, str, tuple[str, ...]], ...]
+# A part of `write_all`: insert or update, the table, its columns, and those of its columns
+# whose rows all hold one value (bound once, not as an array).
+_Shape = tuple[tuple[str, str, tuple[str, ...], frozenset[str]], ...]
+
+
+def _part_value(
+    table: sa.Table, source: Any, prefix: str, single: frozenset[str], column: str
+) -> Any:
+    """A column's value in a part: from the arrays' derived table, or its one bound value."""
+    if column not in single:
+        return _value(table, source, column)
+    json = _is_json(table, column)
+    bound = sa.bindparam(f"{prefix}_{column}", type_=sa.Text() if json else table.c[column].type)
+    return sa.cast(bound, postgresql.JSONB) if json else bound
 
 
 @cache
 def _write_statement(shape: _Shape) -> Any:
     parts: list[Any] = []
-    for i, (kind, name, columns) in enumerate(shape):
+    for i, (kind, name, columns, single) in enumerate(shape):
         table = SQLModel.metadata.tables[name]
-        source = _source(table, f"p{i}", columns)
+        prefix = f"p{i}"
+        source = _source(table, prefix, [c for c in columns if c not in single])
         if kind == "insert":
-            values = sa.select(*[_value(table, source, c) for c in columns])
+            values = sa.select(*[_part_value(table, source, prefix, single, c) for c in columns])
             parts.append(sa.insert(table).from_select(columns, values))
         else:
             parts.append(
                 sa.update(table)
                 .where(table.c.id == source.c.id)
-                .values({c: _value(table, source, c) for c in columns if c != "id"})
+                .values(
+                    {c: _part_value(table, source, prefix, single, c) for c in columns if c != "id"}
+                )
             )
     *ctes, last = parts
     return last.add_cte(*(part.cte(f"write_{i}") for i, part in enumerate(ctes)))
+
+
+def _single(values: list[Any]) -> bool:
+    """Whether every value is the same one (and of the same type: 1 is not True)."""
+    first = values[0]
+    kind = type(first)
+    return all(v == first and type(v) is kind for v in values)
 
 
 async def write_all(
@@ -157,9 +179,12 @@ async def write_all(
     Rows of one part set the same columns; an UPDATE matches on `id`, and a table is updated
     by one part at most, each row once. All parts see the database as it was before the
     statement, so none may read what another writes (foreign keys are checked at its end).
-    Each shape (tables and columns) is built once.
+    A column whose rows all hold one value (of a part of several rows; never the first
+    column, which stays an array and sets the part's row count) is bound once rather than as
+    an array: the driver encodes every array element apart. Each shape (tables, columns and
+    which are single) is built once.
     """
-    shape: list[tuple[str, str, tuple[str, ...]]] = []
+    shape: list[tuple[str, str, tuple[str, ...], frozenset[str]]] = []
     params: dict[str, Any] = {}
     updated: set[str] = set()
     for kind, model_rows in (("insert", inserts), ("update", updates)):
@@ -171,9 +196,15 @@ async def write_all(
                 if table.name in updated:
                     raise ValueError(f"{table.name} is updated by one part at most")
                 updated.add(table.name)
-            for name in columns:
+            single: set[str] = set()
+            for position, name in enumerate(columns):
                 values = _array_values(table, name, [row[name] for row in rows])
-                params[f"p{len(shape)}_{name}"] = values
-            shape.append((kind, table.name, tuple(columns)))
+                key = f"p{len(shape)}_{name}"
+                if position > 0 and name != "id" and len(values) > 1 and _single(values):
+                    single.add(name)
+                    params[key] = values[0]
+                else:
+                    params[key] = values
+            shape.append((kind, table.name, tuple(columns), frozenset(single)))
     if shape:
         await session.execute(_write_statement(tuple(shape)), params)

@@ -57,6 +57,7 @@ from app.tenancy import SYSTEM_SCOPE, Principal, Scope
 from app.urls import UrlPolicy
 from app.workflows.polling import poll_connection
 from app.workflows.retry_attempt import default_adapters, execute_attempt
+from jobs.context import tune_garbage_collector
 from portal.cli import upgrade_database
 from procstat import backend_cpu_seconds, cpu_seconds, postgres_cpu_seconds
 from sandbox.server import in_subprocess
@@ -340,6 +341,7 @@ async def _sandbox_population(
 
 
 async def _run(args: argparse.Namespace) -> None:
+    tune_garbage_collector()  # as a worker does at start-up
     settings = Settings(environment="test")
     url, drop = await _scratch_database(settings, args.database_prefix)
     db = Database.from_url(url, pool_size=args.concurrency + 2, max_overflow=4)

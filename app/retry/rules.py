@@ -469,6 +469,7 @@ class Evaluator:
         "_spaced_until",
         "_window_end",
         "_zone",
+        "forever",
     )
 
     def __init__(
@@ -479,13 +480,14 @@ class Evaluator:
         rules: NetworkRules = DEFAULT_RULES,
     ) -> None:
         self._policy = policy
-        self._blocked: RuleVerdict | None = None
+        # The rule that forbids any further retry (`forever_block`), whatever the policy's
+        # switch says: the state machine reads it too.
+        self.forever = forever_block(ledger=ledger, policy=policy, rules=rules)
+        self._blocked: RuleVerdict | None = self.forever
         if not policy.enabled:
             self._blocked = RuleVerdict(
                 False, None, RULE_RECOVERY_DISABLED, None, "recovery is switched off"
             )
-        else:
-            self._blocked = forever_block(ledger=ledger, policy=policy, rules=rules)
         self._window_end = policy.window_end(ledger.first_failed_at)
         self._not_before = _not_before(ledger, rules)
         spacing = timedelta(hours=policy.min_hours_between_attempts)
@@ -556,6 +558,15 @@ def earliest_allowed(
 _last_entry: list[
     tuple[PaymentLedger, RetryPolicyView, NetworkRules, "Evaluator", dict[Any, Placement]]
 ] = []
+
+
+def evaluator_for(
+    ledger: PaymentLedger, policy: RetryPolicyView, rules: NetworkRules = DEFAULT_RULES
+) -> Evaluator:
+    """The evaluator of this very ledger, policy and rules: the one `earliest_allowed` uses
+    (kept for the latest ones asked about), so a transition that checks the never-rules and
+    then places a time on the same ledger reads the rules once."""
+    return _evaluator(ledger, policy, rules)[0]
 
 
 def _evaluator(

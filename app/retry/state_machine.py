@@ -50,7 +50,7 @@ from app.retry.rules import (
     RetryPolicyView,
     RuleVerdict,
     earliest_allowed,
-    forever_block,
+    evaluator_for,
 )
 from app.retry.schedule import next_fixed_target
 
@@ -121,7 +121,7 @@ def _absorb(state: PaymentState, event: Event) -> _Outcome:
 
 def _stop(ctx: _Ctx, ledger: PaymentLedger) -> RuleVerdict | None:
     """A rule that ends recovery now, whatever time would be chosen."""
-    verdict = forever_block(ledger=ledger, policy=ctx.policy, rules=ctx.rules)
+    verdict = evaluator_for(ledger, ctx.policy, ctx.rules).forever
     if verdict is not None:
         return verdict
     window_end = ctx.policy.window_end(ledger.first_failed_at)
@@ -230,7 +230,9 @@ def _with_external(ledger: PaymentLedger, record: AttemptRecord) -> PaymentLedge
 def _on_failure(state: PaymentState, event: FailureIngested, ctx: _Ctx) -> _Outcome:
     match state:
         case P.PENDING:
-            ledger = replace(ctx.ledger, last_decline=event.decline)
+            ledger = ctx.ledger
+            if ledger.last_decline != event.decline:
+                ledger = replace(ledger, last_decline=event.decline)
             stop = _stop(ctx, ledger)
             if stop is not None:
                 return _end_verdict(ctx, stop)

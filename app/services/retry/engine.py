@@ -16,6 +16,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, BIGINT
 from sqlalchemy.orm import aliased
 from sqlmodel import col, select
 
+from app.bulk import write_all
 from app.db import UnitOfWork
 from app.enums import (
     Actor,
@@ -25,11 +26,11 @@ from app.enums import (
     PaymentState,
     RetryStrategy,
 )
-from app.models.customer import CardCredential
+from app.models.customer import CardCredential, Customer
 from app.models.ingestion import ProcessorConnection
 from app.models.merchant import Merchant
 from app.models.payment import Payment, PaymentAttempt
-from app.models.retry import PaymentTransition
+from app.models.retry import OutboxEvent, PaymentTransition
 from app.models.retry_policy import RetryPolicy
 from app.retry.events import (
     AlertDuplicateCharge,
@@ -59,6 +60,7 @@ from app.retry.schedule import (
     BatchScheduler,
     Decision,
     DecisionRequest,
+    PaymentView,
     Scheduler,
     candidate_times,
     decline_aware,
@@ -71,11 +73,18 @@ from app.services.retry.end_actions import open_end_action
 from app.services.retry.ledger import (
     CardKey,
     PaymentContext,
+    RowContext,
+    RowHead,
+    ledger_with_extra,
     load_contexts,
     reread_histories,
     reread_history,
+    row_contexts,
+    row_head,
+    row_head_columns,
 )
-from app.services.retry.outbox import emit, event_payload
+from app.services.retry.outbox import emit, event_payload, outbox_row
+from app.services.retry.rows import PaymentLike, PaymentRow, changed_columns
 from app.services.retry.writes import Writes
 
 logger = logging.getLogger(__name__)
@@ -103,14 +112,16 @@ REASON_SEPARATOR = "; "
 _ENDED = (PaymentState.EXHAUSTED, PaymentState.NOT_RETRYABLE, PaymentState.CANCELED)
 
 
-def _set(payment: Payment, name: str, value: Any) -> None:
+def _set(payment: PaymentLike, name: str, value: Any) -> None:
     """Set a column only when its value changes: setting a model's attribute costs far more
     than reading it, and a decision sets a dozen, most of them to what they hold."""
     if getattr(payment, name) != value:
         setattr(payment, name, value)
 
 
-def _enter_state(payment: Payment, tr: Transition, *, now: datetime, recovered_by: Actor) -> None:
+def _enter_state(
+    payment: PaymentLike, tr: Transition, *, now: datetime, recovered_by: Actor
+) -> None:
     previous = payment.state
     _set(payment, "state", tr.new_state)
     _set(payment, "updated_at", now)
@@ -123,7 +134,7 @@ def _enter_state(payment: Payment, tr: Transition, *, now: datetime, recovered_b
         _set(payment, "blocking_rule", tr.blocking_rule)
 
 
-def _schedule(ctx: PaymentContext, action: ScheduleRetry, *, now: datetime) -> None:
+def _schedule(ctx: "PaymentContext | RowContext", action: ScheduleRetry, *, now: datetime) -> None:
     payment = ctx.payment
     _set(payment, "next_retry_at", action.at)
     _set(payment, "decision_at", now)
@@ -137,23 +148,12 @@ def _schedule(ctx: PaymentContext, action: ScheduleRetry, *, now: datetime) -> N
     _set(payment, "policy_version", ctx.policy_version)
 
 
-def _record_attempt(
-    uow: UnitOfWork,
-    ctx: PaymentContext,
-    action: RecordAttempt,
-    *,
-    now: datetime,
-    writes: Writes | None,
-) -> None:
-    """The portal's attempt, stored in flight before anything is sent.
-
-    With `writes`, the attempt is a row held there (no model object: building one costs more
-    than the rest of the claim) and `ctx.attempts` does not gain it; without, it is added to
-    the session and to `ctx.attempts`."""
-    payment = ctx.payment
+def _start_attempt(payment: PaymentLike, action: RecordAttempt, *, now: datetime) -> dict[str, Any]:
+    """The portal's attempt, stored in flight before anything is sent: the payment's count
+    and in-flight time moved on, and the attempt's row."""
     payment.attempt_count += 1
     payment.retrying_since = now
-    row: dict[str, Any] = {
+    return {
         "id": uuid.uuid4(),
         "merchant_id": payment.merchant_id,
         "payment_id": payment.id,
@@ -165,12 +165,51 @@ def _record_attempt(
         "actor": Actor.PORTAL,
         "created_at": now,
     }
+
+
+def _record_attempt(
+    uow: UnitOfWork,
+    ctx: PaymentContext,
+    action: RecordAttempt,
+    *,
+    now: datetime,
+    writes: Writes | None,
+) -> None:
+    """`_start_attempt` for a payment's context.
+
+    With `writes`, the attempt is a row held there (no model object: building one costs more
+    than the rest of the claim) and `ctx.attempts` does not gain it; without, it is added to
+    the session and to `ctx.attempts`."""
+    row = _start_attempt(ctx.payment, action, now=now)
     if writes is not None:
         writes.insert(PaymentAttempt, row)
         return
     attempt = PaymentAttempt(**row)
     uow.session.add(attempt)
     ctx.attempts.append(attempt)
+
+
+def _timeline_row(
+    payment: PaymentLike,
+    seq: int,
+    action: RecordTransition,
+    *,
+    actor_label: str | None,
+    event_label: str | None,
+) -> dict[str, Any]:
+    """One row of the payment's timeline, at position `seq`."""
+    return {
+        "id": uuid.uuid4(),
+        "merchant_id": payment.merchant_id,
+        "payment_id": payment.id,
+        "seq": seq,
+        "from_state": action.from_state,
+        "to_state": action.to_state,
+        "event": (event_label or action.event)[:64],
+        "reason": action.reason[:2000],
+        "actor": (actor_label or str(action.actor))[:255],
+        "at": action.at,
+    }
 
 
 def _record_transition(
@@ -183,19 +222,9 @@ def _record_transition(
     writes: Writes | None,
 ) -> None:
     """One row of the payment's timeline, at the next position."""
-    payment = ctx.payment
-    row: dict[str, Any] = {
-        "id": uuid.uuid4(),
-        "merchant_id": payment.merchant_id,
-        "payment_id": payment.id,
-        "seq": ctx.next_seq,
-        "from_state": action.from_state,
-        "to_state": action.to_state,
-        "event": (event_label or action.event)[:64],
-        "reason": action.reason[:2000],
-        "actor": (actor_label or str(action.actor))[:255],
-        "at": action.at,
-    }
+    row = _timeline_row(
+        ctx.payment, ctx.next_seq, action, actor_label=actor_label, event_label=event_label
+    )
     if writes is None:
         uow.session.add(PaymentTransition(**row))
     else:
@@ -445,7 +474,7 @@ async def cancel_subscription(
 
 
 def _rules(
-    ctx: PaymentContext,
+    ctx: "PaymentContext | RowContext", view: PaymentView
 ) -> tuple[Scheduler, str, RetryStrategy, tuple[str, datetime] | None]:
     """The rule-based scheduler a payment's policy uses, its label and strategy, and its next
     target (why, when): the fixed schedule's day, or the decline-aware rules' next time."""
@@ -454,12 +483,12 @@ def _rules(
         fixed = next_fixed_target(policy, ledger.first_failed_at, ledger.retries)
         target = None if fixed is None else (f"day {fixed[0]} after the first failure", fixed[1])
         return fixed_schedule, "fixed schedule", RetryStrategy.FIXED_SCHEDULE, target
-    target = next_decline_aware_target(policy, ctx.view(), ledger.retries)
+    target = next_decline_aware_target(policy, view, ledger.retries)
     return decline_aware, "decline-aware rules", RetryStrategy.DECLINE_AWARE, target
 
 
 def decide(
-    ctx: PaymentContext,
+    ctx: "PaymentContext | RowContext",
     *,
     now: datetime,
     scheduler: Scheduler | None = None,
@@ -474,20 +503,21 @@ def decide(
     (`candidate_times`), for a caller that scored them ahead.
     """
     policy, ledger = ctx.policy, ctx.ledger
+    view = ctx.view()
     if policy.strategy is RetryStrategy.MODEL and scheduler is not None:
         if candidates is None:
             candidates = candidate_times(ledger=ledger, policy=policy, now=now)
-        return scheduler(ctx.view(), ledger.retries, candidates, policy=policy, now=now)
-    plan, label, strategy, target = _rules(ctx)
+        return scheduler(view, ledger.retries, candidates, policy=policy, now=now)
+    plan, label, strategy, target = _rules(ctx, view)
     if target is None:
-        decision = plan(ctx.view(), ledger.retries, (), policy=policy, now=now)
+        decision = plan(view, ledger.retries, (), policy=policy, now=now)
     else:
         why, at = target
         placement = earliest_allowed(max(at, now), ledger=ledger, policy=policy)
         if placement.at is None:
             decision = Decision(at, f"{label}: {why}", strategy)
         else:
-            decision = plan(ctx.view(), ledger.retries, (placement.at,), policy=policy, now=now)
+            decision = plan(view, ledger.retries, (placement.at,), policy=policy, now=now)
     if policy.strategy is RetryStrategy.MODEL:
         reason = f"{decision.reason} (no champion model: decline-aware rules)"
         decision = replace(decision, reason=reason)
@@ -536,6 +566,48 @@ def prepare_decisions(
     return Prepared(now, by_payment)
 
 
+@cache
+def _pending_statement() -> Any:
+    """PENDING payments that wait for a decision, new failures first, locked (`SKIP LOCKED`)
+    and read as rows (`row_head_columns`, past successes included)."""
+    return (
+        sa_select(*row_head_columns(True))
+        .select_from(Payment)
+        .join(Customer, col(Customer.id) == col(Payment.customer_id))
+        .join(Merchant, col(Merchant.id) == col(Payment.merchant_id))
+        .outerjoin(CardCredential, col(CardCredential.id) == col(Payment.card_id))
+        .where(col(Payment.state) == PaymentState.PENDING, col(Payment.needs_decision))
+        .order_by(col(Payment.first_failed_at))
+        .limit(bindparam("limit"))
+        .with_for_update(of=Payment, skip_locked=True)
+    )
+
+
+def _decided_by_row(ctx: RowContext, *, now: datetime) -> list[Transition] | None:
+    """The transitions a pending payment's decision makes, computed on its row: the ingested
+    failure first for a payment with no timeline yet, then the decision it asks for (as
+    `run_event` and `_follow_up` make them). None when one of them asks for more than
+    `_apply_row` does."""
+    payment = ctx.payment
+    if ctx.next_seq == 0:
+        # Ingestion opens payments without the state machine; their timeline starts here.
+        event: Event = FailureIngested(ctx.first_decline)
+    else:
+        event = decide(ctx, now=now).to_event()
+    tr = transition(payment.state, event, policy=ctx.policy, ledger=ctx.ledger, now=now)
+    if not _by_row(tr, also=(RequestDecision,)):
+        return None
+    found = [tr]
+    asks = any(isinstance(a, RequestDecision) for a in tr.actions)
+    if asks and tr.new_state in (PaymentState.PENDING, PaymentState.SCHEDULED):
+        decision = decide(ctx, now=now).to_event()
+        more = transition(tr.new_state, decision, policy=ctx.policy, ledger=ctx.ledger, now=now)
+        if not _by_row(more):
+            return None
+        found.append(more)
+    return found
+
+
 async def decide_pending(
     uow: UnitOfWork,
     *,
@@ -543,20 +615,49 @@ async def decide_pending(
     limit: int = 500,
     scheduler: Scheduler | None = None,
 ) -> int:
-    """Decide PENDING payments that wait for a decision (new failures first); no commit."""
-    ids = list(
-        (
-            await uow.session.execute(
-                select(col(Payment.id))
-                .where(col(Payment.state) == PaymentState.PENDING, col(Payment.needs_decision))
-                .order_by(col(Payment.first_failed_at))
-                .limit(limit)
-                .with_for_update(skip_locked=True)
-            )
-        ).scalars()
-    )
-    if not ids:
+    """Decide PENDING payments that wait for a decision (new failures first); no commit.
+
+    Decisions by the rules are made on the payments read as rows and written in one
+    statement; decisions by the model (scored as one batch) and transitions that ask for
+    more than `_apply_row` does are then carried out on the payments' model objects."""
+    rows = (await uow.session.execute(_pending_statement(), {"limit": limit})).all()
+    if not rows:
         return await _resume_held(uow, now=now, limit=limit, scheduler=scheduler)
+    heads = [row_head(row) for row in rows]
+    contexts = await row_contexts(uow.session, heads, now=now)
+    held = _RowWrites()
+    applied = Applied()
+    by_model: list[uuid.UUID] = []
+    for head in heads:
+        ctx = contexts[head.payment.id]
+        if scheduler is not None and ctx.policy.strategy is RetryStrategy.MODEL:
+            by_model.append(head.payment.id)
+            continue
+        transitions = _decided_by_row(ctx, now=now)
+        if transitions is None:
+            by_model.append(head.payment.id)
+            continue
+        for tr in transitions:
+            _apply_row(ctx, tr, now=now, held=held, applied=applied)
+        ctx.payment.needs_decision = False
+        held.payments.append((ctx.payment, head.read))
+    await held.flush(uow)
+    await _decide_models(uow, by_model, now=now, scheduler=scheduler)
+    # Flushed so that a later query in the same unit of work sees these payments as decided.
+    await uow.session.flush()
+    return len(heads) + await _resume_held(uow, now=now, limit=limit, scheduler=scheduler)
+
+
+async def _decide_models(
+    uow: UnitOfWork,
+    ids: Sequence[uuid.UUID],
+    *,
+    now: datetime,
+    scheduler: Scheduler | None,
+) -> None:
+    """`decide_pending` on the payments' model objects (locked by the caller)."""
+    if not ids:
+        return
     contexts = await load_contexts(uow.session, ids, now=now, attempts=False)
     # The model's choices for the whole batch in one scoring call (each as it would be alone).
     prepared = prepare_decisions(list(contexts.values()), now=now, scheduler=scheduler)
@@ -576,11 +677,7 @@ async def decide_pending(
         )
         _set(ctx.payment, "needs_decision", False)
         writes.touch(ctx.payment)
-    # Written (and flushed) so that a later query in the same unit of work sees these
-    # payments as decided.
     await writes.flush(uow.session)
-    await uow.session.flush()
-    return len(ids) + await _resume_held(uow, now=now, limit=limit, scheduler=scheduler)
 
 
 @cache
@@ -642,79 +739,186 @@ async def _try_locks(uow: UnitOfWork, keys: Sequence[int]) -> set[int]:
     return {k for k, ok in rows if ok}
 
 
-async def _due(uow: UnitOfWork, *, now: datetime, limit: int) -> dict[uuid.UUID, list[int]]:
-    """Due SCHEDULED payments of active connections, locked (`SKIP LOCKED`), each with the
-    advisory-lock keys of its customer and of every card its ledger counts."""
+@cache
+def _due_statement() -> Any:
+    """Due SCHEDULED payments of active connections as rows (`row_head_columns`), locked
+    (`SKIP LOCKED`), each with the fingerprints of the cards its attempts were made on."""
     active_connection = exists().where(
         col(ProcessorConnection.id) == col(Payment.connection_id),
         col(ProcessorConnection.status) == ConnectionStatus.ACTIVE,
     )
     # The cards the payment's attempts were made on: its ledger counts them too.
+    used = aliased(CardCredential)
     attempt_cards = (
-        sa_select(func.array_agg(col(CardCredential.fingerprint).distinct()))
-        .join(PaymentAttempt, col(PaymentAttempt.card_id) == col(CardCredential.id))
+        sa_select(func.array_agg(col(used.fingerprint).distinct()))
+        .join(PaymentAttempt, col(PaymentAttempt.card_id) == col(used.id))
         .where(col(PaymentAttempt.payment_id) == col(Payment.id))
         .correlate(Payment)
         .scalar_subquery()
     )
-    rows = (
-        await uow.session.execute(
-            sa_select(
-                col(Payment.id),
-                col(Payment.merchant_id),
-                col(Payment.customer_id),
-                col(CardCredential.fingerprint),
-                col(Payment.credential_fingerprint),
-                attempt_cards,
-            )
-            .outerjoin(CardCredential, col(CardCredential.id) == col(Payment.card_id))
-            .where(
-                col(Payment.state) == PaymentState.SCHEDULED,
-                col(Payment.next_retry_at) <= now,
-                active_connection,
-            )
-            .order_by(col(Payment.next_retry_at))
-            .limit(limit)
-            .with_for_update(of=Payment, skip_locked=True)
+    return (
+        sa_select(*row_head_columns(False), attempt_cards)
+        .select_from(Payment)
+        .join(Customer, col(Customer.id) == col(Payment.customer_id))
+        .join(Merchant, col(Merchant.id) == col(Payment.merchant_id))
+        .outerjoin(CardCredential, col(CardCredential.id) == col(Payment.card_id))
+        .where(
+            col(Payment.state) == PaymentState.SCHEDULED,
+            col(Payment.next_retry_at) <= bindparam("now"),
+            active_connection,
         )
-    ).all()
-    wanted: dict[uuid.UUID, list[int]] = {}
-    for pid, merchant_id, customer_id, fingerprint, replacement, used in rows:
-        keys = [lock_key("customer", merchant_id, customer_id)]
+        .order_by(col(Payment.next_retry_at))
+        .limit(bindparam("limit"))
+        .with_for_update(of=Payment, skip_locked=True)
+    )
+
+
+async def _due(uow: UnitOfWork, *, now: datetime, limit: int) -> list[tuple[RowHead, list[int]]]:
+    """Due SCHEDULED payments of active connections, locked (`SKIP LOCKED`) and read as rows,
+    each with the advisory-lock keys of its customer and of every card its ledger counts."""
+    rows = (await uow.session.execute(_due_statement(), {"now": now, "limit": limit})).all()
+    due: list[tuple[RowHead, list[int]]] = []
+    for row in rows:
+        head, used = row_head(row[:-1]), row[-1]
+        payment = head.payment
+        keys = [lock_key("customer", payment.merchant_id, payment.customer_id)]
         # Every card its ledger counts (PaymentContext.card_keys): a retry may hit any.
-        cards = {fingerprint, replacement, *(used or ())}
-        keys += [lock_key("card", merchant_id, fp) for fp in sorted(c for c in cards if c)]
-        wanted[pid] = keys
-    return wanted
+        fingerprint = head.card[0][1] if head.card is not None else None
+        cards = {fingerprint, payment.credential_fingerprint, *(used or ())}
+        keys += [lock_key("card", payment.merchant_id, fp) for fp in sorted(c for c in cards if c)]
+        due.append((head, keys))
+    return due
 
 
-async def _start_attempts(
-    uow: UnitOfWork, payment_ids: Sequence[uuid.UUID], *, now: datetime
-) -> Applied:
+# What carrying out a transition on a payment read as a row may do (`_apply_row`); a
+# transition that asks for anything else (an end action, a stop-payment's other payments, an
+# alert) is carried out on the payment's model object.
+_ROW_ACTIONS = (
+    ScheduleRetry,
+    ClearSchedule,
+    RecordAttempt,
+    EnqueueAttempt,
+    RecordTransition,
+    EmitEvent,
+)
+
+
+@dataclass
+class _RowWrites:
+    """What transitions carried out on payment rows write, in one statement (`flush`): each
+    payment (with its values as read) once, its new attempts, timeline rows and events."""
+
+    payments: list[tuple[PaymentRow, tuple[Any, ...]]] = field(default_factory=list)
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+    timeline: list[dict[str, Any]] = field(default_factory=list)
+    outbox: list[dict[str, Any]] = field(default_factory=list)
+
+    async def flush(self, uow: UnitOfWork) -> None:
+        """Write the payments' changed columns and the new rows; then nothing is held."""
+        columns = changed_columns(self.payments)
+        updates = [{"id": p.id, **{c: getattr(p, c) for c in columns}} for p, _ in self.payments]
+        await write_all(
+            uow.session,
+            [
+                (PaymentAttempt, self.attempts),
+                (PaymentTransition, self.timeline),
+                (OutboxEvent, self.outbox),
+            ],
+            [(Payment, updates)] if columns else [],
+        )
+        self.payments, self.attempts, self.timeline, self.outbox = [], [], [], []
+
+
+def _by_row(tr: Transition, *, also: tuple[type, ...] = ()) -> bool:
+    """Whether `_apply_row` carries the transition out (`also`: actions the caller does)."""
+    return all(isinstance(a, (*_ROW_ACTIONS, *also)) for a in tr.actions)
+
+
+def _apply_row(
+    ctx: RowContext, tr: Transition, *, now: datetime, held: _RowWrites, applied: Applied
+) -> None:
+    """`apply_transition` for a payment read as a row, for a transition `_by_row` accepts:
+    the same changes on the row and the same new rows, held in `held`. The caller adds the
+    payment to `held.payments` once."""
+    applied.transitions.append(tr)
+    if not tr.changed:
+        return
+    payment = ctx.payment
+    previous = payment.state
+    _enter_state(payment, tr, now=now, recovered_by=Actor.PORTAL)
+    for action in tr.actions:
+        match action:
+            case ScheduleRetry():
+                _schedule(ctx, action, now=now)
+            case ClearSchedule():
+                payment.next_retry_at = None
+            case RecordAttempt():
+                held.attempts.append(_start_attempt(payment, action, now=now))
+            case EnqueueAttempt():
+                applied.enqueue.append((payment.id, action.attempt_number))
+            case RecordTransition():
+                held.timeline.append(
+                    _timeline_row(payment, ctx.next_seq, action, actor_label=None, event_label=None)
+                )
+                ctx.next_seq += 1
+            case EmitEvent():
+                payload = event_payload(payment, action.name, previous, tr.reason)
+                held.outbox.append(outbox_row(payment, action.name, payload, now))
+            case RequestDecision():
+                pass  # carried out by the caller
+            case _:
+                raise RuntimeError(f"{type(action).__name__} is not carried out on a row")
+
+
+async def _start_attempts(uow: UnitOfWork, heads: Sequence[RowHead], *, now: datetime) -> Applied:
     """AttemptStarted for each payment, in order; each ledger also counts the attempts
-    started before it in the batch, which the loaded ledgers do not hold yet."""
-    contexts = await load_contexts(uow.session, payment_ids, now=now, attempts=False)
+    started before it in the batch, which the loaded ledgers do not hold yet.
+
+    The payments are read as rows, their transitions carried out on them and written in one
+    statement. A transition that asks for more (`_by_row`) is carried out afterwards on the
+    payment's model object, through `run_event`: a stop-payment order there reads the other
+    payments of its subscription as written. Its ledger then holds every attempt the batch
+    started (a superset of those before it: caps count more, never fewer)."""
+    contexts = await row_contexts(uow.session, heads, now=now)
     extra_card: dict[CardKey, list[AttemptRecord]] = defaultdict(list)
     extra_customer: dict[uuid.UUID, list[AttemptRecord]] = defaultdict(list)
     applied = Applied()
-    writes = Writes()
-    for pid in payment_ids:
-        base = contexts.get(pid)
-        if base is None or base.payment.state is not PaymentState.SCHEDULED:
+    held = _RowWrites()
+    by_model: list[uuid.UUID] = []
+    for head in heads:
+        ctx = contexts[head.payment.id]
+        payment = ctx.payment
+        if payment.state is not PaymentState.SCHEDULED:
             continue
-        ctx = base.with_extra(
-            [r for key in base.card_keys for r in extra_card.get(key, [])],
-            extra_customer.get(base.payment.customer_id, []),
+        ledger = ledger_with_extra(
+            ctx.ledger,
+            [r for key in ctx.card_keys for r in extra_card.get(key, ())],
+            extra_customer.get(payment.customer_id, []),
         )
-        result = await run_event(uow, ctx, AttemptStarted(), now=now, writes=writes)
-        if ctx.payment.state is PaymentState.RETRYING:
+        tr = transition(payment.state, AttemptStarted(), policy=ctx.policy, ledger=ledger, now=now)
+        if not _by_row(tr):
+            by_model.append(payment.id)
+            continue
+        ctx.ledger = ledger
+        _apply_row(ctx, tr, now=now, held=held, applied=applied)
+        held.payments.append((payment, head.read))
+        if tr.new_state is PaymentState.RETRYING:
             record = AttemptRecord(now, Actor.PORTAL, None)
             for key in ctx.card_keys:
                 extra_card[key].append(record)
-            extra_customer[ctx.payment.customer_id].append(record)
-        applied.transitions += result.transitions
-        applied.enqueue += result.enqueue
-    await writes.flush(uow.session)
+            extra_customer[payment.customer_id].append(record)
+    await held.flush(uow)
+    if by_model:
+        models = await load_contexts(uow.session, by_model, now=now, attempts=False)
+        writes = Writes()
+        for pid in by_model:
+            model = models.get(pid)
+            if model is None or model.payment.state is not PaymentState.SCHEDULED:
+                continue
+            result = await run_event(uow, model, AttemptStarted(), now=now, writes=writes)
+            applied.transitions += result.transitions
+            applied.enqueue += result.enqueue
+        await writes.flush(uow.session)
     return applied
 
 
@@ -732,11 +936,11 @@ async def claim_due(
     or a customer's attempts without seeing each other's. A payment whose lock is held
     elsewhere waits for the next run.
     """
-    wanted = await _due(uow, now=now, limit=limit)
-    if not wanted:
+    due = await _due(uow, now=now, limit=limit)
+    if not due:
         return Applied()
-    held = await _try_locks(uow, sorted({k for ks in wanted.values() for k in ks}))
-    claimable = [pid for pid, ks in wanted.items() if all(k in held for k in ks)]
+    held = await _try_locks(uow, sorted({k for _, ks in due for k in ks}))
+    claimable = [head for head, ks in due if all(k in held for k in ks)]
     applied = await _start_attempts(uow, claimable, now=now)
     await uow.session.flush()
     return applied

@@ -37,6 +37,7 @@ from app.retry.rules import (
 )
 from app.retry.schedule import PaymentView, effective_policy
 from app.services.customer_success import success_times, successes_before_failure
+from app.services.retry.rows import ROW_COLUMNS, PaymentLike, PaymentRow
 from app.services.retry_policy import current_policies
 
 # The customer cap looks back one hour; a day of customer history is plenty.
@@ -101,15 +102,168 @@ class PaymentContext:
     ) -> "PaymentContext":
         """The same payment with attempts not yet visible in the database (same batch); each
         record once, however many of the payment's card keys it was filed under."""
-        card = list({id(r): r for r in card}.values())
-        if not card and not customer:
-            return self
-        ledger = replace(
-            self.ledger,
-            card_history=(*self.ledger.card_history, *card),
-            customer_history=(*self.ledger.customer_history, *customer),
+        ledger = ledger_with_extra(self.ledger, card, customer)
+        return self if ledger is self.ledger else replace(self, ledger=ledger)
+
+
+def ledger_with_extra(
+    ledger: PaymentLedger, card: Sequence[AttemptRecord], customer: Sequence[AttemptRecord]
+) -> PaymentLedger:
+    """The ledger with attempts not yet visible in the database (same batch) added to its
+    card and customer histories, each record once however many card keys it was filed under."""
+    card = list({id(r): r for r in card}.values())
+    if not card and not customer:
+        return ledger
+    return replace(
+        ledger,
+        card_history=(*ledger.card_history, *card),
+        customer_history=(*ledger.customer_history, *customer),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class RowHead:
+    """A locked payment read as a row (`row_head`), with its values as read (to tell what
+    changed) and what its rules and a scheduler read besides its history: its card as a
+    credential and its brand, funding and issuing country, its customer's time zone and past
+    successes, its merchant's status, its latest timeline position."""
+
+    payment: PaymentRow
+    read: tuple[Any, ...]
+    card: tuple[CardKey, str | None] | None
+    funding: CardFunding
+    issuer_country: str | None
+    customer_timezone: str | None
+    merchant_status: MerchantStatus
+    last_seq: int | None
+    past_success_at: tuple[datetime, ...]
+
+
+@dataclass(slots=True)
+class RowContext:
+    """What the state machine and the rule-based schedulers read of a payment read as a row,
+    and where its next timeline row goes: a `PaymentContext` without the model objects."""
+
+    head: RowHead
+    card_keys: tuple[CardKey, ...]
+    policy: RetryPolicyView
+    ledger: PaymentLedger
+    next_seq: int
+    policy_version: int | None
+
+    @property
+    def payment(self) -> PaymentRow:
+        return self.head.payment
+
+    @property
+    def first_decline(self) -> DeclineView:
+        """The decline of the first failure, as stored on the payment."""
+        return _first_decline_of(self.head.payment)
+
+    def view(self) -> PaymentView:
+        """What a scheduler may see of the payment (`PaymentContext.view`)."""
+        p, head = self.head.payment, self.head
+        return PaymentView(
+            payment_id=str(p.id),
+            merchant_id=str(p.merchant_id),
+            first_failed_at=p.first_failed_at,
+            amount_minor=p.amount_minor,
+            currency=p.currency,
+            network=self.ledger.network,
+            funding=head.funding,
+            decline=self.ledger.last_decline,
+            customer_timezone=head.customer_timezone,
+            issuer_country=head.issuer_country,
+            past_success_at=head.past_success_at,
         )
-        return replace(self, ledger=ledger)
+
+
+@cache
+def row_head_columns(successes: bool) -> tuple[Any, ...]:
+    """The columns `row_head` reads, in its order: the payment's (`ROW_COLUMNS`), its card's
+    merchant, fingerprint, brand, funding and issuing country, its customer's time zone, its
+    merchant's status, its latest timeline position and (`successes`) its customer's past
+    successes. The statement joins `customer` and `merchant` and outer-joins the payment's
+    `card_credential`. A claim, which makes no decision, reads no past successes."""
+    table = Payment.__table__  # type: ignore[attr-defined]
+    return (
+        *(table.c[name] for name in ROW_COLUMNS),
+        col(CardCredential.merchant_id),
+        col(CardCredential.fingerprint),
+        col(CardCredential.brand),
+        col(CardCredential.funding),
+        col(CardCredential.issuer_country),
+        col(Customer.timezone),
+        col(Merchant.status),
+        _last_seq(),
+        successes_before_failure() if successes else sa.null(),
+    )
+
+
+_ROW_WIDTH = len(ROW_COLUMNS)
+
+
+def row_head(found: Sequence[Any]) -> RowHead:
+    """One payment as read by `row_head_columns`."""
+    read = tuple(found[:_ROW_WIDTH])
+    (
+        card_merchant,
+        fingerprint,
+        brand,
+        funding,
+        issuer_country,
+        timezone,
+        status,
+        last_seq,
+        successes,
+    ) = found[_ROW_WIDTH:]
+    card = None if fingerprint is None else ((card_merchant, fingerprint), brand)
+    return RowHead(
+        payment=PaymentRow(*read),
+        read=read,
+        card=card,
+        funding=funding if funding is not None else CardFunding.UNKNOWN,
+        issuer_country=issuer_country,
+        customer_timezone=timezone,
+        merchant_status=status,
+        last_seq=last_seq,
+        past_success_at=success_times(successes),
+    )
+
+
+async def row_contexts(
+    session: AsyncSession, heads: Sequence[RowHead], *, now: datetime
+) -> dict[uuid.UUID, RowContext]:
+    """`load_contexts` for payments already read as rows: their policies and histories in two
+    statements (the same ones), no model object."""
+    if not heads:
+        return {}
+    policies = await current_policies(session, sorted({h.payment.merchant_id for h in heads}))
+    customer_since = now - CUSTOMER_LOOKBACK
+    rows = await _history(
+        session,
+        [h.payment.id for h in heads],
+        sorted({h.payment.customer_id for h in heads}),
+        customer_since,
+        objects=False,
+    )
+    index = _Attempts.index(rows, customer_since)
+    views: dict[tuple[int, MerchantStatus], RetryPolicyView] = {}
+    found: dict[uuid.UUID, RowContext] = {}
+    for h in heads:
+        stored = policies.get(h.payment.merchant_id)
+        rules = _rules_of(
+            h.payment, h.card, h.customer_timezone, h.merchant_status, index, stored, views
+        )
+        found[h.payment.id] = RowContext(
+            head=h,
+            card_keys=rules.keys,
+            policy=rules.policy,
+            ledger=rules.ledger,
+            next_seq=0 if h.last_seq is None else h.last_seq + 1,
+            policy_version=stored.version if stored is not None else None,
+        )
+    return found
 
 
 def policy_view(row: RetryPolicy | None, merchant_status: MerchantStatus) -> RetryPolicyView:
@@ -206,7 +360,7 @@ def attempt_record(
     )
 
 
-def _first_decline_of(p: Payment) -> DeclineView:
+def _first_decline_of(p: PaymentLike) -> DeclineView:
     return DeclineView(
         category=p.decline_category,
         retryable=p.decline_retryable,
@@ -238,14 +392,19 @@ _CUSTOMERS = sa.bindparam("customer_ids", type_=postgresql.ARRAY(sa.Uuid))
 _CUSTOMER_SINCE = sa.bindparam("customer_since", type_=sa.DateTime(timezone=True))
 
 
-@cache
-def _heads_statement(lock: bool) -> Any:
-    last_seq = (
+def _last_seq() -> Any:
+    """The payment's latest timeline position (NULL: no transition yet)."""
+    return (
         sa.select(sa.func.max(col(PaymentTransition.seq)))
         .where(col(PaymentTransition.payment_id) == col(Payment.id))
         .correlate(Payment)
         .scalar_subquery()
     )
+
+
+@cache
+def _heads_statement(lock: bool) -> Any:
+    last_seq = _last_seq()
     head = (
         sa.select(
             Payment,
@@ -305,10 +464,15 @@ class _Attempts:
 
 
 def _ledger(
-    head: _Head, mine: Sequence[_Row], keys: Sequence[CardKey], attempts: _Attempts
+    payment: PaymentLike,
+    brand: str | None,
+    customer_timezone: str | None,
+    mine: Sequence[_Row],
+    keys: Sequence[CardKey],
+    attempts: _Attempts,
 ) -> PaymentLedger:
-    """The rules' view of one payment: its retries, its credentials' and customer's attempts."""
-    payment, card = head.payment, head.card
+    """The rules' view of one payment: its retries, its credentials' and customer's attempts
+    (`brand`: its card's, None without a card)."""
     retries = [r for r in mine if r.attempt.number != 1]
     last_decline = _first_decline_of(payment)
     for r in retries:
@@ -317,7 +481,7 @@ def _ledger(
             last_decline = d
     card_rows = _card_rows(mine, keys, attempts.by_card)
     return PaymentLedger(
-        network=normalize_network(card.brand) if card is not None else None,
+        network=normalize_network(brand),
         first_failed_at=payment.first_failed_at,
         last_decline=last_decline,
         retries=tuple(attempt_record(r.attempt, r.first_decline) for r in retries),
@@ -327,8 +491,43 @@ def _ledger(
             for r in attempts.by_customer.get(payment.customer_id, [])
         ),
         credential_since=payment.credential_since,
-        customer_timezone=head.customer_timezone,
+        customer_timezone=customer_timezone,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class _Rules:
+    """What the rules read of one payment in a batch: its own attempts in order, the
+    credentials a retry may hit, its ledger and its effective policy."""
+
+    mine: list[_Row]
+    keys: tuple[CardKey, ...]
+    ledger: PaymentLedger
+    policy: RetryPolicyView
+
+
+def _rules_of(
+    payment: PaymentLike,
+    card: tuple[CardKey, str | None] | None,
+    customer_timezone: str | None,
+    merchant_status: MerchantStatus,
+    attempts: _Attempts,
+    stored: RetryPolicy | None,
+    views: dict[tuple[int, MerchantStatus], RetryPolicyView] | None,
+) -> _Rules:
+    """`card`: the payment's card as a credential and its brand (None without a card)."""
+    mine = sorted(
+        attempts.own.get(payment.id, []), key=lambda r: (r.attempt.attempted_at, r.attempt.number)
+    )
+    keys = _card_keys(payment, card[0] if card is not None else None, mine)
+    brand = card[1] if card is not None else None
+    ledger = _ledger(payment, brand, customer_timezone, mine, keys, attempts)
+    policy = effective_policy(
+        _policy_view(stored, merchant_status, views),
+        merchant_id=str(payment.merchant_id),
+        payment_id=str(payment.id),
+    )
+    return _Rules(mine, keys, ledger, policy)
 
 
 def _context(
@@ -339,31 +538,25 @@ def _context(
     views: dict[tuple[int, MerchantStatus], RetryPolicyView] | None = None,
 ) -> PaymentContext:
     payment, card = head.payment, head.card
-    mine = sorted(
-        attempts.own.get(payment.id, []), key=lambda r: (r.attempt.attempted_at, r.attempt.number)
-    )
-    keys = _card_keys(payment, card, mine)
-    ledger = _ledger(head, mine, keys, attempts)
-    policy = effective_policy(
-        _policy_view(stored, head.merchant_status, views),
-        merchant_id=str(payment.merchant_id),
-        payment_id=str(payment.id),
+    card_facts = None if card is None else ((card.merchant_id, card.fingerprint), card.brand)
+    rules = _rules_of(
+        payment, card_facts, head.customer_timezone, head.merchant_status, attempts, stored, views
     )
     return PaymentContext(
         payment=payment,
-        network=ledger.network,
+        network=rules.ledger.network,
         funding=card.funding if card is not None else CardFunding.UNKNOWN,
-        card_keys=keys,
+        card_keys=rules.keys,
         customer_ref=head.customer_ref,
         customer_timezone=head.customer_timezone,
-        policy=policy,
-        ledger=ledger,
+        policy=rules.policy,
+        ledger=rules.ledger,
         issuer_country=card.issuer_country if card is not None else None,
         card_identity=(
             (card.fingerprint, card.exp_month, card.exp_year) if card is not None else None
         ),
         past_success_at=head.past_success_at,
-        attempts=[r.attempt for r in mine if isinstance(r.attempt, PaymentAttempt)],
+        attempts=[r.attempt for r in rules.mine if isinstance(r.attempt, PaymentAttempt)],
         next_seq=0 if head.last_seq is None else head.last_seq + 1,
         policy_version=stored.version if stored is not None else None,
         head=head,
@@ -476,12 +669,13 @@ async def reread_histories(
 
 
 def _card_keys(
-    payment: Payment, card: CardCredential | None, mine: Sequence[_Row]
+    payment: PaymentLike, card: CardKey | None, mine: Sequence[_Row]
 ) -> tuple[CardKey, ...]:
-    """The credentials a retry of this payment may hit, in a stable order."""
+    """The credentials a retry of this payment may hit (`card`: its card's), in a stable
+    order."""
     keys: set[CardKey] = set()
     if card is not None:
-        keys.add((card.merchant_id, card.fingerprint))
+        keys.add(card)
     if payment.credential_fingerprint is not None:
         keys.add((payment.merchant_id, payment.credential_fingerprint))
     keys.update(key for r in mine for key in r.card_keys)
@@ -743,7 +937,9 @@ def settled_context(
         payment=payment,
         network=ledger.network,
         funding=card.funding if card is not None else CardFunding.UNKNOWN,
-        card_keys=_card_keys(payment, card, ()),
+        card_keys=_card_keys(
+            payment, (card.merchant_id, card.fingerprint) if card is not None else None, ()
+        ),
         customer_ref="",
         customer_timezone=None,
         policy=RetryPolicyView(),
