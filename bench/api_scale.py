@@ -297,7 +297,12 @@ async def main() -> None:
                 ids = (
                     (
                         await uow.session.execute(
-                            text("SELECT id FROM payment TABLESAMPLE SYSTEM (1) LIMIT :n"),
+                            # A page holds dozens of payments loaded together: sample pages,
+                            # then payments at random among them, not the first pages' rows.
+                            text(
+                                "SELECT id FROM payment TABLESAMPLE SYSTEM (1) "
+                                "ORDER BY random() LIMIT :n"
+                            ),
                             {"n": args.details},
                         )
                     )
