@@ -26,8 +26,9 @@ Every table's indexes and triggers stay in place while it loads (the rollup trig
 chunk's payments in one statement; the raw records' key is claimed row by row by its trigger);
 only foreign keys are set aside and validated in one pass at the end. What makes it fast:
 `--connections` sessions (default 2) load at once, each taking the merchant with the most
-payments left that no other session is loading; ids are laid out in load order (see `_id`); each
-session sorts and hashes a chunk in memory (`WORK_MEM`) and compresses the WAL's full-page
+payments left that no other session is loading; a merchant's payments are loaded in time order,
+a chunk a slice of its history (see `PAYMENTS_SQL`); ids are laid out in load order (see `_id`);
+each session sorts and hashes a chunk in memory (`WORK_MEM`) and compresses the WAL's full-page
 images where it may. `VACUUM (ANALYZE)` then runs table by table on every session.
 
 Prints rows per table and, per phase, wall time, rows per second and the loading sessions' CPU
@@ -137,20 +138,28 @@ FROM c
 """  # noqa: S608 - built from this module's constants
 
 # $1 merchant, $2 merchant tag, $3 first payment, $4 end, $5 customers, $6 now, $7 connection,
-# $8 processor, $9 days of history.
+# $8 processor, $9 days of history, $10 the merchant's payments.
+#
+# A payment's failure time follows its number (spread over the history, the merchant's first
+# payment the oldest), so a chunk is a slice of time, as payments arrive: its rollup rows are
+# new quarter hours and days rather than updates of every day of the year (each chunk updated
+# all of them when failure times were drawn at random), and the indexes on failure time, like
+# the heap, grow in time order. Every third payment moves to the billing day (the 1st) of its
+# month, between 09:00 and 12:00 UTC.
 PAYMENTS_SQL = f"""
 WITH b AS (
     SELECT i, {_id("p", "i")} AS id, i % $5 AS c,
            random() AS r_decline, random() AS r_currency, random() AS r_amount,
-           random() AS r_age, random() AS r_state, random() AS r_retries
+           random() AS r_state, random() AS r_retries,
+           $6::timestamptz - ($10::bigint - i - random()) / $10::bigint
+                             * make_interval(days => $9::int) AS spread
     FROM generate_series($3::bigint, $4::bigint - 1) AS i
 ), d AS (
     SELECT b.*, {DECLINE_INDEX} AS k, {CURRENCY_INDEX} AS cu,
-           CASE WHEN r_age < 0.33
-                THEN date_trunc('month', $6::timestamptz
-                                 - make_interval(months => floor(r_age / 0.33 * $9 / 30.5)::int))
-                     + interval '9 hours' + r_retries * interval '3 hours'
-                ELSE $6::timestamptz - (r_age - 0.33) / 0.67 * make_interval(days => $9::int)
+           CASE WHEN i % 3 = 0
+                THEN date_trunc('month', spread) + interval '9 hours'
+                     + r_retries * interval '3 hours'
+                ELSE spread
            END AS failed_at
     FROM b
 ), s AS (
@@ -413,22 +422,29 @@ async def _customers(conns: list[asyncpg.Connection], loads: list[Share], now: d
 
 
 async def _payments(
-    conns: list[asyncpg.Connection], loads: list[Share], now: datetime, days: int, started: float
+    conns: list[asyncpg.Connection],
+    loads: list[Share],
+    now: datetime,
+    days: int,
+    chunk: int,
+    started: float,
 ) -> None:
-    """Every merchant's payments, chunk by chunk, on every connection at once. A connection
-    takes the merchant with the most payments left that no other connection is loading: two
-    chunks of one merchant would add to the same rollup rows, the second waiting for the
-    first's commit."""
-    busy: set[str] = set()
+    """Every merchant's payments, chunk by chunk in time order, on every connection at once.
+    A connection takes the merchant with the most payments left that no other connection is
+    loading, and only when there is none one that another is loading: two chunks of one
+    merchant are two slices of its time, but may share a month's rollup rows, the second
+    waiting at its end for the first's commit."""
+    busy: dict[str, int] = {}
 
     def claim() -> Share | None:
-        free = [s for s in loads if s.loaded < s.payments and s.merchant_id not in busy]
+        left = [s for s in loads if s.loaded < s.payments]
+        free = [s for s in left if not busy.get(s.merchant_id)] or left
         return max(free, key=lambda s: s.payments - s.loaded, default=None)
 
     async def work(conn: asyncpg.Connection) -> None:
         while (share := claim()) is not None:
-            busy.add(share.merchant_id)
-            start, end = share.loaded, min(share.payments, share.loaded + CHUNK)
+            busy[share.merchant_id] = busy.get(share.merchant_id, 0) + 1
+            start, end = share.loaded, min(share.payments, share.loaded + chunk)
             share.loaded = end
             try:
                 await conn.execute(
@@ -442,9 +458,10 @@ async def _payments(
                     share.connection_id,
                     share.kind.value,
                     days,
+                    share.payments,
                 )
             finally:
-                busy.discard(share.merchant_id)
+                busy[share.merchant_id] -= 1
             done = time.perf_counter() - started
             print(f"  merchant {share.merchant_id[:8]}: {end:,}/{share.payments:,} ({done:,.0f} s)")
 
@@ -477,6 +494,7 @@ async def main() -> None:
     parser.add_argument("--days", type=int, default=365)
     parser.add_argument("--database", default="portal_scale")
     parser.add_argument("--connections", type=int, default=2, help="Sessions loading at once.")
+    parser.add_argument("--chunk", type=int, default=CHUNK, help="Payments a statement.")
     parser.add_argument("--recreate", action="store_true")
     args = parser.parse_args()
 
@@ -494,7 +512,9 @@ async def main() -> None:
     conns = [await _session(url) for _ in range(max(1, args.connections))]
     conn = conns[0]
     compressed = await conn.fetchval("SHOW wal_compression")
-    print(f"{len(conns)} sessions, {CHUNK:,} payments a statement, WAL compression {compressed}")
+    print(
+        f"{len(conns)} sessions, {args.chunk:,} payments a statement, WAL compression {compressed}"
+    )
     pids = [await c.fetchval("SELECT pg_backend_pid()") for c in conns]
     timings: dict[str, tuple[float, float, int, str]] = {}
 
@@ -510,7 +530,7 @@ async def main() -> None:
         await _customers(conns, loads, now)
         phase("customers and cards", t, customers, "customers")
         t = (time.perf_counter(), _cpu(pids))
-        await _payments(conns, loads, now, args.days, started)
+        await _payments(conns, loads, now, args.days, args.chunk, started)
         phase("payments and the rest", t, payments, "payments")
         t = (time.perf_counter(), _cpu(pids))
         await _restore_foreign_keys(conn, keys)
