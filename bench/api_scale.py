@@ -15,7 +15,8 @@ request at a time, for the largest merchant (40% of the payments) and a small on
 Prints p50 and p99 per case beside the targets (page p99 < 50 ms, stats and detail < 20 ms).
 Then runs each case once in this process with every SQL statement recorded, and writes each
 statement's `EXPLAIN (ANALYZE, BUFFERS)` to `--plans` (default bench/out/api_scale_plans.txt),
-printing the statements per request and the slowest statement of each case.
+printing the statements per request and the slowest statement of each case, and the statements
+of one page at 10, 50 and 100 payments (they must not grow with the page).
 """
 
 from __future__ import annotations
@@ -51,8 +52,8 @@ from resolvers.context import Context
 from resolvers.ids import encode_id
 from schema.root import build_schema
 
-PAGE = """query($id: ID!, $after: String, $filter: PaymentFilter) {
-  merchant(id: $id) { payments(first: 50, after: $after, filter: $filter) {
+PAGE = """query($id: ID!, $after: String, $filter: PaymentFilter, $first: Int = 50) {
+  merchant(id: $id) { payments(first: $first, after: $after, filter: $filter) {
     edges { node { id state processor failedAt nextRetryAt attemptCount
       amount { amountMinor currency } decline { category retryable advice rawCode }
       attempts { number attemptedAt outcome actor decline { category } card { last4 } }
@@ -81,6 +82,8 @@ DETAIL = """query($id: ID!) { node(id: $id) { ... on Payment {
   ledger { attemptsLast24h attemptsLast30d nextAllowedAt blockingRule } } } }"""
 
 TARGET_MS = {"page": 50.0, "stats": 20.0, "detail": 20.0}
+# Page sizes whose statements per request are compared (the dashboard's page is 50).
+PAGE_SIZES = (10, 50, 100)
 
 
 @dataclass
@@ -157,14 +160,17 @@ async def _explain(
     lines: list[str] = []
     print()
     print(f"{'case':<58}{'statements':>11}{'slowest (ms)':>14}")
-    for case in cases:
+
+    async def run(query: str, variables: dict[str, Any], label: str) -> list[tuple[str, Any]]:
         context = Context(db=db, principal=principal, clock=SystemClock(), settings=settings)
         with _recorded(db) as statements:
-            result = await schema.execute(
-                case.query, variable_values=case.variables, context_value=context
-            )
+            result = await schema.execute(query, variable_values=variables, context_value=context)
         if result.errors:
-            raise SystemExit(f"{case.label}: {result.errors}")
+            raise SystemExit(f"{label}: {result.errors}")
+        return statements
+
+    for case in cases:
+        statements = await run(case.query, case.variables, case.label)
         slowest = 0.0
         lines.append(f"=== {case.kind}: {case.label} ({len(statements)} statements)")
         assert db.engine is not None
@@ -182,6 +188,19 @@ async def _explain(
         print(f"{case.kind + ': ' + case.label:<58.58}{len(statements):>11}{slowest:>14.2f}")
     await asyncio.to_thread(_write, out, "\n".join(lines))
     print(f"plans written to {out}")
+    pages = [c for c in cases if c.kind == "page"]
+    if pages:
+        # Statements per request must not grow with the page: each page size once, unfiltered.
+        case = pages[0]
+        counts = [
+            len(await run(case.query, {**case.variables, "first": first}, case.label))
+            for first in PAGE_SIZES
+        ]
+        sizes = ", ".join(
+            f"{n} at first: {first}" for first, n in zip(PAGE_SIZES, counts, strict=True)
+        )
+        verdict = "constant" if len(set(counts)) == 1 else "NOT constant"
+        print(f"statements per page ({case.label}): {sizes} ({verdict})")
 
 
 def _write(path: Path, content: str) -> None:
@@ -297,7 +316,12 @@ async def main() -> None:
                 ids = (
                     (
                         await uow.session.execute(
-                            text("SELECT id FROM payment TABLESAMPLE SYSTEM (1) LIMIT :n"),
+                            # A page holds dozens of payments loaded together: sample pages,
+                            # then payments at random among them, not the first pages' rows.
+                            text(
+                                "SELECT id FROM payment TABLESAMPLE SYSTEM (1) "
+                                "ORDER BY random() LIMIT :n"
+                            ),
                             {"n": args.details},
                         )
                     )

@@ -22,15 +22,28 @@ chunk of payments, each in its own transaction):
 - one raw record per payment: the failed charge as the processor's list API returned it;
 - the recovery rollups, kept by the schema's own triggers as the payments are inserted.
 
-Prints rows per table, time per phase, and the database's size. The database is kept for
-`bench/api_scale.py`; `--recreate` drops it first.
+Every table's indexes and triggers stay in place while it loads (the rollup trigger adds each
+chunk's payments in one statement; the raw records' key is claimed row by row by its trigger);
+only foreign keys are set aside and validated in one pass at the end. What makes it fast:
+`--connections` sessions (default 2) load at once, each taking the merchant with the most
+payments left that no other session is loading; a merchant's payments are loaded in time order,
+a chunk a slice of its history (see `PAYMENTS_SQL`); ids are laid out in load order (see `_id`);
+each session sorts and hashes a chunk in memory (`WORK_MEM`) and compresses the WAL's full-page
+images where it may. `VACUUM (ANALYZE)` then runs table by table on every session.
+
+Prints rows per table and, per phase, wall time, rows per second and the loading sessions' CPU
+time per row (their backends', read from /proc: the figure that does not depend on what else the
+machine runs), and the database's size. The database is kept for `bench/api_scale.py`;
+`--recreate` drops it first.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import asyncpg
@@ -47,12 +60,16 @@ from app.settings import Settings
 from app.tenancy import SYSTEM_SCOPE, Principal, Scope
 from app.urls import UrlPolicy
 from portal.cli import upgrade_database
+from procstat import backend_cpu_seconds
 
 SUPPORT = Principal(key_id=None, name="generate", role=Role.SUPPORT, scope=Scope(None))
 BOX = CredentialBox("bench-secret")
 LOOPBACK = UrlPolicy(require_https=False, allow_loopback=True)
 PROCESSORS = (Processor.STRIPE, Processor.BRAINTREE, Processor.ADYEN, Processor.CHECKOUT)
 CHUNK = 250_000
+# A loading session's memory for a chunk's sorts and hashes, and for the foreign keys' checks.
+WORK_MEM = "256MB"
+MAINTENANCE_WORK_MEM = "1GB"
 # The merchants' own time zones, in turn: local days that are not UTC days, DST included.
 ZONES = ("Europe/Paris", "America/New_York", "Asia/Kolkata", "UTC", "Australia/Sydney")
 
@@ -85,13 +102,24 @@ HIGH = "ARRAY[" + ",".join(str(c[3]) for c in _CURRENCIES) + "]"
 BRANDS = _literal([b[0] for b in _BRANDS])
 BIN_FIRST = _literal([b[1] for b in _BRANDS])
 
+
+def _id(kind: str, number: str) -> str:
+    """The id of row `number` of one kind for the merchant tagged `$2`: a per-merchant, per-kind
+    prefix, then the number. Rows are loaded in number order, so every index keyed on an id
+    (their own, and the payment, customer and card ids rows refer to) grows at its end instead
+    of taking inserts all over: at ten million payments, random ids touched a different page of
+    each of those indexes for nearly every row, and each page rewritten in full to the WAL
+    after every checkpoint."""
+    return f"(left(md5($2 || ':{kind}'), 16) || lpad(to_hex({number}), 16, '0'))::uuid"
+
+
 CUSTOMERS_SQL = f"""
 WITH c AS (
     SELECT i, random() AS r_brand, random() AS r_fund, random() AS r_exp
     FROM generate_series($3::bigint, $4::bigint - 1) AS i
 ), customers AS (
     INSERT INTO customer (merchant_id, id, external_ref, timezone, country, created_at)
-    SELECT $1, md5($2 || ':c:' || i)::uuid, 'cus_' || i,
+    SELECT $1, {_id("c", "i")}, 'cus_' || i,
            (ARRAY['America/New_York','Europe/London','Europe/Berlin','Asia/Tokyo'])[1 + i % 4],
            (ARRAY['US','GB','DE','JP'])[1 + i % 4], $5
     FROM c
@@ -99,7 +127,7 @@ WITH c AS (
 )
 INSERT INTO card_credential (merchant_id, id, customer_id, brand, funding, issuer_country, bin,
                              last4, exp_month, exp_year, fingerprint, created_at)
-SELECT $1, md5($2 || ':k:' || i)::uuid, md5($2 || ':c:' || i)::uuid,
+SELECT $1, {_id("k", "i")}, {_id("c", "i")},
        ({BRANDS})[{BRAND_INDEX}],
        CASE WHEN r_fund < 0.6 THEN 'credit' WHEN r_fund < 0.95 THEN 'debit' ELSE 'prepaid' END,
        (ARRAY['US','GB','DE','JP'])[1 + i % 4],
@@ -110,20 +138,28 @@ FROM c
 """  # noqa: S608 - built from this module's constants
 
 # $1 merchant, $2 merchant tag, $3 first payment, $4 end, $5 customers, $6 now, $7 connection,
-# $8 processor, $9 days of history.
+# $8 processor, $9 days of history, $10 the merchant's payments.
+#
+# A payment's failure time follows its number (spread over the history, the merchant's first
+# payment the oldest), so a chunk is a slice of time, as payments arrive: its rollup rows are
+# new quarter hours and days rather than updates of every day of the year (each chunk updated
+# all of them when failure times were drawn at random), and the indexes on failure time, like
+# the heap, grow in time order. Every third payment moves to the billing day (the 1st) of its
+# month, between 09:00 and 12:00 UTC.
 PAYMENTS_SQL = f"""
 WITH b AS (
-    SELECT i, md5($2 || ':p:' || i)::uuid AS id, (i * 7919) % $5 AS c,
+    SELECT i, {_id("p", "i")} AS id, i % $5 AS c,
            random() AS r_decline, random() AS r_currency, random() AS r_amount,
-           random() AS r_age, random() AS r_state, random() AS r_retries
+           random() AS r_state, random() AS r_retries,
+           $6::timestamptz - ($10::bigint - i - random()) / $10::bigint
+                             * make_interval(days => $9::int) AS spread
     FROM generate_series($3::bigint, $4::bigint - 1) AS i
 ), d AS (
     SELECT b.*, {DECLINE_INDEX} AS k, {CURRENCY_INDEX} AS cu,
-           CASE WHEN r_age < 0.33
-                THEN date_trunc('month', $6::timestamptz
-                                 - make_interval(months => floor(r_age / 0.33 * $9 / 30.5)::int))
-                     + interval '9 hours' + r_retries * interval '3 hours'
-                ELSE $6::timestamptz - (r_age - 0.33) / 0.67 * make_interval(days => $9::int)
+           CASE WHEN i % 3 = 0
+                THEN date_trunc('month', spread) + interval '9 hours'
+                     + r_retries * interval '3 hours'
+                ELSE spread
            END AS failed_at
     FROM b
 ), s AS (
@@ -154,8 +190,8 @@ WITH b AS (
         next_retry_at, recovered_at, recovered_by, attempt_count, created_at, updated_at,
         connection_id, normalizer_version, decision_at, decision_reason, decision_strategy,
         needs_decision, policy_version, credential_fingerprint)
-    SELECT $1, id, $8, 'pay_' || i, amount, ({CURRENCIES})[cu], md5($2 || ':c:' || c)::uuid,
-           md5($2 || ':k:' || c)::uuid, 'in_' || i, 'sub_' || c, failed_at, ({CATEGORIES})[k],
+    SELECT $1, id, $8, 'pay_' || i, amount, ({CURRENCIES})[cu], {_id("c", "c")},
+           {_id("k", "c")}, 'in_' || i, 'sub_' || c, failed_at, ({CATEGORIES})[k],
            ({RETRYABLE})[k], ({ADVICE})[k], ({RAW_CODES})[k], ({NETWORK_CODES})[k], state,
            CASE WHEN state = 'SCHEDULED' THEN last_at + interval '2 days' END,
            CASE WHEN state = 'RECOVERED' THEN last_at END,
@@ -173,7 +209,7 @@ WITH b AS (
         decline_raw_code, decline_category, decline_retryable, decline_advice,
         decline_network_code, created_at, normalizer_version, portal_number, idempotency_key,
         sent_at, card_id)
-    SELECT $1, md5($2 || ':a:' || i || ':' || n)::uuid, id, n,
+    SELECT $1, {_id("a", "i * 8 + n")}, id, n,
            least(failed_at + (n - 1) * interval '2 days', $6::timestamptz),
            CASE WHEN state = 'RECOVERED' AND n = retries + 1 THEN 'succeeded' ELSE 'declined' END,
            CASE WHEN n = 1 THEN 'billing_system' ELSE 'portal' END,
@@ -188,13 +224,13 @@ WITH b AS (
            CASE WHEN n > 1 THEN n - 1 END,
            CASE WHEN n > 1 THEN 'retry-' || id || '-' || (n - 1) END,
            CASE WHEN n > 1 THEN least(failed_at + (n - 1) * interval '2 days', $6::timestamptz) END,
-           md5($2 || ':k:' || c)::uuid
+           {_id("k", "c")}
     FROM pt, generate_series(1, retries + 1) AS n
     RETURNING 1
 ), transitions AS (
     INSERT INTO payment_transition (merchant_id, id, payment_id, seq, from_state, to_state, event,
                                     reason, actor, at)
-    SELECT $1, md5($2 || ':t:' || i || ':' || step)::uuid, id, 0,
+    SELECT $1, {_id("t", "i * 2 + step")}, id, 0,
            CASE step WHEN 0 THEN 'PENDING' ELSE 'RETRYING' END,
            CASE step WHEN 0 THEN CASE WHEN state = 'NOT_RETRYABLE' THEN state ELSE 'PENDING' END
                      ELSE state END,
@@ -208,7 +244,7 @@ WITH b AS (
 )
 INSERT INTO raw_record (merchant_id, id, connection_id, processor, external_id, received_at,
                         content_hash, payload, normalized_at, normalizer_version)
-SELECT $1, md5($2 || ':r:' || i)::uuid, $7, $8, 'pay_' || i, failed_at,
+SELECT $1, {_id("r", "i")}, $7, $8, 'pay_' || i, failed_at,
        encode(sha256(convert_to(body::text, 'UTF8')), 'hex'), body, failed_at, 2
 FROM (
     SELECT pt.*, jsonb_build_object(
@@ -333,6 +369,123 @@ async def _merchants(url: str, count: int, now: datetime) -> list[tuple[str, str
     return made
 
 
+def _cpu(pids: list[int]) -> float:
+    """CPU seconds of the loading sessions' backends (when PostgreSQL runs on this machine)."""
+    return sum(backend_cpu_seconds(pids).values())
+
+
+@dataclass
+class Share:
+    """One merchant's part of the load, and how far it has gone."""
+
+    merchant_id: str
+    connection_id: str
+    kind: Processor
+    payments: int
+    customers: int
+    loaded: int = 0
+
+
+async def _session(url: str) -> asyncpg.Connection:
+    """A loading session: commits not waited for; no JIT (the load's row estimates are far off,
+    a series per payment, and compiling each chunk's statement cost more than it saved); a
+    chunk's sorts and hashes (the rollup trigger's grouping, the foreign keys' checks) in memory
+    rather than in temporary files; full-page images compressed in the WAL where the server
+    allows this session to ask for it (a superuser's setting)."""
+    conn = await asyncpg.connect(url.replace("+asyncpg", ""))
+    await conn.execute(
+        "SET synchronous_commit = off; SET jit = off; "
+        f"SET work_mem = '{WORK_MEM}'; SET maintenance_work_mem = '{MAINTENANCE_WORK_MEM}'"
+    )
+    with contextlib.suppress(
+        asyncpg.InsufficientPrivilegeError, asyncpg.InvalidParameterValueError
+    ):
+        await conn.execute("SET wal_compression = lz4")
+    return conn
+
+
+async def _customers(conns: list[asyncpg.Connection], loads: list[Share], now: datetime) -> None:
+    """Every merchant's customers and cards, chunk by chunk, on every connection at once."""
+    chunks = iter(
+        [
+            (s, start, min(s.customers, start + CHUNK))
+            for s in loads
+            for start in range(0, s.customers, CHUNK)
+        ]
+    )
+
+    async def work(conn: asyncpg.Connection) -> None:
+        for share, start, end in chunks:
+            await conn.execute(CUSTOMERS_SQL, share.merchant_id, share.merchant_id, start, end, now)
+
+    await asyncio.gather(*(work(c) for c in conns))
+
+
+async def _payments(
+    conns: list[asyncpg.Connection],
+    loads: list[Share],
+    now: datetime,
+    days: int,
+    chunk: int,
+    started: float,
+) -> None:
+    """Every merchant's payments, chunk by chunk in time order, on every connection at once.
+    A connection takes the merchant with the most payments left that no other connection is
+    loading, and only when there is none one that another is loading: two chunks of one
+    merchant are two slices of its time, but may share a month's rollup rows, the second
+    waiting at its end for the first's commit."""
+    busy: dict[str, int] = {}
+
+    def claim() -> Share | None:
+        left = [s for s in loads if s.loaded < s.payments]
+        free = [s for s in left if not busy.get(s.merchant_id)] or left
+        return max(free, key=lambda s: s.payments - s.loaded, default=None)
+
+    async def work(conn: asyncpg.Connection) -> None:
+        while (share := claim()) is not None:
+            busy[share.merchant_id] = busy.get(share.merchant_id, 0) + 1
+            start, end = share.loaded, min(share.payments, share.loaded + chunk)
+            share.loaded = end
+            try:
+                await conn.execute(
+                    PAYMENTS_SQL,
+                    share.merchant_id,
+                    share.merchant_id,
+                    start,
+                    end,
+                    share.customers,
+                    now,
+                    share.connection_id,
+                    share.kind.value,
+                    days,
+                    share.payments,
+                )
+            finally:
+                busy[share.merchant_id] -= 1
+            done = time.perf_counter() - started
+            print(f"  merchant {share.merchant_id[:8]}: {end:,}/{share.payments:,} ({done:,.0f} s)")
+
+    await asyncio.gather(*(work(c) for c in conns))
+
+
+async def _vacuum(conns: list[asyncpg.Connection]) -> None:
+    """`VACUUM (ANALYZE)` of every table (a partitioned one with its partitions), the largest
+    first, on every connection at once."""
+    rows = await conns[0].fetch(
+        "SELECT c.oid::regclass::text AS name FROM pg_class c "
+        "WHERE c.relnamespace = 'public'::regnamespace AND c.relkind IN ('r', 'p', 'm') "
+        "AND NOT c.relispartition ORDER BY (SELECT sum(pg_total_relation_size(t.relid)) "
+        "FROM pg_partition_tree(c.oid) t) DESC NULLS LAST, 1"
+    )
+    tables = iter([r["name"] for r in rows])
+
+    async def work(conn: asyncpg.Connection) -> None:
+        for table in tables:
+            await conn.execute(f"VACUUM (ANALYZE) {table}")
+
+    await asyncio.gather(*(work(c) for c in conns))
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--payments", type=int, default=1_000_000)
@@ -340,6 +493,8 @@ async def main() -> None:
     parser.add_argument("--top-share", type=float, default=0.4)
     parser.add_argument("--days", type=int, default=365)
     parser.add_argument("--database", default="portal_scale")
+    parser.add_argument("--connections", type=int, default=2, help="Sessions loading at once.")
+    parser.add_argument("--chunk", type=int, default=CHUNK, help="Payments a statement.")
     parser.add_argument("--recreate", action="store_true")
     args = parser.parse_args()
 
@@ -348,48 +503,41 @@ async def main() -> None:
     url = await _create_database(Settings(), args.database, args.recreate)
     merchants = await _merchants(url, args.merchants, now)
     print(f"database {args.database}: migrated, {len(merchants)} merchants and connections")
-    conn = await asyncpg.connect(url.replace("+asyncpg", ""))
-    timings: dict[str, float] = {"customers and cards": 0.0, "payments and the rest": 0.0}
+    loads = []
+    for (merchant_id, connection_id, kind), share in zip(
+        merchants, shares(args.merchants, args.top_share), strict=True
+    ):
+        payments = max(1, round(args.payments * share))
+        loads.append(Share(merchant_id, connection_id, kind, payments, max(1, payments // 3)))
+    conns = [await _session(url) for _ in range(max(1, args.connections))]
+    conn = conns[0]
+    compressed = await conn.fetchval("SHOW wal_compression")
+    print(
+        f"{len(conns)} sessions, {args.chunk:,} payments a statement, WAL compression {compressed}"
+    )
+    pids = [await c.fetchval("SELECT pg_backend_pid()") for c in conns]
+    timings: dict[str, tuple[float, float, int, str]] = {}
+
+    def phase(name: str, began: tuple[float, float], rows: int, unit: str) -> None:
+        """Record a phase's wall time and its sessions' CPU time (their backends', from /proc)."""
+        timings[name] = (time.perf_counter() - began[0], _cpu(pids) - began[1], rows, unit)
+
     try:
-        # The load's row estimates are far off (a series per payment), and JIT compiling each
-        # chunk's statement cost more than it saved.
-        await conn.execute("SET synchronous_commit = off; SET jit = off")
         keys = await _drop_foreign_keys(conn)
-        for (merchant_id, connection_id, kind), share in zip(
-            merchants, shares(args.merchants, args.top_share), strict=True
-        ):
-            payments = max(1, round(args.payments * share))
-            customers = max(1, payments // 3)
-            tag = merchant_id
-            t = time.perf_counter()
-            for start in range(0, customers, CHUNK):
-                end = min(customers, start + CHUNK)
-                await conn.execute(CUSTOMERS_SQL, merchant_id, tag, start, end, now)
-            timings["customers and cards"] += time.perf_counter() - t
-            t = time.perf_counter()
-            for start in range(0, payments, CHUNK):
-                end = min(payments, start + CHUNK)
-                await conn.execute(
-                    PAYMENTS_SQL,
-                    merchant_id,
-                    tag,
-                    start,
-                    end,
-                    customers,
-                    now,
-                    connection_id,
-                    kind.value,
-                    args.days,
-                )
-                done = time.perf_counter() - started
-                print(f"  merchant {merchant_id[:8]}: {end:,}/{payments:,} ({done:,.0f} s)")
-            timings["payments and the rest"] += time.perf_counter() - t
-        t = time.perf_counter()
+        customers = sum(s.customers for s in loads)
+        payments = sum(s.payments for s in loads)
+        t = (time.perf_counter(), _cpu(pids))
+        await _customers(conns, loads, now)
+        phase("customers and cards", t, customers, "customers")
+        t = (time.perf_counter(), _cpu(pids))
+        await _payments(conns, loads, now, args.days, args.chunk, started)
+        phase("payments and the rest", t, payments, "payments")
+        t = (time.perf_counter(), _cpu(pids))
         await _restore_foreign_keys(conn, keys)
-        timings["foreign keys validated"] = time.perf_counter() - t
-        t = time.perf_counter()
-        await conn.execute("VACUUM (ANALYZE)")
-        timings["vacuum and analyze"] = time.perf_counter() - t
+        phase("foreign keys validated", t, payments, "payments")
+        t = (time.perf_counter(), _cpu(pids))
+        await _vacuum(conns)
+        phase("vacuum and analyze", t, payments, "payments")
         print()
         print(f"{'table':<22}{'rows':>14}")
         for table in TABLES:
@@ -397,10 +545,15 @@ async def main() -> None:
             print(f"{table:<22}{rows:>14,}")
         size = await conn.fetchval("SELECT pg_size_pretty(pg_database_size(current_database()))")
     finally:
-        await conn.close()
+        for c in conns:
+            await c.close()
     print()
-    for phase, took in timings.items():
-        print(f"{phase:<24}{took:>10.1f} s")
+    print(f"{'phase':<24}{'wall s':>9}{'rows/s':>10}{'':<10}{'CPU s':>9}{'CPU µs/row':>12}")
+    for name, (took, cpu, rows, unit) in timings.items():
+        print(
+            f"{name:<24}{took:>9.1f}{rows / max(took, 1e-9):>10,.0f} {unit:<9}{cpu:>9.1f}"
+            f"{cpu / max(rows, 1) * 1e6:>12,.0f}"
+        )
     print(f"{'total':<24}{time.perf_counter() - started:>10.1f} s   database size {size}")
     print(f"DATABASE_URL={url}")
 
