@@ -1,6 +1,5 @@
 """The GraphQL HTTP view: GraphQL-over-HTTP negotiation, auth, cost limits, then execution."""
 
-import asyncio
 import contextlib
 import json
 import logging
@@ -8,7 +7,7 @@ import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import timedelta
 from functools import lru_cache
 from typing import Any
 
@@ -277,11 +276,6 @@ class PortalGraphQL(GraphQL[Context, None]):
         # The graphql-core schema, which query costs are computed against.
         self._graphql_schema: GraphQLSchema = self.schema._schema
         self._principals = PrincipalCache(timedelta(seconds=settings.auth_cache_seconds))
-        # Lookups under way, by token: the requests that miss the cache together (a busy key
-        # whose entry just aged out) share one lookup instead of each making its own (and
-        # each updating the key's last use). A request that joins a lookup is answered by a
-        # lookup younger than the cache's bound, as one served from the cache is.
-        self._lookups: dict[str, asyncio.Future[Principal | None]] = {}
         # Whether the rate limiter's Redis was last found unreachable: the outage is logged
         # when it starts and when it ends, not once per request served meanwhile.
         self._unmetered = False
@@ -613,36 +607,11 @@ class PortalGraphQL(GraphQL[Context, None]):
         """The token's principal: from this process's cache while fresh, else looked up."""
         now = clock.now()
         principal = self._principals.get(token, now=now)
-        if principal is not None:
-            return principal
-        if self._principals.ttl <= timedelta(0):
-            # Caching off: each request reads the key as it is when the request came.
-            return await self._look_up(db, now, token)
-        lookup = self._lookups.get(token)
-        if lookup is None:
-            lookup = asyncio.ensure_future(self._look_up(db, now, token))
-            self._lookups[token] = lookup
-            lookup.add_done_callback(lambda done: self._looked_up(token, done))
-        # Shielded: a request that goes away does not cancel the others' lookup.
-        principal = await asyncio.shield(lookup)
-        # Joined late, a request still never passes a key's expiry.
-        if principal is not None and principal.expired(clock.now()):
-            return None
+        if principal is None:
+            principal = await authenticate(db, token, now=now)
+            if principal is not None:
+                self._principals.put(token, principal, now=now)
         return principal
-
-    async def _look_up(self, db: Database, now: datetime, token: str) -> Principal | None:
-        principal = await authenticate(db, token, now=now)
-        if principal is not None:
-            self._principals.put(token, principal, now=now)
-        return principal
-
-    def _looked_up(self, token: str, lookup: "asyncio.Future[Principal | None]") -> None:
-        if self._lookups.get(token) is lookup:
-            del self._lookups[token]
-        if not lookup.cancelled():
-            # Marked as read: when every request waiting on it went away, a failure is not
-            # logged again as a task's unread exception.
-            lookup.exception()
 
     def _context(self, request: Request | WebSocket, principal: Principal | None) -> Context:
         state = request.app.state

@@ -1,14 +1,11 @@
 """Authenticated keys are cached per API process for a bounded time: a revoked key is refused
 once `auth_cache_seconds` have passed since its last lookup (at once where it was revoked)."""
 
-import asyncio
 import uuid
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 import httpx
-import pytest
 
-import portal.http
 from app.clock import FixedClock
 from app.db import Database
 from app.embedded import Services
@@ -16,7 +13,7 @@ from app.enums import Role
 from app.services.api_key import revoke_api_key
 from app.settings import Settings
 from app.tenancy import SYSTEM_SCOPE, Principal, Scope, system_principal
-from app.workflows.authentication import PrincipalCache, authenticate
+from app.workflows.authentication import PrincipalCache
 from resolvers.ids import encode_id
 from tests.support.factories import key_id, make_key, make_merchant
 from tests.support.http import portal_http
@@ -146,29 +143,3 @@ def test_the_cache_is_bounded_and_a_clock_set_back_does_not_extend_an_entry(
     cache.put("rp_b", second, now=now)
     cache.forget(second.key_id)  # type: ignore[arg-type]
     assert cache.get("rp_b", now=now) is None
-
-
-async def test_requests_that_miss_the_cache_together_share_one_lookup(
-    db: Database, services: Services, clock: FixedClock, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    settings = Settings(environment="test", auth_cache_seconds=5)
-    merchant = await make_merchant(db, "Together", now=clock.now())
-    token = await make_key(db, Role.MERCHANT, [merchant], now=clock.now())
-    lookups: list[str] = []
-
-    async def counted(db: Database, token: str, *, now: datetime) -> Principal | None:
-        lookups.append(token)
-        return await authenticate(db, token, now=now)
-
-    monkeypatch.setattr(portal.http, "authenticate", counted)
-    async with portal_http(db, services.redis_url, settings, clock) as client:
-        responses = await asyncio.gather(*(viewer(client, token) for _ in range(8)))
-        assert all(served(r) for r in responses)
-        assert len(lookups) == 1
-        # Aged out: the next requests together make one more lookup, and a revoked key is
-        # refused to every one of them.
-        await revoke_elsewhere(db, token, clock)
-        clock.set(clock.now() + timedelta(seconds=5))
-        responses = await asyncio.gather(*(viewer(client, token) for _ in range(8)))
-        assert not any(served(r) for r in responses)
-        assert len(lookups) == 2
