@@ -130,7 +130,8 @@ class RedisLeakyBucket:
     in the order they were made, each atomically: the decisions are those of one call per
     offer, made in that order, at one round trip for the lot instead of one each. An offer
     waits at most for the turn to end. When the call fails (Redis unreachable, a timeout),
-    every offer of the batch raises its error.
+    every offer of the batch raises its error. The script names several keys at once: the
+    buckets must live on one Redis (not spread over a cluster's slots).
     """
 
     def __init__(self, redis: _ScriptHost, limits: BucketLimits, *, prefix: str) -> None:
