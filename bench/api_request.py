@@ -11,9 +11,10 @@ load from another process (wrk when installed, `apt-get install wrk`; else this 
 asyncio client), and prints requests/s, p50/p99 latency and CPU-ms per request of the server
 process and of its PostgreSQL backends.
 
-`--before PATH` also serves the API from another checkout (the same database and settings) with
-uvicorn's pure-Python loop and HTTP parser, as before `uvicorn[standard]` was a dependency;
-`--pure` does the same for this checkout, which isolates what uvloop and httptools bring.
+`--before PATH` also serves the API from another checkout (the same database, settings, loop and
+HTTP parser), first; `--pure` serves this checkout with uvicorn's pure-Python loop and HTTP
+parser too (as before `uvicorn[standard]` was a dependency), which isolates what uvloop and
+httptools bring.
 Uses DATABASE_URL (or the local/embedded default) and REDIS_URL (db 0 by default: set one of
 your own); creates and drops its own database.
 """
@@ -385,9 +386,9 @@ async def main(args: argparse.Namespace) -> None:
             servers.append(
                 (
                     Server(
-                        "before (asyncio+h11)",
+                        "before",
                         serve,
-                        {**env, "PYTHONPATH": os.pathsep.join([hide, before])},
+                        {**env, "PYTHONPATH": before},
                         tmp / "before.log",
                         database,
                         Path(before),
@@ -475,6 +476,10 @@ async def main(args: argparse.Namespace) -> None:
                         print(figures.row(server.name, case), flush=True)
         finally:
             await admin.close()
+        for case in cases:
+            now, then = results.get(("portal", case)), results.get(("before", case))
+            if now is not None and then is not None:
+                print(f"{case}, portal / before: {_per(now) / _per(then):.2f}x CPU-ms per request")
         page = results.get(("portal", "50-payment page"))
         for name in ("hand-written, key checked", "hand-written, no key check"):
             hand = results.get((name, "50-payment page"))
@@ -501,7 +506,7 @@ def cli() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="measured load per case")
     parser.add_argument("--warmup", type=float, default=3.0, help="unmeasured load first")
     parser.add_argument("--connections", type=int, default=32, help="concurrent connections")
-    parser.add_argument("--before", help="also serve the API from this checkout (asyncio+h11)")
+    parser.add_argument("--before", help="also serve the API from this checkout")
     parser.add_argument("--pure", action="store_true", help="also serve it with asyncio+h11")
     parser.add_argument(
         "--client",
