@@ -63,20 +63,33 @@ class IngestStats:
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
-# Rows whose content the connection already holds are skipped by the trigger on raw_record
-# (migration 0022), so RETURNING gives exactly the ids that were new.
-_LAND = text(
+# A batch claims its records' once-only keys in one statement, in content-hash order (two
+# transactions landing the same records wait for each other in one order, never crosswise):
+# RETURNING gives exactly the ids whose keys were free, so whose rows are new. The trigger on
+# raw_record lets a row whose key its id already holds go in without claiming it again
+# (migration 0033); any other row claims its key itself, as before.
+_CLAIM_KEYS = text(
     """
-    INSERT INTO raw_record
-        (id, merchant_id, connection_id, processor, external_id, received_at, content_hash,
-         payload, normalized_at, normalizer_version)
-    SELECT r.id, :merchant_id, :connection_id, :processor, r.external_id, :received_at,
-           r.content_hash, r.payload::jsonb, :normalized_at, :normalizer_version
-    FROM unnest(CAST(:ids AS uuid[]), CAST(:external_ids AS text[]),
-                CAST(:hashes AS text[]), CAST(:payloads AS text[]))
-         AS r(id, external_id, content_hash, payload)
-    RETURNING id
+    INSERT INTO raw_record_key (connection_id, content_hash, raw_record_id, received_at)
+    SELECT :connection_id, k.content_hash, k.id, :received_at
+    FROM unnest(CAST(:ids AS uuid[]), CAST(:hashes AS text[])) AS k(id, content_hash)
+    ORDER BY k.content_hash
+    ON CONFLICT (connection_id, content_hash) DO NOTHING
+    RETURNING raw_record_id
     """
+)
+# Raw rows go in by binary COPY, one row per new record.
+_RAW_COLUMNS = (
+    "id",
+    "merchant_id",
+    "connection_id",
+    "processor",
+    "external_id",
+    "received_at",
+    "content_hash",
+    "payload",
+    "normalized_at",
+    "normalizer_version",
 )
 
 
@@ -116,26 +129,54 @@ async def _insert_raw(
     now: datetime,
     normalized: bool,
 ) -> set[uuid.UUID]:
-    """Insert the rows not stored yet (by content hash); the ids of those that were new."""
+    """Insert the rows not stored yet (by content hash); the ids of those that were new.
+
+    Their keys are claimed first, by a statement that also begins the transaction the
+    `COPY` then joins: the keys and the rows commit together or not at all."""
     new_ids: set[uuid.UUID] = set()
+    session = uow.session
     for start in range(0, len(landings), CHUNK):
         chunk = landings[start : start + CHUNK]
-        result = await uow.session.execute(
-            _LAND,
+        claimed = await session.execute(
+            _CLAIM_KEYS,
             {
-                "merchant_id": connection.merchant_id,
                 "connection_id": connection.id,
-                "processor": connection.kind.value,
                 "received_at": now,
-                "normalized_at": now if normalized else None,
-                "normalizer_version": NORMALIZER_VERSION if normalized else None,
                 "ids": [landing.id for landing in chunk],
-                "external_ids": [(x.item.external_id or "")[:255] or None for x in chunk],
                 "hashes": [landing.item.content_hash for landing in chunk],
-                "payloads": [landing.text for landing in chunk],
             },
         )
-        new_ids.update(result.scalars())
+        new_ids.update(claimed.scalars())
+    if not new_ids:
+        return new_ids
+    merchant_id, connection_id, processor = (
+        connection.merchant_id,
+        connection.id,
+        connection.kind.value,
+    )
+    normalized_at = now if normalized else None
+    version = NORMALIZER_VERSION if normalized else None
+    records = [
+        (
+            x.id,
+            merchant_id,
+            connection_id,
+            processor,
+            (x.item.external_id or "")[:255] or None,
+            now,
+            x.item.content_hash,
+            x.text,
+            normalized_at,
+            version,
+        )
+        for x in landings
+        if x.id in new_ids
+    ]
+    raw = await (await session.connection()).get_raw_connection()
+    driver = raw.driver_connection
+    if driver is None:
+        raise RuntimeError("no database connection to copy raw records into")
+    await driver.copy_records_to_table("raw_record", records=records, columns=_RAW_COLUMNS)
     return new_ids
 
 
