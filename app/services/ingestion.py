@@ -320,13 +320,16 @@ def _card_key(record: CanonicalRecord) -> CardKey | None:
     return fingerprint, card.exp_month, card.exp_year
 
 
+# RETURNING gives the customers this statement created (with the batch's place already).
 _INSERT_CUSTOMERS = text(
     """
     INSERT INTO customer (id, merchant_id, external_ref, country, timezone, created_at)
-    SELECT gen_random_uuid(), :merchant_id, r.ref, r.country, r.timezone, :now
-    FROM unnest(CAST(:refs AS text[]), CAST(:countries AS text[]), CAST(:zones AS text[]))
-         AS r(ref, country, timezone)
+    SELECT r.id, :merchant_id, r.ref, r.country, r.timezone, :now
+    FROM unnest(CAST(:ids AS uuid[]), CAST(:refs AS text[]), CAST(:countries AS text[]),
+                CAST(:zones AS text[]))
+         AS r(id, ref, country, timezone)
     ON CONFLICT (merchant_id, external_ref) DO NOTHING
+    RETURNING external_ref, id
     """
 )
 # A stored customer's place from the batch (docs/domain.md §5): a billing address replaces it
@@ -394,22 +397,26 @@ async def _upsert_customers(
 ) -> dict[str, uuid.UUID]:
     """Ids of the merchant's customers by processor reference, creating the missing ones with
     their place, and placing stored ones the batch tells more about (insert-if-absent, one
-    update of the rows whose place changes, then one read: no rewrite of unchanged rows)."""
+    update of the rows whose place changes, then one read of the customers stored before: no
+    rewrite of unchanged rows, no read of the rows just created)."""
     places = _places(records)
     ordered = sorted({r.customer_id or UNKNOWN_CUSTOMER for r in records})
     zones = {ref: place.timezone for ref, place in places.items()}
-    await uow.session.execute(
+    inserted = await uow.session.execute(
         _INSERT_CUSTOMERS,
         {
             "merchant_id": merchant_id,
+            "ids": [time_ordered_id() for _ in ordered],
             "refs": ordered,
             "countries": [places[r].country if r in places else None for r in ordered],
             "zones": [zones.get(r) for r in ordered],
             "now": now,
         },
     )
-    if places:
-        placed = sorted(places)
+    created: dict[str, uuid.UUID] = {ref: cid for ref, cid in inserted.all()}  # noqa: C416
+    # A customer created here already has the batch's place: only stored ones may move.
+    placed = sorted(ref for ref in places if ref not in created)
+    if placed:
         await uow.session.execute(
             _UPDATE_PLACES,
             {
@@ -420,7 +427,10 @@ async def _upsert_customers(
                 "billed": [places[r].from_billing for r in placed],
             },
         )
-    wanted = unnest(ordered, sa.Text)
+    stored = [ref for ref in ordered if ref not in created]
+    if not stored:
+        return created
+    wanted = unnest(stored, sa.Text)
     rows = await uow.session.execute(
         select(col(Customer.external_ref), col(Customer.id))
         .select_from(wanted)
@@ -430,7 +440,7 @@ async def _upsert_customers(
             & (col(Customer.external_ref) == wanted.c.value),
         )
     )
-    return {ref: cid for ref, cid in rows.all()}  # noqa: C416 - rows, not pairs
+    return {**created, **{ref: cid for ref, cid in rows.all()}}  # noqa: C416 - rows, not pairs
 
 
 async def _upsert_cards(
