@@ -75,9 +75,10 @@ class RawRecord(TenantOwned, table=True):
 class RawRecordKey(SQLModel, table=True):
     """Which row holds a connection's record of a given content: the once-only key of raw
     records, in a table of its own because a partitioned table's unique keys must contain its
-    partition column. Written by the trigger on `raw_record`, never by the application; kept
-    when a month of raw records is archived and dropped, so a record seen before is never
-    stored again. Attempts and dead letters refer to a raw record through it."""
+    partition column. Ingestion claims a batch's keys in one statement before landing its
+    rows; the trigger on `raw_record` claims the key of any row whose id holds none (migration
+    0033). Kept when a month of raw records is archived and dropped, so a record seen before is
+    never stored again. Attempts and dead letters refer to a raw record through it."""
 
     __tablename__ = "raw_record_key"
 

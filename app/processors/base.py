@@ -73,11 +73,14 @@ class RawItem:
         return cls(external_id=external_id, payload=payload, body=canonical_json(payload))
 
     @classmethod
-    def from_parsed(cls, record: Mapping[str, Any], external_id: str | None) -> "RawItem":
+    def from_parsed(
+        cls, record: Mapping[str, Any], external_id: str | None, *, floats: bool = True
+    ) -> "RawItem":
         """`from_json` for a record read by `response_json` (whose numbers are all finite):
-        the same body, computed several times faster."""
+        the same body, computed several times faster. `floats=False` says the text it was
+        parsed from holds no float (`response_page`), so its body is not searched for one."""
         payload = dict(record)
-        return cls(external_id=external_id, payload=payload, body=_canonical_fast(payload))
+        return cls(external_id=external_id, payload=payload, body=_canonical_fast(payload, floats))
 
     @classmethod
     def from_xml(cls, xml: str, external_id: str | None) -> "RawItem":
@@ -99,6 +102,12 @@ def response_json(response: httpx.Response) -> Any:
         return json.loads(response.content, parse_constant=_not_json)
 
 
+def response_page(response: httpx.Response) -> tuple[Any, bool]:
+    """`response_json` for a list page, and whether the text may hold a float anywhere (a
+    page without one spares each of its records the search, `RawItem.from_parsed`)."""
+    return response_json(response), _ANY_FLOAT_TOKEN.search(response.content) is not None
+
+
 def canonical_json(payload: Mapping[str, Any]) -> bytes:
     """A record's canonical JSON: keys sorted, no spaces, non-ASCII escaped. Its SHA-256 is the
     record's identity (`RawItem.content_hash`), so this text never changes for a given record:
@@ -110,6 +119,10 @@ def canonical_json(payload: Mapping[str, Any]) -> bytes:
 # an exponent. The standard library spells some floats differently (1e-05 against 0.00001);
 # strings that merely look like this only cost the slow path.
 _FLOAT_TOKEN = re.compile(rb"[:\[,]-?[0-9]+[.eE]")
+# The same in any JSON text, whitespace allowed after the punctuation: a number with a fraction
+# or an exponent is the only JSON value parsed as a float, and every value follows ':', '[' or
+# ','. No match anywhere (strings included) means no float in what the text holds.
+_ANY_FLOAT_TOKEN = re.compile(rb"[:\[,]\s*-?[0-9]+[.eE]")
 
 
 def _has_float(text: bytes) -> bool:
@@ -124,12 +137,13 @@ def _has_float(text: bytes) -> bool:
     return b"e" in outside.replace(b"true", b"").replace(b"false", b"")
 
 
-def _canonical_fast(payload: Mapping[str, Any]) -> bytes:
+def _canonical_fast(payload: Mapping[str, Any], floats: bool = True) -> bytes:
     """`canonical_json`, byte for byte, by orjson where its output is provably the same: only
     ASCII (the standard library escapes the rest, DEL included, as \\uXXXX; both escape control
     characters alike) and no float. Anything else, or anything orjson refuses (an integer
     beyond 64 bits, a non-string key), takes the standard library's path. orjson writes NaN and
-    Infinity as null, so the payload's numbers must be finite (see `response_json`)."""
+    Infinity as null, so the payload's numbers must be finite (see `response_json`).
+    `floats=False`: the payload was parsed from a text without a float (`response_page`)."""
     try:
         fast = orjson.dumps(
             payload,
@@ -140,7 +154,7 @@ def _canonical_fast(payload: Mapping[str, Any]) -> bytes:
         )
     except TypeError:  # orjson.JSONEncodeError is a TypeError
         return canonical_json(payload)
-    if fast.isascii() and b"\x7f" not in fast and not _has_float(fast):
+    if fast.isascii() and b"\x7f" not in fast and not (floats and _has_float(fast)):
         return fast
     return canonical_json(payload)
 

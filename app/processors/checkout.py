@@ -23,6 +23,7 @@ from app.processors.base import (
     UnsupportedByProcessor,
     call,
     response_json,
+    response_page,
 )
 
 PAGE_SIZE = 100
@@ -52,12 +53,12 @@ class CheckoutAdapter:
             params=params,
             headers=self._headers,
         )
-        page = response_json(response)
+        page, floats = response_page(response)
         if not isinstance(page, dict) or not isinstance(page.get("data"), list):
             raise PermanentProcessorError("checkout: list response has no data array")
         records = [p for p in page["data"] if isinstance(p, dict)]
         items = [
-            RawItem.from_parsed(p, p["id"] if isinstance(p.get("id"), str) else None)
+            RawItem.from_parsed(p, p["id"] if isinstance(p.get("id"), str) else None, floats=floats)
             for p in records
         ]
         newest = max(

@@ -23,6 +23,7 @@ from app.processors.base import (
     UnsupportedByProcessor,
     call,
     response_json,
+    response_page,
 )
 
 PAGE_SIZE = 100
@@ -39,8 +40,8 @@ class StripeAdapter:
         self._client = client
         self._headers = {"Authorization": f"Bearer {info.credentials['api_key']}"}
 
-    async def _get(self, path: str, params: Mapping[str, Any] | None = None) -> Any:
-        response = await call(
+    async def _request(self, path: str, params: Mapping[str, Any] | None) -> httpx.Response:
+        return await call(
             self._client,
             "GET",
             f"{self._base}{path}",
@@ -48,7 +49,9 @@ class StripeAdapter:
             params=params,
             headers=self._headers,
         )
-        return response_json(response)
+
+    async def _get(self, path: str, params: Mapping[str, Any] | None = None) -> Any:
+        return response_json(await self._request(path, params))
 
     async def list_page(self, cursor: Mapping[str, Any]) -> ListPage:
         """Newest first: a pass walks down from the newest charge to the watermark, storing
@@ -60,11 +63,13 @@ class StripeAdapter:
         }
         if cursor.get("starting_after"):
             params["starting_after"] = cursor["starting_after"]
-        page = await self._get("/v1/charges", params)
+        page, floats = response_page(await self._request("/v1/charges", params))
         if not isinstance(page, dict) or not isinstance(page.get("data"), list):
             raise PermanentProcessorError("stripe: list response is not a list object")
         items = [
-            RawItem.from_parsed(c, c.get("id") if isinstance(c.get("id"), str) else None)
+            RawItem.from_parsed(
+                c, c.get("id") if isinstance(c.get("id"), str) else None, floats=floats
+            )
             for c in page["data"]
             if isinstance(c, dict)
         ]

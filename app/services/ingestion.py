@@ -63,20 +63,33 @@ class IngestStats:
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
-# Rows whose content the connection already holds are skipped by the trigger on raw_record
-# (migration 0022), so RETURNING gives exactly the ids that were new.
-_LAND = text(
+# A batch claims its records' once-only keys in one statement, in content-hash order (two
+# transactions landing the same records wait for each other in one order, never crosswise):
+# RETURNING gives exactly the ids whose keys were free, so whose rows are new. The trigger on
+# raw_record lets a row whose key its id already holds go in without claiming it again
+# (migration 0033); any other row claims its key itself, as before.
+_CLAIM_KEYS = text(
     """
-    INSERT INTO raw_record
-        (id, merchant_id, connection_id, processor, external_id, received_at, content_hash,
-         payload, normalized_at, normalizer_version)
-    SELECT r.id, :merchant_id, :connection_id, :processor, r.external_id, :received_at,
-           r.content_hash, r.payload::jsonb, :normalized_at, :normalizer_version
-    FROM unnest(CAST(:ids AS uuid[]), CAST(:external_ids AS text[]),
-                CAST(:hashes AS text[]), CAST(:payloads AS text[]))
-         AS r(id, external_id, content_hash, payload)
-    RETURNING id
+    INSERT INTO raw_record_key (connection_id, content_hash, raw_record_id, received_at)
+    SELECT :connection_id, k.content_hash, k.id, :received_at
+    FROM unnest(CAST(:ids AS uuid[]), CAST(:hashes AS text[])) AS k(id, content_hash)
+    ORDER BY k.content_hash
+    ON CONFLICT (connection_id, content_hash) DO NOTHING
+    RETURNING raw_record_id
     """
+)
+# Raw rows go in by binary COPY, one row per new record.
+_RAW_COLUMNS = (
+    "id",
+    "merchant_id",
+    "connection_id",
+    "processor",
+    "external_id",
+    "received_at",
+    "content_hash",
+    "payload",
+    "normalized_at",
+    "normalizer_version",
 )
 
 
@@ -116,26 +129,54 @@ async def _insert_raw(
     now: datetime,
     normalized: bool,
 ) -> set[uuid.UUID]:
-    """Insert the rows not stored yet (by content hash); the ids of those that were new."""
+    """Insert the rows not stored yet (by content hash); the ids of those that were new.
+
+    Their keys are claimed first, by a statement that also begins the transaction the
+    `COPY` then joins: the keys and the rows commit together or not at all."""
     new_ids: set[uuid.UUID] = set()
+    session = uow.session
     for start in range(0, len(landings), CHUNK):
         chunk = landings[start : start + CHUNK]
-        result = await uow.session.execute(
-            _LAND,
+        claimed = await session.execute(
+            _CLAIM_KEYS,
             {
-                "merchant_id": connection.merchant_id,
                 "connection_id": connection.id,
-                "processor": connection.kind.value,
                 "received_at": now,
-                "normalized_at": now if normalized else None,
-                "normalizer_version": NORMALIZER_VERSION if normalized else None,
                 "ids": [landing.id for landing in chunk],
-                "external_ids": [(x.item.external_id or "")[:255] or None for x in chunk],
                 "hashes": [landing.item.content_hash for landing in chunk],
-                "payloads": [landing.text for landing in chunk],
             },
         )
-        new_ids.update(result.scalars())
+        new_ids.update(claimed.scalars())
+    if not new_ids:
+        return new_ids
+    merchant_id, connection_id, processor = (
+        connection.merchant_id,
+        connection.id,
+        connection.kind.value,
+    )
+    normalized_at = now if normalized else None
+    version = NORMALIZER_VERSION if normalized else None
+    records = [
+        (
+            x.id,
+            merchant_id,
+            connection_id,
+            processor,
+            (x.item.external_id or "")[:255] or None,
+            now,
+            x.item.content_hash,
+            x.text,
+            normalized_at,
+            version,
+        )
+        for x in landings
+        if x.id in new_ids
+    ]
+    raw = await (await session.connection()).get_raw_connection()
+    driver = raw.driver_connection
+    if driver is None:
+        raise RuntimeError("no database connection to copy raw records into")
+    await driver.copy_records_to_table("raw_record", records=records, columns=_RAW_COLUMNS)
     return new_ids
 
 
@@ -279,13 +320,16 @@ def _card_key(record: CanonicalRecord) -> CardKey | None:
     return fingerprint, card.exp_month, card.exp_year
 
 
+# RETURNING gives the customers this statement created (with the batch's place already).
 _INSERT_CUSTOMERS = text(
     """
     INSERT INTO customer (id, merchant_id, external_ref, country, timezone, created_at)
-    SELECT gen_random_uuid(), :merchant_id, r.ref, r.country, r.timezone, :now
-    FROM unnest(CAST(:refs AS text[]), CAST(:countries AS text[]), CAST(:zones AS text[]))
-         AS r(ref, country, timezone)
+    SELECT r.id, :merchant_id, r.ref, r.country, r.timezone, :now
+    FROM unnest(CAST(:ids AS uuid[]), CAST(:refs AS text[]), CAST(:countries AS text[]),
+                CAST(:zones AS text[]))
+         AS r(id, ref, country, timezone)
     ON CONFLICT (merchant_id, external_ref) DO NOTHING
+    RETURNING external_ref, id
     """
 )
 # A stored customer's place from the batch (docs/domain.md §5): a billing address replaces it
@@ -353,22 +397,26 @@ async def _upsert_customers(
 ) -> dict[str, uuid.UUID]:
     """Ids of the merchant's customers by processor reference, creating the missing ones with
     their place, and placing stored ones the batch tells more about (insert-if-absent, one
-    update of the rows whose place changes, then one read: no rewrite of unchanged rows)."""
+    update of the rows whose place changes, then one read of the customers stored before: no
+    rewrite of unchanged rows, no read of the rows just created)."""
     places = _places(records)
     ordered = sorted({r.customer_id or UNKNOWN_CUSTOMER for r in records})
     zones = {ref: place.timezone for ref, place in places.items()}
-    await uow.session.execute(
+    inserted = await uow.session.execute(
         _INSERT_CUSTOMERS,
         {
             "merchant_id": merchant_id,
+            "ids": [time_ordered_id() for _ in ordered],
             "refs": ordered,
             "countries": [places[r].country if r in places else None for r in ordered],
             "zones": [zones.get(r) for r in ordered],
             "now": now,
         },
     )
-    if places:
-        placed = sorted(places)
+    created: dict[str, uuid.UUID] = {ref: cid for ref, cid in inserted.all()}  # noqa: C416
+    # A customer created here already has the batch's place: only stored ones may move.
+    placed = sorted(ref for ref in places if ref not in created)
+    if placed:
         await uow.session.execute(
             _UPDATE_PLACES,
             {
@@ -379,7 +427,10 @@ async def _upsert_customers(
                 "billed": [places[r].from_billing for r in placed],
             },
         )
-    wanted = unnest(ordered, sa.Text)
+    stored = [ref for ref in ordered if ref not in created]
+    if not stored:
+        return created
+    wanted = unnest(stored, sa.Text)
     rows = await uow.session.execute(
         select(col(Customer.external_ref), col(Customer.id))
         .select_from(wanted)
@@ -389,7 +440,7 @@ async def _upsert_customers(
             & (col(Customer.external_ref) == wanted.c.value),
         )
     )
-    return {ref: cid for ref, cid in rows.all()}  # noqa: C416 - rows, not pairs
+    return {**created, **{ref: cid for ref, cid in rows.all()}}  # noqa: C416 - rows, not pairs
 
 
 async def _upsert_cards(

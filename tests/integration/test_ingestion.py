@@ -1,5 +1,6 @@
 """Landing and normalization: raw first, idempotent upserts, invoice links, replay, dead letters."""
 
+import asyncio
 from datetime import timedelta
 from typing import Any
 
@@ -9,10 +10,12 @@ from sqlmodel import col, func, select
 from app.clock import FixedClock, SystemClock
 from app.db import Database
 from app.enums import Actor, AttemptOutcome, PaymentState
-from app.models.ingestion import DeadLetter, RawRecord
+from app.models.ingestion import DeadLetter, RawRecord, RawRecordKey
 from app.models.merchant import Merchant
 from app.models.payment import Payment
+from app.processors.base import RawItem
 from app.processors.normalize.records import NORMALIZER_VERSION
+from app.services.ingestion import IngestStats, land
 from app.tenancy import SYSTEM_SCOPE
 from app.workflows.replay import replay_connection
 from tests.support.factories import make_merchant
@@ -182,3 +185,49 @@ async def test_card_numbers_never_reach_the_raw_table(db: Database, clock: Fixed
     assert "4242424242424242" not in text
     assert "4000 0566 5566 5556" not in text
     assert len(await _payments(db, merchant)) == 1
+
+
+async def test_two_transactions_landing_the_same_records_store_them_once(
+    db: Database, clock: FixedClock
+) -> None:
+    """A batch claims its records' keys before its rows: a second transaction landing some of
+    the same records waits for the first, then stores only the records it alone brought, and
+    every key is held by the raw row that landed with it."""
+    merchant = await make_merchant(db, "Race", now=clock.now())
+    connection = await make_connection(db, merchant, clock.now())
+    items = [RawItem.from_json(invoiced_charge(f"ch_race_{i}"), f"ch_race_{i}") for i in range(4)]
+    async with db.uow(SYSTEM_SCOPE) as first:
+        won, _ = await land(first, connection, items[:3], now=clock.now())
+
+        async def second_landing() -> tuple[list[Any], IngestStats]:
+            async with db.uow(SYSTEM_SCOPE) as second:
+                landed = await land(second, connection, items[1:], now=clock.now())
+                await second.commit()
+                return landed
+
+        waiting = asyncio.create_task(second_landing())
+        await asyncio.sleep(0.3)
+        assert not waiting.done()  # waits for the first transaction's keys
+        await first.commit()
+    lost, stats = await asyncio.wait_for(waiting, timeout=10)
+    assert len(won) == 3
+    assert len(lost) == 1
+    assert (stats.landed, stats.duplicates) == (1, 2)
+    async with db.session(SYSTEM_SCOPE) as s:
+        held = (
+            await s.execute(
+                select(func.count())
+                .select_from(RawRecord)
+                .join(RawRecordKey, col(RawRecordKey.raw_record_id) == col(RawRecord.id))
+                .where(
+                    col(RawRecord.connection_id) == connection.id,
+                    col(RawRecordKey.content_hash) == col(RawRecord.content_hash),
+                )
+            )
+        ).scalar_one()
+        keys = await s.scalar(
+            select(func.count())
+            .select_from(RawRecordKey)
+            .where(col(RawRecordKey.connection_id) == connection.id)
+        )
+    assert held == keys == 4

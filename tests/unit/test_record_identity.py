@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from app.models.base import time_ordered_id
-from app.processors.base import RawItem, canonical_json, response_json
+from app.processors.base import RawItem, canonical_json, response_json, response_page
 from app.processors.normalize.records import (
     _DIGIT_RUN_BYTES,
     _PAN_KEY_BYTES,
@@ -78,6 +78,36 @@ def test_parsed_records_have_the_canonical_body_and_hash(payload: dict[str, Any]
     plain = RawItem.from_json(payload, "x")
     assert fast.body == plain.body == _plain(payload)
     assert fast.content_hash == plain.content_hash
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.dictionaries(_TEXT, _JSON, max_size=6), max_size=4), st.sampled_from([None, 2]))
+def test_records_of_a_page_have_the_canonical_body(
+    records: list[dict[str, Any]], indent: int | None
+) -> None:
+    """A page said to hold no float holds none, however it is spelled: its records' bodies,
+    built without searching them for one, are the canonical JSON."""
+    text = json.dumps({"data": records}, indent=indent).encode()
+    page, floats = response_page(httpx.Response(200, content=text))
+    if not floats:
+        assert not any(isinstance(v, float) for v in _leaves(page))
+    for record in page["data"]:
+        assert RawItem.from_parsed(record, None, floats=floats).body == _plain(record)
+
+
+def _leaves(value: Any) -> list[Any]:
+    if isinstance(value, dict):
+        return [leaf for item in value.values() for leaf in _leaves(item)]
+    if isinstance(value, list):
+        return [leaf for item in value for leaf in _leaves(item)]
+    return [value]
+
+
+def test_a_page_of_integers_and_timestamps_holds_no_float() -> None:
+    text = b'{"data": [{"created": 1761234567, "amount": -500, "at": 12, "ids": [1, 2]}]}'
+    assert response_page(httpx.Response(200, content=text))[1] is False
+    for spelled in (b'{"a": 1.5}', b'{"a":[ 2e3]}', b'{"a": [1, -0.5]}', b'{"a":\n1E2}'):
+        assert response_page(httpx.Response(200, content=spelled))[1] is True
 
 
 @pytest.mark.parametrize(
