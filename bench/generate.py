@@ -300,16 +300,24 @@ async def _create_database(settings: Settings, name: str, recreate: bool) -> str
     return url
 
 
-async def _drop_foreign_keys(conn: asyncpg.Connection) -> list[tuple[str, str, str]]:
-    """Drop the loaded tables' foreign keys; return (table, name, definition) to restore."""
+async def _foreign_keys(conn: asyncpg.Connection) -> list[tuple[str, str, str]]:
+    """The loaded tables' foreign keys as (table, name, definition), those of their
+    partitions (inherited from the parent's) left out."""
     rows = await conn.fetch(
         "SELECT conrelid::regclass::text AS t, conname, pg_get_constraintdef(oid) AS d "
-        "FROM pg_constraint WHERE contype = 'f' AND conrelid::regclass::text = ANY($1::text[])",
+        "FROM pg_constraint WHERE contype = 'f' AND conparentid = 0 "
+        "AND conrelid::regclass::text = ANY($1::text[]) ORDER BY 1, 2",
         list(LOADED),
     )
-    for r in rows:
-        await conn.execute(f'ALTER TABLE {r["t"]} DROP CONSTRAINT "{r["conname"]}"')
     return [(r["t"], r["conname"], r["d"]) for r in rows]
+
+
+async def _drop_foreign_keys(conn: asyncpg.Connection) -> list[tuple[str, str, str]]:
+    """Drop the loaded tables' foreign keys; return (table, name, definition) to restore."""
+    keys = await _foreign_keys(conn)
+    for table, name, _ in keys:
+        await conn.execute(f'ALTER TABLE {table} DROP CONSTRAINT "{name}"')
+    return keys
 
 
 async def _restore_foreign_keys(conn: asyncpg.Connection, keys: list[tuple[str, str, str]]) -> None:
@@ -323,6 +331,45 @@ async def _restore_foreign_keys(conn: asyncpg.Connection, keys: list[tuple[str, 
             continue
         await conn.execute(f'ALTER TABLE {table} ADD CONSTRAINT "{name}" {definition} NOT VALID')
         await conn.execute(f'ALTER TABLE {table} VALIDATE CONSTRAINT "{name}"')
+
+
+async def _finish(url: str, name: str, connections: int) -> None:
+    """Finish a load that stopped before its end (its process killed): add back the foreign
+    keys it had set aside, as a freshly migrated database has them, then vacuum and analyze.
+    The payments committed chunk by chunk stay as they are, each chunk whole."""
+    reference = f"{name}_reference"
+    reference_url = await _create_database(Settings(), reference, recreate=True)
+    try:
+        ref = await asyncpg.connect(reference_url.replace("+asyncpg", ""))
+        try:
+            wanted = await _foreign_keys(ref)
+        finally:
+            await ref.close()
+    finally:
+        await _drop_database(reference)
+    conns = [await _session(url) for _ in range(max(1, connections))]
+    try:
+        present = {(t, n) for t, n, _ in await _foreign_keys(conns[0])}
+        missing = [key for key in wanted if (key[0], key[1]) not in present]
+        print(f"database {name}: {len(missing)} of {len(wanted)} foreign keys to restore")
+        await _restore_foreign_keys(conns[0], missing)
+        await _vacuum(conns)
+        for table in TABLES:
+            rows = await conns[0].fetchval(f"SELECT count(*) FROM {table}")  # noqa: S608
+            print(f"{table:<22}{rows:>14,}")
+    finally:
+        for c in conns:
+            await c.close()
+
+
+async def _drop_database(name: str) -> None:
+    services = await resolve_services(Settings())
+    head = services.database_url.partition("?")[0].rsplit("/", 1)[0]
+    admin = await asyncpg.connect(f"{head}/postgres".replace("+asyncpg", ""))
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
 
 
 async def _merchants(url: str, count: int, now: datetime) -> list[tuple[str, str, Processor]]:
@@ -496,7 +543,18 @@ async def main() -> None:
     parser.add_argument("--connections", type=int, default=2, help="Sessions loading at once.")
     parser.add_argument("--chunk", type=int, default=CHUNK, help="Payments a statement.")
     parser.add_argument("--recreate", action="store_true")
+    parser.add_argument(
+        "--finish",
+        action="store_true",
+        help="Only restore the foreign keys and vacuum a database whose load was killed.",
+    )
     args = parser.parse_args()
+    if args.finish:
+        services = await resolve_services(Settings())
+        base, _, query = services.database_url.partition("?")
+        url = f"{base.rsplit('/', 1)[0]}/{args.database}" + (f"?{query}" if query else "")
+        await _finish(url, args.database, args.connections)
+        return
 
     now = datetime.now(UTC).replace(microsecond=0)
     started = time.perf_counter()
