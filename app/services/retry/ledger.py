@@ -231,6 +231,23 @@ def row_head(found: Sequence[Any]) -> RowHead:
     )
 
 
+async def _policies_and_history(
+    session: AsyncSession, payments: Sequence[PaymentLike], *, now: datetime, objects: bool
+) -> tuple[dict[uuid.UUID, RetryPolicy], "_Attempts"]:
+    """The payments' merchants' current policies and their histories, indexed: two
+    statements whatever the batch size."""
+    policies = await current_policies(session, sorted({p.merchant_id for p in payments}))
+    customer_since = now - CUSTOMER_LOOKBACK
+    rows = await _history(
+        session,
+        [p.id for p in payments],
+        sorted({p.customer_id for p in payments}),
+        customer_since,
+        objects=objects,
+    )
+    return policies, _Attempts.index(rows, customer_since)
+
+
 async def row_contexts(
     session: AsyncSession, heads: Sequence[RowHead], *, now: datetime
 ) -> dict[uuid.UUID, RowContext]:
@@ -238,16 +255,9 @@ async def row_contexts(
     statements (the same ones), no model object."""
     if not heads:
         return {}
-    policies = await current_policies(session, sorted({h.payment.merchant_id for h in heads}))
-    customer_since = now - CUSTOMER_LOOKBACK
-    rows = await _history(
-        session,
-        [h.payment.id for h in heads],
-        sorted({h.payment.customer_id for h in heads}),
-        customer_since,
-        objects=False,
+    policies, index = await _policies_and_history(
+        session, [h.payment for h in heads], now=now, objects=False
     )
-    index = _Attempts.index(rows, customer_since)
     views: dict[tuple[int, MerchantStatus], RetryPolicyView] = {}
     found: dict[uuid.UUID, RowContext] = {}
     for h in heads:
@@ -603,16 +613,9 @@ async def load_contexts(
     heads = await _heads(session, payment_ids, lock=lock)
     if not heads:
         return {}
-    policies = await current_policies(session, sorted({h.payment.merchant_id for h in heads}))
-    customer_since = now - CUSTOMER_LOOKBACK
-    rows = await _history(
-        session,
-        [h.payment.id for h in heads],
-        sorted({h.payment.customer_id for h in heads}),
-        customer_since,
-        objects=attempts,
+    policies, index = await _policies_and_history(
+        session, [h.payment for h in heads], now=now, objects=attempts
     )
-    index = _Attempts.index(rows, customer_since)
     views: dict[tuple[int, MerchantStatus], RetryPolicyView] = {}
     return {
         h.payment.id: _context(h, index, policies.get(h.payment.merchant_id), attempts, views)
