@@ -102,6 +102,20 @@ def problems(findings: list[Finding], waived: Counter[tuple[str, str]]) -> list[
     return out
 
 
+# `alembic_version.version_num` is a varchar(32): a longer revision id renders and lints, then
+# fails the upgrade when the id is written, after the revision's own statements ran.
+REVISION_ID_MAX = 32
+
+
+def revision_id_problems(revisions: list[str]) -> list[str]:
+    """Revision ids the version table cannot hold."""
+    return [
+        f"{revision}: revision id of {len(revision)} characters, at most {REVISION_ID_MAX} fit"
+        for revision in revisions
+        if len(revision) > REVISION_ID_MAX
+    ]
+
+
 def main() -> int:
     config = _config()
     revisions = list(reversed(list(ScriptDirectory.from_config(config).walk_revisions())))
@@ -114,7 +128,8 @@ def main() -> int:
                 lint(script.revision, render(config, script.revision, previous), Path(workdir))
             )
     waived = load_waivers()
-    failures = problems(findings, waived)
+    failures = revision_id_problems([s.revision for s in revisions])
+    failures += problems(findings, waived)
     for failure in failures:
         print(failure)
     print(

@@ -3,7 +3,14 @@
 from collections import Counter
 from pathlib import Path
 
-from migrations.lint import Finding, _config, lint, problems, render
+from migrations.lint import (
+    Finding,
+    _config,
+    lint,
+    problems,
+    render,
+    revision_id_problems,
+)
 
 BLOCKING_INDEX = """BEGIN;
 CREATE INDEX ix_payment_amount ON payment (amount);
@@ -45,3 +52,9 @@ def test_a_revision_renders_alone_with_its_lock_timeout_saved_and_restored() -> 
     rename = sql.index("RENAME")
     restored = sql.index("current_setting('portal.saved_lock_timeout')")
     assert saved < short < rename < restored
+
+
+def test_a_revision_id_longer_than_the_version_table_holds_is_a_problem() -> None:
+    assert revision_id_problems(["0034_merchant_processor_stats"]) == []
+    [problem] = revision_id_problems(["0034_payment_merchant_processor_statistics"])
+    assert "42 characters, at most 32" in problem
