@@ -342,15 +342,16 @@ async def cancel_batch(
     """Cancel the next batch of the merchant's matching payments (by id, after `after`) in one
     transaction, counting them on the action; the last id done, or None when none was left.
 
-    The action reaches no further than what it was submitted for: payments the portal already
-    held when it was submitted, and never more of them than the count confirmed then (a payment
-    whose charge was in flight at submission may be cancelable by the time the job runs)."""
+    The action reaches no further than its count: payments the portal held when it was
+    submitted (by their creation time), and no more of them than it counted then, those found
+    no longer cancelable included. It does not pin which ones: a payment whose charge was in
+    flight at submission (not counted) may be canceled where a counted one has ended since."""
     principal = requester(action)
     async with db.uow(SYSTEM_SCOPE) as uow:
         locked = await _locked(uow, action.id)
         if locked is None:  # pragma: no cover - actions are never deleted
             raise RuntimeError("the bulk action disappeared")
-        room = locked.expected_count - locked.succeeded_count
+        room = locked.expected_count - locked.succeeded_count - locked.skipped_count
         if room <= 0:
             return None
         query = (
@@ -367,7 +368,7 @@ async def cancel_batch(
         writes = Writes()
         done = skipped = 0
         for payment_id in ids:
-            if done == room:
+            if done + skipped == room:
                 break
             ctx = contexts.get(payment_id)
             # Locked now: a payment whose charge started, or that ended, since it was listed.
