@@ -62,6 +62,19 @@ def test_windows_include_the_grace_period_and_only_api_faults() -> None:
     assert dict(report.errors(inside=True)) == {}
 
 
+def test_each_error_outside_the_windows_is_listed_with_the_nearest_fault() -> None:
+    report = _report(
+        FaultRecord("redis_restart", "redis", 5.0, 15.0),
+        FaultRecord("worker_kill", "worker1", 30.0, 32.0),
+    )
+    report.samples = [_sample("OK", 200, at=1.0), _sample("ReadError", None, at=33.0, api=1)]
+    report.load_seconds = 40.0
+    assert (
+        "  outside: t=32.0-32.1 s api2 viewer: - ReadError; "
+        "nearest fault worker_kill (worker1) t=29.0-31.0 s"
+    ) in report.format().splitlines()
+
+
 def _answer(status: int, body: object) -> httpx.Response:
     return httpx.Response(status, json=body)
 

@@ -29,6 +29,8 @@ RESUME_BOUND_SECONDS = 60.0
 # A process supervisor restarts a dead process after this pause.
 SUPERVISOR_DELAY = 1.0
 REQUEST_TIMEOUT = 10.0
+# Errors outside the fault windows listed one by one, with when they happened.
+STRAY_ERRORS_LISTED = 10
 # The load never has more requests in flight than this: at the cap a tick is shed, not queued.
 MAX_IN_FLIGHT = 32
 
@@ -270,6 +272,15 @@ class SoakReport:
             if not s.ok and self.inside(s)
         )
 
+    def _nearest_fault(self, sample: Sample, t0: float) -> str:
+        """The fault closest in time to a request, as the report words it."""
+        if not self.faults:
+            return "no fault injected"
+        f = min(
+            self.faults, key=lambda f: min(abs(sample.start - f.end), abs(sample.end - f.start))
+        )
+        return f"nearest fault {f.kind} ({f.target}) t={f.start - t0:.1f}-{f.end - t0:.1f} s"
+
     def format(self) -> str:
         """The figures, as the soak prints them."""
         lines: list[str] = []
@@ -295,6 +306,13 @@ class SoakReport:
             )
         for fault_label, n in sorted(self.errors_by_fault().items()):
             lines.append(f"  {fault_label}: {n}")
+        t0 = self.samples[0].start if self.samples else 0.0
+        stray = [s for s in outside if not s.ok]
+        for s in stray[:STRAY_ERRORS_LISTED]:
+            lines.append(
+                f"  outside: t={s.start - t0:.1f}-{s.end - t0:.1f} s api{s.api + 1} "
+                f"{s.op}: {s.label}; {self._nearest_fault(s, t0)}"
+            )
         ok = [s.end - s.start for s in self.samples if s.ok]
         ok_out = [s.end - s.start for s in outside if s.ok]
         lines.append(
