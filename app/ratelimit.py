@@ -1,10 +1,12 @@
 """Leaky-bucket rate limiting by cost: the pure arithmetic and its atomic Redis twin."""
 
-import asyncio
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
+
+from app.workflows.grouping import Grouper, PerLoop
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,71 +120,50 @@ class _ScriptHost(Protocol):
     def register_script(self, script: str) -> Any: ...
 
 
-# An offer waiting for its batch: the bucket's key, the cost, the time, and its answer.
-_Pending = tuple[str, int, float, "asyncio.Future[Decision]"]
+# An offer: the bucket's key, the cost and the time.
+_Offer = tuple[str, int, float]
+# Offers sent to Redis in one call of the script, at most.
+OFFERS_PER_CALL = 500
 
 
 class RedisLeakyBucket:
     """Buckets in Redis, one hash per caller key.
 
-    The offers made during one turn of the event loop (the requests that arrived together)
-    go to Redis together, as one call of the script, which applies them one after the other
-    in the order they were made, each atomically: the decisions are those of one call per
-    offer, made in that order, at one round trip for the lot instead of one each. An offer
-    waits at most for the turn to end. When the call fails (Redis unreachable, a timeout),
-    every offer of the batch raises its error. The script names several keys at once: the
-    buckets must live on one Redis (not spread over a cluster's slots).
+    Offers go to Redis in groups (`Grouper`): an offer made while none is on its way goes at
+    once, and the offers made while a call runs go together in the next one, where the script
+    applies them one after the other in the order they were made, each atomically. The
+    decisions are those of one call per offer, made in that order, at one round trip for the
+    lot. When the call fails (Redis unreachable, a timeout), every offer of the group raises
+    its error. The script names several keys at once: the buckets must live on one Redis (not
+    spread over a cluster's slots).
     """
 
     def __init__(self, redis: _ScriptHost, limits: BucketLimits, *, prefix: str) -> None:
         self.limits = limits
         self._prefix = prefix
         self._script: _Script = redis.register_script(_OFFER_LUA)
-        self._pending: list[_Pending] = []
-        # Batches on their way to Redis (a task must be referenced until it ends).
-        self._sending: set[asyncio.Task[None]] = set()
+        self._groups: PerLoop[_Offer, Decision] = PerLoop(
+            lambda: Grouper(self._offer_all, limit=OFFERS_PER_CALL)
+        )
 
     async def offer(self, key: str, cost: int, *, now: datetime) -> Decision:
         """Offer `cost` units to the bucket of `key` at `now` (the caller's clock)."""
-        loop = asyncio.get_running_loop()
-        answer: asyncio.Future[Decision] = loop.create_future()
-        self._pending.append((self._prefix + key, cost, now.timestamp(), answer))
-        if len(self._pending) == 1:
-            loop.call_soon(self._send)
-        return await answer
+        return await self._groups().submit((self._prefix + key, cost, now.timestamp()))
 
-    def _send(self) -> None:
-        batch, self._pending = self._pending, []
-        task = asyncio.get_running_loop().create_task(self._offer_all(batch))
-        self._sending.add(task)
-        task.add_done_callback(self._sending.discard)
-
-    async def _offer_all(self, batch: list[_Pending]) -> None:
+    async def _offer_all(self, offers: Sequence[_Offer]) -> list[Decision]:
         args: list[Any] = [self.limits.capacity, self.limits.leak_per_second]
-        for _, cost, at, _ in batch:
+        for _, cost, at in offers:
             args += [at, cost]
-        try:
-            reply = await self._script(keys=[key for key, *_ in batch], args=args)
-        except BaseException as exc:
-            for *_, answer in batch:
-                if answer.done():
-                    continue
-                if isinstance(exc, Exception):
-                    answer.set_exception(exc)
-                else:
-                    answer.cancel()
-            if not isinstance(exc, Exception):
-                raise
-            return
-        for i, (_, cost, _, answer) in enumerate(batch):
-            allowed, level, retry = reply[3 * i : 3 * i + 3]
-            if not answer.done():
-                answer.set_result(
-                    Decision(
-                        allowed=int(allowed) == 1,
-                        requested=cost,
-                        level=float(level),
-                        limits=self.limits,
-                        retry_after_seconds=float(retry),
-                    )
-                )
+        reply = await self._script(keys=[key for key, _, _ in offers], args=args)
+        return [
+            Decision(
+                allowed=int(allowed) == 1,
+                requested=cost,
+                level=float(level),
+                limits=self.limits,
+                retry_after_seconds=float(retry),
+            )
+            for (_, cost, _), (allowed, level, retry) in zip(
+                offers, zip(*[iter(reply)] * 3, strict=True), strict=True
+            )
+        ]
