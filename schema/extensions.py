@@ -405,31 +405,18 @@ class PortalExecutor(StrawberryGraphQLCoreExecutionContext):
         path: Path,
         position_context: Any,
     ) -> Any:
+        # Plain leaves are read by `execute_fields`; an object with an unusual one comes here
+        # field by field, and its leaves take graphql-core's way.
         if len(field_details_list) == 1 and not self._middleware:
             node = field_details_list[0].node
-            name = node.name.value
-            leaf = None if node.arguments else _plain_leaves(parent_type).get(name)
-            if leaf is None and not node.arguments and not node.directives:
-                branch = _plain_branches(parent_type).get(name)
+            if not node.arguments and not node.directives:
+                branch = _plain_branches(parent_type).get(node.name.value)
                 if branch is not None:
                     completed = self._complete_branch(
                         branch, parent_type, source, field_details_list, path, position_context
                     )
                     if completed is not _UNUSUAL:
                         return completed
-            if leaf is not None:
-                attribute, read, coerce, non_null = leaf
-                try:
-                    value = read(source, attribute)
-                    if value is None:
-                        if not non_null:
-                            return None
-                    elif not isinstance(value, Exception):
-                        coerced = coerce(value)
-                        if coerced is not None and coerced is not Undefined:
-                            return coerced
-                except Exception:  # noqa: S110 - graphql-core's way reports it below
-                    pass
         return super().execute_field(
             parent_type, source, field_details_list, path, position_context
         )
