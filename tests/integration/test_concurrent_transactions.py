@@ -1,33 +1,41 @@
-"""Landing in concurrent transactions on a database of their own (not the test's savepoint):
-two batches of the same records, each larger than a claim statement, wait for each other in
-one order and never deadlock, whatever order each brought its records in."""
+"""Writers in real concurrent transactions, on a database of their own (not the test's
+savepoint): two batches of the same records, each larger than a claim statement, wait for each
+other in one order and never deadlock, whatever order each brought its records in; a bulk
+cancel reaches only the payments its submission counted, not one whose batch began before it
+and committed after."""
 
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from sqlalchemy import text
+from sqlmodel import col, select
 
+from app.clock import FixedClock
 from app.db import Database
 from app.embedded import Services, create_scratch_database, drop_database
+from app.enums import BulkActionStatus, PaymentState, Processor, Role
+from app.models.payment import Payment
 from app.processors.base import RawItem
-from app.services import ingestion
+from app.services import bulk_action, ingestion
+from app.services.bulk_action import submit_cancel
 from app.services.ingestion import IngestStats, land
-from app.tenancy import SYSTEM_SCOPE
+from app.services.payment import PaymentFilter
+from app.tenancy import SYSTEM_SCOPE, Principal
 from portal.migrate import upgrade_database
 from tests.support.factories import make_merchant
 from tests.support.ingestion import invoiced_charge
-from tests.support.retry import make_connection
+from tests.support.retry import ingest, make_connection, reload
 
 NOW = datetime(2026, 11, 2, 12, 0, tzinfo=UTC)
 
 
 @pytest.fixture(scope="module")
 async def db(services: Services) -> AsyncIterator[Database]:
-    url = await create_scratch_database(services, "portal_ingest_race")
+    url = await create_scratch_database(services, "portal_concurrent")
     await asyncio.to_thread(upgrade_database, url)
     database = Database.from_url(url, pool_size=4)
     try:
@@ -112,3 +120,65 @@ async def test_overlapping_batches_in_opposite_orders_never_deadlock(
         )
         stored: dict[uuid.UUID, str] = {row.id: row.content_hash for row in rows}
     assert [stored[x] for x in won] == [item.content_hash for item in items]
+
+
+async def test_a_cancel_reaches_only_the_payments_its_submission_counted(db: Database) -> None:
+    """A payment's creation time is its batch's time, taken before the batch commits: a batch
+    that began before a bulk cancel was submitted and committed after it opens a payment the
+    submission could not count, created before the action. With one counted payment ended
+    since (recovered), a job bounded only by creation time and count cancels the new payment
+    in its place; the job cancels only what the submission counted."""
+    t0 = NOW
+    merchant = await make_merchant(db, "Late batch", now=t0)
+    connection = await make_connection(db, merchant, t0)
+    counted = await ingest(
+        db,
+        connection,
+        [invoiced_charge(f"ch_counted_{i}", invoice=f"in_counted_{i}") for i in range(3)],
+        t0,
+    )
+    late = invoiced_charge("ch_late", invoice="in_late")
+    prepared = ingestion.prepare(Processor.STRIPE, [RawItem.from_json(late, "ch_late")])
+    support = Principal(key_id=uuid.uuid4(), name="desk", role=Role.SUPPORT, scope=SYSTEM_SCOPE)
+    async with db.uow(SYSTEM_SCOPE) as batch:
+        stats = await ingestion.ingest(batch, connection, prepared, now=t0 + timedelta(minutes=1))
+        assert stats.payments_created == 1
+        async with db.uow(SYSTEM_SCOPE) as uow:
+            submitted = await submit_cancel(
+                uow,
+                principal=support,
+                filters=PaymentFilter(),
+                merchant_ids=[merchant.id],
+                reason="merchant closed its billing",
+                dry_run=False,
+                client_mutation_id=None,
+                now=t0 + timedelta(minutes=2),
+            )
+            await uow.commit()
+        await batch.commit()
+    assert submitted.count == 3
+    assert submitted.action is not None
+    async with db.read(SYSTEM_SCOPE) as session:
+        opened = (
+            await session.execute(
+                select(Payment).where(col(Payment.processor_payment_id) == "ch_late")
+            )
+        ).scalar_one()
+    assert opened.created_at < submitted.action.created_at
+    # Before the job runs, one counted payment's invoice is paid.
+    paid = invoiced_charge("ch_counted_2_paid", status="succeeded", invoice="in_counted_2")
+    await ingest(db, connection, [paid], t0 + timedelta(minutes=3))
+    assert (await reload(db, counted[2].id)).state is PaymentState.RECOVERED
+
+    action = await bulk_action.run(
+        db, submitted.action.id, clock=FixedClock(t0 + timedelta(minutes=5))
+    )
+
+    assert action is not None
+    assert (action.status, action.succeeded_count) == (BulkActionStatus.SUCCEEDED, 2)
+    assert [(await reload(db, p.id)).state for p in counted] == [
+        PaymentState.CANCELED,
+        PaymentState.CANCELED,
+        PaymentState.RECOVERED,
+    ]
+    assert (await reload(db, opened.id)).state is PaymentState.PENDING
