@@ -53,6 +53,12 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = 8000
+    # How long the API keeps an idle client connection open for its next request (uvicorn's
+    # own default is 5 s). Whoever reuses connections must drop an idle one first: a request
+    # sent on a connection the server is closing at that moment fails with a reset (an HTTP
+    # client's ReadError, a load balancer's 502). Longer than any client's or proxy's idle
+    # timeout in front of the API (load balancers commonly keep 60 s).
+    keep_alive_seconds: int = Field(default=75, gt=0, le=3600)
     graphiql: bool = False
     log_level: str = "INFO"
     log_json: bool = True

@@ -268,6 +268,17 @@ def create_app(
     )
 
 
+def server_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn's options for serving the app (`portal serve`, the demo): no uvicorn log
+    configuration or access log (RequestLogMiddleware logs every request, with its id, status
+    and timing), and idle connections kept for `keep_alive_seconds`."""
+    return {
+        "log_config": None,
+        "access_log": False,
+        "timeout_keep_alive": settings.keep_alive_seconds,
+    }
+
+
 def app_from_environment() -> Starlette:
     """The app as each `portal serve --workers N` process builds it: settings and logging anew."""
     settings = get_settings()

@@ -37,7 +37,7 @@ from app.workflows.polling import PollResult, poll_connection
 from app.workflows.replay import replay_connection
 from jobs.supervisor import Supervisor
 from jobs.worker import build_worker
-from portal.asgi import create_app
+from portal.asgi import create_app, server_options
 from portal.demo import DemoOptions, run_demo
 from portal.export_cli import export_cli
 from portal.logging import configure_logging
@@ -125,9 +125,7 @@ def serve(
             create_app(settings),
             host=host or settings.host,
             port=port or settings.port,
-            log_config=None,
-            # RequestLogMiddleware logs every request, with its id, status and timing.
-            access_log=False,
+            **server_options(settings),
         )
         return
     # Each process would otherwise resolve (and might start) its own embedded services.
@@ -144,8 +142,7 @@ def serve(
         host=host or settings.host,
         port=port or settings.port,
         workers=workers,
-        log_config=None,
-        access_log=False,
+        **server_options(settings),
     )
 
 

@@ -30,7 +30,7 @@ from jobs.enqueue import enqueue_poll
 from jobs.supervisor import Supervisor
 from jobs.training import train_simulated
 from jobs.worker import build_worker
-from portal.asgi import Resources, create_app, queue_client, redis_client
+from portal.asgi import Resources, create_app, queue_client, redis_client, server_options
 from portal.migrate import upgrade_database
 from sandbox.app import create_app as create_sandbox
 from sandbox.common import connection_credentials
@@ -89,9 +89,7 @@ async def run_demo(
             settings.model_copy(update={"readyz_require_worker": True}), resources=resources
         )
         server = uvicorn.Server(
-            uvicorn.Config(
-                app, host=settings.host, port=options.port, log_config=None, access_log=False
-            )
+            uvicorn.Config(app, host=settings.host, port=options.port, **server_options(settings))
         )
         portal_url = f"http://{settings.host}:{options.port}"
         # Supervised like `portal worker`: a Redis or PostgreSQL restart pauses it, never ends

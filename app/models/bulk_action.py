@@ -6,7 +6,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
-from sqlmodel import Field
+from sqlmodel import Field, SQLModel
 
 from app.enums import BulkActionKind, BulkActionStatus
 from app.models.base import TenantOwned, enum_type, new_id, timestamp
@@ -44,7 +44,7 @@ class BulkAction(TenantOwned, table=True):
     # What was asked: the filter and merchants, as JSON the job reads back.
     request: dict[str, Any] = Field(sa_type=postgresql.JSONB)
     reason: str = Field(max_length=1000)
-    # How many the dry run found when the action was submitted.
+    # How many payments (or merchants) the action matched when it was submitted.
     expected_count: int
     # What the job did so far: changed, and left alone (already ended, or a charge in flight).
     succeeded_count: int = Field(default=0)
@@ -55,4 +55,18 @@ class BulkAction(TenantOwned, table=True):
     finished_at: datetime | None = timestamp(nullable=True)
 
 
-__all__ = ["BulkAction"]
+class BulkActionPayment(SQLModel, table=True):
+    """A payment a submitted cancel matched: the job cancels these and no others (those still
+    cancelable and matching its filter), so never a payment the submission could not see,
+    such as one whose batch began before it and committed after. Written with the action, in
+    one statement per merchant; deleted when the action ends. Support's alone, like the
+    action: it belongs to no merchant and no API reads it. No foreign keys: a check per row
+    would cost more than the row, and the rows live only as long as their action runs."""
+
+    __tablename__ = "bulk_action_payment"
+
+    bulk_action_id: uuid.UUID = Field(primary_key=True)
+    payment_id: uuid.UUID = Field(primary_key=True)
+
+
+__all__ = ["BulkAction", "BulkActionPayment"]

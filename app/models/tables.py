@@ -3,7 +3,7 @@
 from app.models.api_key import ApiKey, ApiKeyMerchant
 from app.models.audit import AuditLog
 from app.models.base import TenantOwned, metadata
-from app.models.bulk_action import BulkAction
+from app.models.bulk_action import BulkAction, BulkActionPayment
 from app.models.customer import CardCredential, Customer, CustomerSuccess
 from app.models.end_action import EndActionRun
 from app.models.ingestion import DeadLetter, ProcessorConnection, RawRecord, RawRecordKey
@@ -26,6 +26,7 @@ __all__ = [
     "ApiKeyMerchant",
     "AuditLog",
     "BulkAction",
+    "BulkActionPayment",
     "CardCredential",
     "Customer",
     "CustomerSuccess",

@@ -63,17 +63,20 @@ class IngestStats:
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
-# A batch claims its records' once-only keys in one statement, in content-hash order (two
-# transactions landing the same records wait for each other in one order, never crosswise):
-# RETURNING gives exactly the ids whose keys were free, so whose rows are new. The trigger on
-# raw_record lets a row whose key its id already holds go in without claiming it again
-# (migration 0033); any other row claims its key itself, as before.
+# A batch claims its records' once-only keys in statements of CHUNK keys, all in one
+# content-hash order: the batch is sorted before it is cut into chunks, and each statement
+# keeps that order (byte order, as Python compares the hex digests, whatever the database's
+# collation). Two transactions landing overlapping records then wait for each other in one
+# order, never crosswise, however many chunks each needs and in whatever order the records
+# came. RETURNING gives exactly the ids whose keys were free, so whose rows are new. The
+# trigger on raw_record lets a row whose key its id already holds go in without claiming it
+# again (migration 0033); any other row claims its key itself, as before.
 _CLAIM_KEYS = text(
     """
     INSERT INTO raw_record_key (connection_id, content_hash, raw_record_id, received_at)
     SELECT :connection_id, k.content_hash, k.id, :received_at
     FROM unnest(CAST(:ids AS uuid[]), CAST(:hashes AS text[])) AS k(id, content_hash)
-    ORDER BY k.content_hash
+    ORDER BY k.content_hash COLLATE "C"
     ON CONFLICT (connection_id, content_hash) DO NOTHING
     RETURNING raw_record_id
     """
@@ -135,8 +138,11 @@ async def _insert_raw(
     `COPY` then joins: the keys and the rows commit together or not at all."""
     new_ids: set[uuid.UUID] = set()
     session = uow.session
-    for start in range(0, len(landings), CHUNK):
-        chunk = landings[start : start + CHUNK]
+    # Claimed in content-hash order across the whole batch; everything after (the rows
+    # copied, the ids returned) keeps the batch's own order.
+    claims = sorted(landings, key=lambda landing: landing.item.content_hash)
+    for start in range(0, len(claims), CHUNK):
+        chunk = claims[start : start + CHUNK]
         claimed = await session.execute(
             _CLAIM_KEYS,
             {

@@ -10,14 +10,14 @@ from typing import Any
 import pytest
 from arq import create_pool
 from arq.connections import ArqRedis, RedisSettings
-from sqlalchemy import func, update
+from sqlalchemy import delete, func, update
 from sqlmodel import col, select
 
 from app.clock import FixedClock
 from app.db import Database
 from app.embedded import Services
 from app.enums import MerchantStatus, PaymentState, Role
-from app.models.bulk_action import BulkAction
+from app.models.bulk_action import BulkAction, BulkActionPayment
 from app.models.merchant import Merchant
 from app.models.payment import Payment
 from app.services import bulk_action
@@ -281,9 +281,50 @@ async def test_the_job_reaches_no_further_than_the_submitted_count(desk: Desk) -
     assert data["node"]["succeededCount"] == 4
     states = await _states(desk, "A")
     assert states.count(PaymentState.CANCELED) == 4
-    # Which of the five is left depends on the order the job takes them in; one is.
-    assert len([s for s in states if s in (PaymentState.SCHEDULED, PaymentState.PENDING)]) == 1
+    # The four counted are canceled: the one in flight at submission is not, nor the new one.
+    assert (await reload(desk.db, in_flight.id)).state is PaymentState.SCHEDULED
     assert (await reload(desk.db, arrived.id)).state is PaymentState.SCHEDULED
+
+
+async def test_an_action_submitted_without_recorded_payments_keeps_the_creation_time_bound(
+    desk: Desk,
+) -> None:
+    """An action submitted before cancels recorded their payments (its rows gone here) reaches
+    the payments created by the time it was submitted, no more of them than it counted."""
+    data = await desk.call(
+        "support", CANCEL, filter={}, merchantIds=_mid(desk, "B"), reason="before 0035"
+    )
+    action = data["cancelPaymentRecoveries"]["bulkAction"]
+    assert action["expectedCount"] == 3
+    async with desk.db.uow(SYSTEM_SCOPE) as uow:
+        await uow.session.execute(delete(BulkActionPayment))
+        await uow.commit()
+    desk.clock.set(desk.clock.now() + timedelta(minutes=5))
+    [arrived] = await make_payments(desk.db, desk.merchants["B"], 1, now=desk.clock.now())
+
+    await desk.work()
+
+    node = (await desk.call("support", NODE, id=action["id"]))["node"]
+    assert (node["status"], node["succeededCount"]) == ("SUCCEEDED", 3)
+    assert set(await _states(desk, "B")) == {PaymentState.CANCELED}
+    assert (await reload(desk.db, arrived.id)).state is PaymentState.SCHEDULED
+    async with desk.db.session(SYSTEM_SCOPE) as s:
+        left = await s.scalar(select(func.count()).select_from(BulkActionPayment))
+    assert left == 0
+
+
+async def test_the_recorded_payments_are_let_go_when_the_action_ends(desk: Desk) -> None:
+    data = await desk.call("support", CANCEL, filter={}, merchantIds=_mid(desk, "C"), reason="r")
+    assert data["cancelPaymentRecoveries"]["count"] == 3
+
+    async def recorded() -> int:
+        async with desk.db.session(SYSTEM_SCOPE) as s:
+            found = await s.scalar(select(func.count()).select_from(BulkActionPayment))
+        return int(found or 0)
+
+    assert await recorded() == 3
+    await desk.work()
+    assert await recorded() == 0
 
 
 async def test_resubmitting_the_same_client_mutation_id_does_nothing_twice(desk: Desk) -> None:

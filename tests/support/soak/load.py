@@ -294,9 +294,11 @@ class Load:
     async def run(self, seconds: float) -> None:
         """Issue requests at `rate` per second for `seconds`; never more than the in-flight cap."""
         interval = 1.0 / self.rate
-        # Idle connections are dropped well before the server's keep-alive timeout (uvicorn's
-        # 5 s, httpx's own default too): with both at 5 s, a request sent on a connection the
-        # server is closing at that instant ends in a ReadError that no server fault caused.
+        # Idle connections are dropped well before the server's keep-alive timeout
+        # (PORTAL_KEEP_ALIVE_SECONDS, 75 s): a request sent on a connection the server is
+        # closing at that instant ends in a ReadError that no server fault caused. With
+        # uvicorn's 5 s the 2 s here left 3 s, which a stalled harness (a second or two on a
+        # busy machine, before it reads an answer and again before it sends) can use up.
         limits = httpx.Limits(
             max_connections=MAX_IN_FLIGHT * 2,
             max_keepalive_connections=MAX_IN_FLIGHT,

@@ -105,7 +105,7 @@ async def _run_phases(
             _measure_memory(stack, report, min(10.0, seconds / 6)),
         )
         report.load_seconds = time.monotonic() - started
-        report.usage_end = stack.usage()
+        report.usage_end = await asyncio.to_thread(stack.usage)
         report.states_at_load_end = (await read_ledgers(stack, tenants)).states
         config.progress(f"load done ({len(load.samples):,} requests); draining")
         ledgers, report.drain_seconds = await drain(stack, tenants, config.drain_seconds)
@@ -136,8 +136,10 @@ async def _run_phases(
 
 async def _measure_memory(stack: Stack, report: SoakReport, after: float) -> None:
     # Not at spawn time: a process is still importing then, and its figure would mean nothing.
+    # In a thread: reading every PostgreSQL process's memory takes a few tenths of a second on
+    # a busy machine, which would stall the load's requests meanwhile.
     await asyncio.sleep(after)
-    report.usage_start = stack.usage()
+    report.usage_start = await asyncio.to_thread(stack.usage)
 
 
 def default_faults() -> tuple[tuple[float, str], ...]:

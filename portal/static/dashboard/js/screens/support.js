@@ -362,8 +362,8 @@ function merchantsSection(screen) {
 
 // ---- following a bulk action -------------------------------------------------------------
 
-// The job acts on what matches when it runs, so it may change more (or fewer) than the count
-// taken at submission: both are shown.
+// A cancel's job acts on the payments counted at submission that still match when it reaches
+// them, so it may change fewer than that count (never more): both are shown.
 function bulkProgress(action) {
   const cancel = action.kind === "CANCEL_PAYMENT_RECOVERIES";
   const done = plural(action.succeededCount, cancel ? "payment" : "merchant");
