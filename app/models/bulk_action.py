@@ -60,12 +60,15 @@ class BulkActionPayment(SQLModel, table=True):
     cancelable and matching its filter), so never a payment the submission could not see,
     such as one whose batch began before it and committed after. Written with the action, in
     one statement per merchant; deleted when the action ends. Support's alone, like the
-    action: it belongs to no merchant and no API reads it. No foreign keys: a check per row
+    action: no API reads it. No foreign keys: a check per row
     would cost more than the row, and the rows live only as long as their action runs."""
 
     __tablename__ = "bulk_action_payment"
 
     bulk_action_id: uuid.UUID = Field(primary_key=True)
+    # The payment's merchant: the job reads one merchant's rows at a time, and a database
+    # sharded by merchant keeps them beside the payments.
+    merchant_id: uuid.UUID = Field(primary_key=True)
     payment_id: uuid.UUID = Field(primary_key=True)
 
 

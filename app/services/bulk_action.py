@@ -148,7 +148,8 @@ def _cancelable(
         query = query.where(col(Payment.created_at) <= existing_at)
     if matched_by is not None:
         recorded = select(col(BulkActionPayment.payment_id)).where(
-            col(BulkActionPayment.bulk_action_id) == matched_by
+            col(BulkActionPayment.bulk_action_id) == matched_by,
+            col(BulkActionPayment.merchant_id) == merchant_id,
         )
         query = query.where(col(Payment.id).in_(recorded))
     # The states are applied above: only the cancelable of the ones the filter asks for.
@@ -180,8 +181,8 @@ async def _record_matches(
     for merchant_id in merchant_ids:
         matched = _cancelable(merchant_id, filters).subquery()
         statement = insert(BulkActionPayment).from_select(
-            ["bulk_action_id", "payment_id"],
-            select(literal(action_id), matched.c.id).order_by(matched.c.id),
+            ["bulk_action_id", "merchant_id", "payment_id"],
+            select(literal(action_id), literal(merchant_id), matched.c.id).order_by(matched.c.id),
         )
         result = await session.execute(statement)
         total += int(result.rowcount)  # type: ignore[attr-defined]

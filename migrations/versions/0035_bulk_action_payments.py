@@ -3,7 +3,8 @@
 A payment's creation time is its ingestion batch's, taken before the batch commits: a job
 bounded by creation time could cancel a payment whose batch began before the action was
 submitted and committed after it, one the submission never counted. The action now records
-the ids it matched (`bulk_action_payment`), and its job cancels only those.
+the ids it matched (`bulk_action_payment`, with each payment's merchant, the column a
+sharded database would place the rows by), and its job cancels only those.
 
 A new table: no lock on any table in use (under a short lock timeout all the same). Actions
 submitted before this revision have no rows, and their jobs keep the creation-time bound. Down
@@ -32,9 +33,13 @@ def upgrade() -> None:
         op.create_table(
             "bulk_action_payment",
             sa.Column("bulk_action_id", sa.Uuid(), nullable=False),
+            sa.Column("merchant_id", sa.Uuid(), nullable=False),
             sa.Column("payment_id", sa.Uuid(), nullable=False),
             sa.PrimaryKeyConstraint(
-                "bulk_action_id", "payment_id", name=op.f("pk_bulk_action_payment")
+                "bulk_action_id",
+                "merchant_id",
+                "payment_id",
+                name=op.f("pk_bulk_action_payment"),
             ),
         )
 
