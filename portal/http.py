@@ -21,6 +21,7 @@ from graphql import (
     parse,
 )
 from graphql.language import OperationType as AstOperationType
+from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -44,7 +45,7 @@ from app.clock import Clock
 from app.db import Database
 from app.errors import ErrorCode
 from app.outages import Dependency, outage_of, unavailable_message
-from app.ratelimit import Decision, RedisLeakyBucket
+from app.ratelimit import BucketError, Decision, LimiterError, RedisLeakyBucket
 from app.settings import Settings
 from app.tenancy import Principal
 from app.workflows.authentication import PrincipalCache, authenticate
@@ -65,6 +66,8 @@ _BODY_TYPES = frozenset({APPLICATION_JSON, GRAPHQL_RESPONSE_JSON})
 _PARSE_CACHE_SIZE = 256
 # The token limit bounds the document, not the variables: bound the whole body too.
 MAX_BODY_BYTES = 1_048_576
+# Buckets whose failures are remembered (so each is logged once), at most.
+_MOST_FAILING_BUCKETS = 1024
 
 
 def bearer_token(request: Request | WebSocket) -> str | None:
@@ -238,12 +241,21 @@ class PortalGraphQL(GraphQL[Context, None]):
     request is the one reaction that works for every client. The errors keep their paths. A
     mutation that met an outage before its commit changed nothing; one whose commit lost its
     connection may or may not have been applied, as with any lost connection (a versioned
-    change, `expectedVersion`, is safe to retry). The rate limiter is the exception: with
-    Redis unreachable, requests are served unmetered rather than refused (the query guards
-    still bound each request), so a Redis outage does not take down an API whose data is in
-    PostgreSQL. Each request failed by an outage is logged once, as a warning naming the
-    dependency and the error type, without a traceback. Bugs are still masked as
-    INTERNAL_SERVER_ERROR, with the statuses above.
+    change, `expectedVersion`, is safe to retry). Each request failed by an outage is logged
+    once, as a warning naming the dependency and the error type, without a traceback. Bugs are
+    still masked as INTERNAL_SERVER_ERROR, with the statuses above.
+
+    The rate limiter fails open: whenever it cannot answer, the request is served unmetered
+    (no `extensions.cost`) rather than refused, and the query guards still bound it, so a Redis
+    fault does not take down an API whose data is in PostgreSQL. That holds for Redis
+    unreachable or timing out (logged as a warning), for Redis answering the limiter's call
+    with an error (a refused script, a read-only replica, out of memory: logged as an error
+    with Redis's message, since it needs an operator) and for Redis failing one caller's
+    bucket (its key holding another type): that caller alone is served unmetered, the
+    requests whose offers went to Redis in the same call get their decisions. Each failure
+    is logged when it starts and when the limiter answers again, and each request served
+    unmetered is counted in `portal_rate_limit_unmetered_requests_total{reason}`. No limiter
+    failure answers 500.
 
     Authentication: a request without a token is executed and fields needing a caller
     answer `UNAUTHENTICATED` errors. The spec leaves authorisation to the schema during
@@ -276,9 +288,12 @@ class PortalGraphQL(GraphQL[Context, None]):
         # The graphql-core schema, which query costs are computed against.
         self._graphql_schema: GraphQLSchema = self.schema._schema
         self._principals = PrincipalCache(timedelta(seconds=settings.auth_cache_seconds))
-        # Whether the rate limiter's Redis was last found unreachable: the outage is logged
-        # when it starts and when it ends, not once per request served meanwhile.
-        self._unmetered = False
+        # Why the rate limiter last failed to answer (Redis unreachable, or Redis's error for
+        # the whole call), if it has not answered since; and the buckets whose own offers
+        # failed last. Each failure is logged when it starts and when it ends, not once per
+        # request served meanwhile.
+        self._unmetered: str | None = None
+        self._failing_buckets: dict[str, None] = {}
 
     async def render_graphql_ide(self, request: Request) -> Response:
         # Strawberry's page loads the IDE from a CDN; this one is served by the portal itself.
@@ -465,20 +480,17 @@ class PortalGraphQL(GraphQL[Context, None]):
         try:
             decision: Decision = await bucket.offer(key, cost, now=clock.now())
         except Exception as exc:
-            # Redis down: serving unmetered beats refusing every request (see the class
-            # docstring). Anything else is a bug, and must not silently switch metering off.
-            if outage_of(exc) is not Dependency.REDIS:
+            # The limiter could not answer: served unmetered (see the class docstring).
+            # Anything but Redis's or the limiter's own failure is a bug, and raises.
+            if not self._unanswered(key, exc):
                 raise
-            if not self._unmetered:
-                logger.warning(
-                    "rate limiter unavailable (%s); serving unmetered until Redis answers",
-                    type(exc).__name__,
-                )
-                self._unmetered = True
             return
-        if self._unmetered:
+        if self._unmetered is not None:
             logger.info("rate limiter available again; requests are metered")
-            self._unmetered = False
+            self._unmetered = None
+        if key in self._failing_buckets:
+            del self._failing_buckets[key]
+            logger.info("rate limiter bucket answers again; its caller is metered")
         outcome.extensions["cost"] = decision.as_extension()
         if decision.allowed:
             return
@@ -497,6 +509,39 @@ class PortalGraphQL(GraphQL[Context, None]):
             headers={"Retry-After": str(retry)},
             extensions={"retryAfterSeconds": retry},
         )
+
+    def _unanswered(self, key: str, exc: Exception) -> bool:
+        """Whether `exc` is the limiter failing to decide an offer: Redis unreachable or
+        failing the call, or failing this one bucket; logs it and counts the request."""
+        if isinstance(exc, BucketError):
+            metrics.count_unmetered("bucket")
+            if key not in self._failing_buckets:
+                if len(self._failing_buckets) >= _MOST_FAILING_BUCKETS:
+                    self._failing_buckets.pop(next(iter(self._failing_buckets)))
+                self._failing_buckets[key] = None
+                logger.error(
+                    "rate limiter bucket failed (%s); its caller is served unmetered until it "
+                    "answers",
+                    exc,
+                )
+            return True
+        if outage_of(exc) is Dependency.REDIS:
+            metrics.count_unmetered("outage")
+            reason = "outage"
+            if self._unmetered != reason:
+                logger.warning(
+                    "rate limiter unavailable (%s); serving unmetered until Redis answers",
+                    type(exc).__name__,
+                )
+        elif isinstance(exc, RedisError | LimiterError):
+            metrics.count_unmetered("error")
+            reason = f"{type(exc).__name__}: {exc}"
+            if self._unmetered != reason:
+                logger.error("rate limiter failed (%s); serving unmetered until it answers", reason)
+        else:
+            return False
+        self._unmetered = reason
+        return True
 
     async def _read_params(self, request: Request) -> _Params:
         data: Any
