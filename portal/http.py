@@ -1,5 +1,6 @@
 """The GraphQL HTTP view: GraphQL-over-HTTP negotiation, auth, cost limits, then execution."""
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -46,6 +47,7 @@ from app.db import Database
 from app.errors import ErrorCode
 from app.outages import Dependency, outage_of, unavailable_message
 from app.ratelimit import BucketError, Decision, LimiterError, RedisLeakyBucket
+from app.services.api_key import hash_token
 from app.settings import Settings
 from app.tenancy import Principal
 from app.workflows.authentication import PrincipalCache, authenticate
@@ -53,7 +55,7 @@ from portal import metrics
 from portal.dashboard import graphiql_page
 from portal.logging import request_id_from
 from resolvers.context import Context
-from resolvers.cost import MAX_INTROSPECTION_LISTS, PageSizes, operation_cost
+from resolvers.cost import MAX_INTROSPECTION_LISTS, Cost, PageSizes, operation_cost
 from schema.extensions import outage_in
 
 logger = logging.getLogger("portal.http")
@@ -288,6 +290,11 @@ class PortalGraphQL(GraphQL[Context, None]):
         # The graphql-core schema, which query costs are computed against.
         self._graphql_schema: GraphQLSchema = self.schema._schema
         self._principals = PrincipalCache(timedelta(seconds=settings.auth_cache_seconds))
+        # Key lookups under way, by the token's digest (see `_authenticate`).
+        self._lookups: dict[str, asyncio.Future[Principal | None]] = {}
+        # The cost of operations that take no variables, by query text and operation name:
+        # it depends on nothing else, and clients send the same few documents.
+        self._fixed_costs = lru_cache(maxsize=_PARSE_CACHE_SIZE)(self._fixed_cost)
         # Why the rate limiter last failed to answer (Redis unreachable, or Redis's error for
         # the whole call), if it has not answered since; and the buckets whose own offers
         # failed last. Each failure is logged when it starts and when it ends, not once per
@@ -461,9 +468,16 @@ class PortalGraphQL(GraphQL[Context, None]):
         bucket: RedisLeakyBucket = state.rate_limiter
         cost = 1
         if document is not None:
-            measured = operation_cost(
-                self._graphql_schema, document, params.operation_name, params.variables, self._pages
-            )
+            if params.variables:
+                measured = operation_cost(
+                    self._graphql_schema,
+                    document,
+                    params.operation_name,
+                    params.variables,
+                    self._pages,
+                )
+            else:
+                measured = self._fixed_costs(params.query, params.operation_name)
             if measured.introspection_lists > MAX_INTROSPECTION_LISTS:
                 raise Refusal(
                     400,
@@ -509,6 +523,11 @@ class PortalGraphQL(GraphQL[Context, None]):
             headers={"Retry-After": str(retry)},
             extensions={"retryAfterSeconds": retry},
         )
+
+    def _fixed_cost(self, query: str, operation_name: str | None) -> Cost:
+        """The cost of an operation without variables (cached by `_fixed_costs`)."""
+        document = _parse(query, self._settings.max_tokens)
+        return operation_cost(self._graphql_schema, document, operation_name, None, self._pages)
 
     def _unanswered(self, key: str, exc: Exception) -> bool:
         """Whether `exc` is the limiter failing to decide an offer: Redis unreachable or
@@ -649,13 +668,46 @@ class PortalGraphQL(GraphQL[Context, None]):
         return response
 
     async def _authenticate(self, db: Database, clock: Clock, token: str) -> Principal | None:
-        """The token's principal: from this process's cache while fresh, else looked up."""
+        """The token's principal: from this process's cache while fresh, else looked up.
+
+        Requests that miss the cache for one token while its lookup runs share that lookup
+        (a busy key's entry expiring would otherwise send every request in flight to
+        PostgreSQL at once): its answer is as fresh as theirs would be, less the time they
+        waited for it, and a key's expiry is still checked at each request's own time. When
+        the lookup fails, they all get its error; when it is cancelled (its client went
+        away), each looks the token up itself.
+        """
         now = clock.now()
         principal = self._principals.get(token, now=now)
-        if principal is None:
+        if principal is not None:
+            return principal
+        digest = hash_token(token)
+        pending = self._lookups.get(digest)
+        if pending is not None:
+            try:
+                shared = await asyncio.shield(pending)
+            except asyncio.CancelledError:
+                if not pending.cancelled():
+                    raise  # this request was cancelled, not the lookup
+            else:
+                return None if shared is None or shared.expired(now) else shared
+        lookup: asyncio.Future[Principal | None] = asyncio.get_running_loop().create_future()
+        self._lookups[digest] = lookup
+        try:
             principal = await authenticate(db, token, now=now)
-            if principal is not None:
-                self._principals.put(token, principal, now=now)
+        except asyncio.CancelledError:
+            lookup.cancel()
+            raise
+        except Exception as exc:
+            lookup.set_exception(exc)
+            lookup.exception()  # retrieved: no "never retrieved" warning when none waited
+            raise
+        finally:
+            if self._lookups.get(digest) is lookup:
+                del self._lookups[digest]
+        lookup.set_result(principal)
+        if principal is not None:
+            self._principals.put(token, principal, now=now)
         return principal
 
     def _context(self, request: Request | WebSocket, principal: Principal | None) -> Context:
