@@ -42,6 +42,7 @@ from portal.demo import DemoOptions, run_demo
 from portal.export_cli import export_cli
 from portal.logging import configure_logging
 from portal.migrate import upgrade_database as upgrade_database
+from portal.serving import HTTP_PROTOCOL
 from resolvers.ids import decode_id, encode_id
 from schema.root import build_schema, export_sdl
 
@@ -128,6 +129,7 @@ def serve(
             log_config=None,
             # RequestLogMiddleware logs every request, with its id, status and timing.
             access_log=False,
+            http=HTTP_PROTOCOL,
         )
         return
     # Each process would otherwise resolve (and might start) its own embedded services.
@@ -146,6 +148,7 @@ def serve(
         workers=workers,
         log_config=None,
         access_log=False,
+        http=HTTP_PROTOCOL,
     )
 
 
