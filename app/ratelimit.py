@@ -73,18 +73,46 @@ def offer(
     return Decision(False, cost, level, limits, retry), level, at
 
 
+class LimiterError(Exception):
+    """The limiter could not decide an offer."""
+
+
+class BucketError(LimiterError):
+    """Redis failed this one bucket's offer (its key holds another type, say)."""
+
+
+# Redis's error codes that refuse a command whatever key it names: the server's state (a
+# read-only replica, out of memory, a failing disk, a script running too long, an ACL), not
+# the bucket's. A bucket failed with one of them fails the limiter, not the bucket alone.
+_SERVER_REFUSALS = frozenset(
+    {
+        "READONLY",
+        "OOM",
+        "MISCONF",
+        "NOREPLICAS",
+        "MASTERDOWN",
+        "BUSY",
+        "LOADING",
+        "NOPERM",
+        "CLUSTERDOWN",
+        "TRYAGAIN",
+    }
+)
+
+
 # The same arithmetic as `offer`, run inside Redis so that replicas sharing one Redis
 # never interleave a read and a write of the same bucket: for each key in turn, at its own
 # time and cost (ARGV: capacity, rate, then now and cost per key), so offers sent together are
 # applied one after the other, in order, each atomically. Floats travel as strings (Redis
 # truncates Lua numbers in replies) with 17 digits, so both sides compute the same doubles.
+# Each key is applied under `pcall`: a key Redis fails (it holds another type, a write refused
+# for lack of memory or on a read-only replica) answers -1 and Redis's message in place of its
+# decision, and the keys after it are applied all the same (a script's error would stop the
+# script there, leaving the keys before it charged and every offer of the call unanswered).
 _OFFER_LUA = """
 local capacity = tonumber(ARGV[1])
 local rate = tonumber(ARGV[2])
-local replies = {}
-for i, key in ipairs(KEYS) do
-  local now = tonumber(ARGV[2 * i + 1])
-  local cost = tonumber(ARGV[2 * i + 2])
+local function apply(key, now, cost)
   local state = redis.call('HMGET', key, 'level', 'at')
   local level = tonumber(state[1]) or 0
   local last = tonumber(state[2])
@@ -104,9 +132,20 @@ for i, key in ipairs(KEYS) do
   local stored = string.format('%.17g', level)
   redis.call('HSET', key, 'level', stored, 'at', string.format('%.17g', at))
   redis.call('PEXPIRE', key, math.ceil(level / rate * 1000) + 1000)
+  return allowed, stored, string.format('%.17g', retry)
+end
+local replies = {}
+for i, key in ipairs(KEYS) do
+  local ok, allowed, stored, retry = pcall(
+    apply, key, tonumber(ARGV[2 * i + 1]), tonumber(ARGV[2 * i + 2]))
+  if not ok then
+    local failure = allowed
+    if type(failure) == 'table' then failure = failure.err end
+    allowed, stored, retry = -1, tostring(failure), ''
+  end
   replies[#replies + 1] = allowed
   replies[#replies + 1] = stored
-  replies[#replies + 1] = string.format('%.17g', retry)
+  replies[#replies + 1] = retry
 end
 return replies
 """
@@ -133,9 +172,16 @@ class RedisLeakyBucket:
     once, and the offers made while a call runs go together in the next one, where the script
     applies them one after the other in the order they were made, each atomically. The
     decisions are those of one call per offer, made in that order, at one round trip for the
-    lot. When the call fails (Redis unreachable, a timeout), every offer of the group raises
-    its error. The script names several keys at once: the buckets must live on one Redis (not
-    spread over a cluster's slots).
+    lot.
+
+    Failures: when the call fails as a whole (Redis unreachable, a timeout, the script
+    refused), every offer of the group raises that Redis error; a reply of the wrong shape
+    raises `LimiterError` for each. When Redis fails one bucket (see the script), that offer
+    alone raises `BucketError` with Redis's message and the others get their decisions; a
+    refusal that is the server's state, not the bucket's (`READONLY`, `OOM`...), raises
+    `LimiterError` with Redis's message. The
+    script names several keys at once: the buckets must live on one Redis (not spread over a
+    cluster's slots).
     """
 
     def __init__(self, redis: _ScriptHost, limits: BucketLimits, *, prefix: str) -> None:
@@ -150,20 +196,32 @@ class RedisLeakyBucket:
         """Offer `cost` units to the bucket of `key` at `now` (the caller's clock)."""
         return await self._groups().submit((self._prefix + key, cost, now.timestamp()))
 
-    async def _offer_all(self, offers: Sequence[_Offer]) -> list[Decision]:
+    async def _offer_all(self, offers: Sequence[_Offer]) -> list[Decision | LimiterError]:
         args: list[Any] = [self.limits.capacity, self.limits.leak_per_second]
         for _, cost, at in offers:
             args += [at, cost]
         reply = await self._script(keys=[key for key, _, _ in offers], args=args)
-        return [
-            Decision(
-                allowed=int(allowed) == 1,
-                requested=cost,
-                level=float(level),
-                limits=self.limits,
-                retry_after_seconds=float(retry),
-            )
-            for (_, cost, _), (allowed, level, retry) in zip(
-                offers, zip(*[iter(reply)] * 3, strict=True), strict=True
-            )
-        ]
+        if not isinstance(reply, list) or len(reply) != 3 * len(offers):
+            raise LimiterError(f"the rate limit script answered {reply!r:.200}")
+        results: list[Decision | LimiterError] = []
+        for i, (_, cost, _) in enumerate(offers):
+            allowed, level, retry = reply[3 * i : 3 * i + 3]
+            if allowed == -1:
+                message = level.decode() if isinstance(level, bytes) else str(level)
+                code = message.partition(" ")[0]
+                error = LimiterError if code in _SERVER_REFUSALS else BucketError
+                results.append(error(message))
+                continue
+            try:
+                decision = Decision(
+                    allowed=int(allowed) == 1,
+                    requested=cost,
+                    level=float(level),
+                    limits=self.limits,
+                    retry_after_seconds=float(retry),
+                )
+            except (TypeError, ValueError):
+                results.append(LimiterError(f"the rate limit script answered {reply!r:.200}"))
+                continue
+            results.append(decision)
+        return results

@@ -179,9 +179,10 @@ class OutageMiddleware:
 
 class GraphQLRoute:
     """HTTP requests to /graphql go straight to the GraphQL view, the app's busiest route,
-    past the router's matching and the exception middleware, which it has no use for: the
-    view answers every method and every failure itself (a coded GraphQL error, a 500 for a
-    bug). Everything else, websockets on /graphql included, goes through the router."""
+    past the outage middleware, the router's matching and the exception middleware, which it
+    has no use for: the view answers every method and every failure itself (a coded GraphQL
+    error, a 503 for an outage, a 500 for a bug). Everything else, websockets on /graphql
+    included, goes through the router."""
 
     def __init__(self, app: ASGIApp, *, view: ASGIApp) -> None:
         self.app = app
@@ -261,8 +262,9 @@ def create_app(
         ],
         middleware=[
             Middleware(RequestLogMiddleware),
-            Middleware(OutageMiddleware, retry_after_seconds=settings.outage_retry_after_seconds),
+            # Before the outage middleware: the view answers outages itself.
             Middleware(GraphQLRoute, view=view),
+            Middleware(OutageMiddleware, retry_after_seconds=settings.outage_retry_after_seconds),
         ],
         lifespan=lifespan,
     )

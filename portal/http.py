@@ -1,5 +1,6 @@
 """The GraphQL HTTP view: GraphQL-over-HTTP negotiation, auth, cost limits, then execution."""
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -21,6 +22,7 @@ from graphql import (
     parse,
 )
 from graphql.language import OperationType as AstOperationType
+from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -44,7 +46,8 @@ from app.clock import Clock
 from app.db import Database
 from app.errors import ErrorCode
 from app.outages import Dependency, outage_of, unavailable_message
-from app.ratelimit import Decision, RedisLeakyBucket
+from app.ratelimit import BucketError, Decision, LimiterError, RedisLeakyBucket
+from app.services.api_key import hash_token
 from app.settings import Settings
 from app.tenancy import Principal
 from app.workflows.authentication import PrincipalCache, authenticate
@@ -52,7 +55,7 @@ from portal import metrics
 from portal.dashboard import graphiql_page
 from portal.logging import request_id_from
 from resolvers.context import Context
-from resolvers.cost import MAX_INTROSPECTION_LISTS, PageSizes, operation_cost
+from resolvers.cost import MAX_INTROSPECTION_LISTS, Cost, PageSizes, operation_cost
 from schema.extensions import outage_in
 
 logger = logging.getLogger("portal.http")
@@ -65,6 +68,8 @@ _BODY_TYPES = frozenset({APPLICATION_JSON, GRAPHQL_RESPONSE_JSON})
 _PARSE_CACHE_SIZE = 256
 # The token limit bounds the document, not the variables: bound the whole body too.
 MAX_BODY_BYTES = 1_048_576
+# Buckets whose failures are remembered (so each is logged once), at most.
+_MOST_FAILING_BUCKETS = 1024
 
 
 def bearer_token(request: Request | WebSocket) -> str | None:
@@ -238,12 +243,21 @@ class PortalGraphQL(GraphQL[Context, None]):
     request is the one reaction that works for every client. The errors keep their paths. A
     mutation that met an outage before its commit changed nothing; one whose commit lost its
     connection may or may not have been applied, as with any lost connection (a versioned
-    change, `expectedVersion`, is safe to retry). The rate limiter is the exception: with
-    Redis unreachable, requests are served unmetered rather than refused (the query guards
-    still bound each request), so a Redis outage does not take down an API whose data is in
-    PostgreSQL. Each request failed by an outage is logged once, as a warning naming the
-    dependency and the error type, without a traceback. Bugs are still masked as
-    INTERNAL_SERVER_ERROR, with the statuses above.
+    change, `expectedVersion`, is safe to retry). Each request failed by an outage is logged
+    once, as a warning naming the dependency and the error type, without a traceback. Bugs are
+    still masked as INTERNAL_SERVER_ERROR, with the statuses above.
+
+    The rate limiter fails open: whenever it cannot answer, the request is served unmetered
+    (no `extensions.cost`) rather than refused, and the query guards still bound it, so a Redis
+    fault does not take down an API whose data is in PostgreSQL. That holds for Redis
+    unreachable or timing out (logged as a warning), for Redis answering the limiter's call
+    with an error (a refused script, a read-only replica, out of memory: logged as an error
+    with Redis's message, since it needs an operator) and for Redis failing one caller's
+    bucket (its key holding another type): that caller alone is served unmetered, the
+    requests whose offers went to Redis in the same call get their decisions. Each failure
+    is logged when it starts and when the limiter answers again, and each request served
+    unmetered is counted in `portal_rate_limit_unmetered_requests_total{reason}`. No limiter
+    failure answers 500.
 
     Authentication: a request without a token is executed and fields needing a caller
     answer `UNAUTHENTICATED` errors. The spec leaves authorisation to the schema during
@@ -276,9 +290,17 @@ class PortalGraphQL(GraphQL[Context, None]):
         # The graphql-core schema, which query costs are computed against.
         self._graphql_schema: GraphQLSchema = self.schema._schema
         self._principals = PrincipalCache(timedelta(seconds=settings.auth_cache_seconds))
-        # Whether the rate limiter's Redis was last found unreachable: the outage is logged
-        # when it starts and when it ends, not once per request served meanwhile.
-        self._unmetered = False
+        # Key lookups under way, by the token's digest (see `_authenticate`).
+        self._lookups: dict[str, asyncio.Future[Principal | None]] = {}
+        # The cost of operations that take no variables, by query text and operation name:
+        # it depends on nothing else, and clients send the same few documents.
+        self._fixed_costs = lru_cache(maxsize=_PARSE_CACHE_SIZE)(self._fixed_cost)
+        # Why the rate limiter last failed to answer (Redis unreachable, or Redis's error for
+        # the whole call), if it has not answered since; and the buckets whose own offers
+        # failed last. Each failure is logged when it starts and when it ends, not once per
+        # request served meanwhile.
+        self._unmetered: str | None = None
+        self._failing_buckets: dict[str, None] = {}
 
     async def render_graphql_ide(self, request: Request) -> Response:
         # Strawberry's page loads the IDE from a CDN; this one is served by the portal itself.
@@ -446,9 +468,16 @@ class PortalGraphQL(GraphQL[Context, None]):
         bucket: RedisLeakyBucket = state.rate_limiter
         cost = 1
         if document is not None:
-            measured = operation_cost(
-                self._graphql_schema, document, params.operation_name, params.variables, self._pages
-            )
+            if params.variables:
+                measured = operation_cost(
+                    self._graphql_schema,
+                    document,
+                    params.operation_name,
+                    params.variables,
+                    self._pages,
+                )
+            else:
+                measured = self._fixed_costs(params.query, params.operation_name)
             if measured.introspection_lists > MAX_INTROSPECTION_LISTS:
                 raise Refusal(
                     400,
@@ -465,20 +494,17 @@ class PortalGraphQL(GraphQL[Context, None]):
         try:
             decision: Decision = await bucket.offer(key, cost, now=clock.now())
         except Exception as exc:
-            # Redis down: serving unmetered beats refusing every request (see the class
-            # docstring). Anything else is a bug, and must not silently switch metering off.
-            if outage_of(exc) is not Dependency.REDIS:
+            # The limiter could not answer: served unmetered (see the class docstring).
+            # Anything but Redis's or the limiter's own failure is a bug, and raises.
+            if not self._unanswered(key, exc):
                 raise
-            if not self._unmetered:
-                logger.warning(
-                    "rate limiter unavailable (%s); serving unmetered until Redis answers",
-                    type(exc).__name__,
-                )
-                self._unmetered = True
             return
-        if self._unmetered:
+        if self._unmetered is not None:
             logger.info("rate limiter available again; requests are metered")
-            self._unmetered = False
+            self._unmetered = None
+        if key in self._failing_buckets:
+            del self._failing_buckets[key]
+            logger.info("rate limiter bucket answers again; its caller is metered")
         outcome.extensions["cost"] = decision.as_extension()
         if decision.allowed:
             return
@@ -497,6 +523,44 @@ class PortalGraphQL(GraphQL[Context, None]):
             headers={"Retry-After": str(retry)},
             extensions={"retryAfterSeconds": retry},
         )
+
+    def _fixed_cost(self, query: str, operation_name: str | None) -> Cost:
+        """The cost of an operation without variables (cached by `_fixed_costs`)."""
+        document = _parse(query, self._settings.max_tokens)
+        return operation_cost(self._graphql_schema, document, operation_name, None, self._pages)
+
+    def _unanswered(self, key: str, exc: Exception) -> bool:
+        """Whether `exc` is the limiter failing to decide an offer: Redis unreachable or
+        failing the call, or failing this one bucket; logs it and counts the request."""
+        if isinstance(exc, BucketError):
+            metrics.count_unmetered("bucket")
+            if key not in self._failing_buckets:
+                if len(self._failing_buckets) >= _MOST_FAILING_BUCKETS:
+                    self._failing_buckets.pop(next(iter(self._failing_buckets)))
+                self._failing_buckets[key] = None
+                logger.error(
+                    "rate limiter bucket failed (%s); its caller is served unmetered until it "
+                    "answers",
+                    exc,
+                )
+            return True
+        if outage_of(exc) is Dependency.REDIS:
+            metrics.count_unmetered("outage")
+            reason = "outage"
+            if self._unmetered != reason:
+                logger.warning(
+                    "rate limiter unavailable (%s); serving unmetered until Redis answers",
+                    type(exc).__name__,
+                )
+        elif isinstance(exc, RedisError | LimiterError):
+            metrics.count_unmetered("error")
+            reason = f"{type(exc).__name__}: {exc}"
+            if self._unmetered != reason:
+                logger.error("rate limiter failed (%s); serving unmetered until it answers", reason)
+        else:
+            return False
+        self._unmetered = reason
+        return True
 
     async def _read_params(self, request: Request) -> _Params:
         data: Any
@@ -604,13 +668,46 @@ class PortalGraphQL(GraphQL[Context, None]):
         return response
 
     async def _authenticate(self, db: Database, clock: Clock, token: str) -> Principal | None:
-        """The token's principal: from this process's cache while fresh, else looked up."""
+        """The token's principal: from this process's cache while fresh, else looked up.
+
+        Requests that miss the cache for one token while its lookup runs share that lookup
+        (a busy key's entry expiring would otherwise send every request in flight to
+        PostgreSQL at once): its answer is as fresh as theirs would be, less the time they
+        waited for it, and a key's expiry is still checked at each request's own time. When
+        the lookup fails, they all get its error; when it is cancelled (its client went
+        away), each looks the token up itself.
+        """
         now = clock.now()
         principal = self._principals.get(token, now=now)
-        if principal is None:
+        if principal is not None:
+            return principal
+        digest = hash_token(token)
+        pending = self._lookups.get(digest)
+        if pending is not None:
+            try:
+                shared = await asyncio.shield(pending)
+            except asyncio.CancelledError:
+                if not pending.cancelled():
+                    raise  # this request was cancelled, not the lookup
+            else:
+                return None if shared is None or shared.expired(now) else shared
+        lookup: asyncio.Future[Principal | None] = asyncio.get_running_loop().create_future()
+        self._lookups[digest] = lookup
+        try:
             principal = await authenticate(db, token, now=now)
-            if principal is not None:
-                self._principals.put(token, principal, now=now)
+        except asyncio.CancelledError:
+            lookup.cancel()
+            raise
+        except Exception as exc:
+            lookup.set_exception(exc)
+            lookup.exception()  # retrieved: no "never retrieved" warning when none waited
+            raise
+        finally:
+            if self._lookups.get(digest) is lookup:
+                del self._lookups[digest]
+        lookup.set_result(principal)
+        if principal is not None:
+            self._principals.put(token, principal, now=now)
         return principal
 
     def _context(self, request: Request | WebSocket, principal: Principal | None) -> Context:
@@ -679,16 +776,20 @@ class PortalGraphQL(GraphQL[Context, None]):
 
 
 async def _read_body(request: Request) -> bytes:
-    too_large = Refusal(413, ErrorCode.BAD_REQUEST, f"the body exceeds {MAX_BODY_BYTES} bytes")
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise too_large
+        raise _too_large()
     body = bytearray()
     async for chunk in request.stream():
         body.extend(chunk)
         if len(body) > MAX_BODY_BYTES:
-            raise too_large
+            raise _too_large()
     return bytes(body)
+
+
+def _too_large() -> Refusal:
+    """Made when refused only: an exception built per request costs more than reading it."""
+    return Refusal(413, ErrorCode.BAD_REQUEST, f"the body exceeds {MAX_BODY_BYTES} bytes")
 
 
 def _json(raw: str | bytes, message: str) -> Any:

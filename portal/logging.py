@@ -165,15 +165,17 @@ class RequestLogMiddleware:
                 MutableHeaders(scope=message).append("x-request-id", request_id)
             await send(message)
 
-        with structlog.contextvars.bound_contextvars(request_id=request_id):
-            try:
-                await self.app(scope, receive, send_with_id)
-            finally:
-                self._log.info(
-                    "request",
-                    method=scope["method"],
-                    path=scope["path"],
-                    status=status,
-                    duration_ms=round((time.perf_counter() - started) * 1000, 2),
-                    operation=state.get("graphql_operation"),
-                )
+        # Bound and reset by hand: `bound_contextvars`'s generator costs more than both.
+        bound = structlog.contextvars.bind_contextvars(request_id=request_id)
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            self._log.info(
+                "request",
+                method=scope["method"],
+                path=scope["path"],
+                status=status,
+                duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                operation=state.get("graphql_operation"),
+            )
+            structlog.contextvars.reset_contextvars(**bound)

@@ -45,6 +45,24 @@ GRAPHQL_LATENCY = Histogram(
     registry=REGISTRY,
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
+RATE_LIMIT_UNMETERED = Counter(
+    "portal_rate_limit_unmetered_requests",
+    "GraphQL requests served without a rate limit decision, by why the limiter could not "
+    "answer: outage (Redis unreachable), error (Redis failed the call), bucket (Redis failed "
+    "the caller's bucket).",
+    ["reason"],
+    registry=REGISTRY,
+)
+_UNMETERED = {
+    reason: RATE_LIMIT_UNMETERED.labels(reason=reason) for reason in ("outage", "error", "bucket")
+}
+
+
+def count_unmetered(reason: str) -> None:
+    """Count a request served unmetered; `reason` is one of `_UNMETERED`'s."""
+    _UNMETERED[reason].inc()
+
+
 # Operation names come from clients: cap how many distinct ones become label values, so a
 # client sending random names cannot grow the exposition without bound.
 MAX_OPERATION_LABELS = 200

@@ -1,10 +1,14 @@
 """Authenticated keys are cached per API process for a bounded time: a revoked key is refused
 once `auth_cache_seconds` have passed since its last lookup (at once where it was revoked)."""
 
+import asyncio
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import httpx
+import pytest
+from redis.asyncio import Redis
+from starlette.applications import Starlette
 
 from app.clock import FixedClock
 from app.db import Database
@@ -13,7 +17,10 @@ from app.enums import Role
 from app.services.api_key import revoke_api_key
 from app.settings import Settings
 from app.tenancy import SYSTEM_SCOPE, Principal, Scope, system_principal
-from app.workflows.authentication import PrincipalCache
+from app.workflows.authentication import PrincipalCache, authenticate
+from portal import http as http_view
+from portal.asgi import Resources, create_app
+from portal.http import PortalGraphQL
 from resolvers.ids import encode_id
 from tests.support.factories import key_id, make_key, make_merchant
 from tests.support.http import portal_http
@@ -143,3 +150,95 @@ def test_the_cache_is_bounded_and_a_clock_set_back_does_not_extend_an_entry(
     cache.put("rp_b", second, now=now)
     cache.forget(second.key_id)  # type: ignore[arg-type]
     assert cache.get("rp_b", now=now) is None
+
+
+# -- requests missing the cache together ------------------------------------------------
+
+
+def _graphql_view(app: Starlette) -> PortalGraphQL:
+    for route in app.routes:
+        endpoint = getattr(route, "endpoint", None)
+        if isinstance(endpoint, PortalGraphQL):
+            return endpoint
+    raise AssertionError("no GraphQL route")
+
+
+async def test_requests_missing_the_cache_together_share_one_lookup(
+    db: Database,
+    services: Services,
+    settings: Settings,
+    clock: FixedClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    merchant = await make_merchant(db, "Busy", now=clock.now())
+    token = await make_key(db, Role.MERCHANT, [merchant], now=clock.now())
+    lookups: list[str] = []
+
+    async def counted(db: Database, token: str, *, now: datetime) -> Principal | None:
+        lookups.append(token)
+        return await authenticate(db, token, now=now)
+
+    monkeypatch.setattr(http_view, "authenticate", counted)
+    async with portal_http(db, services.redis_url, settings, clock) as client:
+        responses = await asyncio.gather(*(viewer(client, token) for _ in range(8)))
+        assert all(served(response) for response in responses)
+        assert len(lookups) == 1
+        # Past the bound, one lookup again for the lot.
+        clock.set(clock.now() + timedelta(seconds=settings.auth_cache_seconds))
+        responses = await asyncio.gather(*(viewer(client, token) for _ in range(8)))
+        assert all(served(response) for response in responses)
+        assert len(lookups) == 2
+
+
+async def test_a_shared_lookup_checks_expiry_at_each_request_and_survives_a_cancelled_one(
+    db: Database,
+    redis: Redis,
+    settings: Settings,
+    clock: FixedClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    principal = Principal(
+        key_id=uuid.uuid4(),
+        name="k",
+        role=Role.MERCHANT,
+        scope=Scope(merchant_ids=frozenset({uuid.uuid4()})),
+        expires_at=clock.now() + timedelta(seconds=1),
+    )
+    release = asyncio.Event()
+    started: list[datetime] = []
+
+    async def slow(db: Database, token: str, *, now: datetime) -> Principal | None:
+        started.append(now)
+        await release.wait()
+        return principal
+
+    monkeypatch.setattr(http_view, "authenticate", slow)
+    app = create_app(settings, resources=Resources(db=db, redis=redis, arq=None, clock=clock))
+    view = _graphql_view(app)
+    token = "rp_" + "s" * 40
+
+    # A request joining the lookup after the key expired is refused, the first one is not.
+    first = asyncio.create_task(view._authenticate(db, clock, token))
+    await asyncio.sleep(0)
+    clock.set(clock.now() + timedelta(seconds=1))
+    late = asyncio.create_task(view._authenticate(db, clock, token))
+    await asyncio.sleep(0)
+    release.set()
+    assert await first == principal
+    assert await late is None
+    assert len(started) == 1
+
+    # The request running the lookup goes away: the one waiting for it looks the key up.
+    release.clear()
+    clock.set(clock.now() - timedelta(seconds=1))
+    other = "rp_" + "t" * 40
+    leader = asyncio.create_task(view._authenticate(db, clock, other))
+    await asyncio.sleep(0)
+    follower = asyncio.create_task(view._authenticate(db, clock, other))
+    await asyncio.sleep(0)
+    leader.cancel()
+    await asyncio.sleep(0)
+    release.set()
+    assert await follower == principal
+    assert len(started) == 3
+    assert leader.cancelled()

@@ -1,12 +1,14 @@
 """Rate limiting by query cost over HTTP, and the Redis bucket against its pure twin."""
 
 import asyncio
+import logging
 import random
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -18,12 +20,21 @@ from app.clock import FixedClock
 from app.db import Database
 from app.embedded import Services
 from app.enums import Role
-from app.ratelimit import BucketLimits, RedisLeakyBucket, offer
+from app.ratelimit import (
+    BucketError,
+    BucketLimits,
+    Decision,
+    LimiterError,
+    RedisLeakyBucket,
+    offer,
+)
 from app.settings import Settings
+from portal import metrics
 from portal.asgi import Resources, create_app
 from portal.http import PortalGraphQL
-from tests.support.factories import make_key, make_merchant
+from tests.support.factories import key_id, make_key, make_merchant
 from tests.support.http import asgi_client
+from tests.support.private_redis import PrivateRedis
 
 GRJ = "application/graphql-response+json"
 VIEWER = "{ viewer { role } }"  # 2 fields + depth 2 = 4
@@ -272,3 +283,157 @@ async def test_the_standard_introspection_query_is_answered_and_deeper_nesting_r
     error = refused.json()["errors"][0]
     assert error["extensions"]["code"] == "QUERY_TOO_COMPLEX"
     assert "introspection nests lists 4 deep" in error["message"]
+
+
+# -- when the limiter cannot answer ----------------------------------------------------
+
+
+async def test_a_broken_bucket_fails_its_own_offer_not_the_others_in_its_call(
+    redis: Redis,
+) -> None:
+    """A bucket Redis cannot apply the script to (its key holds another type) answers that
+    offer with `BucketError`; the offers sent in the same call are decided as usual."""
+    limits = BucketLimits(capacity=10, leak_per_second=1.0)
+    bucket = RedisLeakyBucket(redis, limits, prefix="test:ratelimit:")
+    calls: list[int] = []
+    script = bucket._script
+
+    async def counted(keys: list[str], args: list[Any]) -> Any:
+        calls.append(len(keys))
+        return await script(keys=keys, args=args)
+
+    bucket._script = counted
+    good, broken, other = (uuid.uuid4().hex for _ in range(3))
+    await redis.set(f"test:ratelimit:{broken}", "not a hash", ex=60)
+    now = datetime(2026, 11, 2, 12, 0, tzinfo=UTC)
+    first, failed, second = await asyncio.gather(
+        bucket.offer(good, 4, now=now),
+        bucket.offer(broken, 4, now=now),
+        bucket.offer(other, 11, now=now),
+        return_exceptions=True,
+    )
+    assert calls == [3]  # one script call for the three
+    assert isinstance(first, Decision)
+    assert first.allowed
+    assert first.remaining == 6
+    assert isinstance(second, Decision)
+    assert not second.allowed
+    assert second.too_costly
+    assert isinstance(failed, BucketError)
+    assert "WRONGTYPE" in str(failed)
+    # The broken key was left as it was; the good one was charged.
+    assert await redis.get(f"test:ratelimit:{broken}") == b"not a hash"
+    assert (await bucket.offer(good, 1, now=now)).remaining == 5
+
+
+async def test_a_reply_of_the_wrong_shape_is_a_limiter_error() -> None:
+    class Host:
+        def register_script(self, script: str) -> Any:
+            async def run(keys: list[str], args: list[Any]) -> Any:
+                return [1, b"4"]  # two items where three per key were due
+
+            return run
+
+    bucket = RedisLeakyBucket(Host(), BucketLimits(10, 1.0), prefix="test:")
+    with pytest.raises(LimiterError):
+        await bucket.offer("k", 4, now=datetime(2026, 11, 2, 12, 0, tzinfo=UTC))
+
+
+async def test_a_broken_bucket_serves_its_caller_unmetered_and_the_rest_metered(
+    open_client: Client,
+    db: Database,
+    redis: Redis,
+    clock: FixedClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="portal.http")
+    replica = await open_client(Settings(environment="test"))
+    tokens = [await _token(db, clock) for _ in range(4)]
+    for token in tokens:  # keys looked up once: the requests below reach the limiter together
+        assert (await ask(replica, token)).status_code == 200
+    broken_key = f"portal:ratelimit:key:{await key_id(db, tokens[1])}"
+    await redis.delete(broken_key)
+    await redis.set(broken_key, "not a hash", ex=60)
+    counted = _unmetered("bucket")
+    for _ in range(2):
+        responses = await asyncio.gather(*(ask(replica, token) for token in tokens))
+        for response in responses:
+            assert response.status_code == 200, response.text
+            assert response.json()["data"] == {"viewer": {"role": "MERCHANT"}}
+        metered = ["cost" in (r.json().get("extensions") or {}) for r in responses]
+        assert metered == [True, False, True, True]
+    assert _unmetered("bucket") == counted + 2
+    await redis.delete(broken_key)
+    assert "cost" in (await ask(replica, tokens[1])).json()["extensions"]
+    lines = [r for r in caplog.records if "rate limiter" in r.getMessage()]
+    # Logged when that bucket starts failing and when it answers again.
+    assert [(r.levelno, r.exc_info) for r in lines] == [(logging.ERROR, None), (logging.INFO, None)]
+    assert "WRONGTYPE" in lines[0].getMessage()
+
+
+def _unmetered(reason: str) -> float:
+    value = metrics.REGISTRY.get_sample_value(
+        "portal_rate_limit_unmetered_requests_total", {"reason": reason}
+    )
+    return value or 0.0
+
+
+@pytest.fixture
+async def private_redis(tmp_path: Path) -> AsyncIterator[PrivateRedis]:
+    server = PrivateRedis(tmp_path)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+@pytest.mark.parametrize("fault", ["script refused", "read-only replica"])
+async def test_a_redis_that_refuses_the_limiter_serves_requests_unmetered(
+    open_client: Client,
+    db: Database,
+    clock: FixedClock,
+    private_redis: PrivateRedis,
+    caplog: pytest.LogCaptureFixture,
+    fault: str,
+) -> None:
+    """Redis answers, but with an error for the whole call (the script's command refused by
+    an ACL) or for every bucket (a replica refuses writes): no request fails for it, each is
+    served unmetered, as when Redis is unreachable, and the failure is logged as an error
+    once, when it starts."""
+    caplog.set_level(logging.INFO, logger="portal.http")
+    tokens = [await _token(db, clock) for _ in range(3)]
+    redis = Redis(port=private_redis.port)
+    try:
+        app = create_app(
+            Settings(environment="test"),
+            resources=Resources(db=db, redis=redis, arq=None, clock=clock),
+        )
+        async with asgi_client(app) as http:
+            replica = Replica(http, app)
+            for token in tokens:
+                assert (await ask(replica, token)).status_code == 200
+            if fault == "script refused":
+                await redis.acl_setuser("default", enabled=True, commands=["-eval", "-evalsha"])
+            else:
+                await redis.replicaof("127.0.0.1", 9)
+            during = [
+                response
+                for _ in range(2)
+                for response in await asyncio.gather(*(ask(replica, t) for t in tokens))
+            ]
+            if fault == "script refused":
+                await redis.acl_setuser("default", enabled=True, commands=["+@all"])
+            else:
+                await redis.replicaof("NO", "ONE")
+            after = await ask(replica, tokens[0])
+    finally:
+        await redis.aclose()
+    for response in during:
+        assert response.status_code == 200, response.text
+        assert response.json()["data"] == {"viewer": {"role": "MERCHANT"}}
+        assert "cost" not in (response.json().get("extensions") or {})
+    assert "cost" in after.json()["extensions"]
+    lines = [r for r in caplog.records if "rate limiter" in r.getMessage()]
+    assert [(r.levelno, r.exc_info) for r in lines] == [(logging.ERROR, None), (logging.INFO, None)]
+    assert ("no permissions" if fault == "script refused" else "READONLY") in lines[0].getMessage()
