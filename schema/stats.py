@@ -126,17 +126,21 @@ class RecoveryFigures:
         the others, which the request does not read, hold their type's empty value (a
         90-day series in four currencies builds hundreds of figures, of a few fields each)."""
         computed, empty = _figure_plan(wanted)
-        return cls(**empty, **{name: get(f) for name, get in computed})
+        values = empty.copy()
+        for name, get in computed:
+            values[name] = get(f)
+        return cls(**values)
 
 
-# A figure's GraphQL name: its Python name, how it is computed, and its empty value.
+# A figure's GraphQL name: its Python name, how it is computed, and its empty value. (Amounts
+# are handed over as the ints they are: `Long` is a name for int, and calling it costs a call.)
 _FIGURE_FIELDS: dict[str, tuple[str, Callable[[svc.MeasuredFigures], Any], Any]] = {
     "failedCount": ("failed_count", lambda f: f.failed_count, 0),
-    "failedAmount": ("failed_amount", lambda f: Long(f.failed_amount), Long(0)),
+    "failedAmount": ("failed_amount", lambda f: f.failed_amount, Long(0)),
     "eligibleCount": ("eligible_count", lambda f: f.eligible_count, 0),
-    "eligibleAmount": ("eligible_amount", lambda f: Long(f.eligible_amount), Long(0)),
+    "eligibleAmount": ("eligible_amount", lambda f: f.eligible_amount, Long(0)),
     "recoveredCount": ("recovered_count", lambda f: f.recovered_count, 0),
-    "recoveredAmount": ("recovered_amount", lambda f: Long(f.recovered_amount), Long(0)),
+    "recoveredAmount": ("recovered_amount", lambda f: f.recovered_amount, Long(0)),
     "recoveredByActor": (
         "recovered_by_actor",
         lambda f: [
@@ -168,7 +172,7 @@ _FIGURE_FIELDS: dict[str, tuple[str, Callable[[svc.MeasuredFigures], Any], Any]]
         None,
     ),
     "inRecoveryCount": ("in_recovery_count", lambda f: f.in_recovery_count, 0),
-    "inRecoveryAmount": ("in_recovery_amount", lambda f: Long(f.in_recovery_amount), Long(0)),
+    "inRecoveryAmount": ("in_recovery_amount", lambda f: f.in_recovery_amount, Long(0)),
 }
 # The figures' fields a request reads (GraphQL names); None: every one.
 Wanted = frozenset[str] | None

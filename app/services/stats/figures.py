@@ -74,6 +74,7 @@ _OPEN_COUNT, _OPEN_AMOUNT = MEASURES.index("open_count"), MEASURES.index("open_a
 _RETRIES = MEASURES.index("recovered_retries")
 _COUNT_AT = tuple(MEASURES.index(f"recovered_{a.value}_count") for a in ACTORS)
 _AMOUNT_AT = tuple(MEASURES.index(f"recovered_{a.value}_amount") for a in ACTORS)
+_COUNTS_OF, _AMOUNTS_OF = itemgetter(*_COUNT_AT), itemgetter(*_AMOUNT_AT)
 if tuple(f.name for f in fields(Sums))[: len(MEASURES)] != MEASURES:  # pragma: no cover
     raise RuntimeError("Sums must list the rollup measures in their order")
 
@@ -260,23 +261,19 @@ class MeasuredFigures(_DerivedFigures):
 
     @property
     def recovered_count(self) -> int:  # type: ignore[override]
-        both = self._both
-        return sum([both[c] for c in _COUNT_AT])
+        return sum(_COUNTS_OF(self._both))
 
     @property
     def recovered_amount(self) -> int:  # type: ignore[override]
-        both = self._both
-        return sum([both[a] for a in _AMOUNT_AT])
+        return sum(_AMOUNTS_OF(self._both))
 
     @property
     def eligible_recovered_count(self) -> int:  # type: ignore[override]
-        eligible = self._eligible
-        return sum([eligible[c] for c in _COUNT_AT])
+        return sum(_COUNTS_OF(self._eligible))
 
     @property
     def eligible_recovered_amount(self) -> int:  # type: ignore[override]
-        eligible = self._eligible
-        return sum([eligible[a] for a in _AMOUNT_AT])
+        return sum(_AMOUNTS_OF(self._eligible))
 
     @property
     def in_recovery_count(self) -> int:
