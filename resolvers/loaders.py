@@ -31,9 +31,9 @@ from app.services.payment import (
     payments_by_merchant_ids,
 )
 from app.services.retry_policy import current_policies
-from app.services.stats.figures import RecoveryStats
+from app.services.stats.figures import StatsGroups
 from app.services.stats.query import StatsQuery
-from app.services.stats.rollups import load_stats
+from app.services.stats.rollups import load_stat_groups
 from app.tenancy import Scope
 from resolvers.batch import by_id, count_by_id, many_by_id, row_by_id, rows_by_merchant_id
 from resolvers.counts import CountOf, count_loader
@@ -123,17 +123,18 @@ def _payment_pages(
 
 def _recovery_stats(
     db: Database, scope: Scope
-) -> DataLoader[tuple[uuid.UUID, StatsQuery], RecoveryStats]:
-    """Statistics of many merchants in one query per distinct request (usually one)."""
+) -> DataLoader[tuple[uuid.UUID, StatsQuery], StatsGroups]:
+    """Statistics of many merchants in one query per distinct request (usually one), as
+    summed vectors: the API builds only the figures a request selects."""
 
-    async def load(keys: list[tuple[uuid.UUID, StatsQuery]]) -> list[RecoveryStats]:
+    async def load(keys: list[tuple[uuid.UUID, StatsQuery]]) -> list[StatsGroups]:
         groups: dict[StatsQuery, list[uuid.UUID]] = defaultdict(list)
         for merchant_id, query in keys:
             groups[query].append(merchant_id)
-        found: dict[tuple[uuid.UUID, StatsQuery], RecoveryStats] = {}
+        found: dict[tuple[uuid.UUID, StatsQuery], StatsGroups] = {}
         async with db.read(scope) as session:
             for query, ids in groups.items():
-                stats = await load_stats(session, query, merchant_ids=ids, per_merchant=True)
+                stats = await load_stat_groups(session, query, merchant_ids=ids, per_merchant=True)
                 for merchant_id in ids:
                     found[(merchant_id, query)] = stats[merchant_id]
         return [found[k] for k in keys]
@@ -187,6 +188,6 @@ class Loaders:
             db, scope, payments_by_customer_ids
         )
         self.count: DataLoader[CountOf, Count] = count_loader(db, scope)
-        self.recovery_stats_by_merchant: DataLoader[tuple[uuid.UUID, StatsQuery], RecoveryStats] = (
+        self.recovery_stats_by_merchant: DataLoader[tuple[uuid.UUID, StatsQuery], StatsGroups] = (
             _recovery_stats(db, scope)
         )

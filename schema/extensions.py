@@ -266,6 +266,13 @@ _Plan = tuple[list[tuple[str, _Leaf]], dict[str, Any]]
 _Branch = tuple[str, Callable[[Any, str], Any], GraphQLObjectType, bool, bool]
 # A value the short way does not complete: graphql-core's way takes it from the start.
 _UNUSUAL = object()
+# An object's selection when every field of it, to the leaves, reads an attribute and nothing
+# else (`PortalExecutor._tree`): per response name, its leaf (`_Leaf`) or its branch (the
+# attribute, how it is read, whether a list, whether null is an error, and the objects' own
+# tree).
+_Tree = list[
+    tuple[str, "_Leaf | None", "tuple[str, Callable[[Any, str], Any], bool, bool, _Tree] | None"]
+]
 
 
 def _basic(field: Any) -> StrawberryField | None:
@@ -397,6 +404,73 @@ class PortalExecutor(StrawberryGraphQLCoreExecutionContext):
     def _plans(self) -> dict[tuple[GraphQLObjectType, int], tuple[dict[str, Any], Any]]:
         return {}
 
+    def collect_and_execute_subfields(
+        self,
+        return_type: GraphQLObjectType,
+        field_details_list: Any,
+        path: Path,
+        result: Any,
+        position_context: Any,
+    ) -> Any:
+        """An object whose selection is plain to the leaves (see `_tree`) is answered by
+        reading its attributes, its branches' and so on, in one walk: no path, no field
+        executed. Anything unusual on the way sends it through graphql-core whole."""
+        tree = self._tree(return_type, field_details_list) if position_context is None else None
+        if tree is not None:
+            done = _walk(tree, result)
+            if done is not _UNUSUAL:
+                return done
+        return super().collect_and_execute_subfields(
+            return_type, field_details_list, path, result, position_context
+        )
+
+    def _tree(self, kind: GraphQLObjectType, field_details_list: Any) -> "_Tree | None":
+        """The selection of `kind` under these fields when every field of it reads an
+        attribute and nothing else, to the leaves (scalars and enums; objects and lists of
+        non-null objects that check nothing of their values in between), each asked once
+        under its name, with neither arguments nor directives, nothing deferred; else None.
+        Worked out once per request and selection (kept with it, so its id is not reused)."""
+        key = (kind, id(field_details_list))
+        found = self._trees.get(key)
+        if found is not None:
+            tree: _Tree | None = found[1]
+            return tree
+        self._trees[key] = (field_details_list, None)  # a selection within itself: not plain
+        tree = self._work_out_tree(kind, field_details_list)
+        self._trees[key] = (field_details_list, tree)
+        return tree
+
+    def _work_out_tree(self, kind: GraphQLObjectType, field_details_list: Any) -> "_Tree | None":
+        if self._middleware:
+            return None
+        grouped_field_set, new_defer_usages, _ = self.collect_subfields(kind, field_details_list)
+        if new_defer_usages:
+            return None
+        leaves, branches = _plain_leaves(kind), _plain_branches(kind)
+        tree: _Tree = []
+        for name, details in grouped_field_set.items():
+            node = details[0].node
+            if len(details) != 1 or node.arguments or node.directives:
+                return None
+            field_name = node.name.value
+            leaf = leaves.get(field_name)
+            if leaf is not None:
+                tree.append((name, leaf, None))
+                continue
+            branch = branches.get(field_name)
+            if branch is None:
+                return None
+            attribute, read, of_kind, many, non_null = branch
+            below = self._tree(of_kind, details)
+            if below is None:
+                return None
+            tree.append((name, None, (attribute, read, many, non_null, below)))
+        return tree
+
+    @cached_property
+    def _trees(self) -> dict[tuple[GraphQLObjectType, int], tuple[Any, "_Tree | None"]]:
+        return {}
+
     def execute_field(
         self,
         parent_type: GraphQLObjectType,
@@ -444,6 +518,11 @@ class PortalExecutor(StrawberryGraphQLCoreExecutionContext):
             return _UNUSUAL if non_null else None
         if isinstance(value, Exception):
             return _UNUSUAL
+        tree = self._tree(kind, field_details_list) if position_context is None else None
+        if tree is not None:
+            done = _walk_many(tree, value) if many else _walk(tree, value)
+            if done is not _UNUSUAL:
+                return done
         complete = self.collect_and_execute_subfields
         try:
             if not many:
@@ -495,6 +574,63 @@ class PortalExecutor(StrawberryGraphQLCoreExecutionContext):
     def _middleware(self) -> bool:
         manager = self.middleware_manager
         return manager is not None and bool(manager.middlewares)
+
+
+def _walk(tree: _Tree, source: Any) -> Any:
+    """An object's answer read along its plain tree (`PortalExecutor._tree`), or `_UNUSUAL`
+    at the first value graphql-core would have to report (an error, null where null is
+    refused, a value its type does not coerce, anything not a list where a list is due)."""
+    results: dict[str, Any] = {}
+    try:
+        for name, leaf, branch in tree:
+            if leaf is not None:
+                attribute, read, coerce, non_null = leaf
+                value = read(source, attribute)
+                if value is None:
+                    if non_null:
+                        return _UNUSUAL
+                    results[name] = None
+                    continue
+                if isinstance(value, Exception):
+                    return _UNUSUAL
+                coerced = coerce(value)
+                if coerced is None or coerced is Undefined:
+                    return _UNUSUAL
+                results[name] = coerced
+                continue
+            if branch is None:  # pragma: no cover - an entry is a leaf or a branch
+                return _UNUSUAL
+            attribute, read, many, non_null, below = branch
+            value = read(source, attribute)
+            if value is None:
+                if non_null:
+                    return _UNUSUAL
+                results[name] = None
+                continue
+            if isinstance(value, Exception):
+                return _UNUSUAL
+            done = _walk_many(below, value) if many else _walk(below, value)
+            if done is _UNUSUAL:
+                return _UNUSUAL
+            results[name] = done
+    except Exception:
+        return _UNUSUAL
+    return results
+
+
+def _walk_many(tree: _Tree, values: Any) -> Any:
+    """A list of non-null objects read along their plain tree (see `_walk`)."""
+    if not isinstance(values, list | tuple):
+        return _UNUSUAL
+    found = []
+    for value in values:
+        if value is None or isinstance(value, Exception):
+            return _UNUSUAL
+        done = _walk(tree, value)
+        if done is _UNUSUAL:
+            return _UNUSUAL
+        found.append(done)
+    return found
 
 
 def _ordered(

@@ -121,22 +121,26 @@ class RecoveryFigures:
     )
 
     @classmethod
-    def from_figures(cls, f: svc.RecoveryFigures, wanted: "Wanted" = None) -> Self:
+    def from_figures(cls, f: svc.MeasuredFigures, wanted: "Wanted" = None) -> Self:
         """The figures the API gives; with `wanted` (GraphQL names), only those are computed:
         the others, which the request does not read, hold their type's empty value (a
         90-day series in four currencies builds hundreds of figures, of a few fields each)."""
         computed, empty = _figure_plan(wanted)
-        return cls(**empty, **{name: get(f) for name, get in computed})
+        values = empty.copy()
+        for name, get in computed:
+            values[name] = get(f)
+        return cls(**values)
 
 
-# A figure's GraphQL name: its Python name, how it is computed, and its empty value.
-_FIGURE_FIELDS: dict[str, tuple[str, Callable[[svc.RecoveryFigures], Any], Any]] = {
+# A figure's GraphQL name: its Python name, how it is computed, and its empty value. (Amounts
+# are handed over as the ints they are: `Long` is a name for int, and calling it costs a call.)
+_FIGURE_FIELDS: dict[str, tuple[str, Callable[[svc.MeasuredFigures], Any], Any]] = {
     "failedCount": ("failed_count", lambda f: f.failed_count, 0),
-    "failedAmount": ("failed_amount", lambda f: Long(f.failed_amount), Long(0)),
+    "failedAmount": ("failed_amount", lambda f: f.failed_amount, Long(0)),
     "eligibleCount": ("eligible_count", lambda f: f.eligible_count, 0),
-    "eligibleAmount": ("eligible_amount", lambda f: Long(f.eligible_amount), Long(0)),
+    "eligibleAmount": ("eligible_amount", lambda f: f.eligible_amount, Long(0)),
     "recoveredCount": ("recovered_count", lambda f: f.recovered_count, 0),
-    "recoveredAmount": ("recovered_amount", lambda f: Long(f.recovered_amount), Long(0)),
+    "recoveredAmount": ("recovered_amount", lambda f: f.recovered_amount, Long(0)),
     "recoveredByActor": (
         "recovered_by_actor",
         lambda f: [
@@ -168,7 +172,7 @@ _FIGURE_FIELDS: dict[str, tuple[str, Callable[[svc.RecoveryFigures], Any], Any]]
         None,
     ),
     "inRecoveryCount": ("in_recovery_count", lambda f: f.in_recovery_count, 0),
-    "inRecoveryAmount": ("in_recovery_amount", lambda f: Long(f.in_recovery_amount), Long(0)),
+    "inRecoveryAmount": ("in_recovery_amount", lambda f: f.in_recovery_amount, Long(0)),
 }
 # The figures' fields a request reads (GraphQL names); None: every one.
 Wanted = frozenset[str] | None
@@ -177,7 +181,7 @@ Wanted = frozenset[str] | None
 @lru_cache(maxsize=256)
 def _figure_plan(
     wanted: Wanted,
-) -> tuple[tuple[tuple[str, Callable[[svc.RecoveryFigures], Any]], ...], dict[str, Any]]:
+) -> tuple[tuple[tuple[str, Callable[[svc.MeasuredFigures], Any]], ...], dict[str, Any]]:
     """The fields to compute (Python name, how) and the empty values of the others."""
     chosen = _FIGURE_FIELDS.keys() if wanted is None else wanted & _FIGURE_FIELDS.keys()
     computed = tuple((_FIGURE_FIELDS[n][0], _FIGURE_FIELDS[n][1]) for n in sorted(chosen))
@@ -277,32 +281,36 @@ class CurrencyRecoveryStats:
     )
 
     @classmethod
-    def from_stats(cls, c: svc.CurrencyStats, wanted: "FiguresWanted | None" = None) -> Self:
-        """`wanted`: the figures' fields the request reads, per group (see `figures_wanted`);
-        every field of every figure without it."""
+    def from_stats(cls, c: svc.CurrencyGroups, wanted: "FiguresWanted | None" = None) -> Self:
+        """Each figure built from its group's summed vectors; `wanted`: the figures' fields
+        the request reads, per group (see `figures_wanted`); every field of every figure
+        without it."""
 
-        def of(kind: str, f: svc.RecoveryFigures) -> RecoveryFigures:
-            return RecoveryFigures.from_figures(f, None if wanted is None else wanted.get(kind))
+        def of(kind: str, vectors: svc.Vectors) -> RecoveryFigures:
+            return RecoveryFigures.from_figures(
+                svc.MeasuredFigures(*vectors), None if wanted is None else wanted.get(kind)
+            )
 
         return cls(
             currency=c.currency,
             summary=of("total", c.summary),
             series=[
-                RecoveryStatsPoint(start=p.start, figures=of("series", p.figures)) for p in c.series
+                RecoveryStatsPoint(start=start, figures=of("series", vectors))
+                for start, vectors in c.series
             ],
             by_decline_category=[
                 DeclineCategoryRecovery(
-                    category=DeclineCategory(b.value), figures=of("decline_category", b.figures)
+                    category=DeclineCategory(value), figures=of("decline_category", vectors)
                 )
-                for b in c.by_decline_category
+                for value, vectors in c.by_decline_category
             ],
             by_processor=[
-                ProcessorRecovery(processor=Processor(b.value), figures=of("processor", b.figures))
-                for b in c.by_processor
+                ProcessorRecovery(processor=Processor(value), figures=of("processor", vectors))
+                for value, vectors in c.by_processor
             ],
             by_card_funding=[
-                CardFundingRecovery(funding=CardFunding(b.value), figures=of("funding", b.figures))
-                for b in c.by_card_funding
+                CardFundingRecovery(funding=CardFunding(value), figures=of("funding", vectors))
+                for value, vectors in c.by_card_funding
             ],
             uplift=None if c.uplift is None else RecoveryUplift.from_uplift(c.uplift),
         )
@@ -319,7 +327,7 @@ class RecoveryStats:
     )
 
     @classmethod
-    def from_stats(cls, s: svc.RecoveryStats, wanted: "FiguresWanted | None" = None) -> Self:
+    def from_stats(cls, s: svc.StatsGroups, wanted: "FiguresWanted | None" = None) -> Self:
         return cls(
             from_=s.query.start,
             to=s.query.end,

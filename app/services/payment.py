@@ -9,7 +9,8 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal
 
-from sqlalchemy import ColumnElement, Uuid, func, or_, true, tuple_, union_all
+from sqlalchemy import ColumnElement, Uuid, any_, bindparam, func, or_, true, tuple_, union_all
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 from sqlmodel import col, select
@@ -457,16 +458,18 @@ def payment_count_query(
     return _filtered(query, owner, filters)
 
 
+# Built once (with its cache key): the payments' ids bound as one array, `ids`.
+_ATTEMPTS_BY_PAYMENT_IDS = (
+    select(PaymentAttempt)
+    .where(col(PaymentAttempt.payment_id) == any_(bindparam("ids", type_=postgresql.ARRAY(Uuid))))
+    .order_by(col(PaymentAttempt.payment_id), col(PaymentAttempt.number))
+)
+
+
 async def attempts_by_payment_ids(
     session: AsyncSession, ids: Sequence[uuid.UUID]
 ) -> dict[uuid.UUID, list[PaymentAttempt]]:
-    rows = (
-        await session.execute(
-            select(PaymentAttempt)
-            .where(col(PaymentAttempt.payment_id).in_(ids))
-            .order_by(col(PaymentAttempt.payment_id), col(PaymentAttempt.number))
-        )
-    ).scalars()
+    rows = (await session.execute(_ATTEMPTS_BY_PAYMENT_IDS, {"ids": list(ids)})).scalars()
     grouped: dict[uuid.UUID, list[PaymentAttempt]] = defaultdict(list)
     for attempt in rows:
         grouped[attempt.payment_id].append(attempt)

@@ -60,34 +60,74 @@ class Thing:
     broken: str
 
 
+def _odd_things() -> list[Thing]:
+    """A good thing, one with a null where null is refused, an unknown enum value and a huge
+    Int, and one whose attribute raises."""
+    good = _good_thing("a")
+    bad = Thing(
+        name="b",
+        missing=None,  # type: ignore[arg-type]
+        maybe="x",
+        colour=Colour.RED,
+        bad_colour="purple",  # type: ignore[arg-type]
+        count=2,
+        huge=2**40,
+        broken="c",
+    )
+    return [good, bad, BrokenThing(good)]  # type: ignore[list-item]
+
+
+def _good_thing(name: str) -> Thing:
+    return Thing(
+        name=name,
+        missing="m",
+        maybe=None,
+        colour=Colour.RED,
+        bad_colour=Colour.RED,
+        count=1,
+        huge=1,
+        broken="b",
+    )
+
+
 @strawberry.type
 class Query:
     @strawberry.field
     def things(self) -> list[Thing]:
-        good = Thing(
-            name="a",
-            missing="m",
-            maybe=None,
-            colour=Colour.RED,
-            bad_colour=Colour.RED,
-            count=1,
-            huge=1,
-            broken="b",
-        )
-        bad = Thing(
-            name="b",
-            missing=None,  # type: ignore[arg-type]
-            maybe="x",
-            colour=Colour.RED,
-            bad_colour="purple",  # type: ignore[arg-type]
-            count=2,
-            huge=2**40,
-            broken="c",
-        )
-        return [good, bad, BrokenThing(good)]  # type: ignore[list-item]
+        return _odd_things()
 
 
 THINGS = "{ things { name missing maybe colour badColour count huge broken n: name } }"
+
+
+@strawberry.type
+class Box:
+    label: str
+    thing: Thing
+    spare: Thing | None
+    things: list[Thing]
+
+
+@strawberry.type
+class BoxQuery:
+    @strawberry.field
+    def boxes(self) -> list[Box]:
+        odd = _odd_things()
+        return [
+            Box(label="plain", thing=_good_thing("a"), spare=None, things=[_good_thing("b")]),
+            Box(label="odd", thing=odd[1], spare=odd[2], things=odd),
+            Box(label="null", thing=None, spare=None, things=[None]),  # type: ignore[arg-type,list-item]
+        ]
+
+
+class CountingExecutor(PortalExecutor):
+    """Counts the fields executed one by one (graphql-core's way)."""
+
+    fields_executed = 0
+
+    def execute_field(self, *args: Any, **kwargs: Any) -> Any:
+        CountingExecutor.fields_executed += 1
+        return super().execute_field(*args, **kwargs)
 
 
 async def test_odd_values_fail_as_they_do_without_the_short_way() -> None:
@@ -124,6 +164,46 @@ async def test_odd_values_fail_as_they_do_without_the_short_way() -> None:
         _, errors = outcome(await ours.execute(query))
         assert errors
         assert [tuple(e["path"]) for e in errors] == [path]
+
+
+async def test_plain_trees_of_objects_answer_as_without_the_short_way() -> None:
+    """Objects whose fields, to the leaves, only read attributes are read in one walk; an
+    odd value anywhere in them sends the object through graphql-core, errors at their paths."""
+    ours = PortalSchema(query=BoxQuery, execution_context_class=CountingExecutor)
+    theirs = PortalSchema(
+        query=BoxQuery, execution_context_class=StrawberryGraphQLCoreExecutionContext
+    )
+    for query in (
+        "{ boxes { label thing { name count colour } things { name maybe } } }",
+        "{ boxes { thing { badColour } } }",
+        "{ boxes { spare { broken } things { huge } } }",
+        "{ boxes { things { missing } } }",
+        "{ boxes { thing { name } thing { count } } }",
+        "{ boxes { t: thing { name } thing { name } } }",
+        "{ boxes { thing { __typename name } } }",
+        "query($yes: Boolean!) { boxes { thing { name @include(if: $yes) count } } }",
+    ):
+        variables = {"yes": False}
+        mine = await ours.execute(query, variable_values=variables)
+        reference = await theirs.execute(query, variable_values=variables)
+        assert outcome(mine) == outcome(reference), query
+    # A plain tree: only `boxes` (a resolver) and the odd boxes' fields go field by field.
+    plain = "{ boxes { label thing { name count } things { name } } }"
+    CountingExecutor.fields_executed = 0
+    one_box = PortalSchema(query=OneBoxQuery, execution_context_class=CountingExecutor)
+    data, errors = outcome(await one_box.execute(plain))
+    assert errors is None
+    assert data == {
+        "boxes": [{"label": "plain", "thing": {"name": "a", "count": 1}, "things": [{"name": "b"}]}]
+    }
+    assert CountingExecutor.fields_executed == 1
+
+
+@strawberry.type
+class OneBoxQuery:
+    @strawberry.field
+    def boxes(self) -> list[Box]:
+        return [Box(label="plain", thing=_good_thing("a"), spare=None, things=[_good_thing("b")])]
 
 
 async def test_a_page_of_payments_is_the_same(

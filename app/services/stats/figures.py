@@ -6,7 +6,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import date, datetime
-from operator import add, attrgetter
+from operator import add, attrgetter, itemgetter
 from typing import Any
 
 from app.enums import Actor
@@ -74,6 +74,7 @@ _OPEN_COUNT, _OPEN_AMOUNT = MEASURES.index("open_count"), MEASURES.index("open_a
 _RETRIES = MEASURES.index("recovered_retries")
 _COUNT_AT = tuple(MEASURES.index(f"recovered_{a.value}_count") for a in ACTORS)
 _AMOUNT_AT = tuple(MEASURES.index(f"recovered_{a.value}_amount") for a in ACTORS)
+_COUNTS_OF, _AMOUNTS_OF = itemgetter(*_COUNT_AT), itemgetter(*_AMOUNT_AT)
 if tuple(f.name for f in fields(Sums))[: len(MEASURES)] != MEASURES:  # pragma: no cover
     raise RuntimeError("Sums must list the rollup measures in their order")
 
@@ -110,8 +111,53 @@ def _quantile_seconds(histogram: Sequence[int], q: float) -> int | None:
     return None  # pragma: no cover - the loop always reaches the target
 
 
+class _DerivedFigures:
+    """The figures derived from the base ones (rates, attempts per recovery, quantiles of the
+    time to recover): the same formulas for `RecoveryFigures` and `MeasuredFigures`."""
+
+    __slots__ = ()
+    failed_count: int
+    failed_amount: int
+    eligible_count: int
+    eligible_amount: int
+    eligible_recovered_count: int
+    eligible_recovered_amount: int
+    recovered_count: int
+    recovered_amount: int
+    recovered_retries: int
+    ttr_histogram: tuple[int, ...]
+
+    @property
+    def recovery_rate_by_count(self) -> float | None:
+        return _rate(self.recovered_count, self.failed_count)
+
+    @property
+    def recovery_rate_by_amount(self) -> float | None:
+        return _rate(self.recovered_amount, self.failed_amount)
+
+    @property
+    def eligible_recovery_rate_by_count(self) -> float | None:
+        return _rate(self.eligible_recovered_count, self.eligible_count)
+
+    @property
+    def eligible_recovery_rate_by_amount(self) -> float | None:
+        return _rate(self.eligible_recovered_amount, self.eligible_amount)
+
+    @property
+    def attempts_per_recovery(self) -> float | None:
+        return _rate(self.recovered_retries, self.recovered_count)
+
+    @property
+    def median_time_to_recover_seconds(self) -> int | None:
+        return _quantile_seconds(self.ttr_histogram, 0.5)
+
+    @property
+    def p90_time_to_recover_seconds(self) -> int | None:
+        return _quantile_seconds(self.ttr_histogram, 0.9)
+
+
 @dataclass(frozen=True, slots=True)
-class RecoveryFigures:
+class RecoveryFigures(_DerivedFigures):
     """Every figure of one population (one currency, point or breakdown value)."""
 
     failed_count: int
@@ -177,33 +223,73 @@ class RecoveryFigures:
             ttr_histogram=tuple(both[len(MEASURES) :]),
         )
 
-    @property
-    def recovery_rate_by_count(self) -> float | None:
-        return _rate(self.recovered_count, self.failed_count)
+
+class MeasuredFigures(_DerivedFigures):
+    """The figures of `RecoveryFigures.of_vectors`, each computed from the summed vectors
+    when it is read: for a reader that wants a few of them (the API builds only the fields a
+    request selects: a 90-day series in four currencies is hundreds of figures, of which a
+    dashboard reads three fields each). Not compared: read its figures."""
+
+    __slots__ = ("_both", "_eligible")
+
+    def __init__(self, eligible: Sequence[int], both: Sequence[int]) -> None:
+        self._eligible = eligible
+        self._both = both
 
     @property
-    def recovery_rate_by_amount(self) -> float | None:
-        return _rate(self.recovered_amount, self.failed_amount)
+    def failed_count(self) -> int:  # type: ignore[override]
+        return self._both[_FAILED_COUNT]
 
     @property
-    def eligible_recovery_rate_by_count(self) -> float | None:
-        return _rate(self.eligible_recovered_count, self.eligible_count)
+    def failed_amount(self) -> int:  # type: ignore[override]
+        return self._both[_FAILED_AMOUNT]
 
     @property
-    def eligible_recovery_rate_by_amount(self) -> float | None:
-        return _rate(self.eligible_recovered_amount, self.eligible_amount)
+    def eligible_count(self) -> int:  # type: ignore[override]
+        return self._eligible[_FAILED_COUNT]
 
     @property
-    def attempts_per_recovery(self) -> float | None:
-        return _rate(self.recovered_retries, self.recovered_count)
+    def eligible_amount(self) -> int:  # type: ignore[override]
+        return self._eligible[_FAILED_AMOUNT]
 
     @property
-    def median_time_to_recover_seconds(self) -> int | None:
-        return _quantile_seconds(self.ttr_histogram, 0.5)
+    def recovered(self) -> tuple[ActorRecovery, ...]:
+        both = self._both
+        return tuple(
+            map(ActorRecovery, ACTORS, [both[c] for c in _COUNT_AT], [both[a] for a in _AMOUNT_AT])
+        )
 
     @property
-    def p90_time_to_recover_seconds(self) -> int | None:
-        return _quantile_seconds(self.ttr_histogram, 0.9)
+    def recovered_count(self) -> int:  # type: ignore[override]
+        return sum(_COUNTS_OF(self._both))
+
+    @property
+    def recovered_amount(self) -> int:  # type: ignore[override]
+        return sum(_AMOUNTS_OF(self._both))
+
+    @property
+    def eligible_recovered_count(self) -> int:  # type: ignore[override]
+        return sum(_COUNTS_OF(self._eligible))
+
+    @property
+    def eligible_recovered_amount(self) -> int:  # type: ignore[override]
+        return sum(_AMOUNTS_OF(self._eligible))
+
+    @property
+    def in_recovery_count(self) -> int:
+        return self._both[_OPEN_COUNT]
+
+    @property
+    def in_recovery_amount(self) -> int:
+        return self._both[_OPEN_AMOUNT]
+
+    @property
+    def recovered_retries(self) -> int:  # type: ignore[override]
+        return self._both[_RETRIES]
+
+    @property
+    def ttr_histogram(self) -> tuple[int, ...]:  # type: ignore[override]
+        return tuple(self._both[len(MEASURES) :])
 
 
 @dataclass(frozen=True, slots=True)
@@ -402,12 +488,55 @@ VectorKey = tuple[uuid.UUID | None, str, str, Any]
 _ZERO_VECTORS: Vectors = ((0,) * len(MEASURES), (0,) * (len(MEASURES) + TTR_BUCKETS))
 
 
-def assemble_vectors(
+@dataclass(frozen=True, slots=True)
+class CurrencyGroups:
+    """One currency's groups as summed vectors, in the order and with the omissions of
+    `CurrencyStats` (its figures not built yet: see `figures`)."""
+
+    currency: str
+    summary: Vectors
+    series: tuple[tuple[datetime, Vectors], ...]
+    by_decline_category: tuple[tuple[str, Vectors], ...]
+    by_processor: tuple[tuple[str, Vectors], ...]
+    by_card_funding: tuple[tuple[str, Vectors], ...]
+    uplift: Uplift | None
+
+    def figures(self) -> CurrencyStats:
+        of_vectors = RecoveryFigures.of_vectors
+
+        def breakdowns(found: tuple[tuple[str, Vectors], ...]) -> tuple[Breakdown, ...]:
+            return tuple(Breakdown(value, of_vectors(*vectors)) for value, vectors in found)
+
+        return CurrencyStats(
+            currency=self.currency,
+            summary=of_vectors(*self.summary),
+            series=tuple(Point(start, of_vectors(*vectors)) for start, vectors in self.series),
+            by_decline_category=breakdowns(self.by_decline_category),
+            by_processor=breakdowns(self.by_processor),
+            by_card_funding=breakdowns(self.by_card_funding),
+            uplift=self.uplift,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class StatsGroups:
+    """A query's statistics as summed vectors per currency, ordered by currency code: what
+    `RecoveryStats` holds, before its figures are built (see `figures`)."""
+
+    query: StatsQuery
+    currencies: tuple[CurrencyGroups, ...] = field(default=())
+
+    def figures(self) -> RecoveryStats:
+        return RecoveryStats(self.query, tuple(c.figures() for c in self.currencies))
+
+
+def group_vectors(
     query: StatsQuery, groups: Mapping[VectorKey, Vectors], merchants: Iterable[uuid.UUID | None]
-) -> dict[uuid.UUID | None, RecoveryStats]:
-    """What `assemble` answers, from groups already split into eligible and all payments
-    (one pair of vectors per group instead of one `Sums` per eligibility); the series and
-    uplift only when the query's selection reads them (else empty and null)."""
+) -> dict[uuid.UUID | None, StatsGroups]:
+    """Groups already split into eligible and all payments (one pair of vectors per group
+    instead of one `Sums` per eligibility), arranged per merchant and currency as
+    `assemble` arranges its figures; the series and uplift only when the query's selection
+    reads them (else empty and null)."""
     bounds = series_bounds(query)
     zone = query.zone
     by_owner: dict[uuid.UUID | None, dict[str, dict[tuple[str, Any], Vectors]]] = defaultdict(
@@ -415,46 +544,45 @@ def assemble_vectors(
     )
     for (owner, currency, dim, value), vectors in groups.items():
         by_owner[owner][currency][(dim, value)] = vectors
-    starts = [bound.astimezone(zone) for bound in bounds[:-1]]
     kinds = query.selection.kinds
+    starts = [bound.astimezone(zone) for bound in bounds[:-1]] if "series" in kinds else []
     breakdowns = _BREAKDOWNS & kinds
-    of_vectors = RecoveryFigures.of_vectors
-    result: dict[uuid.UUID | None, RecoveryStats] = {}
+    result: dict[uuid.UUID | None, StatsGroups] = {}
     for owner in merchants:
         currencies = []
         for currency, dims in sorted(by_owner.get(owner, {}).items()):
             total = dims.get(("total", None), _ZERO_VECTORS)
             if total[1][_FAILED_COUNT] == 0:
                 continue  # only rows whose payments were all deleted or moved
-            found: dict[str, list[Breakdown]] = defaultdict(list)
-            for (dim, value), (eligible, both) in dims.items():
-                if dim in breakdowns and both[_FAILED_COUNT]:
-                    found[dim].append(Breakdown(str(value), of_vectors(eligible, both)))
+            found: dict[str, list[tuple[str, Vectors]]] = defaultdict(list)
+            for (dim, value), vectors in dims.items():
+                if dim in breakdowns and vectors[1][_FAILED_COUNT]:
+                    found[dim].append((str(value), vectors))
 
             def arm(control: bool, dims: dict[tuple[str, Any], Vectors] = dims) -> Arm:
                 eligible = dims.get(("arm", (True, control)), _ZERO_VECTORS)[0]
                 return Arm(eligible[_FAILED_COUNT], sum([eligible[c] for c in _COUNT_AT]))
 
-            series = []
-            for i, start in enumerate(starts if "series" in kinds else (), start=1):
-                series.append(Point(start, of_vectors(*dims.get(("series", i), _ZERO_VECTORS))))
             currencies.append(
-                CurrencyStats(
+                CurrencyGroups(
                     currency=currency,
-                    summary=of_vectors(*total),
-                    series=tuple(series),
+                    summary=total,
+                    series=tuple(
+                        (start, dims.get(("series", i), _ZERO_VECTORS))
+                        for i, start in enumerate(starts, start=1)
+                    ),
                     by_decline_category=_sorted(found["decline_category"]),
                     by_processor=_sorted(found["processor"]),
                     by_card_funding=_sorted(found["funding"]),
                     uplift=Uplift.of(arm(False), arm(True)) if "arm" in kinds else None,
                 )
             )
-        result[owner] = RecoveryStats(query, tuple(currencies))
+        result[owner] = StatsGroups(query, tuple(currencies))
     return result
 
 
 _BREAKDOWNS = frozenset(("decline_category", "processor", "funding"))
 
 
-def _sorted(found: list[Breakdown]) -> tuple[Breakdown, ...]:
-    return tuple(sorted(found, key=attrgetter("value")))
+def _sorted(found: list[tuple[str, Vectors]]) -> tuple[tuple[str, Vectors], ...]:
+    return tuple(sorted(found, key=itemgetter(0)))

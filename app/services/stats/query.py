@@ -4,6 +4,7 @@ from bisect import bisect_right
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from enum import StrEnum
+from functools import lru_cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from app.errors import InvalidTimeRange, InvalidTimezone
@@ -114,13 +115,20 @@ def _local_next(start: datetime, granularity: Granularity, zone: ZoneInfo) -> da
 def series_bounds(query: StatsQuery) -> list[datetime]:
     """Local boundaries (UTC instants) b0 <= start < ... < bk, bk >= end: point i is
     [b(i-1), b(i)), calendar days, weeks (from Monday) or months in the query's timezone."""
+    return list(_series_bounds(query))
+
+
+@lru_cache(maxsize=64)
+def _series_bounds(query: StatsQuery) -> tuple[datetime, ...]:
+    """`series_bounds`, worked out once per query: a request validates its range, reads its
+    whole days and builds its points from the same bounds."""
     zone = query.zone
     current = _local_floor(query.start, query.granularity, zone)
     bounds = [current.astimezone(UTC)]
     while bounds[-1] < query.end and len(bounds) <= MAX_POINTS + 1:
         current = _local_next(current, query.granularity, zone)
         bounds.append(current.astimezone(UTC))
-    return bounds
+    return tuple(bounds)
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,23 +152,30 @@ def whole_days(query: StatsQuery) -> WholeDays:
     those whose local date is that day. A day whose midnight is not on its own date (no such
     zone today) ends the run; the rest of the range is read by the quarter hour."""
     zone = query.zone
-    bounds = series_bounds(query)
+    bounds = _series_bounds(query)
+    one_day = timedelta(days=1)
     day = query.start.astimezone(zone).date()
-    if _midnight(day, zone) < query.start:
-        day += timedelta(days=1)
+    midnight = _midnight(day, zone)
+    if midnight < query.start:
+        day += one_day
+        midnight = _midnight(day, zone)
     days: list[date] = []
-    while _midnight(day + timedelta(days=1), zone) <= query.end:
-        if _midnight(day, zone).astimezone(zone).date() != day:
+    midnights: list[datetime] = []
+    # Each day's midnight once: a day ends at the next day's.
+    while (following := _midnight(day + one_day, zone)) <= query.end:
+        if midnight.astimezone(zone).date() != day:
             break
         days.append(day)
-        day += timedelta(days=1)
+        midnights.append(midnight)
+        day += one_day
+        midnight = following
     if not days:
         return WholeDays((), (), query.end, query.end)
     return WholeDays(
         tuple(days),
-        tuple(bisect_right(bounds, _midnight(d, zone)) for d in days),
-        _midnight(days[0], zone),
-        _midnight(days[-1] + timedelta(days=1), zone),
+        tuple(bisect_right(bounds, m) for m in midnights),
+        midnights[0],
+        midnight,
     )
 
 

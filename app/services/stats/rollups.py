@@ -28,10 +28,11 @@ from app.services.stats.figures import (
     MonthRollupKey,
     RecoveryStats,
     RollupKey,
+    StatsGroups,
     Sums,
     VectorKey,
     Vectors,
-    assemble_vectors,
+    group_vectors,
 )
 from app.services.stats.query import (
     BREAKDOWN_KINDS,
@@ -392,7 +393,23 @@ async def load_stats(
     merchant_ids: Sequence[uuid.UUID] | None,
     per_merchant: bool,
 ) -> dict[uuid.UUID | None, RecoveryStats]:
-    """The statistics from the rollups in one statement, within the session's scope and,
+    """The statistics of `load_stat_groups`, their figures built."""
+    found = await load_stat_groups(
+        session, query, merchant_ids=merchant_ids, per_merchant=per_merchant
+    )
+    return {owner: groups.figures() for owner, groups in found.items()}
+
+
+async def load_stat_groups(
+    session: AsyncSession,
+    query: StatsQuery,
+    *,
+    merchant_ids: Sequence[uuid.UUID] | None,
+    per_merchant: bool,
+) -> dict[uuid.UUID | None, StatsGroups]:
+    """The statistics from the rollups in one statement, as summed vectors per group (the
+    figures built by the reader: all of them by `StatsGroups.figures`, or one by one through
+    `MeasuredFigures`), within the session's scope and,
     when given, `merchant_ids`. `per_merchant`: one result per merchant id given, else one for
     them all under the key None. A payment counts when the quarter hour (UTC) of its first
     failure starts in [start, end).
@@ -457,7 +474,7 @@ async def load_stats(
             )
         groups[key] = vectors
     owners: list[uuid.UUID | None] = list(merchant_ids or []) if per_merchant else [None]
-    return assemble_vectors(query, groups, owners)
+    return group_vectors(query, groups, owners)
 
 
 _Rollup = type[RecoveryRollup] | type[RecoveryDayRollup] | type[RecoveryMonthRollup]
