@@ -93,13 +93,23 @@ def _not_json(constant: str) -> Any:
 
 def response_json(response: httpx.Response) -> Any:
     """The response's JSON, parsed by orjson (several times faster on list pages); a body it
-    refuses (an integer beyond 64 bits, say) is parsed by the standard library, with its errors.
-    Either way NaN and Infinity are refused (they are not JSON, and PostgreSQL's jsonb takes
-    neither), so every number in what it returns is finite."""
-    try:
-        return orjson.loads(response.content)
-    except orjson.JSONDecodeError:
-        return json.loads(response.content, parse_constant=_not_json)
+    refuses is parsed by the standard library, with its errors. So is a body that may hold an
+    integer beyond 64 bits: orjson reads one as a float, losing its digits, where the standard
+    library keeps it exact. Either way NaN and Infinity are refused (they are not JSON, and
+    PostgreSQL's jsonb takes neither), so every number in what it returns is finite."""
+    content = response.content
+    if _LONG_NUMBER.search(content) is None:
+        try:
+            return orjson.loads(content)
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(content, parse_constant=_not_json)
+
+
+# A number token of 19 digits or more (after ':', '[' or ',', or opening the text): it may be
+# an integer beyond 64 bits (2**63 has 19 digits). Strings that merely look like one, and long
+# floats, only cost the standard library's parse.
+_LONG_NUMBER = re.compile(rb"(?:^|[:\[,])\s*-?[0-9]{19}")
 
 
 def response_page(response: httpx.Response) -> tuple[Any, bool]:

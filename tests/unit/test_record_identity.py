@@ -210,3 +210,20 @@ def test_time_ordered_ids_are_uuid7_in_creation_order_by_millisecond() -> None:
     # Ids of different milliseconds sort (as PostgreSQL compares uuid) in creation order.
     later = [i for i in ids if i.int >> 80 > stamps[0]]
     assert all(i.bytes > ids[0].bytes for i in later)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        b'{"data": [{"id": -9223372036854775809}]}',
+        b'{"data": [{"id": 18446744073709551616, "amount": 1.5}]}',
+        b"[123456789012345678901234567890]",
+        b"99999999999999999999",
+    ],
+)
+def test_integers_beyond_64_bits_are_read_exactly(text: bytes) -> None:
+    """orjson would read these as floats, dropping digits; the raw record must keep them."""
+    assert response_json(httpx.Response(200, content=text)) == json.loads(text)
+    assert json.dumps(response_json(httpx.Response(200, content=text))).encode().replace(
+        b" ", b""
+    ) == text.replace(b" ", b"")
