@@ -1,4 +1,5 @@
-"""A pooled connection the server closed is replaced at checkout, without a pre-ping."""
+"""The portal's pooled connections: one the server closed is replaced at checkout, without a
+pre-ping; each runs with the session settings the portal sets."""
 
 import asyncio
 
@@ -28,5 +29,15 @@ async def test_a_connection_the_server_ended_is_replaced_at_checkout(database_ur
         async with db.session(SYSTEM_SCOPE) as session:
             after = (await session.execute(text("SELECT pg_backend_pid()"))).scalar_one()
         assert after != before
+    finally:
+        await db.dispose()
+
+
+async def test_the_portals_connections_run_without_jit(database_url: str) -> None:
+    """JIT compilation would cost the statistics statement more than its whole execution."""
+    db = Database.from_url(database_url, pool_size=1, max_overflow=0)
+    try:
+        async with db.session(SYSTEM_SCOPE) as session:
+            assert (await session.execute(text("SHOW jit"))).scalar_one() == "off"
     finally:
         await db.dispose()
