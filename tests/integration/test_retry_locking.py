@@ -10,7 +10,7 @@ the other, and commits the first at the moment the second's statement has begun.
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -49,18 +49,25 @@ async def _backend(uow: UnitOfWork) -> int:
     return pid
 
 
-async def _until(db: Database, pid: int, condition: str) -> None:
-    """Wait until the backend `pid` is in the state `condition` (over pg_stat_activity) says."""
+# The backend `:pid` waits for a lock.
+_WAITING_FOR_LOCK = "SELECT 1 FROM pg_stat_activity WHERE pid = :pid AND wait_event_type = 'Lock'"
+# The backend `:pid` runs the claim's or the decide batch's locking read (their columns start
+# with the payment's), and has for a while: past parsing and planning, in its execution.
+_IN_LOCKING_READ = (
+    "SELECT 1 FROM pg_stat_activity WHERE pid = :pid AND state = 'active' "
+    "AND query LIKE 'SELECT payment.id, payment.merchant_id, %' "
+    "AND clock_timestamp() - query_start > interval '100 milliseconds'"
+)
+
+
+async def _until(db: Database, pid: int, query: str) -> None:
+    """Wait until `query` (over pg_stat_activity) finds the backend `pid`."""
     for _ in range(1000):
         async with db.session(SYSTEM_SCOPE) as s:
-            found = await s.execute(
-                text(f"SELECT 1 FROM pg_stat_activity WHERE pid = :pid AND {condition}"),
-                {"pid": pid},
-            )
-            if found.first() is not None:
+            if (await s.execute(text(query), {"pid": pid})).first() is not None:
                 return
         await asyncio.sleep(0.005)
-    raise AssertionError(f"backend {pid} never reached: {condition}")
+    raise AssertionError(f"backend {pid} never reached: {query}")
 
 
 async def _slow_start(uow: UnitOfWork) -> None:
@@ -74,13 +81,13 @@ async def _slow_start(uow: UnitOfWork) -> None:
 async def _race(
     db: Database,
     first: Callable[[UnitOfWork], Awaitable[Any]],
-    second: Callable[[UnitOfWork], Awaitable[Any]],
+    second: Callable[[UnitOfWork], Coroutine[Any, Any, Any]],
     *,
     second_waits: str,
     slow: bool = False,
 ) -> Any:
     """`first` runs and holds its transaction open; `second` starts in another; `first`
-    commits once `second`'s backend is in the state `second_waits` says; `second` commits."""
+    commits once the query `second_waits` finds `second`'s backend; `second` commits."""
     async with db.uow(SYSTEM_SCOPE) as a:
         await first(a)
         await a.session.flush()
@@ -98,14 +105,6 @@ async def _race(
                     running.cancel()
             await b.commit()
     return result
-
-
-# The claim's and the decide batch's locking read (their columns start with the payment's),
-# running for a while: past parsing and planning, in its execution.
-_LOCKING_READ = (
-    "state = 'active' AND query LIKE 'SELECT payment.id, payment.merchant_id, %' "
-    "AND clock_timestamp() - query_start > interval '100 milliseconds'"
-)
 
 
 def _positions_are_distinct(steps: list[Any]) -> None:
@@ -128,7 +127,7 @@ async def test_a_manual_action_that_waited_for_another_writes_after_it(db: Datab
             uow, principal=principal, payment_id=payment.id, reason="asked", now=T0
         )
 
-    await _race(db, again, cancel, second_waits="wait_event_type = 'Lock'")
+    await _race(db, again, cancel, second_waits=_WAITING_FOR_LOCK)
 
     steps = await timeline(db, payment.id)
     assert [t.event for t in steps] == [
@@ -156,9 +155,7 @@ async def test_a_claim_racing_a_retry_requested_writes_after_it(db: Database) ->
     async def claim(uow: UnitOfWork) -> Any:
         return await claim_due(uow, now=DAY1)
 
-    applied = await _race(
-        db, again, claim, second_waits=_LOCKING_READ, slow=True
-    )
+    applied = await _race(db, again, claim, second_waits=_IN_LOCKING_READ, slow=True)
 
     assert applied.enqueue == [(payment.id, 1)]
     steps = await timeline(db, payment.id)
@@ -202,7 +199,7 @@ async def test_a_decision_racing_another_writer_writes_after_it(db: Database) ->
         db,
         note,
         decide_batch,
-        second_waits=_LOCKING_READ,
+        second_waits=_IN_LOCKING_READ,
         slow=True,
     )
 

@@ -443,7 +443,7 @@ async def timeline_positions(
     if not payment_ids:
         return {}
     rows = await session.execute(_positions_statement(), {"payment_ids": list(payment_ids)})
-    return {pid: seq for pid, seq in rows.all()}
+    return {row[0]: row[1] for row in rows.all()}
 
 
 @cache
