@@ -1,5 +1,6 @@
 """Two real transactions on one payment: the second, whose locking read waited for (or raced
-with) the first, still puts its timeline rows after the first one's.
+with) the first, still puts its timeline rows after the first one's. And the decide cron's
+lanes, transactions at once over payments of their own.
 
 Under READ COMMITTED a `SELECT … FOR UPDATE` reads everything as of its statement's start:
 once the lock is granted it returns the payment row as now committed, but whatever else the
@@ -12,17 +13,19 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from sqlalchemy import text
 
+from app.clock import FixedClock
 from app.db import Database, UnitOfWork
 from app.embedded import Services, create_scratch_database, drop_database
 from app.enums import PaymentState
 from app.services.retry.engine import claim_due, decide_pending
 from app.services.retry.manual import cancel_recovery, retry_now
 from app.tenancy import SYSTEM_SCOPE, system_principal
+from jobs import retry as jobs_retry
 from portal.cli import upgrade_database
 from tests.support.retry import decide, fixed_schedule_payments, reload, timeline
 
@@ -73,6 +76,9 @@ async def _until(db: Database, pid: int, query: str) -> None:
 async def _slow_start(uow: UnitOfWork) -> None:
     """Make the transaction's next statements spend their first moments (after their snapshot,
     before reading a row) compiling: the window in which the other transaction commits."""
+    available = await uow.session.execute(text("SELECT pg_jit_available()"))
+    if not available.scalar_one():
+        pytest.skip("the race needs PostgreSQL's JIT compiler to hold the statement open")
     for setting in ("jit_above_cost", "jit_inline_above_cost", "jit_optimize_above_cost"):
         await uow.session.execute(text(f"SET LOCAL {setting} = 0"))
     await uow.session.execute(text("SET LOCAL jit = on"))
@@ -207,3 +213,35 @@ async def test_a_decision_racing_another_writer_writes_after_it(db: Database) ->
     steps = await timeline(db, payment.id)
     assert [t.event for t in steps] == ["failure_ingested", "decision_made"]
     _positions_are_distinct(steps)
+
+
+async def test_the_decide_job_runs_its_lanes_at_once_and_decides_each_payment_once(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The decide cron's lanes are transactions at the same time, on payments of their own:
+    a backlog of several batches is decided once each, every timeline from its start."""
+    payments = await fixed_schedule_payments(db, 12, T0)
+    monkeypatch.setattr(jobs_retry, "DECIDE_BATCH", 3)
+    running, most = 0, 0
+    real = decide_pending
+
+    async def counted(uow: UnitOfWork, **kw: Any) -> int:
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        try:
+            await asyncio.sleep(0.05)  # long enough for the other lane to start its batch
+            return await real(uow, **kw)
+        finally:
+            running -= 1
+
+    monkeypatch.setattr(jobs_retry, "decide_service", counted)
+
+    decided = await jobs_retry.decide_pending(cast(Any, {"db": db, "clock": FixedClock(T0)}))
+
+    assert most == jobs_retry.DECIDE_LANES == 2
+    assert decided == 12
+    for payment in payments:
+        steps = await timeline(db, payment.id)
+        assert [(t.event, t.seq) for t in steps] == [("failure_ingested", 0), ("decision_made", 1)]
+        assert (await reload(db, payment.id)).state is PaymentState.SCHEDULED

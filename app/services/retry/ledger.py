@@ -420,11 +420,16 @@ def _next_seq(last_seq: int | None) -> int:
 
 @cache
 def _positions_statement() -> Any:
-    return (
-        sa.select(col(PaymentTransition.payment_id), sa.func.max(col(PaymentTransition.seq)))
-        .where(col(PaymentTransition.payment_id) == sa.any_(_IDS))
-        .group_by(col(PaymentTransition.payment_id))
+    # Each payment's position probed through the (payment_id, at, seq) index of every
+    # partition, whatever the plan cached for the statement guesses about the array.
+    ids = sa.func.unnest(_IDS).table_valued(sa.column("id", sa.Uuid)).render_derived(name="ids")
+    last = (
+        sa.select(sa.func.max(col(PaymentTransition.seq)))
+        .where(col(PaymentTransition.payment_id) == ids.c.id)
+        .correlate(ids)
+        .scalar_subquery()
     )
+    return sa.select(ids.c.id, last).select_from(ids)
 
 
 async def timeline_positions(
@@ -443,7 +448,7 @@ async def timeline_positions(
     if not payment_ids:
         return {}
     rows = await session.execute(_positions_statement(), {"payment_ids": list(payment_ids)})
-    return {row[0]: row[1] for row in rows.all()}
+    return {row[0]: row[1] for row in rows.all() if row[1] is not None}
 
 
 @cache
