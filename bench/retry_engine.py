@@ -58,6 +58,7 @@ from app.urls import UrlPolicy
 from app.workflows.polling import poll_connection
 from app.workflows.retry_attempt import default_adapters, execute_attempt
 from jobs.context import tune_garbage_collector
+from jobs.retry import DECIDE_LANES
 from portal.cli import upgrade_database
 from procstat import backend_cpu_seconds, cpu_seconds, postgres_cpu_seconds
 from sandbox.server import in_subprocess
@@ -472,16 +473,21 @@ async def _pipeline(
         database = sum(now[pid] - backends.get(pid, 0.0) for pid in now)
         cpu[phase] = (portal, database)
 
+    async def decide_lane() -> int:
+        decided = 0
+        while True:
+            async with db.uow(SYSTEM_SCOPE) as uow:
+                done = await decide_pending(uow, now=clock.now(), limit=args.batch)
+                await uow.commit()
+            if not done:
+                return decided
+            decided += done
+
     await mark("decide")
     start = time.perf_counter()
-    decided = 0
-    while True:
-        async with db.uow(SYSTEM_SCOPE) as uow:
-            done = await decide_pending(uow, now=clock.now(), limit=args.batch)
-            await uow.commit()
-        if not done:
-            break
-        decided += done
+    # As the decide cron runs its batches: `--decide-lanes` transactions at once.
+    lanes = [decide_lane() for _ in range(args.decide_lanes)]
+    decided = sum(await asyncio.gather(*lanes))
     phases["decide"] = (time.perf_counter() - start, decided)
     await count("decide")
 
@@ -582,6 +588,12 @@ def main() -> None:
         "--failure-rate", type=float, default=0.1, help="sandbox share of charges that fail"
     )
     parser.add_argument("--batch", type=int, default=500)
+    parser.add_argument(
+        "--decide-lanes",
+        type=int,
+        default=DECIDE_LANES,
+        help="decide batches run at once, as the decide cron runs them",
+    )
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--profile", action="store_true", help="print the costliest statements")
     parser.add_argument(

@@ -3,6 +3,7 @@
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, time, timedelta
+from functools import lru_cache
 from types import MappingProxyType
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -50,8 +51,10 @@ def mastercard_advice_rule(code: str) -> str:
     return f"mastercard_advice_{code}"
 
 
+@lru_cache(maxsize=256)
 def normalize_network(brand: str | None) -> str | None:
-    """The network whose rules a card brand follows (Maestro: Mastercard's), or None if unknown."""
+    """The network whose rules a card brand follows (Maestro: Mastercard's), or None if unknown.
+    (Kept for the few brands seen: a batch asks about each payment's several times.)"""
     key = (brand or "").strip().lower()
     if key in VISA_BRANDS:
         return VISA
@@ -291,9 +294,11 @@ class LocalZone:
         return f"local time: {self.zone.key} ({self.why})"
 
 
+@lru_cache(maxsize=1024)
 def local_zone(customer: str | None, policy: str) -> LocalZone:
     """The customer's time zone; else the policy's (the customer has none, or a stored name
-    that is not a zone); else UTC. A bad stored zone never stops a decision."""
+    that is not a zone); else UTC. A bad stored zone never stops a decision. (Kept for the
+    names seen: a decision asks three or four times, with the same names.)"""
     bad_customer = None
     if customer:
         zone = _zone(customer)
@@ -336,27 +341,42 @@ def _all_declines(ledger: PaymentLedger) -> list[DeclineView]:
     return declines
 
 
-def _credential_declines(ledger: PaymentLedger) -> list[DeclineView]:
-    """Declines that bind the current credential: those since it took effect."""
+def _credential_declines(
+    ledger: PaymentLedger, every: Sequence[DeclineView] | None = None
+) -> list[DeclineView]:
+    """Declines that bind the current credential: those since it took effect (`every`: the
+    ledger's declines, `_all_declines`, when the caller has them)."""
     since = ledger.credential_since
-    return [d for d in _all_declines(ledger) if since is None or d.declined_at >= since]
+    if every is None:
+        every = _all_declines(ledger)
+    return [d for d in every if since is None or d.declined_at >= since]
 
 
 def forever_block(
-    *, ledger: PaymentLedger, policy: RetryPolicyView, rules: NetworkRules = DEFAULT_RULES
+    *,
+    ledger: PaymentLedger,
+    policy: RetryPolicyView,
+    rules: NetworkRules = DEFAULT_RULES,
+    declines: tuple[Sequence[DeclineView], Sequence[DeclineView]] | None = None,
 ) -> RuleVerdict | None:
     """The rule that forbids any further retry regardless of time, or None.
 
     Order is precedence: network never-rules first, then the payment's own decline, then the
-    merchant's exclusions, then the attempt budget.
+    merchant's exclusions, then the attempt budget. `declines`: the ledger's declines and
+    those that bind its credential (`_all_declines`, `_credential_declines`), when the caller
+    has them.
     """
     network = normalize_network(ledger.network)
     not_retryable = PaymentState.NOT_RETRYABLE
+    if declines is None:
+        found = _all_declines(ledger)
+        declines = (found, _credential_declines(ledger, found))
+    every, credential = declines
     # A stop-payment revokes the mandate, not the card: a new card does not lift it.
-    for d in _all_declines(ledger):
+    for d in every:
         if d.category in rules.stop_payment_categories:
             return RuleVerdict(False, None, RULE_STOP_PAYMENT, not_retryable, "stop-payment order")
-    for d in _credential_declines(ledger):
+    for d in credential:
         code = normalize_network_code(d.network_decline_code)
         if _follows(network, VISA) and code in rules.visa_category_1_codes:
             detail = f"Visa category 1 code {d.network_decline_code}"
@@ -365,7 +385,7 @@ def forever_block(
         if _follows(network, MASTERCARD) and advice in rules.mastercard_never_advice_codes:
             rule = mastercard_advice_rule(advice)
             return RuleVerdict(False, None, rule, not_retryable, "Mastercard: do not retry")
-    for d in _credential_declines(ledger):
+    for d in credential:
         if d.advice is Advice.NEVER:
             detail = f"{d.category} decline advises never"
             return RuleVerdict(False, None, RULE_DECLINE_ADVICE_NEVER, not_retryable, detail)
@@ -417,10 +437,13 @@ def _quiet_until(candidate: datetime, policy: RetryPolicyView, zone: ZoneInfo) -
     return datetime.combine(day, time(end), tzinfo=zone).astimezone(UTC)
 
 
-def _not_before(ledger: PaymentLedger, rules: NetworkRules) -> tuple[datetime, str] | None:
+def _not_before(
+    ledger: PaymentLedger, rules: NetworkRules, credential: Sequence[DeclineView]
+) -> tuple[datetime, str] | None:
+    """The latest not-before among the declines that bind the credential (`credential`)."""
     network = normalize_network(ledger.network)
     best: tuple[datetime, str] | None = None
-    for d in _credential_declines(ledger):
+    for d in credential:
         options: list[tuple[datetime, str]] = []
         if d.not_before is not None:
             options.append((d.not_before, RULE_NOT_BEFORE))
@@ -482,14 +505,18 @@ class Evaluator:
         self._policy = policy
         # The rule that forbids any further retry (`forever_block`), whatever the policy's
         # switch says: the state machine reads it too.
-        self.forever = forever_block(ledger=ledger, policy=policy, rules=rules)
+        every = _all_declines(ledger)
+        credential = _credential_declines(ledger, every)
+        self.forever = forever_block(
+            ledger=ledger, policy=policy, rules=rules, declines=(every, credential)
+        )
         self._blocked: RuleVerdict | None = self.forever
         if not policy.enabled:
             self._blocked = RuleVerdict(
                 False, None, RULE_RECOVERY_DISABLED, None, "recovery is switched off"
             )
         self._window_end = policy.window_end(ledger.first_failed_at)
-        self._not_before = _not_before(ledger, rules)
+        self._not_before = _not_before(ledger, rules, credential)
         spacing = timedelta(hours=policy.min_hours_between_attempts)
         self._spaced_until = ledger.last_attempt_at() + spacing if spacing else None
         self._card_times = [r.at for r in ledger.card_history]

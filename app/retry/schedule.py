@@ -106,8 +106,19 @@ def fixed_schedule(
     now: datetime,
 ) -> Decision:
     """Retry on the policy's days after the first failure, at the first allowed time from then."""
-    strategy = RetryStrategy.FIXED_SCHEDULE
     target = next_fixed_target(policy, payment.first_failed_at, history)
+    return fixed_schedule_to(target, candidates, policy=policy, now=now)
+
+
+def fixed_schedule_to(
+    target: tuple[int, datetime] | None,
+    candidates: Sequence[datetime],
+    *,
+    policy: RetryPolicyView,
+    now: datetime,
+) -> Decision:
+    """`fixed_schedule` for its target (`next_fixed_target`) already found."""
+    strategy = RetryStrategy.FIXED_SCHEDULE
     if target is None:
         days = len(policy.fixed_schedule_days)
         return Decision(None, f"fixed schedule complete: all {days} days used", strategy)
@@ -192,8 +203,15 @@ def decline_aware(
     now: datetime,
 ) -> Decision:
     """Retry at the decline-aware rules' next time, at the first allowed time from then."""
-    strategy = RetryStrategy.DECLINE_AWARE
     target = next_decline_aware_target(policy, payment, history)
+    return decline_aware_to(target, candidates, now=now)
+
+
+def decline_aware_to(
+    target: tuple[str, datetime] | None, candidates: Sequence[datetime], *, now: datetime
+) -> Decision:
+    """`decline_aware` for its target (`next_decline_aware_target`) already found."""
+    strategy = RetryStrategy.DECLINE_AWARE
     if target is None:
         return Decision(None, "decline-aware rules complete: all retries used", strategy)
     why, at = target

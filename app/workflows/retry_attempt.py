@@ -822,18 +822,27 @@ def _success_statement() -> Any:
         )
         .outerjoin(CardCredential, col(CardCredential.id) == col(Payment.card_id))
         .where(col(Payment.id) == _PAYMENT)
-        .with_for_update(of=Payment)
         .execution_options(populate_existing=True)
     )
+
+
+@cache
+def _lock_statement() -> Any:
+    return sa.select(col(Payment.id)).where(col(Payment.id) == _PAYMENT).with_for_update()
 
 
 async def _locked_for_success(
     uow: UnitOfWork, payment_id: uuid.UUID, number: int, charge_id: str
 ) -> tuple[PaymentContext, PaymentAttempt] | AttemptResult | None:
-    """What recording an approved charge needs, in one locked read: the payment, its portal
-    attempt `number`, its card and latest timeline position. None when another attempt of the
-    payment already holds this charge (ingestion read it back first): the full path settles
-    that. A result when there is nothing to record."""
+    """What recording an approved charge needs, read once the payment is locked: the payment,
+    its portal attempt `number`, its card and latest timeline position. None when another
+    attempt of the payment already holds this charge (ingestion read it back first): the full
+    path settles that. A result when there is nothing to record.
+
+    The read is a statement of its own, after the lock: a locking statement that waited for
+    another writer of the payment would read the attempt and the timeline as they were before
+    that writer committed (`timeline_positions`)."""
+    await uow.session.execute(_lock_statement(), {"b_payment": payment_id})
     params = {"b_payment": payment_id, "b_number": number, "b_charge": charge_id[:255]}
     row = (await uow.session.execute(_success_statement(), params)).one_or_none()
     if row is None:

@@ -4,7 +4,7 @@ import hashlib
 import logging
 import uuid
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from functools import cache
@@ -63,8 +63,8 @@ from app.retry.schedule import (
     PaymentView,
     Scheduler,
     candidate_times,
-    decline_aware,
-    fixed_schedule,
+    decline_aware_to,
+    fixed_schedule_to,
     next_decline_aware_target,
     next_fixed_target,
 )
@@ -473,18 +473,31 @@ async def cancel_subscription(
         )
 
 
+_Plan = Callable[[Sequence[datetime]], Decision]
+
+
 def _rules(
-    ctx: "PaymentContext | RowContext", view: PaymentView
-) -> tuple[Scheduler, str, RetryStrategy, tuple[str, datetime] | None]:
-    """The rule-based scheduler a payment's policy uses, its label and strategy, and its next
-    target (why, when): the fixed schedule's day, or the decline-aware rules' next time."""
+    ctx: "PaymentContext | RowContext", view: PaymentView, now: datetime
+) -> tuple[_Plan, str, RetryStrategy, tuple[str, datetime] | None]:
+    """The rule-based scheduler a payment's policy uses (as `fixed_schedule` or
+    `decline_aware` would decide among the candidates it is given, its target found once),
+    its label and strategy, and its next target (why, when): the fixed schedule's day, or the
+    decline-aware rules' next time."""
     policy, ledger = ctx.policy, ctx.ledger
     if policy.strategy is RetryStrategy.FIXED_SCHEDULE:
         fixed = next_fixed_target(policy, ledger.first_failed_at, ledger.retries)
         target = None if fixed is None else (f"day {fixed[0]} after the first failure", fixed[1])
-        return fixed_schedule, "fixed schedule", RetryStrategy.FIXED_SCHEDULE, target
+
+        def plan_fixed(candidates: Sequence[datetime]) -> Decision:
+            return fixed_schedule_to(fixed, candidates, policy=policy, now=now)
+
+        return plan_fixed, "fixed schedule", RetryStrategy.FIXED_SCHEDULE, target
     target = next_decline_aware_target(policy, view, ledger.retries)
-    return decline_aware, "decline-aware rules", RetryStrategy.DECLINE_AWARE, target
+
+    def plan_aware(candidates: Sequence[datetime]) -> Decision:
+        return decline_aware_to(target, candidates, now=now)
+
+    return plan_aware, "decline-aware rules", RetryStrategy.DECLINE_AWARE, target
 
 
 def decide(
@@ -508,16 +521,16 @@ def decide(
         if candidates is None:
             candidates = candidate_times(ledger=ledger, policy=policy, now=now)
         return scheduler(view, ledger.retries, candidates, policy=policy, now=now)
-    plan, label, strategy, target = _rules(ctx, view)
+    plan, label, strategy, target = _rules(ctx, view, now)
     if target is None:
-        decision = plan(view, ledger.retries, (), policy=policy, now=now)
+        decision = plan(())
     else:
         why, at = target
         placement = earliest_allowed(max(at, now), ledger=ledger, policy=policy)
         if placement.at is None:
             decision = Decision(at, f"{label}: {why}", strategy)
         else:
-            decision = plan(view, ledger.retries, (placement.at,), policy=policy, now=now)
+            decision = plan((placement.at,))
     if policy.strategy is RetryStrategy.MODEL:
         reason = f"{decision.reason} (no champion model: decline-aware rules)"
         decision = replace(decision, reason=reason)

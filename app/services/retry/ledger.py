@@ -126,7 +126,8 @@ class RowHead:
     """A locked payment read as a row (`row_head`), with its values as read (to tell what
     changed) and what its rules and a scheduler read besides its history: its card as a
     credential and its brand, funding and issuing country, its customer's time zone and past
-    successes, its merchant's status, its latest timeline position."""
+    successes, its merchant's status. Its latest timeline position is not among them: that
+    is read after the lock (`timeline_positions`)."""
 
     payment: PaymentRow
     read: tuple[Any, ...]
@@ -135,7 +136,6 @@ class RowHead:
     issuer_country: str | None
     customer_timezone: str | None
     merchant_status: MerchantStatus
-    last_seq: int | None
     past_success_at: tuple[datetime, ...]
 
 
@@ -182,9 +182,13 @@ class RowContext:
 def row_head_columns(successes: bool) -> tuple[Any, ...]:
     """The columns `row_head` reads, in its order: the payment's (`ROW_COLUMNS`), its card's
     merchant, fingerprint, brand, funding and issuing country, its customer's time zone, its
-    merchant's status, its latest timeline position and (`successes`) its customer's past
-    successes. The statement joins `customer` and `merchant` and outer-joins the payment's
-    `card_credential`. A claim, which makes no decision, reads no past successes."""
+    merchant's status and (`successes`) its customer's past successes. The statement joins
+    `customer` and `merchant` and outer-joins the payment's `card_credential`. A claim, which
+    makes no decision, reads no past successes.
+
+    The payment's latest timeline position is not read here: a statement that locks the
+    payment reads every other table as of its start, before a transaction it waited for (or
+    that committed while it ran) wrote its timeline rows (`timeline_positions`)."""
     table = Payment.__table__  # type: ignore[attr-defined]
     return (
         *(table.c[name] for name in ROW_COLUMNS),
@@ -195,7 +199,6 @@ def row_head_columns(successes: bool) -> tuple[Any, ...]:
         col(CardCredential.issuer_country),
         col(Customer.timezone),
         col(Merchant.status),
-        _last_seq(),
         successes_before_failure() if successes else sa.null(),
     )
 
@@ -214,7 +217,6 @@ def row_head(found: Sequence[Any]) -> RowHead:
         issuer_country,
         timezone,
         status,
-        last_seq,
         successes,
     ) = found[_ROW_WIDTH:]
     card = None if fingerprint is None else ((card_merchant, fingerprint), brand)
@@ -226,7 +228,6 @@ def row_head(found: Sequence[Any]) -> RowHead:
         issuer_country=issuer_country,
         customer_timezone=timezone,
         merchant_status=status,
-        last_seq=last_seq,
         past_success_at=success_times(successes),
     )
 
@@ -251,10 +252,11 @@ async def _policies_and_history(
 async def row_contexts(
     session: AsyncSession, heads: Sequence[RowHead], *, now: datetime
 ) -> dict[uuid.UUID, RowContext]:
-    """`load_contexts` for payments already read as rows: their policies and histories in two
-    statements (the same ones), no model object."""
+    """`load_contexts` for payments already read as rows (and locked): their timeline
+    positions, policies and histories in three statements (the same ones), no model object."""
     if not heads:
         return {}
+    positions = await timeline_positions(session, [h.payment.id for h in heads])
     policies, index = await _policies_and_history(
         session, [h.payment for h in heads], now=now, objects=False
     )
@@ -270,7 +272,7 @@ async def row_contexts(
             card_keys=rules.keys,
             policy=rules.policy,
             ledger=rules.ledger,
-            next_seq=0 if h.last_seq is None else h.last_seq + 1,
+            next_seq=_next_seq(positions.get(h.payment.id)),
             policy_version=stored.version if stored is not None else None,
         )
     return found
@@ -412,8 +414,56 @@ def _last_seq() -> Any:
     )
 
 
+def _next_seq(last_seq: int | None) -> int:
+    return 0 if last_seq is None else last_seq + 1
+
+
 @cache
-def _heads_statement(lock: bool) -> Any:
+def _positions_statement() -> Any:
+    # Each payment's position probed through the (payment_id, at, seq) index of every
+    # partition, whatever the plan cached for the statement guesses about the array.
+    ids = sa.func.unnest(_IDS).table_valued(sa.column("id", sa.Uuid)).render_derived(name="ids")
+    last = (
+        sa.select(sa.func.max(col(PaymentTransition.seq)))
+        .where(col(PaymentTransition.payment_id) == ids.c.id)
+        .correlate(ids)
+        .scalar_subquery()
+    )
+    return sa.select(ids.c.id, last).select_from(ids)
+
+
+async def timeline_positions(
+    session: AsyncSession, payment_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, int]:
+    """Each payment's latest timeline position (a payment without one is left out).
+
+    Read in a statement of its own once the payments are locked, never by the statement that
+    locks them. Under READ COMMITTED a locking statement reads as of its own start: when it
+    waited for a payment's lock, or reached a payment another transaction changed and
+    committed after it started, it returns the payment row as committed but whatever else it
+    read (the timeline's latest position among it) as it was before, so two writers could
+    both put their next row at the same position. Every writer of a payment's timeline holds
+    the payment's lock until it commits, so a statement started after the lock is granted
+    sees the rows of every writer before it."""
+    if not payment_ids:
+        return {}
+    rows = await session.execute(_positions_statement(), {"payment_ids": list(payment_ids)})
+    return {row[0]: row[1] for row in rows.all() if row[1] is not None}
+
+
+@cache
+def _lock_statement() -> Any:
+    # Rows are locked in id order, so batches that share payments wait rather than deadlock.
+    return (
+        sa.select(col(Payment.id))
+        .where(col(Payment.id) == sa.any_(_IDS))
+        .order_by(col(Payment.id))
+        .with_for_update(of=Payment)
+    )
+
+
+@cache
+def _heads_statement(fresh: bool) -> Any:
     last_seq = _last_seq()
     head = (
         sa.select(
@@ -430,21 +480,22 @@ def _heads_statement(lock: bool) -> Any:
         .outerjoin(CardCredential, col(CardCredential.id) == col(Payment.card_id))
         .where(col(Payment.id) == sa.any_(_IDS))
     )
-    if lock:
-        # A locked read must see the row as committed, not as an earlier read left it.
-        # Rows are locked in id order, so batches that share payments wait rather than deadlock.
-        head = (
-            head.order_by(col(Payment.id))
-            .with_for_update(of=Payment)
-            .execution_options(populate_existing=True)
-        )
+    if fresh:
+        # A read after the lock must see the row as committed, not as an earlier read left it.
+        head = head.order_by(col(Payment.id)).execution_options(populate_existing=True)
     return head
 
 
 async def _heads(
     session: AsyncSession, payment_ids: Sequence[uuid.UUID], *, lock: bool
 ) -> list[_Head]:
-    rows = await session.execute(_heads_statement(lock), {"payment_ids": list(payment_ids)})
+    """The payments' heads; with `lock`, the payments are locked first and then read (with
+    their latest timeline positions) by a statement of its own (`timeline_positions` says
+    why)."""
+    params = {"payment_ids": list(payment_ids)}
+    if lock:
+        await session.execute(_lock_statement(), params)
+    rows = await session.execute(_heads_statement(lock), params)
     return [
         _Head(payment, card, ref, timezone, status, seq, success_times(successes))
         for payment, card, ref, timezone, status, seq, successes in rows.all()
@@ -567,7 +618,7 @@ def _context(
         ),
         past_success_at=head.past_success_at,
         attempts=[r.attempt for r in rules.mine if isinstance(r.attempt, PaymentAttempt)],
-        next_seq=0 if head.last_seq is None else head.last_seq + 1,
+        next_seq=_next_seq(head.last_seq),
         policy_version=stored.version if stored is not None else None,
         head=head,
         stored_policy=stored,

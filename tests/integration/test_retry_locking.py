@@ -1,0 +1,247 @@
+"""Two real transactions on one payment: the second, whose locking read waited for (or raced
+with) the first, still puts its timeline rows after the first one's. And the decide cron's
+lanes, transactions at once over payments of their own.
+
+Under READ COMMITTED a `SELECT … FOR UPDATE` reads everything as of its statement's start:
+once the lock is granted it returns the payment row as now committed, but whatever else the
+same statement read (the payment's latest timeline position among it) stays as it was before
+the other transaction committed. Each test holds one transaction open on the payment, starts
+the other, and commits the first at the moment the second's statement has begun.
+"""
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from datetime import UTC, datetime, timedelta
+from typing import Any, cast
+
+import pytest
+from sqlalchemy import text
+
+from app.clock import FixedClock
+from app.db import Database, UnitOfWork
+from app.embedded import Services, create_scratch_database, drop_database
+from app.enums import PaymentState
+from app.services.retry.engine import claim_due, decide_pending
+from app.services.retry.manual import cancel_recovery, retry_now
+from app.tenancy import SYSTEM_SCOPE, system_principal
+from jobs import retry as jobs_retry
+from portal.cli import upgrade_database
+from tests.support.retry import decide, fixed_schedule_payments, reload, timeline
+
+# A Monday 10:00 UTC: outside the default quiet hours whatever happens below.
+T0 = datetime(2026, 10, 5, 10, 0, tzinfo=UTC)
+DAY1 = T0 + timedelta(days=1)
+
+
+@pytest.fixture(scope="module")
+async def db(services: Services) -> AsyncIterator[Database]:
+    # Committed data and concurrent transactions: a database of its own.
+    url = await create_scratch_database(services, "portal_retry_locking")
+    await asyncio.to_thread(upgrade_database, url)
+    database = Database.from_url(url, pool_size=4)
+    try:
+        yield database
+    finally:
+        await database.dispose()
+        await drop_database(services, url)
+
+
+async def _backend(uow: UnitOfWork) -> int:
+    pid: int = (await uow.session.execute(text("SELECT pg_backend_pid()"))).scalar_one()
+    return pid
+
+
+# The backend `:pid` waits for a lock.
+_WAITING_FOR_LOCK = "SELECT 1 FROM pg_stat_activity WHERE pid = :pid AND wait_event_type = 'Lock'"
+# The backend `:pid` runs the claim's or the decide batch's locking read (their columns start
+# with the payment's), and has for a while: past parsing and planning, in its execution.
+_IN_LOCKING_READ = (
+    "SELECT 1 FROM pg_stat_activity WHERE pid = :pid AND state = 'active' "
+    "AND query LIKE 'SELECT payment.id, payment.merchant_id, %' "
+    "AND clock_timestamp() - query_start > interval '100 milliseconds'"
+)
+
+
+async def _until(db: Database, pid: int, query: str) -> None:
+    """Wait until `query` (over pg_stat_activity) finds the backend `pid`."""
+    for _ in range(1000):
+        async with db.session(SYSTEM_SCOPE) as s:
+            if (await s.execute(text(query), {"pid": pid})).first() is not None:
+                return
+        await asyncio.sleep(0.005)
+    raise AssertionError(f"backend {pid} never reached: {query}")
+
+
+async def _slow_start(uow: UnitOfWork) -> None:
+    """Make the transaction's next statements spend their first moments (after their snapshot,
+    before reading a row) compiling: the window in which the other transaction commits."""
+    available = await uow.session.execute(text("SELECT pg_jit_available()"))
+    if not available.scalar_one():
+        pytest.skip("the race needs PostgreSQL's JIT compiler to hold the statement open")
+    for setting in ("jit_above_cost", "jit_inline_above_cost", "jit_optimize_above_cost"):
+        await uow.session.execute(text(f"SET LOCAL {setting} = 0"))
+    await uow.session.execute(text("SET LOCAL jit = on"))
+
+
+async def _race(
+    db: Database,
+    first: Callable[[UnitOfWork], Awaitable[Any]],
+    second: Callable[[UnitOfWork], Coroutine[Any, Any, Any]],
+    *,
+    second_waits: str,
+    slow: bool = False,
+) -> Any:
+    """`first` runs and holds its transaction open; `second` starts in another; `first`
+    commits once the query `second_waits` finds `second`'s backend; `second` commits."""
+    async with db.uow(SYSTEM_SCOPE) as a:
+        await first(a)
+        await a.session.flush()
+        async with db.uow(SYSTEM_SCOPE) as b:
+            pid = await _backend(b)
+            if slow:
+                await _slow_start(b)
+            running = asyncio.create_task(second(b))
+            try:
+                await _until(db, pid, second_waits)
+                await a.commit()
+                result = await asyncio.wait_for(running, timeout=30)
+            finally:
+                if not running.done():
+                    running.cancel()
+            await b.commit()
+    return result
+
+
+def _positions_are_distinct(steps: list[Any]) -> None:
+    seqs = [t.seq for t in steps]
+    assert sorted(seqs) == list(range(len(seqs))), [(t.event, t.seq) for t in steps]
+
+
+async def test_a_manual_action_that_waited_for_another_writes_after_it(db: Database) -> None:
+    [payment] = await fixed_schedule_payments(db, 1, T0)
+    await decide(db, T0)
+    principal = system_principal()
+
+    async def again(uow: UnitOfWork) -> Any:
+        return await retry_now(
+            uow, principal=principal, payment_id=payment.id, reason="asked", now=T0
+        )
+
+    async def cancel(uow: UnitOfWork) -> Any:
+        return await cancel_recovery(
+            uow, principal=principal, payment_id=payment.id, reason="asked", now=T0
+        )
+
+    await _race(db, again, cancel, second_waits=_WAITING_FOR_LOCK)
+
+    steps = await timeline(db, payment.id)
+    assert [t.event for t in steps] == [
+        "failure_ingested",
+        "decision_made",
+        "retry_requested",
+        "recovery_canceled",
+    ]
+    _positions_are_distinct(steps)
+    assert (await reload(db, payment.id)).state is PaymentState.CANCELED
+
+
+async def test_a_claim_racing_a_retry_requested_writes_after_it(db: Database) -> None:
+    """The claim's locking read starts before the person's retry commits and reaches the
+    payment after: it is claimed (still due), and its timeline rows follow the retry's."""
+    [payment] = await fixed_schedule_payments(db, 1, T0)
+    await decide(db, T0)
+    principal = system_principal()
+
+    async def again(uow: UnitOfWork) -> Any:
+        return await retry_now(
+            uow, principal=principal, payment_id=payment.id, reason="asked", now=DAY1
+        )
+
+    async def claim(uow: UnitOfWork) -> Any:
+        return await claim_due(uow, now=DAY1)
+
+    applied = await _race(db, again, claim, second_waits=_IN_LOCKING_READ, slow=True)
+
+    assert applied.enqueue == [(payment.id, 1)]
+    steps = await timeline(db, payment.id)
+    assert [t.event for t in steps] == [
+        "failure_ingested",
+        "decision_made",
+        "retry_requested",
+        "attempt_started",
+    ]
+    _positions_are_distinct(steps)
+
+
+async def test_a_decision_racing_another_writer_writes_after_it(db: Database) -> None:
+    """A payment not decided yet whose first timeline row another transaction writes (and
+    commits) after the decide batch's locking read started: the decision follows that row
+    and does not record the ingested failure a second time as the timeline's start."""
+    [payment] = await fixed_schedule_payments(db, 1, T0)
+
+    async def note(uow: UnitOfWork) -> None:
+        # What any writer of the timeline does: lock the payment, add a row, change the payment.
+        await uow.session.execute(
+            text("SELECT id FROM payment WHERE id = :id FOR UPDATE"), {"id": payment.id}
+        )
+        await uow.session.execute(
+            text(
+                "INSERT INTO payment_transition (id, merchant_id, payment_id, seq, from_state, "
+                "to_state, event, reason, actor, at) VALUES (:id, :merchant, :payment, 0, "
+                "'PENDING', 'PENDING', 'failure_ingested', 'ingested', 'processor', :at)"
+            ),
+            {"id": uuid.uuid4(), "merchant": payment.merchant_id, "payment": payment.id, "at": T0},
+        )
+        await uow.session.execute(
+            text("UPDATE payment SET updated_at = :at WHERE id = :id"),
+            {"at": T0, "id": payment.id},
+        )
+
+    async def decide_batch(uow: UnitOfWork) -> int:
+        return await decide_pending(uow, now=T0)
+
+    decided = await _race(
+        db,
+        note,
+        decide_batch,
+        second_waits=_IN_LOCKING_READ,
+        slow=True,
+    )
+
+    assert decided == 1
+    steps = await timeline(db, payment.id)
+    assert [t.event for t in steps] == ["failure_ingested", "decision_made"]
+    _positions_are_distinct(steps)
+
+
+async def test_the_decide_job_runs_its_lanes_at_once_and_decides_each_payment_once(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The decide cron's lanes are transactions at the same time, on payments of their own:
+    a backlog of several batches is decided once each, every timeline from its start."""
+    payments = await fixed_schedule_payments(db, 12, T0)
+    monkeypatch.setattr(jobs_retry, "DECIDE_BATCH", 3)
+    running, most = 0, 0
+    real = decide_pending
+
+    async def counted(uow: UnitOfWork, **kw: Any) -> int:
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        try:
+            await asyncio.sleep(0.05)  # long enough for the other lane to start its batch
+            return await real(uow, **kw)
+        finally:
+            running -= 1
+
+    monkeypatch.setattr(jobs_retry, "decide_service", counted)
+
+    decided = await jobs_retry.decide_pending(cast(Any, {"db": db, "clock": FixedClock(T0)}))
+
+    assert most == jobs_retry.DECIDE_LANES == 2
+    assert decided == 12
+    for payment in payments:
+        steps = await timeline(db, payment.id)
+        assert [(t.event, t.seq) for t in steps] == [("failure_ingested", 0), ("decision_made", 1)]
+        assert (await reload(db, payment.id)).state is PaymentState.SCHEDULED
