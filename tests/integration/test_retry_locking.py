@@ -54,11 +54,13 @@ async def _backend(uow: UnitOfWork) -> int:
 
 # The backend `:pid` waits for a lock.
 _WAITING_FOR_LOCK = "SELECT 1 FROM pg_stat_activity WHERE pid = :pid AND wait_event_type = 'Lock'"
-# The backend `:pid` runs the claim's or the decide batch's locking read (their columns start
-# with the payment's), and has for a while: past parsing and planning, in its execution.
+# The backend `:pid` runs the claim's or the decide batch's locking read (the decide's
+# columns start with the payment's; the claim picks its due payments first), and has for a
+# while: past parsing and planning, in its execution.
 _IN_LOCKING_READ = (
     "SELECT 1 FROM pg_stat_activity WHERE pid = :pid AND state = 'active' "
-    "AND query LIKE 'SELECT payment.id, payment.merchant_id, %' "
+    "AND (query LIKE 'SELECT payment.id, payment.merchant_id, %' "
+    "OR query LIKE 'WITH picked AS MATERIALIZED %') "
     "AND clock_timestamp() - query_start > interval '100 milliseconds'"
 )
 
@@ -76,12 +78,13 @@ async def _until(db: Database, pid: int, query: str) -> None:
 async def _slow_start(uow: UnitOfWork) -> None:
     """Make the transaction's next statements spend their first moments (after their snapshot,
     before reading a row) compiling: the window in which the other transaction commits."""
+    # The portal's connections run with JIT off; `pg_jit_available` is false while it is.
+    await uow.session.execute(text("SET LOCAL jit = on"))
     available = await uow.session.execute(text("SELECT pg_jit_available()"))
     if not available.scalar_one():
         pytest.skip("the race needs PostgreSQL's JIT compiler to hold the statement open")
     for setting in ("jit_above_cost", "jit_inline_above_cost", "jit_optimize_above_cost"):
         await uow.session.execute(text(f"SET LOCAL {setting} = 0"))
-    await uow.session.execute(text("SET LOCAL jit = on"))
 
 
 async def _race(
