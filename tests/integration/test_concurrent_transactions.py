@@ -16,7 +16,7 @@ from sqlmodel import col, select
 
 from app.clock import FixedClock
 from app.db import Database
-from app.embedded import Services, create_scratch_database, drop_database
+from app.embedded import Services
 from app.enums import BulkActionStatus, PaymentState, Processor, Role
 from app.models.payment import Payment
 from app.processors.base import RawItem
@@ -25,24 +25,18 @@ from app.services.bulk_action import submit_cancel
 from app.services.ingestion import IngestStats, land
 from app.services.payment import PaymentFilter
 from app.tenancy import SYSTEM_SCOPE, Principal
-from portal.migrate import upgrade_database
 from tests.support.factories import make_merchant
 from tests.support.ingestion import invoiced_charge
 from tests.support.retry import ingest, make_connection, reload
+from tests.support.scratch import scratch_database
 
 NOW = datetime(2026, 11, 2, 12, 0, tzinfo=UTC)
 
 
 @pytest.fixture(scope="module")
 async def db(services: Services) -> AsyncIterator[Database]:
-    url = await create_scratch_database(services, "portal_concurrent")
-    await asyncio.to_thread(upgrade_database, url)
-    database = Database.from_url(url, pool_size=4)
-    try:
+    async with scratch_database(services, "portal_concurrent") as database:
         yield database
-    finally:
-        await database.dispose()
-        await drop_database(services, url)
 
 
 async def _until_blocked(db: Database, pid: int) -> None:

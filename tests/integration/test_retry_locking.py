@@ -20,14 +20,14 @@ from sqlalchemy import text
 
 from app.clock import FixedClock
 from app.db import Database, UnitOfWork
-from app.embedded import Services, create_scratch_database, drop_database
+from app.embedded import Services
 from app.enums import PaymentState
 from app.services.retry.engine import claim_due, decide_pending
 from app.services.retry.manual import cancel_recovery, retry_now
 from app.tenancy import SYSTEM_SCOPE, system_principal
 from jobs import retry as jobs_retry
-from portal.cli import upgrade_database
 from tests.support.retry import decide, fixed_schedule_payments, reload, timeline
+from tests.support.scratch import scratch_database
 
 # A Monday 10:00 UTC: outside the default quiet hours whatever happens below.
 T0 = datetime(2026, 10, 5, 10, 0, tzinfo=UTC)
@@ -37,14 +37,8 @@ DAY1 = T0 + timedelta(days=1)
 @pytest.fixture(scope="module")
 async def db(services: Services) -> AsyncIterator[Database]:
     # Committed data and concurrent transactions: a database of its own.
-    url = await create_scratch_database(services, "portal_retry_locking")
-    await asyncio.to_thread(upgrade_database, url)
-    database = Database.from_url(url, pool_size=4)
-    try:
+    async with scratch_database(services, "portal_retry_locking") as database:
         yield database
-    finally:
-        await database.dispose()
-        await drop_database(services, url)
 
 
 async def _backend(uow: UnitOfWork) -> int:
