@@ -8,6 +8,7 @@ from typing import Any
 
 import structlog
 from arq import Retry
+from sqlalchemy.exc import DBAPIError
 
 from app.enums import AttemptStatus
 from app.services.model_registry import record_decisions
@@ -31,6 +32,10 @@ DECIDE_BATCH = 500
 # step takes its batch with `SKIP LOCKED`): while PostgreSQL works on one batch's statements,
 # the worker decides another's payments, where one lane leaves each side idle in turn.
 DECIDE_LANES = 2
+# PostgreSQL's code for a transaction it failed to break a deadlock, and how many times a
+# lane takes such a batch again in one run (`_lane`).
+DEADLOCK = "40P01"
+DEADLOCK_RETRIES = 3
 # A cron run stops taking new batches after this long; the next tick resumes.
 BUDGET_SECONDS = 40.0
 MAX_DEFER_SECONDS = 300.0
@@ -54,17 +59,34 @@ async def decide_pending(ctx: WorkerContext) -> int:
 
 
 async def _lane(ctx: WorkerContext, step: _Step, deadline: float) -> int:
-    """One step's batches, one transaction each, until one comes back short."""
+    """One step's batches, one transaction each, until one comes back short.
+
+    A batch PostgreSQL ends to break a deadlock is taken again, up to `DEADLOCK_RETRIES`
+    times: two lanes each holding a payment whose stop-payment order makes the other's batch
+    lock it (two payments of one subscription, either side of the lanes' split) wait on each
+    other until PostgreSQL fails one. The other lane then goes on and ends both payments; the
+    failed lane's batch, taken again, no longer finds them. Failing the whole run instead
+    would cut the same batches on the next tick and meet the same deadlock."""
     # Payments under the model strategy are decided by the champion (or the fixed schedule,
     # with the reason, when there is none); its decisions and explanations commit with them:
     # each lane has a scheduler of its own, so a batch records only its own decisions.
     scheduler = await serving_scheduler(ctx["db"])
     total = 0
+    deadlocks = 0
     while time.monotonic() < deadline:
-        async with ctx["db"].uow(SYSTEM_SCOPE) as uow:
-            done = await step(uow, now=ctx["clock"].now(), limit=DECIDE_BATCH, scheduler=scheduler)
-            await record_decisions(uow, scheduler.take_decisions())
-            await uow.commit()
+        try:
+            async with ctx["db"].uow(SYSTEM_SCOPE) as uow:
+                now = ctx["clock"].now()
+                done = await step(uow, now=now, limit=DECIDE_BATCH, scheduler=scheduler)
+                await record_decisions(uow, scheduler.take_decisions())
+                await uow.commit()
+        except DBAPIError as error:
+            if getattr(error.orig, "sqlstate", None) != DEADLOCK or deadlocks >= DEADLOCK_RETRIES:
+                raise
+            deadlocks += 1
+            scheduler.take_decisions()  # the rolled-back batch's, recorded with nothing
+            logger.warning("decide_batch_deadlock", step=step.__name__, retry=deadlocks)
+            continue
         total += done
         if done < DECIDE_BATCH:
             break

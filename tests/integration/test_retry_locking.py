@@ -17,6 +17,7 @@ from typing import Any, cast
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 
 from app.clock import FixedClock
 from app.db import Database, UnitOfWork
@@ -242,3 +243,38 @@ async def test_the_decide_job_runs_its_lanes_at_once_and_decides_each_payment_on
         steps = await timeline(db, payment.id)
         assert [(t.event, t.seq) for t in steps] == [("failure_ingested", 0), ("decision_made", 1)]
         assert (await reload(db, payment.id)).state is PaymentState.SCHEDULED
+
+
+class _Deadlock(Exception):
+    """What the driver raises when PostgreSQL fails a transaction to break a deadlock."""
+
+    sqlstate = "40P01"
+
+
+async def test_a_lane_takes_its_batch_again_when_postgresql_breaks_a_deadlock(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch failed by a deadlock (two lanes' stop-payment orders locking each other's
+    payments) rolls back and is taken again; the other lane and the run go on."""
+    payments = await fixed_schedule_payments(db, 6, T0)
+    monkeypatch.setattr(jobs_retry, "DECIDE_BATCH", 3)
+    broken = 0
+    real = decide_pending
+
+    async def deadlocked_once(uow: UnitOfWork, **kw: Any) -> int:
+        nonlocal broken
+        if broken == 0:
+            broken += 1
+            await real(uow, **kw)  # the batch's work, then PostgreSQL ends the transaction
+            raise DBAPIError("UPDATE payment ...", None, _Deadlock())
+        return await real(uow, **kw)
+
+    monkeypatch.setattr(jobs_retry, "decide_service", deadlocked_once)
+
+    decided = await jobs_retry.decide_pending(cast(Any, {"db": db, "clock": FixedClock(T0)}))
+
+    assert broken == 1
+    assert decided == 6
+    for payment in payments:
+        steps = await timeline(db, payment.id)
+        assert [(t.event, t.seq) for t in steps] == [("failure_ingested", 0), ("decision_made", 1)]
