@@ -26,6 +26,7 @@ from app.enums import PaymentState
 from app.services.retry.engine import claim_due, decide_pending
 from app.services.retry.manual import cancel_recovery, retry_now
 from app.tenancy import SYSTEM_SCOPE, system_principal
+from app.workflows import retry_attempt
 from jobs import retry as jobs_retry
 from tests.support.retry import decide, fixed_schedule_payments, reload, timeline
 from tests.support.scratch import scratch_database
@@ -278,3 +279,37 @@ async def test_a_lane_takes_its_batch_again_when_postgresql_breaks_a_deadlock(
     for payment in payments:
         steps = await timeline(db, payment.id)
         assert [(t.event, t.seq) for t in steps] == [("failure_ingested", 0), ("decision_made", 1)]
+
+
+async def test_an_attempt_is_read_as_committed_by_the_writer_the_lock_waited_for(
+    db: Database,
+) -> None:
+    """Marking an attempt sent under the payment's lock, then committing: a run that waited for
+    that lock sees the attempt sent (and so never drops an attempt about to be charged)."""
+    [payment] = await fixed_schedule_payments(db, 1, T0)
+    await decide(db, T0)
+    async with db.uow(SYSTEM_SCOPE) as uow:
+        # (Other tests' payments due by then are claimed too: the database is the module's.)
+        assert (payment.id, 1) in (await claim_due(uow, now=DAY1)).enqueue
+        await uow.commit()
+
+    async def mark_sent(uow: UnitOfWork) -> None:
+        await uow.session.execute(
+            text("SELECT id FROM payment WHERE id = :id FOR UPDATE"), {"id": payment.id}
+        )
+        await uow.session.execute(
+            text(
+                "UPDATE payment_attempt SET sent_at = :at "
+                "WHERE payment_id = :id AND portal_number = 1"
+            ),
+            {"at": DAY1, "id": payment.id},
+        )
+
+    async def read(uow: UnitOfWork) -> Any:
+        return await retry_attempt._locked(uow, payment.id, 1)
+
+    locked, attempt = await _race(db, mark_sent, read, second_waits=_WAITING_FOR_LOCK)
+
+    assert locked is not None
+    assert attempt is not None
+    assert attempt.sent_at is not None
