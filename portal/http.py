@@ -693,6 +693,7 @@ class PortalGraphQL(GraphQL[Context, None]):
                 return None if shared is None or shared.expired(now) else shared
         lookup: asyncio.Future[Principal | None] = asyncio.get_running_loop().create_future()
         self._lookups[digest] = lookup
+        generation = self._principals.generation
         try:
             principal = await authenticate(db, token, now=now)
         except asyncio.CancelledError:
@@ -707,7 +708,7 @@ class PortalGraphQL(GraphQL[Context, None]):
                 del self._lookups[digest]
         lookup.set_result(principal)
         if principal is not None:
-            self._principals.put(token, principal, now=now)
+            self._principals.put(token, principal, now=now, generation=generation)
         return principal
 
     def _context(self, request: Request | WebSocket, principal: Principal | None) -> Context:

@@ -76,6 +76,9 @@ class PrincipalCache:
         self.ttl = ttl
         self._max_entries = max_entries
         self._entries: dict[str, tuple[datetime, Principal]] = {}
+        # How many times `forget` ran: a lookup that began before a revocation on this
+        # process and ends after it must not put the key back (`put`'s `generation`).
+        self.generation = 0
 
     def get(self, token: str, *, now: datetime) -> Principal | None:
         """The cached principal of `token`, unless its lookup is `ttl` old (or in the future:
@@ -90,8 +93,12 @@ class PrincipalCache:
             return None
         return principal
 
-    def put(self, token: str, principal: Principal, *, now: datetime) -> None:
-        if self.ttl <= timedelta(0):
+    def put(
+        self, token: str, principal: Principal, *, now: datetime, generation: int | None = None
+    ) -> None:
+        """Cache what a lookup found; with `generation` (read when the lookup began), nothing
+        when a key was forgotten since: the lookup may have read a key revoked meanwhile."""
+        if self.ttl <= timedelta(0) or (generation is not None and generation != self.generation):
             return
         digest = hash_token(token)
         self._entries.pop(digest, None)
@@ -100,6 +107,8 @@ class PrincipalCache:
         self._entries[digest] = (now, principal)
 
     def forget(self, key_id: uuid.UUID) -> None:
-        """Drop every entry of a key (revoked by this process)."""
+        """Drop every entry of a key (revoked by this process), and keep lookups under way
+        from putting it back."""
+        self.generation += 1
         for digest in [d for d, (_, p) in self._entries.items() if p.key_id == key_id]:
             del self._entries[digest]

@@ -1022,6 +1022,25 @@ async def test_the_key_cache_does_not_outlive_an_expiry(
     assert cache.get(token, now=expires) is None
 
 
+async def test_a_lookup_under_way_when_its_key_is_revoked_is_not_cached(
+    db: Database, clock: FixedClock
+) -> None:
+    """A lookup that began before this process revoked the key and ends after it read the key
+    as it was: what it found is not put back in the cache."""
+    merchant = await make_merchant(db, "Acme", now=clock.now())
+    token = await make_key(db, Role.MERCHANT, [merchant], now=clock.now())
+    cache = PrincipalCache(timedelta(seconds=60))
+    began = cache.generation
+    principal = await authenticate(db, token, now=clock.now())
+    assert principal is not None
+    assert principal.key_id is not None
+    cache.forget(principal.key_id)  # the revocation, while the lookup was under way
+    cache.put(token, principal, now=clock.now(), generation=began)
+    assert cache.get(token, now=clock.now()) is None
+    cache.put(token, principal, now=clock.now(), generation=cache.generation)
+    assert cache.get(token, now=clock.now()) == principal
+
+
 # --- Partners onboarding merchants ----------------------------------------------------------
 
 ONBOARD = """mutation { createMerchant(input: {name: "Onboarded"}) {
