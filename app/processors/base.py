@@ -3,6 +3,7 @@
 import asyncio
 import hashlib
 import json
+import math
 import random
 import re
 from collections.abc import Mapping
@@ -87,6 +88,15 @@ class RawItem:
         return cls(external_id=external_id, payload={"xml": xml}, body=xml.encode())
 
 
+def _finite(number: str) -> float:
+    """A JSON number with a fraction or an exponent, refused when no float holds it (`1e400`
+    would be read as infinity, which jsonb refuses)."""
+    value = float(number)
+    if not math.isfinite(value):
+        raise ValueError(f"{number[:40]} is not a JSON number a float can hold")
+    return value
+
+
 def _not_json(constant: str) -> Any:
     raise ValueError(f"{constant} is not a JSON number")
 
@@ -103,7 +113,7 @@ def response_json(response: httpx.Response) -> Any:
             return orjson.loads(content)
         except orjson.JSONDecodeError:
             pass
-    return json.loads(content, parse_constant=_not_json)
+    return json.loads(content, parse_constant=_not_json, parse_float=_finite)
 
 
 # A number token of 19 digits or more (after ':', '[' or ',', or opening the text): it may be

@@ -130,7 +130,10 @@ def test_awkward_values_keep_the_canonical_body(payload: dict[str, Any]) -> None
     assert canonical_json(payload) == _plain(payload)
 
 
-@pytest.mark.parametrize("body", [b'{"a": NaN}', b'{"a": [Infinity]}', b'{"a": -Infinity}'])
+@pytest.mark.parametrize(
+    "body",
+    [b'{"a": NaN}', b'{"a": [Infinity]}', b'{"a": -Infinity}', b'{"a": 1e400}', b"[-1E999]"],
+)
 def test_non_finite_numbers_are_refused_as_not_json(body: bytes) -> None:
     with pytest.raises(ValueError, match="not a JSON number"):
         response_json(httpx.Response(200, content=body))
