@@ -11,7 +11,6 @@ import uuid
 import warnings
 from collections.abc import AsyncIterator
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -263,16 +262,6 @@ async def test_database_outage_in_resolvers_and_mutations_is_503(
 
 
 # -- Redis unreachable --------------------------------------------------------------------
-
-
-@pytest.fixture
-async def private_redis(tmp_path: Path) -> AsyncIterator[PrivateRedis]:
-    server = PrivateRedis(tmp_path)
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop()
 
 
 async def test_redis_outage_serves_graphql_unmetered_until_it_is_back(

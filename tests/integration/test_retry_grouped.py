@@ -12,7 +12,7 @@ from sqlalchemy import event
 
 from app.clock import FixedClock
 from app.db import Database
-from app.embedded import Services, create_scratch_database, drop_database
+from app.embedded import Services
 from app.enums import AttemptOutcome, AttemptStatus, PaymentState, RetryStrategy
 from app.processors.base import ChargeResult
 from app.retry.events import ScheduleRetry
@@ -22,7 +22,6 @@ from app.services.retry.ledger import load_contexts
 from app.tenancy import SYSTEM_SCOPE
 from app.workflows import retry_attempt
 from app.workflows.retry_attempt import AttemptResult, execute_attempt
-from portal.cli import upgrade_database
 from tests.support.factories import set_strategy
 from tests.support.retry import (
     FakeStripe,
@@ -35,6 +34,7 @@ from tests.support.retry import (
 from tests.support.retry import (
     decide as decide_all,
 )
+from tests.support.scratch import scratch_database
 
 # A Monday 10:00 UTC: outside the default quiet hours.
 T0 = datetime(2026, 10, 5, 10, 0, tzinfo=UTC)
@@ -51,14 +51,8 @@ class CardsOnFile(FakeStripe):
 @pytest.fixture(scope="module")
 async def db(services: Services) -> AsyncIterator[Database]:
     # Several connections at once: a database of its own, not the test's savepoint.
-    url = await create_scratch_database(services, "portal_retry_grouped")
-    await asyncio.to_thread(upgrade_database, url)
-    database = Database.from_url(url, pool_size=6)
-    try:
+    async with scratch_database(services, "portal_retry_grouped", pool_size=6) as database:
         yield database
-    finally:
-        await database.dispose()
-        await drop_database(services, url)
 
 
 async def _claimed(

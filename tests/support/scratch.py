@@ -10,11 +10,13 @@ from portal.migrate import upgrade_database
 
 
 @asynccontextmanager
-async def scratch_database(services: Services, prefix: str) -> AsyncIterator[Database]:
+async def scratch_database(
+    services: Services, prefix: str, *, pool_size: int = 4
+) -> AsyncIterator[Database]:
     """A new database named after `prefix`, migrated to head; dropped when done."""
     url = await create_scratch_database(services, prefix)
     await asyncio.to_thread(upgrade_database, url)
-    database = Database.from_url(url, pool_size=4)
+    database = Database.from_url(url, pool_size=pool_size)
     try:
         yield database
     finally:
