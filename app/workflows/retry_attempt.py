@@ -136,22 +136,15 @@ def default_adapters(http: httpx.AsyncClient, box: CredentialBox) -> AdapterFact
 
 
 @cache
-def _locked_payment_statement() -> Any:
+def _payment_and_attempt_statement() -> Any:
     return (
-        select(Payment)
-        .where(col(Payment.id) == _PAYMENT)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    )
-
-
-@cache
-def _attempt_statement() -> Any:
-    return (
-        select(PaymentAttempt)
-        .where(
-            col(PaymentAttempt.payment_id) == _PAYMENT, col(PaymentAttempt.portal_number) == _NUMBER
+        select(Payment, PaymentAttempt)
+        .outerjoin(
+            PaymentAttempt,
+            (col(PaymentAttempt.payment_id) == col(Payment.id))
+            & (col(PaymentAttempt.portal_number) == _NUMBER),
         )
+        .where(col(Payment.id) == _PAYMENT)
         .execution_options(populate_existing=True)
     )
 
@@ -159,16 +152,16 @@ def _attempt_statement() -> Any:
 async def _locked(
     uow: UnitOfWork, payment_id: uuid.UUID, number: int
 ) -> tuple[Payment | None, PaymentAttempt | None]:
-    """The payment, locked, then its portal attempt `number`, read by a statement of its own
-    after the lock: a locking statement that waited for another writer of the payment (one
+    """The payment, locked, then with its portal attempt `number` read by a statement of its
+    own after the lock: a locking statement that waited for another writer of the payment (one
     marking the attempt sent, say) would read the attempt as it was before that writer
     committed, and could drop an attempt about to be charged."""
+    await uow.session.execute(_lock_statement(), {"b_payment": payment_id})
     params = {"b_payment": payment_id, "b_number": number}
-    payment = (await uow.session.execute(_locked_payment_statement(), params)).scalar_one_or_none()
-    if payment is None:
+    row = (await uow.session.execute(_payment_and_attempt_statement(), params)).one_or_none()
+    if row is None:
         return None, None
-    attempt = (await uow.session.execute(_attempt_statement(), params)).scalar_one_or_none()
-    return payment, attempt
+    return row[0], row[1]
 
 
 def _current_card_id() -> sa.ColumnElement[uuid.UUID | None]:
