@@ -151,6 +151,11 @@ class Settings(BaseSettings):
     # from it, and worker heartbeats are kept beside it. The default is arq's own queue name;
     # deployments (or test runs) that share one Redis database keep apart with one each.
     queue_name: str = Field(default=DEFAULT_QUEUE_NAME, min_length=1, max_length=200)
+    # A claim run takes no more due payments while this many jobs wait in the queue, ready
+    # to start: charge jobs queue first in, first out with every other job (cron runs and
+    # polls included), so the backlog a billing day leaves ahead of them is held to about
+    # what the workers charge between two claim ticks (10 s).
+    claim_queue_limit: int = Field(default=2000, gt=0)
 
     # Promoting a model over a champion (`promoteModel`, `portal model promote`) may also need
     # the model's shadow decisions to compare well with that champion's at the same decision

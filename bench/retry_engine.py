@@ -58,7 +58,7 @@ from app.urls import UrlPolicy
 from app.workflows.polling import poll_connection
 from app.workflows.retry_attempt import default_adapters, execute_attempt
 from jobs.context import tune_garbage_collector
-from jobs.retry import DECIDE_LANES
+from jobs.retry import CLAIM_LANES, DECIDE_LANES
 from portal.cli import upgrade_database
 from procstat import backend_cpu_seconds, cpu_seconds, postgres_cpu_seconds
 from sandbox.server import in_subprocess
@@ -502,13 +502,18 @@ async def _pipeline(
     await mark("claim")
     start = time.perf_counter()
     queued: list[tuple[uuid.UUID, int]] = []
-    while True:
-        async with db.uow(SYSTEM_SCOPE) as uow:
-            applied = await claim_due(uow, now=clock.now(), limit=args.batch)
-            await uow.commit()
-        if not applied.transitions:
-            break
-        queued += applied.enqueue
+
+    async def claim_lane() -> None:
+        while True:
+            async with db.uow(SYSTEM_SCOPE) as uow:
+                applied = await claim_due(uow, now=clock.now(), limit=args.batch)
+                await uow.commit()
+            if not applied.transitions:
+                return
+            queued.extend(applied.enqueue)
+
+    # As the claim cron runs its batches: `--claim-lanes` transactions at once.
+    await asyncio.gather(*(claim_lane() for _ in range(args.claim_lanes)))
     phases["claim"] = (time.perf_counter() - start, len(queued))
     await count("claim")
     if args.until == "claim":
@@ -593,6 +598,12 @@ def main() -> None:
         type=int,
         default=DECIDE_LANES,
         help="decide batches run at once, as the decide cron runs them",
+    )
+    parser.add_argument(
+        "--claim-lanes",
+        type=int,
+        default=CLAIM_LANES,
+        help="claim batches run at once, as the claim cron runs them",
     )
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--profile", action="store_true", help="print the costliest statements")

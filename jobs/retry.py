@@ -3,7 +3,7 @@
 import asyncio
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import structlog
@@ -27,6 +27,10 @@ from jobs.model import serving_scheduler, store_decisions
 logger = structlog.get_logger("portal.jobs")
 
 CLAIM_BATCH = 200
+# Claim batches run in this many transactions at once, as decide's do (`DECIDE_LANES`).
+CLAIM_LANES = 2
+# Charge jobs queued at once after a claim batch commits.
+ENQUEUE_AT_ONCE = 50
 DECIDE_BATCH = 500
 # Decide batches run in this many transactions at once, each on payments of its own (every
 # step takes its batch with `SKIP LOCKED`): while PostgreSQL works on one batch's statements,
@@ -59,7 +63,32 @@ async def decide_pending(ctx: WorkerContext) -> int:
 
 
 async def _lane(ctx: WorkerContext, step: _Step, deadline: float) -> int:
-    """One step's batches, one transaction each, until one comes back short.
+    """One decide step's batches (`_batches`)."""
+    # Payments under the model strategy are decided by the champion (or the fixed schedule,
+    # with the reason, when there is none); its decisions and explanations commit with them:
+    # each lane has a scheduler of its own, so a batch records only its own decisions.
+    scheduler = await serving_scheduler(ctx["db"])
+
+    async def batch() -> int:
+        try:
+            async with ctx["db"].uow(SYSTEM_SCOPE) as uow:
+                now = ctx["clock"].now()
+                done = await step(uow, now=now, limit=DECIDE_BATCH, scheduler=scheduler)
+                await record_decisions(uow, scheduler.take_decisions())
+                await uow.commit()
+        except DBAPIError:
+            scheduler.take_decisions()  # the rolled-back batch's, recorded with nothing
+            raise
+        return done
+
+    return await _batches(batch, step.__name__, DECIDE_BATCH, deadline)
+
+
+async def _batches(
+    batch: Callable[[], Awaitable[int]], name: str, size: int, deadline: float
+) -> int:
+    """Run `batch` (one transaction, returning how many payments it took) until one comes
+    back short of `size` or the run's time is up; the payments taken in all.
 
     A batch PostgreSQL ends to break a deadlock is taken again, up to `DEADLOCK_RETRIES`
     times: two lanes each holding a payment whose stop-payment order makes the other's batch
@@ -67,50 +96,84 @@ async def _lane(ctx: WorkerContext, step: _Step, deadline: float) -> int:
     other until PostgreSQL fails one. The other lane then goes on and ends both payments; the
     failed lane's batch, taken again, no longer finds them. Failing the whole run instead
     would cut the same batches on the next tick and meet the same deadlock."""
-    # Payments under the model strategy are decided by the champion (or the fixed schedule,
-    # with the reason, when there is none); its decisions and explanations commit with them:
-    # each lane has a scheduler of its own, so a batch records only its own decisions.
-    scheduler = await serving_scheduler(ctx["db"])
     total = 0
     deadlocks = 0
     while time.monotonic() < deadline:
         try:
-            async with ctx["db"].uow(SYSTEM_SCOPE) as uow:
-                now = ctx["clock"].now()
-                done = await step(uow, now=now, limit=DECIDE_BATCH, scheduler=scheduler)
-                await record_decisions(uow, scheduler.take_decisions())
-                await uow.commit()
+            done = await batch()
         except DBAPIError as error:
             if getattr(error.orig, "sqlstate", None) != DEADLOCK or deadlocks >= DEADLOCK_RETRIES:
                 raise
             deadlocks += 1
-            scheduler.take_decisions()  # the rolled-back batch's, recorded with nothing
-            logger.warning("decide_batch_deadlock", step=step.__name__, retry=deadlocks)
+            logger.warning("batch_deadlock", step=name, retry=deadlocks)
             continue
         total += done
-        if done < DECIDE_BATCH:
+        if done < size:
             break
     return total
 
 
 async def claim_due(ctx: WorkerContext) -> int:
-    """Claim due payments batch by batch and queue one charge job per claimed attempt.
+    """Claim due payments batch by batch, in `CLAIM_LANES` lanes at once, and queue one charge
+    job per claimed attempt.
 
-    The claim commits before anything is queued: a job never runs for an attempt that is not
-    stored. A crash between commit and enqueue leaves the payment RETRYING, and
-    `reconcile_stuck` runs its attempt later.
+    Each batch commits before its jobs are queued: a job never runs for an attempt that is
+    not stored. A crash between commit and enqueue leaves the payment RETRYING, and
+    `reconcile_stuck` runs its attempt later. Lanes take their payments with `SKIP LOCKED` and
+    their cards' and customers' locks without waiting (`claim_service`), so they split the
+    due set; a payment whose locks another lane holds waits for the next tick. A lane stops
+    while the queue holds `claim_queue_limit` jobs ready to start (`_ready_jobs`).
     """
     deadline = time.monotonic() + BUDGET_SECONDS
     queued = 0
-    while time.monotonic() < deadline:
+
+    async def batch() -> int:
+        nonlocal queued
+        backlog = await _ready_jobs(ctx)
+        if backlog >= ctx["settings"].claim_queue_limit:
+            logger.info("claim_paused_for_backlog", ready_jobs=backlog)
+            return 0
         async with ctx["db"].uow(SYSTEM_SCOPE) as uow:
             applied = await claim_service(uow, now=ctx["clock"].now(), limit=CLAIM_BATCH)
             await uow.commit()
-        for payment_id, number in applied.enqueue:
-            if await enqueue_attempt(ctx["redis"], payment_id, number):
-                queued += 1
-        if len(applied.transitions) < CLAIM_BATCH:
-            break
+        queued += await _enqueue_attempts(ctx, applied.enqueue)
+        return len(applied.transitions)
+
+    async with asyncio.TaskGroup() as lanes:
+        for _ in range(CLAIM_LANES):
+            lanes.create_task(_batches(batch, "claim_due", CLAIM_BATCH, deadline))
+    return queued
+
+
+async def _ready_jobs(ctx: WorkerContext) -> int:
+    """Jobs in the queue due to start now (deferred ones not counted).
+
+    The queue is first in, first out: a cron run (decide, claim, polls, webhook delivery,
+    the event feed) queued behind a billing day's charge jobs starts only once they have
+    started. Claiming stops while `claim_queue_limit` jobs are waiting, so the backlog stays
+    within about one claim interval of charging, and the payments left due are claimed by
+    later ticks."""
+    redis = ctx["redis"]
+    now_ms = int(time.time() * 1000)
+    # The queue the charge jobs are put on (`enqueue_attempt`): the pool's own.
+    return int(await redis.zcount(redis.default_queue_name, "-inf", now_ms))
+
+
+async def _enqueue_attempts(ctx: WorkerContext, attempts: Sequence[tuple[uuid.UUID, int]]) -> int:
+    """Queue the claimed attempts' jobs, `ENQUEUE_AT_ONCE` Redis calls in flight: one at a
+    time, a batch's round trips took longer than claiming it."""
+    queued = 0
+    for start in range(0, len(attempts), ENQUEUE_AT_ONCE):
+        chunk = attempts[start : start + ENQUEUE_AT_ONCE]
+        added = await asyncio.gather(
+            *(enqueue_attempt(ctx["redis"], p, n) for p, n in chunk), return_exceptions=True
+        )
+        for outcome in added:
+            # Every call of the chunk has settled: the first failure (Redis gone) ends the
+            # run; the attempts left unqueued are run by `reconcile_stuck`.
+            if isinstance(outcome, BaseException):
+                raise outcome
+        queued += sum(1 for outcome in added if outcome)
     return queued
 
 

@@ -16,6 +16,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import pytest
+from arq.connections import RedisSettings, create_pool
+from arq.constants import job_key_prefix
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
@@ -25,9 +27,11 @@ from app.embedded import Services
 from app.enums import PaymentState
 from app.services.retry.engine import claim_due, decide_pending
 from app.services.retry.manual import cancel_recovery, retry_now
+from app.settings import Settings
 from app.tenancy import SYSTEM_SCOPE, system_principal
 from app.workflows import retry_attempt
 from jobs import retry as jobs_retry
+from jobs.enqueue import attempt_job_id
 from tests.support.retry import decide, fixed_schedule_payments, reload, timeline
 from tests.support.scratch import scratch_database
 
@@ -279,6 +283,96 @@ async def test_a_lane_takes_its_batch_again_when_postgresql_breaks_a_deadlock(
     for payment in payments:
         steps = await timeline(db, payment.id)
         assert [(t.event, t.seq) for t in steps] == [("failure_ingested", 0), ("decision_made", 1)]
+
+
+@pytest.fixture
+async def claim_ctx(db: Database, services: Services) -> AsyncIterator[dict[str, Any]]:
+    """What the claim job reads: the database, a clock, settings and a queue of its own."""
+    name = f"test-claim-{uuid.uuid4().hex[:8]}"
+    pool = await create_pool(RedisSettings.from_dsn(services.redis_url), default_queue_name=name)
+    try:
+        yield {
+            "db": db,
+            "clock": FixedClock(DAY1 + timedelta(days=60)),
+            "redis": pool,
+            "settings": Settings(environment="test"),
+        }
+    finally:
+        keys = [k async for k in pool.scan_iter(match=f"{job_key_prefix}attempt:*")]
+        if keys:
+            await pool.delete(*keys)
+        await pool.delete(name)
+        await pool.aclose()
+
+
+async def _claimed_once(db: Database, claim_ctx: dict[str, Any], payments: list[Any]) -> None:
+    """Each payment RETRYING with one attempt in flight, and its charge job queued once."""
+    redis = claim_ctx["redis"]
+    queued = await redis.zrange(redis.default_queue_name, 0, -1)
+    for payment in payments:
+        assert (await reload(db, payment.id)).state is PaymentState.RETRYING
+        steps = await timeline(db, payment.id)
+        assert [t.event for t in steps].count("attempt_started") == 1
+        assert queued.count(attempt_job_id(payment.id, 1).encode()) == 1
+
+
+async def test_the_claim_job_runs_its_lanes_at_once_and_claims_each_payment_once(
+    db: Database, claim_ctx: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The claim cron's lanes are transactions at the same time on payments of their own:
+    a backlog of several batches is claimed once each, and each charge queued once."""
+    start = claim_ctx["clock"].now() - timedelta(days=1)
+    payments = await fixed_schedule_payments(db, 12, start)
+    assert await decide(db, start) >= 12
+    monkeypatch.setattr(jobs_retry, "CLAIM_BATCH", 3)
+    running, most = 0, 0
+    real = claim_due
+
+    async def counted(uow: UnitOfWork, **kw: Any) -> Any:
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        try:
+            await asyncio.sleep(0.05)  # long enough for the other lane to start its batch
+            return await real(uow, **kw)
+        finally:
+            running -= 1
+
+    monkeypatch.setattr(jobs_retry, "claim_service", counted)
+
+    queued = await jobs_retry.claim_due(cast(Any, claim_ctx))
+
+    assert most == jobs_retry.CLAIM_LANES == 2
+    assert queued >= 12  # with any other test's payment due by then
+    await _claimed_once(db, claim_ctx, payments)
+
+
+async def test_a_claim_lane_takes_its_batch_again_when_postgresql_breaks_a_deadlock(
+    db: Database, claim_ctx: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A claim batch failed by a deadlock rolls back, queues nothing, and is taken again."""
+    # Days after the other claim test's payments: none of those is left due.
+    start = claim_ctx["clock"].now() + timedelta(days=30)
+    claim_ctx["clock"] = FixedClock(start + timedelta(days=1))
+    payments = await fixed_schedule_payments(db, 6, start)
+    assert await decide(db, start) >= 6
+    monkeypatch.setattr(jobs_retry, "CLAIM_BATCH", 3)
+    broken = 0
+    real = claim_due
+
+    async def deadlocked_once(uow: UnitOfWork, **kw: Any) -> Any:
+        nonlocal broken
+        if broken == 0:
+            broken += 1
+            await real(uow, **kw)  # the batch's work, then PostgreSQL ends the transaction
+            raise DBAPIError("UPDATE payment ...", None, _Deadlock())
+        return await real(uow, **kw)
+
+    monkeypatch.setattr(jobs_retry, "claim_service", deadlocked_once)
+
+    assert await jobs_retry.claim_due(cast(Any, claim_ctx)) >= 6
+    assert broken == 1
+    await _claimed_once(db, claim_ctx, payments)
 
 
 async def test_an_attempt_is_read_as_committed_by_the_writer_the_lock_waited_for(

@@ -252,3 +252,28 @@ async def test_decide_job_re_decides_after_a_policy_change_and_expires_held_wind
     assert (await reload(db, held)).state is PaymentState.EXHAUSTED
     await ctx["http"].aclose()
     await ctx["webhook_http"].aclose()
+
+
+async def test_claim_waits_while_the_queue_holds_its_limit_of_ready_jobs(
+    db: Database, queue: ArqRedis, settings: Settings
+) -> None:
+    """Cron runs queue behind charge jobs: claiming stops while the backlog is at the limit,
+    and the payments it left due are claimed once the queue has drained below it."""
+    clock = FixedClock(T0)
+    processor = Processor(T0)
+    ctx = _ctx(db, queue, clock, processor, settings.model_copy(update={"claim_queue_limit": 3}))
+    payment_id = await _payment(db)
+    await decide_pending(ctx)
+    clock.set(T0 + timedelta(days=1))
+    waiting = [uuid.uuid4() for _ in range(3)]
+    for other in waiting:
+        assert await enqueue_attempt(queue, other, 1)
+    # A job deferred to later is not ready: it does not count.
+    await queue.enqueue_job("poll_connection", "x", _defer_by=timedelta(hours=1))
+    assert await claim_due(ctx) == 0
+    assert (await reload(db, payment_id)).state is PaymentState.SCHEDULED
+    await queue.zrem(queue.default_queue_name, attempt_job_id(waiting[0], 1))
+    assert await claim_due(ctx) == 1
+    assert (await reload(db, payment_id)).state is PaymentState.RETRYING
+    await ctx["http"].aclose()
+    await ctx["webhook_http"].aclose()
