@@ -878,19 +878,28 @@ function policySection(screen) {
     });
     if (!reason) return;
     saveButton.disabled = true;
+    let payload = null;
     try {
-      const payload = await mutate(
+      payload = await mutate(
         UPDATE_MUTATION,
         { input: { merchantId, expectedVersion: state.base.version, reason, ...changes } },
-        "updateRetryPolicy",
-        signal
+        "updateRetryPolicy"
       );
       const policy = await fetchPolicy();
       showPolicy(policy);
       discardEdits();
       announce(`Saved: the retry policy is at version ${payload.retryPolicy.version}.`, { tone: "success" });
     } catch (error) {
-      if (error.name === "AbortError") return;
+      if (error.name === "AbortError") {
+        // The screen went while the saved policy was read again: the save is still said.
+        if (payload) announce(`Saved: the retry policy is at version ${payload.retryPolicy.version}.`, { tone: "success" });
+        return;
+      }
+      if (signal.aborted) {
+        // The screen has gone: what its form would have shown is said instead.
+        announce(`The policy was not saved: ${error.message}`, { tone: "error" });
+        return;
+      }
       if (error.code === "VERSION_CONFLICT") await conflict(changes);
       else if (error.code === "INVALID") showFieldErrors(error.errors.map((e) => [e.field, e.message]));
       else announce(`The policy was not saved: ${error.message}`, { tone: "error" });
@@ -1082,8 +1091,7 @@ function connectionsSection(screen) {
         }
       }`,
       withReason ? { id: connection.id, reason } : { id: connection.id },
-      name,
-      signal
+      name
     );
     if (name === "syncProcessorConnection") {
       announce(payload.queued ? `A poll of ${connection.name} is queued.` : `A poll of ${connection.name} was already queued.`, { tone: "success" });
@@ -1278,8 +1286,7 @@ function webhooksSection(screen) {
           }
         }`,
         { id: endpoint.id },
-        "sendTestWebhook",
-        signal
+        "sendTestWebhook"
       );
       announce("Test event (ping) queued.", { tone: "success" });
       await reload(endpoint.id);
@@ -1298,8 +1305,7 @@ function webhooksSection(screen) {
           setWebhookEndpointEnabled(input: $input) { errors { code message field } webhookEndpoint { id enabled } }
         }`,
         { input: { endpointId: endpoint.id, enabled: !endpoint.enabled, reason } },
-        "setWebhookEndpointEnabled",
-        signal
+        "setWebhookEndpointEnabled"
       );
       announce(`${endpoint.url} ${endpoint.enabled ? "disabled" : "enabled"}.`, { tone: "success" });
       await reload(endpoint.id);
@@ -1341,8 +1347,7 @@ function webhooksSection(screen) {
           deleteWebhookEndpoint(input: $input) { errors { code message field } deletedWebhookEndpointId }
         }`,
         { input: { endpointId: endpoint.id, reason } },
-        "deleteWebhookEndpoint",
-        signal
+        "deleteWebhookEndpoint"
       );
       announce(`${endpoint.url} deleted.`, { tone: "success" });
       await load();
@@ -1389,8 +1394,7 @@ function webhooksSection(screen) {
                   updateWebhookEndpoint(input: $input) { errors { code message field } webhookEndpoint { id eventTypes } }
                 }`,
                 { input: { endpointId: endpoint.id, eventTypes: wanted, reason } },
-                "updateWebhookEndpoint",
-                signal
+                "updateWebhookEndpoint"
               );
               announce(`${endpoint.url} now receives ${wanted ? wanted.join(", ") : "every event type"}.`, { tone: "success" });
               await reload(endpoint.id);
@@ -1424,8 +1428,7 @@ function webhooksSection(screen) {
             redeliverWebhook(deliveryId: $id, reason: $reason) { errors { code message field } delivery { id } }
           }`,
           { id: delivery.id, reason },
-          "redeliverWebhook",
-          signal
+          "redeliverWebhook"
         );
         announce(`${delivery.eventType} queued again.`, { tone: "success" });
         await reload(endpoint.id);
@@ -1644,8 +1647,7 @@ function keysSection(screen) {
           revokeApiKey(id: $id, reason: $reason) { errors { code message field } apiKey { id revokedAt } }
         }`,
         { id: key.id, reason },
-        "revokeApiKey",
-        signal
+        "revokeApiKey"
       );
       announce(`Key ${key.name} revoked.`, { tone: "success" });
       await load();
