@@ -1,7 +1,9 @@
 """The settings screen in Chromium: the retry policy (preview, save, a version conflict),
 webhook endpoints with a test delivery to a receiver on loopback, and API keys."""
 
+import asyncio
 import base64
+import contextlib
 import http.server
 import json
 import threading
@@ -11,7 +13,8 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.async_api import Page, expect
+from playwright.async_api import Error as PlaywrightError
+from playwright.async_api import Page, Route, expect
 
 from tests.browser.conftest import PHONE, Demo, PageFactory, Shot
 
@@ -379,3 +382,48 @@ async def test_a_key_is_created_shown_once_and_revoked(demo: Demo, page: Page, s
         )
     assert answer.status_code == 401
     assert answer.json()["errors"][0]["extensions"]["code"] == "UNAUTHENTICATED"
+
+
+async def test_a_key_created_while_the_user_moves_on_still_shows_its_token(
+    demo: Demo, page: Page
+) -> None:
+    """The portal creates the key whatever the page does once the request is sent: a user who
+    leaves the settings screen before the answer arrives is still told, and given the token
+    (it cannot be read again), over the screen they moved to."""
+    merchant_id, _, key = await _merchant(demo)
+    await _open_settings(page, demo, merchant_id, key)
+    sent = asyncio.Event()
+    answer = asyncio.Event()
+
+    async def hold_creation(route: Route) -> None:
+        # The creation's answer waits until the user has moved on.
+        if "createApiKey" in (route.request.post_data or ""):
+            sent.set()
+            await answer.wait()
+        # Refused when the page has given the request up (the token would then be lost).
+        with contextlib.suppress(PlaywrightError):
+            await route.continue_()
+
+    await page.route("**/graphql", hold_creation)
+    name = "browser test key made while leaving"
+    await page.get_by_label("Key name", exact=True).fill(name)
+    await page.get_by_role("button", name="Create key").click()
+    await asyncio.wait_for(sent.wait(), SLOW / 1000)
+    # The click is acknowledged at once, before the portal answers.
+    await expect(page.locator("#status")).to_contain_text(f"Creating the key {name}")
+
+    nav = page.get_by_role("navigation", name="Dashboard")
+    await nav.get_by_role("link", name="Overview").click()
+    await expect(page.get_by_role("heading", level=1)).to_contain_text("Overview", timeout=SLOW)
+    answer.set()
+
+    dialog = page.get_by_role("dialog")
+    box = dialog.locator(".secret-box", has_text=f"Token of the key {name}")
+    await expect(box).to_be_visible(timeout=SLOW)
+    await expect(page.locator("#status")).to_contain_text(f"Key {name} created.")
+    token = await box.locator("input").input_value()
+    viewer = await demo.api("{ viewer { name role } }", key=token)
+    assert viewer["viewer"] == {"name": name, "role": "MERCHANT"}
+    await dialog.get_by_role("button", name="Close").click()
+    await expect(dialog).to_have_count(0)
+    await expect(page.get_by_role("heading", level=1)).to_contain_text("Overview")

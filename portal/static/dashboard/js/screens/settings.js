@@ -138,7 +138,8 @@ export const KEYS_QUERY = `
 
 
 // A box showing a secret the API returns once (a key's token, an endpoint's signing secret).
-function secretBox(title, value, note) {
+// `hide` is what "I have saved it" does (the box goes, unless told otherwise).
+function secretBox(title, value, note, { hide } = {}) {
   const id = `secret-${Math.random().toString(36).slice(2)}`;
   const input = h("input", { id, class: "secret-value", readonly: true, value, spellcheck: "false" });
   const copy = h(
@@ -164,9 +165,29 @@ function secretBox(title, value, note) {
     h("label", { for: id }, title),
     h("div", { class: "secret-row" }, input, copy),
     h("p", { class: "help" }, note),
-    h("button", { type: "button", class: "link", onclick: () => box.remove() }, "I have saved it: hide")
+    h("button", { type: "button", class: "link", onclick: () => (hide ? hide() : box.remove()) }, "I have saved it: hide")
   );
   return box;
+}
+
+// Shows a secret the API has just returned, once. The portal made it whatever the page did
+// meanwhile, so it is never dropped: in `slot` while its section is on the page, otherwise (the
+// user moved to another screen, or this one was drawn again while the answer was on its way) in
+// a dialog over whatever screen is showing now.
+function showSecret(slot, title, value, note) {
+  if (slot.isConnected) {
+    slot.replaceChildren(secretBox(title, value, note));
+    return;
+  }
+  const dialog = h("dialog", { class: "dialog secret-dialog", "aria-label": title });
+  const close = () => dialog.close();
+  dialog.append(
+    secretBox(title, value, note, { hide: close }),
+    h("div", { class: "actions" }, h("button", { type: "button", class: "secondary", onclick: close }, "Close"))
+  );
+  dialog.addEventListener("close", () => dialog.remove());
+  document.body.append(dialog);
+  dialog.showModal();
 }
 
 // A button that disables itself while its action runs, and shows what failed next to it.
@@ -857,19 +878,28 @@ function policySection(screen) {
     });
     if (!reason) return;
     saveButton.disabled = true;
+    let payload = null;
     try {
-      const payload = await mutate(
+      payload = await mutate(
         UPDATE_MUTATION,
         { input: { merchantId, expectedVersion: state.base.version, reason, ...changes } },
-        "updateRetryPolicy",
-        signal
+        "updateRetryPolicy"
       );
       const policy = await fetchPolicy();
       showPolicy(policy);
       discardEdits();
       announce(`Saved: the retry policy is at version ${payload.retryPolicy.version}.`, { tone: "success" });
     } catch (error) {
-      if (error.name === "AbortError") return;
+      if (error.name === "AbortError") {
+        // The screen went while the saved policy was read again: the save is still said.
+        if (payload) announce(`Saved: the retry policy is at version ${payload.retryPolicy.version}.`, { tone: "success" });
+        return;
+      }
+      if (signal.aborted) {
+        // The screen has gone: what its form would have shown is said instead.
+        announce(`The policy was not saved: ${error.message}`, { tone: "error" });
+        return;
+      }
       if (error.code === "VERSION_CONFLICT") await conflict(changes);
       else if (error.code === "INVALID") showFieldErrors(error.errors.map((e) => [e.field, e.message]));
       else announce(`The policy was not saved: ${error.message}`, { tone: "error" });
@@ -1061,8 +1091,7 @@ function connectionsSection(screen) {
         }
       }`,
       withReason ? { id: connection.id, reason } : { id: connection.id },
-      name,
-      signal
+      name
     );
     if (name === "syncProcessorConnection") {
       announce(payload.queued ? `A poll of ${connection.name} is queued.` : `A poll of ${connection.name} was already queued.`, { tone: "success" });
@@ -1144,6 +1173,8 @@ function webhooksSection(screen) {
         const button = createForm.querySelector("button[type=submit]");
         button.disabled = true;
         try {
+          // Not the screen's signal: the secret, shown once, reaches the user even when they
+          // have moved on meanwhile.
           const payload = await mutate(
             `mutation ($input: CreateWebhookEndpointInput!) {
               createWebhookEndpoint(input: $input) {
@@ -1153,21 +1184,19 @@ function webhooksSection(screen) {
               }
             }`,
             { input: { merchantId, url: urlInput.value.trim() } },
-            "createWebhookEndpoint",
-            signal
+            "createWebhookEndpoint"
           );
           urlInput.value = "";
-          secretSlot.replaceChildren(
-            secretBox(
-              `Signing secret of ${payload.webhookEndpoint.url}`,
-              payload.secret,
-              "Shown once: your receiver checks each delivery's signature with it. It cannot be read again (rotate it to get a new one)."
-            )
+          showSecret(
+            secretSlot,
+            `Signing secret of ${payload.webhookEndpoint.url}`,
+            payload.secret,
+            "Shown once: your receiver checks each delivery's signature with it. It cannot be read again (rotate it to get a new one)."
           );
           announce("Endpoint added: it receives every event type.", { tone: "success" });
           await load();
         } catch (error) {
-          if (error.name !== "AbortError") announce(`The endpoint was not added: ${error.message}`, { tone: "error" });
+          announce(`The endpoint was not added: ${error.message}`, { tone: "error" });
         } finally {
           button.disabled = false;
         }
@@ -1257,8 +1286,7 @@ function webhooksSection(screen) {
           }
         }`,
         { id: endpoint.id },
-        "sendTestWebhook",
-        signal
+        "sendTestWebhook"
       );
       announce("Test event (ping) queued.", { tone: "success" });
       await reload(endpoint.id);
@@ -1277,8 +1305,7 @@ function webhooksSection(screen) {
           setWebhookEndpointEnabled(input: $input) { errors { code message field } webhookEndpoint { id enabled } }
         }`,
         { input: { endpointId: endpoint.id, enabled: !endpoint.enabled, reason } },
-        "setWebhookEndpointEnabled",
-        signal
+        "setWebhookEndpointEnabled"
       );
       announce(`${endpoint.url} ${endpoint.enabled ? "disabled" : "enabled"}.`, { tone: "success" });
       await reload(endpoint.id);
@@ -1290,20 +1317,19 @@ function webhooksSection(screen) {
         detail: "The new secret is shown once; the old one keeps signing deliveries too for 24 hours, while the receiver switches.",
       });
       if (!reason) return;
+      // Not the screen's signal: the new secret, shown once, is never dropped.
       const payload = await mutate(
         `mutation ($input: RotateWebhookSecretInput!) {
           rotateWebhookSecret(input: $input) { errors { code message field } secret webhookEndpoint { id } }
         }`,
         { input: { endpointId: endpoint.id, reason } },
-        "rotateWebhookSecret",
-        signal
+        "rotateWebhookSecret"
       );
-      secretSlot.replaceChildren(
-        secretBox(
-          `New signing secret of ${endpoint.url}`,
-          payload.secret,
-          "Shown once. Deliveries are signed with both secrets until the old one expires."
-        )
+      showSecret(
+        secretSlot,
+        `New signing secret of ${endpoint.url}`,
+        payload.secret,
+        "Shown once. Deliveries are signed with both secrets until the old one expires."
       );
       announce(`The signing secret of ${endpoint.url} was replaced.`, { tone: "success" });
       await reload(endpoint.id);
@@ -1321,8 +1347,7 @@ function webhooksSection(screen) {
           deleteWebhookEndpoint(input: $input) { errors { code message field } deletedWebhookEndpointId }
         }`,
         { input: { endpointId: endpoint.id, reason } },
-        "deleteWebhookEndpoint",
-        signal
+        "deleteWebhookEndpoint"
       );
       announce(`${endpoint.url} deleted.`, { tone: "success" });
       await load();
@@ -1369,8 +1394,7 @@ function webhooksSection(screen) {
                   updateWebhookEndpoint(input: $input) { errors { code message field } webhookEndpoint { id eventTypes } }
                 }`,
                 { input: { endpointId: endpoint.id, eventTypes: wanted, reason } },
-                "updateWebhookEndpoint",
-                signal
+                "updateWebhookEndpoint"
               );
               announce(`${endpoint.url} now receives ${wanted ? wanted.join(", ") : "every event type"}.`, { tone: "success" });
               await reload(endpoint.id);
@@ -1404,8 +1428,7 @@ function webhooksSection(screen) {
             redeliverWebhook(deliveryId: $id, reason: $reason) { errors { code message field } delivery { id } }
           }`,
           { id: delivery.id, reason },
-          "redeliverWebhook",
-          signal
+          "redeliverWebhook"
         );
         announce(`${delivery.eventType} queued again.`, { tone: "success" });
         await reload(endpoint.id);
@@ -1516,11 +1539,18 @@ function keysSection(screen) {
             }
             const button = createForm.querySelector("button[type=submit]");
             button.disabled = true;
+            const keyName = nameInput.value.trim();
+            // Said at once: the answer may take a while on a busy portal, and a click that
+            // seems to do nothing gets clicked again or given up on.
+            announce(`Creating the key ${keyName}…`);
+            // Neither request takes the screen's signal: once sent, the portal creates the key
+            // whether or not this screen is still showing, and its token (shown once) must
+            // reach the user; leaving or redrawing the screen does not cancel the action.
             try {
               let expiresAt = null;
               if (expirySelect.value) {
                 // The portal's clock decides when a key expires (the demo's runs faster).
-                const { serverTime } = await gql("{ serverTime }", {}, { signal });
+                const { serverTime } = await gql("{ serverTime }");
                 expiresAt = new Date(new Date(serverTime).getTime() + Number(expirySelect.value) * 86400000).toISOString();
               }
               const payload = await mutate(
@@ -1529,31 +1559,31 @@ function keysSection(screen) {
                 }`,
                 {
                   input: {
-                    name: nameInput.value.trim(),
+                    name: keyName,
                     role: roleSelect.value,
                     scopes,
                     merchantIds: [merchantId],
                     expiresAt,
                   },
                 },
-                "createApiKey",
-                signal
+                "createApiKey"
               );
-              nameInput.value = "";
-              tokenSlot.replaceChildren(
-                secretBox(
-                  `Token of the key ${payload.apiKey.name}`,
-                  payload.token,
-                  "Shown once: the portal keeps only its hash. Store it where its user keeps secrets."
-                )
+              if (nameInput.value.trim() === keyName) nameInput.value = "";
+              showSecret(
+                tokenSlot,
+                `Token of the key ${payload.apiKey.name}`,
+                payload.token,
+                "Shown once: the portal keeps only its hash. Store it where its user keeps secrets."
               );
               announce(`Key ${payload.apiKey.name} created.`, { tone: "success" });
-              await load();
             } catch (error) {
-              if (error.name !== "AbortError") announce(`The key was not created: ${error.message}`, { tone: "error" });
+              announce(`The key ${keyName} was not created: ${error.message}`, { tone: "error" });
+              return;
             } finally {
               button.disabled = false;
             }
+            // The list is the screen's: it is not read for a screen that has gone.
+            if (!signal.aborted) await load();
           },
         },
         h("div", { class: "field" }, h("label", { for: "key-name" }, "Key name"), nameInput),
@@ -1617,8 +1647,7 @@ function keysSection(screen) {
           revokeApiKey(id: $id, reason: $reason) { errors { code message field } apiKey { id revokedAt } }
         }`,
         { id: key.id, reason },
-        "revokeApiKey",
-        signal
+        "revokeApiKey"
       );
       announce(`Key ${key.name} revoked.`, { tone: "success" });
       await load();
