@@ -143,8 +143,12 @@ class Settings(BaseSettings):
     # On SIGTERM/SIGINT running jobs get this long to finish before they are cancelled
     # (arq queues cancelled jobs again).
     worker_shutdown_grace_seconds: float = Field(default=30.0, ge=0)
-    # Jobs one worker runs at once (arq's max_jobs); `portal worker --concurrency` overrides it.
+    # Jobs other than charges one worker runs at once; `portal worker --concurrency` overrides.
     worker_concurrency: int = Field(default=10, gt=0)
+    # Charges (`attempt_payment`) one worker runs at once, beside those: a charge mostly waits
+    # on the processor, and concurrent charges share their statements (up to 32 a group).
+    # `portal worker --charge-concurrency` overrides it. arq's max_jobs is the sum of the two.
+    worker_charge_concurrency: int = Field(default=32, gt=0)
     # /readyz answers 503 when no worker has a fresh heartbeat (for deployments that run one).
     readyz_require_worker: bool = False
     # The Redis key of the job queue: the API and the workers enqueue on it, the workers take

@@ -605,7 +605,12 @@ def main() -> None:
         default=CLAIM_LANES,
         help="claim batches run at once, as the claim cron runs them",
     )
-    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=Settings.model_fields["worker_charge_concurrency"].default,
+        help="attempts charged at once, as one worker's charge slots run them",
+    )
     parser.add_argument("--profile", action="store_true", help="print the costliest statements")
     parser.add_argument(
         "--until",

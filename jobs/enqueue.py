@@ -36,9 +36,18 @@ async def enqueue_normalize(redis: ArqRedis, connection_id: uuid.UUID) -> bool:
     return job is not None
 
 
+_ATTEMPT_JOB_PREFIX = "attempt:"
+
+
 def attempt_job_id(payment_id: uuid.UUID, attempt_number: int) -> str:
     """One job per portal attempt: a second enqueue of the same attempt is a no-op."""
-    return f"attempt:{payment_id}:{attempt_number}"
+    return f"{_ATTEMPT_JOB_PREFIX}{payment_id}:{attempt_number}"
+
+
+def is_attempt_job_id(job_id: str) -> bool:
+    """Whether a queued job is a charge (`attempt_job_id`): workers give charges slots of
+    their own."""
+    return job_id.startswith(_ATTEMPT_JOB_PREFIX)
 
 
 async def enqueue_attempt(redis: ArqRedis, payment_id: uuid.UUID, attempt_number: int) -> bool:

@@ -96,7 +96,8 @@ class Supervisor:
             "worker starting",
             worker_id=self.worker_id,
             queue=self.worker.queue_name,
-            concurrency=self.worker.max_jobs,
+            concurrency=self.worker.concurrency,
+            charge_concurrency=self.worker.charge_concurrency,
         )
         monitor = asyncio.create_task(self._monitor(), name="worker-heartbeat")
         try:

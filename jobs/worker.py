@@ -17,7 +17,12 @@ from app.outages import outage_of
 from app.settings import Settings, get_settings
 from jobs.bulk import run_bulk_action
 from jobs.context import shutdown, startup
-from jobs.enqueue import REPLAY_FUNCTION, REQUESTED_JOB_KEEP_SECONDS, RETRAIN_FUNCTION
+from jobs.enqueue import (
+    REPLAY_FUNCTION,
+    REQUESTED_JOB_KEEP_SECONDS,
+    RETRAIN_FUNCTION,
+    is_attempt_job_id,
+)
 from jobs.events import publish_events
 from jobs.ingest import enqueue_polls, normalize_connection, poll_connection, sweep_unnormalized
 from jobs.instrument import instrument
@@ -106,6 +111,17 @@ CRON_JOBS = [
 
 logger = structlog.stdlib.get_logger("portal.worker")
 
+# Job ids a worker reads from the head of the queue each poll (arq's default is 5 * max_jobs,
+# at least 100). A charge waiting for a slot stays queued ahead of what was queued after it, so
+# any other job - the cron runs that claim, decide and publish, polls - is read only while
+# fewer than this many jobs are ahead of it. Only `claim_due` queues charges (200 per claim
+# batch), and running ones stay queued too (32 per worker by default): 500 covers two claim
+# batches beside the running charges of three workers. A job behind a larger backlog is read
+# once the charges ahead drain below 500, at about 495 a second per worker. A read of 500 ids
+# is one ZRANGEBYSCORE of about 25 KB; a charge read while charge slots are full is passed
+# over without a Redis command.
+QUEUE_READ_LIMIT = 500
+
 # Cancelled jobs get this long to hand themselves back to the queue (one Redis write each).
 CANCEL_WAIT_SECONDS = 5.0
 
@@ -131,10 +147,39 @@ class PortalWorker(Worker):
     - A slot taken for a job whose start failed on Redis is given back: arq would keep it, and
       after a few outages the worker would take no jobs at all while looking alive.
     - `last_tick` is when the poll loop last completed a turn (the heartbeat needs it).
+    - Charges (`is_attempt_job_id`) wait on a processor's answer and run together in shared
+      statements, so they have slots of their own: at most `charge_concurrency` charges and
+      `concurrency` other jobs run at once (arq's max_jobs is the sum). A job whose kind has
+      no free slot is passed over and stays queued for a later poll.
     """
 
-    def __init__(self, *args: Any, backoff: Backoff, **kwargs: Any) -> None:
-        super().__init__(*args, handle_signals=False, **kwargs)
+    def __init__(
+        self,
+        *args: Any,
+        backoff: Backoff,
+        concurrency: int,
+        charge_concurrency: int,
+        **kwargs: Any,
+    ) -> None:
+        if "max_jobs" in kwargs:
+            raise TypeError(
+                "a PortalWorker runs concurrency + charge_concurrency jobs at once; "
+                "pass those instead of max_jobs"
+            )
+        if concurrency < 1 or charge_concurrency < 1:
+            raise ValueError(
+                f"concurrency and charge_concurrency must be at least 1, "
+                f"not {concurrency} and {charge_concurrency}"
+            )
+        max_jobs = concurrency + charge_concurrency
+        kwargs.setdefault("queue_read_limit", max(QUEUE_READ_LIMIT, 5 * max_jobs))
+        super().__init__(*args, handle_signals=False, max_jobs=max_jobs, **kwargs)
+        self.concurrency = concurrency
+        self.charge_concurrency = charge_concurrency
+        # The tasks of the running jobs of each kind; a task leaves its set when it ends,
+        # whether the job finished, failed or was cancelled.
+        self.running_charges: set[asyncio.Task[Any]] = set()
+        self.running_others: set[asyncio.Task[Any]] = set()
         self.backoff = backoff
         self.outages = OutageTracker()
         self.last_tick: float | None = None
@@ -170,8 +215,19 @@ class PortalWorker(Worker):
         await super().heart_beat()
         self.last_tick = time.monotonic()
 
+    def _slots(self, job_id: str) -> tuple[set[asyncio.Task[Any]], int]:
+        """The running tasks of the job's kind, and how many that kind may have."""
+        if is_attempt_job_id(job_id):
+            return self.running_charges, self.charge_concurrency
+        return self.running_others, self.concurrency
+
     async def start_jobs(self, job_ids: list[bytes]) -> None:
         for job_id in job_ids:
+            name = job_id.decode()
+            running, limit = self._slots(name)
+            if len(running) >= limit:
+                continue
+            before = self.tasks.get(name)
             try:
                 await super().start_jobs([job_id])
             except Exception:
@@ -179,6 +235,12 @@ class PortalWorker(Worker):
                 # transaction until the job's task ends; no task was created.
                 self._release_sem_dec_counter_on_complete()
                 raise
+            # arq keeps a finished job's task until the end of the poll: only a new one is
+            # this start's (none when the job is running elsewhere or is gone).
+            task = self.tasks.get(name)
+            if task is not None and task is not before:
+                running.add(task)
+                task.add_done_callback(running.discard)
             if self.job_counter >= self.max_jobs:
                 return
 
@@ -267,11 +329,14 @@ def build_worker(
     *,
     functions: Sequence[Function] = FUNCTIONS,
     cron_jobs: Sequence[CronJob] = CRON_JOBS,
+    concurrency: int | None = None,
+    charge_concurrency: int | None = None,
     **kwargs: Any,
 ) -> PortalWorker:
     """A worker on the given Redis with a pre-filled context (CLI, demo, tests), every job
     wrapped (runs counted, outages re-queued); run it with `jobs.supervisor.Supervisor`. It
-    takes jobs from the settings' queue (PORTAL_QUEUE_NAME) unless `queue_name` is given."""
+    takes jobs from the settings' queue (PORTAL_QUEUE_NAME) unless `queue_name` is given, and
+    runs the settings' numbers of charges and other jobs at once unless given them."""
     settings: Settings = ctx.get("settings") or get_settings()
     backoff = Backoff.from_settings(settings)
     kwargs.setdefault("queue_name", settings.queue_name)
@@ -283,6 +348,10 @@ def build_worker(
         on_shutdown=shutdown,
         ctx=ctx,
         backoff=backoff,
+        concurrency=settings.worker_concurrency if concurrency is None else concurrency,
+        charge_concurrency=(
+            settings.worker_charge_concurrency if charge_concurrency is None else charge_concurrency
+        ),
         **kwargs,
     )
     instrument(worker, worker.outages, backoff)

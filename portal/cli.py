@@ -402,7 +402,17 @@ def worker(
     burst: Annotated[bool, typer.Option(help="Run queued jobs, then exit.")] = False,
     concurrency: Annotated[
         int | None,
-        typer.Option(min=1, help="Jobs run at once (default: PORTAL_WORKER_CONCURRENCY)."),
+        typer.Option(
+            min=1,
+            help="Jobs other than charges run at once (default: PORTAL_WORKER_CONCURRENCY).",
+        ),
+    ] = None,
+    charge_concurrency: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Charges run at once (default: PORTAL_WORKER_CHARGE_CONCURRENCY).",
+        ),
     ] = None,
 ) -> None:
     """Run the arq worker (polling, normalization, retries, webhooks). It waits out PostgreSQL
@@ -415,7 +425,9 @@ def worker(
                 services.redis_url,
                 {"settings": settings, "database_url": services.database_url},
                 burst=burst,
-                max_jobs=concurrency or settings.worker_concurrency,
+                # Unless given, the settings' (the context's settings are these).
+                concurrency=concurrency,
+                charge_concurrency=charge_concurrency,
             ),
             settings,
         )

@@ -98,7 +98,8 @@ async def run_demo(
             build_worker(
                 services.redis_url,
                 {"settings": settings, "db": db, "clock": clock, "box": box},
-                max_jobs=settings.worker_concurrency,
+                concurrency=settings.worker_concurrency,
+                charge_concurrency=settings.worker_charge_concurrency,
             ),
             settings,
         )

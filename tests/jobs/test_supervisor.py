@@ -233,7 +233,8 @@ async def test_a_job_start_cut_off_by_redis_gives_its_slot_back(tmp_path: Path) 
         {"settings": settings, "database_url": CLOSED_DATABASE},
         functions=[func(noop, name="noop")],
         cron_jobs=[],
-        max_jobs=2,
+        concurrency=1,
+        charge_concurrency=1,
     )
     try:
         await worker.connect()
@@ -473,7 +474,7 @@ def test_a_killed_workers_jobs_are_delivered_again_within_minutes() -> None:
     from jobs.worker import CRON_JOBS, FUNCTIONS, MAX_JOB_SECONDS
 
     worker = build_worker(
-        "redis://127.0.0.1:9/0", {"settings": Settings(environment="test")}, max_jobs=1
+        "redis://127.0.0.1:9/0", {"settings": Settings(environment="test")}, concurrency=1
     )
     assert worker.in_progress_timeout_s == MAX_JOB_SECONDS + 10
     timeouts = [f.timeout_s for f in FUNCTIONS] + [c.timeout_s for c in CRON_JOBS]

@@ -189,3 +189,32 @@ def test_workers_and_the_api_use_the_settings_queue() -> None:
     assert queue_client("redis://127.0.0.1:9/0", settings.queue_name).default_queue_name == (
         "arq:queue:tenant-a"
     )
+
+
+def test_workers_take_their_charge_and_other_slots_from_the_settings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("PORTAL_WORKER_CONCURRENCY", "4")
+    monkeypatch.setenv("PORTAL_WORKER_CHARGE_CONCURRENCY", "48")
+    settings = Settings()
+    assert (settings.worker_concurrency, settings.worker_charge_concurrency) == (4, 48)
+    worker = build_worker("redis://127.0.0.1:9/0", {"settings": settings})
+    assert (worker.concurrency, worker.charge_concurrency, worker.max_jobs) == (4, 48, 52)
+    given = build_worker(
+        "redis://127.0.0.1:9/0", {"settings": settings}, concurrency=2, charge_concurrency=8
+    )
+    assert (given.concurrency, given.charge_concurrency, given.max_jobs) == (2, 8, 10)
+    # Other jobs queued behind a charge backlog are still read (see QUEUE_READ_LIMIT).
+    assert given.queue_read_limit == 500
+    with pytest.raises(TypeError, match="concurrency \\+ charge_concurrency"):
+        build_worker("redis://127.0.0.1:9/0", {"settings": settings}, max_jobs=10)
+    with pytest.raises(ValueError, match="must be at least 1, not 2 and 0"):
+        build_worker(
+            "redis://127.0.0.1:9/0", {"settings": settings}, concurrency=2, charge_concurrency=0
+        )
+
+
+def test_charge_slots_default_to_32_and_must_be_positive() -> None:
+    assert Settings().worker_charge_concurrency == 32
+    with pytest.raises(ValidationError, match="worker_charge_concurrency"):
+        Settings(worker_charge_concurrency=0)
