@@ -29,9 +29,10 @@ after 10 minutes in flight, which at a speed of 60 would be 10 wall seconds of q
 
 Printed: time from the resume to every held payment decided, to every due payment claimed and
 to every attempt recorded (read from PostgreSQL each second); attempts recorded and the arq
-queue's depth (jobs ready to start) per 10 s; how late cron runs started against their tick
-(the queue is first in, first out, so a cron run waits behind the charge jobs queued before
-it); then a drain (as the soak's) and the books: the sandbox's charges against the portal's
+queue's depth (jobs ready to start) per 10 s; how late cron runs started against their tick,
+and how long they waited in the queue (it is first in, first out: a cron run waits behind the
+charge jobs queued before it; a run queued after its tick was queued late by a busy worker's
+cron loop); then a drain (as the soak's) and the books: the sandbox's charges against the portal's
 attempts, no idempotency key charged twice, nothing left in flight. Exits 1 when an invariant
 fails or the burst did not finish within --timeout.
 
@@ -105,10 +106,12 @@ class Sample:
 
 @dataclass
 class CronWait:
-    """One cron run seen in the queue: its tick (ms) and when it was first seen started."""
+    """One cron run seen in the queue: its tick, when it was queued (its score: the tick, or
+    later when the worker's cron loop queued it late) and when it was first seen started (ms)."""
 
     name: str
     tick_ms: int
+    queued_ms: int
     started_ms: int | None = None
 
 
@@ -156,20 +159,19 @@ async def watch_queue(redis: Redis, watch: Watch) -> int:
     queue until it finishes; `arq:in-progress:<id>` exists from its start."""
     seconds, micros = await redis.time()
     now_ms = int(seconds) * 1000 + int(micros) // 1000
-    ready = await redis.zrangebyscore(DEFAULT_QUEUE_NAME, "-inf", now_ms)
-    crons = [m.decode() for m in ready if m.startswith(b"cron:")]
+    ready = await redis.zrangebyscore(DEFAULT_QUEUE_NAME, "-inf", now_ms, withscores=True)
+    crons = {m.decode(): int(score) for m, score in ready if m.startswith(b"cron:")}
     open_ids = [c for c in crons if c not in watch.crons or watch.crons[c].started_ms is None]
     if open_ids:
         started = await redis.mget([in_progress_key_prefix + c for c in open_ids])
         for job_id, flag in zip(open_ids, started, strict=True):
             _, name, tick = job_id.rsplit(":", 2)
-            wait = watch.crons.setdefault(job_id, CronWait(name, int(tick)))
+            wait = watch.crons.setdefault(job_id, CronWait(name, int(tick), crons[job_id]))
             if flag is not None:
                 wait.started_ms = now_ms
     # Runs seen waiting that left the queue between two samples started by now at the latest.
-    present = set(crons)
     for job_id, wait in watch.crons.items():
-        if wait.started_ms is None and job_id not in present:
+        if wait.started_ms is None and job_id not in crons:
             wait.started_ms = now_ms
     return len(ready)
 
@@ -341,16 +343,23 @@ def report(watch: Watch, burst: int, later: int) -> list[str]:
             f"   {index * BUCKET_SECONDS:6.0f}   {last.recorded:8,}   {made / BUCKET_SECONDS:9.0f}"
             f"   {last.claimed:7,}   {last.retrying:9,}   {max(s.ready_jobs for s in group):10,}"
         )
-    lines += ["", "cron runs: how late they started against their tick (sampled each second)"]
-    by_name: dict[str, list[float]] = defaultdict(list)
+    lines += [
+        "",
+        "cron runs seen waiting: start after the tick (cron loop lateness + queue wait) and",
+        "after being queued (queue wait alone), latest and median, sampled each second",
+    ]
+    by_name: dict[str, list[CronWait]] = defaultdict(list)
     for wait in watch.crons.values():
         if wait.started_ms is not None:
-            by_name[wait.name].append((wait.started_ms - wait.tick_ms) / 1000)
+            by_name[wait.name].append(wait)
     for name in sorted(by_name):
-        late = sorted(by_name[name])
+        runs = by_name[name]
+        late = sorted((w.started_ms or 0) - w.tick_ms for w in runs)
+        queued = sorted((w.started_ms or 0) - w.queued_ms for w in runs)
         lines.append(
-            f"  {name:24} {len(late):4} runs seen waiting; latest start {late[-1]:5.1f} s after "
-            f"its tick, median {late[len(late) // 2]:4.1f} s"
+            f"  {name:22} {len(runs):4} runs; after tick {late[-1] / 1000:5.1f} s "
+            f"(median {late[len(late) // 2] / 1000:5.1f}), after queued "
+            f"{queued[-1] / 1000:5.1f} s (median {queued[len(queued) // 2] / 1000:5.1f})"
         )
     if not by_name:
         lines.append("  no cron run was seen waiting in the queue")
