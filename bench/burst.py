@@ -320,6 +320,16 @@ def report(watch: Watch, burst: int, later: int) -> list[str]:
         f"                  to every due payment claimed: {seconds(claimed)}",
         f"                  to every attempt recorded:    {seconds(recorded)}",
     ]
+    # A payment or two may wait for another of its customer's to finish: the shares show
+    # when the bulk was done.
+    for share in (0.5, 0.9, 0.99):
+        need = share * burst
+        at_claimed = next((s.at for s in samples if s.claimed >= need), None)
+        at_recorded = next((s.at for s in samples if s.recorded >= need), None)
+        lines.append(
+            f"  {share:4.0%} of the burst claimed at {seconds(at_claimed)}, "
+            f"recorded at {seconds(at_recorded)}"
+        )
     if recorded and decided is not None:
         span = max(recorded - decided, 1.0)
         lines.append(
