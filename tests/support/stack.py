@@ -2,8 +2,9 @@
 
 A private PostgreSQL and Redis owned by the caller (free loopback ports, files in a temporary
 folder), the sandbox processors, API and worker processes, each restartable under its name.
-Used by the fault test (tests/e2e/test_faults.py) and the soak (bench/soak.py). Nothing here
-touches the machine's shared PostgreSQL or Redis, and everything started is stopped at the end.
+Used by the fault test (tests/e2e/test_faults.py), the soak (bench/soak.py) and the burst
+(bench/burst.py). Nothing here touches the machine's shared PostgreSQL or Redis, and everything
+started is stopped at the end.
 
 Redis runs as production typically runs a job queue: no persistence (`--save '' --appendonly
 no`). A restart loses the arq queue; the portal keeps every durable fact (cursors, watermarks,
