@@ -158,8 +158,10 @@ class Settings(BaseSettings):
     # A claim run takes no more due payments while this many jobs wait in the queue, ready
     # to start: charge jobs queue first in, first out with every other job (cron runs and
     # polls included), so the backlog a billing day leaves ahead of them is held to about
-    # what the workers charge between two claim ticks (10 s).
-    claim_queue_limit: int = Field(default=2000, gt=0)
+    # what the workers charge between two claim ticks (10 s; two workers charged about 50 a
+    # second through the sandbox, `bench/burst.py`). Workers read this far down the queue
+    # and more (`jobs.worker.read_limit`).
+    claim_queue_limit: int = Field(default=500, gt=0)
 
     # Promoting a model over a champion (`promoteModel`, `portal model promote`) may also need
     # the model's shadow decisions to compare well with that champion's at the same decision

@@ -77,17 +77,25 @@ async def load_current(
     db: Database, status: ModelStatus, cache: ModelCache = CACHE
 ) -> Loaded | None:
     """The current champion (or shadow): one id lookup, the artifact only when not cached."""
-    async with db.session(SYSTEM_SCOPE) as session:
-        model_id = await registry.current_id(session, status)
-        if model_id is None:
-            return None
-        cached = cache.get(model_id)
-        if cached is not None:
-            return cached
-        row = await registry.model_by_id(session, model_id)
-    if row is None:
-        return None
-    return cache.load(row.id, row.artifact)
+    return (await _load_serving(db, (status,), cache))[status]
+
+
+async def _load_serving(
+    db: Database, statuses: Sequence[ModelStatus], cache: ModelCache
+) -> dict[ModelStatus, Loaded | None]:
+    """The current model of each status: their ids in one statement outside a transaction
+    (every charge job asks, so it costs one round trip), artifacts only when not cached."""
+    async with db.read(SYSTEM_SCOPE) as session:
+        ids = await registry.current_ids(session, statuses)
+    loaded: dict[ModelStatus, Loaded | None] = {}
+    for status in statuses:
+        model_id = ids.get(status)
+        loaded[status] = None if model_id is None else cache.get(model_id)
+        if model_id is not None and loaded[status] is None:
+            async with db.read(SYSTEM_SCOPE) as session:
+                row = await registry.model_by_id(session, model_id)
+            loaded[status] = None if row is None else cache.load(row.id, row.artifact)
+    return loaded
 
 
 def _stable_int(value: str | uuid.UUID) -> int:
@@ -429,8 +437,8 @@ class ModelScheduler:
 
 async def serving_scheduler(db: Database, cache: ModelCache = CACHE) -> ModelScheduler:
     """A scheduler over the current champion and shadow (loaded once per model id)."""
-    champion = await load_current(db, ModelStatus.CHAMPION, cache)
-    shadow = await load_current(db, ModelStatus.SHADOW, cache)
+    serving = await _load_serving(db, (ModelStatus.CHAMPION, ModelStatus.SHADOW), cache)
+    champion, shadow = serving[ModelStatus.CHAMPION], serving[ModelStatus.SHADOW]
     if champion is not None and champion.error:
         logger.warning("champion model unusable; decline-aware rules in use", error=champion.error)
     return ModelScheduler(champion=champion, shadow=shadow)

@@ -136,12 +136,19 @@ async def claim_due(ctx: WorkerContext) -> int:
         async with ctx["db"].uow(SYSTEM_SCOPE) as uow:
             applied = await claim_service(uow, now=ctx["clock"].now(), limit=CLAIM_BATCH)
             await uow.commit()
-        queued += await _enqueue_attempts(ctx, applied.enqueue)
+        added = await _enqueue_attempts(ctx, applied.enqueue)
+        queued += added
         return len(applied.transitions)
 
-    async with asyncio.TaskGroup() as lanes:
-        for _ in range(CLAIM_LANES):
-            lanes.create_task(_batches(batch, "claim_due", CLAIM_BATCH, deadline))
+    # Not a task group: a lane that fails must not cancel the other between its commit and
+    # its enqueue, which would leave a whole batch to `reconcile_stuck`. Both settle first.
+    lanes = await asyncio.gather(
+        *(_batches(batch, "claim_due", CLAIM_BATCH, deadline) for _ in range(CLAIM_LANES)),
+        return_exceptions=True,
+    )
+    for lane in lanes:
+        if isinstance(lane, BaseException):
+            raise lane
     return queued
 
 

@@ -30,6 +30,8 @@ from jobs.outages import Backoff, OutageTracker
 from jobs.requested import replay_connection_requested, retrain_model_requested
 from jobs.retention import maintain_partitions, prune_history
 from jobs.retry import (
+    CLAIM_BATCH,
+    CLAIM_LANES,
     attempt_payment,
     carry_out_end_actions,
     claim_due,
@@ -111,16 +113,22 @@ CRON_JOBS = [
 
 logger = structlog.stdlib.get_logger("portal.worker")
 
-# Job ids a worker reads from the head of the queue each poll (arq's default is 5 * max_jobs,
-# at least 100). A charge waiting for a slot stays queued ahead of what was queued after it, so
-# any other job - the cron runs that claim, decide and publish, polls - is read only while
-# fewer than this many jobs are ahead of it. Only `claim_due` queues charges (200 per claim
-# batch), and running ones stay queued too (32 per worker by default): 500 covers two claim
-# batches beside the running charges of three workers. A job behind a larger backlog is read
-# once the charges ahead drain below 500, at about 495 a second per worker. A read of 500 ids
-# is one ZRANGEBYSCORE of about 25 KB; a charge read while charge slots are full is passed
-# over without a Redis command.
+# Job ids a worker reads from the head of the queue each poll at least (arq's default is
+# 5 * max_jobs, at least 100). A charge waiting for a slot stays queued ahead of what was
+# queued after it, so any other job (the cron runs that claim, decide and publish, polls) is
+# read only while fewer than this many jobs are ahead of it: `read_limit` makes it cover the
+# charge backlog claiming allows. A read is one ZRANGEBYSCORE (about 50 bytes an id); a charge
+# read while charge slots are full is passed over without a Redis command.
 QUEUE_READ_LIMIT = 500
+
+
+def read_limit(settings: Settings, max_jobs: int) -> int:
+    """Job ids read each poll: the ready jobs at which claiming stops, what claim lanes that
+    each checked just below it may add (two runs of `CLAIM_LANES` lanes, a batch each), and
+    the running jobs of about five workers (a running job stays in the queue until it ends)."""
+    claims = 2 * CLAIM_LANES * CLAIM_BATCH
+    return max(QUEUE_READ_LIMIT, settings.claim_queue_limit + claims + 5 * max_jobs)
+
 
 # Cancelled jobs get this long to hand themselves back to the queue (one Redis write each).
 CANCEL_WAIT_SECONDS = 5.0
@@ -340,6 +348,11 @@ def build_worker(
     settings: Settings = ctx.get("settings") or get_settings()
     backoff = Backoff.from_settings(settings)
     kwargs.setdefault("queue_name", settings.queue_name)
+    others = settings.worker_concurrency if concurrency is None else concurrency
+    charges = (
+        settings.worker_charge_concurrency if charge_concurrency is None else charge_concurrency
+    )
+    kwargs.setdefault("queue_read_limit", read_limit(settings, others + charges))
     worker = PortalWorker(
         functions=functions,
         cron_jobs=cron_jobs,
@@ -348,10 +361,8 @@ def build_worker(
         on_shutdown=shutdown,
         ctx=ctx,
         backoff=backoff,
-        concurrency=settings.worker_concurrency if concurrency is None else concurrency,
-        charge_concurrency=(
-            settings.worker_charge_concurrency if charge_concurrency is None else charge_concurrency
-        ),
+        concurrency=others,
+        charge_concurrency=charges,
         **kwargs,
     )
     instrument(worker, worker.outages, backoff)

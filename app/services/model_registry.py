@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import insert, inspect, text, tuple_
+from sqlalchemy.dialects.postgresql import distinct_on
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import QueryableAttribute, defer
 from sqlmodel import col, select
@@ -185,6 +186,23 @@ async def current_id(session: AsyncSession, status: ModelStatus) -> uuid.UUID | 
             .limit(1)
         )
     ).scalar_one_or_none()
+
+
+async def current_ids(
+    session: AsyncSession, statuses: Sequence[ModelStatus]
+) -> dict[ModelStatus, uuid.UUID]:
+    """`current_id` of each status, in one statement: the newest model of each."""
+    rows = await session.execute(
+        select(col(ModelVersion.status), col(ModelVersion.id))
+        .where(col(ModelVersion.status).in_(statuses))
+        .order_by(
+            col(ModelVersion.status),
+            col(ModelVersion.trained_at).desc(),
+            col(ModelVersion.id).desc(),
+        )
+        .ext(distinct_on(col(ModelVersion.status)))
+    )
+    return dict(rows.all())
 
 
 async def list_models(

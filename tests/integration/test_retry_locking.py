@@ -339,11 +339,21 @@ async def test_the_claim_job_runs_its_lanes_at_once_and_claims_each_payment_once
             running -= 1
 
     monkeypatch.setattr(jobs_retry, "claim_service", counted)
+    real_enqueue = jobs_retry.enqueue_attempt
+
+    async def slow_enqueue(*args: Any) -> bool:
+        await asyncio.sleep(0.2)  # both lanes' enqueues under way at once
+        return await real_enqueue(*args)
+
+    monkeypatch.setattr(jobs_retry, "enqueue_attempt", slow_enqueue)
 
     queued = await jobs_retry.claim_due(cast(Any, claim_ctx))
 
     assert most == jobs_retry.CLAIM_LANES == 2
     assert queued >= 12  # with any other test's payment due by then
+    # Every job both lanes queued is counted (the queue is this test's own).
+    redis = claim_ctx["redis"]
+    assert queued == await redis.zcard(redis.default_queue_name)
     await _claimed_once(db, claim_ctx, payments)
 
 

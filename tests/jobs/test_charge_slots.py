@@ -17,6 +17,7 @@ from arq.worker import Function
 from app.embedded import Services
 from app.settings import Settings
 from jobs.enqueue import attempt_job_id, is_attempt_job_id
+from jobs.retry import CLAIM_BATCH, CLAIM_LANES
 from jobs.telemetry import heartbeats_key
 from jobs.worker import PortalWorker, build_worker
 
@@ -160,12 +161,14 @@ async def test_a_job_behind_a_charge_backlog_starts_while_charge_slots_are_full(
 ) -> None:
     jobs = Jobs()
     worker = slot_worker(queue, services.redis_url, jobs, concurrency=1, charge_concurrency=1)
-    # More charges than arq's own read limit (5 * max_jobs, at least 100) would reach past,
-    # and more than it reads with the default settings (5 * (10 + 32)).
-    backlog = 300
+    # The most charges claiming lets queue up (its limit, and a batch of each lane of two
+    # runs that checked just below it), far past arq's own read limit (5 * max_jobs).
+    backlog = Settings().claim_queue_limit + 2 * CLAIM_LANES * CLAIM_BATCH
     assert backlog > max(100, 5 * worker.max_jobs, 5 * (10 + 32))
-    for n in range(backlog):
-        await enqueue_charge(queue, "charge", f"charge {n}")
+    for chunk in range(0, backlog, 100):
+        await asyncio.gather(
+            *(enqueue_charge(queue, "charge", f"charge {n}") for n in range(chunk, chunk + 100))
+        )
     await asyncio.sleep(0.01)  # queued strictly after the backlog (the queue's score is ms)
     assert await queue.enqueue_job("other", "behind the backlog") is not None
     assert await queue.zcard(queue.default_queue_name) == backlog + 1
@@ -186,10 +189,16 @@ async def test_slots_are_given_back_when_jobs_fail_or_are_cancelled(
     queue: ArqRedis, services: Services
 ) -> None:
     jobs = Jobs()
+    # The queue's score is the enqueue time in ms, and jobs of one score start in the order of
+    # their (random) ids: each is queued a few ms after the one before, to start in this order.
     await enqueue_charge(queue, "failing_charge", "failing charge")
+    await asyncio.sleep(0.005)
     held = await enqueue_charge(queue, "charge_held_once", "held charge")
+    await asyncio.sleep(0.005)
     await enqueue_charge(queue, "charge", "last charge")
+    await asyncio.sleep(0.005)
     assert await queue.enqueue_job("failing_other", "failing other") is not None
+    await asyncio.sleep(0.005)
     assert await queue.enqueue_job("other", "last other") is not None
     worker = slot_worker(queue, services.redis_url, jobs, concurrency=1, charge_concurrency=1)
     await start(worker)

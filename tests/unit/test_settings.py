@@ -11,6 +11,7 @@ from app.clock import SystemClock, clock_from_settings
 from app.embedded import redact_url
 from app.settings import Settings, normalize_database_url
 from app.urls import UrlPolicy
+from jobs.retry import CLAIM_BATCH, CLAIM_LANES
 from jobs.worker import build_worker
 from portal.asgi import queue_client
 from portal.demo import demo_settings
@@ -204,8 +205,14 @@ def test_workers_take_their_charge_and_other_slots_from_the_settings(
         "redis://127.0.0.1:9/0", {"settings": settings}, concurrency=2, charge_concurrency=8
     )
     assert (given.concurrency, given.charge_concurrency, given.max_jobs) == (2, 8, 10)
-    # Other jobs queued behind a charge backlog are still read (see QUEUE_READ_LIMIT).
-    assert given.queue_read_limit == 500
+    # Other jobs queued behind the charge backlog claiming allows are still read: the claim's
+    # limit, two claim runs' lanes of a batch each, five workers' running jobs.
+    claims = 2 * CLAIM_LANES * CLAIM_BATCH
+    assert given.queue_read_limit == settings.claim_queue_limit + claims + 5 * 10
+    monkeypatch.setenv("PORTAL_CLAIM_QUEUE_LIMIT", "5000")
+    assert build_worker("redis://127.0.0.1:9/0", {"settings": Settings()}).queue_read_limit == (
+        5000 + claims + 5 * 52
+    )
     with pytest.raises(TypeError, match="concurrency \\+ charge_concurrency"):
         build_worker("redis://127.0.0.1:9/0", {"settings": settings}, max_jobs=10)
     with pytest.raises(ValueError, match="must be at least 1, not 2 and 0"):

@@ -890,11 +890,18 @@ function policySection(screen) {
       discardEdits();
       announce(`Saved: the retry policy is at version ${payload.retryPolicy.version}.`, { tone: "success" });
     } catch (error) {
-      if (error.name === "AbortError") {
-        // The screen went while the saved policy was read again: the save is still said.
-        if (payload) announce(`Saved: the retry policy is at version ${payload.retryPolicy.version}.`, { tone: "success" });
+      if (payload) {
+        // Saved; only reading the policy again failed (or the screen went meanwhile): the save
+        // is said, and the edits, now saved, are not offered for saving again.
+        const saved = `Saved: the retry policy is at version ${payload.retryPolicy.version}.`;
+        if (error.name === "AbortError" || signal.aborted) announce(saved, { tone: "success" });
+        else {
+          discardEdits();
+          announce(`${saved} It could not be read back (${error.message}): reload the page to see it.`, { tone: "success" });
+        }
         return;
       }
+      if (error.name === "AbortError") return;
       if (signal.aborted) {
         // The screen has gone: what its form would have shown is said instead.
         announce(`The policy was not saved: ${error.message}`, { tone: "error" });
