@@ -68,7 +68,6 @@ from arq.constants import in_progress_key_prefix  # noqa: E402
 
 from app.db import Database  # noqa: E402
 from app.enums import MerchantStatus, Processor, RetryStrategy  # noqa: E402
-from app.services.merchant import set_recovery_status  # noqa: E402
 from app.services.retry_policy import (  # noqa: E402
     PolicyChanges,
     current_policies,
@@ -76,7 +75,12 @@ from app.services.retry_policy import (  # noqa: E402
 )
 from app.settings import DEFAULT_QUEUE_NAME, normalize_database_url  # noqa: E402
 from app.tenancy import SYSTEM_SCOPE, system_principal  # noqa: E402
-from tests.support.soak.books import book_invariants, drain, explain_in_flight  # noqa: E402
+from tests.support.soak.books import (  # noqa: E402
+    book_invariants,
+    drain,
+    explain_in_flight,
+    set_recovery,
+)
 from tests.support.soak.load import set_sandbox_clock, set_up_tenants  # noqa: E402
 from tests.support.soak.report import Invariant, SoakConfig, Tenants  # noqa: E402
 from tests.support.stack import Stack, stack_folder  # noqa: E402
@@ -212,26 +216,7 @@ async def prepare_merchants(stack: Stack, tenants: Tenants) -> None:
             await uow.commit()
     finally:
         await db.dispose()
-    await set_status(stack, tenants, MerchantStatus.PAUSED, "burst: hold until ingested")
-
-
-async def set_status(stack: Stack, tenants: Tenants, status: MerchantStatus, why: str) -> None:
-    """Pause or resume every merchant's recovery, as support does."""
-    db = Database.from_url(normalize_database_url(stack.postgres.url))
-    try:
-        async with db.uow(SYSTEM_SCOPE) as uow:
-            for t in tenants.merchants:
-                await set_recovery_status(
-                    uow,
-                    principal=system_principal("burst"),
-                    merchant_id=t.merchant_id,
-                    status=status,
-                    reason=why,
-                    now=stack.time.now(),
-                )
-            await uow.commit()
-    finally:
-        await db.dispose()
+    await set_recovery(stack, tenants, MerchantStatus.PAUSED, "burst: hold until ingested")
 
 
 async def slow_sandbox(stack: Stack, tenants: Tenants, delay: float) -> None:
@@ -430,7 +415,7 @@ async def run(args: argparse.Namespace) -> bool:
             stop = asyncio.Event()
             t0 = time.monotonic()
             sampler = asyncio.create_task(sample(stack, redis, watch, t0, stop))
-            await set_status(stack, tenants, MerchantStatus.ACTIVE, "burst: resume")
+            await set_recovery(stack, tenants, MerchantStatus.ACTIVE, "burst: resume")
             finished = await wait_finished(watch, sampler, args.timeout, began)
             stop.set()
             await sampler

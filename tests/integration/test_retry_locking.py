@@ -31,7 +31,7 @@ from app.settings import Settings
 from app.tenancy import SYSTEM_SCOPE, system_principal
 from app.workflows import retry_attempt
 from jobs import retry as jobs_retry
-from jobs.enqueue import attempt_job_id
+from jobs.enqueue import attempt_job_id, enqueue_attempt
 from tests.support.retry import decide, fixed_schedule_payments, reload, timeline
 from tests.support.scratch import scratch_database
 
@@ -339,11 +339,10 @@ async def test_the_claim_job_runs_its_lanes_at_once_and_claims_each_payment_once
             running -= 1
 
     monkeypatch.setattr(jobs_retry, "claim_service", counted)
-    real_enqueue = jobs_retry.enqueue_attempt
 
     async def slow_enqueue(*args: Any) -> bool:
         await asyncio.sleep(0.2)  # both lanes' enqueues under way at once
-        return await real_enqueue(*args)
+        return await enqueue_attempt(*args)
 
     monkeypatch.setattr(jobs_retry, "enqueue_attempt", slow_enqueue)
 

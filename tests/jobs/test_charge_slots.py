@@ -6,35 +6,21 @@ import asyncio
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-import pytest
-from arq import create_pool, func
-from arq.connections import ArqRedis, RedisSettings
+from arq import func
+from arq.connections import ArqRedis
 from arq.worker import Function
 
 from app.embedded import Services
 from app.settings import Settings
 from jobs.enqueue import attempt_job_id, is_attempt_job_id
 from jobs.retry import CLAIM_BATCH, CLAIM_LANES
-from jobs.telemetry import heartbeats_key
 from jobs.worker import PortalWorker, build_worker
 
 # The jobs here never reach PostgreSQL: nothing listens there.
 CLOSED_DATABASE = "postgresql+asyncpg://postgres@127.0.0.1:9/nothing"
-
-
-@pytest.fixture
-async def queue(services: Services) -> AsyncIterator[ArqRedis]:
-    # A queue of its own on the shared Redis: no other worker takes these jobs.
-    name = f"test:charge-slots:{uuid.uuid4().hex[:8]}"
-    pool = await create_pool(RedisSettings.from_dsn(services.redis_url), default_queue_name=name)
-    try:
-        yield pool
-    finally:
-        await pool.delete(name, heartbeats_key(name))
-        await pool.aclose()
 
 
 class Jobs:

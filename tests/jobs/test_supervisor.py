@@ -6,7 +6,7 @@ import io
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -64,18 +64,6 @@ class Logs:
 def logs() -> Iterator[Logs]:
     with json_logs("INFO") as stream:
         yield Logs(stream)
-
-
-@pytest.fixture
-async def queue(services: Services) -> AsyncIterator[ArqRedis]:
-    # A queue of its own on the shared Redis: no other worker takes these jobs.
-    name = f"test:supervisor:{uuid.uuid4().hex[:8]}"
-    pool = await create_pool(RedisSettings.from_dsn(services.redis_url), default_queue_name=name)
-    try:
-        yield pool
-    finally:
-        await pool.delete(name, heartbeats_key(name))
-        await pool.aclose()
 
 
 def queue_worker(

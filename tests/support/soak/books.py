@@ -129,26 +129,36 @@ async def read_ledgers(stack: Stack, tenants: Tenants) -> Ledgers:
     )
 
 
-async def drain(stack: Stack, tenants: Tenants, seconds: float) -> tuple[Ledgers, float | None]:
-    """Stop the world's clock and the portal's new retries, then wait (bounded) until ingestion
-    has caught up and every attempt in flight has finished. Returns the books and how long it
-    took (None when it did not settle in time)."""
-    await set_sandbox_clock(stack, frozen=True)
+async def set_recovery(stack: Stack, tenants: Tenants, status: MerchantStatus, why: str) -> None:
+    """Pause or resume every merchant's recovery, as support does."""
     db = Database.from_url(normalize_database_url(stack.postgres.url))
     try:
         async with db.uow(SYSTEM_SCOPE) as uow:
             for t in tenants.merchants:
                 await set_recovery_status(
                     uow,
-                    principal=system_principal("soak"),
+                    principal=system_principal("harness"),
                     merchant_id=t.merchant_id,
-                    status=MerchantStatus.PAUSED,
-                    reason="soak drain: no new retries while the books are compared",
+                    status=status,
+                    reason=why,
                     now=stack.time.now(),
                 )
             await uow.commit()
     finally:
         await db.dispose()
+
+
+async def drain(stack: Stack, tenants: Tenants, seconds: float) -> tuple[Ledgers, float | None]:
+    """Stop the world's clock and the portal's new retries, then wait (bounded) until ingestion
+    has caught up and every attempt in flight has finished. Returns the books and how long it
+    took (None when it did not settle in time)."""
+    await set_sandbox_clock(stack, frozen=True)
+    await set_recovery(
+        stack,
+        tenants,
+        MerchantStatus.PAUSED,
+        "soak drain: no new retries while the books are compared",
+    )
     start = time.monotonic()
     pushed = 0.0
     ledgers = await read_ledgers(stack, tenants)
