@@ -87,9 +87,11 @@ async def set_recovery_status(
 ) -> Merchant:
     """Pause or resume a merchant's recovery (support only), audited; setting the status it
     already has changes nothing and is not logged."""
+    # FOR NO KEY UPDATE: pauses and resumes of one merchant queue here, while writers of the
+    # merchant's payments (whose foreign keys take the merchant row FOR KEY SHARE) go on.
     merchant = (
         await uow.session.execute(
-            select(Merchant).where(col(Merchant.id) == merchant_id).with_for_update()
+            select(Merchant).where(col(Merchant.id) == merchant_id).with_for_update(key_share=True)
         )
     ).scalar_one_or_none()
     if merchant is None:

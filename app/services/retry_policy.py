@@ -208,10 +208,12 @@ async def update_retry_policy(
     now: datetime,
 ) -> RetryPolicy:
     """Add the next policy version if `expected_version` is still current."""
-    # Lock the merchant row: concurrent updates of one merchant's policy queue here.
+    # Lock the merchant row: concurrent updates of one merchant's policy queue here. FOR NO
+    # KEY UPDATE, so writers of the merchant's rows (their foreign keys take the merchant row
+    # FOR KEY SHARE) are not held up by it, nor hold it up.
     merchant = (
         await uow.session.execute(
-            select(Merchant).where(Merchant.id == merchant_id).with_for_update()
+            select(Merchant).where(Merchant.id == merchant_id).with_for_update(key_share=True)
         )
     ).scalar_one_or_none()
     if merchant is None:

@@ -24,9 +24,12 @@ from sqlalchemy.exc import DBAPIError
 from app.clock import FixedClock
 from app.db import Database, UnitOfWork
 from app.embedded import Services
-from app.enums import PaymentState
+from app.enums import MerchantStatus, PaymentState
+from app.models.merchant import Merchant
+from app.services.merchant import set_recovery_status
 from app.services.retry.engine import claim_due, decide_pending
 from app.services.retry.manual import cancel_recovery, retry_now
+from app.services.retry_policy import PolicyChanges, current_policies, update_retry_policy
 from app.settings import Settings
 from app.tenancy import SYSTEM_SCOPE, system_principal
 from app.workflows import retry_attempt
@@ -382,6 +385,47 @@ async def test_a_claim_lane_takes_its_batch_again_when_postgresql_breaks_a_deadl
     assert await jobs_retry.claim_due(cast(Any, claim_ctx)) >= 6
     assert broken == 1
     await _claimed_once(db, claim_ctx, payments)
+
+
+async def test_pausing_a_merchant_and_changing_its_policy_wait_for_no_writer_of_its_rows(
+    db: Database,
+) -> None:
+    """A transaction that writes any row of a merchant holds the merchant row FOR KEY SHARE
+    (its foreign key's check) until it ends. Pausing the merchant and changing its policy lock
+    the row FOR NO KEY UPDATE, which that does not block: neither waits for the writer (nor,
+    holding the row, makes the writer wait, which across two merchants deadlocked)."""
+    [payment] = await fixed_schedule_payments(db, 1, T0)
+    merchant_id = payment.merchant_id
+    async with db.uow(SYSTEM_SCOPE) as writer:
+        await writer.session.execute(
+            text("SELECT 1 FROM merchant WHERE id = :m FOR KEY SHARE"), {"m": merchant_id}
+        )
+        async with db.uow(SYSTEM_SCOPE) as uow:
+            await uow.session.execute(text("SET LOCAL lock_timeout = '2s'"))
+            await set_recovery_status(
+                uow,
+                principal=system_principal(),
+                merchant_id=merchant_id,
+                status=MerchantStatus.PAUSED,
+                reason="lock test",
+                now=DAY1,
+            )
+            version = (await current_policies(uow.session, [merchant_id]))[merchant_id].version
+            await update_retry_policy(
+                uow,
+                principal=system_principal(),
+                merchant_id=merchant_id,
+                expected_version=version,
+                changes=PolicyChanges(fixed_schedule_days=[2, 4, 6]),
+                reason="lock test",
+                now=DAY1,
+            )
+            await uow.commit()
+        await writer.rollback()
+    async with db.uow(SYSTEM_SCOPE) as uow:
+        merchant = await uow.session.get(Merchant, merchant_id)
+        assert merchant is not None
+        assert merchant.status is MerchantStatus.PAUSED
 
 
 async def test_an_attempt_is_read_as_committed_by_the_writer_the_lock_waited_for(

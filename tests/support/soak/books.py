@@ -130,11 +130,12 @@ async def read_ledgers(stack: Stack, tenants: Tenants) -> Ledgers:
 
 
 async def set_recovery(stack: Stack, tenants: Tenants, status: MerchantStatus, why: str) -> None:
-    """Pause or resume every merchant's recovery, as support does."""
+    """Pause or resume every merchant's recovery, as support does: one merchant at a time,
+    each in a transaction of its own."""
     db = Database.from_url(normalize_database_url(stack.postgres.url))
     try:
-        async with db.uow(SYSTEM_SCOPE) as uow:
-            for t in tenants.merchants:
+        for t in tenants.merchants:
+            async with db.uow(SYSTEM_SCOPE) as uow:
                 await set_recovery_status(
                     uow,
                     principal=system_principal("harness"),
@@ -143,7 +144,7 @@ async def set_recovery(stack: Stack, tenants: Tenants, status: MerchantStatus, w
                     reason=why,
                     now=stack.time.now(),
                 )
-            await uow.commit()
+                await uow.commit()
     finally:
         await db.dispose()
 
