@@ -461,7 +461,10 @@ async def pause_merchant(
             raise RuntimeError("the bulk action disappeared")
         merchant = (
             await uow.session.execute(
-                select(Merchant).where(col(Merchant.id) == merchant_id).with_for_update()
+                # As `set_recovery_status` locks it: writers of the merchant's rows go on.
+                select(Merchant)
+                .where(col(Merchant.id) == merchant_id)
+                .with_for_update(key_share=True)
             )
         ).scalar_one_or_none()
         if merchant is None or merchant.status is MerchantStatus.PAUSED:
