@@ -156,11 +156,13 @@ class Settings(BaseSettings):
     # deployments (or test runs) that share one Redis database keep apart with one each.
     queue_name: str = Field(default=DEFAULT_QUEUE_NAME, min_length=1, max_length=200)
     # A claim run takes no more due payments while this many jobs wait in the queue, ready
-    # to start: charge jobs queue first in, first out with every other job (cron runs and
-    # polls included), so the backlog a billing day leaves ahead of them is held to about
-    # what the workers charge between two claim ticks (10 s; two workers charged about 50 a
-    # second through the sandbox, `bench/burst.py`). Workers read this far down the queue
-    # and more (`jobs.worker.read_limit`).
+    # to start, beside the charges live workers may be running (`jobs.retry._backlog_limit`):
+    # charge jobs queue first in, first out with every other job (cron runs and polls
+    # included), so the backlog a billing day leaves ahead of them is held to about what the
+    # workers charge between two claim ticks (10 s; two workers charged about 50 a second
+    # through the sandbox, `bench/burst.py`). It also bounds the charge rate to about a tenth
+    # of it a second: raise it with the workers. Workers read this far down the queue and more
+    # (`jobs.worker.read_limit`).
     claim_queue_limit: int = Field(default=500, gt=0)
 
     # Promoting a model over a champion (`promoteModel`, `portal model promote`) may also need

@@ -23,6 +23,7 @@ from app.workflows.webhook_delivery import deliver_due, dispatch_outbox
 from jobs.context import WorkerContext
 from jobs.enqueue import enqueue_attempt
 from jobs.model import serving_scheduler, store_decisions
+from jobs.telemetry import heartbeat_ages
 
 logger = structlog.get_logger("portal.jobs")
 
@@ -126,12 +127,13 @@ async def claim_due(ctx: WorkerContext) -> int:
     """
     deadline = time.monotonic() + BUDGET_SECONDS
     queued = 0
+    limit = await _backlog_limit(ctx)
 
     async def batch() -> int:
         nonlocal queued
         backlog = await _ready_jobs(ctx)
-        if backlog >= ctx["settings"].claim_queue_limit:
-            logger.info("claim_paused_for_backlog", ready_jobs=backlog)
+        if backlog >= limit:
+            logger.info("claim_paused_for_backlog", ready_jobs=backlog, limit=limit)
             return 0
         async with ctx["db"].uow(SYSTEM_SCOPE) as uow:
             applied = await claim_service(uow, now=ctx["clock"].now(), limit=CLAIM_BATCH)
@@ -152,14 +154,26 @@ async def claim_due(ctx: WorkerContext) -> int:
     return queued
 
 
+async def _backlog_limit(ctx: WorkerContext) -> int:
+    """Jobs in the queue at which claiming stops: `claim_queue_limit` waiting, beside the
+    charges the live workers (fresh heartbeats, this one at least) may be running, since
+    arq keeps a running job in the queue until it ends."""
+    settings = ctx["settings"]
+    redis = ctx["redis"]
+    ages = await heartbeat_ages(
+        redis, ttl=settings.worker_heartbeat_ttl_seconds, queue=redis.default_queue_name
+    )
+    workers = max(1, sum(1 for age in ages.values() if age <= settings.worker_stale_after_seconds))
+    return settings.claim_queue_limit + workers * settings.worker_charge_concurrency
+
+
 async def _ready_jobs(ctx: WorkerContext) -> int:
-    """Jobs in the queue due to start now (deferred ones not counted).
+    """Jobs in the queue due to start now, running ones included (deferred ones not).
 
     The queue is first in, first out: a cron run (decide, claim, polls, webhook delivery,
     the event feed) queued behind a billing day's charge jobs starts only once they have
-    started. Claiming stops while `claim_queue_limit` jobs are waiting, so the backlog stays
-    within about one claim interval of charging, and the payments left due are claimed by
-    later ticks."""
+    started. Claiming stops at `_backlog_limit`, so the backlog waiting stays within about
+    one claim interval of charging, and the payments left due are claimed by later ticks."""
     redis = ctx["redis"]
     now_ms = int(time.time() * 1000)
     # The queue the charge jobs are put on (`enqueue_attempt`): the pool's own.

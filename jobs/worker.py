@@ -123,9 +123,11 @@ QUEUE_READ_LIMIT = 500
 
 
 def read_limit(settings: Settings, max_jobs: int) -> int:
-    """Job ids read each poll: the ready jobs at which claiming stops, what claim lanes that
+    """Job ids read each poll: the waiting jobs at which claiming stops, what claim lanes that
     each checked just below it may add (two runs of `CLAIM_LANES` lanes, a batch each), and
-    the running jobs of about five workers (a running job stays in the queue until it ends)."""
+    the running jobs of about five workers (a running job stays in the queue until it ends,
+    and claiming allows for the live workers' charges beside its limit). With more workers
+    than that, a job behind the backlog is read once the running ones ahead of it end."""
     claims = 2 * CLAIM_LANES * CLAIM_BATCH
     return max(QUEUE_READ_LIMIT, settings.claim_queue_limit + claims + 5 * max_jobs)
 

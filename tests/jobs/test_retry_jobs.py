@@ -26,6 +26,7 @@ from app.tenancy import SYSTEM_SCOPE, system_principal
 from app.workflows.webhook_delivery import SIGNATURE_HEADER, verify
 from jobs.enqueue import attempt_job_id, enqueue_attempt
 from jobs.retry import attempt_payment, claim_due, decide_pending, deliver_webhooks
+from jobs.telemetry import heartbeats_key, write_heartbeat
 from tests.support.factories import make_merchant, set_strategy
 from tests.support.retry import BOX, ingest, make_connection, reload, stripe_charge
 from tests.support.webhooks import PUBLIC, table_resolver
@@ -257,23 +258,29 @@ async def test_decide_job_re_decides_after_a_policy_change_and_expires_held_wind
 async def test_claim_waits_while_the_queue_holds_its_limit_of_ready_jobs(
     db: Database, queue: ArqRedis, settings: Settings
 ) -> None:
-    """Cron runs queue behind charge jobs: claiming stops while the backlog is at the limit,
-    and the payments it left due are claimed once the queue has drained below it."""
+    """Cron runs queue behind charge jobs: claiming stops while the queue holds its limit of
+    waiting jobs beside the charges live workers may be running (a running job stays queued),
+    and the payments it left due are claimed once the queue has drained below that."""
     clock = FixedClock(T0)
     processor = Processor(T0)
-    ctx = _ctx(db, queue, clock, processor, settings.model_copy(update={"claim_queue_limit": 3}))
+    limits = {"claim_queue_limit": 3, "worker_charge_concurrency": 2}
+    ctx = _ctx(db, queue, clock, processor, settings.model_copy(update=limits))
     payment_id = await _payment(db)
     await decide_pending(ctx)
     clock.set(T0 + timedelta(days=1))
-    waiting = [uuid.uuid4() for _ in range(3)]
+    # No heartbeat yet: this worker alone, so 3 waiting + 2 running.
+    waiting = [uuid.uuid4() for _ in range(5)]
     for other in waiting:
         assert await enqueue_attempt(queue, other, 1)
     # A job deferred to later is not ready: it does not count.
     await queue.enqueue_job("poll_connection", "x", _defer_by=timedelta(hours=1))
     assert await claim_due(ctx) == 0
     assert (await reload(db, payment_id)).state is PaymentState.SCHEDULED
-    await queue.zrem(queue.default_queue_name, attempt_job_id(waiting[0], 1))
+    # A second live worker may run two more charges: the same queue is below the limit.
+    await write_heartbeat(queue, "other-worker", ttl=60, queue=queue.default_queue_name)
+    await write_heartbeat(queue, "this-worker", ttl=60, queue=queue.default_queue_name)
     assert await claim_due(ctx) == 1
     assert (await reload(db, payment_id)).state is PaymentState.RETRYING
+    await queue.delete(heartbeats_key(queue.default_queue_name))
     await ctx["http"].aclose()
     await ctx["webhook_http"].aclose()
