@@ -427,9 +427,12 @@ async def _analyzing(db: Database, every: float) -> AsyncIterator[None]:
         while True:
             await asyncio.sleep(every)
             assert db.engine is not None
-            async with db.engine.connect() as conn:
-                await conn.execute(text(f"ANALYZE {', '.join(_WRITTEN)}"))
-                await conn.commit()
+            try:
+                async with db.engine.connect() as conn:
+                    await conn.execute(text(f"ANALYZE {', '.join(_WRITTEN)}"))
+                    await conn.commit()
+            except Exception as exc:  # the phases go on; their figures say what it cost
+                print(f"ANALYZE failed, tried again in {every:g} s: {exc!r}")
 
     task = asyncio.create_task(loop())
     try:

@@ -221,6 +221,25 @@ async def test_a_decision_racing_another_writer_writes_after_it(db: Database) ->
     _positions_are_distinct(steps)
 
 
+class _Overlap:
+    """A batch step (decide's or claim's) that waits a little before it runs, long enough for
+    the other lane to start its own batch, and counts how many ran at once at most."""
+
+    def __init__(self, step: Callable[..., Awaitable[Any]]) -> None:
+        self._step = step
+        self._running = 0
+        self.most = 0
+
+    async def run(self, uow: UnitOfWork, **kw: Any) -> Any:
+        self._running += 1
+        self.most = max(self.most, self._running)
+        try:
+            await asyncio.sleep(0.05)
+            return await self._step(uow, **kw)
+        finally:
+            self._running -= 1
+
+
 async def test_the_decide_job_runs_its_lanes_at_once_and_decides_each_payment_once(
     db: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -228,24 +247,12 @@ async def test_the_decide_job_runs_its_lanes_at_once_and_decides_each_payment_on
     a backlog of several batches is decided once each, every timeline from its start."""
     payments = await fixed_schedule_payments(db, 12, T0)
     monkeypatch.setattr(jobs_retry, "DECIDE_BATCH", 3)
-    running, most = 0, 0
-    real = decide_pending
-
-    async def counted(uow: UnitOfWork, **kw: Any) -> int:
-        nonlocal running, most
-        running += 1
-        most = max(most, running)
-        try:
-            await asyncio.sleep(0.05)  # long enough for the other lane to start its batch
-            return await real(uow, **kw)
-        finally:
-            running -= 1
-
-    monkeypatch.setattr(jobs_retry, "decide_service", counted)
+    lanes = _Overlap(decide_pending)
+    monkeypatch.setattr(jobs_retry, "decide_service", lanes.run)
 
     decided = await jobs_retry.decide_pending(cast(Any, {"db": db, "clock": FixedClock(T0)}))
 
-    assert most == jobs_retry.DECIDE_LANES == 2
+    assert lanes.most == jobs_retry.DECIDE_LANES == 2
     assert decided == 12
     for payment in payments:
         steps = await timeline(db, payment.id)
@@ -328,20 +335,8 @@ async def test_the_claim_job_runs_its_lanes_at_once_and_claims_each_payment_once
     payments = await fixed_schedule_payments(db, 12, start)
     assert await decide(db, start) >= 12
     monkeypatch.setattr(jobs_retry, "CLAIM_BATCH", 3)
-    running, most = 0, 0
-    real = claim_due
-
-    async def counted(uow: UnitOfWork, **kw: Any) -> Any:
-        nonlocal running, most
-        running += 1
-        most = max(most, running)
-        try:
-            await asyncio.sleep(0.05)  # long enough for the other lane to start its batch
-            return await real(uow, **kw)
-        finally:
-            running -= 1
-
-    monkeypatch.setattr(jobs_retry, "claim_service", counted)
+    lanes = _Overlap(claim_due)
+    monkeypatch.setattr(jobs_retry, "claim_service", lanes.run)
 
     async def slow_enqueue(*args: Any) -> bool:
         await asyncio.sleep(0.2)  # both lanes' enqueues under way at once
@@ -351,7 +346,7 @@ async def test_the_claim_job_runs_its_lanes_at_once_and_claims_each_payment_once
 
     queued = await jobs_retry.claim_due(cast(Any, claim_ctx))
 
-    assert most == jobs_retry.CLAIM_LANES == 2
+    assert lanes.most == jobs_retry.CLAIM_LANES == 2
     assert queued >= 12  # with any other test's payment due by then
     # Every job both lanes queued is counted (the queue is this test's own).
     redis = claim_ctx["redis"]
