@@ -123,7 +123,7 @@ async def claim_due(ctx: WorkerContext) -> int:
     `reconcile_stuck` runs its attempt later. Lanes take their payments with `SKIP LOCKED` and
     their cards' and customers' locks without waiting (`claim_service`), so they split the
     due set; a payment whose locks another lane holds waits for the next tick. A lane stops
-    while the queue holds `claim_queue_limit` jobs ready to start (`_ready_jobs`).
+    while the queue holds `_backlog_limit` jobs ready to start or running (`_ready_jobs`).
     """
     deadline = time.monotonic() + BUDGET_SECONDS
     queued = 0

@@ -182,7 +182,6 @@ class PortalWorker(Worker):
                 f"not {concurrency} and {charge_concurrency}"
             )
         max_jobs = concurrency + charge_concurrency
-        kwargs.setdefault("queue_read_limit", max(QUEUE_READ_LIMIT, 5 * max_jobs))
         super().__init__(*args, handle_signals=False, max_jobs=max_jobs, **kwargs)
         self.concurrency = concurrency
         self.charge_concurrency = charge_concurrency

@@ -98,8 +98,6 @@ async def run_demo(
             build_worker(
                 services.redis_url,
                 {"settings": settings, "db": db, "clock": clock, "box": box},
-                concurrency=settings.worker_concurrency,
-                charge_concurrency=settings.worker_charge_concurrency,
             ),
             settings,
         )

@@ -178,14 +178,7 @@ async def current(session: AsyncSession, status: ModelStatus) -> ModelVersion | 
 
 async def current_id(session: AsyncSession, status: ModelStatus) -> uuid.UUID | None:
     """The id alone, so a cached artifact is not read again."""
-    return (
-        await session.execute(
-            select(col(ModelVersion.id))
-            .where(col(ModelVersion.status) == status)
-            .order_by(col(ModelVersion.trained_at).desc(), col(ModelVersion.id).desc())
-            .limit(1)
-        )
-    ).scalar_one_or_none()
+    return (await current_ids(session, [status])).get(status)
 
 
 async def current_ids(

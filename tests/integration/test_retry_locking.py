@@ -266,6 +266,22 @@ class _Deadlock(Exception):
     sqlstate = "40P01"
 
 
+class _DeadlockOnce:
+    """A batch step (decide's or claim's) whose first batch does its work and is then ended
+    by PostgreSQL to break a deadlock; later batches run as they are."""
+
+    def __init__(self, step: Callable[..., Awaitable[Any]]) -> None:
+        self._step = step
+        self.broken = 0
+
+    async def run(self, uow: UnitOfWork, **kw: Any) -> Any:
+        if self.broken == 0:
+            self.broken += 1
+            await self._step(uow, **kw)  # the batch's work, then PostgreSQL ends the transaction
+            raise DBAPIError("UPDATE payment ...", None, _Deadlock())
+        return await self._step(uow, **kw)
+
+
 async def test_a_lane_takes_its_batch_again_when_postgresql_breaks_a_deadlock(
     db: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -273,22 +289,12 @@ async def test_a_lane_takes_its_batch_again_when_postgresql_breaks_a_deadlock(
     payments) rolls back and is taken again; the other lane and the run go on."""
     payments = await fixed_schedule_payments(db, 6, T0)
     monkeypatch.setattr(jobs_retry, "DECIDE_BATCH", 3)
-    broken = 0
-    real = decide_pending
-
-    async def deadlocked_once(uow: UnitOfWork, **kw: Any) -> int:
-        nonlocal broken
-        if broken == 0:
-            broken += 1
-            await real(uow, **kw)  # the batch's work, then PostgreSQL ends the transaction
-            raise DBAPIError("UPDATE payment ...", None, _Deadlock())
-        return await real(uow, **kw)
-
-    monkeypatch.setattr(jobs_retry, "decide_service", deadlocked_once)
+    deadlock = _DeadlockOnce(decide_pending)
+    monkeypatch.setattr(jobs_retry, "decide_service", deadlock.run)
 
     decided = await jobs_retry.decide_pending(cast(Any, {"db": db, "clock": FixedClock(T0)}))
 
-    assert broken == 1
+    assert deadlock.broken == 1
     assert decided == 6
     for payment in payments:
         steps = await timeline(db, payment.id)
@@ -364,21 +370,11 @@ async def test_a_claim_lane_takes_its_batch_again_when_postgresql_breaks_a_deadl
     payments = await fixed_schedule_payments(db, 6, start)
     assert await decide(db, start) >= 6
     monkeypatch.setattr(jobs_retry, "CLAIM_BATCH", 3)
-    broken = 0
-    real = claim_due
-
-    async def deadlocked_once(uow: UnitOfWork, **kw: Any) -> Any:
-        nonlocal broken
-        if broken == 0:
-            broken += 1
-            await real(uow, **kw)  # the batch's work, then PostgreSQL ends the transaction
-            raise DBAPIError("UPDATE payment ...", None, _Deadlock())
-        return await real(uow, **kw)
-
-    monkeypatch.setattr(jobs_retry, "claim_service", deadlocked_once)
+    deadlock = _DeadlockOnce(claim_due)
+    monkeypatch.setattr(jobs_retry, "claim_service", deadlock.run)
 
     assert await jobs_retry.claim_due(cast(Any, claim_ctx)) >= 6
-    assert broken == 1
+    assert deadlock.broken == 1
     await _claimed_once(db, claim_ctx, payments)
 
 
